@@ -1,0 +1,100 @@
+"""``openllm`` command line: parse arguments, call the library, print. No logic of its own.
+
+Each command lives in ``openllm/cli/<module>.py`` with two functions::
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None: ...
+    def run(args: argparse.Namespace) -> int: ...
+
+A command whose module does not exist yet is listed, and says so (exit 2) when called.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+__all__ = ["main", "COMMANDS", "UserError"]
+
+# name -> (module under openllm.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("quickstart", "the whole pipeline on the embedded corpus: data, tokenizer, train, evaluate, export"),
+    "prepare-data": ("prepare_data", "clean, deduplicate and split raw text into train/val with a report"),
+    "train-tokenizer": ("train_tokenizer", "train a SentencePiece tokenizer (also writes Hugging Face files)"),
+    "tokenize": ("tokenize", "tokenize a prepared corpus into uint16/uint32 shards with meta.json"),
+    "train": ("train", "train a model from a config and tokenized data (resumable, torchrun-aware)"),
+    "evaluate": ("evaluate", "val loss, perplexity, bits per byte, generations and downstream tasks"),
+    "compare": ("compare", "put runs or models side by side and plot their loss curves"),
+    "generate": ("generate", "generate text from a run, an export or a hub model@version"),
+    "export": ("export", "export a run as native, Hugging Face, ONNX or GGUF"),
+    "serve": ("serve", "serve a model over an OpenAI-compatible HTTP API"),
+    "hub": ("hub", "push, pull and list versioned model repositories on a hub"),
+    "data": ("data", "upload datasets to a hub with a dataset card"),
+    "space": ("space", "build the Space from this repository and sync it to a hub"),
+    "app": ("app", "the Gradio web app: train, monitor, generate, publish"),
+    "info": ("info", "parameters and FLOPs per token of a config"),
+}
+
+
+class UserError(Exception):
+    """An error caused by the user's input: printed as one line on stderr, exit status 2."""
+
+
+def _module(name: str):
+    modname = f"{__name__}.{COMMANDS[name][0]}"
+    if importlib.util.find_spec(modname) is None:
+        return None
+    return importlib.import_module(modname)
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openllm",
+        description="OpenLLM: train small language models from scratch and ship them.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # only import the module of the command being run: --help stays fast
+        if name == selected:
+            mod = _module(name)
+            if mod is not None:
+                mod.add_arguments(p)
+            else:
+                p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    if selected not in COMMANDS:
+        selected = None
+    parser = build_parser(selected)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    mod = _module(args.command)
+    if mod is None:
+        print(f"openllm {args.command}: not built yet", file=sys.stderr)
+        return 2
+    debug = args.debug or os.environ.get("OPENLLM_DEBUG") == "1"
+    try:
+        return int(mod.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user errors: one line, no traceback unless --debug
+        from ..errors import is_user_error
+
+        if debug or not is_user_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

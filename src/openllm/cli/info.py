@@ -1,0 +1,32 @@
+"""openllm info CONFIG"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="a config JSON file or a preset name (tiny, small, medium, large)")
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs (default: the config's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..config import load_config
+    from ..model import Transformer
+
+    cfg = load_config(args.config)
+    m = cfg.model
+    with torch.device("meta"):
+        model = Transformer(m)
+    seq = args.seq_len or cfg.train.seq_len or m.max_seq_len
+    total, non_emb = model.num_params(), model.num_params(non_embedding=True)
+    flops = model.flops_per_token(seq)
+    print(f"config            {args.config} ({cfg.name})")
+    print(f"shape             {m.n_layers} layers x {m.d_model} wide, {m.n_heads} heads "
+          f"({m.n_kv_heads} kv), SwiGLU {m.d_ff}, vocab {m.vocab_size}, context {m.max_seq_len}, "
+          f"{'tied' if m.tie_embeddings else 'untied'} embeddings")
+    print(f"parameters        {total:,} ({total / 1e6:.1f}M)")
+    print(f"non-embedding     {non_emb:,} ({non_emb / 1e6:.1f}M)")
+    print(f"training FLOPs    {flops:,} per token at sequence {seq} ({flops / 1e9:.3f} GFLOP)")
+    return 0

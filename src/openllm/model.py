@@ -1,0 +1,241 @@
+"""The decoder-only transformer, Llama-shaped: RMSNorm, rotary embeddings, SwiGLU, optional grouped-query
+attention, tied or untied embeddings, causal attention through ``scaled_dot_product_attention``.
+
+Nothing here knows about files, hubs or command lines. Weights are laid out so that the Hugging Face export
+is a rename plus a split of the fused projections (see ``openllm.hf_compat``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+__all__ = ["Transformer", "KVCache", "RMSNorm"]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in fp32 whatever the autocast dtype, as Llama does, then scale in the input dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, shape (max_len, head_dim), in the half-split ("rotate_half") convention."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos/sin: (B or 1, 1, T, D)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for generation: (B, n_kv_heads, max_len, head_dim) each, filled up to
+    ``length``. ``valid`` marks real (non-padding) key positions, (B, max_len)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    valid: torch.Tensor
+    length: int = 0
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, *, device, dtype) -> "KVCache":
+        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        return cls(
+            keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)],
+            values=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)],
+            valid=torch.zeros(batch, max_len, dtype=torch.bool, device=device),
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self.valid.shape[1]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        # q, k and v in one matmul; the export splits it into q_proj, k_proj, v_proj
+        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, cos, sin, *, mask=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split(
+            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim],
+            dim=-1,
+        )
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            start = cache.length
+            cache.keys[layer][:, :, start:start + T] = k
+            cache.values[layer][:, :, start:start + T] = v
+            k = cache.keys[layer][:, :, : start + T]
+            v = cache.values[layer][:, :, : start + T]
+        if self.n_kv_heads != self.n_heads:
+            rep = self.n_heads // self.n_kv_heads
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            is_causal=mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.d_ff = cfg.d_ff
+        # gate and up projections in one matmul; the export splits it into gate_proj and up_proj
+        self.w13 = nn.Linear(cfg.d_model, 2 * cfg.d_ff, bias=False)
+        self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).split(self.d_ff, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, *, mask=None, cache=None, layer=0):
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask=mask, cache=cache, layer=layer))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+class Transformer(nn.Module):
+    """Decoder-only language model. ``forward(idx)`` returns logits (B, T, vocab), or the mean
+    cross-entropy when ``targets`` are given (with ``return_logits=False`` the logits are not kept)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    # --- construction -----------------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        # residual projections are scaled down by depth so the residual stream's variance stays put (GPT-2)
+        resid_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith(("wo.weight", "w2.weight")):
+                nn.init.normal_(p, mean=0.0, std=resid_std)
+            else:
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    # --- accounting -------------------------------------------------------------------------------------
+    def num_params(self, *, non_embedding: bool = False) -> int:
+        """Parameter count (shared tensors counted once). ``non_embedding`` leaves out the token embedding
+        (and the output head when it is a separate matrix)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_embeddings.weight.numel()
+            if not self.cfg.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward = 3x forward): 6 per weight of every matmul, the
+        output head included, plus attention's 12 * layers * width * seq_len (PaLM appendix B, as nanoGPT)."""
+        c = self.cfg
+        T = seq_len or c.max_seq_len
+        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return 6 * matmul + 12 * c.n_layers * c.d_model * T
+
+    # --- forward ----------------------------------------------------------------------------------------
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        return_logits: bool = True,
+        ignore_index: int = -100,
+    ):
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if positions is None:
+            if start + T > self.cfg.max_seq_len:
+                raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+            cos = self.rope_cos[start:start + T][None, None]
+            sin = self.rope_sin[start:start + T][None, None]
+        else:
+            if int(positions.max()) >= self.cfg.max_seq_len:
+                raise ValueError(f"position {int(positions.max())} exceeds max_seq_len {self.cfg.max_seq_len}")
+            cos = self.rope_cos[positions][:, None]
+            sin = self.rope_sin[positions][:, None]
+        mask = None
+        if cache is not None:
+            if start + T > cache.capacity:
+                raise ValueError(f"KV cache holds {cache.capacity} positions, {start + T} needed")
+            if start > 0 or not bool(cache.valid[:, :T].all()):
+                # queries see keys up to their own position, and only real (non-padding) keys
+                q_pos = torch.arange(start, start + T, device=idx.device)
+                k_pos = torch.arange(start + T, device=idx.device)
+                causal = k_pos[None, :] <= q_pos[:, None]
+                mask = causal[None, None] & cache.valid[:, None, None, : start + T]
+                # a padding query would otherwise see no key at all (NaN); let it see itself
+                mask = mask | torch.eye(start + T, dtype=torch.bool, device=idx.device)[start:][None, None]
+
+        x = self.tok_embeddings(idx)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask=mask, cache=cache, layer=i)
+        if cache is not None:
+            cache.length = start + T
+        x = self.norm(x)
+        if targets is None:
+            return self.lm_head(x)
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index
+        )
+        return (logits, loss) if return_logits else loss
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        p = next(self.parameters())
+        return KVCache.empty(self.cfg, batch, max_len or self.cfg.max_seq_len, device=p.device, dtype=p.dtype)
