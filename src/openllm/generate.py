@@ -10,7 +10,7 @@ import torch
 
 from .model import Transformer
 
-__all__ = ["SamplingParams", "generate", "stream", "generate_text", "stream_text", "TokenizerLike"]
+__all__ = ["SamplingParams", "generate", "stream", "iter_steps", "generate_text", "stream_text", "TokenizerLike"]
 
 
 class TokenizerLike(Protocol):
@@ -70,7 +70,7 @@ def _process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: Sampling
 
 
 @torch.no_grad()
-def _steps(model: Transformer, prompts: Sequence[Sequence[int]], params: SamplingParams, *, use_cache: bool,
+def iter_steps(model: Transformer, prompts: Sequence[Sequence[int]], params: SamplingParams, *, use_cache: bool,
            pad_id: int = 0) -> Iterator[list[int | None]]:
     """Yield, per step, the new token of each sequence (None for sequences that already stopped)."""
     params.validate()
@@ -147,7 +147,7 @@ def generate(model: Transformer, prompts: Sequence[Sequence[int]], params: Sampl
     """New tokens for each prompt (a stop token, when hit, is included and ends that sequence)."""
     params = params or SamplingParams()
     outs: list[list[int]] = [[] for _ in prompts]
-    for step in _steps(model, prompts, params, use_cache=use_cache):
+    for step in iter_steps(model, prompts, params, use_cache=use_cache):
         for b, t in enumerate(step):
             if t is not None:
                 outs[b].append(t)
@@ -156,7 +156,7 @@ def generate(model: Transformer, prompts: Sequence[Sequence[int]], params: Sampl
 
 def stream(model: Transformer, prompt: Sequence[int], params: SamplingParams | None = None) -> Iterator[int]:
     """New tokens of one prompt, one at a time, as they are produced."""
-    for step in _steps(model, [prompt], params or SamplingParams(), use_cache=True):
+    for step in iter_steps(model, [prompt], params or SamplingParams(), use_cache=True):
         if step[0] is not None:
             yield step[0]
 
