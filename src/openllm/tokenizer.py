@@ -1,0 +1,433 @@
+"""SentencePiece tokenizer training and the :class:`Tokenizer` wrapper.
+
+A tokenizer folder holds ``tokenizer.model`` (SentencePiece) and the Hugging Face files (``tokenizer.json``,
+``tokenizer_config.json``, ``special_tokens_map.json``) built from the same model, so that
+``transformers.AutoTokenizer.from_pretrained(DIR)`` gives the same ids as :meth:`Tokenizer.encode`.
+
+Fixed special ids: ``pad=0, unk=1, bos=2, eos=3``; user tokens follow from 4, then the 256 byte pieces.
+
+SentencePiece settings chosen so the Hugging Face pipeline reproduces it exactly and decoding is lossless:
+identity normalisation (``prepare-data`` already applies NFC), no dummy prefix, no whitespace collapsing,
+digits split, byte fallback (unknown characters become byte pieces, not ``<unk>``).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from .errors import OpenLLMError
+
+__all__ = [
+    "Tokenizer",
+    "train_tokenizer",
+    "iter_training_lines",
+    "SPECIAL_TOKENS",
+    "PAD_ID",
+    "UNK_ID",
+    "BOS_ID",
+    "EOS_ID",
+    "TOKENIZER_FILES",
+]
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPECIAL_TOKENS = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}
+MODEL_FILE = "tokenizer.model"
+HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (MODEL_FILE, *HF_FILES, "openllm_tokenizer.json")
+# a "sentence" longer than this is cut into pieces for training (SentencePiece skips longer ones)
+_MAX_SENTENCE_CHARS = 8192
+DEFAULT_MAX_SENTENCES = 2_000_000
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that readers see either the old or the complete new content, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Tokenizer:
+    """A trained SentencePiece tokenizer loaded from a tokenizer folder (see module docstring)."""
+
+    pad_id = PAD_ID
+    unk_id = UNK_ID
+    bos_id = BOS_ID
+    eos_id = EOS_ID
+
+    def __init__(self, model_path: str | os.PathLike):
+        import sentencepiece as spm
+
+        self.model_path = Path(model_path)
+        self._sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+        self.sha256 = _sha256_file(self.model_path)
+        self.dir = self.model_path.parent
+        sp = self._sp
+        got = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
+        if got != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise OpenLLMError(
+                f"{self.model_path}: special ids pad/unk/bos/eos are {got}, expected (0, 1, 2, 3); "
+                "train it with `openllm train-tokenizer`"
+            )
+
+    # -- loading and saving -------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        """Load a tokenizer folder (or a ``tokenizer.model`` file directly)."""
+        p = Path(path)
+        model = p if p.is_file() else p / MODEL_FILE
+        if not model.is_file():
+            raise OpenLLMError(
+                f"no tokenizer at {p}: expected {model}; train one with "
+                "`openllm train-tokenizer --data DIR --vocab-size N --out DIR`"
+            )
+        return cls(model)
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Copy the tokenizer files into ``out_dir`` (creating it); Hugging Face files are rebuilt if missing."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if out.resolve() == self.dir.resolve():
+            return out
+        for name in TOKENIZER_FILES:
+            src = self.dir / name
+            if src.is_file():
+                _write_atomic(out / name, src.read_bytes())
+        if not all((out / n).is_file() for n in HF_FILES):
+            write_hf_files(out / MODEL_FILE, out)
+        return out
+
+    # -- the interface ------------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
+        """Token ids of ``text``; ``bos``/``eos`` add the begin/end ids."""
+        ids = self._sp.encode(text)
+        if bos:
+            ids.insert(0, BOS_ID)
+        if eos:
+            ids.append(EOS_ID)
+        return ids
+
+    def encode_batch(self, texts: Sequence[str], *, eos: bool = False, threads: int = 1) -> list[list[int]]:
+        """Encode many texts at once (SentencePiece's C++ loop; ``threads`` > 1 uses its thread pool)."""
+        out = self._sp.encode(list(texts), num_threads=threads)
+        if eos:
+            for ids in out:
+                ids.append(EOS_ID)
+        return out
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; special ids (pad, bos, eos) decode to nothing."""
+        return self._sp.decode([int(i) for i in ids])
+
+    def id_to_piece(self, i: int) -> str:
+        return self._sp.id_to_piece(int(i))
+
+    def piece_to_id(self, piece: str) -> int:
+        return self._sp.piece_to_id(piece)
+
+    @property
+    def user_tokens(self) -> list[str]:
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        m = pb.ModelProto()
+        m.ParseFromString(self.model_path.read_bytes())
+        return [p.piece for p in m.pieces if p.type == pb.ModelProto.SentencePiece.USER_DEFINED]
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({str(self.dir)!r}, vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------------------------
+def _input_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            if (p / "train.jsonl").is_file():  # a prepared corpus: train on its train split only
+                files.append(p / "train.jsonl")
+            else:
+                found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in (".txt", ".jsonl"))
+                if not found:
+                    raise OpenLLMError(f"{p} holds no train.jsonl, .txt or .jsonl files to train a tokenizer on")
+                files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise OpenLLMError(f"tokenizer training input not found: {p}")
+    return files
+
+
+def iter_training_lines(files: Sequence[Path], *, field: str = "text") -> Iterator[str]:
+    """Non-empty lines of the documents in ``files`` (.jsonl: the ``field`` of each object; else plain text).
+
+    Lines, not documents, are SentencePiece's sentences: newlines are encoded by byte fallback.
+    """
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            if path.suffix == ".jsonl":
+                for lineno, raw in enumerate(f, 1):
+                    if not raw.strip():
+                        continue
+                    try:
+                        text = json.loads(raw)[field]
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise OpenLLMError(
+                            f"{path}:{lineno}: not a JSON object with a {field!r} string ({exc.__class__.__name__}); "
+                            "run `openllm prepare-data` first"
+                        ) from None
+                    for line in str(text).split("\n"):
+                        yield from _chunks(line)
+            else:
+                for line in f:
+                    yield from _chunks(line.rstrip("\n"))
+
+
+def _chunks(line: str) -> Iterator[str]:
+    if not line.strip():
+        return
+    while len(line) > _MAX_SENTENCE_CHARS:
+        cut = line.rfind(" ", 0, _MAX_SENTENCE_CHARS)
+        cut = cut if cut > 0 else _MAX_SENTENCE_CHARS
+        yield line[:cut]
+        line = line[cut:]
+    yield line
+
+
+def _sample_lines(lines: Iterable[str], cap: int, seed: int, progress: bool) -> tuple[list[str], int]:
+    """Reservoir sample of at most ``cap`` lines (uniform, deterministic for a seed), shuffled."""
+    from tqdm import tqdm
+
+    rng = random.Random(seed)
+    sample: list[str] = []
+    n = 0
+    for n, line in enumerate(tqdm(lines, desc="reading", unit=" lines", disable=not progress, mininterval=0.5), 1):
+        if len(sample) < cap:
+            sample.append(line)
+        else:
+            j = rng.randrange(n)
+            if j < cap:
+                sample[j] = line
+    rng.shuffle(sample)
+    return sample, n
+
+
+def train_tokenizer(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    vocab_size: int,
+    model_type: str = "bpe",
+    character_coverage: float = 0.9995,
+    byte_fallback: bool = True,
+    user_tokens: Sequence[str] = (),
+    max_sentences: int = DEFAULT_MAX_SENTENCES,
+    threads: int | None = None,
+    seed: int = 0,
+    field: str = "text",
+    progress: bool = True,
+) -> Tokenizer:
+    """Train a SentencePiece tokenizer on ``inputs`` and write a tokenizer folder to ``out_dir``.
+
+    ``inputs``: a prepared corpus folder (its ``train.jsonl``), .jsonl files (``field`` of each line) or text
+    files. At most ``max_sentences`` lines, sampled uniformly with ``seed``, are used. Returns the loaded
+    :class:`Tokenizer`.
+    """
+    import sentencepiece as spm
+
+    if model_type not in ("bpe", "unigram"):
+        raise OpenLLMError(f"tokenizer model type must be bpe or unigram, got {model_type!r}")
+    n_fixed = 4 + len(user_tokens) + (256 if byte_fallback else 0)
+    if not isinstance(vocab_size, int) or vocab_size <= n_fixed:
+        raise OpenLLMError(
+            f"vocab size {vocab_size} is too small: the special tokens{', byte pieces' if byte_fallback else ''} "
+            f"and user tokens take {n_fixed} ids; use at least {n_fixed + 64}"
+        )
+    if vocab_size > 2**32 - 1:
+        raise OpenLLMError(f"vocab size {vocab_size} is too large (ids are stored as uint32)")
+    if not 0.0 < character_coverage <= 1.0:
+        raise OpenLLMError(f"character coverage must be in (0, 1], got {character_coverage}")
+    bad = [t for t in user_tokens if not t or t in SPECIAL_TOKENS.values()]
+    if bad or len(set(user_tokens)) != len(user_tokens):
+        raise OpenLLMError(f"user tokens must be distinct, non-empty and not a special token: {list(user_tokens)}")
+    if max_sentences <= 0:
+        raise OpenLLMError(f"max sentences must be positive, got {max_sentences}")
+
+    files = _input_files(inputs)
+    sentences, total = _sample_lines(iter_training_lines(files, field=field), max_sentences, seed, progress)
+    if not sentences:
+        raise OpenLLMError(f"no text to train a tokenizer on in {', '.join(map(str, files))}")
+
+    out = Path(out_dir)
+    buf = io.BytesIO()
+    t0 = time.time()
+    if progress:
+        print(f"training {model_type} tokenizer, vocab {vocab_size}, on {len(sentences):,} of {total:,} lines ...",
+              flush=True)
+    spm.set_random_generator_seed(seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=buf,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            byte_fallback=byte_fallback,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            pad_piece=SPECIAL_TOKENS["pad"], unk_piece=SPECIAL_TOKENS["unk"],
+            bos_piece=SPECIAL_TOKENS["bos"], eos_piece=SPECIAL_TOKENS["eos"],
+            user_defined_symbols=list(user_tokens),
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            max_sentence_length=_MAX_SENTENCE_CHARS * 4 + 16,  # bytes; our chunks fit
+            input_sentence_size=0,  # we sampled already
+            num_threads=max(1, threads or os.cpu_count() or 1),
+            minloglevel=2,
+        )
+    except RuntimeError as exc:
+        msg = str(exc)
+        m = re.search(r"Vocabulary size (?:is )?too high \((\d+)\).*?<= (\d+)", msg)
+        if m:
+            suggest = int(m.group(2))
+            raise OpenLLMError(
+                f"vocab size {vocab_size} is too large for this corpus ({total:,} lines): it supports at most "
+                f"{suggest:,}; try --vocab-size {_round_down(suggest)}"
+            ) from None
+        raise OpenLLMError(f"SentencePiece training failed: {msg.splitlines()[-1] if msg else exc}") from None
+    if progress:
+        print(f"trained in {time.time() - t0:.1f} s", flush=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / MODEL_FILE, buf.getvalue())
+    write_hf_files(out / MODEL_FILE, out)
+    info = {
+        "model_type": model_type,
+        "vocab_size": vocab_size,
+        "character_coverage": character_coverage,
+        "byte_fallback": byte_fallback,
+        "user_tokens": list(user_tokens),
+        "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
+        "training_lines": len(sentences),
+        "corpus_lines": total,
+        "max_sentences": max_sentences,
+        "seed": seed,
+        "inputs": [str(f) for f in files],
+        "sha256": _sha256_file(out / MODEL_FILE),
+    }
+    _write_atomic(out / "openllm_tokenizer.json", (json.dumps(info, indent=2) + "\n").encode())
+    return Tokenizer.load(out)
+
+
+def _round_down(n: int) -> int:
+    """A friendly vocab size not above ``n`` (a multiple of 64 where possible, which also suits GPUs)."""
+    return n // 64 * 64 if n >= 128 else n
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hugging Face files
+# ---------------------------------------------------------------------------------------------------------------
+def build_hf_tokenizer(model_path: str | os.PathLike):
+    """A ``tokenizers.Tokenizer`` that encodes and decodes exactly like the SentencePiece model at ``model_path``.
+
+    Mirrors the settings :func:`train_tokenizer` uses (identity normalisation, no dummy prefix): spaces become
+    ``▁``, then BPE merges ranked by piece score (or the unigram lattice), byte fallback; control pieces are
+    special added tokens, user-defined pieces plain added tokens (SentencePiece never splits or merges them).
+    """
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    from tokenizers import AddedToken, Regex, decoders, normalizers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import BPE, Unigram
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(Path(model_path).read_bytes())
+    ns, ts = proto.normalizer_spec, proto.trainer_spec
+    if ns.add_dummy_prefix or ns.remove_extra_whitespaces or ns.precompiled_charsmap:
+        raise OpenLLMError(f"{model_path}: only tokenizers trained by `openllm train-tokenizer` can be converted")
+    NORMAL, UNKNOWN, CONTROL, USER, BYTE = 1, 2, 3, 4, 6
+    pieces = list(proto.pieces)
+    if ts.model_type == pb.TrainerSpec.BPE:
+        vocab = {p.piece: i for i, p in enumerate(pieces)}
+        normal = {p.piece: (p.score, i) for i, p in enumerate(pieces) if p.type == NORMAL}
+        ranked = []
+        for piece, (score, i) in normal.items():
+            for k in range(1, len(piece)):
+                left, right = piece[:k], piece[k:]
+                if left in normal and right in normal:
+                    ranked.append((-score, i, left, right))
+        merges = [(left, right) for _, _, left, right in sorted(ranked)]
+        model = BPE(vocab=vocab, merges=merges, unk_token=pieces[ts.unk_id].piece, fuse_unk=True,
+                    byte_fallback=bool(ts.byte_fallback))
+    elif ts.model_type == pb.TrainerSpec.UNIGRAM:
+        model = Unigram([(p.piece, p.score) for p in pieces], unk_id=ts.unk_id, byte_fallback=bool(ts.byte_fallback))
+    else:
+        raise OpenLLMError(f"{model_path}: unsupported SentencePiece model type {ts.model_type}")
+
+    tok = HFTokenizer(model)
+    tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(" "), "▁")])
+    dec = [decoders.Replace("▁", " ")]
+    if ts.byte_fallback:
+        dec.append(decoders.ByteFallback())
+    dec.append(decoders.Fuse())
+    tok.decoder = decoders.Sequence(dec)
+    added = [AddedToken(p.piece, special=p.type in (CONTROL, UNKNOWN), normalized=False)
+             for p in pieces if p.type in (CONTROL, UNKNOWN, USER)]
+    tok.add_tokens(added)
+    return tok
+
+
+def write_hf_files(model_path: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` next to the model."""
+    out = Path(out_dir)
+    tok = build_hf_tokenizer(model_path)
+    _write_atomic(out / "tokenizer.json", tok.to_str(pretty=True).encode())
+    special = {"bos_token": SPECIAL_TOKENS["bos"], "eos_token": SPECIAL_TOKENS["eos"],
+               "unk_token": SPECIAL_TOKENS["unk"], "pad_token": SPECIAL_TOKENS["pad"]}
+    config = {
+        # the generic fast class loads tokenizer.json as written; a model-specific class would rebuild the pipeline
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **special,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1_000_000_000,
+        "padding_side": "right",
+    }
+    _write_atomic(out / "tokenizer_config.json", (json.dumps(config, indent=2) + "\n").encode())
+    _write_atomic(out / "special_tokens_map.json", (json.dumps(special, indent=2) + "\n").encode())
+
+
+def copy_tokenizer(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Copy a tokenizer folder's files into ``out_dir`` (used for run and data folders)."""
+    return Tokenizer.load(src_dir).save(out_dir)
+
