@@ -43,3 +43,76 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, cwd=None, t
     if check and proc.returncode != 0:
         raise AssertionError(f"openllm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+# --- export / loading fixtures (issue 6) --------------------------------------------------------------------
+
+EXPORT_TINY_MODEL = dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
+                         max_seq_len=128, init_std=0.2)
+
+
+@pytest.fixture(scope="session")
+def export_tokenizer_dir(tmp_path_factory) -> Path:
+    """A 512-token SentencePiece tokenizer folder (with the Hugging Face files), trained on this package's
+    own source text, so it needs no downloaded data."""
+    from openllm.tokenizer import train_tokenizer
+
+    src = REPO / "src" / "openllm"
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sorted(src.glob("*.py")))
+    corpus = tmp_path_factory.mktemp("tok_corpus") / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    out = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer([corpus], out, vocab_size=512, progress=False, threads=1)
+    return out
+
+
+def make_export_run(root: Path, tokenizer_dir: Path, *, steps=(5, 10), seed: int = 0, tied: bool = True,
+                    checkpoint_with_head: bool = True, **model_overrides) -> Path:
+    """A run folder written by hand per the run-folder contract (docs/architecture.md): config.json,
+    tokenizer/, metrics.jsonl, status.json, checkpoints/step_NNNNNNNN/{model.safetensors,state.json}.
+    Each checkpoint holds different weights (seed + step)."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file, save_model
+
+    from openllm.config import Config, ModelConfig
+    from openllm.model import Transformer
+
+    mc = ModelConfig(**{**EXPORT_TINY_MODEL, "tie_embeddings": tied, **model_overrides})
+    cfg = Config(model=mc, name="export-test").validate()
+    run = Path(root)
+    (run / "checkpoints").mkdir(parents=True)
+    cfg.save(run / "config.json")
+    shutil.copytree(tokenizer_dir, run / "tokenizer")
+    with open(run / "metrics.jsonl", "w") as f:
+        for s in steps:
+            f.write(json.dumps({"step": s, "loss": 5.0, "lr": 1e-3, "tokens_per_s": 1.0}) + "\n")
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": max(steps, default=0),
+                                                  "max_steps": max(steps, default=0), "error": None}))
+    for s in steps:
+        torch.manual_seed(seed + s)
+        model = Transformer(mc)
+        with torch.no_grad():  # perturb the norms so a mix-up of norms would show
+            for n, p in model.named_parameters():
+                if n.endswith("norm.weight"):
+                    p.add_(torch.randn_like(p) * 0.1)
+        ck = run / "checkpoints" / f"step_{s:08d}"
+        ck.mkdir()
+        if checkpoint_with_head:
+            save_model(model, str(ck / "model.safetensors"))
+        else:
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            if tied:
+                state.pop("lm_head.weight")
+            save_file(state, str(ck / "model.safetensors"))
+        (ck / "state.json").write_text(json.dumps({"step": s, "tokens_seen": s * 1000,
+                                                   "config": cfg.to_dict()}))
+    return run
+
+
+@pytest.fixture
+def export_run(tmp_path, export_tokenizer_dir) -> Path:
+    """A tiny run folder (GQA, tied embeddings) with checkpoints at steps 5 and 10."""
+    return make_export_run(tmp_path / "run", export_tokenizer_dir)

@@ -1,0 +1,147 @@
+"""Exports of a trained model: ``native`` (safetensors in our names), ``hf`` (a plain LlamaForCausalLM
+folder), ``onnx`` (onnxruntime, with and without past key values) and ``gguf`` (llama.cpp).
+
+:func:`export` takes anything :func:`openllm.load` accepts, writes into a fresh temporary folder beside
+``out`` and moves it into place at the end, so a failed export never leaves a half-written folder.
+One format goes straight into ``out``; several go into ``out/<format>/``.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..errors import OpenLLMError
+
+__all__ = ["FORMATS", "GGUF_TYPES", "parse_formats", "export", "check_out_dir", "copy_tokenizer_files",
+           "export_state_dict"]
+
+FORMATS = ("native", "hf", "onnx", "gguf")
+GGUF_TYPES = ("f32", "f16", "q8_0")
+
+
+def parse_formats(spec: str | Iterable[str]) -> list[str]:
+    """``"hf,onnx"`` or ``["hf", "onnx"]`` -> ``["hf", "onnx"]``; an unknown name is a user error."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for raw in items:
+        name = raw.strip().lower()
+        if not name:
+            continue
+        if name not in FORMATS:
+            raise OpenLLMError(f"unknown export format {raw.strip()!r}: choose from {', '.join(FORMATS)} "
+                               f"(several with commas, e.g. --format hf,onnx)")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise OpenLLMError(f"no export format given: choose from {', '.join(FORMATS)}")
+    return out
+
+
+def parse_gguf_types(spec: str | Iterable[str]) -> list[str]:
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out = []
+    for raw in items:
+        name = raw.strip().lower()
+        if name and name not in GGUF_TYPES:
+            raise OpenLLMError(f"unknown GGUF type {raw.strip()!r}: choose from {', '.join(GGUF_TYPES)}")
+        if name and name not in out:
+            out.append(name)
+    return out or ["f16"]
+
+
+def check_out_dir(out: Path, *, overwrite: bool, source: Path | None = None) -> None:
+    """Refuse a non-empty output folder unless ``overwrite``; never let ``out`` hold the source."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OpenLLMError(f"output {out} is a file: give a folder path for --out")
+    if source is not None and Path(source).exists():
+        src, dst = Path(source).resolve(), out.resolve()
+        if src == dst or dst in src.parents:
+            raise OpenLLMError(f"output folder {out} contains the model being exported: choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OpenLLMError(f"output folder {out} is not empty: choose an empty folder or pass --overwrite")
+
+
+def export(source: Any, out: str | Path, formats: str | Sequence[str], *, overwrite: bool = False,
+           gguf_types: str | Sequence[str] = ("f16",), hub: Any = None, progress: bool = True) -> dict[str, Path]:
+    """Export ``source`` (a run, an export, a hub reference, or an already loaded model) into ``out``.
+    Returns ``{format: folder}``."""
+    from ..loading import LoadedModel, load
+
+    fmts = parse_formats(formats)
+    types = parse_gguf_types(gguf_types)
+    out = Path(out)
+    src_path = getattr(source, "path", None) if isinstance(source, LoadedModel) else Path(str(source))
+    check_out_dir(out, overwrite=overwrite, source=src_path)
+    loaded = source if isinstance(source, LoadedModel) else load(source, hub=hub)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        folders: dict[str, Path] = {}
+        for fmt in _progress(fmts, progress):
+            target = staging if len(fmts) == 1 else staging / fmt
+            target.mkdir(parents=True, exist_ok=True)
+            if fmt == "native":
+                from .native import export_native
+                export_native(loaded, target)
+            elif fmt == "hf":
+                from .hf import export_hf
+                export_hf(loaded, target)
+            elif fmt == "onnx":
+                from .onnx import export_onnx
+                export_onnx(loaded, target)
+            elif fmt == "gguf":
+                from .gguf import export_gguf
+                for t in types:
+                    export_gguf(loaded, target, dtype=t)
+                from .gguf import write_readme
+                write_readme(target, loaded)
+            folders[fmt] = out if len(fmts) == 1 else out / fmt
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+        return folders
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _progress(items: list[str], show: bool):
+    if not show:
+        yield from items
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(items, desc="export", unit="format", disable=None)
+    for item in bar:
+        bar.set_postfix_str(item)
+        yield item
+
+
+# --- helpers shared by the formats ------------------------------------------------------------------------
+
+_TOKENIZER_EXTRA = ("special_tokens_map.json", "added_tokens.json")
+
+
+def copy_tokenizer_files(loaded, out: Path) -> list[str]:
+    """Copy the tokenizer files (``tokenizer*`` and the Hugging Face side files) into ``out``."""
+    src = loaded.tokenizer_dir
+    if src is None:
+        return []
+    copied = []
+    for f in sorted(Path(src).iterdir()):
+        if f.is_file() and (f.name.startswith("tokenizer") or f.name in _TOKENIZER_EXTRA):
+            shutil.copy2(f, Path(out) / f.name)
+            copied.append(f.name)
+    return copied
+
+
+def export_state_dict(model) -> dict:
+    """Our state dict, contiguous, CPU, with the tied head left out (it is the embedding)."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return state

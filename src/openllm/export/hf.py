@@ -1,0 +1,50 @@
+"""Hugging Face export: a plain ``LlamaForCausalLM`` folder that ``AutoModelForCausalLM.from_pretrained`` and
+``AutoTokenizer.from_pretrained`` load without ``trust_remote_code``.
+
+Files: ``model.safetensors`` (Llama names, split q/k/v and gate/up), ``config.json`` (model_type llama),
+``generation_config.json``, the tokenizer files, and ``openllm.json`` (our full Config) so that
+``openllm.load`` reads the folder back bit-exactly with the training settings it came from.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import copy_tokenizer_files
+
+__all__ = ["export_hf", "special_ids"]
+
+
+def special_ids(loaded) -> dict[str, int | None]:
+    tok = loaded.tokenizer
+    if tok is None:
+        return {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    return {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+
+
+def export_hf(loaded, out: Path) -> Path:
+    from safetensors.torch import save_file
+
+    from ..hf_compat import llama_config_dict, to_hf_state_dict
+    from ..loading import NATIVE_FORMAT, OPENLLM_CONFIG_NAME
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, cfg = loaded.model, loaded.config
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    hf_state = to_hf_state_dict(state, cfg.model)
+    save_file(hf_state, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+    ids = special_ids(loaded)
+    llama = llama_config_dict(cfg.model, **ids)
+    _write_json(out / "config.json", llama)
+    generation = {k: v for k, v in ids.items() if v is not None}
+    generation.update({"max_length": cfg.model.max_seq_len, "do_sample": False})
+    _write_json(out / "generation_config.json", generation)
+    _write_json(out / OPENLLM_CONFIG_NAME, {"format": NATIVE_FORMAT, **cfg.to_dict()})
+    copy_tokenizer_files(loaded, out)
+    return out
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,24 @@
+"""Native export: ``model.safetensors`` (our parameter names), ``config.json`` (``{"format": "openllm",
+...Config}``) and the tokenizer files. ``openllm.load`` reads it back bit-exactly."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import copy_tokenizer_files, export_state_dict
+
+__all__ = ["export_native"]
+
+
+def export_native(loaded, out: Path) -> Path:
+    from safetensors.torch import save_file
+
+    from ..loading import NATIVE_FORMAT
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(export_state_dict(loaded.model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = {"format": NATIVE_FORMAT, **loaded.config.to_dict()}
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    copy_tokenizer_files(loaded, out)
+    return out

@@ -1,0 +1,287 @@
+"""``openllm.load(SOURCE)``: one entry point that turns anything holding a model into a ready model.
+
+SOURCE is, in the order tried:
+
+- a run folder (``config.json`` + ``checkpoints/step_NNNNNNNN/model.safetensors``): its latest checkpoint;
+- a checkpoint folder (``step_NNNNNNNN/`` with ``model.safetensors``; the config comes from its
+  ``state.json`` or the run's ``config.json`` two levels up);
+- a native export (``config.json`` with ``"format": "openllm"`` + ``model.safetensors`` in our names);
+- a Hugging Face export: ``openllm.json`` (our full Config) beside a Llama ``config.json`` and weights, or a
+  bare Llama folder, whose shape comes from ``config.json``;
+- a hub reference ``OWNER/NAME@VERSION`` (when the string is not an existing path): downloaded through
+  ``openllm.hub.download_model`` and loaded as the folder it returns.
+
+Weights are read from safetensors (never through pickle); a ``pytorch_model.bin`` is read with
+``torch.load(weights_only=True)``. Loading copies values, so every route is bit-exact.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError
+from .errors import OpenLLMError
+
+__all__ = ["LoadedModel", "load", "find_latest_checkpoint", "detect_kind", "read_state_dict",
+           "NATIVE_FORMAT", "OPENLLM_CONFIG_NAME"]
+
+NATIVE_FORMAT = "openllm"
+OPENLLM_CONFIG_NAME = "openllm.json"  # our full Config inside a Hugging Face export
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_HUB_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w.-]+)?$")
+_TOKENIZER_FILES = ("tokenizer.model",)
+
+
+@dataclass
+class LoadedModel:
+    """What :func:`load` returns. ``model`` is in eval mode on ``device``; ``tokenizer`` is None when the
+    source holds no SentencePiece tokenizer (a bare Hugging Face folder without ``tokenizer.model``)."""
+
+    model: Any  # openllm.model.Transformer
+    tokenizer: Any | None  # openllm.tokenizer.Tokenizer
+    config: Config
+    source: str  # what the caller passed
+    path: Path  # the folder the weights came from (the checkpoint folder for a run)
+    kind: str  # run | checkpoint | native | hf
+    step: int | None = None  # training step, where known
+    tokenizer_dir: Path | None = None  # folder holding the tokenizer files
+    hub_ref: str | None = None  # OWNER/NAME@VERSION when it came from a hub
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --- public -------------------------------------------------------------------------------------------------
+
+def load(source: str | Path, *, device: str = "cpu", hub: Any = None) -> LoadedModel:
+    """Load a model, its tokenizer and its config from a run, a checkpoint, an export or a hub reference."""
+    text = str(source)
+    path = Path(source).expanduser()
+    if path.exists():
+        loaded = _load_path(path, device=device)
+        loaded.source = text
+        return loaded
+    if isinstance(source, str) and _HUB_REF.match(text) and not text.startswith((".", "/", "~")):
+        from .hub import download_model  # lazy: the hub pulls in git and HTTP code
+
+        folder = Path(download_model(text, hub=hub))
+        loaded = _load_path(folder, device=device)
+        loaded.source, loaded.hub_ref = text, text
+        return loaded
+    raise OpenLLMError(
+        f"no model at {text!r}: give a run folder, an export folder, or a hub reference OWNER/NAME@VERSION"
+    )
+
+
+def detect_kind(path: Path) -> str:
+    """run | checkpoint | native | hf for a folder, or raise OpenLLMError saying what is missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise OpenLLMError(f"{path} is a file, not a folder: give a run folder or an export folder")
+    if (path / "checkpoints").is_dir():
+        return "run"
+    if _STEP_DIR.match(path.name) and _has_weights(path) and not (path / "config.json").is_file():
+        return "checkpoint"
+    cfg = _read_json(path / "config.json") if (path / "config.json").is_file() else None
+    if cfg is not None and cfg.get("format") == NATIVE_FORMAT:
+        return "native"
+    if (path / OPENLLM_CONFIG_NAME).is_file() or (cfg is not None and cfg.get("model_type") == "llama"):
+        return "hf"
+    if cfg is not None and "model" in cfg and isinstance(cfg["model"], dict):
+        raise OpenLLMError(f"run {path} has no checkpoint yet (no checkpoints/ folder): train it longer "
+                           f"or wait for the first save")
+    if cfg is not None and cfg.get("model_type"):
+        raise OpenLLMError(f"{path}: model_type {cfg.get('model_type')!r} is not supported (only llama)")
+    raise OpenLLMError(f"{path} holds no model: expected a run folder (checkpoints/), a native export "
+                       f"(config.json with format openllm) or a Hugging Face Llama export")
+
+
+def find_latest_checkpoint(run: Path) -> Path:
+    """The newest complete ``checkpoints/step_NNNNNNNN`` folder of a run (highest step with weights)."""
+    ckdir = Path(run) / "checkpoints"
+    steps = []
+    if ckdir.is_dir():
+        for d in ckdir.iterdir():
+            m = _STEP_DIR.match(d.name)
+            if m and d.is_dir() and _has_weights(d):
+                steps.append((int(m.group(1)), d))
+    if not steps:
+        raise OpenLLMError(f"run {run} has no checkpoint yet (nothing in {ckdir}/step_*/model.safetensors): "
+                           f"train it longer or wait for the first save")
+    return max(steps)[1]
+
+
+def read_state_dict(folder: Path) -> dict[str, Any]:
+    """Every tensor of a folder's weights: model.safetensors, a sharded safetensors index, or (for old
+    Hugging Face folders) pytorch_model.bin read with ``weights_only=True``."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return load_file(str(single))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(_read_json(index)["weight_map"].values()))
+        out: dict[str, Any] = {}
+        for shard in shards:
+            out.update(load_file(str(folder / shard)))
+        return out
+    pt = folder / "pytorch_model.bin"
+    if pt.is_file():
+        import torch
+
+        return torch.load(str(pt), map_location="cpu", weights_only=True)
+    raise OpenLLMError(f"{folder} has no weights (model.safetensors)")
+
+
+# --- per kind ---------------------------------------------------------------------------------------------
+
+def _load_path(path: Path, *, device: str) -> LoadedModel:
+    kind = detect_kind(path)
+    if kind == "run":
+        ckpt = find_latest_checkpoint(path)
+        config = _run_config(path, ckpt)
+        state = read_state_dict(ckpt)
+        tok_dir = _first_tokenizer_dir(path / "tokenizer", ckpt / "tokenizer", ckpt)
+        step = _checkpoint_step(ckpt)
+        return _finish(state, config, device, path=ckpt, kind="run", step=step, tok_dir=tok_dir,
+                       info={"run": str(path), "checkpoint": str(ckpt)})
+    if kind == "checkpoint":
+        run = path.parent.parent
+        config = _run_config(run, path)
+        tok_dir = _first_tokenizer_dir(path / "tokenizer", run / "tokenizer", path)
+        return _finish(read_state_dict(path), config, device, path=path, kind="checkpoint",
+                       step=_checkpoint_step(path), tok_dir=tok_dir, info={"checkpoint": str(path)})
+    if kind == "native":
+        raw = dict(_read_json(path / "config.json"))
+        info = {k: raw.pop(k) for k in list(raw) if k not in ("model", "train", "data", "name")}
+        config = _config_from(raw, path / "config.json")
+        return _finish(read_state_dict(path), config, device, path=path, kind="native",
+                       step=info.get("step"), tok_dir=_first_tokenizer_dir(path, path / "tokenizer"), info=info)
+    # hf
+    from .hf_compat import from_hf_state_dict, model_config_from_llama
+
+    info: dict[str, Any] = {}
+    if (path / OPENLLM_CONFIG_NAME).is_file():
+        raw = dict(_read_json(path / OPENLLM_CONFIG_NAME))
+        info = {k: raw.pop(k) for k in list(raw) if k not in ("model", "train", "data", "name")}
+        config = _config_from(raw, path / OPENLLM_CONFIG_NAME)
+    else:
+        try:
+            config = Config(model=model_config_from_llama(_read_json(path / "config.json")), name=path.name)
+        except (KeyError, TypeError) as exc:
+            raise OpenLLMError(f"{path / 'config.json'}: not a Llama config (missing {exc})") from None
+    hf_state = read_state_dict(path)
+    try:
+        state = from_hf_state_dict(hf_state, config.model)
+    except KeyError as exc:
+        raise OpenLLMError(f"{path}: weights do not match a Llama model of this shape (missing {exc})") from None
+    return _finish(state, config, device, path=path, kind="hf", step=info.get("step"),
+                   tok_dir=_first_tokenizer_dir(path), info=info)
+
+
+def _finish(state: dict, config: Config, device: str, *, path: Path, kind: str, step: int | None,
+            tok_dir: Path | None, info: dict) -> LoadedModel:
+    model = _build_model(state, config, device)
+    tokenizer = _load_tokenizer(tok_dir) if tok_dir is not None else None
+    if tokenizer is not None and tokenizer.vocab_size > config.model.vocab_size:
+        raise OpenLLMError(f"{tok_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                           f"{config.model.vocab_size}: the tokenizer does not belong to this model")
+    return LoadedModel(model=model, tokenizer=tokenizer, config=config, source=str(path), path=path, kind=kind,
+                       step=step, tokenizer_dir=tok_dir, info=info)
+
+
+def _build_model(state: dict, config: Config, device: str):
+    import torch
+
+    from .model import Transformer
+
+    state = {_strip_prefix(k): v for k, v in state.items()}
+    cfg = config.model
+    if cfg.tie_embeddings:
+        # one tensor under two names (safetensors' save_model keeps only one of them): keep the embedding,
+        # the head follows it
+        head = state.pop("lm_head.weight", None)
+        if "tok_embeddings.weight" not in state and head is not None:
+            state["tok_embeddings.weight"] = head
+    with torch.device("cpu"):
+        model = Transformer(cfg)
+    expected = set(model.state_dict())
+    if cfg.tie_embeddings:
+        expected.discard("lm_head.weight")
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise OpenLLMError(f"weights do not match the config's model shape: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    for name, tensor in model.state_dict().items():
+        if name in state and tuple(state[name].shape) != tuple(tensor.shape):
+            raise OpenLLMError(f"weight {name} has shape {tuple(state[name].shape)}, the config says "
+                               f"{tuple(tensor.shape)}")
+    model.load_state_dict(state, strict=False)
+    return model.to(device).eval()
+
+
+def _strip_prefix(name: str) -> str:
+    # torch.compile and DDP wrap names; checkpoints written from a wrapped model still load
+    for prefix in ("_orig_mod.", "module."):
+        while name.startswith(prefix):
+            name = name[len(prefix):]
+    return name
+
+
+def _run_config(run: Path, ckpt: Path) -> Config:
+    state_file = ckpt / "state.json"
+    if state_file.is_file():
+        state = _read_json(state_file)
+        if isinstance(state.get("config"), dict):
+            return _config_from(state["config"], state_file)
+    if (run / "config.json").is_file():
+        return _config_from(_read_json(run / "config.json"), run / "config.json")
+    raise OpenLLMError(f"{ckpt}: no config (neither state.json's config nor {run / 'config.json'})")
+
+
+def _checkpoint_step(ckpt: Path) -> int | None:
+    if (ckpt / "state.json").is_file():
+        step = _read_json(ckpt / "state.json").get("step")
+        if isinstance(step, int):
+            return step
+    m = _STEP_DIR.match(ckpt.name)
+    return int(m.group(1)) if m else None
+
+
+def _config_from(raw: dict, where: Path) -> Config:
+    raw = {k: v for k, v in raw.items() if k in ("model", "train", "data", "name")}
+    try:
+        return Config.from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _first_tokenizer_dir(*candidates: Path) -> Path | None:
+    for d in candidates:
+        if all((d / f).is_file() for f in _TOKENIZER_FILES):
+            return d
+    return None
+
+
+def _load_tokenizer(folder: Path):
+    from .tokenizer import Tokenizer
+
+    return Tokenizer.load(folder)
+
+
+def _has_weights(d: Path) -> bool:
+    return any((d / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json",
+                                             "pytorch_model.bin"))
+
+
+def _read_json(p: Path) -> dict:
+    try:
+        data = json.loads(Path(p).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise OpenLLMError(f"{p}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise OpenLLMError(f"{p}: expected a JSON object")
+    return data

@@ -1,0 +1,99 @@
+"""openllm.load: run folders (latest checkpoint), checkpoint folders, native and Hugging Face exports, hub
+references; bit-exact weights; clear errors."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import openllm
+from openllm.errors import OpenLLMError
+from openllm.loading import find_latest_checkpoint
+
+from conftest import make_export_run
+
+
+def _equal_weights(model, ckpt_file):
+    saved = load_file(str(ckpt_file))
+    ours = model.state_dict()
+    for k, v in saved.items():
+        assert torch.equal(ours[k], v), k
+    return saved
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, openllm; assert 'torch' not in sys.modules, 'import openllm pulled in torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_run_folder_loads_latest_checkpoint(export_run):
+    m = openllm.load(export_run)
+    assert m.kind == "run" and m.step == 10
+    assert m.path == export_run / "checkpoints" / "step_00000010"
+    assert not m.model.training
+    _equal_weights(m.model, m.path / "model.safetensors")
+    assert m.config.name == "export-test" and m.config.model.n_kv_heads == 2
+    assert m.tokenizer is not None and m.tokenizer.vocab_size == 512
+    assert m.model.lm_head.weight is m.model.tok_embeddings.weight  # tying survives loading
+
+
+def test_incomplete_checkpoint_is_skipped(export_run):
+    # a save in progress: a step folder without weights yet is not "latest"
+    (export_run / "checkpoints" / "step_00000020").mkdir()
+    assert find_latest_checkpoint(export_run).name == "step_00000010"
+    assert openllm.load(export_run).step == 10
+
+
+def test_checkpoint_folder_loads_directly(export_run):
+    m = openllm.load(export_run / "checkpoints" / "step_00000005")
+    assert m.kind == "checkpoint" and m.step == 5
+    _equal_weights(m.model, m.path / "model.safetensors")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_checkpoint_without_head_tensor(tmp_path, export_tokenizer_dir, tied):
+    run = make_export_run(tmp_path / "r", export_tokenizer_dir, steps=(3,), tied=tied,
+                          checkpoint_with_head=False)
+    m = openllm.load(run)
+    saved = _equal_weights(m.model, m.path / "model.safetensors")
+    assert ("lm_head.weight" in saved) == (not tied)
+
+
+def test_run_without_checkpoint_is_a_clear_error(tmp_path, export_tokenizer_dir):
+    run = make_export_run(tmp_path / "r", export_tokenizer_dir, steps=())
+    with pytest.raises(OpenLLMError, match="no checkpoint yet"):
+        openllm.load(run)
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(OpenLLMError, match="no checkpoint yet"):
+        openllm.load(run)
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(OpenLLMError, match="no model at"):
+        openllm.load(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OpenLLMError, match="holds no model"):
+        openllm.load(tmp_path / "empty")
+
+
+def test_wrong_shape_is_a_clear_error(export_run):
+    cfg = json.loads((export_run / "config.json").read_text())
+    cfg["model"]["d_ff"] = 192
+    for ck in (export_run / "checkpoints").iterdir():
+        state = json.loads((ck / "state.json").read_text())
+        state["config"] = cfg
+        (ck / "state.json").write_text(json.dumps(state))
+    with pytest.raises(OpenLLMError, match="shape"):
+        openllm.load(export_run)
+
+
+def test_hub_reference_goes_through_the_hub(tmp_path):
+    """A string that is no path and looks like OWNER/NAME@VERSION is resolved by the hub."""
+    pytest.importorskip("openllm.hub")
+    with pytest.raises(Exception) as info:
+        openllm.load("nobody/nothing@1k")
+    assert "nobody/nothing" in str(info.value)
