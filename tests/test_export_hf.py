@@ -1,0 +1,106 @@
+"""Hugging Face export: loads with AutoModelForCausalLM / AutoTokenizer (no custom code), logits and greedy
+tokens equal ours, tokenizer ids equal ours, and openllm.load reads it back bit-exactly."""
+import json
+
+import pytest
+import torch
+
+import openllm
+from openllm.export import export
+from openllm.generate import SamplingParams, generate
+
+from conftest import make_export_run
+
+TEXTS = ["def load(source, *, device='cpu'):", "  Hello,   world!\n\tTabs and ünïcødé — 🤖 ok",
+         "12345 + 678 = 13023", ""]
+
+
+@pytest.fixture(params=[dict(tied=True), dict(tied=False, n_kv_heads=1)], ids=["gqa-tied", "mqa-untied"],
+                scope="module")
+def hf_export(request, tmp_path_factory, export_tokenizer_dir):
+    root = tmp_path_factory.mktemp("hf")
+    run = make_export_run(root / "run", export_tokenizer_dir, steps=(7,), **request.param)
+    export(run, root / "hf", "hf", progress=False)
+    return run, root / "hf"
+
+
+def _auto_model(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+def test_files_and_configs(hf_export):
+    run, out = hf_export
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "generation_config.json", "openllm.json", "tokenizer.json",
+            "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"} <= names
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["architectures"] == ["LlamaForCausalLM"]
+    assert "auto_map" not in cfg  # nothing to trust: no remote code
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert (gen["bos_token_id"], gen["eos_token_id"], gen["pad_token_id"]) == (2, 3, 0)
+
+
+def test_logits_equal_ours(hf_export):
+    run, out = hf_export
+    ours = openllm.load(run).model
+    hf = _auto_model(out)
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    idx = torch.randint(0, ours.cfg.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, ours(idx), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_greedy_generate_equals_ours(hf_export):
+    from transformers import AutoTokenizer
+
+    run, out = hf_export
+    loaded = openllm.load(run)
+    hf = _auto_model(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    prompts = ["def export(", "class Tokenizer:\n    "]
+    ids = [loaded.tokenizer.encode(p) for p in prompts]
+    params = SamplingParams(max_new_tokens=24, temperature=0, stop_tokens=(loaded.tokenizer.eos_id,))
+    ours = generate(loaded.model, ids, params)
+    # one at a time, and as a left-padded batch: both must give our tokens
+    for p, want in zip(ids, ours):
+        got = hf.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False)[0, len(p):].tolist()
+        assert got == want
+    tok.padding_side = "left"
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    got = hf.generate(**batch, max_new_tokens=24, do_sample=False)[:, batch["input_ids"].shape[1]:]
+    for row, want in zip(got.tolist(), ours):
+        assert row[:len(want)] == want
+
+
+def test_tokenizer_ids_equal_ours(hf_export):
+    from transformers import AutoTokenizer
+
+    run, out = hf_export
+    ours = openllm.load(run).tokenizer
+    theirs = AutoTokenizer.from_pretrained(out)
+    for text in TEXTS:
+        assert theirs.encode(text) == ours.encode(text), text
+        assert theirs.decode(ours.encode(text)) == ours.decode(ours.encode(text))
+    assert (theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id) == (2, 3, 0)
+
+
+def test_openllm_load_round_trips_bit_exactly(hf_export, tmp_path):
+    run, out = hf_export
+    a, b = openllm.load(run), openllm.load(out)
+    assert b.kind == "hf" and a.config == b.config
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    # a bare Llama folder (no openllm.json) loads too, its shape read from config.json
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for p in out.iterdir():
+        if p.name != "openllm.json":
+            (bare / p.name).write_bytes(p.read_bytes())
+    c = openllm.load(bare)
+    assert c.config.model == a.config.model.__class__(**{**a.config.model.__dict__, "init_std": 0.02,
+                                                        "dropout": 0.0})
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, c.model.state_dict()[k]), k
