@@ -116,3 +116,35 @@ def make_export_run(root: Path, tokenizer_dir: Path, *, steps=(5, 10), seed: int
 def export_run(tmp_path, export_tokenizer_dir) -> Path:
     """A tiny run folder (GQA, tied embeddings) with checkpoints at steps 5 and 10."""
     return make_export_run(tmp_path / "run", export_tokenizer_dir)
+
+
+# --- serve fixtures (issue 10) ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def serve_run(tmp_path_factory, export_tokenizer_dir) -> Path:
+    """A run folder for the server tests: a 512-token context and an untied head whose EOS and byte rows
+    are zero."""
+    from safetensors.torch import load_file, save_file
+
+    run = make_export_run(tmp_path_factory.mktemp("serve") / "run", export_tokenizer_dir, steps=(1,),
+                          tied=False, max_seq_len=512)
+    weights = run / "checkpoints" / "step_00000001" / "model.safetensors"
+    state = load_file(str(weights))
+    from openllm.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(run / "tokenizer")
+    # eos (id 3) and the byte-fallback pieces never win greedily: lengths are predictable and text is whole
+    # characters, so streamed pieces can be compared with the full text
+    for i in range(tok.vocab_size):
+        if i == tok.eos_id or tok.id_to_piece(i).startswith("<0x"):
+            state["lm_head.weight"][i] = 0.0
+    save_file(state, str(weights))
+    return run
+
+
+@pytest.fixture(scope="session")
+def serve_lm(serve_run):
+    """``openllm.load`` of :func:`serve_run`: .model, .tokenizer, .config."""
+    import openllm
+
+    return openllm.load(serve_run)

@@ -1,0 +1,55 @@
+"""openllm serve MODEL [--host 127.0.0.1] [--port 8000] [--api-key KEY]"""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a run folder, an export folder, or OWNER/NAME@VERSION on the hub")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                        "(default: $OPENLLM_API_KEY; none: open)")
+    p.add_argument("--model-name", default=None,
+                   help="the model id /v1/models reports (default: the MODEL argument's last part)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+    p.add_argument("--max-batch", type=int, default=32, help="most sequences generated together (default 32)")
+    p.add_argument("--batch-window-ms", type=float, default=10.0,
+                   help="how long the first request of a batch waits for others to join (default 10 ms)")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests allowed to wait; more are answered 429 (default 256)")
+    p.add_argument("--no-batching", action="store_true", help="serve one request at a time (same as --max-batch 1)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .. import load
+    from ..errors import OpenLLMError
+    from ..serve import create_app, run_server
+
+    if args.max_batch < 1 or args.max_queue < 1:
+        raise OpenLLMError("--max-batch and --max-queue must be at least 1")
+    if not 0 < args.port < 65536:
+        raise OpenLLMError(f"--port must be between 1 and 65535, got {args.port}")
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = load(args.model, device=device)
+    if loaded.tokenizer is None:
+        raise OpenLLMError(f"{args.model} holds no tokenizer (tokenizer.model); serve a run or an export with one")
+    name = args.model_name or (loaded.hub_ref or Path(str(args.model).rstrip("/")).name or str(args.model))
+    api_key = args.api_key or os.environ.get("OPENLLM_API_KEY") or None
+    app = create_app(loaded.model, loaded.tokenizer, model_name=name, api_key=api_key,
+                     max_batch=1 if args.no_batching else args.max_batch,
+                     batch_window_ms=args.batch_window_ms, max_queue=args.max_queue)
+    base = f"http://{args.host}:{args.port}"
+    print(f"serving {name} ({loaded.kind}, context {loaded.model.cfg.max_seq_len}) on {base}", flush=True)
+    print(f"OpenAI base URL: {base}/v1{'  (API key required)' if api_key else ''}", flush=True)
+    run_server(app, args.host, args.port, log_level=args.log_level)
+    return 0

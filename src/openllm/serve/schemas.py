@@ -1,0 +1,84 @@
+"""Request bodies of the HTTP API (pydantic, strict types: ``"5"`` is not an integer and ``true`` is not a
+number). Fields and defaults follow OpenAI's completions and chat completions APIs; fields we accept but
+do not act on are listed in docs/serve.md. Unknown fields are ignored, as OpenAI-compatible servers do."""
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["CompletionRequest", "ChatRequest", "ChatMessage", "GenerateRequest", "StreamOptions"]
+
+Stop = Union[str, list[str], None]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=1)  # not in OpenAI's API; vLLM and others accept it
+    n: int = Field(default=1, ge=1, le=16)
+    stop: Stop = Field(default=None)
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # accepted for compatibility, not acted on (see docs/serve.md)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str], list[int], list[list[int]]] = ""
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class _TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[_TextPart], None] = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=0)
+    logprobs: bool | None = None
+
+
+class GenerateRequest(_Body):
+    """The original OpenLLM server's ``POST /generate`` body (``max_length`` counts new tokens)."""
+
+    prompt: str
+    max_length: int | None = Field(default=None, ge=1)
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_k: int | None = Field(default=40, ge=1)
+    top_p: float | None = Field(default=0.9, gt=0.0, le=1.0)
+    num_return_sequences: int = Field(default=1, ge=1, le=16)
+    stop_sequences: list[str] | None = None
+    seed: int | None = None
