@@ -1,0 +1,29 @@
+"""The OpenLLM web app (Gradio): train, monitor, generate, publish. ``openllm app`` and the Space's app.py run it.
+
+``build_app(workspace=...)`` returns the ``gr.Blocks``; ``launch(...)`` builds and serves it (bound to
+127.0.0.1 unless told otherwise). Gradio is imported lazily, with its analytics off.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+__all__ = ["build_app", "launch"]
+
+
+def build_app(workspace=None):
+    """The app's ``gr.Blocks`` on ``workspace`` (default: OPENLLM_APP_WORKSPACE or ./openllm-workspace)."""
+    from .ui import build_app as _build
+
+    return _build(workspace)
+
+
+def launch(workspace=None, *, host: str = "127.0.0.1", port: int = 7860, **kwargs):
+    """Build the app and serve it; blocks until the server stops (``prevent_thread_lock=True`` returns)."""
+    from .ui import CSS, THEME, build_app as _build
+
+    demo = _build(workspace)
+    demo.queue(default_concurrency_limit=4)
+    kwargs.setdefault("show_error", True)
+    return demo.launch(server_name=host, server_port=port, css=CSS, theme=THEME, share=False, **kwargs)

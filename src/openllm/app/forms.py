@@ -1,0 +1,281 @@
+"""Validation of what the user typed into the app: one clear message per bad field, no Gradio needed.
+
+Each ``parse_*`` function takes the raw values the UI sends (numbers may arrive as floats, strings or None)
+and returns a checked object, or raises :class:`FormError` whose message names the field as the UI labels it.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..config import Config, ConfigError, load_config, preset_names
+from ..errors import OpenLLMError
+from .workspace import WorkspaceError, check_name
+
+__all__ = [
+    "FormError",
+    "TrainRequest",
+    "SamplingRequest",
+    "PushRequest",
+    "CORPUS_EMBEDDED",
+    "CORPUS_WORKSPACE",
+    "CORPUS_UPLOAD",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "preset_fields",
+    "parse_train_form",
+    "parse_sampling_form",
+    "parse_push_form",
+    "parse_hub_ref",
+]
+
+CORPUS_EMBEDDED = "Embedded corpus (King James Bible)"
+CORPUS_WORKSPACE = "A file or folder in the workspace"
+CORPUS_UPLOAD = "An uploaded file"
+OPTIMIZERS = ("adamw",)
+SCHEDULES = ("cosine", "wsd", "constant")
+
+_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class FormError(OpenLLMError):
+    """A field of a form is missing or invalid; ``field`` is its label in the UI."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+# --- numbers -------------------------------------------------------------------------------------------------
+
+def _number(field: str, value: Any) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise FormError(field, "a value is required")
+    if isinstance(value, bool):
+        raise FormError(field, f"must be a number, got {value!r}")
+    try:
+        x = float(value.strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise FormError(field, f"must be a number, got {value!r}") from None
+    if math.isnan(x) or math.isinf(x):
+        raise FormError(field, f"must be a finite number, got {value!r}")
+    return x
+
+
+def _integer(field: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    x = _number(field, value)
+    if x != int(x):
+        raise FormError(field, f"must be a whole number, got {_fmt(value)}")
+    n = int(x)
+    if minimum is not None and n < minimum:
+        raise FormError(field, f"must be at least {minimum}, got {n}")
+    if maximum is not None and n > maximum:
+        raise FormError(field, f"must be at most {maximum}, got {n}")
+    return n
+
+
+def _positive(field: str, value: Any, *, maximum: float | None = None) -> float:
+    x = _number(field, value)
+    if x <= 0:
+        raise FormError(field, f"must be greater than 0, got {_fmt(value)}")
+    if maximum is not None and x > maximum:
+        raise FormError(field, f"must be at most {maximum:g}, got {_fmt(value)}")
+    return x
+
+
+def _non_negative(field: str, value: Any, *, maximum: float | None = None) -> float:
+    x = _number(field, value)
+    if x < 0:
+        raise FormError(field, f"must be 0 or more, got {_fmt(value)}")
+    if maximum is not None and x > maximum:
+        raise FormError(field, f"must be at most {maximum:g}, got {_fmt(value)}")
+    return x
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return str(value).strip() if isinstance(value, str) else repr(value)
+
+
+def _choice(field: str, value: Any, choices) -> str:
+    if value not in choices:
+        raise FormError(field, f"choose one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainRequest:
+    """A checked training form: the run name, the full Config and where the text comes from."""
+
+    run_name: str
+    config: Config
+    corpus_kind: str  # "embedded" | "workspace" | "upload"
+    corpus_path: str | None  # workspace-relative path or the uploaded file's temporary path
+    vocab_size: int
+
+
+def preset_fields(preset: str) -> dict[str, Any]:
+    """The form's values for a preset (what the UI shows after the user picks one)."""
+    cfg = load_config(preset)
+    t = cfg.train
+    return {
+        "model_size": preset,
+        "vocab_size": cfg.model.vocab_size,
+        "lr": t.lr,
+        "batch_size": t.micro_batch_size,
+        "max_steps": t.max_steps,
+        "grad_accum": t.grad_accum_steps,
+        "optimizer": t.optimizer,
+        "schedule": t.schedule,
+        "weight_decay": t.weight_decay,
+        "grad_clip": t.grad_clip,
+        "warmup_steps": t.warmup_steps,
+        "eval_every": t.eval_every,
+        "save_every": t.save_every,
+    }
+
+
+def parse_train_form(values: Mapping[str, Any]) -> TrainRequest:
+    """Check every training field and build the run's Config (preset + overrides, validated)."""
+    presets = preset_names()
+    run_name = values.get("run_name")
+    try:
+        run_name = check_name(run_name or "", "Run name")
+    except WorkspaceError as exc:
+        raise FormError("Run name", str(exc).removeprefix("Run name ").strip()) from None
+    preset = _choice("Preset", values.get("preset"), presets)
+    size = _choice("Model size", values.get("model_size") or preset, presets)
+
+    vocab = _integer("Vocabulary size", values.get("vocab_size"), minimum=64, maximum=262144)
+    lr = _positive("Learning rate", values.get("lr"), maximum=1.0)
+    batch = _integer("Batch size", values.get("batch_size"), minimum=1, maximum=4096)
+    steps = _integer("Steps", values.get("max_steps"), minimum=1, maximum=10_000_000)
+    accum = _integer("Gradient accumulation", values.get("grad_accum"), minimum=1, maximum=4096)
+    optimizer = _choice("Optimizer", values.get("optimizer"), OPTIMIZERS)
+    schedule = _choice("Scheduler", values.get("schedule"), SCHEDULES)
+    wd = _non_negative("Weight decay", values.get("weight_decay"), maximum=10.0)
+    clip = _non_negative("Gradient clipping", values.get("grad_clip"))
+    warmup = _integer("Warmup steps", values.get("warmup_steps"), minimum=0)
+    if warmup > steps:
+        raise FormError("Warmup steps", f"must not exceed Steps ({steps}), got {warmup}")
+    eval_every = _integer("Evaluate every", values.get("eval_every"), minimum=1)
+    save_every = _integer("Save every", values.get("save_every"), minimum=1)
+
+    base = load_config(preset)
+    shape = load_config(size).model
+    model = {**shape.__dict__, "vocab_size": vocab}
+    min_lr = base.train.min_lr
+    if min_lr is not None and min_lr > lr:
+        min_lr = lr / 10
+    train = {
+        "lr": lr, "min_lr": min_lr, "micro_batch_size": batch, "max_steps": steps, "grad_accum_steps": accum,
+        "optimizer": optimizer, "schedule": schedule, "weight_decay": wd, "grad_clip": clip,
+        "warmup_steps": warmup, "eval_every": eval_every, "save_every": save_every,
+        "log_every": max(1, min(base.train.log_every, steps // 20 or 1)),
+    }
+    seq = base.train.seq_len
+    if seq is not None and seq > shape.max_seq_len:
+        train["seq_len"] = shape.max_seq_len
+    try:
+        config = base.replace(model=model, train=train, name=run_name)
+    except ConfigError as exc:
+        raise FormError("Settings", str(exc)) from None
+
+    kind = values.get("corpus_kind")
+    if kind == CORPUS_EMBEDDED:
+        return TrainRequest(run_name, config, "embedded", None, vocab)
+    if kind == CORPUS_WORKSPACE:
+        path = (values.get("corpus_path") or "").strip()
+        if not path:
+            raise FormError("Corpus path", "enter a path inside the workspace (e.g. corpora/my_text.txt)")
+        return TrainRequest(run_name, config, "workspace", path, vocab)
+    if kind == CORPUS_UPLOAD:
+        upload = values.get("upload")
+        if not upload:
+            raise FormError("Upload", "choose a file to upload first")
+        return TrainRequest(run_name, config, "upload", str(upload), vocab)
+    raise FormError("Corpus", f"choose one of: {CORPUS_EMBEDDED}; {CORPUS_WORKSPACE}; {CORPUS_UPLOAD}")
+
+
+# --- generation ----------------------------------------------------------------------------------------------
+
+@dataclass
+class SamplingRequest:
+    prompt: str
+    max_new_tokens: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    repetition_penalty: float
+    seed: int | None
+
+
+def parse_sampling_form(values: Mapping[str, Any]) -> SamplingRequest:
+    prompt = values.get("prompt") or ""
+    if not prompt.strip():
+        raise FormError("Prompt", "type a prompt first")
+    if len(prompt) > 20_000:
+        raise FormError("Prompt", f"is too long ({len(prompt)} characters; at most 20000)")
+    n = _integer("Max new tokens", values.get("max_new_tokens"), minimum=1, maximum=4096)
+    temp = _non_negative("Temperature", values.get("temperature"), maximum=10.0)
+    top_k = _integer("Top-k", values.get("top_k"), minimum=0)
+    top_p = _number("Top-p", values.get("top_p"))
+    if not 0.0 < top_p <= 1.0:
+        raise FormError("Top-p", f"must be in (0, 1], got {_fmt(values.get('top_p'))}")
+    rep = _positive("Repetition penalty", values.get("repetition_penalty"), maximum=10.0)
+    seed_raw = values.get("seed")
+    seed = None
+    if seed_raw is not None and str(seed_raw).strip() != "":
+        seed = _integer("Seed", seed_raw, minimum=0, maximum=2**63 - 1)
+    return SamplingRequest(prompt, n, temp, top_k or None, None if top_p >= 1.0 else top_p, rep, seed)
+
+
+# --- hub -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class PushRequest:
+    run_name: str
+    repo: str
+    version: str | None
+
+
+def parse_repo(value: Any, field: str = "Repository") -> str:
+    repo = (value or "").strip()
+    if not repo:
+        raise FormError(field, "enter a repository as owner/name, e.g. me/tiny-bible")
+    if not _REPO.match(repo) or ".." in repo:
+        raise FormError(field, f"{repo!r} is not owner/name (letters, digits, '.', '_', '-')")
+    return repo
+
+
+def parse_push_form(values: Mapping[str, Any]) -> PushRequest:
+    run = values.get("run_name")
+    if not run:
+        raise FormError("Run", "choose a run to push")
+    try:
+        run = check_name(run, "Run")
+    except WorkspaceError as exc:
+        raise FormError("Run", str(exc)) from None
+    repo = parse_repo(values.get("repo"))
+    version = (values.get("version") or "").strip() or None
+    if version is not None and not _VERSION.match(version):
+        raise FormError("Version", f"{version!r} is not a valid version name (e.g. 7k, v1, step-600)")
+    return PushRequest(run, repo, version)
+
+
+def parse_hub_ref(value: Any, field: str = "Hub model") -> tuple[str, str]:
+    """'owner/name@version' -> (repo, version)."""
+    text = (value or "").strip()
+    if "@" not in text:
+        raise FormError(field, f"write owner/name@version, got {text!r}")
+    repo, _, version = text.rpartition("@")
+    repo = parse_repo(repo, field)
+    if not _VERSION.match(version):
+        raise FormError(field, f"{version!r} is not a valid version name")
+    return repo, version

@@ -1,0 +1,170 @@
+"""What the Models and Generate tabs do: list local runs and hub versions, resolve a model choice to something
+``openllm.load`` takes (never a path outside the workspace), keep the last loaded model, stream generations,
+push runs to a hub and download versions. No Gradio here."""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import OpenLLMError
+from .forms import FormError, PushRequest, SamplingRequest, parse_hub_ref
+from .monitor import read_metrics
+from .runner import run_status
+from .workspace import Workspace, WorkspaceError, check_name
+
+__all__ = ["RunInfo", "list_runs", "checkpoints", "model_choices", "resolve_model", "ModelCache",
+           "stream_completion", "hub_versions", "push_run", "download_version"]
+
+_STEP = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class RunInfo:
+    name: str
+    state: str
+    step: int
+    max_steps: int | None
+    checkpoints: list[int]
+    best_val_loss: float | None
+    error: str | None
+
+
+def checkpoints(run_dir: Path) -> list[int]:
+    """Steps of the complete checkpoints of a run (folders step_NNNNNNNN holding model.safetensors)."""
+    d = Path(run_dir) / "checkpoints"
+    out = []
+    if d.is_dir():
+        for p in d.iterdir():
+            m = _STEP.match(p.name)
+            if m and p.is_dir() and (p / "model.safetensors").is_file():
+                out.append(int(m.group(1)))
+    return sorted(out)
+
+
+def list_runs(ws: Workspace) -> list[RunInfo]:
+    infos = []
+    for name in ws.run_names():
+        st = run_status(ws, name)
+        vals = [r["val_loss"] for r in read_metrics(ws.run_dir(name)) if isinstance(r.get("val_loss"), (int, float))]
+        infos.append(RunInfo(name=name, state=st.state, step=st.step, max_steps=st.max_steps,
+                             checkpoints=checkpoints(ws.run_dir(name)), best_val_loss=min(vals) if vals else None,
+                             error=st.error))
+    return infos
+
+
+def model_choices(ws: Workspace, hub_refs: list[str] | None = None) -> list[tuple[str, str]]:
+    """(label, value) pairs for the Generate tab: runs with a checkpoint, downloaded models, hub versions."""
+    out: list[tuple[str, str]] = []
+    for info in list_runs(ws):
+        if info.checkpoints:
+            out.append((f"run {info.name} (step {info.checkpoints[-1]:,})", f"run:{info.name}"))
+    for name in ws.model_names():
+        out.append((f"downloaded {name}", f"model:{name}"))
+    for ref in hub_refs or []:
+        out.append((f"hub {ref}", f"hub:{ref}"))
+    return out
+
+
+def resolve_model(ws: Workspace, choice: str) -> str:
+    """What to pass to ``openllm.load`` for a Generate choice: a folder inside the workspace, or a hub reference.
+    A typed ``owner/name@version`` is accepted as a hub reference; any other free text is refused."""
+    choice = (choice or "").strip()
+    if not choice:
+        raise FormError("Model", "choose a model (train one first, or pick a hub version)")
+    kind, _, rest = choice.partition(":")
+    if kind in ("run", "model") and rest:
+        try:
+            name = check_name(rest, "model")
+        except WorkspaceError as exc:
+            raise FormError("Model", str(exc)) from None
+        folder = ws.run_dir(name) if kind == "run" else ws.models_dir / name
+        if not folder.is_dir() or not ws.contains(folder):
+            raise FormError("Model", f"{rest!r} is not in the workspace any more")
+        if kind == "run" and not checkpoints(folder):
+            raise FormError("Model", f"run {name!r} has no checkpoint yet")
+        return str(folder.resolve())
+    ref = rest if kind == "hub" else choice
+    repo, version = parse_hub_ref(ref, "Model")
+    return f"{repo}@{version}"
+
+
+class ModelCache:
+    """Keeps the last loaded model; a run is reloaded when it has a newer checkpoint."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._loaded: Any = None
+        self._lock = threading.Lock()
+
+    def get(self, source: str, hub: Any = None):
+        path = Path(source)
+        stamp = tuple(checkpoints(path)[-1:]) if path.is_dir() else ()
+        key = (source, stamp)
+        with self._lock:
+            if self._key != key:
+                from ..loading import load
+
+                self._loaded = None  # free the old model first
+                self._loaded = load(source, device="cpu", hub=hub)
+                self._key = key
+            return self._loaded
+
+
+def stream_completion(loaded: Any, req: SamplingRequest) -> Iterator[str]:
+    """The completion so far, growing piece by piece as tokens arrive."""
+    from ..generate import SamplingParams, stream_text
+
+    if loaded.tokenizer is None:
+        raise OpenLLMError("this model has no tokenizer.model; it cannot take text prompts")
+    max_ctx = loaded.model.cfg.max_seq_len
+    n_prompt = len(loaded.tokenizer.encode(req.prompt))
+    if n_prompt >= max_ctx:
+        raise FormError("Prompt", f"is {n_prompt} tokens; the model's context is {max_ctx} tokens")
+    params = SamplingParams(max_new_tokens=min(req.max_new_tokens, max_ctx - n_prompt),
+                            temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+                            repetition_penalty=req.repetition_penalty, seed=req.seed)
+    text = ""
+    for piece in stream_text(loaded.model, loaded.tokenizer, req.prompt, params):
+        text += piece
+        yield text
+
+
+# --- hub -----------------------------------------------------------------------------------------------------
+# The hub library is the hub engineer's (openllm.hub); these wrappers are the app's only contact with it.
+
+def _hub():
+    from .. import hub as hubmod
+
+    return hubmod
+
+
+def hub_versions(repo: str | None = None) -> list[dict[str, Any]]:
+    """[{repo, version, commit, date}] for the models on the local hub (or one repo)."""
+    hubmod = _hub()
+    return hubmod.app_list_versions(repo)
+
+
+def push_run(ws: Workspace, req: PushRequest) -> dict[str, Any]:
+    """Push run ``req.run_name`` to ``req.repo`` as ``req.version``; returns {repo, version, commit}."""
+    run_dir = ws.run_dir(req.run_name)
+    if not run_dir.is_dir():
+        raise FormError("Run", f"{req.run_name!r} is not in the workspace")
+    st = run_status(ws, req.run_name)
+    if st.active:
+        raise FormError("Run", f"{req.run_name!r} is still training; stop it or wait until it finishes")
+    if not checkpoints(run_dir):
+        raise FormError("Run", f"{req.run_name!r} has no checkpoint to push")
+    hubmod = _hub()
+    return hubmod.app_push(run_dir, req.repo, req.version)
+
+
+def download_version(ws: Workspace, ref: str) -> Path:
+    """Download hub version ``owner/name@version`` into the workspace's models/ folder; returns that folder."""
+    repo, version = parse_hub_ref(ref)
+    hubmod = _hub()
+    name = f"{repo.replace('/', '--')}--{version}"
+    dest = ws.models_dir / check_name(name, "model")
+    return hubmod.app_download(f"{repo}@{version}", dest)

@@ -1,0 +1,211 @@
+"""What the Monitor tab shows, computed from a run's files: progress, ETA, throughput, loss curves, the log's
+tail and the memory in use. No Gradio here; :mod:`ui` only displays these."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["read_metrics", "Progress", "progress", "format_duration", "loss_figure", "tail_log", "memory_usage",
+           "format_progress"]
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of run_dir/metrics.jsonl; a line being written (incomplete JSON) is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    out: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
+                    out.append(rec)
+    except OSError:
+        pass
+    return out
+
+
+@dataclass
+class Progress:
+    step: int
+    max_steps: int | None
+    fraction: float  # 0..1
+    tokens_per_s: float | None
+    eta_s: float | None
+    loss: float | None
+    val_loss: float | None
+    lr: float | None
+
+
+def _tokens_per_step(run_dir: Path) -> int | None:
+    try:
+        cfg = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        t, m = cfg["train"], cfg["model"]
+        seq = t.get("seq_len") or m["max_seq_len"]
+        return int(t["micro_batch_size"]) * int(t["grad_accum_steps"]) * int(seq)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def progress(run_dir: Path, status: dict[str, Any] | None = None,
+             metrics: list[dict[str, Any]] | None = None) -> Progress:
+    """Step/total, ETA (remaining steps x tokens per step / recent tokens per second) and the last values."""
+    metrics = read_metrics(run_dir) if metrics is None else metrics
+    status = status or {}
+    step = max([int(status.get("step") or 0)] + [int(r["step"]) for r in metrics])
+    max_steps = status.get("max_steps")
+    if not max_steps:
+        try:
+            cfg = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+            max_steps = cfg["train"]["max_steps"]
+        except (OSError, ValueError, KeyError, TypeError):
+            max_steps = None
+    max_steps = int(max_steps) if max_steps else None
+    train = [r for r in metrics if _finite(r.get("loss")) is not None]
+    vals = [r for r in metrics if _finite(r.get("val_loss")) is not None]
+    recent = [_finite(r.get("tokens_per_s")) for r in train[-5:]]
+    recent = [x for x in recent if x]
+    tps = sum(recent) / len(recent) if recent else None
+    eta = None
+    per_step = _tokens_per_step(run_dir)
+    if tps and per_step and max_steps:
+        eta = max(0, max_steps - step) * per_step / tps
+    fraction = min(1.0, step / max_steps) if max_steps else 0.0
+    return Progress(step=step, max_steps=max_steps, fraction=fraction, tokens_per_s=tps, eta_s=eta,
+                    loss=_finite(train[-1]["loss"]) if train else None,
+                    val_loss=_finite(vals[-1]["val_loss"]) if vals else None,
+                    lr=_finite(train[-1].get("lr")) if train else None)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def format_progress(p: Progress) -> dict[str, str]:
+    """Short strings for the UI's stat boxes."""
+    total = f"{p.max_steps:,}" if p.max_steps else "?"
+    return {
+        "step": f"{p.step:,} / {total} ({100 * p.fraction:.0f}%)",
+        "eta": format_duration(p.eta_s),
+        "tokens_per_s": f"{p.tokens_per_s:,.0f}" if p.tokens_per_s else "–",
+        "loss": f"{p.loss:.4f}" if p.loss is not None else "–",
+        "val_loss": f"{p.val_loss:.4f}" if p.val_loss is not None else "–",
+    }
+
+
+def loss_figure(metrics: list[dict[str, Any]], title: str = ""):
+    """A matplotlib Figure with the training loss and the validation loss against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.6), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    train = [(r["step"], _finite(r.get("loss"))) for r in metrics if _finite(r.get("loss")) is not None]
+    val = [(r["step"], _finite(r.get("val_loss"))) for r in metrics if _finite(r.get("val_loss")) is not None]
+    if train:
+        ax.plot(*zip(*train), color="#2563eb", linewidth=1.6, label="training loss")
+    if val:
+        ax.plot(*zip(*val), color="#ea580c", linewidth=1.8, marker="o", markersize=4, label="validation loss")
+    if not train and not val:
+        ax.text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=ax.transAxes, color="#6b7280",
+                fontsize=12)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / token)")
+    if title:
+        ax.set_title(title, fontsize=11)
+    ax.grid(True, alpha=0.3)
+    if train or val:
+        ax.legend(loc="upper right", frameon=False)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return fig
+
+
+def tail_log(path: Path, lines: int = 40, max_bytes: int = 64_000) -> str:
+    """The last ``lines`` lines of a log; a progress bar redrawn with carriage returns counts as one line
+    (its latest state)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    out = []
+    for raw in data.split("\n"):
+        latest = [seg for seg in raw.split("\r") if seg.strip()]
+        if latest:
+            out.append(latest[-1].rstrip())
+    return "\n".join(out[-lines:])
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KiB") else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def memory_usage(pid: int | None = None) -> dict[str, str]:
+    """RAM of the training process tree (when ``pid`` runs) and of the machine; GPU memory where an NVIDIA GPU
+    and nvidia-smi are present."""
+    import psutil
+
+    out: dict[str, str] = {}
+    vm = psutil.virtual_memory()
+    out["ram"] = f"{_fmt_bytes(vm.used)} of {_fmt_bytes(vm.total)} ({vm.percent:.0f}%)"
+    if pid:
+        try:
+            root = psutil.Process(pid)
+            rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+            out["training"] = _fmt_bytes(rss)
+        except Exception:
+            pass
+    out["gpu"] = _gpu_memory() or "no GPU"
+    return out
+
+
+def _gpu_memory() -> str | None:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        res = subprocess.run([exe, "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if res.returncode != 0:
+        return None
+    parts = []
+    for i, line in enumerate(res.stdout.strip().splitlines()):
+        try:
+            used, total = (float(x) for x in line.split(","))
+        except ValueError:
+            continue
+        parts.append(f"GPU{i} {used / 1024:.1f} of {total / 1024:.1f} GiB")
+    return "; ".join(parts) or None
