@@ -1,0 +1,369 @@
+"""openllm serve over plain HTTP (httpx against a real uvicorn server on 127.0.0.1): endpoints, response
+shapes, streaming, stop strings, the context budget (400), validation (422), the API key (401), the bounded
+queue (429), client disconnects, the original /generate, and the CLI."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from openllm.generate import SamplingParams, generate
+from openllm.serve import ServerThread, create_app, render_chat
+
+NAME = "tiny-serve"
+
+
+@pytest.fixture(scope="module")
+def server(serve_lm):
+    app = create_app(serve_lm.model, serve_lm.tokenizer, model_name=NAME)
+    with ServerThread(app) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def expected_greedy(lm, prompt: str, n: int) -> tuple[str, int]:
+    """The library's greedy continuation of ``prompt`` (n tokens) as text, and the prompt's token count."""
+    tok = lm.tokenizer
+    ids = tok.encode(prompt)
+    out = generate(lm.model, [ids], SamplingParams(max_new_tokens=n, temperature=0, stop_tokens=(tok.eos_id,)))[0]
+    before = tok.decode(ids)
+    full = tok.decode(ids + out)
+    assert full.startswith(before)
+    return full[len(before):], len(ids)
+
+
+def sse_events(response: httpx.Response) -> list:
+    events = []
+    for line in response.iter_lines():
+        if not line:
+            continue
+        assert line.startswith("data: "), line
+        data = line[len("data: "):]
+        events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def wait_for(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_health_and_models(client):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["model"] == NAME and h["context"] == 512
+    m = client.get("/v1/models").json()
+    assert m["object"] == "list" and [d["id"] for d in m["data"]] == [NAME]
+    assert m["data"][0]["object"] == "model"
+
+
+def test_completion_greedy_equals_library(client, serve_lm):
+    want, n_prompt = expected_greedy(serve_lm, "def forward(self, x):", 12)
+    r = client.post("/v1/completions", json={"model": NAME, "prompt": "def forward(self, x):", "max_tokens": 12,
+                                             "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-") and body["model"] == NAME
+    (choice,) = body["choices"]
+    assert choice == {"index": 0, "text": want, "logprobs": None, "finish_reason": "length"}
+    assert body["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": 12, "total_tokens": n_prompt + 12}
+
+
+def test_stream_pieces_add_up_to_the_full_text(client):
+    req = {"prompt": "import torch", "max_tokens": 20, "temperature": 0}
+    full = client.post("/v1/completions", json=req).json()["choices"][0]["text"]
+    with client.stream("POST", "/v1/completions", json={**req, "stream": True,
+                                                         "stream_options": {"include_usage": True}}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 20
+    pieces = [c["choices"][0] for c in chunks[:-1]]
+    assert len(pieces) > 2  # really streamed, not one blob
+    assert "".join(p["text"] for p in pieces) == full
+    assert [p["finish_reason"] for p in pieces][-1] == "length"
+    assert all(p["finish_reason"] is None for p in pieces[:-1])
+
+
+def test_stop_strings_cut_the_text_streamed_or_not(client):
+    req = {"prompt": "class Config:", "max_tokens": 30, "temperature": 0}
+    full = client.post("/v1/completions", json=req).json()["choices"][0]["text"]
+    stop = full[10:13]
+    want = full[:full.find(stop)]
+    r = client.post("/v1/completions", json={**req, "stop": [stop, "\u2603never"]}).json()
+    assert r["choices"][0]["text"] == want and r["choices"][0]["finish_reason"] == "stop"
+    assert r["usage"]["completion_tokens"] < 30
+    with client.stream("POST", "/v1/completions", json={**req, "stop": stop, "stream": True}) as s:
+        pieces = [e["choices"][0] for e in sse_events(s)[:-1]]
+    assert "".join(p["text"] for p in pieces) == want and pieces[-1]["finish_reason"] == "stop"
+
+
+def test_n_seed_and_several_prompts(client):
+    req = {"prompt": "return", "max_tokens": 8, "temperature": 1.0, "top_p": 0.9, "n": 3, "seed": 7}
+    a = client.post("/v1/completions", json=req).json()
+    b = client.post("/v1/completions", json=req).json()
+    c = client.post("/v1/completions", json={**req, "seed": 8}).json()
+    assert [x["index"] for x in a["choices"]] == [0, 1, 2]
+    texts = [x["text"] for x in a["choices"]]
+    assert texts == [x["text"] for x in b["choices"]]  # a seed makes sampling reproducible
+    assert texts != [x["text"] for x in c["choices"]]
+    assert len(set(texts)) > 1  # the n samples differ from each other
+    assert a["usage"]["completion_tokens"] == 24
+    # a list of prompts: one choice per prompt (times n), each the same as asking alone
+    multi = client.post("/v1/completions", json={"prompt": ["return", "import os"], "max_tokens": 6,
+                                                 "temperature": 0, "n": 2}).json()
+    single = [client.post("/v1/completions", json={"prompt": p, "max_tokens": 6, "temperature": 0}).json()
+              ["choices"][0]["text"] for p in ("return", "import os")]
+    assert [x["text"] for x in multi["choices"]] == [single[0], single[0], single[1], single[1]]
+    assert [x["index"] for x in multi["choices"]] == [0, 1, 2, 3]
+
+
+def test_token_id_prompt_and_echo(client, serve_lm):
+    ids = serve_lm.tokenizer.encode("def load(")
+    by_text = client.post("/v1/completions", json={"prompt": "def load(", "max_tokens": 5, "temperature": 0}).json()
+    by_ids = client.post("/v1/completions", json={"prompt": ids, "max_tokens": 5, "temperature": 0}).json()
+    assert by_ids["choices"][0]["text"] == by_text["choices"][0]["text"]
+    echo = client.post("/v1/completions", json={"prompt": "def load(", "max_tokens": 5, "temperature": 0,
+                                                "echo": True}).json()
+    assert echo["choices"][0]["text"] == "def load(" + by_text["choices"][0]["text"]
+
+
+def test_chat_uses_the_documented_template(client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
+    prompt = render_chat([("system", "Be brief."), ("user", "Hello there")])
+    assert prompt == "System: Be brief.\nUser: Hello there\nAssistant:"
+    completion = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 10, "temperature": 0,
+                                                      "stop": ["\nUser:", "\nSystem:"]}).json()["choices"][0]
+    r = client.post("/v1/chat/completions", json={"model": NAME, "messages": messages, "max_tokens": 10,
+                                                  "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    (choice,) = body["choices"]
+    assert choice["message"] == {"role": "assistant", "content": completion["text"].lstrip()}
+    assert choice["finish_reason"] == completion["finish_reason"]
+    # content given as a list of text parts is the same message
+    parts = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+             {"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]}]
+    again = client.post("/v1/chat/completions", json={"messages": parts, "max_tokens": 10, "temperature": 0}).json()
+    assert again["choices"][0]["message"] == choice["message"]
+    with client.stream("POST", "/v1/chat/completions", json={"messages": messages, "max_tokens": 10,
+                                                             "temperature": 0, "stream": True}) as s:
+        events = sse_events(s)
+    assert events[-1] == "[DONE]"
+    deltas = [e["choices"][0]["delta"] for e in events[:-1]]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert "".join(d.get("content", "") for d in deltas) == choice["message"]["content"]
+    assert events[-2]["object"] == "chat.completion.chunk" and events[-2]["choices"][0]["finish_reason"]
+
+
+def test_original_generate_endpoint(client):
+    want = client.post("/v1/completions", json={"prompt": "def main():", "max_tokens": 10,
+                                                "temperature": 0}).json()["choices"][0]["text"]
+    r = client.post("/generate", json={"prompt": "def main():", "max_length": 10, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["generated_text"] == [want] and body["prompt"] == "def main():"
+    assert body["parameters"]["max_new_tokens"] == 10 and body["generation_time"] >= 0
+    many = client.post("/generate", json={"prompt": "def main():", "max_new_tokens": 4,
+                                          "num_return_sequences": 3, "top_k": 20, "top_p": 0.95}).json()
+    assert len(many["generated_text"]) == 3 and many["usage"]["completion_tokens"] == 12
+
+
+def test_context_budget_is_a_400_with_the_numbers(client):
+    r = client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 600})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == "max_tokens" and err["code"] == "context_length_exceeded"
+    assert "600" in err["message"] and "512" in err["message"]
+    long_prompt = " ".join(["tokenizer"] * 600)
+    r = client.post("/v1/completions", json={"prompt": long_prompt, "max_tokens": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt" and "512" in r.json()["error"]["message"]
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                  "max_completion_tokens": 1000})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
+    r = client.post("/generate", json={"prompt": "hi", "max_length": 2048})
+    assert r.status_code == 400 and "max_length" in r.json()["error"]["message"]
+    # the whole remaining context is allowed
+    r = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 510, "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["total_tokens"] <= 512
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/completions", {"prompt": "x", "max_tokens": "5"}, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "temperature": "hot"}, "temperature"),
+    ("/v1/completions", {"prompt": "x", "n": 0}, "n"),
+    ("/v1/completions", {"prompt": "x", "stream": "yes"}, "stream"),
+    ("/v1/completions", {"prompt": 5}, "prompt"),
+    ("/v1/chat/completions", {"max_tokens": 5}, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, "messages"),
+    ("/generate", {"prompt": "x", "num_return_sequences": 1.5}, "num_return_sequences"),
+])
+def test_wrong_types_are_422_naming_the_field(client, path, body, param):
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and param in err["message"]
+
+
+def test_malformed_json_is_422(client):
+    r = client.post("/v1/completions", content=b'{"prompt": "x", ', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert "not valid JSON" in r.json()["error"]["message"]
+
+
+def test_api_key(serve_lm, monkeypatch):
+    app = create_app(serve_lm.model, serve_lm.tokenizer, model_name=NAME, api_key="s3cret")
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        assert c.get("/health").status_code == 200  # load balancers need no key
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "s3cret"}):
+            r = c.get("/v1/models", headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+            assert c.post("/v1/completions", json={"prompt": "x"}, headers=headers).status_code == 401
+            assert c.post("/generate", json={"prompt": "x"}, headers=headers).status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert c.get("/v1/models", headers=ok).status_code == 200
+        assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}, headers=ok).status_code == 200
+    monkeypatch.setenv("OPENLLM_API_KEY", "from-env")
+    app = create_app(serve_lm.model, serve_lm.tokenizer)
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer from-env"}).status_code == 200
+
+
+def gated_model(model):
+    """A copy of the model whose forward waits for ``gate``: the test decides when the batcher may run."""
+    gated = copy.deepcopy(model)
+    gate = threading.Event()
+    forward = gated.forward
+
+    def waiting_forward(*args, **kwargs):
+        assert gate.wait(30), "test never opened the gate"
+        return forward(*args, **kwargs)
+
+    gated.forward = waiting_forward
+    return gated, gate
+
+
+def test_full_queue_is_429_and_disconnects_cancel(serve_lm):
+    model, gate = gated_model(serve_lm.model)
+    app = create_app(model, serve_lm.tokenizer, max_batch=1, max_queue=1)
+    batcher = app.state.batcher
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        # A: a streaming request the batcher starts on (and blocks in the model, until the gate opens)
+        a_client = httpx.Client(base_url=s.url, timeout=30)
+        a = a_client.send(a_client.build_request("POST", "/v1/completions", json={
+            "prompt": "first", "max_tokens": 400, "stream": True}), stream=True)
+        wait_for(lambda: batcher.snapshot()["running_rows"] == 1)
+        # B: waits in the queue
+        b_result = {}
+        b = threading.Thread(target=lambda: b_result.update(r=c.post("/v1/completions", json={
+            "prompt": "second", "max_tokens": 5, "temperature": 0})))
+        b.start()
+        wait_for(lambda: batcher.snapshot()["queued"] == 1)
+        # C: the queue is full
+        r = c.post("/v1/completions", json={"prompt": "third", "max_tokens": 5})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "queue_full"
+        # A's client goes away while its request runs: the server stops generating for it
+        a.close()
+        a_client.close()
+        time.sleep(0.3)  # let the server notice the closed connection before the model runs again
+        gate.set()
+        b.join(30)
+        assert b_result["r"].status_code == 200
+        wait_for(lambda: batcher.snapshot()["completed"] + batcher.snapshot()["cancelled"] == 2)
+        stats = batcher.snapshot()
+        assert stats["cancelled"] == 1 and stats["rejected"] == 1
+        assert stats["tokens"] <= 5 + 2  # B's 5, and at most a step or two of A's 400
+
+
+def test_non_streaming_client_disconnect_cancels(serve_lm):
+    model, gate = gated_model(serve_lm.model)
+    app = create_app(model, serve_lm.tokenizer)
+    batcher = app.state.batcher
+    with ServerThread(app) as s:
+        def impatient():
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 400}, timeout=0.5)
+        t = threading.Thread(target=impatient)
+        t.start()
+        wait_for(lambda: batcher.snapshot()["running_rows"] == 1)
+        t.join(10)
+        time.sleep(0.6)  # the handler polls its connection every 0.25 s
+        gate.set()
+        wait_for(lambda: batcher.snapshot()["cancelled"] == 1)
+        assert batcher.snapshot()["tokens"] <= 2
+
+
+def test_disconnect_mid_stream_stops_generation(server, serve_lm):
+    batcher = server.app.state.batcher
+    before = batcher.snapshot()
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        with c.stream("POST", "/v1/completions", json={"prompt": "stream", "max_tokens": 500,
+                                                        "temperature": 0, "stream": True}) as r:
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(4)]
+            assert got[0].startswith("data: ")
+    wait_for(lambda: batcher.snapshot()["cancelled"] == before["cancelled"] + 1)
+    assert batcher.snapshot()["tokens"] - before["tokens"] < 500
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_cli_serve(serve_run):
+    port = _free_port()
+    env = {**os.environ, "OPENLLM_API_KEY": "k"}
+    proc = subprocess.Popen([sys.executable, "-m", "openllm", "serve", str(serve_run), "--port", str(port),
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert httpx.get(url + "/v1/models").status_code == 401
+        models = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k"}).json()
+        assert models["data"][0]["id"] == serve_run.name
+        r = httpx.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 3},
+                       headers={"Authorization": "Bearer k"}, timeout=30)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert f"on http://127.0.0.1:{port}" in out
+
+
+@pytest.mark.slow
+def test_cli_serve_bad_source_is_a_one_line_error(tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("serve", str(tmp_path / "missing"), check=False)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
