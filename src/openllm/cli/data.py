@@ -1,0 +1,29 @@
+"""openllm data upload PATH --repo OWNER/NAME"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    up = sub.add_parser("upload", help="upload a data file or folder to a dataset repo with a dataset card",
+                        description="Upload raw text, a prepared corpus (report.json) or tokenized shards "
+                                    "(meta.json) as one commit with a dataset card and SHA256SUMS.")
+    up.add_argument("path", metavar="PATH", help="a file or a folder")
+    up.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the dataset repo (created when missing)")
+    up.add_argument("--license", default="other", help="license in the dataset card (default other)")
+    up.add_argument("--language", default="en", help="language in the dataset card (default en)")
+    up.add_argument("--source", default=None, help="where the text came from (default: from report.json)")
+    up.add_argument("--version", default=None, help="also tag this upload with a version name")
+    up.add_argument("-m", "--message", default=None, help="commit message")
+    up.add_argument("--hub", default=None, help="local (default), hf, a hub folder, or a git URL; see docs/hub.md")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..hub.datasets import upload_dataset
+
+    res = upload_dataset(args.path, repo_id=args.repo, hub=args.hub, license=args.license, language=args.language,
+                         source=args.source, version=args.version, commit_message=args.message, progress=True)
+    tag = f"@{res.version}" if res.version else ""
+    print(f"uploaded {len(res.files)} files to {res.repo_id}{tag} (commit {res.commit[:12]}) on {res.hub}")
+    return 0

@@ -1,0 +1,132 @@
+"""The hub interface: what every hub (local git, Hugging Face) implements, modelled on
+``huggingface_hub.HfApi`` and keyword-only. Everything above this interface (model push, dataset upload,
+the Space sync, the app) is written once against it."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable, Sequence, Union
+
+from .ids import validate_path_in_repo
+
+__all__ = ["Hub", "CommitOperationAdd", "CommitOperationDelete", "CommitOperation", "GitRefs", "CommitInfo"]
+
+
+@dataclass(frozen=True)
+class CommitOperationAdd:
+    """Add or overwrite ``path_in_repo`` with a local file or with bytes (as in huggingface_hub)."""
+
+    path_in_repo: str
+    path_or_fileobj: Union[str, Path, bytes]
+
+    def __post_init__(self) -> None:
+        validate_path_in_repo(self.path_in_repo)
+        if not isinstance(self.path_or_fileobj, (str, Path, bytes)):
+            raise TypeError("path_or_fileobj must be a path or bytes")
+
+
+@dataclass(frozen=True)
+class CommitOperationDelete:
+    """Delete a file, or a folder when ``path_in_repo`` ends with '/' (as in huggingface_hub)."""
+
+    path_in_repo: str
+
+    def __post_init__(self) -> None:
+        validate_path_in_repo(self.path_in_repo.rstrip("/"))
+
+    @property
+    def is_folder(self) -> bool:
+        return self.path_in_repo.endswith("/")
+
+
+CommitOperation = Union[CommitOperationAdd, CommitOperationDelete]
+
+
+@dataclass
+class GitRefs:
+    """Branches and tags of a repository: name -> commit id (tags peeled to the commit they mark)."""
+
+    branches: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CommitInfo:
+    """One commit, newest first in :meth:`Hub.list_commits`."""
+
+    commit_id: str
+    title: str
+    message: str = ""
+    authors: list[str] = field(default_factory=list)
+    created_at: datetime | None = None
+    parents: list[str] = field(default_factory=list)
+
+
+class Hub(abc.ABC):
+    """A place that holds model, dataset and Space repositories. All arguments are keyword-only.
+
+    Errors are typed (openllm.hub.errors): RepositoryNotFound, RevisionNotFound, AuthError, HubUnavailable
+    (safe to retry), ConflictError, InvalidRepoId.
+    """
+
+    name: str = "hub"
+
+    @abc.abstractmethod
+    def create_repo(self, *, repo_id: str, repo_type: str = "model", exist_ok: bool = False) -> str:
+        """Create an empty repository; return its URL (or path). Existing + ``exist_ok=False``: RepositoryExists."""
+
+    @abc.abstractmethod
+    def repo_exists(self, *, repo_id: str, repo_type: str = "model") -> bool: ...
+
+    @abc.abstractmethod
+    def list_repos(self, *, repo_type: str = "model") -> list[str]:
+        """Repo ids of that type on this hub (the local hub: all; Hugging Face: the token's owner's)."""
+
+    @abc.abstractmethod
+    def upload_folder(self, *, repo_id: str, folder_path: str | Path, repo_type: str = "model",
+                      commit_message: str | None = None, delete_patterns: str | Sequence[str] | None = None,
+                      parent_commit: str | None = None) -> str:
+        """Upload every file under ``folder_path`` as ONE commit; delete repo files matching
+        ``delete_patterns`` (fnmatch, e.g. ``"*"`` = make the repo exactly the folder) that the folder does not
+        hold. Return the commit id (the unchanged head if nothing changed)."""
+
+    @abc.abstractmethod
+    def create_commit(self, *, repo_id: str, operations: Iterable[CommitOperation], commit_message: str,
+                      repo_type: str = "model", parent_commit: str | None = None) -> str:
+        """Apply the operations as one commit on ``main``; ConflictError if ``parent_commit`` is given and the
+        head is elsewhere. Return the commit id."""
+
+    @abc.abstractmethod
+    def create_tag(self, *, repo_id: str, tag: str, revision: str | None = None, message: str | None = None,
+                   repo_type: str = "model", exist_ok: bool = False) -> None:
+        """Annotated tag on ``revision`` (default: head of main). Existing tag: RevisionExists unless exist_ok."""
+
+    @abc.abstractmethod
+    def delete_tag(self, *, repo_id: str, tag: str, repo_type: str = "model") -> None: ...
+
+    @abc.abstractmethod
+    def list_refs(self, *, repo_id: str, repo_type: str = "model") -> GitRefs: ...
+
+    @abc.abstractmethod
+    def list_commits(self, *, repo_id: str, repo_type: str = "model",
+                     revision: str | None = None) -> list[CommitInfo]:
+        """History of ``revision`` (default main), newest first."""
+
+    @abc.abstractmethod
+    def list_files(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None) -> list[str]: ...
+
+    @abc.abstractmethod
+    def download(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None,
+                 local_dir: str | Path | None = None) -> Path:
+        """Files of ``revision`` in a local folder (checksums verified); return the folder."""
+
+    @abc.abstractmethod
+    def revert(self, *, repo_id: str, to_revision: str, repo_type: str = "model",
+               commit_message: str | None = None) -> str:
+        """A NEW commit on main whose tree is ``to_revision``'s (history is kept). Return its id."""
+
+    def describe(self) -> str:
+        """Where this hub is, for messages."""
+        return self.name

@@ -1,0 +1,297 @@
+"""Model and dataset cards (README.md): YAML metadata built with huggingface_hub's own card-data classes (so
+the hub's parser accepts it), then the facts the run or the data measured, and nothing else."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from .facts import RunFacts
+
+__all__ = ["model_card", "dataset_card", "eval_results"]
+
+_TAGS = ["openllm", "llama", "causal-lm", "from-scratch"]
+_TASKS = {  # evaluation task -> (dataset type, dataset name, split)
+    "lambada": ("EleutherAI/lambada_openai", "LAMBADA", "test"),
+    "hellaswag": ("Rowan/hellaswag", "HellaSwag", "validation"),
+}
+_TASK_METRICS = {"acc": ("accuracy", "accuracy"), "acc_norm": ("accuracy", "normalized accuracy"),
+                 "ppl": ("perplexity", "perplexity")}
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and x == x else None
+
+
+def eval_results(evaluation: dict[str, Any], *, dataset_id: str | None = None) -> list[Any]:
+    """huggingface_hub EvalResults from ``evaluation.json``: val loss, perplexity, bits per byte on the
+    scored text, and each task's accuracy/perplexity. Missing keys give no result."""
+    from huggingface_hub import EvalResult
+
+    out = []
+    ds = evaluation.get("dataset") if isinstance(evaluation.get("dataset"), dict) else {}
+    ds_name = str(ds.get("name") or "validation split")
+    ds_type = dataset_id or str(ds.get("name") or "text")
+    for key, mtype, label in (("val_loss", "loss", "loss (nats/token)"), ("perplexity", "perplexity", "perplexity"),
+                              ("bits_per_byte", "bits_per_byte", "bits per byte")):
+        value = _num(evaluation.get(key))
+        if value is not None:
+            out.append(EvalResult(task_type="text-generation", task_name="Language modeling", dataset_type=ds_type,
+                                  dataset_name=ds_name, dataset_split="validation", metric_type=mtype,
+                                  metric_name=label, metric_value=round(value, 6)))
+    for task, scores in sorted((evaluation.get("tasks") or {}).items()):
+        if not isinstance(scores, dict):
+            continue
+        dtype, dname, split = _TASKS.get(task, (task, task, None))
+        for key, value in sorted(scores.items()):
+            value = _num(value)
+            if value is None or key not in _TASK_METRICS:
+                continue
+            mtype, label = _TASK_METRICS[key]
+            out.append(EvalResult(task_type="text-generation", task_name=dname, dataset_type=dtype,
+                                  dataset_name=dname, dataset_split=split, metric_type=mtype,
+                                  metric_name=f"{dname} {label}", metric_value=round(value, 6)))
+    return out
+
+
+def _yaml_header(data: Any) -> str:
+    return "---\n" + data.to_yaml() + "\n---\n"
+
+
+def _fmt_int(n: int | None) -> str:
+    return f"{n:,}" if isinstance(n, int) else "?"
+
+
+def _fmt_time(s: float) -> str:
+    h, rem = divmod(int(round(s)), 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h} h {m:02d} min" if h else (f"{m} min {sec:02d} s" if m else f"{s:.1f} s")
+
+
+def _table(rows: Iterable[tuple[str, str]], head: tuple[str, str] = ("", "")) -> str:
+    rows = list(rows)
+    if not rows:
+        return ""
+    lines = [f"| {head[0]} | {head[1]} |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
+    return "\n".join(lines) + "\n"
+
+
+def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str = "gpl-3.0",
+               language: str | list[str] = "en", datasets: list[str] | None = None,
+               image_name: str | None = "loss.png", hub_name: str = "local") -> str:
+    """README.md for one model version."""
+    from huggingface_hub import ModelCardData
+
+    cfg = facts.config
+    model = cfg.get("model") or {}
+    train = cfg.get("train") or {}
+    ev = facts.evaluation or {}
+    data = ModelCardData(
+        license=license, language=[language] if isinstance(language, str) else list(language),
+        library_name="transformers", tags=list(_TAGS), datasets=list(datasets) if datasets else None,
+        pipeline_tag="text-generation", model_name=repo_id,
+        eval_results=eval_results(ev, dataset_id=(datasets or [None])[0]) or None,
+    )
+    name = repo_id.split("/")[1]
+    s: list[str] = [_yaml_header(data), f"# {name} ({version})\n\n"]
+    layers, width = model.get("n_layers"), model.get("d_model")
+    intro = f"A small Llama-shaped language model trained from scratch with [OpenLLM](https://github.com/louischua/openllm)"
+    if facts.step is not None:
+        intro += f", version `{version}` = training step {facts.step:,}"
+    s.append(intro + ". It loads as a plain `LlamaForCausalLM` (no custom code).\n")
+
+    # architecture and parameters
+    arch = []
+    if model:
+        arch.append(("architecture", "decoder-only transformer: RMSNorm, rotary position embeddings, SwiGLU, "
+                                     "grouped-query attention" if model.get("n_kv_heads") not in (None, model.get("n_heads"))
+                     else "decoder-only transformer: RMSNorm, rotary position embeddings, SwiGLU"))
+        for key, label in (("n_layers", "layers"), ("d_model", "width"), ("n_heads", "attention heads"),
+                           ("n_kv_heads", "key/value heads"), ("d_ff", "SwiGLU hidden width"),
+                           ("vocab_size", "vocabulary"), ("max_seq_len", "context length"),
+                           ("rope_theta", "RoPE theta"), ("tie_embeddings", "tied embeddings")):
+            if key in model:
+                arch.append((label, str(model[key])))
+    if facts.params is not None:
+        arch.append(("parameters", f"{facts.params:,} ({facts.params / 1e6:.1f}M)"))
+        arch.append(("non-embedding parameters", f"{facts.params_non_embedding:,}"))
+    if arch:
+        s.append("## Model\n\n" + _table(arch, ("", "value")))
+        if cfg.get("name"):
+            s.append(f"\nConfig preset: `{cfg['name']}` (the full config is `openllm.json` in this repo).\n")
+
+    # training
+    tr = []
+    for key, label in (("max_steps", "max steps"), ("micro_batch_size", "micro batch"),
+                       ("grad_accum_steps", "gradient accumulation"), ("seq_len", "sequence length"),
+                       ("lr", "peak learning rate"), ("min_lr", "min learning rate"), ("schedule", "schedule"),
+                       ("warmup_steps", "warmup steps"), ("weight_decay", "weight decay"),
+                       ("optimizer", "optimizer"), ("grad_clip", "gradient clipping"), ("seed", "seed")):
+        if train.get(key) is not None:
+            tr.append((label, str(train[key])))
+    if facts.step is not None:
+        tr.append(("steps trained", f"{facts.step:,}"))
+    if facts.tokens_seen is not None:
+        tr.append(("tokens seen", f"{facts.tokens_seen:,}"))
+    if tr:
+        s.append("\n## Training\n\n" + _table(tr, ("setting", "value")))
+
+    hw = []
+    if facts.device:
+        hw.append(("device", facts.device))
+    if facts.world_size is not None:
+        hw.append(("processes", str(facts.world_size)))
+    if facts.precision:
+        hw.append(("precision", facts.precision))
+    if facts.elapsed_s is not None:
+        hw.append(("training time", _fmt_time(facts.elapsed_s)))
+    if facts.tokens_per_s is not None:
+        hw.append(("throughput (median)", f"{facts.tokens_per_s:,.0f} tokens/s"))
+    if facts.mfu is not None:
+        hw.append(("MFU (median)", f"{100 * facts.mfu:.1f}%"))
+    if hw:
+        s.append("\n## Hardware and time\n\n" + _table(hw, ("", "value")))
+
+    prov = []
+    for fname, info in sorted(facts.data_sources.items()):
+        if info.get("sha256"):
+            prov.append((f"data `{fname}` sha256", f"`{info['sha256']}`"))
+    for split, info in sorted(facts.data_splits.items()):
+        if info.get("tokens") is not None:
+            docs = f", {info['documents']:,} documents" if isinstance(info.get("documents"), int) else ""
+            prov.append((f"{split} split", f"{info['tokens']:,} tokens{docs}"))
+    if facts.tokenizer_sha256:
+        prov.append(("tokenizer.model sha256", f"`{facts.tokenizer_sha256}`"))
+    if facts.code_commit:
+        when = "recorded by the run" if facts.code_commit_origin == "run" else "at push time"
+        prov.append(("code commit", f"`{facts.code_commit}` ({when})"))
+    if prov:
+        s.append("\n## Data and code\n\n" + _table(prov, ("", "value")))
+
+    # metrics
+    met = []
+    if facts.final_loss is not None:
+        met.append(("final training loss", f"{facts.final_loss:.4f}"))
+    if facts.final_val_loss is not None:
+        met.append(("final validation loss", f"{facts.final_val_loss:.4f}"))
+    if facts.best_val_loss is not None:
+        at = f" (step {facts.best_step:,})" if isinstance(facts.best_step, int) else ""
+        met.append(("best validation loss", f"{facts.best_val_loss:.4f}{at}"))
+    ds = ev.get("dataset") if isinstance(ev.get("dataset"), dict) else {}
+    on = f" on {ds['name']}" if ds.get("name") else ""
+    for key, label, fmt in (("val_loss", "evaluation loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}"),
+                            ("bits_per_byte", "bits per byte", "{:.4f}")):
+        if _num(ev.get(key)) is not None:
+            met.append((f"{label}{on}", fmt.format(ev[key])))
+    for task, scores in sorted((ev.get("tasks") or {}).items()):
+        if isinstance(scores, dict):
+            for key in ("acc", "acc_norm", "ppl"):
+                if _num(scores.get(key)) is not None:
+                    met.append((f"{task} {_TASK_METRICS[key][1]}", f"{scores[key]:.4f}"))
+    if met:
+        s.append("\n## Metrics\n\n" + _table(met, ("metric", "value")))
+        if ev:
+            s.append("\nEvaluation details are in `evaluation.json`.\n")
+    if image_name:
+        s.append(f"\n## Loss curve\n\n![loss curve]({image_name})\n")
+
+    # usage
+    ref = f"{repo_id}@{version}"
+    s.append(f"""
+## Usage
+
+With Transformers (the repository is a plain Llama checkpoint):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tok = AutoTokenizer.from_pretrained("{repo_id}", revision="{version}")
+model = AutoModelForCausalLM.from_pretrained("{repo_id}", revision="{version}")
+ids = tok("Once upon a time", return_tensors="pt").input_ids
+print(tok.decode(model.generate(ids, max_new_tokens=40)[0]))
+```
+
+With OpenLLM:
+
+```bash
+openllm generate {ref} --prompt "Once upon a time"{"" if hub_name == "local" else " --hub " + hub_name}
+openllm hub pull {ref} --out ./{name}-{version}
+```
+
+```python
+import openllm
+m = openllm.load("{ref}")
+```
+""")
+    seen = f"{facts.tokens_seen:,} tokens" if facts.tokens_seen is not None else "a small corpus"
+    s.append(f"""
+## Limitations
+
+This is a small model trained from scratch on {seen}. It continues text in the style of its training data;
+it is not instruction-tuned, has no safety tuning, and states false things fluently. Its knowledge is limited
+to the training data, and it reproduces that data's biases. Use it for research and teaching, not for
+decisions or facts.
+""")
+    return "".join(s)
+
+
+def dataset_card(*, repo_id: str, files: dict[str, dict[str, Any]], stats: dict[str, Any],
+                 license: str = "other", language: str | list[str] = "en", source: str | None = None,
+                 report_md: str | None = None, report: dict[str, Any] | None = None) -> str:
+    """README.md for a dataset repo: size, documents, tokens, source, license, checksums, the prepare report."""
+    from huggingface_hub import DatasetCardData
+
+    total = sum(int(f["bytes"]) for f in files.values())
+    data = DatasetCardData(license=license, language=[language] if isinstance(language, str) else list(language),
+                           pretty_name=repo_id.split("/")[1], tags=["openllm", "text"],
+                           task_categories=["text-generation"], size_categories=[_size_category(stats)])
+    name = repo_id.split("/")[1]
+    s = [_yaml_header(data), f"# {name}\n\nTraining text for [OpenLLM](https://github.com/louischua/openllm) "
+         f"language models, uploaded with `openllm data upload`.\n"]
+    rows = [("files", str(len(files))), ("size", f"{total:,} bytes")]
+    for key, label in (("documents", "documents"), ("tokens", "tokens"), ("vocab_size", "vocabulary size"),
+                       ("lines", "lines"), ("characters", "characters")):
+        if isinstance(stats.get(key), int):
+            rows.append((label, f"{stats[key]:,}"))
+    for split, info in sorted((stats.get("splits") or {}).items()):
+        parts = [f"{info[k]:,} {k}" for k in ("documents", "tokens") if isinstance(info.get(k), int)]
+        if parts:
+            rows.append((f"{split} split", ", ".join(parts)))
+    if source:
+        rows.append(("source", source))
+    rows.append(("license", license))
+    s.append("\n## Summary\n\n" + _table(rows, ("", "value")))
+    s.append("\n## Files and checksums\n\n| file | bytes | sha256 |\n|---|---|---|\n")
+    s.extend(f"| `{p}` | {f['bytes']:,} | `{f['sha256']}` |\n" for p, f in sorted(files.items()))
+    s.append("\n`SHA256SUMS` in this repo holds the same checksums (`sha256sum -c SHA256SUMS`).\n")
+    if report_md:
+        s.append("\n## Preparation report\n\n" + _demote(report_md.strip()) + "\n")
+    elif report:
+        s.append("\n## Preparation report\n\n```json\n" + json.dumps(report, indent=2)[:20000] + "\n```\n")
+    s.append(f"""
+## Usage
+
+```bash
+git clone <local hub>/datasets/{repo_id}.git      # the local hub: any git client
+```
+
+```python
+from huggingface_hub import snapshot_download     # the Hugging Face hub
+folder = snapshot_download("{repo_id}", repo_type="dataset")
+```
+""")
+    return "".join(s)
+
+
+def _demote(md: str) -> str:
+    """Headings of an embedded report one level below the card's."""
+    return "\n".join("##" + ln if ln.startswith("#") else ln for ln in md.splitlines())
+
+
+def _size_category(stats: dict[str, Any]) -> str:
+    n = stats.get("documents") or stats.get("lines") or 0
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return label
+    return "10M<n<100M"

@@ -1,0 +1,54 @@
+"""Typed hub errors. Every one is an :class:`~openllm.errors.OpenLLMError`: the CLI prints its one-line
+message and exits 2. Callers that retry (the Space sync) catch :class:`HubUnavailable` only."""
+from __future__ import annotations
+
+from ..errors import OpenLLMError
+
+__all__ = [
+    "HubError", "InvalidRepoId", "RepositoryNotFound", "RepositoryExists", "RevisionNotFound",
+    "RevisionExists", "EntryNotFound", "AuthError", "HubUnavailable", "ConflictError", "UnsupportedOperation",
+]
+
+
+class HubError(OpenLLMError):
+    """Base class of everything the hub raises on purpose."""
+
+
+class InvalidRepoId(HubError, ValueError):
+    """A repo id, repo type, revision or path in a repo is malformed (checked before any I/O)."""
+
+
+class RepositoryNotFound(HubError):
+    """The repository does not exist on this hub."""
+
+
+class RevisionNotFound(HubError):
+    """The branch, tag (version) or commit does not exist in the repository."""
+
+
+class EntryNotFound(HubError):
+    """A file asked for (e.g. by a delete operation) is not in the repository."""
+
+
+class AuthError(HubError):
+    """No credentials, or credentials the hub rejected. Retrying does not help."""
+
+
+class HubUnavailable(HubError):
+    """The hub could not be reached or broke off (refused, reset, timed out, 5xx). Safe to retry."""
+
+
+class ConflictError(HubError):
+    """The repository moved under us (``parent_commit`` is no longer the head) or a write kept losing races."""
+
+
+class RepositoryExists(ConflictError):
+    """``create_repo`` without ``exist_ok`` on a repository that already exists."""
+
+
+class RevisionExists(ConflictError):
+    """A tag (version) that already exists; versions are immutable unless forced."""
+
+
+class UnsupportedOperation(HubError):
+    """The operation is not available on this kind of hub (e.g. creating a repo over git's protocols)."""

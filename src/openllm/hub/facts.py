@@ -1,0 +1,188 @@
+"""What a run (or an export) measured, gathered for the model card. Only values found in the run's files;
+anything absent stays absent (the card never guesses)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import statistics
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunFacts", "collect_facts", "latest_checkpoint_dir", "code_commit", "sha256_file"]
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class RunFacts:
+    """Everything the model card may state. ``None`` / empty means: not measured, not shown."""
+
+    source: Path
+    kind: str  # run | export
+    config: dict[str, Any] = field(default_factory=dict)  # the full Config (model/train/data/name)
+    step: int | None = None
+    tokens_seen: int | None = None
+    elapsed_s: float | None = None
+    precision: str | None = None
+    world_size: int | None = None
+    device: str | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    final_loss: float | None = None
+    final_val_loss: float | None = None
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    tokens_per_s: float | None = None
+    mfu: float | None = None
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    tokenizer_sha256: str | None = None
+    data_sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> {sha256, bytes}
+    data_splits: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> {tokens, documents}
+    code_commit: str | None = None
+    code_commit_origin: str | None = None  # "run" (recorded at training) or "push" (git rev-parse at push)
+    params: int | None = None
+    params_non_embedding: int | None = None
+    loss_image: Path | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def latest_checkpoint_dir(run: Path) -> Path | None:
+    steps = [(int(m.group(1)), p) for p in (run / "checkpoints").glob("step_*")
+             if (m := _STEP_DIR.match(p.name)) and (p / "model.safetensors").is_file()]
+    return max(steps)[1] if steps else None
+
+
+def code_commit(start: Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the work tree holding this package (None outside a git checkout)."""
+    here = start or Path(__file__).resolve().parent
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = proc.stdout.strip()
+    return out if proc.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", out) else None
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    records = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a crash
+            if isinstance(rec, dict):
+                records.append(rec)
+    return records
+
+
+def _param_counts(model_cfg: dict[str, Any]) -> tuple[int | None, int | None]:
+    try:
+        import torch
+
+        from ..config import ModelConfig
+        from ..model import Transformer
+
+        known = {k: v for k, v in model_cfg.items() if k in ModelConfig.__dataclass_fields__}
+        with torch.device("meta"):
+            model = Transformer(ModelConfig(**known))
+        return model.num_params(), model.num_params(non_embedding=True)
+    except Exception:  # an unreadable config: the card leaves the counts out
+        return None, None
+
+
+def collect_facts(source: str | Path) -> RunFacts:
+    """Facts from a run folder (config.json + checkpoints/) or an export folder (openllm.json / config.json)."""
+    src = Path(source)
+    ckpt = latest_checkpoint_dir(src)
+    facts = RunFacts(source=src, kind="run" if ckpt is not None else "export")
+    state: dict[str, Any] = {}
+    if ckpt is not None:
+        state = _json(ckpt / "state.json")
+        cfg = _json(src / "config.json") or state.get("config") or {}
+        facts.step = int(state["step"]) if isinstance(state.get("step"), int) else int(ckpt.name[5:])
+    else:
+        cfg = _json(src / "openllm.json") or _json(src / "config.json")
+        cfg = {k: v for k, v in cfg.items() if k != "format"}
+        for key in ("step", "training_step"):
+            if isinstance(cfg.get(key), int):
+                facts.step = cfg[key]
+    facts.config = cfg if isinstance(cfg.get("model"), dict) else {}
+    if facts.config:
+        facts.params, facts.params_non_embedding = _param_counts(facts.config["model"])
+
+    facts.tokens_seen = state.get("tokens_seen") if isinstance(state.get("tokens_seen"), int) else None
+    facts.elapsed_s = _finite(state.get("elapsed_s"))
+    facts.precision = state.get("precision") if isinstance(state.get("precision"), str) else None
+    facts.world_size = state.get("world_size") if isinstance(state.get("world_size"), int) else None
+    facts.status = _json(src / "status.json")
+    for d in (state, facts.status):
+        for key in ("device_name", "device", "hardware", "gpu"):
+            if isinstance(d.get(key), str) and d[key]:
+                facts.device = facts.device or d[key]
+        for key in ("code_commit", "git_commit", "commit"):
+            if isinstance(d.get(key), str) and re.fullmatch(r"[0-9a-f]{7,40}", d[key]):
+                facts.code_commit, facts.code_commit_origin = d[key], "run"
+    if facts.code_commit is None:
+        facts.code_commit = code_commit()
+        facts.code_commit_origin = "push" if facts.code_commit else None
+
+    metrics = _read_metrics(src / "metrics.jsonl")
+    if facts.step is not None:
+        metrics = [r for r in metrics if not isinstance(r.get("step"), int) or r["step"] <= facts.step]
+    facts.metrics = metrics
+    losses = [r for r in metrics if _finite(r.get("loss")) is not None]
+    vals = [r for r in metrics if _finite(r.get("val_loss")) is not None]
+    if losses:
+        facts.final_loss = _finite(losses[-1]["loss"])
+    if vals:
+        facts.final_val_loss = _finite(vals[-1]["val_loss"])
+        best = min(vals, key=lambda r: r["val_loss"])
+        facts.best_val_loss, facts.best_step = _finite(best["val_loss"]), best.get("step")
+    speeds = [_finite(r.get("tokens_per_s")) for r in metrics]
+    speeds = [s for s in speeds if s]
+    if speeds:
+        facts.tokens_per_s = statistics.median(speeds[len(speeds) // 5:] or speeds)  # past the warm-up
+    mfus = [m for m in (_finite(r.get("mfu")) for r in metrics) if m is not None]
+    if mfus:
+        facts.mfu = statistics.median(mfus)
+    if facts.device is None:
+        for r in metrics:
+            if isinstance(r.get("device"), str):
+                facts.device = r["device"]
+
+    facts.evaluation = _json(src / "evaluation.json")
+    tok_model = next((p for p in (src / "tokenizer" / "tokenizer.model", src / "tokenizer.model") if p.is_file()), None)
+    facts.tokenizer_sha256 = state.get("tokenizer_sha256") or (sha256_file(tok_model) if tok_model else None)
+    data_dir = state.get("data_dir")
+    if isinstance(data_dir, str) and (Path(data_dir) / "meta.json").is_file():
+        meta = _json(Path(data_dir) / "meta.json")
+        facts.data_sources = {k: v for k, v in (meta.get("sources") or {}).items() if isinstance(v, dict)}
+        facts.data_splits = {k: {"tokens": v.get("tokens"), "documents": v.get("documents")}
+                             for k, v in (meta.get("splits") or {}).items() if isinstance(v, dict)}
+    image = src / "loss.png"
+    facts.loss_image = image if image.is_file() else None
+    return facts
