@@ -1,0 +1,157 @@
+"""Multi-process training through PyTorch's own engines, started by ``torchrun``.
+
+- DDP (default): every rank holds the whole model; gradients are averaged once per optimizer step
+  (``no_sync`` during gradient accumulation, so there is no redundant all-reduce).
+- FSDP2 (``train.distributed = "fsdp"``): ``torch.distributed.fsdp.fully_shard`` on every block and on the
+  root; parameters, gradients and optimizer state are sharded across ranks.
+
+Backend: nccl on GPUs, gloo on CPU. One process is the plain single-device path, nothing initialised.
+Checkpoints always hold *full* (unsharded) state dicts keyed by parameter name, so a run saved with FSDP on
+8 GPUs resumes in one process and the other way round.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+__all__ = ["DistInfo", "init_distributed", "shutdown", "wrap_model", "no_grad_sync", "all_reduce",
+           "broadcast_object", "gather_objects", "full_state", "load_full_state"]
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+    mode: str = "single"  # single | ddp | fsdp
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _pick_device(requested: str | None, local_rank: int) -> torch.device:
+    if requested and requested != "auto":
+        dev = torch.device(requested)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(device: str | None = None, mode: str = "ddp") -> DistInfo:
+    """Read torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE) and start the process group when there is
+    more than one process; pick the device (``cuda:LOCAL_RANK`` when GPUs exist, else CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _pick_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world <= 1:
+        return DistInfo(device=dev)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {"backend": backend, "timeout": datetime.timedelta(minutes=30)}
+        if dev.type == "cuda":
+            kwargs["device_id"] = dev
+        dist.init_process_group(**kwargs)
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=dev, backend=backend, mode=mode)
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
+    """DDP or FSDP2 around ``model`` (already on ``info.device``); unchanged for a single process."""
+    if not info.enabled:
+        return model
+    if info.mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in getattr(model, "layers", []):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DDP(model, device_ids=ids)
+
+
+@contextlib.contextmanager
+def no_grad_sync(model: nn.Module, info: DistInfo, sync: bool) -> Iterator[None]:
+    """Inside, backward() does not reduce gradients across ranks unless ``sync`` (the last micro-step)."""
+    if not info.enabled or sync:
+        if info.mode == "fsdp" and info.enabled:
+            model.set_requires_gradient_sync(True)
+        yield
+        return
+    if info.mode == "fsdp":
+        model.set_requires_gradient_sync(False)
+        yield
+        return
+    with model.no_sync():
+        yield
+
+
+def all_reduce(t: torch.Tensor, info: DistInfo, op: str = "sum") -> torch.Tensor:
+    if info.enabled:
+        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return t
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Full (unsharded) model and optimizer state dicts on CPU, keyed by parameter name. A collective under
+    FSDP: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, model_sd: dict | None,
+                    optim_sd: dict | None) -> None:
+    """Inverse of :func:`full_state` (every rank passes the full dicts it read from the checkpoint)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True, strict=False)
+    if model_sd is not None:
+        set_model_state_dict(model, model_sd, options=opts)
+    if optimizer is not None and optim_sd is not None:
+        set_optimizer_state_dict(model, optimizer, optim_sd, options=StateDictOptions(full_state_dict=True))

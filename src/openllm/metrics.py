@@ -1,0 +1,147 @@
+"""Training metrics: the ``metrics.jsonl`` writer, model FLOPs utilisation (MFU) with a table of device peak
+FLOP/s, TensorBoard logging, and the loss-curve plot."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["MetricsWriter", "read_metrics", "device_peak_flops", "mfu", "plot_loss", "TensorBoard"]
+
+# Dense (no sparsity) bf16/fp16 tensor-core peak FLOP/s, from the vendors' data sheets. Matched in order
+# against torch.cuda.get_device_name(); the first hit wins, so specific names come before general ones.
+PEAK_FLOPS: list[tuple[str, float]] = [
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM / NVL
+    ("H800", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
+]
+
+
+def device_peak_flops(device: Any = None) -> float | None:
+    """Peak FLOP/s of ``device`` for MFU, or None when unknown (CPUs, unlisted GPUs).
+    ``OPENLLM_PEAK_FLOPS`` (a number, e.g. ``989e12``) overrides the table."""
+    env = os.environ.get("OPENLLM_PEAK_FLOPS")
+    if env:
+        return float(env)
+    import torch
+
+    device = torch.device(device) if device is not None else None
+    if device is None or device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_FLOPS:
+        if key in name:
+            return flops
+    return None
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved training FLOP/s over the device peak (None when the peak is unknown)."""
+    if not peak:
+        return None
+    return flops_per_token * tokens_per_s / peak
+
+
+class MetricsWriter:
+    """Appends one JSON object a line to ``metrics.jsonl``; flushed after every line so readers (the web
+    app, ``openllm compare``) see progress live."""
+
+    def __init__(self, path: str | Path, *, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        if resume_step is not None and self.path.exists():
+            # a resumed run repeats the steps after its checkpoint: drop the lines it will write again
+            keep = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= resume_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+            os.replace(tmp, self.path)
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        clean = {k: v for k, v in record.items() if v is not None}
+        self._f.write(json.dumps(clean) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (a torn last line from a killed run is skipped)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+class TensorBoard:
+    """SummaryWriter under ``RUN/tb``; a no-op when tensorboard is not installed."""
+
+    def __init__(self, log_dir: str | Path, *, purge_step: int | None = None) -> None:
+        self._w = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # pragma: no cover - tensorboard is a dependency, but stay usable without it
+            return
+        self._w = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        if self._w is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
+                self._w.add_scalar(f"train/{key}" if key != "val_loss" else "val/loss", value, step)
+
+    def close(self) -> None:
+        if self._w is not None:
+            self._w.close()
+
+
+def plot_loss(records: Iterable[dict[str, Any]], out: str | Path, *, title: str = "") -> Path | None:
+    """Train (and val, where present) loss against step as a PNG; None when there is nothing to plot."""
+    records = list(records)
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r and math.isfinite(r["loss"])]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="val", linewidth=1.5, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
