@@ -152,7 +152,7 @@ def parse_train_form(values: Mapping[str, Any]) -> TrainRequest:
     preset = _choice("Preset", values.get("preset"), presets)
     size = _choice("Model size", values.get("model_size") or preset, presets)
 
-    vocab = _integer("Vocabulary size", values.get("vocab_size"), minimum=64, maximum=262144)
+    vocab = _integer("Vocabulary size", values.get("vocab_size"), minimum=324, maximum=262144)
     lr = _positive("Learning rate", values.get("lr"), maximum=1.0)
     batch = _integer("Batch size", values.get("batch_size"), minimum=1, maximum=4096)
     steps = _integer("Steps", values.get("max_steps"), minimum=1, maximum=10_000_000)

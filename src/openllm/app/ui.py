@@ -22,14 +22,17 @@ from .workspace import Workspace, WorkspaceError, default_workspace  # noqa: E40
 __all__ = ["build_app", "CSS", "THEME"]
 
 CSS = """
-.gradio-container {max-width: 1180px !important; margin: 0 auto !important;}
+.gradio-container {max-width: 1180px !important; width: 100% !important; margin: 0 auto !important;}
 #app-header h1 {margin-bottom: 0.1em;}
 #app-header p {color: var(--body-text-color-subdued); margin-top: 0;}
 .msg-ok, .msg-err, .msg-info {padding: 10px 14px; border-radius: 8px; margin: 4px 0; font-size: 0.95em;}
 .msg-ok {background: #ecfdf5; border: 1px solid #a7f3d0; color: #065f46;}
 .msg-err {background: #fef2f2; border: 1px solid #fecaca; color: #991b1b;}
 .msg-info {background: #eff6ff; border: 1px solid #bfdbfe; color: #1e3a8a;}
-.stats {display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 10px; margin: 6px 0;}
+.stats {display: grid; grid-template-columns: repeat(6, minmax(0, 1fr)); gap: 10px; margin: 6px 0;}
+@media (max-width: 800px) {.stats {grid-template-columns: repeat(2, minmax(0, 1fr));}}
+.mem {font-size: 0.88em; color: var(--body-text-color-subdued); margin: 4px 2px 0;}
+.mem b {color: var(--body-text-color); font-weight: 600;}
 .stat {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 10px 14px;
        background: var(--block-background-fill);}
 .stat .label {font-size: 0.78em; text-transform: uppercase; letter-spacing: 0.04em;
@@ -47,7 +50,14 @@ CSS = """
 footer {display: none !important;}
 """
 
-THEME = "soft"
+def _theme():
+    # system fonts only: the default themes fetch Google Fonts, and the app contacts no remote host
+    return gr.themes.Soft(font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial",
+                                "sans-serif"],
+                          font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
+
+
+THEME = _theme()
 
 
 def _msg(text: str, kind: str = "info") -> str:
@@ -151,23 +161,25 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
         error = f'<div class="msg-err" id="run-error">{html.escape(st.error)}</div>' if st.error else ""
         ckpts = M.checkpoints(run_dir)
         ck = f"{len(ckpts)} (latest step {ckpts[-1]:,})" if ckpts else "none yet"
-        stats = [("Step", f["step"], "stat-step"), ("ETA", f["eta"], "stat-eta"),
+        running = st.state == "running"
+        stats = [("Step", f["step"], "stat-step"), ("ETA", f["eta"] if running else "–", "stat-eta"),
                  ("Tokens / s", f["tokens_per_s"], "stat-tps"), ("Loss", f["loss"], "stat-loss"),
-                 ("Val loss", f["val_loss"], "stat-val"), ("Checkpoints", ck, "stat-ckpt"),
-                 ("RAM (machine)", mem["ram"], "stat-ram"),
-                 ("RAM (training)", mem.get("training", "–"), "stat-train-ram"), ("GPU memory", mem["gpu"], "stat-gpu")]
+                 ("Val loss", f["val_loss"], "stat-val"), ("Checkpoints", ck, "stat-ckpt")]
         cards = "".join(f'<div class="stat" id="{i}"><div class="label">{html.escape(k)}</div>'
                         f'<div class="value">{html.escape(v)}</div></div>' for k, v, i in stats)
+        mem_line = (f'<div class="mem" id="stat-mem">Memory: machine RAM <b>{html.escape(mem["ram"])}</b>'
+                    f' · training process <b>{html.escape(mem.get("training", "not running"))}</b>'
+                    f' · GPU <b>{html.escape(mem["gpu"])}</b></div>')
         view = (f'<div id="monitor-view" data-step="{p.step}" data-max-steps="{p.max_steps or 0}" '
                 f'data-points="{len(metrics)}" data-state="{html.escape(st.state)}">'
                 f'<div><b>{html.escape(run)}</b> {_state_badge(st.state)}{phase}</div>'
                 f'<div class="bar"><div style="width:{100 * p.fraction:.1f}%"></div></div>'
-                f'{error}<div class="stats">{cards}</div></div>')
+                f'{error}<div class="stats">{cards}</div>{mem_line}</div>')
         count = (run, len(metrics), st.state)
         fig = gr.skip()
         if count != last_count:
             fig = loss_figure(metrics, title=f"{run}: loss")
-        log = tail_log(runner.log_path(run))
+        log = tail_log(runner.log_path(run)) or "(no log for this run)"
         return view, fig, log, count
 
     def on_monitor_run(run):
@@ -244,29 +256,33 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
             with gr.Tab("Train", id="train", elem_id="tab-train"):
                 with gr.Row():
                     run_name = gr.Textbox(label="Run name", value="run-1", elem_id="run-name", scale=2,
-                                          info="letters, digits, '.', '_', '-'")
+                                          info="the folder under runs/: letters, digits, '.', '_', '-'")
                     preset = gr.Dropdown(presets, value=first, label="Preset", elem_id="preset", scale=1,
                                          info="fills in every field below")
                     size = gr.Dropdown(presets, value=defaults["model_size"], label="Model size", elem_id="model-size",
-                                       scale=1, info="the shape of a preset")
+                                       scale=1, info="layers, width, heads, context")
                     vocab = gr.Number(defaults["vocab_size"], label="Vocabulary size", elem_id="vocab-size", scale=1,
                                       info="tokenizer pieces (at least 324)")
                 with gr.Row():
-                    lr = gr.Number(defaults["lr"], label="Learning rate", elem_id="lr")
+                    lr = gr.Number(defaults["lr"], label="Learning rate", elem_id="lr", info="peak, after warmup")
                     batch = gr.Number(defaults["batch_size"], label="Batch size", elem_id="batch-size",
                                       info="sequences per micro-batch")
-                    steps = gr.Number(defaults["max_steps"], label="Steps", elem_id="steps")
-                    accum = gr.Number(defaults["grad_accum"], label="Gradient accumulation", elem_id="grad-accum")
+                    steps = gr.Number(defaults["max_steps"], label="Steps", elem_id="steps",
+                                      info="optimizer steps")
+                    accum = gr.Number(defaults["grad_accum"], label="Gradient accumulation", elem_id="grad-accum",
+                                      info="micro-batches per step")
                 with gr.Row():
                     opt = gr.Dropdown(list(OPTIMIZERS), value=defaults["optimizer"], label="Optimizer",
-                                      elem_id="optimizer")
+                                      elem_id="optimizer", info="decoupled weight decay")
                     sched = gr.Dropdown(list(SCHEDULES), value=defaults["schedule"], label="Scheduler",
-                                        elem_id="scheduler")
-                    wd = gr.Number(defaults["weight_decay"], label="Weight decay", elem_id="weight-decay")
+                                        elem_id="scheduler", info="learning-rate schedule after warmup")
+                    wd = gr.Number(defaults["weight_decay"], label="Weight decay", elem_id="weight-decay",
+                                   info="0 = none")
                     clip = gr.Number(defaults["grad_clip"], label="Gradient clipping", elem_id="grad-clip",
                                      info="max gradient norm; 0 = off")
                 with gr.Row():
-                    warmup = gr.Number(defaults["warmup_steps"], label="Warmup steps", elem_id="warmup")
+                    warmup = gr.Number(defaults["warmup_steps"], label="Warmup steps", elem_id="warmup",
+                                       info="linear warmup")
                     eval_every = gr.Number(defaults["eval_every"], label="Evaluate every", elem_id="eval-every",
                                            info="steps between val-loss points")
                     save_every = gr.Number(defaults["save_every"], label="Save every", elem_id="save-every",
@@ -291,7 +307,7 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
                                               scale=4)
                     monitor_refresh = gr.Button("Refresh", scale=1, elem_id="monitor-refresh")
                 monitor_html = gr.HTML("", elem_id="monitor-html")
-                plot = gr.Plot(label="Loss", elem_id="loss-plot", format="png")
+                plot = gr.Plot(label="Loss", show_label=False, elem_id="loss-plot", format="png")
                 log_box = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, interactive=False,
                                      elem_id="log-tail", autoscroll=True)
 
@@ -303,27 +319,36 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
                     gen_refresh = gr.Button("Refresh list", scale=1, elem_id="gen-refresh")
                 prompt = gr.Textbox(label="Prompt", lines=3, value="In the beginning", elem_id="gen-prompt")
                 with gr.Row():
-                    max_new = gr.Number(64, label="Max new tokens", elem_id="gen-max-new")
+                    max_new = gr.Number(64, label="Max new tokens", elem_id="gen-max-new",
+                                        info="at most this many tokens")
                     temp = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature", elem_id="gen-temp",
                                      info="0 = greedy")
+                    top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p", elem_id="gen-top-p",
+                                      info="1 = off")
+                with gr.Row():
                     top_k = gr.Number(50, label="Top-k", elem_id="gen-top-k", info="0 = off")
-                    top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p", elem_id="gen-top-p")
-                    rep = gr.Number(1.0, label="Repetition penalty", elem_id="gen-rep")
-                    seed = gr.Number(None, label="Seed", elem_id="gen-seed", info="empty = random")
+                    rep = gr.Number(1.0, label="Repetition penalty", elem_id="gen-rep", info="1 = off")
+                    seed = gr.Textbox("", label="Seed", elem_id="gen-seed", info="empty = random",
+                                      placeholder="random")
                 gen_btn = gr.Button("Generate", variant="primary", elem_id="gen-btn")
                 gen_msg = gr.HTML("", elem_id="gen-msg")
                 gen_out = gr.Textbox(label="Output", lines=8, interactive=False, elem_id="gen-output")
 
             with gr.Tab("Models", id="models", elem_id="tab-models"):
-                gr.Markdown("### Local runs")
+                with gr.Row():
+                    gr.Markdown("### Local runs")
+                    models_refresh = gr.Button("Refresh", elem_id="models-refresh", size="sm", scale=0,
+                                               min_width=110)
                 runs_df = gr.Dataframe(runs_table(), headers=["run", "state", "step", "checkpoints", "best val loss"],
                                        interactive=False, elem_id="runs-table", wrap=True)
                 gr.Markdown("### Push a run to the hub")
                 with gr.Row():
-                    push_run = gr.Dropdown(run_choices(), value=default_run(), label="Run", elem_id="push-run")
-                    push_repo = gr.Textbox(label="Repository", placeholder="owner/name", elem_id="push-repo")
-                    push_version = gr.Textbox(label="Version", placeholder="e.g. 7k (default: steps in thousands)",
-                                              elem_id="push-version")
+                    push_run = gr.Dropdown(run_choices(), value=default_run(), label="Run", elem_id="push-run",
+                                           info="its latest checkpoint")
+                    push_repo = gr.Textbox(label="Repository", placeholder="owner/name", elem_id="push-repo",
+                                           info="created when it does not exist")
+                    push_version = gr.Textbox(label="Version", placeholder="e.g. 7k", elem_id="push-version",
+                                              info="empty = the step count in thousands")
                 push_btn = gr.Button("Push", variant="primary", elem_id="push-btn")
                 push_msg = gr.HTML("", elem_id="push-msg")
                 gr.Markdown("### Versions on the hub")
@@ -335,7 +360,6 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
                                          scale=4)
                     dl_btn = gr.Button("Download", elem_id="dl-btn", scale=1)
                 dl_msg = gr.HTML("", elem_id="dl-msg")
-                models_refresh = gr.Button("Refresh", elem_id="models-refresh")
 
             with gr.Tab("Help", id="help", elem_id="tab-help"):
                 gr.Markdown(load_help(), elem_id="help-text")

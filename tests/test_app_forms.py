@@ -1,0 +1,177 @@
+"""The app's form validation and workspace sandbox (no browser, no Gradio)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from openllm.app.forms import (CORPUS_EMBEDDED, CORPUS_UPLOAD, CORPUS_WORKSPACE, FormError, parse_hub_ref,
+                               parse_push_form, parse_sampling_form, parse_train_form, preset_fields)
+from openllm.app.workspace import Workspace, WorkspaceError, check_name
+
+
+def _form(**over):
+    values = {**preset_fields("tiny"), "preset": "tiny", "run_name": "r1", "corpus_kind": CORPUS_EMBEDDED,
+              "corpus_path": "", "upload": None}
+    values.update(over)
+    return values
+
+
+def test_preset_fields_round_trip_to_the_preset_config():
+    req = parse_train_form(_form())
+    assert req.run_name == "r1" and req.corpus_kind == "embedded"
+    cfg = req.config
+    assert cfg.model.d_model == 192 and cfg.model.vocab_size == 4096
+    assert cfg.train.lr == 0.003 and cfg.train.max_steps == 600 and cfg.name == "r1"
+
+
+def test_overrides_reach_the_config():
+    req = parse_train_form(_form(lr="0.001", max_steps=30.0, batch_size=4, grad_accum=2, schedule="wsd",
+                                 weight_decay=0, grad_clip=0.5, warmup_steps=3, vocab_size=512, eval_every=5,
+                                 save_every=10))
+    t = req.config.train
+    assert (t.lr, t.max_steps, t.micro_batch_size, t.grad_accum_steps, t.schedule) == (0.001, 30, 4, 2, "wsd")
+    assert (t.weight_decay, t.grad_clip, t.warmup_steps, t.eval_every, t.save_every) == (0, 0.5, 3, 5, 10)
+    assert t.min_lr <= t.lr
+    assert req.config.model.vocab_size == 512 and req.vocab_size == 512
+
+
+@pytest.mark.parametrize("field,value,label,words", [
+    ("lr", 0, "Learning rate", "greater than 0"),
+    ("lr", -1e-3, "Learning rate", "greater than 0"),
+    ("lr", "abc", "Learning rate", "must be a number"),
+    ("lr", None, "Learning rate", "required"),
+    ("lr", float("nan"), "Learning rate", "finite"),
+    ("max_steps", 10.5, "Steps", "whole number"),
+    ("max_steps", "12.25", "Steps", "whole number"),
+    ("max_steps", 0, "Steps", "at least 1"),
+    ("batch_size", -2, "Batch size", "at least 1"),
+    ("grad_accum", 1.5, "Gradient accumulation", "whole number"),
+    ("weight_decay", -0.1, "Weight decay", "0 or more"),
+    ("grad_clip", -1, "Gradient clipping", "0 or more"),
+    ("warmup_steps", 10_000, "Warmup steps", "must not exceed Steps"),
+    ("vocab_size", 10, "Vocabulary size", "at least"),
+    ("optimizer", "sgd", "Optimizer", "choose one of"),
+    ("schedule", "linear", "Scheduler", "choose one of"),
+    ("preset", "huge", "Preset", "choose one of"),
+    ("run_name", "../escape", "Run name", "not allowed"),
+    ("run_name", "", "Run name", "required"),
+    ("eval_every", 0, "Evaluate every", "at least 1"),
+])
+def test_bad_fields_name_the_field(field, value, label, words):
+    with pytest.raises(FormError) as err:
+        parse_train_form(_form(**{field: value}))
+    assert err.value.field == label
+    assert str(err.value).startswith(label) and words in str(err.value)
+
+
+def test_corpus_choices():
+    with pytest.raises(FormError, match="Corpus path"):
+        parse_train_form(_form(corpus_kind=CORPUS_WORKSPACE, corpus_path=" "))
+    with pytest.raises(FormError, match="Upload"):
+        parse_train_form(_form(corpus_kind=CORPUS_UPLOAD, upload=None))
+    with pytest.raises(FormError, match="Corpus"):
+        parse_train_form(_form(corpus_kind="somewhere"))
+    req = parse_train_form(_form(corpus_kind=CORPUS_WORKSPACE, corpus_path="corpora/a.txt"))
+    assert (req.corpus_kind, req.corpus_path) == ("workspace", "corpora/a.txt")
+
+
+def test_model_size_changes_only_the_shape():
+    req = parse_train_form(_form(model_size="small", vocab_size=1024))
+    assert req.config.model.d_model == 512 and req.config.model.vocab_size == 1024
+    assert req.config.train.lr == 0.003  # still the tiny preset's training settings
+    assert (req.config.train.seq_len or 0) <= req.config.model.max_seq_len
+
+
+def test_sampling_form():
+    ok = parse_sampling_form(dict(prompt="Hi", max_new_tokens=5.0, temperature=0, top_k=0, top_p=1.0,
+                                  repetition_penalty=1.0, seed=None))
+    assert (ok.max_new_tokens, ok.temperature, ok.top_k, ok.top_p, ok.seed) == (5, 0.0, None, None, None)
+    ok = parse_sampling_form(dict(prompt="Hi", max_new_tokens=5, temperature=0.7, top_k=20, top_p=0.9,
+                                  repetition_penalty=1.1, seed=3))
+    assert (ok.top_k, ok.top_p, ok.seed) == (20, 0.9, 3)
+    bad = [({"prompt": "  "}, "Prompt"), ({"max_new_tokens": 2.5}, "Max new tokens"),
+           ({"temperature": -1}, "Temperature"), ({"top_p": 0}, "Top-p"), ({"top_k": -3}, "Top-k"),
+           ({"repetition_penalty": 0}, "Repetition penalty"), ({"seed": 1.5}, "Seed")]
+    for over, label in bad:
+        values = dict(prompt="Hi", max_new_tokens=5, temperature=1, top_k=0, top_p=1, repetition_penalty=1,
+                      seed=None)
+        values.update(over)
+        with pytest.raises(FormError) as err:
+            parse_sampling_form(values)
+        assert err.value.field == label
+
+
+def test_push_and_hub_ref_forms():
+    req = parse_push_form(dict(run_name="r1", repo="me/tiny", version="v1"))
+    assert (req.run_name, req.repo, req.version) == ("r1", "me/tiny", "v1")
+    assert parse_push_form(dict(run_name="r1", repo="me/tiny", version=" ")).version is None
+    for repo in ["", "tiny", "../x/y", "/abs/x", "me/../x", "me/x/y"]:
+        with pytest.raises(FormError, match="Repository"):
+            parse_push_form(dict(run_name="r1", repo=repo, version="v1"))
+    with pytest.raises(FormError, match="Version"):
+        parse_push_form(dict(run_name="r1", repo="me/x", version="../v"))
+    with pytest.raises(FormError, match="Run"):
+        parse_push_form(dict(run_name="../r", repo="me/x", version="v"))
+    assert parse_hub_ref("me/tiny@7k") == ("me/tiny", "7k")
+    for ref in ["me/tiny", "../x@1", "me/tiny@../1", "/etc/passwd@1"]:
+        with pytest.raises(FormError):
+            parse_hub_ref(ref)
+
+
+# --- the sandbox --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def ws(tmp_path):
+    w = Workspace(tmp_path / "ws")
+    (w.corpora_dir / "ok.txt").write_text("hello\n")
+    (tmp_path / "secret.txt").write_text("outside\n")
+    return w
+
+
+def test_paths_inside_the_workspace_resolve(ws):
+    assert ws.resolve("corpora/ok.txt") == ws.corpora_dir / "ok.txt"
+    assert ws.resolve(str(ws.corpora_dir / "ok.txt")) == ws.corpora_dir / "ok.txt"  # absolute but inside
+    assert ws.resolve("corpora/../corpora/ok.txt") == ws.corpora_dir / "ok.txt"
+    assert ws.corpus_files() == ["corpora/ok.txt"]
+
+
+@pytest.mark.parametrize("path", ["../secret.txt", "corpora/../../secret.txt", "/etc/passwd", "~/.bashrc",
+                                  "..", "/"])
+def test_paths_outside_are_refused(ws, path):
+    with pytest.raises(WorkspaceError, match="outside the app's workspace"):
+        ws.resolve(path, must_exist=False)
+
+
+def test_symlinks_out_of_the_workspace_are_refused(ws, tmp_path):
+    os.symlink(tmp_path / "secret.txt", ws.corpora_dir / "link.txt")
+    os.symlink(tmp_path, ws.corpora_dir / "linkdir")
+    for p in ["corpora/link.txt", "corpora/linkdir/secret.txt"]:
+        with pytest.raises(WorkspaceError, match="outside"):
+            ws.resolve(p)
+    assert "corpora/link.txt" not in ws.corpus_files()
+    # a symlink that stays inside is fine
+    os.symlink(ws.corpora_dir / "ok.txt", ws.corpora_dir / "inner.txt")
+    assert ws.resolve("corpora/inner.txt") == ws.corpora_dir / "ok.txt"
+
+
+def test_bad_path_text(ws):
+    for p, words in [("", "required"), ("a\x00b", "control"), ("corpora/missing.txt", "does not exist")]:
+        with pytest.raises(WorkspaceError, match=words):
+            ws.resolve(p)
+    with pytest.raises(WorkspaceError, match="not a file"):
+        ws.resolve("corpora", kind="file")
+
+
+def test_names():
+    assert check_name(" run-1.a_b ") == "run-1.a_b"
+    for bad in ["", "..", "../x", "a/b", "-x", ".hidden", "a..b", "x" * 65, "a b"]:
+        with pytest.raises(WorkspaceError):
+            check_name(bad)
+
+
+def test_run_names_skip_symlinked_runs(ws, tmp_path):
+    (ws.runs_dir / "real").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", ws.runs_dir / "sneaky")
+    assert ws.run_names() == ["real"]
