@@ -97,8 +97,6 @@ def export(source: Any, out: str | Path, formats: str | Sequence[str], *, overwr
                 from .gguf import export_gguf
                 for t in types:
                     export_gguf(loaded, target, dtype=t)
-                from .gguf import write_readme
-                write_readme(target, loaded)
             folders[fmt] = out if len(fmts) == 1 else out / fmt
         if out.exists():
             shutil.rmtree(out)

@@ -1,0 +1,154 @@
+"""GGUF export: a plain llama-architecture file for llama.cpp (and everything built on it), tokenizer
+included, in f32, f16 or q8_0.
+
+What ``convert_hf_to_gguf.py`` does for a Llama with a SentencePiece tokenizer, done from our weights:
+
+- tensors renamed to llama.cpp's names (``token_embd``, ``blk.N.attn_q`` ... ``output_norm``, ``output``; the
+  output matrix is left out when tied: llama.cpp then reuses ``token_embd``);
+- q and k rows permuted per head: our RoPE (like Hugging Face's) rotates the two halves of a head
+  (``rotate_half``) while llama.cpp's LLAMA rope type rotates adjacent pairs, so row ``j < D/2`` of a head goes to
+  ``2j`` and row ``D/2 + j`` to ``2j + 1`` (``LlamaModel.permute`` in convert_hf_to_gguf);
+- norms (1-D) stay f32; matrices become f16 or q8_0 (a row not a multiple of 32 falls back to f16, as there);
+- the vocabulary as ``tokenizer.ggml.model = llama`` (SentencePiece): pieces, scores and token types from
+  ``tokenizer.model``, special ids, and ``add_space_prefix = false`` since we train without a dummy prefix.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OpenLLMError
+
+__all__ = ["export_gguf", "gguf_tensors", "permute_qk", "gguf_vocab", "GGUF_FILE"]
+
+GGUF_FILE = "model-{dtype}.gguf"
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """convert_hf_to_gguf's ``permute``: rotate-half layout -> llama.cpp's interleaved pairs, per head."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_tensors(model) -> dict[str, np.ndarray]:
+    """Every tensor of the GGUF file, float32, in llama.cpp's names and layout (before quantization)."""
+    from ..hf_compat import to_hf_state_dict
+
+    cfg = model.cfg
+    hf = {k: v.detach().to("cpu").float().numpy() for k, v in to_hf_state_dict(model.state_dict(), cfg).items()}
+    out = {"token_embd.weight": hf["model.embed_tokens.weight"], "output_norm.weight": hf["model.norm.weight"]}
+    if not cfg.tie_embeddings:
+        out["output.weight"] = hf["lm_head.weight"]
+    for i in range(cfg.n_layers):
+        p = f"model.layers.{i}."
+        out.update({
+            f"blk.{i}.attn_norm.weight": hf[p + "input_layernorm.weight"],
+            f"blk.{i}.attn_q.weight": permute_qk(hf[p + "self_attn.q_proj.weight"], cfg.n_heads),
+            f"blk.{i}.attn_k.weight": permute_qk(hf[p + "self_attn.k_proj.weight"], cfg.n_kv_heads),
+            f"blk.{i}.attn_v.weight": hf[p + "self_attn.v_proj.weight"],
+            f"blk.{i}.attn_output.weight": hf[p + "self_attn.o_proj.weight"],
+            f"blk.{i}.ffn_norm.weight": hf[p + "post_attention_layernorm.weight"],
+            f"blk.{i}.ffn_gate.weight": hf[p + "mlp.gate_proj.weight"],
+            f"blk.{i}.ffn_up.weight": hf[p + "mlp.up_proj.weight"],
+            f"blk.{i}.ffn_down.weight": hf[p + "mlp.down_proj.weight"],
+        })
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def tensor_type(name: str, arr: np.ndarray, dtype: str):
+    """The GGML type a tensor is stored as for a file of ``dtype`` (f32 | f16 | q8_0)."""
+    from gguf import GGMLQuantizationType as Q
+
+    if dtype == "f32" or arr.ndim <= 1 or name.endswith("_norm.weight"):
+        return Q.F32
+    if dtype == "f16":
+        return Q.F16
+    return Q.Q8_0 if arr.shape[-1] % 32 == 0 else Q.F16  # q8_0 blocks hold 32 values of a row
+
+
+def encode_tensor(arr: np.ndarray, qtype) -> np.ndarray:
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import quantize
+
+    if qtype == Q.F32:
+        return arr.astype(np.float32)
+    if qtype == Q.F16:
+        return arr.astype(np.float16)
+    return quantize(arr, qtype)
+
+
+def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[float], list[int]]:
+    """Pieces, scores and token types of a SentencePiece tokenizer, padded to the model's vocab size."""
+    from gguf import TokenType
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(Path(tokenizer.model_path).read_bytes())
+    # SentencePiece's piece types and GGUF's token types share their numbers (NORMAL=1 ... BYTE=6)
+    tokens = [p.piece.encode("utf-8") for p in proto.pieces]
+    scores = [float(p.score) for p in proto.pieces]
+    types = [int(TokenType(p.type)) for p in proto.pieces]
+    if len(tokens) > vocab_size:
+        raise OpenLLMError(f"tokenizer has {len(tokens)} pieces but the model only {vocab_size} embeddings")
+    for i in range(len(tokens), vocab_size):
+        tokens.append(f"[PAD{i}]".encode())
+        scores.append(-1000.0)
+        types.append(int(TokenType.UNUSED))
+    return tokens, scores, types
+
+
+def export_gguf(loaded, out: Path, *, dtype: str = "f16") -> Path:
+    """Write ``out/model-<dtype>.gguf``."""
+    import gguf
+
+    if dtype not in ("f32", "f16", "q8_0"):
+        raise OpenLLMError(f"unknown GGUF type {dtype!r}: choose from f32, f16, q8_0")
+    if loaded.tokenizer is None:
+        raise OpenLLMError("GGUF export needs the model's tokenizer (tokenizer.model), and this source has none")
+    cfg, model = loaded.config, loaded.model
+    m = cfg.model
+    path = Path(out) / GGUF_FILE.format(dtype=dtype)
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(cfg.name)
+    w.add_context_length(m.max_seq_len)
+    w.add_embedding_length(m.d_model)
+    w.add_block_count(m.n_layers)
+    w.add_feed_forward_length(m.d_ff)
+    w.add_head_count(m.n_heads)
+    w.add_head_count_kv(m.n_kv_heads)
+    w.add_rope_dimension_count(m.head_dim)
+    w.add_rope_freq_base(float(m.rope_theta))
+    w.add_layer_norm_rms_eps(float(m.norm_eps))
+    w.add_vocab_size(m.vocab_size)
+    w.add_file_type(int(file_type))
+    if dtype == "q8_0":
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    tok = loaded.tokenizer
+    tokens, scores, types = gguf_vocab(tok, m.vocab_size)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(tok.bos_id)
+    w.add_eos_token_id(tok.eos_id)
+    w.add_unk_token_id(tok.unk_id)
+    w.add_pad_token_id(tok.pad_id)
+    w.add_add_bos_token(False)  # our encode() adds no BOS, and training saw none
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(False)  # trained with add_dummy_prefix = false
+
+    for name, arr in gguf_tensors(model).items():
+        qtype = tensor_type(name, arr, dtype)
+        data = encode_tensor(arr, qtype)
+        w.add_tensor(name, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
