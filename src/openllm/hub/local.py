@@ -33,7 +33,6 @@ __all__ = ["LocalHub", "default_hub_root", "cache_root", "BRANCH"]
 
 BRANCH = "main"
 _ZERO = "0" * 40
-_EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 _SKIP_DIRS = {".git"}
 
 
@@ -125,7 +124,9 @@ class LocalHub(Hub):
             (tmp / "git-daemon-export-ok").touch()
             (tmp / "description").write_text(f"OpenLLM {repo_type} repository {repo_id}\n")
             # one initial commit (empty tree), so every clone has a branch to start from
-            commit = self._git(["commit-tree", "--no-gpg-sign", _EMPTY_TREE, "-m", "initial commit"],
+            # the empty tree is built into git but not stored; clones need the object itself
+            empty = self._git(["mktree"], git_dir=tmp, input=b"", **kw).stdout.decode().strip()
+            commit = self._git(["commit-tree", "--no-gpg-sign", empty, "-m", "initial commit"],
                                git_dir=tmp, input=b"", **kw).stdout.decode().strip()
             self._git(["update-ref", f"refs/heads/{BRANCH}", commit], git_dir=tmp, **kw)
             try:
@@ -563,6 +564,8 @@ class LocalHub(Hub):
     def delete_tag(self, *, repo_id: str, tag: str, repo_type: str = "model") -> None:
         validate_tag(tag)
         loc = self._require(repo_type, repo_id)
+        if tag not in self.list_refs(repo_id=repo_id, repo_type=repo_type).tags:
+            raise RevisionNotFound(f"{repo_type} repo {repo_id} has no version {tag!r}")
         proc = self._git(["push", "--quiet", loc, f":refs/tags/{tag}"], repo_type=repo_type, repo_id=repo_id,
                          network=True, check=False)
         if proc.returncode != 0:
