@@ -71,8 +71,8 @@ class HfHub(Hub):
     def list_repos(self, *, repo_type: str = "model") -> list[str]:
         validate_repo_type(repo_type)
         author = self.whoami()
-        lister = {"model": self.api.list_models, "dataset": self.api.list_datasets,
-                  "space": self.api.list_spaces}[repo_type]
+        lister = getattr(self.api, {"model": "list_models", "dataset": "list_datasets",
+                                    "space": "list_spaces"}[repo_type])
         with _mapped(author):
             return sorted(r.id for r in lister(author=author, token=self.token))
 

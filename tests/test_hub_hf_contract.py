@@ -1,0 +1,214 @@
+"""CONTRACT TESTS for HfHub, the thin adapter over huggingface_hub.HfApi.
+
+These tests only check which HfApi calls the adapter makes, with which arguments, and how it maps
+huggingface_hub's errors to ours. They use a recording stand-in for HfApi and never touch the network; the
+behaviour above the interface (push, versions, pull, cards) is tested against the LocalHub."""
+from __future__ import annotations
+
+import importlib
+import types
+from datetime import datetime, timezone
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+from huggingface_hub import errors as hf_errors
+
+from openllm.hub import (AuthError, CommitOperationAdd, CommitOperationDelete, ConflictError, HubUnavailable,
+                         InvalidRepoId, RepositoryNotFound, RevisionExists, RevisionNotFound)
+from openllm.hub.hf import HfHub
+
+
+def _http_error(cls, status: int):
+    httpmod = importlib.import_module(hf_errors.Response.__module__)
+    response = hf_errors.Response(status, request=httpmod.Request("GET", "https://huggingface.co/api/x"))
+    return cls(f"{status} error", response=response)
+
+
+class RecordingApi:
+    """Records every call; answers like HfApi would (shape only)."""
+
+    def __init__(self, *, whoami_error: Exception | None = None, fail: dict | None = None):
+        self.calls: list[tuple[str, tuple, dict]] = []
+        self.whoami_error = whoami_error
+        self.fail = fail or {}
+
+    def _rec(self, name, args, kwargs):
+        self.calls.append((name, args, kwargs))
+        if name in self.fail:
+            raise self.fail[name]
+
+    def names(self):
+        return [c[0] for c in self.calls]
+
+    def whoami(self, token=None, **kw):
+        self._rec("whoami", (), {"token": token, **kw})
+        if self.whoami_error:
+            raise self.whoami_error
+        return {"name": "alice"}
+
+    def create_repo(self, repo_id, **kw):
+        self._rec("create_repo", (repo_id,), kw)
+        return f"https://huggingface.co/{repo_id}"
+
+    def repo_exists(self, repo_id, **kw):
+        self._rec("repo_exists", (repo_id,), kw)
+        return True
+
+    def upload_folder(self, **kw):
+        self._rec("upload_folder", (), kw)
+        return types.SimpleNamespace(oid="a" * 40)
+
+    def create_commit(self, repo_id, operations, **kw):
+        self._rec("create_commit", (repo_id, list(operations)), kw)
+        return types.SimpleNamespace(oid="b" * 40)
+
+    def create_tag(self, repo_id, **kw):
+        self._rec("create_tag", (repo_id,), kw)
+
+    def delete_tag(self, repo_id, **kw):
+        self._rec("delete_tag", (repo_id,), kw)
+
+    def list_repo_refs(self, repo_id, **kw):
+        self._rec("list_repo_refs", (repo_id,), kw)
+        ref = lambda n, c: types.SimpleNamespace(name=n, ref=f"refs/x/{n}", target_commit=c)  # noqa: E731
+        return types.SimpleNamespace(branches=[ref("main", "c" * 40)], tags=[ref("7k", "d" * 40)], converts=[])
+
+    def list_repo_commits(self, repo_id, **kw):
+        self._rec("list_repo_commits", (repo_id,), kw)
+        return [types.SimpleNamespace(commit_id="c" * 40, title="t", message="m", authors=["alice"],
+                                      created_at=datetime(2026, 1, 1, tzinfo=timezone.utc))]
+
+    def list_repo_files(self, repo_id, **kw):
+        self._rec("list_repo_files", (repo_id,), kw)
+        return ["b", "a"]
+
+    def snapshot_download(self, repo_id, **kw):
+        self._rec("snapshot_download", (repo_id,), kw)
+        return kw.get("local_dir") or "/cache/x"
+
+    def list_models(self, **kw):
+        self._rec("list_models", (), kw)
+        return [types.SimpleNamespace(id="alice/z"), types.SimpleNamespace(id="alice/a")]
+
+    list_datasets = list_models
+
+
+def test_contract_missing_token_fails_before_any_upload(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    api = RecordingApi()
+    hub = HfHub(api=api)
+    with pytest.raises(AuthError, match="HF_TOKEN"):
+        hub.upload_folder(repo_id="alice/m", folder_path=tmp_path)
+    with pytest.raises(AuthError):
+        hub.create_commit(repo_id="alice/m", commit_message="m", operations=[CommitOperationAdd("x", b"1")])
+    with pytest.raises(AuthError):
+        hub.create_repo(repo_id="alice/m")
+    assert api.calls == []  # not even whoami: nothing to ask with
+
+
+def test_contract_rejected_token_fails_at_whoami_before_any_upload(tmp_path):
+    api = RecordingApi(whoami_error=_http_error(hf_errors.HfHubHTTPError, 401))
+    hub = HfHub(token="hf_bad", api=api)
+    with pytest.raises(AuthError, match="rejected the token"):
+        hub.upload_folder(repo_id="alice/m", folder_path=tmp_path)
+    assert api.names() == ["whoami"] and api.calls[0][2]["token"] == "hf_bad"
+
+
+def test_contract_token_comes_from_hf_token(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", "hf_env")
+    api = RecordingApi()
+    HfHub(api=api).upload_folder(repo_id="alice/m", folder_path=tmp_path)
+    assert [c[2]["token"] for c in api.calls] == ["hf_env", "hf_env"]
+
+
+def test_contract_write_calls(tmp_path):
+    api = RecordingApi()
+    hub = HfHub(token="hf_ok", api=api)
+    assert hub.create_repo(repo_id="alice/s", repo_type="space", exist_ok=True) == "https://huggingface.co/alice/s"
+    oid = hub.upload_folder(repo_id="alice/m", folder_path=tmp_path, repo_type="model", commit_message="c",
+                            delete_patterns="*", parent_commit="p" * 40)
+    assert oid == "a" * 40
+    (tmp_path / "f.txt").write_text("x")
+    oid = hub.create_commit(repo_id="alice/m", commit_message="cm", parent_commit="q" * 40, operations=[
+        CommitOperationAdd("f.txt", tmp_path / "f.txt"), CommitOperationAdd("b.bin", b"\x00"),
+        CommitOperationDelete("old/")])
+    assert oid == "b" * 40
+    hub.create_tag(repo_id="alice/m", tag="7k", revision="a" * 40, message="version 7k")
+    hub.delete_tag(repo_id="alice/m", tag="7k")
+    assert api.names() == ["whoami", "create_repo", "upload_folder", "create_commit", "create_tag", "delete_tag"]
+    assert api.calls[1] == ("create_repo", ("alice/s",), {"repo_type": "space", "exist_ok": True,
+                                                         "token": "hf_ok", "space_sdk": "gradio"})
+    assert api.calls[2][2] == {"repo_id": "alice/m", "folder_path": str(tmp_path), "repo_type": "model",
+                               "commit_message": "c", "delete_patterns": "*", "parent_commit": "p" * 40,
+                               "token": "hf_ok"}
+    _, (repo, ops), kw = api.calls[3]
+    assert repo == "alice/m" and kw == {"commit_message": "cm", "repo_type": "model", "parent_commit": "q" * 40,
+                                        "token": "hf_ok"}
+    assert [type(o) for o in ops] == [huggingface_hub.CommitOperationAdd, huggingface_hub.CommitOperationAdd,
+                                      huggingface_hub.CommitOperationDelete]
+    assert [o.path_in_repo for o in ops] == ["f.txt", "b.bin", "old/"]
+    assert ops[0].path_or_fileobj == str(tmp_path / "f.txt") and ops[1].path_or_fileobj == b"\x00"
+    assert api.calls[4][2] == {"tag": "7k", "tag_message": "version 7k", "revision": "a" * 40,
+                               "repo_type": "model", "exist_ok": False, "token": "hf_ok"}
+
+
+def test_contract_read_calls(tmp_path):
+    api = RecordingApi()
+    hub = HfHub(token="hf_ok", api=api)
+    refs = hub.list_refs(repo_id="alice/m")
+    assert refs.branches == {"main": "c" * 40} and refs.tags == {"7k": "d" * 40}
+    commits = hub.list_commits(repo_id="alice/m", revision="7k")
+    assert commits[0].commit_id == "c" * 40 and commits[0].authors == ["alice"]
+    assert hub.list_files(repo_id="alice/d", repo_type="dataset") == ["a", "b"]
+    assert hub.download(repo_id="alice/m", revision="7k", local_dir=tmp_path) == tmp_path
+    assert hub.repo_exists(repo_id="alice/m")
+    assert hub.list_repos(repo_type="model") == ["alice/a", "alice/z"]
+    assert api.calls[0] == ("list_repo_refs", ("alice/m",), {"repo_type": "model", "token": "hf_ok"})
+    assert api.calls[1][2] == {"repo_type": "model", "revision": "7k", "token": "hf_ok"}
+    assert api.calls[3] == ("snapshot_download", ("alice/m",), {"repo_type": "model", "revision": "7k",
+                                                                 "local_dir": str(tmp_path), "token": "hf_ok"})
+    assert api.calls[-1] == ("list_models", (), {"author": "alice", "token": "hf_ok"})
+
+
+def test_contract_reads_work_without_a_token(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    api = RecordingApi()
+    assert HfHub(api=api).list_files(repo_id="alice/m") == ["a", "b"]
+    assert api.calls[0][2]["token"] is None
+
+
+def test_contract_revert_is_a_download_then_a_replacing_upload():
+    api = RecordingApi()
+    HfHub(token="hf_ok", api=api).revert(repo_id="alice/s", repo_type="space", to_revision="sync-3")
+    assert api.names() == ["whoami", "snapshot_download", "upload_folder"]
+    assert api.calls[1][2]["revision"] == "sync-3"
+    assert api.calls[2][2]["delete_patterns"] == "*" and api.calls[2][2]["repo_type"] == "space"
+
+
+@pytest.mark.parametrize("raised, expected", [
+    (lambda: _http_error(hf_errors.RepositoryNotFoundError, 404), RepositoryNotFound),
+    (lambda: _http_error(hf_errors.RevisionNotFoundError, 404), RevisionNotFound),
+    (lambda: _http_error(hf_errors.HfHubHTTPError, 403), AuthError),
+    (lambda: _http_error(hf_errors.HfHubHTTPError, 412), ConflictError),
+    (lambda: _http_error(hf_errors.HfHubHTTPError, 503), HubUnavailable),
+    (lambda: _http_error(hf_errors.HfHubHTTPError, 429), HubUnavailable),
+    (lambda: ConnectionResetError("reset by peer"), HubUnavailable),
+])
+def test_contract_error_mapping(raised, expected):
+    api = RecordingApi(fail={"list_repo_files": raised()})
+    with pytest.raises(expected):
+        HfHub(token="hf_ok", api=api).list_files(repo_id="alice/m")
+
+
+def test_contract_existing_tag_is_revision_exists():
+    api = RecordingApi(fail={"create_tag": _http_error(hf_errors.HfHubHTTPError, 409)})
+    with pytest.raises(RevisionExists):
+        HfHub(token="hf_ok", api=api).create_tag(repo_id="alice/m", tag="7k")
+
+
+def test_contract_bad_names_make_no_call():
+    api = RecordingApi()
+    with pytest.raises(InvalidRepoId):
+        HfHub(token="hf_ok", api=api).list_files(repo_id="../etc/passwd")
+    assert api.calls == []
