@@ -20,6 +20,16 @@ from openllm.model import Transformer
 
 # --- helpers (imported by the other test_evaluate_* files) ---------------------------------------------
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run many small forwards; on a loaded 2-core machine two torch threads spin against each
+    other (10x slower). Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class ByteTokenizer:
     """One token per UTF-8 byte: id = byte + 4 (0-3 are pad/unk/bos/eos, as ours). Vocab 260."""
 
