@@ -1,0 +1,158 @@
+"""Model and dataset cards: huggingface_hub's parsers accept them, the metadata carries the run's real
+evaluation results, and nothing the run did not measure appears."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from huggingface_hub import DatasetCard, ModelCard
+
+from openllm.hub.cards import dataset_card, model_card
+from openllm.hub.facts import collect_facts
+
+EVAL = {"val_loss": 3.25, "perplexity": 25.79, "bits_per_byte": 1.42, "dataset": {"name": "val.jsonl"},
+        "tasks": {"lambada": {"acc": 0.125, "ppl": 812.5, "path": "x"}, "hellaswag": {"acc": 0.26, "acc_norm": 0.27}}}
+
+
+def _write_run(run: Path, *, evaluation: dict | None = None, with_state_extras: bool = True,
+               data_dir: Path | None = None) -> Path:
+    """A run folder per the run-folder contract, by hand (weights are not needed for the card)."""
+    from openllm.config import Config, ModelConfig
+
+    cfg = Config(model=ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
+                                   max_seq_len=128), name="tiny-card").validate()
+    ck = run / "checkpoints" / "step_00007000"
+    ck.mkdir(parents=True)
+    (ck / "model.safetensors").write_bytes(b"")
+    cfg.save(run / "config.json")
+    state = {"step": 7000, "config": cfg.to_dict()}
+    if with_state_extras:
+        state.update(tokens_seen=14_336_000, elapsed_s=3725.0, precision="bf16", world_size=2,
+                     tokenizer_sha256="f" * 64)
+        if data_dir is not None:
+            state["data_dir"] = str(data_dir)
+    (ck / "state.json").write_text(json.dumps(state))
+    with open(run / "metrics.jsonl", "w") as f:
+        for s in range(100, 7001, 100):
+            rec = {"step": s, "loss": 6.0 - s / 2000, "lr": 1e-3, "tokens_per_s": 20000.0 + s}
+            if s % 1000 == 0:
+                rec["val_loss"] = 6.1 - s / 2000 + (0.6 if s == 7000 else 0)
+            f.write(json.dumps(rec) + "\n")
+        f.write('{"step": 7100, "loss": 1.0}\n')  # after the checkpoint: not this version's
+        f.write('{"step": 71')  # a line cut by a crash
+    if evaluation is not None:
+        (run / "evaluation.json").write_text(json.dumps(evaluation))
+    return run
+
+
+def test_model_card_parses_and_carries_the_real_evaluation(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "meta.json").write_text(json.dumps({
+        "sources": {"train.jsonl": {"sha256": "a" * 64, "bytes": 10}, "val.jsonl": {"sha256": "b" * 64, "bytes": 2}},
+        "splits": {"train": {"tokens": 900_000, "documents": 1200}, "val": {"tokens": 9000, "documents": 12}}}))
+    run = _write_run(tmp_path / "run", evaluation=EVAL, data_dir=data)
+    facts = collect_facts(run)
+    text = model_card(facts, repo_id="alice/tiny", version="7k", datasets=["alice/corpus"])
+    card = ModelCard(text)
+    meta = card.data.to_dict()
+    assert meta["license"] == "gpl-3.0" and meta["language"] == ["en"]
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    assert meta["datasets"] == ["alice/corpus"] and "openllm" in meta["tags"]
+    results = {(r.dataset_name, r.metric_type, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert results[("val.jsonl", "loss", "loss (nats/token)")] == 3.25
+    assert results[("val.jsonl", "perplexity", "perplexity")] == 25.79
+    assert results[("val.jsonl", "bits_per_byte", "bits per byte")] == 1.42
+    assert results[("LAMBADA", "accuracy", "LAMBADA accuracy")] == 0.125
+    assert results[("LAMBADA", "perplexity", "LAMBADA perplexity")] == 812.5
+    assert results[("HellaSwag", "accuracy", "HellaSwag normalized accuracy")] == 0.27
+    assert len(card.data.eval_results) == 7
+    body = card.text
+    for expected in ("14,336,000", "1 h 02 min", "bf16", "| processes | 2 |", "a" * 64, "b" * 64, "f" * 64,
+                     "900,000 tokens, 1,200 documents", "layers | 2", "parameters", "![loss curve](loss.png)",
+                     "AutoModelForCausalLM.from_pretrained(\"alice/tiny\", revision=\"7k\")",
+                     "openllm.load(\"alice/tiny@7k\")", "## Limitations", "code commit"):
+        assert expected in body, expected
+    # metrics come from the run's files: last val loss and the best one, and nothing after the checkpoint
+    assert "| final validation loss | 3.2000 |" in body
+    assert "| best validation loss | 3.1000 (step 6,000) |" in body
+    assert "| final training loss | 2.5000 |" in body
+
+
+def test_card_states_nothing_the_run_did_not_measure(tmp_path):
+    run = _write_run(tmp_path / "run", evaluation=None, with_state_extras=False)
+    (run / "metrics.jsonl").write_text("")
+    text = model_card(collect_facts(run), repo_id="alice/tiny", version="7k", image_name=None)
+    card = ModelCard(text)
+    meta = card.data.to_dict()
+    assert "model-index" not in meta and card.data.eval_results is None
+    assert "datasets" not in meta
+    for absent in ("tokens seen", "Hardware and time", "perplexity", "accuracy", "## Metrics", "precision",
+                   "sha256", "loss curve", "validation loss"):
+        assert absent not in text, absent
+    assert "steps trained | 7,000" in text  # the step is known from the checkpoint
+
+
+def test_partial_evaluation_only_reports_what_is_there(tmp_path):
+    run = _write_run(tmp_path / "run", evaluation={"val_loss": 4.0, "perplexity": None, "tasks": {}})
+    card = ModelCard(model_card(collect_facts(run), repo_id="alice/tiny", version="7k"))
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("loss", 4.0)]
+
+
+def test_dataset_card_parses_with_checksums_and_report(tmp_path):
+    files = {"train.jsonl": {"sha256": hashlib.sha256(b"t").hexdigest(), "bytes": 1000},
+             "val.jsonl": {"sha256": hashlib.sha256(b"v").hexdigest(), "bytes": 10}}
+    text = dataset_card(repo_id="alice/corpus", files=files, license="cc-by-4.0", source="tinyshakespeare.txt",
+                        stats={"documents": 1500, "splits": {"train": {"documents": 1490}, "val": {"documents": 10}}},
+                        report_md="# Prepare report\n\n12 duplicates dropped\n")
+    card = DatasetCard(text)
+    meta = card.data.to_dict()
+    assert meta["license"] == "cc-by-4.0" and meta["language"] == ["en"]
+    assert meta["task_categories"] == ["text-generation"] and meta["size_categories"] == ["1K<n<10K"]
+    for expected in (files["train.jsonl"]["sha256"], files["val.jsonl"]["sha256"], "1,010 bytes", "1,500",
+                     "tinyshakespeare.txt", "cc-by-4.0", "### Prepare report", "12 duplicates dropped",
+                     "train split | 1,490 documents"):
+        assert expected in card.text, expected
+
+
+@pytest.mark.parametrize("kind", ["prepared", "tokenized", "file"])
+def test_upload_dataset_to_local_hub(tmp_path, kind):
+    from openllm.hub import LocalHub
+    from openllm.hub.datasets import upload_dataset
+
+    src = tmp_path / kind
+    src.mkdir()
+    if kind == "prepared":
+        (src / "train.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n')
+        (src / "val.jsonl").write_text('{"text": "d"}\n')
+        (src / "report.json").write_text(json.dumps({"sources": [{"name": "kjv.txt"}], "documents": 4}))
+        (src / "report.md").write_text("# Report\n\n4 documents kept\n")
+    elif kind == "tokenized":
+        (src / "train_000.bin").write_bytes(b"\x01\x00" * 50)
+        (src / "tokenizer").mkdir()
+        (src / "tokenizer" / "tokenizer.model").write_bytes(b"sp")
+        (src / "meta.json").write_text(json.dumps({"vocab_size": 512, "dtype": "uint16", "splits": {
+            "train": {"tokens": 50, "documents": 5}, "val": {"tokens": 0, "documents": 0}}}))
+    else:
+        src = src / "corpus.txt"
+        src.write_text("line one\nline two\n")
+    hub = LocalHub(root=tmp_path / "hub")
+    res = upload_dataset(src, repo_id="alice/corpus", hub=hub, license="cc0-1.0", version="v1")
+    files = hub.list_files(repo_id="alice/corpus", repo_type="dataset", revision="v1")
+    assert "README.md" in files and "SHA256SUMS" in files
+    out = hub.download(repo_id="alice/corpus", repo_type="dataset", revision="v1", local_dir=tmp_path / "dl")
+    card = DatasetCard((out / "README.md").read_text())
+    assert card.data.license == "cc0-1.0"
+    sums = dict(reversed(line.split("  ", 1)) for line in (out / "SHA256SUMS").read_text().splitlines())
+    for name, digest in sums.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+        assert digest in card.text
+    if kind == "prepared":
+        assert sorted(sums) == ["report.json", "report.md", "train.jsonl", "val.jsonl"]
+        assert "kjv.txt" in card.text and "4 documents kept" in card.text and res.stats["documents"] == 4
+    elif kind == "tokenized":
+        assert "tokenizer/tokenizer.model" in sums and res.stats["tokens"] == 50 and "| tokens | 50 |" in card.text
+    else:
+        assert sorted(sums) == ["corpus.txt"] and res.stats["lines"] == 2
