@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests allowed to wait; more are answered 429 (default 256)")
     p.add_argument("--no-batching", action="store_true", help="serve one request at a time (same as --max-batch 1)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -35,10 +36,12 @@ def run(args: argparse.Namespace) -> int:
         raise OpenLLMError("--max-batch and --max-queue must be at least 1")
     if not 0 < args.port < 65536:
         raise OpenLLMError(f"--port must be between 1 and 65535, got {args.port}")
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = args.device
     if device == "auto":
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded = load(args.model, device=device)
     if loaded.tokenizer is None:
