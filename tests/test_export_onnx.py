@@ -1,0 +1,81 @@
+"""ONNX export: onnxruntime logits equal ours (dynamic batch and sequence), the past-key-values graph gives
+the same logits step by step, and a greedy loop over onnxruntime gives our tokens."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import openllm
+from openllm.export import export
+from openllm.generate import SamplingParams, generate
+
+from conftest import make_export_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=[dict(tied=True), dict(tied=False, n_kv_heads=4)],
+                ids=["gqa-tied", "mha-untied"])
+def onnx_export(request, tmp_path_factory, export_tokenizer_dir):
+    root = tmp_path_factory.mktemp("onnx")
+    run = make_export_run(root / "run", export_tokenizer_dir, steps=(6,), **request.param)
+    export(run, root / "onnx", "onnx", progress=False)
+    return openllm.load(run), root / "onnx"
+
+
+def test_files(onnx_export):
+    _, folder = onnx_export
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.onnx", "model_with_past.onnx", "onnx_config.json", "tokenizer.model"} <= names
+    meta = json.loads((folder / "onnx_config.json").read_text())
+    assert meta["files"] == {"forward": "model.onnx", "with_past": "model_with_past.onnx"}
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 37), (3, 8), (5, 64)])
+def test_logits_match_with_dynamic_batch_and_sequence(onnx_export, shape):
+    from openllm.export.onnx import OnnxRunner
+
+    loaded, folder = onnx_export
+    ids = torch.randint(0, loaded.config.model.vocab_size, shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = loaded.model(ids).numpy()
+    theirs = OnnxRunner(folder).logits(ids.numpy())
+    np.testing.assert_allclose(theirs, ours, atol=1e-3, rtol=0)
+
+
+def test_past_graph_matches_step_by_step(onnx_export):
+    """Prompt pass with an empty past, then one token at a time: every step's logits equal the full forward."""
+    from openllm.export.onnx import OnnxRunner, past_names
+
+    loaded, folder = onnx_export
+    c = loaded.config.model
+    sess = OnnxRunner(folder).past
+    ids = torch.randint(0, c.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = loaded.model(ids).numpy()
+    names = past_names(c.n_layers)[0]
+    past = {n: np.zeros((2, c.n_kv_heads, 0, c.head_dim), np.float32) for n in names}
+    split = 7
+    out = sess.run(None, {"input_ids": ids[:, :split].numpy(), "attention_mask": np.ones((2, split), np.int64),
+                          "position_ids": np.tile(np.arange(split), (2, 1)), **past})
+    np.testing.assert_allclose(out[0], full[:, :split], atol=1e-3, rtol=0)
+    for t in range(split, 12):
+        past = dict(zip(names, out[1:]))
+        assert past[names[0]].shape[2] == t
+        out = sess.run(None, {"input_ids": ids[:, t:t + 1].numpy(), "attention_mask": np.ones((2, t + 1), np.int64),
+                              "position_ids": np.full((2, 1), t), **past})
+        np.testing.assert_allclose(out[0][:, 0], full[:, t], atol=1e-3, rtol=0)
+
+
+def test_greedy_loop_over_onnxruntime_gives_our_tokens(onnx_export):
+    from openllm.export.onnx import OnnxRunner
+
+    loaded, folder = onnx_export
+    tok = loaded.tokenizer
+    prompts = [tok.encode(t) for t in ("def export(", "x", "class OnnxRunner:\n    def")]
+    params = SamplingParams(max_new_tokens=30, temperature=0, stop_tokens=(tok.eos_id,))
+    ours = generate(loaded.model, prompts, params)
+    runner = OnnxRunner(folder)
+    assert runner.generate(prompts, 30, stop_tokens=(tok.eos_id,)) == ours  # a left-padded batch
+    assert [runner.generate([p], 30, stop_tokens=(tok.eos_id,))[0] for p in prompts] == ours
