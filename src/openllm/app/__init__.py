@@ -20,10 +20,12 @@ def build_app(workspace=None):
 
 
 def launch(workspace=None, *, host: str = "127.0.0.1", port: int = 7860, **kwargs):
-    """Build the app and serve it; blocks until the server stops (``prevent_thread_lock=True`` returns)."""
+    """Build the app and serve it on ``host:port``; blocks until the server stops, unless
+    ``prevent_thread_lock=True``. Returns the ``gr.Blocks`` (``.close()`` stops the server)."""
     from .ui import CSS, THEME, build_app as _build
 
     demo = _build(workspace)
     demo.queue(default_concurrency_limit=4)
     kwargs.setdefault("show_error", True)
-    return demo.launch(server_name=host, server_port=port, css=CSS, theme=THEME, share=False, **kwargs)
+    demo.launch(server_name=host, server_port=port, css=CSS, theme=THEME, share=False, **kwargs)
+    return demo

@@ -82,11 +82,20 @@ def main(job_dir: str) -> int:
     signal.signal(signal.SIGTERM, _on_term)
     data = job_dir / "data"
     prepared, tok, shards = data / "prepared", data / "tokenizer", data / "tokens"
+    inputs = list(spec["inputs"])
+    given = Path(inputs[0]) if len(inputs) == 1 and Path(inputs[0]).is_dir() else None
     phases = [
-        ("preparing the corpus", lambda: _prepare(spec["inputs"], prepared)),
+        ("preparing the corpus", lambda: _prepare(inputs, prepared)),
         ("training the tokenizer", lambda: _tokenizer(prepared, tok, int(spec["vocab_size"]))),
         ("tokenizing", lambda: _tokenize(prepared, tok, shards)),
     ]
+    vocab_from_data = False
+    if given is not None and (given / "meta.json").is_file():
+        # already tokenized (openllm tokenize --out): train on it as it is, with its vocabulary
+        phases, shards, vocab_from_data = [], given, True
+    elif given is not None and (given / "train.jsonl").is_file() and (given / "val.jsonl").is_file():
+        prepared = given  # already prepared (openllm prepare-data --out)
+        phases = phases[1:]
     base = dict(error=None, step=0, max_steps=max_steps, started=time.time())
     phase = "starting"
     try:
@@ -102,12 +111,13 @@ def main(job_dir: str) -> int:
         print("== training", flush=True)
         from ..train import train
 
-        train(job_dir / "config.json", data_dir=shards, out_dir=run_dir, stop_event=_stop, progress=True)
+        train(job_dir / "config.json", data_dir=shards, out_dir=run_dir, stop_event=_stop, progress=True,
+              vocab_from_data=vocab_from_data)
         return 0
     except _Stopped:
         print(f"stopped while {phase}", flush=True)
-        write_status(run_dir, **{**base, **_keep(run_dir)}, state="stopped", phase=f"stopped while {phase}",
-                     pid=None)
+        write_status(run_dir, **{**base, **_keep(run_dir), "state": "stopped", "phase": f"stopped while {phase}",
+                                 "pid": None})
         return 0
     except BaseException as exc:  # noqa: BLE001 - everything ends up in status.json, then the log
         from ..errors import is_user_error
@@ -117,10 +127,11 @@ def main(job_dir: str) -> int:
             traceback.print_exc()
             msg = f"{type(exc).__name__}: {msg}"
         print(f"error: {msg}", flush=True)
+        msg = msg.replace("try --vocab-size", "try a Vocabulary size of")  # the app's name for the option
         status = read_status(run_dir)
         if status.get("state") != "failed" or not status.get("error"):
-            write_status(run_dir, **{**base, **_keep(run_dir)}, state="failed", phase=f"failed while {phase}",
-                         error=f"{phase}: {msg}" if phase != "training" else msg, pid=None)
+            write_status(run_dir, **{**base, **_keep(run_dir), "state": "failed", "phase": f"failed while {phase}",
+                                 "error": f"{phase}: {msg}" if phase != "training" else msg, "pid": None})
         return 1
 
 

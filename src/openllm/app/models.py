@@ -133,38 +133,47 @@ def stream_completion(loaded: Any, req: SamplingRequest) -> Iterator[str]:
 
 
 # --- hub -----------------------------------------------------------------------------------------------------
-# The hub library is the hub engineer's (openllm.hub); these wrappers are the app's only contact with it.
-
-def _hub():
-    from .. import hub as hubmod
-
-    return hubmod
-
+# The hub library (openllm.hub) does the work; these wrappers are the app's only contact with it. The hub is
+# the local one unless OPENLLM_HUB / the hub library's defaults say otherwise; a token, where one is needed,
+# comes from the environment inside the hub library and never passes through the app.
 
 def hub_versions(repo: str | None = None) -> list[dict[str, Any]]:
-    """[{repo, version, commit, date}] for the models on the local hub (or one repo)."""
-    hubmod = _hub()
-    return hubmod.app_list_versions(repo)
+    """[{repo, version, commit, date, step}] for the model versions on the hub (or of one repo), newest repo
+    versions last."""
+    from ..hub import list_models, model_versions
+
+    repos = [repo] if repo else [r for r, _ in list_models()]
+    out = []
+    for r in repos:
+        for v in model_versions(r):
+            out.append({"repo": r, "version": v.name, "commit": v.commit, "date": v.date, "step": v.step})
+    return out
 
 
 def push_run(ws: Workspace, req: PushRequest) -> dict[str, Any]:
-    """Push run ``req.run_name`` to ``req.repo`` as ``req.version``; returns {repo, version, commit}."""
+    """Push run ``req.run_name`` (its latest checkpoint) to ``req.repo`` as ``req.version``; returns
+    {repo, version, commit, step}."""
     run_dir = ws.run_dir(req.run_name)
-    if not run_dir.is_dir():
+    if not run_dir.is_dir() or not ws.contains(run_dir):
         raise FormError("Run", f"{req.run_name!r} is not in the workspace")
     st = run_status(ws, req.run_name)
     if st.active:
         raise FormError("Run", f"{req.run_name!r} is still training; stop it or wait until it finishes")
     if not checkpoints(run_dir):
         raise FormError("Run", f"{req.run_name!r} has no checkpoint to push")
-    hubmod = _hub()
-    return hubmod.app_push(run_dir, req.repo, req.version)
+    from ..hub import push_model
+
+    res = push_model(run_dir, repo_id=req.repo, version=req.version)
+    return {"repo": res.repo_id, "version": res.version, "commit": res.commit, "step": res.step}
 
 
 def download_version(ws: Workspace, ref: str) -> Path:
     """Download hub version ``owner/name@version`` into the workspace's models/ folder; returns that folder."""
-    repo, version = parse_hub_ref(ref)
-    hubmod = _hub()
-    name = f"{repo.replace('/', '--')}--{version}"
-    dest = ws.models_dir / check_name(name, "model")
-    return hubmod.app_download(f"{repo}@{version}", dest)
+    repo, version = parse_hub_ref(ref, "Download a version")
+    name = check_name(f"{repo.replace('/', '--')}--{version}", "model")
+    dest = ws.models_dir / name
+    if dest.exists() and any(dest.iterdir()):
+        raise FormError("Download a version", f"{repo}@{version} is already in the workspace (models/{name})")
+    from ..hub import pull_model
+
+    return Path(pull_model(f"{repo}@{version}", out=dest))

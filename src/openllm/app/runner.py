@@ -108,6 +108,7 @@ class Runner:
     def active(self) -> tuple[str, int] | None:
         """(run name, job pid) of the job that is running now, if any."""
         if self._proc is not None and self._proc.poll() is not None:
+            self._reaped(self._proc)
             self._proc = None
         info = _read_json(self._active_file)
         name, pid = info.get("run"), info.get("pid")
@@ -118,6 +119,19 @@ class Runner:
         if _pid_alive(pid) and self._is_our_job(pid):
             return name, pid
         return None
+
+    def _reaped(self, proc: subprocess.Popen) -> None:
+        """A job killed by our SIGTERM before it could record anything (it was still starting) is stopped,
+        not failed."""
+        info = _read_json(self._active_file)
+        if info.get("pid") != proc.pid or proc.returncode != -signal.SIGTERM:
+            return
+        from .job import write_status
+
+        run_dir = self.ws.run_dir(info["run"])
+        status = _read_json(run_dir / "status.json")
+        if status.get("state") == "running":
+            write_status(run_dir, **{**status, "state": "stopped", "phase": "stopped while starting", "pid": None})
 
     @staticmethod
     def _is_our_job(pid: int) -> bool:

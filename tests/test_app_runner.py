@@ -1,0 +1,237 @@
+"""The app's library modules without a browser: the runner's process management (real subprocesses), the
+monitor's numbers and plots, the model picker's sandbox, the help text, and keeping tokens out of children."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from openllm.app import help as app_help
+from openllm.app import models as M
+from openllm.app.forms import CORPUS_WORKSPACE, FormError, parse_train_form, preset_fields
+from openllm.app.monitor import format_duration, loss_figure, memory_usage, progress, read_metrics, tail_log
+from openllm.app.runner import Runner, RunnerError, child_env, run_status
+from openllm.app.workspace import Workspace
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return Workspace(tmp_path / "ws")
+
+
+def _prepared(ws: Workspace, docs: int = 300) -> str:
+    """A prepared corpus folder (train.jsonl + val.jsonl) inside the workspace, from the embedded corpus."""
+    from openllm.corpus import embedded_corpus_documents
+
+    d = ws.corpora_dir / "prepared"
+    d.mkdir(parents=True, exist_ok=True)
+    texts = []
+    for t in embedded_corpus_documents():
+        texts.append(t)
+        if len(texts) >= docs:
+            break
+    with open(d / "train.jsonl", "w", encoding="utf-8") as f:
+        for t in texts[:-10]:
+            f.write(json.dumps({"text": t}) + "\n")
+    with open(d / "val.jsonl", "w", encoding="utf-8") as f:
+        for t in texts[-10:]:
+            f.write(json.dumps({"text": t}) + "\n")
+    return "corpora/prepared"
+
+
+def _request(name: str, corpus: str, **over):
+    values = {**preset_fields("tiny"), "preset": "tiny", "run_name": name, "corpus_kind": CORPUS_WORKSPACE,
+              "corpus_path": corpus, "upload": None, "vocab_size": 400, "max_steps": 20, "batch_size": 2,
+              "warmup_steps": 1, "eval_every": 5, "save_every": 100}
+    values.update(over)
+    return parse_train_form(values)
+
+
+# --- runner (real job processes) ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_second_start_is_refused_and_stop_ends_the_job(ws):
+    runner = Runner(ws)
+    corpus = _prepared(ws, docs=120)
+    runner.start(_request("first", corpus))
+    assert runner.active()[0] == "first"
+    with pytest.raises(RunnerError, match="'first' is still training"):
+        runner.start(_request("second", corpus))
+    assert not ws.run_dir("second").exists()
+    # a second runner (the app restarted) sees the same job
+    assert Runner(ws).active()[0] == "first"
+    assert runner.status("first").state == "running"
+    deadline = time.time() + 60
+    while time.time() < deadline and runner.status("first").phase in (None, "starting"):
+        time.sleep(0.2)  # let the job get going: it must stop cleanly wherever it is
+    runner.stop()
+    assert runner.wait(120), "the job did not stop"
+    st = runner.status("first")
+    assert st.state == "stopped", st
+    with pytest.raises(RunnerError, match="no training is running"):
+        runner.stop()
+    with pytest.raises(RunnerError, match="already exists"):
+        runner.start(_request("first", corpus))
+
+
+@pytest.mark.slow
+def test_a_failing_job_reports_its_error(ws):
+    runner = Runner(ws)
+    corpus = _prepared(ws, docs=20)
+    runner.start(_request("toobig", corpus, vocab_size=60000))  # far more pieces than 20 chapters hold
+    assert runner.wait(180)
+    st = runner.status("toobig")
+    assert st.state == "failed"
+    assert "training the tokenizer" in st.error and "vocab" in st.error.lower(), st.error
+    assert "Traceback" not in st.error
+    log = runner.log_path("toobig").read_text()
+    assert "error:" in log
+
+
+def test_workspace_corpus_outside_is_refused_before_anything_starts(ws, tmp_path):
+    runner = Runner(ws)
+    (tmp_path / "outside").mkdir()
+    for bad in ["../outside", str(tmp_path / "outside"), "/etc"]:
+        with pytest.raises(RunnerError, match="outside the app's workspace"):
+            runner.start(_request("x", bad))
+    assert runner.active() is None and not ws.run_dir("x").exists()
+
+
+def test_a_crashed_run_is_reported_failed(ws):
+    run = ws.run_dir("crashed")
+    run.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / "status.json").write_text(json.dumps({"state": "running", "step": 7, "max_steps": 10,
+                                                 "pid": dead.pid, "error": None}))
+    st = run_status(ws, "crashed")
+    assert st.state == "failed" and "crashed or killed" in st.error and st.step == 7
+    (run / "status.json").write_text(json.dumps({"state": "failed", "step": 3, "max_steps": 10, "pid": None,
+                                                 "error": "loss is nan at step 3"}))
+    assert run_status(ws, "crashed").error == "loss is nan at step 3"
+    assert run_status(ws, "crashed").state == "failed"
+
+
+def test_children_never_see_tokens(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    monkeypatch.setenv("MY_API_KEY", "k")
+    monkeypatch.setenv("OPENLLM_HUB", "/somewhere")
+    env = child_env()
+    assert "HF_TOKEN" not in env and "MY_API_KEY" not in env
+    assert "hf_secret_value" not in json.dumps(env)
+    assert env["OPENLLM_HUB"] == "/somewhere" and env["GRADIO_ANALYTICS_ENABLED"] == "False"
+
+
+# --- monitor ------------------------------------------------------------------------------------------------
+
+def _run_with_metrics(ws: Workspace, name="m", n=20, partial=True) -> Path:
+    run = ws.run_dir(name)
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": {"max_seq_len": 256},
+                                                 "train": {"micro_batch_size": 4, "grad_accum_steps": 2,
+                                                           "seq_len": 128, "max_steps": 100}}))
+    with open(run / "metrics.jsonl", "w") as f:
+        for s in range(1, n + 1):
+            rec = {"step": s, "loss": 5.0 - s * 0.1, "lr": 1e-3, "tokens_per_s": 1024.0}
+            if s % 10 == 0:
+                rec["val_loss"] = 5.5 - s * 0.1
+            f.write(json.dumps(rec) + "\n")
+        if partial:
+            f.write('{"step": 21, "loss": 3.')  # being written
+    return run
+
+
+def test_progress_eta_and_last_values(ws):
+    run = _run_with_metrics(ws)
+    metrics = read_metrics(run)
+    assert len(metrics) == 20
+    p = progress(run, {"step": 20, "max_steps": 100})
+    assert (p.step, p.max_steps, p.fraction) == (20, 100, 0.2)
+    assert p.tokens_per_s == 1024.0
+    # 80 steps left x (4 x 2 x 128) tokens per step / 1024 tokens/s
+    assert p.eta_s == pytest.approx(80 * 1024 / 1024)
+    assert p.loss == pytest.approx(3.0) and p.val_loss == pytest.approx(3.5)
+    assert format_duration(p.eta_s) == "1m 20s" and format_duration(None) == "–"
+    assert format_duration(3725) == "1h 02m"
+
+
+def test_loss_figure_has_both_curves(ws):
+    fig = loss_figure(read_metrics(_run_with_metrics(ws)))
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert labels == ["training loss", "validation loss"]
+    assert len(fig.axes[0].get_lines()[1].get_xdata()) == 2
+    empty = loss_figure([])
+    assert "no metrics yet" in [t.get_text() for t in empty.axes[0].texts]
+
+
+def test_tail_log_keeps_the_latest_progress_bar_state(tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_text("== training\n" + "".join(f"\rtrain: {i}/10" for i in range(11)) + "\n" +
+                   "\n".join(f"line {i}" for i in range(100)) + "\n")
+    tail = tail_log(log, lines=3)
+    assert tail == "line 97\nline 98\nline 99"
+    assert tail_log(log, lines=103).splitlines()[:2] == ["== training", "train: 10/10"]
+    assert tail_log(tmp_path / "missing.txt") == ""
+
+
+def test_memory_usage_reports_ram():
+    mem = memory_usage(os.getpid())
+    assert "GiB" in mem["ram"] and "%" in mem["ram"]
+    assert mem["training"].split()[1] in ("MiB", "GiB")
+    assert mem["gpu"]
+
+
+# --- the model picker's sandbox ------------------------------------------------------------------------------
+
+def test_model_choices_resolve_inside_the_workspace_only(ws, tmp_path):
+    run = ws.run_dir("r1")
+    (run / "checkpoints" / "step_00000005").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000005" / "model.safetensors").write_bytes(b"")
+    ws.run_dir("empty").mkdir()
+    assert M.checkpoints(run) == [5]
+    choices = M.model_choices(ws, ["me/m@v1"])
+    assert ("run r1 (step 5)", "run:r1") in choices and ("hub me/m@v1", "hub:me/m@v1") in choices
+    assert not any("empty" in v for _, v in choices)
+    assert M.resolve_model(ws, "run:r1") == str(run.resolve())
+    assert M.resolve_model(ws, "hub:me/m@v1") == "me/m@v1"
+    assert M.resolve_model(ws, "me/m@v1") == "me/m@v1"  # typed by hand
+    os.symlink(tmp_path, ws.runs_dir / "link")
+    for bad, words in [("run:../../x", "not allowed"), ("run:empty", "no checkpoint"), ("run:nope", "not in"),
+                       ("/etc/passwd", "owner/name@version"), ("../x@1", "owner/name"), ("", "choose a model"),
+                       ("model:..", "not allowed"), ("run:link", "not in the workspace")]:
+        with pytest.raises(FormError, match=words):
+            M.resolve_model(ws, bad)
+
+
+def test_push_refuses_runs_without_checkpoints(ws):
+    from openllm.app.forms import PushRequest
+
+    ws.run_dir("fresh").mkdir()
+    with pytest.raises(FormError, match="no checkpoint"):
+        M.push_run(ws, PushRequest("fresh", "me/x", "v1"))
+    with pytest.raises(FormError, match="not in the workspace"):
+        M.push_run(ws, PushRequest("ghost", "me/x", "v1"))
+
+
+# --- help -----------------------------------------------------------------------------------------------------
+
+def test_help_comes_from_docs_app_md():
+    text = app_help.load_help()
+    assert text != app_help.FALLBACK
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "app.md").read_text()
+    assert text.strip() in docs and not text.startswith("# ")
+
+
+def test_help_in_the_built_space_and_fallback(tmp_path):
+    space = tmp_path / "space"
+    (space / "training").mkdir(parents=True)
+    (space / "HELP.md").write_text("# Title\n\nSpace help here.\n")
+    assert app_help.load_help(space / "training").strip() == "Space help here."
+    bare = tmp_path / "bare" / "pkg"
+    bare.mkdir(parents=True)
+    assert app_help.load_help(bare) == app_help.FALLBACK
