@@ -1,0 +1,242 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from openllm.checkpoint import latest_checkpoint, list_checkpoints, load_model_weights, load_optimizer_state
+from openllm.config import Config, TrainConfig
+from openllm.errors import OpenLLMError
+from openllm.metrics import read_metrics
+from openllm.model import Transformer
+from openllm.optim import lr_at, param_groups
+from openllm.train import TrainingDiverged, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_loader import random_data  # noqa: E402
+
+MICRO = {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 64}
+
+
+def tiny_cfg(**train) -> dict:
+    t = {"micro_batch_size": 4, "seq_len": 32, "max_steps": 8, "lr": 3e-3, "warmup_steps": 2, "eval_every": 4,
+         "eval_batches": 2, "save_every": 4, "log_every": 1, "keep_last": 2}
+    t.update(train)
+    return {"name": "micro", "model": dict(MICRO), "train": t}
+
+
+def quiet(**kw):
+    return dict(progress=False, log=lambda msg: None, **kw)
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return random_data(tmp_path / "data", vocab_size=64, train_tokens=20000, val_tokens=2000)
+
+
+def test_schedules():
+    cos = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110, schedule="cosine")
+    assert lr_at(0, cos) == pytest.approx(0.1) and lr_at(9, cos) == pytest.approx(1.0)
+    assert lr_at(10, cos) == pytest.approx(1.0)
+    assert lr_at(60, cos) == pytest.approx(0.55)
+    assert lr_at(110, cos) == pytest.approx(0.1)
+    lrs = [lr_at(s, cos) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    wsd = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=10, max_steps=110, schedule="wsd", decay_fraction=0.2)
+    assert lr_at(50, wsd) == 1.0 and lr_at(87, wsd) == 1.0
+    assert lr_at(88, wsd) == pytest.approx(1 - 1 / 22)
+    assert lr_at(109, wsd) == pytest.approx(0.0)
+    const = TrainConfig(lr=0.5, warmup_steps=0, schedule="constant")
+    assert lr_at(0, const) == lr_at(999, const) == 0.5
+    assert TrainConfig(lr=1.0, min_lr=None).min_lr is None and lr_at(10**6, TrainConfig(lr=1.0)) == 0.1
+
+
+def test_weight_decay_groups():
+    cfg = Config.from_dict({"model": {**MICRO, "tie_embeddings": False}})
+    model = Transformer(cfg.model)
+    decay, no_decay = param_groups(model, 0.1)
+    named = {id(p): n for n, p in model.named_parameters()}
+    d = {named[id(p)] for p in decay["params"]}
+    nd = {named[id(p)] for p in no_decay["params"]}
+    assert "lm_head.weight" in d and "layers.0.attn.wqkv.weight" in d and "layers.1.mlp.w2.weight" in d
+    assert "tok_embeddings.weight" in nd and "norm.weight" in nd and "layers.0.attn_norm.weight" in nd
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    tied = Transformer(Config.from_dict({"model": MICRO}).model)
+    g = param_groups(tied, 0.1)
+    # the tied matrix is the output head too: decayed, and listed once
+    assert sum(p.numel() for grp in g for p in grp["params"]) == tied.num_params()
+    assert any(p is tied.tok_embeddings.weight for p in g[0]["params"])
+
+
+@pytest.mark.slow
+def test_run_folder_contract(tmp_path, data):
+    run = tmp_path / "run"
+    logged = []
+    result = train(tiny_cfg(max_steps=8, grad_accum_steps=2), data_dir=data, out_dir=run,
+                   **quiet(on_log=logged.append))
+    assert result.state == "finished" and result.step == 8
+    for name in ("config.json", "metrics.jsonl", "status.json", "loss.png", "checkpoints/best.json"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir())
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 8 and status["max_steps"] == 8
+    assert status["pid"] == os.getpid() and status["error"] is None and "updated" in status
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 9)) and len(logged) == 8
+    for r in records:
+        assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(r) and math.isfinite(r["loss"])
+        assert r["tokens"] == r["step"] * 4 * 32 * 2
+    assert [r["step"] for r in records if "val_loss" in r] == [4, 8]
+    assert "mfu" not in records[0]  # CPU: no known peak
+    ckpts = list_checkpoints(run)
+    assert [p.name for p in ckpts][-1] == "step_00000008" and len(ckpts) <= 3  # keep_last=2 (+ best)
+    ck = ckpts[-1]
+    assert sorted(p.name for p in ck.iterdir()) == ["model.safetensors", "optimizer.pt", "state.json"]
+    state = json.loads((ck / "state.json").read_text())
+    assert state["step"] == 8 and state["tokens_seen"] == 8 * 256 and state["loader"]["position"] == 16
+    assert state["config"]["train"]["grad_accum_steps"] == 2 and state["tokenizer_sha256"] == "0" * 64
+    assert {"python", "numpy", "torch"} <= set(state["rng"][0])
+    assert "lm_head.weight" not in load_file(ck / "model.safetensors")  # tied: stored once
+    model = load_model_weights(Transformer(Config.from_dict(state["config"]).model), ck)
+    assert model.lm_head.weight is model.tok_embeddings.weight
+    opt = load_optimizer_state(ck)
+    assert "state" in opt["optimizer"] and opt["scaler"] is None
+    best = json.loads((run / "checkpoints/best.json").read_text())
+    assert best["step"] in (4, 8) and (run / "checkpoints" / best["checkpoint"]).is_dir()
+    # the run loads through openllm.load (the run-folder contract other modules rely on)
+    import openllm
+
+    loaded = openllm.load(run)
+    assert loaded.step == 8
+
+
+def test_resume_finished_run_extends_and_config_checks(tmp_path, data):
+    run = tmp_path / "run"
+    train(tiny_cfg(max_steps=4, eval_every=100), data_dir=data, out_dir=run, **quiet())
+    # auto-resume: same folder, more steps, no config needed
+    r = train(None, data_dir=data, out_dir=run, max_steps=6, **quiet())
+    assert r.step == 6
+    assert [x["step"] for x in read_metrics(run / "metrics.jsonl")] == list(range(1, 7))
+    with pytest.raises(OpenLLMError, match="already holds checkpoints"):
+        train(tiny_cfg(), data_dir=data, out_dir=run, resume=False, **quiet())
+    with pytest.raises(OpenLLMError, match="model shape differs"):
+        train({**tiny_cfg(), "model": {**MICRO, "d_model": 64}}, data_dir=data, out_dir=run, **quiet())
+    with pytest.raises(OpenLLMError, match="no checkpoint to resume"):
+        train(tiny_cfg(), data_dir=data, out_dir=tmp_path / "empty", resume=True, **quiet())
+
+
+def test_vocab_mismatch_is_a_clear_error(tmp_path, data):
+    cfg = tiny_cfg()
+    cfg["model"]["vocab_size"] = 128
+    with pytest.raises(OpenLLMError, match=r"vocabulary of 64 tokens but model.vocab_size is 128.*--vocab-from-data"):
+        train(cfg, data_dir=data, out_dir=tmp_path / "r", **quiet())
+    r = train(cfg, data_dir=data, out_dir=tmp_path / "r2", max_steps=1, vocab_from_data=True, **quiet())
+    assert json.loads((tmp_path / "r2/config.json").read_text())["model"]["vocab_size"] == 64 and r.step == 1
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data):
+    run = tmp_path / "run"
+    # an absurd constant learning rate: the first update is applied, the next step's loss/gradients are NaN
+    cfg = tiny_cfg(lr=1e4, warmup_steps=0, schedule="constant", grad_clip=0.0, save_every=1, max_steps=10)
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step (\d+)") as e:
+        train(cfg, data_dir=data, out_dir=run, **quiet())
+    bad = int(e.value.args[0].split("step ")[1].split(":")[0])
+    assert 1 < bad < 10
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and f"step {bad}" in status["error"]
+    latest = latest_checkpoint(run)
+    assert latest.name == f"step_{bad - 1:08d}" and str(latest) in str(e.value)
+    assert not (run / "checkpoints" / f"step_{bad:08d}").exists()
+    weights = load_file(latest / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert all(r["step"] < bad for r in read_metrics(run / "metrics.jsonl"))
+    assert (run / "loss.png").is_file()
+
+
+def test_early_stopping(tmp_path, data):
+    # a learning rate far below fp32 resolution: the weights, hence the val loss, never change
+    cfg = tiny_cfg(lr=1e-30, min_lr=0.0, warmup_steps=0, eval_every=2, early_stop_patience=2, max_steps=50)
+    r = train(cfg, data_dir=data, out_dir=tmp_path / "r", **quiet())
+    assert r.state == "finished" and r.step == 6 and "early stop" in r.reason
+    assert r.best_step == 2
+    assert json.loads((tmp_path / "r/checkpoints/best.json").read_text())["step"] == 2
+    assert latest_checkpoint(tmp_path / "r").name == "step_00000006"
+
+
+# --- real processes ---------------------------------------------------------------------------------------
+
+def _write_cfg(path: Path, **train_kw) -> Path:
+    cfg = tiny_cfg(**train_kw)
+    cfg["model"].update(d_model=64, vocab_size=64)
+    cfg["train"].update(micro_batch_size=8)
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _spawn(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "openllm", "train", "--no-progress", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for(pred, proc, timeout=120.0):
+    t0 = time.time()
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early ({proc.returncode}): {proc.stderr.read()}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out")
+        time.sleep(0.005)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(tmp_path, data):
+    cfg = _write_cfg(tmp_path / "cfg.json", max_steps=40, save_every=8, eval_every=12, keep_last=3)
+    full = _spawn("--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "full"))
+    killed = _spawn("--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "killed"))
+    _wait_for(lambda: (tmp_path / "killed/checkpoints/step_00000008/state.json").is_file(), killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    status = json.loads((tmp_path / "killed/status.json").read_text())
+    assert status["state"] == "running" and status["step"] < 40  # it really died mid-run
+    resumed = _spawn("--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "killed"), "--resume")
+    for p in (full, resumed):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert "resuming from" in err
+    a = read_metrics(tmp_path / "full/metrics.jsonl")
+    b = read_metrics(tmp_path / "killed/metrics.jsonl")
+    assert [r["step"] for r in b] == list(range(1, 41))  # no duplicated or missing steps after the resume
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == rb["loss"] and ra["grad_norm"] == rb["grad_norm"], ra["step"]
+        assert ra.get("val_loss") == rb.get("val_loss")
+    wa = load_file(tmp_path / "full/checkpoints/step_00000040/model.safetensors")
+    wb = load_file(tmp_path / "killed/checkpoints/step_00000040/model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert json.loads((tmp_path / "killed/status.json").read_text())["state"] == "finished"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_gracefully_with_a_checkpoint(tmp_path, data):
+    cfg = _write_cfg(tmp_path / "cfg.json", max_steps=100000, save_every=100000, eval_every=100000)
+    run = tmp_path / "run"
+    proc = _spawn("--config", str(cfg), "--data", str(data), "--out", str(run))
+    _wait_for(lambda: (run / "metrics.jsonl").is_file() and len(read_metrics(run / "metrics.jsonl")) >= 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "stopped" and status["error"] is None and "SIGTERM" in status["reason"]
+    step = status["step"]
+    assert 3 <= step < 100000
+    assert latest_checkpoint(run).name == f"step_{step:08d}"
+    assert read_metrics(run / "metrics.jsonl")[-1]["step"] == step
