@@ -114,8 +114,9 @@ def _param_counts(model_cfg: dict[str, Any]) -> tuple[int | None, int | None]:
         return None, None
 
 
-def collect_facts(source: str | Path) -> RunFacts:
-    """Facts from a run folder (config.json + checkpoints/) or an export folder (openllm.json / config.json)."""
+def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
+    """Facts from a run folder (config.json + checkpoints/) or an export folder (openllm.json / config.json).
+    ``count_params=False`` skips building the model on the meta device (no torch import)."""
     src = Path(source)
     ckpt = latest_checkpoint_dir(src)
     facts = RunFacts(source=src, kind="run" if ckpt is not None else "export")
@@ -131,7 +132,7 @@ def collect_facts(source: str | Path) -> RunFacts:
             if isinstance(cfg.get(key), int):
                 facts.step = cfg[key]
     facts.config = cfg if isinstance(cfg.get("model"), dict) else {}
-    if facts.config:
+    if facts.config and count_params:
         facts.params, facts.params_non_embedding = _param_counts(facts.config["model"])
 
     facts.tokens_seen = state.get("tokens_seen") if isinstance(state.get("tokens_seen"), int) else None

@@ -97,7 +97,7 @@ def push_model(source: str | Path, *, repo_id: str, version: str | None = None, 
     h = get_hub(hub)
     src = Path(source).expanduser()
     kind = _kind(src)
-    facts = collect_facts(src)
+    facts = collect_facts(src, count_params=False)  # cheap: refuse a taken version before any export work
     if version is None:
         if facts.step is None:
             raise OpenLLMError(f"{src} does not say which training step it holds; name the version with --version")
@@ -115,6 +115,7 @@ def push_model(source: str | Path, *, repo_id: str, version: str | None = None, 
             raise RepositoryNotFound(f"model repo {repo_id} does not exist on {h.describe()} and cannot be created "
                                      f"from here; create it on the server first") from None
 
+    facts = collect_facts(src)
     with tempfile.TemporaryDirectory(prefix="openllm-push-") as tmp:
         staging = Path(tmp) / "model"
         staging.mkdir()
