@@ -129,6 +129,8 @@ def test_cli_generate_greedy_matches_library(export_run, capsys):
                     "--top-k", "20", "--top-p", "0.9", "--repetition-penalty", "1.2", "--max-new-tokens", "10")[1]
                for _ in range(2)]
     assert sampled[0] == sampled[1] and sampled[0].count("--- ") == 2
+    rc, int8, _ = _cli(capsys, *args, "--int8")
+    assert rc == 0 and int8.startswith("def load(")
 
 
 @pytest.mark.parametrize("argv,message", [
