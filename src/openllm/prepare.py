@@ -1,20 +1,61 @@
 """Corpus preparation: read raw text, clean it, drop and deduplicate documents, split train/val, report.
 
-(The reading/cleaning pipeline follows; this part holds the output helpers shared with ``shards``.)
+Inputs (any mix): ``.txt`` files (documents are blank-line separated paragraphs, or lines when the file has
+no blank lines), ``.jsonl`` files
+(one JSON object a line, the text in ``field``), ``.parquet`` files (column ``field``), folders (every such file
+inside, recursively), globs, Hugging Face datasets (``hf:NAME_OR_PATH``, or a folder written by
+``Dataset.save_to_disk``) through the ``datasets`` library, offline. No input: the embedded corpus
+(:mod:`openllm.corpus`).
+
+Cleaning, per document: undecodable UTF-8 bytes become U+FFFD and are counted (``strict``: refused, naming
+the file and byte offset); Unicode NFC; every line ending becomes ``\\n``; control characters other than
+``\\n`` and ``\\t`` are removed (counted); trailing spaces go and runs of blank lines shrink to one.
+Then: empty and too-short documents are dropped, exact duplicates (same cleaned text) removed, and each
+document goes to ``val`` when its hash falls below ``val_fraction`` (so a document's split never depends on
+the order or the rest of the corpus).
+
+Output folder (written atomically): ``train.jsonl``, ``val.jsonl`` (``{"text": ...}`` a line), ``report.json``
+and ``report.md``.
 """
 from __future__ import annotations
 
 import contextlib
+import glob as globlib
+import hashlib
+import json
 import os
+import re
 import shutil
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field as dc_field
 from pathlib import Path
+from typing import Any
 
 from .errors import OpenLLMError
 
+__all__ = [
+    "prepare_corpus",
+    "clean_text",
+    "format_report",
+    "atomic_output_dir",
+    "sha256_file",
+    "TRAIN_FILE",
+    "VAL_FILE",
+    "REPORT_JSON",
+    "REPORT_MD",
+]
+
 TRAIN_FILE, VAL_FILE, REPORT_JSON, REPORT_MD = "train.jsonl", "val.jsonl", "report.json", "report.md"
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+FOLDER_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
+TEXT_DOCS = ("auto", "paragraph", "line", "file")
+_BLANK_LINE = re.compile(rb"\n[ \t\r]*\n")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# output helpers (shared with shards)
+# ---------------------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | os.PathLike, *, owned_marker: str) -> Iterator[Path]:
     """Build an output folder in a hidden sibling and move it into place only when complete.
@@ -49,10 +90,468 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, owned_marker: str) -> Itera
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cleaning
+# ---------------------------------------------------------------------------------------------------------------
+_NEWLINES = re.compile("\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# C0 and C1 controls except \t and \n, DEL, and the invisible BOM / zero-width no-break space
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f\ufeff]")
+_TRAILING_SPACE = re.compile(r"[ \t]+\n")
+_BLANK_RUNS = re.compile(r"\n{3,}")
+
+
+def clean_text(text: str) -> tuple[str, int]:
+    """Normalise one document; returns ``(text, control characters removed)``."""
+    text = unicodedata.normalize("NFC", text)
+    text = _NEWLINES.sub("\n", text)
+    text, n_control = _CONTROL.subn("", text)
+    text = _TRAILING_SPACE.sub("\n", text + "\n")
+    text = _BLANK_RUNS.sub("\n\n", text)
+    return text.strip("\n").rstrip(), n_control
+
+
+def _decode(data: bytes, where: str, offset: int, strict: bool) -> tuple[str, int]:
+    """UTF-8 text of ``data`` and the number of bytes replaced by U+FFFD (``strict``: an error instead)."""
+    try:
+        return data.decode("utf-8"), 0
+    except UnicodeDecodeError as exc:
+        if strict:
+            raise OpenLLMError(
+                f"{where}: invalid UTF-8 at byte offset {offset + exc.start} "
+                f"(byte 0x{data[exc.start]:02x}); fix the file, or drop --strict to replace bad bytes"
+            ) from None
+    parts, replaced, pos = [], 0, 0
+    while True:
+        try:
+            parts.append(data[pos:].decode("utf-8"))
+            return "".join(parts), replaced
+        except UnicodeDecodeError as exc:
+            parts.append(data[pos:pos + exc.start].decode("utf-8"))
+            parts.append("\ufffd")
+            replaced += exc.end - exc.start
+            pos += exc.end
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sources
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Source:
+    """One input: where it is, how to read it, and what reading it found."""
+
+    kind: str  # txt | jsonl | parquet | hf | embedded
+    name: str
+    path: Path | None = None
+    stats: dict[str, Any] = dc_field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {"kind": self.kind, "name": self.name}
+        if self.path is not None and self.path.is_file():
+            rec["bytes"] = self.path.stat().st_size
+            rec["sha256"] = sha256_file(self.path)
+        rec.update(self.stats)
+        return rec
+
+
+def _is_hf_saved_dataset(p: Path) -> bool:
+    return p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file())
+
+
+def _kind_of(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return "jsonl"
+    if suffix == ".parquet":
+        return "parquet"
+    return "txt"
+
+
+def resolve_inputs(inputs: Sequence[str | os.PathLike] | None) -> list[Source]:
+    """Turn the user's INPUT arguments into a list of sources (files in a stable, sorted order)."""
+    if not inputs:
+        return [Source("embedded", "embedded:kjv")]
+    sources: list[Source] = []
+    for item in inputs:
+        s = str(item)
+        if s.startswith("hf:"):
+            sources.append(Source("hf", s[3:]))
+            continue
+        p = Path(s).expanduser()
+        if p.is_file():
+            sources.append(Source(_kind_of(p), str(p), p))
+        elif _is_hf_saved_dataset(p):
+            sources.append(Source("hf", str(p), p))
+        elif p.is_dir():
+            files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in FOLDER_SUFFIXES
+                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
+            if not files:
+                raise OpenLLMError(f"folder {p} holds no {', '.join(FOLDER_SUFFIXES)} files")
+            sources.extend(Source(_kind_of(q), str(q), q) for q in files)
+        elif any(c in s for c in "*?["):
+            files = sorted(Path(q) for q in globlib.glob(os.path.expanduser(s), recursive=True)
+                           if Path(q).is_file())
+            if not files:
+                raise OpenLLMError(f"no files match {s}")
+            sources.extend(Source(_kind_of(q), str(q), q) for q in files)
+        else:
+            raise OpenLLMError(
+                f"input not found: {s} (give a file, folder or glob; a Hugging Face dataset as hf:NAME)"
+            )
+    return sources
+
+
+def _check_not_binary(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    nul = head.find(b"\x00")
+    if nul >= 0 or head.startswith(b"PAR1"):
+        raise OpenLLMError(
+            f"{path} looks like a binary file (NUL byte at offset {max(nul, 0)}), not text; "
+            "give .txt, .jsonl or .parquet files"
+        )
+
+
+def _read_txt(src: Source, *, strict: bool, text_docs: str, progress) -> Iterator[str]:
+    """Documents of a text file: paragraphs (blank-line separated), lines, or the whole file.
+
+    ``auto``: paragraphs when the file has blank lines, else lines (WikiText-style files have none).
+    """
+    path = src.path
+    assert path is not None
+    _check_not_binary(path)
+    if text_docs == "auto":
+        with open(path, "rb") as f:
+            text_docs = "paragraph" if _BLANK_LINE.search(f.read()) else "line"
+    src.stats["text_docs"] = text_docs
+    replaced = 0
+    offset = 0
+    para: list[str] = []
+    with open(path, "rb") as f:
+        if text_docs == "file":
+            data = f.read()
+            text, replaced = _decode(data, str(path), 0, strict)
+            progress(len(data))
+            src.stats["replaced_bytes"] = replaced
+            yield text
+            return
+        for raw in f:
+            line, r = _decode(raw, str(path), offset, strict)
+            replaced += r
+            offset += len(raw)
+            progress(len(raw))
+            if text_docs == "line":
+                yield line
+            elif line.strip():
+                para.append(line)
+            elif para:
+                yield "".join(para)
+                para = []
+    if para:
+        yield "".join(para)
+    src.stats["replaced_bytes"] = replaced
+
+
+def _read_jsonl(src: Source, *, strict: bool, field: str, progress) -> Iterator[str]:
+    path = src.path
+    assert path is not None
+    _check_not_binary(path)
+    replaced = 0
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line, r = _decode(raw, str(path), offset, strict)
+            replaced += r
+            offset += len(raw)
+            progress(len(raw))
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise OpenLLMError(f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object") \
+                    from None
+            if not isinstance(obj, dict):
+                raise OpenLLMError(f"{path}:{lineno}: a JSON {type(obj).__name__}, expected an object with {field!r}")
+            if field not in obj:
+                keys = ", ".join(map(repr, list(obj)[:8])) or "none"
+                raise OpenLLMError(f"{path}:{lineno}: no field {field!r} (fields: {keys}); choose one with --field")
+            value = obj[field]
+            if value is None:
+                yield ""
+                continue
+            if not isinstance(value, str):
+                raise OpenLLMError(
+                    f"{path}:{lineno}: field {field!r} is a {type(value).__name__}, expected a string")
+            yield value
+    src.stats["replaced_bytes"] = replaced
+
+
+def _read_parquet(src: Source, *, field: str, progress) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = src.path
+    assert path is not None
+    with open(path, "rb") as f:
+        if f.read(4) != b"PAR1":
+            raise OpenLLMError(f"{path} is not a parquet file (no PAR1 header)")
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise OpenLLMError(f"{path}: cannot read parquet ({exc})") from None
+    names = pf.schema_arrow.names
+    if field not in names:
+        raise OpenLLMError(f"{path}: no column {field!r} (columns: {', '.join(names)}); choose one with --field")
+    col_type = pf.schema_arrow.field(field).type
+    if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
+        raise OpenLLMError(f"{path}: column {field!r} has type {col_type}, expected strings")
+    size, rows = path.stat().st_size, max(1, pf.metadata.num_rows)
+    for batch in pf.iter_batches(columns=[field], batch_size=4096):
+        for value in batch.column(0).to_pylist():
+            yield value or ""
+        progress(size * batch.num_rows // rows)
+
+
+def _read_hf(src: Source, *, field: str, hf_split: str, hf_config: str | None) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - a dependency
+        raise OpenLLMError("Hugging Face dataset inputs need the `datasets` package: pip install datasets") from None
+    datasets.disable_progress_bars()
+    try:
+        if src.path is not None:
+            ds = datasets.load_from_disk(str(src.path))
+        else:
+            ds = datasets.load_dataset(src.name, hf_config, split=hf_split)
+    except Exception as exc:  # datasets raises many types; all mean "cannot open this dataset"
+        raise OpenLLMError(
+            f"cannot load Hugging Face dataset {src.name!r} offline ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); give a local path or a dataset in the cache"
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if hf_split not in ds:
+            raise OpenLLMError(f"dataset {src.name!r} has no split {hf_split!r} (splits: {', '.join(ds)}); "
+                               "choose one with --hf-split")
+        ds = ds[hf_split]
+    if field not in ds.column_names:
+        raise OpenLLMError(f"dataset {src.name!r}: no column {field!r} (columns: {', '.join(ds.column_names)}); "
+                           "choose one with --field")
+    src.stats.update({"split": hf_split, "rows": ds.num_rows, "fingerprint": getattr(ds, "_fingerprint", None)})
+    for start in range(0, ds.num_rows, 4096):
+        for value in ds[start:start + 4096][field]:
+            if value is not None and not isinstance(value, str):
+                raise OpenLLMError(f"dataset {src.name!r}: column {field!r} holds {type(value).__name__}, "
+                                   "expected strings")
+            yield value or ""
+
+
+def _read_embedded(src: Source) -> Iterator[str]:
+    from .corpus import embedded_corpus_documents, embedded_corpus_source
+
+    info = embedded_corpus_source()
+    src.stats.update({k: info[k] for k in ("package", "version", "file", "sha256", "license", "url")})
+    src.stats["description"] = info["name"]
+    yield from embedded_corpus_documents(verify=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the pipeline
+# ---------------------------------------------------------------------------------------------------------------
+def _doc_hash(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def _val_score(digest: bytes) -> float:
+    """A number in [0, 1) from the document's hash: below ``val_fraction`` means validation."""
+    return int.from_bytes(digest[8:16], "little") / 2.0**64
+
+
+def prepare_corpus(
+    inputs: Sequence[str | os.PathLike] | None,
+    out_dir: str | os.PathLike,
+    *,
+    field: str = "text",
+    min_chars: int | None = None,
+    min_words: int = 0,
+    val_fraction: float | None = None,
+    dedupe: bool = True,
+    strict: bool = False,
+    text_docs: str = "auto",
+    hf_split: str = "train",
+    hf_config: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Read, clean, filter, deduplicate and split ``inputs`` into ``out_dir``; returns the report.
+
+    ``inputs``: files, folders, globs, ``hf:NAME`` (see module docstring); none means the embedded corpus.
+    ``min_chars`` / ``min_words``: documents shorter than these (after cleaning) are dropped as too short.
+    ``val_fraction``: share of documents, chosen by hash, that go to ``val.jsonl`` (at least one when there
+    are two or more documents). ``text_docs``: what a document is in a text file (paragraph, line, file;
+    auto: paragraphs if the file has blank lines, else lines).
+    Defaults for ``min_chars`` and ``val_fraction`` come from :class:`openllm.config.DataConfig`.
+    """
+    from tqdm import tqdm
+
+    from .config import DataConfig
+
+    defaults = DataConfig()
+    min_chars = defaults.min_chars if min_chars is None else min_chars
+    val_fraction = defaults.val_fraction if val_fraction is None else val_fraction
+    if not 0.0 <= val_fraction < 1.0:
+        raise OpenLLMError(f"val fraction must be in [0, 1), got {val_fraction}")
+    if min_chars < 0 or min_words < 0:
+        raise OpenLLMError("--min-chars and --min-words must be >= 0")
+    if text_docs not in TEXT_DOCS:
+        raise OpenLLMError(f"text documents must be one of {', '.join(TEXT_DOCS)}, got {text_docs!r}")
+
+    sources = resolve_inputs(inputs)
+    total_bytes = sum(s.path.stat().st_size for s in sources if s.path is not None and s.path.is_file())
+    bar = tqdm(total=total_bytes or None, unit="B", unit_scale=True, desc="preparing", disable=not progress,
+               mininterval=0.5)
+
+    counts = {"read": 0, "kept": 0, "train": 0, "val": 0}
+    dropped = {"empty": 0, "too_short": 0, "duplicate": 0}
+    chars = {"read": 0, "train": 0, "val": 0, "duplicate": 0}
+    nbytes = {"train": 0, "val": 0}
+    control_removed = replaced = 0
+    seen: set[bytes] = set()
+    # the train document with the lowest hash score: moved to val if val would otherwise be empty
+    best_train: tuple[float, int] | None = None
+
+    with atomic_output_dir(out_dir, owned_marker=REPORT_JSON) as tmp:
+        with open(tmp / TRAIN_FILE, "w", encoding="utf-8") as ftrain, \
+                open(tmp / VAL_FILE, "w", encoding="utf-8") as fval:
+            for src in sources:
+                docs = _read_source(src, field=field, strict=strict, text_docs=text_docs, hf_split=hf_split,
+                                    hf_config=hf_config, progress=bar.update)
+                src_read = src_kept = 0
+                for raw in docs:
+                    src_read += 1
+                    chars["read"] += len(raw)
+                    text, n_control = clean_text(raw)
+                    control_removed += n_control
+                    if not text.strip():
+                        dropped["empty"] += 1
+                        continue
+                    if len(text) < min_chars or (min_words and len(text.split()) < min_words):
+                        dropped["too_short"] += 1
+                        continue
+                    digest = _doc_hash(text)
+                    if dedupe:
+                        if digest in seen:
+                            dropped["duplicate"] += 1
+                            chars["duplicate"] += len(text)
+                            continue
+                        seen.add(digest)
+                    score = _val_score(digest)
+                    split = "val" if score < val_fraction else "train"
+                    line = json.dumps({"text": text}, ensure_ascii=False) + "\n"
+                    (fval if split == "val" else ftrain).write(line)
+                    if split == "train" and (best_train is None or score < best_train[0]):
+                        best_train = (score, counts["train"])
+                    counts[split] += 1
+                    chars[split] += len(text)
+                    nbytes[split] += len(text.encode("utf-8"))
+                    src_kept += 1
+                src.stats.update({"documents_read": src_read, "documents_kept": src_kept})
+                replaced += src.stats.get("replaced_bytes", 0)
+        bar.close()
+        counts["read"] = sum(s.stats.get("documents_read", 0) for s in sources)
+        counts["kept"] = counts["train"] + counts["val"]
+        names = ", ".join(s.name for s in sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
+        if counts["kept"] == 0:
+            raise OpenLLMError(
+                f"no documents left after cleaning {names}: read {counts['read']}, dropped "
+                f"{dropped['empty']} empty, {dropped['too_short']} too short (< {min_chars} characters"
+                f"{f' or < {min_words} words' if min_words else ''}), {dropped['duplicate']} duplicates; "
+                "check the input and --field, or lower --min-chars"
+            )
+        if val_fraction > 0 and counts["val"] == 0 and counts["train"] >= 2 and best_train is not None:
+            moved = _move_line(tmp / TRAIN_FILE, tmp / VAL_FILE, best_train[1])
+            n = len(moved)
+            counts["train"] -= 1
+            counts["val"] += 1
+            chars["train"] -= n
+            chars["val"] += n
+            nbytes["train"] -= len(moved.encode("utf-8"))
+            nbytes["val"] += len(moved.encode("utf-8"))
+
+        report = {
+            "version": 1,
+            "sources": [s.record() for s in sources],
+            "options": {"field": field, "min_chars": min_chars, "min_words": min_words,
+                        "val_fraction": val_fraction, "dedupe": dedupe, "strict": strict, "text_docs": text_docs,
+                        "normalization": "NFC"},
+            "documents": counts,
+            "characters": chars,
+            "bytes": nbytes,
+            "dropped": dropped,
+            "duplicates": {"documents": dropped["duplicate"], "characters": chars["duplicate"]},
+            "replaced_bytes": replaced,
+            "control_characters_removed": control_removed,
+            "files": {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+                      for name in (TRAIN_FILE, VAL_FILE)},
+        }
+        (tmp / REPORT_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / REPORT_MD).write_text(format_report(report) + "\n", encoding="utf-8")
+    return report
+
+
+def _read_source(src: Source, *, field, strict, text_docs, hf_split, hf_config, progress) -> Iterable[str]:
+    if src.kind == "txt":
+        return _read_txt(src, strict=strict, text_docs=text_docs, progress=progress)
+    if src.kind == "jsonl":
+        return _read_jsonl(src, strict=strict, field=field, progress=progress)
+    if src.kind == "parquet":
+        return _read_parquet(src, field=field, progress=progress)
+    if src.kind == "hf":
+        return _read_hf(src, field=field, hf_split=hf_split, hf_config=hf_config)
+    return _read_embedded(src)
+
+
+def _move_line(src_path: Path, dst_path: Path, index: int) -> str:
+    """Move line ``index`` of ``src_path`` to the end of ``dst_path``; returns its document text."""
+    tmp = src_path.with_name(src_path.name + ".tmp")
+    moved = ""
+    with open(src_path, encoding="utf-8") as fin, open(tmp, "w", encoding="utf-8") as fout:
+        for i, line in enumerate(fin):
+            if i == index:
+                moved = line
+            else:
+                fout.write(line)
+    os.replace(tmp, src_path)
+    with open(dst_path, "a", encoding="utf-8") as f:
+        f.write(moved)
+    return json.loads(moved)["text"]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a Markdown table (also readable as plain text)."""
+    d, c, b, dr = report["documents"], report["characters"], report["bytes"], report["dropped"]
+    rows = [
+        ("documents read", f"{d['read']:,}"),
+        ("documents kept", f"{d['kept']:,}"),
+        ("  train", f"{d['train']:,} docs, {c['train']:,} chars, {b['train']:,} bytes"),
+        ("  val", f"{d['val']:,} docs, {c['val']:,} chars, {b['val']:,} bytes"),
+        ("dropped: empty", f"{dr['empty']:,}"),
+        (f"dropped: too short (< {report['options']['min_chars']} chars)", f"{dr['too_short']:,}"),
+        ("dropped: duplicates", f"{dr['duplicate']:,} docs, {report['duplicates']['characters']:,} chars"),
+        ("invalid UTF-8 bytes replaced", f"{report['replaced_bytes']:,}"),
+        ("control characters removed", f"{report['control_characters_removed']:,}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = ["# Corpus report", "", f"| {'':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
+    lines += [f"| {k:<{width}} | {v} |" for k, v in rows]
+    lines += ["", "Sources:", ""]
+    for s in report["sources"]:
+        extra = f", sha256 {s['sha256'][:16]}" if "sha256" in s else ""
+        lines.append(f"- {s['kind']}: {s['name']} ({s.get('documents_read', 0):,} read, "
+                     f"{s.get('documents_kept', 0):,} kept{extra})")
+    return "\n".join(lines)
