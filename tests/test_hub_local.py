@@ -160,10 +160,11 @@ def test_tags_are_immutable_and_revert_restores_a_tree(hub, folder):
     hub.create_repo(repo_id="alice/m")
     c1 = hub.upload_folder(repo_id="alice/m", folder_path=folder)
     hub.create_tag(repo_id="alice/m", tag="1k", message="first version")
-    with pytest.raises(RevisionExists, match="immutable"):
+    hub.create_tag(repo_id="alice/m", tag="1k", revision=c1)  # a retried call: same tag, same commit
+    c2 = hub.create_commit(repo_id="alice/m", commit_message="break", operations=[CommitOperationDelete("a.txt")])
+    with pytest.raises(RevisionExists, match="immutable"):  # the version cannot move to another commit
         hub.create_tag(repo_id="alice/m", tag="1k")
     hub.create_tag(repo_id="alice/m", tag="1k", exist_ok=True)
-    c2 = hub.create_commit(repo_id="alice/m", commit_message="break", operations=[CommitOperationDelete("a.txt")])
     hub.create_tag(repo_id="alice/m", tag="2k", revision=c2)
     assert hub.list_refs(repo_id="alice/m").tags == {"1k": c1, "2k": c2}
     assert _git("--git-dir", str(hub.root / "models/alice/m.git"), "cat-file", "-t", "1k").strip() == "tag"
@@ -345,6 +346,35 @@ def test_unreachable_remote_is_hub_unavailable():
                                  operations=[CommitOperationAdd("f", b"1")])
 
 
+@pytest.mark.parametrize("scheme", ["git", "http"])
+def test_connection_reset_is_hub_unavailable(scheme):
+    import struct
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(5)
+
+    def reset_everything():  # accept, then reset: what a flaky proxy does
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    threading.Thread(target=reset_everything, daemon=True).start()
+    try:
+        remote = LocalHub(url=f"{scheme}://127.0.0.1:{server.getsockname()[1]}/", timeout=30)
+        with pytest.raises(HubUnavailable, match="(?i)reset|broken pipe|empty reply|recv failure"):
+            remote.create_commit(repo_id="alice/space", repo_type="space", commit_message="m",
+                                 operations=[CommitOperationAdd("f", b"1")])
+        with pytest.raises(HubUnavailable):
+            remote.download(repo_id="alice/space", repo_type="space")
+    finally:
+        server.close()
+
+
 def test_stalled_remote_times_out_as_hub_unavailable():
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -437,8 +467,9 @@ def test_remote_hub_over_http_with_auth(hub, http_hub, folder, tmp_path):
     with pytest.raises(AuthError):
         anonymous.upload_folder(folder_path=folder, **kw)
     wrong = LocalHub(url=f"http://user:wrong@127.0.0.1:{http_hub}/")
-    with pytest.raises(AuthError):
+    with pytest.raises(AuthError) as err:
         wrong.upload_folder(folder_path=folder, **kw)
+    assert "wrong" not in str(err.value)  # no password in messages
     assert hub.list_files(**kw) == []  # nothing was uploaded
     remote = LocalHub(url=f"http://user:secret@127.0.0.1:{http_hub}/")
     c1 = remote.upload_folder(folder_path=folder, commit_message="over http", **kw)

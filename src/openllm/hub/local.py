@@ -14,6 +14,7 @@ import fnmatch
 import hashlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -73,7 +74,10 @@ class LocalHub(Hub):
         return f"LocalHub(url={self.url!r})" if self.url else f"LocalHub(root={str(self.root)!r})"
 
     def describe(self) -> str:
-        return self.url or str(self.root)
+        """The root folder, or the URL without its credentials (messages must not leak a password)."""
+        if self.url:
+            return re.sub(r"^([a-z+]+://)[^/@]*@", r"\1", self.url)
+        return str(self.root)
 
     # --- where things are ---------------------------------------------------------------------------------
 
@@ -544,16 +548,18 @@ class LocalHub(Hub):
         kw = dict(repo_type=repo_type, repo_id=repo_id)
         with self._workspace(loc, repo_type, repo_id) as ws:
             self._fetch_head(ws, loc, repo_type, repo_id, full=True)
-            if self._git(["rev-parse", "--verify", "--quiet", f"refs/tags/{tag}"], git_dir=ws, check=False,
-                         **kw).returncode == 0:
-                if exist_ok:
-                    return
-                raise RevisionExists(f"{repo_type} repo {repo_id} already has version {tag!r}; versions are "
-                                     f"immutable (push with --force to replace it)")
             if revision is None:
                 sha = self._git(["rev-parse", f"refs/remotes/origin/{BRANCH}"], git_dir=ws, **kw).stdout.decode().strip()
             else:
                 sha = self._resolve(ws, revision, repo_type, repo_id)
+            existing = self._git(["rev-parse", "--verify", "--quiet", f"refs/tags/{tag}^{{commit}}"], git_dir=ws,
+                                 check=False, **kw)
+            if existing.returncode == 0:
+                # the same tag on the same commit: a retried call whose first answer was lost; nothing to do
+                if exist_ok or existing.stdout.decode().strip() == sha:
+                    return
+                raise RevisionExists(f"{repo_type} repo {repo_id} already has version {tag!r}; versions are "
+                                     f"immutable (push with --force to replace it)")
             self._git(["-c", "tag.gpgSign=false", "tag", "-a", "-m", message or f"version {tag}", tag, sha],
                       git_dir=ws, **kw)
             ok, why = self._push(ws, loc, f"refs/tags/{tag}:refs/tags/{tag}", repo_type, repo_id)
