@@ -1,0 +1,373 @@
+"""``openllm space sync``, ``status`` and ``rollback``: the Space kept in step with the main repository.
+
+The seed's steps, each done for real: detect the changed files (content hashes against the state recorded
+at the last sync) -> resolve dependencies, copy and generate (``build``) -> validate (hashes; ``import
+training`` and the app answering HTTP in a clean environment) -> one atomic commit through the hub
+interface, holding only the changed and removed files -> verify what landed (else roll back by itself) ->
+record the new state (state file + a ``sync-<n>-<hash>`` tag).
+
+Conflicts: when the Space's head is not the commit we last pushed and a file we would overwrite (or delete)
+differs there from what we pushed, the sync stops and lists those files unless ``force``. Files that only
+the Space has are never touched. Network failures (HubUnavailable) are retried with backoff and jitter; an
+auth error fails at once.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import OpenLLMError
+from ..hub import CommitOperationAdd, CommitOperationDelete, ConflictError, Hub, RevisionExists
+from ..hub.factory import get_hub
+from .build import BuildResult, render, source_commit, write
+from .manifest import Manifest, load_manifest
+from .retry import RetryPolicy, retry
+from .state import TAG_RE, SyncRecord, SyncState, state_path, tag_name, tree_hashes
+from .validate import ValidationError, validate_space
+
+__all__ = ["SyncPlan", "SyncResult", "SyncConflict", "SyncError", "Syncer"]
+
+REPO_TYPE = "space"
+BRANCH = "main"
+Log = Callable[[str], None]
+
+
+class SyncConflict(OpenLLMError):
+    """The Space was edited behind our back in files the sync would overwrite."""
+
+    def __init__(self, message: str, files: list[str]):
+        super().__init__(message)
+        self.files = files
+
+
+class SyncError(OpenLLMError):
+    """The sync failed; the message says in which state it left the Space."""
+
+
+@dataclass
+class SyncPlan:
+    """What a sync would do, computed without writing anything."""
+
+    space: str
+    head: str | None                 # the Space's main now (None: no repository yet)
+    last: SyncRecord | None          # the last sync recorded
+    build: BuildResult
+    space_files: dict[str, str]      # the Space's files at head (path -> sha256), when they were read
+    uploads: list[str]
+    deletes: list[str]
+    conflicts: list[str]
+    space_only: list[str]            # files only the Space has: kept
+    diverged: bool                   # head is not the commit we last pushed
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.uploads or self.deletes)
+
+    def describe(self) -> list[str]:
+        lines = [f"Space {self.space}: head {(self.head or 'none')[:12]}, last sync "
+                 + (f"{self.last.tag} ({self.last.commit[:12]})" if self.last else "none")]
+        if self.diverged and self.last:
+            lines.append("the Space's head is not the commit of the last sync: it was changed there")
+        lines.append(f"{len(self.uploads)} to upload, {len(self.deletes)} to delete, "
+                     f"{len(self.build.files) - len(self.uploads)} unchanged, {len(self.space_only)} Space-only kept")
+        lines += [f"  upload  {p}" for p in self.uploads[:50]]
+        if len(self.uploads) > 50:
+            lines.append(f"  ... and {len(self.uploads) - 50} more")
+        lines += [f"  delete  {p}" for p in self.deletes]
+        lines += [f"  CONFLICT {p} (edited in the Space)" for p in self.conflicts]
+        return lines
+
+
+@dataclass
+class SyncResult:
+    plan: SyncPlan
+    commit: str | None = None
+    record: SyncRecord | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Syncer:
+    """Syncs the Space built from ``root`` to ``space`` on ``hub`` (a Hub, or a ``--hub`` spec)."""
+
+    def __init__(self, space: str | None = None, hub: Hub | str | None = None, root: str | Path | None = None, *,
+                 policy: RetryPolicy | None = None, log: Log = print, venv_cache: Path | None = None):
+        self.manifest: Manifest = load_manifest(root)
+        self.space = space or self.manifest.space_id
+        if not self.space:
+            raise OpenLLMError("no Space named: pass --space OWNER/NAME or set [space] id in space.toml")
+        self.hub = get_hub(hub)
+        self.policy = policy or RetryPolicy.from_env()
+        self.log = log
+        self.venv_cache = venv_cache
+        self.state_file = state_path(f"{type(self.hub).__name__}:{self.hub.describe()}", self.space)
+
+    # ---- plumbing
+    def _call(self, what: str, fn):
+        def on_retry(attempt: int, delay: float, exc: Exception) -> None:
+            self.log(f"{what}: {exc} -- retry {attempt}/{self.policy.attempts - 1} in {delay:.1f} s")
+        return retry(fn, what=what, policy=self.policy, on_retry=on_retry)
+
+    def _check_auth(self) -> None:
+        """A missing or rejected token fails here, before anything is built or pushed."""
+        whoami = getattr(self.hub, "whoami", None)
+        if callable(whoami):
+            self._call("checking the token", whoami)
+
+    def _head(self) -> tuple[str | None, dict[str, str]]:
+        exists = self._call("reading the Space", lambda: self.hub.repo_exists(repo_id=self.space, repo_type=REPO_TYPE))
+        if not exists:
+            return None, {}
+        refs = self._call("reading the Space's refs", lambda: self.hub.list_refs(repo_id=self.space, repo_type=REPO_TYPE))
+        return refs.branches.get(BRANCH), refs.tags
+
+    def _files_at(self, revision: str) -> dict[str, str]:
+        """The Space's files at ``revision``: path -> sha256."""
+        with tempfile.TemporaryDirectory(prefix="openllm-space-read-") as tmp:
+            folder = self._call(f"downloading the Space at {revision[:12]}",
+                                lambda: self.hub.download(repo_id=self.space, repo_type=REPO_TYPE, revision=revision,
+                                                          local_dir=Path(tmp) / "s"))
+            return tree_hashes(folder)
+
+    def owned(self, path: str) -> bool:
+        """Could the build have put ``path`` in the Space? (Used when the state comes from the tags alone.)"""
+        if path in self.manifest.generated:
+            return True
+        for rule in self.manifest.rules:
+            t = rule.target
+            if t.endswith("/") and path.startswith(t):
+                return True
+            if not t.endswith("/") and path == t:
+                return True
+        return False
+
+    def load_state(self, tags: dict[str, str] | None = None) -> SyncState:
+        """The local state file; without one (a fresh machine), the last ``sync-*`` tag on the Space."""
+        state = SyncState.load(self.state_file, self.hub.describe(), self.space)
+        if tags is None:
+            return state
+        tagged = sorted(((int(m.group(1)), t) for t in tags if (m := TAG_RE.match(t))), reverse=True)
+        if tagged and (state.last is None or tagged[0][0] > state.last.n):
+            n, tag = tagged[0]
+            files = {p: h for p, h in self._files_at(tags[tag]).items() if self.owned(p)}
+            self.log(f"state: none here newer than {tag}; recovered it from the Space's tag")
+            state.history.append(SyncRecord(n=n, commit=tags[tag], tag=tag, files=files, kind="recovered"))
+            state.save(self.state_file)
+        return state
+
+    def _next_n(self, state: SyncState, tags: dict[str, str]) -> int:
+        on_hub = [int(m.group(1)) for t in tags if (m := TAG_RE.match(t))]
+        return max([state.next_n(), *[n + 1 for n in on_hub]])
+
+    # ---- plan
+    def plan(self) -> tuple[SyncPlan, SyncState, dict[str, str]]:
+        build = render(self.manifest)
+        head, tags = self._head()
+        state = self.load_state(tags)
+        last = state.last
+        ours = dict(last.files) if last else {}
+        diverged = head is not None and (last is None or head != last.commit)
+        if head is None:
+            space = {}
+        elif diverged:
+            space = self._files_at(head)
+        else:
+            space = {p: ours.get(p, "") for p in self._call(
+                "listing the Space's files", lambda: self.hub.list_files(repo_id=self.space, repo_type=REPO_TYPE,
+                                                                         revision=head))}
+            space.update({p: h for p, h in ours.items() if p in space})
+        b = build.files
+        uploads = sorted(p for p in b if space.get(p) != b[p])
+        deletes = sorted(p for p in ours if p not in b and p in space)
+        conflicts = sorted(p for p in uploads + deletes if diverged and space.get(p) != ours.get(p)) if diverged else []
+        space_only = sorted(p for p in space if p not in b and p not in ours)
+        plan = SyncPlan(space=self.space, head=head, last=last, build=build, space_files=space, uploads=uploads,
+                        deletes=deletes, conflicts=conflicts, space_only=space_only, diverged=diverged)
+        return plan, state, tags
+
+    # ---- sync
+    def sync(self, *, dry_run: bool = False, force: bool = False, env_check: bool = True) -> SyncResult:
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        self._check_auth()
+        plan, state, tags = self.plan()
+        timings["plan"] = time.perf_counter() - t0
+        for line in plan.describe():
+            self.log(line)
+        result = SyncResult(plan=plan, timings=timings)
+        if plan.conflicts and not force:
+            raise SyncConflict(
+                f"conflict: the Space {self.space} was changed since the last sync in {len(plan.conflicts)} file(s) "
+                f"this sync would overwrite: {', '.join(plan.conflicts)}. Bring those edits into the main "
+                "repository, or sync with --force to overwrite them (Space-only files are kept either way)",
+                plan.conflicts)
+        if dry_run:
+            self.log("dry run: nothing validated, nothing pushed")
+            return result
+        if not plan.changed:
+            self.log("nothing to sync: the Space already has this build")
+            return result
+        with tempfile.TemporaryDirectory(prefix="openllm-space-sync-") as tmp:
+            out = Path(tmp) / "space"
+            t = time.perf_counter()
+            write(plan.build, self.manifest, out)
+            validate_space(out, plan.build.files, env_check=env_check, cache=self.venv_cache, log=self.log)
+            timings["validate"] = time.perf_counter() - t
+            t = time.perf_counter()
+            result.commit, record = self._push(plan, state, tags, out)
+            timings["push"] = time.perf_counter() - t
+        result.record = record
+        timings["total"] = time.perf_counter() - t0
+        self.log(f"synced: {record.tag} = commit {record.commit[:12]} ({record.uploaded} uploaded, "
+                 f"{record.deleted} deleted) in {timings['total']:.1f} s")
+        return result
+
+    def _push(self, plan: SyncPlan, state: SyncState, tags: dict[str, str], out: Path) -> tuple[str, SyncRecord]:
+        n = self._next_n(state, tags)
+        tag = tag_name(n, plan.build.files)
+        src = source_commit(self.manifest.root)
+        ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(out / p)) for p in plan.uploads]
+        ops += [CommitOperationDelete(path_in_repo=p) for p in plan.deletes]
+        message = (f"Sync {n} from the main repository{f' ({src[:12]})' if src else ''}: "
+                   f"{len(plan.uploads)} updated, {len(plan.deletes)} removed\n\n[{tag}]")
+        if plan.head is None:
+            self._call("creating the Space", lambda: self.hub.create_repo(repo_id=self.space, repo_type=REPO_TYPE,
+                                                                          exist_ok=True))
+            plan.head, _ = self._head()
+        before = plan.head
+
+        def commit_once() -> str:
+            try:
+                return self.hub.create_commit(repo_id=self.space, repo_type=REPO_TYPE, operations=ops,
+                                              commit_message=message, parent_commit=before)
+            except ConflictError:
+                # after a cut connection the push may have landed: then the head is our commit
+                head, _ = self._head()
+                if head and self._is_ours(head, tag):
+                    return head
+                raise
+
+        try:
+            new = self._call("pushing the commit", commit_once)
+        except ConflictError as exc:
+            raise SyncConflict(f"conflict: {exc}; nothing was pushed; run the sync again", []) from None
+        self.log(f"pushed {new[:12]}")
+        # post-push: the commit holds exactly the build (plus the Space-only files), and is tagged
+        try:
+            landed = self._files_at(new)
+            expected = dict(plan.build.files)
+            expected.update({p: plan.space_files[p] for p in plan.space_only if p in plan.space_files})
+            bad = sorted(p for p in set(expected) | set(landed)
+                         if expected.get(p) != landed.get(p) and (p in plan.build.files or p in plan.space_only))
+            if bad:
+                raise ValidationError(f"the pushed commit {new[:12]} does not hold the build: {', '.join(bad[:10])}")
+            head, _ = self._head()
+            if head != new and not self._descends(head, new):
+                raise ValidationError(f"the Space's main is {str(head)[:12]} after the push, not {new[:12]}")
+            self._tag(tag, new, f"OpenLLM sync {n}")
+        except Exception as exc:
+            self._auto_rollback(before, new, state, exc)
+            raise  # _auto_rollback raises; keeps type checkers quiet
+        record = SyncRecord(n=n, commit=new, tag=tag, files=dict(plan.build.files), source_commit=src,
+                            uploaded=len(plan.uploads), deleted=len(plan.deletes))
+        state.history.append(record)
+        state.save(self.state_file)
+        return new, record
+
+    def _is_ours(self, commit: str, tag: str) -> bool:
+        commits = self._call("reading the history", lambda: self.hub.list_commits(
+            repo_id=self.space, repo_type=REPO_TYPE, revision=commit))
+        return bool(commits) and f"[{tag}]" in (commits[0].message or "") + commits[0].title
+
+    def _descends(self, head: str | None, commit: str) -> bool:
+        if not head:
+            return False
+        commits = self._call("reading the history", lambda: self.hub.list_commits(
+            repo_id=self.space, repo_type=REPO_TYPE, revision=head))
+        return any(c.commit_id == commit for c in commits)
+
+    def _tag(self, tag: str, commit: str, message: str) -> None:
+        def once() -> None:
+            try:
+                self.hub.create_tag(repo_id=self.space, repo_type=REPO_TYPE, tag=tag, revision=commit,
+                                    message=message)
+            except RevisionExists:
+                _, tags = self._head()
+                if tags.get(tag) != commit:  # ours if an earlier, cut-off attempt made it
+                    raise
+        self._call(f"tagging {tag}", once)
+
+    def _auto_rollback(self, before: str | None, new: str, state: SyncState, why: Exception) -> None:
+        """A failure after the push: put the Space back as it was before it (a new commit), then fail."""
+        self.log(f"post-push check failed ({why}); rolling back to {str(before)[:12]}")
+        if before is None:
+            raise SyncError(f"the sync pushed {new[:12]} but failed after the push ({why}); there is no earlier "
+                            "commit to roll back to") from why
+        try:
+            back = self._call("rolling back", lambda: self.hub.revert(
+                repo_id=self.space, repo_type=REPO_TYPE, to_revision=before,
+                commit_message=f"Roll back failed sync (commit {new[:12]}): {str(why)[:200]}"))
+        except Exception as exc2:
+            raise SyncError(f"the sync pushed {new[:12]} but failed after the push ({why}), and the rollback "
+                            f"failed too ({exc2}): run `openllm space rollback` when the hub is back") from why
+        last = state.last
+        if last is not None and last.commit == before:
+            n = self._next_n(state, {})
+            rec = SyncRecord(n=n, commit=back, tag=tag_name(n, last.files), files=dict(last.files),
+                             kind="auto-rollback")
+            try:
+                self._tag(rec.tag, back, f"OpenLLM automatic rollback of {new[:12]}")
+                state.history.append(rec)
+                state.save(self.state_file)
+            except Exception:  # the Space is right; only the bookkeeping tag is missing
+                pass
+        raise SyncError(f"the sync failed after the push ({why}); the Space was rolled back to the state of "
+                        f"{before[:12]} as commit {back[:12]}") from why
+
+    # ---- rollback
+    def rollback(self, to: str | None = None) -> SyncRecord:
+        """Restore an earlier synced state (default: the one before the last) as a new commit."""
+        self._check_auth()
+        head, tags = self._head()
+        if head is None:
+            raise OpenLLMError(f"the Space {self.space} does not exist on {self.hub.describe()}: nothing to roll back")
+        state = self.load_state(tags)
+        if to is None:
+            done = [r for r in state.history]
+            if len(done) < 2:
+                raise OpenLLMError("there is no earlier sync to roll back to; name one with --to SYNC_ID "
+                                   "(see `openllm space status`)")
+            target = done[-2]
+        else:
+            target = state.find(to)
+            if target is None:
+                hit = next((t for t in tags if t == to or (TAG_RE.match(t) and TAG_RE.match(t).group(1) == to)), None)
+                if hit is None:
+                    known = ", ".join(sorted(t for t in tags if TAG_RE.match(t))) or "none"
+                    raise OpenLLMError(f"no sync {to!r} on the Space; known syncs: {known}")
+                files = {p: h for p, h in self._files_at(tags[hit]).items() if self.owned(p)}
+                target = SyncRecord(n=int(TAG_RE.match(hit).group(1)), commit=tags[hit], tag=hit, files=files)
+        rev = target.tag if target.tag in tags else target.commit
+        new = self._call("rolling back", lambda: self.hub.revert(
+            repo_id=self.space, repo_type=REPO_TYPE, to_revision=rev,
+            commit_message=f"Roll back to {target.tag} ({target.commit[:12]})"))
+        landed = {p: h for p, h in self._files_at(new).items() if p in target.files}
+        if landed != target.files:
+            raise SyncError(f"the rollback commit {new[:12]} does not hold {target.tag}'s files")
+        n = self._next_n(state, tags)
+        rec = SyncRecord(n=n, commit=new, tag=tag_name(n, target.files), files=dict(target.files), kind="rollback")
+        self._tag(rec.tag, new, f"OpenLLM rollback to {target.tag}")
+        state.history.append(rec)
+        state.save(self.state_file)
+        self.log(f"rolled back to {target.tag}: commit {new[:12]}, recorded as {rec.tag}")
+        return rec
+
+    # ---- status
+    def status(self) -> dict:
+        plan, state, tags = self.plan()
+        return {"space": self.space, "hub": self.hub.describe(), "head": plan.head,
+                "last": state.last, "history": state.history, "plan": plan,
+                "state_file": str(self.state_file)}
