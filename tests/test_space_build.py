@@ -1,0 +1,237 @@
+"""openllm space build: the manifest, the import closure, requirements, the generated files (issue 9)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, run_cli
+
+from openllm.space.build import BuildError, build
+from openllm.space.deps import MissingModule, distribution_for, parse_imports
+from openllm.space.manifest import ManifestError, find_root, glob_regex, load_manifest
+from openllm.space.state import tree_hashes
+
+PYPROJECT = """\
+[project]
+name = "openllm"
+version = "0.0.1"
+license = "GPL-3.0-or-later"
+dependencies = ["torch>=2.4,<2.14", "pyyaml>=6", "protobuf>=4.25", "sentencepiece>=0.2", "gradio>=4.44"]
+"""
+
+
+def make_repo(root: Path, *, app: bool = True) -> Path:
+    """A small main repository with the real space.toml: the package, configs, the upload script, docs,
+    tests and data that must never reach the Space."""
+    files = {
+        "pyproject.toml": PYPROJECT,
+        "space.toml": (REPO / "space.toml").read_text(),
+        "src/openllm/__init__.py": '"""pkg"""\n__version__ = "0"\n',
+        "src/openllm/config.py": "import json\nimport yaml\n\nX = 1\n",
+        "src/openllm/model.py": "import torch\nfrom .config import X\n\nW = X + 1\n",
+        "src/openllm/tokenizer.py": "import sentencepiece as spm\nfrom google.protobuf import text_format\n",
+        "src/openllm/cli/__init__.py": "from ..model import W\n",
+        "src/openllm/util/compat.py": "try:\n    import tomllib\nexcept ImportError:\n    import tomli as tomllib\n",
+        "configs/tiny.json": '{"name": "tiny"}\n',
+        "configs/small.json": '{"name": "small"}\n',
+        "configs/notes.txt": "not a config\n",
+        "scripts/upload_training_data.py": "import sys\n\nprint('upload', sys.argv)\n",
+        "scripts/setup.sh": "echo not synced\n",
+        "docs/app.md": "# OpenLLM app\n\nHelp text.\n",
+        "docs/guide.md": "never synced\n",
+        "tests/test_x.py": "def test(): pass\n",
+        "data/corpus.txt": "never synced\n",
+        "exports/m/model.bin": "never synced\n",
+        ".github/workflows/ci.yml": "name: ci\n",
+    }
+    if app:
+        files["src/openllm/app/__init__.py"] = textwrap.dedent('''\
+            import os
+            from ..model import W
+
+
+            def build_app(workspace=None):
+                import gradio as gr
+                with gr.Blocks() as demo:
+                    gr.Markdown(f"W={W}")
+                return demo
+
+
+            def launch(workspace=None, *, host="127.0.0.1", port=7860, **kw):
+                return build_app(workspace).launch(server_name=host, server_port=port, **kw)
+            ''')
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return root
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    return make_repo(tmp_path / "main")
+
+
+# ---- manifest -------------------------------------------------------------------------------------------
+
+def test_glob_semantics():
+    rx = glob_regex("src/openllm/**")
+    assert rx.match("src/openllm/model.py") and rx.match("src/openllm/app/ui.py")
+    assert not rx.match("src/openllm.egg-info/PKG-INFO")
+    one = glob_regex("configs/*.json")
+    assert one.match("configs/tiny.json") and not one.match("configs/sub/x.json") and not one.match("configs/a.txt")
+    deep = glob_regex("**/__pycache__/**")
+    assert deep.match("src/openllm/__pycache__/m.pyc") and deep.match("__pycache__/x")
+
+
+def test_plan_reproduces_the_seed_table(repo):
+    plan = load_manifest(repo).plan()
+    assert plan["training/model.py"] == "src/openllm/model.py"
+    assert plan["training/app/__init__.py"] == "src/openllm/app/__init__.py"
+    assert plan["configs/tiny.json"] == "configs/tiny.json"
+    assert plan["scripts/upload_training_data.py"] == "scripts/upload_training_data.py"
+    assert "configs/notes.txt" not in plan.values() and "scripts/setup.sh" not in plan.values()
+    for src in plan.values():
+        assert not src.startswith(("data/", "tests/", "docs/", "exports/", ".github/")), src
+
+
+def test_never_synced_wins_over_rules(repo):
+    text = (repo / "space.toml").read_text().replace('source = "configs/*.json"', 'source = "**/*.json"')
+    text = text.replace('target = "configs/"', 'target = "all/"')
+    (repo / "space.toml").write_text(text)
+    (repo / "tests/fixture.json").write_text("{}")
+    (repo / "data/d.json").write_text("{}")
+    plan = load_manifest(repo).plan()
+    assert "all/configs/tiny.json" in plan
+    assert not any(p.startswith(("all/tests/", "all/data/")) for p in plan)
+
+
+def test_bad_manifests_fail_clearly(repo):
+    m = repo / "space.toml"
+    good = m.read_text()
+    m.write_text(good.replace('colorFrom = "indigo"', 'colorFrom = "mauve"'))
+    with pytest.raises(ManifestError, match="colorFrom"):
+        load_manifest(repo)
+    m.write_text(good.replace('target = "training/"', 'target = "../outside/"'))
+    with pytest.raises(ManifestError, match="relative path"):
+        load_manifest(repo)
+    m.write_text(good.replace('source = "configs/*.json"', 'source = "nothing/*.json"'))
+    with pytest.raises(ManifestError, match="matches no file"):
+        load_manifest(repo).plan()
+
+
+def test_space_toml_is_found_from_a_checkout(repo, monkeypatch):
+    monkeypatch.chdir(repo / "src" / "openllm")
+    assert find_root() == repo.resolve()
+    assert find_root(REPO / "tests") == REPO
+
+
+# ---- dependencies ---------------------------------------------------------------------------------------
+
+def test_relative_imports_resolve_and_guarded_ones_are_optional():
+    src = "from ..config import X\nfrom . import sub\ntry:\n    import tomli\nexcept ImportError:\n    tomli = None\n"
+    imps = parse_imports(src, "training.app.ui", False)
+    assert [(i.module, i.guarded) for i in imps] == [("training.config", False), ("training.app", False),
+                                                      ("tomli", True)]
+    with pytest.raises(MissingModule, match="beyond the top-level"):
+        parse_imports("from ... import x\n", "training.model", False)
+
+
+def test_import_names_map_to_distributions():
+    assert distribution_for("yaml") == "pyyaml"
+    assert distribution_for("google.protobuf.text_format") == "protobuf"
+    assert distribution_for("sentencepiece") == "sentencepiece"
+    assert distribution_for("torch.nn.functional", ["torch>=2.4"]) == "torch"
+
+
+def test_requirements_use_pyproject_ranges(repo, tmp_path):
+    r = build(tmp_path / "space", repo)
+    reqs = (tmp_path / "space/requirements.txt").read_text().splitlines()
+    body = [ln for ln in reqs if ln and not ln.startswith("#")]
+    assert body == ["gradio>=4.44", "protobuf>=4.25", "pyyaml>=6", "sentencepiece>=0.2", "torch>=2.4,<2.14"]
+    assert any("tomli" in n for n in r.notes)  # optional: noted, not required
+
+
+def test_closure_of_app_and_a_module_outside_the_synced_set_fails_naming_the_importer(repo, tmp_path):
+    r = build(None, repo)
+    assert {"app", "training", "training.app", "training.model", "training.config"} <= set(r.closure)
+    assert "training.tokenizer" not in r.closure  # app.py does not need it
+    # a module the app needs is excluded from the Space
+    text = (repo / "space.toml").read_text().replace('paths = ["data/",', 'paths = ["src/openllm/config.py", "data/",')
+    (repo / "space.toml").write_text(text)
+    with pytest.raises(MissingModule, match=r"training/model\.py:2 imports training\.config"):
+        build(None, repo)
+
+
+def test_an_absolute_import_of_the_main_package_fails(repo):
+    (repo / "src/openllm/model.py").write_text("import torch\nfrom openllm.config import X\n")
+    with pytest.raises(MissingModule, match=r"training/model\.py:2 imports openllm\.config.*'training'"):
+        build(None, repo)
+
+
+def test_an_undeclared_uninstalled_import_fails(repo):
+    (repo / "src/openllm/model.py").write_text("import torch\nimport surely_not_a_package_xyz\n")
+    with pytest.raises(MissingModule, match="surely_not_a_package_xyz.*pyproject.toml"):
+        build(None, repo)
+
+
+# ---- the built tree --------------------------------------------------------------------------------------
+
+def test_build_writes_the_space(repo, tmp_path):
+    out = tmp_path / "space"
+    r = build(out, repo)
+    files = tree_hashes(out)
+    assert files == r.files
+    assert {"app.py", "README.md", "requirements.txt", "HELP.md", ".gitignore", "training/__init__.py",
+            "training/model.py", "configs/tiny.json", "scripts/upload_training_data.py"} <= set(files)
+    assert (out / "HELP.md").read_text() == (repo / "docs/app.md").read_text()
+    assert not any(p.startswith(("tests/", "docs/", "data/", "exports/", ".github/")) for p in files)
+    # front matter a Space accepts
+    from huggingface_hub import SpaceCard
+
+    card = SpaceCard((out / "README.md").read_text())
+    meta = card.data.to_dict()
+    import gradio
+
+    assert meta["sdk"] == "gradio" and meta["sdk_version"] == gradio.__version__
+    assert meta["app_file"] == "app.py" and meta["license"] == "gpl-3.0"
+    assert meta["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert meta["colorFrom"] in {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
+    assert meta["models"] and meta["datasets"] and meta["title"] and meta["emoji"]
+    assert "## Using the Space" in card.text
+    app = (out / "app.py").read_text()
+    compile(app, "app.py", "exec")
+    assert "from training.app import launch" in app and "launch(host=host, port=port)" in app
+    assert '"0.0.0.0" if os.environ.get("SPACE_ID")' in app
+    with pytest.raises(BuildError, match="not empty"):
+        build(out, repo)
+
+
+def test_without_the_app_package_app_py_fails_clearly(tmp_path):
+    repo = make_repo(tmp_path / "main", app=False)
+    out = tmp_path / "space"
+    build(out, repo)
+    proc = subprocess.run([sys.executable, "app.py"], cwd=out, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode != 0
+    assert "no web app" in proc.stderr and "src/openllm/app/" in proc.stderr
+
+
+def test_the_real_repository_builds(tmp_path):
+    """The project's own manifest over the project's own files (from a subfolder: space.toml is found)."""
+    out = tmp_path / "space"
+    proc = run_cli("space", "build", "--out", str(out), cwd=REPO / "src")
+    assert "built" in proc.stdout
+    files = tree_hashes(out)
+    assert "training/model.py" in files and "training/app/__init__.py" in files and "configs/tiny.json" in files
+    assert not any(p.startswith(("tests/", "docs/", ".github/")) for p in files)
+    reqs = (out / "requirements.txt").read_text()
+    assert "torch>=2.4,<2.14" in reqs and "gradio>=" in reqs
+    meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
+    bad = run_cli("space", "build", "--out", str(out), cwd=REPO, check=False)
+    assert bad.returncode == 2 and "not empty" in bad.stderr
