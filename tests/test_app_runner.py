@@ -235,3 +235,54 @@ def test_help_in_the_built_space_and_fallback(tmp_path):
     bare = tmp_path / "bare" / "pkg"
     bare.mkdir(parents=True)
     assert app_help.load_help(bare) == app_help.FALLBACK
+
+
+# --- the command --------------------------------------------------------------------------------------------
+
+def test_gradio_analytics_are_off_whatever_the_environment(monkeypatch):
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "True")
+    import importlib
+
+    import openllm.app
+
+    importlib.reload(openllm.app)  # cheap: the package sets it before anything imports gradio
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    ui_source = (Path(openllm.app.__file__).parent / "ui.py").read_text()
+    assert ui_source.index('os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"') < ui_source.index("import gradio")
+
+
+@pytest.mark.slow
+def test_openllm_app_serves_on_loopback_only(tmp_path):
+    import socket
+
+    import httpx
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_TOKEN": "hf_do_not_print_me", "GRADIO_ANALYTICS_ENABLED": "True"}
+    proc = subprocess.Popen([sys.executable, "-m", "openllm", "app", "--port", str(port), "--workspace",
+                             str(tmp_path / "ws")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 120
+        page = None
+        while time.time() < deadline:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+                if page.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.5)
+        assert page is not None and page.status_code == 200 and "OpenLLM" in page.text
+        listening = [c.laddr for c in psutil.Process(proc.pid).net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN]
+        assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
+        assert (tmp_path / "ws" / "runs").is_dir()
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0].decode()
+    assert "hf_do_not_print_me" not in out and "hf_do_not_print_me" not in page.text
+    assert f"http://127.0.0.1:{port}" in out

@@ -161,9 +161,13 @@ def push_run(ws: Workspace, req: PushRequest) -> dict[str, Any]:
         raise FormError("Run", f"{req.run_name!r} is still training; stop it or wait until it finishes")
     if not checkpoints(run_dir):
         raise FormError("Run", f"{req.run_name!r} has no checkpoint to push")
-    from ..hub import push_model
+    from ..hub import RevisionExists, push_model
 
-    res = push_model(run_dir, repo_id=req.repo, version=req.version)
+    try:
+        res = push_model(run_dir, repo_id=req.repo, version=req.version)
+    except RevisionExists:
+        raise FormError("Version", f"{req.repo} already has version {req.version}; versions are immutable: "
+                                   "choose another version name") from None
     return {"repo": res.repo_id, "version": res.version, "commit": res.commit, "step": res.step}
 
 

@@ -132,6 +132,9 @@ def loss_figure(metrics: list[dict[str, Any]], title: str = ""):
     if not train and not val:
         ax.text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=ax.transAxes, color="#6b7280",
                 fontsize=12)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats / token)")
     if title:

@@ -70,6 +70,17 @@ def _err(exc: BaseException) -> str:
     return _msg(f"Unexpected error: {type(exc).__name__}: {exc}", "err")
 
 
+def _date(iso: str) -> str:
+    """'2026-11-28T10:24:51+00:00' -> '2026-11-28 10:24 UTC' (as given when it does not parse)."""
+    from datetime import datetime, timezone
+
+    try:
+        d = datetime.fromisoformat(iso).astimezone(timezone.utc)
+    except (TypeError, ValueError):
+        return iso
+    return d.strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _state_badge(state: str) -> str:
     cls = state if state in ("running", "finished", "stopped", "failed") else "none"
     return f'<span class="state state-{cls}" id="run-state" data-state="{html.escape(state)}">{html.escape(state)}</span>'
@@ -160,11 +171,11 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
         phase = f" — {html.escape(st.phase)}" if st.phase and st.state == "running" else ""
         error = f'<div class="msg-err" id="run-error">{html.escape(st.error)}</div>' if st.error else ""
         ckpts = M.checkpoints(run_dir)
-        ck = f"{len(ckpts)} (latest step {ckpts[-1]:,})" if ckpts else "none yet"
+        ck = f"step {ckpts[-1]:,}" if ckpts else "none yet"
         running = st.state == "running"
         stats = [("Step", f["step"], "stat-step"), ("ETA", f["eta"] if running else "–", "stat-eta"),
                  ("Tokens / s", f["tokens_per_s"], "stat-tps"), ("Loss", f["loss"], "stat-loss"),
-                 ("Val loss", f["val_loss"], "stat-val"), ("Checkpoints", ck, "stat-ckpt")]
+                 ("Val loss", f["val_loss"], "stat-val"), ("Latest checkpoint", ck, "stat-ckpt")]
         cards = "".join(f'<div class="stat" id="{i}"><div class="label">{html.escape(k)}</div>'
                         f'<div class="value">{html.escape(v)}</div></div>' for k, v, i in stats)
         mem_line = (f'<div class="mem" id="stat-mem">Memory: machine RAM <b>{html.escape(mem["ram"])}</b>'
@@ -218,7 +229,8 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
 
     def hub_table():
         try:
-            rows = [[v["repo"], v["version"], v.get("commit", "")[:10], v.get("date", "")] for v in M.hub_versions()]
+            rows = [[v["repo"], v["version"], v.get("commit", "")[:10], _date(v.get("date", ""))]
+                    for v in M.hub_versions()]
         except Exception as exc:  # noqa: BLE001
             return [[f"(hub unavailable: {exc})", "", "", ""]]
         return rows or [["(no versions on the hub yet)", "", "", ""]]
