@@ -148,3 +148,18 @@ def serve_lm(serve_run):
     import openllm
 
     return openllm.load(serve_run)
+
+
+@pytest.fixture(scope="session")
+def evaluate_run_folder(tmp_path_factory):
+    """A small trained run folder (tokenizer, shards, checkpoint, metrics.jsonl) shared by the evaluate and
+    compare tests; built by tests/test_evaluate_run.py:make_run."""
+    import torch
+    from test_evaluate_run import make_run
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return make_run(tmp_path_factory.mktemp("evalrun"))
+    finally:
+        torch.set_num_threads(n)

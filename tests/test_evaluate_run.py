@@ -21,6 +21,7 @@ from openllm.evaluate import evaluate, evaluate_run, markdown
 pytestmark = pytest.mark.slow
 
 VOCAB = 512
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @pytest.fixture(autouse=True)
@@ -78,9 +79,9 @@ def make_run(root: Path, *, steps: int = 60, seed: int = 0) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        row = {"step": step, "loss": float(loss), "lr": 3e-3, "tokens_per_s": 1000.0, "tokens": step * 512}
+        row = {"step": step, "loss": loss.item(), "lr": 3e-3, "tokens_per_s": 1000.0, "tokens": step * 512}
         if step % 20 == 0:
-            row["val_loss"] = float(loss) + 0.1
+            row["val_loss"] = row["loss"] + 0.1
         rows.append(row)
     model.eval()
     ck = run / "checkpoints" / f"step_{steps:08d}"
@@ -95,14 +96,9 @@ def make_run(root: Path, *, steps: int = 60, seed: int = 0) -> dict:
     return {"run": run, "data": data, "val_docs": val_docs, "root": root, "tokenizer": tok}
 
 
-@pytest.fixture(scope="session")
-def built_run(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return make_run(tmp_path_factory.mktemp("evalrun"))
-    finally:
-        torch.set_num_threads(n)
+@pytest.fixture()
+def built_run(evaluate_run_folder):
+    return evaluate_run_folder
 
 
 @pytest.fixture()
@@ -178,19 +174,24 @@ def test_builtin_tasks_on_shared_data(built_run, shared_data):
 def test_cli_prints_the_table_and_writes_json(built_run, tmp_path, choice_file):
     out = tmp_path / "res.json"
     p = run_cli("evaluate", str(built_run["run"]), "--tasks", str(choice_file), "--limit", "2",
-                "--json", str(out), "--max-tokens", "300", "--seeds", "0")
+                "--json", str(out), "--max-tokens", "300", "--seeds", "0", "--max-new-tokens", "16", env=ONE_THREAD)
     assert "| loss (nats/token) |" in p.stdout and "| bits per byte |" in p.stdout
     assert "random-init" in p.stdout and "unigram" in p.stdout and "colors acc (n=2)" in p.stdout
     assert "distinct-1" in p.stdout and "seed 0:" in p.stdout
     assert json.loads(out.read_text())["tasks"]["colors"]["n"] == 2
 
 
-def test_cli_user_errors_are_one_line(built_run, tmp_path):
-    p = run_cli("evaluate", str(tmp_path / "nope"), check=False)
+def test_cli_user_errors_are_one_line(built_run, tmp_path, capsys):
+    p = run_cli("evaluate", str(tmp_path / "nope"), check=False, env=ONE_THREAD)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
-    p = run_cli("evaluate", str(built_run["run"]), "--tasks", "nosuchtask", "--no-write", check=False)
-    assert p.returncode == 2 and "unknown task" in p.stderr and "Traceback" not in p.stderr
+    from openllm.cli import main
+
+    assert main(["evaluate", str(built_run["run"]), "--tasks", "nosuchtask", "--no-write"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task" in err and err.strip().count("\n") == 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"context": "x", "choices": ["a"], "label": 0}\n')
-    p = run_cli("evaluate", str(built_run["run"]), "--tasks", str(bad), "--no-write", check=False)
-    assert p.returncode == 2 and "choices" in p.stderr
+    assert main(["evaluate", str(built_run["run"]), "--tasks", str(bad), "--no-write"]) == 2
+    assert "choices" in capsys.readouterr().err
+    assert main(["evaluate", str(built_run["run"]), "--limit", "0", "--no-write"]) == 2
+    assert "--limit" in capsys.readouterr().err

@@ -43,16 +43,23 @@ def evaluate(source: Any, *, text: str | Path | None = None, data: str | Path | 
     sequence length, stride = window / 2). ``write``: for a run folder, write ``RUN/evaluation.json``.
     """
     from ..loading import LoadedModel, load
+    from .tasks import resolve_tasks
 
+    if limit is not None and limit < 1:
+        raise OpenLLMError(f"--limit must be at least 1, got {limit}")
+    if text is not None and not Path(text).is_file():
+        raise OpenLLMError(f"--text {text} does not exist")
+    # read the task files before loading the model: a typo fails in a second, not after the load
+    task_list = resolve_tasks(tasks)
     loaded = source if isinstance(source, LoadedModel) else load(source, device=device, hub=hub)
-    results = evaluate_loaded(loaded, text=text, data=data, tasks=tasks, limit=limit, window=window,
+    results = evaluate_loaded(loaded, text=text, data=data, tasks=task_list, limit=limit, window=window,
                               stride=stride, max_tokens=max_tokens, generation=generation,
                               gen_settings=gen_settings, baselines=baselines, batch_size=batch_size,
                               progress=progress)
     if harness:
         from .harness import run_harness
 
-        results["harness"] = run_harness(loaded, tasks=tasks, limit=limit, batch_size=harness_batch_size,
+        results["harness"] = run_harness(loaded, tasks=task_list, limit=limit, batch_size=harness_batch_size,
                                          device=device)
     written = []
     if write and loaded.kind == "run":
@@ -64,7 +71,7 @@ def evaluate(source: Any, *, text: str | Path | None = None, data: str | Path | 
     return results
 
 
-def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[str] | str = (), limit: int | None = None,
+def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str = (), limit: int | None = None,
                     window: int | None = None, stride: int | None = None, max_tokens: int | None = None,
                     generation: bool = True, gen_settings=None, baselines: bool = True,
                     batch_size: int | None = None, progress: bool = True) -> dict:
@@ -87,7 +94,7 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[str] | str 
     if not 1 <= stride <= window:
         raise OpenLLMError(f"--stride must be between 1 and the window {window}, got {stride}")
     data_dir = Path(data) if data else find_data_dir(loaded)
-    task_list = [T.load_task(s) for s in T.parse_task_list(tasks)]
+    task_list = T.resolve_tasks(tasks)
 
     results: dict[str, Any] = {
         "source": loaded.hub_ref or loaded.source,

@@ -4,13 +4,12 @@ Each task (LAMBADA-format, HellaSwag, generic jsonl) is written as the items we 
 ``--limit``) into a jsonl file, plus a task YAML that loads it through ``dataset_path: json`` and
 ``dataset_kwargs.data_files`` (no download). LAMBADA-format tasks use lm-eval's own ``lambada_openai``
 templates over ``{"text": ...}`` lines; choice tasks are ``multiple_choice`` over ``{"context", "choices",
-"label"}`` lines. lm-eval runs in a subprocess (``python -m lm_eval run``) with the Hugging Face libraries
+"label"}`` lines. lm-eval runs in a subprocess (its Python API, ``simple_evaluate``) with the Hugging Face libraries
 forced offline and their caches inside a temporary folder, so nothing is fetched and nothing shared is
 written.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import OpenLLMError
-from .tasks import Task, load_task, parse_task_list
+from .tasks import Task, resolve_tasks
 
 __all__ = ["run_harness", "write_task_files", "lm_eval_version"]
 
@@ -70,6 +69,24 @@ metadata:
 """
 
 # lm-eval's metric names -> ours (our acc_norm divides by UTF-8 bytes: lm-eval's acc_bytes)
+# runs in the subprocess: lm-eval's Python API with only our task folder indexed (indexing its thousands of
+# built-in task files would take longer than scoring a few items)
+_RUNNER = """
+import json, sys
+from lm_eval import simple_evaluate
+from lm_eval.tasks import TaskManager
+job = json.loads(sys.argv[1])
+tm = TaskManager(include_path=job["include"], include_defaults=False)
+res = simple_evaluate(model="hf", model_args=job["model_args"], tasks=job["tasks"], task_manager=tm,
+                      device=job["device"], batch_size=job["batch_size"], log_samples=job["log_samples"])
+out = {"results": res["results"], "n-samples": res.get("n-samples", {})}
+if job["log_samples"]:
+    out["samples"] = {t: [{k: v for k, v in r.items() if k not in ("resps", "filtered_resps", "arguments")}
+                          for r in rows] for t, rows in res.get("samples", {}).items()}
+with open(job["out"], "w", encoding="utf-8") as f:
+    json.dump(out, f, default=str)
+"""
+
 _METRICS = {"acc": "acc", "perplexity": "ppl", "acc_norm": "acc_norm_chars", "acc_bytes": "acc_norm"}
 
 
@@ -130,9 +147,7 @@ def run_harness(loaded, *, tasks: Sequence[str] | str | Sequence[Task] = (), lim
     per task, lm-eval's per-item metrics in item order)."""
     if lm_eval_version() is None:
         raise OpenLLMError("lm-evaluation-harness is not installed: pip install 'lm-eval>=0.4'")
-    task_objs: list[Task] = []
-    for t in ([tasks] if isinstance(tasks, str) else list(tasks)):
-        task_objs += [t] if isinstance(t, Task) else [load_task(s) for s in parse_task_list(t)]
+    task_objs = resolve_tasks(tasks)
     if not task_objs:
         raise OpenLLMError("--harness needs --tasks (e.g. --tasks lambada --limit 100)")
     tmp = None
@@ -144,27 +159,23 @@ def run_harness(loaded, *, tasks: Sequence[str] | str | Sequence[Task] = (), lim
         names = write_task_files(task_objs, work / "tasks", limit=limit)
         hf = _hf_folder(loaded, work)
         max_len = loaded.config.model.max_seq_len
-        out_dir = work / "out"
-        cmd = [sys.executable, "-m", "lm_eval", "run", "--model", "hf",
-               "--model_args", f"pretrained={hf},tokenizer={hf},dtype=float32,add_bos_token=False,"
-                               f"max_length={max_len},trust_remote_code=False",
-               "--tasks", ",".join(names), "--include_path", str(work / "tasks"), "--device", device,
-               "--batch_size", str(batch_size), "--output_path", str(out_dir), "--log_samples",
-               "--verbosity", "WARNING"]
+        out_file = work / "lm_eval_results.json"
+        job = {"model_args": f"pretrained={hf},tokenizer={hf},dtype=float32,add_bos_token=False,"
+                             f"max_length={max_len},trust_remote_code=False",
+               "tasks": list(names), "include": str(work / "tasks"), "device": device, "batch_size": batch_size,
+               "log_samples": keep_samples, "out": str(out_file)}
         cache = work / "hf_cache"
         env = {**os.environ,
                "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
                "HF_DATASETS_CACHE": str(cache / "datasets"), "HF_HOME": str(cache),
                "HF_EVALUATE_OFFLINE": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-        if proc.returncode != 0:
+        proc = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(job)], capture_output=True, text=True,
+                              env=env, timeout=timeout)
+        if proc.returncode != 0 or not out_file.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
             raise OpenLLMError("lm-eval failed: " + " | ".join(tail))
-        found = sorted(glob.glob(str(out_dir / "**" / "results_*.json"), recursive=True))
-        if not found:
-            raise OpenLLMError(f"lm-eval wrote no results under {out_dir}")
-        raw = json.loads(Path(found[-1]).read_text(encoding="utf-8"))
+        raw = json.loads(out_file.read_text(encoding="utf-8"))
         results: dict[str, Any] = {"lm_eval_version": lm_eval_version(), "tasks": {}}
         n_samples = raw.get("n-samples", {})
         for lm, ours in names.items():
@@ -177,15 +188,8 @@ def run_harness(loaded, *, tasks: Sequence[str] | str | Sequence[Task] = (), lim
             entry["n"] = int((n_samples.get(lm) or {}).get("effective", 0)) or None
             results["tasks"][ours] = entry
         if keep_samples:
-            results["samples"] = {}
-            for lm, ours in names.items():
-                files = sorted(glob.glob(str(out_dir / "**" / f"samples_{lm}_*.jsonl"), recursive=True))
-                rows = []
-                if files:
-                    with open(files[-1], encoding="utf-8") as f:
-                        rows = [json.loads(line) for line in f if line.strip()]
-                rows.sort(key=lambda r: r.get("doc_id", 0))
-                results["samples"][ours] = rows
+            results["samples"] = {ours: sorted(raw.get("samples", {}).get(lm, []), key=lambda r: r.get("doc_id", 0))
+                                  for lm, ours in names.items()}
         return results
     finally:
         if tmp is not None:

@@ -302,3 +302,11 @@ def parse_task_list(specs: str | Iterable[str] | None) -> list[str]:
     for s in specs:
         out.extend(x for x in (p.strip() for p in s.split(",")) if x)
     return out
+
+
+def resolve_tasks(tasks) -> list[Task]:
+    """Task objects from a comma-separated string, a list of specs/strings, or Task objects."""
+    out: list[Task] = []
+    for spec in ([tasks] if isinstance(tasks, str) else list(tasks or ())):
+        out += [spec] if isinstance(spec, Task) else [load_task(s) for s in parse_task_list(spec)]
+    return out
