@@ -92,12 +92,32 @@ class FlakyProxy:
             self.forwarded += 1
             return "forward"
 
+    @staticmethod
+    def _read_first(client: socket.socket) -> bytes:
+        """The first request: for git's protocol a whole pkt-line (git may send its 4-byte length alone)."""
+        data = b""
+        while len(data) < 4:
+            chunk = client.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        try:
+            need = int(data[:4], 16)
+        except ValueError:
+            return data  # not a pkt-line (e.g. HTTP): the first chunk is enough
+        while len(data) < need:
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
     def _handle(self, client: socket.socket) -> None:
         first = b""
         if self.match is not None:  # the protocol's first request names the service
             client.settimeout(10)
             try:
-                first = client.recv(65536)
+                first = self._read_first(client)
             except OSError:
                 _reset(client)
                 return

@@ -1,0 +1,281 @@
+"""openllm space sync / status / rollback against real git: a local hub of bare repositories, a git daemon on
+loopback behind a fault-injecting proxy, git hooks, and edits made in the Space by a plain git client."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli
+from netproxy import FlakyProxy
+from test_space_build import make_repo
+
+from openllm.hub import LocalHub
+from openllm.space.retry import GaveUp, RetryPolicy, retry
+from openllm.space.state import TAG_RE
+from openllm.space.sync import SyncConflict, SyncError, Syncer
+
+SPACE = "lemms/openllm"
+FAST = RetryPolicy(attempts=4, base=0.05, cap=0.2, seed=0)
+
+
+def git(*args, cwd=None, check=True) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "space editor", "GIT_AUTHOR_EMAIL": "e@x",
+           "GIT_COMMITTER_NAME": "space editor", "GIT_COMMITTER_EMAIL": "e@x", "GIT_TERMINAL_PROMPT": "0"}
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
+    if check and proc.returncode:
+        raise AssertionError(f"git {' '.join(args)}: {proc.stderr}")
+    return proc.stdout.strip()
+
+
+def space_repo(hub_root: Path) -> Path:
+    return hub_root / "spaces" / f"{SPACE}.git"
+
+
+def edit_space(hub_root: Path, work: Path, edits: dict[str, str | None], message: str = "edit in the Space") -> str:
+    """Edit the Space as someone with a git client would: clone, change, commit, push."""
+    if work.exists():
+        shutil.rmtree(work)
+    git("clone", "-q", str(space_repo(hub_root)), str(work))
+    for rel, text in edits.items():
+        p = work / rel
+        if text is None:
+            p.unlink()
+        else:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text)
+    git("add", "-A", cwd=work)
+    git("commit", "-q", "-m", message, cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    return git("rev-parse", "HEAD", cwd=work)
+
+
+def show(hub_root: Path, rev: str, path: str) -> str | None:
+    proc = subprocess.run(["git", f"--git-dir={space_repo(hub_root)}", "show", f"{rev}:{path}"],
+                          capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def head(hub_root: Path) -> str:
+    return git(f"--git-dir={space_repo(hub_root)}", "rev-parse", "main")
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    return make_repo(tmp_path / "main")
+
+
+@pytest.fixture
+def hub_root(tmp_path) -> Path:
+    return tmp_path / "hub"
+
+
+def syncer(repo: Path, hub, logs: list | None = None, policy: RetryPolicy = FAST) -> Syncer:
+    return Syncer(SPACE, hub, repo, policy=policy, log=(logs.append if logs is not None else lambda m: None))
+
+
+@pytest.fixture
+def git_daemon(hub_root):
+    """git's own server on loopback, serving the local hub (pushes allowed)."""
+    hub_root.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack",
+                             f"--base-path={hub_root}", "--listen=127.0.0.1", f"--port={port}", str(hub_root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+# ---- retry policy ---------------------------------------------------------------------------------------
+
+def test_backoff_grows_with_jitter_and_is_bounded():
+    from openllm.hub import AuthError, HubUnavailable
+
+    p = RetryPolicy(attempts=5, base=1.0, cap=4.0, jitter=0.5, seed=1)
+    d = p.delays()
+    assert len(d) == 4
+    for k, x in enumerate(d):
+        assert min(4.0, 2 ** k) * 0.5 <= x <= min(4.0, 2 ** k)
+    calls, slept = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise HubUnavailable("reset")
+        return "ok"
+
+    assert retry(flaky, what="x", policy=p, sleep=slept.append) == "ok" and len(slept) == 2
+    with pytest.raises(GaveUp, match="after 5 attempts"):
+        retry(lambda: (_ for _ in ()).throw(HubUnavailable("down")), what="x", policy=p, sleep=slept.append)
+
+    def auth():
+        calls.append(1)
+        raise AuthError("bad token")
+
+    calls.clear()
+    with pytest.raises(AuthError):
+        retry(auth, what="x", policy=p, sleep=slept.append)
+    assert len(calls) == 1  # never retried
+
+
+# ---- change detection, Space-only files, deletes -----------------------------------------------------------
+
+@pytest.mark.slow
+def test_incremental_sync_uploads_only_changes_and_keeps_space_only_files(repo, hub_root, tmp_path):
+    hub = LocalHub(root=hub_root)
+    s = syncer(repo, hub)
+    first = s.sync(env_check=False)
+    assert first.record.n == 1 and TAG_RE.match(first.record.tag)
+    assert len(first.plan.uploads) == len(first.plan.build.files)
+    assert hub.list_refs(repo_id=SPACE, repo_type="space").tags[first.record.tag] == first.commit
+    assert s.state_file.is_file()
+    # nothing changed: no commit, no tag
+    again = s.sync(env_check=False)
+    assert again.commit is None and not again.plan.changed and head(hub_root) == first.commit
+    # a file only the Space has (added by a git client) is kept; the Space's head moved, but none of our files
+    # changed there: no conflict
+    edit_space(hub_root, tmp_path / "w", {"space-notes.md": "kept\n"})
+    (repo / "src/openllm/model.py").write_text("import torch\nfrom .config import X\n\nW = X + 2\n")
+    (repo / "configs/small.json").unlink()
+    r = syncer(repo, hub).sync(env_check=False)
+    assert r.plan.uploads == ["training/model.py"] and r.plan.deletes == ["configs/small.json"]
+    assert not r.plan.conflicts and r.plan.space_only == ["space-notes.md"]
+    files = hub.list_files(repo_id=SPACE, repo_type="space")
+    assert "space-notes.md" in files and "configs/small.json" not in files
+    assert show(hub_root, "main", "training/model.py").endswith("W = X + 2\n")
+    commits = hub.list_commits(repo_id=SPACE, repo_type="space")
+    assert "1 updated, 1 removed" in commits[0].title
+    # the state is rebuilt from the Space's tags on a machine that has none (a fresh CI runner)
+    s.state_file.unlink()
+    logs: list[str] = []
+    st = syncer(repo, hub, logs).status()
+    assert st["last"].tag == r.record.tag and not st["plan"].changed
+    assert any("recovered" in m for m in logs)
+
+
+# ---- conflicts, --force, rollback -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_conflict_stops_unless_forced_and_rollback_restores(repo, hub_root, tmp_path):
+    hub = LocalHub(root=hub_root)
+    one = syncer(repo, hub).sync(env_check=False)
+    (repo / "src/openllm/model.py").write_text("import torch\nfrom .config import X\n\nW = 'main v2'\n")
+    two = syncer(repo, hub).sync(env_check=False)
+    # someone edits a synced file in the Space, then main changes too
+    edit_space(hub_root, tmp_path / "w", {"training/model.py": "W = 'edited in the Space'\n",
+                                          "extra.txt": "space only\n"})
+    before = head(hub_root)
+    (repo / "src/openllm/config.py").write_text("import json\nimport yaml\n\nX = 5\n")
+    with pytest.raises(SyncConflict) as info:
+        syncer(repo, hub).sync(env_check=False)
+    assert info.value.files == ["training/model.py"]
+    assert head(hub_root) == before  # nothing pushed
+    st = syncer(repo, hub).status()
+    assert st["plan"].conflicts == ["training/model.py"]
+    forced = syncer(repo, hub).sync(env_check=False, force=True)
+    assert set(forced.plan.uploads) == {"training/model.py", "training/config.py"}
+    assert show(hub_root, "main", "training/model.py").endswith("W = 'main v2'\n")
+    assert show(hub_root, "main", "extra.txt") == "space only\n"
+    # roll back to the first sync: a new commit with its files
+    rb = syncer(repo, hub).rollback(one.record.tag)
+    assert rb.kind == "rollback" and head(hub_root) == rb.commit
+    assert show(hub_root, "main", "training/model.py") == show(hub_root, one.commit, "training/model.py")
+    log = git(f"--git-dir={space_repo(hub_root)}", "log", "--format=%H", "main").split()
+    assert one.commit in log and two.commit in log  # history kept
+    # the default rollback goes one sync back: to the forced sync
+    rb2 = syncer(repo, hub).rollback()
+    assert show(hub_root, "main", "training/config.py").endswith("X = 5\n") and rb2.n == rb.n + 1
+
+
+def test_missing_token_fails_at_once(repo):
+    t0 = time.time()
+    proc = run_cli("space", "sync", "--space", SPACE, "--hub", "hf", "--root", str(repo), check=False,
+                   env={"HF_TOKEN": ""})
+    assert proc.returncode == 2
+    assert "HF_TOKEN" in proc.stderr and "token" in proc.stderr
+    assert "validation" not in proc.stdout  # nothing built or validated before the token was checked
+    assert time.time() - t0 < 60
+
+
+# ---- failures after the push roll back by themselves ------------------------------------------------------
+
+HOOK = """#!/bin/sh
+# the Space's side undoes our push: main is reset to a commit that changes a synced file
+[ -e "$GIT_DIR/hook-fired" ] && exit 0
+while read old new ref; do
+  [ "$ref" = refs/heads/main ] || continue
+  touch "$GIT_DIR/hook-fired"
+  export GIT_INDEX_FILE="$GIT_DIR/hook-index"
+  git read-tree "$new"
+  blob=$(echo "tampered" | git hash-object -w --stdin)
+  git update-index --cacheinfo 100644,"$blob",training/model.py
+  tree=$(git write-tree)
+  c=$(echo tampered | git -c user.name=bot -c user.email=b@x commit-tree "$tree" -p "$old")
+  git update-ref refs/heads/main "$c"
+  rm -f "$GIT_INDEX_FILE"
+done
+"""
+
+
+@pytest.mark.slow
+def test_post_push_failure_rolls_back(repo, hub_root):
+    hub = LocalHub(root=hub_root)
+    first = syncer(repo, hub).sync(env_check=False)
+    hook = space_repo(hub_root) / "hooks" / "post-receive"
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
+    (repo / "src/openllm/model.py").write_text("import torch\nW = 'v2'\n")
+    with pytest.raises(SyncError, match="rolled back"):
+        syncer(repo, hub).sync(env_check=False)
+    # the Space holds the first sync's files again, as a new commit on top
+    assert show(hub_root, "main", "training/model.py") == show(hub_root, first.commit, "training/model.py")
+    assert git(f"--git-dir={space_repo(hub_root)}", "diff", "--stat", first.commit, "main") == ""
+    assert "Roll back failed sync" in git(f"--git-dir={space_repo(hub_root)}", "log", "-1", "--format=%s", "main")
+
+
+# ---- the network: git's own protocol behind a flaky proxy ---------------------------------------------------
+
+@pytest.mark.slow
+def test_sync_over_git_protocol_survives_faults_and_fails_cleanly_past_the_bound(repo, hub_root, git_daemon):
+    LocalHub(root=hub_root).create_repo(repo_id=SPACE, repo_type="space")
+    with FlakyProxy(git_daemon, refuse=2) as proxy:
+        url = f"git://127.0.0.1:{proxy.port}/"
+        logs: list[str] = []
+        r = syncer(repo, LocalHub(url=url), logs).sync(env_check=False)
+        assert r.commit == head(hub_root) and proxy.refused == 2
+        assert sum("retry" in m for m in logs) == 2
+        # pushes cut mid-stream once, reads fine: the retried push lands, once
+        proxy.set_faults(cut=1, cut_after=120, match=b"git-receive-pack")
+        (repo / "src/openllm/model.py").write_text("import torch\nW = 'over the network'\n")
+        logs.clear()
+        r2 = syncer(repo, LocalHub(url=url), logs).sync(env_check=False)
+        assert proxy.cuts == 1 and r2.plan.uploads == ["training/model.py"]
+        assert show(hub_root, "main", "training/model.py") == "import torch\nW = 'over the network'\n"
+        assert git(f"--git-dir={space_repo(hub_root)}", "rev-list", "--count", "main") == "3"  # initial + 2 syncs: no duplicate
+        # more faults than attempts: fails clearly, the remote is unchanged
+        before_head = head(hub_root)
+        before_tags = git(f"--git-dir={space_repo(hub_root)}", "tag")
+        proxy.set_faults(refuse=1000)
+        (repo / "src/openllm/model.py").write_text("import torch\nW = 'never lands'\n")
+        with pytest.raises(GaveUp, match="still unavailable after 4 attempts"):
+            syncer(repo, LocalHub(url=url)).sync(env_check=False)
+        proxy.set_faults(cut=1000, cut_after=120, match=b"git-receive-pack")
+        with pytest.raises(GaveUp):
+            syncer(repo, LocalHub(url=url)).sync(env_check=False)
+        assert head(hub_root) == before_head
+        assert git(f"--git-dir={space_repo(hub_root)}", "tag") == before_tags
+        assert show(hub_root, "main", "training/model.py") == "import torch\nW = 'over the network'\n"
