@@ -1,0 +1,203 @@
+"""``openllm compare A B ...``: runs or models side by side (parameters, tokens seen, losses, the numbers in
+their ``evaluation.json``) and their loss curves (from ``RUN/metrics.jsonl``) in one PNG.
+
+Nothing is recomputed unless asked (``evaluate_missing``): the table shows what each run measured.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import OpenLLMError
+
+__all__ = ["describe", "compare", "read_metrics", "plot_loss_curves", "markdown_table"]
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    """The rows of ``RUN/metrics.jsonl`` (a torn last line, from a run still writing, is skipped)."""
+    p = Path(run) / "metrics.jsonl"
+    rows = []
+    if p.is_file():
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _params_from_config(cfg) -> tuple[int, int]:
+    import torch
+
+    from .model import Transformer
+
+    with torch.device("meta"):
+        m = Transformer(cfg.model)
+    return m.num_params(), m.num_params(non_embedding=True)
+
+
+def describe(source: str | Path, *, evaluate_missing: bool = False, hub: Any = None, **eval_kwargs) -> dict:
+    """One column of the comparison: what the source is, its size, its training and its evaluation."""
+    from .config import Config
+
+    path = Path(str(source)).expanduser()
+    out: dict[str, Any] = {"source": str(source), "name": path.name if path.exists() else str(source)}
+    run_dir = path if path.is_dir() and (path / "checkpoints").is_dir() else None
+    evaluation = None
+    if run_dir is not None:
+        # a run: read its files; no need to load the weights
+        from .loading import find_latest_checkpoint
+
+        out["kind"] = "run"
+        cfg = None
+        state: dict = {}
+        try:
+            ckpt = find_latest_checkpoint(run_dir)
+            if (ckpt / "state.json").is_file():
+                state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        except OpenLLMError:
+            ckpt = None
+        raw = state.get("config") if isinstance(state.get("config"), dict) else None
+        if raw is None and (run_dir / "config.json").is_file():
+            raw = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        if raw is not None:
+            cfg = Config.from_dict({k: v for k, v in raw.items() if k in ("model", "train", "data", "name")})
+        rows = read_metrics(run_dir)
+        out["step"] = state.get("step") if isinstance(state.get("step"), int) else (rows[-1].get("step") if rows else None)
+        out["tokens_seen"] = state.get("tokens_seen") or (rows[-1].get("tokens") if rows else None)
+        losses = [r for r in rows if _num(r.get("loss")) is not None]
+        vals = [r for r in rows if _num(r.get("val_loss")) is not None]
+        out["train_loss"] = _num(losses[-1]["loss"]) if losses else None
+        out["best_val_loss"] = min(_num(r["val_loss"]) for r in vals) if vals else None
+        if cfg is not None:
+            out["params"], out["params_non_embedding"] = _params_from_config(cfg)
+            out["config"] = cfg.name
+        if (run_dir / "evaluation.json").is_file():
+            evaluation = json.loads((run_dir / "evaluation.json").read_text(encoding="utf-8"))
+        if evaluation is None and evaluate_missing and ckpt is not None:
+            from .evaluate import evaluate
+
+            evaluation = evaluate(run_dir, hub=hub, progress=False, **eval_kwargs)
+    else:
+        from .loading import load
+
+        loaded = load(source, hub=hub)
+        out["kind"] = loaded.kind
+        out["step"] = loaded.step
+        out["params"] = loaded.model.num_params()
+        out["params_non_embedding"] = loaded.model.num_params(non_embedding=True)
+        out["config"] = loaded.config.name
+        out["tokens_seen"] = (loaded.info or {}).get("tokens_seen")
+        ev = Path(loaded.path) / "evaluation.json"
+        if ev.is_file():
+            evaluation = json.loads(ev.read_text(encoding="utf-8"))
+        elif evaluate_missing:
+            from .evaluate import evaluate
+
+            evaluation = evaluate(loaded, write=False, progress=False, **eval_kwargs)
+    if evaluation:
+        for key in ("val_loss", "perplexity", "bits_per_byte"):
+            out[key] = _num(evaluation.get(key))
+        ds = evaluation.get("dataset") or {}
+        out["eval_dataset"] = ds.get("name") if isinstance(ds, dict) else None
+        out["tasks"] = {name: {k: v for k, v in m.items() if k in ("acc", "acc_norm", "ppl", "n")}
+                        for name, m in (evaluation.get("tasks") or {}).items() if isinstance(m, dict)}
+    return out
+
+
+def plot_loss_curves(runs: Sequence[tuple[str, list[dict]]], path: str | Path) -> Path:
+    """Train loss (lines) and val loss (dots joined by dashes) of each run on one chart; the x axis is tokens
+    seen when every run logs them, else steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(name, rows) for name, rows in runs if rows]
+    if not runs:
+        raise OpenLLMError("none of the sources has a metrics.jsonl to plot: --plot needs run folders")
+    by_tokens = all(all(_num(r.get("tokens")) is not None for r in rows if "loss" in r) for _, rows in runs)
+    xkey = "tokens" if by_tokens else "step"
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for i, (name, rows) in enumerate(runs):
+        color = f"C{i % 10}"
+        tr = [(r[xkey], r["loss"]) for r in rows if _num(r.get("loss")) is not None and _num(r.get(xkey)) is not None]
+        va = [(r[xkey], r["val_loss"]) for r in rows
+              if _num(r.get("val_loss")) is not None and _num(r.get(xkey)) is not None]
+        if tr:
+            ax.plot(*zip(*tr), color=color, lw=1.2, alpha=0.8, label=f"{name} train")
+        if va:
+            ax.plot(*zip(*va), color=color, lw=1.2, ls="--", marker="o", ms=3, label=f"{name} val")
+    ax.set_xlabel("tokens seen" if by_tokens else "step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("loss curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _fmt(x: Any) -> str:
+    from .evaluate.report import fmt
+
+    return fmt(x)
+
+
+def markdown_table(models: Sequence[dict]) -> str:
+    """One column per model, one row per number."""
+    rows: list[tuple[str, list[Any]]] = [
+        ("kind", [m.get("kind") for m in models]),
+        ("config", [m.get("config") for m in models]),
+        ("parameters", [m.get("params") for m in models]),
+        ("non-embedding parameters", [m.get("params_non_embedding") for m in models]),
+        ("step", [m.get("step") for m in models]),
+        ("tokens seen", [m.get("tokens_seen") for m in models]),
+        ("last train loss", [m.get("train_loss") for m in models]),
+        ("best val loss (training)", [m.get("best_val_loss") for m in models]),
+        ("eval data", [m.get("eval_dataset") for m in models]),
+        ("val loss", [m.get("val_loss") for m in models]),
+        ("perplexity", [m.get("perplexity") for m in models]),
+        ("bits per byte", [m.get("bits_per_byte") for m in models]),
+    ]
+    task_names = sorted({t for m in models for t in (m.get("tasks") or {})})
+    for t in task_names:
+        for key in ("acc", "acc_norm", "ppl"):
+            vals = [((m.get("tasks") or {}).get(t) or {}).get(key) for m in models]
+            if any(v is not None for v in vals):
+                rows.append((f"{t} {key}", vals))
+    rows = [(label, vals) for label, vals in rows if any(v is not None for v in vals)]
+    head = "| | " + " | ".join(m["name"] for m in models) + " |"
+    sep = "|---|" + "---:|" * len(models)
+    return "\n".join([head, sep] + [f"| {label} | " + " | ".join(_fmt(v) for v in vals) + " |"
+                                    for label, vals in rows])
+
+
+def compare(sources: Sequence[str | Path], *, plot: str | Path | None = None, evaluate_missing: bool = False,
+            hub: Any = None, **eval_kwargs) -> dict:
+    """Describe every source; with ``plot``, draw their loss curves there. Returns
+    ``{"models": [...], "table": markdown, "plot": path or None}``."""
+    if not sources:
+        raise OpenLLMError("compare needs at least one run or model")
+    models = [describe(s, evaluate_missing=evaluate_missing, hub=hub, **eval_kwargs) for s in sources]
+    # two sources with one folder name (run1/final, run2/final) get their parent's name too
+    names = [m["name"] for m in models]
+    for m in models:
+        if names.count(m["name"]) > 1 and Path(m["source"]).exists():
+            m["name"] = f"{Path(m['source']).resolve().parent.name}/{m['name']}"
+    out: dict[str, Any] = {"models": models, "table": markdown_table(models), "plot": None}
+    if plot is not None:
+        curves = [(m["name"], read_metrics(m["source"])) for m in models if m.get("kind") == "run"]
+        out["plot"] = str(plot_loss_curves(curves, plot))
+    return out
