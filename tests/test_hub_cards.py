@@ -127,7 +127,7 @@ def test_upload_dataset_to_local_hub(tmp_path, kind):
     if kind == "prepared":
         (src / "train.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n')
         (src / "val.jsonl").write_text('{"text": "d"}\n')
-        (src / "report.json").write_text(json.dumps({"sources": [{"name": "kjv.txt"}], "documents": 4}))
+        (src / "report.json").write_text(json.dumps({"sources": [{"name": "/abs/kjv.txt", "kind": "txt"}], "documents": 4}))
         (src / "report.md").write_text("# Report\n\n4 documents kept\n")
     elif kind == "tokenized":
         (src / "train_000.bin").write_bytes(b"\x01\x00" * 50)
@@ -151,7 +151,7 @@ def test_upload_dataset_to_local_hub(tmp_path, kind):
         assert digest in card.text
     if kind == "prepared":
         assert sorted(sums) == ["report.json", "report.md", "train.jsonl", "val.jsonl"]
-        assert "kjv.txt" in card.text and "4 documents kept" in card.text and res.stats["documents"] == 4
+        assert "kjv.txt" in card.text and "/abs/" not in card.text and "4 documents kept" in card.text and res.stats["documents"] == 4
     elif kind == "tokenized":
         assert "tokenizer/tokenizer.model" in sums and res.stats["tokens"] == 50 and "| tokens | 50 |" in card.text
     else:

@@ -98,7 +98,7 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str = "g
     intro = f"A small Llama-shaped language model trained from scratch with [OpenLLM](https://github.com/louischua/openllm)"
     if facts.step is not None:
         intro += f", version `{version}` = training step {facts.step:,}"
-    s.append(intro + ". It loads as a plain `LlamaForCausalLM` (no custom code).\n")
+    s.append(intro + ". It loads as a plain `LlamaForCausalLM` (no custom code).\n\n")
 
     # architecture and parameters
     arch = []

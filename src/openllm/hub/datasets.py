@@ -85,6 +85,19 @@ def dataset_stats(root: Path, files: list[str]) -> dict[str, Any]:
     return stats
 
 
+def _source_name(src: Any) -> str:
+    """A source as the card shows it: the file name (never this machine's absolute path), kind, checksum."""
+    if not isinstance(src, dict):
+        return str(src)
+    name = str(src.get("name") or src.get("path") or "?")
+    if Path(name).is_absolute():
+        name = Path(name).name
+    extra = [str(src["kind"])] if src.get("kind") else []
+    if isinstance(src.get("sha256"), str):
+        extra.append(f"sha256 {src['sha256'][:16]}")
+    return f"{name} ({', '.join(extra)})" if extra else name
+
+
 def upload_dataset(path: str | Path, *, repo_id: str, hub: Any = None, license: str = "other",
                    language: str = "en", source: str | None = None, version: str | None = None,
                    commit_message: str | None = None, progress: bool = False) -> DatasetUpload:
@@ -115,8 +128,7 @@ def upload_dataset(path: str | Path, *, repo_id: str, hub: Any = None, license: 
         meta = _read_json(src / "meta.json") if src.is_dir() else {}
         srcs = report.get("sources") or meta.get("prepared_from")
         if isinstance(srcs, list) and srcs:
-            source = ", ".join(str(s.get("name") or s.get("path") or s) if isinstance(s, dict) else str(s)
-                               for s in srcs[:10])
+            source = ", ".join(_source_name(s) for s in srcs[:10])
         else:
             source = str(src.name)
 
