@@ -279,3 +279,82 @@ def test_sync_over_git_protocol_survives_faults_and_fails_cleanly_past_the_bound
         assert head(hub_root) == before_head
         assert git(f"--git-dir={space_repo(hub_root)}", "tag") == before_tags
         assert show(hub_root, "main", "training/model.py") == "import torch\nW = 'over the network'\n"
+
+
+# ---- the whole story, through the command line, on a copy of this repository ------------------------------
+
+@pytest.fixture(scope="session")
+def space_venvs(tmp_path_factory) -> Path:
+    """One cache of clean environments for the whole test session (made once per requirements.txt)."""
+    return tmp_path_factory.mktemp("space-venvs")
+
+
+def copy_repo(dest: Path) -> Path:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for rel in ("src/openllm", "configs"):
+        shutil.copytree(REPO / rel, dest / rel, ignore=ignore)
+    for rel in ("space.toml", "pyproject.toml", "docs/app.md", "scripts/upload_training_data.py"):
+        if (REPO / rel).exists():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    return dest
+
+
+@pytest.mark.slow
+def test_end_to_end_build_sync_edit_conflict_rollback_flaky_network(tmp_path, hub_root, git_daemon, space_venvs):
+    main = copy_repo(tmp_path / "main")
+    env = {"OPENLLM_SPACE_VENVS": str(space_venvs), "OPENLLM_SYNC_BACKOFF": "0.05", "OPENLLM_SYNC_RETRIES": "4"}
+    common = ["--space", SPACE, "--hub", str(hub_root), "--root", str(main)]
+
+    def cli(*args, check=True):
+        return run_cli("space", *args, env=env, check=check)
+
+    # build
+    out = tmp_path / "built"
+    cli("build", "--out", str(out), "--root", str(main))
+    assert (out / "training/model.py").read_bytes() == (main / "src/openllm/model.py").read_bytes()
+    assert (out / "HELP.md").read_bytes() == (main / "docs/app.md").read_bytes()
+    # first sync, validated in a clean environment made from the Space's requirements.txt
+    p = cli("sync", *common)
+    assert "`import training` works in the clean environment" in p.stdout
+    assert "app.py starts and answers HTTP 200" in p.stdout
+    assert "synced: sync-1-" in p.stdout
+    original = (main / "src/openllm/model.py").read_text()
+    assert show(hub_root, "main", "training/model.py") == original
+    # edit a core file: one file goes up
+    (main / "src/openllm/model.py").write_text(original + "\n# tuned in main\n")
+    p = cli("sync", *common, "--no-env-check")
+    assert "1 to upload, 0 to delete" in p.stdout and "upload  training/model.py" in p.stdout
+    assert "(1 uploaded, 0 deleted)" in p.stdout
+    assert show(hub_root, "main", "training/model.py").endswith("# tuned in main\n")
+    # a conflicting edit made in the Space with a plain git client
+    edit_space(hub_root, tmp_path / "w", {"training/model.py": original + "\n# hot-fixed in the Space\n",
+                                          "space-only.md": "mine\n"})
+    (main / "src/openllm/model.py").write_text(original + "\n# tuned again in main\n")
+    p = cli("sync", *common, "--no-env-check", check=False)
+    assert p.returncode == 3 and "conflict" in p.stderr and "training/model.py" in p.stderr
+    assert show(hub_root, "main", "training/model.py").endswith("# hot-fixed in the Space\n")
+    st = cli("status", *common)
+    assert "conflicts 1" in st.stdout and "training/model.py" in st.stdout and "space-only 1 kept" in st.stdout
+    # roll back to the state of the first sync (a new commit; history kept)
+    p = cli("rollback", *common, "--to", "1")
+    assert "rolled back" in p.stdout
+    assert show(hub_root, "main", "training/model.py") == original
+    # the network is flaky: two connections refused, then the push cut once; the sync gets through
+    with FlakyProxy(git_daemon, refuse=2) as proxy:
+        url = f"git://127.0.0.1:{proxy.port}/"
+        net = ["--space", SPACE, "--hub", url, "--root", str(main)]
+        first_reads = run_cli("space", "status", *net, env=env)
+        assert "pending   1 to upload" in first_reads.stdout and proxy.refused == 2
+        proxy.set_faults(cut=1, cut_after=120, match=b"git-receive-pack")
+        p = cli("sync", *net, "--no-env-check")
+        assert "retry 1/3" in p.stdout and proxy.cuts == 1
+        assert show(hub_root, "main", "training/model.py").endswith("# tuned again in main\n")
+        # past the bound: a clear failure, and the Space exactly as it was
+        before = head(hub_root)
+        (main / "src/openllm/model.py").write_text(original + "\n# never lands\n")
+        proxy.set_faults(refuse=1000)
+        p = cli("sync", *net, "--no-env-check", check=False)
+        assert p.returncode == 2 and "still unavailable after 4 attempts" in p.stderr
+        assert "Traceback" not in p.stderr
+        assert head(hub_root) == before
