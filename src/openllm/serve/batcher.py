@@ -118,6 +118,12 @@ class Batcher:
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> "Batcher":
+        import torch
+
+        if next(self.model.parameters()).is_cuda:
+            # cuDNN attention builds a plan for every new shape (~1.3 s each on an H200, and a server sees
+            # a new prompt length in almost every batch); the flash and math kernels need none
+            torch.backends.cuda.enable_cudnn_sdp(False)
         if self._thread is None:
             self._stopping = False
             self._thread = threading.Thread(target=self._loop, name="openllm-batcher", daemon=True)
