@@ -195,3 +195,21 @@ def test_cli_user_errors_are_one_line(built_run, tmp_path, capsys):
     assert "choices" in capsys.readouterr().err
     assert main(["evaluate", str(built_run["run"]), "--limit", "0", "--no-write"]) == 2
     assert "--limit" in capsys.readouterr().err
+
+
+def test_evaluate_an_export_without_data_and_with_a_text_file(built_run, tmp_path):
+    from openllm.export import export
+
+    hf = tmp_path / "hf"
+    export(built_run["run"], hf, "hf", progress=False)
+    res = evaluate(hf, generation=False, progress=False)
+    assert res["val_loss"] is None and res["dataset"] is None and "--text FILE" in markdown(res)
+    assert "unigram" not in res["baselines"] and res["baselines"]["random_init"] == {"tasks": {}}
+    f = tmp_path / "t.txt"
+    f.write_text("And God saw the light, that it was good.\n" * 10, encoding="utf-8")
+    res = evaluate(hf, text=f, generation=False, baselines=False, progress=False)
+    on_disk = json.loads((hf / "evaluation.json").read_text())  # beside the export's weights
+    assert on_disk["dataset"]["name"] == "t.txt" and on_disk["val_loss"] == pytest.approx(res["val_loss"])
+    # the export scores exactly as the run it came from
+    ref = evaluate(built_run["run"], text=f, generation=False, baselines=False, write=False, progress=False)
+    assert res["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5)

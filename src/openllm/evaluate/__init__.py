@@ -62,9 +62,11 @@ def evaluate(source: Any, *, text: str | Path | None = None, data: str | Path | 
         results["harness"] = run_harness(loaded, tasks=task_list, limit=limit, batch_size=harness_batch_size,
                                          device=device)
     written = []
-    if write and loaded.kind == "run":
-        run_dir = Path(loaded.info.get("run", loaded.path))
-        written.append(str(write_json(results, run_dir / EVALUATION_FILE)))
+    if write and loaded.hub_ref is None and loaded.kind in ("run", "native", "hf"):
+        # beside the weights the model card is made from: the run folder, or a local export folder (never a
+        # hub download's cache)
+        folder = Path(loaded.info.get("run", loaded.path)) if loaded.kind == "run" else Path(loaded.path)
+        written.append(str(write_json(results, folder / EVALUATION_FILE)))
     if json_path is not None:
         written.append(str(write_json(results, json_path)))
     results["written"] = written

@@ -121,7 +121,7 @@ def score_stream(
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(batches, desc=desc, unit="batch", leave=False)
+        it = tqdm(batches, desc=desc, unit="batch", leave=False, disable=None)
     try:
         for batch in it:
             x = torch.stack([t[b:e] for b, e, _ in batch]).to(device)

@@ -88,6 +88,8 @@ def markdown(results: dict) -> str:
         meta.append(f"step: {fmt(results['step'])}")
     if results.get("tokens_seen") is not None:
         meta.append(f"tokens seen: {fmt(results['tokens_seen'])}")
+    if not ds:
+        meta.append("no val loss: this model records no tokenized data folder; pass --text FILE or --data DIR")
     lines += [f"- {m}" for m in meta] + [""]
     rows = _rows(results)
     if rows:

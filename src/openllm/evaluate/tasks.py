@@ -122,7 +122,7 @@ def loglikelihoods(model, requests: Sequence[tuple[list[int], list[int]]], *, ma
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(order), desc=desc, unit="req", leave=False)
+        bar = tqdm(total=len(order), desc=desc, unit="req", leave=False, disable=None)
     try:
         while pos < len(order):
             longest = len(inputs[order[pos]][0])
