@@ -82,7 +82,10 @@ def _select(page, elem_id: str, option_text: str) -> None:
 
 
 def _fill(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    if " " in elem_id:  # an explicit selector inside the element
+        box = page.locator(f"#{elem_id}").first
+    else:
+        box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
     box.fill(str(value))
     box.blur()
 
@@ -232,7 +235,19 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
         assert "v1" in page.locator("#hub-table").inner_text()
         page.click("#push-btn")  # versions are immutable
         _wait_text(page, "#push-msg", "immutable", 60)
+        _fill(page, "dl-ref", "tester/tiny-e2e@v1")
+        page.click("#dl-btn")
+        _wait_text(page, "#dl-msg", "Downloaded tester/tiny-e2e@v1 to models/", 60)
         _shot(page, "5-models")
+
+        # --- ... and generate from the hub version -------------------------------------------------------------
+        page.get_by_role("tab", name="Generate").click()
+        time.sleep(1)
+        _select(page, "gen-model", "hub tester/tiny-e2e@v1")
+        _fill(page, "gen-temp input[type=number]", 0)  # greedy
+        page.click("#gen-btn")
+        _wait_text(page, "#gen-msg", "Done: tester/tiny-e2e@v1", 90)
+        assert page.locator("#gen-output textarea").input_value().strip()
 
         # --- Help comes from docs/app.md -----------------------------------------------------------------------
         page.get_by_role("tab", name="Help").click()
@@ -244,6 +259,7 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
     from openllm.hub import model_versions
 
     assert [v.name for v in model_versions("tester/tiny-e2e")] == ["v1"]
+    assert (ws / "models" / "tester--tiny-e2e--v1" / "config.json").is_file()
     assert (ws / "corpora" / "uploads").is_dir() and any((ws / "corpora" / "uploads").iterdir())
     print(f"browser test took {time.time() - t0:.0f} s; screenshots in {SHOTS}")
     shutil.rmtree(ws / "jobs" / "e2e" / "data", ignore_errors=True)

@@ -99,6 +99,11 @@ def test_workspace_corpus_outside_is_refused_before_anything_starts(ws, tmp_path
     for bad in ["../outside", str(tmp_path / "outside"), "/etc"]:
         with pytest.raises(RunnerError, match="outside the app's workspace"):
             runner.start(_request("x", bad))
+    (ws.corpora_dir / "mixed").mkdir()
+    os.symlink(tmp_path / "outside", ws.corpora_dir / "mixed" / "link", target_is_directory=True)
+    (ws.corpora_dir / "mixed" / "ok.txt").write_text("fine\n")
+    with pytest.raises(RunnerError, match="leads outside"):
+        runner.start(_request("x", "corpora/mixed"))
     assert runner.active() is None and not ws.run_dir("x").exists()
 
 
@@ -281,6 +286,12 @@ def test_openllm_app_serves_on_loopback_only(tmp_path):
                      if c.status == psutil.CONN_LISTEN]
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
         assert (tmp_path / "ws" / "runs").is_dir()
+        (tmp_path / "ws" / "corpora" / "mine.txt").write_text("workspace file\n")
+        for path in ["/etc/passwd", str(Path.cwd() / "pyproject.toml"), "pyproject.toml", "../../etc/passwd",
+                     str(tmp_path / "ws" / "corpora" / "mine.txt")]:
+            for prefix in ("gradio_api/file=", "file="):
+                r = httpx.get(f"http://127.0.0.1:{port}/{prefix}{path}", timeout=10)
+                assert r.status_code in (403, 404), (prefix + path, r.status_code)
     finally:
         proc.terminate()
         out = proc.communicate(timeout=30)[0].decode()

@@ -196,6 +196,11 @@ class Runner:
                 path = self.ws.resolve(request.corpus_path or "", must_exist=True)
             except WorkspaceError as exc:
                 raise RunnerError(f"Corpus path: {exc}") from None
+            if path.is_dir():  # a folder is read recursively: a symlink in it must not lead out either
+                for p in path.rglob("*"):
+                    if not self.ws.contains(p):
+                        raise RunnerError(f"Corpus path: {self.ws.relative(p.parent)}/{p.name} leads outside the "
+                                          "app's workspace; remove that link or copy the file in")
             return [str(path)]
         if request.corpus_kind == "upload":
             src = Path(request.corpus_path or "")

@@ -47,6 +47,7 @@ CSS = """
 .state-failed {background: #fee2e2; color: #991b1b;}
 .state-none {background: #f3f4f6; color: #374151;}
 #log-tail textarea {font-family: ui-monospace, SFMono-Regular, Menlo, monospace !important; font-size: 12px !important;}
+#stop-btn {color: #b91c1c;}
 footer {display: none !important;}
 """
 
@@ -125,7 +126,7 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
                 f["eval_every"], f["save_every"], _msg(f"Loaded preset {preset!r}.", "info")]
 
     def on_corpus_kind(kind):
-        return gr.update(visible=kind == CORPUS_WORKSPACE), gr.update(visible=kind == CORPUS_UPLOAD)
+        return gr.update(visible=kind == CORPUS_WORKSPACE), gr.update(visible=kind == CORPUS_UPLOAD), ""
 
     def on_start(run_name, preset, size, vocab, lr, batch, steps, accum, opt, sched, wd, clip, warmup,
                  eval_every, save_every, corpus_kind, corpus_path, upload):
@@ -379,7 +380,7 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
         # --- events -------------------------------------------------------------------------------------------
         form = [size, vocab, lr, batch, steps, accum, opt, sched, wd, clip, warmup, eval_every, save_every]
         preset.change(on_preset, preset, [*form, train_msg])
-        corpus_kind.change(on_corpus_kind, corpus_kind, [corpus_path, upload])
+        corpus_kind.change(on_corpus_kind, corpus_kind, [corpus_path, upload, train_msg])
         start_btn.click(on_start, [run_name, preset, *form, corpus_kind, corpus_path, upload], [train_msg, monitor_run])
         stop_btn.click(on_stop, None, train_msg)
 
