@@ -12,13 +12,13 @@ digits split, byte fallback (unknown characters become byte pieces, not ``<unk>`
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import random
 import re
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -288,33 +288,31 @@ def train_tokenizer(
 
     out = Path(out_dir)
     buf = io.BytesIO()
-    t0 = time.time()
-    if progress:
-        print(f"training {model_type} tokenizer, vocab {vocab_size}, on {len(sentences):,} of {total:,} lines ...",
-              flush=True)
+    desc = f"training {model_type} tokenizer (vocab {vocab_size}, {len(sentences):,} of {total:,} lines)"
     spm.set_random_generator_seed(seed)
     try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences),
-            model_writer=buf,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            character_coverage=character_coverage,
-            byte_fallback=byte_fallback,
-            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            pad_piece=SPECIAL_TOKENS["pad"], unk_piece=SPECIAL_TOKENS["unk"],
-            bos_piece=SPECIAL_TOKENS["bos"], eos_piece=SPECIAL_TOKENS["eos"],
-            user_defined_symbols=list(user_tokens),
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=False,
-            split_digits=True,
-            allow_whitespace_only_pieces=True,
-            max_sentence_length=_MAX_SENTENCE_CHARS * 4 + 16,  # bytes; our chunks fit
-            input_sentence_size=0,  # we sampled already
-            num_threads=max(1, threads or os.cpu_count() or 1),
-            minloglevel=2,
-        )
+        with _elapsed_bar(desc, enabled=progress):
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(sentences),
+                model_writer=buf,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=character_coverage,
+                byte_fallback=byte_fallback,
+                pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+                pad_piece=SPECIAL_TOKENS["pad"], unk_piece=SPECIAL_TOKENS["unk"],
+                bos_piece=SPECIAL_TOKENS["bos"], eos_piece=SPECIAL_TOKENS["eos"],
+                user_defined_symbols=list(user_tokens),
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
+                add_dummy_prefix=False,
+                split_digits=True,
+                allow_whitespace_only_pieces=True,
+                max_sentence_length=_MAX_SENTENCE_CHARS * 4 + 16,  # bytes; our chunks fit
+                input_sentence_size=0,  # we sampled already
+                num_threads=max(1, threads or os.cpu_count() or 1),
+                minloglevel=2,
+            )
     except RuntimeError as exc:
         msg = str(exc)
         m = re.search(r"Vocabulary size (?:is )?too high \((\d+)\).*?<= (\d+)", msg)
@@ -325,8 +323,6 @@ def train_tokenizer(
                 f"{suggest:,}; try --vocab-size {_round_down(suggest)}"
             ) from None
         raise OpenLLMError(f"SentencePiece training failed: {msg.splitlines()[-1] if msg else exc}") from None
-    if progress:
-        print(f"trained in {time.time() - t0:.1f} s", flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / MODEL_FILE, buf.getvalue())
@@ -347,6 +343,34 @@ def train_tokenizer(
     }
     _write_atomic(out / "openllm_tokenizer.json", (json.dumps(info, indent=2) + "\n").encode())
     return Tokenizer.load(out)
+
+
+@contextlib.contextmanager
+def _elapsed_bar(desc: str, *, enabled: bool) -> Iterator[None]:
+    """A bar showing elapsed time while a call without progress reports runs (SentencePiece releases the GIL
+    while it trains, so a thread can refresh it)."""
+    if not enabled:
+        yield
+        return
+    import threading
+
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, total=None, bar_format="{desc}: {elapsed}")
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.5):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()
 
 
 def _round_down(n: int) -> int:
