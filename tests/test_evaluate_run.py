@@ -213,3 +213,20 @@ def test_evaluate_an_export_without_data_and_with_a_text_file(built_run, tmp_pat
     # the export scores exactly as the run it came from
     ref = evaluate(built_run["run"], text=f, generation=False, baselines=False, write=False, progress=False)
     assert res["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5)
+
+
+def test_evaluate_run_on_a_run_made_by_openllm_train(built_run, tmp_path):
+    """The integration the quickstart relies on: train() records its data folder, evaluate_run finds it."""
+    from openllm.train import train
+
+    cfg = {"name": "t", "model": {"vocab_size": VOCAB, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 64},
+           "train": {"seq_len": 32, "micro_batch_size": 4, "max_steps": 6, "eval_every": 3, "eval_batches": 1,
+                     "save_every": 6, "log_every": 1, "warmup_steps": 1}}
+    run = tmp_path / "run"
+    train(cfg, data_dir=built_run["data"], out_dir=run, progress=False, device="cpu", log=lambda _msg: None)
+    res = evaluate_run(run, limit=2, tasks=[])
+    meta = json.loads((built_run["data"] / "meta.json").read_text())
+    assert res["dataset"]["path"] == str(built_run["data"].resolve())
+    assert res["tokens"] == meta["splits"]["val"]["tokens"] and res["step"] == 6
+    assert res["window"] == 32 and res["stride"] == 16
+    assert json.loads((run / "evaluation.json").read_text())["perplexity"] == pytest.approx(res["perplexity"])
