@@ -20,7 +20,9 @@ beside this installation. In short: **Train** starts a run, **Monitor** follows 
 
 
 def help_candidates(pkg_dir: Path = _PKG_DIR) -> list[Path]:
-    return [pkg_dir.parent.parent / "docs" / "app.md", pkg_dir.parent / "HELP.md"]
+    # the Space's copy first: in a checkout src/HELP.md does not exist, while a Space's grandparent folder is
+    # not ours and could hold an unrelated docs/app.md
+    return [pkg_dir.parent / "HELP.md", pkg_dir.parent.parent / "docs" / "app.md"]
 
 
 def load_help(pkg_dir: Path = _PKG_DIR) -> str:

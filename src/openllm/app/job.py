@@ -22,7 +22,6 @@ import time
 import traceback
 from pathlib import Path
 
-PKG = __name__.split(".")[0]  # "openllm", or "training" in the Space
 
 
 
