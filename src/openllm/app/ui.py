@@ -48,6 +48,9 @@ CSS = """
 .state-none {background: #f3f4f6; color: #374151;}
 #log-tail textarea {font-family: ui-monospace, SFMono-Regular, Menlo, monospace !important; font-size: 12px !important;}
 #stop-btn {color: #b91c1c;}
+#help-text table {border-collapse: collapse; margin: 8px 0;}
+#help-text th, #help-text td {border: 1px solid var(--border-color-primary) !important; padding: 5px 10px !important;}
+#help-text th {background: var(--background-fill-secondary);}
 footer {display: none !important;}
 """
 
