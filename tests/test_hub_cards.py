@@ -119,7 +119,7 @@ def test_dataset_card_parses_with_checksums_and_report(tmp_path):
 
 @pytest.mark.parametrize("kind", ["prepared", "tokenized", "file"])
 def test_upload_dataset_to_local_hub(tmp_path, kind):
-    from openllm.hub import LocalHub
+    from openllm.hub import CommitOperationAdd, LocalHub
     from openllm.hub.datasets import upload_dataset
 
     src = tmp_path / kind
@@ -139,9 +139,15 @@ def test_upload_dataset_to_local_hub(tmp_path, kind):
         src = src / "corpus.txt"
         src.write_text("line one\nline two\n")
     hub = LocalHub(root=tmp_path / "hub")
+    hub.create_repo(repo_id="alice/corpus", repo_type="dataset")
+    hub.create_commit(repo_id="alice/corpus", repo_type="dataset", commit_message="before", operations=[
+        CommitOperationAdd(".gitattributes", b"*.bin binary\n"), CommitOperationAdd("stale[1].txt", b"old")])
     res = upload_dataset(src, repo_id="alice/corpus", hub=hub, license="cc0-1.0", version="v1")
     files = hub.list_files(repo_id="alice/corpus", repo_type="dataset", revision="v1")
     assert "README.md" in files and "SHA256SUMS" in files
+    # the upload replaces the repo's files, but keeps .gitattributes (the Hugging Face hub's LFS rules)
+    assert ".gitattributes" in files and "stale[1].txt" not in files
+    files.remove(".gitattributes")
     out = hub.download(repo_id="alice/corpus", repo_type="dataset", revision="v1", local_dir=tmp_path / "dl")
     card = DatasetCard((out / "README.md").read_text())
     assert card.data.license == "cc0-1.0"

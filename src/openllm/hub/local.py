@@ -35,6 +35,7 @@ __all__ = ["LocalHub", "default_hub_root", "cache_root", "BRANCH"]
 BRANCH = "main"
 _ZERO = "0" * 40
 _SKIP_DIRS = {".git"}
+_FAST_PACK = (("core.bigFileThreshold", "8m"), ("core.compression", "1"), ("pack.compression", "1"))
 
 
 def default_hub_root() -> Path:
@@ -121,7 +122,7 @@ class LocalHub(Hub):
         try:
             kw = dict(repo_type=repo_type, repo_id=repo_id)
             self._git(["init", "--bare", "--quiet", f"--initial-branch={BRANCH}", str(tmp)], **kw)
-            for key, value in (("uploadpack.allowFilter", "true"), ("uploadpack.allowAnySHA1InWant", "true"),
+            for key, value in _FAST_PACK + (("uploadpack.allowFilter", "true"), ("uploadpack.allowAnySHA1InWant", "true"),
                                ("http.receivepack", "true"), ("receive.fsckObjects", "true"),
                                ("core.logAllRefUpdates", "true")):
                 self._git(["config", key, value], git_dir=tmp, **kw)
@@ -357,6 +358,9 @@ class LocalHub(Hub):
         try:
             ws = os.path.join(tmp, "ws.git")
             self._git(["init", "--bare", "--quiet", ws], repo_type=repo_type, repo_id=repo_id)
+            # weights are big and incompressible: no delta search and light zlib keep uploads I/O-bound
+            for key, value in _FAST_PACK:
+                self._git(["config", key, value], git_dir=ws, repo_type=repo_type, repo_id=repo_id)
             if self.root is not None:
                 with open(os.path.join(ws, "objects", "info", "alternates"), "w") as f:
                     f.write(os.path.join(os.path.abspath(loc), "objects") + "\n")

@@ -8,6 +8,7 @@ annotated tag on that commit."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -137,7 +138,8 @@ def push_model(source: str | Path, *, repo_id: str, version: str | None = None, 
         files = sorted(str(p.relative_to(staging).as_posix()) for p in staging.rglob("*") if p.is_file())
         step_txt = f" (step {facts.step})" if facts.step is not None else ""
         _say(progress, f"uploading {len(files)} files to {repo_id} on {h.describe()} ...")
-        commit = h.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="model", delete_patterns="*",
+        commit = h.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="model",
+                                 delete_patterns=replace_patterns(h, repo_id=repo_id, repo_type="model"),
                                  commit_message=commit_message or f"Version {version}{step_txt}")
     message = f"version {version}{step_txt}"
     try:
@@ -150,6 +152,14 @@ def push_model(source: str | Path, *, repo_id: str, version: str | None = None, 
         h.create_tag(repo_id=repo_id, tag=version, revision=commit, message=message, repo_type="model")
     return PushResult(repo_id=repo_id, version=version, commit=commit, step=facts.step, files=files,
                       hub=h.describe())
+
+
+def replace_patterns(h: Hub, *, repo_id: str, repo_type: str) -> list[str]:
+    """``delete_patterns`` that make an upload replace the repo's files, except ``.gitattributes`` (the
+    Hugging Face hub decides large-file storage from it)."""
+    keep = {".gitattributes"}
+    return [re.sub(r"([*?\[])", r"[\1]", f) for f in h.list_files(repo_id=repo_id, repo_type=repo_type)
+            if f not in keep]
 
 
 def _plot(metrics: list[dict], out: Path, *, title: str) -> None:
