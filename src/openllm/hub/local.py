@@ -287,7 +287,9 @@ class LocalHub(Hub):
                 tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}.", dir=target.parent))
                 try:
                     self._write_blobs(gd, entries, tmp, repo_type, repo_id)
-                    if target.exists():  # another download finished first, or a damaged copy
+                    if _snapshot_ok(target, entries):  # another process finished first: keep theirs
+                        return target
+                    if target.exists():  # a damaged copy (a file was deleted): replace it
                         shutil.rmtree(target, ignore_errors=True)
                     try:
                         os.rename(tmp, target)
