@@ -15,7 +15,7 @@ from .errors import RepositoryNotFound, UnsupportedOperation
 from .factory import get_hub
 from .facts import sha256_file
 from .ids import validate_repo_id, validate_tag
-from .models import replace_patterns
+from .models import REPLACE_ALL
 
 __all__ = ["upload_dataset", "dataset_stats", "DatasetUpload"]
 
@@ -161,7 +161,7 @@ def upload_dataset(path: str | Path, *, repo_id: str, hub: Any = None, license: 
             print(f"uploading {len(files)} files ({sum(c['bytes'] for c in checksums.values()):,} bytes) "
                   f"to {repo_id} on {h.describe()} ...", file=sys.stderr, flush=True)
         commit = h.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="dataset",
-                                 delete_patterns=replace_patterns(h, repo_id=repo_id, repo_type="dataset"),
+                                 delete_patterns=REPLACE_ALL,
                                  commit_message=commit_message or f"Upload {src.name}")
     if version is not None:
         h.create_tag(repo_id=repo_id, tag=version, revision=commit, message=f"dataset version {version}",

@@ -139,7 +139,7 @@ def push_model(source: str | Path, *, repo_id: str, version: str | None = None, 
         step_txt = f" (step {facts.step})" if facts.step is not None else ""
         _say(progress, f"uploading {len(files)} files to {repo_id} on {h.describe()} ...")
         commit = h.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="model",
-                                 delete_patterns=replace_patterns(h, repo_id=repo_id, repo_type="model"),
+                                 delete_patterns=REPLACE_ALL,
                                  commit_message=commit_message or f"Version {version}{step_txt}")
     message = f"version {version}{step_txt}"
     try:
@@ -154,12 +154,17 @@ def push_model(source: str | Path, *, repo_id: str, version: str | None = None, 
                       hub=h.describe())
 
 
-def replace_patterns(h: Hub, *, repo_id: str, repo_type: str) -> list[str]:
-    """``delete_patterns`` that make an upload replace the repo's files, except ``.gitattributes`` (the
-    Hugging Face hub decides large-file storage from it)."""
-    keep = {".gitattributes"}
-    return [re.sub(r"([*?\[])", r"[\1]", f) for f in h.list_files(repo_id=repo_id, repo_type=repo_type)
-            if f not in keep]
+def _all_but(name: str) -> list[str]:
+    """fnmatch patterns matching every path except ``name`` (fnmatch has no negation): a path differs from
+    ``name`` at its first differing character, or is longer."""
+    esc = lambda t: re.sub(r"([*?\[])", r"[\1]", t)  # noqa: E731
+    return [f"{esc(name[:i])}[!{name[i]}]*" for i in range(len(name))] + [f"{esc(name)}?*"]
+
+
+# ``delete_patterns`` that make an upload replace every file of the repo except ``.gitattributes`` (the
+# Hugging Face hub's large-file rules). Evaluated against the head at commit time, so a concurrent push
+# cannot leave its files in our version's tree.
+REPLACE_ALL = _all_but(".gitattributes")
 
 
 def _plot(metrics: list[dict], out: Path, *, title: str) -> None:
