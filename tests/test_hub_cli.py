@@ -104,3 +104,43 @@ def test_data_upload_cli_and_seed_script(tmp_path):
     assert "alice/corpus  (dataset)" in run_cli("hub", "list").stdout
     bad = subprocess.run(script[:2] + [str(data), "--repo", "bob"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "invalid repo id" in bad.stderr
+
+
+_PUSHER = """
+import sys
+from openllm.hub import push_model
+root, folder, name = sys.argv[1:4]
+for i in range(3):
+    push_model(folder, repo_id="alice/race", version=f"{name}{i}", hub=root)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_pushing_versions_at_once_keep_every_version_exact(tmp_path):
+    import json
+
+    folders = {}
+    for name in ("a", "b"):  # two Hugging Face exports with one file the other lacks
+        f = tmp_path / f"export-{name}"
+        f.mkdir()
+        (f / "config.json").write_text(json.dumps({"model_type": "llama", "who": name}))
+        (f / "model.safetensors").write_bytes(name.encode() * 1000)
+        (f / f"only_{name}.txt").write_text(name)
+        folders[name] = f
+    root = tmp_path / "hub"
+    procs = [subprocess.Popen([sys.executable, "-c", _PUSHER, str(root), str(folders[n]), n],
+                              stderr=subprocess.PIPE, text=True) for n in ("a", "b")]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    hub = LocalHub(root=root)
+    tags = hub.list_refs(repo_id="alice/race").tags
+    assert sorted(tags) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+    for tag in tags:
+        name = tag[0]
+        files = hub.list_files(repo_id="alice/race", revision=tag)
+        assert files == sorted(["README.md", "config.json", "model.safetensors", f"only_{name}.txt"]), (tag, files)
+        out = hub.download(repo_id="alice/race", revision=tag)
+        assert json.loads((out / "config.json").read_text())["who"] == name
+        assert f"alice/race@{tag}" in (out / "README.md").read_text()
+    assert subprocess.run(["git", "--git-dir", str(root / "models/alice/race.git"), "fsck", "--strict",
+                           "--no-dangling"], capture_output=True, text=True).stdout == ""
