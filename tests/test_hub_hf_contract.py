@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import types
 from datetime import datetime, timezone
-from pathlib import Path
 
 import huggingface_hub
 import pytest

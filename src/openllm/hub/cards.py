@@ -3,7 +3,6 @@ the hub's parser accepts it), then the facts the run or the data measured, and n
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Iterable
 
 from .facts import RunFacts

@@ -137,7 +137,8 @@ def push_model(source: str | Path, *, repo_id: str, version: str | None = None, 
         (staging / "README.md").write_text(card, encoding="utf-8")
         files = sorted(str(p.relative_to(staging).as_posix()) for p in staging.rglob("*") if p.is_file())
         step_txt = f" (step {facts.step})" if facts.step is not None else ""
-        _say(progress, f"uploading {len(files)} files to {repo_id} on {h.describe()} ...")
+        size = sum((staging / f).stat().st_size for f in files)
+        _say(progress, f"uploading {len(files)} files ({size / 1e6:.1f} MB) to {repo_id} on {h.describe()} ...")
         commit = h.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="model",
                                  delete_patterns=REPLACE_ALL,
                                  commit_message=commit_message or f"Version {version}{step_txt}")
