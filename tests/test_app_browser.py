@@ -19,7 +19,13 @@ REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    # gradio's queue calls pandas APIs that pandas 3 deprecates: noise, not ours
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting.*:Warning"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:Warning"),
+]
 
 
 def _need_browser():
