@@ -64,7 +64,8 @@ def serve_main(args: argparse.Namespace) -> None:
         model, tok = build_random_model(args.preset, args.tok, args.seed, args.device)
     if args.device.startswith("cuda"):
         model = model.to(torch.bfloat16)
-    app = create_app(model, tok, model_name="bench", max_batch=args.max_batch, max_queue=1024)
+    app = create_app(model, tok, model_name="bench", max_batch=args.max_batch, max_queue=1024,
+                     batch_window_ms=args.batch_window_ms)
     run_server(app, "127.0.0.1", args.port, log_level="warning")
 
 
@@ -99,7 +100,7 @@ class Server:
     def __init__(self, args: argparse.Namespace, tok_dir: Path | None, max_batch: int) -> None:
         self.port = free_port()
         cmd = [sys.executable, __file__, "--serve", "--port", str(self.port), "--max-batch", str(max_batch),
-               "--device", args.device, "--threads", str(args.threads), "--preset", args.preset, "--seed", str(args.seed)]
+               "--device", args.device, "--threads", str(args.threads), "--batch-window-ms", str(args.batch_window_ms), "--preset", args.preset, "--seed", str(args.seed)]
         if args.model:
             cmd += ["--model", args.model]
         else:
@@ -175,6 +176,7 @@ def main() -> None:
                     help="requests per concurrency level (default: max(8, 2 x concurrency))")
     ap.add_argument("--repeat", type=int, default=2, help="runs per mode and level; the best counts (default 2)")
     ap.add_argument("--max-batch", type=int, default=32, help="batch size of the batching server")
+    ap.add_argument("--batch-window-ms", type=float, default=10.0, help="the batching server's window (default 10)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--tok", default=None, help=argparse.SUPPRESS)

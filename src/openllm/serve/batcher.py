@@ -2,7 +2,8 @@
 
 HTTP handlers turn each request into a :class:`Job` (one or more :class:`Row` s: a completions request with
 ``n=3`` or three prompts has three rows) and :meth:`Batcher.submit` it. One scheduler thread owns the model:
-it takes the oldest queued job, waits a short window for more, gathers every queued job that can share a
+it takes the oldest queued job, waits a short window for more (only when there is evidence of concurrent
+clients, so a lone client pays no latency for it), gathers every queued job that can share a
 batch with it (same sampling settings, and the longest prompt plus the largest ``max_tokens`` fit the
 context), and runs them together through :func:`openllm.generate.iter_steps`. Each step's tokens are turned
 into text here (incremental decoding, stop strings, ``max_tokens``) and sent back to the handler's asyncio
@@ -113,6 +114,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._last_jobs = 0  # jobs in the last batch, and whether others were queued when it ended:
+        self._waited_after_last = False  # the evidence of concurrent clients that makes the window worth it
         self.stats = {"queued": 0, "running_rows": 0, "batches": 0, "rows": 0, "largest_batch": 0,
                       "completed": 0, "cancelled": 0, "rejected": 0, "errors": 0, "tokens": 0}
 
@@ -169,6 +172,8 @@ class Batcher:
                 return
             try:
                 self._run(batch)
+                with self._cond:
+                    self._waited_after_last = bool(self._queue)
             except Exception as exc:  # a bug or an OOM must not kill the server: fail this batch only
                 log.exception("generation failed")
                 self.stats["errors"] += 1
@@ -184,9 +189,12 @@ class Batcher:
             if self._stopping:
                 return None
             first = self._queue[0]
-            # a short window lets requests that arrive together share the batch
+            # Under load, clients whose answers came back together send their next requests a moment
+            # apart: a short window lets them share the next batch. A lone client (the last batch held one
+            # job and nobody was waiting) would only pay the window in latency, so it goes at once.
+            busy = self._last_jobs > 1 or self._waited_after_last
             deadline = time.monotonic() + self.window_s
-            while self.max_batch > 1 and not self._stopping:
+            while busy and self.max_batch > 1 and not self._stopping:
                 left = deadline - time.monotonic()
                 if left <= 0 or sum(len(j.rows) for j in self._queue if j.key == first.key) >= self.max_batch:
                     break
@@ -209,6 +217,7 @@ class Batcher:
             for job in batch:
                 self._queue.remove(job)
             self.stats["queued"] = len(self._queue)
+            self._last_jobs = len(batch)
             return batch
 
     def _run(self, jobs: list[Job]) -> None:
