@@ -9,14 +9,16 @@ WikiText-2):
   ours x1   ``tokenize_corpus(workers=1)`` (also hashes the sources, copies the tokenizer, writes meta.json)
   ours x2   ``tokenize_corpus(workers=2)``
 
-Throughput = UTF-8 bytes of the documents / wall time, best of ``--repeat`` runs. The token streams of all
-three are checked to be identical. Run:  python benchmarks/tokenize_throughput.py [DATA_DIR] [--repeat 3]
+Throughput = UTF-8 bytes of the documents / wall time, best of ``--repeat`` runs; the CPU seconds per MB of
+that run (all processes) are printed too, since on a busy machine wall time says little about 2 processes.
+The token streams of all three are checked to be identical. Run:  python benchmarks/tokenize_throughput.py [DATA_DIR] [--repeat 3]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -56,13 +58,21 @@ def ours_stream(out: Path, meta: dict) -> np.ndarray:
                            for n in meta["splits"][s]["shards"]])
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (the workers are joined before we read it)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def best_time(fn, repeat: int):
-    times, result = [], None
+    """(best wall seconds, CPU seconds of that run, result) over ``repeat`` runs."""
+    runs, result = [], None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = _cpu(), time.perf_counter()
         result = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), result
+        runs.append((time.perf_counter() - t0, _cpu() - c0))
+    wall, cpu = min(runs)
+    return wall, cpu, result
 
 
 def main() -> int:
@@ -81,7 +91,7 @@ def main() -> int:
         tok = train_tokenizer([src / "tinyshakespeare.txt", src / "wikitext2_raw_test.txt"], tmp / "tok",
                               vocab_size=args.vocab_size, progress=False)
         header = (f"{'file':<24} {'MB':>6} {'baseline MB/s':>14} {'ours x1 MB/s':>13} {'ours x2 MB/s':>13} "
-                  f"{'x1/base':>8} {'x2/base':>8} {'x2/x1':>6}")
+                  f"{'x1/base':>8} {'x2/base':>8} {'x2/x1':>6}   CPU s/MB: base  x1    x2")
         print(header)
         print("-" * len(header))
         totals = {"base": 0.0, "one": 0.0, "two": 0.0, "mb": 0.0}
@@ -91,10 +101,10 @@ def main() -> int:
             data = tmp / f"data-{name}"
             report = prepare_corpus([src / name], data, field=field, progress=False)
             mb = (report["bytes"]["train"] + report["bytes"]["val"]) / 1e6
-            t_base, ref = best_time(lambda: baseline(data, tok.model_path, tmp / "base"), args.repeat)
-            t_one, meta1 = best_time(lambda: tokenize_corpus(data, tok.dir, tmp / "one", workers=1, progress=False),
+            t_base, c_base, ref = best_time(lambda: baseline(data, tok.model_path, tmp / "base"), args.repeat)
+            t_one, c_one, meta1 = best_time(lambda: tokenize_corpus(data, tok.dir, tmp / "one", workers=1, progress=False),
                                      args.repeat)
-            t_two, meta2 = best_time(lambda: tokenize_corpus(data, tok.dir, tmp / "two", workers=2, progress=False),
+            t_two, c_two, meta2 = best_time(lambda: tokenize_corpus(data, tok.dir, tmp / "two", workers=2, progress=False),
                                      args.repeat)
             if not (np.array_equal(ref, ours_stream(tmp / "one", meta1))
                     and np.array_equal(ref, ours_stream(tmp / "two", meta2))):
@@ -105,12 +115,16 @@ def main() -> int:
             totals["two"] += t_two
             totals["mb"] += mb
             print(f"{name:<24} {mb:>6.2f} {mb / t_base:>14.2f} {mb / t_one:>13.2f} {mb / t_two:>13.2f} "
-                  f"{t_base / t_one:>8.2f} {t_base / t_two:>8.2f} {t_one / t_two:>6.2f}")
+                  f"{t_base / t_one:>8.2f} {t_base / t_two:>8.2f} {t_one / t_two:>6.2f}   "
+                  f"{c_base / mb:>5.2f} {c_one / mb:>5.2f} {c_two / mb:>5.2f}")
+            for k, v in (("cbase", c_base), ("cone", c_one), ("ctwo", c_two)):
+                totals[k] = totals.get(k, 0.0) + v
         mb = totals["mb"]
         print("-" * len(header))
         print(f"{'all':<24} {mb:>6.2f} {mb / totals['base']:>14.2f} {mb / totals['one']:>13.2f} "
               f"{mb / totals['two']:>13.2f} {totals['base'] / totals['one']:>8.2f} "
-              f"{totals['base'] / totals['two']:>8.2f} {totals['one'] / totals['two']:>6.2f}")
+              f"{totals['base'] / totals['two']:>8.2f} {totals['one'] / totals['two']:>6.2f}   "
+              f"{totals['cbase'] / mb:>5.2f} {totals['cone'] / mb:>5.2f} {totals['ctwo'] / mb:>5.2f}")
         print("ratios > 1: faster than the column it is divided by; token streams identical in all three")
     return 0
 
