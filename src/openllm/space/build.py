@@ -7,6 +7,7 @@ dependencies of ``app.py`` over the project's modules, generate the Space-specif
 from __future__ import annotations
 
 import ast
+import json
 import os
 import shutil
 import subprocess
@@ -150,6 +151,32 @@ def render_readme(manifest: Manifest, pyproject: dict) -> str:
     return f"---\n{front}---\n\n" + templates.README_BODY.substitute(title=meta["title"], homepage=homepage)
 
 
+def _import_cache_path() -> Path:
+    from .state import cache_dir
+
+    return cache_dir() / "space-build" / "imports-v1.json"
+
+
+def _load_import_cache() -> dict:
+    try:
+        return json.loads(_import_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_import_cache(entries: dict) -> None:
+    """Only the entries of this build: the cache never grows past the tree's size."""
+    path = _import_cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".imports-")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(entries, f)
+        os.replace(tmp, path)
+    except OSError:  # a cache: never worth failing a build for
+        pass
+
+
 def render(manifest: Manifest) -> BuildResult:
     """Everything the build writes, in memory: resolved, checked, not yet on disk."""
     root = manifest.root
@@ -175,7 +202,8 @@ def render(manifest: Manifest) -> BuildResult:
     # dependency resolution over every Python file the Space will hold
     py = {p: _read(root, s).decode("utf-8") for p, s in plan.items() if p.endswith(".py")}
     py.update({p: c.decode("utf-8") for p, c in contents.items() if p.endswith(".py")})
-    index = ModuleIndex(py)
+    cache = _load_import_cache()
+    index = ModuleIndex(py, cache)
     main_pkg = Path(manifest.package).name
     project_names = {main_pkg, manifest.package_name}
     renamed = {main_pkg: manifest.package_name}
@@ -185,6 +213,8 @@ def render(manifest: Manifest) -> BuildResult:
         if "/" in path and not path.startswith(manifest.package_name + "/"):
             import_closure(index, name, project_names, renamed)  # scripts: theirs must resolve too
     imports = third_party(index, sorted(index.paths), project_names)
+    if index.used != cache:
+        _save_import_cache(index.used)
     reqs, req_notes = requirements(imports, pyproject)
     notes += req_notes
     if "requirements.txt" in manifest.generated:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import re
 import sys
 from dataclasses import dataclass
@@ -90,19 +91,23 @@ def parse_imports(source: str, modname: str, is_package: bool, filename: str = "
     out: list[Import] = []
 
     def visit(node: ast.AST, guarded: bool) -> None:
+        # imports are statements: walk statement lists only (bodies of defs, classes, ifs, loops, withs,
+        # tries, matches), never into expressions, which is most of a module's nodes
         if isinstance(node, ast.Try) or (sys.version_info >= (3, 11) and isinstance(node, getattr(ast, "TryStar"))):
             g = guarded or any(_guards_import(h) for h in node.handlers)
             for child in node.body:
                 visit(child, g)
             for h in node.handlers:  # ``except ImportError: import fallback`` is optional too
-                visit(h, guarded or _guards_import(h))
+                for child in h.body:
+                    visit(child, guarded or _guards_import(h))
             for child in [*node.orelse, *node.finalbody]:
                 visit(child, guarded)
             return
         if isinstance(node, ast.Import):
             for a in node.names:
                 out.append(Import(a.name, (), node.lineno, guarded))
-        elif isinstance(node, ast.ImportFrom):
+            return
+        if isinstance(node, ast.ImportFrom):
             if node.level:
                 base_parts = package.split(".") if package else []
                 up = node.level - 1
@@ -114,18 +119,28 @@ def parse_imports(source: str, modname: str, is_package: bool, filename: str = "
             else:
                 mod = node.module or ""
             out.append(Import(mod, tuple(a.name for a in node.names), node.lineno, guarded))
-        for child in ast.iter_child_nodes(node):
-            visit(child, guarded)
+            return
+        for name in ("body", "orelse", "finalbody"):
+            for child in getattr(node, name, None) or ():
+                if isinstance(child, ast.stmt):
+                    visit(child, guarded)
+        for case in getattr(node, "cases", None) or ():  # match statements
+            for child in case.body:
+                visit(child, guarded)
 
-    visit(tree, False)
+    for stmt in tree.body:
+        visit(stmt, False)
     return out
 
 
 class ModuleIndex:
     """The Space's Python modules: dotted name -> Space path, and their parsed imports."""
 
-    def __init__(self, sources: Mapping[str, str]):
-        """``sources``: Space path -> file text, for every .py file of the Space (synced or generated)."""
+    def __init__(self, sources: Mapping[str, str], cache: dict | None = None):
+        """``sources``: Space path -> file text, for every .py file of the Space (synced or generated).
+        ``cache``: a dict of earlier parses (content hash + module -> imports), read and filled in."""
+        self.cache = cache if cache is not None else {}
+        self.used: dict[str, list] = {}
         self.paths: dict[str, str] = {}
         self.packages: set[str] = set()
         self._text = dict(sources)
@@ -148,7 +163,14 @@ class ModuleIndex:
     def imports(self, name: str) -> list[Import]:
         if name not in self._imports:
             path = self.paths[name]
-            self._imports[name] = parse_imports(self._text[path], name, name in self.packages, path)
+            text = self._text[path]
+            key = f"{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()}|{name}|{name in self.packages}"
+            hit = self.cache.get(key)
+            if hit is None:  # parsing is the slow part of a build: unchanged files are parsed once
+                hit = [[i.module, list(i.names), i.lineno, i.guarded]
+                       for i in parse_imports(text, name, name in self.packages, path)]
+            self.used[key] = hit
+            self._imports[name] = [Import(m, tuple(n), ln, g) for m, n, ln, g in hit]
         return self._imports[name]
 
 

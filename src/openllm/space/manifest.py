@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class ManifestError(OpenLLMError):
     """space.toml is missing or wrong."""
 
 
+@functools.lru_cache(maxsize=256)
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """``*`` and ``?`` stay inside one path component; ``**`` spans any number of them (also none)."""
     out, i = [], 0

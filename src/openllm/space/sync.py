@@ -13,7 +13,6 @@ auth error fails at once.
 """
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from ..hub.factory import get_hub
 from .build import BuildResult, render, source_commit, write
 from .manifest import Manifest, load_manifest
 from .retry import RetryPolicy, retry
-from .state import TAG_RE, SyncRecord, SyncState, state_path, tag_name, tree_hashes
+from .state import TAG_RE, SyncRecord, SyncState, sha256_bytes, sha256_file, state_path, tag_name, tree_hashes
 from .validate import ValidationError, validate_space
 
 __all__ = ["SyncPlan", "SyncResult", "SyncConflict", "SyncError", "Syncer"]
@@ -211,13 +210,18 @@ class Syncer:
             self.log("nothing to sync: the Space already has this build")
             return result
         with tempfile.TemporaryDirectory(prefix="openllm-space-sync-") as tmp:
-            out = Path(tmp) / "space"
             t = time.perf_counter()
-            write(plan.build, self.manifest, out)
-            validate_space(out, plan.build.files, env_check=env_check, cache=self.venv_cache, log=self.log)
+            if env_check:  # the clean-environment check runs the whole tree: write it, check every hash
+                out = Path(tmp) / "space"
+                write(plan.build, self.manifest, out)
+                validate_space(out, plan.build.files, env_check=True, cache=self.venv_cache, log=self.log)
+                sources = {p: out / p for p in plan.uploads}
+            else:  # upload straight from the sources; what is uploaded is checked against the plan's hashes
+                self.log("validation: clean-environment check skipped (--no-env-check)")
+                sources = self._checked_sources(plan)
             timings["validate"] = time.perf_counter() - t
             t = time.perf_counter()
-            result.commit, record = self._push(plan, state, tags, out)
+            result.commit, record = self._push(plan, state, tags, sources)
             timings["push"] = time.perf_counter() - t
         result.record = record
         timings["total"] = time.perf_counter() - t0
@@ -225,11 +229,34 @@ class Syncer:
                  f"{record.deleted} deleted) in {timings['total']:.1f} s")
         return result
 
-    def _push(self, plan: SyncPlan, state: SyncState, tags: dict[str, str], out: Path) -> tuple[str, SyncRecord]:
+    def _checked_sources(self, plan: SyncPlan) -> dict[str, Path | bytes]:
+        """What each uploaded file is made from, each checked against the hash the plan was made with."""
+        out: dict[str, Path | bytes] = {}
+        bad = []
+        for p in plan.uploads:
+            src = plan.build.sources[p]
+            if src == "generated":
+                data = plan.build.contents[p]
+                ok = sha256_bytes(data) == plan.build.files[p]
+                out[p] = data
+            else:
+                path = self.manifest.root / src
+                ok = path.is_file() and sha256_file(path) == plan.build.files[p]
+                out[p] = path
+            if not ok:
+                bad.append(p)
+        if bad:
+            raise ValidationError(f"files changed while syncing: {', '.join(bad[:10])}; run the sync again")
+        self.log(f"validation: {len(out)} uploaded files match their hashes")
+        return out
+
+    def _push(self, plan: SyncPlan, state: SyncState, tags: dict[str, str], sources: dict[str, Path | bytes]
+              ) -> tuple[str, SyncRecord]:
         n = self._next_n(state, tags)
         tag = tag_name(n, plan.build.files)
         src = source_commit(self.manifest.root)
-        ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(out / p)) for p in plan.uploads]
+        ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=sources[p] if isinstance(sources[p], bytes)
+                                  else str(sources[p])) for p in plan.uploads]
         ops += [CommitOperationDelete(path_in_repo=p) for p in plan.deletes]
         message = (f"Sync {n} from the main repository{f' ({src[:12]})' if src else ''}: "
                    f"{len(plan.uploads)} updated, {len(plan.deletes)} removed\n\n[{tag}]")
@@ -257,13 +284,7 @@ class Syncer:
         self.log(f"pushed {new[:12]}")
         # post-push: the commit holds exactly the build (plus the Space-only files), and is tagged
         try:
-            landed = self._files_at(new)
-            expected = dict(plan.build.files)
-            expected.update({p: plan.space_files[p] for p in plan.space_only if p in plan.space_files})
-            bad = sorted(p for p in set(expected) | set(landed)
-                         if expected.get(p) != landed.get(p) and (p in plan.build.files or p in plan.space_only))
-            if bad:
-                raise ValidationError(f"the pushed commit {new[:12]} does not hold the build: {', '.join(bad[:10])}")
+            self._verify_landed(plan, new)
             head, _ = self._head()
             if head != new and not self._descends(head, new):
                 raise ValidationError(f"the Space's main is {str(head)[:12]} after the push, not {new[:12]}")
@@ -276,6 +297,28 @@ class Syncer:
         state.history.append(record)
         state.save(self.state_file)
         return new, record
+
+    def _verify_landed(self, plan: SyncPlan, commit: str) -> None:
+        """The pushed commit holds the build's files and the Space-only ones (paths), and every uploaded file
+        has its planned hash (read back from the hub). The unchanged files are the parent commit's, which
+        the plan was made from: checking them again would make every sync as slow as a full one."""
+        paths = set(self._call("listing the pushed files", lambda: self.hub.list_files(
+            repo_id=self.space, repo_type=REPO_TYPE, revision=commit)))
+        expected = set(plan.build.files) | set(plan.space_only)
+        missing, extra = sorted(expected - paths), sorted(paths - expected)
+        if missing or extra:
+            raise ValidationError(f"the pushed commit {commit[:12]} does not hold the build: missing "
+                                  f"{missing[:10]}, unexpected {extra[:10]}")
+        with tempfile.TemporaryDirectory(prefix="openllm-space-check-") as tmp:
+            folder = self._call("reading back the uploaded files", lambda: self.hub.download(
+                repo_id=self.space, repo_type=REPO_TYPE, revision=commit, local_dir=Path(tmp) / "s",
+                paths=plan.uploads))
+            landed = tree_hashes(folder)
+        bad = sorted(p for p in plan.uploads if landed.get(p) != plan.build.files[p])
+        if bad:
+            raise ValidationError(f"the pushed commit {commit[:12]} holds other content than the build in "
+                                  f"{', '.join(bad[:10])}")
+        self.log(f"verified: {len(plan.uploads)} uploaded files read back from the hub match their hashes")
 
     def _is_ours(self, commit: str, tag: str) -> bool:
         commits = self._call("reading the history", lambda: self.hub.list_commits(
