@@ -119,8 +119,9 @@ class Hub(abc.ABC):
 
     @abc.abstractmethod
     def download(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None,
-                 local_dir: str | Path | None = None) -> Path:
-        """Files of ``revision`` in a local folder (checksums verified); return the folder."""
+                 local_dir: str | Path | None = None, paths: Sequence[str] | None = None) -> Path:
+        """Files of ``revision`` in a local folder (checksums verified); return the folder. ``paths``: only
+        those files (those the revision lacks are simply absent)."""
 
     @abc.abstractmethod
     def revert(self, *, repo_id: str, to_revision: str, repo_type: str = "model",

@@ -162,12 +162,13 @@ class HfHub(Hub):
                                                    token=self.token))
 
     def download(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None,
-                 local_dir: str | Path | None = None) -> Path:
+                 local_dir: str | Path | None = None, paths: Sequence[str] | None = None) -> Path:
         _check(repo_id, repo_type)
+        only = {"allow_patterns": list(paths)} if paths is not None else {}
         with _mapped(repo_id, revision=revision):
             path = self.api.snapshot_download(repo_id, repo_type=repo_type, revision=revision,
                                               local_dir=str(local_dir) if local_dir is not None else None,
-                                              token=self.token)
+                                              token=self.token, **only)
         return Path(path)
 
 

@@ -275,10 +275,15 @@ class LocalHub(Hub):
     # --- download -----------------------------------------------------------------------------------------
 
     def download(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None,
-                 local_dir: str | Path | None = None) -> Path:
+                 local_dir: str | Path | None = None, paths: Sequence[str] | None = None) -> Path:
         with self._reader(repo_type, repo_id) as gd:
             sha = self._resolve(gd, revision, repo_type, repo_id)
             entries = self._tree(gd, sha, repo_type, repo_id)
+            if paths is not None:  # a few files (e.g. checking an upload): never a cached snapshot
+                wanted = set(paths)
+                entries = [e for e in entries if e[2] in wanted]
+                if local_dir is None:
+                    local_dir = tempfile.mkdtemp(prefix="openllm-download-")
             if local_dir is None:
                 target = cache_root() / "snapshots" / f"{repo_type}s" / repo_id / sha
                 if _snapshot_ok(target, entries):
