@@ -211,6 +211,43 @@ def test_missing_token_fails_at_once(repo):
     assert time.time() - t0 < 60
 
 
+@pytest.fixture
+def auth_server():
+    """An HTTP git server that rejects every request (401, Basic): a hub that refuses our credentials."""
+    import http.server
+    import threading
+
+    hits = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="space"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1], hits
+    srv.shutdown()
+
+
+def test_rejected_credentials_fail_at_once_without_retries(repo, auth_server):
+    from openllm.hub import AuthError
+
+    port, hits = auth_server
+    logs: list[str] = []
+    with pytest.raises(AuthError, match="credentials"):
+        syncer(repo, LocalHub(url=f"http://127.0.0.1:{port}/"), logs).sync(env_check=False)
+    assert hits and not any("retry" in m for m in logs)  # asked, refused, not asked again by the sync
+
+
 # ---- failures after the push roll back by themselves ------------------------------------------------------
 
 HOOK = """#!/bin/sh
