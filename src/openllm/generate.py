@@ -110,23 +110,22 @@ def iter_steps(model: Transformer, prompts: Sequence[Sequence[int]], params: Sam
             if use_cache:
                 cache.valid[:, cache.length:cache.length + step_ids.size(1)] = step_valid
                 pos = (cache.valid[:, : cache.length + step_ids.size(1)].cumsum(-1) - 1).clamp(min=0)
-                logits = model(step_ids, positions=pos[:, -step_ids.size(1):], cache=cache)[:, -1]
+                logits = model(step_ids, positions=pos[:, -step_ids.size(1):], cache=cache, last_only=True)[:, -1]
             else:
                 cache_full = model.new_cache(B, ids.size(1))
                 cache_full.valid[:] = valid
                 pos = (valid.cumsum(-1) - 1).clamp(min=0)
-                logits = model(ids, positions=pos, cache=cache_full)[:, -1]
+                logits = model(ids, positions=pos, cache=cache_full, last_only=True)[:, -1]
             scores = _process_logits(logits.float(), seen, params)
             if params.temperature == 0:
                 nxt = scores.argmax(-1)
             else:
                 nxt = torch.multinomial(scores.softmax(-1), 1, generator=gen).squeeze(-1)
             out: list[int | None] = []
-            for b in range(B):
+            for b, t in enumerate(nxt.tolist()):  # one conversion, not one per sequence
                 if done[b]:
                     out.append(None)
                     continue
-                t = int(nxt[b])
                 out.append(t)
                 if t in stops:
                     done[b] = True
@@ -136,8 +135,9 @@ def iter_steps(model: Transformer, prompts: Sequence[Sequence[int]], params: Sam
             seen.scatter_(1, nxt[:, None], True)
             step_ids = nxt[:, None]
             step_valid = torch.ones((B, 1), dtype=torch.bool, device=device)
-            ids = torch.cat([ids, step_ids], dim=1)
-            valid = torch.cat([valid, step_valid], dim=1)
+            if not use_cache:  # only the cache-less path re-reads the whole sequence
+                ids = torch.cat([ids, step_ids], dim=1)
+                valid = torch.cat([valid, step_valid], dim=1)
     finally:
         model.train(was_training)
 

@@ -18,6 +18,12 @@ from .config import ModelConfig
 __all__ = ["Transformer", "KVCache", "RMSNorm"]
 
 
+def _tracing() -> bool:
+    """True under ONNX export, TorchScript tracing and torch.compile: the eager-only inference shortcuts
+    (fused rms_norm, the cached head copy) must stay out of captured graphs."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -25,6 +31,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and not torch.is_grad_enabled() and not _tracing():
+            # inference in fp32: the same arithmetic as below in one fused kernel (generation is bound by
+            # per-op overhead at small shapes)
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # normalise in fp32 whatever the autocast dtype, as Llama does, then scale in the input dtype
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -79,31 +89,33 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x, cos, sin, *, mask=None, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos, sin, *, mask=None, cache: KVCache | None = None, layer: int = 0,
+                causal: bool = True):
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split(
-            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim],
-            dim=-1,
-        )
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H, Hkv = self.n_heads, self.n_kv_heads
+        qkv = self.wqkv(x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)
+        # q and k heads rotated in one go (elementwise, so identical to rotating them apart)
+        q, k = apply_rope(qkv[:, : H + Hkv], cos, sin).split([H, Hkv], dim=1)
+        v = qkv[:, H + Hkv:]
         if cache is not None:
             start = cache.length
             cache.keys[layer][:, :, start:start + T] = k
             cache.values[layer][:, :, start:start + T] = v
             k = cache.keys[layer][:, :, : start + T]
             v = cache.values[layer][:, :, : start + T]
-        if self.n_kv_heads != self.n_heads:
+        gqa = self.n_kv_heads != self.n_heads
+        share_kv = gqa and not self.training and not _tracing()  # the ONNX exporter has no enable_gqa
+        if gqa and not share_kv:
             rep = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=mask,
-            is_causal=mask is None,
+            is_causal=mask is None and causal,
             dropout_p=self.dropout if self.training else 0.0,
+            # inference: let the kernel share kv heads instead of copying them (same values)
+            **({"enable_gqa": True} if share_kv else {}),
         )
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -130,14 +142,16 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, *, mask=None, cache=None, layer=0):
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask=mask, cache=cache, layer=layer))
+    def forward(self, x, cos, sin, *, mask=None, cache=None, layer=0, causal=True):
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask=mask, cache=cache, layer=layer,
+                                       causal=causal))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
 class Transformer(nn.Module):
     """Decoder-only language model. ``forward(idx)`` returns logits (B, T, vocab), or the mean
-    cross-entropy when ``targets`` are given (with ``return_logits=False`` the logits are not kept)."""
+    cross-entropy when ``targets`` are given (with ``return_logits=False`` the logits are not kept);
+    ``last_only=True`` gives the logits of the last position only, (B, 1, vocab), for generation."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -196,6 +210,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         return_logits: bool = True,
         ignore_index: int = -100,
+        last_only: bool = False,
     ):
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -210,10 +225,14 @@ class Transformer(nn.Module):
             cos = self.rope_cos[positions][:, None]
             sin = self.rope_sin[positions][:, None]
         mask = None
+        causal = True
         if cache is not None:
             if start + T > cache.capacity:
                 raise ValueError(f"KV cache holds {cache.capacity} positions, {start + T} needed")
-            if start > 0 or not bool(cache.valid[:, :T].all()):
+            if T == 1 and bool(cache.valid[:, : start + 1].all()):
+                # one new token after real tokens only: it sees every key, so no mask at all
+                causal = False
+            elif start > 0 or not bool(cache.valid[:, :T].all()):
                 # queries see keys up to their own position, and only real (non-padding) keys
                 q_pos = torch.arange(start, start + T, device=idx.device)
                 k_pos = torch.arange(start + T, device=idx.device)
@@ -224,17 +243,34 @@ class Transformer(nn.Module):
 
         x = self.tok_embeddings(idx)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask=mask, cache=cache, layer=i)
+            x = layer(x, cos, sin, mask=mask, cache=cache, layer=i, causal=causal)
         if cache is not None:
             cache.length = start + T
+        if last_only and targets is None:
+            x = x[:, -1:]  # generation needs the next token only: skip the head on the prompt
         x = self.norm(x)
         if targets is None:
-            return self.lm_head(x)
+            return self._head(x)
         logits = self.lm_head(x)
         loss = F.cross_entropy(
             logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index
         )
         return (logits, loss) if return_logits else loss
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """The output head. Generating on a CPU multiplies a few rows by the biggest matrix of the model;
+        BLAS streams a (width, vocab) copy of it about twice as fast as the (vocab, width) weight, so
+        inference keeps such a copy (rebuilt whenever the weight changes)."""
+        head = self.lm_head
+        if (torch.is_grad_enabled() or x.device.type != "cpu" or not isinstance(head, nn.Linear)
+                or x.shape[0] * x.shape[1] > 16 or _tracing()):
+            return head(x)
+        w = head.weight
+        key = (w.data_ptr(), w._version, w.dtype, w.shape)
+        if getattr(self, "_head_t_key", None) != key:
+            self._head_t = w.detach().t().contiguous()
+            self._head_t_key = key
+        return x @ self._head_t
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = next(self.parameters())
