@@ -29,6 +29,7 @@ from .schemas import ChatRequest, CompletionRequest, GenerateRequest
 __all__ = ["create_app", "ApiError"]
 
 _POLL_S = 0.25  # how often a waiting non-streaming handler checks that its client is still there
+_MAX_ROWS = 128  # sequences one completions request may ask for (prompts x n)
 
 
 class ApiError(Exception):
@@ -247,6 +248,9 @@ def create_app(model: Any, tokenizer: Any, *, model_name: str = "openllm", api_k
                     raise ApiError(400, f"prompt token ids must be in [0, {model.cfg.vocab_size}); got {bad[:5] or p}",
                                    param="prompt")
                 encoded.append(list(p))
+        if len(encoded) * body.n > _MAX_ROWS:
+            raise ApiError(400, f"{len(encoded)} prompts x n={body.n} = {len(encoded) * body.n} sequences; at most "
+                                f"{_MAX_ROWS} a request", param="prompt")
         stops = stops_of(body.stop)
         rows = []
         for i, ids in enumerate(encoded):
