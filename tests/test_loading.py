@@ -101,6 +101,20 @@ def test_hub_reference_goes_through_the_hub(tmp_path):
     assert "nobody/nothing" in str(info.value)
 
 
+@pytest.mark.slow
+def test_hub_round_trip_is_bit_exact(export_run):
+    """Push the run to the (per-test, local) hub, load it back by reference: same weights, same config."""
+    hub = pytest.importorskip("openllm.hub")
+    if not hasattr(hub, "push_model"):
+        pytest.skip("openllm.hub.push_model is not written yet")
+    hub.push_model(export_run, repo_id="me/tiny", version="v1")
+    a, b = openllm.load(export_run), openllm.load("me/tiny@v1")
+    assert b.hub_ref == "me/tiny@v1" and a.config == b.config
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    assert b.tokenizer.encode("def x():") == a.tokenizer.encode("def x():")
+
+
 # --- openllm generate (the CLI on top of openllm.load) -------------------------------------------------------
 
 def _cli(capsys, *argv):
