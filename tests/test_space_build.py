@@ -195,9 +195,9 @@ def test_build_writes_the_space(repo, tmp_path):
 
     card = SpaceCard((out / "README.md").read_text())
     meta = card.data.to_dict()
-    import gradio
+    from importlib.metadata import version
 
-    assert meta["sdk"] == "gradio" and meta["sdk_version"] == gradio.__version__
+    assert meta["sdk"] == "gradio" and meta["sdk_version"] == version("gradio")
     assert meta["app_file"] == "app.py" and meta["license"] == "gpl-3.0"
     assert meta["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
     assert meta["colorFrom"] in {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
