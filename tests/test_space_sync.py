@@ -159,6 +159,14 @@ def test_incremental_sync_uploads_only_changes_and_keeps_space_only_files(repo, 
     assert show(hub_root, "main", "training/model.py").endswith("W = X + 2\n")
     commits = hub.list_commits(repo_id=SPACE, repo_type="space")
     assert "1 updated, 1 removed" in commits[0].title
+    # a Space-only file is never overwritten silently, even when main starts producing the same path
+    edit_space(hub_root, tmp_path / "w2", {"configs/extra.json": '{"space": true}\n'})
+    syncer(repo, hub).sync(env_check=False)  # nothing of ours changed: the Space's new head is accepted
+    (repo / "configs/extra.json").write_text('{"main": true}\n')
+    with pytest.raises(SyncConflict) as info:
+        syncer(repo, hub).sync(env_check=False)
+    assert info.value.files == ["configs/extra.json"]
+    (repo / "configs/extra.json").unlink()
     # the state is rebuilt from the Space's tags on a machine that has none (a fresh CI runner)
     s.state_file.unlink()
     logs: list[str] = []

@@ -181,7 +181,9 @@ class Syncer:
         b = build.files
         uploads = sorted(p for p in b if space.get(p) != b[p])
         deletes = sorted(p for p in ours if p not in b and p in space)
-        conflicts = sorted(p for p in uploads + deletes if diverged and space.get(p) != ours.get(p)) if diverged else []
+        # edited there since our last sync, or a Space-only file the build would now overwrite
+        conflicts = sorted(p for p in uploads + deletes
+                           if (diverged and space.get(p) != ours.get(p)) or (p in space and p not in ours))
         space_only = sorted(p for p in space if p not in b and p not in ours)
         plan = SyncPlan(space=self.space, head=head, last=last, build=build, space_files=space, uploads=uploads,
                         deletes=deletes, conflicts=conflicts, space_only=space_only, diverged=diverged)
