@@ -4,7 +4,8 @@ Builds a main repository whose package holds N files, syncs it to an empty Space
 every file uploaded), then changes ONE file and syncs again (incremental: one file uploaded), several times.
 Both runs do the same work around the upload (build, change detection, hash validation, post-push
 verification, tag, state); the clean-environment check is left out of both (it is cached per requirements
-and the same for both). Prints each run, the medians, and incremental/full.
+and the same for both). The build's parse cache (imports per file content) is warm for every run but the
+first full one, as it is for any sync after the first. Prints each run, the medians, and incremental/full.
 
     python benchmarks/sync_incremental.py [--files 2000] [--repeats 3]
 """
