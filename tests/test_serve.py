@@ -199,9 +199,14 @@ def test_context_budget_is_a_400_with_the_numbers(client):
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
     r = client.post("/generate", json={"prompt": "hi", "max_length": 2048})
     assert r.status_code == 400 and "max_length" in r.json()["error"]["message"]
-    # the whole remaining context is allowed
-    r = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 510, "temperature": 0})
-    assert r.status_code == 200 and r.json()["usage"]["total_tokens"] <= 512
+    # exactly the rest of the context is allowed, one more token is not
+    prompt = " ".join(["tokenizer"] * 150)
+    n = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 1}).json()["usage"]["prompt_tokens"]
+    assert 150 <= n < 500
+    r = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 512 - n, "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["total_tokens"] == 512
+    r = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 513 - n})
+    assert r.status_code == 400 and f"at most {512 - n} new tokens" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("path,body,param", [
