@@ -368,6 +368,9 @@ def test_end_to_end_build_sync_edit_conflict_rollback_flaky_network(tmp_path, hu
     assert show(hub_root, "main", "training/model.py") == original
     # edit a core file: one file goes up
     (main / "src/openllm/model.py").write_text(original + "\n# tuned in main\n")
+    before_dry = head(hub_root)
+    p = cli("sync", *common, "--dry-run")
+    assert "1 to upload, 0 to delete" in p.stdout and "dry run" in p.stdout and head(hub_root) == before_dry
     p = cli("sync", *common, "--no-env-check")
     assert "1 to upload, 0 to delete" in p.stdout and "upload  training/model.py" in p.stdout
     assert "(1 uploaded, 0 deleted)" in p.stdout
