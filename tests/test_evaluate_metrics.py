@@ -277,3 +277,24 @@ def test_distinct_n_repetition_rate_and_mean_length_by_hand():
     assert metrics.repetition_rate([["a", "b"]], 4) == 0.0
     assert metrics.mean_length(seqs) == 2.5
     assert metrics.distinct_n([[]], 1) == 0.0
+
+
+# --- baselines -----------------------------------------------------------------------------------------
+
+def test_unigram_baseline_by_hand():
+    """Counts [3, 1, 0, 0] with add-one smoothing: p = [4, 2, 1, 1] / 8. The stream 0 1 0 scores targets
+    1 and 0: loss = -(ln 2/8 + ln 4/8) / 2; its own fast path equals log_softmax of its logits."""
+    from openllm.evaluate.baselines import UnigramLM, unigram_counts
+    from openllm.evaluate.perplexity import logits_of
+
+    counts = unigram_counts([np.array([0, 0, 1]), np.array([0, 5, 5])], 4, max_tokens=4)
+    assert counts.tolist() == [3, 1, 0, 0]  # max_tokens stops inside the second stream
+    uni = UnigramLM(counts)
+    s = score_stream(uni, [0, 1, 0], window=4)
+    assert s.loss == pytest.approx(-(math.log(2 / 8) + math.log(4 / 8)) / 2, rel=1e-6)
+    x = torch.tensor([[0, 1, 2]])
+    y = torch.tensor([[1, 0, 3]])
+    lp, greedy = uni.target_logprobs(x, y)
+    ref = torch.log_softmax(logits_of(uni, x), -1).gather(-1, y[..., None]).squeeze(-1)
+    assert torch.allclose(lp, ref) and greedy.tolist() == [[False, True, False]]
+    assert uni.entropy() == pytest.approx(-sum(p * math.log(p) for p in (0.5, 0.25, 0.125, 0.125)), rel=1e-6)

@@ -125,7 +125,8 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
                 from ..loader import TokenShards
 
                 train = TokenShards(data_dir, "train")
-                models["unigram"] = UnigramLM(unigram_counts(train.shards, cfg.model.vocab_size))
+                unigram = UnigramLM(unigram_counts(train.shards, cfg.model.vocab_size))
+                models["unigram"] = unigram.to(next(model.parameters()).device)
             except OpenLLMError:
                 pass  # no train split: no unigram baseline
 

@@ -31,6 +31,11 @@ class UnigramLM(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.logp.to(idx.device).expand(*idx.shape, self.vocab_size)
 
+    def target_logprobs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``forward`` + log_softmax + gather would give, without (B, T, V) logits."""
+        logp = self.logp.to(y.device)
+        return logp[y], y == int(logp.argmax())
+
     def entropy(self) -> float:
         """Expected loss (nats) on text with exactly these frequencies."""
         p = self.logp.double().exp()

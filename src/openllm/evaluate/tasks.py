@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import OpenLLMError
 from . import metrics
-from .perplexity import LOGITS_BUDGET, _vocab_size, logits_of, model_device
+from .perplexity import _vocab_size, auto_batch_size, model_device, target_logprobs
 
 __all__ = [
     "Item",
@@ -126,21 +125,21 @@ def loglikelihoods(model, requests: Sequence[tuple[list[int], list[int]]], *, ma
     try:
         while pos < len(order):
             longest = len(inputs[order[pos]][0])
-            bs = batch_size or max(1, LOGITS_BUDGET // max(1, longest * vocab))
+            bs = batch_size or auto_batch_size(longest, vocab, device)
             chunk = order[pos:pos + bs]
             x = torch.zeros((len(chunk), longest), dtype=torch.long)
-            for r, i in enumerate(chunk):
-                inp = inputs[i][0]
-                x[r, :len(inp)] = torch.tensor(inp)  # right padding: a causal model never looks right
-            logp = F.log_softmax(logits_of(model, x.to(device)).float(), dim=-1).cpu()
+            y = torch.zeros((len(chunk), longest), dtype=torch.long)
             for r, i in enumerate(chunk):
                 inp, cont = inputs[i]
-                n = len(cont)
-                rows = logp[r, len(inp) - n:len(inp)]
-                target = torch.tensor(cont)
-                ll = float(rows.gather(-1, target[:, None]).double().sum())
-                greedy = bool((rows.argmax(-1) == target).all())
-                results[i] = (ll, greedy)
+                # right padding: a causal model never looks right
+                x[r, :len(inp)] = torch.tensor(inp)
+                y[r, len(inp) - len(cont):len(inp)] = torch.tensor(cont)
+            logp, hit = target_logprobs(model, x.to(device), y.to(device))
+            logp, hit = logp.double().cpu(), hit.cpu()
+            for r, i in enumerate(chunk):
+                inp, cont = inputs[i]
+                span = slice(len(inp) - len(cont), len(inp))
+                results[i] = (float(logp[r, span].sum()), bool(hit[r, span].all()))
             pos += len(chunk)
             if bar is not None:
                 bar.update(len(chunk))
