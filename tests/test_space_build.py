@@ -146,6 +146,7 @@ def test_import_names_map_to_distributions():
     assert distribution_for("google.protobuf.text_format") == "protobuf"
     assert distribution_for("sentencepiece") == "sentencepiece"
     assert distribution_for("torch.nn.functional", ["torch>=2.4"]) == "torch"
+    assert distribution_for("torch.utils.tensorboard", ["torch>=2.4"]) == "tensorboard"
 
 
 def test_requirements_use_pyproject_ranges(repo, tmp_path):

@@ -39,6 +39,7 @@ IMPORT_TO_DIST: dict[str, str] = {
     "OpenSSL": "pyopenssl",
     "serial": "pyserial",
     "tensorboard": "tensorboard",
+    "torch.utils.tensorboard": "tensorboard",  # torch's writer is a shim: the package is tensorboard
     "torch": "torch",
     "pkg_resources": "setuptools",
 }
