@@ -217,9 +217,15 @@ def check_app(space: Path, python: Path, *, log: Log = print, timeout: float = 2
                 url = f"http://127.0.0.1:{port}/"
                 deadline = time.time() + timeout
                 status = None
+                started, said = time.time(), 0.0
+                log(f"validation: starting app.py in the clean environment (up to {timeout:.0f} s)")
                 while time.time() < deadline:
                     if proc.poll() is not None:
                         break
+                    if time.time() - said >= 15 and said:
+                        log(f"validation: waiting for the app to answer ({time.time() - started:.0f} s)")
+                    if time.time() - said >= 15:
+                        said = time.time()
                     try:
                         with urllib.request.urlopen(url, timeout=5) as resp:
                             status = resp.status
