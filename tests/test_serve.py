@@ -379,3 +379,16 @@ def test_cli_serve_bad_source_is_a_one_line_error(tmp_path):
 
     r = run_cli("serve", str(tmp_path / "missing"), check=False)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_serve_a_hub_version(serve_run):
+    from openllm.hub import push_model
+    from openllm.serve import app_from_source
+
+    push_model(serve_run, repo_id="me/serve-tiny", version="v1")  # the test's own local hub (conftest)
+    app = app_from_source("me/serve-tiny@v1")
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["me/serve-tiny@v1"]
+        r = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["model"] == "me/serve-tiny@v1"

@@ -7,6 +7,7 @@ import os
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a run folder, an export folder, or OWNER/NAME@VERSION on the hub")
+    p.add_argument("--hub", default=None, help="hub for OWNER/NAME@VERSION: local (default), hf, or a folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--api-key", default=None,
@@ -26,11 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .. import load
     from ..errors import OpenLLMError
-    from ..serve import create_app, run_server
+    from ..serve import app_from_source, run_server
 
     if args.max_batch < 1 or args.max_queue < 1:
         raise OpenLLMError("--max-batch and --max-queue must be at least 1")
@@ -43,16 +41,14 @@ def run(args: argparse.Namespace) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded = load(args.model, device=device)
-    if loaded.tokenizer is None:
-        raise OpenLLMError(f"{args.model} holds no tokenizer (tokenizer.model); serve a run or an export with one")
-    name = args.model_name or (loaded.hub_ref or Path(str(args.model).rstrip("/")).name or str(args.model))
     api_key = args.api_key or os.environ.get("OPENLLM_API_KEY") or None
-    app = create_app(loaded.model, loaded.tokenizer, model_name=name, api_key=api_key,
-                     max_batch=1 if args.no_batching else args.max_batch,
-                     batch_window_ms=args.batch_window_ms, max_queue=args.max_queue)
+    app = app_from_source(args.model, device=device, hub=args.hub, model_name=args.model_name, api_key=api_key,
+                          max_batch=1 if args.no_batching else args.max_batch,
+                          batch_window_ms=args.batch_window_ms, max_queue=args.max_queue)
+    loaded = app.state.loaded
     base = f"http://{args.host}:{args.port}"
-    print(f"serving {name} ({loaded.kind}, context {loaded.model.cfg.max_seq_len}) on {base}", flush=True)
+    print(f"serving {app.state.model_name} ({loaded.kind}, context {loaded.model.cfg.max_seq_len}) on {base}",
+          flush=True)
     print(f"OpenAI base URL: {base}/v1{'  (API key required)' if api_key else ''}", flush=True)
     run_server(app, args.host, args.port, log_level=args.log_level)
     return 0

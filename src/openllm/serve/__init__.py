@@ -8,7 +8,7 @@ from __future__ import annotations
 from .app import ApiError, create_app
 from .batcher import Batcher, Job, QueueFull, Row
 from .chat import CHAT_STOPS, render_chat
-from .server import ServerThread, run_server
+from .server import ServerThread, app_from_source, run_server
 
 __all__ = ["create_app", "ApiError", "Batcher", "Job", "Row", "QueueFull", "render_chat", "CHAT_STOPS",
-           "ServerThread", "run_server"]
+           "ServerThread", "run_server", "app_from_source"]

@@ -6,7 +6,26 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["run_server", "ServerThread"]
+__all__ = ["run_server", "ServerThread", "app_from_source"]
+
+
+def app_from_source(source: str, *, device: str = "cpu", hub: Any = None, model_name: str | None = None,
+                    **app_options: Any) -> Any:
+    """``openllm.load(source)`` and :func:`~openllm.serve.app.create_app` on it. The model id defaults to
+    the hub reference (``OWNER/NAME@VERSION``) or the folder's name."""
+    from pathlib import Path
+
+    from ..errors import OpenLLMError
+    from ..loading import load
+    from .app import create_app
+
+    loaded = load(source, device=device, hub=hub)
+    if loaded.tokenizer is None:
+        raise OpenLLMError(f"{source} holds no tokenizer (tokenizer.model); serve a run or an export with one")
+    name = model_name or loaded.hub_ref or Path(str(source).rstrip("/")).name or str(source)
+    app = create_app(loaded.model, loaded.tokenizer, model_name=name, **app_options)
+    app.state.loaded = loaded
+    return app
 
 
 def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> None:
