@@ -392,3 +392,28 @@ def test_serve_a_hub_version(serve_run):
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["me/serve-tiny@v1"]
         r = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 3})
         assert r.status_code == 200 and r.json()["model"] == "me/serve-tiny@v1"
+
+
+def test_a_failing_generation_is_a_500_and_the_server_lives_on(serve_lm):
+    model = copy.deepcopy(serve_lm.model)
+    forward = model.forward
+    broken = threading.Event()
+
+    def flaky_forward(*args, **kwargs):
+        if broken.is_set():
+            raise RuntimeError("simulated device failure")
+        return forward(*args, **kwargs)
+
+    model.forward = flaky_forward
+    app = create_app(model, serve_lm.tokenizer)
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        broken.set()
+        r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 3})
+        assert r.status_code == 500 and "simulated device failure" in r.json()["error"]["message"]
+        with c.stream("POST", "/v1/completions", json={"prompt": "x", "max_tokens": 3, "stream": True}) as st:
+            events = sse_events(st)
+        assert "simulated device failure" in events[-1]["error"]["message"]
+        broken.clear()
+        r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+        assert app.state.batcher.snapshot()["errors"] == 2
