@@ -417,3 +417,31 @@ def test_a_failing_generation_is_a_500_and_the_server_lives_on(serve_lm):
         r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 3})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
         assert app.state.batcher.snapshot()["errors"] == 2
+
+
+def test_a_short_request_is_answered_before_its_long_batch_mate_finishes(serve_lm):
+    model, gate = gated_model(serve_lm.model)
+    app = create_app(model, serve_lm.tokenizer)
+    batcher = app.state.batcher
+    results = {}
+
+    def send(name, max_tokens):
+        results[name] = httpx.post(s.url + "/v1/completions", json={"prompt": name, "max_tokens": max_tokens,
+                                                                     "temperature": 0}, timeout=60)
+        results[name + "_completed"] = batcher.snapshot()["completed"]
+
+    with ServerThread(app) as s:
+        first = threading.Thread(target=send, args=("first", 1))
+        first.start()
+        wait_for(lambda: batcher.snapshot()["running_rows"] == 1)  # the model is held at the gate
+        long, short = (threading.Thread(target=send, args=(n, k)) for n, k in (("long", 500), ("short", 2)))
+        long.start()
+        short.start()
+        wait_for(lambda: batcher.snapshot()["queued"] == 2)
+        gate.set()
+        for t in (first, long, short):
+            t.join(60)
+    assert all(results[n].status_code == 200 for n in ("first", "long", "short"))
+    assert batcher.snapshot()["largest_batch"] == 2  # long and short ran together
+    assert results["short_completed"] == 2  # answered while long was still generating
+    assert results["long"].json()["usage"]["completion_tokens"] == 500

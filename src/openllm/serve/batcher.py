@@ -70,6 +70,7 @@ class Job:
     emit: Callable[[tuple], None] = lambda event: None  # thread-safe: called from the scheduler thread
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
+    done: bool = False  # answered (finish events sent); written by the scheduler thread
 
     def cancel(self) -> None:
         """Stop generating for this job (the client went away); safe from any thread."""
@@ -178,7 +179,8 @@ class Batcher:
                 log.exception("generation failed")
                 self.stats["errors"] += 1
                 for job in batch:
-                    job.emit(("error", f"generation failed: {type(exc).__name__}: {exc}"))
+                    if not job.done:
+                        job.emit(("error", f"generation failed: {type(exc).__name__}: {exc}"))
             finally:
                 self.stats["running_rows"] = 0
 
@@ -247,27 +249,39 @@ class Batcher:
         params = SamplingParams(max_new_tokens=max(r.max_new for r in rows), temperature=first.temperature,
                                 top_k=first.top_k, top_p=first.top_p, seed=first.seed,
                                 stop_tokens=(self.eos_id,))
-        if params.max_new_tokens > 0:
+        pending = self._settle(jobs)
+        if pending:
             steps = iter_steps(self.model, [r.prompt for r in rows], params, use_cache=True)
             try:
                 for step in steps:
-                    for job in jobs:
-                        if job.cancelled.is_set():
-                            for r in job.rows:
-                                if r.finish is None:
-                                    r.finish = "cancelled"
                     for row, job, tok in zip(rows, owner, step):
                         if row.finish is None and tok is not None:
                             self._advance(row, job, tok)
-                    if all(r.finish is not None for r in rows):
+                    # a job is answered as soon as its own rows are done, not when the batch is
+                    pending = self._settle(pending)
+                    if not pending:
                         break  # closing the iterator stops the model: nobody is waiting for more
             finally:
                 steps.close()
-        for row, job in zip(rows, owner):
-            if row.finish is None:  # cannot happen unless iter_steps stopped early; report what we have
-                row.finish = "length"
-        for job in jobs:
+        for job in pending:  # only when iter_steps ended before every row did; report what there is
+            for row in job.rows:
+                if row.finish is None:
+                    row.finish = "length"
             self._finish_job(job, cancelled=job.cancelled.is_set())
+
+    def _settle(self, jobs: list[Job]) -> list[Job]:
+        """Answer the jobs whose rows are all finished (cancelled jobs count as finished); return the rest."""
+        still = []
+        for job in jobs:
+            if job.cancelled.is_set():
+                for row in job.rows:
+                    if row.finish is None:
+                        row.finish = "cancelled"
+            if all(row.finish is not None for row in job.rows):
+                self._finish_job(job, cancelled=job.cancelled.is_set())
+            else:
+                still.append(job)
+        return still
 
     # --- text -----------------------------------------------------------------------------------------
     def _prepare(self, row: Row) -> None:
@@ -317,6 +331,7 @@ class Batcher:
                 row.sent = end
 
     def _finish_job(self, job: Job, *, cancelled: bool) -> None:
+        job.done = True
         if cancelled:
             self.stats["cancelled"] += 1
         else:
