@@ -25,9 +25,9 @@ from . import metrics
 __all__ = ["StreamScore", "EvalText", "window_plan", "score_stream", "val_split_text", "text_file_text", "logits_of",
            "target_logprobs", "auto_batch_size", "model_device"]
 
-# logits elements per forward pass (fp32: 4 bytes each, and cross_entropy makes one more copy). On CPU small
-# batches are faster (measured on the quickstart model over WikiText-2: 2^21 took ~40% less CPU than 2^25,
-# whose big buffers are fresh pages on every batch); a GPU wants big batches.
+# logits elements per forward pass (fp32: 4 bytes each, plus the log-softmax copy). On CPU, buffers of
+# hundreds of MB come back from the allocator as fresh pages on every batch (system time grows with them), so
+# CPU batches stay small; a GPU wants big batches.
 LOGITS_BUDGET = 2 ** 21
 LOGITS_BUDGET_ACCEL = 2 ** 27
 
