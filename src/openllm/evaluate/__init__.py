@@ -51,6 +51,8 @@ def evaluate(source: Any, *, text: str | Path | None = None, data: str | Path | 
         raise OpenLLMError(f"--text {text} does not exist")
     # read the task files before loading the model: a typo fails in a second, not after the load
     task_list = resolve_tasks(tasks)
+    if harness and not task_list:
+        raise OpenLLMError("--harness needs --tasks (e.g. --tasks lambada,hellaswag --limit 100)")
     loaded = source if isinstance(source, LoadedModel) else load(source, device=device, hub=hub)
     results = evaluate_loaded(loaded, text=text, data=data, tasks=task_list, limit=limit, window=window,
                               stride=stride, max_tokens=max_tokens, generation=generation,
