@@ -42,8 +42,10 @@ __all__ = [
     "BUILTIN_TASKS",
 ]
 
-# where the repository's test data lives; users pass their own path as NAME=PATH or a .jsonl file
-_SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+# where a checkout's test data lives (REPO/../shared/data); users pass their own path as NAME=PATH, or set
+# OPENLLM_EVAL_DATA. A shallow install location (the Space's training/) simply has no such folder.
+_HERE = Path(__file__).resolve()
+_SHARED = _HERE.parents[4] / "shared" / "data" if len(_HERE.parents) > 4 else None
 BUILTIN_TASKS = {
     "lambada": "lambada_test.jsonl",
     "hellaswag": "hellaswag_val_full.txt",
@@ -261,7 +263,7 @@ def load_choice_jsonl(path: str | Path, name: str | None = None) -> Task:
 def _builtin_path(name: str) -> Path:
     """The task's file in $OPENLLM_EVAL_DATA, else in the repository's ../shared/data (a checkout's test data)."""
     folders = [Path(os.environ["OPENLLM_EVAL_DATA"])] if os.environ.get("OPENLLM_EVAL_DATA") else []
-    for folder in folders + [_SHARED]:
+    for folder in folders + ([_SHARED] if _SHARED is not None else []):
         p = folder / BUILTIN_TASKS[name]
         if p.is_file():
             return p
