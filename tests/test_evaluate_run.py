@@ -230,3 +230,15 @@ def test_evaluate_run_on_a_run_made_by_openllm_train(built_run, tmp_path):
     assert res["tokens"] == meta["splits"]["val"]["tokens"] and res["step"] == 6
     assert res["window"] == 32 and res["stride"] == 16
     assert json.loads((run / "evaluation.json").read_text())["perplexity"] == pytest.approx(res["perplexity"])
+
+
+def test_data_tokenized_with_another_tokenizer_is_refused(built_run, tmp_path):
+    from openllm.errors import OpenLLMError
+
+    other = tmp_path / "data"
+    shutil.copytree(built_run["data"], other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["tokenizer_sha256"] = "0" * 64
+    (other / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(OpenLLMError, match="another tokenizer"):
+        evaluate(built_run["run"], data=other, generation=False, write=False, progress=False)

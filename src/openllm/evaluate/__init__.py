@@ -80,6 +80,7 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
                     generation: bool = True, gen_settings=None, baselines: bool = True,
                     batch_size: int | None = None, progress: bool = True) -> dict:
     """The evaluation itself, on a :class:`openllm.loading.LoadedModel`."""
+    from . import metrics
     from . import perplexity as ppl
     from . import tasks as T
     from .baselines import UnigramLM, random_init_like, unigram_counts
@@ -98,6 +99,8 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
     if not 1 <= stride <= window:
         raise OpenLLMError(f"--stride must be between 1 and the window {window}, got {stride}")
     data_dir = Path(data) if data else find_data_dir(loaded)
+    if data_dir is not None:
+        _check_same_tokenizer(data_dir, tok)
     task_list = T.resolve_tasks(tasks)
 
     results: dict[str, Any] = {
@@ -139,8 +142,6 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
         for name, m in models.items():
             s = ppl.score_stream(m, et.tokens, window=window, stride=stride, batch_size=batch_size,
                                  progress=progress, desc=f"perplexity ({name})")
-            from . import metrics
-
             scores[name].update(val_loss=s.loss, perplexity=s.perplexity,
                                 bits_per_byte=metrics.bits_per_byte(s.nll, et.n_bytes))
         results.update(scores["model"])
@@ -178,6 +179,16 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
     results["openllm_version"] = __version__
     results["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return results
+
+
+def _check_same_tokenizer(data_dir: Path, tok) -> None:
+    from ..loader import read_meta
+
+    want = read_meta(data_dir).get("tokenizer_sha256")
+    have = getattr(tok, "sha256", None)
+    if want and have and want != have:
+        raise OpenLLMError(f"{data_dir} was tokenized with another tokenizer ({want[:12]}) than the model's "
+                           f"({have[:12]}): pass the model's own data with --data, or --text FILE")
 
 
 def _chance(vocab: int, et, task_list, limit) -> dict:
