@@ -29,7 +29,12 @@ def windows(args, loaded):
 
     T = min(args.seq_len, loaded.config.model.max_seq_len - 1)
     if args.text and loaded.tokenizer is not None:
-        ids = loaded.tokenizer.encode(Path(args.text).read_text(encoding="utf-8"))
+        raw = Path(args.text).read_text(encoding="utf-8")
+        if args.text.endswith(".jsonl"):  # a prepared corpus split: one {"text": ...} document a line
+            import json
+
+            raw = "\n".join(json.loads(line)["text"] for line in raw.splitlines() if line.strip())
+        ids = loaded.tokenizer.encode(raw)
         n = min(args.windows, len(ids) // (T + 1))
         if n == 0:
             raise SystemExit(f"{args.text} is too short for one window of {T + 1} tokens")
@@ -44,7 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("model", nargs="?", default=None, help="run, export or OWNER/NAME@VERSION (default: small "
                                                            "shape, random weights)")
     ap.add_argument("--shape", default="small", help="preset for random weights when no model is given")
-    ap.add_argument("--text", default=None, help="held-out text for the validation loss")
+    ap.add_argument("--text", default=None, help="held-out text for the validation loss (.txt, or a prepared "
+                                                 "corpus' val.jsonl)")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4)

@@ -21,7 +21,25 @@ __all__ = ["Transformer", "KVCache", "RMSNorm"]
 def _tracing() -> bool:
     """True under ONNX export, TorchScript tracing and torch.compile: the eager-only inference shortcuts
     (fused rms_norm, the cached head copy) must stay out of captured graphs."""
-    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+    # TorchScript tracing covers the classic ONNX exporter; is_compiling covers torch.export (the dynamo ONNX
+    # exporter) and torch.compile. Both checks are cheap, which matters: this runs for every op while decoding.
+    return torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
+
+
+def _linear(mod: nn.Module, x: torch.Tensor, max_rows: int = 1) -> torch.Tensor:
+    """``mod(x)``, except when generating on a CPU (no grad, fp32, at most ``max_rows`` rows): then ``x`` is
+    multiplied by a (in, out) copy of the weight, which BLAS streams much faster for a single row than the
+    (out, in) weight itself (onnxruntime stores its weights that way too). The copy is made on first use and
+    remade whenever the weight changes; it costs one more copy of the weights in memory while generating."""
+    if (_tracing() or torch.is_grad_enabled() or type(mod) is not nn.Linear or mod.bias is not None
+            or x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() > max_rows * x.shape[-1]):
+        return mod(x)
+    w = mod.weight
+    key = (w.data_ptr(), w._version, w.dtype, w.shape)
+    if getattr(mod, "_wt_key", None) != key:
+        mod._wt = w.detach().t().contiguous()
+        mod._wt_key = key
+    return x @ mod._wt
 
 
 class RMSNorm(nn.Module):
@@ -31,7 +49,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and not torch.is_grad_enabled() and not _tracing():
+        if not _tracing() and x.dtype == torch.float32 and not torch.is_grad_enabled():
             # inference in fp32: the same arithmetic as below in one fused kernel (generation is bound by
             # per-op overhead at small shapes)
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
@@ -93,7 +111,7 @@ class Attention(nn.Module):
                 causal: bool = True):
         B, T, _ = x.shape
         H, Hkv = self.n_heads, self.n_kv_heads
-        qkv = self.wqkv(x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)
+        qkv = _linear(self.wqkv, x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)
         # q and k heads rotated in one go (elementwise, so identical to rotating them apart)
         q, k = apply_rope(qkv[:, : H + Hkv], cos, sin).split([H, Hkv], dim=1)
         v = qkv[:, H + Hkv:]
@@ -104,7 +122,7 @@ class Attention(nn.Module):
             k = cache.keys[layer][:, :, : start + T]
             v = cache.values[layer][:, :, : start + T]
         gqa = self.n_kv_heads != self.n_heads
-        share_kv = gqa and not self.training and not _tracing()  # the ONNX exporter has no enable_gqa
+        share_kv = gqa and not self.training and not _tracing()  # ONNX exporters know no enable_gqa
         if gqa and not share_kv:
             rep = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(rep, dim=1)
@@ -117,7 +135,7 @@ class Attention(nn.Module):
             # inference: let the kernel share kv heads instead of copying them (same values)
             **({"enable_gqa": True} if share_kv else {}),
         )
-        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+        return _linear(self.wo, y.transpose(1, 2).reshape(B, T, -1))
 
 
 class SwiGLU(nn.Module):
@@ -129,8 +147,8 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x).split(self.d_ff, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        gate, up = _linear(self.w13, x).split(self.d_ff, dim=-1)
+        return _linear(self.w2, F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -258,19 +276,8 @@ class Transformer(nn.Module):
         return (logits, loss) if return_logits else loss
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
-        """The output head. Generating on a CPU multiplies a few rows by the biggest matrix of the model;
-        BLAS streams a (width, vocab) copy of it about twice as fast as the (vocab, width) weight, so
-        inference keeps such a copy (rebuilt whenever the weight changes)."""
-        head = self.lm_head
-        if (torch.is_grad_enabled() or x.device.type != "cpu" or not isinstance(head, nn.Linear)
-                or x.shape[0] * x.shape[1] > 16 or _tracing()):
-            return head(x)
-        w = head.weight
-        key = (w.data_ptr(), w._version, w.dtype, w.shape)
-        if getattr(self, "_head_t_key", None) != key:
-            self._head_t = w.detach().t().contiguous()
-            self._head_t_key = key
-        return x @ self._head_t
+        # the head is the biggest matrix: its (in, out) copy pays off for small batches too
+        return _linear(self.lm_head, x, max_rows=16)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = next(self.parameters())
