@@ -6,7 +6,8 @@
 Measured for PyTorch (``openllm.export.quantize.quantize_int8``) and, with ``--onnx``, for onnxruntime
 (``quantize_onnx_int8`` on the ONNX export): the validation loss over the same windows, the forward-pass
 throughput (batch x sequence tokens scored per second) and greedy generation tokens/s at batch 1. Engines take
-turns ``--repeats`` times; medians are reported. With random weights the loss change only measures how far
+turns ``--repeats`` times; medians are reported, per CPU second of this process (one thread by default), which
+other processes on a shared machine disturb far less than wall time. With random weights the loss change only measures how far
 int8 moves the logits; give a trained model for a meaningful figure.
 """
 from __future__ import annotations
@@ -100,17 +101,17 @@ def main(argv=None) -> int:
     def forward_speed(model):
         x = data[: args.batch, :-1]
         with torch.no_grad():
-            t = time.perf_counter()
+            t = time.process_time()
             model(x)
-            return x.numel() / (time.perf_counter() - t)
+            return x.numel() / (time.process_time() - t)
 
     prompt = [data[0, :32].tolist()]
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0)
 
     def gen_speed(model):
-        t = time.perf_counter()
+        t = time.process_time()
         generate(model, prompt, params)
-        return args.new_tokens / (time.perf_counter() - t)
+        return args.new_tokens / (time.process_time() - t)
 
     engines = {"torch fp32": fp32, "torch int8": int8}
     results = {k: {"loss": val_loss(m)} for k, m in engines.items()}
@@ -159,17 +160,17 @@ def main(argv=None) -> int:
             run(x)
             speeds = []
             for _ in range(args.repeats):
-                t = time.perf_counter()
+                t = time.process_time()
                 run(x)
-                speeds.append(x.numel() / (time.perf_counter() - t))
+                speeds.append(x.numel() / (time.process_time() - t))
             runner = OnnxRunner(tmp, threads=args.threads)
             runner.past = sess
             runner.generate(prompt, args.new_tokens)
             gs = []
             for _ in range(args.repeats):
-                t = time.perf_counter()
+                t = time.process_time()
                 runner.generate(prompt, args.new_tokens)
-                gs.append(args.new_tokens / (time.perf_counter() - t))
+                gs.append(args.new_tokens / (time.process_time() - t))
             results[name] = {"loss": total / n, "forward_tok_s": statistics.median(speeds),
                              "generate_tok_s": statistics.median(gs)}
 
