@@ -6,6 +6,15 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISAB
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/env.txt"
 python3 -c "import torch,transformers;print('torch',torch.__version__,'transformers',transformers.__version__)" >> "$OUT/env.txt"
+GPUS=$(nvidia-smi -L | wc -l)
+if [ "$GPUS" -lt 2 ]; then  # one GPU: one thing at a time, most important first
+  python3 benchmarks/gpu_train.py --config medium --batch 32 --steps 50 --json "$OUT/medium.json" > "$OUT/medium.log" 2>&1
+  DEVICE=cpu bash benchmarks/shakespeare_quality.sh .gpu/tinyshakespeare.txt /tmp/shk > "$OUT/shakespeare.log" 2>&1
+  cp /tmp/shk/run/loss.png "$OUT/shakespeare_loss.png"; cp /tmp/shk/eval.json "$OUT/shakespeare_eval.json"
+  cp /tmp/shk/run/metrics.jsonl "$OUT/shakespeare_metrics.jsonl"
+  python3 benchmarks/gpu_train.py --config small --batch 64 --steps 50 --json "$OUT/small.json" > "$OUT/small.log" 2>&1
+  tail -n 5 "$OUT"/*.log; exit 0
+fi
 ( CUDA_VISIBLE_DEVICES=1 DEVICE=cpu bash benchmarks/shakespeare_quality.sh .gpu/tinyshakespeare.txt /tmp/shk > "$OUT/shakespeare.log" 2>&1
   cp /tmp/shk/run/loss.png "$OUT/shakespeare_loss.png"; cp /tmp/shk/eval.json "$OUT/shakespeare_eval.json"
   cp /tmp/shk/run/metrics.jsonl "$OUT/shakespeare_metrics.jsonl" ) &
