@@ -25,6 +25,15 @@ from test_loader import random_data  # noqa: E402
 CFG = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=32)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: on a shared CI box two OpenMP threads wait on each other when the other core is busy."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _save(run, step, model, **kw):
     opt = torch.optim.AdamW(model.parameters())
     return save_checkpoint(run, step, model_state_dict(model), {"optimizer": opt.state_dict(), "scaler": None},
