@@ -248,3 +248,16 @@ def test_sigterm_stops_gracefully_with_a_checkpoint(tmp_path, data):
     assert 3 <= step < 100000
     assert latest_checkpoint(run).name == f"step_{step:08d}"
     assert read_metrics(run / "metrics.jsonl")[-1]["step"] == step
+
+
+def test_cli_user_errors_are_one_line(tmp_path, data):
+    from conftest import run_cli
+
+    res = run_cli("train", "--out", str(tmp_path / "r"), check=False, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2 and "give a config" in res.stderr and "Traceback" not in res.stderr
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({**tiny_cfg(), "model": {**MICRO, "vocab_size": 100}}))
+    res = run_cli("train", "--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "r"), check=False,
+                  env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2 and "model.vocab_size is 100" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
