@@ -7,6 +7,7 @@ is a rename plus a split of the fused projections (see ``openllm.hf_compat``).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -26,12 +27,17 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
 
 
+# set OPENLLM_DECODE_COPIES=0 to trade generation speed on CPU for memory (see _linear)
+DECODE_COPIES = os.environ.get("OPENLLM_DECODE_COPIES", "1") != "0"
+
+
 def _linear(mod: nn.Module, x: torch.Tensor, max_rows: int = 1) -> torch.Tensor:
     """``mod(x)``, except when generating on a CPU (no grad, fp32, at most ``max_rows`` rows): then ``x`` is
     multiplied by a (in, out) copy of the weight, which BLAS streams much faster for a single row than the
     (out, in) weight itself (onnxruntime stores its weights that way too). The copy is made on first use and
-    remade whenever the weight changes; it costs one more copy of the weights in memory while generating."""
-    if (_tracing() or torch.is_grad_enabled() or type(mod) is not nn.Linear or mod.bias is not None
+    remade whenever the weight changes; it costs one more copy of the weights in memory while generating
+    (``Transformer.drop_decode_copies()`` frees them; ``OPENLLM_DECODE_COPIES=0`` never makes them)."""
+    if (not DECODE_COPIES or _tracing() or torch.is_grad_enabled() or type(mod) is not nn.Linear or mod.bias is not None
             or x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() > max_rows * x.shape[-1]):
         return mod(x)
     w = mod.weight
@@ -278,6 +284,12 @@ class Transformer(nn.Module):
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         # the head is the biggest matrix: its (in, out) copy pays off for small batches too
         return _linear(self.lm_head, x, max_rows=16)
+
+    def drop_decode_copies(self) -> None:
+        """Free the (in, out) weight copies that generation on a CPU keeps (see ``_linear``)."""
+        for m in self.modules():
+            m.__dict__.pop("_wt", None)
+            m.__dict__.pop("_wt_key", None)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = next(self.parameters())
