@@ -22,7 +22,10 @@ def test_preset_fields_round_trip_to_the_preset_config():
     assert req.run_name == "r1" and req.corpus_kind == "embedded"
     cfg = req.config
     assert cfg.model.d_model == 192 and cfg.model.vocab_size == 4096
-    assert cfg.train.lr == 0.003 and cfg.train.max_steps == 600 and cfg.name == "r1"
+    from openllm.config import load_config
+
+    tiny = load_config("tiny")
+    assert cfg.train.lr == tiny.train.lr and cfg.train.max_steps == tiny.train.max_steps and cfg.name == "r1"
 
 
 def test_overrides_reach_the_config():
