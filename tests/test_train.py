@@ -136,6 +136,8 @@ def test_resume_finished_run_extends_and_config_checks(tmp_path, data):
         train(tiny_cfg(), data_dir=data, out_dir=run, resume=False, **quiet())
     with pytest.raises(OpenLLMError, match="model shape differs"):
         train({**tiny_cfg(), "model": {**MICRO, "d_model": 64}}, data_dir=data, out_dir=run, **quiet())
+    with pytest.raises(OpenLLMError, match="cannot change the model"):
+        train(None, data_dir=data, out_dir=run, overrides={"model": {"dropout": 0.1}}, **quiet())
     with pytest.raises(OpenLLMError, match="no checkpoint to resume"):
         train(tiny_cfg(), data_dir=data, out_dir=tmp_path / "empty", resume=True, **quiet())
 
@@ -250,6 +252,7 @@ def test_sigterm_stops_gracefully_with_a_checkpoint(tmp_path, data):
     assert read_metrics(run / "metrics.jsonl")[-1]["step"] == step
 
 
+@pytest.mark.slow
 def test_cli_user_errors_are_one_line(tmp_path, data):
     from conftest import run_cli
 

@@ -255,6 +255,9 @@ def train(
     else:
         cfg = _as_config(config)
     if overrides:
+        if resume_from is not None and "model" in overrides:
+            raise OpenLLMError(f"cannot change the model of a run when resuming ({resume_from}): "
+                               f"train into another --out folder")
         cfg = cfg.replace(**{k: dict(v) for k, v in overrides.items()})
     train_over: dict[str, Any] = {}
     if max_steps is not None:
