@@ -163,3 +163,15 @@ def evaluate_run_folder(tmp_path_factory):
         return make_run(tmp_path_factory.mktemp("evalrun"))
     finally:
         torch.set_num_threads(n)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on a shared 2-core CI box two OpenMP threads wait on each other when the
+    other core is busy."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

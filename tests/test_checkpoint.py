@@ -22,16 +22,9 @@ from openllm.model import Transformer
 sys.path.insert(0, str(Path(__file__).parent))
 from test_loader import random_data  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CFG = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=32)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: on a shared CI box two OpenMP threads wait on each other when the other core is busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _save(run, step, model, **kw):

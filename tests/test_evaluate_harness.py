@@ -12,13 +12,7 @@ from openllm.evaluate import evaluate, markdown
 from openllm.evaluate.harness import write_task_files
 from openllm.evaluate.tasks import Item, Task, encode_pair, load_choice_jsonl, load_lambada, loglikelihoods
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mixed_last_word_items(loaded, docs, want: int = 4) -> list[str]:

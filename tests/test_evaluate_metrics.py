@@ -17,17 +17,10 @@ from openllm.evaluate.perplexity import score_stream, text_file_text, val_split_
 from openllm.evaluate.tasks import Item, Task, encode_pair, loglikelihoods, run_task
 from openllm.model import Transformer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # --- helpers (imported by the other test_evaluate_* files) ---------------------------------------------
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run many small forwards; on a loaded 2-core machine two torch threads spin against each
-    other (10x slower). Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class ByteTokenizer:

@@ -18,18 +18,10 @@ from conftest import run_cli
 from openllm.config import Config
 from openllm.evaluate import evaluate, evaluate_run, markdown
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 VOCAB = 512
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_run(root: Path, *, steps: int = 60, seed: int = 0) -> dict:

@@ -22,6 +22,8 @@ from openllm.train import TrainingDiverged, train
 sys.path.insert(0, str(Path(__file__).parent))
 from test_loader import random_data  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MICRO = {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 64}
 
 
@@ -34,15 +36,6 @@ def tiny_cfg(**train) -> dict:
 
 def quiet(**kw):
     return dict(progress=False, log=lambda msg: None, **kw)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: on a shared CI box two OpenMP threads wait on each other when the other core is busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture()

@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import OpenLLMError
+from .hashing import sha256_file
 
 __all__ = [
     "EMBEDDED_CORPUS",
@@ -50,16 +51,6 @@ def embedded_corpus_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def embedded_corpus_source(*, verify: bool = True) -> dict:
     """Where the embedded corpus comes from (package, version, file, checksum, licence), checksum verified."""
     path = embedded_corpus_path()
@@ -69,7 +60,7 @@ def embedded_corpus_source(*, verify: bool = True) -> dict:
     except metadata.PackageNotFoundError:  # pragma: no cover - path lookup above already failed then
         info["installed_version"] = None
     if verify:
-        got = _sha256(path)
+        got = sha256_file(path)
         if got != EMBEDDED_CORPUS["sha256"]:
             raise OpenLLMError(
                 f"embedded corpus {path} has sha256 {got}, expected {EMBEDDED_CORPUS['sha256']}: "

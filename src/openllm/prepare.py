@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OpenLLMError
+from .hashing import sha256_file
 
 __all__ = [
     "prepare_corpus",
@@ -87,14 +88,6 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, owned_marker: str) -> Itera
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------

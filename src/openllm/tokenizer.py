@@ -13,7 +13,6 @@ digits split, byte fallback (unknown characters become byte pieces, not ``<unk>`
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -23,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from .errors import OpenLLMError
+from .hashing import sha256_file
 
 __all__ = [
     "Tokenizer",
@@ -44,14 +44,6 @@ TOKENIZER_FILES = (MODEL_FILE, *HF_FILES, "openllm_tokenizer.json")
 # a "sentence" longer than this is cut into pieces for training (SentencePiece skips longer ones)
 _MAX_SENTENCE_CHARS = 8192
 DEFAULT_MAX_SENTENCES = 2_000_000
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -78,7 +70,7 @@ class Tokenizer:
 
         self.model_path = Path(model_path)
         self._sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
-        self.sha256 = _sha256_file(self.model_path)
+        self.sha256 = sha256_file(self.model_path)
         self.dir = self.model_path.parent
         sp = self._sp
         got = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
@@ -339,7 +331,7 @@ def train_tokenizer(
         "max_sentences": max_sentences,
         "seed": seed,
         "inputs": [str(f) for f in files],
-        "sha256": _sha256_file(out / MODEL_FILE),
+        "sha256": sha256_file(out / MODEL_FILE),
     }
     _write_atomic(out / "openllm_tokenizer.json", (json.dumps(info, indent=2) + "\n").encode())
     return Tokenizer.load(out)

@@ -2,7 +2,6 @@
 anything absent stays absent (the card never guesses)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -11,6 +10,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from ..hashing import sha256_file
 
 __all__ = ["RunFacts", "collect_facts", "latest_checkpoint_dir", "code_commit", "sha256_file"]
 
@@ -47,14 +47,6 @@ class RunFacts:
     params_non_embedding: int | None = None
     loss_image: Path | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _json(path: Path) -> dict[str, Any]:

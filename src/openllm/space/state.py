@@ -17,22 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ..hashing import sha256_bytes, sha256_file
+
 __all__ = ["sha256_bytes", "sha256_file", "tree_hashes", "tree_digest", "SyncRecord", "SyncState",
            "state_path", "cache_dir", "TAG_RE", "tag_name"]
 
 TAG_RE = re.compile(r"^sync-(\d+)-([0-9a-f]{8,64})$")
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tree_hashes(root: str | os.PathLike, skip: Iterable[str] = (".git",)) -> dict[str, str]:
