@@ -12,6 +12,4 @@ class OpenLLMError(Exception):
 
 
 def is_user_error(exc: BaseException) -> bool:
-    from .cli import UserError
-
-    return isinstance(exc, (OpenLLMError, ConfigError, UserError, FileNotFoundError, FileExistsError))
+    return isinstance(exc, (OpenLLMError, ConfigError, FileNotFoundError, FileExistsError))

@@ -15,6 +15,8 @@ import importlib.util
 import os
 import sys
 
+from ..errors import OpenLLMError as UserError  # kept for callers that catch UserError
+
 __all__ = ["main", "COMMANDS", "UserError"]
 
 # name -> (module under openllm.cli, one-line help)
@@ -35,10 +37,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "app": ("app", "the Gradio web app: train, monitor, generate, publish"),
     "info": ("info", "parameters and FLOPs per token of a config"),
 }
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line on stderr, exit status 2."""
 
 
 def _module(name: str):
