@@ -211,6 +211,28 @@ def create_app(model: Any, tokenizer: Any, *, model_name: str = "openllm", api_k
         return StreamingResponse(body, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    async def sse_events(job: Job, queue: asyncio.Queue, *, prelude: list[str], delta, finish,
+                         usage_chunk=None) -> AsyncIterator[str]:
+        """One SSE stream for both completion shapes: ``prelude`` chunks, then a chunk per delta and per
+        finished row (``delta(index, text)``, ``finish(index, reason)``), a final usage chunk when asked
+        (``usage_chunk(completion_tokens)``), then [DONE]. A failed generation ends with an error event."""
+        completion_tokens = 0
+        for item in prelude:
+            yield item
+        async for event in events(job, queue):
+            if event[0] == "delta":
+                yield delta(event[1], event[2])
+            elif event[0] == "finish":
+                completion_tokens += event[3]
+                yield finish(event[1], event[2])
+            else:
+                yield sse({"error": {"message": event[1], "type": "server_error", "param": None,
+                                     "code": "generation_failed"}})
+                return
+        if usage_chunk is not None:
+            yield usage_chunk(completion_tokens)
+        yield "data: [DONE]\n\n"
+
     def gone() -> Response:
         return Response(status_code=499)
 
@@ -269,27 +291,16 @@ def create_app(model: Any, tokenizer: Any, *, model_name: str = "openllm", api_k
                 return sse({"id": cid, "object": "text_completion", "created": now, "model": name,
                             "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]})
 
-            async def gen() -> AsyncIterator[str]:
-                completion_tokens = 0
-                for row in rows:
-                    if echoes[row.index // body.n]:
-                        yield chunk(row.index, echoes[row.index // body.n], None)
-                async for event in events(job, queue):
-                    if event[0] == "delta":
-                        yield chunk(event[1], event[2], None)
-                    elif event[0] == "finish":
-                        completion_tokens += event[3]
-                        yield chunk(event[1], "", event[2])
-                    else:
-                        yield sse({"error": {"message": event[1], "type": "server_error", "param": None,
-                                             "code": "generation_failed"}})
-                        return
-                if include_usage:
-                    yield sse({"id": cid, "object": "text_completion", "created": now, "model": name,
-                               "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
-                yield "data: [DONE]\n\n"
+            def usage_chunk(completion_tokens: int) -> str:
+                return sse({"id": cid, "object": "text_completion", "created": now, "model": name,
+                            "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
 
-            return streaming(gen())
+            prelude = [chunk(row.index, echoes[row.index // body.n], None) for row in rows
+                       if echoes[row.index // body.n]]
+            return streaming(sse_events(job, queue, prelude=prelude,
+                                        delta=lambda i, text: chunk(i, text, None),
+                                        finish=lambda i, reason: chunk(i, "", reason),
+                                        usage_chunk=usage_chunk if include_usage else None))
 
         try:
             results = await collect(request, job, queue)
@@ -322,26 +333,15 @@ def create_app(model: Any, tokenizer: Any, *, model_name: str = "openllm", api_k
                             "choices": [{"index": index, "delta": delta, "logprobs": None,
                                          "finish_reason": finish}]})
 
-            async def gen() -> AsyncIterator[str]:
-                completion_tokens = 0
-                for row in rows:
-                    yield chunk(row.index, {"role": "assistant", "content": ""}, None)
-                async for event in events(job, queue):
-                    if event[0] == "delta":
-                        yield chunk(event[1], {"content": event[2]}, None)
-                    elif event[0] == "finish":
-                        completion_tokens += event[3]
-                        yield chunk(event[1], {}, event[2])
-                    else:
-                        yield sse({"error": {"message": event[1], "type": "server_error", "param": None,
-                                             "code": "generation_failed"}})
-                        return
-                if include_usage:
-                    yield sse({"id": cid, "object": "chat.completion.chunk", "created": now, "model": name,
-                               "choices": [], "usage": usage(len(prompt), completion_tokens)})
-                yield "data: [DONE]\n\n"
+            def usage_chunk(completion_tokens: int) -> str:
+                return sse({"id": cid, "object": "chat.completion.chunk", "created": now, "model": name,
+                            "choices": [], "usage": usage(len(prompt), completion_tokens)})
 
-            return streaming(gen())
+            prelude = [chunk(row.index, {"role": "assistant", "content": ""}, None) for row in rows]
+            return streaming(sse_events(job, queue, prelude=prelude,
+                                        delta=lambda i, text: chunk(i, {"content": text}, None),
+                                        finish=lambda i, reason: chunk(i, {}, reason),
+                                        usage_chunk=usage_chunk if include_usage else None))
 
         try:
             results = await collect(request, job, queue)
