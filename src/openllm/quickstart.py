@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -44,17 +43,14 @@ def unigram_baseline(data_dir: str | Path, seq_len: int) -> tuple[float, int]:
     """Cross-entropy (nats/token) on the val split of a context-free model that predicts the train split's
     token frequencies (add-one smoothed). Scored on exactly the tokens :class:`SequentialWindows` scores, so
     it compares with the model's full-val loss. Returns (loss, tokens scored)."""
+    from .evaluate.baselines import UnigramLM, unigram_counts
     from .loader import SequentialWindows, TokenShards
 
     train = TokenShards(data_dir, "train")
-    V = train.vocab_size
-    counts = np.zeros(V, dtype=np.float64)
-    for shard in train.shards:
-        counts += np.bincount(np.asarray(shard, dtype=np.int64), minlength=V)[:V]
-    logp = np.log((counts + 1.0) / (counts.sum() + V))
+    logp = UnigramLM(unigram_counts(train.shards, train.vocab_size)).logp.double().numpy()
     val = SequentialWindows(data_dir, batch_size=1, seq_len=seq_len, split="val")
     n = val.num_windows * seq_len
-    targets = val.data.stream(1, n)
+    targets = np.asarray(val.data.stream(1, n), dtype=np.int64)
     return float(-logp[targets].mean()), n
 
 
