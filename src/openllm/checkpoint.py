@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import OpenLLMError
+from .errors import DISK_FULL_HINT, OpenLLMError, is_disk_full
 
 __all__ = [
     "CHECKPOINTS",
@@ -191,14 +191,25 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(model_state, str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(step)})
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    with open(tmp / "state.json", "w", encoding="utf-8") as f:
-        json.dump({**state, "step": step}, f, indent=2)
-        f.write("\n")
-    for name in ("model.safetensors", "optimizer.pt", "state.json"):
-        _fsync_file(tmp / name)
-    _fsync_dir(tmp)
+    try:
+        save_file(model_state, str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(step)})
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        with open(tmp / "state.json", "w", encoding="utf-8") as f:
+            json.dump({**state, "step": step}, f, indent=2)
+            f.write("\n")
+        for name in ("model.safetensors", "optimizer.pt", "state.json"):
+            _fsync_file(tmp / name)
+        _fsync_dir(tmp)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not is_disk_full(exc):
+            raise
+        previous = latest_checkpoint(run_dir)
+        raise OpenLLMError(
+            f"could not write checkpoint step {step} in {root} ({' '.join(str(exc).split())}); "
+            + (f"the previous checkpoint {previous.name} is intact; " if previous else "no checkpoint was kept; ")
+            + DISK_FULL_HINT + " (it resumes from the last checkpoint)"
+        ) from exc
     if final.exists():  # the same step saved again (e.g. a stop right after a periodic save)
         old = root / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
         os.rename(final, old)
