@@ -9,14 +9,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     up = sub.add_parser("upload", help="upload a data file or folder to a dataset repo with a dataset card",
                         description="Upload raw text, a prepared corpus (report.json) or tokenized shards "
                                     "(meta.json) as one commit with a dataset card and SHA256SUMS.")
-    up.add_argument("path", metavar="PATH", help="a file or a folder")
-    up.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the dataset repo (created when missing)")
-    up.add_argument("--license", default="other", help="license in the dataset card (default other)")
-    up.add_argument("--language", default="en", help="language in the dataset card (default en)")
-    up.add_argument("--source", default=None, help="where the text came from (default: from report.json)")
-    up.add_argument("--version", default=None, help="also tag this upload with a version name")
-    up.add_argument("-m", "--message", default=None, help="commit message")
-    up.add_argument("--hub", default=None, help="local (default), hf, a hub folder, or a git URL; see docs/hub.md")
+    add_upload_arguments(up)
+
+
+def add_upload_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``openllm data upload`` (also those of scripts/upload_training_data.py)."""
+    p.add_argument("path", metavar="PATH", help="a file or a folder")
+    p.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the dataset repo (created when missing)")
+    p.add_argument("--license", default="other", help="license in the dataset card (default other)")
+    p.add_argument("--language", default="en", help="language in the dataset card (default en)")
+    p.add_argument("--source", default=None, help="where the text came from (default: from report.json)")
+    p.add_argument("--version", default=None, help="also tag this upload with a version name")
+    p.add_argument("-m", "--message", default=None, help="commit message")
+    p.add_argument("--hub", default=None, help="local (default), hf, a hub folder, or a git URL; see docs/hub.md")
 
 
 def run(args: argparse.Namespace) -> int:
