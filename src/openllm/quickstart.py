@@ -4,8 +4,8 @@ embedded corpus -> prepare (clean, dedupe, split) -> tokenizer (SentencePiece, t
 tokenize (uint16 shards) -> unigram baseline -> train the ``tiny`` preset -> evaluate -> export (native,
 Hugging Face) -> generate a sample. Every artefact goes under one folder; the end prints where.
 
-The later stages (evaluate, export) are imported lazily: when one is missing from this installation the
-quickstart says so and carries on.
+The evaluation report, the exports and the samples are extras: when one of them fails the quickstart says so
+and carries on (its own val-loss comparison stands).
 """
 from __future__ import annotations
 
@@ -172,39 +172,31 @@ def quickstart(
     say(f"    model val loss {val_loss:.4f} (perplexity {math.exp(val_loss):.1f}) vs unigram {uni:.4f} "
         f"(perplexity {math.exp(uni):.1f}): {uni - val_loss:+.4f} nats/token better")
     if evaluate:
+        from .evaluate import evaluate_run
+
         try:
-            from .evaluate import evaluate_run
-        except ImportError as exc:
-            missing.append(f"evaluate ({exc})")
-            say(f"    openllm.evaluate is not available in this installation ({exc}); skipped the full report")
-        else:
-            try:
-                evaluate_run(paths["run"], progress=progress)
-                paths["evaluation"] = paths["run"] / "evaluation.json"
-                say(f"    full report (perplexity, bits per byte, baselines, generations) -> {paths['evaluation']}")
-            except Exception as exc:  # the report is a bonus: the quickstart's own numbers stand
-                missing.append(f"evaluate report ({type(exc).__name__}: {exc})")
-                say(f"    the evaluation report failed: {type(exc).__name__}: {exc}")
+            evaluate_run(paths["run"], progress=progress)
+            paths["evaluation"] = paths["run"] / "evaluation.json"
+            say(f"    full report (perplexity, bits per byte, baselines, generations) -> {paths['evaluation']}")
+        except Exception as exc:  # the report is a bonus: the quickstart's own numbers stand
+            missing.append(f"evaluate report ({type(exc).__name__}: {exc})")
+            say(f"    the evaluation report failed: {type(exc).__name__}: {exc}")
     timings["evaluate"] = time.time() - s
 
     # 7. export + generate ------------------------------------------------------------------------------
     s = stage(7, "export (native + Hugging Face) and generate")
     samples: list[str] = []
     if export:
+        from .export import export as do_export
+
         try:
-            from .export import export as do_export
-        except ImportError as exc:
-            missing.append(f"export ({exc})")
-            say(f"    openllm.export is not available in this installation ({exc}); skipped")
-        else:
-            try:
-                folders = do_export(paths["run"], out / "export", "native,hf", progress=False)
-                for fmt, folder in folders.items():
-                    paths[f"export_{fmt}"] = Path(folder)
-                    say(f"    {fmt} export -> {folder}")
-            except Exception as exc:
-                missing.append(f"export ({type(exc).__name__}: {exc})")
-                say(f"    export failed: {type(exc).__name__}: {exc}")
+            folders = do_export(paths["run"], out / "export", "native,hf", progress=False)
+            for fmt, folder in folders.items():
+                paths[f"export_{fmt}"] = Path(folder)
+                say(f"    {fmt} export -> {folder}")
+        except Exception as exc:
+            missing.append(f"export ({type(exc).__name__}: {exc})")
+            say(f"    export failed: {type(exc).__name__}: {exc}")
     try:
         from .generate import SamplingParams, generate_text
 
