@@ -14,7 +14,8 @@ import pytest
 from openllm.app import help as app_help
 from openllm.app import models as M
 from openllm.app.forms import CORPUS_WORKSPACE, FormError, parse_train_form, preset_fields
-from openllm.app.monitor import format_duration, loss_figure, memory_usage, progress, read_metrics, tail_log
+from openllm.app.monitor import format_duration, loss_figure, memory_usage, progress, tail_log
+from openllm.rundir import checkpoint_steps, read_metrics
 from openllm.app.runner import Runner, RunnerError, child_env, run_status
 from openllm.app.workspace import Workspace
 
@@ -197,8 +198,9 @@ def test_model_choices_resolve_inside_the_workspace_only(ws, tmp_path):
     run = ws.run_dir("r1")
     (run / "checkpoints" / "step_00000005").mkdir(parents=True)
     (run / "checkpoints" / "step_00000005" / "model.safetensors").write_bytes(b"")
+    (run / "checkpoints" / "step_00000005" / "state.json").write_text("{}")
     ws.run_dir("empty").mkdir()
-    assert M.checkpoints(run) == [5]
+    assert checkpoint_steps(run) == [5]
     choices = M.model_choices(ws, ["me/m@v1"])
     assert ("run r1 (step 5)", "run:r1") in choices and ("hub me/m@v1", "hub:me/m@v1") in choices
     assert not any("empty" in v for _, v in choices)

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from openllm.checkpoint import (checkpoint_dir, clean_temporary, latest_checkpoint, list_checkpoints,
-                                load_model_weights, load_optimizer_state, load_state, model_state_dict,
-                                rng_state, save_checkpoint, set_rng_state, write_json_atomic)
+from openllm.checkpoint import (load_model_weights, load_optimizer_state, load_state, model_state_dict, rng_state,
+                                save_checkpoint, set_rng_state)
 from openllm.config import ModelConfig
 from openllm.errors import OpenLLMError
-from openllm.metrics import read_metrics
 from openllm.model import Transformer
+from openllm.rundir import checkpoint_dir, clean_temporary, latest_checkpoint, list_checkpoints, read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_loader import random_data  # noqa: E402
@@ -76,13 +75,6 @@ def test_rng_state_round_trip():
     assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
 
 
-def test_write_json_atomic(tmp_path):
-    write_json_atomic(tmp_path / "s.json", {"a": 1})
-    write_json_atomic(tmp_path / "s.json", {"a": 2})
-    assert json.loads((tmp_path / "s.json").read_text()) == {"a": 2}
-    assert os.listdir(tmp_path) == ["s.json"]
-
-
 @pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_previous_usable(tmp_path):
     data = random_data(tmp_path / "data", vocab_size=2048, train_tokens=20000, val_tokens=2000)
@@ -126,5 +118,5 @@ def test_kill_during_checkpoint_write_keeps_previous_usable(tmp_path):
     assert res.returncode == 0, res.stderr
     assert f"resuming from {latest}" in res.stderr
     assert not any(n.startswith(".tmp") for n in os.listdir(root))
-    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, 31))
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, 31))
     assert json.loads((run / "status.json").read_text())["state"] == "finished"

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from conftest import run_cli
-from openllm.compare import compare, markdown_table, read_metrics
+from openllm.compare import compare, markdown_table
+from openllm.rundir import read_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openllm.metrics import read_metrics
+from openllm.rundir import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_loader import random_data  # noqa: E402
@@ -45,8 +45,8 @@ def setup(tmp_path_factory):
 
 
 def _compare(a: Path, b: Path, steps):
-    ra = {r["step"]: r for r in read_metrics(a / "metrics.jsonl")}
-    rb = {r["step"]: r for r in read_metrics(b / "metrics.jsonl")}
+    ra = {r["step"]: r for r in read_metrics(a)}
+    rb = {r["step"]: r for r in read_metrics(b)}
     for s in steps:
         assert rb[s]["loss"] == pytest.approx(ra[s]["loss"], rel=1e-5, abs=1e-6), s
         assert rb[s]["tokens"] == ra[s]["tokens"]
@@ -78,7 +78,7 @@ def test_fsdp_two_processes_then_resume_in_one(setup):
     run = tmp / "fsdp"
     _run(["--no-progress", "--config", str(cfg), "--data", str(data), "--out", str(run),
           "--set", "train.micro_batch_size=2", "--set", "train.distributed=fsdp", "--max-steps", "3"], nproc=2)
-    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
     # the FSDP checkpoint holds full tensors: one process picks it up with micro-batch 4
     res = _run(["--no-progress", "--out", str(run), "--resume", "--max-steps", "6",
                 "--set", "train.micro_batch_size=4", "--set", "train.distributed=ddp"])

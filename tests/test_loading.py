@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import openllm
 from openllm.errors import OpenLLMError
-from openllm.loading import find_latest_checkpoint
+from openllm.rundir import latest_checkpoint
 
 from conftest import make_export_run
 
@@ -44,7 +44,7 @@ def test_run_folder_loads_latest_checkpoint(export_run):
 def test_incomplete_checkpoint_is_skipped(export_run):
     # a save in progress: a step folder without weights yet is not "latest"
     (export_run / "checkpoints" / "step_00000020").mkdir()
-    assert find_latest_checkpoint(export_run).name == "step_00000010"
+    assert latest_checkpoint(export_run).name == "step_00000010"
     assert openllm.load(export_run).step == 10
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openllm.checkpoint import latest_checkpoint, list_checkpoints, load_model_weights, load_optimizer_state
+from openllm.checkpoint import load_model_weights, load_optimizer_state
 from openllm.config import Config, TrainConfig
 from openllm.errors import OpenLLMError
-from openllm.metrics import read_metrics
+from openllm.rundir import latest_checkpoint, list_checkpoints, read_metrics
 from openllm.model import Transformer
 from openllm.optim import lr_at, param_groups
 from openllm.train import TrainingDiverged, train
@@ -89,7 +89,7 @@ def test_run_folder_contract(tmp_path, data):
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["step"] == 8 and status["max_steps"] == 8
     assert status["pid"] == os.getpid() and status["error"] is None and "updated" in status
-    records = read_metrics(run / "metrics.jsonl")
+    records = read_metrics(run)
     assert [r["step"] for r in records] == list(range(1, 9)) and len(logged) == 8
     for r in records:
         assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(r) and math.isfinite(r["loss"])
@@ -124,7 +124,7 @@ def test_resume_finished_run_extends_and_config_checks(tmp_path, data):
     # auto-resume: same folder, more steps, no config needed
     r = train(None, data_dir=data, out_dir=run, max_steps=6, **quiet())
     assert r.step == 6
-    assert [x["step"] for x in read_metrics(run / "metrics.jsonl")] == list(range(1, 7))
+    assert [x["step"] for x in read_metrics(run)] == list(range(1, 7))
     with pytest.raises(OpenLLMError, match="already holds checkpoints"):
         train(tiny_cfg(), data_dir=data, out_dir=run, resume=False, **quiet())
     with pytest.raises(OpenLLMError, match="model shape differs"):
@@ -159,7 +159,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data):
     assert not (run / "checkpoints" / f"step_{bad:08d}").exists()
     weights = load_file(latest / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
-    assert all(r["step"] < bad for r in read_metrics(run / "metrics.jsonl"))
+    assert all(r["step"] < bad for r in read_metrics(run))
     assert (run / "loss.png").is_file()
 
 
@@ -216,8 +216,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, data):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     assert "resuming from" in err
-    a = read_metrics(tmp_path / "full/metrics.jsonl")
-    b = read_metrics(tmp_path / "killed/metrics.jsonl")
+    a = read_metrics(tmp_path / "full")
+    b = read_metrics(tmp_path / "killed")
     assert [r["step"] for r in b] == list(range(1, 61))  # no duplicated or missing steps after the resume
     for ra, rb in zip(a, b):
         assert ra["loss"] == rb["loss"] and ra["grad_norm"] == rb["grad_norm"], ra["step"]
@@ -233,7 +233,7 @@ def test_sigterm_stops_gracefully_with_a_checkpoint(tmp_path, data):
     cfg = _write_cfg(tmp_path / "cfg.json", max_steps=100000, save_every=100000, eval_every=100000)
     run = tmp_path / "run"
     proc = _spawn("--config", str(cfg), "--data", str(data), "--out", str(run))
-    _wait_for(lambda: (run / "metrics.jsonl").is_file() and len(read_metrics(run / "metrics.jsonl")) >= 3, proc)
+    _wait_for(lambda: (run / "metrics.jsonl").is_file() and len(read_metrics(run)) >= 3, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -242,7 +242,7 @@ def test_sigterm_stops_gracefully_with_a_checkpoint(tmp_path, data):
     step = status["step"]
     assert 3 <= step < 100000
     assert latest_checkpoint(run).name == f"step_{step:08d}"
-    assert read_metrics(run / "metrics.jsonl")[-1]["step"] == step
+    assert read_metrics(run)[-1]["step"] == step
 
 
 @pytest.mark.slow

@@ -5,29 +5,14 @@ Nothing is recomputed unless asked (``evaluate_missing``): the table shows what 
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import rundir
 from .errors import OpenLLMError
 
-__all__ = ["describe", "compare", "read_metrics", "plot_loss_curves", "markdown_table"]
-
-
-def read_metrics(run: str | Path) -> list[dict]:
-    """The rows of ``RUN/metrics.jsonl`` (a torn last line, from a run still writing, is skipped)."""
-    p = Path(run) / "metrics.jsonl"
-    rows = []
-    if p.is_file():
-        for line in p.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
+__all__ = ["describe", "compare", "plot_loss_curves", "markdown_table"]
 
 
 def _num(x: Any) -> float | None:
@@ -50,27 +35,20 @@ def describe(source: str | Path, *, evaluate_missing: bool = False, hub: Any = N
 
     path = Path(str(source)).expanduser()
     out: dict[str, Any] = {"source": str(source), "name": path.name if path.exists() else str(source)}
-    run_dir = path if path.is_dir() and (path / "checkpoints").is_dir() else None
+    run_dir = path if path.is_dir() and (path / rundir.CHECKPOINTS).is_dir() else None
     evaluation = None
     if run_dir is not None:
         # a run: read its files; no need to load the weights
-        from .loading import find_latest_checkpoint
-
         out["kind"] = "run"
         cfg = None
-        state: dict = {}
-        try:
-            ckpt = find_latest_checkpoint(run_dir)
-            if (ckpt / "state.json").is_file():
-                state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-        except OpenLLMError:
-            ckpt = None
+        ckpt = rundir.latest_checkpoint(run_dir)
+        state = rundir.load_json(ckpt / rundir.STATE) if ckpt is not None else {}
         raw = state.get("config") if isinstance(state.get("config"), dict) else None
-        if raw is None and (run_dir / "config.json").is_file():
-            raw = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        if raw is None and (run_dir / rundir.CONFIG).is_file():
+            raw = rundir.load_json(run_dir / rundir.CONFIG)
         if raw is not None:
             cfg = Config.from_dict({k: v for k, v in raw.items() if k in ("model", "train", "data", "name")})
-        rows = read_metrics(run_dir)
+        rows = rundir.read_metrics(run_dir)
         out["step"] = state.get("step") if isinstance(state.get("step"), int) else (rows[-1].get("step") if rows else None)
         out["tokens_seen"] = state.get("tokens_seen") or (rows[-1].get("tokens") if rows else None)
         losses = [r for r in rows if _num(r.get("loss")) is not None]
@@ -80,8 +58,7 @@ def describe(source: str | Path, *, evaluate_missing: bool = False, hub: Any = N
         if cfg is not None:
             out["params"], out["params_non_embedding"] = _params_from_config(cfg)
             out["config"] = cfg.name
-        if (run_dir / "evaluation.json").is_file():
-            evaluation = json.loads((run_dir / "evaluation.json").read_text(encoding="utf-8"))
+        evaluation = rundir.read_evaluation(run_dir) or None
         if evaluation is None and evaluate_missing and ckpt is not None:
             from .evaluate import evaluate
 
@@ -96,10 +73,8 @@ def describe(source: str | Path, *, evaluate_missing: bool = False, hub: Any = N
         out["params_non_embedding"] = loaded.model.num_params(non_embedding=True)
         out["config"] = loaded.config.name
         out["tokens_seen"] = (loaded.info or {}).get("tokens_seen")
-        ev = Path(loaded.path) / "evaluation.json"
-        if ev.is_file():
-            evaluation = json.loads(ev.read_text(encoding="utf-8"))
-        elif evaluate_missing:
+        evaluation = rundir.read_evaluation(loaded.path) or None
+        if evaluation is None and evaluate_missing:
             from .evaluate import evaluate
 
             evaluation = evaluate(loaded, write=False, progress=False, **eval_kwargs)
@@ -198,6 +173,6 @@ def compare(sources: Sequence[str | Path], *, plot: str | Path | None = None, ev
             m["name"] = f"{Path(m['source']).resolve().parent.name}/{m['name']}"
     out: dict[str, Any] = {"models": models, "table": markdown_table(models), "plot": None}
     if plot is not None:
-        curves = [(m["name"], read_metrics(m["source"])) for m in models if m.get("kind") == "run"]
+        curves = [(m["name"], rundir.read_metrics(m["source"])) for m in models if m.get("kind") == "run"]
         out["plot"] = str(plot_loss_curves(curves, plot))
     return out

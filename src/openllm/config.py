@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .errors import ConfigError
+
 __all__ = [
     "ConfigError",
     "ModelConfig",
@@ -27,10 +29,6 @@ __all__ = [
     "preset_names",
     "find_preset",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid. The message is one line and names the field."""
 
 
 @dataclass

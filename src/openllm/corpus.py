@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import OpenLLMError
 from .hashing import sha256_file
+from .rundir import atomic_file
 
 __all__ = [
     "EMBEDDED_CORPUS",
@@ -92,9 +93,7 @@ def write_embedded_corpus(path: str | os.PathLike) -> Path:
     """Write the embedded corpus as a .jsonl input (``{"text": chapter}`` a line), atomically."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(out) as f:
         for doc in embedded_corpus_documents():
             f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
     return out

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import errno
 
-from .config import ConfigError
-
 __all__ = ["OpenLLMError", "ConfigError", "is_user_error", "is_disk_full", "DISK_FULL_HINT"]
 
 # a full disk, a full quota, or a file-size limit (ulimit -f): the user can fix each by making room
@@ -18,6 +16,10 @@ class OpenLLMError(Exception):
     """Base class for errors caused by input the user can fix. The message says what and how."""
 
 
+class ConfigError(OpenLLMError, ValueError):
+    """A config file or override is invalid; the message names the field and the allowed values."""
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """A write failed for lack of room. Libraries written in Rust or C++ (safetensors, sentencepiece) raise
     their own types, so their messages are read too."""
@@ -27,4 +29,4 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def is_user_error(exc: BaseException) -> bool:
-    return isinstance(exc, (OpenLLMError, ConfigError, FileNotFoundError, FileExistsError)) or is_disk_full(exc)
+    return isinstance(exc, (OpenLLMError, FileNotFoundError, FileExistsError)) or is_disk_full(exc)

@@ -16,7 +16,6 @@ Weights are read from safetensors (never through pickle); a ``pytorch_model.bin`
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +23,13 @@ from typing import Any
 
 from .config import Config, ConfigError
 from .errors import OpenLLMError
+from .rundir import CHECKPOINTS, load_json, require_latest_checkpoint, step_of
 
-__all__ = ["LoadedModel", "load", "find_latest_checkpoint", "detect_kind", "read_state_dict",
+__all__ = ["LoadedModel", "load", "detect_kind", "read_state_dict",
            "NATIVE_FORMAT", "OPENLLM_CONFIG_NAME"]
 
 NATIVE_FORMAT = "openllm"
 OPENLLM_CONFIG_NAME = "openllm.json"  # our full Config inside a Hugging Face export
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 _HUB_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w.-]+)?$")
 _TOKENIZER_FILES = ("tokenizer.model",)
 
@@ -79,11 +78,11 @@ def detect_kind(path: Path) -> str:
     path = Path(path)
     if not path.is_dir():
         raise OpenLLMError(f"{path} is a file, not a folder: give a run folder or an export folder")
-    if (path / "checkpoints").is_dir():
+    if (path / CHECKPOINTS).is_dir():
         return "run"
-    if _STEP_DIR.match(path.name) and _has_weights(path) and not (path / "config.json").is_file():
+    if step_of(path) is not None and _has_weights(path) and not (path / "config.json").is_file():
         return "checkpoint"
-    cfg = _read_json(path / "config.json") if (path / "config.json").is_file() else None
+    cfg = load_json(path / "config.json") if (path / "config.json").is_file() else None
     if cfg is not None and cfg.get("format") == NATIVE_FORMAT:
         return "native"
     if (path / OPENLLM_CONFIG_NAME).is_file() or (cfg is not None and cfg.get("model_type") == "llama"):
@@ -97,21 +96,6 @@ def detect_kind(path: Path) -> str:
                        f"(config.json with format openllm) or a Hugging Face Llama export")
 
 
-def find_latest_checkpoint(run: Path) -> Path:
-    """The newest complete ``checkpoints/step_NNNNNNNN`` folder of a run (highest step with weights)."""
-    ckdir = Path(run) / "checkpoints"
-    steps = []
-    if ckdir.is_dir():
-        for d in ckdir.iterdir():
-            m = _STEP_DIR.match(d.name)
-            if m and d.is_dir() and _has_weights(d):
-                steps.append((int(m.group(1)), d))
-    if not steps:
-        raise OpenLLMError(f"run {run} has no checkpoint yet (nothing in {ckdir}/step_*/model.safetensors): "
-                           f"train it longer or wait for the first save")
-    return max(steps)[1]
-
-
 def read_state_dict(folder: Path) -> dict[str, Any]:
     """Every tensor of a folder's weights: model.safetensors, a sharded safetensors index, or (for old
     Hugging Face folders) pytorch_model.bin read with ``weights_only=True``."""
@@ -123,7 +107,7 @@ def read_state_dict(folder: Path) -> dict[str, Any]:
         return load_file(str(single))
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(_read_json(index)["weight_map"].values()))
+        shards = sorted(set(load_json(index)["weight_map"].values()))
         out: dict[str, Any] = {}
         for shard in shards:
             out.update(load_file(str(folder / shard)))
@@ -141,7 +125,7 @@ def read_state_dict(folder: Path) -> dict[str, Any]:
 def _load_path(path: Path, *, device: str) -> LoadedModel:
     kind = detect_kind(path)
     if kind == "run":
-        ckpt = find_latest_checkpoint(path)
+        ckpt = require_latest_checkpoint(path)
         config = _run_config(path, ckpt)
         state = read_state_dict(ckpt)
         tok_dir = _first_tokenizer_dir(path / "tokenizer", ckpt / "tokenizer", ckpt)
@@ -155,7 +139,7 @@ def _load_path(path: Path, *, device: str) -> LoadedModel:
         return _finish(read_state_dict(path), config, device, path=path, kind="checkpoint",
                        step=_checkpoint_step(path), tok_dir=tok_dir, info={"checkpoint": str(path)})
     if kind == "native":
-        raw = dict(_read_json(path / "config.json"))
+        raw = dict(load_json(path / "config.json"))
         info = {k: raw.pop(k) for k in list(raw) if k not in ("model", "train", "data", "name")}
         config = _config_from(raw, path / "config.json")
         return _finish(read_state_dict(path), config, device, path=path, kind="native",
@@ -165,12 +149,12 @@ def _load_path(path: Path, *, device: str) -> LoadedModel:
 
     info: dict[str, Any] = {}
     if (path / OPENLLM_CONFIG_NAME).is_file():
-        raw = dict(_read_json(path / OPENLLM_CONFIG_NAME))
+        raw = dict(load_json(path / OPENLLM_CONFIG_NAME))
         info = {k: raw.pop(k) for k in list(raw) if k not in ("model", "train", "data", "name")}
         config = _config_from(raw, path / OPENLLM_CONFIG_NAME)
     else:
         try:
-            config = Config(model=model_config_from_llama(_read_json(path / "config.json")), name=path.name)
+            config = Config(model=model_config_from_llama(load_json(path / "config.json")), name=path.name)
         except (KeyError, TypeError) as exc:
             raise OpenLLMError(f"{path / 'config.json'}: not a Llama config (missing {exc})") from None
     hf_state = read_state_dict(path)
@@ -234,21 +218,20 @@ def _strip_prefix(name: str) -> str:
 def _run_config(run: Path, ckpt: Path) -> Config:
     state_file = ckpt / "state.json"
     if state_file.is_file():
-        state = _read_json(state_file)
+        state = load_json(state_file)
         if isinstance(state.get("config"), dict):
             return _config_from(state["config"], state_file)
     if (run / "config.json").is_file():
-        return _config_from(_read_json(run / "config.json"), run / "config.json")
+        return _config_from(load_json(run / "config.json"), run / "config.json")
     raise OpenLLMError(f"{ckpt}: no config (neither state.json's config nor {run / 'config.json'})")
 
 
 def _checkpoint_step(ckpt: Path) -> int | None:
     if (ckpt / "state.json").is_file():
-        step = _read_json(ckpt / "state.json").get("step")
+        step = load_json(ckpt / "state.json").get("step")
         if isinstance(step, int):
             return step
-    m = _STEP_DIR.match(ckpt.name)
-    return int(m.group(1)) if m else None
+    return step_of(ckpt)
 
 
 def _config_from(raw: dict, where: Path) -> Config:
@@ -275,13 +258,3 @@ def _load_tokenizer(folder: Path):
 def _has_weights(d: Path) -> bool:
     return any((d / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json",
                                              "pytorch_model.bin"))
-
-
-def _read_json(p: Path) -> dict:
-    try:
-        data = json.loads(Path(p).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise OpenLLMError(f"{p}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise OpenLLMError(f"{p}: expected a JSON object")
-    return data

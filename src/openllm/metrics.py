@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["MetricsWriter", "read_metrics", "device_peak_flops", "mfu", "plot_loss", "TensorBoard"]
+from . import rundir
+
+__all__ = ["MetricsWriter", "device_peak_flops", "mfu", "plot_loss", "TensorBoard"]
 
 # Dense (no sparsity) bf16/fp16 tensor-core peak FLOP/s, from the vendors' data sheets. Matched in order
 # against torch.cuda.get_device_name(); the first hit wins, so specific names come before general ones.
@@ -59,17 +61,15 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None) -> floa
 
 
 class MetricsWriter:
-    """Appends one JSON object a line to ``metrics.jsonl``; flushed after every line so readers (the web
-    app, ``openllm compare``) see progress live."""
+    """Appends one JSON object a line to the run's ``metrics.jsonl``; flushed after every line so readers (the
+    web app, ``openllm compare``) see progress live."""
 
-    def __init__(self, path: str | Path, *, resume_step: int | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, run_dir: str | Path, *, resume_step: int | None = None) -> None:
+        self.path = Path(run_dir) / rundir.METRICS
         if resume_step is not None and self.path.exists():
             # a resumed run repeats the steps after its checkpoint: drop the lines it will write again
-            keep = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= resume_step]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
-            os.replace(tmp, self.path)
+            keep = [r for r in rundir.read_metrics(run_dir) if int(r["step"]) <= resume_step]
+            rundir.write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self._f = open(self.path, "a", encoding="utf-8")
@@ -81,17 +81,6 @@ class MetricsWriter:
 
     def close(self) -> None:
         self._f.close()
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (a torn last line from a killed run is skipped)."""
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 class TensorBoard:

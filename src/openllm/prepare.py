@@ -19,13 +19,11 @@ and ``report.md``.
 """
 from __future__ import annotations
 
-import contextlib
 import glob as globlib
 import hashlib
 import json
 import os
 import re
-import shutil
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field as dc_field
@@ -34,12 +32,12 @@ from typing import Any
 
 from .errors import OpenLLMError
 from .hashing import sha256_file
+from .rundir import atomic_file, atomic_output_dir
 
 __all__ = [
     "prepare_corpus",
     "clean_text",
     "format_report",
-    "atomic_output_dir",
     "sha256_file",
     "TRAIN_FILE",
     "VAL_FILE",
@@ -52,42 +50,6 @@ TEXT_SUFFIXES = (".txt", ".text", ".md")
 FOLDER_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
 TEXT_DOCS = ("auto", "paragraph", "line", "file")
 _BLANK_LINE = re.compile(rb"\n[ \t\r]*\n")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# output helpers (shared with shards)
-# ---------------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str | os.PathLike, *, owned_marker: str) -> Iterator[Path]:
-    """Build an output folder in a hidden sibling and move it into place only when complete.
-
-    An existing ``out_dir`` is replaced only when it is empty or an earlier output of the same kind (it holds
-    ``owned_marker``); anything else is refused so that a typo in ``--out`` cannot delete a user's folder.
-    On error the partial folder is removed and ``out_dir`` is left as it was.
-    """
-    out = Path(out_dir)
-    if out.exists():
-        if not out.is_dir():
-            raise OpenLLMError(f"--out {out} exists and is not a folder; choose another path")
-        if any(out.iterdir()) and not (out / owned_marker).exists():
-            raise OpenLLMError(
-                f"--out {out} exists and is not an earlier output (no {owned_marker}); "
-                "choose an empty or new folder"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -511,15 +473,13 @@ def _read_source(src: Source, *, field, strict, text_docs, hf_split, hf_config, 
 
 def _move_line(src_path: Path, dst_path: Path, index: int) -> str:
     """Move line ``index`` of ``src_path`` to the end of ``dst_path``; returns its document text."""
-    tmp = src_path.with_name(src_path.name + ".tmp")
     moved = ""
-    with open(src_path, encoding="utf-8") as fin, open(tmp, "w", encoding="utf-8") as fout:
+    with open(src_path, encoding="utf-8") as fin, atomic_file(src_path) as fout:
         for i, line in enumerate(fin):
             if i == index:
                 moved = line
             else:
                 fout.write(line)
-    os.replace(tmp, src_path)
     with open(dst_path, "a", encoding="utf-8") as f:
         f.write(moved)
     return json.loads(moved)["text"]

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from .errors import OpenLLMError
-from .prepare import TRAIN_FILE, VAL_FILE, REPORT_JSON, atomic_output_dir, sha256_file
+from .hashing import sha256_file
+from .prepare import TRAIN_FILE, VAL_FILE, REPORT_JSON
+from .rundir import atomic_output_dir
 from .tokenizer import EOS_ID, Tokenizer
 
 __all__ = ["tokenize_corpus", "dtype_for_vocab", "DEFAULT_SHARD_TOKENS"]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .errors import OpenLLMError
 from .hashing import sha256_file
+from .rundir import write_bytes_atomic
 
 __all__ = [
     "Tokenizer",
@@ -44,17 +45,6 @@ TOKENIZER_FILES = (MODEL_FILE, *HF_FILES, "openllm_tokenizer.json")
 # a "sentence" longer than this is cut into pieces for training (SentencePiece skips longer ones)
 _MAX_SENTENCE_CHARS = 8192
 DEFAULT_MAX_SENTENCES = 2_000_000
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old or the complete new content, never a part."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Tokenizer:
@@ -102,7 +92,7 @@ class Tokenizer:
         for name in TOKENIZER_FILES:
             src = self.dir / name
             if src.is_file():
-                _write_atomic(out / name, src.read_bytes())
+                write_bytes_atomic(out / name, src.read_bytes())
         if not all((out / n).is_file() for n in HF_FILES):
             write_hf_files(out / MODEL_FILE, out)
         return out
@@ -317,7 +307,7 @@ def train_tokenizer(
         raise OpenLLMError(f"SentencePiece training failed: {msg.splitlines()[-1] if msg else exc}") from None
 
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / MODEL_FILE, buf.getvalue())
+    write_bytes_atomic(out / MODEL_FILE, buf.getvalue())
     write_hf_files(out / MODEL_FILE, out)
     info = {
         "model_type": model_type,
@@ -333,7 +323,7 @@ def train_tokenizer(
         "inputs": [str(f) for f in files],
         "sha256": sha256_file(out / MODEL_FILE),
     }
-    _write_atomic(out / "openllm_tokenizer.json", (json.dumps(info, indent=2) + "\n").encode())
+    write_bytes_atomic(out / "openllm_tokenizer.json", (json.dumps(info, indent=2) + "\n").encode())
     return Tokenizer.load(out)
 
 
@@ -426,7 +416,7 @@ def write_hf_files(model_path: str | os.PathLike, out_dir: str | os.PathLike) ->
     """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` next to the model."""
     out = Path(out_dir)
     tok = build_hf_tokenizer(model_path)
-    _write_atomic(out / "tokenizer.json", tok.to_str(pretty=True).encode())
+    write_bytes_atomic(out / "tokenizer.json", tok.to_str(pretty=True).encode())
     special = {"bos_token": SPECIAL_TOKENS["bos"], "eos_token": SPECIAL_TOKENS["eos"],
                "unk_token": SPECIAL_TOKENS["unk"], "pad_token": SPECIAL_TOKENS["pad"]}
     config = {
@@ -439,11 +429,5 @@ def write_hf_files(model_path: str | os.PathLike, out_dir: str | os.PathLike) ->
         "model_max_length": 1_000_000_000,
         "padding_side": "right",
     }
-    _write_atomic(out / "tokenizer_config.json", (json.dumps(config, indent=2) + "\n").encode())
-    _write_atomic(out / "special_tokens_map.json", (json.dumps(special, indent=2) + "\n").encode())
-
-
-def copy_tokenizer(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Copy a tokenizer folder's files into ``out_dir`` (used for run and data folders)."""
-    return Tokenizer.load(src_dir).save(out_dir)
-
+    write_bytes_atomic(out / "tokenizer_config.json", (json.dumps(config, indent=2) + "\n").encode())
+    write_bytes_atomic(out / "special_tokens_map.json", (json.dumps(special, indent=2) + "\n").encode())

@@ -31,10 +31,11 @@ from typing import Any, Callable, Mapping
 import torch
 
 from . import checkpoint as ckpt_mod
+from . import rundir
 from .config import Config, ConfigError, load_config
 from .errors import OpenLLMError
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_precision", "autocast_context", "read_status"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_precision", "autocast_context"]
 
 
 class TrainingDiverged(OpenLLMError):
@@ -84,20 +85,11 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def read_status(run_dir: str | Path) -> dict[str, Any] | None:
-    import json
-
-    p = Path(run_dir) / "status.json"
-    if not p.is_file():
-        return None
-    return json.loads(p.read_text(encoding="utf-8"))
-
-
 class _Status:
     """``RUN/status.json``: state running | finished | stopped | failed, error, step, max_steps, pid, times."""
 
     def __init__(self, run_dir: Path, max_steps: int, enabled: bool) -> None:
-        self.path = run_dir / "status.json"
+        self.run_dir = run_dir
         self.enabled = enabled
         self.data: dict[str, Any] = {"state": "running", "error": None, "step": 0, "max_steps": max_steps,
                                      "pid": os.getpid(), "started": _now(), "updated": _now()}
@@ -107,7 +99,7 @@ class _Status:
         self.data["updated"] = _now()
         self.data["updated_unix"] = time.time()
         if self.enabled:
-            ckpt_mod.write_json_atomic(self.path, self.data)
+            rundir.write_status(self.run_dir, self.data)
 
 
 class _StopFlag:
@@ -151,20 +143,20 @@ def _as_config(config: Config | str | Path | Mapping[str, Any]) -> Config:
 
 def _find_resume(out_dir: Path, resume: bool | str | Path | None) -> Path | None:
     if resume is None or resume is True:
-        found = ckpt_mod.latest_checkpoint(out_dir)
+        found = rundir.latest_checkpoint(out_dir)
         if resume is True and found is None:
             raise OpenLLMError(f"--resume: {out_dir} holds no checkpoint to resume from "
                                f"(nothing in {out_dir / 'checkpoints'}); leave out --resume to start the run")
         return found
     if resume is False:
-        found = ckpt_mod.latest_checkpoint(out_dir)
+        found = rundir.latest_checkpoint(out_dir)
         if found is not None:
             raise OpenLLMError(f"{out_dir} already holds checkpoints (latest {found.name}): resume it, "
                                f"or train into another --out folder")
         return None
     path = Path(resume)
     if (path / "checkpoints").is_dir():
-        path = ckpt_mod.latest_checkpoint(path) or path
+        path = rundir.latest_checkpoint(path) or path
     if not (path / "state.json").is_file():
         raise OpenLLMError(f"--resume {resume}: not a checkpoint folder (no state.json)")
     return path
@@ -298,7 +290,7 @@ def train(
     try:
         if main:
             out.mkdir(parents=True, exist_ok=True)
-            ckpt_mod.clean_temporary(out)
+            rundir.clean_temporary(out)
             cfg.save(out / "config.json")
             src_tok = data_dir / "tokenizer"
             if src_tok.is_dir() and not (out / "tokenizer").exists():
@@ -354,7 +346,7 @@ def train(
         if main:
             from .metrics import MetricsWriter, TensorBoard
 
-            metrics_writer = MetricsWriter(out / "metrics.jsonl", resume_step=step if resume_from else None)
+            metrics_writer = MetricsWriter(out, resume_step=step if resume_from else None)
             tb = TensorBoard(out / "tb", purge_step=step + 1 if resume_from else None)
             n_params = raw.num_params()
             say(f"training {cfg.name}: {n_params / 1e6:.2f}M parameters, {tc.max_steps} steps of "
@@ -463,7 +455,7 @@ def train(
                         best_val, best_step, bad_evals = last_val, step, 0
                         last_saved, saved_step = save(step), step
                         if main:
-                            ckpt_mod.write_best(out, step, best_val)
+                            rundir.write_best(out, step, best_val)
                     else:
                         bad_evals += 1
                 if record is not None:
@@ -514,7 +506,7 @@ def train(
         return TrainResult(run_dir=out, state=end_state, step=step, max_steps=tc.max_steps, loss=last_loss,
                            val_loss=last_val, best_val_loss=best_val, best_step=best_step,
                            tokens_seen=tokens_seen, elapsed_s=elapsed, reason=reason,
-                           checkpoint=ckpt_mod.latest_checkpoint(out))
+                           checkpoint=rundir.latest_checkpoint(out))
     except BaseException as exc:
         if bar is not None:
             bar.close()
@@ -544,7 +536,7 @@ def train(
 
 
 def _latest_name(out: Path) -> str:
-    latest = ckpt_mod.latest_checkpoint(out)
+    latest = rundir.latest_checkpoint(out)
     return str(latest) if latest is not None else "none (no checkpoint was written yet)"
 
 
@@ -554,8 +546,8 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def _finish_plots(out: Path, cfg: Config) -> None:
-    from .metrics import plot_loss, read_metrics
+    from .metrics import plot_loss
 
-    path = out / "metrics.jsonl"
-    if path.is_file():
-        plot_loss(read_metrics(path), out / "loss.png", title=f"{cfg.name}: {out.name}")
+    records = rundir.read_metrics(out)
+    if records:
+        plot_loss(records, out / rundir.LOSS_PNG, title=f"{cfg.name}: {out.name}")

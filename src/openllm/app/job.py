@@ -22,6 +22,8 @@ import time
 import traceback
 from pathlib import Path
 
+from ..rundir import read_status, write_status
+
 
 
 
@@ -31,21 +33,6 @@ class _Stopped(Exception):
 
 _stop = threading.Event()
 _raise_on_term = True
-
-
-def write_status(run_dir: Path, **fields) -> None:
-    """Write run_dir/status.json atomically (temporary file + rename)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".status.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(fields) + "\n", encoding="utf-8")
-    os.replace(tmp, run_dir / "status.json")
-
-
-def read_status(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def _on_term(signum, frame) -> None:  # noqa: ARG001
@@ -99,14 +86,14 @@ def main(job_dir: str) -> int:
     phase = "starting"
     try:
         for phase, fn in phases:
-            write_status(run_dir, **base, state="running", phase=phase, pid=os.getpid())
+            write_status(run_dir, {**base, "state": "running", "phase": phase, "pid": os.getpid()})
             print(f"== {phase}", flush=True)
             fn()
         phase = "training"
         _raise_on_term = False  # from here SIGTERM only asks the trainer to stop (checkpoint first)
         if _stop.is_set():
             raise _Stopped()
-        write_status(run_dir, **base, state="running", phase="starting training", pid=os.getpid())
+        write_status(run_dir, {**base, "state": "running", "phase": "starting training", "pid": os.getpid()})
         print("== training", flush=True)
         from ..train import train
 
@@ -115,8 +102,8 @@ def main(job_dir: str) -> int:
         return 0
     except _Stopped:
         print(f"stopped while {phase}", flush=True)
-        write_status(run_dir, **{**base, **_keep(run_dir), "state": "stopped", "phase": f"stopped while {phase}",
-                                 "pid": None})
+        write_status(run_dir, {**base, **_keep(run_dir), "state": "stopped", "phase": f"stopped while {phase}",
+                                "pid": None})
         return 0
     except BaseException as exc:  # noqa: BLE001 - everything ends up in status.json, then the log
         from ..errors import is_user_error
@@ -129,8 +116,8 @@ def main(job_dir: str) -> int:
         msg = msg.replace("try --vocab-size", "try a Vocabulary size of")  # the app's name for the option
         status = read_status(run_dir)
         if status.get("state") != "failed" or not status.get("error"):
-            write_status(run_dir, **{**base, **_keep(run_dir), "state": "failed", "phase": f"failed while {phase}",
-                                 "error": f"{phase}: {msg}" if phase != "training" else msg, "pid": None})
+            write_status(run_dir, {**base, **_keep(run_dir), "state": "failed", "phase": f"failed while {phase}",
+                                "error": f"{phase}: {msg}" if phase != "training" else msg, "pid": None})
         return 1
 
 

@@ -3,23 +3,19 @@
 push runs to a hub and download versions. No Gradio here."""
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import OpenLLMError
+from ..rundir import checkpoint_steps, read_metrics
 from .forms import FormError, PushRequest, SamplingRequest, parse_hub_ref
-from .monitor import read_metrics
 from .runner import run_status
 from .workspace import Workspace, WorkspaceError, check_name
 
-__all__ = ["RunInfo", "list_runs", "checkpoints", "model_choices", "resolve_model", "ModelCache",
+__all__ = ["RunInfo", "list_runs", "model_choices", "resolve_model", "ModelCache",
            "stream_completion", "hub_versions", "push_run", "download_version"]
-
-_STEP = re.compile(r"^step_(\d+)$")
-
 
 @dataclass
 class RunInfo:
@@ -32,25 +28,13 @@ class RunInfo:
     error: str | None
 
 
-def checkpoints(run_dir: Path) -> list[int]:
-    """Steps of the complete checkpoints of a run (folders step_NNNNNNNN holding model.safetensors)."""
-    d = Path(run_dir) / "checkpoints"
-    out = []
-    if d.is_dir():
-        for p in d.iterdir():
-            m = _STEP.match(p.name)
-            if m and p.is_dir() and (p / "model.safetensors").is_file():
-                out.append(int(m.group(1)))
-    return sorted(out)
-
-
 def list_runs(ws: Workspace) -> list[RunInfo]:
     infos = []
     for name in ws.run_names():
         st = run_status(ws, name)
         vals = [r["val_loss"] for r in read_metrics(ws.run_dir(name)) if isinstance(r.get("val_loss"), (int, float))]
         infos.append(RunInfo(name=name, state=st.state, step=st.step, max_steps=st.max_steps,
-                             checkpoints=checkpoints(ws.run_dir(name)), best_val_loss=min(vals) if vals else None,
+                             checkpoints=checkpoint_steps(ws.run_dir(name)), best_val_loss=min(vals) if vals else None,
                              error=st.error))
     return infos
 
@@ -83,7 +67,7 @@ def resolve_model(ws: Workspace, choice: str) -> str:
         folder = ws.run_dir(name) if kind == "run" else ws.models_dir / name
         if not folder.is_dir() or not ws.contains(folder):
             raise FormError("Model", f"{rest!r} is not in the workspace any more")
-        if kind == "run" and not checkpoints(folder):
+        if kind == "run" and not checkpoint_steps(folder):
             raise FormError("Model", f"run {name!r} has no checkpoint yet")
         return str(folder.resolve())
     ref = rest if kind == "hub" else choice
@@ -101,7 +85,7 @@ class ModelCache:
 
     def get(self, source: str, hub: Any = None):
         path = Path(source)
-        stamp = tuple(checkpoints(path)[-1:]) if path.is_dir() else ()
+        stamp = tuple(checkpoint_steps(path)[-1:]) if path.is_dir() else ()
         key = (source, stamp)
         with self._lock:
             if self._key != key:
@@ -159,7 +143,7 @@ def push_run(ws: Workspace, req: PushRequest) -> dict[str, Any]:
     st = run_status(ws, req.run_name)
     if st.active:
         raise FormError("Run", f"{req.run_name!r} is still training; stop it or wait until it finishes")
-    if not checkpoints(run_dir):
+    if not checkpoint_steps(run_dir):
         raise FormError("Run", f"{req.run_name!r} has no checkpoint to push")
     from ..hub import RevisionExists, push_model
 

@@ -10,29 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_metrics", "Progress", "progress", "format_duration", "loss_figure", "tail_log", "memory_usage",
+from ..rundir import read_metrics
+
+__all__ = ["Progress", "progress", "format_duration", "loss_figure", "tail_log", "memory_usage",
            "format_progress"]
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of run_dir/metrics.jsonl; a line being written (incomplete JSON) is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    out: list[dict[str, Any]] = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
-                    out.append(rec)
-    except OSError:
-        pass
-    return out
 
 
 @dataclass

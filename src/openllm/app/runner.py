@@ -5,7 +5,6 @@ down and the app can be restarted while a run continues: the job's pid is kept i
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OpenLLMError
+from ..rundir import read_json, read_status, write_json_atomic, write_status
 from .forms import TrainRequest
 from .workspace import Workspace, WorkspaceError
 
@@ -59,14 +59,6 @@ class RunStatus:
         return self.state == "running" and self.alive
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -82,7 +74,7 @@ def _pid_alive(pid: int | None) -> bool:
 def run_status(ws: Workspace, name: str, *, alive: bool | None = None) -> RunStatus:
     """The status of run ``name`` from its status.json; a run whose process is gone while status.json still
     says running is reported as failed."""
-    status = _read_json(ws.run_dir(name) / "status.json")
+    status = read_status(ws.run_dir(name))
     state = status.get("state") or "not started"
     if alive is None:
         alive = _pid_alive(status.get("pid"))
@@ -110,7 +102,7 @@ class Runner:
         if self._proc is not None and self._proc.poll() is not None:
             self._reaped(self._proc)
             self._proc = None
-        info = _read_json(self._active_file)
+        info = read_json(self._active_file)
         name, pid = info.get("run"), info.get("pid")
         if not name or not pid:
             return None
@@ -123,15 +115,13 @@ class Runner:
     def _reaped(self, proc: subprocess.Popen) -> None:
         """A job killed by our SIGTERM before it could record anything (it was still starting) is stopped,
         not failed."""
-        info = _read_json(self._active_file)
+        info = read_json(self._active_file)
         if info.get("pid") != proc.pid or proc.returncode != -signal.SIGTERM:
             return
-        from .job import write_status
-
         run_dir = self.ws.run_dir(info["run"])
-        status = _read_json(run_dir / "status.json")
+        status = read_status(run_dir)
         if status.get("state") == "running":
-            write_status(run_dir, **{**status, "state": "stopped", "phase": "stopped while starting", "pid": None})
+            write_status(run_dir, {**status, "state": "stopped", "phase": "stopped while starting", "pid": None})
 
     @staticmethod
     def _is_our_job(pid: int) -> bool:
@@ -168,11 +158,9 @@ class Runner:
         request.config.save(job_dir / "config.json")
         spec = {"run_dir": str(run_dir), "inputs": inputs, "vocab_size": request.vocab_size,
                 "max_steps": request.config.train.max_steps}
-        (job_dir / "job.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-        from .job import write_status
-
-        write_status(run_dir, state="running", phase="starting", error=None, step=0,
-                     max_steps=request.config.train.max_steps, pid=None)
+        write_json_atomic(job_dir / "job.json", spec)
+        write_status(run_dir, dict(state="running", phase="starting", error=None, step=0,
+                                   max_steps=request.config.train.max_steps, pid=None))
         log = open(job_dir / "log.txt", "ab")
         try:
             self._proc = subprocess.Popen(
@@ -182,9 +170,7 @@ class Runner:
             )
         finally:
             log.close()
-        tmp = self._active_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"run": name, "pid": self._proc.pid, "started": time.time()}), encoding="utf-8")
-        os.replace(tmp, self._active_file)
+        write_json_atomic(self._active_file, {"run": name, "pid": self._proc.pid, "started": time.time()})
         return name
 
     def _inputs(self, request: TrainRequest, job_dir: Path) -> list[str]:

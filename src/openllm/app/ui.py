@@ -15,7 +15,8 @@ from . import models as M  # noqa: E402
 from .forms import (CORPUS_EMBEDDED, CORPUS_UPLOAD, CORPUS_WORKSPACE, OPTIMIZERS, SCHEDULES,  # noqa: E402
                     FormError, parse_push_form, parse_sampling_form, parse_train_form, preset_fields)
 from .help import load_help  # noqa: E402
-from .monitor import format_progress, loss_figure, memory_usage, progress, read_metrics, tail_log  # noqa: E402
+from ..rundir import checkpoint_steps, read_metrics  # noqa: E402
+from .monitor import format_progress, loss_figure, memory_usage, progress, tail_log  # noqa: E402
 from .runner import Runner, RunnerError  # noqa: E402
 from .workspace import Workspace, WorkspaceError, default_workspace  # noqa: E402
 
@@ -174,7 +175,7 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
         mem = memory_usage(active[1] if active and active[0] == run else None)
         phase = f" — {html.escape(st.phase)}" if st.phase and st.state == "running" else ""
         error = f'<div class="msg-err" id="run-error">{html.escape(st.error)}</div>' if st.error else ""
-        ckpts = M.checkpoints(run_dir)
+        ckpts = checkpoint_steps(run_dir)
         ck = f"step {ckpts[-1]:,}" if ckpts else "none yet"
         running = st.state == "running"
         stats = [("Step", f["step"], "stat-step"), ("ETA", f["eta"] if running else "–", "stat-eta"),

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import OpenLLMError
-from .report import EVALUATION_FILE, markdown, read_json, write_json
+from ..rundir import EVALUATION
+from .report import markdown, write_json
 
-__all__ = ["evaluate", "evaluate_run", "evaluate_loaded", "find_data_dir", "markdown", "EVALUATION_FILE",
-           "read_json", "write_json"]
+__all__ = ["evaluate", "evaluate_run", "evaluate_loaded", "find_data_dir", "markdown", "write_json"]
 
 
 def evaluate_run(run_dir: str | Path, *, tasks: Sequence[str] | str = (), limit: int | None = None,
@@ -68,7 +68,7 @@ def evaluate(source: Any, *, text: str | Path | None = None, data: str | Path | 
         # beside the weights the model card is made from: the run folder, or a local export folder (never a
         # hub download's cache)
         folder = Path(loaded.info.get("run", loaded.path)) if loaded.kind == "run" else Path(loaded.path)
-        written.append(str(write_json(results, folder / EVALUATION_FILE)))
+        written.append(str(write_json(results, folder / EVALUATION)))
     if json_path is not None:
         written.append(str(write_json(results, json_path)))
     results["written"] = written

@@ -2,15 +2,13 @@
 docs/evaluation.md for its keys) and a markdown table with the baselines beside the model's numbers."""
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_json", "read_json", "markdown", "fmt", "EVALUATION_FILE"]
+from ..rundir import write_json_atomic
 
-EVALUATION_FILE = "evaluation.json"
+__all__ = ["write_json", "markdown", "fmt"]
 
 
 def _clean(x: Any) -> Any:
@@ -25,17 +23,11 @@ def _clean(x: Any) -> Any:
 
 
 def write_json(results: dict, path: str | Path) -> Path:
-    """Write atomically (a reader never sees half a file)."""
+    """Write results as JSON (inf/nan as null) atomically: a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_clean(results), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, _clean(results))
     return path
-
-
-def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def fmt(x: Any, digits: int = 4) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import OpenLLMError
 from .errors import RepositoryNotFound, UnsupportedOperation
 from .factory import get_hub
-from .facts import sha256_file
+from ..hashing import sha256_file
 from .ids import validate_repo_id, validate_tag
 from .models import REPLACE_ALL
 

@@ -2,7 +2,6 @@
 anything absent stays absent (the card never guesses)."""
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -10,12 +9,12 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .. import rundir
 from ..hashing import sha256_file
+from ..rundir import read_json
 
-__all__ = ["RunFacts", "collect_facts", "latest_checkpoint_dir", "code_commit", "sha256_file"]
-
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-
+__all__ = ["RunFacts", "collect_facts", "code_commit"]
 
 @dataclass
 class RunFacts:
@@ -49,22 +48,8 @@ class RunFacts:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def _finite(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
-
-
-def latest_checkpoint_dir(run: Path) -> Path | None:
-    steps = [(int(m.group(1)), p) for p in (run / "checkpoints").glob("step_*")
-             if (m := _STEP_DIR.match(p.name)) and (p / "model.safetensors").is_file()]
-    return max(steps)[1] if steps else None
 
 
 def code_commit(start: Path | None = None) -> str | None:
@@ -76,19 +61,6 @@ def code_commit(start: Path | None = None) -> str | None:
         return None
     out = proc.stdout.strip()
     return out if proc.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", out) else None
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    records = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a crash
-            if isinstance(rec, dict):
-                records.append(rec)
-    return records
 
 
 def _param_counts(model_cfg: dict[str, Any]) -> tuple[int | None, int | None]:
@@ -110,15 +82,15 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
     """Facts from a run folder (config.json + checkpoints/) or an export folder (openllm.json / config.json).
     ``count_params=False`` skips building the model on the meta device (no torch import)."""
     src = Path(source)
-    ckpt = latest_checkpoint_dir(src)
+    ckpt = rundir.latest_checkpoint(src)
     facts = RunFacts(source=src, kind="run" if ckpt is not None else "export")
     state: dict[str, Any] = {}
     if ckpt is not None:
-        state = _json(ckpt / "state.json")
-        cfg = _json(src / "config.json") or state.get("config") or {}
-        facts.step = int(state["step"]) if isinstance(state.get("step"), int) else int(ckpt.name[5:])
+        state = read_json(ckpt / "state.json")
+        cfg = read_json(src / "config.json") or state.get("config") or {}
+        facts.step = int(state["step"]) if isinstance(state.get("step"), int) else rundir.step_of(ckpt)
     else:
-        cfg = _json(src / "openllm.json") or _json(src / "config.json")
+        cfg = read_json(src / "openllm.json") or read_json(src / "config.json")
         cfg = {k: v for k, v in cfg.items() if k != "format"}
         for key in ("step", "training_step"):
             if isinstance(cfg.get(key), int):
@@ -131,7 +103,7 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
     facts.elapsed_s = _finite(state.get("elapsed_s"))
     facts.precision = state.get("precision") if isinstance(state.get("precision"), str) else None
     facts.world_size = state.get("world_size") if isinstance(state.get("world_size"), int) else None
-    facts.status = _json(src / "status.json")
+    facts.status = rundir.read_status(src)
     for d in (state, facts.status):
         for key in ("device_name", "device", "hardware", "gpu"):
             if isinstance(d.get(key), str) and d[key]:
@@ -143,7 +115,7 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
         facts.code_commit = code_commit()
         facts.code_commit_origin = "push" if facts.code_commit else None
 
-    metrics = _read_metrics(src / "metrics.jsonl")
+    metrics = rundir.read_metrics(src)
     if facts.step is not None:
         metrics = [r for r in metrics if not isinstance(r.get("step"), int) or r["step"] <= facts.step]
     facts.metrics = metrics
@@ -167,12 +139,12 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
             if isinstance(r.get("device"), str):
                 facts.device = r["device"]
 
-    facts.evaluation = _json(src / "evaluation.json")
+    facts.evaluation = rundir.read_evaluation(src)
     tok_model = next((p for p in (src / "tokenizer" / "tokenizer.model", src / "tokenizer.model") if p.is_file()), None)
     facts.tokenizer_sha256 = state.get("tokenizer_sha256") or (sha256_file(tok_model) if tok_model else None)
     data_dir = state.get("data_dir")
     if isinstance(data_dir, str) and (Path(data_dir) / "meta.json").is_file():
-        meta = _json(Path(data_dir) / "meta.json")
+        meta = read_json(Path(data_dir) / "meta.json")
         facts.data_sources = {k: v for k, v in (meta.get("sources") or {}).items() if isinstance(v, dict)}
         facts.data_splits = {k: {"tokens": v.get("tokens"), "documents": v.get("documents")}
                              for k, v in (meta.get("splits") or {}).items() if isinstance(v, dict)}
