@@ -19,7 +19,7 @@ from openllm.model import Transformer
 from openllm.rundir import checkpoint_dir, clean_temporary, latest_checkpoint, list_checkpoints, read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_loader import random_data  # noqa: E402
+from test_batches import random_data  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

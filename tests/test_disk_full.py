@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_loader import random_data  # noqa: E402
+from test_batches import random_data  # noqa: E402
 
 LIMIT = 200_000  # bytes: larger than any log or metrics file here, smaller than a checkpoint's weights
 

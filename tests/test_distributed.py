@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from openllm.rundir import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_loader import random_data  # noqa: E402
+from test_batches import random_data  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from conftest import run_cli
 from openllm.quickstart import unigram_baseline
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_loader import write_shards  # noqa: E402
+from test_batches import write_shards  # noqa: E402
 
 # one thread: on a shared CI box two OpenMP threads wait on each other when the other core is busy
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

@@ -72,7 +72,7 @@ def test_parallel_workers_and_small_shards_give_the_same_stream(prepared, tmp_pa
 
 @pytest.mark.slow
 def test_the_training_loader_reads_the_shards(prepared, tmp_path):
-    from openllm.loader import TokenShards
+    from openllm.batches import TokenShards
 
     root, _ = prepared
     meta = tokenize_corpus(root / "data", root / "tok", tmp_path / "tokens", workers=1, shard_tokens=60_000,

@@ -20,7 +20,7 @@ from openllm.optim import lr_at, param_groups
 from openllm.train import TrainingDiverged, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_loader import random_data  # noqa: E402
+from test_batches import random_data  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 __all__ = ["DistInfo", "init_distributed", "shutdown", "wrap_model", "no_grad_sync", "all_reduce",
-           "broadcast_object", "gather_objects", "full_state", "load_full_state"]
+           "gather_objects", "full_state", "load_full_state"]
 
 
 @dataclass
@@ -116,14 +116,6 @@ def all_reduce(t: torch.Tensor, info: DistInfo, op: str = "sum") -> torch.Tensor
     if info.enabled:
         dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return t
-
-
-def broadcast_object(obj: Any, info: DistInfo) -> Any:
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:

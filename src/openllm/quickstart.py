@@ -44,7 +44,7 @@ def unigram_baseline(data_dir: str | Path, seq_len: int) -> tuple[float, int]:
     token frequencies (add-one smoothed). Scored on exactly the tokens :class:`SequentialWindows` scores, so
     it compares with the model's full-val loss. Returns (loss, tokens scored)."""
     from .evaluate.baselines import UnigramLM, unigram_counts
-    from .loader import SequentialWindows, TokenShards
+    from .batches import SequentialWindows, TokenShards
 
     train = TokenShards(data_dir, "train")
     logp = UnigramLM(unigram_counts(train.shards, train.vocab_size)).logp.double().numpy()
@@ -58,7 +58,7 @@ def full_val_loss(model, data_dir: str | Path, seq_len: int, batch_size: int = 1
     """The model's mean loss over every val window (the same tokens :func:`unigram_baseline` scores)."""
     import torch
 
-    from .loader import SequentialWindows
+    from .batches import SequentialWindows
 
     total, count = 0.0, 0
     model.eval()

@@ -180,7 +180,7 @@ def _check_vocab(cfg: Config, meta: dict[str, Any], vocab_from_data: bool, resum
 @torch.no_grad()
 def _evaluate(model, data, cfg: Config, seq_len: int, info, precision: str) -> float | None:
     from .distributed import all_reduce
-    from .loader import SequentialWindows
+    from .batches import SequentialWindows
 
     windows = SequentialWindows(data, cfg.train.micro_batch_size, seq_len, split="val",
                                 max_batches=cfg.train.eval_batches, rank=info.rank,
@@ -226,7 +226,7 @@ def train(
     NaN/inf loss and :class:`OpenLLMError` for user errors; ``status.json`` says ``failed`` in both cases.
     """
     from . import distributed as D
-    from .loader import RandomWindowLoader, TokenShards, read_meta
+    from .batches import RandomWindowLoader, TokenShards, read_meta
 
     out = Path(out_dir)
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))

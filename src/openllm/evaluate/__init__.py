@@ -127,7 +127,7 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
             models["random_init"] = fresh
         if data_dir is not None and (Path(data_dir) / "meta.json").is_file():
             try:
-                from ..loader import TokenShards
+                from ..batches import TokenShards
 
                 train = TokenShards(data_dir, "train")
                 unigram = UnigramLM(unigram_counts(train.shards, cfg.model.vocab_size))
@@ -182,7 +182,7 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
 
 
 def _check_same_tokenizer(data_dir: Path, tok) -> None:
-    from ..loader import read_meta
+    from ..batches import read_meta
 
     want = read_meta(data_dir).get("tokenizer_sha256")
     have = getattr(tok, "sha256", None)

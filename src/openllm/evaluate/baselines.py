@@ -9,8 +9,6 @@ Both are plain ``model(idx) -> logits`` modules, so they go through exactly the 
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -71,7 +69,3 @@ def random_init_like(model, *, seed: int = 0):
         torch.random.set_rng_state(state)
     p = next(model.parameters())
     return fresh.to(device=p.device, dtype=p.dtype).eval()
-
-
-def uniform_loss(vocab_size: int) -> float:
-    return math.log(vocab_size)

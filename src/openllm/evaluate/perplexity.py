@@ -182,7 +182,7 @@ def val_split_text(data_dir: str | Path, tokenizer, *, max_tokens: int | None = 
     the text that was tokenized. Each EOS counts as one byte: it stands for the separator between documents,
     as a newline does between lines of a text file. ``max_tokens`` keeps the documents that fit (at least a
     prefix of the first)."""
-    from ..loader import TokenShards
+    from ..batches import TokenShards
 
     shards = TokenShards(data_dir, "val")
     eos = int(shards.meta.get("eos_id", tokenizer.eos_id))

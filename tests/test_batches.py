@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from openllm.batches import RandomWindowLoader, SequentialWindows, TokenShards, read_meta
 from openllm.errors import OpenLLMError
-from openllm.loader import RandomWindowLoader, SequentialWindows, TokenShards, read_meta
 
 
 def write_shards(out, splits: dict, vocab_size: int = 64, dtype: str = "uint16") -> "Path":
