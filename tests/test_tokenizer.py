@@ -144,3 +144,49 @@ def test_cli_train_tokenizer(tmp_path, shared_data):
     assert bad.returncode == 2
     assert re.search(r"error: vocab size 900000 is too large .*try --vocab-size \d+", bad.stderr)
     assert "Traceback" not in bad.stderr
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello!"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello!"},
+     {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "And the earth?"}],
+    [{"role": "system", "content": "  Speak\nplainly. "}, {"role": "user", "content": "<|user|> day and night"},
+     {"role": "assistant", "content": "And God said"}, {"role": "user", "content": "café 日本語"},
+     {"role": "assistant", "content": "Let there be light"}],
+]
+
+
+def test_chat_template_renders_a_plain_transcript():
+    from openllm.tokenizer import apply_chat_template
+
+    text = apply_chat_template(CONVERSATIONS[1])
+    assert text == "<s>System: You are terse.\nUser: Hello!\nAssistant: Hi.</s>\nUser: And the earth?\nAssistant:"
+    assert apply_chat_template(CONVERSATIONS[0], add_generation_prompt=False) == "<s>User: Hello!\n"
+    with pytest.raises(OpenLLMError, match="not tool"):
+        apply_chat_template([{"role": "tool", "content": "x"}])
+
+
+def test_transformers_applies_the_same_chat_template(small_tok):
+    from transformers import AutoTokenizer
+
+    from openllm.tokenizer import apply_chat_template
+
+    hf = AutoTokenizer.from_pretrained(str(small_tok.dir))
+    for msgs in CONVERSATIONS:
+        for gen in (True, False):
+            text = hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+            assert text == apply_chat_template(msgs, add_generation_prompt=gen)
+            ids = hf.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen)
+            ids = ids["input_ids"] if not isinstance(ids, list) else ids
+            assert list(ids) == small_tok.encode_chat(msgs, add_generation_prompt=gen)
+    assert small_tok.encode_chat(CONVERSATIONS[1])[0] == small_tok.bos_id
+    assert small_tok.eos_id in small_tok.encode_chat(CONVERSATIONS[1])
+
+
+def test_hf_tokenizer_config_behaves_alike_across_transformers_versions(small_tok):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(small_tok.dir))
+    enc = hf(["And God said", "light"], padding=True)
+    assert set(enc.keys()) == {"input_ids", "attention_mask"}
+    assert hf.padding_side == "left" and enc["attention_mask"][1][0] == 0

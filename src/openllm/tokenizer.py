@@ -35,6 +35,8 @@ __all__ = [
     "BOS_ID",
     "EOS_ID",
     "TOKENIZER_FILES",
+    "CHAT_TEMPLATE",
+    "apply_chat_template",
 ]
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -42,6 +44,26 @@ SPECIAL_TOKENS = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}
 MODEL_FILE = "tokenizer.model"
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TOKENIZER_FILES = (MODEL_FILE, *HF_FILES, "openllm_tokenizer.json")
+# The one chat template (Jinja, rendered as transformers renders ``chat_template``). Our models are base models
+# trained on plain text with no chat tokens, so a conversation is a plain transcript they can continue:
+#   <s>System: You are terse.\nUser: Hello!\nAssistant: Hi.</s>\nUser: What is 2+2?\nAssistant:
+# ``developer`` is OpenAI's newer name for the system role. The reply is what the model writes after
+# ``Assistant:``, up to EOS or the model starting the next turn ("\nUser:").
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] in ['system', 'developer'] %}"
+    "{{ 'System: ' + message['content'] | trim + '\n' }}"
+    "{% elif message['role'] == 'user' %}"
+    "{{ 'User: ' + message['content'] | trim + '\n' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ 'Assistant: ' + message['content'] | trim + eos_token + '\n' }}"
+    "{% else %}"
+    "{{ raise_exception('chat roles are system, user and assistant, not ' + message['role']) }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
 # a "sentence" longer than this is cut into pieces for training (SentencePiece skips longer ones)
 _MAX_SENTENCE_CHARS = 8192
 DEFAULT_MAX_SENTENCES = 2_000_000
@@ -132,6 +154,21 @@ class Tokenizer:
     def piece_to_id(self, piece: str) -> int:
         return self._sp.piece_to_id(piece)
 
+    def encode_chat(self, messages: Sequence[dict], *, add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of :func:`apply_chat_template`'s text, the BOS and EOS in it as their ids: the ids
+        transformers' ``apply_chat_template(messages, add_generation_prompt=...)`` gives for our export."""
+        text = apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        bos, eos = SPECIAL_TOKENS["bos"], SPECIAL_TOKENS["eos"]
+        ids: list[int] = []
+        for part in re.split(f"({re.escape(bos)}|{re.escape(eos)})", text):
+            if part == bos:
+                ids.append(BOS_ID)
+            elif part == eos:
+                ids.append(EOS_ID)
+            elif part:
+                ids.extend(self._sp.encode(part))
+        return ids
+
     @property
     def user_tokens(self) -> list[str]:
         from sentencepiece import sentencepiece_model_pb2 as pb
@@ -142,6 +179,44 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({str(self.dir)!r}, vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# chat
+# ---------------------------------------------------------------------------------------------------------------
+def apply_chat_template(messages: Sequence[dict], *, add_generation_prompt: bool = True,
+                        bos_token: str = SPECIAL_TOKENS["bos"], eos_token: str = SPECIAL_TOKENS["eos"]) -> str:
+    """The text of :data:`CHAT_TEMPLATE` for ``messages`` (dicts with ``role`` and ``content``), rendered the way
+    transformers' ``tokenizer.apply_chat_template(messages, tokenize=False)`` renders it, so both give the same
+    string. An unknown role is a user error."""
+    try:
+        return _chat_template().render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                       bos_token=bos_token, eos_token=eos_token)
+    except _ChatTemplateError as exc:
+        raise OpenLLMError(str(exc)) from None
+
+
+class _ChatTemplateError(Exception):
+    pass
+
+
+def _raise(message: str):
+    raise _ChatTemplateError(message)
+
+
+_COMPILED = None
+
+
+def _chat_template():
+    global _COMPILED
+    if _COMPILED is None:
+        # transformers' settings (chat_template_utils._compile_jinja_template): a sandbox, trim/lstrip blocks
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise
+        _COMPILED = env.from_string(CHAT_TEMPLATE)
+    return _COMPILED
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -412,22 +487,36 @@ def build_hf_tokenizer(model_path: str | os.PathLike):
     return tok
 
 
-def write_hf_files(model_path: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+def hf_tokenizer_config(*, model_max_length: int | None = None) -> dict:
+    """``tokenizer_config.json`` for our tokenizer: the same behaviour on every transformers we admit (4.45 to
+    5.x): no ``token_type_ids`` (Llama takes none, and generate() refuses unknown inputs), left padding (a batch
+    of prompts then ends where generation starts), the chat template, and ``model_max_length`` = the model's
+    context when known (so ``truncation=True`` cuts there)."""
+    return {
+        # the generic fast class loads tokenizer.json as written; a model-specific class would rebuild the pipeline
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": SPECIAL_TOKENS["bos"],
+        "eos_token": SPECIAL_TOKENS["eos"],
+        "unk_token": SPECIAL_TOKENS["unk"],
+        "pad_token": SPECIAL_TOKENS["pad"],
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": int(model_max_length) if model_max_length else 1_000_000_000,
+        "padding_side": "left",
+        "chat_template": CHAT_TEMPLATE,
+    }
+
+
+def write_hf_files(model_path: str | os.PathLike, out_dir: str | os.PathLike, *,
+                   model_max_length: int | None = None) -> None:
     """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` next to the model."""
     out = Path(out_dir)
     tok = build_hf_tokenizer(model_path)
     write_bytes_atomic(out / "tokenizer.json", tok.to_str(pretty=True).encode())
     special = {"bos_token": SPECIAL_TOKENS["bos"], "eos_token": SPECIAL_TOKENS["eos"],
                "unk_token": SPECIAL_TOKENS["unk"], "pad_token": SPECIAL_TOKENS["pad"]}
-    config = {
-        # the generic fast class loads tokenizer.json as written; a model-specific class would rebuild the pipeline
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        **special,
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": 1_000_000_000,
-        "padding_side": "right",
-    }
+    config = hf_tokenizer_config(model_max_length=model_max_length)
     write_bytes_atomic(out / "tokenizer_config.json", (json.dumps(config, indent=2) + "\n").encode())
     write_bytes_atomic(out / "special_tokens_map.json", (json.dumps(special, indent=2) + "\n").encode())
