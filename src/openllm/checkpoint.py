@@ -8,6 +8,10 @@ middle of a write leaves the previous checkpoint untouched. ``state.json`` is wr
 output head is the token embedding and only ``tok_embeddings.weight`` is stored. ``optimizer.pt`` is
 ``torch.save({"optimizer": ..., "scaler": ...})`` and is read with ``weights_only=True``.
 
+``state.json`` records the size and sha256 of the other two files (``files``): :func:`verify_checkpoint` checks
+them and names the damaged file, and a resumed run falls back to the newest intact checkpoint
+(:func:`latest_intact_checkpoint`).
+
 Where checkpoints live, which are complete and which is the latest or best is :mod:`rundir`'s to say; this
 module writes and reads what is inside one.
 """
@@ -26,16 +30,25 @@ import torch
 
 from . import rundir
 from .errors import DISK_FULL_HINT, OpenLLMError, is_disk_full
+from .hashing import sha256_file
 
 __all__ = [
+    "CheckpointDamaged",
     "save_checkpoint",
+    "verify_checkpoint",
+    "latest_intact_checkpoint",
     "load_state",
     "load_optimizer_state",
     "model_state_dict",
     "load_model_weights",
+    "read_safetensors",
     "rng_state",
     "set_rng_state",
 ]
+
+
+class CheckpointDamaged(OpenLLMError):
+    """A checkpoint's file is missing, truncated or altered since it was written."""
 
 
 # --- model weights ------------------------------------------------------------------------------------------
@@ -49,16 +62,26 @@ def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
-def load_model_weights(model: torch.nn.Module, source: str | Path) -> torch.nn.Module:
-    """Load ``model.safetensors`` (a file, or a checkpoint/export folder holding one) into ``model``."""
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a truncated or altered file is :class:`CheckpointDamaged`."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointDamaged(f"{path} cannot be read ({' '.join(str(exc).split())[:120]}): the file is "
+                                f"damaged; restore it or use an earlier checkpoint") from None
+
+
+def load_model_weights(model: torch.nn.Module, source: str | Path) -> torch.nn.Module:
+    """Load ``model.safetensors`` (a file, or a checkpoint/export folder holding one) into ``model``."""
     path = Path(source)
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
         raise OpenLLMError(f"no model weights at {path}")
-    sd = load_file(str(path))
+    sd = read_safetensors(path)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     tied = getattr(getattr(model, "cfg", None), "tie_embeddings", False)
     missing = [k for k in missing if not (tied and k == "lm_head.weight")]
@@ -131,8 +154,10 @@ def save_checkpoint(
     try:
         save_file(model_state, str(tmp / rundir.WEIGHTS), metadata={"format": "pt", "step": str(step)})
         torch.save(optimizer_state, tmp / rundir.OPTIMIZER)
+        files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+                 for name in (rundir.WEIGHTS, rundir.OPTIMIZER)}
         with open(tmp / rundir.STATE, "w", encoding="utf-8") as f:  # last: its presence marks a complete write
-            json.dump({**state, "step": step}, f, indent=2)
+            json.dump({**state, "step": step, "files": files}, f, indent=2)
             f.write("\n")
         for name in (rundir.WEIGHTS, rundir.OPTIMIZER, rundir.STATE):
             rundir.fsync_file(tmp / name)
@@ -165,11 +190,66 @@ def save_checkpoint(
 
 
 def load_state(ckpt: str | Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint; a missing or damaged one is :class:`CheckpointDamaged` naming it."""
     path = Path(ckpt) / rundir.STATE
     if not path.is_file():
         raise OpenLLMError(f"{ckpt} is not a checkpoint (no state.json)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        state = rundir.load_json(path, what="checkpoint state")
+    except OpenLLMError as exc:
+        raise CheckpointDamaged(str(exc)) from None
+    if not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool):
+        raise CheckpointDamaged(f"{path}: 'step' must be an integer, found {state.get('step')!r}: the file is "
+                                f"damaged; resume from an earlier checkpoint")
+    return state
+
+
+def verify_checkpoint(ckpt: str | Path, *, optimizer: bool = True) -> dict[str, Any]:
+    """Check a checkpoint's files against the sizes and checksums its ``state.json`` recorded; returns the
+    state. Checkpoints written before checksums existed are checked for presence only."""
+    ckpt = Path(ckpt)
+    state = load_state(ckpt)
+    names = [rundir.WEIGHTS] + ([rundir.OPTIMIZER] if optimizer else [])
+    recorded = state.get("files") if isinstance(state.get("files"), dict) else {}
+    for name in names:
+        path = ckpt / name
+        if not path.is_file():
+            raise CheckpointDamaged(f"{path} is missing: the checkpoint is incomplete; resume from an earlier "
+                                    f"checkpoint or start the run again")
+        want = recorded.get(name)
+        if not isinstance(want, dict):
+            continue
+        size = path.stat().st_size
+        if size != want.get("bytes"):
+            raise CheckpointDamaged(f"{path} is damaged ({size:,} bytes, {want.get('bytes'):,} were written); "
+                                    f"resume from an earlier checkpoint")
+        if sha256_file(path) != want.get("sha256"):
+            raise CheckpointDamaged(f"{path} is damaged (its sha256 differs from the one written); resume from "
+                                    f"an earlier checkpoint")
+    return state
+
+
+def latest_intact_checkpoint(run_dir: str | Path, *, warn: Any = None) -> Path | None:
+    """The newest checkpoint whose files verify; each damaged newer one is reported through ``warn(message)``."""
+    for ckpt in reversed(rundir.list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(ckpt)
+        except CheckpointDamaged as exc:
+            if warn is not None:
+                warn(f"skipping {ckpt.name}: {exc}")
+            continue
+        return ckpt
+    return None
 
 
 def load_optimizer_state(ckpt: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    return torch.load(Path(ckpt) / rundir.OPTIMIZER, map_location=map_location, weights_only=True)
+    """``optimizer.pt`` read with ``weights_only=True``; a damaged file is :class:`CheckpointDamaged`."""
+    path = Path(ckpt) / rundir.OPTIMIZER
+    if not path.is_file():
+        raise CheckpointDamaged(f"{path} is missing: this checkpoint cannot be resumed (its weights can still "
+                                f"be exported or evaluated); resume from an earlier checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for a damaged file
+        raise CheckpointDamaged(f"{path} cannot be read ({type(exc).__name__}): the file is damaged; resume "
+                                f"from an earlier checkpoint") from None

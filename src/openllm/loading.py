@@ -99,18 +99,18 @@ def detect_kind(path: Path) -> str:
 def read_state_dict(folder: Path) -> dict[str, Any]:
     """Every tensor of a folder's weights: model.safetensors, a sharded safetensors index, or (for old
     Hugging Face folders) pytorch_model.bin read with ``weights_only=True``."""
-    from safetensors.torch import load_file
+    from .checkpoint import read_safetensors
 
     folder = Path(folder)
     single = folder / "model.safetensors"
     if single.is_file():
-        return load_file(str(single))
+        return read_safetensors(single)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(load_json(index)["weight_map"].values()))
         out: dict[str, Any] = {}
         for shard in shards:
-            out.update(load_file(str(folder / shard)))
+            out.update(read_safetensors(folder / shard))
         return out
     pt = folder / "pytorch_model.bin"
     if pt.is_file():
