@@ -6,6 +6,7 @@ card. A preset file holds three sections::
     {"model": {...}, "train": {...}, "data": {...}}
 
 Loading validates every field and fails with :class:`ConfigError`, a one-line message naming the field.
+Overrides (``--set train.lr=3e-4``) are parsed here too: :func:`parse_overrides`, :func:`apply_overrides`.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError
 
@@ -28,6 +29,9 @@ __all__ = [
     "load_config",
     "preset_names",
     "find_preset",
+    "parse_overrides",
+    "apply_overrides",
+    "override_keys",
 ]
 
 
@@ -272,6 +276,90 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+# --- overrides (--set section.key=value) -----------------------------------------------------------------
+
+def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``["train.lr=3e-4", "model.n_layers=2"]`` -> ``{"train": {"lr": 0.0003}, "model": {"n_layers": 2}}``.
+
+    A value is JSON (``3e-4``, ``true``, ``null``, ``"text"``) or a bare word for a text field
+    (``train.schedule=wsd``); a later override of the same key wins. Every key must name a field and every value
+    must have the field's type, else :class:`ConfigError` names the override and, for a bad key, the nearest
+    valid one. Ranges and cross-field rules are checked when the overrides are applied (:meth:`Config.replace`).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        section, _, name = key.partition(".")
+        if not sep or not key:
+            raise ConfigError(f"config override {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=3e-4")
+        klass = _SECTIONS.get(section)
+        if klass is None or name not in _field_types(klass):
+            raise ConfigError(f"config override {item!r}: unknown key {key}{_suggest_key(key)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text  # a bare word such as wsd
+        out.setdefault(section, {})[name] = _typed(item, key, value, text, _field_types(klass)[name])
+    return out
+
+
+def apply_overrides(cfg: Config, items: Iterable[str] | None) -> Config:
+    """``cfg`` with the ``section.key=value`` overrides applied and the result validated (no items: ``cfg``)."""
+    sections = parse_overrides(items or ())
+    return cfg.replace(**sections) if sections else cfg
+
+
+def override_keys() -> list[str]:
+    """Every key an override may set, e.g. ``train.lr``."""
+    return [f"{section}.{name}" for section, klass in _SECTIONS.items() for name in _field_types(klass)]
+
+
+def _field_types(klass: type) -> dict[str, tuple[str, ...]]:
+    # annotations are strings here (``from __future__ import annotations``): "int", "float | None", ...
+    return {f.name: tuple(t.strip() for t in str(f.type).split("|")) for f in dataclasses.fields(klass)}
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def _typed(item: str, key: str, value: Any, text: str, types: tuple[str, ...]) -> Any:
+    if value is None and "None" in types:
+        return None
+    if "bool" in types and isinstance(value, bool):
+        return value
+    if not isinstance(value, bool):
+        if "int" in types and isinstance(value, int):
+            return value
+        if "float" in types and isinstance(value, (int, float)):
+            return float(value)
+        if "str" in types and isinstance(value, str):
+            return value
+    wanted = " or ".join(_TYPE_WORDS[t] for t in types if t in _TYPE_WORDS)
+    if "None" in types:
+        wanted += " or null"
+    raise ConfigError(f"config override {item!r}: {key} takes {wanted}, got {text!r}")
+
+
+def _suggest_key(key: str) -> str:
+    keys = override_keys()
+    section, _, name = key.partition(".")
+    # the right name in the wrong section, or no section at all (lr -> train.lr, model.lr -> train.lr)
+    same_name = [k for k in keys if k.split(".", 1)[1] == (name or section)]
+    if same_name:
+        return f" (did you mean {same_name[0]}?)"
+    if section in _SECTIONS:
+        names = list(_field_types(_SECTIONS[section]))
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        if close:
+            return f" (did you mean {section}.{close[0]}?)"
+        return f" ({section} keys: {', '.join(names)})"
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    return f" (sections: {', '.join(_SECTIONS)}; e.g. train.lr)"
+
+
 # --- presets -----------------------------------------------------------------------------------------------
 
 def _preset_dirs() -> list[Path]:
@@ -297,8 +385,11 @@ def find_preset(name: str) -> Path:
     raise ConfigError(f"unknown preset {name!r}{_suggest(name, preset_names())}")
 
 
-def load_config(path_or_preset: str | Path) -> Config:
-    """Load and validate a config from a JSON file or a preset name (``tiny``, ``small``, ...)."""
+def load_config(path_or_preset: str | Path | Config) -> Config:
+    """Load and validate a config from a JSON file or a preset name (``tiny``, ``small``, ...); a
+    :class:`Config` (e.g. one with overrides applied) is returned as it is."""
+    if isinstance(path_or_preset, Config):
+        return path_or_preset
     path = Path(path_or_preset)
     if not path.is_file():
         if path.suffix == ".json" or "/" in str(path_or_preset):

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .device import resolve_device
+
 __all__ = ["DistInfo", "init_distributed", "shutdown", "wrap_model", "no_grad_sync", "all_reduce",
            "gather_objects", "full_state", "load_full_state"]
 
@@ -44,19 +46,16 @@ class DistInfo:
 
 
 def _pick_device(requested: str | None, local_rank: int) -> torch.device:
-    if requested and requested != "auto":
-        dev = torch.device(requested)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", local_rank)
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+    dev = torch.device(resolve_device(requested))
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return dev
 
 
 def init_distributed(device: str | None = None, mode: str = "ddp") -> DistInfo:
     """Read torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE) and start the process group when there is
-    more than one process; pick the device (``cuda:LOCAL_RANK`` when GPUs exist, else CPU)."""
+    more than one process; pick the device (:func:`openllm.device.resolve_device`; a CUDA device without an
+    index becomes ``cuda:LOCAL_RANK``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

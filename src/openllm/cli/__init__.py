@@ -5,13 +5,12 @@ Each command lives in ``openllm/cli/<module>.py`` with two functions::
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...
     def run(args: argparse.Namespace) -> int: ...
 
-A command whose module does not exist yet is listed, and says so (exit 2) when called.
+Options that several commands share (``--hub``, ``--device``, ``--set``) come from :mod:`openllm.cli.common`.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 
@@ -40,10 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _module(name: str):
-    modname = f"{__name__}.{COMMANDS[name][0]}"
-    if importlib.util.find_spec(modname) is None:
-        return None
-    return importlib.import_module(modname)
+    return importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
@@ -57,11 +53,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         # only import the module of the command being run: --help stays fast
         if name == selected:
-            mod = _module(name)
-            if mod is not None:
-                mod.add_arguments(p)
-            else:
-                p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            _module(name).add_arguments(p)
     return parser
 
 
@@ -76,9 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     mod = _module(args.command)
-    if mod is None:
-        print(f"openllm {args.command}: not built yet", file=sys.stderr)
-        return 2
     debug = args.debug or os.environ.get("OPENLLM_DEBUG") == "1"
     try:
         return int(mod.run(args) or 0)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_hub_option
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="RUN_OR_MODEL",
@@ -11,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
     p.add_argument("--evaluate", action="store_true",
                    help="evaluate (val split, no tasks) the sources that have no evaluation.json yet")
-    p.add_argument("--hub", default=None, help="hub for OWNER/NAME@VERSION: local (default), hf or a folder")
+    add_hub_option(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_hub_option
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
@@ -21,7 +23,7 @@ def add_upload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default=None, help="where the text came from (default: from report.json)")
     p.add_argument("--version", default=None, help="also tag this upload with a version name")
     p.add_argument("-m", "--message", default=None, help="commit message")
-    p.add_argument("--hub", default=None, help="local (default), hf, a hub folder, or a git URL; see docs/hub.md")
+    add_hub_option(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_device_option, add_hub_option
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder, an export folder or OWNER/NAME@VERSION")
@@ -27,13 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-generation", action="store_true", help="skip the generation samples")
     p.add_argument("--no-baselines", action="store_true", help="skip the random-init and unigram baselines")
     p.add_argument("--no-write", action="store_true", help="do not write RUN/evaluation.json")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
-    p.add_argument("--hub", default=None, help="hub for OWNER/NAME@VERSION: local (default), hf or a folder")
+    add_device_option(p)
+    add_hub_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..device import resolve_device
     from ..errors import OpenLLMError
     from ..evaluate import evaluate, markdown
     from ..evaluate.generation_quality import GenerationSettings
@@ -46,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
         args.model, text=args.text, data=args.data, tasks=args.tasks, limit=args.limit, window=args.window,
         stride=args.stride, max_tokens=args.max_tokens, generation=not args.no_generation,
         gen_settings=GenerationSettings(seeds=seeds or (0,), max_new_tokens=args.max_new_tokens),
-        baselines=not args.no_baselines, harness=args.harness, batch_size=args.batch_size, device=args.device,
-        json_path=args.json, write=not args.no_write, hub=args.hub,
+        baselines=not args.no_baselines, harness=args.harness, batch_size=args.batch_size,
+        device=resolve_device(args.device), json_path=args.json, write=not args.no_write, hub=args.hub,
     )
     table = markdown(results)
     print(table)

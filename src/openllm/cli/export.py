@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_hub_option
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="RUN",
@@ -13,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--gguf-type", default="f16",
                    help="GGUF tensor types: f32, f16, q8_0, several with commas (default f16)")
-    p.add_argument("--hub", default=None, help="hub for OWNER/NAME@VERSION: local (default), hf, or a folder")
+    add_hub_option(p)
 
 
 def run(args: argparse.Namespace) -> int:

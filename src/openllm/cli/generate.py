@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .common import add_device_option, add_hub_option
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",
@@ -19,11 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated (one prompt)")
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantization (CPU): faster, slightly less exact")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
-    p.add_argument("--hub", default=None, help="hub for OWNER/NAME@VERSION: local (default), hf, or a folder")
+    add_device_option(p)
+    add_hub_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..device import AUTO, resolve_device
     from ..errors import OpenLLMError
     from ..generate import SamplingParams, generate_text, stream_text
     from ..loading import load
@@ -36,13 +39,15 @@ def run(args: argparse.Namespace) -> int:
         raise OpenLLMError(f"bad sampling option: {exc}") from None
     if args.stream and len(args.prompt) > 1:
         raise OpenLLMError("--stream takes one --prompt; drop --stream to generate a batch")
-    loaded = load(args.model, device=args.device, hub=args.hub)
+    # int8 kernels are CPU-only: with --int8, auto means the CPU
+    device = "cpu" if args.int8 and args.device == AUTO else resolve_device(args.device)
+    if args.int8 and device != "cpu":
+        raise OpenLLMError("--int8 runs on the CPU: drop --device or --int8")
+    loaded = load(args.model, device=device, hub=args.hub)
     model = loaded.model
     if args.int8:
         from ..export.quantize import quantize_int8
 
-        if args.device != "cpu":
-            raise OpenLLMError("--int8 runs on the CPU: drop --device or --int8")
         model = quantize_int8(model, inplace=True)
     if loaded.tokenizer is None:
         raise OpenLLMError(f"{args.model} has no tokenizer (tokenizer.model): cannot generate from text")

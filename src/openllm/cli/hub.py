@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-_HUB_HELP = "local (default), hf, a hub folder, or a git URL; see docs/hub.md"
+from .common import add_hub_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pull.add_argument("--out", required=True, metavar="DIR", help="an empty or new folder")
     sub.add_parser("list", help="list the model repos on the hub and their versions")
     for sp in (push, versions, pull, sub.choices["list"]):
-        sp.add_argument("--hub", default=None, help=_HUB_HELP)
+        add_hub_option(sp)
 
 
 def run(args: argparse.Namespace) -> int:

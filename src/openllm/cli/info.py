@@ -3,19 +3,22 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_config_overrides
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="a config JSON file or a preset name (tiny, small, medium, large)")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs (default: the config's)")
+    add_config_overrides(p)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..config import load_config
+    from ..config import apply_overrides, load_config
     from ..model import Transformer
 
-    cfg = load_config(args.config)
+    cfg = apply_overrides(load_config(args.config), args.set)
     m = cfg.model
     with torch.device("meta"):
         model = Transformer(m)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import os
 
+from .common import add_device_option, add_hub_option
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a run folder, an export folder, or OWNER/NAME@VERSION on the hub")
-    p.add_argument("--hub", default=None, help="hub for OWNER/NAME@VERSION: local (default), hf, or a folder")
+    add_hub_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--api-key", default=None,
@@ -15,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: $OPENLLM_API_KEY; none: open)")
     p.add_argument("--model-name", default=None,
                    help="the model id /v1/models reports (default: the MODEL argument's last part)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+    add_device_option(p)
     p.add_argument("--max-batch", type=int, default=32, help="most sequences generated together (default 32)")
     p.add_argument("--batch-window-ms", type=float, default=10.0,
                    help="how long the first request of a batch waits for others to join (default 10 ms)")
@@ -27,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..device import resolve_device
     from ..errors import OpenLLMError
     from ..serve import app_from_source, run_server
 
@@ -38,9 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     api_key = args.api_key or os.environ.get("OPENLLM_API_KEY") or None
     app = app_from_source(args.model, device=device, hub=args.hub, model_name=args.model_name, api_key=api_key,
                           max_batch=1 if args.no_batching else args.max_batch,

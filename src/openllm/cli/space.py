@@ -5,14 +5,14 @@ import argparse
 import sys
 import time
 
+from .common import add_hub_option
+
 
 def _common(p: argparse.ArgumentParser, *, space: bool = True) -> None:
     p.add_argument("--root", default=None, help="the main repository (default: found from the current folder)")
     if space:
-        from ..hub.factory import HUB_HELP
-
         p.add_argument("--space", default=None, help="the Space, OWNER/NAME (default: [space] id in space.toml)")
-        p.add_argument("--hub", default=None, help=HUB_HELP)
+        add_hub_option(p)
         p.add_argument("--retries", type=int, default=None,
                        help="attempts for each hub call on network errors (default 5; OPENLLM_SYNC_RETRIES)")
 
