@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,6 +40,8 @@ __all__ = [
     "write_evaluation", "read_json", "load_json",
     "write_json_atomic", "write_text_atomic", "write_bytes_atomic", "atomic_file", "atomic_output_dir",
     "fsync_dir", "fsync_file",
+    "LOCK", "RunLock", "lock_holder", "request_stop", "STATES", "ACTIVE_STATES", "END_STATES", "TRANSITIONS",
+    "check_transition", "divergence", "RunState", "run_state",
 ]
 
 CONFIG = "config.json"
@@ -307,3 +310,351 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, owned_marker: str) -> Itera
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# --- the run lock and the run's state -------------------------------------------------------------------------
+# One training at a time per run folder, whoever starts it (the CLI, the app, torchrun's rank 0): the trainer
+# holds an OS-level lock (flock) on RUN/.lock for as long as it runs, and writes its PID, start time, host and
+# command into that file. The kernel drops the lock when the process ends, however it ends, so a file left by
+# kill -9 is recognised as stale (its flock is free) and cleared.
+
+LOCK = ".lock"
+STOP_REQUEST = ".stop-requested"
+
+# a process that opened the lock file just before us may hold it for a moment before it writes its PID
+_LOCK_SETTLE_S = 0.5
+_held: dict[str, "RunLock"] = {}  # lock path -> the lock this process holds (acquire is re-entrant per process)
+
+
+def _lock_info(command: str | None = None, log: str | os.PathLike | None = None) -> dict[str, Any]:
+    import socket
+    import sys
+
+    info: dict[str, Any] = {
+        "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started_unix": time.time(), "host": socket.gethostname(),
+        "command": command if command is not None else " ".join(sys.argv),
+    }
+    if log is None:
+        log = _stdout_file()
+    if log is not None:
+        info["log"] = str(log)
+    return info
+
+
+def _stdout_file() -> str | None:
+    """The regular file this process's stderr (else stdout) goes to, if any: ``openllm train ... > x.log 2>&1``
+    leaves a log the app can show."""
+    for fd in (2, 1):
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if path.startswith("/") and os.path.isfile(path):
+            return path
+    return None
+
+
+def _read_only_error(run: Path, exc: OSError) -> OpenLLMError:
+    return OpenLLMError(f"run folder {run} is not writable ({exc.strerror or exc}): training needs to write its "
+                        f"lock, checkpoints and metrics there; train into a writable folder (--out)")
+
+
+class RunLock:
+    """The lock a training process holds on its run folder (``RUN/.lock``, flock, non-blocking).
+
+    ``acquire()`` raises :class:`OpenLLMError` naming the PID that holds it; re-acquiring in the process that
+    holds it is allowed (the app's job holds the lock while it prepares data, then the trainer in the same
+    process takes it again). Use as a context manager or call ``release()``."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, command: str | None = None,
+                 log: str | os.PathLike | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK
+        self.command = command
+        self.log = log
+        self._fd: int | None = None
+        self._outer: RunLock | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None or self._outer is not None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        key = str(self.path.absolute())
+        outer = _held.get(key)
+        if outer is not None:
+            self._outer = outer
+            return self
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _read_only_error(self.run_dir, exc) from None
+        deadline = time.monotonic() + _LOCK_SETTLE_S
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise _read_only_error(self.run_dir, exc) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_lock_fd(fd)
+                os.close(fd)
+                if holder.get("pid") or time.monotonic() >= deadline:
+                    raise OpenLLMError(_held_message(self.run_dir, holder)) from None
+                time.sleep(0.05)
+                continue
+            # the file may have been removed (released, or cleared as stale) between open and flock: then this
+            # lock is on a dead inode and a newer file may be locked by someone else; start over
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            break
+        try:
+            data = (json.dumps(_lock_info(self.command, self.log)) + "\n").encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise _read_only_error(self.run_dir, exc) from None
+        self._fd = fd
+        _held[key] = self
+        with contextlib.suppress(OSError):
+            (self.run_dir / STOP_REQUEST).unlink()  # a stop asked of an earlier process is not for this one
+        return self
+
+    def release(self) -> None:
+        if self._outer is not None:
+            self._outer = None
+            return
+        if self._fd is None:
+            return
+        _held.pop(str(self.path.absolute()), None)
+        with contextlib.suppress(OSError):
+            self.path.unlink()  # while still locked, so nobody sees an unlocked file with our PID in it
+        os.close(self._fd)  # drops the flock
+        self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _read_lock_fd(fd: int) -> dict[str, Any]:
+    try:
+        data = json.loads(os.pread(fd, 65536, 0).decode("utf-8", "replace") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _held_message(run: Path, holder: dict[str, Any]) -> str:
+    pid = holder.get("pid", "?")
+    where = f" on {holder['host']}" if holder.get("host") else ""
+    since = f" since {holder['started']}" if holder.get("started") else ""
+    return (f"run {run} is already being trained by PID {pid}{where}{since}: stop it first (Stop in the app, or "
+            f"kill -TERM {pid}) or wait until it ends")
+
+
+def lock_holder(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The live holder of the run's lock ({pid, started, host, command, log?}), or None when nobody holds it.
+    A lock file whose lock is free (its process died, e.g. by kill -9) is stale and is removed."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK
+    held = _held.get(str(path.absolute()))
+    if held is not None and held._fd is not None:
+        return _read_lock_fd(held._fd)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            # a shared lock only probes: a trainer's exclusive acquire fails for that instant (and retries)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info = _read_lock_fd(fd)
+            return info or {"pid": None}
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                path.unlink()  # stale: its process is gone
+        return None
+    finally:
+        os.close(fd)
+
+
+def request_stop(run_dir: str | os.PathLike) -> int:
+    """Ask the process that holds the run's lock to stop (SIGTERM: the trainer saves a checkpoint and ends
+    with state ``stopped``); returns its PID. Raises OpenLLMError when nothing holds the lock."""
+    import signal
+
+    holder = lock_holder(run_dir)
+    pid = holder.get("pid") if holder else None
+    if not isinstance(pid, int) or pid <= 0:
+        raise OpenLLMError(f"nothing is training run {Path(run_dir).name}: there is nothing to stop")
+    with contextlib.suppress(OSError):
+        write_json_atomic(Path(run_dir) / STOP_REQUEST, {"pid": pid, "time": time.time()})
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        raise OpenLLMError(f"run {Path(run_dir).name} is trained by PID {pid}, which this user may not stop") from None
+    return pid
+
+
+# The states a run goes through. ``status.json`` records what the training process last said; run_state()
+# corrects it with the lock (a process that died cannot say so) and the metrics (divergence).
+QUEUED, PREPARING, TRAINING, STOPPING = "queued", "preparing", "training", "stopping"
+STOPPED, FINISHED, FAILED, DIVERGED = "stopped", "finished", "failed", "diverged"
+STATES = (QUEUED, PREPARING, TRAINING, STOPPING, STOPPED, FINISHED, FAILED, DIVERGED)
+ACTIVE_STATES = (QUEUED, PREPARING, TRAINING, STOPPING)
+END_STATES = (STOPPED, FINISHED, FAILED, DIVERGED)
+NEW = "new"  # a run folder with no status yet
+TRANSITIONS: dict[str, frozenset[str]] = {
+    NEW: frozenset({QUEUED, PREPARING, TRAINING, FAILED}),
+    QUEUED: frozenset({PREPARING, TRAINING, STOPPED, FAILED}),
+    PREPARING: frozenset({TRAINING, STOPPING, STOPPED, FAILED}),
+    TRAINING: frozenset({STOPPING, STOPPED, FINISHED, FAILED, DIVERGED}),
+    STOPPING: frozenset({STOPPED, FINISHED, FAILED, DIVERGED}),
+    # an ended run can be continued from its latest checkpoint (or retried)
+    **{s: frozenset({QUEUED, PREPARING, TRAINING}) for s in END_STATES},
+}
+
+
+def check_transition(old: str, new: str) -> str:
+    """``new`` when a run may go from ``old`` to it; otherwise an OpenLLMError naming both."""
+    if new not in STATES:
+        raise OpenLLMError(f"unknown run state {new!r}; one of {', '.join(STATES)}")
+    if new not in TRANSITIONS.get(old, frozenset()):
+        raise OpenLLMError(f"a run cannot go from {old} to {new}")
+    return new
+
+
+def _recorded_state(status: dict[str, Any]) -> str:
+    """status.json's state in the state machine's words (the trainer writes ``running`` while it trains)."""
+    state = status.get("state")
+    if state in STATES:
+        return state
+    if state == "running":
+        phase = str(status.get("phase") or "")
+        if phase in ("", "training") or status.get("step"):
+            return TRAINING if phase in ("", "training") else PREPARING
+        return QUEUED if phase in ("starting", "queued") else PREPARING
+    return NEW
+
+
+def divergence(metrics: list[dict[str, Any]], vocab_size: int | None, config: dict[str, Any] | None = None
+               ) -> str | None:
+    """Why a run diverged, as a warning that says what to change, or None when it did not.
+
+    Diverged: a NaN/inf training loss, or a loss that ends above ln(vocab_size) -- worse than guessing every
+    token uniformly -- over its last logged steps (at least 3 of them)."""
+    import math
+
+    losses = [r.get("loss") for r in metrics if isinstance(r.get("loss"), (int, float))
+              and not isinstance(r.get("loss"), bool)]
+    train = (config or {}).get("train") or {}
+    lr, clip = train.get("lr"), train.get("grad_clip")
+    advice = "lower the learning rate" + (f" (e.g. to {lr / 10:g})" if isinstance(lr, (int, float)) else "")
+    if not clip:
+        advice += " and turn on gradient clipping (e.g. 1.0)"
+    if any(not math.isfinite(x) for x in losses):
+        return f"the loss became NaN/inf: training diverged; {advice}"
+    if not vocab_size or len(losses) < 3:
+        return None
+    uniform = math.log(vocab_size)
+    tail = losses[-3:]
+    if min(tail) > uniform:
+        return (f"the loss ended at {tail[-1]:.2f}, worse than guessing uniformly over {vocab_size} tokens "
+                f"(ln {vocab_size} = {uniform:.2f}): training diverged; {advice}")
+    return None
+
+
+@dataclass
+class RunState:
+    """A run's state as run_state() reconciles it; ``holder`` is the live lock holder (None when none)."""
+
+    state: str
+    holder: dict[str, Any] | None
+    step: int
+    max_steps: int | None
+    phase: str | None = None
+    error: str | None = None
+    warning: str | None = None
+    recorded: str = NEW  # what status.json says, in the state machine's words
+
+    @property
+    def pid(self) -> int | None:
+        pid = (self.holder or {}).get("pid")
+        return pid if isinstance(pid, int) else None
+
+    @property
+    def active(self) -> bool:
+        """A process holds the run: Start/Continue must wait, Stop can act."""
+        return self.holder is not None
+
+
+# a run queued by the app whose process has not taken the lock after this long never started
+QUEUE_TIMEOUT_S = 60.0
+
+
+def run_state(run_dir: str | os.PathLike) -> RunState:
+    """The run's state from status.json, reconciled with the lock (status says training while nobody holds
+    the lock: the process died -> failed, or stopped when a stop had been asked) and the metrics (a run that
+    ended with a NaN or above-uniform loss is diverged)."""
+    run = Path(run_dir)
+    status = read_status(run)
+    holder = lock_holder(run)
+    recorded = _recorded_state(status)
+    state, error, warning = recorded, status.get("error"), None
+    step = int(status.get("step") or 0)
+    max_steps = int(status["max_steps"]) if status.get("max_steps") else None
+    stop_asked = (run / STOP_REQUEST).exists()
+    if holder is not None:
+        if recorded in END_STATES or recorded == NEW:
+            state = PREPARING  # a process took the run (e.g. a CLI resume) and has not begun training yet
+        if stop_asked and read_json(run / STOP_REQUEST).get("pid") == holder.get("pid"):
+            state = STOPPING
+        error = None if state != recorded else error
+    elif recorded in ACTIVE_STATES:
+        updated = status.get("updated_unix") or _mtime(run / STATUS)
+        if recorded == QUEUED and updated and time.time() - updated < QUEUE_TIMEOUT_S:
+            state = QUEUED
+        elif stop_asked or recorded == STOPPING:
+            state, error = STOPPED, None
+        else:
+            pid = status.get("pid")
+            state = FAILED
+            error = error or (f"the training process{f' (PID {pid})' if pid else ''} ended without recording "
+                              "an end: it crashed or was killed; continue it from its latest checkpoint")
+    if state in (FINISHED, STOPPED, FAILED, DIVERGED):
+        cfg = read_json(run / CONFIG)
+        vocab = (cfg.get("model") or {}).get("vocab_size")
+        warning = divergence(read_metrics(run), vocab if isinstance(vocab, int) else None, cfg)
+        if warning is None and state == FAILED and re.search(r"\b(loss|gradient norm) -?(nan|inf)\b", str(error)):
+            warning = divergence([{"loss": float("nan")}], None, cfg)
+        if warning and (state != STOPPED or "NaN" in warning):
+            state, error = DIVERGED, None
+        elif state == STOPPED:
+            warning = None  # stopped early: a loss still near its start is no divergence
+    return RunState(state=state, holder=holder, step=step, max_steps=max_steps, phase=status.get("phase"),
+                    error=error, warning=warning, recorded=recorded)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
