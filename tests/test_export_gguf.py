@@ -18,8 +18,12 @@ TYPES = ("f32", "f16", "q8_0")
 def gguf_export(request, tmp_path_factory, export_tokenizer_dir):
     root = tmp_path_factory.mktemp("gguf")
     run = make_export_run(root / "run", export_tokenizer_dir, steps=(4,), **request.param)
-    export(run, root / "gguf", "gguf", gguf_types=",".join(TYPES), progress=False)
+    export(run, root / "gguf", "gguf", gguf_types=",".join(TYPES), progress=False, license=LICENSE,
+           source_url=SOURCE)
     return openllm.load(run), root / "gguf"
+
+
+LICENSE, SOURCE = "cc0-1.0", "https://huggingface.co/someone/export-test"
 
 
 def _reader(folder, t):
@@ -50,6 +54,27 @@ def test_metadata(gguf_export, t):
     assert _field(r, "llama.rope.freq_base") == pytest.approx(m.rope_theta)
     assert _field(r, "llama.attention.layer_norm_rms_epsilon") == pytest.approx(m.norm_eps)
     assert _field(r, "tokenizer.ggml.add_space_prefix") is False
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_release_metadata_and_chat_template(gguf_export, t):
+    from openllm.tokenizer import CHAT_TEMPLATE
+
+    loaded, folder = gguf_export
+    r = _reader(folder, t)
+    assert _field(r, "general.name") == loaded.config.name == "export-test"
+    assert _field(r, "general.license") == LICENSE
+    assert _field(r, "general.source.url") == SOURCE
+    assert _field(r, "llama.context_length") == loaded.config.model.max_seq_len
+    assert _field(r, "tokenizer.chat_template") == CHAT_TEMPLATE
+
+
+def test_license_defaults_to_other(tmp_path, export_run):
+    from gguf import GGUFReader
+
+    export(export_run, tmp_path / "g", "gguf", gguf_types="f32", progress=False)
+    r = GGUFReader(str(tmp_path / "g" / "model-f32.gguf"))
+    assert _field(r, "general.license") == "other" and "general.source.url" not in r.fields
 
 
 @pytest.mark.parametrize("t", TYPES)

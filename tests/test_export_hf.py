@@ -104,3 +104,94 @@ def test_openllm_load_round_trips_bit_exactly(hf_export, tmp_path):
                                                         "dropout": 0.0})
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, c.model.state_dict()[k]), k
+
+
+CHATS = [
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "def export("},
+     {"role": "assistant", "content": "class Tokenizer:"}, {"role": "user", "content": "And then?"}],
+    [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}],
+]
+
+
+def test_tokenizer_files_behave_as_documented(hf_export):
+    """The documented call works as written: no token_type_ids (generate refuses them), truncation at the
+    model's context, left padding, and generate(max_new_tokens=...) without a max_length warning."""
+    import logging
+    import warnings
+
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    run, out = hf_export
+    ctx = openllm.load(run).config.model.max_seq_len
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.model_max_length == ctx and tok.padding_side == "left"
+    enc = tok("def export(", return_tensors="pt")
+    assert set(enc) == {"input_ids", "attention_mask"}
+    assert len(tok("x " * (2 * ctx), truncation=True)["input_ids"]) == ctx
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert "max_length" not in gen
+    model = _auto_model(out)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hf_logging.get_logger().addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.generate(**enc, max_new_tokens=4, do_sample=False)
+    finally:
+        hf_logging.get_logger().removeHandler(handler)
+    messages = [r.getMessage() for r in records if r.levelno >= logging.WARNING] + [str(w.message) for w in caught]
+    assert not [m for m in messages if "max_length" in m], messages
+
+
+def test_transformers_applies_our_chat_template(hf_export):
+    from transformers import AutoTokenizer
+
+    from openllm.tokenizer import apply_chat_template
+
+    run, out = hf_export
+    tok = AutoTokenizer.from_pretrained(out)
+    ours = openllm.load(run).tokenizer
+    for msgs in CHATS:
+        assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == apply_chat_template(msgs)
+        ids = tok.apply_chat_template(msgs, add_generation_prompt=True)
+        ids = ids if isinstance(ids, list) else ids["input_ids"]
+        assert list(ids) == ours.encode_chat(msgs)
+
+
+def test_export_folder_follows_the_umask(tmp_path, export_run):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        export(export_run, tmp_path / "out", "hf", progress=False)
+        export(export_run, tmp_path / "two", "hf,native", progress=False)
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "out", tmp_path / "two", tmp_path / "two" / "hf"):
+        assert d.stat().st_mode & 0o777 == 0o755, d
+
+
+def test_a_folder_saved_by_transformers_loads_with_its_tokenizer_json(hf_export, tmp_path):
+    """transformers 5 saves tokenizer.json but no tokenizer.model: openllm.load falls back to tokenizer.json
+    and encodes, decodes and generates as from the original export."""
+    from transformers import AutoTokenizer
+
+    run, out = hf_export
+    saved = tmp_path / "saved"
+    _auto_model(out).save_pretrained(saved)
+    AutoTokenizer.from_pretrained(out).save_pretrained(saved)
+    (saved / "tokenizer.model").unlink(missing_ok=True)
+    a, b = openllm.load(run), openllm.load(saved)
+    assert type(b.tokenizer).__name__ == "HFJsonTokenizer"
+    assert (b.tokenizer.bos_id, b.tokenizer.eos_id, b.tokenizer.pad_id) == (2, 3, 0)
+    for text in TEXTS:
+        assert b.tokenizer.encode(text) == a.tokenizer.encode(text), text
+        assert b.tokenizer.decode(a.tokenizer.encode(text)) == a.tokenizer.decode(a.tokenizer.encode(text))
+    for msgs in CHATS:
+        assert b.tokenizer.encode_chat(msgs) == a.tokenizer.encode_chat(msgs)
+    params = SamplingParams(max_new_tokens=8, temperature=0, stop_tokens=(3,))
+    ids = [a.tokenizer.encode("def export(")]
+    assert generate(b.model, ids, params) == generate(a.model, ids, params)

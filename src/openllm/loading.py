@@ -31,16 +31,18 @@ __all__ = ["LoadedModel", "load", "detect_kind", "read_state_dict",
 NATIVE_FORMAT = "openllm"
 OPENLLM_CONFIG_NAME = "openllm.json"  # our full Config inside a Hugging Face export
 _HUB_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w.-]+)?$")
-_TOKENIZER_FILES = ("tokenizer.model",)
+# a SentencePiece model, or else a Hugging Face tokenizer.json (a folder saved by transformers)
+_TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
 
 @dataclass
 class LoadedModel:
-    """What :func:`load` returns. ``model`` is in eval mode on ``device``; ``tokenizer`` is None when the
-    source holds no SentencePiece tokenizer (a bare Hugging Face folder without ``tokenizer.model``)."""
+    """What :func:`load` returns. ``model`` is in eval mode on ``device``; ``tokenizer`` is the
+    SentencePiece :class:`~openllm.tokenizer.Tokenizer` when the source has ``tokenizer.model``, else an
+    :class:`~openllm.tokenizer.HFJsonTokenizer` over its ``tokenizer.json``, else None."""
 
     model: Any  # openllm.model.Transformer
-    tokenizer: Any | None  # openllm.tokenizer.Tokenizer
+    tokenizer: Any | None  # openllm.tokenizer.Tokenizer or HFJsonTokenizer
     config: Config
     source: str  # what the caller passed
     path: Path  # the folder the weights came from (the checkpoint folder for a run)
@@ -243,16 +245,17 @@ def _config_from(raw: dict, where: Path) -> Config:
 
 
 def _first_tokenizer_dir(*candidates: Path) -> Path | None:
-    for d in candidates:
-        if all((d / f).is_file() for f in _TOKENIZER_FILES):
-            return d
+    for name in _TOKENIZER_FILES:
+        for d in candidates:
+            if (d / name).is_file():
+                return d
     return None
 
 
 def _load_tokenizer(folder: Path):
-    from .tokenizer import Tokenizer
+    from .tokenizer import load_tokenizer
 
-    return Tokenizer.load(folder)
+    return load_tokenizer(folder)
 
 
 def _has_weights(d: Path) -> bool:

@@ -27,6 +27,8 @@ from .rundir import write_bytes_atomic
 
 __all__ = [
     "Tokenizer",
+    "HFJsonTokenizer",
+    "load_tokenizer",
     "train_tokenizer",
     "iter_training_lines",
     "SPECIAL_TOKENS",
@@ -179,6 +181,102 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({str(self.dir)!r}, vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
+
+
+class HFJsonTokenizer:
+    """The :class:`Tokenizer` interface over a Hugging Face ``tokenizer.json`` (the ``tokenizers`` library), for
+    folders that hold no ``tokenizer.model``, such as a fine-tune of our export saved by transformers 5.
+    Special ids are looked up by their tokens (``tokenizer_config.json`` / ``special_tokens_map.json``, else
+    ours); ``model_path`` is None, so formats that need the SentencePiece model (GGUF) refuse it."""
+
+    model_path = None
+
+    def __init__(self, json_path: str | os.PathLike):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.json_path = Path(json_path)
+        self.dir = self.json_path.parent
+        self._hf = HFTokenizer.from_file(str(self.json_path))
+        self.sha256 = sha256_file(self.json_path)
+        names = dict(SPECIAL_TOKENS)
+        for side in ("special_tokens_map.json", "tokenizer_config.json"):
+            f = self.dir / side
+            if f.is_file():
+                try:
+                    data = json.loads(f.read_text(encoding="utf-8"))
+                except ValueError:
+                    continue
+                for key in names:
+                    value = data.get(f"{key}_token")
+                    value = value.get("content") if isinstance(value, dict) else value
+                    if isinstance(value, str) and value:
+                        names[key] = value
+        ids = {key: self._hf.token_to_id(tok) for key, tok in names.items()}
+        if ids["eos"] is None:
+            raise OpenLLMError(f"{self.json_path}: no end-of-text token {names['eos']!r} in the vocabulary")
+        self.pad_id = ids["pad"] if ids["pad"] is not None else ids["eos"]
+        self.unk_id, self.bos_id, self.eos_id = ids["unk"], ids["bos"], ids["eos"]
+        self._names = names
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "HFJsonTokenizer":
+        p = Path(path)
+        return cls(p if p.is_file() else p / "tokenizer.json")
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if out.resolve() != self.dir.resolve():
+            for name in HF_FILES:
+                if (self.dir / name).is_file():
+                    write_bytes_atomic(out / name, (self.dir / name).read_bytes())
+        return out
+
+    @property
+    def vocab_size(self) -> int:
+        return self._hf.get_vocab_size(with_added_tokens=True)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = self._hf.encode(text, add_special_tokens=False).ids
+        if bos and self.bos_id is not None:
+            ids.insert(0, self.bos_id)
+        if eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def encode_batch(self, texts: Sequence[str], *, eos: bool = False, threads: int = 1) -> list[list[int]]:
+        return [self.encode(t, eos=eos) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._hf.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def id_to_piece(self, i: int) -> str:
+        return self._hf.id_to_token(int(i))
+
+    def piece_to_id(self, piece: str) -> int:
+        i = self._hf.token_to_id(piece)
+        return self.unk_id if i is None else i
+
+    def encode_chat(self, messages: Sequence[dict], *, add_generation_prompt: bool = True) -> list[int]:
+        text = apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                   bos_token=self._names["bos"], eos_token=self._names["eos"])
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def __repr__(self) -> str:
+        return f"HFJsonTokenizer({str(self.dir)!r}, vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
+
+
+def load_tokenizer(path: str | os.PathLike) -> "Tokenizer | HFJsonTokenizer":
+    """The tokenizer of a folder: ``tokenizer.model`` (SentencePiece) when present, else ``tokenizer.json``."""
+    p = Path(path)
+    if p.is_file():
+        return HFJsonTokenizer(p) if p.suffix == ".json" else Tokenizer(p)
+    if (p / MODEL_FILE).is_file() or not (p / "tokenizer.json").is_file():
+        return Tokenizer.load(p)
+    return HFJsonTokenizer(p / "tokenizer.json")
 
 
 # ---------------------------------------------------------------------------------------------------------------

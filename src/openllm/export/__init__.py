@@ -7,6 +7,7 @@ One format goes straight into ``out``; several go into ``out/<format>/``.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Iterable, Sequence
 from ..errors import OpenLLMError
 
 __all__ = ["FORMATS", "GGUF_TYPES", "parse_formats", "export", "check_out_dir", "copy_tokenizer_files",
-           "export_state_dict"]
+           "write_tokenizer_files", "export_state_dict"]
 
 FORMATS = ("native", "hf", "onnx", "gguf")
 GGUF_TYPES = ("f32", "f16", "q8_0")
@@ -65,9 +66,10 @@ def check_out_dir(out: Path, *, overwrite: bool, source: Path | None = None) -> 
 
 
 def export(source: Any, out: str | Path, formats: str | Sequence[str], *, overwrite: bool = False,
-           gguf_types: str | Sequence[str] = ("f16",), hub: Any = None, progress: bool = True) -> dict[str, Path]:
+           gguf_types: str | Sequence[str] = ("f16",), hub: Any = None, progress: bool = True,
+           license: str | None = None, source_url: str | None = None) -> dict[str, Path]:
     """Export ``source`` (a run, an export, a hub reference, or an already loaded model) into ``out``.
-    Returns ``{format: folder}``."""
+    ``license`` and ``source_url`` go into the GGUF metadata. Returns ``{format: folder}``."""
     from ..loading import LoadedModel, load
 
     fmts = parse_formats(formats)
@@ -79,6 +81,8 @@ def export(source: Any, out: str | Path, formats: str | Sequence[str], *, overwr
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # mkdtemp makes a private (0700) folder; the export is a plain folder, so it gets the umask's mode
+    os.chmod(staging, 0o777 & ~_umask())
     try:
         folders: dict[str, Path] = {}
         for fmt in _progress(fmts, progress):
@@ -96,7 +100,7 @@ def export(source: Any, out: str | Path, formats: str | Sequence[str], *, overwr
             elif fmt == "gguf":
                 from .gguf import export_gguf
                 for t in types:
-                    export_gguf(loaded, target, dtype=t)
+                    export_gguf(loaded, target, dtype=t, license=license, source_url=source_url)
             folders[fmt] = out if len(fmts) == 1 else out / fmt
         if out.exists():
             shutil.rmtree(out)
@@ -105,6 +109,12 @@ def export(source: Any, out: str | Path, formats: str | Sequence[str], *, overwr
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _progress(items: list[str], show: bool):
@@ -135,6 +145,30 @@ def copy_tokenizer_files(loaded, out: Path) -> list[str]:
             shutil.copy2(f, Path(out) / f.name)
             copied.append(f.name)
     return copied
+
+
+def write_tokenizer_files(loaded, out: Path) -> list[str]:
+    """The tokenizer files for a Hugging Face style folder: the source's files, with ``tokenizer_config.json``
+    rewritten from :func:`openllm.tokenizer.hf_tokenizer_config` (chat template, left padding, no
+    ``token_type_ids``, ``model_max_length`` = the model's context), also for tokenizers saved before those
+    settings existed."""
+    import json
+
+    from ..tokenizer import hf_tokenizer_config, write_hf_files
+
+    copied = copy_tokenizer_files(loaded, out)
+    if loaded.tokenizer is None:
+        return copied
+    ctx = loaded.config.model.max_seq_len
+    model_file = getattr(loaded.tokenizer, "model_path", None)
+    if "tokenizer.json" not in copied and model_file is not None and Path(model_file).is_file():
+        write_hf_files(model_file, out, model_max_length=ctx)
+        return sorted(set(copied) | {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
+    path = Path(out) / "tokenizer_config.json"
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path.write_text(json.dumps({**old, **hf_tokenizer_config(model_max_length=ctx)}, indent=2) + "\n",
+                    encoding="utf-8")
+    return sorted(set(copied) | {"tokenizer_config.json"})
 
 
 def export_state_dict(model) -> dict:

@@ -10,7 +10,10 @@ What ``convert_hf_to_gguf.py`` does for a Llama with a SentencePiece tokenizer, 
   ``2j`` and row ``D/2 + j`` to ``2j + 1`` (``LlamaModel.permute`` in convert_hf_to_gguf);
 - norms (1-D) stay f32; matrices become f16 or q8_0 (a row not a multiple of 32 falls back to f16, as there);
 - the vocabulary as ``tokenizer.ggml.model = llama`` (SentencePiece): pieces, scores and token types from
-  ``tokenizer.model``, special ids, and ``add_space_prefix = false`` since we train without a dummy prefix.
+  ``tokenizer.model``, special ids, and ``add_space_prefix = false`` since we train without a dummy prefix;
+- metadata: ``general.name``, ``general.license``, ``general.source.url`` (when known), ``llama.context_length``
+  and ``tokenizer.chat_template`` (:data:`openllm.tokenizer.CHAT_TEMPLATE`, so llama.cpp formats chats as
+  transformers and our server do instead of falling back to Llama-2 ``[INST]`` tags).
 """
 from __future__ import annotations
 
@@ -97,14 +100,20 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[float], li
     return tokens, scores, types
 
 
-def export_gguf(loaded, out: Path, *, dtype: str = "f16") -> Path:
-    """Write ``out/model-<dtype>.gguf``."""
+def export_gguf(loaded, out: Path, *, dtype: str = "f16", license: str | None = None,
+                source_url: str | None = None) -> Path:
+    """Write ``out/model-<dtype>.gguf``. ``license`` is the weights' license (``general.license``, default
+    ``other``: see the model card); ``source_url`` (default: the hub reference it was loaded from, if any) goes
+    into ``general.source.url``."""
     import gguf
+
+    from ..tokenizer import CHAT_TEMPLATE
 
     if dtype not in ("f32", "f16", "q8_0"):
         raise OpenLLMError(f"unknown GGUF type {dtype!r}: choose from f32, f16, q8_0")
-    if loaded.tokenizer is None:
-        raise OpenLLMError("GGUF export needs the model's tokenizer (tokenizer.model), and this source has none")
+    if getattr(loaded.tokenizer, "model_path", None) is None:
+        raise OpenLLMError("GGUF export needs the model's SentencePiece tokenizer (tokenizer.model), and this "
+                           "source has none: export from the run or the openllm export it was made from")
     cfg, model = loaded.config, loaded.model
     m = cfg.model
     path = Path(out) / GGUF_FILE.format(dtype=dtype)
@@ -113,6 +122,10 @@ def export_gguf(loaded, out: Path, *, dtype: str = "f16") -> Path:
 
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name(cfg.name)
+    w.add_license(license or "other")
+    source = source_url or loaded.hub_ref
+    if source:
+        w.add_source_url(source)
     w.add_context_length(m.max_seq_len)
     w.add_embedding_length(m.d_model)
     w.add_block_count(m.n_layers)
@@ -141,6 +154,7 @@ def export_gguf(loaded, out: Path, *, dtype: str = "f16") -> Path:
     w.add_add_bos_token(False)  # our encode() adds no BOS, and training saw none
     w.add_add_eos_token(False)
     w.add_add_space_prefix(False)  # trained with add_dummy_prefix = false
+    w.add_chat_template(CHAT_TEMPLATE)
 
     for name, arr in gguf_tensors(model).items():
         qtype = tensor_type(name, arr, dtype)

@@ -2,7 +2,8 @@
 ``AutoTokenizer.from_pretrained`` load without ``trust_remote_code``.
 
 Files: ``model.safetensors`` (Llama names, split q/k/v and gate/up), ``config.json`` (model_type llama),
-``generation_config.json``, the tokenizer files, and ``openllm.json`` (our full Config) so that
+``generation_config.json``, the tokenizer files (``tokenizer_config.json`` with the chat template, left
+padding, no ``token_type_ids`` and ``model_max_length`` = the context, so transformers 4.45 to 5.x behave alike), and ``openllm.json`` (our full Config) so that
 ``openllm.load`` reads the folder back bit-exactly with the training settings it came from.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import copy_tokenizer_files
+from . import write_tokenizer_files
 
 __all__ = ["export_hf", "special_ids"]
 
@@ -39,10 +40,11 @@ def export_hf(loaded, out: Path) -> Path:
     llama = llama_config_dict(cfg.model, **ids)
     _write_json(out / "config.json", llama)
     generation = {k: v for k, v in ids.items() if v is not None}
-    generation.update({"max_length": cfg.model.max_seq_len, "do_sample": False})
+    # no max_length: with it, every generate(max_new_tokens=...) call warns that both are set
+    generation["do_sample"] = False
     _write_json(out / "generation_config.json", generation)
     _write_json(out / OPENLLM_CONFIG_NAME, {"format": NATIVE_FORMAT, **cfg.to_dict()})
-    copy_tokenizer_files(loaded, out)
+    write_tokenizer_files(loaded, out)
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import copy_tokenizer_files, export_state_dict
+from . import export_state_dict, write_tokenizer_files
 
 __all__ = ["export_native"]
 
@@ -20,5 +20,5 @@ def export_native(loaded, out: Path) -> Path:
     save_file(export_state_dict(loaded.model), str(out / "model.safetensors"), metadata={"format": "pt"})
     config = {"format": NATIVE_FORMAT, **loaded.config.to_dict()}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    copy_tokenizer_files(loaded, out)
+    write_tokenizer_files(loaded, out)
     return out
