@@ -51,6 +51,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     init_std: float = 0.02
+    zero_init_proj: bool = False  # attention and MLP output projections (wo, w2) start at zero
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -83,8 +84,9 @@ class ModelConfig:
                 f"model.n_kv_heads ({self.n_kv_heads}) must divide model.n_heads ({self.n_heads}); "
                 f"choose from {_divisors(self.n_heads)}"
             )
-        if not isinstance(self.tie_embeddings, bool):
-            raise ConfigError(f"model.tie_embeddings must be true or false, got {self.tie_embeddings!r}")
+        for name in ("tie_embeddings", "zero_init_proj"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
         return self
 
 
@@ -96,7 +98,10 @@ class TrainConfig:
     grad_accum_steps: int = 1
     seq_len: int | None = None  # None: model.max_seq_len
     max_steps: int = 1000
-    optimizer: str = "adamw"
+    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest)
+    muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it like lr
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
     lr: float = 3e-4
     min_lr: float | None = None  # None: lr / 10
     weight_decay: float = 0.1
@@ -117,6 +122,11 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 1337
     distributed: str = "ddp"  # ddp | fsdp (only used under torchrun with more than one process)
+    batch_warmup_steps: int = 0  # micro-batches per step grow from 1 to grad_accum_steps over these steps
+    doc_aligned: bool = False  # training windows start at a document boundary
+    fused_loss: str = "off"  # off | chunked | liger: output head + cross-entropy without fp32 logits
+    fused_ops: bool = False  # Liger's RMSNorm and SwiGLU kernels (CUDA only)
+    check_every: int = 1  # steps between host reads of the loss (the finite check); >1 lets the GPU run ahead
 
     def validate(self) -> "TrainConfig":
         for name in ("micro_batch_size", "grad_accum_steps", "max_steps", "eval_every", "eval_batches",
@@ -138,7 +148,17 @@ class TrainConfig:
         _positive_number("train.eps", self.eps)
         if not isinstance(self.decay_fraction, (int, float)) or not 0.0 <= self.decay_fraction <= 1.0:
             raise ConfigError(f"train.decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
-        _choice("train.optimizer", self.optimizer, ("adamw",))
+        _choice("train.optimizer", self.optimizer, ("adamw", "muon"))
+        _positive_number("train.muon_lr", self.muon_lr)
+        _non_negative_number("train.muon_weight_decay", self.muon_weight_decay)
+        if not isinstance(self.muon_momentum, (int, float)) or not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"train.muon_momentum must be in [0, 1), got {self.muon_momentum!r}")
+        _non_negative_int("train.batch_warmup_steps", self.batch_warmup_steps)
+        _positive_int("train.check_every", self.check_every)
+        _choice("train.fused_loss", self.fused_loss, ("off", "chunked", "liger"))
+        for name in ("doc_aligned", "fused_ops"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
         _choice("train.schedule", self.schedule, ("cosine", "wsd", "constant"))
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _choice("train.distributed", self.distributed, ("ddp", "fsdp"))
