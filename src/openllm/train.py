@@ -1,13 +1,23 @@
 """The training loop: ``train(config, data_dir=..., out_dir=...)`` (and ``openllm train``).
 
-What one call does, in order: resolve the config (a fresh run's, or the checkpoint's when resuming), check the
-data against it (vocabulary size, tokenizer checksum), set up the device and, under ``torchrun``, the process
-group (DDP or FSDP2), build the model and AdamW, restore a checkpoint if there is one, then run optimizer
-steps until ``max_steps``: gradient accumulation, mixed precision, clipping, the learning-rate schedule,
-periodic evaluation on the val split with best-checkpoint tracking and early stopping, ``metrics.jsonl`` /
-TensorBoard / progress bar, atomic checkpoints, ``status.json`` for the web app. SIGTERM / SIGINT finish the
-current step, save, and end with state ``stopped``. A NaN/inf loss ends the run (state ``failed``) before the
-bad update is applied, so the checkpoints on disk stay good.
+One call runs four phases:
+
+1. **resolve** (:func:`resolve_run`): the config, built once: a fresh run's, or the checkpoint's when
+   resuming; ``overrides`` and the ``max_steps`` / ``save_every`` / ``compile`` arguments on top; the
+   vocabulary checked against the data (or taken from it); the tokenizer checked against the checkpoint's.
+2. **set up** (:meth:`Trainer.setup`): device and, under ``torchrun``, the process group (DDP or FSDP2), the
+   run folder, the model and optimizer, the batch loaders, and the checkpoint's weights, optimizer, loader
+   position and RNG states when resuming.
+3. **fit** (:meth:`Trainer.fit`): optimizer steps until ``max_steps``: gradient accumulation, mixed
+   precision, clipping, the learning-rate schedule, a periodic val-loss *estimate* on ``eval_batches``
+   batches with best-checkpoint tracking and early stopping, ``metrics.jsonl`` / TensorBoard / progress bar,
+   atomic checkpoints, ``status.json`` for the web app. SIGTERM / SIGINT finish the current step, save, and
+   end with state ``stopped``. A NaN/inf loss ends the run (state ``failed``) before the bad update is
+   applied, so the checkpoints on disk stay good.
+4. **finish** (:meth:`Trainer.finish`): the final checkpoint, ``status.json``, the loss plot.
+
+The run folder's layout (checkpoints, latest/best, status, metrics) belongs to :mod:`openllm.rundir`. The
+val-loss figure for reports is ``openllm evaluate``'s (every val token, window/stride), not the estimate.
 
 Resuming is exact: a checkpoint holds the weights, the optimizer (and fp16 loss-scaler) state, every RNG state
 and the data loader position, so a run killed at any point and resumed reproduces the uninterrupted run's
@@ -31,11 +41,17 @@ from typing import Any, Callable, Mapping
 import torch
 
 from . import checkpoint as ckpt_mod
+from . import distributed as D
 from . import rundir
-from .config import Config, ConfigError, load_config
+from .batches import RandomWindowLoader, SequentialWindows, TokenShards, read_meta
+from .config import Config, load_config
 from .errors import OpenLLMError
+from .metrics import MetricsWriter, TensorBoard, device_peak_flops, mfu, plot_loss
+from .model import Transformer
+from .optim import build_optimizer, lr_at
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_precision", "autocast_context"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_precision", "autocast_context", "resolve_run",
+           "RunPlan", "Trainer"]
 
 
 class TrainingDiverged(OpenLLMError):
@@ -44,7 +60,8 @@ class TrainingDiverged(OpenLLMError):
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns (also what ``status.json`` says at the end)."""
+    """What :func:`train` returns (also what ``status.json`` says at the end). ``val_loss`` and
+    ``best_val_loss`` are the in-training estimates over ``train.eval_batches`` val batches."""
 
     run_dir: Path
     state: str  # finished | stopped
@@ -131,7 +148,90 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-# --- config resolution --------------------------------------------------------------------------------------
+# --- phase 1: resolve the config, once -----------------------------------------------------------------
+
+@dataclass
+class RunPlan:
+    """What a run is, decided before any device work: the one config it uses, the data it reads and the
+    checkpoint it resumes from (``resume_from`` None and ``state`` empty for a fresh run)."""
+
+    cfg: Config
+    out: Path
+    data_dir: Path
+    meta: dict[str, Any]
+    resume_from: Path | None = None
+    state: dict[str, Any] = field(default_factory=dict)  # the checkpoint's state.json
+
+    @property
+    def seq_len(self) -> int:
+        return self.cfg.train.seq_len or self.cfg.model.max_seq_len
+
+    @property
+    def tokenizer_sha256(self) -> str | None:
+        return self.meta.get("tokenizer_sha256")
+
+
+def resolve_run(
+    config: Config | str | Path | Mapping[str, Any] | None,
+    data_dir: str | Path | None,
+    out_dir: str | Path,
+    *,
+    resume: bool | str | Path | None = None,
+    max_steps: int | None = None,
+    save_every: int | None = None,
+    compile: bool | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    vocab_from_data: bool = False,
+) -> RunPlan:
+    """The run :func:`train` would do with these arguments (see there), checked against the data and the
+    checkpoint; raises :class:`OpenLLMError` for what the user must fix."""
+    out = Path(out_dir)
+    resume_from = _find_resume(out, resume)
+    state = ckpt_mod.load_state(resume_from) if resume_from is not None else {}
+    resuming = resume_from is not None
+
+    if resuming:
+        base = Config.from_dict(state["config"])
+        if config is not None and _as_config(config).model != base.model:
+            raise OpenLLMError(f"--config's model shape differs from the checkpoint's in {resume_from}: "
+                               f"resume without --config, or train into another --out folder")
+    elif config is None:
+        raise OpenLLMError(f"give a config (e.g. --config configs/tiny.json): {out} has no checkpoint to resume")
+    else:
+        base = _as_config(config)
+
+    changes = {k: dict(v) for k, v in (overrides or {}).items()}
+    if resuming and "model" in changes:
+        raise OpenLLMError(f"cannot change the model of a run when resuming ({resume_from}): "
+                           f"train into another --out folder")
+    for key, value, kind in (("max_steps", max_steps, int), ("save_every", save_every, int),
+                             ("compile", compile, bool)):
+        if value is not None:
+            changes.setdefault("train", {})[key] = kind(value)
+
+    if data_dir is None:
+        data_dir = state.get("data_dir")
+        if data_dir is None:
+            raise OpenLLMError("give --data DIR (a folder written by `openllm tokenize`)")
+    data_dir = Path(data_dir)
+    meta = read_meta(data_dir)
+    vocab = changes.get("model", {}).get("vocab_size", base.model.vocab_size)
+    data_vocab = int(meta["vocab_size"])
+    if data_vocab != vocab:
+        if not vocab_from_data or resuming:
+            raise OpenLLMError(
+                f"the data was tokenized with a vocabulary of {data_vocab} tokens but model.vocab_size is "
+                f"{vocab}: set model.vocab_size to {data_vocab} in the config"
+                + ("" if resuming else " or pass --vocab-from-data"))
+        changes.setdefault("model", {})["vocab_size"] = data_vocab
+    tok_sha, ckpt_sha = meta.get("tokenizer_sha256"), state.get("tokenizer_sha256")
+    if resuming and ckpt_sha and tok_sha and ckpt_sha != tok_sha:
+        raise OpenLLMError(f"{data_dir} was tokenized with another tokenizer than the checkpoint's "
+                           f"({tok_sha[:12]} vs {ckpt_sha[:12]}): resume with the same data")
+
+    cfg = base.replace(**changes) if changes else base
+    return RunPlan(cfg=cfg, out=out, data_dir=data_dir, meta=meta, resume_from=resume_from, state=state)
+
 
 def _as_config(config: Config | str | Path | Mapping[str, Any]) -> Config:
     if isinstance(config, Config):
@@ -162,26 +262,14 @@ def _find_resume(out_dir: Path, resume: bool | str | Path | None) -> Path | None
     return path
 
 
-def _check_vocab(cfg: Config, meta: dict[str, Any], vocab_from_data: bool, resuming: bool) -> Config:
-    data_vocab = int(meta["vocab_size"])
-    if data_vocab == cfg.model.vocab_size:
-        return cfg
-    if vocab_from_data and not resuming:
-        return cfg.replace(model={"vocab_size": data_vocab})
-    raise OpenLLMError(
-        f"the data was tokenized with a vocabulary of {data_vocab} tokens but model.vocab_size is "
-        f"{cfg.model.vocab_size}: set model.vocab_size to {data_vocab} in the config"
-        + ("" if resuming else " or pass --vocab-from-data")
-    )
-
-
-# --- evaluation ---------------------------------------------------------------------------------------------
+# --- the in-training val-loss estimate ----------------------------------------------------------------
 
 @torch.no_grad()
-def _evaluate(model, data, cfg: Config, seq_len: int, info, precision: str) -> float | None:
-    from .distributed import all_reduce
-    from .batches import SequentialWindows
-
+def estimate_val_loss(model, data: TokenShards, cfg: Config, seq_len: int, info: D.DistInfo,
+                      precision: str) -> float | None:
+    """Mean loss over the first ``train.eval_batches`` val batches (non-overlapping windows, shared across
+    ranks): cheap enough to run every ``eval_every`` steps, and what ``metrics.jsonl``'s ``val_loss``,
+    ``best.json`` and early stopping use. It is an estimate; ``openllm evaluate`` scores every val token."""
     windows = SequentialWindows(data, cfg.train.micro_batch_size, seq_len, split="val",
                                 max_batches=cfg.train.eval_batches, rank=info.rank,
                                 world_size=info.world_size, device=info.device)
@@ -194,11 +282,340 @@ def _evaluate(model, data, cfg: Config, seq_len: int, info, precision: str) -> f
         total[0] += loss.double() * y.numel()
         total[1] += y.numel()
     model.train(was_training)
-    all_reduce(total, info)
+    D.all_reduce(total, info)
     return float(total[0] / total[1]) if total[1] > 0 else None
 
 
-# --- the loop -----------------------------------------------------------------------------------------------
+# --- phases 2-4: set up, fit, finish -------------------------------------------------------------------
+
+class Trainer:
+    """One run of a :class:`RunPlan`: :meth:`setup`, :meth:`fit`, :meth:`finish` (or :meth:`fail`), then
+    :meth:`close`. Creating it picks the device and, under ``torchrun``, joins the process group."""
+
+    def __init__(self, plan: RunPlan, *, device: str | None = None, progress: bool = True,
+                 stop_event: threading.Event | None = None,
+                 on_log: Callable[[dict[str, Any]], None] | None = None,
+                 say: Callable[[str], None] = print) -> None:
+        self.plan, self.cfg, self.tc, self.out = plan, plan.cfg, plan.cfg.train, plan.out
+        self.seq_len = plan.seq_len
+        self.progress, self.stop_event, self.on_log, self.say = progress, stop_event, on_log, say
+
+        self.info = D.init_distributed(device, mode=self.tc.distributed)
+        self.dev, self.main = self.info.device, self.info.is_main
+        self.precision = resolve_precision(self.tc.precision, self.dev)
+        if self.precision == "fp16" and self.dev.type == "cpu":
+            say("note: fp16 on CPU is slow and rarely useful; consider precision fp32 or bf16")
+        if self.dev.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.status = _Status(self.out, self.tc.max_steps, enabled=self.main)
+        self.metrics_writer: MetricsWriter | None = None
+        self.tb: TensorBoard | None = None
+        self.bar = None
+
+        # progress so far: the checkpoint's when resuming; all of it goes back into the next checkpoint
+        st = plan.state
+        self.step = int(st.get("step", 0))
+        self.tokens_seen = int(st.get("tokens_seen", 0))
+        self.best_val: float | None = st.get("best_val_loss")
+        self.best_step: int | None = st.get("best_step")
+        self.bad_evals = int(st.get("evals_without_improvement", 0))
+        self.last_val: float | None = st.get("val_loss")
+        self.elapsed_before = float(st.get("elapsed_s", 0.0))
+        self.last_loss: float | None = None
+        self.last_saved: Path | None = None
+        self.saved_step = self.step if plan.resume_from is not None else -1
+        self.end_state, self.reason = "finished", "reached max_steps"
+        self.t_start = time.time()
+        self.tokens_per_step = (self.tc.micro_batch_size * self.seq_len * self.tc.grad_accum_steps
+                                * self.info.world_size)
+
+    # --- setup ---------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Run folder, model and optimizer, data, then the checkpoint's state when resuming."""
+        plan, tc, resuming = self.plan, self.tc, self.plan.resume_from is not None
+        if self.main:
+            self._setup_run_folder()
+
+        torch.manual_seed(tc.seed)  # identical initial weights on every rank
+        raw = Transformer(self.cfg.model)
+        if resuming:
+            ckpt_mod.load_model_weights(raw, plan.resume_from)
+        raw.to(self.dev)
+        self.raw = raw  # the module whose parameters the optimizer holds (FSDP2 shards it in place)
+        self.params = list(raw.parameters())
+        self.flops_per_token = raw.flops_per_token(self.seq_len)
+        model = raw
+        if tc.compile and self.info.mode != "fsdp":
+            model = torch.compile(model)
+        model = D.wrap_model(model, self.info)
+        if tc.compile and self.info.mode == "fsdp" and self.info.enabled:
+            model = torch.compile(model)
+        self.model = model
+        self.optimizer = build_optimizer(raw, tc, self.dev)
+        self.scaler = torch.amp.GradScaler(self.dev.type, enabled=(self.precision == "fp16"))
+        if resuming:
+            opt_state = ckpt_mod.load_optimizer_state(plan.resume_from)
+            D.load_full_state(raw, self.optimizer, None, opt_state["optimizer"])
+            if opt_state.get("scaler"):
+                self.scaler.load_state_dict(opt_state["scaler"])
+
+        self.loader = RandomWindowLoader(TokenShards(plan.data_dir, "train"), tc.micro_batch_size, self.seq_len,
+                                         seed=tc.seed, rank=self.info.rank, world_size=self.info.world_size,
+                                         device=self.dev)
+        self.val_data = TokenShards(plan.data_dir, "val") if "val" in plan.meta["splits"] else None
+        if resuming:
+            self.loader.load_state_dict(plan.state["loader"])
+            rngs = plan.state.get("rng") or []
+            if rngs:
+                ckpt_mod.set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
+        else:
+            torch.manual_seed(tc.seed + self.info.rank)  # dropout differs across ranks; init did not
+
+        self.peak = device_peak_flops(self.dev)
+        if self.main:
+            self._setup_logging()
+
+    def _setup_run_folder(self) -> None:
+        out, data_dir = self.out, self.plan.data_dir
+        out.mkdir(parents=True, exist_ok=True)
+        rundir.clean_temporary(out)
+        self.cfg.save(out / "config.json")
+        src_tok = data_dir / "tokenizer"
+        if src_tok.is_dir() and not (out / "tokenizer").exists():
+            shutil.copytree(src_tok, out / "tokenizer")
+        self.status.update(state="running", step=self.step)
+
+    def _setup_logging(self) -> None:
+        tc, info, resume_from = self.tc, self.info, self.plan.resume_from
+        self.metrics_writer = MetricsWriter(self.out, resume_step=self.step if resume_from else None)
+        self.tb = TensorBoard(self.out / "tb", purge_step=self.step + 1 if resume_from else None)
+        self.say(f"training {self.cfg.name}: {self.raw.num_params() / 1e6:.2f}M parameters, {tc.max_steps} steps "
+                 f"of {self.tokens_per_step:,} tokens ({tc.micro_batch_size} x {self.seq_len} x "
+                 f"{tc.grad_accum_steps} accum{f' x {info.world_size} ranks' if info.enabled else ''}), "
+                 f"{self.precision} on {self.dev}{', compiled' if tc.compile else ''}"
+                 f"{f', {info.mode}' if info.enabled else ''}")
+        if resume_from is not None:
+            self.say(f"resuming from {resume_from} (step {self.step})")
+        if self.progress and self.step < tc.max_steps:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=tc.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                            mininterval=0.5, file=sys.stderr)
+
+    # --- fit -----------------------------------------------------------------------------------------
+
+    def fit(self) -> None:
+        """Optimizer steps until ``max_steps``, early stopping or a stop request (signal or ``stop_event``)."""
+        tc = self.tc
+        self.model.train()
+        self.t_start = time.time()
+        self._restart_rate()
+        with _StopFlag(self.stop_event) as stop:
+            while self.step < tc.max_steps:
+                lr = lr_at(self.step, tc)
+                loss, grad_norm, stop_now = self._optimizer_step(lr, stop)
+                self.step += 1
+                self.tokens_seen += self.tokens_per_step
+                self.tokens_mark += self.tokens_per_step
+                self.last_loss = loss
+                step = self.step
+
+                do_eval = self.val_data is not None and (step % tc.eval_every == 0 or step == tc.max_steps)
+                do_log = step % tc.log_every == 0 or step == tc.max_steps or do_eval or stop_now
+                record = self._record(lr, loss, grad_norm) if do_log else None
+                if do_eval:
+                    record["val_loss"] = self._evaluate()
+                if record is not None:
+                    self._log(record)
+                if self.bar is not None:
+                    self.bar.update(1)
+
+                early = bool(tc.early_stop_patience and self.bad_evals >= tc.early_stop_patience)
+                if early:
+                    self.end_state = "finished"
+                    self.reason = (f"early stop: the val loss estimate did not improve for {self.bad_evals} "
+                                   f"evaluations (best {self.best_val:.4f} at step {self.best_step})")
+                if stop_now:
+                    self.end_state = "stopped"
+                    self.reason = f"stopped by {stop.signal_name or 'request'} at step {step}"
+                last = step == tc.max_steps or early or stop_now
+                if self.saved_step != step and (step % tc.save_every == 0 or last):
+                    self._save()
+                if do_log or do_eval or self.saved_step == step:
+                    self._restart_rate()  # the rate excludes eval and checkpoint time
+                if early or stop_now:
+                    break
+
+    def _optimizer_step(self, lr: float, stop: "_StopFlag") -> tuple[float, float, bool]:
+        """One optimizer step over ``grad_accum_steps`` micro-batches; returns the loss (mean over ranks), the
+        gradient norm and whether any rank was asked to stop. Raises :class:`TrainingDiverged` before a
+        non-finite update is applied."""
+        tc, dev, info, scaler = self.tc, self.dev, self.info, self.scaler
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        loss_sum = torch.zeros((), device=dev)
+        for micro in range(tc.grad_accum_steps):
+            x, y = self.loader.next()
+            with D.no_grad_sync(self.model, info, sync=micro == tc.grad_accum_steps - 1):
+                with autocast_context(self.precision, dev):
+                    loss = self.model(x, y, return_logits=False) / tc.grad_accum_steps
+                scaler.scale(loss).backward()
+            loss_sum += loss.detach().float()
+        if scaler.is_enabled():
+            scaler.unscale_(self.optimizer)
+        clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        # one collective per step: the mean loss across ranks and whether any rank was asked to stop
+        packed = torch.stack([loss_sum, torch.tensor(float(stop()), device=dev)])
+        D.all_reduce(packed, info)
+        loss_val = float(packed[0]) / info.world_size
+        stop_now = float(packed[1]) > 0
+        gn = float(grad_norm)
+        if not math.isfinite(loss_val) or (not scaler.is_enabled() and not math.isfinite(gn)):
+            what = f"loss {loss_val}" if not math.isfinite(loss_val) else f"gradient norm {gn}"
+            raise TrainingDiverged(
+                f"training diverged at step {self.step + 1}: {what}; the update was not applied and the "
+                f"last good checkpoint is {_latest_name(self.out)}. Lower train.lr, raise "
+                f"train.warmup_steps or use bf16 instead of fp16, then resume"
+            )
+        scaler.step(self.optimizer)
+        scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_val, gn, stop_now
+
+    def _evaluate(self) -> float | None:
+        """The val-loss estimate now; a new best is checkpointed and recorded in ``best.json``."""
+        model = self.raw if self.info.mode != "fsdp" else self.model
+        self.last_val = estimate_val_loss(model, self.val_data, self.cfg, self.seq_len, self.info, self.precision)
+        if self.last_val is not None and (self.best_val is None or self.last_val < self.best_val):
+            self.best_val, self.best_step, self.bad_evals = self.last_val, self.step, 0
+            self._save()
+            if self.main:
+                rundir.write_best(self.out, self.step, self.best_val)
+        else:
+            self.bad_evals += 1
+        return self.last_val
+
+    def _restart_rate(self) -> None:
+        self.t_mark, self.tokens_mark = time.perf_counter(), 0
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.t_start
+
+    def _record(self, lr: float, loss: float, grad_norm: float) -> dict[str, Any]:
+        tps = self.tokens_mark / max(time.perf_counter() - self.t_mark, 1e-9)
+        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                  "tokens_per_s": round(tps, 1), "tokens": self.tokens_seen}
+        m = mfu(self.flops_per_token, tps, self.peak * self.info.world_size if self.peak else None)
+        if m is not None:
+            record["mfu"] = round(m, 5)
+        return record
+
+    def _log(self, record: dict[str, Any]) -> None:
+        record["elapsed_s"] = round(self._elapsed(), 3)
+        if self.main:
+            self.metrics_writer.write(record)
+            self.tb.log(self.step, record)
+            self.status.update(step=self.step, loss=record["loss"], val_loss=self.last_val,
+                               best_val_loss=self.best_val, tokens_per_s=record["tokens_per_s"])
+            if self.on_log is not None:
+                self.on_log(dict(record))
+        if self.bar is not None:
+            post = {"loss": f"{record['loss']:.4f}", "tok/s": f"{record['tokens_per_s']:,.0f}"}
+            if self.last_val is not None:
+                post["val~"] = f"{self.last_val:.4f}"  # ~: the estimate over eval_batches batches
+            self.bar.set_postfix(post, refresh=False)
+
+    def _save(self) -> None:
+        """A checkpoint of the current step (every rank takes part; rank 0 writes it)."""
+        model_sd, optim_sd = D.full_state(self.raw, self.optimizer)
+        rng_all = D.gather_objects(ckpt_mod.rng_state(), self.info)
+        self.saved_step = self.step
+        if not self.main:
+            return
+        if self.raw.cfg.tie_embeddings:
+            model_sd.pop("lm_head.weight", None)
+        model_sd = {k: v.contiguous() for k, v in model_sd.items()}
+        plan = self.plan
+        self.last_saved = ckpt_mod.save_checkpoint(
+            self.out, self.step, model_sd,
+            {"optimizer": optim_sd, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None},
+            {
+                "step": self.step, "tokens_seen": self.tokens_seen, "rng": rng_all,
+                "loader": self.loader.state_dict(), "config": self.cfg.to_dict(),
+                "tokenizer_sha256": plan.tokenizer_sha256, "data_dir": str(plan.data_dir.resolve()),
+                "best_val_loss": self.best_val, "best_step": self.best_step, "val_loss": self.last_val,
+                "evals_without_improvement": self.bad_evals, "world_size": self.info.world_size,
+                "elapsed_s": self._elapsed(), "precision": self.precision, "time": _now(),
+            },
+            keep_last=self.tc.keep_last, protect={self.best_step} if self.best_step is not None else set(),
+        )
+
+    # --- finish --------------------------------------------------------------------------------------
+
+    def finish(self) -> TrainResult:
+        """The last checkpoint (when the loop did not just write it), ``status.json``, the loss plot."""
+        if self.saved_step != self.step:  # e.g. max_steps already reached before this call
+            self._save()
+        self._close_bar()
+        elapsed = self._elapsed()
+        if self.main:
+            _finish_plots(self.out, self.cfg)
+            self.status.update(state=self.end_state, step=self.step, reason=self.reason, error=None,
+                               elapsed_s=round(elapsed, 3),
+                               checkpoint=str(self.last_saved) if self.last_saved else None)
+            loss = self.last_loss if self.last_loss is not None else float("nan")
+            self.say(f"{self.reason}: step {self.step}, loss {loss:.4f}"
+                     + (f", val loss estimate {self.last_val:.4f}" if self.last_val is not None else "")
+                     + (f", best estimate {self.best_val:.4f} at step {self.best_step}"
+                        if self.best_val is not None else "")
+                     + (f" (over {self.tc.eval_batches} val batches; `openllm evaluate` scores the whole split)"
+                        if self.last_val is not None else ""))
+        return TrainResult(run_dir=self.out, state=self.end_state, step=self.step, max_steps=self.tc.max_steps,
+                           loss=self.last_loss, val_loss=self.last_val, best_val_loss=self.best_val,
+                           best_step=self.best_step, tokens_seen=self.tokens_seen, elapsed_s=elapsed,
+                           reason=self.reason, checkpoint=rundir.latest_checkpoint(self.out))
+
+    def fail(self, exc: BaseException) -> BaseException:
+        """Record a failed (or interrupted) run in ``status.json``; returns the error to raise (an
+        :class:`OpenLLMError` with the fix for running out of GPU memory, else ``exc``)."""
+        self._close_bar()
+        err = exc
+        if _is_oom(exc):
+            tc = self.tc
+            err = OpenLLMError(
+                f"out of GPU memory with micro_batch_size {tc.micro_batch_size} x seq_len {self.seq_len}: set "
+                f"train.micro_batch_size to {max(1, tc.micro_batch_size // 2)} and train.grad_accum_steps to "
+                f"{tc.grad_accum_steps * 2} (same tokens per step), or use a shorter train.seq_len"
+            )
+        if self.main:
+            if isinstance(exc, KeyboardInterrupt):
+                self.status.update(state="stopped", error=None, reason="interrupted (no checkpoint written)")
+            else:
+                self.status.update(state="failed", error=str(err) or type(err).__name__)
+            with contextlib.suppress(Exception):
+                _finish_plots(self.out, self.cfg)
+        return err
+
+    def close(self) -> None:
+        """Close the metrics files and leave the process group."""
+        if self.metrics_writer is not None:
+            self.metrics_writer.close()
+        if self.tb is not None:
+            self.tb.close()
+        D.shutdown(self.info)
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# --- the entry point -----------------------------------------------------------------------------------
 
 def train(
     config: Config | str | Path | Mapping[str, Any] | None = None,
@@ -225,314 +642,21 @@ def train(
     config sections to change, e.g. ``{"train": {"lr": 1e-3}}``. Raises :class:`TrainingDiverged` on a
     NaN/inf loss and :class:`OpenLLMError` for user errors; ``status.json`` says ``failed`` in both cases.
     """
-    from . import distributed as D
-    from .batches import RandomWindowLoader, TokenShards, read_meta
-
-    out = Path(out_dir)
+    plan = resolve_run(config, data_dir, out_dir, resume=resume, max_steps=max_steps, save_every=save_every,
+                       compile=compile, overrides=overrides, vocab_from_data=vocab_from_data)
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-
-    # --- config: the checkpoint's when resuming, else the given one ---------------------------------------
-    resume_from = _find_resume(out, resume)
-    state: dict[str, Any] = {}
-    if resume_from is not None:
-        state = ckpt_mod.load_state(resume_from)
-        cfg = Config.from_dict(state["config"])
-        if config is not None:
-            given = _as_config(config)
-            if given.model != cfg.model:
-                raise OpenLLMError(f"--config's model shape differs from the checkpoint's in {resume_from}: "
-                                   f"resume without --config, or train into another --out folder")
-    elif config is None:
-        raise OpenLLMError(f"give a config (e.g. --config configs/tiny.json): {out} has no checkpoint to resume")
-    else:
-        cfg = _as_config(config)
-    if overrides:
-        if resume_from is not None and "model" in overrides:
-            raise OpenLLMError(f"cannot change the model of a run when resuming ({resume_from}): "
-                               f"train into another --out folder")
-        cfg = cfg.replace(**{k: dict(v) for k, v in overrides.items()})
-    train_over: dict[str, Any] = {}
-    if max_steps is not None:
-        train_over["max_steps"] = int(max_steps)
-    if save_every is not None:
-        train_over["save_every"] = int(save_every)
-    if compile is not None:
-        train_over["compile"] = bool(compile)
-    if train_over:
-        cfg = cfg.replace(train=train_over)
-    tc = cfg.train
-
-    if data_dir is None:
-        data_dir = state.get("data_dir")
-        if data_dir is None:
-            raise OpenLLMError("give --data DIR (a folder written by `openllm tokenize`)")
-    data_dir = Path(data_dir)
-    meta = read_meta(data_dir)
-    cfg = _check_vocab(cfg, meta, vocab_from_data, resume_from is not None)
-    tok_sha = meta.get("tokenizer_sha256")
-    if resume_from is not None and state.get("tokenizer_sha256") and tok_sha and state["tokenizer_sha256"] != tok_sha:
-        raise OpenLLMError(f"{data_dir} was tokenized with another tokenizer than the checkpoint's "
-                           f"({tok_sha[:12]} vs {state['tokenizer_sha256'][:12]}): resume with the same data")
-    seq_len = tc.seq_len or cfg.model.max_seq_len
-
-    # --- devices, process group --------------------------------------------------------------------------
-    info = D.init_distributed(device, mode=tc.distributed)
-    dev = info.device
-    precision = resolve_precision(tc.precision, dev)
-    if precision == "fp16" and dev.type == "cpu":
-        say("note: fp16 on CPU is slow and rarely useful; consider precision fp32 or bf16")
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    main = info.is_main
-    status = _Status(out, tc.max_steps, enabled=main)
-    metrics_writer = tb = bar = None
+    trainer = Trainer(plan, device=device, progress=progress, stop_event=stop_event, on_log=on_log, say=say)
     try:
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-            rundir.clean_temporary(out)
-            cfg.save(out / "config.json")
-            src_tok = data_dir / "tokenizer"
-            if src_tok.is_dir() and not (out / "tokenizer").exists():
-                shutil.copytree(src_tok, out / "tokenizer")
-            status.update(state="running", step=int(state.get("step", 0)))
-
-        # --- model, optimizer, restore --------------------------------------------------------------------
-        from .model import Transformer
-        from .optim import build_optimizer, lr_at
-
-        torch.manual_seed(tc.seed)  # identical initial weights on every rank
-        model = Transformer(cfg.model)
-        if resume_from is not None:
-            ckpt_mod.load_model_weights(model, resume_from)
-        model.to(dev)
-        raw = model
-        flops_per_token = raw.flops_per_token(seq_len)
-        if tc.compile and info.mode != "fsdp":
-            model = torch.compile(model)
-        model = D.wrap_model(model, info)
-        if tc.compile and info.mode == "fsdp" and info.enabled:
-            model = torch.compile(model)
-        state_owner = raw  # the module whose parameters the optimizer holds (FSDP2 shards it in place)
-        optimizer = build_optimizer(state_owner, tc, dev)
-        scaler = torch.amp.GradScaler(dev.type, enabled=(precision == "fp16"))
-        if resume_from is not None:
-            opt_state = ckpt_mod.load_optimizer_state(resume_from)
-            D.load_full_state(state_owner, optimizer, None, opt_state["optimizer"])
-            if opt_state.get("scaler"):
-                scaler.load_state_dict(opt_state["scaler"])
-
-        shards = TokenShards(data_dir, "train")
-        loader = RandomWindowLoader(shards, tc.micro_batch_size, seq_len, seed=tc.seed, rank=info.rank,
-                                    world_size=info.world_size, device=dev)
-        val_data = TokenShards(data_dir, "val") if "val" in meta["splits"] else None
-        if resume_from is not None:
-            loader.load_state_dict(state["loader"])
-            rngs = state.get("rng") or []
-            if rngs:
-                ckpt_mod.set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
-        else:
-            torch.manual_seed(tc.seed + info.rank)  # dropout differs across ranks; init did not
-
-        step = int(state.get("step", 0))
-        tokens_seen = int(state.get("tokens_seen", 0))
-        best_val = state.get("best_val_loss")
-        best_step = state.get("best_step")
-        bad_evals = int(state.get("evals_without_improvement", 0))
-        last_val = state.get("val_loss")
-        elapsed_before = float(state.get("elapsed_s", 0.0))
-        tokens_per_step = tc.micro_batch_size * seq_len * tc.grad_accum_steps * info.world_size
-
-        if main:
-            from .metrics import MetricsWriter, TensorBoard
-
-            metrics_writer = MetricsWriter(out, resume_step=step if resume_from else None)
-            tb = TensorBoard(out / "tb", purge_step=step + 1 if resume_from else None)
-            n_params = raw.num_params()
-            say(f"training {cfg.name}: {n_params / 1e6:.2f}M parameters, {tc.max_steps} steps of "
-                f"{tokens_per_step:,} tokens ({tc.micro_batch_size} x {seq_len} x {tc.grad_accum_steps} accum"
-                f"{f' x {info.world_size} ranks' if info.enabled else ''}), {precision} on {dev}"
-                f"{', compiled' if tc.compile else ''}{f', {info.mode}' if info.enabled else ''}")
-            if resume_from is not None:
-                say(f"resuming from {resume_from} (step {step})")
-        from .metrics import device_peak_flops, mfu as _mfu
-
-        peak = device_peak_flops(dev)
-        if main and progress and step < tc.max_steps:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=tc.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                       mininterval=0.5, file=sys.stderr)
-
-        def save(step_: int) -> Path | None:
-            model_sd, optim_sd = D.full_state(state_owner, optimizer)
-            rng_all = D.gather_objects(ckpt_mod.rng_state(), info)
-            if not main:
-                return None
-            if raw.cfg.tie_embeddings:
-                model_sd.pop("lm_head.weight", None)
-            model_sd = {k: v.contiguous() for k, v in model_sd.items()}
-            protect = {best_step} if best_step is not None else set()
-            return ckpt_mod.save_checkpoint(
-                out, step_, model_sd,
-                {"optimizer": optim_sd, "scaler": scaler.state_dict() if scaler.is_enabled() else None},
-                {
-                    "step": step_, "tokens_seen": tokens_seen, "rng": rng_all, "loader": loader.state_dict(),
-                    "config": cfg.to_dict(), "tokenizer_sha256": tok_sha, "data_dir": str(data_dir.resolve()),
-                    "best_val_loss": best_val, "best_step": best_step, "val_loss": last_val,
-                    "evals_without_improvement": bad_evals, "world_size": info.world_size,
-                    "elapsed_s": elapsed_before + (time.time() - t_start), "precision": precision,
-                    "time": _now(),
-                },
-                keep_last=tc.keep_last, protect=protect,
-            )
-
-        params = [p for p in raw.parameters()]
-        model.train()
-        t_start = time.time()
-        t_mark, tokens_mark = time.perf_counter(), 0
-        last_loss: float | None = None
-        last_saved: Path | None = None
-        saved_step = step if resume_from is not None else -1
-        end_state, reason = "finished", "reached max_steps"
-
-        with _StopFlag(stop_event) as stop:
-            while step < tc.max_steps:
-                lr = lr_at(step, tc)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                loss_sum = torch.zeros((), device=dev)
-                for micro in range(tc.grad_accum_steps):
-                    x, y = loader.next()
-                    with D.no_grad_sync(model, info, sync=micro == tc.grad_accum_steps - 1):
-                        with autocast_context(precision, dev):
-                            loss = model(x, y, return_logits=False) / tc.grad_accum_steps
-                        scaler.scale(loss).backward()
-                    loss_sum += loss.detach().float()
-                if scaler.is_enabled():
-                    scaler.unscale_(optimizer)
-                clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-                if hasattr(grad_norm, "full_tensor"):
-                    grad_norm = grad_norm.full_tensor()
-                # one collective per step: the mean loss across ranks and whether any rank was asked to stop
-                packed = torch.stack([loss_sum, torch.tensor(float(stop()), device=dev)])
-                D.all_reduce(packed, info)
-                loss_val = float(packed[0]) / info.world_size
-                stop_now = float(packed[1]) > 0
-                gn = float(grad_norm)
-                if not math.isfinite(loss_val) or (not scaler.is_enabled() and not math.isfinite(gn)):
-                    what = f"loss {loss_val}" if not math.isfinite(loss_val) else f"gradient norm {gn}"
-                    raise TrainingDiverged(
-                        f"training diverged at step {step + 1}: {what}; the update was not applied and the "
-                        f"last good checkpoint is {_latest_name(out)}. Lower train.lr, raise "
-                        f"train.warmup_steps or use bf16 instead of fp16, then resume"
-                    )
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                tokens_seen += tokens_per_step
-                tokens_mark += tokens_per_step
-                last_loss = loss_val
-
-                do_eval = val_data is not None and (step % tc.eval_every == 0 or step == tc.max_steps)
-                do_log = step % tc.log_every == 0 or step == tc.max_steps or do_eval or stop_now
-                record = None
-                if do_log:
-                    now = time.perf_counter()
-                    tps = tokens_mark / max(now - t_mark, 1e-9)
-                    record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": gn,
-                              "tokens_per_s": round(tps, 1), "tokens": tokens_seen}
-                    m = _mfu(flops_per_token, tps, peak * info.world_size if peak else None)
-                    if m is not None:
-                        record["mfu"] = round(m, 5)
-                if do_eval:
-                    last_val = _evaluate(raw if info.mode != "fsdp" else model, val_data, cfg, seq_len, info,
-                                         precision)
-                    record["val_loss"] = last_val
-                    if last_val is not None and (best_val is None or last_val < best_val):
-                        best_val, best_step, bad_evals = last_val, step, 0
-                        last_saved, saved_step = save(step), step
-                        if main:
-                            rundir.write_best(out, step, best_val)
-                    else:
-                        bad_evals += 1
-                if record is not None:
-                    record["elapsed_s"] = round(elapsed_before + time.time() - t_start, 3)
-                    if main:
-                        metrics_writer.write(record)
-                        tb.log(step, record)
-                        status.update(step=step, loss=loss_val, val_loss=last_val, best_val_loss=best_val,
-                                      tokens_per_s=record["tokens_per_s"])
-                        if on_log is not None:
-                            on_log(dict(record))
-                    if bar is not None:
-                        post = {"loss": f"{loss_val:.4f}", "tok/s": f"{record['tokens_per_s']:,.0f}"}
-                        if last_val is not None:
-                            post["val"] = f"{last_val:.4f}"
-                        bar.set_postfix(post, refresh=False)
-                if bar is not None:
-                    bar.update(1)
-
-                early = tc.early_stop_patience and bad_evals >= tc.early_stop_patience
-                if early:
-                    end_state = "finished"
-                    reason = (f"early stop: val loss did not improve for {bad_evals} evaluations "
-                              f"(best {best_val:.4f} at step {best_step})")
-                if stop_now:
-                    end_state, reason = "stopped", f"stopped by {stop.signal_name or 'request'} at step {step}"
-                last = step == tc.max_steps or early or stop_now
-                if saved_step != step and (step % tc.save_every == 0 or last):
-                    last_saved, saved_step = save(step), step
-                if do_log or do_eval or saved_step == step:
-                    t_mark, tokens_mark = time.perf_counter(), 0  # rate excludes eval and checkpoint time
-                if early or stop_now:
-                    break
-
-        if saved_step != step:  # e.g. max_steps already reached before this call
-            last_saved = save(step)
-        if bar is not None:
-            bar.close()
-            bar = None
-        elapsed = elapsed_before + time.time() - t_start
-        if main:
-            _finish_plots(out, cfg)
-            status.update(state=end_state, step=step, reason=reason, error=None, elapsed_s=round(elapsed, 3),
-                          checkpoint=str(last_saved) if last_saved else None)
-            say(f"{reason}: step {step}, loss {last_loss if last_loss is not None else float('nan'):.4f}"
-                + (f", val loss {last_val:.4f}" if last_val is not None else "")
-                + (f", best val {best_val:.4f} at step {best_step}" if best_val is not None else ""))
-        return TrainResult(run_dir=out, state=end_state, step=step, max_steps=tc.max_steps, loss=last_loss,
-                           val_loss=last_val, best_val_loss=best_val, best_step=best_step,
-                           tokens_seen=tokens_seen, elapsed_s=elapsed, reason=reason,
-                           checkpoint=rundir.latest_checkpoint(out))
+        trainer.setup()
+        trainer.fit()
+        return trainer.finish()
     except BaseException as exc:
-        if bar is not None:
-            bar.close()
-        err = exc
-        if _is_oom(exc):
-            err = OpenLLMError(
-                f"out of GPU memory with micro_batch_size {tc.micro_batch_size} x seq_len {seq_len}: set "
-                f"train.micro_batch_size to {max(1, tc.micro_batch_size // 2)} and train.grad_accum_steps to "
-                f"{tc.grad_accum_steps * 2} (same tokens per step), or use a shorter train.seq_len"
-            )
-        if main:
-            if isinstance(exc, KeyboardInterrupt):
-                status.update(state="stopped", error=None, reason="interrupted (no checkpoint written)")
-            else:
-                status.update(state="failed", error=str(err) or type(err).__name__)
-            with contextlib.suppress(Exception):
-                _finish_plots(out, cfg)
+        err = trainer.fail(exc)
         if err is not exc:
             raise err from exc
         raise
     finally:
-        if metrics_writer is not None:
-            metrics_writer.close()
-        if tb is not None:
-            tb.close()
-        D.shutdown(info)
+        trainer.close()
 
 
 def _latest_name(out: Path) -> str:
@@ -546,8 +670,6 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def _finish_plots(out: Path, cfg: Config) -> None:
-    from .metrics import plot_loss
-
     records = rundir.read_metrics(out)
     if records:
         plot_loss(records, out / rundir.LOSS_PNG, title=f"{cfg.name}: {out.name}")
