@@ -1,6 +1,10 @@
+import argparse
+
+import torch
 from conftest import run_cli
 
-from openllm.cli import COMMANDS
+from openllm.cli import COMMANDS, build_parser, main
+from openllm.cli.common import DEVICE_HELP, HUB_HELP, SET_HELP
 
 
 def test_help_lists_every_command():
@@ -25,3 +29,102 @@ def test_info_bad_config_is_one_line(tmp_path):
     assert proc.stderr.strip().count("\n") == 0
     assert "model.d_model (100) is not divisible by model.n_heads (3)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- the shared options (openllm.cli.common): one --hub, one --device, --set wherever a config is read -----------
+
+def _leaf_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every runnable command's parser as the CLI builds it, sub-commands included ("hub push", "space sync")."""
+    leaves: dict[str, argparse.ArgumentParser] = {}
+    for name in COMMANDS:
+        top = build_parser(name)
+        stack = [(name, _subparsers(top).choices[name])]
+        while stack:
+            label, parser = stack.pop()
+            sub = _subparsers(parser)
+            if sub is None:
+                leaves[label] = parser
+            else:
+                stack.extend((f"{label} {child}", p) for child, p in sub.choices.items())
+    return leaves
+
+
+def _subparsers(parser):
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def _option(parser, flag):
+    return next((a for a in parser._actions if flag in a.option_strings), None)
+
+
+def test_every_command_that_reads_a_config_takes_set():
+    leaves = _leaf_parsers()
+    takes_config = {name for name, p in leaves.items() if any(a.dest == "config" for a in p._actions)}
+    assert takes_config == {"train", "info", "quickstart"}
+    for name in takes_config:
+        action = _option(leaves[name], "--set")
+        assert action is not None, f"openllm {name} reads a config but has no --set"
+        assert isinstance(action, argparse._AppendAction) and action.default == [] and action.dest == "set"
+        assert action.help == SET_HELP
+    # repeatable, in order, on the command line as a user types it
+    args = build_parser("info").parse_args(["info", "tiny", "--set", "model.n_layers=2", "--set", "train.lr=1"])
+    assert args.set == ["model.n_layers=2", "train.lr=1"]
+
+
+def test_device_defaults_to_auto_everywhere():
+    with_device = {name: _option(p, "--device") for name, p in _leaf_parsers().items()}
+    with_device = {name: a for name, a in with_device.items() if a is not None}
+    assert {"train", "quickstart", "evaluate", "generate", "serve"} <= set(with_device)
+    for name, action in with_device.items():
+        assert action.default == "auto", f"openllm {name} --device defaults to {action.default!r}"
+        assert action.help == DEVICE_HELP, name
+
+
+def test_hub_help_is_the_same_in_every_command():
+    with_hub = {name: _option(p, "--hub") for name, p in _leaf_parsers().items()}
+    with_hub = {name: a for name, a in with_hub.items() if a is not None}
+    assert {"compare", "data upload", "evaluate", "export", "generate", "serve", "hub push", "hub versions",
+            "hub pull", "hub list", "space sync", "space status", "space rollback"} <= set(with_hub)
+    assert {a.help for a in with_hub.values()} == {HUB_HELP}
+    assert {a.default for a in with_hub.values()} == {None}
+
+
+def test_info_set_changes_the_parameter_count():
+    from openllm.config import load_config
+    from openllm.model import Transformer
+
+    cfg = load_config("tiny")
+    two = cfg.replace(model={"n_layers": 2})
+    assert cfg.model.n_layers != 2
+    with torch.device("meta"):
+        want = Transformer(two.model).num_params()
+        default = Transformer(cfg.model).num_params()
+    out = run_cli("info", "tiny", "--set", "model.n_layers=2").stdout
+    assert "shape             2 layers x" in out
+    assert f"parameters        {want:,} " in out
+    assert f"{default:,}" not in out
+
+
+def test_bad_set_is_one_line_naming_the_nearest_key(capsys):
+    rc = main(["info", "tiny", "--set", "model.n_layer=2"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err == ("error: config override 'model.n_layer=2': unknown key model.n_layer "
+                   "(did you mean model.n_layers?)\n")
+
+
+def test_train_and_quickstart_reject_bad_set_before_writing(tmp_path, capsys):
+    rc = main(["train", "--config", "tiny", "--data", str(tmp_path / "no-data"), "--out", str(tmp_path / "run"),
+               "--set", "train.lrr=1e-3"])
+    assert rc == 2 and "unknown key train.lrr (did you mean train.lr?)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    # a value the config rejects: the override reached quickstart's config, which failed before any stage ran
+    rc = main(["quickstart", "--out", str(tmp_path / "qs"), "--set", "train.max_steps=0"])
+    assert rc == 2 and "train.max_steps must be a positive integer, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "qs").exists()
+
+
+def test_bad_device_is_one_line(tmp_path, capsys):
+    rc = main(["generate", str(tmp_path), "--prompt", "x", "--device", "gpu"])
+    assert rc == 2
+    assert capsys.readouterr().err == ("error: --device 'gpu' is not a device: use auto, cpu, cuda, cuda:N or mps\n")

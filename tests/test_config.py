@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from openllm.config import Config, ConfigError, ModelConfig, load_config, preset_names
+from openllm.config import (Config, ConfigError, ModelConfig, apply_overrides, load_config, parse_overrides,
+                            preset_names)
 
 
 def write(tmp_path, data):
@@ -84,3 +85,60 @@ def test_default_d_ff_and_kv_heads():
     m = ModelConfig(d_model=512, n_heads=8)
     assert m.n_kv_heads == 8 and m.d_ff == 1408
     assert Config().validate()
+
+
+# --- overrides (--set section.key=value) -------------------------------------------------------------------
+
+def test_parse_overrides_types_values_by_field():
+    got = parse_overrides(["train.lr=1", "train.schedule=wsd", "model.n_kv_heads=null", "model.tie_embeddings=false",
+                           "train.precision=\"bf16\"", "model.n_layers=2", "model.n_layers=3", "data.val_fraction=0.05"])
+    assert got == {"train": {"lr": 1.0, "schedule": "wsd", "precision": "bf16"},
+                   "model": {"n_kv_heads": None, "tie_embeddings": False, "n_layers": 3},
+                   "data": {"val_fraction": 0.05}}
+    assert isinstance(got["train"]["lr"], float) and isinstance(got["model"]["n_layers"], int)
+    assert parse_overrides([]) == {}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("train.lrr=1e-3", "config override 'train.lrr=1e-3': unknown key train.lrr (did you mean train.lr?)"),
+    ("lr=1e-3", "unknown key lr (did you mean train.lr?)"),
+    ("model.lr=1e-3", "unknown key model.lr (did you mean train.lr?)"),
+    ("model.n_head=4", "unknown key model.n_head (did you mean model.n_heads?)"),
+    ("trian.max_steps=5", "unknown key trian.max_steps (did you mean train.max_steps?)"),
+    ("train.learning_rate=1e-3", "unknown key train.learning_rate (train keys: micro_batch_size, grad_accum_steps,"),
+    ("x.y=1", "unknown key x.y (sections: model, train, data; e.g. train.lr)"),
+])
+def test_bad_override_key_names_the_nearest(item, message):
+    with pytest.raises(ConfigError) as e:
+        parse_overrides([item])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("train.lr=abc", "config override 'train.lr=abc': train.lr takes a number, got 'abc'"),
+    ("model.n_layers=2.5", "model.n_layers takes an integer, got '2.5'"),
+    ("model.n_layers=true", "model.n_layers takes an integer, got 'true'"),
+    ("model.n_layers=", "model.n_layers takes an integer, got ''"),
+    ("train.seq_len=long", "train.seq_len takes an integer or null, got 'long'"),
+    ("model.tie_embeddings=yes", "model.tie_embeddings takes true or false, got 'yes'"),
+    ("train.schedule=1", "train.schedule takes text, got '1'"),
+    ("train.lr", "config override 'train.lr': expected SECTION.KEY=VALUE, e.g. train.lr=3e-4"),
+])
+def test_bad_override_value_type(item, message):
+    with pytest.raises(ConfigError) as e:
+        parse_overrides([item])
+    assert str(e.value) == message or str(e.value).endswith(message)
+
+
+def test_apply_overrides_validates_the_result():
+    cfg = load_config("tiny")
+    assert apply_overrides(cfg, []) is cfg and apply_overrides(cfg, None) is cfg
+    small = apply_overrides(cfg, ["model.n_layers=2", "train.lr=1e-3"])
+    assert (small.model.n_layers, small.train.lr, small.name) == (2, 1e-3, "tiny")
+    assert cfg.model.n_layers != 2  # the original is left alone
+    with pytest.raises(ConfigError, match=r"^train.lr must be a positive number, got 0.0$"):
+        apply_overrides(cfg, ["train.lr=0"])
+    with pytest.raises(ConfigError, match=r"model.d_model \(192\) is not divisible by model.n_heads \(5\)"):
+        apply_overrides(cfg, ["model.n_heads=5"])
+    assert load_config(small) is small  # a Config passes through load_config (quickstart --set)
