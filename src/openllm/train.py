@@ -292,6 +292,8 @@ class Trainer:
     """One run of a :class:`RunPlan`: :meth:`setup`, :meth:`fit`, :meth:`finish` (or :meth:`fail`), then
     :meth:`close`. Creating it picks the device and, under ``torchrun``, joins the process group."""
 
+    lock: rundir.RunLock | None = None  # rank 0's hold on the run folder (rundir.RunLock), from setup()
+
     def __init__(self, plan: RunPlan, *, device: str | None = None, progress: bool = True,
                  stop_event: threading.Event | None = None,
                  on_log: Callable[[dict[str, Any]], None] | None = None,
@@ -336,6 +338,11 @@ class Trainer:
         """Run folder, model and optimizer, data, then the checkpoint's state when resuming."""
         plan, tc, resuming = self.plan, self.tc, self.plan.resume_from is not None
         if self.main:
+            try:  # one training per run folder, whoever starts it; held until close()
+                self.lock = rundir.RunLock(self.out).acquire()
+            except OpenLLMError:
+                self.main = False  # the run belongs to the process that holds it: leave its files alone
+                raise
             self._setup_run_folder()
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
@@ -602,11 +609,13 @@ class Trainer:
         return err
 
     def close(self) -> None:
-        """Close the metrics files and leave the process group."""
+        """Close the metrics files, release the run lock and leave the process group."""
         if self.metrics_writer is not None:
             self.metrics_writer.close()
         if self.tb is not None:
             self.tb.close()
+        if self.lock is not None:
+            self.lock.release()
         D.shutdown(self.info)
 
     def _close_bar(self) -> None:
