@@ -1,6 +1,6 @@
 """``openllm space build``: the Space's tree, made from the main repository by the manifest.
 
-Steps (the seed's sync process, up to validation): copy the synced files by the manifest, resolve the
+Steps (those of ``sync`` up to validation): copy the synced files by the manifest, resolve the
 dependencies of ``app.py`` over the project's modules, generate the Space-specific files (``app.py``,
 ``README.md``, ``requirements.txt``, ``HELP.md``, ``.gitignore``), then check every written file's hash.
 """

@@ -1,6 +1,6 @@
 """``openllm space sync``, ``status`` and ``rollback``: the Space kept in step with the main repository.
 
-The seed's steps, each done for real: detect the changed files (content hashes against the state recorded
+Steps: detect the changed files (content hashes against the state recorded
 at the last sync) -> resolve dependencies, copy and generate (``build``) -> validate (hashes; ``import
 training`` and the app answering HTTP in a clean environment) -> one atomic commit through the hub
 interface, holding only the changed and removed files -> verify what landed (else roll back by itself) ->
