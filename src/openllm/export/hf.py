@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import write_tokenizer_files
+from .shared import write_tokenizer_files
 
 __all__ = ["export_hf", "special_ids"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import export_state_dict, write_tokenizer_files
+from .shared import export_state_dict, write_tokenizer_files
 
 __all__ = ["export_native"]
 

@@ -101,7 +101,7 @@ def export_onnx(loaded, out: Path) -> Path:
     """Write ``model.onnx``, ``model_with_past.onnx``, ``onnx_config.json`` and the tokenizer files."""
     import torch
 
-    from . import copy_tokenizer_files
+    from .shared import copy_tokenizer_files
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,54 @@
+"""Helpers shared by the export formats: the tokenizer files of a folder and our state dict as saved."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+__all__ = ["copy_tokenizer_files", "write_tokenizer_files", "export_state_dict"]
+
+_TOKENIZER_EXTRA = ("special_tokens_map.json", "added_tokens.json")
+
+
+def copy_tokenizer_files(loaded, out: Path) -> list[str]:
+    """Copy the tokenizer files (``tokenizer*`` and the Hugging Face side files) into ``out``."""
+    src = loaded.tokenizer_dir
+    if src is None:
+        return []
+    copied = []
+    for f in sorted(Path(src).iterdir()):
+        if f.is_file() and (f.name.startswith("tokenizer") or f.name in _TOKENIZER_EXTRA):
+            shutil.copy2(f, Path(out) / f.name)
+            copied.append(f.name)
+    return copied
+
+
+def write_tokenizer_files(loaded, out: Path) -> list[str]:
+    """The tokenizer files for a Hugging Face style folder: the source's files, with ``tokenizer_config.json``
+    rewritten from :func:`openllm.tokenizer.hf_tokenizer_config` (chat template, left padding, no
+    ``token_type_ids``, ``model_max_length`` = the model's context), also for tokenizers saved before those
+    settings existed."""
+    import json
+
+    from ..tokenizer import hf_tokenizer_config, write_hf_files
+
+    copied = copy_tokenizer_files(loaded, out)
+    if loaded.tokenizer is None:
+        return copied
+    ctx = loaded.config.model.max_seq_len
+    model_file = getattr(loaded.tokenizer, "model_path", None)
+    if "tokenizer.json" not in copied and model_file is not None and Path(model_file).is_file():
+        write_hf_files(model_file, out, model_max_length=ctx)
+        return sorted(set(copied) | {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
+    path = Path(out) / "tokenizer_config.json"
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path.write_text(json.dumps({**old, **hf_tokenizer_config(model_max_length=ctx)}, indent=2) + "\n",
+                    encoding="utf-8")
+    return sorted(set(copied) | {"tokenizer_config.json"})
+
+
+def export_state_dict(model) -> dict:
+    """Our state dict, contiguous, CPU, with the tied head left out (it is the embedding)."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return state
