@@ -190,6 +190,8 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # training-only fused loss (openllm.kernels.apply_kernels): fn(hidden, head_weight, targets, ignore_index)
+        self.loss_fn = None
         self.reset_parameters()
 
     # --- construction -----------------------------------------------------------------------------------
@@ -201,7 +203,10 @@ class Transformer(nn.Module):
             if name.endswith("norm.weight"):
                 nn.init.ones_(p)
             elif name.endswith(("wo.weight", "w2.weight")):
-                nn.init.normal_(p, mean=0.0, std=resid_std)
+                if self.cfg.zero_init_proj:
+                    nn.init.zeros_(p)  # each block starts as the identity (modded-nanogpt's recipe)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=resid_std)
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
 
@@ -275,6 +280,8 @@ class Transformer(nn.Module):
         x = self.norm(x)
         if targets is None:
             return self._head(x)
+        if self.loss_fn is not None and not return_logits:
+            return self.loss_fn(x, self.lm_head.weight, targets, ignore_index)
         logits = self.lm_head(x)
         loss = F.cross_entropy(
             logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index
