@@ -107,7 +107,7 @@ def test_data_upload_cli_and_seed_script(tmp_path):
 
 _PUSHER = """
 import sys
-from openllm.hub import push_model
+from openllm.publish import push_model
 root, folder, name = sys.argv[1:4]
 for i in range(3):
     push_model(folder, repo_id="alice/race", version=f"{name}{i}", hub=root)

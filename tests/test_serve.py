@@ -383,7 +383,7 @@ def test_cli_serve_bad_source_is_a_one_line_error(tmp_path):
 
 @pytest.mark.slow
 def test_serve_a_hub_version(serve_run):
-    from openllm.hub import push_model
+    from openllm.publish import push_model
     from openllm.serve import app_from_source
 
     push_model(serve_run, repo_id="me/serve-tiny", version="v1")  # the test's own local hub (conftest)

@@ -19,47 +19,26 @@ def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
-def _params_from_config(cfg) -> tuple[int, int]:
-    import torch
-
-    from .model import Transformer
-
-    with torch.device("meta"):
-        m = Transformer(cfg.model)
-    return m.num_params(), m.num_params(non_embedding=True)
-
-
 def describe(source: str | Path, *, evaluate_missing: bool = False, hub: Any = None, **eval_kwargs) -> dict:
     """One column of the comparison: what the source is, its size, its training and its evaluation."""
-    from .config import Config
-
     path = Path(str(source)).expanduser()
     out: dict[str, Any] = {"source": str(source), "name": path.name if path.exists() else str(source)}
     run_dir = path if path.is_dir() and (path / rundir.CHECKPOINTS).is_dir() else None
     evaluation = None
     if run_dir is not None:
-        # a run: read its files; no need to load the weights
+        # a run: the summary the model card shows, read from its files; no need to load the weights
+        from .publish.facts import collect_facts
+
+        facts = collect_facts(run_dir)
         out["kind"] = "run"
-        cfg = None
-        ckpt = rundir.latest_checkpoint(run_dir)
-        state = rundir.load_json(ckpt / rundir.STATE) if ckpt is not None else {}
-        raw = state.get("config") if isinstance(state.get("config"), dict) else None
-        if raw is None and (run_dir / rundir.CONFIG).is_file():
-            raw = rundir.load_json(run_dir / rundir.CONFIG)
-        if raw is not None:
-            cfg = Config.from_dict({k: v for k, v in raw.items() if k in ("model", "train", "data", "name")})
-        rows = rundir.read_metrics(run_dir)
-        out["step"] = state.get("step") if isinstance(state.get("step"), int) else (rows[-1].get("step") if rows else None)
-        out["tokens_seen"] = state.get("tokens_seen") or (rows[-1].get("tokens") if rows else None)
-        losses = [r for r in rows if _num(r.get("loss")) is not None]
-        vals = [r for r in rows if _num(r.get("val_loss")) is not None]
-        out["train_loss"] = _num(losses[-1]["loss"]) if losses else None
-        out["best_val_loss"] = min(_num(r["val_loss"]) for r in vals) if vals else None
-        if cfg is not None:
-            out["params"], out["params_non_embedding"] = _params_from_config(cfg)
-            out["config"] = cfg.name
-        evaluation = rundir.read_evaluation(run_dir) or None
-        if evaluation is None and evaluate_missing and ckpt is not None:
+        out["step"], out["tokens_seen"] = facts.step, facts.tokens_seen
+        out["train_loss"], out["best_val_loss"] = facts.final_loss, facts.best_val_loss
+        if facts.config:
+            out["config"] = facts.config.get("name")
+        if facts.params is not None:
+            out["params"], out["params_non_embedding"] = facts.params, facts.params_non_embedding
+        evaluation = facts.evaluation or None
+        if evaluation is None and evaluate_missing and facts.kind == "run":
             from .evaluate import evaluate
 
             evaluation = evaluate(run_dir, hub=hub, progress=False, **eval_kwargs)

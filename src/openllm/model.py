@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 
-__all__ = ["Transformer", "KVCache", "RMSNorm"]
+__all__ = ["Transformer", "KVCache", "RMSNorm", "param_report"]
 
 
 def _tracing() -> bool:
@@ -301,3 +301,14 @@ class Transformer(nn.Module):
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = next(self.parameters())
         return KVCache.empty(self.cfg, batch, max_len or self.cfg.max_seq_len, device=p.device, dtype=p.dtype)
+
+
+def param_report(model_cfg: ModelConfig, seq_len: int | None = None) -> dict[str, int]:
+    """Size and cost of a model shape without allocating its weights (built on the meta device):
+    ``params``, ``params_non_embedding``, ``flops_per_token`` (training, at ``seq_len``, default the
+    context length) and the ``seq_len`` used."""
+    with torch.device("meta"):
+        model = Transformer(model_cfg)
+    seq = seq_len or model_cfg.max_seq_len
+    return {"params": model.num_params(), "params_non_embedding": model.num_params(non_embedding=True),
+            "flops_per_token": model.flops_per_token(seq), "seq_len": seq}

@@ -27,7 +27,7 @@ def add_upload_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub.datasets import upload_dataset
+    from ..publish import upload_dataset
 
     res = upload_dataset(args.path, repo_id=args.repo, hub=args.hub, license=args.license, language=args.language,
                          source=args.source, version=args.version, commit_message=args.message, progress=True)

@@ -33,9 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import hub as H
+    from ..publish import push_model
 
     if args.hub_command == "push":
-        res = H.push_model(args.source, repo_id=args.repo, version=args.version, force=args.force, hub=args.hub,
+        res = push_model(args.source, repo_id=args.repo, version=args.version, force=args.force, hub=args.hub,
                            license=args.license, language=args.language, datasets=args.dataset,
                            commit_message=args.message, progress=True)
         print(f"pushed {res.repo_id}@{res.version} (commit {res.commit[:12]}, {len(res.files)} files) to {res.hub}")

@@ -13,18 +13,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..config import apply_overrides, load_config
-    from ..model import Transformer
+    from ..model import param_report
 
     cfg = apply_overrides(load_config(args.config), args.set)
     m = cfg.model
-    with torch.device("meta"):
-        model = Transformer(m)
-    seq = args.seq_len or cfg.train.seq_len or m.max_seq_len
-    total, non_emb = model.num_params(), model.num_params(non_embedding=True)
-    flops = model.flops_per_token(seq)
+    report = param_report(m, seq_len=args.seq_len or cfg.train.seq_len or m.max_seq_len)
+    total, non_emb = report["params"], report["params_non_embedding"]
+    flops, seq = report["flops_per_token"], report["seq_len"]
     print(f"config            {args.config} ({cfg.name})")
     print(f"shape             {m.n_layers} layers x {m.d_model} wide, {m.n_heads} heads "
           f"({m.n_kv_heads} kv), SwiGLU {m.d_ff}, vocab {m.vocab_size}, context {m.max_seq_len}, "

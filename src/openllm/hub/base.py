@@ -4,6 +4,7 @@ the Space sync, the app) is written once against it."""
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Iterable, Sequence, Union
 
 from .ids import validate_path_in_repo
 
-__all__ = ["Hub", "CommitOperationAdd", "CommitOperationDelete", "CommitOperation", "GitRefs", "CommitInfo"]
+__all__ = ["Hub", "CommitOperationAdd", "CommitOperationDelete", "CommitOperation", "GitRefs", "CommitInfo",
+           "REPLACE_ALL"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,19 @@ class CommitOperationDelete:
 
 
 CommitOperation = Union[CommitOperationAdd, CommitOperationDelete]
+
+
+def _all_but(name: str) -> list[str]:
+    """fnmatch patterns matching every path except ``name`` (fnmatch has no negation): a path differs from
+    ``name`` at its first differing character, or is longer."""
+    esc = lambda t: re.sub(r"([*?\[])", r"[\1]", t)  # noqa: E731
+    return [f"{esc(name[:i])}[!{name[i]}]*" for i in range(len(name))] + [f"{esc(name)}?*"]
+
+
+# ``delete_patterns`` that make an upload replace every file of the repo except ``.gitattributes`` (the
+# Hugging Face hub's large-file rules). Evaluated against the head at commit time, so a concurrent push
+# cannot leave its files in our version's tree.
+REPLACE_ALL = _all_but(".gitattributes")
 
 
 @dataclass

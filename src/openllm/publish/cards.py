@@ -57,10 +57,6 @@ def _yaml_header(data: Any) -> str:
     return "---\n" + data.to_yaml() + "\n---\n"
 
 
-def _fmt_int(n: int | None) -> str:
-    return f"{n:,}" if isinstance(n, int) else "?"
-
-
 def _fmt_time(s: float) -> str:
     h, rem = divmod(int(round(s)), 3600)
     m, sec = divmod(rem, 60)

@@ -1,5 +1,6 @@
-"""What a run (or an export) measured, gathered for the model card. Only values found in the run's files;
-anything absent stays absent (the card never guesses)."""
+"""What a run, a checkpoint or an export measured: the one summary of a run that the model card and
+``openllm compare`` show. Only values found in its files; anything absent stays absent (the card never
+guesses)."""
 from __future__ import annotations
 
 import math
@@ -64,30 +65,30 @@ def code_commit(start: Path | None = None) -> str | None:
 
 
 def _param_counts(model_cfg: dict[str, Any]) -> tuple[int | None, int | None]:
+    from ..config import ModelConfig
+    from ..model import param_report
+
     try:
-        import torch
-
-        from ..config import ModelConfig
-        from ..model import Transformer
-
         known = {k: v for k, v in model_cfg.items() if k in ModelConfig.__dataclass_fields__}
-        with torch.device("meta"):
-            model = Transformer(ModelConfig(**known))
-        return model.num_params(), model.num_params(non_embedding=True)
+        report = param_report(ModelConfig(**known))
     except Exception:  # an unreadable config: the card leaves the counts out
         return None, None
+    return report["params"], report["params_non_embedding"]
 
 
 def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
-    """Facts from a run folder (config.json + checkpoints/) or an export folder (openllm.json / config.json).
-    ``count_params=False`` skips building the model on the meta device (no torch import)."""
+    """Facts from a run folder (config.json + checkpoints/: its latest complete checkpoint), one checkpoint
+    folder of a run, or an export folder (openllm.json / config.json). ``count_params=False`` skips building
+    the model on the meta device (no torch import)."""
     src = Path(source)
-    ckpt = rundir.latest_checkpoint(src)
+    run, ckpt = src, rundir.latest_checkpoint(src)
+    if ckpt is None and rundir.step_of(src) is not None and rundir.is_complete(src):
+        run, ckpt = src.parent.parent, src  # RUN/checkpoints/step_N
     facts = RunFacts(source=src, kind="run" if ckpt is not None else "export")
     state: dict[str, Any] = {}
     if ckpt is not None:
-        state = read_json(ckpt / "state.json")
-        cfg = read_json(src / "config.json") or state.get("config") or {}
+        state = read_json(ckpt / rundir.STATE)
+        cfg = read_json(run / rundir.CONFIG) or state.get("config") or {}
         facts.step = int(state["step"]) if isinstance(state.get("step"), int) else rundir.step_of(ckpt)
     else:
         cfg = read_json(src / "openllm.json") or read_json(src / "config.json")
@@ -99,11 +100,10 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
     if facts.config and count_params:
         facts.params, facts.params_non_embedding = _param_counts(facts.config["model"])
 
-    facts.tokens_seen = state.get("tokens_seen") if isinstance(state.get("tokens_seen"), int) else None
     facts.elapsed_s = _finite(state.get("elapsed_s"))
     facts.precision = state.get("precision") if isinstance(state.get("precision"), str) else None
     facts.world_size = state.get("world_size") if isinstance(state.get("world_size"), int) else None
-    facts.status = rundir.read_status(src)
+    facts.status = rundir.read_status(run)
     for d in (state, facts.status):
         for key in ("device_name", "device", "hardware", "gpu"):
             if isinstance(d.get(key), str) and d[key]:
@@ -115,10 +115,15 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
         facts.code_commit = code_commit()
         facts.code_commit_origin = "push" if facts.code_commit else None
 
-    metrics = rundir.read_metrics(src)
+    metrics = rundir.read_metrics(run)
     if facts.step is not None:
         metrics = [r for r in metrics if not isinstance(r.get("step"), int) or r["step"] <= facts.step]
+    elif ckpt is None and (run / rundir.CHECKPOINTS).is_dir():  # a run before its first checkpoint
+        facts.step = next((r["step"] for r in reversed(metrics) if isinstance(r.get("step"), int)), None)
     facts.metrics = metrics
+    facts.tokens_seen = state.get("tokens_seen") if isinstance(state.get("tokens_seen"), int) else None
+    if facts.tokens_seen is None:  # the metrics log counts them too
+        facts.tokens_seen = next((r["tokens"] for r in reversed(metrics) if isinstance(r.get("tokens"), int)), None)
     losses = [r for r in metrics if _finite(r.get("loss")) is not None]
     vals = [r for r in metrics if _finite(r.get("val_loss")) is not None]
     if losses:
@@ -139,8 +144,13 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
             if isinstance(r.get("device"), str):
                 facts.device = r["device"]
 
-    facts.evaluation = rundir.read_evaluation(src)
-    tok_model = next((p for p in (src / "tokenizer" / "tokenizer.model", src / "tokenizer.model") if p.is_file()), None)
+    # the run's evaluation.json and loss.png describe its latest checkpoint, not an older one
+    whole_run = src == run or ckpt == rundir.latest_checkpoint(run)
+    evaluation = rundir.read_evaluation(run)
+    if whole_run or (facts.step is not None and evaluation.get("step") == facts.step):
+        facts.evaluation = evaluation
+    tok_model = next((p for p in (run / rundir.TOKENIZER / "tokenizer.model", src / "tokenizer.model")
+                      if p.is_file()), None)
     facts.tokenizer_sha256 = state.get("tokenizer_sha256") or (sha256_file(tok_model) if tok_model else None)
     data_dir = state.get("data_dir")
     if isinstance(data_dir, str) and (Path(data_dir) / "meta.json").is_file():
@@ -148,6 +158,6 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
         facts.data_sources = {k: v for k, v in (meta.get("sources") or {}).items() if isinstance(v, dict)}
         facts.data_splits = {k: {"tokens": v.get("tokens"), "documents": v.get("documents")}
                              for k, v in (meta.get("splits") or {}).items() if isinstance(v, dict)}
-    image = src / "loss.png"
-    facts.loss_image = image if image.is_file() else None
+    image = run / rundir.LOSS_PNG
+    facts.loss_image = image if whole_run and image.is_file() else None
     return facts

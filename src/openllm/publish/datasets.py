@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OpenLLMError
-from .errors import RepositoryNotFound, UnsupportedOperation
-from .factory import get_hub
 from ..hashing import sha256_file
-from .ids import validate_repo_id, validate_tag
-from .models import REPLACE_ALL
+from ..hub import REPLACE_ALL, RepositoryNotFound, UnsupportedOperation, get_hub
+from ..hub.ids import validate_repo_id, validate_tag
+from .cards import dataset_card
 
 __all__ = ["upload_dataset", "dataset_stats", "DatasetUpload"]
 
@@ -104,8 +103,6 @@ def upload_dataset(path: str | Path, *, repo_id: str, hub: Any = None, license: 
                    commit_message: str | None = None, progress: bool = False) -> DatasetUpload:
     """Upload ``path`` (a file or a folder) to the dataset repo ``repo_id`` (created when missing) as one
     commit whose tree is exactly the data + README.md (dataset card) + SHA256SUMS; tag it ``version``."""
-    from .cards import dataset_card
-
     validate_repo_id(repo_id)
     if version is not None:
         validate_tag(version)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
-from openllm.hub.cards import dataset_card, model_card
-from openllm.hub.facts import collect_facts
+from openllm.publish.cards import dataset_card, model_card
+from openllm.publish.facts import collect_facts
 
 EVAL = {"val_loss": 3.25, "perplexity": 25.79, "bits_per_byte": 1.42, "dataset": {"name": "val.jsonl"},
         "tasks": {"lambada": {"acc": 0.125, "ppl": 812.5, "path": "x"}, "hellaswag": {"acc": 0.26, "acc_norm": 0.27}}}
@@ -120,7 +120,7 @@ def test_dataset_card_parses_with_checksums_and_report(tmp_path):
 @pytest.mark.parametrize("kind", ["prepared", "tokenized", "file"])
 def test_upload_dataset_to_local_hub(tmp_path, kind):
     from openllm.hub import CommitOperationAdd, LocalHub
-    from openllm.hub.datasets import upload_dataset
+    from openllm.publish.datasets import upload_dataset
 
     src = tmp_path / kind
     src.mkdir()

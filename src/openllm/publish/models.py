@@ -1,0 +1,150 @@
+"""Publish a run or an export as one immutable model version: ``push_model(SOURCE, repo_id=...)``.
+
+A pushed version is ONE commit whose tree is exactly: the Hugging Face export (``config.json``,
+``model.safetensors``, ``generation_config.json``, tokenizer files), ``openllm.json`` (our full config),
+``README.md`` (the model card), ``loss.png`` and ``evaluation.json`` when the run has them; the version is an
+annotated tag on that commit. Reading versions back is :mod:`openllm.hub.models`."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import rundir
+from ..errors import OpenLLMError
+from ..hub import REPLACE_ALL, RepositoryNotFound, RevisionExists, UnsupportedOperation, get_hub
+from ..hub.ids import validate_repo_id, validate_tag
+from ..hub.versions import version_for_step
+from ..loading import detect_kind, load
+from .cards import model_card
+from .facts import collect_facts
+
+__all__ = ["push_model", "PushResult"]
+
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+
+
+@dataclass
+class PushResult:
+    repo_id: str
+    version: str
+    commit: str
+    step: int | None
+    files: list[str]
+    hub: str
+
+
+def _kind(src: Path) -> str:
+    """What ``src`` holds (:func:`openllm.loading.detect_kind`: run | checkpoint | native | hf), refusing what
+    cannot be pushed with a message saying what to do."""
+    if not src.exists():
+        raise FileNotFoundError(f"{src} does not exist; give a run folder or an export folder")
+    if not src.is_dir():
+        raise OpenLLMError(f"{src} is not a folder; give a run folder (openllm train --out) or an export folder")
+    kind = detect_kind(src)
+    if kind == "run" and rundir.latest_checkpoint(src) is None:
+        raise OpenLLMError(f"{src} has no checkpoint yet; train longer (or lower --save-every) and push again")
+    if kind == "hf" and not any((src / w).is_file() for w in _HF_WEIGHTS):
+        raise OpenLLMError(f"{src} has no weights (model.safetensors); export it again with "
+                           f"`openllm export RUN --format hf --out DIR`")
+    return kind
+
+
+def _stage(src: Path, kind: str, staging: Path) -> None:
+    """Write the Hugging Face export of ``src`` into ``staging``: a Hugging Face folder is copied as it is
+    (without its card), anything else is loaded and exported."""
+    if kind == "hf":
+        for p in src.iterdir():
+            if p.name.startswith(".") or p.name == "README.md":
+                continue
+            (shutil.copytree if p.is_dir() else shutil.copy2)(p, staging / p.name)
+        return
+    from ..export.hf import export_hf  # torch and transformers load only when a model is exported
+
+    export_hf(load(src), staging)
+
+
+def push_model(source: str | Path, *, repo_id: str, version: str | None = None, force: bool = False,
+               hub: Any = None, license: str = "gpl-3.0", language: str = "en",
+               datasets: list[str] | None = None, commit_message: str | None = None,
+               progress: bool = False) -> PushResult:
+    """Push a run (its latest checkpoint) or an export folder to ``repo_id`` as version ``version`` (default:
+    the step in thousands, e.g. ``7k``). An existing version is refused unless ``force``."""
+    validate_repo_id(repo_id)
+    h = get_hub(hub)
+    src = Path(source).expanduser()
+    kind = _kind(src)
+    facts = collect_facts(src, count_params=False)  # cheap: refuse a taken version before any export work
+    if version is None:
+        if facts.step is None:
+            raise OpenLLMError(f"{src} does not say which training step it holds; name the version with --version")
+        version = version_for_step(facts.step)
+    validate_tag(version)
+
+    exists = h.repo_exists(repo_id=repo_id, repo_type="model")
+    if exists and version in h.list_refs(repo_id=repo_id, repo_type="model").tags and not force:
+        raise RevisionExists(f"{repo_id} already has version {version}; versions are immutable: choose another "
+                             f"--version, or replace it with --force")
+    if not exists:
+        try:
+            h.create_repo(repo_id=repo_id, repo_type="model", exist_ok=True)
+        except UnsupportedOperation:
+            raise RepositoryNotFound(f"model repo {repo_id} does not exist on {h.describe()} and cannot be created "
+                                     f"from here; create it on the server first") from None
+
+    facts = collect_facts(src)
+    with tempfile.TemporaryDirectory(prefix="openllm-push-") as tmp:
+        staging = Path(tmp) / "model"
+        staging.mkdir()
+        _say(progress, f"exporting {src} ({kind}) ...")
+        _stage(src, kind, staging)
+        if facts.loss_image is not None:
+            shutil.copy2(facts.loss_image, staging / "loss.png")
+        elif facts.metrics and not (staging / "loss.png").exists():
+            _plot(facts.metrics, staging / "loss.png", title=f"{repo_id} {version}")
+        if facts.evaluation:
+            (staging / "evaluation.json").write_text(json.dumps(facts.evaluation, indent=2) + "\n", encoding="utf-8")
+        if facts.config and not (staging / "openllm.json").exists():
+            (staging / "openllm.json").write_text(json.dumps({"format": "openllm", **facts.config}, indent=2) + "\n",
+                                                  encoding="utf-8")
+        card = model_card(facts, repo_id=repo_id, version=version, license=license, language=language,
+                          datasets=datasets, image_name="loss.png" if (staging / "loss.png").exists() else None,
+                          hub_name=getattr(h, "name", "local"))
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        files = sorted(str(p.relative_to(staging).as_posix()) for p in staging.rglob("*") if p.is_file())
+        step_txt = f" (step {facts.step})" if facts.step is not None else ""
+        size = sum((staging / f).stat().st_size for f in files)
+        _say(progress, f"uploading {len(files)} files ({size / 1e6:.1f} MB) to {repo_id} on {h.describe()} ...")
+        commit = h.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="model",
+                                 delete_patterns=REPLACE_ALL,
+                                 commit_message=commit_message or f"Version {version}{step_txt}")
+    message = f"version {version}{step_txt}"
+    try:
+        h.create_tag(repo_id=repo_id, tag=version, revision=commit, message=message, repo_type="model")
+    except RevisionExists:
+        if not force:
+            raise RevisionExists(f"{repo_id} got version {version} from someone else while uploading; versions are "
+                                 f"immutable: choose another --version, or replace it with --force") from None
+        h.delete_tag(repo_id=repo_id, tag=version, repo_type="model")
+        h.create_tag(repo_id=repo_id, tag=version, revision=commit, message=message, repo_type="model")
+    return PushResult(repo_id=repo_id, version=version, commit=commit, step=facts.step, files=files,
+                      hub=h.describe())
+
+
+def _plot(metrics: list[dict], out: Path, *, title: str) -> None:
+    try:
+        from ..metrics import plot_loss
+
+        plot_loss(metrics, out, title=title)
+    except Exception:  # no plot is better than no push; the card then has no image
+        out.unlink(missing_ok=True)
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        import sys
+
+        print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,293 @@
+"""The import graph of src/openllm: every arrow points down the layer table, and there is no cycle, neither
+between packages nor between modules, counting imports inside functions, ``importlib.import_module("...")``
+strings and lazy ``_LAZY`` attribute tables. Read from the source (AST), so nothing is imported."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "openllm"
+ROOT = "openllm"
+
+# Higher imports lower or the same layer, never higher. Keyed by the first name under the package.
+# A new module or package must be added here, to the layer it belongs to.
+LAYER_NAMES = {4: "interfaces", 3: "workflows", 2: "components", 1: "foundations"}
+LAYERS: dict[str, int] = {
+    # interfaces: command line, web app, HTTP server, and the package facade (openllm.load)
+    ROOT: 4, "__main__": 4, "cli": 4, "app": 4, "serve": 4,
+    # workflows built from the components
+    "publish": 3, "train": 3, "evaluate": 3, "export": 3, "compare": 3, "quickstart": 3, "space": 3,
+    # components
+    "hub": 2, "loading": 2, "generate": 2, "model": 2, "tokenizer": 2, "prepare": 2, "shards": 2, "corpus": 2,
+    "loader": 2, "batches": 2, "checkpoint": 2, "optim": 2, "metrics": 2, "distributed": 2, "hf_compat": 2,
+    "device": 2, "kernels": 2,
+    # foundations: the run folder's layout, configs, errors, checksums
+    "rundir": 1, "config": 1, "errors": 1, "hashing": 1,
+}
+
+# Imports whose target the AST cannot read (a computed module name), and what they may load.
+DYNAMIC = {
+    "openllm.cli": "openllm.cli.",  # the command table: openllm.cli.<command module>
+}
+
+
+# --- the graph ------------------------------------------------------------------------------------------
+
+def find_modules(src: Path, root: str = ROOT) -> dict[str, Path]:
+    """Dotted module name -> file, for every .py under ``src`` (a package folder named ``root``)."""
+    out = {}
+    for path in sorted(src.rglob("*.py")):
+        parts = list(path.relative_to(src).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join([root, *parts])] = path
+    return out
+
+
+def _package_of(module: str, path: Path) -> str:
+    return module if path.name == "__init__.py" else module.rpartition(".")[0]
+
+
+def _resolve(name: str, level: int, package: str) -> str:
+    if level == 0:
+        return name
+    base = package.split(".")
+    if level > 1:
+        base = base[: len(base) - (level - 1)]
+    return ".".join(base + ([name] if name else []))
+
+
+def _relative_string(name: str, anchor: str) -> str:
+    """``importlib.import_module(name, anchor)`` as a dotted name."""
+    if not name.startswith("."):
+        return name
+    level = len(name) - len(name.lstrip("."))
+    return _resolve(name[level:], level, anchor)
+
+
+def _anchor(arg: ast.expr | None, module: str, package: str) -> str:
+    if isinstance(arg, ast.Name) and arg.id == "__name__":
+        return module
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    return package
+
+
+def imports_of(module: str, path: Path, known: dict[str, Path], root: str = ROOT) -> tuple[set[str], list[str]]:
+    """(modules of the package that ``module`` imports anywhere in its file, problems found while reading).
+    Importing ``a.b.c`` from outside ``a.b`` also runs ``a.b``'s ``__init__``: that is an arrow too."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = _package_of(module, path)
+    raw: set[str] = set()
+    problems: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            raw.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(node.module or "", node.level, package)
+            for a in node.names:  # a submodule, or a name defined in ``base`` itself
+                if base == root and a.name.startswith("__"):
+                    continue  # the package's metadata (__version__): no code of the facade runs
+                raw.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))
+              and (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id) == "import_module"):
+            arg = node.args[0] if node.args else None
+            anchor = _anchor(node.args[1] if len(node.args) > 1 else None, module, package)
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                raw.add(_relative_string(arg.value, anchor))
+            elif (isinstance(arg, ast.Subscript) and isinstance(arg.value, ast.Name)
+                  and "LAZY" in arg.value.id.upper()):
+                pass  # a lazy table's entry: the table itself is read below
+            elif module in DYNAMIC:
+                raw.update(m for m in known if m.startswith(DYNAMIC[module]))
+            else:
+                problems.append(f"{module}:{node.lineno} imports a computed module name; add it to DYNAMIC "
+                                f"in tests/test_imports.py with the modules it may load")
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Dict):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and "LAZY" in t.id.upper() for t in targets):
+                for v in node.value.values:  # name -> module, loaded on first attribute access
+                    if isinstance(v, ast.Constant) and isinstance(v.value, str):
+                        raw.add(_relative_string(v.value, package))
+    out: set[str] = set()
+    for name in raw:
+        if name != root and not name.startswith(root + "."):
+            continue  # not ours (stdlib, third party)
+        while name not in known and "." in name:  # `from .x import name` where name is not a module
+            name = name.rpartition(".")[0]
+        parts = name.split(".")
+        for i in range(2, len(parts) + 1):  # the target and the packages above it that it runs
+            target = ".".join(parts[:i])
+            if i < len(parts) and (module == target or module.startswith(target + ".")):
+                continue  # a package the importer is itself inside: already running
+            if target != module:
+                out.add(target)
+        if name == root and module != root:
+            out.add(root)
+    return out, problems
+
+
+def layer_key(module: str, root: str = ROOT) -> str:
+    return module.split(".")[1] if "." in module else root
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle, as "a -> b -> ... -> a", through each strongly connected part of ``graph`` that has one,
+    naming the part's other members."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    parts: list[set[str]] = []
+
+    def connect(v: str) -> None:  # Tarjan
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = set()
+            while True:
+                w = stack.pop()
+                part.add(w)
+                if w == v:
+                    break
+            if len(part) > 1 or v in graph.get(v, ()):
+                parts.append(part)
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    cycles = []
+    for part in parts:
+        start = min(part)
+        path, seen = [start], {start}
+        while True:  # walk inside the part until a node repeats
+            nxt = min(w for w in graph[path[-1]] if w in part)
+            if nxt in seen:
+                cycle = path[path.index(nxt):] + [nxt]
+                rest = sorted(part - set(cycle))
+                cycles.append(" -> ".join(cycle) + (f" (also in this loop: {', '.join(rest)})" if rest else ""))
+                break
+            path.append(nxt)
+            seen.add(nxt)
+    return sorted(cycles)
+
+
+def check(src: Path, root: str = ROOT, layers: dict[str, int] = LAYERS) -> list[str]:
+    """Every breach of the layering in the package at ``src``, as readable lines (empty: all is well)."""
+    known = find_modules(src, root)
+    graph: dict[str, set[str]] = {}
+    problems: list[str] = []
+    for module, path in known.items():
+        graph[module], found = imports_of(module, path, known, root)
+        problems += found
+    for module in known:
+        if layer_key(module, root) not in layers:
+            problems.append(f"{module} is not in the layer table: add {layer_key(module, root)!r} to LAYERS "
+                            f"in tests/test_imports.py, in the layer it belongs to")
+    for module, targets in sorted(graph.items()):
+        a = layers.get(layer_key(module, root))
+        for t in sorted(targets):
+            b = layers.get(layer_key(t, root))
+            if a is not None and b is not None and b > a:
+                problems.append(f"{module} ({LAYER_NAMES.get(a, a)}) imports {t} ({LAYER_NAMES.get(b, b)}): "
+                                f"an arrow pointing up")
+    for cycle in find_cycles(graph):
+        problems.append("module import cycle: " + cycle)
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        a = layer_key(module, root)
+        packages.setdefault(a, set()).update(k for k in map(lambda t: layer_key(t, root), targets) if k != a)
+    for cycle in find_cycles(packages):
+        problems.append("package import cycle: " + cycle)
+    return problems
+
+
+# --- the tests ------------------------------------------------------------------------------------------
+
+def test_the_package_has_no_upward_arrow_and_no_cycle():
+    problems = check(SRC)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_graph_sees_lazy_imports():
+    """The real tree's graph holds the lazy arrows: a function-level import and the hub's hidden ones."""
+    known = find_modules(SRC)
+    loading, _ = imports_of("openllm.loading", known["openllm.loading"], known)
+    assert "openllm.hub" in loading  # `from .hub import download_model` inside load()
+    everything = {t for m, p in known.items() for t in imports_of(m, p, known)[0]}
+    assert "openllm.cli.hub" in everything  # through the command table's computed names
+
+
+def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    src = tmp_path / "pkg"
+    for rel, text in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    return src
+
+
+LAYERS_FOR_TESTS = {"pkg": 4, "hub": 2, "loading": 2, "export": 3, "rundir": 1}
+
+
+def test_a_loop_through_a_lazy_table_and_a_function_import_is_found(tmp_path):
+    """The shape the hub had: loading imports the hub in a function, the hub's __init__ loads hub.models
+    through importlib from a _LAZY table, and hub.models imports loading and export."""
+    src = _tree(tmp_path, {
+        "__init__.py": "",
+        "rundir.py": "",
+        "loading.py": "from .rundir import x\ndef load():\n    from .hub import download_model\n",
+        "export/__init__.py": "",
+        "export/hf.py": "from ..loading import load\n",
+        "hub/__init__.py": "_LAZY = {'download_model': '.models'}\ndef __getattr__(n):\n"
+                           "    import importlib\n    return importlib.import_module(_LAZY[n], __name__)\n",
+        "hub/models.py": "def stage():\n    from ..export.hf import export_hf\n    from ..loading import load\n",
+    })
+    problems = check(src, "pkg", LAYERS_FOR_TESTS)
+    assert any("pkg.hub.models (components) imports pkg.export.hf (workflows): an arrow pointing up" in p
+               for p in problems), problems
+    assert any(p.startswith("module import cycle:") and "pkg.loading" in p and "pkg.hub.models" in p
+               for p in problems), problems
+    assert any(p.startswith("package import cycle:") for p in problems), problems
+
+
+def test_import_module_strings_and_unlisted_modules_are_caught(tmp_path):
+    src = _tree(tmp_path, {
+        "__init__.py": "",
+        "rundir.py": "import importlib\ndef f():\n    return importlib.import_module('pkg.hub')\n",
+        "hub/__init__.py": "",
+        "newthing.py": "def g(name):\n    import importlib\n    return importlib.import_module(name)\n",
+    })
+    problems = check(src, "pkg", LAYERS_FOR_TESTS)
+    assert "pkg.rundir (foundations) imports pkg.hub (components): an arrow pointing up" in problems
+    assert any("pkg.newthing is not in the layer table: add 'newthing'" in p for p in problems), problems
+    assert any("pkg.newthing:3 imports a computed module name" in p for p in problems), problems
+
+
+def test_a_clean_tree_passes(tmp_path):
+    src = _tree(tmp_path, {
+        "__init__.py": "def load():\n    from .loading import load\n",
+        "rundir.py": "",
+        "loading.py": "from . import rundir\n",
+        "hub/__init__.py": "from .models import download_model\n",
+        "hub/models.py": "from ..rundir import x\n",
+        "export/__init__.py": "from ..hub import download_model\nfrom ..loading import load\n",
+    })
+    assert check(src, "pkg", LAYERS_FOR_TESTS) == []
+
+
+@pytest.mark.parametrize("module", ["openllm.hub.models", "openllm.hub.local", "openllm.hub.hf"])
+def test_the_hub_is_transport_only(module):
+    """hub/ moves bytes and versions; it never reaches for what a run, a model or an export is."""
+    known = find_modules(SRC)
+    if module not in known:
+        pytest.skip(f"{module} does not exist")
+    targets, _ = imports_of(module, known[module], known)
+    above = {t for t in targets if layer_key(t) in ("export", "metrics", "config", "model", "loading", "publish")}
+    assert not above, f"{module} imports {sorted(above)}"
