@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from openllm.quickstart import unigram_baseline
+from openllm.quickstart import STEPS, unigram_baseline
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_batches import write_shards  # noqa: E402
@@ -30,9 +30,9 @@ def test_unigram_baseline_by_hand(tmp_path):
     data = write_shards(tmp_path / "d", {"train": [np.array([0, 0, 0, 1])], "val": [np.array([2, 0, 1, 0, 3])]},
                         vocab_size=4)
     loss, n = unigram_baseline(data, seq_len=2)
-    # windows of 2 over the val stream: targets are stream tokens 1..4 = [0, 1, 0, 3]
-    expected = -(np.log(4 / 8) + np.log(2 / 8) + np.log(4 / 8) + np.log(1 / 8)) / 4
-    assert n == 4 and loss == pytest.approx(expected)
+    # every val token is scored (openllm evaluate puts a document-start EOS before the stream): [2, 0, 1, 0, 3]
+    expected = -(np.log(1 / 8) + np.log(4 / 8) + np.log(2 / 8) + np.log(4 / 8) + np.log(1 / 8)) / 5
+    assert n == 5 and loss == pytest.approx(expected)
 
 
 @pytest.mark.slow
@@ -40,31 +40,47 @@ def test_quickstart_end_to_end(tmp_path):
     cfg = tmp_path / "quick.json"
     cfg.write_text(json.dumps(SMALL))
     out = tmp_path / "qs"
-    res = run_cli("quickstart", "--out", str(out), "--config", str(cfg), "--device", "cpu",
-                  "--no-evaluate-report", "--no-progress", env=ONE_THREAD, timeout=600)
+    res = run_cli("quickstart", "--out", str(out), "--config", str(cfg), "--device", "cpu", "--no-progress",
+                  env=ONE_THREAD, timeout=600)
     text = res.stdout
     for stage in range(1, 8):
         assert f"[{stage}/7]" in text
     summary = json.loads((out / "quickstart.json").read_text())
+    # every step ran, and every output it promised is there
+    assert summary["missing"] == [] and set(summary["timings_s"]) == set(STEPS), summary
+    paths = {k: Path(v) for k, v in summary["paths"].items()}
+    assert set(paths) == {"prepared", "tokenizer", "tokens", "run", "evaluation", "export_native", "export_hf"}
+    for key in ("prepared", "tokenizer", "tokens", "run"):
+        assert paths[key].is_dir() and str(paths[key]) in text
     assert summary["train_steps"] == 150
+    run = out / "run"
+    for name in ("config.json", "metrics.jsonl", "status.json", "loss.png", "checkpoints/best.json", "tokenizer",
+                 "evaluation.json"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (paths["export_hf"] / name).is_file(), name
+    assert (paths["export_native"] / "config.json").is_file()
+    assert len(summary["samples"]) == 2
+    # one val loss: the summary's is the evaluation report's (every val token, window/stride), and the unigram
+    # baseline is scored on the same tokens
+    report = json.loads(paths["evaluation"].read_text())
+    assert report["val_loss"] == summary["val_loss"] and report["tokens"] == summary["val_tokens"]
+    assert report["baselines"]["unigram"]["val_loss"] == pytest.approx(summary["unigram_val_loss"], rel=1e-9)
     # the model must beat the unigram baseline by a wide margin, and both numbers are printed
     assert summary["unigram_val_loss"] - summary["val_loss"] > 0.5, summary
     assert f"unigram baseline {summary['unigram_val_loss']:.4f}" in text and "beats it" in text
-    for key in ("prepared", "tokenizer", "tokens", "run"):
-        assert Path(summary["paths"][key]).is_dir() and summary["paths"][key] in text
-    run = out / "run"
-    for name in ("config.json", "metrics.jsonl", "status.json", "loss.png", "checkpoints/best.json", "tokenizer"):
-        assert (run / name).exists(), name
-    assert json.loads((run / "status.json").read_text())["state"] == "finished"
-    if "export_hf" in summary["paths"]:
-        assert (Path(summary["paths"]["export_hf"]) / "config.json").is_file()
-    assert len(summary["samples"]) == 2
-    # a second quickstart into the same folder starts over instead of failing
+    # a second quickstart into the same folder starts over instead of failing; a step that fails ends the
+    # quickstart with a non-zero exit and one line naming the step (here training diverges)
     (out / "run" / "marker").write_text("x")
-    res2 = run_cli("quickstart", "--out", str(out), "--config", str(cfg), "--max-steps", "2", "--device", "cpu",
-                   "--no-evaluate-report", "--no-export", "--no-progress", check=False, env=ONE_THREAD,
-                   timeout=600)
-    assert "[5/7]" in res2.stdout and not (out / "run" / "marker").exists()
+    diverging = tmp_path / "diverging.json"
+    diverging.write_text(json.dumps({**SMALL, "train": {**SMALL["train"], "lr": 1e30, "min_lr": 1e29}}))
+    bad = run_cli("quickstart", "--out", str(out), "--config", str(diverging), "--max-steps", "3", "--device", "cpu",
+                  "--no-evaluate-report", "--no-export", "--no-progress", check=False, env=ONE_THREAD, timeout=600)
+    assert "[5/7]" in bad.stdout and "[6/7]" not in bad.stdout and not (out / "run" / "marker").exists()
+    assert bad.returncode == 2, bad.stderr
+    assert "quickstart step 5/7 (train) failed: training diverged" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()[-1]) > 0 and not (out / "quickstart.json").exists()
     # a folder that is not a quickstart's is refused
     other = tmp_path / "other"
     other.mkdir()

@@ -4,31 +4,37 @@ embedded corpus -> prepare (clean, dedupe, split) -> tokenizer (SentencePiece, t
 tokenize (uint16 shards) -> unigram baseline -> train the ``tiny`` preset -> evaluate -> export (native,
 Hugging Face) -> generate a sample. Every artefact goes under one folder; the end prints where.
 
-The evaluation report, the exports and the samples are extras: when one of them fails the quickstart says so
-and carries on (its own val-loss comparison stands).
+The val loss it reports is :mod:`openllm.evaluate`'s (every val token, window/stride), on the model
+:func:`openllm.load` loads from the run; the unigram baseline is scored on the same tokens. Every step it
+runs must succeed: a failing step ends the quickstart with an :class:`OpenLLMError` naming the step.
+``evaluate=False`` leaves out the report's extras (generations, baselines, ``evaluation.json``), not the val
+loss; ``export=False`` leaves out the exports.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-import numpy as np
-
+from .config import Config
 from .errors import OpenLLMError
 
-__all__ = ["quickstart", "unigram_baseline", "QuickstartResult"]
+__all__ = ["quickstart", "unigram_baseline", "QuickstartResult", "STEPS"]
 
 MARKER = ".openllm-quickstart"
 SAMPLE_PROMPTS = ("In the beginning", "And the LORD said unto Moses,")
+STEPS = ("prepare", "tokenizer", "tokenize", "baseline", "train", "evaluate", "export_generate")
 
 
 @dataclass
 class QuickstartResult:
+    """What :func:`quickstart` did. ``val_loss`` is ``openllm evaluate``'s figure; ``missing`` names the steps
+    left out on request (``export=False``, ``evaluate=False``)."""
+
     out: Path
     val_loss: float
     unigram_loss: float
@@ -41,33 +47,12 @@ class QuickstartResult:
 
 def unigram_baseline(data_dir: str | Path, seq_len: int) -> tuple[float, int]:
     """Cross-entropy (nats/token) on the val split of a context-free model that predicts the train split's
-    token frequencies (add-one smoothed). Scored on exactly the tokens :class:`SequentialWindows` scores, so
-    it compares with the model's full-val loss. Returns (loss, tokens scored)."""
-    from .evaluate.baselines import UnigramLM, unigram_counts
-    from .batches import SequentialWindows, TokenShards
+    token frequencies (add-one smoothed), scored on the tokens ``openllm evaluate`` scores: its
+    ``baselines.unigram`` figure. Returns (loss, tokens scored)."""
+    from .evaluate.baselines import unigram_val_score
 
-    train = TokenShards(data_dir, "train")
-    logp = UnigramLM(unigram_counts(train.shards, train.vocab_size)).logp.double().numpy()
-    val = SequentialWindows(data_dir, batch_size=1, seq_len=seq_len, split="val")
-    n = val.num_windows * seq_len
-    targets = np.asarray(val.data.stream(1, n), dtype=np.int64)
-    return float(-logp[targets].mean()), n
-
-
-def full_val_loss(model, data_dir: str | Path, seq_len: int, batch_size: int = 16) -> float:
-    """The model's mean loss over every val window (the same tokens :func:`unigram_baseline` scores)."""
-    import torch
-
-    from .batches import SequentialWindows
-
-    total, count = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for x, y in SequentialWindows(data_dir, batch_size=batch_size, seq_len=seq_len, split="val"):
-            loss = model(x, y, return_logits=False)
-            total += float(loss) * y.numel()
-            count += y.numel()
-    return total / count
+    score = unigram_val_score(data_dir, window=seq_len)
+    return score.loss, score.tokens
 
 
 def _prepare_out(out: Path) -> None:
@@ -82,7 +67,7 @@ def _prepare_out(out: Path) -> None:
 def quickstart(
     out: str | Path = "runs/quickstart",
     *,
-    config: str | Path = "tiny",
+    config: str | Path | Config = "tiny",
     max_steps: int | None = None,
     device: str | None = None,
     progress: bool = True,
@@ -90,8 +75,10 @@ def quickstart(
     export: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> QuickstartResult:
-    """Run the whole pipeline into ``out``; see the module docstring. ``max_steps`` shortens training (tests)."""
+    """Run the whole pipeline into ``out``; see the module docstring. ``max_steps`` shortens training (tests).
+    Raises :class:`OpenLLMError` naming the step that failed."""
     from .config import load_config
+    from .rundir import write_json_atomic
 
     say = log or (lambda msg: print(msg, flush=True))
     t0 = time.time()
@@ -102,122 +89,111 @@ def quickstart(
     _prepare_out(out)
     paths: dict[str, Path] = {}
     timings: dict[str, float] = {}
-    missing: list[str] = []
-    total_stages = 7
+    missing = (["evaluation report (generations, baselines, evaluation.json)"] if not evaluate else []) + \
+              (["export"] if not export else [])
 
-    def stage(i: int, title: str) -> float:
-        say(f"\n[{i}/{total_stages}] {title}  (t = {time.time() - t0:.0f}s)")
-        return time.time()
-
-    # 1. prepare ----------------------------------------------------------------------------------------
-    s = stage(1, "prepare the embedded corpus (King James Bible): clean, deduplicate, split train/val")
-    from .prepare import prepare_corpus
-
-    paths["prepared"] = out / "data" / "prepared"
-    report = prepare_corpus(None, paths["prepared"], val_fraction=0.02, progress=progress)
-    docs = report.get("documents", {})
-    say(f"    {docs.get('train', '?')} train / {docs.get('val', '?')} val documents -> {paths['prepared']}")
-    timings["prepare"] = time.time() - s
-
-    # 2. tokenizer --------------------------------------------------------------------------------------
-    s = stage(2, f"train a SentencePiece tokenizer (vocab {cfg.model.vocab_size})")
-    from .tokenizer import train_tokenizer
-
-    paths["tokenizer"] = out / "tokenizer"
-    tok = train_tokenizer(paths["prepared"], paths["tokenizer"], vocab_size=cfg.model.vocab_size,
-                          model_type=cfg.data.tokenizer_model_type,
-                          character_coverage=cfg.data.character_coverage,
-                          byte_fallback=cfg.data.byte_fallback, progress=progress)
-    if tok.vocab_size != cfg.model.vocab_size:
-        raise OpenLLMError(f"the tokenizer has {tok.vocab_size} tokens, the config {cfg.model.vocab_size}")
-    timings["tokenizer"] = time.time() - s
-
-    # 3. tokenize ---------------------------------------------------------------------------------------
-    s = stage(3, "tokenize into uint16 shards")
-    from .shards import tokenize_corpus
-
-    paths["tokens"] = out / "data" / "tokens"
-    meta = tokenize_corpus(paths["prepared"], paths["tokenizer"], paths["tokens"], progress=progress)
-    sp = meta["splits"]
-    say(f"    {sp['train']['tokens']:,} train tokens, {sp['val']['tokens']:,} val tokens -> {paths['tokens']}")
-    timings["tokenize"] = time.time() - s
-
-    # 4. baseline ---------------------------------------------------------------------------------------
-    seq_len = cfg.train.seq_len or cfg.model.max_seq_len
-    s = stage(4, "unigram baseline (train token frequencies, scored on val)")
-    uni, n_scored = unigram_baseline(paths["tokens"], seq_len)
-    say(f"    unigram val loss {uni:.4f} nats/token over {n_scored:,} tokens "
-        f"(uniform would be ln {cfg.model.vocab_size} = {math.log(cfg.model.vocab_size):.4f})")
-    timings["baseline"] = time.time() - s
-
-    # 5. train ------------------------------------------------------------------------------------------
-    tc = cfg.train
-    s = stage(5, f"train the {cfg.name} model: {tc.max_steps} steps of {tc.micro_batch_size} x {seq_len} tokens")
-    from .train import train
-
-    paths["run"] = out / "run"
-    result = train(cfg, data_dir=paths["tokens"], out_dir=paths["run"], device=device, progress=progress,
-                   resume=False, log=say)
-    timings["train"] = time.time() - s
-
-    # 6. evaluate ---------------------------------------------------------------------------------------
-    s = stage(6, "evaluate on the whole val split")
-    import torch
-
-    from .checkpoint import load_model_weights
-    from .model import Transformer
-
-    model = load_model_weights(Transformer(cfg.model), result.checkpoint)
-    val_loss = full_val_loss(model, paths["tokens"], seq_len)
-    say(f"    model val loss {val_loss:.4f} (perplexity {math.exp(val_loss):.1f}) vs unigram {uni:.4f} "
-        f"(perplexity {math.exp(uni):.1f}): {uni - val_loss:+.4f} nats/token better")
-    if evaluate:
-        from .evaluate import evaluate_run
-
+    @contextlib.contextmanager
+    def stage(name: str, title: str) -> Iterator[None]:
+        i = STEPS.index(name) + 1
+        say(f"\n[{i}/{len(STEPS)}] {title}  (t = {time.time() - t0:.0f}s)")
+        s = time.time()
         try:
-            evaluate_run(paths["run"], progress=progress)
+            yield
+        except Exception as exc:  # one line naming the step; KeyboardInterrupt passes through
+            detail = str(exc).strip() or type(exc).__name__
+            if not isinstance(exc, OpenLLMError):
+                detail = f"{type(exc).__name__}: {detail}"
+            raise OpenLLMError(f"quickstart step {i}/{len(STEPS)} ({name}) failed: {detail}") from exc
+        finally:
+            timings[name] = time.time() - s
+
+    with stage("prepare", "prepare the embedded corpus (King James Bible): clean, deduplicate, split train/val"):
+        from .prepare import prepare_corpus
+
+        paths["prepared"] = out / "data" / "prepared"
+        report = prepare_corpus(None, paths["prepared"], val_fraction=0.02, progress=progress)
+        docs = report.get("documents", {})
+        say(f"    {docs.get('train', '?')} train / {docs.get('val', '?')} val documents -> {paths['prepared']}")
+
+    with stage("tokenizer", f"train a SentencePiece tokenizer (vocab {cfg.model.vocab_size})"):
+        from .tokenizer import train_tokenizer
+
+        paths["tokenizer"] = out / "tokenizer"
+        tok = train_tokenizer(paths["prepared"], paths["tokenizer"], vocab_size=cfg.model.vocab_size,
+                              model_type=cfg.data.tokenizer_model_type,
+                              character_coverage=cfg.data.character_coverage,
+                              byte_fallback=cfg.data.byte_fallback, progress=progress)
+        if tok.vocab_size != cfg.model.vocab_size:
+            raise OpenLLMError(f"the tokenizer has {tok.vocab_size} tokens, the config {cfg.model.vocab_size}")
+
+    with stage("tokenize", "tokenize into uint16 shards"):
+        from .shards import tokenize_corpus
+
+        paths["tokens"] = out / "data" / "tokens"
+        meta = tokenize_corpus(paths["prepared"], paths["tokenizer"], paths["tokens"], progress=progress)
+        sp = meta["splits"]
+        say(f"    {sp['train']['tokens']:,} train tokens, {sp['val']['tokens']:,} val tokens -> {paths['tokens']}")
+
+    seq_len = cfg.train.seq_len or cfg.model.max_seq_len
+    with stage("baseline", "unigram baseline (train token frequencies, scored on val)"):
+        uni, n_scored = unigram_baseline(paths["tokens"], seq_len)
+        say(f"    unigram val loss {uni:.4f} nats/token over {n_scored:,} tokens "
+            f"(uniform would be ln {cfg.model.vocab_size} = {math.log(cfg.model.vocab_size):.4f})")
+
+    tc = cfg.train
+    with stage("train", f"train the {cfg.name} model: {tc.max_steps} steps of {tc.micro_batch_size} x {seq_len} "
+                        f"tokens"):
+        from .train import train
+
+        paths["run"] = out / "run"
+        result = train(cfg, data_dir=paths["tokens"], out_dir=paths["run"], device=device, progress=progress,
+                       resume=False, log=say)
+
+    with stage("evaluate", "evaluate on the whole val split"):
+        from .device import resolve_device
+        from .evaluate import evaluate as run_evaluation
+        from .loading import load
+
+        loaded = load(paths["run"], device=resolve_device(device))
+        results = run_evaluation(loaded, generation=evaluate, baselines=evaluate, write=evaluate,
+                                 progress=progress)
+        val_loss = results["val_loss"]
+        say(f"    model val loss {val_loss:.4f} (perplexity {math.exp(val_loss):.1f}, "
+            f"{results['bits_per_byte']:.3f} bits per byte) over {results['tokens']:,} tokens, window "
+            f"{results['window']} stride {results['stride']}")
+        say(f"    vs unigram {uni:.4f} (perplexity {math.exp(uni):.1f}): {uni - val_loss:+.4f} nats/token better")
+        if evaluate:
             paths["evaluation"] = paths["run"] / "evaluation.json"
             say(f"    full report (perplexity, bits per byte, baselines, generations) -> {paths['evaluation']}")
-        except Exception as exc:  # the report is a bonus: the quickstart's own numbers stand
-            missing.append(f"evaluate report ({type(exc).__name__}: {exc})")
-            say(f"    the evaluation report failed: {type(exc).__name__}: {exc}")
-    timings["evaluate"] = time.time() - s
 
-    # 7. export + generate ------------------------------------------------------------------------------
-    s = stage(7, "export (native + Hugging Face) and generate")
-    samples: list[str] = []
-    if export:
-        from .export import export as do_export
+    title = "export (native + Hugging Face) and generate" if export else "generate"
+    with stage("export_generate", title):
+        if export:
+            from .export import export as do_export
 
-        try:
-            folders = do_export(paths["run"], out / "export", "native,hf", progress=False)
-            for fmt, folder in folders.items():
+            for fmt, folder in do_export(paths["run"], out / "export", "native,hf", progress=False).items():
                 paths[f"export_{fmt}"] = Path(folder)
                 say(f"    {fmt} export -> {folder}")
-        except Exception as exc:
-            missing.append(f"export ({type(exc).__name__}: {exc})")
-            say(f"    export failed: {type(exc).__name__}: {exc}")
-    try:
+        import torch
+
         from .generate import SamplingParams, generate_text
 
         torch.manual_seed(0)
         params = SamplingParams(max_new_tokens=40, temperature=0.8, top_k=40, seed=0)
-        samples = generate_text(model, tok, list(SAMPLE_PROMPTS), params)
+        samples = generate_text(loaded.model, loaded.tokenizer, list(SAMPLE_PROMPTS), params)
         for prompt, text in zip(SAMPLE_PROMPTS, samples):
             say(f"    > {prompt}{text}".replace("\n", " "))
-    except Exception as exc:
-        missing.append(f"generate ({type(exc).__name__}: {exc})")
-        say(f"    generation is not available: {type(exc).__name__}: {exc}")
-    timings["export_generate"] = time.time() - s
 
     seconds = time.time() - t0
     summary = {
         "val_loss": val_loss, "unigram_val_loss": uni, "improvement_nats": uni - val_loss,
-        "train_steps": result.step, "train_loss": result.loss, "seconds": round(seconds, 1),
+        "val_tokens": results["tokens"], "window": results["window"], "stride": results["stride"],
+        "train_steps": result.step, "train_loss": result.loss,
+        "train_val_loss_estimate": result.val_loss, "seconds": round(seconds, 1),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "paths": {k: str(v) for k, v in paths.items()}, "missing": missing, "samples": samples,
     }
-    (out / "quickstart.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(out / "quickstart.json", summary)
     _print_summary(say, out, paths, val_loss, uni, seconds, missing)
     return QuickstartResult(out=out, val_loss=val_loss, unigram_loss=uni, seconds=seconds, paths=paths,
                             samples=samples, missing=missing, timings=timings)
@@ -243,7 +219,7 @@ def _print_summary(say, out: Path, paths: dict[str, Path], val_loss: float, uni:
     say(f"\nval loss {val_loss:.4f} nats/token; unigram baseline {uni:.4f}: the model {verdict} it by "
         f"{uni - val_loss:.2f} nats/token ({math.exp(uni - val_loss):.1f}x lower perplexity)")
     if missing:
-        say("not done: " + "; ".join(missing))
+        say("left out on request: " + "; ".join(missing))
     run = paths.get("run")
     if run is not None:
         say(f"\nnext: openllm generate {run} --prompt 'In the beginning'   |   "

@@ -577,11 +577,9 @@ class Trainer:
                                checkpoint=str(self.last_saved) if self.last_saved else None)
             loss = self.last_loss if self.last_loss is not None else float("nan")
             self.say(f"{self.reason}: step {self.step}, loss {loss:.4f}"
-                     + (f", val loss estimate {self.last_val:.4f}" if self.last_val is not None else "")
-                     + (f", best estimate {self.best_val:.4f} at step {self.best_step}"
-                        if self.best_val is not None else "")
-                     + (f" (over {self.tc.eval_batches} val batches; `openllm evaluate` scores the whole split)"
-                        if self.last_val is not None else ""))
+                     + (f", val loss estimate {self.last_val:.4f} ({self.tc.eval_batches} batches)"
+                        if self.last_val is not None else "")
+                     + (f", best {self.best_val:.4f} at step {self.best_step}" if self.best_val is not None else ""))
         return TrainResult(run_dir=self.out, state=self.end_state, step=self.step, max_steps=self.tc.max_steps,
                            loss=self.last_loss, val_loss=self.last_val, best_val_loss=self.best_val,
                            best_step=self.best_step, tokens_seen=self.tokens_seen, elapsed_s=elapsed,

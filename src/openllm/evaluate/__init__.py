@@ -83,7 +83,7 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
     from . import metrics
     from . import perplexity as ppl
     from . import tasks as T
-    from .baselines import UnigramLM, random_init_like, unigram_counts
+    from .baselines import random_init_like, unigram_from_data
 
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.config
     if tok is None:
@@ -127,10 +127,7 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
             models["random_init"] = fresh
         if data_dir is not None and (Path(data_dir) / "meta.json").is_file():
             try:
-                from ..batches import TokenShards
-
-                train = TokenShards(data_dir, "train")
-                unigram = UnigramLM(unigram_counts(train.shards, cfg.model.vocab_size))
+                unigram = unigram_from_data(data_dir, cfg.model.vocab_size)
                 models["unigram"] = unigram.to(next(model.parameters()).device)
             except OpenLLMError:
                 pass  # no train split: no unigram baseline

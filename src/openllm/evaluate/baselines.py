@@ -9,11 +9,13 @@ Both are plain ``model(idx) -> logits`` modules, so they go through exactly the 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["UnigramLM", "unigram_counts", "random_init_like"]
+__all__ = ["UnigramLM", "unigram_counts", "unigram_from_data", "unigram_val_score", "random_init_like"]
 
 
 class UnigramLM(nn.Module):
@@ -52,6 +54,23 @@ def unigram_counts(streams, vocab_size: int, *, max_tokens: int = 100_000_000) -
         counts += np.bincount(a.astype(np.int64, copy=False), minlength=vocab_size)[:vocab_size]
         left -= len(a)
     return counts
+
+
+def unigram_from_data(data_dir: str | Path, vocab_size: int | None = None) -> UnigramLM:
+    """The unigram baseline of a tokenized data folder: its train split's token frequencies. Raises
+    :class:`~openllm.errors.OpenLLMError` when the folder has no train split."""
+    from ..batches import TokenShards
+
+    train = TokenShards(data_dir, "train")
+    return UnigramLM(unigram_counts(train.shards, int(vocab_size or train.vocab_size)))
+
+
+def unigram_val_score(data_dir: str | Path, *, window: int):
+    """The unigram baseline scored on the data folder's val split: the same tokens, hence the same figure, as
+    ``evaluate``'s ``baselines.unigram`` (a context-free model scores alike under any window and stride)."""
+    from .perplexity import score_stream, val_split_tokens
+
+    return score_stream(unigram_from_data(data_dir), val_split_tokens(data_dir), window=window)
 
 
 def random_init_like(model, *, seed: int = 0):

@@ -22,7 +22,7 @@ import torch
 
 from . import metrics
 
-__all__ = ["StreamScore", "EvalText", "window_plan", "score_stream", "val_split_text", "text_file_text", "logits_of",
+__all__ = ["StreamScore", "EvalText", "window_plan", "score_stream", "val_split_tokens", "val_split_text", "text_file_text", "logits_of",
            "target_logprobs", "auto_batch_size", "model_device"]
 
 # logits elements per forward pass (fp32: 4 bytes each, plus the log-softmax copy). On CPU, buffers of
@@ -174,24 +174,40 @@ class EvalText:
         return len(self.tokens) - 1
 
 
-def val_split_text(data_dir: str | Path, tokenizer, *, max_tokens: int | None = None) -> EvalText:
-    """The val split of a tokenized data folder, as the shards hold it (EOS after every document).
-
-    Bytes: the shards hold ids, not text, so the documents are decoded back to text and their UTF-8 bytes
-    counted; our tokenizers are lossless (identity normalisation, no dummy prefix, byte fallback), so this is
-    the text that was tokenized. Each EOS counts as one byte: it stands for the separator between documents,
-    as a newline does between lines of a text file. ``max_tokens`` keeps the documents that fit (at least a
-    prefix of the first)."""
+def val_split_tokens(data_dir: str | Path, *, eos_id: int | None = None,
+                     max_tokens: int | None = None) -> np.ndarray:
+    """The val split of a tokenized data folder as :func:`val_split_text` scores it: a document-start EOS
+    (the data's ``eos_id``, else ``eos_id``), then the shards' tokens. ``max_tokens`` keeps the documents that
+    fit (at least a prefix of the first)."""
     from ..batches import TokenShards
+    from ..errors import OpenLLMError
 
     shards = TokenShards(data_dir, "val")
-    eos = int(shards.meta.get("eos_id", tokenizer.eos_id))
+    eos = shards.meta.get("eos_id", eos_id)
+    if eos is None:
+        raise OpenLLMError(f"{Path(data_dir) / 'meta.json'} names no eos_id: tokenize the data again with "
+                           f"`openllm tokenize`")
+    eos = int(eos)
     n = shards.tokens if max_tokens is None else min(shards.tokens, int(max_tokens))
     stream = shards.stream(0, n)
     if n < shards.tokens:
         ends = np.flatnonzero(stream == eos)
         if len(ends):
             stream = stream[: ends[-1] + 1]
+    return np.concatenate([[eos], stream]).astype(np.int64)
+
+
+def val_split_text(data_dir: str | Path, tokenizer, *, max_tokens: int | None = None) -> EvalText:
+    """The val split of a tokenized data folder, as the shards hold it (EOS after every document); the
+    tokens are :func:`val_split_tokens`'.
+
+    Bytes: the shards hold ids, not text, so the documents are decoded back to text and their UTF-8 bytes
+    counted; our tokenizers are lossless (identity normalisation, no dummy prefix, byte fallback), so this is
+    the text that was tokenized. Each EOS counts as one byte: it stands for the separator between documents,
+    as a newline does between lines of a text file. ``max_tokens`` keeps the documents that fit (at least a
+    prefix of the first)."""
+    tokens = val_split_tokens(data_dir, eos_id=tokenizer.eos_id, max_tokens=max_tokens)
+    eos, stream = int(tokens[0]), tokens[1:]
     ends = np.flatnonzero(stream == eos)
     n_bytes, start = 0, 0
     for end in list(ends) + ([len(stream)] if not len(ends) or ends[-1] != len(stream) - 1 else []):
@@ -200,7 +216,6 @@ def val_split_text(data_dir: str | Path, tokenizer, *, max_tokens: int | None = 
             n_bytes += len(tokenizer.decode(doc.tolist()).encode("utf-8"))
         start = end + 1
     n_bytes += len(ends)
-    tokens = np.concatenate([[eos], stream]).astype(np.int64)
     return EvalText(tokens=tokens, n_bytes=n_bytes, name=f"val split of {Path(data_dir).name}", kind="val",
                     path=str(Path(data_dir)), documents=len(ends) or 1,
                     bytes_from="decoded val tokens (UTF-8 bytes of each document + 1 per EOS)")
