@@ -14,7 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="train for this many steps (default: the config's)")
     add_device_option(p)
     p.add_argument("--no-export", action="store_true", help="skip the exports")
-    p.add_argument("--no-evaluate-report", action="store_true", help="skip the full evaluation report")
+    p.add_argument("--no-evaluate-report", action="store_true",
+                   help="skip the evaluation report's extras (generations, baselines, evaluation.json); "
+                        "the val loss is still computed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
