@@ -118,6 +118,7 @@ class TrainRequest:
     corpus_kind: str  # "embedded" | "workspace" | "upload"
     corpus_path: str | None  # workspace-relative path or the uploaded file's temporary path
     vocab_size: int
+    field: str = "text"  # the text field of .jsonl/.parquet records
 
 
 def preset_fields(preset: str) -> dict[str, Any]:
@@ -188,18 +189,19 @@ def parse_train_form(values: Mapping[str, Any]) -> TrainRequest:
         raise FormError("Settings", str(exc)) from None
 
     kind = values.get("corpus_kind")
+    field = (values.get("text_field") or "text").strip() or "text"
     if kind == CORPUS_EMBEDDED:
         return TrainRequest(run_name, config, "embedded", None, vocab)
     if kind == CORPUS_WORKSPACE:
         path = (values.get("corpus_path") or "").strip()
         if not path:
             raise FormError("Corpus path", "enter a path inside the workspace (e.g. corpora/my_text.txt)")
-        return TrainRequest(run_name, config, "workspace", path, vocab)
+        return TrainRequest(run_name, config, "workspace", path, vocab, field)
     if kind == CORPUS_UPLOAD:
         upload = values.get("upload")
         if not upload:
             raise FormError("Upload", "choose a file to upload first")
-        return TrainRequest(run_name, config, "upload", str(upload), vocab)
+        return TrainRequest(run_name, config, "upload", str(upload), vocab, field)
     raise FormError("Corpus", f"choose one of: {CORPUS_EMBEDDED}; {CORPUS_WORKSPACE}; {CORPUS_UPLOAD}")
 
 

@@ -1,15 +1,18 @@
 """The training job the app starts: ``python -m openllm.app.job JOB_DIR`` (``training.app.job`` in the Space).
 
 A separate process of the same package, so a crash in training never takes the web app down. It runs the
-library's pipeline in order: prepare the corpus -> train the tokenizer -> tokenize -> train. Until training
-starts, this process keeps the run's ``status.json`` (state ``running`` with a ``phase``); from then on the
-trainer owns it. SIGTERM during training is the trainer's graceful stop (a checkpoint, state ``stopped``);
-during data preparation it ends the job with state ``stopped``. A failure is recorded as state ``failed`` with
-its one-line message.
+library's pipeline in order: prepare the corpus -> train the tokenizer -> tokenize -> train; or, for a run being
+continued, only train (an exact resume from the latest checkpoint to the new total). The job holds the run's lock
+(:class:`openllm.rundir.RunLock`, with JOB_DIR/log.txt as its log) from its first moment to its end, so
+nothing else trains the run meanwhile. Until training starts, this process keeps the run's ``status.json``
+(state ``preparing`` with a ``phase``); from then on the trainer owns it. SIGTERM during training is the
+trainer's graceful stop (a checkpoint, state ``stopped``); during data preparation it ends the job with state
+``stopped``. A failure is recorded as state ``failed`` with its one-line message.
 
 JOB_DIR/job.json (written by :mod:`runner`)::
 
-    {"run_dir": ..., "inputs": [...], "vocab_size": N, "max_steps": N}   (+ JOB_DIR/config.json)
+    {"run_dir": ..., "inputs": [...], "vocab_size": N, "max_steps": N, "field": "text"}  (+ JOB_DIR/config.json)
+    {"run_dir": ..., "continue": true, "max_steps": N}
 """
 from __future__ import annotations
 
@@ -22,10 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ..rundir import read_status, write_status
-
-
-
+from ..rundir import FAILED, PREPARING, STOPPED, RunLock, read_status, write_status
 
 class _Stopped(Exception):
     """SIGTERM arrived while the data was being prepared."""
@@ -41,10 +41,10 @@ def _on_term(signum, frame) -> None:  # noqa: ARG001
         raise _Stopped()
 
 
-def _prepare(inputs: list[str], out: Path) -> None:
+def _prepare(inputs: list[str], out: Path, field: str) -> None:
     from ..prepare import prepare_corpus
 
-    prepare_corpus(inputs or None, out)
+    prepare_corpus(inputs or None, out, field=field)
 
 
 def _tokenizer(prepared: Path, out: Path, vocab_size: int) -> None:
@@ -60,50 +60,73 @@ def _tokenize(prepared: Path, tok: Path, out: Path) -> None:
 
 
 def main(job_dir: str) -> int:
-    global _raise_on_term
     job_dir = Path(job_dir)
     spec = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
     run_dir = Path(spec["run_dir"])
-    max_steps = int(spec["max_steps"])
     signal.signal(signal.SIGTERM, _on_term)
+    try:
+        lock = RunLock(run_dir, command=f"{sys.executable} -m {__name__} {job_dir}", log=job_dir / "log.txt")
+        lock.acquire()
+    except _Stopped:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - another process trains this run: say so and leave it alone
+        print(f"error: {exc}", flush=True)
+        return 1
+    try:
+        return _run(job_dir, spec, run_dir)
+    finally:
+        lock.release()
+
+
+def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
+    global _raise_on_term
+    max_steps = int(spec["max_steps"])
     data = job_dir / "data"
     prepared, tok, shards = data / "prepared", data / "tokenizer", data / "tokens"
-    inputs = list(spec["inputs"])
+    inputs = list(spec.get("inputs") or [])
     given = Path(inputs[0]) if len(inputs) == 1 and Path(inputs[0]).is_dir() else None
     phases = [
-        ("preparing the corpus", lambda: _prepare(inputs, prepared)),
+        ("preparing the corpus", lambda: _prepare(inputs, prepared, spec.get("field") or "text")),
         ("training the tokenizer", lambda: _tokenizer(prepared, tok, int(spec["vocab_size"]))),
         ("tokenizing", lambda: _tokenize(prepared, tok, shards)),
     ]
     vocab_from_data = False
-    if given is not None and (given / "meta.json").is_file():
+    resuming = bool(spec.get("continue"))
+    if resuming:
+        phases = []
+    elif given is not None and (given / "meta.json").is_file():
         # already tokenized (openllm tokenize --out): train on it as it is, with its vocabulary
         phases, shards, vocab_from_data = [], given, True
     elif given is not None and (given / "train.jsonl").is_file() and (given / "val.jsonl").is_file():
         prepared = given  # already prepared (openllm prepare-data --out)
         phases = phases[1:]
-    base = dict(error=None, step=0, max_steps=max_steps, started=time.time())
+    base = dict(error=None, step=_keep(run_dir).get("step", 0), max_steps=max_steps, started=time.time())
     phase = "starting"
     try:
         for phase, fn in phases:
-            write_status(run_dir, {**base, "state": "running", "phase": phase, "pid": os.getpid()})
+            write_status(run_dir, {**base, "state": PREPARING, "phase": phase, "pid": os.getpid(),
+                                   "updated_unix": time.time()})
             print(f"== {phase}", flush=True)
             fn()
         phase = "training"
         _raise_on_term = False  # from here SIGTERM only asks the trainer to stop (checkpoint first)
         if _stop.is_set():
             raise _Stopped()
-        write_status(run_dir, {**base, "state": "running", "phase": "starting training", "pid": os.getpid()})
-        print("== training", flush=True)
+        write_status(run_dir, {**base, "state": PREPARING, "phase": "starting training", "pid": os.getpid(),
+                               "updated_unix": time.time()})
+        print(f"== {'continuing to step ' + str(max_steps) if resuming else 'training'}", flush=True)
         from ..train import train
 
-        train(job_dir / "config.json", data_dir=shards, out_dir=run_dir, stop_event=_stop, progress=True,
-              vocab_from_data=vocab_from_data)
+        if resuming:
+            train(None, out_dir=run_dir, resume=True, max_steps=max_steps, stop_event=_stop, progress=True)
+        else:
+            train(job_dir / "config.json", data_dir=shards, out_dir=run_dir, stop_event=_stop, progress=True,
+                  vocab_from_data=vocab_from_data)
         return 0
     except _Stopped:
         print(f"stopped while {phase}", flush=True)
-        write_status(run_dir, {**base, **_keep(run_dir), "state": "stopped", "phase": f"stopped while {phase}",
-                                "pid": None})
+        write_status(run_dir, {**base, **_keep(run_dir), "state": STOPPED, "phase": f"stopped while {phase}",
+                               "pid": None})
         return 0
     except BaseException as exc:  # noqa: BLE001 - everything ends up in status.json, then the log
         from ..errors import is_user_error
@@ -113,11 +136,13 @@ def main(job_dir: str) -> int:
             traceback.print_exc()
             msg = f"{type(exc).__name__}: {msg}"
         print(f"error: {msg}", flush=True)
-        msg = msg.replace("try --vocab-size", "try a Vocabulary size of")  # the app's name for the option
+        from .corpus_check import app_words
+
+        msg = app_words(msg)
         status = read_status(run_dir)
-        if status.get("state") != "failed" or not status.get("error"):
-            write_status(run_dir, {**base, **_keep(run_dir), "state": "failed", "phase": f"failed while {phase}",
-                                "error": f"{phase}: {msg}" if phase != "training" else msg, "pid": None})
+        if status.get("state") != FAILED or not status.get("error"):
+            write_status(run_dir, {**base, **_keep(run_dir), "state": FAILED, "phase": f"failed while {phase}",
+                                   "error": f"{phase}: {msg}" if phase != "training" else msg, "pid": None})
         return 1
 
 

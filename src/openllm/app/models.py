@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import OpenLLMError
-from ..rundir import checkpoint_steps, read_metrics
+from ..rundir import checkpoint_dir, checkpoint_steps, read_best, read_metrics, WEIGHTS
 from .forms import FormError, PushRequest, SamplingRequest, parse_hub_ref
 from .runner import run_status
 from .workspace import Workspace, WorkspaceError, check_name
 
 __all__ = ["RunInfo", "list_runs", "model_choices", "resolve_model", "ModelCache",
-           "stream_completion", "hub_versions", "push_run", "download_version"]
+           "stream_completion", "hub_versions", "push_preview", "PushPreview", "push_run", "download_version"]
 
 @dataclass
 class RunInfo:
@@ -26,6 +26,7 @@ class RunInfo:
     checkpoints: list[int]
     best_val_loss: float | None
     error: str | None
+    warning: str | None = None
 
 
 def list_runs(ws: Workspace) -> list[RunInfo]:
@@ -35,7 +36,7 @@ def list_runs(ws: Workspace) -> list[RunInfo]:
         vals = [r["val_loss"] for r in read_metrics(ws.run_dir(name)) if isinstance(r.get("val_loss"), (int, float))]
         infos.append(RunInfo(name=name, state=st.state, step=st.step, max_steps=st.max_steps,
                              checkpoints=checkpoint_steps(ws.run_dir(name)), best_val_loss=min(vals) if vals else None,
-                             error=st.error))
+                             error=st.error, warning=st.warning))
     return infos
 
 
@@ -134,25 +135,74 @@ def hub_versions(repo: str | None = None) -> list[dict[str, Any]]:
     return out
 
 
-def push_run(ws: Workspace, req: PushRequest) -> dict[str, Any]:
-    """Push run ``req.run_name`` (its latest checkpoint) to ``req.repo`` as ``req.version``; returns
-    {repo, version, commit, step}."""
-    run_dir = ws.run_dir(req.run_name)
+@dataclass
+class PushPreview:
+    """Exactly what a push will publish: the run, the checkpoint, its val loss and its weights' checksum."""
+
+    run: str
+    step: int
+    checkpoint: Path
+    val_loss: float | None  # the in-training val loss estimate logged at that step, if one was
+    sha256: str  # of the checkpoint's model.safetensors
+    best: bool  # the checkpoint with the best val loss estimate
+
+    def describe(self) -> str:
+        val = f"val loss {self.val_loss:.4f}" if self.val_loss is not None else "no val loss at that step"
+        return (f"run {self.run}, checkpoint step {self.step:,}{' (best)' if self.best else ''}, {val}, "
+                f"weights sha256 {self.sha256[:16]}…")
+
+
+def push_preview(ws: Workspace, run: str, step: int | None = None) -> PushPreview:
+    """What pushing run ``run`` at checkpoint ``step`` (default: its latest) publishes; refuses runs that are
+    training or have no checkpoint."""
+    try:
+        run = check_name(run or "", "Run")
+    except WorkspaceError as exc:
+        raise FormError("Run", str(exc)) from None
+    run_dir = ws.run_dir(run)
     if not run_dir.is_dir() or not ws.contains(run_dir):
-        raise FormError("Run", f"{req.run_name!r} is not in the workspace")
-    st = run_status(ws, req.run_name)
+        raise FormError("Run", f"{run!r} is not in the workspace")
+    st = run_status(ws, run)
     if st.active:
-        raise FormError("Run", f"{req.run_name!r} is still training; stop it or wait until it finishes")
-    if not checkpoint_steps(run_dir):
-        raise FormError("Run", f"{req.run_name!r} has no checkpoint to push")
-    from ..hub import RevisionExists, push_model
+        raise FormError("Run", f"{run!r} is still training; stop it or wait until it finishes")
+    steps = checkpoint_steps(run_dir)
+    if not steps:
+        raise FormError("Run", f"{run!r} has no checkpoint to push")
+    if step is None:
+        step = steps[-1]
+    if int(step) not in steps:
+        raise FormError("Checkpoint", f"run {run!r} has no checkpoint at step {step} (it has "
+                                      f"{', '.join(map(str, steps))})")
+    ckpt = checkpoint_dir(run_dir, int(step))
+    vals = {int(r["step"]): float(r["val_loss"]) for r in read_metrics(run_dir)
+            if isinstance(r.get("val_loss"), (int, float))}
+    from ..hashing import sha256_file
+
+    best = read_best(run_dir) or {}
+    return PushPreview(run=run, step=int(step), checkpoint=ckpt, val_loss=vals.get(int(step)),
+                       sha256=sha256_file(ckpt / WEIGHTS), best=best.get("step") == int(step))
+
+
+def push_run(ws: Workspace, req: PushRequest, step: int | None = None,
+             expect_sha256: str | None = None) -> dict[str, Any]:
+    """Push checkpoint ``step`` (default: the latest) of run ``req.run_name`` to ``req.repo`` as
+    ``req.version``; returns {repo, version, commit, step, sha256}. With ``expect_sha256`` (what the preview
+    showed), a checkpoint whose weights changed since is refused instead of published."""
+    preview = push_preview(ws, req.run_name, step)
+    if expect_sha256 is not None and preview.sha256 != expect_sha256:
+        raise FormError("Push", "the checkpoint changed since it was shown; check what will be published and "
+                                "push again")
+    from ..hub import RevisionExists
+    from ..publish import push_model
 
     try:
-        res = push_model(run_dir, repo_id=req.repo, version=req.version)
+        # a checkpoint folder is pushed as it is: the version holds exactly these weights
+        res = push_model(preview.checkpoint, repo_id=req.repo, version=req.version)
     except RevisionExists:
         raise FormError("Version", f"{req.repo} already has version {req.version}; versions are immutable: "
                                    "choose another version name") from None
-    return {"repo": res.repo_id, "version": res.version, "commit": res.commit, "step": res.step}
+    return {"repo": res.repo_id, "version": res.version, "commit": res.commit, "step": res.step,
+            "sha256": preview.sha256}
 
 
 def download_version(ws: Workspace, ref: str) -> Path:

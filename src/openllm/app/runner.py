@@ -1,21 +1,24 @@
-"""Starting, stopping and watching the one training job the app runs at a time.
+"""Starting, stopping, continuing and watching training in the app's workspace: at most one at a time.
 
-A job is a separate process of the same package (:mod:`job`), so a crash in training never takes the web app
-down and the app can be restarted while a run continues: the job's pid is kept in ``jobs/active.json``.
+Who trains a run is whoever holds its run lock (:class:`openllm.rundir.RunLock`): the app's job process
+(:mod:`job`), ``openllm train`` started from a terminal, or torchrun's rank 0. The app reads the real state from
+the lock and ``status.json`` (:func:`openllm.rundir.run_state`), so a run started elsewhere shows live, can be
+stopped from here (SIGTERM to the lock holder's PID), and blocks a second Start while it runs.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from .. import rundir
 from ..errors import OpenLLMError
-from ..rundir import read_json, read_status, write_json_atomic, write_status
+from ..rundir import read_status, write_json_atomic, write_status
 from .forms import TrainRequest
 from .workspace import Workspace, WorkspaceError
 
@@ -27,7 +30,7 @@ _SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "API_KEY", "ACCESS_KEY")
 
 
 class RunnerError(OpenLLMError):
-    """Start or Stop cannot do what was asked (a run is already going, nothing to stop, ...)."""
+    """Start, Stop, Continue or Delete cannot do what was asked (a run is already going, nothing to stop, ...)."""
 
 
 def child_env() -> dict[str, str]:
@@ -44,133 +47,156 @@ def child_env() -> dict[str, str]:
 
 @dataclass
 class RunStatus:
-    """What the UI shows about a run: status.json, corrected by what the runner knows about the process."""
+    """What the UI shows about a run: :func:`openllm.rundir.run_state` plus where its log is."""
 
     name: str
-    state: str  # running | finished | stopped | failed | not started
+    state: str  # one of rundir.STATES, or "new"
     phase: str | None
     step: int
     max_steps: int | None
     error: str | None
-    alive: bool
+    warning: str | None
+    holder: dict[str, Any] | None
+    log: Path | None  # the log to show (None: the process writes none the app can read)
+    external: bool  # trained by a process the app did not start (a terminal, torchrun)
 
     @property
     def active(self) -> bool:
-        return self.state == "running" and self.alive
+        return self.holder is not None or self.state == rundir.QUEUED
+
+    @property
+    def alive(self) -> bool:
+        return self.holder is not None
+
+    @property
+    def pid(self) -> int | None:
+        pid = (self.holder or {}).get("pid")
+        return pid if isinstance(pid, int) else None
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        import psutil
-
-        p = psutil.Process(int(pid))
-        return p.status() != psutil.STATUS_ZOMBIE
-    except Exception:
-        return False
-
-
-def run_status(ws: Workspace, name: str, *, alive: bool | None = None) -> RunStatus:
-    """The status of run ``name`` from its status.json; a run whose process is gone while status.json still
-    says running is reported as failed."""
-    status = read_status(ws.run_dir(name))
-    state = status.get("state") or "not started"
-    if alive is None:
-        alive = _pid_alive(status.get("pid"))
-    error = status.get("error")
-    if state == "running" and not alive:
-        state, error = "failed", error or "the training process ended without finishing (crashed or killed)"
-    step = status.get("step")
-    max_steps = status.get("max_steps")
-    return RunStatus(name=name, state=state, phase=status.get("phase"), step=int(step or 0),
-                     max_steps=int(max_steps) if max_steps else None, error=error, alive=bool(alive))
+def run_status(ws: Workspace, name: str) -> RunStatus:
+    """The state of run ``name`` (see :func:`openllm.rundir.run_state`) and its log."""
+    run_dir = ws.run_dir(name)
+    st = rundir.run_state(run_dir)
+    job_log = ws.job_dir(name) / "log.txt"
+    holder = st.holder
+    external = holder is not None and ".app.job" not in str(holder.get("command", ""))
+    log: Path | None = job_log if job_log.is_file() else None
+    if holder is not None:
+        given = holder.get("log")
+        log = Path(given) if given and Path(given).is_file() else (None if external else log)
+    return RunStatus(name=name, state=st.state, phase=st.phase, step=st.step, max_steps=st.max_steps,
+                     error=st.error, warning=st.warning, holder=holder, log=log, external=external)
 
 
 class Runner:
-    """Starts at most one training job in a workspace and stops it gracefully."""
+    """Starts at most one training in a workspace, continues ended runs, stops whoever is training."""
 
     def __init__(self, workspace: Workspace) -> None:
         self.ws = workspace
         self._proc: subprocess.Popen | None = None
-        self._active_file = workspace.jobs_dir / "active.json"
+        self._proc_run: str | None = None
 
     # --- state ---------------------------------------------------------------------------------------------
 
-    def active(self) -> tuple[str, int] | None:
-        """(run name, job pid) of the job that is running now, if any."""
+    def active(self) -> tuple[str, int | None] | None:
+        """(run name, PID) of the training that runs now in the workspace, whoever started it, if any."""
         if self._proc is not None and self._proc.poll() is not None:
-            self._reaped(self._proc)
-            self._proc = None
-        info = read_json(self._active_file)
-        name, pid = info.get("run"), info.get("pid")
-        if not name or not pid:
-            return None
-        if self._proc is not None and self._proc.pid == pid:
-            return name, pid
-        if _pid_alive(pid) and self._is_our_job(pid):
-            return name, pid
+            self._reaped(self._proc, self._proc_run)
+            self._proc = self._proc_run = None
+        for name in self.ws.run_names():
+            holder = rundir.lock_holder(self.ws.run_dir(name))
+            if holder is not None:
+                return name, holder.get("pid")
+        if self._proc is not None:  # started, not holding the lock yet (Python is still importing)
+            return self._proc_run, self._proc.pid  # type: ignore[return-value]
         return None
 
-    def _reaped(self, proc: subprocess.Popen) -> None:
-        """A job killed by our SIGTERM before it could record anything (it was still starting) is stopped,
-        not failed."""
-        info = read_json(self._active_file)
-        if info.get("pid") != proc.pid or proc.returncode != -signal.SIGTERM:
+    def _reaped(self, proc: subprocess.Popen, name: str | None) -> None:
+        """A job that ended before it could record anything (killed while starting) is stopped or failed,
+        not queued forever."""
+        if not name:
             return
-        run_dir = self.ws.run_dir(info["run"])
+        run_dir = self.ws.run_dir(name)
         status = read_status(run_dir)
-        if status.get("state") == "running":
-            write_status(run_dir, {**status, "state": "stopped", "phase": "stopped while starting", "pid": None})
-
-    @staticmethod
-    def _is_our_job(pid: int) -> bool:
-        try:
-            import psutil
-
-            return any(".app.job" in part for part in psutil.Process(pid).cmdline())
-        except Exception:
-            return False
+        if status.get("state") == rundir.QUEUED:
+            state = rundir.STOPPED if proc.returncode and proc.returncode < 0 else rundir.FAILED
+            write_status(run_dir, {**status, "state": state, "pid": None,
+                                   "error": None if state == rundir.STOPPED else "the job ended before it started; "
+                                   "see the log"})
 
     def status(self, name: str) -> RunStatus:
-        active = self.active()
-        alive = True if active and active[0] == name else None  # None: judge by status.json's pid
-        return run_status(self.ws, name, alive=alive)
+        return run_status(self.ws, name)
 
     def log_path(self, name: str) -> Path:
         return self.ws.job_dir(name) / "log.txt"
 
-    # --- start / stop --------------------------------------------------------------------------------------
-
-    def start(self, request: TrainRequest) -> str:
-        """Start a job for ``request``; returns the run's name. Refuses while another job runs."""
+    def _refuse_while_active(self) -> None:
         active = self.active()
         if active is not None:
-            raise RunnerError(f"run {active[0]!r} is still training: stop it (or wait for it to finish) before "
+            name, pid = active
+            st = self.status(name)
+            who = " (started outside the app" + (f", PID {pid})" if pid else ")") if st.external else ""
+            raise RunnerError(f"run {name!r} is still training{who}: stop it (or wait for it to finish) before "
                               "starting another")
+
+    # --- start / continue / stop / delete -----------------------------------------------------------------
+
+    def start(self, request: TrainRequest) -> str:
+        """Start a job for ``request``; returns the run's name. Refuses while any training runs."""
+        self._refuse_while_active()
         name = request.run_name
         run_dir, job_dir = self.ws.run_dir(name), self.ws.job_dir(name)
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise RunnerError(f"a run called {name!r} already exists in the workspace: choose another run name")
+            st = self.status(name)
+            hint = ("delete it in the Models tab to reuse the name, or choose another run name"
+                    if st.state in (rundir.FAILED, rundir.DIVERGED, "new") else
+                    "continue it in the Models tab, or choose another run name")
+            raise RunnerError(f"a run called {name!r} already exists ({st.state}): {hint}")
         inputs = self._inputs(request, job_dir)
+        shutil.rmtree(job_dir, ignore_errors=True)  # left by a deleted run of the same name
         job_dir.mkdir(parents=True, exist_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         request.config.save(job_dir / "config.json")
         spec = {"run_dir": str(run_dir), "inputs": inputs, "vocab_size": request.vocab_size,
-                "max_steps": request.config.train.max_steps}
+                "max_steps": request.config.train.max_steps, "field": request.field}
         write_json_atomic(job_dir / "job.json", spec)
-        write_status(run_dir, dict(state="running", phase="starting", error=None, step=0,
-                                   max_steps=request.config.train.max_steps, pid=None))
-        log = open(job_dir / "log.txt", "ab")
-        try:
+        return self._launch(name, job_dir, request.config.train.max_steps)
+
+    def continue_run(self, name: str, more_steps: int) -> int:
+        """Continue an ended run from its latest checkpoint for ``more_steps`` more steps (an exact resume, as
+        ``openllm train --out RUN --max-steps N`` does); returns the new total."""
+        self._refuse_while_active()
+        run_dir = self.ws.run_dir(name)
+        st = self.status(name)
+        if st.state not in (rundir.STOPPED, rundir.FINISHED, rundir.FAILED, rundir.DIVERGED):
+            raise RunnerError(f"run {name!r} is {st.state}: only a stopped or finished run can be continued")
+        ckpt = rundir.latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise RunnerError(f"run {name!r} has no checkpoint to continue from: start a new run instead")
+        if int(more_steps) < 1:
+            raise RunnerError("More steps: must be at least 1")
+        total = int(rundir.step_of(ckpt) or 0) + int(more_steps)
+        job_dir = self.ws.job_dir(name)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        spec = {"run_dir": str(run_dir), "continue": True, "max_steps": total}
+        write_json_atomic(job_dir / "job.json", spec)
+        self._launch(name, job_dir, total)
+        return total
+
+    def _launch(self, name: str, job_dir: Path, max_steps: int) -> str:
+        run_dir = self.ws.run_dir(name)
+        old = read_status(run_dir)
+        write_status(run_dir, {**{k: old[k] for k in ("step",) if k in old}, "state": rundir.QUEUED,
+                               "phase": "queued", "error": None, "max_steps": max_steps, "pid": None,
+                               "updated_unix": time.time()})
+        with open(job_dir / "log.txt", "ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", f"{PKG}.app.job", str(job_dir)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
                 cwd=str(self.ws.root), start_new_session=True,
             )
-        finally:
-            log.close()
-        write_json_atomic(self._active_file, {"run": name, "pid": self._proc.pid, "started": time.time()})
+        self._proc_run = name
         return name
 
     def _inputs(self, request: TrainRequest, job_dir: Path) -> list[str]:
@@ -201,25 +227,43 @@ class Runner:
         raise RunnerError(f"unknown corpus kind {request.corpus_kind!r}")
 
     def stop(self, timeout: float = 0.0) -> str:
-        """Ask the running job to stop (SIGTERM: the trainer saves a checkpoint and exits); returns its name.
-        With ``timeout`` > 0, wait that long for it to end."""
+        """Ask the training that runs now to stop (SIGTERM to the lock holder: the trainer saves a checkpoint
+        and exits), whoever started it; returns the run's name. With ``timeout`` > 0, wait that long."""
         active = self.active()
         if active is None:
             raise RunnerError("no training is running")
         name, pid = active
         try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return name
+            rundir.request_stop(self.ws.run_dir(name))
+        except OpenLLMError:
+            # our job has not taken the lock yet: stop the process itself
+            if self._proc is not None and self._proc_run == name:
+                self._proc.terminate()
+            else:
+                raise RunnerError("no training is running") from None
         if timeout > 0:
             self.wait(timeout)
         return name
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the active job to end; True when none is running."""
+        """Wait up to ``timeout`` seconds for the active training to end; True when none is running."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.active() is None:
                 return True
             time.sleep(0.2)
         return self.active() is None
+
+    def delete(self, name: str) -> None:
+        """Delete a failed, diverged or never-started run (its folder and the app's job folder), so its name
+        can be used again. Runs with a usable result (stopped, finished) are kept."""
+        st = self.status(name)
+        if st.active:
+            raise RunnerError(f"run {name!r} is {st.state}: stop it before deleting it")
+        if st.state not in (rundir.FAILED, rundir.DIVERGED, "new"):
+            raise RunnerError(f"run {name!r} is {st.state}: only failed or diverged runs can be deleted here")
+        run_dir = self.ws.run_dir(name)
+        if not self.ws.contains(run_dir):
+            raise RunnerError(f"run {name!r} is not in the workspace")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(self.ws.job_dir(name), ignore_errors=True)

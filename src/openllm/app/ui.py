@@ -1,35 +1,47 @@
 """The Gradio layout and its wiring. All logic lives in the small modules beside this one (forms, runner,
-monitor, models, workspace, help); this file only connects them to components."""
+monitor, models, corpus_check, workspace, help); this file only connects them to components.
+
+:func:`build_app` builds one tab per function (``_train_tab``, ``_monitor_tab``, ...), each returning the
+components other tabs need; :class:`Shared` holds what every tab uses (the workspace, the runner, the model
+cache, the lists the pickers offer) and the pickers' memory: a choice a user made is kept across tab switches,
+refreshes and reloads (in the browser's local storage), and only replaced when it no longer exists.
+"""
 from __future__ import annotations
 
 import html
 import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported, always
 
 import gradio as gr  # noqa: E402
 
+from .. import rundir  # noqa: E402
 from ..config import preset_names  # noqa: E402
 from ..errors import is_user_error  # noqa: E402
+from ..rundir import checkpoint_steps, read_metrics  # noqa: E402
 from . import models as M  # noqa: E402
+from .corpus_check import check_corpus  # noqa: E402
 from .forms import (CORPUS_EMBEDDED, CORPUS_UPLOAD, CORPUS_WORKSPACE, OPTIMIZERS, SCHEDULES,  # noqa: E402
                     FormError, parse_push_form, parse_sampling_form, parse_train_form, preset_fields)
 from .help import load_help  # noqa: E402
-from ..rundir import checkpoint_steps, read_metrics  # noqa: E402
 from .monitor import format_progress, loss_figure, memory_usage, progress, tail_log  # noqa: E402
-from .runner import Runner, RunnerError  # noqa: E402
+from .runner import Runner, RunnerError, RunStatus  # noqa: E402
 from .workspace import Workspace, WorkspaceError, default_workspace  # noqa: E402
 
-__all__ = ["build_app", "CSS", "THEME"]
+__all__ = ["build_app", "CSS", "THEME", "Shared"]
 
 CSS = """
 .gradio-container {max-width: 1180px !important; width: 100% !important; margin: 0 auto !important;}
 #app-header h1 {margin-bottom: 0.1em;}
 #app-header p {color: var(--body-text-color-subdued); margin-top: 0;}
-.msg-ok, .msg-err, .msg-info {padding: 10px 14px; border-radius: 8px; margin: 4px 0; font-size: 0.95em;}
+.msg-ok, .msg-err, .msg-info, .msg-warn {padding: 10px 14px; border-radius: 8px; margin: 4px 0; font-size: 0.95em;}
 .msg-ok {background: #ecfdf5; border: 1px solid #a7f3d0; color: #065f46;}
 .msg-err {background: #fef2f2; border: 1px solid #fecaca; color: #991b1b;}
 .msg-info {background: #eff6ff; border: 1px solid #bfdbfe; color: #1e3a8a;}
+.msg-warn {background: #fffbeb; border: 1px solid #fde68a; color: #92400e;}
 .stats {display: grid; grid-template-columns: repeat(6, minmax(0, 1fr)); gap: 10px; margin: 6px 0;}
 @media (max-width: 800px) {.stats {grid-template-columns: repeat(2, minmax(0, 1fr));}}
 .mem {font-size: 0.88em; color: var(--body-text-color-subdued); margin: 4px 2px 0;}
@@ -42,18 +54,32 @@ CSS = """
 .bar {height: 10px; border-radius: 5px; background: var(--border-color-primary); overflow: hidden; margin: 8px 0 2px;}
 .bar > div {height: 100%; background: #2563eb; transition: width 0.6s;}
 .state {display: inline-block; padding: 2px 10px; border-radius: 999px; font-weight: 600; font-size: 0.85em;}
-.state-running {background: #dbeafe; color: #1e40af;}
+.state-queued, .state-preparing, .state-training {background: #dbeafe; color: #1e40af;}
+.state-stopping {background: #fef3c7; color: #92400e;}
 .state-finished {background: #dcfce7; color: #166534;}
 .state-stopped {background: #fef9c3; color: #854d0e;}
-.state-failed {background: #fee2e2; color: #991b1b;}
-.state-none {background: #f3f4f6; color: #374151;}
-#log-tail textarea {font-family: ui-monospace, SFMono-Regular, Menlo, monospace !important; font-size: 12px !important;}
-#stop-btn {color: #b91c1c;}
+.state-failed, .state-diverged {background: #fee2e2; color: #991b1b;}
+.state-new {background: #f3f4f6; color: #374151;}
+.corpus-check ul {margin: 4px 0 4px 18px;}
+.corpus-check pre {white-space: pre-wrap; font-size: 0.85em; max-height: 9em; overflow: auto; margin: 4px 0;
+                   background: var(--background-fill-secondary); padding: 6px 8px; border-radius: 6px;}
+#log-tail textarea, #log-full textarea {font-family: ui-monospace, SFMono-Regular, Menlo, monospace !important;
+                                        font-size: 12px !important;}
+#stop-btn, #monitor-stop {color: #b91c1c;}
 #help-text table {border-collapse: collapse; margin: 8px 0;}
 #help-text th, #help-text td {border: 1px solid var(--border-color-primary) !important; padding: 5px 10px !important;}
 #help-text th {background: var(--background-fill-secondary);}
+/* tables scroll sideways instead of wrapping their headers one letter per line */
+#runs-table, #hub-table {overflow-x: auto;}
+#runs-table table, #hub-table table {min-width: 560px;}
+#runs-table th, #runs-table td, #hub-table th, #hub-table td {white-space: nowrap;}
+/* every tab stays reachable on a phone: the tab bar scrolls instead of folding tabs into a menu */
+#tabs > .tab-wrapper, #tabs [role=tablist] {overflow-x: auto; flex-wrap: nowrap;}
+#tabs [role=tablist] button {flex: 0 0 auto;}
+#loss-plot img {width: 100%; height: auto;}
 footer {display: none !important;}
 """
+
 
 def _theme():
     # system fonts only: the default themes fetch Google Fonts, and the app contacts no remote host
@@ -65,8 +91,9 @@ def _theme():
 THEME = _theme()
 
 
-def _msg(text: str, kind: str = "info") -> str:
-    return f'<div class="msg-{kind}">{html.escape(text)}</div>'
+def _msg(text: str, kind: str = "info", elem_id: str = "") -> str:
+    ident = f' id="{elem_id}"' if elem_id else ""
+    return f'<div class="msg-{kind}"{ident}>{html.escape(text)}</div>'
 
 
 def _err(exc: BaseException) -> str:
@@ -87,132 +114,368 @@ def _date(iso: str) -> str:
 
 
 def _state_badge(state: str) -> str:
-    cls = state if state in ("running", "finished", "stopped", "failed") else "none"
-    return f'<span class="state state-{cls}" id="run-state" data-state="{html.escape(state)}">{html.escape(state)}</span>'
+    cls = state if state in rundir.STATES else "new"
+    label = "not started" if state == "new" else state
+    return (f'<span class="state state-{cls}" id="run-state" data-state="{html.escape(state)}">'
+            f'{html.escape(label)}</span>')
 
 
-def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
-    """The whole app on ``workspace`` (default: OPENLLM_APP_WORKSPACE or ./openllm-workspace)."""
-    ws = Workspace(workspace if workspace is not None else default_workspace())
-    runner = Runner(ws)
-    cache = M.ModelCache()
-    presets = preset_names()
-    first = "tiny" if "tiny" in presets else presets[0]
-    defaults = preset_fields(first)
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
 
-    # --- helpers shared by several tabs ------------------------------------------------------------------
 
-    def run_choices() -> list[str]:
-        return ws.run_names()
+# --- what every tab shares ------------------------------------------------------------------------------------
 
-    def default_run() -> str | None:
-        active = runner.active()
+PICKERS = ("monitor_run", "models_run", "push_step", "gen_model")
+
+
+@dataclass
+class Shared:
+    """The workspace, the runner and the model cache, plus the lists the pickers offer."""
+
+    ws: Workspace
+    runner: Runner
+    cache: M.ModelCache = field(default_factory=M.ModelCache)
+
+    def run_choices(self) -> list[str]:
+        return self.ws.run_names()
+
+    def default_run(self) -> str | None:
+        active = self.runner.active()
         if active:
             return active[0]
-        names = ws.run_names()
+        names = self.ws.run_names()
         return names[0] if names else None
 
-    def hub_refs() -> list[str]:
+    def keep_run(self, current: str | None) -> str | None:
+        """The user's run while it exists, else the active or newest run."""
+        return current if current and current in self.run_choices() else self.default_run()
+
+    def hub_refs(self) -> list[str]:
         try:
             return [f"{v['repo']}@{v['version']}" for v in M.hub_versions()]
-        except Exception:
+        except Exception:  # noqa: BLE001 - a hub that cannot be listed offers nothing to pick
             return []
 
-    # --- Train --------------------------------------------------------------------------------------------
+    def gen_choices(self) -> list[tuple[str, str]]:
+        return M.model_choices(self.ws, self.hub_refs())
 
-    def on_preset(preset):
+    def checkpoint_choices(self, run: str | None) -> list[tuple[str, str]]:
+        if not run or run not in self.run_choices():
+            return []
+        run_dir = self.ws.run_dir(run)
+        vals = {int(r["step"]): r["val_loss"] for r in read_metrics(run_dir)
+                if isinstance(r.get("val_loss"), (int, float))}
+        best = (rundir.read_best(run_dir) or {}).get("step")
+        out = []
+        for s in reversed(checkpoint_steps(run_dir)):
+            label = f"step {s:,}" + (f" · val {vals[s]:.3f}" if s in vals else "") + (" · best" if s == best else "")
+            out.append((label, str(s)))
+        return out
+
+
+def _remember(picks: dict | None, key: str, value: Any) -> dict:
+    picks = dict(picks or {})
+    picks[key] = value
+    return picks
+
+
+# --- Train ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainTab:
+    start_btn: Any
+    stop_btn: Any
+    msg: Any
+    run_name: Any
+
+
+def _corpus_report(chk) -> str:
+    if chk is None:
+        return ""
+    rows = []
+    if chk.size_bytes:
+        rows.append(f"<li>size: {_size(chk.size_bytes)} in {chk.files} file{'s' if chk.files != 1 else ''}</li>")
+    if chk.documents:
+        dropped = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in chk.dropped.items())
+        rows.append(f"<li>{chk.documents:,} documents after cleaning ({chk.characters:,} characters)"
+                    + (f"; dropped {html.escape(dropped)}" if dropped else "") + "</li>")
+    if chk.fields:
+        rows.append(f"<li>text fields: {html.escape(', '.join(chk.fields))}; training reads "
+                    f"<b>{html.escape(chk.field or 'text')}</b></li>")
+    body = f"<ul>{''.join(rows)}</ul>" if rows else ""
+    if chk.preview:
+        body += "<div>first documents:</div>" + "".join(f"<pre>{html.escape(t)}</pre>" for t in chk.preview)
+    if chk.ok:
+        head = '<div class="msg-ok" id="corpus-ok">The corpus is ready to train on.</div>'
+    else:
+        head = f'<div class="msg-err" id="corpus-problem">Corpus: {html.escape(chk.problem or "not usable")}</div>'
+    return f'<div class="corpus-check" data-ok="{str(chk.ok).lower()}">{head}{body}</div>'
+
+
+def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, dict]:
+    defaults = preset_fields(first)
+    with gr.Row():
+        run_name = gr.Textbox(label="Run name", value="run-1", elem_id="run-name", scale=2,
+                              info="the folder under runs/: letters, digits, '.', '_', '-'")
+        preset = gr.Dropdown(presets, value=first, label="Preset", elem_id="preset", scale=1,
+                             info="fills in every field below")
+        size = gr.Dropdown(presets, value=defaults["model_size"], label="Model size", elem_id="model-size",
+                           scale=1, info="layers, width, heads, context")
+        vocab = gr.Number(defaults["vocab_size"], label="Vocabulary size", elem_id="vocab-size", scale=1,
+                          info="tokenizer pieces (at least 324)")
+    with gr.Row():
+        lr = gr.Number(defaults["lr"], label="Learning rate", elem_id="lr", info="peak, after warmup")
+        batch = gr.Number(defaults["batch_size"], label="Batch size", elem_id="batch-size",
+                          info="sequences per micro-batch")
+        steps = gr.Number(defaults["max_steps"], label="Steps", elem_id="steps", info="optimizer steps")
+    with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
+        with gr.Row():
+            accum = gr.Number(defaults["grad_accum"], label="Gradient accumulation", elem_id="grad-accum",
+                              info="micro-batches per step")
+            opt = gr.Dropdown(list(OPTIMIZERS), value=defaults["optimizer"], label="Optimizer",
+                              elem_id="optimizer", info="decoupled weight decay")
+            sched = gr.Dropdown(list(SCHEDULES), value=defaults["schedule"], label="Scheduler",
+                                elem_id="scheduler", info="learning-rate schedule after warmup")
+            wd = gr.Number(defaults["weight_decay"], label="Weight decay", elem_id="weight-decay", info="0 = none")
+        with gr.Row():
+            clip = gr.Number(defaults["grad_clip"], label="Gradient clipping", elem_id="grad-clip",
+                             info="max gradient norm; 0 = off")
+            warmup = gr.Number(defaults["warmup_steps"], label="Warmup steps", elem_id="warmup",
+                               info="linear warmup")
+            eval_every = gr.Number(defaults["eval_every"], label="Evaluate every", elem_id="eval-every",
+                                   info="steps between val-loss points")
+            save_every = gr.Number(defaults["save_every"], label="Save every", elem_id="save-every",
+                                   info="steps between checkpoints")
+    with gr.Group():
+        corpus_kind = gr.Radio([CORPUS_EMBEDDED, CORPUS_WORKSPACE, CORPUS_UPLOAD], value=CORPUS_EMBEDDED,
+                               label="Corpus", elem_id="corpus-kind")
+        corpus_path = gr.Textbox(label="Path inside the workspace", visible=False, elem_id="corpus-path",
+                                 placeholder="corpora/my_text.txt", info=f"relative to the workspace {sh.ws.root}")
+        upload = gr.File(label="Upload a .txt, .jsonl or .parquet file", visible=False,
+                         file_types=[".txt", ".jsonl", ".json", ".parquet", ".md"], type="filepath",
+                         elem_id="corpus-upload")
+        text_field = gr.Dropdown([], value=None, label="Text field", visible=False, elem_id="text-field",
+                                 allow_custom_value=True, info="the field of each record that holds its text")
+        corpus_html = gr.HTML("", elem_id="corpus-check")
+    with gr.Row():
+        start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+    msg = gr.HTML("", elem_id="train-msg")
+
+    form = [size, vocab, lr, batch, steps, accum, opt, sched, wd, clip, warmup, eval_every, save_every]
+
+    def on_preset(name):
         try:
-            f = preset_fields(preset)
+            f = preset_fields(name)
         except Exception as exc:  # noqa: BLE001
-            return [gr.skip()] * 13 + [_err(exc)]
+            return [gr.skip()] * len(form) + [_err(exc)]
         return [f["model_size"], f["vocab_size"], f["lr"], f["batch_size"], f["max_steps"], f["grad_accum"],
                 f["optimizer"], f["schedule"], f["weight_decay"], f["grad_clip"], f["warmup_steps"],
-                f["eval_every"], f["save_every"], _msg(f"Loaded preset {preset!r}.", "info")]
+                f["eval_every"], f["save_every"], _msg(f"Loaded preset {name!r}.", "info")]
 
-    def on_corpus_kind(kind):
-        return gr.update(visible=kind == CORPUS_WORKSPACE), gr.update(visible=kind == CORPUS_UPLOAD), ""
+    def corpus_file(kind, path, up) -> tuple[Path | None, str | None]:
+        """The file or folder the chosen corpus is, or (None, why not)."""
+        if kind == CORPUS_EMBEDDED:
+            return None, None
+        if kind == CORPUS_UPLOAD:
+            return (Path(up), None) if up else (None, "upload a file first")
+        try:
+            return sh.ws.resolve(path or "", must_exist=True), None
+        except WorkspaceError as exc:
+            return None, str(exc)
 
-    def on_start(run_name, preset, size, vocab, lr, batch, steps, accum, opt, sched, wd, clip, warmup,
-                 eval_every, save_every, corpus_kind, corpus_path, upload):
-        values = dict(run_name=run_name, preset=preset, model_size=size, vocab_size=vocab, lr=lr,
-                      batch_size=batch, max_steps=steps, grad_accum=accum, optimizer=opt, schedule=sched,
-                      weight_decay=wd, grad_clip=clip, warmup_steps=warmup, eval_every=eval_every,
-                      save_every=save_every, corpus_kind=corpus_kind, corpus_path=corpus_path, upload=upload)
+    def check(kind, path, up, fld):
+        """The corpus report and the field picker for what is chosen now."""
+        where, why = corpus_file(kind, path, up)
+        if where is None:
+            if why is None:
+                return "", gr.update(visible=False)
+            return (f'<div class="corpus-check" data-ok="false"><div class="msg-err" id="corpus-problem">'
+                    f'Corpus: {html.escape(why)}</div></div>'), gr.update(visible=False)
+        chk = check_corpus(where, fld or None)
+        picker = gr.update(visible=bool(chk.fields), choices=chk.fields, value=chk.field)
+        return _corpus_report(chk), picker
+
+    def on_corpus_kind(kind, path, up, fld):
+        report, picker = check(kind, path, up, fld)
+        return gr.update(visible=kind == CORPUS_WORKSPACE), gr.update(visible=kind == CORPUS_UPLOAD), report, picker
+
+    def on_start(run, preset_, *rest):
+        values = dict(zip(["model_size", "vocab_size", "lr", "batch_size", "max_steps", "grad_accum", "optimizer",
+                           "schedule", "weight_decay", "grad_clip", "warmup_steps", "eval_every", "save_every",
+                           "corpus_kind", "corpus_path", "upload", "text_field"], rest))
+        values.update(run_name=run, preset=preset_)
+        stay = gr.skip()
         try:
             req = parse_train_form(values)
-            if req.corpus_kind == "workspace":
-                ws.resolve(req.corpus_path or "", must_exist=True)
-            name = runner.start(req)
-        except (FormError, RunnerError, WorkspaceError) as exc:
-            return _err(exc), gr.skip()
+            where, why = corpus_file(values["corpus_kind"], values["corpus_path"], values["upload"])
+            if why is not None:
+                raise FormError("Corpus", why)
+            if where is not None:  # nothing starts on a corpus that would fail: the same check as when chosen
+                chk = check_corpus(where, values.get("text_field") or None)
+                if not chk.ok:
+                    raise FormError("Corpus", chk.problem or "not usable")
+                req.field = chk.field or "text"
+            name = sh.runner.start(req)
         except Exception as exc:  # noqa: BLE001
-            return _err(exc), gr.skip()
-        return (_msg(f"Started run {name!r}. Follow it in the Monitor tab.", "ok"),
-                gr.update(choices=run_choices(), value=name))
+            return _err(exc), stay, stay, stay
+        started = _msg(f"Started run {name!r}. Following it in the Monitor tab.", "ok")
+        return (started, gr.update(choices=sh.run_choices(), value=name), gr.Tabs(selected="monitor"),
+                started)
 
     def on_stop():
         try:
-            name = runner.stop()
+            name = sh.runner.stop()
         except RunnerError as exc:
             return _err(exc)
         return _msg(f"Stopping {name!r}: the trainer saves a checkpoint, then exits.", "info")
 
-    # --- Monitor ------------------------------------------------------------------------------------------
+    preset.change(on_preset, preset, [*form, msg])
+    corpus_inputs = [corpus_kind, corpus_path, upload, text_field]
+    corpus_kind.change(on_corpus_kind, corpus_inputs, [corpus_path, upload, corpus_html, text_field])
+    corpus_path.blur(check, corpus_inputs, [corpus_html, text_field])
+    corpus_path.submit(check, corpus_inputs, [corpus_html, text_field])
+    upload.change(check, corpus_inputs, [corpus_html, text_field])
+    text_field.input(check, corpus_inputs, [corpus_html, text_field])
+    start_inputs = [run_name, preset, *form, corpus_kind, corpus_path, upload, text_field]
+    return TrainTab(start_btn, stop_btn, msg, run_name), {"start": (on_start, start_inputs), "stop": on_stop}
 
-    def monitor_view(run, last_count):
-        if not run:
-            html_ = ('<div class="msg-info">No run yet. Start one in the Train tab.</div>')
-            return html_, gr.skip(), "", last_count
+
+# --- Monitor ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class MonitorTab:
+    run: Any
+    html: Any
+    plot: Any
+    log: Any
+    count: Any
+    stop_btn: Any
+    banner: Any
+    refresh: Any
+
+    @property
+    def outputs(self) -> list:
+        return [self.html, self.plot, self.log, self.count, self.stop_btn]
+
+
+def _log_text(st: RunStatus) -> str:
+    if st.log is not None:
+        return tail_log(st.log) or "(the log is empty so far)"
+    if st.external and st.pid:
+        return (f"(this run is being trained by a process started outside the app, PID {st.pid}; it writes no "
+                "log file the app can read: its progress and losses above come from the run's metrics. Start "
+                "it with `openllm train ... > RUN/train.log 2>&1` to see its log here)")
+    return "(no log for this run)"
+
+
+def monitor_view(sh: Shared, run: str | None, last_count: Any):
+    """The Monitor tab's HTML, plot (skipped when nothing changed), log tail, change marker, Stop button."""
+    if not run:
+        return (_msg("No run yet. Start one in the Train tab.", "info"), gr.skip(), "", last_count,
+                gr.update(interactive=False))
+    try:
+        st = sh.runner.status(run)
+        run_dir = sh.ws.run_dir(run)
+    except (WorkspaceError, FormError) as exc:
+        return _err(exc), gr.skip(), "", last_count, gr.skip()
+    metrics = read_metrics(run_dir)
+    p = progress(run_dir, {"step": st.step, "max_steps": st.max_steps}, metrics)
+    f = format_progress(p)
+    mem = memory_usage(st.pid)
+    live = st.state in (rundir.PREPARING, rundir.TRAINING, rundir.STOPPING)
+    phase = f" — {html.escape(st.phase)}" if st.phase and st.state == rundir.PREPARING else ""
+    who = ""
+    if st.holder is not None:
+        who = (f' · <span id="run-holder">PID {st.pid}'
+               + (" (started outside the app)" if st.external else "") + "</span>")
+    error = f'<div class="msg-err" id="run-error">{html.escape(st.error)}</div>' if st.error else ""
+    warning = f'<div class="msg-warn" id="run-warning">{html.escape(st.warning)}</div>' if st.warning else ""
+    ckpts = checkpoint_steps(run_dir)
+    ck = f"step {ckpts[-1]:,}" if ckpts else "none yet"
+    stats = [("Step", f["step"], "stat-step"), ("ETA", f["eta"] if live else "–", "stat-eta"),
+             ("Tokens / s", f["tokens_per_s"], "stat-tps"), ("Loss", f["loss"], "stat-loss"),
+             ("Val loss", f["val_loss"], "stat-val"), ("Latest checkpoint", ck, "stat-ckpt")]
+    cards = "".join(f'<div class="stat" id="{i}"><div class="label">{html.escape(k)}</div>'
+                    f'<div class="value">{html.escape(v)}</div></div>' for k, v, i in stats)
+    mem_line = (f'<div class="mem" id="stat-mem">Memory: machine RAM <b>{html.escape(mem["ram"])}</b>'
+                f' · training process <b>{html.escape(mem.get("training", "not running"))}</b>'
+                f' · GPU <b>{html.escape(mem["gpu"])}</b></div>')
+    view = (f'<div id="monitor-view" data-step="{p.step}" data-max-steps="{p.max_steps or 0}" '
+            f'data-points="{len(metrics)}" data-state="{html.escape(st.state)}" '
+            f'data-external="{str(st.external).lower()}">'
+            f'<div><b>{html.escape(run)}</b> {_state_badge(st.state)}{phase}{who}</div>'
+            f'<div class="bar"><div style="width:{100 * p.fraction:.1f}%"></div></div>'
+            f'{error}{warning}<div class="stats">{cards}</div>{mem_line}</div>')
+    count = (run, len(metrics), st.state)
+    fig = loss_figure(metrics, title=f"{run}: loss") if count != last_count else gr.skip()
+    stop = gr.update(interactive=st.active and st.state != rundir.STOPPING)
+    return view, fig, _log_text(st), count, stop
+
+
+def _monitor_tab(sh: Shared) -> MonitorTab:
+    banner = gr.HTML("", elem_id="monitor-banner")
+    with gr.Row():
+        run = gr.Dropdown(sh.run_choices(), value=sh.default_run(), label="Run", elem_id="monitor-run", scale=4)
+        refresh = gr.Button("Refresh", scale=1, elem_id="monitor-refresh", min_width=90)
+        stop = gr.Button("Stop", variant="stop", scale=1, elem_id="monitor-stop", min_width=90, interactive=False)
+    view = gr.HTML("", elem_id="monitor-html")
+    plot = gr.Plot(label="Loss", show_label=False, elem_id="loss-plot", format="png")
+    log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, interactive=False, elem_id="log-tail",
+                     autoscroll=True)
+    with gr.Accordion("Whole log", open=False, elem_id="log-whole"):
+        with gr.Row():
+            show_full = gr.Button("Show the whole log", elem_id="log-show", size="sm")
+            download = gr.DownloadButton("Download the log", elem_id="log-download", size="sm")
+        full = gr.Textbox(label="Whole log", lines=20, max_lines=40, interactive=False, elem_id="log-full")
+    count = gr.State(None)
+
+    def whole_log(name):
+        if not name:
+            return "", None
+        st = sh.runner.status(name)
+        if st.log is None:
+            return _log_text(st), None
+        text = tail_log(st.log, lines=1_000_000, max_bytes=20_000_000)
+        return text, str(st.log)
+
+    show_full.click(whole_log, run, [full, download])
+    run.change(lambda r: whole_log(r)[1], run, download, show_progress="hidden")
+    return MonitorTab(run, view, plot, log, count, stop, banner, refresh)
+
+
+# --- Generate ---------------------------------------------------------------------------------------------------
+
+def _generate_tab(sh: Shared):
+    with gr.Row():
+        model = gr.Dropdown(sh.gen_choices(), label="Model", elem_id="gen-model", allow_custom_value=True,
+                            info="a run with a checkpoint, a downloaded model, or owner/name@version", scale=4)
+        refresh = gr.Button("Refresh list", scale=1, elem_id="gen-refresh")
+    prompt = gr.Textbox(label="Prompt", lines=3, value="In the beginning", elem_id="gen-prompt")
+    with gr.Row():
+        max_new = gr.Number(64, label="Max new tokens", elem_id="gen-max-new", info="at most this many tokens")
+        temp = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature", elem_id="gen-temp", info="0 = greedy")
+        top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p", elem_id="gen-top-p", info="1 = off")
+    with gr.Row():
+        top_k = gr.Number(50, label="Top-k", elem_id="gen-top-k", info="0 = off")
+        rep = gr.Number(1.0, label="Repetition penalty", elem_id="gen-rep", info="1 = off")
+        seed = gr.Textbox("", label="Seed", elem_id="gen-seed", info="empty = random", placeholder="random")
+    btn = gr.Button("Generate", variant="primary", elem_id="gen-btn")
+    msg = gr.HTML("", elem_id="gen-msg")
+    out = gr.Textbox(label="Output", lines=8, interactive=False, elem_id="gen-output")
+
+    def on_generate(choice, prompt_, max_new_, temp_, top_k_, top_p_, rep_, seed_):
         try:
-            st = runner.status(run)
-            run_dir = ws.run_dir(run)
-        except (WorkspaceError, FormError) as exc:
-            return _err(exc), gr.skip(), "", last_count
-        metrics = read_metrics(run_dir)
-        p = progress(run_dir, {"step": st.step, "max_steps": st.max_steps}, metrics)
-        f = format_progress(p)
-        active = runner.active()
-        mem = memory_usage(active[1] if active and active[0] == run else None)
-        phase = f" — {html.escape(st.phase)}" if st.phase and st.state == "running" else ""
-        error = f'<div class="msg-err" id="run-error">{html.escape(st.error)}</div>' if st.error else ""
-        ckpts = checkpoint_steps(run_dir)
-        ck = f"step {ckpts[-1]:,}" if ckpts else "none yet"
-        running = st.state == "running"
-        stats = [("Step", f["step"], "stat-step"), ("ETA", f["eta"] if running else "–", "stat-eta"),
-                 ("Tokens / s", f["tokens_per_s"], "stat-tps"), ("Loss", f["loss"], "stat-loss"),
-                 ("Val loss", f["val_loss"], "stat-val"), ("Latest checkpoint", ck, "stat-ckpt")]
-        cards = "".join(f'<div class="stat" id="{i}"><div class="label">{html.escape(k)}</div>'
-                        f'<div class="value">{html.escape(v)}</div></div>' for k, v, i in stats)
-        mem_line = (f'<div class="mem" id="stat-mem">Memory: machine RAM <b>{html.escape(mem["ram"])}</b>'
-                    f' · training process <b>{html.escape(mem.get("training", "not running"))}</b>'
-                    f' · GPU <b>{html.escape(mem["gpu"])}</b></div>')
-        view = (f'<div id="monitor-view" data-step="{p.step}" data-max-steps="{p.max_steps or 0}" '
-                f'data-points="{len(metrics)}" data-state="{html.escape(st.state)}">'
-                f'<div><b>{html.escape(run)}</b> {_state_badge(st.state)}{phase}</div>'
-                f'<div class="bar"><div style="width:{100 * p.fraction:.1f}%"></div></div>'
-                f'{error}<div class="stats">{cards}</div>{mem_line}</div>')
-        count = (run, len(metrics), st.state)
-        fig = gr.skip()
-        if count != last_count:
-            fig = loss_figure(metrics, title=f"{run}: loss")
-        log = tail_log(runner.log_path(run)) or "(no log for this run)"
-        return view, fig, log, count
-
-    def on_monitor_run(run):
-        return monitor_view(run, None)
-
-    # --- Generate -----------------------------------------------------------------------------------------
-
-    def gen_choices():
-        return M.model_choices(ws, hub_refs())
-
-    def on_generate(choice, prompt, max_new, temp, top_k, top_p, rep, seed):
-        try:
-            req = parse_sampling_form(dict(prompt=prompt, max_new_tokens=max_new, temperature=temp, top_k=top_k,
-                                           top_p=top_p, repetition_penalty=rep, seed=seed))
-            source = M.resolve_model(ws, choice)
+            req = parse_sampling_form(dict(prompt=prompt_, max_new_tokens=max_new_, temperature=temp_,
+                                           top_k=top_k_, top_p=top_p_, repetition_penalty=rep_, seed=seed_))
+            source = M.resolve_model(sh.ws, choice)
             yield gr.skip(), _msg(f"Loading {choice.split(':', 1)[-1]} ...", "info")
-            loaded = cache.get(source)
+            loaded = sh.cache.get(source)
             yield "", _msg("Generating ...", "info")
             text = ""
             for text in M.stream_completion(loaded, req):
@@ -222,198 +485,159 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
         except Exception as exc:  # noqa: BLE001
             yield gr.skip(), _err(exc)
 
-    # --- Models -------------------------------------------------------------------------------------------
+    btn.click(on_generate, [model, prompt, max_new, temp, top_k, top_p, rep, seed], [out, msg])
+    return model, refresh
 
-    def runs_table():
-        rows = []
-        for r in M.list_runs(ws):
-            rows.append([r.name, r.state, f"{r.step:,} / {r.max_steps:,}" if r.max_steps else f"{r.step:,}",
-                         ", ".join(f"{s:,}" for s in r.checkpoints) or "–",
-                         f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "–"])
-        return rows or [["(no runs yet)", "", "", "", ""]]
 
-    def hub_table():
+# --- Models -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelsTab:
+    run: Any
+    step: Any
+    preview: Any
+    runs_df: Any
+    hub_df: Any
+    dl_ref: Any
+    refresh: Any
+    continue_btn: Any
+    delete_btn: Any
+    manage_msg: Any
+
+
+def _runs_table(sh: Shared) -> list[list[str]]:
+    rows = []
+    for r in M.list_runs(sh.ws):
+        label = "not started" if r.state == "new" else r.state
+        rows.append([r.name, label, f"{r.step:,} / {r.max_steps:,}" if r.max_steps else f"{r.step:,}",
+                     ", ".join(f"{s:,}" for s in r.checkpoints) or "–",
+                     f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "–"])
+    return rows or [["(no runs yet)", "", "", "", ""]]
+
+
+def _hub_table() -> list[list[str]]:
+    try:
+        rows = [[v["repo"], v["version"], v.get("commit", "")[:10], _date(v.get("date", ""))]
+                for v in M.hub_versions()]
+    except Exception as exc:  # noqa: BLE001
+        return [[f"(hub unavailable: {exc})", "", "", ""]]
+    return rows or [["(no versions on the hub yet)", "", "", ""]]
+
+
+def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
+    with gr.Row():
+        gr.Markdown("### Local runs")
+        refresh = gr.Button("Refresh", elem_id="models-refresh", size="sm", scale=0, min_width=110)
+    runs_df = gr.Dataframe(_runs_table(sh), headers=["run", "state", "step", "checkpoints", "best val loss"],
+                           interactive=False, elem_id="runs-table", wrap=False)
+    with gr.Row():
+        run = gr.Dropdown(sh.run_choices(), value=sh.default_run(), label="Run", elem_id="push-run", scale=2,
+                          info="the run to push, continue or delete")
+        step = gr.Dropdown(sh.checkpoint_choices(sh.default_run()), label="Checkpoint", elem_id="push-step",
+                           scale=2, info="newest first; the one to push")
+    preview = gr.HTML("", elem_id="push-preview")
+    gr.Markdown("### Push to the hub")
+    with gr.Row():
+        repo = gr.Textbox(label="Repository", placeholder="owner/name", elem_id="push-repo",
+                          info="created when it does not exist")
+        version = gr.Textbox(label="Version", placeholder="e.g. 7k", elem_id="push-version",
+                             info="empty = the step count in thousands")
+    push_btn = gr.Button("Push", variant="primary", elem_id="push-btn")
+    push_msg = gr.HTML("", elem_id="push-msg")
+    gr.Markdown("### Continue or delete the run")
+    with gr.Row():
+        more = gr.Number(100, label="More steps", elem_id="continue-steps", precision=0, scale=1,
+                         info="from its latest checkpoint (an exact resume)")
+        continue_btn = gr.Button("Continue training", elem_id="continue-btn", scale=1)
+        delete_btn = gr.Button("Delete run", variant="stop", elem_id="delete-btn", scale=1,
+                               interactive=False)
+    manage_msg = gr.HTML("", elem_id="manage-msg")
+    gr.Markdown("### Versions on the hub")
+    hub_df = gr.Dataframe(_hub_table(), headers=["repository", "version", "commit", "date"],
+                          interactive=False, elem_id="hub-table", wrap=False)
+    with gr.Row():
+        dl_ref = gr.Dropdown(sh.hub_refs(), label="Download a version", allow_custom_value=True, elem_id="dl-ref",
+                             info="owner/name@version, into the workspace's models/", scale=4)
+        dl_btn = gr.Button("Download", elem_id="dl-btn", scale=1)
+    dl_msg = gr.HTML("", elem_id="dl-msg")
+    sha = gr.State(None)  # the weights' checksum the preview showed: a push publishes exactly that
+
+    def on_push(run_, step_, repo_, version_, expect):
         try:
-            rows = [[v["repo"], v["version"], v.get("commit", "")[:10], _date(v.get("date", ""))]
-                    for v in M.hub_versions()]
-        except Exception as exc:  # noqa: BLE001
-            return [[f"(hub unavailable: {exc})", "", "", ""]]
-        return rows or [["(no versions on the hub yet)", "", "", ""]]
-
-    def refresh_models():
-        names = run_choices()
-        refs = hub_refs()
-        return (runs_table(), hub_table(), gr.update(choices=names, value=names[0] if names else None),
-                gr.update(choices=refs), gr.update(choices=gen_choices()))
-
-    def on_push(run, repo, version):
-        try:
-            req = parse_push_form(dict(run_name=run, repo=repo, version=version))
-            res = M.push_run(ws, req)
+            req = parse_push_form(dict(run_name=run_, repo=repo_, version=version_))
+            res = M.push_run(sh.ws, req, int(step_) if step_ else None, expect_sha256=expect)
         except Exception as exc:  # noqa: BLE001
             return _err(exc), gr.skip()
-        return (_msg(f"Pushed {req.run_name!r} to {res['repo']}@{res['version']} (commit {str(res.get('commit', ''))[:10]}).",
-                     "ok"), hub_table())
+        return (_msg(f"Pushed {req.run_name!r} checkpoint step {res['step']:,} (weights sha256 "
+                     f"{res['sha256'][:16]}…) to {res['repo']}@{res['version']} (commit "
+                     f"{str(res.get('commit', ''))[:10]}).", "ok"), _hub_table())
 
     def on_download(ref):
         try:
-            folder = M.download_version(ws, ref)
+            folder = M.download_version(sh.ws, ref)
         except Exception as exc:  # noqa: BLE001
-            return _err(exc), gr.skip()
-        return _msg(f"Downloaded {ref} to {ws.relative(folder)} in the workspace.", "ok"), gr.update(choices=gen_choices())
+            return _err(exc)
+        return _msg(f"Downloaded {ref} to {sh.ws.relative(folder)} in the workspace.", "ok")
 
-    # --- layout -------------------------------------------------------------------------------------------
+    push_event = push_btn.click(on_push, [run, step, repo, version, sha], [push_msg, hub_df])
+    dl_btn.click(on_download, dl_ref, dl_msg)
+    handlers = {"sha": sha, "more": more, "push_btn": push_btn, "dl_btn": dl_btn, "push_event": push_event}
+    return ModelsTab(run, step, preview, runs_df, hub_df, dl_ref, refresh, continue_btn, delete_btn,
+                     manage_msg), handlers
+
+
+def _preview(sh: Shared, run: str | None, step: str | None):
+    """The push preview, its checksum, and whether Push, Continue and Delete can act on this run."""
+    if not run:
+        return _msg("Choose a run.", "info"), None, gr.update(interactive=False), gr.update(interactive=False), \
+            gr.update(interactive=False)
+    try:
+        st = sh.runner.status(run)
+    except Exception as exc:  # noqa: BLE001
+        return _err(exc), None, gr.update(interactive=False), gr.update(interactive=False), \
+            gr.update(interactive=False)
+    can_continue = (not st.active and st.state in rundir.END_STATES
+                    and bool(checkpoint_steps(sh.ws.run_dir(run))) and sh.runner.active() is None)
+    can_delete = not st.active and st.state in (rundir.FAILED, rundir.DIVERGED, "new")
+    try:
+        pv = M.push_preview(sh.ws, run, int(step) if step else None)
+    except Exception as exc:  # noqa: BLE001
+        return (_msg(f"Nothing to push: {exc}", "info"), None, gr.update(interactive=False),
+                gr.update(interactive=can_continue), gr.update(interactive=can_delete))
+    warn = f" Warning: {st.warning}" if st.warning else ""
+    text = f"Push will publish: {pv.describe()}.{warn}"
+    html_ = (f'<div class="msg-{"warn" if warn else "info"}" id="push-what" data-step="{pv.step}" '
+             f'data-sha256="{pv.sha256}">{html.escape(text)}</div>')
+    return html_, pv.sha256, gr.update(interactive=True), gr.update(interactive=can_continue), \
+        gr.update(interactive=can_delete)
+
+
+# --- the app ----------------------------------------------------------------------------------------------------
+
+def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
+    """The whole app on ``workspace`` (default: OPENLLM_APP_WORKSPACE or ./openllm-workspace)."""
+    ws = Workspace(workspace if workspace is not None else default_workspace())
+    sh = Shared(ws, Runner(ws))
+    presets = preset_names()
+    first = "tiny" if "tiny" in presets else presets[0]
 
     with gr.Blocks(title="OpenLLM") as demo:
         gr.Markdown("# OpenLLM\nTrain a small language model from scratch, watch it learn, try it, publish it.",
                     elem_id="app-header")
-        monitor_state = gr.State(None)
+        picks = gr.BrowserState({}, storage_key="openllm-app-picks")
         timer = gr.Timer(2.0)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Train", id="train", elem_id="tab-train"):
-                with gr.Row():
-                    run_name = gr.Textbox(label="Run name", value="run-1", elem_id="run-name", scale=2,
-                                          info="the folder under runs/: letters, digits, '.', '_', '-'")
-                    preset = gr.Dropdown(presets, value=first, label="Preset", elem_id="preset", scale=1,
-                                         info="fills in every field below")
-                    size = gr.Dropdown(presets, value=defaults["model_size"], label="Model size", elem_id="model-size",
-                                       scale=1, info="layers, width, heads, context")
-                    vocab = gr.Number(defaults["vocab_size"], label="Vocabulary size", elem_id="vocab-size", scale=1,
-                                      info="tokenizer pieces (at least 324)")
-                with gr.Row():
-                    lr = gr.Number(defaults["lr"], label="Learning rate", elem_id="lr", info="peak, after warmup")
-                    batch = gr.Number(defaults["batch_size"], label="Batch size", elem_id="batch-size",
-                                      info="sequences per micro-batch")
-                    steps = gr.Number(defaults["max_steps"], label="Steps", elem_id="steps",
-                                      info="optimizer steps")
-                    accum = gr.Number(defaults["grad_accum"], label="Gradient accumulation", elem_id="grad-accum",
-                                      info="micro-batches per step")
-                with gr.Row():
-                    opt = gr.Dropdown(list(OPTIMIZERS), value=defaults["optimizer"], label="Optimizer",
-                                      elem_id="optimizer", info="decoupled weight decay")
-                    sched = gr.Dropdown(list(SCHEDULES), value=defaults["schedule"], label="Scheduler",
-                                        elem_id="scheduler", info="learning-rate schedule after warmup")
-                    wd = gr.Number(defaults["weight_decay"], label="Weight decay", elem_id="weight-decay",
-                                   info="0 = none")
-                    clip = gr.Number(defaults["grad_clip"], label="Gradient clipping", elem_id="grad-clip",
-                                     info="max gradient norm; 0 = off")
-                with gr.Row():
-                    warmup = gr.Number(defaults["warmup_steps"], label="Warmup steps", elem_id="warmup",
-                                       info="linear warmup")
-                    eval_every = gr.Number(defaults["eval_every"], label="Evaluate every", elem_id="eval-every",
-                                           info="steps between val-loss points")
-                    save_every = gr.Number(defaults["save_every"], label="Save every", elem_id="save-every",
-                                           info="steps between checkpoints")
-                with gr.Group():
-                    corpus_kind = gr.Radio([CORPUS_EMBEDDED, CORPUS_WORKSPACE, CORPUS_UPLOAD], value=CORPUS_EMBEDDED,
-                                           label="Corpus", elem_id="corpus-kind")
-                    corpus_path = gr.Textbox(label="Path inside the workspace", visible=False, elem_id="corpus-path",
-                                             placeholder="corpora/my_text.txt",
-                                             info=f"relative to the workspace {ws.root}")
-                    upload = gr.File(label="Upload a .txt, .jsonl or .parquet file", visible=False,
-                                     file_types=[".txt", ".jsonl", ".json", ".parquet", ".md"], type="filepath",
-                                     elem_id="corpus-upload")
-                with gr.Row():
-                    start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
-                train_msg = gr.HTML("", elem_id="train-msg")
-
+                train, train_h = _train_tab(sh, presets, first)
             with gr.Tab("Monitor", id="monitor", elem_id="tab-monitor"):
-                with gr.Row():
-                    monitor_run = gr.Dropdown(run_choices(), value=default_run(), label="Run", elem_id="monitor-run",
-                                              scale=4)
-                    monitor_refresh = gr.Button("Refresh", scale=1, elem_id="monitor-refresh")
-                monitor_html = gr.HTML("", elem_id="monitor-html")
-                plot = gr.Plot(label="Loss", show_label=False, elem_id="loss-plot", format="png")
-                log_box = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, interactive=False,
-                                     elem_id="log-tail", autoscroll=True)
-
+                mon = _monitor_tab(sh)
             with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
-                with gr.Row():
-                    gen_model = gr.Dropdown(gen_choices(), label="Model", elem_id="gen-model", allow_custom_value=True,
-                                            info="a run with a checkpoint, a downloaded model, or owner/name@version",
-                                            scale=4)
-                    gen_refresh = gr.Button("Refresh list", scale=1, elem_id="gen-refresh")
-                prompt = gr.Textbox(label="Prompt", lines=3, value="In the beginning", elem_id="gen-prompt")
-                with gr.Row():
-                    max_new = gr.Number(64, label="Max new tokens", elem_id="gen-max-new",
-                                        info="at most this many tokens")
-                    temp = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature", elem_id="gen-temp",
-                                     info="0 = greedy")
-                    top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p", elem_id="gen-top-p",
-                                      info="1 = off")
-                with gr.Row():
-                    top_k = gr.Number(50, label="Top-k", elem_id="gen-top-k", info="0 = off")
-                    rep = gr.Number(1.0, label="Repetition penalty", elem_id="gen-rep", info="1 = off")
-                    seed = gr.Textbox("", label="Seed", elem_id="gen-seed", info="empty = random",
-                                      placeholder="random")
-                gen_btn = gr.Button("Generate", variant="primary", elem_id="gen-btn")
-                gen_msg = gr.HTML("", elem_id="gen-msg")
-                gen_out = gr.Textbox(label="Output", lines=8, interactive=False, elem_id="gen-output")
-
+                gen_model, gen_refresh = _generate_tab(sh)
             with gr.Tab("Models", id="models", elem_id="tab-models"):
-                with gr.Row():
-                    gr.Markdown("### Local runs")
-                    models_refresh = gr.Button("Refresh", elem_id="models-refresh", size="sm", scale=0,
-                                               min_width=110)
-                runs_df = gr.Dataframe(runs_table(), headers=["run", "state", "step", "checkpoints", "best val loss"],
-                                       interactive=False, elem_id="runs-table", wrap=True)
-                gr.Markdown("### Push a run to the hub")
-                with gr.Row():
-                    push_run = gr.Dropdown(run_choices(), value=default_run(), label="Run", elem_id="push-run",
-                                           info="its latest checkpoint")
-                    push_repo = gr.Textbox(label="Repository", placeholder="owner/name", elem_id="push-repo",
-                                           info="created when it does not exist")
-                    push_version = gr.Textbox(label="Version", placeholder="e.g. 7k", elem_id="push-version",
-                                              info="empty = the step count in thousands")
-                push_btn = gr.Button("Push", variant="primary", elem_id="push-btn")
-                push_msg = gr.HTML("", elem_id="push-msg")
-                gr.Markdown("### Versions on the hub")
-                hub_df = gr.Dataframe(hub_table(), headers=["repository", "version", "commit", "date"],
-                                      interactive=False, elem_id="hub-table", wrap=True)
-                with gr.Row():
-                    dl_ref = gr.Dropdown(hub_refs(), label="Download a version", allow_custom_value=True,
-                                         elem_id="dl-ref", info="owner/name@version, into the workspace's models/",
-                                         scale=4)
-                    dl_btn = gr.Button("Download", elem_id="dl-btn", scale=1)
-                dl_msg = gr.HTML("", elem_id="dl-msg")
-
+                models, models_h = _models_tab(sh)
             with gr.Tab("Help", id="help", elem_id="tab-help"):
                 gr.Markdown(load_help(), elem_id="help-text")
-
-        # --- events -------------------------------------------------------------------------------------------
-        form = [size, vocab, lr, batch, steps, accum, opt, sched, wd, clip, warmup, eval_every, save_every]
-        preset.change(on_preset, preset, [*form, train_msg])
-        corpus_kind.change(on_corpus_kind, corpus_kind, [corpus_path, upload, train_msg])
-        start_btn.click(on_start, [run_name, preset, *form, corpus_kind, corpus_path, upload], [train_msg, monitor_run])
-        stop_btn.click(on_stop, None, train_msg)
-
-        monitor_outputs = [monitor_html, plot, log_box, monitor_state]
-        monitor_run.change(on_monitor_run, monitor_run, monitor_outputs, show_progress="hidden")
-        monitor_refresh.click(monitor_view, [monitor_run, gr.State(None)], monitor_outputs)
-        timer.tick(monitor_view, [monitor_run, monitor_state], monitor_outputs, show_progress="hidden",
-                   concurrency_limit=None, concurrency_id="monitor")
-
-        gen_refresh.click(lambda: gr.update(choices=gen_choices()), None, gen_model)
-        gen_btn.click(on_generate, [gen_model, prompt, max_new, temp, top_k, top_p, rep, seed], [gen_out, gen_msg])
-
-        models_outputs = [runs_df, hub_df, push_run, dl_ref, gen_model]
-        models_refresh.click(refresh_models, None, models_outputs)
-        tabs.select(refresh_models, None, models_outputs, show_progress="hidden")
-        push_btn.click(on_push, [push_run, push_repo, push_version], [push_msg, hub_df]).then(
-            refresh_models, None, models_outputs)
-        dl_btn.click(on_download, dl_ref, [dl_msg, gen_model])
-
-        def on_load():
-            names = run_choices()
-            used = set(names)
-            i = 1
-            while f"run-{i}" in used:
-                i += 1
-            run = default_run()
-            return f"run-{i}", gr.update(choices=names, value=run), *monitor_view(run, None)
-
-        demo.load(on_load, None, [run_name, monitor_run, *monitor_outputs])
+        _wire(demo, sh, tabs, picks, timer, train, train_h, mon, gen_model, gen_refresh, models, models_h)
 
     # Gradio 6 takes theme and css in launch(); keep them on the Blocks too, so that a plain
     # ``build_app().launch()`` (e.g. a Space's app.py) looks the same as ``openllm app``.
@@ -421,5 +645,132 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
         demo._deprecated_css = CSS
         demo._deprecated_theme = THEME
     demo.openllm_workspace = ws  # type: ignore[attr-defined]
-    demo.openllm_runner = runner  # type: ignore[attr-defined]
+    demo.openllm_runner = sh.runner  # type: ignore[attr-defined]
     return demo
+
+
+def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, mon: MonitorTab, gen_model,
+          gen_refresh, models: ModelsTab, models_h: dict) -> None:
+    """The events that cross tabs: Start/Stop/Continue, the timer, refreshes, and the pickers' memory."""
+    on_start, start_inputs = train_h["start"]
+    sha, more = models_h["sha"], models_h["more"]
+
+    def buttons():
+        """Start only when nothing trains; Stop only when something does."""
+        busy = sh.runner.active() is not None
+        return gr.update(interactive=not busy), gr.update(interactive=busy)
+
+    # --- Train ------------------------------------------------------------------------------------------------
+    train.start_btn.click(on_start, start_inputs, [train.msg, mon.run, tabs, mon.banner]).then(
+        buttons, None, [train.start_btn, train.stop_btn])
+    train.stop_btn.click(train_h["stop"], None, train.msg).then(buttons, None, [train.start_btn, train.stop_btn])
+
+    # --- Monitor ----------------------------------------------------------------------------------------------
+    def view(run, count):
+        return monitor_view(sh, run, count)
+
+    def tick(run, count):
+        return (*view(run, count), *buttons())
+
+    mon.run.change(lambda r: view(r, None), mon.run, mon.outputs, show_progress="hidden")
+    mon.run.input(lambda p, r: _remember(p, "monitor_run", r), [picks, mon.run], picks)
+    timer.tick(tick, [mon.run, mon.count], [*mon.outputs, train.start_btn, train.stop_btn], show_progress="hidden",
+               concurrency_limit=None, concurrency_id="monitor")
+
+    def on_monitor_refresh(run):
+        run = sh.keep_run(run)
+        return gr.update(choices=sh.run_choices(), value=run), *view(run, None)
+
+    mon.refresh.click(on_monitor_refresh, mon.run, [mon.run, *mon.outputs])
+
+    def on_monitor_stop(run):
+        try:
+            name = sh.runner.stop()
+        except RunnerError as exc:
+            return _err(exc)
+        return _msg(f"Stopping {name!r}: the trainer saves a checkpoint, then exits.", "info")
+
+    mon.stop_btn.click(on_monitor_stop, mon.run, mon.banner)
+
+    # --- Models -----------------------------------------------------------------------------------------------
+    preview_outputs = [models.preview, sha, models_h["push_btn"], models.continue_btn, models.delete_btn]
+
+    def on_models_run(run, step):
+        choices = sh.checkpoint_choices(run)
+        values = [v for _, v in choices]
+        step = step if step in values else (values[0] if values else None)
+        return gr.update(choices=choices, value=step), *_preview(sh, run, step)
+
+    models.run.input(on_models_run, [models.run, models.step], [models.step, *preview_outputs]).then(
+        lambda p, r: _remember(p, "models_run", r), [picks, models.run], picks)
+    models.step.input(lambda r, s: _preview(sh, r, s), [models.run, models.step], preview_outputs).then(
+        lambda p, s: _remember(p, "push_step", s), [picks, models.step], picks)
+
+    def refresh_all(mrun, mstep, gen, dl, mon_run):
+        """Every list, each keeping what the user chose while it still exists."""
+        names = sh.run_choices()
+        mrun = sh.keep_run(mrun)
+        steps = sh.checkpoint_choices(mrun)
+        values = [v for _, v in steps]
+        mstep = mstep if mstep in values else (values[0] if values else None)
+        gens = sh.gen_choices()
+        gen_value = gen if gen and (gen in [v for _, v in gens] or "@" in str(gen)) else None
+        refs = sh.hub_refs()
+        return (_runs_table(sh), _hub_table(), gr.update(choices=names, value=mrun),
+                gr.update(choices=steps, value=mstep), *_preview(sh, mrun, mstep),
+                gr.update(choices=refs, value=dl), gr.update(choices=gens, value=gen_value),
+                gr.update(choices=names, value=sh.keep_run(mon_run)))
+
+    refresh_inputs = [models.run, models.step, gen_model, models.dl_ref, mon.run]
+    refresh_outputs = [models.runs_df, models.hub_df, models.run, models.step, *preview_outputs, models.dl_ref,
+                       gen_model, mon.run]
+    models.refresh.click(refresh_all, refresh_inputs, refresh_outputs)
+    tabs.select(refresh_all, refresh_inputs, refresh_outputs, show_progress="hidden")
+    models_h["push_event"].then(refresh_all, refresh_inputs, refresh_outputs, show_progress="hidden")
+    models_h["dl_btn"].click(lambda: gr.update(choices=sh.gen_choices()), None, gen_model)
+
+    def on_continue(run, n):
+        try:
+            total = sh.runner.continue_run(run, int(n or 0))
+        except Exception as exc:  # noqa: BLE001
+            return _err(exc), gr.skip(), gr.skip(), gr.skip()
+        done = _msg(f"Continuing {run!r} from step {rundir.step_of(rundir.latest_checkpoint(sh.ws.run_dir(run)))}"
+                    f" to a new total of {total:,} steps. Following it in the Monitor tab.", "ok")
+        return done, gr.update(choices=sh.run_choices(), value=run), gr.Tabs(selected="monitor"), done
+
+    models.continue_btn.click(on_continue, [models.run, more], [models.manage_msg, mon.run, tabs, mon.banner])
+
+    def on_delete(run):
+        try:
+            sh.runner.delete(run)
+        except Exception as exc:  # noqa: BLE001
+            return _err(exc)
+        return _msg(f"Deleted run {run!r}; its name can be used again.", "ok")
+
+    models.delete_btn.click(on_delete, models.run, models.manage_msg).then(
+        refresh_all, refresh_inputs, refresh_outputs)
+
+    # --- Generate -------------------------------------------------------------------------------------------
+    gen_refresh.click(lambda g: gr.update(choices=sh.gen_choices(), value=g), gen_model, gen_model)
+    gen_model.input(lambda p, g: _remember(p, "gen_model", g), [picks, gen_model], picks)
+
+    # --- load: the next free run name, and the pickers as the user left them -----------------------------
+    def on_load(saved):
+        saved = saved if isinstance(saved, dict) else {}
+        names = sh.run_choices()
+        i = 1
+        while f"run-{i}" in names:
+            i += 1
+        mon_run = sh.keep_run(saved.get("monitor_run"))
+        mrun = sh.keep_run(saved.get("models_run"))
+        steps = sh.checkpoint_choices(mrun)
+        values = [v for _, v in steps]
+        mstep = saved.get("push_step") if saved.get("push_step") in values else (values[0] if values else None)
+        gens = sh.gen_choices()
+        gen = saved.get("gen_model") if saved.get("gen_model") in [v for _, v in gens] else None
+        return (f"run-{i}", gr.update(choices=names, value=mon_run), *view(mon_run, None),
+                gr.update(choices=names, value=mrun), gr.update(choices=steps, value=mstep),
+                *_preview(sh, mrun, mstep), gr.update(choices=gens, value=gen), *buttons())
+
+    demo.load(on_load, picks, [train.run_name, mon.run, *mon.outputs, models.run, models.step, *preview_outputs,
+                               gen_model, train.start_btn, train.stop_btn])
