@@ -10,6 +10,10 @@ Two loaders, one job each:
 - :class:`SequentialWindows` (evaluation): deterministic non-overlapping windows that walk the split from
   the start (inputs ``tokens[i*T : (i+1)*T]``, targets shifted by one). Same windows on every call.
 
+With ``doc_aligned=True`` every training window starts at a document boundary (a shard's first token or
+the token after an EOS), drawn uniformly among the document starts that leave room for a full window; the
+window then runs on into the following documents (attention is not masked at document boundaries).
+
 A window never crosses a shard boundary in training; evaluation walks the shards as one stream (every
 document ends with EOS, so crossing a boundary is crossing a document boundary like any other).
 """
@@ -111,8 +115,10 @@ class RandomWindowLoader:
         world_size: int = 1,
         split: str = "train",
         device: str | torch.device = "cpu",
+        doc_aligned: bool = False,
     ) -> None:
         self.data = data if isinstance(data, TokenShards) else TokenShards(data, split)
+        self.doc_aligned = bool(doc_aligned)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of {world_size}")
         self.batch_size, self.seq_len = int(batch_size), int(seq_len)
@@ -120,7 +126,19 @@ class RandomWindowLoader:
         self.device = torch.device(device)
         self.position = 0  # batches drawn so far (the same number on every rank)
         window = self.seq_len + 1
-        self._starts_per_shard = np.maximum(self.data.lengths - window + 1, 0)
+        self._doc_starts: list[np.ndarray] | None = None
+        if self.doc_aligned:
+            eos = self.data.meta.get("eos_id")
+            if eos is None:
+                raise OpenLLMError(f"{self.data.data_dir}/meta.json has no eos_id, which train.doc_aligned needs; "
+                                   "re-run `openllm tokenize`")
+            self._doc_starts = []
+            for shard in self.data.shards:
+                starts = np.concatenate([[0], np.flatnonzero(np.asarray(shard) == int(eos)) + 1])
+                self._doc_starts.append(starts[starts + window <= len(shard)].astype(np.int64))
+            self._starts_per_shard = np.array([len(s) for s in self._doc_starts], dtype=np.int64)
+        else:
+            self._starts_per_shard = np.maximum(self.data.lengths - window + 1, 0)
         self._cum = np.cumsum(self._starts_per_shard)
         self.num_starts = int(self._cum[-1]) if len(self._cum) else 0
         if self.num_starts == 0:
@@ -138,6 +156,8 @@ class RandomWindowLoader:
         flat = flat[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         shard = np.searchsorted(self._cum, flat, side="right")
         before = np.where(shard > 0, self._cum[np.maximum(shard - 1, 0)], 0)
+        if self._doc_starts is not None:
+            return [(int(s), int(self._doc_starts[s][i])) for s, i in zip(shard, flat - before)]
         return [(int(s), int(o)) for s, o in zip(shard, flat - before)]
 
     def batch(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +181,7 @@ class RandomWindowLoader:
     # --- exact resume -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
         return {"position": self.position, "seed": self.seed, "batch_size": self.batch_size,
-                "seq_len": self.seq_len, "world_size": self.world_size}
+                "seq_len": self.seq_len, "world_size": self.world_size, "doc_aligned": self.doc_aligned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("seed", "seq_len"):
@@ -170,6 +190,9 @@ class RandomWindowLoader:
                     f"cannot resume the data stream: checkpoint has loader {key}={state[key]}, "
                     f"this run has {getattr(self, key)}"
                 )
+        if bool(state.get("doc_aligned", False)) != self.doc_aligned:
+            raise OpenLLMError(f"cannot resume the data stream: checkpoint has doc_aligned="
+                               f"{bool(state.get('doc_aligned', False))}, this run has {self.doc_aligned}")
         self.position = int(state["position"])
 
 
