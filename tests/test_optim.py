@@ -229,3 +229,158 @@ def test_liger_paths_refuse_cpu():
         apply_kernels(_model(), fused_loss="liger", device="cpu")
     with pytest.raises(Exception, match="CUDA"):
         apply_kernels(_model(), fused_ops=True, device="cpu")
+
+
+# --- through train() ----------------------------------------------------------------------------------
+
+MICRO = {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 64}
+
+
+def _cfg(**train):
+    t = {"micro_batch_size": 4, "seq_len": 32, "max_steps": 8, "lr": 3e-3, "warmup_steps": 2, "eval_every": 4,
+         "eval_batches": 2, "save_every": 4, "log_every": 1, "keep_last": 2, "optimizer": "muon"}
+    t.update(train)
+    return {"name": "muon", "model": dict(MICRO, tie_embeddings=False, zero_init_proj=True), "train": t}
+
+
+@pytest.fixture()
+def data(tmp_path):
+    from test_batches import random_data
+
+    return random_data(tmp_path / "data", vocab_size=64, train_tokens=20000, val_tokens=2000)
+
+
+def test_train_with_muon_recipe_and_resume(tmp_path, data, one_thread):
+    from openllm.checkpoint import load_optimizer_state
+    from openllm.rundir import read_metrics
+    from openllm.train import train
+
+    cfg = _cfg(schedule="wsd", decay_fraction=0.5, min_lr=0.0, batch_warmup_steps=4, grad_accum_steps=2,
+               doc_aligned=False, fused_loss="chunked")
+    r = train(cfg, data_dir=data, out_dir=tmp_path / "run", progress=False, log=lambda m: None)
+    assert r.state == "finished" and r.step == 8
+    recs = read_metrics(tmp_path / "run")
+    losses = [x["loss"] for x in recs]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    # batch warmup: 1, 1, 2, 2 micro-batches of 4 x 32 tokens, then 2 (grad_accum_steps)
+    assert [x["tokens"] for x in recs][:5] == [128, 256, 512, 768, 1024]
+    lrs = {x["step"]: x["lr"] for x in recs}
+    assert lrs[8] == 0.0 and lrs[3] == 3e-3
+    opt = load_optimizer_state(tmp_path / "run/checkpoints/step_00000008")["optimizer"]
+    groups = {g["name"]: g for g in opt["param_groups"]}
+    assert groups["muon"]["lr"] == 0.0 and groups["muon"]["lr_scale"] == pytest.approx(0.02 / 3e-3)
+    assert "layers.1.mlp.w13.weight" in groups["muon"]["params"]
+    assert "momentum_buffer" in opt["state"]["layers.1.mlp.w13.weight"]
+    # resuming from step 4 reproduces steps 5..8 bit for bit
+    ext = train(None, data_dir=data, out_dir=tmp_path / "run", resume=tmp_path / "run/checkpoints/step_00000004",
+                progress=False, log=lambda m: None)
+    assert ext.loss == r.loss
+
+
+def test_check_every_reads_the_loss_only_where_it_is_used(tmp_path, data, one_thread):
+    from openllm.rundir import read_metrics
+    from openllm.train import TrainingDiverged, train
+
+    r = train(_cfg(check_every=4, log_every=4, optimizer="adamw"), data_dir=data, out_dir=tmp_path / "a",
+              progress=False, log=lambda m: None)
+    plain = train(_cfg(log_every=4, optimizer="adamw"), data_dir=data, out_dir=tmp_path / "b",
+                  progress=False, log=lambda m: None)
+    assert [x["loss"] for x in read_metrics(tmp_path / "a")] == [x["loss"] for x in read_metrics(tmp_path / "b")]
+    assert r.loss == plain.loss
+    # a divergence between reads is still caught, and no checkpoint holds it
+    bad = _cfg(lr=1e4, muon_lr=1e4, warmup_steps=0, schedule="constant", grad_clip=0.0, check_every=5,
+               log_every=5, save_every=5, eval_every=100, max_steps=20)
+    with pytest.raises(TrainingDiverged, match="within the last 5 steps"):
+        train(bad, data_dir=data, out_dir=tmp_path / "c", progress=False, log=lambda m: None)
+    from safetensors.torch import load_file
+    from openllm.rundir import latest_checkpoint
+
+    last = latest_checkpoint(tmp_path / "c")
+    if last is not None:
+        assert all(torch.isfinite(t).all() for t in load_file(last / "model.safetensors").values())
+
+
+# --- real processes (slow) ----------------------------------------------------------------------------
+
+def _spawn_train(*args, nproc=1):
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+            if nproc > 1 else [sys.executable])
+    return subprocess.Popen([*head, "-m", "openllm", "train", "--no-progress", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out + err
+    return err
+
+
+@pytest.mark.slow
+def test_muon_sigkill_then_resume_is_bit_identical(tmp_path, data):
+    import signal
+    import time
+
+    from openllm.rundir import read_metrics
+
+    cfg = tmp_path / "cfg.json"
+    c = _cfg(max_steps=40, save_every=8, eval_every=12, keep_last=3, micro_batch_size=8)
+    c["model"]["d_model"] = 64
+    cfg.write_text(json.dumps(c))
+    full = _spawn_train("--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "full"))
+    killed = _spawn_train("--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "killed"))
+    t0 = time.time()
+    while not (tmp_path / "killed/checkpoints/step_00000008/state.json").is_file():
+        assert killed.poll() is None and time.time() - t0 < 120, "training ended early or timed out"
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    status = json.loads((tmp_path / "killed/status.json").read_text())
+    assert status["state"] == "running" and status["step"] < 40
+    resumed = _spawn_train("--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "killed"), "--resume")
+    _finish(full)
+    assert "resuming from" in _finish(resumed)
+    a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "killed")
+    assert [r["step"] for r in b] == list(range(1, 41))
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == rb["loss"] and ra["grad_norm"] == rb["grad_norm"], ra["step"]
+        assert ra.get("val_loss") == rb.get("val_loss")
+    from safetensors.torch import load_file
+
+    wa = load_file(tmp_path / "full/checkpoints/step_00000040/model.safetensors")
+    wb = load_file(tmp_path / "killed/checkpoints/step_00000040/model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_muon_ddp_and_fsdp_two_processes_match_one(tmp_path, data):
+    """Two gloo processes (DDP, then FSDP2 with row-sharded matrices) against one process with the same global
+    batch: the same losses and weights, so the sharded matrices are orthogonalised whole."""
+    from safetensors.torch import load_file
+
+    from openllm.rundir import read_metrics
+
+    cfg = tmp_path / "cfg.json"
+    c = _cfg(max_steps=6, grad_accum_steps=2, eval_every=3, eval_batches=3, save_every=3)
+    c["model"].update(d_model=48, n_heads=4, n_kv_heads=2, zero_init_proj=False)  # rows not a multiple of 2 x 8
+    cfg.write_text(json.dumps(c))
+    runs = {"single": ([], 1), "ddp": (["--set", "train.micro_batch_size=2"], 2),
+            "fsdp": (["--set", "train.micro_batch_size=2", "--set", "train.distributed=fsdp"], 2)}
+    procs = {}
+    for name, (extra, n) in runs.items():
+        procs[name] = _spawn_train("--config", str(cfg), "--data", str(data), "--out", str(tmp_path / name),
+                                   *extra, nproc=n)
+        _finish(procs[name])  # one at a time: 2 CPU cores
+    ref = read_metrics(tmp_path / "single")
+    w_ref = load_file(tmp_path / "single/checkpoints/step_00000006/model.safetensors")
+    for name in ("ddp", "fsdp"):
+        got = read_metrics(tmp_path / name)
+        assert [r["step"] for r in got] == list(range(1, 7))
+        for ra, rb in zip(ref, got):
+            assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6), (name, ra["step"])
+        w = load_file(tmp_path / name / "checkpoints/step_00000006/model.safetensors")
+        for k in w_ref:
+            torch.testing.assert_close(w[k], w_ref[k], rtol=1e-4, atol=2e-5, msg=f"{name} {k}")

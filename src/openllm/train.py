@@ -48,7 +48,7 @@ from .config import Config, load_config
 from .errors import OpenLLMError
 from .metrics import MetricsWriter, TensorBoard, device_peak_flops, mfu, plot_loss
 from .model import Transformer
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer, lr_at, set_lr
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_precision", "autocast_context", "resolve_run",
            "RunPlan", "Trainer"]
@@ -350,6 +350,10 @@ class Trainer:
         if resuming:
             ckpt_mod.load_model_weights(raw, plan.resume_from)
         raw.to(self.dev)
+        if tc.fused_loss != "off" or tc.fused_ops:
+            from .kernels import apply_kernels
+
+            apply_kernels(raw, tc.fused_loss, tc.fused_ops, self.dev)
         self.raw = raw  # the module whose parameters the optimizer holds (FSDP2 shards it in place)
         self.params = list(raw.parameters())
         self.flops_per_token = raw.flops_per_token(self.seq_len)
@@ -370,7 +374,7 @@ class Trainer:
 
         self.loader = RandomWindowLoader(TokenShards(plan.data_dir, "train"), tc.micro_batch_size, self.seq_len,
                                          seed=tc.seed, rank=self.info.rank, world_size=self.info.world_size,
-                                         device=self.dev)
+                                         device=self.dev, doc_aligned=tc.doc_aligned)
         self.val_data = TokenShards(plan.data_dir, "val") if "val" in plan.meta["splits"] else None
         if resuming:
             self.loader.load_state_dict(plan.state["loader"])
@@ -422,11 +426,14 @@ class Trainer:
         with _StopFlag(self.stop_event) as stop:
             while self.step < tc.max_steps:
                 lr = lr_at(self.step, tc)
-                loss, grad_norm, stop_now = self._optimizer_step(lr, stop)
+                accum = self._accum_at(self.step)
+                loss, grad_norm, stop_now = self._optimizer_step(lr, stop, accum)
                 self.step += 1
-                self.tokens_seen += self.tokens_per_step
-                self.tokens_mark += self.tokens_per_step
-                self.last_loss = loss
+                tokens = self.tokens_per_step * accum // tc.grad_accum_steps
+                self.tokens_seen += tokens
+                self.tokens_mark += tokens
+                if loss is not None:
+                    self.last_loss = loss
                 step = self.step
 
                 do_eval = self.val_data is not None and (step % tc.eval_every == 0 or step == tc.max_steps)
@@ -455,19 +462,35 @@ class Trainer:
                 if early or stop_now:
                     break
 
-    def _optimizer_step(self, lr: float, stop: "_StopFlag") -> tuple[float, float, bool]:
-        """One optimizer step over ``grad_accum_steps`` micro-batches; returns the loss (mean over ranks), the
-        gradient norm and whether any rank was asked to stop. Raises :class:`TrainingDiverged` before a
-        non-finite update is applied."""
+    def _accum_at(self, step: int) -> int:
+        """Micro-batches in update ``step`` (0-based): ``grad_accum_steps``, or, during
+        ``batch_warmup_steps``, a number growing linearly from 1 (small batches first)."""
+        tc = self.tc
+        if step >= tc.batch_warmup_steps:
+            return tc.grad_accum_steps
+        return max(1, math.ceil(tc.grad_accum_steps * (step + 1) / tc.batch_warmup_steps))
+
+    def _reads_host(self, step: int) -> bool:
+        """Whether update number ``step`` (1-based) reads the loss on the host: every ``check_every`` steps and
+        on every step that logs, evaluates, saves or ends the run (so those see checked values)."""
+        tc = self.tc
+        return (step % tc.check_every == 0 or step % tc.log_every == 0 or step % tc.save_every == 0
+                or step >= tc.max_steps or (self.val_data is not None and step % tc.eval_every == 0))
+
+    def _optimizer_step(self, lr: float, stop: "_StopFlag", accum: int) -> tuple[float, float, bool]:
+        """One optimizer step over ``accum`` micro-batches; returns the loss (mean over ranks), the gradient
+        norm and whether any rank was asked to stop (None, None, False on steps that do not read the host,
+        see ``train.check_every``). Raises :class:`TrainingDiverged` on a non-finite loss or gradient norm:
+        before the update is applied when ``check_every`` is 1, else at the next read, before any
+        checkpoint can hold the bad weights."""
         tc, dev, info, scaler = self.tc, self.dev, self.info, self.scaler
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        set_lr(self.optimizer, lr)
         loss_sum = torch.zeros((), device=dev)
-        for micro in range(tc.grad_accum_steps):
+        for micro in range(accum):
             x, y = self.loader.next()
-            with D.no_grad_sync(self.model, info, sync=micro == tc.grad_accum_steps - 1):
+            with D.no_grad_sync(self.model, info, sync=micro == accum - 1):
                 with autocast_context(self.precision, dev):
-                    loss = self.model(x, y, return_logits=False) / tc.grad_accum_steps
+                    loss = self.model(x, y, return_logits=False) / accum
                 scaler.scale(loss).backward()
             loss_sum += loss.detach().float()
         if scaler.is_enabled():
@@ -476,18 +499,32 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        # one collective per step: the mean loss across ranks and whether any rank was asked to stop
-        packed = torch.stack([loss_sum, torch.tensor(float(stop()), device=dev)])
+        # the finite check stays on the device between reads: no host sync on those steps
+        bad = ~torch.isfinite(loss_sum)
+        if not scaler.is_enabled():
+            bad = bad | ~torch.isfinite(grad_norm)
+        self._bad = bad if getattr(self, "_bad", None) is None else self._bad | bad
+        if not self._reads_host(self.step + 1):
+            scaler.step(self.optimizer)
+            scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            return None, None, False
+        # one collective per read: the mean loss across ranks, whether any rank was asked to stop or diverged
+        packed = torch.stack([loss_sum, torch.tensor(float(stop()), device=dev), self._bad.float()])
         D.all_reduce(packed, info)
+        self._bad = None
         loss_val = float(packed[0]) / info.world_size
         stop_now = float(packed[1]) > 0
         gn = float(grad_norm)
-        if not math.isfinite(loss_val) or (not scaler.is_enabled() and not math.isfinite(gn)):
-            what = f"loss {loss_val}" if not math.isfinite(loss_val) else f"gradient norm {gn}"
+        if float(packed[2]) > 0:
+            what = (f"loss {loss_val}" if not math.isfinite(loss_val) else
+                    f"gradient norm {gn}" if not math.isfinite(gn) else "a non-finite loss or gradient norm")
+            applied = ("the update was not applied" if tc.check_every == 1 else
+                       f"seen within the last {tc.check_every} steps")
             raise TrainingDiverged(
-                f"training diverged at step {self.step + 1}: {what}; the update was not applied and the "
-                f"last good checkpoint is {_latest_name(self.out)}. Lower train.lr, raise "
-                f"train.warmup_steps or use bf16 instead of fp16, then resume"
+                f"training diverged at step {self.step + 1}: {what} ({applied}); the last good checkpoint is "
+                f"{_latest_name(self.out)}. Lower train.lr, raise train.warmup_steps or use bf16 instead of "
+                f"fp16, then resume"
             )
         scaler.step(self.optimizer)
         scaler.update()
