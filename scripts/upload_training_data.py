@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Upload training data to a dataset repository with a dataset card (the seed's upload_training_data.py).
+"""Upload training data to a dataset repository with a dataset card.
 
     python scripts/upload_training_data.py PATH --repo OWNER/NAME [--hub local|hf|PATH] [--version V]
 

@@ -82,7 +82,7 @@ def test_clear_errors_for_bad_repo_ids_and_missing_versions(tmp_path):
 
 
 @pytest.mark.slow
-def test_data_upload_cli_and_seed_script(tmp_path):
+def test_data_upload_cli_and_the_upload_script(tmp_path):
     data = tmp_path / "prepared"
     data.mkdir()
     (data / "train.jsonl").write_text('{"text": "in the beginning"}\n{"text": "and the earth"}\n')

@@ -111,3 +111,15 @@ def test_too_long_sequence_is_refused():
     model = Transformer(ModelConfig(**TINY))
     with pytest.raises(ValueError, match="exceeds max_seq_len 64"):
         model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_param_report_matches_the_model():
+    cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32,
+                      tie_embeddings=False)
+    from openllm.model import param_report
+
+    report = param_report(cfg, seq_len=16)
+    model = Transformer(cfg)
+    assert report == {"params": model.num_params(), "params_non_embedding": model.num_params(non_embedding=True),
+                      "flops_per_token": model.flops_per_token(16), "seq_len": 16}
+    assert param_report(cfg)["seq_len"] == 32  # the context length by default

@@ -6,7 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
 from openllm.publish.cards import dataset_card, model_card
@@ -115,50 +114,3 @@ def test_dataset_card_parses_with_checksums_and_report(tmp_path):
                      "tinyshakespeare.txt", "cc-by-4.0", "### Prepare report", "12 duplicates dropped",
                      "train split | 1,490 documents"):
         assert expected in card.text, expected
-
-
-@pytest.mark.parametrize("kind", ["prepared", "tokenized", "file"])
-def test_upload_dataset_to_local_hub(tmp_path, kind):
-    from openllm.hub import CommitOperationAdd, LocalHub
-    from openllm.publish.datasets import upload_dataset
-
-    src = tmp_path / kind
-    src.mkdir()
-    if kind == "prepared":
-        (src / "train.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n')
-        (src / "val.jsonl").write_text('{"text": "d"}\n')
-        (src / "report.json").write_text(json.dumps({"sources": [{"name": "/abs/kjv.txt", "kind": "txt"}], "documents": 4}))
-        (src / "report.md").write_text("# Report\n\n4 documents kept\n")
-    elif kind == "tokenized":
-        (src / "train_000.bin").write_bytes(b"\x01\x00" * 50)
-        (src / "tokenizer").mkdir()
-        (src / "tokenizer" / "tokenizer.model").write_bytes(b"sp")
-        (src / "meta.json").write_text(json.dumps({"vocab_size": 512, "dtype": "uint16", "splits": {
-            "train": {"tokens": 50, "documents": 5}, "val": {"tokens": 0, "documents": 0}}}))
-    else:
-        src = src / "corpus.txt"
-        src.write_text("line one\nline two\n")
-    hub = LocalHub(root=tmp_path / "hub")
-    hub.create_repo(repo_id="alice/corpus", repo_type="dataset")
-    hub.create_commit(repo_id="alice/corpus", repo_type="dataset", commit_message="before", operations=[
-        CommitOperationAdd(".gitattributes", b"*.bin binary\n"), CommitOperationAdd("stale[1].txt", b"old")])
-    res = upload_dataset(src, repo_id="alice/corpus", hub=hub, license="cc0-1.0", version="v1")
-    files = hub.list_files(repo_id="alice/corpus", repo_type="dataset", revision="v1")
-    assert "README.md" in files and "SHA256SUMS" in files
-    # the upload replaces the repo's files, but keeps .gitattributes (the Hugging Face hub's LFS rules)
-    assert ".gitattributes" in files and "stale[1].txt" not in files
-    files.remove(".gitattributes")
-    out = hub.download(repo_id="alice/corpus", repo_type="dataset", revision="v1", local_dir=tmp_path / "dl")
-    card = DatasetCard((out / "README.md").read_text())
-    assert card.data.license == "cc0-1.0"
-    sums = dict(reversed(line.split("  ", 1)) for line in (out / "SHA256SUMS").read_text().splitlines())
-    for name, digest in sums.items():
-        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
-        assert digest in card.text
-    if kind == "prepared":
-        assert sorted(sums) == ["report.json", "report.md", "train.jsonl", "val.jsonl"]
-        assert "kjv.txt" in card.text and "/abs/" not in card.text and "4 documents kept" in card.text and res.stats["documents"] == 4
-    elif kind == "tokenized":
-        assert "tokenizer/tokenizer.model" in sums and res.stats["tokens"] == 50 and "| tokens | 50 |" in card.text
-    else:
-        assert sorted(sums) == ["corpus.txt"] and res.stats["lines"] == 2

@@ -9,7 +9,8 @@ _VERSION = re.compile(r"^(\d+(?:\.\d+)?)(k?)$")
 
 
 def version_for_step(step: int) -> str:
-    """The default version name of a checkpoint at ``step`` (thousands of steps, as the seed's 7k, 8k)."""
+    """The default version name of a checkpoint at ``step``, in thousands of steps: 7000 -> 7k,
+    1500 -> 1.5k, 500 -> 500."""
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if step < 1000:

@@ -89,8 +89,7 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str = "g
     )
     name = repo_id.split("/")[1]
     s: list[str] = [_yaml_header(data), f"# {name} ({version})\n\n"]
-    layers, width = model.get("n_layers"), model.get("d_model")
-    intro = f"A small Llama-shaped language model trained from scratch with [OpenLLM](https://github.com/louischua/openllm)"
+    intro = "A small Llama-shaped language model trained from scratch with [OpenLLM](https://github.com/louischua/openllm)"
     if facts.step is not None:
         intro += f", version `{version}` = training step {facts.step:,}"
     s.append(intro + ". It loads as a plain `LlamaForCausalLM` (no custom code).\n\n")
