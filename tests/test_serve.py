@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from openllm.generate import SamplingParams, generate
-from openllm.serve import ServerThread, create_app, render_chat
+from openllm.serve import ServerThread, chat_prompt, create_app
+from openllm.tokenizer import apply_chat_template
 
 NAME = "tiny-serve"
 
@@ -143,10 +144,11 @@ def test_token_id_prompt_and_echo(client, serve_lm):
     assert echo["choices"][0]["text"] == "def load(" + by_text["choices"][0]["text"]
 
 
-def test_chat_uses_the_documented_template(client):
+def test_chat_uses_the_projects_chat_template(client, serve_lm):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
-    prompt = render_chat([("system", "Be brief."), ("user", "Hello there")])
-    assert prompt == "System: Be brief.\nUser: Hello there\nAssistant:"
+    prompt = chat_prompt(serve_lm.tokenizer, [("system", "Be brief."), ("user", "Hello there")])
+    assert prompt == serve_lm.tokenizer.encode_chat(messages)
+    assert apply_chat_template(messages).endswith("System: Be brief.\nUser: Hello there\nAssistant:")
     completion = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 10, "temperature": 0,
                                                       "stop": ["\nUser:", "\nSystem:"]}).json()["choices"][0]
     r = client.post("/v1/chat/completions", json={"model": NAME, "messages": messages, "max_tokens": 10,
@@ -154,6 +156,7 @@ def test_chat_uses_the_documented_template(client):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert body["usage"]["prompt_tokens"] == len(prompt)
     (choice,) = body["choices"]
     assert choice["message"] == {"role": "assistant", "content": completion["text"].lstrip()}
     assert choice["finish_reason"] == completion["finish_reason"]
@@ -252,35 +255,36 @@ def test_api_key(serve_lm, monkeypatch):
 
 
 def gated_model(model):
-    """A copy of the model whose forward waits for ``gate``: the test decides when the batcher may run."""
+    """A copy of the model whose every forward pass (its token embedding, the first thing each pass runs)
+    waits for ``gate``: the test decides when the engine may run."""
     gated = copy.deepcopy(model)
     gate = threading.Event()
-    forward = gated.forward
+    forward = gated.tok_embeddings.forward
 
     def waiting_forward(*args, **kwargs):
         assert gate.wait(30), "test never opened the gate"
         return forward(*args, **kwargs)
 
-    gated.forward = waiting_forward
+    gated.tok_embeddings.forward = waiting_forward
     return gated, gate
 
 
 def test_full_queue_is_429_and_disconnects_cancel(serve_lm):
     model, gate = gated_model(serve_lm.model)
     app = create_app(model, serve_lm.tokenizer, max_batch=1, max_queue=1)
-    batcher = app.state.batcher
+    engine = app.state.server.engine
     with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
-        # A: a streaming request the batcher starts on (and blocks in the model, until the gate opens)
+        # A: a streaming request the engine starts on (and blocks in the model, until the gate opens)
         a_client = httpx.Client(base_url=s.url, timeout=30)
         a = a_client.send(a_client.build_request("POST", "/v1/completions", json={
             "prompt": "first", "max_tokens": 400, "stream": True}), stream=True)
-        wait_for(lambda: batcher.snapshot()["running_rows"] == 1)
+        wait_for(lambda: engine.snapshot()["running_seqs"] == 1)
         # B: waits in the queue
         b_result = {}
         b = threading.Thread(target=lambda: b_result.update(r=c.post("/v1/completions", json={
             "prompt": "second", "max_tokens": 5, "temperature": 0})))
         b.start()
-        wait_for(lambda: batcher.snapshot()["queued"] == 1)
+        wait_for(lambda: engine.snapshot()["waiting"] == 1)
         # C: the queue is full
         r = c.post("/v1/completions", json={"prompt": "third", "max_tokens": 5})
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
@@ -292,8 +296,8 @@ def test_full_queue_is_429_and_disconnects_cancel(serve_lm):
         gate.set()
         b.join(30)
         assert b_result["r"].status_code == 200
-        wait_for(lambda: batcher.snapshot()["completed"] + batcher.snapshot()["cancelled"] == 2)
-        stats = batcher.snapshot()
+        wait_for(lambda: engine.snapshot()["completed"] + engine.snapshot()["cancelled"] == 2)
+        stats = engine.snapshot()
         assert stats["cancelled"] == 1 and stats["rejected"] == 1
         assert stats["tokens"] <= 5 + 2  # B's 5, and at most a step or two of A's 400
 
@@ -301,7 +305,7 @@ def test_full_queue_is_429_and_disconnects_cancel(serve_lm):
 def test_non_streaming_client_disconnect_cancels(serve_lm):
     model, gate = gated_model(serve_lm.model)
     app = create_app(model, serve_lm.tokenizer)
-    batcher = app.state.batcher
+    engine = app.state.server.engine
     with ServerThread(app) as s:
         outcome = []
 
@@ -314,26 +318,26 @@ def test_non_streaming_client_disconnect_cancels(serve_lm):
 
         t = threading.Thread(target=impatient)
         t.start()
-        wait_for(lambda: batcher.snapshot()["running_rows"] == 1)
+        wait_for(lambda: engine.snapshot()["running_seqs"] == 1)
         t.join(10)
         assert outcome == ["gave up"]
         time.sleep(0.6)  # the handler polls its connection every 0.25 s
         gate.set()
-        wait_for(lambda: batcher.snapshot()["cancelled"] == 1)
-        assert batcher.snapshot()["tokens"] <= 2
+        wait_for(lambda: engine.snapshot()["cancelled"] == 1)
+        assert engine.snapshot()["tokens"] <= 2
 
 
 def test_disconnect_mid_stream_stops_generation(server, serve_lm):
-    batcher = server.app.state.batcher
-    before = batcher.snapshot()
+    engine = server.app.state.server.engine
+    before = engine.snapshot()
     with httpx.Client(base_url=server.url, timeout=30) as c:
         with c.stream("POST", "/v1/completions", json={"prompt": "stream", "max_tokens": 500,
                                                         "temperature": 0, "stream": True}) as r:
             lines = r.iter_lines()
             got = [next(lines) for _ in range(4)]
             assert got[0].startswith("data: ")
-    wait_for(lambda: batcher.snapshot()["cancelled"] == before["cancelled"] + 1)
-    assert batcher.snapshot()["tokens"] - before["tokens"] < 500
+    wait_for(lambda: engine.snapshot()["cancelled"] == before["cancelled"] + 1)
+    assert engine.snapshot()["tokens"] - before["tokens"] < 500
 
 
 def _free_port() -> int:
@@ -389,6 +393,7 @@ def test_serve_a_hub_version(serve_run):
     push_model(serve_run, repo_id="me/serve-tiny", version="v1")  # the test's own local hub (conftest)
     app = app_from_source("me/serve-tiny@v1")
     with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        wait_for(lambda: c.get("/health").status_code == 200, timeout=60)
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["me/serve-tiny@v1"]
         r = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 3})
         assert r.status_code == 200 and r.json()["model"] == "me/serve-tiny@v1"
@@ -396,7 +401,7 @@ def test_serve_a_hub_version(serve_run):
 
 def test_a_failing_generation_is_a_500_and_the_server_lives_on(serve_lm):
     model = copy.deepcopy(serve_lm.model)
-    forward = model.forward
+    forward = model.tok_embeddings.forward
     broken = threading.Event()
 
     def flaky_forward(*args, **kwargs):
@@ -404,7 +409,7 @@ def test_a_failing_generation_is_a_500_and_the_server_lives_on(serve_lm):
             raise RuntimeError("simulated device failure")
         return forward(*args, **kwargs)
 
-    model.forward = flaky_forward
+    model.tok_embeddings.forward = flaky_forward
     app = create_app(model, serve_lm.tokenizer)
     with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
         broken.set()
@@ -416,32 +421,32 @@ def test_a_failing_generation_is_a_500_and_the_server_lives_on(serve_lm):
         broken.clear()
         r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 3})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
-        assert app.state.batcher.snapshot()["errors"] == 2
+        assert app.state.server.engine.snapshot()["errors"] == 2
 
 
 def test_a_short_request_is_answered_before_its_long_batch_mate_finishes(serve_lm):
     model, gate = gated_model(serve_lm.model)
     app = create_app(model, serve_lm.tokenizer)
-    batcher = app.state.batcher
+    engine = app.state.server.engine
     results = {}
 
     def send(name, max_tokens):
         results[name] = httpx.post(s.url + "/v1/completions", json={"prompt": name, "max_tokens": max_tokens,
                                                                      "temperature": 0}, timeout=60)
-        results[name + "_completed"] = batcher.snapshot()["completed"]
+        results[name + "_completed"] = engine.snapshot()["completed"]
 
     with ServerThread(app) as s:
         first = threading.Thread(target=send, args=("first", 1))
         first.start()
-        wait_for(lambda: batcher.snapshot()["running_rows"] == 1)  # the model is held at the gate
+        wait_for(lambda: engine.snapshot()["running_seqs"] == 1)  # the model is held at the gate
         long, short = (threading.Thread(target=send, args=(n, k)) for n, k in (("long", 500), ("short", 2)))
         long.start()
         short.start()
-        wait_for(lambda: batcher.snapshot()["queued"] == 2)
+        wait_for(lambda: engine.snapshot()["waiting"] == 2)
         gate.set()
         for t in (first, long, short):
             t.join(60)
     assert all(results[n].status_code == 200 for n in ("first", "long", "short"))
-    assert batcher.snapshot()["largest_batch"] == 2  # long and short ran together
+    assert engine.snapshot()["largest_batch"] == 2  # long and short ran together
     assert results["short_completed"] == 2  # answered while long was still generating
     assert results["long"].json()["usage"]["completion_tokens"] == 500

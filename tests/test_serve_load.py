@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -50,6 +51,22 @@ async def _send(client: httpx.AsyncClient, path: str, body: dict) -> list[str]:
     return [c["text"] if "text" in c else c["message"]["content"] for c in r.json()["choices"]]
 
 
+async def _quit_early(client: httpx.AsyncClient, i: int) -> list[str]:
+    """A streaming request whose client disconnects after its first event."""
+    body = {"prompt": f"while True: {i}", "max_tokens": 200, "temperature": 0, "stream": True}
+    async with client.stream("POST", "/v1/completions", json=body) as r:
+        async for _ in r.aiter_lines():
+            break
+    return []
+
+
+def _wait(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_64_concurrent_requests_match_single_request_outputs(serve_lm):
     app = create_app(serve_lm.model, serve_lm.tokenizer, max_batch=32, max_queue=CONCURRENCY)
@@ -64,15 +81,23 @@ def test_64_concurrent_requests_match_single_request_outputs(serve_lm):
                     key = json.dumps([path, body], sort_keys=True)
                     if key not in alone:
                         alone[key] = await _send(client, path, body)
-                batches_before = app.state.batcher.snapshot()["batches"]
                 together = await asyncio.gather(*(_send(client, p, b) for p, b in reqs))
-                return alone, together, batches_before
+                # clients that give up after their first streamed event, while the others run
+                quitters = [_quit_early(client, i) for i in range(16)]
+                again = await asyncio.gather(*(_send(client, p, b) for p, b in reqs), *quitters)
+                return alone, together, again[:len(reqs)]
 
-        alone, together, batches_before = asyncio.run(main())
-        stats = app.state.batcher.snapshot()
-    for (path, body), got in zip(reqs, together):
+        alone, together, again = asyncio.run(main())
+        engine = app.state.server.engine
+        _wait(lambda: engine.snapshot()["slots_used"] == 0)
+        stats = engine.snapshot()
+        metrics = httpx.get(server.url + "/metrics").text
+    for (path, body), got, got_again in zip(reqs, together, again):
         assert got == alone[json.dumps([path, body], sort_keys=True)], (path, body)
+        assert got_again == got, (path, body)
         assert all(isinstance(t, str) and t for t in got)
-    assert stats["errors"] == 0 and stats["rejected"] == 0 and stats["cancelled"] == 0
+    assert stats["errors"] == 0 and stats["rejected"] == 0 and stats["cancelled"] == 16
     assert stats["largest_batch"] > 8  # the load was really batched
-    assert stats["batches"] - batches_before < CONCURRENCY // 2
+    # nothing leaked: no slot held, nothing running or waiting
+    assert "openllm_requests_running 0" in metrics and "openllm_kv_cache_slots_used 0" in metrics
+    assert "openllm_requests_waiting 0" in metrics

@@ -1,4 +1,4 @@
-"""openllm serve MODEL [--host 127.0.0.1] [--port 8000] [--api-key KEY]"""
+"""openllm serve MODEL [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--kv-cache-tokens N]"""
 from __future__ import annotations
 
 import argparse
@@ -18,38 +18,70 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-name", default=None,
                    help="the model id /v1/models reports (default: the MODEL argument's last part)")
     add_device_option(p)
-    p.add_argument("--max-batch", type=int, default=32, help="most sequences generated together (default 32)")
-    p.add_argument("--batch-window-ms", type=float, default=10.0,
-                   help="how long the first request of a batch waits for others to join (default 10 ms)")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="most sequences generated together: the KV cache's slots (default 32)")
+    p.add_argument("--kv-cache-tokens", type=int, default=None,
+                   help="tokens the KV cache holds in all, split evenly over the --max-batch slots; a request's "
+                        "prompt + max_tokens must fit one slot (default: a full context per slot)")
+    p.add_argument("--prefill-chunk", type=int, default=256,
+                   help="most prompt tokens read per scheduler step, so long prompts do not stall the "
+                        "sequences decoding (default 256)")
+    p.add_argument("--batching", choices=["continuous", "static"], default="continuous",
+                   help="continuous: sequences join and leave the running batch at every step (default); "
+                        "static: a batch runs until all its sequences finish")
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests allowed to wait; more are answered 429 (default 256)")
-    p.add_argument("--no-batching", action="store_true", help="serve one request at a time (same as --max-batch 1)")
+    p.add_argument("--no-batching", action="store_true", help="serve one sequence at a time (same as --max-batch 1)")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0,
+                   help="on SIGTERM or Ctrl-C, seconds in-flight requests get to finish before they are "
+                        "cancelled (default 10)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
+    from pathlib import Path
+
     from ..device import resolve_device
     from ..errors import OpenLLMError
     from ..serve import app_from_source, run_server
 
-    if args.max_batch < 1 or args.max_queue < 1:
-        raise OpenLLMError("--max-batch and --max-queue must be at least 1")
+    if args.max_batch < 1 or args.max_queue < 1 or args.prefill_chunk < 1:
+        raise OpenLLMError("--max-batch, --max-queue and --prefill-chunk must be at least 1")
+    if args.kv_cache_tokens is not None and args.kv_cache_tokens < 2 * args.max_batch:
+        raise OpenLLMError(f"--kv-cache-tokens must be at least 2 x --max-batch ({2 * args.max_batch})")
     if not 0 < args.port < 65536:
         raise OpenLLMError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.shutdown_timeout < 0:
+        raise OpenLLMError("--shutdown-timeout must be >= 0")
+    if str(args.model).startswith((".", "/", "~")) and not Path(args.model).expanduser().exists():
+        raise OpenLLMError(f"no model at {args.model!r}: give a run folder, an export folder, or a hub reference "
+                           f"OWNER/NAME@VERSION")
     import torch
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     api_key = args.api_key or os.environ.get("OPENLLM_API_KEY") or None
+    base = f"http://{args.host}:{args.port}"
+
+    def ready(state) -> None:
+        if state.load_error:
+            signal.raise_signal(signal.SIGTERM)  # a graceful stop of the server, then the error below
+            return
+        loaded, engine = app.state.loaded, state.engine
+        print(f"ready: {state.model_name} ({loaded.kind}, context {loaded.model.cfg.max_seq_len}; "
+              f"{engine.cache.slots} KV-cache slots of {engine.context} tokens, {engine.policy} batching)",
+              flush=True)
+
     app = app_from_source(args.model, device=device, hub=args.hub, model_name=args.model_name, api_key=api_key,
                           max_batch=1 if args.no_batching else args.max_batch,
-                          batch_window_ms=args.batch_window_ms, max_queue=args.max_queue)
-    loaded = app.state.loaded
-    base = f"http://{args.host}:{args.port}"
-    print(f"serving {app.state.model_name} ({loaded.kind}, context {loaded.model.cfg.max_seq_len}) on {base}",
-          flush=True)
+                          kv_cache_tokens=args.kv_cache_tokens, prefill_chunk=args.prefill_chunk,
+                          max_queue=args.max_queue, batching=args.batching, on_ready=ready)
+    print(f"loading {args.model}; serving on {base} (/health answers 200 once ready)", flush=True)
     print(f"OpenAI base URL: {base}/v1{'  (API key required)' if api_key else ''}", flush=True)
-    run_server(app, args.host, args.port, log_level=args.log_level)
+    run_server(app, args.host, args.port, log_level=args.log_level, shutdown_timeout=args.shutdown_timeout)
+    if app.state.server.load_error:
+        raise OpenLLMError(app.state.server.load_error)
     return 0

@@ -1,27 +1,23 @@
-"""The chat template for base models (ours are trained on plain text, with no chat tokens).
-
-A conversation becomes a plain transcript, one message a line, ending with the turn the model writes::
-
-    System: You are terse.
-    User: Hello!
-    Assistant: Hi.
-    User: What is 2+2?
-    Assistant:
-
-The reply is what the model writes after ``Assistant:`` (leading spaces dropped), up to the first of
-:data:`CHAT_STOPS` (the model starting the next turn), EOS, or ``max_tokens``.
+"""Chat requests -> prompt token ids, through the project's one chat template
+(:data:`openllm.tokenizer.CHAT_TEMPLATE`): a plain transcript our base models can continue, ending with the
+``Assistant:`` turn the model writes. The reply is what follows it (leading spaces dropped), up to EOS, the
+model starting the next turn (:data:`CHAT_STOPS`), or ``max_tokens``.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
-__all__ = ["ROLE_NAMES", "CHAT_STOPS", "render_chat"]
+from ..tokenizer import apply_chat_template
 
-ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
+__all__ = ["CHAT_STOPS", "chat_prompt"]
+
 CHAT_STOPS = ("\nUser:", "\nSystem:")
 
 
-def render_chat(messages: Iterable[tuple[str, str]]) -> str:
-    """(role, text) pairs -> the prompt text the model continues."""
-    lines = [f"{ROLE_NAMES[role]}: {' '.join(text.split())}" for role, text in messages]
-    return "\n".join(lines + ["Assistant:"])
+def chat_prompt(tokenizer: Any, messages: Iterable[tuple[str, str]]) -> list[int]:
+    """(role, text) pairs -> the token ids the model continues (the template's BOS and EOS as their ids)."""
+    msgs = [{"role": role, "content": text} for role, text in messages]
+    encode_chat = getattr(tokenizer, "encode_chat", None)
+    if encode_chat is not None:
+        return list(encode_chat(msgs, add_generation_prompt=True))
+    return list(tokenizer.encode(apply_chat_template(msgs, add_generation_prompt=True)))

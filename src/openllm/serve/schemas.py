@@ -1,9 +1,10 @@
 """Request bodies of the HTTP API (pydantic, strict types: ``"5"`` is not an integer and ``true`` is not a
 number). Fields and defaults follow OpenAI's completions and chat completions APIs; fields we accept but
-do not act on are listed in docs/serve.md. Unknown fields are ignored, as OpenAI-compatible servers do."""
+the server cannot honour (``tools``, ``response_format`` other than text, ...) are refused with a 400 by the
+handlers rather than ignored. Unknown fields are ignored, as OpenAI-compatible servers do."""
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,16 +33,15 @@ class _Sampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    # accepted for compatibility, not acted on (see docs/serve.md)
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
 
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str], list[int], list[list[int]]] = ""
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=20)
     best_of: int | None = None
     suffix: str | None = None
 
@@ -68,6 +68,13 @@ class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=0)
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # refused unless they ask for nothing (see the chat handler): the server has no tools or structured output
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
 
 
 class GenerateRequest(_Body):

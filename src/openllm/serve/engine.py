@@ -1,0 +1,464 @@
+"""The scheduler of ``openllm serve``: continuous (iteration-level) batching over a slotted KV cache.
+
+HTTP handlers turn each request into a :class:`Job` of one or more :class:`Seq` s (a completions request with
+``n=3`` or three prompts has three) and :meth:`Engine.submit` it. One scheduler thread owns the model and
+runs steps; at every step:
+
+1. requests whose client went away are dropped and their KV-cache slots freed;
+2. waiting sequences take free slots (``--max-batch`` of them), oldest request first;
+3. sequences still reading their prompt are prefilled, at most ``prefill_chunk`` prompt tokens a step in
+   all, so a long prompt is read over several steps while the others keep decoding;
+4. every sequence past its prompt decodes one token, all in one batch, each at its own position in its
+   own slot; finished sequences (EOS, a stop string, ``max_tokens``) leave the batch at once.
+
+``policy="static"`` is the scheduling the server had before (kept for comparison and as an option): new
+sequences join only when the running batch is empty, and run until all of them are finished.
+
+A sequence's tokens do not depend on what else is running: the batch rows are independent, sampling uses the
+sequence's own :class:`torch.Generator` (seeded from the request's ``seed``), and penalties count the
+sequence's own tokens. Results go back to the handler as events through ``job.emit``:
+
+- ``("delta", index, text, logprobs)`` new text of a streaming sequence, with the log-probabilities of the
+  tokens generated since the last delta (a list, empty unless asked for);
+- ``("finish", index, finish_reason, completion_tokens, text, logprobs)`` where ``logprobs`` is
+  ``{"prompt": [...], "tokens": [...]}`` (each entry ``(token_id, logprob, [(id, logprob), ...])``, the
+  prompt's first entry None);
+- ``("error", message)``.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..errors import OpenLLMError
+from ..generate import SamplingParams, _process_logits
+from .kvcache import SlotCache, slot_forward
+from .metrics import ServeMetrics
+from .text import TextState
+
+__all__ = ["Engine", "Job", "Seq", "Sampling", "QueueFull", "POLICIES"]
+
+log = logging.getLogger("openllm.serve")
+
+POLICIES = ("continuous", "static")
+
+
+class QueueFull(Exception):
+    """The bounded request queue is full; the server answers 429."""
+
+
+@dataclass
+class Sampling:
+    """How a request picks its tokens. ``temperature == 0`` is greedy."""
+
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+
+    @property
+    def adjusts(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
+
+
+@dataclass(eq=False)  # identity: a sequence is found in the running list by itself, not by its fields
+class Seq:
+    """One sequence to generate (one choice of a request) and its progress."""
+
+    prompt: list[int]
+    max_new: int
+    index: int = 0  # the choice index within its request
+    stops: tuple[str, ...] = ()
+    lstrip: bool = False  # chat replies drop the space after "Assistant:"
+    logprobs: int | None = None  # None: no log-probabilities; N: the chosen token's and the N most likely
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (completions' echo)
+    # progress, written by the scheduler thread only
+    job: "Job | None" = field(default=None, repr=False)
+    slot: int | None = None
+    filled: int = 0  # prompt tokens in the cache
+    next_token: int | None = None  # sampled, not yet in the cache
+    finish: str | None = None
+    text: TextState | None = field(default=None, repr=False)
+    gen: torch.Generator | None = field(default=None, repr=False)
+    counts: dict[int, int] = field(default_factory=dict)  # generated token -> times, for the penalties
+    token_lps: list[tuple] = field(default_factory=list)
+    prompt_lps: list[tuple | None] = field(default_factory=list)
+    lps_sent: int = 0
+    last_token_at: float | None = None
+
+    @property
+    def generated(self) -> int:
+        return len(self.text.ids) if self.text is not None else 0
+
+
+@dataclass(eq=False)
+class Job:
+    """One HTTP request: its sequences, sampling settings and the way back to the handler."""
+
+    seqs: list[Seq]
+    sampling: Sampling = field(default_factory=Sampling)
+    stream: bool = False
+    emit: Callable[[tuple], None] = lambda event: None  # thread-safe: called from the scheduler thread
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
+    admitted: int = 0  # sequences that got a slot
+    finished: int = 0
+    done: bool = False  # answered; written by the scheduler thread
+
+    def cancel(self) -> None:
+        """Stop generating for this request (the client went away); safe from any thread."""
+        self.cancelled.set()
+
+
+class Engine:
+    """Owns the model and the KV cache; runs submitted jobs on one background thread.
+
+    ``max_batch`` sequences run at once (the KV cache's slots); each slot holds ``kv_cache_tokens //
+    max_batch`` tokens (default: the model's context), which is the longest prompt + ``max_tokens`` a
+    request may ask for.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 32, kv_cache_tokens: int | None = None,
+                 prefill_chunk: int = 256, max_queue: int = 256, policy: str = "continuous") -> None:
+        if max_batch < 1 or max_queue < 1 or prefill_chunk < 1:
+            raise OpenLLMError("--max-batch, --max-queue and --prefill-chunk must be at least 1")
+        if policy not in POLICIES:
+            raise OpenLLMError(f"--batching must be one of {', '.join(POLICIES)}, not {policy!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_context = int(model.cfg.max_seq_len)
+        slot_len = self.model_context if kv_cache_tokens is None else min(self.model_context,
+                                                                          kv_cache_tokens // max_batch)
+        if slot_len < 2:
+            raise OpenLLMError(f"--kv-cache-tokens {kv_cache_tokens} gives each of the {max_batch} slots "
+                               f"(--max-batch) {slot_len} tokens; give at least {2 * max_batch}")
+        try:
+            self.cache = SlotCache(model, max_batch, slot_len)
+        except (RuntimeError, MemoryError) as exc:  # torch's out-of-memory errors are RuntimeErrors
+            need = SlotCache.bytes_needed(model, max_batch, slot_len) / 2 ** 20
+            raise OpenLLMError(f"cannot allocate the KV cache ({max_batch} slots x {slot_len} tokens = "
+                               f"{need:.0f} MiB): {exc}; lower --max-batch or --kv-cache-tokens") from None
+        self.context = slot_len  # the most prompt + max_tokens a request may ask for
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.prefill_chunk, self.policy = prefill_chunk, policy
+        self.eos_id = int(tokenizer.eos_id)
+        self.metrics = ServeMetrics()
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._running: list[Seq] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.stats = {"steps": 0, "largest_batch": 0, "completed": 0, "cancelled": 0, "rejected": 0,
+                      "errors": 0, "tokens": 0}
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        if next(self.model.parameters()).is_cuda:
+            # cuDNN attention builds a plan for every new shape (~1.3 s each on an H200, and a server sees a
+            # new length at almost every step); the flash and math kernels need none
+            torch.backends.cuda.enable_cudnn_sdp(False)
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="openllm-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the scheduler: waiting and running requests get an error event."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        with self._cond:
+            jobs = list(self._waiting) + [s.job for s in self._running]
+            self._waiting.clear()
+        for job in dict.fromkeys(jobs):
+            if not job.done:
+                self._fail(job, "the server is shutting down")
+
+    # --- producer side --------------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Queue a job; raises :class:`QueueFull` when ``max_queue`` jobs are already waiting."""
+        for seq in job.seqs:
+            if not seq.prompt:
+                raise ValueError("every prompt needs at least one token")
+            if len(seq.prompt) + seq.max_new > self.context:
+                raise ValueError(f"prompt ({len(seq.prompt)} tokens) + max_tokens ({seq.max_new}) exceeds "
+                                 f"the {self.context} tokens a sequence may use")
+            seq.job = job
+        with self._cond:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                self.stats["rejected"] += 1
+                with self.metrics.lock:
+                    self.metrics.rejected += 1
+                raise QueueFull(f"{len(self._waiting)} requests are already waiting (--max-queue {self.max_queue})")
+            self._waiting.append(job)
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Let the scheduler notice a cancellation now rather than at its next step."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def snapshot(self) -> dict:
+        """Counters for /health and tests: waiting and running requests, slots, steps, tokens."""
+        with self._cond:
+            running_jobs = {id(s.job) for s in self._running}
+            return {**self.stats, "waiting": len(self._waiting), "running": len(running_jobs),
+                    "running_seqs": len(self._running), "slots_used": self.cache.used,
+                    "slots": self.cache.slots, "slot_tokens": self.cache.slot_len, "max_queue": self.max_queue,
+                    "policy": self.policy}
+
+    def gauges(self) -> dict:
+        with self._cond:
+            running = {id(s.job) for s in self._running}
+            waiting = sum(1 for j in self._waiting if id(j) not in running)
+            return {"requests_running": len(running), "requests_waiting": waiting,
+                    "sequences_running": len(self._running), "slots_used": self.cache.used,
+                    "slots": self.cache.slots, "slot_tokens": self.cache.slot_len,
+                    "kv_cache_usage": self.cache.tokens / self.cache.capacity}
+
+    # --- scheduler thread -----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._running and not self._waiting:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                self._admit()
+            try:
+                self._step()
+            except Exception as exc:  # a bug or an OOM must not kill the server: fail the running requests
+                log.exception("generation failed")
+                with self._cond:
+                    jobs = list(dict.fromkeys(s.job for s in self._running))
+                for job in jobs:
+                    self.stats["errors"] += 1
+                    self._fail(job, f"generation failed: {type(exc).__name__}: {exc}")
+
+    def _admit(self) -> None:
+        """Give free slots to waiting sequences, oldest request first (called with the lock held)."""
+        for job in [j for j in self._waiting if j.cancelled.is_set()]:
+            # a request whose client left while it waited: its sequences that never ran end here
+            self._waiting.remove(job)
+            job.finished += len(job.seqs) - job.admitted
+            if job.finished == len(job.seqs) and not job.done:
+                job.done = True
+                self.stats["cancelled"] += 1
+                self._count_finish("cancelled")
+        if self.policy == "static" and self._running:
+            return
+        while self._waiting and self.cache.free:
+            job = self._waiting[0]
+            while job.admitted < len(job.seqs) and self.cache.free:
+                seq = job.seqs[job.admitted]
+                seq.slot = self.cache.allocate()
+                seq.text = TextState(self.tokenizer, seq.prompt, seq.stops, seq.lstrip)
+                if job.sampling.temperature > 0:
+                    seq.gen = _generator(job.sampling.seed, seq.index, self.cache.keys[0].device)
+                self._running.append(seq)
+                job.admitted += 1
+            if job.admitted < len(job.seqs):
+                break
+            self._waiting.popleft()
+
+    def _step(self) -> None:
+        for seq in [s for s in self._running if s.job.cancelled.is_set()]:
+            self._finish(seq, "cancelled")
+        for seq in [s for s in self._running if s.max_new == 0 and s.prompt_logprobs is None]:
+            self._finish(seq, "length")  # nothing to generate and nothing to score: no need to read the prompt
+        budget = self.prefill_chunk if self.policy == "continuous" else float("inf")
+        for seq in [s for s in self._running if s.filled < len(s.prompt)]:
+            if budget <= 0:
+                break
+            n = int(min(len(seq.prompt) - seq.filled, budget, self.prefill_chunk))
+            self._prefill(seq, n)
+            budget -= n
+        decoding = [s for s in self._running if s.next_token is not None and s.finish is None]
+        if decoding:
+            self._decode(decoding)
+        self.stats["steps"] += 1
+
+    def _prefill(self, seq: Seq, n: int) -> None:
+        start = seq.filled
+        device = self.cache.keys[0].device
+        ids = torch.as_tensor([seq.prompt[start:start + n]], dtype=torch.long, device=device)
+        scored = seq.prompt_logprobs is not None
+        logits = slot_forward(self.model, self.cache, ids, [seq.slot], [start], last_only=not scored)[0]
+        seq.filled += n
+        with self.metrics.lock:
+            self.metrics.prompt_tokens += n
+        if scored:
+            if start == 0:
+                seq.prompt_lps.append(None)  # the first token has no context to be scored in
+            targets = seq.prompt[start + 1:start + n + 1]
+            lps = logits[:len(targets)].float().log_softmax(-1)
+            for row, tok in zip(lps, targets):
+                seq.prompt_lps.append(_entry(row, tok, seq.prompt_logprobs))
+        if seq.filled == len(seq.prompt):
+            if seq.max_new == 0:
+                self._finish(seq, "length")
+            else:
+                self._sample([seq], logits[-1:])
+
+    def _decode(self, seqs: list[Seq]) -> None:
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(seqs))
+        device = self.cache.keys[0].device
+        ids = torch.as_tensor([[s.next_token] for s in seqs], dtype=torch.long, device=device)
+        slots = [s.slot for s in seqs]
+        logits = slot_forward(self.model, self.cache, ids, slots, [self.cache.lengths[x] for x in slots])[:, -1]
+        self._sample(seqs, logits)
+
+    def _sample(self, seqs: list[Seq], logits: torch.Tensor) -> None:
+        """Pick each sequence's next token from its logits row (B, vocab) and hand it on."""
+        logits = logits.float()
+        raw = logits
+        if any(s.job.sampling.adjusts for s in seqs):
+            logits = logits.clone()
+            for b, s in enumerate(seqs):
+                if s.job.sampling.adjusts:
+                    _adjust(logits[b], s)
+        greedy = logits.argmax(-1).tolist()
+        for b, s in enumerate(seqs):
+            sp = s.job.sampling
+            if sp.temperature > 0:
+                params = SamplingParams(temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p)
+                scores = _process_logits(logits[b:b + 1], None, params)
+                tok = int(torch.multinomial(scores.softmax(-1), 1, generator=s.gen))
+            else:
+                tok = greedy[b]
+            entry = None
+            if s.logprobs is not None:
+                entry = _entry(raw[b].log_softmax(-1), tok, s.logprobs)
+            self._accept(s, tok, entry)
+
+    def _accept(self, seq: Seq, tok: int, entry: tuple | None) -> None:
+        now = time.monotonic()
+        job = seq.job
+        with self.metrics.lock:
+            if seq.last_token_at is None:
+                self.metrics.ttft.observe(now - job.submitted)
+            else:
+                self.metrics.tpot.observe(now - seq.last_token_at)
+        seq.last_token_at = now
+        if tok == self.eos_id:
+            self._finish(seq, "stop")
+            return
+        seq.counts[tok] = seq.counts.get(tok, 0) + 1
+        if entry is not None:
+            seq.token_lps.append(entry)
+        self.stats["tokens"] += 1
+        with self.metrics.lock:
+            self.metrics.generation_tokens += 1
+        final = seq.generated + 1 >= seq.max_new
+        seq.text.add(tok, final=final, look=job.stream)
+        if seq.text.stopped:
+            self._finish(seq, "stop")
+        elif final:
+            self._finish(seq, "length")
+        else:
+            seq.next_token = tok
+            if job.stream:
+                piece = seq.text.pending(final=False)
+                if piece:
+                    job.emit(("delta", seq.index, piece, self._new_lps(seq)))
+
+    def _new_lps(self, seq: Seq) -> list:
+        new = seq.token_lps[seq.lps_sent:]
+        seq.lps_sent = len(seq.token_lps)
+        return new
+
+    def _finish(self, seq: Seq, reason: str) -> None:
+        seq.finish = reason
+        seq.next_token = None
+        job = seq.job
+        if seq.slot is not None:
+            self.cache.release(seq.slot)
+            seq.slot = None
+        with self._cond:
+            if seq in self._running:
+                self._running.remove(seq)
+        seq.text.finish()
+        if job.stream:
+            piece = seq.text.pending(final=True)
+            lps = self._new_lps(seq)
+            if piece or lps:
+                job.emit(("delta", seq.index, piece, lps))
+        job.finished += 1
+        if job.finished == len(job.seqs) and not job.done:
+            # counted before the last event goes out: a client that has its answer sees it counted
+            job.done = True
+            cancelled = job.cancelled.is_set()
+            self.stats["cancelled" if cancelled else "completed"] += 1
+            self._count_finish("cancelled" if cancelled else reason)
+            with self.metrics.lock:
+                self.metrics.e2e.observe(time.monotonic() - job.submitted)
+        job.emit(("finish", seq.index, reason, seq.generated, seq.text.text,
+                  {"prompt": seq.prompt_lps, "tokens": seq.token_lps}))
+
+    def _fail(self, job: Job, message: str) -> None:
+        """End ``job`` with an error event, freeing its slots."""
+        job.done = True
+        with self._cond:
+            for seq in job.seqs:
+                if seq in self._running:
+                    self._running.remove(seq)
+                if seq.slot is not None:
+                    self.cache.release(seq.slot)
+                    seq.slot = None
+                seq.finish = seq.finish or "error"
+            if job in self._waiting:
+                self._waiting.remove(job)
+        self._count_finish("error")
+        job.emit(("error", message))
+
+    def _count_finish(self, reason: str) -> None:
+        with self.metrics.lock:
+            self.metrics.finished[reason] = self.metrics.finished.get(reason, 0) + 1
+
+
+def _generator(seed: int | None, index: int, device: torch.device) -> torch.Generator:
+    """The sampling generator of one sequence: seeded from the request's seed and the choice index (the
+    first choice uses the seed itself), random without a seed."""
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed((seed + index * 0x9E3779B97F4A7C15) % 2 ** 63)
+    return gen
+
+
+def _adjust(row: torch.Tensor, seq: Seq) -> None:
+    """OpenAI's presence and frequency penalties over the sequence's generated tokens, and logit_bias, in
+    place on one logits row."""
+    sp = seq.job.sampling
+    if sp.logit_bias:
+        ids = torch.as_tensor(list(sp.logit_bias), device=row.device)
+        row[ids] += torch.as_tensor(list(sp.logit_bias.values()), device=row.device, dtype=row.dtype)
+    if seq.counts and (sp.presence_penalty or sp.frequency_penalty):
+        ids = torch.as_tensor(list(seq.counts), device=row.device)
+        counts = torch.as_tensor(list(seq.counts.values()), device=row.device, dtype=row.dtype)
+        row[ids] -= sp.presence_penalty + sp.frequency_penalty * counts
+
+
+def _entry(logprobs: torch.Tensor, tok: int, top: int) -> tuple:
+    """(token, its log-probability, the ``top`` most likely (token, log-probability) pairs)."""
+    alts = []
+    if top > 0:
+        values, ids = torch.topk(logprobs, top)
+        alts = list(zip(ids.tolist(), values.tolist()))
+    return (tok, float(logprobs[tok]), alts)

@@ -1,0 +1,138 @@
+"""What the endpoints share: the server's state (the model once loaded, its engine, names, the API key),
+OpenAI-shaped errors, and the request checks every generation endpoint makes (tokenizing, the context
+budget, stop strings, sampling options)."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from fastapi.responses import JSONResponse
+
+from .engine import Engine, Sampling
+
+__all__ = ["ApiError", "ServerState"]
+
+_MAX_STOPS = 4
+
+
+class ApiError(Exception):
+    """An error answered to the client in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+@dataclass
+class ServerState:
+    """The server's model, engine and settings. ``engine`` is None until the model is loaded (``/health``
+    answers 503 meanwhile); ``load_error`` says why loading failed."""
+
+    model_name: str
+    api_key: str | None
+    engine_options: dict
+    engine: Engine | None = None
+    tokenizer: Any = None
+    loaded: Any = None  # openllm.load's result, when the server loaded the model itself
+    load_error: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+    ready: threading.Event = field(default_factory=threading.Event)
+    on_ready: Callable[["ServerState"], None] | None = None  # after a background load, failed or not
+
+    def attach(self, model: Any, tokenizer: Any) -> None:
+        """Build the engine over ``model`` and start serving it."""
+        self.tokenizer = tokenizer
+        self.engine = Engine(model, tokenizer, **self.engine_options).start()
+        self.ready.set()
+
+    # --- checks shared by the generation endpoints ------------------------------------------------------
+    def require_engine(self) -> Engine:
+        if self.engine is None or not self.ready.is_set():
+            why = self.load_error or "the model is still loading; retry when /health answers 200"
+            raise ApiError(503, why, type="server_error", code="model_not_ready", headers={"Retry-After": "1"})
+        return self.engine
+
+    def check_model(self, name: str | None) -> str:
+        """The model id to answer with; a request naming another model is a 404."""
+        if name is not None and name != self.model_name:
+            raise ApiError(404, f"the model '{name}' does not exist; this server serves '{self.model_name}' "
+                                f"(GET /v1/models)", param="model", code="model_not_found")
+        return self.model_name
+
+    def encode(self, text: str) -> list[int]:
+        ids = list(self.tokenizer.encode(text))
+        # an empty prompt starts a new document, which in our training data follows an EOS
+        return ids or [int(self.tokenizer.eos_id)]
+
+    def check_ids(self, ids: list[int]) -> list[int]:
+        vocab = self.engine.model.cfg.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad or not ids:
+            raise ApiError(400, f"prompt token ids must be in [0, {vocab}); got {bad[:5] or ids}", param="prompt")
+        return list(ids)
+
+    def budget(self, prompt_len: int, requested: int | None, default: int | None, param: str = "max_tokens") -> int:
+        """New tokens a request gets: ``requested`` (or ``default``, or all the room left), checked against
+        the room its KV-cache slot leaves after the prompt."""
+        engine = self.require_engine()
+        ctx = engine.context
+        what = (f"the model's context of {ctx} tokens" if ctx == engine.model_context else
+                f"the {ctx} tokens a KV-cache slot holds (--kv-cache-tokens / --max-batch)")
+        if prompt_len >= ctx:
+            raise ApiError(400, f"the prompt is {prompt_len} tokens but a sequence may use {what}, which leaves "
+                                f"no room to generate; shorten the prompt to at most {ctx - 1} tokens",
+                           param="prompt", code="context_length_exceeded")
+        room = ctx - prompt_len
+        if requested is None:
+            return room if default is None else min(default, room)
+        if requested > room:
+            raise ApiError(400, f"{param} ({requested}) + the prompt ({prompt_len} tokens) = {requested + prompt_len} "
+                                f"tokens, more than {what}; ask for at most {room} new tokens or shorten the "
+                                f"prompt", param=param, code="context_length_exceeded")
+        return requested
+
+    @staticmethod
+    def stops(stop: str | list[str] | None) -> tuple[str, ...]:
+        if stop is None:
+            return ()
+        stops = [stop] if isinstance(stop, str) else list(stop)
+        if len(stops) > _MAX_STOPS:
+            raise ApiError(400, f"stop has {len(stops)} sequences; at most {_MAX_STOPS} are allowed", param="stop")
+        return tuple(s for s in stops if s)
+
+    def sampling(self, body: Any) -> Sampling:
+        """The sampling settings of an OpenAI-shaped body (temperature, top_p, top_k, seed, penalties,
+        logit_bias)."""
+        bias = None
+        logit_bias = getattr(body, "logit_bias", None)
+        if logit_bias:
+            vocab = self.engine.model.cfg.vocab_size
+            bias = {}
+            for key, value in logit_bias.items():
+                if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab:
+                    raise ApiError(400, f"logit_bias keys are token ids in [0, {vocab}); got {key!r}",
+                                   param="logit_bias")
+                if not -100 <= value <= 100:
+                    raise ApiError(400, f"logit_bias values are in [-100, 100]; got {value}", param="logit_bias")
+                bias[int(key)] = float(value)
+        top_p = body.top_p
+        return Sampling(temperature=body.temperature, top_p=None if top_p is None or top_p >= 1.0 else top_p,
+                        top_k=body.top_k, seed=body.seed,
+                        presence_penalty=getattr(body, "presence_penalty", None) or 0.0,
+                        frequency_penalty=getattr(body, "frequency_penalty", None) or 0.0, logit_bias=bias)
+
+    def token_text(self, tok: int) -> str:
+        """One token as text, the way it adds to the text before it (SentencePiece's '▁' is a space)."""
+        piece = getattr(self.tokenizer, "id_to_piece", None)
+        if piece is None:
+            return self.tokenizer.decode([tok])
+        text = piece(int(tok))
+        return text.replace("\u2581", " ")
