@@ -15,7 +15,7 @@ from openllm.app import help as app_help
 from openllm.app import models as M
 from openllm.app.forms import CORPUS_WORKSPACE, FormError, parse_train_form, preset_fields
 from openllm.app.monitor import format_duration, loss_figure, memory_usage, progress, tail_log
-from openllm.rundir import checkpoint_steps, read_metrics
+from openllm.rundir import checkpoint_steps, read_metrics, write_status
 from openllm.app.runner import Runner, RunnerError, child_env, run_status
 from openllm.app.workspace import Workspace
 
@@ -299,3 +299,150 @@ def test_openllm_app_serves_on_loopback_only(tmp_path):
         out = proc.communicate(timeout=30)[0].decode()
     assert "hf_do_not_print_me" not in out and "hf_do_not_print_me" not in page.text
     assert f"http://127.0.0.1:{port}" in out
+
+
+# --- the run lock decides who trains (real processes) ---------------------------------------------------------
+
+_EXTERNAL = """
+import signal, sys, time
+from openllm.rundir import RunLock, write_status
+run = sys.argv[1]
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # SIGTERM is the stop request, as for the trainer
+lock = RunLock(run, command="openllm train --out " + run).acquire()
+write_status(run, {"state": "running", "step": 5, "max_steps": 50, "pid": None})
+print("holding", flush=True)
+signal.sigwait([signal.SIGTERM])
+write_status(run, {"state": "stopped", "step": 6, "max_steps": 50})
+lock.release()
+"""
+
+
+def test_a_run_trained_outside_the_app_is_shown_blocks_start_and_is_stopped_from_the_app(ws):
+    run = ws.run_dir("cli")
+    run.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", _EXTERNAL, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        runner = Runner(ws)
+        st = runner.status("cli")
+        assert (st.state, st.pid, st.external, st.log) == ("training", proc.pid, True, None)
+        assert runner.active() == ("cli", proc.pid)
+        with pytest.raises(RunnerError, match=f"'cli' is still training \\(started outside the app, PID {proc.pid}"):
+            runner.start(_request("another", "corpora/x"))
+        assert not ws.run_dir("another").exists()
+        assert runner.stop() == "cli"
+        assert runner.status("cli").state in ("stopping", "stopped")
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+    st = runner.status("cli")
+    assert st.state == "stopped" and not st.active and runner.active() is None
+
+
+def test_a_finished_run_never_blocks_start_and_failed_runs_can_be_deleted(ws):
+    runner = Runner(ws)
+    for name, state in [("done", "finished"), ("broken", "failed")]:
+        write_status(ws.run_dir(name), {"state": state, "step": 10, "max_steps": 10, "error": "x" if state == "failed" else None})
+    assert runner.active() is None
+    runner._refuse_while_active()  # noqa: SLF001 - the check Start and Continue make
+    with pytest.raises(RunnerError, match="already exists \\(failed\\): delete it"):
+        runner.start(_request("broken", "corpora/x"))
+    with pytest.raises(RunnerError, match="only failed or diverged"):
+        runner.delete("done")
+    (ws.job_dir("broken")).mkdir(parents=True)
+    runner.delete("broken")
+    assert not ws.run_dir("broken").exists() and not ws.job_dir("broken").exists()
+    assert ws.run_names() == ["done"]
+
+
+def test_corpus_is_checked_when_chosen(ws):
+    from openllm.app.corpus_check import check_corpus
+
+    empty = ws.corpora_dir / "empty.txt"
+    empty.write_text("")
+    assert not check_corpus(empty).ok and "empty" in check_corpus(empty).problem
+    assert "does not exist" in check_corpus(ws.corpora_dir / "nope.txt").problem
+    recs = ws.corpora_dir / "recs.jsonl"
+    recs.write_text("".join(json.dumps({"id": str(i), "body": f"Document number {i} has enough words to be kept "
+                                        "by the cleaning step of the corpus."}) + "\n" for i in range(30)))
+    chk = check_corpus(recs)
+    assert not chk.ok and chk.fields == ["body", "id"] and "no text field 'text'" in chk.problem
+    assert "--" not in chk.problem  # the app's words, not the command line's
+    chk = check_corpus(recs, "body")
+    assert chk.ok and chk.documents == 30 and chk.preview[0].startswith("Document number")
+    one = ws.corpora_dir / "one.txt"
+    one.write_text("A single paragraph of text that is long enough to be kept after cleaning.\n")
+    assert not check_corpus(one).ok and "at least 2" in check_corpus(one).problem
+
+
+def test_push_preview_names_the_checkpoint_and_its_weights(ws):
+    import hashlib
+
+    from openllm.app.forms import PushRequest
+
+    run = ws.run_dir("r")
+    for step, payload in [(10, b"ten"), (20, b"twenty")]:
+        d = run / "checkpoints" / f"step_{step:08d}"
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(payload)
+        (d / "state.json").write_text("{}")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 3.0, "val_loss": 3.25}) + "\n")
+    pv = M.push_preview(ws, "r", 10)
+    assert (pv.step, pv.val_loss, pv.sha256) == (10, 3.25, hashlib.sha256(b"ten").hexdigest())
+    assert "checkpoint step 10" in pv.describe() and "val loss 3.2500" in pv.describe()
+    assert M.push_preview(ws, "r").step == 20  # default: the latest
+    with pytest.raises(FormError, match="no checkpoint at step 15"):
+        M.push_preview(ws, "r", 15)
+    with pytest.raises(FormError, match="changed since it was shown"):
+        M.push_run(ws, PushRequest("r", "me/x", "v1"), 10, expect_sha256=hashlib.sha256(b"other").hexdigest())
+
+
+def _wait_step(ws: Workspace, name: str, at_least: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(r["step"] >= at_least for r in read_metrics(ws.run_dir(name))):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{name} never reached step {at_least}")
+
+
+@pytest.mark.slow
+def test_cli_resume_is_shown_and_stopped_then_continue_matches_an_uninterrupted_run(ws):
+    runner = Runner(ws)
+    corpus = _prepared(ws, docs=120)
+    total = 24
+    runner.start(_request("a", corpus, max_steps=total, save_every=1000))
+    _wait_step(ws, "a", 3)
+    runner.stop()
+    assert runner.wait(120) and runner.status("a").state == "stopped"
+    first_stop = checkpoint_steps(ws.run_dir("a"))[-1]
+
+    # a resume from the command line, as docs/training.md says: the app sees it live and stops it
+    cli = subprocess.Popen([sys.executable, "-m", "openllm", "train", "--out", str(ws.run_dir("a")),
+                            "--max-steps", str(total), "--no-progress"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+    try:
+        _wait_step(ws, "a", first_stop + 2)
+        st = runner.status("a")
+        assert st.state == "training" and st.pid == cli.pid and st.external and st.log is None, st
+        with pytest.raises(RunnerError, match="'a' is still training \\(started outside the app"):
+            runner.start(_request("b", corpus, max_steps=total, save_every=1000))
+        runner.stop()
+        assert cli.wait(120) == 0
+    finally:
+        cli.kill()
+    assert runner.status("a").state == "stopped"
+    second_stop = checkpoint_steps(ws.run_dir("a"))[-1]
+    assert first_stop < second_stop < total
+
+    # continue in the app to the same total: an exact resume
+    assert runner.continue_run("a", total - second_stop) == total
+    assert runner.wait(300)
+    assert runner.status("a").state == "finished", runner.status("a")
+
+    runner.start(_request("b", corpus, max_steps=total, save_every=1000))
+    assert runner.wait(300) and runner.status("b").state == "finished"
+    losses = {n: {r["step"]: r["loss"] for r in read_metrics(ws.run_dir(n)) if "loss" in r} for n in "ab"}
+    assert sorted(losses["a"]) == sorted(losses["b"]) == list(range(1, total + 1))
+    for step in range(1, total + 1):
+        assert losses["a"][step] == pytest.approx(losses["b"][step], rel=1e-5), step

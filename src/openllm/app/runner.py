@@ -104,13 +104,18 @@ class Runner:
         if self._proc is not None and self._proc.poll() is not None:
             self._reaped(self._proc, self._proc_run)
             self._proc = self._proc_run = None
+        queued = None
         for name in self.ws.run_names():
-            holder = rundir.lock_holder(self.ws.run_dir(name))
+            run_dir = self.ws.run_dir(name)
+            holder = rundir.lock_holder(run_dir)
             if holder is not None:
                 return name, holder.get("pid")
+            if queued is None and read_status(run_dir).get("state") == rundir.QUEUED \
+                    and rundir.run_state(run_dir).state == rundir.QUEUED:
+                queued = name  # a job was started (maybe by an earlier app) and has not taken the lock yet
         if self._proc is not None:  # started, not holding the lock yet (Python is still importing)
             return self._proc_run, self._proc.pid  # type: ignore[return-value]
-        return None
+        return (queued, None) if queued else None
 
     def _reaped(self, proc: subprocess.Popen, name: str | None) -> None:
         """A job that ended before it could record anything (killed while starting) is stopped or failed,
