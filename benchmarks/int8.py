@@ -134,13 +134,13 @@ def main(argv=None) -> int:
 
         tmp = Path(tempfile.mkdtemp(prefix="int8-onnx-"))
         export_onnx(loaded, tmp)
-        quantize_onnx_int8(tmp, which="with_past")
+        quantize_onnx_int8(tmp)
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = args.threads
         c = loaded.config.model
-        for name, file in (("onnxruntime fp32", "model_with_past.onnx"), ("onnxruntime int8", "model_with_past.int8.onnx")):
+        for name, file in (("onnxruntime fp32", "model.onnx"), ("onnxruntime int8", "model.int8.onnx")):
             sess = ort.InferenceSession(str(tmp / file), opts, providers=["CPUExecutionProvider"])
 
             def run(x):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up OpenLLM in ./.venv from nothing but python3 and pip. Idempotent: a second run installs nothing new.
-#   bash scripts/setup.sh          # the package and what it needs to run
+#   bash scripts/setup.sh          # the package with every extra (app, serve, export, eval)
 #   bash scripts/setup.sh --dev    # plus what the tests need (and Chromium for the browser tests, as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,8 +16,8 @@ if ! python -c "import torch" 2>/dev/null; then
   echo "==> installing torch 2.13.0"
   pip install -q "torch==2.13.0"
 fi
-extras=""
-if [ "${1:-}" = "--dev" ]; then extras="[dev]"; fi
+extras="[all]"
+if [ "${1:-}" = "--dev" ]; then extras="[all,dev]"; fi
 echo "==> installing openllm${extras} (editable)"
 pip install -q -e ".${extras}"
 if [ "${1:-}" = "--dev" ]; then

@@ -24,12 +24,29 @@ def onnx_export(request, tmp_path_factory, export_tokenizer_dir):
     return openllm.load(run), root / "onnx"
 
 
-def test_files(onnx_export):
-    _, folder = onnx_export
+def test_files_in_optimums_layout_with_the_weights_stored_once(onnx_export):
+    import onnx
+
+    loaded, folder = onnx_export
     names = {p.name for p in folder.iterdir()}
-    assert {"model.onnx", "model_with_past.onnx", "onnx_config.json", "tokenizer.model"} <= names
+    assert {"model.onnx", "config.json", "generation_config.json", "onnx_config.json", "tokenizer.json",
+            "tokenizer_config.json", "tokenizer.model"} <= names
+    assert not [n for n in names if n.endswith(".onnx") and n != "model.onnx"]  # one graph
     meta = json.loads((folder / "onnx_config.json").read_text())
-    assert meta["files"] == {"forward": "model.onnx", "with_past": "model_with_past.onnx"}
+    assert meta["files"] == {"model": "model.onnx"}
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["use_cache"] is True
+    assert json.loads((folder / "tokenizer_config.json").read_text())["model_max_length"] == cfg[
+        "max_position_embeddings"]
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    inputs = [i.name for i in graph.input]
+    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert inputs[3:5] == ["past_key_values.0.key", "past_key_values.0.value"]
+    assert [o.name for o in graph.output][:3] == ["logits", "present.0.key", "present.0.value"]
+    # every parameter is in the file once: its size is about the parameters' float32 bytes, not twice that
+    n_params = sum(p.numel() for p in loaded.model.parameters())  # a tied head is the embedding: counted once
+    size = (folder / "model.onnx").stat().st_size
+    assert 4 * n_params <= size < 1.5 * 4 * n_params, (size, n_params)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 37), (3, 8), (5, 64)])

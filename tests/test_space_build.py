@@ -36,9 +36,9 @@ def make_repo(root: Path, *, app: bool = True) -> Path:
         "src/openllm/tokenizer.py": "import sentencepiece as spm\nfrom google.protobuf import text_format\n",
         "src/openllm/cli/__init__.py": "from ..model import W\n",
         "src/openllm/util/compat.py": "try:\n    import tomllib\nexcept ImportError:\n    import tomli as tomllib\n",
-        "configs/tiny.json": '{"name": "tiny"}\n',
-        "configs/small.json": '{"name": "small"}\n',
-        "configs/notes.txt": "not a config\n",
+        "src/openllm/configs/tiny.json": '{"name": "tiny"}\n',
+        "src/openllm/configs/small.json": '{"name": "small"}\n',
+        "src/openllm/configs/notes.txt": "not a config\n",
         "scripts/upload_training_data.py": "import sys\n\nprint('upload', sys.argv)\n",
         "scripts/setup.sh": "echo not synced\n",
         "docs/app.md": "# OpenLLM app\n\nHelp text.\n",
@@ -92,21 +92,22 @@ def test_plan_reproduces_the_seed_table(repo):
     plan = load_manifest(repo).plan()
     assert plan["training/model.py"] == "src/openllm/model.py"
     assert plan["training/app/__init__.py"] == "src/openllm/app/__init__.py"
-    assert plan["configs/tiny.json"] == "configs/tiny.json"
+    assert plan["configs/tiny.json"] == "src/openllm/configs/tiny.json"
+    assert plan["training/configs/tiny.json"] == "src/openllm/configs/tiny.json"  # the package's own presets
     assert plan["scripts/upload_training_data.py"] == "scripts/upload_training_data.py"
-    assert "configs/notes.txt" not in plan.values() and "scripts/setup.sh" not in plan.values()
+    assert "configs/notes.txt" not in plan and "scripts/setup.sh" not in plan.values()
     for src in plan.values():
         assert not src.startswith(("data/", "tests/", "docs/", "exports/", ".github/")), src
 
 
 def test_never_synced_wins_over_rules(repo):
-    text = (repo / "space.toml").read_text().replace('source = "configs/*.json"', 'source = "**/*.json"')
+    text = (repo / "space.toml").read_text().replace('source = "src/openllm/configs/*.json"', 'source = "**/*.json"')
     text = text.replace('target = "configs/"', 'target = "all/"')
     (repo / "space.toml").write_text(text)
     (repo / "tests/fixture.json").write_text("{}")
     (repo / "data/d.json").write_text("{}")
     plan = load_manifest(repo).plan()
-    assert "all/configs/tiny.json" in plan
+    assert "all/src/openllm/configs/tiny.json" in plan
     assert not any(p.startswith(("all/tests/", "all/data/")) for p in plan)
 
 
@@ -119,7 +120,7 @@ def test_bad_manifests_fail_clearly(repo):
     m.write_text(good.replace('target = "training/"', 'target = "../outside/"'))
     with pytest.raises(ManifestError, match="relative path"):
         load_manifest(repo)
-    m.write_text(good.replace('source = "configs/*.json"', 'source = "nothing/*.json"'))
+    m.write_text(good.replace('source = "src/openllm/configs/*.json"', 'source = "nothing/*.json"'))
     with pytest.raises(ManifestError, match="matches no file"):
         load_manifest(repo).plan()
 

@@ -150,23 +150,24 @@ def test_incremental_sync_uploads_only_changes_and_keeps_space_only_files(repo, 
     # changed there: no conflict
     edit_space(hub_root, tmp_path / "w", {"space-notes.md": "kept\n"})
     (repo / "src/openllm/model.py").write_text("import torch\nfrom .config import X\n\nW = X + 2\n")
-    (repo / "configs/small.json").unlink()
+    (repo / "src/openllm/configs/small.json").unlink()
     r = syncer(repo, hub).sync(env_check=False)
-    assert r.plan.uploads == ["training/model.py"] and r.plan.deletes == ["configs/small.json"]
+    assert r.plan.uploads == ["training/model.py"]
+    assert r.plan.deletes == ["configs/small.json", "training/configs/small.json"]
     assert not r.plan.conflicts and r.plan.space_only == ["space-notes.md"]
     files = hub.list_files(repo_id=SPACE, repo_type="space")
     assert "space-notes.md" in files and "configs/small.json" not in files
     assert show(hub_root, "main", "training/model.py").endswith("W = X + 2\n")
     commits = hub.list_commits(repo_id=SPACE, repo_type="space")
-    assert "1 updated, 1 removed" in commits[0].title
+    assert "1 updated, 2 removed" in commits[0].title
     # a Space-only file is never overwritten silently, even when main starts producing the same path
     edit_space(hub_root, tmp_path / "w2", {"configs/extra.json": '{"space": true}\n'})
     syncer(repo, hub).sync(env_check=False)  # nothing of ours changed: the Space's new head is accepted
-    (repo / "configs/extra.json").write_text('{"main": true}\n')
+    (repo / "src/openllm/configs/extra.json").write_text('{"main": true}\n')
     with pytest.raises(SyncConflict) as info:
         syncer(repo, hub).sync(env_check=False)
     assert info.value.files == ["configs/extra.json"]
-    (repo / "configs/extra.json").unlink()
+    (repo / "src/openllm/configs/extra.json").unlink()
     # the state is rebuilt from the Space's tags on a machine that has none (a fresh CI runner)
     s.state_file.unlink()
     logs: list[str] = []
@@ -336,7 +337,7 @@ def space_venvs(tmp_path_factory) -> Path:
 
 def copy_repo(dest: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for rel in ("src/openllm", "configs"):
+    for rel in ("src/openllm",):
         shutil.copytree(REPO / rel, dest / rel, ignore=ignore)
     for rel in ("space.toml", "pyproject.toml", "docs/app.md", "scripts/upload_training_data.py"):
         if (REPO / rel).exists():

@@ -29,6 +29,7 @@ __all__ = [
     "load_config",
     "preset_names",
     "find_preset",
+    "PRESETS_DIR",
     "parse_overrides",
     "apply_overrides",
     "override_keys",
@@ -382,26 +383,19 @@ def _suggest_key(key: str) -> str:
 
 # --- presets -----------------------------------------------------------------------------------------------
 
-def _preset_dirs() -> list[Path]:
-    here = Path(__file__).resolve().parent
-    # a source checkout (src/openllm -> ../../configs) and the built Space (training/ -> ../configs)
-    return [here.parent.parent / "configs", here.parent / "configs", here / "configs"]
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"  # shipped in the wheel (package data)
 
 
 def preset_names() -> list[str]:
-    names: set[str] = set()
-    for d in _preset_dirs():
-        if d.is_dir():
-            names.update(p.stem for p in d.glob("*.json"))
-    return sorted(names)
+    """The presets shipped with the package (``configs/*.json`` beside this module)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
 
 
 def find_preset(name: str) -> Path:
     """Path of the preset called ``name`` (tiny, small, medium, large)."""
-    for d in _preset_dirs():
-        p = d / f"{name}.json"
-        if p.is_file():
-            return p
+    p = PRESETS_DIR / f"{name}.json"
+    if name and "/" not in name and p.is_file():
+        return p
     raise ConfigError(f"unknown preset {name!r}{_suggest(name, preset_names())}")
 
 
@@ -410,11 +404,17 @@ def load_config(path_or_preset: str | Path | Config) -> Config:
     :class:`Config` (e.g. one with overrides applied) is returned as it is."""
     if isinstance(path_or_preset, Config):
         return path_or_preset
+    # one rule: an existing file is read; otherwise a preset name (or the preset's old checkout path
+    # configs/NAME.json, which older commands and notes still use) is looked up in the package's presets
     path = Path(path_or_preset)
     if not path.is_file():
-        if path.suffix == ".json" or "/" in str(path_or_preset):
-            raise ConfigError(f"config file not found: {path}")
-        path = find_preset(str(path_or_preset))
+        text = str(path_or_preset)
+        if path.parent == Path("configs") and path.suffix == ".json" and path.stem in preset_names():
+            path = find_preset(path.stem)
+        elif path.suffix == ".json" or "/" in text:
+            raise ConfigError(f"config file not found: {path} (presets: {', '.join(preset_names())})")
+        else:
+            path = find_preset(text)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

@@ -75,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # user errors: one line, no traceback unless --debug
-        from ..errors import DISK_FULL_HINT, is_disk_full, is_user_error
+        from ..errors import DISK_FULL_HINT, is_disk_full, is_user_error, user_message
 
         if debug or not is_user_error(exc):
             raise
-        message = " ".join(str(exc).split())  # one line, whatever the library put in its message
+        message = " ".join(user_message(exc).split())  # one line, whatever the library put in its message
         if is_disk_full(exc) and DISK_FULL_HINT not in message:
             message = f"{message}: {DISK_FULL_HINT}"
         print(f"error: {message}", file=sys.stderr)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OpenLLMError
+from ..errors import OpenLLMError, require
 
 __all__ = ["export_gguf", "gguf_tensors", "permute_qk", "gguf_vocab", "GGUF_FILE"]
 
@@ -105,6 +105,7 @@ def export_gguf(loaded, out: Path, *, dtype: str = "f16", license: str | None = 
     """Write ``out/model-<dtype>.gguf``. ``license`` is the weights' license (``general.license``, default
     ``other``: see the model card); ``source_url`` (default: the hub reference it was loaded from, if any) goes
     into ``general.source.url``."""
+    require("gguf", "export", what="GGUF export")
     import gguf
 
     from ..tokenizer import CHAT_TEMPLATE

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .shared import write_tokenizer_files
 
-__all__ = ["export_hf", "special_ids"]
+__all__ = ["export_hf", "special_ids", "generation_config"]
 
 
 def special_ids(loaded) -> dict[str, int | None]:
@@ -21,6 +21,14 @@ def special_ids(loaded) -> dict[str, int | None]:
     if tok is None:
         return {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     return {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+
+
+def generation_config(loaded) -> dict:
+    """``generation_config.json``: the special ids and greedy decoding. No ``max_length``: with it, every
+    ``generate(max_new_tokens=...)`` call warns that both are set."""
+    generation = {k: v for k, v in special_ids(loaded).items() if v is not None}
+    generation["do_sample"] = False
+    return generation
 
 
 def export_hf(loaded, out: Path) -> Path:
@@ -39,10 +47,7 @@ def export_hf(loaded, out: Path) -> Path:
     ids = special_ids(loaded)
     llama = llama_config_dict(cfg.model, **ids)
     _write_json(out / "config.json", llama)
-    generation = {k: v for k, v in ids.items() if v is not None}
-    # no max_length: with it, every generate(max_new_tokens=...) call warns that both are set
-    generation["do_sample"] = False
-    _write_json(out / "generation_config.json", generation)
+    _write_json(out / "generation_config.json", generation_config(loaded))
     _write_json(out / OPENLLM_CONFIG_NAME, {"format": NATIVE_FORMAT, **cfg.to_dict()})
     write_tokenizer_files(loaded, out)
     return out

@@ -1,14 +1,18 @@
-"""ONNX export for onnxruntime: two graphs over the same weights.
+"""ONNX export in Hugging Face Optimum's layout, for onnxruntime and ``optimum``'s ``ORTModelForCausalLM``.
 
-- ``model.onnx``: ``input_ids`` (batch, sequence) -> ``logits`` (batch, sequence, vocab); batch and sequence
-  dynamic. The plain forward pass (scoring, evaluation).
-- ``model_with_past.onnx``: for generation. Inputs ``input_ids`` (batch, new), ``attention_mask``
-  (batch, past + new; 1 = real token, 0 = left padding), ``position_ids`` (batch, new) and, per layer,
-  ``past_key_values.N.key`` / ``.value`` (batch, kv_heads, past, head_dim); outputs ``logits`` and
-  ``present.N.key`` / ``.value`` (past + new). Past length 0 is the prompt pass. Same names as Hugging Face
-  Optimum's decoder exports, so existing onnxruntime generation loops fit.
+One graph, so the weights are stored once:
 
-:class:`OnnxRunner` is the greedy/sampling loop over the second graph (tests and benchmarks use it).
+- ``model.onnx``: the decoder with past key values, under the name and with the inputs Optimum loads by
+  default. Inputs ``input_ids`` (batch, new), ``attention_mask`` (batch, past + new; 1 = real token,
+  0 = left padding), ``position_ids`` (batch, new) and, per layer, ``past_key_values.N.key`` / ``.value``
+  (batch, kv_heads, past, head_dim); outputs ``logits`` (batch, new, vocab) and ``present.N.key`` / ``.value``
+  (past + new). Past length 0 is the prompt pass (and the plain forward pass: scoring, evaluation). Models
+  whose weights exceed protobuf's 2 GB keep them beside the graph (``model.onnx_data``).
+- ``config.json`` (a Llama config, so Optimum and transformers know the model type), ``generation_config.json``
+  and the tokenizer files, as in the Hugging Face export;
+- ``onnx_config.json``: shapes, the graph's file name and our full config, for :class:`OnnxRunner`.
+
+:class:`OnnxRunner` is the greedy/sampling loop over the graph (tests and benchmarks use it).
 """
 from __future__ import annotations
 
@@ -18,12 +22,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import OpenLLMError
+from ..errors import OpenLLMError, require
 
-__all__ = ["export_onnx", "OnnxRunner", "PLAIN_FILE", "PAST_FILE"]
+__all__ = ["export_onnx", "OnnxRunner", "MODEL_FILE", "past_names"]
 
-PLAIN_FILE = "model.onnx"
-PAST_FILE = "model_with_past.onnx"
+MODEL_FILE = "model.onnx"  # Optimum's ONNX_WEIGHTS_NAME
 OPSET = 18
 
 
@@ -33,14 +36,6 @@ def _wrappers(model):
     import torch.nn.functional as F
 
     from ..model import apply_rope
-
-    class Plain(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids):
-            return self.model(input_ids)
 
     class WithPast(nn.Module):
         """The model's forward written out with explicit past keys/values (no cache object), so that the
@@ -86,7 +81,7 @@ def _wrappers(model):
                 x = x + layer.mlp(layer.mlp_norm(x))
             return (m.lm_head(m.norm(x)), *present)
 
-    return Plain().eval(), WithPast().eval()
+    return WithPast().eval()
 
 
 def past_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -98,16 +93,20 @@ def past_names(n_layers: int) -> tuple[list[str], list[str]]:
 
 
 def export_onnx(loaded, out: Path) -> Path:
-    """Write ``model.onnx``, ``model_with_past.onnx``, ``onnx_config.json`` and the tokenizer files."""
+    """Write ``model.onnx``, ``config.json``, ``generation_config.json``, ``onnx_config.json`` and the tokenizer
+    files (see the module docstring)."""
+    require("onnx", "export", what="ONNX export")
     import torch
 
-    from .shared import copy_tokenizer_files
+    from ..hf_compat import llama_config_dict
+    from .hf import generation_config, special_ids
+    from .shared import write_tokenizer_files
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = loaded.model.float().to("cpu").eval()
     c = model.cfg
-    plain, with_past = _wrappers(model)
+    with_past = _wrappers(model)
     B, T, P = 2, 5, 3
     # weights above ~1.8 GB cannot live inside one protobuf: keep them beside the graph then
     external = sum(p.numel() for p in model.parameters()) * 4 > 1.8e9
@@ -116,24 +115,30 @@ def export_onnx(loaded, out: Path) -> Path:
     mask = torch.ones(B, P + T, dtype=torch.long)
     pos = torch.arange(P, P + T)[None].expand(B, T).contiguous()
     in_names, out_names = past_names(c.n_layers)
-
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
-    _export(plain, (ids,), out / PLAIN_FILE, ["input_ids"], ["logits"], axes, external, c.max_seq_len)
-    axes = {**axes, "attention_mask": {0: "batch", 1: "total_sequence"},
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "total_sequence"},
             "position_ids": {0: "batch", 1: "sequence"},
             **{n: {0: "batch", 2: "past_sequence"} for n in in_names},
             **{n: {0: "batch", 2: "total_sequence"} for n in out_names}}
-    _export(with_past, (ids, mask, pos, past), out / PAST_FILE,
+    _export(with_past, (ids, mask, pos, past), out / MODEL_FILE,
             ["input_ids", "attention_mask", "position_ids", *in_names], ["logits", *out_names], axes, external,
             c.max_seq_len)
+
+    ids_ = special_ids(loaded)
+    _write_json(out / "config.json", {**llama_config_dict(c, **ids_), "use_cache": True})
+    _write_json(out / "generation_config.json", generation_config(loaded))
     meta = {"format": "onnx", "opset": OPSET, "n_layers": c.n_layers, "n_kv_heads": c.n_kv_heads,
             "head_dim": c.head_dim, "vocab_size": c.vocab_size, "max_seq_len": c.max_seq_len,
-            "files": {"forward": PLAIN_FILE, "with_past": PAST_FILE},
+            "files": {"model": MODEL_FILE},
             "eos_token_id": getattr(loaded.tokenizer, "eos_id", None),
             "config": loaded.config.to_dict()}
-    (out / "onnx_config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    copy_tokenizer_files(loaded, out)
+    _write_json(out / "onnx_config.json", meta)
+    write_tokenizer_files(loaded, out)
     return out
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _export(module, args, path: Path, inputs: list[str], outputs: list[str], axes: dict, external: bool,
@@ -145,7 +150,10 @@ def _export(module, args, path: Path, inputs: list[str], outputs: list[str], axe
     with torch.no_grad(), _quiet():
         try:
             torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
-                              dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+                              dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+                              # folding would store a transposed second copy of a tied embedding;
+                              # onnxruntime folds the transposes in memory when it loads the graph
+                              do_constant_folding=False)
             return
         except Exception:  # noqa: BLE001 - fall back to the other exporter, which raises its own errors
             if path.exists():
@@ -197,7 +205,9 @@ class OnnxRunner:
     """onnxruntime sessions over an ONNX export: ``logits(ids)`` and ``generate(prompts, ...)`` (greedy when
     ``temperature == 0``; ragged prompts are left-padded, positions count real tokens only, as ours)."""
 
-    def __init__(self, folder: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None):
+    def __init__(self, folder: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None,
+                 file: str | None = None):
+        require("onnxruntime", "export", what="running an ONNX export")
         import onnxruntime as ort
 
         folder = Path(folder)
@@ -205,27 +215,32 @@ class OnnxRunner:
         if not meta_file.is_file():
             raise OpenLLMError(f"{folder} is not an ONNX export (no onnx_config.json)")
         self.meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        files = self.meta.get("files", {})
+        name = file or files.get("model") or files.get("with_past")  # "with_past": exports before one graph
+        if not name or not (folder / name).is_file():
+            raise OpenLLMError(f"{folder} has no ONNX graph {name!r}: export it again with "
+                               "`openllm export SOURCE --format onnx`")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         providers = list(providers or ["CPUExecutionProvider"])
         self.folder = folder
-        self._opts, self._providers = opts, providers
-        self._plain = None
-        self.past = ort.InferenceSession(str(folder / self.meta["files"]["with_past"]), opts, providers=providers)
+        # the one onnxruntime session (``past``: the graph takes and returns past key values)
+        self.session = self.past = ort.InferenceSession(str(folder / name), opts, providers=providers)
 
-    @property
-    def plain(self):
-        if self._plain is None:
-            import onnxruntime as ort
-
-            self._plain = ort.InferenceSession(str(self.folder / self.meta["files"]["forward"]), self._opts,
-                                               providers=self._providers)
-        return self._plain
+    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
+        m = self.meta
+        return {name: np.zeros((batch, m["n_kv_heads"], 0, m["head_dim"]), dtype=np.float32)
+                for name in past_names(m["n_layers"])[0]}
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
-        return self.plain.run(["logits"], {"input_ids": np.asarray(ids, dtype=np.int64)})[0]
+        """Logits of a batch of full sequences (the prompt pass with an empty past)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        B, T = ids.shape
+        feed = {"input_ids": ids, "attention_mask": np.ones((B, T), np.int64),
+                "position_ids": np.tile(np.arange(T, dtype=np.int64), (B, 1)), **self.empty_past(B)}
+        return self.past.run(["logits"], feed)[0]
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float = 0.0,
                  stop_tokens: Sequence[int] = (), pad_id: int = 0, seed: int | None = None) -> list[list[int]]:
@@ -240,8 +255,7 @@ class OnnxRunner:
             ids[b, longest - len(p):] = p
             mask[b, longest - len(p):] = 1
         pos = np.clip(mask.cumsum(-1) - 1, 0, None)
-        past = {name: np.zeros((B, m["n_kv_heads"], 0, m["head_dim"]), dtype=np.float32)
-                for name in past_names(m["n_layers"])[0]}
+        past = self.empty_past(B)
         rng = np.random.default_rng(seed)
         stops, done = set(stop_tokens), [False] * B
         outs: list[list[int]] = [[] for _ in range(B)]

@@ -5,7 +5,8 @@ Two routes, same idea (weights stored as int8 with a per-row scale, activations 
 - :func:`quantize_int8` — PyTorch's ``quantize_dynamic`` on every ``nn.Linear`` (attention, MLP, output head);
   the embedding and the norms stay fp32. The result is still our ``Transformer``, so ``openllm.generate``
   works on it unchanged.
-- :func:`quantize_onnx_int8` — onnxruntime's ``quantize_dynamic`` on an ONNX export (MatMul weights to int8).
+- :func:`quantize_onnx_int8` — onnxruntime's ``quantize_dynamic`` on an ONNX export's ``model.onnx`` (MatMul
+  weights to int8).
 
 ``benchmarks/int8.py`` measures the speed-up and the change in validation loss.
 """
@@ -53,15 +54,32 @@ def quantize_int8(model, *, inplace: bool = False):
         return quantize_dynamic(target, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
-def quantize_onnx_int8(folder: str | Path, *, which: str = "with_past") -> Path:
-    """Write ``<graph>.int8.onnx`` beside an ONNX export's graph (``with_past`` or ``forward``); returns it."""
+def quantize_onnx_int8(folder: str | Path, *, which: str = "model") -> Path:
+    """Write ``model.int8.onnx`` beside an ONNX export's graph; returns it. (``which`` names the graph in
+    ``onnx_config.json``'s ``files``; exports made before the single graph also had ``forward``/``with_past``.)"""
     import json
 
+    from ..errors import require
+
+    require("onnxruntime", "export", what="ONNX int8 quantization")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     folder = Path(folder)
-    meta = json.loads((folder / "onnx_config.json").read_text(encoding="utf-8"))
-    src = folder / meta["files"][which]
+    files = json.loads((folder / "onnx_config.json").read_text(encoding="utf-8"))["files"]
+    src = folder / (files.get(which) or files.get("model") or files[which])
     dst = src.with_name(src.stem + ".int8.onnx")
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    # the export keeps each weight once, behind Transpose nodes (a tied embedding feeds both Gather and the
+    # head); quantize_dynamic only sees MatMuls whose weight is a constant, so fold the transposes first
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        folded = Path(tmp) / "folded.onnx"
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(folded)
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+        quantize_dynamic(str(folded), str(dst), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"])
     return dst
