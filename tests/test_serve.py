@@ -450,3 +450,218 @@ def test_a_short_request_is_answered_before_its_long_batch_mate_finishes(serve_l
     assert engine.snapshot()["largest_batch"] == 2  # long and short ran together
     assert results["short_completed"] == 2  # answered while long was still generating
     assert results["long"].json()["usage"]["completion_tokens"] == 500
+
+
+# --- logprobs, model ids, refusals, penalties, tokenize, metrics, health, shutdown ------------------------
+
+def _model_logprobs(lm, ids: list[int]):
+    import torch
+
+    with torch.no_grad():
+        return lm.model(torch.tensor([ids]))[0].float().log_softmax(-1)
+
+
+def test_echo_logprobs_are_the_models_log_softmax(client, serve_lm):
+    ids = serve_lm.tokenizer.encode("def forward(self, x): return x")
+    lp = _model_logprobs(serve_lm, ids)
+    for max_tokens in (0, 3):
+        r = client.post("/v1/completions", json={"prompt": ids, "max_tokens": max_tokens, "temperature": 0,
+                                                 "logprobs": 2, "echo": True})
+        assert r.status_code == 200, r.text
+        got = r.json()["choices"][0]["logprobs"]
+        assert len(got["tokens"]) == len(got["token_logprobs"]) == len(got["top_logprobs"]) == len(ids) + max_tokens
+        assert got["token_logprobs"][0] is None and got["top_logprobs"][0] is None
+        for t in range(1, len(ids)):
+            assert got["token_logprobs"][t] == pytest.approx(float(lp[t - 1, ids[t]]), abs=1e-4)
+            best = lp[t - 1].topk(2)
+            # the two most likely tokens, and the scored one
+            assert max(got["top_logprobs"][t].values()) == pytest.approx(float(best.values[0]), abs=1e-4)
+            assert 2 <= len(got["top_logprobs"][t]) <= 3
+        assert got["text_offset"][0] == 0 and got["text_offset"] == sorted(got["text_offset"])
+    # the generated tokens are scored in the context of the prompt and the tokens before them
+    gen = serve_lm.tokenizer.encode(r.json()["choices"][0]["text"][len(serve_lm.tokenizer.decode(ids)):])
+    full = _model_logprobs(serve_lm, ids + gen)
+    first_new = got["token_logprobs"][len(ids)]
+    assert first_new == pytest.approx(float(full[len(ids) - 1].max()), abs=1e-4)  # greedy: the best token
+
+
+def test_chat_logprobs_shape(client):
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+                                                  "temperature": 0, "logprobs": True, "top_logprobs": 3})
+    assert r.status_code == 200, r.text
+    content = r.json()["choices"][0]["logprobs"]["content"]
+    assert len(content) == r.json()["usage"]["completion_tokens"] == 4
+    for c in content:
+        assert set(c) == {"token", "logprob", "bytes", "top_logprobs"} and len(c["top_logprobs"]) == 3
+        assert c["logprob"] == pytest.approx(c["top_logprobs"][0]["logprob"])  # greedy
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"
+
+
+def test_models_by_id_and_unknown_models(client):
+    assert client.get(f"/v1/models/{NAME}").json()["id"] == NAME
+    r = client.get("/v1/models/gpt-4")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    for path, body in [("/v1/completions", {"model": "gpt-4", "prompt": "x"}),
+                       ("/v1/chat/completions", {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]})]:
+        r = client.post(path, json=body)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found" and "gpt-4" in r.text
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+])
+def test_unsupported_chat_options_are_400(client, extra, param):
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], **extra})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
+    assert "not supported" in r.json()["error"]["message"]
+
+
+def test_penalties_and_logit_bias_act(client, serve_lm):
+    req = {"prompt": "import torch", "max_tokens": 24, "temperature": 0}
+    plain = client.post("/v1/completions", json=req).json()["choices"][0]["text"]
+    text_req = {**req, "response_format": {"type": "text"}}
+    assert client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
+                                                     "max_tokens": 2, **text_req}).status_code == 200
+    penalised = client.post("/v1/completions", json={**req, "frequency_penalty": 2.0,
+                                                     "presence_penalty": 2.0}).json()["choices"][0]["text"]
+    assert penalised != plain
+    tok = serve_lm.tokenizer.encode(" tokenizer")[-1]
+    forced = client.post("/v1/completions", json={**req, "max_tokens": 3, "logprobs": 0,
+                                                  "logit_bias": {str(tok): 100}}).json()
+    piece = serve_lm.tokenizer.id_to_piece(tok).replace("\u2581", " ")
+    assert forced["choices"][0]["logprobs"]["tokens"] == [piece] * 3
+    r = client.post("/v1/completions", json={**req, "logit_bias": {"999999": 1}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias"
+
+
+def test_tokenize_and_detokenize(client, serve_lm):
+    r = client.post("/tokenize", json={"prompt": "hello world"}).json()
+    assert r["tokens"] == serve_lm.tokenizer.encode("hello world") and r["count"] == len(r["tokens"])
+    assert r["max_model_len"] == 512
+    assert client.post("/detokenize", json={"tokens": r["tokens"]}).json() == {"prompt": "hello world"}
+    chat = client.post("/tokenize", json={"messages": [{"role": "user", "content": "hi"}]}).json()
+    assert chat["tokens"] == serve_lm.tokenizer.encode_chat([{"role": "user", "content": "hi"}])
+    info = client.get("/tokenizer_info").json()
+    assert info["eos_token"] == serve_lm.tokenizer.id_to_piece(serve_lm.tokenizer.eos_id) and info["chat_template"]
+
+
+def _parse_metrics(text: str) -> dict[str, float]:
+    import re
+
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert re.fullmatch(r"# (HELP|TYPE) openllm_\w+ .+", line), line
+            continue
+        m = re.fullmatch(r'(openllm_\w+(?:\{[a-z_]+="[^"]*"\})?) (\S+)', line)
+        assert m, line
+        out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def test_metrics_in_prometheus_text_format(client):
+    before = _parse_metrics(client.get("/metrics").text)
+    r = client.post("/v1/completions", json={"prompt": "def main():", "max_tokens": 5, "temperature": 0}).json()
+    resp = client.get("/metrics")
+    assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
+    after = _parse_metrics(resp.text)
+    assert after["openllm_generation_tokens_total"] - before["openllm_generation_tokens_total"] == 5
+    assert after["openllm_prompt_tokens_total"] - before["openllm_prompt_tokens_total"] == r["usage"]["prompt_tokens"]
+    assert after["openllm_requests_running"] == after["openllm_requests_waiting"] == 0
+    assert after["openllm_kv_cache_slots_used"] == 0 and after["openllm_kv_cache_slots"] == 32
+    ttft = after["openllm_time_to_first_token_seconds_count"]
+    assert ttft - before["openllm_time_to_first_token_seconds_count"] == 1
+    assert after['openllm_time_to_first_token_seconds_bucket{le="+Inf"}'] == ttft
+    assert after["openllm_time_per_output_token_seconds_count"] - before["openllm_time_per_output_token_seconds_count"] == 4
+    buckets = [v for k, v in after.items() if k.startswith("openllm_time_per_output_token_seconds_bucket")]
+    assert buckets == sorted(buckets)
+    assert 0 <= after["openllm_kv_cache_usage_ratio"] <= 1
+
+
+def test_health_is_503_while_loading_then_200(serve_lm):
+    release = threading.Event()
+
+    def slow_load():
+        assert release.wait(30)
+        return serve_lm.model, serve_lm.tokenizer
+
+    app = create_app(load=slow_load, model_name=NAME, api_key="k")
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        r = c.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        r = c.post("/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer k"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_ready"
+        assert c.get("/metrics").status_code == 401  # behind the key, loaded or not
+        release.set()
+        wait_for(lambda: c.get("/health").status_code == 200)
+        assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2},
+                      headers={"Authorization": "Bearer k"}).status_code == 200
+
+
+def test_a_failed_load_is_a_503_saying_why():
+    def broken():
+        raise RuntimeError("weights are damaged")
+
+    app = create_app(load=broken)
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        wait_for(lambda: c.get("/health").json()["status"] == "error")
+        assert "weights are damaged" in c.get("/health").json()["error"]
+
+
+def test_kv_cache_tokens_limit_is_a_400_with_the_numbers(serve_lm):
+    app = create_app(serve_lm.model, serve_lm.tokenizer, max_batch=4, kv_cache_tokens=400)
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        r = c.post("/v1/completions", json={"prompt": "hello", "max_tokens": 150})
+        assert r.status_code == 400 and "100 tokens a KV-cache slot holds" in r.json()["error"]["message"]
+        assert c.post("/v1/completions", json={"prompt": "hello", "max_tokens": 50}).status_code == 200
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_in_flight_requests_and_exits_0(serve_run):
+    import signal
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "openllm", "serve", str(serve_run), "--port", str(port),
+                             "--log-level", "warning", "--shutdown-timeout", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        result = {}
+        started = threading.Event()
+
+        def in_flight():
+            with httpx.stream("POST", url + "/v1/completions", timeout=60,
+                              json={"prompt": "x", "max_tokens": 120, "temperature": 0, "stream": True}) as r:
+                lines = []
+                for line in r.iter_lines():
+                    started.set()
+                    lines.append(line)
+                result["events"] = [ln for ln in lines if ln]
+
+        t = threading.Thread(target=in_flight)
+        t.start()
+        assert started.wait(30)
+        proc.send_signal(signal.SIGTERM)
+        t.join(60)
+        assert proc.wait(30) == 0
+        # the request that was running when the signal came was answered in full
+        assert result["events"][-1] == "data: [DONE]"
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=20)

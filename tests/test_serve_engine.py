@@ -1,0 +1,222 @@
+"""The serve engine on a tiny model built here: continuous batching (a request that arrives while another
+decodes starts and finishes before it), outputs equal to the same request served alone (greedy, seeded
+sampling, chunked prefill), the slotted KV cache's limits, cancellation freeing slots, and the static policy."""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import pytest
+import torch
+
+from openllm.config import ModelConfig
+from openllm.errors import OpenLLMError
+from openllm.generate import SamplingParams, generate
+from openllm.model import Transformer
+from openllm.serve import Engine, Job, Sampling, Seq
+from openllm.serve.kvcache import SlotCache, slot_forward
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+VOCAB, EOS = 96, 10_000  # an EOS id the model cannot produce: lengths are predictable
+
+
+class ByteTok:
+    """A tokenizer over token ids as characters (enough for the engine's text handling)."""
+
+    eos_id = EOS
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) % VOCAB for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(chr(32 + i) for i in ids)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256))
+    return m.eval()
+
+
+class Recorder:
+    """Events of several jobs in the order the engine sent them."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue = queue.Queue()
+        self.log: list[tuple] = []
+
+    def job(self, name: str, seqs: list[Seq], sampling: Sampling | None = None, stream: bool = True) -> Job:
+        return Job(seqs=seqs, sampling=sampling or Sampling(temperature=0), stream=stream,
+                   emit=lambda e: self.events.put((name, e)))
+
+    def wait(self, pred, timeout: float = 30.0) -> tuple:
+        deadline = time.monotonic() + timeout
+        while True:
+            item = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
+            self.log.append(item)
+            if pred(item):
+                return item
+
+    def finishes(self, names) -> dict:
+        out = {}
+        while set(out) != set(names):
+            name, e = self.wait(lambda it: it[1][0] in ("finish", "error"))
+            assert e[0] == "finish", e
+            out[name] = e
+        return out
+
+
+def prompt(seed: int, n: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, VOCAB, (n,), generator=g).tolist()
+
+
+def alone(model, p: list[int], n: int, **engine_options) -> dict:
+    engine = Engine(model, ByteTok(), **engine_options).start()
+    try:
+        rec = Recorder()
+        engine.submit(rec.job("x", [Seq(prompt=p, max_new=n, logprobs=0)], stream=False))
+        return rec.finishes(["x"])["x"]
+    finally:
+        engine.stop()
+
+
+def ids_of(finish_event) -> list[int]:
+    return [tok for tok, _, _ in finish_event[5]["tokens"]]
+
+
+def test_slot_forward_equals_the_models_forward(model):
+    cache = SlotCache(model, 3, 64)
+    a, b = prompt(1, 20), prompt(2, 9)
+    full_a, full_b = model(torch.tensor([a])), model(torch.tensor([b]))
+    sa, sb = cache.allocate(), cache.allocate()
+    got_a = slot_forward(model, cache, torch.tensor([a[:12]]), [sa], [0], last_only=False)
+    got_a2 = slot_forward(model, cache, torch.tensor([a[12:19]]), [sa], [12], last_only=False)
+    slot_forward(model, cache, torch.tensor([b[:8]]), [sb], [0])
+    both = slot_forward(model, cache, torch.tensor([[a[19]], [b[8]]]), [sa, sb], [19, 8])
+    torch.testing.assert_close(got_a[0], full_a[0, :12])
+    torch.testing.assert_close(got_a2[0], full_a[0, 12:19])
+    torch.testing.assert_close(both[0, 0], full_a[0, 19])
+    torch.testing.assert_close(both[1, 0], full_b[0, 8])
+    assert cache.lengths[sa] == 20 and cache.lengths[sb] == 9 and cache.used == 2
+
+
+def test_served_alone_equals_the_librarys_greedy_generation(model):
+    p = prompt(3, 17)
+    want = generate(model, [p], SamplingParams(max_new_tokens=12, temperature=0))[0]
+    assert ids_of(alone(model, p, 12)) == want
+    # a prompt read 5 tokens a step gives the same tokens
+    assert ids_of(alone(model, p, 12, prefill_chunk=5)) == want
+
+
+def test_a_request_arriving_mid_decode_joins_and_finishes_first(model):
+    engine = Engine(model, ByteTok(), max_batch=4, prefill_chunk=8).start()
+    rec = Recorder()
+    long_p, short_p = prompt(4, 30), prompt(5, 40)
+    try:
+        engine.submit(rec.job("long", [Seq(prompt=long_p, max_new=150, logprobs=0)]))
+        # the long request is decoding (it has streamed text) before the short one is sent
+        rec.wait(lambda it: it[0] == "long" and it[1][0] == "delta")
+        engine.submit(rec.job("short", [Seq(prompt=short_p, max_new=4, logprobs=0)]))
+        done = rec.finishes(["long", "short"])
+    finally:
+        engine.stop()
+    order = [(name, e[0]) for name, e in rec.log]
+    first_short = order.index(("short", "delta"))
+    # the short request started and finished while the long one kept generating around it
+    assert ("long", "delta") in order[first_short + 1:]
+    assert order.index(("short", "finish")) < order.index(("long", "finish"))
+    assert engine.stats["largest_batch"] == 2
+    # and each got exactly what it gets alone
+    assert ids_of(done["long"]) == ids_of(alone(model, long_p, 150))
+    assert ids_of(done["short"]) == ids_of(alone(model, short_p, 4))
+
+
+def test_static_policy_makes_a_newcomer_wait_for_the_batch(model):
+    engine = Engine(model, ByteTok(), max_batch=4, policy="static").start()
+    rec = Recorder()
+    try:
+        engine.submit(rec.job("long", [Seq(prompt=prompt(4, 30), max_new=60)]))
+        rec.wait(lambda it: it[0] == "long" and it[1][0] == "delta")
+        engine.submit(rec.job("short", [Seq(prompt=prompt(5, 40), max_new=4)]))
+        rec.finishes(["long", "short"])
+    finally:
+        engine.stop()
+    order = [(name, e[0]) for name, e in rec.log]
+    assert order.index(("long", "finish")) < order.index(("short", "delta"))
+
+
+def test_many_staggered_requests_each_equal_alone_greedy_and_seeded(model):
+    specs = [(prompt(10 + i, 5 + 13 * i % 70), 5 + (7 * i) % 30, i % 3 == 0) for i in range(10)]
+
+    def sampling(sampled: bool, i: int) -> Sampling:
+        return Sampling(temperature=0.8, top_k=40, top_p=0.9, seed=1000 + i) if sampled else Sampling(temperature=0)
+
+    solo = []
+    for i, (p, n, sampled) in enumerate(specs):
+        engine = Engine(model, ByteTok(), max_batch=1).start()
+        rec = Recorder()
+        engine.submit(rec.job("x", [Seq(prompt=p, max_new=n, logprobs=0)], sampling(sampled, i), stream=False))
+        solo.append(ids_of(rec.finishes(["x"])["x"]))
+        engine.stop()
+    engine = Engine(model, ByteTok(), max_batch=4, prefill_chunk=16).start()  # fewer slots than requests
+    rec = Recorder()
+    try:
+        for i, (p, n, sampled) in enumerate(specs):
+            engine.submit(rec.job(str(i), [Seq(prompt=p, max_new=n, logprobs=0)], sampling(sampled, i)))
+            if i % 3 == 1:
+                rec.wait(lambda it: it[1][0] == "delta")  # let some arrive while others decode
+        done = rec.finishes([str(i) for i in range(len(specs))])
+    finally:
+        engine.stop()
+    for i in range(len(specs)):
+        assert ids_of(done[str(i)]) == solo[i], i
+    assert engine.cache.used == 0
+
+
+def test_seeded_choices_differ_and_repeat(model):
+    engine = Engine(model, ByteTok()).start()
+    try:
+        def run(seed):
+            rec = Recorder()
+            seqs = [Seq(prompt=prompt(7, 10), max_new=12, index=j, logprobs=0) for j in range(3)]
+            engine.submit(rec.job("x", seqs, Sampling(temperature=1.0, seed=seed), stream=False))
+            got = {}
+            while len(got) < 3:
+                _, e = rec.wait(lambda it: it[1][0] == "finish")
+                got[e[1]] = ids_of(e)
+            return [got[j] for j in range(3)]
+        a, b, c = run(5), run(5), run(6)
+    finally:
+        engine.stop()
+    assert a == b and a != c and len({tuple(x) for x in a}) == 3
+
+
+def test_cancel_frees_the_slot_at_once(model):
+    engine = Engine(model, ByteTok(), max_batch=1).start()
+    rec = Recorder()
+    try:
+        job = rec.job("a", [Seq(prompt=prompt(8, 10), max_new=200)])
+        engine.submit(job)
+        rec.wait(lambda it: it[1][0] == "delta")
+        engine.submit(rec.job("b", [Seq(prompt=prompt(9, 10), max_new=3)]))  # waits for the only slot
+        job.cancel()
+        done = rec.finishes(["a", "b"])
+    finally:
+        engine.stop()
+    assert done["a"][2] == "cancelled" and done["a"][3] < 200
+    assert done["b"][2] == "length" and engine.stats["cancelled"] == 1 and engine.cache.used == 0
+
+
+def test_kv_cache_limits_are_clear(model):
+    engine = Engine(model, ByteTok(), max_batch=4, kv_cache_tokens=200)
+    assert engine.context == 50 and engine.cache.slots == 4
+    with pytest.raises(ValueError, match="50 tokens"):
+        engine.submit(Job(seqs=[Seq(prompt=prompt(1, 40), max_new=20)]))
+    with pytest.raises(OpenLLMError, match="at least 8"):
+        Engine(model, ByteTok(), max_batch=4, kv_cache_tokens=7)
+    with pytest.raises(OpenLLMError, match="static"):
+        Engine(model, ByteTok(), policy="dynamic")
