@@ -1,23 +1,29 @@
-"""Throughput of ``openllm serve`` with request batching against the same server serving one request at a
-time (``--max-batch 1``), at concurrency 1, 8 and 32.
+"""``openllm serve``'s scheduling compared on one mixed workload: continuous batching (sequences join and
+leave the running batch at every step), static batching (a batch runs to its end before the next starts:
+``--batching static``) and one sequence at a time (``--max-batch 1``), at concurrency 1, 8 and 32.
 
-The server runs in its own process (as in production, so the load generator does not share its
-interpreter); the client sends every request as an OpenAI completions call with ``max_tokens`` new tokens.
-By default the model is a randomly initialised model of the ``tiny`` preset (``--preset`` picks another)
-with a SentencePiece tokenizer trained on this package's own source, and its EOS logit is zeroed so every
-request generates exactly ``max_tokens`` tokens (equal work in both modes). ``--model`` serves a real run or
-export instead.
+Each server runs in its own process (as in production, so the load generator does not share its
+interpreter). The workload is the same for every server: prompts of 16-200 tokens (sent as token ids) and
+``max_tokens`` of 16-128, drawn once from ``--seed``; at each level ``concurrency`` clients send them, each
+waiting an exponential gap (mean ``--gap-ms``) before its next request, so arrivals are Poisson-like. Every
+request streams, which times the first token. By default the model is a randomly initialised model of the
+``tiny`` preset with a 512-token context and a SentencePiece tokenizer trained on this package's own source;
+its EOS logit is zeroed and decoding is greedy, so each request generates exactly ``max_tokens`` tokens (equal
+work for every server). ``--model`` serves a real run or export instead.
 
     python benchmarks/serve_throughput.py                      # CPU, tiny preset
     python benchmarks/serve_throughput.py --device cuda --preset small
 
-Prints requests/s and generated tokens/s per concurrency for both modes and their ratios.
+Prints, per server and level: generated tokens/s, time to first token p50/p99, per-token latency p50/p99 and
+request latency p50/p95, then continuous's ratios to the others.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -31,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # --- the server process -----------------------------------------------------------------------------------
 
-def build_random_model(preset: str, tok_dir: str, seed: int, device: str):
+def build_random_model(preset: str, tok_dir: str, seed: int, device: str, max_seq_len: int):
     import torch
 
     from openllm.config import load_config
@@ -41,10 +47,15 @@ def build_random_model(preset: str, tok_dir: str, seed: int, device: str):
     tok = Tokenizer.load(tok_dir)
     cfg = load_config(preset).model
     cfg.vocab_size = tok.vocab_size
+    cfg.max_seq_len = max(cfg.max_seq_len, max_seq_len)
     torch.manual_seed(seed)
     model = Transformer(cfg.validate())
     with torch.no_grad():
-        model.lm_head.weight[tok.eos_id] = 0.0  # never picked greedily; rarely sampled
+        model.lm_head.weight[tok.eos_id] = 0.0  # never picked greedily
+        if cfg.tie_embeddings:  # the head is the embedding: keep EOS's embedding, drop only its logit
+            model.lm_head = torch.nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            model.lm_head.weight.copy_(model.tok_embeddings.weight)
+            model.lm_head.weight[tok.eos_id] = 0.0
     return model.to(device).eval(), tok
 
 
@@ -61,11 +72,11 @@ def serve_main(args: argparse.Namespace) -> None:
         loaded = openllm.load(args.model, device=args.device)
         model, tok = loaded.model, loaded.tokenizer
     else:
-        model, tok = build_random_model(args.preset, args.tok, args.seed, args.device)
+        model, tok = build_random_model(args.preset, args.tok, args.seed, args.device, args.max_seq_len)
     if args.device.startswith("cuda"):
         model = model.to(torch.bfloat16)
-    app = create_app(model, tok, model_name="bench", max_batch=args.max_batch, max_queue=1024,
-                     batch_window_ms=args.batch_window_ms)
+    app = create_app(model, tok, model_name="bench", max_batch=args.max_batch, max_queue=4096,
+                     batching=args.batching, prefill_chunk=args.prefill_chunk)
     run_server(app, "127.0.0.1", args.port, log_level="warning")
 
 
@@ -87,20 +98,20 @@ def train_bench_tokenizer(out: Path) -> Path:
     return out / "tok"
 
 
-def prompts(n: int) -> list[str]:
-    words = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8").split()
-    out = []
-    for i in range(n):
-        start = (i * 37) % max(1, len(words) - 64)
-        out.append(" ".join(words[start:start + 4 + (i * 5) % 24]))  # ragged: 4 to 27 words
-    return out
+def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
+    """``n`` (prompt token ids, max_tokens): prompts of 16-200 tokens, 16-128 new tokens."""
+    rng = random.Random(seed)
+    return [([rng.randrange(4, vocab) for _ in range(rng.randint(16, 200))], rng.randint(16, 128))
+            for _ in range(n)]
 
 
 class Server:
-    def __init__(self, args: argparse.Namespace, tok_dir: Path | None, max_batch: int) -> None:
+    def __init__(self, args: argparse.Namespace, tok_dir: Path | None, max_batch: int, batching: str) -> None:
         self.port = free_port()
         cmd = [sys.executable, __file__, "--serve", "--port", str(self.port), "--max-batch", str(max_batch),
-               "--device", args.device, "--threads", str(args.threads), "--batch-window-ms", str(args.batch_window_ms), "--preset", args.preset, "--seed", str(args.seed)]
+               "--batching", batching, "--device", args.device, "--threads", str(args.threads),
+               "--preset", args.preset, "--seed", str(args.seed), "--max-seq-len", str(args.max_seq_len),
+               "--prefill-chunk", str(args.prefill_chunk)]
         if args.model:
             cmd += ["--model", args.model]
         else:
@@ -132,52 +143,83 @@ class Server:
             self.proc.kill()
 
 
-async def load(url: str, concurrency: int, n_requests: int, max_tokens: int, temperature: float) -> dict:
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
+
+
+async def load(url: str, concurrency: int, work: list[tuple[list[int], int]], gap_s: float, seed: int) -> dict:
     import httpx
 
-    texts = prompts(n_requests)
-    todo = list(range(n_requests))
-    latencies: list[float] = []
+    todo = list(range(len(work)))[::-1]
+    rng = random.Random(seed)
+    ttft: list[float] = []
+    tpot: list[float] = []
+    latency: list[float] = []
     tokens = 0
 
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal tokens
         while todo:
-            i = todo.pop()
+            await asyncio.sleep(rng.expovariate(1 / gap_s) if gap_s > 0 else 0)
+            if not todo:
+                return
+            prompt, max_tokens = work[todo.pop()]
             t0 = time.perf_counter()
-            r = await client.post("/v1/completions", json={"model": "bench", "prompt": texts[i],
-                                                           "max_tokens": max_tokens, "temperature": temperature})
-            if r.status_code != 200:
-                raise SystemExit(f"request failed: {r.status_code} {r.text}")
-            latencies.append(time.perf_counter() - t0)
-            tokens += r.json()["usage"]["completion_tokens"]
+            first = None
+            body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            n = 0
+            async with client.stream("POST", "/v1/completions", json=body) as r:
+                if r.status_code != 200:
+                    raise SystemExit(f"request failed: {r.status_code} {await r.aread()}")
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    event = json.loads(line[6:])
+                    if event.get("usage"):
+                        n = event["usage"]["completion_tokens"]
+                    elif first is None and event["choices"] and event["choices"][0]["text"]:
+                        first = time.perf_counter()
+            end = time.perf_counter()
+            first = first or end
+            ttft.append(first - t0)
+            latency.append(end - t0)
+            if n > 1:
+                tpot.append((end - first) / (n - 1))
+            tokens += n
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=1800, limits=limits) as client:
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    return {"rps": n_requests / wall, "tps": tokens / wall, "p50": statistics.median(latencies), "wall": wall,
-            "tokens": tokens}
+    return {"tps": tokens / wall, "wall": wall, "tokens": tokens, "n": len(work),
+            "ttft50": pct(ttft, 50), "ttft99": pct(ttft, 99), "tpot50": pct(tpot, 50), "tpot99": pct(tpot, 99),
+            "lat50": pct(latency, 50), "lat95": pct(latency, 95)}
+
+
+MODES = {"continuous": ("continuous", None), "static": ("static", None), "one-at-a-time": ("continuous", 1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="a run, an export or OWNER/NAME@VERSION (default: random model)")
     ap.add_argument("--preset", default="tiny", help="shape of the random model (default tiny)")
+    ap.add_argument("--max-seq-len", type=int, default=512, help="context of the random model (default 512)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of the server process (default 1: steady on a shared CPU; 0: torch's default)")
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--requests", type=int, default=0,
-                    help="requests per concurrency level (default: max(8, 2 x concurrency))")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per mode and level; the best counts (default 2)")
-    ap.add_argument("--max-batch", type=int, default=32, help="batch size of the batching server")
-    ap.add_argument("--batch-window-ms", type=float, default=10.0, help="the batching server's window (default 10)")
+                    help="requests per concurrency level (default: max(12, 2 x concurrency))")
+    ap.add_argument("--gap-ms", type=float, default=20.0, help="mean pause of a client between requests (default 20)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"servers to compare (default {','.join(MODES)})")
+    ap.add_argument("--max-batch", type=int, default=32, help="batch size of the batching servers (default 32)")
+    ap.add_argument("--prefill-chunk", type=int, default=256)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--batching", default="continuous", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--tok", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -186,27 +228,30 @@ def main() -> None:
         return
 
     levels = [int(c) for c in args.concurrency.split(",")]
-    modes = {"batched": args.max_batch, "one-at-a-time": 1}
+    modes = [m for m in args.modes.split(",") if m]
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = None if args.model else train_bench_tokenizer(Path(tmp))
-        servers = {mode: Server(args, tok_dir, mb) for mode, mb in modes.items()}
-        results: dict[str, dict[int, dict]] = {mode: {} for mode in modes}
+        if args.model:
+            import openllm
+
+            vocab = openllm.load(args.model).config.model.vocab_size
+        else:
+            vocab = 1024
+        servers = {m: Server(args, tok_dir, MODES[m][1] or args.max_batch, MODES[m][0]) for m in modes}
+        results: dict[str, dict[int, dict]] = {m: {} for m in modes}
         try:
             for mode, server in servers.items():
                 server.wait()
-                asyncio.run(load(server.url, 4, 8, args.max_tokens, args.temperature))  # warm-up
-            # the two servers take turns at each level, and each keeps its best of --repeat runs, so a
-            # machine whose load drifts does not favour whichever ran first
+                asyncio.run(load(server.url, 4, workload(8, args.seed + 999, vocab), 0, 0))  # warm-up
+            # the servers take turns at each level on the same requests, so a machine whose load drifts
+            # favours none of them in particular
             for c in levels:
-                n = args.requests or max(8, 2 * c)
-                for rep in range(args.repeat):
-                    for mode, server in servers.items():
-                        r = asyncio.run(load(server.url, c, n, args.max_tokens, args.temperature))
-                        print(f"  {mode:14s} concurrency {c:3d} run {rep + 1}: {n:3d} requests in {r['wall']:6.2f} s, "
-                              f"{r['rps']:7.2f} req/s, {r['tps']:8.1f} tok/s, p50 latency {r['p50'] * 1000:7.1f} ms",
-                              flush=True)
-                        if c not in results[mode] or r["tps"] > results[mode][c]["tps"]:
-                            results[mode][c] = r
+                work = workload(args.requests or max(12, 2 * c), args.seed + c, vocab)
+                for mode, server in servers.items():
+                    r = asyncio.run(load(server.url, c, work, args.gap_ms / 1000, args.seed))
+                    results[mode][c] = r
+                    print(f"  {mode:14s} concurrency {c:3d}: {r['n']:3d} requests, {r['tokens']:5d} tokens in "
+                          f"{r['wall']:6.1f} s", flush=True)
         finally:
             for server in servers.values():
                 server.stop()
@@ -214,16 +259,25 @@ def main() -> None:
     import torch
 
     print()
-    print(f"openllm serve throughput: {'model ' + args.model if args.model else 'random ' + args.preset + ' preset'}, "
-          f"device {args.device}, {args.max_tokens} new tokens a request, temperature {args.temperature}, "
-          f"torch {torch.__version__}, {os.cpu_count()} CPUs, server torch threads {args.threads or 'default'}")
-    print("best of", args.repeat, "runs per mode and level; the modes took turns")
-    print(f"{'concurrency':>11} | {'batched req/s':>13} {'tok/s':>8} | {'one-at-a-time req/s':>19} {'tok/s':>8} | "
-          f"{'ratio req/s':>11} {'ratio tok/s':>11}")
+    print(f"openllm serve, mixed workload (prompts 16-200 tokens, max_tokens 16-128, greedy, Poisson-like arrivals, "
+          f"mean gap {args.gap_ms:g} ms): {'model ' + args.model if args.model else 'random ' + args.preset + ' preset'}, "
+          f"device {args.device}, torch {torch.__version__}, {os.cpu_count()} CPUs, server torch threads "
+          f"{args.threads or 'default'}, --max-batch {args.max_batch}")
+    print(f"{'server':>14} {'conc.':>5} | {'tok/s':>8} | {'TTFT p50':>9} {'p99':>9} | {'per-token p50':>13} {'p99':>8} | "
+          f"{'latency p50':>11} {'p95':>8}")
     for c in levels:
-        b, s = results["batched"][c], results["one-at-a-time"][c]
-        print(f"{c:>11} | {b['rps']:>13.2f} {b['tps']:>8.1f} | {s['rps']:>19.2f} {s['tps']:>8.1f} | "
-              f"{b['rps'] / s['rps']:>10.2f}x {b['tps'] / s['tps']:>10.2f}x")
+        for mode in modes:
+            r = results[mode][c]
+            print(f"{mode:>14} {c:>5} | {r['tps']:>8.1f} | {r['ttft50'] * 1e3:>7.0f}ms {r['ttft99'] * 1e3:>7.0f}ms | "
+                  f"{r['tpot50'] * 1e3:>11.1f}ms {r['tpot99'] * 1e3:>6.1f}ms | {r['lat50']:>10.2f}s {r['lat95']:>7.2f}s")
+    if "continuous" in modes:
+        print()
+        print("continuous vs the others (tok/s ratio; TTFT p99 ratio, below 1 is better for continuous):")
+        for c in levels:
+            cont = results["continuous"][c]
+            parts = [f"vs {m}: {cont['tps'] / results[m][c]['tps']:.2f}x tok/s, "
+                     f"TTFT p99 {cont['ttft99'] / results[m][c]['ttft99']:.2f}x" for m in modes if m != "continuous"]
+            print(f"  concurrency {c:>3}: " + "; ".join(parts))
 
 
 if __name__ == "__main__":
