@@ -195,3 +195,98 @@ def test_a_folder_saved_by_transformers_loads_with_its_tokenizer_json(hf_export,
     params = SamplingParams(max_new_tokens=8, temperature=0, stop_tokens=(3,))
     ids = [a.tokenizer.encode("def export(")]
     assert generate(b.model, ids, params) == generate(a.model, ids, params)
+
+
+# --- the oldest transformers pyproject admits, in its own venv ---------------------------------------------
+
+DOCUMENTED_SNIPPET = """
+import json, sys, warnings
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+folder, prompts, chats = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+logged = []
+hf_logging.get_logger().addHandler(type("H", (__import__("logging").Handler,), {"emit": lambda s, r: logged.append(r.getMessage())})())
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    greedy, keys = [], []
+    for p in prompts:
+        inputs = tok(p, return_tensors="pt")
+        keys.append(sorted(inputs))
+        out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+        greedy.append(out[0, inputs["input_ids"].shape[1]:].tolist())
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    out = model.generate(**batch, max_new_tokens=16, do_sample=False)
+    batched = out[:, batch["input_ids"].shape[1]:].tolist()
+    chat = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in chats]
+print(json.dumps({"version": transformers.__version__, "file": transformers.__file__, "keys": keys,
+                  "greedy": greedy, "batched": batched, "chat": chat, "model_max_length": tok.model_max_length,
+                  "padding_side": tok.padding_side,
+                  "warnings": [str(w.message) for w in caught] + logged}))
+"""
+
+
+def _floor(dist: str) -> str:
+    import re
+    import tomllib
+
+    from conftest import REPO
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    spec = next(r for r in extras["export"] if r.startswith(dist))
+    return re.search(r">=([\d.]+)", spec).group(1)
+
+
+@pytest.fixture(scope="module")
+def transformers_floor_python(tmp_path_factory):
+    """A venv with the oldest transformers pyproject admits (and the tokenizers and huggingface_hub it
+    needs), torch and the rest seen from this project's environment."""
+    from test_packaging import fresh_venv
+
+    floor = _floor("transformers")
+    return fresh_venv(tmp_path_factory.mktemp("transformers-floor"),
+                      [f"transformers=={floor}.*", "tokenizers>=0.20,<0.21", "huggingface_hub>=0.23.2,<1.0"])
+
+
+def _run_documented_snippet(python, folder, prompts, chats) -> dict:
+    import os
+    import subprocess
+
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([str(python), "-c", DOCUMENTED_SNIPPET, str(folder), json.dumps(prompts),
+                           json.dumps(chats)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_the_oldest_and_newest_transformers_behave_alike(hf_export, transformers_floor_python):
+    """pyproject's floor (transformers 4.45, its own venv) and the installed 5.x: the README's
+    ``model.generate(**tok(prompt, return_tensors="pt"))`` works, gives our greedy tokens (one prompt and a
+    left-padded batch), the chat template renders as ours, and no max_length warning appears."""
+    import sys
+
+    from openllm.tokenizer import apply_chat_template
+
+    run, out = hf_export
+    loaded = openllm.load(run)
+    prompts = ["def export(", "class Tokenizer:\n    "]
+    params = SamplingParams(max_new_tokens=16, temperature=0)
+    ours = generate(loaded.model, [loaded.tokenizer.encode(p) for p in prompts], params)
+    floor = _floor("transformers")
+    for python in (transformers_floor_python, sys.executable):
+        got = _run_documented_snippet(python, out, prompts, CHATS)
+        if python == transformers_floor_python:
+            assert got["version"].startswith(floor + "."), got["version"]
+            assert str(python.parent.parent) in got["file"]
+        else:
+            assert int(got["version"].split(".")[0]) >= 5
+        assert got["keys"] == [["attention_mask", "input_ids"]] * len(prompts), got["version"]
+        assert got["greedy"] == ours, got["version"]
+        assert got["batched"] == ours, got["version"]
+        assert got["chat"] == [apply_chat_template(m) for m in CHATS], got["version"]
+        assert got["model_max_length"] == loaded.config.model.max_seq_len and got["padding_side"] == "left"
+        assert not [w for w in got["warnings"] if "max_length" in w], (got["version"], got["warnings"])

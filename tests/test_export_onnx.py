@@ -96,3 +96,48 @@ def test_greedy_loop_over_onnxruntime_gives_our_tokens(onnx_export):
     runner = OnnxRunner(folder)
     assert runner.generate(prompts, 30, stop_tokens=(tok.eos_id,)) == ours  # a left-padded batch
     assert [runner.generate([p], 30, stop_tokens=(tok.eos_id,))[0] for p in prompts] == ours
+
+
+OPTIMUM_SNIPPET = """
+import json, sys
+from optimum.onnxruntime import ORTModelForCausalLM
+from transformers import AutoTokenizer
+
+folder, prompts = sys.argv[1], json.loads(sys.argv[2])
+tok = AutoTokenizer.from_pretrained(folder)
+model = ORTModelForCausalLM.from_pretrained(folder)
+greedy = []
+for p in prompts:
+    inputs = tok(p, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=16)
+    greedy.append(out[0, inputs["input_ids"].shape[1]:].tolist())
+print(json.dumps({"greedy": greedy, "use_cache": model.can_use_cache, "merged": model.is_merged}))
+"""
+
+
+@pytest.fixture(scope="module")
+def optimum_python(tmp_path_factory):
+    """optimum-onnx pins transformers<4.58, so it gets its own venv (transformers at pyproject's floor),
+    seeing torch and onnxruntime from this project's environment."""
+    from test_packaging import fresh_venv
+
+    return fresh_venv(tmp_path_factory.mktemp("optimum"),
+                      ["optimum-onnx==0.1.0", "optimum==2.1.*", "transformers==4.45.*", "tokenizers>=0.20,<0.21",
+                       "huggingface_hub>=0.23.2,<1.0"])
+
+
+def test_optimum_loads_the_export_with_its_defaults_and_gives_our_greedy_tokens(onnx_export, optimum_python):
+    import os
+    import subprocess
+
+    loaded, folder = onnx_export
+    prompts = ["def export(", "class OnnxRunner:\n    def"]
+    ours = generate(loaded.model, [loaded.tokenizer.encode(p) for p in prompts],
+                    SamplingParams(max_new_tokens=16, temperature=0, stop_tokens=(loaded.tokenizer.eos_id,)))
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([str(optimum_python), "-c", OPTIMUM_SNIPPET, str(folder), json.dumps(prompts)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["use_cache"] is True and got["merged"] is False
+    assert got["greedy"] == ours
