@@ -2,21 +2,33 @@
 
 Open the app, check that bad fields are refused, start a tiny training on an uploaded corpus, watch the
 progress rise and the loss plot update, refuse a second Start, stop it, see the checkpoint listed, generate
-text from it, push it to the local hub and see the version. A screenshot of each tab goes to
-artifacts/screenshots/ (gitignored) to be looked at.
+text from it, push it to the local hub and see the version. Then the journeys around a run's identity and
+lifetime: push a run that is not the newest and get its weights, a run resumed from the command line shown
+live and stopped from the app, corpora that would fail refused before starting, a diverged run marked.
+
+Screenshots of every tab at 1280x800 and 390x844 go to artifacts/screenshots/ (gitignored), or to the folder
+named by OPENLLM_SCREENSHOTS (``OPENLLM_SCREENSHOTS=docs/img`` refreshes the ones docs/app.md shows).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from openllm.app.runner import child_env
+
 REPO = Path(__file__).resolve().parent.parent
-SHOTS = REPO / "artifacts" / "screenshots"
+SHOTS = Path(os.environ.get("OPENLLM_SCREENSHOTS") or REPO / "artifacts" / "screenshots")
+if not SHOTS.is_absolute():
+    SHOTS = REPO / SHOTS
+TABS = ["Train", "Monitor", "Generate", "Models", "Help"]
 CHROMIUM = "/usr/bin/chromium"
 
 pytestmark = [
@@ -121,9 +133,23 @@ def _plot_src(page) -> str:
 
 
 def _shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    out = REPO / "artifacts" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
     time.sleep(0.5)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+
+
+def _tab_shots(page, label: str) -> None:
+    """Every tab, reached by clicking its button (so a tab hidden at this width fails the test), saved to
+    SHOTS/app-TAB-LABEL.png."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for tab in TABS:
+        button = page.get_by_role("tab", name=tab)
+        button.scroll_into_view_if_needed()
+        assert button.is_visible(), f"the {tab} tab cannot be reached at {label}"
+        button.click()
+        time.sleep(1.5)
+        page.screenshot(path=str(SHOTS / f"app-{tab.lower()}-{label}.png"), full_page=False)
 
 
 def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
@@ -146,6 +172,7 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
         page.click("#start-btn")
         _wait_text(page, "#train-msg", "Learning rate: must be greater than 0", 20)
         _fill(page, "lr", 0.003)
+        page.click("#advanced")  # the settings beyond the basic ones
         _fill(page, "steps", 10.5)
         page.click("#start-btn")
         _wait_text(page, "#train-msg", "Steps: must be a whole number", 20)
@@ -167,19 +194,19 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
         page.locator("#corpus-upload input[type=file]").set_input_files(str(corpus))
         page.wait_for_function("document.querySelector('#corpus-upload') && "
                                "document.querySelector('#corpus-upload').innerText.includes('psalms_and_more')")
-        _shot(page, "1-train")
+        _wait_text(page, "#corpus-check", "ready to train", 60)
         page.click("#start-btn")
-        _wait_text(page, "#train-msg", "Started run 'e2e'", 30)
-        page.click("#start-btn")  # a second Start while it runs
-        _wait_text(page, "#train-msg", "still training", 30)
+        # the app follows the new run in the Monitor tab, with the message in view
+        _wait_text(page, "#monitor-banner", "Started run 'e2e'", 30)
+        page.wait_for_function("document.querySelector('#start-btn').disabled", timeout=20_000)  # no second Start
 
         # --- Monitor: progress rises, the plot updates ---------------------------------------------------------
-        page.get_by_role("tab", name="Monitor").click()
         deadline = time.time() + 150
         first_src, first_step = "", -1
         while time.time() < deadline:
             m = _monitor(page)
-            assert m["state"] in ("running", ""), f"the run ended early: {page.locator('#monitor-html').inner_text()}"
+            assert m["state"] in ("queued", "preparing", "training", ""), \
+                f"the run ended early: {page.locator('#monitor-html').inner_text()}"
             src = _plot_src(page)
             if m["step"] >= 1 and m["points"] > 0 and not first_src:
                 first_src, first_step = src, m["step"]
@@ -197,6 +224,7 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
 
         # --- Stop: graceful, with a checkpoint -----------------------------------------------------------------
         page.get_by_role("tab", name="Train").click()
+        page.wait_for_function("!document.querySelector('#stop-btn').disabled", timeout=20_000)
         page.click("#stop-btn")
         _wait_text(page, "#train-msg", "Stopping 'e2e'", 20)
         page.get_by_role("tab", name="Monitor").click()
@@ -236,7 +264,9 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
         _fill(page, "push-repo", "tester/tiny-e2e")
         _fill(page, "push-version", "v1")
         page.click("#push-btn")
-        _wait_text(page, "#push-msg", "Pushed 'e2e' to tester/tiny-e2e@v1", 120)
+        _wait_text(page, "#push-preview", f"checkpoint step {stopped_at}", 20)
+        _wait_text(page, "#push-msg", f"Pushed 'e2e' checkpoint step {stopped_at}", 120)
+        assert "to tester/tiny-e2e@v1" in page.locator("#push-msg").inner_text()
         _wait_text(page, "#hub-table", "tester/tiny-e2e", 20)
         assert "v1" in page.locator("#hub-table").inner_text()
         page.click("#push-btn")  # versions are immutable
@@ -269,3 +299,144 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
     assert (ws / "corpora" / "uploads").is_dir() and any((ws / "corpora" / "uploads").iterdir())
     print(f"browser test took {time.time() - t0:.0f} s; screenshots in {SHOTS}")
     shutil.rmtree(ws / "jobs" / "e2e" / "data", ignore_errors=True)
+
+
+def _weights_digest(source) -> str:
+    """sha256 over a model's tensors (names sorted), whatever folder format holds them."""
+    import hashlib
+
+    from openllm import load
+
+    model = load(str(source), device="cpu").model
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_run_identity_cli_runs_corpus_checks_and_divergence_in_a_browser(app_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from openllm.app.forms import CORPUS_WORKSPACE, parse_train_form, preset_fields
+    from openllm.hub import pull_model
+
+    demo, url, ws = app_server
+    runner = demo.openllm_runner
+    _corpus(ws / "corpora" / "bible.txt", chapters=60)
+
+    def train(name, **over):
+        values = {**preset_fields("tiny"), "preset": "tiny", "run_name": name, "corpus_kind": CORPUS_WORKSPACE,
+                  "corpus_path": "corpora/bible.txt", "upload": None, "vocab_size": 400, "max_steps": 12,
+                  "batch_size": 2, "warmup_steps": 1, "eval_every": 4, "save_every": 1000, **over}
+        runner.start(parse_train_form(values))
+        assert runner.wait(400), f"{name} did not end"
+        time.sleep(1.1)  # the next run is newer by its folder's time
+
+    train("run-1")
+    train("run-2")
+    train("wild", lr=1.0, grad_clip=0, warmup_steps=0, max_steps=30)  # the issue's diverging settings
+    assert [runner.status(n).state for n in ("run-1", "run-2")] == ["finished", "finished"]
+    assert ws.joinpath("runs").exists() and runner.ws.run_names()[1] == "run-2"
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(30_000)
+        page.goto(url)
+        page.wait_for_selector("#start-btn")
+        time.sleep(1)
+
+        # --- a diverged run is marked diverged, with what to change ---------------------------------------------
+        page.get_by_role("tab", name="Monitor").click()
+        _select(page, "monitor-run", "wild")
+        page.wait_for_selector("#run-state[data-state=diverged]", timeout=20_000)
+        assert "lower the learning rate" in page.locator("#run-warning").inner_text()
+
+        # --- run identity: pick run-1 while run-2 is newer; the choice survives tabs and a reload -------------
+        page.get_by_role("tab", name="Models").click()
+        _select(page, "push-run", "run-1")
+        _wait_text(page, "#push-preview", "run run-1, checkpoint step 12", 20)
+        page.get_by_role("tab", name="Generate").click()
+        time.sleep(1)
+        page.get_by_role("tab", name="Models").click()
+        time.sleep(2)
+        assert page.locator("#push-run input").input_value() == "run-1"
+        page.reload()
+        page.wait_for_selector("#start-btn")
+        page.get_by_role("tab", name="Models").click()
+        time.sleep(2)
+        assert page.locator("#push-run input").input_value() == "run-1"
+        shown = page.locator("#push-what").get_attribute("data-sha256")
+        _fill(page, "push-repo", "tester/pick")
+        _fill(page, "push-version", "v1")
+        page.click("#push-btn")
+        _wait_text(page, "#push-msg", "Pushed 'run-1' checkpoint step 12", 120)
+        assert page.locator("#push-run input").input_value() == "run-1"
+
+        # --- a resume started from the command line: shown live, Start refused, stopped from the app ---------
+        run2_digest = _weights_digest(ws / "runs" / "run-2" / "checkpoints" / "step_00000012")
+        cli = subprocess.Popen([sys.executable, "-m", "openllm", "train", "--out", str(ws / "runs" / "run-2"),
+                                "--max-steps", "2000", "--no-progress"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+        try:
+            page.get_by_role("tab", name="Monitor").click()
+            _select(page, "monitor-run", "run-2")
+            page.wait_for_selector("#monitor-view[data-external=true][data-state=training]", timeout=120_000)
+            # stop once it trains (past its checkpoint at step 12), so that the stop is the trainer's graceful one
+            page.wait_for_function("Number(document.querySelector('#monitor-view').dataset.step) > 13",
+                                   timeout=120_000)
+            assert f"PID {cli.pid}" in page.locator("#run-holder").inner_text()
+            assert "started outside the app" in page.locator("#log-tail textarea").input_value()
+            page.wait_for_function("document.querySelector('#start-btn').disabled", timeout=20_000)
+            page.wait_for_function("!document.querySelector('#monitor-stop').disabled", timeout=20_000)
+            page.click("#monitor-stop")
+            _wait_text(page, "#monitor-banner", "Stopping 'run-2'", 20)
+            page.wait_for_selector("#monitor-view[data-state=stopped]", timeout=120_000)
+            assert cli.wait(60) == 0
+        finally:
+            cli.kill()
+        page.wait_for_function("!document.querySelector('#start-btn').disabled", timeout=20_000)
+
+        # --- corpora that would fail are refused before anything starts -------------------------------------
+        page.get_by_role("tab", name="Train").click()
+        (ws / "corpora" / "empty.txt").write_text("")
+        page.get_by_text("A file or folder in the workspace").click()
+        _fill(page, "corpus-path", "corpora/empty.txt")
+        _wait_text(page, "#corpus-check", "the corpus is empty", 30)
+        _fill(page, "run-name", "nope")
+        page.click("#start-btn")
+        _wait_text(page, "#train-msg", "Corpus: the corpus is empty", 30)
+        records = tmp_path / "records.jsonl"
+        records.write_text("".join(json.dumps({"id": str(i), "body": f"Record {i} holds a sentence long enough "
+                                               "to be kept when the corpus is cleaned."}) + "\n" for i in range(40)))
+        page.get_by_text("An uploaded file").click()
+        page.locator("#corpus-upload input[type=file]").set_input_files(str(records))
+        _wait_text(page, "#corpus-check", "no text field 'text'", 60)
+        page.click("#start-btn")
+        _wait_text(page, "#train-msg", "no text field 'text'", 30)
+        assert "--" not in page.locator("#train-msg").inner_text()  # the app's words, not the CLI's
+        assert not (ws / "runs" / "nope").exists()
+        _select(page, "text-field", "body")
+        _wait_text(page, "#corpus-check", "ready to train", 60)
+        assert "Record 0 holds" in page.locator("#corpus-check").inner_text()
+
+        # --- screenshots of every tab, wide and phone-sized -----------------------------------------------------
+        page.get_by_role("tab", name="Monitor").click()
+        _select(page, "monitor-run", "run-2")
+        _tab_shots(page, "1280")
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.reload()
+        page.wait_for_selector("#start-btn")
+        time.sleep(1)
+        _tab_shots(page, "390")
+        browser.close()
+
+    # the pushed version holds run-1's checkpoint, not the newest run's
+    pulled = pull_model("tester/pick@v1", out=tmp_path / "pulled")
+    run1 = ws / "runs" / "run-1" / "checkpoints" / "step_00000012"
+    from openllm.hashing import sha256_file
+
+    assert shown == sha256_file(run1 / "model.safetensors")
+    assert _weights_digest(pulled) == _weights_digest(run1) != run2_digest

@@ -643,7 +643,8 @@ def run_state(run_dir: str | os.PathLike) -> RunState:
         cfg = read_json(run / CONFIG)
         vocab = (cfg.get("model") or {}).get("vocab_size")
         warning = divergence(read_metrics(run), vocab if isinstance(vocab, int) else None, cfg)
-        if warning is None and state == FAILED and re.search(r"\b(loss|gradient norm) -?(nan|inf)\b", str(error)):
+        nan_error = re.search(r"training diverged|\b(loss|gradient norm) -?(nan|inf)\b", str(error))
+        if warning is None and state == FAILED and nan_error:
             warning = divergence([{"loss": float("nan")}], None, cfg)
         if warning and (state != STOPPED or "NaN" in warning):
             state, error = DIVERGED, None

@@ -5,6 +5,7 @@ the build copies it to ``HELP.md`` beside ``training/`` (``training/../HELP.md``
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 __all__ = ["help_candidates", "load_help", "FALLBACK"]
@@ -26,12 +27,14 @@ def help_candidates(pkg_dir: Path = _PKG_DIR) -> list[Path]:
 
 
 def load_help(pkg_dir: Path = _PKG_DIR) -> str:
-    """The guide's Markdown (its first '# ' title dropped: the tab already says Help), or FALLBACK."""
+    """The guide's Markdown (its first '# ' title and its ``help:skip`` sections dropped), or FALLBACK."""
     for path in help_candidates(pkg_dir):
         try:
             text = path.read_text(encoding="utf-8")
         except OSError:
             continue
+        # what only makes sense in the repository (screenshots of the app itself) is marked to be left out
+        text = re.sub(r"<!-- help:skip -->.*?<!-- /help:skip -->", "", text, flags=re.S)
         lines = text.splitlines()
         if lines and lines[0].startswith("# "):
             lines = lines[1:]
