@@ -290,3 +290,49 @@ def test_the_oldest_and_newest_transformers_behave_alike(hf_export, transformers
         assert got["chat"] == [apply_chat_template(m) for m in CHATS], got["version"]
         assert got["model_max_length"] == loaded.config.model.max_seq_len and got["padding_side"] == "left"
         assert not [w for w in got["warnings"] if "max_length" in w], (got["version"], got["warnings"])
+
+
+@pytest.mark.slow
+def test_a_merged_peft_fine_tune_saved_by_transformers_generates_with_openllm(hf_export, tmp_path):
+    """20 LoRA steps with peft on the export, merge_and_unload, save_pretrained (transformers writes
+    tokenizer.json but no tokenizer.model): ``openllm generate`` on that folder prints transformers' greedy
+    continuation."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    from conftest import run_cli
+
+    run, out = hf_export
+    tok = AutoTokenizer.from_pretrained(out)
+    model = _auto_model(out).train()
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                  target_modules=["q_proj", "v_proj", "down_proj"]))
+    batch = tok(["def export(source, out, formats):\n    return folders\n"] * 4, return_tensors="pt")
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(20):
+        loss = peft_model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    merged = peft_model.merge_and_unload().eval()
+    saved = tmp_path / "merged"
+    merged.save_pretrained(saved)
+    tok.save_pretrained(saved)
+    (saved / "tokenizer.model").unlink(missing_ok=True)
+    assert not (saved / "openllm.json").exists()
+
+    prompt = "def export("
+    inputs = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        ids = merged.generate(**inputs, max_new_tokens=20, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    want = prompt + tok.decode(ids, skip_special_tokens=True)
+    # the fine-tune changed the model: its continuation is not the export's
+    before = _auto_model(out).generate(**inputs, max_new_tokens=20, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    assert before.tolist() != ids.tolist()
+    res = run_cli("generate", str(saved), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "20",
+                  "--device", "cpu")
+    assert res.stdout.rstrip("\n") == want
