@@ -382,5 +382,58 @@ def test_muon_ddp_and_fsdp_two_processes_match_one(tmp_path, data):
         for ra, rb in zip(ref, got):
             assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6), (name, ra["step"])
         w = load_file(tmp_path / name / "checkpoints/step_00000006/model.safetensors")
-        for k in w_ref:
-            torch.testing.assert_close(w[k], w_ref[k], rtol=1e-4, atol=2e-5, msg=f"{name} {k}")
+        # Newton-Schulz runs in bf16: reduction-order differences in the gradients flip bf16 roundings, so the
+        # weights agree to a fraction of one update (lr 0.02); the exact check is the next test
+        worst = max(float((w[k] - w_ref[k]).abs().max()) for k in w_ref)
+        assert worst < 5e-3, (name, worst)
+
+
+_FSDP_STEP = """
+import torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from openllm.config import ModelConfig, TrainConfig
+from openllm.model import Transformer
+from openllm.optim import build_optimizer, set_lr
+dist.init_process_group("gloo")
+cfg = ModelConfig(vocab_size=64, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
+tc = TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02)
+torch.manual_seed(0)
+ref = Transformer(cfg)
+sharded = Transformer(cfg)
+sharded.load_state_dict(ref.state_dict())
+for block in sharded.layers:
+    fully_shard(block)
+fully_shard(sharded)
+opt_ref, opt = build_optimizer(ref, tc, "cpu"), build_optimizer(sharded, tc, "cpu")
+names = [n for n, _ in ref.named_parameters()]
+for step in range(3):
+    g = torch.Generator().manual_seed(step)
+    grads = {n: torch.randn(p.shape, generator=g) for n, p in ref.named_parameters()}
+    for (n, p), (_, q) in zip(ref.named_parameters(), sharded.named_parameters()):
+        p.grad = grads[n].clone()
+        q.grad = torch.distributed.tensor.distribute_tensor(grads[n], q.device_mesh, q.placements)
+    for o in (opt_ref, opt):
+        set_lr(o, 1e-3)
+        o.step()
+        o.zero_grad()
+worst = max(float((q.full_tensor() - p).abs().max()) for p, q in zip(ref.parameters(), sharded.parameters()))
+if dist.get_rank() == 0:
+    print("WORST", worst)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_muon_step_on_fsdp2_shards_equals_the_unsharded_step(tmp_path):
+    """The same gradients given to a plain model and to its FSDP2 (row-sharded, uneven) copy on 2 gloo ranks:
+    Muon must orthogonalise each full matrix, so the parameters stay identical."""
+    import os
+    import subprocess
+
+    script = tmp_path / "fsdp_step.py"
+    script.write_text(_FSDP_STEP)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert float(res.stdout.split("WORST")[1].split()[0]) == 0.0, res.stdout

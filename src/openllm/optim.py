@@ -83,10 +83,21 @@ def muon_param_names(model: nn.Module) -> list[str]:
     return [name for name, _, _ in _muon_matrices(model)]
 
 
-def _newton_schulz():
+_COMPILED_NS = None
+
+
+def _newton_schulz(device: torch.device):
+    """torch.optim.Muon's Newton-Schulz iteration and shape scaling; on CUDA the iteration is compiled (its
+    15 small matmuls and their elementwise neighbours otherwise cost one kernel launch each)."""
+    global _COMPILED_NS
     from torch.optim import _muon
 
-    return _muon._zeropower_via_newtonschulz, _muon._adjust_lr
+    zeropower = _muon._zeropower_via_newtonschulz
+    if device.type == "cuda":
+        if _COMPILED_NS is None:
+            _COMPILED_NS = torch.compile(zeropower, dynamic=False)
+        zeropower = _COMPILED_NS
+    return zeropower, _muon._adjust_lr
 
 
 class Muon(torch.optim.Muon):
@@ -103,7 +114,6 @@ class Muon(torch.optim.Muon):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        zeropower, adjust_lr = _newton_schulz()
         for group in self.param_groups:
             lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
             for p in group["params"]:
@@ -117,6 +127,7 @@ class Muon(torch.optim.Muon):
                 buf.lerp_(grad, 1 - mom)
                 update = grad.lerp(buf, mom) if group["nesterov"] else buf
                 full = update.full_tensor() if hasattr(update, "full_tensor") else update
+                zeropower, adjust_lr = _newton_schulz(full.device)
                 parts = []
                 for part in full.split(self.splits.get(p, [full.shape[0]]), dim=0):
                     o = zeropower(part, group["ns_coefficients"], group["ns_steps"], group["eps"])

@@ -1,0 +1,476 @@
+"""Speedrun: tokens and wall time to a fixed val loss, AdamW vs Muon vs Muon + recipe; plus the MFU and peak
+memory of ``openllm train`` with and without the fused kernels, and a GPU parity check of those kernels.
+
+Subcommands (run from the repository root with ``PYTHONPATH=src``):
+
+``prepare --out DATA``
+    The fixed corpus, assembled offline: the embedded King James Bible (``openllm.corpus``) plus, when the
+    folder exists, Tiny Shakespeare, WikiText-2 (test) and LAMBADA (test) from ``../shared/data``. Each
+    input's sha256 is recorded; ``openllm prepare-data`` splits documents by hash (5% to val, the fixed
+    held-out split), an 8,192-piece BPE tokenizer is trained on the train split and both splits are
+    tokenized. ``DATA/corpus.json`` names the inputs and the sha256 of the train and val token streams.
+``run --data DATA --out OUT``
+    Trains each config (``small``, ``medium`` shapes, vocabulary from the data) with each variant from the
+    same seed for the same number of steps, evaluates the whole val split every ``--eval-every`` steps, and
+    reports tokens and training wall time (evaluation excluded, compilation included) to ``--target``,
+    tokens/s and MFU. Writes ``OUT/speedrun.json`` and the curves ``OUT/speedrun.png``.
+``mfu --data DATA --out OUT``
+    ``openllm train`` itself (``openllm.train.train``) on the medium preset for a few dozen steps, plain and
+    with each fused option: median tokens/s after compilation, MFU and peak GPU memory.
+``check-kernels``
+    GPU: every fused path against the plain one (loss and gradients, bf16 autocast).
+``plot --results OUT/speedrun.json``
+    Redraw the PNG (and print the table) from saved results, e.g. for another ``--target``.
+
+Variants: ``adamw`` (the presets' AdamW and cosine schedule), ``muon`` (only ``train.optimizer=muon``) and
+``recipe`` (Muon plus untied head, zero-initialised projections, WSD schedule, batch-size warmup and
+document-aligned windows).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+SHARED_FILES = ["tinyshakespeare.txt", "wikitext2_raw_test.txt", "lambada_test.jsonl"]
+
+VARIANTS = {
+    "adamw": {"train": {}, "model": {}},
+    "muon": {"train": {"optimizer": "muon"}, "model": {}},
+    "recipe": {"train": {"optimizer": "muon", "schedule": "wsd", "decay_fraction": 0.4, "min_lr": 0.0,
+                         "batch_warmup_steps": None, "doc_aligned": True},
+               "model": {"tie_embeddings": False, "zero_init_proj": True}},
+}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _openllm(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "openllm", *args], check=True)
+
+
+# --- prepare ------------------------------------------------------------------------------------------------
+
+def prepare(out: Path, vocab: int, shared: Path) -> dict:
+    from openllm.corpus import EMBEDDED_CORPUS, write_embedded_corpus
+
+    raw = out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    inputs = [write_embedded_corpus(raw / "kjv.jsonl")]
+    sources = [{"file": "kjv.jsonl", "what": f"embedded corpus ({EMBEDDED_CORPUS['package']} "
+                                             f"{EMBEDDED_CORPUS['version']})"}]
+    for name in SHARED_FILES:
+        src = shared / name
+        if src.is_file():
+            shutil.copyfile(src, raw / name)
+            inputs.append(raw / name)
+            sources.append({"file": name, "what": f"{shared}/{name}"})
+    for s in sources:
+        s["sha256"] = _sha256(raw / s["file"])
+        s["bytes"] = (raw / s["file"]).stat().st_size
+    _openllm("prepare-data", *map(str, inputs), "--out", str(out / "prepared"), "--val-fraction", "0.05",
+             "--quiet")
+    _openllm("train-tokenizer", "--data", str(out / "prepared"), "--vocab-size", str(vocab),
+             "--out", str(out / "tokenizer"), "--seed", "0", "--quiet")
+    _openllm("tokenize", "--data", str(out / "prepared"), "--tokenizer", str(out / "tokenizer"),
+             "--out", str(out / "tokens"), "--quiet")
+    meta = json.loads((out / "tokens" / "meta.json").read_text())
+    info = {"sources": sources, "vocab_size": meta["vocab_size"], "splits": {}}
+    for split in ("train", "val"):
+        h = hashlib.sha256()
+        for name in meta["splits"][split]["shards"]:
+            h.update((out / "tokens" / name).read_bytes())
+        info["splits"][split] = {"tokens": meta["splits"][split]["tokens"],
+                                 "documents": meta["splits"][split].get("documents"),
+                                 "sha256": h.hexdigest()}
+    (out / "corpus.json").write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(raw)
+    print(json.dumps(info, indent=2))
+    return info
+
+
+# --- run ----------------------------------------------------------------------------------------------------
+
+def _config(preset: str, variant: str, vocab: int, steps: int, micro: int, accum: int, seq: int):
+    from openllm.config import load_config
+
+    cfg = load_config(preset)
+    v = VARIANTS[variant]
+    train = {"max_steps": steps, "micro_batch_size": micro, "grad_accum_steps": accum, "seq_len": seq,
+             "warmup_steps": max(1, steps // 20), "compile": True, "optimizer": "adamw"}
+    for k, val in v["train"].items():
+        train[k] = max(1, steps // 10) if (k == "batch_warmup_steps" and val is None) else val
+    if train.get("batch_warmup_steps") and accum == 1:
+        train.pop("batch_warmup_steps")
+    return cfg.replace(model={"vocab_size": vocab, "max_seq_len": max(seq, cfg.model.max_seq_len), **v["model"]},
+                       train=train)
+
+
+def _val_loss(model, val, seq: int, batch: int, dev, precision) -> float:
+    import torch
+
+    from openllm.batches import SequentialWindows
+    from openllm.train import autocast_context
+
+    total, n = torch.zeros((), dtype=torch.float64, device=dev), 0
+    model.eval()
+    with torch.no_grad():
+        for x, y in SequentialWindows(val, batch, seq, device=dev):
+            with autocast_context(precision, dev):
+                loss = model(x, y, return_logits=False)
+            total += loss.double() * y.numel()
+            n += y.numel()
+    model.train()
+    return float(total) / n
+
+
+def run_one(data: Path, preset: str, variant: str, args, log) -> dict:
+    import torch
+
+    from openllm.batches import RandomWindowLoader, TokenShards
+    from openllm.kernels import apply_kernels
+    from openllm.metrics import device_peak_flops
+    from openllm.model import Transformer
+    from openllm.optim import build_optimizer, lr_at, set_lr
+    from openllm.train import autocast_context, resolve_precision
+
+    meta = json.loads((data / "meta.json").read_text())
+    cfg = _config(preset, variant, meta["vocab_size"], args.steps, args.micro, args.accum, args.seq)
+    tc = cfg.train
+    dev = torch.device(args.device)
+    precision = resolve_precision("auto", dev)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(tc.seed)
+    raw = Transformer(cfg.model).to(dev)
+    if dev.type == "cuda" and args.fused:
+        apply_kernels(raw, fused_loss="liger" if args.fused == "liger" else "chunked", device=dev)
+    model = torch.compile(raw) if (dev.type == "cuda" and not args.no_compile) else raw
+    opt = build_optimizer(raw, tc, dev)
+    loader = RandomWindowLoader(TokenShards(data, "train"), tc.micro_batch_size, args.seq, seed=tc.seed,
+                                device=dev, doc_aligned=tc.doc_aligned)
+    val = TokenShards(data, "val")
+    fpt = raw.flops_per_token(args.seq)
+    peak = device_peak_flops(dev)
+    params = list(raw.parameters())
+    curve, tokens, train_s = [], 0, 0.0
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    target_hit = None
+    sync()
+    t0 = time.perf_counter()
+    for step in range(tc.max_steps):
+        accum = tc.grad_accum_steps
+        if step < tc.batch_warmup_steps:
+            accum = max(1, math.ceil(tc.grad_accum_steps * (step + 1) / tc.batch_warmup_steps))
+        set_lr(opt, lr_at(step, tc))
+        for _ in range(accum):
+            x, y = loader.next()
+            with autocast_context(precision, dev):
+                loss = model(x, y, return_logits=False) / accum
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += accum * tc.micro_batch_size * args.seq
+        if (step + 1) % args.eval_every == 0 or step + 1 == tc.max_steps:
+            sync()
+            train_s += time.perf_counter() - t0
+            vl = _val_loss(raw, val, args.seq, args.eval_batch, dev, precision)
+            curve.append({"step": step + 1, "tokens": tokens, "train_s": round(train_s, 3), "val_loss": vl,
+                          "loss": float(loss) * accum})
+            log(f"{preset}/{variant} step {step + 1} tokens {tokens:,} val {vl:.4f} ({train_s:.1f}s)")
+            if target_hit is None and vl <= args.target:
+                target_hit = curve[-1]
+            if not math.isfinite(vl):
+                break
+            sync()
+            t0 = time.perf_counter()
+    # throughput after compilation: the second half of the run's training time
+    half = [c for c in curve if c["step"] > tc.max_steps // 2]
+    if len(half) >= 2:
+        tps = (half[-1]["tokens"] - half[0]["tokens"]) / max(half[-1]["train_s"] - half[0]["train_s"], 1e-9)
+    else:
+        tps = tokens / max(train_s, 1e-9)
+    out = {"config": preset, "variant": variant, "params": raw.num_params(), "flops_per_token": fpt,
+           "steps": tc.max_steps, "tokens_per_step": tc.grad_accum_steps * tc.micro_batch_size * args.seq,
+           "train": {k: getattr(tc, k) for k in ("optimizer", "lr", "muon_lr", "schedule", "warmup_steps",
+                                                   "batch_warmup_steps", "doc_aligned")},
+           "model": {"tie_embeddings": cfg.model.tie_embeddings, "zero_init_proj": cfg.model.zero_init_proj},
+           "curve": curve, "best_val": min(c["val_loss"] for c in curve), "tokens_per_s": tps,
+           "mfu": (fpt * tps / peak) if peak else None,
+           "peak_mem_gib": (torch.cuda.max_memory_allocated(dev) / 2**30) if dev.type == "cuda" else None}
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    return out
+
+
+def to_target(result: dict, target: float) -> dict | None:
+    """Tokens and training seconds at the first evaluation whose val loss is at or below ``target``."""
+    for c in result["curve"]:
+        if c["val_loss"] <= target:
+            return c
+    return None
+
+
+def report(results: list[dict], target: float, png: Path | None) -> str:
+    lines = [f"target val loss {target}", "",
+             "| config | variant | params | tokens to target | x AdamW | train s to target | x AdamW | best val "
+             "| tokens/s | MFU |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base = {}
+    for r in results:
+        hit = to_target(r, target)
+        if r["variant"] == "adamw":
+            base[r["config"]] = hit
+        b = base.get(r["config"])
+        ratio_t = f"{hit['tokens'] / b['tokens']:.2f}" if hit and b else "-"
+        ratio_s = f"{hit['train_s'] / b['train_s']:.2f}" if hit and b else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+        lines.append(f"| {r['config']} | {r['variant']} | {r['params'] / 1e6:.1f}M | "
+                     f"{hit['tokens']:,} | {ratio_t} | {hit['train_s']:.1f} | {ratio_s} | " if hit else
+                     f"| {r['config']} | {r['variant']} | {r['params'] / 1e6:.1f}M | not reached | - | - | - | ")
+        lines[-1] += f"{r['best_val']:.4f} | {r['tokens_per_s']:,.0f} | {mfu} |"
+    text = "\n".join(lines)
+    if png is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        configs = sorted({r["config"] for r in results}, key=[r["config"] for r in results].index)
+        fig, axes = plt.subplots(1, len(configs), figsize=(6 * len(configs), 4.2), squeeze=False)
+        for ax, c in zip(axes[0], configs):
+            for r in results:
+                if r["config"] == c:
+                    ax.plot([p["tokens"] / 1e6 for p in r["curve"]], [p["val_loss"] for p in r["curve"]],
+                            label=r["variant"])
+            ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target}")
+            lo = min(p["val_loss"] for r in results if r["config"] == c for p in r["curve"])
+            ax.set_ylim(lo - 0.1, lo + 2.0)
+            ax.set_xlabel("training tokens (millions)")
+            ax.set_ylabel("val loss (nats/token)")
+            ax.set_title(c)
+            ax.legend()
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+    return text
+
+
+def cmd_run(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data)
+    results = []
+    for preset in args.configs.split(","):
+        for variant in args.variants.split(","):
+            results.append(run_one(data, preset, variant, args, lambda m: print(m, flush=True)))
+            (out / "speedrun.json").write_text(json.dumps({"target": args.target, "args": vars(args),
+                                                           "results": results}, indent=1))
+    print(report(results, args.target, out / "speedrun.png"))
+
+
+def cmd_plot(args) -> None:
+    saved = json.loads(Path(args.results).read_text())
+    target = args.target if args.target is not None else saved["target"]
+    png = Path(args.png) if args.png else Path(args.results).with_suffix(".png")
+    print(report(saved["results"], target, png))
+
+
+# --- mfu through openllm train --------------------------------------------------------------------------------
+
+MFU_VARIANTS = {
+    "plain": {},
+    "check_every": {"check_every": 5},
+    "chunked": {"check_every": 5, "fused_loss": "chunked"},
+    "liger_ce": {"check_every": 5, "fused_loss": "liger"},
+    "liger_all": {"check_every": 5, "fused_loss": "liger", "fused_ops": True},
+    "muon": {"check_every": 5, "optimizer": "muon"},
+    "muon_liger_ce": {"check_every": 5, "optimizer": "muon", "fused_loss": "liger"},
+}
+
+
+def cmd_mfu(args) -> None:
+    import torch
+
+    from openllm.rundir import read_metrics
+    from openllm.train import train
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data)
+    if args.data == "random":  # the preset's 32,000-token vocabulary, as in the earlier throughput runs
+        data = out / "random_tokens"
+        data.mkdir(exist_ok=True)
+        rng = np.random.default_rng(0)
+        splits = {}
+        for split, n in (("train", 8_000_000), ("val", 200_000)):
+            rng.integers(0, 32000, n, dtype=np.uint16).tofile(data / f"{split}_000.bin")
+            splits[split] = {"shards": [f"{split}_000.bin"], "tokens": n, "documents": 1}
+        (data / "meta.json").write_text(json.dumps({"vocab_size": 32000, "dtype": "uint16", "eos_id": 3,
+                                                    "tokenizer_sha256": None, "splits": splits}))
+    rows = []
+    for name in args.variants.split(","):
+        over = dict(MFU_VARIANTS[name])
+        micro = args.batch
+        train_over = {"micro_batch_size": micro, "grad_accum_steps": 1, "max_steps": args.steps, "log_every": 5,
+                      "eval_every": 100000, "save_every": 100000, "warmup_steps": 10, "compile": True, **over}
+        if args.optimizer:
+            train_over["optimizer"] = args.optimizer
+        torch.cuda.reset_peak_memory_stats()
+        run = out / f"mfu_{name}"
+        shutil.rmtree(run, ignore_errors=True)
+        t0 = time.time()
+        train(args.config, data_dir=data, out_dir=run, overrides={"train": train_over}, vocab_from_data=True,
+              progress=False, log=lambda m: print(m, flush=True))
+        peak_mem = torch.cuda.max_memory_allocated() / 2**30
+        recs = [r for r in read_metrics(run) if r["step"] > args.skip and "tokens_per_s" in r
+                and r["step"] < args.steps]
+        tps = float(np.median([r["tokens_per_s"] for r in recs]))
+        mfu = float(np.median([r["mfu"] for r in recs])) if recs and "mfu" in recs[0] else None
+        rows.append({"variant": name, "overrides": over, "micro_batch": micro, "tokens_per_s": tps, "mfu": mfu,
+                     "peak_mem_gib": peak_mem, "wall_s": time.time() - t0,
+                     "final_loss": read_metrics(run)[-1]["loss"]})
+        print(json.dumps(rows[-1]), flush=True)
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)
+        (out / "mfu.json").write_text(json.dumps(rows, indent=1))
+    print("| variant | micro-batch | tokens/s | MFU | peak memory | loss at end |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['micro_batch']} | {r['tokens_per_s']:,.0f} | "
+              f"{100 * r['mfu']:.1f}% | {r['peak_mem_gib']:.1f} GiB | {r['final_loss']:.4f} |")
+
+
+# --- kernel parity on the GPU --------------------------------------------------------------------------------
+
+def cmd_check_kernels(args) -> None:
+    import torch
+
+    from openllm.config import ModelConfig
+    from openllm.kernels import apply_kernels, chunked_linear_cross_entropy, liger_linear_cross_entropy
+    from openllm.model import Transformer
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    rel = lambda a, b: float((a.float() - b.float()).norm() / b.float().norm())  # noqa: E731
+    results = {}
+    # the loss alone: (tokens x width) hidden states against a (vocab x width) head, bf16 autocast
+    x = torch.randn(8192, 768, device=dev, requires_grad=True)
+    w = (torch.randn(32000, 768, device=dev) * 0.02).requires_grad_()
+    t = torch.randint(0, 32000, (8192,), device=dev)
+    t[:100] = -100
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = torch.nn.functional.cross_entropy((x @ w.t()).float(), t)
+    g_ref = torch.autograd.grad(ref, (x, w))
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    exact = torch.nn.functional.cross_entropy(x64 @ w64.t(), t)
+    g_exact = torch.autograd.grad(exact, (x64, w64))
+    for name, fn in (("plain_bf16", None), ("chunked", chunked_linear_cross_entropy),
+                     ("liger", liger_linear_cross_entropy)):
+        if fn is None:
+            loss, g = ref, g_ref
+        else:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = fn(x, w, t)
+            g = torch.autograd.grad(loss, (x, w))
+        results[f"ce/{name}"] = {"loss_abs_err_vs_fp64": abs(float(loss) - float(exact)),
+                                 "grad_x_rel_vs_fp64": rel(g[0], g_exact[0]),
+                                 "grad_w_rel_vs_fp64": rel(g[1], g_exact[1]),
+                                 "grad_x_rel_vs_plain": rel(g[0], g_ref[0]), "grad_w_rel_vs_plain": rel(g[1], g_ref[1])}
+    # whole model: plain vs each fused option, one forward/backward in bf16 autocast
+    cfg = ModelConfig(vocab_size=32000, d_model=768, n_layers=4, n_heads=12, d_ff=2560, max_seq_len=1024)
+    idx = torch.randint(0, 32000, (8, 1024), device=dev)
+    grads = {}
+    for name, kw in (("plain", {}), ("chunked", {"fused_loss": "chunked"}), ("liger_ce", {"fused_loss": "liger"}),
+                     ("liger_ops", {"fused_ops": True}), ("liger_all", {"fused_loss": "liger", "fused_ops": True})):
+        torch.manual_seed(1)
+        m = Transformer(cfg).to(dev)
+        apply_kernels(m, device=dev, **kw)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = m(idx, idx.roll(-1, 1), return_logits=False)
+        loss.backward()
+        grads[name] = (float(loss), {n: p.grad.detach().clone() for n, p in m.named_parameters()})
+    base_loss, base = grads["plain"]
+    for name, (loss, g) in grads.items():
+        if name == "plain":
+            continue
+        worst = max(rel(g[n], base[n]) for n in base)
+        results[f"model/{name}"] = {"loss": loss, "plain_loss": base_loss, "loss_rel": abs(loss - base_loss) / base_loss,
+                                    "worst_grad_rel_vs_plain": worst}
+    ok = all(v.get("worst_grad_rel_vs_plain", 0) < 2e-2 and v.get("loss_rel", 0) < 1e-2 for v in results.values())
+    for k, v in results.items():
+        print(k, json.dumps({a: (round(b, 7) if isinstance(b, float) else b) for a, b in v.items()}))
+    print("kernel parity (loss rel < 1e-2, gradients rel < 2e-2 against the plain bf16 path):",
+          "PASS" if ok else "FAIL")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--out", required=True)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--shared", default=str(SHARED))
+    r = sub.add_parser("run")
+    r.add_argument("--data", required=True, help="the tokens/ folder written by prepare")
+    r.add_argument("--out", required=True)
+    r.add_argument("--configs", default="small")
+    r.add_argument("--variants", default="adamw,muon,recipe")
+    r.add_argument("--steps", type=int, default=400)
+    r.add_argument("--micro", type=int, default=16)
+    r.add_argument("--accum", type=int, default=2)
+    r.add_argument("--seq", type=int, default=1024)
+    r.add_argument("--eval-every", type=int, default=10)
+    r.add_argument("--eval-batch", type=int, default=32)
+    r.add_argument("--target", type=float, default=4.0)
+    r.add_argument("--device", default="cuda")
+    r.add_argument("--fused", default="", help="'', chunked or liger: the fused loss for every variant")
+    r.add_argument("--no-compile", action="store_true")
+    m = sub.add_parser("mfu")
+    m.add_argument("--data", required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--config", default="medium")
+    m.add_argument("--batch", type=int, default=32)
+    m.add_argument("--steps", type=int, default=40)
+    m.add_argument("--skip", type=int, default=15, help="log records up to this step are compile warm-up")
+    m.add_argument("--variants", default=",".join(MFU_VARIANTS))
+    m.add_argument("--optimizer", default="")
+    k = sub.add_parser("check-kernels")
+    k.add_argument("--out", default="")
+    pl = sub.add_parser("plot")
+    pl.add_argument("--results", required=True)
+    pl.add_argument("--target", type=float)
+    pl.add_argument("--png", default="")
+    args = ap.parse_args(argv)
+    if args.cmd == "prepare":
+        prepare(Path(args.out), args.vocab, Path(args.shared))
+    elif args.cmd == "run":
+        cmd_run(args)
+    elif args.cmd == "mfu":
+        cmd_mfu(args)
+    elif args.cmd == "check-kernels":
+        cmd_check_kernels(args)
+    else:
+        cmd_plot(args)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
