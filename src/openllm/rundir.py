@@ -64,9 +64,10 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 # --- what a run folder is ----------------------------------------------------------------------------------
 
 def is_run(path: str | os.PathLike) -> bool:
-    """A training run's folder: it has ``checkpoints/``, or a ``config.json`` holding a full Config."""
+    """A training run's folder: it has ``checkpoints/``, a ``status.json`` or ``metrics.jsonl`` (a run that has
+    not saved yet), or a ``config.json`` holding a full Config."""
     path = Path(path)
-    if (path / CHECKPOINTS).is_dir():
+    if (path / CHECKPOINTS).is_dir() or (path / STATUS).is_file() or (path / METRICS).is_file():
         return True
     cfg = read_json(path / CONFIG)
     return isinstance(cfg.get("model"), dict) and isinstance(cfg.get("train"), dict) and "format" not in cfg

@@ -186,6 +186,7 @@ def resolve_run(
     """The run :func:`train` would do with these arguments (see there), checked against the data and the
     checkpoint; raises :class:`OpenLLMError` for what the user must fix."""
     out = Path(out_dir)
+    _check_out(out)
     resume_from = _find_resume(out, resume)
     state = ckpt_mod.load_state(resume_from) if resume_from is not None else {}
     resuming = resume_from is not None
@@ -241,9 +242,25 @@ def _as_config(config: Config | str | Path | Mapping[str, Any]) -> Config:
     return load_config(config)
 
 
+def _check_out(out: Path) -> None:
+    """A run folder belongs to its run: refuse a file, or a non-empty folder that is not a run."""
+    if out.exists() and not out.is_dir():
+        raise OpenLLMError(f"--out {out} is a file, not a folder: choose a new or empty folder for the run")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OpenLLMError(f"--out {out}: {parent} is a file, not a folder; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not rundir.is_run(out):
+        raise OpenLLMError(f"--out {out} is not empty and holds no training run (no checkpoints/, config.json "
+                           f"or status.json of a run): choose a new or empty folder; nothing was written")
+
+
 def _find_resume(out_dir: Path, resume: bool | str | Path | None) -> Path | None:
     if resume is None or resume is True:
-        found = rundir.latest_checkpoint(out_dir)
+        found = ckpt_mod.latest_intact_checkpoint(out_dir, warn=_warn)
+        latest = rundir.latest_checkpoint(out_dir)
+        if found is None and latest is not None:
+            raise OpenLLMError(f"every checkpoint in {out_dir / rundir.CHECKPOINTS} is damaged (see above): "
+                               f"train into another --out folder, or restore a checkpoint")
         if resume is True and found is None:
             raise OpenLLMError(f"--resume: {out_dir} holds no checkpoint to resume from "
                                f"(nothing in {out_dir / 'checkpoints'}); leave out --resume to start the run")
@@ -255,11 +272,16 @@ def _find_resume(out_dir: Path, resume: bool | str | Path | None) -> Path | None
                                f"or train into another --out folder")
         return None
     path = Path(resume)
-    if (path / "checkpoints").is_dir():
+    if (path / rundir.CHECKPOINTS).is_dir():
         path = rundir.latest_checkpoint(path) or path
-    if not (path / "state.json").is_file():
+    if not (path / rundir.STATE).is_file():
         raise OpenLLMError(f"--resume {resume}: not a checkpoint folder (no state.json)")
+    ckpt_mod.verify_checkpoint(path)  # a checkpoint named by the user is used as it is, or refused
     return path
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 # --- the in-training val-loss estimate ----------------------------------------------------------------
