@@ -186,6 +186,8 @@ def test_a_folder_saved_by_transformers_loads_with_its_tokenizer_json(hf_export,
     (saved / "tokenizer.model").unlink(missing_ok=True)
     a, b = openllm.load(run), openllm.load(saved)
     assert type(b.tokenizer).__name__ == "HFJsonTokenizer"
+    # data tokenized with the original tokenizer.model still matches (evaluate checks this checksum)
+    assert b.tokenizer.sha256 == a.tokenizer.sha256
     assert (b.tokenizer.bos_id, b.tokenizer.eos_id, b.tokenizer.pad_id) == (2, 3, 0)
     for text in TEXTS:
         assert b.tokenizer.encode(text) == a.tokenizer.encode(text), text
@@ -336,3 +338,8 @@ def test_a_merged_peft_fine_tune_saved_by_transformers_generates_with_openllm(hf
     res = run_cli("generate", str(saved), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "20",
                   "--device", "cpu")
     assert res.stdout.rstrip("\n") == want
+    # openllm evaluate takes the folder too
+    text = tmp_path / "eval.txt"
+    text.write_text("\n".join(TEXTS[:3]) * 4, encoding="utf-8")
+    res = run_cli("evaluate", str(saved), "--text", str(text), "--device", "cpu")
+    assert "val" in res.stdout.lower() and "Traceback" not in res.stderr

@@ -197,8 +197,8 @@ class HFJsonTokenizer:
         self.json_path = Path(json_path)
         self.dir = self.json_path.parent
         self._hf = HFTokenizer.from_file(str(self.json_path))
-        self.sha256 = sha256_file(self.json_path)
         names = dict(SPECIAL_TOKENS)
+        recorded: dict = {}
         for side in ("special_tokens_map.json", "tokenizer_config.json"):
             f = self.dir / side
             if f.is_file():
@@ -206,6 +206,8 @@ class HFJsonTokenizer:
                     data = json.loads(f.read_text(encoding="utf-8"))
                 except ValueError:
                     continue
+                if side == "tokenizer_config.json":
+                    recorded = data
                 for key in names:
                     value = data.get(f"{key}_token")
                     value = value.get("content") if isinstance(value, dict) else value
@@ -217,6 +219,11 @@ class HFJsonTokenizer:
         self.pad_id = ids["pad"] if ids["pad"] is not None else ids["eos"]
         self.unk_id, self.bos_id, self.eos_id = ids["unk"], ids["bos"], ids["eos"]
         self._names = names
+        # the SentencePiece model's checksum when these files were built from it and the vocabulary is unchanged
+        # (data tokenized with that model is checked against it), else this file's own
+        same = recorded.get("openllm_vocab_size") == self.vocab_size
+        self.sha256 = recorded.get("openllm_tokenizer_sha256") if same else None
+        self.sha256 = self.sha256 or sha256_file(self.json_path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "HFJsonTokenizer":
@@ -585,11 +592,17 @@ def build_hf_tokenizer(model_path: str | os.PathLike):
     return tok
 
 
-def hf_tokenizer_config(*, model_max_length: int | None = None) -> dict:
+def hf_tokenizer_config(*, model_max_length: int | None = None, sentencepiece_sha256: str | None = None,
+                        vocab_size: int | None = None) -> dict:
     """``tokenizer_config.json`` for our tokenizer: the same behaviour on every transformers we admit (4.45 to
     5.x): no ``token_type_ids`` (Llama takes none, and generate() refuses unknown inputs), left padding (a batch
     of prompts then ends where generation starts), the chat template, and ``model_max_length`` = the model's
-    context when known (so ``truncation=True`` cuts there)."""
+    context when known (so ``truncation=True`` cuts there). ``sentencepiece_sha256``/``vocab_size`` record which
+    ``tokenizer.model`` the files were built from (transformers keeps unknown keys when it saves a tokenizer), so
+    a folder saved without ``tokenizer.model`` still matches data tokenized with it."""
+    provenance = {}
+    if sentencepiece_sha256:
+        provenance = {"openllm_tokenizer_sha256": sentencepiece_sha256, "openllm_vocab_size": int(vocab_size or 0)}
     return {
         # the generic fast class loads tokenizer.json as written; a model-specific class would rebuild the pipeline
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -604,6 +617,7 @@ def hf_tokenizer_config(*, model_max_length: int | None = None) -> dict:
         "model_max_length": int(model_max_length) if model_max_length else 1_000_000_000,
         "padding_side": "left",
         "chat_template": CHAT_TEMPLATE,
+        **provenance,
     }
 
 
@@ -615,6 +629,7 @@ def write_hf_files(model_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     write_bytes_atomic(out / "tokenizer.json", tok.to_str(pretty=True).encode())
     special = {"bos_token": SPECIAL_TOKENS["bos"], "eos_token": SPECIAL_TOKENS["eos"],
                "unk_token": SPECIAL_TOKENS["unk"], "pad_token": SPECIAL_TOKENS["pad"]}
-    config = hf_tokenizer_config(model_max_length=model_max_length)
+    config = hf_tokenizer_config(model_max_length=model_max_length, sentencepiece_sha256=sha256_file(model_path),
+                                 vocab_size=tok.get_vocab_size(with_added_tokens=True))
     write_bytes_atomic(out / "tokenizer_config.json", (json.dumps(config, indent=2) + "\n").encode())
     write_bytes_atomic(out / "special_tokens_map.json", (json.dumps(special, indent=2) + "\n").encode())
