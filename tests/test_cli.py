@@ -1,4 +1,6 @@
 import argparse
+import os
+import sys
 
 import torch
 from conftest import run_cli
@@ -128,3 +130,32 @@ def test_bad_device_is_one_line(tmp_path, capsys):
     rc = main(["generate", str(tmp_path), "--prompt", "x", "--device", "gpu"])
     assert rc == 2
     assert capsys.readouterr().err == ("error: --device 'gpu' is not a device: use auto, cpu, cuda, cuda:N or mps\n")
+
+
+def test_an_unexpected_error_is_one_line_with_a_crash_log(tmp_path):
+    """A bug (here: a command whose run() divides by zero) prints one line naming the log that holds the
+    traceback; --debug shows the traceback itself."""
+    import subprocess
+
+    code = ("import sys, openllm.cli as cli, openllm.cli.info as m\n"
+            "m.run = lambda args: 1 / 0\n"
+            "sys.exit(cli.main(sys.argv[1:]))\n")
+    env = {**os.environ, "OPENLLM_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", code, "info", "tiny"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: openllm info failed unexpectedly (ZeroDivisionError: division by zero)")
+    (log,) = (tmp_path / "cache" / "logs").iterdir()
+    assert str(log) in line and "ZeroDivisionError" in log.read_text() and "openllm info tiny" in log.read_text()
+    debug = subprocess.run([sys.executable, "-c", code, "--debug", "info", "tiny"], capture_output=True, text=True,
+                           env=env)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_arguments_that_are_not_utf8_are_printed_escaped(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "openllm", "generate", os.fsencode(str(tmp_path)) + b"/\xff\xfe",
+                           "--prompt", "x"], capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    err = proc.stderr.decode("utf-8")
+    assert proc.returncode == 2 and "Traceback" not in err and err.startswith("error: ")

@@ -227,6 +227,7 @@ def test_bad_input(case: Case, base: Path, tmp_path: Path):
                 os.chmod(p, 0o755)
     err = proc.stderr.strip()
     assert "Traceback" not in err, f"{case.name}: traceback\n{err[-3000:]}"
+    assert "failed unexpectedly" not in err, f"{case.name}: an unexpected error\n{err[-3000:]}"
     if case.ok:
         assert proc.returncode == 0, f"{case.name}: exit {proc.returncode}\n{err[-2000:]}"
         assert case.match.lower() in err.lower(), f"{case.name}: stderr does not mention {case.match!r}"

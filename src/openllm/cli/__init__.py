@@ -74,16 +74,46 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # user errors: one line, no traceback unless --debug
+    except Exception as exc:  # one line, no traceback unless --debug
         from ..errors import DISK_FULL_HINT, is_disk_full, is_user_error, user_message
 
-        if debug or not is_user_error(exc):
+        if debug:
             raise
+        if not is_user_error(exc):
+            _say(f"error: openllm {args.command} failed unexpectedly ({type(exc).__name__}: "
+                 f"{' '.join(str(exc).split())[:200]}); {_crash_report(args.command, argv)}")
+            return 1
         message = " ".join(user_message(exc).split())  # one line, whatever the library put in its message
         if is_disk_full(exc) and DISK_FULL_HINT not in message:
             message = f"{message}: {DISK_FULL_HINT}"
-        print(f"error: {message}", file=sys.stderr)
+        _say(f"error: {message}")
         return 2
+
+
+def _say(line: str) -> None:
+    # arguments may hold bytes that are not UTF-8 (kept as surrogates): print them escaped, never crash on them
+    sys.stderr.write(line.encode("utf-8", "backslashreplace").decode("utf-8", "replace") + "\n")
+    sys.stderr.flush()
+
+
+def _crash_report(command: str, argv: list[str]) -> str:
+    """Write the traceback of an unexpected error to a log file; the sentence says where and what to do."""
+    import time
+    import traceback
+
+    from ..hub.local import cache_root
+
+    text = (f"openllm {' '.join(argv)}\npython {sys.version.split()[0]} on {sys.platform}\n\n"
+            + traceback.format_exc())
+    try:
+        folder = cache_root() / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(text.encode("utf-8", "backslashreplace").decode("utf-8"), encoding="utf-8")
+    except OSError:
+        return f"this is a bug in openllm: run the same command with --debug to see the traceback and report it"
+    return (f"this is a bug in openllm: the traceback is in {path}; please report it with that file "
+            f"(--debug shows it here)")
 
 
 if __name__ == "__main__":  # pragma: no cover
