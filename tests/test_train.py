@@ -17,7 +17,7 @@ from openllm.errors import OpenLLMError
 from openllm.rundir import latest_checkpoint, list_checkpoints, read_metrics
 from openllm.model import Transformer
 from openllm.optim import lr_at, param_groups
-from openllm.train import TrainingDiverged, train
+from openllm.train import TrainingDiverged, resolve_run, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_batches import random_data  # noqa: E402
@@ -142,6 +142,22 @@ def test_vocab_mismatch_is_a_clear_error(tmp_path, data):
         train(cfg, data_dir=data, out_dir=tmp_path / "r", **quiet())
     r = train(cfg, data_dir=data, out_dir=tmp_path / "r2", max_steps=1, vocab_from_data=True, **quiet())
     assert json.loads((tmp_path / "r2/config.json").read_text())["model"]["vocab_size"] == 64 and r.step == 1
+
+
+def test_resolve_run_builds_one_config_from_every_source(tmp_path, data):
+    cfg = tiny_cfg()
+    cfg["model"]["vocab_size"] = 128
+    plan = resolve_run(cfg, data, tmp_path / "run", overrides={"train": {"lr": 1e-3, "max_steps": 3}}, max_steps=5,
+                       save_every=2, vocab_from_data=True)
+    # the data's vocabulary, the overrides and the explicit arguments (which win) land in one config
+    assert (plan.cfg.model.vocab_size, plan.cfg.train.lr, plan.cfg.train.max_steps, plan.cfg.train.save_every) == \
+        (64, 1e-3, 5, 2)
+    assert plan.resume_from is None and plan.state == {} and plan.seq_len == 32
+    # an override of the vocabulary is what the data is checked against; nothing is written while resolving
+    assert resolve_run(cfg, data, tmp_path / "run", overrides={"model": {"vocab_size": 64}}).cfg.model.vocab_size == 64
+    with pytest.raises(OpenLLMError, match="vocabulary of 64 tokens but model.vocab_size is 96"):
+        resolve_run(cfg, data, tmp_path / "run", overrides={"model": {"vocab_size": 96}})
+    assert not (tmp_path / "run").exists()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data):
