@@ -240,6 +240,7 @@ class Transformer(nn.Module):
         return_logits: bool = True,
         ignore_index: int = -100,
         last_only: bool = False,
+        attn_mask: torch.Tensor | None = None,
     ):
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -253,7 +254,9 @@ class Transformer(nn.Module):
                 raise ValueError(f"position {int(positions.max())} exceeds max_seq_len {self.cfg.max_seq_len}")
             cos = self.rope_cos[positions][:, None]
             sin = self.rope_sin[positions][:, None]
-        mask = None
+        # attn_mask (training without a cache): a boolean (B, 1, T, T) mask, e.g. block-diagonal so that packed
+        # conversations do not attend to each other (openllm.conversations.attention_mask)
+        mask = attn_mask if cache is None else None
         causal = True
         if cache is not None:
             if start + T > cache.capacity:
