@@ -67,6 +67,25 @@ def describe(source: str | Path, *, evaluate_missing: bool = False, hub: Any = N
     return out
 
 
+PLOT_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "webp")
+
+
+def plot_path(path: str | Path) -> Path:
+    """Where ``--plot PATH`` writes: a folder gets ``loss_curves.png`` inside it; a file must have an image
+    extension matplotlib writes."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "loss_curves.png"
+    ext = path.suffix.lower().lstrip(".")
+    if ext not in PLOT_FORMATS:
+        raise OpenLLMError(f"--plot {path}: unknown image type {path.suffix or '(no extension)'!r}; use one of "
+                           + ", ".join(f".{e}" for e in PLOT_FORMATS))
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OpenLLMError(f"--plot {path}: {parent} is a file, not a folder")
+    return path
+
+
 def plot_loss_curves(runs: Sequence[tuple[str, list[dict]]], path: str | Path) -> Path:
     """Train loss (lines) and val loss (dots joined by dashes) of each run on one chart; the x axis is tokens
     seen when every run logs them, else steps."""
@@ -96,7 +115,7 @@ def plot_loss_curves(runs: Sequence[tuple[str, list[dict]]], path: str | Path) -
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
+    path = plot_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
@@ -144,6 +163,8 @@ def compare(sources: Sequence[str | Path], *, plot: str | Path | None = None, ev
     ``{"models": [...], "table": markdown, "plot": path or None}``."""
     if not sources:
         raise OpenLLMError("compare needs at least one run or model")
+    if plot is not None:
+        plot = plot_path(plot)  # a bad --plot fails before anything is loaded
     models = [describe(s, evaluate_missing=evaluate_missing, hub=hub, **eval_kwargs) for s in sources]
     # two sources with one folder name (run1/final, run2/final) get their parent's name too
     names = [m["name"] for m in models]

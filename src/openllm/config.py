@@ -140,6 +140,9 @@ class TrainConfig:
         _positive_number("train.lr", self.lr)
         if self.min_lr is not None:
             _non_negative_number("train.min_lr", self.min_lr)
+            if self.min_lr > self.lr:
+                raise ConfigError(f"train.min_lr ({self.min_lr:g}) is above train.lr ({self.lr:g}): the schedule "
+                                  f"would raise the learning rate as it decays; set min_lr <= lr")
         for name in ("weight_decay", "grad_clip"):
             _non_negative_number(f"train.{name}", getattr(self, name))
         for name in ("beta1", "beta2"):
@@ -419,6 +422,13 @@ def load_config(path_or_preset: str | Path | Config) -> Config:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save the config as UTF-8 JSON") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object with model/train/data sections, found "
+                          f"{type(data).__name__}")
     cfg = Config.from_dict(data)
     if cfg.name == "custom":
         cfg.name = path.stem

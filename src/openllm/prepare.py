@@ -139,13 +139,17 @@ def resolve_inputs(inputs: Sequence[str | os.PathLike] | None) -> list[Source]:
             sources.append(Source("hf", s[3:]))
             continue
         p = Path(s).expanduser()
+        if p.exists() and not p.is_file() and not p.is_dir():
+            raise OpenLLMError(f"input {s} is not a regular file or folder (a device, pipe or socket): give "
+                               f"text files, folders or globs")
         if p.is_file():
             sources.append(Source(_kind_of(p), str(p), p))
         elif _is_hf_saved_dataset(p):
             sources.append(Source("hf", str(p), p))
         elif p.is_dir():
             files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in FOLDER_SUFFIXES
-                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
+                           and not any(part.startswith(".") for part in q.relative_to(p).parts)
+                           and not _is_report(q))
             if not files:
                 raise OpenLLMError(f"folder {p} holds no {', '.join(FOLDER_SUFFIXES)} files")
             sources.extend(Source(_kind_of(q), str(q), q) for q in files)
@@ -160,6 +164,11 @@ def resolve_inputs(inputs: Sequence[str | os.PathLike] | None) -> list[Source]:
                 f"input not found: {s} (give a file, folder or glob; a Hugging Face dataset as hf:NAME)"
             )
     return sources
+
+
+def _is_report(path: Path) -> bool:
+    """The report of an earlier prepare-data output: describes a corpus, is not part of it."""
+    return path.name in (REPORT_JSON, REPORT_MD) and (path.parent / REPORT_JSON).is_file()
 
 
 def _check_not_binary(path: Path) -> None:
@@ -367,6 +376,11 @@ def prepare_corpus(
         raise OpenLLMError(f"text documents must be one of {', '.join(TEXT_DOCS)}, got {text_docs!r}")
 
     sources = resolve_inputs(inputs)
+    out = Path(out_dir).expanduser().resolve()
+    for src in sources:
+        if src.path is not None and (src.path.resolve() == out or out in src.path.resolve().parents):
+            raise OpenLLMError(f"input {src.name} is inside --out {out_dir}: prepare-data would read its own "
+                               f"output; give the raw text and another --out folder")
     total_bytes = sum(s.path.stat().st_size for s in sources if s.path is not None and s.path.is_file())
     bar = tqdm(total=total_bytes or None, unit="B", unit_scale=True, desc="preparing", disable=not progress,
                mininterval=0.5)

@@ -38,7 +38,7 @@ __all__ = [
     "latest_checkpoint", "require_latest_checkpoint", "clean_temporary",
     "read_best", "write_best", "read_status", "write_status", "read_metrics", "read_jsonl", "read_evaluation",
     "write_evaluation", "read_json", "load_json",
-    "write_json_atomic", "write_text_atomic", "write_bytes_atomic", "atomic_file", "atomic_output_dir",
+    "write_json_atomic", "write_text_atomic", "write_bytes_atomic", "atomic_file", "atomic_output_dir", "make_dirs",
     "fsync_dir", "fsync_file",
     "LOCK", "RunLock", "lock_holder", "request_stop", "STATES", "ACTIVE_STATES", "END_STATES", "TRANSITIONS",
     "check_transition", "divergence", "RunState", "run_state",
@@ -280,6 +280,23 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def make_dirs(folder: str | os.PathLike) -> Path:
+    """``mkdir -p`` whose failures are one-line user errors: a file in the way, no permission, a read-only
+    file system."""
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            raise OpenLLMError(f"{folder}: {parent} is a file, not a folder; choose another path")
+        if parent.exists():
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OpenLLMError(f"cannot create {folder} ({exc.strerror or exc}); choose a folder you can write "
+                           f"to") from None
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | os.PathLike, *, owned_marker: str) -> Iterator[Path]:
     """Build an output folder in a hidden sibling and move it into place only when complete.
@@ -297,10 +314,14 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, owned_marker: str) -> Itera
                 f"--out {out} exists and is not an earlier output (no {owned_marker}); "
                 "choose an empty or new folder"
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    make_dirs(out.parent)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as exc:
+        raise OpenLLMError(f"--out {out}: cannot write in {out.parent} ({exc.strerror or exc}); choose a "
+                           f"folder you can write to") from None
     try:
         yield tmp
     except BaseException:

@@ -112,9 +112,11 @@ def tokenize_corpus(
             f"{data} is not a prepared corpus (missing {', '.join(missing)}); "
             "create it with `openllm prepare-data INPUT --out DIR`"
         )
-    tok = Tokenizer.load(tokenizer_dir)
     if shard_tokens <= 0:
-        raise OpenLLMError(f"shard size must be positive, got {shard_tokens}")
+        raise OpenLLMError(f"--shard-tokens must be a positive number of tokens, got {shard_tokens}")
+    if workers is not None and workers < 1:
+        raise OpenLLMError(f"--workers must be at least 1 (or left out for one per core), got {workers}")
+    tok = Tokenizer.load(tokenizer_dir)
     dtype = dtype_for_vocab(tok.vocab_size)
     n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
 
