@@ -326,8 +326,9 @@ def cmd_mfu(args) -> None:
                                                     "tokenizer_sha256": None, "splits": splits}))
     rows = []
     for name in args.variants.split(","):
-        over = dict(MFU_VARIANTS[name])
-        micro = args.batch
+        base, _, at = name.partition("@")  # NAME@64: the variant at micro-batch 64
+        over = dict(MFU_VARIANTS[base])
+        micro = int(at) if at else args.batch
         train_over = {"micro_batch_size": micro, "grad_accum_steps": 1, "max_steps": args.steps, "log_every": 5,
                       "eval_every": 100000, "save_every": 100000, "warmup_steps": 10, "compile": True, **over}
         if args.optimizer:

@@ -85,6 +85,9 @@ def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: 
                                            _compute_dtype(x))
 
 
+# torch.compile cannot trace Liger's kernels (their host code reads tensors and passes dtypes where FakeTensors
+# go): they run eagerly between compiled graphs
+@torch.compiler.disable
 def liger_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                                ignore_index: int = -100) -> torch.Tensor:
     """The same loss through Liger Kernel's fused Triton implementation (CUDA)."""
@@ -95,6 +98,7 @@ def liger_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: to
     return out[0] if isinstance(out, tuple) else out
 
 
+@torch.compiler.disable
 def _liger_rms_forward(self, x):
     from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 
@@ -103,13 +107,18 @@ def _liger_rms_forward(self, x):
     return LigerRMSNormFunction.apply(x, self.weight, self.eps, 0.0, "llama", False)
 
 
-def _liger_swiglu_forward(self, x):
+@torch.compiler.disable
+def _liger_silu_mul(gate, up):
     from liger_kernel.ops.swiglu import LigerSiLUMulFunction
 
+    return LigerSiLUMulFunction.apply(gate, up)
+
+
+def _liger_swiglu_forward(self, x):
     if not self.training or not torch.is_grad_enabled() or x.device.type != "cuda":
         return type(self).forward(self, x)
     gate, up = self.w13(x).split(self.d_ff, dim=-1)
-    return self.w2(LigerSiLUMulFunction.apply(gate, up))
+    return self.w2(_liger_silu_mul(gate, up))
 
 
 def apply_kernels(model: nn.Module, fused_loss: str = "off", fused_ops: bool = False,
