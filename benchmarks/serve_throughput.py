@@ -37,26 +37,30 @@ REPO = Path(__file__).resolve().parent.parent
 
 # --- the server process -----------------------------------------------------------------------------------
 
-def build_random_model(preset: str, tok_dir: str, seed: int, device: str, max_seq_len: int):
+def export_random_model(preset: str, tok_dir: Path, seed: int, max_seq_len: int, out: Path) -> Path:
+    """A randomly initialised model of ``preset`` with the benchmark tokenizer, as a Hugging Face export (every
+    server loads the same folder). Its head is untied and EOS's row zeroed: greedy decoding never ends early."""
     import torch
 
     from openllm.config import load_config
+    from openllm.export.hf import export_hf
+    from openllm.loading import LoadedModel
     from openllm.model import Transformer
     from openllm.tokenizer import Tokenizer
 
     tok = Tokenizer.load(tok_dir)
-    cfg = load_config(preset).model
+    config = load_config(preset)
+    cfg = config.model
     cfg.vocab_size = tok.vocab_size
     cfg.max_seq_len = max(cfg.max_seq_len, max_seq_len)
+    cfg.tie_embeddings = False
     torch.manual_seed(seed)
-    model = Transformer(cfg.validate())
+    model = Transformer(cfg.validate()).eval()
     with torch.no_grad():
-        model.lm_head.weight[tok.eos_id] = 0.0  # never picked greedily
-        if cfg.tie_embeddings:  # the head is the embedding: keep EOS's embedding, drop only its logit
-            model.lm_head = torch.nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-            model.lm_head.weight.copy_(model.tok_embeddings.weight)
-            model.lm_head.weight[tok.eos_id] = 0.0
-    return model.to(device).eval(), tok
+        model.lm_head.weight[tok.eos_id] = 0.0
+    loaded = LoadedModel(model=model, tokenizer=tok, config=config, source="benchmark", path=tok_dir, kind="native",
+                         tokenizer_dir=tok_dir)
+    return export_hf(loaded, out)
 
 
 def serve_main(args: argparse.Namespace) -> None:
@@ -66,13 +70,10 @@ def serve_main(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model:
-        import openllm
+    import openllm
 
-        loaded = openllm.load(args.model, device=args.device)
-        model, tok = loaded.model, loaded.tokenizer
-    else:
-        model, tok = build_random_model(args.preset, args.tok, args.seed, args.device, args.max_seq_len)
+    loaded = openllm.load(args.model, device=args.device)
+    model, tok = loaded.model, loaded.tokenizer
     if args.device.startswith("cuda"):
         model = model.to(torch.bfloat16)
     app = create_app(model, tok, model_name="bench", max_batch=args.max_batch, max_queue=4096,
@@ -98,28 +99,48 @@ def train_bench_tokenizer(out: Path) -> Path:
     return out / "tok"
 
 
-def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
-    """``n`` (prompt token ids, max_tokens): prompts of 16-200 tokens, 16-128 new tokens."""
+def workload(n: int, seed: int, tok) -> list[tuple[str, int]]:
+    """``n`` (prompt, max_tokens): prompts of 16-200 tokens (random token ids, sent as their text, so every
+    server can take them), 16-128 new tokens."""
     rng = random.Random(seed)
-    return [([rng.randrange(4, vocab) for _ in range(rng.randint(16, 200))], rng.randint(16, 128))
+    return [(tok.decode([rng.randrange(4, tok.vocab_size) for _ in range(rng.randint(16, 200))]), rng.randint(16, 128))
             for _ in range(n)]
 
 
 class Server:
-    def __init__(self, args: argparse.Namespace, tok_dir: Path | None, max_batch: int, batching: str) -> None:
+    """One server process: ours (``mode`` continuous, static or one-at-a-time) or transformers' own."""
+
+    def __init__(self, args: argparse.Namespace, model_dir: Path, mode: str) -> None:
         self.port = free_port()
-        cmd = [sys.executable, __file__, "--serve", "--port", str(self.port), "--max-batch", str(max_batch),
-               "--batching", batching, "--device", args.device, "--threads", str(args.threads),
-               "--preset", args.preset, "--seed", str(args.seed), "--max-seq-len", str(args.max_seq_len),
-               "--prefill-chunk", str(args.prefill_chunk)]
-        if args.model:
-            cmd += ["--model", args.model]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if mode == "transformers":
+            exe = Path(sys.executable).with_name("transformers")
+            cmd = [str(exe), "serve", "--continuous-batching", "--device", args.device, "--host", "127.0.0.1",
+                   "--port", str(self.port), str(model_dir)]
+            self.model_name = str(model_dir)
+            if args.threads:
+                env["OMP_NUM_THREADS"] = str(args.threads)
+            env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                        "DO_NOT_TRACK": "1"})
         else:
-            cmd += ["--tok", str(tok_dir)]
-        self.proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            batching, max_batch = MODES[mode]
+            cmd = [sys.executable, __file__, "--serve", "--port", str(self.port),
+                   "--max-batch", str(max_batch or args.max_batch), "--batching", batching, "--device", args.device,
+                   "--threads", str(args.threads), "--prefill-chunk", str(args.prefill_chunk), "--model", str(model_dir)]
+            self.model_name = "bench"
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if mode == "transformers" else None,
+                                     stderr=subprocess.DEVNULL if mode == "transformers" else None)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def wait(self, timeout: float = 300) -> None:
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux), or NaN."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+
+    def wait(self, timeout: float = 600) -> None:
         import httpx
 
         deadline = time.monotonic() + timeout
@@ -133,7 +154,7 @@ class Server:
                 pass
             if time.monotonic() > deadline:
                 raise SystemExit("the server did not start")
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -148,7 +169,7 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
-async def load(url: str, concurrency: int, work: list[tuple[list[int], int]], gap_s: float, seed: int) -> dict:
+async def load(server: Server, concurrency: int, work: list[tuple[str, int]], gap_s: float, seed: int) -> dict:
     import httpx
 
     todo = list(range(len(work)))[::-1]
@@ -167,7 +188,7 @@ async def load(url: str, concurrency: int, work: list[tuple[list[int], int]], ga
             prompt, max_tokens = work[todo.pop()]
             t0 = time.perf_counter()
             first = None
-            body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            body = {"model": server.model_name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
                     "stream_options": {"include_usage": True}}
             n = 0
             async with client.stream("POST", "/v1/completions", json=body) as r:
@@ -190,11 +211,11 @@ async def load(url: str, concurrency: int, work: list[tuple[list[int], int]], ga
             tokens += n
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=1800, limits=limits) as client:
-        start = time.perf_counter()
+    async with httpx.AsyncClient(base_url=server.url, timeout=1800, limits=limits) as client:
+        start, cpu = time.perf_counter(), server.cpu_seconds()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    return {"tps": tokens / wall, "wall": wall, "tokens": tokens, "n": len(work),
+        wall, cpu = time.perf_counter() - start, server.cpu_seconds() - cpu
+    return {"tps": tokens / wall, "wall": wall, "tokens": tokens, "n": len(work), "cpu_ms": cpu / max(tokens, 1) * 1e3,
             "ttft50": pct(ttft, 50), "ttft99": pct(ttft, 99), "tpot50": pct(tpot, 50), "tpot99": pct(tpot, 99),
             "lat50": pct(latency, 50), "lat95": pct(latency, 95)}
 
@@ -204,54 +225,62 @@ MODES = {"continuous": ("continuous", None), "static": ("static", None), "one-at
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="a run, an export or OWNER/NAME@VERSION (default: random model)")
+    ap.add_argument("--model", default=None,
+                    help="a Hugging Face export folder to serve (default: a random model of --preset)")
     ap.add_argument("--preset", default="tiny", help="shape of the random model (default tiny)")
     ap.add_argument("--max-seq-len", type=int, default=512, help="context of the random model (default 512)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads of the server process (default 1: steady on a shared CPU; 0: torch's default)")
+                    help="torch threads of each server process (default 1: steady on a shared CPU; 0: torch's default)")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--requests", type=int, default=0,
                     help="requests per concurrency level (default: max(12, 2 x concurrency))")
     ap.add_argument("--gap-ms", type=float, default=20.0, help="mean pause of a client between requests (default 20)")
-    ap.add_argument("--modes", default=",".join(MODES), help=f"servers to compare (default {','.join(MODES)})")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help=f"servers to compare: {', '.join(MODES)}, transformers (transformers serve "
+                         f"--continuous-batching) (default {','.join(MODES)})")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="runs per server and level, the servers taking turns; the fastest counts (default 2)")
     ap.add_argument("--max-batch", type=int, default=32, help="batch size of the batching servers (default 32)")
     ap.add_argument("--prefill-chunk", type=int, default=256)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batching", default="continuous", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--tok", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         serve_main(args)
         return
 
+    from openllm.tokenizer import Tokenizer
+
     levels = [int(c) for c in args.concurrency.split(",")]
     modes = [m for m in args.modes.split(",") if m]
     with tempfile.TemporaryDirectory() as tmp:
-        tok_dir = None if args.model else train_bench_tokenizer(Path(tmp))
         if args.model:
-            import openllm
-
-            vocab = openllm.load(args.model).config.model.vocab_size
+            model_dir = Path(args.model)
         else:
-            vocab = 1024
-        servers = {m: Server(args, tok_dir, MODES[m][1] or args.max_batch, MODES[m][0]) for m in modes}
+            tok_dir = train_bench_tokenizer(Path(tmp))
+            model_dir = export_random_model(args.preset, tok_dir, args.seed, args.max_seq_len, Path(tmp) / "hf")
+        tok = Tokenizer.load(model_dir)
+        servers = {m: Server(args, model_dir, m) for m in modes}
         results: dict[str, dict[int, dict]] = {m: {} for m in modes}
         try:
             for mode, server in servers.items():
                 server.wait()
-                asyncio.run(load(server.url, 4, workload(8, args.seed + 999, vocab), 0, 0))  # warm-up
+                asyncio.run(load(server, 4, workload(8, args.seed + 999, tok), 0, 0))  # warm-up
             # the servers take turns at each level on the same requests, so a machine whose load drifts
             # favours none of them in particular
             for c in levels:
-                work = workload(args.requests or max(12, 2 * c), args.seed + c, vocab)
-                for mode, server in servers.items():
-                    r = asyncio.run(load(server.url, c, work, args.gap_ms / 1000, args.seed))
-                    results[mode][c] = r
-                    print(f"  {mode:14s} concurrency {c:3d}: {r['n']:3d} requests, {r['tokens']:5d} tokens in "
-                          f"{r['wall']:6.1f} s", flush=True)
+                work = workload(args.requests or max(12, 2 * c), args.seed + c, tok)
+                for rep in range(args.repeat):
+                    for mode, server in servers.items():
+                        r = asyncio.run(load(server, c, work, args.gap_ms / 1000, args.seed + rep))
+                        print(f"  {mode:14s} concurrency {c:3d} run {rep + 1}: {r['n']:3d} requests, {r['tokens']:5d} "
+                              f"tokens in {r['wall']:6.1f} s, {r['tps']:7.1f} tok/s, server CPU {r['cpu_ms']:.2f} ms/token",
+                              flush=True)
+                        if c not in results[mode] or r["tps"] > results[mode][c]["tps"]:
+                            results[mode][c] = r
         finally:
             for server in servers.values():
                 server.stop()
@@ -262,14 +291,15 @@ def main() -> None:
     print(f"openllm serve, mixed workload (prompts 16-200 tokens, max_tokens 16-128, greedy, Poisson-like arrivals, "
           f"mean gap {args.gap_ms:g} ms): {'model ' + args.model if args.model else 'random ' + args.preset + ' preset'}, "
           f"device {args.device}, torch {torch.__version__}, {os.cpu_count()} CPUs, server torch threads "
-          f"{args.threads or 'default'}, --max-batch {args.max_batch}")
-    print(f"{'server':>14} {'conc.':>5} | {'tok/s':>8} | {'TTFT p50':>9} {'p99':>9} | {'per-token p50':>13} {'p99':>8} | "
-          f"{'latency p50':>11} {'p95':>8}")
+          f"{args.threads or 'default'}, --max-batch {args.max_batch}; fastest of {args.repeat} runs")
+    print(f"{'server':>14} {'conc.':>5} | {'tok/s':>7} {'CPU ms/tok':>10} | {'TTFT p50':>9} {'p99':>8} | "
+          f"{'per-token p50':>13} {'p99':>8} | {'latency p50':>11} {'p95':>7}")
     for c in levels:
         for mode in modes:
             r = results[mode][c]
-            print(f"{mode:>14} {c:>5} | {r['tps']:>8.1f} | {r['ttft50'] * 1e3:>7.0f}ms {r['ttft99'] * 1e3:>7.0f}ms | "
-                  f"{r['tpot50'] * 1e3:>11.1f}ms {r['tpot99'] * 1e3:>6.1f}ms | {r['lat50']:>10.2f}s {r['lat95']:>7.2f}s")
+            print(f"{mode:>14} {c:>5} | {r['tps']:>7.1f} {r['cpu_ms']:>10.2f} | {r['ttft50'] * 1e3:>7.0f}ms "
+                  f"{r['ttft99'] * 1e3:>6.0f}ms | {r['tpot50'] * 1e3:>11.1f}ms {r['tpot99'] * 1e3:>6.1f}ms | "
+                  f"{r['lat50']:>10.2f}s {r['lat95']:>6.2f}s")
     if "continuous" in modes:
         print()
         print("continuous vs the others (tok/s ratio; TTFT p99 ratio, below 1 is better for continuous):")
