@@ -368,9 +368,7 @@ class Trainer:
             self._setup_run_folder()
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
-        raw = Transformer(self.cfg.model)
-        if resuming:
-            ckpt_mod.load_model_weights(raw, plan.resume_from)
+        raw = self._build_model()
         raw.to(self.dev)
         if tc.fused_loss != "off" or tc.fused_ops:
             from .kernels import apply_kernels
@@ -394,10 +392,7 @@ class Trainer:
             if opt_state.get("scaler"):
                 self.scaler.load_state_dict(opt_state["scaler"])
 
-        self.loader = RandomWindowLoader(TokenShards(plan.data_dir, "train"), tc.micro_batch_size, self.seq_len,
-                                         seed=tc.seed, rank=self.info.rank, world_size=self.info.world_size,
-                                         device=self.dev, doc_aligned=tc.doc_aligned)
-        self.val_data = TokenShards(plan.data_dir, "val") if "val" in plan.meta["splits"] else None
+        self._build_data()
         if resuming:
             self.loader.load_state_dict(plan.state["loader"])
             rngs = plan.state.get("rng") or []
@@ -409,6 +404,35 @@ class Trainer:
         self.peak = device_peak_flops(self.dev)
         if self.main:
             self._setup_logging()
+
+    # hooks a fine-tuning trainer (openllm.finetune) overrides: the model, the data, a batch's loss, the val
+    # estimate and what goes into a checkpoint
+    def _build_model(self) -> torch.nn.Module:
+        """The model to train, with the checkpoint's weights when resuming (on the CPU; setup moves it)."""
+        raw = Transformer(self.cfg.model)
+        if self.plan.resume_from is not None:
+            ckpt_mod.load_model_weights(raw, self.plan.resume_from)
+        return raw
+
+    def _build_data(self) -> None:
+        """``self.loader`` (``next()``, ``state_dict()``, ``load_state_dict()``) and ``self.val_data``."""
+        plan, tc = self.plan, self.tc
+        self.loader = RandomWindowLoader(TokenShards(plan.data_dir, "train"), tc.micro_batch_size, self.seq_len,
+                                         seed=tc.seed, rank=self.info.rank, world_size=self.info.world_size,
+                                         device=self.dev, doc_aligned=tc.doc_aligned)
+        self.val_data = TokenShards(plan.data_dir, "val") if "val" in plan.meta["splits"] else None
+
+    def _batch_loss(self, batch) -> torch.Tensor:
+        """The mean loss of one micro-batch from ``self.loader``."""
+        x, y = batch
+        return self.model(x, y, return_logits=False)
+
+    def _val_loss(self, model) -> float | None:
+        return estimate_val_loss(model, self.val_data, self.cfg, self.seq_len, self.info, self.precision)
+
+    def _checkpoint_parts(self, model_sd: dict, optim: dict, state: dict) -> tuple[dict, dict, dict]:
+        """The weights, optimizer file and state.json of a checkpoint, as :meth:`_save` writes them."""
+        return model_sd, optim, state
 
     def _setup_run_folder(self) -> None:
         out, data_dir = self.out, self.plan.data_dir
@@ -509,10 +533,10 @@ class Trainer:
         set_lr(self.optimizer, lr)
         loss_sum = torch.zeros((), device=dev)
         for micro in range(accum):
-            x, y = self.loader.next()
+            batch = self.loader.next()
             with D.no_grad_sync(self.model, info, sync=micro == accum - 1):
                 with autocast_context(self.precision, dev):
-                    loss = self.model(x, y, return_logits=False) / accum
+                    loss = self._batch_loss(batch) / accum
                 scaler.scale(loss).backward()
             loss_sum += loss.detach().float()
         if scaler.is_enabled():
@@ -556,7 +580,7 @@ class Trainer:
     def _evaluate(self) -> float | None:
         """The val-loss estimate now; a new best is checkpointed and recorded in ``best.json``."""
         model = self.raw if self.info.mode != "fsdp" else self.model
-        self.last_val = estimate_val_loss(model, self.val_data, self.cfg, self.seq_len, self.info, self.precision)
+        self.last_val = self._val_loss(model)
         if self.last_val is not None and (self.best_val is None or self.last_val < self.best_val):
             self.best_val, self.best_step, self.bad_evals = self.last_val, self.step, 0
             self._save()
@@ -607,8 +631,8 @@ class Trainer:
             model_sd.pop("lm_head.weight", None)
         model_sd = {k: v.contiguous() for k, v in model_sd.items()}
         plan = self.plan
-        self.last_saved = ckpt_mod.save_checkpoint(
-            self.out, self.step, model_sd,
+        model_sd, optim, state = self._checkpoint_parts(
+            model_sd,
             {"optimizer": optim_sd, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None},
             {
                 "step": self.step, "tokens_seen": self.tokens_seen, "rng": rng_all,
@@ -618,6 +642,9 @@ class Trainer:
                 "evals_without_improvement": self.bad_evals, "world_size": self.info.world_size,
                 "elapsed_s": self._elapsed(), "precision": self.precision, "time": _now(),
             },
+        )
+        self.last_saved = ckpt_mod.save_checkpoint(
+            self.out, self.step, model_sd, optim, state,
             keep_last=self.tc.keep_last, protect={self.best_step} if self.best_step is not None else set(),
         )
 

@@ -1,0 +1,114 @@
+"""Evaluation of a chat model on held-out conversations.
+
+- **assistant-token loss** (and perplexity): the mean cross-entropy over the tokens the model has to write
+  (each assistant turn after ``Assistant:`` and its EOS), with the conversation rendered by the project's chat
+  template, packed one conversation per attention block (:mod:`openllm.conversations`); summed over every
+  assistant token of the file, so long and short answers count per token.
+- **samples**: for the first conversations, the prompt up to the last assistant turn through
+  ``Tokenizer.encode_chat`` (the server's path), a greedy reply, the reference, and whether the reply ended
+  its turn with EOS (``ended_turn``: it answered in the template instead of running on).
+
+:func:`evaluate_chat` scores a model and, given ``base``, the base model on the same conversations.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from ..conversations import PackedLoader, attention_mask, encode_conversations, pack, read_conversations
+from ..errors import OpenLLMError
+
+__all__ = ["assistant_loss_sums", "chat_loss", "chat_samples", "evaluate_chat"]
+
+
+@torch.no_grad()
+def assistant_loss_sums(model, batches: Iterable, *, max_batches: int | None = None) -> tuple[float, int]:
+    """(summed cross-entropy, token count) over the assistant tokens of ``(x, y, segments)`` batches."""
+    total, count = 0.0, 0
+    for i, (x, y, seg) in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        logits = model(x, attn_mask=attention_mask(seg))
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        total += float(loss)
+        count += int((y != -100).sum())
+    return total, count
+
+
+def chat_loss(model, tokenizer, conversations, *, seq_len: int | None = None, batch_size: int = 8,
+              too_long: str = "drop", device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Assistant-token loss and perplexity of ``model`` on ``conversations`` (a list of
+    :class:`~openllm.conversations.Conversation`)."""
+    seq_len = seq_len or model.cfg.max_seq_len
+    examples, report = encode_conversations(tokenizer, conversations, seq_len, too_long=too_long)
+    if not examples:
+        raise OpenLLMError(f"no conversation fits the context of {seq_len} tokens")
+    rows = pack(examples, seq_len, pad_id=tokenizer.pad_id)
+    loader = PackedLoader(rows, batch_size, device=device, shuffle=False)
+    was_training = model.training
+    model.eval()
+    try:
+        total, count = assistant_loss_sums(model, loader.epoch_batches())
+    finally:
+        model.train(was_training)
+    loss = total / max(count, 1)
+    return {"assistant_loss": loss, "assistant_ppl": math.exp(min(loss, 50.0)), "assistant_tokens": count,
+            "conversations": report.kept, "dropped": report.dropped, "truncated": report.truncated}
+
+
+def chat_samples(model, tokenizer, conversations, *, n: int = 5, max_new_tokens: int = 64) -> list[dict[str, Any]]:
+    """Greedy replies to the first ``n`` conversations' last user turn (see the module docstring)."""
+    from ..generate import SamplingParams, generate
+
+    out = []
+    for conv in conversations[:n]:
+        msgs = conv.messages
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        prompt = tokenizer.encode_chat(msgs[:last], add_generation_prompt=True)
+        room = model.cfg.max_seq_len - len(prompt)
+        if room <= 0:
+            continue
+        params = SamplingParams(max_new_tokens=min(max_new_tokens, room), temperature=0.0,
+                                stop_tokens=(tokenizer.eos_id,))
+        ids = generate(model, [prompt], params)[0]
+        ended = bool(ids) and ids[-1] == tokenizer.eos_id
+        reply = tokenizer.decode(ids[:-1] if ended else ids)
+        out.append({"messages": msgs[:last], "reference": msgs[last]["content"], "reply": reply.strip(),
+                    "ended_turn": ended})
+    return out
+
+
+def _score(source, conversations, *, seq_len, samples, max_new_tokens, device, hub) -> dict[str, Any]:
+    from ..loading import load
+
+    lm = load(source, device=device, hub=hub)
+    if lm.tokenizer is None:
+        raise OpenLLMError(f"{source}: no tokenizer beside the weights")
+    t0 = time.perf_counter()
+    res = {"model": str(source), "step": lm.step,
+           **chat_loss(lm.model, lm.tokenizer, conversations, seq_len=seq_len or lm.config.model.max_seq_len,
+                       device=device)}
+    if samples:
+        res["samples"] = chat_samples(lm.model, lm.tokenizer, conversations, n=samples,
+                                      max_new_tokens=max_new_tokens)
+        res["ended_turn_rate"] = sum(s["ended_turn"] for s in res["samples"]) / max(len(res["samples"]), 1)
+    res["seconds"] = round(time.perf_counter() - t0, 2)
+    return res
+
+
+def evaluate_chat(model, data: str | Path, *, base=None, samples: int = 5, max_new_tokens: int = 64,
+                  seq_len: int | None = None, device: str = "cpu", hub: Any = None) -> dict[str, Any]:
+    """Score ``model`` (anything :func:`openllm.load` takes) on the conversations in ``data``; with ``base``,
+    the base model on the same conversations under ``"base"``."""
+    convs = read_conversations(data)
+    out = {"data": str(data), **_score(model, convs, seq_len=seq_len, samples=samples,
+                                       max_new_tokens=max_new_tokens, device=device, hub=hub)}
+    if base is not None:
+        out["base"] = _score(base, convs, seq_len=seq_len, samples=samples, max_new_tokens=max_new_tokens,
+                             device=device, hub=hub)
+    return out

@@ -1,0 +1,340 @@
+"""Supervised fine-tuning on conversations: ``finetune(model, data, out_dir)`` (and ``openllm finetune``).
+
+The base model is anything :func:`openllm.load` reads: a run, a checkpoint, an export (ours or a plain Llama
+Hugging Face folder) or a hub reference ``OWNER/NAME@VERSION``. The conversations (JSON Lines, see
+:mod:`openllm.conversations`) are rendered with the project's chat template, packed into rows of
+``seq_len + 1`` tokens, and trained on with the loss on assistant tokens only and attention kept inside each
+conversation (a block-diagonal mask).
+
+Training is :class:`openllm.train.Trainer` with four hooks replaced (the model starts from the base weights,
+the batches come from :class:`~openllm.conversations.PackedLoader`, the loss and the val estimate are
+assistant-token losses), so checkpoints, exact resume, ``metrics.jsonl``, ``status.json``, the loss plot,
+stop requests and DDP are those of ``openllm train``. The loss of a step is the mean over each micro-batch's
+assistant tokens, averaged over micro-batches and ranks.
+
+Full fine-tuning is the default. ``lora=True`` (or a dict of ``rank``, ``alpha``, ``dropout``,
+``target_modules``) trains LoRA adapters through ``peft`` instead: every checkpoint's ``model.safetensors``
+holds the merged weights (so evaluate, serve, export and push see a plain model), and ``optimizer.pt``
+holds the adapters, which resuming puts back on top of the base weights (checked against the recorded
+checksum).
+
+Every checkpoint's ``state.json`` records ``finetune``: the base model (source, kind, step, hub reference,
+checksum of its weights), the data files (path, sha256, conversations kept, dropped, truncated) and the LoRA
+settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from . import checkpoint as ckpt_mod
+from . import distributed as D
+from . import rundir
+from .config import Config
+from .conversations import PackedLoader, attention_mask, encode_conversations, pack, read_conversations
+from .errors import OpenLLMError
+from .hashing import sha256_file
+from .model import Transformer
+from .train import RunPlan, Trainer, TrainResult, _check_out, _find_resume
+
+__all__ = ["finetune", "FinetuneTrainer", "SFT_DEFAULTS", "LORA_DEFAULTS", "weights_sha256", "merged_state_dict",
+           "finetune_record"]
+
+# train.* values a fine-tune starts from (the base run's pretraining schedule does not fit SFT);
+# overrides win over these
+SFT_DEFAULTS: dict[str, Any] = {"max_steps": 200, "lr": 1e-4, "min_lr": 1e-5, "warmup_steps": 10,
+                                "schedule": "cosine", "eval_every": 50, "save_every": 100, "log_every": 10,
+                                "batch_warmup_steps": 0, "early_stop_patience": 0, "micro_batch_size": 8,
+                                "doc_aligned": False}
+LORA_DEFAULTS: dict[str, Any] = {"rank": 8, "alpha": 16, "dropout": 0.0,
+                                 "target_modules": ["wqkv", "wo", "w13", "w2"]}
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A checksum of a model's weights (names, shapes, dtypes and values, in name order), the same for the
+    same weights whatever file format they came from."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if name == "lm_head.weight" and getattr(getattr(model, "cfg", None), "tie_embeddings", False):
+            continue
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A LoRA-injected model's weights in the plain model's names, each adapter merged into its weight."""
+    from peft.tuners.lora import LoraLayer
+
+    out: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            w = module.get_base_layer().weight.detach()
+            out[f"{name}.weight"] = (w + module.get_delta_weight("default").to(w.dtype)).cpu().contiguous()
+    for name, t in model.state_dict().items():
+        if "lora_" in name or ".base_layer." in name:
+            continue
+        out[name] = t.detach().cpu().contiguous()
+    return out
+
+
+def _adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if "lora_" in k}
+
+
+def _inject_lora(model: Transformer, lora: Mapping[str, Any]) -> Transformer:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    cfg = LoraConfig(r=int(lora["rank"]), lora_alpha=float(lora["alpha"]), lora_dropout=float(lora["dropout"]),
+                     target_modules=list(lora["target_modules"]), bias="none")
+    model = inject_adapter_in_model(cfg, model)
+    for name, p in model.named_parameters():
+        p.requires_grad = "lora_" in name
+    return model
+
+
+class FinetuneTrainer(Trainer):
+    """:class:`~openllm.train.Trainer` on packed conversations from a base model (see the module docstring)."""
+
+    def __init__(self, plan: RunPlan, *, base_state: dict[str, torch.Tensor], tokenizer, train_rows, val_rows,
+                 record: dict[str, Any], lora: dict[str, Any] | None, **kwargs: Any) -> None:
+        super().__init__(plan, **kwargs)
+        self.base_state, self.tokenizer = base_state, tokenizer
+        self.train_rows, self.val_rows = train_rows, val_rows
+        self.record, self.lora = record, lora
+        if lora is not None and self.info.mode == "fsdp" and self.info.enabled:
+            raise OpenLLMError("LoRA fine-tuning runs with DDP, not FSDP: set train.distributed=ddp")
+
+    def _build_model(self) -> torch.nn.Module:
+        resuming = self.plan.resume_from is not None
+        raw = Transformer(self.cfg.model)
+        if self.lora is None:
+            if resuming:
+                ckpt_mod.load_model_weights(raw, self.plan.resume_from)
+            else:
+                raw.load_state_dict(self.base_state, strict=False)
+            self.base_state = None
+            return raw
+        raw.load_state_dict(self.base_state, strict=False)
+        self.base_state = None
+        raw = _inject_lora(raw, self.lora)
+        if resuming:
+            adapters = ckpt_mod.load_optimizer_state(self.plan.resume_from).get("lora")
+            if not adapters:
+                raise OpenLLMError(f"{self.plan.resume_from} holds no LoRA adapters: it is not a LoRA fine-tune")
+            missing, unexpected = raw.load_state_dict(adapters, strict=False)
+            if unexpected or any("lora_" in k for k in missing):
+                raise OpenLLMError(f"{self.plan.resume_from}: its LoRA adapters do not fit this model")
+        return raw
+
+    def _setup_run_folder(self) -> None:
+        out = self.out
+        out.mkdir(parents=True, exist_ok=True)
+        rundir.clean_temporary(out)
+        self.cfg.save(out / rundir.CONFIG)
+        if not (out / rundir.TOKENIZER).exists():
+            self.tokenizer.save(out / rundir.TOKENIZER)
+        self.status.update(state="running", step=self.step)
+
+    def _build_data(self) -> None:
+        tc, info = self.tc, self.info
+        self.loader = PackedLoader(self.train_rows, tc.micro_batch_size, seed=tc.seed, rank=info.rank,
+                                   world_size=info.world_size, device=self.dev)
+        self.val_data = self.val_rows
+
+    def _batch_loss(self, batch) -> torch.Tensor:
+        x, y, seg = batch
+        return self.model(x, y, return_logits=False, attn_mask=attention_mask(seg))
+
+    def _val_loss(self, model) -> float | None:
+        from .evaluate.chat import assistant_loss_sums
+        from .train import autocast_context
+
+        loader = PackedLoader(self.val_rows, self.tc.micro_batch_size, rank=self.info.rank,
+                              world_size=self.info.world_size, device=self.dev, shuffle=False)
+        was_training = model.training
+        model.eval()
+        with autocast_context(self.precision, self.dev):
+            total, count = assistant_loss_sums(model, loader.epoch_batches(), max_batches=self.tc.eval_batches)
+        model.train(was_training)
+        sums = torch.tensor([total, count], dtype=torch.float64, device=self.dev)
+        D.all_reduce(sums, self.info)
+        return float(sums[0] / sums[1]) if sums[1] > 0 else None
+
+    def _checkpoint_parts(self, model_sd, optim, state):
+        state = {**state, "finetune": self.record}
+        if self.lora is not None:
+            optim = {**optim, "lora": _adapter_state(self.raw)}
+            model_sd = merged_state_dict(self.raw)
+            if self.raw.cfg.tie_embeddings:
+                model_sd.pop("lm_head.weight", None)
+        return model_sd, optim, state
+
+
+def _sft_config(base: Config, overrides: Mapping[str, Mapping[str, Any]] | None, max_steps: int | None,
+                save_every: int | None) -> Config:
+    if overrides and "model" in overrides:
+        raise OpenLLMError("a fine-tune keeps the base model's shape: leave out model.* overrides")
+    train = dict(SFT_DEFAULTS)
+    train.update((overrides or {}).get("train", {}))
+    for key, value in (("max_steps", max_steps), ("save_every", save_every)):
+        if value is not None:
+            train[key] = int(value)
+    changes = {k: dict(v) for k, v in (overrides or {}).items() if k != "train"}
+    changes["train"] = train
+    cfg = base.replace(**changes)
+    seq = cfg.train.seq_len or cfg.model.max_seq_len
+    if seq > cfg.model.max_seq_len:
+        raise OpenLLMError(f"train.seq_len {seq} exceeds the base model's context of {cfg.model.max_seq_len}")
+    return cfg
+
+
+def _load_rows(path: Path, tokenizer, seq_len: int, too_long: str, seed: int, say):
+    convs = read_conversations(path)
+    examples, report = encode_conversations(tokenizer, convs, seq_len + 1, too_long=too_long)
+    say(f"{path}: {report.summary()}")
+    if not examples:
+        raise OpenLLMError(f"{path}: every conversation is longer than the context of {seq_len + 1} tokens: "
+                           f"use --too-long truncate or a longer train.seq_len")
+    rows = pack(examples, seq_len + 1, pad_id=tokenizer.pad_id, seed=seed)
+    info = {"path": str(path.resolve()), "sha256": sha256_file(path), "conversations": len(convs),
+            "kept": report.kept, "dropped": report.dropped, "truncated": report.truncated, "rows": len(rows),
+            "assistant_tokens": rows.target_tokens}
+    return rows, info
+
+
+def finetune(
+    model: str | Path | None,
+    data: str | Path | None,
+    out_dir: str | Path,
+    *,
+    val_data: str | Path | None = None,
+    lora: bool | Mapping[str, Any] | None = None,
+    too_long: str = "drop",
+    max_steps: int | None = None,
+    save_every: int | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    resume: bool | str | Path | None = None,
+    device: str | None = None,
+    hub: Any = None,
+    progress: bool = True,
+    stop_event: threading.Event | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Fine-tune ``model`` on the conversations in ``data`` into the run folder ``out_dir``; see the module
+    docstring. ``val_data`` (held-out conversations) gives the val-loss estimate every ``train.eval_every``
+    steps. ``too_long``: drop (default), truncate or error for a conversation longer than the context.
+    ``resume`` works as in :func:`openllm.train.train`; when resuming, ``model`` and ``data`` may be left out
+    (the checkpoint records them) and must match the recorded ones when given. Returns the
+    :class:`~openllm.train.TrainResult`."""
+    from .loading import load
+
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(out_dir)
+    _check_out(out)
+    resume_from = _find_resume(out, resume)
+    state = ckpt_mod.load_state(resume_from) if resume_from is not None else {}
+    prior = state.get("finetune") if resume_from is not None else None
+    if resume_from is not None and not isinstance(prior, dict):
+        raise OpenLLMError(f"{resume_from} is a checkpoint of `openllm train`, not of a fine-tune: resume it with "
+                           f"`openllm train`, or fine-tune into another --out folder")
+    if prior:
+        model = model or prior["base"]["source"]
+        data = data or prior["data"]["path"]
+        val_data = val_data or (prior.get("val_data") or {}).get("path")
+        lora_prior = prior.get("lora")
+        if lora is not None and bool(lora) != bool(lora_prior):
+            raise OpenLLMError(f"{out} was fine-tuned {'with' if lora_prior else 'without'} LoRA: resume it the "
+                               f"same way")
+        lora = lora_prior
+    if model is None:
+        raise OpenLLMError("give the base MODEL to fine-tune (a run, an export or OWNER/NAME@VERSION)")
+    if data is None:
+        raise OpenLLMError("give --data FILE: conversations as JSON Lines ({\"messages\": [...]} a line)")
+    data, val_data = Path(data), Path(val_data) if val_data is not None else None
+
+    loaded = load(model, hub=hub)
+    if loaded.tokenizer is None:
+        raise OpenLLMError(f"{model}: no tokenizer beside the weights; a fine-tune needs the model's tokenizer")
+    base_sha = weights_sha256(loaded.model)
+    if prior and prior["base"].get("weights_sha256") not in (None, base_sha):
+        raise OpenLLMError(f"the base model {model} has other weights than the ones {out} was fine-tuned from "
+                           f"(checksum {base_sha[:12]} vs {prior['base']['weights_sha256'][:12]})")
+    if resume_from is not None:
+        cfg = Config.from_dict(state["config"])
+        if overrides or max_steps is not None or save_every is not None:
+            changes = {k: dict(v) for k, v in (overrides or {}).items()}
+            if "model" in changes:
+                raise OpenLLMError("cannot change the model of a run when resuming")
+            for key, value in (("max_steps", max_steps), ("save_every", save_every)):
+                if value is not None:
+                    changes.setdefault("train", {})[key] = int(value)
+            cfg = cfg.replace(**changes)
+    else:
+        cfg = _sft_config(loaded.config, overrides, max_steps, save_every)
+    tok = loaded.tokenizer
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise OpenLLMError(f"the tokenizer has {tok.vocab_size} tokens, the model {cfg.model.vocab_size}")
+    seq_len = cfg.train.seq_len or cfg.model.max_seq_len
+
+    train_rows, data_info = _load_rows(data, tok, seq_len, too_long, cfg.train.seed, say)
+    val_rows, val_info = (None, None)
+    if val_data is not None:
+        val_rows, val_info = _load_rows(val_data, tok, seq_len, too_long, 0, say)
+    if prior and prior["data"].get("sha256") != data_info["sha256"]:
+        raise OpenLLMError(f"{data} is not the data {out} was fine-tuned on (sha256 differs): resume with the "
+                           f"same file, or fine-tune into another --out folder")
+
+    lora_cfg = None
+    if lora:
+        lora_cfg = dict(LORA_DEFAULTS)
+        if isinstance(lora, Mapping):
+            unknown = set(lora) - set(LORA_DEFAULTS)
+            if unknown:
+                raise OpenLLMError(f"unknown LoRA settings {sorted(unknown)}; known: {sorted(LORA_DEFAULTS)}")
+            lora_cfg.update(lora)
+    record = {
+        "base": {"source": str(Path(model).resolve()) if Path(model).exists() else str(model),
+                 "kind": loaded.kind, "path": str(Path(loaded.path).resolve()), "step": loaded.step,
+                 "hub_ref": loaded.hub_ref, "name": loaded.config.name, "weights_sha256": base_sha,
+                 "tokenizer_sha256": getattr(tok, "sha256", None)},
+        "data": data_info, "val_data": val_info, "lora": lora_cfg, "too_long": too_long,
+        "chat_template": "openllm.tokenizer.CHAT_TEMPLATE",
+    }
+    base_state = {k: v.detach().cpu() for k, v in loaded.model.state_dict().items()}
+    del loaded
+    plan = RunPlan(cfg=cfg, out=out, data_dir=data, meta={"tokenizer_sha256": getattr(tok, "sha256", None),
+                                                          "splits": {}},
+                   resume_from=resume_from, state=state)
+    trainer = FinetuneTrainer(plan, base_state=base_state, tokenizer=tok, train_rows=train_rows, val_rows=val_rows,
+                              record=record, lora=lora_cfg, device=device, progress=progress,
+                              stop_event=stop_event, on_log=on_log, say=say)
+    try:
+        trainer.setup()
+        trainer.fit()
+        return trainer.finish()
+    except BaseException as exc:
+        err = trainer.fail(exc)
+        if err is not exc:
+            raise err from exc
+        raise
+    finally:
+        trainer.close()
+
+
+def finetune_record(source: str | Path) -> dict[str, Any] | None:
+    """The ``finetune`` record (base model, data, LoRA) of a fine-tuned run or checkpoint, or None."""
+    src = Path(source)
+    ckpt = rundir.latest_checkpoint(src) or (src if (src / rundir.STATE).is_file() else None)
+    if ckpt is None:
+        return None
+    rec = rundir.read_json(ckpt / rundir.STATE).get("finetune")
+    return rec if isinstance(rec, dict) else None
+
