@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHOTS = Path(os.environ.get("OPENLLM_SCREENSHOTS") or REPO / "artifacts" / "screenshots")
 if not SHOTS.is_absolute():
     SHOTS = REPO / SHOTS
-TABS = ["Train", "Monitor", "Generate", "Models", "Help"]
+TABS = ["Train", "Monitor", "Generate", "Models", "Evaluate", "Export", "Compare", "Help"]
 CHROMIUM = "/usr/bin/chromium"
 
 pytestmark = [
@@ -421,6 +421,23 @@ def test_run_identity_cli_runs_corpus_checks_and_divergence_in_a_browser(app_ser
         _select(page, "text-field", "body")
         _wait_text(page, "#corpus-check", "ready to train", 60)
         assert "Record 0 holds" in page.locator("#corpus-check").inner_text()
+
+        # --- Evaluate (saved with the run), Export (a zip), Compare (several runs on one plot) ----------------
+        page.get_by_role("tab", name="Evaluate").click()
+        _select(page, "eval-run", "run-1")
+        page.click("#eval-btn")
+        _wait_text(page, "#eval-msg", "Evaluated run-1", 300)
+        assert "bits per byte" in page.locator("#eval-report").inner_text()
+        assert json.loads((ws / "runs" / "run-1" / "evaluation.json").read_text())["val_loss"] > 0
+        page.get_by_role("tab", name="Export").click()
+        _select(page, "export-run", "run-1")
+        page.click("#export-btn")
+        _wait_text(page, "#export-msg", "Exported run-1", 300)
+        assert (ws / "downloads" / "run-1-hf.zip").is_file() and (ws / "exports" / "run-1-hf" / "config.json").is_file()
+        page.get_by_role("tab", name="Compare").click()
+        _select(page, "compare-runs", "run-1")
+        _select(page, "compare-runs", "run-2")
+        page.wait_for_selector("#compare-plot img", timeout=60_000)
 
         # --- screenshots of every tab, wide and phone-sized -----------------------------------------------------
         page.get_by_role("tab", name="Monitor").click()

@@ -446,3 +446,27 @@ def test_cli_resume_is_shown_and_stopped_then_continue_matches_an_uninterrupted_
     assert sorted(losses["a"]) == sorted(losses["b"]) == list(range(1, total + 1))
     for step in range(1, total + 1):
         assert losses["a"][step] == pytest.approx(losses["b"][step], rel=1e-5), step
+
+
+def test_compare_and_curves_figures(ws):
+    from openllm.app import tools as T
+
+    _run_with_metrics(ws, "m1")
+    _run_with_metrics(ws, "m2", n=10)
+    fig = T.compare_figure(ws, ["m1", "m2"])
+    labels = [line.get_label() for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
+    assert labels == ["m1", "m2"]
+    curves = T.curves_figure(ws, "m1")
+    assert [len(ax.get_lines()) for ax in curves.axes] == [1, 0]  # lr logged; no gradient norm in these metrics
+    with pytest.raises(FormError, match="no checkpoint yet"):
+        T.export_run(ws, "m1", "ONNX")
+
+
+def test_the_hf_token_is_never_in_what_the_browser_receives(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_never_shown_4242")
+    from openllm.app.ui import build_app
+
+    demo = build_app(tmp_path / "ws")
+    config = json.dumps(demo.config, default=str)
+    assert "push-target" in config  # publishing to the Hugging Face Hub is offered ...
+    assert "hf_never_shown_4242" not in config  # ... without the token ever reaching the page

@@ -184,10 +184,11 @@ def push_preview(ws: Workspace, run: str, step: int | None = None) -> PushPrevie
 
 
 def push_run(ws: Workspace, req: PushRequest, step: int | None = None,
-             expect_sha256: str | None = None) -> dict[str, Any]:
+             expect_sha256: str | None = None, **publish: Any) -> dict[str, Any]:
     """Push checkpoint ``step`` (default: the latest) of run ``req.run_name`` to ``req.repo`` as
     ``req.version``; returns {repo, version, commit, step, sha256}. With ``expect_sha256`` (what the preview
-    showed), a checkpoint whose weights changed since is refused instead of published."""
+    showed), a checkpoint whose weights changed since is refused instead of published. ``publish``: more
+    arguments of :func:`openllm.publish.push_model` (hub, license, datasets)."""
     preview = push_preview(ws, req.run_name, step)
     if expect_sha256 is not None and preview.sha256 != expect_sha256:
         raise FormError("Push", "the checkpoint changed since it was shown; check what will be published and "
@@ -197,7 +198,7 @@ def push_run(ws: Workspace, req: PushRequest, step: int | None = None,
 
     try:
         # a checkpoint folder is pushed as it is: the version holds exactly these weights
-        res = push_model(preview.checkpoint, repo_id=req.repo, version=req.version)
+        res = push_model(preview.checkpoint, repo_id=req.repo, version=req.version, **publish)
     except RevisionExists:
         raise FormError("Version", f"{req.repo} already has version {req.version}; versions are immutable: "
                                    "choose another version name") from None

@@ -102,7 +102,8 @@ def loss_figure(metrics: list[dict[str, Any]], title: str = ""):
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 3.6), dpi=100, layout="constrained")
+    # 6.4 in wide with 13-14 pt text: still readable when a phone shows it 330 px wide
+    fig = Figure(figsize=(6.4, 3.2), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     train = [(r["step"], _finite(r.get("loss"))) for r in metrics if _finite(r.get("loss")) is not None]
     val = [(r["step"], _finite(r.get("val_loss"))) for r in metrics if _finite(r.get("val_loss")) is not None]
@@ -116,13 +117,14 @@ def loss_figure(metrics: list[dict[str, Any]], title: str = ""):
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats / token)")
+    ax.set_xlabel("step", fontsize=14)
+    ax.set_ylabel("loss (nats / token)", fontsize=14)
+    ax.tick_params(labelsize=13)
     if title:
-        ax.set_title(title, fontsize=11)
+        ax.set_title(title, fontsize=14)
     ax.grid(True, alpha=0.3)
     if train or val:
-        ax.legend(loc="upper right", frameon=False)
+        ax.legend(loc="upper right", frameon=False, fontsize=13)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     return fig

@@ -23,9 +23,11 @@ from ..config import preset_names  # noqa: E402
 from ..errors import is_user_error  # noqa: E402
 from ..rundir import checkpoint_steps, read_metrics  # noqa: E402
 from . import models as M  # noqa: E402
+from . import tools as T  # noqa: E402
 from .corpus_check import check_corpus  # noqa: E402
 from .forms import (CORPUS_EMBEDDED, CORPUS_UPLOAD, CORPUS_WORKSPACE, OPTIMIZERS, SCHEDULES,  # noqa: E402
-                    FormError, parse_push_form, parse_sampling_form, parse_train_form, preset_fields)
+                    FormError, parse_push_form, parse_repo, parse_sampling_form, parse_train_form,
+                    preset_fields)
 from .help import load_help  # noqa: E402
 from .monitor import format_progress, loss_figure, memory_usage, progress, tail_log  # noqa: E402
 from .runner import Runner, RunnerError, RunStatus  # noqa: E402
@@ -73,10 +75,8 @@ CSS = """
 #runs-table, #hub-table {overflow-x: auto;}
 #runs-table table, #hub-table table {min-width: 560px;}
 #runs-table th, #runs-table td, #hub-table th, #hub-table td {white-space: nowrap;}
-/* every tab stays reachable on a phone: the tab bar scrolls instead of folding tabs into a menu */
-#tabs > .tab-wrapper, #tabs [role=tablist] {overflow-x: auto; flex-wrap: nowrap;}
-#tabs [role=tablist] button {flex: 0 0 auto;}
-#loss-plot img {width: 100%; height: auto;}
+/* plots: the figure's own size on a wide screen, the screen's width on a phone (its fonts are sized for that) */
+#loss-plot img, #compare-plot img, #curves-plot img {width: 100%; max-width: 720px; height: auto;}
 footer {display: none !important;}
 """
 
@@ -217,6 +217,23 @@ def _corpus_report(chk) -> str:
     return f'<div class="corpus-check" data-ok="{str(chk.ok).lower()}">{head}{body}</div>'
 
 
+def _config_summary(cfg) -> str:
+    """Parameters, tokens per step and the memory the weights, gradients and AdamW state take (fp32: 16
+    bytes per parameter; activations come on top and grow with batch size and context)."""
+    from ..model import param_report
+
+    t = cfg.train
+    seq = t.seq_len or cfg.model.max_seq_len
+    rep = param_report(cfg.model, seq)
+    tokens = t.micro_batch_size * t.grad_accum_steps * seq
+    state_mib = rep["params"] * 16 / 2**20
+    return (f'<div class="msg-info" id="config-facts">{rep["params"]:,} parameters '
+            f'({rep["params_non_embedding"]:,} without embeddings) · {tokens:,} tokens per step '
+            f'({t.micro_batch_size} × {t.grad_accum_steps} × {seq}) · {t.max_steps:,} steps = '
+            f'{tokens * t.max_steps:,} tokens · memory for weights, gradients and AdamW state: about '
+            f'{state_mib:,.0f} MiB in fp32, plus activations</div>')
+
+
 def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, dict]:
     defaults = preset_fields(first)
     with gr.Row():
@@ -262,6 +279,11 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
         text_field = gr.Dropdown([], value=None, label="Text field", visible=False, elem_id="text-field",
                                  allow_custom_value=True, info="the field of each record that holds its text")
         corpus_html = gr.HTML("", elem_id="corpus-check")
+    with gr.Accordion("The config this run will use", open=False, elem_id="config-box"):
+        config_btn = gr.Button("Show the config", size="sm", elem_id="config-btn")
+        config_summary = gr.HTML("", elem_id="config-summary")
+        config_json = gr.Code("", language="json", label="config.json", elem_id="config-json",
+                              interactive=False)
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
         stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
@@ -328,6 +350,17 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
         return (started, gr.update(choices=sh.run_choices(), value=name), gr.Tabs(selected="monitor"),
                 started)
 
+    def on_config(run, preset_, *rest):
+        values = dict(zip(["model_size", "vocab_size", "lr", "batch_size", "max_steps", "grad_accum", "optimizer",
+                           "schedule", "weight_decay", "grad_clip", "warmup_steps", "eval_every", "save_every",
+                           "corpus_kind", "corpus_path", "upload", "text_field"], rest))
+        values.update(run_name=run or "preview", preset=preset_)
+        try:
+            cfg = parse_train_form(values).config
+        except Exception as exc:  # noqa: BLE001
+            return _err(exc), ""
+        return _config_summary(cfg), cfg.to_json()
+
     def on_stop():
         try:
             name = sh.runner.stop()
@@ -343,6 +376,7 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
     upload.change(check, corpus_inputs, [corpus_html, text_field])
     text_field.input(check, corpus_inputs, [corpus_html, text_field])
     start_inputs = [run_name, preset, *form, corpus_kind, corpus_path, upload, text_field]
+    config_btn.click(on_config, start_inputs, [config_summary, config_json])
     return TrainTab(start_btn, stop_btn, msg, run_name), {"start": (on_start, start_inputs), "stop": on_stop}
 
 
@@ -537,6 +571,14 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
                            scale=2, info="newest first; the one to push")
     preview = gr.HTML("", elem_id="push-preview")
     gr.Markdown("### Push to the hub")
+    hf = bool(os.environ.get("HF_TOKEN"))  # only whether it is set: the token itself stays in the hub library
+    with gr.Row():
+        target = gr.Radio(["local hub", "Hugging Face Hub"], value="local hub", label="Publish to",
+                          elem_id="push-target", visible=hf,
+                          info="the Space's HF_TOKEN secret is used by the hub library; it is never shown")
+        license_ = gr.Textbox("gpl-3.0", label="License of the weights", elem_id="push-license", visible=hf)
+        dataset = gr.Textbox("", label="Dataset", placeholder="owner/name", elem_id="push-dataset", visible=hf,
+                             info="the data it was trained on, for the model card (optional)")
     with gr.Row():
         repo = gr.Textbox(label="Repository", placeholder="owner/name", elem_id="push-repo",
                           info="created when it does not exist")
@@ -562,10 +604,15 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
     dl_msg = gr.HTML("", elem_id="dl-msg")
     sha = gr.State(None)  # the weights' checksum the preview showed: a push publishes exactly that
 
-    def on_push(run_, step_, repo_, version_, expect):
+    def on_push(run_, step_, repo_, version_, expect, target_, license_value, dataset_):
         try:
             req = parse_push_form(dict(run_name=run_, repo=repo_, version=version_))
-            res = M.push_run(sh.ws, req, int(step_) if step_ else None, expect_sha256=expect)
+            publish = {}
+            if target_ == "Hugging Face Hub":
+                publish = {"hub": "hf", "license": (license_value or "").strip() or "gpl-3.0"}
+                if (dataset_ or "").strip():
+                    publish["datasets"] = [parse_repo(dataset_, "Dataset")]
+            res = M.push_run(sh.ws, req, int(step_) if step_ else None, expect_sha256=expect, **publish)
         except Exception as exc:  # noqa: BLE001
             return _err(exc), gr.skip()
         return (_msg(f"Pushed {req.run_name!r} checkpoint step {res['step']:,} (weights sha256 "
@@ -579,7 +626,8 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
             return _err(exc)
         return _msg(f"Downloaded {ref} to {sh.ws.relative(folder)} in the workspace.", "ok")
 
-    push_event = push_btn.click(on_push, [run, step, repo, version, sha], [push_msg, hub_df])
+    push_event = push_btn.click(on_push, [run, step, repo, version, sha, target, license_, dataset],
+                                [push_msg, hub_df])
     dl_btn.click(on_download, dl_ref, dl_msg)
     handlers = {"sha": sha, "more": more, "push_btn": push_btn, "dl_btn": dl_btn, "push_event": push_event}
     return ModelsTab(run, step, preview, runs_df, hub_df, dl_ref, refresh, continue_btn, delete_btn,
@@ -605,11 +653,83 @@ def _preview(sh: Shared, run: str | None, step: str | None):
         return (_msg(f"Nothing to push: {exc}", "info"), None, gr.update(interactive=False),
                 gr.update(interactive=can_continue), gr.update(interactive=can_delete))
     warn = f" Warning: {st.warning}" if st.warning else ""
-    text = f"Push will publish: {pv.describe()}.{warn}"
+    text = f"Push will publish: {pv.describe()}{warn}"
     html_ = (f'<div class="msg-{"warn" if warn else "info"}" id="push-what" data-step="{pv.step}" '
              f'data-sha256="{pv.sha256}">{html.escape(text)}</div>')
     return html_, pv.sha256, gr.update(interactive=True), gr.update(interactive=can_continue), \
         gr.update(interactive=can_delete)
+
+
+# --- Evaluate, Export, Compare -----------------------------------------------------------------------------------
+
+def _evaluate_tab(sh: Shared) -> list:
+    """Returns its run pickers (kept by the app-wide refresh)."""
+    with gr.Row():
+        run = gr.Dropdown(sh.run_choices(), value=sh.default_run(), label="Run", elem_id="eval-run", scale=3,
+                          info="its latest checkpoint, on the run's validation split")
+        limit = gr.Number(None, label="Limit", elem_id="eval-limit", precision=0, scale=1,
+                          info="at most this many task items; empty = all")
+    with gr.Row():
+        tasks = gr.CheckboxGroup(["lambada", "hellaswag"], label="Standard tasks", elem_id="eval-tasks",
+                                 info="need their data in the local cache (no download here)")
+        task_file = gr.File(label="Or a task file (.jsonl)", file_types=[".jsonl"], type="filepath",
+                            elem_id="eval-task-file")
+    btn = gr.Button("Evaluate", variant="primary", elem_id="eval-btn")
+    msg = gr.HTML("", elem_id="eval-msg")
+    report = gr.Markdown("", elem_id="eval-report")
+
+    def on_evaluate(run_, limit_, tasks_, file_):
+        try:
+            results = T.evaluate_run(sh.ws, run_, limit=int(limit_) if limit_ else None, task_file=file_,
+                                     tasks=list(tasks_ or []))
+        except Exception as exc:  # noqa: BLE001
+            return _err(exc), gr.skip()
+        from ..evaluate import markdown
+
+        return _msg(f"Evaluated {run_}; saved with the run (evaluation.json, read by its model card).", "ok"), \
+            markdown(results)
+
+    btn.click(on_evaluate, [run, limit, tasks, task_file], [msg, report])
+    run.change(lambda r: T.evaluation_markdown(sh.ws, r), run, report, show_progress="hidden")
+    return [run]
+
+
+def _export_tab(sh: Shared) -> list:
+    with gr.Row():
+        run = gr.Dropdown(sh.run_choices(), value=sh.default_run(), label="Run", elem_id="export-run", scale=3,
+                          info="its latest checkpoint")
+        fmt = gr.Dropdown(list(T.EXPORT_CHOICES), value="Hugging Face (safetensors)", label="Format",
+                          elem_id="export-format", scale=2)
+    btn = gr.Button("Export", variant="primary", elem_id="export-btn")
+    msg = gr.HTML("", elem_id="export-msg")
+    download = gr.DownloadButton("Download the export (zip)", elem_id="export-download", visible=False)
+
+    def on_export(run_, fmt_):
+        try:
+            folder, archive = T.export_run(sh.ws, run_, fmt_)
+        except Exception as exc:  # noqa: BLE001
+            return _err(exc), gr.update(visible=False)
+        return (_msg(f"Exported {run_} as {fmt_} to {sh.ws.relative(folder)} in the workspace.", "ok"),
+                gr.update(value=str(archive), visible=True))
+
+    btn.click(on_export, [run, fmt], [msg, download])
+    return [run]
+
+
+def _compare_tab(sh: Shared, tab) -> list:
+    names = sh.run_choices()
+    runs = gr.Dropdown(names, value=names[:2], multiselect=True, label="Runs", elem_id="compare-runs",
+                       info="their loss curves on one plot")
+    loss_plot = gr.Plot(show_label=False, elem_id="compare-plot", format="png")
+    one = gr.Dropdown(names, value=names[0] if names else None, label="Run", elem_id="compare-run",
+                      info="its learning rate and gradient norm")
+    curves = gr.Plot(show_label=False, elem_id="curves-plot", format="png")
+    runs.change(lambda r: T.compare_figure(sh.ws, r or []), runs, loss_plot, show_progress="hidden")
+    one.change(lambda r: T.curves_figure(sh.ws, r), one, curves, show_progress="hidden")
+    tab.select(lambda r, o: (T.compare_figure(sh.ws, [x for x in r or [] if x in sh.run_choices()]),
+                             T.curves_figure(sh.ws, o if o in sh.run_choices() else None)),
+               [runs, one], [loss_plot, curves], show_progress="hidden")
+    return [runs, one]
 
 
 # --- the app ----------------------------------------------------------------------------------------------------
@@ -626,7 +746,8 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
                     elem_id="app-header")
         picks = gr.BrowserState({}, storage_key="openllm-app-picks")
         timer = gr.Timer(2.0)
-        with gr.Tabs(elem_id="tabs") as tabs:
+        # wrap: on a phone every tab stays visible (on more rows) instead of hiding in an overflow menu
+        with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:
             with gr.Tab("Train", id="train", elem_id="tab-train"):
                 train, train_h = _train_tab(sh, presets, first)
             with gr.Tab("Monitor", id="monitor", elem_id="tab-monitor"):
@@ -635,9 +756,27 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
                 gen_model, gen_refresh = _generate_tab(sh)
             with gr.Tab("Models", id="models", elem_id="tab-models"):
                 models, models_h = _models_tab(sh)
+            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"):
+                extra_pickers = _evaluate_tab(sh)
+            with gr.Tab("Export", id="export", elem_id="tab-export"):
+                extra_pickers += _export_tab(sh)
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
+                compare_pickers = _compare_tab(sh, compare_tab)
             with gr.Tab("Help", id="help", elem_id="tab-help"):
                 gr.Markdown(load_help(), elem_id="help-text")
         _wire(demo, sh, tabs, picks, timer, train, train_h, mon, gen_model, gen_refresh, models, models_h)
+
+        def keep_runs(*values):
+            """The other tabs' run pickers: new runs offered, each choice kept while its run exists."""
+            names = sh.run_choices()
+            out = [gr.update(choices=names, value=v if v in names else sh.default_run()) for v in values[:-2]]
+            many, one = values[-2:]
+            out.append(gr.update(choices=names, value=[r for r in (many or []) if r in names]))
+            out.append(gr.update(choices=names, value=one if one in names else (names[0] if names else None)))
+            return out
+
+        pickers = [*extra_pickers, *compare_pickers]
+        tabs.select(keep_runs, pickers, pickers, show_progress="hidden")
 
     # Gradio 6 takes theme and css in launch(); keep them on the Blocks too, so that a plain
     # ``build_app().launch()`` (e.g. a Space's app.py) looks the same as ``openllm app``.
@@ -706,8 +845,12 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
     models.step.input(lambda r, s: _preview(sh, r, s), [models.run, models.step], preview_outputs).then(
         lambda p, s: _remember(p, "push_step", s), [picks, models.step], picks)
 
-    def refresh_all(mrun, mstep, gen, dl, mon_run):
-        """Every list, each keeping what the user chose while it still exists."""
+    def refresh_all(mrun, mstep, gen, dl, mon_run, saved):
+        """Every list, each keeping what the user chose while it still exists (a picker not filled in yet, as
+        right after a reload, takes the choice remembered in the browser)."""
+        saved = saved if isinstance(saved, dict) else {}
+        mrun, mstep = mrun or saved.get("models_run"), mstep or saved.get("push_step")
+        gen, mon_run = gen or saved.get("gen_model"), mon_run or saved.get("monitor_run")
         names = sh.run_choices()
         mrun = sh.keep_run(mrun)
         steps = sh.checkpoint_choices(mrun)
@@ -721,7 +864,7 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
                 gr.update(choices=refs, value=dl), gr.update(choices=gens, value=gen_value),
                 gr.update(choices=names, value=sh.keep_run(mon_run)))
 
-    refresh_inputs = [models.run, models.step, gen_model, models.dl_ref, mon.run]
+    refresh_inputs = [models.run, models.step, gen_model, models.dl_ref, mon.run, picks]
     refresh_outputs = [models.runs_df, models.hub_df, models.run, models.step, *preview_outputs, models.dl_ref,
                        gen_model, mon.run]
     models.refresh.click(refresh_all, refresh_inputs, refresh_outputs)

@@ -9,6 +9,7 @@ symlinks first and then refuses anything that lands outside the workspace. Names
       jobs/NAME/      what the app keeps per run: job.json, log.txt, the prepared data and tokenizer
       corpora/        text the user put there or uploaded through the app
       models/         hub versions downloaded through the app
+      exports/        exports made in the app's Export tab
       downloads/      archives the app offers for download
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ def default_workspace() -> Path:
 class Workspace:
     """A sandboxed folder. Create it with the folder's path; the folder and its subfolders are made."""
 
-    SUBDIRS = ("runs", "jobs", "corpora", "models", "downloads")
+    SUBDIRS = ("runs", "jobs", "corpora", "models", "exports", "downloads")
 
     def __init__(self, root: str | os.PathLike) -> None:
         root = Path(root).expanduser()
