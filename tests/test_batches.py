@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from openllm.batches import RandomWindowLoader, SequentialWindows, TokenShards, 
 from openllm.errors import OpenLLMError
 
 
-def write_shards(out, splits: dict, vocab_size: int = 64, dtype: str = "uint16") -> "Path":
+def write_shards(out, splits: dict, vocab_size: int = 64, dtype: str = "uint16") -> Path:
     """A tokenized data folder by the contract in docs/architecture.md, written with numpy directly.
     ``splits`` maps a split name to a list of 1-D integer arrays (one per shard)."""
     out.mkdir(parents=True, exist_ok=True)
