@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-tokenizer": ("train_tokenizer", "train a SentencePiece tokenizer (also writes Hugging Face files)"),
     "tokenize": ("tokenize", "tokenize a prepared corpus into uint16/uint32 shards with meta.json"),
     "train": ("train", "train a model from a config and tokenized data (resumable, torchrun-aware)"),
+    "finetune": ("finetune", "fine-tune a model on conversations (full or LoRA), loss on assistant tokens only"),
     "evaluate": ("evaluate", "val loss, perplexity, bits per byte, generations and downstream tasks"),
     "compare": ("compare", "put runs or models side by side and plot their loss curves"),
     "generate": ("generate", "generate text from a run, an export or a hub model@version"),
