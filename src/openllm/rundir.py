@@ -32,12 +32,12 @@ from typing import Any, Iterator
 from .errors import OpenLLMError
 
 __all__ = [
-    "CONFIG", "STATUS", "METRICS", "EVALUATION", "CHECKPOINTS", "BEST", "LOSS_PNG", "TOKENIZER", "TMP_PREFIX",
+    "CONFIG", "STATUS", "METRICS", "EVALUATION", "EVALUATIONS", "CHECKPOINTS", "BEST", "LOSS_PNG", "TOKENIZER", "TMP_PREFIX",
     "WEIGHTS", "OPTIMIZER", "STATE",
     "is_run", "step_name", "checkpoint_dir", "step_of", "is_complete", "list_checkpoints", "checkpoint_steps",
     "latest_checkpoint", "require_latest_checkpoint", "clean_temporary",
     "read_best", "write_best", "read_status", "write_status", "read_metrics", "read_jsonl", "read_evaluation",
-    "write_evaluation", "read_json", "load_json",
+    "read_other_evaluations", "write_evaluation", "read_json", "load_json",
     "write_json_atomic", "write_text_atomic", "write_bytes_atomic", "atomic_file", "atomic_output_dir", "make_dirs",
     "fsync_dir", "fsync_file",
     "LOCK", "RunLock", "lock_holder", "request_stop", "STATES", "ACTIVE_STATES", "END_STATES", "TRANSITIONS",
@@ -48,6 +48,7 @@ CONFIG = "config.json"
 STATUS = "status.json"
 METRICS = "metrics.jsonl"
 EVALUATION = "evaluation.json"
+EVALUATIONS = "evaluations"  # other evaluations (a text file's), one JSON file each
 CHECKPOINTS = "checkpoints"
 BEST = "best.json"
 LOSS_PNG = "loss.png"
@@ -217,6 +218,12 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 def read_evaluation(run_dir: str | os.PathLike) -> dict[str, Any]:
     return read_json(Path(run_dir) / EVALUATION)
+
+
+def read_other_evaluations(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The evaluations kept beside ``evaluation.json`` (``evaluations/*.json``), by file name."""
+    folder = Path(run_dir) / EVALUATIONS
+    return [d for p in sorted(folder.glob("*.json")) if (d := read_json(p))] if folder.is_dir() else []
 
 
 def write_evaluation(run_dir: str | os.PathLike, results: dict[str, Any]) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import OpenLLMError
-from ..rundir import EVALUATION
+from ..rundir import EVALUATION, EVALUATIONS
 from .report import markdown, write_json
 
 __all__ = ["evaluate", "evaluate_run", "evaluate_loaded", "find_data_dir", "markdown", "write_json"]
@@ -68,11 +68,21 @@ def evaluate(source: Any, *, text: str | Path | None = None, data: str | Path | 
         # beside the weights the model card is made from: the run folder, or a local export folder (never a
         # hub download's cache)
         folder = Path(loaded.info.get("run", loaded.path)) if loaded.kind == "run" else Path(loaded.path)
-        written.append(str(write_json(results, folder / EVALUATION)))
+        written.append(str(write_json(results, folder / evaluation_file(results))))
     if json_path is not None:
         written.append(str(write_json(results, json_path)))
     results["written"] = written
     return results
+
+
+def evaluation_file(results: dict) -> str:
+    """Where a model folder keeps these results: ``evaluation.json`` for its own val split (what the model
+    card reports), ``evaluations/text-NAME-SHA.json`` for a text file (listed in the card as what it is)."""
+    ds = results.get("dataset") if isinstance(results.get("dataset"), dict) else {}
+    if ds.get("kind") != "text":
+        return EVALUATION
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(str(ds.get("name"))).stem)[:40]
+    return f"{EVALUATIONS}/text-{stem}-{str(ds.get('sha256'))[:12]}.json"
 
 
 def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str = (), limit: int | None = None,
@@ -144,7 +154,7 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
         results.update(scores["model"])
         results.update(tokens=et.tokens_scored, bytes=et.n_bytes, window=window, stride=stride,
                        dataset={"name": et.name, "kind": et.kind, "path": et.path, "documents": et.documents,
-                                "bytes_from": et.bytes_from})
+                                "bytes_from": et.bytes_from, "sha256": et.sha256})
     else:
         results.update(val_loss=None, perplexity=None, bits_per_byte=None, tokens=0, bytes=0, window=window,
                        stride=stride, dataset=None)

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from ..hashing import sha256_bytes
 from . import metrics
 
 __all__ = ["StreamScore", "EvalText", "window_plan", "score_stream", "val_split_tokens", "val_split_text", "text_file_text", "logits_of",
@@ -168,6 +169,7 @@ class EvalText:
     path: str
     documents: int
     bytes_from: str  # how n_bytes was obtained
+    sha256: str | None = None  # of the text file, or of the prepared val.jsonl the val shards were made from
 
     @property
     def tokens_scored(self) -> int:
@@ -216,9 +218,13 @@ def val_split_text(data_dir: str | Path, tokenizer, *, max_tokens: int | None = 
             n_bytes += len(tokenizer.decode(doc.tolist()).encode("utf-8"))
         start = end + 1
     n_bytes += len(ends)
+    from ..rundir import read_json
+
+    val_source = (read_json(Path(data_dir) / "meta.json").get("sources") or {}).get("val.jsonl") or {}
     return EvalText(tokens=tokens, n_bytes=n_bytes, name=f"val split of {Path(data_dir).name}", kind="val",
                     path=str(Path(data_dir)), documents=len(ends) or 1,
-                    bytes_from="decoded val tokens (UTF-8 bytes of each document + 1 per EOS)")
+                    bytes_from="decoded val tokens (UTF-8 bytes of each document + 1 per EOS)",
+                    sha256=val_source.get("sha256") if isinstance(val_source, dict) else None)
 
 
 def _line_blocks(text: str, block_chars: int = 1 << 16) -> list[str]:
@@ -257,4 +263,4 @@ def text_file_text(path: str | Path, tokenizer, *, max_bytes: int | None = None)
         ids.extend(tokenizer.encode(block))
     tokens = np.asarray([tokenizer.eos_id] + ids, dtype=np.int64)
     return EvalText(tokens=tokens, n_bytes=len(text.encode("utf-8")), name=path.name, kind="text",
-                    path=str(path), documents=1, bytes_from="file (UTF-8 bytes)")
+                    path=str(path), documents=1, bytes_from="file (UTF-8 bytes)", sha256=sha256_bytes(raw))

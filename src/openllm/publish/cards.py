@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 from .facts import RunFacts
 
-__all__ = ["model_card", "dataset_card", "eval_results"]
+__all__ = ["model_card", "dataset_card", "eval_results", "val_evaluation", "data_ids", "weights_license"]
 
 _TAGS = ["openllm", "llama", "causal-lm", "from-scratch"]
 _TASKS = {  # evaluation task -> (dataset type, dataset name, split)
@@ -53,6 +53,46 @@ def eval_results(evaluation: dict[str, Any], *, dataset_id: str | None = None) -
     return out
 
 
+def val_evaluation(facts: RunFacts) -> dict[str, Any]:
+    """The run's evaluation of its own val split, or ``{}``: an evaluation of another text, or of a val split
+    whose checksum is not the one this run trained beside, is not the model's validation result."""
+    ev = facts.evaluation or {}
+    ds = ev.get("dataset") if isinstance(ev.get("dataset"), dict) else {}
+    if ds.get("kind") != "val":
+        return {}
+    want = (facts.data_sources.get("val.jsonl") or {}).get("sha256")
+    if want and ds.get("sha256") and ds["sha256"] != want:
+        return {}
+    return ev
+
+
+def data_ids(facts: RunFacts, given: Iterable[str] | None = None) -> list[str]:
+    """``datasets:`` of the card: the ids the user named, then the data's own provenance (a Hugging Face
+    dataset by its id, the embedded corpus by the name ``prepare-data`` knows it by)."""
+    out = list(given or [])
+    for src in facts.provenance:
+        if src.get("kind") == "hf" and src.get("name"):
+            name = str(src["name"])
+        elif src.get("kind") == "embedded" and src.get("name"):
+            name = str(src["name"])
+        else:
+            continue
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def weights_license(facts: RunFacts, license: str | None) -> tuple[str, str | None]:
+    """(license id, license name for ``other``): the user's choice, else what the training data allows: text
+    that is all public domain gives public-domain weights; anything else is stated as unknown."""
+    if license:
+        return license, None
+    licenses = {str(src.get("license", "")).lower() for src in facts.provenance}
+    if facts.provenance and licenses == {"public domain"}:
+        return "other", "public-domain"
+    return "other", "unknown"
+
+
 def _yaml_header(data: Any) -> str:
     return "---\n" + data.to_yaml() + "\n---\n"
 
@@ -71,7 +111,7 @@ def _table(rows: Iterable[tuple[str, str]], head: tuple[str, str] = ("", "")) ->
     return "\n".join(lines) + "\n"
 
 
-def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str = "gpl-3.0",
+def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | None = None,
                language: str | list[str] = "en", datasets: list[str] | None = None,
                image_name: str | None = "loss.png", hub_name: str = "local") -> str:
     """README.md for one model version."""
@@ -80,13 +120,17 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str = "g
     cfg = facts.config
     model = cfg.get("model") or {}
     train = cfg.get("train") or {}
-    ev = facts.evaluation or {}
+    ev = val_evaluation(facts)
+    ids = data_ids(facts, datasets)
+    license_id, license_name = weights_license(facts, license)
     data = ModelCardData(
-        license=license, language=[language] if isinstance(language, str) else list(language),
-        library_name="transformers", tags=list(_TAGS), datasets=list(datasets) if datasets else None,
+        license=license_id, language=[language] if isinstance(language, str) else list(language),
+        library_name="transformers", tags=list(_TAGS), datasets=ids or None,
         pipeline_tag="text-generation", model_name=repo_id,
-        eval_results=eval_results(ev, dataset_id=(datasets or [None])[0]) or None,
+        eval_results=eval_results(ev, dataset_id=(ids or [None])[0]) or None,
     )
+    if license_name:
+        data.license_name = license_name
     name = repo_id.split("/")[1]
     s: list[str] = [_yaml_header(data), f"# {name} ({version})\n\n"]
     intro = "A small Llama-shaped language model trained from scratch with [OpenLLM](https://github.com/louischua/openllm)"
@@ -159,6 +203,17 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str = "g
     if facts.code_commit:
         when = "recorded by the run" if facts.code_commit_origin == "run" else "at push time"
         prov.append(("code commit", f"`{facts.code_commit}` ({when})"))
+    for src in facts.provenance:
+        what = src.get("description") or src.get("name") or src.get("kind")
+        where = ", ".join(str(src[k]) for k in ("package", "version", "file") if src.get(k))
+        prov.append((f"source `{src.get('name', '?')}`", f"{what}" + (f" ({where})" if where else "")
+                     + (f", license: {src['license']}" if src.get("license") else "")))
+    if license_name == "public-domain":
+        prov.append(("weights license", "public domain, as all the training text is (choose another with "
+                                        "`--license`)"))
+    elif license_name == "unknown":
+        prov.append(("weights license", "not stated: the training data's license is not recorded; state it "
+                                        "with `openllm hub push --license`"))
     if prov:
         s.append("\n## Data and code\n\n" + _table(prov, ("", "value")))
 
@@ -166,17 +221,22 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str = "g
     met = []
     if facts.final_loss is not None:
         met.append(("final training loss", f"{facts.final_loss:.4f}"))
+    batches = train.get("eval_batches")
+    est = f"validation loss estimate ({batches} val batches, during training)" if batches else \
+        "validation loss estimate (during training)"
     if facts.final_val_loss is not None:
-        met.append(("final validation loss", f"{facts.final_val_loss:.4f}"))
+        met.append((f"final {est}", f"{facts.final_val_loss:.4f}"))
     if facts.best_val_loss is not None:
         at = f" (step {facts.best_step:,})" if isinstance(facts.best_step, int) else ""
-        met.append(("best validation loss", f"{facts.best_val_loss:.4f}{at}"))
+        met.append((f"best {est}", f"{facts.best_val_loss:.4f}{at}"))
     ds = ev.get("dataset") if isinstance(ev.get("dataset"), dict) else {}
-    on = f" on {ds['name']}" if ds.get("name") else ""
-    for key, label, fmt in (("val_loss", "evaluation loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}"),
+    how = f"every token of the {ds['name']}" if ds.get("name") else "every val token"
+    if ev.get("window"):
+        how += f", window {ev['window']}, stride {ev.get('stride')}"
+    for key, label, fmt in (("val_loss", "validation loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}"),
                             ("bits_per_byte", "bits per byte", "{:.4f}")):
         if _num(ev.get(key)) is not None:
-            met.append((f"{label}{on}", fmt.format(ev[key])))
+            met.append((f"{label} ({how})", fmt.format(ev[key])))
     for task, scores in sorted((ev.get("tasks") or {}).items()):
         if isinstance(scores, dict):
             for key in ("acc", "acc_norm", "ppl"):
@@ -186,6 +246,17 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str = "g
         s.append("\n## Metrics\n\n" + _table(met, ("metric", "value")))
         if ev:
             s.append("\nEvaluation details are in `evaluation.json`.\n")
+    others = []
+    for other in facts.other_evaluations:
+        ods = other.get("dataset") if isinstance(other.get("dataset"), dict) else {}
+        if _num(other.get("val_loss")) is None:
+            continue
+        sha = f" (sha256 `{ods['sha256'][:16]}…`)" if ods.get("sha256") else ""
+        others.append((f"text file `{ods.get('name', '?')}`{sha}",
+                       f"loss {other['val_loss']:.4f}, perplexity {other.get('perplexity') or float('nan'):.2f}"))
+    if others:
+        s.append("\n## Other evaluations\n\nScored with `openllm evaluate --text FILE`; these texts are not "
+                 "datasets of the hub and are not in the model index.\n\n" + _table(others, ("text", "result")))
     if image_name:
         s.append(f"\n## Loss curve\n\n![loss curve]({image_name})\n")
 
@@ -203,6 +274,10 @@ tok = AutoTokenizer.from_pretrained("{repo_id}", revision="{version}")
 model = AutoModelForCausalLM.from_pretrained("{repo_id}", revision="{version}")
 ids = tok("Once upon a time", return_tensors="pt").input_ids
 print(tok.decode(model.generate(ids, max_new_tokens=40)[0]))
+
+# conversations go through the chat template the tokenizer carries (also in the GGUF export)
+messages = [{{"role": "user", "content": "Who created the heaven and the earth?"}}]
+prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 ```
 
 With OpenLLM:

@@ -37,7 +37,9 @@ class RunFacts:
     best_step: int | None = None
     tokens_per_s: float | None = None
     mfu: float | None = None
-    evaluation: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)  # of the run's own val split (evaluation.json)
+    other_evaluations: list[dict[str, Any]] = field(default_factory=list)  # e.g. a text file's
+    provenance: list[dict[str, Any]] = field(default_factory=list)  # where the prepared text came from
     tokenizer_sha256: str | None = None
     data_sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> {sha256, bytes}
     data_splits: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> {tokens, documents}
@@ -149,6 +151,7 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
     evaluation = rundir.read_evaluation(run)
     if whole_run or (facts.step is not None and evaluation.get("step") == facts.step):
         facts.evaluation = evaluation
+        facts.other_evaluations = rundir.read_other_evaluations(run)
     tok_model = next((p for p in (run / rundir.TOKENIZER / "tokenizer.model", src / "tokenizer.model")
                       if p.is_file()), None)
     facts.tokenizer_sha256 = state.get("tokenizer_sha256") or (sha256_file(tok_model) if tok_model else None)
@@ -158,6 +161,7 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
         facts.data_sources = {k: v for k, v in (meta.get("sources") or {}).items() if isinstance(v, dict)}
         facts.data_splits = {k: {"tokens": v.get("tokens"), "documents": v.get("documents")}
                              for k, v in (meta.get("splits") or {}).items() if isinstance(v, dict)}
+        facts.provenance = [p for p in (meta.get("prepared_from") or []) if isinstance(p, dict)]
     image = run / rundir.LOSS_PNG
     facts.loss_image = image if whole_run and image.is_file() else None
     return facts
