@@ -485,3 +485,175 @@ def test_remote_hub_over_http_with_auth(hub, http_hub, folder, tmp_path):
     assert (out / "sub" / "b.bin").read_bytes() == (folder / "sub" / "b.bin").read_bytes()
     with pytest.raises(RepositoryNotFound):
         remote.list_refs(repo_id="alice/none", repo_type="dataset")
+
+
+# --- what the hub refuses, and versions as one atomic update (issue 15) -----------------------------------
+
+def _refs(bare: Path) -> str:
+    """Every branch and tag of a bare repository with the object it names: the state a write must keep or move."""
+    return _git("--git-dir", str(bare), "for-each-ref", "--format=%(refname) %(objectname)")
+
+
+def _fsck(bare: Path) -> str:
+    return _git("--git-dir", str(bare), "fsck", "--strict", "--no-dangling")
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("HEAD", "reserved by git"), ("head", "reserved by git"), ("main", "reserved by git"),
+    ("Master", "reserved by git"), ("FETCH_HEAD", "reserved by git"), ("ORIG_HEAD", "reserved by git"),
+    ("-rf", "must not start with '-'"), ("--force", "must not start with '-'"), ("refs/tags/x", "'/'"),
+    ("refs/heads/main", "'/'"), ("@", "letters, digits"), ("a@{1}", "letters, digits"), ("v 1", "letters, digits"),
+    ("x~1", "letters, digits"), ("a:b", "letters, digits"), ("a..b", "'..'"), (".hidden", "start or end with '.'"),
+    ("v1.", "start or end with '.'"), ("v1.lock", "'.lock'"), ("", "letters, digits"), ("x" * 201, "200"),
+    ("v\n1", "control"),
+])
+def test_reserved_and_malformed_version_names_are_refused_before_any_io(hub, folder, bad, why):
+    from openllm.hub import validate_tag
+
+    with pytest.raises(InvalidRepoId) as err:
+        validate_tag(bad)
+    assert why in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(InvalidRepoId):
+        hub.create_tag(repo_id="alice/m", tag=bad)  # no such repo: the name is refused first
+    with pytest.raises(InvalidRepoId):
+        hub.upload_version(repo_id="alice/m", folder_path=folder, tag=bad)
+    assert not hub.root.exists()
+
+
+def test_version_names_agree_with_git_check_ref_format():
+    """Every name validate_tag accepts, git accepts as a tag; the reserved ones git accepts but are refused."""
+    from openllm.hub import validate_tag, validate_version
+
+    names = ["7k", "1.5k", "v2", "v1.0-rc_1", "_x", "sync-3-0123456789ab", "ahead", "a..b", "a.lock", ".a", "a.",
+             "@", "a b", "x~1", "x^", "x:y", "x?", "x*", "x[", "x\\y", "HEAD", "main", "-x"]
+    for name in names:
+        git_ok = subprocess.run(["git", "check-ref-format", f"refs/tags/{name}"]).returncode == 0
+        try:
+            validate_tag(name)
+            ours = True
+        except InvalidRepoId:
+            ours = False
+        assert not ours or git_ok, f"{name!r} is accepted but git refuses it"
+    for reserved in ("HEAD", "main", "-x", "@"):
+        assert subprocess.run(["git", "check-ref-format", f"refs/tags/{reserved}"]).returncode == 0
+    # the Space sync's tags are tags the hub takes, but no user version may pass for one
+    assert validate_tag("sync-3-0123456789ab") == "sync-3-0123456789ab"
+    with pytest.raises(InvalidRepoId, match="reserved for the Space sync"):
+        validate_version("sync-3-0123456789ab")
+
+
+@pytest.mark.parametrize("spec", ["ftp://x", "FTP://host/x", "hf://alice", "s3://bucket/hub", "git+ssh://h/x",
+                                  "gopher://h"])
+def test_unknown_hub_url_schemes_are_refused_and_nothing_is_created(tmp_path, monkeypatch, spec):
+    monkeypatch.chdir(tmp_path)
+    scheme = spec.split("://")[0]
+    with pytest.raises(HubError) as err:
+        get_hub(spec)
+    msg = str(err.value)
+    assert f"'{scheme}://'" in msg and "file://, git://, http://, https://, ssh://" in msg and "\n" not in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_accepted_hub_specs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for url in ("file:///srv/hub", "git://127.0.0.1/", "http://h/base", "https://h/base", "ssh://git@h/srv/hub",
+                "HTTPS://h/base"):
+        assert get_hub(url).url.lower() == url.lower().rstrip("/") + "/"
+    assert get_hub("relative/folder").root == tmp_path / "relative" / "folder"
+    assert list(tmp_path.iterdir()) == []  # a hub is a spec until something is written
+
+
+def test_uploads_never_follow_links_out_of_the_folder(hub, folder, tmp_path):
+    from openllm.hub import UnsafeUpload, folder_files
+
+    hub.create_repo(repo_id="alice/m")
+    c1 = hub.upload_folder(repo_id="alice/m", folder_path=folder)
+    bare = hub.root / "models/alice/m.git"
+    before = _refs(bare)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the hub")
+    cases = {"passwd": ("/etc/passwd", "outside the folder"), "secret": (str(secret), "outside the folder"),
+             "up": ("../../secret.txt", "outside the folder"), "dangling": ("nowhere.txt", "dangling"),
+             "linked-dir": (str(tmp_path), "a folder")}
+    for name, (target, why) in cases.items():
+        link = folder / "sub" / name
+        link.symlink_to(target)
+        for call in (lambda: hub.upload_folder(repo_id="alice/m", folder_path=folder),
+                     lambda: hub.upload_version(repo_id="alice/m", folder_path=folder, tag="v1")):
+            with pytest.raises(UnsafeUpload) as err:
+                call()
+            assert f"sub/{name}" in str(err.value) and why in str(err.value) and "\n" not in str(err.value)
+        link.unlink()
+        assert _refs(bare) == before
+    # a link to a file inside the folder is uploaded as that file's content (a regular file in the repo)
+    (folder / "sub" / "alias.txt").symlink_to("../a.txt")
+    assert [rel for rel, _ in folder_files(folder)] == ["a.txt", "sub/alias.txt", "sub/b.bin"]
+    c2 = hub.upload_folder(repo_id="alice/m", folder_path=folder)
+    assert c2 != c1
+    mode = _git("--git-dir", str(bare), "ls-tree", c2, "sub/alias.txt").split()[0]
+    assert mode == "100644"
+    out = hub.download(repo_id="alice/m", local_dir=tmp_path / "dl")
+    assert (out / "sub" / "alias.txt").read_bytes() == b"hello\r\nworld\n" and not (out / "sub/alias.txt").is_symlink()
+    assert _fsck(bare) == ""
+
+
+def test_upload_version_is_all_or_nothing(hub, folder, tmp_path):
+    hub.create_repo(repo_id="alice/m")
+    bare = hub.root / "models/alice/m.git"
+    c1 = hub.upload_version(repo_id="alice/m", folder_path=folder, tag="v1", tag_message="first")
+    assert hub.list_refs(repo_id="alice/m").branches["main"] == c1 == hub.list_refs(repo_id="alice/m").tags["v1"]
+    assert hub.tag_info(repo_id="alice/m")["v1"]["message"] == "first"
+    (folder / "a.txt").write_text("changed")
+    before = _refs(bare)
+    with pytest.raises(RevisionExists, match="already has version 'v1'; versions are immutable") as err:
+        hub.upload_version(repo_id="alice/m", folder_path=folder, tag="v1")
+    assert "--force" not in str(err.value)  # the transport has no flags to suggest
+    assert _refs(bare) == before
+    # the hub refuses the tag (a server rule): the commit must not land without it
+    hook = bare / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\nif grep -q ' refs/tags/'; then echo 'tags are frozen' >&2; exit 1; fi\n")
+    hook.chmod(0o755)
+    with pytest.raises(HubError, match="tags are frozen"):
+        hub.upload_version(repo_id="alice/m", folder_path=folder, tag="v2")
+    assert _refs(bare) == before
+    hook.unlink()
+    c2 = hub.upload_version(repo_id="alice/m", folder_path=folder, tag="v2")
+    assert hub.list_commits(repo_id="alice/m")[0].parents == [c1]
+    # replacing a version moves its tag to the new commit, in the same push as the commit
+    (folder / "a.txt").write_text("changed again")
+    c3 = hub.upload_version(repo_id="alice/m", folder_path=folder, tag="v1", replace_tag=True)
+    refs = hub.list_refs(repo_id="alice/m")
+    assert refs.branches["main"] == c3 and refs.tags == {"v1": c3, "v2": c2}
+    # the same tree again as a new version: no empty commit, the version names the head
+    assert hub.upload_version(repo_id="alice/m", folder_path=folder, tag="v3") == c3
+    assert hub.list_refs(repo_id="alice/m").tags["v3"] == c3
+    assert _fsck(bare) == ""
+
+
+def test_delete_tag_works_from_a_directory_outside_any_git_repository(hub, folder, tmp_path, monkeypatch):
+    hub.create_repo(repo_id="alice/m")
+    hub.upload_version(repo_id="alice/m", folder_path=folder, tag="v1")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert subprocess.run(["git", "rev-parse", "--git-dir"], cwd=elsewhere, capture_output=True).returncode != 0
+    monkeypatch.chdir(elsewhere)
+    hub.delete_tag(repo_id="alice/m", tag="v1")
+    assert hub.list_refs(repo_id="alice/m").tags == {}
+
+
+def test_upload_version_over_http_is_atomic_too(hub, http_hub, folder):
+    hub.create_repo(repo_id="alice/m")
+    bare = hub.root / "models/alice/m.git"
+    remote = LocalHub(url=f"http://user:secret@127.0.0.1:{http_hub}/")
+    c1 = remote.upload_version(repo_id="alice/m", folder_path=folder, tag="v1")
+    assert hub.list_refs(repo_id="alice/m").tags == {"v1": c1}
+    (folder / "a.txt").write_text("changed")
+    before = _refs(bare)
+    with pytest.raises(RevisionExists):
+        remote.upload_version(repo_id="alice/m", folder_path=folder, tag="v1")
+    assert _refs(bare) == before
+    c2 = remote.upload_version(repo_id="alice/m", folder_path=folder, tag="v1", replace_tag=True)
+    assert hub.list_refs(repo_id="alice/m").tags == {"v1": c2} and hub.list_commits(repo_id="alice/m")[0].parents == [c1]
+    remote.delete_tag(repo_id="alice/m", tag="v1")
+    assert hub.list_refs(repo_id="alice/m").tags == {}
+    assert _fsck(bare) == ""

@@ -11,9 +11,11 @@ from typing import Any
 
 from .base import REPLACE_ALL, CommitInfo, CommitOperation, CommitOperationAdd, CommitOperationDelete, GitRefs, Hub
 from .errors import (AuthError, ConflictError, EntryNotFound, HubError, HubUnavailable, InvalidRepoId,
-                     RepositoryExists, RepositoryNotFound, RevisionExists, RevisionNotFound, UnsupportedOperation)
+                     RepositoryExists, RepositoryNotFound, RevisionExists, RevisionNotFound, UnsafeUpload,
+                     UnsupportedOperation)
 from .factory import HUB_HELP, get_hub
-from .ids import parse_model_ref, validate_repo_id
+from .files import folder_files
+from .ids import parse_model_ref, validate_repo_id, validate_tag, validate_version
 from .local import LocalHub, cache_root, default_hub_root
 from .models import VersionInfo, download_model, latest_version, list_models, model_versions, pull_model
 from .versions import step_of_version, version_for_step
@@ -22,8 +24,9 @@ __all__ = [
     "Hub", "LocalHub", "HfHub", "get_hub", "HUB_HELP", "CommitOperationAdd", "CommitOperationDelete",
     "CommitOperation", "CommitInfo", "GitRefs", "REPLACE_ALL",
     "HubError", "InvalidRepoId", "RepositoryNotFound", "RepositoryExists", "RevisionNotFound", "RevisionExists",
-    "EntryNotFound", "AuthError", "HubUnavailable", "ConflictError", "UnsupportedOperation",
-    "validate_repo_id", "parse_model_ref", "version_for_step", "step_of_version", "default_hub_root", "cache_root",
+    "EntryNotFound", "AuthError", "HubUnavailable", "ConflictError", "UnsupportedOperation", "UnsafeUpload",
+    "folder_files", "validate_repo_id", "validate_tag", "validate_version", "parse_model_ref",
+    "version_for_step", "step_of_version", "default_hub_root", "cache_root",
     "model_versions", "pull_model", "download_model", "list_models", "latest_version", "VersionInfo",
 ]
 

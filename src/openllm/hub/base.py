@@ -10,7 +10,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
-from .ids import validate_path_in_repo
+from .errors import RevisionExists, RevisionNotFound
+from .ids import validate_path_in_repo, validate_tag
 
 __all__ = ["Hub", "CommitOperationAdd", "CommitOperationDelete", "CommitOperation", "GitRefs", "CommitInfo",
            "REPLACE_ALL"]
@@ -117,6 +118,29 @@ class Hub(abc.ABC):
     def create_tag(self, *, repo_id: str, tag: str, revision: str | None = None, message: str | None = None,
                    repo_type: str = "model", exist_ok: bool = False) -> None:
         """Annotated tag on ``revision`` (default: head of main). Existing tag: RevisionExists unless exist_ok."""
+
+    def upload_version(self, *, repo_id: str, folder_path: str | Path, tag: str, repo_type: str = "model",
+                       commit_message: str | None = None, tag_message: str | None = None,
+                       delete_patterns: str | Sequence[str] | None = None, replace_tag: bool = False) -> str:
+        """Upload the folder as one commit on main (as :meth:`upload_folder`) and tag that commit ``tag``.
+        An existing tag: RevisionExists unless ``replace_tag`` (then the tag moves to the new commit).
+        Return the commit id.
+
+        This generic version makes two calls (commit, then tag), so a tag taken by someone else between the
+        two leaves the commit on main. The local git hub overrides it with one atomic push of the branch and
+        the tag together: a refused or interrupted version changes nothing."""
+        validate_tag(tag)
+        if not replace_tag and tag in self.list_refs(repo_id=repo_id, repo_type=repo_type).tags:
+            raise RevisionExists(f"{repo_type} repo {repo_id} already has version {tag!r}; versions are immutable")
+        commit = self.upload_folder(repo_id=repo_id, folder_path=folder_path, repo_type=repo_type,
+                                    commit_message=commit_message, delete_patterns=delete_patterns)
+        if replace_tag:
+            try:
+                self.delete_tag(repo_id=repo_id, tag=tag, repo_type=repo_type)
+            except RevisionNotFound:
+                pass
+        self.create_tag(repo_id=repo_id, tag=tag, revision=commit, message=tag_message, repo_type=repo_type)
+        return commit
 
     @abc.abstractmethod
     def delete_tag(self, *, repo_id: str, tag: str, repo_type: str = "model") -> None: ...

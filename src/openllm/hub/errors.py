@@ -7,6 +7,7 @@ from ..errors import OpenLLMError
 __all__ = [
     "HubError", "InvalidRepoId", "RepositoryNotFound", "RepositoryExists", "RevisionNotFound",
     "RevisionExists", "EntryNotFound", "AuthError", "HubUnavailable", "ConflictError", "UnsupportedOperation",
+    "UnsafeUpload",
 ]
 
 
@@ -52,3 +53,7 @@ class RevisionExists(ConflictError):
 
 class UnsupportedOperation(HubError):
     """The operation is not available on this kind of hub (e.g. creating a repo over git's protocols)."""
+
+
+class UnsafeUpload(HubError):
+    """A folder to upload holds a link that leads outside it (or a linked folder, or a dangling link)."""

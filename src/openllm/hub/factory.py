@@ -2,21 +2,27 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from .base import Hub
+from .errors import HubError
 
-__all__ = ["get_hub", "HUB_HELP"]
+__all__ = ["get_hub", "HUB_HELP", "URL_SCHEMES"]
 
+# the URL schemes git's own transports take (the local hub hands the URL to git as it is)
+URL_SCHEMES = ("file", "git", "http", "https", "ssh")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 HUB_HELP = ("where repositories live: 'local' (default: $OPENLLM_HUB or ~/.cache/openllm/hub), 'hf' (the "
             "Hugging Face hub, token from HF_TOKEN), a folder (a local hub there), or a git URL "
-            "(git://, http(s)://, file:// base of a hub served over git)")
+            "(file://, git://, http(s)://, ssh:// base of a hub served over git)")
 
 
 def get_hub(spec: Any = None) -> Hub:
-    """``None``/``"local"`` -> LocalHub at the default root; ``"hf"`` -> HfHub; a ``git://``, ``http(s)://``
-    or ``file://`` URL -> LocalHub(url=...); any other string or Path -> LocalHub(root=...); a Hub -> itself.
+    """``None``/``"local"`` -> LocalHub at the default root; ``"hf"`` -> HfHub; a ``file://``, ``git://``,
+    ``http(s)://`` or ``ssh://`` URL -> LocalHub(url=...); any other ``scheme://`` is refused (HubError, before
+    anything is created); any other string or Path -> LocalHub(root=...); a Hub -> itself.
     ``$OPENLLM_HUB_SPEC`` sets the default when spec is None."""
     if isinstance(spec, Hub):
         return spec
@@ -33,6 +39,11 @@ def get_hub(spec: Any = None) -> Hub:
         from .hf import HfHub
 
         return HfHub()
-    if text.startswith(("git://", "http://", "https://", "ssh://", "file://")):
-        return LocalHub(url=text)
+    m = _SCHEME.match(text)
+    if m:
+        if m.group(1).lower() not in URL_SCHEMES:  # else it would become a folder named 'ftp:'
+            accepted = ", ".join(f"{s}://" for s in URL_SCHEMES)
+            raise HubError(f"unknown hub URL scheme '{m.group(1)}://': a hub is 'local', 'hf', a folder, or a git "
+                           f"URL ({accepted})")
+        return LocalHub(url=m.group(1).lower() + text[len(m.group(1)):])
     return LocalHub(root=text)

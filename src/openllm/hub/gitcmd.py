@@ -89,8 +89,8 @@ def _last_line(text: str) -> str:
 def git(args: Sequence[str], *, git_dir: str | Path | None = None, input: bytes | None = None,
         env: Mapping[str, str] | None = None, timeout: float | None = None, where: str = "the hub",
         check: bool = True, network: bool = False) -> subprocess.CompletedProcess:
-    """Run ``git ARGS`` and return the completed process (bytes). On failure raise the typed error its
-    message means (network commands), else :class:`GitFailed` — unless ``check`` is False."""
+    """Run ``git ARGS`` (paths in ARGS absolute) and return the completed process (bytes). On failure raise the
+    typed error its message means (network commands), else :class:`GitFailed` — unless ``check`` is False."""
     exe = shutil.which("git")
     if exe is None:
         raise HubError("git is not installed; install git (apt-get install git) to use the local hub")
@@ -99,8 +99,11 @@ def git(args: Sequence[str], *, git_dir: str | Path | None = None, input: bytes 
         cmd.append(f"--git-dir={git_dir}")
     cmd += list(args)
     try:
+        # without a git dir, run from '/': git must not find (and use the config of) whatever repository the
+        # caller's current directory happens to be in
         proc = subprocess.run(cmd, input=input, capture_output=True, env=git_env(env),
-                              timeout=timeout or DEFAULT_TIMEOUT, stdin=None if input is not None else subprocess.DEVNULL)
+                              cwd=os.sep if git_dir is None else None, timeout=timeout or DEFAULT_TIMEOUT,
+                              stdin=None if input is not None else subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise HubUnavailable(f"{where} did not answer within {timeout or DEFAULT_TIMEOUT:.0f} s "
                              f"(git {args[0]}); try again later") from None

@@ -8,7 +8,7 @@ import re
 from .errors import InvalidRepoId
 
 __all__ = ["REPO_TYPES", "validate_repo_id", "validate_repo_type", "validate_revision", "validate_tag",
-           "validate_path_in_repo", "parse_model_ref"]
+           "validate_version", "validate_path_in_repo", "parse_model_ref", "RESERVED_TAGS", "SYNC_TAG_PREFIX"]
 
 REPO_TYPES = ("model", "dataset", "space")
 # Hugging Face's rule for each half of a repo id: letters, digits, '-', '_', '.', at most 96 characters,
@@ -17,6 +17,14 @@ _PART = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$")
 _EXAMPLE = "e.g. alice/tiny-shakespeare"
+_TAG_CHARS = re.compile(r"^[A-Za-z0-9._-]+$")
+# Names git itself gives a meaning: a tag called HEAD or main makes every `git rev-parse main` ambiguous (git
+# warns on each call); compared case-insensitively because on a case-insensitive file system `head` is HEAD.
+RESERVED_TAGS = ("HEAD", "main", "master")
+_SPECIAL_HEAD = re.compile(r"^[A-Za-z_]+_HEAD$", re.I)  # FETCH_HEAD, ORIG_HEAD, MERGE_HEAD, ...
+# the Space sync's own tags (openllm.space.state.TAG_RE): a version of that name would pass for a sync record
+SYNC_TAG_PREFIX = "sync-"
+_VERSION_HELP = "use letters, digits, '.', '_' and '-', e.g. 7k or v2"
 
 
 def _show(value: object) -> str:
@@ -62,11 +70,38 @@ def validate_revision(revision: object) -> str:
 
 
 def validate_tag(tag: object) -> str:
-    """A version tag: letters, digits, '.', '_', '-' (no '/': one flat namespace of versions)."""
-    validate_revision(tag)
-    if "/" in tag:  # type: ignore[operator]
-        raise InvalidRepoId(f"invalid version {tag!r}: '/' is not allowed in a version name")
-    return tag  # type: ignore[return-value]
+    """A tag (version) name, checked before any I/O: 1-200 of letters, digits, '.', '_', '-' (no '/': one
+    flat namespace), not starting with '-' or '.', and nothing ``git check-ref-format`` refuses ('..', a
+    trailing '.' or '.lock'); names git gives a meaning (HEAD, main, master, FETCH_HEAD, ...) are reserved."""
+    if not isinstance(tag, str) or not tag:
+        raise InvalidRepoId(f"invalid version {_show(tag)}: {_VERSION_HELP}")
+    if _CONTROL.search(tag):
+        raise InvalidRepoId(f"invalid version {tag!r}: control characters are not allowed; {_VERSION_HELP}")
+    if tag.startswith("-"):
+        raise InvalidRepoId(f"invalid version {tag!r}: it must not start with '-' (git would read it as an "
+                            f"option); {_VERSION_HELP}")
+    if "/" in tag:
+        raise InvalidRepoId(f"invalid version {tag!r}: '/' is not allowed in a version name (refs/... included); "
+                            f"{_VERSION_HELP}")
+    if not _TAG_CHARS.match(tag) or len(tag) > 200:
+        raise InvalidRepoId(f"invalid version {tag!r}: {_VERSION_HELP} (at most 200 characters)")
+    if tag.startswith(".") or tag.endswith((".", ".lock")) or ".." in tag:
+        raise InvalidRepoId(f"invalid version {tag!r}: git refuses names that start or end with '.', end with "
+                            f"'.lock' or contain '..'; {_VERSION_HELP}")
+    if tag.lower() in {r.lower() for r in RESERVED_TAGS} or _SPECIAL_HEAD.match(tag):
+        raise InvalidRepoId(f"invalid version {tag!r}: the name is reserved by git (HEAD, main, master, *_HEAD); "
+                            f"choose another, e.g. 7k or v2")
+    return tag
+
+
+def validate_version(version: object) -> str:
+    """A version a user names for a model or dataset: :func:`validate_tag`, and not ``sync-*`` (the prefix of
+    the Space sync's own tags)."""
+    validate_tag(version)
+    if version.lower().startswith(SYNC_TAG_PREFIX):  # type: ignore[union-attr]
+        raise InvalidRepoId(f"invalid version {version!r}: names starting with {SYNC_TAG_PREFIX!r} are reserved "
+                            f"for the Space sync's tags; choose another, e.g. 7k or v2")
+    return version  # type: ignore[return-value]
 
 
 def validate_path_in_repo(path: object) -> str:

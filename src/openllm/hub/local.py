@@ -5,7 +5,10 @@ Layout: ``ROOT/models/OWNER/NAME.git``, ``ROOT/datasets/...``, ``ROOT/spaces/...
 builds the new tree with git's plumbing (no checkout, so nothing but the changed files is copied), commits and
 pushes. The push is the only step that changes the hub and git applies it atomically, so an interrupted upload
 leaves the previous commit, and a push that lost a race to another writer is rebuilt on the new head and
-pushed again. Reads run git directly in the bare repository (a folder hub) or in a fresh fetch (a URL hub).
+pushed again. A version (:meth:`LocalHub.upload_version`) is ONE ``git push --atomic`` of the branch and the
+tag together: a version refused (its tag exists, or appeared meanwhile) or a push killed half-way leaves the
+branch and every tag exactly as they were. Reads run git directly in the bare repository (a folder hub) or in
+a fresh fetch (a URL hub).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -27,6 +31,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 from .base import CommitInfo, CommitOperation, CommitOperationAdd, CommitOperationDelete, GitRefs, Hub
 from .errors import (ConflictError, EntryNotFound, HubError, RepositoryExists, RepositoryNotFound,
                      RevisionExists, RevisionNotFound, UnsupportedOperation)
+from .files import folder_files
 from .gitcmd import GitFailed, classify_git_error, git, is_push_race
 from .ids import validate_path_in_repo, validate_repo_id, validate_repo_type, validate_revision, validate_tag
 
@@ -34,7 +39,6 @@ __all__ = ["LocalHub", "default_hub_root", "cache_root", "BRANCH"]
 
 BRANCH = "main"
 _ZERO = "0" * 40
-_SKIP_DIRS = {".git"}
 _FAST_PACK = (("core.bigFileThreshold", "8m"), ("core.compression", "1"), ("pack.compression", "1"))
 
 
@@ -394,10 +398,13 @@ class LocalHub(Hub):
         return self._git(["rev-parse", f"refs/remotes/origin/{BRANCH}"], git_dir=ws, repo_type=repo_type,
                          repo_id=repo_id).stdout.decode().strip()
 
-    def _push(self, ws: str, loc: str, refspec: str, repo_type: str, repo_id: str) -> tuple[bool, str]:
-        """(True, "") when the push landed; (False, stderr) when it was rejected as a race or a conflict."""
-        proc = self._git(["push", "--quiet", "--porcelain", loc, refspec], git_dir=ws, repo_type=repo_type,
-                         repo_id=repo_id, network=True, check=False)
+    def _push(self, ws: str, loc: str, refspecs: Sequence[str], repo_type: str, repo_id: str,
+              options: Sequence[str] = ()) -> tuple[bool, str]:
+        """Push ``refspecs`` as one atomic update (all land or none does). (True, "") when the push landed;
+        (False, stderr) when it was rejected as a race or a conflict."""
+        atomic = ["--atomic"] if len(refspecs) > 1 else []
+        proc = self._git(["push", "--quiet", "--porcelain", *atomic, *options, loc, *refspecs], git_dir=ws,
+                         repo_type=repo_type, repo_id=repo_id, network=True, check=False)
         if proc.returncode == 0:
             return True, ""
         text = proc.stderr.decode("utf-8", "replace") + proc.stdout.decode("utf-8", "replace")
@@ -406,28 +413,60 @@ class LocalHub(Hub):
         typed = classify_git_error(text, where=self._where(repo_type, repo_id))
         raise typed or GitFailed(f"git push to {self._where(repo_type, repo_id)} failed: {text.strip()}", text)
 
+    def _remote_tag(self, loc: str, tag: str, repo_type: str, repo_id: str) -> str | None:
+        """The id of the tag object (or commit) ``refs/tags/TAG`` names on the hub now; None when absent."""
+        out = self._git(["ls-remote", loc, f"refs/tags/{tag}"], repo_type=repo_type, repo_id=repo_id,
+                        network=True).stdout.decode()
+        for line in out.splitlines():
+            sha, _, name = line.partition("\t")
+            if name == f"refs/tags/{tag}":
+                return sha
+        return None
+
     def _commit_loop(self, *, repo_type: str, repo_id: str, message: str, parent_commit: str | None,
-                     build: Callable[[str, str | None], str], full_fetch: bool = False) -> str:
-        """fetch -> build tree -> commit -> push, again on the new head while the push loses races."""
+                     build: Callable[[str, str | None], str], full_fetch: bool = False,
+                     tag: _TagSpec | None = None) -> str:
+        """fetch -> build tree -> commit -> push, again on the new head while the push loses races. With
+        ``tag``, the branch and the tag go in one atomic push: both land or neither does."""
         validate_repo_id(repo_id)
         loc = self._require(repo_type, repo_id)
         if parent_commit is not None:
             validate_revision(parent_commit)
+        kw = dict(repo_type=repo_type, repo_id=repo_id)
         with self._workspace(loc, repo_type, repo_id) as ws:
             for attempt in range(self.max_attempts):
                 head = self._fetch_head(ws, loc, repo_type, repo_id, full=full_fetch)
                 if parent_commit is not None and not (head or "").startswith(parent_commit):
                     raise ConflictError(f"{repo_type} repo {repo_id} moved: its head is {(head or 'empty')[:12]}, "
                                         f"not the parent commit {parent_commit[:12]} you built on; fetch and retry")
+                old_tag = None
+                if tag is not None:
+                    old_tag = self._remote_tag(loc, tag.name, repo_type, repo_id)
+                    if old_tag is not None and not tag.replace:
+                        meanwhile = " (created meanwhile)" if attempt else ""
+                        raise RevisionExists(f"{repo_type} repo {repo_id} already has version {tag.name!r}"
+                                             f"{meanwhile}; versions are immutable")
                 tree = build(ws, head)
                 if head is not None and tree == self._tree_of(ws, head, repo_type, repo_id):
-                    return head  # nothing changed: no empty commit (as the Hugging Face hub does)
-                args = ["commit-tree", "--no-gpg-sign", tree, "-m", message]
-                if head is not None:
-                    args[2:2] = ["-p", head]
-                new = self._git(args, git_dir=ws, input=b"", repo_type=repo_type,
-                                repo_id=repo_id).stdout.decode().strip()
-                ok, why = self._push(ws, loc, f"{new}:refs/heads/{BRANCH}", repo_type, repo_id)
+                    new = head  # nothing changed: no empty commit (as the Hugging Face hub does)
+                else:
+                    args = ["commit-tree", "--no-gpg-sign", tree, "-m", message]
+                    if head is not None:
+                        args[2:2] = ["-p", head]
+                    new = self._git(args, git_dir=ws, input=b"", **kw).stdout.decode().strip()
+                refspecs = [f"{new}:refs/heads/{BRANCH}"] if new != head else []
+                options: list[str] = []
+                if tag is not None:
+                    self._git(["-c", "tag.gpgSign=false", "tag", "--force", "-a", "-m", tag.message, tag.name, new],
+                              git_dir=ws, **kw)
+                    if old_tag is None:  # no '+': refused if the tag appeared meanwhile
+                        refspecs.append(f"refs/tags/{tag.name}:refs/tags/{tag.name}")
+                    else:  # replace exactly the tag we saw, not one someone else moved meanwhile
+                        refspecs.append(f"+refs/tags/{tag.name}:refs/tags/{tag.name}")
+                        options.append(f"--force-with-lease=refs/tags/{tag.name}:{old_tag}")
+                if not refspecs:
+                    return new
+                ok, why = self._push(ws, loc, refspecs, repo_type, repo_id, options)
                 if ok:
                     return new
                 if parent_commit is not None:
@@ -504,7 +543,7 @@ class LocalHub(Hub):
 
     def create_commit(self, *, repo_id: str, operations: Iterable[CommitOperation], commit_message: str,
                       repo_type: str = "model", parent_commit: str | None = None,
-                      _delete_patterns: Sequence[str] = ()) -> str:
+                      _delete_patterns: Sequence[str] = (), _tag: _TagSpec | None = None) -> str:
         validate_repo_id(repo_id)
         validate_repo_type(repo_type)
         ops = list(operations)
@@ -523,19 +562,38 @@ class LocalHub(Hub):
             return self._build_tree(ws, head, hashed["adds"], deletes, _delete_patterns, repo_type, repo_id)
 
         return self._commit_loop(repo_type=repo_type, repo_id=repo_id, message=commit_message,
-                                 parent_commit=parent_commit, build=build)
+                                 parent_commit=parent_commit, build=build, tag=_tag)
 
     def upload_folder(self, *, repo_id: str, folder_path: str | Path, repo_type: str = "model",
                       commit_message: str | None = None, delete_patterns: str | Sequence[str] | None = None,
                       parent_commit: str | None = None) -> str:
+        return self._upload(repo_id=repo_id, folder_path=folder_path, repo_type=repo_type,
+                            commit_message=commit_message, delete_patterns=delete_patterns,
+                            parent_commit=parent_commit)
+
+    def upload_version(self, *, repo_id: str, folder_path: str | Path, tag: str, repo_type: str = "model",
+                       commit_message: str | None = None, tag_message: str | None = None,
+                       delete_patterns: str | Sequence[str] | None = None, replace_tag: bool = False) -> str:
+        """:meth:`Hub.upload_version` as ONE ``git push --atomic`` of main and the tag: a version that is
+        refused (the tag exists, or another writer took it meanwhile) or interrupted leaves main and every tag
+        exactly as they were. ``replace_tag`` moves only the tag it saw (a lease), never one moved meanwhile."""
+        validate_tag(tag)
+        spec = _TagSpec(name=tag, message=tag_message or f"version {tag}", replace=replace_tag)
+        return self._upload(repo_id=repo_id, folder_path=folder_path, repo_type=repo_type,
+                            commit_message=commit_message, delete_patterns=delete_patterns, tag=spec)
+
+    def _upload(self, *, repo_id: str, folder_path: str | Path, repo_type: str, commit_message: str | None,
+                delete_patterns: str | Sequence[str] | None, parent_commit: str | None = None,
+                tag: _TagSpec | None = None) -> str:
         folder = Path(folder_path)
         if not folder.is_dir():
             raise FileNotFoundError(f"cannot upload {folder}: not a folder")
-        ops = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(folder / rel)) for rel in _walk(folder)]
+        # links inside the folder are read as their target; a link out of it refuses the whole upload
+        ops = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(src)) for rel, src in folder_files(folder)]
         patterns = [delete_patterns] if isinstance(delete_patterns, str) else list(delete_patterns or [])
         return self.create_commit(repo_id=repo_id, operations=ops, repo_type=repo_type, parent_commit=parent_commit,
                                   commit_message=commit_message or f"Upload {folder.name or 'folder'}",
-                                  _delete_patterns=patterns)
+                                  _delete_patterns=patterns, _tag=tag)
 
     def revert(self, *, repo_id: str, to_revision: str, repo_type: str = "model",
                commit_message: str | None = None) -> str:
@@ -570,21 +628,23 @@ class LocalHub(Hub):
                 if exist_ok or existing.stdout.decode().strip() == sha:
                     return
                 raise RevisionExists(f"{repo_type} repo {repo_id} already has version {tag!r}; versions are "
-                                     f"immutable (push with --force to replace it)")
+                                     f"immutable")
             self._git(["-c", "tag.gpgSign=false", "tag", "-a", "-m", message or f"version {tag}", tag, sha],
                       git_dir=ws, **kw)
-            ok, why = self._push(ws, loc, f"refs/tags/{tag}:refs/tags/{tag}", repo_type, repo_id)
+            ok, why = self._push(ws, loc, [f"refs/tags/{tag}:refs/tags/{tag}"], repo_type, repo_id)
             if not ok and not exist_ok:
                 raise RevisionExists(f"{repo_type} repo {repo_id} already has version {tag!r} (created meanwhile); "
-                                     f"versions are immutable (push with --force to replace it)")
+                                     f"versions are immutable")
 
     def delete_tag(self, *, repo_id: str, tag: str, repo_type: str = "model") -> None:
         validate_tag(tag)
         loc = self._require(repo_type, repo_id)
         if tag not in self.list_refs(repo_id=repo_id, repo_type=repo_type).tags:
             raise RevisionNotFound(f"{repo_type} repo {repo_id} has no version {tag!r}")
-        proc = self._git(["push", "--quiet", loc, f":refs/tags/{tag}"], repo_type=repo_type, repo_id=repo_id,
-                         network=True, check=False)
+        # git push needs a repository to run in: an empty workspace, never the current directory's
+        with self._workspace(loc, repo_type, repo_id) as ws:
+            proc = self._git(["push", "--quiet", loc, f":refs/tags/{tag}"], git_dir=ws, repo_type=repo_type,
+                             repo_id=repo_id, network=True, check=False)
         if proc.returncode != 0:
             text = proc.stderr.decode("utf-8", "replace")
             if "remote ref does not exist" in text:
@@ -593,16 +653,13 @@ class LocalHub(Hub):
             raise typed or GitFailed(f"could not delete tag {tag}: {text.strip()}", text)
 
 
-def _walk(folder: Path) -> list[str]:
-    """Relative POSIX paths of the files under ``folder`` (following file symlinks; skipping .git)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
-        for name in sorted(filenames):
-            full = Path(dirpath) / name
-            if full.is_file():
-                out.append(full.relative_to(folder).as_posix())
-    return out
+@dataclass(frozen=True)
+class _TagSpec:
+    """The tag a commit loop pushes together with the branch."""
+
+    name: str
+    message: str
+    replace: bool = False
 
 
 def _env() -> dict[str, str]:

@@ -1,6 +1,11 @@
 """Dataset repositories: ``upload_dataset(PATH, repo_id=...)`` uploads a file or a folder (raw text, a prepared
 corpus with report.json, or tokenized shards with meta.json) as one commit with a dataset card and a
-``SHA256SUMS`` file. What ``openllm data upload`` and ``scripts/upload_training_data.py`` call."""
+``SHA256SUMS`` file. What ``openllm data upload`` and ``scripts/upload_training_data.py`` call.
+
+A folder that holds a link out of itself (or a linked folder, or a dangling link) is refused before the hub is
+touched; a link to a file inside the folder is uploaded as that file's content (:func:`openllm.hub.folder_files`).
+A PATH that is itself a link is followed: the user named it. With a version, the commit and the tag land in one
+atomic push on the local hub: a version that exists (or is taken meanwhile) leaves the repo as it was."""
 from __future__ import annotations
 
 import json
@@ -12,8 +17,8 @@ from typing import Any
 
 from ..errors import OpenLLMError
 from ..hashing import sha256_file
-from ..hub import REPLACE_ALL, RepositoryNotFound, UnsupportedOperation, get_hub
-from ..hub.ids import validate_repo_id, validate_tag
+from ..hub import REPLACE_ALL, RepositoryNotFound, RevisionExists, UnsupportedOperation, folder_files, get_hub
+from ..hub.ids import validate_repo_id, validate_version
 from .cards import dataset_card
 
 __all__ = ["upload_dataset", "dataset_stats", "DatasetUpload"]
@@ -105,20 +110,18 @@ def upload_dataset(path: str | Path, *, repo_id: str, hub: Any = None, license: 
     commit whose tree is exactly the data + README.md (dataset card) + SHA256SUMS; tag it ``version``."""
     validate_repo_id(repo_id)
     if version is not None:
-        validate_tag(version)
+        validate_version(version)
     src = Path(path).expanduser()
     if not src.exists():
         raise FileNotFoundError(f"{src} does not exist; give a data file or folder")
     if src.is_dir():
-        files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*")
-                       if p.is_file() and ".git" not in p.relative_to(src).parts)
-        files = [f for f in files if f not in _GENERATED]
+        sources = {rel: p for rel, p in folder_files(src) if rel not in _GENERATED}
     else:
-        files = [src.name]
+        sources = {src.name: src}
+    files = sorted(sources)
     if not files:
         raise OpenLLMError(f"{src} holds no files to upload")
-    base = src if src.is_dir() else src.parent
-    checksums = {f: {"sha256": sha256_file(base / f), "bytes": (base / f).stat().st_size} for f in files}
+    checksums = {f: {"sha256": sha256_file(sources[f]), "bytes": sources[f].stat().st_size} for f in files}
     stats = dataset_stats(src, files)
     report = _read_json(src / "report.json") if src.is_dir() else {}
     report_md = (src / "report.md").read_text(encoding="utf-8") if src.is_dir() and (src / "report.md").is_file() else None
@@ -131,12 +134,16 @@ def upload_dataset(path: str | Path, *, repo_id: str, hub: Any = None, license: 
             source = str(src.name)
 
     h = get_hub(hub)
+    taken = (f"dataset repo {repo_id} already has version {version}; versions are immutable: upload under "
+             f"another --version")
     if not h.repo_exists(repo_id=repo_id, repo_type="dataset"):
         try:
             h.create_repo(repo_id=repo_id, repo_type="dataset", exist_ok=True)
         except UnsupportedOperation:
             raise RepositoryNotFound(f"dataset repo {repo_id} does not exist on {h.describe()} and cannot be "
                                      f"created from here; create it on the server first") from None
+    elif version is not None and version in h.list_refs(repo_id=repo_id, repo_type="dataset").tags:
+        raise RevisionExists(taken)
     with tempfile.TemporaryDirectory(prefix="openllm-data-") as tmp:
         staging = Path(tmp) / "data"
         staging.mkdir()
@@ -144,9 +151,9 @@ def upload_dataset(path: str | Path, *, repo_id: str, hub: Any = None, license: 
             dst = staging / f
             dst.parent.mkdir(parents=True, exist_ok=True)
             try:
-                dst.hardlink_to(base / f)
+                dst.hardlink_to(sources[f])
             except OSError:
-                shutil.copy2(base / f, dst)
+                shutil.copy2(sources[f], dst)
         (staging / "SHA256SUMS").write_text("".join(f"{c['sha256']}  {f}\n" for f, c in sorted(checksums.items())),
                                             encoding="utf-8")
         card = dataset_card(repo_id=repo_id, files=checksums, stats=stats, license=license, language=language,
@@ -157,11 +164,17 @@ def upload_dataset(path: str | Path, *, repo_id: str, hub: Any = None, license: 
 
             print(f"uploading {len(files)} files ({sum(c['bytes'] for c in checksums.values()):,} bytes) "
                   f"to {repo_id} on {h.describe()} ...", file=sys.stderr, flush=True)
-        commit = h.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="dataset",
-                                 delete_patterns=REPLACE_ALL,
-                                 commit_message=commit_message or f"Upload {src.name}")
-    if version is not None:
-        h.create_tag(repo_id=repo_id, tag=version, revision=commit, message=f"dataset version {version}",
-                     repo_type="dataset")
+        message = commit_message or f"Upload {src.name}"
+        if version is None:
+            commit = h.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="dataset",
+                                     delete_patterns=REPLACE_ALL, commit_message=message)
+        else:
+            try:
+                commit = h.upload_version(repo_id=repo_id, folder_path=staging, repo_type="dataset", tag=version,
+                                          tag_message=f"dataset version {version}", delete_patterns=REPLACE_ALL,
+                                          commit_message=message)
+            except RevisionExists:
+                raise RevisionExists(taken + " (it was taken while uploading; nothing of this upload was kept)") \
+                    from None
     return DatasetUpload(repo_id=repo_id, commit=commit, files=files + list(_GENERATED), stats=stats,
                          version=version, hub=h.describe())

@@ -3,7 +3,10 @@
 A pushed version is ONE commit whose tree is exactly: the Hugging Face export (``config.json``,
 ``model.safetensors``, ``generation_config.json``, tokenizer files), ``openllm.json`` (our full config),
 ``README.md`` (the model card), ``loss.png`` and ``evaluation.json`` when the run has them; the version is an
-annotated tag on that commit. Reading versions back is :mod:`openllm.hub.models`."""
+annotated tag on that commit, pushed together with it (:meth:`openllm.hub.Hub.upload_version`: on the local
+hub one atomic push, so a refused or interrupted push leaves the repo as it was). An export folder that holds
+a link out of itself is refused (:func:`openllm.hub.folder_files`). Reading versions back is
+:mod:`openllm.hub.models`."""
 from __future__ import annotations
 
 import json
@@ -15,8 +18,8 @@ from typing import Any
 
 from .. import rundir
 from ..errors import OpenLLMError
-from ..hub import REPLACE_ALL, RepositoryNotFound, RevisionExists, UnsupportedOperation, get_hub
-from ..hub.ids import validate_repo_id, validate_tag
+from ..hub import REPLACE_ALL, RepositoryNotFound, RevisionExists, UnsupportedOperation, folder_files, get_hub
+from ..hub.ids import validate_repo_id, validate_version
 from ..hub.versions import version_for_step
 from ..loading import detect_kind, load
 from .cards import model_card
@@ -53,14 +56,20 @@ def _kind(src: Path) -> str:
     return kind
 
 
+def _hf_files(src: Path) -> list[tuple[str, Path]]:
+    """The files of a Hugging Face folder to push: all but hidden top-level entries and its old card; a link
+    out of the folder refuses the push (UnsafeUpload)."""
+    top = lambda rel: rel.split("/", 1)[0]  # noqa: E731
+    return folder_files(src, exclude=lambda rel: top(rel).startswith(".") or rel == "README.md")
+
+
 def _stage(src: Path, kind: str, staging: Path) -> None:
     """Write the Hugging Face export of ``src`` into ``staging``: a Hugging Face folder is copied as it is
-    (without its card), anything else is loaded and exported."""
+    (without its card; links inside it as their target's content), anything else is loaded and exported."""
     if kind == "hf":
-        for p in src.iterdir():
-            if p.name.startswith(".") or p.name == "README.md":
-                continue
-            (shutil.copytree if p.is_dir() else shutil.copy2)(p, staging / p.name)
+        for rel, path in _hf_files(src):
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, staging / rel)
         return
     from ..export.hf import export_hf  # torch and transformers load only when a model is exported
 
@@ -68,21 +77,26 @@ def _stage(src: Path, kind: str, staging: Path) -> None:
 
 
 def push_model(source: str | Path, *, repo_id: str, version: str | None = None, force: bool = False,
-               hub: Any = None, license: str = "gpl-3.0", language: str = "en",
+               hub: Any = None, license: str | None = None, language: str = "en",
                datasets: list[str] | None = None, commit_message: str | None = None,
                progress: bool = False) -> PushResult:
     """Push a run (its latest checkpoint) or an export folder to ``repo_id`` as version ``version`` (default:
-    the step in thousands, e.g. ``7k``). An existing version is refused unless ``force``."""
+    the step in thousands, e.g. ``7k``). An existing version is refused unless ``force``; the commit and the
+    version land together or not at all."""
     validate_repo_id(repo_id)
+    if version is not None:
+        validate_version(version)
     h = get_hub(hub)
     src = Path(source).expanduser()
     kind = _kind(src)
+    if kind == "hf":
+        _hf_files(src)  # a link out of the folder: refused before the hub is touched
     facts = collect_facts(src, count_params=False)  # cheap: refuse a taken version before any export work
     if version is None:
         if facts.step is None:
             raise OpenLLMError(f"{src} does not say which training step it holds; name the version with --version")
         version = version_for_step(facts.step)
-    validate_tag(version)
+    validate_version(version)
 
     exists = h.repo_exists(repo_id=repo_id, repo_type="model")
     if exists and version in h.list_refs(repo_id=repo_id, repo_type="model").tags and not force:
@@ -118,18 +132,15 @@ def push_model(source: str | Path, *, repo_id: str, version: str | None = None, 
         step_txt = f" (step {facts.step})" if facts.step is not None else ""
         size = sum((staging / f).stat().st_size for f in files)
         _say(progress, f"uploading {len(files)} files ({size / 1e6:.1f} MB) to {repo_id} on {h.describe()} ...")
-        commit = h.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="model",
-                                 delete_patterns=REPLACE_ALL,
-                                 commit_message=commit_message or f"Version {version}{step_txt}")
-    message = f"version {version}{step_txt}"
-    try:
-        h.create_tag(repo_id=repo_id, tag=version, revision=commit, message=message, repo_type="model")
-    except RevisionExists:
-        if not force:
-            raise RevisionExists(f"{repo_id} got version {version} from someone else while uploading; versions are "
-                                 f"immutable: choose another --version, or replace it with --force") from None
-        h.delete_tag(repo_id=repo_id, tag=version, repo_type="model")
-        h.create_tag(repo_id=repo_id, tag=version, revision=commit, message=message, repo_type="model")
+        try:
+            commit = h.upload_version(repo_id=repo_id, folder_path=staging, repo_type="model", tag=version,
+                                      tag_message=f"version {version}{step_txt}", replace_tag=force,
+                                      delete_patterns=REPLACE_ALL,
+                                      commit_message=commit_message or f"Version {version}{step_txt}")
+        except RevisionExists:
+            raise RevisionExists(f"{repo_id} got version {version} from someone else while uploading (nothing of "
+                                 f"this push was kept); versions are immutable: choose another --version, or "
+                                 f"replace it with --force") from None
     return PushResult(repo_id=repo_id, version=version, commit=commit, step=facts.step, files=files,
                       hub=h.describe())
 
