@@ -3,6 +3,7 @@ the hub's parser accepts it), then the facts the run or the data measured, and n
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Iterable
 
 from .facts import RunFacts
@@ -93,6 +94,30 @@ def weights_license(facts: RunFacts, license: str | None) -> tuple[str, str | No
     return "other", "unknown"
 
 
+def _finetune_rows(ft: dict[str, Any]) -> list[tuple[str, str]]:
+    """The fine-tuning table: the base model (hub reference or source, step, weights checksum), the
+    conversation data (file, sha256, conversations used), LoRA settings."""
+    base, rows = ft.get("base") or {}, []
+    where = f"`{base['hub_ref']}`" if base.get("hub_ref") else f"`{Path(str(base.get('source', '?'))).name}` (local)"
+    step = f", step {base['step']:,}" if isinstance(base.get("step"), int) else ""
+    rows.append(("base model", where + step))
+    if base.get("weights_sha256"):
+        rows.append(("base weights sha256", f"`{base['weights_sha256']}`"))
+    for key, label in (("data", "fine-tuning data"), ("val_data", "held-out conversations")):
+        d = ft.get(key) or {}
+        if d.get("path"):
+            used = f", {d['kept']:,} conversations used" if isinstance(d.get("kept"), int) else ""
+            dropped = f", {d['dropped']:,} longer than the context dropped" if d.get("dropped") else ""
+            rows.append((label, f"`{Path(str(d['path'])).name}`{used}{dropped}"))
+            if d.get("sha256"):
+                rows.append((f"{label} sha256", f"`{d['sha256']}`"))
+    lora = ft.get("lora")
+    rows.append(("method", f"LoRA rank {lora.get('rank')}, alpha {lora.get('alpha')} (merged into the weights)"
+                 if isinstance(lora, dict) else "full fine-tuning"))
+    rows.append(("loss", "assistant tokens only, conversations rendered with the chat template below"))
+    return rows
+
+
 def _yaml_header(data: Any) -> str:
     return "---\n" + data.to_yaml() + "\n---\n"
 
@@ -131,9 +156,18 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | No
     )
     if license_name:
         data.license_name = license_name
+    base = facts.finetune.get("base") if isinstance(facts.finetune.get("base"), dict) else {}
+    if base.get("hub_ref"):  # OWNER/NAME@VERSION: the Hub's base_model is the repo, the version beside it
+        data.base_model, _, base_version = str(base["hub_ref"]).partition("@")
+        data.base_model_relation = "finetune"
+        if base_version:
+            data.base_model_version = base_version
     name = repo_id.split("/")[1]
     s: list[str] = [_yaml_header(data), f"# {name} ({version})\n\n"]
     intro = "A small Llama-shaped language model trained from scratch with [OpenLLM](https://github.com/louischua/openllm)"
+    if base:
+        intro = ("A small Llama-shaped chat model fine-tuned on conversations with "
+                 "[OpenLLM](https://github.com/louischua/openllm) from the base model named under Fine-tuning")
     if facts.step is not None:
         intro += f", version `{version}` = training step {facts.step:,}"
     s.append(intro + ". It loads as a plain `LlamaForCausalLM` (no custom code).\n\n")
@@ -216,6 +250,8 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | No
                                         "with `openllm hub push --license`"))
     if prov:
         s.append("\n## Data and code\n\n" + _table(prov, ("", "value")))
+    if base:
+        s.append("\n## Fine-tuning\n\n" + _table(_finetune_rows(facts.finetune), ("", "value")))
 
     # metrics
     met = []

@@ -40,6 +40,7 @@ class RunFacts:
     evaluation: dict[str, Any] = field(default_factory=dict)  # of the run's own val split (evaluation.json)
     other_evaluations: list[dict[str, Any]] = field(default_factory=list)  # e.g. a text file's
     provenance: list[dict[str, Any]] = field(default_factory=list)  # where the prepared text came from
+    finetune: dict[str, Any] = field(default_factory=dict)  # a fine-tune's base model and data (state.json)
     tokenizer_sha256: str | None = None
     data_sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> {sha256, bytes}
     data_splits: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> {tokens, documents}
@@ -155,6 +156,8 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
     tok_model = next((p for p in (run / rundir.TOKENIZER / "tokenizer.model", src / "tokenizer.model")
                       if p.is_file()), None)
     facts.tokenizer_sha256 = state.get("tokenizer_sha256") or (sha256_file(tok_model) if tok_model else None)
+    if isinstance(state.get("finetune"), dict):
+        facts.finetune = state["finetune"]
     data_dir = state.get("data_dir")
     if isinstance(data_dir, str) and (Path(data_dir) / "meta.json").is_file():
         meta = read_json(Path(data_dir) / "meta.json")
