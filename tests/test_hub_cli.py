@@ -143,3 +143,186 @@ def test_two_processes_pushing_versions_at_once_keep_every_version_exact(tmp_pat
         assert f"alice/race@{tag}" in (out / "README.md").read_text()
     assert subprocess.run(["git", "--git-dir", str(root / "models/alice/race.git"), "fsck", "--strict",
                            "--no-dangling"], capture_output=True, text=True).stdout == ""
+
+
+# --- a version is all-or-nothing; what push and upload refuse (issue 15) ----------------------------------
+
+def _export(path, who):
+    """A small Hugging Face folder: pushing one needs no model code."""
+    import json
+
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "llama", "who": who}))
+    (path / "model.safetensors").write_bytes(who.encode() * 100)
+    return path
+
+
+def _refs(bare) -> str:
+    return subprocess.run(["git", "--git-dir", str(bare), "for-each-ref", "--format=%(refname) %(objectname)"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def _fsck(bare) -> str:
+    proc = subprocess.run(["git", "--git-dir", str(bare), "fsck", "--strict", "--no-dangling"], capture_output=True,
+                          text=True)
+    return proc.stdout + proc.stderr
+
+
+def _one_line_error(proc, *pieces):
+    """Exit 2 and a last stderr line ``error: ...`` holding every piece (progress lines may come before)."""
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    last = err.splitlines()[-1] if err else ""
+    assert "Traceback" not in err and last.startswith("error: "), err
+    for piece in pieces:
+        assert piece in last, (piece, err)
+
+
+def test_push_force_works_from_a_directory_outside_any_git_repository(tmp_path):
+    elsewhere = tmp_path / "elsewhere"  # /tmp/pytest-...: no git repository above it
+    elsewhere.mkdir()
+    assert subprocess.run(["git", "rev-parse", "--git-dir"], cwd=elsewhere, capture_output=True).returncode != 0
+    src = _export(tmp_path / "export", "a")
+    run_cli("hub", "push", str(src), "--repo", "alice/tiny", "--version", "v1", cwd=elsewhere)
+    hub = LocalHub()
+    c1 = hub.list_refs(repo_id="alice/tiny").tags["v1"]
+    (src / "model.safetensors").write_bytes(b"better")
+    proc = run_cli("hub", "push", str(src), "--repo", "alice/tiny", "--version", "v1", "--force", cwd=elsewhere,
+                   check=False)
+    assert proc.returncode == 0, proc.stderr
+    refs = hub.list_refs(repo_id="alice/tiny")
+    assert refs.tags["v1"] == refs.branches["main"] != c1
+    assert hub.list_commits(repo_id="alice/tiny")[0].parents == [c1]  # one new commit, the version's
+    assert (hub.download(repo_id="alice/tiny", revision="v1") / "model.safetensors").read_bytes() == b"better"
+
+
+_BARRIER_HOOK = """#!{python}
+# the first two pushes that move main wait here for each other: both were built on the same head, and only
+# one of them can win
+import os, sys, time
+if " refs/heads/main" not in sys.stdin.read():
+    sys.exit(0)
+d = {barrier!r}
+for slot in ("0", "1"):
+    try:
+        os.close(os.open(os.path.join(d, slot), os.O_CREAT | os.O_EXCL))
+        break
+    except FileExistsError:
+        pass
+else:
+    sys.exit(0)
+deadline = time.time() + 120
+while not all(os.path.exists(os.path.join(d, s)) for s in ("0", "1")):
+    if time.time() > deadline:
+        sys.exit(1)
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.slow
+def test_the_loser_of_a_same_version_race_leaves_nothing(tmp_path):
+    import json
+
+    hub = LocalHub()
+    hub.create_repo(repo_id="alice/race")
+    hub.upload_folder(repo_id="alice/race", folder_path=_export(tmp_path / "old", "old"))
+    hub.create_tag(repo_id="alice/race", tag="v0")
+    bare = hub.root / "models/alice/race.git"
+    head = hub.list_refs(repo_id="alice/race").branches["main"]
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    hook = bare / "hooks" / "pre-receive"
+    hook.write_text(_BARRIER_HOOK.format(python=sys.executable, barrier=str(barrier)))
+    hook.chmod(0o755)
+    srcs = {who: _export(tmp_path / who, who) for who in ("a", "b")}
+    procs = {who: subprocess.Popen([sys.executable, "-m", "openllm", "hub", "push", str(src), "--repo", "alice/race",
+                                    "--version", "v1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for who, src in srcs.items()}
+    results = {who: (p.wait(timeout=300), p.stderr.read()) for who, p in procs.items()}
+    assert sorted(barrier.iterdir()) == [barrier / "0", barrier / "1"]  # both pushes really met
+    winners = [who for who, (rc, _) in results.items() if rc == 0]
+    assert len(winners) == 1, results
+    loser = "b" if winners == ["a"] else "a"
+    rc, err = results[loser]
+    assert rc == 2 and "Traceback" not in err, err
+    assert "got version v1 from someone else while uploading" in err.strip().splitlines()[-1]
+    # exactly the winner's version landed: one new commit on main, tagged v1; v0 untouched
+    refs = hub.list_refs(repo_id="alice/race")
+    new = subprocess.run(["git", "--git-dir", str(bare), "rev-list", f"{head}..main"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert new == [refs.branches["main"]] == [refs.tags["v1"]], (new, refs)
+    out = hub.download(repo_id="alice/race", revision="v1")
+    assert json.loads((out / "config.json").read_text())["who"] == winners[0]
+    assert set(refs.tags) == {"v0", "v1"} and refs.tags["v0"] == head
+    assert _fsck(bare) == ""
+
+
+@pytest.mark.slow
+def test_a_push_killed_between_branch_and_tag_leaves_main_and_tags_as_before(tmp_path):
+    import os
+    import signal
+    import time
+
+    hub = LocalHub()
+    hub.create_repo(repo_id="alice/m")
+    hub.upload_folder(repo_id="alice/m", folder_path=_export(tmp_path / "old", "old"))
+    hub.create_tag(repo_id="alice/m", tag="v0")
+    bare = hub.root / "models/alice/m.git"
+    before = _refs(bare)
+    pgid_file = tmp_path / "pgid"
+    hook = bare / "hooks" / "pre-receive"
+    # the moment a push carries the version's tag, the pusher dies: openllm, its git and the hub's receive-pack
+    # all at once (kill -9 of the process group), as a crash or a pulled plug would
+    hook.write_text(f"#!/bin/sh\nif grep -q ' refs/tags/'; then\n"
+                    f"  while [ ! -s '{pgid_file}' ]; do sleep 0.05; done\n"
+                    f"  kill -9 -$(cat '{pgid_file}'); sleep 60\nfi\n")
+    hook.chmod(0o755)
+    src = _export(tmp_path / "new", "new")
+    proc = subprocess.Popen([sys.executable, "-m", "openllm", "hub", "push", str(src), "--repo", "alice/m",
+                             "--version", "v1"], start_new_session=True, stderr=subprocess.PIPE)
+    pgid_file.write_text(str(os.getpgid(proc.pid)))
+    try:
+        assert proc.wait(timeout=300) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    hook.unlink()
+    assert _refs(bare) == before  # main and every tag exactly as before: no commit without its version
+    assert _fsck(bare) == ""
+    run_cli("hub", "push", str(src), "--repo", "alice/m", "--version", "v1")  # and the version is still free
+    refs = hub.list_refs(repo_id="alice/m")
+    assert refs.branches["main"] == refs.tags["v1"]
+
+
+@pytest.mark.slow
+def test_a_refused_dataset_version_leaves_the_repo_as_before(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"text": "one"}\n')
+    run_cli("data", "upload", str(data), "--repo", "alice/corpus", "--version", "v1")
+    bare = LocalHub().root / "datasets/alice/corpus.git"
+    before = _refs(bare)
+    (data / "train.jsonl").write_text('{"text": "two"}\n')
+    proc = run_cli("data", "upload", str(data), "--repo", "alice/corpus", "--version", "v1", check=False)
+    _one_line_error(proc, "already has version v1", "another --version")
+    assert "--force" not in proc.stderr  # data upload has no --force
+    assert _refs(bare) == before
+    assert _fsck(bare) == ""
+
+
+@pytest.mark.slow
+def test_uploads_with_a_link_out_of_the_folder_are_refused_and_create_nothing(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"text": "one"}\n')
+    (data / "passwd").symlink_to("/etc/passwd")
+    export = _export(tmp_path / "export", "a")
+    (export / "secret.key").symlink_to(tmp_path / "data" / "train.jsonl")  # a file of another folder
+    _one_line_error(run_cli("data", "upload", str(data), "--repo", "alice/corpus", check=False),
+                    "passwd is a link to /etc/passwd, outside the folder")
+    _one_line_error(run_cli("hub", "push", str(export), "--repo", "alice/tiny", "--version", "v1", check=False),
+                    "secret.key is a link to", "outside the folder")
+    _one_line_error(run_cli("hub", "push", str(export), "--repo", "alice/tiny", "--version", "v1", "--hub",
+                            "ftp://x", cwd=tmp_path, check=False), "unknown hub URL scheme 'ftp://'")
+    assert not LocalHub().root.exists() and not (tmp_path / "ftp:").exists()  # nothing was created

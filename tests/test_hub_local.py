@@ -632,7 +632,8 @@ def test_upload_version_is_all_or_nothing(hub, folder, tmp_path):
 
 def test_delete_tag_works_from_a_directory_outside_any_git_repository(hub, folder, tmp_path, monkeypatch):
     hub.create_repo(repo_id="alice/m")
-    hub.upload_version(repo_id="alice/m", folder_path=folder, tag="v1")
+    hub.upload_folder(repo_id="alice/m", folder_path=folder)
+    hub.create_tag(repo_id="alice/m", tag="v1")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     assert subprocess.run(["git", "rev-parse", "--git-dir"], cwd=elsewhere, capture_output=True).returncode != 0

@@ -54,3 +54,59 @@ def test_upload_dataset_to_local_hub(tmp_path, kind):
         assert "tokenizer/tokenizer.model" in sums and res.stats["tokens"] == 50 and "| tokens | 50 |" in card.text
     else:
         assert sorted(sums) == ["corpus.txt"] and res.stats["lines"] == 2
+
+
+def _refs(hub, repo_id, repo_type="dataset"):
+    refs = hub.list_refs(repo_id=repo_id, repo_type=repo_type)
+    return refs.branches, refs.tags
+
+
+def test_a_refused_dataset_version_leaves_the_repo_as_it_was(tmp_path):
+    from openllm.hub import RevisionExists
+
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "train.jsonl").write_text('{"text": "a"}\n')
+    hub = LocalHub(root=tmp_path / "hub")
+    first = upload_dataset(src, repo_id="alice/corpus", hub=hub, version="v1")
+    (src / "train.jsonl").write_text('{"text": "other"}\n')
+    before = _refs(hub, "alice/corpus")
+    with pytest.raises(RevisionExists) as err:
+        upload_dataset(src, repo_id="alice/corpus", hub=hub, version="v1")
+    msg = str(err.value)
+    assert "already has version v1" in msg and "another --version" in msg
+    assert "--force" not in msg  # data upload has no --force to suggest
+    assert _refs(hub, "alice/corpus") == before and before[0]["main"] == first.commit
+
+
+@pytest.mark.parametrize("version, why", [("HEAD", "reserved by git"), ("main", "reserved by git"),
+                                          ("sync-1-0123456789ab", "Space sync"), ("-x", "'-'"),
+                                          ("refs/tags/v1", "'/'")])
+def test_reserved_dataset_versions_are_refused_before_the_hub_is_touched(tmp_path, version, why):
+    from openllm.hub import InvalidRepoId
+
+    (tmp_path / "c.txt").write_text("x\n")
+    hub = LocalHub(root=tmp_path / "hub")
+    with pytest.raises(InvalidRepoId, match=why):
+        upload_dataset(tmp_path / "c.txt", repo_id="alice/corpus", hub=hub, version=version)
+    assert not hub.root.exists()
+
+
+def test_a_data_folder_with_a_link_out_of_it_is_refused_and_nothing_is_uploaded(tmp_path):
+    from openllm.hub import UnsafeUpload
+
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "train.jsonl").write_text('{"text": "a"}\n')
+    (src / "passwd.txt").symlink_to("/etc/passwd")
+    hub = LocalHub(root=tmp_path / "hub")
+    with pytest.raises(UnsafeUpload, match=r"passwd.txt is a link to /etc/passwd, outside the folder"):
+        upload_dataset(src, repo_id="alice/corpus", hub=hub)
+    assert not hub.root.exists()  # refused before the repo was created
+    # a link to a file inside the folder is uploaded as that file's content
+    (src / "passwd.txt").unlink()
+    (src / "copy.jsonl").symlink_to("train.jsonl")
+    res = upload_dataset(src, repo_id="alice/corpus", hub=hub)
+    out = hub.download(repo_id="alice/corpus", repo_type="dataset", local_dir=tmp_path / "dl")
+    assert (out / "copy.jsonl").read_text() == '{"text": "a"}\n' and not (out / "copy.jsonl").is_symlink()
+    assert "copy.jsonl" in res.files and "copy.jsonl" in (out / "SHA256SUMS").read_text()

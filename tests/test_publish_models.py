@@ -85,3 +85,49 @@ def test_a_checkpoint_folder_is_pushed_as_that_checkpoint(export_run, tmp_path):
     assert json.loads((out / "openllm.json").read_text())["name"] == "export-test"
     pushed, ours = openllm.load(out).model.state_dict(), openllm.load(ckpt).model.state_dict()
     assert all((pushed[k] == v).all() for k, v in ours.items())  # the weights of step 5, not of step 10
+
+
+@pytest.mark.parametrize("version, why", [("HEAD", "reserved by git"), ("main", "reserved by git"),
+                                          ("master", "reserved by git"), ("sync-2-0123456789ab", "Space sync"),
+                                          ("-v1", "'-'"), ("refs/tags/v1", "'/'"), ("@", "letters, digits")])
+def test_reserved_versions_are_refused_before_the_hub_is_touched(tmp_path, version, why):
+    from openllm.hub import InvalidRepoId
+
+    src = _hf_folder(tmp_path / "export")
+    hub = LocalHub(root=tmp_path / "hub")
+    with pytest.raises(InvalidRepoId, match=why):
+        push_model(src, repo_id="alice/tiny", version=version, hub=hub)
+    assert not hub.root.exists()
+
+
+def test_an_export_folder_with_a_link_out_of_it_is_refused(tmp_path):
+    from openllm.hub import UnsafeUpload
+
+    src = _hf_folder(tmp_path / "export")
+    (src / "tokenizer.model").symlink_to("/etc/passwd")
+    hub = LocalHub(root=tmp_path / "hub")
+    with pytest.raises(UnsafeUpload, match="tokenizer.model is a link to /etc/passwd, outside the folder"):
+        push_model(src, repo_id="alice/tiny", version="v1", hub=hub)
+    assert not hub.root.exists()
+    # hidden top-level folders are left out unread; a link to a file inside is pushed as its content
+    (src / "tokenizer.model").unlink()
+    (src / ".cache").mkdir()
+    (src / ".cache" / "key").symlink_to("/etc/passwd")
+    (src / "weights.bin").symlink_to("model.safetensors")
+    res = push_model(src, repo_id="alice/tiny", version="v1", hub=hub)
+    assert res.files == ["README.md", "config.json", "model.safetensors", "weights.bin"]
+    out = hub.download(repo_id="alice/tiny", revision="v1")
+    assert (out / "weights.bin").read_bytes() == b"weights"
+
+
+def test_force_replaces_a_version_with_one_new_commit(tmp_path):
+    src = _hf_folder(tmp_path / "export")
+    hub = LocalHub(root=tmp_path / "hub")
+    c1 = push_model(src, repo_id="alice/tiny", version="v1", hub=hub).commit
+    (src / "model.safetensors").write_bytes(b"better weights")
+    with pytest.raises(RevisionExists, match="--force"):  # the push names the flag that replaces it
+        push_model(src, repo_id="alice/tiny", version="v1", hub=hub)
+    assert hub.list_refs(repo_id="alice/tiny").branches["main"] == c1
+    c2 = push_model(src, repo_id="alice/tiny", version="v1", hub=hub, force=True).commit
+    refs = hub.list_refs(repo_id="alice/tiny")
+    assert refs.branches["main"] == c2 == refs.tags["v1"] and hub.list_commits(repo_id="alice/tiny")[0].parents == [c1]
