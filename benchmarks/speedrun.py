@@ -122,7 +122,7 @@ def _config(preset: str, variant: str, vocab: int, steps: int, micro: int, accum
                        train=train)
 
 
-def _val_loss(model, val, seq: int, batch: int, dev, precision) -> float:
+def _val_loss(model, val, seq: int, batch: int, dev, precision, max_batches: int | None = None) -> float:
     import torch
 
     from openllm.batches import SequentialWindows
@@ -131,7 +131,7 @@ def _val_loss(model, val, seq: int, batch: int, dev, precision) -> float:
     total, n = torch.zeros((), dtype=torch.float64, device=dev), 0
     model.eval()
     with torch.no_grad():
-        for x, y in SequentialWindows(val, batch, seq, device=dev):
+        for x, y in SequentialWindows(val, batch, seq, device=dev, max_batches=max_batches):
             with autocast_context(precision, dev):
                 loss = model(x, y, return_logits=False)
             total += loss.double() * y.numel()
@@ -191,9 +191,9 @@ def run_one(data: Path, preset: str, variant: str, args, log) -> dict:
         if (step + 1) % args.eval_every == 0 or step + 1 == tc.max_steps:
             sync()
             train_s += time.perf_counter() - t0
-            vl = _val_loss(raw, val, args.seq, args.eval_batch, dev, precision)
+            vl = _val_loss(raw, val, args.seq, args.eval_batch, dev, precision, args.val_batches)
             curve.append({"step": step + 1, "tokens": tokens, "train_s": round(train_s, 3), "val_loss": vl,
-                          "loss": float(loss) * accum})
+                          "loss": float(loss.detach()) * accum})
             log(f"{preset}/{variant} step {step + 1} tokens {tokens:,} val {vl:.4f} ({train_s:.1f}s)")
             if target_hit is None and vl <= args.target:
                 target_hit = curve[-1]
@@ -440,6 +440,8 @@ def main(argv=None) -> None:
     r.add_argument("--seq", type=int, default=1024)
     r.add_argument("--eval-every", type=int, default=10)
     r.add_argument("--eval-batch", type=int, default=32)
+    r.add_argument("--val-batches", type=int, default=None, help="cap on val batches per evaluation "
+                   "(default: the whole val split)")
     r.add_argument("--target", type=float, default=4.0)
     r.add_argument("--device", default="cuda")
     r.add_argument("--fused", default="", help="'', chunked or liger: the fused loss for every variant")
