@@ -118,6 +118,8 @@ class Server:
             cmd = [str(exe), "serve", "--continuous-batching", "--device", args.device, "--host", "127.0.0.1",
                    "--port", str(self.port), str(model_dir)]
             self.model_name = str(model_dir)
+            if args.device.startswith("cuda"):
+                cmd[2:2] = ["--dtype", "bfloat16"]  # as our servers run on CUDA
             if args.threads:
                 env["OMP_NUM_THREADS"] = str(args.threads)
             env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -133,10 +135,23 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (Linux), or NaN."""
+        """User + system CPU time so far of the server process and every process under it (transformers serve
+        generates in a child process), read from /proc (Linux), or NaN elsewhere."""
         try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            stats = {}
+            for d in Path("/proc").iterdir():
+                if d.name.isdigit():
+                    try:
+                        fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                    except OSError:
+                        continue
+                    stats[int(d.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+            tree, todo = set(), [self.proc.pid]
+            while todo:
+                pid = todo.pop()
+                tree.add(pid)
+                todo += [p for p, (ppid, _) in stats.items() if ppid == pid and p not in tree]
+            return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError):
             return float("nan")
 
