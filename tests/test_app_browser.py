@@ -334,7 +334,7 @@ def test_run_identity_cli_runs_corpus_checks_and_divergence_in_a_browser(app_ser
         time.sleep(1.1)  # the next run is newer by its folder's time
 
     train("run-1")
-    train("run-2")
+    train("run-2", lr=0.001)  # same data and seed: another learning rate makes other weights
     train("wild", lr=1.0, grad_clip=0, warmup_steps=0, max_steps=30)  # the issue's diverging settings
     assert [runner.status(n).state for n in ("run-1", "run-2")] == ["finished", "finished"]
     assert ws.joinpath("runs").exists() and runner.ws.run_names()[1] == "run-2"
@@ -448,6 +448,9 @@ def test_run_identity_cli_runs_corpus_checks_and_divergence_in_a_browser(app_ser
         page.wait_for_selector("#start-btn")
         time.sleep(1)
         _tab_shots(page, "390")
+        # what was chosen in the other tabs survived the reload too
+        assert page.locator("#export-run input").input_value() == "run-1"
+        assert "run-2" in page.locator("#compare-runs").inner_text()
         browser.close()
 
     # the pushed version holds run-1's checkpoint, not the newest run's

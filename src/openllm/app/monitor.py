@@ -102,8 +102,8 @@ def loss_figure(metrics: list[dict[str, Any]], title: str = ""):
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    # 6.4 in wide with 13-14 pt text: still readable when a phone shows it 330 px wide
-    fig = Figure(figsize=(6.4, 3.2), dpi=110, layout="constrained")
+    # 5.2 in wide with 13-14 pt text: still about 11 px text when a phone shows it 330 px wide
+    fig = Figure(figsize=(5.2, 3.0), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     train = [(r["step"], _finite(r.get("loss"))) for r in metrics if _finite(r.get("loss")) is not None]
     val = [(r["step"], _finite(r.get("val_loss"))) for r in metrics if _finite(r.get("val_loss")) is not None]

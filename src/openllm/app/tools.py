@@ -101,12 +101,12 @@ def _figure(height: float = 3.4):
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(6.4, height), dpi=110, layout="constrained")
+    return Figure(figsize=(5.2, height), dpi=110, layout="constrained")
 
 
 def compare_figure(ws: Workspace, runs: list[str]):
     """Training loss (lines) and val loss (dots) of several runs against the step, on one plot."""
-    fig = _figure()
+    fig = _figure(3.2)
     ax = fig.add_subplot()
     colors = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#4b5563"]
     drawn = False
@@ -127,13 +127,13 @@ def compare_figure(ws: Workspace, runs: list[str]):
     else:
         ax.legend(frameon=False, fontsize=13)
     _style(ax, "loss (nats / token)")
-    ax.set_title("training loss (lines) and validation loss (dots)", fontsize=14)
+    ax.set_title("loss: training (lines), validation (dots)", fontsize=13)
     return fig
 
 
 def curves_figure(ws: Workspace, run: str | None):
     """The learning rate and the gradient norm of one run against the step."""
-    fig = _figure(4.6)
+    fig = _figure(4.4)
     ax_lr, ax_gn = fig.subplots(2, 1, sharex=True)
     metrics = read_metrics(ws.run_dir(run)) if run else []
     lr = [(r["step"], _finite(r.get("lr"))) for r in metrics if _finite(r.get("lr")) is not None]
@@ -146,7 +146,7 @@ def curves_figure(ws: Workspace, run: str | None):
     _style(ax_gn, "gradient norm")
     ax_gn.set_xlabel("step", fontsize=14)
     if run:
-        ax_lr.set_title(f"{run}: learning rate and gradient norm", fontsize=14)
+        ax_lr.set_title(f"{run}: learning rate, gradient norm", fontsize=13)
     return fig
 
 

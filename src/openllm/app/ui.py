@@ -76,7 +76,7 @@ CSS = """
 #runs-table table, #hub-table table {min-width: 560px;}
 #runs-table th, #runs-table td, #hub-table th, #hub-table td {white-space: nowrap;}
 /* plots: the figure's own size on a wide screen, the screen's width on a phone (its fonts are sized for that) */
-#loss-plot img, #compare-plot img, #curves-plot img {width: 100%; max-width: 720px; height: auto;}
+#loss-plot img, #compare-plot img, #curves-plot img {width: 100%; max-width: 640px; height: auto;}
 footer {display: none !important;}
 """
 
@@ -182,6 +182,13 @@ def _remember(picks: dict | None, key: str, value: Any) -> dict:
     picks = dict(picks or {})
     picks[key] = value
     return picks
+
+
+def _rememberer(key: str):
+    def remember(picks, value):
+        return _remember(picks, key, value)
+
+    return remember
 
 
 # --- Train ------------------------------------------------------------------------------------------------------
@@ -766,8 +773,15 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
                 gr.Markdown(load_help(), elem_id="help-text")
         _wire(demo, sh, tabs, picks, timer, train, train_h, mon, gen_model, gen_refresh, models, models_h)
 
+        pickers = [*extra_pickers, *compare_pickers]
+        keys = [p.elem_id for p in pickers]
+
         def keep_runs(*values):
-            """The other tabs' run pickers: new runs offered, each choice kept while its run exists."""
+            """The other tabs' run pickers: new runs offered, each choice (or, right after a reload, the one
+            remembered in the browser) kept while its run exists."""
+            *values, saved = values
+            saved = saved if isinstance(saved, dict) else {}
+            values = [v or saved.get(k) for v, k in zip(values, keys)]
             names = sh.run_choices()
             out = [gr.update(choices=names, value=v if v in names else sh.default_run()) for v in values[:-2]]
             many, one = values[-2:]
@@ -775,8 +789,10 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
             out.append(gr.update(choices=names, value=one if one in names else (names[0] if names else None)))
             return out
 
-        pickers = [*extra_pickers, *compare_pickers]
-        tabs.select(keep_runs, pickers, pickers, show_progress="hidden")
+        tabs.select(keep_runs, [*pickers, picks], pickers, show_progress="hidden")
+        demo.load(keep_runs, [*pickers, picks], pickers)
+        for picker in pickers:
+            picker.input(_rememberer(picker.elem_id), [picks, picker], picks)
 
     # Gradio 6 takes theme and css in launch(); keep them on the Blocks too, so that a plain
     # ``build_app().launch()`` (e.g. a Space's app.py) looks the same as ``openllm app``.
@@ -834,28 +850,33 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
     # --- Models -----------------------------------------------------------------------------------------------
     preview_outputs = [models.preview, sha, models_h["push_btn"], models.continue_btn, models.delete_btn]
 
-    def on_models_run(run, step):
+    def pick_step(run, saved):
+        """The checkpoint the user chose for this run while it exists (remembered as 'RUN:STEP'), else the
+        latest: a checkpoint that was merely the latest once does not stick."""
         choices = sh.checkpoint_choices(run)
         values = [v for _, v in choices]
-        step = step if step in values else (values[0] if values else None)
+        chosen = str((saved or {}).get("push_step") or "")
+        step = chosen.partition(":")[2] if chosen.partition(":")[0] == run else None
+        return choices, step if step in values else (values[0] if values else None)
+
+    def on_models_run(run):
+        choices, step = pick_step(run, None)  # another run: its latest checkpoint
         return gr.update(choices=choices, value=step), *_preview(sh, run, step)
 
-    models.run.input(on_models_run, [models.run, models.step], [models.step, *preview_outputs]).then(
-        lambda p, r: _remember(p, "models_run", r), [picks, models.run], picks)
+    models.run.input(on_models_run, models.run, [models.step, *preview_outputs]).then(
+        lambda p, r: {**_remember(p, "models_run", r), "push_step": None}, [picks, models.run], picks)
     models.step.input(lambda r, s: _preview(sh, r, s), [models.run, models.step], preview_outputs).then(
-        lambda p, s: _remember(p, "push_step", s), [picks, models.step], picks)
+        lambda p, r, s: _remember(p, "push_step", f"{r}:{s}"), [picks, models.run, models.step], picks)
 
     def refresh_all(mrun, mstep, gen, dl, mon_run, saved):
         """Every list, each keeping what the user chose while it still exists (a picker not filled in yet, as
         right after a reload, takes the choice remembered in the browser)."""
         saved = saved if isinstance(saved, dict) else {}
-        mrun, mstep = mrun or saved.get("models_run"), mstep or saved.get("push_step")
+        mrun = mrun or saved.get("models_run")
         gen, mon_run = gen or saved.get("gen_model"), mon_run or saved.get("monitor_run")
         names = sh.run_choices()
         mrun = sh.keep_run(mrun)
-        steps = sh.checkpoint_choices(mrun)
-        values = [v for _, v in steps]
-        mstep = mstep if mstep in values else (values[0] if values else None)
+        steps, mstep = pick_step(mrun, saved)
         gens = sh.gen_choices()
         gen_value = gen if gen and (gen in [v for _, v in gens] or "@" in str(gen)) else None
         refs = sh.hub_refs()
@@ -906,9 +927,7 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
             i += 1
         mon_run = sh.keep_run(saved.get("monitor_run"))
         mrun = sh.keep_run(saved.get("models_run"))
-        steps = sh.checkpoint_choices(mrun)
-        values = [v for _, v in steps]
-        mstep = saved.get("push_step") if saved.get("push_step") in values else (values[0] if values else None)
+        steps, mstep = pick_step(mrun, saved)
         gens = sh.gen_choices()
         gen = saved.get("gen_model") if saved.get("gen_model") in [v for _, v in gens] else None
         return (f"run-{i}", gr.update(choices=names, value=mon_run), *view(mon_run, None),
