@@ -190,6 +190,21 @@ CASES: list[Case] = [
     Case("a reserved version name", lambda ws: ["hub", "push", "run", "--repo", "me/x", "--version", "HEAD"],
          match="HEAD"),
     Case("a missing run folder", lambda ws: ["generate", "rnu", "--prompt", "x"], match="rnu"),
+    # --- the hub (issue 15): reserved names, unknown URL schemes, links out of an uploaded folder
+    Case("a Space sync tag as a version", lambda ws: ["hub", "push", "hf", "--repo", "me/x", "--version",
+                                                      "sync-1-0123456789ab"], match="sync-"),
+    Case("a dataset version named main", lambda ws: ["data", "upload", "prepared", "--repo", "me/d", "--version",
+                                                     "main"], match="main"),
+    Case("hub push to an unknown hub URL scheme", lambda ws: ["hub", "push", "hf", "--repo", "me/x", "--version",
+                                                              "v1", "--hub", "ftp://x"], match="ftp://"),
+    Case("data upload to an unknown hub URL scheme", lambda ws: ["data", "upload", "prepared", "--repo", "me/d",
+                                                                 "--hub", "s3://bucket"], match="s3://"),
+    Case("data upload of a folder with a link to /etc/passwd", lambda ws: ["data", "upload", "prepared", "--repo",
+                                                                           "me/d"],
+         setup=lambda ws: (ws / "prepared" / "passwd.txt").symlink_to("/etc/passwd"), match="/etc/passwd"),
+    Case("hub push of an export with a link out of it", lambda ws: ["hub", "push", "hf", "--repo", "me/x",
+                                                                    "--version", "v1"],
+         setup=lambda ws: (ws / "hf" / "notes.txt").symlink_to(ws / "corpus.txt"), match="notes.txt"),
 ]
 
 
@@ -203,7 +218,6 @@ KNOWN_FAILING: set[str] = {
     "evaluate with batch size 0",
     "evaluate with window 0",
     "a model that cannot fit in memory",
-    "a reserved version name",
     "serve damaged weights",
 }
 
