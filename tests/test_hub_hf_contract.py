@@ -211,3 +211,27 @@ def test_contract_bad_names_make_no_call():
     with pytest.raises(InvalidRepoId):
         HfHub(token="hf_ok", api=api).list_files(repo_id="../etc/passwd")
     assert api.calls == []
+
+
+def test_contract_a_link_out_of_the_folder_makes_no_call(tmp_path):
+    from openllm.hub import UnsafeUpload
+
+    (tmp_path / "key").symlink_to("/etc/passwd")
+    api = RecordingApi()
+    with pytest.raises(UnsafeUpload, match="outside the folder"):
+        HfHub(token="hf_ok", api=api).upload_folder(repo_id="alice/m", folder_path=tmp_path)
+    assert api.calls == []
+
+
+def test_contract_upload_version_is_refs_then_upload_then_tag(tmp_path):
+    """The Hugging Face hub has no atomic commit-and-tag: the adapter checks the tag, uploads, then tags."""
+    api = RecordingApi()
+    hub = HfHub(token="hf_ok", api=api)
+    with pytest.raises(RevisionExists):  # 7k exists: refused before anything is uploaded
+        hub.upload_version(repo_id="alice/m", folder_path=tmp_path, tag="7k")
+    assert api.names() == ["list_repo_refs"]
+    assert hub.upload_version(repo_id="alice/m", folder_path=tmp_path, tag="8k", tag_message="v") == "a" * 40
+    assert api.names()[1:] == ["list_repo_refs", "whoami", "upload_folder", "create_tag"]
+    assert api.calls[-1][2]["revision"] == "a" * 40 and api.calls[-1][2]["tag"] == "8k"
+    with pytest.raises(InvalidRepoId):
+        hub.upload_version(repo_id="alice/m", folder_path=tmp_path, tag="HEAD")

@@ -10,13 +10,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="hub_command", metavar="SUBCOMMAND", required=True)
     push = sub.add_parser("push", help="push a run or an export as a new model version",
                           description="Push a run (its latest checkpoint) or an export folder to a model repo as "
-                                      "one immutable version. Default version: the step in thousands "
-                                      "(7000 -> 7k, 1500 -> 1.5k, 500 -> 500).")
+                                      "one immutable version (on the local hub the commit and its version land together or not "
+                                      "at all). Default version: the step in thousands "
+                                      "(7000 -> 7k, 1500 -> 1.5k, 500 -> 500). An export folder holding a link "
+                                      "out of itself is refused.")
     push.add_argument("source", metavar="RUN_OR_EXPORT", help="a run folder or an export folder")
     push.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the model repo")
-    push.add_argument("--version", default=None, help="version name (default: from the step, e.g. 7k)")
-    push.add_argument("--force", action="store_true", help="replace an existing version")
-    push.add_argument("--license", default="gpl-3.0", help="license in the model card (default gpl-3.0)")
+    push.add_argument("--version", default=None,
+                      help="version name (default: from the step, e.g. 7k); letters, digits, '.', '_', '-'; "
+                           "HEAD, main, master and sync-* are reserved")
+    push.add_argument("--force", action="store_true",
+                      help="replace an existing version (its tag moves to the new commit, in the same push)")
+    push.add_argument("--license", default=None,
+                      help="license of the weights in the model card (default: from the training data: public "
+                           "domain for the embedded corpus, else stated as unknown)")
     push.add_argument("--language", default="en", help="language in the model card (default en)")
     push.add_argument("--dataset", action="append", default=None, metavar="OWNER/NAME",
                       help="dataset repo the model was trained on (card metadata; repeatable)")

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from .base import CommitInfo, CommitOperation, CommitOperationAdd, CommitOperationDelete, GitRefs, Hub
 from .errors import (AuthError, ConflictError, EntryNotFound, HubError, HubUnavailable, RepositoryExists,
                      RepositoryNotFound, RevisionExists, RevisionNotFound)
+from .files import folder_files
 from .ids import validate_repo_id, validate_repo_type, validate_revision, validate_tag
 
 __all__ = ["HfHub"]
@@ -84,6 +85,7 @@ class HfHub(Hub):
         _check(repo_id, repo_type)
         if not Path(folder_path).is_dir():
             raise FileNotFoundError(f"cannot upload {folder_path}: not a folder")
+        folder_files(folder_path)  # huggingface_hub reads through links: refuse one out of the folder first
         token = self._write_token()
         with _mapped(repo_id):
             info = self.api.upload_folder(repo_id=repo_id, folder_path=str(folder_path), repo_type=repo_type,
