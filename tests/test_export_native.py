@@ -57,8 +57,16 @@ def test_non_empty_output_needs_overwrite(tmp_path, export_run):
     with pytest.raises(OpenLLMError, match="not empty.*--overwrite"):
         export(export_run, out, "native", progress=False)
     assert (out / "keep.txt").read_text() == "mine"
-    export(export_run, out, "native", overwrite=True, progress=False)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    # --overwrite replaces only an earlier export, never a folder of someone else's files
+    with pytest.raises(OpenLLMError, match="not an openllm export"):
+        export(export_run, out, "native", overwrite=True, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    export(export_run, out, "native", progress=False)
+    (out / "stale.txt").write_text("left by an earlier export")
+    export(export_run, out, "hf", overwrite=True, progress=False)
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+    assert oct(out.stat().st_mode & 0o777) != "0o700"
 
 
 def test_output_may_not_contain_the_source(export_run):

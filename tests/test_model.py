@@ -123,3 +123,17 @@ def test_param_report_matches_the_model():
     assert report == {"params": model.num_params(), "params_non_embedding": model.num_params(non_embedding=True),
                       "flops_per_token": model.flops_per_token(16), "seq_len": 16}
     assert param_report(cfg)["seq_len"] == 32  # the context length by default
+
+
+def test_train_memory_estimate_grows_with_the_batch_and_the_model():
+    from openllm.config import load_config
+    from openllm.model import param_report, train_memory_bytes
+
+    cfg = load_config("tiny").model
+    one = train_memory_bytes(cfg, micro_batch=1, seq_len=64)
+    assert one["states"] == 16 * param_report(cfg)["params"]  # fp32 weights, grads, two AdamW moments
+    eight = train_memory_bytes(cfg, micro_batch=8, seq_len=64)
+    assert eight["activations"] == 8 * one["activations"] and eight["states"] == one["states"]
+    flash = train_memory_bytes(cfg, micro_batch=8, seq_len=64, attention_scores=False)
+    assert flash["activations"] < eight["activations"]
+    assert train_memory_bytes(load_config("large").model, micro_batch=1, seq_len=64)["states"] > 100 * one["states"]

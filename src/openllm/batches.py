@@ -19,7 +19,6 @@ document ends with EOS, so crossing a boundary is crossing a document boundary l
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import OpenLLMError
+from .rundir import load_json
 
 __all__ = ["read_meta", "TokenShards", "RandomWindowLoader", "SequentialWindows"]
 
@@ -42,14 +42,20 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
             f"{data_dir} is not a tokenized data folder (no meta.json); create one with `openllm tokenize`"
         )
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise OpenLLMError(f"{path}: not valid JSON ({exc.msg}); re-run `openllm tokenize`") from None
+        meta = load_json(path, what="tokenized data")
+    except OpenLLMError as exc:
+        raise OpenLLMError(f"{exc}; re-run `openllm tokenize`") from None
     for key in ("vocab_size", "dtype", "splits"):
         if key not in meta:
             raise OpenLLMError(f"{path} lacks {key!r}; re-run `openllm tokenize`")
     if meta["dtype"] not in _DTYPES:
-        raise OpenLLMError(f"{path}: dtype must be uint16 or uint32, got {meta['dtype']!r}")
+        raise OpenLLMError(f"{path}: dtype must be uint16 or uint32, got {meta['dtype']!r}; re-run `openllm "
+                           f"tokenize`")
+    if not isinstance(meta["vocab_size"], int) or isinstance(meta["vocab_size"], bool) or meta["vocab_size"] < 1:
+        raise OpenLLMError(f"{path}: vocab_size must be a positive integer, got {meta['vocab_size']!r}; re-run "
+                           f"`openllm tokenize`")
+    if not isinstance(meta["splits"], dict) or not all(isinstance(v, dict) for v in meta["splits"].values()):
+        raise OpenLLMError(f"{path}: splits must map split names to objects; re-run `openllm tokenize`")
     return meta
 
 
@@ -72,6 +78,9 @@ class TokenShards:
                 raise OpenLLMError(f"shard {p} listed in meta.json is missing; re-run `openllm tokenize`")
             if p.stat().st_size == 0:
                 continue
+            if p.stat().st_size % np.dtype(dtype).itemsize:
+                raise OpenLLMError(f"shard {p} is damaged: its size ({p.stat().st_size:,} bytes) is not a whole "
+                                   f"number of {self.meta['dtype']} tokens; re-run `openllm tokenize`")
             self.shards.append(np.memmap(p, dtype=dtype, mode="r"))
         self.lengths = np.array([len(s) for s in self.shards], dtype=np.int64)
         self.tokens = int(self.lengths.sum())

@@ -315,3 +315,20 @@ def param_report(model_cfg: ModelConfig, seq_len: int | None = None) -> dict[str
     seq = seq_len or model_cfg.max_seq_len
     return {"params": model.num_params(), "params_non_embedding": model.num_params(non_embedding=True),
             "flops_per_token": model.flops_per_token(seq), "seq_len": seq}
+
+
+def train_memory_bytes(model_cfg: ModelConfig, *, micro_batch: int, seq_len: int, precision: str = "fp32",
+                       optimizer_states: int = 2, attention_scores: bool = True) -> dict[str, int]:
+    """A rough upper estimate of the memory one training process needs, before anything is allocated:
+    fp32 weights, gradients and ``optimizer_states`` fp32 moments per parameter, plus the activations kept
+    for the backward pass (about 34 x width values per token and layer, and the attention scores of a
+    non-fused kernel: heads x seq_len per token and layer; ``attention_scores=False`` for flash attention) and
+    the logits with their gradient."""
+    p = param_report(model_cfg, seq_len)["params"]
+    act_bytes = 2 if precision in ("bf16", "fp16") else 4
+    tokens = micro_batch * seq_len
+    scores = 5 * model_cfg.n_heads * seq_len if attention_scores else 0
+    per_layer = tokens * (34 * model_cfg.d_model + scores) * act_bytes // 2
+    states = p * 4 * (2 + optimizer_states)
+    activations = model_cfg.n_layers * per_layer + 2 * tokens * model_cfg.vocab_size * 4
+    return {"states": states, "activations": activations, "total": states + activations}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import OpenLLMError
 from .hashing import sha256_file
-from .rundir import write_bytes_atomic
+from .rundir import atomic_output_dir, write_bytes_atomic
 
 __all__ = [
     "Tokenizer",
@@ -83,7 +83,12 @@ class Tokenizer:
         import sentencepiece as spm
 
         self.model_path = Path(model_path)
-        self._sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+        except (RuntimeError, OSError) as exc:  # sentencepiece's own words for a file it cannot parse
+            raise OpenLLMError(f"{self.model_path} is not a SentencePiece tokenizer model (damaged or another "
+                               f"format: {' '.join(str(exc).split())[:100]}); restore it or train one with "
+                               f"`openllm train-tokenizer`") from None
         self.sha256 = sha256_file(self.model_path)
         self.dir = self.model_path.parent
         sp = self._sp
@@ -196,7 +201,11 @@ class HFJsonTokenizer:
 
         self.json_path = Path(json_path)
         self.dir = self.json_path.parent
-        self._hf = HFTokenizer.from_file(str(self.json_path))
+        try:
+            self._hf = HFTokenizer.from_file(str(self.json_path))
+        except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise OpenLLMError(f"{self.json_path} is not a tokenizer.json the tokenizers library reads (damaged or "
+                               f"another format: {' '.join(str(exc).split())[:100]})") from None
         names = dict(SPECIAL_TOKENS)
         recorded: dict = {}
         for side in ("special_tokens_map.json", "tokenizer_config.json"):
@@ -423,8 +432,6 @@ def train_tokenizer(
     files. At most ``max_sentences`` lines, sampled uniformly with ``seed``, are used. Returns the loaded
     :class:`Tokenizer`.
     """
-    import sentencepiece as spm
-
     if model_type not in ("bpe", "unigram"):
         raise OpenLLMError(f"tokenizer model type must be bpe or unigram, got {model_type!r}")
     n_fixed = 4 + len(user_tokens) + (256 if byte_fallback else 0)
@@ -449,6 +456,21 @@ def train_tokenizer(
         raise OpenLLMError(f"no text to train a tokenizer on in {', '.join(map(str, files))}")
 
     out = Path(out_dir)
+    # the folder is built beside --out and renamed into place: an existing folder is replaced only when it
+    # is an earlier tokenizer (it holds openllm_tokenizer.json), never a folder of someone else's files
+    with atomic_output_dir(out, owned_marker="openllm_tokenizer.json") as tmp:
+        _train_into(tmp, sentences, total, files, vocab_size=vocab_size, model_type=model_type,
+                    character_coverage=character_coverage, byte_fallback=byte_fallback,
+                    user_tokens=user_tokens, max_sentences=max_sentences, seed=seed, threads=threads,
+                    progress=progress)
+    return Tokenizer.load(out)
+
+
+def _train_into(out: Path, sentences: list[str], total: int, files: list[Path], *, vocab_size: int, model_type: str,
+                character_coverage: float, byte_fallback: bool, user_tokens: Sequence[str], max_sentences: int,
+                seed: int, threads: int | None, progress: bool) -> None:
+    import sentencepiece as spm
+
     buf = io.BytesIO()
     desc = f"training {model_type} tokenizer (vocab {vocab_size}, {len(sentences):,} of {total:,} lines)"
     spm.set_random_generator_seed(seed)
@@ -486,7 +508,6 @@ def train_tokenizer(
             ) from None
         raise OpenLLMError(f"SentencePiece training failed: {msg.splitlines()[-1] if msg else exc}") from None
 
-    out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out / MODEL_FILE, buf.getvalue())
     write_hf_files(out / MODEL_FILE, out)
     info = {
@@ -504,7 +525,6 @@ def train_tokenizer(
         "sha256": sha256_file(out / MODEL_FILE),
     }
     write_bytes_atomic(out / "openllm_tokenizer.json", (json.dumps(info, indent=2) + "\n").encode())
-    return Tokenizer.load(out)
 
 
 @contextlib.contextmanager

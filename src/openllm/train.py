@@ -280,6 +280,34 @@ def _find_resume(out_dir: Path, resume: bool | str | Path | None) -> Path | None
     return path
 
 
+def _check_memory(cfg: Config, seq_len: int, precision: str, device: torch.device) -> None:
+    """Refuse, before allocating, a model and micro-batch whose estimated training memory is more than the
+    device has free; the estimate errs high, so only a clear excess (over 1.25x) is refused
+    (``OPENLLM_SKIP_MEMORY_CHECK=1`` skips the check)."""
+    from .model import train_memory_bytes
+
+    if os.environ.get("OPENLLM_SKIP_MEMORY_CHECK") == "1":
+        return
+    need = train_memory_bytes(cfg.model, micro_batch=cfg.train.micro_batch_size, seq_len=seq_len,
+                              precision=precision, attention_scores=device.type != "cuda")
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    elif device.type == "cpu":
+        import psutil
+
+        free = psutil.virtual_memory().available
+    else:
+        return
+    if need["total"] > 1.25 * free:
+        gib = 1 << 30
+        raise OpenLLMError(
+            f"this run needs about {need['total'] / gib:.1f} GiB on {device} (weights, gradients and optimizer "
+            f"{need['states'] / gib:.1f} GiB, activations of a micro-batch of {cfg.train.micro_batch_size} x "
+            f"{seq_len} tokens {need['activations'] / gib:.1f} GiB) but {free / gib:.1f} GiB is free: lower "
+            f"train.micro_batch_size (raise train.grad_accum_steps to keep the batch), train.seq_len or the model "
+            f"size")
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
@@ -359,6 +387,7 @@ class Trainer:
     def setup(self) -> None:
         """Run folder, model and optimizer, data, then the checkpoint's state when resuming."""
         plan, tc, resuming = self.plan, self.tc, self.plan.resume_from is not None
+        _check_memory(plan.cfg, self.seq_len, self.precision, self.dev)
         if self.main:
             try:  # one training per run folder, whoever starts it; held until close()
                 self.lock = rundir.RunLock(self.out).acquire()

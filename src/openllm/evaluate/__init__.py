@@ -102,6 +102,10 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
         raise OpenLLMError(f"--limit must be at least 1, got {limit}")
     t0 = time.time()
     max_len = cfg.model.max_seq_len
+    for name, value in (("--window", window), ("--stride", stride), ("--batch-size", batch_size),
+                        ("--max-tokens", max_tokens)):
+        if value is not None and value < 1:
+            raise OpenLLMError(f"{name} must be at least 1 (or left out for the default), got {value}")
     window = window or min(cfg.train.seq_len or max_len, max_len)
     if not 1 <= window <= max_len:
         raise OpenLLMError(f"--window must be between 1 and the model's context {max_len}, got {window}")

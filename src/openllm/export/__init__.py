@@ -7,6 +7,7 @@ One format goes straight into ``out``; several go into ``out/<format>/``.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -53,8 +54,13 @@ def parse_gguf_types(spec: str | Iterable[str]) -> list[str]:
     return out or ["f16"]
 
 
+EXPORT_MARKER = ".openllm-export"  # says a folder is an export this command wrote, so --overwrite may replace it
+
+
 def check_out_dir(out: Path, *, overwrite: bool, source: Path | None = None) -> None:
-    """Refuse a non-empty output folder unless ``overwrite``; never let ``out`` hold the source."""
+    """Refuse a non-empty output folder unless ``overwrite`` and it is an earlier export (it holds
+    :data:`EXPORT_MARKER`): ``--overwrite`` never deletes files this command did not write. ``out`` never
+    holds the source."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OpenLLMError(f"output {out} is a file: give a folder path for --out")
@@ -62,8 +68,13 @@ def check_out_dir(out: Path, *, overwrite: bool, source: Path | None = None) -> 
         src, dst = Path(source).resolve(), out.resolve()
         if src == dst or dst in src.parents:
             raise OpenLLMError(f"output folder {out} contains the model being exported: choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OpenLLMError(f"output folder {out} is not empty: choose an empty folder or pass --overwrite")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise OpenLLMError(f"output folder {out} is not empty: choose an empty folder or pass --overwrite")
+        if not (out / EXPORT_MARKER).is_file():
+            raise OpenLLMError(f"output folder {out} holds files that are not an openllm export (no "
+                               f"{EXPORT_MARKER}): --overwrite only replaces an earlier export; choose another "
+                               f"folder")
 
 
 def export(source: Any, out: str | Path, formats: str | Sequence[str], *, overwrite: bool = False,
@@ -103,6 +114,8 @@ def export(source: Any, out: str | Path, formats: str | Sequence[str], *, overwr
                 for t in types:
                     export_gguf(loaded, target, dtype=t, license=license, source_url=source_url)
             folders[fmt] = out if len(fmts) == 1 else out / fmt
+        (staging / EXPORT_MARKER).write_text(json.dumps({"formats": fmts, "source": str(src_path)}) + "\n",
+                                             encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
