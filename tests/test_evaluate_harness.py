@@ -83,3 +83,30 @@ def test_task_files_for_lm_eval_round_trip_the_items(tmp_path):
     assert row == {"context": "ctx", "choices": ["a", "b c"], "label": 1}
     yaml = (tmp_path / "tasks" / "openllm_my_task.yaml").read_text()
     assert "dataset_path: json" in yaml and 'target_delimiter: " "' in yaml and "output_type: multiple_choice" in yaml
+
+
+def test_harness_mismatches_name_the_task_and_both_figures():
+    from openllm.evaluate.harness import harness_mismatches
+
+    ours = {"lambada": {"acc": 0.25, "ppl": 148.07, "n": 40}, "choice": {"acc": 0.5, "acc_norm": 0.5, "n": 4}}
+    same = {"lambada": {"acc": 0.25, "ppl": 148.0701, "n": 40}, "choice": {"acc": 0.5, "acc_norm": 0.5, "n": 4}}
+    assert harness_mismatches(ours, same) == []
+    off = {"lambada": {"acc": 0.25, "ppl": 265.8, "n": 40}, "choice": {"acc": 0.75, "acc_norm": 0.5, "n": 4}}
+    assert harness_mismatches(ours, off) == [
+        "choice acc: lm-eval gives 0.75, openllm 0.5 on the same 4 items",
+        "lambada ppl: lm-eval gives 265.8, openllm 148.07 on the same 40 items"]
+
+
+@pytest.mark.slow
+def test_harness_numbers_do_not_depend_on_which_tasks_share_a_call(evaluate_run_folder, shared_data):
+    """40 LAMBADA items scored alone and beside a choice task give the same numbers (lm-eval's logits cache
+    and cross-task batching used to change 4 of them)."""
+    from openllm import load
+    from openllm.evaluate.harness import run_harness
+
+    loaded = load(evaluate_run_folder["run"])
+    lam = load_lambada(shared_data / "lambada_test.jsonl")
+    choice = Task("choice", "choice", [Item("In the beginning", [" God", " the", " banana"], 0)] * 3)
+    alone = run_harness(loaded, tasks=[lam], limit=40)["tasks"]["lambada"]
+    mixed = run_harness(loaded, tasks=[choice, lam], limit=40)["tasks"]["lambada"]
+    assert alone == mixed and alone["n"] == 40

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .common import add_device_option, add_hub_option
 
@@ -58,4 +59,6 @@ def run(args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(table + "\n", encoding="utf-8")
     for path in results.get("written", []):
         print(f"wrote {path}")
+    for line in (results.get("harness") or {}).get("mismatches", []):
+        print(f"warning: harness and openllm differ: {line}", file=sys.stderr)
     return 0

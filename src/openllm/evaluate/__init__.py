@@ -59,10 +59,11 @@ def evaluate(source: Any, *, text: str | Path | None = None, data: str | Path | 
                               gen_settings=gen_settings, baselines=baselines, batch_size=batch_size,
                               progress=progress)
     if harness:
-        from .harness import run_harness
+        from .harness import harness_mismatches, run_harness
 
         results["harness"] = run_harness(loaded, tasks=task_list, limit=limit, batch_size=harness_batch_size,
                                          device=device)
+        results["harness"]["mismatches"] = harness_mismatches(results["tasks"], results["harness"]["tasks"])
     written = []
     if write and loaded.hub_ref is None and loaded.kind in ("run", "native", "hf"):
         # beside the weights the model card is made from: the run folder, or a local export folder (never a

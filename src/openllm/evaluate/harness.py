@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from ..errors import OpenLLMError
 from .tasks import Task, resolve_tasks
 
-__all__ = ["run_harness", "write_task_files", "lm_eval_version"]
+__all__ = ["run_harness", "write_task_files", "lm_eval_version", "harness_mismatches"]
 
 _LAST_WORD_YAML = """task: {task}
 dataset_path: json
@@ -71,18 +71,25 @@ metadata:
 # lm-eval's metric names -> ours (our acc_norm divides by UTF-8 bytes: lm-eval's acc_bytes)
 # runs in the subprocess: lm-eval's Python API with only our task folder indexed (indexing its thousands of
 # built-in task files would take longer than scoring a few items)
+# Each task is its own simple_evaluate call on one loaded model, with lm-eval's logits cache off: its numbers
+# must not depend on which tasks share a call (batched together, cached continuations changed LAMBADA
+# log-likelihoods when tasks were mixed).
 _RUNNER = """
 import json, sys
 from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 job = json.loads(sys.argv[1])
 tm = TaskManager(include_path=job["include"], include_defaults=False)
-res = simple_evaluate(model="hf", model_args=job["model_args"], tasks=job["tasks"], task_manager=tm,
-                      device=job["device"], batch_size=job["batch_size"], log_samples=job["log_samples"])
-out = {"results": res["results"], "n-samples": res.get("n-samples", {})}
-if job["log_samples"]:
-    out["samples"] = {t: [{k: v for k, v in r.items() if k not in ("resps", "filtered_resps", "arguments")}
-                          for r in rows] for t, rows in res.get("samples", {}).items()}
+lm = HFLM(**job["model_args"], device=job["device"], batch_size=job["batch_size"])
+out = {"results": {}, "n-samples": {}, "samples": {}}
+for task in job["tasks"]:
+    res = simple_evaluate(model=lm, tasks=[task], task_manager=tm, log_samples=job["log_samples"])
+    out["results"].update(res["results"])
+    out["n-samples"].update(res.get("n-samples", {}))
+    if job["log_samples"]:
+        out["samples"].update({t: [{k: v for k, v in r.items() if k not in ("resps", "filtered_resps", "arguments")}
+                                   for r in rows] for t, rows in res.get("samples", {}).items()})
 with open(job["out"], "w", encoding="utf-8") as f:
     json.dump(out, f, default=str)
 """
@@ -128,6 +135,23 @@ def write_task_files(tasks: Sequence[Task], folder: Path, *, limit: int | None =
     return names
 
 
+def harness_mismatches(ours: dict[str, dict], theirs: dict[str, dict], *, rel: float = 1e-3) -> list[str]:
+    """Where lm-eval's figure for a task differs from ours beyond tolerance (accuracies by more than half an
+    item, perplexities by more than ``rel``), one sentence each."""
+    out = []
+    for task, mine in sorted(ours.items()):
+        other = theirs.get(task) or {}
+        n = mine.get("n") or other.get("n") or 1
+        for key in ("acc", "acc_norm", "ppl"):
+            a, b = mine.get(key), other.get(key)
+            if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+                continue
+            bad = abs(a - b) > 0.5 / n if key != "ppl" else abs(a - b) > rel * max(abs(a), abs(b), 1e-12)
+            if bad:
+                out.append(f"{task} {key}: lm-eval gives {b:.6g}, openllm {a:.6g} on the same {n} items")
+    return out
+
+
 def _hf_folder(loaded, workdir: Path) -> Path:
     """The Hugging Face export of ``loaded`` (the folder itself when it already is one)."""
     if loaded.kind == "hf" and (Path(loaded.path) / "config.json").is_file():
@@ -160,8 +184,9 @@ def run_harness(loaded, *, tasks: Sequence[str] | str | Sequence[Task] = (), lim
         hf = _hf_folder(loaded, work)
         max_len = loaded.config.model.max_seq_len
         out_file = work / "lm_eval_results.json"
-        job = {"model_args": f"pretrained={hf},tokenizer={hf},dtype=float32,add_bos_token=False,"
-                             f"max_length={max_len},trust_remote_code=False",
+        job = {"model_args": {"pretrained": str(hf), "tokenizer": str(hf), "dtype": "float32",
+                              "add_bos_token": False, "max_length": max_len, "trust_remote_code": False,
+                              "logits_cache": False},
                "tasks": list(names), "include": str(work / "tasks"), "device": device, "batch_size": batch_size,
                "log_samples": keep_samples, "out": str(out_file)}
         cache = work / "hf_cache"
