@@ -43,7 +43,7 @@ from .model import Transformer
 from .train import RunPlan, Trainer, TrainResult, _check_out, _find_resume
 
 __all__ = ["finetune", "FinetuneTrainer", "SFT_DEFAULTS", "LORA_DEFAULTS", "weights_sha256", "merged_state_dict",
-           "finetune_record"]
+           "finetune_record", "chat_quickstart", "QUICKSTART_CHAT"]
 
 # train.* values a fine-tune starts from (the base run's pretraining schedule does not fit SFT);
 # overrides win over these
@@ -338,3 +338,50 @@ def finetune_record(source: str | Path) -> dict[str, Any] | None:
     rec = rundir.read_json(ckpt / rundir.STATE).get("finetune")
     return rec if isinstance(rec, dict) else None
 
+
+
+# train.* values of the quickstart's fine-tune (``openllm quickstart --chat``): a few minutes on 2 CPU cores
+QUICKSTART_CHAT = {"max_steps": 150, "lr": 5e-4, "min_lr": 5e-5, "micro_batch_size": 16, "eval_every": 50,
+                   "save_every": 150, "warmup_steps": 10}
+
+
+def chat_quickstart(out: str | Path, base_run: str | Path, *, device: str | None = None,
+                    max_steps: int | None = None, conversations: int = 2000, samples: int = 3,
+                    progress: bool = True, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """The quickstart's chat part: the synthetic verse conversations into ``OUT/data/conversations``, a
+    fine-tune of ``base_run`` into ``OUT/chat_run``, then the assistant-token loss of the base and the
+    fine-tuned model on the held-out conversations and greedy samples through the chat template. Returns
+    the evaluation (also written to ``OUT/chat_evaluation.json``)."""
+    from .conversations import write_synthetic_set
+    from .evaluate.chat import evaluate_chat
+    from .rundir import write_json_atomic
+
+    out = Path(out)
+    data = out / "data" / "conversations"
+    about = write_synthetic_set(data, conversations)
+    say(f"    synthetic conversations (verse questions from the embedded corpus): "
+        f"{about['files']['train.jsonl']['conversations']} train, {about['files']['val.jsonl']['conversations']} "
+        f"held out -> {data}")
+    train = dict(QUICKSTART_CHAT)
+    if max_steps is not None:
+        train["max_steps"] = int(max_steps)
+        train["save_every"] = int(max_steps)
+        train["eval_every"] = max(1, min(train["eval_every"], int(max_steps)))
+    run = out / "chat_run"
+    result = finetune(base_run, data / "train.jsonl", run, val_data=data / "val.jsonl", overrides={"train": train},
+                      resume=False, device=device, progress=progress, log=say)
+    ev = evaluate_chat(run, data / "val.jsonl", base=base_run, samples=samples, device=device or "cpu")
+    ev["train_steps"] = result.step
+    write_json_atomic(out / "chat_evaluation.json", ev)
+    b, f = ev["base"], ev
+    say(f"    assistant-token loss on {f['assistant_tokens']:,} held-out assistant tokens "
+        f"({f['conversations']} conversations): base {b['assistant_loss']:.4f} -> fine-tuned "
+        f"{f['assistant_loss']:.4f} (perplexity {b['assistant_ppl']:.1f} -> {f['assistant_ppl']:.1f})")
+    say(f"    greedy replies that end their turn with EOS: base {b.get('ended_turn_rate', 0):.0%}, fine-tuned "
+        f"{f.get('ended_turn_rate', 0):.0%}")
+    for name, r in (("base", b), ("fine-tuned", f)):
+        for s in r.get("samples", [])[:samples]:
+            q = s["messages"][-1]["content"]
+            say(f"    {name:>10} | User: {q[:60]} | Assistant: {s['reply'][:80]!r}"
+                f"{'' if s['ended_turn'] else ' (no EOS)'}")
+    return ev

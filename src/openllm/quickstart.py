@@ -73,9 +73,13 @@ def quickstart(
     progress: bool = True,
     evaluate: bool = True,
     export: bool = True,
+    chat: bool = False,
+    chat_steps: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> QuickstartResult:
     """Run the whole pipeline into ``out``; see the module docstring. ``max_steps`` shortens training (tests).
+    ``chat=True`` adds a last step: fine-tune the run on synthetic conversations and compare base and fine-tuned
+    on held-out ones (:func:`openllm.finetune.chat_quickstart`; ``chat_steps`` shortens it).
     Raises :class:`OpenLLMError` naming the step that failed."""
     from .config import load_config
     from .rundir import write_json_atomic
@@ -92,10 +96,12 @@ def quickstart(
     missing = (["evaluation report (generations, baselines, evaluation.json)"] if not evaluate else []) + \
               (["export"] if not export else [])
 
+    steps = STEPS + ("chat",) if chat else STEPS
+
     @contextlib.contextmanager
     def stage(name: str, title: str) -> Iterator[None]:
-        i = STEPS.index(name) + 1
-        say(f"\n[{i}/{len(STEPS)}] {title}  (t = {time.time() - t0:.0f}s)")
+        i = steps.index(name) + 1
+        say(f"\n[{i}/{len(steps)}] {title}  (t = {time.time() - t0:.0f}s)")
         s = time.time()
         try:
             yield
@@ -103,7 +109,7 @@ def quickstart(
             detail = str(exc).strip() or type(exc).__name__
             if not isinstance(exc, OpenLLMError):
                 detail = f"{type(exc).__name__}: {detail}"
-            raise OpenLLMError(f"quickstart step {i}/{len(STEPS)} ({name}) failed: {detail}") from exc
+            raise OpenLLMError(f"quickstart step {i}/{len(steps)} ({name}) failed: {detail}") from exc
         finally:
             timings[name] = time.time() - s
 
@@ -184,6 +190,15 @@ def quickstart(
         for prompt, text in zip(SAMPLE_PROMPTS, samples):
             say(f"    > {prompt}{text}".replace("\n", " "))
 
+    chat_eval = None
+    if chat:
+        with stage("chat", "fine-tune on synthetic conversations (SFT), then base vs fine-tuned on held-out ones"):
+            from .finetune import chat_quickstart
+
+            chat_eval = chat_quickstart(out, paths["run"], device=device, max_steps=chat_steps, progress=progress,
+                                        say=say)
+            paths["chat_run"] = out / "chat_run"
+
     seconds = time.time() - t0
     summary = {
         "val_loss": val_loss, "unigram_val_loss": uni, "improvement_nats": uni - val_loss,
@@ -193,6 +208,10 @@ def quickstart(
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "paths": {k: str(v) for k, v in paths.items()}, "missing": missing, "samples": samples,
     }
+    if chat_eval is not None:
+        summary["chat"] = {"assistant_loss": chat_eval["assistant_loss"],
+                           "base_assistant_loss": chat_eval["base"]["assistant_loss"],
+                           "assistant_tokens": chat_eval["assistant_tokens"], "train_steps": chat_eval["train_steps"]}
     write_json_atomic(out / "quickstart.json", summary)
     _print_summary(say, out, paths, val_loss, uni, seconds, missing)
     return QuickstartResult(out=out, val_loss=val_loss, unigram_loss=uni, seconds=seconds, paths=paths,
@@ -209,6 +228,7 @@ def _print_summary(say, out: Path, paths: dict[str, Path], val_loss: float, uni:
         "evaluation": "evaluation report",
         "export_native": "native export",
         "export_hf": "Hugging Face export (AutoModelForCausalLM)",
+        "chat_run": "fine-tuned chat run (--chat; chat_evaluation.json beside)",
     }
     say(f"\nquickstart finished in {seconds:.0f}s ({seconds / 60:.1f} min). Everything is under {out}/:")
     for key, label in labels.items():

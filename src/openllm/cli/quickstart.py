@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the evaluation report's extras (generations, baselines, evaluation.json); "
                         "the val loss is still computed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--chat", action="store_true", help="then fine-tune on synthetic conversations (SFT) and compare "
+                                                       "base and fine-tuned on held-out ones")
+    p.add_argument("--chat-steps", type=int, default=None, help="fine-tuning steps for --chat (default 150)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,5 +32,5 @@ def run(args: argparse.Namespace) -> int:
     config = apply_overrides(load_config(args.config), args.set) if args.set else args.config
     result = quickstart(args.out, config=config, max_steps=args.max_steps, device=resolve_device(args.device),
                         progress=not args.no_progress, export=not args.no_export,
-                        evaluate=not args.no_evaluate_report)
+                        evaluate=not args.no_evaluate_report, chat=args.chat, chat_steps=args.chat_steps)
     return 0 if result.val_loss < result.unigram_loss else 1
