@@ -209,8 +209,16 @@ def test_build_writes_the_space(repo, tmp_path):
     compile(app, "app.py", "exec")
     assert "from training.app import launch" in app and "launch(host=host, port=port)" in app
     assert '"0.0.0.0" if os.environ.get("SPACE_ID")' in app
-    with pytest.raises(BuildError, match="not empty"):
-        build(out, repo)
+    # building again replaces an earlier build; a folder of other files is refused and left as it was
+    (out / "stale.txt").write_text("from an earlier build")
+    build(out, repo)
+    assert not (out / "stale.txt").exists() and (out / "app.py").is_file()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "mine.txt").write_text("user data")
+    with pytest.raises(BuildError, match="not an earlier Space build"):
+        build(other, repo)
+    assert [p.name for p in other.iterdir()] == ["mine.txt"]
 
 
 def test_without_the_app_package_app_py_fails_clearly(tmp_path):
@@ -235,5 +243,9 @@ def test_the_real_repository_builds(tmp_path):
     assert "torch>=2.4,<2.14" in reqs and "gradio>=" in reqs
     meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
-    bad = run_cli("space", "build", "--out", str(out), cwd=REPO, check=False)
-    assert bad.returncode == 2 and "not empty" in bad.stderr
+    run_cli("space", "build", "--out", str(out), cwd=REPO)  # the README's command works twice
+    assert tree_hashes(out) == files
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    bad = run_cli("space", "build", "--out", str(tmp_path / "other"), cwd=REPO, check=False)
+    assert bad.returncode == 2 and "not an earlier Space build" in bad.stderr

@@ -20,6 +20,13 @@ import torch.nn as nn
 
 from .errors import OpenLLMError
 
+try:  # optional, CUDA only (pip install liger-kernel): the Triton kernels behind train.fused_loss=liger / fused_ops
+    from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+    from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+    from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+except ImportError:
+    LigerFusedLinearCrossEntropyFunction = LigerRMSNormFunction = LigerSiLUMulFunction = None
+
 __all__ = ["ChunkedLinearCrossEntropy", "chunked_linear_cross_entropy", "liger_linear_cross_entropy",
            "apply_kernels"]
 
@@ -91,8 +98,6 @@ def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: 
 def liger_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                                ignore_index: int = -100) -> torch.Tensor:
     """The same loss through Liger Kernel's fused Triton implementation (CUDA)."""
-    from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
-
     x2 = x.reshape(-1, x.shape[-1])
     out = LigerFusedLinearCrossEntropyFunction.apply(x2, weight, target.reshape(-1), None, None, ignore_index)
     return out[0] if isinstance(out, tuple) else out
@@ -100,8 +105,6 @@ def liger_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: to
 
 @torch.compiler.disable
 def _liger_rms_forward(self, x):
-    from liger_kernel.ops.rms_norm import LigerRMSNormFunction
-
     if not self.training or not torch.is_grad_enabled() or x.device.type != "cuda":
         return type(self).forward(self, x)
     return LigerRMSNormFunction.apply(x, self.weight, self.eps, 0.0, "llama", False)
@@ -109,8 +112,6 @@ def _liger_rms_forward(self, x):
 
 @torch.compiler.disable
 def _liger_silu_mul(gate, up):
-    from liger_kernel.ops.swiglu import LigerSiLUMulFunction
-
     return LigerSiLUMulFunction.apply(gate, up)
 
 
@@ -134,11 +135,9 @@ def apply_kernels(model: nn.Module, fused_loss: str = "off", fused_ops: bool = F
         if device.type != "cuda":
             raise OpenLLMError(f"train.fused_loss=liger and train.fused_ops need a CUDA GPU (this run is on "
                                f"{device.type}): use train.fused_loss=chunked, or leave them off")
-        try:
-            import liger_kernel  # noqa: F401
-        except ImportError:
+        if LigerSiLUMulFunction is None:
             raise OpenLLMError("train.fused_loss=liger / train.fused_ops need the liger-kernel package: "
-                               "pip install liger-kernel, or leave them off") from None
+                               "pip install liger-kernel, or leave them off")
     if fused_loss == "chunked":
         model.loss_fn = chunked_linear_cross_entropy
     elif fused_loss == "liger":

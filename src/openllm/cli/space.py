@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="space_command", metavar="SUBCOMMAND", required=True)
     p = sub.add_parser("build", help="build the Space's files from this repository by space.toml")
     p.add_argument("--out", required=True, help="a new (or empty) folder for the Space's files")
-    p.add_argument("--clean", action="store_true", help="empty --out first if it holds an earlier build")
+    p.add_argument("--clean", action="store_true", help=argparse.SUPPRESS)  # an earlier build is always replaced
     _common(p, space=False)
     p = sub.add_parser("sync", help="build, validate and push the Space (only the changed files)")
     _common(p)

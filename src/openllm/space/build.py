@@ -232,11 +232,17 @@ def render(manifest: Manifest) -> BuildResult:
                        closure=closure, requirements=reqs, notes=notes, contents=contents)
 
 
+def is_earlier_build(folder: Path) -> bool:
+    """A folder this command built: the generated entry point, requirements and the package copy."""
+    return all((Path(folder) / p).is_file() for p in ("app.py", "requirements.txt", "training/__init__.py"))
+
+
 def write(result: BuildResult, manifest: Manifest, out: Path) -> None:
-    """Write the tree into ``out`` (created; must be empty or absent), then check every file's hash."""
+    """Write the tree into ``out`` (absent, empty, or an earlier build, which is replaced whole), then check
+    every file's hash."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BuildError(f"{out} exists and is not empty: give a new folder to --out (or --clean)")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_earlier_build(out))):
+        raise BuildError(f"{out} exists and is not an earlier Space build: give a new or empty folder to --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".space-build-", dir=out.parent))
     try:
@@ -251,9 +257,11 @@ def write(result: BuildResult, manifest: Manifest, out: Path) -> None:
         if written != result.files:
             bad = sorted(set(written.items()) ^ set(result.files.items()))
             raise BuildError(f"the built tree does not match its sources: {sorted({p for p, _ in bad})[:10]}")
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
         if out.exists():
-            out.rmdir()
+            os.replace(out, old)
         os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -277,14 +285,13 @@ def source_commit(root: Path) -> str:
 def build(out: str | os.PathLike | None, root: str | os.PathLike | None = None, *, clean: bool = False
           ) -> BuildResult:
     """Build the Space from the repository at ``root`` (default: found from the current folder) into ``out``
-    (None: only resolve and hash, write nothing)."""
+    (None: only resolve and hash, write nothing). An earlier build in ``out`` is replaced whole; ``clean`` is
+    kept for callers that asked for that explicitly."""
     manifest = load_manifest(root)
     result = render(manifest)
     if out is not None:
         out = Path(out).resolve()
-        if clean and out.exists():
-            if (out / ".git").exists() or out == manifest.root or out in manifest.root.parents:
-                raise BuildError(f"refusing to clean {out}: it is a git repository or holds the sources")
-            shutil.rmtree(out)
+        if out == manifest.root or out in manifest.root.parents or (out / ".git").exists():
+            raise BuildError(f"refusing to build into {out}: it is a git repository or holds the sources")
         write(result, manifest, out)
     return result
