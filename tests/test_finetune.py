@@ -1,0 +1,211 @@
+"""openllm.finetune end to end on a tiny model: SFT lowers the held-out assistant-token loss and records its
+base and data; exact resume (full and LoRA); the LoRA run's merged HF export loads in transformers with our
+logits and chats through transformers' apply_chat_template + generate with our tokens; DDP on two gloo
+processes equals one process; the server's chat endpoint on a fine-tuned run uses the training template;
+the CLI's one-line errors for bad conversations."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import openllm
+from openllm.conversations import encode_conversation, parse_conversation, read_conversations, write_synthetic_set
+from openllm.evaluate.chat import chat_loss, chat_samples
+from openllm.finetune import finetune, weights_sha256
+from openllm.errors import OpenLLMError
+from openllm.rundir import read_metrics
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import make_export_run, run_cli  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TRAIN = {"micro_batch_size": 4, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2, "eval_every": 4, "save_every": 4,
+         "log_every": 1, "eval_batches": 4}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, export_tokenizer_dir):
+    root = tmp_path_factory.mktemp("ft")
+    run = make_export_run(root / "base", export_tokenizer_dir, steps=(1,), max_seq_len=128, init_std=0.02)
+    data = root / "conv"
+    write_synthetic_set(data, 160, seed=0)
+    return root, run, data
+
+
+def _ft(base, name, steps, **kw):
+    root, run, data = base
+    torch.set_num_threads(1)
+    return finetune(run, data / "train.jsonl", root / name, val_data=data / "val.jsonl", max_steps=steps,
+                    overrides={"train": TRAIN}, progress=False, log=lambda m: None, **kw)
+
+
+@pytest.fixture(scope="module")
+def full_run(base):
+    _ft(base, "full", 8)
+    return base[0] / "full"
+
+
+@pytest.fixture(scope="module")
+def lora_run(base):
+    _ft(base, "lora", 8, lora={"rank": 4, "alpha": 8})
+    return base[0] / "lora"
+
+
+def test_sft_lowers_assistant_loss_and_records_base_and_data(base, full_run):
+    root, run, data = base
+    val = read_conversations(data / "val.jsonl")
+    b, f = openllm.load(run), openllm.load(full_run)
+    before = chat_loss(b.model, b.tokenizer, val)["assistant_loss"]
+    after = chat_loss(f.model, f.tokenizer, val)["assistant_loss"]
+    assert after < before - 0.5, (before, after)
+    state = json.loads((full_run / "checkpoints/step_00000008/state.json").read_text())
+    rec = state["finetune"]
+    assert rec["base"]["weights_sha256"] == weights_sha256(b.model) and rec["base"]["step"] == 1
+    assert rec["base"]["source"] == str(run.resolve())
+    assert rec["data"]["path"] == str((data / "train.jsonl").resolve())
+    from openllm.hashing import sha256_file
+
+    assert rec["data"]["sha256"] == sha256_file(data / "train.jsonl") and rec["lora"] is None
+    m = read_metrics(full_run)
+    assert [r["step"] for r in m] == list(range(1, 9)) and "val_loss" in m[3]
+    assert (full_run / "loss.png").is_file() and (full_run / "tokenizer" / "tokenizer.model").is_file()
+    assert json.loads((full_run / "status.json").read_text())["state"] == "finished"
+
+
+@pytest.mark.parametrize("which", ["full", "lora"])
+def test_exact_resume(base, which, full_run, lora_run, tmp_path):
+    src = full_run if which == "full" else lora_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    want = load_file(run / "checkpoints/step_00000008/model.safetensors")
+    want_losses = [r["loss"] for r in read_metrics(run)]
+    shutil.rmtree(run / "checkpoints/step_00000008")
+    torch.set_num_threads(1)
+    # resuming needs neither the model nor the data: the checkpoint records both
+    finetune(None, None, run, progress=False, log=lambda m: None)
+    got = load_file(run / "checkpoints/step_00000008/model.safetensors")
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    assert [r["loss"] for r in read_metrics(run)] == want_losses
+
+
+def test_resume_refuses_other_data(base, full_run, tmp_path):
+    root, run, data = base
+    other = tmp_path / "other.jsonl"
+    other.write_text((data / "val.jsonl").read_text())
+    with pytest.raises(OpenLLMError, match="not the data"):
+        finetune(run, other, full_run, max_steps=9, progress=False, log=lambda m: None)
+
+
+def test_lora_trains_adapters_only_and_its_merged_export_matches_transformers(base, lora_run, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from openllm.export import export
+
+    root, run, data = base
+    b, f = openllm.load(run), openllm.load(lora_run)
+    bs, fs = b.model.state_dict(), f.model.state_dict()
+    changed = {k for k in bs if not torch.equal(bs[k], fs[k])}
+    assert changed and all(k.split(".")[-2] in ("wqkv", "wo", "w13", "w2") for k in changed), changed
+    opt = torch.load(lora_run / "checkpoints/step_00000008/optimizer.pt", weights_only=True)
+    assert opt["lora"] and all("lora_" in k for k in opt["lora"])
+
+    out = export(lora_run, tmp_path / "x", "hf", progress=False)["hf"]
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.tensor([f.tokenizer.encode_chat([{"role": "user", "content": "What does John 3:16 say?"}])])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, f.model(ids), rtol=1e-4, atol=1e-4)
+    # the fine-tuned export chats through transformers' own template and generate with our tokens
+    tok = AutoTokenizer.from_pretrained(out)
+    msgs = read_conversations(data / "val.jsonl")[0].messages[:-1]
+    theirs = tok.apply_chat_template(msgs, add_generation_prompt=True)
+    theirs = list(theirs if isinstance(theirs, list) else theirs["input_ids"])
+    assert theirs == f.tokenizer.encode_chat(msgs)
+    gen = hf.generate(torch.tensor([theirs]), max_new_tokens=12, do_sample=False)[0, len(theirs):].tolist()
+    from openllm.generate import SamplingParams, generate
+
+    ours = generate(f.model, [theirs], SamplingParams(max_new_tokens=12, temperature=0,
+                                                      stop_tokens=(f.tokenizer.eos_id,)))[0]
+    assert gen[:len(ours)] == ours
+
+
+def test_server_chat_endpoint_on_a_finetuned_run_uses_the_training_template(base, full_run):
+    from openai import OpenAI
+
+    from openllm.serve import ServerThread, create_app
+
+    root, run, data = base
+    lm = openllm.load(full_run)
+    conv = read_conversations(data / "val.jsonl")[0]
+    msgs = conv.messages
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    # the prompt the server builds is the prefix the assistant turn was trained after
+    ex = encode_conversation(lm.tokenizer, conv)
+    prompt = lm.tokenizer.encode_chat(msgs[:last])
+    assert ex.ids[:len(prompt)] == prompt and ex.mask[len(prompt)] == 1 and not any(ex.mask[:len(prompt)])
+    want = chat_samples(lm.model, lm.tokenizer, [conv], n=1, max_new_tokens=12)[0]
+    with ServerThread(create_app(lm.model, lm.tokenizer, model_name="chat")) as server:
+        with OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60) as client:
+            r = client.chat.completions.create(model="chat", messages=msgs[:last], max_tokens=12, temperature=0)
+    assert r.usage.prompt_tokens == len(prompt)
+    assert r.choices[0].message.content.strip() == want["reply"]
+
+
+def test_ddp_two_gloo_processes_match_one_process(base, tmp_path):
+    root, run, data = base
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["-m", "openllm", "finetune", str(run), "--data", str(data / "train.jsonl"), "--max-steps", "4",
+              "--no-progress", "--set", "train.lr=3e-3", "--set", "train.warmup_steps=1",
+              "--set", "train.log_every=1", "--set", "train.micro_batch_size=2"]
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one"),
+                          "--set", "train.grad_accum_steps=2"], capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          *common, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr
+    assert "x 2 ranks" in two.stderr
+    a, b = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
+    wa = load_file(tmp_path / "one/checkpoints/step_00000004/model.safetensors")
+    wb = load_file(tmp_path / "two/checkpoints/step_00000004/model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
+
+
+def test_cli_errors_name_file_and_line(base, tmp_path):
+    root, run, data = base
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    res = run_cli("finetune", str(run), "--data", str(bad), "--out", str(tmp_path / "o"), check=False)
+    assert res.returncode != 0
+    assert res.stderr.strip().count("\n") == 0 and res.stderr.strip().endswith(
+        f"{bad}:1: the conversation has no assistant turn, so there "
+                                                        f"is nothing to learn from it")
+    assert not (tmp_path / "o").exists()
+    res = run_cli("finetune", "--make-data", str(tmp_path / "made"), "--conversations", "20")
+    assert "train.jsonl (18)" in res.stdout and "Synthetic" in res.stdout
+    assert json.loads((tmp_path / "made" / "about.json").read_text())["synthetic"] is True
+
+
+def test_chat_quickstart_step(base, tmp_path):
+    from openllm.finetune import chat_quickstart
+
+    root, run, data = base
+    torch.set_num_threads(1)
+    lines: list[str] = []
+    ev = chat_quickstart(tmp_path, run, max_steps=6, conversations=80, samples=1, progress=False,
+                         say=lines.append)
+    assert ev["assistant_loss"] < ev["base"]["assistant_loss"]
+    assert (tmp_path / "chat_run" / "checkpoints").is_dir() and (tmp_path / "chat_evaluation.json").is_file()
+    assert any("base" in line and "fine-tuned" in line and "->" in line for line in lines)
