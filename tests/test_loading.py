@@ -161,3 +161,11 @@ def test_cli_generate_subprocess(tmp_path):
 
     missing = run_cli("generate", str(tmp_path / "nothing"), "--prompt", "x", check=False)
     assert missing.returncode == 2 and "no model at" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_mistyped_folder_is_not_only_a_missing_hub_repo(tmp_path, monkeypatch):
+    """``runs/tnyi`` (no version) reads as a folder as much as a hub reference: the error names both."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RepositoryNotFound) as info:
+        openllm.load("runs/tnyi")
+    assert str(info.value).startswith(f"no folder 'runs/tnyi' here ({tmp_path}) and no model repo 'runs/tnyi'")

@@ -64,9 +64,15 @@ def load(source: str | Path, *, device: str = "cpu", hub: Any = None) -> LoadedM
         loaded.source = text
         return loaded
     if isinstance(source, str) and _HUB_REF.match(text) and not text.startswith((".", "/", "~")):
-        from .hub import download_model  # lazy: the hub pulls in git and HTTP code
+        from .hub import RepositoryNotFound, download_model  # lazy: the hub pulls in git and HTTP code
 
-        folder = Path(download_model(text, hub=hub))
+        try:
+            folder = Path(download_model(text, hub=hub))
+        except RepositoryNotFound as exc:
+            if "@" in text:
+                raise
+            # no version: as likely a mistyped folder as a hub reference, so say both
+            raise RepositoryNotFound(f"no folder {text!r} here ({Path.cwd()}) and {exc}") from None
         loaded = _load_path(folder, device=device)
         loaded.source, loaded.hub_ref = text, text
         return loaded
