@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "publish": 3, "train": 3, "finetune": 3, "evaluate": 3, "export": 3, "compare": 3, "quickstart": 3, "space": 3,
     # components
     "hub": 2, "loading": 2, "generate": 2, "model": 2, "tokenizer": 2, "prepare": 2, "shards": 2, "corpus": 2,
-    "loader": 2, "batches": 2, "checkpoint": 2, "optim": 2, "metrics": 2, "distributed": 2, "hf_compat": 2,
+    "batches": 2, "checkpoint": 2, "optim": 2, "metrics": 2, "distributed": 2, "hf_compat": 2,
     "device": 2, "kernels": 2, "conversations": 2,
     # foundations: the run folder's layout, configs, errors, checksums
     "rundir": 1, "config": 1, "errors": 1, "hashing": 1,
