@@ -370,15 +370,16 @@ def chat_quickstart(out: str | Path, base_run: str | Path, *, device: str | None
     run = out / "chat_run"
     result = finetune(base_run, data / "train.jsonl", run, val_data=data / "val.jsonl", overrides={"train": train},
                       resume=False, device=device, progress=progress, log=say)
-    ev = evaluate_chat(run, data / "val.jsonl", base=base_run, samples=samples, device=device or "cpu")
+    # the end-of-turn rate over 20 greedy replies; ``samples`` of them are printed
+    ev = evaluate_chat(run, data / "val.jsonl", base=base_run, samples=max(samples, 20), device=device or "cpu")
     ev["train_steps"] = result.step
     write_json_atomic(out / "chat_evaluation.json", ev)
     b, f = ev["base"], ev
     say(f"    assistant-token loss on {f['assistant_tokens']:,} held-out assistant tokens "
         f"({f['conversations']} conversations): base {b['assistant_loss']:.4f} -> fine-tuned "
         f"{f['assistant_loss']:.4f} (perplexity {b['assistant_ppl']:.1f} -> {f['assistant_ppl']:.1f})")
-    say(f"    greedy replies that end their turn with EOS: base {b.get('ended_turn_rate', 0):.0%}, fine-tuned "
-        f"{f.get('ended_turn_rate', 0):.0%}")
+    say(f"    greedy replies (of {len(f.get('samples', []))}) that end their turn with EOS: base "
+        f"{b.get('ended_turn_rate', 0):.0%}, fine-tuned {f.get('ended_turn_rate', 0):.0%}")
     for name, r in (("base", b), ("fine-tuned", f)):
         for s in r.get("samples", [])[:samples]:
             q = s["messages"][-1]["content"]
