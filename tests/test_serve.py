@@ -665,3 +665,46 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(serve_run):
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=20)
+
+
+def test_body_limit_error_shapes_and_no_cdn_docs(serve_lm):
+    """A body over the limit is 413 before it is read (with or without Content-Length); unknown paths and
+    methods answer in OpenAI's error shape; no interactive docs (Swagger UI would load from a CDN)."""
+    app = create_app(serve_lm.model, serve_lm.tokenizer, model_name=NAME, max_body_bytes=1000)
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        big = {"prompt": "x" * 5000, "max_tokens": 1}
+        r = c.post("/v1/completions", json=big)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        chunks = (part for part in [b'{"prompt": "', b"x" * 3000, b'", "max_tokens": 1}'])
+        r = c.post("/v1/completions", content=chunks, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "1,000 bytes" in r.json()["error"]["message"]
+        assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
+        for method, path, status in (("GET", "/nope", 404), ("GET", "/v1/completions", 405),
+                                     ("GET", "/docs", 404), ("GET", "/openapi.json", 404), ("GET", "/redoc", 404)):
+            r = c.request(method, path)
+            assert r.status_code == status and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_health_answers_while_a_long_prompt_is_tokenized(serve_lm):
+    """Tokenizing happens off the event loop: /health answers while a 1 MB prompt is being encoded."""
+    app = create_app(serve_lm.model, serve_lm.tokenizer, model_name=NAME)
+    text = "In the beginning God created the heaven and the earth. " * 18000
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=120) as c:
+        done = threading.Event()
+        answers = []
+
+        def big():
+            answers.append(c.post("/v1/completions", json={"prompt": text, "max_tokens": 1}).status_code)
+            done.set()
+
+        t = threading.Thread(target=big)
+        t.start()
+        health = []
+        while not done.is_set():
+            start = time.perf_counter()
+            assert httpx.get(f"{s.url}/health", timeout=30).status_code == 200
+            health.append(time.perf_counter() - start)
+            time.sleep(0.05)
+        t.join()
+        assert answers == [400]  # the prompt does not fit the context, which it says once it is tokenized
+        assert len(health) >= 2  # /health was answered while the big request was being read and tokenized

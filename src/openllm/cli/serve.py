@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batching", choices=["continuous", "static"], default="continuous",
                    help="continuous: sequences join and leave the running batch at every step (default); "
                         "static: a batch runs until all its sequences finish")
+    p.add_argument("--max-body-bytes", type=int, default=4 << 20,
+                   help="largest request body accepted; larger ones get 413 before they are read (default 4 MiB)")
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests allowed to wait; more are answered 429 (default 256)")
     p.add_argument("--no-batching", action="store_true", help="serve one sequence at a time (same as --max-batch 1)")
@@ -47,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import OpenLLMError
     from ..serve import app_from_source, run_server
 
-    if args.max_batch < 1 or args.max_queue < 1 or args.prefill_chunk < 1:
-        raise OpenLLMError("--max-batch, --max-queue and --prefill-chunk must be at least 1")
+    if args.max_batch < 1 or args.max_queue < 1 or args.prefill_chunk < 1 or args.max_body_bytes < 1:
+        raise OpenLLMError("--max-batch, --max-queue, --prefill-chunk and --max-body-bytes must be at least 1")
     if args.kv_cache_tokens is not None and args.kv_cache_tokens < 2 * args.max_batch:
         raise OpenLLMError(f"--kv-cache-tokens must be at least 2 x --max-batch ({2 * args.max_batch})")
     if not 0 < args.port < 65536:
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     app = app_from_source(args.model, device=device, hub=args.hub, model_name=args.model_name, api_key=api_key,
                           max_batch=1 if args.no_batching else args.max_batch,
                           kv_cache_tokens=args.kv_cache_tokens, prefill_chunk=args.prefill_chunk,
-                          max_queue=args.max_queue, batching=args.batching, on_ready=ready)
+                          max_queue=args.max_queue, batching=args.batching, on_ready=ready,
+                          max_body_bytes=args.max_body_bytes)
     print(f"loading {args.model}; serving on {base} (/health answers 200 once ready)", flush=True)
     print(f"OpenAI base URL: {base}/v1{'  (API key required)' if api_key else ''}", flush=True)
     run_server(app, args.host, args.port, log_level=args.log_level, shutdown_timeout=args.shutdown_timeout)

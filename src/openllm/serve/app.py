@@ -21,11 +21,14 @@ from typing import Any, Callable
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import extra_routes, openai_routes
 from .state import ApiError, ServerState
 
-__all__ = ["create_app", "ApiError"]
+__all__ = ["create_app", "ApiError", "DEFAULT_MAX_BODY", "BodyLimit"]
+
+DEFAULT_MAX_BODY = 4 << 20  # 4 MiB: far above any prompt that fits a small model's context
 
 log = logging.getLogger("openllm.serve")
 
@@ -33,7 +36,7 @@ log = logging.getLogger("openllm.serve")
 def create_app(model: Any = None, tokenizer: Any = None, *, load: Callable[[], tuple[Any, Any]] | None = None,
                model_name: str = "openllm", api_key: str | None = None, max_batch: int = 32,
                kv_cache_tokens: int | None = None, prefill_chunk: int = 256, max_queue: int = 256,
-               batching: str = "continuous",
+               batching: str = "continuous", max_body_bytes: int = DEFAULT_MAX_BODY,
                on_ready: Callable[[ServerState], None] | None = None) -> FastAPI:
     """An app serving ``model`` (an :class:`openllm.model.Transformer` in eval mode) with ``tokenizer``
     (``encode``, ``decode``, ``eos_id``), or what ``load()`` returns as ``(model, tokenizer)``: then the
@@ -41,7 +44,9 @@ def create_app(model: Any = None, tokenizer: Any = None, *, load: Callable[[], t
     ready. ``api_key`` (or ``OPENLLM_API_KEY``) makes every endpoint but ``/health`` require
     ``Authorization: Bearer KEY``. ``max_batch`` sequences run together, each in a KV-cache slot of
     ``kv_cache_tokens // max_batch`` tokens (default: the model's context); ``batching="static"`` runs a
-    batch to its end before starting the next. ``app.state.server`` is the :class:`ServerState`."""
+    batch to its end before starting the next. A request body over ``max_body_bytes`` is refused with 413
+    before it is read. No interactive docs are served (FastAPI's would load Swagger UI from a CDN).
+    ``app.state.server`` is the :class:`ServerState`."""
     if (model is None) == (load is None):
         raise ValueError("give either model and tokenizer, or load")
     if api_key is None:
@@ -52,7 +57,9 @@ def create_app(model: Any = None, tokenizer: Any = None, *, load: Callable[[], t
     if model is not None:
         state.attach(model, tokenizer)  # errors in the options surface here, before serving
 
-    app = FastAPI(title="OpenLLM inference server", version="0.2.0", lifespan=_lifespan(state, load))
+    app = FastAPI(title="OpenLLM inference server", version="0.2.0", lifespan=_lifespan(state, load),
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.state.server = state
     _install_error_handlers(app)
     app.include_router(extra_routes.public_router)
@@ -103,10 +110,65 @@ def _key_checker(state: ServerState):
     return check_key
 
 
+class BodyLimit:
+    """Refuse a request body over ``max_bytes`` with 413 (OpenAI's error shape): at once when Content-Length
+    says so, else as soon as the bytes read pass the limit; at most ``max_bytes`` + one chunk is ever held.
+    Pure ASGI: the body read here is replayed to the app, and the client's later messages (a disconnect
+    during a stream) still reach it."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(scope, send)
+        chunks, seen, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before sending its body
+                return
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            more = message.get("more_body", False)
+            if seen > self.max_bytes:
+                return await self._refuse(scope, send)
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replayed():
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
+
+    async def _refuse(self, scope, send) -> None:
+        response = ApiError(413, f"the request body is larger than the server's limit of {self.max_bytes:,} "
+                                 f"bytes (openllm serve --max-body-bytes)", code="request_too_large").response()
+        await response(scope, _no_body, send)
+
+
+async def _no_body():
+    return {"type": "http.disconnect"}
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # unknown paths (404), wrong methods (405): the same JSON shape as every other error
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=kind,
+                        headers=getattr(exc, "headers", None)).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return ApiError(500, f"internal error ({type(exc).__name__}); the server log has the details",
+                        type="server_error", code="internal_error").response()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,6 +6,7 @@ import time
 import uuid
 from typing import Any, Sequence
 
+from fastapi.concurrency import run_in_threadpool
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -90,7 +91,9 @@ async def completions(body: CompletionRequest, request: Request):
         prompts = [prompts]
     if not prompts:
         raise ApiError(400, "prompt is an empty list; give a string, a list of strings or token ids", param="prompt")
-    encoded = [state.encode(p) if isinstance(p, str) else state.check_ids(p) for p in prompts]
+    # tokenizing a long prompt takes time: off the event loop, so /health and other requests stay responsive
+    encoded = await run_in_threadpool(lambda: [state.encode(p) if isinstance(p, str) else state.check_ids(p)
+                                               for p in prompts])
     if len(encoded) * body.n > _MAX_SEQS:
         raise ApiError(400, f"{len(encoded)} prompts x n={body.n} = {len(encoded) * body.n} sequences; at most "
                             f"{_MAX_SEQS} a request", param="prompt")
@@ -185,7 +188,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     name = state.check_model(body.model)
     state.require_engine()
     _refuse_unsupported_chat(body)
-    prompt = chat_prompt(state.tokenizer, ((m.role, m.text()) for m in body.messages))
+    prompt = await run_in_threadpool(chat_prompt, state.tokenizer, [(m.role, m.text()) for m in body.messages])
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_new = state.budget(len(prompt), requested, None, param)
