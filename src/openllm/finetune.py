@@ -50,7 +50,7 @@ __all__ = ["finetune", "FinetuneTrainer", "SFT_DEFAULTS", "LORA_DEFAULTS", "weig
 SFT_DEFAULTS: dict[str, Any] = {"max_steps": 200, "lr": 1e-4, "min_lr": 1e-5, "warmup_steps": 10,
                                 "schedule": "cosine", "eval_every": 50, "save_every": 100, "log_every": 10,
                                 "batch_warmup_steps": 0, "early_stop_patience": 0, "micro_batch_size": 8,
-                                "doc_aligned": False}
+                                "doc_aligned": False, "optimizer": "adamw"}
 LORA_DEFAULTS: dict[str, Any] = {"rank": 8, "alpha": 16, "dropout": 0.0,
                                  "target_modules": ["wqkv", "wo", "w13", "w2"]}
 
@@ -89,7 +89,11 @@ def _adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _inject_lora(model: Transformer, lora: Mapping[str, Any]) -> Transformer:
-    from peft import LoraConfig, inject_adapter_in_model
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise OpenLLMError("LoRA fine-tuning needs the peft package: pip install 'peft>=0.13' (or fine-tune "
+                           "every weight: leave out --lora)") from None
 
     cfg = LoraConfig(r=int(lora["rank"]), lora_alpha=float(lora["alpha"]), lora_dropout=float(lora["dropout"]),
                      target_modules=list(lora["target_modules"]), bias="none")
@@ -279,6 +283,9 @@ def finetune(
             cfg = cfg.replace(**changes)
     else:
         cfg = _sft_config(loaded.config, overrides, max_steps, save_every)
+    if lora and cfg.train.optimizer != "adamw":
+        raise OpenLLMError("LoRA fine-tuning trains its adapters with AdamW: leave out train.optimizer or set it "
+                           "to adamw")
     tok = loaded.tokenizer
     if tok.vocab_size > cfg.model.vocab_size:
         raise OpenLLMError(f"the tokenizer has {tok.vocab_size} tokens, the model {cfg.model.vocab_size}")
