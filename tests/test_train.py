@@ -273,3 +273,29 @@ def test_cli_user_errors_are_one_line(tmp_path, data):
                   env={"OMP_NUM_THREADS": "1"})
     assert res.returncode == 2 and "model.vocab_size is 100" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_second_train_into_a_running_run_is_refused(tmp_path, data):
+    """One training per run folder whoever starts it: a second `openllm train --out RUN` while the first runs
+    exits 2 naming the first's PID and leaves the run's files alone; the first goes on."""
+    from conftest import run_cli
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({**tiny_cfg(), "train": {**tiny_cfg()["train"], "max_steps": 100000}}))
+    run = tmp_path / "run"
+    first = _spawn("--config", str(cfg), "--data", str(data), "--out", str(run))
+    try:
+        _wait_for(lambda: (run / "metrics.jsonl").is_file() and len(read_metrics(run)) >= 2, first)
+        before = (run / "config.json").read_bytes()
+        second = run_cli("train", "--config", str(cfg), "--data", str(data), "--out", str(run), check=False,
+                         env={"OMP_NUM_THREADS": "1"})
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert str(first.pid) in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        assert (run / "config.json").read_bytes() == before and first.poll() is None
+        steps = len(read_metrics(run))
+        _wait_for(lambda: len(read_metrics(run)) > steps, first)  # the first run goes on
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    assert first.returncode == 0
