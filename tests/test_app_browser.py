@@ -424,24 +424,28 @@ def test_run_identity_cli_runs_corpus_checks_and_divergence_in_a_browser(app_ser
 
         # --- Evaluate (saved with the run), Export (a zip), Compare (several runs on one plot) ----------------
         page.get_by_role("tab", name="Evaluate").click()
+        time.sleep(1)
         _select(page, "eval-run", "run-1")
         page.click("#eval-btn")
         _wait_text(page, "#eval-msg", "Evaluated run-1", 300)
         assert "bits per byte" in page.locator("#eval-report").inner_text()
         assert json.loads((ws / "runs" / "run-1" / "evaluation.json").read_text())["val_loss"] > 0
         page.get_by_role("tab", name="Export").click()
+        time.sleep(1)
         _select(page, "export-run", "run-1")
         page.click("#export-btn")
         _wait_text(page, "#export-msg", "Exported run-1", 300)
         assert (ws / "downloads" / "run-1-hf.zip").is_file() and (ws / "exports" / "run-1-hf" / "config.json").is_file()
         page.get_by_role("tab", name="Compare").click()
+        time.sleep(1)
         _select(page, "compare-runs", "run-1")
         _select(page, "compare-runs", "run-2")
         page.wait_for_selector("#compare-plot img", timeout=60_000)
 
         # --- screenshots of every tab, wide and phone-sized -----------------------------------------------------
         page.get_by_role("tab", name="Monitor").click()
-        _select(page, "monitor-run", "run-2")
+        time.sleep(1)
+        _select(page, "monitor-run", "run-1")
         _tab_shots(page, "1280")
         page.set_viewport_size({"width": 390, "height": 844})
         page.reload()

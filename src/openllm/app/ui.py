@@ -178,10 +178,25 @@ class Shared:
         return out
 
 
+def _offer(choices: list, current: Any, value: Any) -> dict:
+    """A picker's update: new ``choices``; its value only when it must change (a value sent back unchanged
+    would undo a choice the user makes while the refresh is on its way)."""
+    if value == current:
+        return gr.update(choices=choices)
+    return gr.update(choices=choices, value=value)
+
+
 def _remember(picks: dict | None, key: str, value: Any) -> dict:
     picks = dict(picks or {})
     picks[key] = value
     return picks
+
+
+def _wrap_tabs() -> dict:
+    import inspect
+
+    return ({"overflow_behavior": "wrap"} if "overflow_behavior" in inspect.signature(gr.Tabs.__init__).parameters
+            else {})
 
 
 def _rememberer(key: str):
@@ -674,8 +689,8 @@ def _evaluate_tab(sh: Shared) -> list:
     with gr.Row():
         run = gr.Dropdown(sh.run_choices(), value=sh.default_run(), label="Run", elem_id="eval-run", scale=3,
                           info="its latest checkpoint, on the run's validation split")
-        limit = gr.Number(None, label="Limit", elem_id="eval-limit", precision=0, scale=1,
-                          info="at most this many task items; empty = all")
+        limit = gr.Number(0, label="Limit", elem_id="eval-limit", precision=0, scale=1, minimum=0,
+                          info="at most this many task items; 0 = all")
     with gr.Row():
         tasks = gr.CheckboxGroup(["lambada", "hellaswag"], label="Standard tasks", elem_id="eval-tasks",
                                  info="need their data in the local cache (no download here)")
@@ -751,10 +766,13 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
     with gr.Blocks(title="OpenLLM") as demo:
         gr.Markdown("# OpenLLM\nTrain a small language model from scratch, watch it learn, try it, publish it.",
                     elem_id="app-header")
-        picks = gr.BrowserState({}, storage_key="openllm-app-picks")
+        # the pickers' memory lives in the browser (local storage), so it survives reloads; an older Gradio
+        # without BrowserState keeps it for the page's lifetime only
+        picks = (gr.BrowserState({}, storage_key="openllm-app-picks") if hasattr(gr, "BrowserState")
+                 else gr.State({}))
         timer = gr.Timer(2.0)
         # wrap: on a phone every tab stays visible (on more rows) instead of hiding in an overflow menu
-        with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:
+        with gr.Tabs(elem_id="tabs", **_wrap_tabs()) as tabs:
             with gr.Tab("Train", id="train", elem_id="tab-train"):
                 train, train_h = _train_tab(sh, presets, first)
             with gr.Tab("Monitor", id="monitor", elem_id="tab-monitor"):
@@ -781,12 +799,13 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
             remembered in the browser) kept while its run exists."""
             *values, saved = values
             saved = saved if isinstance(saved, dict) else {}
+            current = values
             values = [v or saved.get(k) for v, k in zip(values, keys)]
             names = sh.run_choices()
-            out = [gr.update(choices=names, value=v if v in names else sh.default_run()) for v in values[:-2]]
+            out = [_offer(names, c, v if v in names else sh.default_run()) for c, v in zip(current, values[:-2])]
             many, one = values[-2:]
-            out.append(gr.update(choices=names, value=[r for r in (many or []) if r in names]))
-            out.append(gr.update(choices=names, value=one if one in names else (names[0] if names else None)))
+            out.append(_offer(names, current[-2], [r for r in (many or []) if r in names]))
+            out.append(_offer(names, current[-1], one if one in names else (names[0] if names else None)))
             return out
 
         tabs.select(keep_runs, [*pickers, picks], pickers, show_progress="hidden")
@@ -872,18 +891,17 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
         """Every list, each keeping what the user chose while it still exists (a picker not filled in yet, as
         right after a reload, takes the choice remembered in the browser)."""
         saved = saved if isinstance(saved, dict) else {}
+        now = (mrun, mstep, gen, mon_run)
         mrun = mrun or saved.get("models_run")
         gen, mon_run = gen or saved.get("gen_model"), mon_run or saved.get("monitor_run")
         names = sh.run_choices()
         mrun = sh.keep_run(mrun)
-        steps, mstep = pick_step(mrun, saved)
+        steps, step = pick_step(mrun, saved)  # the user's pick for this run, else its newest checkpoint
         gens = sh.gen_choices()
         gen_value = gen if gen and (gen in [v for _, v in gens] or "@" in str(gen)) else None
-        refs = sh.hub_refs()
-        return (_runs_table(sh), _hub_table(), gr.update(choices=names, value=mrun),
-                gr.update(choices=steps, value=mstep), *_preview(sh, mrun, mstep),
-                gr.update(choices=refs, value=dl), gr.update(choices=gens, value=gen_value),
-                gr.update(choices=names, value=sh.keep_run(mon_run)))
+        return (_runs_table(sh), _hub_table(), _offer(names, now[0], mrun), _offer(steps, mstep, step),
+                *_preview(sh, mrun, step), gr.update(choices=sh.hub_refs()), _offer(gens, now[2], gen_value),
+                _offer(names, now[3], sh.keep_run(mon_run)))
 
     refresh_inputs = [models.run, models.step, gen_model, models.dl_ref, mon.run, picks]
     refresh_outputs = [models.runs_df, models.hub_df, models.run, models.step, *preview_outputs, models.dl_ref,
