@@ -578,8 +578,8 @@ def _recorded_state(status: dict[str, Any]) -> str:
         return state
     if state == "running":
         phase = str(status.get("phase") or "")
-        if phase in ("", "training") or status.get("step"):
-            return TRAINING if phase in ("", "training") else PREPARING
+        if phase in ("", "training"):
+            return TRAINING
         return QUEUED if phase in ("starting", "queued") else PREPARING
     return NEW
 
