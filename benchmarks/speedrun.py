@@ -22,9 +22,10 @@ Subcommands (run from the repository root with ``PYTHONPATH=src``):
 ``plot --results OUT/speedrun.json``
     Redraw the PNG (and print the table) from saved results, e.g. for another ``--target``.
 
-Variants: ``adamw`` (the presets' AdamW and cosine schedule), ``muon`` (only ``train.optimizer=muon``) and
-``recipe`` (Muon plus untied head, zero-initialised projections, WSD schedule, batch-size warmup and
-document-aligned windows).
+Variants: ``adamw`` (the presets' AdamW and cosine schedule), ``muon`` (only ``train.optimizer=muon``), Muon
+with recipe parts joined by ``+`` (``wsd`` schedule, ``untied`` head, ``zero``-initialised projections,
+``doc``-aligned windows, ``bw`` batch-size warmup, ``lrN``: N times the AdamW learning rate of the
+embeddings, head and norms), and ``recipe`` = ``muon+wsd+untied+zero+doc+bw``.
 """
 from __future__ import annotations
 
@@ -44,13 +45,31 @@ import numpy as np
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SHARED_FILES = ["tinyshakespeare.txt", "wikitext2_raw_test.txt", "lambada_test.jsonl"]
 
-VARIANTS = {
-    "adamw": {"train": {}, "model": {}},
-    "muon": {"train": {"optimizer": "muon"}, "model": {}},
-    "recipe": {"train": {"optimizer": "muon", "schedule": "wsd", "decay_fraction": 0.4, "min_lr": 0.0,
-                         "batch_warmup_steps": None, "doc_aligned": True},
-               "model": {"tie_embeddings": False, "zero_init_proj": True}},
+# a variant is a base optimizer plus recipe parts joined by '+', e.g. muon+wsd+untied
+RECIPE_PARTS = {
+    "wsd": ({"schedule": "wsd", "decay_fraction": 0.4, "min_lr": 0.0}, {}),
+    "untied": ({}, {"tie_embeddings": False}),
+    "zero": ({}, {"zero_init_proj": True}),
+    "doc": ({"doc_aligned": True}, {}),
+    "bw": ({"batch_warmup_steps": None}, {}),  # None: a tenth of the run
 }
+ALIASES = {"recipe": "muon+wsd+untied+zero+doc+bw"}
+
+
+def variant_overrides(name: str) -> tuple[dict, dict]:
+    """(train overrides, model overrides) of a variant name such as ``muon+wsd+lr3``."""
+    base, *parts = ALIASES.get(name, name).split("+")
+    if base not in ("adamw", "muon"):
+        raise SystemExit(f"unknown base optimizer {base!r} in variant {name!r}")
+    train, model = {"optimizer": base}, {}
+    for part in parts:
+        if part.startswith("lr"):  # lrN: N times the preset's AdamW learning rate (embeddings, head, norms)
+            train["lr_mult"] = float(part[2:])
+            continue
+        t, m = RECIPE_PARTS[part]
+        train.update(t)
+        model.update(m)
+    return train, model
 
 
 def _sha256(path: Path) -> str:
@@ -111,14 +130,20 @@ def _config(preset: str, variant: str, vocab: int, steps: int, micro: int, accum
     from openllm.config import load_config
 
     cfg = load_config(preset)
-    v = VARIANTS[variant]
+    t_over, m_over = variant_overrides(variant)
     train = {"max_steps": steps, "micro_batch_size": micro, "grad_accum_steps": accum, "seq_len": seq,
-             "warmup_steps": max(1, steps // 20), "compile": True, "optimizer": "adamw"}
-    for k, val in v["train"].items():
-        train[k] = max(1, steps // 10) if (k == "batch_warmup_steps" and val is None) else val
+             "warmup_steps": max(1, steps // 20), "compile": True}
+    for k, val in t_over.items():
+        if k == "lr_mult":
+            train["lr"] = cfg.train.lr * val
+            train["min_lr"] = train.get("min_lr", cfg.train.min_lr * val if cfg.train.min_lr else None)
+        else:
+            train[k] = max(1, steps // 10) if (k == "batch_warmup_steps" and val is None) else val
     if train.get("batch_warmup_steps") and accum == 1:
         train.pop("batch_warmup_steps")
-    return cfg.replace(model={"vocab_size": vocab, "max_seq_len": max(seq, cfg.model.max_seq_len), **v["model"]},
+    if "lr" in train and train["optimizer"] == "muon":
+        train["muon_lr"] = cfg.train.muon_lr  # Muon's own rate stays; lrN moves AdamW's alone
+    return cfg.replace(model={"vocab_size": vocab, "max_seq_len": max(seq, cfg.model.max_seq_len), **m_over},
                        train=train)
 
 
@@ -221,22 +246,26 @@ def run_one(data: Path, preset: str, variant: str, args, log) -> dict:
 
 
 def to_target(result: dict, target: float) -> dict | None:
-    """Tokens and training seconds at the first evaluation whose val loss is at or below ``target``."""
-    for c in result["curve"]:
+    """The first evaluation whose val loss is at or below ``target``, with ``tokens`` and ``train_s`` (training
+    seconds to there, evaluation excluded, and compilation too: the first interval, which holds it, is counted
+    at the run's steady tokens/s)."""
+    curve = result["curve"]
+    for c in curve:
         if c["val_loss"] <= target:
-            return c
+            first = curve[0]
+            secs = c["train_s"] - first["train_s"] + first["tokens"] / result["tokens_per_s"]
+            return {**c, "train_s": secs}
     return None
 
 
-def report(results: list[dict], target: float, png: Path | None) -> str:
-    lines = [f"target val loss {target}", "",
+def report(results: list[dict], target: float | dict, png: Path | None) -> str:
+    targets = target if isinstance(target, dict) else {r["config"]: target for r in results}
+    lines = ["targets: " + ", ".join(f"{c} {t}" for c, t in targets.items()), "",
              "| config | variant | params | tokens to target | x AdamW | train s to target | x AdamW | best val "
              "| tokens/s | MFU |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    base = {}
+    base = {r["config"]: to_target(r, targets[r["config"]]) for r in results if r["variant"] == "adamw"}
     for r in results:
-        hit = to_target(r, target)
-        if r["variant"] == "adamw":
-            base[r["config"]] = hit
+        hit = to_target(r, targets[r["config"]])
         b = base.get(r["config"])
         ratio_t = f"{hit['tokens'] / b['tokens']:.2f}" if hit and b else "-"
         ratio_s = f"{hit['train_s'] / b['train_s']:.2f}" if hit and b else "-"
@@ -259,7 +288,7 @@ def report(results: list[dict], target: float, png: Path | None) -> str:
                 if r["config"] == c:
                     ax.plot([p["tokens"] / 1e6 for p in r["curve"]], [p["val_loss"] for p in r["curve"]],
                             label=r["variant"])
-            ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target}")
+            ax.axhline(targets[c], color="grey", ls="--", lw=1, label=f"target {targets[c]}")
             lo = min(p["val_loss"] for r in results if r["config"] == c for p in r["curve"])
             ax.set_ylim(lo - 0.1, lo + 2.0)
             ax.set_xlabel("training tokens (millions)")
@@ -286,10 +315,16 @@ def cmd_run(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    saved = json.loads(Path(args.results).read_text())
-    target = args.target if args.target is not None else saved["target"]
-    png = Path(args.png) if args.png else Path(args.results).with_suffix(".png")
-    print(report(saved["results"], target, png))
+    results, target = [], None
+    for path in args.results:
+        saved = json.loads(Path(path).read_text())
+        results += saved["results"]
+        target = saved["target"]
+    if args.target:
+        target = {c: float(t) for c, t in (item.split("=") for item in args.target.split(","))} \
+            if "=" in args.target else float(args.target)
+    png = Path(args.png) if args.png else Path(args.results[0]).with_suffix(".png")
+    print(report(results, target, png))
 
 
 # --- mfu through openllm train --------------------------------------------------------------------------------
@@ -458,8 +493,8 @@ def main(argv=None) -> None:
     k = sub.add_parser("check-kernels")
     k.add_argument("--out", default="")
     pl = sub.add_parser("plot")
-    pl.add_argument("--results", required=True)
-    pl.add_argument("--target", type=float)
+    pl.add_argument("--results", required=True, nargs="+")
+    pl.add_argument("--target", default="", help="a loss, or per config: small=4.0,medium=4.2")
     pl.add_argument("--png", default="")
     args = ap.parse_args(argv)
     if args.cmd == "prepare":

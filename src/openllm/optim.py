@@ -83,26 +83,38 @@ def muon_param_names(model: nn.Module) -> list[str]:
     return [name for name, _, _ in _muon_matrices(model)]
 
 
-_COMPILED_NS = None
+def _zeropower_batched(x: torch.Tensor, coeffs: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
+    """``torch.optim._muon._zeropower_via_newtonschulz`` on a stack of same-shaped matrices (n, rows, cols):
+    the same arithmetic (bf16, Frobenius normalisation, quintic iteration with ``coeffs``, wide orientation),
+    one batched matmul per stage instead of one small matmul per matrix."""
+    a, b, c = coeffs
+    y = x.bfloat16()
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        y = y.mT
+    y = y / y.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        gram = y @ y.mT
+        y = torch.baddbmm(y, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), y, beta=a)
+    return y.mT if tall else y
 
 
-def _newton_schulz(device: torch.device):
-    """torch.optim.Muon's Newton-Schulz iteration and shape scaling; on CUDA the iteration is compiled (its
-    15 small matmuls and their elementwise neighbours otherwise cost one kernel launch each)."""
-    global _COMPILED_NS
-    from torch.optim import _muon
+_COMPILED: dict = {}
 
-    zeropower = _muon._zeropower_via_newtonschulz
-    if device.type == "cuda":
-        if _COMPILED_NS is None:
-            _COMPILED_NS = torch.compile(zeropower, dynamic=False)
-        zeropower = _COMPILED_NS
-    return zeropower, _muon._adjust_lr
+
+def _batched_ns(device: torch.device):
+    """:func:`_zeropower_batched`, compiled on CUDA (its small matmuls' neighbours fuse, fewer launches)."""
+    if device.type != "cuda":
+        return _zeropower_batched
+    if "ns" not in _COMPILED:
+        _COMPILED["ns"] = torch.compile(_zeropower_batched, dynamic=False)
+    return _COMPILED["ns"]
 
 
 class Muon(torch.optim.Muon):
-    """``torch.optim.Muon`` whose step orthogonalises each fused matrix part by part (``splits``: parameter
-    -> row counts) and gathers FSDP2-sharded (DTensor) matrices before orthogonalising them."""
+    """``torch.optim.Muon`` (its hyperparameters, state and update rule) whose step orthogonalises each fused
+    matrix part by part (``splits``: parameter -> row counts), gathers FSDP2-sharded (DTensor) matrices before
+    orthogonalising them, and runs the Newton-Schulz iteration on all same-shaped parts at once."""
 
     def __init__(self, params, *, splits: dict | None = None, **kwargs) -> None:
         super().__init__(params, **kwargs)
@@ -110,12 +122,16 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
+        from torch.optim._muon import _adjust_lr
+
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
             lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
+            todo = []  # (param, its update, its parts)
+            by_shape: dict = {}  # (shape, device) -> [(index in todo, part number, part)]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -127,12 +143,18 @@ class Muon(torch.optim.Muon):
                 buf.lerp_(grad, 1 - mom)
                 update = grad.lerp(buf, mom) if group["nesterov"] else buf
                 full = update.full_tensor() if hasattr(update, "full_tensor") else update
-                zeropower, adjust_lr = _newton_schulz(full.device)
-                parts = []
-                for part in full.split(self.splits.get(p, [full.shape[0]]), dim=0):
-                    o = zeropower(part, group["ns_coefficients"], group["ns_steps"], group["eps"])
-                    # the shape scaling of each part, relative to the lr applied below
-                    parts.append(o * (adjust_lr(1.0, group["adjust_lr_fn"], part.shape)))
+                parts = list(full.split(self.splits.get(p, [full.shape[0]]), dim=0))
+                for j, part in enumerate(parts):
+                    by_shape.setdefault((tuple(part.shape), part.device), []).append((len(todo), j, part))
+                todo.append((p, update, parts))
+            for (shape, device), items in by_shape.items():
+                stacked = torch.stack([part for _, _, part in items])
+                ortho = _batched_ns(device)(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                # the shape scaling of each part, relative to the lr applied below
+                ortho = ortho * _adjust_lr(1.0, group["adjust_lr_fn"], torch.Size(shape))
+                for (i, j, _), o in zip(items, ortho.unbind(0)):
+                    todo[i][2][j] = o
+            for p, update, parts in todo:
                 ortho = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
                 if hasattr(update, "full_tensor"):
                     from torch.distributed.tensor import DTensor, Replicate
