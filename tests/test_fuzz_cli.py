@@ -197,6 +197,10 @@ CASES: list[Case] = [
     Case("an unknown hub URL scheme", lambda ws: ["hub", "versions", "me/x", "--hub", "ftp://x"], match="ftp"),
     Case("a reserved version name", lambda ws: ["hub", "push", "run", "--repo", "me/x", "--version", "HEAD"],
          match="HEAD"),
+    Case("a prompt that is not UTF-8", lambda ws: ["generate", "run", "--prompt", os.fsdecode(b"In \xff\xfe")],
+         match="--prompt is not UTF-8"),
+    Case("a file name that is not UTF-8", lambda ws: ["prepare-data", os.fsdecode(b"corpus\xff.txt"), "--out", "p2"],
+         outputs=("p2",), match="corpus"),
     Case("a missing run folder", lambda ws: ["generate", "rnu", "--prompt", "x"], match="rnu"),
     # --- the hub (issue 15): reserved names, unknown URL schemes, links out of an uploaded folder
     Case("a Space sync tag as a version", lambda ws: ["hub", "push", "hf", "--repo", "me/x", "--version",

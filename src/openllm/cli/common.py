@@ -6,9 +6,10 @@ import argparse
 import os
 
 from ..device import AUTO, DEVICE_HELP
+from ..errors import OpenLLMError
 
 __all__ = ["HUB_HELP", "DEVICE_HELP", "SET_HELP", "add_hub_option", "add_device_option", "add_config_overrides",
-           "cpu_thread_policy"]
+           "utf8_text", "cpu_thread_policy"]
 
 HUB_HELP = ("the hub that OWNER/NAME repositories live on: local (default: $OPENLLM_HUB or "
             "~/.cache/openllm/hub), hf (the Hugging Face hub, token from HF_TOKEN), a folder (a local hub there), "
@@ -38,3 +39,14 @@ def cpu_thread_policy() -> None:
     processes, spinning threads starve their own team mates (measured on 2 shared cores: 5.5 s per tiny step
     spinning, 1.2 s sleeping); on an idle machine it costs little. An explicit OMP_WAIT_POLICY wins."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def utf8_text(value: str, option: str) -> str:
+    """An argument as text; bytes that are not UTF-8 (kept by Python as surrogates) are a one-line error."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start].encode("utf-8", "surrogateescape")
+        raise OpenLLMError(f"{option} is not UTF-8 text (byte 0x{bad.hex()} at character {exc.start}): pass "
+                           f"UTF-8, e.g. by setting a UTF-8 locale in the terminal") from None
+    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_device_option, add_hub_option
+from .common import add_device_option, add_hub_option, utf8_text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         params.validate()
     except ValueError as exc:
         raise OpenLLMError(f"bad sampling option: {exc}") from None
+    args.prompt = [utf8_text(p, "--prompt") for p in args.prompt]
     if args.stream and len(args.prompt) > 1:
         raise OpenLLMError("--stream takes one --prompt; drop --stream to generate a batch")
     # int8 kernels are CPU-only: with --int8, auto means the CPU
