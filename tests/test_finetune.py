@@ -209,3 +209,33 @@ def test_chat_quickstart_step(base, tmp_path):
     assert ev["assistant_loss"] < ev["base"]["assistant_loss"]
     assert (tmp_path / "chat_run" / "checkpoints").is_dir() and (tmp_path / "chat_evaluation.json").is_file()
     assert any("base" in line and "fine-tuned" in line and "->" in line for line in lines)
+
+
+def test_choice_task_in_chat_form_scores_the_trained_reply(base, full_run, tmp_path):
+    from openllm.evaluate.chat import run_task_chat
+    from openllm.evaluate.tasks import load_choice_jsonl
+
+    root, run, data = base
+    lm = openllm.load(full_run)
+    convs = [c for c in read_conversations(data / "train.jsonl")
+             if len(c.messages) == 2 and len(encode_conversation(lm.tokenizer, c)) < 100][:6]
+    rows = [{"context": c.messages[0]["content"], "choices": [c.messages[1]["content"], "Amen."],
+             "label": k % 2} for k, c in enumerate(convs)]
+    for r in rows:
+        r["choices"] = r["choices"] if r["label"] == 0 else r["choices"][::-1]
+    path = tmp_path / "verses.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def reply_logprob(question, answer):
+        # log p(reply tokens) from the training encoding of the conversation, its EOS left out
+        ex = encode_conversation(lm.tokenizer, [{"role": "user", "content": question},
+                                                {"role": "assistant", "content": answer}])
+        ids = torch.tensor([ex.ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(lm.model(ids)[0, :-1].double(), -1)
+        pos = [i for i in range(1, len(ex.ids)) if ex.mask[i] and ex.ids[i] != lm.tokenizer.eos_id]
+        return float(sum(logp[i - 1, ex.ids[i]] for i in pos))
+
+    want = sum(max(range(2), key=lambda j: reply_logprob(r["context"], r["choices"][j])) == r["label"] for r in rows)
+    got = run_task_chat(lm.model, lm.tokenizer, load_choice_jsonl(path), max_len=128)
+    assert got["n"] == 6 and got["acc"] == pytest.approx(want / 6)

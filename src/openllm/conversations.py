@@ -36,7 +36,7 @@ from .tokenizer import SPECIAL_TOKENS, apply_chat_template
 
 __all__ = [
     "ROLES", "IGNORE_INDEX", "Conversation", "Example", "PackedRows", "read_conversations",
-    "parse_conversation", "encode_conversation", "encode_conversations", "pack", "PackedLoader",
+    "parse_conversation", "encode_rendered", "encode_conversation", "encode_conversations", "pack", "PackedLoader",
     "attention_mask", "make_synthetic_conversations", "write_synthetic_set", "SYNTHETIC_NOTE",
 ]
 
@@ -134,7 +134,7 @@ def read_conversations(path: str | os.PathLike) -> list[Conversation]:
 
 # --- tokenizing -------------------------------------------------------------------------------------------
 
-def _encode_text(tokenizer, text: str) -> list[int]:
+def encode_rendered(tokenizer, text: str) -> list[int]:
     """Ids of rendered template text, its BOS/EOS strings as the tokenizer's ids (as ``encode_chat`` does)."""
     bos, eos = SPECIAL_TOKENS["bos"], SPECIAL_TOKENS["eos"]
     ids: list[int] = []
@@ -171,12 +171,12 @@ def encode_conversation(tokenizer, conversation: Conversation | Sequence[dict]) 
     mask: list[int] = []
     pos = 0
     for start, end in spans:
-        prompt = _encode_text(tokenizer, full[pos:start])
-        reply = _encode_text(tokenizer, full[start:end])
+        prompt = encode_rendered(tokenizer, full[pos:start])
+        reply = encode_rendered(tokenizer, full[start:end])
         ids += prompt + reply
         mask += [0] * len(prompt) + [1] * len(reply)
         pos = end
-    rest = _encode_text(tokenizer, full[pos:])
+    rest = encode_rendered(tokenizer, full[pos:])
     ids += rest
     mask += [0] * len(rest)
     return Example(ids, mask, conversation.where)

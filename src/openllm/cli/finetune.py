@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                "loss, greedy samples) and stop")
     p.add_argument("--base", help="--evaluate: also score this base model on the same conversations")
     p.add_argument("--samples", type=int, default=3, help="greedy samples to show (default 3)")
+    p.add_argument("--tasks", default="", help="--evaluate: also score these tasks (as openllm evaluate --tasks) "
+                                               "in base and chat form")
+    p.add_argument("--limit", type=int, default=None, help="--evaluate: items per task")
     p.add_argument("--json", help="write the evaluation as JSON to this file")
 
 
@@ -92,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(model: str, data: str, base: str | None, args: argparse.Namespace, device: str) -> dict:
     from ..evaluate.chat import evaluate_chat
 
-    res = evaluate_chat(model, data, base=base, samples=args.samples, device=device, hub=args.hub)
+    res = evaluate_chat(model, data, base=base, samples=args.samples, device=device, hub=args.hub,
+                        tasks=getattr(args, "tasks", "") or (), limit=getattr(args, "limit", None))
     if args.json:
         from ..rundir import write_json_atomic
 
@@ -108,6 +112,11 @@ def print_chat_eval(res: dict) -> None:
     for name, r in rows:
         rate = f", ended its turn in {r['ended_turn_rate']:.0%} of samples" if "ended_turn_rate" in r else ""
         print(f"  {name:<10} {r['assistant_loss']:.4f} (ppl {r['assistant_ppl']:.2f}){rate}  [{r['model']}]")
+    for name, r in rows:
+        for task, forms in (r.get("tasks") or {}).items():
+            print(f"  {name:<10} {task}: " + ", ".join(
+                f"{form} acc {m['acc']:.3f}" + (f" acc_norm {m['acc_norm']:.3f}" if "acc_norm" in m else "")
+                for form, m in forms.items()) + f" (n={forms['chat_form']['n']})")
     for name, r in rows:
         for s in r.get("samples", []):
             q = s["messages"][-1]["content"] if s["messages"] else ""

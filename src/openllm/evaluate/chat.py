@@ -22,7 +22,7 @@ import torch
 from ..conversations import PackedLoader, attention_mask, encode_conversations, pack, read_conversations
 from ..errors import OpenLLMError
 
-__all__ = ["assistant_loss_sums", "chat_loss", "chat_samples", "evaluate_chat"]
+__all__ = ["assistant_loss_sums", "chat_loss", "chat_samples", "run_task_chat", "evaluate_chat"]
 
 
 @torch.no_grad()
@@ -83,7 +83,52 @@ def chat_samples(model, tokenizer, conversations, *, n: int = 5, max_new_tokens:
     return out
 
 
-def _score(source, conversations, *, seq_len, samples, max_new_tokens, device, hub) -> dict[str, Any]:
+def run_task_chat(model, tokenizer, task, *, max_len: int, limit: int | None = None,
+                  batch_size: int | None = None) -> dict:
+    """A task scored in chat form: each item's context is the user turn, each choice the assistant's reply
+    (``User: CONTEXT\nAssistant: CHOICE``, the reply tokenized as in training); the prediction is the choice
+    with the highest log-likelihood (``acc``), or per byte (``acc_norm``), as :func:`~.tasks.run_task` does in
+    base form. A last-word task scores whether the greedy reply is the word (``acc``) and its perplexity."""
+    from ..conversations import encode_rendered
+    from . import metrics
+    from .tasks import loglikelihoods
+
+    task = task.head(limit)
+    if not task.items:
+        raise OpenLLMError(f"task {task.name!r} has no items")
+    requests, owners = [], []
+    for k, item in enumerate(task.items):
+        prompt = tokenizer.encode_chat([{"role": "user", "content": item.context}], add_generation_prompt=True)
+        for c in item.choices:
+            requests.append((prompt, encode_rendered(tokenizer, " " + c.strip())))
+            owners.append(k)
+    scored = loglikelihoods(model, requests, max_len=max_len, batch_size=batch_size, desc=task.name)
+    per_item: list[list[tuple[float, bool]]] = [[] for _ in task.items]
+    for k, sc in zip(owners, scored):
+        per_item[k].append(sc)
+    n = len(task.items)
+    if task.kind == "last_word":
+        lls = [sc[0][0] for sc in per_item]
+        return {"acc": metrics.accuracy(sc[0][1] for sc in per_item), "ppl": metrics.item_perplexity(lls), "n": n}
+    hits = [metrics.choice_prediction([ll for ll, _ in sc]) == item.label for item, sc in zip(task.items, per_item)]
+    norm = [metrics.choice_prediction([ll for ll, _ in sc], item.lengths) == item.label
+            for item, sc in zip(task.items, per_item)]
+    return {"acc": metrics.accuracy(hits), "acc_norm": metrics.accuracy(norm), "n": n}
+
+
+def _tasks(lm, tasks, limit) -> dict[str, Any]:
+    from .tasks import resolve_tasks, run_task
+
+    out: dict[str, Any] = {}
+    max_len = lm.config.model.max_seq_len
+    for task in resolve_tasks(tasks):
+        out[task.name] = {"base_form": run_task(lm.model, lm.tokenizer, task, max_len=max_len, limit=limit),
+                          "chat_form": run_task_chat(lm.model, lm.tokenizer, task, max_len=max_len, limit=limit)}
+    return out
+
+
+def _score(source, conversations, *, seq_len, samples, max_new_tokens, device, hub, tasks=(),
+           limit=None) -> dict[str, Any]:
     from ..loading import load
 
     lm = load(source, device=device, hub=hub)
@@ -97,18 +142,22 @@ def _score(source, conversations, *, seq_len, samples, max_new_tokens, device, h
         res["samples"] = chat_samples(lm.model, lm.tokenizer, conversations, n=samples,
                                       max_new_tokens=max_new_tokens)
         res["ended_turn_rate"] = sum(s["ended_turn"] for s in res["samples"]) / max(len(res["samples"]), 1)
+    if tasks:
+        res["tasks"] = _tasks(lm, tasks, limit)
     res["seconds"] = round(time.perf_counter() - t0, 2)
     return res
 
 
 def evaluate_chat(model, data: str | Path, *, base=None, samples: int = 5, max_new_tokens: int = 64,
-                  seq_len: int | None = None, device: str = "cpu", hub: Any = None) -> dict[str, Any]:
+                  seq_len: int | None = None, tasks=(), limit: int | None = None, device: str = "cpu",
+                  hub: Any = None) -> dict[str, Any]:
     """Score ``model`` (anything :func:`openllm.load` takes) on the conversations in ``data``; with ``base``,
-    the base model on the same conversations under ``"base"``."""
+    the base model on the same conversations under ``"base"``. ``tasks`` (names or files, as ``openllm
+    evaluate --tasks``; ``limit`` items each) are scored in base and chat form under ``"tasks"``."""
     convs = read_conversations(data)
-    out = {"data": str(data), **_score(model, convs, seq_len=seq_len, samples=samples,
-                                       max_new_tokens=max_new_tokens, device=device, hub=hub)}
+    kw = dict(seq_len=seq_len, samples=samples, max_new_tokens=max_new_tokens, device=device, hub=hub,
+              tasks=tasks, limit=limit)
+    out = {"data": str(data), **_score(model, convs, **kw)}
     if base is not None:
-        out["base"] = _score(base, convs, seq_len=seq_len, samples=samples, max_new_tokens=max_new_tokens,
-                             device=device, hub=hub)
+        out["base"] = _score(base, convs, **kw)
     return out
