@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import openllm
-from openllm.conversations import encode_conversation, parse_conversation, read_conversations, write_synthetic_set
+from openllm.conversations import encode_conversation, read_conversations, write_synthetic_set
 from openllm.evaluate.chat import chat_loss, chat_samples
 from openllm.finetune import finetune, weights_sha256
 from openllm.errors import OpenLLMError
