@@ -239,3 +239,31 @@ def test_choice_task_in_chat_form_scores_the_trained_reply(base, full_run, tmp_p
     want = sum(max(range(2), key=lambda j: reply_logprob(r["context"], r["choices"][j])) == r["label"] for r in rows)
     got = run_task_chat(lm.model, lm.tokenizer, load_choice_jsonl(path), max_len=128)
     assert got["n"] == 6 and got["acc"] == pytest.approx(want / 6)
+
+
+def test_hub_base_and_hf_folder_base_and_the_card_names_the_base(base, tmp_path):
+    from openllm.export import export
+    from openllm.publish import push_model
+
+    root, run, data = base
+    torch.set_num_threads(1)
+    push_model(run, repo_id="me/base", version="v1")
+    ft = finetune("me/base@v1", data / "train.jsonl", tmp_path / "ft", max_steps=2, progress=False,
+                  log=lambda m: None, overrides={"train": TRAIN})
+    rec = json.loads((ft.checkpoint / "state.json").read_text())["finetune"]["base"]
+    assert rec["hub_ref"] == "me/base@v1" and rec["weights_sha256"] == weights_sha256(openllm.load(run).model)
+    push_model(tmp_path / "ft", repo_id="me/chat", version="v1")
+    card = (Path(openllm.hub.download_model("me/chat@v1")) / "README.md").read_text()
+    head = card.split("---")[1]
+    assert "base_model: me/base" in head and "base_model_version: v1" in head and "base_model_relation: finetune" in head
+    assert "## Fine-tuning" in card and rec["weights_sha256"] in card
+    from openllm.hashing import sha256_file
+
+    assert sha256_file(data / "train.jsonl") in card
+    # a Hugging Face folder (our export, read as a plain Llama folder) is a base like any other
+    hf = export(run, tmp_path / "x", "hf", progress=False)["hf"]
+    (hf / "openllm.json").unlink()
+    ft2 = finetune(hf, data / "train.jsonl", tmp_path / "ft2", max_steps=1, progress=False, log=lambda m: None,
+                   overrides={"train": TRAIN})
+    rec2 = json.loads((ft2.checkpoint / "state.json").read_text())["finetune"]["base"]
+    assert rec2["kind"] == "hf" and rec2["weights_sha256"] == rec["weights_sha256"]
