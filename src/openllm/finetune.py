@@ -92,7 +92,7 @@ def _inject_lora(model: Transformer, lora: Mapping[str, Any]) -> Transformer:
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError:
-        raise OpenLLMError("LoRA fine-tuning needs the peft package: pip install 'peft>=0.13' (or fine-tune "
+        raise OpenLLMError("LoRA fine-tuning needs the peft package: pip install 'openllm[finetune]' (or fine-tune "
                            "every weight: leave out --lora)") from None
 
     cfg = LoraConfig(r=int(lora["rank"]), lora_alpha=float(lora["alpha"]), lora_dropout=float(lora["dropout"]),
