@@ -587,10 +587,11 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
     runs_df = gr.Dataframe(_runs_table(sh), headers=["run", "state", "step", "checkpoints", "best val loss"],
                            interactive=False, elem_id="runs-table", wrap=False)
     with gr.Row():
+        # min_width: on a phone each picker takes a whole line instead of a truncated half
         run = gr.Dropdown(sh.run_choices(), value=sh.default_run(), label="Run", elem_id="push-run", scale=2,
-                          info="the run to push, continue or delete")
+                          min_width=260, info="the run to push, continue or delete")
         step = gr.Dropdown(sh.checkpoint_choices(sh.default_run()), label="Checkpoint", elem_id="push-step",
-                           scale=2, info="newest first; the one to push")
+                           scale=2, min_width=260, info="newest first; the one to push")
     preview = gr.HTML("", elem_id="push-preview")
     gr.Markdown("### Push to the hub")
     hf = bool(os.environ.get("HF_TOKEN"))  # only whether it is set: the token itself stays in the hub library
@@ -719,9 +720,9 @@ def _evaluate_tab(sh: Shared) -> list:
 def _export_tab(sh: Shared) -> list:
     with gr.Row():
         run = gr.Dropdown(sh.run_choices(), value=sh.default_run(), label="Run", elem_id="export-run", scale=3,
-                          info="its latest checkpoint")
+                          min_width=260, info="its latest checkpoint")
         fmt = gr.Dropdown(list(T.EXPORT_CHOICES), value="Hugging Face (safetensors)", label="Format",
-                          elem_id="export-format", scale=2)
+                          elem_id="export-format", scale=2, min_width=260)
     btn = gr.Button("Export", variant="primary", elem_id="export-btn")
     msg = gr.HTML("", elem_id="export-msg")
     download = gr.DownloadButton("Download the export (zip)", elem_id="export-download", visible=False)
@@ -847,7 +848,7 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
         return (*view(run, count), *buttons())
 
     mon.run.change(lambda r: view(r, None), mon.run, mon.outputs, show_progress="hidden")
-    mon.run.input(lambda p, r: _remember(p, "monitor_run", r), [picks, mon.run], picks)
+    mon.run.input(lambda p, r: (_remember(p, "monitor_run", r), ""), [picks, mon.run], [picks, mon.banner])
     timer.tick(tick, [mon.run, mon.count], [*mon.outputs, train.start_btn, train.stop_btn], show_progress="hidden",
                concurrency_limit=None, concurrency_id="monitor")
 
