@@ -40,7 +40,7 @@ __all__ = [
     "read_other_evaluations", "write_evaluation", "read_json", "load_json",
     "write_json_atomic", "write_text_atomic", "write_bytes_atomic", "atomic_file", "atomic_output_dir", "make_dirs",
     "fsync_dir", "fsync_file",
-    "LOCK", "RunLock", "lock_holder", "request_stop", "STATES", "ACTIVE_STATES", "END_STATES", "TRANSITIONS",
+    "LOCK", "STOP_REQUEST", "LOCK_FILES", "RunLock", "lock_holder", "request_stop", "STATES", "ACTIVE_STATES", "END_STATES", "TRANSITIONS",
     "check_transition", "divergence", "RunState", "run_state",
 ]
 
@@ -349,6 +349,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, owned_marker: str) -> Itera
 
 LOCK = ".lock"
 STOP_REQUEST = ".stop-requested"
+LOCK_FILES = (LOCK, STOP_REQUEST)
 
 # a process that opened the lock file just before us may hold it for a moment before it writes its PID
 _LOCK_SETTLE_S = 0.5

@@ -249,7 +249,8 @@ def _check_out(out: Path) -> None:
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise OpenLLMError(f"--out {out}: {parent} is a file, not a folder; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not rundir.is_run(out):
+    # the run lock's files (left by a process killed before it wrote anything) do not make a folder a run's
+    if out.is_dir() and any(p.name not in rundir.LOCK_FILES for p in out.iterdir()) and not rundir.is_run(out):
         raise OpenLLMError(f"--out {out} is not empty and holds no training run (no checkpoints/, config.json "
                            f"or status.json of a run): choose a new or empty folder; nothing was written")
 
