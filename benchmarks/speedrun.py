@@ -12,15 +12,16 @@ Subcommands (run from the repository root with ``PYTHONPATH=src``):
 ``run --data DATA --out OUT``
     Trains each config (``small``, ``medium`` shapes, vocabulary from the data) with each variant from the
     same seed for the same number of steps, evaluates the whole val split every ``--eval-every`` steps, and
-    reports tokens and training wall time (evaluation excluded, compilation included) to ``--target``,
-    tokens/s and MFU. Writes ``OUT/speedrun.json`` and the curves ``OUT/speedrun.png``.
+    reports tokens and training wall time to the target val loss (``TARGETS``: fixed per config; evaluation
+    and compilation excluded), tokens/s and MFU (second half of the run). Writes ``OUT/speedrun.json`` and the curves ``OUT/speedrun.png``.
 ``mfu --data DATA --out OUT``
     ``openllm train`` itself (``openllm.train.train``) on the medium preset for a few dozen steps, plain and
     with each fused option: median tokens/s after compilation, MFU and peak GPU memory.
 ``check-kernels``
     GPU: every fused path against the plain one (loss and gradients, bf16 autocast).
 ``plot --results OUT/speedrun.json``
-    Redraw the PNG (and print the table) from saved results, e.g. for another ``--target``.
+    Redraw the PNG (and print the table) from saved results (several files merge), e.g. for another
+    ``--target``.
 
 Variants: ``adamw`` (the presets' AdamW and cosine schedule), ``muon`` (only ``train.optimizer=muon``), Muon
 with recipe parts joined by ``+`` (``wsd`` schedule, ``untied`` head, ``zero``-initialised projections,
@@ -53,7 +54,7 @@ RECIPE_PARTS = {
     "doc": ({"doc_aligned": True}, {}),
     "bw": ({"batch_warmup_steps": None}, {}),  # None: a tenth of the run
 }
-ALIASES = {"recipe": "muon+wsd+untied+zero+doc+bw"}
+ALIASES = {"recipe": "muon+wsd+untied+zero+lr3"}  # chosen from the small ablations (benchmarks/gpu.md)
 
 
 def variant_overrides(name: str) -> tuple[dict, dict]:
@@ -196,7 +197,6 @@ def run_one(data: Path, preset: str, variant: str, args, log) -> dict:
     params = list(raw.parameters())
     curve, tokens, train_s = [], 0, 0.0
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    target_hit = None
     sync()
     t0 = time.perf_counter()
     for step in range(tc.max_steps):
@@ -220,8 +220,6 @@ def run_one(data: Path, preset: str, variant: str, args, log) -> dict:
             curve.append({"step": step + 1, "tokens": tokens, "train_s": round(train_s, 3), "val_loss": vl,
                           "loss": float(loss.detach()) * accum})
             log(f"{preset}/{variant} step {step + 1} tokens {tokens:,} val {vl:.4f} ({train_s:.1f}s)")
-            if target_hit is None and vl <= args.target:
-                target_hit = curve[-1]
             if not math.isfinite(vl):
                 break
             sync()
@@ -260,6 +258,7 @@ def to_target(result: dict, target: float) -> dict | None:
 
 def report(results: list[dict], target: float | dict, png: Path | None) -> str:
     targets = target if isinstance(target, dict) else {r["config"]: target for r in results}
+    targets = {c: t for c, t in targets.items() if c in {r["config"] for r in results}}
     lines = ["targets: " + ", ".join(f"{c} {t}" for c, t in targets.items()), "",
              "| config | variant | params | tokens to target | x AdamW | train s to target | x AdamW | best val "
              "| tokens/s | MFU |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -301,7 +300,20 @@ def report(results: list[dict], target: float | dict, png: Path | None) -> str:
     return text
 
 
+TARGETS = {"tiny": 5.0, "small": 4.0, "medium": 4.2}  # fixed val losses (nats/token) on the prepared corpus
+
+
+def _targets(text: str) -> dict[str, float]:
+    """``small=4.0,medium=4.2`` (or one number for every config) over the fixed :data:`TARGETS`."""
+    if not text:
+        return dict(TARGETS)
+    if "=" not in text:
+        return {c: float(text) for c in TARGETS}
+    return {**TARGETS, **{c: float(t) for c, t in (item.split("=") for item in text.split(","))}}
+
+
 def cmd_run(args) -> None:
+    args.target = _targets(args.target)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data)
@@ -315,14 +327,10 @@ def cmd_run(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    results, target = [], None
+    results = []
     for path in args.results:
-        saved = json.loads(Path(path).read_text())
-        results += saved["results"]
-        target = saved["target"]
-    if args.target:
-        target = {c: float(t) for c, t in (item.split("=") for item in args.target.split(","))} \
-            if "=" in args.target else float(args.target)
+        results += json.loads(Path(path).read_text())["results"]
+    target = _targets(args.target)
     png = Path(args.png) if args.png else Path(args.results[0]).with_suffix(".png")
     print(report(results, target, png))
 
@@ -477,7 +485,8 @@ def main(argv=None) -> None:
     r.add_argument("--eval-batch", type=int, default=32)
     r.add_argument("--val-batches", type=int, default=None, help="cap on val batches per evaluation "
                    "(default: the whole val split)")
-    r.add_argument("--target", type=float, default=4.0)
+    r.add_argument("--target", default="", help="val loss to reach: one number, or per config "
+                   "(default small=4.0,medium=4.2,tiny=5.0)")
     r.add_argument("--device", default="cuda")
     r.add_argument("--fused", default="", help="'', chunked or liger: the fused loss for every variant")
     r.add_argument("--no-compile", action="store_true")
