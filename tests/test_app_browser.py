@@ -285,6 +285,17 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
         _wait_text(page, "#gen-msg", "Done: tester/tiny-e2e@v1", 90)
         assert page.locator("#gen-output textarea").input_value().strip()
 
+        # --- Continue the stopped run for more steps: the new total is shown, it trains to it ------------------
+        page.get_by_role("tab", name="Models").click()
+        time.sleep(1)
+        _select(page, "push-run", "e2e")
+        _fill(page, "continue-steps", 3)
+        page.wait_for_function("!document.querySelector('#continue-btn').disabled", timeout=20_000)
+        page.click("#continue-btn")
+        _wait_text(page, "#monitor-banner", f"from step {stopped_at} to a new total of {stopped_at + 3} steps", 30)
+        page.wait_for_selector("#monitor-view[data-state=finished]", timeout=300_000)
+        assert _monitor(page)["step"] == stopped_at + 3
+
         # --- Help comes from docs/app.md -----------------------------------------------------------------------
         page.get_by_role("tab", name="Help").click()
         _wait_text(page, "#help-text", "The workspace", 10)
