@@ -437,3 +437,19 @@ def test_muon_step_on_fsdp2_shards_equals_the_unsharded_step(tmp_path):
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stdout + res.stderr
     assert float(res.stdout.split("WORST")[1].split()[0]) == 0.0, res.stdout
+
+
+def test_recipe_model_trained_with_muon_exports_as_plain_llama():
+    """Untied head, zero-initialised projections, a few Muon steps: still a LlamaForCausalLM, same logits."""
+    from test_model import hf_twin
+
+    model = _model(tie_embeddings=False, zero_init_proj=True)
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=3e-3, muon_lr=0.02), "cpu")
+    _steps(model, opt, _batches(3))
+    assert model.layers[0].attn.wo.weight.abs().sum() > 0  # the zero projections have moved
+    model.eval()
+    x = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        ours = model(x)
+        theirs = hf_twin(model)(x).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
