@@ -447,6 +447,17 @@ def test_cli_resume_is_shown_and_stopped_then_continue_matches_an_uninterrupted_
     for step in range(1, total + 1):
         assert losses["a"][step] == pytest.approx(losses["b"][step], rel=1e-5), step
 
+    # the CLI honours the lock too: while another process holds the run, it is refused and touches nothing
+    from openllm.rundir import RunLock
+
+    before = (ws.run_dir("a") / "status.json").read_bytes()
+    with RunLock(ws.run_dir("a")):
+        res = subprocess.run([sys.executable, "-m", "openllm", "train", "--out", str(ws.run_dir("a")),
+                              "--max-steps", str(total + 5), "--no-progress"],
+                             capture_output=True, text=True, env=child_env(), timeout=300)
+    assert res.returncode != 0 and f"already being trained by PID {os.getpid()}" in res.stderr, res.stderr
+    assert (ws.run_dir("a") / "status.json").read_bytes() == before
+
 
 def test_compare_and_curves_figures(ws):
     from openllm.app import tools as T
