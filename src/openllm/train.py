@@ -13,7 +13,9 @@ One call runs four phases:
    batches with best-checkpoint tracking and early stopping, ``metrics.jsonl`` / TensorBoard / progress bar,
    atomic checkpoints, ``status.json`` for the web app. SIGTERM / SIGINT finish the current step, save, and
    end with state ``stopped``. A NaN/inf loss ends the run (state ``failed``) before the bad update is
-   applied, so the checkpoints on disk stay good.
+   applied (with ``train.check_every`` > 1: at the next host read, before any checkpoint), so the
+   checkpoints on disk stay good. The optimizer is AdamW or Muon + AdamW (:mod:`openllm.optim`); the fused
+   training kernels (:mod:`openllm.kernels`) are switched on here when asked for.
 4. **finish** (:meth:`Trainer.finish`): the final checkpoint, ``status.json``, the loss plot.
 
 The run folder's layout (checkpoints, latest/best, status, metrics) belongs to :mod:`openllm.rundir`. The
