@@ -200,8 +200,11 @@ def test_evaluate_an_export_without_data_and_with_a_text_file(built_run, tmp_pat
     f = tmp_path / "t.txt"
     f.write_text("And God saw the light, that it was good.\n" * 10, encoding="utf-8")
     res = evaluate(hf, text=f, generation=False, baselines=False, progress=False)
-    on_disk = json.loads((hf / "evaluation.json").read_text())  # beside the export's weights
+    # beside the export's weights, as what it is: a text file's evaluation, not the model's val split
+    (text_eval,) = (hf / "evaluations").glob("text-t-*.json")
+    on_disk = json.loads(text_eval.read_text())
     assert on_disk["dataset"]["name"] == "t.txt" and on_disk["val_loss"] == pytest.approx(res["val_loss"])
+    assert json.loads((hf / "evaluation.json").read_text())["dataset"] is None
     # the export scores exactly as the run it came from
     ref = evaluate(built_run["run"], text=f, generation=False, baselines=False, write=False, progress=False)
     assert res["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5)

@@ -42,7 +42,7 @@ def test_pyproject_ships_the_presets_and_splits_the_heavy_parts_into_extras():
     for module, extra in EXTRAS.items():
         dist = {"lm_eval": "lm-eval"}.get(module, module)
         assert any(r.startswith(dist) for r in extras[extra]), (module, extra)
-    assert extras["all"] == ["openllm[app,serve,export,eval]"] and "openllm[all]" in extras["dev"]
+    assert extras["all"] == ["openllm[app,serve,export,eval,finetune]"] and "openllm[all]" in extras["dev"]
     assert '".${extras}"' in (REPO / "scripts/setup.sh").read_text()  # setup.sh installs [all] / [all,dev]
 
 

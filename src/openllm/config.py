@@ -251,11 +251,31 @@ class Config:
 def _build(section: str, klass: type, raw: Mapping[str, Any]):
     names = [f.name for f in dataclasses.fields(klass)]
     _check_keys(f"{section}.", raw, names)
+    for f in dataclasses.fields(klass):
+        if f.name in raw:
+            _check_type(f"{section}.{f.name}", str(f.type), raw[f.name])
     try:
         obj = klass(**raw)
     except TypeError as exc:  # pragma: no cover - _check_keys catches unknown keys first
         raise ConfigError(f"{section}: {exc}") from None
     return obj
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _check_type(name: str, annotation: str, value: Any) -> None:
+    """The JSON type a field takes (its annotation: int, float, bool, str, optionally ``| None``), checked before
+    the section's own validation compares values."""
+    kind, _, optional = annotation.partition(" | ")
+    if value is None and optional == "None":
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {"float": number and math.isfinite(value),  # integers: the section's own checks word them better
+          "bool": isinstance(value, bool), "str": isinstance(value, str)}.get(kind, True)
+    if not ok:
+        want = _TYPE_WORDS.get(kind, kind) + (" or null" if optional == "None" else "")
+        raise ConfigError(f"{name} must be {want}, got {value!r}")
 
 
 def _check_keys(prefix: str, raw: Mapping[str, Any], valid: list[str]) -> None:

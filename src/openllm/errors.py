@@ -18,7 +18,11 @@ class OpenLLMError(Exception):
 
 
 class ConfigError(OpenLLMError, ValueError):
-    """A config file or override is invalid; the message names the field and the allowed values."""
+    """A config file or override is invalid; the message names the field and the allowed values. One line,
+    whatever the user typed (a key with a newline in it stays on the line)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).replace("\n", "\\n").split()))
 
 
 class MissingExtra(OpenLLMError, ImportError):

@@ -21,9 +21,18 @@ class TokenizerLike(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+# Below this a temperature is greedy: dividing logits by it overflows to inf, and the distribution it asks
+# for is argmax anyway (vLLM draws the same line)
+GREEDY_BELOW = 1e-5
+
+
+def effective_temperature(t: float) -> float:
+    return 0.0 if t < GREEDY_BELOW else float(t)
+
+
 @dataclass
 class SamplingParams:
-    """How to pick the next token. ``temperature == 0`` means greedy."""
+    """How to pick the next token. ``temperature`` 0 (or below :data:`GREEDY_BELOW`) means greedy."""
 
     max_new_tokens: int = 64
     temperature: float = 1.0
@@ -36,8 +45,9 @@ class SamplingParams:
     def validate(self) -> "SamplingParams":
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative integer, got {self.max_new_tokens!r}")
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not self.temperature >= 0 or self.temperature == float("inf"):
+            raise ValueError(f"temperature must be >= 0 and finite, got {self.temperature!r}")
+        self.temperature = effective_temperature(self.temperature)
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k!r}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
@@ -53,7 +63,7 @@ def _process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: Sampling
         # CTRL's penalty, as transformers applies it: shrink positive logits, grow negative ones
         penalised = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
         logits = torch.where(seen, penalised, logits)
-    if p.temperature == 0:
+    if effective_temperature(p.temperature) == 0:
         return logits
     logits = logits / p.temperature
     if p.top_k is not None and p.top_k < logits.size(-1):
@@ -117,7 +127,7 @@ def iter_steps(model: Transformer, prompts: Sequence[Sequence[int]], params: Sam
                 pos = (valid.cumsum(-1) - 1).clamp(min=0)
                 logits = model(ids, positions=pos, cache=cache_full, last_only=True)[:, -1]
             scores = _process_logits(logits.float(), seen, params)
-            if params.temperature == 0:
+            if effective_temperature(params.temperature) == 0:
                 nxt = scores.argmax(-1)
             else:
                 nxt = torch.multinomial(scores.softmax(-1), 1, generator=gen).squeeze(-1)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from fastapi.responses import JSONResponse
 
+from ..generate import effective_temperature
 from .engine import Engine, Sampling
 
 __all__ = ["ApiError", "ServerState"]
@@ -124,7 +125,8 @@ class ServerState:
                     raise ApiError(400, f"logit_bias values are in [-100, 100]; got {value}", param="logit_bias")
                 bias[int(key)] = float(value)
         top_p = body.top_p
-        return Sampling(temperature=body.temperature, top_p=None if top_p is None or top_p >= 1.0 else top_p,
+        return Sampling(temperature=effective_temperature(body.temperature),
+                        top_p=None if top_p is None or top_p >= 1.0 else top_p,
                         top_k=body.top_k, seed=body.seed,
                         presence_penalty=getattr(body, "presence_penalty", None) or 0.0,
                         frequency_penalty=getattr(body, "frequency_penalty", None) or 0.0, logit_bias=bias)
