@@ -23,7 +23,7 @@ from typing import Any
 
 from .config import Config, ConfigError
 from .errors import OpenLLMError
-from .rundir import CHECKPOINTS, load_json, require_latest_checkpoint, step_of
+from .rundir import CHECKPOINTS, STATE, load_json, require_latest_checkpoint, step_of
 
 __all__ = ["LoadedModel", "load", "detect_kind", "read_state_dict",
            "NATIVE_FORMAT", "OPENLLM_CONFIG_NAME"]
@@ -224,7 +224,7 @@ def _strip_prefix(name: str) -> str:
 
 
 def _run_config(run: Path, ckpt: Path) -> Config:
-    state_file = ckpt / "state.json"
+    state_file = ckpt / STATE
     if state_file.is_file():
         state = load_json(state_file)
         if isinstance(state.get("config"), dict):
@@ -235,8 +235,8 @@ def _run_config(run: Path, ckpt: Path) -> Config:
 
 
 def _checkpoint_step(ckpt: Path) -> int | None:
-    if (ckpt / "state.json").is_file():
-        step = load_json(ckpt / "state.json").get("step")
+    if (ckpt / STATE).is_file():
+        step = load_json(ckpt / STATE).get("step")
         if isinstance(step, int):
             return step
     return step_of(ckpt)

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 from .config import Config
 from .errors import OpenLLMError
+from .rundir import EVALUATION, write_json_atomic
 
 __all__ = ["quickstart", "unigram_baseline", "QuickstartResult", "STEPS"]
 
@@ -82,7 +83,6 @@ def quickstart(
     on held-out ones (:func:`openllm.finetune.chat_quickstart`; ``chat_steps`` shortens it).
     Raises :class:`OpenLLMError` naming the step that failed."""
     from .config import load_config
-    from .rundir import write_json_atomic
 
     say = log or (lambda msg: print(msg, flush=True))
     t0 = time.time()
@@ -169,7 +169,7 @@ def quickstart(
             f"{results['window']} stride {results['stride']}")
         say(f"    vs unigram {uni:.4f} (perplexity {math.exp(uni):.1f}): {uni - val_loss:+.4f} nats/token better")
         if evaluate:
-            paths["evaluation"] = paths["run"] / "evaluation.json"
+            paths["evaluation"] = paths["run"] / EVALUATION
             say(f"    full report (perplexity, bits per byte, baselines, generations) -> {paths['evaluation']}")
 
     title = "export (native + Hugging Face) and generate" if export else "generate"

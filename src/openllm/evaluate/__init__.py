@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import OpenLLMError
-from ..rundir import EVALUATION, EVALUATIONS
+from ..rundir import CONFIG, EVALUATION, EVALUATIONS, STATE
 from .report import markdown, write_json
 
 __all__ = ["evaluate", "evaluate_run", "evaluate_loaded", "find_data_dir", "markdown", "write_json"]
@@ -221,7 +221,7 @@ def _chance(vocab: int, et, task_list, limit) -> dict:
 
 
 def _tokens_seen(loaded) -> int | None:
-    state = Path(loaded.path) / "state.json"
+    state = Path(loaded.path) / STATE
     if state.is_file():
         try:
             v = json.loads(state.read_text(encoding="utf-8")).get("tokens_seen")
@@ -256,8 +256,8 @@ def find_data_dir(loaded) -> Path | None:
     if loaded.kind == "checkpoint":
         run = str(Path(loaded.path).parent.parent)
     if run:
-        places += [Path(run) / "config.json", Path(run) / "run.json"]
-    places.append(Path(loaded.path) / "state.json")
+        places += [Path(run) / CONFIG, Path(run) / "run.json"]
+    places.append(Path(loaded.path) / STATE)
     for p in places:
         if not p.is_file():
             continue

@@ -120,7 +120,8 @@ def push_model(source: str | Path, *, repo_id: str, version: str | None = None, 
         elif facts.metrics and not (staging / "loss.png").exists():
             _plot(facts.metrics, staging / "loss.png", title=f"{repo_id} {version}")
         if facts.evaluation:
-            (staging / "evaluation.json").write_text(json.dumps(facts.evaluation, indent=2) + "\n", encoding="utf-8")
+            (staging / rundir.EVALUATION).write_text(json.dumps(facts.evaluation, indent=2) + "\n",
+                                                     encoding="utf-8")
         if facts.config and not (staging / "openllm.json").exists():
             (staging / "openllm.json").write_text(json.dumps({"format": "openllm", **facts.config}, indent=2) + "\n",
                                                   encoding="utf-8")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OpenLLMError
+from ..rundir import write_text_atomic
 from . import templates
 from .deps import ModuleIndex, import_closure, module_name, read_pyproject, requirements, third_party
 from .manifest import Manifest, load_manifest
@@ -169,10 +170,7 @@ def _save_import_cache(entries: dict) -> None:
     path = _import_cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".imports-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entries, f)
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(entries))
     except OSError:  # a cache: never worth failing a build for
         pass
 

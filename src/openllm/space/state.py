@@ -11,13 +11,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from ..hashing import sha256_bytes, sha256_file
+from ..rundir import write_text_atomic
 
 __all__ = ["sha256_bytes", "sha256_file", "tree_hashes", "tree_digest", "SyncRecord", "SyncState",
            "state_path", "cache_dir", "TAG_RE", "tag_name"]
@@ -109,11 +109,7 @@ class SyncState:
         """Atomically: a crash leaves the old state or the new one, never half a file."""
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"hub": self.hub, "space": self.space, "history": [asdict(r) for r in self.history]}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def state_path(hub_key: str, space: str) -> Path:
