@@ -5,18 +5,15 @@ Nothing is recomputed unless asked (``evaluate_missing``): the table shows what 
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import rundir
 from .errors import OpenLLMError
+from .metrics import finite_number
 
 __all__ = ["describe", "compare", "plot_loss_curves", "markdown_table"]
 
-
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
 def describe(source: str | Path, *, evaluate_missing: bool = False, hub: Any = None, **eval_kwargs) -> dict:
@@ -59,7 +56,7 @@ def describe(source: str | Path, *, evaluate_missing: bool = False, hub: Any = N
             evaluation = evaluate(loaded, write=False, progress=False, **eval_kwargs)
     if evaluation:
         for key in ("val_loss", "perplexity", "bits_per_byte"):
-            out[key] = _num(evaluation.get(key))
+            out[key] = finite_number(evaluation.get(key))
         ds = evaluation.get("dataset") or {}
         out["eval_dataset"] = ds.get("name") if isinstance(ds, dict) else None
         out["tasks"] = {name: {k: v for k, v in m.items() if k in ("acc", "acc_norm", "ppl", "n")}
@@ -97,14 +94,14 @@ def plot_loss_curves(runs: Sequence[tuple[str, list[dict]]], path: str | Path) -
     runs = [(name, rows) for name, rows in runs if rows]
     if not runs:
         raise OpenLLMError("none of the sources has a metrics.jsonl to plot: --plot needs run folders")
-    by_tokens = all(all(_num(r.get("tokens")) is not None for r in rows if "loss" in r) for _, rows in runs)
+    by_tokens = all(all(finite_number(r.get("tokens")) is not None for r in rows if "loss" in r) for _, rows in runs)
     xkey = "tokens" if by_tokens else "step"
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for i, (name, rows) in enumerate(runs):
         color = f"C{i % 10}"
-        tr = [(r[xkey], r["loss"]) for r in rows if _num(r.get("loss")) is not None and _num(r.get(xkey)) is not None]
+        tr = [(r[xkey], r["loss"]) for r in rows if finite_number(r.get("loss")) is not None and finite_number(r.get(xkey)) is not None]
         va = [(r[xkey], r["val_loss"]) for r in rows
-              if _num(r.get("val_loss")) is not None and _num(r.get(xkey)) is not None]
+              if finite_number(r.get("val_loss")) is not None and finite_number(r.get(xkey)) is not None]
         if tr:
             ax.plot(*zip(*tr), color=color, lw=1.2, alpha=0.8, label=f"{name} train")
         if va:

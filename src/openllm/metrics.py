@@ -10,7 +10,13 @@ from typing import Any, Iterable
 
 from . import rundir
 
-__all__ = ["MetricsWriter", "device_peak_flops", "mfu", "plot_loss", "TensorBoard"]
+__all__ = ["finite_number", "MetricsWriter", "device_peak_flops", "mfu", "plot_loss", "TensorBoard"]
+
+def finite_number(x: Any) -> float | None:
+    """A metric value as a float, or None when it is missing, not a number (a bool is not one), NaN or
+    infinite: what every table and card shows instead of guessing."""
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
 
 # Dense (no sparsity) bf16/fp16 tensor-core peak FLOP/s, from the vendors' data sheets. Matched in order
 # against torch.cuda.get_device_name(); the first hit wins, so specific names come before general ones.

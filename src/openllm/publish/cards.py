@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..metrics import finite_number
 from .facts import RunFacts
 
 __all__ = ["model_card", "dataset_card", "eval_results", "val_evaluation", "data_ids", "weights_license"]
@@ -19,9 +20,6 @@ _TASK_METRICS = {"acc": ("accuracy", "accuracy"), "acc_norm": ("accuracy", "norm
                  "ppl": ("perplexity", "perplexity")}
 
 
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and x == x else None
-
 
 def eval_results(evaluation: dict[str, Any], *, dataset_id: str | None = None) -> list[Any]:
     """huggingface_hub EvalResults from ``evaluation.json``: val loss, perplexity, bits per byte on the
@@ -34,7 +32,7 @@ def eval_results(evaluation: dict[str, Any], *, dataset_id: str | None = None) -
     ds_type = dataset_id or str(ds.get("name") or "text")
     for key, mtype, label in (("val_loss", "loss", "loss (nats/token)"), ("perplexity", "perplexity", "perplexity"),
                               ("bits_per_byte", "bits_per_byte", "bits per byte")):
-        value = _num(evaluation.get(key))
+        value = finite_number(evaluation.get(key))
         if value is not None:
             out.append(EvalResult(task_type="text-generation", task_name="Language modeling", dataset_type=ds_type,
                                   dataset_name=ds_name, dataset_split="validation", metric_type=mtype,
@@ -44,7 +42,7 @@ def eval_results(evaluation: dict[str, Any], *, dataset_id: str | None = None) -
             continue
         dtype, dname, split = _TASKS.get(task, (task, task, None))
         for key, value in sorted(scores.items()):
-            value = _num(value)
+            value = finite_number(value)
             if value is None or key not in _TASK_METRICS:
                 continue
             mtype, label = _TASK_METRICS[key]
@@ -271,12 +269,12 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | No
         how += f", window {ev['window']}, stride {ev.get('stride')}"
     for key, label, fmt in (("val_loss", "validation loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}"),
                             ("bits_per_byte", "bits per byte", "{:.4f}")):
-        if _num(ev.get(key)) is not None:
+        if finite_number(ev.get(key)) is not None:
             met.append((f"{label} ({how})", fmt.format(ev[key])))
     for task, scores in sorted((ev.get("tasks") or {}).items()):
         if isinstance(scores, dict):
             for key in ("acc", "acc_norm", "ppl"):
-                if _num(scores.get(key)) is not None:
+                if finite_number(scores.get(key)) is not None:
                     met.append((f"{task} {_TASK_METRICS[key][1]}", f"{scores[key]:.4f}"))
     if met:
         s.append("\n## Metrics\n\n" + _table(met, ("metric", "value")))
@@ -285,7 +283,7 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | No
     others = []
     for other in facts.other_evaluations:
         ods = other.get("dataset") if isinstance(other.get("dataset"), dict) else {}
-        if _num(other.get("val_loss")) is None:
+        if finite_number(other.get("val_loss")) is None:
             continue
         sha = f" (sha256 `{ods['sha256'][:16]}…`)" if ods.get("sha256") else ""
         others.append((f"text file `{ods.get('name', '?')}`{sha}",

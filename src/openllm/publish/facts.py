@@ -3,7 +3,6 @@
 guesses)."""
 from __future__ import annotations
 
-import math
 import re
 import statistics
 import subprocess
@@ -13,6 +12,7 @@ from typing import Any
 
 from .. import rundir
 from ..hashing import sha256_file
+from ..metrics import finite_number
 from ..rundir import read_json
 
 __all__ = ["RunFacts", "collect_facts", "code_commit"]
@@ -51,9 +51,6 @@ class RunFacts:
     loss_image: Path | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
-
-def _finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
 def code_commit(start: Path | None = None) -> str | None:
@@ -103,7 +100,7 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
     if facts.config and count_params:
         facts.params, facts.params_non_embedding = _param_counts(facts.config["model"])
 
-    facts.elapsed_s = _finite(state.get("elapsed_s"))
+    facts.elapsed_s = finite_number(state.get("elapsed_s"))
     facts.precision = state.get("precision") if isinstance(state.get("precision"), str) else None
     facts.world_size = state.get("world_size") if isinstance(state.get("world_size"), int) else None
     facts.status = rundir.read_status(run)
@@ -127,19 +124,19 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
     facts.tokens_seen = state.get("tokens_seen") if isinstance(state.get("tokens_seen"), int) else None
     if facts.tokens_seen is None:  # the metrics log counts them too
         facts.tokens_seen = next((r["tokens"] for r in reversed(metrics) if isinstance(r.get("tokens"), int)), None)
-    losses = [r for r in metrics if _finite(r.get("loss")) is not None]
-    vals = [r for r in metrics if _finite(r.get("val_loss")) is not None]
+    losses = [r for r in metrics if finite_number(r.get("loss")) is not None]
+    vals = [r for r in metrics if finite_number(r.get("val_loss")) is not None]
     if losses:
-        facts.final_loss = _finite(losses[-1]["loss"])
+        facts.final_loss = finite_number(losses[-1]["loss"])
     if vals:
-        facts.final_val_loss = _finite(vals[-1]["val_loss"])
+        facts.final_val_loss = finite_number(vals[-1]["val_loss"])
         best = min(vals, key=lambda r: r["val_loss"])
-        facts.best_val_loss, facts.best_step = _finite(best["val_loss"]), best.get("step")
-    speeds = [_finite(r.get("tokens_per_s")) for r in metrics]
+        facts.best_val_loss, facts.best_step = finite_number(best["val_loss"]), best.get("step")
+    speeds = [finite_number(r.get("tokens_per_s")) for r in metrics]
     speeds = [s for s in speeds if s]
     if speeds:
         facts.tokens_per_s = statistics.median(speeds[len(speeds) // 5:] or speeds)  # past the warm-up
-    mfus = [m for m in (_finite(r.get("mfu")) for r in metrics) if m is not None]
+    mfus = [m for m in (finite_number(r.get("mfu")) for r in metrics) if m is not None]
     if mfus:
         facts.mfu = statistics.median(mfus)
     if facts.device is None:
