@@ -481,3 +481,102 @@ def test_the_hf_token_is_never_in_what_the_browser_receives(tmp_path, monkeypatc
     config = json.dumps(demo.config, default=str)
     assert "push-target" in config  # publishing to the Hugging Face Hub is offered ...
     assert "hf_never_shown_4242" not in config  # ... without the token ever reaching the page
+
+
+# --- fine-tune and chat (issue 20) --------------------------------------------------------------------------
+
+def _base_run(ws: Workspace, tokenizer_dir: Path, name: str = "base") -> Path:
+    """A finished tiny run (one checkpoint, a 128-token context) to fine-tune."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import make_export_run
+
+    return make_export_run(ws.run_dir(name), tokenizer_dir, steps=(1,), max_seq_len=128, init_std=0.02)
+
+
+def test_a_bad_conversation_upload_is_refused_before_anything_starts(ws, tmp_path, export_tokenizer_dir):
+    from openllm.app.chat import check_conversations
+
+    _base_run(ws, export_tokenizer_dir)
+    bad = tmp_path / "chats.jsonl"
+    good = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}\n'
+    bad.write_text(good + '{"messages": [{"role": "robot", "content": "beep"}]}\n')
+    with pytest.raises(FormError) as err:
+        check_conversations(bad)
+    # the upload's own name and line, on one line, not the temporary path the browser's upload landed on
+    assert str(err.value) == ("Conversations: chats.jsonl:2: message 1 has an unknown role 'robot' (use system, "
+                              "user or assistant)")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(FormError, match=r"empty\.jsonl: no conversations"):
+        check_conversations(tmp_path / "empty.jsonl")
+    runner = Runner(ws)
+    with pytest.raises(FormError, match="chats.jsonl:2: message 1 has an unknown role"):
+        runner.finetune("base", "chat", bad)
+    assert not ws.run_dir("chat").exists() and runner.active() is None
+    bad.write_text(good)
+    assert check_conversations(bad).describe() == "chats.jsonl: 1 conversation, 1 assistant turns to learn from"
+    with pytest.raises(RunnerError, match="only a finished or stopped run with a checkpoint"):
+        runner.finetune("nothing-here", "chat", bad)
+
+
+def test_a_synthetic_set_fine_tune_job_finishes_and_chats(ws, export_tokenizer_dir):
+    from openllm.app import chat as C
+    from openllm.finetune import finetune_record
+
+    _base_run(ws, export_tokenizer_dir)
+    train, val = C.synthetic_set(ws, 60)
+    assert ws.contains(train) and json.loads((train.parent / "about.json").read_text())["synthetic"] is True
+    runner = Runner(ws)
+    runner.finetune("base", "chat", train, val, max_steps=4)
+    assert runner.active()[0] == "chat"
+    with pytest.raises(RunnerError, match="still training"):
+        runner.finetune("base", "chat-2", train)
+    assert runner.wait(120), "the fine-tune job did not end"
+    st = runner.status("chat")
+    assert st.state == "finished" and st.step == 4, (st, runner.log_path("chat").read_text()[-2000:])
+    rec = finetune_record(ws.run_dir("chat"))
+    assert rec["base"]["source"] == str(ws.run_dir("base").resolve()) and rec["data"]["path"] == str(train)
+    assert [r["step"] for r in read_metrics(ws.run_dir("chat"))][-1] == 4
+    # the Chat tab offers the fine-tuned run first and says the base run is not fine-tuned
+    assert C.chat_choices(ws) == [("fine-tuned run chat (step 4)", "run:chat"),
+                                  ("base run base (step 1; not fine-tuned)", "run:base")]
+    loaded = M.ModelCache().get(M.resolve_model(ws, "run:chat"))
+    history = [{"role": "user", "content": "What does Genesis 1:3 say?"}]
+    prompt = C.chat_prompt(loaded, history, "Be terse.", max_new_tokens=8)
+    assert prompt.text.startswith("<s>System: Be terse.\nUser: What does Genesis 1:3 say?\nAssistant:")
+    assert prompt.ids == loaded.tokenizer.encode_chat(prompt.messages, add_generation_prompt=True)
+    pieces = list(C.stream_reply(loaded, prompt, temperature=0.0))
+    assert pieces and all(a[0] == b[0][:len(a[0])] for a, b in zip(pieces, pieces[1:]))  # it grows
+    # the oldest turns give way when a long conversation no longer fits the 128-token context
+    long = [{"role": r, "content": "word " * 30} for r in ("user", "assistant") * 4] + history
+    fitted = C.chat_prompt(loaded, long, "Be terse.", max_new_tokens=16)
+    assert fitted.messages[0]["role"] == "system" and fitted.messages[-1] == history[0]
+    assert len(fitted.ids) + fitted.max_new_tokens <= 128 and len(fitted.messages) < len(long) + 1
+
+
+@pytest.mark.slow
+def test_an_uploaded_fine_tune_is_stopped_and_continued_as_a_fine_tune(ws, tmp_path, export_tokenizer_dir):
+    from openllm.app import chat as C
+    from openllm.finetune import finetune_record
+
+    _base_run(ws, export_tokenizer_dir)
+    train, _ = C.synthetic_set(ws, 200)
+    upload = tmp_path / "upload" / "my chats.jsonl"  # outside the workspace, as a browser upload is
+    upload.parent.mkdir()
+    upload.write_bytes(train.read_bytes())
+    runner = Runner(ws)
+    runner.finetune("base", "chat", upload, max_steps=400)
+    _wait_step(ws, "chat", 2, timeout=120)
+    runner.stop()
+    assert runner.wait(120)
+    st = runner.status("chat")
+    assert st.state == "stopped" and 2 <= st.step < 400, st
+    copied = Path(finetune_record(ws.run_dir("chat"))["data"]["path"])
+    assert ws.contains(copied) and copied.name == "chat-data-my_chats.jsonl"
+    total = runner.continue_run("chat", 3)
+    assert runner.wait(120)
+    st = runner.status("chat")
+    assert st.state == "finished" and st.step == total, (st, runner.log_path("chat").read_text()[-2000:])
+    from openllm.hashing import sha256_file
+
+    assert finetune_record(ws.run_dir("chat"))["data"]["sha256"] == sha256_file(upload)
+    assert "continuing to step" in runner.log_path("chat").read_text()

@@ -2,7 +2,8 @@
 
 A separate process of the same package, so a crash in training never takes the web app down. It runs the
 library's pipeline in order: prepare the corpus -> train the tokenizer -> tokenize -> train; or, for a run being
-continued, only train (an exact resume from the latest checkpoint to the new total). The job holds the run's lock
+continued, only train (an exact resume from the latest checkpoint to the new total); for a fine-tune, only
+:func:`openllm.finetune.finetune` (what ``openllm finetune BASE --data F --out RUN`` runs). The job holds the run's lock
 (:class:`openllm.rundir.RunLock`, with JOB_DIR/log.txt as its log) from its first moment to its end, so
 nothing else trains the run meanwhile. Until training starts, this process keeps the run's ``status.json``
 (state ``preparing`` with a ``phase``); from then on the trainer owns it. SIGTERM during training is the
@@ -12,7 +13,8 @@ trainer's graceful stop (a checkpoint, state ``stopped``); during data preparati
 JOB_DIR/job.json (written by :mod:`runner`)::
 
     {"run_dir": ..., "inputs": [...], "vocab_size": N, "max_steps": N, "field": "text"}  (+ JOB_DIR/config.json)
-    {"run_dir": ..., "continue": true, "max_steps": N}
+    {"run_dir": ..., "continue": true, "max_steps": N}     (a fine-tuned run continues as a fine-tune)
+    {"run_dir": ..., "max_steps": N, "finetune": {"base": RUN, "data": F, "val": V or null, "lora": bool}}
 """
 from __future__ import annotations
 
@@ -92,7 +94,7 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
     ]
     vocab_from_data = False
     resuming = bool(spec.get("continue"))
-    if resuming:
+    if resuming or spec.get("finetune"):
         phases = []
     elif given is not None and (given / "meta.json").is_file():
         # already tokenized (openllm tokenize --out): train on it as it is, with its vocabulary
@@ -117,7 +119,16 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
         print(f"== {'continuing to step ' + str(max_steps) if resuming else 'training'}", flush=True)
         from ..train import train
 
-        if resuming:
+        ft = spec.get("finetune")
+        if ft or (resuming and _finetuned(run_dir)):
+            from ..finetune import finetune
+
+            if resuming:  # the checkpoint records the base model and the data
+                finetune(None, None, run_dir, resume=True, max_steps=max_steps, stop_event=_stop, progress=True)
+            else:
+                finetune(ft["base"], ft["data"], run_dir, val_data=ft.get("val"), lora=bool(ft.get("lora")) or None,
+                         max_steps=max_steps, stop_event=_stop, progress=True)
+        elif resuming:
             train(None, out_dir=run_dir, resume=True, max_steps=max_steps, stop_event=_stop, progress=True)
         else:
             train(job_dir / "config.json", data_dir=shards, out_dir=run_dir, stop_event=_stop, progress=True,
@@ -144,6 +155,12 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
             write_status(run_dir, {**base, **_keep(run_dir), "state": FAILED, "phase": f"failed while {phase}",
                                    "error": f"{phase}: {msg}" if phase != "training" else msg, "pid": None})
         return 1
+
+
+def _finetuned(run_dir: Path) -> bool:
+    from ..finetune import finetune_record
+
+    return finetune_record(run_dir) is not None
 
 
 def _keep(run_dir: Path) -> dict:

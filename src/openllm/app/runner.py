@@ -189,6 +189,54 @@ class Runner:
         self._launch(name, job_dir, total)
         return total
 
+    def finetune(self, base: str, name: str, data: str | Path, val: str | Path | None = None, *,
+                 lora: bool = False, max_steps: int | None = None) -> str:
+        """Fine-tune the ended run ``base`` on the conversations in ``data`` (and held-out ``val``) into a new
+        run ``name``, in a job process as training runs (``openllm finetune BASE --data F [--val V] --out
+        RUN [--lora] [--max-steps N]``); returns ``name``. The files are checked first and copied into the
+        workspace (the run records them, and continuing it needs them again)."""
+        from ..finetune import SFT_DEFAULTS
+        from .chat import check_conversations
+
+        self._refuse_while_active()
+        base_dir = self.ws.run_dir(base)
+        st = self.status(base)
+        if st.state not in (rundir.STOPPED, rundir.FINISHED) or not rundir.checkpoint_steps(base_dir):
+            raise RunnerError(f"run {base!r} is {'not started' if st.state == 'new' else st.state}: only a "
+                              "finished or stopped run with a checkpoint can be fine-tuned")
+        run_dir, job_dir = self.ws.run_dir(name), self.ws.job_dir(name)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise RunnerError(f"a run called {name!r} already exists ({self.status(name).state}): choose "
+                              "another name for the fine-tuned run")
+        steps = int(max_steps) if max_steps else int(SFT_DEFAULTS["max_steps"])
+        if steps < 1:
+            raise RunnerError("Steps: must be at least 1")
+        files = {}
+        for key, src in (("data", data), ("val", val)):
+            if not src:
+                continue
+            check_conversations(src, "Conversations" if key == "data" else "Held-out conversations")
+            src = Path(src)
+            if self.ws.contains(src):
+                files[key] = str(src.resolve())  # already in the workspace (the synthetic set)
+                continue
+            dest_dir = self.ws.corpora_dir / "conversations" / "uploads"
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            clean = "".join(c if c.isalnum() or c in "._-" else "_" for c in src.name)[-100:] or "chats.jsonl"
+            dest = dest_dir / f"{name}-{key}-{clean}"
+            shutil.copyfile(src, dest)
+            files[key] = str(dest)
+        if "data" not in files:
+            raise RunnerError("Conversations: upload a .jsonl file of conversations, or use the synthetic verse set")
+        shutil.rmtree(job_dir, ignore_errors=True)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        spec = {"run_dir": str(run_dir), "max_steps": steps,
+                "finetune": {"base": str(base_dir.resolve()), "data": files["data"], "val": files.get("val"),
+                             "lora": bool(lora)}}
+        write_json_atomic(job_dir / "job.json", spec)
+        return self._launch(name, job_dir, steps)
+
     def _launch(self, name: str, job_dir: Path, max_steps: int) -> str:
         run_dir = self.ws.run_dir(name)
         old = read_status(run_dir)

@@ -22,6 +22,7 @@ from .. import rundir  # noqa: E402
 from ..config import preset_names  # noqa: E402
 from ..errors import is_user_error  # noqa: E402
 from ..rundir import checkpoint_steps, read_metrics  # noqa: E402
+from . import chat as C  # noqa: E402
 from . import models as M  # noqa: E402
 from . import tools as T  # noqa: E402
 from .corpus_check import check_corpus  # noqa: E402
@@ -130,7 +131,7 @@ def _size(n: int) -> str:
 
 # --- what every tab shares ------------------------------------------------------------------------------------
 
-PICKERS = ("monitor_run", "models_run", "push_step", "gen_model")
+PICKERS = ("monitor_run", "models_run", "push_step", "gen_model", "chat_model")
 
 
 @dataclass
@@ -545,6 +546,103 @@ def _generate_tab(sh: Shared):
     return model, refresh
 
 
+# --- Chat -------------------------------------------------------------------------------------------------------
+
+def _chat_note(sh: Shared, choice: str | None) -> str:
+    """Whether the chosen model was fine-tuned on conversations (its replies follow the chat template) or is a
+    base model (it continues text: its replies will not)."""
+    if not choice:
+        return _msg("Choose a model. Fine-tune a finished run in the Models tab to get one that chats.", "info")
+    try:
+        source = M.resolve_model(sh.ws, choice)
+    except Exception as exc:  # noqa: BLE001
+        return _err(exc)
+    name = choice.split(":", 1)[-1]
+    if not Path(source).is_dir():
+        return _msg(f"{name}: a hub version; downloaded when you send the first message.", "info")
+    summary = C.finetune_summary(source)
+    if summary:
+        return (f'<div class="msg-ok" id="chat-kind" data-kind="finetuned">{html.escape(name)}: '
+                f'{html.escape(summary)}. Its replies follow the chat template.</div>')
+    return (f'<div class="msg-warn" id="chat-kind" data-kind="base">{html.escape(name)} is a base model (not '
+            'fine-tuned): it continues text, so its replies will not follow the chat template (they run on '
+            'until the token limit). Fine-tune it in the Models tab first.</div>')
+
+
+def _chat_tab(sh: Shared, tab, picks):
+    choices = C.chat_choices(sh.ws)
+    with gr.Row():
+        model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Model", elem_id="chat-model",
+                            scale=4, info="fine-tuned runs first, then base runs and downloaded models")
+        refresh = gr.Button("Refresh list", scale=1, elem_id="chat-refresh")
+    note = gr.HTML(_chat_note(sh, choices[0][1] if choices else None), elem_id="chat-note")
+    system = gr.Textbox("", label="System prompt", lines=2, elem_id="chat-system",
+                        placeholder="e.g. Answer with the verse only.", info="the conversation's first message")
+    box = gr.Chatbot([], label="Conversation", elem_id="chat-box", height=360, feedback_options=None)
+    with gr.Row():
+        text = gr.Textbox("", label="Message", elem_id="chat-input", scale=5, lines=1,
+                          placeholder="What does Genesis 1:3 say?", submit_btn=False)
+        send = gr.Button("Send", variant="primary", elem_id="chat-send", scale=1, min_width=90)
+        clear = gr.Button("Clear", elem_id="chat-clear", scale=1, min_width=90)
+    with gr.Accordion("Sampling, and what the model sees", open=False, elem_id="chat-advanced"):
+        with gr.Row():
+            max_new = gr.Number(96, label="Max new tokens", elem_id="chat-max-new", precision=0,
+                                info="a reply ends at the end of its turn, or here")
+            temp = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature", elem_id="chat-temp",
+                             info="0 = greedy")
+            seed = gr.Textbox("", label="Seed", elem_id="chat-seed", info="empty = random", placeholder="random")
+        rendered = gr.Textbox("", label="The last prompt, rendered with the chat template", lines=6,
+                              interactive=False, elem_id="chat-rendered")
+    msg = gr.HTML("", elem_id="chat-msg")
+
+    def on_send(choice, system_, history, text_, max_new_, temp_, seed_):
+        history = list(history or [])
+        try:
+            if not (text_ or "").strip():
+                raise FormError("Message", "type a message first")
+            seed_v = int(seed_) if str(seed_ or "").strip() else None
+            source = M.resolve_model(sh.ws, choice)
+            history = history + [{"role": "user", "content": text_.strip()}]
+            yield history, "", gr.skip(), _msg("Loading the model ...", "info")
+            loaded = sh.cache.get(source)
+            prompt = C.chat_prompt(loaded, history, system_ or "", int(max_new_ or 96))
+            dropped = len([m for m in history if m["role"] in ("user", "assistant")]) - len(
+                [m for m in prompt.messages if m["role"] != "system"])
+            history = history + [{"role": "assistant", "content": ""}]
+            yield history, "", prompt.text, _msg("Replying ...", "info")
+            ended = False
+            for reply, ended in C.stream_reply(loaded, prompt, temperature=float(temp_), seed=seed_v):
+                history[-1] = {"role": "assistant", "content": reply}
+                yield history, gr.skip(), gr.skip(), gr.skip()
+            how = "ended its turn" if ended else f"stopped at {prompt.max_new_tokens} new tokens without ending its turn"
+            cut = f" The {dropped} oldest messages did not fit the context and were left out." if dropped else ""
+            yield history, gr.skip(), gr.skip(), _msg(f"The reply {how}.{cut}", "ok" if ended else "warn")
+        except Exception as exc:  # noqa: BLE001
+            if history and history[-1]["role"] == "user":
+                history = history[:-1]
+            yield history, text_, gr.skip(), _err(exc)
+
+    inputs = [model, system, box, text, max_new, temp, seed]
+    send.click(on_send, inputs, [box, text, rendered, msg])
+    text.submit(on_send, inputs, [box, text, rendered, msg])
+    clear.click(lambda: ([], "", ""), None, [box, rendered, msg])
+    model.change(lambda c: _chat_note(sh, c), model, note, show_progress="hidden")
+
+    def keep(current, saved):
+        saved = saved if isinstance(saved, dict) else {}
+        opts = C.chat_choices(sh.ws)
+        values = [v for _, v in opts]
+        value = current or saved.get("chat_model")
+        if value not in values:
+            value = values[0] if values else None
+        return _offer(opts, current, value)
+
+    refresh.click(keep, [model, picks], model)
+    tab.select(keep, [model, picks], model, show_progress="hidden")
+    model.input(_rememberer("chat_model"), [picks, model], picks)
+    return keep, model
+
+
 # --- Models -----------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -578,6 +676,27 @@ def _hub_table() -> list[list[str]]:
     except Exception as exc:  # noqa: BLE001
         return [[f"(hub unavailable: {exc})", "", "", ""]]
     return rows or [["(no versions on the hub yet)", "", "", ""]]
+
+
+FT_SYNTHETIC = "use the synthetic verse set"
+FT_UPLOAD = "upload conversations"
+
+
+def _ft_check(source: str, train_file: str | None, val_file: str | None) -> str:
+    """The uploaded conversation files checked as the fine-tune will read them (one-line file:line errors)."""
+    if source != FT_UPLOAD:
+        return _msg(f"The synthetic verse set: {C.SYNTHETIC_SIZE:,} question/answer conversations about Bible "
+                    "verses, made offline from the embedded corpus (synthetic: it teaches the chat format, not "
+                    "general assistance).", "info")
+    if not train_file:
+        return _msg("Upload a .jsonl file of conversations.", "info")
+    try:
+        parts = [C.check_conversations(train_file).describe()]
+        if val_file:
+            parts.append("held out: " + C.check_conversations(val_file, "Held-out conversations").describe())
+    except Exception as exc:  # noqa: BLE001
+        return _err(exc).replace('class="msg-err"', 'class="msg-err" id="ft-problem"', 1)
+    return f'<div class="msg-ok" id="ft-ok">{html.escape("; ".join(parts))}. Ready to fine-tune.</div>'
 
 
 def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
@@ -617,6 +736,32 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
         delete_btn = gr.Button("Delete run", variant="stop", elem_id="delete-btn", scale=1,
                                interactive=False)
     manage_msg = gr.HTML("", elem_id="manage-msg")
+    gr.Markdown("### Fine-tune the run on conversations")
+    with gr.Row():
+        ft_name = gr.Textbox("", label="Fine-tuned run name", elem_id="ft-name", placeholder="RUN-chat", scale=2,
+                             min_width=200, info="a new run; empty = the run's name + '-chat'")
+        ft_steps = gr.Number(200, label="Steps", elem_id="ft-steps", precision=0, scale=1, min_width=120,
+                             info="optimizer steps")
+        ft_lora = gr.Checkbox(False, label="LoRA", elem_id="ft-lora", scale=1, min_width=120,
+                              info="train small adapters instead of every weight")
+    ft_source = gr.Radio([FT_SYNTHETIC, FT_UPLOAD], value=FT_SYNTHETIC, label="Conversations", elem_id="ft-source",
+                         info="JSON Lines: {\"messages\": [{\"role\": ..., \"content\": ...}]} or "
+                              "{\"prompt\": ..., \"response\": ...} a line")
+    with gr.Row(visible=False) as ft_files:
+        ft_file = gr.File(label="Conversations to train on (.jsonl)", file_types=[".jsonl"], type="filepath",
+                          elem_id="ft-file")
+        ft_val = gr.File(label="Held-out conversations (.jsonl, optional: a val loss)", file_types=[".jsonl"],
+                         type="filepath", elem_id="ft-val")
+    ft_check = gr.HTML("", elem_id="ft-check")
+    ft_btn = gr.Button("Fine-tune", variant="primary", elem_id="ft-btn", interactive=False)
+    ft_msg = gr.HTML("", elem_id="ft-msg")
+
+    def on_ft_source(src, f, v):
+        return gr.update(visible=src == FT_UPLOAD), _ft_check(src, f, v)
+
+    ft_source.change(on_ft_source, [ft_source, ft_file, ft_val], [ft_files, ft_check])
+    ft_file.change(_ft_check, [ft_source, ft_file, ft_val], ft_check)
+    ft_val.change(_ft_check, [ft_source, ft_file, ft_val], ft_check)
     gr.Markdown("### Versions on the hub")
     hub_df = gr.Dataframe(_hub_table(), headers=["repository", "version", "commit", "date"],
                           interactive=False, elem_id="hub-table", wrap=False)
@@ -652,35 +797,37 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
     push_event = push_btn.click(on_push, [run, step, repo, version, sha, target, license_, dataset],
                                 [push_msg, hub_df])
     dl_btn.click(on_download, dl_ref, dl_msg)
-    handlers = {"sha": sha, "more": more, "push_btn": push_btn, "dl_btn": dl_btn, "push_event": push_event}
+    handlers = {"sha": sha, "more": more, "push_btn": push_btn, "dl_btn": dl_btn, "push_event": push_event,
+                "ft_btn": ft_btn, "ft_inputs": [ft_name, ft_source, ft_file, ft_val, ft_steps, ft_lora],
+                "ft_msg": ft_msg}
     return ModelsTab(run, step, preview, runs_df, hub_df, dl_ref, refresh, continue_btn, delete_btn,
                      manage_msg), handlers
 
 
 def _preview(sh: Shared, run: str | None, step: str | None):
-    """The push preview, its checksum, and whether Push, Continue and Delete can act on this run."""
+    """The push preview, its checksum, and whether Push, Continue, Delete and Fine-tune can act on this run."""
+    off = gr.update(interactive=False)
     if not run:
-        return _msg("Choose a run.", "info"), None, gr.update(interactive=False), gr.update(interactive=False), \
-            gr.update(interactive=False)
+        return _msg("Choose a run.", "info"), None, off, off, off, off
     try:
         st = sh.runner.status(run)
     except Exception as exc:  # noqa: BLE001
-        return _err(exc), None, gr.update(interactive=False), gr.update(interactive=False), \
-            gr.update(interactive=False)
+        return _err(exc), None, off, off, off, off
     can_continue = (not st.active and st.state in rundir.END_STATES
                     and bool(checkpoint_steps(sh.ws.run_dir(run))) and sh.runner.active() is None)
     can_delete = not st.active and st.state in (rundir.FAILED, rundir.DIVERGED, "new")
+    can_finetune = gr.update(interactive=can_continue and st.state in (rundir.FINISHED, rundir.STOPPED))
     try:
         pv = M.push_preview(sh.ws, run, int(step) if step else None)
     except Exception as exc:  # noqa: BLE001
         return (_msg(f"Nothing to push: {exc}", "info"), None, gr.update(interactive=False),
-                gr.update(interactive=can_continue), gr.update(interactive=can_delete))
+                gr.update(interactive=can_continue), gr.update(interactive=can_delete), can_finetune)
     warn = f" Warning: {st.warning}" if st.warning else ""
     text = f"Push will publish: {pv.describe()}{warn}"
     html_ = (f'<div class="msg-{"warn" if warn else "info"}" id="push-what" data-step="{pv.step}" '
              f'data-sha256="{pv.sha256}">{html.escape(text)}</div>')
     return html_, pv.sha256, gr.update(interactive=True), gr.update(interactive=can_continue), \
-        gr.update(interactive=can_delete)
+        gr.update(interactive=can_delete), can_finetune
 
 
 # --- Evaluate, Export, Compare -----------------------------------------------------------------------------------
@@ -780,6 +927,8 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
                 mon = _monitor_tab(sh)
             with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
                 gen_model, gen_refresh = _generate_tab(sh)
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat") as chat_tab:
+                chat_keep, chat_model = _chat_tab(sh, chat_tab, picks)
             with gr.Tab("Models", id="models", elem_id="tab-models"):
                 models, models_h = _models_tab(sh)
             with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"):
@@ -792,6 +941,7 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
                 gr.Markdown(load_help(), elem_id="help-text")
         _wire(demo, sh, tabs, picks, timer, train, train_h, mon, gen_model, gen_refresh, models, models_h)
 
+        demo.load(chat_keep, [chat_model, picks], chat_model)
         pickers = [*extra_pickers, *compare_pickers]
         keys = [p.elem_id for p in pickers]
 
@@ -868,7 +1018,8 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
     mon.stop_btn.click(on_monitor_stop, mon.run, mon.banner)
 
     # --- Models -----------------------------------------------------------------------------------------------
-    preview_outputs = [models.preview, sha, models_h["push_btn"], models.continue_btn, models.delete_btn]
+    preview_outputs = [models.preview, sha, models_h["push_btn"], models.continue_btn, models.delete_btn,
+                       models_h["ft_btn"]]
 
     def pick_step(run, saved):
         """The checkpoint the user chose for this run while it exists (remembered as 'RUN:STEP'), else the
@@ -932,6 +1083,29 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
 
     models.delete_btn.click(on_delete, models.run, models.manage_msg).then(
         refresh_all, refresh_inputs, refresh_outputs)
+
+    def on_finetune(run, name, source, train_file, val_file, steps, lora):
+        name = (name or "").strip() or f"{run}-chat"
+        try:
+            if not run:
+                raise RunnerError("choose the run to fine-tune (the Run picker above)")
+            if source == FT_UPLOAD:
+                data, val = train_file, val_file
+                if not data:
+                    raise FormError("Conversations", "upload a .jsonl file of conversations first")
+            else:
+                data, val = C.synthetic_set(sh.ws)
+            sh.runner.finetune(run, name, data, val, lora=bool(lora), max_steps=int(steps or 0) or None)
+        except Exception as exc:  # noqa: BLE001
+            return _err(exc), gr.skip(), gr.skip(), gr.skip()
+        done = _msg(f"Fine-tuning {run!r} into the new run {name!r} ({int(steps or 200):,} steps"
+                    f"{', LoRA' if lora else ''}). Following it in the Monitor tab; chat with it in the Chat tab "
+                    "when it has a checkpoint.", "ok")
+        return done, gr.update(choices=sh.run_choices(), value=name), gr.Tabs(selected="monitor"), done
+
+    models_h["ft_btn"].click(on_finetune, [models.run, *models_h["ft_inputs"]],
+                             [models_h["ft_msg"], mon.run, tabs, mon.banner]).then(
+        buttons, None, [train.start_btn, train.stop_btn])
 
     # --- Generate -------------------------------------------------------------------------------------------
     gen_refresh.click(lambda g: gr.update(choices=sh.gen_choices(), value=g), gen_model, gen_model)
