@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from openllm.checkpoint import load_model_weights, load_optimizer_state
 from openllm.config import Config, TrainConfig
 from openllm.errors import OpenLLMError
-from openllm.rundir import latest_checkpoint, list_checkpoints, read_metrics
+from openllm.rundir import latest_checkpoint, list_checkpoints, read_metrics, run_state
 from openllm.model import Transformer
 from openllm.optim import lr_at, param_groups
 from openllm.train import TrainingDiverged, resolve_run, train
@@ -164,12 +164,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data):
     run = tmp_path / "run"
     # an absurd constant learning rate: the first update is applied, the next step's loss/gradients are NaN
     cfg = tiny_cfg(lr=1e4, warmup_steps=0, schedule="constant", grad_clip=0.0, save_every=1, max_steps=10)
+    said = []
     with pytest.raises(TrainingDiverged, match=r"training diverged at step (\d+)") as e:
-        train(cfg, data_dir=data, out_dir=run, **quiet())
+        train(cfg, data_dir=data, out_dir=run, progress=False, log=said.append)
     bad = int(e.value.args[0].split("step ")[1].split(":")[0])
     assert 1 < bad < 10
     status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "failed" and f"step {bad}" in status["error"]
+    # recorded as diverged by the trainer itself, with the divergence rule's advice
+    assert status["state"] == "diverged" and f"step {bad}" in status["error"]
+    assert "NaN" in status["warning"] and "lower the learning rate (e.g. to 1000)" in status["warning"]
+    assert "gradient clipping" in status["warning"] and f"warning: {status['warning']}" in said
+    st = run_state(run)
+    assert st.state == "diverged" and st.warning == status["warning"]
     latest = latest_checkpoint(run)
     assert latest.name == f"step_{bad - 1:08d}" and str(latest) in str(e.value)
     assert not (run / "checkpoints" / f"step_{bad:08d}").exists()
@@ -177,6 +183,27 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data):
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert all(r["step"] < bad for r in read_metrics(run))
     assert (run / "loss.png").is_file()
+
+
+def test_a_run_that_ends_above_the_uniform_loss_is_diverged(tmp_path, data):
+    """No NaN, the run finishes, but its loss ends far above ln(64) (a uniform guess): status.json says
+    diverged with the rule's warning (what to change), the trainer says it as one line."""
+    run = tmp_path / "run"
+    said = []
+    cfg = tiny_cfg(lr=3.0, warmup_steps=0, schedule="constant", grad_clip=0.0, max_steps=8, eval_every=100,
+                   save_every=100)
+    r = train(cfg, data_dir=data, out_dir=run, progress=False, log=said.append)
+    assert r.state == "diverged" and r.step == 8 and latest_checkpoint(run).name == "step_00000008"
+    assert "ln 64 = 4.16" in r.warning and "lower the learning rate (e.g. to 0.3)" in r.warning
+    assert "gradient clipping" in r.warning
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "diverged" and status["warning"] == r.warning and status["error"] is None
+    assert said[-1] == f"warning: {r.warning}" and "\n" not in r.warning
+    assert run_state(run).state == "diverged"
+    # the same settings with clipping and a sane learning rate: finished, no warning
+    r = train(tiny_cfg(max_steps=8, eval_every=100), data_dir=data, out_dir=tmp_path / "ok", **quiet())
+    assert r.state == "finished" and r.warning is None
+    assert json.loads((tmp_path / "ok/status.json").read_text())["warning"] is None
 
 
 def test_early_stopping(tmp_path, data):

@@ -24,7 +24,7 @@ import torch.nn as nn
 from .device import resolve_device
 
 __all__ = ["DistInfo", "init_distributed", "shutdown", "wrap_model", "no_grad_sync", "all_reduce",
-           "gather_objects", "full_state", "load_full_state"]
+           "gather_objects", "first_error", "any_rank", "full_state", "load_full_state"]
 
 
 @dataclass
@@ -123,6 +123,24 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def first_error(message: str | None, info: DistInfo) -> str | None:
+    """The error message of the lowest rank that has one, or None when no rank has: a collective every rank
+    must call. A check that fails on one rank only (rank 0's run lock, one rank's memory) thereby ends every
+    rank with the same message, instead of leaving the others waiting in their next collective."""
+    if not info.enabled:
+        return message
+    return next((m for m in gather_objects(message, info) if m), None)
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """Whether ``flag`` is true on any rank (a collective every rank must call)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    all_reduce(t, info, op="max")
+    return bool(t.item() > 0)
 
 
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

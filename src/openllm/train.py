@@ -66,7 +66,7 @@ class TrainResult:
     ``best_val_loss`` are the in-training estimates over ``train.eval_batches`` val batches."""
 
     run_dir: Path
-    state: str  # finished | stopped
+    state: str  # finished | stopped | diverged (finished, but its loss ended above ln(vocab_size))
     step: int
     max_steps: int
     loss: float | None = None
@@ -78,6 +78,7 @@ class TrainResult:
     reason: str = ""
     checkpoint: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    warning: str | None = None  # why the run counts as diverged (state ``diverged``), with what to change
 
 
 # --- precision ----------------------------------------------------------------------------------------------
@@ -105,13 +106,37 @@ def _now() -> str:
 
 
 class _Status:
-    """``RUN/status.json``: state running | finished | stopped | failed, error, step, max_steps, pid, times."""
+    """``RUN/status.json``: state preparing | running (training) | finished | stopped | failed | diverged,
+    error, warning, step, max_steps, pid, times. :meth:`move` changes the state along
+    :data:`openllm.rundir.TRANSITIONS` (``machine`` is the state in the state machine's words)."""
+
+    # what status.json says for an active state; ``running`` (training) is what readers have always seen
+    _WRITTEN = {rundir.PREPARING: ("preparing", "setting up training"), rundir.TRAINING: ("running", "training")}
 
     def __init__(self, run_dir: Path, max_steps: int, enabled: bool) -> None:
         self.run_dir = run_dir
         self.enabled = enabled
+        self.machine = rundir.NEW
         self.data: dict[str, Any] = {"state": "running", "error": None, "step": 0, "max_steps": max_steps,
                                      "pid": os.getpid(), "started": _now(), "updated": _now()}
+
+    def begin(self) -> None:
+        """Take over the run's state from its status.json (called once the run lock is held): an active state
+        recorded by another process is a process that died without recording its end."""
+        previous = rundir.read_status(self.run_dir)
+        recorded = rundir.run_state(self.run_dir).recorded
+        if recorded in rundir.ACTIVE_STATES and previous.get("pid") != os.getpid():
+            recorded = rundir.FAILED
+        self.machine = recorded
+
+    def move(self, state: str, **fields: Any) -> None:
+        """Go to ``state`` (one of :data:`openllm.rundir.STATES`; an impossible transition is a bug and raises)
+        and write status.json with ``fields``."""
+        if state != self.machine:
+            rundir.check_transition(self.machine, state)
+            self.machine = state
+        written, phase = self._WRITTEN.get(state, (state, None))
+        self.update(state=written, phase=phase, **fields)
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
@@ -346,6 +371,7 @@ class Trainer:
     :meth:`close`. Creating it picks the device and, under ``torchrun``, joins the process group."""
 
     lock: rundir.RunLock | None = None  # rank 0's hold on the run folder (rundir.RunLock), from setup()
+    stop: "_StopFlag | None" = None  # SIGTERM/SIGINT handling, from the start of setup() to close()
 
     def __init__(self, plan: RunPlan, *, device: str | None = None, progress: bool = True,
                  stop_event: threading.Event | None = None,
@@ -388,15 +414,33 @@ class Trainer:
     # --- setup ---------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Run folder, model and optimizer, data, then the checkpoint's state when resuming."""
+        """The run lock, run folder, model and optimizer, data, then the checkpoint's state when resuming.
+
+        From here to :meth:`close` SIGTERM/SIGINT ask the run to stop: one that arrives during setup ends the
+        run (state ``stopped``) before its first step, with nothing to save."""
         plan, tc, resuming = self.plan, self.tc, self.plan.resume_from is not None
-        _check_memory(plan.cfg, self.seq_len, self.precision, self.dev)
+        self.stop = _StopFlag(self.stop_event).__enter__()
+        error = None
         if self.main:
             try:  # one training per run folder, whoever starts it; held until close()
                 self.lock = rundir.RunLock(self.out).acquire()
-            except OpenLLMError:
+            except OpenLLMError as exc:
                 self.main = False  # the run belongs to the process that holds it: leave its files alone
-                raise
+                error = str(exc)
+            else:
+                self.status.begin()
+                self.status.move(rundir.PREPARING, step=self.step)
+        if error is None:
+            try:
+                _check_memory(plan.cfg, self.seq_len, self.precision, self.dev)
+            except OpenLLMError as exc:
+                error = str(exc)
+        # before any other collective: under torchrun every rank learns whether rank 0 got the lock (and
+        # every rank's memory check), so all of them end with the same message instead of waiting for rank 0
+        error = D.first_error(error, self.info)
+        if error is not None:
+            raise OpenLLMError(error)
+        if self.main:
             self._setup_run_folder()
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
@@ -474,7 +518,6 @@ class Trainer:
         src_tok = data_dir / "tokenizer"
         if src_tok.is_dir() and not (out / "tokenizer").exists():
             shutil.copytree(src_tok, out / "tokenizer")
-        self.status.update(state="running", step=self.step)
 
     def _setup_logging(self) -> None:
         tc, info, resume_from = self.tc, self.info, self.plan.resume_from
@@ -498,47 +541,55 @@ class Trainer:
     def fit(self) -> None:
         """Optimizer steps until ``max_steps``, early stopping or a stop request (signal or ``stop_event``)."""
         tc = self.tc
+        stop = self.stop if self.stop is not None else _StopFlag(self.stop_event)
+        # a stop asked during setup (on any rank) ends the run before its first step
+        if D.any_rank(stop(), self.info):
+            self.end_state = "stopped"
+            self.reason = (f"stopped by {stop.signal_name or 'request'} during setup, before step {self.step + 1}"
+                           + ("" if self.plan.resume_from is not None else "; nothing was trained or saved"))
+            return
+        if self.main:
+            self.status.move(rundir.TRAINING, step=self.step)
         self.model.train()
         self.t_start = time.time()
         self._restart_rate()
-        with _StopFlag(self.stop_event) as stop:
-            while self.step < tc.max_steps:
-                lr = lr_at(self.step, tc)
-                accum = self._accum_at(self.step)
-                loss, grad_norm, stop_now = self._optimizer_step(lr, stop, accum)
-                self.step += 1
-                tokens = self.tokens_per_step * accum // tc.grad_accum_steps
-                self.tokens_seen += tokens
-                self.tokens_mark += tokens
-                if loss is not None:
-                    self.last_loss = loss
-                step = self.step
+        while self.step < tc.max_steps:
+            lr = lr_at(self.step, tc)
+            accum = self._accum_at(self.step)
+            loss, grad_norm, stop_now = self._optimizer_step(lr, stop, accum)
+            self.step += 1
+            tokens = self.tokens_per_step * accum // tc.grad_accum_steps
+            self.tokens_seen += tokens
+            self.tokens_mark += tokens
+            if loss is not None:
+                self.last_loss = loss
+            step = self.step
 
-                do_eval = self.val_data is not None and (step % tc.eval_every == 0 or step == tc.max_steps)
-                do_log = step % tc.log_every == 0 or step == tc.max_steps or do_eval or stop_now
-                record = self._record(lr, loss, grad_norm) if do_log else None
-                if do_eval:
-                    record["val_loss"] = self._evaluate()
-                if record is not None:
-                    self._log(record)
-                if self.bar is not None:
-                    self.bar.update(1)
+            do_eval = self.val_data is not None and (step % tc.eval_every == 0 or step == tc.max_steps)
+            do_log = step % tc.log_every == 0 or step == tc.max_steps or do_eval or stop_now
+            record = self._record(lr, loss, grad_norm) if do_log else None
+            if do_eval:
+                record["val_loss"] = self._evaluate()
+            if record is not None:
+                self._log(record)
+            if self.bar is not None:
+                self.bar.update(1)
 
-                early = bool(tc.early_stop_patience and self.bad_evals >= tc.early_stop_patience)
-                if early:
-                    self.end_state = "finished"
-                    self.reason = (f"early stop: the val loss estimate did not improve for {self.bad_evals} "
-                                   f"evaluations (best {self.best_val:.4f} at step {self.best_step})")
-                if stop_now:
-                    self.end_state = "stopped"
-                    self.reason = f"stopped by {stop.signal_name or 'request'} at step {step}"
-                last = step == tc.max_steps or early or stop_now
-                if self.saved_step != step and (step % tc.save_every == 0 or last):
-                    self._save()
-                if do_log or do_eval or self.saved_step == step:
-                    self._restart_rate()  # the rate excludes eval and checkpoint time
-                if early or stop_now:
-                    break
+            early = bool(tc.early_stop_patience and self.bad_evals >= tc.early_stop_patience)
+            if early:
+                self.end_state = "finished"
+                self.reason = (f"early stop: the val loss estimate did not improve for {self.bad_evals} "
+                               f"evaluations (best {self.best_val:.4f} at step {self.best_step})")
+            if stop_now:
+                self.end_state = "stopped"
+                self.reason = f"stopped by {stop.signal_name or 'request'} at step {step}"
+            last = step == tc.max_steps or early or stop_now
+            if self.saved_step != step and (step % tc.save_every == 0 or last):
+                self._save()
+            if do_log or do_eval or self.saved_step == step:
+                self._restart_rate()  # the rate excludes eval and checkpoint time
+            if early or stop_now:
+                break
 
     def _accum_at(self, step: int) -> int:
         """Micro-batches in update ``step`` (0-based): ``grad_accum_steps``, or, during
@@ -683,29 +734,43 @@ class Trainer:
     # --- finish --------------------------------------------------------------------------------------
 
     def finish(self) -> TrainResult:
-        """The last checkpoint (when the loop did not just write it), ``status.json``, the loss plot."""
-        if self.saved_step != self.step:  # e.g. max_steps already reached before this call
+        """The last checkpoint (when the loop did not just write it), ``status.json``, the loss plot.
+
+        A finished run whose loss ended above ln(vocab_size) (:func:`openllm.rundir.divergence`) is recorded
+        as ``diverged``, with the rule's warning (what to change) in ``status.json`` and said as one line."""
+        # e.g. max_steps already reached before this call; a fresh run stopped during setup has nothing to save
+        if self.saved_step != self.step and self.step > 0:
             self._save()
         self._close_bar()
         elapsed = self._elapsed()
+        warning = None
         if self.main:
             _finish_plots(self.out, self.cfg)
-            self.status.update(state=self.end_state, step=self.step, reason=self.reason, error=None,
-                               elapsed_s=round(elapsed, 3),
-                               checkpoint=str(self.last_saved) if self.last_saved else None)
-            loss = self.last_loss if self.last_loss is not None else float("nan")
-            self.say(f"{self.reason}: step {self.step}, loss {loss:.4f}"
+            if self.end_state == "finished":
+                warning = rundir.divergence(rundir.read_metrics(self.out), self.cfg.model.vocab_size,
+                                            self.cfg.to_dict())
+                if warning is not None:
+                    self.end_state = rundir.DIVERGED
+            latest = self.last_saved or rundir.latest_checkpoint(self.out)
+            self.status.move(self.end_state, step=self.step, reason=self.reason, error=None, warning=warning,
+                             elapsed_s=round(elapsed, 3), checkpoint=str(latest) if latest else None)
+            self.say(f"{self.reason}: step {self.step}"
+                     + (f", loss {self.last_loss:.4f}" if self.last_loss is not None else "")
                      + (f", val loss estimate {self.last_val:.4f} ({self.tc.eval_batches} batches)"
                         if self.last_val is not None else "")
                      + (f", best {self.best_val:.4f} at step {self.best_step}" if self.best_val is not None else ""))
+            if warning is not None:
+                self.say(f"warning: {warning}")
         return TrainResult(run_dir=self.out, state=self.end_state, step=self.step, max_steps=self.tc.max_steps,
                            loss=self.last_loss, val_loss=self.last_val, best_val_loss=self.best_val,
                            best_step=self.best_step, tokens_seen=self.tokens_seen, elapsed_s=elapsed,
-                           reason=self.reason, checkpoint=rundir.latest_checkpoint(self.out))
+                           reason=self.reason, checkpoint=rundir.latest_checkpoint(self.out), warning=warning)
 
     def fail(self, exc: BaseException) -> BaseException:
-        """Record a failed (or interrupted) run in ``status.json``; returns the error to raise (an
-        :class:`OpenLLMError` with the fix for running out of GPU memory, else ``exc``)."""
+        """Record a failed (or interrupted) run in ``status.json`` (a NaN/inf loss as ``diverged``, with the
+        divergence rule's warning, also said as one line); returns the error to raise (an
+        :class:`OpenLLMError` with the fix for running out of GPU memory, else ``exc``). Only the process that
+        holds the run lock writes."""
         self._close_bar()
         err = exc
         if _is_oom(exc):
@@ -715,24 +780,36 @@ class Trainer:
                 f"train.micro_batch_size to {max(1, tc.micro_batch_size // 2)} and train.grad_accum_steps to "
                 f"{tc.grad_accum_steps * 2} (same tokens per step), or use a shorter train.seq_len"
             )
-        if self.main:
+        # the lock holder records how an active run ended (once: an error after finish() wrote the end stays out)
+        if (self.main and self.lock is not None and self.lock.held
+                and self.status.machine in rundir.ACTIVE_STATES):
             if isinstance(exc, KeyboardInterrupt):
-                self.status.update(state="stopped", error=None, reason="interrupted (no checkpoint written)")
+                self.status.move(rundir.STOPPED, error=None, reason="interrupted (no checkpoint written)")
+            elif isinstance(exc, TrainingDiverged) and self.status.machine == rundir.TRAINING:
+                warning = rundir.divergence([{"loss": float("nan")}], None, self.cfg.to_dict())
+                self.status.move(rundir.DIVERGED, error=str(err), warning=warning)
+                self.say(f"warning: {warning}")
             else:
-                self.status.update(state="failed", error=str(err) or type(err).__name__)
+                self.status.move(rundir.FAILED, error=str(err) or type(err).__name__)
             with contextlib.suppress(Exception):
                 _finish_plots(self.out, self.cfg)
         return err
 
     def close(self) -> None:
-        """Close the metrics files, release the run lock and leave the process group."""
-        if self.metrics_writer is not None:
-            self.metrics_writer.close()
-        if self.tb is not None:
-            self.tb.close()
-        if self.lock is not None:
-            self.lock.release()
-        D.shutdown(self.info)
+        """Close the metrics files, release the run lock, leave the process group and put back the signal
+        handlers that were there before :meth:`setup`."""
+        try:
+            if self.metrics_writer is not None:
+                self.metrics_writer.close()
+            if self.tb is not None:
+                self.tb.close()
+            if self.lock is not None:
+                self.lock.release()
+            D.shutdown(self.info)
+        finally:
+            if self.stop is not None:
+                self.stop.__exit__(None, None, None)
+                self.stop = None
 
     def _close_bar(self) -> None:
         if self.bar is not None:
