@@ -84,3 +84,34 @@ def test_fsdp_two_processes_then_resume_in_one(setup):
                 "--set", "train.micro_batch_size=4", "--set", "train.distributed=ddp"])
     assert "resuming from" in res.stderr
     _compare(single, run, range(1, 7))
+
+
+def test_every_rank_is_refused_when_another_process_holds_the_run_lock(setup, tmp_path):
+    """Rank 0 tries the run lock and tells every rank the outcome before any other collective: with the lock
+    held elsewhere, both ranks end at once with the same one-line error (no rank waits in a collective)."""
+    import time
+
+    _, data, cfg, _ = setup
+    run = tmp_path / "locked"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom openllm.rundir import RunLock\n"
+                               "RunLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(600)",
+                               str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "openllm", "train", "--no-progress", "--config", str(cfg), "--data", str(data), "--out", str(run)]
+        t0 = time.monotonic()
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        took = time.monotonic() - t0
+        left = sorted(p.name for p in run.iterdir())
+        lock = json.loads((run / ".lock").read_text())
+    finally:
+        holder.kill()
+        holder.wait()
+    expected = f"error: run {run} is already being trained by PID {holder.pid}"
+    refused = [line for line in res.stderr.splitlines() if line.startswith(expected)]
+    assert res.returncode != 0 and len(refused) == 2, res.stderr  # one line from each rank
+    assert refused[0] == refused[1] and "Traceback" not in "".join(refused)
+    assert took < 120, took  # seconds of start-up, not a collective's timeout
+    assert left == [".lock"] and lock["pid"] == holder.pid  # nothing written, the holder's lock untouched

@@ -326,3 +326,70 @@ def test_a_second_train_into_a_running_run_is_refused(tmp_path, data):
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=60)
     assert first.returncode == 0
+
+
+@pytest.mark.slow
+def test_sigterm_during_setup_ends_the_run_as_stopped(tmp_path, data):
+    """SIGTERM as soon as the trainer holds the run lock, before its first step: exit 0, state stopped, nothing
+    saved for a fresh run; a resumed run keeps its checkpoints and its step."""
+    # a wider model than the others here: its setup takes long enough for the signal to land in it
+    cfg = _write_cfg(tmp_path / "cfg.json", max_steps=100000, save_every=2, eval_every=100000)
+    wide = json.loads(cfg.read_text())
+    wide["model"].update(d_model=256, n_layers=4, n_heads=4, n_kv_heads=4)
+    cfg.write_text(json.dumps(wide))
+
+    def stop_at_lock(run: Path, *args: str) -> tuple[str, str, dict]:
+        proc = _spawn("--config", str(cfg), "--data", str(data), "--out", str(run), *args)
+        _wait_for(lambda: (run / ".lock").exists(), proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        return out, err, json.loads((run / "status.json").read_text())
+
+    run = tmp_path / "fresh"
+    out, err, status = stop_at_lock(run)
+    assert status["state"] == "stopped" and status["step"] == 0 and status["error"] is None
+    assert "SIGTERM during setup" in status["reason"] and "nothing was trained or saved" in status["reason"]
+    assert latest_checkpoint(run) is None and not read_metrics(run)
+    assert "stopped at step 0" in out and not (run / ".lock").exists()
+    assert run_state(run).state == "stopped"
+
+    resumed = tmp_path / "resumed"
+    train(wide, data_dir=data, out_dir=resumed, max_steps=2, **quiet())
+    before = sorted(p.name for p in list_checkpoints(resumed))
+    out, err, status = stop_at_lock(resumed, "--max-steps", "6")
+    assert status["state"] == "stopped" and status["step"] == 2 and "before step 3" in status["reason"]
+    assert sorted(p.name for p in list_checkpoints(resumed)) == before == ["step_00000002"]
+    assert status["checkpoint"].endswith("step_00000002") and [r["step"] for r in read_metrics(resumed)] == [1, 2]
+
+
+@pytest.mark.slow
+def test_cli_says_divergence_as_one_warning_line(tmp_path, data):
+    """`openllm train`: a finished run whose loss ended above ln(vocab) exits 0 with one warning line; a NaN
+    loss exits 2 with the same kind of warning line and the one-line error."""
+    from conftest import run_cli
+
+    env = {"OMP_NUM_THREADS": "1"}
+    above = tmp_path / "above.json"
+    above.write_text(json.dumps(tiny_cfg(lr=3.0, warmup_steps=0, schedule="constant", grad_clip=0.0, max_steps=8,
+                                         eval_every=100, save_every=100)))
+    res = run_cli("train", "--no-progress", "--config", str(above), "--data", str(data), "--out",
+                  str(tmp_path / "a"), check=False, env=env)
+    assert res.returncode == 0, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "worse than guessing uniformly" in warnings[0], res.stderr
+    assert "lower the learning rate" in warnings[0] and "(diverged at step 8" in res.stdout
+    assert json.loads((tmp_path / "a/status.json").read_text())["state"] == "diverged"
+
+    nan = tmp_path / "nan.json"
+    nan.write_text(json.dumps(tiny_cfg(lr=1e4, warmup_steps=0, schedule="constant", grad_clip=0.0, max_steps=10)))
+    res = run_cli("train", "--no-progress", "--config", str(nan), "--data", str(data), "--out", str(tmp_path / "n"),
+                  check=False, env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("warning:")] == [
+        "warning: the loss became NaN/inf: training diverged; lower the learning rate (e.g. to 1000) and turn on "
+        "gradient clipping (e.g. 1.0)"]
+    assert lines[-1].startswith("error: training diverged at step")
+    assert json.loads((tmp_path / "n/status.json").read_text())["state"] == "diverged"

@@ -12,11 +12,16 @@ One call runs four phases:
    precision, clipping, the learning-rate schedule, a periodic val-loss *estimate* on ``eval_batches``
    batches with best-checkpoint tracking and early stopping, ``metrics.jsonl`` / TensorBoard / progress bar,
    atomic checkpoints, ``status.json`` for the web app. SIGTERM / SIGINT finish the current step, save, and
-   end with state ``stopped``. A NaN/inf loss ends the run (state ``failed``) before the bad update is
-   applied (with ``train.check_every`` > 1: at the next host read, before any checkpoint), so the
-   checkpoints on disk stay good. The optimizer is AdamW or Muon + AdamW (:mod:`openllm.optim`); the fused
+   end with state ``stopped`` (one that arrives during setup ends the run before its first step). A NaN/inf
+   loss ends the run (state ``diverged``) before the bad update is applied (with ``train.check_every`` > 1:
+   at the next host read, before any checkpoint), so the checkpoints on disk stay good. The optimizer is AdamW or Muon + AdamW (:mod:`openllm.optim`); the fused
    training kernels (:mod:`openllm.kernels`) are switched on here when asked for.
-4. **finish** (:meth:`Trainer.finish`): the final checkpoint, ``status.json``, the loss plot.
+4. **finish** (:meth:`Trainer.finish`): the final checkpoint, ``status.json``, the loss plot; a run whose
+   loss ended above ln(vocab_size) (:func:`openllm.rundir.divergence`) is recorded as ``diverged``.
+
+``status.json``'s states follow :data:`openllm.rundir.TRANSITIONS`; rank 0 holds the run lock
+(:class:`openllm.rundir.RunLock`) from the start of setup to the end, and under ``torchrun`` every rank learns
+whether it got it before any other collective.
 
 The run folder's layout (checkpoints, latest/best, status, metrics) belongs to :mod:`openllm.rundir`. The
 val-loss figure for reports is ``openllm evaluate``'s (every val token, window/stride), not the estimate.
