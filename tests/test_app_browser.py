@@ -4,7 +4,9 @@ Open the app, check that bad fields are refused, start a tiny training on an upl
 progress rise and the loss plot update, refuse a second Start, stop it, see the checkpoint listed, generate
 text from it, push it to the local hub and see the version. Then the journeys around a run's identity and
 lifetime: push a run that is not the newest and get its weights, a run resumed from the command line shown
-live and stopped from the app, corpora that would fail refused before starting, a diverged run marked.
+live and stopped from the app, corpora that would fail refused before starting, a diverged run marked. And
+a finished run fine-tuned from the Models tab (a bad conversation upload refused first), then chatted with in
+the Chat tab.
 
 Screenshots of every tab at 1280x800 and 390x844 go to artifacts/screenshots/ (gitignored), or to the folder
 named by OPENLLM_SCREENSHOTS (``OPENLLM_SCREENSHOTS=docs/img`` refreshes the ones docs/app.md shows).
@@ -28,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHOTS = Path(os.environ.get("OPENLLM_SCREENSHOTS") or REPO / "artifacts" / "screenshots")
 if not SHOTS.is_absolute():
     SHOTS = REPO / SHOTS
-TABS = ["Train", "Monitor", "Generate", "Models", "Evaluate", "Export", "Compare", "Help"]
+TABS = ["Train", "Monitor", "Generate", "Chat", "Models", "Evaluate", "Export", "Compare", "Help"]
 CHROMIUM = "/usr/bin/chromium"
 
 pytestmark = [
@@ -475,3 +477,122 @@ def test_run_identity_cli_runs_corpus_checks_and_divergence_in_a_browser(app_ser
 
     assert shown == sha256_file(run1 / "model.safetensors")
     assert _weights_digest(pulled) == _weights_digest(run1) != run2_digest
+
+
+def _bubbles(page, role: str) -> list[str]:
+    return [t.strip() for t in page.locator(f"#chat-box [data-testid={role}]").all_inner_texts()]
+
+
+def test_fine_tune_a_finished_run_then_chat_with_it_in_a_browser(app_server, tmp_path, export_tokenizer_dir):
+    """Fine-tune a finished run from the Models tab (a bad upload is refused with its file:line first), follow
+    it in Monitor, then chat with it: the reply streams in, the system prompt and the earlier turns are in
+    the prompt, and a base model is flagged as not fine-tuned. Screenshots of the Fine-tune action and the
+    Chat tab at 1280x800 and 390x844 when OPENLLM_SCREENSHOTS is set."""
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import make_export_run
+
+    demo, url, ws = app_server
+    make_export_run(ws / "runs" / "base", export_tokenizer_dir, steps=(1,), max_seq_len=256, init_std=0.02)
+    bad = tmp_path / "my_chats.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}\n'
+                   '{"messages": [{"role": "user", "content": "Hi"}]}\n')
+    shots = os.environ.get("OPENLLM_SCREENSHOTS")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url)
+        page.wait_for_selector("#start-btn")
+
+        # --- Fine-tune: a bad upload is refused with its file and line, before anything starts --------------------
+        page.get_by_role("tab", name="Models").click()
+        _select(page, "push-run", "base")
+        page.wait_for_selector("#ft-btn:not([disabled])", timeout=20_000)
+        page.get_by_label("upload conversations").check()
+        page.locator("#ft-file input[type=file]").set_input_files(str(bad))
+        problem = _wait_text(page, "#ft-check", "my_chats.jsonl:2:", 30)
+        assert "no assistant turn" in problem and str(tmp_path) not in problem
+        _fill(page, "ft-name", "chat")
+        page.click("#ft-btn")
+        _wait_text(page, "#ft-msg", "my_chats.jsonl:2: the conversation has no assistant turn", 30)
+        assert not (ws / "runs" / "chat").exists()
+
+        # --- ... the synthetic verse set starts, and Monitor follows it like training --------------------------
+        page.get_by_label("use the synthetic verse set").check()
+        _wait_text(page, "#ft-check", "synthetic", 10)
+        _fill(page, "ft-steps", 6)
+        if shots:
+            page.locator("#ft-btn").scroll_into_view_if_needed()
+            time.sleep(0.5)
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / "app-finetune-1280.png"), full_page=False)
+        page.click("#ft-btn")
+        page.wait_for_selector("#monitor-view", timeout=30_000)
+        _wait_text(page, "#monitor-banner", "Fine-tuning 'base' into the new run 'chat'", 30)
+        page.wait_for_selector("#monitor-view[data-state=finished][data-max-steps='6']", timeout=240_000)
+        assert _monitor(page)["step"] == 6
+        assert "Monitor" in page.locator("[role=tab][aria-selected=true]").inner_text()
+        assert "synthetic" in (ws / "corpora" / "conversations" / "verses-2000" / "about.json").read_text()
+
+        # --- Chat: the fine-tuned run is offered first and said to be fine-tuned --------------------------------
+        page.get_by_role("tab", name="Chat").click()
+        time.sleep(1)
+        assert "fine-tuned run chat" in page.locator("#chat-model input").input_value()
+        page.wait_for_selector("#chat-kind[data-kind=finetuned]", timeout=20_000)
+        assert "fine-tuned (full) from base" in page.locator("#chat-kind").inner_text()
+        _fill(page, "chat-system", "Answer with the verse only.")
+        page.locator("#chat-advanced").get_by_text("Sampling, and what the model sees").click()
+        _fill(page, "chat-seed", 0)
+        _fill(page, "chat-max-new", 16)  # both turns fit the base's 256-token context
+        _fill(page, "chat-temp input[type=number]", 1.0)
+        _fill(page, "chat-input", "What does Genesis 1:3 say?")
+        page.click("#chat-send")
+        _wait_text(page, "#chat-msg", "The reply", 120)
+        assert _bubbles(page, "user") == ["What does Genesis 1:3 say?"]
+        first = _bubbles(page, "bot")
+        assert len(first) == 1 and first[0], first
+        rendered = page.locator("#chat-rendered textarea").input_value()
+        assert rendered.startswith("<s>System: Answer with the verse only.\nUser: What does Genesis 1:3 say?\n"
+                                   "Assistant:"), rendered
+        # a second turn: the model sees the whole conversation, the system prompt first
+        _fill(page, "chat-input", "And the next verse?")
+        page.click("#chat-send")
+        page.wait_for_function("document.querySelectorAll('#chat-box [data-testid=bot]').length == 2",
+                               timeout=60_000)
+        _wait_text(page, "#chat-msg", "The reply", 120)
+        rendered = page.locator("#chat-rendered textarea").input_value()
+        assert rendered.startswith("<s>System: Answer with the verse only.\nUser: What does Genesis 1:3 say?\n")
+        assert rendered.rstrip().endswith("User: And the next verse?\nAssistant:"), rendered
+        assert first[0].split()[0] in rendered.split("What does Genesis 1:3 say?\n", 1)[1]  # the first reply too
+        assert _bubbles(page, "user") == ["What does Genesis 1:3 say?", "And the next verse?"]
+        if shots:
+            page.evaluate("window.scrollTo(0, 0)")
+            time.sleep(0.5)
+            page.screenshot(path=str(SHOTS / "app-chat-1280.png"), full_page=False)
+
+        # --- a base model is flagged: its replies will not follow the template ----------------------------------
+        _select(page, "chat-model", "base run base")
+        page.wait_for_selector("#chat-kind[data-kind=base]", timeout=20_000)
+        assert "not fine-tuned" in page.locator("#chat-kind").inner_text()
+        page.click("#chat-clear")
+        page.wait_for_function("document.querySelectorAll('#chat-box [data-testid=user]').length == 0",
+                               timeout=20_000)
+
+        if shots:  # the phone-sized view of both
+            _select(page, "chat-model", "fine-tuned run chat")
+            page.set_viewport_size({"width": 390, "height": 844})
+            _fill(page, "chat-system", "Answer with the verse only.")
+            _fill(page, "chat-input", "What does Genesis 1:3 say?")
+            page.click("#chat-send")
+            _wait_text(page, "#chat-msg", "The reply", 120)
+            page.locator("#chat-system").scroll_into_view_if_needed()
+            time.sleep(0.5)
+            page.screenshot(path=str(SHOTS / "app-chat-390.png"), full_page=False)
+            page.get_by_role("tab", name="Models").click()
+            time.sleep(1)
+            page.locator("#ft-btn").scroll_into_view_if_needed()
+            time.sleep(0.5)
+            page.screenshot(path=str(SHOTS / "app-finetune-390.png"), full_page=False)
+        browser.close()

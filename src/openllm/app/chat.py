@@ -14,7 +14,7 @@ from .forms import FormError
 from .workspace import Workspace
 
 __all__ = ["ConversationCheck", "check_conversations", "synthetic_set", "is_finetuned", "chat_choices",
-           "ChatPrompt", "chat_prompt", "stream_reply", "stream_chat", "finetune_summary", "SYNTHETIC_SIZE"]
+           "ChatPrompt", "chat_prompt", "message_text", "stream_reply", "stream_chat", "finetune_summary", "SYNTHETIC_SIZE"]
 
 SYNTHETIC_SIZE = 2000  # conversations in the app's synthetic verse set (as `openllm finetune --make-data`)
 
@@ -129,6 +129,20 @@ def _fit(tokenizer, messages: list[dict], max_ctx: int, room: int) -> tuple[list
         turns = rest
 
 
+def message_text(content: Any) -> str:
+    """A chat message's text: a string as it is; a list of parts (``[{"type": "text", "text": ...}]``, the
+    shape Gradio's Chatbot sends back) joined; None as empty."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or "")
+    if isinstance(content, (list, tuple)):
+        return "".join(message_text(part) for part in content)
+    return str(content)
+
+
 @dataclass
 class ChatPrompt:
     """What the model is given: the messages that fit its context, their rendered template text and ids."""
@@ -150,7 +164,7 @@ def chat_prompt(loaded: Any, history: Sequence[dict], system: str = "", max_new_
     if tok is None or not hasattr(tok, "encode_chat"):
         raise OpenLLMError("this model has no tokenizer with the chat template; it cannot chat")
     messages = ([{"role": "system", "content": system.strip()}] if (system or "").strip() else [])
-    messages += [{"role": m["role"], "content": str(m["content"])} for m in history
+    messages += [{"role": m["role"], "content": message_text(m.get("content"))} for m in history
                  if m.get("role") in ("user", "assistant")]
     if not messages or messages[-1]["role"] != "user":
         raise FormError("Message", "type a message first")

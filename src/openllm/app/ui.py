@@ -632,7 +632,8 @@ def _chat_tab(sh: Shared, tab, picks):
         saved = saved if isinstance(saved, dict) else {}
         opts = C.chat_choices(sh.ws)
         values = [v for _, v in opts]
-        value = current or saved.get("chat_model")
+        # the user's own pick while it exists; a default is replaced by the first fine-tuned model
+        value = saved.get("chat_model")
         if value not in values:
             value = values[0] if values else None
         return _offer(opts, current, value)
@@ -757,9 +758,9 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
     ft_msg = gr.HTML("", elem_id="ft-msg")
 
     def on_ft_source(src, f, v):
-        return gr.update(visible=src == FT_UPLOAD), _ft_check(src, f, v)
+        return gr.update(visible=src == FT_UPLOAD), _ft_check(src, f, v), ""
 
-    ft_source.change(on_ft_source, [ft_source, ft_file, ft_val], [ft_files, ft_check])
+    ft_source.change(on_ft_source, [ft_source, ft_file, ft_val], [ft_files, ft_check, ft_msg])
     ft_file.change(_ft_check, [ft_source, ft_file, ft_val], ft_check)
     ft_val.change(_ft_check, [ft_source, ft_file, ft_val], ft_check)
     gr.Markdown("### Versions on the hub")
