@@ -178,3 +178,52 @@ def test_run_names_skip_symlinked_runs(ws, tmp_path):
     (tmp_path / "elsewhere").mkdir()
     os.symlink(tmp_path / "elsewhere", ws.runs_dir / "sneaky")
     assert ws.run_names() == ["real"]
+
+
+# --- config files: save, load, an earlier run's settings, the time estimate (issue 17) ------------------------
+
+def test_a_saved_config_loads_back_into_the_same_form_and_names_what_the_form_cannot_hold(tmp_path):
+    from openllm.app.forms import config_fields
+
+    cfg = parse_train_form(_form(lr=0.002, max_steps=77, batch_size=3, optimizer="adamw", schedule="wsd",
+                                 grad_clip=0.5, warmup_steps=7)).config
+    cfg.save(tmp_path / "config.json")
+    fields, lost = config_fields(tmp_path / "config.json")
+    assert lost == []
+    again = parse_train_form({**_form(), **fields}).config
+    assert again.to_dict() == cfg.to_dict()
+    # settings outside the form are named, with the value the form will use instead
+    cfg.replace(train={"seed": 5}).save(tmp_path / "seeded.json")
+    assert config_fields(tmp_path / "seeded.json")[1] == ["train.seed: 5 -> 1337"]
+    # a model shape that is no preset cannot be represented: refused with the way to train it
+    cfg.replace(model={"d_model": 200, "n_heads": 4, "n_kv_heads": 4}).save(tmp_path / "odd.json")
+    with pytest.raises(FormError, match=r"Config file: its model \(d_model=200.*openllm train --config FILE"):
+        config_fields(tmp_path / "odd.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(FormError, match="Config file: "):
+        config_fields(tmp_path / "broken.json")
+
+
+def test_time_estimate_comes_from_an_earlier_run_of_the_same_size_or_is_not_given(tmp_path):
+    import json
+
+    from openllm.app.estimate import estimate_time
+
+    ws = Workspace(tmp_path / "ws")
+    cfg = parse_train_form(_form(max_steps=100, batch_size=4)).config  # 4 x 1 x 256 tokens a step
+    tokens = 100 * 4 * 1 * (cfg.train.seq_len or cfg.model.max_seq_len)
+    est = estimate_time(ws, cfg)
+    assert est.seconds is None and est.tokens == tokens and "no time estimate yet" in est.describe()
+    for name, over, speeds in [("other-size", {"model_size": "small"}, [10.0, 10.0]),
+                               ("same", {"max_steps": 50}, [999.0, 2000.0, 1000.0, 1000.0])]:
+        run = ws.run_dir(name)
+        run.mkdir(parents=True)
+        parse_train_form(_form(batch_size=4, **over)).config.save(run / "config.json")
+        with open(run / "metrics.jsonl", "w") as f:
+            for i, s in enumerate(speeds, 1):
+                f.write(json.dumps({"step": i, "loss": 5.0, "tokens_per_s": s}) + "\n")
+    est = estimate_time(ws, cfg)
+    # the median of run 'same' after its first step (2000, 1000, 1000): the other size's speed is not used
+    assert est.based_on == "same" and est.tokens_per_s == 1000.0 and est.same_batch
+    assert est.seconds == tokens / 1000.0
+    assert "from run same's measured 1,000 tokens/s on this machine (same batch shape)" in est.describe()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from ..config import Config, ConfigError, load_config, preset_names
@@ -15,6 +16,7 @@ from ..errors import OpenLLMError
 from .workspace import WorkspaceError, check_name
 
 __all__ = [
+    "config_fields",
     "FormError",
     "TrainRequest",
     "SamplingRequest",
@@ -140,6 +142,53 @@ def preset_fields(preset: str) -> dict[str, Any]:
         "eval_every": t.eval_every,
         "save_every": t.save_every,
     }
+
+
+def _shape(cfg) -> dict[str, Any]:
+    return {k: v for k, v in cfg.model.__dict__.items() if k != "vocab_size"}
+
+
+def config_fields(source: Any) -> tuple[dict[str, Any], list[str]]:
+    """The form's values for a saved config (a config file, or an earlier run's ``config.json``; a path or a
+    Config), and the settings it holds that the form cannot (each as 'key: FILE's value -> the value used'),
+    which take the matched preset's values. Its model shape must be one of the presets' (the form picks
+    sizes by preset); other shapes are refused with a message saying how to train them."""
+    what = "Config file"
+    try:
+        cfg = source if isinstance(source, Config) else load_config(Path(source))
+    except (OSError, ValueError, ConfigError) as exc:
+        raise FormError(what, str(exc)) from None
+    shape = _shape(cfg)
+    match = next((n for n in preset_names() if _shape(load_config(n)) == shape), None)
+    if match is None:
+        dims = ", ".join(f"{k}={shape[k]}" for k in ("d_model", "n_layers", "n_heads", "max_seq_len") if k in shape)
+        raise FormError(what, f"its model ({dims}) is none of the presets' sizes, which the app's form picks "
+                              f"from; train it from a terminal: openllm train --config FILE")
+    t = cfg.train
+    fields = {"preset": match, "model_size": match, "vocab_size": cfg.model.vocab_size, "lr": t.lr,
+              "batch_size": t.micro_batch_size, "max_steps": t.max_steps, "grad_accum": t.grad_accum_steps,
+              "optimizer": t.optimizer, "schedule": t.schedule, "weight_decay": t.weight_decay,
+              "grad_clip": t.grad_clip, "warmup_steps": t.warmup_steps, "eval_every": t.eval_every,
+              "save_every": t.save_every}
+    given = cfg.to_dict()
+    best: tuple[dict[str, Any], list[str]] | None = None
+    for preset in [match, *[n for n in preset_names() if n != match]]:  # the preset that keeps the most
+        try:
+            rebuilt = parse_train_form({**fields, "preset": preset, "run_name": "check",
+                                        "corpus_kind": CORPUS_EMBEDDED}).config.to_dict()
+        except FormError:
+            continue
+        lost = []
+        for section in ("model", "train", "data"):
+            a, b = given.get(section) or {}, rebuilt.get(section) or {}
+            for key in sorted(set(a) | set(b)):
+                if a.get(key) != b.get(key):
+                    lost.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+        if best is None or len(lost) < len(best[1]):
+            best = ({**fields, "preset": preset}, lost)
+    if best is None:  # the form's own checks refuse its values (e.g. warmup longer than the run)
+        parse_train_form({**fields, "run_name": "check", "corpus_kind": CORPUS_EMBEDDED})
+    return best  # type: ignore[return-value]
 
 
 def parse_train_form(values: Mapping[str, Any]) -> TrainRequest:

@@ -26,8 +26,9 @@ from . import chat as C  # noqa: E402
 from . import models as M  # noqa: E402
 from . import tools as T  # noqa: E402
 from .corpus_check import check_corpus  # noqa: E402
+from .estimate import estimate_time  # noqa: E402
 from .forms import (CORPUS_EMBEDDED, CORPUS_UPLOAD, CORPUS_WORKSPACE, OPTIMIZERS, SCHEDULES,  # noqa: E402
-                    FormError, parse_push_form, parse_repo, parse_sampling_form, parse_train_form,
+                    FormError, config_fields, parse_push_form, parse_repo, parse_sampling_form, parse_train_form,
                     preset_fields)
 from .help import load_help  # noqa: E402
 from .monitor import format_progress, loss_figure, memory_usage, progress, tail_log  # noqa: E402
@@ -240,9 +241,15 @@ def _corpus_report(chk) -> str:
     return f'<div class="corpus-check" data-ok="{str(chk.ok).lower()}">{head}{body}</div>'
 
 
-def _config_summary(cfg) -> str:
+def _config_runs(sh: Shared) -> list[str]:
+    """Runs whose config can be loaded into the form."""
+    return [n for n in sh.run_choices() if (sh.ws.run_dir(n) / "config.json").is_file()]
+
+
+def _config_summary(cfg, est=None) -> str:
     """Parameters, tokens per step and the memory the weights, gradients and AdamW state take (fp32: 16
-    bytes per parameter; activations come on top and grow with batch size and context)."""
+    bytes per parameter; activations come on top and grow with batch size and context), and the time it
+    takes at a speed an earlier run measured on this machine (:func:`estimate.estimate_time`)."""
     from ..model import param_report
 
     t = cfg.train
@@ -254,7 +261,9 @@ def _config_summary(cfg) -> str:
             f'({rep["params_non_embedding"]:,} without embeddings) · {tokens:,} tokens per step '
             f'({t.micro_batch_size} × {t.grad_accum_steps} × {seq}) · {t.max_steps:,} steps = '
             f'{tokens * t.max_steps:,} tokens · memory for weights, gradients and AdamW state: about '
-            f'{state_mib:,.0f} MiB in fp32, plus activations</div>')
+            f'{state_mib:,.0f} MiB in fp32, plus activations</div>'
+            + (f'<div class="msg-{"info" if est.tokens_per_s else "warn"}" id="config-time" '
+               f'data-seconds="{est.seconds or ""}">Time: {html.escape(est.describe())}</div>' if est else ""))
 
 
 def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, dict]:
@@ -302,8 +311,17 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
         text_field = gr.Dropdown([], value=None, label="Text field", visible=False, elem_id="text-field",
                                  allow_custom_value=True, info="the field of each record that holds its text")
         corpus_html = gr.HTML("", elem_id="corpus-check")
-    with gr.Accordion("The config this run will use", open=False, elem_id="config-box"):
-        config_btn = gr.Button("Show the config", size="sm", elem_id="config-btn")
+    with gr.Accordion("The config this run will use: see it, save it, load one", open=False, elem_id="config-box"):
+        with gr.Row():
+            from_run = gr.Dropdown(_config_runs(sh), value=None, label="Start from the settings of an earlier run",
+                                   elem_id="config-from-run", scale=2, min_width=240,
+                                   info="fills in the form with that run's config")
+            load_file = gr.File(label="Load a config file (.json)", file_types=[".json"], type="filepath",
+                                elem_id="config-load", scale=2, min_width=240)
+        config_msg = gr.HTML("", elem_id="config-msg")
+        with gr.Row():
+            config_btn = gr.Button("Show the config", size="sm", elem_id="config-btn")
+            save_btn = gr.DownloadButton("Save the config file", size="sm", elem_id="config-save", visible=False)
         config_summary = gr.HTML("", elem_id="config-summary")
         config_json = gr.Code("", language="json", label="config.json", elem_id="config-json",
                               interactive=False)
@@ -381,8 +399,36 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
         try:
             cfg = parse_train_form(values).config
         except Exception as exc:  # noqa: BLE001
-            return _err(exc), ""
-        return _config_summary(cfg), cfg.to_json()
+            return _err(exc), "", gr.update(visible=False)
+        out = sh.ws.downloads_dir / f"config-{cfg.name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rundir.write_text_atomic(out, cfg.to_json() + "\n")
+        return _config_summary(cfg, estimate_time(sh.ws, cfg)), cfg.to_json(), gr.update(value=str(out),
+                                                                                         visible=True)
+
+    def fill(source, label):
+        """The form filled in from a saved config, with what it could not hold named."""
+        try:
+            f, lost = config_fields(source)
+        except Exception as exc:  # noqa: BLE001
+            return [gr.skip()] * (len(form) + 1) + [_err(exc)]
+        note = (" These settings are not in the form and take the preset's values: " + "; ".join(lost) + "."
+                if lost else " Every setting of it is in the form.")
+        values = [f["preset"], f["model_size"], f["vocab_size"], f["lr"], f["batch_size"], f["max_steps"],
+                  f["grad_accum"], f["optimizer"], f["schedule"], f["weight_decay"], f["grad_clip"],
+                  f["warmup_steps"], f["eval_every"], f["save_every"]]
+        return values + [_msg(f"Loaded the settings of {label}.{note} Check the corpus and the run name, then "
+                              "Start.", "warn" if lost else "ok")]
+
+    def on_from_run(name):
+        if not name:
+            return [gr.skip()] * (len(form) + 2)
+        return fill(sh.ws.run_dir(name) / "config.json", f"run {name}")
+
+    def on_load_file(path):
+        if not path:
+            return [gr.skip()] * (len(form) + 2)
+        return fill(path, Path(path).name)
 
     def on_stop():
         try:
@@ -391,7 +437,11 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
             return _err(exc)
         return _msg(f"Stopping {name!r}: the trainer saves a checkpoint, then exits.", "info")
 
-    preset.change(on_preset, preset, [*form, msg])
+    # input, not change: a preset filled in from a loaded config must not reset the fields it came with
+    preset.input(on_preset, preset, [*form, msg])
+    from_run.input(on_from_run, from_run, [preset, *form, config_msg])
+    load_file.upload(on_load_file, load_file, [preset, *form, config_msg])
+    from_run.focus(lambda: gr.update(choices=_config_runs(sh)), None, from_run)
     corpus_inputs = [corpus_kind, corpus_path, upload, text_field]
     corpus_kind.change(on_corpus_kind, corpus_inputs, [corpus_path, upload, corpus_html, text_field])
     corpus_path.blur(check, corpus_inputs, [corpus_html, text_field])
@@ -399,7 +449,7 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
     upload.change(check, corpus_inputs, [corpus_html, text_field])
     text_field.input(check, corpus_inputs, [corpus_html, text_field])
     start_inputs = [run_name, preset, *form, corpus_kind, corpus_path, upload, text_field]
-    config_btn.click(on_config, start_inputs, [config_summary, config_json])
+    config_btn.click(on_config, start_inputs, [config_summary, config_json, save_btn])
     return TrainTab(start_btn, stop_btn, msg, run_name), {"start": (on_start, start_inputs), "stop": on_stop}
 
 
