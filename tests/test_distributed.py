@@ -93,16 +93,16 @@ def test_every_rank_is_refused_when_another_process_holds_the_run_lock(setup, tm
 
     _, data, cfg, _ = setup
     run = tmp_path / "locked"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom openllm.rundir import RunLock\n"
-                               "RunLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(600)",
-                               str(run)], stdout=subprocess.PIPE, text=True)
+    hold = ("import sys, time\nfrom openllm.rundir import RunLock\nRunLock(sys.argv[1]).acquire()\n"
+            "print('held', flush=True)\ntime.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                "openllm", "train", "--no-progress", "--config", str(cfg), "--data", str(data), "--out", str(run)]
         t0 = time.monotonic()
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
         took = time.monotonic() - t0
         left = sorted(p.name for p in run.iterdir())
         lock = json.loads((run / ".lock").read_text())

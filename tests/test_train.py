@@ -348,7 +348,7 @@ def test_sigterm_during_setup_ends_the_run_as_stopped(tmp_path, data):
         return out, err, json.loads((run / "status.json").read_text())
 
     run = tmp_path / "fresh"
-    out, err, status = stop_at_lock(run)
+    out, _, status = stop_at_lock(run)
     assert status["state"] == "stopped" and status["step"] == 0 and status["error"] is None
     assert "SIGTERM during setup" in status["reason"] and "nothing was trained or saved" in status["reason"]
     assert latest_checkpoint(run) is None and not read_metrics(run)
@@ -358,7 +358,7 @@ def test_sigterm_during_setup_ends_the_run_as_stopped(tmp_path, data):
     resumed = tmp_path / "resumed"
     train(wide, data_dir=data, out_dir=resumed, max_steps=2, **quiet())
     before = sorted(p.name for p in list_checkpoints(resumed))
-    out, err, status = stop_at_lock(resumed, "--max-steps", "6")
+    _, _, status = stop_at_lock(resumed, "--max-steps", "6")
     assert status["state"] == "stopped" and status["step"] == 2 and "before step 3" in status["reason"]
     assert sorted(p.name for p in list_checkpoints(resumed)) == before == ["step_00000002"]
     assert status["checkpoint"].endswith("step_00000002") and [r["step"] for r in read_metrics(resumed)] == [1, 2]
@@ -389,7 +389,7 @@ def test_cli_says_divergence_as_one_warning_line(tmp_path, data):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert [line for line in lines if line.startswith("warning:")] == [
-        "warning: the loss became NaN/inf: training diverged; lower the learning rate (e.g. to 1000) and turn on "
-        "gradient clipping (e.g. 1.0)"]
+        ("warning: the loss became NaN/inf: training diverged; lower the learning rate (e.g. to 1000) and turn on "
+         "gradient clipping (e.g. 1.0)")]
     assert lines[-1].startswith("error: training diverged at step")
     assert json.loads((tmp_path / "n/status.json").read_text())["state"] == "diverged"

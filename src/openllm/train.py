@@ -14,8 +14,9 @@ One call runs four phases:
    atomic checkpoints, ``status.json`` for the web app. SIGTERM / SIGINT finish the current step, save, and
    end with state ``stopped`` (one that arrives during setup ends the run before its first step). A NaN/inf
    loss ends the run (state ``diverged``) before the bad update is applied (with ``train.check_every`` > 1:
-   at the next host read, before any checkpoint), so the checkpoints on disk stay good. The optimizer is AdamW or Muon + AdamW (:mod:`openllm.optim`); the fused
-   training kernels (:mod:`openllm.kernels`) are switched on here when asked for.
+   at the next host read, before any checkpoint), so the checkpoints on disk stay good. The optimizer is
+   AdamW or Muon + AdamW (:mod:`openllm.optim`); the fused training kernels (:mod:`openllm.kernels`) are
+   switched on here when asked for.
 4. **finish** (:meth:`Trainer.finish`): the final checkpoint, ``status.json``, the loss plot; a run whose
    loss ended above ln(vocab_size) (:func:`openllm.rundir.divergence`) is recorded as ``diverged``.
 
@@ -110,13 +111,14 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# what status.json says for an active state (with its phase); ``running`` is what readers have always seen
+_WRITTEN = {rundir.PREPARING: ("preparing", "setting up training"), rundir.TRAINING: ("running", "training")}
+
+
 class _Status:
     """``RUN/status.json``: state preparing | running (training) | finished | stopped | failed | diverged,
     error, warning, step, max_steps, pid, times. :meth:`move` changes the state along
     :data:`openllm.rundir.TRANSITIONS` (``machine`` is the state in the state machine's words)."""
-
-    # what status.json says for an active state; ``running`` (training) is what readers have always seen
-    _WRITTEN = {rundir.PREPARING: ("preparing", "setting up training"), rundir.TRAINING: ("running", "training")}
 
     def __init__(self, run_dir: Path, max_steps: int, enabled: bool) -> None:
         self.run_dir = run_dir
@@ -140,7 +142,7 @@ class _Status:
         if state != self.machine:
             rundir.check_transition(self.machine, state)
             self.machine = state
-        written, phase = self._WRITTEN.get(state, (state, None))
+        written, phase = _WRITTEN.get(state, (state, None))
         self.update(state=written, phase=phase, **fields)
 
     def update(self, **fields: Any) -> None:
@@ -376,7 +378,7 @@ class Trainer:
     :meth:`close`. Creating it picks the device and, under ``torchrun``, joins the process group."""
 
     lock: rundir.RunLock | None = None  # rank 0's hold on the run folder (rundir.RunLock), from setup()
-    stop: "_StopFlag | None" = None  # SIGTERM/SIGINT handling, from the start of setup() to close()
+    stop: _StopFlag | None = None  # SIGTERM/SIGINT handling, from the start of setup() to close()
 
     def __init__(self, plan: RunPlan, *, device: str | None = None, progress: bool = True,
                  stop_event: threading.Event | None = None,
