@@ -498,6 +498,16 @@ def test_fine_tune_a_finished_run_then_chat_with_it_in_a_browser(app_server, tmp
     bad = tmp_path / "my_chats.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}\n'
                    '{"messages": [{"role": "user", "content": "Hi"}]}\n')
+    # an earlier run of the tiny preset that measured 1,000 tokens/s (the Train tab's time estimate reads it)
+    from openllm.app.forms import CORPUS_EMBEDDED, parse_train_form, preset_fields
+
+    earlier = ws / "runs" / "earlier"
+    earlier.mkdir(parents=True)
+    parse_train_form({**preset_fields("tiny"), "preset": "tiny", "run_name": "earlier", "lr": 0.002,
+                      "max_steps": 77, "corpus_kind": CORPUS_EMBEDDED}).config.save(earlier / "config.json")
+    (earlier / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 5.0, "tokens_per_s": 1000.0})
+                                                   + "\n" for s in (1, 2, 3)))
+    (earlier / "status.json").write_text(json.dumps({"state": "stopped", "step": 3, "max_steps": 77}))
     shots = os.environ.get("OPENLLM_SCREENSHOTS")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM,
@@ -505,6 +515,26 @@ def test_fine_tune_a_finished_run_then_chat_with_it_in_a_browser(app_server, tmp
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(url)
         page.wait_for_selector("#start-btn")
+
+        # --- Train: start from an earlier run's settings, see the time they take here, save them, load one -------
+        page.locator("#config-box").get_by_text("The config this run will use").click()
+        _select(page, "config-from-run", "earlier")
+        _wait_text(page, "#config-msg", "Loaded the settings of run earlier", 20)
+        assert page.locator("#lr input").input_value() == "0.002"
+        assert page.locator("#steps input").input_value() == "77"
+        page.click("#config-btn")
+        _wait_text(page, "#config-time", "from run earlier's measured 1,000 tokens/s on this machine", 20)
+        with page.expect_download() as dl:
+            page.click("#config-save")
+        saved = json.loads(Path(dl.value.path()).read_text())
+        assert saved["train"]["lr"] == 0.002 and saved["train"]["max_steps"] == 77
+        if shots:
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.locator("#config-box").scroll_into_view_if_needed()
+            time.sleep(0.5)
+            page.screenshot(path=str(SHOTS / "app-config-1280.png"), full_page=False)
+        page.locator("#config-load input[type=file]").set_input_files(str(ws / "runs" / "base" / "config.json"))
+        _wait_text(page, "#config-msg", "none of the presets' sizes", 20)
 
         # --- Fine-tune: a bad upload is refused with its file and line, before anything starts --------------------
         page.get_by_role("tab", name="Models").click()
@@ -570,7 +600,7 @@ def test_fine_tune_a_finished_run_then_chat_with_it_in_a_browser(app_server, tmp
         if shots:
             page.evaluate("window.scrollTo(0, 0)")
             time.sleep(0.5)
-            page.screenshot(path=str(SHOTS / "app-chat-1280.png"), full_page=False)
+            page.screenshot(path=str(SHOTS / "app-chat-conversation-1280.png"), full_page=False)
 
         # --- a base model is flagged: its replies will not follow the template ----------------------------------
         _select(page, "chat-model", "base run base")
@@ -589,7 +619,7 @@ def test_fine_tune_a_finished_run_then_chat_with_it_in_a_browser(app_server, tmp
             _wait_text(page, "#chat-msg", "The reply", 120)
             page.locator("#chat-system").scroll_into_view_if_needed()
             time.sleep(0.5)
-            page.screenshot(path=str(SHOTS / "app-chat-390.png"), full_page=False)
+            page.screenshot(path=str(SHOTS / "app-chat-conversation-390.png"), full_page=False)
             page.get_by_role("tab", name="Models").click()
             time.sleep(1)
             page.locator("#ft-btn").scroll_into_view_if_needed()
