@@ -2,6 +2,7 @@
 monitor's numbers and plots, the model picker's sandbox, the help text, and keeping tokens out of children."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -545,7 +546,7 @@ def test_a_synthetic_set_fine_tune_job_finishes_and_chats(ws, export_tokenizer_d
     assert prompt.text.startswith("<s>System: Be terse.\nUser: What does Genesis 1:3 say?\nAssistant:")
     assert prompt.ids == loaded.tokenizer.encode_chat(prompt.messages, add_generation_prompt=True)
     pieces = list(C.stream_reply(loaded, prompt, temperature=0.0))
-    assert pieces and all(a[0] == b[0][:len(a[0])] for a, b in zip(pieces, pieces[1:]))  # it grows
+    assert pieces and all(a[0] == b[0][:len(a[0])] for a, b in itertools.pairwise(pieces))  # it grows
     # the oldest turns give way when a long conversation no longer fits the 128-token context
     long = [{"role": r, "content": "word " * 30} for r in ("user", "assistant") * 4] + history
     fitted = C.chat_prompt(loaded, long, "Be terse.", max_new_tokens=16)

@@ -1,4 +1,5 @@
-"""The OpenLLM web app (Gradio): train, monitor, generate, publish. ``openllm app`` and the Space's app.py run it.
+"""The OpenLLM web app (Gradio): train, monitor, generate, fine-tune, chat, publish. ``openllm app`` and the
+Space's app.py run it.
 
 ``build_app(workspace=...)`` returns the ``gr.Blocks``; ``launch(...)`` builds and serves it (bound to
 127.0.0.1 unless told otherwise). Gradio is imported lazily, with its analytics off.

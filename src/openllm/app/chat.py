@@ -14,7 +14,8 @@ from .forms import FormError
 from .workspace import Workspace
 
 __all__ = ["ConversationCheck", "check_conversations", "synthetic_set", "is_finetuned", "chat_choices",
-           "ChatPrompt", "chat_prompt", "message_text", "stream_reply", "stream_chat", "finetune_summary", "SYNTHETIC_SIZE"]
+           "ChatPrompt", "chat_prompt", "message_text", "stream_reply", "stream_chat", "finetune_summary",
+           "SYNTHETIC_SIZE"]
 
 SYNTHETIC_SIZE = 2000  # conversations in the app's synthetic verse set (as `openllm finetune --make-data`)
 
@@ -86,7 +87,8 @@ def finetune_summary(folder: str | Path) -> str | None:
     data = rec.get("data") or {}
     name = base.get("hub_ref") or Path(str(base.get("source") or "?")).name
     kept = data.get("kept", data.get("conversations"))
-    on = "/".join(Path(str(data.get("path") or "?")).parts[-2:]) + (f" ({kept:,} conversations)" if isinstance(kept, int) else "")
+    on = "/".join(Path(str(data.get("path") or "?")).parts[-2:])
+    on += f" ({kept:,} conversations)" if isinstance(kept, int) else ""
     how = "LoRA" if rec.get("lora") else "full"
     step = f" step {base['step']:,}" if isinstance(base.get("step"), int) else ""
     return f"fine-tuned ({how}) from {name}{step} on {on}"

@@ -37,7 +37,7 @@ class TimeEstimate:
 
 
 def _duration(s: float) -> str:
-    s = int(round(s))
+    s = round(s)
     if s < 60:
         return f"{s} s"
     if s < 3600:

@@ -664,7 +664,8 @@ def _chat_tab(sh: Shared, tab, picks):
             for reply, ended in C.stream_reply(loaded, prompt, temperature=float(temp_), seed=seed_v):
                 history[-1] = {"role": "assistant", "content": reply}
                 yield history, gr.skip(), gr.skip(), gr.skip()
-            how = "ended its turn" if ended else f"stopped at {prompt.max_new_tokens} new tokens without ending its turn"
+            how = ("ended its turn" if ended else
+                   f"stopped at {prompt.max_new_tokens} new tokens without ending its turn")
             cut = f" The {dropped} oldest messages did not fit the context and were left out." if dropped else ""
             yield history, gr.skip(), gr.skip(), _msg(f"The reply {how}.{cut}", "ok" if ended else "warn")
         except Exception as exc:  # noqa: BLE001
