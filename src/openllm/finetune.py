@@ -323,17 +323,7 @@ def finetune(
     trainer = FinetuneTrainer(plan, base_state=base_state, tokenizer=tok, train_rows=train_rows, val_rows=val_rows,
                               record=record, lora=lora_cfg, device=device, progress=progress,
                               stop_event=stop_event, on_log=on_log, say=say)
-    try:
-        trainer.setup()
-        trainer.fit()
-        return trainer.finish()
-    except BaseException as exc:
-        err = trainer.fail(exc)
-        if err is not exc:
-            raise err from exc
-        raise
-    finally:
-        trainer.close()
+    return trainer.run()
 
 
 def finetune_record(source: str | Path) -> dict[str, Any] | None:

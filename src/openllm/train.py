@@ -802,6 +802,21 @@ class Trainer:
                 _finish_plots(self.out, self.cfg)
         return err
 
+    def run(self) -> TrainResult:
+        """:meth:`setup`, :meth:`fit` and :meth:`finish`; on any error :meth:`fail` records it (and may turn it into
+        the error to raise); :meth:`close` always."""
+        try:
+            self.setup()
+            self.fit()
+            return self.finish()
+        except BaseException as exc:
+            err = self.fail(exc)
+            if err is not exc:
+                raise err from exc
+            raise
+        finally:
+            self.close()
+
     def close(self) -> None:
         """Close the metrics files, release the run lock, leave the process group and put back the signal
         handlers that were there before :meth:`setup`."""
@@ -854,18 +869,7 @@ def train(
     plan = resolve_run(config, data_dir, out_dir, resume=resume, max_steps=max_steps, save_every=save_every,
                        compile=compile, overrides=overrides, vocab_from_data=vocab_from_data)
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    trainer = Trainer(plan, device=device, progress=progress, stop_event=stop_event, on_log=on_log, say=say)
-    try:
-        trainer.setup()
-        trainer.fit()
-        return trainer.finish()
-    except BaseException as exc:
-        err = trainer.fail(exc)
-        if err is not exc:
-            raise err from exc
-        raise
-    finally:
-        trainer.close()
+    return Trainer(plan, device=device, progress=progress, stop_event=stop_event, on_log=on_log, say=say).run()
 
 
 def _latest_name(out: Path) -> str:
