@@ -170,7 +170,7 @@ def test_progress_eta_and_last_values(ws):
 def test_loss_figure_has_both_curves(ws):
     fig = loss_figure(read_metrics(_run_with_metrics(ws)))
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
-    assert labels == ["training loss", "validation loss"]
+    assert labels == ["training loss", "validation loss (estimate)"]
     assert len(fig.axes[0].get_lines()[1].get_xdata()) == 2
     empty = loss_figure([])
     assert "no metrics yet" in [t.get_text() for t in empty.axes[0].texts]
@@ -390,7 +390,7 @@ def test_push_preview_names_the_checkpoint_and_its_weights(ws):
     (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 3.0, "val_loss": 3.25}) + "\n")
     pv = M.push_preview(ws, "r", 10)
     assert (pv.step, pv.val_loss, pv.sha256) == (10, 3.25, hashlib.sha256(b"ten").hexdigest())
-    assert "checkpoint step 10" in pv.describe() and "val loss 3.2500" in pv.describe()
+    assert "checkpoint step 10" in pv.describe() and "val loss estimate 3.2500" in pv.describe()
     assert M.push_preview(ws, "r").step == 20  # default: the latest
     with pytest.raises(FormError, match="no checkpoint at step 15"):
         M.push_preview(ws, "r", 15)

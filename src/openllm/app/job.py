@@ -27,7 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ..rundir import FAILED, PREPARING, STOPPED, RunLock, read_status, write_status
+from ..rundir import DIVERGED, FAILED, PREPARING, STOPPED, RunLock, read_status, write_status
 
 class _Stopped(Exception):
     """SIGTERM arrived while the data was being prepared."""
@@ -151,7 +151,8 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
 
         msg = app_words(msg)
         status = read_status(run_dir)
-        if status.get("state") != FAILED or not status.get("error"):
+        # the trainer's own record (failed with its error, or diverged with its warning) is the better one
+        if status.get("state") not in (FAILED, DIVERGED) or not status.get("error"):
             write_status(run_dir, {**base, **_keep(run_dir), "state": FAILED, "phase": f"failed while {phase}",
                                    "error": f"{phase}: {msg}" if phase != "training" else msg, "pid": None})
         return 1

@@ -147,7 +147,8 @@ class PushPreview:
     best: bool  # the checkpoint with the best val loss estimate
 
     def describe(self) -> str:
-        val = f"val loss {self.val_loss:.4f}" if self.val_loss is not None else "no val loss at that step"
+        val = (f"val loss estimate {self.val_loss:.4f}" if self.val_loss is not None
+               else "no val loss estimate at that step")
         return (f"run {self.run}, checkpoint step {self.step:,}{' (best)' if self.best else ''}, {val}, "
                 f"weights sha256 {self.sha256[:16]}…")
 

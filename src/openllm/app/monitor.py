@@ -110,7 +110,7 @@ def loss_figure(metrics: list[dict[str, Any]], title: str = ""):
     if train:
         ax.plot(*zip(*train), color="#2563eb", linewidth=1.6, label="training loss")
     if val:
-        ax.plot(*zip(*val), color="#ea580c", linewidth=1.8, marker="o", markersize=4, label="validation loss")
+        ax.plot(*zip(*val), color="#ea580c", linewidth=1.8, marker="o", markersize=4, label="validation loss (estimate)")
     if not train and not val:
         ax.text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=ax.transAxes, color="#6b7280",
                 fontsize=12)

@@ -507,7 +507,7 @@ def monitor_view(sh: Shared, run: str | None, last_count: Any):
     ck = f"step {ckpts[-1]:,}" if ckpts else "none yet"
     stats = [("Step", f["step"], "stat-step"), ("ETA", f["eta"] if live else "–", "stat-eta"),
              ("Tokens / s", f["tokens_per_s"], "stat-tps"), ("Loss", f["loss"], "stat-loss"),
-             ("Val loss", f["val_loss"], "stat-val"), ("Latest checkpoint", ck, "stat-ckpt")]
+             ("Val loss (estimate)", f["val_loss"], "stat-val"), ("Latest checkpoint", ck, "stat-ckpt")]
     cards = "".join(f'<div class="stat" id="{i}"><div class="label">{html.escape(k)}</div>'
                     f'<div class="value">{html.escape(v)}</div></div>' for k, v, i in stats)
     mem_line = (f'<div class="mem" id="stat-mem">Memory: machine RAM <b>{html.escape(mem["ram"])}</b>'
@@ -755,7 +755,7 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
     with gr.Row():
         gr.Markdown("### Local runs")
         refresh = gr.Button("Refresh", elem_id="models-refresh", size="sm", scale=0, min_width=110)
-    runs_df = gr.Dataframe(_runs_table(sh), headers=["run", "state", "step", "checkpoints", "best val loss"],
+    runs_df = gr.Dataframe(_runs_table(sh), headers=["run", "state", "step", "checkpoints", "best val loss (est.)"],
                            interactive=False, elem_id="runs-table", wrap=False)
     with gr.Row():
         # min_width: on a phone each picker takes a whole line instead of a truncated half
