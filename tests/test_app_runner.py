@@ -480,7 +480,7 @@ def test_the_hf_token_is_never_in_what_the_browser_receives(tmp_path, monkeypatc
 
     demo = build_app(tmp_path / "ws")
     config = json.dumps(demo.config, default=str)
-    assert "push-target" in config  # publishing to the Hugging Face Hub is offered ...
+    assert "push-target" in config and "push-private" in config  # the Hugging Face Hub is offered, private too ...
     assert "hf_never_shown_4242" not in config  # ... without the token ever reaching the page
 
 

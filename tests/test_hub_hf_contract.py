@@ -235,3 +235,16 @@ def test_contract_upload_version_is_refs_then_upload_then_tag(tmp_path):
     assert api.calls[-1][2]["revision"] == "a" * 40 and api.calls[-1][2]["tag"] == "8k"
     with pytest.raises(InvalidRepoId):
         hub.upload_version(repo_id="alice/m", folder_path=tmp_path, tag="HEAD")
+
+
+def test_contract_private_repo(tmp_path):
+    """--private reaches huggingface_hub's create_repo; the local hub, which has no accounts, refuses it."""
+    from openllm.hub import LocalHub, UnsupportedOperation
+
+    api = RecordingApi()
+    HfHub(token="hf_ok", api=api).create_repo(repo_id="alice/m", exist_ok=True, private=True)
+    assert api.calls[-1] == ("create_repo", ("alice/m",), {"repo_type": "model", "exist_ok": True, "token": "hf_ok",
+                                                          "private": True})
+    with pytest.raises(UnsupportedOperation, match="no private repositories"):
+        LocalHub(tmp_path / "hub").create_repo(repo_id="alice/m", private=True)
+    assert not (tmp_path / "hub").exists() or not any((tmp_path / "hub").rglob("HEAD"))

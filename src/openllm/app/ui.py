@@ -770,7 +770,11 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
         target = gr.Radio(["local hub", "Hugging Face Hub"], value="local hub", label="Publish to",
                           elem_id="push-target", visible=hf,
                           info="the Space's HF_TOKEN secret is used by the hub library; it is never shown")
-        license_ = gr.Textbox("gpl-3.0", label="License of the weights", elem_id="push-license", visible=hf)
+        license_ = gr.Textbox("", label="License of the weights", elem_id="push-license", visible=hf,
+                              placeholder="from the training data",
+                              info="empty: what the data allows (public domain for the embedded corpus)")
+        private = gr.Checkbox(False, label="Private repository", elem_id="push-private", visible=hf,
+                              info="a new repo is visible to its owner only")
         dataset = gr.Textbox("", label="Dataset", placeholder="owner/name", elem_id="push-dataset", visible=hf,
                              info="the data it was trained on, for the model card (optional)")
     with gr.Row():
@@ -824,12 +828,12 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
     dl_msg = gr.HTML("", elem_id="dl-msg")
     sha = gr.State(None)  # the weights' checksum the preview showed: a push publishes exactly that
 
-    def on_push(run_, step_, repo_, version_, expect, target_, license_value, dataset_):
+    def on_push(run_, step_, repo_, version_, expect, target_, license_value, dataset_, private_):
         try:
             req = parse_push_form(dict(run_name=run_, repo=repo_, version=version_))
             publish = {}
             if target_ == "Hugging Face Hub":
-                publish = {"hub": "hf", "license": (license_value or "").strip() or "gpl-3.0"}
+                publish = {"hub": "hf", "license": (license_value or "").strip() or None, "private": bool(private_)}
                 if (dataset_ or "").strip():
                     publish["datasets"] = [parse_repo(dataset_, "Dataset")]
             res = M.push_run(sh.ws, req, int(step_) if step_ else None, expect_sha256=expect, **publish)
@@ -846,7 +850,7 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
             return _err(exc)
         return _msg(f"Downloaded {ref} to {sh.ws.relative(folder)} in the workspace.", "ok")
 
-    push_event = push_btn.click(on_push, [run, step, repo, version, sha, target, license_, dataset],
+    push_event = push_btn.click(on_push, [run, step, repo, version, sha, target, license_, dataset, private],
                                 [push_msg, hub_df])
     dl_btn.click(on_download, dl_ref, dl_msg)
     handlers = {"sha": sha, "more": more, "push_btn": push_btn, "dl_btn": dl_btn, "push_event": push_event,

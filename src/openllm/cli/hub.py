@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     push.add_argument("--license", default=None,
                       help="license of the weights in the model card (default: from the training data: public "
                            "domain for the embedded corpus, else stated as unknown)")
+    push.add_argument("--private", action="store_true",
+                      help="create the repo private (Hugging Face only; the local hub has no accounts)")
     push.add_argument("--language", default="en", help="language in the model card (default en)")
     push.add_argument("--dataset", action="append", default=None, metavar="OWNER/NAME",
                       help="dataset repo the model was trained on (card metadata; repeatable)")
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.hub_command == "push":
         res = push_model(args.source, repo_id=args.repo, version=args.version, force=args.force, hub=args.hub,
                            license=args.license, language=args.language, datasets=args.dataset,
-                           commit_message=args.message, progress=True)
+                           commit_message=args.message, progress=True, private=args.private)
         print(f"pushed {res.repo_id}@{res.version} (commit {res.commit[:12]}, {len(res.files)} files) to {res.hub}")
         return 0
     if args.hub_command == "versions":

@@ -90,8 +90,11 @@ class Hub(abc.ABC):
     name: str = "hub"
 
     @abc.abstractmethod
-    def create_repo(self, *, repo_id: str, repo_type: str = "model", exist_ok: bool = False) -> str:
-        """Create an empty repository; return its URL (or path). Existing + ``exist_ok=False``: RepositoryExists."""
+    def create_repo(self, *, repo_id: str, repo_type: str = "model", exist_ok: bool = False,
+                    private: bool = False) -> str:
+        """Create an empty repository; return its URL (or path). Existing + ``exist_ok=False``: RepositoryExists.
+        ``private``: visible to its owner only, on hubs that have accounts (else UnsupportedOperation); an
+        existing repository keeps its visibility."""
 
     @abc.abstractmethod
     def repo_exists(self, *, repo_id: str, repo_type: str = "model") -> bool: ...

@@ -57,10 +57,13 @@ class HfHub(Hub):
 
     # --- repositories -------------------------------------------------------------------------------------
 
-    def create_repo(self, *, repo_id: str, repo_type: str = "model", exist_ok: bool = False) -> str:
+    def create_repo(self, *, repo_id: str, repo_type: str = "model", exist_ok: bool = False,
+                    private: bool = False) -> str:
         _check(repo_id, repo_type)
         token = self._write_token()
         extra = {"space_sdk": "gradio"} if repo_type == "space" else {}
+        if private:
+            extra["private"] = True
         with _mapped(repo_id):
             return str(self.api.create_repo(repo_id, repo_type=repo_type, exist_ok=exist_ok, token=token, **extra))
 

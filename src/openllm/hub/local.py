@@ -106,7 +106,11 @@ class LocalHub(Hub):
 
     # --- repositories -------------------------------------------------------------------------------------
 
-    def create_repo(self, *, repo_id: str, repo_type: str = "model", exist_ok: bool = False) -> str:
+    def create_repo(self, *, repo_id: str, repo_type: str = "model", exist_ok: bool = False,
+                    private: bool = False) -> str:
+        if private:
+            raise UnsupportedOperation("the local hub has no accounts, so no private repositories: anyone who can "
+                                       "read its folder can read every repo; use --hub hf for a private one")
         loc = self.repo_location(repo_id=repo_id, repo_type=repo_type)
         if self.root is None:
             if self.repo_exists(repo_id=repo_id, repo_type=repo_type):

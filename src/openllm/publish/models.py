@@ -79,10 +79,10 @@ def _stage(src: Path, kind: str, staging: Path) -> None:
 def push_model(source: str | Path, *, repo_id: str, version: str | None = None, force: bool = False,
                hub: Any = None, license: str | None = None, language: str = "en",
                datasets: list[str] | None = None, commit_message: str | None = None,
-               progress: bool = False) -> PushResult:
+               progress: bool = False, private: bool = False) -> PushResult:
     """Push a run (its latest checkpoint) or an export folder to ``repo_id`` as version ``version`` (default:
     the step in thousands, e.g. ``7k``). An existing version is refused unless ``force``; the commit and the
-    version land together or not at all."""
+    version land together or not at all. ``private``: a new repo is created private (Hugging Face only)."""
     validate_repo_id(repo_id)
     if version is not None:
         validate_version(version)
@@ -104,7 +104,7 @@ def push_model(source: str | Path, *, repo_id: str, version: str | None = None, 
                              f"--version, or replace it with --force")
     if not exists:
         try:
-            h.create_repo(repo_id=repo_id, repo_type="model", exist_ok=True)
+            h.create_repo(repo_id=repo_id, repo_type="model", exist_ok=True, private=private)
         except UnsupportedOperation:
             raise RepositoryNotFound(f"model repo {repo_id} does not exist on {h.describe()} and cannot be created "
                                      f"from here; create it on the server first") from None
