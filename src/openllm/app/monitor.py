@@ -3,13 +3,13 @@ tail and the memory in use. No Gradio here; :mod:`ui` only displays these."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..metrics import finite_number
 from ..rundir import read_metrics
 
 __all__ = ["Progress", "progress", "format_duration", "loss_figure", "tail_log", "memory_usage",
@@ -38,9 +38,6 @@ def _tokens_per_step(run_dir: Path) -> int | None:
         return None
 
 
-def _finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
-
 
 def progress(run_dir: Path, status: dict[str, Any] | None = None,
              metrics: list[dict[str, Any]] | None = None) -> Progress:
@@ -56,9 +53,9 @@ def progress(run_dir: Path, status: dict[str, Any] | None = None,
         except (OSError, ValueError, KeyError, TypeError):
             max_steps = None
     max_steps = int(max_steps) if max_steps else None
-    train = [r for r in metrics if _finite(r.get("loss")) is not None]
-    vals = [r for r in metrics if _finite(r.get("val_loss")) is not None]
-    recent = [_finite(r.get("tokens_per_s")) for r in train[-5:]]
+    train = [r for r in metrics if finite_number(r.get("loss")) is not None]
+    vals = [r for r in metrics if finite_number(r.get("val_loss")) is not None]
+    recent = [finite_number(r.get("tokens_per_s")) for r in train[-5:]]
     recent = [x for x in recent if x]
     tps = sum(recent) / len(recent) if recent else None
     eta = None
@@ -67,9 +64,9 @@ def progress(run_dir: Path, status: dict[str, Any] | None = None,
         eta = max(0, max_steps - step) * per_step / tps
     fraction = min(1.0, step / max_steps) if max_steps else 0.0
     return Progress(step=step, max_steps=max_steps, fraction=fraction, tokens_per_s=tps, eta_s=eta,
-                    loss=_finite(train[-1]["loss"]) if train else None,
-                    val_loss=_finite(vals[-1]["val_loss"]) if vals else None,
-                    lr=_finite(train[-1].get("lr")) if train else None)
+                    loss=finite_number(train[-1]["loss"]) if train else None,
+                    val_loss=finite_number(vals[-1]["val_loss"]) if vals else None,
+                    lr=finite_number(train[-1].get("lr")) if train else None)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -105,8 +102,8 @@ def loss_figure(metrics: list[dict[str, Any]], title: str = ""):
     # 5.2 in wide with 13-14 pt text: still about 11 px text when a phone shows it 330 px wide
     fig = Figure(figsize=(5.2, 3.0), dpi=110, layout="constrained")
     ax = fig.add_subplot()
-    train = [(r["step"], _finite(r.get("loss"))) for r in metrics if _finite(r.get("loss")) is not None]
-    val = [(r["step"], _finite(r.get("val_loss"))) for r in metrics if _finite(r.get("val_loss")) is not None]
+    train = [(r["step"], finite_number(r.get("loss"))) for r in metrics if finite_number(r.get("loss")) is not None]
+    val = [(r["step"], finite_number(r.get("val_loss"))) for r in metrics if finite_number(r.get("val_loss")) is not None]
     if train:
         ax.plot(*zip(*train), color="#2563eb", linewidth=1.6, label="training loss")
     if val:

@@ -3,12 +3,12 @@ with the run), export it into the workspace and as a zip, and draw several runs'
 No Gradio here."""
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ..errors import OpenLLMError
+from ..metrics import finite_number
 from ..rundir import latest_checkpoint, read_evaluation, read_metrics
 from .forms import FormError
 from .workspace import Workspace, WorkspaceError, check_name
@@ -91,9 +91,6 @@ def export_run(ws: Workspace, run: str, choice: str) -> tuple[Path, Path]:
     return out, archive
 
 
-def _finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
-
 
 def _figure(height: float = 3.4):
     import matplotlib
@@ -113,8 +110,8 @@ def compare_figure(ws: Workspace, runs: list[str]):
     for i, run in enumerate(runs or []):
         metrics = read_metrics(ws.run_dir(run))
         color = colors[i % len(colors)]
-        train = [(r["step"], _finite(r.get("loss"))) for r in metrics if _finite(r.get("loss")) is not None]
-        val = [(r["step"], _finite(r.get("val_loss"))) for r in metrics if _finite(r.get("val_loss")) is not None]
+        train = [(r["step"], finite_number(r.get("loss"))) for r in metrics if finite_number(r.get("loss")) is not None]
+        val = [(r["step"], finite_number(r.get("val_loss"))) for r in metrics if finite_number(r.get("val_loss")) is not None]
         if train:
             ax.plot(*zip(*train), color=color, linewidth=1.5, label=run)
             drawn = True
@@ -136,8 +133,8 @@ def curves_figure(ws: Workspace, run: str | None):
     fig = _figure(4.4)
     ax_lr, ax_gn = fig.subplots(2, 1, sharex=True)
     metrics = read_metrics(ws.run_dir(run)) if run else []
-    lr = [(r["step"], _finite(r.get("lr"))) for r in metrics if _finite(r.get("lr")) is not None]
-    gn = [(r["step"], _finite(r.get("grad_norm"))) for r in metrics if _finite(r.get("grad_norm")) is not None]
+    lr = [(r["step"], finite_number(r.get("lr"))) for r in metrics if finite_number(r.get("lr")) is not None]
+    gn = [(r["step"], finite_number(r.get("grad_norm"))) for r in metrics if finite_number(r.get("grad_norm")) is not None]
     if lr:
         ax_lr.plot(*zip(*lr), color="#16a34a", linewidth=1.6)
     if gn:
