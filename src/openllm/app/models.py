@@ -153,16 +153,22 @@ class PushPreview:
                 f"weights sha256 {self.sha256[:16]}…")
 
 
+def workspace_run(ws: Workspace, run: str | None) -> tuple[str, Path]:
+    """(name, folder) of a run the user picked, or a FormError: a bad name, or no such run in the workspace."""
+    try:
+        name = check_name(run or "", "Run")
+    except WorkspaceError as exc:
+        raise FormError("Run", str(exc)) from None
+    run_dir = ws.run_dir(name)
+    if not run_dir.is_dir() or not ws.contains(run_dir):
+        raise FormError("Run", f"{name!r} is not in the workspace")
+    return name, run_dir
+
+
 def push_preview(ws: Workspace, run: str, step: int | None = None) -> PushPreview:
     """What pushing run ``run`` at checkpoint ``step`` (default: its latest) publishes; refuses runs that are
     training or have no checkpoint."""
-    try:
-        run = check_name(run or "", "Run")
-    except WorkspaceError as exc:
-        raise FormError("Run", str(exc)) from None
-    run_dir = ws.run_dir(run)
-    if not run_dir.is_dir() or not ws.contains(run_dir):
-        raise FormError("Run", f"{run!r} is not in the workspace")
+    run, run_dir = workspace_run(ws, run)
     st = run_status(ws, run)
     if st.active:
         raise FormError("Run", f"{run!r} is still training; stop it or wait until it finishes")

@@ -11,7 +11,8 @@ from ..errors import OpenLLMError
 from ..metrics import finite_number
 from ..rundir import latest_checkpoint, read_evaluation, read_metrics
 from .forms import FormError
-from .workspace import Workspace, WorkspaceError, check_name
+from .models import workspace_run
+from .workspace import Workspace, WorkspaceError
 
 __all__ = ["EXPORT_CHOICES", "evaluate_run", "evaluation_markdown", "export_run", "compare_figure",
            "curves_figure"]
@@ -27,13 +28,7 @@ EXPORT_CHOICES = {
 
 
 def _run_dir(ws: Workspace, run: str | None) -> Path:
-    try:
-        name = check_name(run or "", "Run")
-    except WorkspaceError as exc:
-        raise FormError("Run", str(exc)) from None
-    run_dir = ws.run_dir(name)
-    if not run_dir.is_dir() or not ws.contains(run_dir):
-        raise FormError("Run", f"{name!r} is not in the workspace")
+    name, run_dir = workspace_run(ws, run)
     if latest_checkpoint(run_dir) is None:
         raise FormError("Run", f"{name!r} has no checkpoint yet")
     return run_dir
