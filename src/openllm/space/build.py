@@ -213,7 +213,7 @@ def render(manifest: Manifest) -> BuildResult:
     imports = third_party(index, sorted(index.paths), project_names)
     if index.used != cache:
         _save_import_cache(index.used)
-    reqs, req_notes = requirements(imports, pyproject)
+    reqs, req_notes = requirements(imports, pyproject, manifest.data_packages)
     notes += req_notes
     if "requirements.txt" in manifest.generated:
         contents["requirements.txt"] = (templates.REQUIREMENTS_HEADER + "\n".join(reqs) + "\n").encode()

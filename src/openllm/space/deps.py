@@ -286,8 +286,10 @@ def distribution_for(module: str, declared: Iterable[str] = (), *, search: bool 
     return _norm(parts[0])
 
 
-def requirements(imports: Mapping[str, list[tuple[str, int, bool]]], pyproject: Mapping) -> tuple[list[str], list[str]]:
-    """Requirement lines for ``imports`` (from ``third_party``), with pyproject's specifiers.
+def requirements(imports: Mapping[str, list[tuple[str, int, bool]]], pyproject: Mapping,
+                 data_packages: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    """Requirement lines for ``imports`` (from ``third_party``) and the ``data_packages`` the code reads without
+    importing them, with pyproject's specifiers.
 
     Returns (lines, notes). An unguarded import that pyproject does not declare raises ``MissingModule``
     naming the importer; a guarded (optional) one is left out with a note.
@@ -322,6 +324,12 @@ def requirements(imports: Mapping[str, list[tuple[str, int, bool]]], pyproject: 
         lines.setdefault(dist, dist)
         notes.append(f"{path}:{line} imports {module}, which pyproject.toml does not declare: listed as "
                      f"{dist!r} without a version range; declare it in [project] dependencies")
+    for dist in data_packages:
+        key = _norm(dist)
+        if key not in declared:
+            raise MissingModule(f"space.toml's [requirements] data_packages names {dist!r}, which pyproject.toml "
+                                f"does not declare: add it to [project] dependencies")
+        lines[key] = declared[key]
     return [lines[k] for k in sorted(lines)], notes
 
 

@@ -114,6 +114,8 @@ class Manifest:
     package_name: str = "training"
     readme: dict[str, Any] = field(default_factory=dict)
     app_module: str = "training.app"
+    # distributions the package reads as data (importlib.metadata), which no import statement names
+    data_packages: list[str] = field(default_factory=list)
 
     # ---- what is synced
     def is_never(self, rel: str) -> bool:
@@ -193,7 +195,8 @@ def parse_manifest(data: dict[str, Any], root: Path) -> Manifest:
     m = Manifest(root=root, rules=rules, never=list(never.get("paths", [])), ignore=list(never.get("ignore", [])),
                  generated=dict(generated), space_id=space.get("id", ""),
                  package=space.get("package", "src/openllm"), package_name=space.get("package_name", "training"),
-                 readme=readme, app_module=data.get("app", {}).get("module", "training.app"))
+                 readme=readme, app_module=data.get("app", {}).get("module", "training.app"),
+                 data_packages=list(data.get("requirements", {}).get("data_packages", [])))
     for rule in rules:  # a rule that could only match never-synced files is a mistake worth saying
         if rule.is_literal and m.is_never(rule.source):
             _fail(f"the rule {rule.source!r} names a never-synced path")
