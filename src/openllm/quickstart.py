@@ -243,4 +243,4 @@ def _print_summary(say, out: Path, paths: dict[str, Path], val_loss: float, uni:
     run = paths.get("run")
     if run is not None:
         say(f"\nnext: openllm generate {run} --prompt 'In the beginning'   |   "
-            f"openllm train --config configs/tiny.json --data {paths['tokens']} --out {run} --max-steps 2000")
+            f"openllm train --config tiny --data {paths['tokens']} --out {run} --max-steps 2000")

@@ -231,7 +231,7 @@ def resolve_run(
             raise OpenLLMError(f"--config's model shape differs from the checkpoint's in {resume_from}: "
                                f"resume without --config, or train into another --out folder")
     elif config is None:
-        raise OpenLLMError(f"give a config (e.g. --config configs/tiny.json): {out} has no checkpoint to resume")
+        raise OpenLLMError(f"give a config (e.g. --config tiny): {out} has no checkpoint to resume")
     else:
         base = _as_config(config)
 
