@@ -90,30 +90,17 @@ def run_task_chat(model, tokenizer, task, *, max_len: int, limit: int | None = N
     with the highest log-likelihood (``acc``), or per byte (``acc_norm``), as :func:`~.tasks.run_task` does in
     base form. A last-word task scores whether the greedy reply is the word (``acc``) and its perplexity."""
     from ..conversations import encode_rendered
-    from . import metrics
-    from .tasks import loglikelihoods
+    from .tasks import run_task
 
-    task = task.head(limit)
-    if not task.items:
-        raise OpenLLMError(f"task {task.name!r} has no items")
-    requests, owners = [], []
-    for k, item in enumerate(task.items):
-        prompt = tokenizer.encode_chat([{"role": "user", "content": item.context}], add_generation_prompt=True)
-        for c in item.choices:
-            requests.append((prompt, encode_rendered(tokenizer, " " + c.strip())))
-            owners.append(k)
-    scored = loglikelihoods(model, requests, max_len=max_len, batch_size=batch_size, desc=task.name)
-    per_item: list[list[tuple[float, bool]]] = [[] for _ in task.items]
-    for k, sc in zip(owners, scored):
-        per_item[k].append(sc)
-    n = len(task.items)
-    if task.kind == "last_word":
-        lls = [sc[0][0] for sc in per_item]
-        return {"acc": metrics.accuracy(sc[0][1] for sc in per_item), "ppl": metrics.item_perplexity(lls), "n": n}
-    hits = [metrics.choice_prediction([ll for ll, _ in sc]) == item.label for item, sc in zip(task.items, per_item)]
-    norm = [metrics.choice_prediction([ll for ll, _ in sc], item.lengths) == item.label
-            for item, sc in zip(task.items, per_item)]
-    return {"acc": metrics.accuracy(hits), "acc_norm": metrics.accuracy(norm), "n": n}
+    prompts: dict[str, list[int]] = {}
+
+    def encode(item, choice: str):
+        if item.context not in prompts:
+            prompts[item.context] = tokenizer.encode_chat([{"role": "user", "content": item.context}],
+                                                          add_generation_prompt=True)
+        return prompts[item.context], encode_rendered(tokenizer, " " + choice.strip())
+
+    return run_task(model, tokenizer, task, max_len=max_len, limit=limit, batch_size=batch_size, encode=encode)
 
 
 def _tasks(lm, tasks, limit) -> dict[str, Any]:

@@ -154,15 +154,20 @@ def loglikelihoods(model, requests: Sequence[tuple[list[int], list[int]]], *, ma
 
 
 def run_task(model, tokenizer, task: Task, *, max_len: int, limit: int | None = None,
-             batch_size: int | None = None, progress: bool = False) -> dict:
-    """Metrics of one task: last_word -> {acc, ppl, n}; choice -> {acc, acc_norm, n}."""
+             batch_size: int | None = None, progress: bool = False, encode=None) -> dict:
+    """Metrics of one task: last_word -> {acc, ppl, n}; choice -> {acc, acc_norm, n}. ``encode(item, choice)``
+    gives the (context ids, continuation ids) to score; the default is the base form (context, delimiter,
+    choice)."""
     task = task.head(limit)
     if not task.items:
         raise OpenLLMError(f"task {task.name!r} has no items")
+    if encode is None:
+        def encode(item: Item, choice: str):
+            return encode_pair(tokenizer, item.context, task.delimiter + choice)
     requests, owners = [], []
     for k, item in enumerate(task.items):
         for c in item.choices:
-            requests.append(encode_pair(tokenizer, item.context, task.delimiter + c))
+            requests.append(encode(item, c))
             owners.append(k)
     scored = loglikelihoods(model, requests, max_len=max_len, batch_size=batch_size, progress=progress,
                             desc=task.name)
