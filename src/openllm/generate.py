@@ -10,7 +10,8 @@ import torch
 
 from .model import Transformer
 
-__all__ = ["SamplingParams", "generate", "stream", "iter_steps", "generate_text", "stream_text", "TokenizerLike"]
+__all__ = ["SamplingParams", "generate", "stream", "iter_steps", "generate_text", "stream_text", "TextStream",
+           "TokenizerLike"]
 
 
 class TokenizerLike(Protocol):
@@ -193,16 +194,29 @@ def stream_text(model: Transformer, tokenizer: TokenizerLike, prompt: str,
                 params: SamplingParams | None = None) -> Iterator[str]:
     """Stream the completion of one prompt as text pieces (decoded incrementally, so multi-byte characters
     split across tokens come out whole)."""
-    params = _with_eos_stop(tokenizer, params)
-    ids: list[int] = []
-    emitted = ""
-    for t in stream(model, tokenizer.encode(prompt), params):
-        if t in params.stop_tokens:
-            break
-        ids.append(t)
-        text = tokenizer.decode(ids)
-        if text.endswith("\ufffd"):
-            continue  # an incomplete UTF-8 sequence; wait for the rest
-        if len(text) > len(emitted):
-            yield text[len(emitted):]
-            emitted = text
+    yield from TextStream(model, tokenizer, tokenizer.encode(prompt), _with_eos_stop(tokenizer, params))
+
+
+class TextStream:
+    """The text pieces of one sequence as its tokens arrive, decoded incrementally (a multi-byte character
+    split across tokens comes out whole); once iterated, ``stopped`` says whether it ended at one of
+    ``params.stop_tokens`` (rather than at ``max_new_tokens``)."""
+
+    def __init__(self, model: Transformer, tokenizer: TokenizerLike, ids: list[int], params: SamplingParams) -> None:
+        self.model, self.tokenizer, self.ids, self.params = model, tokenizer, ids, params
+        self.stopped = False
+
+    def __iter__(self) -> Iterator[str]:
+        out: list[int] = []
+        emitted = ""
+        for t in stream(self.model, self.ids, self.params):
+            if t in self.params.stop_tokens:
+                self.stopped = True
+                return
+            out.append(t)
+            text = self.tokenizer.decode(out)
+            if text.endswith("\ufffd"):
+                continue  # an incomplete UTF-8 sequence; wait for the rest
+            if len(text) > len(emitted):
+                yield text[len(emitted):]
+                emitted = text

@@ -184,25 +184,17 @@ def stream_reply(loaded: Any, prompt: ChatPrompt, *, temperature: float = 0.7, t
                  seed: int | None = None) -> Iterator[tuple[str, bool]]:
     """(the reply so far, whether it ended its turn) as tokens arrive; generation stops at EOS (the end of an
     assistant turn in the template) or after ``prompt.max_new_tokens``."""
-    from ..generate import SamplingParams, stream
+    from ..generate import SamplingParams, TextStream
 
     tok = loaded.tokenizer
     params = SamplingParams(max_new_tokens=prompt.max_new_tokens, temperature=temperature, top_p=top_p,
                             seed=seed, stop_tokens=(tok.eos_id,))
-    out: list[int] = []
+    pieces = TextStream(loaded.model, tok, prompt.ids, params)
     emitted = ""
-    for t in stream(loaded.model, prompt.ids, params):
-        if t == tok.eos_id:
-            yield emitted, True
-            return
-        out.append(t)
-        text = tok.decode(out)
-        if text.endswith("\ufffd"):
-            continue  # an incomplete UTF-8 sequence; wait for the rest
-        if len(text) > len(emitted):
-            emitted = text
-            yield emitted, False
-    yield emitted, False
+    for piece in pieces:
+        emitted += piece
+        yield emitted, False
+    yield emitted, pieces.stopped
 
 
 def stream_chat(loaded: Any, history: Sequence[dict], system: str = "", *, max_new_tokens: int = 128,
