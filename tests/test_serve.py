@@ -35,6 +35,20 @@ def client(server):
         yield c
 
 
+def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 60) -> None:
+    """Until a real `openllm serve` answers /health with 200 (it exits or times out: the test fails)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
 def expected_greedy(lm, prompt: str, n: int) -> tuple[str, int]:
     """The library's greedy continuation of ``prompt`` (n tokens) as text, and the prompt's token count."""
     tok = lm.tokenizer
@@ -355,16 +369,7 @@ def test_cli_serve(serve_run):
                             text=True, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        _wait_healthy(proc, url)
         assert httpx.get(url + "/v1/models").status_code == 401
         models = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k"}).json()
         assert models["data"][0]["id"] == serve_run.name
@@ -629,16 +634,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(serve_run):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        _wait_healthy(proc, url)
         result = {}
         started = threading.Event()
 
