@@ -11,6 +11,7 @@ Tokens/s counts new tokens of the whole batch (prompt pass included) per CPU sec
 thread: the engine's own work, robust to other processes on a shared machine); the wall-clock ratio is
 printed beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,11 @@ def main(argv=None) -> int:
     transformers.logging.set_verbosity_error()
     engines = args.engines.split(",")
     rows = []
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {args.threads}, "
-          f"prompt {args.prompt_len} + {args.new_tokens} new tokens, median of {args.repeats}", flush=True)
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, threads {args.threads}, "
+        f"prompt {args.prompt_len} + {args.new_tokens} new tokens, median of {args.repeats}",
+        flush=True,
+    )
     for shape in args.shapes.split(","):
         loaded = build(shape, args.seed)
         c = loaded.config.model
@@ -92,9 +96,16 @@ def main(argv=None) -> int:
 
             def theirs():
                 with torch.no_grad():
-                    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=N, min_new_tokens=N,
-                                      do_sample=False, eos_token_id=None, pad_token_id=0)
-                return out[:, args.prompt_len:].tolist()
+                    out = hf.generate(
+                        ids,
+                        attention_mask=torch.ones_like(ids),
+                        max_new_tokens=N,
+                        min_new_tokens=N,
+                        do_sample=False,
+                        eos_token_id=None,
+                        pad_token_id=0,
+                    )
+                return out[:, args.prompt_len :].tolist()
 
             def onnx():
                 return ort_runner.generate(prompts, N)
@@ -117,16 +128,25 @@ def main(argv=None) -> int:
             tps = {k: B * N / statistics.median(v) for k, v in cpu.items()}
             best = {k: B * N / statistics.median(v) for k, v in times.items()}
             same = {k: outputs[k] == outputs["ours"] for k in outputs if k != "ours" and "ours" in outputs}
-            row = {"shape": shape, "batch": B, "tokens_per_cpu_s": tps, "tokens_per_wall_s": best,
-                   "same_tokens_as_ours": same, "wall_seconds": times, "cpu_seconds": cpu}
+            row = {
+                "shape": shape,
+                "batch": B,
+                "tokens_per_cpu_s": tps,
+                "tokens_per_wall_s": best,
+                "same_tokens_as_ours": same,
+                "wall_seconds": times,
+                "cpu_seconds": cpu,
+            }
             rows.append(row)
             ratio = {k: tps["ours"] / tps[k] for k in tps if k != "ours" and "ours" in tps}
             cells = "  ".join(f"{k} {v:7.1f}" for k, v in tps.items())
             rats = "  ".join(f"ours/{k} {v:.2f}x" for k, v in ratio.items())
             wall_ratio = {k: best["ours"] / best[k] for k in best if k != "ours" and "ours" in best}
             rats += "  (wall clock: " + ", ".join(f"{v:.2f}x" for v in wall_ratio.values()) + ")"
-            print(f"{shape:6s} batch {B:2d}  tok/CPU-s: {cells}  |  {rats}  | same tokens: "
-                  f"{all(same.values())}", flush=True)
+            print(
+                f"{shape:6s} batch {B:2d}  tok/CPU-s: {cells}  |  {rats}  | same tokens: {all(same.values())}",
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0

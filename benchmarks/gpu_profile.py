@@ -3,6 +3,7 @@ the same step as `openllm train` (autocast forward + loss, backward, clipping, f
 
     python benchmarks/gpu_profile.py --config medium --batch 32 --seq-len 1024
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,9 +13,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from openllm.config import load_config  # noqa: E402
-from openllm.model import Transformer  # noqa: E402
-from openllm.optim import build_optimizer  # noqa: E402
+from openllm.config import load_config
+from openllm.model import Transformer
+from openllm.optim import build_optimizer
 
 
 def main() -> None:
@@ -53,16 +54,21 @@ def main() -> None:
             step()
         torch.cuda.synchronize()
     events = prof.key_averages()
+
     def self_us(e) -> float:
         return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0))
 
     total = sum(self_us(e) for e in events) or 1.0
-    print(f"{args.config} b{args.batch} x {args.seq_len}: top kernels over {args.steps} steps "
-          f"(GPU time {total / 1e3 / args.steps:.1f} ms/step)")
+    print(
+        f"{args.config} b{args.batch} x {args.seq_len}: top kernels over {args.steps} steps "
+        f"(GPU time {total / 1e3 / args.steps:.1f} ms/step)"
+    )
     rows = sorted((e for e in events if self_us(e) > 0), key=lambda e: -self_us(e))
     for e in rows[: args.rows]:
-        print(f"  {100 * self_us(e) / total:5.1f}%  {self_us(e) / 1e3 / args.steps:7.2f} ms/step  "
-              f"x{e.count // args.steps:<4} {e.key[:90]}")
+        print(
+            f"  {100 * self_us(e) / total:5.1f}%  {self_us(e) / 1e3 / args.steps:7.2f} ms/step  "
+            f"x{e.count // args.steps:<4} {e.key[:90]}"
+        )
 
 
 if __name__ == "__main__":

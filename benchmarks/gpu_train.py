@@ -7,6 +7,7 @@ shapes and optimizer.
 
     python benchmarks/gpu_train.py --config medium --batch 16 --steps 60 --compile
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,17 @@ def make_random_data(out: Path, vocab: int, train_tokens: int, val_tokens: int, 
     dtype = np.uint16 if vocab <= 65535 else np.uint32
     rng.integers(0, vocab, train_tokens, dtype=dtype).tofile(out / "train_000.bin")
     rng.integers(0, vocab, val_tokens, dtype=dtype).tofile(out / "val_000.bin")
-    meta = {"vocab_size": vocab, "dtype": np.dtype(dtype).name, "eos_id": 3, "tokenizer_sha256": None,
-            "splits": {"train": {"shards": ["train_000.bin"], "tokens": train_tokens, "documents": 1},
-                       "val": {"shards": ["val_000.bin"], "tokens": val_tokens, "documents": 1}},
-            "sources": {"random": {"seed": seed}}}
+    meta = {
+        "vocab_size": vocab,
+        "dtype": np.dtype(dtype).name,
+        "eos_id": 3,
+        "tokenizer_sha256": None,
+        "splits": {
+            "train": {"shards": ["train_000.bin"], "tokens": train_tokens, "documents": 1},
+            "val": {"shards": ["val_000.bin"], "tokens": val_tokens, "documents": 1},
+        },
+        "sources": {"random": {"seed": seed}},
+    }
     (out / "meta.json").write_text(json.dumps(meta))
     return out
 
@@ -48,14 +56,46 @@ def steady_state(metrics: list[dict], skip_steps: int) -> dict:
     return {"tokens_per_s": tps, "mfu": float(np.median(mfu)) if mfu else None, "intervals": len(rows)}
 
 
-def run_openllm_train(config: str, data: Path, out: Path, *, steps: int, batch: int, seq: int, accum: int,
-                      compile: bool, extra_sets: list[str]) -> dict:
-    sets = [f"train.micro_batch_size={batch}", f"train.grad_accum_steps={accum}", f"train.seq_len={seq}",
-            f"train.eval_every={steps}", "train.eval_batches=4", f"train.save_every={steps}", "train.log_every=5",
-            "train.warmup_steps=10", *extra_sets]
-    cmd = [sys.executable, "-m", "openllm", "train", "--config", config, "--data", str(data), "--out", str(out),
-           "--max-steps", str(steps), "--no-progress", "--vocab-from-data",
-           "--compile" if compile else "--no-compile"]
+def run_openllm_train(
+    config: str,
+    data: Path,
+    out: Path,
+    *,
+    steps: int,
+    batch: int,
+    seq: int,
+    accum: int,
+    compile: bool,
+    extra_sets: list[str],
+) -> dict:
+    sets = [
+        f"train.micro_batch_size={batch}",
+        f"train.grad_accum_steps={accum}",
+        f"train.seq_len={seq}",
+        f"train.eval_every={steps}",
+        "train.eval_batches=4",
+        f"train.save_every={steps}",
+        "train.log_every=5",
+        "train.warmup_steps=10",
+        *extra_sets,
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "openllm",
+        "train",
+        "--config",
+        config,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--no-progress",
+        "--vocab-from-data",
+        "--compile" if compile else "--no-compile",
+    ]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.time()
@@ -78,8 +118,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--set", action="append", default=[], help="extra config overrides for openllm train")
-    ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run the transformers baseline (benchmarks/train_throughput.py)")
+    ap.add_argument(
+        "--peer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the transformers baseline (benchmarks/train_throughput.py)",
+    )
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
 
@@ -91,15 +135,39 @@ def main() -> None:
         tmp = Path(tmp)
         n_train = args.batch * args.seq_len * args.accum * (args.steps + 5) + 1
         data = make_random_data(tmp / "data", cfg.model.vocab_size, n_train, args.seq_len * args.batch * 8)
-        ours = run_openllm_train(args.config, data, tmp / "run", steps=args.steps, batch=args.batch,
-                                 seq=args.seq_len, accum=args.accum, compile=args.compile, extra_sets=args.set)
+        ours = run_openllm_train(
+            args.config,
+            data,
+            tmp / "run",
+            steps=args.steps,
+            batch=args.batch,
+            seq=args.seq_len,
+            accum=args.accum,
+            compile=args.compile,
+            extra_sets=args.set,
+        )
     results = {"config": args.config, "batch": args.batch, "seq_len": args.seq_len, "openllm_train": ours}
-    print(f"openllm train  {args.config} b{args.batch} x {args.seq_len}: {ours['tokens_per_s']:,.0f} tokens/s"
-          + (f", MFU {ours['mfu']:.1%}" if ours["mfu"] else "") + f" (wall {ours['wall_s']:.0f} s)")
+    print(
+        f"openllm train  {args.config} b{args.batch} x {args.seq_len}: {ours['tokens_per_s']:,.0f} tokens/s"
+        + (f", MFU {ours['mfu']:.1%}" if ours["mfu"] else "")
+        + f" (wall {ours['wall_s']:.0f} s)"
+    )
     if args.peer:
-        cmd = [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--config", args.config,
-               "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--only", "hf",
-               "--compile" if args.compile else "--no-compile", "--json", "-"]
+        cmd = [
+            sys.executable,
+            str(REPO / "benchmarks" / "train_throughput.py"),
+            "--config",
+            args.config,
+            "--batch",
+            str(args.batch),
+            "--seq-len",
+            str(args.seq_len),
+            "--only",
+            "hf",
+            "--compile" if args.compile else "--no-compile",
+            "--json",
+            "-",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
         print(proc.stdout[-4000:], proc.stderr[-2000:] if proc.returncode else "")
         try:

@@ -7,9 +7,11 @@ Measured for PyTorch (``openllm.export.quantize.quantize_int8``) and, with ``--o
 (``quantize_onnx_int8`` on the ONNX export): the validation loss over the same windows, the forward-pass
 throughput (batch x sequence tokens scored per second) and greedy generation tokens/s at batch 1. Engines take
 turns ``--repeats`` times; medians are reported, per CPU second of this process (one thread by default), which
-other processes on a shared machine disturb far less than wall time. With random weights the loss change only measures how far
+other processes on a shared machine disturb far less than wall time. With random weights the loss change only
+measures how far
 int8 moves the logits; give a trained model for a meaningful figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,11 +49,16 @@ def windows(args, loaded):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", nargs="?", default=None, help="run, export or OWNER/NAME@VERSION (default: small "
-                                                           "shape, random weights)")
+    ap.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="run, export or OWNER/NAME@VERSION (default: small shape, random weights)",
+    )
     ap.add_argument("--shape", default="small", help="preset for random weights when no model is given")
-    ap.add_argument("--text", default=None, help="held-out text for the validation loss (.txt, or a prepared "
-                                                 "corpus' val.jsonl)")
+    ap.add_argument(
+        "--text", default=None, help="held-out text for the validation loss (.txt, or a prepared corpus' val.jsonl)"
+    )
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4)
@@ -80,8 +87,14 @@ def main(argv=None) -> int:
 
         cfg = load_config(args.shape)
         torch.manual_seed(0)
-        loaded = LoadedModel(model=Transformer(cfg.model).eval(), tokenizer=None, config=cfg, source=args.shape,
-                             path=Path(args.shape), kind="native")
+        loaded = LoadedModel(
+            model=Transformer(cfg.model).eval(),
+            tokenizer=None,
+            config=cfg,
+            source=args.shape,
+            path=Path(args.shape),
+            kind="native",
+        )
         what = f"{args.shape} shape, random weights"
     fp32 = loaded.model
     int8 = quantize_int8(fp32)
@@ -92,7 +105,7 @@ def main(argv=None) -> int:
         total, n = 0.0, 0
         with torch.no_grad():
             for i in range(0, len(data), args.batch):
-                x = data[i:i + args.batch]
+                x = data[i : i + args.batch]
                 logits = model(x[:, :-1])
                 total += F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum").item()
                 n += x[:, 1:].numel()
@@ -117,7 +130,7 @@ def main(argv=None) -> int:
     results = {k: {"loss": val_loss(m)} for k, m in engines.items()}
     fwd = {k: [] for k in engines}
     gen = {k: [] for k in engines}
-    for k, m in engines.items():  # warm-up
+    for m in engines.values():  # warm-up
         forward_speed(m), gen_speed(m)
     for _ in range(args.repeats):
         for k, m in engines.items():
@@ -145,15 +158,17 @@ def main(argv=None) -> int:
 
             def run(x):
                 B, T = x.shape
-                feeds = {"input_ids": x.numpy(), "attention_mask": np.ones((B, T), np.int64),
-                         "position_ids": np.tile(np.arange(T), (B, 1)),
-                         **{n: np.zeros((B, c.n_kv_heads, 0, c.head_dim), np.float32)
-                            for n in past_names(c.n_layers)[0]}}
+                feeds = {
+                    "input_ids": x.numpy(),
+                    "attention_mask": np.ones((B, T), np.int64),
+                    "position_ids": np.tile(np.arange(T), (B, 1)),
+                    **{n: np.zeros((B, c.n_kv_heads, 0, c.head_dim), np.float32) for n in past_names(c.n_layers)[0]},
+                }
                 return torch.from_numpy(sess.run(["logits"], feeds)[0])
 
             total, n = 0.0, 0
             for i in range(0, len(data), args.batch):
-                x = data[i:i + args.batch]
+                x = data[i : i + args.batch]
                 total += F.cross_entropy(run(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten(), reduction="sum").item()
                 n += x[:, 1:].numel()
             x = data[: args.batch, :-1]
@@ -171,19 +186,26 @@ def main(argv=None) -> int:
                 t = time.process_time()
                 runner.generate(prompt, args.new_tokens)
                 gs.append(args.new_tokens / (time.process_time() - t))
-            results[name] = {"loss": total / n, "forward_tok_s": statistics.median(speeds),
-                             "generate_tok_s": statistics.median(gs)}
+            results[name] = {
+                "loss": total / n,
+                "forward_tok_s": statistics.median(speeds),
+                "generate_tok_s": statistics.median(gs),
+            }
 
     print(f"{'engine':18s} {'val loss':>9s} {'ppl':>9s} {'forward tok/s':>14s} {'generate tok/s':>15s}")
     for k, r in results.items():
-        print(f"{k:18s} {r['loss']:9.4f} {math.exp(min(r['loss'], 50)):9.2f} {r['forward_tok_s']:14.1f} "
-              f"{r['generate_tok_s']:15.1f}")
+        print(
+            f"{k:18s} {r['loss']:9.4f} {math.exp(min(r['loss'], 50)):9.2f} {r['forward_tok_s']:14.1f} "
+            f"{r['generate_tok_s']:15.1f}"
+        )
     for base, q in (("torch fp32", "torch int8"), ("onnxruntime fp32", "onnxruntime int8")):
         if base in results and q in results:
             a, b = results[base], results[q]
-            print(f"{q} vs {base}: forward {b['forward_tok_s'] / a['forward_tok_s']:.2f}x, generate "
-                  f"{b['generate_tok_s'] / a['generate_tok_s']:.2f}x, val loss {b['loss'] - a['loss']:+.4f} "
-                  f"({(b['loss'] - a['loss']) / a['loss'] * 100:+.2f}%)")
+            print(
+                f"{q} vs {base}: forward {b['forward_tok_s'] / a['forward_tok_s']:.2f}x, generate "
+                f"{b['generate_tok_s'] / a['generate_tok_s']:.2f}x, val loss {b['loss'] - a['loss']:+.4f} "
+                f"({(b['loss'] - a['loss']) / a['loss'] * 100:+.2f}%)"
+            )
     print(f"greedy tokens identical (torch fp32 vs int8, {args.new_tokens} tokens): {same}")
     return 0
 

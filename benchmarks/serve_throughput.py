@@ -17,6 +17,7 @@ work for every server). ``--model`` serves a real run or export instead.
 Prints, per server and level: generated tokens/s, time to first token p50/p99, per-token latency p50/p99 and
 request latency p50/p95, then continuous's ratios to the others.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,6 @@ import json
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # --- the server process -----------------------------------------------------------------------------------
+
 
 def export_random_model(preset: str, tok_dir: Path, seed: int, max_seq_len: int, out: Path) -> Path:
     """A randomly initialised model of ``preset`` with the benchmark tokenizer, as a Hugging Face export (every
@@ -58,8 +59,15 @@ def export_random_model(preset: str, tok_dir: Path, seed: int, max_seq_len: int,
     model = Transformer(cfg.validate()).eval()
     with torch.no_grad():
         model.lm_head.weight[tok.eos_id] = 0.0
-    loaded = LoadedModel(model=model, tokenizer=tok, config=config, source="benchmark", path=tok_dir, kind="native",
-                         tokenizer_dir=tok_dir)
+    loaded = LoadedModel(
+        model=model,
+        tokenizer=tok,
+        config=config,
+        source="benchmark",
+        path=tok_dir,
+        kind="native",
+        tokenizer_dir=tok_dir,
+    )
     return export_hf(loaded, out)
 
 
@@ -76,12 +84,20 @@ def serve_main(args: argparse.Namespace) -> None:
     model, tok = loaded.model, loaded.tokenizer
     if args.device.startswith("cuda"):
         model = model.to(torch.bfloat16)
-    app = create_app(model, tok, model_name="bench", max_batch=args.max_batch, max_queue=4096,
-                     batching=args.batching, prefill_chunk=args.prefill_chunk)
+    app = create_app(
+        model,
+        tok,
+        model_name="bench",
+        max_batch=args.max_batch,
+        max_queue=4096,
+        batching=args.batching,
+        prefill_chunk=args.prefill_chunk,
+    )
     run_server(app, "127.0.0.1", args.port, log_level="warning")
 
 
 # --- the load generator -----------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -103,8 +119,10 @@ def workload(n: int, seed: int, tok) -> list[tuple[str, int]]:
     """``n`` (prompt, max_tokens): prompts of 16-200 tokens (random token ids, sent as their text, so every
     server can take them), 16-128 new tokens."""
     rng = random.Random(seed)
-    return [(tok.decode([rng.randrange(4, tok.vocab_size) for _ in range(rng.randint(16, 200))]), rng.randint(16, 128))
-            for _ in range(n)]
+    return [
+        (tok.decode([rng.randrange(4, tok.vocab_size) for _ in range(rng.randint(16, 200))]), rng.randint(16, 128))
+        for _ in range(n)
+    ]
 
 
 class Server:
@@ -115,23 +133,59 @@ class Server:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if mode == "transformers":
             exe = Path(sys.executable).with_name("transformers")
-            cmd = [str(exe), "serve", "--continuous-batching", "--device", args.device, "--host", "127.0.0.1",
-                   "--port", str(self.port), str(model_dir)]
+            cmd = [
+                str(exe),
+                "serve",
+                "--continuous-batching",
+                "--device",
+                args.device,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                str(model_dir),
+            ]
             self.model_name = str(model_dir)
             if args.device.startswith("cuda"):
                 cmd[2:2] = ["--dtype", "bfloat16"]  # as our servers run on CUDA
             if args.threads:
                 env["OMP_NUM_THREADS"] = str(args.threads)
-            env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-                        "DO_NOT_TRACK": "1"})
+            env.update(
+                {
+                    "HF_HUB_OFFLINE": "1",
+                    "TRANSFORMERS_OFFLINE": "1",
+                    "HF_HUB_DISABLE_TELEMETRY": "1",
+                    "DO_NOT_TRACK": "1",
+                }
+            )
         else:
             batching, max_batch = MODES[mode]
-            cmd = [sys.executable, __file__, "--serve", "--port", str(self.port),
-                   "--max-batch", str(max_batch or args.max_batch), "--batching", batching, "--device", args.device,
-                   "--threads", str(args.threads), "--prefill-chunk", str(args.prefill_chunk), "--model", str(model_dir)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--serve",
+                "--port",
+                str(self.port),
+                "--max-batch",
+                str(max_batch or args.max_batch),
+                "--batching",
+                batching,
+                "--device",
+                args.device,
+                "--threads",
+                str(args.threads),
+                "--prefill-chunk",
+                str(args.prefill_chunk),
+                "--model",
+                str(model_dir),
+            ]
             self.model_name = "bench"
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if mode == "transformers" else None,
-                                     stderr=subprocess.DEVNULL if mode == "transformers" else None)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.DEVNULL if mode == "transformers" else None,
+            stderr=subprocess.DEVNULL if mode == "transformers" else None,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
 
     def cpu_seconds(self) -> float:
@@ -203,8 +257,14 @@ async def load(server: Server, concurrency: int, work: list[tuple[str, int]], ga
             prompt, max_tokens = work[todo.pop()]
             t0 = time.perf_counter()
             first = None
-            body = {"model": server.model_name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-                    "stream_options": {"include_usage": True}}
+            body = {
+                "model": server.model_name,
+                "prompt": prompt,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
             n = 0
             async with client.stream("POST", "/v1/completions", json=body) as r:
                 if r.status_code != 200:
@@ -230,9 +290,19 @@ async def load(server: Server, concurrency: int, work: list[tuple[str, int]], ga
         start, cpu = time.perf_counter(), server.cpu_seconds()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall, cpu = time.perf_counter() - start, server.cpu_seconds() - cpu
-    return {"tps": tokens / wall, "wall": wall, "tokens": tokens, "n": len(work), "cpu_ms": cpu / max(tokens, 1) * 1e3,
-            "ttft50": pct(ttft, 50), "ttft99": pct(ttft, 99), "tpot50": pct(tpot, 50), "tpot99": pct(tpot, 99),
-            "lat50": pct(latency, 50), "lat95": pct(latency, 95)}
+    return {
+        "tps": tokens / wall,
+        "wall": wall,
+        "tokens": tokens,
+        "n": len(work),
+        "cpu_ms": cpu / max(tokens, 1) * 1e3,
+        "ttft50": pct(ttft, 50),
+        "ttft99": pct(ttft, 99),
+        "tpot50": pct(tpot, 50),
+        "tpot99": pct(tpot, 99),
+        "lat50": pct(latency, 50),
+        "lat95": pct(latency, 95),
+    }
 
 
 MODES = {"continuous": ("continuous", None), "static": ("static", None), "one-at-a-time": ("continuous", 1)}
@@ -240,23 +310,36 @@ MODES = {"continuous": ("continuous", None), "static": ("static", None), "one-at
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None,
-                    help="a Hugging Face export folder to serve (default: a random model of --preset)")
+    ap.add_argument(
+        "--model", default=None, help="a Hugging Face export folder to serve (default: a random model of --preset)"
+    )
     ap.add_argument("--preset", default="tiny", help="shape of the random model (default tiny)")
     ap.add_argument("--max-seq-len", type=int, default=512, help="context of the random model (default 512)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads of each server process (default 1: steady on a shared CPU; 0: torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of each server process (default 1: steady on a shared CPU; 0: torch's default)",
+    )
     ap.add_argument("--concurrency", default="1,8,32")
-    ap.add_argument("--requests", type=int, default=0,
-                    help="requests per concurrency level (default: max(12, 2 x concurrency))")
+    ap.add_argument(
+        "--requests", type=int, default=0, help="requests per concurrency level (default: max(12, 2 x concurrency))"
+    )
     ap.add_argument("--gap-ms", type=float, default=20.0, help="mean pause of a client between requests (default 20)")
-    ap.add_argument("--modes", default=",".join(MODES),
-                    help=f"servers to compare: {', '.join(MODES)}, transformers (transformers serve "
-                         f"--continuous-batching) (default {','.join(MODES)})")
-    ap.add_argument("--repeat", type=int, default=2,
-                    help="runs per server and level, the servers taking turns; the fastest counts (default 2)")
+    ap.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"servers to compare: {', '.join(MODES)}, transformers (transformers serve "
+        f"--continuous-batching) (default {','.join(MODES)})",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="runs per server and level, the servers taking turns; the fastest counts (default 2)",
+    )
     ap.add_argument("--max-batch", type=int, default=32, help="batch size of the batching servers (default 32)")
     ap.add_argument("--prefill-chunk", type=int, default=256)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -298,9 +381,12 @@ def main() -> None:
                 for rep in range(args.repeat):
                     for mode, server in servers.items():
                         r = asyncio.run(load(server, c, work, args.gap_ms / 1000, args.seed + rep))
-                        print(f"  {mode:14s} concurrency {c:3d} run {rep + 1}: {r['n']:3d} requests, {r['tokens']:5d} "
-                              f"tokens in {r['wall']:6.1f} s, {r['tps']:7.1f} tok/s, server CPU {r['cpu_ms']:.2f} ms/token",
-                              flush=True)
+                        print(
+                            f"  {mode:14s} concurrency {c:3d} run {rep + 1}: {r['n']:3d} requests, {r['tokens']:5d} "
+                            f"tokens in {r['wall']:6.1f} s, {r['tps']:7.1f} tok/s, "
+                            f"server CPU {r['cpu_ms']:.2f} ms/token",
+                            flush=True,
+                        )
                         if c not in results[mode] or r["tps"] > results[mode][c]["tps"]:
                             results[mode][c] = r
         finally:
@@ -310,25 +396,36 @@ def main() -> None:
     import torch
 
     print()
-    print(f"openllm serve, mixed workload (prompts 16-200 tokens, max_tokens 16-128, greedy, Poisson-like arrivals, "
-          f"mean gap {args.gap_ms:g} ms): {'model ' + args.model if args.model else 'random ' + args.preset + ' preset'}, "
-          f"device {args.device}, torch {torch.__version__}, {os.cpu_count()} CPUs, server torch threads "
-          f"{args.threads or 'default'}, --max-batch {args.max_batch}; fastest of {args.repeat} runs")
-    print(f"{'server':>14} {'conc.':>5} | {'tok/s':>7} {'CPU ms/tok':>10} | {'TTFT p50':>9} {'p99':>8} | "
-          f"{'per-token p50':>13} {'p99':>8} | {'latency p50':>11} {'p95':>7}")
+    print(
+        f"openllm serve, mixed workload (prompts 16-200 tokens, max_tokens 16-128, greedy, Poisson-like arrivals, "
+        f"mean gap {args.gap_ms:g} ms): "
+        f"{'model ' + args.model if args.model else 'random ' + args.preset + ' preset'}, "
+        f"device {args.device}, torch {torch.__version__}, {os.cpu_count()} CPUs, server torch threads "
+        f"{args.threads or 'default'}, --max-batch {args.max_batch}; fastest of {args.repeat} runs"
+    )
+    print(
+        f"{'server':>14} {'conc.':>5} | {'tok/s':>7} {'CPU ms/tok':>10} | {'TTFT p50':>9} {'p99':>8} | "
+        f"{'per-token p50':>13} {'p99':>8} | {'latency p50':>11} {'p95':>7}"
+    )
     for c in levels:
         for mode in modes:
             r = results[mode][c]
-            print(f"{mode:>14} {c:>5} | {r['tps']:>7.1f} {r['cpu_ms']:>10.2f} | {r['ttft50'] * 1e3:>7.0f}ms "
-                  f"{r['ttft99'] * 1e3:>6.0f}ms | {r['tpot50'] * 1e3:>11.1f}ms {r['tpot99'] * 1e3:>6.1f}ms | "
-                  f"{r['lat50']:>10.2f}s {r['lat95']:>6.2f}s")
+            print(
+                f"{mode:>14} {c:>5} | {r['tps']:>7.1f} {r['cpu_ms']:>10.2f} | {r['ttft50'] * 1e3:>7.0f}ms "
+                f"{r['ttft99'] * 1e3:>6.0f}ms | {r['tpot50'] * 1e3:>11.1f}ms {r['tpot99'] * 1e3:>6.1f}ms | "
+                f"{r['lat50']:>10.2f}s {r['lat95']:>6.2f}s"
+            )
     if "continuous" in modes:
         print()
         print("continuous vs the others (tok/s ratio; TTFT p99 ratio, below 1 is better for continuous):")
         for c in levels:
             cont = results["continuous"][c]
-            parts = [f"vs {m}: {cont['tps'] / results[m][c]['tps']:.2f}x tok/s, "
-                     f"TTFT p99 {cont['ttft99'] / results[m][c]['ttft99']:.2f}x" for m in modes if m != "continuous"]
+            parts = [
+                f"vs {m}: {cont['tps'] / results[m][c]['tps']:.2f}x tok/s, "
+                f"TTFT p99 {cont['ttft99'] / results[m][c]['ttft99']:.2f}x"
+                for m in modes
+                if m != "continuous"
+            ]
             print(f"  concurrency {c:>3}: " + "; ".join(parts))
 
 

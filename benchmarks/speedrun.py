@@ -13,7 +13,8 @@ Subcommands (run from the repository root with ``PYTHONPATH=src``):
     Trains each config (``small``, ``medium`` shapes, vocabulary from the data) with each variant from the
     same seed for the same number of steps, evaluates the whole val split every ``--eval-every`` steps, and
     reports tokens and training wall time to the target val loss (``TARGETS``: fixed per config; evaluation
-    and compilation excluded), tokens/s and MFU (second half of the run). Writes ``OUT/speedrun.json`` and the curves ``OUT/speedrun.png``.
+    and compilation excluded), tokens/s and MFU (second half of the run). Writes ``OUT/speedrun.json``
+    and the curves ``OUT/speedrun.png``.
 ``mfu --data DATA --out OUT``
     ``openllm train`` itself (``openllm.train.train``) on the medium preset for a few dozen steps, plain and
     with each fused option: median tokens/s after compilation, MFU and peak GPU memory.
@@ -28,6 +29,7 @@ with recipe parts joined by ``+`` (``wsd`` schedule, ``untied`` head, ``zero``-i
 ``doc``-aligned windows, ``bw`` batch-size warmup, ``lrN``: N times the AdamW learning rate of the
 embeddings, head and norms), and ``recipe`` = ``muon+wsd+untied+zero+doc+bw``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,14 +89,16 @@ def _openllm(*args: str) -> None:
 
 # --- prepare ------------------------------------------------------------------------------------------------
 
+
 def prepare(out: Path, vocab: int, shared: Path) -> dict:
     from openllm.corpus import EMBEDDED_CORPUS, write_embedded_corpus
 
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     inputs = [write_embedded_corpus(raw / "kjv.jsonl")]
-    sources = [{"file": "kjv.jsonl", "what": f"embedded corpus ({EMBEDDED_CORPUS['package']} "
-                                             f"{EMBEDDED_CORPUS['version']})"}]
+    sources = [
+        {"file": "kjv.jsonl", "what": f"embedded corpus ({EMBEDDED_CORPUS['package']} {EMBEDDED_CORPUS['version']})"}
+    ]
     for name in SHARED_FILES:
         src = shared / name
         if src.is_file():
@@ -104,21 +108,40 @@ def prepare(out: Path, vocab: int, shared: Path) -> dict:
     for s in sources:
         s["sha256"] = _sha256(raw / s["file"])
         s["bytes"] = (raw / s["file"]).stat().st_size
-    _openllm("prepare-data", *map(str, inputs), "--out", str(out / "prepared"), "--val-fraction", "0.05",
-             "--quiet")
-    _openllm("train-tokenizer", "--data", str(out / "prepared"), "--vocab-size", str(vocab),
-             "--out", str(out / "tokenizer"), "--seed", "0", "--quiet")
-    _openllm("tokenize", "--data", str(out / "prepared"), "--tokenizer", str(out / "tokenizer"),
-             "--out", str(out / "tokens"), "--quiet")
+    _openllm("prepare-data", *map(str, inputs), "--out", str(out / "prepared"), "--val-fraction", "0.05", "--quiet")
+    _openllm(
+        "train-tokenizer",
+        "--data",
+        str(out / "prepared"),
+        "--vocab-size",
+        str(vocab),
+        "--out",
+        str(out / "tokenizer"),
+        "--seed",
+        "0",
+        "--quiet",
+    )
+    _openllm(
+        "tokenize",
+        "--data",
+        str(out / "prepared"),
+        "--tokenizer",
+        str(out / "tokenizer"),
+        "--out",
+        str(out / "tokens"),
+        "--quiet",
+    )
     meta = json.loads((out / "tokens" / "meta.json").read_text())
     info = {"sources": sources, "vocab_size": meta["vocab_size"], "splits": {}}
     for split in ("train", "val"):
         h = hashlib.sha256()
         for name in meta["splits"][split]["shards"]:
             h.update((out / "tokens" / name).read_bytes())
-        info["splits"][split] = {"tokens": meta["splits"][split]["tokens"],
-                                 "documents": meta["splits"][split].get("documents"),
-                                 "sha256": h.hexdigest()}
+        info["splits"][split] = {
+            "tokens": meta["splits"][split]["tokens"],
+            "documents": meta["splits"][split].get("documents"),
+            "sha256": h.hexdigest(),
+        }
     (out / "corpus.json").write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(raw)
     print(json.dumps(info, indent=2))
@@ -127,13 +150,20 @@ def prepare(out: Path, vocab: int, shared: Path) -> dict:
 
 # --- run ----------------------------------------------------------------------------------------------------
 
+
 def _config(preset: str, variant: str, vocab: int, steps: int, micro: int, accum: int, seq: int):
     from openllm.config import load_config
 
     cfg = load_config(preset)
     t_over, m_over = variant_overrides(variant)
-    train = {"max_steps": steps, "micro_batch_size": micro, "grad_accum_steps": accum, "seq_len": seq,
-             "warmup_steps": max(1, steps // 20), "compile": True}
+    train = {
+        "max_steps": steps,
+        "micro_batch_size": micro,
+        "grad_accum_steps": accum,
+        "seq_len": seq,
+        "warmup_steps": max(1, steps // 20),
+        "compile": True,
+    }
     for k, val in t_over.items():
         if k == "lr_mult":
             train["lr"] = cfg.train.lr * val
@@ -144,8 +174,9 @@ def _config(preset: str, variant: str, vocab: int, steps: int, micro: int, accum
         train.pop("batch_warmup_steps")
     if "lr" in train and train["optimizer"] == "muon":
         train["muon_lr"] = cfg.train.muon_lr  # Muon's own rate stays; lrN moves AdamW's alone
-    return cfg.replace(model={"vocab_size": vocab, "max_seq_len": max(seq, cfg.model.max_seq_len), **m_over},
-                       train=train)
+    return cfg.replace(
+        model={"vocab_size": vocab, "max_seq_len": max(seq, cfg.model.max_seq_len), **m_over}, train=train
+    )
 
 
 def _val_loss(model, val, seq: int, batch: int, dev, precision, max_batches: int | None = None) -> float:
@@ -189,8 +220,9 @@ def run_one(data: Path, preset: str, variant: str, args, log) -> dict:
         apply_kernels(raw, fused_loss="liger" if args.fused == "liger" else "chunked", device=dev)
     model = torch.compile(raw) if (dev.type == "cuda" and not args.no_compile) else raw
     opt = build_optimizer(raw, tc, dev)
-    loader = RandomWindowLoader(TokenShards(data, "train"), tc.micro_batch_size, args.seq, seed=tc.seed,
-                                device=dev, doc_aligned=tc.doc_aligned)
+    loader = RandomWindowLoader(
+        TokenShards(data, "train"), tc.micro_batch_size, args.seq, seed=tc.seed, device=dev, doc_aligned=tc.doc_aligned
+    )
     val = TokenShards(data, "val")
     fpt = raw.flops_per_token(args.seq)
     peak = device_peak_flops(dev)
@@ -217,8 +249,15 @@ def run_one(data: Path, preset: str, variant: str, args, log) -> dict:
             sync()
             train_s += time.perf_counter() - t0
             vl = _val_loss(raw, val, args.seq, args.eval_batch, dev, precision, args.val_batches)
-            curve.append({"step": step + 1, "tokens": tokens, "train_s": round(train_s, 3), "val_loss": vl,
-                          "loss": float(loss.detach()) * accum})
+            curve.append(
+                {
+                    "step": step + 1,
+                    "tokens": tokens,
+                    "train_s": round(train_s, 3),
+                    "val_loss": vl,
+                    "loss": float(loss.detach()) * accum,
+                }
+            )
             log(f"{preset}/{variant} step {step + 1} tokens {tokens:,} val {vl:.4f} ({train_s:.1f}s)")
             if not math.isfinite(vl):
                 break
@@ -230,14 +269,24 @@ def run_one(data: Path, preset: str, variant: str, args, log) -> dict:
         tps = (half[-1]["tokens"] - half[0]["tokens"]) / max(half[-1]["train_s"] - half[0]["train_s"], 1e-9)
     else:
         tps = tokens / max(train_s, 1e-9)
-    out = {"config": preset, "variant": variant, "params": raw.num_params(), "flops_per_token": fpt,
-           "steps": tc.max_steps, "tokens_per_step": tc.grad_accum_steps * tc.micro_batch_size * args.seq,
-           "train": {k: getattr(tc, k) for k in ("optimizer", "lr", "muon_lr", "schedule", "warmup_steps",
-                                                   "batch_warmup_steps", "doc_aligned")},
-           "model": {"tie_embeddings": cfg.model.tie_embeddings, "zero_init_proj": cfg.model.zero_init_proj},
-           "curve": curve, "best_val": min(c["val_loss"] for c in curve), "tokens_per_s": tps,
-           "mfu": (fpt * tps / peak) if peak else None,
-           "peak_mem_gib": (torch.cuda.max_memory_allocated(dev) / 2**30) if dev.type == "cuda" else None}
+    out = {
+        "config": preset,
+        "variant": variant,
+        "params": raw.num_params(),
+        "flops_per_token": fpt,
+        "steps": tc.max_steps,
+        "tokens_per_step": tc.grad_accum_steps * tc.micro_batch_size * args.seq,
+        "train": {
+            k: getattr(tc, k)
+            for k in ("optimizer", "lr", "muon_lr", "schedule", "warmup_steps", "batch_warmup_steps", "doc_aligned")
+        },
+        "model": {"tie_embeddings": cfg.model.tie_embeddings, "zero_init_proj": cfg.model.zero_init_proj},
+        "curve": curve,
+        "best_val": min(c["val_loss"] for c in curve),
+        "tokens_per_s": tps,
+        "mfu": (fpt * tps / peak) if peak else None,
+        "peak_mem_gib": (torch.cuda.max_memory_allocated(dev) / 2**30) if dev.type == "cuda" else None,
+    }
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     return out
@@ -259,9 +308,13 @@ def to_target(result: dict, target: float) -> dict | None:
 def report(results: list[dict], target: float | dict, png: Path | None) -> str:
     targets = target if isinstance(target, dict) else {r["config"]: target for r in results}
     targets = {c: t for c, t in targets.items() if c in {r["config"] for r in results}}
-    lines = ["targets: " + ", ".join(f"{c} {t}" for c, t in targets.items()), "",
-             "| config | variant | params | tokens to target | x AdamW | train s to target | x AdamW | best val "
-             "| tokens/s | MFU |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "targets: " + ", ".join(f"{c} {t}" for c, t in targets.items()),
+        "",
+        "| config | variant | params | tokens to target | x AdamW | train s to target | x AdamW | best val "
+        "| tokens/s | MFU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     base = {r["config"]: to_target(r, targets[r["config"]]) for r in results if r["variant"] == "adamw"}
     for r in results:
         hit = to_target(r, targets[r["config"]])
@@ -269,9 +322,12 @@ def report(results: list[dict], target: float | dict, png: Path | None) -> str:
         ratio_t = f"{hit['tokens'] / b['tokens']:.2f}" if hit and b else "-"
         ratio_s = f"{hit['train_s'] / b['train_s']:.2f}" if hit and b else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
-        lines.append(f"| {r['config']} | {r['variant']} | {r['params'] / 1e6:.1f}M | "
-                     f"{hit['tokens']:,} | {ratio_t} | {hit['train_s']:.1f} | {ratio_s} | " if hit else
-                     f"| {r['config']} | {r['variant']} | {r['params'] / 1e6:.1f}M | not reached | - | - | - | ")
+        lines.append(
+            f"| {r['config']} | {r['variant']} | {r['params'] / 1e6:.1f}M | "
+            f"{hit['tokens']:,} | {ratio_t} | {hit['train_s']:.1f} | {ratio_s} | "
+            if hit
+            else f"| {r['config']} | {r['variant']} | {r['params'] / 1e6:.1f}M | not reached | - | - | - | "
+        )
         lines[-1] += f"{r['best_val']:.4f} | {r['tokens_per_s']:,.0f} | {mfu} |"
     text = "\n".join(lines)
     if png is not None:
@@ -285,8 +341,9 @@ def report(results: list[dict], target: float | dict, png: Path | None) -> str:
         for ax, c in zip(axes[0], configs):
             for r in results:
                 if r["config"] == c:
-                    ax.plot([p["tokens"] / 1e6 for p in r["curve"]], [p["val_loss"] for p in r["curve"]],
-                            label=r["variant"])
+                    ax.plot(
+                        [p["tokens"] / 1e6 for p in r["curve"]], [p["val_loss"] for p in r["curve"]], label=r["variant"]
+                    )
             ax.axhline(targets[c], color="grey", ls="--", lw=1, label=f"target {targets[c]}")
             lo = min(p["val_loss"] for r in results if r["config"] == c for p in r["curve"])
             ax.set_ylim(lo - 0.1, lo + 2.0)
@@ -321,8 +378,9 @@ def cmd_run(args) -> None:
     for preset in args.configs.split(","):
         for variant in args.variants.split(","):
             results.append(run_one(data, preset, variant, args, lambda m: print(m, flush=True)))
-            (out / "speedrun.json").write_text(json.dumps({"target": args.target, "args": vars(args),
-                                                           "results": results}, indent=1))
+            (out / "speedrun.json").write_text(
+                json.dumps({"target": args.target, "args": vars(args), "results": results}, indent=1)
+            )
     print(report(results, args.target, out / "speedrun.png"))
 
 
@@ -365,42 +423,74 @@ def cmd_mfu(args) -> None:
         for split, n in (("train", 8_000_000), ("val", 200_000)):
             rng.integers(0, 32000, n, dtype=np.uint16).tofile(data / f"{split}_000.bin")
             splits[split] = {"shards": [f"{split}_000.bin"], "tokens": n, "documents": 1}
-        (data / "meta.json").write_text(json.dumps({"vocab_size": 32000, "dtype": "uint16", "eos_id": 3,
-                                                    "tokenizer_sha256": None, "splits": splits}))
+        (data / "meta.json").write_text(
+            json.dumps(
+                {"vocab_size": 32000, "dtype": "uint16", "eos_id": 3, "tokenizer_sha256": None, "splits": splits}
+            )
+        )
     rows = []
     for name in args.variants.split(","):
         base, _, at = name.partition("@")  # NAME@64: the variant at micro-batch 64
         over = dict(MFU_VARIANTS[base])
         micro = int(at) if at else args.batch
-        train_over = {"micro_batch_size": micro, "grad_accum_steps": 1, "max_steps": args.steps, "log_every": 5,
-                      "eval_every": 100000, "save_every": 100000, "warmup_steps": 10, "compile": True, **over}
+        train_over = {
+            "micro_batch_size": micro,
+            "grad_accum_steps": 1,
+            "max_steps": args.steps,
+            "log_every": 5,
+            "eval_every": 100000,
+            "save_every": 100000,
+            "warmup_steps": 10,
+            "compile": True,
+            **over,
+        }
         if args.optimizer:
             train_over["optimizer"] = args.optimizer
         torch.cuda.reset_peak_memory_stats()
         run = out / f"mfu_{name}"
         shutil.rmtree(run, ignore_errors=True)
         t0 = time.time()
-        train(args.config, data_dir=data, out_dir=run, overrides={"train": train_over}, vocab_from_data=True,
-              progress=False, log=lambda m: print(m, flush=True))
+        train(
+            args.config,
+            data_dir=data,
+            out_dir=run,
+            overrides={"train": train_over},
+            vocab_from_data=True,
+            progress=False,
+            log=lambda m: print(m, flush=True),
+        )
         peak_mem = torch.cuda.max_memory_allocated() / 2**30
-        recs = [r for r in read_metrics(run) if r["step"] > args.skip and "tokens_per_s" in r
-                and r["step"] < args.steps]
+        recs = [
+            r for r in read_metrics(run) if r["step"] > args.skip and "tokens_per_s" in r and r["step"] < args.steps
+        ]
         tps = float(np.median([r["tokens_per_s"] for r in recs]))
         mfu = float(np.median([r["mfu"] for r in recs])) if recs and "mfu" in recs[0] else None
-        rows.append({"variant": name, "overrides": over, "micro_batch": micro, "tokens_per_s": tps, "mfu": mfu,
-                     "peak_mem_gib": peak_mem, "wall_s": time.time() - t0,
-                     "final_loss": read_metrics(run)[-1]["loss"]})
+        rows.append(
+            {
+                "variant": name,
+                "overrides": over,
+                "micro_batch": micro,
+                "tokens_per_s": tps,
+                "mfu": mfu,
+                "peak_mem_gib": peak_mem,
+                "wall_s": time.time() - t0,
+                "final_loss": read_metrics(run)[-1]["loss"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
         (out / "mfu.json").write_text(json.dumps(rows, indent=1))
     print("| variant | micro-batch | tokens/s | MFU | peak memory | loss at end |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['variant']} | {r['micro_batch']} | {r['tokens_per_s']:,.0f} | "
-              f"{100 * r['mfu']:.1f}% | {r['peak_mem_gib']:.1f} GiB | {r['final_loss']:.4f} |")
+        print(
+            f"| {r['variant']} | {r['micro_batch']} | {r['tokens_per_s']:,.0f} | "
+            f"{100 * r['mfu']:.1f}% | {r['peak_mem_gib']:.1f} GiB | {r['final_loss']:.4f} |"
+        )
 
 
 # --- kernel parity on the GPU --------------------------------------------------------------------------------
+
 
 def cmd_check_kernels(args) -> None:
     import torch
@@ -411,7 +501,7 @@ def cmd_check_kernels(args) -> None:
 
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    rel = lambda a, b: float((a.float() - b.float()).norm() / b.float().norm())  # noqa: E731
+    rel = lambda a, b: float((a.float() - b.float()).norm() / b.float().norm())
     results = {}
     # the loss alone: (tokens x width) hidden states against a (vocab x width) head, bf16 autocast
     x = torch.randn(8192, 768, device=dev, requires_grad=True)
@@ -424,24 +514,35 @@ def cmd_check_kernels(args) -> None:
     x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
     exact = torch.nn.functional.cross_entropy(x64 @ w64.t(), t)
     g_exact = torch.autograd.grad(exact, (x64, w64))
-    for name, fn in (("plain_bf16", None), ("chunked", chunked_linear_cross_entropy),
-                     ("liger", liger_linear_cross_entropy)):
+    for name, fn in (
+        ("plain_bf16", None),
+        ("chunked", chunked_linear_cross_entropy),
+        ("liger", liger_linear_cross_entropy),
+    ):
         if fn is None:
             loss, g = ref, g_ref
         else:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = fn(x, w, t)
             g = torch.autograd.grad(loss, (x, w))
-        results[f"ce/{name}"] = {"loss_abs_err_vs_fp64": abs(float(loss) - float(exact)),
-                                 "grad_x_rel_vs_fp64": rel(g[0], g_exact[0]),
-                                 "grad_w_rel_vs_fp64": rel(g[1], g_exact[1]),
-                                 "grad_x_rel_vs_plain": rel(g[0], g_ref[0]), "grad_w_rel_vs_plain": rel(g[1], g_ref[1])}
+        results[f"ce/{name}"] = {
+            "loss_abs_err_vs_fp64": abs(float(loss) - float(exact)),
+            "grad_x_rel_vs_fp64": rel(g[0], g_exact[0]),
+            "grad_w_rel_vs_fp64": rel(g[1], g_exact[1]),
+            "grad_x_rel_vs_plain": rel(g[0], g_ref[0]),
+            "grad_w_rel_vs_plain": rel(g[1], g_ref[1]),
+        }
     # whole model: plain vs each fused option, one forward/backward in bf16 autocast
     cfg = ModelConfig(vocab_size=32000, d_model=768, n_layers=4, n_heads=12, d_ff=2560, max_seq_len=1024)
     idx = torch.randint(0, 32000, (8, 1024), device=dev)
     grads = {}
-    for name, kw in (("plain", {}), ("chunked", {"fused_loss": "chunked"}), ("liger_ce", {"fused_loss": "liger"}),
-                     ("liger_ops", {"fused_ops": True}), ("liger_all", {"fused_loss": "liger", "fused_ops": True})):
+    for name, kw in (
+        ("plain", {}),
+        ("chunked", {"fused_loss": "chunked"}),
+        ("liger_ce", {"fused_loss": "liger"}),
+        ("liger_ops", {"fused_ops": True}),
+        ("liger_all", {"fused_loss": "liger", "fused_ops": True}),
+    ):
         torch.manual_seed(1)
         m = Transformer(cfg).to(dev)
         apply_kernels(m, device=dev, **kw)
@@ -454,13 +555,18 @@ def cmd_check_kernels(args) -> None:
         if name == "plain":
             continue
         worst = max(rel(g[n], base[n]) for n in base)
-        results[f"model/{name}"] = {"loss": loss, "plain_loss": base_loss, "loss_rel": abs(loss - base_loss) / base_loss,
-                                    "worst_grad_rel_vs_plain": worst}
+        results[f"model/{name}"] = {
+            "loss": loss,
+            "plain_loss": base_loss,
+            "loss_rel": abs(loss - base_loss) / base_loss,
+            "worst_grad_rel_vs_plain": worst,
+        }
     ok = all(v.get("worst_grad_rel_vs_plain", 0) < 2e-2 and v.get("loss_rel", 0) < 1e-2 for v in results.values())
     for k, v in results.items():
         print(k, json.dumps({a: (round(b, 7) if isinstance(b, float) else b) for a, b in v.items()}))
-    print("kernel parity (loss rel < 1e-2, gradients rel < 2e-2 against the plain bf16 path):",
-          "PASS" if ok else "FAIL")
+    print(
+        "kernel parity (loss rel < 1e-2, gradients rel < 2e-2 against the plain bf16 path):", "PASS" if ok else "FAIL"
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 
@@ -483,10 +589,14 @@ def main(argv=None) -> None:
     r.add_argument("--seq", type=int, default=1024)
     r.add_argument("--eval-every", type=int, default=10)
     r.add_argument("--eval-batch", type=int, default=32)
-    r.add_argument("--val-batches", type=int, default=None, help="cap on val batches per evaluation "
-                   "(default: the whole val split)")
-    r.add_argument("--target", default="", help="val loss to reach: one number, or per config "
-                   "(default small=4.0,medium=4.2,tiny=5.0)")
+    r.add_argument(
+        "--val-batches", type=int, default=None, help="cap on val batches per evaluation (default: the whole val split)"
+    )
+    r.add_argument(
+        "--target",
+        default="",
+        help="val loss to reach: one number, or per config (default small=4.0,medium=4.2,tiny=5.0)",
+    )
     r.add_argument("--device", default="cuda")
     r.add_argument("--fused", default="", help="'', chunked or liger: the fused loss for every variant")
     r.add_argument("--no-compile", action="store_true")

@@ -9,6 +9,7 @@ first full one, as it is for any sync after the first. Prints each run, the medi
 
     python benchmarks/sync_incremental.py [--files 2000] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ def make_tree(root: Path, n_files: int) -> None:
     """A repository whose built Space has exactly ``n_files`` files: ~90% Python modules, ~10% configs."""
     root.mkdir(parents=True)
     (root / "space.toml").write_text((REPO / "space.toml").read_text())
-    (root / "pyproject.toml").write_text('[project]\nname = "openllm"\nversion = "0"\nlicense = "MIT"\n'
-                                         'dependencies = ["gradio>=4.44"]\n')
+    (root / "pyproject.toml").write_text(
+        '[project]\nname = "openllm"\nversion = "0"\nlicense = "MIT"\ndependencies = ["gradio>=4.44"]\n'
+    )
     (root / "docs").mkdir()
     (root / "docs/app.md").write_text("# Help\n")
     pkg = root / "src/openllm"
@@ -37,7 +39,7 @@ def make_tree(root: Path, n_files: int) -> None:
     (root / "configs").mkdir()
     count = 2 + 5  # the two files above + the 5 generated Space files
     for i in range(n_files // 10):
-        (root / f"configs/preset_{i:04d}.json").write_text('{"name": "p%d", "lr": 0.0003, "steps": %d}\n' % (i, i))
+        (root / f"configs/preset_{i:04d}.json").write_text(f'{{"name": "p{i}", "lr": 0.0003, "steps": {i}}}\n')
         count += 1
     body = "".join(f"def f{j}(x):\n    return x * {j} + 1\n\n" for j in range(40))  # ~1.2 kB a module
     i = 0
@@ -81,10 +83,13 @@ def main() -> int:
                 target = main_repo / "src/openllm/part00/mod_0001.py"
                 target.write_text(target.read_text() + f"# edit {r}.{k}\n")
                 t = time.perf_counter()
-                res = Syncer("bench/space", hub, main_repo, policy=RetryPolicy(attempts=1),
-                             log=lambda m: None).sync(env_check=False)
+                res = Syncer("bench/space", hub, main_repo, policy=RetryPolicy(attempts=1), log=lambda m: None).sync(
+                    env_check=False
+                )
                 incr.append(time.perf_counter() - t)
-                assert res.record.uploaded == 1 and res.plan.uploads == ["training/part00/mod_0001.py"], res.plan.uploads
+                assert res.record.uploaded == 1 and res.plan.uploads == ["training/part00/mod_0001.py"], (
+                    res.plan.uploads
+                )
                 print(f"incremental sync {incr[-1]:7.2f} s  uploaded {res.record.uploaded:5d} of {n_total} files")
         f, i = statistics.median(full), statistics.median(incr)
         print(f"\nmedian full sync        {f:.2f} s ({n_total} files uploaded)")

@@ -12,6 +12,7 @@ attention, ``Transformer.flops_per_token``, the same figure for both) x tokens/s
 Prints a table with the ratios ours / transformers (eager vs eager, compiled vs compiled). ``--json PATH``
 (or ``-`` for stdout's last line) writes the numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from openllm.config import load_config  # noqa: E402
-from openllm.metrics import device_peak_flops  # noqa: E402
-from openllm.model import Transformer  # noqa: E402
-from openllm.optim import param_groups  # noqa: E402
-from openllm.train import autocast_context, resolve_precision  # noqa: E402
+from openllm.config import load_config
+from openllm.metrics import device_peak_flops
+from openllm.model import Transformer
+from openllm.optim import param_groups
+from openllm.train import autocast_context, resolve_precision
 
 
 def build(impl: str, cfg, device: torch.device) -> torch.nn.Module:
@@ -55,9 +56,11 @@ def make_step(impl: str, model, optimizer, precision: str, device: torch.device,
     params = [p for p in model.parameters()]
 
     if impl == "ours":
+
         def loss_of(x, y):
             return fwd(x, y, return_logits=False)
     else:
+
         def loss_of(x, y):
             # labels = the input ids; transformers shifts them (scores T-1 tokens of the same T-token forward)
             return fwd(input_ids=x, labels=y, use_cache=False).loss
@@ -88,8 +91,7 @@ class Variant:
         self.model = build(impl, cfg, device)
         self.model.train()
         fused = device.type in ("cuda", "cpu")
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, 0.1), lr=1e-4, betas=(0.9, 0.95),
-                                           fused=fused)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, 0.1), lr=1e-4, betas=(0.9, 0.95), fused=fused)
         self.step = make_step(impl, self.model, self.optimizer, precision, device, compiled)
         V, B, T = cfg.model.vocab_size, args.batch, args.seq_len
         g = torch.Generator().manual_seed(0)
@@ -118,10 +120,17 @@ class Variant:
     def result(self) -> dict:
         best = min(self.times)
         tps = self.tokens_per_step / best
-        out = {"impl": self.impl, "mode": self.mode, "tokens_per_s": tps, "ms_per_step": 1000 * best,
-               "mfu": (self.flops_per_token * tps / self.peak) if self.peak else None,
-               "warmup_s": self.warmup_s, "loss": float(self.loss.detach()), "params": self.params,
-               "round_ms": [round(1000 * t, 2) for t in self.times]}
+        out = {
+            "impl": self.impl,
+            "mode": self.mode,
+            "tokens_per_s": tps,
+            "ms_per_step": 1000 * best,
+            "mfu": (self.flops_per_token * tps / self.peak) if self.peak else None,
+            "warmup_s": self.warmup_s,
+            "loss": float(self.loss.detach()),
+            "params": self.params,
+            "round_ms": [round(1000 * t, 2) for t in self.times],
+        }
         if self.device.type == "cuda":
             out["max_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return out
@@ -146,14 +155,20 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: 20 CPU, 50 GPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3, 10 when compiling)")
     p.add_argument("--repeat", type=int, default=3, help="timed rounds per variant, taking turns; the best counts")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="also run the torch.compile variants")
+    p.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=False, help="also run the torch.compile variants"
+    )
     p.add_argument("--only", choices=("ours", "hf"), default=None, help="run one implementation only")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="auto: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--peak-flops", type=float, default=None,
-                   help="device peak FLOP/s for MFU (default: the table in openllm.metrics, e.g. H200 989e12)")
+    p.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16 on GPU, fp32 on CPU"
+    )
+    p.add_argument(
+        "--peak-flops",
+        type=float,
+        default=None,
+        help="device peak FLOP/s for MFU (default: the table in openllm.metrics, e.g. H200 989e12)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="write results as JSON to this path ('-': stdout's last line)")
     args = p.parse_args(argv)
@@ -185,10 +200,13 @@ def main(argv=None) -> int:
     if args.only and args.compile:
         modes = [True]
     dev_name = torch.cuda.get_device_name(device) if gpu else (platform.processor() or platform.machine())
-    print(f"device {dev_name} ({device}), torch {torch.__version__}, {precision}, threads "
-          f"{torch.get_num_threads()}; config {cfg.name}: {cfg.model.n_layers} x {cfg.model.d_model}, vocab "
-          f"{cfg.model.vocab_size}; batch {args.batch} x seq {args.seq_len}; {args.steps} steps x {args.repeat} "
-          f"rounds (best), {args.warmup} warm-up", file=sys.stderr)
+    print(
+        f"device {dev_name} ({device}), torch {torch.__version__}, {precision}, threads "
+        f"{torch.get_num_threads()}; config {cfg.name}: {cfg.model.n_layers} x {cfg.model.d_model}, vocab "
+        f"{cfg.model.vocab_size}; batch {args.batch} x seq {args.seq_len}; {args.steps} steps x {args.repeat} "
+        f"rounds (best), {args.warmup} warm-up",
+        file=sys.stderr,
+    )
     # every variant is built and warmed up first; then the timed rounds take turns (ours, hf, ours, hf, ...)
     # so a machine whose load drifts treats them alike; each variant's best round counts
     variants, rows = [], []
@@ -196,17 +214,24 @@ def main(argv=None) -> int:
         for impl in impls:
             try:
                 variants.append(Variant(impl, compiled, cfg, args, device, precision, peak))
-                print(f"  built {impl} {'compiled' if compiled else 'eager'} "
-                      f"(warm-up {variants[-1].warmup_s:.1f}s)", file=sys.stderr, flush=True)
+                print(
+                    f"  built {impl} {'compiled' if compiled else 'eager'} (warm-up {variants[-1].warmup_s:.1f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             except Exception as exc:  # e.g. no C++ compiler for the CPU compile: say so, keep the rest
-                rows.append({"impl": impl, "mode": "compiled" if compiled else "eager",
-                             "error": f"{type(exc).__name__}: {exc}"})
+                rows.append(
+                    {"impl": impl, "mode": "compiled" if compiled else "eager", "error": f"{type(exc).__name__}: {exc}"}
+                )
     for r in range(args.repeat):
         for v in variants:
             v.run(args.steps)
-        print(f"  round {r + 1}/{args.repeat}: " + ", ".join(
-            f"{v.impl} {v.mode} {v.tokens_per_step / v.times[-1]:,.0f} tok/s" for v in variants),
-            file=sys.stderr, flush=True)
+        print(
+            f"  round {r + 1}/{args.repeat}: "
+            + ", ".join(f"{v.impl} {v.mode} {v.tokens_per_step / v.times[-1]:,.0f} tok/s" for v in variants),
+            file=sys.stderr,
+            flush=True,
+        )
     rows = [v.result() for v in variants] + rows
     order = {(i, m): k for k, (i, m) in enumerate((i, m) for m in ("eager", "compiled") for i in ("ours", "hf"))}
     rows.sort(key=lambda r: order[(r["impl"], r["mode"])])
@@ -228,9 +253,18 @@ def main(argv=None) -> int:
         vs_base = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
         vs_peer = f"{r['tokens_per_s'] / peer['tokens_per_s']:.2f}x" if peer and r["impl"] == "ours" else "-"
         print(f"{name:<28}{r['tokens_per_s']:>14,.0f}{r['ms_per_step']:>10.1f}{mfu:>8}{vs_base:>13}{vs_peer:>17}")
-    result = {"device": dev_name, "torch": torch.__version__, "precision": precision, "config": cfg.name,
-              "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps, "peak_flops": peak,
-              "threads": torch.get_num_threads(), "results": rows}
+    result = {
+        "device": dev_name,
+        "torch": torch.__version__,
+        "precision": precision,
+        "config": cfg.name,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "steps": args.steps,
+        "peak_flops": peak,
+        "threads": torch.get_num_threads(),
+        "results": rows,
+    }
     primary = next((r for r in reversed(rows) if "tokens_per_s" in r), {})
     result["tokens_per_s"] = primary.get("tokens_per_s")
     result["mfu"] = primary.get("mfu")

@@ -6,6 +6,7 @@
 A thin wrapper over ``openllm data upload``: the same library function, the same options. It runs from the
 main repository (package ``openllm``) and from the Space (the package copied as ``training/``).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -38,8 +38,9 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, cwd=None, t
     import subprocess
 
     e = {**os.environ, **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "openllm", *args], capture_output=True, text=True,
-                          env=e, cwd=cwd, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "openllm", *args], capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"openllm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -47,8 +48,9 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, cwd=None, t
 
 # --- export / loading fixtures (issue 6) --------------------------------------------------------------------
 
-EXPORT_TINY_MODEL = dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
-                         max_seq_len=128, init_std=0.2)
+EXPORT_TINY_MODEL = dict(
+    vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=128, init_std=0.2
+)
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +68,16 @@ def export_tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
-def make_export_run(root: Path, tokenizer_dir: Path, *, steps=(5, 10), seed: int = 0, tied: bool = True,
-                    checkpoint_with_head: bool = True, **model_overrides) -> Path:
+def make_export_run(
+    root: Path,
+    tokenizer_dir: Path,
+    *,
+    steps=(5, 10),
+    seed: int = 0,
+    tied: bool = True,
+    checkpoint_with_head: bool = True,
+    **model_overrides,
+) -> Path:
     """A run folder written by hand per the run-folder contract (docs/architecture.md): config.json,
     tokenizer/, metrics.jsonl, status.json, checkpoints/step_NNNNNNNN/{model.safetensors,state.json}.
     Each checkpoint holds different weights (seed + step)."""
@@ -89,8 +99,11 @@ def make_export_run(root: Path, tokenizer_dir: Path, *, steps=(5, 10), seed: int
     with open(run / "metrics.jsonl", "w") as f:
         for s in steps:
             f.write(json.dumps({"step": s, "loss": 5.0, "lr": 1e-3, "tokens_per_s": 1.0}) + "\n")
-    (run / "status.json").write_text(json.dumps({"state": "finished", "step": max(steps, default=0),
-                                                  "max_steps": max(steps, default=0), "error": None}))
+    (run / "status.json").write_text(
+        json.dumps(
+            {"state": "finished", "step": max(steps, default=0), "max_steps": max(steps, default=0), "error": None}
+        )
+    )
     for s in steps:
         torch.manual_seed(seed + s)
         model = Transformer(mc)
@@ -107,8 +120,7 @@ def make_export_run(root: Path, tokenizer_dir: Path, *, steps=(5, 10), seed: int
             if tied:
                 state.pop("lm_head.weight")
             save_file(state, str(ck / "model.safetensors"))
-        (ck / "state.json").write_text(json.dumps({"step": s, "tokens_seen": s * 1000,
-                                                   "config": cfg.to_dict()}))
+        (ck / "state.json").write_text(json.dumps({"step": s, "tokens_seen": s * 1000, "config": cfg.to_dict()}))
     return run
 
 
@@ -120,14 +132,16 @@ def export_run(tmp_path, export_tokenizer_dir) -> Path:
 
 # --- serve fixtures (issue 10) ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def serve_run(tmp_path_factory, export_tokenizer_dir) -> Path:
     """A run folder for the server tests: a 512-token context and an untied head whose EOS and byte rows
     are zero."""
     from safetensors.torch import load_file, save_file
 
-    run = make_export_run(tmp_path_factory.mktemp("serve") / "run", export_tokenizer_dir, steps=(1,),
-                          tied=False, max_seq_len=512)
+    run = make_export_run(
+        tmp_path_factory.mktemp("serve") / "run", export_tokenizer_dir, steps=(1,), tied=False, max_seq_len=512
+    )
     weights = run / "checkpoints" / "step_00000001" / "model.safetensors"
     state = load_file(str(weights))
     from openllm.tokenizer import Tokenizer
@@ -155,6 +169,7 @@ def evaluate_run_folder(tmp_path_factory):
     """A small trained run folder (tokenizer, shards, checkpoint, metrics.jsonl) shared by the evaluate and
     compare tests; built by tests/test_evaluate_run.py:make_run."""
     import torch
+
     from test_evaluate_run import make_run
 
     n = torch.get_num_threads()

@@ -5,6 +5,7 @@ connections whose first bytes contain a marker (e.g. ``b"git-receive-pack"``: on
     with FlakyProxy(target_port, refuse=2, cut=1, cut_after=300) as proxy:
         url = f"git://127.0.0.1:{proxy.port}/"
 """
+
 from __future__ import annotations
 
 import socket
@@ -27,8 +28,16 @@ def _reset(sock: socket.socket) -> None:
 
 
 class FlakyProxy:
-    def __init__(self, target_port: int, *, refuse: int = 0, cut: int = 0, cut_after: int = 200,
-                 match: bytes | None = None, target_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        refuse: int = 0,
+        cut: int = 0,
+        cut_after: int = 200,
+        match: bytes | None = None,
+        target_host: str = "127.0.0.1",
+    ) -> None:
         self.target = (target_host, target_port)
         self.refuse, self.cut, self.cut_after, self.match = refuse, cut, cut_after, match
         self.connections = self.refused = self.cuts = self.forwarded = 0
@@ -42,7 +51,7 @@ class FlakyProxy:
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
     # ---- lifecycle
-    def start(self) -> "FlakyProxy":
+    def start(self) -> FlakyProxy:
         self._thread.start()
         return self
 
@@ -53,14 +62,15 @@ class FlakyProxy:
         except OSError:
             pass
 
-    def __enter__(self) -> "FlakyProxy":
+    def __enter__(self) -> FlakyProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def set_faults(self, *, refuse: int = 0, cut: int = 0, cut_after: int | None = None,
-                   match: bytes | None = None) -> None:
+    def set_faults(
+        self, *, refuse: int = 0, cut: int = 0, cut_after: int | None = None, match: bytes | None = None
+    ) -> None:
         with self._lock:
             self.refuse, self.cut, self.match = refuse, cut, match
             if cut_after is not None:
@@ -154,7 +164,7 @@ class FlakyProxy:
                     if counts and budget[0] >= 0:
                         if len(data) >= budget[0]:
                             if budget[0]:
-                                dst.sendall(data[:budget[0]])
+                                dst.sendall(data[: budget[0]])
                             close_both()
                             return
                         budget[0] -= len(data)
@@ -164,7 +174,7 @@ class FlakyProxy:
 
         if first:
             if budget[0] >= 0 and len(first) >= budget[0]:
-                upstream.sendall(first[:budget[0]])
+                upstream.sendall(first[: budget[0]])
                 close_both()
                 return
             if budget[0] >= 0:

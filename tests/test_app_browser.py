@@ -11,6 +11,7 @@ the Chat tab.
 Screenshots of every tab at 1280x800 and 390x844 go to artifacts/screenshots/ (gitignored), or to the folder
 named by OPENLLM_SCREENSHOTS (``OPENLLM_SCREENSHOTS=docs/img`` refreshes the ones docs/app.md shows).
 """
+
 from __future__ import annotations
 
 import json
@@ -90,7 +91,7 @@ def app_server(tmp_path):
         runner = demo.openllm_runner
         if runner.active():
             runner.stop()
-            if not runner.wait(60) and runner._proc is not None:  # noqa: SLF001 - last resort in teardown
+            if not runner.wait(60) and runner._proc is not None:
                 runner._proc.kill()
         demo.close()
 
@@ -125,8 +126,11 @@ def _monitor(page) -> dict:
     view = page.locator("#monitor-view")
     if view.count() == 0:
         return {"step": -1, "state": "", "points": 0}
-    return {"step": int(view.get_attribute("data-step") or -1), "state": view.get_attribute("data-state") or "",
-            "points": int(view.get_attribute("data-points") or 0)}
+    return {
+        "step": int(view.get_attribute("data-step") or -1),
+        "state": view.get_attribute("data-state") or "",
+        "points": int(view.get_attribute("data-points") or 0),
+    }
 
 
 def _plot_src(page) -> str:
@@ -161,8 +165,9 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
     corpus = _corpus(tmp_path / "psalms_and_more.txt")
     t0 = time.time()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(30_000)
         page.goto(url)
@@ -194,8 +199,10 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
         _fill(page, "save-every", 1000)
         page.get_by_text("An uploaded file").click()
         page.locator("#corpus-upload input[type=file]").set_input_files(str(corpus))
-        page.wait_for_function("document.querySelector('#corpus-upload') && "
-                               "document.querySelector('#corpus-upload').innerText.includes('psalms_and_more')")
+        page.wait_for_function(
+            "document.querySelector('#corpus-upload') && "
+            "document.querySelector('#corpus-upload').innerText.includes('psalms_and_more')"
+        )
         _wait_text(page, "#corpus-check", "ready to train", 60)
         page.click("#start-btn")
         # the app follows the new run in the Monitor tab, with the message in view
@@ -207,8 +214,9 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
         first_src, first_step = "", -1
         while time.time() < deadline:
             m = _monitor(page)
-            assert m["state"] in ("queued", "preparing", "training", ""), \
+            assert m["state"] in ("queued", "preparing", "training", ""), (
                 f"the run ended early: {page.locator('#monitor-html').inner_text()}"
+            )
             src = _plot_src(page)
             if m["step"] >= 1 and m["points"] > 0 and not first_src:
                 first_src, first_step = src, m["step"]
@@ -216,8 +224,10 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
                 break
             time.sleep(1)
         else:
-            raise AssertionError(f"no progress: {page.locator('#monitor-html').inner_text()}\n"
-                                 f"{page.locator('#log-tail textarea').input_value()}")
+            raise AssertionError(
+                f"no progress: {page.locator('#monitor-html').inner_text()}\n"
+                f"{page.locator('#log-tail textarea').input_value()}"
+            )
         assert "tokens / s" in page.locator("#monitor-html").inner_text().lower()
         assert "ram" in page.locator("#stat-mem").inner_text().lower()
         log = page.locator("#log-tail textarea").input_value()
@@ -339,9 +349,21 @@ def test_run_identity_cli_runs_corpus_checks_and_divergence_in_a_browser(app_ser
     _corpus(ws / "corpora" / "bible.txt", chapters=60)
 
     def train(name, **over):
-        values = {**preset_fields("tiny"), "preset": "tiny", "run_name": name, "corpus_kind": CORPUS_WORKSPACE,
-                  "corpus_path": "corpora/bible.txt", "upload": None, "vocab_size": 400, "max_steps": 12,
-                  "batch_size": 2, "warmup_steps": 1, "eval_every": 4, "save_every": 1000, **over}
+        values = {
+            **preset_fields("tiny"),
+            "preset": "tiny",
+            "run_name": name,
+            "corpus_kind": CORPUS_WORKSPACE,
+            "corpus_path": "corpora/bible.txt",
+            "upload": None,
+            "vocab_size": 400,
+            "max_steps": 12,
+            "batch_size": 2,
+            "warmup_steps": 1,
+            "eval_every": 4,
+            "save_every": 1000,
+            **over,
+        }
         runner.start(parse_train_form(values))
         assert runner.wait(400), f"{name} did not end"
         time.sleep(1.1)  # the next run is newer by its folder's time
@@ -353,8 +375,9 @@ def test_run_identity_cli_runs_corpus_checks_and_divergence_in_a_browser(app_ser
     assert ws.joinpath("runs").exists() and runner.ws.run_names()[1] == "run-2"
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.set_default_timeout(30_000)
         page.goto(url)
@@ -390,16 +413,28 @@ def test_run_identity_cli_runs_corpus_checks_and_divergence_in_a_browser(app_ser
 
         # --- a resume started from the command line: shown live, Start refused, stopped from the app ---------
         run2_digest = _weights_digest(ws / "runs" / "run-2" / "checkpoints" / "step_00000012")
-        cli = subprocess.Popen([sys.executable, "-m", "openllm", "train", "--out", str(ws / "runs" / "run-2"),
-                                "--max-steps", "2000", "--no-progress"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+        cli = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "openllm",
+                "train",
+                "--out",
+                str(ws / "runs" / "run-2"),
+                "--max-steps",
+                "2000",
+                "--no-progress",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=child_env(),
+        )
         try:
             page.get_by_role("tab", name="Monitor").click()
             _select(page, "monitor-run", "run-2")
             page.wait_for_selector("#monitor-view[data-external=true][data-state=training]", timeout=120_000)
             # stop once it trains (past its checkpoint at step 12), so that the stop is the trainer's graceful one
-            page.wait_for_function("Number(document.querySelector('#monitor-view').dataset.step) > 13",
-                                   timeout=120_000)
+            page.wait_for_function("Number(document.querySelector('#monitor-view').dataset.step) > 13", timeout=120_000)
             assert f"PID {cli.pid}" in page.locator("#run-holder").inner_text()
             assert "started outside the app" in page.locator("#log-tail textarea").input_value()
             page.wait_for_function("document.querySelector('#start-btn').disabled", timeout=20_000)
@@ -422,8 +457,18 @@ def test_run_identity_cli_runs_corpus_checks_and_divergence_in_a_browser(app_ser
         page.click("#start-btn")
         _wait_text(page, "#train-msg", "Corpus: the corpus is empty", 30)
         records = tmp_path / "records.jsonl"
-        records.write_text("".join(json.dumps({"id": str(i), "body": f"Record {i} holds a sentence long enough "
-                                               "to be kept when the corpus is cleaned."}) + "\n" for i in range(40)))
+        records.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "id": str(i),
+                        "body": f"Record {i} holds a sentence long enough to be kept when the corpus is cleaned.",
+                    }
+                )
+                + "\n"
+                for i in range(40)
+            )
+        )
         page.get_by_text("An uploaded file").click()
         page.locator("#corpus-upload input[type=file]").set_input_files(str(records))
         _wait_text(page, "#corpus-check", "no text field 'text'", 60)
@@ -496,22 +541,34 @@ def test_fine_tune_a_finished_run_then_chat_with_it_in_a_browser(app_server, tmp
     demo, url, ws = app_server
     make_export_run(ws / "runs" / "base", export_tokenizer_dir, steps=(1,), max_seq_len=256, init_std=0.02)
     bad = tmp_path / "my_chats.jsonl"
-    bad.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}\n'
-                   '{"messages": [{"role": "user", "content": "Hi"}]}\n')
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}\n'
+        '{"messages": [{"role": "user", "content": "Hi"}]}\n'
+    )
     # an earlier run of the tiny preset that measured 1,000 tokens/s (the Train tab's time estimate reads it)
     from openllm.app.forms import CORPUS_EMBEDDED, parse_train_form, preset_fields
 
     earlier = ws / "runs" / "earlier"
     earlier.mkdir(parents=True)
-    parse_train_form({**preset_fields("tiny"), "preset": "tiny", "run_name": "earlier", "lr": 0.002,
-                      "max_steps": 77, "corpus_kind": CORPUS_EMBEDDED}).config.save(earlier / "config.json")
-    (earlier / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 5.0, "tokens_per_s": 1000.0})
-                                                   + "\n" for s in (1, 2, 3)))
+    parse_train_form(
+        {
+            **preset_fields("tiny"),
+            "preset": "tiny",
+            "run_name": "earlier",
+            "lr": 0.002,
+            "max_steps": 77,
+            "corpus_kind": CORPUS_EMBEDDED,
+        }
+    ).config.save(earlier / "config.json")
+    (earlier / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 5.0, "tokens_per_s": 1000.0}) + "\n" for s in (1, 2, 3))
+    )
     (earlier / "status.json").write_text(json.dumps({"state": "stopped", "step": 3, "max_steps": 77}))
     shots = os.environ.get("OPENLLM_SCREENSHOTS")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(url)
         page.wait_for_selector("#start-btn")
@@ -584,13 +641,13 @@ def test_fine_tune_a_finished_run_then_chat_with_it_in_a_browser(app_server, tmp
         first = _bubbles(page, "bot")
         assert len(first) == 1 and first[0], first
         rendered = page.locator("#chat-rendered textarea").input_value()
-        assert rendered.startswith("<s>System: Answer with the verse only.\nUser: What does Genesis 1:3 say?\n"
-                                   "Assistant:"), rendered
+        assert rendered.startswith(
+            "<s>System: Answer with the verse only.\nUser: What does Genesis 1:3 say?\nAssistant:"
+        ), rendered
         # a second turn: the model sees the whole conversation, the system prompt first
         _fill(page, "chat-input", "And the next verse?")
         page.click("#chat-send")
-        page.wait_for_function("document.querySelectorAll('#chat-box [data-testid=bot]').length == 2",
-                               timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('#chat-box [data-testid=bot]').length == 2", timeout=60_000)
         _wait_text(page, "#chat-msg", "The reply", 120)
         rendered = page.locator("#chat-rendered textarea").input_value()
         assert rendered.startswith("<s>System: Answer with the verse only.\nUser: What does Genesis 1:3 say?\n")
@@ -607,8 +664,7 @@ def test_fine_tune_a_finished_run_then_chat_with_it_in_a_browser(app_server, tmp
         page.wait_for_selector("#chat-kind[data-kind=base]", timeout=20_000)
         assert "not fine-tuned" in page.locator("#chat-kind").inner_text()
         page.click("#chat-clear")
-        page.wait_for_function("document.querySelectorAll('#chat-box [data-testid=user]').length == 0",
-                               timeout=20_000)
+        page.wait_for_function("document.querySelectorAll('#chat-box [data-testid=user]').length == 0", timeout=20_000)
 
         if shots:  # the phone-sized view of both
             _select(page, "chat-model", "fine-tuned run chat")

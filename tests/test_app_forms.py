@@ -1,18 +1,34 @@
 """The app's form validation and workspace sandbox (no browser, no Gradio)."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from openllm.app.forms import (CORPUS_EMBEDDED, CORPUS_UPLOAD, CORPUS_WORKSPACE, FormError, parse_hub_ref,
-                               parse_push_form, parse_sampling_form, parse_train_form, preset_fields)
+from openllm.app.forms import (
+    CORPUS_EMBEDDED,
+    CORPUS_UPLOAD,
+    CORPUS_WORKSPACE,
+    FormError,
+    parse_hub_ref,
+    parse_push_form,
+    parse_sampling_form,
+    parse_train_form,
+    preset_fields,
+)
 from openllm.app.workspace import Workspace, WorkspaceError, check_name
 
 
 def _form(**over):
-    values = {**preset_fields("tiny"), "preset": "tiny", "run_name": "r1", "corpus_kind": CORPUS_EMBEDDED,
-              "corpus_path": "", "upload": None}
+    values = {
+        **preset_fields("tiny"),
+        "preset": "tiny",
+        "run_name": "r1",
+        "corpus_kind": CORPUS_EMBEDDED,
+        "corpus_path": "",
+        "upload": None,
+    }
     values.update(over)
     return values
 
@@ -29,9 +45,21 @@ def test_preset_fields_round_trip_to_the_preset_config():
 
 
 def test_overrides_reach_the_config():
-    req = parse_train_form(_form(lr="0.001", max_steps=30.0, batch_size=4, grad_accum=2, schedule="wsd",
-                                 weight_decay=0, grad_clip=0.5, warmup_steps=3, vocab_size=512, eval_every=5,
-                                 save_every=10))
+    req = parse_train_form(
+        _form(
+            lr="0.001",
+            max_steps=30.0,
+            batch_size=4,
+            grad_accum=2,
+            schedule="wsd",
+            weight_decay=0,
+            grad_clip=0.5,
+            warmup_steps=3,
+            vocab_size=512,
+            eval_every=5,
+            save_every=10,
+        )
+    )
     t = req.config.train
     assert (t.lr, t.max_steps, t.micro_batch_size, t.grad_accum_steps, t.schedule) == (0.001, 30, 4, 2, "wsd")
     assert (t.weight_decay, t.grad_clip, t.warmup_steps, t.eval_every, t.save_every) == (0, 0.5, 3, 5, 10)
@@ -39,28 +67,31 @@ def test_overrides_reach_the_config():
     assert req.config.model.vocab_size == 512 and req.vocab_size == 512
 
 
-@pytest.mark.parametrize("field,value,label,words", [
-    ("lr", 0, "Learning rate", "greater than 0"),
-    ("lr", -1e-3, "Learning rate", "greater than 0"),
-    ("lr", "abc", "Learning rate", "must be a number"),
-    ("lr", None, "Learning rate", "required"),
-    ("lr", float("nan"), "Learning rate", "finite"),
-    ("max_steps", 10.5, "Steps", "whole number"),
-    ("max_steps", "12.25", "Steps", "whole number"),
-    ("max_steps", 0, "Steps", "at least 1"),
-    ("batch_size", -2, "Batch size", "at least 1"),
-    ("grad_accum", 1.5, "Gradient accumulation", "whole number"),
-    ("weight_decay", -0.1, "Weight decay", "0 or more"),
-    ("grad_clip", -1, "Gradient clipping", "0 or more"),
-    ("warmup_steps", 10_000, "Warmup steps", "must not exceed Steps"),
-    ("vocab_size", 10, "Vocabulary size", "at least"),
-    ("optimizer", "sgd", "Optimizer", "choose one of"),
-    ("schedule", "linear", "Scheduler", "choose one of"),
-    ("preset", "huge", "Preset", "choose one of"),
-    ("run_name", "../escape", "Run name", "not allowed"),
-    ("run_name", "", "Run name", "required"),
-    ("eval_every", 0, "Evaluate every", "at least 1"),
-])
+@pytest.mark.parametrize(
+    "field,value,label,words",
+    [
+        ("lr", 0, "Learning rate", "greater than 0"),
+        ("lr", -1e-3, "Learning rate", "greater than 0"),
+        ("lr", "abc", "Learning rate", "must be a number"),
+        ("lr", None, "Learning rate", "required"),
+        ("lr", float("nan"), "Learning rate", "finite"),
+        ("max_steps", 10.5, "Steps", "whole number"),
+        ("max_steps", "12.25", "Steps", "whole number"),
+        ("max_steps", 0, "Steps", "at least 1"),
+        ("batch_size", -2, "Batch size", "at least 1"),
+        ("grad_accum", 1.5, "Gradient accumulation", "whole number"),
+        ("weight_decay", -0.1, "Weight decay", "0 or more"),
+        ("grad_clip", -1, "Gradient clipping", "0 or more"),
+        ("warmup_steps", 10_000, "Warmup steps", "must not exceed Steps"),
+        ("vocab_size", 10, "Vocabulary size", "at least"),
+        ("optimizer", "sgd", "Optimizer", "choose one of"),
+        ("schedule", "linear", "Scheduler", "choose one of"),
+        ("preset", "huge", "Preset", "choose one of"),
+        ("run_name", "../escape", "Run name", "not allowed"),
+        ("run_name", "", "Run name", "required"),
+        ("eval_every", 0, "Evaluate every", "at least 1"),
+    ],
+)
 def test_bad_fields_name_the_field(field, value, label, words):
     with pytest.raises(FormError) as err:
         parse_train_form(_form(**{field: value}))
@@ -87,18 +118,25 @@ def test_model_size_changes_only_the_shape():
 
 
 def test_sampling_form():
-    ok = parse_sampling_form(dict(prompt="Hi", max_new_tokens=5.0, temperature=0, top_k=0, top_p=1.0,
-                                  repetition_penalty=1.0, seed=None))
+    ok = parse_sampling_form(
+        dict(prompt="Hi", max_new_tokens=5.0, temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=None)
+    )
     assert (ok.max_new_tokens, ok.temperature, ok.top_k, ok.top_p, ok.seed) == (5, 0.0, None, None, None)
-    ok = parse_sampling_form(dict(prompt="Hi", max_new_tokens=5, temperature=0.7, top_k=20, top_p=0.9,
-                                  repetition_penalty=1.1, seed=3))
+    ok = parse_sampling_form(
+        dict(prompt="Hi", max_new_tokens=5, temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.1, seed=3)
+    )
     assert (ok.top_k, ok.top_p, ok.seed) == (20, 0.9, 3)
-    bad = [({"prompt": "  "}, "Prompt"), ({"max_new_tokens": 2.5}, "Max new tokens"),
-           ({"temperature": -1}, "Temperature"), ({"top_p": 0}, "Top-p"), ({"top_k": -3}, "Top-k"),
-           ({"repetition_penalty": 0}, "Repetition penalty"), ({"seed": 1.5}, "Seed")]
+    bad = [
+        ({"prompt": "  "}, "Prompt"),
+        ({"max_new_tokens": 2.5}, "Max new tokens"),
+        ({"temperature": -1}, "Temperature"),
+        ({"top_p": 0}, "Top-p"),
+        ({"top_k": -3}, "Top-k"),
+        ({"repetition_penalty": 0}, "Repetition penalty"),
+        ({"seed": 1.5}, "Seed"),
+    ]
     for over, label in bad:
-        values = dict(prompt="Hi", max_new_tokens=5, temperature=1, top_k=0, top_p=1, repetition_penalty=1,
-                      seed=None)
+        values = dict(prompt="Hi", max_new_tokens=5, temperature=1, top_k=0, top_p=1, repetition_penalty=1, seed=None)
         values.update(over)
         with pytest.raises(FormError) as err:
             parse_sampling_form(values)
@@ -124,6 +162,7 @@ def test_push_and_hub_ref_forms():
 
 # --- the sandbox --------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def ws(tmp_path):
     w = Workspace(tmp_path / "ws")
@@ -139,8 +178,7 @@ def test_paths_inside_the_workspace_resolve(ws):
     assert ws.corpus_files() == ["corpora/ok.txt"]
 
 
-@pytest.mark.parametrize("path", ["../secret.txt", "corpora/../../secret.txt", "/etc/passwd", "~/.bashrc",
-                                  "..", "/"])
+@pytest.mark.parametrize("path", ["../secret.txt", "corpora/../../secret.txt", "/etc/passwd", "~/.bashrc", "..", "/"])
 def test_paths_outside_are_refused(ws, path):
     with pytest.raises(WorkspaceError, match="outside the app's workspace"):
         ws.resolve(path, must_exist=False)
@@ -182,11 +220,13 @@ def test_run_names_skip_symlinked_runs(ws, tmp_path):
 
 # --- config files: save, load, an earlier run's settings, the time estimate (issue 17) ------------------------
 
+
 def test_a_saved_config_loads_back_into_the_same_form_and_names_what_the_form_cannot_hold(tmp_path):
     from openllm.app.forms import config_fields
 
-    cfg = parse_train_form(_form(lr=0.002, max_steps=77, batch_size=3, optimizer="adamw", schedule="wsd",
-                                 grad_clip=0.5, warmup_steps=7)).config
+    cfg = parse_train_form(
+        _form(lr=0.002, max_steps=77, batch_size=3, optimizer="adamw", schedule="wsd", grad_clip=0.5, warmup_steps=7)
+    ).config
     cfg.save(tmp_path / "config.json")
     fields, lost = config_fields(tmp_path / "config.json")
     assert lost == []
@@ -214,8 +254,10 @@ def test_time_estimate_comes_from_an_earlier_run_of_the_same_size_or_is_not_give
     tokens = 100 * 4 * 1 * (cfg.train.seq_len or cfg.model.max_seq_len)
     est = estimate_time(ws, cfg)
     assert est.seconds is None and est.tokens == tokens and "no time estimate yet" in est.describe()
-    for name, over, speeds in [("other-size", {"model_size": "small"}, [10.0, 10.0]),
-                               ("same", {"max_steps": 50}, [999.0, 2000.0, 1000.0, 1000.0])]:
+    for name, over, speeds in [
+        ("other-size", {"model_size": "small"}, [10.0, 10.0]),
+        ("same", {"max_steps": 50}, [999.0, 2000.0, 1000.0, 1000.0]),
+    ]:
         run = ws.run_dir(name)
         run.mkdir(parents=True)
         parse_train_form(_form(batch_size=4, **over)).config.save(run / "config.json")

@@ -1,5 +1,6 @@
 """The app's library modules without a browser: the runner's process management (real subprocesses), the
 monitor's numbers and plots, the model picker's sandbox, the help text, and keeping tokens out of children."""
+
 from __future__ import annotations
 
 import itertools
@@ -16,9 +17,9 @@ from openllm.app import help as app_help
 from openllm.app import models as M
 from openllm.app.forms import CORPUS_WORKSPACE, FormError, parse_train_form, preset_fields
 from openllm.app.monitor import format_duration, loss_figure, memory_usage, progress, tail_log
-from openllm.rundir import checkpoint_steps, read_metrics, write_status
 from openllm.app.runner import Runner, RunnerError, child_env, run_status
 from openllm.app.workspace import Workspace
+from openllm.rundir import checkpoint_steps, read_metrics, write_status
 
 
 @pytest.fixture
@@ -47,14 +48,26 @@ def _prepared(ws: Workspace, docs: int = 300) -> str:
 
 
 def _request(name: str, corpus: str, **over):
-    values = {**preset_fields("tiny"), "preset": "tiny", "run_name": name, "corpus_kind": CORPUS_WORKSPACE,
-              "corpus_path": corpus, "upload": None, "vocab_size": 400, "max_steps": 20, "batch_size": 2,
-              "warmup_steps": 1, "eval_every": 5, "save_every": 100}
+    values = {
+        **preset_fields("tiny"),
+        "preset": "tiny",
+        "run_name": name,
+        "corpus_kind": CORPUS_WORKSPACE,
+        "corpus_path": corpus,
+        "upload": None,
+        "vocab_size": 400,
+        "max_steps": 20,
+        "batch_size": 2,
+        "warmup_steps": 1,
+        "eval_every": 5,
+        "save_every": 100,
+    }
     values.update(over)
     return parse_train_form(values)
 
 
 # --- runner (real job processes) ------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_second_start_is_refused_and_stop_ends_the_job(ws):
@@ -114,12 +127,14 @@ def test_a_crashed_run_is_reported_failed(ws):
     run.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (run / "status.json").write_text(json.dumps({"state": "running", "step": 7, "max_steps": 10,
-                                                 "pid": dead.pid, "error": None}))
+    (run / "status.json").write_text(
+        json.dumps({"state": "running", "step": 7, "max_steps": 10, "pid": dead.pid, "error": None})
+    )
     st = run_status(ws, "crashed")
     assert st.state == "failed" and "crashed or was killed" in st.error and st.step == 7
-    (run / "status.json").write_text(json.dumps({"state": "failed", "step": 3, "max_steps": 10, "pid": None,
-                                                 "error": "loss is nan at step 3"}))
+    (run / "status.json").write_text(
+        json.dumps({"state": "failed", "step": 3, "max_steps": 10, "pid": None, "error": "loss is nan at step 3"})
+    )
     assert run_status(ws, "crashed").error == "loss is nan at step 3"
     assert run_status(ws, "crashed").state == "failed"
 
@@ -136,12 +151,18 @@ def test_children_never_see_tokens(monkeypatch):
 
 # --- monitor ------------------------------------------------------------------------------------------------
 
+
 def _run_with_metrics(ws: Workspace, name="m", n=20, partial=True) -> Path:
     run = ws.run_dir(name)
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"model": {"max_seq_len": 256},
-                                                 "train": {"micro_batch_size": 4, "grad_accum_steps": 2,
-                                                           "seq_len": 128, "max_steps": 100}}))
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "model": {"max_seq_len": 256},
+                "train": {"micro_batch_size": 4, "grad_accum_steps": 2, "seq_len": 128, "max_steps": 100},
+            }
+        )
+    )
     with open(run / "metrics.jsonl", "w") as f:
         for s in range(1, n + 1):
             rec = {"step": s, "loss": 5.0 - s * 0.1, "lr": 1e-3, "tokens_per_s": 1024.0}
@@ -178,8 +199,13 @@ def test_loss_figure_has_both_curves(ws):
 
 def test_tail_log_keeps_the_latest_progress_bar_state(tmp_path):
     log = tmp_path / "log.txt"
-    log.write_text("== training\n" + "".join(f"\rtrain: {i}/10" for i in range(11)) + "\n" +
-                   "\n".join(f"line {i}" for i in range(100)) + "\n")
+    log.write_text(
+        "== training\n"
+        + "".join(f"\rtrain: {i}/10" for i in range(11))
+        + "\n"
+        + "\n".join(f"line {i}" for i in range(100))
+        + "\n"
+    )
     tail = tail_log(log, lines=3)
     assert tail == "line 97\nline 98\nline 99"
     assert tail_log(log, lines=103).splitlines()[:2] == ["== training", "train: 10/10"]
@@ -195,6 +221,7 @@ def test_memory_usage_reports_ram():
 
 # --- the model picker's sandbox ------------------------------------------------------------------------------
 
+
 def test_model_choices_resolve_inside_the_workspace_only(ws, tmp_path):
     run = ws.run_dir("r1")
     (run / "checkpoints" / "step_00000005").mkdir(parents=True)
@@ -209,9 +236,16 @@ def test_model_choices_resolve_inside_the_workspace_only(ws, tmp_path):
     assert M.resolve_model(ws, "hub:me/m@v1") == "me/m@v1"
     assert M.resolve_model(ws, "me/m@v1") == "me/m@v1"  # typed by hand
     os.symlink(tmp_path, ws.runs_dir / "link")
-    for bad, words in [("run:../../x", "not allowed"), ("run:empty", "no checkpoint"), ("run:nope", "not in"),
-                       ("/etc/passwd", "owner/name@version"), ("../x@1", "owner/name"), ("", "choose a model"),
-                       ("model:..", "not allowed"), ("run:link", "not in the workspace")]:
+    for bad, words in [
+        ("run:../../x", "not allowed"),
+        ("run:empty", "no checkpoint"),
+        ("run:nope", "not in"),
+        ("/etc/passwd", "owner/name@version"),
+        ("../x@1", "owner/name"),
+        ("", "choose a model"),
+        ("model:..", "not allowed"),
+        ("run:link", "not in the workspace"),
+    ]:
         with pytest.raises(FormError, match=words):
             M.resolve_model(ws, bad)
 
@@ -227,6 +261,7 @@ def test_push_refuses_runs_without_checkpoints(ws):
 
 
 # --- help -----------------------------------------------------------------------------------------------------
+
 
 def test_help_comes_from_docs_app_md():
     text = app_help.load_help()
@@ -246,6 +281,7 @@ def test_help_in_the_built_space_and_fallback(tmp_path):
 
 
 # --- the command --------------------------------------------------------------------------------------------
+
 
 def test_gradio_analytics_are_off_whatever_the_environment(monkeypatch):
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "True")
@@ -270,8 +306,12 @@ def test_openllm_app_serves_on_loopback_only(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "HF_TOKEN": "hf_do_not_print_me", "GRADIO_ANALYTICS_ENABLED": "True"}
-    proc = subprocess.Popen([sys.executable, "-m", "openllm", "app", "--port", str(port), "--workspace",
-                             str(tmp_path / "ws")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openllm", "app", "--port", str(port), "--workspace", str(tmp_path / "ws")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         deadline = time.time() + 120
         page = None
@@ -285,13 +325,19 @@ def test_openllm_app_serves_on_loopback_only(tmp_path):
             assert proc.poll() is None, proc.stdout.read().decode()
             time.sleep(0.5)
         assert page is not None and page.status_code == 200 and "OpenLLM" in page.text
-        listening = [c.laddr for c in psutil.Process(proc.pid).net_connections(kind="inet")
-                     if c.status == psutil.CONN_LISTEN]
+        listening = [
+            c.laddr for c in psutil.Process(proc.pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+        ]
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
         assert (tmp_path / "ws" / "runs").is_dir()
         (tmp_path / "ws" / "corpora" / "mine.txt").write_text("workspace file\n")
-        for path in ["/etc/passwd", str(Path.cwd() / "pyproject.toml"), "pyproject.toml", "../../etc/passwd",
-                     str(tmp_path / "ws" / "corpora" / "mine.txt")]:
+        for path in [
+            "/etc/passwd",
+            str(Path.cwd() / "pyproject.toml"),
+            "pyproject.toml",
+            "../../etc/passwd",
+            str(tmp_path / "ws" / "corpora" / "mine.txt"),
+        ]:
             for prefix in ("gradio_api/file=", "file="):
                 r = httpx.get(f"http://127.0.0.1:{port}/{prefix}{path}", timeout=10)
                 assert r.status_code in (403, 404), (prefix + path, r.status_code)
@@ -343,9 +389,11 @@ def test_a_run_trained_outside_the_app_is_shown_blocks_start_and_is_stopped_from
 def test_a_finished_run_never_blocks_start_and_failed_runs_can_be_deleted(ws):
     runner = Runner(ws)
     for name, state in [("done", "finished"), ("broken", "failed")]:
-        write_status(ws.run_dir(name), {"state": state, "step": 10, "max_steps": 10, "error": "x" if state == "failed" else None})
+        write_status(
+            ws.run_dir(name), {"state": state, "step": 10, "max_steps": 10, "error": "x" if state == "failed" else None}
+        )
     assert runner.active() is None
-    runner._refuse_while_active()  # noqa: SLF001 - the check Start and Continue make
+    runner._refuse_while_active()
     with pytest.raises(RunnerError, match="already exists \\(failed\\): delete it"):
         runner.start(_request("broken", "corpora/x"))
     with pytest.raises(RunnerError, match="only failed or diverged"):
@@ -364,8 +412,18 @@ def test_corpus_is_checked_when_chosen(ws):
     assert not check_corpus(empty).ok and "empty" in check_corpus(empty).problem
     assert "does not exist" in check_corpus(ws.corpora_dir / "nope.txt").problem
     recs = ws.corpora_dir / "recs.jsonl"
-    recs.write_text("".join(json.dumps({"id": str(i), "body": f"Document number {i} has enough words to be kept "
-                                        "by the cleaning step of the corpus."}) + "\n" for i in range(30)))
+    recs.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": str(i),
+                    "body": f"Document number {i} has enough words to be kept by the cleaning step of the corpus.",
+                }
+            )
+            + "\n"
+            for i in range(30)
+        )
+    )
     chk = check_corpus(recs)
     assert not chk.ok and chk.fields == ["body", "id"] and "no text field 'text'" in chk.problem
     assert "--" not in chk.problem  # the app's words, not the command line's
@@ -419,9 +477,22 @@ def test_cli_resume_is_shown_and_stopped_then_continue_matches_an_uninterrupted_
     first_stop = checkpoint_steps(ws.run_dir("a"))[-1]
 
     # a resume from the command line, as docs/training.md says: the app sees it live and stops it
-    cli = subprocess.Popen([sys.executable, "-m", "openllm", "train", "--out", str(ws.run_dir("a")),
-                            "--max-steps", str(total), "--no-progress"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "openllm",
+            "train",
+            "--out",
+            str(ws.run_dir("a")),
+            "--max-steps",
+            str(total),
+            "--no-progress",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=child_env(),
+    )
     try:
         _wait_step(ws, "a", first_stop + 2)
         st = runner.status("a")
@@ -453,9 +524,23 @@ def test_cli_resume_is_shown_and_stopped_then_continue_matches_an_uninterrupted_
 
     before = (ws.run_dir("a") / "status.json").read_bytes()
     with RunLock(ws.run_dir("a")):
-        res = subprocess.run([sys.executable, "-m", "openllm", "train", "--out", str(ws.run_dir("a")),
-                              "--max-steps", str(total + 5), "--no-progress"],
-                             capture_output=True, text=True, env=child_env(), timeout=300)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "openllm",
+                "train",
+                "--out",
+                str(ws.run_dir("a")),
+                "--max-steps",
+                str(total + 5),
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=300,
+        )
     assert res.returncode != 0 and f"already being trained by PID {os.getpid()}" in res.stderr, res.stderr
     assert (ws.run_dir("a") / "status.json").read_bytes() == before
 
@@ -486,6 +571,7 @@ def test_the_hf_token_is_never_in_what_the_browser_receives(tmp_path, monkeypatc
 
 # --- fine-tune and chat (issue 20) --------------------------------------------------------------------------
 
+
 def _base_run(ws: Workspace, tokenizer_dir: Path, name: str = "base") -> Path:
     """A finished tiny run (one checkpoint, a 128-token context) to fine-tune."""
     sys.path.insert(0, str(Path(__file__).parent))
@@ -504,8 +590,9 @@ def test_a_bad_conversation_upload_is_refused_before_anything_starts(ws, tmp_pat
     with pytest.raises(FormError) as err:
         check_conversations(bad)
     # the upload's own name and line, on one line, not the temporary path the browser's upload landed on
-    assert str(err.value) == ("Conversations: chats.jsonl:2: message 1 has an unknown role 'robot' (use system, "
-                              "user or assistant)")
+    assert str(err.value) == (
+        "Conversations: chats.jsonl:2: message 1 has an unknown role 'robot' (use system, user or assistant)"
+    )
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(FormError, match=r"empty\.jsonl: no conversations"):
         check_conversations(tmp_path / "empty.jsonl")
@@ -538,15 +625,17 @@ def test_a_synthetic_set_fine_tune_job_finishes_and_chats(ws, export_tokenizer_d
     assert rec["base"]["source"] == str(ws.run_dir("base").resolve()) and rec["data"]["path"] == str(train)
     assert [r["step"] for r in read_metrics(ws.run_dir("chat"))][-1] == 4
     # the Chat tab offers the fine-tuned run first and says the base run is not fine-tuned
-    assert C.chat_choices(ws) == [("fine-tuned run chat (step 4)", "run:chat"),
-                                  ("base run base (step 1; not fine-tuned)", "run:base")]
+    assert C.chat_choices(ws) == [
+        ("fine-tuned run chat (step 4)", "run:chat"),
+        ("base run base (step 1; not fine-tuned)", "run:base"),
+    ]
     loaded = M.ModelCache().get(M.resolve_model(ws, "run:chat"))
     history = [{"role": "user", "content": "What does Genesis 1:3 say?"}]
     prompt = C.chat_prompt(loaded, history, "Be terse.", max_new_tokens=8)
     assert prompt.text.startswith("<s>System: Be terse.\nUser: What does Genesis 1:3 say?\nAssistant:")
     assert prompt.ids == loaded.tokenizer.encode_chat(prompt.messages, add_generation_prompt=True)
     pieces = list(C.stream_reply(loaded, prompt, temperature=0.0))
-    assert pieces and all(a[0] == b[0][:len(a[0])] for a, b in itertools.pairwise(pieces))  # it grows
+    assert pieces and all(a[0] == b[0][: len(a[0])] for a, b in itertools.pairwise(pieces))  # it grows
     # the oldest turns give way when a long conversation no longer fits the 128-token context
     long = [{"role": r, "content": "word " * 30} for r in ("user", "assistant") * 4] + history
     fitted = C.chat_prompt(loaded, long, "Be terse.", max_new_tokens=16)

@@ -13,8 +13,14 @@ def write_shards(out, splits: dict, vocab_size: int = 64, dtype: str = "uint16")
     """A tokenized data folder by the contract in docs/architecture.md, written with numpy directly.
     ``splits`` maps a split name to a list of 1-D integer arrays (one per shard)."""
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"vocab_size": vocab_size, "dtype": dtype, "eos_id": 3, "tokenizer_sha256": "0" * 64,
-            "splits": {}, "sources": {}}
+    meta = {
+        "vocab_size": vocab_size,
+        "dtype": dtype,
+        "eos_id": 3,
+        "tokenizer_sha256": "0" * 64,
+        "splits": {},
+        "sources": {},
+    }
     for split, arrays in splits.items():
         names = []
         for i, arr in enumerate(arrays):
@@ -34,8 +40,9 @@ def random_data(out, vocab_size=64, train_tokens=5000, val_tokens=1000, seed=0, 
 
 
 def test_windows_are_contiguous_and_shifted(tmp_path):
-    data = write_shards(tmp_path / "d", {"train": [np.arange(100), np.arange(1000, 1050)], "val": [np.arange(40)]},
-                        vocab_size=2000)
+    data = write_shards(
+        tmp_path / "d", {"train": [np.arange(100), np.arange(1000, 1050)], "val": [np.arange(40)]}, vocab_size=2000
+    )
     loader = RandomWindowLoader(data, batch_size=8, seq_len=10, seed=3)
     for _ in range(20):
         x, y = loader.next()
@@ -74,8 +81,9 @@ def test_ranks_split_the_global_batch(tmp_path):
 
 
 def test_sequential_windows_cover_the_split_in_order(tmp_path):
-    data = write_shards(tmp_path / "d", {"train": [np.arange(50)], "val": [np.arange(25), np.arange(25, 48)]},
-                        vocab_size=100)
+    data = write_shards(
+        tmp_path / "d", {"train": [np.arange(50)], "val": [np.arange(25), np.arange(25, 48)]}, vocab_size=100
+    )
     ev = SequentialWindows(data, batch_size=2, seq_len=10)
     assert ev.num_windows == 4 and len(ev) == 2
     batches = list(ev)
@@ -93,8 +101,9 @@ def test_sequential_windows_cover_the_split_in_order(tmp_path):
 
 
 def test_uint32_and_errors(tmp_path):
-    data = write_shards(tmp_path / "d", {"train": [np.arange(70000, 70100)], "val": [np.arange(30)]},
-                        vocab_size=70100, dtype="uint32")
+    data = write_shards(
+        tmp_path / "d", {"train": [np.arange(70000, 70100)], "val": [np.arange(30)]}, vocab_size=70100, dtype="uint32"
+    )
     x, _ = RandomWindowLoader(data, 2, 8).next()
     assert int(x.min()) >= 70000
     assert TokenShards(data, "train").vocab_size == 70100

@@ -11,15 +11,22 @@ import numpy as np
 import pytest
 import torch
 
-from openllm.checkpoint import (load_model_weights, load_optimizer_state, load_state, model_state_dict, rng_state,
-                                save_checkpoint, set_rng_state)
+from openllm.checkpoint import (
+    load_model_weights,
+    load_optimizer_state,
+    load_state,
+    model_state_dict,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from openllm.config import ModelConfig
 from openllm.errors import OpenLLMError
 from openllm.model import Transformer
 from openllm.rundir import checkpoint_dir, clean_temporary, latest_checkpoint, list_checkpoints, read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_batches import random_data  # noqa: E402
+from test_batches import random_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,8 +35,9 @@ CFG = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=32)
 
 def _save(run, step, model, **kw):
     opt = torch.optim.AdamW(model.parameters())
-    return save_checkpoint(run, step, model_state_dict(model), {"optimizer": opt.state_dict(), "scaler": None},
-                           {"config": {"x": 1}}, **kw)
+    return save_checkpoint(
+        run, step, model_state_dict(model), {"optimizer": opt.state_dict(), "scaler": None}, {"config": {"x": 1}}, **kw
+    )
 
 
 def test_save_load_round_trip_and_keep_last(tmp_path):
@@ -50,7 +58,9 @@ def test_save_load_round_trip_and_keep_last(tmp_path):
         load_model_weights(Transformer(ModelConfig(**{**CFG, "n_layers": 3})), ck)
     # saving the same step again replaces it whole
     _save(tmp_path, 5, model)
-    assert load_state(ck)["step"] == 5 and not any(p.name.startswith(".tmp") for p in (tmp_path / "checkpoints").iterdir())
+    assert load_state(ck)["step"] == 5 and not any(
+        p.name.startswith(".tmp") for p in (tmp_path / "checkpoints").iterdir()
+    )
 
 
 def test_partial_writes_are_invisible_and_cleaned(tmp_path):
@@ -78,13 +88,34 @@ def test_rng_state_round_trip():
 @pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_previous_usable(tmp_path):
     data = random_data(tmp_path / "data", vocab_size=2048, train_tokens=20000, val_tokens=2000)
-    cfg = {"model": {"vocab_size": 2048, "d_model": 128, "n_layers": 2, "n_heads": 4, "max_seq_len": 32},
-           "train": {"micro_batch_size": 2, "seq_len": 16, "max_steps": 30, "save_every": 1, "keep_last": 2,
-                     "eval_every": 1000, "log_every": 1, "warmup_steps": 0}}
+    cfg = {
+        "model": {"vocab_size": 2048, "d_model": 128, "n_layers": 2, "n_heads": 4, "max_seq_len": 32},
+        "train": {
+            "micro_batch_size": 2,
+            "seq_len": 16,
+            "max_steps": 30,
+            "save_every": 1,
+            "keep_last": 2,
+            "eval_every": 1000,
+            "log_every": 1,
+            "warmup_steps": 0,
+        },
+    }
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "openllm", "train", "--no-progress", "--config", str(tmp_path / "cfg.json"),
-            "--data", str(data), "--out", str(run)]
+    args = [
+        sys.executable,
+        "-m",
+        "openllm",
+        "train",
+        "--no-progress",
+        "--config",
+        str(tmp_path / "cfg.json"),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     root = run / "checkpoints"

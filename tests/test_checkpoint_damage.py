@@ -1,13 +1,21 @@
 """Damaged checkpoints are detected, named and survived: checksums in state.json, verification, the newest
 intact checkpoint, and one-line errors for every damaged file instead of a traceback."""
+
 import json
 
 import pytest
 import torch
 
-from openllm.checkpoint import (CheckpointDamaged, latest_intact_checkpoint, load_model_weights,
-                                load_optimizer_state, load_state, model_state_dict, save_checkpoint,
-                                verify_checkpoint)
+from openllm.checkpoint import (
+    CheckpointDamaged,
+    latest_intact_checkpoint,
+    load_model_weights,
+    load_optimizer_state,
+    load_state,
+    model_state_dict,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from openllm.config import ModelConfig
 from openllm.errors import OpenLLMError
 from openllm.loading import load
@@ -27,8 +35,13 @@ def run(tmp_path):
     model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
     opt.step()
     for step in (1, 2, 3):
-        save_checkpoint(tmp_path, step, model_state_dict(model), {"optimizer": opt.state_dict(), "scaler": None},
-                        {"config": {"model": CFG}})
+        save_checkpoint(
+            tmp_path,
+            step,
+            model_state_dict(model),
+            {"optimizer": opt.state_dict(), "scaler": None},
+            {"config": {"model": CFG}},
+        )
     return tmp_path
 
 

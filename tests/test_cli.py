@@ -3,16 +3,31 @@ import os
 import sys
 
 import torch
-from conftest import run_cli
 
+from conftest import run_cli
 from openllm.cli import COMMANDS, build_parser, main
 from openllm.cli.common import DEVICE_HELP, HUB_HELP, SET_HELP
 
 
 def test_help_lists_every_command():
     out = run_cli("--help").stdout
-    for name in ["prepare-data", "train-tokenizer", "tokenize", "train", "evaluate", "compare", "generate",
-                 "export", "serve", "hub", "data", "space", "app", "quickstart", "info"]:
+    for name in [
+        "prepare-data",
+        "train-tokenizer",
+        "tokenize",
+        "train",
+        "evaluate",
+        "compare",
+        "generate",
+        "export",
+        "serve",
+        "hub",
+        "data",
+        "space",
+        "app",
+        "quickstart",
+        "info",
+    ]:
         assert name in out
         assert name in COMMANDS
 
@@ -34,6 +49,7 @@ def test_info_bad_config_is_one_line(tmp_path):
 
 
 # --- the shared options (openllm.cli.common): one --hub, one --device, --set wherever a config is read -----------
+
 
 def _leaf_parsers() -> dict[str, argparse.ArgumentParser]:
     """Every runnable command's parser as the CLI builds it, sub-commands included ("hub push", "space sync")."""
@@ -85,8 +101,21 @@ def test_device_defaults_to_auto_everywhere():
 def test_hub_help_is_the_same_in_every_command():
     with_hub = {name: _option(p, "--hub") for name, p in _leaf_parsers().items()}
     with_hub = {name: a for name, a in with_hub.items() if a is not None}
-    assert {"compare", "data upload", "evaluate", "export", "generate", "serve", "hub push", "hub versions",
-            "hub pull", "hub list", "space sync", "space status", "space rollback"} <= set(with_hub)
+    assert {
+        "compare",
+        "data upload",
+        "evaluate",
+        "export",
+        "generate",
+        "serve",
+        "hub push",
+        "hub versions",
+        "hub pull",
+        "hub list",
+        "space sync",
+        "space status",
+        "space rollback",
+    } <= set(with_hub)
     assert {a.help for a in with_hub.values()} == {HUB_HELP}
     assert {a.default for a in with_hub.values()} == {None}
 
@@ -111,13 +140,25 @@ def test_bad_set_is_one_line_naming_the_nearest_key(capsys):
     rc = main(["info", "tiny", "--set", "model.n_layer=2"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err == ("error: config override 'model.n_layer=2': unknown key model.n_layer "
-                   "(did you mean model.n_layers?)\n")
+    assert err == (
+        "error: config override 'model.n_layer=2': unknown key model.n_layer (did you mean model.n_layers?)\n"
+    )
 
 
 def test_train_and_quickstart_reject_bad_set_before_writing(tmp_path, capsys):
-    rc = main(["train", "--config", "tiny", "--data", str(tmp_path / "no-data"), "--out", str(tmp_path / "run"),
-               "--set", "train.lrr=1e-3"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            "tiny",
+            "--data",
+            str(tmp_path / "no-data"),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "train.lrr=1e-3",
+        ]
+    )
     assert rc == 2 and "unknown key train.lrr (did you mean train.lr?)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
     # a value the config rejects: the override reached quickstart's config, which failed before any stage ran
@@ -137,9 +178,11 @@ def test_an_unexpected_error_is_one_line_with_a_crash_log(tmp_path):
     traceback; --debug shows the traceback itself."""
     import subprocess
 
-    code = ("import sys, openllm.cli as cli, openllm.cli.info as m\n"
-            "m.run = lambda args: 1 / 0\n"
-            "sys.exit(cli.main(sys.argv[1:]))\n")
+    code = (
+        "import sys, openllm.cli as cli, openllm.cli.info as m\n"
+        "m.run = lambda args: 1 / 0\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
     env = {**os.environ, "OPENLLM_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-c", code, "info", "tiny"], capture_output=True, text=True, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -147,15 +190,19 @@ def test_an_unexpected_error_is_one_line_with_a_crash_log(tmp_path):
     assert line.startswith("error: openllm info failed unexpectedly (ZeroDivisionError: division by zero)")
     (log,) = (tmp_path / "cache" / "logs").iterdir()
     assert str(log) in line and "ZeroDivisionError" in log.read_text() and "openllm info tiny" in log.read_text()
-    debug = subprocess.run([sys.executable, "-c", code, "--debug", "info", "tiny"], capture_output=True, text=True,
-                           env=env)
+    debug = subprocess.run(
+        [sys.executable, "-c", code, "--debug", "info", "tiny"], capture_output=True, text=True, env=env
+    )
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
 def test_arguments_that_are_not_utf8_are_printed_escaped(tmp_path):
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "openllm", "generate", os.fsencode(str(tmp_path)) + b"/\xff\xfe",
-                           "--prompt", "x"], capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "openllm", "generate", os.fsencode(str(tmp_path)) + b"/\xff\xfe", "--prompt", "x"],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
     err = proc.stderr.decode("utf-8")
     assert proc.returncode == 2 and "Traceback" not in err and err.startswith("error: ")

@@ -1,5 +1,6 @@
 """openllm compare: runs and an export side by side (parameters, tokens seen, losses, evaluation.json) and
 their loss curves in a PNG."""
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,25 @@ def two_runs(evaluate_run_folder, tmp_path):
     shutil.copytree(run, other)
     (other / "evaluation.json").unlink(missing_ok=True)
     rows = read_metrics(run)
-    (other / "metrics.jsonl").write_text("".join(
-        json.dumps({**r, "loss": r["loss"] + 0.5, **({"val_loss": r["val_loss"] + 0.5} if "val_loss" in r else {})})
-        + "\n" for r in rows) + '{"step": 61, "loss": 1.0')  # a torn last line, as from a run still writing
-    (run / "evaluation.json").write_text(json.dumps({"val_loss": 2.5, "perplexity": 12.18, "bits_per_byte": 1.1,
-                                                     "dataset": {"name": "val split of data"},
-                                                     "tasks": {"lambada": {"acc": 0.25, "ppl": 99.0, "n": 4}}}))
+    (other / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({**r, "loss": r["loss"] + 0.5, **({"val_loss": r["val_loss"] + 0.5} if "val_loss" in r else {})})
+            + "\n"
+            for r in rows
+        )
+        + '{"step": 61, "loss": 1.0'
+    )  # a torn last line, as from a run still writing
+    (run / "evaluation.json").write_text(
+        json.dumps(
+            {
+                "val_loss": 2.5,
+                "perplexity": 12.18,
+                "bits_per_byte": 1.1,
+                "dataset": {"name": "val split of data"},
+                "tasks": {"lambada": {"acc": 0.25, "ppl": 99.0, "n": 4}},
+            }
+        )
+    )
     return run, other
 
 
@@ -66,8 +80,7 @@ def test_markdown_table_leaves_out_rows_nobody_has():
 def test_cli_compare(two_runs, tmp_path):
     run, other = two_runs
     png, js = tmp_path / "c.png", tmp_path / "c.json"
-    p = run_cli("compare", str(run), str(other), "--plot", str(png), "--json", str(js),
-                env={"OMP_NUM_THREADS": "1"})
+    p = run_cli("compare", str(run), str(other), "--plot", str(png), "--json", str(js), env={"OMP_NUM_THREADS": "1"})
     assert "| tokens seen |" in p.stdout and png.is_file()
     assert len(json.loads(js.read_text())["models"]) == 2
     p = run_cli("compare", str(tmp_path / "missing"), check=False, env={"OMP_NUM_THREADS": "1"})

@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from openllm.config import (Config, ConfigError, ModelConfig, apply_overrides, load_config, parse_overrides,
-                            preset_names)
+from openllm.config import Config, ConfigError, ModelConfig, apply_overrides, load_config, parse_overrides, preset_names
 
 
 def write(tmp_path, data):
@@ -26,14 +25,17 @@ def test_round_trip(tmp_path):
     assert load_config(p) == cfg
 
 
-@pytest.mark.parametrize("model, message", [
-    ({"d_model": 100, "n_heads": 3}, "model.d_model (100) is not divisible by model.n_heads (3)"),
-    ({"n_heads": 8, "n_kv_heads": 3}, "model.n_kv_heads (3) must divide model.n_heads (8)"),
-    ({"n_layers": 0}, "model.n_layers must be a positive integer, got 0"),
-    ({"vocab_size": -5}, "model.vocab_size must be a positive integer, got -5"),
-    ({"d_model": 64.5}, "model.d_model must be a positive integer, got 64.5"),
-    ({"max_seq_len": 0}, "model.max_seq_len must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"d_model": 100, "n_heads": 3}, "model.d_model (100) is not divisible by model.n_heads (3)"),
+        ({"n_heads": 8, "n_kv_heads": 3}, "model.n_kv_heads (3) must divide model.n_heads (8)"),
+        ({"n_layers": 0}, "model.n_layers must be a positive integer, got 0"),
+        ({"vocab_size": -5}, "model.vocab_size must be a positive integer, got -5"),
+        ({"d_model": 64.5}, "model.d_model must be a positive integer, got 64.5"),
+        ({"max_seq_len": 0}, "model.max_seq_len must be a positive integer, got 0"),
+    ],
+)
 def test_bad_model_fields(tmp_path, model, message):
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, {"model": model}))
@@ -50,13 +52,16 @@ def test_unknown_key_suggests_nearest(tmp_path):
         load_config(write(tmp_path, {"modle": {}}))
 
 
-@pytest.mark.parametrize("train, message", [
-    ({"lr": 0}, "train.lr must be a positive number, got 0"),
-    ({"lr": -1e-3}, "train.lr must be a positive number"),
-    ({"max_steps": 1.5}, "train.max_steps must be a positive integer, got 1.5"),
-    ({"schedule": "linear"}, "train.schedule must be one of cosine, wsd, constant"),
-    ({"seq_len": 4096}, "train.seq_len (4096) exceeds model.max_seq_len (1024)"),
-])
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"lr": 0}, "train.lr must be a positive number, got 0"),
+        ({"lr": -1e-3}, "train.lr must be a positive number"),
+        ({"max_steps": 1.5}, "train.max_steps must be a positive integer, got 1.5"),
+        ({"schedule": "linear"}, "train.schedule must be one of cosine, wsd, constant"),
+        ({"seq_len": 4096}, "train.seq_len (4096) exceeds model.max_seq_len (1024)"),
+    ],
+)
 def test_bad_train_fields(tmp_path, train, message):
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, {"train": train}))
@@ -89,25 +94,44 @@ def test_default_d_ff_and_kv_heads():
 
 # --- overrides (--set section.key=value) -------------------------------------------------------------------
 
+
 def test_parse_overrides_types_values_by_field():
-    got = parse_overrides(["train.lr=1", "train.schedule=wsd", "model.n_kv_heads=null", "model.tie_embeddings=false",
-                           "train.precision=\"bf16\"", "model.n_layers=2", "model.n_layers=3", "data.val_fraction=0.05"])
-    assert got == {"train": {"lr": 1.0, "schedule": "wsd", "precision": "bf16"},
-                   "model": {"n_kv_heads": None, "tie_embeddings": False, "n_layers": 3},
-                   "data": {"val_fraction": 0.05}}
+    got = parse_overrides(
+        [
+            "train.lr=1",
+            "train.schedule=wsd",
+            "model.n_kv_heads=null",
+            "model.tie_embeddings=false",
+            'train.precision="bf16"',
+            "model.n_layers=2",
+            "model.n_layers=3",
+            "data.val_fraction=0.05",
+        ]
+    )
+    assert got == {
+        "train": {"lr": 1.0, "schedule": "wsd", "precision": "bf16"},
+        "model": {"n_kv_heads": None, "tie_embeddings": False, "n_layers": 3},
+        "data": {"val_fraction": 0.05},
+    }
     assert isinstance(got["train"]["lr"], float) and isinstance(got["model"]["n_layers"], int)
     assert parse_overrides([]) == {}
 
 
-@pytest.mark.parametrize("item, message", [
-    ("train.lrr=1e-3", "config override 'train.lrr=1e-3': unknown key train.lrr (did you mean train.lr?)"),
-    ("lr=1e-3", "unknown key lr (did you mean train.lr?)"),
-    ("model.lr=1e-3", "unknown key model.lr (did you mean train.lr?)"),
-    ("model.n_head=4", "unknown key model.n_head (did you mean model.n_heads?)"),
-    ("trian.max_steps=5", "unknown key trian.max_steps (did you mean train.max_steps?)"),
-    ("train.learning_rate=1e-3", "unknown key train.learning_rate (train keys: micro_batch_size, grad_accum_steps,"),
-    ("x.y=1", "unknown key x.y (sections: model, train, data; e.g. train.lr)"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("train.lrr=1e-3", "config override 'train.lrr=1e-3': unknown key train.lrr (did you mean train.lr?)"),
+        ("lr=1e-3", "unknown key lr (did you mean train.lr?)"),
+        ("model.lr=1e-3", "unknown key model.lr (did you mean train.lr?)"),
+        ("model.n_head=4", "unknown key model.n_head (did you mean model.n_heads?)"),
+        ("trian.max_steps=5", "unknown key trian.max_steps (did you mean train.max_steps?)"),
+        (
+            "train.learning_rate=1e-3",
+            "unknown key train.learning_rate (train keys: micro_batch_size, grad_accum_steps,",
+        ),
+        ("x.y=1", "unknown key x.y (sections: model, train, data; e.g. train.lr)"),
+    ],
+)
 def test_bad_override_key_names_the_nearest(item, message):
     with pytest.raises(ConfigError) as e:
         parse_overrides([item])
@@ -115,16 +139,19 @@ def test_bad_override_key_names_the_nearest(item, message):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("item, message", [
-    ("train.lr=abc", "config override 'train.lr=abc': train.lr takes a number, got 'abc'"),
-    ("model.n_layers=2.5", "model.n_layers takes an integer, got '2.5'"),
-    ("model.n_layers=true", "model.n_layers takes an integer, got 'true'"),
-    ("model.n_layers=", "model.n_layers takes an integer, got ''"),
-    ("train.seq_len=long", "train.seq_len takes an integer or null, got 'long'"),
-    ("model.tie_embeddings=yes", "model.tie_embeddings takes true or false, got 'yes'"),
-    ("train.schedule=1", "train.schedule takes text, got '1'"),
-    ("train.lr", "config override 'train.lr': expected SECTION.KEY=VALUE, e.g. train.lr=3e-4"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("train.lr=abc", "config override 'train.lr=abc': train.lr takes a number, got 'abc'"),
+        ("model.n_layers=2.5", "model.n_layers takes an integer, got '2.5'"),
+        ("model.n_layers=true", "model.n_layers takes an integer, got 'true'"),
+        ("model.n_layers=", "model.n_layers takes an integer, got ''"),
+        ("train.seq_len=long", "train.seq_len takes an integer or null, got 'long'"),
+        ("model.tie_embeddings=yes", "model.tie_embeddings takes true or false, got 'yes'"),
+        ("train.schedule=1", "train.schedule takes text, got '1'"),
+        ("train.lr", "config override 'train.lr': expected SECTION.KEY=VALUE, e.g. train.lr=3e-4"),
+    ],
+)
 def test_bad_override_value_type(item, message):
     with pytest.raises(ConfigError) as e:
         parse_overrides([item])

@@ -1,6 +1,7 @@
 """openllm.conversations: parsing (every bad input's one-line error naming file and line), the assistant-only
 loss mask through the project's chat template, packing without loss or attention crossing conversations, the
 resumable loader and the synthetic set."""
+
 from __future__ import annotations
 
 import json
@@ -8,15 +9,29 @@ import json
 import pytest
 import torch
 
-from openllm.conversations import (IGNORE_INDEX, PackedLoader, attention_mask, encode_conversation,
-                                   encode_conversations, make_synthetic_conversations, pack, parse_conversation,
-                                   read_conversations)
+from openllm.conversations import (
+    IGNORE_INDEX,
+    PackedLoader,
+    attention_mask,
+    encode_conversation,
+    encode_conversations,
+    make_synthetic_conversations,
+    pack,
+    parse_conversation,
+    read_conversations,
+)
 from openllm.errors import OpenLLMError
 from openllm.tokenizer import Tokenizer
 
-CONV = {"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi there"},
-                     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"},
-                     {"role": "assistant", "content": "4"}]}
+CONV = {
+    "messages": [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,24 +49,34 @@ def test_reads_both_shapes_and_skips_blank_lines(tmp_path):
     p = _write(tmp_path, [CONV, "", {"prompt": "Q?", "response": "A.", "system": "S"}])
     convs = read_conversations(p)
     assert [len(c.messages) for c in convs] == [5, 3]
-    assert convs[1].messages == [{"role": "system", "content": "S"}, {"role": "user", "content": "Q?"},
-                                 {"role": "assistant", "content": "A."}]
+    assert convs[1].messages == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Q?"},
+        {"role": "assistant", "content": "A."},
+    ]
     assert convs[1].where == f"{p}:3"
 
 
-@pytest.mark.parametrize("line, message", [
-    ({"messages": [{"content": "hi"}, {"role": "assistant", "content": "x"}]}, "message 1 has no \"role\""),
-    ({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]},
-     "unknown role 'robot'"),
-    ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
-    ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]},
-     "needs \"content\" as a string"),
-    ({"messages": []}, "non-empty list"),
-    ({"text": "hello"}, "no \"messages\" list"),
-    ({"prompt": "Q?"}, "needs \"response\""),
-    ("[1, 2]", "must be a JSON object"),
-    ("{not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ({"messages": [{"content": "hi"}, {"role": "assistant", "content": "x"}]}, 'message 1 has no "role"'),
+        (
+            {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+            "unknown role 'robot'",
+        ),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
+        (
+            {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]},
+            'needs "content" as a string',
+        ),
+        ({"messages": []}, "non-empty list"),
+        ({"text": "hello"}, 'no "messages" list'),
+        ({"prompt": "Q?"}, 'needs "response"'),
+        ("[1, 2]", "must be a JSON object"),
+        ("{not json", "not valid JSON"),
+    ],
+)
 def test_bad_line_names_file_and_line(tmp_path, line, message):
     p = _write(tmp_path, [CONV, line])
     with pytest.raises(OpenLLMError) as exc:
@@ -75,8 +100,9 @@ def test_mask_is_assistant_text_and_its_eos(tok):
     assert ex.ids[0] == tok.bos_id and ex.mask[0] == 0
     masked = [i for i, m in zip(ex.ids, ex.mask) if m]
     # two assistant turns, each ending in its EOS, which is trained on
-    assert [i for i, m in enumerate(ex.mask) if m and ex.ids[i] == tok.eos_id] == \
-           [i for i, t in enumerate(ex.ids) if t == tok.eos_id]
+    assert [i for i, m in enumerate(ex.mask) if m and ex.ids[i] == tok.eos_id] == [
+        i for i, t in enumerate(ex.ids) if t == tok.eos_id
+    ]
     assert masked.count(tok.eos_id) == 2
     assert tok.decode(masked) == " Hello! 4"
     unmasked = tok.decode([i for i, m in zip(ex.ids, ex.mask) if not m])
@@ -85,7 +111,7 @@ def test_mask_is_assistant_text_and_its_eos(tok):
     msgs = CONV["messages"]
     for last in (2, 4):
         prompt = tok.encode_chat(msgs[:last], add_generation_prompt=True)
-        assert ex.ids[:len(prompt)] == prompt and ex.mask[len(prompt) - 1] == 0 and ex.mask[len(prompt)] == 1
+        assert ex.ids[: len(prompt)] == prompt and ex.mask[len(prompt) - 1] == 0 and ex.mask[len(prompt)] == 1
 
 
 def test_too_long_drop_truncate_error(tok):
@@ -101,8 +127,10 @@ def test_too_long_drop_truncate_error(tok):
 
 
 def test_packing_keeps_loss_and_attention_inside_conversations(tok):
-    convs = [parse_conversation({"prompt": f"Question {i}?", "response": "Answer " * (i % 4 + 1)}, f"f:{i}")
-             for i in range(12)]
+    convs = [
+        parse_conversation({"prompt": f"Question {i}?", "response": "Answer " * (i % 4 + 1)}, f"f:{i}")
+        for i in range(12)
+    ]
     examples, _ = encode_conversations(tok, convs, 64)
     rows = pack(examples, 64, pad_id=tok.pad_id, seed=3)
     assert len(rows) < len(examples)  # several conversations share a row
@@ -115,7 +143,7 @@ def test_packing_keeps_loss_and_attention_inside_conversations(tok):
     assert int((rows.labels != IGNORE_INDEX).sum()) == sum(sum(e.mask) for e in examples)
     # a target at the first token of a conversation (its BOS) never counts: no loss crosses a boundary
     x, y, seg = PackedLoader(rows, len(rows), shuffle=False).batch(0)
-    starts = (seg[:, 1:] != seg[:, :-1])
+    starts = seg[:, 1:] != seg[:, :-1]
     assert bool((y[:, :-1][starts] == IGNORE_INDEX).all())
     mask = attention_mask(seg)
     assert mask.shape == (len(rows), 1, 63, 63)
@@ -130,8 +158,11 @@ def test_attention_mask_isolates_conversations_in_the_model(tok):
     from openllm.model import Transformer
 
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2,
-                                    d_ff=64, max_seq_len=128)).eval()
+    model = Transformer(
+        ModelConfig(
+            vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=64, max_seq_len=128
+        )
+    ).eval()
     a = encode_conversation(tok, parse_conversation(CONV, "a")).ids
     b = encode_conversation(tok, parse_conversation({"prompt": "Q?", "response": "A."}, "b")).ids
     ids = torch.tensor([a + b])
@@ -139,7 +170,7 @@ def test_attention_mask_isolates_conversations_in_the_model(tok):
     with torch.no_grad():
         packed = model(ids, attn_mask=attention_mask(seg))
         alone = model(torch.tensor([b]))
-    assert torch.allclose(packed[0, len(a):], alone[0], atol=1e-5)
+    assert torch.allclose(packed[0, len(a) :], alone[0], atol=1e-5)
 
 
 def test_loader_is_a_pure_function_of_position(tok):
@@ -168,6 +199,10 @@ def test_synthetic_set_is_deterministic_and_held_out(tmp_path):
     for c in train + val:
         parse_conversation(c, "synthetic")
     asked = {m["content"] for c in train for m in c["messages"] if m["role"] == "user"}
-    assert not asked & {m["content"] for c in val for m in c["messages"] if m["role"] == "user"
-                        and m["content"] != "And the next verse?"}
+    assert not asked & {
+        m["content"]
+        for c in val
+        for m in c["messages"]
+        if m["role"] == "user" and m["content"] != "And the next verse?"
+    }
     assert any(m["content"].startswith("What does ") for c in train for m in c["messages"])

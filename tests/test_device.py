@@ -1,4 +1,5 @@
 """openllm.device.resolve_device: what ``--device`` names, checked before a model is built."""
+
 import pytest
 import torch
 
@@ -17,11 +18,14 @@ def test_auto_prefers_cuda_then_mps_then_cpu():
     assert resolve_device("cpu") == resolve_device("CPU") == "cpu"
 
 
-@pytest.mark.parametrize("value, message", [
-    ("gpu", "--device 'gpu' is not a device: use auto, cpu, cuda, cuda:N or mps"),
-    ("cuda:x", "--device 'cuda:x' is not a device"),
-    ("cpu:1", "--device 'cpu:1': the CPU takes no index; use --device cpu"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("gpu", "--device 'gpu' is not a device: use auto, cpu, cuda, cuda:N or mps"),
+        ("cuda:x", "--device 'cuda:x' is not a device"),
+        ("cpu:1", "--device 'cpu:1': the CPU takes no index; use --device cpu"),
+    ],
+)
 def test_unknown_device_is_a_user_error(value, message):
     with pytest.raises(OpenLLMError) as e:
         resolve_device(value)

@@ -1,6 +1,7 @@
 """A full disk (here: a real kernel file-size limit, `ulimit -f`, which fails writes with EFBIG just as a full
 disk fails them with ENOSPC) gives a one-line error with the fix, and loses nothing: outputs are atomic and the
 previous checkpoint stays usable."""
+
 import json
 import os
 import resource
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_batches import random_data  # noqa: E402
+from test_batches import random_data
 
 LIMIT = 200_000  # bytes: larger than any log or metrics file here, smaller than a checkpoint's weights
 
@@ -21,8 +22,14 @@ def openllm(*args: str, limit: int | None = None) -> subprocess.CompletedProcess
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "openllm", *args], capture_output=True, text=True, env=env,
-                          preexec_fn=cap if limit else None, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "openllm", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=cap if limit else None,
+        timeout=300,
+    )
 
 
 def test_prepare_data_on_a_full_disk_leaves_nothing(tmp_path):
@@ -42,12 +49,24 @@ def test_prepare_data_on_a_full_disk_leaves_nothing(tmp_path):
 def test_checkpoint_on_a_full_disk_keeps_the_previous_one(tmp_path):
     data = random_data(tmp_path / "data", vocab_size=64, train_tokens=20000, val_tokens=2000)
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({
-        "name": "micro",
-        "model": {"vocab_size": 64, "d_model": 96, "n_layers": 2, "n_heads": 4, "max_seq_len": 32},
-        "train": {"micro_batch_size": 4, "seq_len": 32, "max_steps": 4, "warmup_steps": 1, "eval_every": 4,
-                  "eval_batches": 1, "save_every": 4, "log_every": 1},
-    }))
+    cfg.write_text(
+        json.dumps(
+            {
+                "name": "micro",
+                "model": {"vocab_size": 64, "d_model": 96, "n_layers": 2, "n_heads": 4, "max_seq_len": 32},
+                "train": {
+                    "micro_batch_size": 4,
+                    "seq_len": 32,
+                    "max_steps": 4,
+                    "warmup_steps": 1,
+                    "eval_every": 4,
+                    "eval_batches": 1,
+                    "save_every": 4,
+                    "log_every": 1,
+                },
+            }
+        )
+    )
     run = tmp_path / "run"
     common = ("train", "--config", str(cfg), "--data", str(data), "--out", str(run), "--no-progress")
     assert openllm(*common).returncode == 0

@@ -1,4 +1,5 @@
 """Two gloo processes on CPU under torchrun against one process with the same global batch."""
+
 import json
 import os
 import subprocess
@@ -12,20 +13,42 @@ from safetensors.torch import load_file
 from openllm.rundir import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_batches import random_data  # noqa: E402
+from test_batches import random_data
 
 pytestmark = pytest.mark.slow
 
-CFG = {"name": "dist", "model": {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 64},
-       "train": {"micro_batch_size": 4, "grad_accum_steps": 2, "seq_len": 32, "max_steps": 6, "lr": 3e-3,
-                 "warmup_steps": 2, "eval_every": 3, "eval_batches": 3, "save_every": 3, "log_every": 1}}
+CFG = {
+    "name": "dist",
+    "model": {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 64},
+    "train": {
+        "micro_batch_size": 4,
+        "grad_accum_steps": 2,
+        "seq_len": 32,
+        "max_steps": 6,
+        "lr": 3e-3,
+        "warmup_steps": 2,
+        "eval_every": 3,
+        "eval_batches": 3,
+        "save_every": 3,
+        "log_every": 1,
+    },
+}
 
 
 def _run(args, nproc=1, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "openllm", "train", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "openllm",
+            "train",
+            *args,
+        ]
     else:
         cmd = [sys.executable, "-m", "openllm", "train", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -63,8 +86,20 @@ def test_ddp_two_gloo_processes_match_one_process(setup):
     tmp, data, cfg, single = setup
     ddp = tmp / "ddp"
     # 2 ranks x micro-batch 2 = the single process's micro-batch 4 (same windows, same global batch)
-    res = _run(["--no-progress", "--config", str(cfg), "--data", str(data), "--out", str(ddp),
-                "--set", "train.micro_batch_size=2"], nproc=2)
+    res = _run(
+        [
+            "--no-progress",
+            "--config",
+            str(cfg),
+            "--data",
+            str(data),
+            "--out",
+            str(ddp),
+            "--set",
+            "train.micro_batch_size=2",
+        ],
+        nproc=2,
+    )
     assert "x 2 ranks" in res.stderr and "ddp" in res.stderr
     assert res.stdout.count("run folder:") == 1  # rank 0 alone reports
     _compare(single, ddp, range(1, 7))
@@ -76,12 +111,40 @@ def test_ddp_two_gloo_processes_match_one_process(setup):
 def test_fsdp_two_processes_then_resume_in_one(setup):
     tmp, data, cfg, single = setup
     run = tmp / "fsdp"
-    _run(["--no-progress", "--config", str(cfg), "--data", str(data), "--out", str(run),
-          "--set", "train.micro_batch_size=2", "--set", "train.distributed=fsdp", "--max-steps", "3"], nproc=2)
+    _run(
+        [
+            "--no-progress",
+            "--config",
+            str(cfg),
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--set",
+            "train.micro_batch_size=2",
+            "--set",
+            "train.distributed=fsdp",
+            "--max-steps",
+            "3",
+        ],
+        nproc=2,
+    )
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
     # the FSDP checkpoint holds full tensors: one process picks it up with micro-batch 4
-    res = _run(["--no-progress", "--out", str(run), "--resume", "--max-steps", "6",
-                "--set", "train.micro_batch_size=4", "--set", "train.distributed=ddp"])
+    res = _run(
+        [
+            "--no-progress",
+            "--out",
+            str(run),
+            "--resume",
+            "--max-steps",
+            "6",
+            "--set",
+            "train.micro_batch_size=4",
+            "--set",
+            "train.distributed=ddp",
+        ]
+    )
     assert "resuming from" in res.stderr
     _compare(single, run, range(1, 7))
 
@@ -93,14 +156,31 @@ def test_every_rank_is_refused_when_another_process_holds_the_run_lock(setup, tm
 
     _, data, cfg, _ = setup
     run = tmp_path / "locked"
-    hold = ("import sys, time\nfrom openllm.rundir import RunLock\nRunLock(sys.argv[1]).acquire()\n"
-            "print('held', flush=True)\ntime.sleep(600)")
+    hold = (
+        "import sys, time\nfrom openllm.rundir import RunLock\nRunLock(sys.argv[1]).acquire()\n"
+        "print('held', flush=True)\ntime.sleep(600)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-               "openllm", "train", "--no-progress", "--config", str(cfg), "--data", str(data), "--out", str(run)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "openllm",
+            "train",
+            "--no-progress",
+            "--config",
+            str(cfg),
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+        ]
         t0 = time.monotonic()
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
         took = time.monotonic() - t0

@@ -1,12 +1,12 @@
 """lm-evaluation-harness parity: our LAMBADA accuracy and perplexity, and our multiple-choice acc/acc_norm,
 equal lm-eval's on the same tiny model (its Hugging Face export) and the same items, lm-eval running offline
 over local task files."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-import torch
 
 from openllm.evaluate import evaluate, markdown
 from openllm.evaluate.harness import write_task_files
@@ -25,8 +25,8 @@ def _mixed_last_word_items(loaded, docs, want: int = 4) -> list[str]:
         for k in range(8, len(words), 3):
             if not words[k].isalpha():
                 continue
-            ctx, target = " ".join(words[max(0, k - 30):k]), " " + words[k]
-            (_, greedy), = loglikelihoods(model, [encode_pair(tok, ctx, target)], max_len=128)
+            ctx, target = " ".join(words[max(0, k - 30) : k]), " " + words[k]
+            ((_, greedy),) = loglikelihoods(model, [encode_pair(tok, ctx, target)], max_len=128)
             bucket = hits if greedy else misses
             if len(bucket) < want:
                 bucket.append(ctx + target)
@@ -42,16 +42,36 @@ def test_our_task_numbers_equal_lm_eval_on_the_hf_export(evaluate_run_folder, tm
     built_run = evaluate_run_folder
     loaded = load(built_run["run"])
     mixed = tmp_path / "mixed_lambada.jsonl"
-    mixed.write_text("".join(json.dumps({"text": t}) + "\n" for t in _mixed_last_word_items(loaded, built_run["val_docs"])))
+    mixed.write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in _mixed_last_word_items(loaded, built_run["val_docs"]))
+    )
     choice = tmp_path / "choice.jsonl"
-    rows = [{"context": d[:120].rsplit(" ", 1)[0], "choices": [d[120:160], "banana split", "LORD", "and the"],
-             "label": i % 4} for i, d in enumerate(built_run["val_docs"])]
+    rows = [
+        {
+            "context": d[:120].rsplit(" ", 1)[0],
+            "choices": [d[120:160], "banana split", "LORD", "and the"],
+            "label": i % 4,
+        }
+        for i, d in enumerate(built_run["val_docs"])
+    ]
     choice.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    tasks = [load_lambada(shared_data / "lambada_test.jsonl"), load_lambada(mixed, "mixed"),
-             load_choice_jsonl(choice, "choice")]
-    res = evaluate(loaded, tasks=tasks, limit=6, harness=True, generation=False, baselines=False, write=False,
-                   max_tokens=64, progress=False)
+    tasks = [
+        load_lambada(shared_data / "lambada_test.jsonl"),
+        load_lambada(mixed, "mixed"),
+        load_choice_jsonl(choice, "choice"),
+    ]
+    res = evaluate(
+        loaded,
+        tasks=tasks,
+        limit=6,
+        harness=True,
+        generation=False,
+        baselines=False,
+        write=False,
+        max_tokens=64,
+        progress=False,
+    )
     ours, theirs = res["tasks"], res["harness"]["tasks"]
 
     for name in ("lambada", "mixed"):
@@ -94,7 +114,8 @@ def test_harness_mismatches_name_the_task_and_both_figures():
     off = {"lambada": {"acc": 0.25, "ppl": 265.8, "n": 40}, "choice": {"acc": 0.75, "acc_norm": 0.5, "n": 4}}
     assert harness_mismatches(ours, off) == [
         "choice acc: lm-eval gives 0.75, openllm 0.5 on the same 4 items",
-        "lambada ppl: lm-eval gives 265.8, openllm 148.07 on the same 40 items"]
+        "lambada ppl: lm-eval gives 265.8, openllm 148.07 on the same 40 items",
+    ]
 
 
 @pytest.mark.slow

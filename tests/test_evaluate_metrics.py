@@ -1,6 +1,7 @@
 """Every evaluation metric against a case computable by hand: uniform logits give perplexity = vocab size,
 bits per byte of a byte-level and a two-bytes-per-token tokenizer, accuracy on constructed tasks with a
 bigram table, distinct-n / repetition on written-out strings, window plans that score each token once."""
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,9 @@ class BigramLM(nn.Module):
 def uniform_transformer(vocab: int = 64, seq: int = 32) -> Transformer:
     """A real Transformer whose output head is zero: every logit is 0, so every prediction is uniform."""
     torch.manual_seed(0)
-    m = Transformer(ModelConfig(vocab_size=vocab, d_model=32, n_layers=1, n_heads=2, max_seq_len=seq,
-                                tie_embeddings=False))
+    m = Transformer(
+        ModelConfig(vocab_size=vocab, d_model=32, n_layers=1, n_heads=2, max_seq_len=seq, tie_embeddings=False)
+    )
     with torch.no_grad():
         m.lm_head.weight.zero_()
     return m.eval()
@@ -79,6 +81,7 @@ def tiny_transformer(vocab: int = 260, seq: int = 64, seed: int = 0) -> Transfor
 
 # --- perplexity ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("window,stride", [(32, 32), (32, 8), (7, 3), (1, 1)])
 def test_uniform_logits_give_perplexity_equal_to_vocab_size(window, stride):
     model = uniform_transformer(vocab=64, seq=32)
@@ -89,8 +92,9 @@ def test_uniform_logits_give_perplexity_equal_to_vocab_size(window, stride):
     assert s.perplexity == pytest.approx(64.0, rel=1e-5)
 
 
-@pytest.mark.parametrize("n,window,stride", [(2, 4, 4), (10, 4, 4), (10, 4, 1), (11, 4, 3), (100, 16, 5),
-                                             (17, 16, 16), (18, 16, 16)])
+@pytest.mark.parametrize(
+    "n,window,stride", [(2, 4, 4), (10, 4, 4), (10, 4, 1), (11, 4, 3), (100, 16, 5), (17, 16, 16), (18, 16, 16)]
+)
 def test_window_plan_scores_each_target_once_with_enough_context(n, window, stride):
     plan = window_plan(n, window, stride)
     scored = []
@@ -109,7 +113,7 @@ def test_score_stream_matches_token_by_token_reference():
     ref = 0.0
     with torch.no_grad():
         for j in range(1, 40):
-            ctx = t[max(0, j - 8):j][None]
+            ctx = t[max(0, j - 8) : j][None]
             ref -= float(torch.log_softmax(model(ctx)[0, -1].double(), -1)[t[j]])
     s = score_stream(model, t, window=8, stride=1)
     assert s.nll == pytest.approx(ref, rel=1e-5)
@@ -161,9 +165,15 @@ def _write_val_data(root, docs, tok, dtype=np.uint16):
     root.mkdir(parents=True, exist_ok=True)
     np.asarray(ids, dtype=dtype).tofile(root / "val_000.bin")
     np.asarray(ids[:4], dtype=dtype).tofile(root / "train_000.bin")
-    meta = {"vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name, "eos_id": tok.eos_id,
-            "splits": {"val": {"shards": ["val_000.bin"], "tokens": len(ids), "documents": len(docs)},
-                       "train": {"shards": ["train_000.bin"], "tokens": 4, "documents": 1}}}
+    meta = {
+        "vocab_size": tok.vocab_size,
+        "dtype": np.dtype(dtype).name,
+        "eos_id": tok.eos_id,
+        "splits": {
+            "val": {"shards": ["val_000.bin"], "tokens": len(ids), "documents": len(docs)},
+            "train": {"shards": ["train_000.bin"], "tokens": 4, "documents": 1},
+        },
+    }
     (root / "meta.json").write_text(json.dumps(meta))
     return ids
 
@@ -185,6 +195,7 @@ def test_val_split_bytes_are_the_documents_bytes_plus_one_per_eos(tmp_path):
 
 
 # --- tasks ---------------------------------------------------------------------------------------------
+
 
 def _bigram_table(vocab: int, prefs: dict[str, dict[str, float]], tok) -> torch.Tensor:
     """Log-probabilities: uniform rows, except that after byte a the bytes b get the given probabilities
@@ -212,12 +223,13 @@ def test_loglikelihood_of_a_continuation_is_the_sum_of_its_token_logprobs():
     table = _bigram_table(260, {"c": {" ": 0.5}, " ": {"d": 0.25, "x": 0.125}}, tok)
     model = BigramLM(table)
     (ll_d, greedy_d), (ll_x, greedy_x) = loglikelihoods(
-        model, [encode_pair(tok, "abc", " d"), encode_pair(tok, "abc", " x")], max_len=16)
+        model, [encode_pair(tok, "abc", " d"), encode_pair(tok, "abc", " x")], max_len=16
+    )
     assert ll_d == pytest.approx(math.log(0.5) + math.log(0.25), rel=1e-6)
     assert ll_x == pytest.approx(math.log(0.5) + math.log(0.125), rel=1e-6)
     assert greedy_d and not greedy_x
     # truncation from the left keeps the continuation and max_len tokens of input
-    (ll_t, _), = loglikelihoods(model, [encode_pair(tok, "zzzzzzzzzzabc", " d")], max_len=3)
+    ((ll_t, _),) = loglikelihoods(model, [encode_pair(tok, "zzzzzzzzzzabc", " d")], max_len=3)
     assert ll_t == pytest.approx(ll_d, rel=1e-6)
 
 
@@ -230,8 +242,8 @@ def test_choice_task_accuracy_and_length_normalised_accuracy_on_a_constructed_ta
     model = BigramLM(table)
     items = [Item("abc", ["d", "x"], 0), Item("abc", ["d", "x"], 1), Item("abc", ["d", "qqqq"], 1)]
     # item 3 by hand: ll(" d") = l + ln .25; ll(" qqqq") = l + ln .0625 + 3 ln .9 (l = ln p(" " | "c"))
-    l = math.log((1.0 - 0.0) / 260)  # "c" row is uniform
-    ll_d, ll_q = l + math.log(0.25), l + math.log(0.0625) + 3 * math.log(0.9)
+    lp = math.log((1.0 - 0.0) / 260)  # "c" row is uniform
+    ll_d, ll_q = lp + math.log(0.25), lp + math.log(0.0625) + 3 * math.log(0.9)
     assert ll_d > ll_q and ll_q / 4 > ll_d / 1  # acc picks d (wrong), acc_norm picks qqqq (right)
     res = run_task(model, tok, Task("t", "choice", items), max_len=32)
     assert res == {"acc": pytest.approx(1 / 3), "acc_norm": pytest.approx(2 / 3), "n": 3}
@@ -261,6 +273,7 @@ def test_item_perplexity_and_accuracy_arithmetic():
 
 # --- generation quality --------------------------------------------------------------------------------
 
+
 def test_distinct_n_repetition_rate_and_mean_length_by_hand():
     seqs = [["a", "b", "a", "b"], ["c"]]
     assert metrics.distinct_n(seqs, 1) == pytest.approx(3 / 5)  # a, b, c of 5 words
@@ -273,6 +286,7 @@ def test_distinct_n_repetition_rate_and_mean_length_by_hand():
 
 
 # --- baselines -----------------------------------------------------------------------------------------
+
 
 def test_unigram_baseline_by_hand():
     """Counts [3, 1, 0, 0] with add-one smoothing: p = [4, 2, 1, 1] / 8. The stream 0 1 0 scores targets

@@ -2,6 +2,7 @@
 shards, a Transformer trained for a few dozen steps, a checkpoint in the run layout (docs/architecture.md).
 Checks evaluation.json's keys and their relations, the byte count against the val documents, the baselines,
 the tasks, the CLI table and its errors."""
+
 from __future__ import annotations
 
 import itertools
@@ -50,12 +51,25 @@ def make_run(root: Path, *, steps: int = 60, seed: int = 0) -> dict:
         np.asarray(ids, dtype=np.uint16).tofile(data / f"{split}_000.bin")
         splits[split] = {"shards": [f"{split}_000.bin"], "tokens": len(ids), "documents": len(ds)}
     shutil.copytree(tok_dir, data / "tokenizer")
-    (data / "meta.json").write_text(json.dumps({"vocab_size": VOCAB, "dtype": "uint16", "eos_id": tok.eos_id,
-                                                "tokenizer_sha256": tok.sha256, "splits": splits}))
+    (data / "meta.json").write_text(
+        json.dumps(
+            {
+                "vocab_size": VOCAB,
+                "dtype": "uint16",
+                "eos_id": tok.eos_id,
+                "tokenizer_sha256": tok.sha256,
+                "splits": splits,
+            }
+        )
+    )
 
-    cfg = Config.from_dict({"name": "evaltest", "model": {"vocab_size": VOCAB, "d_model": 64, "n_layers": 2,
-                                                          "n_heads": 4, "max_seq_len": 128},
-                            "train": {"seq_len": 64, "micro_batch_size": 8, "max_steps": steps}})
+    cfg = Config.from_dict(
+        {
+            "name": "evaltest",
+            "model": {"vocab_size": VOCAB, "d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 128},
+            "train": {"seq_len": 64, "micro_batch_size": 8, "max_steps": steps},
+        }
+    )
     torch.manual_seed(seed)
     model = Transformer(cfg.model)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -66,7 +80,7 @@ def make_run(root: Path, *, steps: int = 60, seed: int = 0) -> dict:
     rows = []
     for step in range(1, steps + 1):
         starts = torch.randint(0, len(train_ids) - 65, (8,), generator=g)
-        batch = torch.stack([train_ids[s:s + 65] for s in starts])
+        batch = torch.stack([train_ids[s : s + 65] for s in starts])
         _, loss = model(batch[:, :-1], batch[:, 1:])
         opt.zero_grad()
         loss.backward()
@@ -80,8 +94,17 @@ def make_run(root: Path, *, steps: int = 60, seed: int = 0) -> dict:
     ck.mkdir()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, str(ck / "model.safetensors"))
-    (ck / "state.json").write_text(json.dumps({"step": steps, "tokens_seen": steps * 512, "config": cfg.to_dict(),
-                                               "tokenizer_sha256": tok.sha256, "data_dir": str(data.resolve())}))
+    (ck / "state.json").write_text(
+        json.dumps(
+            {
+                "step": steps,
+                "tokens_seen": steps * 512,
+                "config": cfg.to_dict(),
+                "tokenizer_sha256": tok.sha256,
+                "data_dir": str(data.resolve()),
+            }
+        )
+    )
     cfg.save(run / "config.json")
     shutil.copytree(tok_dir, run / "tokenizer")
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -96,9 +119,11 @@ def built_run(evaluate_run_folder):
 @pytest.fixture()
 def choice_file(tmp_path):
     p = tmp_path / "colors.jsonl"
-    rows = [{"context": "In the beginning God created the heaven and the", "choices": ["earth", "sea"], "label": 0},
-            {"context": "And God said, Let there be", "choices": ["light", "cheese", "xylophone"], "label": 0},
-            {"context": "And the evening and the morning were the first", "choices": ["day", "night"], "label": 0}]
+    rows = [
+        {"context": "In the beginning God created the heaven and the", "choices": ["earth", "sea"], "label": 0},
+        {"context": "And God said, Let there be", "choices": ["light", "cheese", "xylophone"], "label": 0},
+        {"context": "And the evening and the morning were the first", "choices": ["day", "night"], "label": 0},
+    ]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
 
@@ -107,8 +132,17 @@ def test_evaluate_run_writes_evaluation_json_with_consistent_numbers(built_run, 
     run = built_run["run"]
     res = evaluate_run(run, tasks=[str(choice_file)], limit=3)
     on_disk = json.loads((run / "evaluation.json").read_text())
-    for key in ("val_loss", "perplexity", "bits_per_byte", "tokens", "bytes", "dataset", "tasks", "generation",
-                "baselines"):
+    for key in (
+        "val_loss",
+        "perplexity",
+        "bits_per_byte",
+        "tokens",
+        "bytes",
+        "dataset",
+        "tasks",
+        "generation",
+        "baselines",
+    ):
         assert key in on_disk, key
     assert on_disk["val_loss"] == pytest.approx(res["val_loss"])
     # perplexity = exp(loss); bits per byte = total nats / ln 2 / bytes
@@ -154,9 +188,15 @@ def test_evaluate_text_file_counts_its_bytes(built_run, tmp_path):
 
 
 def test_builtin_tasks_on_shared_data(built_run, shared_data):
-    res = evaluate(built_run["run"], tasks=f"lambada={shared_data / 'lambada_test.jsonl'},"
-                                         f"hellaswag={shared_data / 'hellaswag_val_full.txt'}",
-                   limit=4, generation=False, write=False, max_tokens=256, progress=False)
+    res = evaluate(
+        built_run["run"],
+        tasks=f"lambada={shared_data / 'lambada_test.jsonl'},hellaswag={shared_data / 'hellaswag_val_full.txt'}",
+        limit=4,
+        generation=False,
+        write=False,
+        max_tokens=256,
+        progress=False,
+    )
     lam, hs = res["tasks"]["lambada"], res["tasks"]["hellaswag"]
     assert lam["n"] == 4 and 0 <= lam["acc"] <= 1 and lam["ppl"] > 1
     assert hs["n"] == 4 and set(hs) >= {"acc", "acc_norm"}
@@ -165,8 +205,23 @@ def test_builtin_tasks_on_shared_data(built_run, shared_data):
 
 def test_cli_prints_the_table_and_writes_json(built_run, tmp_path, choice_file):
     out = tmp_path / "res.json"
-    p = run_cli("evaluate", str(built_run["run"]), "--tasks", str(choice_file), "--limit", "2",
-                "--json", str(out), "--max-tokens", "300", "--seeds", "0", "--max-new-tokens", "16", env=ONE_THREAD)
+    p = run_cli(
+        "evaluate",
+        str(built_run["run"]),
+        "--tasks",
+        str(choice_file),
+        "--limit",
+        "2",
+        "--json",
+        str(out),
+        "--max-tokens",
+        "300",
+        "--seeds",
+        "0",
+        "--max-new-tokens",
+        "16",
+        env=ONE_THREAD,
+    )
     assert "| loss (nats/token) |" in p.stdout and "| bits per byte |" in p.stdout
     assert "random-init" in p.stdout and "unigram" in p.stdout and "colors acc (n=2)" in p.stdout
     assert "distinct-1" in p.stdout and "seed 0:" in p.stdout
@@ -214,9 +269,20 @@ def test_evaluate_run_on_a_run_made_by_openllm_train(built_run, tmp_path):
     """The integration the quickstart relies on: train() records its data folder, evaluate_run finds it."""
     from openllm.train import train
 
-    cfg = {"name": "t", "model": {"vocab_size": VOCAB, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 64},
-           "train": {"seq_len": 32, "micro_batch_size": 4, "max_steps": 6, "eval_every": 3, "eval_batches": 1,
-                     "save_every": 6, "log_every": 1, "warmup_steps": 1}}
+    cfg = {
+        "name": "t",
+        "model": {"vocab_size": VOCAB, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 64},
+        "train": {
+            "seq_len": 32,
+            "micro_batch_size": 4,
+            "max_steps": 6,
+            "eval_every": 3,
+            "eval_batches": 1,
+            "save_every": 6,
+            "log_every": 1,
+            "warmup_steps": 1,
+        },
+    }
     run = tmp_path / "run"
     train(cfg, data_dir=built_run["data"], out_dir=run, progress=False, device="cpu", log=lambda _msg: None)
     res = evaluate_run(run, limit=2, tasks=[])

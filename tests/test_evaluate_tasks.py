@@ -1,5 +1,6 @@
 """Task files: LAMBADA, HellaSwag (6 lines per item, lm-eval's cleaning), the generic jsonl format, task specs
 and their errors."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,14 @@ import json
 import pytest
 
 from openllm.errors import OpenLLMError
-from openllm.evaluate.tasks import lambada_split, load_choice_jsonl, load_hellaswag, load_lambada, load_task, resolve_tasks
+from openllm.evaluate.tasks import (
+    lambada_split,
+    load_choice_jsonl,
+    load_hellaswag,
+    load_lambada,
+    load_task,
+    resolve_tasks,
+)
 
 
 def test_lambada_split_matches_lm_eval_templates():
@@ -17,8 +25,10 @@ def test_lambada_split_matches_lm_eval_templates():
 
 def test_hellaswag_format_and_cleaning(tmp_path):
     p = tmp_path / "hs.txt"
-    p.write_text("Roof: A man [header] is on a roof. he\n3\nis a.\nis [step] b.\nis c [title] d.\nstarts e.\n"
-                 "Cooking: She cooks.\n0\nw\nx\ny\nz\n")
+    p.write_text(
+        "Roof: A man [header] is on a roof. he\n3\nis a.\nis [step] b.\nis c [title] d.\nstarts e.\n"
+        "Cooking: She cooks.\n0\nw\nx\ny\nz\n"
+    )
     t = load_hellaswag(p)
     assert t.kind == "choice" and len(t.items) == 2 and t.delimiter == " "
     a = t.items[0]
@@ -48,10 +58,12 @@ def test_generic_jsonl_and_its_errors(tmp_path):
     p.write_text(json.dumps({"context": "c", "choices": ["x", "\u00e9t\u00e9"], "label": 1}) + "\n\n")
     t = load_choice_jsonl(p)
     assert t.name == "mine" and t.items[0].lengths == [1, 5]  # UTF-8 bytes: é is two
-    for row, msg in (({"context": "c", "choices": ["x"], "label": 0}, "choices"),
-                     ({"context": "c", "choices": ["x", "y"], "label": 2}, "label"),
-                     ({"context": "c", "choices": ["x", "y"], "label": True}, "label"),
-                     ({"choices": ["x", "y"], "label": 0}, "context")):
+    for row, msg in (
+        ({"context": "c", "choices": ["x"], "label": 0}, "choices"),
+        ({"context": "c", "choices": ["x", "y"], "label": 2}, "label"),
+        ({"context": "c", "choices": ["x", "y"], "label": True}, "label"),
+        ({"choices": ["x", "y"], "label": 0}, "context"),
+    ):
         p.write_text(json.dumps(row) + "\n")
         with pytest.raises(OpenLLMError, match=msg):
             load_choice_jsonl(p)

@@ -1,25 +1,25 @@
 """GGUF export: read back with gguf's own reader; every tensor, the metadata and the vocabulary checked;
 the q/k permutation checked against llama.cpp's rope convention; llama.cpp itself when it is installed."""
+
 import numpy as np
 import pytest
 import torch
 
 import openllm
+from conftest import make_export_run
 from openllm.export import export
 from openllm.export.gguf import gguf_tensors
-
-from conftest import make_export_run
 
 TYPES = ("f32", "f16", "q8_0")
 
 
-@pytest.fixture(scope="module", params=[dict(tied=True), dict(tied=False, n_kv_heads=1)],
-                ids=["gqa-tied", "mqa-untied"])
+@pytest.fixture(
+    scope="module", params=[dict(tied=True), dict(tied=False, n_kv_heads=1)], ids=["gqa-tied", "mqa-untied"]
+)
 def gguf_export(request, tmp_path_factory, export_tokenizer_dir):
     root = tmp_path_factory.mktemp("gguf")
     run = make_export_run(root / "run", export_tokenizer_dir, steps=(4,), **request.param)
-    export(run, root / "gguf", "gguf", gguf_types=",".join(TYPES), progress=False, license=LICENSE,
-           source_url=SOURCE)
+    export(run, root / "gguf", "gguf", gguf_types=",".join(TYPES), progress=False, license=LICENSE, source_url=SOURCE)
     return openllm.load(run), root / "gguf"
 
 
@@ -42,13 +42,21 @@ def test_metadata(gguf_export, t):
     m = loaded.config.model
     r = _reader(folder, t)
     assert _field(r, "general.architecture") == "llama"
-    expect = {"llama.context_length": m.max_seq_len, "llama.embedding_length": m.d_model,
-              "llama.block_count": m.n_layers, "llama.feed_forward_length": m.d_ff,
-              "llama.attention.head_count": m.n_heads, "llama.attention.head_count_kv": m.n_kv_heads,
-              "llama.rope.dimension_count": m.head_dim, "llama.vocab_size": m.vocab_size,
-              "tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 3,
-              "tokenizer.ggml.unknown_token_id": 1, "tokenizer.ggml.padding_token_id": 0,
-              "general.file_type": {"f32": 0, "f16": 1, "q8_0": 7}[t]}
+    expect = {
+        "llama.context_length": m.max_seq_len,
+        "llama.embedding_length": m.d_model,
+        "llama.block_count": m.n_layers,
+        "llama.feed_forward_length": m.d_ff,
+        "llama.attention.head_count": m.n_heads,
+        "llama.attention.head_count_kv": m.n_kv_heads,
+        "llama.rope.dimension_count": m.head_dim,
+        "llama.vocab_size": m.vocab_size,
+        "tokenizer.ggml.bos_token_id": 2,
+        "tokenizer.ggml.eos_token_id": 3,
+        "tokenizer.ggml.unknown_token_id": 1,
+        "tokenizer.ggml.padding_token_id": 0,
+        "general.file_type": {"f32": 0, "f16": 1, "q8_0": 7}[t],
+    }
     for k, v in expect.items():
         assert _field(r, k) == v, k
     assert _field(r, "llama.rope.freq_base") == pytest.approx(m.rope_theta)
@@ -121,8 +129,9 @@ def test_vocabulary(gguf_export):
     for i in range(sp.get_piece_size()):
         assert tokens[i] == sp.id_to_piece(i)
         assert scores[i] == pytest.approx(sp.get_score(i))
-        kind = 2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else \
-            5 if sp.is_unused(i) else None
+        kind = (
+            2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 5 if sp.is_unused(i) else None
+        )
         assert kind is None and types[i] in (1, 4) or types[i] == kind, (i, tokens[i], types[i])
     assert types[:4] == [3, 2, 3, 3]  # <pad> control, <unk> unknown, <s>, </s> control
 
@@ -153,8 +162,9 @@ def test_qk_permutation_gives_our_attention_scores(gguf_export):
     pos = np.arange(T, dtype=np.float64)
     rep = m.n_heads // m.n_kv_heads
     wqkv = model.layers[1].attn.wqkv.weight.detach().double()
-    q_ours, k_ours, _ = (torch.from_numpy(x) @ wqkv.T).split([m.n_heads * D, m.n_kv_heads * D,
-                                                               m.n_kv_heads * D], dim=-1)
+    q_ours, k_ours, _ = (torch.from_numpy(x) @ wqkv.T).split(
+        [m.n_heads * D, m.n_kv_heads * D, m.n_kv_heads * D], dim=-1
+    )
     cos, sin = model.rope_cos[:T].double()[None], model.rope_sin[:T].double()[None]
     q_ours = apply_rope(q_ours.view(T, m.n_heads, D).transpose(0, 1), cos, sin).numpy()
     k_ours = apply_rope(k_ours.view(T, m.n_kv_heads, D).transpose(0, 1), cos, sin).numpy()
@@ -167,8 +177,9 @@ def test_qk_permutation_gives_our_attention_scores(gguf_export):
         np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-4)
     # without the permutation the scores differ: the test can fail
     q_raw = (x @ wqkv[: m.n_heads * D].numpy().T).reshape(T, m.n_heads, D).transpose(1, 0, 2)
-    assert not np.allclose(_rope_interleaved(q_raw, pos, m.rope_theta)[0] @ k_g[0].T, q_ours[0] @ k_ours[0].T,
-                           atol=1e-3)
+    assert not np.allclose(
+        _rope_interleaved(q_raw, pos, m.rope_theta)[0] @ k_g[0].T, q_ours[0] @ k_ours[0].T, atol=1e-3
+    )
 
 
 @pytest.fixture(scope="module")
@@ -178,9 +189,12 @@ def llama_cpp():
 
 # llama-cpp-python 0.3.36 (built here 2026-12-03) dies with SIGSEGV evaluating any q8_0 file of this width, the
 # export from before this session's changes included: not run, so it cannot take the test process down with it
-LLAMA_TYPES = [pytest.param(t, marks=pytest.mark.xfail(run=False, reason="llama.cpp 0.3.36 segfaults on q8_0 "
-                                                                         "at width 64"))
-               if t == "q8_0" else t for t in TYPES]
+LLAMA_TYPES = [
+    pytest.param(t, marks=pytest.mark.xfail(run=False, reason="llama.cpp 0.3.36 segfaults on q8_0 at width 64"))
+    if t == "q8_0"
+    else t
+    for t in TYPES
+]
 
 
 @pytest.mark.slow
@@ -193,8 +207,12 @@ def test_llama_cpp_applies_our_chat_template(gguf_export, llama_cpp):
     loaded, folder = gguf_export
     llm = llama_cpp.Llama(model_path=str(folder / "model-f32.gguf"), n_ctx=128, n_threads=1, verbose=False)
     assert llm.metadata["tokenizer.chat_template"] == CHAT_TEMPLATE
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who made light?"},
-                {"role": "assistant", "content": "God."}, {"role": "user", "content": "When?"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Who made light?"},
+        {"role": "assistant", "content": "God."},
+        {"role": "user", "content": "When?"},
+    ]
     fmt = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token="</s>", bos_token="<s>")
     assert fmt(messages=messages).prompt == apply_chat_template(messages)
 
@@ -209,8 +227,16 @@ def test_llama_cpp_logits_and_greedy_tokens(gguf_export, llama_cpp, t):
     loaded, folder = gguf_export
     # type_k/type_v 0 = GGML_TYPE_F32: llama.cpp keeps its KV cache in f16 by default, which alone moves logits
     # by ~1e-2
-    llm = llama_cpp.Llama(model_path=str(folder / f"model-{t}.gguf"), n_ctx=128, n_threads=1, n_batch=128,
-                          logits_all=True, verbose=False, type_k=0, type_v=0)
+    llm = llama_cpp.Llama(
+        model_path=str(folder / f"model-{t}.gguf"),
+        n_ctx=128,
+        n_threads=1,
+        n_batch=128,
+        logits_all=True,
+        verbose=False,
+        type_k=0,
+        type_v=0,
+    )
     text = "def export(source):\n    return"
     ids = loaded.tokenizer.encode(text)
     assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids

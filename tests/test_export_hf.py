@@ -1,22 +1,27 @@
 """Hugging Face export: loads with AutoModelForCausalLM / AutoTokenizer (no custom code), logits and greedy
 tokens equal ours, tokenizer ids equal ours, and openllm.load reads it back bit-exactly."""
+
 import json
 
 import pytest
 import torch
 
 import openllm
+from conftest import make_export_run
 from openllm.export import export
 from openllm.generate import SamplingParams, generate
 
-from conftest import make_export_run
+TEXTS = [
+    "def load(source, *, device='cpu'):",
+    "  Hello,   world!\n\tTabs and ünïcødé — 🤖 ok",
+    "12345 + 678 = 13023",
+    "",
+]
 
-TEXTS = ["def load(source, *, device='cpu'):", "  Hello,   world!\n\tTabs and ünïcødé — 🤖 ok",
-         "12345 + 678 = 13023", ""]
 
-
-@pytest.fixture(params=[dict(tied=True), dict(tied=False, n_kv_heads=1)], ids=["gqa-tied", "mqa-untied"],
-                scope="module")
+@pytest.fixture(
+    params=[dict(tied=True), dict(tied=False, n_kv_heads=1)], ids=["gqa-tied", "mqa-untied"], scope="module"
+)
 def hf_export(request, tmp_path_factory, export_tokenizer_dir):
     root = tmp_path_factory.mktemp("hf")
     run = make_export_run(root / "run", export_tokenizer_dir, steps=(7,), **request.param)
@@ -33,8 +38,16 @@ def _auto_model(folder):
 def test_files_and_configs(hf_export):
     run, out = hf_export
     names = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "generation_config.json", "openllm.json", "tokenizer.json",
-            "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "openllm.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "tokenizer.model",
+    } <= names
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["architectures"] == ["LlamaForCausalLM"]
     assert "auto_map" not in cfg  # nothing to trust: no remote code
@@ -66,13 +79,13 @@ def test_greedy_generate_equals_ours(hf_export):
     ours = generate(loaded.model, ids, params)
     # one at a time, and as a left-padded batch: both must give our tokens
     for p, want in zip(ids, ours):
-        got = hf.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False)[0, len(p):].tolist()
+        got = hf.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False)[0, len(p) :].tolist()
         assert got == want
     tok.padding_side = "left"
     batch = tok(prompts, return_tensors="pt", padding=True)
-    got = hf.generate(**batch, max_new_tokens=24, do_sample=False)[:, batch["input_ids"].shape[1]:]
+    got = hf.generate(**batch, max_new_tokens=24, do_sample=False)[:, batch["input_ids"].shape[1] :]
     for row, want in zip(got.tolist(), ours):
-        assert row[:len(want)] == want
+        assert row[: len(want)] == want
 
 
 def test_tokenizer_ids_equal_ours(hf_export):
@@ -100,15 +113,18 @@ def test_openllm_load_round_trips_bit_exactly(hf_export, tmp_path):
         if p.name != "openllm.json":
             (bare / p.name).write_bytes(p.read_bytes())
     c = openllm.load(bare)
-    assert c.config.model == a.config.model.__class__(**{**a.config.model.__dict__, "init_std": 0.02,
-                                                        "dropout": 0.0})
+    assert c.config.model == a.config.model.__class__(**{**a.config.model.__dict__, "init_std": 0.02, "dropout": 0.0})
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, c.model.state_dict()[k]), k
 
 
 CHATS = [
-    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "def export("},
-     {"role": "assistant", "content": "class Tokenizer:"}, {"role": "user", "content": "And then?"}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "def export("},
+        {"role": "assistant", "content": "class Tokenizer:"},
+        {"role": "user", "content": "And then?"},
+    ],
     [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}],
 ]
 
@@ -209,7 +225,10 @@ from transformers.utils import logging as hf_logging
 
 folder, prompts, chats = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 logged = []
-hf_logging.get_logger().addHandler(type("H", (__import__("logging").Handler,), {"emit": lambda s, r: logged.append(r.getMessage())})())
+class _Keep(__import__("logging").Handler):
+    def emit(self, record):
+        logged.append(record.getMessage())
+hf_logging.get_logger().addHandler(_Keep())
 warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as caught:
     tok = AutoTokenizer.from_pretrained(folder)
@@ -233,6 +252,7 @@ print(json.dumps({"version": transformers.__version__, "file": transformers.__fi
 
 def _floor(dist: str) -> str:
     import re
+
     import tomllib
 
     from conftest import REPO
@@ -249,8 +269,10 @@ def transformers_floor_python(tmp_path_factory):
     from test_packaging import fresh_venv
 
     floor = _floor("transformers")
-    return fresh_venv(tmp_path_factory.mktemp("transformers-floor"),
-                      [f"transformers=={floor}.*", "tokenizers>=0.20,<0.21", "huggingface_hub>=0.23.2,<1.0"])
+    return fresh_venv(
+        tmp_path_factory.mktemp("transformers-floor"),
+        [f"transformers=={floor}.*", "tokenizers>=0.20,<0.21", "huggingface_hub>=0.23.2,<1.0"],
+    )
 
 
 def _run_documented_snippet(python, folder, prompts, chats) -> dict:
@@ -258,8 +280,13 @@ def _run_documented_snippet(python, folder, prompts, chats) -> dict:
     import subprocess
 
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([str(python), "-c", DOCUMENTED_SNIPPET, str(folder), json.dumps(prompts),
-                           json.dumps(chats)], capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [str(python), "-c", DOCUMENTED_SNIPPET, str(folder), json.dumps(prompts), json.dumps(chats)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -314,8 +341,9 @@ def test_a_merged_peft_fine_tune_saved_by_transformers_generates_with_openllm(hf
     tok = AutoTokenizer.from_pretrained(out)
     model = _auto_model(out).train()
     torch.manual_seed(0)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-                                                  target_modules=["q_proj", "v_proj", "down_proj"]))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    )
     batch = tok(["def export(source, out, formats):\n    return folders\n"] * 4, return_tensors="pt")
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
@@ -336,13 +364,14 @@ def test_a_merged_peft_fine_tune_saved_by_transformers_generates_with_openllm(hf
     prompt = "def export("
     inputs = tok(prompt, return_tensors="pt")
     with torch.no_grad():
-        ids = merged.generate(**inputs, max_new_tokens=20, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+        ids = merged.generate(**inputs, max_new_tokens=20, do_sample=False)[0, inputs["input_ids"].shape[1] :]
     want = prompt + tok.decode(ids, skip_special_tokens=True)
     # the fine-tune changed the model: its continuation is not the export's
-    before = _auto_model(out).generate(**inputs, max_new_tokens=20, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    before = _auto_model(out).generate(**inputs, max_new_tokens=20, do_sample=False)[0, inputs["input_ids"].shape[1] :]
     assert before.tolist() != ids.tolist()
-    res = run_cli("generate", str(saved), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "20",
-                  "--device", "cpu")
+    res = run_cli(
+        "generate", str(saved), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "20", "--device", "cpu"
+    )
     assert res.stdout.rstrip("\n") == want
     # openllm evaluate takes the folder too
     text = tmp_path / "eval.txt"

@@ -1,14 +1,14 @@
 """Native export: safetensors in our names + config.json + tokenizer; bit-exact round trip; bad input."""
+
 import json
 
 import pytest
 import torch
 
 import openllm
+from conftest import make_export_run, run_cli
 from openllm.errors import OpenLLMError
 from openllm.export import export
-
-from conftest import make_export_run, run_cli
 
 
 def _same_state(a, b):
@@ -24,8 +24,7 @@ def test_native_round_trip_is_bit_exact(tmp_path, export_tokenizer_dir, tied):
     out = tmp_path / "native"
     export(run, out, "native", progress=False)
     names = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.model", "tokenizer.json",
-            "tokenizer_config.json"} <= names
+    assert {"model.safetensors", "config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json"} <= names
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["format"] == "openllm" and cfg["model"]["n_kv_heads"] == (1 if not tied else 2)
     a, b = openllm.load(run), openllm.load(out)

@@ -1,5 +1,6 @@
 """ONNX export: onnxruntime logits equal ours (dynamic batch and sequence), the past-key-values graph gives
 the same logits step by step, and a greedy loop over onnxruntime gives our tokens."""
+
 import json
 
 import numpy as np
@@ -7,16 +8,16 @@ import pytest
 import torch
 
 import openllm
+from conftest import make_export_run
 from openllm.export import export
 from openllm.generate import SamplingParams, generate
-
-from conftest import make_export_run
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=[dict(tied=True), dict(tied=False, n_kv_heads=4)],
-                ids=["gqa-tied", "mha-untied"])
+@pytest.fixture(
+    scope="module", params=[dict(tied=True), dict(tied=False, n_kv_heads=4)], ids=["gqa-tied", "mha-untied"]
+)
 def onnx_export(request, tmp_path_factory, export_tokenizer_dir):
     root = tmp_path_factory.mktemp("onnx")
     run = make_export_run(root / "run", export_tokenizer_dir, steps=(6,), **request.param)
@@ -29,15 +30,23 @@ def test_files_in_optimums_layout_with_the_weights_stored_once(onnx_export):
 
     loaded, folder = onnx_export
     names = {p.name for p in folder.iterdir()}
-    assert {"model.onnx", "config.json", "generation_config.json", "onnx_config.json", "tokenizer.json",
-            "tokenizer_config.json", "tokenizer.model"} <= names
+    assert {
+        "model.onnx",
+        "config.json",
+        "generation_config.json",
+        "onnx_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "tokenizer.model",
+    } <= names
     assert not [n for n in names if n.endswith(".onnx") and n != "model.onnx"]  # one graph
     meta = json.loads((folder / "onnx_config.json").read_text())
     assert meta["files"] == {"model": "model.onnx"}
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["use_cache"] is True
-    assert json.loads((folder / "tokenizer_config.json").read_text())["model_max_length"] == cfg[
-        "max_position_embeddings"]
+    assert (
+        json.loads((folder / "tokenizer_config.json").read_text())["model_max_length"] == cfg["max_position_embeddings"]
+    )
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     inputs = [i.name for i in graph.input]
     assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
@@ -74,14 +83,28 @@ def test_past_graph_matches_step_by_step(onnx_export):
     names = past_names(c.n_layers)[0]
     past = {n: np.zeros((2, c.n_kv_heads, 0, c.head_dim), np.float32) for n in names}
     split = 7
-    out = sess.run(None, {"input_ids": ids[:, :split].numpy(), "attention_mask": np.ones((2, split), np.int64),
-                          "position_ids": np.tile(np.arange(split), (2, 1)), **past})
+    out = sess.run(
+        None,
+        {
+            "input_ids": ids[:, :split].numpy(),
+            "attention_mask": np.ones((2, split), np.int64),
+            "position_ids": np.tile(np.arange(split), (2, 1)),
+            **past,
+        },
+    )
     np.testing.assert_allclose(out[0], full[:, :split], atol=1e-3, rtol=0)
     for t in range(split, 12):
         past = dict(zip(names, out[1:]))
         assert past[names[0]].shape[2] == t
-        out = sess.run(None, {"input_ids": ids[:, t:t + 1].numpy(), "attention_mask": np.ones((2, t + 1), np.int64),
-                              "position_ids": np.full((2, 1), t), **past})
+        out = sess.run(
+            None,
+            {
+                "input_ids": ids[:, t : t + 1].numpy(),
+                "attention_mask": np.ones((2, t + 1), np.int64),
+                "position_ids": np.full((2, 1), t),
+                **past,
+            },
+        )
         np.testing.assert_allclose(out[0][:, 0], full[:, t], atol=1e-3, rtol=0)
 
 
@@ -121,9 +144,16 @@ def optimum_python(tmp_path_factory):
     seeing torch and onnxruntime from this project's environment."""
     from test_packaging import fresh_venv
 
-    return fresh_venv(tmp_path_factory.mktemp("optimum"),
-                      ["optimum-onnx==0.1.0", "optimum==2.1.*", "transformers==4.45.*", "tokenizers>=0.20,<0.21",
-                       "huggingface_hub>=0.23.2,<1.0"])
+    return fresh_venv(
+        tmp_path_factory.mktemp("optimum"),
+        [
+            "optimum-onnx==0.1.0",
+            "optimum==2.1.*",
+            "transformers==4.45.*",
+            "tokenizers>=0.20,<0.21",
+            "huggingface_hub>=0.23.2,<1.0",
+        ],
+    )
 
 
 def test_optimum_loads_the_export_with_its_defaults_and_gives_our_greedy_tokens(onnx_export, optimum_python):
@@ -132,11 +162,19 @@ def test_optimum_loads_the_export_with_its_defaults_and_gives_our_greedy_tokens(
 
     loaded, folder = onnx_export
     prompts = ["def export(", "class OnnxRunner:\n    def"]
-    ours = generate(loaded.model, [loaded.tokenizer.encode(p) for p in prompts],
-                    SamplingParams(max_new_tokens=16, temperature=0, stop_tokens=(loaded.tokenizer.eos_id,)))
+    ours = generate(
+        loaded.model,
+        [loaded.tokenizer.encode(p) for p in prompts],
+        SamplingParams(max_new_tokens=16, temperature=0, stop_tokens=(loaded.tokenizer.eos_id,)),
+    )
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([str(optimum_python), "-c", OPTIMUM_SNIPPET, str(folder), json.dumps(prompts)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [str(optimum_python), "-c", OPTIMUM_SNIPPET, str(folder), json.dumps(prompts)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["use_cache"] is True and got["merged"] is False

@@ -3,6 +3,7 @@ base and data; exact resume (full and LoRA); the LoRA run's merged HF export loa
 logits and chats through transformers' apply_chat_template + generate with our tokens; DDP on two gloo
 processes equals one process; the server's chat endpoint on a fine-tuned run uses the training template;
 the CLI's one-line errors for bad conversations."""
+
 from __future__ import annotations
 
 import json
@@ -18,18 +19,26 @@ from safetensors.torch import load_file
 
 import openllm
 from openllm.conversations import encode_conversation, read_conversations, write_synthetic_set
+from openllm.errors import OpenLLMError
 from openllm.evaluate.chat import chat_loss, chat_samples
 from openllm.finetune import finetune, weights_sha256
-from openllm.errors import OpenLLMError
 from openllm.rundir import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import make_export_run, run_cli  # noqa: E402
+from conftest import make_export_run, run_cli
 
 pytestmark = pytest.mark.slow
 
-TRAIN = {"micro_batch_size": 4, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2, "eval_every": 4, "save_every": 4,
-         "log_every": 1, "eval_batches": 4}
+TRAIN = {
+    "micro_batch_size": 4,
+    "lr": 3e-3,
+    "min_lr": 3e-4,
+    "warmup_steps": 2,
+    "eval_every": 4,
+    "save_every": 4,
+    "log_every": 1,
+    "eval_batches": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +53,17 @@ def base(tmp_path_factory, export_tokenizer_dir):
 def _ft(base, name, steps, **kw):
     root, run, data = base
     torch.set_num_threads(1)
-    return finetune(run, data / "train.jsonl", root / name, val_data=data / "val.jsonl", max_steps=steps,
-                    overrides={"train": TRAIN}, progress=False, log=lambda m: None, **kw)
+    return finetune(
+        run,
+        data / "train.jsonl",
+        root / name,
+        val_data=data / "val.jsonl",
+        max_steps=steps,
+        overrides={"train": TRAIN},
+        progress=False,
+        log=lambda m: None,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +149,13 @@ def test_lora_trains_adapters_only_and_its_merged_export_matches_transformers(ba
     theirs = tok.apply_chat_template(msgs, add_generation_prompt=True)
     theirs = list(theirs if isinstance(theirs, list) else theirs["input_ids"])
     assert theirs == f.tokenizer.encode_chat(msgs)
-    gen = hf.generate(torch.tensor([theirs]), max_new_tokens=12, do_sample=False)[0, len(theirs):].tolist()
+    gen = hf.generate(torch.tensor([theirs]), max_new_tokens=12, do_sample=False)[0, len(theirs) :].tolist()
     from openllm.generate import SamplingParams, generate
 
-    ours = generate(f.model, [theirs], SamplingParams(max_new_tokens=12, temperature=0,
-                                                      stop_tokens=(f.tokenizer.eos_id,)))[0]
-    assert gen[:len(ours)] == ours
+    ours = generate(
+        f.model, [theirs], SamplingParams(max_new_tokens=12, temperature=0, stop_tokens=(f.tokenizer.eos_id,))
+    )[0]
+    assert gen[: len(ours)] == ours
 
 
 def test_server_chat_endpoint_on_a_finetuned_run_uses_the_training_template(base, full_run):
@@ -152,7 +171,7 @@ def test_server_chat_endpoint_on_a_finetuned_run_uses_the_training_template(base
     # the prompt the server builds is the prefix the assistant turn was trained after
     ex = encode_conversation(lm.tokenizer, conv)
     prompt = lm.tokenizer.encode_chat(msgs[:last])
-    assert ex.ids[:len(prompt)] == prompt and ex.mask[len(prompt)] == 1 and not any(ex.mask[:len(prompt)])
+    assert ex.ids[: len(prompt)] == prompt and ex.mask[len(prompt)] == 1 and not any(ex.mask[: len(prompt)])
     want = chat_samples(lm.model, lm.tokenizer, [conv], n=1, max_new_tokens=12)[0]
     with ServerThread(create_app(lm.model, lm.tokenizer, model_name="chat")) as server:
         with OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60) as client:
@@ -164,15 +183,49 @@ def test_server_chat_endpoint_on_a_finetuned_run_uses_the_training_template(base
 def test_ddp_two_gloo_processes_match_one_process(base, tmp_path):
     root, run, data = base
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["-m", "openllm", "finetune", str(run), "--data", str(data / "train.jsonl"), "--max-steps", "4",
-              "--no-progress", "--set", "train.lr=3e-3", "--set", "train.warmup_steps=1",
-              "--set", "train.log_every=1", "--set", "train.micro_batch_size=2"]
-    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one"),
-                          "--set", "train.grad_accum_steps=2"], capture_output=True, text=True, env=env, timeout=300)
+    common = [
+        "-m",
+        "openllm",
+        "finetune",
+        str(run),
+        "--data",
+        str(data / "train.jsonl"),
+        "--max-steps",
+        "4",
+        "--no-progress",
+        "--set",
+        "train.lr=3e-3",
+        "--set",
+        "train.warmup_steps=1",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.micro_batch_size=2",
+    ]
+    one = subprocess.run(
+        [sys.executable, *common, "--out", str(tmp_path / "one"), "--set", "train.grad_accum_steps=2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          *common, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env,
-                         timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr
     assert "x 2 ranks" in two.stderr
     a, b = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
@@ -190,8 +243,8 @@ def test_cli_errors_name_file_and_line(base, tmp_path):
     res = run_cli("finetune", str(run), "--data", str(bad), "--out", str(tmp_path / "o"), check=False)
     assert res.returncode != 0
     assert res.stderr.strip().count("\n") == 0 and res.stderr.strip().endswith(
-        f"{bad}:1: the conversation has no assistant turn, so there "
-                                                        f"is nothing to learn from it")
+        f"{bad}:1: the conversation has no assistant turn, so there is nothing to learn from it"
+    )
     assert not (tmp_path / "o").exists()
     res = run_cli("finetune", "--make-data", str(tmp_path / "made"), "--conversations", "20")
     assert "train.jsonl (18)" in res.stdout and "Synthetic" in res.stdout
@@ -204,8 +257,7 @@ def test_chat_quickstart_step(base, tmp_path):
     root, run, data = base
     torch.set_num_threads(1)
     lines: list[str] = []
-    ev = chat_quickstart(tmp_path, run, max_steps=6, conversations=80, samples=1, progress=False,
-                         say=lines.append)
+    ev = chat_quickstart(tmp_path, run, max_steps=6, conversations=80, samples=1, progress=False, say=lines.append)
     assert ev["assistant_loss"] < ev["base"]["assistant_loss"]
     assert (tmp_path / "chat_run" / "checkpoints").is_dir() and (tmp_path / "chat_evaluation.json").is_file()
     assert any("base" in line and "fine-tuned" in line and "->" in line for line in lines)
@@ -217,10 +269,15 @@ def test_choice_task_in_chat_form_scores_the_trained_reply(base, full_run, tmp_p
 
     root, run, data = base
     lm = openllm.load(full_run)
-    convs = [c for c in read_conversations(data / "train.jsonl")
-             if len(c.messages) == 2 and len(encode_conversation(lm.tokenizer, c)) < 100][:6]
-    rows = [{"context": c.messages[0]["content"], "choices": [c.messages[1]["content"], "Amen."],
-             "label": k % 2} for k, c in enumerate(convs)]
+    convs = [
+        c
+        for c in read_conversations(data / "train.jsonl")
+        if len(c.messages) == 2 and len(encode_conversation(lm.tokenizer, c)) < 100
+    ][:6]
+    rows = [
+        {"context": c.messages[0]["content"], "choices": [c.messages[1]["content"], "Amen."], "label": k % 2}
+        for k, c in enumerate(convs)
+    ]
     for r in rows:
         r["choices"] = r["choices"] if r["label"] == 0 else r["choices"][::-1]
     path = tmp_path / "verses.jsonl"
@@ -228,8 +285,9 @@ def test_choice_task_in_chat_form_scores_the_trained_reply(base, full_run, tmp_p
 
     def reply_logprob(question, answer):
         # log p(reply tokens) from the training encoding of the conversation, its EOS left out
-        ex = encode_conversation(lm.tokenizer, [{"role": "user", "content": question},
-                                                {"role": "assistant", "content": answer}])
+        ex = encode_conversation(
+            lm.tokenizer, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        )
         ids = torch.tensor([ex.ids])
         with torch.no_grad():
             logp = torch.log_softmax(lm.model(ids)[0, :-1].double(), -1)
@@ -248,14 +306,23 @@ def test_hub_base_and_hf_folder_base_and_the_card_names_the_base(base, tmp_path)
     root, run, data = base
     torch.set_num_threads(1)
     push_model(run, repo_id="me/base", version="v1")
-    ft = finetune("me/base@v1", data / "train.jsonl", tmp_path / "ft", max_steps=2, progress=False,
-                  log=lambda m: None, overrides={"train": TRAIN})
+    ft = finetune(
+        "me/base@v1",
+        data / "train.jsonl",
+        tmp_path / "ft",
+        max_steps=2,
+        progress=False,
+        log=lambda m: None,
+        overrides={"train": TRAIN},
+    )
     rec = json.loads((ft.checkpoint / "state.json").read_text())["finetune"]["base"]
     assert rec["hub_ref"] == "me/base@v1" and rec["weights_sha256"] == weights_sha256(openllm.load(run).model)
     push_model(tmp_path / "ft", repo_id="me/chat", version="v1")
     card = (Path(openllm.hub.download_model("me/chat@v1")) / "README.md").read_text()
     head = card.split("---")[1]
-    assert "base_model: me/base" in head and "base_model_version: v1" in head and "base_model_relation: finetune" in head
+    assert (
+        "base_model: me/base" in head and "base_model_version: v1" in head and "base_model_relation: finetune" in head
+    )
     assert "## Fine-tuning" in card and rec["weights_sha256"] in card
     from openllm.hashing import sha256_file
 
@@ -263,7 +330,14 @@ def test_hub_base_and_hf_folder_base_and_the_card_names_the_base(base, tmp_path)
     # a Hugging Face folder (our export, read as a plain Llama folder) is a base like any other
     hf = export(run, tmp_path / "x", "hf", progress=False)["hf"]
     (hf / "openllm.json").unlink()
-    ft2 = finetune(hf, data / "train.jsonl", tmp_path / "ft2", max_steps=1, progress=False, log=lambda m: None,
-                   overrides={"train": TRAIN})
+    ft2 = finetune(
+        hf,
+        data / "train.jsonl",
+        tmp_path / "ft2",
+        max_steps=1,
+        progress=False,
+        log=lambda m: None,
+        overrides={"train": TRAIN},
+    )
     rec2 = json.loads((ft2.checkpoint / "state.json").read_text())["finetune"]["base"]
     assert rec2["kind"] == "hf" and rec2["weights_sha256"] == rec["weights_sha256"]

@@ -7,6 +7,7 @@ with two checkpoints, a Hugging Face export), damages or misuses something, runs
 - stderr holds no Python traceback and ends with one ``error: ...`` line;
 - no file outside the command's own output changed (the tree is hashed before and after).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -44,10 +45,32 @@ def base(tmp_path_factory, export_tokenizer_dir) -> Path:
     tokenize_corpus(root / "prepared", root / "tok", root / "tokens", workers=1, progress=False)
     make_export_run(root / "run", export_tokenizer_dir)
     export(root / "run", root / "hf", ["hf"], progress=False)
-    subprocess.run([sys.executable, "-m", "openllm", "train", "--config", "tiny", "--data", str(root / "tokens"),
-                    "--out", str(root / "trained"), "--max-steps", "4", "--save-every", "2", "--vocab-from-data",
-                    "--no-progress", "--set", "model.n_layers=1", "--set", "train.eval_every=1000"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openllm",
+            "train",
+            "--config",
+            "tiny",
+            "--data",
+            str(root / "tokens"),
+            "--out",
+            str(root / "trained"),
+            "--max-steps",
+            "4",
+            "--save-every",
+            "2",
+            "--vocab-from-data",
+            "--no-progress",
+            "--set",
+            "model.n_layers=1",
+            "--set",
+            "train.eval_every=1000",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return root
 
 
@@ -93,9 +116,10 @@ def _damage(rel: str, how: str) -> Callable[[Path], None]:
         elif how == "delete":
             p.unlink()
         elif how == "latin1":
-            p.write_bytes("{\"x\": \"caf\xe9\"}".encode("latin-1"))
+            p.write_bytes('{"x": "caf\xe9"}'.encode("latin-1"))
         else:
             p.write_text(how, encoding="utf-8")
+
     return setup
 
 
@@ -109,114 +133,277 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
 CASES: list[Case] = [
     # --- a run folder belongs to its run
-    Case("train into an HF export", lambda ws: ["train", "--config", "tiny", "--data", "tokens", "--out", "hf",
-                                                "--max-steps", "1", "--vocab-from-data"], match="hf"),
-    Case("train-tokenizer into a foreign folder", lambda ws: ["train-tokenizer", "--data", "prepared",
-                                                              "--vocab-size", "300", "--out", "run"]),
-    Case("export --overwrite over a foreign folder", lambda ws: ["export", "run", "--format", "native", "--out",
-                                                                 "prepared", "--overwrite"]),
+    Case(
+        "train into an HF export",
+        lambda ws: [
+            "train",
+            "--config",
+            "tiny",
+            "--data",
+            "tokens",
+            "--out",
+            "hf",
+            "--max-steps",
+            "1",
+            "--vocab-from-data",
+        ],
+        match="hf",
+    ),
+    Case(
+        "train-tokenizer into a foreign folder",
+        lambda ws: ["train-tokenizer", "--data", "prepared", "--vocab-size", "300", "--out", "run"],
+    ),
+    Case(
+        "export --overwrite over a foreign folder",
+        lambda ws: ["export", "run", "--format", "native", "--out", "prepared", "--overwrite"],
+    ),
     Case("prepare-data reads its own output", lambda ws: ["prepare-data", "prepared", "--out", "prepared"]),
     # --- damaged files
-    *[Case(f"{cmd} with {how} weights", argv, setup=_damage(f"{CK10}/model.safetensors", how),
-           match="model.safetensors")
-      for how in ("truncate", "empty", "random")
-      for cmd, argv in (
-          ("generate", lambda ws: ["generate", "run", "--prompt", "x", "--max-new-tokens", "2"]),
-          ("evaluate", lambda ws: ["evaluate", "run", "--no-generation", "--no-write", "--no-baselines",
-                                   "--data", "tokens"]),
-          ("export", lambda ws: ["export", "run", "--format", "hf", "--out", "exp"]),
-          ("hub push", lambda ws: ["hub", "push", "run", "--repo", "me/x"]),
-      )],
-    Case("generate with a broken state.json", lambda ws: ["generate", "run", "--prompt", "x"],
-         setup=_damage(f"{CK10}/state.json", "{\"step\": "), match="state.json"),
-    Case("generate with a wrongly typed state.json", lambda ws: ["generate", "run", "--prompt", "x"],
-         setup=_damage(f"{CK10}/state.json", "[1, 2]"), match="state.json"),
-    Case("generate with a corrupt tokenizer", lambda ws: ["generate", "run", "--prompt", "x"],
-         setup=_damage("run/tokenizer/tokenizer.model", "random"), match="tokenizer"),
-    Case("tokenize with a corrupt tokenizer", lambda ws: ["tokenize", "--data", "prepared", "--tokenizer", "tok",
-                                                          "--out", "t2"],
-         setup=_damage("tok/tokenizer.model", "truncate"), outputs=("t2",), match="tokenizer"),
-    Case("train on meta.json with wrong types", lambda ws: ["train", "--config", "tiny", "--data", "tokens",
-                                                            "--out", "r2", "--max-steps", "1"],
-         setup=_damage("tokens/meta.json", json.dumps({"vocab_size": "many", "dtype": 7})), outputs=("r2",),
-         match="meta.json"),
-    Case("train on a shard of odd size", lambda ws: ["train", "--config", "tiny", "--data", "tokens", "--out",
-                                                     "r2", "--max-steps", "1", "--vocab-from-data"],
-         setup=lambda ws: (ws / "tokens/train_000.bin").write_bytes(
-             (ws / "tokens/train_000.bin").read_bytes() + b"\x01"), outputs=("r2",), match="train_000.bin"),
-    Case("info with a non-UTF-8 config", lambda ws: ["info", "bad.json"], setup=_damage("bad.json", "latin1"),
-         match="bad.json"),
-    Case("compare a run whose weights are damaged (reads no weights)", lambda ws: ["compare", "run"],
-         setup=_damage(f"{CK10}/model.safetensors", "truncate"), ok=True),
-    Case("serve damaged weights", lambda ws: ["serve", "run", "--port", str(_free_port())],
-         setup=_damage(f"{CK10}/model.safetensors", "truncate"), match="model.safetensors"),
-    Case("compare with a non-UTF-8 metrics file", lambda ws: ["compare", "run"],
-         setup=lambda ws: (ws / "run/metrics.jsonl").write_bytes(b"\xff\xfe\n{\"step\": 1, \"loss\": 2.0}\n"),
-         ok=True),
+    *[
+        Case(
+            f"{cmd} with {how} weights",
+            argv,
+            setup=_damage(f"{CK10}/model.safetensors", how),
+            match="model.safetensors",
+        )
+        for how in ("truncate", "empty", "random")
+        for cmd, argv in (
+            ("generate", lambda ws: ["generate", "run", "--prompt", "x", "--max-new-tokens", "2"]),
+            (
+                "evaluate",
+                lambda ws: ["evaluate", "run", "--no-generation", "--no-write", "--no-baselines", "--data", "tokens"],
+            ),
+            ("export", lambda ws: ["export", "run", "--format", "hf", "--out", "exp"]),
+            ("hub push", lambda ws: ["hub", "push", "run", "--repo", "me/x"]),
+        )
+    ],
+    Case(
+        "generate with a broken state.json",
+        lambda ws: ["generate", "run", "--prompt", "x"],
+        setup=_damage(f"{CK10}/state.json", '{"step": '),
+        match="state.json",
+    ),
+    Case(
+        "generate with a wrongly typed state.json",
+        lambda ws: ["generate", "run", "--prompt", "x"],
+        setup=_damage(f"{CK10}/state.json", "[1, 2]"),
+        match="state.json",
+    ),
+    Case(
+        "generate with a corrupt tokenizer",
+        lambda ws: ["generate", "run", "--prompt", "x"],
+        setup=_damage("run/tokenizer/tokenizer.model", "random"),
+        match="tokenizer",
+    ),
+    Case(
+        "tokenize with a corrupt tokenizer",
+        lambda ws: ["tokenize", "--data", "prepared", "--tokenizer", "tok", "--out", "t2"],
+        setup=_damage("tok/tokenizer.model", "truncate"),
+        outputs=("t2",),
+        match="tokenizer",
+    ),
+    Case(
+        "train on meta.json with wrong types",
+        lambda ws: ["train", "--config", "tiny", "--data", "tokens", "--out", "r2", "--max-steps", "1"],
+        setup=_damage("tokens/meta.json", json.dumps({"vocab_size": "many", "dtype": 7})),
+        outputs=("r2",),
+        match="meta.json",
+    ),
+    Case(
+        "train on a shard of odd size",
+        lambda ws: [
+            "train",
+            "--config",
+            "tiny",
+            "--data",
+            "tokens",
+            "--out",
+            "r2",
+            "--max-steps",
+            "1",
+            "--vocab-from-data",
+        ],
+        setup=lambda ws: (ws / "tokens/train_000.bin").write_bytes(
+            (ws / "tokens/train_000.bin").read_bytes() + b"\x01"
+        ),
+        outputs=("r2",),
+        match="train_000.bin",
+    ),
+    Case(
+        "info with a non-UTF-8 config",
+        lambda ws: ["info", "bad.json"],
+        setup=_damage("bad.json", "latin1"),
+        match="bad.json",
+    ),
+    Case(
+        "compare a run whose weights are damaged (reads no weights)",
+        lambda ws: ["compare", "run"],
+        setup=_damage(f"{CK10}/model.safetensors", "truncate"),
+        ok=True,
+    ),
+    Case(
+        "serve damaged weights",
+        lambda ws: ["serve", "run", "--port", str(_free_port())],
+        setup=_damage(f"{CK10}/model.safetensors", "truncate"),
+        match="model.safetensors",
+    ),
+    Case(
+        "compare with a non-UTF-8 metrics file",
+        lambda ws: ["compare", "run"],
+        setup=lambda ws: (ws / "run/metrics.jsonl").write_bytes(b'\xff\xfe\n{"step": 1, "loss": 2.0}\n'),
+        ok=True,
+    ),
     # --- a resumed run survives a damaged newest checkpoint
-    *[Case(f"resume past {what}", lambda ws: ["train", "--out", "trained", "--max-steps", "6", "--no-progress"],
-           setup=setup, outputs=("trained",), ok=True, match="skipping step_00000004")
-      for what, setup in (
-          ("truncated weights", _damage("trained/checkpoints/step_00000004/model.safetensors", "truncate")),
-          ("a corrupt optimizer", _damage("trained/checkpoints/step_00000004/optimizer.pt", "random")),
-          ("a missing optimizer", _damage("trained/checkpoints/step_00000004/optimizer.pt", "delete")),
-      )],
-    Case("resume a named damaged checkpoint", lambda ws: ["train", "--out", "trained", "--max-steps", "6",
-                                                          "--resume", "trained/checkpoints/step_00000004"],
-         setup=_damage("trained/checkpoints/step_00000004/optimizer.pt", "empty"), match="optimizer.pt"),
+    *[
+        Case(
+            f"resume past {what}",
+            lambda ws: ["train", "--out", "trained", "--max-steps", "6", "--no-progress"],
+            setup=setup,
+            outputs=("trained",),
+            ok=True,
+            match="skipping step_00000004",
+        )
+        for what, setup in (
+            ("truncated weights", _damage("trained/checkpoints/step_00000004/model.safetensors", "truncate")),
+            ("a corrupt optimizer", _damage("trained/checkpoints/step_00000004/optimizer.pt", "random")),
+            ("a missing optimizer", _damage("trained/checkpoints/step_00000004/optimizer.pt", "delete")),
+        )
+    ],
+    Case(
+        "resume a named damaged checkpoint",
+        lambda ws: ["train", "--out", "trained", "--max-steps", "6", "--resume", "trained/checkpoints/step_00000004"],
+        setup=_damage("trained/checkpoints/step_00000004/optimizer.pt", "empty"),
+        match="optimizer.pt",
+    ),
     # --- environment and arguments
     Case("an unknown device", lambda ws: ["generate", "run", "--prompt", "x", "--device", "tpu9"], match="tpu9"),
     Case("cuda without a GPU", lambda ws: ["generate", "run", "--prompt", "x", "--device", "cuda"], match="cuda"),
     Case("output path is a file", lambda ws: ["prepare-data", "corpus.txt", "--out", "corpus.txt"]),
-    Case("output under a file", lambda ws: ["prepare-data", "corpus.txt", "--out", "corpus.txt/sub"],
-         match="corpus.txt"),
+    Case(
+        "output under a file", lambda ws: ["prepare-data", "corpus.txt", "--out", "corpus.txt/sub"], match="corpus.txt"
+    ),
     # root writes through file modes: a folder of a read-only file system stands in for a read-only disk
-    Case("unwritable output folder", lambda ws: ["prepare-data", "corpus.txt", "--out", "/sys/openllm-fuzz/out"],
-         match="/sys/openllm-fuzz"),
-    Case("unwritable run folder", lambda ws: ["train", "--config", "tiny", "--data", "tokens", "--out",
-                                              "/sys/openllm-fuzz/run", "--vocab-from-data"],
-         match="/sys/openllm-fuzz"),
-    Case("compare --plot with an unknown extension", lambda ws: ["compare", "run", "--plot", "x.xyz"],
-         match="xyz"),
-    Case("min_lr above lr", lambda ws: ["train", "--config", "tiny", "--data", "tokens", "--out", "r2",
-                                        "--set", "train.min_lr=1", "--set", "train.lr=0.001", "--vocab-from-data"],
-         outputs=("r2",), match="min_lr"),
-    Case("tokenize with negative workers", lambda ws: ["tokenize", "--data", "prepared", "--tokenizer", "tok",
-                                                       "--out", "t2", "--workers", "-3"], outputs=("t2",),
-         match="workers"),
-    Case("evaluate with batch size 0", lambda ws: ["evaluate", "run", "--batch-size", "0", "--no-write"],
-         match="batch"),
+    Case(
+        "unwritable output folder",
+        lambda ws: ["prepare-data", "corpus.txt", "--out", "/sys/openllm-fuzz/out"],
+        match="/sys/openllm-fuzz",
+    ),
+    Case(
+        "unwritable run folder",
+        lambda ws: [
+            "train",
+            "--config",
+            "tiny",
+            "--data",
+            "tokens",
+            "--out",
+            "/sys/openllm-fuzz/run",
+            "--vocab-from-data",
+        ],
+        match="/sys/openllm-fuzz",
+    ),
+    Case("compare --plot with an unknown extension", lambda ws: ["compare", "run", "--plot", "x.xyz"], match="xyz"),
+    Case(
+        "min_lr above lr",
+        lambda ws: [
+            "train",
+            "--config",
+            "tiny",
+            "--data",
+            "tokens",
+            "--out",
+            "r2",
+            "--set",
+            "train.min_lr=1",
+            "--set",
+            "train.lr=0.001",
+            "--vocab-from-data",
+        ],
+        outputs=("r2",),
+        match="min_lr",
+    ),
+    Case(
+        "tokenize with negative workers",
+        lambda ws: ["tokenize", "--data", "prepared", "--tokenizer", "tok", "--out", "t2", "--workers", "-3"],
+        outputs=("t2",),
+        match="workers",
+    ),
+    Case(
+        "evaluate with batch size 0", lambda ws: ["evaluate", "run", "--batch-size", "0", "--no-write"], match="batch"
+    ),
     Case("evaluate with window 0", lambda ws: ["evaluate", "run", "--window", "0", "--no-write"], match="window"),
     Case("prepare-data /dev/null", lambda ws: ["prepare-data", "/dev/null", "--out", "p2"], outputs=("p2",)),
-    Case("a model that cannot fit in memory", lambda ws: ["train", "--config", "large", "--data", "tokens",
-                                                          "--out", "r2", "--vocab-from-data",
-                                                          "--set", "train.micro_batch_size=100000"],
-         outputs=("r2",), match="micro_batch_size"),
+    Case(
+        "a model that cannot fit in memory",
+        lambda ws: [
+            "train",
+            "--config",
+            "large",
+            "--data",
+            "tokens",
+            "--out",
+            "r2",
+            "--vocab-from-data",
+            "--set",
+            "train.micro_batch_size=100000",
+        ],
+        outputs=("r2",),
+        match="micro_batch_size",
+    ),
     Case("an unknown hub URL scheme", lambda ws: ["hub", "versions", "me/x", "--hub", "ftp://x"], match="ftp"),
-    Case("a reserved version name", lambda ws: ["hub", "push", "run", "--repo", "me/x", "--version", "HEAD"],
-         match="HEAD"),
-    Case("a prompt that is not UTF-8", lambda ws: ["generate", "run", "--prompt", os.fsdecode(b"In \xff\xfe")],
-         match="--prompt is not UTF-8"),
-    Case("a file name that is not UTF-8", lambda ws: ["prepare-data", os.fsdecode(b"corpus\xff.txt"), "--out", "p2"],
-         outputs=("p2",), match="corpus"),
+    Case(
+        "a reserved version name",
+        lambda ws: ["hub", "push", "run", "--repo", "me/x", "--version", "HEAD"],
+        match="HEAD",
+    ),
+    Case(
+        "a prompt that is not UTF-8",
+        lambda ws: ["generate", "run", "--prompt", os.fsdecode(b"In \xff\xfe")],
+        match="--prompt is not UTF-8",
+    ),
+    Case(
+        "a file name that is not UTF-8",
+        lambda ws: ["prepare-data", os.fsdecode(b"corpus\xff.txt"), "--out", "p2"],
+        outputs=("p2",),
+        match="corpus",
+    ),
     Case("a missing run folder", lambda ws: ["generate", "rnu", "--prompt", "x"], match="rnu"),
     # --- the hub (issue 15): reserved names, unknown URL schemes, links out of an uploaded folder
-    Case("a Space sync tag as a version", lambda ws: ["hub", "push", "hf", "--repo", "me/x", "--version",
-                                                      "sync-1-0123456789ab"], match="sync-"),
-    Case("a dataset version named main", lambda ws: ["data", "upload", "prepared", "--repo", "me/d", "--version",
-                                                     "main"], match="main"),
-    Case("hub push to an unknown hub URL scheme", lambda ws: ["hub", "push", "hf", "--repo", "me/x", "--version",
-                                                              "v1", "--hub", "ftp://x"], match="ftp://"),
-    Case("data upload to an unknown hub URL scheme", lambda ws: ["data", "upload", "prepared", "--repo", "me/d",
-                                                                 "--hub", "s3://bucket"], match="s3://"),
-    Case("data upload of a folder with a link to /etc/passwd", lambda ws: ["data", "upload", "prepared", "--repo",
-                                                                           "me/d"],
-         setup=lambda ws: (ws / "prepared" / "passwd.txt").symlink_to("/etc/passwd"), match="/etc/passwd"),
-    Case("hub push of an export with a link out of it", lambda ws: ["hub", "push", "hf", "--repo", "me/x",
-                                                                    "--version", "v1"],
-         setup=lambda ws: (ws / "hf" / "notes.txt").symlink_to(ws / "corpus.txt"), match="notes.txt"),
+    Case(
+        "a Space sync tag as a version",
+        lambda ws: ["hub", "push", "hf", "--repo", "me/x", "--version", "sync-1-0123456789ab"],
+        match="sync-",
+    ),
+    Case(
+        "a dataset version named main",
+        lambda ws: ["data", "upload", "prepared", "--repo", "me/d", "--version", "main"],
+        match="main",
+    ),
+    Case(
+        "hub push to an unknown hub URL scheme",
+        lambda ws: ["hub", "push", "hf", "--repo", "me/x", "--version", "v1", "--hub", "ftp://x"],
+        match="ftp://",
+    ),
+    Case(
+        "data upload to an unknown hub URL scheme",
+        lambda ws: ["data", "upload", "prepared", "--repo", "me/d", "--hub", "s3://bucket"],
+        match="s3://",
+    ),
+    Case(
+        "data upload of a folder with a link to /etc/passwd",
+        lambda ws: ["data", "upload", "prepared", "--repo", "me/d"],
+        setup=lambda ws: (ws / "prepared" / "passwd.txt").symlink_to("/etc/passwd"),
+        match="/etc/passwd",
+    ),
+    Case(
+        "hub push of an export with a link out of it",
+        lambda ws: ["hub", "push", "hf", "--repo", "me/x", "--version", "v1"],
+        setup=lambda ws: (ws / "hf" / "notes.txt").symlink_to(ws / "corpus.txt"),
+        match="notes.txt",
+    ),
 ]
 
 
@@ -229,12 +416,24 @@ def test_bad_input(case: Case, base: Path, tmp_path: Path):
     case.setup(ws)
     skip = tuple(ws / o for o in case.outputs)
     before = _snapshot(ws, skip)
-    env = {**os.environ, "OPENLLM_HUB": str(tmp_path / "hub"), "OPENLLM_CACHE": str(tmp_path / "cache"),
-           "PYTHONIOENCODING": "utf-8", **case.env}
+    env = {
+        **os.environ,
+        "OPENLLM_HUB": str(tmp_path / "hub"),
+        "OPENLLM_CACHE": str(tmp_path / "cache"),
+        "PYTHONIOENCODING": "utf-8",
+        **case.env,
+    }
     env.pop("OPENLLM_DEBUG", None)
     try:
-        proc = subprocess.run([sys.executable, "-m", "openllm", *case.argv(ws)], cwd=ws, capture_output=True,
-                              text=True, env=env, timeout=300, errors="replace")
+        proc = subprocess.run(
+            [sys.executable, "-m", "openllm", *case.argv(ws)],
+            cwd=ws,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            errors="replace",
+        )
     finally:
         for p in ws.rglob("*"):  # let pytest clean up what a case made read-only
             if p.is_dir() and not p.is_symlink():

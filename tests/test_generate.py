@@ -10,8 +10,9 @@ from openllm.model import Transformer
 def model():
     torch.manual_seed(0)
     # a larger init makes logits peaked, so greedy choices are not near-ties
-    cfg = ModelConfig(vocab_size=300, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
-                      max_seq_len=128, init_std=0.2)
+    cfg = ModelConfig(
+        vocab_size=300, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=128, init_std=0.2
+    )
     return Transformer(cfg).eval()
 
 
@@ -41,9 +42,8 @@ def test_greedy_matches_transformers_generate(model):
     hf = LlamaForCausalLM(LlamaConfig(**kw)).eval()
     hf.load_state_dict(to_hf_state_dict(model.state_dict(), model.cfg), strict=False)
     prompt = PROMPTS[0]
-    out = hf.generate(torch.tensor([prompt]), max_new_tokens=25, do_sample=False, pad_token_id=0,
-                      eos_token_id=None)
-    assert out[0, len(prompt):].tolist() == generate(model, [prompt], SamplingParams(25, temperature=0))[0]
+    out = hf.generate(torch.tensor([prompt]), max_new_tokens=25, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert out[0, len(prompt) :].tolist() == generate(model, [prompt], SamplingParams(25, temperature=0))[0]
 
 
 def test_seeded_sampling_is_reproducible(model):
@@ -78,12 +78,15 @@ def test_stream_yields_the_same_tokens(model):
     assert list(stream(model, PROMPTS[0], p)) == generate(model, [PROMPTS[0]], p)[0]
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(temperature=-1), "temperature must be >= 0"),
-    (dict(top_p=0), "top_p must be in"),
-    (dict(top_k=0), "top_k must be >= 1"),
-    (dict(max_new_tokens=1000), "exceeds the model's context of 128"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(temperature=-1), "temperature must be >= 0"),
+        (dict(top_p=0), "top_p must be in"),
+        (dict(top_k=0), "top_k must be >= 1"),
+        (dict(max_new_tokens=1000), "exceeds the model's context of 128"),
+    ],
+)
 def test_bad_params(model, kw, msg):
     with pytest.raises(ValueError, match=msg):
         generate(model, PROMPTS, SamplingParams(**{"max_new_tokens": 5, **kw}))
@@ -95,8 +98,9 @@ def test_cpu_decode_weight_copies_follow_weight_updates():
     import openllm.model as model_module
 
     torch.manual_seed(1)
-    cfg = ModelConfig(vocab_size=300, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=128,
-                      init_std=0.2)
+    cfg = ModelConfig(
+        vocab_size=300, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=128, init_std=0.2
+    )
     m = Transformer(cfg).eval()
     p = SamplingParams(max_new_tokens=20, temperature=0)
     first = generate(m, PROMPTS, p)

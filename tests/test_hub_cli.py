@@ -1,15 +1,16 @@
 """The hub commands end to end on a real local hub, run as a user would (subprocesses):
 push -> versions -> pull -> load and generate; immutability; clear errors; dataset upload (CLI and script)."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO, make_export_run, run_cli
 from huggingface_hub import DatasetCard, ModelCard
 
-from openllm.hub import LocalHub, CommitOperationAdd
+from conftest import REPO, make_export_run, run_cli
+from openllm.hub import CommitOperationAdd, LocalHub
 
 
 @pytest.mark.slow
@@ -38,8 +39,15 @@ def test_push_versions_pull_load_generate_end_to_end(tmp_path, export_tokenizer_
     pulled = tmp_path / "pulled"
     run_cli("hub", "pull", "alice/tiny@7k", "--out", str(pulled))
     names = sorted(p.name for p in pulled.iterdir())
-    for f in ("README.md", "config.json", "model.safetensors", "openllm.json", "tokenizer.model", "loss.png",
-              "generation_config.json"):
+    for f in (
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "openllm.json",
+        "tokenizer.model",
+        "loss.png",
+        "generation_config.json",
+    ):
         assert f in names, f
     ModelCard((pulled / "README.md").read_text())  # the card parses
 
@@ -49,14 +57,14 @@ def test_push_versions_pull_load_generate_end_to_end(tmp_path, export_tokenizer_
     expected = generate(ours.model, [prompt], SamplingParams(max_new_tokens=8, temperature=0.0))[0]
     hf = AutoModelForCausalLM.from_pretrained(pulled).eval()
     with torch.no_grad():
-        got = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None,
-                          pad_token_id=0)[0, len(prompt):].tolist()
+        got = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)[
+            0, len(prompt) :
+        ].tolist()
     assert got == list(expected)[:8]
     # and openllm.load resolves the hub reference itself (download_model, cached by commit)
     loaded = openllm.load("alice/tiny@7k")
     assert loaded.config.model == ours.config.model
-    gen = run_cli("generate", "alice/tiny@7k", "--prompt", "def load(", "--max-new-tokens", "8",
-                  "--temperature", "0")
+    gen = run_cli("generate", "alice/tiny@7k", "--prompt", "def load(", "--max-new-tokens", "8", "--temperature", "0")
     assert gen.returncode == 0 and gen.stdout.strip()
 
 
@@ -90,8 +98,17 @@ def test_data_upload_cli_and_the_upload_script(tmp_path):
     other = tmp_path / "other-hub"
     out = run_cli("data", "upload", str(data), "--repo", "alice/corpus", "--license", "cc0-1.0").stdout
     assert "uploaded 4 files to alice/corpus" in out
-    script = [sys.executable, str(REPO / "scripts" / "upload_training_data.py"), str(data), "--repo",
-              "bob/corpus", "--hub", str(other), "--version", "v1"]
+    script = [
+        sys.executable,
+        str(REPO / "scripts" / "upload_training_data.py"),
+        str(data),
+        "--repo",
+        "bob/corpus",
+        "--hub",
+        str(other),
+        "--version",
+        "v1",
+    ]
     proc = subprocess.run(script, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for hub, repo in ((LocalHub(), "alice/corpus"), (LocalHub(root=other), "bob/corpus")):
@@ -127,8 +144,12 @@ def test_two_processes_pushing_versions_at_once_keep_every_version_exact(tmp_pat
         (f / f"only_{name}.txt").write_text(name)
         folders[name] = f
     root = tmp_path / "hub"
-    procs = [subprocess.Popen([sys.executable, "-c", _PUSHER, str(root), str(folders[n]), n],
-                              stderr=subprocess.PIPE, text=True) for n in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PUSHER, str(root), str(folders[n]), n], stderr=subprocess.PIPE, text=True
+        )
+        for n in ("a", "b")
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     hub = LocalHub(root=root)
@@ -141,11 +162,18 @@ def test_two_processes_pushing_versions_at_once_keep_every_version_exact(tmp_pat
         out = hub.download(repo_id="alice/race", revision=tag)
         assert json.loads((out / "config.json").read_text())["who"] == name
         assert f"alice/race@{tag}" in (out / "README.md").read_text()
-    assert subprocess.run(["git", "--git-dir", str(root / "models/alice/race.git"), "fsck", "--strict",
-                           "--no-dangling"], capture_output=True, text=True).stdout == ""
+    assert (
+        subprocess.run(
+            ["git", "--git-dir", str(root / "models/alice/race.git"), "fsck", "--strict", "--no-dangling"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        == ""
+    )
 
 
 # --- a version is all-or-nothing; what push and upload refuse (issue 15) ----------------------------------
+
 
 def _export(path, who):
     """A small Hugging Face folder: pushing one needs no model code."""
@@ -158,13 +186,18 @@ def _export(path, who):
 
 
 def _refs(bare) -> str:
-    return subprocess.run(["git", "--git-dir", str(bare), "for-each-ref", "--format=%(refname) %(objectname)"],
-                          capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["git", "--git-dir", str(bare), "for-each-ref", "--format=%(refname) %(objectname)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def _fsck(bare) -> str:
-    proc = subprocess.run(["git", "--git-dir", str(bare), "fsck", "--strict", "--no-dangling"], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        ["git", "--git-dir", str(bare), "fsck", "--strict", "--no-dangling"], capture_output=True, text=True
+    )
     return proc.stdout + proc.stderr
 
 
@@ -187,8 +220,9 @@ def test_push_force_works_from_a_directory_outside_any_git_repository(tmp_path):
     hub = LocalHub()
     c1 = hub.list_refs(repo_id="alice/tiny").tags["v1"]
     (src / "model.safetensors").write_bytes(b"better")
-    proc = run_cli("hub", "push", str(src), "--repo", "alice/tiny", "--version", "v1", "--force", cwd=elsewhere,
-                   check=False)
+    proc = run_cli(
+        "hub", "push", str(src), "--repo", "alice/tiny", "--version", "v1", "--force", cwd=elsewhere, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     refs = hub.list_refs(repo_id="alice/tiny")
     assert refs.tags["v1"] == refs.branches["main"] != c1
@@ -235,9 +269,15 @@ def test_the_loser_of_a_same_version_race_leaves_nothing(tmp_path):
     hook.write_text(_BARRIER_HOOK.format(python=sys.executable, barrier=str(barrier)))
     hook.chmod(0o755)
     srcs = {who: _export(tmp_path / who, who) for who in ("a", "b")}
-    procs = {who: subprocess.Popen([sys.executable, "-m", "openllm", "hub", "push", str(src), "--repo", "alice/race",
-                                    "--version", "v1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for who, src in srcs.items()}
+    procs = {
+        who: subprocess.Popen(
+            [sys.executable, "-m", "openllm", "hub", "push", str(src), "--repo", "alice/race", "--version", "v1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for who, src in srcs.items()
+    }
     results = {who: (p.wait(timeout=300), p.stderr.read()) for who, p in procs.items()}
     assert sorted(barrier.iterdir()) == [barrier / "0", barrier / "1"]  # both pushes really met
     winners = [who for who, (rc, _) in results.items() if rc == 0]
@@ -248,8 +288,9 @@ def test_the_loser_of_a_same_version_race_leaves_nothing(tmp_path):
     assert "got version v1 from someone else while uploading" in err.strip().splitlines()[-1]
     # exactly the winner's version landed: one new commit on main, tagged v1; v0 untouched
     refs = hub.list_refs(repo_id="alice/race")
-    new = subprocess.run(["git", "--git-dir", str(bare), "rev-list", f"{head}..main"], capture_output=True,
-                         text=True, check=True).stdout.split()
+    new = subprocess.run(
+        ["git", "--git-dir", str(bare), "rev-list", f"{head}..main"], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert new == [refs.branches["main"]] == [refs.tags["v1"]], (new, refs)
     out = hub.download(repo_id="alice/race", revision="v1")
     assert json.loads((out / "config.json").read_text())["who"] == winners[0]
@@ -273,13 +314,18 @@ def test_a_push_killed_between_branch_and_tag_leaves_main_and_tags_as_before(tmp
     hook = bare / "hooks" / "pre-receive"
     # the moment a push carries the version's tag, the pusher dies: openllm, its git and the hub's receive-pack
     # all at once (kill -9 of the process group), as a crash or a pulled plug would
-    hook.write_text(f"#!/bin/sh\nif grep -q ' refs/tags/'; then\n"
-                    f"  while [ ! -s '{pgid_file}' ]; do sleep 0.05; done\n"
-                    f"  kill -9 -$(cat '{pgid_file}'); sleep 60\nfi\n")
+    hook.write_text(
+        f"#!/bin/sh\nif grep -q ' refs/tags/'; then\n"
+        f"  while [ ! -s '{pgid_file}' ]; do sleep 0.05; done\n"
+        f"  kill -9 -$(cat '{pgid_file}'); sleep 60\nfi\n"
+    )
     hook.chmod(0o755)
     src = _export(tmp_path / "new", "new")
-    proc = subprocess.Popen([sys.executable, "-m", "openllm", "hub", "push", str(src), "--repo", "alice/m",
-                             "--version", "v1"], start_new_session=True, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openllm", "hub", "push", str(src), "--repo", "alice/m", "--version", "v1"],
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+    )
     pgid_file.write_text(str(os.getpgid(proc.pid)))
     try:
         assert proc.wait(timeout=300) == -signal.SIGKILL
@@ -319,10 +365,29 @@ def test_uploads_with_a_link_out_of_the_folder_are_refused_and_create_nothing(tm
     (data / "passwd").symlink_to("/etc/passwd")
     export = _export(tmp_path / "export", "a")
     (export / "secret.key").symlink_to(tmp_path / "data" / "train.jsonl")  # a file of another folder
-    _one_line_error(run_cli("data", "upload", str(data), "--repo", "alice/corpus", check=False),
-                    "passwd is a link to /etc/passwd, outside the folder")
-    _one_line_error(run_cli("hub", "push", str(export), "--repo", "alice/tiny", "--version", "v1", check=False),
-                    "secret.key is a link to", "outside the folder")
-    _one_line_error(run_cli("hub", "push", str(export), "--repo", "alice/tiny", "--version", "v1", "--hub",
-                            "ftp://x", cwd=tmp_path, check=False), "unknown hub URL scheme 'ftp://'")
+    _one_line_error(
+        run_cli("data", "upload", str(data), "--repo", "alice/corpus", check=False),
+        "passwd is a link to /etc/passwd, outside the folder",
+    )
+    _one_line_error(
+        run_cli("hub", "push", str(export), "--repo", "alice/tiny", "--version", "v1", check=False),
+        "secret.key is a link to",
+        "outside the folder",
+    )
+    _one_line_error(
+        run_cli(
+            "hub",
+            "push",
+            str(export),
+            "--repo",
+            "alice/tiny",
+            "--version",
+            "v1",
+            "--hub",
+            "ftp://x",
+            cwd=tmp_path,
+            check=False,
+        ),
+        "unknown hub URL scheme 'ftp://'",
+    )
     assert not LocalHub().root.exists() and not (tmp_path / "ftp:").exists()  # nothing was created

@@ -3,6 +3,7 @@
 These tests only check which HfApi calls the adapter makes, with which arguments, and how it maps
 huggingface_hub's errors to ours. They use a recording stand-in for HfApi and never touch the network; the
 behaviour above the interface (push, versions, pull, cards) is tested against the LocalHub."""
+
 from __future__ import annotations
 
 import importlib
@@ -13,8 +14,17 @@ import huggingface_hub
 import pytest
 from huggingface_hub import errors as hf_errors
 
-from openllm.hub import (AuthError, CommitOperationAdd, CommitOperationDelete, ConflictError, HubUnavailable,
-                         InvalidRepoId, RepositoryNotFound, RevisionExists, RevisionNotFound)
+from openllm.hub import (
+    AuthError,
+    CommitOperationAdd,
+    CommitOperationDelete,
+    ConflictError,
+    HubUnavailable,
+    InvalidRepoId,
+    RepositoryNotFound,
+    RevisionExists,
+    RevisionNotFound,
+)
 from openllm.hub.hf import HfHub
 
 
@@ -70,13 +80,20 @@ class RecordingApi:
 
     def list_repo_refs(self, repo_id, **kw):
         self._rec("list_repo_refs", (repo_id,), kw)
-        ref = lambda n, c: types.SimpleNamespace(name=n, ref=f"refs/x/{n}", target_commit=c)  # noqa: E731
+        ref = lambda n, c: types.SimpleNamespace(name=n, ref=f"refs/x/{n}", target_commit=c)
         return types.SimpleNamespace(branches=[ref("main", "c" * 40)], tags=[ref("7k", "d" * 40)], converts=[])
 
     def list_repo_commits(self, repo_id, **kw):
         self._rec("list_repo_commits", (repo_id,), kw)
-        return [types.SimpleNamespace(commit_id="c" * 40, title="t", message="m", authors=["alice"],
-                                      created_at=datetime(2026, 1, 1, tzinfo=timezone.utc))]
+        return [
+            types.SimpleNamespace(
+                commit_id="c" * 40,
+                title="t",
+                message="m",
+                authors=["alice"],
+                created_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+            )
+        ]
 
     def list_repo_files(self, repo_id, **kw):
         self._rec("list_repo_files", (repo_id,), kw)
@@ -125,31 +142,66 @@ def test_contract_write_calls(tmp_path):
     api = RecordingApi()
     hub = HfHub(token="hf_ok", api=api)
     assert hub.create_repo(repo_id="alice/s", repo_type="space", exist_ok=True) == "https://huggingface.co/alice/s"
-    oid = hub.upload_folder(repo_id="alice/m", folder_path=tmp_path, repo_type="model", commit_message="c",
-                            delete_patterns="*", parent_commit="p" * 40)
+    oid = hub.upload_folder(
+        repo_id="alice/m",
+        folder_path=tmp_path,
+        repo_type="model",
+        commit_message="c",
+        delete_patterns="*",
+        parent_commit="p" * 40,
+    )
     assert oid == "a" * 40
     (tmp_path / "f.txt").write_text("x")
-    oid = hub.create_commit(repo_id="alice/m", commit_message="cm", parent_commit="q" * 40, operations=[
-        CommitOperationAdd("f.txt", tmp_path / "f.txt"), CommitOperationAdd("b.bin", b"\x00"),
-        CommitOperationDelete("old/")])
+    oid = hub.create_commit(
+        repo_id="alice/m",
+        commit_message="cm",
+        parent_commit="q" * 40,
+        operations=[
+            CommitOperationAdd("f.txt", tmp_path / "f.txt"),
+            CommitOperationAdd("b.bin", b"\x00"),
+            CommitOperationDelete("old/"),
+        ],
+    )
     assert oid == "b" * 40
     hub.create_tag(repo_id="alice/m", tag="7k", revision="a" * 40, message="version 7k")
     hub.delete_tag(repo_id="alice/m", tag="7k")
     assert api.names() == ["whoami", "create_repo", "upload_folder", "create_commit", "create_tag", "delete_tag"]
-    assert api.calls[1] == ("create_repo", ("alice/s",), {"repo_type": "space", "exist_ok": True,
-                                                         "token": "hf_ok", "space_sdk": "gradio"})
-    assert api.calls[2][2] == {"repo_id": "alice/m", "folder_path": str(tmp_path), "repo_type": "model",
-                               "commit_message": "c", "delete_patterns": "*", "parent_commit": "p" * 40,
-                               "token": "hf_ok"}
+    assert api.calls[1] == (
+        "create_repo",
+        ("alice/s",),
+        {"repo_type": "space", "exist_ok": True, "token": "hf_ok", "space_sdk": "gradio"},
+    )
+    assert api.calls[2][2] == {
+        "repo_id": "alice/m",
+        "folder_path": str(tmp_path),
+        "repo_type": "model",
+        "commit_message": "c",
+        "delete_patterns": "*",
+        "parent_commit": "p" * 40,
+        "token": "hf_ok",
+    }
     _, (repo, ops), kw = api.calls[3]
-    assert repo == "alice/m" and kw == {"commit_message": "cm", "repo_type": "model", "parent_commit": "q" * 40,
-                                        "token": "hf_ok"}
-    assert [type(o) for o in ops] == [huggingface_hub.CommitOperationAdd, huggingface_hub.CommitOperationAdd,
-                                      huggingface_hub.CommitOperationDelete]
+    assert repo == "alice/m" and kw == {
+        "commit_message": "cm",
+        "repo_type": "model",
+        "parent_commit": "q" * 40,
+        "token": "hf_ok",
+    }
+    assert [type(o) for o in ops] == [
+        huggingface_hub.CommitOperationAdd,
+        huggingface_hub.CommitOperationAdd,
+        huggingface_hub.CommitOperationDelete,
+    ]
     assert [o.path_in_repo for o in ops] == ["f.txt", "b.bin", "old/"]
     assert ops[0].path_or_fileobj == str(tmp_path / "f.txt") and ops[1].path_or_fileobj == b"\x00"
-    assert api.calls[4][2] == {"tag": "7k", "tag_message": "version 7k", "revision": "a" * 40,
-                               "repo_type": "model", "exist_ok": False, "token": "hf_ok"}
+    assert api.calls[4][2] == {
+        "tag": "7k",
+        "tag_message": "version 7k",
+        "revision": "a" * 40,
+        "repo_type": "model",
+        "exist_ok": False,
+        "token": "hf_ok",
+    }
 
 
 def test_contract_read_calls(tmp_path):
@@ -165,8 +217,11 @@ def test_contract_read_calls(tmp_path):
     assert hub.list_repos(repo_type="model") == ["alice/a", "alice/z"]
     assert api.calls[0] == ("list_repo_refs", ("alice/m",), {"repo_type": "model", "token": "hf_ok"})
     assert api.calls[1][2] == {"repo_type": "model", "revision": "7k", "token": "hf_ok"}
-    assert api.calls[3] == ("snapshot_download", ("alice/m",), {"repo_type": "model", "revision": "7k",
-                                                                 "local_dir": str(tmp_path), "token": "hf_ok"})
+    assert api.calls[3] == (
+        "snapshot_download",
+        ("alice/m",),
+        {"repo_type": "model", "revision": "7k", "local_dir": str(tmp_path), "token": "hf_ok"},
+    )
     assert api.calls[-1] == ("list_models", (), {"author": "alice", "token": "hf_ok"})
 
 
@@ -185,15 +240,18 @@ def test_contract_revert_is_a_download_then_a_replacing_upload():
     assert api.calls[2][2]["delete_patterns"] == "*" and api.calls[2][2]["repo_type"] == "space"
 
 
-@pytest.mark.parametrize("raised, expected", [
-    (lambda: _http_error(hf_errors.RepositoryNotFoundError, 404), RepositoryNotFound),
-    (lambda: _http_error(hf_errors.RevisionNotFoundError, 404), RevisionNotFound),
-    (lambda: _http_error(hf_errors.HfHubHTTPError, 403), AuthError),
-    (lambda: _http_error(hf_errors.HfHubHTTPError, 412), ConflictError),
-    (lambda: _http_error(hf_errors.HfHubHTTPError, 503), HubUnavailable),
-    (lambda: _http_error(hf_errors.HfHubHTTPError, 429), HubUnavailable),
-    (lambda: ConnectionResetError("reset by peer"), HubUnavailable),
-])
+@pytest.mark.parametrize(
+    "raised, expected",
+    [
+        (lambda: _http_error(hf_errors.RepositoryNotFoundError, 404), RepositoryNotFound),
+        (lambda: _http_error(hf_errors.RevisionNotFoundError, 404), RevisionNotFound),
+        (lambda: _http_error(hf_errors.HfHubHTTPError, 403), AuthError),
+        (lambda: _http_error(hf_errors.HfHubHTTPError, 412), ConflictError),
+        (lambda: _http_error(hf_errors.HfHubHTTPError, 503), HubUnavailable),
+        (lambda: _http_error(hf_errors.HfHubHTTPError, 429), HubUnavailable),
+        (lambda: ConnectionResetError("reset by peer"), HubUnavailable),
+    ],
+)
 def test_contract_error_mapping(raised, expected):
     api = RecordingApi(fail={"list_repo_files": raised()})
     with pytest.raises(expected):
@@ -243,8 +301,11 @@ def test_contract_private_repo(tmp_path):
 
     api = RecordingApi()
     HfHub(token="hf_ok", api=api).create_repo(repo_id="alice/m", exist_ok=True, private=True)
-    assert api.calls[-1] == ("create_repo", ("alice/m",), {"repo_type": "model", "exist_ok": True, "token": "hf_ok",
-                                                          "private": True})
+    assert api.calls[-1] == (
+        "create_repo",
+        ("alice/m",),
+        {"repo_type": "model", "exist_ok": True, "token": "hf_ok", "private": True},
+    )
     with pytest.raises(UnsupportedOperation, match="no private repositories"):
         LocalHub(tmp_path / "hub").create_repo(repo_id="alice/m", private=True)
     assert not (tmp_path / "hub").exists() or not any((tmp_path / "hub").rglob("HEAD"))

@@ -1,5 +1,6 @@
 """LocalHub against real git: bare repositories on disk, and the same code over git:// (git daemon) and
 http:// (git http-backend behind a small CGI bridge), all on 127.0.0.1."""
+
 from __future__ import annotations
 
 import base64
@@ -17,10 +18,27 @@ from pathlib import Path
 
 import pytest
 
-from openllm.hub import (AuthError, CommitOperationAdd, CommitOperationDelete, ConflictError, EntryNotFound,
-                         HubError, HubUnavailable, InvalidRepoId, LocalHub, RepositoryExists, RepositoryNotFound,
-                         RevisionExists, RevisionNotFound, UnsupportedOperation, get_hub, parse_model_ref,
-                         step_of_version, validate_repo_id, version_for_step)
+from openllm.hub import (
+    AuthError,
+    CommitOperationAdd,
+    CommitOperationDelete,
+    ConflictError,
+    EntryNotFound,
+    HubError,
+    HubUnavailable,
+    InvalidRepoId,
+    LocalHub,
+    RepositoryExists,
+    RepositoryNotFound,
+    RevisionExists,
+    RevisionNotFound,
+    UnsupportedOperation,
+    get_hub,
+    parse_model_ref,
+    step_of_version,
+    validate_repo_id,
+    version_for_step,
+)
 from openllm.hub.hf import HfHub
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,12 +70,28 @@ def folder(tmp_path) -> Path:
 
 # --- names ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad, why", [
-    ("", "OWNER/NAME"), ("alice", "exactly one '/'"), ("a/b/c", "exactly one '/'"), ("../etc", "'..'"),
-    ("alice/..", "'..'"), ("/abs/path", "absolute"), ("~/x", "absolute"), ("C:/x", "absolute"),
-    ("alice/na\nme", "control"), ("alice/na\x00me", "control"), ("a\\b", "backslash"), ("alice/-x", "name"),
-    ("alice/x.git", "name"), ("alice/a--b", "name"), ("al ice/x", "owner"), (None, "OWNER/NAME"),
-])
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("", "OWNER/NAME"),
+        ("alice", "exactly one '/'"),
+        ("a/b/c", "exactly one '/'"),
+        ("../etc", "'..'"),
+        ("alice/..", "'..'"),
+        ("/abs/path", "absolute"),
+        ("~/x", "absolute"),
+        ("C:/x", "absolute"),
+        ("alice/na\nme", "control"),
+        ("alice/na\x00me", "control"),
+        ("a\\b", "backslash"),
+        ("alice/-x", "name"),
+        ("alice/x.git", "name"),
+        ("alice/a--b", "name"),
+        ("al ice/x", "owner"),
+        (None, "OWNER/NAME"),
+    ],
+)
 def test_bad_repo_ids_are_refused_with_a_clear_message(hub, bad, why):
     with pytest.raises(InvalidRepoId) as err:
         validate_repo_id(bad)
@@ -78,8 +112,15 @@ def test_good_repo_ids_and_model_refs():
 
 
 def test_step_versions():
-    assert [version_for_step(s) for s in (0, 999, 1000, 1500, 7000, 12345, 250000)] == \
-        ["0", "999", "1k", "1.5k", "7k", "12.345k", "250k"]
+    assert [version_for_step(s) for s in (0, 999, 1000, 1500, 7000, 12345, 250000)] == [
+        "0",
+        "999",
+        "1k",
+        "1.5k",
+        "7k",
+        "12.345k",
+        "250k",
+    ]
     assert [step_of_version(v) for v in ("7k", "1.5k", "999", "v2", "1.0005k")] == [7000, 1500, 999, None, None]
 
 
@@ -100,6 +141,7 @@ def test_get_hub_specs(tmp_path, monkeypatch):
 
 
 # --- repositories, commits, downloads ---------------------------------------------------------------------
+
 
 def test_upload_list_download_roundtrip(hub, folder, tmp_path):
     url = hub.create_repo(repo_id="alice/m")
@@ -128,15 +170,23 @@ def test_upload_list_download_roundtrip(hub, folder, tmp_path):
 def test_create_commit_operations_and_parent_commit(hub, folder):
     hub.create_repo(repo_id="alice/m")
     c1 = hub.upload_folder(repo_id="alice/m", folder_path=folder)
-    c2 = hub.create_commit(repo_id="alice/m", commit_message="edit", parent_commit=c1, operations=[
-        CommitOperationAdd("new/x.txt", b"x"), CommitOperationDelete("a.txt")])
+    c2 = hub.create_commit(
+        repo_id="alice/m",
+        commit_message="edit",
+        parent_commit=c1,
+        operations=[CommitOperationAdd("new/x.txt", b"x"), CommitOperationDelete("a.txt")],
+    )
     assert hub.list_files(repo_id="alice/m") == ["new/x.txt", "sub/b.bin"]
     with pytest.raises(ConflictError, match="moved"):  # the head is c2 now
-        hub.create_commit(repo_id="alice/m", commit_message="stale", parent_commit=c1,
-                          operations=[CommitOperationAdd("y", b"y")])
+        hub.create_commit(
+            repo_id="alice/m", commit_message="stale", parent_commit=c1, operations=[CommitOperationAdd("y", b"y")]
+        )
     assert hub.list_refs(repo_id="alice/m").branches["main"] == c2
-    hub.create_commit(repo_id="alice/m", commit_message="folder delete",
-                      operations=[CommitOperationDelete("sub/"), CommitOperationAdd("sub", b"a file now")])
+    hub.create_commit(
+        repo_id="alice/m",
+        commit_message="folder delete",
+        operations=[CommitOperationDelete("sub/"), CommitOperationAdd("sub", b"a file now")],
+    )
     assert hub.list_files(repo_id="alice/m") == ["new/x.txt", "sub"]
     with pytest.raises(EntryNotFound):
         hub.create_commit(repo_id="alice/m", commit_message="m", operations=[CommitOperationDelete("nope")])
@@ -148,8 +198,12 @@ def test_create_commit_operations_and_parent_commit(hub, folder):
 
 def test_upload_folder_delete_patterns(hub, folder, tmp_path):
     hub.create_repo(repo_id="alice/d", repo_type="dataset")
-    hub.create_commit(repo_id="alice/d", repo_type="dataset", commit_message="old",
-                      operations=[CommitOperationAdd("old.txt", b"1"), CommitOperationAdd("keep.md", b"2")])
+    hub.create_commit(
+        repo_id="alice/d",
+        repo_type="dataset",
+        commit_message="old",
+        operations=[CommitOperationAdd("old.txt", b"1"), CommitOperationAdd("keep.md", b"2")],
+    )
     hub.upload_folder(repo_id="alice/d", repo_type="dataset", folder_path=folder, delete_patterns="*.txt")
     assert hub.list_files(repo_id="alice/d", repo_type="dataset") == ["a.txt", "keep.md", "sub/b.bin"]
     hub.upload_folder(repo_id="alice/d", repo_type="dataset", folder_path=folder / "sub", delete_patterns=["*"])
@@ -237,8 +291,12 @@ _WRITER = textwrap.dedent("""
 def test_two_processes_pushing_at_once_leave_the_repo_consistent(hub):
     hub.create_repo(repo_id="alice/race")
     n = 6
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(hub.root), name, str(n)],
-                              stderr=subprocess.PIPE, text=True) for name in ("p1", "p2")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(hub.root), name, str(n)], stderr=subprocess.PIPE, text=True
+        )
+        for name in ("p1", "p2")
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     files = hub.list_files(repo_id="alice/race")
@@ -266,8 +324,10 @@ def test_interrupted_upload_leaves_the_previous_commit(hub, tmp_path):
     big = tmp_path / "big"
     big.mkdir()
     (big / "weights.bin").write_bytes(os.urandom(2_000_000))
-    code = f"from openllm.hub import LocalHub; LocalHub(root={str(hub.root)!r}).upload_folder(" \
-           f"repo_id='alice/m', folder_path={str(big)!r})"
+    code = (
+        f"from openllm.hub import LocalHub; LocalHub(root={str(hub.root)!r}).upload_folder("
+        f"repo_id='alice/m', folder_path={str(big)!r})"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     deadline = time.time() + 120
     while not marker.exists():
@@ -285,13 +345,25 @@ def test_interrupted_upload_leaves_the_previous_commit(hub, tmp_path):
 
 # --- the same code over git's own protocols ---------------------------------------------------------------
 
+
 @pytest.fixture
 def daemon(hub):
     port = _free_port()
     hub.root.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["git", "daemon", "--reuseaddr", f"--base-path={hub.root}", "--export-all",
-                             "--enable=receive-pack", f"--port={port}", "--listen=127.0.0.1", str(hub.root)],
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            f"--base-path={hub.root}",
+            "--export-all",
+            "--enable=receive-pack",
+            f"--port={port}",
+            "--listen=127.0.0.1",
+            str(hub.root),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 20
     while True:
         with socket.socket() as s:
@@ -317,11 +389,11 @@ def test_remote_hub_over_git_daemon(hub, daemon, folder, tmp_path):
     c1 = remote.upload_folder(folder_path=folder, commit_message="sync 1", **kw)
     assert hub.list_refs(**kw).branches["main"] == c1  # it landed in the bare repo behind the daemon
     remote.create_tag(tag="sync-1", message="first sync", **kw)
-    c2 = remote.create_commit(operations=[CommitOperationDelete("a.txt")], commit_message="sync 2",
-                              parent_commit=c1, **kw)
+    c2 = remote.create_commit(
+        operations=[CommitOperationDelete("a.txt")], commit_message="sync 2", parent_commit=c1, **kw
+    )
     with pytest.raises(ConflictError):
-        remote.create_commit(operations=[CommitOperationAdd("z", b"z")], commit_message="stale",
-                             parent_commit=c1, **kw)
+        remote.create_commit(operations=[CommitOperationAdd("z", b"z")], commit_message="stale", parent_commit=c1, **kw)
     assert remote.list_files(**kw) == ["sub/b.bin"]
     assert remote.list_refs(**kw).tags == {"sync-1": c1}
     assert [c.commit_id for c in remote.list_commits(**kw)][:2] == [c2, c1]
@@ -342,8 +414,9 @@ def test_unreachable_remote_is_hub_unavailable():
         with pytest.raises(HubUnavailable, match="unavailable"):
             remote.list_refs(repo_id="alice/space", repo_type="space")
         with pytest.raises(HubUnavailable):
-            remote.create_commit(repo_id="alice/space", repo_type="space", commit_message="m",
-                                 operations=[CommitOperationAdd("f", b"1")])
+            remote.create_commit(
+                repo_id="alice/space", repo_type="space", commit_message="m", operations=[CommitOperationAdd("f", b"1")]
+            )
 
 
 @pytest.mark.parametrize("scheme", ["git", "http"])
@@ -360,7 +433,7 @@ def test_connection_reset_is_hub_unavailable(scheme):
         while not stop.is_set():
             try:
                 conn, _ = server.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
@@ -371,8 +444,9 @@ def test_connection_reset_is_hub_unavailable(scheme):
     try:
         remote = LocalHub(url=f"{scheme}://127.0.0.1:{server.getsockname()[1]}/", timeout=30)
         with pytest.raises(HubUnavailable, match="unavailable"):
-            remote.create_commit(repo_id="alice/space", repo_type="space", commit_message="m",
-                                 operations=[CommitOperationAdd("f", b"1")])
+            remote.create_commit(
+                repo_id="alice/space", repo_type="space", commit_message="m", operations=[CommitOperationAdd("f", b"1")]
+            )
         with pytest.raises(HubUnavailable):
             remote.download(repo_id="alice/space", repo_type="space")
     finally:
@@ -425,11 +499,19 @@ class _GitHttp(BaseHTTPRequestHandler):
                 self.rfile.readline()
         else:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        env = {"PATH": os.environ["PATH"], "GIT_PROJECT_ROOT": str(self.root), "GIT_HTTP_EXPORT_ALL": "1",
-               "REQUEST_METHOD": self.command, "PATH_INFO": path, "QUERY_STRING": query,
-               "CONTENT_TYPE": self.headers.get("Content-Type", ""), "CONTENT_LENGTH": str(len(body)),
-               "REMOTE_USER": "tester", "REMOTE_ADDR": "127.0.0.1",
-               "GIT_PROTOCOL": self.headers.get("Git-Protocol", "")}
+        env = {
+            "PATH": os.environ["PATH"],
+            "GIT_PROJECT_ROOT": str(self.root),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "REQUEST_METHOD": self.command,
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_USER": "tester",
+            "REMOTE_ADDR": "127.0.0.1",
+            "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+        }
         if self.headers.get("Content-Encoding"):
             env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
         out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
@@ -489,6 +571,7 @@ def test_remote_hub_over_http_with_auth(hub, http_hub, folder, tmp_path):
 
 # --- what the hub refuses, and versions as one atomic update (issue 15) -----------------------------------
 
+
 def _refs(bare: Path) -> str:
     """Every branch and tag of a bare repository with the object it names: the state a write must keep or move."""
     return _git("--git-dir", str(bare), "for-each-ref", "--format=%(refname) %(objectname)")
@@ -498,15 +581,33 @@ def _fsck(bare: Path) -> str:
     return _git("--git-dir", str(bare), "fsck", "--strict", "--no-dangling")
 
 
-@pytest.mark.parametrize("bad, why", [
-    ("HEAD", "reserved by git"), ("head", "reserved by git"), ("main", "reserved by git"),
-    ("Master", "reserved by git"), ("FETCH_HEAD", "reserved by git"), ("ORIG_HEAD", "reserved by git"),
-    ("-rf", "must not start with '-'"), ("--force", "must not start with '-'"), ("refs/tags/x", "'/'"),
-    ("refs/heads/main", "'/'"), ("@", "letters, digits"), ("a@{1}", "letters, digits"), ("v 1", "letters, digits"),
-    ("x~1", "letters, digits"), ("a:b", "letters, digits"), ("a..b", "'..'"), (".hidden", "start or end with '.'"),
-    ("v1.", "start or end with '.'"), ("v1.lock", "'.lock'"), ("", "letters, digits"), ("x" * 201, "200"),
-    ("v\n1", "control"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("HEAD", "reserved by git"),
+        ("head", "reserved by git"),
+        ("main", "reserved by git"),
+        ("Master", "reserved by git"),
+        ("FETCH_HEAD", "reserved by git"),
+        ("ORIG_HEAD", "reserved by git"),
+        ("-rf", "must not start with '-'"),
+        ("--force", "must not start with '-'"),
+        ("refs/tags/x", "'/'"),
+        ("refs/heads/main", "'/'"),
+        ("@", "letters, digits"),
+        ("a@{1}", "letters, digits"),
+        ("v 1", "letters, digits"),
+        ("x~1", "letters, digits"),
+        ("a:b", "letters, digits"),
+        ("a..b", "'..'"),
+        (".hidden", "start or end with '.'"),
+        ("v1.", "start or end with '.'"),
+        ("v1.lock", "'.lock'"),
+        ("", "letters, digits"),
+        ("x" * 201, "200"),
+        ("v\n1", "control"),
+    ],
+)
 def test_reserved_and_malformed_version_names_are_refused_before_any_io(hub, folder, bad, why):
     from openllm.hub import validate_tag
 
@@ -524,8 +625,31 @@ def test_version_names_agree_with_git_check_ref_format():
     """Every name validate_tag accepts, git accepts as a tag; the reserved ones git accepts but are refused."""
     from openllm.hub import validate_tag, validate_version
 
-    names = ["7k", "1.5k", "v2", "v1.0-rc_1", "_x", "sync-3-0123456789ab", "ahead", "a..b", "a.lock", ".a", "a.",
-             "@", "a b", "x~1", "x^", "x:y", "x?", "x*", "x[", "x\\y", "HEAD", "main", "-x"]
+    names = [
+        "7k",
+        "1.5k",
+        "v2",
+        "v1.0-rc_1",
+        "_x",
+        "sync-3-0123456789ab",
+        "ahead",
+        "a..b",
+        "a.lock",
+        ".a",
+        "a.",
+        "@",
+        "a b",
+        "x~1",
+        "x^",
+        "x:y",
+        "x?",
+        "x*",
+        "x[",
+        "x\\y",
+        "HEAD",
+        "main",
+        "-x",
+    ]
     for name in names:
         git_ok = subprocess.run(["git", "check-ref-format", f"refs/tags/{name}"]).returncode == 0
         try:
@@ -542,8 +666,9 @@ def test_version_names_agree_with_git_check_ref_format():
         validate_version("sync-3-0123456789ab")
 
 
-@pytest.mark.parametrize("spec", ["ftp://x", "FTP://host/x", "hf://alice", "s3://bucket/hub", "git+ssh://h/x",
-                                  "gopher://h"])
+@pytest.mark.parametrize(
+    "spec", ["ftp://x", "FTP://host/x", "hf://alice", "s3://bucket/hub", "git+ssh://h/x", "gopher://h"]
+)
 def test_unknown_hub_url_schemes_are_refused_and_nothing_is_created(tmp_path, monkeypatch, spec):
     monkeypatch.chdir(tmp_path)
     scheme = spec.split("://")[0]
@@ -556,8 +681,14 @@ def test_unknown_hub_url_schemes_are_refused_and_nothing_is_created(tmp_path, mo
 
 def test_accepted_hub_specs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for url in ("file:///srv/hub", "git://127.0.0.1/", "http://h/base", "https://h/base", "ssh://git@h/srv/hub",
-                "HTTPS://h/base"):
+    for url in (
+        "file:///srv/hub",
+        "git://127.0.0.1/",
+        "http://h/base",
+        "https://h/base",
+        "ssh://git@h/srv/hub",
+        "HTTPS://h/base",
+    ):
         assert get_hub(url).url.lower() == url.lower().rstrip("/") + "/"
     assert get_hub("relative/folder").root == tmp_path / "relative" / "folder"
     assert list(tmp_path.iterdir()) == []  # a hub is a spec until something is written
@@ -572,14 +703,20 @@ def test_uploads_never_follow_links_out_of_the_folder(hub, folder, tmp_path):
     before = _refs(bare)
     secret = tmp_path / "secret.txt"
     secret.write_text("not for the hub")
-    cases = {"passwd": ("/etc/passwd", "outside the folder"), "secret": (str(secret), "outside the folder"),
-             "up": ("../../secret.txt", "outside the folder"), "dangling": ("nowhere.txt", "dangling"),
-             "linked-dir": (str(tmp_path), "a folder")}
+    cases = {
+        "passwd": ("/etc/passwd", "outside the folder"),
+        "secret": (str(secret), "outside the folder"),
+        "up": ("../../secret.txt", "outside the folder"),
+        "dangling": ("nowhere.txt", "dangling"),
+        "linked-dir": (str(tmp_path), "a folder"),
+    }
     for name, (target, why) in cases.items():
         link = folder / "sub" / name
         link.symlink_to(target)
-        for call in (lambda: hub.upload_folder(repo_id="alice/m", folder_path=folder),
-                     lambda: hub.upload_version(repo_id="alice/m", folder_path=folder, tag="v1")):
+        for call in (
+            lambda: hub.upload_folder(repo_id="alice/m", folder_path=folder),
+            lambda: hub.upload_version(repo_id="alice/m", folder_path=folder, tag="v1"),
+        ):
             with pytest.raises(UnsafeUpload) as err:
                 call()
             assert f"sub/{name}" in str(err.value) and why in str(err.value) and "\n" not in str(err.value)
@@ -654,7 +791,9 @@ def test_upload_version_over_http_is_atomic_too(hub, http_hub, folder):
         remote.upload_version(repo_id="alice/m", folder_path=folder, tag="v1")
     assert _refs(bare) == before
     c2 = remote.upload_version(repo_id="alice/m", folder_path=folder, tag="v1", replace_tag=True)
-    assert hub.list_refs(repo_id="alice/m").tags == {"v1": c2} and hub.list_commits(repo_id="alice/m")[0].parents == [c1]
+    assert hub.list_refs(repo_id="alice/m").tags == {"v1": c2} and hub.list_commits(repo_id="alice/m")[0].parents == [
+        c1
+    ]
     remote.delete_tag(repo_id="alice/m", tag="v1")
     assert hub.list_refs(repo_id="alice/m").tags == {}
     assert _fsck(bare) == ""

@@ -1,12 +1,11 @@
 """The import graph of src/openllm: every arrow points down the layer table, and there is no cycle, neither
 between packages nor between modules, counting imports inside functions, ``importlib.import_module("...")``
 strings and lazy ``_LAZY`` attribute tables. Read from the source (AST), so nothing is imported."""
+
 from __future__ import annotations
 
 import ast
 from pathlib import Path
-
-import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "openllm"
 ROOT = "openllm"
@@ -16,15 +15,43 @@ ROOT = "openllm"
 LAYER_NAMES = {4: "interfaces", 3: "workflows", 2: "components", 1: "foundations"}
 LAYERS: dict[str, int] = {
     # interfaces: command line, web app, HTTP server, and the package facade (openllm.load)
-    ROOT: 4, "__main__": 4, "cli": 4, "app": 4, "serve": 4,
+    ROOT: 4,
+    "__main__": 4,
+    "cli": 4,
+    "app": 4,
+    "serve": 4,
     # workflows built from the components
-    "publish": 3, "train": 3, "finetune": 3, "evaluate": 3, "export": 3, "compare": 3, "quickstart": 3, "space": 3,
+    "publish": 3,
+    "train": 3,
+    "finetune": 3,
+    "evaluate": 3,
+    "export": 3,
+    "compare": 3,
+    "quickstart": 3,
+    "space": 3,
     # components
-    "hub": 2, "loading": 2, "generate": 2, "model": 2, "tokenizer": 2, "prepare": 2, "shards": 2, "corpus": 2,
-    "batches": 2, "checkpoint": 2, "optim": 2, "metrics": 2, "distributed": 2, "hf_compat": 2,
-    "device": 2, "kernels": 2, "conversations": 2,
+    "hub": 2,
+    "loading": 2,
+    "generate": 2,
+    "model": 2,
+    "tokenizer": 2,
+    "prepare": 2,
+    "shards": 2,
+    "corpus": 2,
+    "batches": 2,
+    "checkpoint": 2,
+    "optim": 2,
+    "metrics": 2,
+    "distributed": 2,
+    "hf_compat": 2,
+    "device": 2,
+    "kernels": 2,
+    "conversations": 2,
     # foundations: the run folder's layout, configs, errors, checksums
-    "rundir": 1, "config": 1, "errors": 1, "hashing": 1,
+    "rundir": 1,
+    "config": 1,
+    "errors": 1,
+    "hashing": 1,
 }
 
 # Imports whose target the AST cannot read (a computed module name), and what they may load.
@@ -34,6 +61,7 @@ DYNAMIC = {
 
 
 # --- the graph ------------------------------------------------------------------------------------------
+
 
 def find_modules(src: Path, root: str = ROOT) -> dict[str, Path]:
     """Dotted module name -> file, for every .py under ``src`` (a package folder named ``root``)."""
@@ -91,20 +119,24 @@ def imports_of(module: str, path: Path, known: dict[str, Path], root: str = ROOT
                 if base == root and a.name.startswith("__"):
                     continue  # the package's metadata (__version__): no code of the facade runs
                 raw.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
-        elif (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))
-              and (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id) == "import_module"):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, (ast.Attribute, ast.Name))
+            and (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id) == "import_module"
+        ):
             arg = node.args[0] if node.args else None
             anchor = _anchor(node.args[1] if len(node.args) > 1 else None, module, package)
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                 raw.add(_relative_string(arg.value, anchor))
-            elif (isinstance(arg, ast.Subscript) and isinstance(arg.value, ast.Name)
-                  and "LAZY" in arg.value.id.upper()):
+            elif isinstance(arg, ast.Subscript) and isinstance(arg.value, ast.Name) and "LAZY" in arg.value.id.upper():
                 pass  # a lazy table's entry: the table itself is read below
             elif module in DYNAMIC:
                 raw.update(m for m in known if m.startswith(DYNAMIC[module]))
             else:
-                problems.append(f"{module}:{node.lineno} imports a computed module name; add it to DYNAMIC "
-                                f"in tests/test_imports.py with the modules it may load")
+                problems.append(
+                    f"{module}:{node.lineno} imports a computed module name; add it to DYNAMIC "
+                    f"in tests/test_imports.py with the modules it may load"
+                )
         elif isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Dict):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if any(isinstance(t, ast.Name) and "LAZY" in t.id.upper() for t in targets):
@@ -170,7 +202,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[str]:
         while True:  # walk inside the part until a node repeats
             nxt = min(w for w in graph[path[-1]] if w in part)
             if nxt in seen:
-                cycle = path[path.index(nxt):] + [nxt]
+                cycle = path[path.index(nxt) :] + [nxt]
                 rest = sorted(part - set(cycle))
                 cycles.append(" -> ".join(cycle) + (f" (also in this loop: {', '.join(rest)})" if rest else ""))
                 break
@@ -189,15 +221,18 @@ def check(src: Path, root: str = ROOT, layers: dict[str, int] = LAYERS) -> list[
         problems += found
     for module in known:
         if layer_key(module, root) not in layers:
-            problems.append(f"{module} is not in the layer table: add {layer_key(module, root)!r} to LAYERS "
-                            f"in tests/test_imports.py, in the layer it belongs to")
+            problems.append(
+                f"{module} is not in the layer table: add {layer_key(module, root)!r} to LAYERS "
+                f"in tests/test_imports.py, in the layer it belongs to"
+            )
     for module, targets in sorted(graph.items()):
         a = layers.get(layer_key(module, root))
         for t in sorted(targets):
             b = layers.get(layer_key(t, root))
             if a is not None and b is not None and b > a:
-                problems.append(f"{module} ({LAYER_NAMES.get(a, a)}) imports {t} ({LAYER_NAMES.get(b, b)}): "
-                                f"an arrow pointing up")
+                problems.append(
+                    f"{module} ({LAYER_NAMES.get(a, a)}) imports {t} ({LAYER_NAMES.get(b, b)}): an arrow pointing up"
+                )
     for cycle in find_cycles(graph):
         problems.append("module import cycle: " + cycle)
     packages: dict[str, set[str]] = {}
@@ -210,6 +245,7 @@ def check(src: Path, root: str = ROOT, layers: dict[str, int] = LAYERS) -> list[
 
 
 # --- the tests ------------------------------------------------------------------------------------------
+
 
 def test_the_package_has_no_upward_arrow_and_no_cycle():
     problems = check(SRC)
@@ -239,31 +275,39 @@ LAYERS_FOR_TESTS = {"pkg": 4, "hub": 2, "loading": 2, "export": 3, "rundir": 1}
 def test_a_loop_through_a_lazy_table_and_a_function_import_is_found(tmp_path):
     """The shape the hub had: loading imports the hub in a function, the hub's __init__ loads hub.models
     through importlib from a _LAZY table, and hub.models imports loading and export."""
-    src = _tree(tmp_path, {
-        "__init__.py": "",
-        "rundir.py": "",
-        "loading.py": "from .rundir import x\ndef load():\n    from .hub import download_model\n",
-        "export/__init__.py": "",
-        "export/hf.py": "from ..loading import load\n",
-        "hub/__init__.py": "_LAZY = {'download_model': '.models'}\ndef __getattr__(n):\n"
-                           "    import importlib\n    return importlib.import_module(_LAZY[n], __name__)\n",
-        "hub/models.py": "def stage():\n    from ..export.hf import export_hf\n    from ..loading import load\n",
-    })
+    src = _tree(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "rundir.py": "",
+            "loading.py": "from .rundir import x\ndef load():\n    from .hub import download_model\n",
+            "export/__init__.py": "",
+            "export/hf.py": "from ..loading import load\n",
+            "hub/__init__.py": "_LAZY = {'download_model': '.models'}\ndef __getattr__(n):\n"
+            "    import importlib\n    return importlib.import_module(_LAZY[n], __name__)\n",
+            "hub/models.py": "def stage():\n    from ..export.hf import export_hf\n    from ..loading import load\n",
+        },
+    )
     problems = check(src, "pkg", LAYERS_FOR_TESTS)
-    assert any("pkg.hub.models (components) imports pkg.export.hf (workflows): an arrow pointing up" in p
-               for p in problems), problems
-    assert any(p.startswith("module import cycle:") and "pkg.loading" in p and "pkg.hub.models" in p
-               for p in problems), problems
+    assert any(
+        "pkg.hub.models (components) imports pkg.export.hf (workflows): an arrow pointing up" in p for p in problems
+    ), problems
+    assert any(
+        p.startswith("module import cycle:") and "pkg.loading" in p and "pkg.hub.models" in p for p in problems
+    ), problems
     assert any(p.startswith("package import cycle:") for p in problems), problems
 
 
 def test_import_module_strings_and_unlisted_modules_are_caught(tmp_path):
-    src = _tree(tmp_path, {
-        "__init__.py": "",
-        "rundir.py": "import importlib\ndef f():\n    return importlib.import_module('pkg.hub')\n",
-        "hub/__init__.py": "",
-        "newthing.py": "def g(name):\n    import importlib\n    return importlib.import_module(name)\n",
-    })
+    src = _tree(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "rundir.py": "import importlib\ndef f():\n    return importlib.import_module('pkg.hub')\n",
+            "hub/__init__.py": "",
+            "newthing.py": "def g(name):\n    import importlib\n    return importlib.import_module(name)\n",
+        },
+    )
     problems = check(src, "pkg", LAYERS_FOR_TESTS)
     assert "pkg.rundir (foundations) imports pkg.hub (components): an arrow pointing up" in problems
     assert any("pkg.newthing is not in the layer table: add 'newthing'" in p for p in problems), problems
@@ -271,14 +315,17 @@ def test_import_module_strings_and_unlisted_modules_are_caught(tmp_path):
 
 
 def test_a_clean_tree_passes(tmp_path):
-    src = _tree(tmp_path, {
-        "__init__.py": "def load():\n    from .loading import load\n",
-        "rundir.py": "",
-        "loading.py": "from . import rundir\n",
-        "hub/__init__.py": "from .models import download_model\n",
-        "hub/models.py": "from ..rundir import x\n",
-        "export/__init__.py": "from ..hub import download_model\nfrom ..loading import load\n",
-    })
+    src = _tree(
+        tmp_path,
+        {
+            "__init__.py": "def load():\n    from .loading import load\n",
+            "rundir.py": "",
+            "loading.py": "from . import rundir\n",
+            "hub/__init__.py": "from .models import download_model\n",
+            "hub/models.py": "from ..rundir import x\n",
+            "export/__init__.py": "from ..hub import download_model\nfrom ..loading import load\n",
+        },
+    )
     assert check(src, "pkg", LAYERS_FOR_TESTS) == []
 
 
@@ -286,6 +333,11 @@ def test_the_hub_is_transport_only():
     """hub/ moves files and versions; it never reaches for what a run, a model, a config or an export is."""
     known = find_modules(SRC)
     allowed = {"hub", "errors", "rundir", "hashing"}
-    reached = {(m, t) for m, p in known.items() if layer_key(m) == "hub"
-               for t in imports_of(m, p, known)[0] if layer_key(t) not in allowed}
+    reached = {
+        (m, t)
+        for m, p in known.items()
+        if layer_key(m) == "hub"
+        for t in imports_of(m, p, known)[0]
+        if layer_key(t) not in allowed
+    }
     assert not reached, sorted(reached)

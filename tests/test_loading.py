@@ -1,5 +1,6 @@
 """openllm.load: run folders (latest checkpoint), checkpoint folders, native and Hugging Face exports, hub
 references; bit-exact weights; clear errors."""
+
 import json
 import shutil
 
@@ -8,11 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 import openllm
+from conftest import make_export_run
 from openllm.errors import OpenLLMError
 from openllm.hub.errors import RepositoryNotFound
 from openllm.rundir import latest_checkpoint
-
-from conftest import make_export_run
 
 
 def _equal_weights(model, ckpt_file):
@@ -57,8 +57,7 @@ def test_checkpoint_folder_loads_directly(export_run):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_checkpoint_without_head_tensor(tmp_path, export_tokenizer_dir, tied):
-    run = make_export_run(tmp_path / "r", export_tokenizer_dir, steps=(3,), tied=tied,
-                          checkpoint_with_head=False)
+    run = make_export_run(tmp_path / "r", export_tokenizer_dir, steps=(3,), tied=tied, checkpoint_with_head=False)
     m = openllm.load(run)
     saved = _equal_weights(m.model, m.path / "model.safetensors")
     assert ("lm_head.weight" in saved) == (not tied)
@@ -97,8 +96,10 @@ def test_hub_reference_goes_through_the_hub(tmp_path):
     empty local hub, $OPENLLM_HUB = tmp_path/_hub)."""
     with pytest.raises(RepositoryNotFound) as info:
         openllm.load("nobody/nothing@1k")
-    assert str(info.value) == (f"no model repo 'nobody/nothing' on the local hub {tmp_path / '_hub'}; "
-                               f"push to it first or check the name (openllm hub list)")
+    assert str(info.value) == (
+        f"no model repo 'nobody/nothing' on the local hub {tmp_path / '_hub'}; "
+        f"push to it first or check the name (openllm hub list)"
+    )
 
 
 @pytest.mark.slow
@@ -114,6 +115,7 @@ def test_hub_round_trip_is_bit_exact(export_run, capsys):
 
 
 # --- openllm generate (the CLI on top of openllm.load) -------------------------------------------------------
+
 
 def _cli(capsys, *argv):
     """The real CLI entry point, in this process (a subprocess costs seconds of imports per call)."""
@@ -137,19 +139,41 @@ def test_cli_generate_greedy_matches_library(export_run, capsys):
     rc, streamed, _ = _cli(capsys, *args, "--stream")
     pieces = stream_text(m.model, m.tokenizer, "def load(", SamplingParams(max_new_tokens=12, temperature=0))
     assert rc == 0 and streamed == "def load(" + "".join(pieces) + "\n"
-    sampled = [_cli(capsys, "generate", str(export_run), "--prompt", "x", "--prompt", "class ", "--seed", "3",
-                    "--top-k", "20", "--top-p", "0.9", "--repetition-penalty", "1.2", "--max-new-tokens", "10")[1]
-               for _ in range(2)]
+    sampled = [
+        _cli(
+            capsys,
+            "generate",
+            str(export_run),
+            "--prompt",
+            "x",
+            "--prompt",
+            "class ",
+            "--seed",
+            "3",
+            "--top-k",
+            "20",
+            "--top-p",
+            "0.9",
+            "--repetition-penalty",
+            "1.2",
+            "--max-new-tokens",
+            "10",
+        )[1]
+        for _ in range(2)
+    ]
     assert sampled[0] == sampled[1] and sampled[0].count("--- ") == 2
     rc, int8, _ = _cli(capsys, *args, "--int8")
     assert rc == 0 and int8.startswith("def load(")
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--prompt", "x", "--temperature", "-1"], "temperature"),
-    (["--prompt", "x", "--max-new-tokens", "5000"], "context"),
-    (["--prompt", "x", "--prompt", "y", "--stream"], "one --prompt"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--prompt", "x", "--temperature", "-1"], "temperature"),
+        (["--prompt", "x", "--max-new-tokens", "5000"], "context"),
+        (["--prompt", "x", "--prompt", "y", "--stream"], "one --prompt"),
+    ],
+)
 def test_cli_generate_errors(export_run, capsys, argv, message):
     rc, _, err = _cli(capsys, "generate", str(export_run), *argv)
     assert rc == 2 and message in err and "Traceback" not in err

@@ -1,4 +1,5 @@
 """The model: shapes, parameter counts, and logits parity with transformers' LlamaForCausalLM."""
+
 import pytest
 import torch
 
@@ -26,14 +27,17 @@ def small_shape(**kw):
     return ModelConfig(**{**cfg.__dict__, "n_layers": 2, **kw})  # 2 of the 6 layers keeps CI fast
 
 
-@pytest.mark.parametrize("shape", [
-    pytest.param(dict(TINY), id="tiny-mha-tied"),
-    pytest.param(dict(TINY, n_kv_heads=2), id="tiny-gqa-tied"),
-    pytest.param(dict(TINY, n_kv_heads=1, tie_embeddings=False), id="tiny-mqa-untied"),
-    pytest.param(dict(TINY, n_kv_heads=2, tie_embeddings=False), id="tiny-gqa-untied"),
-    pytest.param("small", id="small-mha-tied"),
-    pytest.param("small-gqa-untied", id="small-gqa-untied"),
-])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param(dict(TINY), id="tiny-mha-tied"),
+        pytest.param(dict(TINY, n_kv_heads=2), id="tiny-gqa-tied"),
+        pytest.param(dict(TINY, n_kv_heads=1, tie_embeddings=False), id="tiny-mqa-untied"),
+        pytest.param(dict(TINY, n_kv_heads=2, tie_embeddings=False), id="tiny-gqa-untied"),
+        pytest.param("small", id="small-mha-tied"),
+        pytest.param("small-gqa-untied", id="small-gqa-untied"),
+    ],
+)
 def test_logits_match_transformers_llama(shape):
     torch.manual_seed(0)
     if shape == "small":
@@ -114,14 +118,19 @@ def test_too_long_sequence_is_refused():
 
 
 def test_param_report_matches_the_model():
-    cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32,
-                      tie_embeddings=False)
+    cfg = ModelConfig(
+        vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32, tie_embeddings=False
+    )
     from openllm.model import param_report
 
     report = param_report(cfg, seq_len=16)
     model = Transformer(cfg)
-    assert report == {"params": model.num_params(), "params_non_embedding": model.num_params(non_embedding=True),
-                      "flops_per_token": model.flops_per_token(16), "seq_len": 16}
+    assert report == {
+        "params": model.num_params(),
+        "params_non_embedding": model.num_params(non_embedding=True),
+        "flops_per_token": model.flops_per_token(16),
+        "seq_len": 16,
+    }
     assert param_report(cfg)["seq_len"] == 32  # the context length by default
 
 

@@ -1,5 +1,6 @@
 """Optimizers (AdamW groups, Muon + AdamW as one optimizer), schedules, the recipe options that go with them
 (zero-initialised projections, document-aligned windows) and the plain-torch fused loss."""
+
 import copy
 import io
 import json
@@ -19,7 +20,7 @@ from openllm.model import Transformer
 from openllm.optim import MuonAdamW, build_optimizer, lr_at, muon_param_names, set_lr
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_batches import write_shards  # noqa: E402
+from test_batches import write_shards
 
 SHAPE = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
 
@@ -53,8 +54,9 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest(tied):
     assert isinstance(opt, MuonAdamW)
     names = {id(p): n for n, p in model.named_parameters()}
     groups = {g["name"]: sorted(names[id(p)] for p in g["params"]) for g in opt.param_groups}
-    expected_muon = sorted(f"layers.{i}.{m}.weight" for i in range(2)
-                           for m in ("attn.wqkv", "attn.wo", "mlp.w13", "mlp.w2"))
+    expected_muon = sorted(
+        f"layers.{i}.{m}.weight" for i in range(2) for m in ("attn.wqkv", "attn.wo", "mlp.w13", "mlp.w2")
+    )
     assert groups["muon"] == expected_muon == sorted(muon_param_names(model))
     norms = [n for n in names.values() if "norm" in n]
     if tied:
@@ -71,8 +73,16 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest(tied):
 
 
 def test_schedule_drives_both_learning_rates():
-    tc = TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02, schedule="wsd", warmup_steps=2, max_steps=10,
-                     decay_fraction=0.5, min_lr=0.0)
+    tc = TrainConfig(
+        optimizer="muon",
+        lr=1e-3,
+        muon_lr=0.02,
+        schedule="wsd",
+        warmup_steps=2,
+        max_steps=10,
+        decay_fraction=0.5,
+        min_lr=0.0,
+    )
     opt = build_optimizer(_model(), tc, "cpu")
     for step in (0, 3, 8, 9):
         set_lr(opt, lr_at(step, tc))
@@ -86,8 +96,7 @@ def test_muon_update_is_newton_schulz_per_part():
     from torch.optim._muon import _zeropower_via_newtonschulz
 
     model = _model()
-    opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.1, muon_momentum=0.0),
-                          "cpu")
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.1, muon_momentum=0.0), "cpu")
     wqkv = model.layers[0].attn.wqkv.weight
     before = wqkv.detach().clone()
     x = _batches(1)[0]
@@ -97,10 +106,14 @@ def test_muon_update_is_newton_schulz_per_part():
     opt.step()
     upd = (before - wqkv.detach()) / 0.1
     coeffs = (3.4445, -4.7750, 2.0315)
-    per_part = torch.cat([_zeropower_via_newtonschulz(g, coeffs, 5, 1e-7).float() * max(1, g.shape[0] / 32) ** 0.5
-                          for g in grad.split([32, 16, 16])])
+    per_part = torch.cat(
+        [
+            _zeropower_via_newtonschulz(g, coeffs, 5, 1e-7).float() * max(1, g.shape[0] / 32) ** 0.5
+            for g in grad.split([32, 16, 16])
+        ]
+    )
     torch.testing.assert_close(upd, per_part, rtol=0, atol=2e-4)
-    whole = _zeropower_via_newtonschulz(grad, coeffs, 5, 1e-7).float() * 2 ** 0.5
+    whole = _zeropower_via_newtonschulz(grad, coeffs, 5, 1e-7).float() * 2**0.5
     assert (upd - whole).abs().max() > 0.05  # not the fused matrix orthogonalised whole
     s = torch.linalg.svdvals(upd[:32].double())
     assert 0.5 < s.median() < 1.5 and s.max() < 1.6, s
@@ -151,14 +164,31 @@ def test_adamw_default_is_unchanged():
 
 
 def test_config_validation():
-    Config.from_dict({"train": {"optimizer": "muon", "muon_lr": 0.05, "muon_momentum": 0.9,
-                                "batch_warmup_steps": 10, "doc_aligned": True, "fused_loss": "chunked",
-                                "check_every": 5}, "model": {"zero_init_proj": True}})
-    bad = [({"optimizer": "lion"}, "train.optimizer"), ({"muon_lr": 0}, "train.muon_lr"),
-           ({"muon_momentum": 1.0}, "train.muon_momentum"), ({"muon_weight_decay": -1}, "muon_weight_decay"),
-           ({"batch_warmup_steps": -1}, "batch_warmup_steps"), ({"fused_loss": "yes"}, "train.fused_loss"),
-           ({"check_every": 0}, "train.check_every"), ({"doc_aligned": 1}, "train.doc_aligned"),
-           ({"fused_ops": "on"}, "train.fused_ops")]
+    Config.from_dict(
+        {
+            "train": {
+                "optimizer": "muon",
+                "muon_lr": 0.05,
+                "muon_momentum": 0.9,
+                "batch_warmup_steps": 10,
+                "doc_aligned": True,
+                "fused_loss": "chunked",
+                "check_every": 5,
+            },
+            "model": {"zero_init_proj": True},
+        }
+    )
+    bad = [
+        ({"optimizer": "lion"}, "train.optimizer"),
+        ({"muon_lr": 0}, "train.muon_lr"),
+        ({"muon_momentum": 1.0}, "train.muon_momentum"),
+        ({"muon_weight_decay": -1}, "muon_weight_decay"),
+        ({"batch_warmup_steps": -1}, "batch_warmup_steps"),
+        ({"fused_loss": "yes"}, "train.fused_loss"),
+        ({"check_every": 0}, "train.check_every"),
+        ({"doc_aligned": 1}, "train.doc_aligned"),
+        ({"fused_ops": "on"}, "train.fused_ops"),
+    ]
     for over, field in bad:
         with pytest.raises(ConfigError, match=field):
             Config.from_dict({"train": over})
@@ -237,8 +267,19 @@ MICRO = {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_hea
 
 
 def _cfg(**train):
-    t = {"micro_batch_size": 4, "seq_len": 32, "max_steps": 8, "lr": 3e-3, "warmup_steps": 2, "eval_every": 4,
-         "eval_batches": 2, "save_every": 4, "log_every": 1, "keep_last": 2, "optimizer": "muon"}
+    t = {
+        "micro_batch_size": 4,
+        "seq_len": 32,
+        "max_steps": 8,
+        "lr": 3e-3,
+        "warmup_steps": 2,
+        "eval_every": 4,
+        "eval_batches": 2,
+        "save_every": 4,
+        "log_every": 1,
+        "keep_last": 2,
+        "optimizer": "muon",
+    }
     t.update(train)
     return {"name": "muon", "model": dict(MICRO, tie_embeddings=False, zero_init_proj=True), "train": t}
 
@@ -255,8 +296,15 @@ def test_train_with_muon_recipe_and_resume(tmp_path, data, one_thread):
     from openllm.rundir import read_metrics
     from openllm.train import train
 
-    cfg = _cfg(schedule="wsd", decay_fraction=0.5, min_lr=0.0, batch_warmup_steps=4, grad_accum_steps=2,
-               doc_aligned=False, fused_loss="chunked")
+    cfg = _cfg(
+        schedule="wsd",
+        decay_fraction=0.5,
+        min_lr=0.0,
+        batch_warmup_steps=4,
+        grad_accum_steps=2,
+        doc_aligned=False,
+        fused_loss="chunked",
+    )
     r = train(cfg, data_dir=data, out_dir=tmp_path / "run", progress=False, log=lambda m: None)
     assert r.state == "finished" and r.step == 8
     recs = read_metrics(tmp_path / "run")
@@ -272,8 +320,14 @@ def test_train_with_muon_recipe_and_resume(tmp_path, data, one_thread):
     assert "layers.1.mlp.w13.weight" in groups["muon"]["params"]
     assert "momentum_buffer" in opt["state"]["layers.1.mlp.w13.weight"]
     # resuming from step 4 reproduces steps 5..8 bit for bit
-    ext = train(None, data_dir=data, out_dir=tmp_path / "run", resume=tmp_path / "run/checkpoints/step_00000004",
-                progress=False, log=lambda m: None)
+    ext = train(
+        None,
+        data_dir=data,
+        out_dir=tmp_path / "run",
+        resume=tmp_path / "run/checkpoints/step_00000004",
+        progress=False,
+        log=lambda m: None,
+    )
     assert ext.loss == r.loss
 
 
@@ -281,18 +335,35 @@ def test_check_every_reads_the_loss_only_where_it_is_used(tmp_path, data, one_th
     from openllm.rundir import read_metrics
     from openllm.train import TrainingDiverged, train
 
-    r = train(_cfg(check_every=4, log_every=4, optimizer="adamw"), data_dir=data, out_dir=tmp_path / "a",
-              progress=False, log=lambda m: None)
-    plain = train(_cfg(log_every=4, optimizer="adamw"), data_dir=data, out_dir=tmp_path / "b",
-                  progress=False, log=lambda m: None)
+    r = train(
+        _cfg(check_every=4, log_every=4, optimizer="adamw"),
+        data_dir=data,
+        out_dir=tmp_path / "a",
+        progress=False,
+        log=lambda m: None,
+    )
+    plain = train(
+        _cfg(log_every=4, optimizer="adamw"), data_dir=data, out_dir=tmp_path / "b", progress=False, log=lambda m: None
+    )
     assert [x["loss"] for x in read_metrics(tmp_path / "a")] == [x["loss"] for x in read_metrics(tmp_path / "b")]
     assert r.loss == plain.loss
     # a divergence between reads is still caught, and no checkpoint holds it
-    bad = _cfg(lr=1e4, muon_lr=1e4, warmup_steps=0, schedule="constant", grad_clip=0.0, check_every=5,
-               log_every=5, save_every=5, eval_every=100, max_steps=20)
+    bad = _cfg(
+        lr=1e4,
+        muon_lr=1e4,
+        warmup_steps=0,
+        schedule="constant",
+        grad_clip=0.0,
+        check_every=5,
+        log_every=5,
+        save_every=5,
+        eval_every=100,
+        max_steps=20,
+    )
     with pytest.raises(TrainingDiverged, match="within the last 5 steps"):
         train(bad, data_dir=data, out_dir=tmp_path / "c", progress=False, log=lambda m: None)
     from safetensors.torch import load_file
+
     from openllm.rundir import latest_checkpoint
 
     last = latest_checkpoint(tmp_path / "c")
@@ -302,15 +373,24 @@ def test_check_every_reads_the_loss_only_where_it_is_used(tmp_path, data, one_th
 
 # --- real processes (slow) ----------------------------------------------------------------------------
 
+
 def _spawn_train(*args, nproc=1):
     import os
     import subprocess
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-            if nproc > 1 else [sys.executable])
-    return subprocess.Popen([*head, "-m", "openllm", "train", "--no-progress", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    head = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    )
+    return subprocess.Popen(
+        [*head, "-m", "openllm", "train", "--no-progress", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _finish(proc, timeout=300):
@@ -367,12 +447,16 @@ def test_muon_ddp_and_fsdp_two_processes_match_one(tmp_path, data):
     c = _cfg(max_steps=6, grad_accum_steps=2, eval_every=3, eval_batches=3, save_every=3)
     c["model"].update(d_model=48, n_heads=4, n_kv_heads=2, zero_init_proj=False)  # rows not a multiple of 2 x 8
     cfg.write_text(json.dumps(c))
-    runs = {"single": ([], 1), "ddp": (["--set", "train.micro_batch_size=2"], 2),
-            "fsdp": (["--set", "train.micro_batch_size=2", "--set", "train.distributed=fsdp"], 2)}
+    runs = {
+        "single": ([], 1),
+        "ddp": (["--set", "train.micro_batch_size=2"], 2),
+        "fsdp": (["--set", "train.micro_batch_size=2", "--set", "train.distributed=fsdp"], 2),
+    }
     procs = {}
     for name, (extra, n) in runs.items():
-        procs[name] = _spawn_train("--config", str(cfg), "--data", str(data), "--out", str(tmp_path / name),
-                                   *extra, nproc=n)
+        procs[name] = _spawn_train(
+            "--config", str(cfg), "--data", str(data), "--out", str(tmp_path / name), *extra, nproc=n
+        )
         _finish(procs[name])  # one at a time: 2 CPU cores
     ref = read_metrics(tmp_path / "single")
     w_ref = load_file(tmp_path / "single/checkpoints/step_00000006/model.safetensors")
@@ -432,9 +516,13 @@ def test_muon_step_on_fsdp2_shards_equals_the_unsharded_step(tmp_path):
 
     script = tmp_path / "fsdp_step.py"
     script.write_text(_FSDP_STEP)
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script)], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert float(res.stdout.split("WORST")[1].split()[0]) == 0.0, res.stdout
 

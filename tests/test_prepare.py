@@ -32,8 +32,7 @@ def test_txt_paragraphs_dedupe_drops_and_report(tmp_path):
     paragraphs = [f"Paragraph number {i} has some words in it." for i in range(50)]
     text = "\n\n".join(paragraphs + [paragraphs[0], paragraphs[1], "tiny", "   \t"]) + "\n"
     (tmp_path / "a.txt").write_text(text, encoding="utf-8")
-    report = prepare_corpus([tmp_path / "a.txt"], tmp_path / "out", min_chars=10, val_fraction=0.2,
-                            progress=False)
+    report = prepare_corpus([tmp_path / "a.txt"], tmp_path / "out", min_chars=10, val_fraction=0.2, progress=False)
     docs = _all_docs(tmp_path / "out")
     assert sorted(docs) == sorted(paragraphs)
     assert report["documents"]["read"] == 53  # the whitespace-only paragraph is a separator, not a document
@@ -73,15 +72,17 @@ def test_jsonl_field_parquet_folder_and_glob(tmp_path):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     _jsonl(src / "a.jsonl", [{"body": "from jsonl one", "id": 1}, {"body": "from jsonl two", "id": 2}])
-    pq.write_table(pa.table({"body": ["from parquet one", None, "from parquet two"], "n": [1, 2, 3]}),
-                   src / "sub" / "b.parquet")
+    pq.write_table(
+        pa.table({"body": ["from parquet one", None, "from parquet two"], "n": [1, 2, 3]}), src / "sub" / "b.parquet"
+    )
     (src / "notes.bin").write_bytes(b"\x00\x01")  # not a text suffix: a folder scan skips it
     report = prepare_corpus([src], tmp_path / "out", field="body", val_fraction=0.0, progress=False)
     assert _docs(tmp_path / "out") == ["from jsonl one", "from jsonl two", "from parquet one", "from parquet two"]
     assert [s["kind"] for s in report["sources"]] == ["jsonl", "parquet"]
     assert report["dropped"]["empty"] == 1  # the null parquet value
-    report = prepare_corpus([str(src / "**" / "*.parquet")], tmp_path / "out2", field="body", val_fraction=0.0,
-                            progress=False)
+    report = prepare_corpus(
+        [str(src / "**" / "*.parquet")], tmp_path / "out2", field="body", val_fraction=0.0, progress=False
+    )
     assert _docs(tmp_path / "out2") == ["from parquet one", "from parquet two"]
 
 
@@ -113,8 +114,11 @@ def test_missing_path(tmp_path):
 
 def test_empty_after_cleaning(tmp_path):
     (tmp_path / "a.txt").write_text("\x07\x1b\n\n  \n\nab\n", encoding="utf-8")
-    with pytest.raises(OpenLLMError, match=r"no documents left after cleaning .*a\.txt: read 2, dropped 1 empty, "
-                                           r"1 too short \(< 5 characters\)"):
+    with pytest.raises(
+        OpenLLMError,
+        match=r"no documents left after cleaning .*a\.txt: read 2, dropped 1 empty, "
+        r"1 too short \(< 5 characters\)",
+    ):
         prepare_corpus([tmp_path / "a.txt"], tmp_path / "out", min_chars=5, progress=False)
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.tmp-*"))
@@ -202,13 +206,15 @@ def test_hf_datasets_offline(tmp_path):
 
 @pytest.mark.slow
 def test_cli_prepare_data_on_shared_files(tmp_path, shared_data):
-    proc = run_cli("prepare-data", str(shared_data / "lambada_test.jsonl"), "--field", "text",
-                   "--out", str(tmp_path / "lambada"))
+    proc = run_cli(
+        "prepare-data", str(shared_data / "lambada_test.jsonl"), "--field", "text", "--out", str(tmp_path / "lambada")
+    )
     assert "| documents kept" in proc.stdout
     report = json.loads((tmp_path / "lambada" / "report.json").read_text())
     assert report["documents"]["read"] == 5153 and report["documents"]["val"] > 0
-    proc = run_cli("prepare-data", str(shared_data / "wikitext2_raw_test.txt"), "--out", str(tmp_path / "wiki"),
-                   "--json")
+    proc = run_cli(
+        "prepare-data", str(shared_data / "wikitext2_raw_test.txt"), "--out", str(tmp_path / "wiki"), "--json"
+    )
     report = json.loads(proc.stdout)
     assert report["sources"][0]["text_docs"] == "line"  # no blank lines in WikiText: a line is a document
     assert report["documents"]["kept"] > 2000

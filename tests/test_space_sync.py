@@ -1,5 +1,6 @@
 """openllm space sync / status / rollback against real git: a local hub of bare repositories, a git daemon on
 loopback behind a fault-injecting proxy, git hooks, and edits made in the Space by a plain git client."""
+
 from __future__ import annotations
 
 import os
@@ -10,22 +11,28 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO, run_cli
 from netproxy import FlakyProxy
-from test_space_build import make_repo
-
 from openllm.hub import LocalHub
 from openllm.space.retry import GaveUp, RetryPolicy, retry
 from openllm.space.state import TAG_RE
-from openllm.space.sync import SyncConflict, SyncError, Syncer
+from openllm.space.sync import SyncConflict, Syncer, SyncError
+from test_space_build import make_repo
 
 SPACE = "lemms/openllm"
 FAST = RetryPolicy(attempts=4, base=0.05, cap=0.2, seed=0)
 
 
 def git(*args, cwd=None, check=True) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "space editor", "GIT_AUTHOR_EMAIL": "e@x",
-           "GIT_COMMITTER_NAME": "space editor", "GIT_COMMITTER_EMAIL": "e@x", "GIT_TERMINAL_PROMPT": "0"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "space editor",
+        "GIT_AUTHOR_EMAIL": "e@x",
+        "GIT_COMMITTER_NAME": "space editor",
+        "GIT_COMMITTER_EMAIL": "e@x",
+        "GIT_TERMINAL_PROMPT": "0",
+    }
     proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
     if check and proc.returncode:
         raise AssertionError(f"git {' '.join(args)}: {proc.stderr}")
@@ -55,8 +62,9 @@ def edit_space(hub_root: Path, work: Path, edits: dict[str, str | None], message
 
 
 def show(hub_root: Path, rev: str, path: str) -> str | None:
-    proc = subprocess.run(["git", f"--git-dir={space_repo(hub_root)}", "show", f"{rev}:{path}"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", f"--git-dir={space_repo(hub_root)}", "show", f"{rev}:{path}"], capture_output=True, text=True
+    )
     return proc.stdout if proc.returncode == 0 else None
 
 
@@ -85,9 +93,21 @@ def git_daemon(hub_root):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack",
-                             f"--base-path={hub_root}", "--listen=127.0.0.1", f"--port={port}", str(hub_root)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--enable=receive-pack",
+            f"--base-path={hub_root}",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            str(hub_root),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
@@ -102,6 +122,7 @@ def git_daemon(hub_root):
 
 # ---- retry policy ---------------------------------------------------------------------------------------
 
+
 def test_backoff_grows_with_jitter_and_is_bounded():
     from openllm.hub import AuthError, HubUnavailable
 
@@ -109,7 +130,7 @@ def test_backoff_grows_with_jitter_and_is_bounded():
     d = p.delays()
     assert len(d) == 4
     for k, x in enumerate(d):
-        assert min(4.0, 2 ** k) * 0.5 <= x <= min(4.0, 2 ** k)
+        assert min(4.0, 2**k) * 0.5 <= x <= min(4.0, 2**k)
     calls, slept = [], []
 
     def flaky():
@@ -133,6 +154,7 @@ def test_backoff_grows_with_jitter_and_is_bounded():
 
 
 # ---- change detection, Space-only files, deletes -----------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_incremental_sync_uploads_only_changes_and_keeps_space_only_files(repo, hub_root, tmp_path):
@@ -178,6 +200,7 @@ def test_incremental_sync_uploads_only_changes_and_keeps_space_only_files(repo, 
 
 # ---- conflicts, --force, rollback -----------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_conflict_stops_unless_forced_and_rollback_restores(repo, hub_root, tmp_path):
     hub = LocalHub(root=hub_root)
@@ -185,8 +208,9 @@ def test_conflict_stops_unless_forced_and_rollback_restores(repo, hub_root, tmp_
     (repo / "src/openllm/model.py").write_text("import torch\nfrom .config import X\n\nW = 'main v2'\n")
     two = syncer(repo, hub).sync(env_check=False)
     # someone edits a synced file in the Space, then main changes too
-    edit_space(hub_root, tmp_path / "w", {"training/model.py": "W = 'edited in the Space'\n",
-                                          "extra.txt": "space only\n"})
+    edit_space(
+        hub_root, tmp_path / "w", {"training/model.py": "W = 'edited in the Space'\n", "extra.txt": "space only\n"}
+    )
     before = head(hub_root)
     (repo / "src/openllm/config.py").write_text("import json\nimport yaml\n\nX = 5\n")
     with pytest.raises(SyncConflict) as info:
@@ -212,8 +236,9 @@ def test_conflict_stops_unless_forced_and_rollback_restores(repo, hub_root, tmp_
 
 def test_missing_token_fails_at_once(repo):
     t0 = time.time()
-    proc = run_cli("space", "sync", "--space", SPACE, "--hub", "hf", "--root", str(repo), check=False,
-                   env={"HF_TOKEN": ""})
+    proc = run_cli(
+        "space", "sync", "--space", SPACE, "--hub", "hf", "--root", str(repo), check=False, env={"HF_TOKEN": ""}
+    )
     assert proc.returncode == 2
     assert "HF_TOKEN" in proc.stderr and "token" in proc.stderr
     assert "validation" not in proc.stdout  # nothing built or validated before the token was checked
@@ -229,14 +254,14 @@ def auth_server():
     hits = []
 
     class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             hits.append(self.path)
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="space"')
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        do_POST = do_GET  # noqa: N815
+        do_POST = do_GET
 
         def log_message(self, *a):
             pass
@@ -295,6 +320,7 @@ def test_post_push_failure_rolls_back(repo, hub_root):
 
 # ---- the network: git's own protocol behind a flaky proxy ---------------------------------------------------
 
+
 @pytest.mark.slow
 def test_sync_over_git_protocol_survives_faults_and_fails_cleanly_past_the_bound(repo, hub_root, git_daemon):
     LocalHub(root=hub_root).create_repo(repo_id=SPACE, repo_type="space")
@@ -311,7 +337,9 @@ def test_sync_over_git_protocol_survives_faults_and_fails_cleanly_past_the_bound
         r2 = syncer(repo, LocalHub(url=url), logs).sync(env_check=False)
         assert proxy.cuts == 1 and r2.plan.uploads == ["training/model.py"]
         assert show(hub_root, "main", "training/model.py") == "import torch\nW = 'over the network'\n"
-        assert git(f"--git-dir={space_repo(hub_root)}", "rev-list", "--count", "main") == "3"  # initial + 2 syncs: no duplicate
+        assert (
+            git(f"--git-dir={space_repo(hub_root)}", "rev-list", "--count", "main") == "3"
+        )  # initial + 2 syncs: no duplicate
         # more faults than attempts: fails clearly, the remote is unchanged
         before_head = head(hub_root)
         before_tags = git(f"--git-dir={space_repo(hub_root)}", "tag")
@@ -328,6 +356,7 @@ def test_sync_over_git_protocol_survives_faults_and_fails_cleanly_past_the_bound
 
 
 # ---- the whole story, through the command line, on a copy of this repository ------------------------------
+
 
 @pytest.fixture(scope="session")
 def space_venvs(tmp_path_factory) -> Path:
@@ -377,8 +406,11 @@ def test_end_to_end_build_sync_edit_conflict_rollback_flaky_network(tmp_path, hu
     assert "(1 uploaded, 0 deleted)" in p.stdout
     assert show(hub_root, "main", "training/model.py").endswith("# tuned in main\n")
     # a conflicting edit made in the Space with a plain git client
-    edit_space(hub_root, tmp_path / "w", {"training/model.py": original + "\n# hot-fixed in the Space\n",
-                                          "space-only.md": "mine\n"})
+    edit_space(
+        hub_root,
+        tmp_path / "w",
+        {"training/model.py": original + "\n# hot-fixed in the Space\n", "space-only.md": "mine\n"},
+    )
     (main / "src/openllm/model.py").write_text(original + "\n# tuned again in main\n")
     p = cli("sync", *common, "--no-env-check", check=False)
     assert p.returncode == 3 and "conflict" in p.stderr and "training/model.py" in p.stderr

@@ -32,8 +32,13 @@ TRICKY = [
 def small_tok(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
     (d / "a.txt").write_text(PROSE * 20, encoding="utf-8")
-    return train_tokenizer([d / "a.txt"], tmp_path_factory.mktemp("tok"), vocab_size=400,
-                           user_tokens=["<|user|>", "<|end|>"], progress=False)
+    return train_tokenizer(
+        [d / "a.txt"],
+        tmp_path_factory.mktemp("tok"),
+        vocab_size=400,
+        user_tokens=["<|user|>", "<|end|>"],
+        progress=False,
+    )
 
 
 def test_special_ids_user_tokens_and_files(small_tok):
@@ -105,8 +110,10 @@ def test_sentence_cap_samples_deterministically(tmp_path):
 
 
 def _parity_texts(shared_data):
-    texts = [shared_data.joinpath("wikitext2_raw_test.txt").read_text(encoding="utf-8")[:100_000],
-             shared_data.joinpath("tinyshakespeare.txt").read_text(encoding="utf-8")[-50_000:]]
+    texts = [
+        shared_data.joinpath("wikitext2_raw_test.txt").read_text(encoding="utf-8")[:100_000],
+        shared_data.joinpath("tinyshakespeare.txt").read_text(encoding="utf-8")[-50_000:],
+    ]
     with open(shared_data / "lambada_test.jsonl", encoding="utf-8") as f:
         texts += [json.loads(line)["text"] for _, line in zip(range(200), f)]
     return texts + TRICKY
@@ -117,8 +124,15 @@ def _parity_texts(shared_data):
 def test_autotokenizer_gives_the_same_ids_on_real_text(shared_data, tmp_path, model_type):
     from transformers import AutoTokenizer
 
-    tok = train_tokenizer([shared_data / "tinyshakespeare.txt"], tmp_path / "tok", vocab_size=1000,
-                          model_type=model_type, user_tokens=["<|user|>"], max_sentences=8000, progress=False)
+    tok = train_tokenizer(
+        [shared_data / "tinyshakespeare.txt"],
+        tmp_path / "tok",
+        vocab_size=1000,
+        model_type=model_type,
+        user_tokens=["<|user|>"],
+        max_sentences=8000,
+        progress=False,
+    )
     hf = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
     assert (hf.pad_token_id, hf.unk_token_id, hf.bos_token_id, hf.eos_token_id) == (0, 1, 2, 3)
     assert len(hf) == tok.vocab_size
@@ -135,12 +149,29 @@ def test_autotokenizer_gives_the_same_ids_on_real_text(shared_data, tmp_path, mo
 
 @pytest.mark.slow
 def test_cli_train_tokenizer(tmp_path, shared_data):
-    proc = run_cli("train-tokenizer", "--data", str(shared_data / "tinyshakespeare.txt"), "--vocab-size", "512",
-                   "--out", str(tmp_path / "tok"), "--user-token", "<|end|>")
+    proc = run_cli(
+        "train-tokenizer",
+        "--data",
+        str(shared_data / "tinyshakespeare.txt"),
+        "--vocab-size",
+        "512",
+        "--out",
+        str(tmp_path / "tok"),
+        "--user-token",
+        "<|end|>",
+    )
     assert "vocab 512" in proc.stdout and "pad=0 unk=1 bos=2 eos=3" in proc.stdout
     assert Tokenizer.load(tmp_path / "tok").encode("<|end|>") == [4]
-    bad = run_cli("train-tokenizer", "--data", str(shared_data / "tinyshakespeare.txt"), "--vocab-size", "900000",
-                  "--out", str(tmp_path / "t2"), check=False)
+    bad = run_cli(
+        "train-tokenizer",
+        "--data",
+        str(shared_data / "tinyshakespeare.txt"),
+        "--vocab-size",
+        "900000",
+        "--out",
+        str(tmp_path / "t2"),
+        check=False,
+    )
     assert bad.returncode == 2
     assert re.search(r"error: vocab size 900000 is too large .*try --vocab-size \d+", bad.stderr)
     assert "Traceback" not in bad.stderr
@@ -148,11 +179,19 @@ def test_cli_train_tokenizer(tmp_path, shared_data):
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello!"}],
-    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello!"},
-     {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "And the earth?"}],
-    [{"role": "system", "content": "  Speak\nplainly. "}, {"role": "user", "content": "<|user|> day and night"},
-     {"role": "assistant", "content": "And God said"}, {"role": "user", "content": "café 日本語"},
-     {"role": "assistant", "content": "Let there be light"}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": "And the earth?"},
+    ],
+    [
+        {"role": "system", "content": "  Speak\nplainly. "},
+        {"role": "user", "content": "<|user|> day and night"},
+        {"role": "assistant", "content": "And God said"},
+        {"role": "user", "content": "café 日本語"},
+        {"role": "assistant", "content": "Let there be light"},
+    ],
 ]
 
 

@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 from openllm.checkpoint import load_model_weights, load_optimizer_state
 from openllm.config import Config, TrainConfig
 from openllm.errors import OpenLLMError
-from openllm.rundir import latest_checkpoint, list_checkpoints, read_metrics, run_state
 from openllm.model import Transformer
 from openllm.optim import lr_at, param_groups
+from openllm.rundir import latest_checkpoint, list_checkpoints, read_metrics, run_state
 from openllm.train import TrainingDiverged, resolve_run, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_batches import random_data  # noqa: E402
+from test_batches import random_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,8 +28,18 @@ MICRO = {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_hea
 
 
 def tiny_cfg(**train) -> dict:
-    t = {"micro_batch_size": 4, "seq_len": 32, "max_steps": 8, "lr": 3e-3, "warmup_steps": 2, "eval_every": 4,
-         "eval_batches": 2, "save_every": 4, "log_every": 1, "keep_last": 2}
+    t = {
+        "micro_batch_size": 4,
+        "seq_len": 32,
+        "max_steps": 8,
+        "lr": 3e-3,
+        "warmup_steps": 2,
+        "eval_every": 4,
+        "eval_batches": 2,
+        "save_every": 4,
+        "log_every": 1,
+        "keep_last": 2,
+    }
     t.update(train)
     return {"name": "micro", "model": dict(MICRO), "train": t}
 
@@ -80,8 +90,7 @@ def test_weight_decay_groups():
 def test_run_folder_contract(tmp_path, data):
     run = tmp_path / "run"
     logged = []
-    result = train(tiny_cfg(max_steps=8, grad_accum_steps=2), data_dir=data, out_dir=run,
-                   **quiet(on_log=logged.append))
+    result = train(tiny_cfg(max_steps=8, grad_accum_steps=2), data_dir=data, out_dir=run, **quiet(on_log=logged.append))
     assert result.state == "finished" and result.step == 8
     for name in ("config.json", "metrics.jsonl", "status.json", "loss.png", "checkpoints/best.json"):
         assert (run / name).is_file(), name
@@ -147,11 +156,22 @@ def test_vocab_mismatch_is_a_clear_error(tmp_path, data):
 def test_resolve_run_builds_one_config_from_every_source(tmp_path, data):
     cfg = tiny_cfg()
     cfg["model"]["vocab_size"] = 128
-    plan = resolve_run(cfg, data, tmp_path / "run", overrides={"train": {"lr": 1e-3, "max_steps": 3}}, max_steps=5,
-                       save_every=2, vocab_from_data=True)
+    plan = resolve_run(
+        cfg,
+        data,
+        tmp_path / "run",
+        overrides={"train": {"lr": 1e-3, "max_steps": 3}},
+        max_steps=5,
+        save_every=2,
+        vocab_from_data=True,
+    )
     # the data's vocabulary, the overrides and the explicit arguments (which win) land in one config
-    assert (plan.cfg.model.vocab_size, plan.cfg.train.lr, plan.cfg.train.max_steps, plan.cfg.train.save_every) == \
-        (64, 1e-3, 5, 2)
+    assert (plan.cfg.model.vocab_size, plan.cfg.train.lr, plan.cfg.train.max_steps, plan.cfg.train.save_every) == (
+        64,
+        1e-3,
+        5,
+        2,
+    )
     assert plan.resume_from is None and plan.state == {} and plan.seq_len == 32
     # an override of the vocabulary is what the data is checked against; nothing is written while resolving
     assert resolve_run(cfg, data, tmp_path / "run", overrides={"model": {"vocab_size": 64}}).cfg.model.vocab_size == 64
@@ -190,8 +210,9 @@ def test_a_run_that_ends_above_the_uniform_loss_is_diverged(tmp_path, data):
     diverged with the rule's warning (what to change), the trainer says it as one line."""
     run = tmp_path / "run"
     said = []
-    cfg = tiny_cfg(lr=3.0, warmup_steps=0, schedule="constant", grad_clip=0.0, max_steps=8, eval_every=100,
-                   save_every=100)
+    cfg = tiny_cfg(
+        lr=3.0, warmup_steps=0, schedule="constant", grad_clip=0.0, max_steps=8, eval_every=100, save_every=100
+    )
     r = train(cfg, data_dir=data, out_dir=run, progress=False, log=said.append)
     assert r.state == "diverged" and r.step == 8 and latest_checkpoint(run).name == "step_00000008"
     assert "ln 64 = 4.16" in r.warning and "lower the learning rate (e.g. to 0.3)" in r.warning
@@ -218,6 +239,7 @@ def test_early_stopping(tmp_path, data):
 
 # --- real processes ---------------------------------------------------------------------------------------
 
+
 def _write_cfg(path: Path, **train_kw) -> Path:
     cfg = tiny_cfg(**train_kw)
     cfg["model"].update(d_model=64, vocab_size=64)
@@ -228,8 +250,13 @@ def _write_cfg(path: Path, **train_kw) -> Path:
 
 def _spawn(*args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "openllm", "train", "--no-progress", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "openllm", "train", "--no-progress", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _wait_for(pred, proc, timeout=120.0):
@@ -296,8 +323,17 @@ def test_cli_user_errors_are_one_line(tmp_path, data):
     assert res.returncode == 2 and "give a config" in res.stderr and "Traceback" not in res.stderr
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({**tiny_cfg(), "model": {**MICRO, "vocab_size": 100}}))
-    res = run_cli("train", "--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "r"), check=False,
-                  env={"OMP_NUM_THREADS": "1"})
+    res = run_cli(
+        "train",
+        "--config",
+        str(cfg),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "r"),
+        check=False,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 2 and "model.vocab_size is 100" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
 
@@ -315,8 +351,17 @@ def test_a_second_train_into_a_running_run_is_refused(tmp_path, data):
     try:
         _wait_for(lambda: (run / "metrics.jsonl").is_file() and len(read_metrics(run)) >= 2, first)
         before = (run / "config.json").read_bytes()
-        second = run_cli("train", "--config", str(cfg), "--data", str(data), "--out", str(run), check=False,
-                         env={"OMP_NUM_THREADS": "1"})
+        second = run_cli(
+            "train",
+            "--config",
+            str(cfg),
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            check=False,
+            env={"OMP_NUM_THREADS": "1"},
+        )
         assert second.returncode == 2 and "Traceback" not in second.stderr
         assert str(first.pid) in second.stderr and len(second.stderr.strip().splitlines()) == 1
         assert (run / "config.json").read_bytes() == before and first.poll() is None
@@ -372,10 +417,25 @@ def test_cli_says_divergence_as_one_warning_line(tmp_path, data):
 
     env = {"OMP_NUM_THREADS": "1"}
     above = tmp_path / "above.json"
-    above.write_text(json.dumps(tiny_cfg(lr=3.0, warmup_steps=0, schedule="constant", grad_clip=0.0, max_steps=8,
-                                         eval_every=100, save_every=100)))
-    res = run_cli("train", "--no-progress", "--config", str(above), "--data", str(data), "--out",
-                  str(tmp_path / "a"), check=False, env=env)
+    above.write_text(
+        json.dumps(
+            tiny_cfg(
+                lr=3.0, warmup_steps=0, schedule="constant", grad_clip=0.0, max_steps=8, eval_every=100, save_every=100
+            )
+        )
+    )
+    res = run_cli(
+        "train",
+        "--no-progress",
+        "--config",
+        str(above),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "a"),
+        check=False,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr
     warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "worse than guessing uniformly" in warnings[0], res.stderr
@@ -384,12 +444,25 @@ def test_cli_says_divergence_as_one_warning_line(tmp_path, data):
 
     nan = tmp_path / "nan.json"
     nan.write_text(json.dumps(tiny_cfg(lr=1e4, warmup_steps=0, schedule="constant", grad_clip=0.0, max_steps=10)))
-    res = run_cli("train", "--no-progress", "--config", str(nan), "--data", str(data), "--out", str(tmp_path / "n"),
-                  check=False, env=env)
+    res = run_cli(
+        "train",
+        "--no-progress",
+        "--config",
+        str(nan),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "n"),
+        check=False,
+        env=env,
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert [line for line in lines if line.startswith("warning:")] == [
-        ("warning: the loss became NaN/inf: training diverged; lower the learning rate (e.g. to 1000) and turn on "
-         "gradient clipping (e.g. 1.0)")]
+        (
+            "warning: the loss became NaN/inf: training diverged; lower the learning rate (e.g. to 1000) and turn on "
+            "gradient clipping (e.g. 1.0)"
+        )
+    ]
     assert lines[-1].startswith("error: training diverged at step")
     assert json.loads((tmp_path / "n/status.json").read_text())["state"] == "diverged"

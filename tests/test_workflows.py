@@ -1,5 +1,6 @@
 """The GitHub workflows: valid against the GitHub-workflow schema (check-jsonschema's vendored copy), and the
 sync workflow triggers on the paths space.toml syncs and does build -> sync -> upload the log (issue 9)."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
 
+from conftest import REPO
 from openllm.space.manifest import load_manifest
 
 WORKFLOWS = REPO / ".github" / "workflows"
@@ -18,8 +19,9 @@ WORKFLOWS = REPO / ".github" / "workflows"
 
 def check(path: Path) -> subprocess.CompletedProcess:
     exe = shutil.which("check-jsonschema") or str(Path(sys.executable).parent / "check-jsonschema")
-    return subprocess.run([exe, "--builtin-schema", "vendor.github-workflows", str(path)], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [exe, "--builtin-schema", "vendor.github-workflows", str(path)], capture_output=True, text=True, timeout=120
+    )
 
 
 def load(name: str) -> dict:

@@ -2,6 +2,7 @@
 
 Kept import-light: ``import openllm`` does not import torch. ``openllm.load(...)`` imports what it needs.
 """
+
 from __future__ import annotations
 
 from typing import Any

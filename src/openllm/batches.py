@@ -17,10 +17,12 @@ window then runs on into the following documents (attention is not masked at doc
 A window never crosses a shard boundary in training; evaluation walks the shards as one stream (every
 document ends with EOS, so crossing a boundary is crossing a document boundary like any other).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,11 +51,11 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
         if key not in meta:
             raise OpenLLMError(f"{path} lacks {key!r}; re-run `openllm tokenize`")
     if meta["dtype"] not in _DTYPES:
-        raise OpenLLMError(f"{path}: dtype must be uint16 or uint32, got {meta['dtype']!r}; re-run `openllm "
-                           f"tokenize`")
+        raise OpenLLMError(f"{path}: dtype must be uint16 or uint32, got {meta['dtype']!r}; re-run `openllm tokenize`")
     if not isinstance(meta["vocab_size"], int) or isinstance(meta["vocab_size"], bool) or meta["vocab_size"] < 1:
-        raise OpenLLMError(f"{path}: vocab_size must be a positive integer, got {meta['vocab_size']!r}; re-run "
-                           f"`openllm tokenize`")
+        raise OpenLLMError(
+            f"{path}: vocab_size must be a positive integer, got {meta['vocab_size']!r}; re-run `openllm tokenize`"
+        )
     if not isinstance(meta["splits"], dict) or not all(isinstance(v, dict) for v in meta["splits"].values()):
         raise OpenLLMError(f"{path}: splits must map split names to objects; re-run `openllm tokenize`")
     return meta
@@ -79,8 +81,10 @@ class TokenShards:
             if p.stat().st_size == 0:
                 continue
             if p.stat().st_size % np.dtype(dtype).itemsize:
-                raise OpenLLMError(f"shard {p} is damaged: its size ({p.stat().st_size:,} bytes) is not a whole "
-                                   f"number of {self.meta['dtype']} tokens; re-run `openllm tokenize`")
+                raise OpenLLMError(
+                    f"shard {p} is damaged: its size ({p.stat().st_size:,} bytes) is not a whole "
+                    f"number of {self.meta['dtype']} tokens; re-run `openllm tokenize`"
+                )
             self.shards.append(np.memmap(p, dtype=dtype, mode="r"))
         self.lengths = np.array([len(s) for s in self.shards], dtype=np.int64)
         self.tokens = int(self.lengths.sum())
@@ -100,7 +104,7 @@ class TokenShards:
         pos = start - int(offsets[i])
         while filled < length:
             take = min(length - filled, int(self.lengths[i]) - pos)
-            out[filled:filled + take] = self.shards[i][pos:pos + take]
+            out[filled : filled + take] = self.shards[i][pos : pos + take]
             filled += take
             i, pos = i + 1, 0
         return out
@@ -139,8 +143,10 @@ class RandomWindowLoader:
         if self.doc_aligned:
             eos = self.data.meta.get("eos_id")
             if eos is None:
-                raise OpenLLMError(f"{self.data.data_dir}/meta.json has no eos_id, which train.doc_aligned needs; "
-                                   "re-run `openllm tokenize`")
+                raise OpenLLMError(
+                    f"{self.data.data_dir}/meta.json has no eos_id, which train.doc_aligned needs; "
+                    "re-run `openllm tokenize`"
+                )
             self._doc_starts = []
             for shard in self.data.shards:
                 starts = np.concatenate([[0], np.flatnonzero(np.asarray(shard) == int(eos)) + 1])
@@ -162,7 +168,7 @@ class RandomWindowLoader:
         """(shard, offset) of this rank's windows in batch number ``position``."""
         rng = np.random.default_rng([self.seed, position])
         flat = rng.integers(0, self.num_starts, size=self.world_size * self.batch_size, dtype=np.int64)
-        flat = flat[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        flat = flat[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         shard = np.searchsorted(self._cum, flat, side="right")
         before = np.where(shard > 0, self._cum[np.maximum(shard - 1, 0)], 0)
         if self._doc_starts is not None:
@@ -171,7 +177,9 @@ class RandomWindowLoader:
 
     def batch(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         window = self.seq_len + 1
-        rows = [np.asarray(self.data.shards[s][o:o + window], dtype=np.int64) for s, o in self.window_starts(position)]
+        rows = [
+            np.asarray(self.data.shards[s][o : o + window], dtype=np.int64) for s, o in self.window_starts(position)
+        ]
         buf = torch.from_numpy(np.stack(rows))
         if self.device.type == "cuda":
             buf = buf.pin_memory().to(self.device, non_blocking=True)
@@ -184,13 +192,19 @@ class RandomWindowLoader:
 
     __next__ = next
 
-    def __iter__(self) -> "RandomWindowLoader":
+    def __iter__(self) -> RandomWindowLoader:
         return self
 
     # --- exact resume -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
-        return {"position": self.position, "seed": self.seed, "batch_size": self.batch_size,
-                "seq_len": self.seq_len, "world_size": self.world_size, "doc_aligned": self.doc_aligned}
+        return {
+            "position": self.position,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "world_size": self.world_size,
+            "doc_aligned": self.doc_aligned,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("seed", "seq_len"):
@@ -200,8 +214,10 @@ class RandomWindowLoader:
                     f"this run has {getattr(self, key)}"
                 )
         if bool(state.get("doc_aligned", False)) != self.doc_aligned:
-            raise OpenLLMError(f"cannot resume the data stream: checkpoint has doc_aligned="
-                               f"{bool(state.get('doc_aligned', False))}, this run has {self.doc_aligned}")
+            raise OpenLLMError(
+                f"cannot resume the data stream: checkpoint has doc_aligned="
+                f"{bool(state.get('doc_aligned', False))}, this run has {self.doc_aligned}"
+            )
         self.position = int(state["position"])
 
 
@@ -250,7 +266,7 @@ class SequentialWindows:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         T = self.seq_len
         for b in range(self.num_batches):
-            idx = self._mine[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = self._mine[b * self.batch_size : (b + 1) * self.batch_size]
             buf = torch.from_numpy(np.stack([self.data.stream(i * T, T + 1) for i in idx]))
             if self.device.type != "cpu":
                 buf = buf.to(self.device)

@@ -15,6 +15,7 @@ them and names the damaged file, and a resumed run falls back to the newest inta
 Where checkpoints live, which are complete and which is the latest or best is :mod:`rundir`'s to say; this
 module writes and reads what is inside one.
 """
+
 from __future__ import annotations
 
 import base64
@@ -53,6 +54,7 @@ class CheckpointDamaged(OpenLLMError):
 
 # --- model weights ------------------------------------------------------------------------------------------
 
+
 def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Our parameter names -> contiguous CPU tensors; a tied output head is left out (it is the embedding)."""
     sd = model.state_dict()
@@ -70,8 +72,10 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointDamaged(f"{path} cannot be read ({' '.join(str(exc).split())[:120]}): the file is "
-                                f"damaged; restore it or use an earlier checkpoint") from None
+        raise CheckpointDamaged(
+            f"{path} cannot be read ({' '.join(str(exc).split())[:120]}): the file is "
+            f"damaged; restore it or use an earlier checkpoint"
+        ) from None
 
 
 def load_model_weights(model: torch.nn.Module, source: str | Path) -> torch.nn.Module:
@@ -86,13 +90,12 @@ def load_model_weights(model: torch.nn.Module, source: str | Path) -> torch.nn.M
     tied = getattr(getattr(model, "cfg", None), "tie_embeddings", False)
     missing = [k for k in missing if not (tied and k == "lm_head.weight")]
     if missing or unexpected:
-        raise OpenLLMError(
-            f"{path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
+        raise OpenLLMError(f"{path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model
 
 
 # --- RNG ----------------------------------------------------------------------------------------------------
+
 
 def _b64(t: torch.Tensor) -> str:
     return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
@@ -130,6 +133,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # --- save / load --------------------------------------------------------------------------------------------
 
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -154,8 +158,10 @@ def save_checkpoint(
     try:
         save_file(model_state, str(tmp / rundir.WEIGHTS), metadata={"format": "pt", "step": str(step)})
         torch.save(optimizer_state, tmp / rundir.OPTIMIZER)
-        files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-                 for name in (rundir.WEIGHTS, rundir.OPTIMIZER)}
+        files = {
+            name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+            for name in (rundir.WEIGHTS, rundir.OPTIMIZER)
+        }
         with open(tmp / rundir.STATE, "w", encoding="utf-8") as f:  # last: its presence marks a complete write
             json.dump({**state, "step": step, "files": files}, f, indent=2)
             f.write("\n")
@@ -170,7 +176,8 @@ def save_checkpoint(
         raise OpenLLMError(
             f"could not write checkpoint step {step} in {root} ({' '.join(str(exc).split())}); "
             + (f"the previous checkpoint {previous.name} is intact; " if previous else "no checkpoint was kept; ")
-            + DISK_FULL_HINT + " (it resumes from the last checkpoint)"
+            + DISK_FULL_HINT
+            + " (it resumes from the last checkpoint)"
         ) from exc
     if final.exists():  # the same step saved again (e.g. a stop right after a periodic save)
         old = root / f"{rundir.TMP_PREFIX}old-{final.name}-{os.getpid()}"
@@ -199,8 +206,10 @@ def load_state(ckpt: str | Path) -> dict[str, Any]:
     except OpenLLMError as exc:
         raise CheckpointDamaged(str(exc)) from None
     if not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool):
-        raise CheckpointDamaged(f"{path}: 'step' must be an integer, found {state.get('step')!r}: the file is "
-                                f"damaged; resume from an earlier checkpoint")
+        raise CheckpointDamaged(
+            f"{path}: 'step' must be an integer, found {state.get('step')!r}: the file is "
+            f"damaged; resume from an earlier checkpoint"
+        )
     return state
 
 
@@ -214,18 +223,23 @@ def verify_checkpoint(ckpt: str | Path, *, optimizer: bool = True) -> dict[str, 
     for name in names:
         path = ckpt / name
         if not path.is_file():
-            raise CheckpointDamaged(f"{path} is missing: the checkpoint is incomplete; resume from an earlier "
-                                    f"checkpoint or start the run again")
+            raise CheckpointDamaged(
+                f"{path} is missing: the checkpoint is incomplete; resume from an earlier "
+                f"checkpoint or start the run again"
+            )
         want = recorded.get(name)
         if not isinstance(want, dict):
             continue
         size = path.stat().st_size
         if size != want.get("bytes"):
-            raise CheckpointDamaged(f"{path} is damaged ({size:,} bytes, {want.get('bytes'):,} were written); "
-                                    f"resume from an earlier checkpoint")
+            raise CheckpointDamaged(
+                f"{path} is damaged ({size:,} bytes, {want.get('bytes'):,} were written); "
+                f"resume from an earlier checkpoint"
+            )
         if sha256_file(path) != want.get("sha256"):
-            raise CheckpointDamaged(f"{path} is damaged (its sha256 differs from the one written); resume from "
-                                    f"an earlier checkpoint")
+            raise CheckpointDamaged(
+                f"{path} is damaged (its sha256 differs from the one written); resume from an earlier checkpoint"
+            )
     return state
 
 
@@ -246,10 +260,13 @@ def load_optimizer_state(ckpt: str | Path, map_location: Any = "cpu") -> dict[st
     """``optimizer.pt`` read with ``weights_only=True``; a damaged file is :class:`CheckpointDamaged`."""
     path = Path(ckpt) / rundir.OPTIMIZER
     if not path.is_file():
-        raise CheckpointDamaged(f"{path} is missing: this checkpoint cannot be resumed (its weights can still "
-                                f"be exported or evaluated); resume from an earlier checkpoint")
+        raise CheckpointDamaged(
+            f"{path} is missing: this checkpoint cannot be resumed (its weights can still "
+            f"be exported or evaluated); resume from an earlier checkpoint"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for a damaged file
-        raise CheckpointDamaged(f"{path} cannot be read ({type(exc).__name__}): the file is damaged; resume "
-                                f"from an earlier checkpoint") from None
+        raise CheckpointDamaged(
+            f"{path} cannot be read ({type(exc).__name__}): the file is damaged; resume from an earlier checkpoint"
+        ) from None

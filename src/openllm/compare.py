@@ -3,17 +3,18 @@ their ``evaluation.json``) and their loss curves (from ``RUN/metrics.jsonl``) in
 
 Nothing is recomputed unless asked (``evaluate_missing``): the table shows what each run measured.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import rundir
 from .errors import OpenLLMError
 from .metrics import finite_number
 
 __all__ = ["describe", "compare", "plot_loss_curves", "markdown_table"]
-
 
 
 def describe(source: str | Path, *, evaluate_missing: bool = False, hub: Any = None, **eval_kwargs) -> dict:
@@ -59,8 +60,11 @@ def describe(source: str | Path, *, evaluate_missing: bool = False, hub: Any = N
             out[key] = finite_number(evaluation.get(key))
         ds = evaluation.get("dataset") or {}
         out["eval_dataset"] = ds.get("name") if isinstance(ds, dict) else None
-        out["tasks"] = {name: {k: v for k, v in m.items() if k in ("acc", "acc_norm", "ppl", "n")}
-                        for name, m in (evaluation.get("tasks") or {}).items() if isinstance(m, dict)}
+        out["tasks"] = {
+            name: {k: v for k, v in m.items() if k in ("acc", "acc_norm", "ppl", "n")}
+            for name, m in (evaluation.get("tasks") or {}).items()
+            if isinstance(m, dict)
+        }
     return out
 
 
@@ -75,8 +79,10 @@ def plot_path(path: str | Path) -> Path:
         return path / "loss_curves.png"
     ext = path.suffix.lower().lstrip(".")
     if ext not in PLOT_FORMATS:
-        raise OpenLLMError(f"--plot {path}: unknown image type {path.suffix or '(no extension)'!r}; use one of "
-                           + ", ".join(f".{e}" for e in PLOT_FORMATS))
+        raise OpenLLMError(
+            f"--plot {path}: unknown image type {path.suffix or '(no extension)'!r}; use one of "
+            + ", ".join(f".{e}" for e in PLOT_FORMATS)
+        )
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise OpenLLMError(f"--plot {path}: {parent} is a file, not a folder")
@@ -99,9 +105,16 @@ def plot_loss_curves(runs: Sequence[tuple[str, list[dict]]], path: str | Path) -
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for i, (name, rows) in enumerate(runs):
         color = f"C{i % 10}"
-        tr = [(r[xkey], r["loss"]) for r in rows if finite_number(r.get("loss")) is not None and finite_number(r.get(xkey)) is not None]
-        va = [(r[xkey], r["val_loss"]) for r in rows
-              if finite_number(r.get("val_loss")) is not None and finite_number(r.get(xkey)) is not None]
+        tr = [
+            (r[xkey], r["loss"])
+            for r in rows
+            if finite_number(r.get("loss")) is not None and finite_number(r.get(xkey)) is not None
+        ]
+        va = [
+            (r[xkey], r["val_loss"])
+            for r in rows
+            if finite_number(r.get("val_loss")) is not None and finite_number(r.get(xkey)) is not None
+        ]
         if tr:
             ax.plot(*zip(*tr), color=color, lw=1.2, alpha=0.8, label=f"{name} train")
         if va:
@@ -150,12 +163,17 @@ def markdown_table(models: Sequence[dict]) -> str:
     rows = [(label, vals) for label, vals in rows if any(v is not None for v in vals)]
     head = "| | " + " | ".join(m["name"] for m in models) + " |"
     sep = "|---|" + "---:|" * len(models)
-    return "\n".join([head, sep] + [f"| {label} | " + " | ".join(_fmt(v) for v in vals) + " |"
-                                    for label, vals in rows])
+    return "\n".join([head, sep] + [f"| {label} | " + " | ".join(_fmt(v) for v in vals) + " |" for label, vals in rows])
 
 
-def compare(sources: Sequence[str | Path], *, plot: str | Path | None = None, evaluate_missing: bool = False,
-            hub: Any = None, **eval_kwargs) -> dict:
+def compare(
+    sources: Sequence[str | Path],
+    *,
+    plot: str | Path | None = None,
+    evaluate_missing: bool = False,
+    hub: Any = None,
+    **eval_kwargs,
+) -> dict:
     """Describe every source; with ``plot``, draw their loss curves there. Returns
     ``{"models": [...], "table": markdown, "plot": path or None}``."""
     if not sources:

@@ -8,15 +8,17 @@ card. A preset file holds three sections::
 Loading validates every field and fails with :class:`ConfigError`, a one-line message naming the field.
 Overrides (``--set train.lr=3e-4``) are parsed here too: :func:`parse_overrides`, :func:`apply_overrides`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -64,7 +66,7 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
             _positive_int(f"model.{name}", getattr(self, name))
         for name in ("rope_theta", "norm_eps", "init_std"):
@@ -77,9 +79,7 @@ class ModelConfig:
                 f"choose n_heads from {_divisors(self.d_model)}"
             )
         if self.head_dim % 2:
-            raise ConfigError(
-                f"model.d_model / model.n_heads = {self.head_dim} must be even for rotary embeddings"
-            )
+            raise ConfigError(f"model.d_model / model.n_heads = {self.head_dim} must be even for rotary embeddings")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"model.n_kv_heads ({self.n_kv_heads}) must divide model.n_heads ({self.n_heads}); "
@@ -129,9 +129,17 @@ class TrainConfig:
     fused_ops: bool = False  # Liger's RMSNorm and SwiGLU kernels (CUDA only)
     check_every: int = 1  # steps between host reads of the loss (the finite check); >1 lets the GPU run ahead
 
-    def validate(self) -> "TrainConfig":
-        for name in ("micro_batch_size", "grad_accum_steps", "max_steps", "eval_every", "eval_batches",
-                     "save_every", "keep_last", "log_every"):
+    def validate(self) -> TrainConfig:
+        for name in (
+            "micro_batch_size",
+            "grad_accum_steps",
+            "max_steps",
+            "eval_every",
+            "eval_batches",
+            "save_every",
+            "keep_last",
+            "log_every",
+        ):
             _positive_int(f"train.{name}", getattr(self, name))
         if self.seq_len is not None:
             _positive_int("train.seq_len", self.seq_len)
@@ -141,8 +149,10 @@ class TrainConfig:
         if self.min_lr is not None:
             _non_negative_number("train.min_lr", self.min_lr)
             if self.min_lr > self.lr:
-                raise ConfigError(f"train.min_lr ({self.min_lr:g}) is above train.lr ({self.lr:g}): the schedule "
-                                  f"would raise the learning rate as it decays; set min_lr <= lr")
+                raise ConfigError(
+                    f"train.min_lr ({self.min_lr:g}) is above train.lr ({self.lr:g}): the schedule "
+                    f"would raise the learning rate as it decays; set min_lr <= lr"
+                )
         for name in ("weight_decay", "grad_clip"):
             _non_negative_number(f"train.{name}", getattr(self, name))
         for name in ("beta1", "beta2"):
@@ -179,7 +189,7 @@ class DataConfig:
     character_coverage: float = 0.9995
     byte_fallback: bool = True
 
-    def validate(self) -> "DataConfig":
+    def validate(self) -> DataConfig:
         if not isinstance(self.val_fraction, (int, float)) or not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
         _non_negative_int("data.min_chars", self.min_chars)
@@ -201,15 +211,13 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     name: str = "custom"
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         self.model.validate()
         self.train.validate()
         self.data.validate()
         seq_len = self.train.seq_len or self.model.max_seq_len
         if seq_len > self.model.max_seq_len:
-            raise ConfigError(
-                f"train.seq_len ({seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
-            )
+            raise ConfigError(f"train.seq_len ({seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,7 +230,7 @@ class Config:
         Path(path).write_text(self.to_json(), encoding="utf-8")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Config":
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
         if not isinstance(data, Mapping):
             raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
         _check_keys("", data, [*_SECTIONS, "name"])
@@ -235,7 +243,7 @@ class Config:
         name = data.get("name", "custom")
         return cls(**sections, name=str(name)).validate()
 
-    def replace(self, **sections: Mapping[str, Any]) -> "Config":
+    def replace(self, **sections: Mapping[str, Any]) -> Config:
         """A copy with some fields overridden, e.g. ``cfg.replace(train={"max_steps": 10})``; validated."""
         data = self.to_dict()
         for key, overrides in sections.items():
@@ -271,8 +279,11 @@ def _check_type(name: str, annotation: str, value: Any) -> None:
     if value is None and optional == "None":
         return
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = {"float": number and math.isfinite(value),  # integers: the section's own checks word them better
-          "bool": isinstance(value, bool), "str": isinstance(value, str)}.get(kind, True)
+    ok = {
+        "float": number and math.isfinite(value),  # integers: the section's own checks word them better
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+    }.get(kind, True)
     if not ok:
         want = _TYPE_WORDS.get(kind, kind) + (" or null" if optional == "None" else "")
         raise ConfigError(f"{name} must be {want}, got {value!r}")
@@ -321,6 +332,7 @@ def _divisors(n: int) -> list[int]:
 
 
 # --- overrides (--set section.key=value) -----------------------------------------------------------------
+
 
 def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
     """``["train.lr=3e-4", "model.n_layers=2"]`` -> ``{"train": {"lr": 0.0003}, "model": {"n_layers": 2}}``.
@@ -447,8 +459,7 @@ def load_config(path_or_preset: str | Path | Config) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object with model/train/data sections, found "
-                          f"{type(data).__name__}")
+        raise ConfigError(f"{path}: expected a JSON object with model/train/data sections, found {type(data).__name__}")
     cfg = Config.from_dict(data)
     if cfg.name == "custom":
         cfg.name = path.stem

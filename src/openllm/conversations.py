@@ -19,14 +19,16 @@ Packing puts several whole conversations into one training row of ``seq_len + 1`
 the index of its conversation in the row (``-1`` for padding), from which :func:`attention_mask` builds a
 block-diagonal causal mask, so neither loss nor attention crosses conversations.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import random
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +37,22 @@ from .hashing import sha256_file
 from .tokenizer import SPECIAL_TOKENS, apply_chat_template
 
 __all__ = [
-    "ROLES", "IGNORE_INDEX", "Conversation", "Example", "PackedRows", "read_conversations",
-    "parse_conversation", "encode_rendered", "encode_conversation", "encode_conversations", "pack", "PackedLoader",
-    "attention_mask", "make_synthetic_conversations", "write_synthetic_set", "SYNTHETIC_NOTE",
+    "ROLES",
+    "IGNORE_INDEX",
+    "Conversation",
+    "Example",
+    "PackedRows",
+    "read_conversations",
+    "parse_conversation",
+    "encode_rendered",
+    "encode_conversation",
+    "encode_conversations",
+    "pack",
+    "PackedLoader",
+    "attention_mask",
+    "make_synthetic_conversations",
+    "write_synthetic_set",
+    "SYNTHETIC_NOTE",
 ]
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -66,40 +81,44 @@ class Example:
 
 # --- reading ----------------------------------------------------------------------------------------------
 
+
 def parse_conversation(record: Any, where: str) -> Conversation:
     """A :class:`Conversation` from one decoded JSON line; ``where`` (``file:line``) starts every error."""
     if not isinstance(record, dict):
-        raise OpenLLMError(f"{where}: a conversation must be a JSON object with \"messages\" (or \"prompt\" and "
-                           f"\"response\"), got {type(record).__name__}")
+        raise OpenLLMError(
+            f'{where}: a conversation must be a JSON object with "messages" (or "prompt" and '
+            f'"response"), got {type(record).__name__}'
+        )
     if "messages" in record:
         messages = record["messages"]
         if not isinstance(messages, list) or not messages:
-            raise OpenLLMError(f"{where}: \"messages\" must be a non-empty list of {{\"role\", \"content\"}} objects")
+            raise OpenLLMError(f'{where}: "messages" must be a non-empty list of {{"role", "content"}} objects')
     elif "prompt" in record or "response" in record:
         for key in ("prompt", "response"):
             if not isinstance(record.get(key), str):
-                raise OpenLLMError(f"{where}: a prompt/response pair needs \"{key}\" as a string")
-        messages = [{"role": "user", "content": record["prompt"]},
-                    {"role": "assistant", "content": record["response"]}]
+                raise OpenLLMError(f'{where}: a prompt/response pair needs "{key}" as a string')
+        messages = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
         if record.get("system") is not None:
             if not isinstance(record["system"], str):
-                raise OpenLLMError(f"{where}: \"system\" must be a string")
+                raise OpenLLMError(f'{where}: "system" must be a string')
             messages.insert(0, {"role": "system", "content": record["system"]})
     else:
-        raise OpenLLMError(f"{where}: no \"messages\" list and no \"prompt\"/\"response\" pair "
-                           f"(keys: {', '.join(sorted(map(str, record))) or 'none'})")
+        raise OpenLLMError(
+            f'{where}: no "messages" list and no "prompt"/"response" pair '
+            f"(keys: {', '.join(sorted(map(str, record))) or 'none'})"
+        )
     clean: list[dict[str, str]] = []
     for i, m in enumerate(messages, 1):
         if not isinstance(m, dict):
-            raise OpenLLMError(f"{where}: message {i} is not an object with \"role\" and \"content\"")
+            raise OpenLLMError(f'{where}: message {i} is not an object with "role" and "content"')
         if "role" not in m:
-            raise OpenLLMError(f"{where}: message {i} has no \"role\" (use system, user or assistant)")
+            raise OpenLLMError(f'{where}: message {i} has no "role" (use system, user or assistant)')
         role = m["role"]
         if role not in ROLES:
             raise OpenLLMError(f"{where}: message {i} has an unknown role {role!r} (use system, user or assistant)")
         content = m.get("content")
         if not isinstance(content, str):
-            raise OpenLLMError(f"{where}: message {i} ({role}) needs \"content\" as a string")
+            raise OpenLLMError(f'{where}: message {i} ({role}) needs "content" as a string')
         clean.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in clean):
         raise OpenLLMError(f"{where}: the conversation has no assistant turn, so there is nothing to learn from it")
@@ -127,12 +146,14 @@ def read_conversations(path: str | os.PathLike) -> list[Conversation]:
         except UnicodeDecodeError:
             raise OpenLLMError(f"{path}: not UTF-8 text (conversations are JSON Lines)") from None
     if not out:
-        raise OpenLLMError(f"{path}: no conversations (the file is empty); write one JSON object a line with "
-                           f"\"messages\"")
+        raise OpenLLMError(
+            f'{path}: no conversations (the file is empty); write one JSON object a line with "messages"'
+        )
     return out
 
 
 # --- tokenizing -------------------------------------------------------------------------------------------
+
 
 def encode_rendered(tokenizer, text: str) -> list[int]:
     """Ids of rendered template text, its BOS/EOS strings as the tokenizer's ids (as ``encode_chat`` does)."""
@@ -164,8 +185,10 @@ def encode_conversation(tokenizer, conversation: Conversation | Sequence[dict]) 
         start = len(apply_chat_template(msgs[:i], add_generation_prompt=True))
         end = full.index(eos, start) + len(eos)
         if not full.startswith(apply_chat_template(msgs[:i], add_generation_prompt=True)):
-            raise OpenLLMError(f"{conversation.where or 'conversation'}: the chat template does not render "
-                               f"turns as prefixes of each other")
+            raise OpenLLMError(
+                f"{conversation.where or 'conversation'}: the chat template does not render "
+                f"turns as prefixes of each other"
+            )
         spans.append((start, end))
     ids: list[int] = []
     mask: list[int] = []
@@ -196,13 +219,13 @@ class EncodeReport:
         if self.truncated:
             text += f", {self.truncated} truncated to the context"
         if self.dropped:
-            text += (f", {self.dropped} longer than the context dropped (first: "
-                     f"{', '.join(self.dropped_where[:3])})")
+            text += f", {self.dropped} longer than the context dropped (first: {', '.join(self.dropped_where[:3])})"
         return text
 
 
-def encode_conversations(tokenizer, conversations: Iterable[Conversation], max_len: int, *,
-                         too_long: str = "drop") -> tuple[list[Example], EncodeReport]:
+def encode_conversations(
+    tokenizer, conversations: Iterable[Conversation], max_len: int, *, too_long: str = "drop"
+) -> tuple[list[Example], EncodeReport]:
     """Tokenize conversations; one longer than ``max_len`` tokens is dropped and counted (``too_long="drop"``),
     cut to ``max_len`` (``"truncate"``; dropped when no assistant token is left), or refused (``"error"``)."""
     if too_long not in ("drop", "truncate", "error"):
@@ -213,8 +236,10 @@ def encode_conversations(tokenizer, conversations: Iterable[Conversation], max_l
         ex = encode_conversation(tokenizer, conv)
         if len(ex) > max_len:
             if too_long == "error":
-                raise OpenLLMError(f"{conv.where or 'a conversation'}: {len(ex)} tokens, longer than the context "
-                                   f"of {max_len}; shorten it, or choose to drop or truncate long conversations")
+                raise OpenLLMError(
+                    f"{conv.where or 'a conversation'}: {len(ex)} tokens, longer than the context "
+                    f"of {max_len}; shorten it, or choose to drop or truncate long conversations"
+                )
             if too_long == "truncate" and any(ex.mask[1:max_len]):
                 ex = Example(ex.ids[:max_len], ex.mask[:max_len], ex.where)
                 report.truncated += 1
@@ -228,6 +253,7 @@ def encode_conversations(tokenizer, conversations: Iterable[Conversation], max_l
 
 
 # --- packing ----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class PackedRows:
@@ -274,9 +300,9 @@ def pack(examples: Sequence[Example], width: int, *, pad_id: int = 0, seed: int 
         for s, i in enumerate(members):
             ex = examples[i]
             n = len(ex)
-            ids[r, pos:pos + n] = ex.ids
-            labels[r, pos:pos + n] = np.where(np.asarray(ex.mask, dtype=bool), ex.ids, IGNORE_INDEX)
-            segments[r, pos:pos + n] = s
+            ids[r, pos : pos + n] = ex.ids
+            labels[r, pos : pos + n] = np.where(np.asarray(ex.mask, dtype=bool), ex.ids, IGNORE_INDEX)
+            segments[r, pos : pos + n] = s
             pos += n
     return PackedRows(ids, labels, segments)
 
@@ -298,8 +324,17 @@ class PackedLoader:
     integer. ``next()`` gives ``(x, y, segments)``: inputs, masked targets (shifted by one) and the
     conversation index of every input position."""
 
-    def __init__(self, rows: PackedRows, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 device="cpu", shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        rows: PackedRows,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device="cpu",
+        shuffle: bool = True,
+    ) -> None:
         import torch
 
         if len(rows) == 0:
@@ -345,18 +380,26 @@ class PackedLoader:
 
     __next__ = next
 
-    def __iter__(self) -> "PackedLoader":
+    def __iter__(self) -> PackedLoader:
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position, "seed": self.seed, "batch_size": self.batch_size,
-                "seq_len": self.seq_len, "world_size": self.world_size, "rows": len(self.rows)}
+        return {
+            "position": self.position,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "world_size": self.world_size,
+            "rows": len(self.rows),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, mine in (("seed", self.seed), ("seq_len", self.seq_len), ("rows", len(self.rows))):
             if key in state and int(state[key]) != mine:
-                raise OpenLLMError(f"cannot resume the conversation stream: the checkpoint has {key}={state[key]}, "
-                                   f"this run has {mine} (same data and settings are needed to resume)")
+                raise OpenLLMError(
+                    f"cannot resume the conversation stream: the checkpoint has {key}={state[key]}, "
+                    f"this run has {mine} (same data and settings are needed to resume)"
+                )
         self.position = int(state["position"])
 
     def epoch_batches(self) -> Iterator[tuple]:
@@ -393,8 +436,9 @@ def _verses() -> list[tuple[str, int, list[str]]]:
     return out
 
 
-def make_synthetic_conversations(n: int = 2000, *, seed: int = 0, val_fraction: float = 0.1,
-                                 max_chars: int = 400) -> tuple[list[dict], list[dict]]:
+def make_synthetic_conversations(
+    n: int = 2000, *, seed: int = 0, val_fraction: float = 0.1, max_chars: int = 400
+) -> tuple[list[dict], list[dict]]:
     """``n`` question/answer conversations about verses of the embedded corpus, split into (train, val) by
     chapter, so no held-out chapter is seen in training. Answers are verse text; verses longer than
     ``max_chars`` are left out. Deterministic for a ``seed``."""
@@ -418,20 +462,28 @@ def make_synthetic_conversations(n: int = 2000, *, seed: int = 0, val_fraction: 
             ref = f"{book} {ch}:{v + 1}"
             kind = rng.random()
             if kind < 0.5:
-                msgs = [{"role": "user", "content": f"What does {ref} say?"},
-                        {"role": "assistant", "content": text}]
+                msgs = [{"role": "user", "content": f"What does {ref} say?"}, {"role": "assistant", "content": text}]
             elif kind < 0.7 and v + 1 < len(verses) and len(verses[v + 1]) <= max_chars:
-                msgs = [{"role": "user", "content": f"Quote {ref}."}, {"role": "assistant", "content": text},
-                        {"role": "user", "content": "And the next verse?"},
-                        {"role": "assistant", "content": verses[v + 1]}]
+                msgs = [
+                    {"role": "user", "content": f"Quote {ref}."},
+                    {"role": "assistant", "content": text},
+                    {"role": "user", "content": "And the next verse?"},
+                    {"role": "assistant", "content": verses[v + 1]},
+                ]
             elif kind < 0.85:
-                msgs = [{"role": "user", "content": f"Which verse says: \"{text}\""},
-                        {"role": "assistant", "content": f"{ref}."}]
+                msgs = [
+                    {"role": "user", "content": f'Which verse says: "{text}"'},
+                    {"role": "assistant", "content": f"{ref}."},
+                ]
             else:
-                msgs = [{"role": "user", "content": f"How does {book} {ch} begin?"},
-                        {"role": "assistant", "content": verses[0]}] if len(verses[0]) <= max_chars else \
-                       [{"role": "user", "content": f"What does {ref} say?"},
-                        {"role": "assistant", "content": text}]
+                msgs = (
+                    [
+                        {"role": "user", "content": f"How does {book} {ch} begin?"},
+                        {"role": "assistant", "content": verses[0]},
+                    ]
+                    if len(verses[0]) <= max_chars
+                    else [{"role": "user", "content": f"What does {ref} say?"}, {"role": "assistant", "content": text}]
+                )
             if rng.random() < 0.3:
                 msgs.insert(0, {"role": "system", "content": _SYSTEM})
             convs.append({"messages": msgs})
@@ -439,8 +491,9 @@ def make_synthetic_conversations(n: int = 2000, *, seed: int = 0, val_fraction: 
     return out[0], out[1]
 
 
-def write_synthetic_set(out_dir: str | os.PathLike, n: int = 2000, *, seed: int = 0,
-                        val_fraction: float = 0.1) -> dict[str, Any]:
+def write_synthetic_set(
+    out_dir: str | os.PathLike, n: int = 2000, *, seed: int = 0, val_fraction: float = 0.1
+) -> dict[str, Any]:
     """Write ``train.jsonl``, ``val.jsonl`` and ``about.json`` (what the set is, how it was made, checksums)
     into ``out_dir``; returns ``about.json``'s content."""
     from .corpus import EMBEDDED_CORPUS
@@ -451,10 +504,16 @@ def write_synthetic_set(out_dir: str | os.PathLike, n: int = 2000, *, seed: int 
         raise OpenLLMError(f"{out} is a file: choose a folder for the conversation set")
     out.mkdir(parents=True, exist_ok=True)
     train, val = make_synthetic_conversations(n, seed=seed, val_fraction=val_fraction)
-    about: dict[str, Any] = {"name": "openllm synthetic verse conversations", "synthetic": True,
-                             "note": SYNTHETIC_NOTE, "source": EMBEDDED_CORPUS["name"],
-                             "source_sha256": EMBEDDED_CORPUS["sha256"], "seed": seed,
-                             "split": "by chapter", "files": {}}
+    about: dict[str, Any] = {
+        "name": "openllm synthetic verse conversations",
+        "synthetic": True,
+        "note": SYNTHETIC_NOTE,
+        "source": EMBEDDED_CORPUS["name"],
+        "source_sha256": EMBEDDED_CORPUS["sha256"],
+        "seed": seed,
+        "split": "by chapter",
+        "files": {},
+    }
     for name, convs in (("train.jsonl", train), ("val.jsonl", val)):
         write_text_atomic(out / name, "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in convs))
         about["files"][name] = {"conversations": len(convs), "sha256": sha256_file(out / name)}

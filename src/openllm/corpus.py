@@ -5,6 +5,7 @@ a dependency, and we read its data file ``bible/data/kjv.jsonl`` (one verse a li
 package. The file's SHA-256 is pinned; a different file is refused rather than silently trained on.
 A document is one chapter: its heading (``Genesis 1``) and its verses, one a line.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """Which torch device a ``--device`` value names: ``auto`` (the default everywhere) picks CUDA when a GPU is
 visible, else Apple's MPS when present, else the CPU; any other value is checked before a model is built, so a
 typo or a missing GPU fails in one line instead of deep inside torch."""
+
 from __future__ import annotations
 
 from .errors import OpenLLMError
@@ -33,8 +34,9 @@ def resolve_device(requested: str | None = AUTO) -> str:
         if not torch.cuda.is_available():
             raise OpenLLMError(f"--device {requested}: no CUDA GPU is visible to torch here; use --device auto or cpu")
         if colon and int(index) >= torch.cuda.device_count():
-            raise OpenLLMError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                               f"numbered from 0")
+            raise OpenLLMError(
+                f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0"
+            )
     if kind == "mps" and not _mps_available(torch):
         raise OpenLLMError(f"--device {requested}: MPS is not available here; use --device auto or cpu")
     if kind == "cpu" and colon:

@@ -9,13 +9,15 @@ Backend: nccl on GPUs, gloo on CPU. One process is the plain single-device path,
 Checkpoints always hold *full* (unsharded) state dicts keyed by parameter name, so a run saved with FSDP on
 8 GPUs resumes in one process and the other way round.
 """
+
 from __future__ import annotations
 
 import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,8 +25,19 @@ import torch.nn as nn
 
 from .device import resolve_device
 
-__all__ = ["DistInfo", "init_distributed", "shutdown", "wrap_model", "no_grad_sync", "all_reduce",
-           "gather_objects", "first_error", "any_rank", "full_state", "load_full_state"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "shutdown",
+    "wrap_model",
+    "no_grad_sync",
+    "all_reduce",
+    "gather_objects",
+    "first_error",
+    "any_rank",
+    "full_state",
+    "load_full_state",
+]
 
 
 @dataclass
@@ -146,18 +159,17 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Full (unsharded) model and optimizer state dicts on CPU, keyed by parameter name. A collective under
     FSDP: every rank must call it."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
 
 
-def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, model_sd: dict | None,
-                    optim_sd: dict | None) -> None:
+def load_full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, model_sd: dict | None, optim_sd: dict | None
+) -> None:
     """Inverse of :func:`full_state` (every rank passes the full dicts it read from the checkpoint)."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     opts = StateDictOptions(full_state_dict=True, strict=False)
     if model_sd is not None:

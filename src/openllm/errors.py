@@ -1,11 +1,22 @@
 """The project's error types. User errors (bad input, missing files, bad configs) are printed by the CLI as
 one line; anything else is a bug and keeps its traceback."""
+
 from __future__ import annotations
 
 import errno
 
-__all__ = ["OpenLLMError", "ConfigError", "MissingExtra", "EXTRAS", "require", "missing_extra",
-           "user_message", "is_user_error", "is_disk_full", "DISK_FULL_HINT"]
+__all__ = [
+    "OpenLLMError",
+    "ConfigError",
+    "MissingExtra",
+    "EXTRAS",
+    "require",
+    "missing_extra",
+    "user_message",
+    "is_user_error",
+    "is_disk_full",
+    "DISK_FULL_HINT",
+]
 
 # a full disk, a full quota, or a file-size limit (ulimit -f): the user can fix each by making room
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -31,9 +42,15 @@ class MissingExtra(OpenLLMError, ImportError):
 
 # top-level module -> the pyproject extra that installs it (pyproject.toml's [project.optional-dependencies])
 EXTRAS = {
-    "gradio": "app", "psutil": "app",
-    "fastapi": "serve", "uvicorn": "serve", "pydantic": "serve",
-    "onnx": "export", "onnxruntime": "export", "onnxscript": "export", "gguf": "export",
+    "gradio": "app",
+    "psutil": "app",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "pydantic": "serve",
+    "onnx": "export",
+    "onnxruntime": "export",
+    "onnxscript": "export",
+    "gguf": "export",
     "transformers": "export",
     "lm_eval": "eval",
 }
@@ -84,5 +101,8 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def is_user_error(exc: BaseException) -> bool:
-    return (isinstance(exc, (OpenLLMError, FileNotFoundError, FileExistsError)) or is_disk_full(exc)
-            or missing_extra(exc) is not None)
+    return (
+        isinstance(exc, (OpenLLMError, FileNotFoundError, FileExistsError))
+        or is_disk_full(exc)
+        or missing_extra(exc) is not None
+    )

@@ -22,13 +22,15 @@ Every checkpoint's ``state.json`` records ``finetune``: the base model (source, 
 checksum of its weights), the data files (path, sha256, conversations kept, dropped, truncated) and the LoRA
 settings.
 """
+
 from __future__ import annotations
 
 import hashlib
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -42,17 +44,36 @@ from .hashing import sha256_file
 from .model import Transformer
 from .train import RunPlan, Trainer, TrainResult, _check_out, _find_resume
 
-__all__ = ["finetune", "FinetuneTrainer", "SFT_DEFAULTS", "LORA_DEFAULTS", "weights_sha256", "merged_state_dict",
-           "finetune_record", "chat_quickstart", "QUICKSTART_CHAT"]
+__all__ = [
+    "finetune",
+    "FinetuneTrainer",
+    "SFT_DEFAULTS",
+    "LORA_DEFAULTS",
+    "weights_sha256",
+    "merged_state_dict",
+    "finetune_record",
+    "chat_quickstart",
+    "QUICKSTART_CHAT",
+]
 
 # train.* values a fine-tune starts from (the base run's pretraining schedule does not fit SFT);
 # overrides win over these
-SFT_DEFAULTS: dict[str, Any] = {"max_steps": 200, "lr": 1e-4, "min_lr": 1e-5, "warmup_steps": 10,
-                                "schedule": "cosine", "eval_every": 50, "save_every": 100, "log_every": 10,
-                                "batch_warmup_steps": 0, "early_stop_patience": 0, "micro_batch_size": 8,
-                                "doc_aligned": False, "optimizer": "adamw"}
-LORA_DEFAULTS: dict[str, Any] = {"rank": 8, "alpha": 16, "dropout": 0.0,
-                                 "target_modules": ["wqkv", "wo", "w13", "w2"]}
+SFT_DEFAULTS: dict[str, Any] = {
+    "max_steps": 200,
+    "lr": 1e-4,
+    "min_lr": 1e-5,
+    "warmup_steps": 10,
+    "schedule": "cosine",
+    "eval_every": 50,
+    "save_every": 100,
+    "log_every": 10,
+    "batch_warmup_steps": 0,
+    "early_stop_patience": 0,
+    "micro_batch_size": 8,
+    "doc_aligned": False,
+    "optimizer": "adamw",
+}
+LORA_DEFAULTS: dict[str, Any] = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["wqkv", "wo", "w13", "w2"]}
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -92,11 +113,18 @@ def _inject_lora(model: Transformer, lora: Mapping[str, Any]) -> Transformer:
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError:
-        raise OpenLLMError("LoRA fine-tuning needs the peft package: pip install 'openllm[finetune]' (or fine-tune "
-                           "every weight: leave out --lora)") from None
+        raise OpenLLMError(
+            "LoRA fine-tuning needs the peft package: pip install 'openllm[finetune]' (or fine-tune "
+            "every weight: leave out --lora)"
+        ) from None
 
-    cfg = LoraConfig(r=int(lora["rank"]), lora_alpha=float(lora["alpha"]), lora_dropout=float(lora["dropout"]),
-                     target_modules=list(lora["target_modules"]), bias="none")
+    cfg = LoraConfig(
+        r=int(lora["rank"]),
+        lora_alpha=float(lora["alpha"]),
+        lora_dropout=float(lora["dropout"]),
+        target_modules=list(lora["target_modules"]),
+        bias="none",
+    )
     model = inject_adapter_in_model(cfg, model)
     for name, p in model.named_parameters():
         p.requires_grad = "lora_" in name
@@ -106,8 +134,18 @@ def _inject_lora(model: Transformer, lora: Mapping[str, Any]) -> Transformer:
 class FinetuneTrainer(Trainer):
     """:class:`~openllm.train.Trainer` on packed conversations from a base model (see the module docstring)."""
 
-    def __init__(self, plan: RunPlan, *, base_state: dict[str, torch.Tensor], tokenizer, train_rows, val_rows,
-                 record: dict[str, Any], lora: dict[str, Any] | None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        plan: RunPlan,
+        *,
+        base_state: dict[str, torch.Tensor],
+        tokenizer,
+        train_rows,
+        val_rows,
+        record: dict[str, Any],
+        lora: dict[str, Any] | None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(plan, **kwargs)
         self.base_state, self.tokenizer = base_state, tokenizer
         self.train_rows, self.val_rows = train_rows, val_rows
@@ -148,8 +186,14 @@ class FinetuneTrainer(Trainer):
 
     def _build_data(self) -> None:
         tc, info = self.tc, self.info
-        self.loader = PackedLoader(self.train_rows, tc.micro_batch_size, seed=tc.seed, rank=info.rank,
-                                   world_size=info.world_size, device=self.dev)
+        self.loader = PackedLoader(
+            self.train_rows,
+            tc.micro_batch_size,
+            seed=tc.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+            device=self.dev,
+        )
         self.val_data = self.val_rows
 
     def _batch_loss(self, batch) -> torch.Tensor:
@@ -160,8 +204,14 @@ class FinetuneTrainer(Trainer):
         from .evaluate.chat import assistant_loss_sums
         from .train import autocast_context
 
-        loader = PackedLoader(self.val_rows, self.tc.micro_batch_size, rank=self.info.rank,
-                              world_size=self.info.world_size, device=self.dev, shuffle=False)
+        loader = PackedLoader(
+            self.val_rows,
+            self.tc.micro_batch_size,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            device=self.dev,
+            shuffle=False,
+        )
         was_training = model.training
         model.eval()
         with autocast_context(self.precision, self.dev):
@@ -181,8 +231,9 @@ class FinetuneTrainer(Trainer):
         return model_sd, optim, state
 
 
-def _sft_config(base: Config, overrides: Mapping[str, Mapping[str, Any]] | None, max_steps: int | None,
-                save_every: int | None) -> Config:
+def _sft_config(
+    base: Config, overrides: Mapping[str, Mapping[str, Any]] | None, max_steps: int | None, save_every: int | None
+) -> Config:
     if overrides and "model" in overrides:
         raise OpenLLMError("a fine-tune keeps the base model's shape: leave out model.* overrides")
     train = dict(SFT_DEFAULTS)
@@ -204,12 +255,21 @@ def _load_rows(path: Path, tokenizer, seq_len: int, too_long: str, seed: int, sa
     examples, report = encode_conversations(tokenizer, convs, seq_len + 1, too_long=too_long)
     say(f"{path}: {report.summary()}")
     if not examples:
-        raise OpenLLMError(f"{path}: every conversation is longer than the context of {seq_len + 1} tokens: "
-                           f"use --too-long truncate or a longer train.seq_len")
+        raise OpenLLMError(
+            f"{path}: every conversation is longer than the context of {seq_len + 1} tokens: "
+            f"use --too-long truncate or a longer train.seq_len"
+        )
     rows = pack(examples, seq_len + 1, pad_id=tokenizer.pad_id, seed=seed)
-    info = {"path": str(path.resolve()), "sha256": sha256_file(path), "conversations": len(convs),
-            "kept": report.kept, "dropped": report.dropped, "truncated": report.truncated, "rows": len(rows),
-            "assistant_tokens": rows.target_tokens}
+    info = {
+        "path": str(path.resolve()),
+        "sha256": sha256_file(path),
+        "conversations": len(convs),
+        "kept": report.kept,
+        "dropped": report.dropped,
+        "truncated": report.truncated,
+        "rows": len(rows),
+        "assistant_tokens": rows.target_tokens,
+    }
     return rows, info
 
 
@@ -247,21 +307,24 @@ def finetune(
     state = ckpt_mod.load_state(resume_from) if resume_from is not None else {}
     prior = state.get("finetune") if resume_from is not None else None
     if resume_from is not None and not isinstance(prior, dict):
-        raise OpenLLMError(f"{resume_from} is a checkpoint of `openllm train`, not of a fine-tune: resume it with "
-                           f"`openllm train`, or fine-tune into another --out folder")
+        raise OpenLLMError(
+            f"{resume_from} is a checkpoint of `openllm train`, not of a fine-tune: resume it with "
+            f"`openllm train`, or fine-tune into another --out folder"
+        )
     if prior:
         model = model or prior["base"]["source"]
         data = data or prior["data"]["path"]
         val_data = val_data or (prior.get("val_data") or {}).get("path")
         lora_prior = prior.get("lora")
         if lora is not None and bool(lora) != bool(lora_prior):
-            raise OpenLLMError(f"{out} was fine-tuned {'with' if lora_prior else 'without'} LoRA: resume it the "
-                               f"same way")
+            raise OpenLLMError(
+                f"{out} was fine-tuned {'with' if lora_prior else 'without'} LoRA: resume it the same way"
+            )
         lora = lora_prior
     if model is None:
         raise OpenLLMError("give the base MODEL to fine-tune (a run, an export or OWNER/NAME@VERSION)")
     if data is None:
-        raise OpenLLMError("give --data FILE: conversations as JSON Lines ({\"messages\": [...]} a line)")
+        raise OpenLLMError('give --data FILE: conversations as JSON Lines ({"messages": [...]} a line)')
     data, val_data = Path(data), Path(val_data) if val_data is not None else None
 
     loaded = load(model, hub=hub)
@@ -269,8 +332,10 @@ def finetune(
         raise OpenLLMError(f"{model}: no tokenizer beside the weights; a fine-tune needs the model's tokenizer")
     base_sha = weights_sha256(loaded.model)
     if prior and prior["base"].get("weights_sha256") not in (None, base_sha):
-        raise OpenLLMError(f"the base model {model} has other weights than the ones {out} was fine-tuned from "
-                           f"(checksum {base_sha[:12]} vs {prior['base']['weights_sha256'][:12]})")
+        raise OpenLLMError(
+            f"the base model {model} has other weights than the ones {out} was fine-tuned from "
+            f"(checksum {base_sha[:12]} vs {prior['base']['weights_sha256'][:12]})"
+        )
     if resume_from is not None:
         cfg = Config.from_dict(state["config"])
         if overrides or max_steps is not None or save_every is not None:
@@ -284,8 +349,9 @@ def finetune(
     else:
         cfg = _sft_config(loaded.config, overrides, max_steps, save_every)
     if lora and cfg.train.optimizer != "adamw":
-        raise OpenLLMError("LoRA fine-tuning trains its adapters with AdamW: leave out train.optimizer or set it "
-                           "to adamw")
+        raise OpenLLMError(
+            "LoRA fine-tuning trains its adapters with AdamW: leave out train.optimizer or set it to adamw"
+        )
     tok = loaded.tokenizer
     if tok.vocab_size > cfg.model.vocab_size:
         raise OpenLLMError(f"the tokenizer has {tok.vocab_size} tokens, the model {cfg.model.vocab_size}")
@@ -296,8 +362,10 @@ def finetune(
     if val_data is not None:
         val_rows, val_info = _load_rows(val_data, tok, seq_len, too_long, 0, say)
     if prior and prior["data"].get("sha256") != data_info["sha256"]:
-        raise OpenLLMError(f"{data} is not the data {out} was fine-tuned on (sha256 differs): resume with the "
-                           f"same file, or fine-tune into another --out folder")
+        raise OpenLLMError(
+            f"{data} is not the data {out} was fine-tuned on (sha256 differs): resume with the "
+            f"same file, or fine-tune into another --out folder"
+        )
 
     lora_cfg = None
     if lora:
@@ -308,21 +376,46 @@ def finetune(
                 raise OpenLLMError(f"unknown LoRA settings {sorted(unknown)}; known: {sorted(LORA_DEFAULTS)}")
             lora_cfg.update(lora)
     record = {
-        "base": {"source": str(Path(model).resolve()) if Path(model).exists() else str(model),
-                 "kind": loaded.kind, "path": str(Path(loaded.path).resolve()), "step": loaded.step,
-                 "hub_ref": loaded.hub_ref, "name": loaded.config.name, "weights_sha256": base_sha,
-                 "tokenizer_sha256": getattr(tok, "sha256", None)},
-        "data": data_info, "val_data": val_info, "lora": lora_cfg, "too_long": too_long,
+        "base": {
+            "source": str(Path(model).resolve()) if Path(model).exists() else str(model),
+            "kind": loaded.kind,
+            "path": str(Path(loaded.path).resolve()),
+            "step": loaded.step,
+            "hub_ref": loaded.hub_ref,
+            "name": loaded.config.name,
+            "weights_sha256": base_sha,
+            "tokenizer_sha256": getattr(tok, "sha256", None),
+        },
+        "data": data_info,
+        "val_data": val_info,
+        "lora": lora_cfg,
+        "too_long": too_long,
         "chat_template": "openllm.tokenizer.CHAT_TEMPLATE",
     }
     base_state = {k: v.detach().cpu() for k, v in loaded.model.state_dict().items()}
     del loaded
-    plan = RunPlan(cfg=cfg, out=out, data_dir=data, meta={"tokenizer_sha256": getattr(tok, "sha256", None),
-                                                          "splits": {}},
-                   resume_from=resume_from, state=state)
-    trainer = FinetuneTrainer(plan, base_state=base_state, tokenizer=tok, train_rows=train_rows, val_rows=val_rows,
-                              record=record, lora=lora_cfg, device=device, progress=progress,
-                              stop_event=stop_event, on_log=on_log, say=say)
+    plan = RunPlan(
+        cfg=cfg,
+        out=out,
+        data_dir=data,
+        meta={"tokenizer_sha256": getattr(tok, "sha256", None), "splits": {}},
+        resume_from=resume_from,
+        state=state,
+    )
+    trainer = FinetuneTrainer(
+        plan,
+        base_state=base_state,
+        tokenizer=tok,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        record=record,
+        lora=lora_cfg,
+        device=device,
+        progress=progress,
+        stop_event=stop_event,
+        on_log=on_log,
+        say=say,
+    )
     return trainer.run()
 
 
@@ -336,15 +429,29 @@ def finetune_record(source: str | Path) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else None
 
 
-
 # train.* values of the quickstart's fine-tune (``openllm quickstart --chat``): a few minutes on 2 CPU cores
-QUICKSTART_CHAT = {"max_steps": 150, "lr": 5e-4, "min_lr": 5e-5, "micro_batch_size": 16, "eval_every": 50,
-                   "save_every": 150, "warmup_steps": 10}
+QUICKSTART_CHAT = {
+    "max_steps": 150,
+    "lr": 5e-4,
+    "min_lr": 5e-5,
+    "micro_batch_size": 16,
+    "eval_every": 50,
+    "save_every": 150,
+    "warmup_steps": 10,
+}
 
 
-def chat_quickstart(out: str | Path, base_run: str | Path, *, device: str | None = None,
-                    max_steps: int | None = None, conversations: int = 2000, samples: int = 3,
-                    progress: bool = True, say: Callable[[str], None] = print) -> dict[str, Any]:
+def chat_quickstart(
+    out: str | Path,
+    base_run: str | Path,
+    *,
+    device: str | None = None,
+    max_steps: int | None = None,
+    conversations: int = 2000,
+    samples: int = 3,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """The quickstart's chat part: the synthetic verse conversations into ``OUT/data/conversations``, a
     fine-tune of ``base_run`` into ``OUT/chat_run``, then the assistant-token loss of the base and the
     fine-tuned model on the held-out conversations and greedy samples through the chat template. Returns
@@ -356,30 +463,47 @@ def chat_quickstart(out: str | Path, base_run: str | Path, *, device: str | None
     out = Path(out)
     data = out / "data" / "conversations"
     about = write_synthetic_set(data, conversations)
-    say(f"    synthetic conversations (verse questions from the embedded corpus): "
+    say(
+        f"    synthetic conversations (verse questions from the embedded corpus): "
         f"{about['files']['train.jsonl']['conversations']} train, {about['files']['val.jsonl']['conversations']} "
-        f"held out -> {data}")
+        f"held out -> {data}"
+    )
     train = dict(QUICKSTART_CHAT)
     if max_steps is not None:
         train["max_steps"] = int(max_steps)
         train["save_every"] = int(max_steps)
         train["eval_every"] = max(1, min(train["eval_every"], int(max_steps)))
     run = out / "chat_run"
-    result = finetune(base_run, data / "train.jsonl", run, val_data=data / "val.jsonl", overrides={"train": train},
-                      resume=False, device=device, progress=progress, log=say)
+    result = finetune(
+        base_run,
+        data / "train.jsonl",
+        run,
+        val_data=data / "val.jsonl",
+        overrides={"train": train},
+        resume=False,
+        device=device,
+        progress=progress,
+        log=say,
+    )
     # the end-of-turn rate over 20 greedy replies; ``samples`` of them are printed
     ev = evaluate_chat(run, data / "val.jsonl", base=base_run, samples=max(samples, 20), device=device or "cpu")
     ev["train_steps"] = result.step
     write_json_atomic(out / "chat_evaluation.json", ev)
     b, f = ev["base"], ev
-    say(f"    assistant-token loss on {f['assistant_tokens']:,} held-out assistant tokens "
+    say(
+        f"    assistant-token loss on {f['assistant_tokens']:,} held-out assistant tokens "
         f"({f['conversations']} conversations): base {b['assistant_loss']:.4f} -> fine-tuned "
-        f"{f['assistant_loss']:.4f} (perplexity {b['assistant_ppl']:.1f} -> {f['assistant_ppl']:.1f})")
-    say(f"    greedy replies (of {len(f.get('samples', []))}) that end their turn with EOS: base "
-        f"{b.get('ended_turn_rate', 0):.0%}, fine-tuned {f.get('ended_turn_rate', 0):.0%}")
+        f"{f['assistant_loss']:.4f} (perplexity {b['assistant_ppl']:.1f} -> {f['assistant_ppl']:.1f})"
+    )
+    say(
+        f"    greedy replies (of {len(f.get('samples', []))}) that end their turn with EOS: base "
+        f"{b.get('ended_turn_rate', 0):.0%}, fine-tuned {f.get('ended_turn_rate', 0):.0%}"
+    )
     for name, r in (("base", b), ("fine-tuned", f)):
         for s in r.get("samples", [])[:samples]:
             q = s["messages"][-1]["content"]
-            say(f"    {name:>10} | User: {q[:60]} | Assistant: {s['reply'][:80]!r}"
-                f"{'' if s['ended_turn'] else ' (no EOS)'}")
+            say(
+                f"    {name:>10} | User: {q[:60]} | Assistant: {s['reply'][:80]!r}"
+                f"{'' if s['ended_turn'] else ' (no EOS)'}"
+            )
     return ev

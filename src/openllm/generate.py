@@ -1,17 +1,27 @@
 """Text generation: greedy and sampling (temperature, top-k, top-p, repetition penalty), a batch of prompts
 of different lengths, stop tokens, seeds, and a streaming iterator. Works on token ids; the text helpers take
 any tokenizer with ``encode(str) -> list[int]`` and ``decode(list[int]) -> str``."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 import torch
 
 from .model import Transformer
 
-__all__ = ["SamplingParams", "generate", "stream", "iter_steps", "generate_text", "stream_text", "TextStream",
-           "TokenizerLike"]
+__all__ = [
+    "SamplingParams",
+    "generate",
+    "stream",
+    "iter_steps",
+    "generate_text",
+    "stream_text",
+    "TextStream",
+    "TokenizerLike",
+]
 
 
 class TokenizerLike(Protocol):
@@ -43,7 +53,7 @@ class SamplingParams:
     seed: int | None = None
     stop_tokens: Sequence[int] = field(default_factory=tuple)
 
-    def validate(self) -> "SamplingParams":
+    def validate(self) -> SamplingParams:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative integer, got {self.max_new_tokens!r}")
         if not self.temperature >= 0 or self.temperature == float("inf"):
@@ -81,8 +91,9 @@ def _process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: Sampling
 
 
 @torch.no_grad()
-def iter_steps(model: Transformer, prompts: Sequence[Sequence[int]], params: SamplingParams, *, use_cache: bool,
-           pad_id: int = 0) -> Iterator[list[int | None]]:
+def iter_steps(
+    model: Transformer, prompts: Sequence[Sequence[int]], params: SamplingParams, *, use_cache: bool, pad_id: int = 0
+) -> Iterator[list[int | None]]:
     """Yield, per step, the new token of each sequence (None for sequences that already stopped)."""
     params.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -101,8 +112,8 @@ def iter_steps(model: Transformer, prompts: Sequence[Sequence[int]], params: Sam
     ids = torch.full((B, longest), pad_id, dtype=torch.long, device=device)
     valid = torch.zeros((B, longest), dtype=torch.bool, device=device)
     for b, p in enumerate(prompts):
-        ids[b, longest - len(p):] = torch.as_tensor(list(p), dtype=torch.long, device=device)
-        valid[b, longest - len(p):] = True
+        ids[b, longest - len(p) :] = torch.as_tensor(list(p), dtype=torch.long, device=device)
+        valid[b, longest - len(p) :] = True
     gen = torch.Generator(device=device)
     if params.seed is not None:
         gen.manual_seed(params.seed)
@@ -119,9 +130,9 @@ def iter_steps(model: Transformer, prompts: Sequence[Sequence[int]], params: Sam
         step_ids, step_valid = ids, valid
         for _ in range(params.max_new_tokens):
             if use_cache:
-                cache.valid[:, cache.length:cache.length + step_ids.size(1)] = step_valid
+                cache.valid[:, cache.length : cache.length + step_ids.size(1)] = step_valid
                 pos = (cache.valid[:, : cache.length + step_ids.size(1)].cumsum(-1) - 1).clamp(min=0)
-                logits = model(step_ids, positions=pos[:, -step_ids.size(1):], cache=cache, last_only=True)[:, -1]
+                logits = model(step_ids, positions=pos[:, -step_ids.size(1) :], cache=cache, last_only=True)[:, -1]
             else:
                 cache_full = model.new_cache(B, ids.size(1))
                 cache_full.valid[:] = valid
@@ -153,8 +164,13 @@ def iter_steps(model: Transformer, prompts: Sequence[Sequence[int]], params: Sam
         model.train(was_training)
 
 
-def generate(model: Transformer, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None, *,
-             use_cache: bool = True) -> list[list[int]]:
+def generate(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | None = None,
+    *,
+    use_cache: bool = True,
+) -> list[list[int]]:
     """New tokens for each prompt (a stop token, when hit, is included and ends that sequence)."""
     params = params or SamplingParams()
     outs: list[list[int]] = [[] for _ in prompts]
@@ -182,16 +198,18 @@ def _strip_stop(ids: list[int], stops: Sequence[int]) -> list[int]:
     return ids[:-1] if ids and ids[-1] in stops else ids
 
 
-def generate_text(model: Transformer, tokenizer: TokenizerLike, prompts: Sequence[str],
-                  params: SamplingParams | None = None) -> list[str]:
+def generate_text(
+    model: Transformer, tokenizer: TokenizerLike, prompts: Sequence[str], params: SamplingParams | None = None
+) -> list[str]:
     """Completions (text after the prompt) for a batch of text prompts; stops at EOS by default."""
     params = _with_eos_stop(tokenizer, params)
     outs = generate(model, [tokenizer.encode(p) for p in prompts], params)
     return [tokenizer.decode(_strip_stop(o, params.stop_tokens)) for o in outs]
 
 
-def stream_text(model: Transformer, tokenizer: TokenizerLike, prompt: str,
-                params: SamplingParams | None = None) -> Iterator[str]:
+def stream_text(
+    model: Transformer, tokenizer: TokenizerLike, prompt: str, params: SamplingParams | None = None
+) -> Iterator[str]:
     """Stream the completion of one prompt as text pieces (decoded incrementally, so multi-byte characters
     split across tokens come out whole)."""
     yield from TextStream(model, tokenizer, tokenizer.encode(prompt), _with_eos_stop(tokenizer, params))
@@ -218,5 +236,5 @@ class TextStream:
             if text.endswith("\ufffd"):
                 continue  # an incomplete UTF-8 sequence; wait for the rest
             if len(text) > len(emitted):
-                yield text[len(emitted):]
+                yield text[len(emitted) :]
                 emitted = text

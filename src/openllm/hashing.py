@@ -1,4 +1,5 @@
 """Content hashes: one sha256 for files and bytes, used by checksums in reports, cards, shards and the sync."""
+
 from __future__ import annotations
 
 import hashlib

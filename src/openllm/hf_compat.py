@@ -1,5 +1,6 @@
 """The mapping between our weights and Hugging Face's ``LlamaForCausalLM``: renames, plus splitting (or
 joining) the fused q/k/v and gate/up projections. Exact copies, no arithmetic, so round trips are bit-exact."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -11,8 +12,13 @@ from .config import ModelConfig
 __all__ = ["llama_config_dict", "to_hf_state_dict", "from_hf_state_dict", "model_config_from_llama"]
 
 
-def llama_config_dict(cfg: ModelConfig, *, bos_token_id: int | None = None, eos_token_id: int | None = None,
-                      pad_token_id: int | None = None) -> dict[str, Any]:
+def llama_config_dict(
+    cfg: ModelConfig,
+    *,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> dict[str, Any]:
     """Keyword arguments for ``transformers.LlamaConfig`` describing the same network."""
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -66,17 +72,19 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
         src, dst = f"layers.{i}.", f"model.layers.{i}."
         wq, wk, wv = state[src + "attn.wqkv.weight"].split([q, kv, kv], dim=0)
         gate, up = state[src + "mlp.w13.weight"].split(cfg.d_ff, dim=0)
-        out.update({
-            dst + "self_attn.q_proj.weight": wq,
-            dst + "self_attn.k_proj.weight": wk,
-            dst + "self_attn.v_proj.weight": wv,
-            dst + "self_attn.o_proj.weight": state[src + "attn.wo.weight"],
-            dst + "mlp.gate_proj.weight": gate,
-            dst + "mlp.up_proj.weight": up,
-            dst + "mlp.down_proj.weight": state[src + "mlp.w2.weight"],
-            dst + "input_layernorm.weight": state[src + "attn_norm.weight"],
-            dst + "post_attention_layernorm.weight": state[src + "mlp_norm.weight"],
-        })
+        out.update(
+            {
+                dst + "self_attn.q_proj.weight": wq,
+                dst + "self_attn.k_proj.weight": wk,
+                dst + "self_attn.v_proj.weight": wv,
+                dst + "self_attn.o_proj.weight": state[src + "attn.wo.weight"],
+                dst + "mlp.gate_proj.weight": gate,
+                dst + "mlp.up_proj.weight": up,
+                dst + "mlp.down_proj.weight": state[src + "mlp.w2.weight"],
+                dst + "input_layernorm.weight": state[src + "attn_norm.weight"],
+                dst + "post_attention_layernorm.weight": state[src + "mlp_norm.weight"],
+            }
+        )
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
@@ -87,15 +95,23 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     out["lm_head.weight"] = emb if cfg.tie_embeddings else hf["lm_head.weight"]
     for i in range(cfg.n_layers):
         src, dst = f"model.layers.{i}.", f"layers.{i}."
-        out.update({
-            dst + "attn.wqkv.weight": torch.cat([hf[src + "self_attn.q_proj.weight"],
-                                                 hf[src + "self_attn.k_proj.weight"],
-                                                 hf[src + "self_attn.v_proj.weight"]], dim=0),
-            dst + "attn.wo.weight": hf[src + "self_attn.o_proj.weight"],
-            dst + "mlp.w13.weight": torch.cat([hf[src + "mlp.gate_proj.weight"],
-                                               hf[src + "mlp.up_proj.weight"]], dim=0),
-            dst + "mlp.w2.weight": hf[src + "mlp.down_proj.weight"],
-            dst + "attn_norm.weight": hf[src + "input_layernorm.weight"],
-            dst + "mlp_norm.weight": hf[src + "post_attention_layernorm.weight"],
-        })
+        out.update(
+            {
+                dst + "attn.wqkv.weight": torch.cat(
+                    [
+                        hf[src + "self_attn.q_proj.weight"],
+                        hf[src + "self_attn.k_proj.weight"],
+                        hf[src + "self_attn.v_proj.weight"],
+                    ],
+                    dim=0,
+                ),
+                dst + "attn.wo.weight": hf[src + "self_attn.o_proj.weight"],
+                dst + "mlp.w13.weight": torch.cat(
+                    [hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]], dim=0
+                ),
+                dst + "mlp.w2.weight": hf[src + "mlp.down_proj.weight"],
+                dst + "attn_norm.weight": hf[src + "input_layernorm.weight"],
+                dst + "mlp_norm.weight": hf[src + "post_attention_layernorm.weight"],
+            }
+        )
     return out

@@ -11,6 +11,7 @@ Liger paths need CUDA and the ``liger-kernel`` package; :func:`apply_kernels` re
 one-line error. Nothing here changes the weights or their names: a model trained with any of these exports
 exactly as one trained without.
 """
+
 from __future__ import annotations
 
 import types
@@ -27,8 +28,7 @@ try:  # optional, CUDA only (pip install liger-kernel): the Triton kernels behin
 except ImportError:
     LigerFusedLinearCrossEntropyFunction = LigerRMSNormFunction = LigerSiLUMulFunction = None
 
-__all__ = ["ChunkedLinearCrossEntropy", "chunked_linear_cross_entropy", "liger_linear_cross_entropy",
-           "apply_kernels"]
+__all__ = ["ChunkedLinearCrossEntropy", "chunked_linear_cross_entropy", "liger_linear_cross_entropy", "apply_kernels"]
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -48,7 +48,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             gx = torch.empty_like(x) if need[0] else None
             gw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need[1] else None
             for s in range(0, x.shape[0], chunk):
-                xs, ts, vs = xc[s:s + chunk], safe[s:s + chunk], valid[s:s + chunk]
+                xs, ts, vs = xc[s : s + chunk], safe[s : s + chunk], valid[s : s + chunk]
                 logits = (xs @ wc.t()).float()
                 lse = torch.logsumexp(logits, dim=-1)
                 picked = logits.gather(1, ts[:, None]).squeeze(1)
@@ -61,11 +61,10 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 g.mul_((vs.to(torch.float32) / n_valid)[:, None])
                 g = g.to(dtype)
                 if gx is not None:
-                    gx[s:s + chunk] = (g @ wc).to(x.dtype)
+                    gx[s : s + chunk] = (g @ wc).to(x.dtype)
                 if gw is not None:
                     gw.add_((g.t() @ xs).float())
-            ctx.save_for_backward(gx if gx is not None else torch.empty(0),
-                                  gw if gw is not None else torch.empty(0))
+            ctx.save_for_backward(gx if gx is not None else torch.empty(0), gw if gw is not None else torch.empty(0))
             ctx.weight_dtype = weight.dtype
             return loss / n_valid
 
@@ -73,9 +72,14 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         gx, gw = ctx.saved_tensors
         need = ctx.needs_input_grad
-        return (gx * grad_out if need[0] else None,
-                (gw * grad_out).to(ctx.weight_dtype) if need[1] else None,
-                None, None, None, None)
+        return (
+            gx * grad_out if need[0] else None,
+            (gw * grad_out).to(ctx.weight_dtype) if need[1] else None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -84,19 +88,20 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-                                 ignore_index: int = -100, chunk: int = 4096) -> torch.Tensor:
+def chunked_linear_cross_entropy(
+    x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore_index: int = -100, chunk: int = 4096
+) -> torch.Tensor:
     """``F.cross_entropy((x @ weight.T).float(), target)`` without the full logits; ``x`` is (..., H)."""
     x2 = x.reshape(-1, x.shape[-1])
-    return ChunkedLinearCrossEntropy.apply(x2, weight, target.reshape(-1), ignore_index, chunk,
-                                           _compute_dtype(x))
+    return ChunkedLinearCrossEntropy.apply(x2, weight, target.reshape(-1), ignore_index, chunk, _compute_dtype(x))
 
 
 # torch.compile cannot trace Liger's kernels (their host code reads tensors and passes dtypes where FakeTensors
 # go): they run eagerly between compiled graphs
 @torch.compiler.disable
-def liger_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-                               ignore_index: int = -100) -> torch.Tensor:
+def liger_linear_cross_entropy(
+    x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
+) -> torch.Tensor:
     """The same loss through Liger Kernel's fused Triton implementation (CUDA)."""
     x2 = x.reshape(-1, x.shape[-1])
     out = LigerFusedLinearCrossEntropyFunction.apply(x2, weight, target.reshape(-1), None, None, ignore_index)
@@ -122,8 +127,9 @@ def _liger_swiglu_forward(self, x):
     return self.w2(_liger_silu_mul(gate, up))
 
 
-def apply_kernels(model: nn.Module, fused_loss: str = "off", fused_ops: bool = False,
-                  device: torch.device | str = "cpu") -> nn.Module:
+def apply_kernels(
+    model: nn.Module, fused_loss: str = "off", fused_ops: bool = False, device: torch.device | str = "cpu"
+) -> nn.Module:
     """Switch ``model`` (a :class:`openllm.model.Transformer`) to the fused paths asked for, in place.
 
     The loss hook is ``model.loss_fn`` (used by ``Transformer.forward`` when it computes a loss without
@@ -133,11 +139,15 @@ def apply_kernels(model: nn.Module, fused_loss: str = "off", fused_ops: bool = F
     needs_liger = fused_loss == "liger" or fused_ops
     if needs_liger:
         if device.type != "cuda":
-            raise OpenLLMError(f"train.fused_loss=liger and train.fused_ops need a CUDA GPU (this run is on "
-                               f"{device.type}): use train.fused_loss=chunked, or leave them off")
+            raise OpenLLMError(
+                f"train.fused_loss=liger and train.fused_ops need a CUDA GPU (this run is on "
+                f"{device.type}): use train.fused_loss=chunked, or leave them off"
+            )
         if LigerSiLUMulFunction is None:
-            raise OpenLLMError("train.fused_loss=liger / train.fused_ops need the liger-kernel package: "
-                               "pip install liger-kernel, or leave them off")
+            raise OpenLLMError(
+                "train.fused_loss=liger / train.fused_ops need the liger-kernel package: "
+                "pip install liger-kernel, or leave them off"
+            )
     if fused_loss == "chunked":
         model.loss_fn = chunked_linear_cross_entropy
     elif fused_loss == "liger":

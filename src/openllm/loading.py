@@ -14,6 +14,7 @@ SOURCE is, in the order tried:
 Weights are read from safetensors (never through pickle); a ``pytorch_model.bin`` is read with
 ``torch.load(weights_only=True)``. Loading copies values, so every route is bit-exact.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,7 @@ from .config import Config, ConfigError
 from .errors import OpenLLMError
 from .rundir import CHECKPOINTS, STATE, load_json, require_latest_checkpoint, step_of
 
-__all__ = ["LoadedModel", "load", "detect_kind", "read_state_dict",
-           "NATIVE_FORMAT", "OPENLLM_CONFIG_NAME"]
+__all__ = ["LoadedModel", "load", "detect_kind", "read_state_dict", "NATIVE_FORMAT", "OPENLLM_CONFIG_NAME"]
 
 NATIVE_FORMAT = "openllm"
 OPENLLM_CONFIG_NAME = "openllm.json"  # our full Config inside a Hugging Face export
@@ -54,6 +54,7 @@ class LoadedModel:
 
 
 # --- public -------------------------------------------------------------------------------------------------
+
 
 def load(source: str | Path, *, device: str = "cpu", hub: Any = None) -> LoadedModel:
     """Load a model, its tokenizer and its config from a run, a checkpoint, an export or a hub reference."""
@@ -96,12 +97,15 @@ def detect_kind(path: Path) -> str:
     if (path / OPENLLM_CONFIG_NAME).is_file() or (cfg is not None and cfg.get("model_type") == "llama"):
         return "hf"
     if cfg is not None and "model" in cfg and isinstance(cfg["model"], dict):
-        raise OpenLLMError(f"run {path} has no checkpoint yet (no checkpoints/ folder): train it longer "
-                           f"or wait for the first save")
+        raise OpenLLMError(
+            f"run {path} has no checkpoint yet (no checkpoints/ folder): train it longer or wait for the first save"
+        )
     if cfg is not None and cfg.get("model_type"):
         raise OpenLLMError(f"{path}: model_type {cfg.get('model_type')!r} is not supported (only llama)")
-    raise OpenLLMError(f"{path} holds no model: expected a run folder (checkpoints/), a native export "
-                       f"(config.json with format openllm) or a Hugging Face Llama export")
+    raise OpenLLMError(
+        f"{path} holds no model: expected a run folder (checkpoints/), a native export "
+        f"(config.json with format openllm) or a Hugging Face Llama export"
+    )
 
 
 def read_state_dict(folder: Path) -> dict[str, Any]:
@@ -130,6 +134,7 @@ def read_state_dict(folder: Path) -> dict[str, Any]:
 
 # --- per kind ---------------------------------------------------------------------------------------------
 
+
 def _load_path(path: Path, *, device: str) -> LoadedModel:
     kind = detect_kind(path)
     if kind == "run":
@@ -138,20 +143,44 @@ def _load_path(path: Path, *, device: str) -> LoadedModel:
         state = read_state_dict(ckpt)
         tok_dir = _first_tokenizer_dir(path / "tokenizer", ckpt / "tokenizer", ckpt)
         step = _checkpoint_step(ckpt)
-        return _finish(state, config, device, path=ckpt, kind="run", step=step, tok_dir=tok_dir,
-                       info={"run": str(path), "checkpoint": str(ckpt)})
+        return _finish(
+            state,
+            config,
+            device,
+            path=ckpt,
+            kind="run",
+            step=step,
+            tok_dir=tok_dir,
+            info={"run": str(path), "checkpoint": str(ckpt)},
+        )
     if kind == "checkpoint":
         run = path.parent.parent
         config = _run_config(run, path)
         tok_dir = _first_tokenizer_dir(path / "tokenizer", run / "tokenizer", path)
-        return _finish(read_state_dict(path), config, device, path=path, kind="checkpoint",
-                       step=_checkpoint_step(path), tok_dir=tok_dir, info={"checkpoint": str(path)})
+        return _finish(
+            read_state_dict(path),
+            config,
+            device,
+            path=path,
+            kind="checkpoint",
+            step=_checkpoint_step(path),
+            tok_dir=tok_dir,
+            info={"checkpoint": str(path)},
+        )
     if kind == "native":
         raw = dict(load_json(path / "config.json"))
         info = {k: raw.pop(k) for k in list(raw) if k not in ("model", "train", "data", "name")}
         config = _config_from(raw, path / "config.json")
-        return _finish(read_state_dict(path), config, device, path=path, kind="native",
-                       step=info.get("step"), tok_dir=_first_tokenizer_dir(path, path / "tokenizer"), info=info)
+        return _finish(
+            read_state_dict(path),
+            config,
+            device,
+            path=path,
+            kind="native",
+            step=info.get("step"),
+            tok_dir=_first_tokenizer_dir(path, path / "tokenizer"),
+            info=info,
+        )
     # hf
     from .hf_compat import from_hf_state_dict, model_config_from_llama
 
@@ -170,19 +199,47 @@ def _load_path(path: Path, *, device: str) -> LoadedModel:
         state = from_hf_state_dict(hf_state, config.model)
     except KeyError as exc:
         raise OpenLLMError(f"{path}: weights do not match a Llama model of this shape (missing {exc})") from None
-    return _finish(state, config, device, path=path, kind="hf", step=info.get("step"),
-                   tok_dir=_first_tokenizer_dir(path), info=info)
+    return _finish(
+        state,
+        config,
+        device,
+        path=path,
+        kind="hf",
+        step=info.get("step"),
+        tok_dir=_first_tokenizer_dir(path),
+        info=info,
+    )
 
 
-def _finish(state: dict, config: Config, device: str, *, path: Path, kind: str, step: int | None,
-            tok_dir: Path | None, info: dict) -> LoadedModel:
+def _finish(
+    state: dict,
+    config: Config,
+    device: str,
+    *,
+    path: Path,
+    kind: str,
+    step: int | None,
+    tok_dir: Path | None,
+    info: dict,
+) -> LoadedModel:
     model = _build_model(state, config, device)
     tokenizer = _load_tokenizer(tok_dir) if tok_dir is not None else None
     if tokenizer is not None and tokenizer.vocab_size > config.model.vocab_size:
-        raise OpenLLMError(f"{tok_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                           f"{config.model.vocab_size}: the tokenizer does not belong to this model")
-    return LoadedModel(model=model, tokenizer=tokenizer, config=config, source=str(path), path=path, kind=kind,
-                       step=step, tokenizer_dir=tok_dir, info=info)
+        raise OpenLLMError(
+            f"{tok_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
+            f"{config.model.vocab_size}: the tokenizer does not belong to this model"
+        )
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        source=str(path),
+        path=path,
+        kind=kind,
+        step=step,
+        tokenizer_dir=tok_dir,
+        info=info,
+    )
 
 
 def _build_model(state: dict, config: Config, device: str):
@@ -205,12 +262,14 @@ def _build_model(state: dict, config: Config, device: str):
         expected.discard("lm_head.weight")
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        raise OpenLLMError(f"weights do not match the config's model shape: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}")
+        raise OpenLLMError(
+            f"weights do not match the config's model shape: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     for name, tensor in model.state_dict().items():
         if name in state and tuple(state[name].shape) != tuple(tensor.shape):
-            raise OpenLLMError(f"weight {name} has shape {tuple(state[name].shape)}, the config says "
-                               f"{tuple(tensor.shape)}")
+            raise OpenLLMError(
+                f"weight {name} has shape {tuple(state[name].shape)}, the config says {tuple(tensor.shape)}"
+            )
     model.load_state_dict(state, strict=False)
     return model.to(device).eval()
 
@@ -219,7 +278,7 @@ def _strip_prefix(name: str) -> str:
     # torch.compile and DDP wrap names; checkpoints written from a wrapped model still load
     for prefix in ("_orig_mod.", "module."):
         while name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     return name
 
 
@@ -265,5 +324,4 @@ def _load_tokenizer(folder: Path):
 
 
 def _has_weights(d: Path) -> bool:
-    return any((d / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json",
-                                             "pytorch_model.bin"))
+    return any((d / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))

@@ -1,16 +1,19 @@
 """Training metrics: the ``metrics.jsonl`` writer, model FLOPs utilisation (MFU) with a table of device peak
 FLOP/s, TensorBoard logging, and the loss-curve plot."""
+
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from . import rundir
 
 __all__ = ["finite_number", "MetricsWriter", "device_peak_flops", "mfu", "plot_loss", "TensorBoard"]
+
 
 def finite_number(x: Any) -> float | None:
     """A metric value as a float, or None when it is missing, not a number (a bool is not one), NaN or

@@ -4,6 +4,7 @@ attention, tied or untied embeddings, causal attention through ``scaled_dot_prod
 Nothing here knows about files, hubs or command lines. Weights are laid out so that the Hugging Face export
 is a rename plus a split of the fused projections (see ``openllm.hf_compat``).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,16 @@ def _linear(mod: nn.Module, x: torch.Tensor, max_rows: int = 1) -> torch.Tensor:
     (out, in) weight itself (onnxruntime stores its weights that way too). The copy is made on first use and
     remade whenever the weight changes; it costs one more copy of the weights in memory while generating
     (``Transformer.drop_decode_copies()`` frees them; ``OPENLLM_DECODE_COPIES=0`` never makes them)."""
-    if (not DECODE_COPIES or _tracing() or torch.is_grad_enabled() or type(mod) is not nn.Linear or mod.bias is not None
-            or x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() > max_rows * x.shape[-1]):
+    if (
+        not DECODE_COPIES
+        or _tracing()
+        or torch.is_grad_enabled()
+        or type(mod) is not nn.Linear
+        or mod.bias is not None
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or x.numel() > max_rows * x.shape[-1]
+    ):
         return mod(x)
     w = mod.weight
     key = (w.data_ptr(), w._version, w.dtype, w.shape)
@@ -91,7 +100,7 @@ class KVCache:
     length: int = 0
 
     @classmethod
-    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, *, device, dtype) -> "KVCache":
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, *, device, dtype) -> KVCache:
         shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
         return cls(
             keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)],
@@ -113,18 +122,17 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x, cos, sin, *, mask=None, cache: KVCache | None = None, layer: int = 0,
-                causal: bool = True):
+    def forward(self, x, cos, sin, *, mask=None, cache: KVCache | None = None, layer: int = 0, causal: bool = True):
         B, T, _ = x.shape
         H, Hkv = self.n_heads, self.n_kv_heads
         qkv = _linear(self.wqkv, x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)
         # q and k heads rotated in one go (elementwise, so identical to rotating them apart)
         q, k = apply_rope(qkv[:, : H + Hkv], cos, sin).split([H, Hkv], dim=1)
-        v = qkv[:, H + Hkv:]
+        v = qkv[:, H + Hkv :]
         if cache is not None:
             start = cache.length
-            cache.keys[layer][:, :, start:start + T] = k
-            cache.values[layer][:, :, start:start + T] = v
+            cache.keys[layer][:, :, start : start + T] = k
+            cache.values[layer][:, :, start : start + T] = v
             k = cache.keys[layer][:, :, : start + T]
             v = cache.values[layer][:, :, : start + T]
         gqa = self.n_kv_heads != self.n_heads
@@ -134,7 +142,9 @@ class Attention(nn.Module):
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=mask,
             is_causal=mask is None and causal,
             dropout_p=self.dropout if self.training else 0.0,
@@ -167,8 +177,7 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, cos, sin, *, mask=None, cache=None, layer=0, causal=True):
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask=mask, cache=cache, layer=layer,
-                                       causal=causal))
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask=mask, cache=cache, layer=layer, causal=causal))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -247,8 +256,8 @@ class Transformer(nn.Module):
         if positions is None:
             if start + T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
-            cos = self.rope_cos[start:start + T][None, None]
-            sin = self.rope_sin[start:start + T][None, None]
+            cos = self.rope_cos[start : start + T][None, None]
+            sin = self.rope_sin[start : start + T][None, None]
         else:
             if int(positions.max()) >= self.cfg.max_seq_len:
                 raise ValueError(f"position {int(positions.max())} exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -286,9 +295,7 @@ class Transformer(nn.Module):
         if self.loss_fn is not None and not return_logits:
             return self.loss_fn(x, self.lm_head.weight, targets, ignore_index)
         logits = self.lm_head(x)
-        loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index
-        )
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
         return (logits, loss) if return_logits else loss
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
@@ -313,12 +320,23 @@ def param_report(model_cfg: ModelConfig, seq_len: int | None = None) -> dict[str
     with torch.device("meta"):
         model = Transformer(model_cfg)
     seq = seq_len or model_cfg.max_seq_len
-    return {"params": model.num_params(), "params_non_embedding": model.num_params(non_embedding=True),
-            "flops_per_token": model.flops_per_token(seq), "seq_len": seq}
+    return {
+        "params": model.num_params(),
+        "params_non_embedding": model.num_params(non_embedding=True),
+        "flops_per_token": model.flops_per_token(seq),
+        "seq_len": seq,
+    }
 
 
-def train_memory_bytes(model_cfg: ModelConfig, *, micro_batch: int, seq_len: int, precision: str = "fp32",
-                       optimizer_states: int = 2, attention_scores: bool = True) -> dict[str, int]:
+def train_memory_bytes(
+    model_cfg: ModelConfig,
+    *,
+    micro_batch: int,
+    seq_len: int,
+    precision: str = "fp32",
+    optimizer_states: int = 2,
+    attention_scores: bool = True,
+) -> dict[str, int]:
     """A rough upper estimate of the memory one training process needs, before anything is allocated:
     fp32 weights, gradients and ``optimizer_states`` fp32 moments per parameter, plus the activations kept
     for the backward pass (about 34 x width values per token and layer, and the attention scores of a

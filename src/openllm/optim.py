@@ -20,6 +20,7 @@ refinements on top of ``torch.optim.Muon``'s own step, both needed by this model
 so checkpoints, ``torch.distributed.checkpoint``'s full state dicts and exact resume work unchanged. Each
 group carries ``lr_scale``: its learning rate is ``lr_scale`` times the schedule's (:func:`set_lr`).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -160,8 +161,9 @@ class Muon(torch.optim.Muon):
                     from torch.distributed.tensor import DTensor, Replicate
 
                     # every rank holds the same full update: keeping its own rows needs no communication
-                    ortho = DTensor.from_local(ortho, update.device_mesh, [Replicate()] * update.device_mesh.ndim,
-                                               run_check=False).redistribute(update.device_mesh, update.placements)
+                    ortho = DTensor.from_local(
+                        ortho, update.device_mesh, [Replicate()] * update.device_mesh.ndim, run_check=False
+                    ).redistribute(update.device_mesh, update.placements)
                 p.mul_(1 - lr * wd)
                 p.add_(ortho.to(p.dtype), alpha=-lr)
         return loss
@@ -220,9 +222,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | s
     for g in groups:
         g["lr_scale"] = 1.0
     adamw = torch.optim.AdamW(groups, **kwargs)
-    muon = Muon([{"params": [p for _, p, _ in matrices], "name": "muon", "lr_scale": cfg.muon_lr / cfg.lr}],
-                lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay, nesterov=True,
-                splits={p: split for _, p, split in matrices if len(split) > 1})
+    muon = Muon(
+        [{"params": [p for _, p, _ in matrices], "name": "muon", "lr_scale": cfg.muon_lr / cfg.lr}],
+        lr=cfg.muon_lr,
+        momentum=cfg.muon_momentum,
+        weight_decay=cfg.muon_weight_decay,
+        nesterov=True,
+        splits={p: split for _, p, split in matrices if len(split) > 1},
+    )
     return MuonAdamW(muon, adamw)
 
 

@@ -17,6 +17,7 @@ the order or the rest of the corpus).
 Output folder (written atomically): ``train.jsonl``, ``val.jsonl`` (``{"text": ...}`` a line), ``report.json``
 and ``report.md``.
 """
+
 from __future__ import annotations
 
 import glob as globlib
@@ -26,7 +27,8 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +90,7 @@ def _decode(data: bytes, where: str, offset: int, strict: bool) -> tuple[str, in
             parts.append(data[pos:].decode("utf-8"))
             return "".join(parts), replaced
         except UnicodeDecodeError as exc:
-            parts.append(data[pos:pos + exc.start].decode("utf-8"))
+            parts.append(data[pos : pos + exc.start].decode("utf-8"))
             parts.append("\ufffd")
             replaced += exc.end - exc.start
             pos += exc.end
@@ -140,29 +142,33 @@ def resolve_inputs(inputs: Sequence[str | os.PathLike] | None) -> list[Source]:
             continue
         p = Path(s).expanduser()
         if p.exists() and not p.is_file() and not p.is_dir():
-            raise OpenLLMError(f"input {s} is not a regular file or folder (a device, pipe or socket): give "
-                               f"text files, folders or globs")
+            raise OpenLLMError(
+                f"input {s} is not a regular file or folder (a device, pipe or socket): give "
+                f"text files, folders or globs"
+            )
         if p.is_file():
             sources.append(Source(_kind_of(p), str(p), p))
         elif _is_hf_saved_dataset(p):
             sources.append(Source("hf", str(p), p))
         elif p.is_dir():
-            files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in FOLDER_SUFFIXES
-                           and not any(part.startswith(".") for part in q.relative_to(p).parts)
-                           and not _is_report(q))
+            files = sorted(
+                q
+                for q in p.rglob("*")
+                if q.is_file()
+                and q.suffix.lower() in FOLDER_SUFFIXES
+                and not any(part.startswith(".") for part in q.relative_to(p).parts)
+                and not _is_report(q)
+            )
             if not files:
                 raise OpenLLMError(f"folder {p} holds no {', '.join(FOLDER_SUFFIXES)} files")
             sources.extend(Source(_kind_of(q), str(q), q) for q in files)
         elif any(c in s for c in "*?["):
-            files = sorted(Path(q) for q in globlib.glob(os.path.expanduser(s), recursive=True)
-                           if Path(q).is_file())
+            files = sorted(Path(q) for q in globlib.glob(os.path.expanduser(s), recursive=True) if Path(q).is_file())
             if not files:
                 raise OpenLLMError(f"no files match {s}")
             sources.extend(Source(_kind_of(q), str(q), q) for q in files)
         else:
-            raise OpenLLMError(
-                f"input not found: {s} (give a file, folder or glob; a Hugging Face dataset as hf:NAME)"
-            )
+            raise OpenLLMError(f"input not found: {s} (give a file, folder or glob; a Hugging Face dataset as hf:NAME)")
     return sources
 
 
@@ -239,8 +245,9 @@ def _read_jsonl(src: Source, *, strict: bool, field: str, progress) -> Iterator[
             try:
                 obj = json.loads(line)
             except ValueError as exc:
-                raise OpenLLMError(f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object") \
-                    from None
+                raise OpenLLMError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object"
+                ) from None
             if not isinstance(obj, dict):
                 raise OpenLLMError(f"{path}:{lineno}: a JSON {type(obj).__name__}, expected an object with {field!r}")
             if field not in obj:
@@ -251,8 +258,7 @@ def _read_jsonl(src: Source, *, strict: bool, field: str, progress) -> Iterator[
                 yield ""
                 continue
             if not isinstance(value, str):
-                raise OpenLLMError(
-                    f"{path}:{lineno}: field {field!r} is a {type(value).__name__}, expected a string")
+                raise OpenLLMError(f"{path}:{lineno}: field {field!r} is a {type(value).__name__}, expected a string")
             yield value
     src.stats["replaced_bytes"] = replaced
 
@@ -301,18 +307,22 @@ def _read_hf(src: Source, *, field: str, hf_split: str, hf_config: str | None) -
         ) from None
     if isinstance(ds, datasets.DatasetDict):
         if hf_split not in ds:
-            raise OpenLLMError(f"dataset {src.name!r} has no split {hf_split!r} (splits: {', '.join(ds)}); "
-                               "choose one with --hf-split")
+            raise OpenLLMError(
+                f"dataset {src.name!r} has no split {hf_split!r} (splits: {', '.join(ds)}); choose one with --hf-split"
+            )
         ds = ds[hf_split]
     if field not in ds.column_names:
-        raise OpenLLMError(f"dataset {src.name!r}: no column {field!r} (columns: {', '.join(ds.column_names)}); "
-                           "choose one with --field")
+        raise OpenLLMError(
+            f"dataset {src.name!r}: no column {field!r} (columns: {', '.join(ds.column_names)}); "
+            "choose one with --field"
+        )
     src.stats.update({"split": hf_split, "rows": ds.num_rows, "fingerprint": getattr(ds, "_fingerprint", None)})
     for start in range(0, ds.num_rows, 4096):
-        for value in ds[start:start + 4096][field]:
+        for value in ds[start : start + 4096][field]:
             if value is not None and not isinstance(value, str):
-                raise OpenLLMError(f"dataset {src.name!r}: column {field!r} holds {type(value).__name__}, "
-                                   "expected strings")
+                raise OpenLLMError(
+                    f"dataset {src.name!r}: column {field!r} holds {type(value).__name__}, expected strings"
+                )
             yield value or ""
 
 
@@ -379,11 +389,14 @@ def prepare_corpus(
     out = Path(out_dir).expanduser().resolve()
     for src in sources:
         if src.path is not None and (src.path.resolve() == out or out in src.path.resolve().parents):
-            raise OpenLLMError(f"input {src.name} is inside --out {out_dir}: prepare-data would read its own "
-                               f"output; give the raw text and another --out folder")
+            raise OpenLLMError(
+                f"input {src.name} is inside --out {out_dir}: prepare-data would read its own "
+                f"output; give the raw text and another --out folder"
+            )
     total_bytes = sum(s.path.stat().st_size for s in sources if s.path is not None and s.path.is_file())
-    bar = tqdm(total=total_bytes or None, unit="B", unit_scale=True, desc="preparing", disable=not progress,
-               mininterval=0.5)
+    bar = tqdm(
+        total=total_bytes or None, unit="B", unit_scale=True, desc="preparing", disable=not progress, mininterval=0.5
+    )
 
     counts = {"read": 0, "kept": 0, "train": 0, "val": 0}
     dropped = {"empty": 0, "too_short": 0, "duplicate": 0}
@@ -395,11 +408,20 @@ def prepare_corpus(
     best_train: tuple[float, int] | None = None
 
     with atomic_output_dir(out_dir, owned_marker=REPORT_JSON) as tmp:
-        with open(tmp / TRAIN_FILE, "w", encoding="utf-8") as ftrain, \
-                open(tmp / VAL_FILE, "w", encoding="utf-8") as fval:
+        with (
+            open(tmp / TRAIN_FILE, "w", encoding="utf-8") as ftrain,
+            open(tmp / VAL_FILE, "w", encoding="utf-8") as fval,
+        ):
             for src in sources:
-                docs = _read_source(src, field=field, strict=strict, text_docs=text_docs, hf_split=hf_split,
-                                    hf_config=hf_config, progress=bar.update)
+                docs = _read_source(
+                    src,
+                    field=field,
+                    strict=strict,
+                    text_docs=text_docs,
+                    hf_split=hf_split,
+                    hf_config=hf_config,
+                    progress=bar.update,
+                )
                 src_read = src_kept = 0
                 for raw in docs:
                     src_read += 1
@@ -455,9 +477,16 @@ def prepare_corpus(
         report = {
             "version": 1,
             "sources": [s.record() for s in sources],
-            "options": {"field": field, "min_chars": min_chars, "min_words": min_words,
-                        "val_fraction": val_fraction, "dedupe": dedupe, "strict": strict, "text_docs": text_docs,
-                        "normalization": "NFC"},
+            "options": {
+                "field": field,
+                "min_chars": min_chars,
+                "min_words": min_words,
+                "val_fraction": val_fraction,
+                "dedupe": dedupe,
+                "strict": strict,
+                "text_docs": text_docs,
+                "normalization": "NFC",
+            },
             "documents": counts,
             "characters": chars,
             "bytes": nbytes,
@@ -465,8 +494,10 @@ def prepare_corpus(
             "duplicates": {"documents": dropped["duplicate"], "characters": chars["duplicate"]},
             "replaced_bytes": replaced,
             "control_characters_removed": control_removed,
-            "files": {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-                      for name in (TRAIN_FILE, VAL_FILE)},
+            "files": {
+                name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+                for name in (TRAIN_FILE, VAL_FILE)
+            },
         }
         (tmp / REPORT_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / REPORT_MD).write_text(format_report(report) + "\n", encoding="utf-8")
@@ -519,6 +550,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", "Sources:", ""]
     for s in report["sources"]:
         extra = f", sha256 {s['sha256'][:16]}" if "sha256" in s else ""
-        lines.append(f"- {s['kind']}: {s['name']} ({s.get('documents_read', 0):,} read, "
-                     f"{s.get('documents_kept', 0):,} kept{extra})")
+        lines.append(
+            f"- {s['kind']}: {s['name']} ({s.get('documents_read', 0):,} read, "
+            f"{s.get('documents_kept', 0):,} kept{extra})"
+        )
     return "\n".join(lines)

@@ -10,15 +10,16 @@ runs must succeed: a failing step ends the quickstart with an :class:`OpenLLMErr
 ``evaluate=False`` leaves out the report's extras (generations, baselines, ``evaluation.json``), not the val
 loss; ``export=False`` leaves out the exports.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .config import Config
 from .errors import OpenLLMError
@@ -93,8 +94,9 @@ def quickstart(
     _prepare_out(out)
     paths: dict[str, Path] = {}
     timings: dict[str, float] = {}
-    missing = (["evaluation report (generations, baselines, evaluation.json)"] if not evaluate else []) + \
-              (["export"] if not export else [])
+    missing = (["evaluation report (generations, baselines, evaluation.json)"] if not evaluate else []) + (
+        ["export"] if not export else []
+    )
 
     steps = STEPS + ("chat",) if chat else STEPS
 
@@ -125,10 +127,15 @@ def quickstart(
         from .tokenizer import train_tokenizer
 
         paths["tokenizer"] = out / "tokenizer"
-        tok = train_tokenizer(paths["prepared"], paths["tokenizer"], vocab_size=cfg.model.vocab_size,
-                              model_type=cfg.data.tokenizer_model_type,
-                              character_coverage=cfg.data.character_coverage,
-                              byte_fallback=cfg.data.byte_fallback, progress=progress)
+        tok = train_tokenizer(
+            paths["prepared"],
+            paths["tokenizer"],
+            vocab_size=cfg.model.vocab_size,
+            model_type=cfg.data.tokenizer_model_type,
+            character_coverage=cfg.data.character_coverage,
+            byte_fallback=cfg.data.byte_fallback,
+            progress=progress,
+        )
         if tok.vocab_size != cfg.model.vocab_size:
             raise OpenLLMError(f"the tokenizer has {tok.vocab_size} tokens, the config {cfg.model.vocab_size}")
 
@@ -143,17 +150,21 @@ def quickstart(
     seq_len = cfg.train.seq_len or cfg.model.max_seq_len
     with stage("baseline", "unigram baseline (train token frequencies, scored on val)"):
         uni, n_scored = unigram_baseline(paths["tokens"], seq_len)
-        say(f"    unigram val loss {uni:.4f} nats/token over {n_scored:,} tokens "
-            f"(uniform would be ln {cfg.model.vocab_size} = {math.log(cfg.model.vocab_size):.4f})")
+        say(
+            f"    unigram val loss {uni:.4f} nats/token over {n_scored:,} tokens "
+            f"(uniform would be ln {cfg.model.vocab_size} = {math.log(cfg.model.vocab_size):.4f})"
+        )
 
     tc = cfg.train
-    with stage("train", f"train the {cfg.name} model: {tc.max_steps} steps of {tc.micro_batch_size} x {seq_len} "
-                        f"tokens"):
+    with stage(
+        "train", f"train the {cfg.name} model: {tc.max_steps} steps of {tc.micro_batch_size} x {seq_len} tokens"
+    ):
         from .train import train
 
         paths["run"] = out / "run"
-        result = train(cfg, data_dir=paths["tokens"], out_dir=paths["run"], device=device, progress=progress,
-                       resume=False, log=say)
+        result = train(
+            cfg, data_dir=paths["tokens"], out_dir=paths["run"], device=device, progress=progress, resume=False, log=say
+        )
 
     with stage("evaluate", "evaluate on the whole val split"):
         from .device import resolve_device
@@ -161,12 +172,13 @@ def quickstart(
         from .loading import load
 
         loaded = load(paths["run"], device=resolve_device(device))
-        results = run_evaluation(loaded, generation=evaluate, baselines=evaluate, write=evaluate,
-                                 progress=progress)
+        results = run_evaluation(loaded, generation=evaluate, baselines=evaluate, write=evaluate, progress=progress)
         val_loss = results["val_loss"]
-        say(f"    model val loss {val_loss:.4f} (perplexity {math.exp(val_loss):.1f}, "
+        say(
+            f"    model val loss {val_loss:.4f} (perplexity {math.exp(val_loss):.1f}, "
             f"{results['bits_per_byte']:.3f} bits per byte) over {results['tokens']:,} tokens, window "
-            f"{results['window']} stride {results['stride']}")
+            f"{results['window']} stride {results['stride']}"
+        )
         say(f"    vs unigram {uni:.4f} (perplexity {math.exp(uni):.1f}): {uni - val_loss:+.4f} nats/token better")
         if evaluate:
             paths["evaluation"] = paths["run"] / EVALUATION
@@ -195,31 +207,52 @@ def quickstart(
         with stage("chat", "fine-tune on synthetic conversations (SFT), then base vs fine-tuned on held-out ones"):
             from .finetune import chat_quickstart
 
-            chat_eval = chat_quickstart(out, paths["run"], device=device, max_steps=chat_steps, progress=progress,
-                                        say=say)
+            chat_eval = chat_quickstart(
+                out, paths["run"], device=device, max_steps=chat_steps, progress=progress, say=say
+            )
             paths["chat_run"] = out / "chat_run"
 
     seconds = time.time() - t0
     summary = {
-        "val_loss": val_loss, "unigram_val_loss": uni, "improvement_nats": uni - val_loss,
-        "val_tokens": results["tokens"], "window": results["window"], "stride": results["stride"],
-        "train_steps": result.step, "train_loss": result.loss,
-        "train_val_loss_estimate": result.val_loss, "seconds": round(seconds, 1),
+        "val_loss": val_loss,
+        "unigram_val_loss": uni,
+        "improvement_nats": uni - val_loss,
+        "val_tokens": results["tokens"],
+        "window": results["window"],
+        "stride": results["stride"],
+        "train_steps": result.step,
+        "train_loss": result.loss,
+        "train_val_loss_estimate": result.val_loss,
+        "seconds": round(seconds, 1),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "paths": {k: str(v) for k, v in paths.items()}, "missing": missing, "samples": samples,
+        "paths": {k: str(v) for k, v in paths.items()},
+        "missing": missing,
+        "samples": samples,
     }
     if chat_eval is not None:
-        summary["chat"] = {"assistant_loss": chat_eval["assistant_loss"],
-                           "base_assistant_loss": chat_eval["base"]["assistant_loss"],
-                           "assistant_tokens": chat_eval["assistant_tokens"], "train_steps": chat_eval["train_steps"]}
+        summary["chat"] = {
+            "assistant_loss": chat_eval["assistant_loss"],
+            "base_assistant_loss": chat_eval["base"]["assistant_loss"],
+            "assistant_tokens": chat_eval["assistant_tokens"],
+            "train_steps": chat_eval["train_steps"],
+        }
     write_json_atomic(out / "quickstart.json", summary)
     _print_summary(say, out, paths, val_loss, uni, seconds, missing)
-    return QuickstartResult(out=out, val_loss=val_loss, unigram_loss=uni, seconds=seconds, paths=paths,
-                            samples=samples, missing=missing, timings=timings)
+    return QuickstartResult(
+        out=out,
+        val_loss=val_loss,
+        unigram_loss=uni,
+        seconds=seconds,
+        paths=paths,
+        samples=samples,
+        missing=missing,
+        timings=timings,
+    )
 
 
-def _print_summary(say, out: Path, paths: dict[str, Path], val_loss: float, uni: float, seconds: float,
-                   missing: list[str]) -> None:
+def _print_summary(
+    say, out: Path, paths: dict[str, Path], val_loss: float, uni: float, seconds: float, missing: list[str]
+) -> None:
     labels = {
         "prepared": "prepared corpus (train/val jsonl + report)",
         "tokenizer": "tokenizer (SentencePiece + Hugging Face files)",
@@ -236,11 +269,15 @@ def _print_summary(say, out: Path, paths: dict[str, Path], val_loss: float, uni:
             say(f"  {label:<58} {paths[key]}")
     say(f"  {'summary':<58} {out / 'quickstart.json'}")
     verdict = "beats" if val_loss < uni else "does NOT beat"
-    say(f"\nval loss {val_loss:.4f} nats/token; unigram baseline {uni:.4f}: the model {verdict} it by "
-        f"{uni - val_loss:.2f} nats/token ({math.exp(uni - val_loss):.1f}x lower perplexity)")
+    say(
+        f"\nval loss {val_loss:.4f} nats/token; unigram baseline {uni:.4f}: the model {verdict} it by "
+        f"{uni - val_loss:.2f} nats/token ({math.exp(uni - val_loss):.1f}x lower perplexity)"
+    )
     if missing:
         say("left out on request: " + "; ".join(missing))
     run = paths.get("run")
     if run is not None:
-        say(f"\nnext: openllm generate {run} --prompt 'In the beginning'   |   "
-            f"openllm train --config tiny --data {paths['tokens']} --out {run} --max-steps 2000")
+        say(
+            f"\nnext: openllm generate {run} --prompt 'In the beginning'   |   "
+            f"openllm train --config tiny --data {paths['tokens']} --out {run} --max-steps 2000"
+        )

@@ -17,6 +17,7 @@ latest and best checkpoint, status, metrics, evaluation. Nothing here imports to
 Atomic writes: a reader sees the old content or the complete new content, never a part. Files go through a
 temporary sibling, ``fsync`` and ``os.replace``; folders are built in a hidden sibling and renamed into place.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,23 +26,70 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import OpenLLMError
 
 __all__ = [
-    "CONFIG", "STATUS", "METRICS", "EVALUATION", "EVALUATIONS", "CHECKPOINTS", "BEST", "LOSS_PNG", "TOKENIZER", "TMP_PREFIX",
-    "WEIGHTS", "OPTIMIZER", "STATE",
-    "is_run", "step_name", "checkpoint_dir", "step_of", "is_complete", "list_checkpoints", "checkpoint_steps",
-    "latest_checkpoint", "require_latest_checkpoint", "clean_temporary",
-    "read_best", "write_best", "read_status", "write_status", "read_metrics", "read_jsonl", "read_evaluation",
-    "read_other_evaluations", "write_evaluation", "read_json", "load_json",
-    "write_json_atomic", "write_text_atomic", "write_bytes_atomic", "atomic_file", "atomic_output_dir", "make_dirs",
-    "fsync_dir", "fsync_file",
-    "LOCK", "STOP_REQUEST", "LOCK_FILES", "RunLock", "lock_holder", "request_stop", "STATES", "ACTIVE_STATES", "END_STATES", "TRANSITIONS",
-    "check_transition", "divergence", "RunState", "run_state",
+    "CONFIG",
+    "STATUS",
+    "METRICS",
+    "EVALUATION",
+    "EVALUATIONS",
+    "CHECKPOINTS",
+    "BEST",
+    "LOSS_PNG",
+    "TOKENIZER",
+    "TMP_PREFIX",
+    "WEIGHTS",
+    "OPTIMIZER",
+    "STATE",
+    "is_run",
+    "step_name",
+    "checkpoint_dir",
+    "step_of",
+    "is_complete",
+    "list_checkpoints",
+    "checkpoint_steps",
+    "latest_checkpoint",
+    "require_latest_checkpoint",
+    "clean_temporary",
+    "read_best",
+    "write_best",
+    "read_status",
+    "write_status",
+    "read_metrics",
+    "read_jsonl",
+    "read_evaluation",
+    "read_other_evaluations",
+    "write_evaluation",
+    "read_json",
+    "load_json",
+    "write_json_atomic",
+    "write_text_atomic",
+    "write_bytes_atomic",
+    "atomic_file",
+    "atomic_output_dir",
+    "make_dirs",
+    "fsync_dir",
+    "fsync_file",
+    "LOCK",
+    "STOP_REQUEST",
+    "LOCK_FILES",
+    "RunLock",
+    "lock_holder",
+    "request_stop",
+    "STATES",
+    "ACTIVE_STATES",
+    "END_STATES",
+    "TRANSITIONS",
+    "check_transition",
+    "divergence",
+    "RunState",
+    "run_state",
 ]
 
 CONFIG = "config.json"
@@ -64,6 +112,7 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 # --- what a run folder is ----------------------------------------------------------------------------------
 
+
 def is_run(path: str | os.PathLike) -> bool:
     """A training run's folder: it has ``checkpoints/``, a ``status.json`` or ``metrics.jsonl`` (a run that has
     not saved yet), or a ``config.json`` holding a full Config."""
@@ -75,6 +124,7 @@ def is_run(path: str | os.PathLike) -> bool:
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
+
 
 def step_name(step: int) -> str:
     return f"step_{int(step):08d}"
@@ -118,8 +168,10 @@ def require_latest_checkpoint(run_dir: str | os.PathLike) -> Path:
     """The latest complete checkpoint, or a user error saying there is none yet."""
     found = latest_checkpoint(run_dir)
     if found is None:
-        raise OpenLLMError(f"run {run_dir} has no checkpoint yet (nothing complete in "
-                           f"{Path(run_dir) / CHECKPOINTS}): train it longer or wait for the first save")
+        raise OpenLLMError(
+            f"run {run_dir} has no checkpoint yet (nothing complete in "
+            f"{Path(run_dir) / CHECKPOINTS}): train it longer or wait for the first save"
+        )
     return found
 
 
@@ -142,13 +194,19 @@ def read_best(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def write_best(run_dir: str | os.PathLike, step: int, val_loss: float) -> None:
-    write_json_atomic(Path(run_dir) / CHECKPOINTS / BEST, {
-        "step": step, "val_loss": val_loss, "checkpoint": step_name(step),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
+    write_json_atomic(
+        Path(run_dir) / CHECKPOINTS / BEST,
+        {
+            "step": step,
+            "val_loss": val_loss,
+            "checkpoint": step_name(step),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
 
 
 # --- status, metrics, evaluation ------------------------------------------------------------------------------
+
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON object from a file; ``{}`` when the file is missing, unreadable or not an object."""
@@ -175,8 +233,9 @@ def load_json(path: str | os.PathLike, *, what: str = "") -> dict[str, Any]:
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise OpenLLMError(f"{label} is not valid JSON ({exc}): the file is damaged; restore or regenerate "
-                           f"it") from None
+        raise OpenLLMError(
+            f"{label} is not valid JSON ({exc}): the file is damaged; restore or regenerate it"
+        ) from None
     if not isinstance(data, dict):
         raise OpenLLMError(f"{label}: expected a JSON object, found {type(data).__name__}")
     return data
@@ -212,8 +271,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of ``RUN/metrics.jsonl`` that carry a step, in file order (``[]`` when there is none)."""
-    return [r for r in read_jsonl(Path(run_dir) / METRICS)
-            if isinstance(r.get("step"), (int, float)) and not isinstance(r.get("step"), bool)]
+    return [
+        r
+        for r in read_jsonl(Path(run_dir) / METRICS)
+        if isinstance(r.get("step"), (int, float)) and not isinstance(r.get("step"), bool)
+    ]
 
 
 def read_evaluation(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -233,6 +295,7 @@ def write_evaluation(run_dir: str | os.PathLike, results: dict[str, Any]) -> Pat
 
 
 # --- atomic writes --------------------------------------------------------------------------------------------
+
 
 def fsync_dir(path: str | os.PathLike) -> None:
     try:
@@ -299,8 +362,9 @@ def make_dirs(folder: str | os.PathLike) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OpenLLMError(f"cannot create {folder} ({exc.strerror or exc}); choose a folder you can write "
-                           f"to") from None
+        raise OpenLLMError(
+            f"cannot create {folder} ({exc.strerror or exc}); choose a folder you can write to"
+        ) from None
     return folder
 
 
@@ -318,8 +382,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, owned_marker: str) -> Itera
             raise OpenLLMError(f"--out {out} exists and is not a folder; choose another path")
         if any(out.iterdir()) and not (out / owned_marker).exists():
             raise OpenLLMError(
-                f"--out {out} exists and is not an earlier output (no {owned_marker}); "
-                "choose an empty or new folder"
+                f"--out {out} exists and is not an earlier output (no {owned_marker}); choose an empty or new folder"
             )
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     make_dirs(out.parent)
@@ -327,8 +390,9 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, owned_marker: str) -> Itera
     try:
         tmp.mkdir()
     except OSError as exc:
-        raise OpenLLMError(f"--out {out}: cannot write in {out.parent} ({exc.strerror or exc}); choose a "
-                           f"folder you can write to") from None
+        raise OpenLLMError(
+            f"--out {out}: cannot write in {out.parent} ({exc.strerror or exc}); choose a folder you can write to"
+        ) from None
     try:
         yield tmp
     except BaseException:
@@ -353,7 +417,7 @@ LOCK_FILES = (LOCK, STOP_REQUEST)
 
 # a process that opened the lock file just before us may hold it for a moment before it writes its PID
 _LOCK_SETTLE_S = 0.5
-_held: dict[str, "RunLock"] = {}  # lock path -> the lock this process holds (acquire is re-entrant per process)
+_held: dict[str, RunLock] = {}  # lock path -> the lock this process holds (acquire is re-entrant per process)
 
 
 def _lock_info(command: str | None = None, log: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -361,8 +425,10 @@ def _lock_info(command: str | None = None, log: str | os.PathLike | None = None)
     import sys
 
     info: dict[str, Any] = {
-        "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "started_unix": time.time(), "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started_unix": time.time(),
+        "host": socket.gethostname(),
         "command": command if command is not None else " ".join(sys.argv),
     }
     if log is None:
@@ -386,8 +452,10 @@ def _stdout_file() -> str | None:
 
 
 def _read_only_error(run: Path, exc: OSError) -> OpenLLMError:
-    return OpenLLMError(f"run folder {run} is not writable ({exc.strerror or exc}): training needs to write its "
-                        f"lock, checkpoints and metrics there; train into a writable folder (--out)")
+    return OpenLLMError(
+        f"run folder {run} is not writable ({exc.strerror or exc}): training needs to write its "
+        f"lock, checkpoints and metrics there; train into a writable folder (--out)"
+    )
 
 
 class RunLock:
@@ -397,8 +465,9 @@ class RunLock:
     holds it is allowed (the app's job holds the lock while it prepares data, then the trainer in the same
     process takes it again). Use as a context manager or call ``release()``."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, command: str | None = None,
-                 log: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, run_dir: str | os.PathLike, *, command: str | None = None, log: str | os.PathLike | None = None
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK
         self.command = command
@@ -410,7 +479,7 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None or self._outer is not None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         import fcntl
 
         key = str(self.path.absolute())
@@ -473,7 +542,7 @@ class RunLock:
         os.close(self._fd)  # drops the flock
         self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
@@ -492,8 +561,10 @@ def _held_message(run: Path, holder: dict[str, Any]) -> str:
     pid = holder.get("pid", "?")
     where = f" on {holder['host']}" if holder.get("host") else ""
     since = f" since {holder['started']}" if holder.get("started") else ""
-    return (f"run {run} is already being trained by PID {pid}{where}{since}: stop it first (Stop in the app, or "
-            f"kill -TERM {pid}) or wait until it ends")
+    return (
+        f"run {run} is already being trained by PID {pid}{where}{since}: stop it first (Stop in the app, or "
+        f"kill -TERM {pid}) or wait until it ends"
+    )
 
 
 def lock_holder(run_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -589,8 +660,9 @@ def _recorded_state(status: dict[str, Any]) -> str:
 DIVERGENCE_MARGIN = 0.1
 
 
-def divergence(metrics: list[dict[str, Any]], vocab_size: int | None, config: dict[str, Any] | None = None
-               ) -> str | None:
+def divergence(
+    metrics: list[dict[str, Any]], vocab_size: int | None, config: dict[str, Any] | None = None
+) -> str | None:
     """Why a run diverged, as a warning that says what to change, or None when it did not.
 
     Diverged: a NaN/inf training loss, or a loss that ends above ln(vocab_size) -- worse than guessing every
@@ -599,8 +671,11 @@ def divergence(metrics: list[dict[str, Any]], vocab_size: int | None, config: di
     loss there is) from counting as diverged for its noise."""
     import math
 
-    losses = [r.get("loss") for r in metrics if isinstance(r.get("loss"), (int, float))
-              and not isinstance(r.get("loss"), bool)]
+    losses = [
+        r.get("loss")
+        for r in metrics
+        if isinstance(r.get("loss"), (int, float)) and not isinstance(r.get("loss"), bool)
+    ]
     train = (config or {}).get("train") or {}
     lr, clip = train.get("lr"), train.get("grad_clip")
     advice = "lower the learning rate" + (f" (e.g. to {lr / 10:g})" if isinstance(lr, (int, float)) else "")
@@ -613,8 +688,10 @@ def divergence(metrics: list[dict[str, Any]], vocab_size: int | None, config: di
     uniform = math.log(vocab_size)
     tail = losses[-3:]
     if min(tail) > uniform + DIVERGENCE_MARGIN:
-        return (f"the loss ended at {tail[-1]:.2f}, worse than guessing uniformly over {vocab_size} tokens "
-                f"(ln {vocab_size} = {uniform:.2f}): training diverged; {advice}")
+        return (
+            f"the loss ended at {tail[-1]:.2f}, worse than guessing uniformly over {vocab_size} tokens "
+            f"(ln {vocab_size} = {uniform:.2f}): training diverged; {advice}"
+        )
     return None
 
 
@@ -673,8 +750,10 @@ def run_state(run_dir: str | os.PathLike) -> RunState:
         else:
             pid = status.get("pid")
             state = FAILED
-            error = error or (f"the training process{f' (PID {pid})' if pid else ''} ended without recording "
-                              "an end: it crashed or was killed; continue it from its latest checkpoint")
+            error = error or (
+                f"the training process{f' (PID {pid})' if pid else ''} ended without recording "
+                "an end: it crashed or was killed; continue it from its latest checkpoint"
+            )
     if state in (FINISHED, STOPPED, FAILED, DIVERGED):
         cfg = read_json(run / CONFIG)
         vocab = (cfg.get("model") or {}).get("vocab_size")
@@ -686,8 +765,16 @@ def run_state(run_dir: str | os.PathLike) -> RunState:
             state, error = DIVERGED, None
         elif state == STOPPED:
             warning = None  # stopped early: a loss still near its start is no divergence
-    return RunState(state=state, holder=holder, step=step, max_steps=max_steps, phase=status.get("phase"),
-                    error=error, warning=warning, recorded=recorded)
+    return RunState(
+        state=state,
+        holder=holder,
+        step=step,
+        max_steps=max_steps,
+        phase=status.get("phase"),
+        error=error,
+        warning=warning,
+        recorded=recorded,
+    )
 
 
 def _mtime(path: Path) -> float | None:

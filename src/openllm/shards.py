@@ -8,6 +8,7 @@ Workers are forked on Linux: spawning re-imports the caller's ``__main__`` (whic
 notebooks), and the workers only touch SentencePiece and numpy, never torch's thread pools. A worker that
 dies surfaces as an error (``concurrent.futures`` marks the pool broken) instead of a hang.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ import numpy as np
 
 from .errors import OpenLLMError
 from .hashing import sha256_file
-from .prepare import TRAIN_FILE, VAL_FILE, REPORT_JSON
+from .prepare import REPORT_JSON, TRAIN_FILE, VAL_FILE
 from .rundir import atomic_output_dir
 from .tokenizer import EOS_ID, Tokenizer
 
@@ -63,14 +64,14 @@ def _encode_range(job: tuple[str, str, int, int, str]) -> tuple[np.ndarray, int,
         f.seek(start)
         data = f.read(end - start)
     texts = []
-    for n, line in enumerate(data.splitlines(), 1):
+    for _n, line in enumerate(data.splitlines(), 1):
         if not line.strip():
             continue
         try:
             texts.append(json.loads(line)["text"])
         except (ValueError, KeyError, TypeError):
             raise OpenLLMError(
-                f"{path}: a line near byte {start} is not a {{\"text\": ...}} object; "
+                f'{path}: a line near byte {start} is not a {{"text": ...}} object; '
                 "re-create the folder with `openllm prepare-data`"
             ) from None
     encoded = tok.encode_batch(texts)
@@ -78,7 +79,7 @@ def _encode_range(job: tuple[str, str, int, int, str]) -> tuple[np.ndarray, int,
     out = np.empty(total, dtype=dtype)
     pos = 0
     for ids in encoded:
-        out[pos:pos + len(ids)] = ids
+        out[pos : pos + len(ids)] = ids
         pos += len(ids)
         out[pos] = EOS_ID
         pos += 1
@@ -123,9 +124,10 @@ def tokenize_corpus(
     total_bytes = sum((data / name).stat().st_size for name in SPLITS.values())
     if chunk_bytes is None:  # a few chunks per worker for balance, not so small that overhead shows
         chunk_bytes = min(8 << 20, max(256 << 10, total_bytes // (n_workers * 4) + 1))
-    jobs = {split: [(str(tok.model_path), str(data / name), s, e, dtype)
-                    for s, e in _plan_ranges(data / name, chunk_bytes)]
-            for split, name in SPLITS.items()}
+    jobs = {
+        split: [(str(tok.model_path), str(data / name), s, e, dtype) for s, e in _plan_ranges(data / name, chunk_bytes)]
+        for split, name in SPLITS.items()
+    }
     n_jobs = sum(len(j) for j in jobs.values())
     n_workers = min(n_workers, max(1, n_jobs))
 
@@ -151,19 +153,20 @@ def tokenize_corpus(
     }
     try:
         with atomic_output_dir(out_dir, owned_marker=META_FILE) as tmp:
-            bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress,
-                       mininterval=0.5)
+            bar = tqdm(
+                total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress, mininterval=0.5
+            )
             for split, split_jobs in jobs.items():
-                results = (pool.map(_encode_range, split_jobs) if pool is not None
-                           else map(_encode_range, split_jobs))
+                results = pool.map(_encode_range, split_jobs) if pool is not None else map(_encode_range, split_jobs)
                 shards: list[str] = []
                 shard_sizes: list[int] = []
                 tokens = docs = 0
                 f = None
                 try:
                     for ids, n_docs, n_bytes in results:
-                        if len(ids) and (f is None or shard_sizes[-1] + len(ids) > shard_tokens
-                                         and shard_sizes[-1] > 0):
+                        if len(ids) and (
+                            f is None or shard_sizes[-1] + len(ids) > shard_tokens and shard_sizes[-1] > 0
+                        ):
                             if f is not None:
                                 f.close()
                             shards.append(f"{split}_{len(shards):03d}.bin")
@@ -179,8 +182,13 @@ def tokenize_corpus(
                     if f is not None:
                         f.close()
                 src = data / SPLITS[split]
-                meta["splits"][split] = {"shards": shards, "shard_tokens": shard_sizes, "tokens": tokens,
-                                         "documents": docs, "bytes": src.stat().st_size}
+                meta["splits"][split] = {
+                    "shards": shards,
+                    "shard_tokens": shard_sizes,
+                    "tokens": tokens,
+                    "documents": docs,
+                    "bytes": src.stat().st_size,
+                }
                 meta["sources"][SPLITS[split]] = {"sha256": sha256_file(src), "bytes": src.stat().st_size}
             bar.close()
             if meta["splits"]["train"]["tokens"] == 0:

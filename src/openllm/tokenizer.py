@@ -10,6 +10,7 @@ SentencePiece settings chosen so the Hugging Face pipeline reproduces it exactly
 identity normalisation (``prepare-data`` already applies NFC), no dummy prefix, no whitespace collapsing,
 digits split, byte fallback (unknown characters become byte pieces, not ``<unk>``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -86,9 +87,11 @@ class Tokenizer:
         try:
             self._sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
         except (RuntimeError, OSError) as exc:  # sentencepiece's own words for a file it cannot parse
-            raise OpenLLMError(f"{self.model_path} is not a SentencePiece tokenizer model (damaged or another "
-                               f"format: {' '.join(str(exc).split())[:100]}); restore it or train one with "
-                               f"`openllm train-tokenizer`") from None
+            raise OpenLLMError(
+                f"{self.model_path} is not a SentencePiece tokenizer model (damaged or another "
+                f"format: {' '.join(str(exc).split())[:100]}); restore it or train one with "
+                f"`openllm train-tokenizer`"
+            ) from None
         self.sha256 = sha256_file(self.model_path)
         self.dir = self.model_path.parent
         sp = self._sp
@@ -101,7 +104,7 @@ class Tokenizer:
 
     # -- loading and saving -------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
         """Load a tokenizer folder (or a ``tokenizer.model`` file directly)."""
         p = Path(path)
         model = p if p.is_file() else p / MODEL_FILE
@@ -204,8 +207,10 @@ class HFJsonTokenizer:
         try:
             self._hf = HFTokenizer.from_file(str(self.json_path))
         except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
-            raise OpenLLMError(f"{self.json_path} is not a tokenizer.json the tokenizers library reads (damaged or "
-                               f"another format: {' '.join(str(exc).split())[:100]})") from None
+            raise OpenLLMError(
+                f"{self.json_path} is not a tokenizer.json the tokenizers library reads (damaged or "
+                f"another format: {' '.join(str(exc).split())[:100]})"
+            ) from None
         names = dict(SPECIAL_TOKENS)
         recorded: dict = {}
         for side in ("special_tokens_map.json", "tokenizer_config.json"):
@@ -235,7 +240,7 @@ class HFJsonTokenizer:
         self.sha256 = self.sha256 or sha256_file(self.json_path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "HFJsonTokenizer":
+    def load(cls, path: str | os.PathLike) -> HFJsonTokenizer:
         p = Path(path)
         return cls(p if p.is_file() else p / "tokenizer.json")
 
@@ -277,15 +282,19 @@ class HFJsonTokenizer:
         return self.unk_id if i is None else i
 
     def encode_chat(self, messages: Sequence[dict], *, add_generation_prompt: bool = True) -> list[int]:
-        text = apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                   bos_token=self._names["bos"], eos_token=self._names["eos"])
+        text = apply_chat_template(
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self._names["bos"],
+            eos_token=self._names["eos"],
+        )
         return self._hf.encode(text, add_special_tokens=False).ids
 
     def __repr__(self) -> str:
         return f"HFJsonTokenizer({str(self.dir)!r}, vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
 
 
-def load_tokenizer(path: str | os.PathLike) -> "Tokenizer | HFJsonTokenizer":
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer | HFJsonTokenizer:
     """The tokenizer of a folder: ``tokenizer.model`` (SentencePiece) when present, else ``tokenizer.json``."""
     p = Path(path)
     if p.is_file():
@@ -298,14 +307,23 @@ def load_tokenizer(path: str | os.PathLike) -> "Tokenizer | HFJsonTokenizer":
 # ---------------------------------------------------------------------------------------------------------------
 # chat
 # ---------------------------------------------------------------------------------------------------------------
-def apply_chat_template(messages: Sequence[dict], *, add_generation_prompt: bool = True,
-                        bos_token: str = SPECIAL_TOKENS["bos"], eos_token: str = SPECIAL_TOKENS["eos"]) -> str:
+def apply_chat_template(
+    messages: Sequence[dict],
+    *,
+    add_generation_prompt: bool = True,
+    bos_token: str = SPECIAL_TOKENS["bos"],
+    eos_token: str = SPECIAL_TOKENS["eos"],
+) -> str:
     """The text of :data:`CHAT_TEMPLATE` for ``messages`` (dicts with ``role`` and ``content``), rendered the way
     transformers' ``tokenizer.apply_chat_template(messages, tokenize=False)`` renders it, so both give the same
     string. An unknown role is a user error."""
     try:
-        return _chat_template().render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                       bos_token=bos_token, eos_token=eos_token)
+        return _chat_template().render(
+            messages=list(messages),
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+        )
     except _ChatTemplateError as exc:
         raise OpenLLMError(str(exc)) from None
 
@@ -459,16 +477,40 @@ def train_tokenizer(
     # the folder is built beside --out and renamed into place: an existing folder is replaced only when it
     # is an earlier tokenizer (it holds openllm_tokenizer.json), never a folder of someone else's files
     with atomic_output_dir(out, owned_marker="openllm_tokenizer.json") as tmp:
-        _train_into(tmp, sentences, total, files, vocab_size=vocab_size, model_type=model_type,
-                    character_coverage=character_coverage, byte_fallback=byte_fallback,
-                    user_tokens=user_tokens, max_sentences=max_sentences, seed=seed, threads=threads,
-                    progress=progress)
+        _train_into(
+            tmp,
+            sentences,
+            total,
+            files,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            byte_fallback=byte_fallback,
+            user_tokens=user_tokens,
+            max_sentences=max_sentences,
+            seed=seed,
+            threads=threads,
+            progress=progress,
+        )
     return Tokenizer.load(out)
 
 
-def _train_into(out: Path, sentences: list[str], total: int, files: list[Path], *, vocab_size: int, model_type: str,
-                character_coverage: float, byte_fallback: bool, user_tokens: Sequence[str], max_sentences: int,
-                seed: int, threads: int | None, progress: bool) -> None:
+def _train_into(
+    out: Path,
+    sentences: list[str],
+    total: int,
+    files: list[Path],
+    *,
+    vocab_size: int,
+    model_type: str,
+    character_coverage: float,
+    byte_fallback: bool,
+    user_tokens: Sequence[str],
+    max_sentences: int,
+    seed: int,
+    threads: int | None,
+    progress: bool,
+) -> None:
     import sentencepiece as spm
 
     buf = io.BytesIO()
@@ -483,9 +525,14 @@ def _train_into(out: Path, sentences: list[str], total: int, files: list[Path], 
                 model_type=model_type,
                 character_coverage=character_coverage,
                 byte_fallback=byte_fallback,
-                pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-                pad_piece=SPECIAL_TOKENS["pad"], unk_piece=SPECIAL_TOKENS["unk"],
-                bos_piece=SPECIAL_TOKENS["bos"], eos_piece=SPECIAL_TOKENS["eos"],
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                pad_piece=SPECIAL_TOKENS["pad"],
+                unk_piece=SPECIAL_TOKENS["unk"],
+                bos_piece=SPECIAL_TOKENS["bos"],
+                eos_piece=SPECIAL_TOKENS["eos"],
                 user_defined_symbols=list(user_tokens),
                 normalization_rule_name="identity",
                 remove_extra_whitespaces=False,
@@ -580,7 +627,7 @@ def build_hf_tokenizer(model_path: str | os.PathLike):
     ns, ts = proto.normalizer_spec, proto.trainer_spec
     if ns.add_dummy_prefix or ns.remove_extra_whitespaces or ns.precompiled_charsmap:
         raise OpenLLMError(f"{model_path}: only tokenizers trained by `openllm train-tokenizer` can be converted")
-    NORMAL, UNKNOWN, CONTROL, USER, BYTE = 1, 2, 3, 4, 6
+    NORMAL, UNKNOWN, CONTROL, USER, _BYTE = 1, 2, 3, 4, 6
     pieces = list(proto.pieces)
     if ts.model_type == pb.TrainerSpec.BPE:
         vocab = {p.piece: i for i, p in enumerate(pieces)}
@@ -592,8 +639,13 @@ def build_hf_tokenizer(model_path: str | os.PathLike):
                 if left in normal and right in normal:
                     ranked.append((-score, i, left, right))
         merges = [(left, right) for _, _, left, right in sorted(ranked)]
-        model = BPE(vocab=vocab, merges=merges, unk_token=pieces[ts.unk_id].piece, fuse_unk=True,
-                    byte_fallback=bool(ts.byte_fallback))
+        model = BPE(
+            vocab=vocab,
+            merges=merges,
+            unk_token=pieces[ts.unk_id].piece,
+            fuse_unk=True,
+            byte_fallback=bool(ts.byte_fallback),
+        )
     elif ts.model_type == pb.TrainerSpec.UNIGRAM:
         model = Unigram([(p.piece, p.score) for p in pieces], unk_id=ts.unk_id, byte_fallback=bool(ts.byte_fallback))
     else:
@@ -606,14 +658,18 @@ def build_hf_tokenizer(model_path: str | os.PathLike):
         dec.append(decoders.ByteFallback())
     dec.append(decoders.Fuse())
     tok.decoder = decoders.Sequence(dec)
-    added = [AddedToken(p.piece, special=p.type in (CONTROL, UNKNOWN), normalized=False)
-             for p in pieces if p.type in (CONTROL, UNKNOWN, USER)]
+    added = [
+        AddedToken(p.piece, special=p.type in (CONTROL, UNKNOWN), normalized=False)
+        for p in pieces
+        if p.type in (CONTROL, UNKNOWN, USER)
+    ]
     tok.add_tokens(added)
     return tok
 
 
-def hf_tokenizer_config(*, model_max_length: int | None = None, sentencepiece_sha256: str | None = None,
-                        vocab_size: int | None = None) -> dict:
+def hf_tokenizer_config(
+    *, model_max_length: int | None = None, sentencepiece_sha256: str | None = None, vocab_size: int | None = None
+) -> dict:
     """``tokenizer_config.json`` for our tokenizer: the same behaviour on every transformers we admit (4.45 to
     5.x): no ``token_type_ids`` (Llama takes none, and generate() refuses unknown inputs), left padding (a batch
     of prompts then ends where generation starts), the chat template, and ``model_max_length`` = the model's
@@ -641,15 +697,23 @@ def hf_tokenizer_config(*, model_max_length: int | None = None, sentencepiece_sh
     }
 
 
-def write_hf_files(model_path: str | os.PathLike, out_dir: str | os.PathLike, *,
-                   model_max_length: int | None = None) -> None:
+def write_hf_files(
+    model_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_max_length: int | None = None
+) -> None:
     """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` next to the model."""
     out = Path(out_dir)
     tok = build_hf_tokenizer(model_path)
     write_bytes_atomic(out / "tokenizer.json", tok.to_str(pretty=True).encode())
-    special = {"bos_token": SPECIAL_TOKENS["bos"], "eos_token": SPECIAL_TOKENS["eos"],
-               "unk_token": SPECIAL_TOKENS["unk"], "pad_token": SPECIAL_TOKENS["pad"]}
-    config = hf_tokenizer_config(model_max_length=model_max_length, sentencepiece_sha256=sha256_file(model_path),
-                                 vocab_size=tok.get_vocab_size(with_added_tokens=True))
+    special = {
+        "bos_token": SPECIAL_TOKENS["bos"],
+        "eos_token": SPECIAL_TOKENS["eos"],
+        "unk_token": SPECIAL_TOKENS["unk"],
+        "pad_token": SPECIAL_TOKENS["pad"],
+    }
+    config = hf_tokenizer_config(
+        model_max_length=model_max_length,
+        sentencepiece_sha256=sha256_file(model_path),
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+    )
     write_bytes_atomic(out / "tokenizer_config.json", (json.dumps(config, indent=2) + "\n").encode())
     write_bytes_atomic(out / "special_tokens_map.json", (json.dumps(special, indent=2) + "\n").encode())

@@ -31,6 +31,7 @@ Resuming is exact: a checkpoint holds the weights, the optimizer (and fp16 loss-
 and the data loader position, so a run killed at any point and resumed reproduces the uninterrupted run's
 losses bit for bit on CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,9 +43,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -58,8 +60,16 @@ from .metrics import MetricsWriter, TensorBoard, device_peak_flops, mfu, plot_lo
 from .model import Transformer
 from .optim import build_optimizer, lr_at, set_lr
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_precision", "autocast_context", "resolve_run",
-           "RunPlan", "Trainer"]
+__all__ = [
+    "train",
+    "TrainResult",
+    "TrainingDiverged",
+    "resolve_precision",
+    "autocast_context",
+    "resolve_run",
+    "RunPlan",
+    "Trainer",
+]
 
 
 class TrainingDiverged(OpenLLMError):
@@ -89,6 +99,7 @@ class TrainResult:
 
 # --- precision ----------------------------------------------------------------------------------------------
 
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
     if precision != "auto":
@@ -107,6 +118,7 @@ def autocast_context(precision: str, device: torch.device):
 
 # --- run folder helpers -------------------------------------------------------------------------------------
 
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -124,8 +136,15 @@ class _Status:
         self.run_dir = run_dir
         self.enabled = enabled
         self.machine = rundir.NEW
-        self.data: dict[str, Any] = {"state": "running", "error": None, "step": 0, "max_steps": max_steps,
-                                     "pid": os.getpid(), "started": _now(), "updated": _now()}
+        self.data: dict[str, Any] = {
+            "state": "running",
+            "error": None,
+            "step": 0,
+            "max_steps": max_steps,
+            "pid": os.getpid(),
+            "started": _now(),
+            "updated": _now(),
+        }
 
     def begin(self) -> None:
         """Take over the run's state from its status.json (called once the run lock is held): an active state
@@ -162,7 +181,7 @@ class _StopFlag:
         self.stop_event = stop_event
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handler)
@@ -183,6 +202,7 @@ class _StopFlag:
 
 
 # --- phase 1: resolve the config, once -----------------------------------------------------------------
+
 
 @dataclass
 class RunPlan:
@@ -228,8 +248,10 @@ def resolve_run(
     if resuming:
         base = Config.from_dict(state["config"])
         if config is not None and _as_config(config).model != base.model:
-            raise OpenLLMError(f"--config's model shape differs from the checkpoint's in {resume_from}: "
-                               f"resume without --config, or train into another --out folder")
+            raise OpenLLMError(
+                f"--config's model shape differs from the checkpoint's in {resume_from}: "
+                f"resume without --config, or train into another --out folder"
+            )
     elif config is None:
         raise OpenLLMError(f"give a config (e.g. --config tiny): {out} has no checkpoint to resume")
     else:
@@ -237,10 +259,14 @@ def resolve_run(
 
     changes = {k: dict(v) for k, v in (overrides or {}).items()}
     if resuming and "model" in changes:
-        raise OpenLLMError(f"cannot change the model of a run when resuming ({resume_from}): "
-                           f"train into another --out folder")
-    for key, value, kind in (("max_steps", max_steps, int), ("save_every", save_every, int),
-                             ("compile", compile, bool)):
+        raise OpenLLMError(
+            f"cannot change the model of a run when resuming ({resume_from}): train into another --out folder"
+        )
+    for key, value, kind in (
+        ("max_steps", max_steps, int),
+        ("save_every", save_every, int),
+        ("compile", compile, bool),
+    ):
         if value is not None:
             changes.setdefault("train", {})[key] = kind(value)
 
@@ -257,12 +283,15 @@ def resolve_run(
             raise OpenLLMError(
                 f"the data was tokenized with a vocabulary of {data_vocab} tokens but model.vocab_size is "
                 f"{vocab}: set model.vocab_size to {data_vocab} in the config"
-                + ("" if resuming else " or pass --vocab-from-data"))
+                + ("" if resuming else " or pass --vocab-from-data")
+            )
         changes.setdefault("model", {})["vocab_size"] = data_vocab
     tok_sha, ckpt_sha = meta.get("tokenizer_sha256"), state.get("tokenizer_sha256")
     if resuming and ckpt_sha and tok_sha and ckpt_sha != tok_sha:
-        raise OpenLLMError(f"{data_dir} was tokenized with another tokenizer than the checkpoint's "
-                           f"({tok_sha[:12]} vs {ckpt_sha[:12]}): resume with the same data")
+        raise OpenLLMError(
+            f"{data_dir} was tokenized with another tokenizer than the checkpoint's "
+            f"({tok_sha[:12]} vs {ckpt_sha[:12]}): resume with the same data"
+        )
 
     cfg = base.replace(**changes) if changes else base
     return RunPlan(cfg=cfg, out=out, data_dir=data_dir, meta=meta, resume_from=resume_from, state=state)
@@ -285,8 +314,10 @@ def _check_out(out: Path) -> None:
             raise OpenLLMError(f"--out {out}: {parent} is a file, not a folder; choose another path")
     # the run lock's files (left by a process killed before it wrote anything) do not make a folder a run's
     if out.is_dir() and any(p.name not in rundir.LOCK_FILES for p in out.iterdir()) and not rundir.is_run(out):
-        raise OpenLLMError(f"--out {out} is not empty and holds no training run (no checkpoints/, config.json "
-                           f"or status.json of a run): choose a new or empty folder; nothing was written")
+        raise OpenLLMError(
+            f"--out {out} is not empty and holds no training run (no checkpoints/, config.json "
+            f"or status.json of a run): choose a new or empty folder; nothing was written"
+        )
 
 
 def _find_resume(out_dir: Path, resume: bool | str | Path | None) -> Path | None:
@@ -294,17 +325,23 @@ def _find_resume(out_dir: Path, resume: bool | str | Path | None) -> Path | None
         found = ckpt_mod.latest_intact_checkpoint(out_dir, warn=_warn)
         latest = rundir.latest_checkpoint(out_dir)
         if found is None and latest is not None:
-            raise OpenLLMError(f"every checkpoint in {out_dir / rundir.CHECKPOINTS} is damaged (see above): "
-                               f"train into another --out folder, or restore a checkpoint")
+            raise OpenLLMError(
+                f"every checkpoint in {out_dir / rundir.CHECKPOINTS} is damaged (see above): "
+                f"train into another --out folder, or restore a checkpoint"
+            )
         if resume is True and found is None:
-            raise OpenLLMError(f"--resume: {out_dir} holds no checkpoint to resume from "
-                               f"(nothing in {out_dir / 'checkpoints'}); leave out --resume to start the run")
+            raise OpenLLMError(
+                f"--resume: {out_dir} holds no checkpoint to resume from "
+                f"(nothing in {out_dir / 'checkpoints'}); leave out --resume to start the run"
+            )
         return found
     if resume is False:
         found = rundir.latest_checkpoint(out_dir)
         if found is not None:
-            raise OpenLLMError(f"{out_dir} already holds checkpoints (latest {found.name}): resume it, "
-                               f"or train into another --out folder")
+            raise OpenLLMError(
+                f"{out_dir} already holds checkpoints (latest {found.name}): resume it, "
+                f"or train into another --out folder"
+            )
         return None
     path = Path(resume)
     if (path / rundir.CHECKPOINTS).is_dir():
@@ -323,8 +360,13 @@ def _check_memory(cfg: Config, seq_len: int, precision: str, device: torch.devic
 
     if os.environ.get("OPENLLM_SKIP_MEMORY_CHECK") == "1":
         return
-    need = train_memory_bytes(cfg.model, micro_batch=cfg.train.micro_batch_size, seq_len=seq_len,
-                              precision=precision, attention_scores=device.type != "cuda")
+    need = train_memory_bytes(
+        cfg.model,
+        micro_batch=cfg.train.micro_batch_size,
+        seq_len=seq_len,
+        precision=precision,
+        attention_scores=device.type != "cuda",
+    )
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
     elif device.type == "cpu":
@@ -340,7 +382,8 @@ def _check_memory(cfg: Config, seq_len: int, precision: str, device: torch.devic
             f"{need['states'] / gib:.1f} GiB, activations of a micro-batch of {cfg.train.micro_batch_size} x "
             f"{seq_len} tokens {need['activations'] / gib:.1f} GiB) but {free / gib:.1f} GiB is free: lower "
             f"train.micro_batch_size (raise train.grad_accum_steps to keep the batch), train.seq_len or the model "
-            f"size")
+            f"size"
+        )
 
 
 def _warn(message: str) -> None:
@@ -349,15 +392,24 @@ def _warn(message: str) -> None:
 
 # --- the in-training val-loss estimate ----------------------------------------------------------------
 
+
 @torch.no_grad()
-def estimate_val_loss(model, data: TokenShards, cfg: Config, seq_len: int, info: D.DistInfo,
-                      precision: str) -> float | None:
+def estimate_val_loss(
+    model, data: TokenShards, cfg: Config, seq_len: int, info: D.DistInfo, precision: str
+) -> float | None:
     """Mean loss over the first ``train.eval_batches`` val batches (non-overlapping windows, shared across
     ranks): cheap enough to run every ``eval_every`` steps, and what ``metrics.jsonl``'s ``val_loss``,
     ``best.json`` and early stopping use. It is an estimate; ``openllm evaluate`` scores every val token."""
-    windows = SequentialWindows(data, cfg.train.micro_batch_size, seq_len, split="val",
-                                max_batches=cfg.train.eval_batches, rank=info.rank,
-                                world_size=info.world_size, device=info.device)
+    windows = SequentialWindows(
+        data,
+        cfg.train.micro_batch_size,
+        seq_len,
+        split="val",
+        max_batches=cfg.train.eval_batches,
+        rank=info.rank,
+        world_size=info.world_size,
+        device=info.device,
+    )
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=info.device)
@@ -373,6 +425,7 @@ def estimate_val_loss(model, data: TokenShards, cfg: Config, seq_len: int, info:
 
 # --- phases 2-4: set up, fit, finish -------------------------------------------------------------------
 
+
 class Trainer:
     """One run of a :class:`RunPlan`: :meth:`setup`, :meth:`fit`, :meth:`finish` (or :meth:`fail`), then
     :meth:`close`. Creating it picks the device and, under ``torchrun``, joins the process group."""
@@ -380,10 +433,16 @@ class Trainer:
     lock: rundir.RunLock | None = None  # rank 0's hold on the run folder (rundir.RunLock), from setup()
     stop: _StopFlag | None = None  # SIGTERM/SIGINT handling, from the start of setup() to close()
 
-    def __init__(self, plan: RunPlan, *, device: str | None = None, progress: bool = True,
-                 stop_event: threading.Event | None = None,
-                 on_log: Callable[[dict[str, Any]], None] | None = None,
-                 say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        plan: RunPlan,
+        *,
+        device: str | None = None,
+        progress: bool = True,
+        stop_event: threading.Event | None = None,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
         self.plan, self.cfg, self.tc, self.out = plan, plan.cfg, plan.cfg.train, plan.out
         self.seq_len = plan.seq_len
         self.progress, self.stop_event, self.on_log, self.say = progress, stop_event, on_log, say
@@ -415,8 +474,7 @@ class Trainer:
         self.saved_step = self.step if plan.resume_from is not None else -1
         self.end_state, self.reason = "finished", "reached max_steps"
         self.t_start = time.time()
-        self.tokens_per_step = (self.tc.micro_batch_size * self.seq_len * self.tc.grad_accum_steps
-                                * self.info.world_size)
+        self.tokens_per_step = self.tc.micro_batch_size * self.seq_len * self.tc.grad_accum_steps * self.info.world_size
 
     # --- setup ---------------------------------------------------------------------------------------
 
@@ -500,9 +558,16 @@ class Trainer:
     def _build_data(self) -> None:
         """``self.loader`` (``next()``, ``state_dict()``, ``load_state_dict()``) and ``self.val_data``."""
         plan, tc = self.plan, self.tc
-        self.loader = RandomWindowLoader(TokenShards(plan.data_dir, "train"), tc.micro_batch_size, self.seq_len,
-                                         seed=tc.seed, rank=self.info.rank, world_size=self.info.world_size,
-                                         device=self.dev, doc_aligned=tc.doc_aligned)
+        self.loader = RandomWindowLoader(
+            TokenShards(plan.data_dir, "train"),
+            tc.micro_batch_size,
+            self.seq_len,
+            seed=tc.seed,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            device=self.dev,
+            doc_aligned=tc.doc_aligned,
+        )
         self.val_data = TokenShards(plan.data_dir, "val") if "val" in plan.meta["splits"] else None
 
     def _batch_loss(self, batch) -> torch.Tensor:
@@ -530,18 +595,27 @@ class Trainer:
         tc, info, resume_from = self.tc, self.info, self.plan.resume_from
         self.metrics_writer = MetricsWriter(self.out, resume_step=self.step if resume_from else None)
         self.tb = TensorBoard(self.out / "tb", purge_step=self.step + 1 if resume_from else None)
-        self.say(f"training {self.cfg.name}: {self.raw.num_params() / 1e6:.2f}M parameters, {tc.max_steps} steps "
-                 f"of {self.tokens_per_step:,} tokens ({tc.micro_batch_size} x {self.seq_len} x "
-                 f"{tc.grad_accum_steps} accum{f' x {info.world_size} ranks' if info.enabled else ''}), "
-                 f"{self.precision} on {self.dev}{', compiled' if tc.compile else ''}"
-                 f"{f', {info.mode}' if info.enabled else ''}")
+        self.say(
+            f"training {self.cfg.name}: {self.raw.num_params() / 1e6:.2f}M parameters, {tc.max_steps} steps "
+            f"of {self.tokens_per_step:,} tokens ({tc.micro_batch_size} x {self.seq_len} x "
+            f"{tc.grad_accum_steps} accum{f' x {info.world_size} ranks' if info.enabled else ''}), "
+            f"{self.precision} on {self.dev}{', compiled' if tc.compile else ''}"
+            f"{f', {info.mode}' if info.enabled else ''}"
+        )
         if resume_from is not None:
             self.say(f"resuming from {resume_from} (step {self.step})")
         if self.progress and self.step < tc.max_steps:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=tc.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                            mininterval=0.5, file=sys.stderr)
+            self.bar = tqdm(
+                total=tc.max_steps,
+                initial=self.step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=0.5,
+                file=sys.stderr,
+            )
 
     # --- fit -----------------------------------------------------------------------------------------
 
@@ -552,8 +626,9 @@ class Trainer:
         # a stop asked during setup (on any rank) ends the run before its first step
         if D.any_rank(stop(), self.info):
             self.end_state = "stopped"
-            self.reason = (f"stopped by {stop.signal_name or 'request'} during setup, before step {self.step + 1}"
-                           + ("" if self.plan.resume_from is not None else "; nothing was trained or saved"))
+            self.reason = f"stopped by {stop.signal_name or 'request'} during setup, before step {self.step + 1}" + (
+                "" if self.plan.resume_from is not None else "; nothing was trained or saved"
+            )
             return
         if self.main:
             self.status.move(rundir.TRAINING, step=self.step)
@@ -585,8 +660,10 @@ class Trainer:
             early = bool(tc.early_stop_patience and self.bad_evals >= tc.early_stop_patience)
             if early:
                 self.end_state = "finished"
-                self.reason = (f"early stop: the val loss estimate did not improve for {self.bad_evals} "
-                               f"evaluations (best {self.best_val:.4f} at step {self.best_step})")
+                self.reason = (
+                    f"early stop: the val loss estimate did not improve for {self.bad_evals} "
+                    f"evaluations (best {self.best_val:.4f} at step {self.best_step})"
+                )
             if stop_now:
                 self.end_state = "stopped"
                 self.reason = f"stopped by {stop.signal_name or 'request'} at step {step}"
@@ -610,10 +687,15 @@ class Trainer:
         """Whether update number ``step`` (1-based) reads the loss on the host: every ``check_every`` steps and
         on every step that logs, evaluates, saves or ends the run (so those see checked values)."""
         tc = self.tc
-        return (step % tc.check_every == 0 or step % tc.log_every == 0 or step % tc.save_every == 0
-                or step >= tc.max_steps or (self.val_data is not None and step % tc.eval_every == 0))
+        return (
+            step % tc.check_every == 0
+            or step % tc.log_every == 0
+            or step % tc.save_every == 0
+            or step >= tc.max_steps
+            or (self.val_data is not None and step % tc.eval_every == 0)
+        )
 
-    def _optimizer_step(self, lr: float, stop: "_StopFlag", accum: int) -> tuple[float, float, bool]:
+    def _optimizer_step(self, lr: float, stop: _StopFlag, accum: int) -> tuple[float, float, bool]:
         """One optimizer step over ``accum`` micro-batches; returns the loss (mean over ranks), the gradient
         norm and whether any rank was asked to stop (None, None, False on steps that do not read the host,
         see ``train.check_every``). Raises :class:`TrainingDiverged` on a non-finite loss or gradient norm:
@@ -653,10 +735,16 @@ class Trainer:
         stop_now = float(packed[1]) > 0
         gn = float(grad_norm)
         if float(packed[2]) > 0:
-            what = (f"loss {loss_val}" if not math.isfinite(loss_val) else
-                    f"gradient norm {gn}" if not math.isfinite(gn) else "a non-finite loss or gradient norm")
-            applied = ("the update was not applied" if tc.check_every == 1 else
-                       f"seen within the last {tc.check_every} steps")
+            what = (
+                f"loss {loss_val}"
+                if not math.isfinite(loss_val)
+                else f"gradient norm {gn}"
+                if not math.isfinite(gn)
+                else "a non-finite loss or gradient norm"
+            )
+            applied = (
+                "the update was not applied" if tc.check_every == 1 else f"seen within the last {tc.check_every} steps"
+            )
             raise TrainingDiverged(
                 f"training diverged at step {self.step + 1}: {what} ({applied}); the last good checkpoint is "
                 f"{_latest_name(self.out)}. Lower train.lr, raise train.warmup_steps or use bf16 instead of "
@@ -688,8 +776,14 @@ class Trainer:
 
     def _record(self, lr: float, loss: float, grad_norm: float) -> dict[str, Any]:
         tps = self.tokens_mark / max(time.perf_counter() - self.t_mark, 1e-9)
-        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                  "tokens_per_s": round(tps, 1), "tokens": self.tokens_seen}
+        record = {
+            "step": self.step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": round(tps, 1),
+            "tokens": self.tokens_seen,
+        }
         m = mfu(self.flops_per_token, tps, self.peak * self.info.world_size if self.peak else None)
         if m is not None:
             record["mfu"] = round(m, 5)
@@ -700,8 +794,13 @@ class Trainer:
         if self.main:
             self.metrics_writer.write(record)
             self.tb.log(self.step, record)
-            self.status.update(step=self.step, loss=record["loss"], val_loss=self.last_val,
-                               best_val_loss=self.best_val, tokens_per_s=record["tokens_per_s"])
+            self.status.update(
+                step=self.step,
+                loss=record["loss"],
+                val_loss=self.last_val,
+                best_val_loss=self.best_val,
+                tokens_per_s=record["tokens_per_s"],
+            )
             if self.on_log is not None:
                 self.on_log(dict(record))
         if self.bar is not None:
@@ -725,17 +824,31 @@ class Trainer:
             model_sd,
             {"optimizer": optim_sd, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None},
             {
-                "step": self.step, "tokens_seen": self.tokens_seen, "rng": rng_all,
-                "loader": self.loader.state_dict(), "config": self.cfg.to_dict(),
-                "tokenizer_sha256": plan.tokenizer_sha256, "data_dir": str(plan.data_dir.resolve()),
-                "best_val_loss": self.best_val, "best_step": self.best_step, "val_loss": self.last_val,
-                "evals_without_improvement": self.bad_evals, "world_size": self.info.world_size,
-                "elapsed_s": self._elapsed(), "precision": self.precision, "time": _now(),
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "rng": rng_all,
+                "loader": self.loader.state_dict(),
+                "config": self.cfg.to_dict(),
+                "tokenizer_sha256": plan.tokenizer_sha256,
+                "data_dir": str(plan.data_dir.resolve()),
+                "best_val_loss": self.best_val,
+                "best_step": self.best_step,
+                "val_loss": self.last_val,
+                "evals_without_improvement": self.bad_evals,
+                "world_size": self.info.world_size,
+                "elapsed_s": self._elapsed(),
+                "precision": self.precision,
+                "time": _now(),
             },
         )
         self.last_saved = ckpt_mod.save_checkpoint(
-            self.out, self.step, model_sd, optim, state,
-            keep_last=self.tc.keep_last, protect={self.best_step} if self.best_step is not None else set(),
+            self.out,
+            self.step,
+            model_sd,
+            optim,
+            state,
+            keep_last=self.tc.keep_last,
+            protect={self.best_step} if self.best_step is not None else set(),
         )
 
     # --- finish --------------------------------------------------------------------------------------
@@ -754,24 +867,48 @@ class Trainer:
         if self.main:
             _finish_plots(self.out, self.cfg)
             if self.end_state == "finished":
-                warning = rundir.divergence(rundir.read_metrics(self.out), self.cfg.model.vocab_size,
-                                            self.cfg.to_dict())
+                warning = rundir.divergence(
+                    rundir.read_metrics(self.out), self.cfg.model.vocab_size, self.cfg.to_dict()
+                )
                 if warning is not None:
                     self.end_state = rundir.DIVERGED
             latest = self.last_saved or rundir.latest_checkpoint(self.out)
-            self.status.move(self.end_state, step=self.step, reason=self.reason, error=None, warning=warning,
-                             elapsed_s=round(elapsed, 3), checkpoint=str(latest) if latest else None)
-            self.say(f"{self.reason}: step {self.step}"
-                     + (f", loss {self.last_loss:.4f}" if self.last_loss is not None else "")
-                     + (f", val loss estimate {self.last_val:.4f} ({self.tc.eval_batches} batches)"
-                        if self.last_val is not None else "")
-                     + (f", best {self.best_val:.4f} at step {self.best_step}" if self.best_val is not None else ""))
+            self.status.move(
+                self.end_state,
+                step=self.step,
+                reason=self.reason,
+                error=None,
+                warning=warning,
+                elapsed_s=round(elapsed, 3),
+                checkpoint=str(latest) if latest else None,
+            )
+            self.say(
+                f"{self.reason}: step {self.step}"
+                + (f", loss {self.last_loss:.4f}" if self.last_loss is not None else "")
+                + (
+                    f", val loss estimate {self.last_val:.4f} ({self.tc.eval_batches} batches)"
+                    if self.last_val is not None
+                    else ""
+                )
+                + (f", best {self.best_val:.4f} at step {self.best_step}" if self.best_val is not None else "")
+            )
             if warning is not None:
                 self.say(f"warning: {warning}")
-        return TrainResult(run_dir=self.out, state=self.end_state, step=self.step, max_steps=self.tc.max_steps,
-                           loss=self.last_loss, val_loss=self.last_val, best_val_loss=self.best_val,
-                           best_step=self.best_step, tokens_seen=self.tokens_seen, elapsed_s=elapsed,
-                           reason=self.reason, checkpoint=rundir.latest_checkpoint(self.out), warning=warning)
+        return TrainResult(
+            run_dir=self.out,
+            state=self.end_state,
+            step=self.step,
+            max_steps=self.tc.max_steps,
+            loss=self.last_loss,
+            val_loss=self.last_val,
+            best_val_loss=self.best_val,
+            best_step=self.best_step,
+            tokens_seen=self.tokens_seen,
+            elapsed_s=elapsed,
+            reason=self.reason,
+            checkpoint=rundir.latest_checkpoint(self.out),
+            warning=warning,
+        )
 
     def fail(self, exc: BaseException) -> BaseException:
         """Record a failed (or interrupted) run in ``status.json`` (a NaN/inf loss as ``diverged``, with the
@@ -788,8 +925,7 @@ class Trainer:
                 f"{tc.grad_accum_steps * 2} (same tokens per step), or use a shorter train.seq_len"
             )
         # the lock holder records how an active run ended (once: an error after finish() wrote the end stays out)
-        if (self.main and self.lock is not None and self.lock.held
-                and self.status.machine in rundir.ACTIVE_STATES):
+        if self.main and self.lock is not None and self.lock.held and self.status.machine in rundir.ACTIVE_STATES:
             if isinstance(exc, KeyboardInterrupt):
                 self.status.move(rundir.STOPPED, error=None, reason="interrupted (no checkpoint written)")
             elif isinstance(exc, TrainingDiverged) and self.status.machine == rundir.TRAINING:
@@ -841,6 +977,7 @@ class Trainer:
 
 # --- the entry point -----------------------------------------------------------------------------------
 
+
 def train(
     config: Config | str | Path | Mapping[str, Any] | None = None,
     data_dir: str | Path | None = None,
@@ -866,8 +1003,17 @@ def train(
     config sections to change, e.g. ``{"train": {"lr": 1e-3}}``. Raises :class:`TrainingDiverged` on a
     NaN/inf loss and :class:`OpenLLMError` for user errors; ``status.json`` says ``failed`` in both cases.
     """
-    plan = resolve_run(config, data_dir, out_dir, resume=resume, max_steps=max_steps, save_every=save_every,
-                       compile=compile, overrides=overrides, vocab_from_data=vocab_from_data)
+    plan = resolve_run(
+        config,
+        data_dir,
+        out_dir,
+        resume=resume,
+        max_steps=max_steps,
+        save_every=save_every,
+        compile=compile,
+        overrides=overrides,
+        vocab_from_data=vocab_from_data,
+    )
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     return Trainer(plan, device=device, progress=progress, stop_event=stop_event, on_log=on_log, say=say).run()
 

@@ -4,6 +4,7 @@ Space's app.py run it.
 ``build_app(workspace=...)`` returns the ``gr.Blocks``; ``launch(...)`` builds and serves it (bound to
 127.0.0.1 unless told otherwise). Gradio is imported lazily, with its analytics off.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,8 @@ def build_app(workspace=None):
 def launch(workspace=None, *, host: str = "127.0.0.1", port: int = 7860, **kwargs):
     """Build the app and serve it on ``host:port``; blocks until the server stops, unless
     ``prevent_thread_lock=True``. Returns the ``gr.Blocks`` (``.close()`` stops the server)."""
-    from .ui import CSS, THEME, build_app as _build
+    from .ui import CSS, THEME
+    from .ui import build_app as _build
 
     demo = _build(workspace)
     demo.queue(default_concurrency_limit=4)

@@ -2,20 +2,33 @@
 set, list the models to chat with (fine-tuned runs first), and stream a reply to a multi-turn conversation
 through the project's chat template. No Gradio here; the library (:mod:`openllm.conversations`,
 :mod:`openllm.finetune`, :mod:`openllm.generate`) does the work."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..errors import OpenLLMError
 from ..rundir import checkpoint_steps
 from .forms import FormError
 from .workspace import Workspace
 
-__all__ = ["ConversationCheck", "check_conversations", "synthetic_set", "is_finetuned", "chat_choices",
-           "ChatPrompt", "chat_prompt", "message_text", "stream_reply", "stream_chat", "finetune_summary",
-           "SYNTHETIC_SIZE"]
+__all__ = [
+    "ConversationCheck",
+    "check_conversations",
+    "synthetic_set",
+    "is_finetuned",
+    "chat_choices",
+    "ChatPrompt",
+    "chat_prompt",
+    "message_text",
+    "stream_reply",
+    "stream_chat",
+    "finetune_summary",
+    "SYNTHETIC_SIZE",
+]
 
 SYNTHETIC_SIZE = 2000  # conversations in the app's synthetic verse set (as `openllm finetune --make-data`)
 
@@ -29,8 +42,10 @@ class ConversationCheck:
     assistant_turns: int
 
     def describe(self) -> str:
-        return (f"{self.path.name}: {self.conversations:,} conversation{'s' if self.conversations != 1 else ''}, "
-                f"{self.assistant_turns:,} assistant turns to learn from")
+        return (
+            f"{self.path.name}: {self.conversations:,} conversation{'s' if self.conversations != 1 else ''}, "
+            f"{self.assistant_turns:,} assistant turns to learn from"
+        )
 
 
 def check_conversations(path: str | Path | None, what: str = "Conversations") -> ConversationCheck:
@@ -68,7 +83,7 @@ def is_finetuned(folder: str | Path) -> bool:
 
     try:
         return finetune_record(folder) is not None
-    except Exception:  # noqa: BLE001 - a damaged state.json is not a fine-tune the app can vouch for
+    except Exception:
         return False
 
 
@@ -79,7 +94,7 @@ def finetune_summary(folder: str | Path) -> str | None:
 
     try:
         rec = finetune_record(folder)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     if not rec:
         return None
@@ -118,7 +133,7 @@ def _fit(tokenizer, messages: list[dict], max_ctx: int, room: int) -> tuple[list
     """The chat prompt's ids, dropping the oldest turns (the system prompt stays) until ``room`` new tokens
     fit in the context."""
     system = [m for m in messages[:1] if m["role"] == "system"]
-    turns = messages[len(system):]
+    turns = messages[len(system) :]
     while True:
         ids = tokenizer.encode_chat(system + turns, add_generation_prompt=True)
         if len(ids) + room <= max_ctx or len(turns) <= 1:
@@ -165,30 +180,38 @@ def chat_prompt(loaded: Any, history: Sequence[dict], system: str = "", max_new_
     tok = loaded.tokenizer
     if tok is None or not hasattr(tok, "encode_chat"):
         raise OpenLLMError("this model has no tokenizer with the chat template; it cannot chat")
-    messages = ([{"role": "system", "content": system.strip()}] if (system or "").strip() else [])
-    messages += [{"role": m["role"], "content": message_text(m.get("content"))} for m in history
-                 if m.get("role") in ("user", "assistant")]
+    messages = [{"role": "system", "content": system.strip()}] if (system or "").strip() else []
+    messages += [
+        {"role": m["role"], "content": message_text(m.get("content"))}
+        for m in history
+        if m.get("role") in ("user", "assistant")
+    ]
     if not messages or messages[-1]["role"] != "user":
         raise FormError("Message", "type a message first")
     max_ctx = loaded.model.cfg.max_seq_len
     room = max(1, min(int(max_new_tokens), max_ctx // 2))
     ids, used = _fit(tok, messages, max_ctx, room)
     if len(ids) >= max_ctx:
-        raise FormError("Message", f"is {len(ids)} tokens with the template; the model's context is {max_ctx} "
-                                   "tokens: write a shorter one")
-    return ChatPrompt(used, apply_chat_template(used, add_generation_prompt=True), ids,
-                      min(int(max_new_tokens), max_ctx - len(ids)))
+        raise FormError(
+            "Message",
+            f"is {len(ids)} tokens with the template; the model's context is {max_ctx} tokens: write a shorter one",
+        )
+    return ChatPrompt(
+        used, apply_chat_template(used, add_generation_prompt=True), ids, min(int(max_new_tokens), max_ctx - len(ids))
+    )
 
 
-def stream_reply(loaded: Any, prompt: ChatPrompt, *, temperature: float = 0.7, top_p: float | None = 0.95,
-                 seed: int | None = None) -> Iterator[tuple[str, bool]]:
+def stream_reply(
+    loaded: Any, prompt: ChatPrompt, *, temperature: float = 0.7, top_p: float | None = 0.95, seed: int | None = None
+) -> Iterator[tuple[str, bool]]:
     """(the reply so far, whether it ended its turn) as tokens arrive; generation stops at EOS (the end of an
     assistant turn in the template) or after ``prompt.max_new_tokens``."""
     from ..generate import SamplingParams, TextStream
 
     tok = loaded.tokenizer
-    params = SamplingParams(max_new_tokens=prompt.max_new_tokens, temperature=temperature, top_p=top_p,
-                            seed=seed, stop_tokens=(tok.eos_id,))
+    params = SamplingParams(
+        max_new_tokens=prompt.max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop_tokens=(tok.eos_id,)
+    )
     pieces = TextStream(loaded.model, tok, prompt.ids, params)
     emitted = ""
     for piece in pieces:
@@ -197,8 +220,16 @@ def stream_reply(loaded: Any, prompt: ChatPrompt, *, temperature: float = 0.7, t
     yield emitted, pieces.stopped
 
 
-def stream_chat(loaded: Any, history: Sequence[dict], system: str = "", *, max_new_tokens: int = 128,
-                temperature: float = 0.7, top_p: float | None = 0.95, seed: int | None = None) -> Iterator[str]:
+def stream_chat(
+    loaded: Any,
+    history: Sequence[dict],
+    system: str = "",
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.7,
+    top_p: float | None = 0.95,
+    seed: int | None = None,
+) -> Iterator[str]:
     """The assistant's reply so far to ``history`` under ``system`` (see :func:`chat_prompt`)."""
     prompt = chat_prompt(loaded, history, system, max_new_tokens)
     for text, _ in stream_reply(loaded, prompt, temperature=temperature, top_p=top_p, seed=seed):

@@ -2,11 +2,13 @@
 documents are left after the library's cleaning (:func:`openllm.prepare.prepare_corpus`, run for real into a
 temporary folder), a preview of a few of them, and the fields of a ``.jsonl``/``.parquet`` file for the field
 picker. No Gradio here."""
+
 from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, field as _field
+from dataclasses import dataclass
+from dataclasses import field as _field
 from pathlib import Path
 
 from ..errors import OpenLLMError
@@ -16,10 +18,15 @@ __all__ = ["CorpusCheck", "check_corpus", "record_fields", "app_words"]
 
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
 # the library's messages name command-line options; the app's user knows the form's fields
-_APP_WORDS = [("try --vocab-size", "try a Vocabulary size of"), ("choose one with --field", "pick it under Text field"),
-              ("check the input and --field, or lower --min-chars", "check the file and the Text field"),
-              ("--vocab-size", "Vocabulary size"), ("--field", "Text field"), ("--max-steps", "Steps"),
-              ("--min-chars", "the minimum length")]
+_APP_WORDS = [
+    ("try --vocab-size", "try a Vocabulary size of"),
+    ("choose one with --field", "pick it under Text field"),
+    ("check the input and --field, or lower --min-chars", "check the file and the Text field"),
+    ("--vocab-size", "Vocabulary size"),
+    ("--field", "Text field"),
+    ("--max-steps", "Steps"),
+    ("--min-chars", "the minimum length"),
+]
 
 
 def app_words(msg: str) -> str:
@@ -54,7 +61,7 @@ def record_fields(path: Path, limit: int = 200) -> list[str]:
             import pyarrow.parquet as pq
 
             schema = pq.read_schema(path)
-        except Exception as exc:  # noqa: BLE001 - not a parquet file, or unreadable: said by the check
+        except Exception as exc:
             raise OpenLLMError(f"{path.name} cannot be read as parquet ({exc})") from None
         return [f.name for f in schema if str(f.type) in ("string", "large_string", "string_view")]
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -72,8 +79,9 @@ def record_fields(path: Path, limit: int = 200) -> list[str]:
     return sorted(counts, key=lambda k: (-counts[k], k))
 
 
-def check_corpus(path: str | Path | None, field: str | None = None, *, preview_docs: int = 3,
-                 max_bytes: int = 200_000_000) -> CorpusCheck:
+def check_corpus(
+    path: str | Path | None, field: str | None = None, *, preview_docs: int = 3, max_bytes: int = 200_000_000
+) -> CorpusCheck:
     """Check ``path`` (a file or folder) the way training will read it; ``field`` is the text field of
     records (default ``text``, or the only string field there is)."""
     if path is None or not str(path).strip():
@@ -103,8 +111,10 @@ def check_corpus(path: str | Path | None, field: str | None = None, *, preview_d
         field = field if field else ("text" if "text" in out.fields or len(out.fields) != 1 else out.fields[0])
         if field not in out.fields:
             out.field = field
-            out.problem = (f"{records[0].name} has no text field {field!r}; its text fields: "
-                           f"{', '.join(out.fields)}: pick one under Text field")
+            out.problem = (
+                f"{records[0].name} has no text field {field!r}; its text fields: "
+                f"{', '.join(out.fields)}: pick one under Text field"
+            )
             return out
         out.field = field
     from ..prepare import prepare_corpus
@@ -123,8 +133,10 @@ def check_corpus(path: str | Path | None, field: str | None = None, *, preview_d
             text = str(rec.get("text", ""))
             out.preview.append(text[:300] + ("…" if len(text) > 300 else ""))
     if out.documents < 2:
-        out.problem = (f"only {out.documents} document is left after cleaning; training needs at least 2 (one "
-                       "for training, one to measure the validation loss): add more text")
+        out.problem = (
+            f"only {out.documents} document is left after cleaning; training needs at least 2 (one "
+            "for training, one to measure the validation loss): add more text"
+        )
         return out
     out.ok = True
     return out

@@ -1,6 +1,7 @@
 """How long a training config will take on this machine, from what earlier runs measured: the tokens per
 second logged in ``metrics.jsonl`` by runs of the same model size in this workspace. No run of that size
 measured yet means no estimate (never a guessed number)."""
+
 from __future__ import annotations
 
 import statistics
@@ -28,12 +29,16 @@ class TimeEstimate:
 
     def describe(self) -> str:
         if not self.tokens_per_s:
-            return ("no time estimate yet: no run of this model size has been trained in this workspace, so "
-                    "there is no measured speed to go by (the Monitor tab shows the ETA once training runs)")
+            return (
+                "no time estimate yet: no run of this model size has been trained in this workspace, so "
+                "there is no measured speed to go by (the Monitor tab shows the ETA once training runs)"
+            )
         batch = "same batch shape" if self.same_batch else "another batch shape, so a rougher guide"
-        return (f"about {_duration(self.seconds or 0)} of training, from run {self.based_on}'s measured "
-                f"{self.tokens_per_s:,.0f} tokens/s on this machine ({batch}); data preparation and evaluation "
-                "come on top")
+        return (
+            f"about {_duration(self.seconds or 0)} of training, from run {self.based_on}'s measured "
+            f"{self.tokens_per_s:,.0f} tokens/s on this machine ({batch}); data preparation and evaluation "
+            "come on top"
+        )
 
 
 def _duration(s: float) -> str:
@@ -62,18 +67,26 @@ def estimate_time(ws: Workspace, cfg: Config) -> TimeEstimate:
             continue
         try:
             other = load_config(run / "config.json")
-        except Exception:  # noqa: BLE001 - a damaged config is no measurement
+        except Exception:
             continue
         if _shape(other) != _shape(cfg):
             continue
-        speeds = [float(r["tokens_per_s"]) for r in read_metrics(run)
-                  if isinstance(r.get("tokens_per_s"), (int, float)) and r["tokens_per_s"] > 0
-                  and isinstance(r.get("step"), int) and r["step"] > 1]  # step 1 includes start-up
+        speeds = [
+            float(r["tokens_per_s"])
+            for r in read_metrics(run)
+            if isinstance(r.get("tokens_per_s"), (int, float))
+            and r["tokens_per_s"] > 0
+            and isinstance(r.get("step"), int)
+            and r["step"] > 1
+        ]  # step 1 includes start-up
         if len(speeds) < 2:
             continue
         ot = other.train
-        same = (ot.micro_batch_size, ot.grad_accum_steps, ot.seq_len) == (t.micro_batch_size, t.grad_accum_steps,
-                                                                          t.seq_len)
+        same = (ot.micro_batch_size, ot.grad_accum_steps, ot.seq_len) == (
+            t.micro_batch_size,
+            t.grad_accum_steps,
+            t.seq_len,
+        )
         rank = 0 if same else 1
         if best is None or rank < best[0]:
             best = (rank, name, statistics.median(speeds))

@@ -3,13 +3,15 @@
 Each ``parse_*`` function takes the raw values the UI sends (numbers may arrive as floats, strings or None)
 and returns a checked object, or raises :class:`FormError` whose message names the field as the UI labels it.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..config import Config, ConfigError, load_config, preset_names
 from ..errors import OpenLLMError
@@ -52,6 +54,7 @@ class FormError(OpenLLMError):
 
 
 # --- numbers -------------------------------------------------------------------------------------------------
+
 
 def _number(field: str, value: Any) -> float:
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -111,6 +114,7 @@ def _choice(field: str, value: Any, choices) -> str:
 
 # --- training ------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class TrainRequest:
     """A checked training form: the run name, the full Config and where the text comes from."""
@@ -162,20 +166,35 @@ def config_fields(source: Any) -> tuple[dict[str, Any], list[str]]:
     match = next((n for n in preset_names() if _shape(load_config(n)) == shape), None)
     if match is None:
         dims = ", ".join(f"{k}={shape[k]}" for k in ("d_model", "n_layers", "n_heads", "max_seq_len") if k in shape)
-        raise FormError(what, f"its model ({dims}) is none of the presets' sizes, which the app's form picks "
-                              f"from; train it from a terminal: openllm train --config FILE")
+        raise FormError(
+            what,
+            f"its model ({dims}) is none of the presets' sizes, which the app's form picks "
+            f"from; train it from a terminal: openllm train --config FILE",
+        )
     t = cfg.train
-    fields = {"preset": match, "model_size": match, "vocab_size": cfg.model.vocab_size, "lr": t.lr,
-              "batch_size": t.micro_batch_size, "max_steps": t.max_steps, "grad_accum": t.grad_accum_steps,
-              "optimizer": t.optimizer, "schedule": t.schedule, "weight_decay": t.weight_decay,
-              "grad_clip": t.grad_clip, "warmup_steps": t.warmup_steps, "eval_every": t.eval_every,
-              "save_every": t.save_every}
+    fields = {
+        "preset": match,
+        "model_size": match,
+        "vocab_size": cfg.model.vocab_size,
+        "lr": t.lr,
+        "batch_size": t.micro_batch_size,
+        "max_steps": t.max_steps,
+        "grad_accum": t.grad_accum_steps,
+        "optimizer": t.optimizer,
+        "schedule": t.schedule,
+        "weight_decay": t.weight_decay,
+        "grad_clip": t.grad_clip,
+        "warmup_steps": t.warmup_steps,
+        "eval_every": t.eval_every,
+        "save_every": t.save_every,
+    }
     given = cfg.to_dict()
     best: tuple[dict[str, Any], list[str]] | None = None
     for preset in [match, *[n for n in preset_names() if n != match]]:  # the preset that keeps the most
         try:
-            rebuilt = parse_train_form({**fields, "preset": preset, "run_name": "check",
-                                        "corpus_kind": CORPUS_EMBEDDED}).config.to_dict()
+            rebuilt = parse_train_form(
+                {**fields, "preset": preset, "run_name": "check", "corpus_kind": CORPUS_EMBEDDED}
+            ).config.to_dict()
         except FormError:
             continue
         lost = []
@@ -224,9 +243,18 @@ def parse_train_form(values: Mapping[str, Any]) -> TrainRequest:
     if min_lr is not None and min_lr > lr:
         min_lr = lr / 10
     train = {
-        "lr": lr, "min_lr": min_lr, "micro_batch_size": batch, "max_steps": steps, "grad_accum_steps": accum,
-        "optimizer": optimizer, "schedule": schedule, "weight_decay": wd, "grad_clip": clip,
-        "warmup_steps": warmup, "eval_every": eval_every, "save_every": save_every,
+        "lr": lr,
+        "min_lr": min_lr,
+        "micro_batch_size": batch,
+        "max_steps": steps,
+        "grad_accum_steps": accum,
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "weight_decay": wd,
+        "grad_clip": clip,
+        "warmup_steps": warmup,
+        "eval_every": eval_every,
+        "save_every": save_every,
         "log_every": max(1, min(base.train.log_every, steps // 20 or 1)),
     }
     seq = base.train.seq_len
@@ -255,6 +283,7 @@ def parse_train_form(values: Mapping[str, Any]) -> TrainRequest:
 
 
 # --- generation ----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class SamplingRequest:
@@ -288,6 +317,7 @@ def parse_sampling_form(values: Mapping[str, Any]) -> SamplingRequest:
 
 
 # --- hub -----------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class PushRequest:

@@ -3,6 +3,7 @@
 From a source checkout the guide is ``docs/app.md`` (``src/openllm/../../docs/app.md``); in the built Space
 the build copies it to ``HELP.md`` beside ``training/`` (``training/../HELP.md``).
 """
+
 from __future__ import annotations
 
 import re

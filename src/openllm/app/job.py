@@ -16,6 +16,7 @@ JOB_DIR/job.json (written by :mod:`runner`)::
     {"run_dir": ..., "continue": true, "max_steps": N}     (a fine-tuned run continues as a fine-tune)
     {"run_dir": ..., "max_steps": N, "finetune": {"base": RUN, "data": F, "val": V or null, "lora": bool}}
 """
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from ..rundir import DIVERGED, FAILED, PREPARING, STOPPED, RunLock, read_status, write_status
 
+
 class _Stopped(Exception):
     """SIGTERM arrived while the data was being prepared."""
 
@@ -37,7 +39,7 @@ _stop = threading.Event()
 _raise_on_term = True
 
 
-def _on_term(signum, frame) -> None:  # noqa: ARG001
+def _on_term(signum, frame) -> None:
     _stop.set()
     if _raise_on_term:
         raise _Stopped()
@@ -71,7 +73,7 @@ def main(job_dir: str) -> int:
         lock.acquire()
     except _Stopped:
         return 0
-    except Exception as exc:  # noqa: BLE001 - another process trains this run: say so and leave it alone
+    except Exception as exc:
         print(f"error: {exc}", flush=True)
         return 1
     try:
@@ -106,16 +108,19 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
     phase = "starting"
     try:
         for phase, fn in phases:
-            write_status(run_dir, {**base, "state": PREPARING, "phase": phase, "pid": os.getpid(),
-                                   "updated_unix": time.time()})
+            write_status(
+                run_dir, {**base, "state": PREPARING, "phase": phase, "pid": os.getpid(), "updated_unix": time.time()}
+            )
             print(f"== {phase}", flush=True)
             fn()
         phase = "training"
         _raise_on_term = False  # from here SIGTERM only asks the trainer to stop (checkpoint first)
         if _stop.is_set():
             raise _Stopped()
-        write_status(run_dir, {**base, "state": PREPARING, "phase": "starting training", "pid": os.getpid(),
-                               "updated_unix": time.time()})
+        write_status(
+            run_dir,
+            {**base, "state": PREPARING, "phase": "starting training", "pid": os.getpid(), "updated_unix": time.time()},
+        )
         print(f"== {'continuing to step ' + str(max_steps) if resuming else 'training'}", flush=True)
         from ..train import train
 
@@ -126,20 +131,35 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
             if resuming:  # the checkpoint records the base model and the data
                 finetune(None, None, run_dir, resume=True, max_steps=max_steps, stop_event=_stop, progress=True)
             else:
-                finetune(ft["base"], ft["data"], run_dir, val_data=ft.get("val"), lora=bool(ft.get("lora")) or None,
-                         max_steps=max_steps, stop_event=_stop, progress=True)
+                finetune(
+                    ft["base"],
+                    ft["data"],
+                    run_dir,
+                    val_data=ft.get("val"),
+                    lora=bool(ft.get("lora")) or None,
+                    max_steps=max_steps,
+                    stop_event=_stop,
+                    progress=True,
+                )
         elif resuming:
             train(None, out_dir=run_dir, resume=True, max_steps=max_steps, stop_event=_stop, progress=True)
         else:
-            train(job_dir / "config.json", data_dir=shards, out_dir=run_dir, stop_event=_stop, progress=True,
-                  vocab_from_data=vocab_from_data)
+            train(
+                job_dir / "config.json",
+                data_dir=shards,
+                out_dir=run_dir,
+                stop_event=_stop,
+                progress=True,
+                vocab_from_data=vocab_from_data,
+            )
         return 0
     except _Stopped:
         print(f"stopped while {phase}", flush=True)
-        write_status(run_dir, {**base, **_keep(run_dir), "state": STOPPED, "phase": f"stopped while {phase}",
-                               "pid": None})
+        write_status(
+            run_dir, {**base, **_keep(run_dir), "state": STOPPED, "phase": f"stopped while {phase}", "pid": None}
+        )
         return 0
-    except BaseException as exc:  # noqa: BLE001 - everything ends up in status.json, then the log
+    except BaseException as exc:
         from ..errors import is_user_error
 
         msg = str(exc) or type(exc).__name__
@@ -153,8 +173,17 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
         status = read_status(run_dir)
         # the trainer's own record (failed with its error, or diverged with its warning) is the better one
         if status.get("state") not in (FAILED, DIVERGED) or not status.get("error"):
-            write_status(run_dir, {**base, **_keep(run_dir), "state": FAILED, "phase": f"failed while {phase}",
-                                   "error": f"{phase}: {msg}" if phase != "training" else msg, "pid": None})
+            write_status(
+                run_dir,
+                {
+                    **base,
+                    **_keep(run_dir),
+                    "state": FAILED,
+                    "phase": f"failed while {phase}",
+                    "error": f"{phase}: {msg}" if phase != "training" else msg,
+                    "pid": None,
+                },
+            )
         return 1
 
 

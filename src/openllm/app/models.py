@@ -1,21 +1,35 @@
 """What the Models and Generate tabs do: list local runs and hub versions, resolve a model choice to something
 ``openllm.load`` takes (never a path outside the workspace), keep the last loaded model, stream generations,
 push runs to a hub and download versions. No Gradio here."""
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import OpenLLMError
-from ..rundir import checkpoint_dir, checkpoint_steps, read_best, read_metrics, WEIGHTS
+from ..rundir import WEIGHTS, checkpoint_dir, checkpoint_steps, read_best, read_metrics
 from .forms import FormError, PushRequest, SamplingRequest, parse_hub_ref
 from .runner import run_status
 from .workspace import Workspace, WorkspaceError, check_name
 
-__all__ = ["RunInfo", "list_runs", "model_choices", "resolve_model", "ModelCache",
-           "stream_completion", "hub_versions", "push_preview", "PushPreview", "push_run", "download_version"]
+__all__ = [
+    "RunInfo",
+    "list_runs",
+    "model_choices",
+    "resolve_model",
+    "ModelCache",
+    "stream_completion",
+    "hub_versions",
+    "push_preview",
+    "PushPreview",
+    "push_run",
+    "download_version",
+]
+
 
 @dataclass
 class RunInfo:
@@ -34,9 +48,18 @@ def list_runs(ws: Workspace) -> list[RunInfo]:
     for name in ws.run_names():
         st = run_status(ws, name)
         vals = [r["val_loss"] for r in read_metrics(ws.run_dir(name)) if isinstance(r.get("val_loss"), (int, float))]
-        infos.append(RunInfo(name=name, state=st.state, step=st.step, max_steps=st.max_steps,
-                             checkpoints=checkpoint_steps(ws.run_dir(name)), best_val_loss=min(vals) if vals else None,
-                             error=st.error, warning=st.warning))
+        infos.append(
+            RunInfo(
+                name=name,
+                state=st.state,
+                step=st.step,
+                max_steps=st.max_steps,
+                checkpoints=checkpoint_steps(ws.run_dir(name)),
+                best_val_loss=min(vals) if vals else None,
+                error=st.error,
+                warning=st.warning,
+            )
+        )
     return infos
 
 
@@ -108,9 +131,14 @@ def stream_completion(loaded: Any, req: SamplingRequest) -> Iterator[str]:
     n_prompt = len(loaded.tokenizer.encode(req.prompt))
     if n_prompt >= max_ctx:
         raise FormError("Prompt", f"is {n_prompt} tokens; the model's context is {max_ctx} tokens")
-    params = SamplingParams(max_new_tokens=min(req.max_new_tokens, max_ctx - n_prompt),
-                            temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-                            repetition_penalty=req.repetition_penalty, seed=req.seed)
+    params = SamplingParams(
+        max_new_tokens=min(req.max_new_tokens, max_ctx - n_prompt),
+        temperature=req.temperature,
+        top_k=req.top_k,
+        top_p=req.top_p,
+        repetition_penalty=req.repetition_penalty,
+        seed=req.seed,
+    )
     text = ""
     for piece in stream_text(loaded.model, loaded.tokenizer, req.prompt, params):
         text += piece
@@ -121,6 +149,7 @@ def stream_completion(loaded: Any, req: SamplingRequest) -> Iterator[str]:
 # The hub library (openllm.hub) does the work; these wrappers are the app's only contact with it. The hub is
 # the local one unless OPENLLM_HUB / the hub library's defaults say otherwise; a token, where one is needed,
 # comes from the environment inside the hub library and never passes through the app.
+
 
 def hub_versions(repo: str | None = None) -> list[dict[str, Any]]:
     """[{repo, version, commit, date, step}] for the model versions on the hub (or of one repo), newest repo
@@ -147,10 +176,15 @@ class PushPreview:
     best: bool  # the checkpoint with the best val loss estimate
 
     def describe(self) -> str:
-        val = (f"val loss estimate {self.val_loss:.4f}" if self.val_loss is not None
-               else "no val loss estimate at that step")
-        return (f"run {self.run}, checkpoint step {self.step:,}{' (best)' if self.best else ''}, {val}, "
-                f"weights sha256 {self.sha256[:16]}…")
+        val = (
+            f"val loss estimate {self.val_loss:.4f}"
+            if self.val_loss is not None
+            else "no val loss estimate at that step"
+        )
+        return (
+            f"run {self.run}, checkpoint step {self.step:,}{' (best)' if self.best else ''}, {val}, "
+            f"weights sha256 {self.sha256[:16]}…"
+        )
 
 
 def workspace_run(ws: Workspace, run: str | None) -> tuple[str, Path]:
@@ -178,28 +212,40 @@ def push_preview(ws: Workspace, run: str, step: int | None = None) -> PushPrevie
     if step is None:
         step = steps[-1]
     if int(step) not in steps:
-        raise FormError("Checkpoint", f"run {run!r} has no checkpoint at step {step} (it has "
-                                      f"{', '.join(map(str, steps))})")
+        raise FormError(
+            "Checkpoint", f"run {run!r} has no checkpoint at step {step} (it has {', '.join(map(str, steps))})"
+        )
     ckpt = checkpoint_dir(run_dir, int(step))
-    vals = {int(r["step"]): float(r["val_loss"]) for r in read_metrics(run_dir)
-            if isinstance(r.get("val_loss"), (int, float))}
+    vals = {
+        int(r["step"]): float(r["val_loss"])
+        for r in read_metrics(run_dir)
+        if isinstance(r.get("val_loss"), (int, float))
+    }
     from ..hashing import sha256_file
 
     best = read_best(run_dir) or {}
-    return PushPreview(run=run, step=int(step), checkpoint=ckpt, val_loss=vals.get(int(step)),
-                       sha256=sha256_file(ckpt / WEIGHTS), best=best.get("step") == int(step))
+    return PushPreview(
+        run=run,
+        step=int(step),
+        checkpoint=ckpt,
+        val_loss=vals.get(int(step)),
+        sha256=sha256_file(ckpt / WEIGHTS),
+        best=best.get("step") == int(step),
+    )
 
 
-def push_run(ws: Workspace, req: PushRequest, step: int | None = None,
-             expect_sha256: str | None = None, **publish: Any) -> dict[str, Any]:
+def push_run(
+    ws: Workspace, req: PushRequest, step: int | None = None, expect_sha256: str | None = None, **publish: Any
+) -> dict[str, Any]:
     """Push checkpoint ``step`` (default: the latest) of run ``req.run_name`` to ``req.repo`` as
     ``req.version``; returns {repo, version, commit, step, sha256}. With ``expect_sha256`` (what the preview
     showed), a checkpoint whose weights changed since is refused instead of published. ``publish``: more
     arguments of :func:`openllm.publish.push_model` (hub, license, datasets)."""
     preview = push_preview(ws, req.run_name, step)
     if expect_sha256 is not None and preview.sha256 != expect_sha256:
-        raise FormError("Push", "the checkpoint changed since it was shown; check what will be published and "
-                                "push again")
+        raise FormError(
+            "Push", "the checkpoint changed since it was shown; check what will be published and push again"
+        )
     from ..hub import RevisionExists
     from ..publish import push_model
 
@@ -207,10 +253,17 @@ def push_run(ws: Workspace, req: PushRequest, step: int | None = None,
         # a checkpoint folder is pushed as it is: the version holds exactly these weights
         res = push_model(preview.checkpoint, repo_id=req.repo, version=req.version, **publish)
     except RevisionExists:
-        raise FormError("Version", f"{req.repo} already has version {req.version}; versions are immutable: "
-                                   "choose another version name") from None
-    return {"repo": res.repo_id, "version": res.version, "commit": res.commit, "step": res.step,
-            "sha256": preview.sha256}
+        raise FormError(
+            "Version",
+            f"{req.repo} already has version {req.version}; versions are immutable: choose another version name",
+        ) from None
+    return {
+        "repo": res.repo_id,
+        "version": res.version,
+        "commit": res.commit,
+        "step": res.step,
+        "sha256": preview.sha256,
+    }
 
 
 def download_version(ws: Workspace, ref: str) -> Path:

@@ -1,5 +1,6 @@
 """What the Monitor tab shows, computed from a run's files: progress, ETA, throughput, loss curves, the log's
 tail and the memory in use. No Gradio here; :mod:`ui` only displays these."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,7 @@ from typing import Any
 from ..metrics import finite_number
 from ..rundir import read_metrics
 
-__all__ = ["Progress", "progress", "format_duration", "loss_figure", "tail_log", "memory_usage",
-           "format_progress"]
+__all__ = ["Progress", "progress", "format_duration", "loss_figure", "tail_log", "memory_usage", "format_progress"]
 
 
 @dataclass
@@ -38,9 +38,9 @@ def _tokens_per_step(run_dir: Path) -> int | None:
         return None
 
 
-
-def progress(run_dir: Path, status: dict[str, Any] | None = None,
-             metrics: list[dict[str, Any]] | None = None) -> Progress:
+def progress(
+    run_dir: Path, status: dict[str, Any] | None = None, metrics: list[dict[str, Any]] | None = None
+) -> Progress:
     """Step/total, ETA (remaining steps x tokens per step / recent tokens per second) and the last values."""
     metrics = read_metrics(run_dir) if metrics is None else metrics
     status = status or {}
@@ -63,10 +63,16 @@ def progress(run_dir: Path, status: dict[str, Any] | None = None,
     if tps and per_step and max_steps:
         eta = max(0, max_steps - step) * per_step / tps
     fraction = min(1.0, step / max_steps) if max_steps else 0.0
-    return Progress(step=step, max_steps=max_steps, fraction=fraction, tokens_per_s=tps, eta_s=eta,
-                    loss=finite_number(train[-1]["loss"]) if train else None,
-                    val_loss=finite_number(vals[-1]["val_loss"]) if vals else None,
-                    lr=finite_number(train[-1].get("lr")) if train else None)
+    return Progress(
+        step=step,
+        max_steps=max_steps,
+        fraction=fraction,
+        tokens_per_s=tps,
+        eta_s=eta,
+        loss=finite_number(train[-1]["loss"]) if train else None,
+        val_loss=finite_number(vals[-1]["val_loss"]) if vals else None,
+        lr=finite_number(train[-1].get("lr")) if train else None,
+    )
 
 
 def format_duration(seconds: float | None) -> str:
@@ -103,14 +109,19 @@ def loss_figure(metrics: list[dict[str, Any]], title: str = ""):
     fig = Figure(figsize=(5.2, 3.0), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     train = [(r["step"], finite_number(r.get("loss"))) for r in metrics if finite_number(r.get("loss")) is not None]
-    val = [(r["step"], finite_number(r.get("val_loss"))) for r in metrics if finite_number(r.get("val_loss")) is not None]
+    val = [
+        (r["step"], finite_number(r.get("val_loss"))) for r in metrics if finite_number(r.get("val_loss")) is not None
+    ]
     if train:
         ax.plot(*zip(*train), color="#2563eb", linewidth=1.6, label="training loss")
     if val:
-        ax.plot(*zip(*val), color="#ea580c", linewidth=1.8, marker="o", markersize=4, label="validation loss (estimate)")
+        ax.plot(
+            *zip(*val), color="#ea580c", linewidth=1.8, marker="o", markersize=4, label="validation loss (estimate)"
+        )
     if not train and not val:
-        ax.text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=ax.transAxes, color="#6b7280",
-                fontsize=12)
+        ax.text(
+            0.5, 0.5, "no metrics yet", ha="center", va="center", transform=ax.transAxes, color="#6b7280", fontsize=12
+        )
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
@@ -178,8 +189,12 @@ def _gpu_memory() -> str | None:
     if not exe:
         return None
     try:
-        res = subprocess.run([exe, "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=5)
+        res = subprocess.run(
+            [exe, "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if res.returncode != 0:

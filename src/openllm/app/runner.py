@@ -5,6 +5,7 @@ Who trains a run is whoever holds its run lock (:class:`openllm.rundir.RunLock`)
 the lock and ``status.json`` (:func:`openllm.rundir.run_state`), so a run started elsewhere shows live, can be
 stopped from here (SIGTERM to the lock holder's PID), and blocks a second Start while it runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -85,8 +86,18 @@ def run_status(ws: Workspace, name: str) -> RunStatus:
     if holder is not None:
         given = holder.get("log")
         log = Path(given) if given and Path(given).is_file() else (None if external else log)
-    return RunStatus(name=name, state=st.state, phase=st.phase, step=st.step, max_steps=st.max_steps,
-                     error=st.error, warning=st.warning, holder=holder, log=log, external=external)
+    return RunStatus(
+        name=name,
+        state=st.state,
+        phase=st.phase,
+        step=st.step,
+        max_steps=st.max_steps,
+        error=st.error,
+        warning=st.warning,
+        holder=holder,
+        log=log,
+        external=external,
+    )
 
 
 class Runner:
@@ -110,8 +121,11 @@ class Runner:
             holder = rundir.lock_holder(run_dir)
             if holder is not None:
                 return name, holder.get("pid")
-            if queued is None and read_status(run_dir).get("state") == rundir.QUEUED \
-                    and rundir.run_state(run_dir).state == rundir.QUEUED:
+            if (
+                queued is None
+                and read_status(run_dir).get("state") == rundir.QUEUED
+                and rundir.run_state(run_dir).state == rundir.QUEUED
+            ):
                 queued = name  # a job was started (maybe by an earlier app) and has not taken the lock yet
         if self._proc is not None:  # started, not holding the lock yet (Python is still importing)
             return self._proc_run, self._proc.pid  # type: ignore[return-value]
@@ -126,9 +140,15 @@ class Runner:
         status = read_status(run_dir)
         if status.get("state") == rundir.QUEUED:
             state = rundir.STOPPED if proc.returncode and proc.returncode < 0 else rundir.FAILED
-            write_status(run_dir, {**status, "state": state, "pid": None,
-                                   "error": None if state == rundir.STOPPED else "the job ended before it started; "
-                                   "see the log"})
+            write_status(
+                run_dir,
+                {
+                    **status,
+                    "state": state,
+                    "pid": None,
+                    "error": None if state == rundir.STOPPED else "the job ended before it started; see the log",
+                },
+            )
 
     def status(self, name: str) -> RunStatus:
         return run_status(self.ws, name)
@@ -142,8 +162,9 @@ class Runner:
             name, pid = active
             st = self.status(name)
             who = " (started outside the app" + (f", PID {pid})" if pid else ")") if st.external else ""
-            raise RunnerError(f"run {name!r} is still training{who}: stop it (or wait for it to finish) before "
-                              "starting another")
+            raise RunnerError(
+                f"run {name!r} is still training{who}: stop it (or wait for it to finish) before starting another"
+            )
 
     # --- start / continue / stop / delete -----------------------------------------------------------------
 
@@ -154,17 +175,24 @@ class Runner:
         run_dir, job_dir = self.ws.run_dir(name), self.ws.job_dir(name)
         if run_dir.exists() and any(run_dir.iterdir()):
             st = self.status(name)
-            hint = ("delete it in the Models tab to reuse the name, or choose another run name"
-                    if st.state in (rundir.FAILED, rundir.DIVERGED, "new") else
-                    "continue it in the Models tab, or choose another run name")
+            hint = (
+                "delete it in the Models tab to reuse the name, or choose another run name"
+                if st.state in (rundir.FAILED, rundir.DIVERGED, "new")
+                else "continue it in the Models tab, or choose another run name"
+            )
             raise RunnerError(f"a run called {name!r} already exists ({st.state}): {hint}")
         inputs = self._inputs(request, job_dir)
         shutil.rmtree(job_dir, ignore_errors=True)  # left by a deleted run of the same name
         job_dir.mkdir(parents=True, exist_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         request.config.save(job_dir / "config.json")
-        spec = {"run_dir": str(run_dir), "inputs": inputs, "vocab_size": request.vocab_size,
-                "max_steps": request.config.train.max_steps, "field": request.field}
+        spec = {
+            "run_dir": str(run_dir),
+            "inputs": inputs,
+            "vocab_size": request.vocab_size,
+            "max_steps": request.config.train.max_steps,
+            "field": request.field,
+        }
         write_json_atomic(job_dir / "job.json", spec)
         return self._launch(name, job_dir, request.config.train.max_steps)
 
@@ -189,8 +217,16 @@ class Runner:
         self._launch(name, job_dir, total)
         return total
 
-    def finetune(self, base: str, name: str, data: str | Path, val: str | Path | None = None, *,
-                 lora: bool = False, max_steps: int | None = None) -> str:
+    def finetune(
+        self,
+        base: str,
+        name: str,
+        data: str | Path,
+        val: str | Path | None = None,
+        *,
+        lora: bool = False,
+        max_steps: int | None = None,
+    ) -> str:
         """Fine-tune the ended run ``base`` on the conversations in ``data`` (and held-out ``val``) into a new
         run ``name``, in a job process as training runs (``openllm finetune BASE --data F [--val V] --out
         RUN [--lora] [--max-steps N]``); returns ``name``. The files are checked first and copied into the
@@ -202,12 +238,16 @@ class Runner:
         base_dir = self.ws.run_dir(base)
         st = self.status(base)
         if st.state not in (rundir.STOPPED, rundir.FINISHED) or not rundir.checkpoint_steps(base_dir):
-            raise RunnerError(f"run {base!r} is {'not started' if st.state == 'new' else st.state}: only a "
-                              "finished or stopped run with a checkpoint can be fine-tuned")
+            raise RunnerError(
+                f"run {base!r} is {'not started' if st.state == 'new' else st.state}: only a "
+                "finished or stopped run with a checkpoint can be fine-tuned"
+            )
         run_dir, job_dir = self.ws.run_dir(name), self.ws.job_dir(name)
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise RunnerError(f"a run called {name!r} already exists ({self.status(name).state}): choose "
-                              "another name for the fine-tuned run")
+            raise RunnerError(
+                f"a run called {name!r} already exists ({self.status(name).state}): choose "
+                "another name for the fine-tuned run"
+            )
         steps = int(max_steps) if max_steps else int(SFT_DEFAULTS["max_steps"])
         if steps < 1:
             raise RunnerError("Steps: must be at least 1")
@@ -231,23 +271,43 @@ class Runner:
         shutil.rmtree(job_dir, ignore_errors=True)
         job_dir.mkdir(parents=True, exist_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        spec = {"run_dir": str(run_dir), "max_steps": steps,
-                "finetune": {"base": str(base_dir.resolve()), "data": files["data"], "val": files.get("val"),
-                             "lora": bool(lora)}}
+        spec = {
+            "run_dir": str(run_dir),
+            "max_steps": steps,
+            "finetune": {
+                "base": str(base_dir.resolve()),
+                "data": files["data"],
+                "val": files.get("val"),
+                "lora": bool(lora),
+            },
+        }
         write_json_atomic(job_dir / "job.json", spec)
         return self._launch(name, job_dir, steps)
 
     def _launch(self, name: str, job_dir: Path, max_steps: int) -> str:
         run_dir = self.ws.run_dir(name)
         old = read_status(run_dir)
-        write_status(run_dir, {**{k: old[k] for k in ("step",) if k in old}, "state": rundir.QUEUED,
-                               "phase": "queued", "error": None, "max_steps": max_steps, "pid": None,
-                               "updated_unix": time.time()})
+        write_status(
+            run_dir,
+            {
+                **{k: old[k] for k in ("step",) if k in old},
+                "state": rundir.QUEUED,
+                "phase": "queued",
+                "error": None,
+                "max_steps": max_steps,
+                "pid": None,
+                "updated_unix": time.time(),
+            },
+        )
         with open(job_dir / "log.txt", "ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", f"{PKG}.app.job", str(job_dir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
-                cwd=str(self.ws.root), start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=child_env(),
+                cwd=str(self.ws.root),
+                start_new_session=True,
             )
         self._proc_run = name
         return name
@@ -264,8 +324,10 @@ class Runner:
             if path.is_dir():  # a folder is read recursively: a symlink in it must not lead out either
                 for p in path.rglob("*"):
                     if not self.ws.contains(p):
-                        raise RunnerError(f"Corpus path: {self.ws.relative(p.parent)}/{p.name} leads outside the "
-                                          "app's workspace; remove that link or copy the file in")
+                        raise RunnerError(
+                            f"Corpus path: {self.ws.relative(p.parent)}/{p.name} leads outside the "
+                            "app's workspace; remove that link or copy the file in"
+                        )
             return [str(path)]
         if request.corpus_kind == "upload":
             src = Path(request.corpus_path or "")

@@ -1,6 +1,7 @@
 """What the Evaluate, Export and Compare tabs do: evaluate a run with the library's evaluator (results saved
 with the run), export it into the workspace and as a zip, and draw several runs' curves on one plot.
 No Gradio here."""
+
 from __future__ import annotations
 
 import shutil
@@ -14,8 +15,7 @@ from .forms import FormError
 from .models import workspace_run
 from .workspace import Workspace, WorkspaceError
 
-__all__ = ["EXPORT_CHOICES", "evaluate_run", "evaluation_markdown", "export_run", "compare_figure",
-           "curves_figure"]
+__all__ = ["EXPORT_CHOICES", "evaluate_run", "evaluation_markdown", "export_run", "compare_figure", "curves_figure"]
 
 # what the Export tab offers -> (export format, gguf type)
 EXPORT_CHOICES = {
@@ -34,8 +34,9 @@ def _run_dir(ws: Workspace, run: str | None) -> Path:
     return run_dir
 
 
-def evaluate_run(ws: Workspace, run: str, *, limit: int | None = None, task_file: str | None = None,
-                 tasks: list[str] | None = None) -> dict[str, Any]:
+def evaluate_run(
+    ws: Workspace, run: str, *, limit: int | None = None, task_file: str | None = None, tasks: list[str] | None = None
+) -> dict[str, Any]:
     """Evaluate the run's latest checkpoint on its val split (loss, perplexity, bits per byte, with the
     baselines) plus ``tasks`` (names such as lambada) and an uploaded task file; the results are saved as
     ``RUN/evaluation.json`` (what the model card reports)."""
@@ -80,11 +81,11 @@ def export_run(ws: Workspace, run: str, choice: str) -> tuple[Path, Path]:
     try:
         export(run_dir, out, [fmt], overwrite=True, gguf_types=[gguf_type or "f16"], progress=False)
     except ImportError as exc:
-        raise OpenLLMError(f"the {choice} export needs a package this installation lacks ({exc.name}); "
-                           "install openllm's export extra") from None
+        raise OpenLLMError(
+            f"the {choice} export needs a package this installation lacks ({exc.name}); install openllm's export extra"
+        ) from None
     archive = Path(shutil.make_archive(str(ws.downloads_dir / out.name), "zip", root_dir=out))
     return out, archive
-
 
 
 def _figure(height: float = 3.4):
@@ -106,7 +107,11 @@ def compare_figure(ws: Workspace, runs: list[str]):
         metrics = read_metrics(ws.run_dir(run))
         color = colors[i % len(colors)]
         train = [(r["step"], finite_number(r.get("loss"))) for r in metrics if finite_number(r.get("loss")) is not None]
-        val = [(r["step"], finite_number(r.get("val_loss"))) for r in metrics if finite_number(r.get("val_loss")) is not None]
+        val = [
+            (r["step"], finite_number(r.get("val_loss")))
+            for r in metrics
+            if finite_number(r.get("val_loss")) is not None
+        ]
         if train:
             ax.plot(*zip(*train), color=color, linewidth=1.5, label=run)
             drawn = True
@@ -114,8 +119,16 @@ def compare_figure(ws: Workspace, runs: list[str]):
             ax.plot(*zip(*val), color=color, linestyle="none", marker="o", markersize=4)
             drawn = True
     if not drawn:
-        ax.text(0.5, 0.5, "choose runs with metrics", ha="center", va="center", transform=ax.transAxes,
-                color="#6b7280", fontsize=13)
+        ax.text(
+            0.5,
+            0.5,
+            "choose runs with metrics",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="#6b7280",
+            fontsize=13,
+        )
     else:
         ax.legend(frameon=False, fontsize=13)
     _style(ax, "loss (nats / token)")
@@ -129,7 +142,9 @@ def curves_figure(ws: Workspace, run: str | None):
     ax_lr, ax_gn = fig.subplots(2, 1, sharex=True)
     metrics = read_metrics(ws.run_dir(run)) if run else []
     lr = [(r["step"], finite_number(r.get("lr"))) for r in metrics if finite_number(r.get("lr")) is not None]
-    gn = [(r["step"], finite_number(r.get("grad_norm"))) for r in metrics if finite_number(r.get("grad_norm")) is not None]
+    gn = [
+        (r["step"], finite_number(r.get("grad_norm"))) for r in metrics if finite_number(r.get("grad_norm")) is not None
+    ]
     if lr:
         ax_lr.plot(*zip(*lr), color="#16a34a", linewidth=1.6)
     if gn:

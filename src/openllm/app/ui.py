@@ -6,6 +6,7 @@ components other tabs need; :class:`Shared` holds what every tab uses (the works
 cache, the lists the pickers offer) and the pickers' memory: a choice a user made is kept across tab switches,
 refreshes and reloads (in the browser's local storage), and only replaced when it no longer exists.
 """
+
 from __future__ import annotations
 
 import html
@@ -16,24 +17,35 @@ from typing import Any
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported, always
 
-import gradio as gr  # noqa: E402
+import gradio as gr
 
-from .. import rundir  # noqa: E402
-from ..config import preset_names  # noqa: E402
-from ..errors import is_user_error  # noqa: E402
-from ..rundir import checkpoint_steps, read_metrics  # noqa: E402
-from . import chat as C  # noqa: E402
-from . import models as M  # noqa: E402
-from . import tools as T  # noqa: E402
-from .corpus_check import check_corpus  # noqa: E402
-from .estimate import estimate_time  # noqa: E402
-from .forms import (CORPUS_EMBEDDED, CORPUS_UPLOAD, CORPUS_WORKSPACE, OPTIMIZERS, SCHEDULES,  # noqa: E402
-                    FormError, config_fields, parse_push_form, parse_repo, parse_sampling_form, parse_train_form,
-                    preset_fields)
-from .help import load_help  # noqa: E402
-from .monitor import format_progress, loss_figure, memory_usage, progress, tail_log  # noqa: E402
-from .runner import Runner, RunnerError, RunStatus  # noqa: E402
-from .workspace import Workspace, WorkspaceError, default_workspace  # noqa: E402
+from .. import rundir
+from ..config import preset_names
+from ..errors import is_user_error
+from ..rundir import checkpoint_steps, read_metrics
+from . import chat as C
+from . import models as M
+from . import tools as T
+from .corpus_check import check_corpus
+from .estimate import estimate_time
+from .forms import (
+    CORPUS_EMBEDDED,
+    CORPUS_UPLOAD,
+    CORPUS_WORKSPACE,
+    OPTIMIZERS,
+    SCHEDULES,
+    FormError,
+    config_fields,
+    parse_push_form,
+    parse_repo,
+    parse_sampling_form,
+    parse_train_form,
+    preset_fields,
+)
+from .help import load_help
+from .monitor import format_progress, loss_figure, memory_usage, progress, tail_log
+from .runner import Runner, RunnerError, RunStatus
+from .workspace import Workspace, WorkspaceError, default_workspace
 
 __all__ = ["build_app", "CSS", "THEME", "Shared"]
 
@@ -85,9 +97,10 @@ footer {display: none !important;}
 
 def _theme():
     # system fonts only: the default themes fetch Google Fonts, and the app contacts no remote host
-    return gr.themes.Soft(font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial",
-                                "sans-serif"],
-                          font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
+    return gr.themes.Soft(
+        font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"],
+        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+    )
 
 
 THEME = _theme()
@@ -118,8 +131,9 @@ def _date(iso: str) -> str:
 def _state_badge(state: str) -> str:
     cls = state if state in rundir.STATES else "new"
     label = "not started" if state == "new" else state
-    return (f'<span class="state state-{cls}" id="run-state" data-state="{html.escape(state)}">'
-            f'{html.escape(label)}</span>')
+    return (
+        f'<span class="state state-{cls}" id="run-state" data-state="{html.escape(state)}">{html.escape(label)}</span>'
+    )
 
 
 def _size(n: int) -> str:
@@ -160,7 +174,7 @@ class Shared:
     def hub_refs(self) -> list[str]:
         try:
             return [f"{v['repo']}@{v['version']}" for v in M.hub_versions()]
-        except Exception:  # noqa: BLE001 - a hub that cannot be listed offers nothing to pick
+        except Exception:
             return []
 
     def gen_choices(self) -> list[tuple[str, str]]:
@@ -170,8 +184,9 @@ class Shared:
         if not run or run not in self.run_choices():
             return []
         run_dir = self.ws.run_dir(run)
-        vals = {int(r["step"]): r["val_loss"] for r in read_metrics(run_dir)
-                if isinstance(r.get("val_loss"), (int, float))}
+        vals = {
+            int(r["step"]): r["val_loss"] for r in read_metrics(run_dir) if isinstance(r.get("val_loss"), (int, float))
+        }
         best = (rundir.read_best(run_dir) or {}).get("step")
         out = []
         for s in reversed(checkpoint_steps(run_dir)):
@@ -197,8 +212,9 @@ def _remember(picks: dict | None, key: str, value: Any) -> dict:
 def _wrap_tabs() -> dict:
     import inspect
 
-    return ({"overflow_behavior": "wrap"} if "overflow_behavior" in inspect.signature(gr.Tabs.__init__).parameters
-            else {})
+    return (
+        {"overflow_behavior": "wrap"} if "overflow_behavior" in inspect.signature(gr.Tabs.__init__).parameters else {}
+    )
 
 
 def _rememberer(key: str):
@@ -209,6 +225,7 @@ def _rememberer(key: str):
 
 
 # --- Train ------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class TrainTab:
@@ -226,11 +243,16 @@ def _corpus_report(chk) -> str:
         rows.append(f"<li>size: {_size(chk.size_bytes)} in {chk.files} file{'s' if chk.files != 1 else ''}</li>")
     if chk.documents:
         dropped = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in chk.dropped.items())
-        rows.append(f"<li>{chk.documents:,} documents after cleaning ({chk.characters:,} characters)"
-                    + (f"; dropped {html.escape(dropped)}" if dropped else "") + "</li>")
+        rows.append(
+            f"<li>{chk.documents:,} documents after cleaning ({chk.characters:,} characters)"
+            + (f"; dropped {html.escape(dropped)}" if dropped else "")
+            + "</li>"
+        )
     if chk.fields:
-        rows.append(f"<li>text fields: {html.escape(', '.join(chk.fields))}; training reads "
-                    f"<b>{html.escape(chk.field or 'text')}</b></li>")
+        rows.append(
+            f"<li>text fields: {html.escape(', '.join(chk.fields))}; training reads "
+            f"<b>{html.escape(chk.field or 'text')}</b></li>"
+        )
     body = f"<ul>{''.join(rows)}</ul>" if rows else ""
     if chk.preview:
         body += "<div>first documents:</div>" + "".join(f"<pre>{html.escape(t)}</pre>" for t in chk.preview)
@@ -257,74 +279,148 @@ def _config_summary(cfg, est=None) -> str:
     rep = param_report(cfg.model, seq)
     tokens = t.micro_batch_size * t.grad_accum_steps * seq
     state_mib = rep["params"] * 16 / 2**20
-    return (f'<div class="msg-info" id="config-facts">{rep["params"]:,} parameters '
-            f'({rep["params_non_embedding"]:,} without embeddings) · {tokens:,} tokens per step '
-            f'({t.micro_batch_size} × {t.grad_accum_steps} × {seq}) · {t.max_steps:,} steps = '
-            f'{tokens * t.max_steps:,} tokens · memory for weights, gradients and AdamW state: about '
-            f'{state_mib:,.0f} MiB in fp32, plus activations</div>'
-            + (f'<div class="msg-{"info" if est.tokens_per_s else "warn"}" id="config-time" '
-               f'data-seconds="{est.seconds or ""}">Time: {html.escape(est.describe())}</div>' if est else ""))
+    return (
+        f'<div class="msg-info" id="config-facts">{rep["params"]:,} parameters '
+        f"({rep['params_non_embedding']:,} without embeddings) · {tokens:,} tokens per step "
+        f"({t.micro_batch_size} × {t.grad_accum_steps} × {seq}) · {t.max_steps:,} steps = "
+        f"{tokens * t.max_steps:,} tokens · memory for weights, gradients and AdamW state: about "
+        f"{state_mib:,.0f} MiB in fp32, plus activations</div>"
+        + (
+            f'<div class="msg-{"info" if est.tokens_per_s else "warn"}" id="config-time" '
+            f'data-seconds="{est.seconds or ""}">Time: {html.escape(est.describe())}</div>'
+            if est
+            else ""
+        )
+    )
 
 
 def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, dict]:
     defaults = preset_fields(first)
     with gr.Row():
-        run_name = gr.Textbox(label="Run name", value="run-1", elem_id="run-name", scale=2,
-                              info="the folder under runs/: letters, digits, '.', '_', '-'")
-        preset = gr.Dropdown(presets, value=first, label="Preset", elem_id="preset", scale=1,
-                             info="fills in every field below")
-        size = gr.Dropdown(presets, value=defaults["model_size"], label="Model size", elem_id="model-size",
-                           scale=1, info="layers, width, heads, context")
-        vocab = gr.Number(defaults["vocab_size"], label="Vocabulary size", elem_id="vocab-size", scale=1,
-                          info="tokenizer pieces (at least 324)")
+        run_name = gr.Textbox(
+            label="Run name",
+            value="run-1",
+            elem_id="run-name",
+            scale=2,
+            info="the folder under runs/: letters, digits, '.', '_', '-'",
+        )
+        preset = gr.Dropdown(
+            presets, value=first, label="Preset", elem_id="preset", scale=1, info="fills in every field below"
+        )
+        size = gr.Dropdown(
+            presets,
+            value=defaults["model_size"],
+            label="Model size",
+            elem_id="model-size",
+            scale=1,
+            info="layers, width, heads, context",
+        )
+        vocab = gr.Number(
+            defaults["vocab_size"],
+            label="Vocabulary size",
+            elem_id="vocab-size",
+            scale=1,
+            info="tokenizer pieces (at least 324)",
+        )
     with gr.Row():
         lr = gr.Number(defaults["lr"], label="Learning rate", elem_id="lr", info="peak, after warmup")
-        batch = gr.Number(defaults["batch_size"], label="Batch size", elem_id="batch-size",
-                          info="sequences per micro-batch")
+        batch = gr.Number(
+            defaults["batch_size"], label="Batch size", elem_id="batch-size", info="sequences per micro-batch"
+        )
         steps = gr.Number(defaults["max_steps"], label="Steps", elem_id="steps", info="optimizer steps")
     with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
         with gr.Row():
-            accum = gr.Number(defaults["grad_accum"], label="Gradient accumulation", elem_id="grad-accum",
-                              info="micro-batches per step")
-            opt = gr.Dropdown(list(OPTIMIZERS), value=defaults["optimizer"], label="Optimizer",
-                              elem_id="optimizer", info="decoupled weight decay")
-            sched = gr.Dropdown(list(SCHEDULES), value=defaults["schedule"], label="Scheduler",
-                                elem_id="scheduler", info="learning-rate schedule after warmup")
+            accum = gr.Number(
+                defaults["grad_accum"],
+                label="Gradient accumulation",
+                elem_id="grad-accum",
+                info="micro-batches per step",
+            )
+            opt = gr.Dropdown(
+                list(OPTIMIZERS),
+                value=defaults["optimizer"],
+                label="Optimizer",
+                elem_id="optimizer",
+                info="decoupled weight decay",
+            )
+            sched = gr.Dropdown(
+                list(SCHEDULES),
+                value=defaults["schedule"],
+                label="Scheduler",
+                elem_id="scheduler",
+                info="learning-rate schedule after warmup",
+            )
             wd = gr.Number(defaults["weight_decay"], label="Weight decay", elem_id="weight-decay", info="0 = none")
         with gr.Row():
-            clip = gr.Number(defaults["grad_clip"], label="Gradient clipping", elem_id="grad-clip",
-                             info="max gradient norm; 0 = off")
-            warmup = gr.Number(defaults["warmup_steps"], label="Warmup steps", elem_id="warmup",
-                               info="linear warmup")
-            eval_every = gr.Number(defaults["eval_every"], label="Evaluate every", elem_id="eval-every",
-                                   info="steps between val-loss points")
-            save_every = gr.Number(defaults["save_every"], label="Save every", elem_id="save-every",
-                                   info="steps between checkpoints")
+            clip = gr.Number(
+                defaults["grad_clip"], label="Gradient clipping", elem_id="grad-clip", info="max gradient norm; 0 = off"
+            )
+            warmup = gr.Number(defaults["warmup_steps"], label="Warmup steps", elem_id="warmup", info="linear warmup")
+            eval_every = gr.Number(
+                defaults["eval_every"],
+                label="Evaluate every",
+                elem_id="eval-every",
+                info="steps between val-loss points",
+            )
+            save_every = gr.Number(
+                defaults["save_every"], label="Save every", elem_id="save-every", info="steps between checkpoints"
+            )
     with gr.Group():
-        corpus_kind = gr.Radio([CORPUS_EMBEDDED, CORPUS_WORKSPACE, CORPUS_UPLOAD], value=CORPUS_EMBEDDED,
-                               label="Corpus", elem_id="corpus-kind")
-        corpus_path = gr.Textbox(label="Path inside the workspace", visible=False, elem_id="corpus-path",
-                                 placeholder="corpora/my_text.txt", info=f"relative to the workspace {sh.ws.root}")
-        upload = gr.File(label="Upload a .txt, .jsonl or .parquet file", visible=False,
-                         file_types=[".txt", ".jsonl", ".json", ".parquet", ".md"], type="filepath",
-                         elem_id="corpus-upload")
-        text_field = gr.Dropdown([], value=None, label="Text field", visible=False, elem_id="text-field",
-                                 allow_custom_value=True, info="the field of each record that holds its text")
+        corpus_kind = gr.Radio(
+            [CORPUS_EMBEDDED, CORPUS_WORKSPACE, CORPUS_UPLOAD],
+            value=CORPUS_EMBEDDED,
+            label="Corpus",
+            elem_id="corpus-kind",
+        )
+        corpus_path = gr.Textbox(
+            label="Path inside the workspace",
+            visible=False,
+            elem_id="corpus-path",
+            placeholder="corpora/my_text.txt",
+            info=f"relative to the workspace {sh.ws.root}",
+        )
+        upload = gr.File(
+            label="Upload a .txt, .jsonl or .parquet file",
+            visible=False,
+            file_types=[".txt", ".jsonl", ".json", ".parquet", ".md"],
+            type="filepath",
+            elem_id="corpus-upload",
+        )
+        text_field = gr.Dropdown(
+            [],
+            value=None,
+            label="Text field",
+            visible=False,
+            elem_id="text-field",
+            allow_custom_value=True,
+            info="the field of each record that holds its text",
+        )
         corpus_html = gr.HTML("", elem_id="corpus-check")
     with gr.Accordion("The config this run will use: see it, save it, load one", open=False, elem_id="config-box"):
         with gr.Row():
-            from_run = gr.Dropdown(_config_runs(sh), value=None, label="Start from the settings of an earlier run",
-                                   elem_id="config-from-run", scale=2, min_width=240,
-                                   info="fills in the form with that run's config")
-            load_file = gr.File(label="Load a config file (.json)", file_types=[".json"], type="filepath",
-                                elem_id="config-load", scale=2, min_width=240)
+            from_run = gr.Dropdown(
+                _config_runs(sh),
+                value=None,
+                label="Start from the settings of an earlier run",
+                elem_id="config-from-run",
+                scale=2,
+                min_width=240,
+                info="fills in the form with that run's config",
+            )
+            load_file = gr.File(
+                label="Load a config file (.json)",
+                file_types=[".json"],
+                type="filepath",
+                elem_id="config-load",
+                scale=2,
+                min_width=240,
+            )
         config_msg = gr.HTML("", elem_id="config-msg")
         with gr.Row():
             config_btn = gr.Button("Show the config", size="sm", elem_id="config-btn")
             save_btn = gr.DownloadButton("Save the config file", size="sm", elem_id="config-save", visible=False)
         config_summary = gr.HTML("", elem_id="config-summary")
-        config_json = gr.Code("", language="json", label="config.json", elem_id="config-json",
-                              interactive=False)
+        config_json = gr.Code("", language="json", label="config.json", elem_id="config-json", interactive=False)
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
         stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
@@ -335,11 +431,24 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
     def on_preset(name):
         try:
             f = preset_fields(name)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return [gr.skip()] * len(form) + [_err(exc)]
-        return [f["model_size"], f["vocab_size"], f["lr"], f["batch_size"], f["max_steps"], f["grad_accum"],
-                f["optimizer"], f["schedule"], f["weight_decay"], f["grad_clip"], f["warmup_steps"],
-                f["eval_every"], f["save_every"], _msg(f"Loaded preset {name!r}.", "info")]
+        return [
+            f["model_size"],
+            f["vocab_size"],
+            f["lr"],
+            f["batch_size"],
+            f["max_steps"],
+            f["grad_accum"],
+            f["optimizer"],
+            f["schedule"],
+            f["weight_decay"],
+            f["grad_clip"],
+            f["warmup_steps"],
+            f["eval_every"],
+            f["save_every"],
+            _msg(f"Loaded preset {name!r}.", "info"),
+        ]
 
     def corpus_file(kind, path, up) -> tuple[Path | None, str | None]:
         """The file or folder the chosen corpus is, or (None, why not)."""
@@ -358,8 +467,10 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
         if where is None:
             if why is None:
                 return "", gr.update(visible=False)
-            return (f'<div class="corpus-check" data-ok="false"><div class="msg-err" id="corpus-problem">'
-                    f'Corpus: {html.escape(why)}</div></div>'), gr.update(visible=False)
+            return (
+                f'<div class="corpus-check" data-ok="false"><div class="msg-err" id="corpus-problem">'
+                f"Corpus: {html.escape(why)}</div></div>"
+            ), gr.update(visible=False)
         chk = check_corpus(where, fld or None)
         picker = gr.update(visible=bool(chk.fields), choices=chk.fields, value=chk.field)
         return _corpus_report(chk), picker
@@ -369,9 +480,30 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
         return gr.update(visible=kind == CORPUS_WORKSPACE), gr.update(visible=kind == CORPUS_UPLOAD), report, picker
 
     def on_start(run, preset_, *rest):
-        values = dict(zip(["model_size", "vocab_size", "lr", "batch_size", "max_steps", "grad_accum", "optimizer",
-                           "schedule", "weight_decay", "grad_clip", "warmup_steps", "eval_every", "save_every",
-                           "corpus_kind", "corpus_path", "upload", "text_field"], rest))
+        values = dict(
+            zip(
+                [
+                    "model_size",
+                    "vocab_size",
+                    "lr",
+                    "batch_size",
+                    "max_steps",
+                    "grad_accum",
+                    "optimizer",
+                    "schedule",
+                    "weight_decay",
+                    "grad_clip",
+                    "warmup_steps",
+                    "eval_every",
+                    "save_every",
+                    "corpus_kind",
+                    "corpus_path",
+                    "upload",
+                    "text_field",
+                ],
+                rest,
+            )
+        )
         values.update(run_name=run, preset=preset_)
         stay = gr.skip()
         try:
@@ -385,40 +517,79 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
                     raise FormError("Corpus", chk.problem or "not usable")
                 req.field = chk.field or "text"
             name = sh.runner.start(req)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return _err(exc), stay, stay, stay
         started = _msg(f"Started run {name!r}. Following it in the Monitor tab.", "ok")
-        return (started, gr.update(choices=sh.run_choices(), value=name), gr.Tabs(selected="monitor"),
-                started)
+        return (started, gr.update(choices=sh.run_choices(), value=name), gr.Tabs(selected="monitor"), started)
 
     def on_config(run, preset_, *rest):
-        values = dict(zip(["model_size", "vocab_size", "lr", "batch_size", "max_steps", "grad_accum", "optimizer",
-                           "schedule", "weight_decay", "grad_clip", "warmup_steps", "eval_every", "save_every",
-                           "corpus_kind", "corpus_path", "upload", "text_field"], rest))
+        values = dict(
+            zip(
+                [
+                    "model_size",
+                    "vocab_size",
+                    "lr",
+                    "batch_size",
+                    "max_steps",
+                    "grad_accum",
+                    "optimizer",
+                    "schedule",
+                    "weight_decay",
+                    "grad_clip",
+                    "warmup_steps",
+                    "eval_every",
+                    "save_every",
+                    "corpus_kind",
+                    "corpus_path",
+                    "upload",
+                    "text_field",
+                ],
+                rest,
+            )
+        )
         values.update(run_name=run or "preview", preset=preset_)
         try:
             cfg = parse_train_form(values).config
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return _err(exc), "", gr.update(visible=False)
         out = sh.ws.downloads_dir / f"config-{cfg.name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         rundir.write_text_atomic(out, cfg.to_json() + "\n")
-        return _config_summary(cfg, estimate_time(sh.ws, cfg)), cfg.to_json(), gr.update(value=str(out),
-                                                                                         visible=True)
+        return _config_summary(cfg, estimate_time(sh.ws, cfg)), cfg.to_json(), gr.update(value=str(out), visible=True)
 
     def fill(source, label):
         """The form filled in from a saved config, with what it could not hold named."""
         try:
             f, lost = config_fields(source)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return [gr.skip()] * (len(form) + 1) + [_err(exc)]
-        note = (" These settings are not in the form and take the preset's values: " + "; ".join(lost) + "."
-                if lost else " Every setting of it is in the form.")
-        values = [f["preset"], f["model_size"], f["vocab_size"], f["lr"], f["batch_size"], f["max_steps"],
-                  f["grad_accum"], f["optimizer"], f["schedule"], f["weight_decay"], f["grad_clip"],
-                  f["warmup_steps"], f["eval_every"], f["save_every"]]
-        return values + [_msg(f"Loaded the settings of {label}.{note} Check the corpus and the run name, then "
-                              "Start.", "warn" if lost else "ok")]
+        note = (
+            " These settings are not in the form and take the preset's values: " + "; ".join(lost) + "."
+            if lost
+            else " Every setting of it is in the form."
+        )
+        values = [
+            f["preset"],
+            f["model_size"],
+            f["vocab_size"],
+            f["lr"],
+            f["batch_size"],
+            f["max_steps"],
+            f["grad_accum"],
+            f["optimizer"],
+            f["schedule"],
+            f["weight_decay"],
+            f["grad_clip"],
+            f["warmup_steps"],
+            f["eval_every"],
+            f["save_every"],
+        ]
+        return values + [
+            _msg(
+                f"Loaded the settings of {label}.{note} Check the corpus and the run name, then Start.",
+                "warn" if lost else "ok",
+            )
+        ]
 
     def on_from_run(name):
         if not name:
@@ -455,6 +626,7 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
 
 # --- Monitor ---------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class MonitorTab:
     run: Any
@@ -475,17 +647,24 @@ def _log_text(st: RunStatus) -> str:
     if st.log is not None:
         return tail_log(st.log) or "(the log is empty so far)"
     if st.external and st.pid:
-        return (f"(this run is being trained by a process started outside the app, PID {st.pid}; it writes no "
-                "log file the app can read: its progress and losses above come from the run's metrics. Start "
-                "it with `openllm train ... > RUN/train.log 2>&1` to see its log here)")
+        return (
+            f"(this run is being trained by a process started outside the app, PID {st.pid}; it writes no "
+            "log file the app can read: its progress and losses above come from the run's metrics. Start "
+            "it with `openllm train ... > RUN/train.log 2>&1` to see its log here)"
+        )
     return "(no log for this run)"
 
 
 def monitor_view(sh: Shared, run: str | None, last_count: Any):
     """The Monitor tab's HTML, plot (skipped when nothing changed), log tail, change marker, Stop button."""
     if not run:
-        return (_msg("No run yet. Start one in the Train tab.", "info"), gr.skip(), "", last_count,
-                gr.update(interactive=False))
+        return (
+            _msg("No run yet. Start one in the Train tab.", "info"),
+            gr.skip(),
+            "",
+            last_count,
+            gr.update(interactive=False),
+        )
     try:
         st = sh.runner.status(run)
         run_dir = sh.ws.run_dir(run)
@@ -499,26 +678,39 @@ def monitor_view(sh: Shared, run: str | None, last_count: Any):
     phase = f" — {html.escape(st.phase)}" if st.phase and st.state == rundir.PREPARING else ""
     who = ""
     if st.holder is not None:
-        who = (f' · <span id="run-holder">PID {st.pid}'
-               + (" (started outside the app)" if st.external else "") + "</span>")
+        who = (
+            f' · <span id="run-holder">PID {st.pid}' + (" (started outside the app)" if st.external else "") + "</span>"
+        )
     error = f'<div class="msg-err" id="run-error">{html.escape(st.error)}</div>' if st.error else ""
     warning = f'<div class="msg-warn" id="run-warning">{html.escape(st.warning)}</div>' if st.warning else ""
     ckpts = checkpoint_steps(run_dir)
     ck = f"step {ckpts[-1]:,}" if ckpts else "none yet"
-    stats = [("Step", f["step"], "stat-step"), ("ETA", f["eta"] if live else "–", "stat-eta"),
-             ("Tokens / s", f["tokens_per_s"], "stat-tps"), ("Loss", f["loss"], "stat-loss"),
-             ("Val loss (estimate)", f["val_loss"], "stat-val"), ("Latest checkpoint", ck, "stat-ckpt")]
-    cards = "".join(f'<div class="stat" id="{i}"><div class="label">{html.escape(k)}</div>'
-                    f'<div class="value">{html.escape(v)}</div></div>' for k, v, i in stats)
-    mem_line = (f'<div class="mem" id="stat-mem">Memory: machine RAM <b>{html.escape(mem["ram"])}</b>'
-                f' · training process <b>{html.escape(mem.get("training", "not running"))}</b>'
-                f' · GPU <b>{html.escape(mem["gpu"])}</b></div>')
-    view = (f'<div id="monitor-view" data-step="{p.step}" data-max-steps="{p.max_steps or 0}" '
-            f'data-points="{len(metrics)}" data-state="{html.escape(st.state)}" '
-            f'data-external="{str(st.external).lower()}">'
-            f'<div><b>{html.escape(run)}</b> {_state_badge(st.state)}{phase}{who}</div>'
-            f'<div class="bar"><div style="width:{100 * p.fraction:.1f}%"></div></div>'
-            f'{error}{warning}<div class="stats">{cards}</div>{mem_line}</div>')
+    stats = [
+        ("Step", f["step"], "stat-step"),
+        ("ETA", f["eta"] if live else "–", "stat-eta"),
+        ("Tokens / s", f["tokens_per_s"], "stat-tps"),
+        ("Loss", f["loss"], "stat-loss"),
+        ("Val loss (estimate)", f["val_loss"], "stat-val"),
+        ("Latest checkpoint", ck, "stat-ckpt"),
+    ]
+    cards = "".join(
+        f'<div class="stat" id="{i}"><div class="label">{html.escape(k)}</div>'
+        f'<div class="value">{html.escape(v)}</div></div>'
+        for k, v, i in stats
+    )
+    mem_line = (
+        f'<div class="mem" id="stat-mem">Memory: machine RAM <b>{html.escape(mem["ram"])}</b>'
+        f" · training process <b>{html.escape(mem.get('training', 'not running'))}</b>"
+        f" · GPU <b>{html.escape(mem['gpu'])}</b></div>"
+    )
+    view = (
+        f'<div id="monitor-view" data-step="{p.step}" data-max-steps="{p.max_steps or 0}" '
+        f'data-points="{len(metrics)}" data-state="{html.escape(st.state)}" '
+        f'data-external="{str(st.external).lower()}">'
+        f"<div><b>{html.escape(run)}</b> {_state_badge(st.state)}{phase}{who}</div>"
+        f'<div class="bar"><div style="width:{100 * p.fraction:.1f}%"></div></div>'
+        f'{error}{warning}<div class="stats">{cards}</div>{mem_line}</div>'
+    )
     count = (run, len(metrics), st.state)
     fig = loss_figure(metrics, title=f"{run}: loss") if count != last_count else gr.skip()
     stop = gr.update(interactive=st.active and st.state != rundir.STOPPING)
@@ -533,8 +725,9 @@ def _monitor_tab(sh: Shared) -> MonitorTab:
         stop = gr.Button("Stop", variant="stop", scale=1, elem_id="monitor-stop", min_width=90, interactive=False)
     view = gr.HTML("", elem_id="monitor-html")
     plot = gr.Plot(label="Loss", show_label=False, elem_id="loss-plot", format="png")
-    log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, interactive=False, elem_id="log-tail",
-                     autoscroll=True)
+    log = gr.Textbox(
+        label="Log (last lines)", lines=12, max_lines=12, interactive=False, elem_id="log-tail", autoscroll=True
+    )
     with gr.Accordion("Whole log", open=False, elem_id="log-whole"):
         with gr.Row():
             show_full = gr.Button("Show the whole log", elem_id="log-show", size="sm")
@@ -558,10 +751,17 @@ def _monitor_tab(sh: Shared) -> MonitorTab:
 
 # --- Generate ---------------------------------------------------------------------------------------------------
 
+
 def _generate_tab(sh: Shared):
     with gr.Row():
-        model = gr.Dropdown(sh.gen_choices(), label="Model", elem_id="gen-model", allow_custom_value=True,
-                            info="a run with a checkpoint, a downloaded model, or owner/name@version", scale=4)
+        model = gr.Dropdown(
+            sh.gen_choices(),
+            label="Model",
+            elem_id="gen-model",
+            allow_custom_value=True,
+            info="a run with a checkpoint, a downloaded model, or owner/name@version",
+            scale=4,
+        )
         refresh = gr.Button("Refresh list", scale=1, elem_id="gen-refresh")
     prompt = gr.Textbox(label="Prompt", lines=3, value="In the beginning", elem_id="gen-prompt")
     with gr.Row():
@@ -578,8 +778,17 @@ def _generate_tab(sh: Shared):
 
     def on_generate(choice, prompt_, max_new_, temp_, top_k_, top_p_, rep_, seed_):
         try:
-            req = parse_sampling_form(dict(prompt=prompt_, max_new_tokens=max_new_, temperature=temp_,
-                                           top_k=top_k_, top_p=top_p_, repetition_penalty=rep_, seed=seed_))
+            req = parse_sampling_form(
+                dict(
+                    prompt=prompt_,
+                    max_new_tokens=max_new_,
+                    temperature=temp_,
+                    top_k=top_k_,
+                    top_p=top_p_,
+                    repetition_penalty=rep_,
+                    seed=seed_,
+                )
+            )
             source = M.resolve_model(sh.ws, choice)
             yield gr.skip(), _msg(f"Loading {choice.split(':', 1)[-1]} ...", "info")
             loaded = sh.cache.get(source)
@@ -589,7 +798,7 @@ def _generate_tab(sh: Shared):
                 yield text, gr.skip()
             step = f" at step {loaded.step:,}" if getattr(loaded, "step", None) else ""
             yield text, _msg(f"Done: {choice.split(':', 1)[-1]}{step}.", "ok")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             yield gr.skip(), _err(exc)
 
     btn.click(on_generate, [model, prompt, max_new, temp, top_k, top_p, rep, seed], [out, msg])
@@ -598,6 +807,7 @@ def _generate_tab(sh: Shared):
 
 # --- Chat -------------------------------------------------------------------------------------------------------
 
+
 def _chat_note(sh: Shared, choice: str | None) -> str:
     """Whether the chosen model was fine-tuned on conversations (its replies follow the chat template) or is a
     base model (it continues text: its replies will not)."""
@@ -605,44 +815,78 @@ def _chat_note(sh: Shared, choice: str | None) -> str:
         return _msg("Choose a model. Fine-tune a finished run in the Models tab to get one that chats.", "info")
     try:
         source = M.resolve_model(sh.ws, choice)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return _err(exc)
     name = choice.split(":", 1)[-1]
     if not Path(source).is_dir():
         return _msg(f"{name}: a hub version; downloaded when you send the first message.", "info")
     summary = C.finetune_summary(source)
     if summary:
-        return (f'<div class="msg-ok" id="chat-kind" data-kind="finetuned">{html.escape(name)}: '
-                f'{html.escape(summary)}. Its replies follow the chat template.</div>')
-    return (f'<div class="msg-warn" id="chat-kind" data-kind="base">{html.escape(name)} is a base model (not '
-            'fine-tuned): it continues text, so its replies will not follow the chat template (they run on '
-            'until the token limit). Fine-tune it in the Models tab first.</div>')
+        return (
+            f'<div class="msg-ok" id="chat-kind" data-kind="finetuned">{html.escape(name)}: '
+            f"{html.escape(summary)}. Its replies follow the chat template.</div>"
+        )
+    return (
+        f'<div class="msg-warn" id="chat-kind" data-kind="base">{html.escape(name)} is a base model (not '
+        "fine-tuned): it continues text, so its replies will not follow the chat template (they run on "
+        "until the token limit). Fine-tune it in the Models tab first.</div>"
+    )
 
 
 def _chat_tab(sh: Shared, tab, picks):
     choices = C.chat_choices(sh.ws)
     with gr.Row():
-        model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Model", elem_id="chat-model",
-                            scale=4, info="fine-tuned runs first, then base runs and downloaded models")
+        model = gr.Dropdown(
+            choices,
+            value=choices[0][1] if choices else None,
+            label="Model",
+            elem_id="chat-model",
+            scale=4,
+            info="fine-tuned runs first, then base runs and downloaded models",
+        )
         refresh = gr.Button("Refresh list", scale=1, elem_id="chat-refresh")
     note = gr.HTML(_chat_note(sh, choices[0][1] if choices else None), elem_id="chat-note")
-    system = gr.Textbox("", label="System prompt", lines=2, elem_id="chat-system",
-                        placeholder="e.g. Answer with the verse only.", info="the conversation's first message")
+    system = gr.Textbox(
+        "",
+        label="System prompt",
+        lines=2,
+        elem_id="chat-system",
+        placeholder="e.g. Answer with the verse only.",
+        info="the conversation's first message",
+    )
     box = gr.Chatbot([], label="Conversation", elem_id="chat-box", height=360, feedback_options=None)
     with gr.Row():
-        text = gr.Textbox("", label="Message", elem_id="chat-input", scale=5, lines=1,
-                          placeholder="What does Genesis 1:3 say?", submit_btn=False)
+        text = gr.Textbox(
+            "",
+            label="Message",
+            elem_id="chat-input",
+            scale=5,
+            lines=1,
+            placeholder="What does Genesis 1:3 say?",
+            submit_btn=False,
+        )
         send = gr.Button("Send", variant="primary", elem_id="chat-send", scale=1, min_width=90)
         clear = gr.Button("Clear", elem_id="chat-clear", scale=1, min_width=90)
     with gr.Accordion("Sampling, and what the model sees", open=False, elem_id="chat-advanced"):
         with gr.Row():
-            max_new = gr.Number(96, label="Max new tokens", elem_id="chat-max-new", precision=0,
-                                info="a reply ends at the end of its turn, or here")
-            temp = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature", elem_id="chat-temp",
-                             info="0 = greedy")
+            max_new = gr.Number(
+                96,
+                label="Max new tokens",
+                elem_id="chat-max-new",
+                precision=0,
+                info="a reply ends at the end of its turn, or here",
+            )
+            temp = gr.Slider(
+                0.0, 2.0, value=0.7, step=0.05, label="Temperature", elem_id="chat-temp", info="0 = greedy"
+            )
             seed = gr.Textbox("", label="Seed", elem_id="chat-seed", info="empty = random", placeholder="random")
-        rendered = gr.Textbox("", label="The last prompt, rendered with the chat template", lines=6,
-                              interactive=False, elem_id="chat-rendered")
+        rendered = gr.Textbox(
+            "",
+            label="The last prompt, rendered with the chat template",
+            lines=6,
+            interactive=False,
+            elem_id="chat-rendered",
+        )
     msg = gr.HTML("", elem_id="chat-msg")
 
     def on_send(choice, system_, history, text_, max_new_, temp_, seed_):
@@ -657,18 +901,22 @@ def _chat_tab(sh: Shared, tab, picks):
             loaded = sh.cache.get(source)
             prompt = C.chat_prompt(loaded, history, system_ or "", int(max_new_ or 96))
             dropped = len([m for m in history if m["role"] in ("user", "assistant")]) - len(
-                [m for m in prompt.messages if m["role"] != "system"])
+                [m for m in prompt.messages if m["role"] != "system"]
+            )
             history = history + [{"role": "assistant", "content": ""}]
             yield history, "", prompt.text, _msg("Replying ...", "info")
             ended = False
-            for reply, ended in C.stream_reply(loaded, prompt, temperature=float(temp_), seed=seed_v):
+            for reply, ended in C.stream_reply(  # noqa: B007 (read after the loop)
+                loaded, prompt, temperature=float(temp_), seed=seed_v
+            ):
                 history[-1] = {"role": "assistant", "content": reply}
                 yield history, gr.skip(), gr.skip(), gr.skip()
-            how = ("ended its turn" if ended else
-                   f"stopped at {prompt.max_new_tokens} new tokens without ending its turn")
+            how = (
+                "ended its turn" if ended else f"stopped at {prompt.max_new_tokens} new tokens without ending its turn"
+            )
             cut = f" The {dropped} oldest messages did not fit the context and were left out." if dropped else ""
             yield history, gr.skip(), gr.skip(), _msg(f"The reply {how}.{cut}", "ok" if ended else "warn")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if history and history[-1]["role"] == "user":
                 history = history[:-1]
             yield history, text_, gr.skip(), _err(exc)
@@ -697,6 +945,7 @@ def _chat_tab(sh: Shared, tab, picks):
 
 # --- Models -----------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class ModelsTab:
     run: Any
@@ -715,17 +964,22 @@ def _runs_table(sh: Shared) -> list[list[str]]:
     rows = []
     for r in M.list_runs(sh.ws):
         label = "not started" if r.state == "new" else r.state
-        rows.append([r.name, label, f"{r.step:,} / {r.max_steps:,}" if r.max_steps else f"{r.step:,}",
-                     ", ".join(f"{s:,}" for s in r.checkpoints) or "–",
-                     f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "–"])
+        rows.append(
+            [
+                r.name,
+                label,
+                f"{r.step:,} / {r.max_steps:,}" if r.max_steps else f"{r.step:,}",
+                ", ".join(f"{s:,}" for s in r.checkpoints) or "–",
+                f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "–",
+            ]
+        )
     return rows or [["(no runs yet)", "", "", "", ""]]
 
 
 def _hub_table() -> list[list[str]]:
     try:
-        rows = [[v["repo"], v["version"], v.get("commit", "")[:10], _date(v.get("date", ""))]
-                for v in M.hub_versions()]
-    except Exception as exc:  # noqa: BLE001
+        rows = [[v["repo"], v["version"], v.get("commit", "")[:10], _date(v.get("date", ""))] for v in M.hub_versions()]
+    except Exception as exc:
         return [[f"(hub unavailable: {exc})", "", "", ""]]
     return rows or [["(no versions on the hub yet)", "", "", ""]]
 
@@ -737,16 +991,19 @@ FT_UPLOAD = "upload conversations"
 def _ft_check(source: str, train_file: str | None, val_file: str | None) -> str:
     """The uploaded conversation files checked as the fine-tune will read them (one-line file:line errors)."""
     if source != FT_UPLOAD:
-        return _msg(f"The synthetic verse set: {C.SYNTHETIC_SIZE:,} question/answer conversations about Bible "
-                    "verses, made offline from the embedded corpus (synthetic: it teaches the chat format, not "
-                    "general assistance).", "info")
+        return _msg(
+            f"The synthetic verse set: {C.SYNTHETIC_SIZE:,} question/answer conversations about Bible "
+            "verses, made offline from the embedded corpus (synthetic: it teaches the chat format, not "
+            "general assistance).",
+            "info",
+        )
     if not train_file:
         return _msg("Upload a .jsonl file of conversations.", "info")
     try:
         parts = [C.check_conversations(train_file).describe()]
         if val_file:
             parts.append("held out: " + C.check_conversations(val_file, "Held-out conversations").describe())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return _err(exc).replace('class="msg-err"', 'class="msg-err" id="ft-problem"', 1)
     return f'<div class="msg-ok" id="ft-ok">{html.escape("; ".join(parts))}. Ready to fine-tune.</div>'
 
@@ -755,59 +1012,128 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
     with gr.Row():
         gr.Markdown("### Local runs")
         refresh = gr.Button("Refresh", elem_id="models-refresh", size="sm", scale=0, min_width=110)
-    runs_df = gr.Dataframe(_runs_table(sh), headers=["run", "state", "step", "checkpoints", "best val loss (est.)"],
-                           interactive=False, elem_id="runs-table", wrap=False)
+    runs_df = gr.Dataframe(
+        _runs_table(sh),
+        headers=["run", "state", "step", "checkpoints", "best val loss (est.)"],
+        interactive=False,
+        elem_id="runs-table",
+        wrap=False,
+    )
     with gr.Row():
         # min_width: on a phone each picker takes a whole line instead of a truncated half
-        run = gr.Dropdown(sh.run_choices(), value=sh.default_run(), label="Run", elem_id="push-run", scale=2,
-                          min_width=260, info="the run to push, continue or delete")
-        step = gr.Dropdown(sh.checkpoint_choices(sh.default_run()), label="Checkpoint", elem_id="push-step",
-                           scale=2, min_width=260, info="newest first; the one to push")
+        run = gr.Dropdown(
+            sh.run_choices(),
+            value=sh.default_run(),
+            label="Run",
+            elem_id="push-run",
+            scale=2,
+            min_width=260,
+            info="the run to push, continue or delete",
+        )
+        step = gr.Dropdown(
+            sh.checkpoint_choices(sh.default_run()),
+            label="Checkpoint",
+            elem_id="push-step",
+            scale=2,
+            min_width=260,
+            info="newest first; the one to push",
+        )
     preview = gr.HTML("", elem_id="push-preview")
     gr.Markdown("### Push to the hub")
     hf = bool(os.environ.get("HF_TOKEN"))  # only whether it is set: the token itself stays in the hub library
     with gr.Row():
-        target = gr.Radio(["local hub", "Hugging Face Hub"], value="local hub", label="Publish to",
-                          elem_id="push-target", visible=hf,
-                          info="the Space's HF_TOKEN secret is used by the hub library; it is never shown")
-        license_ = gr.Textbox("", label="License of the weights", elem_id="push-license", visible=hf,
-                              placeholder="from the training data",
-                              info="empty: what the data allows (public domain for the embedded corpus)")
-        private = gr.Checkbox(False, label="Private repository", elem_id="push-private", visible=hf,
-                              info="a new repo is visible to its owner only")
-        dataset = gr.Textbox("", label="Dataset", placeholder="owner/name", elem_id="push-dataset", visible=hf,
-                             info="the data it was trained on, for the model card (optional)")
+        target = gr.Radio(
+            ["local hub", "Hugging Face Hub"],
+            value="local hub",
+            label="Publish to",
+            elem_id="push-target",
+            visible=hf,
+            info="the Space's HF_TOKEN secret is used by the hub library; it is never shown",
+        )
+        license_ = gr.Textbox(
+            "",
+            label="License of the weights",
+            elem_id="push-license",
+            visible=hf,
+            placeholder="from the training data",
+            info="empty: what the data allows (public domain for the embedded corpus)",
+        )
+        private = gr.Checkbox(
+            False,
+            label="Private repository",
+            elem_id="push-private",
+            visible=hf,
+            info="a new repo is visible to its owner only",
+        )
+        dataset = gr.Textbox(
+            "",
+            label="Dataset",
+            placeholder="owner/name",
+            elem_id="push-dataset",
+            visible=hf,
+            info="the data it was trained on, for the model card (optional)",
+        )
     with gr.Row():
-        repo = gr.Textbox(label="Repository", placeholder="owner/name", elem_id="push-repo",
-                          info="created when it does not exist")
-        version = gr.Textbox(label="Version", placeholder="e.g. 7k", elem_id="push-version",
-                             info="empty = the step count in thousands")
+        repo = gr.Textbox(
+            label="Repository", placeholder="owner/name", elem_id="push-repo", info="created when it does not exist"
+        )
+        version = gr.Textbox(
+            label="Version", placeholder="e.g. 7k", elem_id="push-version", info="empty = the step count in thousands"
+        )
     push_btn = gr.Button("Push", variant="primary", elem_id="push-btn")
     push_msg = gr.HTML("", elem_id="push-msg")
     gr.Markdown("### Continue or delete the run")
     with gr.Row():
-        more = gr.Number(100, label="More steps", elem_id="continue-steps", precision=0, scale=1,
-                         info="from its latest checkpoint (an exact resume)")
+        more = gr.Number(
+            100,
+            label="More steps",
+            elem_id="continue-steps",
+            precision=0,
+            scale=1,
+            info="from its latest checkpoint (an exact resume)",
+        )
         continue_btn = gr.Button("Continue training", elem_id="continue-btn", scale=1)
-        delete_btn = gr.Button("Delete run", variant="stop", elem_id="delete-btn", scale=1,
-                               interactive=False)
+        delete_btn = gr.Button("Delete run", variant="stop", elem_id="delete-btn", scale=1, interactive=False)
     manage_msg = gr.HTML("", elem_id="manage-msg")
     gr.Markdown("### Fine-tune the run on conversations")
     with gr.Row():
-        ft_name = gr.Textbox("", label="Fine-tuned run name", elem_id="ft-name", placeholder="RUN-chat", scale=2,
-                             min_width=200, info="a new run; empty = the run's name + '-chat'")
-        ft_steps = gr.Number(200, label="Steps", elem_id="ft-steps", precision=0, scale=1, min_width=120,
-                             info="optimizer steps")
-        ft_lora = gr.Checkbox(False, label="LoRA", elem_id="ft-lora", scale=1, min_width=120,
-                              info="train small adapters instead of every weight")
-    ft_source = gr.Radio([FT_SYNTHETIC, FT_UPLOAD], value=FT_SYNTHETIC, label="Conversations", elem_id="ft-source",
-                         info="JSON Lines: {\"messages\": [{\"role\": ..., \"content\": ...}]} or "
-                              "{\"prompt\": ..., \"response\": ...} a line")
+        ft_name = gr.Textbox(
+            "",
+            label="Fine-tuned run name",
+            elem_id="ft-name",
+            placeholder="RUN-chat",
+            scale=2,
+            min_width=200,
+            info="a new run; empty = the run's name + '-chat'",
+        )
+        ft_steps = gr.Number(
+            200, label="Steps", elem_id="ft-steps", precision=0, scale=1, min_width=120, info="optimizer steps"
+        )
+        ft_lora = gr.Checkbox(
+            False,
+            label="LoRA",
+            elem_id="ft-lora",
+            scale=1,
+            min_width=120,
+            info="train small adapters instead of every weight",
+        )
+    ft_source = gr.Radio(
+        [FT_SYNTHETIC, FT_UPLOAD],
+        value=FT_SYNTHETIC,
+        label="Conversations",
+        elem_id="ft-source",
+        info='JSON Lines: {"messages": [{"role": ..., "content": ...}]} or {"prompt": ..., "response": ...} a line',
+    )
     with gr.Row(visible=False) as ft_files:
-        ft_file = gr.File(label="Conversations to train on (.jsonl)", file_types=[".jsonl"], type="filepath",
-                          elem_id="ft-file")
-        ft_val = gr.File(label="Held-out conversations (.jsonl, optional: a val loss)", file_types=[".jsonl"],
-                         type="filepath", elem_id="ft-val")
+        ft_file = gr.File(
+            label="Conversations to train on (.jsonl)", file_types=[".jsonl"], type="filepath", elem_id="ft-file"
+        )
+        ft_val = gr.File(
+            label="Held-out conversations (.jsonl, optional: a val loss)",
+            file_types=[".jsonl"],
+            type="filepath",
+            elem_id="ft-val",
+        )
     ft_check = gr.HTML("", elem_id="ft-check")
     ft_btn = gr.Button("Fine-tune", variant="primary", elem_id="ft-btn", interactive=False)
     ft_msg = gr.HTML("", elem_id="ft-msg")
@@ -819,11 +1145,22 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
     ft_file.change(_ft_check, [ft_source, ft_file, ft_val], ft_check)
     ft_val.change(_ft_check, [ft_source, ft_file, ft_val], ft_check)
     gr.Markdown("### Versions on the hub")
-    hub_df = gr.Dataframe(_hub_table(), headers=["repository", "version", "commit", "date"],
-                          interactive=False, elem_id="hub-table", wrap=False)
+    hub_df = gr.Dataframe(
+        _hub_table(),
+        headers=["repository", "version", "commit", "date"],
+        interactive=False,
+        elem_id="hub-table",
+        wrap=False,
+    )
     with gr.Row():
-        dl_ref = gr.Dropdown(sh.hub_refs(), label="Download a version", allow_custom_value=True, elem_id="dl-ref",
-                             info="owner/name@version, into the workspace's models/", scale=4)
+        dl_ref = gr.Dropdown(
+            sh.hub_refs(),
+            label="Download a version",
+            allow_custom_value=True,
+            elem_id="dl-ref",
+            info="owner/name@version, into the workspace's models/",
+            scale=4,
+        )
         dl_btn = gr.Button("Download", elem_id="dl-btn", scale=1)
     dl_msg = gr.HTML("", elem_id="dl-msg")
     sha = gr.State(None)  # the weights' checksum the preview showed: a push publishes exactly that
@@ -837,27 +1174,42 @@ def _models_tab(sh: Shared) -> tuple[ModelsTab, dict]:
                 if (dataset_ or "").strip():
                     publish["datasets"] = [parse_repo(dataset_, "Dataset")]
             res = M.push_run(sh.ws, req, int(step_) if step_ else None, expect_sha256=expect, **publish)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return _err(exc), gr.skip()
-        return (_msg(f"Pushed {req.run_name!r} checkpoint step {res['step']:,} (weights sha256 "
-                     f"{res['sha256'][:16]}…) to {res['repo']}@{res['version']} (commit "
-                     f"{str(res.get('commit', ''))[:10]}).", "ok"), _hub_table())
+        return (
+            _msg(
+                f"Pushed {req.run_name!r} checkpoint step {res['step']:,} (weights sha256 "
+                f"{res['sha256'][:16]}…) to {res['repo']}@{res['version']} (commit "
+                f"{str(res.get('commit', ''))[:10]}).",
+                "ok",
+            ),
+            _hub_table(),
+        )
 
     def on_download(ref):
         try:
             folder = M.download_version(sh.ws, ref)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return _err(exc)
         return _msg(f"Downloaded {ref} to {sh.ws.relative(folder)} in the workspace.", "ok")
 
-    push_event = push_btn.click(on_push, [run, step, repo, version, sha, target, license_, dataset, private],
-                                [push_msg, hub_df])
+    push_event = push_btn.click(
+        on_push, [run, step, repo, version, sha, target, license_, dataset, private], [push_msg, hub_df]
+    )
     dl_btn.click(on_download, dl_ref, dl_msg)
-    handlers = {"sha": sha, "more": more, "push_btn": push_btn, "dl_btn": dl_btn, "push_event": push_event,
-                "ft_btn": ft_btn, "ft_inputs": [ft_name, ft_source, ft_file, ft_val, ft_steps, ft_lora],
-                "ft_msg": ft_msg}
-    return ModelsTab(run, step, preview, runs_df, hub_df, dl_ref, refresh, continue_btn, delete_btn,
-                     manage_msg), handlers
+    handlers = {
+        "sha": sha,
+        "more": more,
+        "push_btn": push_btn,
+        "dl_btn": dl_btn,
+        "push_event": push_event,
+        "ft_btn": ft_btn,
+        "ft_inputs": [ft_name, ft_source, ft_file, ft_val, ft_steps, ft_lora],
+        "ft_msg": ft_msg,
+    }
+    return ModelsTab(
+        run, step, preview, runs_df, hub_df, dl_ref, refresh, continue_btn, delete_btn, manage_msg
+    ), handlers
 
 
 def _preview(sh: Shared, run: str | None, step: str | None):
@@ -867,53 +1219,92 @@ def _preview(sh: Shared, run: str | None, step: str | None):
         return _msg("Choose a run.", "info"), None, off, off, off, off
     try:
         st = sh.runner.status(run)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return _err(exc), None, off, off, off, off
-    can_continue = (not st.active and st.state in rundir.END_STATES
-                    and bool(checkpoint_steps(sh.ws.run_dir(run))) and sh.runner.active() is None)
+    can_continue = (
+        not st.active
+        and st.state in rundir.END_STATES
+        and bool(checkpoint_steps(sh.ws.run_dir(run)))
+        and sh.runner.active() is None
+    )
     can_delete = not st.active and st.state in (rundir.FAILED, rundir.DIVERGED, "new")
     can_finetune = gr.update(interactive=can_continue and st.state in (rundir.FINISHED, rundir.STOPPED))
     try:
         pv = M.push_preview(sh.ws, run, int(step) if step else None)
-    except Exception as exc:  # noqa: BLE001
-        return (_msg(f"Nothing to push: {exc}", "info"), None, gr.update(interactive=False),
-                gr.update(interactive=can_continue), gr.update(interactive=can_delete), can_finetune)
+    except Exception as exc:
+        return (
+            _msg(f"Nothing to push: {exc}", "info"),
+            None,
+            gr.update(interactive=False),
+            gr.update(interactive=can_continue),
+            gr.update(interactive=can_delete),
+            can_finetune,
+        )
     warn = f" Warning: {st.warning}" if st.warning else ""
     text = f"Push will publish: {pv.describe()}{warn}"
-    html_ = (f'<div class="msg-{"warn" if warn else "info"}" id="push-what" data-step="{pv.step}" '
-             f'data-sha256="{pv.sha256}">{html.escape(text)}</div>')
-    return html_, pv.sha256, gr.update(interactive=True), gr.update(interactive=can_continue), \
-        gr.update(interactive=can_delete), can_finetune
+    html_ = (
+        f'<div class="msg-{"warn" if warn else "info"}" id="push-what" data-step="{pv.step}" '
+        f'data-sha256="{pv.sha256}">{html.escape(text)}</div>'
+    )
+    return (
+        html_,
+        pv.sha256,
+        gr.update(interactive=True),
+        gr.update(interactive=can_continue),
+        gr.update(interactive=can_delete),
+        can_finetune,
+    )
 
 
 # --- Evaluate, Export, Compare -----------------------------------------------------------------------------------
 
+
 def _evaluate_tab(sh: Shared) -> list:
     """Returns its run pickers (kept by the app-wide refresh)."""
     with gr.Row():
-        run = gr.Dropdown(sh.run_choices(), value=sh.default_run(), label="Run", elem_id="eval-run", scale=3,
-                          info="its latest checkpoint, on the run's validation split")
-        limit = gr.Number(0, label="Limit", elem_id="eval-limit", precision=0, scale=1, minimum=0,
-                          info="at most this many task items; 0 = all")
+        run = gr.Dropdown(
+            sh.run_choices(),
+            value=sh.default_run(),
+            label="Run",
+            elem_id="eval-run",
+            scale=3,
+            info="its latest checkpoint, on the run's validation split",
+        )
+        limit = gr.Number(
+            0,
+            label="Limit",
+            elem_id="eval-limit",
+            precision=0,
+            scale=1,
+            minimum=0,
+            info="at most this many task items; 0 = all",
+        )
     with gr.Row():
-        tasks = gr.CheckboxGroup(["lambada", "hellaswag"], label="Standard tasks", elem_id="eval-tasks",
-                                 info="need their data in the local cache (no download here)")
-        task_file = gr.File(label="Or a task file (.jsonl)", file_types=[".jsonl"], type="filepath",
-                            elem_id="eval-task-file")
+        tasks = gr.CheckboxGroup(
+            ["lambada", "hellaswag"],
+            label="Standard tasks",
+            elem_id="eval-tasks",
+            info="need their data in the local cache (no download here)",
+        )
+        task_file = gr.File(
+            label="Or a task file (.jsonl)", file_types=[".jsonl"], type="filepath", elem_id="eval-task-file"
+        )
     btn = gr.Button("Evaluate", variant="primary", elem_id="eval-btn")
     msg = gr.HTML("", elem_id="eval-msg")
     report = gr.Markdown("", elem_id="eval-report")
 
     def on_evaluate(run_, limit_, tasks_, file_):
         try:
-            results = T.evaluate_run(sh.ws, run_, limit=int(limit_) if limit_ else None, task_file=file_,
-                                     tasks=list(tasks_ or []))
-        except Exception as exc:  # noqa: BLE001
+            results = T.evaluate_run(
+                sh.ws, run_, limit=int(limit_) if limit_ else None, task_file=file_, tasks=list(tasks_ or [])
+            )
+        except Exception as exc:
             return _err(exc), gr.skip()
         from ..evaluate import markdown
 
-        return _msg(f"Evaluated {run_}; saved with the run (evaluation.json, read by its model card).", "ok"), \
-            markdown(results)
+        return _msg(f"Evaluated {run_}; saved with the run (evaluation.json, read by its model card).", "ok"), markdown(
+            results
+        )
 
     btn.click(on_evaluate, [run, limit, tasks, task_file], [msg, report])
     run.change(lambda r: T.evaluation_markdown(sh.ws, r), run, report, show_progress="hidden")
@@ -922,10 +1313,23 @@ def _evaluate_tab(sh: Shared) -> list:
 
 def _export_tab(sh: Shared) -> list:
     with gr.Row():
-        run = gr.Dropdown(sh.run_choices(), value=sh.default_run(), label="Run", elem_id="export-run", scale=3,
-                          min_width=260, info="its latest checkpoint")
-        fmt = gr.Dropdown(list(T.EXPORT_CHOICES), value="Hugging Face (safetensors)", label="Format",
-                          elem_id="export-format", scale=2, min_width=260)
+        run = gr.Dropdown(
+            sh.run_choices(),
+            value=sh.default_run(),
+            label="Run",
+            elem_id="export-run",
+            scale=3,
+            min_width=260,
+            info="its latest checkpoint",
+        )
+        fmt = gr.Dropdown(
+            list(T.EXPORT_CHOICES),
+            value="Hugging Face (safetensors)",
+            label="Format",
+            elem_id="export-format",
+            scale=2,
+            min_width=260,
+        )
     btn = gr.Button("Export", variant="primary", elem_id="export-btn")
     msg = gr.HTML("", elem_id="export-msg")
     download = gr.DownloadButton("Download the export (zip)", elem_id="export-download", visible=False)
@@ -933,10 +1337,12 @@ def _export_tab(sh: Shared) -> list:
     def on_export(run_, fmt_):
         try:
             folder, archive = T.export_run(sh.ws, run_, fmt_)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return _err(exc), gr.update(visible=False)
-        return (_msg(f"Exported {run_} as {fmt_} to {sh.ws.relative(folder)} in the workspace.", "ok"),
-                gr.update(value=str(archive), visible=True))
+        return (
+            _msg(f"Exported {run_} as {fmt_} to {sh.ws.relative(folder)} in the workspace.", "ok"),
+            gr.update(value=str(archive), visible=True),
+        )
 
     btn.click(on_export, [run, fmt], [msg, download])
     return [run]
@@ -944,21 +1350,39 @@ def _export_tab(sh: Shared) -> list:
 
 def _compare_tab(sh: Shared, tab) -> list:
     names = sh.run_choices()
-    runs = gr.Dropdown(names, value=names[:2], multiselect=True, label="Runs", elem_id="compare-runs",
-                       info="their loss curves on one plot")
+    runs = gr.Dropdown(
+        names,
+        value=names[:2],
+        multiselect=True,
+        label="Runs",
+        elem_id="compare-runs",
+        info="their loss curves on one plot",
+    )
     loss_plot = gr.Plot(show_label=False, elem_id="compare-plot", format="png")
-    one = gr.Dropdown(names, value=names[0] if names else None, label="Run", elem_id="compare-run",
-                      info="its learning rate and gradient norm")
+    one = gr.Dropdown(
+        names,
+        value=names[0] if names else None,
+        label="Run",
+        elem_id="compare-run",
+        info="its learning rate and gradient norm",
+    )
     curves = gr.Plot(show_label=False, elem_id="curves-plot", format="png")
     runs.change(lambda r: T.compare_figure(sh.ws, r or []), runs, loss_plot, show_progress="hidden")
     one.change(lambda r: T.curves_figure(sh.ws, r), one, curves, show_progress="hidden")
-    tab.select(lambda r, o: (T.compare_figure(sh.ws, [x for x in r or [] if x in sh.run_choices()]),
-                             T.curves_figure(sh.ws, o if o in sh.run_choices() else None)),
-               [runs, one], [loss_plot, curves], show_progress="hidden")
+    tab.select(
+        lambda r, o: (
+            T.compare_figure(sh.ws, [x for x in r or [] if x in sh.run_choices()]),
+            T.curves_figure(sh.ws, o if o in sh.run_choices() else None),
+        ),
+        [runs, one],
+        [loss_plot, curves],
+        show_progress="hidden",
+    )
     return [runs, one]
 
 
 # --- the app ----------------------------------------------------------------------------------------------------
+
 
 def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
     """The whole app on ``workspace`` (default: OPENLLM_APP_WORKSPACE or ./openllm-workspace)."""
@@ -968,12 +1392,13 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
     first = "tiny" if "tiny" in presets else presets[0]
 
     with gr.Blocks(title="OpenLLM") as demo:
-        gr.Markdown("# OpenLLM\nTrain a small language model from scratch, watch it learn, try it, publish it.",
-                    elem_id="app-header")
+        gr.Markdown(
+            "# OpenLLM\nTrain a small language model from scratch, watch it learn, try it, publish it.",
+            elem_id="app-header",
+        )
         # the pickers' memory lives in the browser (local storage), so it survives reloads; an older Gradio
         # without BrowserState keeps it for the page's lifetime only
-        picks = (gr.BrowserState({}, storage_key="openllm-app-picks") if hasattr(gr, "BrowserState")
-                 else gr.State({}))
+        picks = gr.BrowserState({}, storage_key="openllm-app-picks") if hasattr(gr, "BrowserState") else gr.State({})
         timer = gr.Timer(2.0)
         # wrap: on a phone every tab stays visible (on more rows) instead of hiding in an overflow menu
         with gr.Tabs(elem_id="tabs", **_wrap_tabs()) as tabs:
@@ -1030,8 +1455,20 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
     return demo
 
 
-def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, mon: MonitorTab, gen_model,
-          gen_refresh, models: ModelsTab, models_h: dict) -> None:
+def _wire(
+    demo,
+    sh: Shared,
+    tabs,
+    picks,
+    timer,
+    train: TrainTab,
+    train_h: dict,
+    mon: MonitorTab,
+    gen_model,
+    gen_refresh,
+    models: ModelsTab,
+    models_h: dict,
+) -> None:
     """The events that cross tabs: Start/Stop/Continue, the timer, refreshes, and the pickers' memory."""
     on_start, start_inputs = train_h["start"]
     sha, more = models_h["sha"], models_h["more"]
@@ -1043,7 +1480,8 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
 
     # --- Train ------------------------------------------------------------------------------------------------
     train.start_btn.click(on_start, start_inputs, [train.msg, mon.run, tabs, mon.banner]).then(
-        buttons, None, [train.start_btn, train.stop_btn])
+        buttons, None, [train.start_btn, train.stop_btn]
+    )
     train.stop_btn.click(train_h["stop"], None, train.msg).then(buttons, None, [train.start_btn, train.stop_btn])
 
     # --- Monitor ----------------------------------------------------------------------------------------------
@@ -1055,8 +1493,14 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
 
     mon.run.change(lambda r: view(r, None), mon.run, mon.outputs, show_progress="hidden")
     mon.run.input(lambda p, r: (_remember(p, "monitor_run", r), ""), [picks, mon.run], [picks, mon.banner])
-    timer.tick(tick, [mon.run, mon.count], [*mon.outputs, train.start_btn, train.stop_btn], show_progress="hidden",
-               concurrency_limit=None, concurrency_id="monitor")
+    timer.tick(
+        tick,
+        [mon.run, mon.count],
+        [*mon.outputs, train.start_btn, train.stop_btn],
+        show_progress="hidden",
+        concurrency_limit=None,
+        concurrency_id="monitor",
+    )
 
     def on_monitor_refresh(run):
         run = sh.keep_run(run)
@@ -1074,8 +1518,14 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
     mon.stop_btn.click(on_monitor_stop, mon.run, mon.banner)
 
     # --- Models -----------------------------------------------------------------------------------------------
-    preview_outputs = [models.preview, sha, models_h["push_btn"], models.continue_btn, models.delete_btn,
-                       models_h["ft_btn"]]
+    preview_outputs = [
+        models.preview,
+        sha,
+        models_h["push_btn"],
+        models.continue_btn,
+        models.delete_btn,
+        models_h["ft_btn"],
+    ]
 
     def pick_step(run, saved):
         """The checkpoint the user chose for this run while it exists (remembered as 'RUN:STEP'), else the
@@ -1091,9 +1541,11 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
         return gr.update(choices=choices, value=step), *_preview(sh, run, step)
 
     models.run.input(on_models_run, models.run, [models.step, *preview_outputs]).then(
-        lambda p, r: {**_remember(p, "models_run", r), "push_step": None}, [picks, models.run], picks)
+        lambda p, r: {**_remember(p, "models_run", r), "push_step": None}, [picks, models.run], picks
+    )
     models.step.input(lambda r, s: _preview(sh, r, s), [models.run, models.step], preview_outputs).then(
-        lambda p, r, s: _remember(p, "push_step", f"{r}:{s}"), [picks, models.run, models.step], picks)
+        lambda p, r, s: _remember(p, "push_step", f"{r}:{s}"), [picks, models.run, models.step], picks
+    )
 
     def refresh_all(mrun, mstep, gen, dl, mon_run, saved):
         """Every list, each keeping what the user chose while it still exists (a picker not filled in yet, as
@@ -1107,13 +1559,28 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
         steps, step = pick_step(mrun, saved)  # the user's pick for this run, else its newest checkpoint
         gens = sh.gen_choices()
         gen_value = gen if gen and (gen in [v for _, v in gens] or "@" in str(gen)) else None
-        return (_runs_table(sh), _hub_table(), _offer(names, now[0], mrun), _offer(steps, mstep, step),
-                *_preview(sh, mrun, step), gr.update(choices=sh.hub_refs()), _offer(gens, now[2], gen_value),
-                _offer(names, now[3], sh.keep_run(mon_run)))
+        return (
+            _runs_table(sh),
+            _hub_table(),
+            _offer(names, now[0], mrun),
+            _offer(steps, mstep, step),
+            *_preview(sh, mrun, step),
+            gr.update(choices=sh.hub_refs()),
+            _offer(gens, now[2], gen_value),
+            _offer(names, now[3], sh.keep_run(mon_run)),
+        )
 
     refresh_inputs = [models.run, models.step, gen_model, models.dl_ref, mon.run, picks]
-    refresh_outputs = [models.runs_df, models.hub_df, models.run, models.step, *preview_outputs, models.dl_ref,
-                       gen_model, mon.run]
+    refresh_outputs = [
+        models.runs_df,
+        models.hub_df,
+        models.run,
+        models.step,
+        *preview_outputs,
+        models.dl_ref,
+        gen_model,
+        mon.run,
+    ]
     models.refresh.click(refresh_all, refresh_inputs, refresh_outputs)
     tabs.select(refresh_all, refresh_inputs, refresh_outputs, show_progress="hidden")
     models_h["push_event"].then(refresh_all, refresh_inputs, refresh_outputs, show_progress="hidden")
@@ -1122,10 +1589,13 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
     def on_continue(run, n):
         try:
             total = sh.runner.continue_run(run, int(n or 0))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return _err(exc), gr.skip(), gr.skip(), gr.skip()
-        done = _msg(f"Continuing {run!r} from step {rundir.step_of(rundir.latest_checkpoint(sh.ws.run_dir(run)))}"
-                    f" to a new total of {total:,} steps. Following it in the Monitor tab.", "ok")
+        done = _msg(
+            f"Continuing {run!r} from step {rundir.step_of(rundir.latest_checkpoint(sh.ws.run_dir(run)))}"
+            f" to a new total of {total:,} steps. Following it in the Monitor tab.",
+            "ok",
+        )
         return done, gr.update(choices=sh.run_choices(), value=run), gr.Tabs(selected="monitor"), done
 
     models.continue_btn.click(on_continue, [models.run, more], [models.manage_msg, mon.run, tabs, mon.banner])
@@ -1133,12 +1603,11 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
     def on_delete(run):
         try:
             sh.runner.delete(run)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return _err(exc)
         return _msg(f"Deleted run {run!r}; its name can be used again.", "ok")
 
-    models.delete_btn.click(on_delete, models.run, models.manage_msg).then(
-        refresh_all, refresh_inputs, refresh_outputs)
+    models.delete_btn.click(on_delete, models.run, models.manage_msg).then(refresh_all, refresh_inputs, refresh_outputs)
 
     def on_finetune(run, name, source, train_file, val_file, steps, lora):
         name = (name or "").strip() or f"{run}-chat"
@@ -1152,16 +1621,19 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
             else:
                 data, val = C.synthetic_set(sh.ws)
             sh.runner.finetune(run, name, data, val, lora=bool(lora), max_steps=int(steps or 0) or None)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return _err(exc), gr.skip(), gr.skip(), gr.skip()
-        done = _msg(f"Fine-tuning {run!r} into the new run {name!r} ({int(steps or 200):,} steps"
-                    f"{', LoRA' if lora else ''}). Following it in the Monitor tab; chat with it in the Chat tab "
-                    "when it has a checkpoint.", "ok")
+        done = _msg(
+            f"Fine-tuning {run!r} into the new run {name!r} ({int(steps or 200):,} steps"
+            f"{', LoRA' if lora else ''}). Following it in the Monitor tab; chat with it in the Chat tab "
+            "when it has a checkpoint.",
+            "ok",
+        )
         return done, gr.update(choices=sh.run_choices(), value=name), gr.Tabs(selected="monitor"), done
 
-    models_h["ft_btn"].click(on_finetune, [models.run, *models_h["ft_inputs"]],
-                             [models_h["ft_msg"], mon.run, tabs, mon.banner]).then(
-        buttons, None, [train.start_btn, train.stop_btn])
+    models_h["ft_btn"].click(
+        on_finetune, [models.run, *models_h["ft_inputs"]], [models_h["ft_msg"], mon.run, tabs, mon.banner]
+    ).then(buttons, None, [train.start_btn, train.stop_btn])
 
     # --- Generate -------------------------------------------------------------------------------------------
     gen_refresh.click(lambda g: gr.update(choices=sh.gen_choices(), value=g), gen_model, gen_model)
@@ -1179,9 +1651,29 @@ def _wire(demo, sh: Shared, tabs, picks, timer, train: TrainTab, train_h: dict, 
         steps, mstep = pick_step(mrun, saved)
         gens = sh.gen_choices()
         gen = saved.get("gen_model") if saved.get("gen_model") in [v for _, v in gens] else None
-        return (f"run-{i}", gr.update(choices=names, value=mon_run), *view(mon_run, None),
-                gr.update(choices=names, value=mrun), gr.update(choices=steps, value=mstep),
-                *_preview(sh, mrun, mstep), gr.update(choices=gens, value=gen), *buttons())
+        return (
+            f"run-{i}",
+            gr.update(choices=names, value=mon_run),
+            *view(mon_run, None),
+            gr.update(choices=names, value=mrun),
+            gr.update(choices=steps, value=mstep),
+            *_preview(sh, mrun, mstep),
+            gr.update(choices=gens, value=gen),
+            *buttons(),
+        )
 
-    demo.load(on_load, picks, [train.run_name, mon.run, *mon.outputs, models.run, models.step, *preview_outputs,
-                               gen_model, train.start_btn, train.stop_btn])
+    demo.load(
+        on_load,
+        picks,
+        [
+            train.run_name,
+            mon.run,
+            *mon.outputs,
+            models.run,
+            models.step,
+            *preview_outputs,
+            gen_model,
+            train.start_btn,
+            train.stop_btn,
+        ],
+    )

@@ -12,6 +12,7 @@ symlinks first and then refuses anything that lands outside the workspace. Names
       exports/        exports made in the app's Export tab
       downloads/      archives the app offers for download
 """
+
 from __future__ import annotations
 
 import os
@@ -138,15 +139,13 @@ class Workspace:
 
     def run_names(self) -> list[str]:
         """Runs in the workspace, newest first."""
-        runs = [p for p in self.runs_dir.iterdir() if p.is_dir() and _NAME.match(p.name)
-                and self.contains(p)]
+        runs = [p for p in self.runs_dir.iterdir() if p.is_dir() and _NAME.match(p.name) and self.contains(p)]
         runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         return [p.name for p in runs]
 
     def model_names(self) -> list[str]:
         """Models downloaded into the workspace (models/NAME), newest first."""
-        models = [p for p in self.models_dir.iterdir() if p.is_dir() and _NAME.match(p.name)
-                  and self.contains(p)]
+        models = [p for p in self.models_dir.iterdir() if p.is_dir() and _NAME.match(p.name) and self.contains(p)]
         models.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         return [p.name for p in models]
 

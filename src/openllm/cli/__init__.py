@@ -7,6 +7,7 @@ Each command lives in ``openllm/cli/<module>.py`` with two functions::
 
 Options that several commands share (``--hub``, ``--device``, ``--set``) come from :mod:`openllm.cli.common`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         if not is_user_error(exc):
-            _say(f"error: openllm {args.command} failed unexpectedly ({type(exc).__name__}: "
-                 f"{' '.join(str(exc).split())[:200]}); {_crash_report(args.command, argv)}")
+            _say(
+                f"error: openllm {args.command} failed unexpectedly ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}); {_crash_report(args.command, argv)}"
+            )
             return 1
         message = " ".join(user_message(exc).split())  # one line, whatever the library put in its message
         if is_disk_full(exc) and DISK_FULL_HINT not in message:
@@ -104,17 +107,17 @@ def _crash_report(command: str, argv: list[str]) -> str:
 
     from ..hub.local import cache_root
 
-    text = (f"openllm {' '.join(argv)}\npython {sys.version.split()[0]} on {sys.platform}\n\n"
-            + traceback.format_exc())
+    text = f"openllm {' '.join(argv)}\npython {sys.version.split()[0]} on {sys.platform}\n\n" + traceback.format_exc()
     try:
         folder = cache_root() / "logs"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
         path.write_text(text.encode("utf-8", "backslashreplace").decode("utf-8"), encoding="utf-8")
     except OSError:
-        return f"this is a bug in openllm: run the same command with --debug to see the traceback and report it"
-    return (f"this is a bug in openllm: the traceback is in {path}; please report it with that file "
-            f"(--debug shows it here)")
+        return "this is a bug in openllm: run the same command with --debug to see the traceback and report it"
+    return (
+        f"this is a bug in openllm: the traceback is in {path}; please report it with that file (--debug shows it here)"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

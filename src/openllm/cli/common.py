@@ -1,5 +1,6 @@
 """Options and policies that several commands share, defined once so that their names, defaults and help read
 the same in every command. Nothing here imports torch: building a parser stays fast."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,14 +9,26 @@ import os
 from ..device import AUTO, DEVICE_HELP
 from ..errors import OpenLLMError
 
-__all__ = ["HUB_HELP", "DEVICE_HELP", "SET_HELP", "add_hub_option", "add_device_option", "add_config_overrides",
-           "utf8_text", "cpu_thread_policy"]
+__all__ = [
+    "HUB_HELP",
+    "DEVICE_HELP",
+    "SET_HELP",
+    "add_hub_option",
+    "add_device_option",
+    "add_config_overrides",
+    "utf8_text",
+    "cpu_thread_policy",
+]
 
-HUB_HELP = ("the hub that OWNER/NAME repositories live on: local (default: $OPENLLM_HUB or "
-            "~/.cache/openllm/hub), hf (the Hugging Face hub, token from HF_TOKEN), a folder (a local hub there), "
-            "or a git URL (git://, http(s)://, ssh://, file://); see docs/hub.md")
-SET_HELP = ("override a config field, e.g. --set train.lr=3e-4 or --set model.n_layers=2 (JSON values, bare words "
-            "for text; repeatable)")
+HUB_HELP = (
+    "the hub that OWNER/NAME repositories live on: local (default: $OPENLLM_HUB or "
+    "~/.cache/openllm/hub), hf (the Hugging Face hub, token from HF_TOKEN), a folder (a local hub there), "
+    "or a git URL (git://, http(s)://, ssh://, file://); see docs/hub.md"
+)
+SET_HELP = (
+    "override a config field, e.g. --set train.lr=3e-4 or --set model.n_layers=2 (JSON values, bare words "
+    "for text; repeatable)"
+)
 
 
 def add_hub_option(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +60,8 @@ def utf8_text(value: str, option: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         bad = value[exc.start].encode("utf-8", "surrogateescape")
-        raise OpenLLMError(f"{option} is not UTF-8 text (byte 0x{bad.hex()} at character {exc.start}): pass "
-                           f"UTF-8, e.g. by setting a UTF-8 locale in the terminal") from None
+        raise OpenLLMError(
+            f"{option} is not UTF-8 text (byte 0x{bad.hex()} at character {exc.start}): pass "
+            f"UTF-8, e.g. by setting a UTF-8 locale in the terminal"
+        ) from None
     return value

@@ -1,5 +1,6 @@
 """openllm evaluate RUN_OR_MODEL [--text FILE] [--tasks lambada,hellaswag,FILE.jsonl] [--limit N] [--json FILE]
 [--harness]"""
+
 from __future__ import annotations
 
 import argparse
@@ -11,16 +12,25 @@ from .common import add_device_option, add_hub_option
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder, an export folder or OWNER/NAME@VERSION")
     p.add_argument("--text", metavar="FILE", help="score this UTF-8 text file instead of the run's val split")
-    p.add_argument("--data", metavar="DIR", help="tokenized data folder whose val split to score "
-                   "(default: the one the run trained on)")
-    p.add_argument("--tasks", default="", metavar="LIST",
-                   help="comma-separated: lambada, hellaswag, NAME=PATH, or FILE.jsonl with "
-                        '{"context", "choices", "label"} lines')
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="tokenized data folder whose val split to score (default: the one the run trained on)",
+    )
+    p.add_argument(
+        "--tasks",
+        default="",
+        metavar="LIST",
+        help='comma-separated: lambada, hellaswag, NAME=PATH, or FILE.jsonl with {"context", "choices", "label"} lines',
+    )
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N items of each task")
     p.add_argument("--json", metavar="FILE", help="also write the results to FILE")
     p.add_argument("--markdown", metavar="FILE", help="also write the markdown table to FILE")
-    p.add_argument("--harness", action="store_true",
-                   help="also run lm-evaluation-harness on the Hugging Face export, on the same local task files")
+    p.add_argument(
+        "--harness",
+        action="store_true",
+        help="also run lm-evaluation-harness on the Hugging Face export, on the same local task files",
+    )
     p.add_argument("--window", type=int, default=None, help="perplexity window (default: training seq_len)")
     p.add_argument("--stride", type=int, default=None, help="perplexity stride (default: window / 2)")
     p.add_argument("--max-tokens", type=int, default=None, help="score at most this many val tokens")
@@ -47,11 +57,23 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise OpenLLMError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     results = evaluate(
-        args.model, text=args.text, data=args.data, tasks=args.tasks, limit=args.limit, window=args.window,
-        stride=args.stride, max_tokens=args.max_tokens, generation=not args.no_generation,
+        args.model,
+        text=args.text,
+        data=args.data,
+        tasks=args.tasks,
+        limit=args.limit,
+        window=args.window,
+        stride=args.stride,
+        max_tokens=args.max_tokens,
+        generation=not args.no_generation,
         gen_settings=GenerationSettings(seeds=seeds or (0,), max_new_tokens=args.max_new_tokens),
-        baselines=not args.no_baselines, harness=args.harness, batch_size=args.batch_size,
-        device=resolve_device(args.device), json_path=args.json, write=not args.no_write, hub=args.hub,
+        baselines=not args.no_baselines,
+        harness=args.harness,
+        batch_size=args.batch_size,
+        device=resolve_device(args.device),
+        json_path=args.json,
+        write=not args.no_write,
+        hub=args.hub,
     )
     table = markdown(results)
     print(table)

@@ -4,6 +4,7 @@ openllm finetune MODEL --evaluate CONVERSATIONS [--base MODEL] [--samples N] [--
 
 Under ``torchrun`` every process runs this and the fine-tune uses DDP, as ``openllm train`` does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,38 +15,65 @@ from .common import add_config_overrides, add_device_option, add_hub_option, cpu
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="base model: a run, an export or OWNER/NAME@VERSION (optional when "
-                                            "resuming)")
-    p.add_argument("--data", help="conversations to train on: JSON Lines, {\"messages\": [...]} or "
-                                  "{\"prompt\", \"response\"} a line")
-    p.add_argument("--val", help="held-out conversations: the val-loss estimate during training, and base vs "
-                                 "fine-tuned assistant-token loss at the end")
+    p.add_argument(
+        "model", nargs="?", help="base model: a run, an export or OWNER/NAME@VERSION (optional when resuming)"
+    )
+    p.add_argument(
+        "--data", help='conversations to train on: JSON Lines, {"messages": [...]} or {"prompt", "response"} a line'
+    )
+    p.add_argument(
+        "--val",
+        help="held-out conversations: the val-loss estimate during training, and base vs "
+        "fine-tuned assistant-token loss at the end",
+    )
     p.add_argument("--out", help="run folder for the fine-tune (an existing one with checkpoints resumes)")
-    p.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of every weight; "
-                                                       "checkpoints hold the merged weights")
+    p.add_argument(
+        "--lora",
+        action="store_true",
+        help="train LoRA adapters (peft) instead of every weight; checkpoints hold the merged weights",
+    )
     p.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (default 8)")
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 16)")
-    p.add_argument("--too-long", choices=("drop", "truncate", "error"), default="drop",
-                   help="a conversation longer than the context: drop it and count it (default), truncate it, "
-                        "or stop with an error")
+    p.add_argument(
+        "--too-long",
+        choices=("drop", "truncate", "error"),
+        default="drop",
+        help="a conversation longer than the context: drop it and count it (default), truncate it, "
+        "or stop with an error",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default 200)")
     p.add_argument("--save-every", type=int, default=None, help="override train.save_every")
-    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                   help="resume from the run folder's latest checkpoint (or the given one)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="CHECKPOINT",
+        help="resume from the run folder's latest checkpoint (or the given one)",
+    )
     add_config_overrides(p)
     add_device_option(p)
     add_hub_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--make-data", metavar="OUT", help="write the synthetic verse conversation set (train.jsonl, "
-                                                      "val.jsonl, about.json) into OUT and stop")
+    p.add_argument(
+        "--make-data",
+        metavar="OUT",
+        help="write the synthetic verse conversation set (train.jsonl, val.jsonl, about.json) into OUT and stop",
+    )
     p.add_argument("--conversations", type=int, default=2000, help="--make-data: how many (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="--make-data: the seed (default 0)")
-    p.add_argument("--evaluate", metavar="CONVERSATIONS", help="score MODEL on these conversations (assistant-token "
-                                                               "loss, greedy samples) and stop")
+    p.add_argument(
+        "--evaluate",
+        metavar="CONVERSATIONS",
+        help="score MODEL on these conversations (assistant-token loss, greedy samples) and stop",
+    )
     p.add_argument("--base", help="--evaluate: also score this base model on the same conversations")
     p.add_argument("--samples", type=int, default=3, help="greedy samples to show (default 3)")
-    p.add_argument("--tasks", default="", help="--evaluate: also score these tasks (as openllm evaluate --tasks) "
-                                               "in base and chat form")
+    p.add_argument(
+        "--tasks",
+        default="",
+        help="--evaluate: also score these tasks (as openllm evaluate --tasks) in base and chat form",
+    )
     p.add_argument("--limit", type=int, default=None, help="--evaluate: items per task")
     p.add_argument("--json", help="write the evaluation as JSON to this file")
 
@@ -78,9 +106,21 @@ def run(args: argparse.Namespace) -> int:
     if args.lora or args.lora_rank is not None or args.lora_alpha is not None:
         lora = {k: v for k, v in (("rank", args.lora_rank), ("alpha", args.lora_alpha)) if v is not None} or True
     device = resolve_device(args.device)
-    result = finetune(args.model, args.data, args.out, val_data=args.val, lora=lora, too_long=args.too_long,
-                      max_steps=args.max_steps, save_every=args.save_every, overrides=overrides or None,
-                      resume=args.resume, device=device, hub=args.hub, progress=not args.no_progress)
+    result = finetune(
+        args.model,
+        args.data,
+        args.out,
+        val_data=args.val,
+        lora=lora,
+        too_long=args.too_long,
+        max_steps=args.max_steps,
+        save_every=args.save_every,
+        overrides=overrides or None,
+        resume=args.resume,
+        device=device,
+        hub=args.hub,
+        progress=not args.no_progress,
+    )
     if os.environ.get("RANK", "0") != "0":
         return 0
     print(f"run folder: {result.run_dir}  ({result.state} at step {result.step}; checkpoint {result.checkpoint})")
@@ -95,8 +135,16 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(model: str, data: str, base: str | None, args: argparse.Namespace, device: str) -> dict:
     from ..evaluate.chat import evaluate_chat
 
-    res = evaluate_chat(model, data, base=base, samples=args.samples, device=device, hub=args.hub,
-                        tasks=getattr(args, "tasks", "") or (), limit=getattr(args, "limit", None))
+    res = evaluate_chat(
+        model,
+        data,
+        base=base,
+        samples=args.samples,
+        device=device,
+        hub=args.hub,
+        tasks=getattr(args, "tasks", "") or (),
+        limit=getattr(args, "limit", None),
+    )
     if args.json:
         from ..rundir import write_json_atomic
 
@@ -107,18 +155,27 @@ def _evaluate(model: str, data: str, base: str | None, args: argparse.Namespace,
 def print_chat_eval(res: dict) -> None:
     """Print :func:`openllm.evaluate.chat.evaluate_chat`'s result as a short table and the samples."""
     rows = [("fine-tuned" if "base" in res else "model", res)] + ([("base", res["base"])] if "base" in res else [])
-    print(f"assistant-token loss on {res['data']} ({res['assistant_tokens']} tokens, "
-          f"{res['conversations']} conversations):")
+    print(
+        f"assistant-token loss on {res['data']} ({res['assistant_tokens']} tokens, "
+        f"{res['conversations']} conversations):"
+    )
     for name, r in rows:
         rate = f", ended its turn in {r['ended_turn_rate']:.0%} of samples" if "ended_turn_rate" in r else ""
         print(f"  {name:<10} {r['assistant_loss']:.4f} (ppl {r['assistant_ppl']:.2f}){rate}  [{r['model']}]")
     for name, r in rows:
         for task, forms in (r.get("tasks") or {}).items():
-            print(f"  {name:<10} {task}: " + ", ".join(
-                f"{form} acc {m['acc']:.3f}" + (f" acc_norm {m['acc_norm']:.3f}" if "acc_norm" in m else "")
-                for form, m in forms.items()) + f" (n={forms['chat_form']['n']})")
+            print(
+                f"  {name:<10} {task}: "
+                + ", ".join(
+                    f"{form} acc {m['acc']:.3f}" + (f" acc_norm {m['acc_norm']:.3f}" if "acc_norm" in m else "")
+                    for form, m in forms.items()
+                )
+                + f" (n={forms['chat_form']['n']})"
+            )
     for name, r in rows:
         for s in r.get("samples", []):
             q = s["messages"][-1]["content"] if s["messages"] else ""
-            print(f"  {name}: {json.dumps(q)[:80]} -> {json.dumps(s['reply'])[:100]}"
-                  f"{'' if s['ended_turn'] else ' (no EOS)'}")
+            print(
+                f"  {name}: {json.dumps(q)[:80]} -> {json.dumps(s['reply'])[:100]}"
+                f"{'' if s['ended_turn'] else ' (no EOS)'}"
+            )

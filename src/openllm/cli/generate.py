@@ -1,5 +1,6 @@
 """openllm generate MODEL --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
 [--repetition-penalty R] [--seed S] [--stream]"""
+
 from __future__ import annotations
 
 import argparse
@@ -9,10 +10,12 @@ from .common import add_device_option, add_hub_option, utf8_text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL",
-                   help="a run folder (latest checkpoint), an export folder, or OWNER/NAME@VERSION on the hub")
-    p.add_argument("--prompt", action="append", required=True,
-                   help="text to continue; repeat for a batch of prompts")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a run folder (latest checkpoint), an export folder, or OWNER/NAME@VERSION on the hub",
+    )
+    p.add_argument("--prompt", action="append", required=True, help="text to continue; repeat for a batch of prompts")
     p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
@@ -31,8 +34,14 @@ def run(args: argparse.Namespace) -> int:
     from ..generate import SamplingParams, generate_text, stream_text
     from ..loading import load
 
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
     try:
         params.validate()
     except ValueError as exc:

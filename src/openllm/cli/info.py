@@ -1,4 +1,5 @@
 """openllm info CONFIG"""
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,11 @@ def run(args: argparse.Namespace) -> int:
     total, non_emb = report["params"], report["params_non_embedding"]
     flops, seq = report["flops_per_token"], report["seq_len"]
     print(f"config            {args.config} ({cfg.name})")
-    print(f"shape             {m.n_layers} layers x {m.d_model} wide, {m.n_heads} heads "
-          f"({m.n_kv_heads} kv), SwiGLU {m.d_ff}, vocab {m.vocab_size}, context {m.max_seq_len}, "
-          f"{'tied' if m.tie_embeddings else 'untied'} embeddings")
+    print(
+        f"shape             {m.n_layers} layers x {m.d_model} wide, {m.n_heads} heads "
+        f"({m.n_kv_heads} kv), SwiGLU {m.d_ff}, vocab {m.vocab_size}, context {m.max_seq_len}, "
+        f"{'tied' if m.tie_embeddings else 'untied'} embeddings"
+    )
     print(f"parameters        {total:,} ({total / 1e6:.1f}M)")
     print(f"non-embedding     {non_emb:,} ({non_emb / 1e6:.1f}M)")
     print(f"training FLOPs    {flops:,} per token at sequence {seq} ({flops / 1e9:.3f} GFLOP)")

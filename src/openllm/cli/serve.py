@@ -1,4 +1,5 @@
 """openllm serve MODEL [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--kv-cache-tokens N]"""
+
 from __future__ import annotations
 
 import argparse
@@ -12,31 +13,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_hub_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every endpoint but /health "
-                        "(default: $OPENLLM_API_KEY; none: open)")
-    p.add_argument("--model-name", default=None,
-                   help="the model id /v1/models reports (default: the MODEL argument's last part)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+        "(default: $OPENLLM_API_KEY; none: open)",
+    )
+    p.add_argument(
+        "--model-name", default=None, help="the model id /v1/models reports (default: the MODEL argument's last part)"
+    )
     add_device_option(p)
-    p.add_argument("--max-batch", type=int, default=32,
-                   help="most sequences generated together: the KV cache's slots (default 32)")
-    p.add_argument("--kv-cache-tokens", type=int, default=None,
-                   help="tokens the KV cache holds in all, split evenly over the --max-batch slots; a request's "
-                        "prompt + max_tokens must fit one slot (default: a full context per slot)")
-    p.add_argument("--prefill-chunk", type=int, default=256,
-                   help="most prompt tokens read per scheduler step, so long prompts do not stall the "
-                        "sequences decoding (default 256)")
-    p.add_argument("--batching", choices=["continuous", "static"], default="continuous",
-                   help="continuous: sequences join and leave the running batch at every step (default); "
-                        "static: a batch runs until all its sequences finish")
-    p.add_argument("--max-body-bytes", type=int, default=4 << 20,
-                   help="largest request body accepted; larger ones get 413 before they are read (default 4 MiB)")
-    p.add_argument("--max-queue", type=int, default=256,
-                   help="requests allowed to wait; more are answered 429 (default 256)")
+    p.add_argument(
+        "--max-batch", type=int, default=32, help="most sequences generated together: the KV cache's slots (default 32)"
+    )
+    p.add_argument(
+        "--kv-cache-tokens",
+        type=int,
+        default=None,
+        help="tokens the KV cache holds in all, split evenly over the --max-batch slots; a request's "
+        "prompt + max_tokens must fit one slot (default: a full context per slot)",
+    )
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=256,
+        help="most prompt tokens read per scheduler step, so long prompts do not stall the "
+        "sequences decoding (default 256)",
+    )
+    p.add_argument(
+        "--batching",
+        choices=["continuous", "static"],
+        default="continuous",
+        help="continuous: sequences join and leave the running batch at every step (default); "
+        "static: a batch runs until all its sequences finish",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=4 << 20,
+        help="largest request body accepted; larger ones get 413 before they are read (default 4 MiB)",
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=256, help="requests allowed to wait; more are answered 429 (default 256)"
+    )
     p.add_argument("--no-batching", action="store_true", help="serve one sequence at a time (same as --max-batch 1)")
-    p.add_argument("--shutdown-timeout", type=float, default=10.0,
-                   help="on SIGTERM or Ctrl-C, seconds in-flight requests get to finish before they are "
-                        "cancelled (default 10)")
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        help="on SIGTERM or Ctrl-C, seconds in-flight requests get to finish before they are cancelled (default 10)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
@@ -58,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
     if args.shutdown_timeout < 0:
         raise OpenLLMError("--shutdown-timeout must be >= 0")
     if str(args.model).startswith((".", "/", "~")) and not Path(args.model).expanduser().exists():
-        raise OpenLLMError(f"no model at {args.model!r}: give a run folder, an export folder, or a hub reference "
-                           f"OWNER/NAME@VERSION")
+        raise OpenLLMError(
+            f"no model at {args.model!r}: give a run folder, an export folder, or a hub reference OWNER/NAME@VERSION"
+        )
     import torch
 
     if args.threads > 0:
@@ -73,15 +100,26 @@ def run(args: argparse.Namespace) -> int:
             signal.raise_signal(signal.SIGTERM)  # a graceful stop of the server, then the error below
             return
         loaded, engine = app.state.loaded, state.engine
-        print(f"ready: {state.model_name} ({loaded.kind}, context {loaded.model.cfg.max_seq_len}; "
-              f"{engine.cache.slots} KV-cache slots of {engine.context} tokens, {engine.policy} batching)",
-              flush=True)
+        print(
+            f"ready: {state.model_name} ({loaded.kind}, context {loaded.model.cfg.max_seq_len}; "
+            f"{engine.cache.slots} KV-cache slots of {engine.context} tokens, {engine.policy} batching)",
+            flush=True,
+        )
 
-    app = app_from_source(args.model, device=device, hub=args.hub, model_name=args.model_name, api_key=api_key,
-                          max_batch=1 if args.no_batching else args.max_batch,
-                          kv_cache_tokens=args.kv_cache_tokens, prefill_chunk=args.prefill_chunk,
-                          max_queue=args.max_queue, batching=args.batching, on_ready=ready,
-                          max_body_bytes=args.max_body_bytes)
+    app = app_from_source(
+        args.model,
+        device=device,
+        hub=args.hub,
+        model_name=args.model_name,
+        api_key=api_key,
+        max_batch=1 if args.no_batching else args.max_batch,
+        kv_cache_tokens=args.kv_cache_tokens,
+        prefill_chunk=args.prefill_chunk,
+        max_queue=args.max_queue,
+        batching=args.batching,
+        on_ready=ready,
+        max_body_bytes=args.max_body_bytes,
+    )
     print(f"loading {args.model}; serving on {base} (/health answers 200 once ready)", flush=True)
     print(f"OpenAI base URL: {base}/v1{'  (API key required)' if api_key else ''}", flush=True)
     run_server(app, args.host, args.port, log_level=args.log_level, shutdown_timeout=args.shutdown_timeout)

@@ -1,4 +1,5 @@
 """openllm space build | sync | status | rollback"""
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,12 @@ def _common(p: argparse.ArgumentParser, *, space: bool = True) -> None:
     if space:
         p.add_argument("--space", default=None, help="the Space, OWNER/NAME (default: [space] id in space.toml)")
         add_hub_option(p)
-        p.add_argument("--retries", type=int, default=None,
-                       help="attempts for each hub call on network errors (default 5; OPENLLM_SYNC_RETRIES)")
+        p.add_argument(
+            "--retries",
+            type=int,
+            default=None,
+            help="attempts for each hub call on network errors (default 5; OPENLLM_SYNC_RETRIES)",
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--dry-run", action="store_true", help="show what would be uploaded and deleted; push nothing")
     p.add_argument("--force", action="store_true", help="overwrite files that were edited in the Space")
-    p.add_argument("--no-env-check", action="store_true",
-                   help="skip the clean-environment check (import + app start); hashes are still checked")
+    p.add_argument(
+        "--no-env-check",
+        action="store_true",
+        help="skip the clean-environment check (import + app start); hashes are still checked",
+    )
     p = sub.add_parser("status", help="the last sync, pending changes and conflicts")
     _common(p)
     p = sub.add_parser("rollback", help="restore an earlier synced state as a new commit")
@@ -58,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
         for note in r.notes:
             print(f"note: {note}", file=sys.stderr)
         gen = len(r.generated)
-        print(f"built {len(r.files)} files ({len(r.files) - gen} synced, {gen} generated) in {r.out} "
-              f"in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"built {len(r.files)} files ({len(r.files) - gen} synced, {gen} generated) in {r.out} "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
         print(f"app.py imports {len(r.closure)} modules of the Space; requirements.txt: {len(r.requirements)} packages")
         return 0
     if cmd == "sync":
@@ -83,8 +93,10 @@ def run(args: argparse.Namespace) -> int:
         last = st["last"]
         if last:
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last.time))
-            print(f"last sync {last.tag} ({last.kind}) commit {last.commit[:12]} at {when}, "
-                  f"{last.uploaded} uploaded, {last.deleted} deleted")
+            print(
+                f"last sync {last.tag} ({last.kind}) commit {last.commit[:12]} at {when}, "
+                f"{last.uploaded} uploaded, {last.deleted} deleted"
+            )
         else:
             print("last sync none")
         print(f"history   {', '.join(r.tag for r in st['history'][-10:]) or 'none'}")

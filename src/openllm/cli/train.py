@@ -3,6 +3,7 @@
 Under ``torchrun --nproc_per_node=N -m openllm train ...`` every process runs this; the library sees
 torchrun's environment and trains with DDP (or FSDP2 with ``--set train.distributed=fsdp``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,17 +17,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder (created; an existing one with checkpoints resumes)")
     p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
     p.add_argument("--save-every", type=int, default=None, help="override train.save_every")
-    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                   help="resume from the run folder's latest checkpoint (or the given checkpoint folder); "
-                        "without this flag a run folder with checkpoints is resumed anyway")
-    p.add_argument("--no-resume", action="store_true",
-                   help="refuse to start if --out already holds checkpoints (instead of resuming)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="CHECKPOINT",
+        help="resume from the run folder's latest checkpoint (or the given checkpoint folder); "
+        "without this flag a run folder with checkpoints is resumed anyway",
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="refuse to start if --out already holds checkpoints (instead of resuming)",
+    )
     add_device_option(p)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (override train.compile)")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the model (override train.compile)",
+    )
     add_config_overrides(p)
-    p.add_argument("--vocab-from-data", action="store_true",
-                   help="set model.vocab_size to the tokenized data's vocabulary instead of failing on a mismatch")
+    p.add_argument(
+        "--vocab-from-data",
+        action="store_true",
+        help="set model.vocab_size to the tokenized data's vocabulary instead of failing on a mismatch",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -39,14 +56,23 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)  # a bad key fails before anything is read
     resume = False if args.no_resume else args.resume
     result = train(
-        args.config, data_dir=args.data, out_dir=args.out, max_steps=args.max_steps,
-        save_every=args.save_every, resume=resume, device=resolve_device(args.device), compile=args.compile,
-        overrides=overrides or None, vocab_from_data=args.vocab_from_data,
+        args.config,
+        data_dir=args.data,
+        out_dir=args.out,
+        max_steps=args.max_steps,
+        save_every=args.save_every,
+        resume=resume,
+        device=resolve_device(args.device),
+        compile=args.compile,
+        overrides=overrides or None,
+        vocab_from_data=args.vocab_from_data,
         progress=not args.no_progress,
     )
     if result is not None and _is_main():
-        print(f"run folder: {result.run_dir}  ({result.state} at step {result.step}; "
-              f"checkpoint {result.checkpoint}, metrics {result.run_dir / 'metrics.jsonl'})")
+        print(
+            f"run folder: {result.run_dir}  ({result.state} at step {result.step}; "
+            f"checkpoint {result.checkpoint}, metrics {result.run_dir / 'metrics.jsonl'})"
+        )
     return 0
 
 

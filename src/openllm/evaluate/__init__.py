@@ -5,13 +5,15 @@ lm-evaluation-harness on the Hugging Face export. See docs/evaluation.md.
 :func:`evaluate` takes anything :func:`openllm.load` accepts; :func:`evaluate_run` is the quickstart's entry
 point and also writes ``RUN/evaluation.json`` (the file the model card reads).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..errors import OpenLLMError
 from ..rundir import CONFIG, EVALUATION, EVALUATIONS, STATE
@@ -20,21 +22,35 @@ from .report import markdown, write_json
 __all__ = ["evaluate", "evaluate_run", "evaluate_loaded", "find_data_dir", "markdown", "write_json"]
 
 
-def evaluate_run(run_dir: str | Path, *, tasks: Sequence[str] | str = (), limit: int | None = None,
-                 **kwargs) -> dict:
+def evaluate_run(run_dir: str | Path, *, tasks: Sequence[str] | str = (), limit: int | None = None, **kwargs) -> dict:
     """Evaluate a run folder's latest checkpoint on its val split (plus ``tasks``), write
     ``RUN/evaluation.json`` and return the results. Keyword arguments as :func:`evaluate`."""
     kwargs.setdefault("progress", False)
     return evaluate(run_dir, tasks=tasks, limit=limit, write=True, **kwargs)
 
 
-def evaluate(source: Any, *, text: str | Path | None = None, data: str | Path | None = None,
-             tasks: Sequence[str] | str = (), limit: int | None = None, window: int | None = None,
-             stride: int | None = None, max_tokens: int | None = None, generation: bool = True,
-             gen_settings=None, baselines: bool = True, harness: bool = False,
-             harness_batch_size: int = 8, batch_size: int | None = None, device: str = "cpu",
-             json_path: str | Path | None = None, write: bool = True, progress: bool = True,
-             hub: Any = None) -> dict:
+def evaluate(
+    source: Any,
+    *,
+    text: str | Path | None = None,
+    data: str | Path | None = None,
+    tasks: Sequence[str] | str = (),
+    limit: int | None = None,
+    window: int | None = None,
+    stride: int | None = None,
+    max_tokens: int | None = None,
+    generation: bool = True,
+    gen_settings=None,
+    baselines: bool = True,
+    harness: bool = False,
+    harness_batch_size: int = 8,
+    batch_size: int | None = None,
+    device: str = "cpu",
+    json_path: str | Path | None = None,
+    write: bool = True,
+    progress: bool = True,
+    hub: Any = None,
+) -> dict:
     """Evaluate a run, an export or a hub reference and return the results dict (docs/evaluation.md).
 
     ``text``: score this UTF-8 file instead of the val split. ``data``: the tokenized data folder (default:
@@ -54,15 +70,27 @@ def evaluate(source: Any, *, text: str | Path | None = None, data: str | Path | 
     if harness and not task_list:
         raise OpenLLMError("--harness needs --tasks (e.g. --tasks lambada,hellaswag --limit 100)")
     loaded = source if isinstance(source, LoadedModel) else load(source, device=device, hub=hub)
-    results = evaluate_loaded(loaded, text=text, data=data, tasks=task_list, limit=limit, window=window,
-                              stride=stride, max_tokens=max_tokens, generation=generation,
-                              gen_settings=gen_settings, baselines=baselines, batch_size=batch_size,
-                              progress=progress)
+    results = evaluate_loaded(
+        loaded,
+        text=text,
+        data=data,
+        tasks=task_list,
+        limit=limit,
+        window=window,
+        stride=stride,
+        max_tokens=max_tokens,
+        generation=generation,
+        gen_settings=gen_settings,
+        baselines=baselines,
+        batch_size=batch_size,
+        progress=progress,
+    )
     if harness:
         from .harness import harness_mismatches, run_harness
 
-        results["harness"] = run_harness(loaded, tasks=task_list, limit=limit, batch_size=harness_batch_size,
-                                         device=device)
+        results["harness"] = run_harness(
+            loaded, tasks=task_list, limit=limit, batch_size=harness_batch_size, device=device
+        )
         results["harness"]["mismatches"] = harness_mismatches(results["tasks"], results["harness"]["tasks"])
     written = []
     if write and loaded.hub_ref is None and loaded.kind in ("run", "native", "hf"):
@@ -86,10 +114,22 @@ def evaluation_file(results: dict) -> str:
     return f"{EVALUATIONS}/text-{stem}-{str(ds.get('sha256'))[:12]}.json"
 
 
-def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str = (), limit: int | None = None,
-                    window: int | None = None, stride: int | None = None, max_tokens: int | None = None,
-                    generation: bool = True, gen_settings=None, baselines: bool = True,
-                    batch_size: int | None = None, progress: bool = True) -> dict:
+def evaluate_loaded(
+    loaded,
+    *,
+    text=None,
+    data=None,
+    tasks: Sequence[Any] | str = (),
+    limit: int | None = None,
+    window: int | None = None,
+    stride: int | None = None,
+    max_tokens: int | None = None,
+    generation: bool = True,
+    gen_settings=None,
+    baselines: bool = True,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> dict:
     """The evaluation itself, on a :class:`openllm.loading.LoadedModel`."""
     from . import metrics
     from . import perplexity as ppl
@@ -103,8 +143,12 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
         raise OpenLLMError(f"--limit must be at least 1, got {limit}")
     t0 = time.time()
     max_len = cfg.model.max_seq_len
-    for name, value in (("--window", window), ("--stride", stride), ("--batch-size", batch_size),
-                        ("--max-tokens", max_tokens)):
+    for name, value in (
+        ("--window", window),
+        ("--stride", stride),
+        ("--batch-size", batch_size),
+        ("--max-tokens", max_tokens),
+    ):
         if value is not None and value < 1:
             raise OpenLLMError(f"{name} must be at least 1 (or left out for the default), got {value}")
     window = window or min(cfg.train.seq_len or max_len, max_len)
@@ -152,17 +196,44 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
         if et.tokens_scored < 1:
             raise OpenLLMError(f"{et.name} has no tokens to score")
         for name, m in models.items():
-            s = ppl.score_stream(m, et.tokens, window=window, stride=stride, batch_size=batch_size,
-                                 progress=progress, desc=f"perplexity ({name})")
-            scores[name].update(val_loss=s.loss, perplexity=s.perplexity,
-                                bits_per_byte=metrics.bits_per_byte(s.nll, et.n_bytes))
+            s = ppl.score_stream(
+                m,
+                et.tokens,
+                window=window,
+                stride=stride,
+                batch_size=batch_size,
+                progress=progress,
+                desc=f"perplexity ({name})",
+            )
+            scores[name].update(
+                val_loss=s.loss, perplexity=s.perplexity, bits_per_byte=metrics.bits_per_byte(s.nll, et.n_bytes)
+            )
         results.update(scores["model"])
-        results.update(tokens=et.tokens_scored, bytes=et.n_bytes, window=window, stride=stride,
-                       dataset={"name": et.name, "kind": et.kind, "path": et.path, "documents": et.documents,
-                                "bytes_from": et.bytes_from, "sha256": et.sha256})
+        results.update(
+            tokens=et.tokens_scored,
+            bytes=et.n_bytes,
+            window=window,
+            stride=stride,
+            dataset={
+                "name": et.name,
+                "kind": et.kind,
+                "path": et.path,
+                "documents": et.documents,
+                "bytes_from": et.bytes_from,
+                "sha256": et.sha256,
+            },
+        )
     else:
-        results.update(val_loss=None, perplexity=None, bits_per_byte=None, tokens=0, bytes=0, window=window,
-                       stride=stride, dataset=None)
+        results.update(
+            val_loss=None,
+            perplexity=None,
+            bits_per_byte=None,
+            tokens=0,
+            bytes=0,
+            window=window,
+            stride=stride,
+            dataset=None,
+        )
 
     # --- downstream tasks -------------------------------------------------------------------------------
     results["tasks"] = {}
@@ -170,8 +241,9 @@ def evaluate_loaded(loaded, *, text=None, data=None, tasks: Sequence[Any] | str 
         scores[name]["tasks"] = {}
     for task in task_list:
         for name, m in models.items():
-            scores[name]["tasks"][task.name] = T.run_task(m, tok, task, max_len=max_len, limit=limit,
-                                                          batch_size=batch_size, progress=progress)
+            scores[name]["tasks"][task.name] = T.run_task(
+                m, tok, task, max_len=max_len, limit=limit, batch_size=batch_size, progress=progress
+            )
         results["tasks"][task.name] = {**scores["model"]["tasks"][task.name], "path": task.path}
 
     # --- generation -------------------------------------------------------------------------------------
@@ -199,8 +271,10 @@ def _check_same_tokenizer(data_dir: Path, tok) -> None:
     want = read_meta(data_dir).get("tokenizer_sha256")
     have = getattr(tok, "sha256", None)
     if want and have and want != have:
-        raise OpenLLMError(f"{data_dir} was tokenized with another tokenizer ({want[:12]}) than the model's "
-                           f"({have[:12]}): pass the model's own data with --data, or --text FILE")
+        raise OpenLLMError(
+            f"{data_dir} was tokenized with another tokenizer ({want[:12]}) than the model's "
+            f"({have[:12]}): pass the model's own data with --data, or --text FILE"
+        )
 
 
 def _chance(vocab: int, et, task_list, limit) -> dict:
@@ -208,8 +282,9 @@ def _chance(vocab: int, et, task_list, limit) -> dict:
     out: dict[str, Any] = {"tasks": {}}
     if et is not None:
         loss = math.log(vocab)
-        out.update(val_loss=loss, perplexity=float(vocab),
-                   bits_per_byte=loss * et.tokens_scored / math.log(2) / et.n_bytes)
+        out.update(
+            val_loss=loss, perplexity=float(vocab), bits_per_byte=loss * et.tokens_scored / math.log(2) / et.n_bytes
+        )
     for task in task_list:
         items = task.head(limit).items
         if task.kind == "choice":

@@ -7,6 +7,7 @@
 
 Both are plain ``model(idx) -> logits`` modules, so they go through exactly the code that scores the model.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,12 +10,14 @@
 
 :func:`evaluate_chat` scores a model and, given ``base``, the base model on the same conversations.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -33,15 +35,24 @@ def assistant_loss_sums(model, batches: Iterable, *, max_batches: int | None = N
         if max_batches is not None and i >= max_batches:
             break
         logits = model(x, attn_mask=attention_mask(seg))
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
+        loss = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-100, reduction="sum"
+        )
         total += float(loss)
         count += int((y != -100).sum())
     return total, count
 
 
-def chat_loss(model, tokenizer, conversations, *, seq_len: int | None = None, batch_size: int = 8,
-              too_long: str = "drop", device: str | torch.device = "cpu") -> dict[str, Any]:
+def chat_loss(
+    model,
+    tokenizer,
+    conversations,
+    *,
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    too_long: str = "drop",
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
     """Assistant-token loss and perplexity of ``model`` on ``conversations`` (a list of
     :class:`~openllm.conversations.Conversation`)."""
     seq_len = seq_len or model.cfg.max_seq_len
@@ -57,8 +68,14 @@ def chat_loss(model, tokenizer, conversations, *, seq_len: int | None = None, ba
     finally:
         model.train(was_training)
     loss = total / max(count, 1)
-    return {"assistant_loss": loss, "assistant_ppl": math.exp(min(loss, 50.0)), "assistant_tokens": count,
-            "conversations": report.kept, "dropped": report.dropped, "truncated": report.truncated}
+    return {
+        "assistant_loss": loss,
+        "assistant_ppl": math.exp(min(loss, 50.0)),
+        "assistant_tokens": count,
+        "conversations": report.kept,
+        "dropped": report.dropped,
+        "truncated": report.truncated,
+    }
 
 
 def chat_samples(model, tokenizer, conversations, *, n: int = 5, max_new_tokens: int = 64) -> list[dict[str, Any]]:
@@ -73,18 +90,21 @@ def chat_samples(model, tokenizer, conversations, *, n: int = 5, max_new_tokens:
         room = model.cfg.max_seq_len - len(prompt)
         if room <= 0:
             continue
-        params = SamplingParams(max_new_tokens=min(max_new_tokens, room), temperature=0.0,
-                                stop_tokens=(tokenizer.eos_id,))
+        params = SamplingParams(
+            max_new_tokens=min(max_new_tokens, room), temperature=0.0, stop_tokens=(tokenizer.eos_id,)
+        )
         ids = generate(model, [prompt], params)[0]
         ended = bool(ids) and ids[-1] == tokenizer.eos_id
         reply = tokenizer.decode(ids[:-1] if ended else ids)
-        out.append({"messages": msgs[:last], "reference": msgs[last]["content"], "reply": reply.strip(),
-                    "ended_turn": ended})
+        out.append(
+            {"messages": msgs[:last], "reference": msgs[last]["content"], "reply": reply.strip(), "ended_turn": ended}
+        )
     return out
 
 
-def run_task_chat(model, tokenizer, task, *, max_len: int, limit: int | None = None,
-                  batch_size: int | None = None) -> dict:
+def run_task_chat(
+    model, tokenizer, task, *, max_len: int, limit: int | None = None, batch_size: int | None = None
+) -> dict:
     """A task scored in chat form: each item's context is the user turn, each choice the assistant's reply
     (``User: CONTEXT\nAssistant: CHOICE``, the reply tokenized as in training); the prediction is the choice
     with the highest log-likelihood (``acc``), or per byte (``acc_norm``), as :func:`~.tasks.run_task` does in
@@ -96,8 +116,9 @@ def run_task_chat(model, tokenizer, task, *, max_len: int, limit: int | None = N
 
     def encode(item, choice: str):
         if item.context not in prompts:
-            prompts[item.context] = tokenizer.encode_chat([{"role": "user", "content": item.context}],
-                                                          add_generation_prompt=True)
+            prompts[item.context] = tokenizer.encode_chat(
+                [{"role": "user", "content": item.context}], add_generation_prompt=True
+            )
         return prompts[item.context], encode_rendered(tokenizer, " " + choice.strip())
 
     return run_task(model, tokenizer, task, max_len=max_len, limit=limit, batch_size=batch_size, encode=encode)
@@ -109,25 +130,31 @@ def _tasks(lm, tasks, limit) -> dict[str, Any]:
     out: dict[str, Any] = {}
     max_len = lm.config.model.max_seq_len
     for task in resolve_tasks(tasks):
-        out[task.name] = {"base_form": run_task(lm.model, lm.tokenizer, task, max_len=max_len, limit=limit),
-                          "chat_form": run_task_chat(lm.model, lm.tokenizer, task, max_len=max_len, limit=limit)}
+        out[task.name] = {
+            "base_form": run_task(lm.model, lm.tokenizer, task, max_len=max_len, limit=limit),
+            "chat_form": run_task_chat(lm.model, lm.tokenizer, task, max_len=max_len, limit=limit),
+        }
     return out
 
 
-def _score(source, conversations, *, seq_len, samples, max_new_tokens, device, hub, tasks=(),
-           limit=None) -> dict[str, Any]:
+def _score(
+    source, conversations, *, seq_len, samples, max_new_tokens, device, hub, tasks=(), limit=None
+) -> dict[str, Any]:
     from ..loading import load
 
     lm = load(source, device=device, hub=hub)
     if lm.tokenizer is None:
         raise OpenLLMError(f"{source}: no tokenizer beside the weights")
     t0 = time.perf_counter()
-    res = {"model": str(source), "step": lm.step,
-           **chat_loss(lm.model, lm.tokenizer, conversations, seq_len=seq_len or lm.config.model.max_seq_len,
-                       device=device)}
+    res = {
+        "model": str(source),
+        "step": lm.step,
+        **chat_loss(
+            lm.model, lm.tokenizer, conversations, seq_len=seq_len or lm.config.model.max_seq_len, device=device
+        ),
+    }
     if samples:
-        res["samples"] = chat_samples(lm.model, lm.tokenizer, conversations, n=samples,
-                                      max_new_tokens=max_new_tokens)
+        res["samples"] = chat_samples(lm.model, lm.tokenizer, conversations, n=samples, max_new_tokens=max_new_tokens)
         res["ended_turn_rate"] = sum(s["ended_turn"] for s in res["samples"]) / max(len(res["samples"]), 1)
     if tasks:
         res["tasks"] = _tasks(lm, tasks, limit)
@@ -135,15 +162,32 @@ def _score(source, conversations, *, seq_len, samples, max_new_tokens, device, h
     return res
 
 
-def evaluate_chat(model, data: str | Path, *, base=None, samples: int = 5, max_new_tokens: int = 64,
-                  seq_len: int | None = None, tasks=(), limit: int | None = None, device: str = "cpu",
-                  hub: Any = None) -> dict[str, Any]:
+def evaluate_chat(
+    model,
+    data: str | Path,
+    *,
+    base=None,
+    samples: int = 5,
+    max_new_tokens: int = 64,
+    seq_len: int | None = None,
+    tasks=(),
+    limit: int | None = None,
+    device: str = "cpu",
+    hub: Any = None,
+) -> dict[str, Any]:
     """Score ``model`` (anything :func:`openllm.load` takes) on the conversations in ``data``; with ``base``,
     the base model on the same conversations under ``"base"``. ``tasks`` (names or files, as ``openllm
     evaluate --tasks``; ``limit`` items each) are scored in base and chat form under ``"tasks"``."""
     convs = read_conversations(data)
-    kw = dict(seq_len=seq_len, samples=samples, max_new_tokens=max_new_tokens, device=device, hub=hub,
-              tasks=tasks, limit=limit)
+    kw = dict(
+        seq_len=seq_len,
+        samples=samples,
+        max_new_tokens=max_new_tokens,
+        device=device,
+        hub=hub,
+        tasks=tasks,
+        limit=limit,
+    )
     out = {"data": str(data), **_score(model, convs, **kw)}
     if base is not None:
         out["base"] = _score(base, convs, **kw)

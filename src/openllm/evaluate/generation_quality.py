@@ -3,6 +3,7 @@ degenerate loops: distinct-1/2 (unique word n-grams over all n-grams, pooled ove
 (seq-rep-4: share of a sample's word 4-grams that repeat an earlier one, averaged) and mean length (generated
 tokens per sample, EOS excluded). Words are whitespace-separated, so these do not depend on the tokenizer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +55,14 @@ def generation_report(model, tokenizer, settings: GenerationSettings | None = No
     budget = max(0, min(s.max_new_tokens, max_len - max(len(p) for p in prompts_ids)))
     samples, texts, counts = [], [], []
     for seed in s.seeds:
-        params = SamplingParams(max_new_tokens=budget, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                                seed=seed, stop_tokens=(tokenizer.eos_id,))
+        params = SamplingParams(
+            max_new_tokens=budget,
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            seed=seed,
+            stop_tokens=(tokenizer.eos_id,),
+        )
         outs = generate(model, prompts_ids, params) if budget else [[] for _ in prompts_ids]
         for prompt, ids in zip(s.prompts, outs):
             if ids and ids[-1] == tokenizer.eos_id:
@@ -66,7 +73,12 @@ def generation_report(model, tokenizer, settings: GenerationSettings | None = No
             counts.append(len(ids))
     return {
         **text_stats(texts, counts),
-        "settings": {"max_new_tokens": budget, "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
-                     "seeds": list(s.seeds)},
+        "settings": {
+            "max_new_tokens": budget,
+            "temperature": s.temperature,
+            "top_k": s.top_k,
+            "top_p": s.top_p,
+            "seeds": list(s.seeds),
+        },
         "samples": samples,
     }

@@ -8,6 +8,7 @@ templates over ``{"text": ...}`` lines; choice tasks are ``multiple_choice`` ove
 forced offline and their caches inside a temporary folder, so nothing is fetched and nothing shared is
 written.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import OpenLLMError
 from .tasks import Task, resolve_tasks
@@ -129,8 +131,8 @@ def write_task_files(tasks: Sequence[Task], folder: Path, *, limit: int | None =
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         template = _LAST_WORD_YAML if t.kind == "last_word" else _CHOICE_YAML
         (folder / f"{lm}.yaml").write_text(
-            template.format(task=lm, path=json.dumps(str(data)), delimiter=json.dumps(t.delimiter)),
-            encoding="utf-8")
+            template.format(task=lm, path=json.dumps(str(data)), delimiter=json.dumps(t.delimiter)), encoding="utf-8"
+        )
         names[lm] = t.name
     return names
 
@@ -163,9 +165,17 @@ def _hf_folder(loaded, workdir: Path) -> Path:
     return out
 
 
-def run_harness(loaded, *, tasks: Sequence[str] | str | Sequence[Task] = (), limit: int | None = None,
-                batch_size: int = 8, device: str = "cpu", workdir: str | Path | None = None,
-                keep_samples: bool = False, timeout: float | None = None) -> dict[str, Any]:
+def run_harness(
+    loaded,
+    *,
+    tasks: Sequence[str] | str | Sequence[Task] = (),
+    limit: int | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    workdir: str | Path | None = None,
+    keep_samples: bool = False,
+    timeout: float | None = None,
+) -> dict[str, Any]:
     """Run lm-eval on ``loaded``'s Hugging Face export over ``tasks``; returns
     ``{"lm_eval_version", "tasks": {name: {acc, ppl | acc_norm, n}}}`` (+ ``samples`` with keep_samples:
     per task, lm-eval's per-item metrics in item order)."""
@@ -184,19 +194,39 @@ def run_harness(loaded, *, tasks: Sequence[str] | str | Sequence[Task] = (), lim
         hf = _hf_folder(loaded, work)
         max_len = loaded.config.model.max_seq_len
         out_file = work / "lm_eval_results.json"
-        job = {"model_args": {"pretrained": str(hf), "tokenizer": str(hf), "dtype": "float32",
-                              "add_bos_token": False, "max_length": max_len, "trust_remote_code": False,
-                              "logits_cache": False},
-               "tasks": list(names), "include": str(work / "tasks"), "device": device, "batch_size": batch_size,
-               "log_samples": keep_samples, "out": str(out_file)}
+        job = {
+            "model_args": {
+                "pretrained": str(hf),
+                "tokenizer": str(hf),
+                "dtype": "float32",
+                "add_bos_token": False,
+                "max_length": max_len,
+                "trust_remote_code": False,
+                "logits_cache": False,
+            },
+            "tasks": list(names),
+            "include": str(work / "tasks"),
+            "device": device,
+            "batch_size": batch_size,
+            "log_samples": keep_samples,
+            "out": str(out_file),
+        }
         cache = work / "hf_cache"
-        env = {**os.environ,
-               "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
-               "HF_DATASETS_CACHE": str(cache / "datasets"), "HF_HOME": str(cache),
-               "HF_EVALUATE_OFFLINE": "1"}
-        proc = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(job)], capture_output=True, text=True,
-                              env=env, timeout=timeout)
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "DO_NOT_TRACK": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_DATASETS_CACHE": str(cache / "datasets"),
+            "HF_HOME": str(cache),
+            "HF_EVALUATE_OFFLINE": "1",
+        }
+        proc = subprocess.run(
+            [sys.executable, "-c", _RUNNER, json.dumps(job)], capture_output=True, text=True, env=env, timeout=timeout
+        )
         if proc.returncode != 0 or not out_file.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
             raise OpenLLMError("lm-eval failed: " + " | ".join(tail))
@@ -213,8 +243,10 @@ def run_harness(loaded, *, tasks: Sequence[str] | str | Sequence[Task] = (), lim
             entry["n"] = int((n_samples.get(lm) or {}).get("effective", 0)) or None
             results["tasks"][ours] = entry
         if keep_samples:
-            results["samples"] = {ours: sorted(raw.get("samples", {}).get(lm, []), key=lambda r: r.get("doc_id", 0))
-                                  for lm, ours in names.items()}
+            results["samples"] = {
+                ours: sorted(raw.get("samples", {}).get(lm, []), key=lambda r: r.get("doc_id", 0))
+                for lm, ours in names.items()
+            }
         return results
     finally:
         if tmp is not None:

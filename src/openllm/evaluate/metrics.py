@@ -4,10 +4,11 @@ tests/test_evaluate_metrics.py.
 Conventions: log-likelihoods and losses are in nats (natural log), as ``torch.nn.functional.cross_entropy``
 gives them; bits are nats / ln 2.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 __all__ = [
     "mean_loss",
@@ -78,13 +79,14 @@ def choice_prediction(loglikelihoods: Sequence[float], lengths: Sequence[float] 
 
 # --- generation quality ---------------------------------------------------------------------------------
 
+
 def words(text: str) -> list[str]:
     """Whitespace-separated words: generation metrics are on words, so they do not depend on the tokenizer."""
     return text.split()
 
 
 def ngrams(seq: Sequence, n: int) -> list[tuple]:
-    return [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+    return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
 
 
 def distinct_n(sequences: Iterable[Sequence], n: int) -> float:
@@ -110,4 +112,3 @@ def repetition_rate(sequences: Iterable[Sequence], n: int = 4) -> float:
 def mean_length(sequences: Iterable[Sequence]) -> float:
     lengths = [len(s) for s in sequences]
     return sum(lengths) / len(lengths) if lengths else 0.0
-

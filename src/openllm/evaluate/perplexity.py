@@ -10,12 +10,13 @@ stride gives each token more context at proportionally more compute.
 Works with any ``model(idx) -> logits`` (our Transformer, a ``transformers`` causal LM whose output has
 ``.logits``, the unigram baseline).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -23,14 +24,25 @@ import torch
 from ..hashing import sha256_bytes
 from . import metrics
 
-__all__ = ["StreamScore", "EvalText", "window_plan", "score_stream", "val_split_tokens", "val_split_text", "text_file_text", "logits_of",
-           "target_logprobs", "auto_batch_size", "model_device"]
+__all__ = [
+    "StreamScore",
+    "EvalText",
+    "window_plan",
+    "score_stream",
+    "val_split_tokens",
+    "val_split_text",
+    "text_file_text",
+    "logits_of",
+    "target_logprobs",
+    "auto_batch_size",
+    "model_device",
+]
 
 # logits elements per forward pass (fp32: 4 bytes each, plus the log-softmax copy). On CPU, buffers of
 # hundreds of MB come back from the allocator as fresh pages on every batch (system time grows with them), so
 # CPU batches stay small; a GPU wants big batches.
-LOGITS_BUDGET = 2 ** 21
-LOGITS_BUDGET_ACCEL = 2 ** 27
+LOGITS_BUDGET = 2**21
+LOGITS_BUDGET_ACCEL = 2**27
 
 
 @dataclass
@@ -130,7 +142,7 @@ def score_stream(
     groups: dict[int, list[tuple[int, int, int]]] = {}
     for w in plan:
         groups.setdefault(w[1] - w[0], []).append(w)
-    batches = [(g[i:i + bs]) for g in groups.values() for i in range(0, len(g), bs)]
+    batches = [(g[i : i + bs]) for g in groups.values() for i in range(0, len(g), bs)]
     it: Iterable = batches
     if progress:
         from tqdm.auto import tqdm
@@ -139,11 +151,11 @@ def score_stream(
     try:
         for batch in it:
             x = torch.stack([t[b:e] for b, e, _ in batch]).to(device)
-            y = torch.stack([t[b + 1:e + 1] for b, e, _ in batch]).to(device)
+            y = torch.stack([t[b + 1 : e + 1] for b, e, _ in batch]).to(device)
             nll = -target_logprobs(model, x, y)[0].double().cpu()
             for row, (b, e, first) in enumerate(batch):
                 # target index j sits at column j - 1 - b
-                total += float(nll[row, first - 1 - b:].sum())
+                total += float(nll[row, first - 1 - b :].sum())
                 count += e - first + 1
     finally:
         if was_training:
@@ -155,6 +167,7 @@ def score_stream(
 
 
 # --- the streams we evaluate ----------------------------------------------------------------------------
+
 
 @dataclass
 class EvalText:
@@ -176,8 +189,7 @@ class EvalText:
         return len(self.tokens) - 1
 
 
-def val_split_tokens(data_dir: str | Path, *, eos_id: int | None = None,
-                     max_tokens: int | None = None) -> np.ndarray:
+def val_split_tokens(data_dir: str | Path, *, eos_id: int | None = None, max_tokens: int | None = None) -> np.ndarray:
     """The val split of a tokenized data folder as :func:`val_split_text` scores it: a document-start EOS
     (the data's ``eos_id``, else ``eos_id``), then the shards' tokens. ``max_tokens`` keeps the documents that
     fit (at least a prefix of the first)."""
@@ -187,8 +199,9 @@ def val_split_tokens(data_dir: str | Path, *, eos_id: int | None = None,
     shards = TokenShards(data_dir, "val")
     eos = shards.meta.get("eos_id", eos_id)
     if eos is None:
-        raise OpenLLMError(f"{Path(data_dir) / 'meta.json'} names no eos_id: tokenize the data again with "
-                           f"`openllm tokenize`")
+        raise OpenLLMError(
+            f"{Path(data_dir) / 'meta.json'} names no eos_id: tokenize the data again with `openllm tokenize`"
+        )
     eos = int(eos)
     n = shards.tokens if max_tokens is None else min(shards.tokens, int(max_tokens))
     stream = shards.stream(0, n)
@@ -221,10 +234,16 @@ def val_split_text(data_dir: str | Path, tokenizer, *, max_tokens: int | None = 
     from ..rundir import read_json
 
     val_source = (read_json(Path(data_dir) / "meta.json").get("sources") or {}).get("val.jsonl") or {}
-    return EvalText(tokens=tokens, n_bytes=n_bytes, name=f"val split of {Path(data_dir).name}", kind="val",
-                    path=str(Path(data_dir)), documents=len(ends) or 1,
-                    bytes_from="decoded val tokens (UTF-8 bytes of each document + 1 per EOS)",
-                    sha256=val_source.get("sha256") if isinstance(val_source, dict) else None)
+    return EvalText(
+        tokens=tokens,
+        n_bytes=n_bytes,
+        name=f"val split of {Path(data_dir).name}",
+        kind="val",
+        path=str(Path(data_dir)),
+        documents=len(ends) or 1,
+        bytes_from="decoded val tokens (UTF-8 bytes of each document + 1 per EOS)",
+        sha256=val_source.get("sha256") if isinstance(val_source, dict) else None,
+    )
 
 
 def _line_blocks(text: str, block_chars: int = 1 << 16) -> list[str]:
@@ -262,5 +281,13 @@ def text_file_text(path: str | Path, tokenizer, *, max_bytes: int | None = None)
     for block in _line_blocks(text):
         ids.extend(tokenizer.encode(block))
     tokens = np.asarray([tokenizer.eos_id] + ids, dtype=np.int64)
-    return EvalText(tokens=tokens, n_bytes=len(text.encode("utf-8")), name=path.name, kind="text",
-                    path=str(path), documents=1, bytes_from="file (UTF-8 bytes)", sha256=sha256_bytes(raw))
+    return EvalText(
+        tokens=tokens,
+        n_bytes=len(text.encode("utf-8")),
+        name=path.name,
+        kind="text",
+        path=str(path),
+        documents=1,
+        bytes_from="file (UTF-8 bytes)",
+        sha256=sha256_bytes(raw),
+    )

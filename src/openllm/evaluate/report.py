@@ -1,5 +1,6 @@
 """Evaluation results as files and tables: ``evaluation.json`` (read by the model card; see
 docs/evaluation.md for its keys) and a markdown table with the baselines beside the model's numbers."""
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,11 @@ def _rows(results: dict) -> list[tuple[str, Any, Any, Any, Any]]:
     ri, un, ch = b.get("random_init") or {}, b.get("unigram") or {}, b.get("chance") or {}
     rows = []
     if results.get("val_loss") is not None:
-        for key, label in (("val_loss", "loss (nats/token)"), ("perplexity", "perplexity"),
-                           ("bits_per_byte", "bits per byte")):
+        for key, label in (
+            ("val_loss", "loss (nats/token)"),
+            ("perplexity", "perplexity"),
+            ("bits_per_byte", "bits per byte"),
+        ):
             rows.append((label, results.get(key), ri.get(key), un.get(key), ch.get(key)))
     for name, m in (results.get("tasks") or {}).items():
         rtask = (ri.get("tasks") or {}).get(name, {})
@@ -61,8 +65,7 @@ def _rows(results: dict) -> list[tuple[str, Any, Any, Any, Any]]:
         ctask = (ch.get("tasks") or {}).get(name, {})
         for key in ("acc", "acc_norm", "ppl"):
             if key in m:
-                rows.append((f"{name} {key} (n={m.get('n')})", m[key], rtask.get(key), utask.get(key),
-                             ctask.get(key)))
+                rows.append((f"{name} {key} (n={m.get('n')})", m[key], rtask.get(key), utask.get(key), ctask.get(key)))
     return rows
 
 
@@ -72,8 +75,10 @@ def markdown(results: dict) -> str:
     lines = [f"## Evaluation of {results.get('source', '?')}", ""]
     meta = []
     if ds:
-        meta.append(f"data: {ds.get('name', '?')} ({fmt(results.get('tokens'))} tokens, "
-                    f"{fmt(results.get('bytes'))} bytes; window {results.get('window')}, stride {results.get('stride')})")
+        meta.append(
+            f"data: {ds.get('name', '?')} ({fmt(results.get('tokens'))} tokens, "
+            f"{fmt(results.get('bytes'))} bytes; window {results.get('window')}, stride {results.get('stride')})"
+        )
     if results.get("params") is not None:
         meta.append(f"parameters: {fmt(results['params'])}")
     if results.get("step") is not None:
@@ -91,12 +96,16 @@ def markdown(results: dict) -> str:
     gen = results.get("generation")
     if gen:
         s = gen.get("settings", {})
-        lines += [f"### Generation ({len(gen.get('samples', []))} samples: temperature {s.get('temperature')}, "
-                  f"top-k {s.get('top_k')}, up to {s.get('max_new_tokens')} tokens, seeds {s.get('seeds')})", "",
-                  "| distinct-1 | distinct-2 | repetition rate (seq-rep-4) | mean length (tokens) |",
-                  "|---:|---:|---:|---:|",
-                  f"| {fmt(gen.get('distinct_1'))} | {fmt(gen.get('distinct_2'))} | {fmt(gen.get('repetition_rate'))} "
-                  f"| {fmt(gen.get('mean_length'), 1)} |", ""]
+        lines += [
+            f"### Generation ({len(gen.get('samples', []))} samples: temperature {s.get('temperature')}, "
+            f"top-k {s.get('top_k')}, up to {s.get('max_new_tokens')} tokens, seeds {s.get('seeds')})",
+            "",
+            "| distinct-1 | distinct-2 | repetition rate (seq-rep-4) | mean length (tokens) |",
+            "|---:|---:|---:|---:|",
+            f"| {fmt(gen.get('distinct_1'))} | {fmt(gen.get('distinct_2'))} | {fmt(gen.get('repetition_rate'))} "
+            f"| {fmt(gen.get('mean_length'), 1)} |",
+            "",
+        ]
         first_seed = (s.get("seeds") or [None])[0]
         for smp in (x for x in gen.get("samples", []) if x.get("seed") == first_seed):
             text = (smp["prompt"] + smp["text"]).replace("\n", " ").replace("|", "\\|")
@@ -104,8 +113,12 @@ def markdown(results: dict) -> str:
         lines.append("")
     h = results.get("harness")
     if h:
-        lines += [f"### lm-evaluation-harness {h.get('lm_eval_version', '')} (on the Hugging Face export)", "",
-                  "| task | metric | lm-eval | ours |", "|---|---|---:|---:|"]
+        lines += [
+            f"### lm-evaluation-harness {h.get('lm_eval_version', '')} (on the Hugging Face export)",
+            "",
+            "| task | metric | lm-eval | ours |",
+            "|---|---|---:|---:|",
+        ]
         for task, m in (h.get("tasks") or {}).items():
             ours = (results.get("tasks") or {}).get(task, {})
             for key, v in m.items():

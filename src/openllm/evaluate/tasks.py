@@ -14,14 +14,15 @@ Generic task file (one JSON object a line)::
 The continuation scored for each choice is ``" " + choice`` (lm-eval's default target delimiter); acc picks
 the highest log-likelihood, acc_norm the highest log-likelihood per UTF-8 byte of the choice.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
@@ -75,13 +76,14 @@ class Task:
     path: str = ""
     delimiter: str = " "  # between context and choice, lm-eval's target_delimiter
 
-    def head(self, limit: int | None) -> "Task":
+    def head(self, limit: int | None) -> Task:
         if limit is None:
             return self
         return Task(self.name, self.kind, self.items[:limit], self.path, self.delimiter)
 
 
 # --- encoding and scoring -------------------------------------------------------------------------------
+
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """lm-eval's ``_encode_pair`` for causal models."""
@@ -96,13 +98,19 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         prefix = getattr(tokenizer, "bos_id", None)
         prefix = prefix if prefix is not None and prefix >= 0 else tokenizer.eos_id
         return [prefix], whole
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 @torch.no_grad()
-def loglikelihoods(model, requests: Sequence[tuple[list[int], list[int]]], *, max_len: int,
-                   batch_size: int | None = None, progress: bool = False, desc: str = "scoring"
-                   ) -> list[tuple[float, bool]]:
+def loglikelihoods(
+    model,
+    requests: Sequence[tuple[list[int], list[int]]],
+    *,
+    max_len: int,
+    batch_size: int | None = None,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> list[tuple[float, bool]]:
     """``(sum of log p(continuation | context), is_greedy)`` per ``(context_ids, continuation_ids)``."""
     if any(not cont for _, cont in requests):
         raise ValueError("a continuation encodes to no tokens")
@@ -110,8 +118,8 @@ def loglikelihoods(model, requests: Sequence[tuple[list[int], list[int]]], *, ma
     vocab = _vocab_size(model)
     inputs = []
     for ctx, cont in requests:
-        ids = (list(ctx) + list(cont))[-(max_len + 1):]
-        inputs.append((ids[:-1], ids[len(ids) - len(cont):]))
+        ids = (list(ctx) + list(cont))[-(max_len + 1) :]
+        inputs.append((ids[:-1], ids[len(ids) - len(cont) :]))
     # longest first, so a batch pads little and the first batch shows the worst memory use
     order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i][0]))
     results: list[tuple[float, bool] | None] = [None] * len(inputs)
@@ -128,14 +136,14 @@ def loglikelihoods(model, requests: Sequence[tuple[list[int], list[int]]], *, ma
         while pos < len(order):
             longest = len(inputs[order[pos]][0])
             bs = batch_size or auto_batch_size(longest, vocab, device)
-            chunk = order[pos:pos + bs]
+            chunk = order[pos : pos + bs]
             x = torch.zeros((len(chunk), longest), dtype=torch.long)
             y = torch.zeros((len(chunk), longest), dtype=torch.long)
             for r, i in enumerate(chunk):
                 inp, cont = inputs[i]
                 # right padding: a causal model never looks right
-                x[r, :len(inp)] = torch.tensor(inp)
-                y[r, len(inp) - len(cont):len(inp)] = torch.tensor(cont)
+                x[r, : len(inp)] = torch.tensor(inp)
+                y[r, len(inp) - len(cont) : len(inp)] = torch.tensor(cont)
             logp, hit = target_logprobs(model, x.to(device), y.to(device))
             logp, hit = logp.double().cpu(), hit.cpu()
             for r, i in enumerate(chunk):
@@ -153,8 +161,17 @@ def loglikelihoods(model, requests: Sequence[tuple[list[int], list[int]]], *, ma
     return results  # type: ignore[return-value]
 
 
-def run_task(model, tokenizer, task: Task, *, max_len: int, limit: int | None = None,
-             batch_size: int | None = None, progress: bool = False, encode=None) -> dict:
+def run_task(
+    model,
+    tokenizer,
+    task: Task,
+    *,
+    max_len: int,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    encode=None,
+) -> dict:
     """Metrics of one task: last_word -> {acc, ppl, n}; choice -> {acc, acc_norm, n}. ``encode(item, choice)``
     gives the (context ids, continuation ids) to score; the default is the base form (context, delimiter,
     choice)."""
@@ -162,15 +179,16 @@ def run_task(model, tokenizer, task: Task, *, max_len: int, limit: int | None = 
     if not task.items:
         raise OpenLLMError(f"task {task.name!r} has no items")
     if encode is None:
+
         def encode(item: Item, choice: str):
             return encode_pair(tokenizer, item.context, task.delimiter + choice)
+
     requests, owners = [], []
     for k, item in enumerate(task.items):
         for c in item.choices:
             requests.append(encode(item, c))
             owners.append(k)
-    scored = loglikelihoods(model, requests, max_len=max_len, batch_size=batch_size, progress=progress,
-                            desc=task.name)
+    scored = loglikelihoods(model, requests, max_len=max_len, batch_size=batch_size, progress=progress, desc=task.name)
     per_item: list[list[tuple[float, bool]]] = [[] for _ in task.items]
     for k, s in zip(owners, scored):
         per_item[k].append(s)
@@ -187,6 +205,7 @@ def run_task(model, tokenizer, task: Task, *, max_len: int, limit: int | None = 
 
 
 # --- task files -----------------------------------------------------------------------------------------
+
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
@@ -217,7 +236,7 @@ def load_lambada(path: str | Path, name: str = "lambada") -> Task:
     for lineno, row in enumerate(_read_jsonl(path), 1):
         text = row.get("text")
         if not isinstance(text, str) or " " not in text.strip():
-            raise OpenLLMError(f"{path}: item {lineno} needs a \"text\" string of at least two words")
+            raise OpenLLMError(f'{path}: item {lineno} needs a "text" string of at least two words')
         ctx, target = lambada_split(text)
         items.append(Item(ctx, [target], 0))
     return Task(name, "last_word", items, str(path), delimiter="")
@@ -241,7 +260,7 @@ def load_hellaswag(path: str | Path, name: str = "hellaswag") -> Task:
         raise OpenLLMError(f"{path}: {len(lines)} lines is not a multiple of 6 (context, label, 4 endings)")
     items = []
     for k in range(0, len(lines), 6):
-        ctx, label, endings = lines[k], lines[k + 1].strip(), lines[k + 2:k + 6]
+        ctx, label, endings = lines[k], lines[k + 1].strip(), lines[k + 2 : k + 6]
         if label not in {"0", "1", "2", "3"}:
             raise OpenLLMError(f"{path}:{k + 2}: the label must be 0-3, got {label!r}")
         choices = [_hellaswag_clean(e) for e in endings]
@@ -255,12 +274,18 @@ def load_choice_jsonl(path: str | Path, name: str | None = None) -> Task:
     items = []
     for lineno, row in enumerate(_read_jsonl(path), 1):
         ctx, choices, label = row.get("context"), row.get("choices"), row.get("label")
-        if not isinstance(ctx, str) or not isinstance(choices, list) or len(choices) < 2 \
-                or not all(isinstance(c, str) and c for c in choices):
-            raise OpenLLMError(f"{path}: item {lineno} needs \"context\" (string) and \"choices\" (a list of at "
-                               "least two non-empty strings)")
+        if (
+            not isinstance(ctx, str)
+            or not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(c, str) and c for c in choices)
+        ):
+            raise OpenLLMError(
+                f'{path}: item {lineno} needs "context" (string) and "choices" (a list of at '
+                "least two non-empty strings)"
+            )
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
-            raise OpenLLMError(f"{path}: item {lineno}: \"label\" must be an index into choices, got {label!r}")
+            raise OpenLLMError(f'{path}: item {lineno}: "label" must be an index into choices, got {label!r}')
         items.append(Item(ctx, list(choices), label))
     return Task(name or path.stem, "choice", items, str(path))
 
@@ -272,8 +297,10 @@ def _builtin_path(name: str) -> Path:
         p = folder / BUILTIN_TASKS[name]
         if p.is_file():
             return p
-    raise OpenLLMError(f"task {name!r} needs its data file {BUILTIN_TASKS[name]}: pass it as {name}=PATH "
-                       "or set OPENLLM_EVAL_DATA to the folder that holds it")
+    raise OpenLLMError(
+        f"task {name!r} needs its data file {BUILTIN_TASKS[name]}: pass it as {name}=PATH "
+        "or set OPENLLM_EVAL_DATA to the folder that holds it"
+    )
 
 
 def load_task(spec: str) -> Task:
@@ -287,8 +314,10 @@ def load_task(spec: str) -> Task:
         elif name.endswith(".jsonl") or Path(name).is_file():
             name, path = Path(name).stem, name
         else:
-            raise OpenLLMError(f"unknown task {spec!r}: use lambada, hellaswag, NAME=PATH or a .jsonl file "
-                               "of {\"context\", \"choices\", \"label\"} lines")
+            raise OpenLLMError(
+                f"unknown task {spec!r}: use lambada, hellaswag, NAME=PATH or a .jsonl file "
+                'of {"context", "choices", "label"} lines'
+            )
     p = Path(path).expanduser()
     if not p.is_file():
         raise OpenLLMError(f"task file {p} does not exist")
@@ -313,6 +342,6 @@ def parse_task_list(specs: str | Iterable[str] | None) -> list[str]:
 def resolve_tasks(tasks) -> list[Task]:
     """Task objects from a comma-separated string, a list of specs/strings, or Task objects."""
     out: list[Task] = []
-    for spec in ([tasks] if isinstance(tasks, str) else list(tasks or ())):
+    for spec in [tasks] if isinstance(tasks, str) else list(tasks or ()):
         out += [spec] if isinstance(spec, Task) else [load_task(s) for s in parse_task_list(spec)]
     return out

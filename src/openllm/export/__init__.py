@@ -5,20 +5,30 @@ folder), ``onnx`` (onnxruntime, with and without past key values) and ``gguf`` (
 ``out`` and moves it into place at the end, so a failed export never leaves a half-written folder.
 One format goes straight into ``out``; several go into ``out/<format>/``.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..errors import OpenLLMError
 from .shared import copy_tokenizer_files, export_state_dict, write_tokenizer_files
 
-__all__ = ["FORMATS", "GGUF_TYPES", "parse_formats", "export", "check_out_dir", "copy_tokenizer_files",
-           "write_tokenizer_files", "export_state_dict"]
+__all__ = [
+    "FORMATS",
+    "GGUF_TYPES",
+    "parse_formats",
+    "export",
+    "check_out_dir",
+    "copy_tokenizer_files",
+    "write_tokenizer_files",
+    "export_state_dict",
+]
 
 FORMATS = ("native", "hf", "onnx", "gguf")
 GGUF_TYPES = ("f32", "f16", "q8_0")
@@ -33,8 +43,10 @@ def parse_formats(spec: str | Iterable[str]) -> list[str]:
         if not name:
             continue
         if name not in FORMATS:
-            raise OpenLLMError(f"unknown export format {raw.strip()!r}: choose from {', '.join(FORMATS)} "
-                               f"(several with commas, e.g. --format hf,onnx)")
+            raise OpenLLMError(
+                f"unknown export format {raw.strip()!r}: choose from {', '.join(FORMATS)} "
+                f"(several with commas, e.g. --format hf,onnx)"
+            )
         if name not in out:
             out.append(name)
     if not out:
@@ -72,14 +84,25 @@ def check_out_dir(out: Path, *, overwrite: bool, source: Path | None = None) -> 
         if not overwrite:
             raise OpenLLMError(f"output folder {out} is not empty: choose an empty folder or pass --overwrite")
         if not (out / EXPORT_MARKER).is_file():
-            raise OpenLLMError(f"output folder {out} holds files that are not an openllm export (no "
-                               f"{EXPORT_MARKER}): --overwrite only replaces an earlier export; choose another "
-                               f"folder")
+            raise OpenLLMError(
+                f"output folder {out} holds files that are not an openllm export (no "
+                f"{EXPORT_MARKER}): --overwrite only replaces an earlier export; choose another "
+                f"folder"
+            )
 
 
-def export(source: Any, out: str | Path, formats: str | Sequence[str], *, overwrite: bool = False,
-           gguf_types: str | Sequence[str] = ("f16",), hub: Any = None, progress: bool = True,
-           license: str | None = None, source_url: str | None = None) -> dict[str, Path]:
+def export(
+    source: Any,
+    out: str | Path,
+    formats: str | Sequence[str],
+    *,
+    overwrite: bool = False,
+    gguf_types: str | Sequence[str] = ("f16",),
+    hub: Any = None,
+    progress: bool = True,
+    license: str | None = None,
+    source_url: str | None = None,
+) -> dict[str, Path]:
     """Export ``source`` (a run, an export, a hub reference, or an already loaded model) into ``out``.
     ``license`` and ``source_url`` go into the GGUF metadata. Returns ``{format: folder}``."""
     from ..loading import LoadedModel, load
@@ -102,20 +125,25 @@ def export(source: Any, out: str | Path, formats: str | Sequence[str], *, overwr
             target.mkdir(parents=True, exist_ok=True)
             if fmt == "native":
                 from .native import export_native
+
                 export_native(loaded, target)
             elif fmt == "hf":
                 from .hf import export_hf
+
                 export_hf(loaded, target)
             elif fmt == "onnx":
                 from .onnx import export_onnx
+
                 export_onnx(loaded, target)
             elif fmt == "gguf":
                 from .gguf import export_gguf
+
                 for t in types:
                     export_gguf(loaded, target, dtype=t, license=license, source_url=source_url)
             folders[fmt] = out if len(fmts) == 1 else out / fmt
-        (staging / EXPORT_MARKER).write_text(json.dumps({"formats": fmts, "source": str(src_path)}) + "\n",
-                                             encoding="utf-8")
+        (staging / EXPORT_MARKER).write_text(
+            json.dumps({"formats": fmts, "source": str(src_path)}) + "\n", encoding="utf-8"
+        )
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

@@ -15,6 +15,7 @@ What ``convert_hf_to_gguf.py`` does for a Llama with a SentencePiece tokenizer, 
   and ``tokenizer.chat_template`` (:data:`openllm.tokenizer.CHAT_TEMPLATE`, so llama.cpp formats chats as
   transformers and our server do instead of falling back to Llama-2 ``[INST]`` tags).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,17 +45,19 @@ def gguf_tensors(model) -> dict[str, np.ndarray]:
         out["output.weight"] = hf["lm_head.weight"]
     for i in range(cfg.n_layers):
         p = f"model.layers.{i}."
-        out.update({
-            f"blk.{i}.attn_norm.weight": hf[p + "input_layernorm.weight"],
-            f"blk.{i}.attn_q.weight": permute_qk(hf[p + "self_attn.q_proj.weight"], cfg.n_heads),
-            f"blk.{i}.attn_k.weight": permute_qk(hf[p + "self_attn.k_proj.weight"], cfg.n_kv_heads),
-            f"blk.{i}.attn_v.weight": hf[p + "self_attn.v_proj.weight"],
-            f"blk.{i}.attn_output.weight": hf[p + "self_attn.o_proj.weight"],
-            f"blk.{i}.ffn_norm.weight": hf[p + "post_attention_layernorm.weight"],
-            f"blk.{i}.ffn_gate.weight": hf[p + "mlp.gate_proj.weight"],
-            f"blk.{i}.ffn_up.weight": hf[p + "mlp.up_proj.weight"],
-            f"blk.{i}.ffn_down.weight": hf[p + "mlp.down_proj.weight"],
-        })
+        out.update(
+            {
+                f"blk.{i}.attn_norm.weight": hf[p + "input_layernorm.weight"],
+                f"blk.{i}.attn_q.weight": permute_qk(hf[p + "self_attn.q_proj.weight"], cfg.n_heads),
+                f"blk.{i}.attn_k.weight": permute_qk(hf[p + "self_attn.k_proj.weight"], cfg.n_kv_heads),
+                f"blk.{i}.attn_v.weight": hf[p + "self_attn.v_proj.weight"],
+                f"blk.{i}.attn_output.weight": hf[p + "self_attn.o_proj.weight"],
+                f"blk.{i}.ffn_norm.weight": hf[p + "post_attention_layernorm.weight"],
+                f"blk.{i}.ffn_gate.weight": hf[p + "mlp.gate_proj.weight"],
+                f"blk.{i}.ffn_up.weight": hf[p + "mlp.up_proj.weight"],
+                f"blk.{i}.ffn_down.weight": hf[p + "mlp.down_proj.weight"],
+            }
+        )
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
@@ -100,8 +103,9 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[float], li
     return tokens, scores, types
 
 
-def export_gguf(loaded, out: Path, *, dtype: str = "f16", license: str | None = None,
-                source_url: str | None = None) -> Path:
+def export_gguf(
+    loaded, out: Path, *, dtype: str = "f16", license: str | None = None, source_url: str | None = None
+) -> Path:
     """Write ``out/model-<dtype>.gguf``. ``license`` is the weights' license (``general.license``, default
     ``other``: see the model card); ``source_url`` (default: the hub reference it was loaded from, if any) goes
     into ``general.source.url``."""
@@ -113,13 +117,18 @@ def export_gguf(loaded, out: Path, *, dtype: str = "f16", license: str | None = 
     if dtype not in ("f32", "f16", "q8_0"):
         raise OpenLLMError(f"unknown GGUF type {dtype!r}: choose from f32, f16, q8_0")
     if getattr(loaded.tokenizer, "model_path", None) is None:
-        raise OpenLLMError("GGUF export needs the model's SentencePiece tokenizer (tokenizer.model), and this "
-                           "source has none: export from the run or the openllm export it was made from")
+        raise OpenLLMError(
+            "GGUF export needs the model's SentencePiece tokenizer (tokenizer.model), and this "
+            "source has none: export from the run or the openllm export it was made from"
+        )
     cfg, model = loaded.config, loaded.model
     m = cfg.model
     path = Path(out) / GGUF_FILE.format(dtype=dtype)
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    file_type = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[dtype]
 
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name(cfg.name)

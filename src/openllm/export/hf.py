@@ -3,9 +3,11 @@
 
 Files: ``model.safetensors`` (Llama names, split q/k/v and gate/up), ``config.json`` (model_type llama),
 ``generation_config.json``, the tokenizer files (``tokenizer_config.json`` with the chat template, left
-padding, no ``token_type_ids`` and ``model_max_length`` = the context, so transformers 4.45 to 5.x behave alike), and ``openllm.json`` (our full Config) so that
+padding, no ``token_type_ids`` and ``model_max_length`` = the context, so transformers 4.45 to 5.x behave alike),
+and ``openllm.json`` (our full Config) so that
 ``openllm.load`` reads the folder back bit-exactly with the training settings it came from.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Native export: ``model.safetensors`` (our parameter names), ``config.json`` (``{"format": "openllm",
 ...Config}``) and the tokenizer files. ``openllm.load`` reads it back bit-exactly."""
+
 from __future__ import annotations
 
 import json

@@ -14,11 +14,12 @@ One graph, so the weights are stored once:
 
 :class:`OnnxRunner` is the greedy/sampling loop over the graph (tests and benchmarks use it).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -47,7 +48,6 @@ def _wrappers(model):
 
         def forward(self, input_ids, attention_mask, position_ids, past: list):
             m = self.model
-            c = m.cfg
             B, T = input_ids.shape
             P = past[0].shape[2]
             cos = m.rope_cos[position_ids][:, None]
@@ -63,8 +63,9 @@ def _wrappers(model):
             for i, layer in enumerate(m.layers):
                 a = layer.attn
                 h = layer.attn_norm(x)
-                q, k, v = a.wqkv(h).split([a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim,
-                                           a.n_kv_heads * a.head_dim], dim=-1)
+                q, k, v = a.wqkv(h).split(
+                    [a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim, a.n_kv_heads * a.head_dim], dim=-1
+                )
                 q = q.view(B, T, a.n_heads, a.head_dim).transpose(1, 2)
                 k = k.view(B, T, a.n_kv_heads, a.head_dim).transpose(1, 2)
                 v = v.view(B, T, a.n_kv_heads, a.head_dim).transpose(1, 2)
@@ -115,23 +116,40 @@ def export_onnx(loaded, out: Path) -> Path:
     mask = torch.ones(B, P + T, dtype=torch.long)
     pos = torch.arange(P, P + T)[None].expand(B, T).contiguous()
     in_names, out_names = past_names(c.n_layers)
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "total_sequence"},
-            "position_ids": {0: "batch", 1: "sequence"},
-            **{n: {0: "batch", 2: "past_sequence"} for n in in_names},
-            **{n: {0: "batch", 2: "total_sequence"} for n in out_names}}
-    _export(with_past, (ids, mask, pos, past), out / MODEL_FILE,
-            ["input_ids", "attention_mask", "position_ids", *in_names], ["logits", *out_names], axes, external,
-            c.max_seq_len)
+    axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "logits": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "total_sequence"},
+        "position_ids": {0: "batch", 1: "sequence"},
+        **{n: {0: "batch", 2: "past_sequence"} for n in in_names},
+        **{n: {0: "batch", 2: "total_sequence"} for n in out_names},
+    }
+    _export(
+        with_past,
+        (ids, mask, pos, past),
+        out / MODEL_FILE,
+        ["input_ids", "attention_mask", "position_ids", *in_names],
+        ["logits", *out_names],
+        axes,
+        external,
+        c.max_seq_len,
+    )
 
     ids_ = special_ids(loaded)
     _write_json(out / "config.json", {**llama_config_dict(c, **ids_), "use_cache": True})
     _write_json(out / "generation_config.json", generation_config(loaded))
-    meta = {"format": "onnx", "opset": OPSET, "n_layers": c.n_layers, "n_kv_heads": c.n_kv_heads,
-            "head_dim": c.head_dim, "vocab_size": c.vocab_size, "max_seq_len": c.max_seq_len,
-            "files": {"model": MODEL_FILE},
-            "eos_token_id": getattr(loaded.tokenizer, "eos_id", None),
-            "config": loaded.config.to_dict()}
+    meta = {
+        "format": "onnx",
+        "opset": OPSET,
+        "n_layers": c.n_layers,
+        "n_kv_heads": c.n_kv_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "max_seq_len": c.max_seq_len,
+        "files": {"model": MODEL_FILE},
+        "eos_token_id": getattr(loaded.tokenizer, "eos_id", None),
+        "config": loaded.config.to_dict(),
+    }
     _write_json(out / "onnx_config.json", meta)
     write_tokenizer_files(loaded, out)
     return out
@@ -141,21 +159,30 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _export(module, args, path: Path, inputs: list[str], outputs: list[str], axes: dict, external: bool,
-            max_len: int) -> None:
+def _export(
+    module, args, path: Path, inputs: list[str], outputs: list[str], axes: dict, external: bool, max_len: int
+) -> None:
     """The TorchScript exporter first (seconds; tracing suffices since the graph has no data-dependent
     branches), torch.export's exporter when that one is gone or fails (much slower, same graph)."""
     import torch
 
     with torch.no_grad(), _quiet():
         try:
-            torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
-                              dynamic_axes=axes, opset_version=OPSET, dynamo=False,
-                              # folding would store a transposed second copy of a tied embedding;
-                              # onnxruntime folds the transposes in memory when it loads the graph
-                              do_constant_folding=False)
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+                # folding would store a transposed second copy of a tied embedding;
+                # onnxruntime folds the transposes in memory when it loads the graph
+                do_constant_folding=False,
+            )
             return
-        except Exception:  # noqa: BLE001 - fall back to the other exporter, which raises its own errors
+        except Exception:
             if path.exists():
                 path.unlink()
         dims: dict[str, object] = {}
@@ -170,10 +197,23 @@ def _export(module, args, path: Path, inputs: list[str], outputs: list[str], axe
             spec = {k: dim(v, 0 if v == "past_sequence" else 1) for k, v in axes.get(n, {}).items()}
             shapes[n] = spec
         if len(args) > 1:  # the past list is one argument of the module
-            shapes = {"input_ids": shapes["input_ids"], "attention_mask": shapes["attention_mask"],
-                      "position_ids": shapes["position_ids"], "past": [shapes[n] for n in inputs[3:]]}
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
-                          dynamic_shapes=shapes, opset_version=OPSET, external_data=external, dynamo=True)
+            shapes = {
+                "input_ids": shapes["input_ids"],
+                "attention_mask": shapes["attention_mask"],
+                "position_ids": shapes["position_ids"],
+                "past": [shapes[n] for n in inputs[3:]],
+            }
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=shapes,
+            opset_version=OPSET,
+            external_data=external,
+            dynamo=True,
+        )
 
 
 class _quiet:
@@ -205,8 +245,14 @@ class OnnxRunner:
     """onnxruntime sessions over an ONNX export: ``logits(ids)`` and ``generate(prompts, ...)`` (greedy when
     ``temperature == 0``; ragged prompts are left-padded, positions count real tokens only, as ours)."""
 
-    def __init__(self, folder: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None,
-                 file: str | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        file: str | None = None,
+    ):
         require("onnxruntime", "export", what="running an ONNX export")
         import onnxruntime as ort
 
@@ -218,8 +264,9 @@ class OnnxRunner:
         files = self.meta.get("files", {})
         name = file or files.get("model") or files.get("with_past")  # "with_past": exports before one graph
         if not name or not (folder / name).is_file():
-            raise OpenLLMError(f"{folder} has no ONNX graph {name!r}: export it again with "
-                               "`openllm export SOURCE --format onnx`")
+            raise OpenLLMError(
+                f"{folder} has no ONNX graph {name!r}: export it again with `openllm export SOURCE --format onnx`"
+            )
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -231,29 +278,45 @@ class OnnxRunner:
 
     def empty_past(self, batch: int) -> dict[str, np.ndarray]:
         m = self.meta
-        return {name: np.zeros((batch, m["n_kv_heads"], 0, m["head_dim"]), dtype=np.float32)
-                for name in past_names(m["n_layers"])[0]}
+        return {
+            name: np.zeros((batch, m["n_kv_heads"], 0, m["head_dim"]), dtype=np.float32)
+            for name in past_names(m["n_layers"])[0]
+        }
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """Logits of a batch of full sequences (the prompt pass with an empty past)."""
         ids = np.asarray(ids, dtype=np.int64)
         B, T = ids.shape
-        feed = {"input_ids": ids, "attention_mask": np.ones((B, T), np.int64),
-                "position_ids": np.tile(np.arange(T, dtype=np.int64), (B, 1)), **self.empty_past(B)}
+        feed = {
+            "input_ids": ids,
+            "attention_mask": np.ones((B, T), np.int64),
+            "position_ids": np.tile(np.arange(T, dtype=np.int64), (B, 1)),
+            **self.empty_past(B),
+        }
         return self.past.run(["logits"], feed)[0]
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float = 0.0,
-                 stop_tokens: Sequence[int] = (), pad_id: int = 0, seed: int | None = None) -> list[list[int]]:
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        stop_tokens: Sequence[int] = (),
+        pad_id: int = 0,
+        seed: int | None = None,
+    ) -> list[list[int]]:
         m = self.meta
         B, longest = len(prompts), max(len(p) for p in prompts)
         if longest + max_new_tokens > m["max_seq_len"]:
-            raise OpenLLMError(f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the context of "
-                               f"{m['max_seq_len']} tokens")
+            raise OpenLLMError(
+                f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the context of "
+                f"{m['max_seq_len']} tokens"
+            )
         ids = np.full((B, longest), pad_id, dtype=np.int64)
         mask = np.zeros((B, longest), dtype=np.int64)
         for b, p in enumerate(prompts):
-            ids[b, longest - len(p):] = p
-            mask[b, longest - len(p):] = 1
+            ids[b, longest - len(p) :] = p
+            mask[b, longest - len(p) :] = 1
         pos = np.clip(mask.cumsum(-1) - 1, 0, None)
         past = self.empty_past(B)
         rng = np.random.default_rng(seed)
@@ -261,8 +324,10 @@ class OnnxRunner:
         outs: list[list[int]] = [[] for _ in range(B)]
         step_ids = ids
         for _ in range(max_new_tokens):
-            res = self.past.run(None, {"input_ids": step_ids, "attention_mask": mask,
-                                       "position_ids": pos[:, -step_ids.shape[1]:], **past})
+            res = self.past.run(
+                None,
+                {"input_ids": step_ids, "attention_mask": mask, "position_ids": pos[:, -step_ids.shape[1] :], **past},
+            )
             logits = res[0][:, -1].astype(np.float64)
             if temperature == 0:
                 nxt = logits.argmax(-1)

@@ -10,6 +10,7 @@ Two routes, same idea (weights stored as int8 with a per-row scale, activations 
 
 ``benchmarks/int8.py`` measures the speed-up and the change in validation loss.
 """
+
 from __future__ import annotations
 
 import copy
@@ -80,6 +81,5 @@ def quantize_onnx_int8(folder: str | Path, *, which: str = "model") -> Path:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.optimized_model_filepath = str(folded)
         ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
-        quantize_dynamic(str(folded), str(dst), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"])
+        quantize_dynamic(str(folded), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
     return dst

@@ -1,4 +1,5 @@
 """Helpers shared by the export formats: the tokenizer files of a folder and our state dict as saved."""
+
 from __future__ import annotations
 
 import shutil
@@ -41,8 +42,11 @@ def write_tokenizer_files(loaded, out: Path) -> list[str]:
         return sorted(set(copied) | {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
     path = Path(out) / "tokenizer_config.json"
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    sp = ({"sentencepiece_sha256": loaded.tokenizer.sha256, "vocab_size": loaded.tokenizer.vocab_size}
-          if model_file is not None else {})
+    sp = (
+        {"sentencepiece_sha256": loaded.tokenizer.sha256, "vocab_size": loaded.tokenizer.vocab_size}
+        if model_file is not None
+        else {}
+    )
     new = hf_tokenizer_config(model_max_length=ctx, **sp)
     path.write_text(json.dumps({**old, **new}, indent=2) + "\n", encoding="utf-8")
     return sorted(set(copied) | {"tokenizer_config.json"})

@@ -1,20 +1,28 @@
 """The hub interface: what every hub (local git, Hugging Face) implements, modelled on
 ``huggingface_hub.HfApi`` and keyword-only. Everything above this interface (model push, dataset upload,
 the Space sync, the app) is written once against it."""
+
 from __future__ import annotations
 
 import abc
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Sequence, Union
 
 from .errors import RevisionExists, RevisionNotFound
 from .ids import validate_path_in_repo, validate_tag
 
-__all__ = ["Hub", "CommitOperationAdd", "CommitOperationDelete", "CommitOperation", "GitRefs", "CommitInfo",
-           "REPLACE_ALL"]
+__all__ = [
+    "Hub",
+    "CommitOperationAdd",
+    "CommitOperationDelete",
+    "CommitOperation",
+    "GitRefs",
+    "CommitInfo",
+    "REPLACE_ALL",
+]
 
 
 @dataclass(frozen=True)
@@ -22,7 +30,7 @@ class CommitOperationAdd:
     """Add or overwrite ``path_in_repo`` with a local file or with bytes (as in huggingface_hub)."""
 
     path_in_repo: str
-    path_or_fileobj: Union[str, Path, bytes]
+    path_or_fileobj: str | Path | bytes
 
     def __post_init__(self) -> None:
         validate_path_in_repo(self.path_in_repo)
@@ -44,13 +52,13 @@ class CommitOperationDelete:
         return self.path_in_repo.endswith("/")
 
 
-CommitOperation = Union[CommitOperationAdd, CommitOperationDelete]
+CommitOperation = CommitOperationAdd | CommitOperationDelete
 
 
 def _all_but(name: str) -> list[str]:
     """fnmatch patterns matching every path except ``name`` (fnmatch has no negation): a path differs from
     ``name`` at its first differing character, or is longer."""
-    esc = lambda t: re.sub(r"([*?\[])", r"[\1]", t)  # noqa: E731
+    esc = lambda t: re.sub(r"([*?\[])", r"[\1]", t)
     return [f"{esc(name[:i])}[!{name[i]}]*" for i in range(len(name))] + [f"{esc(name)}?*"]
 
 
@@ -90,8 +98,9 @@ class Hub(abc.ABC):
     name: str = "hub"
 
     @abc.abstractmethod
-    def create_repo(self, *, repo_id: str, repo_type: str = "model", exist_ok: bool = False,
-                    private: bool = False) -> str:
+    def create_repo(
+        self, *, repo_id: str, repo_type: str = "model", exist_ok: bool = False, private: bool = False
+    ) -> str:
         """Create an empty repository; return its URL (or path). Existing + ``exist_ok=False``: RepositoryExists.
         ``private``: visible to its owner only, on hubs that have accounts (else UnsupportedOperation); an
         existing repository keeps its visibility."""
@@ -104,27 +113,58 @@ class Hub(abc.ABC):
         """Repo ids of that type on this hub (the local hub: all; Hugging Face: the token's owner's)."""
 
     @abc.abstractmethod
-    def upload_folder(self, *, repo_id: str, folder_path: str | Path, repo_type: str = "model",
-                      commit_message: str | None = None, delete_patterns: str | Sequence[str] | None = None,
-                      parent_commit: str | None = None) -> str:
+    def upload_folder(
+        self,
+        *,
+        repo_id: str,
+        folder_path: str | Path,
+        repo_type: str = "model",
+        commit_message: str | None = None,
+        delete_patterns: str | Sequence[str] | None = None,
+        parent_commit: str | None = None,
+    ) -> str:
         """Upload every file under ``folder_path`` as ONE commit; delete repo files matching
         ``delete_patterns`` (fnmatch, e.g. ``"*"`` = make the repo exactly the folder) that the folder does not
         hold. Return the commit id (the unchanged head if nothing changed)."""
 
     @abc.abstractmethod
-    def create_commit(self, *, repo_id: str, operations: Iterable[CommitOperation], commit_message: str,
-                      repo_type: str = "model", parent_commit: str | None = None) -> str:
+    def create_commit(
+        self,
+        *,
+        repo_id: str,
+        operations: Iterable[CommitOperation],
+        commit_message: str,
+        repo_type: str = "model",
+        parent_commit: str | None = None,
+    ) -> str:
         """Apply the operations as one commit on ``main``; ConflictError if ``parent_commit`` is given and the
         head is elsewhere. Return the commit id."""
 
     @abc.abstractmethod
-    def create_tag(self, *, repo_id: str, tag: str, revision: str | None = None, message: str | None = None,
-                   repo_type: str = "model", exist_ok: bool = False) -> None:
+    def create_tag(
+        self,
+        *,
+        repo_id: str,
+        tag: str,
+        revision: str | None = None,
+        message: str | None = None,
+        repo_type: str = "model",
+        exist_ok: bool = False,
+    ) -> None:
         """Annotated tag on ``revision`` (default: head of main). Existing tag: RevisionExists unless exist_ok."""
 
-    def upload_version(self, *, repo_id: str, folder_path: str | Path, tag: str, repo_type: str = "model",
-                       commit_message: str | None = None, tag_message: str | None = None,
-                       delete_patterns: str | Sequence[str] | None = None, replace_tag: bool = False) -> str:
+    def upload_version(
+        self,
+        *,
+        repo_id: str,
+        folder_path: str | Path,
+        tag: str,
+        repo_type: str = "model",
+        commit_message: str | None = None,
+        tag_message: str | None = None,
+        delete_patterns: str | Sequence[str] | None = None,
+        replace_tag: bool = False,
+    ) -> str:
         """Upload the folder as one commit on main (as :meth:`upload_folder`) and tag that commit ``tag``.
         An existing tag: RevisionExists unless ``replace_tag`` (then the tag moves to the new commit).
         Return the commit id.
@@ -135,8 +175,13 @@ class Hub(abc.ABC):
         validate_tag(tag)
         if not replace_tag and tag in self.list_refs(repo_id=repo_id, repo_type=repo_type).tags:
             raise RevisionExists(f"{repo_type} repo {repo_id} already has version {tag!r}; versions are immutable")
-        commit = self.upload_folder(repo_id=repo_id, folder_path=folder_path, repo_type=repo_type,
-                                    commit_message=commit_message, delete_patterns=delete_patterns)
+        commit = self.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder_path,
+            repo_type=repo_type,
+            commit_message=commit_message,
+            delete_patterns=delete_patterns,
+        )
         if replace_tag:
             try:
                 self.delete_tag(repo_id=repo_id, tag=tag, repo_type=repo_type)
@@ -152,22 +197,29 @@ class Hub(abc.ABC):
     def list_refs(self, *, repo_id: str, repo_type: str = "model") -> GitRefs: ...
 
     @abc.abstractmethod
-    def list_commits(self, *, repo_id: str, repo_type: str = "model",
-                     revision: str | None = None) -> list[CommitInfo]:
+    def list_commits(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None) -> list[CommitInfo]:
         """History of ``revision`` (default main), newest first."""
 
     @abc.abstractmethod
     def list_files(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None) -> list[str]: ...
 
     @abc.abstractmethod
-    def download(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None,
-                 local_dir: str | Path | None = None, paths: Sequence[str] | None = None) -> Path:
+    def download(
+        self,
+        *,
+        repo_id: str,
+        repo_type: str = "model",
+        revision: str | None = None,
+        local_dir: str | Path | None = None,
+        paths: Sequence[str] | None = None,
+    ) -> Path:
         """Files of ``revision`` in a local folder (checksums verified); return the folder. ``paths``: only
         those files (those the revision lacks are simply absent)."""
 
     @abc.abstractmethod
-    def revert(self, *, repo_id: str, to_revision: str, repo_type: str = "model",
-               commit_message: str | None = None) -> str:
+    def revert(
+        self, *, repo_id: str, to_revision: str, repo_type: str = "model", commit_message: str | None = None
+    ) -> str:
         """A NEW commit on main whose tree is ``to_revision``'s (history is kept). Return its id."""
 
     def describe(self) -> str:

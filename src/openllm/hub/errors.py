@@ -1,12 +1,22 @@
 """Typed hub errors. Every one is an :class:`~openllm.errors.OpenLLMError`: the CLI prints its one-line
 message and exits 2. Callers that retry (the Space sync) catch :class:`HubUnavailable` only."""
+
 from __future__ import annotations
 
 from ..errors import OpenLLMError
 
 __all__ = [
-    "HubError", "InvalidRepoId", "RepositoryNotFound", "RepositoryExists", "RevisionNotFound",
-    "RevisionExists", "EntryNotFound", "AuthError", "HubUnavailable", "ConflictError", "UnsupportedOperation",
+    "HubError",
+    "InvalidRepoId",
+    "RepositoryNotFound",
+    "RepositoryExists",
+    "RevisionNotFound",
+    "RevisionExists",
+    "EntryNotFound",
+    "AuthError",
+    "HubUnavailable",
+    "ConflictError",
+    "UnsupportedOperation",
     "UnsafeUpload",
 ]
 

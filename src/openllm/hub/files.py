@@ -5,11 +5,12 @@ repository gets a regular file, as the Hugging Face hub does); a link that leads
 link and a linked folder are refused, so that an upload can never carry ``/etc/passwd`` or a key file into a
 repository because someone left a link in a data folder. ``.git`` folders are skipped; other things that are
 not regular files (sockets, pipes, devices) are skipped too."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import UnsafeUpload
 
@@ -33,9 +34,11 @@ def folder_files(folder: str | Path, *, exclude: Callable[[str], bool] | None = 
             if d in _SKIP_DIRS or (exclude is not None and exclude(rel)):
                 continue
             if (here / d).is_symlink():  # os.walk lists a linked folder among the folders but never enters it
-                raise UnsafeUpload(f"refusing to upload {top}: {rel} is a link to a folder "
-                                   f"({os.readlink(here / d)}); uploads never follow linked folders (copy the "
-                                   f"files in, or remove the link)")
+                raise UnsafeUpload(
+                    f"refusing to upload {top}: {rel} is a link to a folder "
+                    f"({os.readlink(here / d)}); uploads never follow linked folders (copy the "
+                    f"files in, or remove the link)"
+                )
             keep.append(d)
         dirnames[:] = keep
         for name in sorted(filenames):
@@ -46,12 +49,16 @@ def folder_files(folder: str | Path, *, exclude: Callable[[str], bool] | None = 
             if full.is_symlink():
                 target = Path(os.path.realpath(full))
                 if not target.is_relative_to(root):
-                    raise UnsafeUpload(f"refusing to upload {top}: {rel} is a link to {os.readlink(full)}, outside "
-                                       f"the folder; uploads never follow links out of the folder (copy the file "
-                                       f"in, or remove the link)")
+                    raise UnsafeUpload(
+                        f"refusing to upload {top}: {rel} is a link to {os.readlink(full)}, outside "
+                        f"the folder; uploads never follow links out of the folder (copy the file "
+                        f"in, or remove the link)"
+                    )
                 if not target.is_file():
-                    raise UnsafeUpload(f"refusing to upload {top}: {rel} is a link to {os.readlink(full)}, which is "
-                                       f"not a file in the folder (a dangling link?); remove the link")
+                    raise UnsafeUpload(
+                        f"refusing to upload {top}: {rel} is a link to {os.readlink(full)}, which is "
+                        f"not a file in the folder (a dangling link?); remove the link"
+                    )
                 out.append((rel, target))
             elif full.is_file():
                 out.append((rel, full))

@@ -1,42 +1,64 @@
 """Running the git CLI: a clean environment (no prompts, no inherited GIT_DIR, English messages, a low-speed
 timeout) and the mapping of git's failures to typed hub errors."""
+
 from __future__ import annotations
 
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .errors import AuthError, HubError, HubUnavailable, RepositoryNotFound
 
 __all__ = ["git", "git_env", "classify_git_error", "is_push_race", "GitFailed", "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = float(os.environ.get("OPENLLM_HUB_TIMEOUT", "600"))
-_IDENTITY = {"GIT_AUTHOR_NAME": "OpenLLM", "GIT_AUTHOR_EMAIL": "openllm@localhost",
-             "GIT_COMMITTER_NAME": "OpenLLM", "GIT_COMMITTER_EMAIL": "openllm@localhost"}
+_IDENTITY = {
+    "GIT_AUTHOR_NAME": "OpenLLM",
+    "GIT_AUTHOR_EMAIL": "openllm@localhost",
+    "GIT_COMMITTER_NAME": "OpenLLM",
+    "GIT_COMMITTER_EMAIL": "openllm@localhost",
+}
 # variables that would point git at another repository than the one we name
-_STRIP = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-          "GIT_NAMESPACE", "GIT_PREFIX", "GIT_COMMON_DIR", "GIT_QUARANTINE_PATH")
+_STRIP = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+    "GIT_COMMON_DIR",
+    "GIT_QUARANTINE_PATH",
+)
 
 _NOT_FOUND = re.compile(
     r"does not appear to be a git repository|repository '.*' not found|Repository not found|"
     r"access denied or repository not exported|not a git repository|returned error: 404|No such repository",
-    re.I)
+    re.I,
+)
 _AUTH = re.compile(
     r"Authentication failed|could not read (Username|Password)|terminal prompts disabled|"
     r"returned error: 40[13]|Permission denied \(publickey|HTTP Basic: Access denied|invalid credentials|"
-    r"403 Forbidden|401 Unauthorized", re.I)
+    r"403 Forbidden|401 Unauthorized",
+    re.I,
+)
 _NETWORK = re.compile(
     r"Connection refused|Connection reset|Connection timed out|timed out|Operation too slow|Could not resolve|"
     r"unable to connect|Failed to connect|early EOF|remote end hung up|RPC failed|unexpected disconnect|"
     r"transfer closed|Empty reply from server|Recv failure|Send failure|Broken pipe|SSL|TLS|"
     r"returned error: 5\d\d|returned error: 429|index-pack failed|fetch-pack: invalid|protocol error|"
     r"Network is unreachable|No route to host|unable to access|bad packet|expected flush|expected ACK|"
-    r"the remote hung up|could not read from remote repository", re.I)
-_RACE = re.compile(r"\(fetch first\)|non-fast-forward|failed to update ref|cannot lock ref|"
-                   r"\[rejected\]|stale info|incorrect old value", re.I)
+    r"the remote hung up|could not read from remote repository",
+    re.I,
+)
+_RACE = re.compile(
+    r"\(fetch first\)|non-fast-forward|failed to update ref|cannot lock ref|"
+    r"\[rejected\]|stale info|incorrect old value",
+    re.I,
+)
 
 
 class GitFailed(HubError):
@@ -51,9 +73,16 @@ def git_env(extra: Mapping[str, str] | None = None, *, low_speed_time: int = 30)
     env = {k: v for k, v in os.environ.items() if k not in _STRIP}
     for k, v in _IDENTITY.items():
         env.setdefault(k, v)
-    env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "LANGUAGE": "C", "GCM_INTERACTIVE": "never",
-                "GIT_HTTP_LOW_SPEED_LIMIT": env.get("GIT_HTTP_LOW_SPEED_LIMIT", "1000"),
-                "GIT_HTTP_LOW_SPEED_TIME": env.get("GIT_HTTP_LOW_SPEED_TIME", str(low_speed_time))})
+    env.update(
+        {
+            "GIT_TERMINAL_PROMPT": "0",
+            "LC_ALL": "C",
+            "LANGUAGE": "C",
+            "GCM_INTERACTIVE": "never",
+            "GIT_HTTP_LOW_SPEED_LIMIT": env.get("GIT_HTTP_LOW_SPEED_LIMIT", "1000"),
+            "GIT_HTTP_LOW_SPEED_TIME": env.get("GIT_HTTP_LOW_SPEED_TIME", str(low_speed_time)),
+        }
+    )
     if extra:
         env.update(extra)
     return env
@@ -63,8 +92,10 @@ def classify_git_error(stderr: str, *, where: str) -> HubError | None:
     """The typed error that git's message means, or None when it is none of them."""
     last = _last_line(stderr)
     if _NOT_FOUND.search(stderr):
-        return RepositoryNotFound(f"no repository at {where}; create it first (openllm creates it on the local "
-                                  f"hub when you push) or check the name")
+        return RepositoryNotFound(
+            f"no repository at {where}; create it first (openllm creates it on the local "
+            f"hub when you push) or check the name"
+        )
     if _AUTH.search(stderr):
         return AuthError(f"{where} rejected the credentials ({last}); check the token or your git credentials")
     if _NETWORK.search(stderr):
@@ -86,9 +117,17 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no message"
 
 
-def git(args: Sequence[str], *, git_dir: str | Path | None = None, input: bytes | None = None,
-        env: Mapping[str, str] | None = None, timeout: float | None = None, where: str = "the hub",
-        check: bool = True, network: bool = False) -> subprocess.CompletedProcess:
+def git(
+    args: Sequence[str],
+    *,
+    git_dir: str | Path | None = None,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    where: str = "the hub",
+    check: bool = True,
+    network: bool = False,
+) -> subprocess.CompletedProcess:
     """Run ``git ARGS`` (paths in ARGS absolute) and return the completed process (bytes). On failure raise the
     typed error its message means (network commands), else :class:`GitFailed` — unless ``check`` is False."""
     exe = shutil.which("git")
@@ -101,12 +140,19 @@ def git(args: Sequence[str], *, git_dir: str | Path | None = None, input: bytes 
     try:
         # without a git dir, run from '/': git must not find (and use the config of) whatever repository the
         # caller's current directory happens to be in
-        proc = subprocess.run(cmd, input=input, capture_output=True, env=git_env(env),
-                              cwd=os.sep if git_dir is None else None, timeout=timeout or DEFAULT_TIMEOUT,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+        proc = subprocess.run(
+            cmd,
+            input=input,
+            capture_output=True,
+            env=git_env(env),
+            cwd=os.sep if git_dir is None else None,
+            timeout=timeout or DEFAULT_TIMEOUT,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
-        raise HubUnavailable(f"{where} did not answer within {timeout or DEFAULT_TIMEOUT:.0f} s "
-                             f"(git {args[0]}); try again later") from None
+        raise HubUnavailable(
+            f"{where} did not answer within {timeout or DEFAULT_TIMEOUT:.0f} s (git {args[0]}); try again later"
+        ) from None
     if proc.returncode != 0 and check:
         stderr = proc.stderr.decode("utf-8", "replace")
         typed = classify_git_error(stderr, where=where) if network else None

@@ -4,17 +4,28 @@ above the interface is shared with (and tested on) the LocalHub.
 
 The token comes from ``HF_TOKEN`` (or ``token=``). Every write first checks it: missing -> AuthError, and
 the hub's ``whoami`` rejecting it -> AuthError, before anything is uploaded."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from .base import CommitInfo, CommitOperation, CommitOperationAdd, CommitOperationDelete, GitRefs, Hub
-from .errors import (AuthError, ConflictError, EntryNotFound, HubError, HubUnavailable, RepositoryExists,
-                     RepositoryNotFound, RevisionExists, RevisionNotFound)
+from .errors import (
+    AuthError,
+    ConflictError,
+    EntryNotFound,
+    HubError,
+    HubUnavailable,
+    RepositoryExists,
+    RepositoryNotFound,
+    RevisionExists,
+    RevisionNotFound,
+)
 from .files import folder_files
 from .ids import validate_repo_id, validate_repo_type, validate_revision, validate_tag
 
@@ -32,6 +43,7 @@ class HfHub(Hub):
         self.token = token if token is not None else (os.environ.get("HF_TOKEN") or None)
         if api is None:
             from huggingface_hub import HfApi
+
             api = HfApi()
         self.api = api
         self._user: str | None = None
@@ -57,8 +69,9 @@ class HfHub(Hub):
 
     # --- repositories -------------------------------------------------------------------------------------
 
-    def create_repo(self, *, repo_id: str, repo_type: str = "model", exist_ok: bool = False,
-                    private: bool = False) -> str:
+    def create_repo(
+        self, *, repo_id: str, repo_type: str = "model", exist_ok: bool = False, private: bool = False
+    ) -> str:
         _check(repo_id, repo_type)
         token = self._write_token()
         extra = {"space_sdk": "gradio"} if repo_type == "space" else {}
@@ -75,30 +88,52 @@ class HfHub(Hub):
     def list_repos(self, *, repo_type: str = "model") -> list[str]:
         validate_repo_type(repo_type)
         author = self.whoami()
-        lister = getattr(self.api, {"model": "list_models", "dataset": "list_datasets",
-                                    "space": "list_spaces"}[repo_type])
+        lister = getattr(
+            self.api, {"model": "list_models", "dataset": "list_datasets", "space": "list_spaces"}[repo_type]
+        )
         with _mapped(author):
             return sorted(r.id for r in lister(author=author, token=self.token))
 
     # --- writes -------------------------------------------------------------------------------------------
 
-    def upload_folder(self, *, repo_id: str, folder_path: str | Path, repo_type: str = "model",
-                      commit_message: str | None = None, delete_patterns: str | Sequence[str] | None = None,
-                      parent_commit: str | None = None) -> str:
+    def upload_folder(
+        self,
+        *,
+        repo_id: str,
+        folder_path: str | Path,
+        repo_type: str = "model",
+        commit_message: str | None = None,
+        delete_patterns: str | Sequence[str] | None = None,
+        parent_commit: str | None = None,
+    ) -> str:
         _check(repo_id, repo_type)
         if not Path(folder_path).is_dir():
             raise FileNotFoundError(f"cannot upload {folder_path}: not a folder")
         folder_files(folder_path)  # huggingface_hub reads through links: refuse one out of the folder first
         token = self._write_token()
         with _mapped(repo_id):
-            info = self.api.upload_folder(repo_id=repo_id, folder_path=str(folder_path), repo_type=repo_type,
-                                          commit_message=commit_message or f"Upload {Path(folder_path).name}",
-                                          delete_patterns=delete_patterns, parent_commit=parent_commit, token=token)
+            info = self.api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(folder_path),
+                repo_type=repo_type,
+                commit_message=commit_message or f"Upload {Path(folder_path).name}",
+                delete_patterns=delete_patterns,
+                parent_commit=parent_commit,
+                token=token,
+            )
         return info.oid
 
-    def create_commit(self, *, repo_id: str, operations: Iterable[CommitOperation], commit_message: str,
-                      repo_type: str = "model", parent_commit: str | None = None) -> str:
-        from huggingface_hub import CommitOperationAdd as HfAdd, CommitOperationDelete as HfDelete
+    def create_commit(
+        self,
+        *,
+        repo_id: str,
+        operations: Iterable[CommitOperation],
+        commit_message: str,
+        repo_type: str = "model",
+        parent_commit: str | None = None,
+    ) -> str:
+        from huggingface_hub import CommitOperationAdd as HfAdd
+        from huggingface_hub import CommitOperationDelete as HfDelete
 
         _check(repo_id, repo_type)
         hf_ops = []
@@ -112,18 +147,39 @@ class HfHub(Hub):
                 raise TypeError(f"unknown commit operation {op!r}")
         token = self._write_token()
         with _mapped(repo_id):
-            info = self.api.create_commit(repo_id, hf_ops, commit_message=commit_message, repo_type=repo_type,
-                                          parent_commit=parent_commit, token=token)
+            info = self.api.create_commit(
+                repo_id,
+                hf_ops,
+                commit_message=commit_message,
+                repo_type=repo_type,
+                parent_commit=parent_commit,
+                token=token,
+            )
         return info.oid
 
-    def create_tag(self, *, repo_id: str, tag: str, revision: str | None = None, message: str | None = None,
-                   repo_type: str = "model", exist_ok: bool = False) -> None:
+    def create_tag(
+        self,
+        *,
+        repo_id: str,
+        tag: str,
+        revision: str | None = None,
+        message: str | None = None,
+        repo_type: str = "model",
+        exist_ok: bool = False,
+    ) -> None:
         _check(repo_id, repo_type)
         validate_tag(tag)
         token = self._write_token()
         with _mapped(repo_id, tag=tag):
-            self.api.create_tag(repo_id, tag=tag, tag_message=message, revision=revision, repo_type=repo_type,
-                                exist_ok=exist_ok, token=token)
+            self.api.create_tag(
+                repo_id,
+                tag=tag,
+                tag_message=message,
+                revision=revision,
+                repo_type=repo_type,
+                exist_ok=exist_ok,
+                token=token,
+            )
 
     def delete_tag(self, *, repo_id: str, tag: str, repo_type: str = "model") -> None:
         _check(repo_id, repo_type)
@@ -132,16 +188,21 @@ class HfHub(Hub):
         with _mapped(repo_id, tag=tag):
             self.api.delete_tag(repo_id, tag=tag, repo_type=repo_type, token=token)
 
-    def revert(self, *, repo_id: str, to_revision: str, repo_type: str = "model",
-               commit_message: str | None = None) -> str:
+    def revert(
+        self, *, repo_id: str, to_revision: str, repo_type: str = "model", commit_message: str | None = None
+    ) -> str:
         _check(repo_id, repo_type)
         validate_revision(to_revision)
         self._write_token()
         with tempfile.TemporaryDirectory(prefix="openllm-revert-") as tmp:
             folder = self.download(repo_id=repo_id, repo_type=repo_type, revision=to_revision, local_dir=tmp)
-            return self.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type,
-                                      commit_message=commit_message or f"Revert to {to_revision}",
-                                      delete_patterns="*")
+            return self.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                repo_type=repo_type,
+                commit_message=commit_message or f"Revert to {to_revision}",
+                delete_patterns="*",
+            )
 
     # --- reads --------------------------------------------------------------------------------------------
 
@@ -149,31 +210,50 @@ class HfHub(Hub):
         _check(repo_id, repo_type)
         with _mapped(repo_id):
             refs = self.api.list_repo_refs(repo_id, repo_type=repo_type, token=self.token)
-        return GitRefs(branches={b.name: b.target_commit for b in refs.branches},
-                       tags={t.name: t.target_commit for t in refs.tags})
+        return GitRefs(
+            branches={b.name: b.target_commit for b in refs.branches}, tags={t.name: t.target_commit for t in refs.tags}
+        )
 
-    def list_commits(self, *, repo_id: str, repo_type: str = "model",
-                     revision: str | None = None) -> list[CommitInfo]:
+    def list_commits(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None) -> list[CommitInfo]:
         _check(repo_id, repo_type)
         with _mapped(repo_id, revision=revision):
             commits = self.api.list_repo_commits(repo_id, repo_type=repo_type, revision=revision, token=self.token)
-        return [CommitInfo(commit_id=c.commit_id, title=c.title, message=c.message or "", authors=list(c.authors),
-                           created_at=c.created_at) for c in commits]
+        return [
+            CommitInfo(
+                commit_id=c.commit_id,
+                title=c.title,
+                message=c.message or "",
+                authors=list(c.authors),
+                created_at=c.created_at,
+            )
+            for c in commits
+        ]
 
     def list_files(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None) -> list[str]:
         _check(repo_id, repo_type)
         with _mapped(repo_id, revision=revision):
-            return sorted(self.api.list_repo_files(repo_id, repo_type=repo_type, revision=revision,
-                                                   token=self.token))
+            return sorted(self.api.list_repo_files(repo_id, repo_type=repo_type, revision=revision, token=self.token))
 
-    def download(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None,
-                 local_dir: str | Path | None = None, paths: Sequence[str] | None = None) -> Path:
+    def download(
+        self,
+        *,
+        repo_id: str,
+        repo_type: str = "model",
+        revision: str | None = None,
+        local_dir: str | Path | None = None,
+        paths: Sequence[str] | None = None,
+    ) -> Path:
         _check(repo_id, repo_type)
         only = {"allow_patterns": list(paths)} if paths is not None else {}
         with _mapped(repo_id, revision=revision):
-            path = self.api.snapshot_download(repo_id, repo_type=repo_type, revision=revision,
-                                              local_dir=str(local_dir) if local_dir is not None else None,
-                                              token=self.token, **only)
+            path = self.api.snapshot_download(
+                repo_id,
+                repo_type=repo_type,
+                revision=revision,
+                local_dir=str(local_dir) if local_dir is not None else None,
+                token=self.token,
+                **only,
+            )
         return Path(path)
 
 
@@ -216,6 +296,7 @@ def _mapped(what: str, *, revision: str | None = None, tag: str | None = None) -
         raise HubUnavailable(f"cannot reach the Hugging Face hub ({exc}); try again later") from None
     except Exception as exc:
         if type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3"):
-            raise HubUnavailable(f"cannot reach the Hugging Face hub ({type(exc).__name__}: {exc}); "
-                                 f"try again later") from None
+            raise HubUnavailable(
+                f"cannot reach the Hugging Face hub ({type(exc).__name__}: {exc}); try again later"
+            ) from None
         raise

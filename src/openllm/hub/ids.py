@@ -1,14 +1,25 @@
 """Validation of what users name: repo ids (``owner/name``), repo types, revisions, paths inside a repo and
 model references (``owner/name@version``). Checked before any I/O so that a bad name can never become a path
 outside the hub or an option to git."""
+
 from __future__ import annotations
 
 import re
 
 from .errors import InvalidRepoId
 
-__all__ = ["REPO_TYPES", "validate_repo_id", "validate_repo_type", "validate_revision", "validate_tag",
-           "validate_version", "validate_path_in_repo", "parse_model_ref", "RESERVED_TAGS", "SYNC_TAG_PREFIX"]
+__all__ = [
+    "REPO_TYPES",
+    "validate_repo_id",
+    "validate_repo_type",
+    "validate_revision",
+    "validate_tag",
+    "validate_version",
+    "validate_path_in_repo",
+    "parse_model_ref",
+    "RESERVED_TAGS",
+    "SYNC_TAG_PREFIX",
+]
 
 REPO_TYPES = ("model", "dataset", "space")
 # Hugging Face's rule for each half of a repo id: letters, digits, '-', '_', '.', at most 96 characters,
@@ -38,8 +49,7 @@ def validate_repo_id(repo_id: object) -> str:
     if _CONTROL.search(repo_id):
         raise InvalidRepoId(f"invalid repo id {repo_id!r}: control characters are not allowed; use OWNER/NAME")
     if repo_id.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", repo_id):
-        raise InvalidRepoId(f"invalid repo id {repo_id!r}: absolute paths are not repo ids; use OWNER/NAME, "
-                            f"{_EXAMPLE}")
+        raise InvalidRepoId(f"invalid repo id {repo_id!r}: absolute paths are not repo ids; use OWNER/NAME, {_EXAMPLE}")
     if "\\" in repo_id:
         raise InvalidRepoId(f"invalid repo id {repo_id!r}: backslashes are not allowed; use OWNER/NAME")
     parts = repo_id.split("/")
@@ -51,7 +61,8 @@ def validate_repo_id(repo_id: object) -> str:
         if not _PART.match(part) or "--" in part or ".." in part or part.lower().endswith(".git"):
             raise InvalidRepoId(
                 f"invalid repo id {repo_id!r}: the {label} {part!r} must be 1-96 letters, digits, '-', '_' or "
-                f"'.', start with a letter or digit, and not contain '--' or '..' or end in '.git'")
+                f"'.', start with a letter or digit, and not contain '--' or '..' or end in '.git'"
+            )
     return repo_id
 
 
@@ -63,8 +74,14 @@ def validate_repo_type(repo_type: object) -> str:
 
 def validate_revision(revision: object) -> str:
     """A branch, tag or commit id; never something git could read as an option or a path outside refs."""
-    if not isinstance(revision, str) or not _REF.match(revision) or ".." in revision or "//" in revision \
-            or revision.endswith(("/", ".lock", ".")) or "@{" in revision:
+    if (
+        not isinstance(revision, str)
+        or not _REF.match(revision)
+        or ".." in revision
+        or "//" in revision
+        or revision.endswith(("/", ".lock", "."))
+        or "@{" in revision
+    ):
         raise InvalidRepoId(f"invalid revision {_show(revision)}: use a version like 7k, a branch, or a commit id")
     return revision
 
@@ -78,19 +95,25 @@ def validate_tag(tag: object) -> str:
     if _CONTROL.search(tag):
         raise InvalidRepoId(f"invalid version {tag!r}: control characters are not allowed; {_VERSION_HELP}")
     if tag.startswith("-"):
-        raise InvalidRepoId(f"invalid version {tag!r}: it must not start with '-' (git would read it as an "
-                            f"option); {_VERSION_HELP}")
+        raise InvalidRepoId(
+            f"invalid version {tag!r}: it must not start with '-' (git would read it as an option); {_VERSION_HELP}"
+        )
     if "/" in tag:
-        raise InvalidRepoId(f"invalid version {tag!r}: '/' is not allowed in a version name (refs/... included); "
-                            f"{_VERSION_HELP}")
+        raise InvalidRepoId(
+            f"invalid version {tag!r}: '/' is not allowed in a version name (refs/... included); {_VERSION_HELP}"
+        )
     if not _TAG_CHARS.match(tag) or len(tag) > 200:
         raise InvalidRepoId(f"invalid version {tag!r}: {_VERSION_HELP} (at most 200 characters)")
     if tag.startswith(".") or tag.endswith((".", ".lock")) or ".." in tag:
-        raise InvalidRepoId(f"invalid version {tag!r}: git refuses names that start or end with '.', end with "
-                            f"'.lock' or contain '..'; {_VERSION_HELP}")
+        raise InvalidRepoId(
+            f"invalid version {tag!r}: git refuses names that start or end with '.', end with "
+            f"'.lock' or contain '..'; {_VERSION_HELP}"
+        )
     if tag.lower() in {r.lower() for r in RESERVED_TAGS} or _SPECIAL_HEAD.match(tag):
-        raise InvalidRepoId(f"invalid version {tag!r}: the name is reserved by git (HEAD, main, master, *_HEAD); "
-                            f"choose another, e.g. 7k or v2")
+        raise InvalidRepoId(
+            f"invalid version {tag!r}: the name is reserved by git (HEAD, main, master, *_HEAD); "
+            f"choose another, e.g. 7k or v2"
+        )
     return tag
 
 
@@ -99,8 +122,10 @@ def validate_version(version: object) -> str:
     the Space sync's own tags)."""
     validate_tag(version)
     if version.lower().startswith(SYNC_TAG_PREFIX):  # type: ignore[union-attr]
-        raise InvalidRepoId(f"invalid version {version!r}: names starting with {SYNC_TAG_PREFIX!r} are reserved "
-                            f"for the Space sync's tags; choose another, e.g. 7k or v2")
+        raise InvalidRepoId(
+            f"invalid version {version!r}: names starting with {SYNC_TAG_PREFIX!r} are reserved "
+            f"for the Space sync's tags; choose another, e.g. 7k or v2"
+        )
     return version  # type: ignore[return-value]
 
 
@@ -126,8 +151,9 @@ def parse_model_ref(ref: object) -> tuple[str, str | None]:
     validate_repo_id(repo_id)
     if sep:
         if not version:
-            raise InvalidRepoId(f"invalid model reference {ref!r}: nothing after '@'; use OWNER/NAME@VERSION, "
-                                f"e.g. {repo_id}@7k")
+            raise InvalidRepoId(
+                f"invalid model reference {ref!r}: nothing after '@'; use OWNER/NAME@VERSION, e.g. {repo_id}@7k"
+            )
         validate_revision(version)
         return repo_id, version
     return repo_id, None

@@ -10,6 +10,7 @@ tag together: a version refused (its tag exists, or appeared meanwhile) or a pus
 branch and every tag exactly as they were. Reads run git directly in the bare repository (a folder hub) or in
 a fresh fetch (a URL hub).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,14 +24,22 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 from .base import CommitInfo, CommitOperation, CommitOperationAdd, CommitOperationDelete, GitRefs, Hub
-from .errors import (ConflictError, EntryNotFound, HubError, RepositoryExists, RepositoryNotFound,
-                     RevisionExists, RevisionNotFound, UnsupportedOperation)
+from .errors import (
+    ConflictError,
+    EntryNotFound,
+    HubError,
+    RepositoryExists,
+    RepositoryNotFound,
+    RevisionExists,
+    RevisionNotFound,
+    UnsupportedOperation,
+)
 from .files import folder_files
 from .gitcmd import GitFailed, classify_git_error, git, is_push_race
 from .ids import validate_path_in_repo, validate_repo_id, validate_repo_type, validate_revision, validate_tag
@@ -66,8 +75,14 @@ class LocalHub(Hub):
 
     name = "local"
 
-    def __init__(self, root: str | Path | None = None, *, url: str | None = None, timeout: float | None = None,
-                 max_attempts: int = 20) -> None:
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        url: str | None = None,
+        timeout: float | None = None,
+        max_attempts: int = 20,
+    ) -> None:
         if root is not None and url is not None:
             raise ValueError("give root or url, not both")
         self.url = url.rstrip("/") + "/" if url else None
@@ -100,25 +115,32 @@ class LocalHub(Hub):
     def _require(self, repo_type: str, repo_id: str) -> str:
         loc = self.repo_location(repo_id=repo_id, repo_type=repo_type)
         if self.root is not None and not (Path(loc) / "HEAD").is_file():
-            raise RepositoryNotFound(f"no {repo_type} repo {repo_id!r} on the local hub {self.root}; "
-                                     f"push to it first or check the name (openllm hub list)")
+            raise RepositoryNotFound(
+                f"no {repo_type} repo {repo_id!r} on the local hub {self.root}; "
+                f"push to it first or check the name (openllm hub list)"
+            )
         return loc
 
     # --- repositories -------------------------------------------------------------------------------------
 
-    def create_repo(self, *, repo_id: str, repo_type: str = "model", exist_ok: bool = False,
-                    private: bool = False) -> str:
+    def create_repo(
+        self, *, repo_id: str, repo_type: str = "model", exist_ok: bool = False, private: bool = False
+    ) -> str:
         if private:
-            raise UnsupportedOperation("the local hub has no accounts, so no private repositories: anyone who can "
-                                       "read its folder can read every repo; use --hub hf for a private one")
+            raise UnsupportedOperation(
+                "the local hub has no accounts, so no private repositories: anyone who can "
+                "read its folder can read every repo; use --hub hf for a private one"
+            )
         loc = self.repo_location(repo_id=repo_id, repo_type=repo_type)
         if self.root is None:
             if self.repo_exists(repo_id=repo_id, repo_type=repo_type):
                 if exist_ok:
                     return loc
                 raise RepositoryExists(f"{repo_type} repo {repo_id} already exists at {loc}")
-            raise UnsupportedOperation(f"cannot create {repo_type} repo {repo_id} over {self.url}: git's protocols "
-                                       f"cannot create repositories; create it on the server")
+            raise UnsupportedOperation(
+                f"cannot create {repo_type} repo {repo_id} over {self.url}: git's protocols "
+                f"cannot create repositories; create it on the server"
+            )
         path = Path(loc)
         if (path / "HEAD").is_file():
             if exist_ok:
@@ -130,17 +152,24 @@ class LocalHub(Hub):
         try:
             kw = dict(repo_type=repo_type, repo_id=repo_id)
             self._git(["init", "--bare", "--quiet", f"--initial-branch={BRANCH}", str(tmp)], **kw)
-            for key, value in _FAST_PACK + (("uploadpack.allowFilter", "true"), ("uploadpack.allowAnySHA1InWant", "true"),
-                               ("http.receivepack", "true"), ("receive.fsckObjects", "true"),
-                               ("core.logAllRefUpdates", "true")):
+            for key, value in _FAST_PACK + (
+                ("uploadpack.allowFilter", "true"),
+                ("uploadpack.allowAnySHA1InWant", "true"),
+                ("http.receivepack", "true"),
+                ("receive.fsckObjects", "true"),
+                ("core.logAllRefUpdates", "true"),
+            ):
                 self._git(["config", key, value], git_dir=tmp, **kw)
             (tmp / "git-daemon-export-ok").touch()
             (tmp / "description").write_text(f"OpenLLM {repo_type} repository {repo_id}\n")
             # one initial commit (empty tree), so every clone has a branch to start from
             # the empty tree is built into git but not stored; clones need the object itself
             empty = self._git(["mktree"], git_dir=tmp, input=b"", **kw).stdout.decode().strip()
-            commit = self._git(["commit-tree", "--no-gpg-sign", empty, "-m", "initial commit"],
-                               git_dir=tmp, input=b"", **kw).stdout.decode().strip()
+            commit = (
+                self._git(["commit-tree", "--no-gpg-sign", empty, "-m", "initial commit"], git_dir=tmp, input=b"", **kw)
+                .stdout.decode()
+                .strip()
+            )
             self._git(["update-ref", f"refs/heads/{BRANCH}", commit], git_dir=tmp, **kw)
             try:
                 os.rename(tmp, path)
@@ -172,8 +201,11 @@ class LocalHub(Hub):
         base = self.root / f"{repo_type}s"
         if not base.is_dir():
             return []
-        return sorted(f"{p.parent.name}/{p.name[:-4]}" for p in base.glob("*/*.git")
-                      if (p / "HEAD").is_file() and not p.name.startswith("."))
+        return sorted(
+            f"{p.parent.name}/{p.name[:-4]}"
+            for p in base.glob("*/*.git")
+            if (p / "HEAD").is_file() and not p.name.startswith(".")
+        )
 
     # --- refs and history ---------------------------------------------------------------------------------
 
@@ -191,9 +223,9 @@ class LocalHub(Hub):
         out = GitRefs()
         for name, sha in refs.items():
             if name.startswith("refs/heads/"):
-                out.branches[name[len("refs/heads/"):]] = sha
+                out.branches[name[len("refs/heads/") :]] = sha
             elif name.startswith("refs/tags/") and not name.endswith("^{}"):
-                tag = name[len("refs/tags/"):]
+                tag = name[len("refs/tags/") :]
                 out.tags[tag] = refs.get(name + "^{}", sha)  # peeled: the commit an annotated tag marks
         return out
 
@@ -208,8 +240,13 @@ class LocalHub(Hub):
             args = ["fetch", "--quiet", "--no-tags", "--prune"]
             if depth:
                 args.append(f"--depth={depth}")
-            self._git(args + [loc, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"], git_dir=ws,
-                      repo_type=repo_type, repo_id=repo_id, network=True)
+            self._git(
+                args + [loc, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                git_dir=ws,
+                repo_type=repo_type,
+                repo_id=repo_id,
+                network=True,
+            )
             yield ws
 
     def _resolve(self, gd: str, revision: str | None, repo_type: str, repo_id: str) -> str:
@@ -218,8 +255,13 @@ class LocalHub(Hub):
         if 4 <= len(rev) <= 40 and all(c in "0123456789abcdef" for c in rev.lower()):
             candidates.append(rev)
         for cand in candidates:
-            proc = self._git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{cand}^{{commit}}"],
-                             git_dir=gd, repo_type=repo_type, repo_id=repo_id, check=False)
+            proc = self._git(
+                ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{cand}^{{commit}}"],
+                git_dir=gd,
+                repo_type=repo_type,
+                repo_id=repo_id,
+                check=False,
+            )
             if proc.returncode == 0:
                 return proc.stdout.decode().strip()
         tags = self._git(["tag", "--list"], git_dir=gd, repo_type=repo_type, repo_id=repo_id).stdout.decode().split()
@@ -231,27 +273,36 @@ class LocalHub(Hub):
         with self._reader(repo_type, repo_id) as gd:
             return self._resolve(gd, revision, repo_type, repo_id)
 
-    def list_commits(self, *, repo_id: str, repo_type: str = "model",
-                     revision: str | None = None) -> list[CommitInfo]:
+    def list_commits(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None) -> list[CommitInfo]:
         with self._reader(repo_type, repo_id) as gd:
             sha = self._resolve(gd, revision, repo_type, repo_id)
             fmt = "%H%x00%P%x00%an%x00%aI%x00%s%x00%B%x1e"
-            out = self._git(["log", f"--format={fmt}", sha], git_dir=gd, repo_type=repo_type,
-                            repo_id=repo_id).stdout.decode("utf-8", "replace")
+            out = self._git(
+                ["log", f"--format={fmt}", sha], git_dir=gd, repo_type=repo_type, repo_id=repo_id
+            ).stdout.decode("utf-8", "replace")
         commits = []
         for rec in out.split("\x1e"):
             rec = rec.strip("\n")
             if not rec:
                 continue
             h, parents, author, date, title, body = rec.split("\x00", 5)
-            commits.append(CommitInfo(commit_id=h, title=title, message=body.strip(), authors=[author],
-                                      created_at=datetime.fromisoformat(date), parents=parents.split()))
+            commits.append(
+                CommitInfo(
+                    commit_id=h,
+                    title=title,
+                    message=body.strip(),
+                    authors=[author],
+                    created_at=datetime.fromisoformat(date),
+                    parents=parents.split(),
+                )
+            )
         return commits
 
     def _tree(self, gd: str, sha: str, repo_type: str, repo_id: str) -> list[tuple[str, str, str]]:
         """(mode, blob id, path) of every file of the commit."""
-        out = self._git(["ls-tree", "-r", "-z", "--full-tree", sha], git_dir=gd, repo_type=repo_type,
-                        repo_id=repo_id).stdout.decode("utf-8", "surrogateescape")
+        out = self._git(
+            ["ls-tree", "-r", "-z", "--full-tree", sha], git_dir=gd, repo_type=repo_type, repo_id=repo_id
+        ).stdout.decode("utf-8", "surrogateescape")
         entries = []
         for item in out.split("\x00"):
             if not item:
@@ -270,10 +321,13 @@ class LocalHub(Hub):
     def tag_info(self, *, repo_id: str, repo_type: str = "model") -> dict[str, dict]:
         """Per tag: ``commit``, ``message`` and ``date`` (the annotated tag's, ISO 8601)."""
         with self._reader(repo_type, repo_id) as gd:
-            fmt = "%(refname:strip=2)%00%(*objectname)%00%(objectname)%00%(taggerdate:iso-strict)%00" \
-                  "%(creatordate:iso-strict)%00%(contents:subject)"
-            out = self._git(["for-each-ref", f"--format={fmt}", "refs/tags"], git_dir=gd, repo_type=repo_type,
-                            repo_id=repo_id).stdout.decode("utf-8", "replace")
+            fmt = (
+                "%(refname:strip=2)%00%(*objectname)%00%(objectname)%00%(taggerdate:iso-strict)%00"
+                "%(creatordate:iso-strict)%00%(contents:subject)"
+            )
+            out = self._git(
+                ["for-each-ref", f"--format={fmt}", "refs/tags"], git_dir=gd, repo_type=repo_type, repo_id=repo_id
+            ).stdout.decode("utf-8", "replace")
         info = {}
         for line in out.splitlines():
             name, peeled, obj, tdate, cdate, subject = line.split("\x00", 5)
@@ -282,8 +336,15 @@ class LocalHub(Hub):
 
     # --- download -----------------------------------------------------------------------------------------
 
-    def download(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None,
-                 local_dir: str | Path | None = None, paths: Sequence[str] | None = None) -> Path:
+    def download(
+        self,
+        *,
+        repo_id: str,
+        repo_type: str = "model",
+        revision: str | None = None,
+        local_dir: str | Path | None = None,
+        paths: Sequence[str] | None = None,
+    ) -> Path:
         with self._reader(repo_type, repo_id) as gd:
             sha = self._resolve(gd, revision, repo_type, repo_id)
             entries = self._tree(gd, sha, repo_type, repo_id)
@@ -318,15 +379,20 @@ class LocalHub(Hub):
             self._write_blobs(gd, entries, target, repo_type, repo_id)
             return target
 
-    def _write_blobs(self, gd: str, entries: list[tuple[str, str, str]], dest: Path, repo_type: str,
-                     repo_id: str) -> None:
+    def _write_blobs(
+        self, gd: str, entries: list[tuple[str, str, str]], dest: Path, repo_type: str, repo_id: str
+    ) -> None:
         """Stream each blob out of git (raw bytes: no filters, no line-ending changes), checking its git
         checksum (sha1 of header + content) against the tree's id; write via a temporary name."""
         if not entries:
             return
-        proc = subprocess.Popen(["git", f"--git-dir={gd}", "cat-file", "--batch"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=_env())
+        proc = subprocess.Popen(
+            ["git", f"--git-dir={gd}", "cat-file", "--batch"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_env(),
+        )
         try:
             assert proc.stdin and proc.stdout
             for mode, oid, path in entries:
@@ -353,8 +419,10 @@ class LocalHub(Hub):
                 proc.stdout.read(1)  # the newline after each object
                 if h.hexdigest() != oid:
                     part.unlink(missing_ok=True)
-                    raise HubError(f"{repo_type} repo {repo_id}: checksum mismatch for {path} "
-                                   f"(expected {oid}, got {h.hexdigest()}); the repository is damaged")
+                    raise HubError(
+                        f"{repo_type} repo {repo_id}: checksum mismatch for {path} "
+                        f"(expected {oid}, got {h.hexdigest()}); the repository is damaged"
+                    )
                 if mode == "100755":
                     os.chmod(part, 0o755)
                 os.replace(part, out)
@@ -391,24 +459,35 @@ class LocalHub(Hub):
             refspecs += ["+refs/tags/*:refs/tags/*"]
         elif self.url is not None:
             args.append("--depth=1")  # writes need the head's tree, not the history
-        proc = self._git(args + [loc] + refspecs, git_dir=ws, repo_type=repo_type, repo_id=repo_id,
-                         network=True, check=False)
+        proc = self._git(
+            args + [loc] + refspecs, git_dir=ws, repo_type=repo_type, repo_id=repo_id, network=True, check=False
+        )
         if proc.returncode != 0:
             stderr = proc.stderr.decode("utf-8", "replace")
             if "couldn't find remote ref" in stderr:  # an empty repository: no main yet
                 return None
             typed = classify_git_error(stderr, where=self._where(repo_type, repo_id))
             raise typed or GitFailed(f"git fetch failed: {stderr.strip()}", stderr)
-        return self._git(["rev-parse", f"refs/remotes/origin/{BRANCH}"], git_dir=ws, repo_type=repo_type,
-                         repo_id=repo_id).stdout.decode().strip()
+        return (
+            self._git(["rev-parse", f"refs/remotes/origin/{BRANCH}"], git_dir=ws, repo_type=repo_type, repo_id=repo_id)
+            .stdout.decode()
+            .strip()
+        )
 
-    def _push(self, ws: str, loc: str, refspecs: Sequence[str], repo_type: str, repo_id: str,
-              options: Sequence[str] = ()) -> tuple[bool, str]:
+    def _push(
+        self, ws: str, loc: str, refspecs: Sequence[str], repo_type: str, repo_id: str, options: Sequence[str] = ()
+    ) -> tuple[bool, str]:
         """Push ``refspecs`` as one atomic update (all land or none does). (True, "") when the push landed;
         (False, stderr) when it was rejected as a race or a conflict."""
         atomic = ["--atomic"] if len(refspecs) > 1 else []
-        proc = self._git(["push", "--quiet", "--porcelain", *atomic, *options, loc, *refspecs], git_dir=ws,
-                         repo_type=repo_type, repo_id=repo_id, network=True, check=False)
+        proc = self._git(
+            ["push", "--quiet", "--porcelain", *atomic, *options, loc, *refspecs],
+            git_dir=ws,
+            repo_type=repo_type,
+            repo_id=repo_id,
+            network=True,
+            check=False,
+        )
         if proc.returncode == 0:
             return True, ""
         text = proc.stderr.decode("utf-8", "replace") + proc.stdout.decode("utf-8", "replace")
@@ -419,17 +498,26 @@ class LocalHub(Hub):
 
     def _remote_tag(self, loc: str, tag: str, repo_type: str, repo_id: str) -> str | None:
         """The id of the tag object (or commit) ``refs/tags/TAG`` names on the hub now; None when absent."""
-        out = self._git(["ls-remote", loc, f"refs/tags/{tag}"], repo_type=repo_type, repo_id=repo_id,
-                        network=True).stdout.decode()
+        out = self._git(
+            ["ls-remote", loc, f"refs/tags/{tag}"], repo_type=repo_type, repo_id=repo_id, network=True
+        ).stdout.decode()
         for line in out.splitlines():
             sha, _, name = line.partition("\t")
             if name == f"refs/tags/{tag}":
                 return sha
         return None
 
-    def _commit_loop(self, *, repo_type: str, repo_id: str, message: str, parent_commit: str | None,
-                     build: Callable[[str, str | None], str], full_fetch: bool = False,
-                     tag: _TagSpec | None = None) -> str:
+    def _commit_loop(
+        self,
+        *,
+        repo_type: str,
+        repo_id: str,
+        message: str,
+        parent_commit: str | None,
+        build: Callable[[str, str | None], str],
+        full_fetch: bool = False,
+        tag: _TagSpec | None = None,
+    ) -> str:
         """fetch -> build tree -> commit -> push, again on the new head while the push loses races. With
         ``tag``, the branch and the tag go in one atomic push: both land or neither does."""
         validate_repo_id(repo_id)
@@ -441,15 +529,19 @@ class LocalHub(Hub):
             for attempt in range(self.max_attempts):
                 head = self._fetch_head(ws, loc, repo_type, repo_id, full=full_fetch)
                 if parent_commit is not None and not (head or "").startswith(parent_commit):
-                    raise ConflictError(f"{repo_type} repo {repo_id} moved: its head is {(head or 'empty')[:12]}, "
-                                        f"not the parent commit {parent_commit[:12]} you built on; fetch and retry")
+                    raise ConflictError(
+                        f"{repo_type} repo {repo_id} moved: its head is {(head or 'empty')[:12]}, "
+                        f"not the parent commit {parent_commit[:12]} you built on; fetch and retry"
+                    )
                 old_tag = None
                 if tag is not None:
                     old_tag = self._remote_tag(loc, tag.name, repo_type, repo_id)
                     if old_tag is not None and not tag.replace:
                         meanwhile = " (created meanwhile)" if attempt else ""
-                        raise RevisionExists(f"{repo_type} repo {repo_id} already has version {tag.name!r}"
-                                             f"{meanwhile}; versions are immutable")
+                        raise RevisionExists(
+                            f"{repo_type} repo {repo_id} already has version {tag.name!r}"
+                            f"{meanwhile}; versions are immutable"
+                        )
                 tree = build(ws, head)
                 if head is not None and tree == self._tree_of(ws, head, repo_type, repo_id):
                     new = head  # nothing changed: no empty commit (as the Hugging Face hub does)
@@ -461,8 +553,11 @@ class LocalHub(Hub):
                 refspecs = [f"{new}:refs/heads/{BRANCH}"] if new != head else []
                 options: list[str] = []
                 if tag is not None:
-                    self._git(["-c", "tag.gpgSign=false", "tag", "--force", "-a", "-m", tag.message, tag.name, new],
-                              git_dir=ws, **kw)
+                    self._git(
+                        ["-c", "tag.gpgSign=false", "tag", "--force", "-a", "-m", tag.message, tag.name, new],
+                        git_dir=ws,
+                        **kw,
+                    )
                     if old_tag is None:  # no '+': refused if the tag appeared meanwhile
                         refspecs.append(f"refs/tags/{tag.name}:refs/tags/{tag.name}")
                     else:  # replace exactly the tag we saw, not one someone else moved meanwhile
@@ -474,19 +569,32 @@ class LocalHub(Hub):
                 if ok:
                     return new
                 if parent_commit is not None:
-                    raise ConflictError(f"{repo_type} repo {repo_id} moved while pushing; its head is no longer "
-                                        f"{parent_commit[:12]}")
+                    raise ConflictError(
+                        f"{repo_type} repo {repo_id} moved while pushing; its head is no longer {parent_commit[:12]}"
+                    )
                 time.sleep(random.uniform(0.01, 0.05) * min(attempt + 1, 10))
-        raise ConflictError(f"{repo_type} repo {repo_id}: gave up after {self.max_attempts} attempts, other "
-                            f"writers kept moving the branch; try again")
+        raise ConflictError(
+            f"{repo_type} repo {repo_id}: gave up after {self.max_attempts} attempts, other "
+            f"writers kept moving the branch; try again"
+        )
 
     def _tree_of(self, ws: str, sha: str, repo_type: str, repo_id: str) -> str:
-        return self._git(["rev-parse", f"{sha}^{{tree}}"], git_dir=ws, repo_type=repo_type,
-                         repo_id=repo_id).stdout.decode().strip()
+        return (
+            self._git(["rev-parse", f"{sha}^{{tree}}"], git_dir=ws, repo_type=repo_type, repo_id=repo_id)
+            .stdout.decode()
+            .strip()
+        )
 
-    def _build_tree(self, ws: str, head: str | None, adds: list[tuple[str, str, str]],
-                    deletes: list[CommitOperationDelete], delete_patterns: Sequence[str],
-                    repo_type: str, repo_id: str) -> str:
+    def _build_tree(
+        self,
+        ws: str,
+        head: str | None,
+        adds: list[tuple[str, str, str]],
+        deletes: list[CommitOperationDelete],
+        delete_patterns: Sequence[str],
+        repo_type: str,
+        repo_id: str,
+    ) -> str:
         """The tree of ``head`` with the files deleted and added (blob ids already in ``ws``)."""
         index = os.path.join(ws, f"index-{uuid.uuid4().hex[:8]}")
         kw = dict(git_dir=ws, repo_type=repo_type, repo_id=repo_id, env={"GIT_INDEX_FILE": index})
@@ -519,8 +627,9 @@ class LocalHub(Hub):
             with contextlib.suppress(OSError):
                 os.unlink(index)
 
-    def _hash_adds(self, ws: str, adds: list[CommitOperationAdd], repo_type: str, repo_id: str
-                   ) -> list[tuple[str, str, str]]:
+    def _hash_adds(
+        self, ws: str, adds: list[CommitOperationAdd], repo_type: str, repo_id: str
+    ) -> list[tuple[str, str, str]]:
         """Write each added file into the workspace's object store: (mode, blob id, path in repo)."""
         kw = dict(git_dir=ws, repo_type=repo_type, repo_id=repo_id)
         files = [op for op in adds if not isinstance(op.path_or_fileobj, bytes)]
@@ -530,24 +639,40 @@ class LocalHub(Hub):
                 p = Path(op.path_or_fileobj)
                 if not p.is_file():
                     raise FileNotFoundError(f"cannot upload {p}: no such file")
-            paths = "".join(f"{os.path.abspath(op.path_or_fileobj)}\n" for op in files).encode("utf-8", "surrogateescape")
-            oids = self._git(["hash-object", "-w", "--no-filters", "--stdin-paths"], input=paths,
-                             **kw).stdout.decode().split()
+            paths = "".join(f"{os.path.abspath(op.path_or_fileobj)}\n" for op in files).encode(
+                "utf-8", "surrogateescape"
+            )
+            oids = (
+                self._git(["hash-object", "-w", "--no-filters", "--stdin-paths"], input=paths, **kw)
+                .stdout.decode()
+                .split()
+            )
             for op, oid in zip(files, oids):
                 mode = "100755" if os.access(op.path_or_fileobj, os.X_OK) else "100644"
                 out[op.path_in_repo] = (mode, oid, op.path_in_repo)
         for op in adds:
             if isinstance(op.path_or_fileobj, bytes):
-                oid = self._git(["hash-object", "-w", "--no-filters", "--stdin"], input=op.path_or_fileobj,
-                                **kw).stdout.decode().strip()
+                oid = (
+                    self._git(["hash-object", "-w", "--no-filters", "--stdin"], input=op.path_or_fileobj, **kw)
+                    .stdout.decode()
+                    .strip()
+                )
                 out[op.path_in_repo] = ("100644", oid, op.path_in_repo)
         # the last operation on a path wins, as in huggingface_hub
         order = {op.path_in_repo: i for i, op in enumerate(adds)}
         return sorted(out.values(), key=lambda e: order[e[2]])
 
-    def create_commit(self, *, repo_id: str, operations: Iterable[CommitOperation], commit_message: str,
-                      repo_type: str = "model", parent_commit: str | None = None,
-                      _delete_patterns: Sequence[str] = (), _tag: _TagSpec | None = None) -> str:
+    def create_commit(
+        self,
+        *,
+        repo_id: str,
+        operations: Iterable[CommitOperation],
+        commit_message: str,
+        repo_type: str = "model",
+        parent_commit: str | None = None,
+        _delete_patterns: Sequence[str] = (),
+        _tag: _TagSpec | None = None,
+    ) -> str:
         validate_repo_id(repo_id)
         validate_repo_type(repo_type)
         ops = list(operations)
@@ -565,42 +690,90 @@ class LocalHub(Hub):
                 hashed["adds"] = self._hash_adds(ws, adds, repo_type, repo_id)
             return self._build_tree(ws, head, hashed["adds"], deletes, _delete_patterns, repo_type, repo_id)
 
-        return self._commit_loop(repo_type=repo_type, repo_id=repo_id, message=commit_message,
-                                 parent_commit=parent_commit, build=build, tag=_tag)
+        return self._commit_loop(
+            repo_type=repo_type,
+            repo_id=repo_id,
+            message=commit_message,
+            parent_commit=parent_commit,
+            build=build,
+            tag=_tag,
+        )
 
-    def upload_folder(self, *, repo_id: str, folder_path: str | Path, repo_type: str = "model",
-                      commit_message: str | None = None, delete_patterns: str | Sequence[str] | None = None,
-                      parent_commit: str | None = None) -> str:
-        return self._upload(repo_id=repo_id, folder_path=folder_path, repo_type=repo_type,
-                            commit_message=commit_message, delete_patterns=delete_patterns,
-                            parent_commit=parent_commit)
+    def upload_folder(
+        self,
+        *,
+        repo_id: str,
+        folder_path: str | Path,
+        repo_type: str = "model",
+        commit_message: str | None = None,
+        delete_patterns: str | Sequence[str] | None = None,
+        parent_commit: str | None = None,
+    ) -> str:
+        return self._upload(
+            repo_id=repo_id,
+            folder_path=folder_path,
+            repo_type=repo_type,
+            commit_message=commit_message,
+            delete_patterns=delete_patterns,
+            parent_commit=parent_commit,
+        )
 
-    def upload_version(self, *, repo_id: str, folder_path: str | Path, tag: str, repo_type: str = "model",
-                       commit_message: str | None = None, tag_message: str | None = None,
-                       delete_patterns: str | Sequence[str] | None = None, replace_tag: bool = False) -> str:
+    def upload_version(
+        self,
+        *,
+        repo_id: str,
+        folder_path: str | Path,
+        tag: str,
+        repo_type: str = "model",
+        commit_message: str | None = None,
+        tag_message: str | None = None,
+        delete_patterns: str | Sequence[str] | None = None,
+        replace_tag: bool = False,
+    ) -> str:
         """:meth:`Hub.upload_version` as ONE ``git push --atomic`` of main and the tag: a version that is
         refused (the tag exists, or another writer took it meanwhile) or interrupted leaves main and every tag
         exactly as they were. ``replace_tag`` moves only the tag it saw (a lease), never one moved meanwhile."""
         validate_tag(tag)
         spec = _TagSpec(name=tag, message=tag_message or f"version {tag}", replace=replace_tag)
-        return self._upload(repo_id=repo_id, folder_path=folder_path, repo_type=repo_type,
-                            commit_message=commit_message, delete_patterns=delete_patterns, tag=spec)
+        return self._upload(
+            repo_id=repo_id,
+            folder_path=folder_path,
+            repo_type=repo_type,
+            commit_message=commit_message,
+            delete_patterns=delete_patterns,
+            tag=spec,
+        )
 
-    def _upload(self, *, repo_id: str, folder_path: str | Path, repo_type: str, commit_message: str | None,
-                delete_patterns: str | Sequence[str] | None, parent_commit: str | None = None,
-                tag: _TagSpec | None = None) -> str:
+    def _upload(
+        self,
+        *,
+        repo_id: str,
+        folder_path: str | Path,
+        repo_type: str,
+        commit_message: str | None,
+        delete_patterns: str | Sequence[str] | None,
+        parent_commit: str | None = None,
+        tag: _TagSpec | None = None,
+    ) -> str:
         folder = Path(folder_path)
         if not folder.is_dir():
             raise FileNotFoundError(f"cannot upload {folder}: not a folder")
         # links inside the folder are read as their target; a link out of it refuses the whole upload
         ops = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(src)) for rel, src in folder_files(folder)]
         patterns = [delete_patterns] if isinstance(delete_patterns, str) else list(delete_patterns or [])
-        return self.create_commit(repo_id=repo_id, operations=ops, repo_type=repo_type, parent_commit=parent_commit,
-                                  commit_message=commit_message or f"Upload {folder.name or 'folder'}",
-                                  _delete_patterns=patterns, _tag=tag)
+        return self.create_commit(
+            repo_id=repo_id,
+            operations=ops,
+            repo_type=repo_type,
+            parent_commit=parent_commit,
+            commit_message=commit_message or f"Upload {folder.name or 'folder'}",
+            _delete_patterns=patterns,
+            _tag=tag,
+        )
 
-    def revert(self, *, repo_id: str, to_revision: str, repo_type: str = "model",
-               commit_message: str | None = None) -> str:
+    def revert(
+        self, *, repo_id: str, to_revision: str, repo_type: str = "model", commit_message: str | None = None
+    ) -> str:
         validate_revision(to_revision)
         with self._reader(repo_type, repo_id) as gd:
             target = self._resolve(gd, to_revision, repo_type, repo_id)
@@ -609,36 +782,50 @@ class LocalHub(Hub):
         def build(ws: str, head: str | None) -> str:
             return self._tree_of(ws, target, repo_type, repo_id)
 
-        return self._commit_loop(repo_type=repo_type, repo_id=repo_id, message=message, parent_commit=None,
-                                 build=build, full_fetch=True)
+        return self._commit_loop(
+            repo_type=repo_type, repo_id=repo_id, message=message, parent_commit=None, build=build, full_fetch=True
+        )
 
     # --- tags ---------------------------------------------------------------------------------------------
 
-    def create_tag(self, *, repo_id: str, tag: str, revision: str | None = None, message: str | None = None,
-                   repo_type: str = "model", exist_ok: bool = False) -> None:
+    def create_tag(
+        self,
+        *,
+        repo_id: str,
+        tag: str,
+        revision: str | None = None,
+        message: str | None = None,
+        repo_type: str = "model",
+        exist_ok: bool = False,
+    ) -> None:
         validate_tag(tag)
         loc = self._require(repo_type, repo_id)
         kw = dict(repo_type=repo_type, repo_id=repo_id)
         with self._workspace(loc, repo_type, repo_id) as ws:
             self._fetch_head(ws, loc, repo_type, repo_id, full=True)
             if revision is None:
-                sha = self._git(["rev-parse", f"refs/remotes/origin/{BRANCH}"], git_dir=ws, **kw).stdout.decode().strip()
+                sha = (
+                    self._git(["rev-parse", f"refs/remotes/origin/{BRANCH}"], git_dir=ws, **kw).stdout.decode().strip()
+                )
             else:
                 sha = self._resolve(ws, revision, repo_type, repo_id)
-            existing = self._git(["rev-parse", "--verify", "--quiet", f"refs/tags/{tag}^{{commit}}"], git_dir=ws,
-                                 check=False, **kw)
+            existing = self._git(
+                ["rev-parse", "--verify", "--quiet", f"refs/tags/{tag}^{{commit}}"], git_dir=ws, check=False, **kw
+            )
             if existing.returncode == 0:
                 # the same tag on the same commit: a retried call whose first answer was lost; nothing to do
                 if exist_ok or existing.stdout.decode().strip() == sha:
                     return
-                raise RevisionExists(f"{repo_type} repo {repo_id} already has version {tag!r}; versions are "
-                                     f"immutable")
-            self._git(["-c", "tag.gpgSign=false", "tag", "-a", "-m", message or f"version {tag}", tag, sha],
-                      git_dir=ws, **kw)
+                raise RevisionExists(f"{repo_type} repo {repo_id} already has version {tag!r}; versions are immutable")
+            self._git(
+                ["-c", "tag.gpgSign=false", "tag", "-a", "-m", message or f"version {tag}", tag, sha], git_dir=ws, **kw
+            )
             ok, why = self._push(ws, loc, [f"refs/tags/{tag}:refs/tags/{tag}"], repo_type, repo_id)
             if not ok and not exist_ok:
-                raise RevisionExists(f"{repo_type} repo {repo_id} already has version {tag!r} (created meanwhile); "
-                                     f"versions are immutable")
+                raise RevisionExists(
+                    f"{repo_type} repo {repo_id} already has version {tag!r} (created meanwhile); "
+                    f"versions are immutable"
+                )
 
     def delete_tag(self, *, repo_id: str, tag: str, repo_type: str = "model") -> None:
         validate_tag(tag)
@@ -647,8 +834,14 @@ class LocalHub(Hub):
             raise RevisionNotFound(f"{repo_type} repo {repo_id} has no version {tag!r}")
         # git push needs a repository to run in: an empty workspace, never the current directory's
         with self._workspace(loc, repo_type, repo_id) as ws:
-            proc = self._git(["push", "--quiet", loc, f":refs/tags/{tag}"], git_dir=ws, repo_type=repo_type,
-                             repo_id=repo_id, network=True, check=False)
+            proc = self._git(
+                ["push", "--quiet", loc, f":refs/tags/{tag}"],
+                git_dir=ws,
+                repo_type=repo_type,
+                repo_id=repo_id,
+                network=True,
+                check=False,
+            )
         if proc.returncode != 0:
             text = proc.stderr.decode("utf-8", "replace")
             if "remote ref does not exist" in text:
@@ -668,6 +861,7 @@ class _TagSpec:
 
 def _env() -> dict[str, str]:
     from .gitcmd import git_env
+
     return git_env()
 
 
@@ -676,7 +870,7 @@ def _snapshot_ok(target: Path, entries: list[tuple[str, str, str]]) -> bool:
     enough that every file is still there (a missing one means download again)."""
     if not target.is_dir():
         return False
-    for _, oid, path in entries:
+    for _, _oid, path in entries:
         if not (target / path).is_file():
             return False
     return True

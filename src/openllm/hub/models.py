@@ -3,6 +3,7 @@
 
 A version is an annotated tag on one commit (see :mod:`openllm.publish.models` for what a pushed version
 holds); versions named after the training step (``7k``) sort by step."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,15 +37,24 @@ def model_versions(repo_id: str, *, hub: Any = None) -> list[VersionInfo]:
     if hasattr(h, "tag_info"):
         details = h.tag_info(repo_id=repo_id, repo_type="model")
     order = sort_versions(list(tags), {k: v.get("date", "") for k, v in details.items()})
-    return [VersionInfo(name=n, commit=tags[n], step=step_of_version(n), date=details.get(n, {}).get("date", ""),
-                        message=details.get(n, {}).get("message", "")) for n in order]
+    return [
+        VersionInfo(
+            name=n,
+            commit=tags[n],
+            step=step_of_version(n),
+            date=details.get(n, {}).get("date", ""),
+            message=details.get(n, {}).get("message", ""),
+        )
+        for n in order
+    ]
 
 
 def latest_version(repo_id: str, *, hub: Any = None) -> str:
     versions = model_versions(repo_id, hub=hub)
     if not versions:
-        raise RevisionNotFound(f"model repo {repo_id} has no versions yet; push one with "
-                               f"`openllm hub push RUN --repo {repo_id}`")
+        raise RevisionNotFound(
+            f"model repo {repo_id} has no versions yet; push one with `openllm hub push RUN --repo {repo_id}`"
+        )
     return versions[-1].name
 
 

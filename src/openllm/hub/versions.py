@@ -1,4 +1,5 @@
 """Step-based version names: step 7000 -> ``7k``, 1500 -> ``1.5k``, below 1000 the step itself (``500``)."""
+
 from __future__ import annotations
 
 import re

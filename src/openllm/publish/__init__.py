@@ -5,6 +5,7 @@ dataset commit (a dataset card and ``SHA256SUMS``). What the model card states c
 
 Built on :mod:`openllm.hub` (transport), :mod:`openllm.export` and :mod:`openllm.loading`. See docs/hub.md.
 """
+
 from __future__ import annotations
 
 from .cards import dataset_card, model_card
@@ -12,5 +13,13 @@ from .datasets import DatasetUpload, upload_dataset
 from .facts import RunFacts, collect_facts
 from .models import PushResult, push_model
 
-__all__ = ["push_model", "PushResult", "upload_dataset", "DatasetUpload", "collect_facts", "RunFacts",
-           "model_card", "dataset_card"]
+__all__ = [
+    "push_model",
+    "PushResult",
+    "upload_dataset",
+    "DatasetUpload",
+    "collect_facts",
+    "RunFacts",
+    "model_card",
+    "dataset_card",
+]

@@ -1,10 +1,12 @@
 """Model and dataset cards (README.md): YAML metadata built with huggingface_hub's own card-data classes (so
 the hub's parser accepts it), then the facts the run or the data measured, and nothing else."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..metrics import finite_number
 from .facts import RunFacts
@@ -16,9 +18,11 @@ _TASKS = {  # evaluation task -> (dataset type, dataset name, split)
     "lambada": ("EleutherAI/lambada_openai", "LAMBADA", "test"),
     "hellaswag": ("Rowan/hellaswag", "HellaSwag", "validation"),
 }
-_TASK_METRICS = {"acc": ("accuracy", "accuracy"), "acc_norm": ("accuracy", "normalized accuracy"),
-                 "ppl": ("perplexity", "perplexity")}
-
+_TASK_METRICS = {
+    "acc": ("accuracy", "accuracy"),
+    "acc_norm": ("accuracy", "normalized accuracy"),
+    "ppl": ("perplexity", "perplexity"),
+}
 
 
 def eval_results(evaluation: dict[str, Any], *, dataset_id: str | None = None) -> list[Any]:
@@ -30,13 +34,25 @@ def eval_results(evaluation: dict[str, Any], *, dataset_id: str | None = None) -
     ds = evaluation.get("dataset") if isinstance(evaluation.get("dataset"), dict) else {}
     ds_name = str(ds.get("name") or "validation split")
     ds_type = dataset_id or str(ds.get("name") or "text")
-    for key, mtype, label in (("val_loss", "loss", "loss (nats/token)"), ("perplexity", "perplexity", "perplexity"),
-                              ("bits_per_byte", "bits_per_byte", "bits per byte")):
+    for key, mtype, label in (
+        ("val_loss", "loss", "loss (nats/token)"),
+        ("perplexity", "perplexity", "perplexity"),
+        ("bits_per_byte", "bits_per_byte", "bits per byte"),
+    ):
         value = finite_number(evaluation.get(key))
         if value is not None:
-            out.append(EvalResult(task_type="text-generation", task_name="Language modeling", dataset_type=ds_type,
-                                  dataset_name=ds_name, dataset_split="validation", metric_type=mtype,
-                                  metric_name=label, metric_value=round(value, 6)))
+            out.append(
+                EvalResult(
+                    task_type="text-generation",
+                    task_name="Language modeling",
+                    dataset_type=ds_type,
+                    dataset_name=ds_name,
+                    dataset_split="validation",
+                    metric_type=mtype,
+                    metric_name=label,
+                    metric_value=round(value, 6),
+                )
+            )
     for task, scores in sorted((evaluation.get("tasks") or {}).items()):
         if not isinstance(scores, dict):
             continue
@@ -46,9 +62,18 @@ def eval_results(evaluation: dict[str, Any], *, dataset_id: str | None = None) -
             if value is None or key not in _TASK_METRICS:
                 continue
             mtype, label = _TASK_METRICS[key]
-            out.append(EvalResult(task_type="text-generation", task_name=dname, dataset_type=dtype,
-                                  dataset_name=dname, dataset_split=split, metric_type=mtype,
-                                  metric_name=f"{dname} {label}", metric_value=round(value, 6)))
+            out.append(
+                EvalResult(
+                    task_type="text-generation",
+                    task_name=dname,
+                    dataset_type=dtype,
+                    dataset_name=dname,
+                    dataset_split=split,
+                    metric_type=mtype,
+                    metric_name=f"{dname} {label}",
+                    metric_value=round(value, 6),
+                )
+            )
     return out
 
 
@@ -110,8 +135,14 @@ def _finetune_rows(ft: dict[str, Any]) -> list[tuple[str, str]]:
             if d.get("sha256"):
                 rows.append((f"{label} sha256", f"`{d['sha256']}`"))
     lora = ft.get("lora")
-    rows.append(("method", f"LoRA rank {lora.get('rank')}, alpha {lora.get('alpha')} (merged into the weights)"
-                 if isinstance(lora, dict) else "full fine-tuning"))
+    rows.append(
+        (
+            "method",
+            f"LoRA rank {lora.get('rank')}, alpha {lora.get('alpha')} (merged into the weights)"
+            if isinstance(lora, dict)
+            else "full fine-tuning",
+        )
+    )
     rows.append(("loss", "assistant tokens only, conversations rendered with the chat template below"))
     return rows
 
@@ -134,9 +165,17 @@ def _table(rows: Iterable[tuple[str, str]], head: tuple[str, str] = ("", "")) ->
     return "\n".join(lines) + "\n"
 
 
-def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | None = None,
-               language: str | list[str] = "en", datasets: list[str] | None = None,
-               image_name: str | None = "loss.png", hub_name: str = "local") -> str:
+def model_card(
+    facts: RunFacts,
+    *,
+    repo_id: str,
+    version: str,
+    license: str | None = None,
+    language: str | list[str] = "en",
+    datasets: list[str] | None = None,
+    image_name: str | None = "loss.png",
+    hub_name: str = "local",
+) -> str:
     """README.md for one model version."""
     from huggingface_hub import ModelCardData
 
@@ -147,9 +186,13 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | No
     ids = data_ids(facts, datasets)
     license_id, license_name = weights_license(facts, license)
     data = ModelCardData(
-        license=license_id, language=[language] if isinstance(language, str) else list(language),
-        library_name="transformers", tags=list(_TAGS), datasets=ids or None,
-        pipeline_tag="text-generation", model_name=repo_id,
+        license=license_id,
+        language=[language] if isinstance(language, str) else list(language),
+        library_name="transformers",
+        tags=list(_TAGS),
+        datasets=ids or None,
+        pipeline_tag="text-generation",
+        model_name=repo_id,
         eval_results=eval_results(ev, dataset_id=(ids or [None])[0]) or None,
     )
     if license_name:
@@ -162,10 +205,14 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | No
             data.base_model_version = base_version
     name = repo_id.split("/")[1]
     s: list[str] = [_yaml_header(data), f"# {name} ({version})\n\n"]
-    intro = "A small Llama-shaped language model trained from scratch with [OpenLLM](https://github.com/louischua/openllm)"
+    intro = (
+        "A small Llama-shaped language model trained from scratch with [OpenLLM](https://github.com/louischua/openllm)"
+    )
     if base:
-        intro = ("A small Llama-shaped chat model fine-tuned on conversations with "
-                 "[OpenLLM](https://github.com/louischua/openllm) from the base model named under Fine-tuning")
+        intro = (
+            "A small Llama-shaped chat model fine-tuned on conversations with "
+            "[OpenLLM](https://github.com/louischua/openllm) from the base model named under Fine-tuning"
+        )
     if facts.step is not None:
         intro += f", version `{version}` = training step {facts.step:,}"
     s.append(intro + ". It loads as a plain `LlamaForCausalLM` (no custom code).\n\n")
@@ -173,13 +220,25 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | No
     # architecture and parameters
     arch = []
     if model:
-        arch.append(("architecture", "decoder-only transformer: RMSNorm, rotary position embeddings, SwiGLU, "
-                                     "grouped-query attention" if model.get("n_kv_heads") not in (None, model.get("n_heads"))
-                     else "decoder-only transformer: RMSNorm, rotary position embeddings, SwiGLU"))
-        for key, label in (("n_layers", "layers"), ("d_model", "width"), ("n_heads", "attention heads"),
-                           ("n_kv_heads", "key/value heads"), ("d_ff", "SwiGLU hidden width"),
-                           ("vocab_size", "vocabulary"), ("max_seq_len", "context length"),
-                           ("rope_theta", "RoPE theta"), ("tie_embeddings", "tied embeddings")):
+        arch.append(
+            (
+                "architecture",
+                "decoder-only transformer: RMSNorm, rotary position embeddings, SwiGLU, grouped-query attention"
+                if model.get("n_kv_heads") not in (None, model.get("n_heads"))
+                else "decoder-only transformer: RMSNorm, rotary position embeddings, SwiGLU",
+            )
+        )
+        for key, label in (
+            ("n_layers", "layers"),
+            ("d_model", "width"),
+            ("n_heads", "attention heads"),
+            ("n_kv_heads", "key/value heads"),
+            ("d_ff", "SwiGLU hidden width"),
+            ("vocab_size", "vocabulary"),
+            ("max_seq_len", "context length"),
+            ("rope_theta", "RoPE theta"),
+            ("tie_embeddings", "tied embeddings"),
+        ):
             if key in model:
                 arch.append((label, str(model[key])))
     if facts.params is not None:
@@ -192,11 +251,20 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | No
 
     # training
     tr = []
-    for key, label in (("max_steps", "max steps"), ("micro_batch_size", "micro batch"),
-                       ("grad_accum_steps", "gradient accumulation"), ("seq_len", "sequence length"),
-                       ("lr", "peak learning rate"), ("min_lr", "min learning rate"), ("schedule", "schedule"),
-                       ("warmup_steps", "warmup steps"), ("weight_decay", "weight decay"),
-                       ("optimizer", "optimizer"), ("grad_clip", "gradient clipping"), ("seed", "seed")):
+    for key, label in (
+        ("max_steps", "max steps"),
+        ("micro_batch_size", "micro batch"),
+        ("grad_accum_steps", "gradient accumulation"),
+        ("seq_len", "sequence length"),
+        ("lr", "peak learning rate"),
+        ("min_lr", "min learning rate"),
+        ("schedule", "schedule"),
+        ("warmup_steps", "warmup steps"),
+        ("weight_decay", "weight decay"),
+        ("optimizer", "optimizer"),
+        ("grad_clip", "gradient clipping"),
+        ("seed", "seed"),
+    ):
         if train.get(key) is not None:
             tr.append((label, str(train[key])))
     if facts.step is not None:
@@ -238,14 +306,23 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | No
     for src in facts.provenance:
         what = src.get("description") or src.get("name") or src.get("kind")
         where = ", ".join(str(src[k]) for k in ("package", "version", "file") if src.get(k))
-        prov.append((f"source `{src.get('name', '?')}`", f"{what}" + (f" ({where})" if where else "")
-                     + (f", license: {src['license']}" if src.get("license") else "")))
+        prov.append(
+            (
+                f"source `{src.get('name', '?')}`",
+                f"{what}"
+                + (f" ({where})" if where else "")
+                + (f", license: {src['license']}" if src.get("license") else ""),
+            )
+        )
     if license_name == "public-domain":
-        prov.append(("weights license", "public domain, as all the training text is (choose another with "
-                                        "`--license`)"))
+        prov.append(("weights license", "public domain, as all the training text is (choose another with `--license`)"))
     elif license_name == "unknown":
-        prov.append(("weights license", "not stated: the training data's license is not recorded; state it "
-                                        "with `openllm hub push --license`"))
+        prov.append(
+            (
+                "weights license",
+                "not stated: the training data's license is not recorded; state it with `openllm hub push --license`",
+            )
+        )
     if prov:
         s.append("\n## Data and code\n\n" + _table(prov, ("", "value")))
     if base:
@@ -256,8 +333,11 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | No
     if facts.final_loss is not None:
         met.append(("final training loss", f"{facts.final_loss:.4f}"))
     batches = train.get("eval_batches")
-    est = f"validation loss estimate ({batches} val batches, during training)" if batches else \
-        "validation loss estimate (during training)"
+    est = (
+        f"validation loss estimate ({batches} val batches, during training)"
+        if batches
+        else "validation loss estimate (during training)"
+    )
     if facts.final_val_loss is not None:
         met.append((f"final {est}", f"{facts.final_val_loss:.4f}"))
     if facts.best_val_loss is not None:
@@ -267,8 +347,11 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | No
     how = f"every token of the {ds['name']}" if ds.get("name") else "every val token"
     if ev.get("window"):
         how += f", window {ev['window']}, stride {ev.get('stride')}"
-    for key, label, fmt in (("val_loss", "validation loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}"),
-                            ("bits_per_byte", "bits per byte", "{:.4f}")):
+    for key, label, fmt in (
+        ("val_loss", "validation loss", "{:.4f}"),
+        ("perplexity", "perplexity", "{:.2f}"),
+        ("bits_per_byte", "bits per byte", "{:.4f}"),
+    ):
         if finite_number(ev.get(key)) is not None:
             met.append((f"{label} ({how})", fmt.format(ev[key])))
     for task, scores in sorted((ev.get("tasks") or {}).items()):
@@ -286,11 +369,17 @@ def model_card(facts: RunFacts, *, repo_id: str, version: str, license: str | No
         if finite_number(other.get("val_loss")) is None:
             continue
         sha = f" (sha256 `{ods['sha256'][:16]}…`)" if ods.get("sha256") else ""
-        others.append((f"text file `{ods.get('name', '?')}`{sha}",
-                       f"loss {other['val_loss']:.4f}, perplexity {other.get('perplexity') or float('nan'):.2f}"))
+        others.append(
+            (
+                f"text file `{ods.get('name', '?')}`{sha}",
+                f"loss {other['val_loss']:.4f}, perplexity {other.get('perplexity') or float('nan'):.2f}",
+            )
+        )
     if others:
-        s.append("\n## Other evaluations\n\nScored with `openllm evaluate --text FILE`; these texts are not "
-                 "datasets of the hub and are not in the model index.\n\n" + _table(others, ("text", "result")))
+        s.append(
+            "\n## Other evaluations\n\nScored with `openllm evaluate --text FILE`; these texts are not "
+            "datasets of the hub and are not in the model index.\n\n" + _table(others, ("text", "result"))
+        )
     if image_name:
         s.append(f"\n## Loss curve\n\n![loss curve]({image_name})\n")
 
@@ -338,22 +427,43 @@ decisions or facts.
     return "".join(s)
 
 
-def dataset_card(*, repo_id: str, files: dict[str, dict[str, Any]], stats: dict[str, Any],
-                 license: str = "other", language: str | list[str] = "en", source: str | None = None,
-                 report_md: str | None = None, report: dict[str, Any] | None = None) -> str:
+def dataset_card(
+    *,
+    repo_id: str,
+    files: dict[str, dict[str, Any]],
+    stats: dict[str, Any],
+    license: str = "other",
+    language: str | list[str] = "en",
+    source: str | None = None,
+    report_md: str | None = None,
+    report: dict[str, Any] | None = None,
+) -> str:
     """README.md for a dataset repo: size, documents, tokens, source, license, checksums, the prepare report."""
     from huggingface_hub import DatasetCardData
 
     total = sum(int(f["bytes"]) for f in files.values())
-    data = DatasetCardData(license=license, language=[language] if isinstance(language, str) else list(language),
-                           pretty_name=repo_id.split("/")[1], tags=["openllm", "text"],
-                           task_categories=["text-generation"], size_categories=[_size_category(stats)])
+    data = DatasetCardData(
+        license=license,
+        language=[language] if isinstance(language, str) else list(language),
+        pretty_name=repo_id.split("/")[1],
+        tags=["openllm", "text"],
+        task_categories=["text-generation"],
+        size_categories=[_size_category(stats)],
+    )
     name = repo_id.split("/")[1]
-    s = [_yaml_header(data), f"# {name}\n\nTraining text for [OpenLLM](https://github.com/louischua/openllm) "
-         f"language models, uploaded with `openllm data upload`.\n"]
+    s = [
+        _yaml_header(data),
+        f"# {name}\n\nTraining text for [OpenLLM](https://github.com/louischua/openllm) "
+        f"language models, uploaded with `openllm data upload`.\n",
+    ]
     rows = [("files", str(len(files))), ("size", f"{total:,} bytes")]
-    for key, label in (("documents", "documents"), ("tokens", "tokens"), ("vocab_size", "vocabulary size"),
-                       ("lines", "lines"), ("characters", "characters")):
+    for key, label in (
+        ("documents", "documents"),
+        ("tokens", "tokens"),
+        ("vocab_size", "vocabulary size"),
+        ("lines", "lines"),
+        ("characters", "characters"),
+    ):
         if isinstance(stats.get(key), int):
             rows.append((label, f"{stats[key]:,}"))
     for split, info in sorted((stats.get("splits") or {}).items()):
@@ -393,8 +503,13 @@ def _demote(md: str) -> str:
 
 def _size_category(stats: dict[str, Any]) -> str:
     n = stats.get("documents") or stats.get("lines") or 0
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+    for limit, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ):
         if n < limit:
             return label
     return "10M<n<100M"

@@ -6,6 +6,7 @@ A folder that holds a link out of itself (or a linked folder, or a dangling link
 touched; a link to a file inside the folder is uploaded as that file's content (:func:`openllm.hub.folder_files`).
 A PATH that is itself a link is followed: the user named it. With a version, the commit and the tag land in one
 atomic push on the local hub: a version that exists (or is taken meanwhile) leaves the repo as it was."""
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,11 @@ def dataset_stats(root: Path, files: list[str]) -> dict[str, Any]:
     stats: dict[str, Any] = {}
     meta = _read_json(root / "meta.json") if root.is_dir() else {}
     if meta.get("splits"):
-        splits = {k: {"documents": v.get("documents"), "tokens": v.get("tokens")}
-                  for k, v in meta["splits"].items() if isinstance(v, dict)}
+        splits = {
+            k: {"documents": v.get("documents"), "tokens": v.get("tokens")}
+            for k, v in meta["splits"].items()
+            if isinstance(v, dict)
+        }
         stats["splits"] = splits
         stats["tokens"] = sum(int(v["tokens"] or 0) for v in splits.values())
         stats["documents"] = sum(int(v["documents"] or 0) for v in splits.values())
@@ -103,9 +107,18 @@ def _source_name(src: Any) -> str:
     return f"{name} ({', '.join(extra)})" if extra else name
 
 
-def upload_dataset(path: str | Path, *, repo_id: str, hub: Any = None, license: str = "other",
-                   language: str = "en", source: str | None = None, version: str | None = None,
-                   commit_message: str | None = None, progress: bool = False) -> DatasetUpload:
+def upload_dataset(
+    path: str | Path,
+    *,
+    repo_id: str,
+    hub: Any = None,
+    license: str = "other",
+    language: str = "en",
+    source: str | None = None,
+    version: str | None = None,
+    commit_message: str | None = None,
+    progress: bool = False,
+) -> DatasetUpload:
     """Upload ``path`` (a file or a folder) to the dataset repo ``repo_id`` (created when missing) as one
     commit whose tree is exactly the data + README.md (dataset card) + SHA256SUMS; tag it ``version``."""
     validate_repo_id(repo_id)
@@ -124,7 +137,9 @@ def upload_dataset(path: str | Path, *, repo_id: str, hub: Any = None, license: 
     checksums = {f: {"sha256": sha256_file(sources[f]), "bytes": sources[f].stat().st_size} for f in files}
     stats = dataset_stats(src, files)
     report = _read_json(src / "report.json") if src.is_dir() else {}
-    report_md = (src / "report.md").read_text(encoding="utf-8") if src.is_dir() and (src / "report.md").is_file() else None
+    report_md = (
+        (src / "report.md").read_text(encoding="utf-8") if src.is_dir() and (src / "report.md").is_file() else None
+    )
     if source is None:
         meta = _read_json(src / "meta.json") if src.is_dir() else {}
         srcs = report.get("sources") or meta.get("prepared_from")
@@ -134,14 +149,17 @@ def upload_dataset(path: str | Path, *, repo_id: str, hub: Any = None, license: 
             source = str(src.name)
 
     h = get_hub(hub)
-    taken = (f"dataset repo {repo_id} already has version {version}; versions are immutable: upload under "
-             f"another --version")
+    taken = (
+        f"dataset repo {repo_id} already has version {version}; versions are immutable: upload under another --version"
+    )
     if not h.repo_exists(repo_id=repo_id, repo_type="dataset"):
         try:
             h.create_repo(repo_id=repo_id, repo_type="dataset", exist_ok=True)
         except UnsupportedOperation:
-            raise RepositoryNotFound(f"dataset repo {repo_id} does not exist on {h.describe()} and cannot be "
-                                     f"created from here; create it on the server first") from None
+            raise RepositoryNotFound(
+                f"dataset repo {repo_id} does not exist on {h.describe()} and cannot be "
+                f"created from here; create it on the server first"
+            ) from None
     elif version is not None and version in h.list_refs(repo_id=repo_id, repo_type="dataset").tags:
         raise RevisionExists(taken)
     with tempfile.TemporaryDirectory(prefix="openllm-data-") as tmp:
@@ -154,27 +172,53 @@ def upload_dataset(path: str | Path, *, repo_id: str, hub: Any = None, license: 
                 dst.hardlink_to(sources[f])
             except OSError:
                 shutil.copy2(sources[f], dst)
-        (staging / "SHA256SUMS").write_text("".join(f"{c['sha256']}  {f}\n" for f, c in sorted(checksums.items())),
-                                            encoding="utf-8")
-        card = dataset_card(repo_id=repo_id, files=checksums, stats=stats, license=license, language=language,
-                            source=source, report_md=report_md, report=report or None)
+        (staging / "SHA256SUMS").write_text(
+            "".join(f"{c['sha256']}  {f}\n" for f, c in sorted(checksums.items())), encoding="utf-8"
+        )
+        card = dataset_card(
+            repo_id=repo_id,
+            files=checksums,
+            stats=stats,
+            license=license,
+            language=language,
+            source=source,
+            report_md=report_md,
+            report=report or None,
+        )
         (staging / "README.md").write_text(card, encoding="utf-8")
         if progress:
             import sys
 
-            print(f"uploading {len(files)} files ({sum(c['bytes'] for c in checksums.values()):,} bytes) "
-                  f"to {repo_id} on {h.describe()} ...", file=sys.stderr, flush=True)
+            print(
+                f"uploading {len(files)} files ({sum(c['bytes'] for c in checksums.values()):,} bytes) "
+                f"to {repo_id} on {h.describe()} ...",
+                file=sys.stderr,
+                flush=True,
+            )
         message = commit_message or f"Upload {src.name}"
         if version is None:
-            commit = h.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="dataset",
-                                     delete_patterns=REPLACE_ALL, commit_message=message)
+            commit = h.upload_folder(
+                repo_id=repo_id,
+                folder_path=staging,
+                repo_type="dataset",
+                delete_patterns=REPLACE_ALL,
+                commit_message=message,
+            )
         else:
             try:
-                commit = h.upload_version(repo_id=repo_id, folder_path=staging, repo_type="dataset", tag=version,
-                                          tag_message=f"dataset version {version}", delete_patterns=REPLACE_ALL,
-                                          commit_message=message)
+                commit = h.upload_version(
+                    repo_id=repo_id,
+                    folder_path=staging,
+                    repo_type="dataset",
+                    tag=version,
+                    tag_message=f"dataset version {version}",
+                    delete_patterns=REPLACE_ALL,
+                    commit_message=message,
+                )
             except RevisionExists:
-                raise RevisionExists(taken + " (it was taken while uploading; nothing of this upload was kept)") \
-                    from None
-    return DatasetUpload(repo_id=repo_id, commit=commit, files=files + list(_GENERATED), stats=stats,
-                         version=version, hub=h.describe())
+                raise RevisionExists(
+                    taken + " (it was taken while uploading; nothing of this upload was kept)"
+                ) from None
+    return DatasetUpload(
+        repo_id=repo_id, commit=commit, files=files + list(_GENERATED), stats=stats, version=version, hub=h.describe()
+    )

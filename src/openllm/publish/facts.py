@@ -1,6 +1,7 @@
 """What a run, a checkpoint or an export measured: the one summary of a run that the model card and
 ``openllm compare`` show. Only values found in its files; anything absent stays absent (the card never
 guesses)."""
+
 from __future__ import annotations
 
 import re
@@ -16,6 +17,7 @@ from ..metrics import finite_number
 from ..rundir import read_json
 
 __all__ = ["RunFacts", "collect_facts", "code_commit"]
+
 
 @dataclass
 class RunFacts:
@@ -50,7 +52,6 @@ class RunFacts:
     params_non_embedding: int | None = None
     loss_image: Path | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
-
 
 
 def code_commit(start: Path | None = None) -> str | None:
@@ -135,7 +136,7 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
     speeds = [finite_number(r.get("tokens_per_s")) for r in metrics]
     speeds = [s for s in speeds if s]
     if speeds:
-        facts.tokens_per_s = statistics.median(speeds[len(speeds) // 5:] or speeds)  # past the warm-up
+        facts.tokens_per_s = statistics.median(speeds[len(speeds) // 5 :] or speeds)  # past the warm-up
     mfus = [m for m in (finite_number(r.get("mfu")) for r in metrics) if m is not None]
     if mfus:
         facts.mfu = statistics.median(mfus)
@@ -150,8 +151,9 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
     if whole_run or (facts.step is not None and evaluation.get("step") == facts.step):
         facts.evaluation = evaluation
         facts.other_evaluations = rundir.read_other_evaluations(run)
-    tok_model = next((p for p in (run / rundir.TOKENIZER / "tokenizer.model", src / "tokenizer.model")
-                      if p.is_file()), None)
+    tok_model = next(
+        (p for p in (run / rundir.TOKENIZER / "tokenizer.model", src / "tokenizer.model") if p.is_file()), None
+    )
     facts.tokenizer_sha256 = state.get("tokenizer_sha256") or (sha256_file(tok_model) if tok_model else None)
     if isinstance(state.get("finetune"), dict):
         facts.finetune = state["finetune"]
@@ -159,8 +161,11 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
     if isinstance(data_dir, str) and (Path(data_dir) / "meta.json").is_file():
         meta = read_json(Path(data_dir) / "meta.json")
         facts.data_sources = {k: v for k, v in (meta.get("sources") or {}).items() if isinstance(v, dict)}
-        facts.data_splits = {k: {"tokens": v.get("tokens"), "documents": v.get("documents")}
-                             for k, v in (meta.get("splits") or {}).items() if isinstance(v, dict)}
+        facts.data_splits = {
+            k: {"tokens": v.get("tokens"), "documents": v.get("documents")}
+            for k, v in (meta.get("splits") or {}).items()
+            if isinstance(v, dict)
+        }
         facts.provenance = [p for p in (meta.get("prepared_from") or []) if isinstance(p, dict)]
     image = run / rundir.LOSS_PNG
     facts.loss_image = image if whole_run and image.is_file() else None

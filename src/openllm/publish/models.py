@@ -7,6 +7,7 @@ annotated tag on that commit, pushed together with it (:meth:`openllm.hub.Hub.up
 hub one atomic push, so a refused or interrupted push leaves the repo as it was). An export folder that holds
 a link out of itself is refused (:func:`openllm.hub.folder_files`). Reading versions back is
 :mod:`openllm.hub.models`."""
+
 from __future__ import annotations
 
 import json
@@ -51,15 +52,16 @@ def _kind(src: Path) -> str:
     if kind == "run" and rundir.latest_checkpoint(src) is None:
         raise OpenLLMError(f"{src} has no checkpoint yet; train longer (or lower --save-every) and push again")
     if kind == "hf" and not any((src / w).is_file() for w in _HF_WEIGHTS):
-        raise OpenLLMError(f"{src} has no weights (model.safetensors); export it again with "
-                           f"`openllm export RUN --format hf --out DIR`")
+        raise OpenLLMError(
+            f"{src} has no weights (model.safetensors); export it again with `openllm export RUN --format hf --out DIR`"
+        )
     return kind
 
 
 def _hf_files(src: Path) -> list[tuple[str, Path]]:
     """The files of a Hugging Face folder to push: all but hidden top-level entries and its old card; a link
     out of the folder refuses the push (UnsafeUpload)."""
-    top = lambda rel: rel.split("/", 1)[0]  # noqa: E731
+    top = lambda rel: rel.split("/", 1)[0]
     return folder_files(src, exclude=lambda rel: top(rel).startswith(".") or rel == "README.md")
 
 
@@ -76,10 +78,20 @@ def _stage(src: Path, kind: str, staging: Path) -> None:
     export_hf(load(src), staging)
 
 
-def push_model(source: str | Path, *, repo_id: str, version: str | None = None, force: bool = False,
-               hub: Any = None, license: str | None = None, language: str = "en",
-               datasets: list[str] | None = None, commit_message: str | None = None,
-               progress: bool = False, private: bool = False) -> PushResult:
+def push_model(
+    source: str | Path,
+    *,
+    repo_id: str,
+    version: str | None = None,
+    force: bool = False,
+    hub: Any = None,
+    license: str | None = None,
+    language: str = "en",
+    datasets: list[str] | None = None,
+    commit_message: str | None = None,
+    progress: bool = False,
+    private: bool = False,
+) -> PushResult:
     """Push a run (its latest checkpoint) or an export folder to ``repo_id`` as version ``version`` (default:
     the step in thousands, e.g. ``7k``). An existing version is refused unless ``force``; the commit and the
     version land together or not at all. ``private``: a new repo is created private (Hugging Face only)."""
@@ -100,14 +112,18 @@ def push_model(source: str | Path, *, repo_id: str, version: str | None = None, 
 
     exists = h.repo_exists(repo_id=repo_id, repo_type="model")
     if exists and version in h.list_refs(repo_id=repo_id, repo_type="model").tags and not force:
-        raise RevisionExists(f"{repo_id} already has version {version}; versions are immutable: choose another "
-                             f"--version, or replace it with --force")
+        raise RevisionExists(
+            f"{repo_id} already has version {version}; versions are immutable: choose another "
+            f"--version, or replace it with --force"
+        )
     if not exists:
         try:
             h.create_repo(repo_id=repo_id, repo_type="model", exist_ok=True, private=private)
         except UnsupportedOperation:
-            raise RepositoryNotFound(f"model repo {repo_id} does not exist on {h.describe()} and cannot be created "
-                                     f"from here; create it on the server first") from None
+            raise RepositoryNotFound(
+                f"model repo {repo_id} does not exist on {h.describe()} and cannot be created "
+                f"from here; create it on the server first"
+            ) from None
 
     facts = collect_facts(src)
     with tempfile.TemporaryDirectory(prefix="openllm-push-") as tmp:
@@ -120,30 +136,44 @@ def push_model(source: str | Path, *, repo_id: str, version: str | None = None, 
         elif facts.metrics and not (staging / "loss.png").exists():
             _plot(facts.metrics, staging / "loss.png", title=f"{repo_id} {version}")
         if facts.evaluation:
-            (staging / rundir.EVALUATION).write_text(json.dumps(facts.evaluation, indent=2) + "\n",
-                                                     encoding="utf-8")
+            (staging / rundir.EVALUATION).write_text(json.dumps(facts.evaluation, indent=2) + "\n", encoding="utf-8")
         if facts.config and not (staging / "openllm.json").exists():
-            (staging / "openllm.json").write_text(json.dumps({"format": "openllm", **facts.config}, indent=2) + "\n",
-                                                  encoding="utf-8")
-        card = model_card(facts, repo_id=repo_id, version=version, license=license, language=language,
-                          datasets=datasets, image_name="loss.png" if (staging / "loss.png").exists() else None,
-                          hub_name=getattr(h, "name", "local"))
+            (staging / "openllm.json").write_text(
+                json.dumps({"format": "openllm", **facts.config}, indent=2) + "\n", encoding="utf-8"
+            )
+        card = model_card(
+            facts,
+            repo_id=repo_id,
+            version=version,
+            license=license,
+            language=language,
+            datasets=datasets,
+            image_name="loss.png" if (staging / "loss.png").exists() else None,
+            hub_name=getattr(h, "name", "local"),
+        )
         (staging / "README.md").write_text(card, encoding="utf-8")
         files = sorted(str(p.relative_to(staging).as_posix()) for p in staging.rglob("*") if p.is_file())
         step_txt = f" (step {facts.step})" if facts.step is not None else ""
         size = sum((staging / f).stat().st_size for f in files)
         _say(progress, f"uploading {len(files)} files ({size / 1e6:.1f} MB) to {repo_id} on {h.describe()} ...")
         try:
-            commit = h.upload_version(repo_id=repo_id, folder_path=staging, repo_type="model", tag=version,
-                                      tag_message=f"version {version}{step_txt}", replace_tag=force,
-                                      delete_patterns=REPLACE_ALL,
-                                      commit_message=commit_message or f"Version {version}{step_txt}")
+            commit = h.upload_version(
+                repo_id=repo_id,
+                folder_path=staging,
+                repo_type="model",
+                tag=version,
+                tag_message=f"version {version}{step_txt}",
+                replace_tag=force,
+                delete_patterns=REPLACE_ALL,
+                commit_message=commit_message or f"Version {version}{step_txt}",
+            )
         except RevisionExists:
-            raise RevisionExists(f"{repo_id} got version {version} from someone else while uploading (nothing of "
-                                 f"this push was kept); versions are immutable: choose another --version, or "
-                                 f"replace it with --force") from None
-    return PushResult(repo_id=repo_id, version=version, commit=commit, step=facts.step, files=files,
-                      hub=h.describe())
+            raise RevisionExists(
+                f"{repo_id} got version {version} from someone else while uploading (nothing of "
+                f"this push was kept); versions are immutable: choose another --version, or "
+                f"replace it with --force"
+            ) from None
+    return PushResult(repo_id=repo_id, version=version, commit=commit, step=facts.step, files=files, hub=h.describe())
 
 
 def _plot(metrics: list[dict], out: Path, *, title: str) -> None:

@@ -9,14 +9,16 @@ continuously. Errors use OpenAI's shape, ``{"error": {"message", "type", "param"
 model's name), 422 (malformed JSON or a field of the wrong type; the message names the field), 429 (the
 queue is full), 500 (generation failed), 503 (the model is still loading).
 """
+
 from __future__ import annotations
 
 import hmac
 import logging
 import os
 import threading
+from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,11 +35,21 @@ DEFAULT_MAX_BODY = 4 << 20  # 4 MiB: far above any prompt that fits a small mode
 log = logging.getLogger("openllm.serve")
 
 
-def create_app(model: Any = None, tokenizer: Any = None, *, load: Callable[[], tuple[Any, Any]] | None = None,
-               model_name: str = "openllm", api_key: str | None = None, max_batch: int = 32,
-               kv_cache_tokens: int | None = None, prefill_chunk: int = 256, max_queue: int = 256,
-               batching: str = "continuous", max_body_bytes: int = DEFAULT_MAX_BODY,
-               on_ready: Callable[[ServerState], None] | None = None) -> FastAPI:
+def create_app(
+    model: Any = None,
+    tokenizer: Any = None,
+    *,
+    load: Callable[[], tuple[Any, Any]] | None = None,
+    model_name: str = "openllm",
+    api_key: str | None = None,
+    max_batch: int = 32,
+    kv_cache_tokens: int | None = None,
+    prefill_chunk: int = 256,
+    max_queue: int = 256,
+    batching: str = "continuous",
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    on_ready: Callable[[ServerState], None] | None = None,
+) -> FastAPI:
     """An app serving ``model`` (an :class:`openllm.model.Transformer` in eval mode) with ``tokenizer``
     (``encode``, ``decode``, ``eos_id``), or what ``load()`` returns as ``(model, tokenizer)``: then the
     model is loaded on a background thread once the server runs, and ``/health`` answers 503 until it is
@@ -51,14 +63,25 @@ def create_app(model: Any = None, tokenizer: Any = None, *, load: Callable[[], t
         raise ValueError("give either model and tokenizer, or load")
     if api_key is None:
         api_key = os.environ.get("OPENLLM_API_KEY") or None
-    options = {"max_batch": max_batch, "kv_cache_tokens": kv_cache_tokens, "prefill_chunk": prefill_chunk,
-               "max_queue": max_queue, "policy": batching}
+    options = {
+        "max_batch": max_batch,
+        "kv_cache_tokens": kv_cache_tokens,
+        "prefill_chunk": prefill_chunk,
+        "max_queue": max_queue,
+        "policy": batching,
+    }
     state = ServerState(model_name=model_name, api_key=api_key, engine_options=options, on_ready=on_ready)
     if model is not None:
         state.attach(model, tokenizer)  # errors in the options surface here, before serving
 
-    app = FastAPI(title="OpenLLM inference server", version="0.2.0", lifespan=_lifespan(state, load),
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="OpenLLM inference server",
+        version="0.2.0",
+        lifespan=_lifespan(state, load),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.state.server = state
     _install_error_handlers(app)
@@ -75,13 +98,13 @@ def _lifespan(state: ServerState, load: Callable[[], tuple[Any, Any]] | None):
         if state.engine is not None:
             state.engine.start()  # again, when an app is served a second time
         elif load is not None:
-            threading.Thread(target=_load_in_background, args=(state, load), name="openllm-load",
-                             daemon=True).start()
+            threading.Thread(target=_load_in_background, args=(state, load), name="openllm-load", daemon=True).start()
         try:
             yield
         finally:
             if state.engine is not None:
                 state.engine.stop()
+
     return lifespan
 
 
@@ -104,9 +127,14 @@ def _key_checker(state: ServerState):
         given = request.headers.get("authorization", "")
         token = given[7:].strip() if given[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
         if not token or not hmac.compare_digest(token.encode(), state.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                           type="authentication_error", code="invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                type="authentication_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
     return check_key
 
 
@@ -143,8 +171,12 @@ class BodyLimit:
         await self.app(scope, replayed, send)
 
     async def _refuse(self, scope, send) -> None:
-        response = ApiError(413, f"the request body is larger than the server's limit of {self.max_bytes:,} "
-                                 f"bytes (openllm serve --max-body-bytes)", code="request_too_large").response()
+        response = ApiError(
+            413,
+            f"the request body is larger than the server's limit of {self.max_bytes:,} "
+            f"bytes (openllm serve --max-body-bytes)",
+            code="request_too_large",
+        ).response()
         await response(scope, _no_body, send)
 
 
@@ -161,14 +193,22 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # unknown paths (404), wrong methods (405): the same JSON shape as every other error
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=kind,
-                        headers=getattr(exc, "headers", None)).response()
+        return ApiError(
+            exc.status_code,
+            f"{request.method} {request.url.path}: {exc.detail}",
+            code=kind,
+            headers=getattr(exc, "headers", None),
+        ).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error in %s %s", request.method, request.url.path)
-        return ApiError(500, f"internal error ({type(exc).__name__}); the server log has the details",
-                        type="server_error", code="internal_error").response()
+        return ApiError(
+            500,
+            f"internal error ({type(exc).__name__}); the server log has the details",
+            type="server_error",
+            code="internal_error",
+        ).response()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -186,5 +226,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             code = e.get("type", code) if len(parts) == 1 else code
         message = "; ".join(dict.fromkeys(parts)) or "invalid request"
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
-        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
-                                       "code": code}, "detail": detail}, status_code=422)
+        return JSONResponse(
+            {
+                "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code},
+                "detail": detail,
+            },
+            status_code=422,
+        )

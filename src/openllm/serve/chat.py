@@ -3,9 +3,11 @@
 ``Assistant:`` turn the model writes. The reply is what follows it (leading spaces dropped), up to EOS, the
 model starting the next turn (:data:`CHAT_STOPS`), or ``max_tokens``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..tokenizer import apply_chat_template
 

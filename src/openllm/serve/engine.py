@@ -25,14 +25,16 @@ sequence's own tokens. Results go back to the handler as events through ``job.em
   prompt's first entry None);
 - ``("error", message)``.
 """
+
 from __future__ import annotations
 
 import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -82,7 +84,7 @@ class Seq:
     logprobs: int | None = None  # None: no log-probabilities; N: the chosen token's and the N most likely
     prompt_logprobs: int | None = None  # the same for the prompt's tokens (completions' echo)
     # progress, written by the scheduler thread only
-    job: "Job | None" = field(default=None, repr=False)
+    job: Job | None = field(default=None, repr=False)
     slot: int | None = None
     filled: int = 0  # prompt tokens in the cache
     next_token: int | None = None  # sampled, not yet in the cache
@@ -127,8 +129,17 @@ class Engine:
     request may ask for.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 32, kv_cache_tokens: int | None = None,
-                 prefill_chunk: int = 256, max_queue: int = 256, policy: str = "continuous") -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch: int = 32,
+        kv_cache_tokens: int | None = None,
+        prefill_chunk: int = 256,
+        max_queue: int = 256,
+        policy: str = "continuous",
+    ) -> None:
         if max_batch < 1 or max_queue < 1 or prefill_chunk < 1:
             raise OpenLLMError("--max-batch, --max-queue and --prefill-chunk must be at least 1")
         if policy not in POLICIES:
@@ -136,17 +147,22 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.model_context = int(model.cfg.max_seq_len)
-        slot_len = self.model_context if kv_cache_tokens is None else min(self.model_context,
-                                                                          kv_cache_tokens // max_batch)
+        slot_len = (
+            self.model_context if kv_cache_tokens is None else min(self.model_context, kv_cache_tokens // max_batch)
+        )
         if slot_len < 2:
-            raise OpenLLMError(f"--kv-cache-tokens {kv_cache_tokens} gives each of the {max_batch} slots "
-                               f"(--max-batch) {slot_len} tokens; give at least {2 * max_batch}")
+            raise OpenLLMError(
+                f"--kv-cache-tokens {kv_cache_tokens} gives each of the {max_batch} slots "
+                f"(--max-batch) {slot_len} tokens; give at least {2 * max_batch}"
+            )
         try:
             self.cache = SlotCache(model, max_batch, slot_len)
         except (RuntimeError, MemoryError) as exc:  # torch's out-of-memory errors are RuntimeErrors
-            need = SlotCache.bytes_needed(model, max_batch, slot_len) / 2 ** 20
-            raise OpenLLMError(f"cannot allocate the KV cache ({max_batch} slots x {slot_len} tokens = "
-                               f"{need:.0f} MiB): {exc}; lower --max-batch or --kv-cache-tokens") from None
+            need = SlotCache.bytes_needed(model, max_batch, slot_len) / 2**20
+            raise OpenLLMError(
+                f"cannot allocate the KV cache ({max_batch} slots x {slot_len} tokens = "
+                f"{need:.0f} MiB): {exc}; lower --max-batch or --kv-cache-tokens"
+            ) from None
         self.context = slot_len  # the most prompt + max_tokens a request may ask for
         self.max_batch, self.max_queue = max_batch, max_queue
         self.prefill_chunk, self.policy = prefill_chunk, policy
@@ -157,11 +173,18 @@ class Engine:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.stats = {"steps": 0, "largest_batch": 0, "completed": 0, "cancelled": 0, "rejected": 0,
-                      "errors": 0, "tokens": 0}
+        self.stats = {
+            "steps": 0,
+            "largest_batch": 0,
+            "completed": 0,
+            "cancelled": 0,
+            "rejected": 0,
+            "errors": 0,
+            "tokens": 0,
+        }
 
     # --- lifecycle ------------------------------------------------------------------------------------
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         if next(self.model.parameters()).is_cuda:
             # cuDNN attention builds a plan for every new shape (~1.3 s each on an H200, and a server sees a
             # new length at almost every step); the flash and math kernels need none
@@ -194,8 +217,10 @@ class Engine:
             if not seq.prompt:
                 raise ValueError("every prompt needs at least one token")
             if len(seq.prompt) + seq.max_new > self.context:
-                raise ValueError(f"prompt ({len(seq.prompt)} tokens) + max_tokens ({seq.max_new}) exceeds "
-                                 f"the {self.context} tokens a sequence may use")
+                raise ValueError(
+                    f"prompt ({len(seq.prompt)} tokens) + max_tokens ({seq.max_new}) exceeds "
+                    f"the {self.context} tokens a sequence may use"
+                )
             seq.job = job
         with self._cond:
             if self._stopping:
@@ -217,19 +242,31 @@ class Engine:
         """Counters for /health and tests: waiting and running requests, slots, steps, tokens."""
         with self._cond:
             running_jobs = {id(s.job) for s in self._running}
-            return {**self.stats, "waiting": len(self._waiting), "running": len(running_jobs),
-                    "running_seqs": len(self._running), "slots_used": self.cache.used,
-                    "slots": self.cache.slots, "slot_tokens": self.cache.slot_len, "max_queue": self.max_queue,
-                    "policy": self.policy}
+            return {
+                **self.stats,
+                "waiting": len(self._waiting),
+                "running": len(running_jobs),
+                "running_seqs": len(self._running),
+                "slots_used": self.cache.used,
+                "slots": self.cache.slots,
+                "slot_tokens": self.cache.slot_len,
+                "max_queue": self.max_queue,
+                "policy": self.policy,
+            }
 
     def gauges(self) -> dict:
         with self._cond:
             running = {id(s.job) for s in self._running}
             waiting = sum(1 for j in self._waiting if id(j) not in running)
-            return {"requests_running": len(running), "requests_waiting": waiting,
-                    "sequences_running": len(self._running), "slots_used": self.cache.used,
-                    "slots": self.cache.slots, "slot_tokens": self.cache.slot_len,
-                    "kv_cache_usage": self.cache.tokens / self.cache.capacity}
+            return {
+                "requests_running": len(running),
+                "requests_waiting": waiting,
+                "sequences_running": len(self._running),
+                "slots_used": self.cache.used,
+                "slots": self.cache.slots,
+                "slot_tokens": self.cache.slot_len,
+                "kv_cache_usage": self.cache.tokens / self.cache.capacity,
+            }
 
     # --- scheduler thread -----------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -296,7 +333,7 @@ class Engine:
     def _prefill(self, seq: Seq, n: int) -> None:
         start = seq.filled
         device = self.cache.keys[0].device
-        ids = torch.as_tensor([seq.prompt[start:start + n]], dtype=torch.long, device=device)
+        ids = torch.as_tensor([seq.prompt[start : start + n]], dtype=torch.long, device=device)
         scored = seq.prompt_logprobs is not None
         logits = slot_forward(self.model, self.cache, ids, [seq.slot], [start], last_only=not scored)[0]
         seq.filled += n
@@ -305,8 +342,8 @@ class Engine:
         if scored:
             if start == 0:
                 seq.prompt_lps.append(None)  # the first token has no context to be scored in
-            targets = seq.prompt[start + 1:start + n + 1]
-            lps = logits[:len(targets)].float().log_softmax(-1)
+            targets = seq.prompt[start + 1 : start + n + 1]
+            lps = logits[: len(targets)].float().log_softmax(-1)
             for row, tok in zip(lps, targets):
                 seq.prompt_lps.append(_entry(row, tok, seq.prompt_logprobs))
         if seq.filled == len(seq.prompt):
@@ -337,7 +374,7 @@ class Engine:
             sp = s.job.sampling
             if sp.temperature > 0:
                 params = SamplingParams(temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p)
-                scores = _process_logits(logits[b:b + 1], None, params)
+                scores = _process_logits(logits[b : b + 1], None, params)
                 tok = int(torch.multinomial(scores.softmax(-1), 1, generator=s.gen))
             else:
                 tok = greedy[b]
@@ -378,7 +415,7 @@ class Engine:
                     job.emit(("delta", seq.index, piece, self._new_lps(seq)))
 
     def _new_lps(self, seq: Seq) -> list:
-        new = seq.token_lps[seq.lps_sent:]
+        new = seq.token_lps[seq.lps_sent :]
         seq.lps_sent = len(seq.token_lps)
         return new
 
@@ -407,8 +444,16 @@ class Engine:
             self._count_finish("cancelled" if cancelled else reason)
             with self.metrics.lock:
                 self.metrics.e2e.observe(time.monotonic() - job.submitted)
-        job.emit(("finish", seq.index, reason, seq.generated, seq.text.text,
-                  {"prompt": seq.prompt_lps, "tokens": seq.token_lps}))
+        job.emit(
+            (
+                "finish",
+                seq.index,
+                reason,
+                seq.generated,
+                seq.text.text,
+                {"prompt": seq.prompt_lps, "tokens": seq.token_lps},
+            )
+        )
 
     def _fail(self, job: Job, message: str) -> None:
         """End ``job`` with an error event, freeing its slots."""
@@ -438,7 +483,7 @@ def _generator(seed: int | None, index: int, device: torch.device) -> torch.Gene
     if seed is None:
         gen.seed()
     else:
-        gen.manual_seed((seed + index * 0x9E3779B97F4A7C15) % 2 ** 63)
+        gen.manual_seed((seed + index * 0x9E3779B97F4A7C15) % 2**63)
     return gen
 
 

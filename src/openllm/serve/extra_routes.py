@@ -1,10 +1,10 @@
 """The endpoints beyond OpenAI's: ``/health``, ``/metrics`` (Prometheus), ``/tokenize``, ``/detokenize`` and
 ``/tokenizer_info`` (vLLM's shapes, which lm-eval's remote tokenizer reads), and the original OpenLLM
 ``POST /generate``."""
+
 from __future__ import annotations
 
 import time
-from typing import Union
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -26,7 +26,7 @@ router = APIRouter()
 
 class TokenizeRequest(_Body):
     model: str | None = None
-    prompt: Union[str, None] = None
+    prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
     return_token_strs: bool = False
@@ -92,10 +92,18 @@ async def tokenizer_info(request: Request) -> dict:
     engine = state.require_engine()
     tok = state.tokenizer
     piece = getattr(tok, "id_to_piece", None)
-    names = {k: piece(getattr(tok, f"{k}_id")) if piece and getattr(tok, f"{k}_id", None) is not None else None
-             for k in ("eos", "bos", "pad")}
-    return {"tokenizer_class": type(tok).__name__, "eos_token": names["eos"], "bos_token": names["bos"],
-            "pad_token": names["pad"], "model_max_length": engine.context, "chat_template": CHAT_TEMPLATE}
+    names = {
+        k: piece(getattr(tok, f"{k}_id")) if piece and getattr(tok, f"{k}_id", None) is not None else None
+        for k in ("eos", "bos", "pad")
+    }
+    return {
+        "tokenizer_class": type(tok).__name__,
+        "eos_token": names["eos"],
+        "bos_token": names["bos"],
+        "pad_token": names["pad"],
+        "model_max_length": engine.context,
+        "chat_template": CHAT_TEMPLATE,
+    }
 
 
 @router.post("/generate")
@@ -116,10 +124,18 @@ async def generate(body: GenerateRequest, request: Request):
     except ClientGone:
         return Response(status_code=499)
     order = sorted(results)
-    return {"generated_text": [results[i][4] for i in order], "prompt": body.prompt,
-            "generation_time": round(time.perf_counter() - start, 4),
-            "parameters": {"max_new_tokens": max_new, "temperature": body.temperature, "top_k": body.top_k,
-                           "top_p": body.top_p, "num_return_sequences": body.num_return_sequences,
-                           "seed": body.seed},
-            "finish_reasons": [results[i][2] for i in order],
-            "usage": usage(len(prompt), sum(r[3] for r in results.values()))}
+    return {
+        "generated_text": [results[i][4] for i in order],
+        "prompt": body.prompt,
+        "generation_time": round(time.perf_counter() - start, 4),
+        "parameters": {
+            "max_new_tokens": max_new,
+            "temperature": body.temperature,
+            "top_k": body.top_k,
+            "top_p": body.top_p,
+            "num_return_sequences": body.num_return_sequences,
+            "seed": body.seed,
+        },
+        "finish_reasons": [results[i][2] for i in order],
+        "usage": usage(len(prompt), sum(r[3] for r in results.values())),
+    }

@@ -9,9 +9,10 @@ row of a step carries its own slot and its own positions.
 ``forward``) with those per-row positions: it writes each row's new keys and values into its slot and lets
 each query see its own slot's keys up to its own position.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +76,15 @@ class SlotCache:
 
 
 @torch.no_grad()
-def slot_forward(model: Transformer, cache: SlotCache, ids: torch.Tensor, slots: Sequence[int],
-                 starts: Sequence[int], *, last_only: bool = True) -> torch.Tensor:
+def slot_forward(
+    model: Transformer,
+    cache: SlotCache,
+    ids: torch.Tensor,
+    slots: Sequence[int],
+    starts: Sequence[int],
+    *,
+    last_only: bool = True,
+) -> torch.Tensor:
     """Logits for ``ids`` (B, T): row b continues the sequence in slot ``slots[b]`` from position
     ``starts[b]`` (its tokens before that are in the cache). Returns (B, 1, vocab) with ``last_only``, else
     (B, T, vocab); the slots' lengths become ``starts[b] + T``."""
@@ -101,8 +109,9 @@ def slot_forward(model: Transformer, cache: SlotCache, ids: torch.Tensor, slots:
     slot_t = torch.as_tensor(list(slots), device=device)
     x = model.tok_embeddings(ids)
     for i, layer in enumerate(model.layers):
-        x = x + _attention(layer.attn, layer.attn_norm(x), cos, sin, cache, i, slots, starts, slot_t, pos, kmax,
-                           mask, causal)
+        x = x + _attention(
+            layer.attn, layer.attn_norm(x), cos, sin, cache, i, slots, starts, slot_t, pos, kmax, mask, causal
+        )
         x = x + layer.mlp(layer.mlp_norm(x))
     for s, e in zip(slots, ends):
         cache.lengths[s] = e
@@ -116,19 +125,20 @@ def _attention(attn, x, cos, sin, cache: SlotCache, layer: int, slots, starts, s
     H, Hkv, D = attn.n_heads, attn.n_kv_heads, attn.head_dim
     qkv = _linear(attn.wqkv, x).view(B, T, H + 2 * Hkv, D).transpose(1, 2)
     q, k = apply_rope(qkv[:, : H + Hkv], cos, sin).split([H, Hkv], dim=1)
-    v = qkv[:, H + Hkv:]
+    v = qkv[:, H + Hkv :]
     K, V = cache.keys[layer], cache.values[layer]
     if B == 1:
         s, a = slots[0], starts[0]
-        K[s, :, a:a + T] = k[0]
-        V[s, :, a:a + T] = v[0]
-        keys, values = K[s:s + 1, :, :kmax], V[s:s + 1, :, :kmax]  # views: no copy
+        K[s, :, a : a + T] = k[0]
+        V[s, :, a : a + T] = v[0]
+        keys, values = K[s : s + 1, :, :kmax], V[s : s + 1, :, :kmax]  # views: no copy
     else:
         K[slot_t[:, None], :, pos] = k.transpose(1, 2)  # (B, T, Hkv, D) into each row's slot and positions
         V[slot_t[:, None], :, pos] = v.transpose(1, 2)
         # narrowing first, then picking the slots, copies only the keys in use (measured ~2.5x faster than
         # K[slot_t, :, :kmax] on a CPU)
         keys, values = K[:, :, :kmax].index_select(0, slot_t), V[:, :, :kmax].index_select(0, slot_t)
-    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None and causal,
-                                       **({"enable_gqa": True} if Hkv != H else {}))
+    y = F.scaled_dot_product_attention(
+        q, keys, values, attn_mask=mask, is_causal=mask is None and causal, **({"enable_gqa": True} if Hkv != H else {})
+    )
     return _linear(attn.wo, y.transpose(1, 2).reshape(B, T, -1))

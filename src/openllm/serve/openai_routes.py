@@ -1,13 +1,15 @@
 """OpenAI's endpoints: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/completions`` and
 ``POST /v1/chat/completions`` (streaming or not, with log-probabilities)."""
+
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from .chat import CHAT_STOPS, chat_prompt
@@ -33,8 +35,13 @@ def _gone() -> Response:
 
 def _model_card(state: ServerState) -> dict:
     engine = state.require_engine()
-    return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "openllm",
-            "max_model_len": engine.context}
+    return {
+        "id": state.model_name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "openllm",
+        "max_model_len": engine.context,
+    }
 
 
 @router.get("/v1/models")
@@ -72,9 +79,12 @@ def _completion_logprobs(state: ServerState, entries: Sequence[tuple | None], of
 def _prompt_first(state: ServerState, ids: list[int], out: dict) -> dict:
     """Put the prompt's unscored first token in front, as OpenAI does (logprob and top None)."""
     text = state.token_text(ids[0])
-    return {"tokens": [text] + out["tokens"], "token_logprobs": [None] + out["token_logprobs"],
-            "top_logprobs": [None] + out["top_logprobs"],
-            "text_offset": [0] + [o + len(text) for o in out["text_offset"]]}
+    return {
+        "tokens": [text] + out["tokens"],
+        "token_logprobs": [None] + out["token_logprobs"],
+        "top_logprobs": [None] + out["top_logprobs"],
+        "text_offset": [0] + [o + len(text) for o in out["text_offset"]],
+    }
 
 
 @router.post("/v1/completions")
@@ -92,21 +102,38 @@ async def completions(body: CompletionRequest, request: Request):
     if not prompts:
         raise ApiError(400, "prompt is an empty list; give a string, a list of strings or token ids", param="prompt")
     # tokenizing a long prompt takes time: off the event loop, so /health and other requests stay responsive
-    encoded = await run_in_threadpool(lambda: [state.encode(p) if isinstance(p, str) else state.check_ids(p)
-                                               for p in prompts])
+    encoded = await run_in_threadpool(
+        lambda: [state.encode(p) if isinstance(p, str) else state.check_ids(p) for p in prompts]
+    )
     if len(encoded) * body.n > _MAX_SEQS:
-        raise ApiError(400, f"{len(encoded)} prompts x n={body.n} = {len(encoded) * body.n} sequences; at most "
-                            f"{_MAX_SEQS} a request", param="prompt")
+        raise ApiError(
+            400,
+            f"{len(encoded)} prompts x n={body.n} = {len(encoded) * body.n} sequences; at most {_MAX_SEQS} a request",
+            param="prompt",
+        )
     if body.stream and body.echo and body.logprobs is not None:
-        raise ApiError(400, "echo with logprobs is not supported when streaming; send stream: false",
-                       param="echo", code="unsupported_parameter")
+        raise ApiError(
+            400,
+            "echo with logprobs is not supported when streaming; send stream: false",
+            param="echo",
+            code="unsupported_parameter",
+        )
     stops = state.stops(body.stop)
     echo_lps = body.logprobs if body.echo else None
     seqs = []
     for i, ids in enumerate(encoded):
         max_new = state.budget(len(ids), body.max_tokens, 16)
-        seqs += [Seq(prompt=ids, max_new=max_new, index=i * body.n + j, stops=stops, logprobs=body.logprobs,
-                     prompt_logprobs=echo_lps) for j in range(body.n)]
+        seqs += [
+            Seq(
+                prompt=ids,
+                max_new=max_new,
+                index=i * body.n + j,
+                stops=stops,
+                logprobs=body.logprobs,
+                prompt_logprobs=echo_lps,
+            )
+            for j in range(body.n)
+        ]
     prompt_texts = [p if isinstance(p, str) else state.tokenizer.decode(list(p)) for p in prompts]
     echoes = [t if body.echo else "" for t in prompt_texts]
     prompt_tokens = sum(len(ids) for ids in encoded)
@@ -128,8 +155,15 @@ async def completions(body: CompletionRequest, request: Request):
         offsets = {s.index: (0 if body.echo else len(prompt_texts[s.index // body.n])) for s in seqs}
 
         def chunk(index: int, text: str, finish: str | None, logprobs: dict | None = None) -> str:
-            return sse({"id": cid, "object": "text_completion", "created": now, "model": name,
-                        "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}]})
+            return sse(
+                {
+                    "id": cid,
+                    "object": "text_completion",
+                    "created": now,
+                    "model": name,
+                    "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}],
+                }
+            )
 
         def delta(index: int, text: str, lps: list) -> str:
             if body.logprobs is None:
@@ -139,35 +173,76 @@ async def completions(body: CompletionRequest, request: Request):
             return chunk(index, text, None, out)
 
         def usage_chunk(completion_tokens: int) -> str:
-            return sse({"id": cid, "object": "text_completion", "created": now, "model": name,
-                        "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+            return sse(
+                {
+                    "id": cid,
+                    "object": "text_completion",
+                    "created": now,
+                    "model": name,
+                    "choices": [],
+                    "usage": usage(prompt_tokens, completion_tokens),
+                }
+            )
 
         prelude = [chunk(s.index, echoes[s.index // body.n], None) for s in seqs if echoes[s.index // body.n]]
-        return streaming_response(sse_stream(state, job, queue, prelude=prelude, delta=delta,
-                                             finish=lambda i, reason: chunk(i, "", reason),
-                                             usage_chunk=usage_chunk if include_usage else None))
+        return streaming_response(
+            sse_stream(
+                state,
+                job,
+                queue,
+                prelude=prelude,
+                delta=delta,
+                finish=lambda i, reason: chunk(i, "", reason),
+                usage_chunk=usage_chunk if include_usage else None,
+            )
+        )
 
     try:
         results = await collect(state, request, job, queue)
     except ClientGone:
         return _gone()
-    choices = [{"index": i, "text": echoes[i // body.n] + results[i][4], "logprobs": choice_logprobs(i, results[i]),
-                "finish_reason": results[i][2]} for i in sorted(results)]
-    return {"id": cid, "object": "text_completion", "created": now, "model": name, "choices": choices,
-            "usage": usage(prompt_tokens, sum(r[3] for r in results.values()))}
+    choices = [
+        {
+            "index": i,
+            "text": echoes[i // body.n] + results[i][4],
+            "logprobs": choice_logprobs(i, results[i]),
+            "finish_reason": results[i][2],
+        }
+        for i in sorted(results)
+    ]
+    return {
+        "id": cid,
+        "object": "text_completion",
+        "created": now,
+        "model": name,
+        "choices": choices,
+        "usage": usage(prompt_tokens, sum(r[3] for r in results.values())),
+    }
 
 
 # --- chat -----------------------------------------------------------------------------------------------
 def _refuse_unsupported_chat(body: ChatRequest) -> None:
     if body.tools or body.functions:
-        raise ApiError(400, "tools (function calling) are not supported by this server", param="tools",
-                       code="unsupported_parameter")
+        raise ApiError(
+            400,
+            "tools (function calling) are not supported by this server",
+            param="tools",
+            code="unsupported_parameter",
+        )
     if body.tool_choice not in (None, "none") or body.function_call not in (None, "none"):
-        raise ApiError(400, "tool_choice is not supported by this server (it has no tools)", param="tool_choice",
-                       code="unsupported_parameter")
+        raise ApiError(
+            400,
+            "tool_choice is not supported by this server (it has no tools)",
+            param="tool_choice",
+            code="unsupported_parameter",
+        )
     if body.response_format is not None and body.response_format.get("type", "text") != "text":
-        raise ApiError(400, f"response_format {body.response_format.get('type')!r} is not supported; only "
-                            f"'text' is", param="response_format", code="unsupported_parameter")
+        raise ApiError(
+            400,
+            f"response_format {body.response_format.get('type')!r} is not supported; only 'text' is",
+            param="response_format",
+            code="unsupported_parameter",
+        )
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
 
@@ -176,9 +251,17 @@ def _chat_logprobs(state: ServerState, entries: Sequence[tuple]) -> dict:
     content = []
     for tok, lp, top in entries:
         text = state.token_text(tok)
-        content.append({"token": text, "logprob": lp, "bytes": list(text.encode("utf-8")),
-                        "top_logprobs": [{"token": (t := state.token_text(i)), "logprob": v,
-                                          "bytes": list(t.encode("utf-8"))} for i, v in top]})
+        content.append(
+            {
+                "token": text,
+                "logprob": lp,
+                "bytes": list(text.encode("utf-8")),
+                "top_logprobs": [
+                    {"token": (t := state.token_text(i)), "logprob": v, "bytes": list(t.encode("utf-8"))}
+                    for i, v in top
+                ],
+            }
+        )
     return {"content": content, "refusal": None}
 
 
@@ -194,8 +277,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     max_new = state.budget(len(prompt), requested, None, param)
     stops = CHAT_STOPS + state.stops(body.stop)
     top = (body.top_logprobs or 0) if body.logprobs else None
-    seqs = [Seq(prompt=prompt, max_new=max_new, index=j, stops=stops, lstrip=True, logprobs=top)
-            for j in range(body.n)]
+    seqs = [Seq(prompt=prompt, max_new=max_new, index=j, stops=stops, lstrip=True, logprobs=top) for j in range(body.n)]
     job, queue = submit(state, seqs, state.sampling(body), stream=body.stream)
     cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -203,27 +285,61 @@ async def chat_completions(body: ChatRequest, request: Request):
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         def chunk(index: int, delta: dict, finish: str | None, logprobs: dict | None = None) -> str:
-            return sse({"id": cid, "object": "chat.completion.chunk", "created": now, "model": name,
-                        "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
+            return sse(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": now,
+                    "model": name,
+                    "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+                }
+            )
 
         def usage_chunk(completion_tokens: int) -> str:
-            return sse({"id": cid, "object": "chat.completion.chunk", "created": now, "model": name,
-                        "choices": [], "usage": usage(len(prompt), completion_tokens)})
+            return sse(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": now,
+                    "model": name,
+                    "choices": [],
+                    "usage": usage(len(prompt), completion_tokens),
+                }
+            )
 
         prelude = [chunk(s.index, {"role": "assistant", "content": ""}, None) for s in seqs]
-        return streaming_response(sse_stream(
-            state, job, queue, prelude=prelude,
-            delta=lambda i, text, lps: chunk(i, {"content": text}, None,
-                                             _chat_logprobs(state, lps) if top is not None else None),
-            finish=lambda i, reason: chunk(i, {}, reason),
-            usage_chunk=usage_chunk if include_usage else None))
+        return streaming_response(
+            sse_stream(
+                state,
+                job,
+                queue,
+                prelude=prelude,
+                delta=lambda i, text, lps: chunk(
+                    i, {"content": text}, None, _chat_logprobs(state, lps) if top is not None else None
+                ),
+                finish=lambda i, reason: chunk(i, {}, reason),
+                usage_chunk=usage_chunk if include_usage else None,
+            )
+        )
 
     try:
         results = await collect(state, request, job, queue)
     except ClientGone:
         return _gone()
-    choices = [{"index": i, "message": {"role": "assistant", "content": results[i][4]},
-                "logprobs": _chat_logprobs(state, results[i][5]["tokens"]) if top is not None else None,
-                "finish_reason": results[i][2]} for i in sorted(results)]
-    return {"id": cid, "object": "chat.completion", "created": now, "model": name, "choices": choices,
-            "usage": usage(len(prompt), sum(r[3] for r in results.values()))}
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": results[i][4]},
+            "logprobs": _chat_logprobs(state, results[i][5]["tokens"]) if top is not None else None,
+            "finish_reason": results[i][2],
+        }
+        for i in sorted(results)
+    ]
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": now,
+        "model": name,
+        "choices": choices,
+        "usage": usage(len(prompt), sum(r[3] for r in results.values())),
+    }

@@ -2,15 +2,16 @@
 number). Fields and defaults follow OpenAI's completions and chat completions APIs; fields we accept but
 the server cannot honour (``tools``, ``response_format`` other than text, ...) are refused with a 400 by the
 handlers rather than ignored. Unknown fields are ignored, as OpenAI-compatible servers do."""
+
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["CompletionRequest", "ChatRequest", "ChatMessage", "GenerateRequest", "StreamOptions"]
 
-Stop = Union[str, list[str], None]
+Stop = str | list[str] | None
 
 
 class _Body(BaseModel):
@@ -39,7 +40,7 @@ class _Sampling(_Body):
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, list[str], list[int], list[list[int]]] = ""
+    prompt: str | list[str] | list[int] | list[list[int]] = ""
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     best_of: int | None = None
@@ -53,7 +54,7 @@ class _TextPart(_Body):
 
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[_TextPart], None] = None
+    content: str | list[_TextPart] | None = None
     name: str | None = None
 
     def text(self) -> str:

@@ -1,5 +1,6 @@
 """Running the app under uvicorn: in the foreground (the CLI) or on a background thread (tests, benchmarks,
 notebooks)."""
+
 from __future__ import annotations
 
 import signal
@@ -11,8 +12,9 @@ from typing import Any
 __all__ = ["run_server", "ServerThread", "app_from_source"]
 
 
-def app_from_source(source: str, *, device: str = "cpu", hub: Any = None, model_name: str | None = None,
-                    **app_options: Any) -> Any:
+def app_from_source(
+    source: str, *, device: str = "cpu", hub: Any = None, model_name: str | None = None, **app_options: Any
+) -> Any:
     """:func:`~openllm.serve.app.create_app` over ``openllm.load(source)``, loaded on a background thread
     once the server runs (``/health`` answers 503 until then; ``app.state.server.load_error`` says why it
     failed). The model id defaults to the hub reference (``OWNER/NAME@VERSION``) or the folder's name."""
@@ -40,8 +42,9 @@ def app_from_source(source: str, *, device: str = "cpu", hub: Any = None, model_
     return app
 
 
-def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info",
-               shutdown_timeout: float = 10.0) -> bool:
+def run_server(
+    app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", shutdown_timeout: float = 10.0
+) -> bool:
     """Serve until SIGTERM or Ctrl-C. On either, the server stops accepting connections, lets in-flight
     requests finish for up to ``shutdown_timeout`` seconds, cancels the rest, and returns (True when a
     signal ended it, so the process can exit 0)."""
@@ -67,14 +70,22 @@ class ServerThread:
     """A real uvicorn server on a background thread; ``port=0`` picks a free port. Use as a context
     manager; ``url`` is ``http://HOST:PORT``."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning",
-                 shutdown_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        log_level: str = "warning",
+        shutdown_timeout: float = 2.0,
+    ) -> None:
         import uvicorn
 
         self.app = app
         self.host = host
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
-                                timeout_graceful_shutdown=shutdown_timeout)
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=shutdown_timeout
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="openllm-serve", daemon=True)
         self.port = port
@@ -83,7 +94,7 @@ class ServerThread:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> "ServerThread":
+    def start(self, timeout: float = 30.0) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
@@ -97,7 +108,7 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

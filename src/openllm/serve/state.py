@@ -1,12 +1,14 @@
 """What the endpoints share: the server's state (the model once loaded, its engine, names, the API key),
 OpenAI-shaped errors, and the request checks every generation endpoint makes (tokenizing, the context
 budget, stop strings, sampling options)."""
+
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from fastapi.responses import JSONResponse
 
@@ -21,8 +23,16 @@ _MAX_STOPS = 4
 class ApiError(Exception):
     """An error answered to the client in OpenAI's error shape."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers
@@ -46,7 +56,7 @@ class ServerState:
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     ready: threading.Event = field(default_factory=threading.Event)
-    on_ready: Callable[["ServerState"], None] | None = None  # after a background load, failed or not
+    on_ready: Callable[[ServerState], None] | None = None  # after a background load, failed or not
 
     def attach(self, model: Any, tokenizer: Any) -> None:
         """Build the engine over ``model`` and start serving it."""
@@ -64,8 +74,12 @@ class ServerState:
     def check_model(self, name: str | None) -> str:
         """The model id to answer with; a request naming another model is a 404."""
         if name is not None and name != self.model_name:
-            raise ApiError(404, f"the model '{name}' does not exist; this server serves '{self.model_name}' "
-                                f"(GET /v1/models)", param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"the model '{name}' does not exist; this server serves '{self.model_name}' (GET /v1/models)",
+                param="model",
+                code="model_not_found",
+            )
         return self.model_name
 
     def encode(self, text: str) -> list[int]:
@@ -85,19 +99,31 @@ class ServerState:
         the room its KV-cache slot leaves after the prompt."""
         engine = self.require_engine()
         ctx = engine.context
-        what = (f"the model's context of {ctx} tokens" if ctx == engine.model_context else
-                f"the {ctx} tokens a KV-cache slot holds (--kv-cache-tokens / --max-batch)")
+        what = (
+            f"the model's context of {ctx} tokens"
+            if ctx == engine.model_context
+            else f"the {ctx} tokens a KV-cache slot holds (--kv-cache-tokens / --max-batch)"
+        )
         if prompt_len >= ctx:
-            raise ApiError(400, f"the prompt is {prompt_len} tokens but a sequence may use {what}, which leaves "
-                                f"no room to generate; shorten the prompt to at most {ctx - 1} tokens",
-                           param="prompt", code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"the prompt is {prompt_len} tokens but a sequence may use {what}, which leaves "
+                f"no room to generate; shorten the prompt to at most {ctx - 1} tokens",
+                param="prompt",
+                code="context_length_exceeded",
+            )
         room = ctx - prompt_len
         if requested is None:
             return room if default is None else min(default, room)
         if requested > room:
-            raise ApiError(400, f"{param} ({requested}) + the prompt ({prompt_len} tokens) = {requested + prompt_len} "
-                                f"tokens, more than {what}; ask for at most {room} new tokens or shorten the "
-                                f"prompt", param=param, code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"{param} ({requested}) + the prompt ({prompt_len} tokens) = {requested + prompt_len} "
+                f"tokens, more than {what}; ask for at most {room} new tokens or shorten the "
+                f"prompt",
+                param=param,
+                code="context_length_exceeded",
+            )
         return requested
 
     @staticmethod
@@ -119,17 +145,22 @@ class ServerState:
             bias = {}
             for key, value in logit_bias.items():
                 if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab:
-                    raise ApiError(400, f"logit_bias keys are token ids in [0, {vocab}); got {key!r}",
-                                   param="logit_bias")
+                    raise ApiError(
+                        400, f"logit_bias keys are token ids in [0, {vocab}); got {key!r}", param="logit_bias"
+                    )
                 if not -100 <= value <= 100:
                     raise ApiError(400, f"logit_bias values are in [-100, 100]; got {value}", param="logit_bias")
                 bias[int(key)] = float(value)
         top_p = body.top_p
-        return Sampling(temperature=effective_temperature(body.temperature),
-                        top_p=None if top_p is None or top_p >= 1.0 else top_p,
-                        top_k=body.top_k, seed=body.seed,
-                        presence_penalty=getattr(body, "presence_penalty", None) or 0.0,
-                        frequency_penalty=getattr(body, "frequency_penalty", None) or 0.0, logit_bias=bias)
+        return Sampling(
+            temperature=effective_temperature(body.temperature),
+            top_p=None if top_p is None or top_p >= 1.0 else top_p,
+            top_k=body.top_k,
+            seed=body.seed,
+            presence_penalty=getattr(body, "presence_penalty", None) or 0.0,
+            frequency_penalty=getattr(body, "frequency_penalty", None) or 0.0,
+            logit_bias=bias,
+        )
 
     def token_text(self, tok: int) -> str:
         """One token as text, the way it adds to the text before it (SentencePiece's '▁' is a space)."""

@@ -1,10 +1,12 @@
 """Between a handler and the engine: submitting a job, waiting for its results (cancelling it when the client
 goes away), and server-sent events."""
+
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -37,8 +39,13 @@ def submit(state: ServerState, seqs: list[Seq], sampling: Sampling, *, stream: b
     try:
         engine.submit(job)
     except QueueFull as exc:
-        raise ApiError(429, f"the server is busy: {exc}; retry shortly", type="rate_limit_error",
-                       code="queue_full", headers={"Retry-After": "1"}) from None
+        raise ApiError(
+            429,
+            f"the server is busy: {exc}; retry shortly",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": "1"},
+        ) from None
     return job, queue
 
 
@@ -80,9 +87,16 @@ def sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def sse_stream(state: ServerState, job: Job, queue: asyncio.Queue, *, prelude: list[str],
-                     delta: Callable[[int, str, list], str], finish: Callable[[int, str], str],
-                     usage_chunk: Callable[[int], str] | None = None) -> AsyncIterator[str]:
+async def sse_stream(
+    state: ServerState,
+    job: Job,
+    queue: asyncio.Queue,
+    *,
+    prelude: list[str],
+    delta: Callable[[int, str, list], str],
+    finish: Callable[[int, str], str],
+    usage_chunk: Callable[[int], str] | None = None,
+) -> AsyncIterator[str]:
     """One SSE stream for both completion shapes: ``prelude`` chunks, then a chunk per delta
     (``delta(index, text, logprobs)``) and per finished sequence (``finish(index, reason)``), a final usage
     chunk when asked (``usage_chunk(completion_tokens)``), then [DONE]. A failed generation ends with an
@@ -101,8 +115,9 @@ async def sse_stream(state: ServerState, job: Job, queue: asyncio.Queue, *, prel
                 completion_tokens += event[3]
                 yield finish(event[1], event[2])
             else:
-                yield sse({"error": {"message": event[1], "type": "server_error", "param": None,
-                                     "code": "generation_failed"}})
+                yield sse(
+                    {"error": {"message": event[1], "type": "server_error", "param": None, "code": "generation_failed"}}
+                )
                 return
         if usage_chunk is not None:
             yield usage_chunk(completion_tokens)
@@ -112,10 +127,14 @@ async def sse_stream(state: ServerState, job: Job, queue: asyncio.Queue, *, prel
 
 
 def streaming_response(body: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(body, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -1,5 +1,6 @@
 """Generated token ids -> text for one sequence: incremental decoding, stop strings, and what a stream may
 send yet (text that could still grow into a stop string, or half a UTF-8 character, is held back)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,7 +27,7 @@ class TextState:
     def decode(self) -> str:
         full = self.tokenizer.decode(self._context + self.ids)
         ctx = self._context_text
-        text = full[len(ctx):] if full.startswith(ctx) else self.tokenizer.decode(self.ids)
+        text = full[len(ctx) :] if full.startswith(ctx) else self.tokenizer.decode(self.ids)
         return text.lstrip() if self.lstrip else text
 
     def add(self, token: int, *, final: bool, look: bool) -> None:
@@ -60,5 +61,5 @@ class TextState:
             end -= max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
         if end <= self.sent:
             return ""
-        piece, self.sent = self.text[self.sent:end], end
+        piece, self.sent = self.text[self.sent : end], end
         return piece

@@ -4,6 +4,7 @@ Steps (those of ``sync`` up to validation): copy the synced files by the manifes
 dependencies of ``app.py`` over the project's modules, generate the Space-specific files (``app.py``,
 ``README.md``, ``requirements.txt``, ``HELP.md``, ``.gitignore``), then check every written file's hash.
 """
+
 from __future__ import annotations
 
 import ast
@@ -31,9 +32,16 @@ _LAUNCHERS = ("launch", "serve", "main", "run")
 _HOST_ARGS = ("host", "server_name")
 _PORT_ARGS = ("port", "server_port")
 # HF's SPDX-ish license ids for the front matter (pyproject uses SPDX expressions)
-_LICENSES = {"gpl-3.0-or-later": "gpl-3.0", "gpl-3.0-only": "gpl-3.0", "gpl-3.0": "gpl-3.0",
-             "mit": "mit", "apache-2.0": "apache-2.0", "bsd-3-clause": "bsd-3-clause",
-             "lgpl-3.0-or-later": "lgpl-3.0", "agpl-3.0-or-later": "agpl-3.0"}
+_LICENSES = {
+    "gpl-3.0-or-later": "gpl-3.0",
+    "gpl-3.0-only": "gpl-3.0",
+    "gpl-3.0": "gpl-3.0",
+    "mit": "mit",
+    "apache-2.0": "apache-2.0",
+    "bsd-3-clause": "bsd-3-clause",
+    "lgpl-3.0-or-later": "lgpl-3.0",
+    "agpl-3.0-or-later": "agpl-3.0",
+}
 
 
 class BuildError(OpenLLMError):
@@ -45,9 +53,9 @@ class BuildResult:
     """What a build made: the Space tree as ``{path: sha256}`` and where each file came from."""
 
     out: Path | None
-    files: dict[str, str]                     # Space path -> sha256
-    sources: dict[str, str]                   # Space path -> repository path, or "generated"
-    closure: list[str]                        # modules app.py imports (transitively)
+    files: dict[str, str]  # Space path -> sha256
+    sources: dict[str, str]  # Space path -> repository path, or "generated"
+    closure: list[str]  # modules app.py imports (transitively)
     requirements: list[str]
     notes: list[str] = field(default_factory=list)
     contents: dict[str, bytes] = field(default_factory=dict, repr=False)  # generated files' bytes
@@ -70,7 +78,7 @@ def _call_for(fn: ast.FunctionDef, var: str) -> tuple[str, bool]:
     """The keyword arguments to pass host/port to ``fn``; and whether it takes them at all."""
     a = fn.args
     names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
-    required = [x.arg for x in (a.posonlyargs + a.args)[:len(a.posonlyargs + a.args) - len(a.defaults)]]
+    required = [x.arg for x in (a.posonlyargs + a.args)[: len(a.posonlyargs + a.args) - len(a.defaults)]]
     required += [x.arg for x, d in zip(a.kwonlyargs, a.kw_defaults) if d is None]
     kw = []
     for group, value in ((_HOST_ARGS, "host"), (_PORT_ARGS, "port")):
@@ -98,18 +106,21 @@ def render_app(manifest: Manifest, plan: dict[str, str]) -> str:
             kw, takes = _call_for(fns[name], f"{mod}.{name}")
             if not takes:
                 continue
-            call = (f"    print(f\"OpenLLM Space on http://{{host}}:{{port}}\", flush=True)\n"
-                    f"    {name}({kw})")
+            call = f'    print(f"OpenLLM Space on http://{{host}}:{{port}}", flush=True)\n    {name}({kw})'
             return templates.APP.substitute(module=mod, function=name, call=call)
     for name in _BUILDERS:
         if name in fns:
             _call_for(fns[name], f"{mod}.{name}")
-            call = (f"    demo = {name}()\n"
-                    f"    print(f\"OpenLLM Space on http://{{host}}:{{port}}\", flush=True)\n"
-                    f"    demo.launch(server_name=host, server_port=port)")
+            call = (
+                f"    demo = {name}()\n"
+                f'    print(f"OpenLLM Space on http://{{host}}:{{port}}", flush=True)\n'
+                f"    demo.launch(server_name=host, server_port=port)"
+            )
             return templates.APP.substitute(module=mod, function=name, call=call)
-    raise BuildError(f"{plan[path]} defines none of {', '.join(_BUILDERS + _LAUNCHERS)}: the Space's app.py "
-                     "needs one (a builder returning a gradio Blocks, or a launcher taking host and port)")
+    raise BuildError(
+        f"{plan[path]} defines none of {', '.join(_BUILDERS + _LAUNCHERS)}: the Space's app.py "
+        "needs one (a builder returning a gradio Blocks, or a launcher taking host and port)"
+    )
 
 
 def _gradio_version() -> str:
@@ -118,8 +129,10 @@ def _gradio_version() -> str:
 
         return version("gradio")
     except Exception:
-        raise BuildError("gradio is not installed here: the README's sdk_version is the gradio in use; "
-                         "install the project (pip install -e .)") from None
+        raise BuildError(
+            "gradio is not installed here: the README's sdk_version is the gradio in use; "
+            "install the project (pip install -e .)"
+        ) from None
 
 
 def render_readme(manifest: Manifest, pyproject: dict) -> str:
@@ -226,8 +239,15 @@ def render(manifest: Manifest) -> BuildResult:
     for p, c in contents.items():
         files[p] = sha256_bytes(c)
         sources[p] = "generated"
-    return BuildResult(out=None, files=dict(sorted(files.items())), sources=dict(sorted(sources.items())),
-                       closure=closure, requirements=reqs, notes=notes, contents=contents)
+    return BuildResult(
+        out=None,
+        files=dict(sorted(files.items())),
+        sources=dict(sorted(sources.items())),
+        closure=closure,
+        requirements=reqs,
+        notes=notes,
+        contents=contents,
+    )
 
 
 def is_earlier_build(folder: Path) -> bool:
@@ -269,19 +289,21 @@ def write(result: BuildResult, manifest: Manifest, out: Path) -> None:
 def source_commit(root: Path) -> str:
     """The main repository's HEAD (with ``+dirty`` when the synced files have local edits), or ''."""
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=30)
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
         if head.returncode != 0:
             return ""
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return ""
 
 
-def build(out: str | os.PathLike | None, root: str | os.PathLike | None = None, *, clean: bool = False
-          ) -> BuildResult:
+def build(out: str | os.PathLike | None, root: str | os.PathLike | None = None, *, clean: bool = False) -> BuildResult:
     """Build the Space from the repository at ``root`` (default: found from the current folder) into ``out``
     (None: only resolve and hash, write nothing). An earlier build in ``out`` is replaced whole; ``clean`` is
     kept for callers that asked for that explicitly."""

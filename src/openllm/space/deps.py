@@ -5,6 +5,7 @@
 - ``third_party``: the non-stdlib, non-project top-level imports of a set of files.
 - ``requirements``: those imports mapped to distributions, with the version ranges pyproject.toml allows.
 """
+
 from __future__ import annotations
 
 import ast
@@ -12,14 +13,25 @@ import functools
 import hashlib
 import re
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Mapping
 
 from ..errors import OpenLLMError
 
-__all__ = ["Import", "MissingModule", "module_name", "parse_imports", "ModuleIndex", "import_closure",
-           "third_party", "distribution_for", "requirements", "parse_requirement", "IMPORT_TO_DIST"]
+__all__ = [
+    "Import",
+    "MissingModule",
+    "module_name",
+    "parse_imports",
+    "ModuleIndex",
+    "import_closure",
+    "third_party",
+    "distribution_for",
+    "requirements",
+    "parse_requirement",
+    "IMPORT_TO_DIST",
+]
 
 # import name -> distribution where they differ (checked before the environment's metadata)
 IMPORT_TO_DIST: dict[str, str] = {
@@ -54,10 +66,10 @@ class MissingModule(OpenLLMError):
 class Import:
     """One imported module, resolved to an absolute dotted name."""
 
-    module: str          # absolute dotted name ("" never: relative ones are resolved)
+    module: str  # absolute dotted name ("" never: relative ones are resolved)
     names: tuple[str, ...]  # for ``from X import a, b``: the names (maybe submodules); () for ``import X``
     lineno: int
-    guarded: bool        # inside ``try: ... except ImportError`` (an optional import)
+    guarded: bool  # inside ``try: ... except ImportError`` (an optional import)
 
 
 def module_name(space_path: str) -> str | None:
@@ -78,8 +90,10 @@ def _guards_import(handler: ast.ExceptHandler) -> bool:
     names = [t] if not isinstance(t, ast.Tuple) else list(t.elts)
     if t is None:
         return True
-    return any(isinstance(n, ast.Name) and n.id in {"ImportError", "ModuleNotFoundError", "Exception",
-                                                    "BaseException"} for n in names)
+    return any(
+        isinstance(n, ast.Name) and n.id in {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
+        for n in names
+    )
 
 
 def parse_imports(source: str, modname: str, is_package: bool, filename: str = "<src>") -> list[Import]:
@@ -94,7 +108,7 @@ def parse_imports(source: str, modname: str, is_package: bool, filename: str = "
     def visit(node: ast.AST, guarded: bool) -> None:
         # imports are statements: walk statement lists only (bodies of defs, classes, ifs, loops, withs,
         # tries, matches), never into expressions, which is most of a module's nodes
-        if isinstance(node, ast.Try) or (sys.version_info >= (3, 11) and isinstance(node, getattr(ast, "TryStar"))):
+        if isinstance(node, ast.Try) or (sys.version_info >= (3, 11) and isinstance(node, ast.TryStar)):
             g = guarded or any(_guards_import(h) for h in node.handlers)
             for child in node.body:
                 visit(child, g)
@@ -113,9 +127,11 @@ def parse_imports(source: str, modname: str, is_package: bool, filename: str = "
                 base_parts = package.split(".") if package else []
                 up = node.level - 1
                 if up >= len(base_parts):
-                    raise MissingModule(f"{filename}:{node.lineno}: relative import beyond the top-level package "
-                                        f"({'.' * node.level}{node.module or ''})")
-                base = ".".join(base_parts[:len(base_parts) - up])
+                    raise MissingModule(
+                        f"{filename}:{node.lineno}: relative import beyond the top-level package "
+                        f"({'.' * node.level}{node.module or ''})"
+                    )
+                base = ".".join(base_parts[: len(base_parts) - up])
                 mod = f"{base}.{node.module}" if node.module else base
             else:
                 mod = node.module or ""
@@ -165,18 +181,23 @@ class ModuleIndex:
         if name not in self._imports:
             path = self.paths[name]
             text = self._text[path]
-            key = f"{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()}|{name}|{name in self.packages}"
+            key = (
+                f"{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()}|{name}|{name in self.packages}"
+            )
             hit = self.cache.get(key)
             if hit is None:  # parsing is the slow part of a build: unchanged files are parsed once
-                hit = [[i.module, list(i.names), i.lineno, i.guarded]
-                       for i in parse_imports(text, name, name in self.packages, path)]
+                hit = [
+                    [i.module, list(i.names), i.lineno, i.guarded]
+                    for i in parse_imports(text, name, name in self.packages, path)
+                ]
             self.used[key] = hit
             self._imports[name] = [Import(m, tuple(n), ln, g) for m, n, ln, g in hit]
         return self._imports[name]
 
 
-def import_closure(index: ModuleIndex, entry: str, project_names: Iterable[str] = (),
-                   renamed: Mapping[str, str] | None = None) -> list[str]:
+def import_closure(
+    index: ModuleIndex, entry: str, project_names: Iterable[str] = (), renamed: Mapping[str, str] | None = None
+) -> list[str]:
     """The modules of the Space that running ``entry`` imports, sorted; raises ``MissingModule`` naming the
     importer when one of them is not in the Space.
 
@@ -205,8 +226,9 @@ def import_closure(index: ModuleIndex, entry: str, project_names: Iterable[str] 
             hint = ""
             if parts[0] in renamed:
                 hint = f" (the package is {renamed[parts[0]]!r} in the Space: import it relatively)"
-            raise MissingModule(f"{where} imports {mod}, which is not in the Space: it is outside the synced "
-                                f"files of space.toml{hint}")
+            raise MissingModule(
+                f"{where} imports {mod}, which is not in the Space: it is outside the synced files of space.toml{hint}"
+            )
 
     while todo:
         name = todo.pop()
@@ -224,8 +246,9 @@ def import_closure(index: ModuleIndex, entry: str, project_names: Iterable[str] 
     return sorted(seen)
 
 
-def third_party(index: ModuleIndex, names: Iterable[str], project_names: Iterable[str] = ()
-                ) -> dict[str, list[tuple[str, int, bool]]]:
+def third_party(
+    index: ModuleIndex, names: Iterable[str], project_names: Iterable[str] = ()
+) -> dict[str, list[tuple[str, int, bool]]]:
     """``{imported module: [(Space path, line, guarded), ...]}`` for non-stdlib, non-project imports."""
     project = set(project_names) | index.top_names
     out: dict[str, list[tuple[str, int, bool]]] = {}
@@ -286,8 +309,9 @@ def distribution_for(module: str, declared: Iterable[str] = (), *, search: bool 
     return _norm(parts[0])
 
 
-def requirements(imports: Mapping[str, list[tuple[str, int, bool]]], pyproject: Mapping,
-                 data_packages: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+def requirements(
+    imports: Mapping[str, list[tuple[str, int, bool]]], pyproject: Mapping, data_packages: Iterable[str] = ()
+) -> tuple[list[str], list[str]]:
     """Requirement lines for ``imports`` (from ``third_party``) and the ``data_packages`` the code reads without
     importing them, with pyproject's specifiers.
 
@@ -299,7 +323,7 @@ def requirements(imports: Mapping[str, list[tuple[str, int, bool]]], pyproject: 
     for req in project.get("dependencies", []):
         name, spec = parse_requirement(req)
         declared.setdefault(_norm(name.split("[")[0]), f"{name}{spec}")
-    for extra, reqs in sorted(project.get("optional-dependencies", {}).items()):
+    for _extra, reqs in sorted(project.get("optional-dependencies", {}).items()):
         for req in reqs:
             name, spec = parse_requirement(req)
             declared.setdefault(_norm(name.split("[")[0]), f"{name}{spec}")
@@ -318,17 +342,23 @@ def requirements(imports: Mapping[str, list[tuple[str, int, bool]]], pyproject: 
             continue
         path, line, _ = hard[0]
         if not _installed(dist):
-            raise MissingModule(f"{path}:{line} imports {module} (distribution {dist!r}), which pyproject.toml "
-                                "does not declare and is not installed: add it to [project] dependencies")
+            raise MissingModule(
+                f"{path}:{line} imports {module} (distribution {dist!r}), which pyproject.toml "
+                "does not declare and is not installed: add it to [project] dependencies"
+            )
         # installed as some declared package's dependency: listed, without a range, and said
         lines.setdefault(dist, dist)
-        notes.append(f"{path}:{line} imports {module}, which pyproject.toml does not declare: listed as "
-                     f"{dist!r} without a version range; declare it in [project] dependencies")
+        notes.append(
+            f"{path}:{line} imports {module}, which pyproject.toml does not declare: listed as "
+            f"{dist!r} without a version range; declare it in [project] dependencies"
+        )
     for dist in data_packages:
         key = _norm(dist)
         if key not in declared:
-            raise MissingModule(f"space.toml's [requirements] data_packages names {dist!r}, which pyproject.toml "
-                                f"does not declare: add it to [project] dependencies")
+            raise MissingModule(
+                f"space.toml's [requirements] data_packages names {dist!r}, which pyproject.toml "
+                f"does not declare: add it to [project] dependencies"
+            )
         lines[key] = declared[key]
     return [lines[k] for k in sorted(lines)], notes
 

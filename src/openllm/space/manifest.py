@@ -3,6 +3,7 @@
 ``load_manifest(root)`` reads and validates it; ``Manifest.plan()`` walks the repository once and returns
 ``{space_path: source_path}`` for every synced file, never-synced paths and junk left out.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -58,7 +59,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
                 out.append(re.escape(c))
                 i += 1
             else:
-                out.append(fnmatch.translate(pattern[i:j + 1])[4:-3])  # fnmatch's class, minus (?s:...)\Z
+                out.append(fnmatch.translate(pattern[i : j + 1])[4:-3])  # fnmatch's class, minus (?s:...)\Z
                 i = j + 1
         else:
             out.append(re.escape(c))
@@ -97,7 +98,7 @@ class Rule:
             return self.target
         if self.is_literal:
             return self.target + PurePosixPath(rel).name
-        return self.target + rel[len(_fixed_prefix(self.source)):]
+        return self.target + rel[len(_fixed_prefix(self.source)) :]
 
 
 @dataclass
@@ -131,8 +132,7 @@ class Manifest:
         for dirpath, dirnames, filenames in os.walk(self.root):
             reldir = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
             reldir = "" if reldir == "." else reldir + "/"
-            dirnames[:] = sorted(d for d in dirnames
-                                 if d not in _PRUNE and not self.is_never(reldir + d))
+            dirnames[:] = sorted(d for d in dirnames if d not in _PRUNE and not self.is_never(reldir + d))
             for f in sorted(filenames):
                 rel = reldir + f
                 if not self.is_never(rel) and not os.path.islink(os.path.join(dirpath, f)):
@@ -147,13 +147,16 @@ class Manifest:
             rx = glob_regex(rule.source)
             hits = [rel for rel in files if rx.match(rel)]
             if not hits and not rule.optional:
-                raise ManifestError(f"space.toml: the rule {rule.source!r} matches no file under {self.root}; "
-                                    "fix the rule or mark it optional = true")
+                raise ManifestError(
+                    f"space.toml: the rule {rule.source!r} matches no file under {self.root}; "
+                    "fix the rule or mark it optional = true"
+                )
             for rel in hits:
                 dest = rule.destination(rel)
                 if dest in self.generated:
-                    raise ManifestError(f"space.toml: {rel} would land on {dest}, a generated Space file; "
-                                        "narrow the rule")
+                    raise ManifestError(
+                        f"space.toml: {rel} would land on {dest}, a generated Space file; narrow the rule"
+                    )
                 out.setdefault(dest, rel)
         return dict(sorted(out.items()))
 
@@ -178,8 +181,9 @@ def parse_manifest(data: dict[str, Any], root: Path) -> Manifest:
     for i, r in enumerate(data.get("sync", [])):
         if not isinstance(r, dict) or "source" not in r or "target" not in r:
             _fail(f"[[sync]] entry {i + 1} needs source and target")
-        rules.append(Rule(_check_rel(r["source"], "source"), _check_rel(r["target"], "target"),
-                          bool(r.get("optional", False))))
+        rules.append(
+            Rule(_check_rel(r["source"], "source"), _check_rel(r["target"], "target"), bool(r.get("optional", False)))
+        )
     if not rules:
         _fail("no [[sync]] rules")
     never = data.get("never", {})
@@ -192,11 +196,19 @@ def parse_manifest(data: dict[str, Any], root: Path) -> Manifest:
     for key in ("colorFrom", "colorTo"):
         if key in readme and readme[key] not in HF_COLORS:
             _fail(f"[readme] {key} = {readme[key]!r} is not one of {sorted(HF_COLORS)}")
-    m = Manifest(root=root, rules=rules, never=list(never.get("paths", [])), ignore=list(never.get("ignore", [])),
-                 generated=dict(generated), space_id=space.get("id", ""),
-                 package=space.get("package", "src/openllm"), package_name=space.get("package_name", "training"),
-                 readme=readme, app_module=data.get("app", {}).get("module", "training.app"),
-                 data_packages=list(data.get("requirements", {}).get("data_packages", [])))
+    m = Manifest(
+        root=root,
+        rules=rules,
+        never=list(never.get("paths", [])),
+        ignore=list(never.get("ignore", [])),
+        generated=dict(generated),
+        space_id=space.get("id", ""),
+        package=space.get("package", "src/openllm"),
+        package_name=space.get("package_name", "training"),
+        readme=readme,
+        app_module=data.get("app", {}).get("module", "training.app"),
+        data_packages=list(data.get("requirements", {}).get("data_packages", [])),
+    )
     for rule in rules:  # a rule that could only match never-synced files is a mistake worth saying
         if rule.is_literal and m.is_never(rule.source):
             _fail(f"the rule {rule.source!r} names a never-synced path")
@@ -213,8 +225,9 @@ def find_root(start: str | os.PathLike | None = None) -> Path:
     checkout = Path(__file__).resolve().parents[3]
     if (checkout / MANIFEST_NAME).is_file() and (checkout / "pyproject.toml").is_file():
         return checkout
-    raise ManifestError(f"no {MANIFEST_NAME} found in {here} or above: run from a checkout of the main "
-                        "repository or pass --root")
+    raise ManifestError(
+        f"no {MANIFEST_NAME} found in {here} or above: run from a checkout of the main repository or pass --root"
+    )
 
 
 def load_manifest(root: str | os.PathLike | None = None) -> Manifest:

@@ -3,13 +3,15 @@
 Only :class:`~openllm.hub.HubUnavailable` is retried (refused, reset, timed out, 5xx); an auth error, a
 conflict or a missing repository fails at once, because trying again cannot fix them.
 """
+
 from __future__ import annotations
 
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from ..hub.errors import HubUnavailable
 
@@ -34,7 +36,7 @@ class RetryPolicy:
     seed: int | None = None
 
     @classmethod
-    def from_env(cls, **overrides) -> "RetryPolicy":
+    def from_env(cls, **overrides) -> RetryPolicy:
         """OPENLLM_SYNC_RETRIES and OPENLLM_SYNC_BACKOFF (seconds) override the defaults."""
         kw = {}
         if os.environ.get("OPENLLM_SYNC_RETRIES"):
@@ -46,13 +48,19 @@ class RetryPolicy:
 
     def delays(self) -> list[float]:
         rng = random.Random(self.seed)
-        return [min(self.cap, self.base * 2 ** k) * (1 - self.jitter * rng.random())
-                for k in range(max(0, self.attempts - 1))]
+        return [
+            min(self.cap, self.base * 2**k) * (1 - self.jitter * rng.random()) for k in range(max(0, self.attempts - 1))
+        ]
 
 
-def retry(fn: Callable[[], T], *, what: str, policy: RetryPolicy | None = None,
-          on_retry: Callable[[int, float, Exception], None] | None = None,
-          sleep: Callable[[float], None] = time.sleep) -> T:
+def retry(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    policy: RetryPolicy | None = None,
+    on_retry: Callable[[int, float, Exception], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """Call ``fn`` until it returns, retrying on HubUnavailable per ``policy``; then raise GaveUp."""
     policy = policy or RetryPolicy.from_env()
     delays = policy.delays()

@@ -5,6 +5,7 @@ here: its number, the Space commit it made, its tag, and the sha256 of every fil
 on the Space (``sync-<n>-<hash>``) are the shared truth: a machine without the state file (a fresh CI
 runner) rebuilds it from them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,15 +13,25 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from ..hashing import sha256_bytes, sha256_file
 from ..rundir import write_text_atomic
 
-__all__ = ["sha256_bytes", "sha256_file", "tree_hashes", "tree_digest", "SyncRecord", "SyncState",
-           "state_path", "cache_dir", "TAG_RE", "tag_name"]
+__all__ = [
+    "sha256_bytes",
+    "sha256_file",
+    "tree_hashes",
+    "tree_digest",
+    "SyncRecord",
+    "SyncState",
+    "state_path",
+    "cache_dir",
+    "TAG_RE",
+    "tag_name",
+]
 
 TAG_RE = re.compile(r"^sync-(\d+)-([0-9a-f]{8,64})$")
 
@@ -60,12 +71,12 @@ class SyncRecord:
     """One sync: what it pushed and where it left the Space."""
 
     n: int
-    commit: str                  # the Space commit the sync made (or restored)
+    commit: str  # the Space commit the sync made (or restored)
     tag: str
-    files: dict[str, str]        # Space path -> sha256 of what we put there
+    files: dict[str, str]  # Space path -> sha256 of what we put there
     time: float = field(default_factory=time.time)
-    source_commit: str = ""      # the main repository's commit it was built from, when known
-    kind: str = "sync"           # sync | rollback | auto-rollback
+    source_commit: str = ""  # the main repository's commit it was built from, when known
+    kind: str = "sync"  # sync | rollback | auto-rollback
     uploaded: int = 0
     deleted: int = 0
 
@@ -98,12 +109,15 @@ class SyncState:
 
     # ---- persistence
     @classmethod
-    def load(cls, path: Path, hub: str, space: str) -> "SyncState":
+    def load(cls, path: Path, hub: str, space: str) -> SyncState:
         if not path.is_file():
             return cls(hub=hub, space=space)
         data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(hub=data.get("hub", hub), space=data.get("space", space),
-                   history=[SyncRecord(**r) for r in data.get("history", [])])
+        return cls(
+            hub=data.get("hub", hub),
+            space=data.get("space", space),
+            history=[SyncRecord(**r) for r in data.get("history", [])],
+        )
 
     def save(self, path: Path) -> None:
         """Atomically: a crash leaves the old state or the new one, never half a file."""

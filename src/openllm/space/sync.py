@@ -11,13 +11,14 @@ differs there from what we pushed, the sync stops and lists those files unless `
 the Space has are never touched. Network failures (HubUnavailable) are retried with backoff and jitter; an
 auth error fails at once.
 """
+
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..errors import OpenLLMError
 from ..hub import CommitOperationAdd, CommitOperationDelete, ConflictError, Hub, RevisionExists
@@ -52,27 +53,31 @@ class SyncPlan:
     """What a sync would do, computed without writing anything."""
 
     space: str
-    head: str | None                 # the Space's main now (None: no repository yet)
-    last: SyncRecord | None          # the last sync recorded
+    head: str | None  # the Space's main now (None: no repository yet)
+    last: SyncRecord | None  # the last sync recorded
     build: BuildResult
-    space_files: dict[str, str]      # the Space's files at head (path -> sha256), when they were read
+    space_files: dict[str, str]  # the Space's files at head (path -> sha256), when they were read
     uploads: list[str]
     deletes: list[str]
     conflicts: list[str]
-    space_only: list[str]            # files only the Space has: kept
-    diverged: bool                   # head is not the commit we last pushed
+    space_only: list[str]  # files only the Space has: kept
+    diverged: bool  # head is not the commit we last pushed
 
     @property
     def changed(self) -> bool:
         return bool(self.uploads or self.deletes)
 
     def describe(self) -> list[str]:
-        lines = [f"Space {self.space}: head {(self.head or 'none')[:12]}, last sync "
-                 + (f"{self.last.tag} ({self.last.commit[:12]})" if self.last else "none")]
+        lines = [
+            f"Space {self.space}: head {(self.head or 'none')[:12]}, last sync "
+            + (f"{self.last.tag} ({self.last.commit[:12]})" if self.last else "none")
+        ]
         if self.diverged and self.last:
             lines.append("the Space's head is not the commit of the last sync: it was changed there")
-        lines.append(f"{len(self.uploads)} to upload, {len(self.deletes)} to delete, "
-                     f"{len(self.build.files) - len(self.uploads)} unchanged, {len(self.space_only)} Space-only kept")
+        lines.append(
+            f"{len(self.uploads)} to upload, {len(self.deletes)} to delete, "
+            f"{len(self.build.files) - len(self.uploads)} unchanged, {len(self.space_only)} Space-only kept"
+        )
         lines += [f"  upload  {p}" for p in self.uploads[:50]]
         if len(self.uploads) > 50:
             lines.append(f"  ... and {len(self.uploads) - 50} more")
@@ -92,8 +97,16 @@ class SyncResult:
 class Syncer:
     """Syncs the Space built from ``root`` to ``space`` on ``hub`` (a Hub, or a ``--hub`` spec)."""
 
-    def __init__(self, space: str | None = None, hub: Hub | str | None = None, root: str | Path | None = None, *,
-                 policy: RetryPolicy | None = None, log: Log = print, venv_cache: Path | None = None):
+    def __init__(
+        self,
+        space: str | None = None,
+        hub: Hub | str | None = None,
+        root: str | Path | None = None,
+        *,
+        policy: RetryPolicy | None = None,
+        log: Log = print,
+        venv_cache: Path | None = None,
+    ):
         self.manifest: Manifest = load_manifest(root)
         self.space = space or self.manifest.space_id
         if not self.space:
@@ -108,6 +121,7 @@ class Syncer:
     def _call(self, what: str, fn):
         def on_retry(attempt: int, delay: float, exc: Exception) -> None:
             self.log(f"{what}: {exc} -- retry {attempt}/{self.policy.attempts - 1} in {delay:.1f} s")
+
         return retry(fn, what=what, policy=self.policy, on_retry=on_retry)
 
     def _check_auth(self) -> None:
@@ -120,15 +134,20 @@ class Syncer:
         exists = self._call("reading the Space", lambda: self.hub.repo_exists(repo_id=self.space, repo_type=REPO_TYPE))
         if not exists:
             return None, {}
-        refs = self._call("reading the Space's refs", lambda: self.hub.list_refs(repo_id=self.space, repo_type=REPO_TYPE))
+        refs = self._call(
+            "reading the Space's refs", lambda: self.hub.list_refs(repo_id=self.space, repo_type=REPO_TYPE)
+        )
         return refs.branches.get(BRANCH), refs.tags
 
     def _files_at(self, revision: str) -> dict[str, str]:
         """The Space's files at ``revision``: path -> sha256."""
         with tempfile.TemporaryDirectory(prefix="openllm-space-read-") as tmp:
-            folder = self._call(f"downloading the Space at {revision[:12]}",
-                                lambda: self.hub.download(repo_id=self.space, repo_type=REPO_TYPE, revision=revision,
-                                                          local_dir=Path(tmp) / "s"))
+            folder = self._call(
+                f"downloading the Space at {revision[:12]}",
+                lambda: self.hub.download(
+                    repo_id=self.space, repo_type=REPO_TYPE, revision=revision, local_dir=Path(tmp) / "s"
+                ),
+            )
             return tree_hashes(folder)
 
     def owned(self, path: str) -> bool:
@@ -174,19 +193,34 @@ class Syncer:
         elif diverged:
             space = self._files_at(head)
         else:
-            space = {p: ours.get(p, "") for p in self._call(
-                "listing the Space's files", lambda: self.hub.list_files(repo_id=self.space, repo_type=REPO_TYPE,
-                                                                         revision=head))}
+            space = {
+                p: ours.get(p, "")
+                for p in self._call(
+                    "listing the Space's files",
+                    lambda: self.hub.list_files(repo_id=self.space, repo_type=REPO_TYPE, revision=head),
+                )
+            }
             space.update({p: h for p, h in ours.items() if p in space})
         b = build.files
         uploads = sorted(p for p in b if space.get(p) != b[p])
         deletes = sorted(p for p in ours if p not in b and p in space)
         # edited there since our last sync, or a Space-only file the build would now overwrite
-        conflicts = sorted(p for p in uploads + deletes
-                           if (diverged and space.get(p) != ours.get(p)) or (p in space and p not in ours))
+        conflicts = sorted(
+            p for p in uploads + deletes if (diverged and space.get(p) != ours.get(p)) or (p in space and p not in ours)
+        )
         space_only = sorted(p for p in space if p not in b and p not in ours)
-        plan = SyncPlan(space=self.space, head=head, last=last, build=build, space_files=space, uploads=uploads,
-                        deletes=deletes, conflicts=conflicts, space_only=space_only, diverged=diverged)
+        plan = SyncPlan(
+            space=self.space,
+            head=head,
+            last=last,
+            build=build,
+            space_files=space,
+            uploads=uploads,
+            deletes=deletes,
+            conflicts=conflicts,
+            space_only=space_only,
+            diverged=diverged,
+        )
         return plan, state, tags
 
     # ---- sync
@@ -204,7 +238,8 @@ class Syncer:
                 f"conflict: the Space {self.space} was changed since the last sync in {len(plan.conflicts)} file(s) "
                 f"this sync would overwrite: {', '.join(plan.conflicts)}. Bring those edits into the main "
                 "repository, or sync with --force to overwrite them (Space-only files are kept either way)",
-                plan.conflicts)
+                plan.conflicts,
+            )
         if dry_run:
             self.log("dry run: nothing validated, nothing pushed")
             return result
@@ -227,8 +262,10 @@ class Syncer:
             timings["push"] = time.perf_counter() - t
         result.record = record
         timings["total"] = time.perf_counter() - t0
-        self.log(f"synced: {record.tag} = commit {record.commit[:12]} ({record.uploaded} uploaded, "
-                 f"{record.deleted} deleted) in {timings['total']:.1f} s")
+        self.log(
+            f"synced: {record.tag} = commit {record.commit[:12]} ({record.uploaded} uploaded, "
+            f"{record.deleted} deleted) in {timings['total']:.1f} s"
+        )
         return result
 
     def _checked_sources(self, plan: SyncPlan) -> dict[str, Path | bytes]:
@@ -252,26 +289,40 @@ class Syncer:
         self.log(f"validation: {len(out)} uploaded files match their hashes")
         return out
 
-    def _push(self, plan: SyncPlan, state: SyncState, tags: dict[str, str], sources: dict[str, Path | bytes]
-              ) -> tuple[str, SyncRecord]:
+    def _push(
+        self, plan: SyncPlan, state: SyncState, tags: dict[str, str], sources: dict[str, Path | bytes]
+    ) -> tuple[str, SyncRecord]:
         n = self._next_n(state, tags)
         tag = tag_name(n, plan.build.files)
         src = source_commit(self.manifest.root)
-        ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=sources[p] if isinstance(sources[p], bytes)
-                                  else str(sources[p])) for p in plan.uploads]
+        ops = [
+            CommitOperationAdd(
+                path_in_repo=p, path_or_fileobj=sources[p] if isinstance(sources[p], bytes) else str(sources[p])
+            )
+            for p in plan.uploads
+        ]
         ops += [CommitOperationDelete(path_in_repo=p) for p in plan.deletes]
-        message = (f"Sync {n} from the main repository{f' ({src[:12]})' if src else ''}: "
-                   f"{len(plan.uploads)} updated, {len(plan.deletes)} removed\n\n[{tag}]")
+        message = (
+            f"Sync {n} from the main repository{f' ({src[:12]})' if src else ''}: "
+            f"{len(plan.uploads)} updated, {len(plan.deletes)} removed\n\n[{tag}]"
+        )
         if plan.head is None:
-            self._call("creating the Space", lambda: self.hub.create_repo(repo_id=self.space, repo_type=REPO_TYPE,
-                                                                          exist_ok=True))
+            self._call(
+                "creating the Space",
+                lambda: self.hub.create_repo(repo_id=self.space, repo_type=REPO_TYPE, exist_ok=True),
+            )
             plan.head, _ = self._head()
         before = plan.head
 
         def commit_once() -> str:
             try:
-                return self.hub.create_commit(repo_id=self.space, repo_type=REPO_TYPE, operations=ops,
-                                              commit_message=message, parent_commit=before)
+                return self.hub.create_commit(
+                    repo_id=self.space,
+                    repo_type=REPO_TYPE,
+                    operations=ops,
+                    commit_message=message,
+                    parent_commit=before,
+                )
             except ConflictError:
                 # after a cut connection the push may have landed: then the head is our commit
                 head, _ = self._head()
@@ -294,8 +345,15 @@ class Syncer:
         except Exception as exc:
             self._auto_rollback(before, new, state, exc)
             raise  # _auto_rollback raises; keeps type checkers quiet
-        record = SyncRecord(n=n, commit=new, tag=tag, files=dict(plan.build.files), source_commit=src,
-                            uploaded=len(plan.uploads), deleted=len(plan.deletes))
+        record = SyncRecord(
+            n=n,
+            commit=new,
+            tag=tag,
+            files=dict(plan.build.files),
+            source_commit=src,
+            uploaded=len(plan.uploads),
+            deleted=len(plan.deletes),
+        )
         state.history.append(record)
         state.save(self.state_file)
         return new, record
@@ -304,73 +362,103 @@ class Syncer:
         """The pushed commit holds the build's files and the Space-only ones (paths), and every uploaded file
         has its planned hash (read back from the hub). The unchanged files are the parent commit's, which
         the plan was made from: checking them again would make every sync as slow as a full one."""
-        paths = set(self._call("listing the pushed files", lambda: self.hub.list_files(
-            repo_id=self.space, repo_type=REPO_TYPE, revision=commit)))
+        paths = set(
+            self._call(
+                "listing the pushed files",
+                lambda: self.hub.list_files(repo_id=self.space, repo_type=REPO_TYPE, revision=commit),
+            )
+        )
         expected = set(plan.build.files) | set(plan.space_only)
         missing, extra = sorted(expected - paths), sorted(paths - expected)
         if missing or extra:
-            raise ValidationError(f"the pushed commit {commit[:12]} does not hold the build: missing "
-                                  f"{missing[:10]}, unexpected {extra[:10]}")
+            raise ValidationError(
+                f"the pushed commit {commit[:12]} does not hold the build: missing "
+                f"{missing[:10]}, unexpected {extra[:10]}"
+            )
         with tempfile.TemporaryDirectory(prefix="openllm-space-check-") as tmp:
-            folder = self._call("reading back the uploaded files", lambda: self.hub.download(
-                repo_id=self.space, repo_type=REPO_TYPE, revision=commit, local_dir=Path(tmp) / "s",
-                paths=plan.uploads))
+            folder = self._call(
+                "reading back the uploaded files",
+                lambda: self.hub.download(
+                    repo_id=self.space,
+                    repo_type=REPO_TYPE,
+                    revision=commit,
+                    local_dir=Path(tmp) / "s",
+                    paths=plan.uploads,
+                ),
+            )
             landed = tree_hashes(folder)
         bad = sorted(p for p in plan.uploads if landed.get(p) != plan.build.files[p])
         if bad:
-            raise ValidationError(f"the pushed commit {commit[:12]} holds other content than the build in "
-                                  f"{', '.join(bad[:10])}")
+            raise ValidationError(
+                f"the pushed commit {commit[:12]} holds other content than the build in {', '.join(bad[:10])}"
+            )
         self.log(f"verified: {len(plan.uploads)} uploaded files read back from the hub match their hashes")
 
     def _is_ours(self, commit: str, tag: str) -> bool:
-        commits = self._call("reading the history", lambda: self.hub.list_commits(
-            repo_id=self.space, repo_type=REPO_TYPE, revision=commit))
+        commits = self._call(
+            "reading the history",
+            lambda: self.hub.list_commits(repo_id=self.space, repo_type=REPO_TYPE, revision=commit),
+        )
         return bool(commits) and f"[{tag}]" in (commits[0].message or "") + commits[0].title
 
     def _descends(self, head: str | None, commit: str) -> bool:
         if not head:
             return False
-        commits = self._call("reading the history", lambda: self.hub.list_commits(
-            repo_id=self.space, repo_type=REPO_TYPE, revision=head))
+        commits = self._call(
+            "reading the history", lambda: self.hub.list_commits(repo_id=self.space, repo_type=REPO_TYPE, revision=head)
+        )
         return any(c.commit_id == commit for c in commits)
 
     def _tag(self, tag: str, commit: str, message: str) -> None:
         def once() -> None:
             try:
-                self.hub.create_tag(repo_id=self.space, repo_type=REPO_TYPE, tag=tag, revision=commit,
-                                    message=message)
+                self.hub.create_tag(repo_id=self.space, repo_type=REPO_TYPE, tag=tag, revision=commit, message=message)
             except RevisionExists:
                 _, tags = self._head()
                 if tags.get(tag) != commit:  # ours if an earlier, cut-off attempt made it
                     raise
+
         self._call(f"tagging {tag}", once)
 
     def _auto_rollback(self, before: str | None, new: str, state: SyncState, why: Exception) -> None:
         """A failure after the push: put the Space back as it was before it (a new commit), then fail."""
         self.log(f"post-push check failed ({why}); rolling back to {str(before)[:12]}")
         if before is None:
-            raise SyncError(f"the sync pushed {new[:12]} but failed after the push ({why}); there is no earlier "
-                            "commit to roll back to") from why
+            raise SyncError(
+                f"the sync pushed {new[:12]} but failed after the push ({why}); there is no earlier "
+                "commit to roll back to"
+            ) from why
         try:
-            back = self._call("rolling back", lambda: self.hub.revert(
-                repo_id=self.space, repo_type=REPO_TYPE, to_revision=before,
-                commit_message=f"Roll back failed sync (commit {new[:12]}): {str(why)[:200]}"))
+            back = self._call(
+                "rolling back",
+                lambda: self.hub.revert(
+                    repo_id=self.space,
+                    repo_type=REPO_TYPE,
+                    to_revision=before,
+                    commit_message=f"Roll back failed sync (commit {new[:12]}): {str(why)[:200]}",
+                ),
+            )
         except Exception as exc2:
-            raise SyncError(f"the sync pushed {new[:12]} but failed after the push ({why}), and the rollback "
-                            f"failed too ({exc2}): run `openllm space rollback` when the hub is back") from why
+            raise SyncError(
+                f"the sync pushed {new[:12]} but failed after the push ({why}), and the rollback "
+                f"failed too ({exc2}): run `openllm space rollback` when the hub is back"
+            ) from why
         last = state.last
         if last is not None and last.commit == before:
             n = self._next_n(state, {})
-            rec = SyncRecord(n=n, commit=back, tag=tag_name(n, last.files), files=dict(last.files),
-                             kind="auto-rollback")
+            rec = SyncRecord(
+                n=n, commit=back, tag=tag_name(n, last.files), files=dict(last.files), kind="auto-rollback"
+            )
             try:
                 self._tag(rec.tag, back, f"OpenLLM automatic rollback of {new[:12]}")
                 state.history.append(rec)
                 state.save(self.state_file)
             except Exception:  # the Space is right; only the bookkeeping tag is missing
                 pass
-        raise SyncError(f"the sync failed after the push ({why}); the Space was rolled back to the state of "
-                        f"{before[:12]} as commit {back[:12]}") from why
+        raise SyncError(
+            f"the sync failed after the push ({why}); the Space was rolled back to the state of "
+            f"{before[:12]} as commit {back[:12]}"
+        ) from why
 
     # ---- rollback
     def rollback(self, to: str | None = None) -> SyncRecord:
@@ -383,8 +471,9 @@ class Syncer:
         if to is None:
             done = [r for r in state.history]
             if len(done) < 2:
-                raise OpenLLMError("there is no earlier sync to roll back to; name one with --to SYNC_ID "
-                                   "(see `openllm space status`)")
+                raise OpenLLMError(
+                    "there is no earlier sync to roll back to; name one with --to SYNC_ID (see `openllm space status`)"
+                )
             target = done[-2]
         else:
             target = state.find(to)
@@ -396,9 +485,15 @@ class Syncer:
                 files = {p: h for p, h in self._files_at(tags[hit]).items() if self.owned(p)}
                 target = SyncRecord(n=int(TAG_RE.match(hit).group(1)), commit=tags[hit], tag=hit, files=files)
         rev = target.tag if target.tag in tags else target.commit
-        new = self._call("rolling back", lambda: self.hub.revert(
-            repo_id=self.space, repo_type=REPO_TYPE, to_revision=rev,
-            commit_message=f"Roll back to {target.tag} ({target.commit[:12]})"))
+        new = self._call(
+            "rolling back",
+            lambda: self.hub.revert(
+                repo_id=self.space,
+                repo_type=REPO_TYPE,
+                to_revision=rev,
+                commit_message=f"Roll back to {target.tag} ({target.commit[:12]})",
+            ),
+        )
         landed = {p: h for p, h in self._files_at(new).items() if p in target.files}
         if landed != target.files:
             raise SyncError(f"the rollback commit {new[:12]} does not hold {target.tag}'s files")
@@ -413,6 +508,12 @@ class Syncer:
     # ---- status
     def status(self) -> dict:
         plan, state, tags = self.plan()
-        return {"space": self.space, "hub": self.hub.describe(), "head": plan.head,
-                "last": state.last, "history": state.history, "plan": plan,
-                "state_file": str(self.state_file)}
+        return {
+            "space": self.space,
+            "hub": self.hub.describe(),
+            "head": plan.head,
+            "last": state.last,
+            "history": state.history,
+            "plan": plan,
+            "state_file": str(self.state_file),
+        }

@@ -5,6 +5,7 @@
    requirements and the Python version, so that it is made once per set of requirements);
 3. in it, ``import training`` works, and ``python app.py`` starts and answers HTTP on a free loopback port.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,14 +18,22 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import OpenLLMError
 from .state import cache_dir, sha256_bytes, tree_hashes
 
-__all__ = ["ValidationError", "verify_tree", "env_key", "venv_cache_dir", "ensure_venv", "check_import",
-           "check_app", "validate_space"]
+__all__ = [
+    "ValidationError",
+    "verify_tree",
+    "env_key",
+    "venv_cache_dir",
+    "ensure_venv",
+    "check_import",
+    "check_app",
+    "validate_space",
+]
 
 Log = Callable[[str], None]
 
@@ -60,11 +69,29 @@ def venv_cache_dir() -> Path:
 
 def _clean_env(extra: dict[str, str] | None = None, venv: Path | None = None) -> dict[str, str]:
     """The caller's environment without what would leak its Python packages into the child."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PIP_REQUIRE_VIRTUALENV",
-                        "__PYVENV_LAUNCHER__")}
-    env.update({"PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-                "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "PYTHONPATH",
+            "PYTHONHOME",
+            "VIRTUAL_ENV",
+            "PYTHONSTARTUP",
+            "PIP_REQUIRE_VIRTUALENV",
+            "__PYVENV_LAUNCHER__",
+        )
+    }
+    env.update(
+        {
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "DO_NOT_TRACK": "1",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        }
+    )
     if venv is not None:
         env["VIRTUAL_ENV"] = str(venv)
         env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
@@ -87,8 +114,7 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_venv(requirements: Path, *, cache: Path | None = None, log: Log = print,
-                timeout: float = 1800) -> Path:
+def ensure_venv(requirements: Path, *, cache: Path | None = None, log: Log = print, timeout: float = 1800) -> Path:
     """The clean environment for ``requirements`` (made now, or found in the cache); returns its python."""
     data = requirements.read_bytes()
     cache = Path(cache) if cache is not None else venv_cache_dir()
@@ -111,24 +137,44 @@ def ensure_venv(requirements: Path, *, cache: Path | None = None, log: Log = pri
             logfile = tmp.parent / f"{key}.log"
             uv = _uv()
             if uv:  # uv installs from its cache by linking: seconds instead of minutes once the cache is warm
-                subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp)], check=True,
-                               capture_output=True, env=_clean_env())
+                subprocess.run(
+                    [sys.executable, "-m", "venv", "--without-pip", str(tmp)],
+                    check=True,
+                    capture_output=True,
+                    env=_clean_env(),
+                )
                 cmd = [uv, "pip", "install", "--quiet", "--python", str(tmp / "bin" / "python"), "-r", str(req)]
                 env = _clean_env(_uv_env(), venv=tmp)
             else:
-                subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, capture_output=True,
-                               env=_clean_env())
-                cmd = [str(tmp / "bin" / "python"), "-m", "pip", "install", "--quiet", "--prefer-binary",
-                       "--no-compile", "-r", str(req)]
+                subprocess.run(
+                    [sys.executable, "-m", "venv", str(tmp)], check=True, capture_output=True, env=_clean_env()
+                )
+                cmd = [
+                    str(tmp / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--prefer-binary",
+                    "--no-compile",
+                    "-r",
+                    str(req),
+                ]
                 env = _clean_env(venv=tmp)
             log(f"clean environment: {'uv' if uv else 'pip'} install -r requirements.txt (log: {logfile})")
             with open(logfile, "wb") as out:
                 proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout)
             if proc.returncode != 0:
-                tail = [ln for ln in logfile.read_text(errors="replace").splitlines()
-                        if not ln.startswith("WARNING: Location")][-15:]
-                raise ValidationError("the Space's requirements.txt does not install in a clean environment "
-                                      "(exit {}):\n{}".format(proc.returncode, "\n".join(tail)))
+                tail = [
+                    ln
+                    for ln in logfile.read_text(errors="replace").splitlines()
+                    if not ln.startswith("WARNING: Location")
+                ][-15:]
+                raise ValidationError(
+                    "the Space's requirements.txt does not install in a clean environment (exit {}):\n{}".format(
+                        proc.returncode, "\n".join(tail)
+                    )
+                )
             (tmp / ".openllm-ok").write_text(f"{time.time() - t0:.1f}\n")
             # moved into place only when complete; its python finds the venv by its own location, and we only
             # ever run `python -m ...` (the scripts' shebangs would still name the temporary folder)
@@ -153,8 +199,12 @@ def _uv_env() -> dict[str, str]:
     import configparser
 
     cfg: dict[str, str] = {}
-    files = ["/etc/pip.conf", "/etc/xdg/pip/pip.conf", str(Path.home() / ".config" / "pip" / "pip.conf"),
-             str(Path.home() / ".pip" / "pip.conf")]
+    files = [
+        "/etc/pip.conf",
+        "/etc/xdg/pip/pip.conf",
+        str(Path.home() / ".config" / "pip" / "pip.conf"),
+        str(Path.home() / ".pip" / "pip.conf"),
+    ]
     if os.environ.get("PIP_CONFIG_FILE"):
         files.append(os.environ["PIP_CONFIG_FILE"])
     for f in files:
@@ -182,8 +232,14 @@ def _uv_env() -> dict[str, str]:
 
 def check_import(space: Path, python: Path, *, log: Log = print, timeout: float = 600) -> None:
     """``import training`` in the clean environment, from the Space's folder."""
-    proc = subprocess.run([str(python), "-c", "import training, sys; print(training.__file__)"], cwd=space,
-                          capture_output=True, text=True, env=_clean_env(venv=python.parent.parent), timeout=timeout)
+    proc = subprocess.run(
+        [str(python), "-c", "import training, sys; print(training.__file__)"],
+        cwd=space,
+        capture_output=True,
+        text=True,
+        env=_clean_env(venv=python.parent.parent),
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise ValidationError(f"the built Space does not import (`import training`):\n{proc.stderr.strip()[-2000:]}")
     where = proc.stdout.strip()
@@ -205,14 +261,22 @@ def check_app(space: Path, python: Path, *, log: Log = print, timeout: float = 2
         copy = Path(tmp) / "space"
         shutil.copytree(space, copy)
         port = _free_port()
-        env = _clean_env({"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-                          "OPENLLM_APP_WORKSPACE": str(Path(tmp) / "workspace"), "HF_HUB_OFFLINE": "1",
-                          "MPLCONFIGDIR": str(Path(tmp) / "mpl")}, venv=python.parent.parent)
+        env = _clean_env(
+            {
+                "GRADIO_SERVER_NAME": "127.0.0.1",
+                "GRADIO_SERVER_PORT": str(port),
+                "OPENLLM_APP_WORKSPACE": str(Path(tmp) / "workspace"),
+                "HF_HUB_OFFLINE": "1",
+                "MPLCONFIGDIR": str(Path(tmp) / "mpl"),
+            },
+            venv=python.parent.parent,
+        )
         env.pop("SPACE_ID", None)
         logfile = Path(tmp) / "app.log"
         with open(logfile, "wb") as out:
-            proc = subprocess.Popen([str(python), "app.py"], cwd=copy, stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                [str(python), "app.py"], cwd=copy, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
             try:
                 url = f"http://127.0.0.1:{port}/"
                 deadline = time.time() + timeout
@@ -237,8 +301,11 @@ def check_app(space: Path, python: Path, *, log: Log = print, timeout: float = 2
                     time.sleep(0.5)
                 if status != 200:
                     tail = logfile.read_text(errors="replace").strip().splitlines()[-20:]
-                    how = (f"exited with {proc.returncode}" if proc.poll() is not None
-                           else f"did not answer {url} within {timeout:.0f} s")
+                    how = (
+                        f"exited with {proc.returncode}"
+                        if proc.poll() is not None
+                        else f"did not answer {url} within {timeout:.0f} s"
+                    )
                     raise ValidationError("the built Space's app {}:\n{}".format(how, "\n".join(tail)))
                 if b"gradio" not in body.lower():
                     raise ValidationError(f"the built Space's app answered {url}, but not with a Gradio page")
@@ -253,8 +320,9 @@ def check_app(space: Path, python: Path, *, log: Log = print, timeout: float = 2
                         proc.wait()
 
 
-def validate_space(space: Path, expected: dict[str, str], *, env_check: bool = True, cache: Path | None = None,
-                   log: Log = print) -> None:
+def validate_space(
+    space: Path, expected: dict[str, str], *, env_check: bool = True, cache: Path | None = None, log: Log = print
+) -> None:
     """Everything a Space must pass before it is pushed."""
     verify_tree(space, expected)
     log(f"validation: {len(expected)} files match their hashes")
