@@ -206,3 +206,24 @@ def test_arguments_that_are_not_utf8_are_printed_escaped(tmp_path):
     )
     err = proc.stderr.decode("utf-8")
     assert proc.returncode == 2 and "Traceback" not in err and err.startswith("error: ")
+
+
+def test_the_crash_log_and_the_error_line_hold_no_secrets(tmp_path):
+    """The crash log asks to be sent to us: a token in the command line or the error must not be in it."""
+    import subprocess
+
+    code = (
+        "import sys, openllm.cli as cli, openllm.cli.info as m\n"
+        "def boom(args):\n"
+        "    raise RuntimeError('git said https://alice:S3cretT0ken@hub.example/ broke')\n"
+        "m.run = boom\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "OPENLLM_CACHE": str(tmp_path / "cache")}
+    argv = ["info", "tiny", "--set", "name=https://hf_abcdefghijklmnopqrstuvwx@h/"]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1, proc.stderr
+    (log,) = (tmp_path / "cache" / "logs").iterdir()
+    for text in (proc.stderr, log.read_text()):
+        assert "S3cretT0ken" not in text and "hf_abcdefghijklmnopqrstuvwx" not in text
+        assert "hub.example" in text

@@ -797,3 +797,26 @@ def test_upload_version_over_http_is_atomic_too(hub, http_hub, folder):
     remote.delete_tag(repo_id="alice/m", tag="v1")
     assert hub.list_refs(repo_id="alice/m").tags == {}
     assert _fsck(bare) == ""
+
+
+# --- secrets (issue 24) ---------------------------------------------------------------------------------------
+
+
+def test_a_token_in_a_hub_url_never_reaches_git_errors():
+    """git words some failures with the URL's credentials in them ("unable to look up user:TOKEN@host"): the
+    message, the kept stderr and the CLI's line carry no token."""
+    port = _free_port()
+    remote = LocalHub(url=f"git://alice:S3cretT0ken@127.0.0.1:{port}/")
+    with pytest.raises(HubError) as err:
+        remote.list_refs(repo_id="alice/space", repo_type="space")
+    assert "S3cretT0ken" not in str(err.value)
+    assert "S3cretT0ken" not in getattr(err.value, "stderr", "")
+    url = f"git://alice:S3cretT0ken@127.0.0.1:{port}/"
+    proc = subprocess.run(
+        [sys.executable, "-m", "openllm", "hub", "versions", "alice/m", "--hub", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+    assert "S3cretT0ken" not in proc.stderr + proc.stdout

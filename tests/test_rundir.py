@@ -281,3 +281,13 @@ def test_divergence_nan_or_above_uniform(tmp_path):
     assert st.state == "finished" and st.warning is None
     rundir.write_status(tmp_path, {"state": "failed", "error": "loss nan at step 12", "step": 12})
     assert rundir.run_state(tmp_path).state == "diverged"
+
+
+def test_the_lock_records_the_command_line_without_secrets(tmp_path, monkeypatch):
+    """The lock file is readable by every local user: a token in a --hub URL must not be recorded there."""
+    monkeypatch.setattr(sys, "argv", ["openllm", "finetune", "--hub", "https://alice:S3cretT0ken@hub.example/"])
+    with rundir.RunLock(tmp_path):
+        text = (tmp_path / rundir.LOCK).read_text()
+        assert "S3cretT0ken" not in text and "finetune" in text and "hub.example" in text
+    with rundir.RunLock(tmp_path, command="openllm train --hub https://hf_abcdefghijklmnopqrstuvwx@h/"):
+        assert "hf_abcdefghijklmnopqrstuvwx" not in (tmp_path / rundir.LOCK).read_text()

@@ -424,12 +424,15 @@ def _lock_info(command: str | None = None, log: str | os.PathLike | None = None)
     import socket
     import sys
 
+    from .redact import redact
+
     info: dict[str, Any] = {
         "pid": os.getpid(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "started_unix": time.time(),
         "host": socket.gethostname(),
-        "command": command if command is not None else " ".join(sys.argv),
+        # the lock file is world-readable: a token in a --hub URL must not be recorded there
+        "command": redact(command if command is not None else " ".join(sys.argv)),
     }
     if log is None:
         log = _stdout_file()

@@ -16,6 +16,7 @@ import os
 import sys
 
 from ..errors import OpenLLMError as UserError  # kept for callers that catch UserError
+from ..redact import redact
 
 __all__ = ["main", "COMMANDS", "UserError"]
 
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _say(line: str) -> None:
     # arguments may hold bytes that are not UTF-8 (kept as surrogates): print them escaped, never crash on them
+    line = redact(line)  # a token in a --hub URL or in a library's message is never printed
     sys.stderr.write(line.encode("utf-8", "backslashreplace").decode("utf-8", "replace") + "\n")
     sys.stderr.flush()
 
@@ -108,6 +110,7 @@ def _crash_report(command: str, argv: list[str]) -> str:
     from ..hub.local import cache_root
 
     text = f"openllm {' '.join(argv)}\npython {sys.version.split()[0]} on {sys.platform}\n\n" + traceback.format_exc()
+    text = redact(text)  # the user is asked to send this file: no token from a --hub URL or a message in it
     try:
         folder = cache_root() / "logs"
         folder.mkdir(parents=True, exist_ok=True)

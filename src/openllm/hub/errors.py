@@ -4,6 +4,7 @@ message and exits 2. Callers that retry (the Space sync) catch :class:`HubUnavai
 from __future__ import annotations
 
 from ..errors import OpenLLMError
+from ..redact import redact
 
 __all__ = [
     "HubError",
@@ -22,7 +23,11 @@ __all__ = [
 
 
 class HubError(OpenLLMError):
-    """Base class of everything the hub raises on purpose."""
+    """Base class of everything the hub raises on purpose. Messages name hubs by URL, and a URL may carry a
+    token: every message is masked (:func:`openllm.redact.redact`) however it was built."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class InvalidRepoId(HubError, ValueError):

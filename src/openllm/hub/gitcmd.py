@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..redact import redact, url_secrets
 from .errors import AuthError, HubError, HubUnavailable, RepositoryNotFound
 
 __all__ = ["git", "git_env", "classify_git_error", "is_push_race", "GitFailed", "DEFAULT_TIMEOUT"]
@@ -65,8 +66,8 @@ class GitFailed(HubError):
     """git exited non-zero for a reason that is not one of the typed hub errors."""
 
     def __init__(self, message: str, stderr: str = "") -> None:
-        super().__init__(message)
-        self.stderr = stderr
+        super().__init__(redact(message))
+        self.stderr = redact(stderr)
 
 
 def git_env(extra: Mapping[str, str] | None = None, *, low_speed_time: int = 30) -> dict[str, str]:
@@ -153,6 +154,12 @@ def git(
         raise HubUnavailable(
             f"{where} did not answer within {timeout or DEFAULT_TIMEOUT:.0f} s (git {args[0]}); try again later"
         ) from None
+    if proc.returncode != 0:
+        # git words some failures with the URL's credentials in them (git:// "unable to look up user:TOKEN@
+        # host"), in any form: mask exactly the credentials of the URLs we passed, before any caller reads it
+        secrets = url_secrets(" ".join(str(a) for a in cmd))
+        proc.stderr = redact(proc.stderr.decode("utf-8", "replace"), secrets).encode("utf-8")
+        proc.stdout = redact(proc.stdout.decode("utf-8", "replace"), secrets).encode("utf-8")
     if proc.returncode != 0 and check:
         stderr = proc.stderr.decode("utf-8", "replace")
         typed = classify_git_error(stderr, where=where) if network else None
