@@ -193,3 +193,24 @@ def test_a_mistyped_folder_is_not_only_a_missing_hub_repo(tmp_path, monkeypatch)
     with pytest.raises(RepositoryNotFound) as info:
         openllm.load("runs/tnyi")
     assert str(info.value).startswith(f"no folder 'runs/tnyi' here ({tmp_path}) and no model repo 'runs/tnyi'")
+
+
+def test_a_refused_pytorch_model_bin_never_suggests_unsafe_loading(export_run, tmp_path, capsys):
+    """A pickle that holds more than tensors is refused (weights_only=True); the message says how to fix it,
+    never to turn the safety off (torch's own text suggests weights_only=False)."""
+    import argparse
+
+    from openllm.cli import main
+    from openllm.export import export
+
+    folder = export(export_run, tmp_path / "hf", "hf", progress=False)["hf"]
+    state = {k: v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    (folder / "model.safetensors").unlink()
+    torch.save({**state, "extra": argparse.Namespace(code="anything")}, folder / "pytorch_model.bin")
+    with pytest.raises(OpenLLMError) as info:
+        openllm.load(folder)
+    msg = str(info.value)
+    assert "pytorch_model.bin" in msg and "weights_only" not in msg and "\n" not in msg
+    assert main(["generate", str(folder), "--prompt", "x", "--max-new-tokens", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "weights_only" not in err and len(err.strip().splitlines()) == 1

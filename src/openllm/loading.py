@@ -128,7 +128,14 @@ def read_state_dict(folder: Path) -> dict[str, Any]:
     if pt.is_file():
         import torch
 
-        return torch.load(str(pt), map_location="cpu", weights_only=True)
+        try:
+            return torch.load(str(pt), map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch's own text tells users to turn the safety off: never repeat it
+            raise OpenLLMError(
+                f"{pt} cannot be read safely: it is damaged or holds more than tensors (a pickle can run code "
+                f"when loaded, so it is refused); convert it to model.safetensors where it came from, or "
+                f"export the model again with `openllm export RUN --format hf`"
+            ) from exc
     raise OpenLLMError(f"{folder} has no weights (model.safetensors)")
 
 
