@@ -82,7 +82,7 @@ def test_overrides_reach_the_config():
         ("grad_accum", 1.5, "Gradient accumulation", "whole number"),
         ("weight_decay", -0.1, "Weight decay", "0 or more"),
         ("grad_clip", -1, "Gradient clipping", "0 or more"),
-        ("warmup_steps", 10_000, "Warmup steps", "must not exceed Steps"),
+        ("warmup_steps", -1, "Warmup steps", "must be 0 or more"),
         ("vocab_size", 10, "Vocabulary size", "at least"),
         ("optimizer", "sgd", "Optimizer", "choose one of"),
         ("schedule", "linear", "Scheduler", "choose one of"),
@@ -97,6 +97,21 @@ def test_bad_fields_name_the_field(field, value, label, words):
         parse_train_form(_form(**{field: value}))
     assert err.value.field == label
     assert str(err.value).startswith(label) and words in str(err.value)
+
+
+def test_the_form_follows_the_configs_rules_and_offers_its_choices():
+    # the CLI trains with warmup longer than the run (the rate never peaks), any positive learning rate and
+    # Muon: the app's form takes them too (it refused them once, with rules of its own)
+    from openllm.app.schema import TRAIN_FIELDS
+    from openllm.config import setting
+
+    cfg = parse_train_form(_form(warmup_steps=10_000, lr=2.0, optimizer="muon")).config
+    assert (cfg.train.warmup_steps, cfg.train.lr, cfg.train.optimizer) == (10_000, 2.0, "muon")
+    offered = {f.key: f.setting.choices for f in TRAIN_FIELDS}
+    assert offered["train.optimizer"] == setting("train.optimizer").choices == ("adamw", "muon")
+    assert offered["train.schedule"] == ("cosine", "wsd", "constant")
+    with pytest.raises(FormError, match=r"^Vocabulary size: must be at least 324 to train a tokenizer, got 323$"):
+        parse_train_form(_form(vocab_size=323))
 
 
 def test_corpus_choices():

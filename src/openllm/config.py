@@ -35,26 +35,35 @@ __all__ = [
     "parse_overrides",
     "apply_overrides",
     "override_keys",
+    "Setting",
+    "settings",
+    "setting",
 ]
+
+
+def _s(default: Any, label: str, help: str = "", choices: tuple[str, ...] = ()) -> Any:
+    """A setting's dataclass field with its label, help and choices: the one description of the setting that
+    validation, ``openllm info`` and the app's generated form read (:func:`settings`)."""
+    return field(default=default, metadata={"label": label, "help": help, "choices": choices})
 
 
 @dataclass
 class ModelConfig:
     """Shape of the Llama-shaped decoder (RMSNorm, RoPE, SwiGLU, optional GQA)."""
 
-    vocab_size: int = 32000
-    d_model: int = 512
-    n_layers: int = 6
-    n_heads: int = 8
-    n_kv_heads: int | None = None  # None: same as n_heads (plain multi-head attention)
-    d_ff: int | None = None  # SwiGLU hidden width; None: 8/3 * d_model rounded up to a multiple of 64
-    max_seq_len: int = 1024
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    init_std: float = 0.02
-    zero_init_proj: bool = False  # attention and MLP output projections (wo, w2) start at zero
+    vocab_size: int = _s(32000, "Vocabulary size", "tokenizer pieces")
+    d_model: int = _s(512, "Width", "the residual stream's size")
+    n_layers: int = _s(6, "Layers", "transformer blocks")
+    n_heads: int = _s(8, "Attention heads", "query heads per layer")
+    n_kv_heads: int | None = _s(None, "Key/value heads", "grouped-query attention; empty: as many as the heads")
+    d_ff: int | None = _s(None, "MLP width", "SwiGLU hidden width; empty: 8/3 of the width, a multiple of 64")
+    max_seq_len: int = _s(1024, "Context length", "the longest sequence the model takes, in tokens")
+    rope_theta: float = _s(10000.0, "RoPE base", "rotary embeddings' base frequency")
+    norm_eps: float = _s(1e-5, "Norm epsilon", "RMSNorm's epsilon")
+    tie_embeddings: bool = _s(True, "Tied embeddings", "the output head shares the input embedding's weights")
+    dropout: float = _s(0.0, "Dropout", "in [0, 1)")
+    init_std: float = _s(0.02, "Init std", "standard deviation of the initial weights")
+    zero_init_proj: bool = _s(False, "Zero-init projections", "attention and MLP output projections start at 0")
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -71,23 +80,25 @@ class ModelConfig:
             _positive_int(f"model.{name}", getattr(self, name))
         for name in ("rope_theta", "norm_eps", "init_std"):
             _positive_number(f"model.{name}", getattr(self, name))
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        _fraction("model.dropout", self.dropout)
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"model.d_model ({self.d_model}) is not divisible by model.n_heads ({self.n_heads}); "
-                f"choose n_heads from {_divisors(self.d_model)}"
+                f"choose n_heads from {_divisors(self.d_model)}",
+                key="model.n_heads",
             )
         if self.head_dim % 2:
-            raise ConfigError(f"model.d_model / model.n_heads = {self.head_dim} must be even for rotary embeddings")
+            raise ConfigError(
+                f"model.d_model / model.n_heads = {self.head_dim} must be even for rotary embeddings",
+                key="model.n_heads",
+            )
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"model.n_kv_heads ({self.n_kv_heads}) must divide model.n_heads ({self.n_heads}); "
-                f"choose from {_divisors(self.n_heads)}"
+                f"choose from {_divisors(self.n_heads)}",
+                key="model.n_kv_heads",
             )
-        for name in ("tie_embeddings", "zero_init_proj"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
+        _check_choices("model", self)
         return self
 
 
@@ -95,39 +106,48 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation and run settings (used by ``openllm train``)."""
 
-    micro_batch_size: int = 16
-    grad_accum_steps: int = 1
-    seq_len: int | None = None  # None: model.max_seq_len
-    max_steps: int = 1000
-    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest)
-    muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it like lr
-    muon_momentum: float = 0.95
-    muon_weight_decay: float = 0.0
-    lr: float = 3e-4
-    min_lr: float | None = None  # None: lr / 10
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # 0 disables clipping
-    schedule: str = "cosine"  # cosine | wsd | constant
-    warmup_steps: int = 100
-    decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on GPUs that support it, fp32 on CPU)
-    compile: bool = False
-    eval_every: int = 100
-    eval_batches: int = 20
-    save_every: int = 200
-    keep_last: int = 3
-    early_stop_patience: int = 0  # evaluations without improvement before stopping; 0 disables
-    log_every: int = 10
-    seed: int = 1337
-    distributed: str = "ddp"  # ddp | fsdp (only used under torchrun with more than one process)
-    batch_warmup_steps: int = 0  # micro-batches per step grow from 1 to grad_accum_steps over these steps
-    doc_aligned: bool = False  # training windows start at a document boundary
-    fused_loss: str = "off"  # off | chunked | liger: output head + cross-entropy without fp32 logits
-    fused_ops: bool = False  # Liger's RMSNorm and SwiGLU kernels (CUDA only)
-    check_every: int = 1  # steps between host reads of the loss (the finite check); >1 lets the GPU run ahead
+    micro_batch_size: int = _s(16, "Batch size", "sequences per micro-batch")
+    grad_accum_steps: int = _s(1, "Gradient accumulation", "micro-batches per step")
+    seq_len: int | None = _s(None, "Sequence length", "tokens per training window; empty: the model's context")
+    max_steps: int = _s(1000, "Steps", "optimizer steps")
+    optimizer: str = _s(
+        "adamw", "Optimizer", "adamw, or muon for the blocks' matrices (AdamW for the rest)", ("adamw", "muon")
+    )
+    muon_lr: float = _s(0.02, "Muon learning rate", "Muon's peak learning rate; the schedule scales it like lr")
+    muon_momentum: float = _s(0.95, "Muon momentum", "in [0, 1)")
+    muon_weight_decay: float = _s(0.0, "Muon weight decay", "0 = none")
+    lr: float = _s(3e-4, "Learning rate", "peak, after warmup")
+    min_lr: float | None = _s(None, "Final learning rate", "where the schedule ends; empty: lr / 10")
+    weight_decay: float = _s(0.1, "Weight decay", "0 = none")
+    beta1: float = _s(0.9, "Adam beta1", "in [0, 1)")
+    beta2: float = _s(0.95, "Adam beta2", "in [0, 1)")
+    eps: float = _s(1e-8, "Adam epsilon")
+    grad_clip: float = _s(1.0, "Gradient clipping", "max gradient norm; 0 = off")
+    schedule: str = _s("cosine", "Scheduler", "learning-rate schedule after warmup", ("cosine", "wsd", "constant"))
+    warmup_steps: int = _s(100, "Warmup steps", "linear warmup")
+    decay_fraction: float = _s(0.2, "Decay fraction", "wsd: share of steps spent decaying at the end")
+    precision: str = _s(
+        "auto",
+        "Precision",
+        "auto: bf16 on GPUs that support it, fp32 on CPU",
+        ("auto", "fp32", "bf16", "fp16"),
+    )
+    compile: bool = _s(False, "Compile", "torch.compile the model")
+    eval_every: int = _s(100, "Evaluate every", "steps between val-loss points")
+    eval_batches: int = _s(20, "Evaluation batches", "batches per val-loss point")
+    save_every: int = _s(200, "Save every", "steps between checkpoints")
+    keep_last: int = _s(3, "Keep checkpoints", "the newest checkpoints kept (and the best)")
+    early_stop_patience: int = _s(0, "Early-stop patience", "evaluations without improvement; 0 = off")
+    log_every: int = _s(10, "Log every", "steps between metrics lines")
+    seed: int = _s(1337, "Seed")
+    distributed: str = _s("ddp", "Distributed", "under torchrun with more than one process", ("ddp", "fsdp"))
+    batch_warmup_steps: int = _s(0, "Batch warmup", "micro-batches per step grow to the accumulation over these steps")
+    doc_aligned: bool = _s(False, "Document-aligned", "training windows start at a document boundary")
+    fused_loss: str = _s(
+        "off", "Fused loss", "output head + cross-entropy without fp32 logits", ("off", "chunked", "liger")
+    )
+    fused_ops: bool = _s(False, "Fused ops", "Liger's RMSNorm and SwiGLU kernels (CUDA only)")
+    check_every: int = _s(1, "Check every", "steps between host reads of the loss; >1 lets the GPU run ahead")
 
     def validate(self) -> TrainConfig:
         for name in (
@@ -139,11 +159,12 @@ class TrainConfig:
             "save_every",
             "keep_last",
             "log_every",
+            "check_every",
         ):
             _positive_int(f"train.{name}", getattr(self, name))
         if self.seq_len is not None:
             _positive_int("train.seq_len", self.seq_len)
-        for name in ("warmup_steps", "early_stop_patience", "seed"):
+        for name in ("warmup_steps", "early_stop_patience", "seed", "batch_warmup_steps"):
             _non_negative_int(f"train.{name}", getattr(self, name))
         _positive_number("train.lr", self.lr)
         if self.min_lr is not None:
@@ -151,31 +172,23 @@ class TrainConfig:
             if self.min_lr > self.lr:
                 raise ConfigError(
                     f"train.min_lr ({self.min_lr:g}) is above train.lr ({self.lr:g}): the schedule "
-                    f"would raise the learning rate as it decays; set min_lr <= lr"
+                    f"would raise the learning rate as it decays; set min_lr <= lr",
+                    key="train.min_lr",
+                    reason=f"must not exceed the learning rate ({self.lr:g}), got {self.min_lr:g}",
                 )
-        for name in ("weight_decay", "grad_clip"):
+        for name in ("weight_decay", "grad_clip", "muon_weight_decay"):
             _non_negative_number(f"train.{name}", getattr(self, name))
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
-                raise ConfigError(f"train.{name} must be in [0, 1), got {v!r}")
-        _positive_number("train.eps", self.eps)
+        for name in ("beta1", "beta2", "muon_momentum"):
+            _fraction(f"train.{name}", getattr(self, name))
+        for name in ("eps", "muon_lr"):
+            _positive_number(f"train.{name}", getattr(self, name))
         if not isinstance(self.decay_fraction, (int, float)) or not 0.0 <= self.decay_fraction <= 1.0:
-            raise ConfigError(f"train.decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
-        _choice("train.optimizer", self.optimizer, ("adamw", "muon"))
-        _positive_number("train.muon_lr", self.muon_lr)
-        _non_negative_number("train.muon_weight_decay", self.muon_weight_decay)
-        if not isinstance(self.muon_momentum, (int, float)) or not 0.0 <= self.muon_momentum < 1.0:
-            raise ConfigError(f"train.muon_momentum must be in [0, 1), got {self.muon_momentum!r}")
-        _non_negative_int("train.batch_warmup_steps", self.batch_warmup_steps)
-        _positive_int("train.check_every", self.check_every)
-        _choice("train.fused_loss", self.fused_loss, ("off", "chunked", "liger"))
-        for name in ("doc_aligned", "fused_ops"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
-        _choice("train.schedule", self.schedule, ("cosine", "wsd", "constant"))
-        _choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        _choice("train.distributed", self.distributed, ("ddp", "fsdp"))
+            raise ConfigError(
+                f"train.decay_fraction must be in [0, 1], got {self.decay_fraction!r}",
+                key="train.decay_fraction",
+                reason=f"must be in [0, 1], got {_plain(self.decay_fraction)}",
+            )
+        _check_choices("train", self)
         return self
 
 
@@ -183,20 +196,33 @@ class TrainConfig:
 class DataConfig:
     """Corpus preparation and tokenizer settings (used by prepare-data, train-tokenizer, tokenize)."""
 
-    val_fraction: float = 0.01
-    min_chars: int = 1
-    tokenizer_model_type: str = "bpe"  # bpe | unigram
-    character_coverage: float = 0.9995
-    byte_fallback: bool = True
+    val_fraction: float = _s(0.01, "Validation fraction", "share of documents held out, in (0, 1)")
+    min_chars: int = _s(1, "Shortest document", "documents with fewer characters are dropped")
+    tokenizer_model_type: str = _s("bpe", "Tokenizer type", "SentencePiece's algorithm", ("bpe", "unigram"))
+    character_coverage: float = _s(0.9995, "Character coverage", "share of characters the tokenizer covers")
+    byte_fallback: bool = _s(True, "Byte fallback", "unknown characters become byte pieces")
 
     def validate(self) -> DataConfig:
         if not isinstance(self.val_fraction, (int, float)) or not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
+            raise ConfigError(
+                f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}",
+                key="data.val_fraction",
+                reason=f"must be in (0, 1), got {_plain(self.val_fraction)}",
+            )
         _non_negative_int("data.min_chars", self.min_chars)
-        _choice("data.tokenizer_model_type", self.tokenizer_model_type, ("bpe", "unigram"))
         if not isinstance(self.character_coverage, (int, float)) or not 0.0 < self.character_coverage <= 1.0:
-            raise ConfigError(f"data.character_coverage must be in (0, 1], got {self.character_coverage!r}")
+            raise ConfigError(
+                f"data.character_coverage must be in (0, 1], got {self.character_coverage!r}",
+                key="data.character_coverage",
+                reason=f"must be in (0, 1], got {_plain(self.character_coverage)}",
+            )
+        _check_choices("data", self)
         return self
+
+    def tokenizer_vocab_floor(self) -> int:
+        """The smallest vocabulary worth training a tokenizer to: its fixed ids (4 special tokens, and the 256
+        byte pieces with byte fallback) and 64 learned pieces."""
+        return 4 + (256 if self.byte_fallback else 0) + 64
 
 
 _SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
@@ -211,13 +237,31 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     name: str = "custom"
 
-    def validate(self) -> Config:
+    @property
+    def seq_len(self) -> int:
+        """Tokens per training window: ``train.seq_len``, or the model's context when it is not set."""
+        return self.train.seq_len or self.model.max_seq_len
+
+    def validate(self, *, new_tokenizer: bool = False) -> Config:
+        """Every rule about the settings; ``new_tokenizer``: a tokenizer will be trained for this config (the app,
+        quickstart), so the vocabulary must leave it room to learn pieces."""
         self.model.validate()
         self.train.validate()
         self.data.validate()
-        seq_len = self.train.seq_len or self.model.max_seq_len
-        if seq_len > self.model.max_seq_len:
-            raise ConfigError(f"train.seq_len ({seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})")
+        if self.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"train.seq_len ({self.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})",
+                key="train.seq_len",
+                reason=f"must not exceed the model's context ({self.model.max_seq_len}), got {self.seq_len}",
+            )
+        floor = self.data.tokenizer_vocab_floor()
+        if new_tokenizer and self.model.vocab_size < floor:
+            raise ConfigError(
+                f"model.vocab_size ({self.model.vocab_size}) is too small to train a tokenizer: its special tokens"
+                f"{' and byte pieces' if self.data.byte_fallback else ''} take {floor - 64} ids; use at least {floor}",
+                key="model.vocab_size",
+                reason=f"must be at least {floor} to train a tokenizer, got {self.model.vocab_size}",
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,7 +313,7 @@ def _build(section: str, klass: type, raw: Mapping[str, Any]):
     return obj
 
 
-_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
 
 
 def _check_type(name: str, annotation: str, value: Any) -> None:
@@ -286,7 +330,7 @@ def _check_type(name: str, annotation: str, value: Any) -> None:
     }.get(kind, True)
     if not ok:
         want = _TYPE_WORDS.get(kind, kind) + (" or null" if optional == "None" else "")
-        raise ConfigError(f"{name} must be {want}, got {value!r}")
+        raise ConfigError(f"{name} must be {want}, got {value!r}", key=name, reason=f"must be {want}, got {value!r}")
 
 
 def _check_keys(prefix: str, raw: Mapping[str, Any], valid: list[str]) -> None:
@@ -302,33 +346,115 @@ def _suggest(key: str, valid: list[str]) -> str:
     return f" (valid keys: {', '.join(valid)})"
 
 
+def _plain(value: Any) -> str:
+    """A value as a person typed it: 0 rather than 0.0, words without quotes."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:g}"
+    return value if isinstance(value, str) else repr(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _refuse(name: str, words: str, value: Any, plain: str) -> None:
+    raise ConfigError(f"{name} must be {words}, got {value!r}", key=name, reason=f"{plain}, got {_plain(value)}")
+
+
 def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not _is_int(value) or value <= 0:
+        _refuse(name, "a positive integer", value, "must be at least 1" if _is_int(value) else "must be a whole number")
 
 
 def _non_negative_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+    if not _is_int(value) or value < 0:
+        _refuse(
+            name, "a non-negative integer", value, "must be 0 or more" if _is_int(value) else "must be a whole number"
+        )
 
 
 def _positive_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    if not _is_number(value) or not value > 0 or math.isinf(value):
+        _refuse(name, "a positive number", value, "must be greater than 0" if _is_number(value) else "must be a number")
 
 
 def _non_negative_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
-        raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
+    if not _is_number(value) or not value >= 0 or math.isinf(value):
+        _refuse(name, "a non-negative number", value, "must be 0 or more" if _is_number(value) else "must be a number")
+
+
+def _fraction(name: str, value: Any) -> None:
+    if not _is_number(value) or not 0.0 <= value < 1.0:
+        _refuse(name, "in [0, 1)", value, "must be in [0, 1)")
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(
+            f"{name} must be one of {', '.join(choices)}, got {value!r}",
+            key=name,
+            reason=f"choose one of {', '.join(choices)}, got {value!r}",
+        )
+
+
+def _check_choices(section: str, obj: Any) -> None:
+    """The settings of a section that take one of a few words, or true/false, checked against their field's own
+    description (:func:`_s`), the list the app's form offers too."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("choices"):
+            _choice(f"{section}.{f.name}", value, f.metadata["choices"])
+        elif str(f.type) == "bool" and not isinstance(value, bool):
+            _refuse(f"{section}.{f.name}", "true or false", value, "must be true or false")
 
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+# --- the settings' descriptions (labels, help, choices) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a setting is, for a person: its key (``train.lr``), label, help, type, choices and default."""
+
+    key: str
+    label: str
+    help: str
+    type: str  # int | float | bool | str
+    optional: bool  # null allowed (the setting then follows another, e.g. train.seq_len -> model.max_seq_len)
+    choices: tuple[str, ...]
+    default: Any
+
+    def get(self, cfg: Config) -> Any:
+        section, _, name = self.key.partition(".")
+        return getattr(getattr(cfg, section), name)
+
+
+def settings() -> list[Setting]:
+    """Every setting of a config, in file order."""
+    out = []
+    for section, klass in _SECTIONS.items():
+        for f in dataclasses.fields(klass):
+            kind, *rest = (t.strip() for t in str(f.type).split("|"))
+            m = f.metadata
+            out.append(
+                Setting(f"{section}.{f.name}", m["label"], m["help"], kind, "None" in rest, m["choices"], f.default)
+            )
+    return out
+
+
+def setting(key: str) -> Setting:
+    """The description of one setting (``train.lr``); :class:`ConfigError` for an unknown key."""
+    for s in settings():
+        if s.key == key:
+            return s
+    raise ConfigError(f"unknown key {key}{_suggest_key(key)}")
 
 
 # --- overrides (--set section.key=value) -----------------------------------------------------------------
@@ -374,9 +500,6 @@ def override_keys() -> list[str]:
 def _field_types(klass: type) -> dict[str, tuple[str, ...]]:
     # annotations are strings here (``from __future__ import annotations``): "int", "float | None", ...
     return {f.name: tuple(t.strip() for t in str(f.type).split("|")) for f in dataclasses.fields(klass)}
-
-
-_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
 
 
 def _typed(item: str, key: str, value: Any, text: str, types: tuple[str, ...]) -> Any:

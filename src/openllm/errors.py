@@ -30,10 +30,15 @@ class OpenLLMError(Exception):
 
 class ConfigError(OpenLLMError, ValueError):
     """A config file or override is invalid; the message names the field and the allowed values. One line,
-    whatever the user typed (a key with a newline in it stays on the line)."""
+    whatever the user typed (a key with a newline in it stays on the line).
 
-    def __init__(self, message: str) -> None:
+    ``key`` is the setting at fault (``train.lr``) when one is, and ``reason`` the message without the key's name
+    ("must be greater than 0, got 0"), so that a form can show it beside the field's own label."""
+
+    def __init__(self, message: str, *, key: str | None = None, reason: str | None = None) -> None:
         super().__init__(" ".join(str(message).replace("\n", "\\n").split()))
+        self.key = key
+        self.reason = " ".join(str(reason if reason is not None else message).replace("\n", "\\n").split())
 
 
 class MissingExtra(OpenLLMError, ImportError):

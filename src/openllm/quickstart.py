@@ -91,6 +91,7 @@ def quickstart(
     cfg = load_config(config)
     if max_steps is not None:
         cfg = cfg.replace(train={"max_steps": int(max_steps)})
+    cfg.validate(new_tokenizer=True)  # before anything is written: quickstart trains the config's tokenizer
     _prepare_out(out)
     paths: dict[str, Path] = {}
     timings: dict[str, float] = {}
@@ -147,7 +148,7 @@ def quickstart(
         sp = meta["splits"]
         say(f"    {sp['train']['tokens']:,} train tokens, {sp['val']['tokens']:,} val tokens -> {paths['tokens']}")
 
-    seq_len = cfg.train.seq_len or cfg.model.max_seq_len
+    seq_len = cfg.seq_len
     with stage("baseline", "unigram baseline (train token frequencies, scored on val)"):
         uni, n_scored = unigram_baseline(paths["tokens"], seq_len)
         say(

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, load_config, preset_names
+from ..config import Config, ConfigError, load_config, preset_names, setting
 from ..errors import OpenLLMError
+from .schema import TRAIN_FIELDS, FormField, field_for_key, form_values
 from .workspace import WorkspaceError, check_name
 
 __all__ = [
@@ -26,8 +27,6 @@ __all__ = [
     "CORPUS_EMBEDDED",
     "CORPUS_WORKSPACE",
     "CORPUS_UPLOAD",
-    "OPTIMIZERS",
-    "SCHEDULES",
     "preset_fields",
     "parse_train_form",
     "parse_sampling_form",
@@ -38,8 +37,8 @@ __all__ = [
 CORPUS_EMBEDDED = "Embedded corpus (King James Bible)"
 CORPUS_WORKSPACE = "A file or folder in the workspace"
 CORPUS_UPLOAD = "An uploaded file"
-OPTIMIZERS = ("adamw",)
-SCHEDULES = ("cosine", "wsd", "constant")
+OPTIMIZERS = setting("train.optimizer").choices
+SCHEDULES = setting("train.schedule").choices
 
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -129,23 +128,7 @@ class TrainRequest:
 
 def preset_fields(preset: str) -> dict[str, Any]:
     """The form's values for a preset (what the UI shows after the user picks one)."""
-    cfg = load_config(preset)
-    t = cfg.train
-    return {
-        "model_size": preset,
-        "vocab_size": cfg.model.vocab_size,
-        "lr": t.lr,
-        "batch_size": t.micro_batch_size,
-        "max_steps": t.max_steps,
-        "grad_accum": t.grad_accum_steps,
-        "optimizer": t.optimizer,
-        "schedule": t.schedule,
-        "weight_decay": t.weight_decay,
-        "grad_clip": t.grad_clip,
-        "warmup_steps": t.warmup_steps,
-        "eval_every": t.eval_every,
-        "save_every": t.save_every,
-    }
+    return {"model_size": preset, **form_values(load_config(preset))}
 
 
 def _shape(cfg) -> dict[str, Any]:
@@ -171,23 +154,7 @@ def config_fields(source: Any) -> tuple[dict[str, Any], list[str]]:
             f"its model ({dims}) is none of the presets' sizes, which the app's form picks "
             f"from; train it from a terminal: openllm train --config FILE",
         )
-    t = cfg.train
-    fields = {
-        "preset": match,
-        "model_size": match,
-        "vocab_size": cfg.model.vocab_size,
-        "lr": t.lr,
-        "batch_size": t.micro_batch_size,
-        "max_steps": t.max_steps,
-        "grad_accum": t.grad_accum_steps,
-        "optimizer": t.optimizer,
-        "schedule": t.schedule,
-        "weight_decay": t.weight_decay,
-        "grad_clip": t.grad_clip,
-        "warmup_steps": t.warmup_steps,
-        "eval_every": t.eval_every,
-        "save_every": t.save_every,
-    }
+    fields = {"preset": match, "model_size": match, **form_values(cfg)}
     given = cfg.to_dict()
     best: tuple[dict[str, Any], list[str]] | None = None
     for preset in [match, *[n for n in preset_names() if n != match]]:  # the preset that keeps the most
@@ -210,6 +177,21 @@ def config_fields(source: Any) -> tuple[dict[str, Any], list[str]]:
     return best  # type: ignore[return-value]
 
 
+def _typed(f: FormField, value: Any) -> Any:
+    """A field's value as its setting's type (the page sends numbers as floats or text); its range and choices
+    are the config's to check."""
+    s = f.setting
+    if s.type == "bool":
+        return bool(value)
+    if s.type == "str":
+        return value
+    if s.optional and (value is None or str(value).strip() == ""):
+        return None
+    if s.type == "int":
+        return _integer(f.label, value)
+    return _number(f.label, value)
+
+
 def parse_train_form(values: Mapping[str, Any]) -> TrainRequest:
     """Check every training field and build the run's Config (preset + overrides, validated)."""
     presets = preset_names()
@@ -221,49 +203,27 @@ def parse_train_form(values: Mapping[str, Any]) -> TrainRequest:
     preset = _choice("Preset", values.get("preset"), presets)
     size = _choice("Model size", values.get("model_size") or preset, presets)
 
-    vocab = _integer("Vocabulary size", values.get("vocab_size"), minimum=324, maximum=262144)
-    lr = _positive("Learning rate", values.get("lr"), maximum=1.0)
-    batch = _integer("Batch size", values.get("batch_size"), minimum=1, maximum=4096)
-    steps = _integer("Steps", values.get("max_steps"), minimum=1, maximum=10_000_000)
-    accum = _integer("Gradient accumulation", values.get("grad_accum"), minimum=1, maximum=4096)
-    optimizer = _choice("Optimizer", values.get("optimizer"), OPTIMIZERS)
-    schedule = _choice("Scheduler", values.get("schedule"), SCHEDULES)
-    wd = _non_negative("Weight decay", values.get("weight_decay"), maximum=10.0)
-    clip = _non_negative("Gradient clipping", values.get("grad_clip"))
-    warmup = _integer("Warmup steps", values.get("warmup_steps"), minimum=0)
-    if warmup > steps:
-        raise FormError("Warmup steps", f"must not exceed Steps ({steps}), got {warmup}")
-    eval_every = _integer("Evaluate every", values.get("eval_every"), minimum=1)
-    save_every = _integer("Save every", values.get("save_every"), minimum=1)
-
     base = load_config(preset)
     shape = load_config(size).model
-    model = {**shape.__dict__, "vocab_size": vocab}
-    min_lr = base.train.min_lr
-    if min_lr is not None and min_lr > lr:
-        min_lr = lr / 10
-    train = {
-        "lr": lr,
-        "min_lr": min_lr,
-        "micro_batch_size": batch,
-        "max_steps": steps,
-        "grad_accum_steps": accum,
-        "optimizer": optimizer,
-        "schedule": schedule,
-        "weight_decay": wd,
-        "grad_clip": clip,
-        "warmup_steps": warmup,
-        "eval_every": eval_every,
-        "save_every": save_every,
-        "log_every": max(1, min(base.train.log_every, steps // 20 or 1)),
-    }
-    seq = base.train.seq_len
-    if seq is not None and seq > shape.max_seq_len:
+    sections: dict[str, dict[str, Any]] = {"model": dict(shape.__dict__), "train": {}, "data": {}}
+    for f in TRAIN_FIELDS:
+        section, _, name = f.key.partition(".")
+        sections[section][name] = _typed(f, values.get(f.name))
+    train = sections["train"]
+    # settings the form does not show follow the ones it does: the final learning rate stays below the peak,
+    # a short run still logs about 20 lines, the training window fits the chosen model's context
+    lr, steps = train.get("lr", base.train.lr), train.get("max_steps", base.train.max_steps)
+    if base.train.min_lr is not None and base.train.min_lr > lr:
+        train["min_lr"] = lr / 10
+    train["log_every"] = max(1, min(base.train.log_every, steps // 20 or 1))
+    if base.train.seq_len is not None and base.train.seq_len > shape.max_seq_len:
         train["seq_len"] = shape.max_seq_len
     try:
-        config = base.replace(model=model, train=train, name=run_name)
+        config = base.replace(**sections, name=run_name).validate(new_tokenizer=True)
     except ConfigError as exc:
-        raise FormError("Settings", str(exc)) from None
+        f = field_for_key(exc.key)
+        raise FormError(f.label if f else "Settings", exc.reason if f else str(exc)) from exc
+    vocab = config.model.vocab_size
 
     kind = values.get("corpus_kind")
     field = (values.get("text_field") or "text").strip() or "text"
