@@ -243,11 +243,7 @@ def _sft_config(
             train[key] = int(value)
     changes = {k: dict(v) for k, v in (overrides or {}).items() if k != "train"}
     changes["train"] = train
-    cfg = base.replace(**changes)
-    seq = cfg.train.seq_len or cfg.model.max_seq_len
-    if seq > cfg.model.max_seq_len:
-        raise OpenLLMError(f"train.seq_len {seq} exceeds the base model's context of {cfg.model.max_seq_len}")
-    return cfg
+    return base.replace(**changes)
 
 
 def _load_rows(path: Path, tokenizer, seq_len: int, too_long: str, seed: int, say):
@@ -355,7 +351,7 @@ def finetune(
     tok = loaded.tokenizer
     if tok.vocab_size > cfg.model.vocab_size:
         raise OpenLLMError(f"the tokenizer has {tok.vocab_size} tokens, the model {cfg.model.vocab_size}")
-    seq_len = cfg.train.seq_len or cfg.model.max_seq_len
+    seq_len = cfg.seq_len
 
     train_rows, data_info = _load_rows(data, tok, seq_len, too_long, cfg.train.seed, say)
     val_rows, val_info = (None, None)

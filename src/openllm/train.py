@@ -218,7 +218,7 @@ class RunPlan:
 
     @property
     def seq_len(self) -> int:
-        return self.cfg.train.seq_len or self.cfg.model.max_seq_len
+        return self.cfg.seq_len
 
     @property
     def tokenizer_sha256(self) -> str | None:

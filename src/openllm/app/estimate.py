@@ -58,8 +58,7 @@ def estimate_time(ws: Workspace, cfg: Config) -> TimeEstimate:
     """The time ``cfg``'s training takes at the median tokens/s that the newest run of the same model (shape
     and vocabulary) measured in this workspace, preferring one with the same batch shape."""
     t = cfg.train
-    seq = t.seq_len or cfg.model.max_seq_len
-    tokens = t.micro_batch_size * t.grad_accum_steps * seq * t.max_steps
+    tokens = t.micro_batch_size * t.grad_accum_steps * cfg.seq_len * t.max_steps
     best: tuple[int, str, float] | None = None
     for name in ws.run_names():  # newest first
         run = ws.run_dir(name)

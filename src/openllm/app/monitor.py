@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import Config
 from ..metrics import finite_number
 from ..rundir import read_metrics
 
@@ -30,11 +31,9 @@ class Progress:
 
 def _tokens_per_step(run_dir: Path) -> int | None:
     try:
-        cfg = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
-        t, m = cfg["train"], cfg["model"]
-        seq = t.get("seq_len") or m["max_seq_len"]
-        return int(t["micro_batch_size"]) * int(t["grad_accum_steps"]) * int(seq)
-    except (OSError, ValueError, KeyError, TypeError):
+        cfg = Config.from_dict(json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8")))
+        return cfg.train.micro_batch_size * cfg.train.grad_accum_steps * cfg.seq_len
+    except (OSError, ValueError):
         return None
 
 

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = apply_overrides(load_config(args.config), args.set)
     m = cfg.model
-    report = param_report(m, seq_len=args.seq_len or cfg.train.seq_len or m.max_seq_len)
+    report = param_report(m, seq_len=args.seq_len or cfg.seq_len)
     total, non_emb = report["params"], report["params_non_embedding"]
     flops, seq = report["flops_per_token"], report["seq_len"]
     print(f"config            {args.config} ({cfg.name})")
