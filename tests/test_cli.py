@@ -227,3 +227,67 @@ def test_the_crash_log_and_the_error_line_hold_no_secrets(tmp_path):
     for text in (proc.stderr, log.read_text()):
         assert "S3cretT0ken" not in text and "hf_abcdefghijklmnopqrstuvwx" not in text
         assert "hub.example" in text
+
+
+# --- errors: user errors (exit 2, one line) and bugs (exit 1, crash log); causes kept, shown with --debug ----------
+
+
+def _failing_info(monkeypatch, tmp_path, make_error):
+    import openllm.cli.info as info
+
+    def run(args):
+        raise make_error()
+
+    monkeypatch.setattr(info, "run", run)
+    monkeypatch.setenv("OPENLLM_CACHE", str(tmp_path / "cache"))
+
+
+def test_a_chained_user_error_prints_one_line_without_its_cause(monkeypatch, tmp_path, capsys):
+    import pytest
+
+    from openllm.errors import OpenLLMError
+
+    def make():
+        try:
+            raise KeyError("inner detail")
+        except KeyError as exc:
+            raise OpenLLMError("the run folder is damaged", path=tmp_path) from exc
+
+    _failing_info(monkeypatch, tmp_path, make)
+    assert main(["info", "tiny"]) == 2
+    assert capsys.readouterr().err == "error: the run folder is damaged\n"
+    with pytest.raises(OpenLLMError) as raised:  # --debug: the fields, then Python prints the whole chain
+        main(["--debug", "info", "tiny"])
+    assert isinstance(raised.value.__cause__, KeyError) and raised.value.path == tmp_path
+    assert capsys.readouterr().err == f"debug: OpenLLMError: path={tmp_path!r}\n"
+
+
+def test_a_missing_file_the_user_named_is_a_user_error(monkeypatch, tmp_path, capsys):
+    missing = tmp_path / "run" / "checkpoints" / "state.json"
+    _failing_info(monkeypatch, tmp_path, lambda: FileNotFoundError(2, "No such file or directory", str(missing)))
+    assert main(["info", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.startswith("error: [Errno 2] No such file or directory")
+    assert not (tmp_path / "cache" / "logs").exists()
+
+
+def test_a_missing_file_the_user_did_not_name_is_a_bug(monkeypatch, tmp_path, capsys):
+    """Our own code expected a file (a cache entry, a module's data) that is not there: the crash log, exit 1."""
+    missing = tmp_path / "elsewhere" / "internal.json"
+    _failing_info(monkeypatch, tmp_path, lambda: FileNotFoundError(2, "No such file or directory", str(missing)))
+    assert main(["info", "tiny"]) == 1
+    err = capsys.readouterr().err
+    assert "failed unexpectedly (FileNotFoundError" in err and "this is a bug" in err
+    assert len(list((tmp_path / "cache" / "logs").iterdir())) == 1
+
+
+def test_a_broken_invariant_is_a_bug_not_a_user_error(monkeypatch, tmp_path, capsys):
+    """An impossible state transition is not something the user can fix: exit 1 and a crash log, never exit 2."""
+    from openllm import rundir
+    from openllm.errors import OpenLLMError, is_user_error
+
+    invalid = getattr(rundir, "InvalidTransition", RuntimeError)
+    assert not issubclass(invalid, OpenLLMError) and not is_user_error(invalid.__new__(invalid))
+    _failing_info(monkeypatch, tmp_path, lambda: RuntimeError("cannot move from 'done' to 'training'"))
+    assert main(["info", "tiny"]) == 1
+    err = capsys.readouterr().err
+    assert "failed unexpectedly" in err and "this is a bug" in err and err.count("\n") == 1

@@ -19,6 +19,7 @@ from openllm.hub import (
     CommitOperationAdd,
     CommitOperationDelete,
     ConflictError,
+    HubError,
     HubUnavailable,
     InvalidRepoId,
     RepositoryNotFound,
@@ -309,3 +310,71 @@ def test_contract_private_repo(tmp_path):
     with pytest.raises(UnsupportedOperation, match="no private repositories"):
         LocalHub(tmp_path / "hub").create_repo(repo_id="alice/m", private=True)
     assert not (tmp_path / "hub").exists() or not any((tmp_path / "hub").rglob("HEAD"))
+
+
+def _answered_error(cls, status: int, *, request_id: str, server_message: str):
+    """An error as huggingface_hub raises it for a server's answer: the response (its request id header) and
+    the message the server gave."""
+    httpmod = importlib.import_module(hf_errors.Response.__module__)
+    response = hf_errors.Response(
+        status,
+        request=httpmod.Request("GET", "https://huggingface.co/api/models/alice/m/refs"),
+        headers={"x-request-id": request_id},
+    )
+    return cls(f"{status} Client Error", response=response, server_message=server_message)
+
+
+@pytest.mark.parametrize(
+    "cls, status, expected",
+    [
+        (hf_errors.RepositoryNotFoundError, 404, RepositoryNotFound),
+        (hf_errors.HfHubHTTPError, 401, AuthError),
+        (hf_errors.HfHubHTTPError, 500, HubUnavailable),
+        (hf_errors.HfHubHTTPError, 400, HubError),
+    ],
+)
+def test_contract_errors_keep_the_response_details_and_their_cause(cls, status, expected):
+    """As huggingface_hub's HfHubHTTPError does: the request id and the server's message stay on the error we
+    raise (with the status and the repo), and huggingface_hub's own error is its cause."""
+    raised = _answered_error(cls, status, request_id="Root=1-abc", server_message="Repository not found")
+    api = RecordingApi(fail={"list_repo_refs": raised})
+    with pytest.raises(expected) as caught:
+        HfHub(token="hf_ok", api=api).list_refs(repo_id="alice/m")
+    err = caught.value
+    assert err.__cause__ is raised
+    assert (err.repo_id, err.status_code, err.request_id, err.server_message) == (
+        "alice/m",
+        status,
+        "Root=1-abc",
+        "Repository not found",
+    )
+    assert err.details()["request_id"] == "Root=1-abc"
+
+
+def test_contract_connection_errors_keep_their_cause():
+    raised = ConnectionResetError("reset by peer")
+    with pytest.raises(HubUnavailable) as caught:
+        HfHub(token="hf_ok", api=RecordingApi(fail={"list_repo_files": raised})).list_files(repo_id="alice/m")
+    assert caught.value.__cause__ is raised and caught.value.repo_id == "alice/m"
+
+
+def test_contract_cli_shows_the_request_id_only_under_debug(monkeypatch, capsys):
+    """`openllm hub versions --hub hf`: one line without --debug; with it, the request id and the server's
+    message, then the chain (huggingface_hub's error as the cause)."""
+    from openllm.cli import main
+
+    raised = _answered_error(
+        hf_errors.RepositoryNotFoundError, 404, request_id="Root=1-req42", server_message="Repository not found"
+    )
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: RecordingApi(fail={"list_repo_refs": raised}))
+    monkeypatch.setenv("HF_TOKEN", "hf_ok")
+    assert main(["hub", "versions", "alice/m", "--hub", "hf"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no repository alice/m on the Hugging Face hub") and err.count("\n") == 1
+    assert "Root=1-req42" not in err
+    with pytest.raises(RepositoryNotFound) as caught:
+        main(["--debug", "hub", "versions", "alice/m", "--hub", "hf"])
+    assert caught.value.__cause__ is raised
+    debug = capsys.readouterr().err
+    assert "debug: RepositoryNotFound:" in debug
+    assert "request_id='Root=1-req42'" in debug and "server_message='Repository not found'" in debug

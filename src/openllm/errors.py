@@ -1,19 +1,34 @@
 """The project's error types. User errors (bad input, missing files, bad configs) are printed by the CLI as
-one line; anything else is a bug and keeps its traceback."""
+one line; anything else is a bug and keeps its traceback.
+
+As huggingface_hub's errors do, each carries what a caller needs as attributes, given as keyword-only arguments
+(``path``; a hub error's ``repo_id``, ``request_id``, ``server_message``), and the exception it was raised from
+as its ``__cause__`` (``raise ConfigError(...) from exc``): the CLI prints the one-line message, and with
+``--debug`` the fields and the whole chain.
+
+What is not a user error is a bug: an internal invariant that does not hold, or an ``OSError`` (a missing file,
+a refused permission) about a path that the user did not name. The CLI writes those to a crash log and exits 1."""
 
 from __future__ import annotations
 
 import errno
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 __all__ = [
     "OpenLLMError",
     "ConfigError",
+    "InputNotFound",
+    "InputExists",
     "MissingExtra",
     "EXTRAS",
     "require",
     "missing_extra",
     "user_message",
     "is_user_error",
+    "names_input",
     "is_disk_full",
     "DISK_FULL_HINT",
 ]
@@ -25,7 +40,19 @@ DISK_FULL_HINT = "free some space (or raise the file-size limit) and run the sam
 
 
 class OpenLLMError(Exception):
-    """Base class for errors caused by input the user can fix. The message says what and how."""
+    """Base class for errors caused by input the user can fix. The message says what and how; ``path`` is the
+    file or folder the error is about, when there is one. Subclasses add their own fields (keyword-only, each
+    with a default, so that an error still pickles: ``BaseException`` restores ``__dict__``)."""
+
+    path: Path | None
+
+    def __init__(self, *args: object, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(*args)
+        self.path = Path(path) if path is not None else None
+
+    def details(self) -> dict[str, Any]:
+        """The fields that are set, by name (what ``openllm --debug`` prints above the traceback)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and v is not None}
 
 
 class ConfigError(OpenLLMError, ValueError):
@@ -39,6 +66,23 @@ class ConfigError(OpenLLMError, ValueError):
         super().__init__(" ".join(str(message).replace("\n", "\\n").split()))
         self.key = key
         self.reason = " ".join(str(reason if reason is not None else message).replace("\n", "\\n").split())
+
+
+class InputNotFound(OpenLLMError, FileNotFoundError):
+    """A file or folder the user named (or one that a folder the user named must hold) does not exist. Still a
+    ``FileNotFoundError`` for callers that catch that; ``path`` (and ``filename``) say which."""
+
+    def __init__(self, *args: object, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(*args, path=path)
+        self.filename = str(path) if path is not None else None
+
+
+class InputExists(OpenLLMError, FileExistsError):
+    """An output the user named already exists (or is not empty) and is not to be overwritten."""
+
+    def __init__(self, *args: object, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(*args, path=path)
+        self.filename = str(path) if path is not None else None
 
 
 class MissingExtra(OpenLLMError, ImportError):
@@ -105,9 +149,34 @@ def is_disk_full(exc: BaseException) -> bool:
     return any(words in str(exc) for words in _DISK_FULL_WORDS)
 
 
-def is_user_error(exc: BaseException) -> bool:
-    return (
-        isinstance(exc, (OpenLLMError, FileNotFoundError, FileExistsError))
-        or is_disk_full(exc)
-        or missing_extra(exc) is not None
-    )
+def is_user_error(exc: BaseException, *, inputs: Iterable[str | os.PathLike[str]] | None = None) -> bool:
+    """An error the user can fix: one of ours (:class:`OpenLLMError`), a full disk, a missing optional
+    dependency, or an ``OSError`` about a path the user gave. ``inputs`` are the paths (or all the arguments) the
+    user gave: an ``OSError`` about one of them, or about a file inside one, is the user's; any other (a cache
+    file, a module's own data, a file that the code itself just wrote) is a bug. Without ``inputs`` (callers that
+    do not know them) a missing or existing file counts as the user's, as it always did."""
+    if isinstance(exc, OpenLLMError) or is_disk_full(exc) or missing_extra(exc) is not None:
+        return True
+    if not isinstance(exc, OSError):
+        return False
+    if inputs is None:
+        return isinstance(exc, (FileNotFoundError, FileExistsError))
+    return names_input(exc, inputs)
+
+
+def names_input(exc: OSError, inputs: Iterable[str | os.PathLike[str]]) -> bool:
+    """``exc`` is about one of ``inputs`` or about something inside one (``filename`` or ``filename2``, both
+    made absolute from the current folder). Arguments that are no paths (``--max-steps``, ``8``) match nothing."""
+    names = [n for n in (exc.filename, exc.filename2) if isinstance(n, (str, os.PathLike)) and str(n)]
+    if not names:
+        return False
+    given = []
+    for arg in inputs:
+        text = os.fspath(arg)
+        if isinstance(text, str) and text and "\0" not in text:
+            given.append(Path(os.path.abspath(text.partition("=")[2] or text if text.startswith("-") else text)))
+    for name in names:
+        path = Path(os.path.abspath(os.fspath(name)))
+        if any(path == g or g in path.parents for g in given if g != Path(g.anchor)):
+            return True
+    return False

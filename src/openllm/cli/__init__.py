@@ -15,10 +15,9 @@ import importlib
 import os
 import sys
 
-from ..errors import OpenLLMError as UserError  # kept for callers that catch UserError
 from ..redact import redact
 
-__all__ = ["main", "COMMANDS", "UserError"]
+__all__ = ["main", "COMMANDS"]
 
 # name -> (module under openllm.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -80,9 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one line, no traceback unless --debug
         from ..errors import DISK_FULL_HINT, is_disk_full, is_user_error, user_message
 
-        if debug:
+        if debug:  # the fields of each error in the chain, then Python prints the chain (causes included)
+            _say_details(exc)
             raise
-        if not is_user_error(exc):
+        # a user error is one of ours, or an OSError about a path the user gave; anything else is a bug: an
+        # internal invariant, or a missing file that our own code should have had (the crash log, exit 1)
+        if not is_user_error(exc, inputs=argv):
             _say(
                 f"error: openllm {args.command} failed unexpectedly ({type(exc).__name__}: "
                 f"{' '.join(str(exc).split())[:200]}); {_crash_report(args.command, argv)}"
@@ -100,6 +102,20 @@ def _say(line: str) -> None:
     line = redact(line)  # a token in a --hub URL or in a library's message is never printed
     sys.stderr.write(line.encode("utf-8", "backslashreplace").decode("utf-8", "replace") + "\n")
     sys.stderr.flush()
+
+
+def _say_details(exc: BaseException) -> None:
+    """``--debug``: the fields the errors of the chain carry (a hub's request id and message, a path, a state),
+    one line each, outermost first."""
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        details = getattr(err, "details", None)
+        fields = details() if callable(details) else {}
+        if isinstance(fields, dict) and fields:
+            _say(f"debug: {type(err).__name__}: " + ", ".join(f"{k}={v!r}" for k, v in fields.items()))
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
 
 
 def _crash_report(command: str, argv: list[str]) -> str:

@@ -1,7 +1,13 @@
 """Typed hub errors. Every one is an :class:`~openllm.errors.OpenLLMError`: the CLI prints its one-line
-message and exits 2. Callers that retry (the Space sync) catch :class:`HubUnavailable` only."""
+message and exits 2. Callers that retry (the Space sync) catch :class:`HubUnavailable` only.
+
+Like huggingface_hub's ``HfHubHTTPError``, each carries what a caller needs beside its message (keyword-only,
+each may be None): the ``repo_id``, ``repo_type`` and ``revision`` asked for and, when a server answered, its
+HTTP ``status_code``, ``request_id`` and ``server_message``; the library's own exception is the ``__cause__``."""
 
 from __future__ import annotations
+
+import os
 
 from ..errors import OpenLLMError
 from ..redact import redact
@@ -26,8 +32,24 @@ class HubError(OpenLLMError):
     """Base class of everything the hub raises on purpose. Messages name hubs by URL, and a URL may carry a
     token: every message is masked (:func:`openllm.redact.redact`) however it was built."""
 
-    def __init__(self, *args: object) -> None:
-        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
+    def __init__(
+        self,
+        *args: object,
+        repo_id: str | None = None,
+        repo_type: str | None = None,
+        revision: str | None = None,
+        status_code: int | None = None,
+        request_id: str | None = None,
+        server_message: str | None = None,
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args), path=path)
+        self.repo_id = repo_id
+        self.repo_type = repo_type
+        self.revision = revision
+        self.status_code = status_code
+        self.request_id = request_id
+        self.server_message = redact(server_message) if server_message is not None else None
 
 
 class InvalidRepoId(HubError, ValueError):

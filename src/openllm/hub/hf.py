@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputNotFound
 from .base import CommitInfo, CommitOperation, CommitOperationAdd, CommitOperationDelete, GitRefs, Hub
 from .errors import (
     AuthError,
@@ -108,7 +109,7 @@ class HfHub(Hub):
     ) -> str:
         _check(repo_id, repo_type)
         if not Path(folder_path).is_dir():
-            raise FileNotFoundError(f"cannot upload {folder_path}: not a folder")
+            raise InputNotFound(f"cannot upload {folder_path}: not a folder", path=folder_path)
         folder_files(folder_path)  # huggingface_hub reads through links: refuse one out of the folder first
         token = self._write_token()
         with _mapped(repo_id):
@@ -264,39 +265,66 @@ def _check(repo_id: str, repo_type: str) -> None:
 
 @contextlib.contextmanager
 def _mapped(what: str, *, revision: str | None = None, tag: str | None = None) -> Iterator[None]:
-    """huggingface_hub's and the HTTP client's exceptions -> ours."""
+    """huggingface_hub's and the HTTP client's exceptions -> ours, raised from theirs, with what the server said
+    (status, request id, message) as fields: the one-line message for the user, the rest for ``--debug``."""
     from huggingface_hub import errors as hf
 
+    repo_id = what if "/" in what else None
     try:
         yield
-    except hf.GatedRepoError:
-        raise AuthError(f"{what} is gated on the Hugging Face hub: accept its terms with the token's account") from None
-    except hf.RepositoryNotFoundError:
-        raise RepositoryNotFound(f"no repository {what} on the Hugging Face hub (or the token cannot see it)") from None
-    except hf.RevisionNotFoundError:
-        raise RevisionNotFound(f"{what} has no revision {revision or tag!r} on the Hugging Face hub") from None
-    except (hf.EntryNotFoundError, hf.RemoteEntryNotFoundError) as exc:
-        raise EntryNotFound(f"{what}: {exc}") from None
-    except hf.OfflineModeIsEnabled:
-        raise HubUnavailable("the Hugging Face hub is off (HF_HUB_OFFLINE=1); unset it to reach the hub") from None
     except hf.HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise AuthError(f"the Hugging Face hub rejected the token ({status}); {_TOKEN_HELP}") from None
-        if status == 409:
-            if tag is not None:
-                raise RevisionExists(f"{what} already has version {tag!r} on the Hugging Face hub") from None
-            raise RepositoryExists(f"{what} already exists on the Hugging Face hub") from None
-        if status == 412:
-            raise ConflictError(f"{what} moved on the Hugging Face hub (parent commit is not the head)") from None
-        if status is None or status == 429 or status >= 500:
-            raise HubUnavailable(f"the Hugging Face hub is unavailable ({status or exc}); try again later") from None
-        raise HubError(f"the Hugging Face hub refused the request for {what}: {exc}") from None
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None)
+        fields: dict[str, Any] = {
+            "repo_id": repo_id,
+            "revision": tag or revision,
+            "status_code": status,
+            "request_id": getattr(exc, "request_id", None),
+            "server_message": getattr(exc, "server_message", None),
+        }
+        raise _http_error(exc, what, status, revision=revision, tag=tag, fields=fields) from exc
+    except (hf.EntryNotFoundError, hf.RemoteEntryNotFoundError) as exc:  # not HTTP errors in every release
+        raise EntryNotFound(f"{what}: {exc}", repo_id=repo_id, revision=tag or revision) from exc
+    except hf.OfflineModeIsEnabled as exc:
+        raise HubUnavailable(
+            "the Hugging Face hub is off (HF_HUB_OFFLINE=1); unset it to reach the hub", repo_id=repo_id
+        ) from exc
     except OSError as exc:  # connection refused/reset, DNS
-        raise HubUnavailable(f"cannot reach the Hugging Face hub ({exc}); try again later") from None
+        raise HubUnavailable(f"cannot reach the Hugging Face hub ({exc}); try again later", repo_id=repo_id) from exc
     except Exception as exc:
         if type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3"):
             raise HubUnavailable(
-                f"cannot reach the Hugging Face hub ({type(exc).__name__}: {exc}); try again later"
-            ) from None
+                f"cannot reach the Hugging Face hub ({type(exc).__name__}: {exc}); try again later", repo_id=repo_id
+            ) from exc
         raise
+
+
+def _http_error(
+    exc: Exception, what: str, status: int | None, *, revision: str | None, tag: str | None, fields: dict[str, Any]
+) -> HubError:
+    """The typed error for an answer of the Hugging Face hub (the caller raises it from ``exc``)."""
+    from huggingface_hub import errors as hf
+
+    if isinstance(exc, hf.GatedRepoError):
+        return AuthError(
+            f"{what} is gated on the Hugging Face hub: accept its terms with the token's account", **fields
+        )
+    if isinstance(exc, hf.RepositoryNotFoundError):
+        return RepositoryNotFound(
+            f"no repository {what} on the Hugging Face hub (or the token cannot see it)", **fields
+        )
+    if isinstance(exc, hf.RevisionNotFoundError):
+        return RevisionNotFound(f"{what} has no revision {revision or tag!r} on the Hugging Face hub", **fields)
+    if isinstance(exc, (hf.EntryNotFoundError, hf.RemoteEntryNotFoundError)):
+        return EntryNotFound(f"{what}: {exc}", **fields)
+    if status in (401, 403):
+        return AuthError(f"the Hugging Face hub rejected the token ({status}); {_TOKEN_HELP}", **fields)
+    if status == 409:
+        if tag is not None:
+            return RevisionExists(f"{what} already has version {tag!r} on the Hugging Face hub", **fields)
+        return RepositoryExists(f"{what} already exists on the Hugging Face hub", **fields)
+    if status == 412:
+        return ConflictError(f"{what} moved on the Hugging Face hub (parent commit is not the head)", **fields)
+    if status is None or status == 429 or status >= 500:
+        return HubUnavailable(f"the Hugging Face hub is unavailable ({status or exc}); try again later", **fields)
+    return HubError(f"the Hugging Face hub refused the request for {what}: {exc}", **fields)

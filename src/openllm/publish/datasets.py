@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import OpenLLMError
+from ..errors import InputNotFound, OpenLLMError
 from ..hashing import sha256_file
 from ..hub import REPLACE_ALL, RepositoryNotFound, RevisionExists, UnsupportedOperation, folder_files, get_hub
 from ..hub.ids import validate_repo_id, validate_version
@@ -126,7 +126,7 @@ def upload_dataset(
         validate_version(version)
     src = Path(path).expanduser()
     if not src.exists():
-        raise FileNotFoundError(f"{src} does not exist; give a data file or folder")
+        raise InputNotFound(f"{src} does not exist; give a data file or folder", path=src)
     if src.is_dir():
         sources = {rel: p for rel, p in folder_files(src) if rel not in _GENERATED}
     else:

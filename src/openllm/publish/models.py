@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import rundir
-from ..errors import OpenLLMError
+from ..errors import InputNotFound, OpenLLMError
 from ..hub import REPLACE_ALL, RepositoryNotFound, RevisionExists, UnsupportedOperation, folder_files, get_hub
 from ..hub.ids import validate_repo_id, validate_version
 from ..hub.versions import version_for_step
@@ -45,7 +45,7 @@ def _kind(src: Path) -> str:
     """What ``src`` holds (:func:`openllm.loading.detect_kind`: run | checkpoint | native | hf), refusing what
     cannot be pushed with a message saying what to do."""
     if not src.exists():
-        raise FileNotFoundError(f"{src} does not exist; give a run folder or an export folder")
+        raise InputNotFound(f"{src} does not exist; give a run folder or an export folder", path=src)
     if not src.is_dir():
         raise OpenLLMError(f"{src} is not a folder; give a run folder (openllm train --out) or an export folder")
     kind = detect_kind(src)
@@ -75,7 +75,7 @@ def _stage(src: Path, kind: str, staging: Path) -> None:
         return
     from ..export.hf import export_hf  # torch and transformers load only when a model is exported
 
-    export_hf(load(src), staging)
+    export_hf(load(src, device="cpu"), staging)  # an export is written from the CPU
 
 
 def push_model(
