@@ -53,3 +53,18 @@ def test_training_picks_its_device_through_resolve_device():
     assert init_distributed("cpu").device == torch.device("cpu")
     with pytest.raises(OpenLLMError, match="not a device"):
         init_distributed("gpu")
+
+
+def test_every_entry_point_defaults_to_auto():
+    # one default: a fine-tune that trains on a GPU also loads, evaluates and serves there
+    import inspect
+
+    import openllm
+    from openllm import loading
+    from openllm.evaluate import evaluate
+    from openllm.evaluate.chat import evaluate_chat
+    from openllm.evaluate.harness import run_harness
+    from openllm.serve.server import app_from_source
+
+    for fn in (openllm.load, loading.load, evaluate, evaluate_chat, run_harness, app_from_source):
+        assert inspect.signature(fn).parameters["device"].default == "auto", fn.__qualname__

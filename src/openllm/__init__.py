@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 __all__ = ["load", "__version__"]
 
 
-def load(source: Any, *, device: str = "cpu", hub: Any = None):
+def load(source: Any, *, device: str = "auto", hub: Any = None):
     """Load a model, its tokenizer and its config from a run folder, a native or Hugging Face export, or a
     hub reference ``OWNER/NAME@VERSION``; see :func:`openllm.loading.load`."""
     from .loading import load as _load

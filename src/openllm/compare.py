@@ -43,7 +43,7 @@ def describe(source: str | Path, *, evaluate_missing: bool = False, hub: Any = N
     else:
         from .loading import load
 
-        loaded = load(source, hub=hub)
+        loaded = load(source, device="cpu", hub=hub)  # read for its counts only
         out["kind"] = loaded.kind
         out["step"] = loaded.step
         out["params"] = loaded.model.num_params()

@@ -323,7 +323,7 @@ def finetune(
         raise OpenLLMError('give --data FILE: conversations as JSON Lines ({"messages": [...]} a line)')
     data, val_data = Path(data), Path(val_data) if val_data is not None else None
 
-    loaded = load(model, hub=hub)
+    loaded = load(model, device="cpu", hub=hub)  # the trainer moves the weights to its own device
     if loaded.tokenizer is None:
         raise OpenLLMError(f"{model}: no tokenizer beside the weights; a fine-tune needs the model's tokenizer")
     base_sha = weights_sha256(loaded.model)
@@ -482,7 +482,7 @@ def chat_quickstart(
         log=say,
     )
     # the end-of-turn rate over 20 greedy replies; ``samples`` of them are printed
-    ev = evaluate_chat(run, data / "val.jsonl", base=base_run, samples=max(samples, 20), device=device or "cpu")
+    ev = evaluate_chat(run, data / "val.jsonl", base=base_run, samples=max(samples, 20), device=device)
     ev["train_steps"] = result.step
     write_json_atomic(out / "chat_evaluation.json", ev)
     b, f = ev["base"], ev

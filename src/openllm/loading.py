@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError
+from .device import AUTO, resolve_device
 from .errors import OpenLLMError
 from .rundir import CHECKPOINTS, STATE, load_json, require_latest_checkpoint, step_of
 
@@ -56,8 +57,10 @@ class LoadedModel:
 # --- public -------------------------------------------------------------------------------------------------
 
 
-def load(source: str | Path, *, device: str = "cpu", hub: Any = None) -> LoadedModel:
-    """Load a model, its tokenizer and its config from a run, a checkpoint, an export or a hub reference."""
+def load(source: str | Path, *, device: str = AUTO, hub: Any = None) -> LoadedModel:
+    """Load a model, its tokenizer and its config from a run, a checkpoint, an export or a hub reference, onto
+    ``device`` (``auto``, as everywhere: :func:`openllm.device.resolve_device`)."""
+    device = resolve_device(device)
     text = str(source)
     path = Path(source).expanduser()
     if path.exists():

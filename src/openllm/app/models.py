@@ -116,7 +116,7 @@ class ModelCache:
                 from ..loading import load
 
                 self._loaded = None  # free the old model first
-                self._loaded = load(source, device="cpu", hub=hub)
+                self._loaded = load(source, hub=hub)
                 self._key = key
             return self._loaded
 

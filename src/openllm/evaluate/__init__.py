@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..device import AUTO, resolve_device
 from ..errors import OpenLLMError
 from ..rundir import CONFIG, EVALUATION, EVALUATIONS, STATE
 from .report import markdown, write_json
@@ -45,7 +46,7 @@ def evaluate(
     harness: bool = False,
     harness_batch_size: int = 8,
     batch_size: int | None = None,
-    device: str = "cpu",
+    device: str = AUTO,
     json_path: str | Path | None = None,
     write: bool = True,
     progress: bool = True,
@@ -69,6 +70,7 @@ def evaluate(
     task_list = resolve_tasks(tasks)
     if harness and not task_list:
         raise OpenLLMError("--harness needs --tasks (e.g. --tasks lambada,hellaswag --limit 100)")
+    device = resolve_device(device)
     loaded = source if isinstance(source, LoadedModel) else load(source, device=device, hub=hub)
     results = evaluate_loaded(
         loaded,

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..conversations import PackedLoader, attention_mask, encode_conversations, pack, read_conversations
+from ..device import AUTO, resolve_device
 from ..errors import OpenLLMError
 
 __all__ = ["assistant_loss_sums", "chat_loss", "chat_samples", "run_task_chat", "evaluate_chat"]
@@ -51,11 +52,12 @@ def chat_loss(
     seq_len: int | None = None,
     batch_size: int = 8,
     too_long: str = "drop",
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Assistant-token loss and perplexity of ``model`` on ``conversations`` (a list of
     :class:`~openllm.conversations.Conversation`)."""
     seq_len = seq_len or model.cfg.max_seq_len
+    device = device or next(model.parameters()).device  # where the model is, unless told
     examples, report = encode_conversations(tokenizer, conversations, seq_len, too_long=too_long)
     if not examples:
         raise OpenLLMError(f"no conversation fits the context of {seq_len} tokens")
@@ -172,7 +174,7 @@ def evaluate_chat(
     seq_len: int | None = None,
     tasks=(),
     limit: int | None = None,
-    device: str = "cpu",
+    device: str | None = AUTO,
     hub: Any = None,
 ) -> dict[str, Any]:
     """Score ``model`` (anything :func:`openllm.load` takes) on the conversations in ``data``; with ``base``,
@@ -183,7 +185,7 @@ def evaluate_chat(
         seq_len=seq_len,
         samples=samples,
         max_new_tokens=max_new_tokens,
-        device=device,
+        device=resolve_device(device),
         hub=hub,
         tasks=tasks,
         limit=limit,

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..device import AUTO, resolve_device
 from ..errors import OpenLLMError
 from .tasks import Task, resolve_tasks
 
@@ -171,7 +172,7 @@ def run_harness(
     tasks: Sequence[str] | str | Sequence[Task] = (),
     limit: int | None = None,
     batch_size: int = 8,
-    device: str = "cpu",
+    device: str = AUTO,
     workdir: str | Path | None = None,
     keep_samples: bool = False,
     timeout: float | None = None,
@@ -206,7 +207,7 @@ def run_harness(
             },
             "tasks": list(names),
             "include": str(work / "tasks"),
-            "device": device,
+            "device": resolve_device(device),
             "batch_size": batch_size,
             "log_samples": keep_samples,
             "out": str(out_file),

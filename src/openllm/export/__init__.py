@@ -112,7 +112,7 @@ def export(
     out = Path(out)
     src_path = getattr(source, "path", None) if isinstance(source, LoadedModel) else Path(str(source))
     check_out_dir(out, overwrite=overwrite, source=src_path)
-    loaded = source if isinstance(source, LoadedModel) else load(source, hub=hub)
+    loaded = source if isinstance(source, LoadedModel) else load(source, device="cpu", hub=hub)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

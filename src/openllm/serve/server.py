@@ -13,7 +13,7 @@ __all__ = ["run_server", "ServerThread", "app_from_source"]
 
 
 def app_from_source(
-    source: str, *, device: str = "cpu", hub: Any = None, model_name: str | None = None, **app_options: Any
+    source: str, *, device: str = "auto", hub: Any = None, model_name: str | None = None, **app_options: Any
 ) -> Any:
     """:func:`~openllm.serve.app.create_app` over ``openllm.load(source)``, loaded on a background thread
     once the server runs (``/health`` answers 503 until then; ``app.state.server.load_error`` says why it
