@@ -103,3 +103,55 @@ def test_cli_export_and_its_errors(tmp_path, export_run):
     (empty / "config.json").write_text((export_run / "config.json").read_text())
     none = run_cli("export", str(empty), "--format", "native", "--out", str(tmp_path / "z"), check=False)
     assert none.returncode == 2 and "no checkpoint" in none.stderr
+
+
+def test_an_output_that_is_a_link_is_refused_with_or_without_overwrite(tmp_path, export_run):
+    real = tmp_path / "real"
+    export(export_run, real, "native", progress=False)
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    before = sorted(p.name for p in real.iterdir())
+    for overwrite in (False, True):
+        with pytest.raises(OpenLLMError, match="is a link"):
+            export(export_run, link, "native", overwrite=overwrite, progress=False)
+    assert link.is_symlink() and sorted(p.name for p in real.iterdir()) == before
+    proc = run_cli("export", str(export_run), "--format", "native", "--out", str(link), "--overwrite", check=False)
+    assert proc.returncode == 2 and "is a link" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_killed_export_leaves_no_staging_folder_behind_the_next_one(tmp_path, export_run):
+    """kill -9 mid-export leaves its staging folder; the next export to the same place removes it (and never
+    one that a live export is still writing)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    code = (
+        "import sys, time, openllm.export.native as n\n"
+        "real = n.export_native\n"
+        "def slow(*a, **k):\n"
+        "    real(*a, **k)\n"
+        "    print('written', flush=True)\n"
+        "    time.sleep(60)\n"
+        "n.export_native = slow\n"
+        "from openllm.export import export\n"
+        "export(sys.argv[1], sys.argv[2], 'native', progress=False)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(export_run), str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "written"
+    live = [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    assert len(live) == 1
+    # a second export to the same place while the first is alive leaves the first one's folder alone
+    export(export_run, out, "native", progress=False)
+    assert live[0].exists()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.1)
+    assert live[0].exists()  # what kill -9 leaves
+    export(export_run, out, "native", overwrite=True, progress=False)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    assert (out / "model.safetensors").is_file()

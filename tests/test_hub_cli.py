@@ -391,3 +391,49 @@ def test_uploads_with_a_link_out_of_the_folder_are_refused_and_create_nothing(tm
         "unknown hub URL scheme 'ftp://'",
     )
     assert not LocalHub().root.exists() and not (tmp_path / "ftp:").exists()  # nothing was created
+
+
+# --- refusals, kills and temporary copies (issue 24) ----------------------------------------------------------
+
+
+def _hub_with_a_version() -> LocalHub:
+    hub = LocalHub()  # the test's own OPENLLM_HUB
+    hub.create_repo(repo_id="alice/tiny")
+    c = hub.create_commit(repo_id="alice/tiny", commit_message="m", operations=[CommitOperationAdd("x", b"1")])
+    hub.create_tag(repo_id="alice/tiny", tag="7k", revision=c)
+    return hub
+
+
+def test_pull_into_an_existing_file_is_a_one_line_refusal(tmp_path):
+    _hub_with_a_version()
+    target = tmp_path / "a-file"
+    target.write_text("mine")
+    proc = run_cli("hub", "pull", "alice/tiny@7k", "--out", str(target), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "is a file" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", ["versions", "pull", "push", "list"])
+def test_a_hub_folder_whose_parent_is_missing_is_refused_and_nothing_is_created(
+    tmp_path, export_tokenizer_dir, command
+):
+    """--hub PATH names an existing hub, or a new one inside an existing folder; a mistyped path never creates
+    folders (the refusal comes before anything is written)."""
+    missing = tmp_path / "nonexistent" / "h"
+    if command == "push":
+        args = ("hub", "push", str(make_export_run(tmp_path / "run", export_tokenizer_dir)), "--repo", "alice/tiny")
+    else:
+        args = {
+            "versions": ("hub", "versions", "alice/tiny"),
+            "pull": ("hub", "pull", "alice/tiny@7k", "--out", str(tmp_path / "o")),
+            "list": ("hub", "list"),
+        }[command]
+    proc = run_cli(*args, "--hub", str(missing), check=False)
+    if command == "list":  # an honest answer: no repos there
+        assert proc.returncode == 0 and "no model repos" in proc.stdout, proc.stderr
+    else:
+        assert proc.returncode == 2, proc.stderr
+        assert "does not exist" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "nonexistent").exists()
+    assert not (tmp_path / "o").exists()

@@ -820,3 +820,22 @@ def test_a_token_in_a_hub_url_never_reaches_git_errors():
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
     assert "S3cretT0ken" not in proc.stderr + proc.stdout
+
+
+def test_a_named_hub_folder_is_a_hub_or_a_new_one_in_an_existing_folder(tmp_path):
+    """--hub PATH never creates a chain of folders, nor repositories inside a folder of other things."""
+    with pytest.raises(HubError, match="does not exist"):
+        LocalHub(root=tmp_path / "missing" / "hub").create_repo(repo_id="alice/m")
+    assert not (tmp_path / "missing").exists()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.txt").write_text("mine")
+    with pytest.raises(HubError, match="not a hub"):
+        LocalHub(root=docs).create_repo(repo_id="alice/m")
+    assert sorted(p.name for p in docs.iterdir()) == ["notes.txt"]
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(HubError, match="is a file"):
+        LocalHub(root=tmp_path / "a-file").create_repo(repo_id="alice/m")
+    new = LocalHub(root=tmp_path / "new-hub")  # a new hub in an existing folder: created
+    new.create_repo(repo_id="alice/m")
+    assert new.list_repos() == ["alice/m"]

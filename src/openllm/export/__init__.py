@@ -8,15 +8,16 @@ One format goes straight into ``out``; several go into ``out/<format>/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import OpenLLMError
+from ..scratch import release, scratch_dir
 from .shared import copy_tokenizer_files, export_state_dict, write_tokenizer_files
 
 __all__ = [
@@ -74,6 +75,8 @@ def check_out_dir(out: Path, *, overwrite: bool, source: Path | None = None) -> 
     :data:`EXPORT_MARKER`): ``--overwrite`` never deletes files this command did not write. ``out`` never
     holds the source."""
     out = Path(out)
+    if out.is_symlink():  # replacing it would replace the link, or write through it into another folder
+        raise OpenLLMError(f"output {out} is a link: give the folder itself (or a new path) for --out")
     if out.exists() and not out.is_dir():
         raise OpenLLMError(f"output {out} is a file: give a folder path for --out")
     if source is not None and Path(source).exists():
@@ -115,7 +118,9 @@ def export(
     loaded = source if isinstance(source, LoadedModel) else load(source, device="cpu", hub=hub)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # an export killed with kill -9 leaves its staging folder: the next export to the same place removes it
+    cleanup = contextlib.ExitStack()
+    staging = cleanup.enter_context(scratch_dir(f".{out.name}.", out.parent))
     # mkdtemp makes a private (0700) folder; the export is a plain folder, so it gets the umask's mode
     os.chmod(staging, 0o777 & ~_umask())
     try:
@@ -146,11 +151,11 @@ def export(
         )
         if out.exists():
             shutil.rmtree(out)
+        release(staging)
         staging.rename(out)
         return folders
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        cleanup.close()
 
 
 def _umask() -> int:

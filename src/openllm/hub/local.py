@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from ..errors import InputNotFound
 from .base import CommitInfo, CommitOperation, CommitOperationAdd, CommitOperationDelete, GitRefs, Hub
 from .errors import (
     ConflictError,
@@ -42,7 +43,14 @@ from .errors import (
 )
 from .files import folder_files
 from .gitcmd import GitFailed, classify_git_error, git, is_push_race
-from .ids import validate_path_in_repo, validate_repo_id, validate_repo_type, validate_revision, validate_tag
+from .ids import (
+    REPO_TYPES,
+    validate_path_in_repo,
+    validate_repo_id,
+    validate_repo_type,
+    validate_revision,
+    validate_tag,
+)
 
 __all__ = ["LocalHub", "default_hub_root", "cache_root", "BRANCH"]
 
@@ -87,6 +95,9 @@ class LocalHub(Hub):
             raise ValueError("give root or url, not both")
         self.url = url.rstrip("/") + "/" if url else None
         self.root = None if url else Path(root if root is not None else default_hub_root()).expanduser().absolute()
+        # a folder the user named (--hub PATH) must be a hub or a new one in an existing folder; the default
+        # root ($OPENLLM_HUB, ~/.cache/openllm/hub) is ours to create with its parents
+        self._named_root = url is None and root is not None
         self.timeout = timeout
         self.max_attempts = max_attempts
 
@@ -112,11 +123,37 @@ class LocalHub(Hub):
     def _git(self, args: Sequence[str], *, repo_type: str, repo_id: str, network: bool = False, **kw):
         return git(args, timeout=self.timeout, where=self._where(repo_type, repo_id), network=network, **kw)
 
+    def _check_root(self, *, creating: bool = False) -> None:
+        """Refuse a named hub folder that is a file, a folder of other things, or (when nothing exists there)
+        a path whose parent is missing too: a mistyped ``--hub`` never creates folders. Decided before any
+        write."""
+        root = self.root
+        if root is None or not self._named_root:
+            return
+        if root.is_dir():
+            if creating and not any((root / f"{t}s").is_dir() for t in REPO_TYPES) and any(root.iterdir()):
+                raise HubError(
+                    f"--hub {root} is a folder that is not a hub (no models/, datasets/ or spaces/ in it); "
+                    f"name an empty or new folder, or an existing hub"
+                )
+            return
+        if root.exists():
+            raise HubError(f"--hub {root} is a file, not a hub folder; name a folder")
+        if not creating:  # reading a hub that is not there: nothing to refuse, nothing is written
+            return
+        if not root.parent.is_dir():
+            raise HubError(
+                f"the hub folder {root} does not exist, and neither does {root.parent}; check --hub, or create "
+                f"the folder first (mkdir -p {root})"
+            )
+
     def _require(self, repo_type: str, repo_id: str) -> str:
         loc = self.repo_location(repo_id=repo_id, repo_type=repo_type)
+        self._check_root()
         if self.root is not None and not (Path(loc) / "HEAD").is_file():
+            missing = "" if self.root.is_dir() else " (that folder does not exist: check --hub)"
             raise RepositoryNotFound(
-                f"no {repo_type} repo {repo_id!r} on the local hub {self.root}; "
+                f"no {repo_type} repo {repo_id!r} on the local hub {self.root}{missing}; "
                 f"push to it first or check the name (openllm hub list)"
             )
         return loc
@@ -146,6 +183,7 @@ class LocalHub(Hub):
             if exist_ok:
                 return loc
             raise RepositoryExists(f"{repo_type} repo {repo_id} already exists at {path}")
+        self._check_root(creating=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         # build beside the final place, then rename: a repo is either absent or complete
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
@@ -173,11 +211,11 @@ class LocalHub(Hub):
             self._git(["update-ref", f"refs/heads/{BRANCH}", commit], git_dir=tmp, **kw)
             try:
                 os.rename(tmp, path)
-            except OSError:
+            except OSError as exc:
                 if (path / "HEAD").is_file():  # another process created it meanwhile
                     if exist_ok:
                         return loc
-                    raise RepositoryExists(f"{repo_type} repo {repo_id} already exists at {path}") from None
+                    raise RepositoryExists(f"{repo_type} repo {repo_id} already exists at {path}") from exc
                 raise
         finally:
             if tmp.exists():
@@ -187,6 +225,7 @@ class LocalHub(Hub):
     def repo_exists(self, *, repo_id: str, repo_type: str = "model") -> bool:
         loc = self.repo_location(repo_id=repo_id, repo_type=repo_type)
         if self.root is not None:
+            self._check_root(creating=True)  # a push asks this first: a hub it could not create is refused now
             return (Path(loc) / "HEAD").is_file()
         try:
             self._ls_remote(loc, repo_type, repo_id)
@@ -198,6 +237,7 @@ class LocalHub(Hub):
         validate_repo_type(repo_type)
         if self.root is None:
             raise UnsupportedOperation(f"cannot list repositories over {self.url}: git's protocols have no listing")
+        self._check_root()
         base = self.root / f"{repo_type}s"
         if not base.is_dir():
             return []
@@ -638,7 +678,7 @@ class LocalHub(Hub):
             for op in files:
                 p = Path(op.path_or_fileobj)
                 if not p.is_file():
-                    raise FileNotFoundError(f"cannot upload {p}: no such file")
+                    raise InputNotFound(f"cannot upload {p}: no such file", path=p)
             paths = "".join(f"{os.path.abspath(op.path_or_fileobj)}\n" for op in files).encode(
                 "utf-8", "surrogateescape"
             )
@@ -757,7 +797,7 @@ class LocalHub(Hub):
     ) -> str:
         folder = Path(folder_path)
         if not folder.is_dir():
-            raise FileNotFoundError(f"cannot upload {folder}: not a folder")
+            raise InputNotFound(f"cannot upload {folder}: not a folder", path=folder)
         # links inside the folder are read as their target; a link out of it refuses the whole upload
         ops = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(src)) for rel, src in folder_files(folder)]
         patterns = [delete_patterns] if isinstance(delete_patterns, str) else list(delete_patterns or [])

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import OpenLLMError
 from .base import Hub
 from .errors import RevisionNotFound
 from .factory import get_hub
@@ -68,10 +69,12 @@ def _resolve_ref(ref: str, hub: Any) -> tuple[Hub, str, str]:
 
 def pull_model(ref: str, *, out: str | Path, hub: Any = None) -> Path:
     """Download ``owner/name@version`` (or the latest version) into ``out``."""
-    h, repo_id, version = _resolve_ref(ref, hub)
     out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OpenLLMError(f"--out {out} is a file; give a new or empty folder")
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty; choose a new --out folder")
+        raise OpenLLMError(f"{out} is not empty; choose a new --out folder")
+    h, repo_id, version = _resolve_ref(ref, hub)
     return h.download(repo_id=repo_id, repo_type="model", revision=version, local_dir=out)
 
 
