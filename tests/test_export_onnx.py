@@ -179,3 +179,45 @@ def test_optimum_loads_the_export_with_its_defaults_and_gives_our_greedy_tokens(
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["use_cache"] is True and got["merged"] is False
     assert got["greedy"] == ours
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [dict(temperature=0), dict(temperature=0.9, top_k=40, top_p=0.9, seed=7)],
+    ids=["greedy", "seeded"],
+)
+def test_generate_the_servers_engine_and_onnxruntime_give_the_same_tokens(onnx_export, sampling):
+    """One forward and one sampler serve every path: `openllm generate`, the server's batched engine (all
+    prompts at once, each its own request) and the ONNX runner pick the same tokens, greedy and seeded."""
+    import queue
+
+    from openllm.export.onnx import OnnxRunner
+    from openllm.serve import Engine, Job, Seq
+
+    loaded, folder = onnx_export
+    tok = loaded.tokenizer
+    prompts = [tok.encode(t) for t in ("def export(", "x", "class OnnxRunner:\n    def")]
+    params = SamplingParams(max_new_tokens=24, stop_tokens=(tok.eos_id,), **sampling)
+
+    def strip(ids):
+        return ids[:-1] if ids and ids[-1] == tok.eos_id else ids
+
+    ours = [strip(generate(loaded.model, [p], params)[0]) for p in prompts]
+    runner = OnnxRunner(folder)
+    onnx = [strip(runner.generate([p], 24, stop_tokens=(tok.eos_id,), **sampling)[0]) for p in prompts]
+    engine = Engine(loaded.model, tok, max_batch=4).start()
+    events: queue.Queue = queue.Queue()
+    try:
+        for i, p in enumerate(prompts):
+            seq = Seq(prompt=p, max_new=24, logprobs=0)
+            engine.submit(Job(seqs=[seq], sampling=SamplingParams(**sampling), emit=lambda e, i=i: events.put((i, e))))
+        served: dict[int, list[int]] = {}
+        while len(served) < len(prompts):
+            i, e = events.get(timeout=60)
+            assert e[0] != "error", e
+            if e[0] == "finish":
+                served[i] = [t for t, _, _ in e[5]["tokens"]]
+    finally:
+        engine.stop()
+    assert [served[i] for i in range(len(prompts))] == ours == onnx
+    assert any(len(x) > 5 for x in ours)

@@ -34,6 +34,8 @@ LAYERS: dict[str, int] = {
     "loading": 2,
     "generate": 2,
     "model": 2,
+    "kvcache": 2,
+    "sampling": 2,
     "tokenizer": 2,
     "prepare": 2,
     "shards": 2,
@@ -47,7 +49,8 @@ LAYERS: dict[str, int] = {
     "device": 2,
     "kernels": 2,
     "conversations": 2,
-    # foundations: the run folder's layout, configs, errors, checksums
+    # foundations: atomic file I/O, the run folder's layout, configs, errors, checksums
+    "fsio": 1,
     "rundir": 1,
     "config": 1,
     "errors": 1,

@@ -14,8 +14,8 @@ from openllm.config import ModelConfig
 from openllm.errors import OpenLLMError
 from openllm.generate import SamplingParams, generate
 from openllm.model import Transformer
-from openllm.serve import Engine, Job, Sampling, Seq
-from openllm.serve.kvcache import SlotCache, slot_forward
+from openllm.kvcache import SlotCache
+from openllm.serve import Engine, Job, Seq
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,10 +48,10 @@ class Recorder:
         self.events: queue.Queue = queue.Queue()
         self.log: list[tuple] = []
 
-    def job(self, name: str, seqs: list[Seq], sampling: Sampling | None = None, stream: bool = True) -> Job:
+    def job(self, name: str, seqs: list[Seq], sampling: SamplingParams | None = None, stream: bool = True) -> Job:
         return Job(
             seqs=seqs,
-            sampling=sampling or Sampling(temperature=0),
+            sampling=sampling or SamplingParams(temperature=0),
             stream=stream,
             emit=lambda e: self.events.put((name, e)),
         )
@@ -92,15 +92,16 @@ def ids_of(finish_event) -> list[int]:
     return [tok for tok, _, _ in finish_event[5]["tokens"]]
 
 
-def test_slot_forward_equals_the_models_forward(model):
-    cache = SlotCache(model, 3, 64)
+def test_the_forward_over_slots_equals_the_plain_forward(model):
+    cache = SlotCache(model.cfg, 3, 64, device="cpu", dtype=torch.float32)
     a, b = prompt(1, 20), prompt(2, 9)
     full_a, full_b = model(torch.tensor([a])), model(torch.tensor([b]))
     sa, sb = cache.allocate(), cache.allocate()
-    got_a = slot_forward(model, cache, torch.tensor([a[:12]]), [sa], [0], last_only=False)
-    got_a2 = slot_forward(model, cache, torch.tensor([a[12:19]]), [sa], [12], last_only=False)
-    slot_forward(model, cache, torch.tensor([b[:8]]), [sb], [0])
-    both = slot_forward(model, cache, torch.tensor([[a[19]], [b[8]]]), [sa, sb], [19, 8])
+    with torch.no_grad():
+        got_a = model(torch.tensor([a[:12]]), cache=cache.rows([sa]))
+        got_a2 = model(torch.tensor([a[12:19]]), cache=cache.rows([sa]))
+        model(torch.tensor([b[:8]]), cache=cache.rows([sb]), last_only=True)
+        both = model(torch.tensor([[a[19]], [b[8]]]), cache=cache.rows([sa, sb]))
     torch.testing.assert_close(got_a[0], full_a[0, :12])
     torch.testing.assert_close(got_a2[0], full_a[0, 12:19])
     torch.testing.assert_close(both[0, 0], full_a[0, 19])
@@ -156,8 +157,8 @@ def test_static_policy_makes_a_newcomer_wait_for_the_batch(model):
 def test_many_staggered_requests_each_equal_alone_greedy_and_seeded(model):
     specs = [(prompt(10 + i, 5 + 13 * i % 70), 5 + (7 * i) % 30, i % 3 == 0) for i in range(10)]
 
-    def sampling(sampled: bool, i: int) -> Sampling:
-        return Sampling(temperature=0.8, top_k=40, top_p=0.9, seed=1000 + i) if sampled else Sampling(temperature=0)
+    def sampling(sampled: bool, i: int) -> SamplingParams:
+        return SamplingParams(temperature=0.8, top_k=40, top_p=0.9, seed=1000 + i) if sampled else SamplingParams(temperature=0)
 
     solo = []
     for i, (p, n, sampled) in enumerate(specs):
@@ -188,7 +189,7 @@ def test_seeded_choices_differ_and_repeat(model):
         def run(seed):
             rec = Recorder()
             seqs = [Seq(prompt=prompt(7, 10), max_new=12, index=j, logprobs=0) for j in range(3)]
-            engine.submit(rec.job("x", seqs, Sampling(temperature=1.0, seed=seed), stream=False))
+            engine.submit(rec.job("x", seqs, SamplingParams(temperature=1.0, seed=seed), stream=False))
             got = {}
             while len(got) < 3:
                 _, e = rec.wait(lambda it: it[1][0] == "finish")

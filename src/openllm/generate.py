@@ -1,25 +1,44 @@
-"""Text generation: greedy and sampling (temperature, top-k, top-p, repetition penalty), a batch of prompts
-of different lengths, stop tokens, seeds, and a streaming iterator. Works on token ids; the text helpers take
-any tokenizer with ``encode(str) -> list[int]`` and ``decode(list[int]) -> str``."""
+"""Text generation: the one decode loop, the CPU decoding fast path and the one incremental text decoder.
+
+- :func:`decode` is the loop: left-padded prompts of different lengths, positions that count real tokens only,
+  one batched :class:`openllm.sampling.Sampler` step per token, stop tokens. It calls a ``step`` function for
+  the logits, so the same loop runs our model (:func:`iter_steps`, through its one forward and a
+  :class:`openllm.kvcache.KVCache`) and an ONNX graph (``openllm.export.onnx.OnnxRunner``).
+- :func:`fast_decode` speeds up the model's forward for decoding on a CPU while it is held.
+- :class:`TextDecoder` turns a sequence's tokens into text as they arrive (whole UTF-8 characters, SentencePiece's
+  leading space kept, stop strings), for ``generate_text``/``stream_text``, the app's chat and the server.
+
+The token helpers take ids; the text helpers take any tokenizer with ``encode(str) -> list[int]`` and
+``decode(list[int]) -> str``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from .model import Transformer
+from .model import RMSNorm, Transformer
+from .sampling import GREEDY_BELOW, Sampler, SamplingParams, SeqSampling, effective_temperature
 
 __all__ = [
     "SamplingParams",
+    "GREEDY_BELOW",
+    "effective_temperature",
+    "decode",
+    "fast_decode",
     "generate",
     "stream",
     "iter_steps",
     "generate_text",
     "stream_text",
     "TextStream",
+    "TextDecoder",
     "TokenizerLike",
 ]
 
@@ -32,134 +51,103 @@ class TokenizerLike(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
-# Below this a temperature is greedy: dividing logits by it overflows to inf, and the distribution it asks
-# for is argmax anyway (vLLM draws the same line)
-GREEDY_BELOW = 1e-5
+# step(new ids (B, T), attention mask so far (B, past + T; False = left padding), positions (B, T)) -> the
+# logits of each row's last position (B, vocab)
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def effective_temperature(t: float) -> float:
-    return 0.0 if t < GREEDY_BELOW else float(t)
+def decode(
+    step: Step,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+    *,
+    vocab_size: int,
+    context: int,
+    device: torch.device | str = "cpu",
+    pad_id: int = 0,
+) -> Iterator[list[int | None]]:
+    """Yield, per step, the new token of each sequence (None for sequences that already stopped). Row b samples
+    with the generator of ``(params.seed, b)``, as the server's choice b of a request with that seed."""
+    params.validate(vocab_size)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    B, longest = len(prompts), max(len(p) for p in prompts)
+    if longest + params.max_new_tokens > context:
+        raise ValueError(
+            f"prompt ({longest} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the model's "
+            f"context of {context} tokens"
+        )
+    ids = torch.full((B, longest), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((B, longest), dtype=torch.bool, device=device)
+    for b, p in enumerate(prompts):
+        ids[b, longest - len(p) :] = torch.as_tensor(list(p), dtype=torch.long, device=device)
+        mask[b, longest - len(p) :] = True
+    rows = [SeqSampling(params, p, index=b, vocab_size=vocab_size, device=device) for b, p in enumerate(prompts)]
+    sample = Sampler()
+    stops = {int(t) for t in params.stop_tokens}
+    done = [False] * B
+    step_ids = ids
+    for _ in range(params.max_new_tokens):
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
+        tokens = sample(step(step_ids, mask, positions), rows)
+        out: list[int | None] = []
+        for b, t in enumerate(tokens):
+            if done[b]:
+                out.append(None)
+                continue
+            out.append(t)
+            rows[b].accept(t)
+            done[b] = t in stops
+        yield out
+        if all(done):
+            return
+        step_ids = torch.as_tensor(tokens, dtype=torch.long, device=device)[:, None]
+        mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.bool, device=device)], dim=1)
 
 
-@dataclass
-class SamplingParams:
-    """How to pick the next token. ``temperature`` 0 (or below :data:`GREEDY_BELOW`) means greedy."""
+def _model_step(model: Transformer, batch: int, total: int, *, use_cache: bool) -> Step:
+    """Our model as a decode step: a KV cache that grows by the new tokens, or (``use_cache=False``, to check
+    the cache) the whole sequence again at every step."""
+    if use_cache:
+        cache = model.new_cache(batch, total)
 
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop_tokens: Sequence[int] = field(default_factory=tuple)
+        def cached(ids, mask, positions):
+            cache.mark(mask[:, -ids.shape[1] :])
+            return model(ids, positions=positions, cache=cache, last_only=True)[:, -1]
 
-    def validate(self) -> SamplingParams:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative integer, got {self.max_new_tokens!r}")
-        if not self.temperature >= 0 or self.temperature == float("inf"):
-            raise ValueError(f"temperature must be >= 0 and finite, got {self.temperature!r}")
-        self.temperature = effective_temperature(self.temperature)
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k!r}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
-        return self
+        return cached
+    seen: list[torch.Tensor] = []
 
+    def full(ids, mask, positions):
+        seen.append(ids)
+        sequence = torch.cat(seen, dim=1)
+        cache = model.new_cache(batch, sequence.shape[1])
+        cache.mark(mask)
+        return model(sequence, cache=cache, last_only=True)[:, -1]
 
-def _process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingParams) -> torch.Tensor:
-    """logits (B, V) in fp32 -> the scores to sample from (or argmax)."""
-    if seen is not None and p.repetition_penalty != 1.0:
-        # CTRL's penalty, as transformers applies it: shrink positive logits, grow negative ones
-        penalised = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
-    if effective_temperature(p.temperature) == 0:
-        return logits
-    logits = logits / p.temperature
-    if p.top_k is not None and p.top_k < logits.size(-1):
-        kth = torch.topk(logits, p.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if p.top_p is not None and p.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        # drop a token when the tokens ranked above it already reach top_p; the best token always stays
-        drop_sorted = (cum - sorted_logits.softmax(-1)) >= p.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+    return full
 
 
 @torch.no_grad()
 def iter_steps(
     model: Transformer, prompts: Sequence[Sequence[int]], params: SamplingParams, *, use_cache: bool, pad_id: int = 0
 ) -> Iterator[list[int | None]]:
-    """Yield, per step, the new token of each sequence (None for sequences that already stopped)."""
-    params.validate()
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    B = len(prompts)
-    device = next(model.parameters()).device
-    lengths = [len(p) for p in prompts]
-    longest = max(lengths)
-    total = longest + params.max_new_tokens
-    if total > model.cfg.max_seq_len:
-        raise ValueError(
-            f"prompt ({longest} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the model's "
-            f"context of {model.cfg.max_seq_len} tokens"
-        )
-    # left-pad so every sequence ends at the same column; positions count real tokens only
-    ids = torch.full((B, longest), pad_id, dtype=torch.long, device=device)
-    valid = torch.zeros((B, longest), dtype=torch.bool, device=device)
-    for b, p in enumerate(prompts):
-        ids[b, longest - len(p) :] = torch.as_tensor(list(p), dtype=torch.long, device=device)
-        valid[b, longest - len(p) :] = True
-    gen = torch.Generator(device=device)
-    if params.seed is not None:
-        gen.manual_seed(params.seed)
-    else:
-        gen.seed()
-    seen = torch.zeros((B, model.cfg.vocab_size), dtype=torch.bool, device=device)
-    seen.scatter_(1, ids, valid)
-    stops = set(int(t) for t in params.stop_tokens)
-    done = [False] * B
+    """:func:`decode` over our model (evaluation mode while it runs)."""
+    total = max((len(p) for p in prompts), default=0) + params.max_new_tokens
     was_training = model.training
     model.eval()
     try:
-        cache = model.new_cache(B, total) if use_cache else None
-        step_ids, step_valid = ids, valid
-        for _ in range(params.max_new_tokens):
-            if use_cache:
-                cache.valid[:, cache.length : cache.length + step_ids.size(1)] = step_valid
-                pos = (cache.valid[:, : cache.length + step_ids.size(1)].cumsum(-1) - 1).clamp(min=0)
-                logits = model(step_ids, positions=pos[:, -step_ids.size(1) :], cache=cache, last_only=True)[:, -1]
-            else:
-                cache_full = model.new_cache(B, ids.size(1))
-                cache_full.valid[:] = valid
-                pos = (valid.cumsum(-1) - 1).clamp(min=0)
-                logits = model(ids, positions=pos, cache=cache_full, last_only=True)[:, -1]
-            scores = _process_logits(logits.float(), seen, params)
-            if effective_temperature(params.temperature) == 0:
-                nxt = scores.argmax(-1)
-            else:
-                nxt = torch.multinomial(scores.softmax(-1), 1, generator=gen).squeeze(-1)
-            out: list[int | None] = []
-            for b, t in enumerate(nxt.tolist()):  # one conversion, not one per sequence
-                if done[b]:
-                    out.append(None)
-                    continue
-                out.append(t)
-                if t in stops:
-                    done[b] = True
-            yield out
-            if all(done):
-                return
-            seen.scatter_(1, nxt[:, None], True)
-            step_ids = nxt[:, None]
-            step_valid = torch.ones((B, 1), dtype=torch.bool, device=device)
-            if not use_cache:  # only the cache-less path re-reads the whole sequence
-                ids = torch.cat([ids, step_ids], dim=1)
-                valid = torch.cat([valid, step_valid], dim=1)
+        with fast_decode(model):
+            step = _model_step(model, len(prompts), total, use_cache=use_cache)
+            yield from decode(
+                step,
+                prompts,
+                params,
+                vocab_size=model.cfg.vocab_size,
+                context=model.cfg.max_seq_len,
+                device=next(model.parameters()).device,
+                pad_id=pad_id,
+            )
     finally:
         model.train(was_training)
 
@@ -188,14 +176,150 @@ def stream(model: Transformer, prompt: Sequence[int], params: SamplingParams | N
             yield step[0]
 
 
+# --- the CPU decoding fast path -------------------------------------------------------------------------------
+
+
+class _RowsLinear(nn.Linear):
+    """An ``nn.Linear`` that multiplies a few rows by an (in, out) copy of its weight, which BLAS streams much
+    faster for a single row than the (out, in) weight itself (onnxruntime stores its weights that way too)."""
+
+    rows: int
+    weight_t: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.numel() > self.rows * x.shape[-1]:
+            return F.linear(x, self.weight)
+        return x @ self.weight_t
+
+
+class _FusedRMSNorm(RMSNorm):
+    """RMSNorm in one fused kernel for fp32 inference (decoding is bound by per-op overhead at small shapes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.dtype != torch.float32:
+            return super().forward(x)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+_held: dict[int, int] = {}
+_held_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def fast_decode(model: Transformer) -> Iterator[Transformer]:
+    """While held, ``model``'s forward takes the CPU decoding fast path: fused RMSNorm, and linear layers that
+    multiply a few rows by (in, out) copies of their weights (the output head up to 16 rows). It costs one more
+    copy of the linear weights in memory until the last holder lets go, and it changes nothing on a GPU, in
+    low precision or with gradients on. The weights must not change while it is held (copies are taken on
+    entry). Nested and concurrent holders share one set of copies."""
+    p = next(model.parameters())
+    if p.device.type != "cpu" or p.dtype != torch.float32:
+        yield model
+        return
+    key = id(model)
+    with _held_lock:
+        _held[key] = _held.get(key, 0) + 1
+        if _held[key] == 1:
+            for m in model.modules():
+                if type(m) is nn.Linear and m.bias is None:
+                    m.__class__ = _RowsLinear
+                    m.rows = 16 if m is model.lm_head else 1  # the head is the biggest matrix: it pays for more
+                    m.weight_t = m.weight.detach().t().contiguous()
+                elif type(m) is RMSNorm:
+                    m.__class__ = _FusedRMSNorm
+    try:
+        yield model
+    finally:
+        with _held_lock:
+            _held[key] -= 1
+            if _held[key] == 0:
+                del _held[key]
+                for m in model.modules():
+                    if type(m) is _RowsLinear:
+                        m.__class__ = nn.Linear
+                        del m.weight_t, m.rows
+                    elif type(m) is _FusedRMSNorm:
+                        m.__class__ = RMSNorm
+
+
+# --- text -----------------------------------------------------------------------------------------------------
+
+
+class TextDecoder:
+    """The text of one sequence's generated tokens, kept up to date token by token: a multi-byte character
+    split across tokens comes out whole, SentencePiece's leading space of the first piece is kept (decoding
+    after a few prompt tokens: "Hello" + "▁world" -> " world"), and the text ends before the first of the
+    ``stops`` strings. ``pending`` hands out what a stream may send (text that could still grow into a stop
+    string is held back); the work per token is bounded by the text's length, whatever the stop strings."""
+
+    def __init__(self, tokenizer: TokenizerLike, prompt: Sequence[int], stops: Sequence[str] = (), lstrip=False):
+        self.tokenizer = tokenizer
+        self.stops = tuple(s for s in stops if s)
+        self.lstrip = lstrip
+        self._context = list(prompt[-4:])
+        self._context_text = tokenizer.decode(self._context)
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = 0  # characters already handed out
+        self.stopped = False  # a stop string ended the text: it is final
+
+    def decode(self) -> str:
+        full = self.tokenizer.decode(self._context + self.ids)
+        ctx = self._context_text
+        text = full[len(ctx) :] if full.startswith(ctx) else self.tokenizer.decode(self.ids)
+        return text.lstrip() if self.lstrip else text
+
+    def add(self, token: int, *, final: bool = False, look: bool = True) -> None:
+        """Append ``token``; with ``look`` (streaming, stop strings or the last token) bring the text up to
+        date and check the stop strings (``stopped`` then tells that one matched)."""
+        self.ids.append(token)
+        if not (look or self.stops or final):
+            return
+        text = self.decode()
+        if text.endswith("\ufffd") and not final:
+            return  # an incomplete UTF-8 character: wait for its other bytes
+        if self.stops:
+            cut = None
+            for s in self.stops:
+                i = text.find(s, max(0, self.sent - len(s)))
+                if i >= 0 and (cut is None or i < cut):
+                    cut = i
+            if cut is not None:
+                text, self.stopped = text[:cut], True
+        self.text = text
+
+    def finish(self) -> None:
+        if not self.stopped:
+            self.text = self.decode() if self.ids else ""
+
+    def pending(self, *, final: bool) -> str:
+        """Text not handed out yet that may be sent now; marks it sent."""
+        end = len(self.text)
+        if not final and not self.stopped and self.stops:
+            end -= max((_partial_stop(self.text, s, self.sent) for s in self.stops), default=0)
+        if end <= self.sent:
+            return ""
+        piece, self.sent = self.text[self.sent : end], end
+        return piece
+
+
+def _partial_stop(text: str, stop: str, sent: int) -> int:
+    """The length of the longest ending of ``text`` (past ``sent``) that begins ``stop`` without being all of
+    it. Only endings that start with ``stop``'s first character are tried, each a startswith of at most the
+    text's unsent length, so a huge stop string costs no more than a short one."""
+    lo = max(sent, len(text) - len(stop) + 1)
+    i = text.find(stop[0], lo)
+    while i >= 0:
+        if stop.startswith(text[i:]):
+            return len(text) - i
+        i = text.find(stop[0], i + 1)
+    return 0
+
+
 def _with_eos_stop(tokenizer: TokenizerLike, params: SamplingParams | None) -> SamplingParams:
     params = params or SamplingParams()
     stops = tuple(params.stop_tokens) or (tokenizer.eos_id,)
     return SamplingParams(**{**params.__dict__, "stop_tokens": stops})
-
-
-def _strip_stop(ids: list[int], stops: Sequence[int]) -> list[int]:
-    return ids[:-1] if ids and ids[-1] in stops else ids
 
 
 def generate_text(
@@ -203,38 +327,46 @@ def generate_text(
 ) -> list[str]:
     """Completions (text after the prompt) for a batch of text prompts; stops at EOS by default."""
     params = _with_eos_stop(tokenizer, params)
-    outs = generate(model, [tokenizer.encode(p) for p in prompts], params)
-    return [tokenizer.decode(_strip_stop(o, params.stop_tokens)) for o in outs]
+    encoded = [tokenizer.encode(p) for p in prompts]
+    texts = []
+    for ids, out in zip(encoded, generate(model, encoded, params)):
+        text = TextDecoder(tokenizer, ids)
+        text.ids = out[:-1] if out and out[-1] in params.stop_tokens else out
+        text.finish()
+        texts.append(text.text)
+    return texts
 
 
 def stream_text(
     model: Transformer, tokenizer: TokenizerLike, prompt: str, params: SamplingParams | None = None
 ) -> Iterator[str]:
-    """Stream the completion of one prompt as text pieces (decoded incrementally, so multi-byte characters
-    split across tokens come out whole)."""
+    """Stream the completion of one prompt as text pieces (see :class:`TextDecoder`)."""
     yield from TextStream(model, tokenizer, tokenizer.encode(prompt), _with_eos_stop(tokenizer, params))
 
 
 class TextStream:
-    """The text pieces of one sequence as its tokens arrive, decoded incrementally (a multi-byte character
-    split across tokens comes out whole); once iterated, ``stopped`` says whether it ended at one of
-    ``params.stop_tokens`` (rather than at ``max_new_tokens``)."""
+    """The text pieces of one sequence as its tokens arrive (see :class:`TextDecoder`); once iterated,
+    ``stopped`` says whether it ended at one of ``params.stop_tokens`` (rather than at ``max_new_tokens``);
+    ``lstrip`` drops the text's leading white space (a chat reply after "Assistant:")."""
 
-    def __init__(self, model: Transformer, tokenizer: TokenizerLike, ids: list[int], params: SamplingParams) -> None:
+    def __init__(
+        self, model: Transformer, tokenizer: TokenizerLike, ids: list[int], params: SamplingParams, *, lstrip=False
+    ) -> None:
         self.model, self.tokenizer, self.ids, self.params = model, tokenizer, ids, params
+        self.lstrip = lstrip
         self.stopped = False
 
     def __iter__(self) -> Iterator[str]:
-        out: list[int] = []
-        emitted = ""
+        text = TextDecoder(self.tokenizer, self.ids, lstrip=self.lstrip)
         for t in stream(self.model, self.ids, self.params):
             if t in self.params.stop_tokens:
                 self.stopped = True
-                return
-            out.append(t)
-            text = self.tokenizer.decode(out)
-            if text.endswith("\ufffd"):
-                continue  # an incomplete UTF-8 sequence; wait for the rest
-            if len(text) > len(emitted):
-                yield text[len(emitted) :]
-                emitted = text
+                break
+            text.add(t)
+            piece = text.pending(final=False)
+            if piece:
+                yield piece
+        text.finish()
+        piece = text.pending(final=True)
+        if piece:
+            yield piece

@@ -8,53 +8,21 @@ is a rename plus a split of the fused projections (see ``openllm.hf_compat``).
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .kvcache import KVCache
 
-__all__ = ["Transformer", "KVCache", "RMSNorm", "param_report"]
-
-
-def _tracing() -> bool:
-    """True under ONNX export, TorchScript tracing and torch.compile: the eager-only inference shortcuts
-    (fused rms_norm, the cached head copy) must stay out of captured graphs."""
-    # TorchScript tracing covers the classic ONNX exporter; is_compiling covers torch.export (the dynamo ONNX
-    # exporter) and torch.compile. Both checks are cheap, which matters: this runs for every op while decoding.
-    return torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
+__all__ = ["Transformer", "KVCache", "RMSNorm", "param_report"]  # KVCache: see openllm.kvcache
 
 
-# set OPENLLM_DECODE_COPIES=0 to trade generation speed on CPU for memory (see _linear)
-DECODE_COPIES = os.environ.get("OPENLLM_DECODE_COPIES", "1") != "0"
-
-
-def _linear(mod: nn.Module, x: torch.Tensor, max_rows: int = 1) -> torch.Tensor:
-    """``mod(x)``, except when generating on a CPU (no grad, fp32, at most ``max_rows`` rows): then ``x`` is
-    multiplied by a (in, out) copy of the weight, which BLAS streams much faster for a single row than the
-    (out, in) weight itself (onnxruntime stores its weights that way too). The copy is made on first use and
-    remade whenever the weight changes; it costs one more copy of the weights in memory while generating
-    (``Transformer.drop_decode_copies()`` frees them; ``OPENLLM_DECODE_COPIES=0`` never makes them)."""
-    if (
-        not DECODE_COPIES
-        or _tracing()
-        or torch.is_grad_enabled()
-        or type(mod) is not nn.Linear
-        or mod.bias is not None
-        or x.device.type != "cpu"
-        or x.dtype != torch.float32
-        or x.numel() > max_rows * x.shape[-1]
-    ):
-        return mod(x)
-    w = mod.weight
-    key = (w.data_ptr(), w._version, w.dtype, w.shape)
-    if getattr(mod, "_wt_key", None) != key:
-        mod._wt = w.detach().t().contiguous()
-        mod._wt_key = key
-    return x @ mod._wt
+def _exporting() -> bool:
+    """True under TorchScript tracing (the ONNX exporter) and torch.export/torch.compile, whose graphs must not
+    use ``enable_gqa`` (ONNX knows no such attribute)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 class RMSNorm(nn.Module):
@@ -64,10 +32,6 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _tracing() and x.dtype == torch.float32 and not torch.is_grad_enabled():
-            # inference in fp32: the same arithmetic as below in one fused kernel (generation is bound by
-            # per-op overhead at small shapes)
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # normalise in fp32 whatever the autocast dtype, as Llama does, then scale in the input dtype
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -89,30 +53,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).to(x.dtype)
 
 
-@dataclass
-class KVCache:
-    """Keys and values of every layer for generation: (B, n_kv_heads, max_len, head_dim) each, filled up to
-    ``length``. ``valid`` marks real (non-padding) key positions, (B, max_len)."""
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    valid: torch.Tensor
-    length: int = 0
-
-    @classmethod
-    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, *, device, dtype) -> KVCache:
-        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
-        return cls(
-            keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)],
-            values=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)],
-            valid=torch.zeros(batch, max_len, dtype=torch.bool, device=device),
-        )
-
-    @property
-    def capacity(self) -> int:
-        return self.valid.shape[1]
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -122,21 +62,17 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x, cos, sin, *, mask=None, cache: KVCache | None = None, layer: int = 0, causal: bool = True):
+    def forward(self, x, cos, sin, *, mask=None, cache=None, layer: int = 0, causal: bool = True):
         B, T, _ = x.shape
         H, Hkv = self.n_heads, self.n_kv_heads
-        qkv = _linear(self.wqkv, x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)
+        qkv = self.wqkv(x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)
         # q and k heads rotated in one go (elementwise, so identical to rotating them apart)
         q, k = apply_rope(qkv[:, : H + Hkv], cos, sin).split([H, Hkv], dim=1)
         v = qkv[:, H + Hkv :]
         if cache is not None:
-            start = cache.length
-            cache.keys[layer][:, :, start : start + T] = k
-            cache.values[layer][:, :, start : start + T] = v
-            k = cache.keys[layer][:, :, : start + T]
-            v = cache.values[layer][:, :, : start + T]
+            k, v = cache.update(layer, k, v)
         gqa = self.n_kv_heads != self.n_heads
-        share_kv = gqa and not self.training and not _tracing()  # ONNX exporters know no enable_gqa
+        share_kv = gqa and not self.training and not _exporting()
         if gqa and not share_kv:
             rep = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(rep, dim=1)
@@ -151,7 +87,7 @@ class Attention(nn.Module):
             # inference: let the kernel share kv heads instead of copying them (same values)
             **({"enable_gqa": True} if share_kv else {}),
         )
-        return _linear(self.wo, y.transpose(1, 2).reshape(B, T, -1))
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class SwiGLU(nn.Module):
@@ -163,8 +99,8 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = _linear(self.w13, x).split(self.d_ff, dim=-1)
-        return _linear(self.w2, F.silu(gate) * up)
+        gate, up = self.w13(x).split(self.d_ff, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -252,63 +188,38 @@ class Transformer(nn.Module):
         attn_mask: torch.Tensor | None = None,
     ):
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if positions is None:
-            if start + T > self.cfg.max_seq_len:
-                raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
-            cos = self.rope_cos[start : start + T][None, None]
-            sin = self.rope_sin[start : start + T][None, None]
-        else:
-            if int(positions.max()) >= self.cfg.max_seq_len:
-                raise ValueError(f"position {int(positions.max())} exceeds max_seq_len {self.cfg.max_seq_len}")
-            cos = self.rope_cos[positions][:, None]
-            sin = self.rope_sin[positions][:, None]
         # attn_mask (training without a cache): a boolean (B, 1, T, T) mask, e.g. block-diagonal so that packed
         # conversations do not attend to each other (openllm.conversations.attention_mask)
-        mask = attn_mask if cache is None else None
-        causal = True
+        mask, causal = attn_mask, True
         if cache is not None:
-            if start + T > cache.capacity:
-                raise ValueError(f"KV cache holds {cache.capacity} positions, {start + T} needed")
-            if T == 1 and bool(cache.valid[:, : start + 1].all()):
-                # one new token after real tokens only: it sees every key, so no mask at all
-                causal = False
-            elif start > 0 or not bool(cache.valid[:, :T].all()):
-                # queries see keys up to their own position, and only real (non-padding) keys
-                q_pos = torch.arange(start, start + T, device=idx.device)
-                k_pos = torch.arange(start + T, device=idx.device)
-                causal = k_pos[None, :] <= q_pos[:, None]
-                mask = causal[None, None] & cache.valid[:, None, None, : start + T]
-                # a padding query would otherwise see no key at all (NaN); let it see itself
-                mask = mask | torch.eye(start + T, dtype=torch.bool, device=idx.device)[start:][None, None]
-
+            cache_positions, mask, causal = cache.begin(T)
+            positions = cache_positions if positions is None else positions
+        if positions is None:
+            if T > self.cfg.max_seq_len:
+                raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+            cos, sin = self.rope_cos[:T][None, None], self.rope_sin[:T][None, None]
+        else:
+            if not _exporting() and int(positions.max()) >= self.cfg.max_seq_len:
+                raise ValueError(f"position {int(positions.max())} exceeds max_seq_len {self.cfg.max_seq_len}")
+            cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
         x = self.tok_embeddings(idx)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask=mask, cache=cache, layer=i, causal=causal)
         if cache is not None:
-            cache.length = start + T
+            cache.end(T)
         if last_only and targets is None:
             x = x[:, -1:]  # generation needs the next token only: skip the head on the prompt
         x = self.norm(x)
         if targets is None:
-            return self._head(x)
+            return self.lm_head(x)
         if self.loss_fn is not None and not return_logits:
             return self.loss_fn(x, self.lm_head.weight, targets, ignore_index)
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
         return (logits, loss) if return_logits else loss
 
-    def _head(self, x: torch.Tensor) -> torch.Tensor:
-        # the head is the biggest matrix: its (in, out) copy pays off for small batches too
-        return _linear(self.lm_head, x, max_rows=16)
-
-    def drop_decode_copies(self) -> None:
-        """Free the (in, out) weight copies that generation on a CPU keeps (see ``_linear``)."""
-        for m in self.modules():
-            m.__dict__.pop("_wt", None)
-            m.__dict__.pop("_wt_key", None)
-
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        """An empty :class:`openllm.kvcache.KVCache` of ``batch`` rows on the model's device and dtype."""
         p = next(self.parameters())
         return KVCache.empty(self.cfg, batch, max_len or self.cfg.max_seq_len, device=p.device, dtype=p.dtype)
 

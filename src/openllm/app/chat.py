@@ -25,7 +25,6 @@ __all__ = [
     "chat_prompt",
     "message_text",
     "stream_reply",
-    "stream_chat",
     "finetune_summary",
     "SYNTHETIC_SIZE",
 ]
@@ -60,7 +59,7 @@ def check_conversations(path: str | Path | None, what: str = "Conversations") ->
     try:
         convs = read_conversations(p)
     except OpenLLMError as exc:
-        raise FormError(what, str(exc).replace(str(p), p.name)) from None
+        raise FormError(what, str(exc).replace(str(p), p.name)) from exc
     turns = sum(1 for c in convs for m in c.messages if m["role"] == "assistant")
     return ConversationCheck(p, len(convs), turns)
 
@@ -212,25 +211,9 @@ def stream_reply(
     params = SamplingParams(
         max_new_tokens=prompt.max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop_tokens=(tok.eos_id,)
     )
-    pieces = TextStream(loaded.model, tok, prompt.ids, params)
+    pieces = TextStream(loaded.model, tok, prompt.ids, params, lstrip=True)  # as the server's chat replies
     emitted = ""
     for piece in pieces:
         emitted += piece
         yield emitted, False
     yield emitted, pieces.stopped
-
-
-def stream_chat(
-    loaded: Any,
-    history: Sequence[dict],
-    system: str = "",
-    *,
-    max_new_tokens: int = 128,
-    temperature: float = 0.7,
-    top_p: float | None = 0.95,
-    seed: int | None = None,
-) -> Iterator[str]:
-    """The assistant's reply so far to ``history`` under ``system`` (see :func:`chat_prompt`)."""
-    prompt = chat_prompt(loaded, history, system, max_new_tokens)
-    for text, _ in stream_reply(loaded, prompt, temperature=temperature, top_p=top_p, seed=seed):
-        yield text

@@ -32,55 +32,22 @@ OPSET = 18
 
 
 def _wrappers(model):
-    import torch
     import torch.nn as nn
-    import torch.nn.functional as F
 
-    from ..model import apply_rope
+    from ..kvcache import PastCache
 
     class WithPast(nn.Module):
-        """The model's forward written out with explicit past keys/values (no cache object), so that the
-        graph has plain tensor inputs and outputs."""
+        """The model's one forward with its keys/values as plain tensors in and out (a
+        :class:`openllm.kvcache.PastCache`), so that the graph has plain tensor inputs and outputs."""
 
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
         def forward(self, input_ids, attention_mask, position_ids, past: list):
-            m = self.model
-            B, T = input_ids.shape
-            P = past[0].shape[2]
-            cos = m.rope_cos[position_ids][:, None]
-            sin = m.rope_sin[position_ids][:, None]
-            q_pos = torch.arange(T, device=input_ids.device) + P
-            k_pos = torch.arange(P + T, device=input_ids.device)
-            causal = k_pos[None, :] <= q_pos[:, None]  # (T, P+T)
-            mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
-            # a padding query would see no key at all (NaN): let it see itself, as the model does
-            mask = mask | (k_pos[None, :] == q_pos[:, None])[None, None]
-            x = m.tok_embeddings(input_ids)
-            present = []
-            for i, layer in enumerate(m.layers):
-                a = layer.attn
-                h = layer.attn_norm(x)
-                q, k, v = a.wqkv(h).split(
-                    [a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim, a.n_kv_heads * a.head_dim], dim=-1
-                )
-                q = q.view(B, T, a.n_heads, a.head_dim).transpose(1, 2)
-                k = k.view(B, T, a.n_kv_heads, a.head_dim).transpose(1, 2)
-                v = v.view(B, T, a.n_kv_heads, a.head_dim).transpose(1, 2)
-                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-                k = torch.cat([past[2 * i], k], dim=2)
-                v = torch.cat([past[2 * i + 1], v], dim=2)
-                present += [k, v]
-                if a.n_kv_heads != a.n_heads:
-                    rep = a.n_heads // a.n_kv_heads
-                    k = k.repeat_interleave(rep, dim=1)
-                    v = v.repeat_interleave(rep, dim=1)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-                x = x + a.wo(y.transpose(1, 2).reshape(B, T, -1))
-                x = x + layer.mlp(layer.mlp_norm(x))
-            return (m.lm_head(m.norm(x)), *present)
+            cache = PastCache(past, attention_mask, position_ids)
+            logits = self.model(input_ids, cache=cache)
+            return (logits, *cache.present)
 
     return WithPast().eval()
 
@@ -301,49 +268,45 @@ class OnnxRunner:
         max_new_tokens: int,
         *,
         temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
         stop_tokens: Sequence[int] = (),
         pad_id: int = 0,
         seed: int | None = None,
     ) -> list[list[int]]:
+        """New tokens for each prompt, through ``openllm.generate``'s one decode loop and sampler: the same
+        tokens as our model gives (greedy, and seeded sampling up to onnxruntime's rounding)."""
+        import torch
+
+        from ..generate import decode
+        from ..sampling import SamplingParams
+
         m = self.meta
-        B, longest = len(prompts), max(len(p) for p in prompts)
-        if longest + max_new_tokens > m["max_seq_len"]:
-            raise OpenLLMError(
-                f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the context of "
-                f"{m['max_seq_len']} tokens"
-            )
-        ids = np.full((B, longest), pad_id, dtype=np.int64)
-        mask = np.zeros((B, longest), dtype=np.int64)
-        for b, p in enumerate(prompts):
-            ids[b, longest - len(p) :] = p
-            mask[b, longest - len(p) :] = 1
-        pos = np.clip(mask.cumsum(-1) - 1, 0, None)
-        past = self.empty_past(B)
-        rng = np.random.default_rng(seed)
-        stops, done = set(stop_tokens), [False] * B
-        outs: list[list[int]] = [[] for _ in range(B)]
-        step_ids = ids
-        for _ in range(max_new_tokens):
-            res = self.past.run(
-                None,
-                {"input_ids": step_ids, "attention_mask": mask, "position_ids": pos[:, -step_ids.shape[1] :], **past},
-            )
-            logits = res[0][:, -1].astype(np.float64)
-            if temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                z = logits / temperature
-                p = np.exp(z - z.max(-1, keepdims=True))
-                p /= p.sum(-1, keepdims=True)
-                nxt = np.array([rng.choice(p.shape[-1], p=row) for row in p])
-            for b in range(B):
-                if not done[b]:
-                    outs[b].append(int(nxt[b]))
-                    done[b] = int(nxt[b]) in stops
-            if all(done):
-                break
+        params = SamplingParams(
+            max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stop_tokens
+        )
+        past = self.empty_past(len(prompts))
+
+        def step(ids, mask, positions):
+            nonlocal past
+            feed = {
+                "input_ids": ids.numpy(),
+                "attention_mask": mask.numpy().astype(np.int64),
+                "position_ids": positions.numpy(),
+                **past,
+            }
+            res = self.past.run(None, feed)
             past = dict(zip(past, res[1:]))
-            step_ids = nxt[:, None].astype(np.int64)
-            mask = np.concatenate([mask, np.ones((B, 1), dtype=np.int64)], axis=1)
-            pos = np.concatenate([pos, pos[:, -1:] + 1], axis=1)
+            return torch.from_numpy(res[0][:, -1])
+
+        outs: list[list[int]] = [[] for _ in prompts]
+        try:
+            for tokens in decode(
+                step, prompts, params, vocab_size=m["vocab_size"], context=m["max_seq_len"], pad_id=pad_id
+            ):
+                for b, t in enumerate(tokens):
+                    if t is not None:
+                        outs[b].append(t)
+        except ValueError as exc:
+            raise OpenLLMError(str(exc)) from exc
         return outs

@@ -42,8 +42,6 @@ def quantize_int8(model, *, inplace: bool = False):
     torch.backends.quantized.engine = int8_engine()
     target = model if inplace else copy.deepcopy(model)
     target = target.float().eval()
-    if hasattr(target, "drop_decode_copies"):
-        target.drop_decode_copies()  # fp32 copies the quantized layers no longer need
     if target.cfg.tie_embeddings:
         # the head shares the embedding matrix; give it its own copy so quantizing the head leaves the
         # (fp32) embedding lookup exact

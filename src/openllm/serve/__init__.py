@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .app import ApiError, create_app
 from .chat import CHAT_STOPS, chat_prompt
-from .engine import POLICIES, Engine, Job, QueueFull, Sampling, Seq
+from .engine import POLICIES, Engine, Job, QueueFull, Seq
 from .server import ServerThread, app_from_source, run_server
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "Engine",
     "Job",
     "Seq",
-    "Sampling",
     "QueueFull",
     "POLICIES",
     "chat_prompt",

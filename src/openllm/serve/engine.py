@@ -14,9 +14,10 @@ runs steps; at every step:
 ``policy="static"`` is the scheduling the server had before (kept for comparison and as an option): new
 sequences join only when the running batch is empty, and run until all of them are finished.
 
-A sequence's tokens do not depend on what else is running: the batch rows are independent, sampling uses the
-sequence's own :class:`torch.Generator` (seeded from the request's ``seed``), and penalties count the
-sequence's own tokens. Results go back to the handler as events through ``job.emit``:
+Every step is the model's one forward over a :class:`openllm.kvcache.SlotCache` and one batched
+:class:`openllm.sampling.Sampler` step. A sequence's tokens do not depend on what else is running: the batch rows
+are independent, sampling uses the sequence's own generator (seeded from the request's ``seed`` and the choice
+index) and penalties count the sequence's own tokens. Results go back to the handler as events through ``job.emit``:
 
 - ``("delta", index, text, logprobs)`` new text of a streaming sequence, with the log-probabilities of the
   tokens generated since the last delta (a list, empty unless asked for);
@@ -39,12 +40,12 @@ from typing import Any
 import torch
 
 from ..errors import OpenLLMError
-from ..generate import SamplingParams, _process_logits
-from .kvcache import SlotCache, slot_forward
+from ..generate import TextDecoder, fast_decode
+from ..kvcache import SlotCache
+from ..sampling import Sampler, SamplingParams, SeqSampling
 from .metrics import ServeMetrics
-from .text import TextState
 
-__all__ = ["Engine", "Job", "Seq", "Sampling", "QueueFull", "POLICIES"]
+__all__ = ["Engine", "Job", "Seq", "QueueFull", "POLICIES"]
 
 log = logging.getLogger("openllm.serve")
 
@@ -53,23 +54,6 @@ POLICIES = ("continuous", "static")
 
 class QueueFull(Exception):
     """The bounded request queue is full; the server answers 429."""
-
-
-@dataclass
-class Sampling:
-    """How a request picks its tokens. ``temperature == 0`` is greedy."""
-
-    temperature: float = 1.0
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] | None = None
-
-    @property
-    def adjusts(self) -> bool:
-        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
 
 @dataclass(eq=False)  # identity: a sequence is found in the running list by itself, not by its fields
@@ -89,9 +73,8 @@ class Seq:
     filled: int = 0  # prompt tokens in the cache
     next_token: int | None = None  # sampled, not yet in the cache
     finish: str | None = None
-    text: TextState | None = field(default=None, repr=False)
-    gen: torch.Generator | None = field(default=None, repr=False)
-    counts: dict[int, int] = field(default_factory=dict)  # generated token -> times, for the penalties
+    text: TextDecoder | None = field(default=None, repr=False)
+    sampling: SeqSampling | None = field(default=None, repr=False)
     token_lps: list[tuple] = field(default_factory=list)
     prompt_lps: list[tuple | None] = field(default_factory=list)
     lps_sent: int = 0
@@ -107,7 +90,7 @@ class Job:
     """One HTTP request: its sequences, sampling settings and the way back to the handler."""
 
     seqs: list[Seq]
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     stream: bool = False
     emit: Callable[[tuple], None] = lambda event: None  # thread-safe: called from the scheduler thread
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -155,14 +138,20 @@ class Engine:
                 f"--kv-cache-tokens {kv_cache_tokens} gives each of the {max_batch} slots "
                 f"(--max-batch) {slot_len} tokens; give at least {2 * max_batch}"
             )
+        p = next(model.parameters())
         try:
-            self.cache = SlotCache(model, max_batch, slot_len)
+            self.cache = SlotCache(model.cfg, max_batch, slot_len, device=p.device, dtype=p.dtype)
         except (RuntimeError, MemoryError) as exc:  # torch's out-of-memory errors are RuntimeErrors
-            need = SlotCache.bytes_needed(model, max_batch, slot_len) / 2**20
+            need = SlotCache.bytes_needed(model.cfg, max_batch, slot_len, p.element_size()) / 2**20
             raise OpenLLMError(
                 f"cannot allocate the KV cache ({max_batch} slots x {slot_len} tokens = "
                 f"{need:.0f} MiB): {exc}; lower --max-batch or --kv-cache-tokens"
-            ) from None
+            ) from exc
+        # tokens the tokenizer cannot turn into text are never sampled (a model's embedding may be padded
+        # past its tokenizer's vocabulary)
+        tok_vocab = getattr(tokenizer, "vocab_size", None)
+        self.vocab_size = min(int(model.cfg.vocab_size), int(tok_vocab or model.cfg.vocab_size))
+        self.sampler = Sampler()
         self.context = slot_len  # the most prompt + max_tokens a request may ask for
         self.max_batch, self.max_queue = max_batch, max_queue
         self.prefill_chunk, self.policy = prefill_chunk, policy
@@ -212,7 +201,9 @@ class Engine:
 
     # --- producer side --------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
-        """Queue a job; raises :class:`QueueFull` when ``max_queue`` jobs are already waiting."""
+        """Queue a job; raises :class:`QueueFull` when ``max_queue`` jobs are already waiting, ``ValueError`` for
+        a job no step could run."""
+        job.sampling.validate(self.vocab_size)
         for seq in job.seqs:
             if not seq.prompt:
                 raise ValueError("every prompt needs at least one token")
@@ -270,22 +261,23 @@ class Engine:
 
     # --- scheduler thread -----------------------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping and not self._running and not self._waiting:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                self._admit()
-            try:
-                self._step()
-            except Exception as exc:  # a bug or an OOM must not kill the server: fail the running requests
-                log.exception("generation failed")
+        with fast_decode(self.model), torch.no_grad():
+            while True:
                 with self._cond:
-                    jobs = list(dict.fromkeys(s.job for s in self._running))
-                for job in jobs:
-                    self.stats["errors"] += 1
-                    self._fail(job, f"generation failed: {type(exc).__name__}: {exc}")
+                    while not self._stopping and not self._running and not self._waiting:
+                        self._cond.wait()
+                    if self._stopping:
+                        return
+                    self._admit()
+                try:
+                    self._step()
+                except Exception as exc:  # a bug or an OOM must not kill the server: fail the running requests
+                    log.exception("generation failed")
+                    with self._cond:
+                        jobs = list(dict.fromkeys(s.job for s in self._running))
+                    for job in jobs:
+                        self.stats["errors"] += 1
+                        self._fail(job, f"generation failed: {type(exc).__name__}: {exc}")
 
     def _admit(self) -> None:
         """Give free slots to waiting sequences, oldest request first (called with the lock held)."""
@@ -304,9 +296,10 @@ class Engine:
             while job.admitted < len(job.seqs) and self.cache.free:
                 seq = job.seqs[job.admitted]
                 seq.slot = self.cache.allocate()
-                seq.text = TextState(self.tokenizer, seq.prompt, seq.stops, seq.lstrip)
-                if job.sampling.temperature > 0:
-                    seq.gen = _generator(job.sampling.seed, seq.index, self.cache.keys[0].device)
+                seq.text = TextDecoder(self.tokenizer, seq.prompt, seq.stops, seq.lstrip)
+                seq.sampling = SeqSampling(
+                    job.sampling, seq.prompt, index=seq.index, vocab_size=self.vocab_size, device=self.cache.device
+                )
                 self._running.append(seq)
                 job.admitted += 1
             if job.admitted < len(job.seqs):
@@ -335,7 +328,7 @@ class Engine:
         device = self.cache.keys[0].device
         ids = torch.as_tensor([seq.prompt[start : start + n]], dtype=torch.long, device=device)
         scored = seq.prompt_logprobs is not None
-        logits = slot_forward(self.model, self.cache, ids, [seq.slot], [start], last_only=not scored)[0]
+        logits = self.model(ids, cache=self.cache.rows([seq.slot]), last_only=not scored)[0, :, : self.vocab_size]
         seq.filled += n
         with self.metrics.lock:
             self.metrics.prompt_tokens += n
@@ -357,31 +350,23 @@ class Engine:
         device = self.cache.keys[0].device
         ids = torch.as_tensor([[s.next_token] for s in seqs], dtype=torch.long, device=device)
         slots = [s.slot for s in seqs]
-        logits = slot_forward(self.model, self.cache, ids, slots, [self.cache.lengths[x] for x in slots])[:, -1]
+        logits = self.model(ids, cache=self.cache.rows(slots), last_only=True)[:, -1, : self.vocab_size]
         self._sample(seqs, logits)
 
     def _sample(self, seqs: list[Seq], logits: torch.Tensor) -> None:
         """Pick each sequence's next token from its logits row (B, vocab) and hand it on."""
-        logits = logits.float()
-        raw = logits
-        if any(s.job.sampling.adjusts for s in seqs):
-            logits = logits.clone()
-            for b, s in enumerate(seqs):
-                if s.job.sampling.adjusts:
-                    _adjust(logits[b], s)
-        greedy = logits.argmax(-1).tolist()
-        for b, s in enumerate(seqs):
-            sp = s.job.sampling
-            if sp.temperature > 0:
-                params = SamplingParams(temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p)
-                scores = _process_logits(logits[b : b + 1], None, params)
-                tok = int(torch.multinomial(scores.softmax(-1), 1, generator=s.gen))
-            else:
-                tok = greedy[b]
+        tokens = self.sampler(logits, [s.sampling for s in seqs])
+        raw = logits.float()
+        for b, (s, tok) in enumerate(zip(seqs, tokens)):
             entry = None
             if s.logprobs is not None:
                 entry = _entry(raw[b].log_softmax(-1), tok, s.logprobs)
-            self._accept(s, tok, entry)
+            try:
+                self._accept(s, tok, entry)
+            except Exception as exc:  # e.g. a tokenizer that cannot decode: this request fails, not the batch
+                log.exception("generation failed")
+                self.stats["errors"] += 1
+                self._fail(s.job, f"generation failed: {type(exc).__name__}: {exc}")
 
     def _accept(self, seq: Seq, tok: int, entry: tuple | None) -> None:
         now = time.monotonic()
@@ -395,7 +380,7 @@ class Engine:
         if tok == self.eos_id:
             self._finish(seq, "stop")
             return
-        seq.counts[tok] = seq.counts.get(tok, 0) + 1
+        seq.sampling.accept(tok)
         if entry is not None:
             seq.token_lps.append(entry)
         self.stats["tokens"] += 1
@@ -474,30 +459,6 @@ class Engine:
     def _count_finish(self, reason: str) -> None:
         with self.metrics.lock:
             self.metrics.finished[reason] = self.metrics.finished.get(reason, 0) + 1
-
-
-def _generator(seed: int | None, index: int, device: torch.device) -> torch.Generator:
-    """The sampling generator of one sequence: seeded from the request's seed and the choice index (the
-    first choice uses the seed itself), random without a seed."""
-    gen = torch.Generator(device=device)
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed((seed + index * 0x9E3779B97F4A7C15) % 2**63)
-    return gen
-
-
-def _adjust(row: torch.Tensor, seq: Seq) -> None:
-    """OpenAI's presence and frequency penalties over the sequence's generated tokens, and logit_bias, in
-    place on one logits row."""
-    sp = seq.job.sampling
-    if sp.logit_bias:
-        ids = torch.as_tensor(list(sp.logit_bias), device=row.device)
-        row[ids] += torch.as_tensor(list(sp.logit_bias.values()), device=row.device, dtype=row.dtype)
-    if seq.counts and (sp.presence_penalty or sp.frequency_penalty):
-        ids = torch.as_tensor(list(seq.counts), device=row.device)
-        counts = torch.as_tensor(list(seq.counts.values()), device=row.device, dtype=row.dtype)
-        row[ids] -= sp.presence_penalty + sp.frequency_penalty * counts
 
 
 def _entry(logprobs: torch.Tensor, tok: int, top: int) -> tuple:

@@ -4,6 +4,7 @@ budget, stop strings, sampling options)."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -12,8 +13,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from ..generate import effective_temperature
-from .engine import Engine, Sampling
+from ..sampling import SamplingParams
+from .engine import Engine
 
 __all__ = ["ApiError", "ServerState"]
 
@@ -135,25 +136,24 @@ class ServerState:
             raise ApiError(400, f"stop has {len(stops)} sequences; at most {_MAX_STOPS} are allowed", param="stop")
         return tuple(s for s in stops if s)
 
-    def sampling(self, body: Any) -> Sampling:
-        """The sampling settings of an OpenAI-shaped body (temperature, top_p, top_k, seed, penalties,
-        logit_bias)."""
+    def sampling(self, body: Any) -> SamplingParams:
+        """The validated sampling settings of an OpenAI-shaped body (temperature, top_p, top_k, seed,
+        penalties, logit_bias): a bad value is this request's 400, never a failure of the batch it joins."""
         bias = None
         logit_bias = getattr(body, "logit_bias", None)
         if logit_bias:
-            vocab = self.engine.model.cfg.vocab_size
+            vocab = self.engine.vocab_size
             bias = {}
             for key, value in logit_bias.items():
-                if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab:
+                # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+                if not re.fullmatch(r"[0-9]{1,9}", key) or not 0 <= int(key) < vocab:
                     raise ApiError(
                         400, f"logit_bias keys are token ids in [0, {vocab}); got {key!r}", param="logit_bias"
                     )
-                if not -100 <= value <= 100:
-                    raise ApiError(400, f"logit_bias values are in [-100, 100]; got {value}", param="logit_bias")
-                bias[int(key)] = float(value)
+                bias[int(key)] = value
         top_p = body.top_p
-        return Sampling(
-            temperature=effective_temperature(body.temperature),
+        params = SamplingParams(
+            temperature=body.temperature,
             top_p=None if top_p is None or top_p >= 1.0 else top_p,
             top_k=body.top_k,
             seed=body.seed,
@@ -161,6 +161,11 @@ class ServerState:
             frequency_penalty=getattr(body, "frequency_penalty", None) or 0.0,
             logit_bias=bias,
         )
+        try:
+            return params.validate(self.engine.vocab_size)
+        except ValueError as exc:
+            param = str(exc).split(" ", 1)[0].rstrip(":")
+            raise ApiError(400, str(exc), param=param) from exc
 
     def token_text(self, tok: int) -> str:
         """One token as text, the way it adds to the text before it (SentencePiece's '▁' is a space)."""

@@ -11,7 +11,8 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from .engine import Job, QueueFull, Sampling, Seq
+from ..sampling import SamplingParams
+from .engine import Job, QueueFull, Seq
 from .state import ApiError, ServerState
 
 __all__ = ["submit", "collect", "ClientGone", "sse", "sse_stream", "streaming_response", "usage"]
@@ -23,7 +24,7 @@ class ClientGone(Exception):
     """The client of a non-streaming request disconnected before its answer."""
 
 
-def submit(state: ServerState, seqs: list[Seq], sampling: Sampling, *, stream: bool) -> tuple[Job, asyncio.Queue]:
+def submit(state: ServerState, seqs: list[Seq], sampling: SamplingParams, *, stream: bool) -> tuple[Job, asyncio.Queue]:
     """Queue ``seqs`` on the engine; their events arrive on the returned asyncio queue."""
     engine = state.require_engine()
     loop = asyncio.get_running_loop()
@@ -45,7 +46,7 @@ def submit(state: ServerState, seqs: list[Seq], sampling: Sampling, *, stream: b
             type="rate_limit_error",
             code="queue_full",
             headers={"Retry-After": "1"},
-        ) from None
+        ) from exc
     return job, queue
 
 
