@@ -309,7 +309,7 @@ def _build(section: str, klass: type, raw: Mapping[str, Any]):
     try:
         obj = klass(**raw)
     except TypeError as exc:  # pragma: no cover - _check_keys catches unknown keys first
-        raise ConfigError(f"{section}: {exc}") from None
+        raise ConfigError(f"{section}: {exc}") from exc
     return obj
 
 
@@ -576,11 +576,11 @@ def load_config(path_or_preset: str | Path | Config) -> Config:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save the config as UTF-8 JSON") from None
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save the config as UTF-8 JSON") from exc
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object with model/train/data sections, found {type(data).__name__}")
     cfg = Config.from_dict(data)

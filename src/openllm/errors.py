@@ -70,19 +70,12 @@ class ConfigError(OpenLLMError, ValueError):
 
 class InputNotFound(OpenLLMError, FileNotFoundError):
     """A file or folder the user named (or one that a folder the user named must hold) does not exist. Still a
-    ``FileNotFoundError`` for callers that catch that; ``path`` (and ``filename``) say which."""
-
-    def __init__(self, *args: object, path: str | os.PathLike[str] | None = None) -> None:
-        super().__init__(*args, path=path)
-        self.filename = str(path) if path is not None else None
+    ``FileNotFoundError`` for callers that catch that; ``path`` says which (``filename`` stays None: set, it
+    would turn the message into ``[Errno None] None: path``)."""
 
 
 class InputExists(OpenLLMError, FileExistsError):
     """An output the user named already exists (or is not empty) and is not to be overwritten."""
-
-    def __init__(self, *args: object, path: str | os.PathLike[str] | None = None) -> None:
-        super().__init__(*args, path=path)
-        self.filename = str(path) if path is not None else None
 
 
 class MissingExtra(OpenLLMError, ImportError):

@@ -62,8 +62,8 @@ def _number(field: str, value: Any) -> float:
         raise FormError(field, f"must be a number, got {value!r}")
     try:
         x = float(value.strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        raise FormError(field, f"must be a number, got {value!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise FormError(field, f"must be a number, got {value!r}") from exc
     if math.isnan(x) or math.isinf(x):
         raise FormError(field, f"must be a finite number, got {value!r}")
     return x
@@ -144,7 +144,7 @@ def config_fields(source: Any) -> tuple[dict[str, Any], list[str]]:
     try:
         cfg = source if isinstance(source, Config) else load_config(Path(source))
     except (OSError, ValueError, ConfigError) as exc:
-        raise FormError(what, str(exc)) from None
+        raise FormError(what, str(exc)) from exc
     shape = _shape(cfg)
     match = next((n for n in preset_names() if _shape(load_config(n)) == shape), None)
     if match is None:
@@ -199,7 +199,7 @@ def parse_train_form(values: Mapping[str, Any]) -> TrainRequest:
     try:
         run_name = check_name(run_name or "", "Run name")
     except WorkspaceError as exc:
-        raise FormError("Run name", str(exc).removeprefix("Run name ").strip()) from None
+        raise FormError("Run name", str(exc).removeprefix("Run name ").strip()) from exc
     preset = _choice("Preset", values.get("preset"), presets)
     size = _choice("Model size", values.get("model_size") or preset, presets)
 
@@ -302,7 +302,7 @@ def parse_push_form(values: Mapping[str, Any]) -> PushRequest:
     try:
         run = check_name(run, "Run")
     except WorkspaceError as exc:
-        raise FormError("Run", str(exc)) from None
+        raise FormError("Run", str(exc)) from exc
     repo = parse_repo(values.get("repo"))
     version = (values.get("version") or "").strip() or None
     if version is not None and not _VERSION.match(version):

@@ -87,7 +87,7 @@ def resolve_model(ws: Workspace, choice: str) -> str:
         try:
             name = check_name(rest, "model")
         except WorkspaceError as exc:
-            raise FormError("Model", str(exc)) from None
+            raise FormError("Model", str(exc)) from exc
         folder = ws.run_dir(name) if kind == "run" else ws.models_dir / name
         if not folder.is_dir() or not ws.contains(folder):
             raise FormError("Model", f"{rest!r} is not in the workspace any more")
@@ -192,7 +192,7 @@ def workspace_run(ws: Workspace, run: str | None) -> tuple[str, Path]:
     try:
         name = check_name(run or "", "Run")
     except WorkspaceError as exc:
-        raise FormError("Run", str(exc)) from None
+        raise FormError("Run", str(exc)) from exc
     run_dir = ws.run_dir(name)
     if not run_dir.is_dir() or not ws.contains(run_dir):
         raise FormError("Run", f"{name!r} is not in the workspace")
@@ -252,11 +252,11 @@ def push_run(
     try:
         # a checkpoint folder is pushed as it is: the version holds exactly these weights
         res = push_model(preview.checkpoint, repo_id=req.repo, version=req.version, **publish)
-    except RevisionExists:
+    except RevisionExists as exc:
         raise FormError(
             "Version",
             f"{req.repo} already has version {req.version}; versions are immutable: choose another version name",
-        ) from None
+        ) from exc
     return {
         "repo": res.repo_id,
         "version": res.version,

@@ -83,7 +83,7 @@ def export_run(ws: Workspace, run: str, choice: str) -> tuple[Path, Path]:
     except ImportError as exc:
         raise OpenLLMError(
             f"the {choice} export needs a package this installation lacks ({exc.name}); install openllm's export extra"
-        ) from None
+        ) from exc
     archive = Path(shutil.make_archive(str(ws.downloads_dir / out.name), "zip", root_dir=out))
     return out, archive
 

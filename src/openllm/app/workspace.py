@@ -108,8 +108,8 @@ class Workspace:
             p = self.root / p
         try:
             resolved = p.resolve()
-        except (OSError, RuntimeError):
-            raise WorkspaceError(f"{text!r} cannot be resolved (a symlink loop?)") from None
+        except (OSError, RuntimeError) as exc:
+            raise WorkspaceError(f"{text!r} cannot be resolved (a symlink loop?)") from exc
         if not (resolved == self.root or self.root in resolved.parents):
             raise WorkspaceError(
                 f"{text!r} is outside the app's workspace ({self.root}); only files inside it can be used: "
@@ -128,8 +128,8 @@ class Workspace:
         p = Path(path).resolve()
         try:
             return str(p.relative_to(self.root)) or "."
-        except ValueError:  # pragma: no cover - callers only pass workspace paths
-            raise WorkspaceError(f"{p} is outside the workspace") from None
+        except ValueError as exc:  # pragma: no cover - callers only pass workspace paths
+            raise WorkspaceError(f"{p} is outside the workspace") from exc
 
     def run_dir(self, name: str) -> Path:
         return self.runs_dir / check_name(name, "run name")

@@ -63,5 +63,5 @@ def utf8_text(value: str, option: str) -> str:
         raise OpenLLMError(
             f"{option} is not UTF-8 text (byte 0x{bad.hex()} at character {exc.start}): pass "
             f"UTF-8, e.g. by setting a UTF-8 locale in the terminal"
-        ) from None
+        ) from exc
     return value

@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
-    except ValueError:
-        raise OpenLLMError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    except ValueError as exc:
+        raise OpenLLMError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from exc
     results = evaluate(
         args.model,
         text=args.text,

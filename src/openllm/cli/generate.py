@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         params.validate()
     except ValueError as exc:
-        raise OpenLLMError(f"bad sampling option: {exc}") from None
+        raise OpenLLMError(f"bad sampling option: {exc}") from exc
     args.prompt = [utf8_text(p, "--prompt") for p in args.prompt]
     if args.stream and len(args.prompt) > 1:
         raise OpenLLMError("--stream takes one --prompt; drop --stream to generate a batch")
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         outs = generate_text(model, loaded.tokenizer, args.prompt, params)
     except ValueError as exc:  # prompt longer than the context, and similar
-        raise OpenLLMError(str(exc)) from None
+        raise OpenLLMError(str(exc)) from exc
     for i, (prompt, text) in enumerate(zip(args.prompt, outs)):
         if len(outs) > 1:
             print(f"--- {i + 1}")

@@ -216,7 +216,7 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise OpenLLMError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                raise OpenLLMError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
                 raise OpenLLMError(f"{path}:{lineno}: expected a JSON object")
             rows.append(row)

@@ -150,10 +150,10 @@ def git(
             timeout=timeout or DEFAULT_TIMEOUT,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
         raise HubUnavailable(
             f"{where} did not answer within {timeout or DEFAULT_TIMEOUT:.0f} s (git {args[0]}); try again later"
-        ) from None
+        ) from exc
     if proc.returncode != 0:
         # git words some failures with the URL's credentials in them (git:// "unable to look up user:TOKEN@
         # host"), in any form: mask exactly the credentials of the URLs we passed, before any caller reads it

@@ -155,11 +155,11 @@ def upload_dataset(
     if not h.repo_exists(repo_id=repo_id, repo_type="dataset"):
         try:
             h.create_repo(repo_id=repo_id, repo_type="dataset", exist_ok=True)
-        except UnsupportedOperation:
+        except UnsupportedOperation as exc:
             raise RepositoryNotFound(
                 f"dataset repo {repo_id} does not exist on {h.describe()} and cannot be "
                 f"created from here; create it on the server first"
-            ) from None
+            ) from exc
     elif version is not None and version in h.list_refs(repo_id=repo_id, repo_type="dataset").tags:
         raise RevisionExists(taken)
     with tempfile.TemporaryDirectory(prefix="openllm-data-") as tmp:
@@ -215,10 +215,10 @@ def upload_dataset(
                     delete_patterns=REPLACE_ALL,
                     commit_message=message,
                 )
-            except RevisionExists:
+            except RevisionExists as exc:
                 raise RevisionExists(
                     taken + " (it was taken while uploading; nothing of this upload was kept)"
-                ) from None
+                ) from exc
     return DatasetUpload(
         repo_id=repo_id, commit=commit, files=files + list(_GENERATED), stats=stats, version=version, hub=h.describe()
     )

@@ -119,11 +119,11 @@ def push_model(
     if not exists:
         try:
             h.create_repo(repo_id=repo_id, repo_type="model", exist_ok=True, private=private)
-        except UnsupportedOperation:
+        except UnsupportedOperation as exc:
             raise RepositoryNotFound(
                 f"model repo {repo_id} does not exist on {h.describe()} and cannot be created "
                 f"from here; create it on the server first"
-            ) from None
+            ) from exc
 
     facts = collect_facts(src)
     with tempfile.TemporaryDirectory(prefix="openllm-push-") as tmp:
@@ -167,12 +167,12 @@ def push_model(
                 delete_patterns=REPLACE_ALL,
                 commit_message=commit_message or f"Version {version}{step_txt}",
             )
-        except RevisionExists:
+        except RevisionExists as exc:
             raise RevisionExists(
                 f"{repo_id} got version {version} from someone else while uploading (nothing of "
                 f"this push was kept); versions are immutable: choose another --version, or "
                 f"replace it with --force"
-            ) from None
+            ) from exc
     return PushResult(repo_id=repo_id, version=version, commit=commit, step=facts.step, files=files, hub=h.describe())
 
 

@@ -101,7 +101,7 @@ def parse_imports(source: str, modname: str, is_package: bool, filename: str = "
     try:
         tree = ast.parse(source, filename=filename)
     except SyntaxError as exc:
-        raise OpenLLMError(f"{filename}:{exc.lineno}: syntax error: {exc.msg}") from None
+        raise OpenLLMError(f"{filename}:{exc.lineno}: syntax error: {exc.msg}") from exc
     package = modname if is_package else modname.rpartition(".")[0]
     out: list[Import] = []
 

@@ -239,5 +239,5 @@ def load_manifest(root: str | os.PathLike | None = None) -> Manifest:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise ManifestError(f"{path}: {exc}") from None
+        raise ManifestError(f"{path}: {exc}") from exc
     return parse_manifest(data, r)

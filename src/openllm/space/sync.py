@@ -333,7 +333,7 @@ class Syncer:
         try:
             new = self._call("pushing the commit", commit_once)
         except ConflictError as exc:
-            raise SyncConflict(f"conflict: {exc}; nothing was pushed; run the sync again", []) from None
+            raise SyncConflict(f"conflict: {exc}; nothing was pushed; run the sync again", []) from exc
         self.log(f"pushed {new[:12]}")
         # post-push: the commit holds exactly the build (plus the Space-only files), and is tagged
         try:
