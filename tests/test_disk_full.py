@@ -86,3 +86,57 @@ def test_checkpoint_on_a_full_disk_keeps_the_previous_one(tmp_path):
     # room again: the same command resumes from step 4 and finishes
     assert openllm(*common, "--max-steps", "8").returncode == 0
     assert json.loads((run / "checkpoints" / "step_00000008" / "state.json").read_text())["step"] == 8
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real file system that fills up: a 4 MB tmpfs (needs root, as CI's container has; skipped otherwise)."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.decode().strip()})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.slow
+def test_checkpoint_on_a_really_full_disk_is_the_disk_full_message(tmp_path, small_tmpfs):
+    """ENOSPC from a real file system, not a file-size limit: torch.save's writer words it "unexpected pos",
+    with the errno only in the exception's context; the error must still be the disk-full one (exit 2)."""
+    data = random_data(tmp_path / "data", vocab_size=64, train_tokens=20000, val_tokens=2000)
+    cfg = tmp_path / "c.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "name": "micro",
+                "model": {"vocab_size": 64, "d_model": 96, "n_layers": 2, "n_heads": 4, "max_seq_len": 32},
+                "train": {
+                    "micro_batch_size": 4,
+                    "seq_len": 32,
+                    "max_steps": 4,
+                    "warmup_steps": 1,
+                    "eval_every": 4,
+                    "eval_batches": 1,
+                    "save_every": 4,
+                    "log_every": 1,
+                },
+            }
+        )
+    )
+    run = small_tmpfs / "run"
+    common = ("train", "--config", str(cfg), "--data", str(data), "--out", str(run), "--no-progress")
+    assert openllm(*common).returncode == 0
+    first = run / "checkpoints" / "step_00000004"
+    ckpt_bytes = sum(f.stat().st_size for f in first.iterdir())
+    assert ckpt_bytes > 4_000_000 - ckpt_bytes - 200_000, ckpt_bytes  # a second checkpoint cannot fit
+
+    res = openllm(*common, "--max-steps", "8")
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and "unexpected pos" not in res.stderr, res.stderr
+    err = res.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "could not write checkpoint step 8" in err, res.stderr
+    assert "No space left on device" in err and "free some space" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == ["step_00000004"]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import rundir
-from .errors import DISK_FULL_HINT, OpenLLMError, is_disk_full
+from .errors import DISK_FULL_HINT, OpenLLMError, disk_full_reason, is_disk_full
 from .hashing import sha256_file
 
 __all__ = [
@@ -157,7 +157,10 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         save_file(model_state, str(tmp / rundir.WEIGHTS), metadata={"format": "pt", "step": str(step)})
-        torch.save(optimizer_state, tmp / rundir.OPTIMIZER)
+        # through a Python file: torch's own writer loses the errno of a full disk ("unexpected pos"); ours
+        # raises OSError(ENOSPC), which torch keeps as the context of its error (errors.is_disk_full reads it)
+        with open(tmp / rundir.OPTIMIZER, "wb") as f:
+            torch.save(optimizer_state, f)
         files = {
             name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
             for name in (rundir.WEIGHTS, rundir.OPTIMIZER)
@@ -174,7 +177,7 @@ def save_checkpoint(
             raise
         previous = rundir.latest_checkpoint(run_dir)
         raise OpenLLMError(
-            f"could not write checkpoint step {step} in {root} ({' '.join(str(exc).split())}); "
+            f"could not write checkpoint step {step} in {root} ({disk_full_reason(exc)}); "
             + (f"the previous checkpoint {previous.name} is intact; " if previous else "no checkpoint was kept; ")
             + DISK_FULL_HINT
             + " (it resumes from the last checkpoint)"

@@ -30,6 +30,7 @@ __all__ = [
     "is_user_error",
     "names_input",
     "is_disk_full",
+    "disk_full_reason",
     "DISK_FULL_HINT",
 ]
 
@@ -135,11 +136,27 @@ def user_message(exc: BaseException) -> str:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """A write failed for lack of room. Libraries written in Rust or C++ (safetensors, sentencepiece) raise
-    their own types, so their messages are read too."""
-    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-        return True
-    return any(words in str(exc) for words in _DISK_FULL_WORDS)
+    """A write failed for lack of room, wherever the errno surfaces: the exception itself, or one it was raised
+    from or while handling (torch.save's writer raises "unexpected pos …" with the OSError only as its
+    context). Libraries written in Rust or C++ (safetensors, sentencepiece) raise their own types, so their
+    messages are read too."""
+    return disk_full_reason(exc) is not None
+
+
+def disk_full_reason(exc: BaseException) -> str | None:
+    """The words of the full-disk failure in ``exc``'s chain ("No space left on device"), for a message that
+    names the cause rather than a library's wrapper of it; None when the chain holds none."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _DISK_FULL:
+            return cur.strerror or os.strerror(cur.errno)
+        text = " ".join(str(cur).split())
+        if any(words in text for words in _DISK_FULL_WORDS):
+            return text
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def is_user_error(exc: BaseException, *, inputs: Iterable[str | os.PathLike[str]] | None = None) -> bool:
