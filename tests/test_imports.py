@@ -57,6 +57,10 @@ LAYERS: dict[str, int] = {
     "hashing": 1,
 }
 
+# Private names that one module still takes from another (importer, owner, name); each is a debt, named here so
+# that the check passes while it is paid. Keep it empty.
+PRIVATE_ALLOWED: frozenset[tuple[str, str, str]] = frozenset()
+
 # Imports whose target the AST cannot read (a computed module name), and what they may load.
 DYNAMIC = {
     "openllm.cli": "openllm.cli.",  # the command table: openllm.cli.<command module>
@@ -164,6 +168,51 @@ def imports_of(module: str, path: Path, known: dict[str, Path], root: str = ROOT
     return out, problems
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(module: str, path: Path, known: dict[str, Path], root: str = ROOT) -> list[tuple[int, str, str]]:
+    """(line, other module, private name) for each private name (``_x``, not ``__x__``) that ``module`` takes
+    from another module of the package: ``from .x import _name``, ``from . import x`` then ``x._name``,
+    ``import pkg.x as x`` then ``x._name``, and ``pkg.x._name`` spelled out. A private module (``from . import
+    _impl``) is the package's own business: only names inside modules count."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = _package_of(module, path)
+    aliases: dict[str, str] = {}  # a local name -> the package's module it is bound to
+    found: list[tuple[int, str, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = _resolve(node.module or "", node.level, package)
+            if base != root and not base.startswith(root + "."):
+                continue
+            for a in node.names:
+                target = f"{base}.{a.name}"
+                if target in known:  # a module: its private names are reached as attributes (below)
+                    aliases[a.asname or a.name] = target
+                elif _private(a.name) and base != module:
+                    found.append((node.lineno, base, a.name))
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in known and a.asname:
+                    aliases[a.asname] = a.name
+                elif a.name == root or a.name.startswith(root + "."):
+                    aliases[a.name.split(".")[0]] = a.name.split(".")[0]
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and _private(node.attr)):
+            continue
+        parts, value = [], node.value  # the dotted name the attribute is read from: x, or pkg.x.y
+        while isinstance(value, ast.Attribute):
+            parts.append(value.attr)
+            value = value.value
+        if not isinstance(value, ast.Name) or value.id not in aliases:
+            continue
+        owner = ".".join([aliases[value.id], *reversed(parts)])
+        if owner in known and owner != module:
+            found.append((node.lineno, owner, node.attr))
+    return sorted(set(found))
+
+
 def layer_key(module: str, root: str = ROOT) -> str:
     return module.split(".")[1] if "." in module else root
 
@@ -214,14 +263,24 @@ def find_cycles(graph: dict[str, set[str]]) -> list[str]:
     return sorted(cycles)
 
 
-def check(src: Path, root: str = ROOT, layers: dict[str, int] = LAYERS) -> list[str]:
-    """Every breach of the layering in the package at ``src``, as readable lines (empty: all is well)."""
+def check(
+    src: Path, root: str = ROOT, layers: dict[str, int] = LAYERS, private_allowed: frozenset = frozenset()
+) -> list[str]:
+    """Every breach of the layering in the package at ``src``, as readable lines (empty: all is well): an
+    arrow up, a cycle, a module outside the layer table, and a private name taken from another module (unless
+    ``(importer, owner, name)`` is in ``private_allowed``)."""
     known = find_modules(src, root)
     graph: dict[str, set[str]] = {}
     problems: list[str] = []
     for module, path in known.items():
         graph[module], found = imports_of(module, path, known, root)
         problems += found
+        for line, owner, name in private_uses(module, path, known, root):
+            if (module, owner, name) not in private_allowed:
+                problems.append(
+                    f"{module}:{line} uses {owner}.{name}, a private name of another module: make it public "
+                    f"(no underscore, in __all__) or move it where both can use it"
+                )
     for module in known:
         if layer_key(module, root) not in layers:
             problems.append(
@@ -251,8 +310,15 @@ def check(src: Path, root: str = ROOT, layers: dict[str, int] = LAYERS) -> list[
 
 
 def test_the_package_has_no_upward_arrow_and_no_cycle():
-    problems = check(SRC)
+    problems = check(SRC, private_allowed=PRIVATE_ALLOWED)
     assert not problems, "\n".join(problems)
+
+
+def test_the_allowed_private_uses_still_exist():
+    """An entry of PRIVATE_ALLOWED that the code no longer needs goes: the list only shrinks."""
+    known = find_modules(SRC)
+    used = {(m, owner, name) for m, p in known.items() for _, owner, name in private_uses(m, p, known)}
+    assert not PRIVATE_ALLOWED - used, sorted(PRIVATE_ALLOWED - used)
 
 
 def test_the_graph_sees_lazy_imports():
@@ -315,6 +381,34 @@ def test_import_module_strings_and_unlisted_modules_are_caught(tmp_path):
     assert "pkg.rundir (foundations) imports pkg.hub (components): an arrow pointing up" in problems
     assert any("pkg.newthing is not in the layer table: add 'newthing'" in p for p in problems), problems
     assert any("pkg.newthing:3 imports a computed module name" in p for p in problems), problems
+
+
+def test_a_private_name_taken_from_another_module_is_caught(tmp_path):
+    """Every spelling of reaching into another module's private names fails the check; a module's own private
+    names, dunders and private names of other libraries do not."""
+    src = _tree(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "rundir.py": "_LOCK = 1\ndef _helper():\n    return _LOCK\n__all__ = ['x']\n",
+            "loading.py": "from .rundir import _helper, __all__\nfrom os import _exit\n",
+            "hub/__init__.py": "",
+            "hub/models.py": "from .. import rundir\ndef f():\n    return rundir._LOCK\n",
+            "hub/local.py": "import pkg.rundir as R\nimport pkg.hub.models\n"
+            "def g():\n    return R._helper(), pkg.hub.models._x, R.__name__\n",
+            "export/__init__.py": "def h():\n    from ..rundir import _LOCK as lock\n    return lock\n",
+        },
+    )
+    problems = [p for p in check(src, "pkg", LAYERS_FOR_TESTS) if "private name" in p]
+    assert [p.split(" uses ")[0] + " " + p.split(" uses ")[1].split(",")[0] for p in problems] == [
+        "pkg.export:2 pkg.rundir._LOCK",
+        "pkg.hub.local:4 pkg.hub.models._x",
+        "pkg.hub.local:4 pkg.rundir._helper",
+        "pkg.hub.models:3 pkg.rundir._LOCK",
+        "pkg.loading:1 pkg.rundir._helper",
+    ], problems
+    allowed = frozenset({("pkg.loading", "pkg.rundir", "_helper")})
+    assert not any(p.startswith("pkg.loading:") for p in check(src, "pkg", LAYERS_FOR_TESTS, allowed))
 
 
 def test_a_clean_tree_passes(tmp_path):
