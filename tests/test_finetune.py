@@ -341,3 +341,14 @@ def test_hub_base_and_hf_folder_base_and_the_card_names_the_base(base, tmp_path)
     )
     rec2 = json.loads((ft2.checkpoint / "state.json").read_text())["finetune"]["base"]
     assert rec2["kind"] == "hf" and rec2["weights_sha256"] == rec["weights_sha256"]
+
+
+def test_finetuning_extends_only_the_trainers_public_hooks():
+    from openllm.finetune import FinetuneTrainer
+    from openllm.train import Trainer
+
+    overridden = [
+        name for name in vars(FinetuneTrainer) if callable(getattr(Trainer, name, None)) and name != "__init__"
+    ]
+    assert overridden and all(not name.startswith("_") for name in overridden), overridden
+    assert all(getattr(Trainer, name).__doc__ for name in overridden)  # each hook says what it is for

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from openllm.errors import OpenLLMError
 from openllm.model import Transformer
 from openllm.optim import lr_at, param_groups
 from openllm.rundir import latest_checkpoint, list_checkpoints, read_metrics, run_state
-from openllm.train import TrainingDiverged, resolve_run, train
+from openllm.train import StepPlan, TrainingDiverged, resolve_run, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_batches import random_data
@@ -235,6 +236,49 @@ def test_early_stopping(tmp_path, data):
     assert r.best_step == 2
     assert json.loads((tmp_path / "r/checkpoints/best.json").read_text())["step"] == 2
     assert latest_checkpoint(tmp_path / "r").name == "step_00000006"
+
+
+def test_step_plan_reads_the_host_on_every_step_that_logs_evaluates_or_saves():
+    rng = random.Random(0)
+    for _ in range(300):
+        tc = TrainConfig(
+            max_steps=rng.randint(1, 30),
+            log_every=rng.randint(1, 7),
+            eval_every=rng.randint(1, 9),
+            save_every=rng.randint(1, 11),
+            check_every=rng.randint(1, 5),
+            grad_accum_steps=rng.randint(1, 4),
+            batch_warmup_steps=rng.randint(0, 8),
+        )
+        plan = StepPlan(tc, seq_len=8, world_size=2, evaluates=rng.random() < 0.7)
+        for n in range(1, tc.max_steps + 1):
+            s = plan(n)
+            assert s.read_host == (s.log or s.save or n % tc.check_every == 0)
+            assert (not s.evaluate or s.log) and (s.evaluate <= plan.evaluates) and s.last == (n == tc.max_steps)
+            assert 1 <= s.accum <= tc.grad_accum_steps and s.tokens == s.accum * tc.micro_batch_size * 8 * 2
+            if s.last:  # the last step records and keeps everything
+                assert s.log and s.save and s.evaluate == plan.evaluates
+            if s.read_host:  # a stop request or early stopping, known at this read, ends the run here
+                end = s.ending()
+                assert end.log and end.save and end.last and end.evaluate == s.evaluate
+            else:
+                with pytest.raises(ValueError):
+                    s.ending()
+
+
+def test_the_loop_does_what_the_step_plan_says(tmp_path, data):
+    cfg = tiny_cfg(max_steps=11, log_every=3, eval_every=4, save_every=5, check_every=2, keep_last=100)
+    run = tmp_path / "run"
+    train(cfg, data_dir=data, out_dir=run, **quiet())
+    plan = StepPlan(Config.from_dict(cfg).train, seq_len=32)
+    steps = [plan(n) for n in range(1, 12)]
+    records = read_metrics(run)
+    assert [r["step"] for r in records] == [s.number for s in steps if s.log] == [3, 4, 6, 8, 9, 11]
+    assert [r["step"] for r in records if "val_loss" in r] == [s.number for s in steps if s.evaluate]
+    assert all(math.isfinite(r["loss"]) for r in records)  # every logged step read the loss on the host
+    saved = {int(p.name[5:]) for p in list_checkpoints(run)}
+    # the planned saves, and the steps whose evaluation found a new best
+    assert {s.number for s in steps if s.save} <= saved <= {s.number for s in steps if s.save or s.evaluate}
 
 
 # --- real processes ---------------------------------------------------------------------------------------

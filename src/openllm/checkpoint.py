@@ -23,8 +23,9 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -45,6 +46,10 @@ __all__ = [
     "read_safetensors",
     "rng_state",
     "set_rng_state",
+    "RNGState",
+    "Stateful",
+    "ModelWeights",
+    "Checkpointer",
 ]
 
 
@@ -129,6 +134,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
         states = [_unb64(s) for s in state["cuda"]]
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
+
+
+class RNGState:
+    """Every random generator training touches, as a checkpoint component. Ranks draw differently (dropout),
+    so the state is the list of every rank's :func:`rng_state`, collected by ``gather`` (a collective under
+    torchrun, e.g. :func:`openllm.distributed.gather_objects`); a run resumed with another number of ranks
+    gives every rank the first one."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, gather: Callable[[Any], list] | None = None) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.gather = gather or (lambda state: [state])
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return self.gather(rng_state())
+
+    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        if states:
+            set_rng_state(states[self.rank] if len(states) == self.world_size else states[0])
 
 
 # --- save / load --------------------------------------------------------------------------------------------
@@ -273,3 +296,100 @@ def load_optimizer_state(ckpt: str | Path, map_location: Any = "cpu") -> dict[st
         raise CheckpointDamaged(
             f"{path} cannot be read ({type(exc).__name__}): the file is damaged; resume from an earlier checkpoint"
         ) from None
+
+
+# --- a checkpoint as the dict of its components -------------------------------------------------------------
+
+
+class Stateful(Protocol):
+    """A checkpoint component: it gives its state and takes it back (torch's ``state_dict`` convention)."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+class ModelWeights:
+    """A model's weights as the checkpoint's ``model`` component (``model.safetensors``): the full state dict
+    (a collective under FSDP2), without a tied output head, as contiguous CPU tensors."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        from .distributed import full_model_state
+
+        sd = full_model_state(self.model)
+        if getattr(getattr(self.model, "cfg", None), "tie_embeddings", False):
+            sd.pop("lm_head.weight", None)
+        return {k: v.contiguous() for k, v in sd.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        from .distributed import load_full_state
+
+        load_full_state(self.model, None, state, None)
+
+
+# Where each component's state is written: tensors into optimizer.pt (read back with weights_only=True), the
+# model into model.safetensors, everything else into state.json under its own name, except PROGRESS, whose keys
+# (step, tokens_seen, best_val_loss, ...) sit at state.json's top level, where every reader has found them.
+TENSOR_PARTS = frozenset({"optimizer", "scaler", "lora"})
+MODEL = "model"
+PROGRESS = "progress"
+
+
+class Checkpointer:
+    """A run's checkpoints as the dict of its components (``name -> Stateful``), after torchtitan's
+    ``CheckpointManager``: :meth:`save` asks every component for its ``state_dict()`` and writes them with
+    :func:`save_checkpoint`; :meth:`load` gives each its part back. Only ``writer`` (rank 0) writes, but every
+    rank calls :meth:`save`, since gathering a sharded optimizer or every rank's RNG is a collective."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        components: Mapping[str, Stateful],
+        *,
+        writer: bool = True,
+        keep_last: int | None = None,
+    ) -> None:
+        self.run_dir, self.components = Path(run_dir), dict(components)
+        self.writer, self.keep_last = writer, keep_last
+
+    def save(self, step: int, facts: Mapping[str, Any], *, protect: set[int] | None = None) -> Path | None:
+        """Checkpoint ``step``: every component's state, plus ``facts`` (what ``state.json`` records about the
+        run: config, data, time...). Returns its folder (None on ranks that do not write)."""
+        parts = {name: c.state_dict() for name, c in self.components.items()}
+        if not self.writer:
+            return None
+        weights = parts.pop(MODEL)
+        # an empty state (the scaler of a run without fp16) is written as None, as it always was
+        tensors = {name: parts.pop(name) or None for name in list(parts) if name in TENSOR_PARTS}
+        state = {**parts.pop(PROGRESS, {}), **parts, **facts}
+        return save_checkpoint(
+            self.run_dir, step, weights, tensors, state, keep_last=self.keep_last, protect=protect or set()
+        )
+
+    def load(self, ckpt: str | Path, state: Mapping[str, Any] | None = None) -> None:
+        """Give every component but the model its part of checkpoint ``ckpt`` (``state``: its state.json, when
+        already read). The model's weights are loaded where it is built, before it is moved, compiled and
+        wrapped. A part saved empty (None) leaves its component as built; a missing part is an error."""
+        state = dict(state) if state is not None else load_state(ckpt)
+        wanted = [name for name in self.components if name != MODEL]
+        tensors = load_optimizer_state(ckpt) if any(n in TENSOR_PARTS for n in wanted) else {}
+        parts = {**_upgrade(state), **tensors, PROGRESS: state}
+        for name in wanted:
+            if name not in parts:
+                raise CheckpointDamaged(
+                    f"{ckpt} holds no {name!r} state, which this run needs: resume it the way it was started, "
+                    f"or from another checkpoint"
+                )
+            if parts[name] is not None:
+                self.components[name].load_state_dict(parts[name])
+
+
+def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """``state.json`` of a checkpoint written before the schedule had a state of its own: it had scheduled
+    ``step`` updates."""
+    if "scheduler" not in state:
+        state = {**state, "scheduler": {"steps": int(state["step"])}}
+    return state

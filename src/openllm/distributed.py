@@ -36,6 +36,8 @@ __all__ = [
     "first_error",
     "any_rank",
     "full_state",
+    "full_model_state",
+    "FullOptimizerState",
     "load_full_state",
 ]
 
@@ -159,10 +161,32 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Full (unsharded) model and optimizer state dicts on CPU, keyed by parameter name. A collective under
     FSDP: every rank must call it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    return full_model_state(model), FullOptimizerState(model, optimizer).state_dict()
 
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's full (unsharded) state dict on CPU. A collective under FSDP: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+class FullOptimizerState:
+    """An optimizer (AdamW or :class:`openllm.optim.MuonAdamW`) as a checkpoint component: its state keyed by
+    parameter name and full (unsharded), on CPU, so a checkpoint saved by N ranks under DDP or FSDP2 resumes
+    in any number of processes. Both methods are collectives under FSDP: every rank must call them."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_full_state(self.model, self.optimizer, None, state)
 
 
 def load_full_state(

@@ -6,10 +6,11 @@ Hugging Face folder) or a hub reference ``OWNER/NAME@VERSION``. The conversation
 ``seq_len + 1`` tokens, and trained on with the loss on assistant tokens only and attention kept inside each
 conversation (a block-diagonal mask).
 
-Training is :class:`openllm.train.Trainer` with four hooks replaced (the model starts from the base weights,
-the batches come from :class:`~openllm.conversations.PackedLoader`, the loss and the val estimate are
-assistant-token losses), so checkpoints, exact resume, ``metrics.jsonl``, ``status.json``, the loss plot,
-stop requests and DDP are those of ``openllm train``. The loss of a step is the mean over each micro-batch's
+Training is :class:`openllm.train.Trainer` with its public hooks extended (the model starts from the base
+weights, the batches come from :class:`~openllm.conversations.PackedLoader`, the loss and the val estimate are
+assistant-token losses, a checkpoint also holds the ``finetune`` record and, with LoRA, the adapters), so
+checkpoints, exact resume, ``metrics.jsonl``, ``status.json``, the loss plot, stop requests and DDP are those
+of ``openllm train``. The loss of a step is the mean over each micro-batch's
 assistant tokens, averaged over micro-batches and ranks.
 
 Full fine-tuning is the default. ``lora=True`` (or a dict of ``rank``, ``alpha``, ``dropout``,
@@ -42,7 +43,7 @@ from .conversations import PackedLoader, attention_mask, encode_conversations, p
 from .errors import OpenLLMError
 from .hashing import sha256_file
 from .model import Transformer
-from .train import RunPlan, Trainer, TrainResult, _check_out, _find_resume
+from .train import RunPlan, Trainer, TrainResult, check_out_dir, find_resume
 
 __all__ = [
     "finetune",
@@ -105,8 +106,37 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if "lora_" in k}
+class MergedWeights:
+    """A LoRA fine-tune's ``model`` checkpoint component: the merged weights (:func:`merged_state_dict`), so
+    evaluate, serve, export and push see a plain model. Resuming rebuilds the model from the base weights
+    instead, and :class:`LoraAdapters` puts the adapters back."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        sd = merged_state_dict(self.model)
+        if self.model.cfg.tie_embeddings:
+            sd.pop("lm_head.weight", None)
+        return sd
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        raise OpenLLMError("merged LoRA weights cannot be split back into base weights and adapters")
+
+
+class LoraAdapters:
+    """The LoRA adapters of a model, a checkpoint component (kept in ``optimizer.pt``)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items() if "lora_" in k}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if not state or unexpected or any("lora_" in k for k in missing):
+            raise OpenLLMError("the checkpoint's LoRA adapters do not fit this model")
 
 
 def _inject_lora(model: Transformer, lora: Mapping[str, Any]) -> Transformer:
@@ -153,29 +183,20 @@ class FinetuneTrainer(Trainer):
         if lora is not None and self.info.mode == "fsdp" and self.info.enabled:
             raise OpenLLMError("LoRA fine-tuning runs with DDP, not FSDP: set train.distributed=ddp")
 
-    def _build_model(self) -> torch.nn.Module:
+    def build_model(self) -> torch.nn.Module:
+        """The base model; a full fine-tune resumes the checkpoint's weights, a LoRA one adds fresh adapters
+        to the base weights (resuming, the checkpoint's adapters replace them: :class:`LoraAdapters`)."""
         resuming = self.plan.resume_from is not None
         raw = Transformer(self.cfg.model)
-        if self.lora is None:
-            if resuming:
-                ckpt_mod.load_model_weights(raw, self.plan.resume_from)
-            else:
-                raw.load_state_dict(self.base_state, strict=False)
-            self.base_state = None
-            return raw
-        raw.load_state_dict(self.base_state, strict=False)
+        if self.lora is None and resuming:
+            ckpt_mod.load_model_weights(raw, self.plan.resume_from)
+        else:
+            raw.load_state_dict(self.base_state, strict=False)
         self.base_state = None
-        raw = _inject_lora(raw, self.lora)
-        if resuming:
-            adapters = ckpt_mod.load_optimizer_state(self.plan.resume_from).get("lora")
-            if not adapters:
-                raise OpenLLMError(f"{self.plan.resume_from} holds no LoRA adapters: it is not a LoRA fine-tune")
-            missing, unexpected = raw.load_state_dict(adapters, strict=False)
-            if unexpected or any("lora_" in k for k in missing):
-                raise OpenLLMError(f"{self.plan.resume_from}: its LoRA adapters do not fit this model")
-        return raw
+        return raw if self.lora is None else _inject_lora(raw, self.lora)
 
-    def _setup_run_folder(self) -> None:
+    def setup_run_folder(self) -> None:
+        """The run folder with the config and the base model's tokenizer."""
         out = self.out
         out.mkdir(parents=True, exist_ok=True)
         rundir.clean_temporary(out)
@@ -184,9 +205,10 @@ class FinetuneTrainer(Trainer):
             self.tokenizer.save(out / rundir.TOKENIZER)
         self.status.update(state="running", step=self.step)
 
-    def _build_data(self) -> None:
+    def build_data(self) -> tuple[PackedLoader, Any]:
+        """Packed training conversations, and the held-out ones (or None)."""
         tc, info = self.tc, self.info
-        self.loader = PackedLoader(
+        loader = PackedLoader(
             self.train_rows,
             tc.micro_batch_size,
             seed=tc.seed,
@@ -194,13 +216,15 @@ class FinetuneTrainer(Trainer):
             world_size=info.world_size,
             device=self.dev,
         )
-        self.val_data = self.val_rows
+        return loader, self.val_rows
 
-    def _batch_loss(self, batch) -> torch.Tensor:
+    def batch_loss(self, batch) -> torch.Tensor:
+        """The mean loss over a micro-batch's assistant tokens, attention kept inside each conversation."""
         x, y, seg = batch
         return self.model(x, y, return_logits=False, attn_mask=attention_mask(seg))
 
-    def _val_loss(self, model) -> float | None:
+    def val_loss(self, model: torch.nn.Module) -> float | None:
+        """The assistant-token loss over the first ``train.eval_batches`` batches of held-out conversations."""
         from .evaluate.chat import assistant_loss_sums
         from .train import autocast_context
 
@@ -221,14 +245,17 @@ class FinetuneTrainer(Trainer):
         D.all_reduce(sums, self.info)
         return float(sums[0] / sums[1]) if sums[1] > 0 else None
 
-    def _checkpoint_parts(self, model_sd, optim, state):
-        state = {**state, "finetune": self.record}
+    def checkpoint_components(self) -> dict[str, ckpt_mod.Stateful]:
+        """The trainer's; with LoRA the weights are merged and the adapters kept beside the optimizer."""
+        components = super().checkpoint_components()
         if self.lora is not None:
-            optim = {**optim, "lora": _adapter_state(self.raw)}
-            model_sd = merged_state_dict(self.raw)
-            if self.raw.cfg.tie_embeddings:
-                model_sd.pop("lm_head.weight", None)
-        return model_sd, optim, state
+            components[ckpt_mod.MODEL] = MergedWeights(self.raw)
+            components["lora"] = LoraAdapters(self.raw)
+        return components
+
+    def checkpoint_facts(self) -> dict[str, Any]:
+        """The trainer's, and the ``finetune`` record (base model, data, LoRA settings)."""
+        return {**super().checkpoint_facts(), "finetune": self.record}
 
 
 def _sft_config(
@@ -298,8 +325,8 @@ def finetune(
 
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out_dir)
-    _check_out(out)
-    resume_from = _find_resume(out, resume)
+    check_out_dir(out)
+    resume_from = find_resume(out, resume)
     state = ckpt_mod.load_state(resume_from) if resume_from is not None else {}
     prior = state.get("finetune") if resume_from is not None else None
     if resume_from is not None and not isinstance(prior, dict):

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from . import rundir
 
-__all__ = ["finite_number", "MetricsWriter", "device_peak_flops", "mfu", "plot_loss", "TensorBoard"]
+__all__ = ["finite_number", "MetricsWriter", "device_peak_flops", "mfu", "Throughput", "plot_loss", "TensorBoard"]
 
 
 def finite_number(x: Any) -> float | None:
@@ -67,6 +68,31 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None) -> floa
     if not peak:
         return None
     return flops_per_token * tokens_per_s / peak
+
+
+class Throughput:
+    """Training tokens per second since the last :meth:`restart` and the MFU they give (``peak``: the FLOP/s
+    of every device together, None when unknown). The loop restarts it after logging, evaluating and saving, so
+    the rate counts training time only."""
+
+    def __init__(self, flops_per_token: float, peak: float | None) -> None:
+        self.flops_per_token, self.peak = flops_per_token, peak
+        self.restart()
+
+    def restart(self) -> None:
+        self.since, self.tokens = time.perf_counter(), 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def rates(self) -> dict[str, float]:
+        """``tokens_per_s``, and ``mfu`` where the peak is known: the fields of a ``metrics.jsonl`` record."""
+        tps = self.tokens / max(time.perf_counter() - self.since, 1e-9)
+        out = {"tokens_per_s": round(tps, 1)}
+        m = mfu(self.flops_per_token, tps, self.peak)
+        if m is not None:
+            out["mfu"] = round(m, 5)
+        return out
 
 
 class MetricsWriter:

@@ -32,7 +32,16 @@ import torch.nn as nn
 
 from .config import TrainConfig
 
-__all__ = ["param_groups", "muon_param_names", "build_optimizer", "set_lr", "lr_at", "Muon", "MuonAdamW"]
+__all__ = [
+    "param_groups",
+    "muon_param_names",
+    "build_optimizer",
+    "set_lr",
+    "lr_at",
+    "LRSchedule",
+    "Muon",
+    "MuonAdamW",
+]
 
 
 def param_groups(model: nn.Module, weight_decay: float, exclude: set[int] | None = None) -> list[dict]:
@@ -237,6 +246,29 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every group's learning rate to ``lr`` times its ``lr_scale`` (1 where a group has none)."""
     for g in optimizer.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+class LRSchedule:
+    """The learning-rate schedule as a checkpoint component: :meth:`step` sets the learning rate of the next
+    update (:func:`lr_at` through :func:`set_lr`) and counts it. Its state is that count; the curve comes from
+    the config, so a resumed run given a new ``max_steps`` follows the new curve from where it stopped."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+        self.optimizer, self.cfg = optimizer, cfg
+        self.steps = 0  # updates scheduled so far
+
+    def step(self) -> float:
+        """Set every group's learning rate for update number ``steps`` (0-based) and return the schedule's."""
+        lr = lr_at(self.steps, self.cfg)
+        set_lr(self.optimizer, lr)
+        self.steps += 1
+        return lr
+
+    def state_dict(self) -> dict[str, int]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.steps = int(state["steps"])
 
 
 def _fused_ok(model: nn.Module, device: torch.device) -> bool:

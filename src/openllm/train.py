@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,11 @@ from . import checkpoint as ckpt_mod
 from . import distributed as D
 from . import rundir
 from .batches import RandomWindowLoader, SequentialWindows, TokenShards, read_meta
-from .config import Config, load_config
+from .config import Config, TrainConfig, load_config
 from .errors import OpenLLMError
-from .metrics import MetricsWriter, TensorBoard, device_peak_flops, mfu, plot_loss
+from .metrics import MetricsWriter, TensorBoard, Throughput, device_peak_flops, plot_loss
 from .model import Transformer
-from .optim import build_optimizer, lr_at, set_lr
+from .optim import LRSchedule, build_optimizer
 
 __all__ = [
     "train",
@@ -68,6 +68,11 @@ __all__ = [
     "autocast_context",
     "resolve_run",
     "RunPlan",
+    "check_out_dir",
+    "find_resume",
+    "TrainState",
+    "Step",
+    "StepPlan",
     "Trainer",
 ]
 
@@ -240,8 +245,8 @@ def resolve_run(
     """The run :func:`train` would do with these arguments (see there), checked against the data and the
     checkpoint; raises :class:`OpenLLMError` for what the user must fix."""
     out = Path(out_dir)
-    _check_out(out)
-    resume_from = _find_resume(out, resume)
+    check_out_dir(out)
+    resume_from = find_resume(out, resume)
     state = ckpt_mod.load_state(resume_from) if resume_from is not None else {}
     resuming = resume_from is not None
 
@@ -305,8 +310,9 @@ def _as_config(config: Config | str | Path | Mapping[str, Any]) -> Config:
     return load_config(config)
 
 
-def _check_out(out: Path) -> None:
-    """A run folder belongs to its run: refuse a file, or a non-empty folder that is not a run."""
+def check_out_dir(out: Path) -> None:
+    """Refuse ``out`` as a run folder (:class:`OpenLLMError`, nothing written) when it is a file, lies under a
+    file, or is a non-empty folder that is not a run: a run folder belongs to its run."""
     if out.exists() and not out.is_dir():
         raise OpenLLMError(f"--out {out} is a file, not a folder: choose a new or empty folder for the run")
     for parent in out.parents:
@@ -320,7 +326,10 @@ def _check_out(out: Path) -> None:
         )
 
 
-def _find_resume(out_dir: Path, resume: bool | str | Path | None) -> Path | None:
+def find_resume(out_dir: Path, resume: bool | str | Path | None) -> Path | None:
+    """The checkpoint a run into ``out_dir`` resumes from, or None for a fresh run; ``resume`` as in
+    :func:`train`. Damaged checkpoints are skipped with a warning (the newest intact one is used); raises
+    :class:`OpenLLMError` when ``resume`` cannot be honoured."""
     if resume is None or resume is True:
         found = ckpt_mod.latest_intact_checkpoint(out_dir, warn=_warn)
         latest = rundir.latest_checkpoint(out_dir)
@@ -423,15 +432,132 @@ def estimate_val_loss(
     return float(total[0] / total[1]) if total[1] > 0 else None
 
 
+# --- the run's progress and the step plan ------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """The run's progress, a checkpoint component (its keys sit at the top of ``state.json``): updates done,
+    tokens seen, the val-loss estimates, early stopping's count and the training time so far."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    val_loss: float | None = None  # the latest estimate
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    elapsed_before: float = 0.0  # training seconds of the processes before this one
+    started: float = field(default_factory=time.time)  # when this process started training
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.started
+
+    def record_eval(self, val_loss: float | None) -> bool:
+        """Record a val-loss estimate of the current step; whether it is a new best."""
+        self.val_loss = val_loss
+        if val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss):
+            self.best_val_loss, self.best_step, self.evals_without_improvement = val_loss, self.step, 0
+            return True
+        self.evals_without_improvement += 1
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "val_loss": self.val_loss,
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "evals_without_improvement": self.evals_without_improvement,
+            "elapsed_s": self.elapsed(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step = int(state.get("step", 0))
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.val_loss = state.get("val_loss")
+        self.best_val_loss = state.get("best_val_loss")
+        self.best_step = state.get("best_step")
+        self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.started = time.time()
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the loop does around optimizer update ``number`` (1-based); made by :class:`StepPlan`."""
+
+    number: int
+    accum: int  # micro-batches
+    tokens: int  # tokens trained on, over every rank
+    read_host: bool  # bring the loss to the host (checking it finite) after the update
+    log: bool
+    evaluate: bool
+    save: bool
+    last: bool  # max_steps reached, or the run ends here (see ending)
+
+    def ending(self) -> Step:
+        """This step as the run's last (a stop request, early stopping): it logs and saves. Only a step that
+        reads the host can end the run early: that is when a stop request or a val loss becomes known."""
+        if not self.read_host:
+            raise ValueError(f"step {self.number} does not read the host: the run cannot end there")
+        return replace(self, log=True, save=True, last=True)
+
+
+class StepPlan:
+    """The one place that decides, for every update, its micro-batches (``batch_warmup_steps`` grows them
+    from 1), and whether it logs, evaluates, saves and reads the loss on the host.
+
+    Every step that logs, evaluates, saves or ends the run reads the host, so what it records or writes was
+    checked finite; the others keep the loss on the device, read every ``check_every`` steps."""
+
+    def __init__(self, tc: TrainConfig, *, seq_len: int, world_size: int = 1, evaluates: bool = True) -> None:
+        self.tc, self.evaluates = tc, evaluates
+        self.tokens_per_step = tc.micro_batch_size * seq_len * tc.grad_accum_steps * world_size
+
+    def accum(self, number: int) -> int:
+        """Micro-batches in update ``number`` (1-based): ``grad_accum_steps``, or, during
+        ``batch_warmup_steps``, a number growing linearly from 1 (small batches first)."""
+        tc = self.tc
+        if number > tc.batch_warmup_steps:
+            return tc.grad_accum_steps
+        return max(1, math.ceil(tc.grad_accum_steps * number / tc.batch_warmup_steps))
+
+    def __call__(self, number: int) -> Step:
+        tc = self.tc
+        last = number >= tc.max_steps
+        evaluate = self.evaluates and (number % tc.eval_every == 0 or last)
+        log = number % tc.log_every == 0 or last or evaluate
+        save = number % tc.save_every == 0 or last
+        accum = self.accum(number)
+        return Step(
+            number=number,
+            accum=accum,
+            tokens=self.tokens_per_step * accum // tc.grad_accum_steps,
+            read_host=log or save or number % tc.check_every == 0,
+            log=log,
+            evaluate=evaluate,
+            save=save,
+            last=last,
+        )
+
+
 # --- phases 2-4: set up, fit, finish -------------------------------------------------------------------
 
 
 class Trainer:
     """One run of a :class:`RunPlan`: :meth:`setup`, :meth:`fit`, :meth:`finish` (or :meth:`fail`), then
-    :meth:`close`. Creating it picks the device and, under ``torchrun``, joins the process group."""
+    :meth:`close`. Creating it picks the device and, under ``torchrun``, joins the process group.
+
+    What a checkpoint holds is the dict of :meth:`checkpoint_components` (each gives and takes a
+    ``state_dict``), saved and restored by a :class:`openllm.checkpoint.Checkpointer`; which steps log,
+    evaluate, save and read the loss on the host is the :class:`StepPlan`'s to say.
+
+    Another kind of training (:class:`openllm.finetune.FinetuneTrainer`) extends the public hooks:
+    :meth:`build_model`, :meth:`build_data`, :meth:`batch_loss`, :meth:`val_loss`, :meth:`setup_run_folder`,
+    :meth:`checkpoint_components` and :meth:`checkpoint_facts`."""
 
     lock: rundir.RunLock | None = None  # rank 0's hold on the run folder (rundir.RunLock), from setup()
-    stop: _StopFlag | None = None  # SIGTERM/SIGINT handling, from the start of setup() to close()
 
     def __init__(
         self,
@@ -444,8 +570,8 @@ class Trainer:
         say: Callable[[str], None] = print,
     ) -> None:
         self.plan, self.cfg, self.tc, self.out = plan, plan.cfg, plan.cfg.train, plan.out
-        self.seq_len = plan.seq_len
-        self.progress, self.stop_event, self.on_log, self.say = progress, stop_event, on_log, say
+        self.progress, self.on_log, self.say = progress, on_log, say
+        self.stop = _StopFlag(stop_event)  # SIGTERM/SIGINT handling, from the start of setup() to close()
 
         self.info = D.init_distributed(device, mode=self.tc.distributed)
         self.dev, self.main = self.info.device, self.info.is_main
@@ -460,21 +586,24 @@ class Trainer:
         self.tb: TensorBoard | None = None
         self.bar = None
 
-        # progress so far: the checkpoint's when resuming; all of it goes back into the next checkpoint
-        st = plan.state
-        self.step = int(st.get("step", 0))
-        self.tokens_seen = int(st.get("tokens_seen", 0))
-        self.best_val: float | None = st.get("best_val_loss")
-        self.best_step: int | None = st.get("best_step")
-        self.bad_evals = int(st.get("evals_without_improvement", 0))
-        self.last_val: float | None = st.get("val_loss")
-        self.elapsed_before = float(st.get("elapsed_s", 0.0))
+        # the progress is known before setup (status.json, the first log lines); setup() restores it again
+        # with every other component of the checkpoint
+        self.state = TrainState()
+        if plan.resume_from is not None:
+            self.state.load_state_dict(plan.state)
         self.last_loss: float | None = None
         self.last_saved: Path | None = None
         self.saved_step = self.step if plan.resume_from is not None else -1
         self.end_state, self.reason = "finished", "reached max_steps"
-        self.t_start = time.time()
-        self.tokens_per_step = self.tc.micro_batch_size * self.seq_len * self.tc.grad_accum_steps * self.info.world_size
+
+    @property
+    def step(self) -> int:
+        """Optimizer updates done (the checkpoint's step)."""
+        return self.state.step
+
+    @property
+    def seq_len(self) -> int:
+        return self.plan.seq_len
 
     # --- setup ---------------------------------------------------------------------------------------
 
@@ -483,8 +612,8 @@ class Trainer:
 
         From here to :meth:`close` SIGTERM/SIGINT ask the run to stop: one that arrives during setup ends the
         run (state ``stopped``) before its first step, with nothing to save."""
-        plan, tc, resuming = self.plan, self.tc, self.plan.resume_from is not None
-        self.stop = _StopFlag(self.stop_event).__enter__()
+        plan, tc = self.plan, self.tc
+        self.stop.__enter__()
         error = None
         if self.main:
             try:  # one training per run folder, whoever starts it; held until close()
@@ -506,18 +635,16 @@ class Trainer:
         if error is not None:
             raise OpenLLMError(error)
         if self.main:
-            self._setup_run_folder()
+            self.setup_run_folder()
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
-        raw = self._build_model()
+        raw = self.build_model()
         raw.to(self.dev)
         if tc.fused_loss != "off" or tc.fused_ops:
             from .kernels import apply_kernels
 
             apply_kernels(raw, tc.fused_loss, tc.fused_ops, self.dev)
         self.raw = raw  # the module whose parameters the optimizer holds (FSDP2 shards it in place)
-        self.params = list(raw.parameters())
-        self.flops_per_token = raw.flops_per_token(self.seq_len)
         model = raw
         if tc.compile and self.info.mode != "fsdp":
             model = torch.compile(model)
@@ -527,38 +654,39 @@ class Trainer:
         self.model = model
         self.optimizer = build_optimizer(raw, tc, self.dev)
         self.scaler = torch.amp.GradScaler(self.dev.type, enabled=(self.precision == "fp16"))
-        if resuming:
-            opt_state = ckpt_mod.load_optimizer_state(plan.resume_from)
-            D.load_full_state(raw, self.optimizer, None, opt_state["optimizer"])
-            if opt_state.get("scaler"):
-                self.scaler.load_state_dict(opt_state["scaler"])
-
-        self._build_data()
-        if resuming:
-            self.loader.load_state_dict(plan.state["loader"])
-            rngs = plan.state.get("rng") or []
-            if rngs:
-                ckpt_mod.set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
+        self.lr_schedule = LRSchedule(self.optimizer, tc)
+        self.loader, self.val_data = self.build_data()
+        self.step_plan = StepPlan(
+            tc, seq_len=self.seq_len, world_size=self.info.world_size, evaluates=self.val_data is not None
+        )
+        self.checkpointer = ckpt_mod.Checkpointer(
+            self.out, self.checkpoint_components(), writer=self.main, keep_last=tc.keep_last
+        )
+        if plan.resume_from is not None:
+            self.checkpointer.load(plan.resume_from, plan.state)
         else:
             torch.manual_seed(tc.seed + self.info.rank)  # dropout differs across ranks; init did not
 
-        self.peak = device_peak_flops(self.dev)
+        peak = device_peak_flops(self.dev)
+        self.throughput = Throughput(raw.flops_per_token(self.seq_len), peak * self.info.world_size if peak else None)
         if self.main:
             self._setup_logging()
 
-    # hooks a fine-tuning trainer (openllm.finetune) overrides: the model, the data, a batch's loss, the val
-    # estimate and what goes into a checkpoint
-    def _build_model(self) -> torch.nn.Module:
-        """The model to train, with the checkpoint's weights when resuming (on the CPU; setup moves it)."""
+    # --- hooks: what another kind of training (openllm.finetune) extends ------------------------------
+
+    def build_model(self) -> torch.nn.Module:
+        """The model to train, on the CPU (setup moves, compiles and wraps it), with the checkpoint's weights
+        when resuming: the weights are the one component :meth:`checkpoint_components` does not restore."""
         raw = Transformer(self.cfg.model)
         if self.plan.resume_from is not None:
             ckpt_mod.load_model_weights(raw, self.plan.resume_from)
         return raw
 
-    def _build_data(self) -> None:
-        """``self.loader`` (``next()``, ``state_dict()``, ``load_state_dict()``) and ``self.val_data``."""
+    def build_data(self) -> tuple[Any, Any]:
+        """The training loader (``next()`` gives a batch for :meth:`batch_loss`; ``state_dict()`` and
+        ``load_state_dict()`` resume it exactly) and the val data for :meth:`val_loss` (None: no evaluation)."""
         plan, tc = self.plan, self.tc
-        self.loader = RandomWindowLoader(
+        loader = RandomWindowLoader(
             TokenShards(plan.data_dir, "train"),
             tc.micro_batch_size,
             self.seq_len,
@@ -568,21 +696,46 @@ class Trainer:
             device=self.dev,
             doc_aligned=tc.doc_aligned,
         )
-        self.val_data = TokenShards(plan.data_dir, "val") if "val" in plan.meta["splits"] else None
+        return loader, TokenShards(plan.data_dir, "val") if "val" in plan.meta["splits"] else None
 
-    def _batch_loss(self, batch) -> torch.Tensor:
-        """The mean loss of one micro-batch from ``self.loader``."""
+    def batch_loss(self, batch) -> torch.Tensor:
+        """The mean loss of one micro-batch from the training loader."""
         x, y = batch
         return self.model(x, y, return_logits=False)
 
-    def _val_loss(self, model) -> float | None:
+    def val_loss(self, model: torch.nn.Module) -> float | None:
+        """The val-loss estimate of ``model`` over the val data (the same on every rank; a collective)."""
         return estimate_val_loss(model, self.val_data, self.cfg, self.seq_len, self.info, self.precision)
 
-    def _checkpoint_parts(self, model_sd: dict, optim: dict, state: dict) -> tuple[dict, dict, dict]:
-        """The weights, optimizer file and state.json of a checkpoint, as :meth:`_save` writes them."""
-        return model_sd, optim, state
+    def checkpoint_components(self) -> dict[str, ckpt_mod.Stateful]:
+        """What a checkpoint holds, by name (:class:`openllm.checkpoint.Checkpointer` says which file holds
+        which). Every component but ``model`` is restored when resuming, RNG last but one: nothing that
+        draws random numbers runs after it."""
+        return {
+            ckpt_mod.MODEL: ckpt_mod.ModelWeights(self.raw),
+            "optimizer": D.FullOptimizerState(self.raw, self.optimizer),
+            "scaler": self.scaler,
+            "scheduler": self.lr_schedule,
+            "loader": self.loader,
+            "rng": ckpt_mod.RNGState(
+                self.info.rank, self.info.world_size, lambda state: D.gather_objects(state, self.info)
+            ),
+            ckpt_mod.PROGRESS: self.state,
+        }
 
-    def _setup_run_folder(self) -> None:
+    def checkpoint_facts(self) -> dict[str, Any]:
+        """What ``state.json`` records about the run besides its components' states (read, not restored)."""
+        return {
+            "config": self.cfg.to_dict(),
+            "tokenizer_sha256": self.plan.tokenizer_sha256,
+            "data_dir": str(self.plan.data_dir.resolve()),
+            "world_size": self.info.world_size,
+            "precision": self.precision,
+            "time": _now(),
+        }
+
+    def setup_run_folder(self) -> None:
+        """Create the run folder (rank 0, holding the run lock): config, tokenizer, no temporary leftovers."""
         out, data_dir = self.out, self.plan.data_dir
         out.mkdir(parents=True, exist_ok=True)
         rundir.clean_temporary(out)
@@ -597,7 +750,7 @@ class Trainer:
         self.tb = TensorBoard(self.out / "tb", purge_step=self.step + 1 if resume_from else None)
         self.say(
             f"training {self.cfg.name}: {self.raw.num_params() / 1e6:.2f}M parameters, {tc.max_steps} steps "
-            f"of {self.tokens_per_step:,} tokens ({tc.micro_batch_size} x {self.seq_len} x "
+            f"of {self.step_plan.tokens_per_step:,} tokens ({tc.micro_batch_size} x {self.seq_len} x "
             f"{tc.grad_accum_steps} accum{f' x {info.world_size} ranks' if info.enabled else ''}), "
             f"{self.precision} on {self.dev}{', compiled' if tc.compile else ''}"
             f"{f', {info.mode}' if info.enabled else ''}"
@@ -621,8 +774,7 @@ class Trainer:
 
     def fit(self) -> None:
         """Optimizer steps until ``max_steps``, early stopping or a stop request (signal or ``stop_event``)."""
-        tc = self.tc
-        stop = self.stop if self.stop is not None else _StopFlag(self.stop_event)
+        tc, st, stop = self.tc, self.state, self.stop
         # a stop asked during setup (on any rank) ends the run before its first step
         if D.any_rank(stop(), self.info):
             self.end_state = "stopped"
@@ -633,88 +785,63 @@ class Trainer:
         if self.main:
             self.status.move(rundir.TRAINING, step=self.step)
         self.model.train()
-        self.t_start = time.time()
-        self._restart_rate()
-        while self.step < tc.max_steps:
-            lr = lr_at(self.step, tc)
-            accum = self._accum_at(self.step)
-            loss, grad_norm, stop_now = self._optimizer_step(lr, stop, accum)
-            self.step += 1
-            tokens = self.tokens_per_step * accum // tc.grad_accum_steps
-            self.tokens_seen += tokens
-            self.tokens_mark += tokens
+        st.started = time.time()
+        self.throughput.restart()
+        while st.step < tc.max_steps:
+            when = self.step_plan(st.step + 1)
+            lr = self.lr_schedule.step()
+            loss, grad_norm, stop_now = self._optimizer_step(when)
+            st.step += 1
+            st.tokens_seen += when.tokens
+            self.throughput.add(when.tokens)
             if loss is not None:
                 self.last_loss = loss
-            step = self.step
+            if stop_now:
+                when = when.ending()
 
-            do_eval = self.val_data is not None and (step % tc.eval_every == 0 or step == tc.max_steps)
-            do_log = step % tc.log_every == 0 or step == tc.max_steps or do_eval or stop_now
-            record = self._record(lr, loss, grad_norm) if do_log else None
-            if do_eval:
+            record = self._record(lr, loss, grad_norm) if when.log else None
+            if when.evaluate:
                 record["val_loss"] = self._evaluate()
+                if tc.early_stop_patience and st.evals_without_improvement >= tc.early_stop_patience:
+                    when = when.ending()
+                    self.end_state = "finished"
+                    self.reason = (
+                        f"early stop: the val loss estimate did not improve for {st.evals_without_improvement} "
+                        f"evaluations (best {st.best_val_loss:.4f} at step {st.best_step})"
+                    )
+            if stop_now:
+                self.end_state = "stopped"
+                self.reason = f"stopped by {stop.signal_name or 'request'} at step {st.step}"
             if record is not None:
                 self._log(record)
             if self.bar is not None:
                 self.bar.update(1)
-
-            early = bool(tc.early_stop_patience and self.bad_evals >= tc.early_stop_patience)
-            if early:
-                self.end_state = "finished"
-                self.reason = (
-                    f"early stop: the val loss estimate did not improve for {self.bad_evals} "
-                    f"evaluations (best {self.best_val:.4f} at step {self.best_step})"
-                )
-            if stop_now:
-                self.end_state = "stopped"
-                self.reason = f"stopped by {stop.signal_name or 'request'} at step {step}"
-            last = step == tc.max_steps or early or stop_now
-            if self.saved_step != step and (step % tc.save_every == 0 or last):
+            if when.save and self.saved_step != st.step:
                 self._save()
-            if do_log or do_eval or self.saved_step == step:
-                self._restart_rate()  # the rate excludes eval and checkpoint time
-            if early or stop_now:
+            if when.log or when.save:
+                self.throughput.restart()  # the rate excludes eval and checkpoint time
+            if when.last:
                 break
 
-    def _accum_at(self, step: int) -> int:
-        """Micro-batches in update ``step`` (0-based): ``grad_accum_steps``, or, during
-        ``batch_warmup_steps``, a number growing linearly from 1 (small batches first)."""
-        tc = self.tc
-        if step >= tc.batch_warmup_steps:
-            return tc.grad_accum_steps
-        return max(1, math.ceil(tc.grad_accum_steps * (step + 1) / tc.batch_warmup_steps))
-
-    def _reads_host(self, step: int) -> bool:
-        """Whether update number ``step`` (1-based) reads the loss on the host: every ``check_every`` steps and
-        on every step that logs, evaluates, saves or ends the run (so those see checked values)."""
-        tc = self.tc
-        return (
-            step % tc.check_every == 0
-            or step % tc.log_every == 0
-            or step % tc.save_every == 0
-            or step >= tc.max_steps
-            or (self.val_data is not None and step % tc.eval_every == 0)
-        )
-
-    def _optimizer_step(self, lr: float, stop: _StopFlag, accum: int) -> tuple[float, float, bool]:
-        """One optimizer step over ``accum`` micro-batches; returns the loss (mean over ranks), the gradient
-        norm and whether any rank was asked to stop (None, None, False on steps that do not read the host,
-        see ``train.check_every``). Raises :class:`TrainingDiverged` on a non-finite loss or gradient norm:
+    def _optimizer_step(self, when: Step) -> tuple[float | None, float | None, bool]:
+        """One optimizer step over ``when.accum`` micro-batches; returns the loss (mean over ranks), the
+        gradient norm and whether any rank was asked to stop (None, None, False on steps that do not read the
+        host, see ``train.check_every``). Raises :class:`TrainingDiverged` on a non-finite loss or gradient norm:
         before the update is applied when ``check_every`` is 1, else at the next read, before any
         checkpoint can hold the bad weights."""
-        tc, dev, info, scaler = self.tc, self.dev, self.info, self.scaler
-        set_lr(self.optimizer, lr)
+        tc, dev, info, scaler, accum = self.tc, self.dev, self.info, self.scaler, when.accum
         loss_sum = torch.zeros((), device=dev)
         for micro in range(accum):
             batch = self.loader.next()
             with D.no_grad_sync(self.model, info, sync=micro == accum - 1):
                 with autocast_context(self.precision, dev):
-                    loss = self._batch_loss(batch) / accum
+                    loss = self.batch_loss(batch) / accum
                 scaler.scale(loss).backward()
             loss_sum += loss.detach().float()
         if scaler.is_enabled():
             scaler.unscale_(self.optimizer)
         clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.raw.parameters()), clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         # the finite check stays on the device between reads: no host sync on those steps
@@ -722,13 +849,13 @@ class Trainer:
         if not scaler.is_enabled():
             bad = bad | ~torch.isfinite(grad_norm)
         self._bad = bad if getattr(self, "_bad", None) is None else self._bad | bad
-        if not self._reads_host(self.step + 1):
+        if not when.read_host:
             scaler.step(self.optimizer)
             scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             return None, None, False
         # one collective per read: the mean loss across ranks, whether any rank was asked to stop or diverged
-        packed = torch.stack([loss_sum, torch.tensor(float(stop()), device=dev), self._bad.float()])
+        packed = torch.stack([loss_sum, torch.tensor(float(self.stop()), device=dev), self._bad.float()])
         D.all_reduce(packed, info)
         self._bad = None
         loss_val = float(packed[0]) / info.world_size
@@ -757,99 +884,48 @@ class Trainer:
 
     def _evaluate(self) -> float | None:
         """The val-loss estimate now; a new best is checkpointed and recorded in ``best.json``."""
-        model = self.raw if self.info.mode != "fsdp" else self.model
-        self.last_val = self._val_loss(model)
-        if self.last_val is not None and (self.best_val is None or self.last_val < self.best_val):
-            self.best_val, self.best_step, self.bad_evals = self.last_val, self.step, 0
+        st = self.state
+        if st.record_eval(self.val_loss(self.raw if self.info.mode != "fsdp" else self.model)):
             self._save()
             if self.main:
-                rundir.write_best(self.out, self.step, self.best_val)
-        else:
-            self.bad_evals += 1
-        return self.last_val
+                rundir.write_best(self.out, st.step, st.best_val_loss)
+        return st.val_loss
 
-    def _restart_rate(self) -> None:
-        self.t_mark, self.tokens_mark = time.perf_counter(), 0
-
-    def _elapsed(self) -> float:
-        return self.elapsed_before + time.time() - self.t_start
-
-    def _record(self, lr: float, loss: float, grad_norm: float) -> dict[str, Any]:
-        tps = self.tokens_mark / max(time.perf_counter() - self.t_mark, 1e-9)
-        record = {
-            "step": self.step,
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens_per_s": round(tps, 1),
-            "tokens": self.tokens_seen,
-        }
-        m = mfu(self.flops_per_token, tps, self.peak * self.info.world_size if self.peak else None)
-        if m is not None:
-            record["mfu"] = round(m, 5)
+    def _record(self, lr: float, loss: float | None, grad_norm: float | None) -> dict[str, Any]:
+        rates = self.throughput.rates()
+        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+        record.update(tokens_per_s=rates.pop("tokens_per_s"), tokens=self.state.tokens_seen, **rates)
         return record
 
     def _log(self, record: dict[str, Any]) -> None:
-        record["elapsed_s"] = round(self._elapsed(), 3)
+        record["elapsed_s"] = round(self.state.elapsed(), 3)
+        val = self.state.val_loss
         if self.main:
             self.metrics_writer.write(record)
             self.tb.log(self.step, record)
             self.status.update(
                 step=self.step,
                 loss=record["loss"],
-                val_loss=self.last_val,
-                best_val_loss=self.best_val,
+                val_loss=val,
+                best_val_loss=self.state.best_val_loss,
                 tokens_per_s=record["tokens_per_s"],
             )
             if self.on_log is not None:
                 self.on_log(dict(record))
         if self.bar is not None:
             post = {"loss": f"{record['loss']:.4f}", "tok/s": f"{record['tokens_per_s']:,.0f}"}
-            if self.last_val is not None:
-                post["val~"] = f"{self.last_val:.4f}"  # ~: the estimate over eval_batches batches
+            if val is not None:
+                post["val~"] = f"{val:.4f}"  # ~: the estimate over eval_batches batches
             self.bar.set_postfix(post, refresh=False)
 
     def _save(self) -> None:
         """A checkpoint of the current step (every rank takes part; rank 0 writes it)."""
-        model_sd, optim_sd = D.full_state(self.raw, self.optimizer)
-        rng_all = D.gather_objects(ckpt_mod.rng_state(), self.info)
+        best = self.state.best_step
+        saved = self.checkpointer.save(
+            self.step, self.checkpoint_facts(), protect={best} if best is not None else set()
+        )
         self.saved_step = self.step
-        if not self.main:
-            return
-        if self.raw.cfg.tie_embeddings:
-            model_sd.pop("lm_head.weight", None)
-        model_sd = {k: v.contiguous() for k, v in model_sd.items()}
-        plan = self.plan
-        model_sd, optim, state = self._checkpoint_parts(
-            model_sd,
-            {"optimizer": optim_sd, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None},
-            {
-                "step": self.step,
-                "tokens_seen": self.tokens_seen,
-                "rng": rng_all,
-                "loader": self.loader.state_dict(),
-                "config": self.cfg.to_dict(),
-                "tokenizer_sha256": plan.tokenizer_sha256,
-                "data_dir": str(plan.data_dir.resolve()),
-                "best_val_loss": self.best_val,
-                "best_step": self.best_step,
-                "val_loss": self.last_val,
-                "evals_without_improvement": self.bad_evals,
-                "world_size": self.info.world_size,
-                "elapsed_s": self._elapsed(),
-                "precision": self.precision,
-                "time": _now(),
-            },
-        )
-        self.last_saved = ckpt_mod.save_checkpoint(
-            self.out,
-            self.step,
-            model_sd,
-            optim,
-            state,
-            keep_last=self.tc.keep_last,
-            protect={self.best_step} if self.best_step is not None else set(),
-        )
+        self.last_saved = saved or self.last_saved
 
     # --- finish --------------------------------------------------------------------------------------
 
@@ -862,7 +938,8 @@ class Trainer:
         if self.saved_step != self.step and self.step > 0:
             self._save()
         self._close_bar()
-        elapsed = self._elapsed()
+        st = self.state
+        elapsed = st.elapsed()
         warning = None
         if self.main:
             _finish_plots(self.out, self.cfg)
@@ -886,11 +963,11 @@ class Trainer:
                 f"{self.reason}: step {self.step}"
                 + (f", loss {self.last_loss:.4f}" if self.last_loss is not None else "")
                 + (
-                    f", val loss estimate {self.last_val:.4f} ({self.tc.eval_batches} batches)"
-                    if self.last_val is not None
+                    f", val loss estimate {st.val_loss:.4f} ({self.tc.eval_batches} batches)"
+                    if st.val_loss is not None
                     else ""
                 )
-                + (f", best {self.best_val:.4f} at step {self.best_step}" if self.best_val is not None else "")
+                + (f", best {st.best_val_loss:.4f} at step {st.best_step}" if st.best_val_loss is not None else "")
             )
             if warning is not None:
                 self.say(f"warning: {warning}")
@@ -900,10 +977,10 @@ class Trainer:
             step=self.step,
             max_steps=self.tc.max_steps,
             loss=self.last_loss,
-            val_loss=self.last_val,
-            best_val_loss=self.best_val,
-            best_step=self.best_step,
-            tokens_seen=self.tokens_seen,
+            val_loss=st.val_loss,
+            best_val_loss=st.best_val_loss,
+            best_step=st.best_step,
+            tokens_seen=st.tokens_seen,
             elapsed_s=elapsed,
             reason=self.reason,
             checkpoint=rundir.latest_checkpoint(self.out),
