@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
@@ -437,3 +438,81 @@ def test_a_hub_folder_whose_parent_is_missing_is_refused_and_nothing_is_created(
         assert "does not exist" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "nonexistent").exists()
     assert not (tmp_path / "o").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_kill_9_of_a_push_takes_its_git_along_and_the_next_push_cleans_its_copies(tmp_path):
+    """kill -9 of `hub push` while git pushes: git dies with it (it does not go on and land the version after
+    the kill), and the temporary copies of the model it leaves are removed by the next push."""
+    import os
+    import signal
+    import time
+
+    hub = LocalHub()
+    hub.create_repo(repo_id="alice/m")
+    bare = hub.root / "models/alice/m.git"
+    before = _refs(bare)
+    hold, receiving = tmp_path / "hold", tmp_path / "receiving"
+    hold.touch()
+    hook = bare / "hooks" / "pre-receive"
+    # the hub holds the push while 'hold' exists, then refuses it: a push that outlives its pusher never lands
+    hook.write_text(
+        f"#!/bin/sh\nif [ -e '{hold}' ]; then\n  touch '{receiving}'\n"
+        f"  while [ -e '{hold}' ]; do sleep 0.05; done\n  exit 1\nfi\n"
+    )
+    hook.chmod(0o755)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    src = _export(tmp_path / "model", "new")
+    push = [sys.executable, "-m", "openllm", "hub", "push", str(src), "--repo", "alice/m", "--version", "v1"]
+    proc = subprocess.Popen(push, env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not receiving.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        gits = _children(proc.pid)
+        assert gits  # git push, waiting for the hub
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in gits) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in gits if _alive(p)], "git outlived the push that started it"
+        left = sorted(p.name.split("-")[1] for p in tmp.iterdir() if p.name.startswith("openllm-"))
+        assert left  # what kill -9 leaves: the staged model and git's workspace
+    finally:
+        hold.unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    assert _refs(bare) == before
+    hook.unlink()
+    res = subprocess.run(push, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert not [p.name for p in tmp.iterdir() if p.name.startswith("openllm-")]
+    refs = hub.list_refs(repo_id="alice/m")
+    assert refs.branches["main"] == refs.tags["v1"]

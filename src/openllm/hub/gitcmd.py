@@ -6,14 +6,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..redact import redact, url_secrets
 from .errors import AuthError, HubError, HubUnavailable, RepositoryNotFound
 
-__all__ = ["git", "git_env", "classify_git_error", "is_push_race", "GitFailed", "DEFAULT_TIMEOUT"]
+__all__ = ["git", "git_env", "classify_git_error", "is_push_race", "GitFailed", "DEFAULT_TIMEOUT", "die_with_parent"]
 
 DEFAULT_TIMEOUT = float(os.environ.get("OPENLLM_HUB_TIMEOUT", "600"))
 _IDENTITY = {
@@ -60,6 +62,34 @@ _RACE = re.compile(
     r"\[rejected\]|stale info|incorrect old value",
     re.I,
 )
+
+
+def _pdeathsig():
+    """Linux: a function that asks the kernel to SIGKILL the calling process when its parent dies; else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def setup() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+    return setup
+
+
+_DEATHSIG = _pdeathsig()
+
+
+def die_with_parent() -> dict:
+    """``subprocess`` keyword arguments that make a child die with this process, however this process ends
+    (kill -9 included): a push whose pusher was killed must not go on and land a version afterwards, nor keep
+    running. Linux only (``PR_SET_PDEATHSIG``); elsewhere nothing."""
+    return {"preexec_fn": _DEATHSIG} if _DEATHSIG is not None else {}
 
 
 class GitFailed(HubError):
@@ -149,6 +179,7 @@ def git(
             cwd=os.sep if git_dir is None else None,
             timeout=timeout or DEFAULT_TIMEOUT,
             stdin=None if input is not None else subprocess.DEVNULL,
+            **die_with_parent(),
         )
     except subprocess.TimeoutExpired as exc:
         raise HubUnavailable(

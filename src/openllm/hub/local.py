@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import InputNotFound
+from ..scratch import scratch_dir
 from .base import CommitInfo, CommitOperation, CommitOperationAdd, CommitOperationDelete, GitRefs, Hub
 from .errors import (
     ConflictError,
@@ -42,7 +43,7 @@ from .errors import (
     UnsupportedOperation,
 )
 from .files import folder_files
-from .gitcmd import GitFailed, classify_git_error, git, is_push_race
+from .gitcmd import GitFailed, classify_git_error, die_with_parent, git, is_push_race
 from .ids import (
     REPO_TYPES,
     validate_path_in_repo,
@@ -432,6 +433,7 @@ class LocalHub(Hub):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=_env(),
+            **die_with_parent(),
         )
         try:
             assert proc.stdin and proc.stdout
@@ -477,9 +479,9 @@ class LocalHub(Hub):
     def _workspace(self, loc: str, repo_type: str, repo_id: str) -> Iterator[str]:
         """An empty temporary bare repository. For a folder hub it borrows the hub repo's objects
         (alternates), so fetching from it copies nothing."""
-        tmp = tempfile.mkdtemp(prefix="openllm-hub-")
-        try:
-            ws = os.path.join(tmp, "ws.git")
+        # a workspace holds a copy of everything uploaded: one left by a killed process goes at the next start
+        with scratch_dir("openllm-hub-") as scratch:
+            ws = os.path.join(scratch, "ws.git")
             self._git(["init", "--bare", "--quiet", ws], repo_type=repo_type, repo_id=repo_id)
             # weights are big and incompressible: no delta search and light zlib keep uploads I/O-bound
             for key, value in _FAST_PACK:
@@ -488,8 +490,6 @@ class LocalHub(Hub):
                 with open(os.path.join(ws, "objects", "info", "alternates"), "w") as f:
                     f.write(os.path.join(os.path.abspath(loc), "objects") + "\n")
             yield ws
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def _fetch_head(self, ws: str, loc: str, repo_type: str, repo_id: str, *, full: bool = False) -> str | None:
         """Fetch main (and, with ``full``, all branches and tags) into the workspace; return main's id."""

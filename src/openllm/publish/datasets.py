@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from ..errors import InputNotFound, OpenLLMError
 from ..hashing import sha256_file
 from ..hub import REPLACE_ALL, RepositoryNotFound, RevisionExists, UnsupportedOperation, folder_files, get_hub
 from ..hub.ids import validate_repo_id, validate_version
+from ..scratch import scratch_dir
 from .cards import dataset_card
 
 __all__ = ["upload_dataset", "dataset_stats", "DatasetUpload"]
@@ -162,8 +162,8 @@ def upload_dataset(
             ) from exc
     elif version is not None and version in h.list_refs(repo_id=repo_id, repo_type="dataset").tags:
         raise RevisionExists(taken)
-    with tempfile.TemporaryDirectory(prefix="openllm-data-") as tmp:
-        staging = Path(tmp) / "data"
+    with scratch_dir("openllm-data-") as tmp:  # one left by a killed upload goes at the next upload
+        staging = tmp / "data"
         staging.mkdir()
         for f in files:  # hard links where possible: no copy of big shards
             dst = staging / f

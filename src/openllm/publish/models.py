@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from ..hub import REPLACE_ALL, RepositoryNotFound, RevisionExists, UnsupportedOp
 from ..hub.ids import validate_repo_id, validate_version
 from ..hub.versions import version_for_step
 from ..loading import detect_kind, load
+from ..scratch import scratch_dir
 from .cards import model_card
 from .facts import collect_facts
 
@@ -126,8 +126,9 @@ def push_model(
             ) from exc
 
     facts = collect_facts(src)
-    with tempfile.TemporaryDirectory(prefix="openllm-push-") as tmp:
-        staging = Path(tmp) / "model"
+    # a copy of the model: the one a killed push leaves is removed by the next push
+    with scratch_dir("openllm-push-") as tmp:
+        staging = tmp / "model"
         staging.mkdir()
         _say(progress, f"exporting {src} ({kind}) ...")
         _stage(src, kind, staging)
