@@ -210,11 +210,9 @@ def parse_train_form(values: Mapping[str, Any]) -> TrainRequest:
         section, _, name = f.key.partition(".")
         sections[section][name] = _typed(f, values.get(f.name))
     train = sections["train"]
-    # settings the form does not show follow the ones it does: the final learning rate stays below the peak,
-    # a short run still logs about 20 lines, the training window fits the chosen model's context
-    lr, steps = train.get("lr", base.train.lr), train.get("max_steps", base.train.max_steps)
-    if base.train.min_lr is not None and base.train.min_lr > lr:
-        train["min_lr"] = lr / 10
+    # settings the form does not show follow the ones it does: a short run still logs about 20 lines, the
+    # training window fits the chosen model's context
+    steps = train.get("max_steps", base.train.max_steps)
     train["log_every"] = max(1, min(base.train.log_every, steps // 20 or 1))
     if base.train.seq_len is not None and base.train.seq_len > shape.max_seq_len:
         train["seq_len"] = shape.max_seq_len

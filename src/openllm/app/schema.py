@@ -54,6 +54,7 @@ TRAIN_FIELDS: tuple[FormField, ...] = (
     _field("train.weight_decay"),
     _field("train.grad_clip"),
     _field("train.warmup_steps", elem_id="warmup"),
+    _field("train.min_lr"),
     _field("train.eval_every"),
     _field("train.save_every"),
 )
