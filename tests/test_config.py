@@ -169,3 +169,18 @@ def test_apply_overrides_validates_the_result():
     with pytest.raises(ConfigError, match=r"model.d_model \(192\) is not divisible by model.n_heads \(5\)"):
         apply_overrides(cfg, ["model.n_heads=5"])
     assert load_config(small) is small  # a Config passes through load_config (quickstart --set)
+
+
+def test_every_setting_is_described_once_and_errors_name_their_setting():
+    from openllm.config import override_keys, setting, settings
+
+    assert [s.key for s in settings()] == override_keys()
+    assert all(s.label and s.type in ("int", "float", "bool", "str") for s in settings())
+    assert setting("train.optimizer").choices == ("adamw", "muon")  # what validate accepts is what a form offers
+    cfg = load_config("tiny")
+    assert (cfg.seq_len, cfg.replace(train={"seq_len": None}).seq_len) == (128, cfg.model.max_seq_len)
+    with pytest.raises(ConfigError) as e:
+        cfg.replace(train={"lr": 0})
+    assert (e.value.key, e.value.reason) == ("train.lr", "must be greater than 0, got 0")
+    with pytest.raises(ConfigError, match="model.vocab_size .300. is too small to train a tokenizer.*at least 324"):
+        cfg.replace(model={"vocab_size": 300}).validate(new_tokenizer=True)
