@@ -439,3 +439,46 @@ def test_end_to_end_build_sync_edit_conflict_rollback_flaky_network(tmp_path, hu
         assert p.returncode == 2 and "still unavailable after 4 attempts" in p.stderr
         assert "Traceback" not in p.stderr
         assert head(hub_root) == before
+
+
+# ---- kill -9 at any point (issue 24) ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_sync_killed_between_its_push_and_its_record_is_recognised_as_ours(repo, hub_root, tmp_path):
+    """kill -9 of `space sync` after its commit landed, before the tag and the state file: the next sync knows
+    the Space's head is its own push (no false "edited in the Space" conflict) and records it."""
+    import signal
+    import sys
+
+    hub = LocalHub(root=hub_root)
+    first = syncer(repo, hub).sync(env_check=False)
+    landed = tmp_path / "landed"
+    hook = space_repo(hub_root) / "hooks" / "post-receive"
+    # the commit is in the Space; the pusher is still waiting for git when it dies
+    hook.write_text(f"#!/bin/sh\ntouch '{landed}'\nsleep 60\n")
+    hook.chmod(0o755)
+    (repo / "src/openllm/model.py").write_text("import torch\nW = 'v2'\n")
+    cmd = [sys.executable, "-m", "openllm", "space", "sync", "--space", SPACE, "--hub", str(hub_root)]
+    proc = subprocess.Popen([*cmd, "--no-env-check", "--root", str(repo)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not landed.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    hook.unlink()
+    pushed = head(hub_root)
+    assert pushed != first.commit and show(hub_root, "main", "training/model.py") == "import torch\nW = 'v2'\n"
+    logs: list[str] = []
+    again = syncer(repo, hub, logs).sync(env_check=False)  # no SyncConflict
+    assert not again.plan.conflicts and not again.plan.changed, again.plan.describe()
+    assert again.plan.last.commit == pushed and head(hub_root) == pushed
+    assert hub.list_refs(repo_id=SPACE, repo_type="space").tags[again.plan.last.tag] == pushed
+    (repo / "src/openllm/model.py").write_text("import torch\nW = 'v3'\n")
+    third = syncer(repo, hub).sync(env_check=False)
+    assert third.record.n == again.plan.last.n + 1 and head(hub_root) == third.commit

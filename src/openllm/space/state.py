@@ -87,11 +87,14 @@ class SyncRecord:
 
 @dataclass
 class SyncState:
-    """Every sync of one Space made from here, oldest first."""
+    """Every sync of one Space made from here, oldest first; ``pending``: the sync whose push is under way (saved
+    before the push, cleared with its record after it), so a sync killed after its push landed leaves a state
+    the next run settles (:meth:`openllm.space.sync.Syncer.settle_pending`)."""
 
     hub: str
     space: str
     history: list[SyncRecord] = field(default_factory=list)
+    pending: SyncRecord | None = None
 
     @property
     def last(self) -> SyncRecord | None:
@@ -117,12 +120,15 @@ class SyncState:
             hub=data.get("hub", hub),
             space=data.get("space", space),
             history=[SyncRecord(**r) for r in data.get("history", [])],
+            pending=SyncRecord(**data["pending"]) if data.get("pending") else None,
         )
 
     def save(self, path: Path) -> None:
         """Atomically: a crash leaves the old state or the new one, never half a file."""
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"hub": self.hub, "space": self.space, "history": [asdict(r) for r in self.history]}
+        if self.pending is not None:
+            data["pending"] = asdict(self.pending)
         write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 

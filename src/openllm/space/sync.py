@@ -17,7 +17,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import OpenLLMError
@@ -176,6 +176,37 @@ class Syncer:
             state.save(self.state_file)
         return state
 
+    def settle_pending(self, state: SyncState, head: str | None, tags: dict[str, str]) -> None:
+        """A sync killed after its push and before its record left ``state.pending``: when its commit is in the
+        Space's history since our last sync and the Space still holds its files, record it (and tag it) as the
+        sync it was; otherwise its push never landed, or was undone, and it is forgotten."""
+        pending = state.pending
+        if pending is None:
+            return
+        last = state.last
+        landed = None
+        if head is not None and (last is None or head != last.commit) and not (last and last.tag == pending.tag):
+            commits = self._call(
+                "reading the history",
+                lambda: self.hub.list_commits(repo_id=self.space, repo_type=REPO_TYPE, revision=head),
+            )
+            for c in commits:
+                if last is not None and c.commit_id == last.commit:
+                    break  # back at our last sync: the pending push is not in the Space
+                if f"[{pending.tag}]" in (c.message or "") + c.title:
+                    landed = c.commit_id
+                    break
+        if landed is not None:
+            there = self._files_at(head)
+            if all(there.get(p) == h for p, h in pending.files.items()):
+                if tags.get(pending.tag) != landed:
+                    self._tag(pending.tag, landed, f"OpenLLM sync {pending.n}")
+                    tags[pending.tag] = landed
+                state.history.append(replace(pending, commit=landed))
+                self.log(f"state: sync {pending.tag} was interrupted after its push; recorded it now")
+        state.pending = None
+        state.save(self.state_file)
+
     def _next_n(self, state: SyncState, tags: dict[str, str]) -> int:
         on_hub = [int(m.group(1)) for t in tags if (m := TAG_RE.match(t))]
         return max([state.next_n(), *[n + 1 for n in on_hub]])
@@ -185,6 +216,7 @@ class Syncer:
         build = render(self.manifest)
         head, tags = self._head()
         state = self.load_state(tags)
+        self.settle_pending(state, head, tags)
         last = state.last
         ours = dict(last.files) if last else {}
         diverged = head is not None and (last is None or head != last.commit)
@@ -313,6 +345,17 @@ class Syncer:
             )
             plan.head, _ = self._head()
         before = plan.head
+        # recorded before the push: a kill from here on leaves a state the next run settles (settle_pending)
+        state.pending = SyncRecord(
+            n=n,
+            commit="",
+            tag=tag,
+            files=dict(plan.build.files),
+            source_commit=src,
+            uploaded=len(plan.uploads),
+            deleted=len(plan.deletes),
+        )
+        state.save(self.state_file)
 
         def commit_once() -> str:
             try:
@@ -345,15 +388,8 @@ class Syncer:
         except Exception as exc:
             self._auto_rollback(before, new, state, exc)
             raise  # _auto_rollback raises; keeps type checkers quiet
-        record = SyncRecord(
-            n=n,
-            commit=new,
-            tag=tag,
-            files=dict(plan.build.files),
-            source_commit=src,
-            uploaded=len(plan.uploads),
-            deleted=len(plan.deletes),
-        )
+        record = replace(state.pending, commit=new)
+        state.pending = None
         state.history.append(record)
         state.save(self.state_file)
         return new, record
@@ -423,6 +459,7 @@ class Syncer:
     def _auto_rollback(self, before: str | None, new: str, state: SyncState, why: Exception) -> None:
         """A failure after the push: put the Space back as it was before it (a new commit), then fail."""
         self.log(f"post-push check failed ({why}); rolling back to {str(before)[:12]}")
+        state.pending = None  # the push is undone: nothing to settle later
         if before is None:
             raise SyncError(
                 f"the sync pushed {new[:12]} but failed after the push ({why}); there is no earlier "
@@ -468,6 +505,7 @@ class Syncer:
         if head is None:
             raise OpenLLMError(f"the Space {self.space} does not exist on {self.hub.describe()}: nothing to roll back")
         state = self.load_state(tags)
+        self.settle_pending(state, head, tags)
         if to is None:
             done = [r for r in state.history]
             if len(done) < 2:
