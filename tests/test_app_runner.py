@@ -19,7 +19,7 @@ from openllm.app.forms import CORPUS_WORKSPACE, FormError, parse_train_form, pre
 from openllm.app.monitor import format_duration, loss_figure, memory_usage, progress, tail_log
 from openllm.app.runner import Runner, RunnerError, child_env, run_status
 from openllm.app.workspace import Workspace
-from openllm.rundir import checkpoint_steps, read_metrics, write_status
+from openllm.rundir import checkpoint_steps, move, read_metrics
 
 
 @pytest.fixture
@@ -352,14 +352,14 @@ def test_openllm_app_serves_on_loopback_only(tmp_path):
 
 _EXTERNAL = """
 import signal, sys, time
-from openllm.rundir import RunLock, write_status
+from openllm.rundir import RunLock, move
 run = sys.argv[1]
 signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # SIGTERM is the stop request, as for the trainer
 lock = RunLock(run, command="openllm train --out " + run).acquire()
-write_status(run, {"state": "running", "step": 5, "max_steps": 50, "pid": None})
+move(run, "training", step=5, max_steps=50)
 print("holding", flush=True)
 signal.sigwait([signal.SIGTERM])
-write_status(run, {"state": "stopped", "step": 6, "max_steps": 50})
+move(run, "stopped", step=6)
 lock.release()
 """
 
@@ -389,9 +389,8 @@ def test_a_run_trained_outside_the_app_is_shown_blocks_start_and_is_stopped_from
 def test_a_finished_run_never_blocks_start_and_failed_runs_can_be_deleted(ws):
     runner = Runner(ws)
     for name, state in [("done", "finished"), ("broken", "failed")]:
-        write_status(
-            ws.run_dir(name), {"state": state, "step": 10, "max_steps": 10, "error": "x" if state == "failed" else None}
-        )
+        move(ws.run_dir(name), "training", step=9, max_steps=10)
+        move(ws.run_dir(name), state, step=10, error="x" if state == "failed" else None)
     assert runner.active() is None
     runner._refuse_while_active()
     with pytest.raises(RunnerError, match="already exists \\(failed\\): delete it"):

@@ -419,7 +419,7 @@ def test_muon_sigkill_then_resume_is_bit_identical(tmp_path, data):
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     status = json.loads((tmp_path / "killed/status.json").read_text())
-    assert status["state"] == "running" and status["step"] < 40
+    assert status["state"] == "training" and status["step"] < 40
     resumed = _spawn_train("--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "killed"), "--resume")
     _finish(full)
     assert "resuming from" in _finish(resumed)

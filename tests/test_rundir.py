@@ -1,5 +1,5 @@
-"""The run folder's layout: checkpoint naming and completeness, status, metrics, best, evaluation, atomic
-writes. Everything is built by hand here, so these tests need no torch."""
+"""The run folder's layout: checkpoint naming and completeness, status, metrics, best, evaluation; the run lock
+and the run's state machine. Everything is built by hand here, so these tests need no torch."""
 
 import json
 import os
@@ -53,8 +53,9 @@ def test_is_run(tmp_path):
 
 def test_status_best_evaluation_round_trip(tmp_path):
     assert rundir.read_status(tmp_path) == {} and rundir.read_best(tmp_path) is None
-    rundir.write_status(tmp_path / "run", {"state": "running", "step": 3})
-    assert rundir.read_status(tmp_path / "run") == {"state": "running", "step": 3}
+    rundir.move(tmp_path / "run", "training", step=3)
+    status = rundir.read_status(tmp_path / "run")
+    assert status["state"] == "training" and status["step"] == 3 and status["started"] and status["updated_unix"]
     (tmp_path / "run" / "checkpoints").mkdir()
     rundir.write_best(tmp_path / "run", 400, 1.5)
     best = rundir.read_best(tmp_path / "run")
@@ -67,49 +68,6 @@ def test_read_metrics_skips_torn_and_stepless_lines(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2}\n[1]\n{"loss": 3}\n{"step": 2, "lo')
     assert rundir.read_metrics(tmp_path) == [{"step": 1, "loss": 2}]
     assert rundir.read_metrics(tmp_path / "missing") == []
-
-
-def test_load_json_names_the_damaged_file(tmp_path):
-    p = tmp_path / "state.json"
-    with pytest.raises(OpenLLMError, match="state.json is missing"):
-        rundir.load_json(p)
-    p.write_bytes(b"\xff\xfe{")
-    with pytest.raises(OpenLLMError, match="not UTF-8"):
-        rundir.load_json(p)
-    p.write_text("{")
-    with pytest.raises(OpenLLMError, match="not valid JSON"):
-        rundir.load_json(p)
-    p.write_text("[]")
-    with pytest.raises(OpenLLMError, match="expected a JSON object"):
-        rundir.load_json(p)
-    assert rundir.read_json(p) == {}
-
-
-def test_atomic_writes_leave_no_temporary_files(tmp_path):
-    rundir.write_json_atomic(tmp_path / "s.json", {"a": 1})
-    rundir.write_json_atomic(tmp_path / "s.json", {"a": "é"})
-    assert json.loads((tmp_path / "s.json").read_text(encoding="utf-8")) == {"a": "é"}
-    with pytest.raises(RuntimeError):
-        with rundir.atomic_file(tmp_path / "s.json") as f:
-            f.write("half")
-            raise RuntimeError("killed")
-    assert json.loads((tmp_path / "s.json").read_text(encoding="utf-8")) == {"a": "é"}
-    assert os.listdir(tmp_path) == ["s.json"]
-
-
-def test_atomic_output_dir_refuses_a_foreign_folder(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "mine.txt").write_text("user data")
-    with pytest.raises(OpenLLMError, match="not an earlier output"):
-        with rundir.atomic_output_dir(out, owned_marker="meta.json"):
-            pass
-    assert (out / "mine.txt").read_text() == "user data"
-    with pytest.raises(RuntimeError):
-        with rundir.atomic_output_dir(tmp_path / "new", owned_marker="meta.json") as tmp:
-            (tmp / "meta.json").write_text("{}")
-            raise RuntimeError
-    assert not (tmp_path / "new").exists() and sorted(os.listdir(tmp_path)) == ["out"]
 
 
 # --- the run lock and the run's state ------------------------------------------------------------------------
@@ -160,8 +118,14 @@ def test_two_processes_racing_for_the_lock_one_wins(tmp_path):
     assert not (tmp_path / rundir.LOCK).exists()
 
 
+def _write_status(run, status):
+    """A status.json as a process wrote it (older runs said ``running`` while training)."""
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "status.json").write_text(json.dumps(status))
+
+
 def test_kill_9_leaves_a_stale_lock_that_is_detected_and_cleared(tmp_path):
-    rundir.write_status(tmp_path, {"state": "running", "step": 7, "max_steps": 100, "pid": None})
+    _write_status(tmp_path, {"state": "running", "step": 7, "max_steps": 100, "pid": None})
     proc = _holder(tmp_path)
     try:
         assert proc.stdout.readline().strip() == "got"
@@ -183,7 +147,7 @@ def test_kill_9_leaves_a_stale_lock_that_is_detected_and_cleared(tmp_path):
 
 
 def test_request_stop_sends_sigterm_and_the_run_reads_stopping_then_stopped(tmp_path):
-    rundir.write_status(tmp_path, {"state": "running", "step": 3, "max_steps": 10})
+    _write_status(tmp_path, {"state": "training", "step": 3, "max_steps": 10})
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -256,22 +220,24 @@ def test_lock_on_a_read_only_run_folder_is_one_clear_error(tmp_path):
 def test_state_machine_transitions():
     assert rundir.check_transition("training", "stopping") == "stopping"
     assert rundir.check_transition("finished", "training") == "training"  # continue for more steps
-    with pytest.raises(OpenLLMError, match="from finished to stopping"):
+    # an impossible move is a bug in the code that made it: the crash path, not a one-line user error
+    with pytest.raises(rundir.InvalidTransition, match="from finished to stopping") as info:
         rundir.check_transition("finished", "stopping")
-    with pytest.raises(OpenLLMError, match="unknown run state"):
+    assert not isinstance(info.value, OpenLLMError)
+    with pytest.raises(rundir.InvalidTransition, match="unknown run state"):
         rundir.check_transition("training", "running")
     assert set(rundir.TRANSITIONS) == set(rundir.STATES) | {"new"}
 
 
 def test_divergence_nan_or_above_uniform(tmp_path):
     cfg = {"model": {"vocab_size": 512}, "train": {"lr": 1.0, "grad_clip": 0.0}}
-    rundir.write_json_atomic(tmp_path / "config.json", cfg)
-    rundir.write_status(tmp_path, {"state": "finished", "step": 30, "max_steps": 30})
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    _write_status(tmp_path, {"state": "finished", "step": 30, "max_steps": 30})
     (tmp_path / "metrics.jsonl").write_text(
         "".join(json.dumps({"step": s, "loss": v}) + "\n" for s, v in [(10, 7.0), (20, 83.0), (30, 83.1)])
     )
     st = rundir.run_state(tmp_path)
-    assert st.state == "diverged"
+    assert st.state == "diverged" and st.diverged == {"step": 30, "loss": 83.1, "cause": "above_uniform"}
     assert "ln 512 = 6.24" in st.warning and "lower the learning rate (e.g. to 0.1)" in st.warning
     assert "gradient clipping" in st.warning
     (tmp_path / "metrics.jsonl").write_text(
@@ -279,8 +245,44 @@ def test_divergence_nan_or_above_uniform(tmp_path):
     )
     st = rundir.run_state(tmp_path)
     assert st.state == "finished" and st.warning is None
-    rundir.write_status(tmp_path, {"state": "failed", "error": "loss nan at step 12", "step": 12})
-    assert rundir.run_state(tmp_path).state == "diverged"
+    # an error's text is never parsed for a divergence: only the recorded fields say it
+    _write_status(tmp_path, {"state": "failed", "error": "loss nan at step 12", "step": 12})
+    assert rundir.run_state(tmp_path).state == "failed"
+
+
+def test_failure_and_divergence_are_fields_that_round_trip(tmp_path):
+    rundir.move(tmp_path, "training", step=4, max_steps=10, pid=os.getpid())
+    rundir.move(tmp_path, "failed", error="out of disk space", error_type="OSError")
+    st = rundir.run_state(tmp_path)
+    assert (st.state, st.error, st.error_type, st.diverged) == ("failed", "out of disk space", "OSError", None)
+
+    fields = {"step": 12, "loss": None, "cause": rundir.NON_FINITE}
+    rundir.move(tmp_path, "training", step=11, pid=os.getpid())  # continued: a new attempt, no old error
+    assert "error" not in rundir.read_status(tmp_path) and rundir.read_status(tmp_path)["max_steps"] == 10
+    rundir.move(tmp_path, "diverged", error="boom", diverged=fields, warning="lower the learning rate")
+    st = rundir.run_state(tmp_path)  # no metrics say so: the recorded fields do
+    assert (st.state, st.diverged, st.warning, st.error) == ("diverged", fields, "lower the learning rate", None)
+    assert json.loads((tmp_path / "status.json").read_text())["diverged"] == fields
+
+
+def test_move_follows_the_state_machine(tmp_path):
+    assert rundir.move(tmp_path, "queued", max_steps=5, pid=None)["state"] == "queued"
+    rundir.move(tmp_path, "preparing", phase="tokenizing", pid=os.getpid())
+    assert rundir.read_status(tmp_path)["phase"] == "tokenizing"
+    rundir.move(tmp_path, "preparing", step=0)  # the same state: fields only, the phase stays
+    assert rundir.read_status(tmp_path)["phase"] == "tokenizing"
+    rundir.move(tmp_path, "training")
+    assert "phase" not in rundir.read_status(tmp_path)  # a phase lasts until the state changes
+    rundir.move(tmp_path, "finished", step=5)
+    with pytest.raises(rundir.InvalidTransition, match="from finished to stopping"):
+        rundir.move(tmp_path, "stopping")
+    assert rundir.read_status(tmp_path)["state"] == "finished"  # refused: nothing written
+    # an active state left by another process (it died without recording its end) moves on as failed
+    _write_status(tmp_path, {"state": "training", "step": 3, "pid": -1, "error": None})
+    assert rundir.move(tmp_path, "preparing", pid=os.getpid())["step"] == 3
+    # status.json of older runs ("running" with a phase) reads in today's words
+    assert rundir.recorded_state({"state": "running", "phase": "training"}) == "training"
+    assert rundir.recorded_state({"state": "running", "phase": "tokenizing"}) == "preparing"
 
 
 def test_the_lock_records_the_command_line_without_secrets(tmp_path, monkeypatch):
@@ -291,3 +293,25 @@ def test_the_lock_records_the_command_line_without_secrets(tmp_path, monkeypatch
         assert "S3cretT0ken" not in text and "finetune" in text and "hub.example" in text
     with rundir.RunLock(tmp_path, command="openllm train --hub https://hf_abcdefghijklmnopqrstuvwx@h/"):
         assert "hf_abcdefghijklmnopqrstuvwx" not in (tmp_path / rundir.LOCK).read_text()
+
+
+def test_status_json_has_one_writer():
+    """Only rundir names status.json: everything else moves a run through rundir.move (the state machine)."""
+    import ast
+    from pathlib import Path
+
+    src = Path(rundir.__file__).parent
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        if path == Path(rundir.__file__):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            named = (
+                (isinstance(node, ast.Constant) and node.value in (rundir.STATUS, "write_status"))
+                or (isinstance(node, ast.Attribute) and node.attr in ("STATUS", "write_status"))
+                or (isinstance(node, ast.alias) and node.name in ("STATUS", "write_status"))
+                or (isinstance(node, ast.Name) and node.id == "write_status")
+            )
+            if named:
+                found.append(f"{path.relative_to(src)}:{node.lineno}")
+    assert not found, f"status.json written outside openllm.rundir.move: {found}"

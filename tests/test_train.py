@@ -324,7 +324,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, data):
     killed.wait()
     assert killed.returncode == -signal.SIGKILL
     status = json.loads((tmp_path / "killed/status.json").read_text())
-    assert status["state"] == "running" and status["step"] < 60  # it really died mid-run
+    assert status["state"] == "training" and status["step"] < 60  # it really died mid-run
     resumed = _spawn("--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "killed"), "--resume")
     for p in (full, resumed):
         _, err = p.communicate(timeout=300)

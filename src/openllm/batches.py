@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .errors import OpenLLMError
-from .rundir import load_json
+from .fsio import load_json
 
 __all__ = ["read_meta", "TokenShards", "RandomWindowLoader", "SequentialWindows"]
 

@@ -497,7 +497,7 @@ def write_synthetic_set(
     """Write ``train.jsonl``, ``val.jsonl`` and ``about.json`` (what the set is, how it was made, checksums)
     into ``out_dir``; returns ``about.json``'s content."""
     from .corpus import EMBEDDED_CORPUS
-    from .rundir import write_json_atomic, write_text_atomic
+    from .fsio import write_json_atomic, write_text_atomic
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

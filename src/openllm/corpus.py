@@ -15,8 +15,8 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import OpenLLMError
+from .fsio import atomic_file
 from .hashing import sha256_file
-from .rundir import atomic_file
 
 __all__ = [
     "EMBEDDED_CORPUS",

@@ -41,6 +41,7 @@ from . import rundir
 from .config import Config
 from .conversations import PackedLoader, attention_mask, encode_conversations, pack, read_conversations
 from .errors import OpenLLMError
+from .fsio import read_json
 from .hashing import sha256_file
 from .model import Transformer
 from .train import RunPlan, Trainer, TrainResult, check_out_dir, find_resume
@@ -203,7 +204,6 @@ class FinetuneTrainer(Trainer):
         self.cfg.save(out / rundir.CONFIG)
         if not (out / rundir.TOKENIZER).exists():
             self.tokenizer.save(out / rundir.TOKENIZER)
-        self.status.update(state="running", step=self.step)
 
     def build_data(self) -> tuple[PackedLoader, Any]:
         """Packed training conversations, and the held-out ones (or None)."""
@@ -448,7 +448,7 @@ def finetune_record(source: str | Path) -> dict[str, Any] | None:
     ckpt = rundir.latest_checkpoint(src) or (src if (src / rundir.STATE).is_file() else None)
     if ckpt is None:
         return None
-    rec = rundir.read_json(ckpt / rundir.STATE).get("finetune")
+    rec = read_json(ckpt / rundir.STATE).get("finetune")
     return rec if isinstance(rec, dict) else None
 
 
@@ -481,7 +481,7 @@ def chat_quickstart(
     the evaluation (also written to ``OUT/chat_evaluation.json``)."""
     from .conversations import write_synthetic_set
     from .evaluate.chat import evaluate_chat
-    from .rundir import write_json_atomic
+    from .fsio import write_json_atomic
 
     out = Path(out)
     data = out / "data" / "conversations"

@@ -25,7 +25,8 @@ from typing import Any
 from .config import Config, ConfigError
 from .device import AUTO, resolve_device
 from .errors import OpenLLMError
-from .rundir import CHECKPOINTS, STATE, load_json, require_latest_checkpoint, step_of
+from .fsio import load_json
+from .rundir import CHECKPOINTS, CONFIG, STATE, TOKENIZER, require_latest_checkpoint, step_of
 
 __all__ = ["LoadedModel", "load", "detect_kind", "read_state_dict", "NATIVE_FORMAT", "OPENLLM_CONFIG_NAME"]
 
@@ -151,7 +152,7 @@ def _load_path(path: Path, *, device: str) -> LoadedModel:
         ckpt = require_latest_checkpoint(path)
         config = _run_config(path, ckpt)
         state = read_state_dict(ckpt)
-        tok_dir = _first_tokenizer_dir(path / "tokenizer", ckpt / "tokenizer", ckpt)
+        tok_dir = _first_tokenizer_dir(path / TOKENIZER, ckpt / TOKENIZER, ckpt)
         step = _checkpoint_step(ckpt)
         return _finish(
             state,
@@ -166,7 +167,7 @@ def _load_path(path: Path, *, device: str) -> LoadedModel:
     if kind == "checkpoint":
         run = path.parent.parent
         config = _run_config(run, path)
-        tok_dir = _first_tokenizer_dir(path / "tokenizer", run / "tokenizer", path)
+        tok_dir = _first_tokenizer_dir(path / TOKENIZER, run / TOKENIZER, path)
         return _finish(
             read_state_dict(path),
             config,
@@ -298,9 +299,9 @@ def _run_config(run: Path, ckpt: Path) -> Config:
         state = load_json(state_file)
         if isinstance(state.get("config"), dict):
             return _config_from(state["config"], state_file)
-    if (run / "config.json").is_file():
-        return _config_from(load_json(run / "config.json"), run / "config.json")
-    raise OpenLLMError(f"{ckpt}: no config (neither state.json's config nor {run / 'config.json'})")
+    if (run / CONFIG).is_file():
+        return _config_from(load_json(run / CONFIG), run / CONFIG)
+    raise OpenLLMError(f"{ckpt}: no config (neither {STATE}'s config nor {run / CONFIG})")
 
 
 def _checkpoint_step(ckpt: Path) -> int | None:

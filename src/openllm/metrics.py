@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir
+from .fsio import write_text_atomic
 
 __all__ = ["finite_number", "MetricsWriter", "device_peak_flops", "mfu", "Throughput", "plot_loss", "TensorBoard"]
 
@@ -104,7 +105,7 @@ class MetricsWriter:
         if resume_step is not None and self.path.exists():
             # a resumed run repeats the steps after its checkpoint: drop the lines it will write again
             keep = [r for r in rundir.read_metrics(run_dir) if int(r["step"]) <= resume_step]
-            rundir.write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self._f = open(self.path, "a", encoding="utf-8")

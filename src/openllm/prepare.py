@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OpenLLMError
+from .fsio import atomic_file, atomic_output_dir
 from .hashing import sha256_file
-from .rundir import atomic_file, atomic_output_dir
 
 __all__ = [
     "prepare_corpus",

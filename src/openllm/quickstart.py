@@ -23,7 +23,8 @@ from pathlib import Path
 
 from .config import Config
 from .errors import OpenLLMError
-from .rundir import EVALUATION, write_json_atomic
+from .fsio import write_json_atomic
+from .rundir import EVALUATION
 
 __all__ = ["quickstart", "unigram_baseline", "QuickstartResult", "STEPS"]
 
@@ -199,6 +200,8 @@ def quickstart(
 
         torch.manual_seed(0)
         params = SamplingParams(max_new_tokens=40, temperature=0.8, top_k=40, seed=0)
+        if loaded.tokenizer is None:  # the quickstart trained one into the run: its absence is a bug
+            raise RuntimeError(f"{paths['run']} has no tokenizer after the quickstart wrote one")
         samples = generate_text(loaded.model, loaded.tokenizer, list(SAMPLE_PROMPTS), params)
         for prompt, text in zip(SAMPLE_PROMPTS, samples):
             say(f"    > {prompt}{text}".replace("\n", " "))

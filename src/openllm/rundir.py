@@ -1,10 +1,10 @@
-"""The one owner of a run folder's layout, and of atomic file writes.
+"""The one owner of a run folder: its layout, its checkpoints, the run lock and the run's state.
 
 A run folder (``openllm train --out RUN``)::
 
     RUN/config.json                       the full Config the run was started with
     RUN/tokenizer/                        a copy of the tokenizer the data was made with
-    RUN/status.json                       state, error, step, max_steps, pid, times (read by the web app)
+    RUN/status.json                       state, phase, step, max_steps, pid, times, error, diverged, warning
     RUN/metrics.jsonl                     one JSON object a line: step, loss, lr, ... and val_loss on eval steps
     RUN/evaluation.json                   the latest ``openllm evaluate`` of this run (read by the model card)
     RUN/loss.png, RUN/tb/                 the loss curve and TensorBoard logs
@@ -12,26 +12,25 @@ A run folder (``openllm train --out RUN``)::
     RUN/checkpoints/best.json             which step had the best in-training val loss
 
 Every module that reads or writes one of these asks this module: checkpoint naming and completeness, the
-latest and best checkpoint, status, metrics, evaluation. Nothing here imports torch.
-
-Atomic writes: a reader sees the old content or the complete new content, never a part. Files go through a
-temporary sibling, ``fsync`` and ``os.replace``; folders are built in a hidden sibling and renamed into place.
+latest and best checkpoint, status, metrics, evaluation. Nothing here imports torch. Writing a file
+atomically is :mod:`fsio`'s (anything may use it); ``status.json`` has one writer here, :func:`move`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import OpenLLMError
+from .fsio import read_json, read_jsonl, write_json_atomic
 
 __all__ = [
     "CONFIG",
@@ -42,6 +41,7 @@ __all__ = [
     "CHECKPOINTS",
     "BEST",
     "LOSS_PNG",
+    "TB",
     "TOKENIZER",
     "TMP_PREFIX",
     "WEIGHTS",
@@ -60,22 +60,11 @@ __all__ = [
     "read_best",
     "write_best",
     "read_status",
-    "write_status",
+    "move",
     "read_metrics",
-    "read_jsonl",
     "read_evaluation",
     "read_other_evaluations",
     "write_evaluation",
-    "read_json",
-    "load_json",
-    "write_json_atomic",
-    "write_text_atomic",
-    "write_bytes_atomic",
-    "atomic_file",
-    "atomic_output_dir",
-    "make_dirs",
-    "fsync_dir",
-    "fsync_file",
     "LOCK",
     "STOP_REQUEST",
     "LOCK_FILES",
@@ -87,7 +76,12 @@ __all__ = [
     "END_STATES",
     "TRANSITIONS",
     "check_transition",
+    "InvalidTransition",
+    "recorded_state",
     "divergence",
+    "divergence_fields",
+    "NON_FINITE",
+    "ABOVE_UNIFORM",
     "RunState",
     "run_state",
 ]
@@ -100,6 +94,7 @@ EVALUATIONS = "evaluations"  # other evaluations (a text file's), one JSON file 
 CHECKPOINTS = "checkpoints"
 BEST = "best.json"
 LOSS_PNG = "loss.png"
+TB = "tb"  # TensorBoard logs
 TOKENIZER = "tokenizer"
 WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -208,65 +203,9 @@ def write_best(run_dir: str | os.PathLike, step: int, val_loss: float) -> None:
 # --- status, metrics, evaluation ------------------------------------------------------------------------------
 
 
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON object from a file; ``{}`` when the file is missing, unreadable or not an object."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def load_json(path: str | os.PathLike, *, what: str = "") -> dict[str, Any]:
-    """A JSON object from a file the caller needs: a missing, unreadable, non-UTF-8, invalid or non-object
-    file is a user error naming the file."""
-    path = Path(path)
-    label = f"{path}" + (f" ({what})" if what else "")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise OpenLLMError(f"{label} is missing") from None
-    except UnicodeDecodeError:
-        raise OpenLLMError(f"{label} is not UTF-8 text: the file is damaged; restore or regenerate it") from None
-    except OSError as exc:
-        raise OpenLLMError(f"{label} cannot be read: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise OpenLLMError(
-            f"{label} is not valid JSON ({exc}): the file is damaged; restore or regenerate it"
-        ) from None
-    if not isinstance(data, dict):
-        raise OpenLLMError(f"{label}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
 def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
     """``RUN/status.json`` (``{}`` when absent): state, error, step, max_steps, pid, times."""
     return read_json(Path(run_dir) / STATUS)
-
-
-def write_status(run_dir: str | os.PathLike, status: dict[str, Any]) -> None:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / STATUS, status)
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The objects of a ``.jsonl`` file; a line being written or cut by a kill (not valid JSON) is skipped."""
-    out: list[dict[str, Any]] = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    out.append(rec)
-    except OSError:
-        pass
-    return out
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -292,117 +231,6 @@ def write_evaluation(run_dir: str | os.PathLike, results: dict[str, Any]) -> Pat
     path = Path(run_dir) / EVALUATION
     write_json_atomic(path, results)
     return path
-
-
-# --- atomic writes --------------------------------------------------------------------------------------------
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: str | os.PathLike) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[Any]:
-    """Open a temporary sibling of ``path`` for writing; on success it is flushed, synced and renamed onto
-    ``path``; on error it is removed and ``path`` is untouched."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if "b" not in mode:
-        open_kwargs.setdefault("encoding", "utf-8")
-    try:
-        with open(tmp, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_file(path, "wb") as f:
-        f.write(data)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    with atomic_file(path, "w") as f:
-        f.write(text)
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """JSON (indented, UTF-8 kept as is, a final newline) through :func:`atomic_file`."""
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def make_dirs(folder: str | os.PathLike) -> Path:
-    """``mkdir -p`` whose failures are one-line user errors: a file in the way, no permission, a read-only
-    file system."""
-    folder = Path(folder)
-    for parent in (folder, *folder.parents):
-        if parent.exists() and not parent.is_dir():
-            raise OpenLLMError(f"{folder}: {parent} is a file, not a folder; choose another path")
-        if parent.exists():
-            break
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OpenLLMError(
-            f"cannot create {folder} ({exc.strerror or exc}); choose a folder you can write to"
-        ) from None
-    return folder
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str | os.PathLike, *, owned_marker: str) -> Iterator[Path]:
-    """Build an output folder in a hidden sibling and move it into place only when complete.
-
-    An existing ``out_dir`` is replaced only when it is empty or an earlier output of the same kind (it holds
-    ``owned_marker``); anything else is refused so that a typo in ``--out`` cannot delete a user's folder.
-    On error the partial folder is removed and ``out_dir`` is left as it was.
-    """
-    out = Path(out_dir)
-    if out.exists():
-        if not out.is_dir():
-            raise OpenLLMError(f"--out {out} exists and is not a folder; choose another path")
-        if any(out.iterdir()) and not (out / owned_marker).exists():
-            raise OpenLLMError(
-                f"--out {out} exists and is not an earlier output (no {owned_marker}); choose an empty or new folder"
-            )
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    make_dirs(out.parent)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-    except OSError as exc:
-        raise OpenLLMError(
-            f"--out {out}: cannot write in {out.parent} ({exc.strerror or exc}); choose a folder you can write to"
-        ) from None
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # --- the run lock and the run's state -------------------------------------------------------------------------
@@ -618,8 +446,9 @@ def request_stop(run_dir: str | os.PathLike) -> int:
     return pid
 
 
-# The states a run goes through. ``status.json`` records what the training process last said; run_state()
-# corrects it with the lock (a process that died cannot say so) and the metrics (divergence).
+# The states a run goes through: the one vocabulary of status.json, the app and the CLI. ``status.json`` records
+# what the process that owns the run last said (through move()); run_state() corrects it with the lock (a process
+# that died cannot say so) and the metrics (divergence).
 QUEUED, PREPARING, TRAINING, STOPPING = "queued", "preparing", "training", "stopping"
 STOPPED, FINISHED, FAILED, DIVERGED = "stopped", "finished", "failed", "diverged"
 STATES = (QUEUED, PREPARING, TRAINING, STOPPING, STOPPED, FINISHED, FAILED, DIVERGED)
@@ -637,17 +466,22 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
+class InvalidTransition(RuntimeError):
+    """A move the state machine does not allow: a bug in the code that moved the run, not a user error."""
+
+
 def check_transition(old: str, new: str) -> str:
-    """``new`` when a run may go from ``old`` to it; otherwise an OpenLLMError naming both."""
+    """``new`` when a run may go from ``old`` to it; otherwise :class:`InvalidTransition` naming both."""
     if new not in STATES:
-        raise OpenLLMError(f"unknown run state {new!r}; one of {', '.join(STATES)}")
+        raise InvalidTransition(f"unknown run state {new!r}; one of {', '.join(STATES)}")
     if new not in TRANSITIONS.get(old, frozenset()):
-        raise OpenLLMError(f"a run cannot go from {old} to {new}")
+        raise InvalidTransition(f"a run cannot go from {old} to {new}")
     return new
 
 
-def _recorded_state(status: dict[str, Any]) -> str:
-    """status.json's state in the state machine's words (the trainer writes ``running`` while it trains)."""
+def recorded_state(status: dict[str, Any]) -> str:
+    """status.json's state (``new`` when it has none). Runs written before the one vocabulary said ``running``
+    with a ``phase`` for queued, preparing and training: they read in today's words."""
     state = status.get("state")
     if state in STATES:
         return state
@@ -657,6 +491,50 @@ def _recorded_state(status: dict[str, Any]) -> str:
             return TRAINING
         return QUEUED if phase in ("starting", "queued") else PREPARING
     return NEW
+
+
+# what a new attempt at a run (queued or started again after an end) keeps of the last one's record
+_CARRIED = ("step", "max_steps")
+# how a run diverged (status.json's ``diverged.cause``)
+NON_FINITE, ABOVE_UNIFORM = "non_finite", "above_uniform"
+
+
+def move(run_dir: str | os.PathLike, state: str, **fields: Any) -> dict[str, Any]:
+    """The one writer of ``RUN/status.json``: the run goes to ``state``, ``fields`` are merged into its record,
+    which is written atomically (and returned). Staying in the same state only updates the fields; any other
+    move must be one of :data:`TRANSITIONS` (else :class:`InvalidTransition`: a bug).
+
+    The process that moves a run into an active state other than ``queued`` (the app's, with no PID) owns it:
+    its ``pid`` is recorded unless given. Such a state recorded by another process is a process that died
+    without recording its end: the move starts from ``failed``. Leaving an end state (or a
+    run with no status) starts a new attempt, whose record keeps only ``step`` and ``max_steps`` and gets a new
+    ``started``. ``phase`` (what an active run is doing) lasts until the state changes. Failure and divergence
+    are fields, never text to parse: ``error`` (one line) and ``error_type`` (the exception's class);
+    ``diverged`` ({step, loss, cause}: :data:`NON_FINITE` or :data:`ABOVE_UNIFORM`) and ``warning`` (the
+    divergence rule's advice)."""
+    run = Path(run_dir)
+    old = read_status(run)
+    current = recorded_state(old)
+    if current in ACTIVE_STATES and current != QUEUED and old.get("pid") != os.getpid():
+        current = FAILED
+    record = dict(old)
+    if state != current:
+        check_transition(current, state)
+        record.pop("phase", None)
+        if current not in ACTIVE_STATES:
+            record = {k: old[k] for k in _CARRIED if k in old}
+            record["started"] = _now()
+    if state in ACTIVE_STATES and state != QUEUED:
+        fields.setdefault("pid", os.getpid())
+    record.update(fields)
+    record.update(state=state, updated=_now(), updated_unix=time.time())
+    run.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run / STATUS, record)
+    return record
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 # nats above ln(vocab_size): a tiny model on uniform random tokens ends within about 0.03 of it
@@ -672,13 +550,7 @@ def divergence(
     token uniformly -- by more than :data:`DIVERGENCE_MARGIN` over its last logged steps (at least 3 of them).
     The margin keeps a healthy run on data that is close to uniform (where ln(vocab_size) is about the best
     loss there is) from counting as diverged for its noise."""
-    import math
-
-    losses = [
-        r.get("loss")
-        for r in metrics
-        if isinstance(r.get("loss"), (int, float)) and not isinstance(r.get("loss"), bool)
-    ]
+    losses = _losses(metrics)
     train = (config or {}).get("train") or {}
     lr, clip = train.get("lr"), train.get("grad_clip")
     advice = "lower the learning rate" + (f" (e.g. to {lr / 10:g})" if isinstance(lr, (int, float)) else "")
@@ -698,6 +570,24 @@ def divergence(
     return None
 
 
+def _losses(metrics: list[dict[str, Any]]) -> list[float]:
+    return [
+        r["loss"] for r in metrics if isinstance(r.get("loss"), (int, float)) and not isinstance(r.get("loss"), bool)
+    ]
+
+
+def divergence_fields(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """status.json's ``diverged`` for a run that :func:`divergence` calls diverged from its metrics: the last
+    logged step, its loss (None when not finite: JSON has no NaN) and the cause."""
+    losses = _losses(metrics)
+    last = losses[-1] if losses else None
+    return {
+        "step": int(metrics[-1]["step"]) if metrics else None,
+        "loss": last if last is not None and math.isfinite(last) else None,
+        "cause": NON_FINITE if any(not math.isfinite(x) for x in losses) else ABOVE_UNIFORM,
+    }
+
+
 @dataclass
 class RunState:
     """A run's state as run_state() reconciles it; ``holder`` is the live lock holder (None when none)."""
@@ -709,7 +599,9 @@ class RunState:
     phase: str | None = None
     error: str | None = None
     warning: str | None = None
-    recorded: str = NEW  # what status.json says, in the state machine's words
+    recorded: str = NEW  # what status.json says
+    error_type: str | None = None  # the class of the exception that failed the run, when one did
+    diverged: dict[str, Any] | None = None  # {step, loss, cause} of a diverged run
 
     @property
     def pid(self) -> int | None:
@@ -733,8 +625,8 @@ def run_state(run_dir: str | os.PathLike) -> RunState:
     run = Path(run_dir)
     status = read_status(run)
     holder = lock_holder(run)
-    recorded = _recorded_state(status)
-    state, error, warning = recorded, status.get("error"), None
+    recorded = recorded_state(status)
+    state, error, warning, diverged = recorded, status.get("error"), None, None
     step = int(status.get("step") or 0)
     max_steps = int(status["max_steps"]) if status.get("max_steps") else None
     stop_asked = (run / STOP_REQUEST).exists()
@@ -760,14 +652,18 @@ def run_state(run_dir: str | os.PathLike) -> RunState:
     if state in (FINISHED, STOPPED, FAILED, DIVERGED):
         cfg = read_json(run / CONFIG)
         vocab = (cfg.get("model") or {}).get("vocab_size")
-        warning = divergence(read_metrics(run), vocab if isinstance(vocab, int) else None, cfg)
-        nan_error = re.search(r"training diverged|\b(loss|gradient norm) -?(nan|inf)\b", str(error))
-        if warning is None and state in (FAILED, DIVERGED) and nan_error:
-            warning = divergence([{"loss": float("nan")}], None, cfg)
-        if warning and (state != STOPPED or "NaN" in warning):
+        metrics = read_metrics(run)
+        warning = divergence(metrics, vocab if isinstance(vocab, int) else None, cfg)
+        if warning:
+            diverged = divergence_fields(metrics)
+        if state == recorded == DIVERGED:  # the trainer's own record: it saw the NaN it did not log
+            warning = status.get("warning") or warning
+            recorded_fields = status.get("diverged")
+            diverged = recorded_fields if isinstance(recorded_fields, dict) else diverged
+        if warning and (state != STOPPED or (diverged or {}).get("cause") == NON_FINITE):
             state, error = DIVERGED, None
         elif state == STOPPED:
-            warning = None  # stopped early: a loss still near its start is no divergence
+            warning = diverged = None  # stopped early: a loss still near its start is no divergence
     return RunState(
         state=state,
         holder=holder,
@@ -777,6 +673,8 @@ def run_state(run_dir: str | os.PathLike) -> RunState:
         error=error,
         warning=warning,
         recorded=recorded,
+        error_type=status.get("error_type") if error is not None and error == status.get("error") else None,
+        diverged=diverged if state == DIVERGED else None,
     )
 
 

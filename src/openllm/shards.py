@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from .errors import OpenLLMError
+from .fsio import atomic_output_dir
 from .hashing import sha256_file
 from .prepare import REPORT_JSON, TRAIN_FILE, VAL_FILE
-from .rundir import atomic_output_dir
 from .tokenizer import EOS_ID, Tokenizer
 
 __all__ = ["tokenize_corpus", "dtype_for_vocab", "DEFAULT_SHARD_TOKENS"]

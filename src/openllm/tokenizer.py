@@ -23,8 +23,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from .errors import OpenLLMError
+from .fsio import atomic_output_dir, write_bytes_atomic
 from .hashing import sha256_file
-from .rundir import atomic_output_dir, write_bytes_atomic
 
 __all__ = [
     "Tokenizer",

@@ -12,7 +12,7 @@ from dataclasses import field as _field
 from pathlib import Path
 
 from ..errors import OpenLLMError
-from ..rundir import read_jsonl
+from ..fsio import read_jsonl
 
 __all__ = ["CorpusCheck", "check_corpus", "record_fields", "app_words"]
 

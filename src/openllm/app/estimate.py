@@ -8,7 +8,7 @@ import statistics
 from dataclasses import dataclass
 
 from ..config import Config, load_config
-from ..rundir import read_metrics
+from ..rundir import CONFIG, read_metrics
 from .workspace import Workspace
 
 __all__ = ["TimeEstimate", "estimate_time"]
@@ -62,10 +62,10 @@ def estimate_time(ws: Workspace, cfg: Config) -> TimeEstimate:
     best: tuple[int, str, float] | None = None
     for name in ws.run_names():  # newest first
         run = ws.run_dir(name)
-        if not (run / "config.json").is_file():
+        if not (run / CONFIG).is_file():
             continue
         try:
-            other = load_config(run / "config.json")
+            other = load_config(run / CONFIG)
         except Exception:
             continue
         if _shape(other) != _shape(cfg):

@@ -5,10 +5,11 @@ library's pipeline in order: prepare the corpus -> train the tokenizer -> tokeni
 continued, only train (an exact resume from the latest checkpoint to the new total); for a fine-tune, only
 :func:`openllm.finetune.finetune` (what ``openllm finetune BASE --data F --out RUN`` runs). The job holds the run's lock
 (:class:`openllm.rundir.RunLock`, with JOB_DIR/log.txt as its log) from its first moment to its end, so
-nothing else trains the run meanwhile. Until training starts, this process keeps the run's ``status.json``
-(state ``preparing`` with a ``phase``); from then on the trainer owns it. SIGTERM during training is the
-trainer's graceful stop (a checkpoint, state ``stopped``); during data preparation it ends the job with state
-``stopped``. A failure is recorded as state ``failed`` with its one-line message.
+nothing else trains the run meanwhile. Until training starts, this process moves the run's ``status.json``
+(:func:`openllm.rundir.move`: state ``preparing`` with a ``phase``); from then on the trainer does. SIGTERM
+during training is the trainer's graceful stop (a checkpoint, state ``stopped``); during data preparation it
+ends the job with state ``stopped``. A failure is recorded as state ``failed`` with its one-line message and the
+exception's class (``error``, ``error_type``).
 
 JOB_DIR/job.json (written by :mod:`runner`)::
 
@@ -24,11 +25,10 @@ import os
 import signal
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 
-from ..rundir import DIVERGED, FAILED, PREPARING, STOPPED, RunLock, read_status, write_status
+from ..rundir import ACTIVE_STATES, FAILED, NEW, PREPARING, STOPPED, RunLock, move, read_status, recorded_state
 
 
 class _Stopped(Exception):
@@ -104,23 +104,17 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
     elif given is not None and (given / "train.jsonl").is_file() and (given / "val.jsonl").is_file():
         prepared = given  # already prepared (openllm prepare-data --out)
         phases = phases[1:]
-    base = dict(error=None, step=_keep(run_dir).get("step", 0), max_steps=max_steps, started=time.time())
     phase = "starting"
     try:
         for phase, fn in phases:
-            write_status(
-                run_dir, {**base, "state": PREPARING, "phase": phase, "pid": os.getpid(), "updated_unix": time.time()}
-            )
+            move(run_dir, PREPARING, phase=phase, pid=os.getpid(), max_steps=max_steps, error=None)
             print(f"== {phase}", flush=True)
             fn()
         phase = "training"
         _raise_on_term = False  # from here SIGTERM only asks the trainer to stop (checkpoint first)
         if _stop.is_set():
             raise _Stopped()
-        write_status(
-            run_dir,
-            {**base, "state": PREPARING, "phase": "starting training", "pid": os.getpid(), "updated_unix": time.time()},
-        )
+        move(run_dir, PREPARING, phase="starting training", pid=os.getpid(), max_steps=max_steps, error=None)
         print(f"== {'continuing to step ' + str(max_steps) if resuming else 'training'}", flush=True)
         from ..train import train
 
@@ -155,9 +149,7 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
         return 0
     except _Stopped:
         print(f"stopped while {phase}", flush=True)
-        write_status(
-            run_dir, {**base, **_keep(run_dir), "state": STOPPED, "phase": f"stopped while {phase}", "pid": None}
-        )
+        move(run_dir, STOPPED, phase=f"stopped while {phase}", pid=None)
         return 0
     except BaseException as exc:
         from ..errors import is_user_error
@@ -170,19 +162,15 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
         from .corpus_check import app_words
 
         msg = app_words(msg)
-        status = read_status(run_dir)
-        # the trainer's own record (failed with its error, or diverged with its warning) is the better one
-        if status.get("state") not in (FAILED, DIVERGED) or not status.get("error"):
-            write_status(
+        # an end the trainer recorded (failed with its error, diverged with its warning) is the better record
+        if recorded_state(read_status(run_dir)) in (*ACTIVE_STATES, NEW):
+            move(
                 run_dir,
-                {
-                    **base,
-                    **_keep(run_dir),
-                    "state": FAILED,
-                    "phase": f"failed while {phase}",
-                    "error": f"{phase}: {msg}" if phase != "training" else msg,
-                    "pid": None,
-                },
+                FAILED,
+                phase=f"failed while {phase}",
+                error=f"{phase}: {msg}" if phase != "training" else msg,
+                error_type=type(exc).__name__,
+                pid=None,
             )
         return 1
 
@@ -191,12 +179,6 @@ def _finetuned(run_dir: Path) -> bool:
     from ..finetune import finetune_record
 
     return finetune_record(run_dir) is not None
-
-
-def _keep(run_dir: Path) -> dict:
-    """Fields of the trainer's status.json worth keeping when the job rewrites it."""
-    st = read_status(run_dir)
-    return {k: st[k] for k in ("step", "max_steps") if k in st}
 
 
 if __name__ == "__main__":

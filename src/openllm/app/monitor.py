@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import Config
 from ..metrics import finite_number
-from ..rundir import read_metrics
+from ..rundir import CONFIG, read_metrics
 
 __all__ = ["Progress", "progress", "format_duration", "loss_figure", "tail_log", "memory_usage", "format_progress"]
 
@@ -31,7 +31,7 @@ class Progress:
 
 def _tokens_per_step(run_dir: Path) -> int | None:
     try:
-        cfg = Config.from_dict(json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8")))
+        cfg = Config.from_dict(json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8")))
         return cfg.train.micro_batch_size * cfg.train.grad_accum_steps * cfg.seq_len
     except (OSError, ValueError):
         return None
@@ -47,15 +47,14 @@ def progress(
     max_steps = status.get("max_steps")
     if not max_steps:
         try:
-            cfg = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+            cfg = json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
             max_steps = cfg["train"]["max_steps"]
         except (OSError, ValueError, KeyError, TypeError):
             max_steps = None
     max_steps = int(max_steps) if max_steps else None
     train = [r for r in metrics if finite_number(r.get("loss")) is not None]
     vals = [r for r in metrics if finite_number(r.get("val_loss")) is not None]
-    recent = [finite_number(r.get("tokens_per_s")) for r in train[-5:]]
-    recent = [x for x in recent if x]
+    recent = [x for x in (finite_number(r.get("tokens_per_s")) for r in train[-5:]) if x]
     tps = sum(recent) / len(recent) if recent else None
     eta = None
     per_step = _tokens_per_step(run_dir)

@@ -19,7 +19,8 @@ from typing import Any
 
 from .. import rundir
 from ..errors import OpenLLMError
-from ..rundir import read_status, write_json_atomic, write_status
+from ..fsio import write_json_atomic
+from ..rundir import read_status
 from .forms import TrainRequest
 from .workspace import Workspace, WorkspaceError
 
@@ -140,14 +141,11 @@ class Runner:
         status = read_status(run_dir)
         if status.get("state") == rundir.QUEUED:
             state = rundir.STOPPED if proc.returncode and proc.returncode < 0 else rundir.FAILED
-            write_status(
+            rundir.move(
                 run_dir,
-                {
-                    **status,
-                    "state": state,
-                    "pid": None,
-                    "error": None if state == rundir.STOPPED else "the job ended before it started; see the log",
-                },
+                state,
+                pid=None,
+                error=None if state == rundir.STOPPED else "the job ended before it started; see the log",
             )
 
     def status(self, name: str) -> RunStatus:
@@ -286,19 +284,7 @@ class Runner:
 
     def _launch(self, name: str, job_dir: Path, max_steps: int) -> str:
         run_dir = self.ws.run_dir(name)
-        old = read_status(run_dir)
-        write_status(
-            run_dir,
-            {
-                **{k: old[k] for k in ("step",) if k in old},
-                "state": rundir.QUEUED,
-                "phase": "queued",
-                "error": None,
-                "max_steps": max_steps,
-                "pid": None,
-                "updated_unix": time.time(),
-            },
-        )
+        rundir.move(run_dir, rundir.QUEUED, phase="queued", error=None, max_steps=max_steps, pid=None)
         with open(job_dir / "log.txt", "ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", f"{PKG}.app.job", str(job_dir)],

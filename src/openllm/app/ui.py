@@ -22,6 +22,7 @@ import gradio as gr
 from .. import rundir
 from ..config import preset_names
 from ..errors import is_user_error
+from ..fsio import write_text_atomic
 from ..rundir import checkpoint_steps, read_metrics
 from . import chat as C
 from . import models as M
@@ -265,7 +266,7 @@ def _corpus_report(chk) -> str:
 
 def _config_runs(sh: Shared) -> list[str]:
     """Runs whose config can be loaded into the form."""
-    return [n for n in sh.run_choices() if (sh.ws.run_dir(n) / "config.json").is_file()]
+    return [n for n in sh.run_choices() if (sh.ws.run_dir(n) / rundir.CONFIG).is_file()]
 
 
 def _config_summary(cfg, est=None) -> str:
@@ -554,7 +555,7 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
             return _err(exc), "", gr.update(visible=False)
         out = sh.ws.downloads_dir / f"config-{cfg.name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        rundir.write_text_atomic(out, cfg.to_json() + "\n")
+        write_text_atomic(out, cfg.to_json() + "\n")
         return _config_summary(cfg, estimate_time(sh.ws, cfg)), cfg.to_json(), gr.update(value=str(out), visible=True)
 
     def fill(source, label):
@@ -594,7 +595,7 @@ def _train_tab(sh: Shared, presets: list[str], first: str) -> tuple[TrainTab, di
     def on_from_run(name):
         if not name:
             return [gr.skip()] * (len(form) + 2)
-        return fill(sh.ws.run_dir(name) / "config.json", f"run {name}")
+        return fill(sh.ws.run_dir(name) / rundir.CONFIG, f"run {name}")
 
     def on_load_file(path):
         if not path:

@@ -146,7 +146,7 @@ def _evaluate(model: str, data: str, base: str | None, args: argparse.Namespace,
         limit=getattr(args, "limit", None),
     )
     if args.json:
-        from ..rundir import write_json_atomic
+        from ..fsio import write_json_atomic
 
         write_json_atomic(args.json, res)
     return res

@@ -231,7 +231,7 @@ def val_split_text(data_dir: str | Path, tokenizer, *, max_tokens: int | None = 
             n_bytes += len(tokenizer.decode(doc.tolist()).encode("utf-8"))
         start = end + 1
     n_bytes += len(ends)
-    from ..rundir import read_json
+    from ..fsio import read_json
 
     val_source = (read_json(Path(data_dir) / "meta.json").get("sources") or {}).get("val.jsonl") or {}
     return EvalText(

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..rundir import write_json_atomic
+from ..fsio import write_json_atomic
 
 __all__ = ["write_json", "markdown", "fmt"]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import rundir
+from ..fsio import read_json
 from ..hashing import sha256_file
 from ..metrics import finite_number
-from ..rundir import read_json
 
 __all__ = ["RunFacts", "collect_facts", "code_commit"]
 

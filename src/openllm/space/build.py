@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OpenLLMError
-from ..rundir import write_text_atomic
+from ..fsio import write_text_atomic
 from . import templates
 from .deps import ModuleIndex, import_closure, module_name, read_pyproject, requirements, third_party
 from .manifest import Manifest, load_manifest

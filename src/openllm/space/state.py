@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..fsio import write_text_atomic
 from ..hashing import sha256_bytes, sha256_file
-from ..rundir import write_text_atomic
 
 __all__ = [
     "sha256_bytes",
