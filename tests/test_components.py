@@ -163,7 +163,9 @@ def test_checkpointer_writes_the_layout_checkpoints_always_had(tmp_path):
     for _ in range(4):
         comps["scheduler"].step()
     _train_steps(model, opt, 2)
-    ckpt = Checkpointer(tmp_path, comps, keep_last=2).save(4, {"config": {"x": 1}})
+    saver = Checkpointer(tmp_path, comps, keep_last=2)
+    ckpt = saver.save(4, {"config": {"x": 1}})
+    assert (saver.step, saver.last) == (4, ckpt)
     state = load_state(ckpt)
     # the progress at the top level, every other JSON component under its name, tensors in optimizer.pt
     assert state["step"] == 4 and state["tokens_seen"] == 100 and state["config"] == {"x": 1}
@@ -176,8 +178,10 @@ def test_checkpointer_writes_the_layout_checkpoints_always_had(tmp_path):
     fresh, fresh_model, fresh_opt = _components()
     fresh_model.load_state_dict(model.state_dict())
     fresh["progress"] = TrainState()
-    Checkpointer(tmp_path, fresh).load(ckpt)
-    assert fresh["scheduler"].steps == 4 and fresh["progress"].step == 4 and fresh["progress"].tokens_seen == 100
+    loader = Checkpointer(tmp_path, fresh)
+    loader.load(ckpt)
+    assert loader.step == 4 and fresh["scheduler"].steps == 4
+    assert fresh["progress"].step == 4 and fresh["progress"].tokens_seen == 100
     _train_steps(model, opt, 1, seed=2)
     _train_steps(fresh_model, fresh_opt, 1, seed=2)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh_model.state_dict().values()))
@@ -202,5 +206,6 @@ def test_checkpointer_refuses_a_checkpoint_without_a_needed_part(tmp_path):
 
 def test_only_the_writer_writes(tmp_path):
     comps, _, _ = _components()
-    assert Checkpointer(tmp_path, comps, writer=False).save(1, {}) is None
+    other_rank = Checkpointer(tmp_path, comps, writer=False)
+    assert other_rank.save(1, {}) is None and other_rank.step == 1  # it took part in the step's checkpoint
     assert not (tmp_path / "checkpoints").exists()

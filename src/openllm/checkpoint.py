@@ -32,7 +32,6 @@ import torch
 
 from . import rundir
 from .errors import DISK_FULL_HINT, OpenLLMError, disk_full_reason, is_disk_full
-from .fsio import fsync_dir, fsync_file, load_json
 from .hashing import sha256_file
 
 __all__ = [
@@ -193,8 +192,8 @@ def save_checkpoint(
             json.dump({**state, "step": step, "files": files}, f, indent=2)
             f.write("\n")
         for name in (rundir.WEIGHTS, rundir.OPTIMIZER, rundir.STATE):
-            fsync_file(tmp / name)
-        fsync_dir(tmp)
+            rundir.fsync_file(tmp / name)
+        rundir.fsync_dir(tmp)
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if not is_disk_full(exc):
@@ -213,7 +212,7 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    fsync_dir(root)
+    rundir.fsync_dir(root)
     if keep_last:
         ckpts = rundir.list_checkpoints(run_dir)
         keep = set(ckpts[-keep_last:])
@@ -229,7 +228,7 @@ def load_state(ckpt: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise OpenLLMError(f"{ckpt} is not a checkpoint (no state.json)")
     try:
-        state = load_json(path, what="checkpoint state")
+        state = rundir.load_json(path, what="checkpoint state")
     except OpenLLMError as exc:
         raise CheckpointDamaged(str(exc)) from None
     if not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool):
@@ -355,20 +354,24 @@ class Checkpointer:
     ) -> None:
         self.run_dir, self.components = Path(run_dir), dict(components)
         self.writer, self.keep_last = writer, keep_last
+        self.step: int | None = None  # of the checkpoint last saved or loaded
+        self.last: Path | None = None  # the checkpoint last written (by the writer)
 
     def save(self, step: int, facts: Mapping[str, Any], *, protect: set[int] | None = None) -> Path | None:
         """Checkpoint ``step``: every component's state, plus ``facts`` (what ``state.json`` records about the
         run: config, data, time...). Returns its folder (None on ranks that do not write)."""
         parts = {name: c.state_dict() for name, c in self.components.items()}
+        self.step = step
         if not self.writer:
             return None
         weights = parts.pop(MODEL)
         # an empty state (the scaler of a run without fp16) is written as None, as it always was
         tensors = {name: parts.pop(name) or None for name in list(parts) if name in TENSOR_PARTS}
         state = {**parts.pop(PROGRESS, {}), **parts, **facts}
-        return save_checkpoint(
+        self.last = save_checkpoint(
             self.run_dir, step, weights, tensors, state, keep_last=self.keep_last, protect=protect or set()
         )
+        return self.last
 
     def load(self, ckpt: str | Path, state: Mapping[str, Any] | None = None) -> None:
         """Give every component but the model its part of checkpoint ``ckpt`` (``state``: its state.json, when
@@ -386,6 +389,7 @@ class Checkpointer:
                 )
             if parts[name] is not None:
                 self.components[name].load_state_dict(parts[name])
+        self.step = int(state["step"])
 
 
 def _upgrade(state: dict[str, Any]) -> dict[str, Any]:

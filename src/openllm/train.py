@@ -128,24 +128,53 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# what status.json says for an active state (with its phase); ``running`` is what readers have always seen
+_WRITTEN = {rundir.PREPARING: ("preparing", "setting up training"), rundir.TRAINING: ("running", "training")}
+
+
 class _Status:
-    """This process's side of ``RUN/status.json``, written through :func:`openllm.rundir.move` (the one writer)
-    when ``enabled`` (the lock holder); ``state`` is what this process last recorded."""
+    """``RUN/status.json``: state preparing | running (training) | finished | stopped | failed | diverged,
+    error, warning, step, max_steps, pid, times. :meth:`move` changes the state along
+    :data:`openllm.rundir.TRANSITIONS` (``machine`` is the state in the state machine's words)."""
 
     def __init__(self, run_dir: Path, max_steps: int, enabled: bool) -> None:
         self.run_dir = run_dir
         self.enabled = enabled
-        self.state = rundir.NEW
-        self.max_steps = max_steps
+        self.machine = rundir.NEW
+        self.data: dict[str, Any] = {
+            "state": "running",
+            "error": None,
+            "step": 0,
+            "max_steps": max_steps,
+            "pid": os.getpid(),
+            "started": _now(),
+            "updated": _now(),
+        }
+
+    def begin(self) -> None:
+        """Take over the run's state from its status.json (called once the run lock is held): an active state
+        recorded by another process is a process that died without recording its end."""
+        previous = rundir.read_status(self.run_dir)
+        recorded = rundir.run_state(self.run_dir).recorded
+        if recorded in rundir.ACTIVE_STATES and previous.get("pid") != os.getpid():
+            recorded = rundir.FAILED
+        self.machine = recorded
 
     def move(self, state: str, **fields: Any) -> None:
-        """Go to ``state`` with ``fields`` (an impossible transition is a bug: rundir.InvalidTransition)."""
-        if self.enabled:
-            rundir.move(self.run_dir, state, max_steps=self.max_steps, pid=os.getpid(), **fields)
-        self.state = state
+        """Go to ``state`` (one of :data:`openllm.rundir.STATES`; an impossible transition is a bug and raises)
+        and write status.json with ``fields``."""
+        if state != self.machine:
+            rundir.check_transition(self.machine, state)
+            self.machine = state
+        written, phase = _WRITTEN.get(state, (state, None))
+        self.update(state=written, phase=phase, **fields)
 
     def update(self, **fields: Any) -> None:
-        self.move(self.state, **fields)
+        self.data.update(fields)
+        self.data["updated"] = _now()
+        self.data["updated_unix"] = time.time()
+        if self.enabled:
+            rundir.write_status(self.run_dir, self.data)
 
 
 class _StopFlag:
@@ -563,8 +592,6 @@ class Trainer:
         if plan.resume_from is not None:
             self.state.load_state_dict(plan.state)
         self.last_loss: float | None = None
-        self.last_saved: Path | None = None
-        self.saved_step = self.step if plan.resume_from is not None else -1
         self.end_state, self.reason = "finished", "reached max_steps"
 
     @property
@@ -593,7 +620,8 @@ class Trainer:
                 self.main = False  # the run belongs to the process that holds it: leave its files alone
                 error = str(exc)
             else:
-                self.status.move(rundir.PREPARING, step=self.step, phase="setting up training")
+                self.status.begin()
+                self.status.move(rundir.PREPARING, step=self.step)
         if error is None:
             try:
                 _check_memory(plan.cfg, self.seq_len, self.precision, self.dev)
@@ -709,15 +737,15 @@ class Trainer:
         out, data_dir = self.out, self.plan.data_dir
         out.mkdir(parents=True, exist_ok=True)
         rundir.clean_temporary(out)
-        self.cfg.save(out / rundir.CONFIG)
-        src_tok = data_dir / "tokenizer"  # tokenize --out keeps the tokenizer the shards were made with
-        if src_tok.is_dir() and not (out / rundir.TOKENIZER).exists():
-            shutil.copytree(src_tok, out / rundir.TOKENIZER)
+        self.cfg.save(out / "config.json")
+        src_tok = data_dir / "tokenizer"
+        if src_tok.is_dir() and not (out / "tokenizer").exists():
+            shutil.copytree(src_tok, out / "tokenizer")
 
     def _setup_logging(self) -> None:
         tc, info, resume_from = self.tc, self.info, self.plan.resume_from
         self.metrics_writer = MetricsWriter(self.out, resume_step=self.step if resume_from else None)
-        self.tb = TensorBoard(self.out / rundir.TB, purge_step=self.step + 1 if resume_from else None)
+        self.tb = TensorBoard(self.out / "tb", purge_step=self.step + 1 if resume_from else None)
         self.say(
             f"training {self.cfg.name}: {self.raw.num_params() / 1e6:.2f}M parameters, {tc.max_steps} steps "
             f"of {self.step_plan.tokens_per_step:,} tokens ({tc.micro_batch_size} x {self.seq_len} x "
@@ -786,7 +814,7 @@ class Trainer:
                 self._log(record)
             if self.bar is not None:
                 self.bar.update(1)
-            if when.save and self.saved_step != st.step:
+            if when.save and self.checkpointer.step != st.step:
                 self._save()
             if when.log or when.save:
                 self.throughput.restart()  # the rate excludes eval and checkpoint time
@@ -891,11 +919,7 @@ class Trainer:
     def _save(self) -> None:
         """A checkpoint of the current step (every rank takes part; rank 0 writes it)."""
         best = self.state.best_step
-        saved = self.checkpointer.save(
-            self.step, self.checkpoint_facts(), protect={best} if best is not None else set()
-        )
-        self.saved_step = self.step
-        self.last_saved = saved or self.last_saved
+        self.checkpointer.save(self.step, self.checkpoint_facts(), protect={best} if best is not None else set())
 
     # --- finish --------------------------------------------------------------------------------------
 
@@ -905,28 +929,27 @@ class Trainer:
         A finished run whose loss ended above ln(vocab_size) (:func:`openllm.rundir.divergence`) is recorded
         as ``diverged``, with the rule's warning (what to change) in ``status.json`` and said as one line."""
         # e.g. max_steps already reached before this call; a fresh run stopped during setup has nothing to save
-        if self.saved_step != self.step and self.step > 0:
+        if self.checkpointer.step != self.step and self.step > 0:
             self._save()
         self._close_bar()
         st = self.state
         elapsed = st.elapsed()
-        warning = diverged = None
+        warning = None
         if self.main:
             _finish_plots(self.out, self.cfg)
             if self.end_state == "finished":
-                metrics = rundir.read_metrics(self.out)
-                warning = rundir.divergence(metrics, self.cfg.model.vocab_size, self.cfg.to_dict())
+                warning = rundir.divergence(
+                    rundir.read_metrics(self.out), self.cfg.model.vocab_size, self.cfg.to_dict()
+                )
                 if warning is not None:
                     self.end_state = rundir.DIVERGED
-                    diverged = rundir.divergence_fields(metrics)
-            latest = self.last_saved or rundir.latest_checkpoint(self.out)
+            latest = self.checkpointer.last or rundir.latest_checkpoint(self.out)
             self.status.move(
                 self.end_state,
                 step=self.step,
                 reason=self.reason,
                 error=None,
                 warning=warning,
-                diverged=diverged,
                 elapsed_s=round(elapsed, 3),
                 checkpoint=str(latest) if latest else None,
             )
@@ -973,17 +996,15 @@ class Trainer:
                 f"{tc.grad_accum_steps * 2} (same tokens per step), or use a shorter train.seq_len"
             )
         # the lock holder records how an active run ended (once: an error after finish() wrote the end stays out)
-        if self.main and self.lock is not None and self.lock.held and self.status.state in rundir.ACTIVE_STATES:
+        if self.main and self.lock is not None and self.lock.held and self.status.machine in rundir.ACTIVE_STATES:
             if isinstance(exc, KeyboardInterrupt):
                 self.status.move(rundir.STOPPED, error=None, reason="interrupted (no checkpoint written)")
-            elif isinstance(exc, TrainingDiverged) and self.status.state == rundir.TRAINING:
+            elif isinstance(exc, TrainingDiverged) and self.status.machine == rundir.TRAINING:
                 warning = rundir.divergence([{"loss": float("nan")}], None, self.cfg.to_dict())
-                # the update that went non-finite is the one after the last completed step
-                diverged = {"step": self.step + 1, "loss": None, "cause": rundir.NON_FINITE}
-                self.status.move(rundir.DIVERGED, error=str(err), warning=warning, diverged=diverged)
+                self.status.move(rundir.DIVERGED, error=str(err), warning=warning)
                 self.say(f"warning: {warning}")
             else:
-                self.status.move(rundir.FAILED, error=str(err) or type(err).__name__, error_type=type(err).__name__)
+                self.status.move(rundir.FAILED, error=str(err) or type(err).__name__)
             with contextlib.suppress(Exception):
                 _finish_plots(self.out, self.cfg)
         return err
