@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import InputNotFound
-from ..scratch import scratch_dir
+from ..scratch import release, scratch_dir
 from .base import CommitInfo, CommitOperation, CommitOperationAdd, CommitOperationDelete, GitRefs, Hub
 from .errors import (
     ConflictError,
@@ -399,21 +399,19 @@ class LocalHub(Hub):
                 if _snapshot_ok(target, entries):
                     return target
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}.", dir=target.parent))
-                try:
+                # a download killed half-way leaves its folder: the next download of this commit removes it
+                with scratch_dir(f".{sha[:12]}.", target.parent) as tmp:
                     self._write_blobs(gd, entries, tmp, repo_type, repo_id)
                     if _snapshot_ok(target, entries):  # another process finished first: keep theirs
                         return target
                     if target.exists():  # a damaged copy (a file was deleted): replace it
                         shutil.rmtree(target, ignore_errors=True)
+                    release(tmp)
                     try:
                         os.rename(tmp, target)
                     except OSError:
                         if not _snapshot_ok(target, entries):
                             raise
-                finally:
-                    if tmp.exists():
-                        shutil.rmtree(tmp, ignore_errors=True)
                 return target
             target = Path(local_dir).expanduser()
             target.mkdir(parents=True, exist_ok=True)

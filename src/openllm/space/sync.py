@@ -14,7 +14,6 @@ auth error fails at once.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -23,6 +22,7 @@ from pathlib import Path
 from ..errors import OpenLLMError
 from ..hub import CommitOperationAdd, CommitOperationDelete, ConflictError, Hub, RevisionExists
 from ..hub.factory import get_hub
+from ..scratch import scratch_dir
 from .build import BuildResult, render, source_commit, write
 from .manifest import Manifest, load_manifest
 from .retry import RetryPolicy, retry
@@ -141,7 +141,7 @@ class Syncer:
 
     def _files_at(self, revision: str) -> dict[str, str]:
         """The Space's files at ``revision``: path -> sha256."""
-        with tempfile.TemporaryDirectory(prefix="openllm-space-read-") as tmp:
+        with scratch_dir("openllm-space-read-") as tmp:  # one a killed sync left goes now
             folder = self._call(
                 f"downloading the Space at {revision[:12]}",
                 lambda: self.hub.download(
@@ -278,7 +278,7 @@ class Syncer:
         if not plan.changed:
             self.log("nothing to sync: the Space already has this build")
             return result
-        with tempfile.TemporaryDirectory(prefix="openllm-space-sync-") as tmp:
+        with scratch_dir("openllm-space-sync-") as tmp:  # one a killed sync left goes now
             t = time.perf_counter()
             if env_check:  # the clean-environment check runs the whole tree: write it, check every hash
                 out = Path(tmp) / "space"
@@ -411,7 +411,7 @@ class Syncer:
                 f"the pushed commit {commit[:12]} does not hold the build: missing "
                 f"{missing[:10]}, unexpected {extra[:10]}"
             )
-        with tempfile.TemporaryDirectory(prefix="openllm-space-check-") as tmp:
+        with scratch_dir("openllm-space-check-") as tmp:  # one a killed sync left goes now
             folder = self._call(
                 "reading back the uploaded files",
                 lambda: self.hub.download(
