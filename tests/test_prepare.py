@@ -140,6 +140,10 @@ def test_jsonl_line_not_json(tmp_path):
     (tmp_path / "b.jsonl").write_text('["a list"]\n', encoding="utf-8")
     with pytest.raises(OpenLLMError, match=r"b\.jsonl:1: a JSON list, expected an object"):
         prepare_corpus([tmp_path / "b.jsonl"], tmp_path / "out", progress=False)
+    # a number longer than Python's digit limit is a ValueError that is not a JSONDecodeError (it has no .msg)
+    (tmp_path / "c.jsonl").write_text('{"text": "x", "n": ' + "9" * 5000 + "}\n", encoding="utf-8")
+    with pytest.raises(OpenLLMError, match=r"c\.jsonl:1: not valid JSON \(Exceeds the limit"):
+        prepare_corpus([tmp_path / "c.jsonl"], tmp_path / "out", progress=False)
 
 
 def test_missing_field(tmp_path):

@@ -46,7 +46,7 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     try:
         meta = load_json(path, what="tokenized data")
     except OpenLLMError as exc:
-        raise OpenLLMError(f"{exc}; re-run `openllm tokenize`") from None
+        raise OpenLLMError(f"{exc}; re-run `openllm tokenize`") from exc
     for key in ("vocab_size", "dtype", "splits"):
         if key not in meta:
             raise OpenLLMError(f"{path} lacks {key!r}; re-run `openllm tokenize`")

@@ -141,10 +141,10 @@ def read_conversations(path: str | os.PathLike) -> list[Conversation]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise OpenLLMError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                    raise OpenLLMError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
                 out.append(parse_conversation(record, where))
-        except UnicodeDecodeError:
-            raise OpenLLMError(f"{path}: not UTF-8 text (conversations are JSON Lines)") from None
+        except UnicodeDecodeError as exc:
+            raise OpenLLMError(f"{path}: not UTF-8 text (conversations are JSON Lines)") from exc
     if not out:
         raise OpenLLMError(
             f'{path}: no conversations (the file is empty); write one JSON object a line with "messages"'
@@ -412,7 +412,7 @@ class PackedLoader:
             ids = torch.from_numpy(self.rows.ids[idx])
             labels = torch.from_numpy(self.rows.labels[idx])
             seg = torch.from_numpy(self.rows.segments[idx])
-            yield (t.to(self.device) for t in (ids[:, :-1], labels[:, 1:], seg[:, :-1]))
+            yield tuple(t.to(self.device) for t in (ids[:, :-1], labels[:, 1:], seg[:, :-1]))
 
 
 # --- a synthetic conversation set from the embedded corpus -----------------------------------------------

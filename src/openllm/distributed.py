@@ -17,13 +17,17 @@ import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from .device import resolve_device
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
     "DistInfo",
@@ -113,16 +117,17 @@ def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
 @contextlib.contextmanager
 def no_grad_sync(model: nn.Module, info: DistInfo, sync: bool) -> Iterator[None]:
     """Inside, backward() does not reduce gradients across ranks unless ``sync`` (the last micro-step)."""
+    # the model is the one wrap_model() returned: fully_shard's FSDPModule under FSDP, else DDP
     if not info.enabled or sync:
         if info.mode == "fsdp" and info.enabled:
-            model.set_requires_gradient_sync(True)
+            cast("FSDPModule", model).set_requires_gradient_sync(True)
         yield
         return
     if info.mode == "fsdp":
-        model.set_requires_gradient_sync(False)
+        cast("FSDPModule", model).set_requires_gradient_sync(False)
         yield
         return
-    with model.no_sync():
+    with cast("DistributedDataParallel", model).no_sync():
         yield
 
 
@@ -168,7 +173,8 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's full (unsharded) state dict on CPU. A collective under FSDP: every rank must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return cast(dict[str, torch.Tensor], state)  # full_state_dict: every value is a plain tensor
 
 
 class FullOptimizerState:

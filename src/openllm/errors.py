@@ -79,7 +79,8 @@ class InputExists(OpenLLMError, FileExistsError):
     """An output the user named already exists (or is not empty) and is not to be overwritten."""
 
 
-class MissingExtra(OpenLLMError, ImportError):
+# ImportError types its own ``path`` (the module's file) as a str, ours is a Path: on this error both are None
+class MissingExtra(OpenLLMError, ImportError):  # type: ignore[misc]
     """An optional dependency is not installed; the message names the ``pip install`` that adds it."""
 
 

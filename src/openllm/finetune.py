@@ -143,11 +143,11 @@ class LoraAdapters:
 def _inject_lora(model: Transformer, lora: Mapping[str, Any]) -> Transformer:
     try:
         from peft import LoraConfig, inject_adapter_in_model
-    except ImportError:
+    except ImportError as exc:
         raise OpenLLMError(
             "LoRA fine-tuning needs the peft package: pip install 'openllm[finetune]' (or fine-tune "
             "every weight: leave out --lora)"
-        ) from None
+        ) from exc
 
     cfg = LoraConfig(
         r=int(lora["rank"]),

@@ -148,18 +148,19 @@ def apply_kernels(
                 "train.fused_loss=liger / train.fused_ops need the liger-kernel package: "
                 "pip install liger-kernel, or leave them off"
             )
+    # torch's stubs type Module.__setattr__ as taking tensors and modules only; a module takes any attribute
     if fused_loss == "chunked":
-        model.loss_fn = chunked_linear_cross_entropy
+        model.loss_fn = chunked_linear_cross_entropy  # type: ignore[assignment]
     elif fused_loss == "liger":
-        model.loss_fn = liger_linear_cross_entropy
+        model.loss_fn = liger_linear_cross_entropy  # type: ignore[assignment]
     else:
-        model.loss_fn = None
+        model.loss_fn = None  # type: ignore[assignment]
     if fused_ops:
         from .model import RMSNorm, SwiGLU
 
         for m in model.modules():
-            if isinstance(m, RMSNorm):
-                m.forward = types.MethodType(_liger_rms_forward, m)
+            if isinstance(m, RMSNorm):  # this instance's forward becomes the fused kernel's
+                m.forward = types.MethodType(_liger_rms_forward, m)  # type: ignore[method-assign]
             elif isinstance(m, SwiGLU):
-                m.forward = types.MethodType(_liger_swiglu_forward, m)
+                m.forward = types.MethodType(_liger_swiglu_forward, m)  # type: ignore[method-assign]
     return model

@@ -77,7 +77,7 @@ def load(source: str | Path, *, device: str = AUTO, hub: Any = None) -> LoadedMo
             if "@" in text:
                 raise
             # no version: as likely a mistyped folder as a hub reference, so say both
-            raise RepositoryNotFound(f"no folder {text!r} here ({Path.cwd()}) and {exc}") from None
+            raise RepositoryNotFound(f"no folder {text!r} here ({Path.cwd()}) and {exc}") from exc
         loaded = _load_path(folder, device=device)
         loaded.source, loaded.hub_ref = text, text
         return loaded
@@ -195,7 +195,7 @@ def _load_path(path: Path, *, device: str) -> LoadedModel:
     # hf
     from .hf_compat import from_hf_state_dict, model_config_from_llama
 
-    info: dict[str, Any] = {}
+    info = {}
     if (path / OPENLLM_CONFIG_NAME).is_file():
         raw = dict(load_json(path / OPENLLM_CONFIG_NAME))
         info = {k: raw.pop(k) for k in list(raw) if k not in ("model", "train", "data", "name")}
@@ -204,12 +204,12 @@ def _load_path(path: Path, *, device: str) -> LoadedModel:
         try:
             config = Config(model=model_config_from_llama(load_json(path / "config.json")), name=path.name)
         except (KeyError, TypeError) as exc:
-            raise OpenLLMError(f"{path / 'config.json'}: not a Llama config (missing {exc})") from None
+            raise OpenLLMError(f"{path / 'config.json'}: not a Llama config (missing {exc})") from exc
     hf_state = read_state_dict(path)
     try:
         state = from_hf_state_dict(hf_state, config.model)
     except KeyError as exc:
-        raise OpenLLMError(f"{path}: weights do not match a Llama model of this shape (missing {exc})") from None
+        raise OpenLLMError(f"{path}: weights do not match a Llama model of this shape (missing {exc})") from exc
     return _finish(
         state,
         config,
@@ -317,7 +317,7 @@ def _config_from(raw: dict, where: Path) -> Config:
     try:
         return Config.from_dict(raw)
     except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _first_tokenizer_dir(*candidates: Path) -> Path | None:

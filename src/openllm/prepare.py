@@ -83,7 +83,7 @@ def _decode(data: bytes, where: str, offset: int, strict: bool) -> tuple[str, in
             raise OpenLLMError(
                 f"{where}: invalid UTF-8 at byte offset {offset + exc.start} "
                 f"(byte 0x{data[exc.start]:02x}); fix the file, or drop --strict to replace bad bytes"
-            ) from None
+            ) from exc
     parts, replaced, pos = [], 0, 0
     while True:
         try:
@@ -244,10 +244,10 @@ def _read_jsonl(src: Source, *, strict: bool, field: str, progress) -> Iterator[
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError as exc:
+            except ValueError as exc:  # JSONDecodeError, or a number past Python's digit limit (no .msg)
                 raise OpenLLMError(
-                    f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object"
-                ) from None
+                    f"{path}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)}); each line must be one JSON object"
+                ) from exc
             if not isinstance(obj, dict):
                 raise OpenLLMError(f"{path}:{lineno}: a JSON {type(obj).__name__}, expected an object with {field!r}")
             if field not in obj:
@@ -275,7 +275,7 @@ def _read_parquet(src: Source, *, field: str, progress) -> Iterator[str]:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
-        raise OpenLLMError(f"{path}: cannot read parquet ({exc})") from None
+        raise OpenLLMError(f"{path}: cannot read parquet ({exc})") from exc
     names = pf.schema_arrow.names
     if field not in names:
         raise OpenLLMError(f"{path}: no column {field!r} (columns: {', '.join(names)}); choose one with --field")
@@ -292,8 +292,8 @@ def _read_parquet(src: Source, *, field: str, progress) -> Iterator[str]:
 def _read_hf(src: Source, *, field: str, hf_split: str, hf_config: str | None) -> Iterator[str]:
     try:
         import datasets
-    except ImportError:  # pragma: no cover - a dependency
-        raise OpenLLMError("Hugging Face dataset inputs need the `datasets` package: pip install datasets") from None
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise OpenLLMError("Hugging Face dataset inputs need the `datasets` package: pip install datasets") from exc
     datasets.disable_progress_bars()
     try:
         if src.path is not None:
@@ -304,7 +304,7 @@ def _read_hf(src: Source, *, field: str, hf_split: str, hf_config: str | None) -
         raise OpenLLMError(
             f"cannot load Hugging Face dataset {src.name!r} offline ({exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); give a local path or a dataset in the cache"
-        ) from None
+        ) from exc
     if isinstance(ds, datasets.DatasetDict):
         if hf_split not in ds:
             raise OpenLLMError(

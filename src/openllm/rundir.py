@@ -321,20 +321,20 @@ class RunLock:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _read_only_error(self.run_dir, exc) from None
+            raise _read_only_error(self.run_dir, exc) from exc
         deadline = time.monotonic() + _LOCK_SETTLE_S
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
-                raise _read_only_error(self.run_dir, exc) from None
+                raise _read_only_error(self.run_dir, exc) from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except BlockingIOError as exc:
                 holder = _read_lock_fd(fd)
                 os.close(fd)
                 if holder.get("pid") or time.monotonic() >= deadline:
-                    raise OpenLLMError(_held_message(self.run_dir, holder)) from None
+                    raise OpenLLMError(_held_message(self.run_dir, holder)) from exc
                 time.sleep(0.05)
                 continue
             # the file may have been removed (released, or cleared as stale) between open and flock: then this
@@ -354,7 +354,7 @@ class RunLock:
             os.fsync(fd)
         except OSError as exc:
             os.close(fd)
-            raise _read_only_error(self.run_dir, exc) from None
+            raise _read_only_error(self.run_dir, exc) from exc
         self._fd = fd
         _held[key] = self
         with contextlib.suppress(OSError):
@@ -441,8 +441,8 @@ def request_stop(run_dir: str | os.PathLike) -> int:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
-    except PermissionError:
-        raise OpenLLMError(f"run {Path(run_dir).name} is trained by PID {pid}, which this user may not stop") from None
+    except PermissionError as exc:
+        raise OpenLLMError(f"run {Path(run_dir).name} is trained by PID {pid}, which this user may not stop") from exc
     return pid
 
 

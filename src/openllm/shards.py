@@ -69,11 +69,11 @@ def _encode_range(job: tuple[str, str, int, int, str]) -> tuple[np.ndarray, int,
             continue
         try:
             texts.append(json.loads(line)["text"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError) as exc:
             raise OpenLLMError(
                 f'{path}: a line near byte {start} is not a {{"text": ...}} object; '
                 "re-create the folder with `openllm prepare-data`"
-            ) from None
+            ) from exc
     encoded = tok.encode_batch(texts)
     total = sum(len(ids) for ids in encoded) + len(encoded)
     out = np.empty(total, dtype=dtype)
@@ -172,7 +172,7 @@ def tokenize_corpus(
                             shards.append(f"{split}_{len(shards):03d}.bin")
                             shard_sizes.append(0)
                             f = open(tmp / shards[-1], "wb")
-                        if len(ids):
+                        if len(ids) and f is not None:  # (never None here: the test above opened one)
                             f.write(ids.astype("<" + ids.dtype.str[1:], copy=False).tobytes())
                             shard_sizes[-1] += len(ids)
                         tokens += len(ids)

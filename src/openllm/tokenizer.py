@@ -21,6 +21,7 @@ import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import OpenLLMError
 from .fsio import atomic_output_dir, write_bytes_atomic
@@ -40,6 +41,7 @@ __all__ = [
     "TOKENIZER_FILES",
     "CHAT_TEMPLATE",
     "apply_chat_template",
+    "sentencepiece_pb2",
 ]
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -91,7 +93,7 @@ class Tokenizer:
                 f"{self.model_path} is not a SentencePiece tokenizer model (damaged or another "
                 f"format: {' '.join(str(exc).split())[:100]}); restore it or train one with "
                 f"`openllm train-tokenizer`"
-            ) from None
+            ) from exc
         self.sha256 = sha256_file(self.model_path)
         self.dir = self.model_path.parent
         sp = self._sp
@@ -181,11 +183,9 @@ class Tokenizer:
 
     @property
     def user_tokens(self) -> list[str]:
-        from sentencepiece import sentencepiece_model_pb2 as pb
-
-        m = pb.ModelProto()
+        m = sentencepiece_pb2().ModelProto()
         m.ParseFromString(self.model_path.read_bytes())
-        return [p.piece for p in m.pieces if p.type == pb.ModelProto.SentencePiece.USER_DEFINED]
+        return [p.piece for p in m.pieces if p.type == sentencepiece_pb2().ModelProto.SentencePiece.USER_DEFINED]
 
     def __repr__(self) -> str:
         return f"Tokenizer({str(self.dir)!r}, vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
@@ -210,7 +210,7 @@ class HFJsonTokenizer:
             raise OpenLLMError(
                 f"{self.json_path} is not a tokenizer.json the tokenizers library reads (damaged or "
                 f"another format: {' '.join(str(exc).split())[:100]})"
-            ) from None
+            ) from exc
         names = dict(SPECIAL_TOKENS)
         recorded: dict = {}
         for side in ("special_tokens_map.json", "tokenizer_config.json"):
@@ -236,8 +236,8 @@ class HFJsonTokenizer:
         # the SentencePiece model's checksum when these files were built from it and the vocabulary is unchanged
         # (data tokenized with that model is checked against it), else this file's own
         same = recorded.get("openllm_vocab_size") == self.vocab_size
-        self.sha256 = recorded.get("openllm_tokenizer_sha256") if same else None
-        self.sha256 = self.sha256 or sha256_file(self.json_path)
+        recorded_sha256 = recorded.get("openllm_tokenizer_sha256") if same else None
+        self.sha256: str = recorded_sha256 or sha256_file(self.json_path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HFJsonTokenizer:
@@ -275,11 +275,18 @@ class HFJsonTokenizer:
         return self._hf.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def id_to_piece(self, i: int) -> str:
-        return self._hf.id_to_token(int(i))
+        piece = self._hf.id_to_token(int(i))
+        if piece is None:  # as SentencePiece does for an id outside the vocabulary
+            raise IndexError(f"piece id {int(i)} is out of range (vocabulary of {self.vocab_size})")
+        return piece
 
     def piece_to_id(self, piece: str) -> int:
         i = self._hf.token_to_id(piece)
-        return self.unk_id if i is None else i
+        if i is not None:
+            return i
+        if self.unk_id is None:  # no unknown token to stand for it
+            raise KeyError(f"{piece!r} is not in the vocabulary, which has no unknown token")
+        return self.unk_id
 
     def encode_chat(self, messages: Sequence[dict], *, add_generation_prompt: bool = True) -> list[int]:
         text = apply_chat_template(
@@ -292,6 +299,14 @@ class HFJsonTokenizer:
 
     def __repr__(self) -> str:
         return f"HFJsonTokenizer({str(self.dir)!r}, vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
+
+
+def sentencepiece_pb2() -> Any:
+    """SentencePiece's protobuf module (``ModelProto``, ``TrainerSpec``). protobuf builds its classes when the
+    module is imported, so a type checker sees none of them: typed as Any here, once."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    return sentencepiece_model_pb2
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer | HFJsonTokenizer:
@@ -325,7 +340,7 @@ def apply_chat_template(
             eos_token=eos_token,
         )
     except _ChatTemplateError as exc:
-        raise OpenLLMError(str(exc)) from None
+        raise OpenLLMError(str(exc)) from exc
 
 
 class _ChatTemplateError(Exception):
@@ -392,7 +407,7 @@ def iter_training_lines(files: Sequence[Path], *, field: str = "text") -> Iterat
                         raise OpenLLMError(
                             f"{path}:{lineno}: not a JSON object with a {field!r} string ({exc.__class__.__name__}); "
                             "run `openllm prepare-data` first"
-                        ) from None
+                        ) from exc
                     for line in str(text).split("\n"):
                         yield from _chunks(line)
             else:
@@ -552,8 +567,8 @@ def _train_into(
             raise OpenLLMError(
                 f"vocab size {vocab_size} is too large for this corpus ({total:,} lines): it supports at most "
                 f"{suggest:,}; try --vocab-size {_round_down(suggest)}"
-            ) from None
-        raise OpenLLMError(f"SentencePiece training failed: {msg.splitlines()[-1] if msg else exc}") from None
+            ) from exc
+        raise OpenLLMError(f"SentencePiece training failed: {msg.splitlines()[-1] if msg else exc}") from exc
 
     write_bytes_atomic(out / MODEL_FILE, buf.getvalue())
     write_hf_files(out / MODEL_FILE, out)
@@ -617,11 +632,11 @@ def build_hf_tokenizer(model_path: str | os.PathLike):
     ``▁``, then BPE merges ranked by piece score (or the unigram lattice), byte fallback; control pieces are
     special added tokens, user-defined pieces plain added tokens (SentencePiece never splits or merges them).
     """
-    from sentencepiece import sentencepiece_model_pb2 as pb
     from tokenizers import AddedToken, Regex, decoders, normalizers
     from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers.models import BPE, Unigram
+    from tokenizers.models import BPE, Model, Unigram
 
+    pb = sentencepiece_pb2()
     proto = pb.ModelProto()
     proto.ParseFromString(Path(model_path).read_bytes())
     ns, ts = proto.normalizer_spec, proto.trainer_spec
@@ -639,7 +654,7 @@ def build_hf_tokenizer(model_path: str | os.PathLike):
                 if left in normal and right in normal:
                     ranked.append((-score, i, left, right))
         merges = [(left, right) for _, _, left, right in sorted(ranked)]
-        model = BPE(
+        model: Model = BPE(
             vocab=vocab,
             merges=merges,
             unk_token=pieces[ts.unk_id].piece,
@@ -653,7 +668,7 @@ def build_hf_tokenizer(model_path: str | os.PathLike):
 
     tok = HFTokenizer(model)
     tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(" "), "▁")])
-    dec = [decoders.Replace("▁", " ")]
+    dec: list[decoders.Decoder] = [decoders.Replace("▁", " ")]
     if ts.byte_fallback:
         dec.append(decoders.ByteFallback())
     dec.append(decoders.Fuse())

@@ -62,7 +62,7 @@ def record_fields(path: Path, limit: int = 200) -> list[str]:
 
             schema = pq.read_schema(path)
         except Exception as exc:
-            raise OpenLLMError(f"{path.name} cannot be read as parquet ({exc})") from None
+            raise OpenLLMError(f"{path.name} cannot be read as parquet ({exc})") from exc
         return [f.name for f in schema if str(f.type) in ("string", "large_string", "string_view")]
     with open(path, encoding="utf-8", errors="replace") as f:
         for i, line in enumerate(f):

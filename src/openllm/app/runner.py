@@ -306,7 +306,7 @@ class Runner:
             try:
                 path = self.ws.resolve(request.corpus_path or "", must_exist=True)
             except WorkspaceError as exc:
-                raise RunnerError(f"Corpus path: {exc}") from None
+                raise RunnerError(f"Corpus path: {exc}") from exc
             if path.is_dir():  # a folder is read recursively: a symlink in it must not lead out either
                 for p in path.rglob("*"):
                     if not self.ws.contains(p):
@@ -336,12 +336,12 @@ class Runner:
         name, pid = active
         try:
             rundir.request_stop(self.ws.run_dir(name))
-        except OpenLLMError:
+        except OpenLLMError as exc:
             # our job has not taken the lock yet: stop the process itself
             if self._proc is not None and self._proc_run == name:
                 self._proc.terminate()
             else:
-                raise RunnerError("no training is running") from None
+                raise RunnerError("no training is running") from exc
         if timeout > 0:
             self.wait(timeout)
         return name

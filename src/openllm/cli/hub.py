@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
         models = H.list_models(hub=hub)
         if not models:
             print(f"no model repos on {hub.describe()}")
-        for repo_id, versions in models:
-            shown = ", ".join(versions) if versions else "(no versions)"
+        for repo_id, tags in models:
+            shown = ", ".join(tags) if tags else "(no versions)"
             print(f"{repo_id}  {shown}")
         datasets = hub.list_repos(repo_type="dataset")
         for repo_id in datasets:

@@ -109,7 +109,9 @@ def evaluate(
 def evaluation_file(results: dict) -> str:
     """Where a model folder keeps these results: ``evaluation.json`` for its own val split (what the model
     card reports), ``evaluations/text-NAME-SHA.json`` for a text file (listed in the card as what it is)."""
-    ds = results.get("dataset") if isinstance(results.get("dataset"), dict) else {}
+    ds = results.get("dataset")
+    if not isinstance(ds, dict):
+        ds = {}
     if ds.get("kind") != "text":
         return EVALUATION
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(str(ds.get("name"))).stem)[:40]

@@ -22,6 +22,8 @@ __all__ = ["UnigramLM", "unigram_counts", "unigram_from_data", "unigram_val_scor
 class UnigramLM(nn.Module):
     """Context-free LM: the same log-probabilities at every position."""
 
+    logp: torch.Tensor  # a buffer (register_buffer): moves with the module, saved in its state dict
+
     def __init__(self, counts: np.ndarray | torch.Tensor, *, smoothing: float = 1.0) -> None:
         super().__init__()
         c = torch.as_tensor(np.asarray(counts, dtype=np.float64)) + smoothing

@@ -126,7 +126,7 @@ def write_task_files(tasks: Sequence[Task], folder: Path, *, limit: int | None =
             for item in t.items:
                 if t.kind == "last_word":
                     # context + " " + last word: the original LAMBADA line, which the YAML splits again
-                    row = {"text": item.context + t.delimiter + item.choices[0]}
+                    row: dict[str, Any] = {"text": item.context + t.delimiter + item.choices[0]}
                 else:
                     row = {"context": item.context, "choices": item.choices, "label": item.label}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -36,6 +36,7 @@ __all__ = [
     "target_logprobs",
     "auto_batch_size",
     "model_device",
+    "model_vocab_size",
 ]
 
 # logits elements per forward pass (fp32: 4 bytes each, plus the log-softmax copy). On CPU, buffers of
@@ -108,7 +109,8 @@ def target_logprobs(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tens
     return logp.gather(-1, y[..., None]).squeeze(-1), logits.argmax(-1) == y
 
 
-def _vocab_size(model) -> int:
+def model_vocab_size(model) -> int:
+    """The vocabulary size of our model or a Hugging Face one (its config's), 32000 when neither says."""
     cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
     return int(getattr(cfg, "vocab_size", 0) or getattr(model, "vocab_size", 0) or 32000)
 
@@ -132,7 +134,7 @@ def score_stream(
         raise ValueError("need a 1-D stream of at least 2 tokens")
     plan = window_plan(t.numel(), window, stride)
     device = model_device(model)
-    bs = batch_size or auto_batch_size(window, _vocab_size(model), device)
+    bs = batch_size or auto_batch_size(window, model_vocab_size(model), device)
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
@@ -274,7 +276,7 @@ def text_file_text(path: str | Path, tokenizer, *, max_bytes: int | None = None)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise OpenLLMError(f"{path} is not UTF-8 text (byte {exc.start}); convert it first") from None
+        raise OpenLLMError(f"{path} is not UTF-8 text (byte {exc.start}); convert it first") from exc
     if not text:
         raise OpenLLMError(f"{path} is empty")
     ids: list[int] = []

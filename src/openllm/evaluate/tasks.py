@@ -28,7 +28,7 @@ import torch
 
 from ..errors import OpenLLMError
 from . import metrics
-from .perplexity import _vocab_size, auto_batch_size, model_device, target_logprobs
+from .perplexity import auto_batch_size, model_device, model_vocab_size, target_logprobs
 
 __all__ = [
     "Item",
@@ -115,7 +115,7 @@ def loglikelihoods(
     if any(not cont for _, cont in requests):
         raise ValueError("a continuation encodes to no tokens")
     device = model_device(model)
-    vocab = _vocab_size(model)
+    vocab = model_vocab_size(model)
     inputs = []
     for ctx, cont in requests:
         ids = (list(ctx) + list(cont))[-(max_len + 1) :]
@@ -197,8 +197,8 @@ def run_task(
         lls = [s[0][0] for s in per_item]
         return {"acc": metrics.accuracy(s[0][1] for s in per_item), "ppl": metrics.item_perplexity(lls), "n": n}
     hits, hits_norm = [], []
-    for item, s in zip(task.items, per_item):
-        lls = [ll for ll, _ in s]
+    for item, item_scores in zip(task.items, per_item):
+        lls = [ll for ll, _ in item_scores]
         hits.append(metrics.choice_prediction(lls) == item.label)
         hits_norm.append(metrics.choice_prediction(lls, item.lengths) == item.label)
     return {"acc": metrics.accuracy(hits), "acc_norm": metrics.accuracy(hits_norm), "n": n}
@@ -333,7 +333,7 @@ def parse_task_list(specs: str | Iterable[str] | None) -> list[str]:
         return []
     if isinstance(specs, str):
         specs = [specs]
-    out = []
+    out: list[str] = []
     for s in specs:
         out.extend(x for x in (p.strip() for p in s.split(",")) if x)
     return out

@@ -86,9 +86,10 @@ def encode_tensor(arr: np.ndarray, qtype) -> np.ndarray:
 def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[float], list[int]]:
     """Pieces, scores and token types of a SentencePiece tokenizer, padded to the model's vocab size."""
     from gguf import TokenType
-    from sentencepiece import sentencepiece_model_pb2 as pb
 
-    proto = pb.ModelProto()
+    from ..tokenizer import sentencepiece_pb2
+
+    proto = sentencepiece_pb2().ModelProto()
     proto.ParseFromString(Path(tokenizer.model_path).read_bytes())
     # SentencePiece's piece types and GGUF's token types share their numbers (NORMAL=1 ... BYTE=6)
     tokens = [p.piece.encode("utf-8") for p in proto.pieces]

@@ -75,7 +75,7 @@ class HfHub(Hub):
     ) -> str:
         _check(repo_id, repo_type)
         token = self._write_token()
-        extra = {"space_sdk": "gradio"} if repo_type == "space" else {}
+        extra: dict[str, Any] = {"space_sdk": "gradio"} if repo_type == "space" else {}
         if private:
             extra["private"] = True
         with _mapped(repo_id):
@@ -137,7 +137,7 @@ class HfHub(Hub):
         from huggingface_hub import CommitOperationDelete as HfDelete
 
         _check(repo_id, repo_type)
-        hf_ops = []
+        hf_ops: list[HfAdd | HfDelete] = []
         for op in operations:
             if isinstance(op, CommitOperationAdd):
                 src = op.path_or_fileobj if isinstance(op.path_or_fileobj, bytes) else str(op.path_or_fileobj)

@@ -120,13 +120,13 @@ def validate_tag(tag: object) -> str:
 def validate_version(version: object) -> str:
     """A version a user names for a model or dataset: :func:`validate_tag`, and not ``sync-*`` (the prefix of
     the Space sync's own tags)."""
-    validate_tag(version)
-    if version.lower().startswith(SYNC_TAG_PREFIX):  # type: ignore[union-attr]
+    tag = validate_tag(version)
+    if tag.lower().startswith(SYNC_TAG_PREFIX):
         raise InvalidRepoId(
-            f"invalid version {version!r}: names starting with {SYNC_TAG_PREFIX!r} are reserved "
+            f"invalid version {tag!r}: names starting with {SYNC_TAG_PREFIX!r} are reserved "
             f"for the Space sync's tags; choose another, e.g. 7k or v2"
         )
-    return version  # type: ignore[return-value]
+    return tag
 
 
 def validate_path_in_repo(path: object) -> str:

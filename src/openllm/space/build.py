@@ -128,11 +128,11 @@ def _gradio_version() -> str:
         from importlib.metadata import version
 
         return version("gradio")
-    except Exception:
+    except Exception as exc:
         raise BuildError(
             "gradio is not installed here: the README's sdk_version is the gradio in use; "
             "install the project (pip install -e .)"
-        ) from None
+        ) from exc
 
 
 def render_readme(manifest: Manifest, pyproject: dict) -> str:
