@@ -76,6 +76,23 @@ def test_optimizer_state_round_trips_by_name(optimizer):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values()))
 
 
+def test_model_weights_round_trip_without_the_tied_head():
+    model, _ = _model_and_optimizer("adamw")
+    state = ModelWeights(model).state_dict()
+    assert "lm_head.weight" not in state and all(t.is_contiguous() for t in state.values())
+    torch.manual_seed(1)
+    twin = Transformer(MICRO)
+    ModelWeights(twin).load_state_dict(read_via_safetensors(state))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values()))
+    assert twin.lm_head.weight is twin.tok_embeddings.weight
+
+
+def read_via_safetensors(state):
+    from safetensors.torch import load, save
+
+    return load(save(state))
+
+
 def test_lr_schedule_round_trips_and_follows_the_config():
     cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=3, max_steps=20, schedule="cosine")
     model, opt = _model_and_optimizer("muon")

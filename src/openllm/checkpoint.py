@@ -12,6 +12,11 @@ output head is the token embedding and only ``tok_embeddings.weight`` is stored.
 them and names the damaged file, and a resumed run falls back to the newest intact checkpoint
 (:func:`latest_intact_checkpoint`).
 
+A training run's checkpoint is the dict of its components (:class:`Checkpointer`): each gives and takes a
+``state_dict``, and the Checkpointer puts the model's into ``model.safetensors``, the optimizer's, the loss
+scaler's (and LoRA adapters') into ``optimizer.pt`` and every other one into ``state.json``, the layout
+checkpoints have always had.
+
 Where checkpoints live, which are complete and which is the latest or best is :mod:`rundir`'s to say; this
 module writes and reads what is inside one.
 """

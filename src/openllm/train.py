@@ -6,11 +6,13 @@ One call runs four phases:
    resuming; ``overrides`` and the ``max_steps`` / ``save_every`` / ``compile`` arguments on top; the
    vocabulary checked against the data (or taken from it); the tokenizer checked against the checkpoint's.
 2. **set up** (:meth:`Trainer.setup`): device and, under ``torchrun``, the process group (DDP or FSDP2), the
-   run folder, the model and optimizer, the batch loaders, and the checkpoint's weights, optimizer, loader
-   position and RNG states when resuming.
-3. **fit** (:meth:`Trainer.fit`): optimizer steps until ``max_steps``: gradient accumulation, mixed
-   precision, clipping, the learning-rate schedule, a periodic val-loss *estimate* on ``eval_batches``
-   batches with best-checkpoint tracking and early stopping, ``metrics.jsonl`` / TensorBoard / progress bar,
+   run folder, the model and optimizer, the batch loaders, and, when resuming, the checkpoint's components
+   (:meth:`Trainer.checkpoint_components`): the weights as the model is built, then the optimizer, scaler,
+   schedule, loader position, RNG states and progress, each through its ``load_state_dict``.
+3. **fit** (:meth:`Trainer.fit`): optimizer steps until ``max_steps``, the :class:`StepPlan` saying which
+   steps log, evaluate, save and read the loss on the host: gradient accumulation, mixed precision, clipping,
+   the learning-rate schedule, a periodic val-loss *estimate* on ``eval_batches`` batches with best-checkpoint
+   tracking and early stopping, ``metrics.jsonl`` / TensorBoard / progress bar,
    atomic checkpoints, ``status.json`` for the web app. SIGTERM / SIGINT finish the current step, save, and
    end with state ``stopped`` (one that arrives during setup ends the run before its first step). A NaN/inf
    loss ends the run (state ``diverged``) before the bad update is applied (with ``train.check_every`` > 1:
