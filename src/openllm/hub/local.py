@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputNotFound
 from ..scratch import release, scratch_dir
@@ -116,7 +117,9 @@ class LocalHub(Hub):
     def repo_location(self, *, repo_id: str, repo_type: str = "model") -> str:
         """The path or URL git uses for the repository (what ``git clone`` takes)."""
         rel = f"{validate_repo_type(repo_type)}s/{validate_repo_id(repo_id)}.git"
-        return self.url + rel if self.url else str(self.root / rel)
+        if self.root is None:  # a hub at a URL
+            return f"{self.url}{rel}"
+        return str(self.root / rel)
 
     def _where(self, repo_type: str, repo_id: str) -> str:
         return f"{repo_type} repo {repo_id} on {self.describe()}"
@@ -189,7 +192,7 @@ class LocalHub(Hub):
         # build beside the final place, then rename: a repo is either absent or complete
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            kw = dict(repo_type=repo_type, repo_id=repo_id)
+            kw: dict[str, Any] = dict(repo_type=repo_type, repo_id=repo_id)
             self._git(["init", "--bare", "--quiet", f"--initial-branch={BRANCH}", str(tmp)], **kw)
             for key, value in _FAST_PACK + (
                 ("uploadpack.allowFilter", "true"),
@@ -562,7 +565,7 @@ class LocalHub(Hub):
         loc = self._require(repo_type, repo_id)
         if parent_commit is not None:
             validate_revision(parent_commit)
-        kw = dict(repo_type=repo_type, repo_id=repo_id)
+        kw: dict[str, Any] = dict(repo_type=repo_type, repo_id=repo_id)
         with self._workspace(loc, repo_type, repo_id) as ws:
             for attempt in range(self.max_attempts):
                 head = self._fetch_head(ws, loc, repo_type, repo_id, full=full_fetch)
@@ -635,7 +638,7 @@ class LocalHub(Hub):
     ) -> str:
         """The tree of ``head`` with the files deleted and added (blob ids already in ``ws``)."""
         index = os.path.join(ws, f"index-{uuid.uuid4().hex[:8]}")
-        kw = dict(git_dir=ws, repo_type=repo_type, repo_id=repo_id, env={"GIT_INDEX_FILE": index})
+        kw: dict[str, Any] = dict(git_dir=ws, repo_type=repo_type, repo_id=repo_id, env={"GIT_INDEX_FILE": index})
         try:
             self._git(["read-tree", head] if head else ["read-tree", "--empty"], **kw)
             existing = self._git(["ls-files", "-z"], **kw).stdout.decode("utf-8", "surrogateescape").split("\x00")
@@ -669,24 +672,21 @@ class LocalHub(Hub):
         self, ws: str, adds: list[CommitOperationAdd], repo_type: str, repo_id: str
     ) -> list[tuple[str, str, str]]:
         """Write each added file into the workspace's object store: (mode, blob id, path in repo)."""
-        kw = dict(git_dir=ws, repo_type=repo_type, repo_id=repo_id)
-        files = [op for op in adds if not isinstance(op.path_or_fileobj, bytes)]
+        kw: dict[str, Any] = dict(git_dir=ws, repo_type=repo_type, repo_id=repo_id)
+        files = [(op, Path(op.path_or_fileobj)) for op in adds if not isinstance(op.path_or_fileobj, bytes)]
         out: dict[str, tuple[str, str, str]] = {}
         if files:
-            for op in files:
-                p = Path(op.path_or_fileobj)
+            for _, p in files:
                 if not p.is_file():
                     raise InputNotFound(f"cannot upload {p}: no such file", path=p)
-            paths = "".join(f"{os.path.abspath(op.path_or_fileobj)}\n" for op in files).encode(
-                "utf-8", "surrogateescape"
-            )
+            paths = "".join(f"{os.path.abspath(p)}\n" for _, p in files).encode("utf-8", "surrogateescape")
             oids = (
                 self._git(["hash-object", "-w", "--no-filters", "--stdin-paths"], input=paths, **kw)
                 .stdout.decode()
                 .split()
             )
-            for op, oid in zip(files, oids):
-                mode = "100755" if os.access(op.path_or_fileobj, os.X_OK) else "100644"
+            for (op, p), oid in zip(files, oids):
+                mode = "100755" if os.access(p, os.X_OK) else "100644"
                 out[op.path_in_repo] = (mode, oid, op.path_in_repo)
         for op in adds:
             if isinstance(op.path_or_fileobj, bytes):
@@ -838,7 +838,7 @@ class LocalHub(Hub):
     ) -> None:
         validate_tag(tag)
         loc = self._require(repo_type, repo_id)
-        kw = dict(repo_type=repo_type, repo_id=repo_id)
+        kw: dict[str, Any] = dict(repo_type=repo_type, repo_id=repo_id)
         with self._workspace(loc, repo_type, repo_id) as ws:
             self._fetch_head(ws, loc, repo_type, repo_id, full=True)
             if revision is None:
