@@ -155,7 +155,9 @@ class LocalHub(Hub):
         loc = self.repo_location(repo_id=repo_id, repo_type=repo_type)
         self._check_root()
         if self.root is not None and not (Path(loc) / "HEAD").is_file():
-            missing = "" if self.root.is_dir() else " (that folder does not exist: check --hub)"
+            missing = (
+                " (that folder does not exist: check --hub)" if self._named_root and not self.root.is_dir() else ""
+            )
             raise RepositoryNotFound(
                 f"no {repo_type} repo {repo_id!r} on the local hub {self.root}{missing}; "
                 f"push to it first or check the name (openllm hub list)"
