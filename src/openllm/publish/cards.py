@@ -25,13 +25,18 @@ _TASK_METRICS = {
 }
 
 
+def _as_dict(value: Any) -> dict[str, Any]:
+    """``value`` when it is a dict (a JSON object read from a file), else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
 def eval_results(evaluation: dict[str, Any], *, dataset_id: str | None = None) -> list[Any]:
     """huggingface_hub EvalResults from ``evaluation.json``: val loss, perplexity, bits per byte on the
     scored text, and each task's accuracy/perplexity. Missing keys give no result."""
     from huggingface_hub import EvalResult
 
     out = []
-    ds = evaluation.get("dataset") if isinstance(evaluation.get("dataset"), dict) else {}
+    ds = _as_dict(evaluation.get("dataset"))
     ds_name = str(ds.get("name") or "validation split")
     ds_type = dataset_id or str(ds.get("name") or "text")
     for key, mtype, label in (
@@ -81,7 +86,7 @@ def val_evaluation(facts: RunFacts) -> dict[str, Any]:
     """The run's evaluation of its own val split, or ``{}``: an evaluation of another text, or of a val split
     whose checksum is not the one this run trained beside, is not the model's validation result."""
     ev = facts.evaluation or {}
-    ds = ev.get("dataset") if isinstance(ev.get("dataset"), dict) else {}
+    ds = _as_dict(ev.get("dataset"))
     if ds.get("kind") != "val":
         return {}
     want = (facts.data_sources.get("val.jsonl") or {}).get("sha256")
@@ -193,16 +198,17 @@ def model_card(
         datasets=ids or None,
         pipeline_tag="text-generation",
         model_name=repo_id,
-        eval_results=eval_results(ev, dataset_id=(ids or [None])[0]) or None,
+        eval_results=eval_results(ev, dataset_id=ids[0] if ids else None) or None,
     )
     if license_name:
         data.license_name = license_name
-    base = facts.finetune.get("base") if isinstance(facts.finetune.get("base"), dict) else {}
+    base = _as_dict(facts.finetune.get("base"))
     if base.get("hub_ref"):  # OWNER/NAME@VERSION: the Hub's base_model is the repo, the version beside it
         data.base_model, _, base_version = str(base["hub_ref"]).partition("@")
-        data.base_model_relation = "finetune"
+        # ModelCardData keeps any field it is given (its **kwargs); its stubs name only the common ones
+        data.base_model_relation = "finetune"  # type: ignore[attr-defined]
         if base_version:
-            data.base_model_version = base_version
+            data.base_model_version = base_version  # type: ignore[attr-defined]
     name = repo_id.split("/")[1]
     s: list[str] = [_yaml_header(data), f"# {name} ({version})\n\n"]
     intro = (
@@ -343,7 +349,7 @@ def model_card(
     if facts.best_val_loss is not None:
         at = f" (step {facts.best_step:,})" if isinstance(facts.best_step, int) else ""
         met.append((f"best {est}", f"{facts.best_val_loss:.4f}{at}"))
-    ds = ev.get("dataset") if isinstance(ev.get("dataset"), dict) else {}
+    ds = _as_dict(ev.get("dataset"))
     how = f"every token of the {ds['name']}" if ds.get("name") else "every val token"
     if ev.get("window"):
         how += f", window {ev['window']}, stride {ev.get('stride')}"
@@ -365,7 +371,7 @@ def model_card(
             s.append("\nEvaluation details are in `evaluation.json`.\n")
     others = []
     for other in facts.other_evaluations:
-        ods = other.get("dataset") if isinstance(other.get("dataset"), dict) else {}
+        ods = _as_dict(other.get("dataset"))
         if finite_number(other.get("val_loss")) is None:
             continue
         sha = f" (sha256 `{ods['sha256'][:16]}…`)" if ods.get("sha256") else ""

@@ -61,14 +61,14 @@ def dataset_stats(root: Path, files: list[str]) -> dict[str, Any]:
     stats: dict[str, Any] = {}
     meta = _read_json(root / "meta.json") if root.is_dir() else {}
     if meta.get("splits"):
-        splits = {
+        meta_splits = {
             k: {"documents": v.get("documents"), "tokens": v.get("tokens")}
             for k, v in meta["splits"].items()
             if isinstance(v, dict)
         }
-        stats["splits"] = splits
-        stats["tokens"] = sum(int(v["tokens"] or 0) for v in splits.values())
-        stats["documents"] = sum(int(v["documents"] or 0) for v in splits.values())
+        stats["splits"] = meta_splits
+        stats["tokens"] = sum(int(v["tokens"] or 0) for v in meta_splits.values())
+        stats["documents"] = sum(int(v["documents"] or 0) for v in meta_splits.values())
         if isinstance(meta.get("vocab_size"), int):
             stats["vocab_size"] = meta["vocab_size"]
         return stats
@@ -134,7 +134,9 @@ def upload_dataset(
     files = sorted(sources)
     if not files:
         raise OpenLLMError(f"{src} holds no files to upload")
-    checksums = {f: {"sha256": sha256_file(sources[f]), "bytes": sources[f].stat().st_size} for f in files}
+    checksums: dict[str, dict[str, Any]] = {
+        f: {"sha256": sha256_file(sources[f]), "bytes": sources[f].stat().st_size} for f in files
+    }
     stats = dataset_stats(src, files)
     report = _read_json(src / "report.json") if src.is_dir() else {}
     report_md = (

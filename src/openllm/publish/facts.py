@@ -133,8 +133,7 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
         facts.final_val_loss = finite_number(vals[-1]["val_loss"])
         best = min(vals, key=lambda r: r["val_loss"])
         facts.best_val_loss, facts.best_step = finite_number(best["val_loss"]), best.get("step")
-    speeds = [finite_number(r.get("tokens_per_s")) for r in metrics]
-    speeds = [s for s in speeds if s]
+    speeds = [s for s in (finite_number(r.get("tokens_per_s")) for r in metrics) if s]
     if speeds:
         facts.tokens_per_s = statistics.median(speeds[len(speeds) // 5 :] or speeds)  # past the warm-up
     mfus = [m for m in (finite_number(r.get("mfu")) for r in metrics) if m is not None]

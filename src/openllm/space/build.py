@@ -69,12 +69,12 @@ def _read(root: Path, rel: str) -> bytes:
     return (root / rel).read_bytes()
 
 
-def _functions(source: str) -> dict[str, ast.FunctionDef]:
+def _functions(source: str) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
     tree = ast.parse(source)
     return {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
 
-def _call_for(fn: ast.FunctionDef, var: str) -> tuple[str, bool]:
+def _call_for(fn: ast.FunctionDef | ast.AsyncFunctionDef, var: str) -> tuple[str, bool]:
     """The keyword arguments to pass host/port to ``fn``; and whether it takes them at all."""
     a = fn.args
     names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]

@@ -56,6 +56,8 @@ IMPORT_TO_DIST: dict[str, str] = {
     "pkg_resources": "setuptools",
 }
 _STDLIB = set(getattr(sys, "stdlib_module_names", ())) | {"__future__", "__main__"}
+# try statements: ``try`` and, from Python 3.11, ``try`` with ``except*``
+_TRY_NODES = (ast.Try, getattr(ast, "TryStar", ast.Try))
 
 
 class MissingModule(OpenLLMError):
@@ -108,7 +110,7 @@ def parse_imports(source: str, modname: str, is_package: bool, filename: str = "
     def visit(node: ast.AST, guarded: bool) -> None:
         # imports are statements: walk statement lists only (bodies of defs, classes, ifs, loops, withs,
         # tries, matches), never into expressions, which is most of a module's nodes
-        if isinstance(node, ast.Try) or (sys.version_info >= (3, 11) and isinstance(node, ast.TryStar)):
+        if isinstance(node, _TRY_NODES):
             g = guarded or any(_guards_import(h) for h in node.handlers)
             for child in node.body:
                 visit(child, g)
@@ -282,7 +284,7 @@ def _packages_distributions() -> dict[str, list[str]]:
     try:
         from importlib.metadata import packages_distributions
 
-        return packages_distributions()
+        return dict(packages_distributions())
     except Exception:  # pragma: no cover - broken metadata in the environment
         return {}
 

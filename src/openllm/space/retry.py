@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..hub.errors import HubUnavailable
 
@@ -38,7 +38,7 @@ class RetryPolicy:
     @classmethod
     def from_env(cls, **overrides) -> RetryPolicy:
         """OPENLLM_SYNC_RETRIES and OPENLLM_SYNC_BACKOFF (seconds) override the defaults."""
-        kw = {}
+        kw: dict[str, Any] = {}
         if os.environ.get("OPENLLM_SYNC_RETRIES"):
             kw["attempts"] = int(os.environ["OPENLLM_SYNC_RETRIES"])
         if os.environ.get("OPENLLM_SYNC_BACKOFF"):

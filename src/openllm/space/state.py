@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..fsio import write_text_atomic
 from ..hashing import sha256_bytes, sha256_file
@@ -126,7 +127,7 @@ class SyncState:
     def save(self, path: Path) -> None:
         """Atomically: a crash leaves the old state or the new one, never half a file."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"hub": self.hub, "space": self.space, "history": [asdict(r) for r in self.history]}
+        data: dict[str, Any] = {"hub": self.hub, "space": self.space, "history": [asdict(r) for r in self.history]}
         if self.pending is not None:
             data["pending"] = asdict(self.pending)
         write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import OpenLLMError
-from ..hub import CommitOperationAdd, CommitOperationDelete, ConflictError, Hub, RevisionExists
+from ..hub import CommitOperation, CommitOperationAdd, CommitOperationDelete, ConflictError, Hub, RevisionExists
 from ..hub.factory import get_hub
 from ..scratch import scratch_dir
 from .build import BuildResult, render, source_commit, write
@@ -196,7 +196,7 @@ class Syncer:
                 if f"[{pending.tag}]" in (c.message or "") + c.title:
                     landed = c.commit_id
                     break
-        if landed is not None:
+        if landed is not None and head is not None:  # (landed is only found in the history of a head)
             there = self._files_at(head)
             if all(there.get(p) == h for p, h in pending.files.items()):
                 if tags.get(pending.tag) != landed:
@@ -284,7 +284,7 @@ class Syncer:
                 out = Path(tmp) / "space"
                 write(plan.build, self.manifest, out)
                 validate_space(out, plan.build.files, env_check=True, cache=self.venv_cache, log=self.log)
-                sources = {p: out / p for p in plan.uploads}
+                sources: dict[str, Path | bytes] = {p: out / p for p in plan.uploads}
             else:  # upload straight from the sources; what is uploaded is checked against the plan's hashes
                 self.log("validation: clean-environment check skipped (--no-env-check)")
                 sources = self._checked_sources(plan)
@@ -327,7 +327,7 @@ class Syncer:
         n = self._next_n(state, tags)
         tag = tag_name(n, plan.build.files)
         src = source_commit(self.manifest.root)
-        ops = [
+        ops: list[CommitOperation] = [
             CommitOperationAdd(
                 path_in_repo=p, path_or_fileobj=sources[p] if isinstance(sources[p], bytes) else str(sources[p])
             )
@@ -514,14 +514,17 @@ class Syncer:
                 )
             target = done[-2]
         else:
-            target = state.find(to)
-            if target is None:
-                hit = next((t for t in tags if t == to or (TAG_RE.match(t) and TAG_RE.match(t).group(1) == to)), None)
+            found = state.find(to)
+            if found is None:
+                # the Space's sync tags: a tag of another name, even one called `to`, is no sync
+                syncs = {t: m for t in tags if (m := TAG_RE.match(t))}
+                hit = next((t for t, m in syncs.items() if t == to or m.group(1) == to), None)
                 if hit is None:
-                    known = ", ".join(sorted(t for t in tags if TAG_RE.match(t))) or "none"
+                    known = ", ".join(sorted(syncs)) or "none"
                     raise OpenLLMError(f"no sync {to!r} on the Space; known syncs: {known}")
                 files = {p: h for p, h in self._files_at(tags[hit]).items() if self.owned(p)}
-                target = SyncRecord(n=int(TAG_RE.match(hit).group(1)), commit=tags[hit], tag=hit, files=files)
+                found = SyncRecord(n=int(syncs[hit].group(1)), commit=tags[hit], tag=hit, files=files)
+            target = found
         rev = target.tag if target.tag in tags else target.commit
         new = self._call(
             "rolling back",
