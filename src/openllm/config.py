@@ -75,6 +75,19 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def kv_heads(self) -> int:
+        """``n_kv_heads`` as an int: :meth:`__post_init__` sets an unset one to ``n_heads`` (no grouping)."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def ff_dim(self) -> int:
+        """``d_ff`` as an int (:meth:`__post_init__` derives an unset one from ``d_model``; :meth:`validate`
+        refuses a config where it could not)."""
+        if self.d_ff is None:
+            raise ConfigError("model.d_ff is not set and model.d_model gives none", key="model.d_ff")
+        return self.d_ff
+
     def validate(self) -> ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
             _positive_int(f"model.{name}", getattr(self, name))
@@ -92,7 +105,7 @@ class ModelConfig:
                 f"model.d_model / model.n_heads = {self.head_dim} must be even for rotary embeddings",
                 key="model.n_heads",
             )
-        if self.n_heads % self.n_kv_heads:
+        if self.n_heads % self.kv_heads:
             raise ConfigError(
                 f"model.n_kv_heads ({self.n_kv_heads}) must divide model.n_heads ({self.n_heads}); "
                 f"choose from {_divisors(self.n_heads)}",

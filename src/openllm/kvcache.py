@@ -54,7 +54,7 @@ class KVCache:
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int, *, device, dtype) -> KVCache:
-        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
         return cls(
             keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)],
             values=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)],
@@ -102,7 +102,7 @@ class SlotCache:
     def __init__(self, cfg: ModelConfig, slots: int, slot_len: int, *, device, dtype) -> None:
         if slots < 1 or slot_len < 2:
             raise ValueError(f"a KV cache needs at least 1 slot of 2 tokens, got {slots} x {slot_len}")
-        shape = (slots, cfg.n_kv_heads, slot_len, cfg.head_dim)
+        shape = (slots, cfg.kv_heads, slot_len, cfg.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.slots, self.slot_len = slots, slot_len
@@ -112,7 +112,7 @@ class SlotCache:
 
     @staticmethod
     def bytes_needed(cfg: ModelConfig, slots: int, slot_len: int, element_size: int) -> int:
-        return 2 * cfg.n_layers * slots * cfg.n_kv_heads * slot_len * cfg.head_dim * element_size
+        return 2 * cfg.n_layers * slots * cfg.kv_heads * slot_len * cfg.head_dim * element_size
 
     @property
     def free(self) -> int:

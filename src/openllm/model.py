@@ -56,9 +56,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         # q, k and v in one matmul; the export splits it into q_proj, k_proj, v_proj
-        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
+        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
@@ -93,10 +93,10 @@ class Attention(nn.Module):
 class SwiGLU(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.d_ff = cfg.d_ff
+        self.d_ff = cfg.ff_dim
         # gate and up projections in one matmul; the export splits it into gate_proj and up_proj
-        self.w13 = nn.Linear(cfg.d_model, 2 * cfg.d_ff, bias=False)
-        self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.w13 = nn.Linear(cfg.d_model, 2 * self.d_ff, bias=False)
+        self.w2 = nn.Linear(self.d_ff, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).split(self.d_ff, dim=-1)
@@ -121,6 +121,9 @@ class Transformer(nn.Module):
     """Decoder-only language model. ``forward(idx)`` returns logits (B, T, vocab), or the mean
     cross-entropy when ``targets`` are given (with ``return_logits=False`` the logits are not kept);
     ``last_only=True`` gives the logits of the last position only, (B, 1, vocab), for generation."""
+
+    rope_cos: torch.Tensor  # buffers (register_buffer): they move with the model, not saved in its state dict
+    rope_sin: torch.Tensor
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
