@@ -404,6 +404,24 @@ CASES: list[Case] = [
         setup=lambda ws: (ws / "hf" / "notes.txt").symlink_to(ws / "corpus.txt"),
         match="notes.txt",
     ),
+    # --- refusals before any write (issue 24)
+    Case("hub pull into a file", lambda ws: ["hub", "pull", "me/x@v1", "--out", "corpus.txt"], match="is a file"),
+    Case(
+        "export over a link with --overwrite",
+        lambda ws: ["export", "run", "--format", "native", "--out", "link", "--overwrite"],
+        setup=lambda ws: (ws / "link").symlink_to(ws / "hf"),
+        match="is a link",
+    ),
+    Case(
+        "hub push to a hub folder whose parent does not exist",
+        lambda ws: ["hub", "push", "run", "--repo", "me/x", "--version", "v1", "--hub", str(ws / "nonexistent" / "h")],
+        match="does not exist",
+    ),
+    Case(
+        "hub push to a folder that is not a hub",
+        lambda ws: ["hub", "push", "run", "--repo", "me/x", "--version", "v1", "--hub", "prepared"],
+        match="not a hub",
+    ),
 ]
 
 
