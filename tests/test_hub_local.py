@@ -811,6 +811,7 @@ def test_a_token_in_a_hub_url_never_reaches_git_errors():
         remote.list_refs(repo_id="alice/space", repo_type="space")
     assert "S3cretT0ken" not in str(err.value)
     assert "S3cretT0ken" not in getattr(err.value, "stderr", "")
+    assert "S3cretT0ken" not in repr(remote)
     url = f"git://alice:S3cretT0ken@127.0.0.1:{port}/"
     proc = subprocess.run(
         [sys.executable, "-m", "openllm", "hub", "versions", "alice/m", "--hub", url],

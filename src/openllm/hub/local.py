@@ -103,8 +103,8 @@ class LocalHub(Hub):
         self.timeout = timeout
         self.max_attempts = max_attempts
 
-    def __repr__(self) -> str:
-        return f"LocalHub(url={self.url!r})" if self.url else f"LocalHub(root={str(self.root)!r})"
+    def __repr__(self) -> str:  # reprs land in logs and tracebacks: the URL's credentials never do
+        return f"LocalHub(url={self.describe()!r})" if self.url else f"LocalHub(root={str(self.root)!r})"
 
     def describe(self) -> str:
         """The root folder, or the URL without its credentials (messages must not leak a password)."""
