@@ -6,15 +6,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from . import rundir
 from .fsio import write_text_atomic
 
-__all__ = ["finite_number", "MetricsWriter", "device_peak_flops", "mfu", "Throughput", "plot_loss", "TensorBoard"]
+__all__ = [
+    "finite_number",
+    "MetricsWriter",
+    "device_peak_flops",
+    "mfu",
+    "Throughput",
+    "plot_loss",
+    "TensorBoard",
+    "TrainingLog",
+]
 
 
 def finite_number(x: Any) -> float | None:
@@ -140,6 +150,68 @@ class TensorBoard:
     def close(self) -> None:
         if self._w is not None:
             self._w.close()
+
+
+class TrainingLog:
+    """Where a training run's records go (on rank 0): ``metrics.jsonl``, TensorBoard in ``tb_dir``, the caller's
+    ``on_log`` and, with ``progress``, a progress bar on stderr. A resumed run (``resumed``, from ``step``)
+    drops what an earlier process logged after that step from both logs."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        tb_dir: str | Path,
+        *,
+        step: int,
+        max_steps: int,
+        resumed: bool,
+        progress: bool,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.metrics = MetricsWriter(run_dir, resume_step=step if resumed else None)
+        self.tb = TensorBoard(tb_dir, purge_step=step + 1 if resumed else None)
+        self.on_log = on_log
+        self.bar = None
+        if progress and step < max_steps:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=max_steps,
+                initial=step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=0.5,
+                file=sys.stderr,
+            )
+
+    def write(self, record: dict[str, Any], val_estimate: float | None) -> None:
+        """One record (``step``, ``loss``, ``tokens_per_s``, ...) to every sink; the bar also shows the latest
+        val-loss estimate."""
+        self.metrics.write(record)
+        self.tb.log(record["step"], record)
+        if self.on_log is not None:
+            self.on_log(dict(record))
+        if self.bar is not None:
+            post = {"loss": f"{record['loss']:.4f}", "tok/s": f"{record['tokens_per_s']:,.0f}"}
+            if val_estimate is not None:
+                post["val~"] = f"{val_estimate:.4f}"  # ~: the estimate over eval_batches batches
+            self.bar.set_postfix(post, refresh=False)
+
+    def advance(self) -> None:
+        """One more optimizer step on the bar."""
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def close(self) -> None:
+        self.close_bar()
+        self.metrics.close()
+        self.tb.close()
 
 
 def plot_loss(records: Iterable[dict[str, Any]], out: str | Path, *, title: str = "") -> Path | None:

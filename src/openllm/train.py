@@ -58,7 +58,7 @@ from . import rundir
 from .batches import RandomWindowLoader, SequentialWindows, TokenShards, read_meta
 from .config import Config, TrainConfig, load_config
 from .errors import OpenLLMError
-from .metrics import MetricsWriter, TensorBoard, Throughput, device_peak_flops, plot_loss
+from .metrics import Throughput, TrainingLog, device_peak_flops, plot_loss
 from .model import Transformer
 from .optim import LRSchedule, build_optimizer
 
@@ -584,9 +584,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.status = _Status(self.out, self.tc.max_steps, enabled=self.main)
-        self.metrics_writer: MetricsWriter | None = None
-        self.tb: TensorBoard | None = None
-        self.bar = None
+        self.log: TrainingLog | None = None  # rank 0's, from setup()
 
         # the progress is known before setup (status.json, the first log lines); setup() restores it again
         # with every other component of the checkpoint
@@ -746,8 +744,6 @@ class Trainer:
 
     def _setup_logging(self) -> None:
         tc, info, resume_from = self.tc, self.info, self.plan.resume_from
-        self.metrics_writer = MetricsWriter(self.out, resume_step=self.step if resume_from else None)
-        self.tb = TensorBoard(self.out / "tb", purge_step=self.step + 1 if resume_from else None)
         self.say(
             f"training {self.cfg.name}: {self.raw.num_params() / 1e6:.2f}M parameters, {tc.max_steps} steps "
             f"of {self.step_plan.tokens_per_step:,} tokens ({tc.micro_batch_size} x {self.seq_len} x "
@@ -757,18 +753,15 @@ class Trainer:
         )
         if resume_from is not None:
             self.say(f"resuming from {resume_from} (step {self.step})")
-        if self.progress and self.step < tc.max_steps:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(
-                total=tc.max_steps,
-                initial=self.step,
-                desc="train",
-                unit="step",
-                dynamic_ncols=True,
-                mininterval=0.5,
-                file=sys.stderr,
-            )
+        self.log = TrainingLog(  # its progress bar goes below the lines above
+            self.out,
+            self.out / rundir.TB,
+            step=self.step,
+            max_steps=tc.max_steps,
+            resumed=resume_from is not None,
+            progress=self.progress,
+            on_log=self.on_log,
+        )
 
     # --- fit -----------------------------------------------------------------------------------------
 
@@ -814,8 +807,8 @@ class Trainer:
                 self.reason = f"stopped by {stop.signal_name or 'request'} at step {st.step}"
             if record is not None:
                 self._log(record)
-            if self.bar is not None:
-                self.bar.update(1)
+            if self.log is not None:
+                self.log.advance()
             if when.save and self.checkpointer.step != st.step:
                 self._save()
             if when.log or when.save:
@@ -901,8 +894,7 @@ class Trainer:
         record["elapsed_s"] = round(self.state.elapsed(), 3)
         val = self.state.val_loss
         if self.main:
-            self.metrics_writer.write(record)
-            self.tb.log(self.step, record)
+            self.log.write(record, val)
             self.status.update(
                 step=self.step,
                 loss=record["loss"],
@@ -910,13 +902,6 @@ class Trainer:
                 best_val_loss=self.state.best_val_loss,
                 tokens_per_s=record["tokens_per_s"],
             )
-            if self.on_log is not None:
-                self.on_log(dict(record))
-        if self.bar is not None:
-            post = {"loss": f"{record['loss']:.4f}", "tok/s": f"{record['tokens_per_s']:,.0f}"}
-            if val is not None:
-                post["val~"] = f"{val:.4f}"  # ~: the estimate over eval_batches batches
-            self.bar.set_postfix(post, refresh=False)
 
     def _save(self) -> None:
         """A checkpoint of the current step (every rank takes part; rank 0 writes it)."""
@@ -933,7 +918,8 @@ class Trainer:
         # e.g. max_steps already reached before this call; a fresh run stopped during setup has nothing to save
         if self.checkpointer.step != self.step and self.step > 0:
             self._save()
-        self._close_bar()
+        if self.log is not None:
+            self.log.close_bar()
         st = self.state
         elapsed = st.elapsed()
         warning = None
@@ -988,7 +974,8 @@ class Trainer:
         divergence rule's warning, also said as one line); returns the error to raise (an
         :class:`OpenLLMError` with the fix for running out of GPU memory, else ``exc``). Only the process that
         holds the run lock writes."""
-        self._close_bar()
+        if self.log is not None:
+            self.log.close_bar()
         err = exc
         if _is_oom(exc):
             tc = self.tc
@@ -1030,10 +1017,8 @@ class Trainer:
         """Close the metrics files, release the run lock, leave the process group and put back the signal
         handlers that were there before :meth:`setup`."""
         try:
-            if self.metrics_writer is not None:
-                self.metrics_writer.close()
-            if self.tb is not None:
-                self.tb.close()
+            if self.log is not None:
+                self.log.close()
             if self.lock is not None:
                 self.lock.release()
             D.shutdown(self.info)
@@ -1041,11 +1026,6 @@ class Trainer:
             if self.stop is not None:
                 self.stop.__exit__(None, None, None)
                 self.stop = None
-
-    def _close_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 # --- the entry point -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, load_config, preset_names, setting
+from ..config import Config, ConfigError, load_config, preset_names
 from ..errors import OpenLLMError
 from .schema import TRAIN_FIELDS, FormField, field_for_key, form_values
 from .workspace import WorkspaceError, check_name
@@ -37,8 +37,6 @@ __all__ = [
 CORPUS_EMBEDDED = "Embedded corpus (King James Bible)"
 CORPUS_WORKSPACE = "A file or folder in the workspace"
 CORPUS_UPLOAD = "An uploaded file"
-OPTIMIZERS = setting("train.optimizer").choices
-SCHEDULES = setting("train.schedule").choices
 
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

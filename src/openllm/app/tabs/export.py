@@ -1,0 +1,48 @@
+"""The Export tab: a run's latest checkpoint in another format, zipped for download."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .. import render as R
+from .. import tools as T
+from .shared import Shared
+
+__all__ = ["build"]
+
+
+def build(sh: Shared) -> list:
+    with gr.Row():
+        run = gr.Dropdown(
+            sh.run_choices(),
+            value=sh.default_run(),
+            label="Run",
+            elem_id="export-run",
+            scale=3,
+            min_width=260,
+            info="its latest checkpoint",
+        )
+        fmt = gr.Dropdown(
+            list(T.EXPORT_CHOICES),
+            value="Hugging Face (safetensors)",
+            label="Format",
+            elem_id="export-format",
+            scale=2,
+            min_width=260,
+        )
+    btn = gr.Button("Export", variant="primary", elem_id="export-btn")
+    msg = gr.HTML("", elem_id="export-msg")
+    download = gr.DownloadButton("Download the export (zip)", elem_id="export-download", visible=False)
+
+    def on_export(run_, fmt_):
+        try:
+            folder, archive = T.export_run(sh.ws, run_, fmt_)
+        except Exception as exc:
+            return R.err(exc), gr.update(visible=False)
+        return (
+            R.msg(f"Exported {run_} as {fmt_} to {sh.ws.relative(folder)} in the workspace.", "ok"),
+            gr.update(value=str(archive), visible=True),
+        )
+
+    btn.click(on_export, [run, fmt], [msg, download])
+    return [run]

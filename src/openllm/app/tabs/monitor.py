@@ -1,0 +1,148 @@
+"""The Monitor tab: a run's state, progress, losses, memory and log (refreshed by the app's timer)."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from ... import rundir
+from ...rundir import checkpoint_steps, read_metrics
+from ..forms import FormError
+from ..monitor import format_progress, loss_figure, memory_usage, progress, tail_log
+from ..render import err, msg, state_badge
+from ..runner import RunStatus
+from ..workspace import WorkspaceError
+from .shared import Shared
+
+__all__ = ["MonitorTab", "build", "view"]
+
+
+@dataclass
+class MonitorTab:
+    run: Any
+    html: Any
+    plot: Any
+    log: Any
+    count: Any  # (run, metrics lines, state) last drawn: the plot is redrawn only when it changes
+    stop_btn: Any
+    banner: Any
+    refresh: Any
+
+    @property
+    def outputs(self) -> list:
+        """What :func:`view` fills in, in its order."""
+        return [self.html, self.plot, self.log, self.count, self.stop_btn]
+
+
+def _log_text(st: RunStatus) -> str:
+    if st.log is not None:
+        return tail_log(st.log) or "(the log is empty so far)"
+    if st.external and st.pid:
+        return (
+            f"(this run is being trained by a process started outside the app, PID {st.pid}; it writes no "
+            "log file the app can read: its progress and losses above come from the run's metrics. Start "
+            "it with `openllm train ... > RUN/train.log 2>&1` to see its log here)"
+        )
+    return "(no log for this run)"
+
+
+def _stat_cards(stats: list[tuple[str, str, str]]) -> str:
+    return "".join(
+        f'<div class="stat" id="{i}"><div class="label">{html.escape(k)}</div>'
+        f'<div class="value">{html.escape(v)}</div></div>'
+        for k, v, i in stats
+    )
+
+
+def view(sh: Shared, run: str | None, last_count: Any):
+    """The tab's HTML, plot (skipped when nothing changed), log tail, change marker, Stop button."""
+    if not run:
+        return (
+            msg("No run yet. Start one in the Train tab.", "info"),
+            gr.skip(),
+            "",
+            last_count,
+            gr.update(interactive=False),
+        )
+    try:
+        st = sh.runner.status(run)
+        run_dir = sh.ws.run_dir(run)
+    except (WorkspaceError, FormError) as exc:
+        return err(exc), gr.skip(), "", last_count, gr.skip()
+    metrics = read_metrics(run_dir)
+    p = progress(run_dir, {"step": st.step, "max_steps": st.max_steps}, metrics)
+    f = format_progress(p)
+    mem = memory_usage(st.pid)
+    live = st.state in (rundir.PREPARING, rundir.TRAINING, rundir.STOPPING)
+    phase = f" — {html.escape(st.phase)}" if st.phase and st.state == rundir.PREPARING else ""
+    who = ""
+    if st.holder is not None:
+        outside = " (started outside the app)" if st.external else ""
+        who = f' · <span id="run-holder">PID {st.pid}{outside}</span>'
+    error = f'<div class="msg-err" id="run-error">{html.escape(st.error)}</div>' if st.error else ""
+    warning = f'<div class="msg-warn" id="run-warning">{html.escape(st.warning)}</div>' if st.warning else ""
+    ckpts = checkpoint_steps(run_dir)
+    cards = _stat_cards(
+        [
+            ("Step", f["step"], "stat-step"),
+            ("ETA", f["eta"] if live else "–", "stat-eta"),
+            ("Tokens / s", f["tokens_per_s"], "stat-tps"),
+            ("Loss", f["loss"], "stat-loss"),
+            ("Val loss (estimate)", f["val_loss"], "stat-val"),
+            ("Latest checkpoint", f"step {ckpts[-1]:,}" if ckpts else "none yet", "stat-ckpt"),
+        ]
+    )
+    mem_line = (
+        f'<div class="mem" id="stat-mem">Memory: machine RAM <b>{html.escape(mem["ram"])}</b>'
+        f" · training process <b>{html.escape(mem.get('training', 'not running'))}</b>"
+        f" · GPU <b>{html.escape(mem['gpu'])}</b></div>"
+    )
+    page = (
+        f'<div id="monitor-view" data-step="{p.step}" data-max-steps="{p.max_steps or 0}" '
+        f'data-points="{len(metrics)}" data-state="{html.escape(st.state)}" '
+        f'data-external="{str(st.external).lower()}">'
+        f"<div><b>{html.escape(run)}</b> {state_badge(st.state)}{phase}{who}</div>"
+        f'<div class="bar"><div style="width:{100 * p.fraction:.1f}%"></div></div>'
+        f'{error}{warning}<div class="stats">{cards}</div>{mem_line}</div>'
+    )
+    count = (run, len(metrics), st.state)
+    fig = loss_figure(metrics, title=f"{run}: loss") if count != last_count else gr.skip()
+    stop = gr.update(interactive=st.active and st.state != rundir.STOPPING)
+    return page, fig, _log_text(st), count, stop
+
+
+def build(sh: Shared) -> MonitorTab:
+    banner = gr.HTML("", elem_id="monitor-banner")
+    with gr.Row():
+        run = gr.Dropdown(sh.run_choices(), value=sh.default_run(), label="Run", elem_id="monitor-run", scale=4)
+        refresh = gr.Button("Refresh", scale=1, elem_id="monitor-refresh", min_width=90)
+        stop = gr.Button("Stop", variant="stop", scale=1, elem_id="monitor-stop", min_width=90, interactive=False)
+    page = gr.HTML("", elem_id="monitor-html")
+    plot = gr.Plot(label="Loss", show_label=False, elem_id="loss-plot", format="png")
+    log = gr.Textbox(
+        label="Log (last lines)", lines=12, max_lines=12, interactive=False, elem_id="log-tail", autoscroll=True
+    )
+    with gr.Accordion("Whole log", open=False, elem_id="log-whole"):
+        with gr.Row():
+            show_full = gr.Button("Show the whole log", elem_id="log-show", size="sm")
+            download = gr.DownloadButton("Download the log", elem_id="log-download", size="sm")
+        full = gr.Textbox(label="Whole log", lines=20, max_lines=40, interactive=False, elem_id="log-full")
+    count = gr.State(None)
+
+    def whole_log(name):
+        if not name:
+            return "", None
+        st = sh.runner.status(name)
+        if st.log is None:
+            return _log_text(st), None
+        text = tail_log(st.log, lines=1_000_000, max_bytes=20_000_000)
+        return text, str(st.log)
+
+    show_full.click(whole_log, run, [full, download])
+    run.change(lambda r: whole_log(r)[1], run, download, show_progress="hidden")
+    tab = MonitorTab(run, page, plot, log, count, stop, banner, refresh)
+    run.change(lambda r: view(sh, r, None), run, tab.outputs, show_progress="hidden")
+    return tab
