@@ -98,8 +98,9 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
-            w = module.get_base_layer().weight.detach()
-            out[f"{name}.weight"] = (w + module.get_delta_weight("default").to(w.dtype)).cpu().contiguous()
+            layer: Any = module  # get_base_layer and get_delta_weight come from peft mixins its types do not show
+            w = layer.get_base_layer().weight.detach()
+            out[f"{name}.weight"] = (w + layer.get_delta_weight("default").to(w.dtype)).cpu().contiguous()
     for name, t in model.state_dict().items():
         if "lora_" in name or ".base_layer." in name:
             continue
@@ -117,7 +118,7 @@ class MergedWeights:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         sd = merged_state_dict(self.model)
-        if self.model.cfg.tie_embeddings:
+        if isinstance(self.model, Transformer) and self.model.cfg.tie_embeddings:  # (peft injects in place)
             sd.pop("lm_head.weight", None)
         return sd
 
@@ -151,12 +152,12 @@ def _inject_lora(model: Transformer, lora: Mapping[str, Any]) -> Transformer:
 
     cfg = LoraConfig(
         r=int(lora["rank"]),
-        lora_alpha=float(lora["alpha"]),
+        lora_alpha=float(lora["alpha"]),  # type: ignore[arg-type]  # peft types it int; it scales by alpha / r
         lora_dropout=float(lora["dropout"]),
         target_modules=list(lora["target_modules"]),
         bias="none",
     )
-    model = inject_adapter_in_model(cfg, model)
+    inject_adapter_in_model(cfg, model)  # in place: the same model, its LoRA layers added
     for name, p in model.named_parameters():
         p.requires_grad = "lora_" in name
     return model
@@ -184,16 +185,16 @@ class FinetuneTrainer(Trainer):
         if lora is not None and self.info.mode == "fsdp" and self.info.enabled:
             raise OpenLLMError("LoRA fine-tuning runs with DDP, not FSDP: set train.distributed=ddp")
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self) -> Transformer:
         """The base model; a full fine-tune resumes the checkpoint's weights, a LoRA one adds fresh adapters
         to the base weights (resuming, the checkpoint's adapters replace them: :class:`LoraAdapters`)."""
         resuming = self.plan.resume_from is not None
         raw = Transformer(self.cfg.model)
-        if self.lora is None and resuming:
+        if self.lora is None and resuming and self.plan.resume_from is not None:
             ckpt_mod.load_model_weights(raw, self.plan.resume_from)
         else:
             raw.load_state_dict(self.base_state, strict=False)
-        self.base_state = None
+        self.base_state = {}  # the base weights are in the model now: let them go
         return raw if self.lora is None else _inject_lora(raw, self.lora)
 
     def setup_run_folder(self) -> None:

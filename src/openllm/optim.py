@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections import defaultdict
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -65,10 +66,10 @@ def param_groups(model: nn.Module, weight_decay: float, exclude: set[int] | None
     ]
 
 
-def _muon_matrices(model: nn.Module) -> list[tuple[str, nn.Parameter, list[int]]]:
+def _muon_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor, list[int]]]:
     """(name, weight, row split) of every matmul inside the blocks: attention's wqkv and wo, the MLP's w13
     and w2. The split gives the row counts of the fused parts (q, k, v; gate, up), [rows] if not fused."""
-    out = []
+    out: list[tuple[str, torch.Tensor, list[int]]] = []
     for block_name, block in model.named_children():
         if block_name != "layers":
             continue
@@ -78,7 +79,8 @@ def _muon_matrices(model: nn.Module) -> list[tuple[str, nn.Parameter, list[int]]
             rows = mod.weight.shape[0]
             split = [rows]
             leaf = name.rsplit(".", 1)[-1]
-            parent = block.get_submodule(name.rsplit(".", 1)[0]) if "." in name else block
+            # the module holding the matmul, read by its attributes (model.Attention, model.SwiGLU)
+            parent: Any = block.get_submodule(name.rsplit(".", 1)[0]) if "." in name else block
             if leaf == "wqkv" and hasattr(parent, "n_kv_heads"):
                 hd = parent.head_dim
                 split = [parent.n_heads * hd, parent.n_kv_heads * hd, parent.n_kv_heads * hd]
@@ -218,7 +220,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | s
     """AdamW over :func:`param_groups` (fused where the build supports it for this device), or, for
     ``cfg.optimizer == "muon"``, :class:`MuonAdamW`. Every group has ``lr_scale`` (see :func:`set_lr`)."""
     device = torch.device(device)
-    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    kwargs: dict[str, Any] = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     if "fused" in inspect.signature(torch.optim.AdamW).parameters and _fused_ok(model, device):
         kwargs["fused"] = True
     if cfg.optimizer != "muon":

@@ -27,6 +27,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
+from typing import Any
 
 from ..rundir import ACTIVE_STATES, FAILED, NEW, PREPARING, STOPPED, RunLock, move, read_status, recorded_state
 
@@ -63,8 +64,8 @@ def _tokenize(prepared: Path, tok: Path, out: Path) -> None:
     tokenize_corpus(prepared, tok, out, workers=1)
 
 
-def main(job_dir: str) -> int:
-    job_dir = Path(job_dir)
+def main(job_dir_arg: str) -> int:
+    job_dir = Path(job_dir_arg)
     spec = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
     run_dir = Path(spec["run_dir"])
     signal.signal(signal.SIGTERM, _on_term)
@@ -118,7 +119,7 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
         print(f"== {'continuing to step ' + str(max_steps) if resuming else 'training'}", flush=True)
         from ..train import train
 
-        ft = spec.get("finetune")
+        ft: dict[str, Any] = spec.get("finetune") or {}
         if ft or (resuming and _finetuned(run_dir)):
             from ..finetune import finetune
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -159,7 +160,7 @@ def _export(
                 dims[name] = torch.export.Dim(name, min=lo, max={"batch": 1024}.get(name, max_len))
             return dims[name]
 
-        shapes = {}
+        shapes: dict[str, Any] = {}
         for n in inputs:
             spec = {k: dim(v, 0 if v == "past_sequence" else 1) for k, v in axes.get(n, {}).items()}
             shapes[n] = spec
