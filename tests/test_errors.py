@@ -1,0 +1,73 @@
+"""openllm.errors: typed errors with fields, and which errors are the user's (exit 2) and which are bugs (exit 1)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from openllm.errors import ConfigError, InputExists, InputNotFound, MissingExtra, OpenLLMError, is_user_error
+from openllm.hub.errors import AuthError, HubError
+
+
+def test_fields_are_keyword_only_attributes_that_survive_pickling():
+    """As huggingface_hub's errors: what a caller needs is an attribute, the message stays the message."""
+    err = InputNotFound("no run folder runs/x", path="runs/x")
+    assert str(err) == "no run folder runs/x" and err.path == Path("runs/x")
+    assert isinstance(err, FileNotFoundError) and isinstance(err, OpenLLMError)
+    assert err.details() == {"path": Path("runs/x")}
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is InputNotFound and str(back) == str(err) and back.path == err.path
+    assert isinstance(InputExists("out is not empty", path="out"), FileExistsError)
+    assert OpenLLMError("plain").path is None and OpenLLMError("plain").details() == {}
+    assert ConfigError("model.x: bad", key="model.x").details()["key"] == "model.x"
+
+
+def test_hub_errors_carry_the_repo_and_the_servers_answer_masked():
+    err = AuthError(
+        "rejected",
+        repo_id="alice/m",
+        status_code=401,
+        request_id="Root=1-abc",
+        server_message="bad token https://alice:S3cret@hub.example/",
+    )
+    assert (err.repo_id, err.status_code, err.request_id) == ("alice/m", 401, "Root=1-abc")
+    assert "S3cret" not in err.server_message and "hub.example" in err.server_message
+    assert isinstance(err, HubError) and pickle.loads(pickle.dumps(err)).request_id == "Root=1-abc"
+
+
+@pytest.mark.parametrize(
+    "exc, inputs, users",
+    [
+        (OpenLLMError("bad"), [], True),
+        (ConfigError("bad"), None, True),
+        (MissingExtra("pip install"), [], True),
+        (OSError(28, "No space left on device"), [], True),  # a full disk: the user makes room
+        (RuntimeError("a run cannot go from done to training"), ["run"], False),  # a broken invariant: a bug
+        (KeyError("x"), ["x"], False),
+        # an OSError about a path the user named, or about something inside it: the user's
+        (FileNotFoundError(2, "No such file or directory", "/data/run"), ["generate", "/data/run"], True),
+        (FileNotFoundError(2, "No such file or directory", "/data/run/ck/state.json"), ["/data/run"], True),
+        (FileNotFoundError(2, "No such file or directory", "/data/out/x"), ["--out=/data/out"], True),
+        (PermissionError(13, "Permission denied", "/data/out"), ["--out", "/data/out"], True),
+        (FileExistsError(17, "File exists", "/data/out"), ["/data/out"], True),
+        # about a path the user did not name (a cache file, a module's data): a bug
+        (FileNotFoundError(2, "No such file or directory", "/home/u/.cache/x.json"), ["/data/run"], False),
+        (FileNotFoundError(2, "No such file or directory", "/data/runs2/x"), ["/data/run"], False),
+        (FileNotFoundError("no such file, and no name on it"), ["/data/run"], False),
+        (FileNotFoundError(2, "No such file or directory", "/etc/x"), ["/"], False),  # / is no input folder
+        # callers that do not know the inputs (the app) keep the old rule
+        (FileNotFoundError(2, "No such file or directory", "/anything"), None, True),
+        (PermissionError(13, "Permission denied", "/anything"), None, False),
+    ],
+)
+def test_which_errors_are_the_users(exc, inputs, users):
+    assert is_user_error(exc, inputs=inputs) is users
+
+
+def test_relative_inputs_are_read_from_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exc = FileNotFoundError(2, "No such file or directory", str(tmp_path / "run" / "metrics.jsonl"))
+    assert is_user_error(exc, inputs=["evaluate", "run"])
+    assert not is_user_error(exc, inputs=["evaluate", "other"])
