@@ -474,6 +474,10 @@ def test_a_sync_killed_between_its_push_and_its_record_is_recognised_as_ours(rep
     hook.unlink()
     pushed = head(hub_root)
     assert pushed != first.commit and show(hub_root, "main", "training/model.py") == "import torch\nW = 'v2'\n"
+    tags_before = hub.list_refs(repo_id=SPACE, repo_type="space").tags
+    dry = syncer(repo, hub).sync(env_check=False, dry_run=True)  # sees it as ours, writes nothing
+    assert not dry.plan.conflicts and dry.plan.last.commit == pushed
+    assert hub.list_refs(repo_id=SPACE, repo_type="space").tags == tags_before
     logs: list[str] = []
     again = syncer(repo, hub, logs).sync(env_check=False)  # no SyncConflict
     assert not again.plan.conflicts and not again.plan.changed, again.plan.describe()

@@ -176,10 +176,11 @@ class Syncer:
             state.save(self.state_file)
         return state
 
-    def settle_pending(self, state: SyncState, head: str | None, tags: dict[str, str]) -> None:
+    def settle_pending(self, state: SyncState, head: str | None, tags: dict[str, str], *, write: bool = True) -> None:
         """A sync killed after its push and before its record left ``state.pending``: when its commit is in the
         Space's history since our last sync and the Space still holds its files, record it (and tag it) as the
-        sync it was; otherwise its push never landed, or was undone, and it is forgotten."""
+        sync it was; otherwise its push never landed, or was undone, and it is forgotten. ``write=False`` (a dry
+        run, status) settles it in memory only: no tag, no state file."""
         pending = state.pending
         if pending is None:
             return
@@ -199,24 +200,27 @@ class Syncer:
         if landed is not None and head is not None:  # (landed is only found in the history of a head)
             there = self._files_at(head)
             if all(there.get(p) == h for p, h in pending.files.items()):
-                if tags.get(pending.tag) != landed:
+                if write and tags.get(pending.tag) != landed:
                     self._tag(pending.tag, landed, f"OpenLLM sync {pending.n}")
                     tags[pending.tag] = landed
                 state.history.append(replace(pending, commit=landed))
                 self.log(f"state: sync {pending.tag} was interrupted after its push; recorded it now")
         state.pending = None
-        state.save(self.state_file)
+        if write:
+            state.save(self.state_file)
 
     def _next_n(self, state: SyncState, tags: dict[str, str]) -> int:
         on_hub = [int(m.group(1)) for t in tags if (m := TAG_RE.match(t))]
         return max([state.next_n(), *[n + 1 for n in on_hub]])
 
     # ---- plan
-    def plan(self) -> tuple[SyncPlan, SyncState, dict[str, str]]:
+    def plan(self, *, write: bool = False) -> tuple[SyncPlan, SyncState, dict[str, str]]:
+        """What a sync would do. ``write``: a sync interrupted after its push is recorded for good (tag and
+        state file), as a real sync does; without it (dry run, status) nothing is written."""
         build = render(self.manifest)
         head, tags = self._head()
         state = self.load_state(tags)
-        self.settle_pending(state, head, tags)
+        self.settle_pending(state, head, tags, write=write)
         last = state.last
         ours = dict(last.files) if last else {}
         diverged = head is not None and (last is None or head != last.commit)
@@ -260,7 +264,7 @@ class Syncer:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         self._check_auth()
-        plan, state, tags = self.plan()
+        plan, state, tags = self.plan(write=not dry_run)
         timings["plan"] = time.perf_counter() - t0
         for line in plan.describe():
             self.log(line)
