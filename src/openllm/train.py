@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -206,6 +206,7 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        self._old.clear()
 
 
 # --- phase 1: resolve the config, once -----------------------------------------------------------------
@@ -592,6 +593,7 @@ class Trainer:
         if plan.resume_from is not None:
             self.state.load_state_dict(plan.state)
         self.last_loss: float | None = None
+        self._bad: torch.Tensor | None = None  # non-finite seen since the last host read (stays on the device)
         self.end_state, self.reason = "finished", "reached max_steps"
 
     @property
@@ -643,12 +645,13 @@ class Trainer:
 
             apply_kernels(raw, tc.fused_loss, tc.fused_ops, self.dev)
         self.raw = raw  # the module whose parameters the optimizer holds (FSDP2 shards it in place)
-        model = raw
+        model: torch.nn.Module = raw
+        # torch.compile gives an nn.Module for a module, though its signature says a callable
         if tc.compile and self.info.mode != "fsdp":
-            model = torch.compile(model)
+            model = cast(torch.nn.Module, torch.compile(model))
         model = D.wrap_model(model, self.info)
         if tc.compile and self.info.mode == "fsdp" and self.info.enabled:
-            model = torch.compile(model)
+            model = cast(torch.nn.Module, torch.compile(model))
         self.model = model
         self.optimizer = build_optimizer(raw, tc, self.dev)
         self.scaler = torch.amp.GradScaler(self.dev.type, enabled=(self.precision == "fp16"))
@@ -672,7 +675,7 @@ class Trainer:
 
     # --- hooks: what another kind of training (openllm.finetune) extends ------------------------------
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self) -> Transformer:
         """The model to train, on the CPU (setup moves, compiles and wraps it), with the checkpoint's weights
         when resuming: the weights are the one component :meth:`checkpoint_components` does not restore."""
         raw = Transformer(self.cfg.model)
@@ -792,8 +795,8 @@ class Trainer:
             if stop_now:
                 when = when.ending()
 
-            record = self._record(lr, loss, grad_norm) if when.log else None
-            if when.evaluate:
+            record = self._record(lr, loss, grad_norm) if when.log else {}
+            if when.evaluate:  # an evaluation step logs too
                 record["val_loss"] = self._evaluate()
                 if tc.early_stop_patience and st.evals_without_improvement >= tc.early_stop_patience:
                     when = when.ending()
@@ -805,7 +808,7 @@ class Trainer:
             if stop_now:
                 self.end_state = "stopped"
                 self.reason = f"stopped by {stop.signal_name or 'request'} at step {st.step}"
-            if record is not None:
+            if record:
                 self._log(record)
             if self.log is not None:
                 self.log.advance()
@@ -841,7 +844,7 @@ class Trainer:
         bad = ~torch.isfinite(loss_sum)
         if not scaler.is_enabled():
             bad = bad | ~torch.isfinite(grad_norm)
-        self._bad = bad if getattr(self, "_bad", None) is None else self._bad | bad
+        self._bad = bad if self._bad is None else self._bad | bad
         if not when.read_host:
             scaler.step(self.optimizer)
             scaler.update()
@@ -877,12 +880,12 @@ class Trainer:
 
     def _evaluate(self) -> float | None:
         """The val-loss estimate now; a new best is checkpointed and recorded in ``best.json``."""
-        st = self.state
-        if st.record_eval(self.val_loss(self.raw if self.info.mode != "fsdp" else self.model)):
+        val = self.val_loss(self.raw if self.info.mode != "fsdp" else self.model)
+        if self.state.record_eval(val) and val is not None:
             self._save()
             if self.main:
-                rundir.write_best(self.out, st.step, st.best_val_loss)
-        return st.val_loss
+                rundir.write_best(self.out, self.step, val)
+        return val
 
     def _record(self, lr: float, loss: float | None, grad_norm: float | None) -> dict[str, Any]:
         rates = self.throughput.rates()
@@ -893,8 +896,9 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         record["elapsed_s"] = round(self.state.elapsed(), 3)
         val = self.state.val_loss
-        if self.main:
+        if self.log is not None:
             self.log.write(record, val)
+        if self.main:
             self.status.update(
                 step=self.step,
                 loss=record["loss"],
@@ -1023,9 +1027,7 @@ class Trainer:
                 self.lock.release()
             D.shutdown(self.info)
         finally:
-            if self.stop is not None:
-                self.stop.__exit__(None, None, None)
-                self.stop = None
+            self.stop.__exit__(None, None, None)
 
 
 # --- the entry point -----------------------------------------------------------------------------------
