@@ -24,7 +24,7 @@ from typing import Any
 
 from .config import Config, ConfigError
 from .device import AUTO, resolve_device
-from .errors import OpenLLMError
+from .errors import InputNotFound, OpenLLMError
 from .fsio import load_json
 from .rundir import CHECKPOINTS, CONFIG, STATE, TOKENIZER, require_latest_checkpoint, step_of
 
@@ -81,8 +81,9 @@ def load(source: str | Path, *, device: str = AUTO, hub: Any = None) -> LoadedMo
         loaded = _load_path(folder, device=device)
         loaded.source, loaded.hub_ref = text, text
         return loaded
-    raise OpenLLMError(
-        f"no model at {text!r}: give a run folder, an export folder, or a hub reference OWNER/NAME@VERSION"
+    raise InputNotFound(
+        f"no model at {text!r}: give a run folder, an export folder, or a hub reference OWNER/NAME@VERSION",
+        path=path,
     )
 
 
@@ -90,7 +91,7 @@ def detect_kind(path: Path) -> str:
     """run | checkpoint | native | hf for a folder, or raise OpenLLMError saying what is missing."""
     path = Path(path)
     if not path.is_dir():
-        raise OpenLLMError(f"{path} is a file, not a folder: give a run folder or an export folder")
+        raise OpenLLMError(f"{path} is a file, not a folder: give a run folder or an export folder", path=path)
     if (path / CHECKPOINTS).is_dir():
         return "run"
     if step_of(path) is not None and _has_weights(path) and not (path / "config.json").is_file():
@@ -102,13 +103,15 @@ def detect_kind(path: Path) -> str:
         return "hf"
     if cfg is not None and "model" in cfg and isinstance(cfg["model"], dict):
         raise OpenLLMError(
-            f"run {path} has no checkpoint yet (no checkpoints/ folder): train it longer or wait for the first save"
+            f"run {path} has no checkpoint yet (no checkpoints/ folder): train it longer or wait for the first save",
+            path=path,
         )
     if cfg is not None and cfg.get("model_type"):
-        raise OpenLLMError(f"{path}: model_type {cfg.get('model_type')!r} is not supported (only llama)")
+        raise OpenLLMError(f"{path}: model_type {cfg.get('model_type')!r} is not supported (only llama)", path=path)
     raise OpenLLMError(
         f"{path} holds no model: expected a run folder (checkpoints/), a native export "
-        f"(config.json with format openllm) or a Hugging Face Llama export"
+        f"(config.json with format openllm) or a Hugging Face Llama export",
+        path=path,
     )
 
 
@@ -138,9 +141,10 @@ def read_state_dict(folder: Path) -> dict[str, Any]:
             raise OpenLLMError(
                 f"{pt} cannot be read safely: it is damaged or holds more than tensors (a pickle can run code "
                 f"when loaded, so it is refused); convert it to model.safetensors where it came from, or "
-                f"export the model again with `openllm export RUN --format hf`"
+                f"export the model again with `openllm export RUN --format hf`",
+                path=pt,
             ) from exc
-    raise OpenLLMError(f"{folder} has no weights (model.safetensors)")
+    raise OpenLLMError(f"{folder} has no weights (model.safetensors)", path=folder)
 
 
 # --- per kind ---------------------------------------------------------------------------------------------
@@ -316,8 +320,8 @@ def _config_from(raw: dict, where: Path) -> Config:
     raw = {k: v for k, v in raw.items() if k in ("model", "train", "data", "name")}
     try:
         return Config.from_dict(raw)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+    except ConfigError as exc:  # the file named in front; the setting at fault and the reason kept
+        raise ConfigError(f"{where}: {exc}", key=exc.key, reason=exc.reason) from exc
 
 
 def _first_tokenizer_dir(*candidates: Path) -> Path | None:
