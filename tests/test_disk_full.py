@@ -140,3 +140,23 @@ def test_checkpoint_on_a_really_full_disk_is_the_disk_full_message(tmp_path, sma
     assert err.startswith("error: ") and "could not write checkpoint step 8" in err, res.stderr
     assert "No space left on device" in err and "free some space" in err
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == ["step_00000004"]
+
+
+def test_a_full_disk_wrapped_by_a_library_is_the_disk_full_message(monkeypatch, capsys):
+    """Wherever ENOSPC surfaces (here: a RuntimeError raised while handling it, as torch.save does), the CLI says
+    the disk is full, not the wrapper's words alone, and exits 2."""
+    import errno
+
+    import openllm.cli.info as info
+    from openllm.cli import main
+
+    def run(args):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+    monkeypatch.setattr(info, "run", run)
+    assert main(["info", "tiny"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "No space left on device" in line and "free some space" in line

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line, no traceback unless --debug
-        from ..errors import DISK_FULL_HINT, is_disk_full, is_user_error, user_message
+        from ..errors import DISK_FULL_HINT, disk_full_reason, is_disk_full, is_user_error, user_message
 
         if debug:  # the fields of each error in the chain, then Python prints the chain (causes included)
             _say_details(exc)
@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         message = " ".join(user_message(exc).split())  # one line, whatever the library put in its message
         if is_disk_full(exc) and DISK_FULL_HINT not in message:
+            reason = disk_full_reason(exc)
+            if reason and reason not in message:  # a library's wrapper ("unexpected pos …") hides the cause
+                message = f"{message} ({reason})"
             message = f"{message}: {DISK_FULL_HINT}"
         _say(f"error: {message}")
         return 2
