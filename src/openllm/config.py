@@ -300,8 +300,9 @@ class Config:
         name = data.get("name", "custom")
         return cls(**sections, name=str(name)).validate()
 
-    def replace(self, **sections: Mapping[str, Any]) -> Config:
-        """A copy with some fields overridden, e.g. ``cfg.replace(train={"max_steps": 10})``; validated."""
+    def replace(self, **sections: Any) -> Config:
+        """A copy with some fields overridden, e.g. ``cfg.replace(train={"max_steps": 10})`` (a section's
+        overrides as a mapping, ``name=`` as a string); validated."""
         data = self.to_dict()
         for key, overrides in sections.items():
             if key == "name":

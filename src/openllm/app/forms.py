@@ -217,8 +217,8 @@ def parse_train_form(values: Mapping[str, Any]) -> TrainRequest:
     try:
         config = base.replace(**sections, name=run_name).validate(new_tokenizer=True)
     except ConfigError as exc:
-        f = field_for_key(exc.key)
-        raise FormError(f.label if f else "Settings", exc.reason if f else str(exc)) from exc
+        at = field_for_key(exc.key)
+        raise FormError(at.label if at else "Settings", exc.reason if at else str(exc)) from exc
     vocab = config.model.vocab_size
 
     kind = values.get("corpus_kind")

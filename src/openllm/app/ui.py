@@ -214,8 +214,8 @@ def _wire_run_pickers(demo, sh, tabs, picks, run_pickers: list, compare_pickers:
     pickers = [*run_pickers, *compare_pickers]
     keys = [p.elem_id for p in pickers]
 
-    def keep_runs(*values: Any):
-        *values, saved = values
+    def keep_runs(*given: Any):
+        *values, saved = given
         saved = saved if isinstance(saved, dict) else {}
         current = values
         values = [v or saved.get(k) for v, k in zip(values, keys)]

@@ -392,8 +392,9 @@ def on_continue(sh: Shared, run: str, n: Any):
         total = sh.runner.continue_run(run, int(n or 0))
     except Exception as exc:
         return R.err(exc), gr.skip(), gr.skip(), gr.skip()
+    latest = rundir.latest_checkpoint(sh.ws.run_dir(run))
     done = R.msg(
-        f"Continuing {run!r} from step {rundir.step_of(rundir.latest_checkpoint(sh.ws.run_dir(run)))}"
+        f"Continuing {run!r} from step {rundir.step_of(latest) if latest is not None else 0}"
         f" to a new total of {total:,} steps. Following it in the Monitor tab.",
         "ok",
     )

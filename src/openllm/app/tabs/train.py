@@ -66,7 +66,7 @@ def _config_runs(sh: Shared) -> list[str]:
 
 def _component(f: FormField, value: Any) -> Any:
     """The widget a setting takes: a list of its choices, a checkbox, or a number."""
-    common = {"label": f.label, "elem_id": f.elem_id, "info": f.help}
+    common: dict[str, Any] = {"label": f.label, "elem_id": f.elem_id, "info": f.help}
     if f.setting.choices:
         return gr.Dropdown(list(f.setting.choices), value=value, **common)
     if f.setting.type == "bool":
