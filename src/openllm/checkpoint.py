@@ -37,6 +37,7 @@ import torch
 
 from . import rundir
 from .errors import DISK_FULL_HINT, OpenLLMError, disk_full_reason, is_disk_full
+from .fsio import fsync_dir, fsync_file, load_json
 from .hashing import sha256_file
 
 __all__ = [
@@ -197,8 +198,8 @@ def save_checkpoint(
             json.dump({**state, "step": step, "files": files}, f, indent=2)
             f.write("\n")
         for name in (rundir.WEIGHTS, rundir.OPTIMIZER, rundir.STATE):
-            rundir.fsync_file(tmp / name)
-        rundir.fsync_dir(tmp)
+            fsync_file(tmp / name)
+        fsync_dir(tmp)
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if not is_disk_full(exc):
@@ -217,7 +218,7 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    rundir.fsync_dir(root)
+    fsync_dir(root)
     if keep_last:
         ckpts = rundir.list_checkpoints(run_dir)
         keep = set(ckpts[-keep_last:])
@@ -233,7 +234,7 @@ def load_state(ckpt: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise OpenLLMError(f"{ckpt} is not a checkpoint (no state.json)")
     try:
-        state = rundir.load_json(path, what="checkpoint state")
+        state = load_json(path, what="checkpoint state")
     except OpenLLMError as exc:
         raise CheckpointDamaged(str(exc)) from None
     if not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool):

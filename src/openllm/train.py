@@ -130,53 +130,24 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-# what status.json says for an active state (with its phase); ``running`` is what readers have always seen
-_WRITTEN = {rundir.PREPARING: ("preparing", "setting up training"), rundir.TRAINING: ("running", "training")}
-
-
 class _Status:
-    """``RUN/status.json``: state preparing | running (training) | finished | stopped | failed | diverged,
-    error, warning, step, max_steps, pid, times. :meth:`move` changes the state along
-    :data:`openllm.rundir.TRANSITIONS` (``machine`` is the state in the state machine's words)."""
+    """This process's side of ``RUN/status.json``, written through :func:`openllm.rundir.move` (the one writer)
+    when ``enabled`` (the lock holder); ``state`` is what this process last recorded."""
 
     def __init__(self, run_dir: Path, max_steps: int, enabled: bool) -> None:
         self.run_dir = run_dir
         self.enabled = enabled
-        self.machine = rundir.NEW
-        self.data: dict[str, Any] = {
-            "state": "running",
-            "error": None,
-            "step": 0,
-            "max_steps": max_steps,
-            "pid": os.getpid(),
-            "started": _now(),
-            "updated": _now(),
-        }
-
-    def begin(self) -> None:
-        """Take over the run's state from its status.json (called once the run lock is held): an active state
-        recorded by another process is a process that died without recording its end."""
-        previous = rundir.read_status(self.run_dir)
-        recorded = rundir.run_state(self.run_dir).recorded
-        if recorded in rundir.ACTIVE_STATES and previous.get("pid") != os.getpid():
-            recorded = rundir.FAILED
-        self.machine = recorded
+        self.state = rundir.NEW
+        self.max_steps = max_steps
 
     def move(self, state: str, **fields: Any) -> None:
-        """Go to ``state`` (one of :data:`openllm.rundir.STATES`; an impossible transition is a bug and raises)
-        and write status.json with ``fields``."""
-        if state != self.machine:
-            rundir.check_transition(self.machine, state)
-            self.machine = state
-        written, phase = _WRITTEN.get(state, (state, None))
-        self.update(state=written, phase=phase, **fields)
+        """Go to ``state`` with ``fields`` (an impossible transition is a bug: rundir.InvalidTransition)."""
+        if self.enabled:
+            rundir.move(self.run_dir, state, max_steps=self.max_steps, pid=os.getpid(), **fields)
+        self.state = state
 
     def update(self, **fields: Any) -> None:
-        self.data.update(fields)
-        self.data["updated"] = _now()
-        self.data["updated_unix"] = time.time()
-        if self.enabled:
-            rundir.write_status(self.run_dir, self.data)
+        self.move(self.state, **fields)
 
 
 class _StopFlag:
@@ -622,8 +593,7 @@ class Trainer:
                 self.main = False  # the run belongs to the process that holds it: leave its files alone
                 error = str(exc)
             else:
-                self.status.begin()
-                self.status.move(rundir.PREPARING, step=self.step)
+                self.status.move(rundir.PREPARING, step=self.step, phase="setting up training")
         if error is None:
             try:
                 _check_memory(plan.cfg, self.seq_len, self.precision, self.dev)
@@ -740,10 +710,10 @@ class Trainer:
         out, data_dir = self.out, self.plan.data_dir
         out.mkdir(parents=True, exist_ok=True)
         rundir.clean_temporary(out)
-        self.cfg.save(out / "config.json")
-        src_tok = data_dir / "tokenizer"
-        if src_tok.is_dir() and not (out / "tokenizer").exists():
-            shutil.copytree(src_tok, out / "tokenizer")
+        self.cfg.save(out / rundir.CONFIG)
+        src_tok = data_dir / "tokenizer"  # tokenize --out keeps the tokenizer the shards were made with
+        if src_tok.is_dir() and not (out / rundir.TOKENIZER).exists():
+            shutil.copytree(src_tok, out / rundir.TOKENIZER)
 
     def _setup_logging(self) -> None:
         tc, info, resume_from = self.tc, self.info, self.plan.resume_from
@@ -926,15 +896,15 @@ class Trainer:
             self.log.close_bar()
         st = self.state
         elapsed = st.elapsed()
-        warning = None
+        warning = diverged = None
         if self.main:
             _finish_plots(self.out, self.cfg)
             if self.end_state == "finished":
-                warning = rundir.divergence(
-                    rundir.read_metrics(self.out), self.cfg.model.vocab_size, self.cfg.to_dict()
-                )
+                metrics = rundir.read_metrics(self.out)
+                warning = rundir.divergence(metrics, self.cfg.model.vocab_size, self.cfg.to_dict())
                 if warning is not None:
                     self.end_state = rundir.DIVERGED
+                    diverged = rundir.divergence_fields(metrics)
             latest = self.checkpointer.last or rundir.latest_checkpoint(self.out)
             self.status.move(
                 self.end_state,
@@ -942,6 +912,7 @@ class Trainer:
                 reason=self.reason,
                 error=None,
                 warning=warning,
+                diverged=diverged,
                 elapsed_s=round(elapsed, 3),
                 checkpoint=str(latest) if latest else None,
             )
@@ -989,15 +960,17 @@ class Trainer:
                 f"{tc.grad_accum_steps * 2} (same tokens per step), or use a shorter train.seq_len"
             )
         # the lock holder records how an active run ended (once: an error after finish() wrote the end stays out)
-        if self.main and self.lock is not None and self.lock.held and self.status.machine in rundir.ACTIVE_STATES:
+        if self.main and self.lock is not None and self.lock.held and self.status.state in rundir.ACTIVE_STATES:
             if isinstance(exc, KeyboardInterrupt):
                 self.status.move(rundir.STOPPED, error=None, reason="interrupted (no checkpoint written)")
-            elif isinstance(exc, TrainingDiverged) and self.status.machine == rundir.TRAINING:
+            elif isinstance(exc, TrainingDiverged) and self.status.state == rundir.TRAINING:
                 warning = rundir.divergence([{"loss": float("nan")}], None, self.cfg.to_dict())
-                self.status.move(rundir.DIVERGED, error=str(err), warning=warning)
+                # the update that went non-finite is the one after the last completed step
+                diverged = {"step": self.step + 1, "loss": None, "cause": rundir.NON_FINITE}
+                self.status.move(rundir.DIVERGED, error=str(err), warning=warning, diverged=diverged)
                 self.say(f"warning: {warning}")
             else:
-                self.status.move(rundir.FAILED, error=str(err) or type(err).__name__)
+                self.status.move(rundir.FAILED, error=str(err) or type(err).__name__, error_type=type(err).__name__)
             with contextlib.suppress(Exception):
                 _finish_plots(self.out, self.cfg)
         return err
