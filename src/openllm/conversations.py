@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OpenLLMError
+from .errors import InputNotFound, OpenLLMError
 from .hashing import sha256_file
 from .tokenizer import SPECIAL_TOKENS, apply_chat_template
 
@@ -130,7 +130,7 @@ def read_conversations(path: str | os.PathLike) -> list[Conversation]:
     naming the file and line of the first bad one, or the file when it holds none."""
     path = Path(path)
     if not path.is_file():
-        raise OpenLLMError(f"{path}: no such file (give a .jsonl file of conversations)")
+        raise InputNotFound(f"{path}: no such file (give a .jsonl file of conversations)", path=path)
     out: list[Conversation] = []
     with open(path, encoding="utf-8") as f:
         try:
@@ -144,7 +144,7 @@ def read_conversations(path: str | os.PathLike) -> list[Conversation]:
                     raise OpenLLMError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
                 out.append(parse_conversation(record, where))
         except UnicodeDecodeError as exc:
-            raise OpenLLMError(f"{path}: not UTF-8 text (conversations are JSON Lines)") from exc
+            raise OpenLLMError(f"{path}: not UTF-8 text (conversations are JSON Lines)", path=path) from exc
     if not out:
         raise OpenLLMError(
             f'{path}: no conversations (the file is empty); write one JSON object a line with "messages"'
@@ -501,7 +501,7 @@ def write_synthetic_set(
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise OpenLLMError(f"{out} is a file: choose a folder for the conversation set")
+        raise OpenLLMError(f"{out} is a file: choose a folder for the conversation set", path=out)
     out.mkdir(parents=True, exist_ok=True)
     train, val = make_synthetic_conversations(n, seed=seed, val_fraction=val_fraction)
     about: dict[str, Any] = {

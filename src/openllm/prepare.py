@@ -249,16 +249,22 @@ def _read_jsonl(src: Source, *, strict: bool, field: str, progress) -> Iterator[
                     f"{path}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)}); each line must be one JSON object"
                 ) from exc
             if not isinstance(obj, dict):
-                raise OpenLLMError(f"{path}:{lineno}: a JSON {type(obj).__name__}, expected an object with {field!r}")
+                raise OpenLLMError(
+                    f"{path}:{lineno}: a JSON {type(obj).__name__}, expected an object with {field!r}", path=path
+                )
             if field not in obj:
                 keys = ", ".join(map(repr, list(obj)[:8])) or "none"
-                raise OpenLLMError(f"{path}:{lineno}: no field {field!r} (fields: {keys}); choose one with --field")
+                raise OpenLLMError(
+                    f"{path}:{lineno}: no field {field!r} (fields: {keys}); choose one with --field", path=path
+                )
             value = obj[field]
             if value is None:
                 yield ""
                 continue
             if not isinstance(value, str):
-                raise OpenLLMError(f"{path}:{lineno}: field {field!r} is a {type(value).__name__}, expected a string")
+                raise OpenLLMError(
+                    f"{path}:{lineno}: field {field!r} is a {type(value).__name__}, expected a string", path=path
+                )
             yield value
     src.stats["replaced_bytes"] = replaced
 
@@ -271,17 +277,19 @@ def _read_parquet(src: Source, *, field: str, progress) -> Iterator[str]:
     assert path is not None
     with open(path, "rb") as f:
         if f.read(4) != b"PAR1":
-            raise OpenLLMError(f"{path} is not a parquet file (no PAR1 header)")
+            raise OpenLLMError(f"{path} is not a parquet file (no PAR1 header)", path=path)
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
-        raise OpenLLMError(f"{path}: cannot read parquet ({exc})") from exc
+        raise OpenLLMError(f"{path}: cannot read parquet ({exc})", path=path) from exc
     names = pf.schema_arrow.names
     if field not in names:
-        raise OpenLLMError(f"{path}: no column {field!r} (columns: {', '.join(names)}); choose one with --field")
+        raise OpenLLMError(
+            f"{path}: no column {field!r} (columns: {', '.join(names)}); choose one with --field", path=path
+        )
     col_type = pf.schema_arrow.field(field).type
     if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
-        raise OpenLLMError(f"{path}: column {field!r} has type {col_type}, expected strings")
+        raise OpenLLMError(f"{path}: column {field!r} has type {col_type}, expected strings", path=path)
     size, rows = path.stat().st_size, max(1, pf.metadata.num_rows)
     for batch in pf.iter_batches(columns=[field], batch_size=4096):
         for value in batch.column(0).to_pylist():

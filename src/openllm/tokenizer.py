@@ -229,7 +229,9 @@ class HFJsonTokenizer:
                         names[key] = value
         ids = {key: self._hf.token_to_id(tok) for key, tok in names.items()}
         if ids["eos"] is None:
-            raise OpenLLMError(f"{self.json_path}: no end-of-text token {names['eos']!r} in the vocabulary")
+            raise OpenLLMError(
+                f"{self.json_path}: no end-of-text token {names['eos']!r} in the vocabulary", path=self.json_path
+            )
         self.pad_id = ids["pad"] if ids["pad"] is not None else ids["eos"]
         self.unk_id, self.bos_id, self.eos_id = ids["unk"], ids["bos"], ids["eos"]
         self._names = names
@@ -381,7 +383,9 @@ def _input_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
             else:
                 found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in (".txt", ".jsonl"))
                 if not found:
-                    raise OpenLLMError(f"{p} holds no train.jsonl, .txt or .jsonl files to train a tokenizer on")
+                    raise OpenLLMError(
+                        f"{p} holds no train.jsonl, .txt or .jsonl files to train a tokenizer on", path=p
+                    )
                 files.extend(found)
         elif p.is_file():
             files.append(p)
@@ -641,7 +645,9 @@ def build_hf_tokenizer(model_path: str | os.PathLike):
     proto.ParseFromString(Path(model_path).read_bytes())
     ns, ts = proto.normalizer_spec, proto.trainer_spec
     if ns.add_dummy_prefix or ns.remove_extra_whitespaces or ns.precompiled_charsmap:
-        raise OpenLLMError(f"{model_path}: only tokenizers trained by `openllm train-tokenizer` can be converted")
+        raise OpenLLMError(
+            f"{model_path}: only tokenizers trained by `openllm train-tokenizer` can be converted", path=model_path
+        )
     NORMAL, UNKNOWN, CONTROL, USER, _BYTE = 1, 2, 3, 4, 6
     pieces = list(proto.pieces)
     if ts.model_type == pb.TrainerSpec.BPE:
@@ -664,7 +670,7 @@ def build_hf_tokenizer(model_path: str | os.PathLike):
     elif ts.model_type == pb.TrainerSpec.UNIGRAM:
         model = Unigram([(p.piece, p.score) for p in pieces], unk_id=ts.unk_id, byte_fallback=bool(ts.byte_fallback))
     else:
-        raise OpenLLMError(f"{model_path}: unsupported SentencePiece model type {ts.model_type}")
+        raise OpenLLMError(f"{model_path}: unsupported SentencePiece model type {ts.model_type}", path=model_path)
 
     tok = HFTokenizer(model)
     tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(" "), "▁")])

@@ -276,9 +276,9 @@ def text_file_text(path: str | Path, tokenizer, *, max_bytes: int | None = None)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise OpenLLMError(f"{path} is not UTF-8 text (byte {exc.start}); convert it first") from exc
+        raise OpenLLMError(f"{path} is not UTF-8 text (byte {exc.start}); convert it first", path=path) from exc
     if not text:
-        raise OpenLLMError(f"{path} is empty")
+        raise OpenLLMError(f"{path} is empty", path=path)
     ids: list[int] = []
     for block in _line_blocks(text):
         ids.extend(tokenizer.encode(block))

@@ -216,9 +216,9 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise OpenLLMError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                raise OpenLLMError(f"{path}:{lineno}: not valid JSON ({exc.msg})", path=path) from exc
             if not isinstance(row, dict):
-                raise OpenLLMError(f"{path}:{lineno}: expected a JSON object")
+                raise OpenLLMError(f"{path}:{lineno}: expected a JSON object", path=path)
             rows.append(row)
     return rows
 
@@ -257,12 +257,12 @@ def load_hellaswag(path: str | Path, name: str = "hellaswag") -> Task:
     while lines and not lines[-1].strip():
         lines.pop()
     if len(lines) % 6:
-        raise OpenLLMError(f"{path}: {len(lines)} lines is not a multiple of 6 (context, label, 4 endings)")
+        raise OpenLLMError(f"{path}: {len(lines)} lines is not a multiple of 6 (context, label, 4 endings)", path=path)
     items = []
     for k in range(0, len(lines), 6):
         ctx, label, endings = lines[k], lines[k + 1].strip(), lines[k + 2 : k + 6]
         if label not in {"0", "1", "2", "3"}:
-            raise OpenLLMError(f"{path}:{k + 2}: the label must be 0-3, got {label!r}")
+            raise OpenLLMError(f"{path}:{k + 2}: the label must be 0-3, got {label!r}", path=path)
         choices = [_hellaswag_clean(e) for e in endings]
         items.append(Item(_hellaswag_clean(ctx), choices, int(label)))
     return Task(name, "choice", items, str(path))
