@@ -165,7 +165,8 @@ def require_latest_checkpoint(run_dir: str | os.PathLike) -> Path:
     if found is None:
         raise OpenLLMError(
             f"run {run_dir} has no checkpoint yet (nothing complete in "
-            f"{Path(run_dir) / CHECKPOINTS}): train it longer or wait for the first save"
+            f"{Path(run_dir) / CHECKPOINTS}): train it longer or wait for the first save",
+            path=run_dir,
         )
     return found
 
@@ -195,7 +196,7 @@ def write_best(run_dir: str | os.PathLike, step: int, val_loss: float) -> None:
             "step": step,
             "val_loss": val_loss,
             "checkpoint": step_name(step),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "time": _now(),
         },
     )
 
@@ -256,7 +257,7 @@ def _lock_info(command: str | None = None, log: str | os.PathLike | None = None)
 
     info: dict[str, Any] = {
         "pid": os.getpid(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started": _now(),
         "started_unix": time.time(),
         "host": socket.gethostname(),
         # the lock file is world-readable: a token in a --hub URL must not be recorded there
@@ -285,7 +286,8 @@ def _stdout_file() -> str | None:
 def _read_only_error(run: Path, exc: OSError) -> OpenLLMError:
     return OpenLLMError(
         f"run folder {run} is not writable ({exc.strerror or exc}): training needs to write its "
-        f"lock, checkpoints and metrics there; train into a writable folder (--out)"
+        f"lock, checkpoints and metrics there; train into a writable folder (--out)",
+        path=run,
     )
 
 
@@ -334,7 +336,7 @@ class RunLock:
                 holder = _read_lock_fd(fd)
                 os.close(fd)
                 if holder.get("pid") or time.monotonic() >= deadline:
-                    raise OpenLLMError(_held_message(self.run_dir, holder)) from exc
+                    raise OpenLLMError(_held_message(self.run_dir, holder), path=self.run_dir) from exc
                 time.sleep(0.05)
                 continue
             # the file may have been removed (released, or cleared as stale) between open and flock: then this
@@ -434,7 +436,7 @@ def request_stop(run_dir: str | os.PathLike) -> int:
     holder = lock_holder(run_dir)
     pid = holder.get("pid") if holder else None
     if not isinstance(pid, int) or pid <= 0:
-        raise OpenLLMError(f"nothing is training run {Path(run_dir).name}: there is nothing to stop")
+        raise OpenLLMError(f"nothing is training run {Path(run_dir).name}: there is nothing to stop", path=run_dir)
     with contextlib.suppress(OSError):
         write_json_atomic(Path(run_dir) / STOP_REQUEST, {"pid": pid, "time": time.time()})
     try:
@@ -442,7 +444,9 @@ def request_stop(run_dir: str | os.PathLike) -> int:
     except ProcessLookupError:
         pass
     except PermissionError as exc:
-        raise OpenLLMError(f"run {Path(run_dir).name} is trained by PID {pid}, which this user may not stop") from exc
+        raise OpenLLMError(
+            f"run {Path(run_dir).name} is trained by PID {pid}, which this user may not stop", path=run_dir
+        ) from exc
     return pid
 
 
@@ -467,15 +471,20 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 
 class InvalidTransition(RuntimeError):
-    """A move the state machine does not allow: a bug in the code that moved the run, not a user error."""
+    """A move the state machine does not allow: a bug in the code that moved the run, not a user error.
+    ``old`` and ``new`` are the two states."""
+
+    def __init__(self, *args: object, old: str | None = None, new: str | None = None) -> None:
+        super().__init__(*args)
+        self.old, self.new = old, new
 
 
 def check_transition(old: str, new: str) -> str:
     """``new`` when a run may go from ``old`` to it; otherwise :class:`InvalidTransition` naming both."""
     if new not in STATES:
-        raise InvalidTransition(f"unknown run state {new!r}; one of {', '.join(STATES)}")
+        raise InvalidTransition(f"unknown run state {new!r}; one of {', '.join(STATES)}", old=old, new=new)
     if new not in TRANSITIONS.get(old, frozenset()):
-        raise InvalidTransition(f"a run cannot go from {old} to {new}")
+        raise InvalidTransition(f"a run cannot go from {old} to {new}", old=old, new=new)
     return new
 
 
@@ -534,6 +543,7 @@ def move(run_dir: str | os.PathLike, state: str, **fields: Any) -> dict[str, Any
 
 
 def _now() -> str:
+    """UTC, to the second: the times status.json, best.json and the lock file record."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
