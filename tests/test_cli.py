@@ -282,12 +282,15 @@ def test_a_missing_file_the_user_did_not_name_is_a_bug(monkeypatch, tmp_path, ca
 
 def test_a_broken_invariant_is_a_bug_not_a_user_error(monkeypatch, tmp_path, capsys):
     """An impossible state transition is not something the user can fix: exit 1 and a crash log, never exit 2."""
-    from openllm import rundir
-    from openllm.errors import OpenLLMError, is_user_error
+    import pytest
 
-    invalid = getattr(rundir, "InvalidTransition", RuntimeError)
-    assert not issubclass(invalid, OpenLLMError) and not is_user_error(invalid.__new__(invalid))
-    _failing_info(monkeypatch, tmp_path, lambda: RuntimeError("cannot move from 'done' to 'training'"))
+    from openllm import rundir
+
+    with pytest.raises(rundir.InvalidTransition) as caught:
+        rundir.check_transition(rundir.FINISHED, rundir.STOPPING)
+    assert (caught.value.old, caught.value.new) == (rundir.FINISHED, rundir.STOPPING)
+    _failing_info(monkeypatch, tmp_path, lambda: caught.value)
     assert main(["info", "tiny"]) == 1
     err = capsys.readouterr().err
-    assert "failed unexpectedly" in err and "this is a bug" in err and err.count("\n") == 1
+    assert "failed unexpectedly (InvalidTransition: a run cannot go from finished to stopping)" in err
+    assert "this is a bug" in err and err.count("\n") == 1
