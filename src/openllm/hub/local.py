@@ -160,7 +160,9 @@ class LocalHub(Hub):
             )
             raise RepositoryNotFound(
                 f"no {repo_type} repo {repo_id!r} on the local hub {self.root}{missing}; "
-                f"push to it first or check the name (openllm hub list)"
+                f"push to it first or check the name (openllm hub list)",
+                repo_id=repo_id,
+                repo_type=repo_type,
             )
         return loc
 
@@ -172,23 +174,31 @@ class LocalHub(Hub):
         if private:
             raise UnsupportedOperation(
                 "the local hub has no accounts, so no private repositories: anyone who can "
-                "read its folder can read every repo; use --hub hf for a private one"
+                "read its folder can read every repo; use --hub hf for a private one",
+                repo_id=repo_id,
+                repo_type=repo_type,
             )
         loc = self.repo_location(repo_id=repo_id, repo_type=repo_type)
         if self.root is None:
             if self.repo_exists(repo_id=repo_id, repo_type=repo_type):
                 if exist_ok:
                     return loc
-                raise RepositoryExists(f"{repo_type} repo {repo_id} already exists at {loc}")
+                raise RepositoryExists(
+                    f"{repo_type} repo {repo_id} already exists at {loc}", repo_id=repo_id, repo_type=repo_type
+                )
             raise UnsupportedOperation(
                 f"cannot create {repo_type} repo {repo_id} over {self.url}: git's protocols "
-                f"cannot create repositories; create it on the server"
+                f"cannot create repositories; create it on the server",
+                repo_id=repo_id,
+                repo_type=repo_type,
             )
         path = Path(loc)
         if (path / "HEAD").is_file():
             if exist_ok:
                 return loc
-            raise RepositoryExists(f"{repo_type} repo {repo_id} already exists at {path}")
+            raise RepositoryExists(
+                f"{repo_type} repo {repo_id} already exists at {path}", repo_id=repo_id, repo_type=repo_type
+            )
         self._check_root(creating=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         # build beside the final place, then rename: a repo is either absent or complete
@@ -221,7 +231,9 @@ class LocalHub(Hub):
                 if (path / "HEAD").is_file():  # another process created it meanwhile
                     if exist_ok:
                         return loc
-                    raise RepositoryExists(f"{repo_type} repo {repo_id} already exists at {path}") from exc
+                    raise RepositoryExists(
+                        f"{repo_type} repo {repo_id} already exists at {path}", repo_id=repo_id, repo_type=repo_type
+                    ) from exc
                 raise
         finally:
             if tmp.exists():
@@ -312,7 +324,9 @@ class LocalHub(Hub):
                 return proc.stdout.decode().strip()
         tags = self._git(["tag", "--list"], git_dir=gd, repo_type=repo_type, repo_id=repo_id).stdout.decode().split()
         known = f"; versions: {', '.join(tags)}" if tags else "; it has no versions yet"
-        raise RevisionNotFound(f"{repo_type} repo {repo_id} has no revision {rev!r}{known}")
+        raise RevisionNotFound(
+            f"{repo_type} repo {repo_id} has no revision {rev!r}{known}", repo_id=repo_id, repo_type=repo_type
+        )
 
     def resolve(self, *, repo_id: str, repo_type: str = "model", revision: str | None = None) -> str:
         """The commit id that ``revision`` (tag, branch or commit; default main) names."""
@@ -574,7 +588,9 @@ class LocalHub(Hub):
                 if parent_commit is not None and not (head or "").startswith(parent_commit):
                     raise ConflictError(
                         f"{repo_type} repo {repo_id} moved: its head is {(head or 'empty')[:12]}, "
-                        f"not the parent commit {parent_commit[:12]} you built on; fetch and retry"
+                        f"not the parent commit {parent_commit[:12]} you built on; fetch and retry",
+                        repo_id=repo_id,
+                        repo_type=repo_type,
                     )
                 old_tag = None
                 if tag is not None:
@@ -583,7 +599,9 @@ class LocalHub(Hub):
                         meanwhile = " (created meanwhile)" if attempt else ""
                         raise RevisionExists(
                             f"{repo_type} repo {repo_id} already has version {tag.name!r}"
-                            f"{meanwhile}; versions are immutable"
+                            f"{meanwhile}; versions are immutable",
+                            repo_id=repo_id,
+                            repo_type=repo_type,
                         )
                 tree = build(ws, head)
                 if head is not None and tree == self._tree_of(ws, head, repo_type, repo_id):
@@ -613,12 +631,16 @@ class LocalHub(Hub):
                     return new
                 if parent_commit is not None:
                     raise ConflictError(
-                        f"{repo_type} repo {repo_id} moved while pushing; its head is no longer {parent_commit[:12]}"
+                        f"{repo_type} repo {repo_id} moved while pushing; its head is no longer {parent_commit[:12]}",
+                        repo_id=repo_id,
+                        repo_type=repo_type,
                     )
                 time.sleep(random.uniform(0.01, 0.05) * min(attempt + 1, 10))
         raise ConflictError(
             f"{repo_type} repo {repo_id}: gave up after {self.max_attempts} attempts, other "
-            f"writers kept moving the branch; try again"
+            f"writers kept moving the branch; try again",
+            repo_id=repo_id,
+            repo_type=repo_type,
         )
 
     def _tree_of(self, ws: str, sha: str, repo_type: str, repo_id: str) -> str:
@@ -653,7 +675,11 @@ class LocalHub(Hub):
                 else:
                     hits = [p for p in existing if p == op.path_in_repo]
                 if not hits:
-                    raise EntryNotFound(f"cannot delete {op.path_in_repo!r}: not in {repo_type} repo {repo_id}")
+                    raise EntryNotFound(
+                        f"cannot delete {op.path_in_repo!r}: not in {repo_type} repo {repo_id}",
+                        repo_id=repo_id,
+                        repo_type=repo_type,
+                    )
                 remove.update(hits)
             for pattern in delete_patterns:
                 pat = pattern + "*" if pattern.endswith("/") else pattern
@@ -856,7 +882,11 @@ class LocalHub(Hub):
                 # the same tag on the same commit: a retried call whose first answer was lost; nothing to do
                 if exist_ok or existing.stdout.decode().strip() == sha:
                     return
-                raise RevisionExists(f"{repo_type} repo {repo_id} already has version {tag!r}; versions are immutable")
+                raise RevisionExists(
+                    f"{repo_type} repo {repo_id} already has version {tag!r}; versions are immutable",
+                    repo_id=repo_id,
+                    repo_type=repo_type,
+                )
             self._git(
                 ["-c", "tag.gpgSign=false", "tag", "-a", "-m", message or f"version {tag}", tag, sha], git_dir=ws, **kw
             )
@@ -864,14 +894,18 @@ class LocalHub(Hub):
             if not ok and not exist_ok:
                 raise RevisionExists(
                     f"{repo_type} repo {repo_id} already has version {tag!r} (created meanwhile); "
-                    f"versions are immutable"
+                    f"versions are immutable",
+                    repo_id=repo_id,
+                    repo_type=repo_type,
                 )
 
     def delete_tag(self, *, repo_id: str, tag: str, repo_type: str = "model") -> None:
         validate_tag(tag)
         loc = self._require(repo_type, repo_id)
         if tag not in self.list_refs(repo_id=repo_id, repo_type=repo_type).tags:
-            raise RevisionNotFound(f"{repo_type} repo {repo_id} has no version {tag!r}")
+            raise RevisionNotFound(
+                f"{repo_type} repo {repo_id} has no version {tag!r}", repo_id=repo_id, repo_type=repo_type
+            )
         # git push needs a repository to run in: an empty workspace, never the current directory's
         with self._workspace(loc, repo_type, repo_id) as ws:
             proc = self._git(
@@ -885,7 +919,9 @@ class LocalHub(Hub):
         if proc.returncode != 0:
             text = proc.stderr.decode("utf-8", "replace")
             if "remote ref does not exist" in text:
-                raise RevisionNotFound(f"{repo_type} repo {repo_id} has no version {tag!r}")
+                raise RevisionNotFound(
+                    f"{repo_type} repo {repo_id} has no version {tag!r}", repo_id=repo_id, repo_type=repo_type
+                )
             typed = classify_git_error(text, where=self._where(repo_type, repo_id))
             raise typed or GitFailed(f"could not delete tag {tag}: {text.strip()}", text)
 
