@@ -71,3 +71,16 @@ def test_relative_inputs_are_read_from_the_current_folder(tmp_path, monkeypatch)
     exc = FileNotFoundError(2, "No such file or directory", str(tmp_path / "run" / "metrics.jsonl"))
     assert is_user_error(exc, inputs=["evaluate", "run"])
     assert not is_user_error(exc, inputs=["evaluate", "other"])
+
+
+def test_the_local_hubs_errors_name_the_repo(tmp_path):
+    from openllm.hub import LocalHub, RepositoryExists, RepositoryNotFound
+
+    hub = LocalHub(tmp_path / "hub")
+    with pytest.raises(RepositoryNotFound) as missing:
+        hub.list_refs(repo_id="alice/none", repo_type="dataset")
+    assert (missing.value.repo_id, missing.value.repo_type) == ("alice/none", "dataset")
+    hub.create_repo(repo_id="alice/m")
+    with pytest.raises(RepositoryExists) as exists:
+        hub.create_repo(repo_id="alice/m")
+    assert exists.value.details() == {"repo_id": "alice/m", "repo_type": "model"}
