@@ -155,7 +155,7 @@ def evaluate_loaded(
     ):
         if value is not None and value < 1:
             raise OpenLLMError(f"{name} must be at least 1 (or left out for the default), got {value}")
-    window = window or min(cfg.train.seq_len or max_len, max_len)
+    window = window or min(cfg.seq_len, max_len)
     if not 1 <= window <= max_len:
         raise OpenLLMError(f"--window must be between 1 and the model's context {max_len}, got {window}")
     stride = stride or max(1, window // 2)
