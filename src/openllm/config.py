@@ -43,7 +43,7 @@ __all__ = [
 
 def _s(default: Any, label: str, help: str = "", choices: tuple[str, ...] = ()) -> Any:
     """A setting's dataclass field with its label, help and choices: the one description of the setting that
-    validation, ``openllm info`` and the app's generated form read (:func:`settings`)."""
+    validation and the app's generated form read (:func:`settings`)."""
     return field(default=default, metadata={"label": label, "help": help, "choices": choices})
 
 
