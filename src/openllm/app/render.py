@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from .. import rundir
 from ..config import Config
 from ..errors import is_user_error
+from .monitor import Progress, format_progress
 
 __all__ = [
     "CSS",
@@ -20,6 +21,7 @@ __all__ = [
     "state_badge",
     "size",
     "corpus_report",
+    "run_view",
     "corpus_problem",
     "config_summary",
 ]
@@ -180,4 +182,49 @@ def config_summary(cfg: Config, est=None) -> str:
             if est
             else ""
         )
+    )
+
+
+def _stat_cards(stats: list[tuple[str, str, str]]) -> str:
+    return "".join(
+        f'<div class="stat" id="{i}"><div class="label">{html.escape(k)}</div>'
+        f'<div class="value">{html.escape(v)}</div></div>'
+        for k, v, i in stats
+    )
+
+
+def run_view(run: str, st, p: Progress, points: int, ckpts: list[int], mem: dict[str, str]) -> str:
+    """The Monitor's page for ``run``: its state (``st``, a :class:`openllm.app.runner.RunStatus`), who trains
+    it, the progress bar, error and warning, the stat cards and the memory line."""
+    f = format_progress(p)
+    live = st.state in (rundir.PREPARING, rundir.TRAINING, rundir.STOPPING)
+    phase = f" — {html.escape(st.phase)}" if st.phase and st.state == rundir.PREPARING else ""
+    who = ""
+    if st.holder is not None:
+        outside = " (started outside the app)" if st.external else ""
+        who = f' · <span id="run-holder">PID {st.pid}{outside}</span>'
+    error = f'<div class="msg-err" id="run-error">{html.escape(st.error)}</div>' if st.error else ""
+    warning = f'<div class="msg-warn" id="run-warning">{html.escape(st.warning)}</div>' if st.warning else ""
+    cards = _stat_cards(
+        [
+            ("Step", f["step"], "stat-step"),
+            ("ETA", f["eta"] if live else "–", "stat-eta"),
+            ("Tokens / s", f["tokens_per_s"], "stat-tps"),
+            ("Loss", f["loss"], "stat-loss"),
+            ("Val loss (estimate)", f["val_loss"], "stat-val"),
+            ("Latest checkpoint", f"step {ckpts[-1]:,}" if ckpts else "none yet", "stat-ckpt"),
+        ]
+    )
+    mem_line = (
+        f'<div class="mem" id="stat-mem">Memory: machine RAM <b>{html.escape(mem["ram"])}</b>'
+        f" · training process <b>{html.escape(mem.get('training', 'not running'))}</b>"
+        f" · GPU <b>{html.escape(mem['gpu'])}</b></div>"
+    )
+    return (
+        f'<div id="monitor-view" data-step="{p.step}" data-max-steps="{p.max_steps or 0}" '
+        f'data-points="{points}" data-state="{html.escape(st.state)}" '
+        f'data-external="{str(st.external).lower()}">'
+        f"<div><b>{html.escape(run)}</b> {state_badge(st.state)}{phase}{who}</div>"
+        f'<div class="bar"><div style="width:{100 * p.fraction:.1f}%"></div></div>'
+        f'{error}{warning}<div class="stats">{cards}</div>{mem_line}</div>'
     )

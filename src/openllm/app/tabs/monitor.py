@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +10,8 @@ import gradio as gr
 from ... import rundir
 from ...rundir import checkpoint_steps, read_metrics
 from ..forms import FormError
-from ..monitor import format_progress, loss_figure, memory_usage, progress, tail_log
-from ..render import err, msg, state_badge
+from ..monitor import loss_figure, memory_usage, progress, tail_log
+from ..render import err, msg, run_view
 from ..runner import RunStatus
 from ..workspace import WorkspaceError
 from .shared import Shared
@@ -49,14 +48,6 @@ def _log_text(st: RunStatus) -> str:
     return "(no log for this run)"
 
 
-def _stat_cards(stats: list[tuple[str, str, str]]) -> str:
-    return "".join(
-        f'<div class="stat" id="{i}"><div class="label">{html.escape(k)}</div>'
-        f'<div class="value">{html.escape(v)}</div></div>'
-        for k, v, i in stats
-    )
-
-
 def view(sh: Shared, run: str | None, last_count: Any):
     """The tab's HTML, plot (skipped when nothing changed), log tail, change marker, Stop button."""
     if not run:
@@ -74,40 +65,7 @@ def view(sh: Shared, run: str | None, last_count: Any):
         return err(exc), gr.skip(), "", last_count, gr.skip()
     metrics = read_metrics(run_dir)
     p = progress(run_dir, {"step": st.step, "max_steps": st.max_steps}, metrics)
-    f = format_progress(p)
-    mem = memory_usage(st.pid)
-    live = st.state in (rundir.PREPARING, rundir.TRAINING, rundir.STOPPING)
-    phase = f" — {html.escape(st.phase)}" if st.phase and st.state == rundir.PREPARING else ""
-    who = ""
-    if st.holder is not None:
-        outside = " (started outside the app)" if st.external else ""
-        who = f' · <span id="run-holder">PID {st.pid}{outside}</span>'
-    error = f'<div class="msg-err" id="run-error">{html.escape(st.error)}</div>' if st.error else ""
-    warning = f'<div class="msg-warn" id="run-warning">{html.escape(st.warning)}</div>' if st.warning else ""
-    ckpts = checkpoint_steps(run_dir)
-    cards = _stat_cards(
-        [
-            ("Step", f["step"], "stat-step"),
-            ("ETA", f["eta"] if live else "–", "stat-eta"),
-            ("Tokens / s", f["tokens_per_s"], "stat-tps"),
-            ("Loss", f["loss"], "stat-loss"),
-            ("Val loss (estimate)", f["val_loss"], "stat-val"),
-            ("Latest checkpoint", f"step {ckpts[-1]:,}" if ckpts else "none yet", "stat-ckpt"),
-        ]
-    )
-    mem_line = (
-        f'<div class="mem" id="stat-mem">Memory: machine RAM <b>{html.escape(mem["ram"])}</b>'
-        f" · training process <b>{html.escape(mem.get('training', 'not running'))}</b>"
-        f" · GPU <b>{html.escape(mem['gpu'])}</b></div>"
-    )
-    page = (
-        f'<div id="monitor-view" data-step="{p.step}" data-max-steps="{p.max_steps or 0}" '
-        f'data-points="{len(metrics)}" data-state="{html.escape(st.state)}" '
-        f'data-external="{str(st.external).lower()}">'
-        f"<div><b>{html.escape(run)}</b> {state_badge(st.state)}{phase}{who}</div>"
-        f'<div class="bar"><div style="width:{100 * p.fraction:.1f}%"></div></div>'
-        f'{error}{warning}<div class="stats">{cards}</div>{mem_line}</div>'
-    )
+    page = run_view(run, st, p, len(metrics), checkpoint_steps(run_dir), memory_usage(st.pid))
     count = (run, len(metrics), st.state)
     fig = loss_figure(metrics, title=f"{run}: loss") if count != last_count else gr.skip()
     stop = gr.update(interactive=st.active and st.state != rundir.STOPPING)
