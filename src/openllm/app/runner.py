@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import rundir
+from ..config import ConfigError, TrainConfig
 from ..errors import OpenLLMError
 from ..fsio import write_json_atomic
 from ..rundir import read_status
@@ -247,8 +248,10 @@ class Runner:
                 "another name for the fine-tuned run"
             )
         steps = int(max_steps) if max_steps else int(SFT_DEFAULTS["max_steps"])
-        if steps < 1:
-            raise RunnerError("Steps: must be at least 1")
+        try:
+            TrainConfig(max_steps=steps).validate()  # the config's rule for a run's length, before any file is copied
+        except ConfigError as exc:
+            raise RunnerError(f"Steps: {exc.reason}") from exc
         files = {}
         for key, src in (("data", data), ("val", val)):
             if not src:
