@@ -84,3 +84,48 @@ def test_the_local_hubs_errors_name_the_repo(tmp_path):
     with pytest.raises(RepositoryExists) as exists:
         hub.create_repo(repo_id="alice/m")
     assert exists.value.details() == {"repo_id": "alice/m", "repo_type": "model"}
+
+
+def _raises_that_drop_their_cause(path: Path) -> list[str]:
+    """Raises inside an ``except`` block that hide the exception being handled: ``raise X from None``, or a new
+    exception raised with no ``from`` (shown as "during handling ... another exception occurred", as if a second
+    bug). Re-raising the caught exception by name is fine."""
+    import ast
+
+    found: list[str] = []
+
+    def visit(node: ast.AST, handler: ast.ExceptHandler | None) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            handler = None  # a function defined in a handler runs later, outside it
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            hides = isinstance(node.cause, ast.Constant) and node.cause.value is None
+            loses = handler is not None and node.cause is None
+            if loses and isinstance(node.exc, ast.Name) and node.exc.id == handler.name:
+                loses = False
+            if hides or loses:
+                found.append(f"{path}:{node.lineno}: {'from None' if hides else 'no from'}")
+        for child in ast.iter_child_nodes(node):
+            visit(child, child if isinstance(child, ast.ExceptHandler) else handler)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), None)
+    return found
+
+
+def test_errors_raised_while_handling_another_keep_it_as_their_cause():
+    """``raise OurError(...) from exc`` everywhere in src: the CLI prints the one-line message, and ``--debug``
+    the whole chain."""
+    src = Path(__file__).resolve().parent.parent / "src" / "openllm"
+    found = [line for path in sorted(src.rglob("*.py")) for line in _raises_that_drop_their_cause(path)]
+    assert not found, "\n".join(found)
+
+
+def test_the_cause_check_finds_both_ways_of_dropping_it(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "def f(d):\n"
+        "    try:\n        return d['x']\n    except KeyError:\n        raise ValueError('no x') from None\n"
+        "    try:\n        return d['y']\n    except KeyError:\n        raise ValueError('no y')\n"
+        "    try:\n        return d['z']\n    except KeyError as exc:\n        raise exc\n"
+        "    try:\n        return d['w']\n    except KeyError as exc:\n        raise ValueError('no w') from exc\n"
+    )
+    assert [line.split(": ", 1)[1] for line in _raises_that_drop_their_cause(bad)] == ["from None", "no from"]
