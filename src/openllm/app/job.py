@@ -64,6 +64,22 @@ def _tokenize(prepared: Path, tok: Path, out: Path) -> None:
     tokenize_corpus(prepared, tok, out, workers=1)
 
 
+def _named_paths(spec: dict, run_dir: Path) -> list[str | Path]:
+    """The run folder and every string of the job's spec (its corpus inputs, a fine-tune's base and data): the
+    paths the user gave, as argv is the CLI's (an OSError about another path is a bug: ``is_user_error``)."""
+    out: list[str | Path] = [run_dir]
+    stack: list[Any] = [spec]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return out
+
+
 def main(job_dir_arg: str) -> int:
     job_dir = Path(job_dir_arg)
     spec = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
@@ -156,7 +172,7 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
         from ..errors import is_user_error
 
         msg = str(exc) or type(exc).__name__
-        if not is_user_error(exc):
+        if not is_user_error(exc, inputs=_named_paths(spec, run_dir)):
             traceback.print_exc()
             msg = f"{type(exc).__name__}: {msg}"
         print(f"error: {msg}", flush=True)
