@@ -408,7 +408,7 @@ def test_cli_serve(serve_run):
         assert models["data"][0]["id"] == serve_run.name
         r = httpx.post(
             url + "/v1/completions",
-            json={"prompt": "hi", "max_tokens": 3},
+            json={"prompt": "hi", "max_tokens": 3, "temperature": 0},  # greedy: EOS never wins (serve_run)
             headers={"Authorization": "Bearer k"},
             timeout=30,
         )
@@ -459,7 +459,8 @@ def test_a_failing_generation_is_a_500_and_the_server_lives_on(serve_lm):
         assert r.status_code == 500 and "simulated device failure" in r.json()["error"]["message"]
         with c.stream("POST", "/v1/completions", json={"prompt": "x", "max_tokens": 3, "stream": True}) as st:
             events = sse_events(st)
-        assert "simulated device failure" in events[-1]["error"]["message"]
+        # the stream ends cleanly: the error event, then [DONE]
+        assert "simulated device failure" in events[-2]["error"]["message"] and events[-1] == "[DONE]"
         broken.clear()
         r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 3})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
@@ -795,3 +796,245 @@ def test_health_answers_while_a_long_prompt_is_tokenized(serve_lm):
         t.join()
         assert answers == [400]  # the prompt does not fit the context, which it says once it is tokenized
         assert len(health) >= 2  # /health was answered while the big request was being read and tokenized
+
+
+# --- one request never fails or stalls another (issue 24) ---------------------------------------------------
+
+
+def _concurrently(*calls):
+    """Run the calls on threads at once; their results in order."""
+    results: list = [None] * len(calls)
+
+    def run(i, call):
+        results[i] = call()
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
+
+
+@pytest.mark.timeout(120)
+def test_a_megabyte_stop_string_stalls_nobody(server):
+    """Holding back text that could grow into a stop string costs a bounded amount per token (it built every
+    prefix of every stop string, per token: a 1 MB stop stalled all generation for minutes)."""
+    with httpx.Client(base_url=server.url, timeout=100) as c:
+        huge = {"prompt": "Hello", "max_tokens": 40, "temperature": 0, "stream": True, "stop": ["ab" * 500_000]}
+        plain = {"prompt": "Hello", "max_tokens": 40, "temperature": 0}
+
+        def streamed():
+            with c.stream("POST", "/v1/completions", json=huge) as r:
+                return r.status_code, sse_events(r)
+
+        (status, events), other = _concurrently(streamed, lambda: c.post("/v1/completions", json=plain))
+    assert status == 200 and events[-1] == "[DONE]" and other.status_code == 200
+    text = "".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"])
+    assert text == other.json()["choices"][0]["text"]
+
+
+def raw_post(client, path, body):
+    """POST ``body`` as JSON with non-ASCII escaped, so a lone surrogate travels as ``\\udXXX`` (valid JSON)."""
+    return client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+
+
+def test_odd_values_are_400s_of_their_own_request_and_fail_nobody_else(client):
+    """Every per-request value is checked before it reaches the batched step: a top_p that is 0 in float32
+    samples (keeping the best token), a non-ASCII digit as a logit_bias key and a lone surrogate in a prompt
+    are 400s; the requests running beside them are answered."""
+    base = {"prompt": "Hello", "max_tokens": 12}
+    tiny_p = {**base, "temperature": 0.9, "top_p": 1e-300, "seed": 1}
+    greedy = {**base, "temperature": 0}
+    results = _concurrently(
+        lambda: client.post("/v1/completions", json=tiny_p),
+        lambda: client.post("/v1/completions", json={**base, "logit_bias": {"²": 5}}),
+        lambda: raw_post(client, "/v1/completions", {**base, "prompt": "a\ud800b"}),
+        lambda: raw_post(client, "/v1/chat/completions", {"messages": [{"role": "user", "content": "\udfff"}]}),
+        lambda: raw_post(client, "/tokenize", {"prompt": "x\ud800"}),
+        lambda: client.post("/v1/completions", json=greedy),
+    )
+    codes = [r.status_code for r in results]
+    assert codes == [200, 400, 400, 400, 400, 200], [r.text for r in results]
+    assert results[0].json()["choices"][0]["text"] == results[-1].json()["choices"][0]["text"]
+    assert results[1].json()["error"]["param"] == "logit_bias"
+    assert all(r.json()["error"]["param"] in ("prompt", "messages") for r in results[2:5])
+
+
+def test_eos_as_the_next_token_is_in_the_echoed_logprobs(serve_lm):
+    """lm-eval's local-completions scores a continuation with echo + max_tokens 1 and drops the last entry as
+    the generated one: when that token is EOS it must still be there (it was left out, so lm-eval dropped a
+    prompt token's score instead)."""
+    model = copy.deepcopy(serve_lm.model)
+    eos = serve_lm.tokenizer.eos_id
+    with torch_no_grad():
+        model.lm_head.weight[eos] = model.lm_head.weight.abs().max() * 50  # EOS wins everywhere
+    app = create_app(model, serve_lm.tokenizer, model_name=NAME)
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=60) as c:
+        body = {"prompt": "In the beginning", "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}
+        r = c.post("/v1/completions", json=body).json()
+    n_prompt = len(serve_lm.tokenizer.encode("In the beginning"))
+    lps = r["choices"][0]["logprobs"]
+    assert r["choices"][0]["finish_reason"] == "stop"
+    assert len(lps["token_logprobs"]) == n_prompt + 1 and lps["token_logprobs"][-1] > -0.01
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
+
+
+def test_a_model_wider_than_its_tokenizer_never_samples_what_cannot_be_decoded(serve_lm):
+    """An embedding padded past the tokenizer's vocabulary: those ids are never sampled (23 of 24 concurrent
+    requests failed when one drew such an id)."""
+    model = copy.deepcopy(serve_lm.model)
+    vocab = serve_lm.tokenizer.vocab_size
+    with torch_no_grad():
+        model.lm_head.weight[vocab - 8 :] = model.lm_head.weight.abs().max() * 50  # the last 8 ids win
+    app = create_app(model, _NarrowTokenizer(serve_lm.tokenizer, vocab - 8), model_name=NAME)
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=60) as c:
+        bodies = [{"prompt": "Hello", "max_tokens": 8, "temperature": 1.0, "seed": i} for i in range(12)]
+        results = _concurrently(*[lambda b=b: c.post("/v1/completions", json=b) for b in bodies])
+    assert [r.status_code for r in results] == [200] * 12
+
+
+class _NarrowTokenizer:
+    """A tokenizer that knows only the first ``n`` ids (decode fails past them, as a real one would)."""
+
+    def __init__(self, tok, n: int) -> None:
+        self.tok, self.vocab_size, self.eos_id = tok, n, tok.eos_id
+
+    def encode(self, text):
+        return self.tok.encode(text)
+
+    def decode(self, ids):
+        if any(i >= self.vocab_size for i in ids):
+            raise IndexError(f"token id {max(ids)} is out of range")
+        return self.tok.decode(ids)
+
+    def id_to_piece(self, i):
+        return self.tok.id_to_piece(i)
+
+
+def test_slow_clients_are_timed_out_and_health_answers(serve_lm):
+    """Connections that send their headers or body too slowly are closed (408 for a body), so 80 of them
+    neither exhaust the server nor keep /health from answering."""
+    app = create_app(serve_lm.model, serve_lm.tokenizer, model_name=NAME, body_timeout=1.0)
+    with ServerThread(app, header_timeout=1.0) as s:
+        host, port = "127.0.0.1", s.port
+        slow = []
+        for i in range(80):
+            sock = socket.create_connection((host, port))
+            if i % 2:
+                sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # headers never end
+            else:
+                sock.sendall(
+                    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 100\r\n\r\n{"
+                )  # the body never comes
+            slow.append(sock)
+        assert httpx.get(s.url + "/health", timeout=10).status_code == 200
+        time.sleep(2.5)
+        answers = []
+        for sock in slow:
+            sock.settimeout(5)
+            data = b""
+            try:
+                while chunk := sock.recv(65536):
+                    data += chunk
+            except OSError:
+                pass
+            answers.append(data)
+            sock.close()
+    assert all(a == b"" for a in answers[1::2])  # headers never ended: closed without a word
+    assert all(a.startswith(b"HTTP/1.1 408") and b"request_timeout" in a for a in answers[0::2]), answers[0]
+
+
+def test_tokenize_and_generate_encode_off_the_event_loop(serve_lm):
+    """/tokenize and the original /generate tokenize on a worker thread: /health answers while they read a
+    big prompt."""
+    app = create_app(serve_lm.model, serve_lm.tokenizer, model_name=NAME)
+    text = "In the beginning God created the heaven and the earth. " * 18000
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=120) as c:
+        for path, body in (("/tokenize", {"prompt": text}), ("/generate", {"prompt": text, "max_new_tokens": 1})):
+            done = threading.Event()
+            answers: list[int] = []
+
+            def big(path=path, body=body, answers=answers, done=done):
+                answers.append(c.post(path, json=body).status_code)
+                done.set()
+
+            t = threading.Thread(target=big)
+            t.start()
+            health = 0
+            while not done.is_set():
+                assert httpx.get(f"{s.url}/health", timeout=30).status_code == 200
+                health += 1
+                time.sleep(0.05)
+            t.join()
+            assert answers[0] in (200, 400) and health >= 2, (path, answers, health)
+
+
+def test_shutdown_timeout_must_be_a_finite_number(serve_run):
+    for bad in ("nan", "inf", "-1"):
+        r = subprocess.run(
+            [sys.executable, "-m", "openllm", "serve", str(serve_run), "--shutdown-timeout", bad],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 2 and "--shutdown-timeout" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_past_the_grace_period_answers_503_and_ends_streams_cleanly(serve_run):
+    """Requests still running when --shutdown-timeout runs out get an OpenAI-shaped 503 (non-streaming) or an
+    error event and [DONE] (streaming), and the process exits soon after the timeout (it took 23.6 s after
+    a 5 s timeout and answered plain-text 500s and cut streams)."""
+    import signal
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openllm", "serve", str(serve_run), "--port", str(port), "--log-level", "warning"]
+        + ["--shutdown-timeout", "2", "--max-batch", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(proc, url)
+        result = {}
+        started = threading.Event()
+        long = {"prompt": "x", "max_tokens": 400, "temperature": 0, "ignore_eos": True}
+
+        def streamed():
+            with httpx.stream("POST", url + "/v1/completions", timeout=60, json={**long, "stream": True}) as r:
+                lines = []
+                for line in r.iter_lines():
+                    started.set()
+                    lines.append(line)
+                result["events"] = [ln for ln in lines if ln]
+
+        def plain():
+            result["plain"] = httpx.post(url + "/v1/completions", timeout=60, json=long)
+
+        threads = [threading.Thread(target=streamed), threading.Thread(target=plain)]
+        for t in threads:
+            t.start()
+        assert started.wait(30)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        assert proc.wait(30) == 0
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=20)
+    assert took < 2 + 6, took
+    assert result["plain"].status_code == 503 and result["plain"].json()["error"]["code"] == "server_shutting_down"
+    events = result["events"]
+    assert events[-1] == "data: [DONE]" and "server_shutting_down" in events[-2], events[-3:]

@@ -15,7 +15,7 @@ The token helpers take ids; the text helpers take any tokenizer with ``encode(st
 from __future__ import annotations
 
 import contextlib
-import threading
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
@@ -137,8 +137,8 @@ def iter_steps(
     was_training = model.training
     model.eval()
     try:
-        with fast_decode(model):
-            step = _model_step(model, len(prompts), total, use_cache=use_cache)
+        with fast_decode(model) as fast:
+            step = _model_step(fast, len(prompts), total, use_cache=use_cache)
             yield from decode(
                 step,
                 prompts,
@@ -201,45 +201,39 @@ class _FusedRMSNorm(RMSNorm):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
-_held: dict[int, int] = {}
-_held_lock = threading.Lock()
+# an (in, out) copy pays only while the matrix is small enough to stay in cache: measured on this project's
+# 2-core machine (torch 2.13, one thread, one row), 256 x 768 runs 2x faster transposed, 512 x 1536 and larger
+# run as fast untransposed (benchmarks/generate_throughput.py gives the whole-model figures)
+_COPY_MAX_ELEMENTS = 1 << 20
+
+
+def _twin(module: nn.Module, head: nn.Module) -> nn.Module:
+    """A shallow copy of ``module``'s tree (parameters and buffers shared) with the decoding variants swapped
+    in; ``module`` itself is not touched."""
+    twin = copy.copy(module)
+    twin._modules = {name: _twin(child, head) for name, child in module._modules.items() if child is not None}
+    if type(module) is nn.Linear and module.bias is None:
+        if module is head or module.weight.numel() <= _COPY_MAX_ELEMENTS:
+            twin.__class__ = _RowsLinear
+            twin.rows = 16 if module is head else 1
+            twin.weight_t = module.weight.detach().t().contiguous()
+    elif type(module) is RMSNorm:
+        twin.__class__ = _FusedRMSNorm
+    return twin
 
 
 @contextlib.contextmanager
 def fast_decode(model: Transformer) -> Iterator[Transformer]:
-    """While held, ``model``'s forward takes the CPU decoding fast path: fused RMSNorm, and linear layers that
-    multiply a few rows by (in, out) copies of their weights (the output head up to 16 rows). It costs one more
-    copy of the linear weights in memory until the last holder lets go, and it changes nothing on a GPU, in
-    low precision or with gradients on. The weights must not change while it is held (copies are taken on
-    entry). Nested and concurrent holders share one set of copies."""
+    """A twin of ``model`` for decoding on a CPU: the same parameters and buffers (shared, not copied), with
+    fused RMSNorm and linear layers that multiply a few rows by (in, out) copies of their weights where that
+    pays (small matrices; the output head up to 16 rows). ``model`` itself is left untouched. The copies are
+    taken on entry, so the twin is meant for a stretch of decoding during which the weights do not change. On
+    a GPU or in low precision the model itself is handed back."""
     p = next(model.parameters())
     if p.device.type != "cpu" or p.dtype != torch.float32:
         yield model
         return
-    key = id(model)
-    with _held_lock:
-        _held[key] = _held.get(key, 0) + 1
-        if _held[key] == 1:
-            for m in model.modules():
-                if type(m) is nn.Linear and m.bias is None:
-                    m.__class__ = _RowsLinear
-                    m.rows = 16 if m is model.lm_head else 1  # the head is the biggest matrix: it pays for more
-                    m.weight_t = m.weight.detach().t().contiguous()
-                elif type(m) is RMSNorm:
-                    m.__class__ = _FusedRMSNorm
-    try:
-        yield model
-    finally:
-        with _held_lock:
-            _held[key] -= 1
-            if _held[key] == 0:
-                del _held[key]
-                for m in model.modules():
-                    if type(m) is _RowsLinear:
-                        m.__class__ = nn.Linear
-                        del m.weight_t, m.rows
-                    elif type(m) is _FusedRMSNorm:
-                        m.__class__ = RMSNorm
+    yield _twin(model, model.lm_head)
 
 
 # --- text -----------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from .common import add_device_option, add_hub_option
@@ -63,8 +64,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=10.0,
         help="on SIGTERM or Ctrl-C, seconds in-flight requests get to finish before they are cancelled (default 10)",
     )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client gets to send a request's headers, and again its body; slower ones are closed "
+        "(a body: 408) so they cannot exhaust the server (default 30)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Refuse an address this machine cannot listen on before anything starts (uvicorn would exit from
+    inside the server, with the model half loaded)."""
+    import socket
+
+    from ..errors import OpenLLMError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise OpenLLMError(f"--host {host!r} is not an address of this machine: {exc}; e.g. 127.0.0.1") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise OpenLLMError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; pick another --host or --port"
+            ) from exc
+
+
+def _exit_now_if_still_loading(code: int) -> None:
+    """The model loads on a background thread; a process that ends while torch is inside that load aborts
+    ("terminate called without an active exception", exit 134). Ending before it finishes (Ctrl-C while
+    loading) therefore leaves at once, with output flushed."""
+    import sys
+    import threading
+
+    if any(t.name == "openllm-load" and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
         raise OpenLLMError(f"--kv-cache-tokens must be at least 2 x --max-batch ({2 * args.max_batch})")
     if not 0 < args.port < 65536:
         raise OpenLLMError(f"--port must be between 1 and 65535, got {args.port}")
-    if args.shutdown_timeout < 0:
-        raise OpenLLMError("--shutdown-timeout must be >= 0")
+    for flag, value in (("--shutdown-timeout", args.shutdown_timeout), ("--read-timeout", args.read_timeout)):
+        if not (math.isfinite(value) and value >= 0 and (flag == "--shutdown-timeout" or value > 0)):
+            raise OpenLLMError(f"{flag} must be a finite number of seconds (>= 0), got {value}")
+    _check_listen(args.host, args.port)
     if str(args.model).startswith((".", "/", "~")) and not Path(args.model).expanduser().exists():
         raise OpenLLMError(
             f"no model at {args.model!r}: give a run folder, an export folder, or a hub reference OWNER/NAME@VERSION"
@@ -119,10 +164,19 @@ def run(args: argparse.Namespace) -> int:
         batching=args.batching,
         on_ready=ready,
         max_body_bytes=args.max_body_bytes,
+        body_timeout=args.read_timeout,
     )
     print(f"loading {args.model}; serving on {base} (/health answers 200 once ready)", flush=True)
     print(f"OpenAI base URL: {base}/v1{'  (API key required)' if api_key else ''}", flush=True)
-    run_server(app, args.host, args.port, log_level=args.log_level, shutdown_timeout=args.shutdown_timeout)
+    signalled = run_server(
+        app,
+        args.host,
+        args.port,
+        log_level=args.log_level,
+        shutdown_timeout=args.shutdown_timeout,
+        header_timeout=args.read_timeout,
+    )
+    _exit_now_if_still_loading(0 if signalled else 1)
     if app.state.server.load_error:
         raise OpenLLMError(app.state.server.load_error)
     return 0

@@ -12,6 +12,7 @@ queue is full), 500 (generation failed), 503 (the model is still loading).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -28,9 +29,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import extra_routes, openai_routes
 from .state import ApiError, ServerState
 
-__all__ = ["create_app", "ApiError", "DEFAULT_MAX_BODY", "BodyLimit"]
+__all__ = ["create_app", "ApiError", "DEFAULT_MAX_BODY", "DEFAULT_READ_TIMEOUT", "BodyLimit"]
 
 DEFAULT_MAX_BODY = 4 << 20  # 4 MiB: far above any prompt that fits a small model's context
+DEFAULT_READ_TIMEOUT = 30.0  # seconds a client gets to send a request's headers, and again its body
 
 log = logging.getLogger("openllm.serve")
 
@@ -48,6 +50,7 @@ def create_app(
     max_queue: int = 256,
     batching: str = "continuous",
     max_body_bytes: int = DEFAULT_MAX_BODY,
+    body_timeout: float = DEFAULT_READ_TIMEOUT,
     on_ready: Callable[[ServerState], None] | None = None,
 ) -> FastAPI:
     """An app serving ``model`` (an :class:`openllm.model.Transformer` in eval mode) with ``tokenizer``
@@ -57,7 +60,8 @@ def create_app(
     ``Authorization: Bearer KEY``. ``max_batch`` sequences run together, each in a KV-cache slot of
     ``kv_cache_tokens // max_batch`` tokens (default: the model's context); ``batching="static"`` runs a
     batch to its end before starting the next. A request body over ``max_body_bytes`` is refused with 413
-    before it is read. No interactive docs are served (FastAPI's would load Swagger UI from a CDN).
+    before it is read, one not sent within ``body_timeout``
+    seconds with 408. No interactive docs are served (FastAPI's would load Swagger UI from a CDN).
     ``app.state.server`` is the :class:`ServerState`."""
     if (model is None) == (load is None):
         raise ValueError("give either model and tokenizer, or load")
@@ -82,7 +86,7 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
     app.state.server = state
     _install_error_handlers(app)
     app.include_router(extra_routes.public_router)
@@ -141,11 +145,12 @@ def _key_checker(state: ServerState):
 class BodyLimit:
     """Refuse a request body over ``max_bytes`` with 413 (OpenAI's error shape): at once when Content-Length
     says so, else as soon as the bytes read pass the limit; at most ``max_bytes`` + one chunk is ever held.
-    Pure ASGI: the body read here is replayed to the app, and the client's later messages (a disconnect
-    during a stream) still reach it."""
+    A body not complete within ``timeout`` seconds is answered 408, so slow clients cannot hold connections
+    (and file descriptors) for ever. Pure ASGI: the body read here is replayed to the app, and the client's
+    later messages (a disconnect during a stream) still reach it."""
 
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout: float = DEFAULT_READ_TIMEOUT) -> None:
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -154,8 +159,12 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._refuse(scope, send)
         chunks, seen, more = [], 0, True
+        deadline = asyncio.get_running_loop().time() + self.timeout
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                return await self._timed_out(scope, send)
             if message["type"] != "http.request":  # the client left before sending its body
                 return
             chunks.append(message.get("body", b""))
@@ -169,6 +178,15 @@ class BodyLimit:
             return replay.pop() if replay else await receive()
 
         await self.app(scope, replayed, send)
+
+    async def _timed_out(self, scope, send) -> None:
+        response = ApiError(
+            408,
+            f"the request body did not arrive within {self.timeout:g} s (openllm serve --read-timeout)",
+            code="request_timeout",
+            headers={"Connection": "close"},
+        ).response()
+        await response(scope, _no_body, send)
 
     async def _refuse(self, scope, send) -> None:
         response = ApiError(

@@ -24,7 +24,7 @@ index) and penalties count the sequence's own tokens. Results go back to the han
 - ``("finish", index, finish_reason, completion_tokens, text, logprobs)`` where ``logprobs`` is
   ``{"prompt": [...], "tokens": [...]}`` (each entry ``(token_id, logprob, [(id, logprob), ...])``, the
   prompt's first entry None);
-- ``("error", message)``.
+- ``("error", message, http_status, code)``.
 """
 
 from __future__ import annotations
@@ -152,6 +152,7 @@ class Engine:
         tok_vocab = getattr(tokenizer, "vocab_size", None)
         self.vocab_size = min(int(model.cfg.vocab_size), int(tok_vocab or model.cfg.vocab_size))
         self.sampler = Sampler()
+        self._forward = model  # the model's CPU decoding twin while the scheduler runs (generate.fast_decode)
         self.context = slot_len  # the most prompt + max_tokens a request may ask for
         self.max_batch, self.max_queue = max_batch, max_queue
         self.prefill_chunk, self.policy = prefill_chunk, policy
@@ -197,7 +198,9 @@ class Engine:
             self._waiting.clear()
         for job in dict.fromkeys(jobs):
             if not job.done:
-                self._fail(job, "the server is shutting down")
+                self._fail(
+                    job, "the server is shutting down; retry on another server", status=503, code="server_shutting_down"
+                )
 
     # --- producer side --------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -261,7 +264,7 @@ class Engine:
 
     # --- scheduler thread -----------------------------------------------------------------------------
     def _loop(self) -> None:
-        with fast_decode(self.model), torch.no_grad():
+        with fast_decode(self.model) as self._forward, torch.no_grad():
             while True:
                 with self._cond:
                     while not self._stopping and not self._running and not self._waiting:
@@ -328,7 +331,7 @@ class Engine:
         device = self.cache.keys[0].device
         ids = torch.as_tensor([seq.prompt[start : start + n]], dtype=torch.long, device=device)
         scored = seq.prompt_logprobs is not None
-        logits = self.model(ids, cache=self.cache.rows([seq.slot]), last_only=not scored)[0, :, : self.vocab_size]
+        logits = self._forward(ids, cache=self.cache.rows([seq.slot]), last_only=not scored)[0, :, : self.vocab_size]
         seq.filled += n
         with self.metrics.lock:
             self.metrics.prompt_tokens += n
@@ -350,7 +353,7 @@ class Engine:
         device = self.cache.keys[0].device
         ids = torch.as_tensor([[s.next_token] for s in seqs], dtype=torch.long, device=device)
         slots = [s.slot for s in seqs]
-        logits = self.model(ids, cache=self.cache.rows(slots), last_only=True)[:, -1, : self.vocab_size]
+        logits = self._forward(ids, cache=self.cache.rows(slots), last_only=True)[:, -1, : self.vocab_size]
         self._sample(seqs, logits)
 
     def _sample(self, seqs: list[Seq], logits: torch.Tensor) -> None:
@@ -378,6 +381,10 @@ class Engine:
                 self.metrics.tpot.observe(now - seq.last_token_at)
         seq.last_token_at = now
         if tok == self.eos_id:
+            # EOS ends the text but is a generated token: its log-probability is reported (lm-eval scores a
+            # continuation from echo + one generated token, and drops that last entry)
+            if entry is not None:
+                seq.token_lps.append(entry)
             self._finish(seq, "stop")
             return
         seq.sampling.accept(tok)
@@ -440,8 +447,9 @@ class Engine:
             )
         )
 
-    def _fail(self, job: Job, message: str) -> None:
-        """End ``job`` with an error event, freeing its slots."""
+    def _fail(self, job: Job, message: str, *, status: int = 500, code: str = "generation_failed") -> None:
+        """End ``job`` with an error event (the HTTP status and error code it answers with), freeing its
+        slots."""
         job.done = True
         with self._cond:
             for seq in job.seqs:
@@ -454,7 +462,7 @@ class Engine:
             if job in self._waiting:
                 self._waiting.remove(job)
         self._count_finish("error")
-        job.emit(("error", message))
+        job.emit(("error", message, status, code))
 
     def _count_finish(self, reason: str) -> None:
         with self.metrics.lock:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import Field
 
 from ..tokenizer import CHAT_TEMPLATE
-from .chat import chat_prompt
 from .engine import Seq
 from .metrics import CONTENT_TYPE
-from .schemas import ChatMessage, GenerateRequest, _Body
+from .schemas import ChatMessage, GenerateRequest, RequestBody
 from .state import ApiError, ServerState
 from .streams import ClientGone, collect, submit, usage
 
@@ -24,7 +24,7 @@ public_router = APIRouter()  # no API key: load balancers and orchestrators prob
 router = APIRouter()
 
 
-class TokenizeRequest(_Body):
+class TokenizeRequest(RequestBody):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -32,7 +32,7 @@ class TokenizeRequest(_Body):
     return_token_strs: bool = False
 
 
-class DetokenizeRequest(_Body):
+class DetokenizeRequest(RequestBody):
     model: str | None = None
     tokens: list[int] = Field(default_factory=list)
 
@@ -67,11 +67,12 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict:
     engine = state.require_engine()
     if (body.prompt is None) == (body.messages is None):
         raise ApiError(400, "give either prompt (text) or messages (a chat)", param="prompt")
+    # tokenizing a long prompt takes time: off the event loop, so /health and other requests stay responsive
     if body.messages is not None:
-        ids = chat_prompt(state.tokenizer, ((m.role, m.text()) for m in body.messages))
+        ids = await run_in_threadpool(state.chat_ids, body.messages)
     else:
         # our tokenizer adds no special tokens to text: add_special_tokens changes nothing
-        ids = list(state.tokenizer.encode(body.prompt))
+        ids = list(await run_in_threadpool(state.tokenizer.encode, state.check_text(body.prompt, "prompt")))
     out = {"count": len(ids), "max_model_len": engine.context, "tokens": ids}
     if body.return_token_strs:
         out["token_strs"] = [state.token_text(t) for t in ids]
@@ -111,7 +112,7 @@ async def generate(body: GenerateRequest, request: Request):
     state = _state(request)
     state.require_engine()
     start = time.perf_counter()
-    prompt = state.encode(body.prompt)
+    prompt = await run_in_threadpool(state.encode, body.prompt)
     requested = body.max_new_tokens if body.max_new_tokens is not None else body.max_length
     param = "max_new_tokens" if body.max_new_tokens is not None else "max_length"
     max_new = state.budget(len(prompt), requested, 256, param)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from .chat import CHAT_STOPS, chat_prompt
+from .chat import CHAT_STOPS
 from .engine import Seq
 from .schemas import ChatRequest, CompletionRequest
 from .state import ApiError, ServerState
@@ -271,7 +271,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     name = state.check_model(body.model)
     state.require_engine()
     _refuse_unsupported_chat(body)
-    prompt = await run_in_threadpool(chat_prompt, state.tokenizer, [(m.role, m.text()) for m in body.messages])
+    prompt = await run_in_threadpool(state.chat_ids, body.messages)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_new = state.budget(len(prompt), requested, None, param)

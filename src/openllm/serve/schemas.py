@@ -9,20 +9,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CompletionRequest", "ChatRequest", "ChatMessage", "GenerateRequest", "StreamOptions"]
+__all__ = ["RequestBody", "CompletionRequest", "ChatRequest", "ChatMessage", "GenerateRequest", "StreamOptions"]
 
 Stop = str | list[str] | None
 
 
-class _Body(BaseModel):
+class RequestBody(BaseModel):
+    """Every request body: fields of the wrong type are refused (422), unknown fields ignored."""
+
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
-class StreamOptions(_Body):
+class StreamOptions(RequestBody):
     include_usage: bool = False
 
 
-class _Sampling(_Body):
+class _Sampling(RequestBody):
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=0)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
@@ -47,12 +49,12 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None
 
 
-class _TextPart(_Body):
+class _TextPart(RequestBody):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Body):
+class ChatMessage(RequestBody):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[_TextPart] | None = None
     name: str | None = None
@@ -78,7 +80,7 @@ class ChatRequest(_Sampling):
     response_format: dict[str, Any] | None = None
 
 
-class GenerateRequest(_Body):
+class GenerateRequest(RequestBody):
     """The original OpenLLM server's ``POST /generate`` body (``max_length`` counts new tokens)."""
 
     prompt: str

@@ -9,7 +9,41 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_server", "ServerThread", "app_from_source"]
+__all__ = ["run_server", "ServerThread", "app_from_source", "header_timeout_protocol"]
+
+DEFAULT_HEADER_TIMEOUT = 30.0
+
+
+def header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request headers do not arrive within ``seconds`` of
+    its opening or of its previous response (uvicorn times out idle keep-alive connections, but not a client
+    that sends half a request and stalls: enough of those exhaust the server's file descriptors)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def connection_lost(self, exc) -> None:
+            self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            if getattr(self, "_header_timer", None) is not None:
+                self._header_timer.cancel()
+            waiting_for = self.cycle  # a new request replaces the cycle once its headers are complete
+            self._header_timer = self.loop.call_later(seconds, self._headers_late, waiting_for)
+
+        def _headers_late(self, waiting_for) -> None:
+            if self.cycle is waiting_for and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
 
 
 def app_from_source(
@@ -43,11 +77,18 @@ def app_from_source(
 
 
 def run_server(
-    app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", shutdown_timeout: float = 10.0
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    log_level: str = "info",
+    shutdown_timeout: float = 10.0,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
 ) -> bool:
-    """Serve until SIGTERM or Ctrl-C. On either, the server stops accepting connections, lets in-flight
-    requests finish for up to ``shutdown_timeout`` seconds, cancels the rest, and returns (True when a
-    signal ended it, so the process can exit 0)."""
+    """Serve until SIGTERM or Ctrl-C. On either, the server stops accepting connections and lets in-flight
+    requests finish for up to ``shutdown_timeout`` seconds; then the ones still running are answered (a 503
+    in OpenAI's error shape, or an error event and ``[DONE]`` on a stream) and it returns, True when a signal
+    ended it, so the process can exit 0."""
     import uvicorn
 
     signals: list[int] = []
@@ -55,15 +96,38 @@ def run_server(
     def record(sig: int, frame: Any) -> None:
         signals.append(sig)
 
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        # the stragglers are answered at shutdown_timeout (below); uvicorn waits a moment more for the answers
+        timeout_graceful_shutdown=shutdown_timeout + _ANSWER_S,
+        http=header_timeout_protocol(header_timeout),
+    )
+    server = uvicorn.Server(config)
+
+    def answer_stragglers() -> None:
+        while not server.should_exit:
+            time.sleep(0.05)
+        time.sleep(shutdown_timeout)
+        engine = getattr(getattr(app.state, "server", None), "engine", None)
+        if engine is not None:
+            engine.stop()
+
+    threading.Thread(target=answer_stragglers, name="openllm-shutdown", daemon=True).start()
     # uvicorn re-raises the signal it shut down for, under the handler installed before it ran: a handler
     # that only records it lets the process exit normally after a graceful shutdown
     previous = {sig: signal.signal(sig, record) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout)
+        server.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return bool(signals)
+
+
+_ANSWER_S = 2.0
 
 
 class ServerThread:
@@ -78,13 +142,20 @@ class ServerThread:
         *,
         log_level: str = "warning",
         shutdown_timeout: float = 2.0,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     ) -> None:
         import uvicorn
 
         self.app = app
         self.host = host
         config = uvicorn.Config(
-            app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=shutdown_timeout
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            lifespan="on",
+            timeout_graceful_shutdown=shutdown_timeout,
+            http=header_timeout_protocol(header_timeout),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="openllm-serve", daemon=True)

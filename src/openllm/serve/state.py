@@ -14,6 +14,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from ..sampling import SamplingParams
+from .chat import chat_prompt
 from .engine import Engine
 
 __all__ = ["ApiError", "ServerState"]
@@ -83,8 +84,27 @@ class ServerState:
             )
         return self.model_name
 
-    def encode(self, text: str) -> list[int]:
-        ids = list(self.tokenizer.encode(text))
+    @staticmethod
+    def check_text(text: str, param: str) -> str:
+        """``text`` if it can be encoded: JSON lets a lone surrogate through (``"\\ud800"``), UTF-8 does not."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ApiError(
+                400,
+                f"{param} holds a lone surrogate ({text[exc.start]!r} at character {exc.start}), which is not "
+                f"text; send valid Unicode",
+                param=param,
+            ) from exc
+        return text
+
+    def chat_ids(self, messages: Any) -> list[int]:
+        """The chat template's token ids for OpenAI-shaped ``messages``."""
+        turns = [(m.role, self.check_text(m.text(), "messages")) for m in messages]
+        return chat_prompt(self.tokenizer, turns)
+
+    def encode(self, text: str, param: str = "prompt") -> list[int]:
+        ids = list(self.tokenizer.encode(self.check_text(text, param)))
         # an empty prompt starts a new document, which in our training data follows an EOS
         return ids or [int(self.tokenizer.eos_id)]
 
@@ -168,7 +188,10 @@ class ServerState:
             raise ApiError(400, str(exc), param=param) from exc
 
     def token_text(self, tok: int) -> str:
-        """One token as text, the way it adds to the text before it (SentencePiece's '▁' is a space)."""
+        """One token as text, the way it adds to the text before it (SentencePiece's '▁' is a space); EOS adds
+        nothing."""
+        if tok == self.tokenizer.eos_id:
+            return ""
         piece = getattr(self.tokenizer, "id_to_piece", None)
         if piece is None:
             return self.tokenizer.decode([tok])

@@ -72,7 +72,7 @@ async def collect(state: ServerState, request: Request, job: Job, queue: asyncio
                 continue
             event, getter = getter.result(), None
             if event[0] == "error":
-                raise ApiError(500, event[1], type="server_error", code="generation_failed")
+                raise ApiError(event[2], event[1], type="server_error", code=event[3])
             if event[0] == "finish":
                 results[event[1]] = event
     except BaseException:
@@ -101,7 +101,7 @@ async def sse_stream(
     """One SSE stream for both completion shapes: ``prelude`` chunks, then a chunk per delta
     (``delta(index, text, logprobs)``) and per finished sequence (``finish(index, reason)``), a final usage
     chunk when asked (``usage_chunk(completion_tokens)``), then [DONE]. A failed generation ends with an
-    error event. The job is cancelled if the stream is abandoned (Starlette cancels the response when the
+    error event, then [DONE]. The job is cancelled if the stream is abandoned (Starlette cancels the response when the
     client disconnects)."""
     completion_tokens = finished = 0
     try:
@@ -116,9 +116,8 @@ async def sse_stream(
                 completion_tokens += event[3]
                 yield finish(event[1], event[2])
             else:
-                yield sse(
-                    {"error": {"message": event[1], "type": "server_error", "param": None, "code": "generation_failed"}}
-                )
+                yield sse({"error": {"message": event[1], "type": "server_error", "param": None, "code": event[3]}})
+                yield "data: [DONE]\n\n"  # the stream ends cleanly: clients see the error, not a cut connection
                 return
         if usage_chunk is not None:
             yield usage_chunk(completion_tokens)
