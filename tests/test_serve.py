@@ -1038,3 +1038,21 @@ def test_sigterm_past_the_grace_period_answers_503_and_ends_streams_cleanly(serv
     assert result["plain"].status_code == 503 and result["plain"].json()["error"]["code"] == "server_shutting_down"
     events = result["events"]
     assert events[-1] == "data: [DONE]" and "server_shutting_down" in events[-2], events[-3:]
+
+
+def test_an_address_that_cannot_be_listened_on_is_a_one_line_refusal(serve_run):
+    """`--host 256.1.1.1` aborted the process (SIGABRT) from inside uvicorn while the model loaded; a port in
+    use likewise: both are refused before anything starts."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for args in (["--host", "256.1.1.1"], ["--port", str(port)]):
+            r = subprocess.run(
+                [sys.executable, "-m", "openllm", "serve", str(serve_run), *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1
