@@ -183,11 +183,17 @@ def test_export_folder_follows_the_umask(tmp_path, export_run):
     old = os.umask(0o022)
     try:
         export(export_run, tmp_path / "out", "hf", progress=False)
-        export(export_run, tmp_path / "two", "hf,native", progress=False)
+        export(export_run, tmp_path / "two", "hf,native,gguf", progress=False)
     finally:
         os.umask(old)
     for d in (tmp_path / "out", tmp_path / "two", tmp_path / "two" / "hf"):
         assert d.stat().st_mode & 0o777 == 0o755, d
+    # every file too: safetensors writes its file 0600, which a web server or another user then cannot read
+    files = [p for p in (tmp_path / "out").iterdir()] + [p for p in (tmp_path / "two").rglob("*") if p.is_file()]
+    assert {"model.safetensors", "model-f16.gguf"} <= {p.name for p in files}
+    assert {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in files if p.is_file()} == {
+        p.relative_to(tmp_path).as_posix(): oct(0o644) for p in files if p.is_file()
+    }
 
 
 def test_a_folder_saved_by_transformers_loads_with_its_tokenizer_json(hf_export, tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .shared import write_tokenizer_files
+from .shared import save_weights, write_tokenizer_files
 
 __all__ = ["export_hf", "special_ids", "generation_config"]
 
@@ -34,8 +34,6 @@ def generation_config(loaded) -> dict:
 
 
 def export_hf(loaded, out: Path) -> Path:
-    from safetensors.torch import save_file
-
     from ..hf_compat import llama_config_dict, to_hf_state_dict
     from ..loading import NATIVE_FORMAT, OPENLLM_CONFIG_NAME
 
@@ -44,7 +42,7 @@ def export_hf(loaded, out: Path) -> Path:
     model, cfg = loaded.model, loaded.config
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     hf_state = to_hf_state_dict(state, cfg.model)
-    save_file(hf_state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_weights(hf_state, out / "model.safetensors")
 
     ids = special_ids(loaded)
     llama = llama_config_dict(cfg.model, **ids)

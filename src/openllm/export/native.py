@@ -6,19 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .shared import export_state_dict, write_tokenizer_files
+from .shared import export_state_dict, save_weights, write_tokenizer_files
 
 __all__ = ["export_native"]
 
 
 def export_native(loaded, out: Path) -> Path:
-    from safetensors.torch import save_file
-
     from ..loading import NATIVE_FORMAT
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(export_state_dict(loaded.model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_weights(export_state_dict(loaded.model), out / "model.safetensors")
     config = {"format": NATIVE_FORMAT, **loaded.config.to_dict()}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     write_tokenizer_files(loaded, out)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
-__all__ = ["copy_tokenizer_files", "write_tokenizer_files", "export_state_dict"]
+__all__ = ["copy_tokenizer_files", "write_tokenizer_files", "export_state_dict", "save_weights"]
 
 _TOKENIZER_EXTRA = ("special_tokens_map.json", "added_tokens.json")
 
@@ -58,3 +59,15 @@ def export_state_dict(model) -> dict:
     if model.cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
     return state
+
+
+def save_weights(state: dict, path: Path) -> None:
+    """safetensors' ``save_file`` (metadata ``format: pt``, which transformers requires), the file then given the
+    mode every other file of the export has: safetensors writes it private (0600), so a web server or another
+    user could read the folder's config but not its weights."""
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata={"format": "pt"})
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
