@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "model": 2,
     "kvcache": 2,
     "sampling": 2,
+    "constrain": 2,
     "tokenizer": 2,
     "prepare": 2,
     "shards": 2,

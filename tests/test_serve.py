@@ -570,13 +570,13 @@ def test_models_by_id_and_unknown_models(client):
     [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"tool_choice": "auto"}, "tool_choice"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
     ],
 )
 def test_unsupported_chat_options_are_400(client, extra, param):
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], **extra})
     assert r.status_code == 400 and r.json()["error"]["param"] == param
-    assert "not supported" in r.json()["error"]["message"]
+    assert "not supported" in r.json()["error"]["message"] or "not one of" in r.json()["error"]["message"]
 
 
 def test_penalties_and_logit_bias_act(client, serve_lm):
@@ -867,8 +867,12 @@ def test_eos_as_the_next_token_is_in_the_echoed_logprobs(serve_lm):
     prompt token's score instead)."""
     model = copy.deepcopy(serve_lm.model)
     eos = serve_lm.tokenizer.eos_id
+    seen = []
+    hook = model.norm.register_forward_hook(lambda m, i, out: seen.append(out[0, -1]))
     with torch_no_grad():
-        model.lm_head.weight[eos] = model.lm_head.weight.abs().max() * 50  # EOS wins everywhere
+        model(torch_tensor([serve_lm.tokenizer.encode("In the beginning")]))
+        hook.remove()
+        model.lm_head.weight[eos] = 50 * seen[0] / seen[0].norm()  # EOS wins after this prompt
     app = create_app(model, serve_lm.tokenizer, model_name=NAME)
     with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=60) as c:
         body = {"prompt": "In the beginning", "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}
@@ -883,6 +887,12 @@ def torch_no_grad():
     import torch
 
     return torch.no_grad()
+
+
+def torch_tensor(data):
+    import torch
+
+    return torch.tensor(data)
 
 
 def test_a_model_wider_than_its_tokenizer_never_samples_what_cannot_be_decoded(serve_lm):
@@ -997,7 +1007,7 @@ def test_sigterm_past_the_grace_period_answers_503_and_ends_streams_cleanly(serv
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "openllm", "serve", str(serve_run), "--port", str(port), "--log-level", "warning"]
-        + ["--shutdown-timeout", "2", "--max-batch", "2"],
+        + ["--shutdown-timeout", "1", "--max-batch", "16", "--threads", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -1007,7 +1017,8 @@ def test_sigterm_past_the_grace_period_answers_503_and_ends_streams_cleanly(serv
         _wait_healthy(proc, url)
         result = {}
         started = threading.Event()
-        long = {"prompt": "x", "max_tokens": 400, "temperature": 0, "ignore_eos": True}
+        # 16 sequences of 500 tokens decode together: far more than the 1 s the shutdown leaves them
+        long = {"prompt": "x", "max_tokens": 500, "temperature": 0, "n": 8}
 
         def streamed():
             with httpx.stream("POST", url + "/v1/completions", timeout=60, json={**long, "stream": True}) as r:
@@ -1034,7 +1045,7 @@ def test_sigterm_past_the_grace_period_answers_503_and_ends_streams_cleanly(serv
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=20)
-    assert took < 2 + 6, took
+    assert took < 1 + 10, took  # it took 18.6 s past the timeout
     assert result["plain"].status_code == 503 and result["plain"].json()["error"]["code"] == "server_shutting_down"
     events = result["events"]
     assert events[-1] == "data: [DONE]" and "server_shutting_down" in events[-2], events[-3:]

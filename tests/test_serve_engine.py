@@ -13,8 +13,8 @@ import torch
 from openllm.config import ModelConfig
 from openllm.errors import OpenLLMError
 from openllm.generate import SamplingParams, generate
-from openllm.model import Transformer
 from openllm.kvcache import SlotCache
+from openllm.model import Transformer
 from openllm.serve import Engine, Job, Seq
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,7 +158,11 @@ def test_many_staggered_requests_each_equal_alone_greedy_and_seeded(model):
     specs = [(prompt(10 + i, 5 + 13 * i % 70), 5 + (7 * i) % 30, i % 3 == 0) for i in range(10)]
 
     def sampling(sampled: bool, i: int) -> SamplingParams:
-        return SamplingParams(temperature=0.8, top_k=40, top_p=0.9, seed=1000 + i) if sampled else SamplingParams(temperature=0)
+        return (
+            SamplingParams(temperature=0.8, top_k=40, top_p=0.9, seed=1000 + i)
+            if sampled
+            else SamplingParams(temperature=0)
+        )
 
     solo = []
     for i, (p, n, sampled) in enumerate(specs):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import openai
 import pytest
@@ -121,3 +122,46 @@ def test_async_client_concurrent_requests_are_batched(server, serve_lm):
     assert asyncio.run(main()) == want
     # requests sent together decoded together
     assert engine.snapshot()["largest_batch"] > 1
+
+
+def test_structured_output_with_the_openai_client(client):
+    """response_format json_schema (strict) and json_object on chat, streamed or not, and vLLM's guided_choice
+    and guided_regex on completions: the text is valid by construction, even from a model with random weights."""
+    import json
+
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 8}, "rain": {"type": "boolean"}},
+        "required": ["city", "rain"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema, "strict": True}}
+    messages = [{"role": "user", "content": "The weather in Paris, as JSON."}]
+    r = client.chat.completions.create(model=NAME, messages=messages, response_format=fmt, seed=1, max_tokens=200)
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    stream = client.chat.completions.create(
+        model=NAME, messages=messages, response_format=fmt, seed=2, max_tokens=200, stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    jsonschema.validate(json.loads(text), schema)
+    r = client.chat.completions.create(
+        model=NAME, messages=messages, response_format={"type": "json_object"}, temperature=0, max_tokens=300
+    )
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+    r = client.completions.create(
+        model=NAME, prompt="Is it raining?", max_tokens=20, extra_body={"guided_choice": ["yes", "no"]}, seed=3
+    )
+    assert r.choices[0].text in ("yes", "no")
+    r = client.completions.create(
+        model=NAME, prompt="Code:", max_tokens=20, extra_body={"guided_regex": "[A-Z]{2}-[0-9]{3}"}, seed=4
+    )
+    assert re.fullmatch("[A-Z]{2}-[0-9]{3}", r.choices[0].text)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=NAME, messages=messages, response_format={"type": "json_schema", "json_schema": {"name": "x"}}
+        )
+    assert e.value.body["param"] == "response_format"

@@ -95,3 +95,64 @@ def test_any_completion_request(client, body):
 @given(body=CHAT)
 def test_any_chat_request(client, body):
     _check(_post(client, "/v1/chat/completions", body))
+
+
+# --- structured output: every reply validates against its schema --------------------------------------------
+
+LEAF = (
+    st.just({"type": "boolean"})
+    | st.tuples(st.integers(-50, 50), st.integers(0, 60)).map(
+        lambda t: {"type": "integer", "minimum": t[0], "maximum": t[0] + t[1]}
+    )
+    | st.integers(0, 6).map(lambda n: {"type": "string", "maxLength": n})
+    | st.lists(st.sampled_from(["red", "green", "x y", "7"]), min_size=1, max_size=3, unique=True).map(
+        lambda v: {"enum": v}
+    )
+)
+
+
+def _objects(children):
+    return st.dictionaries(st.sampled_from(["a", "bb", "name", "k 1"]), children, min_size=1, max_size=3).map(
+        lambda props: {
+            "type": "object",
+            "properties": props,
+            "required": sorted(props),
+            "additionalProperties": False,
+        }
+    )
+
+
+SCHEMAS = st.recursive(
+    LEAF,
+    lambda children: _objects(children) | children.map(lambda s: {"type": "array", "items": s, "maxItems": 3}),
+    max_leaves=5,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(schema=_objects(SCHEMAS), seed=st.integers(0, 2**31), chat=st.booleans(), stream=st.booleans())
+def test_every_structured_reply_validates_against_its_schema(client, schema, seed, chat, stream):
+    """Random schemas from a bounded family (so a complete document always fits max_tokens), random seeds,
+    chat or completions, streamed or not: the reply ends at its grammar's end and validates with jsonschema."""
+    import jsonschema
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}}
+    body = {"max_tokens": 400, "temperature": 1.0, "seed": seed, "response_format": fmt, "stream": stream}
+    if chat:
+        path, body = "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": "JSON please"}]}
+    else:
+        path, body = "/v1/completions", {**body, "prompt": "JSON:"}
+    if stream:
+        with client.stream("POST", path, json=body) as r:
+            assert r.status_code == 200, r.read()
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        choices = [c["choices"][0] for c in chunks if c["choices"]]
+        text = "".join((c.get("delta", {}).get("content") or "") if chat else c["text"] for c in choices)
+        finish = next(c["finish_reason"] for c in choices if c["finish_reason"])
+    else:
+        r = client.post(path, json=body)
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        text, finish = (choice["message"]["content"] if chat else choice["text"]), choice["finish_reason"]
+    assert finish == "stop", text
+    jsonschema.validate(json.loads(text), schema)

@@ -6,7 +6,7 @@ a sequence's tokens do not depend on what else runs beside it. The steps, all ba
 
 1. penalties over the row's history: CTRL's ``repetition_penalty`` (prompt and generated tokens, as
    transformers applies it), OpenAI's ``presence_penalty``/``frequency_penalty`` (generated tokens) and
-   ``logit_bias``;
+   ``logit_bias``; a row with a grammar (:class:`openllm.constrain.Constraint`) keeps only the tokens it allows;
 2. greedy rows take the argmax; the others divide by their temperature, keep their ``top_k`` best and the
    smallest set reaching ``top_p`` (the best token always stays, so no setting empties a row);
 3. one uniform draw per row from the row's generator picks the token by inverse CDF.
@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from .constrain import Constraint, bitmask_words, unpack_bitmask
 
 __all__ = ["SamplingParams", "Sampler", "SeqSampling", "GREEDY_BELOW", "effective_temperature", "row_generator"]
 
@@ -96,10 +98,21 @@ def row_generator(seed: int | None, index: int, device) -> torch.Generator:
 
 
 class SeqSampling:
-    """One sequence's sampling state: its params, its generator and the counts of the tokens it has seen."""
+    """One sequence's sampling state: its params, its generator, the counts of the tokens it has seen and its
+    grammar (a :class:`openllm.constrain.Constraint`, or None)."""
 
-    def __init__(self, params: SamplingParams, prompt: Sequence[int], *, index: int = 0, vocab_size: int, device):
+    def __init__(
+        self,
+        params: SamplingParams,
+        prompt: Sequence[int],
+        *,
+        index: int = 0,
+        vocab_size: int,
+        device,
+        constraint: Constraint | None = None,
+    ):
         self.params = params
+        self.constraint = constraint
         self.gen = None if params.greedy else row_generator(params.seed, index, device)
         self.vocab_size = vocab_size
         self.device = device
@@ -124,7 +137,9 @@ class SeqSampling:
         return self.seen is not None or self.counts is not None or self.bias is not None
 
     def accept(self, token: int) -> None:
-        """Count a generated token in the history the penalties read."""
+        """Count a generated token in the history the penalties read, and advance the grammar."""
+        if self.constraint is not None:
+            self.constraint.accept(token)
         if not 0 <= token < self.vocab_size:
             return
         if self.seen is not None:
@@ -145,6 +160,9 @@ class Sampler:
             for b, r in enumerate(rows):
                 if r.adjusts:
                     self._adjust(logits[b], r)
+        constrained = [b for b, r in enumerate(rows) if r.constraint is not None]
+        if constrained:
+            logits = self._constrain(logits, rows, constrained)
         greedy = [r.params.greedy for r in rows]
         picked = logits.argmax(-1)
         if not all(greedy):
@@ -164,6 +182,19 @@ class Sampler:
             row -= p.presence_penalty * (r.counts > 0) + p.frequency_penalty * r.counts
         if r.bias is not None:
             row.index_add_(0, r.bias[0], r.bias[1])
+
+    @staticmethod
+    def _constrain(logits: torch.Tensor, rows: Sequence[SeqSampling], constrained: list[int]) -> torch.Tensor:
+        V = logits.shape[-1]
+        bitmask = torch.empty((len(constrained), bitmask_words(V)), dtype=torch.int32)
+        for i, b in enumerate(constrained):
+            constraint = rows[b].constraint
+            assert constraint is not None
+            constraint.allowed(bitmask[i])
+        allowed = unpack_bitmask(bitmask, V).to(logits.device)
+        idx = torch.as_tensor(constrained, device=logits.device)
+        picked = logits.index_select(0, idx).masked_fill(~allowed, float("-inf"))
+        return logits.index_copy(0, idx, picked)
 
     @staticmethod
     def _draw(logits: torch.Tensor, rows: Sequence[SeqSampling]) -> torch.Tensor:

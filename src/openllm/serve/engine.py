@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from ..constrain import Vocabulary
 from ..errors import OpenLLMError
 from ..generate import TextDecoder, fast_decode
 from ..kvcache import SlotCache
@@ -67,6 +68,7 @@ class Seq:
     lstrip: bool = False  # chat replies drop the space after "Assistant:"
     logprobs: int | None = None  # None: no log-probabilities; N: the chosen token's and the N most likely
     prompt_logprobs: int | None = None  # the same for the prompt's tokens (completions' echo)
+    grammar: str | None = None  # the output's grammar (openllm.constrain), checked by the handler
     # progress, written by the scheduler thread only
     job: Job | None = field(default=None, repr=False)
     slot: int | None = None
@@ -152,6 +154,7 @@ class Engine:
         tok_vocab = getattr(tokenizer, "vocab_size", None)
         self.vocab_size = min(int(model.cfg.vocab_size), int(tok_vocab or model.cfg.vocab_size))
         self.sampler = Sampler()
+        self._vocabulary: Vocabulary | None = None
         self._forward = model  # the model's CPU decoding twin while the scheduler runs (generate.fast_decode)
         self.context = slot_len  # the most prompt + max_tokens a request may ask for
         self.max_batch, self.max_queue = max_batch, max_queue
@@ -172,6 +175,13 @@ class Engine:
             "errors": 0,
             "tokens": 0,
         }
+
+    def vocabulary(self) -> Vocabulary:
+        """The tokenizer as the grammar engine sees it, made at the first structured-output request."""
+        with self._cond:
+            if self._vocabulary is None:
+                self._vocabulary = Vocabulary(self.tokenizer, self.vocab_size)
+            return self._vocabulary
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -301,7 +311,12 @@ class Engine:
                 seq.slot = self.cache.allocate()
                 seq.text = TextDecoder(self.tokenizer, seq.prompt, seq.stops, seq.lstrip)
                 seq.sampling = SeqSampling(
-                    job.sampling, seq.prompt, index=seq.index, vocab_size=self.vocab_size, device=self.cache.device
+                    job.sampling,
+                    seq.prompt,
+                    index=seq.index,
+                    vocab_size=self.vocab_size,
+                    device=self.cache.device,
+                    constraint=self.vocabulary().constraint(seq.grammar) if seq.grammar else None,
                 )
                 self._running.append(seq)
                 job.admitted += 1

@@ -119,6 +119,7 @@ async def completions(body: CompletionRequest, request: Request):
             code="unsupported_parameter",
         )
     stops = state.stops(body.stop)
+    grammar = state.grammar(body)
     echo_lps = body.logprobs if body.echo else None
     seqs = []
     for i, ids in enumerate(encoded):
@@ -131,6 +132,7 @@ async def completions(body: CompletionRequest, request: Request):
                 stops=stops,
                 logprobs=body.logprobs,
                 prompt_logprobs=echo_lps,
+                grammar=grammar,
             )
             for j in range(body.n)
         ]
@@ -236,13 +238,6 @@ def _refuse_unsupported_chat(body: ChatRequest) -> None:
             param="tool_choice",
             code="unsupported_parameter",
         )
-    if body.response_format is not None and body.response_format.get("type", "text") != "text":
-        raise ApiError(
-            400,
-            f"response_format {body.response_format.get('type')!r} is not supported; only 'text' is",
-            param="response_format",
-            code="unsupported_parameter",
-        )
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
 
@@ -277,7 +272,13 @@ async def chat_completions(body: ChatRequest, request: Request):
     max_new = state.budget(len(prompt), requested, None, param)
     stops = CHAT_STOPS + state.stops(body.stop)
     top = (body.top_logprobs or 0) if body.logprobs else None
-    seqs = [Seq(prompt=prompt, max_new=max_new, index=j, stops=stops, lstrip=True, logprobs=top) for j in range(body.n)]
+    grammar = state.grammar(body)
+    # a constrained reply ends when its grammar does (EOS): the turn stops would cut a JSON string holding "User:"
+    stops = state.stops(body.stop) if grammar else stops
+    seqs = [
+        Seq(prompt=prompt, max_new=max_new, index=j, stops=stops, lstrip=not grammar, logprobs=top, grammar=grammar)
+        for j in range(body.n)
+    ]
     job, queue = submit(state, seqs, state.sampling(body), stream=body.stream)
     cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from ..constrain import GrammarError, grammar_of_request
 from ..sampling import SamplingParams
 from .chat import chat_prompt
 from .engine import Engine
@@ -185,6 +186,25 @@ class ServerState:
             return params.validate(self.engine.vocab_size)
         except ValueError as exc:
             param = str(exc).split(" ", 1)[0].rstrip(":")
+            raise ApiError(400, str(exc), param=param) from exc
+
+    def grammar(self, body: Any) -> str | None:
+        """The grammar the output must follow (``response_format``, ``guided_json``/``_regex``/``_choice``),
+        checked against the model's vocabulary: a schema or pattern that cannot be followed is this request's
+        400."""
+        fields = ("guided_json", "guided_regex", "guided_choice", "response_format")
+        param = next((f for f in fields if getattr(body, f, None) is not None), "response_format")
+        try:
+            grammar, _ = grammar_of_request(
+                response_format=body.response_format,
+                guided_json=body.guided_json,
+                guided_regex=body.guided_regex,
+                guided_choice=body.guided_choice,
+            )
+            if grammar is None:
+                return None
+            return self.engine.vocabulary().check(grammar)
+        except (GrammarError, ValueError) as exc:
             raise ApiError(400, str(exc), param=param) from exc
 
     def token_text(self, tok: int) -> str:

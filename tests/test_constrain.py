@@ -1,0 +1,104 @@
+"""Constrained decoding (openllm.constrain) with llguidance over our own tokenizer: generation through the one
+sampler, on a model with random weights, always gives output of the grammar, and bad grammars are refused."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+import torch
+
+from openllm.constrain import GrammarError, Vocabulary, grammar_of_request
+from openllm.sampling import Sampler, SamplingParams, SeqSampling
+
+
+@pytest.fixture(scope="module")
+def vocab(serve_lm):
+    return Vocabulary(serve_lm.tokenizer, serve_lm.tokenizer.vocab_size)
+
+
+def constrained(lm, vocab, grammar: str, *, seed: int, n: int = 120, temperature: float = 1.0) -> tuple[str, bool]:
+    """Sample from the model under ``grammar``: the text and whether it ended at EOS."""
+    tok, model = lm.tokenizer, lm.model
+    ids = tok.encode("Reply in JSON:")
+    row = SeqSampling(
+        SamplingParams(temperature=temperature, seed=seed),
+        ids,
+        vocab_size=vocab.n_vocab,
+        device="cpu",
+        constraint=vocab.constraint(grammar),
+    )
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([ids + out]))[:, -1, : vocab.n_vocab]
+            token = Sampler()(logits, [row])[0]
+            row.accept(token)
+            if token == tok.eos_id:
+                return tok.decode(out), True
+            out.append(token)
+    return tok.decode(out), False
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 6},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 3},
+    },
+    "required": ["name", "age", "tags"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_random_model_writes_json_valid_under_the_schema(serve_lm, vocab, seed):
+    grammar, _ = grammar_of_request(response_format={"type": "json_schema", "json_schema": {"schema": SCHEMA}})
+    text, ended = constrained(serve_lm, vocab, grammar, seed=seed)
+    assert ended, text
+    jsonschema.validate(json.loads(text), SCHEMA)
+
+
+def test_choice_regex_and_any_object(serve_lm, vocab):
+    choice, _ = grammar_of_request(guided_choice=["yes", "no", "maybe so"])
+    regex, _ = grammar_of_request(guided_regex=r"[0-9]{3}-[a-z]{2}")
+    anything, _ = grammar_of_request(response_format={"type": "json_object"})
+    for seed in range(3):
+        text, ended = constrained(serve_lm, vocab, choice, seed=seed)
+        assert ended and text in ("yes", "no", "maybe so")
+        text, ended = constrained(serve_lm, vocab, regex, seed=seed)
+        assert ended and re.fullmatch(r"[0-9]{3}-[a-z]{2}", text), text
+    text, ended = constrained(serve_lm, vocab, anything, seed=0, n=400)
+    assert not ended or isinstance(json.loads(text), dict)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        dict(response_format={"type": "yaml"}),
+        dict(response_format={"type": "json_schema"}),
+        dict(guided_regex="(unclosed"),
+        dict(guided_choice=[]),
+        dict(guided_json="{not json"),
+        dict(guided_json={"type": "object"}, guided_regex="x"),
+    ],
+)
+def test_requests_no_grammar_can_follow_are_refused(request_):
+    with pytest.raises((GrammarError, ValueError)):
+        grammar_of_request(**request_)
+
+
+def test_strict_refuses_what_it_cannot_enforce_and_lenient_ignores_it(vocab):
+    odd = {"type": "string", "format": "no-such-format"}
+    strict, _ = grammar_of_request(
+        response_format={"type": "json_schema", "json_schema": {"schema": odd, "strict": True}}
+    )
+    with pytest.raises(GrammarError):
+        vocab.check(strict)
+    lenient, _ = grammar_of_request(
+        response_format={"type": "json_schema", "json_schema": {"schema": odd, "strict": False}}
+    )
+    assert vocab.check(lenient)
