@@ -258,3 +258,71 @@ def test_llama_cpp_logits_and_greedy_tokens(gguf_export, llama_cpp, t):
             if len(got) == 16:
                 break
         assert got == want
+
+
+# --- a fine-tune, a hub reference, the default license (issue 24) -----------------------------------------
+
+
+def _mark_finetuned(run, base_ref="me/tiny@300"):
+    """What openllm finetune records in each checkpoint's state.json (only the fields the export reads)."""
+    import json
+
+    for state_file in (run / "checkpoints").glob("step_*/state.json"):
+        state = json.loads(state_file.read_text())
+        state["finetune"] = {
+            "base": {
+                "source": base_ref,
+                "path": "/home/someone/private/base",
+                "kind": "hf",
+                "step": 300,
+                "hub_ref": base_ref,
+                "name": "export-test",
+                "weights_sha256": "ab" * 32,
+            },
+            "data": {"path": "/home/someone/private/chats.jsonl", "sha256": "cd" * 32, "kept": 18},
+            "lora": None,
+        }
+        state_file.write_text(json.dumps(state))
+
+
+def test_a_fine_tune_is_named_and_marked_as_one(tmp_path, export_run):
+    """general.name is not the base's, general.finetune/basename and general.base_model.* say what it was
+    tuned from, also after a trip through the Hugging Face export; no private path gets into the file."""
+    from gguf import GGUFReader
+
+    _mark_finetuned(export_run)
+    export(export_run, tmp_path / "g", "gguf,hf", gguf_types="f32", progress=False)
+    export(tmp_path / "g" / "hf", tmp_path / "again", "gguf", gguf_types="f32", progress=False)
+    for path in (tmp_path / "g" / "gguf" / "model-f32.gguf", tmp_path / "again" / "model-f32.gguf"):
+        r = GGUFReader(str(path))
+        assert _field(r, "general.name") != "export-test", path
+        assert _field(r, "general.finetune") == "chat" and _field(r, "general.basename") == "export-test"
+        assert _field(r, "general.base_model.count") == 1
+        assert _field(r, "general.base_model.0.name") == "export-test"
+        assert _field(r, "general.base_model.0.version") == "300"
+        # me/tiny@300 is a reference of some hub, not a URL
+        assert not [k for k in r.fields if k.endswith("url")], path
+        assert b"/home/someone" not in path.read_bytes()[:1_000_000]
+
+
+def test_a_hub_reference_is_not_written_as_a_url(tmp_path, export_run):
+    from gguf import GGUFReader
+
+    loaded = openllm.load(export_run, device="cpu")
+    loaded.hub_ref = "me/tiny@300"  # as load("me/tiny@300") sets it
+    export(loaded, tmp_path / "g", "gguf", gguf_types="f32", progress=False)
+    r = GGUFReader(str(tmp_path / "g" / "model-f32.gguf"))
+    assert "general.source.url" not in r.fields
+    from openllm.errors import OpenLLMError
+
+    with pytest.raises(OpenLLMError, match="URL"):
+        export(loaded, tmp_path / "h", "gguf", gguf_types="f32", progress=False, source_url="me/tiny@300")
+
+
+def test_the_default_license_other_has_a_name(tmp_path, export_run):
+    """GGUF's convention (convert_hf_to_gguf): ``other`` comes with ``general.license.name``."""
+    from gguf import GGUFReader
+
+    export(export_run, tmp_path / "g", "gguf", gguf_types="f32", progress=False)
+    r = GGUFReader(str(tmp_path / "g" / "model-f32.gguf"))
+    assert _field(r, "general.license") == "other" and _field(r, "general.license.name") == "unknown"

@@ -11,7 +11,8 @@ What ``convert_hf_to_gguf.py`` does for a Llama with a SentencePiece tokenizer, 
 - norms (1-D) stay f32; matrices become f16 or q8_0 (a row not a multiple of 32 falls back to f16, as there);
 - the vocabulary as ``tokenizer.ggml.model = llama`` (SentencePiece): pieces, scores and token types from
   ``tokenizer.model``, special ids, and ``add_space_prefix = false`` since we train without a dummy prefix;
-- metadata: ``general.name``, ``general.license``, ``general.source.url`` (when known), ``llama.context_length``
+- metadata: ``general.name`` (a fine-tune's marked as one, with its base), ``general.license``,
+  ``general.source.url`` (when given), ``llama.context_length``
   and ``tokenizer.chat_template`` (:data:`openllm.tokenizer.CHAT_TEMPLATE`, so llama.cpp formats chats as
   transformers and our server do instead of falling back to Llama-2 ``[INST]`` tags).
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OpenLLMError, require
+from .shared import finetune_summary
 
 __all__ = ["export_gguf", "gguf_tensors", "permute_qk", "gguf_vocab", "GGUF_FILE"]
 
@@ -104,17 +106,57 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[float], li
     return tokens, scores, types
 
 
+def _is_url(text: str) -> bool:
+    from urllib.parse import urlparse
+
+    parts = urlparse(text)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _add_identity(w, loaded, *, license: str | None, source_url: str | None) -> None:
+    """The ``general.*`` keys naming the model, as convert_hf_to_gguf writes them. A fine-tune is
+    ``<base>-chat`` (``general.basename`` + ``general.finetune``, llama.cpp's naming) with its base under
+    ``general.base_model.0.*``, not the base's own name. ``other`` comes with ``general.license.name``.
+    ``general.source.url`` only for a real URL: a hub reference (``OWNER/NAME@VERSION``) does not say which hub
+    it is on, so it is left out rather than written as an address nobody can open."""
+    name = loaded.config.name
+    finetune = finetune_summary(loaded)
+    if finetune is None:
+        w.add_name(name)
+    else:
+        base = finetune["base"]
+        basename = str(base.get("name") or name)
+        w.add_name(f"{basename}-chat")
+        w.add_basename(basename)
+        w.add_finetune("chat")
+        w.add_base_model_count(1)
+        w.add_base_model_name(0, basename)
+        ref = str(base.get("hub_ref") or "")
+        version = ref.partition("@")[2] or (str(base["step"]) if isinstance(base.get("step"), int) else "")
+        if version:
+            w.add_base_model_version(0, version)
+        if ref:
+            w.add_base_model_description(0, f"openllm hub reference {ref}")
+    w.add_license(license or "other")
+    if (license or "other") == "other":
+        w.add_license_name("unknown")
+    if source_url is not None:
+        w.add_source_url(source_url)
+
+
 def export_gguf(
     loaded, out: Path, *, dtype: str = "f16", license: str | None = None, source_url: str | None = None
 ) -> Path:
     """Write ``out/model-<dtype>.gguf``. ``license`` is the weights' license (``general.license``, default
-    ``other``: see the model card); ``source_url`` (default: the hub reference it was loaded from, if any) goes
-    into ``general.source.url``."""
+    ``other``, named ``unknown``: see the model card); ``source_url``, an http(s) address, goes into
+    ``general.source.url``."""
     require("gguf", "export", what="GGUF export")
     import gguf
 
     from ..tokenizer import CHAT_TEMPLATE
 
+    if source_url is not None and not _is_url(source_url):
+        raise OpenLLMError(f"source URL {source_url!r} is not a URL: give an https:// address or leave it out")
     if dtype not in ("f32", "f16", "q8_0"):
         raise OpenLLMError(f"unknown GGUF type {dtype!r}: choose from f32, f16, q8_0")
     if getattr(loaded.tokenizer, "model_path", None) is None:
@@ -132,11 +174,7 @@ def export_gguf(
     }[dtype]
 
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name(cfg.name)
-    w.add_license(license or "other")
-    source = source_url or loaded.hub_ref
-    if source:
-        w.add_source_url(source)
+    _add_identity(w, loaded, license=license, source_url=source_url)
     w.add_context_length(m.max_seq_len)
     w.add_embedding_length(m.d_model)
     w.add_block_count(m.n_layers)

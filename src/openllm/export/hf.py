@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .shared import save_weights, write_tokenizer_files
+from .shared import FINETUNE_KEY, finetune_summary, save_weights, write_tokenizer_files
 
 __all__ = ["export_hf", "special_ids", "generation_config"]
 
@@ -26,10 +26,14 @@ def special_ids(loaded) -> dict[str, int | None]:
 
 
 def generation_config(loaded) -> dict:
-    """``generation_config.json``: the special ids and greedy decoding. No ``max_length``: with it, every
-    ``generate(max_new_tokens=...)`` call warns that both are set."""
+    """``generation_config.json``: the special ids, greedy decoding and ``max_length`` = the context. Without
+    ``max_length``, ``pipeline("text-generation")`` called with no lengths refuses any prompt of 20 tokens or more
+    on transformers 4.45 (its default ``max_length`` is 20) and generates 256 new tokens on 5.x, past the
+    context; a ``max_length`` the model sets is the one length both respect. The price: transformers 5 logs that
+    ``max_new_tokens`` takes precedence whenever a call passes it, which is what happens."""
     generation = {k: v for k, v in special_ids(loaded).items() if v is not None}
     generation["do_sample"] = False
+    generation["max_length"] = int(loaded.config.model.max_seq_len)
     return generation
 
 
@@ -48,7 +52,10 @@ def export_hf(loaded, out: Path) -> Path:
     llama = llama_config_dict(cfg.model, **ids)
     _write_json(out / "config.json", llama)
     _write_json(out / "generation_config.json", generation_config(loaded))
-    _write_json(out / OPENLLM_CONFIG_NAME, {"format": NATIVE_FORMAT, **cfg.to_dict()})
+    ours = {"format": NATIVE_FORMAT, **cfg.to_dict()}
+    if (finetune := finetune_summary(loaded)) is not None:
+        ours[FINETUNE_KEY] = finetune
+    _write_json(out / OPENLLM_CONFIG_NAME, ours)
     write_tokenizer_files(loaded, out)
     return out
 

@@ -6,7 +6,9 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["copy_tokenizer_files", "write_tokenizer_files", "export_state_dict", "save_weights"]
+__all__ = ["copy_tokenizer_files", "write_tokenizer_files", "export_state_dict", "save_weights", "finetune_summary"]
+
+FINETUNE_KEY = "finetune"  # in an export's openllm.json / native config.json: what a fine-tune was tuned from
 
 _TOKENIZER_EXTRA = ("special_tokens_map.json", "added_tokens.json")
 
@@ -71,3 +73,23 @@ def save_weights(state: dict, path: Path) -> None:
     mask = os.umask(0o022)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
+
+
+def finetune_summary(loaded) -> dict | None:
+    """What an export keeps of a fine-tune's record (``openllm finetune`` writes it into each checkpoint's
+    ``state.json``; an export carries this summary in its config file, so an export of an export still knows):
+    the base model's name, hub reference, step and weights checksum, and the method. None for a model trained
+    from scratch. Local paths are left out: they name the publisher's folders, not anything a reader can fetch."""
+    from ..fsio import read_json
+    from ..rundir import STATE
+
+    record = loaded.info.get(FINETUNE_KEY) if isinstance(loaded.info, dict) else None
+    if record is None and loaded.kind in ("run", "checkpoint"):
+        record = read_json(Path(loaded.path) / STATE).get(FINETUNE_KEY)
+    if not isinstance(record, dict):
+        return None
+    base = record.get("base") if isinstance(record.get("base"), dict) else {}
+    keep = {k: base[k] for k in ("name", "hub_ref", "step", "weights_sha256") if base.get(k) is not None}
+    lora = record.get("lora")
+    method = record.get("method") or ("lora" if isinstance(lora, dict) else "full")
+    return {"base": keep, "method": method}
