@@ -294,3 +294,20 @@ def test_a_broken_invariant_is_a_bug_not_a_user_error(monkeypatch, tmp_path, cap
     err = capsys.readouterr().err
     assert "failed unexpectedly (InvalidTransition: a run cannot go from finished to stopping)" in err
     assert "this is a bug" in err and err.count("\n") == 1
+
+
+# --- messages that say what the code does (issue 24) -------------------------------------------------------
+
+
+def test_tokenize_data_that_is_a_file_says_it_wants_a_prepared_folder(tmp_path, capsys):
+    text = tmp_path / "corpus.txt"
+    text.write_text("some text\n")
+    assert main(["tokenize", "--data", str(text), "--tokenizer", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not found" not in err and "is a file" in err and "prepare-data" in err, err
+
+
+def test_serve_model_name_help_says_what_the_default_is():
+    """serve.server.build_app: a folder is named by its last part, a hub reference by the whole reference."""
+    help_text = " ".join(_option(_leaf_parsers()["serve"], "--model-name").help.split())
+    assert "folder" in help_text and "OWNER/NAME@VERSION" in help_text, help_text

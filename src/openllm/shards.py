@@ -105,6 +105,11 @@ def tokenize_corpus(
     from tqdm import tqdm
 
     data = Path(data_dir)
+    if data.exists() and not data.is_dir():  # a text file given where its prepared folder belongs
+        raise OpenLLMError(
+            f"--data {data} is a file; tokenize wants a prepared-data folder (train.jsonl, val.jsonl): "
+            f"make one with `openllm prepare-data {data} --out DIR`, then pass --data DIR"
+        )
     if not data.is_dir():
         raise OpenLLMError(f"--data {data} not found; create it with `openllm prepare-data INPUT --out DIR`")
     missing = [name for name in SPLITS.values() if not (data / name).is_file()]

@@ -21,7 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: $OPENLLM_API_KEY; none: open)",
     )
     p.add_argument(
-        "--model-name", default=None, help="the model id /v1/models reports (default: the MODEL argument's last part)"
+        "--model-name",
+        default=None,
+        help="the model id /v1/models reports (default: a run or export folder's name; a hub model's "
+        "OWNER/NAME@VERSION reference as given)",
     )
     add_device_option(p)
     p.add_argument(
@@ -47,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="continuous",
         help="continuous: sequences join and leave the running batch at every step (default); "
         "static: a batch runs until all its sequences finish",
+    )
+    p.add_argument(
+        "--no-prefix-caching",
+        action="store_true",
+        help="compute every prompt in full (by default the keys and values of a prompt's longest prefix already "
+        "in the KV cache, a shared system prompt or an earlier turn of the chat, are reused; outputs are the same)",
     )
     p.add_argument(
         "--max-body-bytes",
@@ -162,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         prefill_chunk=args.prefill_chunk,
         max_queue=args.max_queue,
         batching=args.batching,
+        prefix_caching=not args.no_prefix_caching,
         on_ready=ready,
         max_body_bytes=args.max_body_bytes,
         body_timeout=args.read_timeout,
