@@ -395,12 +395,125 @@ def test_a_finished_run_never_blocks_start_and_failed_runs_can_be_deleted(ws):
     runner._refuse_while_active()
     with pytest.raises(RunnerError, match="already exists \\(failed\\): delete it"):
         runner.start(_request("broken", "corpora/x"))
-    with pytest.raises(RunnerError, match="only failed or diverged"):
-        runner.delete("done")
     (ws.job_dir("broken")).mkdir(parents=True)
     runner.delete("broken")
     assert not ws.run_dir("broken").exists() and not ws.job_dir("broken").exists()
     assert ws.run_names() == ["done"]
+
+
+def test_stop_stops_the_run_it_names_only(ws):
+    """Stop acts on the run the user looks at: asking to stop another run leaves a CLI training alone."""
+    run = ws.run_dir("cli")
+    run.mkdir()
+    move(ws.run_dir("shown"), "training", step=9, max_steps=10)
+    move(ws.run_dir("shown"), "finished", step=10)
+    proc = subprocess.Popen([sys.executable, "-c", _EXTERNAL, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        runner = Runner(ws)
+        with pytest.raises(RunnerError, match="'shown' is not training \\(finished\\)"):
+            runner.stop("shown")
+        time.sleep(0.5)
+        assert proc.poll() is None and runner.status("cli").state == "training"
+        assert runner.stop("cli") == "cli"
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+    assert runner.status("cli").state == "stopped"
+
+
+def test_a_stopped_finished_or_failed_run_can_be_deleted_an_active_one_cannot(ws):
+    runner = Runner(ws)
+    for name, state in [("done", "finished"), ("halted", "stopped"), ("broken", "failed")]:
+        move(ws.run_dir(name), "training", step=9, max_steps=10)
+        move(ws.run_dir(name), state, step=10, error="x" if state == "failed" else None)
+        runner.delete(name)
+        assert not ws.run_dir(name).exists()
+    run = ws.run_dir("cli")
+    run.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", _EXTERNAL, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        with pytest.raises(RunnerError, match="'cli' is training: stop it before deleting it"):
+            runner.delete("cli")
+        assert (run / "status.json").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _start_both(ws: Workspace, runners: list[Runner], corpus: str) -> tuple[list[str], list[Exception]]:
+    import threading
+
+    barrier = threading.Barrier(len(runners))
+    started: list[str] = []
+    refused: list[Exception] = []
+
+    def go(i: int) -> None:
+        req = _request(f"race{i}", corpus)
+        barrier.wait()
+        try:
+            started.append(runners[i].start(req))
+        except RunnerError as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(runners))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return started, refused
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("apps", [1, 2], ids=["one-app", "two-apps"])
+def test_concurrent_starts_launch_one_training_which_is_the_apps_own(ws, apps):
+    """Gradio runs several handlers at once, and two apps may share a workspace: of two Starts at the same
+    moment exactly one launches. The one launched is labelled the app's (not "started outside the app")."""
+    corpus = _prepared(ws, docs=120)
+    first = Runner(ws)
+    runners = [first, first] if apps == 1 else [first, Runner(ws)]
+    started, refused = _start_both(ws, runners, corpus)
+    try:
+        assert len(started) == 1 and len(refused) == 1, (started, refused)
+        assert "is still training" in str(refused[0])
+        name = started[0]
+        deadline = time.time() + 60
+        while time.time() < deadline and first.status(name).holder is None:
+            time.sleep(0.1)
+        st = first.status(name)
+        assert st.holder is not None and not st.external, st.holder
+    finally:
+        for n in ("race0", "race1"):
+            if ws.run_dir(n).exists() and first.status(n).active:
+                first.stop(n)
+        first.wait(120)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_while_preparing_is_continued_from_scratch_and_can_be_deleted(ws):
+    runner = Runner(ws)
+    text = ws.corpora_dir / "raw.txt"
+    from openllm.corpus import embedded_corpus_documents
+
+    docs = list(itertools.islice(embedded_corpus_documents(), 200))
+    text.write_text("\n\n".join(docs), encoding="utf-8")
+    runner.start(_request("early", "corpora/raw.txt", max_steps=4, eval_every=2, save_every=2))
+    deadline = time.time() + 60
+    while time.time() < deadline and runner.status("early").state != "preparing":
+        time.sleep(0.05)
+    runner.stop("early")
+    assert runner.wait(60)
+    st = runner.status("early")
+    assert st.state == "stopped" and not checkpoint_steps(ws.run_dir("early")), st
+    with pytest.raises(RunnerError, match="already exists \\(stopped\\)"):
+        runner.start(_request("early", "corpora/raw.txt"))
+    assert runner.continue_run("early", 10) == 4  # its own settings, from the start
+    assert runner.wait(300)
+    st = runner.status("early")
+    assert st.state == "finished" and checkpoint_steps(ws.run_dir("early"))[-1] == 4, (st, runner.log_path("early"))
+    runner.delete("early")
+    assert "early" not in ws.run_names() and not ws.job_dir("early").exists()
 
 
 def test_corpus_is_checked_when_chosen(ws):

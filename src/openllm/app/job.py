@@ -86,7 +86,9 @@ def main(job_dir_arg: str) -> int:
     run_dir = Path(spec["run_dir"])
     signal.signal(signal.SIGTERM, _on_term)
     try:
-        lock = RunLock(run_dir, command=f"{sys.executable} -m {__name__} {job_dir}", log=job_dir / "log.txt")
+        # run as ``-m``, __name__ is "__main__": the spec's name is the module's, which the app recognises as its own
+        module = __spec__.name if __spec__ is not None else __name__
+        lock = RunLock(run_dir, command=f"{sys.executable} -m {module} {job_dir}", log=job_dir / "log.txt")
         lock.acquire()
     except _Stopped:
         return 0

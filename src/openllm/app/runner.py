@@ -8,11 +8,16 @@ stopped from here (SIGTERM to the lock holder's PID), and blocks a second Start 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,7 @@ from typing import Any
 from .. import rundir
 from ..config import ConfigError, TrainConfig
 from ..errors import OpenLLMError
-from ..fsio import write_json_atomic
+from ..fsio import read_json, write_json_atomic
 from ..rundir import read_status
 from .forms import TrainRequest
 from .workspace import Workspace, WorkspaceError
@@ -30,6 +35,10 @@ __all__ = ["Runner", "RunnerError", "RunStatus", "run_status", "PKG", "child_env
 PKG = __name__.split(".")[0]
 _PKG_PARENT = str(Path(__file__).resolve().parent.parent.parent)
 _SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "API_KEY", "ACCESS_KEY")
+# the module the app's job runs as: its run lock's command names it, which is how a run is known as the app's
+JOB_MODULE = f"{PKG}.app.job"
+# the workspace's file that makes "nothing trains -> launch" one step (see Runner._claim)
+CLAIM_FILE = ".app-launch.lock"
 
 
 class RunnerError(OpenLLMError):
@@ -83,7 +92,7 @@ def run_status(ws: Workspace, name: str) -> RunStatus:
     st = rundir.run_state(run_dir)
     job_log = ws.job_dir(name) / "log.txt"
     holder = st.holder
-    external = holder is not None and ".app.job" not in str(holder.get("command", ""))
+    external = holder is not None and f"-m {JOB_MODULE} " not in f"{holder.get('command', '')} "
     log: Path | None = job_log if job_log.is_file() else None
     if holder is not None:
         given = holder.get("log")
@@ -102,13 +111,39 @@ def run_status(ws: Workspace, name: str) -> RunStatus:
     )
 
 
+def _claimed(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` runs holding the workspace's launch claim (:meth:`Runner._claim`)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Runner, *args: Any, **kwargs: Any) -> Any:
+        with self._claim():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Runner:
-    """Starts at most one training in a workspace, continues ended runs, stops whoever is training."""
+    """Starts at most one training in a workspace, continues ended runs, stops or deletes the run it is told."""
 
     def __init__(self, workspace: Workspace) -> None:
         self.ws = workspace
         self._proc: subprocess.Popen | None = None
         self._proc_run: str | None = None
+        self._claim_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _claim(self) -> Iterator[None]:
+        """Check-and-launch as one step. Gradio runs several handlers at once and two apps may share a
+        workspace: between "nothing trains" and the job's ``queued`` record another Start would see nothing
+        either. An flock on the workspace's claim file serialises them across processes (and across threads:
+        each open is its own lock), the thread lock keeps this process's handlers from spinning on it."""
+        with self._claim_lock:
+            fd = os.open(self.ws.root / CLAIM_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # drops the flock
 
     # --- state ---------------------------------------------------------------------------------------------
 
@@ -167,6 +202,7 @@ class Runner:
 
     # --- start / continue / stop / delete -----------------------------------------------------------------
 
+    @_claimed
     def start(self, request: TrainRequest) -> str:
         """Start a job for ``request``; returns the run's name. Refuses while any training runs."""
         self._refuse_while_active()
@@ -195,15 +231,36 @@ class Runner:
         write_json_atomic(job_dir / "job.json", spec)
         return self._launch(name, job_dir, request.config.train.max_steps)
 
+    def restartable(self, name: str) -> bool:
+        """Whether ``name`` ended before its first checkpoint (stopped while its data was prepared) with the
+        app's record of how it was started: continuing it starts it again from scratch, with those settings."""
+        run_dir = self.ws.run_dir(name)
+        if rundir.latest_checkpoint(run_dir) is not None:
+            return False
+        spec = self._job_spec(name)
+        fresh = "finetune" in spec or "inputs" in spec
+        return fresh and not spec.get("continue") and isinstance(spec.get("max_steps"), int)
+
+    def _job_spec(self, name: str) -> dict[str, Any]:
+        return read_json(self.ws.job_dir(name) / "job.json")
+
+    @_claimed
     def continue_run(self, name: str, more_steps: int) -> int:
         """Continue an ended run from its latest checkpoint for ``more_steps`` more steps (an exact resume, as
-        ``openllm train --out RUN --max-steps N`` does); returns the new total."""
+        ``openllm train --out RUN --max-steps N`` does); returns the new total. A run stopped before its first
+        checkpoint (while its data was prepared) starts again from scratch with its own settings and steps."""
         self._refuse_while_active()
         run_dir = self.ws.run_dir(name)
         st = self.status(name)
         if st.state not in (rundir.STOPPED, rundir.FINISHED, rundir.FAILED, rundir.DIVERGED):
             raise RunnerError(f"run {name!r} is {st.state}: only a stopped or finished run can be continued")
         ckpt = rundir.latest_checkpoint(run_dir)
+        if ckpt is None and self.restartable(name):
+            job_dir = self.ws.job_dir(name)
+            shutil.rmtree(job_dir / "data", ignore_errors=True)  # half-prepared: made again from the inputs
+            total = int(self._job_spec(name)["max_steps"])
+            self._launch(name, job_dir, total)
+            return total
         if ckpt is None:
             raise RunnerError(f"run {name!r} has no checkpoint to continue from: start a new run instead")
         if int(more_steps) < 1:
@@ -216,6 +273,7 @@ class Runner:
         self._launch(name, job_dir, total)
         return total
 
+    @_claimed
     def finetune(
         self,
         base: str,
@@ -330,13 +388,19 @@ class Runner:
             return [str(dest)]
         raise RunnerError(f"unknown corpus kind {request.corpus_kind!r}")
 
-    def stop(self, timeout: float = 0.0) -> str:
-        """Ask the training that runs now to stop (SIGTERM to the lock holder: the trainer saves a checkpoint
-        and exits), whoever started it; returns the run's name. With ``timeout`` > 0, wait that long."""
-        active = self.active()
-        if active is None:
-            raise RunnerError("no training is running")
-        name, pid = active
+    def stop(self, name: str | None = None, timeout: float = 0.0) -> str:
+        """Ask run ``name`` to stop (SIGTERM to its lock holder: the trainer saves a checkpoint and exits),
+        whoever started it; returns its name. The app always names the run the user is looking at, so a Stop
+        never reaches another run; no name: the training that runs now. With ``timeout`` > 0, wait that long."""
+        if name is not None:
+            st = self.status(name)
+            if not st.active:
+                raise RunnerError(f"run {name!r} is not training ({st.state}): there is nothing to stop")
+        else:
+            active = self.active()
+            if active is None:
+                raise RunnerError("no training is running")
+            name = active[0]
         try:
             rundir.request_stop(self.ws.run_dir(name))
         except OpenLLMError as exc:
@@ -344,9 +408,10 @@ class Runner:
             if self._proc is not None and self._proc_run == name:
                 self._proc.terminate()
             else:
-                raise RunnerError("no training is running") from exc
-        if timeout > 0:
-            self.wait(timeout)
+                raise RunnerError(f"run {name!r} has not started training yet; stop it again in a moment") from exc
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.status(name).active:
+            time.sleep(0.2)
         return name
 
     def wait(self, timeout: float) -> bool:
@@ -358,16 +423,27 @@ class Runner:
             time.sleep(0.2)
         return self.active() is None
 
+    @_claimed
     def delete(self, name: str) -> None:
-        """Delete a failed, diverged or never-started run (its folder and the app's job folder), so its name
-        can be used again. Runs with a usable result (stopped, finished) are kept."""
+        """Delete an ended run (stopped, finished, failed, diverged, or never started): its folder and the app's
+        job folder, so its name can be used again. An active run is refused; the UI asks for a confirmation."""
         st = self.status(name)
         if st.active:
             raise RunnerError(f"run {name!r} is {st.state}: stop it before deleting it")
-        if st.state not in (rundir.FAILED, rundir.DIVERGED, "new"):
-            raise RunnerError(f"run {name!r} is {st.state}: only failed or diverged runs can be deleted here")
         run_dir = self.ws.run_dir(name)
         if not self.ws.contains(run_dir):
             raise RunnerError(f"run {name!r} is not in the workspace")
-        shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.rmtree(self.ws.job_dir(name), ignore_errors=True)
+        # holding the run's lock while deleting: a terminal that resumes it right now is refused, not emptied
+        try:
+            lock = rundir.RunLock(run_dir, command=f"delete {name}").acquire()
+        except OpenLLMError as exc:
+            raise RunnerError(f"run {name!r} is training: stop it before deleting it") from exc
+        try:
+            shutil.rmtree(self.ws.job_dir(name), ignore_errors=True)
+            for p in run_dir.iterdir():
+                if p.name != rundir.LOCK:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        finally:
+            lock.release()
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
