@@ -1067,3 +1067,17 @@ def test_an_address_that_cannot_be_listened_on_is_a_one_line_refusal(serve_run):
             )
             assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr
             assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_prefix_cache_hits_are_reported(serve_lm):
+    """A chat's next turn reuses the keys and values of the turn before: /metrics counts the tokens."""
+    app = create_app(serve_lm.model, serve_lm.tokenizer, model_name=NAME)
+    system = {"role": "system", "content": "You are a careful assistant who answers in one short sentence. " * 3}
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=60) as c:
+        first = [system, {"role": "user", "content": "Hello there"}]
+        r = c.post("/v1/chat/completions", json={"messages": first, "max_tokens": 8, "temperature": 0}).json()
+        second = first + [r["choices"][0]["message"], {"role": "user", "content": "And then?"}]
+        assert c.post("/v1/chat/completions", json={"messages": second, "max_tokens": 8}).status_code == 200
+        metrics = _parse_metrics(c.get("/metrics").text)
+    assert metrics["openllm_prefix_cache_queries_total"] == 2
+    assert metrics["openllm_prefix_cache_hit_tokens_total"] >= 32

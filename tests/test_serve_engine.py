@@ -96,7 +96,7 @@ def test_the_forward_over_slots_equals_the_plain_forward(model):
     cache = SlotCache(model.cfg, 3, 64, device="cpu", dtype=torch.float32)
     a, b = prompt(1, 20), prompt(2, 9)
     full_a, full_b = model(torch.tensor([a])), model(torch.tensor([b]))
-    sa, sb = cache.allocate(), cache.allocate()
+    (sa, _), (sb, _) = cache.allocate(), cache.allocate()
     with torch.no_grad():
         got_a = model(torch.tensor([a[:12]]), cache=cache.rows([sa]))
         got_a2 = model(torch.tensor([a[12:19]]), cache=cache.rows([sa]))
@@ -231,3 +231,57 @@ def test_kv_cache_limits_are_clear(model):
         Engine(model, ByteTok(), max_batch=4, kv_cache_tokens=7)
     with pytest.raises(OpenLLMError, match="static"):
         Engine(model, ByteTok(), policy="dynamic")
+
+
+def _conversation_turns(n_turns: int, system: list[int], seed: int) -> list[list[int]]:
+    """Prompts of a chat that grows turn by turn after a shared system prompt."""
+    turns, history = [], list(system)
+    for t in range(n_turns):
+        history = history + prompt(seed * 10 + t, 7)
+        turns.append(list(history))
+        history = history + prompt(seed * 10 + t + 5, 5)  # the reply, as the client sends it back
+    return turns
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "seeded"])
+def test_prefix_caching_changes_no_output_and_reuses_the_shared_prefix(model, sampled):
+    system = prompt(99, 40)
+    convs = [_conversation_turns(3, system, seed) for seed in range(4)]
+
+    def serve(prefix_caching: bool):
+        engine = Engine(model, ByteTok(), max_batch=3, prefill_chunk=24, prefix_caching=prefix_caching).start()
+        rec, outs = Recorder(), {}
+        try:
+            for turn in range(3):  # the conversations' turns arrive together, one round after another
+                for c, conv in enumerate(convs):
+                    sp = (
+                        SamplingParams(temperature=0.9, top_p=0.9, seed=c) if sampled else SamplingParams(temperature=0)
+                    )
+                    job = rec.job(f"{c}/{turn}", [Seq(prompt=conv[turn], max_new=6, logprobs=0)], sp, stream=False)
+                    engine.submit(job)
+                for name, e in rec.finishes([f"{c}/{turn}" for c in range(len(convs))]).items():
+                    outs[name] = ids_of(e)
+        finally:
+            engine.stop()
+        return outs, engine.cache.hits
+
+    cached, hits = serve(True)
+    plain, no_hits = serve(False)
+    assert cached == plain and no_hits == 0
+    # every prompt shares at least the 40-token system prompt's two whole blocks, but the first round's first
+    # three start together (max_batch 3), before any of them has written its keys and values
+    assert hits >= 32 * (len(convs) * 3 - 3)
+
+
+def test_a_prefix_is_copied_from_a_running_slot(model):
+    cache = SlotCache(model.cfg, 3, 64, device="cpu", dtype=torch.float32, prefix_block=4)
+    a = prompt(1, 20)
+    full = model(torch.tensor([a[:12] + [5, 6, 7]]))
+    with torch.no_grad():
+        sa, reuse = cache.allocate(a)
+        assert reuse == 0
+        model(torch.tensor([a[:18]]), cache=cache.rows([sa], [a[:18]]))
+        sb, reuse = cache.allocate(a[:12] + [5, 6, 7])  # slot a is still running: its first 12 are copied
+        assert sb != sa and reuse == 12 and cache.lengths[sb] == 12
+        got = model(torch.tensor([[5, 6, 7]]), cache=cache.rows([sb], [[5, 6, 7]]))
+    torch.testing.assert_close(got[0], full[0, 12:])

@@ -97,22 +97,35 @@ class KVCache:
 class SlotCache:
     """Keys and values of ``slots`` sequences of at most ``slot_len`` tokens each, and which slots are free. A
     sequence owns one slot from admission until it finishes, so sequences of any lengths, at any point of their
-    generation, run in one forward call: :meth:`rows` binds the slots of a batch's rows."""
+    generation, run in one forward call: :meth:`rows` binds the slots of a batch's rows.
 
-    def __init__(self, cfg: ModelConfig, slots: int, slot_len: int, *, device, dtype) -> None:
+    Prefix caching (``prefix_block`` > 0): a slot remembers the tokens whose keys/values it holds, hashed per
+    block of ``prefix_block`` tokens (each hash chained to the one before, so equal hashes mean equal
+    prefixes). A released slot keeps its contents until it is reused, least recently released first. A new
+    sequence takes the free slot that already holds the longest whole-block prefix of its prompt, or the
+    least recently used free slot with that prefix copied in from whichever slot holds it (a running one
+    included): those positions are not computed again. Keys and values depend only on the tokens up to their
+    position, so the output is the same as without the cache."""
+
+    def __init__(self, cfg: ModelConfig, slots: int, slot_len: int, *, device, dtype, prefix_block: int = 0) -> None:
         if slots < 1 or slot_len < 2:
             raise ValueError(f"a KV cache needs at least 1 slot of 2 tokens, got {slots} x {slot_len}")
-        shape = (slots, cfg.kv_heads, slot_len, cfg.head_dim)
+        shape = (slots, cfg.n_kv_heads, slot_len, cfg.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.slots, self.slot_len = slots, slot_len
         self.device = torch.device(device)
         self.lengths = [0] * slots  # tokens held per slot
-        self._free = list(range(slots - 1, -1, -1))
+        self.prefix_block = prefix_block
+        self.held: list[list[int]] = [[] for _ in range(slots)]  # the tokens each slot's keys/values are of
+        self._hashes: list[list[int]] = [[] for _ in range(slots)]  # chained hash of each whole block held
+        self._free = list(range(slots))  # least recently released first
+        self.hits = 0  # prompt tokens taken from the cache instead of computed
+        self.lookups = 0
 
     @staticmethod
     def bytes_needed(cfg: ModelConfig, slots: int, slot_len: int, element_size: int) -> int:
-        return 2 * cfg.n_layers * slots * cfg.kv_heads * slot_len * cfg.head_dim * element_size
+        return 2 * cfg.n_layers * slots * cfg.n_kv_heads * slot_len * cfg.head_dim * element_size
 
     @property
     def free(self) -> int:
@@ -125,37 +138,86 @@ class SlotCache:
     @property
     def tokens(self) -> int:
         """Tokens held in the slots in use."""
-        return sum(self.lengths)
+        free = set(self._free)
+        return sum(n for s, n in enumerate(self.lengths) if s not in free)
 
     @property
     def capacity(self) -> int:
         return self.slots * self.slot_len
 
-    def allocate(self) -> int | None:
-        """A free slot (emptied), or None when all are in use."""
+    def allocate(self, prompt: Sequence[int] | None = None) -> tuple[int, int] | None:
+        """A free slot and how many of ``prompt``'s first tokens it already holds (0 without prefix caching or a
+        prompt; at most all but the last prompt token, whose logits the caller needs), or None when all slots
+        are in use. The slot holds nothing past that prefix."""
         if not self._free:
             return None
-        slot = self._free.pop()
-        self.lengths[slot] = 0
-        return slot
+        slot, reuse = self._free[0], 0
+        if prompt is not None and self.prefix_block > 0:
+            self.lookups += 1
+            source, reuse = self._longest_prefix(prompt)
+            if reuse and source in self._free:
+                slot = source
+            elif reuse:
+                for layer in range(len(self.keys)):
+                    self.keys[layer][slot, :, :reuse] = self.keys[layer][source, :, :reuse]
+                    self.values[layer][slot, :, :reuse] = self.values[layer][source, :, :reuse]
+                self.held[slot] = list(self.held[source][:reuse])
+                self._hashes[slot] = list(self._hashes[source][: reuse // self.prefix_block])
+            self.hits += reuse
+        self._free.remove(slot)
+        self._truncate(slot, reuse)
+        return slot, reuse
 
     def release(self, slot: int) -> None:
         if slot in self._free:
             raise ValueError(f"slot {slot} is already free")
-        self.lengths[slot] = 0
+        if self.prefix_block <= 0:
+            self._truncate(slot, 0)
         self._free.append(slot)
 
-    def rows(self, slots: Sequence[int]) -> SlotRows:
-        """The cache for one forward call whose row b continues the sequence in ``slots[b]``."""
-        return SlotRows(self, list(slots))
+    def _truncate(self, slot: int, n: int) -> None:
+        self.lengths[slot] = n
+        del self.held[slot][n:]
+        del self._hashes[slot][n // self.prefix_block if self.prefix_block else 0 :]
+
+    def _longest_prefix(self, prompt: Sequence[int]) -> tuple[int, int]:
+        """(the slot holding the longest whole-block prefix of ``prompt``, its length in tokens)."""
+        B = self.prefix_block
+        best, best_blocks = -1, 0
+        h = 0
+        candidates = [s for s in range(self.slots) if self._hashes[s]]
+        for b in range((len(prompt) - 1) // B):
+            h = hash((h, tuple(prompt[b * B : (b + 1) * B])))
+            candidates = [s for s in candidates if len(self._hashes[s]) > b and self._hashes[s][b] == h]
+            if not candidates:
+                break
+            # prefer a free slot (no copy), then the one used least recently
+            free = [s for s in candidates if s in self._free]
+            best, best_blocks = (free[0] if free else candidates[0]), b + 1
+        return best, best_blocks * B
+
+    def _written(self, slot: int, tokens: Sequence[int]) -> None:
+        """``tokens`` were appended to ``slot``: extend its record and the hashes of its whole blocks."""
+        if self.prefix_block <= 0:
+            return
+        held, hashes, B = self.held[slot], self._hashes[slot], self.prefix_block
+        held.extend(int(t) for t in tokens)
+        while (len(hashes) + 1) * B <= len(held):
+            b = len(hashes)
+            hashes.append(hash((hashes[-1] if hashes else 0, tuple(held[b * B : (b + 1) * B]))))
+
+    def rows(self, slots: Sequence[int], tokens: Sequence[Sequence[int]] | None = None) -> SlotRows:
+        """The cache for one forward call whose row b continues the sequence in ``slots[b]`` with
+        ``tokens[b]`` (recorded for prefix caching)."""
+        return SlotRows(self, list(slots), tokens)
 
 
 class SlotRows:
     """A batch's view of a :class:`SlotCache`: row b reads and writes slot ``slots[b]``, from that slot's
     length on; every query sees its own slot's keys up to its own position."""
 
-    def __init__(self, cache: SlotCache, slots: list[int]) -> None:
-        self.cache, self.slots = cache, slots
+    def __init__(self, cache: SlotCache, slots: list[int], tokens: Sequence[Sequence[int]] | None = None) -> None:
+        self.cache, self.slots, self.tokens = cache, slots, tokens
         self.starts = [cache.lengths[s] for s in slots]
         self._slot_t = torch.as_tensor(slots, device=cache.device)
 
@@ -189,8 +251,10 @@ class SlotRows:
         return K[:, :, :kmax].index_select(0, self._slot_t), V[:, :, :kmax].index_select(0, self._slot_t)
 
     def end(self, T: int) -> None:
-        for s, a in zip(self.slots, self.starts):
+        for b, (s, a) in enumerate(zip(self.slots, self.starts)):
             self.cache.lengths[s] = a + T
+            if self.tokens is not None:
+                self.cache._written(s, self.tokens[b])
 
 
 class PastCache:

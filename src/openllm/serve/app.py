@@ -49,6 +49,7 @@ def create_app(
     prefill_chunk: int = 256,
     max_queue: int = 256,
     batching: str = "continuous",
+    prefix_caching: bool = True,
     max_body_bytes: int = DEFAULT_MAX_BODY,
     body_timeout: float = DEFAULT_READ_TIMEOUT,
     on_ready: Callable[[ServerState], None] | None = None,
@@ -73,6 +74,7 @@ def create_app(
         "prefill_chunk": prefill_chunk,
         "max_queue": max_queue,
         "policy": batching,
+        "prefix_caching": prefix_caching,
     }
     state = ServerState(model_name=model_name, api_key=api_key, engine_options=options, on_ready=on_ready)
     if model is not None:

@@ -124,6 +124,7 @@ class Engine:
         prefill_chunk: int = 256,
         max_queue: int = 256,
         policy: str = "continuous",
+        prefix_caching: bool = True,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or prefill_chunk < 1:
             raise OpenLLMError("--max-batch, --max-queue and --prefill-chunk must be at least 1")
@@ -142,7 +143,9 @@ class Engine:
             )
         p = next(model.parameters())
         try:
-            self.cache = SlotCache(model.cfg, max_batch, slot_len, device=p.device, dtype=p.dtype)
+            self.cache = SlotCache(
+                model.cfg, max_batch, slot_len, device=p.device, dtype=p.dtype, prefix_block=16 if prefix_caching else 0
+            )
         except (RuntimeError, MemoryError) as exc:  # torch's out-of-memory errors are RuntimeErrors
             need = SlotCache.bytes_needed(model.cfg, max_batch, slot_len, p.element_size()) / 2**20
             raise OpenLLMError(
@@ -270,6 +273,8 @@ class Engine:
                 "slots": self.cache.slots,
                 "slot_tokens": self.cache.slot_len,
                 "kv_cache_usage": self.cache.tokens / self.cache.capacity,
+                "prefix_cache_queries": self.cache.lookups,
+                "prefix_cache_hit_tokens": self.cache.hits,
             }
 
     # --- scheduler thread -----------------------------------------------------------------------------
@@ -308,7 +313,10 @@ class Engine:
             job = self._waiting[0]
             while job.admitted < len(job.seqs) and self.cache.free:
                 seq = job.seqs[job.admitted]
-                seq.slot = self.cache.allocate()
+                # a sequence scored from its first token (echo) reads its whole prompt
+                got = self.cache.allocate(seq.prompt if seq.prompt_logprobs is None else None)
+                assert got is not None  # a slot is free (checked above)
+                seq.slot, seq.filled = got
                 seq.text = TextDecoder(self.tokenizer, seq.prompt, seq.stops, seq.lstrip)
                 seq.sampling = SeqSampling(
                     job.sampling,
@@ -346,7 +354,8 @@ class Engine:
         device = self.cache.keys[0].device
         ids = torch.as_tensor([seq.prompt[start : start + n]], dtype=torch.long, device=device)
         scored = seq.prompt_logprobs is not None
-        logits = self._forward(ids, cache=self.cache.rows([seq.slot]), last_only=not scored)[0, :, : self.vocab_size]
+        rows = self.cache.rows([seq.slot], [seq.prompt[start : start + n]])
+        logits = self._forward(ids, cache=rows, last_only=not scored)[0, :, : self.vocab_size]
         seq.filled += n
         with self.metrics.lock:
             self.metrics.prompt_tokens += n
@@ -368,7 +377,8 @@ class Engine:
         device = self.cache.keys[0].device
         ids = torch.as_tensor([[s.next_token] for s in seqs], dtype=torch.long, device=device)
         slots = [s.slot for s in seqs]
-        logits = self._forward(ids, cache=self.cache.rows(slots), last_only=True)[:, -1, : self.vocab_size]
+        rows = self.cache.rows(slots, [[s.next_token] for s in seqs])
+        logits = self._forward(ids, cache=rows, last_only=True)[:, -1, : self.vocab_size]
         self._sample(seqs, logits)
 
     def _sample(self, seqs: list[Seq], logits: torch.Tensor) -> None:

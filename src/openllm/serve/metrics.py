@@ -141,6 +141,18 @@ class ServeMetrics:
                 [f"openllm_kv_cache_slots {g['slots']}"],
             ),
             (
+                "openllm_prefix_cache_queries_total",
+                "counter",
+                "Prompts looked up in the prefix cache.",
+                [f"openllm_prefix_cache_queries_total {g['prefix_cache_queries']}"],
+            ),
+            (
+                "openllm_prefix_cache_hit_tokens_total",
+                "counter",
+                "Prompt tokens whose keys and values came from the prefix cache instead of being computed.",
+                [f"openllm_prefix_cache_hit_tokens_total {g['prefix_cache_hit_tokens']}"],
+            ),
+            (
                 "openllm_kv_cache_slot_tokens",
                 "gauge",
                 "Tokens one KV-cache slot holds.",
