@@ -179,9 +179,11 @@ def grammar_of_request(
         schema = json.loads(value) if isinstance(value, str) else value
         return json_schema_grammar(schema), name
     if name == "guided_regex":
-        return regex_grammar(value), name
+        return regex_grammar(str(value)), name
     if name == "guided_choice":
-        return choice_grammar(value), name
+        return choice_grammar(list(value)), name
+    if not isinstance(value, dict):
+        raise GrammarError("response_format must be an object with a type")
     kind = value.get("type")
     if kind == "json_object":
         return json_object_grammar(), name

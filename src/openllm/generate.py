@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 import torch.nn as nn
@@ -233,7 +233,7 @@ def fast_decode(model: Transformer) -> Iterator[Transformer]:
     if p.device.type != "cpu" or p.dtype != torch.float32:
         yield model
         return
-    yield _twin(model, model.lm_head)
+    yield cast(Transformer, _twin(model, model.lm_head))  # a copy of the model: a Transformer too
 
 
 # --- text -----------------------------------------------------------------------------------------------------

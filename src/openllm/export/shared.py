@@ -88,7 +88,9 @@ def finetune_summary(loaded) -> dict | None:
         record = read_json(Path(loaded.path) / STATE).get(FINETUNE_KEY)
     if not isinstance(record, dict):
         return None
-    base = record.get("base") if isinstance(record.get("base"), dict) else {}
+    base = record.get("base")
+    if not isinstance(base, dict):
+        base = {}
     keep = {k: base[k] for k in ("name", "hub_ref", "step", "weights_sha256") if base.get(k) is not None}
     lora = record.get("lora")
     method = record.get("method") or ("lora" if isinstance(lora, dict) else "full")

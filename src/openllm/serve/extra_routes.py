@@ -71,8 +71,10 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict:
     if body.messages is not None:
         ids = await run_in_threadpool(state.chat_ids, body.messages)
     else:
-        # our tokenizer adds no special tokens to text: add_special_tokens changes nothing
-        ids = list(await run_in_threadpool(state.tokenizer.encode, state.check_text(body.prompt, "prompt")))
+        # our tokenizer adds no special tokens to text: add_special_tokens changes nothing (the prompt is given
+        # here: exactly one of the two is, checked above)
+        text = state.check_text(body.prompt or "", "prompt")
+        ids = list(await run_in_threadpool(state.tokenizer.encode, text))
     out = {"count": len(ids), "max_model_len": engine.context, "tokens": ids}
     if body.return_token_strs:
         out["token_strs"] = [state.token_text(t) for t in ids]

@@ -3,6 +3,7 @@ notebooks)."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -21,6 +22,8 @@ def header_timeout_protocol(seconds: float) -> type:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm_header_timer()
@@ -30,11 +33,12 @@ def header_timeout_protocol(seconds: float) -> type:
             self._arm_header_timer()
 
         def connection_lost(self, exc) -> None:
-            self._header_timer.cancel()
+            if self._header_timer is not None:
+                self._header_timer.cancel()
             super().connection_lost(exc)
 
         def _arm_header_timer(self) -> None:
-            if getattr(self, "_header_timer", None) is not None:
+            if self._header_timer is not None:
                 self._header_timer.cancel()
             waiting_for = self.cycle  # a new request replaces the cycle once its headers are complete
             self._header_timer = self.loop.call_later(seconds, self._headers_late, waiting_for)
@@ -102,7 +106,8 @@ def run_server(
         port=port,
         log_level=log_level,
         # the stragglers are answered at shutdown_timeout (below); uvicorn waits a moment more for the answers
-        timeout_graceful_shutdown=shutdown_timeout + _ANSWER_S,
+        # uvicorn types it int, and waits it out with asyncio (any number of seconds)
+        timeout_graceful_shutdown=shutdown_timeout + _ANSWER_S,  # type: ignore[arg-type]
         http=header_timeout_protocol(header_timeout),
     )
     server = uvicorn.Server(config)
@@ -154,7 +159,7 @@ class ServerThread:
             port=port,
             log_level=log_level,
             lifespan="on",
-            timeout_graceful_shutdown=shutdown_timeout,
+            timeout_graceful_shutdown=shutdown_timeout,  # type: ignore[arg-type]  # (int in uvicorn's types)
             http=header_timeout_protocol(header_timeout),
         )
         self.server = uvicorn.Server(config)

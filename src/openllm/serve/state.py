@@ -110,7 +110,7 @@ class ServerState:
         return ids or [int(self.tokenizer.eos_id)]
 
     def check_ids(self, ids: list[int]) -> list[int]:
-        vocab = self.engine.model.cfg.vocab_size
+        vocab = self.require_engine().model.cfg.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad or not ids:
             raise ApiError(400, f"prompt token ids must be in [0, {vocab}); got {bad[:5] or ids}", param="prompt")
@@ -163,7 +163,7 @@ class ServerState:
         bias = None
         logit_bias = getattr(body, "logit_bias", None)
         if logit_bias:
-            vocab = self.engine.vocab_size
+            vocab = self.require_engine().vocab_size
             bias = {}
             for key, value in logit_bias.items():
                 # ASCII digits only: str.isdigit() also takes "²", which int() refuses
@@ -183,7 +183,7 @@ class ServerState:
             logit_bias=bias,
         )
         try:
-            return params.validate(self.engine.vocab_size)
+            return params.validate(self.require_engine().vocab_size)
         except ValueError as exc:
             param = str(exc).split(" ", 1)[0].rstrip(":")
             raise ApiError(400, str(exc), param=param) from exc
@@ -203,7 +203,7 @@ class ServerState:
             )
             if grammar is None:
                 return None
-            return self.engine.vocabulary().check(grammar)
+            return self.require_engine().vocabulary().check(grammar)
         except (GrammarError, ValueError) as exc:
             raise ApiError(400, str(exc), param=param) from exc
 
