@@ -2,14 +2,17 @@
 
 Inputs (any mix): ``.txt`` files (documents are blank-line separated paragraphs, or lines when the file has
 no blank lines), ``.jsonl`` files
-(one JSON object a line, the text in ``field``), ``.parquet`` files (column ``field``), folders (every such file
+(one JSON object a line, the text in ``field``), ``.json`` files (an array of such objects, or one a line),
+``.parquet`` files (column ``field``), folders (every such file
 inside, recursively), globs, Hugging Face datasets (``hf:NAME_OR_PATH``, or a folder written by
 ``Dataset.save_to_disk``) through the ``datasets`` library, offline. No input: the embedded corpus
 (:mod:`openllm.corpus`).
 
-Cleaning, per document: undecodable UTF-8 bytes become U+FFFD and are counted (``strict``: refused, naming
-the file and byte offset); Unicode NFC; every line ending becomes ``\\n``; control characters other than
-``\\n`` and ``\\t`` are removed (counted); trailing spaces go and runs of blank lines shrink to one.
+Text is UTF-8, or the encoding a byte-order mark at the file's start names (UTF-16, UTF-32: a mark is
+certain, a guess at a legacy encoding is not). Cleaning, per document: undecodable UTF-8 bytes become U+FFFD and
+are counted (``strict``: refused, naming the file and byte offset); Unicode NFC; every line ending becomes
+``\\n``; control characters other than ``\\n`` and ``\\t`` are removed (counted); trailing spaces go and runs
+of blank lines shrink to one.
 Then: empty and too-short documents are dropped, exact duplicates (same cleaned text) removed, and each
 document goes to ``val`` when its hash falls below ``val_fraction`` (so a document's split never depends on
 the order or the rest of the corpus).
@@ -20,6 +23,7 @@ and ``report.md``.
 
 from __future__ import annotations
 
+import codecs
 import glob as globlib
 import hashlib
 import json
@@ -38,6 +42,8 @@ from .hashing import sha256_file
 
 __all__ = [
     "prepare_corpus",
+    "bom_encoding",
+    "sample_records",
     "clean_text",
     "format_report",
     "sha256_file",
@@ -52,6 +58,15 @@ TEXT_SUFFIXES = (".txt", ".text", ".md")
 FOLDER_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
 TEXT_DOCS = ("auto", "paragraph", "line", "file")
 _BLANK_LINE = re.compile(rb"\n[ \t\r]*\n")
+_BLANK_LINE_TEXT = re.compile(r"\n[ \t\r]*\n")
+# UTF-32's little-endian mark begins with UTF-16's, so it is tried first
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -125,6 +140,8 @@ def _kind_of(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return "jsonl"
+    if suffix == ".json":
+        return "json"
     if suffix == ".parquet":
         return "parquet"
     return "txt"
@@ -177,7 +194,23 @@ def _is_report(path: Path) -> bool:
     return path.name in (REPORT_JSON, REPORT_MD) and (path.parent / REPORT_JSON).is_file()
 
 
+def bom_encoding(path: str | os.PathLike) -> str | None:
+    """The encoding the byte-order mark at the start of ``path`` names (``utf-8-sig``, ``utf-16``, ``utf-32``), or
+    None when it has none."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return next((enc for bom, enc in _BOMS if head.startswith(bom)), None)
+
+
+def _wide(path: Path) -> str | None:
+    """UTF-16 or UTF-32 when the file's byte-order mark says so (NUL bytes are its text, not a binary's)."""
+    enc = bom_encoding(path)
+    return enc if enc in ("utf-16", "utf-32") else None
+
+
 def _check_not_binary(path: Path) -> None:
+    if _wide(path):
+        return
     with open(path, "rb") as f:
         head = f.read(8192)
     nul = head.find(b"\x00")
@@ -186,6 +219,44 @@ def _check_not_binary(path: Path) -> None:
             f"{path} looks like a binary file (NUL byte at offset {max(nul, 0)}), not text; "
             "give .txt, .jsonl or .parquet files"
         )
+
+
+def _wide_text(path: Path, enc: str) -> str:
+    try:
+        return path.read_bytes().decode(enc)
+    except UnicodeDecodeError as exc:
+        raise OpenLLMError(
+            f"{path}: starts with a {enc.upper()} byte-order mark but is not valid {enc.upper()} (at byte offset "
+            f"{exc.start}); save it as UTF-8",
+            path=path,
+        ) from exc
+
+
+def _lines(src: Source, path: Path, strict: bool, progress) -> Iterator[str]:
+    """The file's lines (each with its ``\\n``), decoded: UTF-8 with undecodable bytes as U+FFFD (counted in
+    ``src.stats["replaced_bytes"]``; ``strict``: refused), or the UTF-16/32 its byte-order mark names."""
+    wide = _wide(path)
+    if wide:
+        text = _wide_text(path, wide)
+        progress(path.stat().st_size)
+        src.stats["encoding"] = wide
+        src.stats["replaced_bytes"] = 0
+        lines = text.split("\n")  # on newlines only, as the UTF-8 reading splits its bytes
+        yield from (line + "\n" for line in lines[:-1])
+        if lines[-1]:
+            yield lines[-1]
+        return
+    replaced = offset = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            if offset == 0 and raw.startswith(codecs.BOM_UTF8):
+                raw, offset = raw[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
+            line, r = _decode(raw, str(path), offset, strict)
+            replaced += r
+            offset += len(raw)
+            progress(len(raw))
+            yield line
+    src.stats["replaced_bytes"] = replaced
 
 
 def _read_txt(src: Source, *, strict: bool, text_docs: str, progress) -> Iterator[str]:
@@ -197,76 +268,101 @@ def _read_txt(src: Source, *, strict: bool, text_docs: str, progress) -> Iterato
     assert path is not None
     _check_not_binary(path)
     if text_docs == "auto":
-        with open(path, "rb") as f:
-            text_docs = "paragraph" if _BLANK_LINE.search(f.read()) else "line"
+        wide = _wide(path)
+        if wide:
+            text_docs = "paragraph" if _BLANK_LINE_TEXT.search(_wide_text(path, wide)) else "line"
+        else:
+            with open(path, "rb") as f:
+                text_docs = "paragraph" if _BLANK_LINE.search(f.read()) else "line"
     src.stats["text_docs"] = text_docs
-    replaced = 0
-    offset = 0
+    if text_docs == "file":
+        yield "".join(_lines(src, path, strict, progress))
+        return
     para: list[str] = []
-    with open(path, "rb") as f:
-        if text_docs == "file":
-            data = f.read()
-            text, replaced = _decode(data, str(path), 0, strict)
-            progress(len(data))
-            src.stats["replaced_bytes"] = replaced
-            yield text
-            return
-        for raw in f:
-            line, r = _decode(raw, str(path), offset, strict)
-            replaced += r
-            offset += len(raw)
-            progress(len(raw))
-            if text_docs == "line":
-                yield line
-            elif line.strip():
-                para.append(line)
-            elif para:
-                yield "".join(para)
-                para = []
+    for line in _lines(src, path, strict, progress):
+        if text_docs == "line":
+            yield line
+        elif line.strip():
+            para.append(line)
+        elif para:
+            yield "".join(para)
+            para = []
     if para:
         yield "".join(para)
-    src.stats["replaced_bytes"] = replaced
+
+
+def _json_array(src: Source, path: Path, strict: bool, progress) -> list[Any] | None:
+    """The items of a ``.json`` file that holds one JSON array, or None when it is JSON Lines."""
+    text = "".join(_lines(src, path, strict, progress))
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise OpenLLMError(
+            f"{path}: not valid JSON ({getattr(exc, 'msg', exc)}); a .json corpus is one array of objects, or "
+            "one object a line",
+            path=path,
+        ) from exc
+    return data if isinstance(data, list) else None
+
+
+def _record_text(obj: Any, field: str, where: str, path: Path) -> str:
+    """The text of one record (``where``: ``FILE:LINE`` or ``FILE: item N``)."""
+    if not isinstance(obj, dict):
+        raise OpenLLMError(f"{where}: a JSON {type(obj).__name__}, expected an object with {field!r}", path=path)
+    if field not in obj:
+        keys = ", ".join(map(repr, list(obj)[:8])) or "none"
+        raise OpenLLMError(f"{where}: no field {field!r} (fields: {keys}); choose one with --field", path=path)
+    value = obj[field]
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise OpenLLMError(f"{where}: field {field!r} is a {type(value).__name__}, expected a string", path=path)
+    return value
 
 
 def _read_jsonl(src: Source, *, strict: bool, field: str, progress) -> Iterator[str]:
     path = src.path
     assert path is not None
     _check_not_binary(path)
-    replaced = 0
-    offset = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            line, r = _decode(raw, str(path), offset, strict)
-            replaced += r
-            offset += len(raw)
-            progress(len(raw))
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:  # JSONDecodeError, or a number past Python's digit limit (no .msg)
-                raise OpenLLMError(
-                    f"{path}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)}); each line must be one JSON object"
-                ) from exc
-            if not isinstance(obj, dict):
-                raise OpenLLMError(
-                    f"{path}:{lineno}: a JSON {type(obj).__name__}, expected an object with {field!r}", path=path
-                )
-            if field not in obj:
-                keys = ", ".join(map(repr, list(obj)[:8])) or "none"
-                raise OpenLLMError(
-                    f"{path}:{lineno}: no field {field!r} (fields: {keys}); choose one with --field", path=path
-                )
-            value = obj[field]
-            if value is None:
-                yield ""
-                continue
-            if not isinstance(value, str):
-                raise OpenLLMError(
-                    f"{path}:{lineno}: field {field!r} is a {type(value).__name__}, expected a string", path=path
-                )
-            yield value
-    src.stats["replaced_bytes"] = replaced
+    if src.kind == "json":
+        items = _json_array(src, path, strict, progress)
+        if items is not None:
+            for i, obj in enumerate(items, 1):
+                yield _record_text(obj, field, f"{path}: item {i}", path)
+            return
+    for lineno, line in enumerate(_lines(src, path, strict, progress if src.kind == "jsonl" else lambda n: None), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:  # JSONDecodeError, or a number past Python's digit limit (no .msg)
+            raise OpenLLMError(
+                f"{path}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)}); each line must be one JSON object"
+            ) from exc
+        yield _record_text(obj, field, f"{path}:{lineno}", path)
+
+
+def sample_records(path: str | os.PathLike, limit: int = 200) -> list[Any]:
+    """The first ``limit`` JSON values of a ``.jsonl`` or ``.json`` file, decoded as :func:`prepare_corpus` reads
+    it (an array's items, else one value a line; lines that are not JSON are left out): what the app's field
+    picker looks at."""
+    p = Path(path)
+    src = Source(_kind_of(p), str(p), p)
+    if src.kind == "json":
+        items = _json_array(src, p, False, lambda n: None)
+        if items is not None:
+            return items[:limit]
+    out: list[Any] = []
+    for line in _lines(src, p, False, lambda n: None):
+        if len(out) >= limit:
+            break
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
 
 
 def _read_parquet(src: Source, *, field: str, progress) -> Iterator[str]:
@@ -515,7 +611,7 @@ def prepare_corpus(
 def _read_source(src: Source, *, field, strict, text_docs, hf_split, hf_config, progress) -> Iterable[str]:
     if src.kind == "txt":
         return _read_txt(src, strict=strict, text_docs=text_docs, progress=progress)
-    if src.kind == "jsonl":
+    if src.kind in ("jsonl", "json"):
         return _read_jsonl(src, strict=strict, field=field, progress=progress)
     if src.kind == "parquet":
         return _read_parquet(src, field=field, progress=progress)

@@ -1,22 +1,33 @@
 """Checking a corpus when the user chooses it, before anything starts: that it exists, its size, how many
 documents are left after the library's cleaning (:func:`openllm.prepare.prepare_corpus`, run for real into a
-temporary folder), a preview of a few of them, and the fields of a ``.jsonl``/``.parquet`` file for the field
-picker. No Gradio here."""
+temporary folder), a preview of a few of them, and the fields of a ``.jsonl``/``.json``/``.parquet`` file for the
+field picker. No Gradio here.
+
+Stricter than ``openllm prepare-data`` in one way: bytes that are not UTF-8 (a Latin-1 file) are what prepare-data
+replaces by U+FFFD and counts in its report; the app, which trains without showing that report, refuses them with
+that count and how to convert the file. Text with a byte-order mark (UTF-16, UTF-32) is read in its encoding by
+both. A small corpus is also tried with the form's smallest vocabulary, so that "too small" is said here, with
+the numbers, instead of by a failed run."""
 
 from __future__ import annotations
 
-import json
+import re
 import tempfile
 from dataclasses import dataclass
 from dataclasses import field as _field
 from pathlib import Path
 
+from ..config import DataConfig
 from ..errors import OpenLLMError
 from ..fsio import read_jsonl
+from ..prepare import sample_records
 
 __all__ = ["CorpusCheck", "check_corpus", "record_fields", "app_words"]
 
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
+# up to this many characters a corpus is tried with the smallest vocabulary (a second or so); a larger one has
+# far more distinct pieces than that vocabulary
+VOCAB_PROBE_CHARS = 2_000_000
 # the library's messages name command-line options; the app's user knows the form's fields
 _APP_WORDS = [
     ("try --vocab-size", "try a Vocabulary size of"),
@@ -64,19 +75,61 @@ def record_fields(path: Path, limit: int = 200) -> list[str]:
         except Exception as exc:
             raise OpenLLMError(f"{path.name} cannot be read as parquet ({exc})") from exc
         return [f.name for f in schema if str(f.type) in ("string", "large_string", "string_view")]
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for i, line in enumerate(f):
-            if i >= limit:
-                break
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                for k, v in obj.items():
-                    if isinstance(v, str):
-                        counts[k] = counts.get(k, 0) + 1
+    try:
+        records = sample_records(path, limit)  # as training reads it: a .json array, a byte-order mark
+    except OpenLLMError as exc:
+        raise OpenLLMError(app_words(str(exc)), path=path) from exc
+    for obj in records:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if isinstance(v, str):
+                    counts[k] = counts.get(k, 0) + 1
     return sorted(counts, key=lambda k: (-counts[k], k))
+
+
+def _first_invalid_utf8(path: Path) -> int | None:
+    try:
+        Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start
+    except OSError:
+        return None
+    return None
+
+
+def _encoding_problem(report: dict) -> str | None:
+    """What to say when reading replaced bytes that are not UTF-8 (prepare-data's count, per file)."""
+    bad = [s for s in report.get("sources", []) if s.get("replaced_bytes")]
+    if not bad:
+        return None
+    total = sum(int(s["replaced_bytes"]) for s in bad)
+    first = Path(bad[0]["name"])
+    at = _first_invalid_utf8(first)
+    where = f" (the first at byte offset {at:,})" if at is not None else ""
+    others = f" and {len(bad) - 1} other file(s)" if len(bad) > 1 else ""
+    return (
+        f"{first.name}{others}: {total:,} bytes are not valid UTF-8{where}, so they would become U+FFFD "
+        "replacement characters: the file is in another encoding, probably Latin-1 or Windows-1252. Save it "
+        f"as UTF-8 (for example `iconv -f latin1 -t utf-8 {first.name} > utf8-{first.name}`) and choose it again"
+    )
+
+
+def _vocab_problem(prepared: Path, tmp: Path) -> str | None:
+    """Whether the corpus can train a tokenizer of the form's smallest vocabulary; what to say if not."""
+    from ..tokenizer import train_tokenizer
+
+    floor = DataConfig().tokenizer_vocab_floor()
+    try:
+        train_tokenizer(prepared, tmp, vocab_size=floor, progress=False, threads=1)
+    except OpenLLMError as exc:
+        most = re.search(r"at most ([\d,]+)", str(exc))
+        if most is None:
+            return app_words(str(exc))
+        return (
+            f"the corpus is too small for the smallest Vocabulary size the form allows ({floor}): its text has "
+            f"room for at most {most.group(1)} tokenizer pieces; add more text (more varied text helps most)"
+        )
+    return None
 
 
 def check_corpus(
@@ -125,6 +178,10 @@ def check_corpus(
         except (OpenLLMError, OSError, ValueError) as exc:
             out.problem = app_words(str(exc))
             return out
+        encoding = _encoding_problem(report)
+        if encoding is not None:
+            out.problem = encoding
+            return out
         docs = report.get("documents", {})
         out.documents = int(docs.get("kept", 0))
         out.characters = int(sum(v for k, v in report.get("characters", {}).items() if k in ("train", "val")))
@@ -132,6 +189,11 @@ def check_corpus(
         for rec in read_jsonl(Path(tmp) / "prepared" / "train.jsonl")[:preview_docs]:
             text = str(rec.get("text", ""))
             out.preview.append(text[:300] + ("…" if len(text) > 300 else ""))
+        if out.documents >= 2 and out.characters <= VOCAB_PROBE_CHARS:
+            vocab = _vocab_problem(Path(tmp) / "prepared", Path(tmp) / "tokenizer")
+            if vocab is not None:
+                out.problem = vocab
+                return out
     if out.documents < 2:
         out.problem = (
             f"only {out.documents} document is left after cleaning; training needs at least 2 (one "
