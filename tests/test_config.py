@@ -184,3 +184,58 @@ def test_every_setting_is_described_once_and_errors_name_their_setting():
     assert (e.value.key, e.value.reason) == ("train.lr", "must be greater than 0, got 0")
     with pytest.raises(ConfigError, match="model.vocab_size .300. is too small to train a tokenizer.*at least 324"):
         cfg.replace(model={"vocab_size": 300}).validate(new_tokenizer=True)
+
+
+# --- absurd values are refused before anything is built (issue 24) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "item, key",
+    [
+        ("train.seed=18446744073709551616", "train.seed"),  # 2^64: torch and numpy take 64-bit seeds
+        ("model.n_layers=2000000", "model.n_layers"),
+        ("model.d_model=1000000000000000000000000000001", "model.d_model"),
+        ("model.vocab_size=4000000000000", "model.vocab_size"),
+        ("model.max_seq_len=1000000000000", "model.max_seq_len"),
+    ],
+)
+def test_absurd_sizes_are_refused_by_validation(item, key):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(load_config("tiny"), [item])
+    assert info.value.key == key
+    assert time.monotonic() - start < 5  # refused arithmetically, not after building a model
+
+
+def test_parameter_ceiling_is_arithmetic():
+    from openllm.config import parameter_count
+    from openllm.model import param_report
+
+    for name in preset_names():
+        m = load_config(name).model
+        assert parameter_count(m) == param_report(m)["params"]
+    untied = apply_overrides(load_config("tiny"), ["model.tie_embeddings=false", "model.n_kv_heads=2"]).model
+    assert parameter_count(untied) == param_report(untied)["params"]
+    with pytest.raises(ConfigError, match="parameters"):
+        apply_overrides(load_config("tiny"), ["model.d_model=65536", "model.n_heads=64", "model.n_layers=1000"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["9" * 5000, "[" * 100000 + "]" * 100000, '{"a": ' * 50000 + "1" + "}" * 50000, "1e999999"],
+)
+def test_override_values_json_cannot_parse_are_refused(text):
+    with pytest.raises(ConfigError, match="train.lr"):
+        parse_overrides([f"train.lr={text}"])
+
+
+def test_deeply_nested_config_file_is_refused(tmp_path):
+    p = tmp_path / "deep.json"
+    p.write_text('{"model": ' + "[" * 100000 + "]" * 100000 + "}")
+    with pytest.raises(ConfigError, match="deep.json"):
+        load_config(p)
+    p.write_text('{"train": {"seed": ' + "7" * 5000 + "}}")
+    with pytest.raises(ConfigError, match="deep.json"):
+        load_config(p)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fsio import parse_json
 
 __all__ = [
     "ConfigError",
@@ -38,7 +39,23 @@ __all__ = [
     "Setting",
     "settings",
     "setting",
+    "parameter_count",
+    "MAX_PARAMETERS",
 ]
+
+# Ceilings far above any model this package can train, so that a mistyped size is refused by arithmetic
+# before anything (even a model on the meta device: one Python object per layer) is built.
+MAX_PARAMETERS = 10**12
+_MODEL_MAX = {
+    "vocab_size": 1 << 24,
+    "d_model": 1 << 17,
+    "n_layers": 1000,
+    "n_heads": 1 << 12,
+    "n_kv_heads": 1 << 12,
+    "d_ff": 1 << 20,
+    "max_seq_len": 1 << 22,
+}
+_SEED_MAX = 2**63 - 1  # torch and numpy take 64-bit seeds; the signed range fits both
 
 
 def _s(default: Any, label: str, help: str = "", choices: tuple[str, ...] = ()) -> Any:
@@ -91,6 +108,7 @@ class ModelConfig:
     def validate(self) -> ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
             _positive_int(f"model.{name}", getattr(self, name))
+            _at_most(f"model.{name}", getattr(self, name), _MODEL_MAX[name])
         for name in ("rope_theta", "norm_eps", "init_std"):
             _positive_number(f"model.{name}", getattr(self, name))
         _fraction("model.dropout", self.dropout)
@@ -110,6 +128,14 @@ class ModelConfig:
                 f"model.n_kv_heads ({self.n_kv_heads}) must divide model.n_heads ({self.n_heads}); "
                 f"choose from {_divisors(self.n_heads)}",
                 key="model.n_kv_heads",
+            )
+        n = parameter_count(self)
+        if n > MAX_PARAMETERS:
+            raise ConfigError(
+                f"the model would have {n:,} parameters, more than the {MAX_PARAMETERS:,} this package allows: "
+                f"lower model.n_layers, model.d_model or model.vocab_size",
+                key="model.n_layers",
+                reason=f"{n:,} parameters is more than {MAX_PARAMETERS:,}",
             )
         _check_choices("model", self)
         return self
@@ -179,6 +205,7 @@ class TrainConfig:
             _positive_int("train.seq_len", self.seq_len)
         for name in ("warmup_steps", "early_stop_patience", "seed", "batch_warmup_steps"):
             _non_negative_int(f"train.{name}", getattr(self, name))
+        _at_most("train.seed", self.seed, _SEED_MAX)
         _positive_number("train.lr", self.lr)
         if self.min_lr is not None:
             _non_negative_number("train.min_lr", self.min_lr)
@@ -337,6 +364,11 @@ def _check_type(name: str, annotation: str, value: Any) -> None:
     if value is None and optional == "None":
         return
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "float" and number and isinstance(value, int) and abs(value) > 2**1000:
+        # math.isfinite and float() raise OverflowError on such an int: it is not a number a float can hold
+        raise ConfigError(
+            f"{name} must be a number, got {_short(abs(value))}", key=name, reason="must be a number of usual size"
+        )
     ok = {
         "float": number and math.isfinite(value),  # integers: the section's own checks word them better
         "bool": isinstance(value, bool),
@@ -389,6 +421,30 @@ def _non_negative_int(name: str, value: Any) -> None:
         _refuse(
             name, "a non-negative integer", value, "must be 0 or more" if _is_int(value) else "must be a whole number"
         )
+
+
+def _at_most(name: str, value: int, ceiling: int) -> None:
+    if value > ceiling:
+        raise ConfigError(
+            f"{name} must be at most {ceiling:,}, got {_short(value)}",
+            key=name,
+            reason=f"must be at most {ceiling:,}, got {_short(value)}",
+        )
+
+
+def _short(value: int) -> str:
+    """An integer as a message shows it: a 5,000-digit value by its length, not its digits."""
+    # str() of an int over 4,300 digits raises; the bit length gives the digits without converting
+    return str(value) if value < 10**30 else f"a number of about {int(value.bit_length() * 0.30103) + 1:,} digits"
+
+
+def parameter_count(m: ModelConfig) -> int:
+    """The parameter count of a model shape by arithmetic (what :func:`openllm.model.param_report` counts on a
+    built model): embeddings, the untied head, and per layer the fused QKV, output, SwiGLU and two norms."""
+    d, hd = m.d_model, m.head_dim
+    attn = d * (m.n_heads + 2 * m.kv_heads) * hd + m.n_heads * hd * d
+    layer = attn + 3 * d * m.ff_dim + 2 * d
+    return m.vocab_size * d * (1 if m.tie_embeddings else 2) + m.n_layers * layer + d
 
 
 def _positive_number(name: str, value: Any) -> None:
@@ -493,9 +549,11 @@ def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
         if klass is None or name not in _field_types(klass):
             raise ConfigError(f"config override {item!r}: unknown key {key}{_suggest_key(key)}")
         try:
-            value = json.loads(text)
+            value = parse_json(text)
         except json.JSONDecodeError:
             value = text  # a bare word such as wsd
+        except ValueError as exc:  # nested too deeply, or more digits than Python converts
+            raise ConfigError(f"config override {key}=...: the value cannot be read ({exc})", key=key) from exc
         out.setdefault(section, {})[name] = _typed(item, key, value, text, _field_types(klass)[name])
     return out
 
@@ -524,14 +582,19 @@ def _typed(item: str, key: str, value: Any, text: str, types: tuple[str, ...]) -
     if not isinstance(value, bool):
         if "int" in types and isinstance(value, int):
             return value
-        if "float" in types and isinstance(value, (int, float)):
+        if "float" in types and isinstance(value, (int, float)) and abs(value) <= 2**1000:
             return float(value)
         if "str" in types and isinstance(value, str):
             return value
     wanted = " or ".join(_TYPE_WORDS[t] for t in types if t in _TYPE_WORDS)
     if "None" in types:
         wanted += " or null"
-    raise ConfigError(f"config override {item!r}: {key} takes {wanted}, got {text!r}")
+    raise ConfigError(f"config override {_clip(item)!r}: {key} takes {wanted}, got {_clip(text)!r}")
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """A value as an error line quotes it: at most ``limit`` characters (a 5,000-digit value is not echoed)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _suggest_key(key: str) -> str:
@@ -588,9 +651,11 @@ def load_config(path_or_preset: str | Path | Config) -> Config:
         else:
             path = find_preset(text)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    except ValueError as exc:  # nested too deeply, or a number of more digits than Python converts
+        raise ConfigError(f"{path}: cannot be read as a config ({exc})") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save the config as UTF-8 JSON") from exc
     except OSError as exc:

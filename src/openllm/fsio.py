@@ -20,6 +20,7 @@ from typing import Any
 from .errors import OpenLLMError
 
 __all__ = [
+    "parse_json",
     "read_json",
     "load_json",
     "read_jsonl",
@@ -37,10 +38,24 @@ __all__ = [
 # --- reads ---------------------------------------------------------------------------------------------------
 
 
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads``, with every way text can fail to parse raised as :class:`ValueError`: nesting deeper
+    than the interpreter's recursion limit raises RecursionError in ``json``, which is not about a bug."""
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+    except ValueError as exc:
+        if isinstance(exc, json.JSONDecodeError) or "digits" not in str(exc):
+            raise
+        # Python's int conversion limit: its message advises an interpreter setting, not a fix to the file
+        raise ValueError("a number has more than 4,300 digits") from exc
+
+
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON object from a file; ``{}`` when the file is missing, unreadable or not an object."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = parse_json(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -60,7 +75,7 @@ def load_json(path: str | os.PathLike, *, what: str = "") -> dict[str, Any]:
     except OSError as exc:
         raise OpenLLMError(f"{label} cannot be read: {exc.strerror or exc}") from exc
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except ValueError as exc:
         raise OpenLLMError(f"{label} is not valid JSON ({exc}): the file is damaged; restore or regenerate it") from exc
     if not isinstance(data, dict):
@@ -75,7 +90,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
-                    rec = json.loads(line)
+                    rec = parse_json(line)
                 except ValueError:
                     continue
                 if isinstance(rec, dict):
