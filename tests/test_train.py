@@ -510,3 +510,55 @@ def test_cli_says_divergence_as_one_warning_line(tmp_path, data):
     ]
     assert lines[-1].startswith("error: training diverged at step")
     assert json.loads((tmp_path / "n/status.json").read_text())["state"] == "diverged"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "kwargs, names",
+    [
+        ({"overrides": {"train": {"seed": 5}}}, "train.seed"),
+        ({"overrides": {"train": {"seq_len": 16}}}, "train.seq_len"),
+        ({"overrides": {"train": {"doc_aligned": True}}}, "train.doc_aligned"),
+        ({"config": tiny_cfg(max_steps=4, eval_every=100, lr=1e-2)}, "train.lr"),
+    ],
+)
+def test_refused_resume_writes_nothing(tmp_path, data, kwargs, names):
+    """A resume that cannot continue the data stream, or a --config that disagrees with the checkpoint's, is
+    refused before the run folder is touched: config.json and a finished status.json stay as they were
+    (issue 24)."""
+    run = tmp_path / "run"
+    train(tiny_cfg(max_steps=4, eval_every=100), data_dir=data, out_dir=run, **quiet())
+    before = _tree(run)
+    config = kwargs.pop("config", None)
+    with pytest.raises(OpenLLMError, match=names) as info:
+        train(config, data_dir=data, out_dir=run, max_steps=6, **kwargs, **quiet())
+    assert "\n" not in str(info.value)
+    assert _tree(run) == before
+    assert run_state(run).state == "finished"
+
+
+def test_resume_with_the_same_config_and_a_new_lr_by_set(tmp_path, data):
+    """--config equal to the checkpoint's resumes; a deliberate --set train.lr changes the peak rate."""
+    run = tmp_path / "run"
+    train(tiny_cfg(max_steps=4, eval_every=100), data_dir=data, out_dir=run, **quiet())
+    r = train(tiny_cfg(max_steps=4, eval_every=100), data_dir=data, out_dir=run, max_steps=5, **quiet())
+    assert r.step == 5
+    r = train(None, data_dir=data, out_dir=run, max_steps=6, overrides={"train": {"lr": 1e-3}}, **quiet())
+    assert r.step == 6 and json.loads((run / "config.json").read_text())["train"]["lr"] == 1e-3
+
+
+def test_resume_state_without_config_is_named_damaged(tmp_path, data):
+    run = tmp_path / "run"
+    train(tiny_cfg(max_steps=4, eval_every=100), data_dir=data, out_dir=run, **quiet())
+    state_path = latest_checkpoint(run) / "state.json"
+    for damage in ({"config": None}, {"data_dir": 5}, {"config": "x"}):
+        state = json.loads(state_path.read_text())
+        state.update(damage)
+        if damage.get("config", 1) is None:
+            del state["config"]
+        state_path.write_text(json.dumps(state))
+        with pytest.raises(OpenLLMError, match="state.json"):
+            resolve_run(None, None, run, max_steps=6)

@@ -58,6 +58,21 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
         )
     if not isinstance(meta["splits"], dict) or not all(isinstance(v, dict) for v in meta["splits"].values()):
         raise OpenLLMError(f"{path}: splits must map split names to objects; re-run `openllm tokenize`")
+    for split, info in meta["splits"].items():
+        shards = info.get("shards")
+        # a shard is a file of this folder: a path elsewhere (../x) would be read as training tokens
+        if shards is not None and (
+            not isinstance(shards, list)
+            or not all(isinstance(s, str) and s and Path(s).name == s and s not in (".", "..") for s in shards)
+        ):
+            raise OpenLLMError(
+                f"{path}: splits.{split}.shards must be a list of file names in {data_dir}; re-run `openllm tokenize`"
+            )
+        for key in ("tokens", "documents"):
+            if key in info and (not isinstance(info[key], int) or isinstance(info[key], bool) or info[key] < 0):
+                raise OpenLLMError(
+                    f"{path}: splits.{split}.{key} must be a count, got {info[key]!r}; re-run `openllm tokenize`"
+                )
     return meta
 
 

@@ -44,7 +44,7 @@ from .errors import OpenLLMError
 from .fsio import read_json
 from .hashing import sha256_file
 from .model import Transformer
-from .train import RunPlan, Trainer, TrainResult, check_out_dir, find_resume
+from .train import RunPlan, Trainer, TrainResult, check_out_dir, check_resume_changes, find_resume, load_resume_state
 
 __all__ = [
     "finetune",
@@ -328,12 +328,23 @@ def finetune(
     out = Path(out_dir)
     check_out_dir(out)
     resume_from = find_resume(out, resume)
-    state = ckpt_mod.load_state(resume_from) if resume_from is not None else {}
+    state = load_resume_state(resume_from) if resume_from is not None else {}
     prior = state.get("finetune") if resume_from is not None else None
     if resume_from is not None and not isinstance(prior, dict):
         raise OpenLLMError(
             f"{resume_from} is a checkpoint of `openllm train`, not of a fine-tune: resume it with "
             f"`openllm train`, or fine-tune into another --out folder"
+        )
+    if prior and not (
+        isinstance(prior.get("base"), dict)
+        and isinstance(prior["base"].get("source"), str)
+        and isinstance(prior.get("data"), dict)
+        and isinstance(prior["data"].get("path"), str)
+        and isinstance(prior.get("val_data") or {}, dict)
+    ):
+        raise ckpt_mod.CheckpointDamaged(
+            f"{resume_from}/{rundir.STATE}: its 'finetune' record lacks the base model's source or the data's "
+            f"path: the file is damaged; resume from an earlier checkpoint (--resume CHECKPOINT)"
         )
     if prior:
         model = model or prior["base"]["source"]
@@ -369,7 +380,9 @@ def finetune(
             for key, value in (("max_steps", max_steps), ("save_every", save_every)):
                 if value is not None:
                     changes.setdefault("train", {})[key] = int(value)
-            cfg = cfg.replace(**changes)
+            new = cfg.replace(**changes)
+            check_resume_changes(cfg, new, resume_from)
+            cfg = new
     else:
         cfg = _sft_config(loaded.config, overrides, max_steps, save_every)
     if lora and cfg.train.optimizer != "adamw":

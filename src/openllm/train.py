@@ -221,16 +221,19 @@ def resolve_run(
     out = Path(out_dir)
     check_out_dir(out)
     resume_from = find_resume(out, resume)
-    state = ckpt_mod.load_state(resume_from) if resume_from is not None else {}
+    state = load_resume_state(resume_from) if resume_from is not None else {}
     resuming = resume_from is not None
 
+    given: Config | None = None
     if resuming:
         base = Config.from_dict(state["config"])
-        if config is not None and _as_config(config).model != base.model:
-            raise OpenLLMError(
-                f"--config's model shape differs from the checkpoint's in {resume_from}: "
-                f"resume without --config, or train into another --out folder"
-            )
+        if config is not None:
+            given = _as_config(config)
+            if given.model != base.model:
+                raise OpenLLMError(
+                    f"--config's model shape differs from the checkpoint's in {resume_from}: "
+                    f"resume without --config, or train into another --out folder"
+                )
     elif config is None:
         raise OpenLLMError(f"give a config (e.g. --config tiny): {out} has no checkpoint to resume")
     else:
@@ -273,7 +276,67 @@ def resolve_run(
         )
 
     cfg = base.replace(**changes) if changes else base
+    if resume_from is not None:
+        if given is not None:
+            _check_given_config(given, base, changes, resume_from)
+        check_resume_changes(base, cfg, resume_from)
     return RunPlan(cfg=cfg, out=out, data_dir=data_dir, meta=meta, resume_from=resume_from, state=state)
+
+
+def load_resume_state(ckpt: Path) -> dict[str, Any]:
+    """``state.json`` of the checkpoint a run resumes from, with the fields resuming reads checked, so a
+    damaged one is named (:class:`~openllm.checkpoint.CheckpointDamaged`) before anything is written."""
+    state = ckpt_mod.load_state(ckpt)
+    path = ckpt / rundir.STATE
+    if not isinstance(state.get("config"), dict):
+        raise ckpt_mod.CheckpointDamaged(
+            f"{path}: 'config' must be the run's config as an object, found {state.get('config')!r}: the file "
+            f"is damaged; resume from an earlier checkpoint (--resume CHECKPOINT)"
+        )
+    for key in ("data_dir", "tokenizer_sha256"):
+        if state.get(key) is not None and not isinstance(state[key], str):
+            raise ckpt_mod.CheckpointDamaged(
+                f"{path}: {key!r} must be text, found {state[key]!r}: the file is damaged; resume from an "
+                f"earlier checkpoint (--resume CHECKPOINT)"
+            )
+    return state
+
+
+def check_resume_changes(old: Config, new: Config, ckpt: Path) -> None:
+    """Refuse settings a resumed run cannot change: its data stream is a position in the stream that the seed,
+    the window length and document alignment define, so under others the position means nothing."""
+    diffs = [
+        f"{key} {a!r} -> {b!r}"
+        for key, a, b in (
+            ("train.seed", old.train.seed, new.train.seed),
+            ("train.seq_len", old.seq_len, new.seq_len),
+            ("train.doc_aligned", old.train.doc_aligned, new.train.doc_aligned),
+        )
+        if a != b
+    ]
+    if diffs:
+        raise OpenLLMError(
+            f"cannot resume {ckpt} with {', '.join(diffs)}: the checkpoint's data stream depends on it; "
+            f"leave it out, or train into another --out folder (nothing was written)"
+        )
+
+
+def _check_given_config(given: Config, base: Config, changes: Mapping[str, Any], ckpt: Path) -> None:
+    """A --config given when resuming must agree with the checkpoint's config in every training setting the
+    command line does not set itself (--max-steps, --set): applying it silently would differ from what the
+    user asked, ignoring it silently too, so the differing settings are named."""
+    set_here = {f"train.{k}" for k in changes.get("train", {})}
+    diffs = [
+        f"{key} {getattr(base.train, key.split('.')[1])!r} vs {getattr(given.train, key.split('.')[1])!r}"
+        for key in (f"train.{f}" for f in base.train.__dataclass_fields__)
+        if key not in set_here and getattr(base.train, key.split(".")[1]) != getattr(given.train, key.split(".")[1])
+    ]
+    if diffs:
+        raise OpenLLMError(
+            f"--config differs from the config of {ckpt} in {', '.join(diffs)} (checkpoint vs --config): resume "
+            f"without --config, change a setting deliberately with --set (e.g. --set train.lr=...), or train "
+            f"into another --out folder"
+        )
 
 
 def _as_config(config: Config | str | Path | Mapping[str, Any]) -> Config:
