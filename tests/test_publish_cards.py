@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
-from openllm.publish.cards import dataset_card, model_card
+from openllm.publish.cards import dataset_card, model_card, val_split_name
 from openllm.publish.facts import collect_facts
 
 EVAL = {
@@ -18,7 +18,10 @@ EVAL = {
     "perplexity": 25.79,
     "bits_per_byte": 1.42,
     "dataset": {"name": "val.jsonl", "kind": "val", "sha256": "b" * 64},
-    "tasks": {"lambada": {"acc": 0.125, "ppl": 812.5, "path": "x"}, "hellaswag": {"acc": 0.26, "acc_norm": 0.27}},
+    "tasks": {
+        "lambada": {"acc": 0.125, "ppl": 812.5, "path": "x", "n": 5153},
+        "hellaswag": {"acc": 0.26, "acc_norm": 0.27, "n": 10042},
+    },
 }
 
 
@@ -267,8 +270,89 @@ def test_evaluating_a_text_file_then_pushing_keeps_the_val_split_in_the_card(eva
     run_cli("hub", "pull", "me/tiny@v1", "--out", str(tmp_path / "pulled"))
     card = ModelCard((tmp_path / "pulled" / "README.md").read_text(encoding="utf-8"))
     losses = [r for r in card.data.eval_results if r.metric_type == "loss"]
+    # evaluate names the split after the local folder ("val split of data"): the card names what it is
     assert [(r.dataset_name, round(r.metric_value, 4)) for r in losses] == [
-        (val["dataset"]["name"], round(val["val_loss"], 4))
+        (val_split_name(val, repo_id="me/tiny"), round(val["val_loss"], 4))
     ]
+    assert losses[0].dataset_name.endswith("(held-out validation split)")
     assert all(r.dataset_type != "some_file.txt" for r in card.data.eval_results)
     assert "text file `some_file.txt`" in card.text and "## Other evaluations" in card.text
+    # the publisher's folders stay with the publisher: the pushed files name no local path
+    pushed = {p.name: p.read_text(encoding="utf-8") for p in (tmp_path / "pulled").glob("*.json")}
+    pushed["README.md"] = card.content
+    assert "evaluation.json" in pushed
+    for name, text in pushed.items():
+        assert str(tmp_path) not in text and str(evaluate_run_folder["run"].parent) not in text, name
+
+
+# --- what the card says of itself (issue 24) ----------------------------------------------------------------
+
+
+def _finetuned(run: Path) -> Path:
+    state_file = run / "checkpoints" / "step_00007000" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["finetune"] = {
+        "base": {"source": "alice/tiny@300", "hub_ref": "alice/tiny@300", "step": 300, "name": "tiny-card"},
+        "data": {"path": "/home/alice/private/chats.jsonl", "sha256": "c" * 64, "kept": 18},
+        "lora": None,
+    }
+    state_file.write_text(json.dumps(state))
+    return run
+
+
+def test_a_fine_tune_card_never_calls_it_trained_from_scratch(tmp_path):
+    run = _finetuned(_write_run(tmp_path / "run", evaluation=EVAL))
+    card = ModelCard(model_card(collect_facts(run), repo_id="alice/tiny-chat", version="7k"))
+    meta = card.data.to_dict()
+    assert "from-scratch" not in meta["tags"] and "fine-tuned" in meta["tags"]
+    assert meta["base_model"] == "alice/tiny"
+    assert "from scratch on" not in card.text and "not instruction-tuned" not in card.text, card.text
+    assert "## Limitations" in card.text and "fine-tuned" in card.text.split("## Limitations")[1]
+    # a model trained from scratch still says so
+    plain = ModelCard(model_card(collect_facts(_write_run(tmp_path / "p")), repo_id="alice/tiny", version="7k"))
+    assert "from-scratch" in plain.data.to_dict()["tags"] and "trained from scratch" in plain.text
+
+
+def test_task_subsets_are_named_with_their_size_not_as_the_full_split(tmp_path):
+    ev = {
+        **EVAL,
+        "tasks": {"lambada": {"acc": 0.125, "n": 200}, "hellaswag": {"acc": 0.26, "acc_norm": 0.27, "n": 200}},
+    }
+    card = ModelCard(model_card(collect_facts(_write_run(tmp_path / "run", evaluation=ev)), repo_id="a/b", version="1"))
+    tasks = [r for r in card.data.eval_results if r.dataset_type in ("EleutherAI/lambada_openai", "Rowan/hellaswag")]
+    assert tasks
+    for r in tasks:
+        assert "200" in r.dataset_name and "subset" in r.dataset_name, r.dataset_name
+        assert r.dataset_split not in ("test", "validation"), r.dataset_split
+    assert "lambada accuracy (200 items)" in card.text
+    full = {**EVAL, "tasks": {"lambada": {"acc": 0.125, "n": 5153}}}
+    card = ModelCard(
+        model_card(collect_facts(_write_run(tmp_path / "r2", evaluation=full)), repo_id="a/b", version="1")
+    )
+    assert [(r.dataset_name, r.dataset_split) for r in card.data.eval_results if r.task_name == "LAMBADA"] == [
+        ("LAMBADA", "test")
+    ]
+
+
+def test_the_config_preset_line_names_a_preset_never_the_run(tmp_path):
+    from openllm.config import Config, load_config
+
+    run = _write_run(tmp_path / "run")
+    card = model_card(collect_facts(run), repo_id="a/b", version="1")
+    assert "Config preset: `tiny-card`" not in card and "preset" not in card  # tiny-card is no preset
+    cfg = load_config("tiny")
+    Config.from_dict({**cfg.to_dict(), "name": "my-run"}).save(run / "config.json")
+    card = model_card(collect_facts(run), repo_id="a/b", version="1")
+    assert "preset `tiny`" in card and "my-run" not in card.split("## Training")[0].split("## Model")[1]
+
+
+def test_no_local_path_and_every_source_checksum_in_the_card(tmp_path):
+    txt = {"kind": "txt", "name": "/home/alice/private/notes.txt", "bytes": 12, "sha256": "e" * 64}
+    ev = {**EVAL, "dataset": {"name": "val split of tokens", "kind": "val", "sha256": "b" * 64, "path": "/home/a/t"}}
+    run = _write_run(tmp_path / "run", evaluation=ev, data_dir=_data(tmp_path, provenance=[txt]))
+    card = ModelCard(model_card(collect_facts(run), repo_id="alice/tiny", version="7k"))
+    assert "/home/" not in card.content and str(tmp_path) not in card.content
+    assert "notes.txt" in card.text and "e" * 64 in card.text
+    assert "val split of tokens" not in card.content
+    names = {r.dataset_name for r in card.data.eval_results if r.metric_type == "loss"}
+    assert names == {"alice/tiny training text (held-out validation split)"}, names

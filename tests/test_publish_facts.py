@@ -82,3 +82,22 @@ def test_an_export_folder(tmp_path):
     assert facts.kind == "export" and facts.step == 7000 and facts.config["name"] == "exported"
     assert "format" not in facts.config and facts.params == Transformer(MODEL).num_params()
     assert facts.metrics == [] and facts.final_loss is None and facts.tokens_seen is None
+
+
+def test_published_facts_carry_no_local_path():
+    """evaluation.json as `openllm evaluate` writes it names the run, the data folder and the task files by
+    absolute path; what is pushed keeps only their last part (issue 24)."""
+    from openllm.publish.facts import without_local_paths
+
+    ev = {
+        "source": "/home/alice/runs/tiny",
+        "dataset": {"name": "val split of tokens", "path": "/home/alice/data/tokens/", "kind": "val"},
+        "tasks": {"lambada": {"acc": 0.5, "n": 200, "path": "C:\\Users\\alice\\lambada.jsonl"}},
+        "generation": [{"prompt": "/ is a slash", "text": "a\n/b"}],
+        "files": ["~/x/y.txt"],
+    }
+    out = without_local_paths(ev)
+    assert out["source"] == "tiny" and out["dataset"]["path"] == "tokens" and out["files"] == ["y.txt"]
+    assert out["tasks"]["lambada"] == {"acc": 0.5, "n": 200, "path": "lambada.jsonl"}
+    assert out["dataset"]["name"] == "val split of tokens" and out["generation"] == ev["generation"]
+    assert "alice" not in json.dumps(out)

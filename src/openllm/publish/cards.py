@@ -13,10 +13,10 @@ from .facts import RunFacts
 
 __all__ = ["model_card", "dataset_card", "eval_results", "val_evaluation", "data_ids", "weights_license"]
 
-_TAGS = ["openllm", "llama", "causal-lm", "from-scratch"]
-_TASKS = {  # evaluation task -> (dataset type, dataset name, split)
-    "lambada": ("EleutherAI/lambada_openai", "LAMBADA", "test"),
-    "hellaswag": ("Rowan/hellaswag", "HellaSwag", "validation"),
+_TAGS = ["openllm", "llama", "causal-lm"]
+_TASKS = {  # evaluation task -> (dataset type, dataset name, split, items in that split)
+    "lambada": ("EleutherAI/lambada_openai", "LAMBADA", "test", 5153),
+    "hellaswag": ("Rowan/hellaswag", "HellaSwag", "validation", 10042),
 }
 _TASK_METRICS = {
     "acc": ("accuracy", "accuracy"),
@@ -30,15 +30,42 @@ def _as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def eval_results(evaluation: dict[str, Any], *, dataset_id: str | None = None) -> list[Any]:
+def val_split_name(evaluation: dict[str, Any], *, repo_id: str | None = None, dataset_id: str | None = None) -> str:
+    """What the card calls the text the val loss was measured on. ``openllm evaluate`` names a val split after
+    the local data folder ("val split of tokens"), which says nothing to a reader: that becomes the held-out
+    split of the named dataset (or of the model's training text)."""
+    name = str(_as_dict(evaluation.get("dataset")).get("name") or "")
+    if name and not name.startswith("val split of "):
+        return name
+    what = dataset_id or (f"{repo_id} training text" if repo_id else "training text")
+    return f"{what} (held-out validation split)"
+
+
+def _task_subset(task: str, scores: dict[str, Any]) -> tuple[str, str, str | None, str]:
+    """(dataset type, dataset name, split, how many items) of a task's scores: a run of fewer items than the
+    benchmark's split (``--limit``, or a sample file) is named as that subset with its size, never as the
+    split; an item count that was not recorded is said."""
+    dtype, dname, split, full = _TASKS.get(task, (task, task, None, None))
+    n = scores.get("n") if isinstance(scores.get("n"), int) and not isinstance(scores.get("n"), bool) else None
+    if n is None:
+        return dtype, f"{dname} (item count not recorded)", f"{split}, item count not recorded" if split else None, ""
+    if full is not None and n == full:
+        return dtype, dname, split, f"{n:,} items"
+    of = f" of {full:,}" if full else ""
+    where = f"{split}, {n:,}{of} items" if split else f"{n:,} items"
+    return dtype, f"{dname} ({n:,}-item subset)", where, f"{n:,} items"
+
+
+def eval_results(
+    evaluation: dict[str, Any], *, dataset_id: str | None = None, dataset_name: str | None = None
+) -> list[Any]:
     """huggingface_hub EvalResults from ``evaluation.json``: val loss, perplexity, bits per byte on the
     scored text, and each task's accuracy/perplexity. Missing keys give no result."""
     from huggingface_hub import EvalResult
 
     out = []
-    ds = _as_dict(evaluation.get("dataset"))
-    ds_name = str(ds.get("name") or "validation split")
-    ds_type = dataset_id or str(ds.get("name") or "text")
+    ds_name = dataset_name or val_split_name(evaluation, dataset_id=dataset_id)
+    ds_type = dataset_id or ds_name
     for key, mtype, label in (
         ("val_loss", "loss", "loss (nats/token)"),
         ("perplexity", "perplexity", "perplexity"),
@@ -61,7 +88,8 @@ def eval_results(evaluation: dict[str, Any], *, dataset_id: str | None = None) -
     for task, scores in sorted((evaluation.get("tasks") or {}).items()):
         if not isinstance(scores, dict):
             continue
-        dtype, dname, split = _TASKS.get(task, (task, task, None))
+        dtype, subset, split, _ = _task_subset(task, scores)
+        dname = _TASKS.get(task, (task, task))[1]
         for key, value in sorted(scores.items()):
             value = finite_number(value)
             if value is None or key not in _TASK_METRICS:
@@ -72,7 +100,7 @@ def eval_results(evaluation: dict[str, Any], *, dataset_id: str | None = None) -
                     task_type="text-generation",
                     task_name=dname,
                     dataset_type=dtype,
-                    dataset_name=dname,
+                    dataset_name=subset,
                     dataset_split=split,
                     metric_type=mtype,
                     metric_name=f"{dname} {label}",
@@ -189,20 +217,22 @@ def model_card(
     train = cfg.get("train") or {}
     ev = val_evaluation(facts)
     ids = data_ids(facts, datasets)
+    val_name = val_split_name(ev, repo_id=repo_id, dataset_id=ids[0] if ids else None)
     license_id, license_name = weights_license(facts, license)
+    base = _as_dict(facts.finetune.get("base"))
     data = ModelCardData(
         license=license_id,
         language=[language] if isinstance(language, str) else list(language),
         library_name="transformers",
-        tags=list(_TAGS),
+        # a fine-tune started from trained weights: "from-scratch" describes its base, not it
+        tags=[*_TAGS, "fine-tuned", "chat"] if base else [*_TAGS, "from-scratch"],
         datasets=ids or None,
         pipeline_tag="text-generation",
         model_name=repo_id,
-        eval_results=eval_results(ev, dataset_id=ids[0] if ids else None) or None,
+        eval_results=eval_results(ev, dataset_id=ids[0] if ids else None, dataset_name=val_name) or None,
     )
     if license_name:
         data.license_name = license_name
-    base = _as_dict(facts.finetune.get("base"))
     if base.get("hub_ref"):  # OWNER/NAME@VERSION: the Hub's base_model is the repo, the version beside it
         data.base_model, _, base_version = str(base["hub_ref"]).partition("@")
         # ModelCardData keeps any field it is given (its **kwargs); its stubs name only the common ones
@@ -252,8 +282,9 @@ def model_card(
         arch.append(("non-embedding parameters", f"{facts.params_non_embedding:,}"))
     if arch:
         s.append("## Model\n\n" + _table(arch, ("", "value")))
-        if cfg.get("name"):
-            s.append(f"\nConfig preset: `{cfg['name']}` (the full config is `openllm.json` in this repo).\n")
+        preset = _preset_of(model)
+        shape = f"the model shape of preset `{preset}`; " if preset else ""
+        s.append(f"\n{shape.capitalize()}the full config is `openllm.json` in this repo.\n")
 
     # training
     tr = []
@@ -310,13 +341,23 @@ def model_card(
         when = "recorded by the run" if facts.code_commit_origin == "run" else "at push time"
         prov.append(("code commit", f"`{facts.code_commit}` ({when})"))
     for src in facts.provenance:
-        what = src.get("description") or src.get("name") or src.get("kind")
-        where = ", ".join(str(src[k]) for k in ("package", "version", "file") if src.get(k))
+        # a local file is named by its file name: its folder is the publisher's, not something a reader can open
+        local = src.get("kind") in ("txt", "jsonl", "json", "parquet", "csv")
+        label = Path(str(src.get("name", "?"))).name if local else str(src.get("name", "?"))
+        what = label if local else (src.get("description") or src.get("name") or src.get("kind"))
+        where = ", ".join(
+            Path(str(src[k])).name if k == "file" and Path(str(src[k])).is_absolute() else str(src[k])
+            for k in ("package", "version", "file")
+            if src.get(k)
+        )
+        size = f", {src['bytes']:,} bytes" if isinstance(src.get("bytes"), int) else ""
         prov.append(
             (
-                f"source `{src.get('name', '?')}`",
+                f"source `{label}`",
                 f"{what}"
                 + (f" ({where})" if where else "")
+                + size
+                + (f", sha256 `{src['sha256']}`" if src.get("sha256") else "")
                 + (f", license: {src['license']}" if src.get("license") else ""),
             )
         )
@@ -349,8 +390,7 @@ def model_card(
     if facts.best_val_loss is not None:
         at = f" (step {facts.best_step:,})" if isinstance(facts.best_step, int) else ""
         met.append((f"best {est}", f"{facts.best_val_loss:.4f}{at}"))
-    ds = _as_dict(ev.get("dataset"))
-    how = f"every token of the {ds['name']}" if ds.get("name") else "every val token"
+    how = f"every token of the {val_name}" if ev else "every val token"
     if ev.get("window"):
         how += f", window {ev['window']}, stride {ev.get('stride')}"
     for key, label, fmt in (
@@ -362,9 +402,10 @@ def model_card(
             met.append((f"{label} ({how})", fmt.format(ev[key])))
     for task, scores in sorted((ev.get("tasks") or {}).items()):
         if isinstance(scores, dict):
+            size = _task_subset(task, scores)[3]
             for key in ("acc", "acc_norm", "ppl"):
                 if finite_number(scores.get(key)) is not None:
-                    met.append((f"{task} {_TASK_METRICS[key][1]}", f"{scores[key]:.4f}"))
+                    met.append((f"{task} {_TASK_METRICS[key][1]}{f' ({size})' if size else ''}", f"{scores[key]:.4f}"))
     if met:
         s.append("\n## Metrics\n\n" + _table(met, ("metric", "value")))
         if ev:
@@ -422,6 +463,18 @@ m = openllm.load("{ref}")
 ```
 """)
     seen = f"{facts.tokens_seen:,} tokens" if facts.tokens_seen is not None else "a small corpus"
+    if base:
+        kept = _as_dict(facts.finetune.get("data")).get("kept")
+        convs = f"{kept:,} conversations" if isinstance(kept, int) else "a small set of conversations"
+        s.append(f"""
+## Limitations
+
+This is a small base model fine-tuned on {convs} to answer in the chat format above. It answers in the
+style of those conversations, knows only what its base model's training text held, has no safety tuning, and
+states false things fluently; it reproduces its data's biases. Use it for research and teaching, not for
+decisions or facts.
+""")
+        return "".join(s)
     s.append(f"""
 ## Limitations
 
@@ -431,6 +484,21 @@ to the training data, and it reproduces that data's biases. Use it for research 
 decisions or facts.
 """)
     return "".join(s)
+
+
+def _preset_of(model: dict[str, Any]) -> str | None:
+    """The shipped preset whose model section ``model`` is, if any. The config's ``name`` is not that: the app
+    and ``--set name=`` give it the run's name."""
+    from ..config import load_config, preset_names
+
+    for name in preset_names():
+        try:
+            shape = load_config(name).to_dict()["model"]
+        except Exception:  # a preset this version cannot read names nothing
+            continue
+        if all(model.get(k) == v for k, v in shape.items()):
+            return name
+    return None
 
 
 def dataset_card(

@@ -16,7 +16,9 @@ from ..fsio import read_json
 from ..hashing import sha256_file
 from ..metrics import finite_number
 
-__all__ = ["RunFacts", "collect_facts", "code_commit"]
+__all__ = ["RunFacts", "collect_facts", "code_commit", "without_local_paths"]
+
+_LOCAL_PATH = re.compile(r"^(~?/|[A-Za-z]:[\\/])[^\s/\\]")  # /home/..., ~/x, C:\x; not "/ is a slash"
 
 
 @dataclass
@@ -63,6 +65,19 @@ def code_commit(start: Path | None = None) -> str | None:
         return None
     out = proc.stdout.strip()
     return out if proc.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", out) else None
+
+
+def without_local_paths(value: Any) -> Any:
+    """A copy of ``value`` (JSON: evaluation.json, a card's facts) in which every string that is a local absolute
+    path (``/home/me/data/tokens``, ``C:\\data``, ``~/x``) is cut to its last part: published files must not carry
+    the publisher's folder layout (user names, private folders), and the last part still says which file."""
+    if isinstance(value, dict):
+        return {k: without_local_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(v) for v in value]
+    if isinstance(value, str) and _LOCAL_PATH.match(value) and "\n" not in value:
+        return re.split(r"[\\/]", value.rstrip("/\\"))[-1] or value
+    return value
 
 
 def _param_counts(model_cfg: dict[str, Any]) -> tuple[int | None, int | None]:
@@ -156,6 +171,8 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
     facts.tokenizer_sha256 = state.get("tokenizer_sha256") or (sha256_file(tok_model) if tok_model else None)
     if isinstance(state.get("finetune"), dict):
         facts.finetune = state["finetune"]
+    elif isinstance(cfg.get("finetune"), dict):  # an export keeps the fine-tune's summary in its config
+        facts.finetune = cfg["finetune"]
     data_dir = state.get("data_dir")
     if isinstance(data_dir, str) and (Path(data_dir) / "meta.json").is_file():
         meta = read_json(Path(data_dir) / "meta.json")

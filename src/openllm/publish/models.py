@@ -24,7 +24,7 @@ from ..hub.versions import version_for_step
 from ..loading import detect_kind, load
 from ..scratch import scratch_dir
 from .cards import model_card
-from .facts import collect_facts
+from .facts import collect_facts, without_local_paths
 
 __all__ = ["push_model", "PushResult"]
 
@@ -137,7 +137,8 @@ def push_model(
         elif facts.metrics and not (staging / "loss.png").exists():
             _plot(facts.metrics, staging / "loss.png", title=f"{repo_id} {version}")
         if facts.evaluation:
-            (staging / rundir.EVALUATION).write_text(json.dumps(facts.evaluation, indent=2) + "\n", encoding="utf-8")
+            public = without_local_paths(facts.evaluation)
+            (staging / rundir.EVALUATION).write_text(json.dumps(public, indent=2) + "\n", encoding="utf-8")
         if facts.config and not (staging / "openllm.json").exists():
             (staging / "openllm.json").write_text(
                 json.dumps({"format": "openllm", **facts.config}, indent=2) + "\n", encoding="utf-8"
