@@ -561,6 +561,8 @@ def test_push_preview_names_the_checkpoint_and_its_weights(ws):
     pv = M.push_preview(ws, "r", 10)
     assert (pv.step, pv.val_loss, pv.sha256) == (10, 3.25, hashlib.sha256(b"ten").hexdigest())
     assert "checkpoint step 10" in pv.describe() and "val loss estimate 3.2500" in pv.describe()
+    # that checksum is the checkpoint's file, not the repo's model.safetensors (Hugging Face names): said so
+    assert "checkpoint file sha256" in pv.describe() and "not the pushed" in pv.describe(), pv.describe()
     assert M.push_preview(ws, "r").step == 20  # default: the latest
     with pytest.raises(FormError, match="no checkpoint at step 15"):
         M.push_preview(ws, "r", 15)

@@ -89,6 +89,10 @@ def test_a_checkpoint_folder_is_pushed_as_that_checkpoint(export_run, tmp_path):
     assert json.loads((out / "openllm.json").read_text())["name"] == "export-test"
     pushed, ours = openllm.load(out).model.state_dict(), openllm.load(ckpt).model.state_dict()
     assert all((pushed[k] == v).all() for k, v in ours.items())  # the weights of step 5, not of step 10
+    # the checksum a push reports is of the file in the repo, which a reader can check (issue 24)
+    from openllm.hashing import sha256_file
+
+    assert res.weights_sha256 == sha256_file(out / "model.safetensors") != sha256_file(ckpt / "model.safetensors")
 
 
 @pytest.mark.parametrize(

@@ -172,7 +172,7 @@ class PushPreview:
     step: int
     checkpoint: Path
     val_loss: float | None  # the in-training val loss estimate logged at that step, if one was
-    sha256: str  # of the checkpoint's model.safetensors
+    sha256: str  # of the checkpoint's model.safetensors: what "the checkpoint changed since" is checked by
     best: bool  # the checkpoint with the best val loss estimate
 
     def describe(self) -> str:
@@ -183,7 +183,8 @@ class PushPreview:
         )
         return (
             f"run {self.run}, checkpoint step {self.step:,}{' (best)' if self.best else ''}, {val}, "
-            f"weights sha256 {self.sha256[:16]}…"
+            f"checkpoint file sha256 {self.sha256[:16]}… (our names; not the pushed model.safetensors, which "
+            f"holds the same weights under transformers' names: its sha256 is shown after the push)"
         )
 
 
@@ -262,7 +263,9 @@ def push_run(
         "version": res.version,
         "commit": res.commit,
         "step": res.step,
-        "sha256": preview.sha256,
+        # what the message after the push shows: the file a reader finds in the repo, not the checkpoint's
+        "sha256": res.weights_sha256 or preview.sha256,
+        "checkpoint_sha256": preview.sha256,
     }
 
 

@@ -39,6 +39,7 @@ class PushResult:
     step: int | None
     files: list[str]
     hub: str
+    weights_sha256: str | None = None  # of the pushed model.safetensors (Hugging Face names): checkable in the repo
 
 
 def _kind(src: Path) -> str:
@@ -155,6 +156,10 @@ def push_model(
         )
         (staging / "README.md").write_text(card, encoding="utf-8")
         files = sorted(str(p.relative_to(staging).as_posix()) for p in staging.rglob("*") if p.is_file())
+        from ..hashing import sha256_file
+
+        weights = staging / "model.safetensors"
+        weights_sha256 = sha256_file(weights) if weights.is_file() else None
         step_txt = f" (step {facts.step})" if facts.step is not None else ""
         size = sum((staging / f).stat().st_size for f in files)
         _say(progress, f"uploading {len(files)} files ({size / 1e6:.1f} MB) to {repo_id} on {h.describe()} ...")
@@ -175,7 +180,15 @@ def push_model(
                 f"this push was kept); versions are immutable: choose another --version, or "
                 f"replace it with --force"
             ) from exc
-    return PushResult(repo_id=repo_id, version=version, commit=commit, step=facts.step, files=files, hub=h.describe())
+    return PushResult(
+        repo_id=repo_id,
+        version=version,
+        commit=commit,
+        step=facts.step,
+        files=files,
+        hub=h.describe(),
+        weights_sha256=weights_sha256,
+    )
 
 
 def _plot(metrics: list[dict], out: Path, *, title: str) -> None:
