@@ -77,12 +77,25 @@ def _corpus(path: Path, chapters: int = 60) -> Path:
     return path
 
 
-@pytest.fixture
-def app_server(tmp_path):
+def _home_workspace() -> Path:
+    """A workspace outside the current folder and the temp folder, the two Gradio serves files from unasked (a
+    user's ``--workspace ~/llm``): under $HOME, else skipped."""
+    import tempfile
+
+    home = Path.home().resolve()
+    cwd, tmp = Path.cwd().resolve(), Path(tempfile.gettempdir()).resolve()
+    if not home.is_dir() or any(home == d or d in home.parents for d in (cwd, tmp)):
+        pytest.skip(f"no folder outside {cwd} and {tmp} to put the workspace in ($HOME is {home})")
+    return Path(tempfile.mkdtemp(prefix=".openllm-test-ws-", dir=home)) / "workspace"
+
+
+@pytest.fixture(params=["tmp"])
+def app_server(request, tmp_path):
+    """The app on a workspace under the temp folder; parametrized indirectly with "home", one under $HOME."""
     _need_browser()
     from openllm.app import launch
 
-    ws = tmp_path / "workspace"
+    ws = tmp_path / "workspace" if request.param == "tmp" else _home_workspace()
     port = _free_port()
     demo = launch(ws, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -94,6 +107,8 @@ def app_server(tmp_path):
             if not runner.wait(60) and runner._proc is not None:
                 runner._proc.kill()
         demo.close()
+        if request.param != "tmp":
+            shutil.rmtree(ws.parent, ignore_errors=True)
 
 
 def _select(page, elem_id: str, option_text: str) -> None:
@@ -682,3 +697,131 @@ def test_fine_tune_a_finished_run_then_chat_with_it_in_a_browser(app_server, tmp
             time.sleep(0.5)
             page.screenshot(path=str(SHOTS / "app-finetune-390.png"), full_page=False)
         browser.close()
+
+
+_EXTERNAL = """
+import signal, sys
+from openllm.rundir import RunLock, move
+run = sys.argv[1]
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # SIGTERM is the stop request, as for the trainer
+lock = RunLock(run, command="openllm train --out " + run).acquire()
+move(run, "training", step=5, max_steps=50)
+print("holding", flush=True)
+signal.sigwait([signal.SIGTERM])
+move(run, "stopped", step=6)
+lock.release()
+"""
+
+
+@pytest.mark.parametrize("app_server", ["home"], indirect=True)
+def test_actions_name_their_run_and_a_workspace_outside_tmp_serves_its_files_in_a_browser(
+    app_server, tmp_path, export_tokenizer_dir
+):
+    """With the workspace under $HOME (not the current folder, not /tmp): the log, the export zip and the config
+    file download; Stop stops the run the Monitor shows, never another that trains; Delete removes a finished run
+    after a confirmation; a Latin-1 upload and a corpus too small for the smallest vocabulary are reported."""
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import make_export_run
+
+    demo, url, ws = app_server
+    assert not ws.resolve().is_relative_to(Path.cwd().resolve())
+    make_export_run(ws / "runs" / "done", export_tokenizer_dir, steps=(1,))
+    (ws / "jobs" / "done").mkdir(parents=True)
+    (ws / "jobs" / "done" / "log.txt").write_text("== training\nthe log of run done\n")
+    cli_run = ws / "runs" / "cli"
+    cli_run.mkdir(parents=True)
+    cli = subprocess.Popen(
+        [sys.executable, "-c", _EXTERNAL, str(cli_run)], stdout=subprocess.PIPE, text=True, env=child_env()
+    )
+    try:
+        assert cli.stdout.readline().strip() == "holding"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+            )
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            page.wait_for_selector("#start-btn")
+            time.sleep(1)
+
+            # --- the Monitor shows a finished run while another trains: its log downloads ---------------------
+            page.get_by_role("tab", name="Monitor").click()
+            _select(page, "monitor-run", "done")
+            page.wait_for_selector("#monitor-view[data-state=finished]", timeout=20_000)
+            page.locator("#log-whole").get_by_text("Whole log").click()
+            page.click("#log-show")
+            _wait_text(page, "#log-full", "", 5)
+            time.sleep(1)
+            with page.expect_download() as dl:
+                page.click("#log-download")
+            assert "the log of run done" in Path(dl.value.path()).read_text()
+
+            # --- Stop (Train tab) acts on the run shown, which is not training: the CLI run goes on -------------
+            page.get_by_role("tab", name="Train").click()
+            page.wait_for_function("!document.querySelector('#stop-btn').disabled", timeout=20_000)
+            page.click("#stop-btn")
+            _wait_text(page, "#train-msg", "'done' is not training", 20)
+            time.sleep(1)
+            assert cli.poll() is None and demo.openllm_runner.status("cli").state == "training"
+            page.get_by_role("tab", name="Monitor").click()
+            _select(page, "monitor-run", "cli")
+            page.wait_for_function("!document.querySelector('#monitor-stop').disabled", timeout=20_000)
+            page.click("#monitor-stop")
+            _wait_text(page, "#monitor-banner", "Stopping 'cli'", 20)
+            assert cli.wait(30) == 0
+
+            # --- Export: the zip downloads from a workspace outside /tmp ----------------------------------------
+            page.get_by_role("tab", name="Export").click()
+            time.sleep(1)
+            _select(page, "export-run", "done")
+            _select(page, "export-format", "native")
+            page.click("#export-btn")
+            _wait_text(page, "#export-msg", "Exported done", 120)
+            page.wait_for_selector("#export-download", state="visible", timeout=20_000)
+            with page.expect_download() as dl:
+                page.click("#export-download")
+            assert Path(dl.value.path()).read_bytes()[:2] == b"PK"
+
+            # --- the config file downloads ------------------------------------------------------------------
+            page.get_by_role("tab", name="Train").click()
+            page.locator("#config-box").get_by_text("The config this run will use").click()
+            page.click("#config-btn")
+            page.wait_for_selector("#config-save", state="visible", timeout=20_000)
+            with page.expect_download() as dl:
+                page.click("#config-save")
+            assert json.loads(Path(dl.value.path()).read_text())["model"]
+
+            # --- input the check used to misread: Latin-1 text, a corpus too small for the vocabulary ----------
+            latin = tmp_path / "latin.txt"
+            latin.write_bytes(
+                "\n\n".join(f"Paragraph {i}: the café's naïve façade, a résumé read aloud." for i in range(40)).encode(
+                    "latin-1"
+                )
+            )
+            page.get_by_text("An uploaded file").click()
+            page.locator("#corpus-upload input[type=file]").set_input_files(str(latin))
+            _wait_text(page, "#corpus-check", "not valid UTF-8", 60)
+            assert "Latin-1" in page.locator("#corpus-check").inner_text()
+            small = ws / "corpora" / "small.txt"
+            small.write_text("\n\n".join("ab ba ab ba abab baba " * 3 + str(k) for k in range(40)))
+            page.get_by_text("A file or folder in the workspace").click()
+            _fill(page, "corpus-path", "corpora/small.txt")
+            _wait_text(page, "#corpus-check", "smallest Vocabulary size the form allows (324)", 60)
+
+            # --- Delete a finished run, after a confirmation -------------------------------------------------
+            page.get_by_role("tab", name="Models").click()
+            _select(page, "push-run", "done")
+            page.wait_for_selector("#delete-btn:not([disabled])", timeout=20_000)
+            page.click("#delete-btn")
+            _wait_text(page, "#manage-msg", "tick", 20)
+            assert (ws / "runs" / "done").is_dir()
+            page.locator("#delete-confirm input").check()
+            page.click("#delete-btn")
+            _wait_text(page, "#manage-msg", "Deleted run 'done'", 20)
+            assert not (ws / "runs" / "done").exists() and not (ws / "jobs" / "done").exists()
+            browser.close()
+    finally:
+        cli.kill()

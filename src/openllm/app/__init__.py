@@ -30,5 +30,10 @@ def launch(workspace=None, *, host: str = "127.0.0.1", port: int = 7860, **kwarg
     demo = _build(workspace)
     demo.queue(default_concurrency_limit=4)
     kwargs.setdefault("show_error", True)
+    # Gradio hands out files only from the current folder, the temp folder and allowed_paths: the log, the
+    # export zips and the config files are offered from the workspace's downloads/, wherever the workspace is
+    # (only that folder: the rest of the workspace holds corpora and runs the server must not serve)
+    downloads = str(demo.openllm_workspace.downloads_dir)  # type: ignore[attr-defined]
+    kwargs["allowed_paths"] = [*(kwargs.get("allowed_paths") or []), downloads]
     demo.launch(server_name=host, server_port=port, css=CSS, theme=THEME, share=False, **kwargs)
     return demo

@@ -107,7 +107,8 @@ def _wire_training(sh, tabs, picks, timer, train_tab: train.TrainTab, mon: monit
     train_tab.start_btn.click(
         train_tab.on_start, train_tab.start_inputs, [train_tab.msg, mon.run, tabs, mon.banner]
     ).then(lambda: _buttons(sh), None, buttons)
-    train_tab.stop_btn.click(train_tab.on_stop, None, train_tab.msg).then(lambda: _buttons(sh), None, buttons)
+    # Stop names its run: the one the Monitor shows (Start switches it to the run started)
+    train_tab.stop_btn.click(train_tab.on_stop, mon.run, train_tab.msg).then(lambda: _buttons(sh), None, buttons)
 
     def tick(run, count):
         return (*monitor.view(sh, run, count), *_buttons(sh))
@@ -127,7 +128,7 @@ def _wire_training(sh, tabs, picks, timer, train_tab: train.TrainTab, mon: monit
         return gr.update(choices=sh.run_choices(), value=run), *monitor.view(sh, run, None)
 
     mon.refresh.click(on_refresh, mon.run, [mon.run, *mon.outputs])
-    mon.stop_btn.click(lambda _run: train.stop_message(sh), mon.run, mon.banner)
+    mon.stop_btn.click(lambda run: train.stop_message(sh, run), mon.run, mon.banner)
     mod.ft_btn.click(
         lambda run, *rest: models.on_finetune(sh, run, *rest),
         [mod.run, *mod.ft_inputs],
@@ -176,7 +177,11 @@ def _wire_run_actions(sh, tabs, train_tab: train.TrainTab, mon: monitor.MonitorT
     mod.continue_btn.click(
         lambda run, n: models.on_continue(sh, run, n), [mod.run, mod.more], [mod.manage_msg, mon.run, tabs, mon.banner]
     )
-    mod.delete_btn.click(lambda run: models.on_delete(sh, run), mod.run, mod.manage_msg).then(*refresh)
+    mod.delete_btn.click(
+        lambda run, ok: models.on_delete(sh, run, ok),
+        [mod.run, mod.delete_confirm],
+        [mod.manage_msg, mod.delete_confirm],
+    ).then(*refresh)
 
 
 def _wire_load(demo, sh, picks, train_tab: train.TrainTab, mon: monitor.MonitorTab, gen, mod: models.ModelsTab):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from .. import render as R
@@ -34,15 +36,24 @@ def build(sh: Shared) -> list:
     msg = gr.HTML("", elem_id="export-msg")
     download = gr.DownloadButton("Download the export (zip)", elem_id="export-download", visible=False)
 
+    archive_path = gr.State(None)
+
     def on_export(run_, fmt_):
         try:
             folder, archive = T.export_run(sh.ws, run_, fmt_)
         except Exception as exc:
-            return R.err(exc), gr.update(visible=False)
-        return (
-            R.msg(f"Exported {run_} as {fmt_} to {sh.ws.relative(folder)} in the workspace.", "ok"),
-            gr.update(value=str(archive), visible=True),
-        )
+            return R.err(exc), None
+        done = f"Exported {run_} as {fmt_} to {sh.ws.relative(folder)} in the workspace."
+        return R.msg(done, "ok"), str(archive)
 
-    btn.click(on_export, [run, fmt], [msg, download])
+    def offer_zip(archive):
+        if archive and not sh.ws.downloads_dir.joinpath(Path(archive).name).is_file():
+            raise gr.Error(f"the export's zip {Path(archive).name} is not in the workspace's downloads/ folder")
+        return gr.update(value=archive, visible=bool(archive))
+
+    # the message first, the download next: a zip the server cannot hand out fails the second step with an
+    # error shown, never the whole export without a word
+    btn.click(lambda: gr.update(visible=False), None, download).then(on_export, [run, fmt], [msg, archive_path]).then(
+        offer_zip, archive_path, download
+    )
     return [run]

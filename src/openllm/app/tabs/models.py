@@ -52,6 +52,7 @@ class ModelsTab:
     ft_btn: Any
     ft_inputs: list
     ft_msg: Any
+    delete_confirm: Any  # Delete acts only once this is ticked (it removes the run's checkpoints for good)
 
     @property
     def preview_outputs(self) -> list:
@@ -195,6 +196,9 @@ def build(sh: Shared, picks: Any) -> ModelsTab:
         )
         continue_btn = gr.Button("Continue training", elem_id="continue-btn", scale=1)
         delete_btn = gr.Button("Delete run", variant="stop", elem_id="delete-btn", scale=1, interactive=False)
+    delete_confirm = gr.Checkbox(
+        False, label="Yes, delete this run: its checkpoints, metrics and log, for good", elem_id="delete-confirm"
+    )
     manage_msg = gr.HTML("", elem_id="manage-msg")
     gr.Markdown("### Fine-tune the run on conversations")
     with gr.Row():
@@ -317,6 +321,7 @@ def build(sh: Shared, picks: Any) -> ModelsTab:
         ft_btn,
         [ft_name, ft_source, ft_file, ft_val, ft_steps, ft_lora],
         ft_msg,
+        delete_confirm,
     )
 
     def on_run(run_):
@@ -354,10 +359,10 @@ def preview(sh: Shared, run: str | None, step: str | None):
     can_continue = (
         not st.active
         and st.state in rundir.END_STATES
-        and bool(checkpoint_steps(sh.ws.run_dir(run)))
+        and (bool(checkpoint_steps(sh.ws.run_dir(run))) or sh.runner.restartable(run))
         and sh.runner.active() is None
     )
-    can_delete = not st.active and st.state in (rundir.FAILED, rundir.DIVERGED, "new")
+    can_delete = not st.active and st.state in (*rundir.END_STATES, rundir.NEW)
     can_finetune = gr.update(interactive=can_continue and st.state in (rundir.FINISHED, rundir.STOPPED))
     try:
         pv = M.push_preview(sh.ws, run, int(step) if step else None)
@@ -389,24 +394,39 @@ def preview(sh: Shared, run: str | None, step: str | None):
 def on_continue(sh: Shared, run: str, n: Any):
     """Continue ``run`` for ``n`` more steps: the message, the Monitor's run, the tab to show, the Monitor's banner."""
     try:
+        latest = rundir.latest_checkpoint(sh.ws.run_dir(run))
         total = sh.runner.continue_run(run, int(n or 0))
     except Exception as exc:
         return R.err(exc), gr.skip(), gr.skip(), gr.skip()
-    latest = rundir.latest_checkpoint(sh.ws.run_dir(run))
-    done = R.msg(
-        f"Continuing {run!r} from step {rundir.step_of(latest) if latest is not None else 0}"
-        f" to a new total of {total:,} steps. Following it in the Monitor tab.",
-        "ok",
-    )
+    if latest is None:  # stopped before its first checkpoint: it starts again with its own settings
+        text = f"Starting {run!r} again from scratch with its settings ({total:,} steps): it was stopped before "
+        text += "its first checkpoint. Following it in the Monitor tab."
+    else:
+        text = f"Continuing {run!r} from step {rundir.step_of(latest)} to a new total of {total:,} steps. "
+        text += "Following it in the Monitor tab."
+    done = R.msg(text, "ok")
     return done, gr.update(choices=sh.run_choices(), value=run), gr.Tabs(selected="monitor"), done
 
 
-def on_delete(sh: Shared, run: str) -> str:
+def on_delete(sh: Shared, run: str, confirmed: bool) -> tuple[str, Any]:
+    """Delete ``run`` once its confirmation is ticked: the message, and the confirmation cleared."""
+    if not run:
+        return R.err(RunnerError("choose the run to delete (the Run picker above)")), gr.skip()
+    if not confirmed:
+        n = len(checkpoint_steps(sh.ws.run_dir(run)))
+        return (
+            R.msg(
+                f"Deleting {run!r} removes its {n} checkpoint{'s' if n != 1 else ''}, metrics and log for good: "
+                'tick "Yes, delete this run" and press Delete run again.',
+                "warn",
+            ),
+            gr.skip(),
+        )
     try:
         sh.runner.delete(run)
     except Exception as exc:
-        return R.err(exc)
-    return R.msg(f"Deleted run {run!r}; its name can be used again.", "ok")
+        return R.err(exc), False
+    return R.msg(f"Deleted run {run!r}; its name can be used again.", "ok"), False
 
 
 def on_finetune(sh: Shared, run, name, source, train_file, val_file, steps, lora):

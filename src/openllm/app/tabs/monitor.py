@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +98,14 @@ def build(sh: Shared) -> MonitorTab:
         if st.log is None:
             return _log_text(st), None
         text = tail_log(st.log, lines=1_000_000, max_bytes=20_000_000)
-        return text, str(st.log)
+        # offered from downloads/, the one workspace folder the server may serve (a job's folder also holds
+        # the prepared corpus); a copy, so the download is the log as it was when offered
+        copy = sh.ws.downloads_dir / f"log-{name}.txt"
+        try:
+            shutil.copyfile(st.log, copy)
+        except OSError:
+            return text, None
+        return text, str(copy)
 
     show_full.click(whole_log, run, [full, download])
     run.change(lambda r: whole_log(r)[1], run, download, show_progress="hidden")

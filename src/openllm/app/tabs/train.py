@@ -47,14 +47,16 @@ class TrainTab:
     run_name: Any
     on_start: Callable[..., tuple]
     start_inputs: list
-    on_stop: Callable[[], str]
+    on_stop: Callable[[str | None], str]
 
 
-def stop_message(sh: Shared) -> str:
-    """Stop the active run (Train's and Monitor's Stop buttons)."""
+def stop_message(sh: Shared, run: str | None) -> str:
+    """Stop ``run``, the run the Monitor shows (Train's and Monitor's Stop buttons): never another one."""
+    if not run:
+        return err(RunnerError("choose the run to stop in the Monitor tab"))
     try:
-        name = sh.runner.stop()
-    except RunnerError as exc:
+        name = sh.runner.stop(run)
+    except (RunnerError, WorkspaceError) as exc:
         return err(exc)
     return msg(f"Stopping {name!r}: the trainer saves a checkpoint, then exits.", "info")
 
@@ -282,4 +284,4 @@ def build(sh: Shared, presets: list[str], first: str) -> TrainTab:
     text_field.input(check, corpus_inputs, [corpus_html, text_field])
     start_inputs = [run_name, preset, *form, *corpus_inputs]
     config_btn.click(on_config, start_inputs, [config_summary_html, config_json, save_btn])
-    return TrainTab(start_btn, stop_btn, train_msg, run_name, on_start, start_inputs, lambda: stop_message(sh))
+    return TrainTab(start_btn, stop_btn, train_msg, run_name, on_start, start_inputs, lambda run: stop_message(sh, run))
