@@ -326,3 +326,17 @@ def test_the_default_license_other_has_a_name(tmp_path, export_run):
     export(export_run, tmp_path / "g", "gguf", gguf_types="f32", progress=False)
     r = GGUFReader(str(tmp_path / "g" / "model-f32.gguf"))
     assert _field(r, "general.license") == "other" and _field(r, "general.license.name") == "unknown"
+
+
+def test_the_chat_stop_is_in_the_file_with_one_owner(gguf_export):
+    """The stop at a new turn (tokenizer.CHAT_STOPS, the chat template's owner; the server uses the same
+    tuple) is written where a GGUF reader finds it; the end of an assistant turn, EOS in the template, is
+    also llama.cpp's end-of-turn token."""
+    from openllm.serve import chat
+    from openllm.tokenizer import CHAT_STOPS
+
+    assert chat.CHAT_STOPS is CHAT_STOPS
+    loaded, folder = gguf_export
+    r = _reader(folder, "f32")
+    assert _field(r, "openllm.chat.stop_strings") == list(CHAT_STOPS)
+    assert _field(r, "tokenizer.ggml.eot_token_id") == loaded.tokenizer.eos_id

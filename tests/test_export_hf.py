@@ -402,3 +402,21 @@ def test_a_merged_peft_fine_tune_saved_by_transformers_generates_with_openllm(hf
     text.write_text("\n".join(TEXTS[:3]) * 4, encoding="utf-8")
     res = run_cli("evaluate", str(saved), "--text", str(text), "--device", "cpu")
     assert "val" in res.stdout.lower() and "Traceback" not in res.stderr
+
+
+def test_generation_config_stops_at_every_chat_stop_that_is_one_token(hf_export, tmp_path, monkeypatch):
+    """A chat stop that the tokenizer spells as one token joins eos_token_id, which every transformers version
+    stops at; one of several tokens cannot go there, nor into stop_strings (generate() without a tokenizer then
+    raises on 4.45 and 5.x), so it stays a documented per-call argument."""
+    import openllm.export.hf as hf_mod
+
+    run, out = hf_export
+    loaded = openllm.load(run)
+    gen = json.loads((out / "generation_config.json").read_text())
+    multi = [s for s in hf_mod.CHAT_STOPS if len(loaded.tokenizer.encode(s)) != 1]
+    assert gen["eos_token_id"] == loaded.tokenizer.eos_id and multi == list(hf_mod.CHAT_STOPS)
+    assert "stop_strings" not in gen
+    tok = loaded.tokenizer
+    one = next(i for i in range(100, tok.vocab_size) if tok.encode(tok.decode([i])) == [i])
+    monkeypatch.setattr(hf_mod, "CHAT_STOPS", (tok.decode([one]), *hf_mod.CHAT_STOPS))
+    assert hf_mod.generation_config(loaded)["eos_token_id"] == [tok.eos_id, one]

@@ -40,6 +40,7 @@ __all__ = [
     "EOS_ID",
     "TOKENIZER_FILES",
     "CHAT_TEMPLATE",
+    "CHAT_STOPS",
     "apply_chat_template",
     "sentencepiece_pb2",
 ]
@@ -69,6 +70,10 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
+# Where a reply ends when the model writes no EOS: the start of the template's next turn. Owned here, beside the
+# template whose turns they are: the server stops at them, and the exports write them where other runtimes look
+# (a one-token stop joins generation_config's eos_token_id; the GGUF lists them under openllm.chat.stop_strings).
+CHAT_STOPS = ("\nUser:", "\nSystem:")
 # a "sentence" longer than this is cut into pieces for training (SentencePiece skips longer ones)
 _MAX_SENTENCE_CHARS = 8192
 DEFAULT_MAX_SENTENCES = 2_000_000

@@ -153,7 +153,7 @@ def export_gguf(
     require("gguf", "export", what="GGUF export")
     import gguf
 
-    from ..tokenizer import CHAT_TEMPLATE
+    from ..tokenizer import CHAT_STOPS, CHAT_TEMPLATE
 
     if source_url is not None and not _is_url(source_url):
         raise OpenLLMError(f"source URL {source_url!r} is not a URL: give an https:// address or leave it out")
@@ -204,6 +204,11 @@ def export_gguf(
     w.add_add_eos_token(False)
     w.add_add_space_prefix(False)  # trained with add_dummy_prefix = false
     w.add_chat_template(CHAT_TEMPLATE)
+    # the template ends an assistant turn with EOS: llama.cpp's end-of-turn token (it stops chats there)
+    w.add_eot_token_id(tok.eos_id)
+    # llama.cpp has no key for stop strings (a multi-token stop is a request's "stop"); listed for the
+    # tools that build a runtime's settings from the file, e.g. an Ollama Modelfile's PARAMETER stop
+    w.add_array("openllm.chat.stop_strings", list(CHAT_STOPS))
 
     for name, arr in gguf_tensors(model).items():
         qtype = tensor_type(name, arr, dtype)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..tokenizer import CHAT_STOPS
 from .shared import FINETUNE_KEY, finetune_summary, save_weights, write_tokenizer_files
 
 __all__ = ["export_hf", "special_ids", "generation_config"]
@@ -32,6 +33,14 @@ def generation_config(loaded) -> dict:
     context; a ``max_length`` the model sets is the one length both respect. The price: transformers 5 logs that
     ``max_new_tokens`` takes precedence whenever a call passes it, which is what happens."""
     generation = {k: v for k, v in special_ids(loaded).items() if v is not None}
+    # a chat stop the tokenizer spells as one token ends generation like EOS in every transformers version; one
+    # of several tokens cannot be put here, nor in stop_strings: generate() without a tokenizer argument (the
+    # README's call) then raises on 4.45 and 5.x, so those stay a per-call argument (docs/export.md)
+    tok = loaded.tokenizer
+    if tok is not None and "eos_token_id" in generation:
+        extra = [ids[0] for ids in (list(tok.encode(stop)) for stop in CHAT_STOPS) if len(ids) == 1]
+        eos = [generation["eos_token_id"], *dict.fromkeys(i for i in extra if i != generation["eos_token_id"])]
+        generation["eos_token_id"] = eos if len(eos) > 1 else eos[0]
     generation["do_sample"] = False
     generation["max_length"] = int(loaded.config.model.max_seq_len)
     return generation

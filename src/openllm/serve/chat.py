@@ -9,11 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..tokenizer import apply_chat_template
+from ..tokenizer import CHAT_STOPS, apply_chat_template
 
 __all__ = ["CHAT_STOPS", "chat_prompt"]
-
-CHAT_STOPS = ("\nUser:", "\nSystem:")
 
 
 def chat_prompt(tokenizer: Any, messages: Iterable[tuple[str, str]]) -> list[int]:
