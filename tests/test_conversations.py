@@ -206,3 +206,123 @@ def test_synthetic_set_is_deterministic_and_held_out(tmp_path):
         if m["role"] == "user" and m["content"] != "And the next verse?"
     }
     assert any(m["content"].startswith("What does ") for c in train for m in c["messages"])
+
+
+# --- a synthetic set from the base run's own corpus (issue 24) ---------------------------------------------
+
+AUSTEN = [
+    f"It is a truth universally acknowledged, that a single man number {i} must be in want of a wife. "
+    f"However little known the feelings of man {i} may be, this truth is well fixed in the minds of families. "
+    f"On day {i} Mrs. Bennet said so at breakfast, and Mr. Bennet made answer {i * 7}."
+    for i in range(120)
+]
+
+
+@pytest.fixture(scope="module")
+def austen_run(tmp_path_factory, export_tokenizer_dir):
+    """A run folder whose checkpoint records the tokenized corpus it trained on (a novel, not the Bible)."""
+    from conftest import make_export_run
+    from openllm.prepare import prepare_corpus
+    from openllm.shards import tokenize_corpus
+
+    root = tmp_path_factory.mktemp("austen")
+    (root / "novel.txt").write_text("\n\n".join(AUSTEN), encoding="utf-8")
+    prepare_corpus([root / "novel.txt"], root / "prepared", progress=False, val_fraction=0.1)
+    tokenize_corpus(root / "prepared", export_tokenizer_dir, root / "tokens", workers=1, progress=False)
+    run = make_export_run(root / "run", export_tokenizer_dir, steps=(1,))
+    state_path = run / "checkpoints" / "step_00000001" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["data_dir"] = str(root / "tokens")
+    state_path.write_text(json.dumps(state))
+    return run
+
+
+def test_synthetic_set_from_the_runs_own_corpus(austen_run, tmp_path):
+    from openllm.conversations import write_synthetic_set
+
+    about = write_synthetic_set(tmp_path / "conv", 80, source=austen_run)
+    train = read_conversations(tmp_path / "conv" / "train.jsonl")
+    val = read_conversations(tmp_path / "conv" / "val.jsonl")
+    assert (len(train), len(val)) == (72, 8)
+    text = " ".join(AUSTEN)
+    replies = [m["content"] for c in train + val for m in c.messages if m["role"] == "assistant"]
+    assert all(r and r in text for r in replies)  # every answer is copied from the run's corpus
+    assert not any("Bible" in m["content"] or "verse" in m["content"].lower() for c in train for m in c.messages)
+    assert "Bible" not in about["note"] and about["source"]["data_dir"].endswith("tokens")
+    assert about["source"]["documents"] == 120
+    # split by document: no held-out passage is asked in training
+    asked = {m["content"] for c in train for m in c.messages if m["role"] == "user"}
+    held = {m["content"] for c in val for m in c.messages if m["role"] == "user" and len(m["content"]) > 20}
+    assert not asked & held, sorted(asked & held)
+    assert write_synthetic_set(tmp_path / "again", 80, source=austen_run)["files"] == about["files"]
+
+
+def test_synthetic_set_needs_a_run_with_its_corpus(tmp_path, export_run):
+    from openllm.conversations import write_synthetic_set
+
+    with pytest.raises(OpenLLMError, match="corpus"):
+        write_synthetic_set(tmp_path / "conv", 20, source=export_run)  # its checkpoint records no data_dir
+    assert not (tmp_path / "conv").exists()
+
+
+@pytest.mark.parametrize("kind", ["prepared corpus", "run folder", "foreign folder", "file"])
+def test_synthetic_set_refuses_a_folder_it_did_not_write(tmp_path, export_run, kind):
+    from openllm.conversations import write_synthetic_set
+
+    out = tmp_path / "out"
+    if kind == "prepared corpus":
+        out.mkdir()
+        for name in ("train.jsonl", "val.jsonl", "report.json"):
+            (out / name).write_text('{"text": "x"}\n')
+    elif kind == "run folder":
+        out = export_run
+    elif kind == "foreign folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    else:
+        out.write_text("mine")
+    before = (
+        {str(p): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} if out.is_dir() else out.read_bytes()
+    )
+    with pytest.raises(OpenLLMError, match=str(out.name)):
+        write_synthetic_set(out, 20)
+    after = (
+        {str(p): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} if out.is_dir() else out.read_bytes()
+    )
+    assert before == after
+    # an earlier output of --make-data is replaced whole
+    write_synthetic_set(tmp_path / "mine", 20)
+    (tmp_path / "mine" / "train.jsonl").write_text("")
+    write_synthetic_set(tmp_path / "mine", 20)
+    assert len(read_conversations(tmp_path / "mine" / "train.jsonl")) == 18
+
+
+def test_make_data_cli_uses_the_models_corpus(austen_run, tmp_path):
+    from conftest import run_cli
+
+    res = run_cli("finetune", str(austen_run), "--make-data", str(tmp_path / "made"), "--conversations", "20")
+    about = json.loads((tmp_path / "made" / "about.json").read_text())
+    assert about["split"] == "by document" and "train.jsonl (18)" in res.stdout
+    assert "corpus the base run trained on" in res.stdout and "Bible" not in res.stdout
+    # over a folder it did not write, nothing is written
+    res = run_cli("finetune", str(austen_run), "--make-data", str(austen_run), check=False)
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1
+
+
+def test_an_empty_reply_is_not_an_ended_turn(tok, monkeypatch):
+    """EOS as the first token is no answer: the report counts it as empty, not as a turn that ended (issue 24:
+    2 of 3 replies were empty while the report said 67% ended their turn)."""
+    import openllm.generate
+    from openllm.conversations import Conversation
+    from openllm.evaluate.chat import chat_samples
+
+    replies = iter([[tok.eos_id], tok.encode("Hello") + [tok.eos_id], tok.encode("Hello")])
+    monkeypatch.setattr(openllm.generate, "generate", lambda model, prompts, params: [next(replies)])
+
+    class Model:
+        class cfg:
+            max_seq_len = 512
+
+    convs = [Conversation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])] * 3
+    out = chat_samples(Model(), tok, convs, n=3)
+    assert [(s["ended_turn"], s["empty"]) for s in out] == [(False, True), (True, False), (False, False)]

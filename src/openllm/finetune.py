@@ -412,6 +412,14 @@ def finetune(
             if unknown:
                 raise OpenLLMError(f"unknown LoRA settings {sorted(unknown)}; known: {sorted(LORA_DEFAULTS)}")
             lora_cfg.update(lora)
+        rank, alpha, dropout = lora_cfg["rank"], lora_cfg["alpha"], lora_cfg["dropout"]
+        # peft raises ValueError deep in injection for these; they are the user's settings
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise OpenLLMError(f"LoRA rank must be a positive integer, got {rank!r}")
+        if not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
+            raise OpenLLMError(f"LoRA alpha must be a positive number, got {alpha!r}")
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise OpenLLMError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
     record = {
         "base": {
             "source": str(Path(model).resolve()) if Path(model).exists() else str(model),
@@ -533,14 +541,15 @@ def chat_quickstart(
         f"{f['assistant_loss']:.4f} (perplexity {b['assistant_ppl']:.1f} -> {f['assistant_ppl']:.1f})"
     )
     say(
-        f"    greedy replies (of {len(f.get('samples', []))}) that end their turn with EOS: base "
-        f"{b.get('ended_turn_rate', 0):.0%}, fine-tuned {f.get('ended_turn_rate', 0):.0%}"
+        f"    greedy replies (of {len(f.get('samples', []))}) that answer and end their turn with EOS: base "
+        f"{b.get('ended_turn_rate', 0):.0%}, fine-tuned {f.get('ended_turn_rate', 0):.0%}; empty: base "
+        f"{b.get('empty_reply_rate', 0):.0%}, fine-tuned {f.get('empty_reply_rate', 0):.0%}"
     )
     for name, r in (("base", b), ("fine-tuned", f)):
         for s in r.get("samples", [])[:samples]:
             q = s["messages"][-1]["content"]
             say(
                 f"    {name:>10} | User: {q[:60]} | Assistant: {s['reply'][:80]!r}"
-                f"{'' if s['ended_turn'] else ' (no EOS)'}"
+                f"{' (empty)' if s.get('empty') else '' if s['ended_turn'] else ' (no EOS)'}"
             )
     return ev

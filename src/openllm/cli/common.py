@@ -17,6 +17,7 @@ __all__ = [
     "add_device_option",
     "add_config_overrides",
     "utf8_text",
+    "output_file",
     "cpu_thread_policy",
 ]
 
@@ -64,4 +65,23 @@ def utf8_text(value: str, option: str) -> str:
             f"{option} is not UTF-8 text (byte 0x{bad.hex()} at character {exc.start}): pass "
             f"UTF-8, e.g. by setting a UTF-8 locale in the terminal"
         ) from exc
+    return value
+
+
+def output_file(value: str | None, option: str) -> str | None:
+    """A file a command will write (``--json FILE``), checked before any work: a folder, a path under a file, or
+    a folder that does not exist is a one-line error, instead of a failed rename after the work is done."""
+    if value is None:
+        return None
+    from pathlib import Path
+
+    path = Path(value)
+    if path.is_dir():
+        raise OpenLLMError(f"{option} {value} is a folder: give a file name, e.g. {path / 'result.json'}")
+    parent = path.parent
+    for p in (parent, *parent.parents):
+        if p.exists() and not p.is_dir():
+            raise OpenLLMError(f"{option} {value}: {p} is a file, not a folder; choose another path")
+    if not parent.is_dir():
+        raise OpenLLMError(f"{option} {value}: the folder {parent} does not exist; create it or choose another path")
     return value

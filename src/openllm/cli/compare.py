@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..compare import compare
+    from .common import output_file
 
+    output_file(args.json, "--json")
     res = compare(args.sources, plot=args.plot, evaluate_missing=args.evaluate, hub=args.hub)
     print(res["table"])
     if res["plot"]:

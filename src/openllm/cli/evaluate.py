@@ -51,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import OpenLLMError
     from ..evaluate import evaluate, markdown
     from ..evaluate.generation_quality import GenerationSettings
+    from .common import output_file
 
+    output_file(args.json, "--json")
+    output_file(args.markdown, "--markdown")
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     except ValueError as exc:

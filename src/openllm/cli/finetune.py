@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from .common import add_config_overrides, add_device_option, add_hub_option, cpu_thread_policy
+from .common import add_config_overrides, add_device_option, add_hub_option, cpu_thread_policy, output_file
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,7 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--make-data",
         metavar="OUT",
-        help="write the synthetic verse conversation set (train.jsonl, val.jsonl, about.json) into OUT and stop",
+        help="write a synthetic conversation set (train.jsonl, val.jsonl, about.json) into OUT (a new or empty "
+        "folder, or an earlier set) and stop: passages of the corpus MODEL (a run, or its tokenized data) trained "
+        "on; without MODEL, verse questions about the embedded corpus",
     )
     p.add_argument("--conversations", type=int, default=2000, help="--make-data: how many (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="--make-data: the seed (default 0)")
@@ -81,10 +83,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import OpenLLMError
 
+    output_file(args.json, "--json")
+    for option, value in (("--lora-rank", args.lora_rank), ("--samples", args.samples)):
+        if value is not None and value < (1 if option == "--lora-rank" else 0):
+            raise OpenLLMError(f"{option} must be at least {1 if option == '--lora-rank' else 0}, got {value}")
+    if args.lora_alpha is not None and not (0 < args.lora_alpha < float("inf")):
+        raise OpenLLMError(f"--lora-alpha must be a positive number, got {args.lora_alpha}")
+
     if args.make_data:
         from ..conversations import write_synthetic_set
 
-        about = write_synthetic_set(args.make_data, args.conversations, seed=args.seed)
+        about = write_synthetic_set(args.make_data, args.conversations, seed=args.seed, source=args.model)
         files = ", ".join(f"{k} ({v['conversations']})" for k, v in about["files"].items())
         print(f"{args.make_data}: {files}; {about['note']}")
         return 0
@@ -160,7 +169,10 @@ def print_chat_eval(res: dict) -> None:
         f"{res['conversations']} conversations):"
     )
     for name, r in rows:
-        rate = f", ended its turn in {r['ended_turn_rate']:.0%} of samples" if "ended_turn_rate" in r else ""
+        rate = ""
+        if "ended_turn_rate" in r:
+            rate = f", answered and ended its turn in {r['ended_turn_rate']:.0%} of samples"
+            rate += f" (empty replies {r['empty_reply_rate']:.0%})" if r.get("empty_reply_rate") else ""
         print(f"  {name:<10} {r['assistant_loss']:.4f} (ppl {r['assistant_ppl']:.2f}){rate}  [{r['model']}]")
     for name, r in rows:
         for task, forms in (r.get("tasks") or {}).items():
@@ -177,5 +189,5 @@ def print_chat_eval(res: dict) -> None:
             q = s["messages"][-1]["content"] if s["messages"] else ""
             print(
                 f"  {name}: {json.dumps(q)[:80]} -> {json.dumps(s['reply'])[:100]}"
-                f"{'' if s['ended_turn'] else ' (no EOS)'}"
+                f"{' (empty)' if s.get('empty') else '' if s['ended_turn'] else ' (no EOS)'}"
             )

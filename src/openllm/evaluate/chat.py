@@ -6,7 +6,8 @@
   assistant token of the file, so long and short answers count per token.
 - **samples**: for the first conversations, the prompt up to the last assistant turn through
   ``Tokenizer.encode_chat`` (the server's path), a greedy reply, the reference, and whether the reply ended
-  its turn with EOS (``ended_turn``: it answered in the template instead of running on).
+  its turn with EOS after a non-empty reply (``ended_turn``: it answered in the template instead of running
+  on); an empty reply (``empty``, EOS first) is not an ended turn.
 
 :func:`evaluate_chat` scores a model and, given ``base``, the base model on the same conversations.
 """
@@ -96,10 +97,17 @@ def chat_samples(model, tokenizer, conversations, *, n: int = 5, max_new_tokens:
             max_new_tokens=min(max_new_tokens, room), temperature=0.0, stop_tokens=(tokenizer.eos_id,)
         )
         ids = generate(model, [prompt], params)[0]
-        ended = bool(ids) and ids[-1] == tokenizer.eos_id
-        reply = tokenizer.decode(ids[:-1] if ended else ids)
+        eos = bool(ids) and ids[-1] == tokenizer.eos_id
+        reply = tokenizer.decode(ids[:-1] if eos else ids).strip()
+        # an EOS with nothing before it is no answer: counted as ended, it made a silent model look fine-tuned
         out.append(
-            {"messages": msgs[:last], "reference": msgs[last]["content"], "reply": reply.strip(), "ended_turn": ended}
+            {
+                "messages": msgs[:last],
+                "reference": msgs[last]["content"],
+                "reply": reply,
+                "ended_turn": eos and bool(reply),
+                "empty": not reply,
+            }
         )
     return out
 
@@ -157,7 +165,9 @@ def _score(
     }
     if samples:
         res["samples"] = chat_samples(lm.model, lm.tokenizer, conversations, n=samples, max_new_tokens=max_new_tokens)
-        res["ended_turn_rate"] = sum(s["ended_turn"] for s in res["samples"]) / max(len(res["samples"]), 1)
+        n = max(len(res["samples"]), 1)
+        res["ended_turn_rate"] = sum(s["ended_turn"] for s in res["samples"]) / n
+        res["empty_reply_rate"] = sum(s["empty"] for s in res["samples"]) / n
     if tasks:
         res["tasks"] = _tasks(lm, tasks, limit)
     res["seconds"] = round(time.perf_counter() - t0, 2)
