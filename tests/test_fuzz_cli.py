@@ -124,6 +124,27 @@ def _damage(rel: str, how: str) -> Callable[[Path], None]:
 
 
 CK10 = "run/checkpoints/step_00000010"
+TRAINED4 = "trained/checkpoints/step_00000004"
+_DELETE = object()
+
+
+def _edit_json(path: Path, dotted: str, value) -> None:
+    """Set (or delete, with ``_DELETE``) one field of a JSON file, by its dotted path."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node[key]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def _conversations(ws: Path) -> None:
+    line = {"messages": [{"role": "user", "content": "Verse 3?"}, {"role": "assistant", "content": "Verse 3."}]}
+    (ws / "conv.jsonl").write_text(json.dumps(line) + "\n", encoding="utf-8")
 
 
 def _free_port() -> int:
@@ -421,6 +442,143 @@ CASES: list[Case] = [
         "hub push to a folder that is not a hub",
         lambda ws: ["hub", "push", "run", "--repo", "me/x", "--version", "v1", "--hub", "prepared"],
         match="not a hub",
+    ),
+    # --- absurd values are refused by validation, not found by a crash (issue 24)
+    Case(
+        "a seed of 2^64",
+        lambda ws: ["train", "--out", "trained", "--max-steps", "6", "--set", "train.seed=18446744073709551616"],
+        match="train.seed",
+    ),
+    Case(
+        "a 5,000-digit --set value",
+        lambda ws: ["info", "tiny", "--set", "model.d_model=" + "9" * 5000],
+        match="d_model",
+    ),
+    Case("--set JSON nested 5,000 deep", lambda ws: ["info", "tiny", "--set", "train.lr=" + "[" * 5000 + "]" * 5000]),
+    Case(
+        "a config file nested 5,000 deep",
+        lambda ws: ["info", "deep.json"],
+        setup=_damage("deep.json", '{"model": ' + "[" * 5000 + "]" * 5000 + "}"),
+        match="deep.json",
+    ),
+    Case(
+        "a config file with a 5,000-digit number",
+        lambda ws: ["info", "digits.json"],
+        setup=_damage("digits.json", '{"train": {"seed": ' + "7" * 5000 + "}}"),
+        match="digits.json",
+    ),
+    Case(
+        "info of two million layers", lambda ws: ["info", "tiny", "--set", "model.n_layers=2000000"], match="n_layers"
+    ),
+    Case(
+        "info of a trillion-parameter shape",
+        lambda ws: (
+            ["info", "tiny", "--set", "model.d_model=65536", "--set", "model.n_heads=64"]
+            + ["--set", "model.n_layers=1000"]
+        ),
+        match="parameters",
+    ),
+    # --- damaged fields of files the commands read
+    *[
+        Case(
+            f"train on meta.json whose {what}",
+            lambda ws: ["train", "--config", "tiny", "--data", "tokens", "--out", "r2", "--vocab-from-data"],
+            setup=setup,
+            outputs=("r2",),
+            match="meta.json",
+        )
+        for what, setup in (
+            ("shard list is a number", lambda ws: _edit_json(ws / "tokens/meta.json", "splits.train.shards", 5)),
+            ("shard is outside it", lambda ws: _edit_json(ws / "tokens/meta.json", "splits.train.shards", ["../x"])),
+            ("token count is text", lambda ws: _edit_json(ws / "tokens/meta.json", "splits.train.tokens", "x")),
+            ("vocab_size is missing", lambda ws: _edit_json(ws / "tokens/meta.json", "vocab_size", _DELETE)),
+        )
+    ],
+    *[
+        Case(
+            f"resume from a state.json whose {what}",
+            lambda ws: [
+                "train",
+                "--out",
+                "trained",
+                "--max-steps",
+                "6",
+                "--resume",
+                "trained/checkpoints/step_00000004",
+            ],
+            setup=setup,
+            match="state.json",
+        )
+        for what, setup in (
+            ("config is missing", lambda ws: _edit_json(ws / f"{TRAINED4}/state.json", "config", _DELETE)),
+            ("config is a number", lambda ws: _edit_json(ws / f"{TRAINED4}/state.json", "config", 5)),
+            ("data_dir is a number", lambda ws: _edit_json(ws / f"{TRAINED4}/state.json", "data_dir", 5)),
+        )
+    ],
+    # --- refused resumes change nothing (issue 24)
+    *[
+        Case(
+            f"resume with {item}",
+            lambda ws, item=item: ["train", "--out", "trained", "--max-steps", "6", "--set", item],
+            match=item.split("=")[0],
+        )
+        for item in ("train.seed=5", "train.seq_len=16")
+    ],
+    Case(
+        "resume with a --config of another lr",
+        lambda ws: ["train", "--config", "other.json", "--out", "trained", "--max-steps", "6"],
+        setup=lambda ws: (
+            shutil.copy(ws / "trained/config.json", ws / "other.json"),
+            _edit_json(ws / "other.json", "train.lr", 0.0123),
+        ),
+        match="train.lr",
+    ),
+    # --- output files and fine-tune options
+    Case(
+        "evaluate --json at a folder",
+        lambda ws: ["evaluate", "run", "--json", "prepared", "--no-generation", "--no-baselines"],
+        match="is a folder",
+    ),
+    Case("compare --json at a folder", lambda ws: ["compare", "run", "--json", "prepared"], match="is a folder"),
+    Case(
+        "finetune --evaluate --json at a folder",
+        lambda ws: ["finetune", "run", "--evaluate", "conv.jsonl", "--json", "prepared"],
+        setup=_conversations,
+        match="is a folder",
+    ),
+    Case(
+        "finetune --lora-rank 0",
+        lambda ws: ["finetune", "run", "--data", "conv.jsonl", "--out", "ft", "--lora-rank", "0", "--max-steps", "1"],
+        setup=_conversations,
+        outputs=("ft",),
+        match="--lora-rank",
+    ),
+    # --- finetune --make-data writes only into its own folder (issue 24)
+    Case(
+        "finetune --make-data over a prepared corpus",
+        lambda ws: ["finetune", "--make-data", "prepared"],
+        match="prepared",
+    ),
+    Case("finetune --make-data into a run folder", lambda ws: ["finetune", "--make-data", "trained"], match="trained"),
+    Case("finetune --make-data into a foreign folder", lambda ws: ["finetune", "--make-data", "tok"], match="tok"),
+    Case("finetune --make-data into a file", lambda ws: ["finetune", "--make-data", "corpus.txt"], match="corpus.txt"),
+    Case(
+        "finetune --make-data from an export (no corpus recorded)",
+        lambda ws: ["finetune", "hf", "--make-data", "conv"],
+        outputs=("conv",),
+        match="corpus",
+    ),
+    # --- sizes that would be allocated before a check
+    Case(
+        "generate more tokens than any context",
+        lambda ws: ["generate", "run", "--prompt", "x", "--max-new-tokens", "100000000000000"],
+        match="--max-new-tokens",
+    ),
+    Case("info at sequence length -3", lambda ws: ["info", "tiny", "--seq-len", "-3"], match="--seq-len"),
+    Case(
+        "export under a file",
+        lambda ws: ["export", "run", "--format", "hf", "--out", "corpus.txt/x"],
+        match="corpus.txt is a file",
     ),
 ]
 

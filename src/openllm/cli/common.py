@@ -18,6 +18,7 @@ __all__ = [
     "add_config_overrides",
     "utf8_text",
     "output_file",
+    "no_file_above",
     "cpu_thread_policy",
 ]
 
@@ -79,9 +80,18 @@ def output_file(value: str | None, option: str) -> str | None:
     if path.is_dir():
         raise OpenLLMError(f"{option} {value} is a folder: give a file name, e.g. {path / 'result.json'}")
     parent = path.parent
-    for p in (parent, *parent.parents):
-        if p.exists() and not p.is_dir():
-            raise OpenLLMError(f"{option} {value}: {p} is a file, not a folder; choose another path")
+    no_file_above(value, option)
     if not parent.is_dir():
         raise OpenLLMError(f"{option} {value}: the folder {parent} does not exist; create it or choose another path")
+    return value
+
+
+def no_file_above(value: str, option: str) -> str:
+    """An output path none of whose parents is a file (``--out notes.txt/x``): a one-line error naming the file,
+    before any work, instead of the ``FileExistsError`` that creating the folders would raise after it."""
+    from pathlib import Path
+
+    for p in Path(value).parents:
+        if p.exists() and not p.is_dir():
+            raise OpenLLMError(f"{option} {value}: {p} is a file, not a folder; choose another path")
     return value

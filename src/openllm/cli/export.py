@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_hub_option
+from .common import add_hub_option, no_file_above
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     formats = parse_formats(args.format)  # fail on a bad format before loading anything
     parse_gguf_types(args.gguf_type)
+    no_file_above(args.out, "--out")
     folders = export(args.source, args.out, formats, overwrite=args.overwrite, gguf_types=args.gguf_type, hub=args.hub)
     for fmt, folder in folders.items():
         files = sorted(p.name for p in folder.iterdir() if p.is_file())

@@ -61,6 +61,13 @@ def run(args: argparse.Namespace) -> int:
         model = quantize_int8(model, inplace=True)
     if loaded.tokenizer is None:
         raise OpenLLMError(f"{args.model} has no tokenizer (tokenizer.model): cannot generate from text")
+    context = loaded.config.model.max_seq_len
+    # checked here, not only by the decode loop: its caches are sized by max_new_tokens before it checks
+    if params.max_new_tokens >= context:
+        raise OpenLLMError(
+            f"--max-new-tokens {params.max_new_tokens} does not fit the model's context of {context} tokens "
+            f"with a prompt: use at most {context - 1}"
+        )
     try:
         if args.stream:
             sys.stdout.write(args.prompt[0])

@@ -17,6 +17,10 @@ def run(args: argparse.Namespace) -> int:
     from ..config import apply_overrides, load_config
     from ..model import param_report
 
+    if args.seq_len is not None and not 1 <= args.seq_len <= 1 << 22:
+        from ..errors import OpenLLMError
+
+        raise OpenLLMError(f"--seq-len must be between 1 and {1 << 22:,}, got {args.seq_len}")
     cfg = apply_overrides(load_config(args.config), args.set)
     m = cfg.model
     report = param_report(m, seq_len=args.seq_len or cfg.seq_len)
