@@ -110,7 +110,7 @@ class SlotCache:
     def __init__(self, cfg: ModelConfig, slots: int, slot_len: int, *, device, dtype, prefix_block: int = 0) -> None:
         if slots < 1 or slot_len < 2:
             raise ValueError(f"a KV cache needs at least 1 slot of 2 tokens, got {slots} x {slot_len}")
-        shape = (slots, cfg.n_kv_heads, slot_len, cfg.head_dim)
+        shape = (slots, cfg.kv_heads, slot_len, cfg.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.slots, self.slot_len = slots, slot_len
@@ -125,7 +125,7 @@ class SlotCache:
 
     @staticmethod
     def bytes_needed(cfg: ModelConfig, slots: int, slot_len: int, element_size: int) -> int:
-        return 2 * cfg.n_layers * slots * cfg.n_kv_heads * slot_len * cfg.head_dim * element_size
+        return 2 * cfg.n_layers * slots * cfg.kv_heads * slot_len * cfg.head_dim * element_size
 
     @property
     def free(self) -> int:

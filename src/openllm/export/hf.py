@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..tokenizer import CHAT_STOPS
 from .shared import FINETUNE_KEY, finetune_summary, save_weights, write_tokenizer_files
@@ -32,7 +33,8 @@ def generation_config(loaded) -> dict:
     on transformers 4.45 (its default ``max_length`` is 20) and generates 256 new tokens on 5.x, past the
     context; a ``max_length`` the model sets is the one length both respect. The price: transformers 5 logs that
     ``max_new_tokens`` takes precedence whenever a call passes it, which is what happens."""
-    generation = {k: v for k, v in special_ids(loaded).items() if v is not None}
+    # ids, then eos_token_id may become a list of ids and do_sample a flag: values of several types
+    generation: dict[str, Any] = {k: v for k, v in special_ids(loaded).items() if v is not None}
     # a chat stop the tokenizer spells as one token ends generation like EOS in every transformers version; one
     # of several tokens cannot be put here, nor in stop_strings: generate() without a tokenizer argument (the
     # README's call) then raises on 4.45 and 5.x, so those stay a per-call argument (docs/export.md)
