@@ -1,6 +1,13 @@
-"""``openllm serve``'s scheduling compared on one mixed workload: continuous batching (sequences join and
-leave the running batch at every step), static batching (a batch runs to its end before the next starts:
-``--batching static``) and one sequence at a time (``--max-batch 1``), at concurrency 1, 8 and 32.
+"""``openllm serve`` compared on one workload: continuous batching (sequences join and leave the running batch
+at every step), static batching (a batch runs to its end before the next starts: ``--batching static``), one
+sequence at a time (``--max-batch 1``), continuous batching without prefix caching (``--no-prefix-caching``),
+and the servers a user could pick instead: llama.cpp's (llama-cpp-python's ``python -m llama_cpp.server`` on
+our own GGUF export, f32) and transformers' (``transformers serve``), at concurrency 1, 8 and 32.
+
+Two workloads (``--workload``): ``mixed`` (independent requests, below) and ``chat`` (``--conversations``
+conversations of ``--turns`` turns that share a system prompt; each conversation is one client that sends its
+next turn, the whole chat so far, when the previous reply is in; ``--concurrency`` conversations at once):
+prefix caching's case.
 
 Each server runs in its own process (as in production, so the load generator does not share its
 interpreter). The workload is the same for every server: prompts of 16-200 tokens (sent as token ids) and
@@ -13,6 +20,8 @@ work for every server). ``--model`` serves a real run or export instead.
 
     python benchmarks/serve_throughput.py                      # CPU, tiny preset
     python benchmarks/serve_throughput.py --device cuda --preset small
+    python benchmarks/serve_throughput.py --modes continuous,llama.cpp --concurrency 1,8,32
+    python benchmarks/serve_throughput.py --workload chat --modes continuous,no-prefix-cache --concurrency 1,16
 
 Prints, per server and level: generated tokens/s, time to first token p50/p99, per-token latency p50/p99 and
 request latency p50/p95, then continuous's ratios to the others.
@@ -92,6 +101,7 @@ def serve_main(args: argparse.Namespace) -> None:
         max_queue=4096,
         batching=args.batching,
         prefill_chunk=args.prefill_chunk,
+        prefix_caching=not args.no_prefix_caching,
     )
     run_server(app, "127.0.0.1", args.port, log_level="warning")
 
@@ -126,12 +136,33 @@ def workload(n: int, seed: int, tok) -> list[tuple[str, int]]:
 
 
 class Server:
-    """One server process: ours (``mode`` continuous, static or one-at-a-time) or transformers' own."""
+    """One server process: ours (a ``mode`` of :data:`MODES`), llama.cpp's or transformers' own."""
 
     def __init__(self, args: argparse.Namespace, model_dir: Path, mode: str) -> None:
         self.port = free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if mode == "transformers":
+        if mode == "llama.cpp":
+            cmd = [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(gguf_of(model_dir)),
+                "--model_alias",
+                "bench",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--n_ctx",
+                str(args.max_seq_len),
+                "--n_threads",
+                str(args.threads or os.cpu_count()),
+                "--n_threads_batch",
+                str(args.threads or os.cpu_count()),
+            ]
+            self.model_name = "bench"
+        elif mode == "transformers":
             exe = Path(sys.executable).with_name("transformers")
             cmd = [
                 str(exe),
@@ -159,7 +190,7 @@ class Server:
                 }
             )
         else:
-            batching, max_batch = MODES[mode]
+            batching, max_batch, prefix_caching = MODES[mode]
             cmd = [
                 sys.executable,
                 __file__,
@@ -178,13 +209,14 @@ class Server:
                 str(args.prefill_chunk),
                 "--model",
                 str(model_dir),
+                *([] if prefix_caching else ["--no-prefix-caching"]),
             ]
             self.model_name = "bench"
         self.proc = subprocess.Popen(
             cmd,
             env=env,
-            stdout=subprocess.DEVNULL if mode == "transformers" else None,
-            stderr=subprocess.DEVNULL if mode == "transformers" else None,
+            stdout=subprocess.DEVNULL if mode in ("transformers", "llama.cpp") else None,
+            stderr=subprocess.DEVNULL if mode in ("transformers", "llama.cpp") else None,
         )
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -217,7 +249,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise SystemExit("the server process exited")
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                # /v1/models: llama.cpp's python server has no /health; ours answers 503 there until loaded
+                if httpx.get(self.url + "/v1/models", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -305,7 +338,107 @@ async def load(server: Server, concurrency: int, work: list[tuple[str, int]], ga
     }
 
 
-MODES = {"continuous": ("continuous", None), "static": ("static", None), "one-at-a-time": ("continuous", 1)}
+# our servers: mode -> (--batching, --max-batch (None: the benchmark's), prefix caching)
+MODES = {
+    "continuous": ("continuous", None, True),
+    "static": ("static", None, True),
+    "one-at-a-time": ("continuous", 1, True),
+    "no-prefix-cache": ("continuous", None, False),
+}
+
+
+def gguf_of(model_dir: Path) -> Path:
+    """Our GGUF export (f32, as our server computes) of the Hugging Face export ``model_dir``, made once."""
+    out = model_dir.parent / "gguf"
+    if not out.exists():
+        from openllm.export import export
+
+        export(str(model_dir), out, "gguf", progress=False)
+    return next(out.glob("*.gguf"))
+
+
+def chat_workload(conversations: int, turns: int, seed: int, tok) -> list[list[tuple[str, int]]]:
+    """Per conversation, its turns as (user message, max_tokens); the system prompt is :func:`system_prompt`."""
+    rng = random.Random(seed)
+
+    def text(n: int) -> str:
+        return tok.decode([rng.randrange(4, tok.vocab_size) for _ in range(n)])
+
+    return [[(text(rng.randint(10, 30)), rng.randint(16, 32)) for _ in range(turns)] for _ in range(conversations)]
+
+
+def system_prompt(tok, seed: int) -> str:
+    rng = random.Random(seed)
+    return tok.decode([rng.randrange(4, tok.vocab_size) for _ in range(120)])
+
+
+async def chat_load(server: Server, concurrency: int, convs: list, system: str, seed: int) -> dict:
+    """Each conversation is one client: turn after turn, the whole chat so far as a completions prompt (the
+    project's chat template, so every server reads the same text), the reply appended for the next turn."""
+    import httpx
+
+    from openllm.tokenizer import apply_chat_template
+
+    todo = list(range(len(convs)))[::-1]
+    ttft: list[float] = []
+    latency: list[float] = []
+    tokens = 0
+
+    async def conversation(client: httpx.AsyncClient, turns: list[tuple[str, int]]) -> None:
+        nonlocal tokens
+        messages = [{"role": "system", "content": system}]
+        for user, max_tokens in turns:
+            messages.append({"role": "user", "content": user})
+            prompt = apply_chat_template(messages, add_generation_prompt=True)
+            body = {
+                "model": server.model_name,
+                "prompt": prompt,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            t0, first, n, reply = time.perf_counter(), None, 0, ""
+            async with client.stream("POST", "/v1/completions", json=body) as r:
+                if r.status_code != 200:
+                    raise SystemExit(f"request failed: {r.status_code} {await r.aread()}")
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    event = json.loads(line[6:])
+                    if event.get("usage"):
+                        n = event["usage"]["completion_tokens"]
+                    elif event["choices"] and event["choices"][0]["text"]:
+                        first = first or time.perf_counter()
+                        reply += event["choices"][0]["text"]
+            end = time.perf_counter()
+            ttft.append((first or end) - t0)
+            latency.append(end - t0)
+            tokens += n
+            messages.append({"role": "assistant", "content": reply.strip()})
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while todo:
+            await conversation(client, convs[todo.pop()])
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=server.url, timeout=1800, limits=limits) as client:
+        start, cpu = time.perf_counter(), server.cpu_seconds()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - start, server.cpu_seconds() - cpu
+    return {
+        "tps": tokens / wall,
+        "wall": wall,
+        "tokens": tokens,
+        "n": len(ttft),
+        "cpu_ms": cpu / max(tokens, 1) * 1e3,
+        "ttft50": pct(ttft, 50),
+        "ttft99": pct(ttft, 99),
+        "tpot50": float("nan"),
+        "tpot99": float("nan"),
+        "lat50": pct(latency, 50),
+        "lat95": pct(latency, 95),
+    }
 
 
 def main() -> None:
@@ -324,15 +457,18 @@ def main() -> None:
         help="torch threads of each server process (default 1: steady on a shared CPU; 0: torch's default)",
     )
     ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--workload", choices=["mixed", "chat"], default="mixed")
+    ap.add_argument("--conversations", type=int, default=32, help="chat workload: conversations (default 32)")
+    ap.add_argument("--turns", type=int, default=4, help="chat workload: turns per conversation (default 4)")
     ap.add_argument(
         "--requests", type=int, default=0, help="requests per concurrency level (default: max(12, 2 x concurrency))"
     )
     ap.add_argument("--gap-ms", type=float, default=20.0, help="mean pause of a client between requests (default 20)")
     ap.add_argument(
         "--modes",
-        default=",".join(MODES),
-        help=f"servers to compare: {', '.join(MODES)}, transformers (transformers serve "
-        f"--continuous-batching) (default {','.join(MODES)})",
+        default="continuous,static,one-at-a-time",
+        help=f"servers to compare: {', '.join(MODES)}, llama.cpp (llama-cpp-python's server on our GGUF export), "
+        f"transformers (transformers serve --continuous-batching) (default continuous,static,one-at-a-time)",
     )
     ap.add_argument(
         "--repeat",
@@ -344,6 +480,7 @@ def main() -> None:
     ap.add_argument("--prefill-chunk", type=int, default=256)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batching", default="continuous", help=argparse.SUPPRESS)
+    ap.add_argument("--no-prefix-caching", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -376,11 +513,16 @@ def main() -> None:
                 asyncio.run(load(server, 4, workload(8, args.seed + 999, tok), 0, 0))  # warm-up
             # the servers take turns at each level on the same requests, so a machine whose load drifts
             # favours none of them in particular
+            system = system_prompt(tok, args.seed)
             for c in levels:
                 work = workload(args.requests or max(12, 2 * c), args.seed + c, tok)
+                convs = chat_workload(args.conversations, args.turns, args.seed + c, tok)
                 for rep in range(args.repeat):
                     for mode, server in servers.items():
-                        r = asyncio.run(load(server, c, work, args.gap_ms / 1000, args.seed + rep))
+                        if args.workload == "chat":
+                            r = asyncio.run(chat_load(server, c, convs, system, args.seed + rep))
+                        else:
+                            r = asyncio.run(load(server, c, work, args.gap_ms / 1000, args.seed + rep))
                         print(
                             f"  {mode:14s} concurrency {c:3d} run {rep + 1}: {r['n']:3d} requests, {r['tokens']:5d} "
                             f"tokens in {r['wall']:6.1f} s, {r['tps']:7.1f} tok/s, "
@@ -396,9 +538,15 @@ def main() -> None:
     import torch
 
     print()
+    what = (
+        f"chat workload ({args.conversations} conversations x {args.turns} turns after a shared 120-token system "
+        f"prompt, user turns 10-30 tokens, replies 16-32 tokens, greedy)"
+        if args.workload == "chat"
+        else f"mixed workload (prompts 16-200 tokens, max_tokens 16-128, greedy, Poisson-like arrivals, "
+        f"mean gap {args.gap_ms:g} ms)"
+    )
     print(
-        f"openllm serve, mixed workload (prompts 16-200 tokens, max_tokens 16-128, greedy, Poisson-like arrivals, "
-        f"mean gap {args.gap_ms:g} ms): "
+        f"{what}: "
         f"{'model ' + args.model if args.model else 'random ' + args.preset + ' preset'}, "
         f"device {args.device}, torch {torch.__version__}, {os.cpu_count()} CPUs, server torch threads "
         f"{args.threads or 'default'}, --max-batch {args.max_batch}; fastest of {args.repeat} runs"
@@ -417,12 +565,13 @@ def main() -> None:
             )
     if "continuous" in modes:
         print()
-        print("continuous vs the others (tok/s ratio; TTFT p99 ratio, below 1 is better for continuous):")
+        print("continuous vs the others (tok/s ratio; TTFT p50 and p99 ratios, below 1 is better for continuous):")
         for c in levels:
             cont = results["continuous"][c]
             parts = [
                 f"vs {m}: {cont['tps'] / results[m][c]['tps']:.2f}x tok/s, "
-                f"TTFT p99 {cont['ttft99'] / results[m][c]['ttft99']:.2f}x"
+                f"TTFT p50 {cont['ttft50'] / results[m][c]['ttft50']:.2f}x, "
+                f"p99 {cont['ttft99'] / results[m][c]['ttft99']:.2f}x"
                 for m in modes
                 if m != "continuous"
             ]
