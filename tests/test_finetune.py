@@ -125,6 +125,15 @@ def test_resume_refuses_other_data(base, full_run, tmp_path):
         finetune(run, other, full_run, max_steps=9, progress=False, log=lambda m: None)
 
 
+@pytest.mark.parametrize("train", [{"seed": 5}, {"seq_len": 16}])
+def test_refused_resume_of_a_finetune_writes_nothing(base, full_run, train):
+    """A resume whose data stream cannot continue is refused before the run folder is touched (issue 24)."""
+    before = {str(p): p.read_bytes() for p in sorted(full_run.rglob("*")) if p.is_file()}
+    with pytest.raises(OpenLLMError, match=f"train.{next(iter(train))}"):
+        finetune(None, None, full_run, max_steps=9, overrides={"train": train}, progress=False, log=lambda m: None)
+    assert {str(p): p.read_bytes() for p in sorted(full_run.rglob("*")) if p.is_file()} == before
+
+
 def test_lora_trains_adapters_only_and_its_merged_export_matches_transformers(base, lora_run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
