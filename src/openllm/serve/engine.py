@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -85,6 +85,33 @@ class Seq:
     @property
     def generated(self) -> int:
         return len(self.text.ids) if self.text is not None else 0
+
+    # what a running sequence has for certain (submit binds its job, admission its slot, decoder and sampling
+    # state): a None here is a bug in the scheduler, not a request's fault
+    @property
+    def owner(self) -> Job:
+        return _bound(self.job, "job")
+
+    @property
+    def decoder(self) -> TextDecoder:
+        return _bound(self.text, "text decoder")
+
+    @property
+    def sampling_state(self) -> SeqSampling:
+        return _bound(self.sampling, "sampling state")
+
+    @property
+    def bound_slot(self) -> int:
+        return _bound(self.slot, "cache slot")
+
+
+_T = TypeVar("_T")
+
+
+def _bound(value: _T | None, what: str) -> _T:
+    if value is None:
+        raise RuntimeError(f"a running sequence has no {what}")
+    return value
 
 
 @dataclass(eq=False)
@@ -207,7 +234,7 @@ class Engine:
             self._thread.join(timeout)
             self._thread = None
         with self._cond:
-            jobs = list(self._waiting) + [s.job for s in self._running]
+            jobs = list(self._waiting) + [s.owner for s in self._running]
             self._waiting.clear()
         for job in dict.fromkeys(jobs):
             if not job.done:
@@ -292,7 +319,7 @@ class Engine:
                 except Exception as exc:  # a bug or an OOM must not kill the server: fail the running requests
                     log.exception("generation failed")
                     with self._cond:
-                        jobs = list(dict.fromkeys(s.job for s in self._running))
+                        jobs = list(dict.fromkeys(s.owner for s in self._running))
                     for job in jobs:
                         self.stats["errors"] += 1
                         self._fail(job, f"generation failed: {type(exc).__name__}: {exc}")
@@ -333,7 +360,7 @@ class Engine:
             self._waiting.popleft()
 
     def _step(self) -> None:
-        for seq in [s for s in self._running if s.job.cancelled.is_set()]:
+        for seq in [s for s in self._running if s.owner.cancelled.is_set()]:
             self._finish(seq, "cancelled")
         for seq in [s for s in self._running if s.max_new == 0 and s.prompt_logprobs is None]:
             self._finish(seq, "length")  # nothing to generate and nothing to score: no need to read the prompt
@@ -354,12 +381,12 @@ class Engine:
         device = self.cache.keys[0].device
         ids = torch.as_tensor([seq.prompt[start : start + n]], dtype=torch.long, device=device)
         scored = seq.prompt_logprobs is not None
-        rows = self.cache.rows([seq.slot], [seq.prompt[start : start + n]])
+        rows = self.cache.rows([seq.bound_slot], [seq.prompt[start : start + n]])
         logits = self._forward(ids, cache=rows, last_only=not scored)[0, :, : self.vocab_size]
         seq.filled += n
         with self.metrics.lock:
             self.metrics.prompt_tokens += n
-        if scored:
+        if seq.prompt_logprobs is not None:  # (scored)
             if start == 0:
                 seq.prompt_lps.append(None)  # the first token has no context to be scored in
             targets = seq.prompt[start + 1 : start + n + 1]
@@ -375,15 +402,16 @@ class Engine:
     def _decode(self, seqs: list[Seq]) -> None:
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(seqs))
         device = self.cache.keys[0].device
-        ids = torch.as_tensor([[s.next_token] for s in seqs], dtype=torch.long, device=device)
-        slots = [s.slot for s in seqs]
-        rows = self.cache.rows(slots, [[s.next_token] for s in seqs])
+        nexts = [[_bound(s.next_token, "next token")] for s in seqs]  # decoding: each has one
+        ids = torch.as_tensor(nexts, dtype=torch.long, device=device)
+        slots = [s.bound_slot for s in seqs]
+        rows = self.cache.rows(slots, nexts)
         logits = self._forward(ids, cache=rows, last_only=True)[:, -1, : self.vocab_size]
         self._sample(seqs, logits)
 
     def _sample(self, seqs: list[Seq], logits: torch.Tensor) -> None:
         """Pick each sequence's next token from its logits row (B, vocab) and hand it on."""
-        tokens = self.sampler(logits, [s.sampling for s in seqs])
+        tokens = self.sampler(logits, [s.sampling_state for s in seqs])
         raw = logits.float()
         for b, (s, tok) in enumerate(zip(seqs, tokens)):
             entry = None
@@ -394,11 +422,11 @@ class Engine:
             except Exception as exc:  # e.g. a tokenizer that cannot decode: this request fails, not the batch
                 log.exception("generation failed")
                 self.stats["errors"] += 1
-                self._fail(s.job, f"generation failed: {type(exc).__name__}: {exc}")
+                self._fail(s.owner, f"generation failed: {type(exc).__name__}: {exc}")
 
     def _accept(self, seq: Seq, tok: int, entry: tuple | None) -> None:
         now = time.monotonic()
-        job = seq.job
+        job = seq.owner
         with self.metrics.lock:
             if seq.last_token_at is None:
                 self.metrics.ttft.observe(now - job.submitted)
@@ -412,22 +440,22 @@ class Engine:
                 seq.token_lps.append(entry)
             self._finish(seq, "stop")
             return
-        seq.sampling.accept(tok)
+        seq.sampling_state.accept(tok)
         if entry is not None:
             seq.token_lps.append(entry)
         self.stats["tokens"] += 1
         with self.metrics.lock:
             self.metrics.generation_tokens += 1
         final = seq.generated + 1 >= seq.max_new
-        seq.text.add(tok, final=final, look=job.stream)
-        if seq.text.stopped:
+        seq.decoder.add(tok, final=final, look=job.stream)
+        if seq.decoder.stopped:
             self._finish(seq, "stop")
         elif final:
             self._finish(seq, "length")
         else:
             seq.next_token = tok
             if job.stream:
-                piece = seq.text.pending(final=False)
+                piece = seq.decoder.pending(final=False)
                 if piece:
                     job.emit(("delta", seq.index, piece, self._new_lps(seq)))
 
@@ -439,16 +467,16 @@ class Engine:
     def _finish(self, seq: Seq, reason: str) -> None:
         seq.finish = reason
         seq.next_token = None
-        job = seq.job
+        job = seq.owner
         if seq.slot is not None:
             self.cache.release(seq.slot)
             seq.slot = None
         with self._cond:
             if seq in self._running:
                 self._running.remove(seq)
-        seq.text.finish()
+        seq.decoder.finish()
         if job.stream:
-            piece = seq.text.pending(final=True)
+            piece = seq.decoder.pending(final=True)
             lps = self._new_lps(seq)
             if piece or lps:
                 job.emit(("delta", seq.index, piece, lps))
@@ -467,7 +495,7 @@ class Engine:
                 seq.index,
                 reason,
                 seq.generated,
-                seq.text.text,
+                seq.decoder.text,
                 {"prompt": seq.prompt_lps, "tokens": seq.token_lps},
             )
         )
