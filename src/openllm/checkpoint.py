@@ -30,7 +30,7 @@ import random
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -86,7 +86,7 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointDamaged(
             f"{path} cannot be read ({' '.join(str(exc).split())[:120]}): the file is "
             f"damaged; restore it or use an earlier checkpoint"
-        ) from None
+        ) from exc
 
 
 def load_model_weights(model: torch.nn.Module, source: str | Path) -> torch.nn.Module:
@@ -119,8 +119,9 @@ def _unb64(s: str) -> torch.Tensor:
 def rng_state() -> dict[str, Any]:
     """Every random generator training touches, JSON-serialisable."""
     py = random.getstate()
-    np_state = np.random.get_state()
-    state = {
+    # the legacy form, a tuple (numpy types the call as returning that or a dict)
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state(legacy=True))
+    state: dict[str, Any] = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "torch": _b64(torch.get_rng_state()),
@@ -236,7 +237,7 @@ def load_state(ckpt: str | Path) -> dict[str, Any]:
     try:
         state = load_json(path, what="checkpoint state")
     except OpenLLMError as exc:
-        raise CheckpointDamaged(str(exc)) from None
+        raise CheckpointDamaged(str(exc)) from exc
     if not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool):
         raise CheckpointDamaged(
             f"{path}: 'step' must be an integer, found {state.get('step')!r}: the file is "
@@ -251,7 +252,9 @@ def verify_checkpoint(ckpt: str | Path, *, optimizer: bool = True) -> dict[str, 
     ckpt = Path(ckpt)
     state = load_state(ckpt)
     names = [rundir.WEIGHTS] + ([rundir.OPTIMIZER] if optimizer else [])
-    recorded = state.get("files") if isinstance(state.get("files"), dict) else {}
+    recorded = state.get("files")
+    if not isinstance(recorded, dict):
+        recorded = {}
     for name in names:
         path = ckpt / name
         if not path.is_file():
@@ -301,7 +304,7 @@ def load_optimizer_state(ckpt: str | Path, map_location: Any = "cpu") -> dict[st
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for a damaged file
         raise CheckpointDamaged(
             f"{path} cannot be read ({type(exc).__name__}): the file is damaged; resume from an earlier checkpoint"
-        ) from None
+        ) from exc
 
 
 # --- a checkpoint as the dict of its components -------------------------------------------------------------
