@@ -66,6 +66,17 @@ def test_which_errors_are_the_users(exc, inputs, users):
     assert is_user_error(exc, inputs=inputs) is users
 
 
+def test_a_path_given_through_a_link_is_still_the_users(tmp_path, monkeypatch):
+    """Code that resolves the path the user gave (Path.resolve) reports the link's target."""
+    (tmp_path / "data" / "run").mkdir(parents=True)
+    (tmp_path / "runs").symlink_to(tmp_path / "data")
+    exc = FileNotFoundError(2, "No such file or directory", str(tmp_path / "data" / "run" / "metrics.jsonl"))
+    assert is_user_error(exc, inputs=[str(tmp_path / "runs" / "run")])
+    monkeypatch.chdir(tmp_path)
+    back = FileNotFoundError(2, "No such file or directory", "runs/run/metrics.jsonl")
+    assert is_user_error(back, inputs=[str(tmp_path / "data" / "run")])
+
+
 def test_relative_inputs_are_read_from_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exc = FileNotFoundError(2, "No such file or directory", str(tmp_path / "run" / "metrics.jsonl"))

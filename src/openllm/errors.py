@@ -177,17 +177,28 @@ def is_user_error(exc: BaseException, *, inputs: Iterable[str | os.PathLike[str]
 
 def names_input(exc: OSError, inputs: Iterable[str | os.PathLike[str]]) -> bool:
     """``exc`` is about one of ``inputs`` or about something inside one (``filename`` or ``filename2``, both
-    made absolute from the current folder). Arguments that are no paths (``--max-steps``, ``8``) match nothing."""
+    made absolute from the current folder, as written and with links resolved: code that resolves a path the
+    user gave still names it). Arguments that are no paths (``--max-steps``, ``8``) match nothing."""
     names = [n for n in (exc.filename, exc.filename2) if isinstance(n, (str, os.PathLike)) and str(n)]
     if not names:
         return False
-    given = []
+    given: set[Path] = set()
     for arg in inputs:
         text = os.fspath(arg)
         if isinstance(text, str) and text and "\0" not in text:
-            given.append(Path(os.path.abspath(text.partition("=")[2] or text if text.startswith("-") else text)))
+            given.update(_forms(text.partition("=")[2] or text if text.startswith("-") else text))
+    given = {g for g in given if g != Path(g.anchor)}  # "/" holds everything: no input folder
     for name in names:
-        path = Path(os.path.abspath(os.fspath(name)))
-        if any(path == g or g in path.parents for g in given if g != Path(g.anchor)):
-            return True
+        for path in _forms(os.fspath(name)):
+            if path in given or any(parent in given for parent in path.parents):
+                return True
     return False
+
+
+def _forms(path: str | bytes) -> set[Path]:
+    """A path made absolute, as written and with its links resolved (``realpath`` does not need it to exist)."""
+    text = os.fsdecode(path)
+    try:
+        return {Path(os.path.abspath(text)), Path(os.path.realpath(text))}
+    except (OSError, ValueError):  # a link loop, a name the OS refuses
+        return {Path(os.path.abspath(text))}
