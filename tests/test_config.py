@@ -197,6 +197,7 @@ def test_every_setting_is_described_once_and_errors_name_their_setting():
         ("model.d_model=1000000000000000000000000000001", "model.d_model"),
         ("model.vocab_size=4000000000000", "model.vocab_size"),
         ("model.max_seq_len=1000000000000", "model.max_seq_len"),
+        ("train.grad_accum_steps=100000000000000000000", "train.grad_accum_steps"),  # past int64: OverflowError
     ],
 )
 def test_absurd_sizes_are_refused_by_validation(item, key):

@@ -56,6 +56,7 @@ _MODEL_MAX = {
     "max_seq_len": 1 << 22,
 }
 _SEED_MAX = 2**63 - 1  # torch and numpy take 64-bit seeds; the signed range fits both
+_INT_MAX = 2**63 - 1  # every count ends up in an int64 (a tensor, a schedule, a loader position)
 
 
 def _s(default: Any, label: str, help: str = "", choices: tuple[str, ...] = ()) -> Any:
@@ -414,6 +415,7 @@ def _refuse(name: str, words: str, value: Any, plain: str) -> None:
 def _positive_int(name: str, value: Any) -> None:
     if not _is_int(value) or value <= 0:
         _refuse(name, "a positive integer", value, "must be at least 1" if _is_int(value) else "must be a whole number")
+    _at_most(name, value, _INT_MAX)
 
 
 def _non_negative_int(name: str, value: Any) -> None:
@@ -421,6 +423,7 @@ def _non_negative_int(name: str, value: Any) -> None:
         _refuse(
             name, "a non-negative integer", value, "must be 0 or more" if _is_int(value) else "must be a whole number"
         )
+    _at_most(name, value, _INT_MAX)
 
 
 def _at_most(name: str, value: int, ceiling: int) -> None:
