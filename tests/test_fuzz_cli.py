@@ -576,6 +576,12 @@ CASES: list[Case] = [
     ),
     Case("info at sequence length -3", lambda ws: ["info", "tiny", "--seq-len", "-3"], match="--seq-len"),
     Case(
+        "accumulation past int64",
+        lambda ws: ["train", "--out", "trained", "--max-steps", "6", "--set", "train.grad_accum_steps=" + "9" * 20],
+        match="grad_accum_steps",
+    ),
+    Case("quickstart into a file", lambda ws: ["quickstart", "--out", "corpus.txt"], match="corpus.txt is a file"),
+    Case(
         "export under a file",
         lambda ws: ["export", "run", "--format", "hf", "--out", "corpus.txt/x"],
         match="corpus.txt is a file",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_overrides, add_device_option, cpu_thread_policy
+from .common import add_config_overrides, add_device_option, cpu_thread_policy, no_file_above
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from ..quickstart import quickstart
 
     config = apply_overrides(load_config(args.config), args.set) if args.set else args.config
+    from pathlib import Path
+
+    from ..errors import OpenLLMError
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise OpenLLMError(f"--out {args.out} is a file: the quickstart writes a folder; choose another path")
+    no_file_above(args.out, "--out")
     result = quickstart(
         args.out,
         config=config,
