@@ -479,10 +479,12 @@ def test_concurrent_starts_launch_one_training_which_is_the_apps_own(ws, apps):
         assert "is still training" in str(refused[0])
         name = started[0]
         deadline = time.time() + 60
-        while time.time() < deadline and first.status(name).holder is None:
-            time.sleep(0.1)
+        while time.time() < deadline and not first.status(name).pid:  # the job has written its lock
+            st = first.status(name)
+            assert not st.external, st.holder  # not even while the lock is taken but not yet written
+            time.sleep(0.05)
         st = first.status(name)
-        assert st.holder is not None and not st.external, st.holder
+        assert st.pid and not st.external, st.holder
     finally:
         for n in ("race0", "race1"):
             if ws.run_dir(n).exists() and first.status(n).active:

@@ -92,7 +92,9 @@ def run_status(ws: Workspace, name: str) -> RunStatus:
     st = rundir.run_state(run_dir)
     job_log = ws.job_dir(name) / "log.txt"
     holder = st.holder
-    external = holder is not None and f"-m {JOB_MODULE} " not in f"{holder.get('command', '')} "
+    # a lock taken but not yet written (no command for an instant) is nobody's yet, not a stranger's
+    command = str((holder or {}).get("command") or "")
+    external = bool(command) and f"-m {JOB_MODULE} " not in f"{command} "
     log: Path | None = job_log if job_log.is_file() else None
     if holder is not None:
         given = holder.get("log")
