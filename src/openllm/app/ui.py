@@ -95,10 +95,14 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
     return demo
 
 
-def _buttons(sh: Shared):
-    """Start only when nothing trains; Stop only when something does."""
+def _buttons(sh: Shared, run: str | None):
+    """Start only when nothing trains; Stop only when the run the Monitor shows (the one Stop acts on) does."""
     busy = sh.runner.active() is not None
-    return gr.update(interactive=not busy), gr.update(interactive=busy)
+    try:
+        shown = bool(run) and run in sh.run_choices() and sh.runner.status(str(run)).active
+    except Exception:
+        shown = False
+    return gr.update(interactive=not busy), gr.update(interactive=shown)
 
 
 def _wire_training(sh, tabs, picks, timer, train_tab: train.TrainTab, mon: monitor.MonitorTab, mod) -> None:
@@ -106,12 +110,14 @@ def _wire_training(sh, tabs, picks, timer, train_tab: train.TrainTab, mon: monit
     buttons = [train_tab.start_btn, train_tab.stop_btn]
     train_tab.start_btn.click(
         train_tab.on_start, train_tab.start_inputs, [train_tab.msg, mon.run, tabs, mon.banner]
-    ).then(lambda: _buttons(sh), None, buttons)
+    ).then(lambda run: _buttons(sh, run), mon.run, buttons)
     # Stop names its run: the one the Monitor shows (Start switches it to the run started)
-    train_tab.stop_btn.click(train_tab.on_stop, mon.run, train_tab.msg).then(lambda: _buttons(sh), None, buttons)
+    train_tab.stop_btn.click(train_tab.on_stop, mon.run, train_tab.msg).then(
+        lambda run: _buttons(sh, run), mon.run, buttons
+    )
 
     def tick(run, count):
-        return (*monitor.view(sh, run, count), *_buttons(sh))
+        return (*monitor.view(sh, run, count), *_buttons(sh, run))
 
     mon.run.input(lambda p, r: (remember(p, "monitor_run", r), ""), [picks, mon.run], [picks, mon.banner])
     timer.tick(
@@ -133,7 +139,7 @@ def _wire_training(sh, tabs, picks, timer, train_tab: train.TrainTab, mon: monit
         lambda run, *rest: models.on_finetune(sh, run, *rest),
         [mod.run, *mod.ft_inputs],
         [mod.ft_msg, mon.run, tabs, mon.banner],
-    ).then(lambda: _buttons(sh), None, buttons)
+    ).then(lambda run: _buttons(sh, run), mon.run, buttons)
 
 
 def _wire_lists(sh, tabs, picks, mon: monitor.MonitorTab, gen: generate.GenerateTab, mod: models.ModelsTab):
@@ -206,7 +212,7 @@ def _wire_load(demo, sh, picks, train_tab: train.TrainTab, mon: monitor.MonitorT
             gr.update(choices=steps, value=mstep),
             *models.preview(sh, mrun, mstep),
             gr.update(choices=gens, value=gen_model),
-            *_buttons(sh),
+            *_buttons(sh, mon_run),
         )
 
     outputs = [train_tab.run_name, mon.run, *mon.outputs, mod.run, mod.step, *mod.preview_outputs, gen.model]
