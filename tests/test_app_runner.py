@@ -422,6 +422,36 @@ def test_stop_stops_the_run_it_names_only(ws):
     assert runner.status("cli").state == "stopped"
 
 
+_HOLD = """
+import sys
+from openllm.rundir import RunLock
+lock = RunLock(sys.argv[1], command=sys.argv[2]).acquire()
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_apps_own_job_is_not_started_outside_the_app_whichever_version_wrote_its_lock(ws):
+    run = ws.run_dir("r")
+    run.mkdir()
+    job = ws.job_dir("r")
+    for command, external in [
+        (f"{sys.executable} -m openllm.app.job {job}", False),
+        (f"{sys.executable} -m __main__ {job}", False),  # what the job recorded before issue 24
+        (f"openllm train --out {run}", True),
+        (f"{sys.executable} -m openllm.app.jobs {job}x", True),
+    ]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLD, str(run), command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout.readline().strip() == "holding"
+            assert run_status(ws, "r").external is external, command
+        finally:
+            proc.kill()
+            proc.wait(30)
+
+
 def test_a_stopped_finished_or_failed_run_can_be_deleted_an_active_one_cannot(ws):
     runner = Runner(ws)
     for name, state in [("done", "finished"), ("halted", "stopped"), ("broken", "failed")]:

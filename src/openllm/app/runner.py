@@ -94,7 +94,9 @@ def run_status(ws: Workspace, name: str) -> RunStatus:
     holder = st.holder
     # a lock taken but not yet written (no command for an instant) is nobody's yet, not a stranger's
     command = str((holder or {}).get("command") or "")
-    external = bool(command) and f"-m {JOB_MODULE} " not in f"{command} "
+    # the job names its module; one started by an earlier version recorded "-m __main__", but its job folder
+    ours = f"-m {JOB_MODULE} " in f"{command} " or command.endswith(f" {ws.job_dir(name)}")
+    external = bool(command) and not ours
     log: Path | None = job_log if job_log.is_file() else None
     if holder is not None:
         given = holder.get("log")
