@@ -513,6 +513,10 @@ CASES: list[Case] = [
             ("config is missing", lambda ws: _edit_json(ws / f"{TRAINED4}/state.json", "config", _DELETE)),
             ("config is a number", lambda ws: _edit_json(ws / f"{TRAINED4}/state.json", "config", 5)),
             ("data_dir is a number", lambda ws: _edit_json(ws / f"{TRAINED4}/state.json", "data_dir", 5)),
+            ("loader position is text", lambda ws: _edit_json(ws / f"{TRAINED4}/state.json", "loader.position", "x")),
+            ("scheduler is a number", lambda ws: _edit_json(ws / f"{TRAINED4}/state.json", "scheduler", 5)),
+            ("RNG state is a number", lambda ws: _edit_json(ws / f"{TRAINED4}/state.json", "rng", 5)),
+            ("tokens_seen is text", lambda ws: _edit_json(ws / f"{TRAINED4}/state.json", "tokens_seen", "x")),
         )
     ],
     # --- refused resumes change nothing (issue 24)

@@ -554,11 +554,20 @@ def test_resume_state_without_config_is_named_damaged(tmp_path, data):
     run = tmp_path / "run"
     train(tiny_cfg(max_steps=4, eval_every=100), data_dir=data, out_dir=run, **quiet())
     state_path = latest_checkpoint(run) / "state.json"
-    for damage in ({"config": None}, {"data_dir": 5}, {"config": "x"}):
-        state = json.loads(state_path.read_text())
-        state.update(damage)
-        if damage.get("config", 1) is None:
-            del state["config"]
+    intact = json.loads(state_path.read_text())
+    for key, value in (
+        ("config", None),
+        ("data_dir", 5),
+        ("config", "x"),
+        ("loader", 5),
+        ("scheduler", 5),
+        ("rng", [5]),
+    ):
+        state = {**intact, key: value}
+        if value is None:
+            del state[key]
         state_path.write_text(json.dumps(state))
-        with pytest.raises(OpenLLMError, match="state.json"):
+        with pytest.raises(OpenLLMError, match=f"state.json: '{key}'"):
             resolve_run(None, None, run, max_steps=6)
+    state_path.write_text(json.dumps(intact))
+    assert resolve_run(None, None, run, max_steps=6).resume_from == state_path.parent

@@ -293,13 +293,48 @@ def load_resume_state(ckpt: Path) -> dict[str, Any]:
             f"{path}: 'config' must be the run's config as an object, found {state.get('config')!r}: the file "
             f"is damaged; resume from an earlier checkpoint (--resume CHECKPOINT)"
         )
-    for key in ("data_dir", "tokenizer_sha256"):
-        if state.get(key) is not None and not isinstance(state[key], str):
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    # the JSON parts the components restore, checked here because they are restored after the run folder's
+    # config.json and status.json are written (a wrong type there raised TypeError inside a component)
+    checks = {
+        "data_dir": lambda v: v is None or isinstance(v, str),
+        "tokenizer_sha256": lambda v: v is None or isinstance(v, str),
+        "tokens_seen": lambda v: v is None or is_int(v),
+        "best_step": lambda v: v is None or is_int(v),
+        "evals_without_improvement": lambda v: v is None or is_int(v),
+        "val_loss": lambda v: v is None or is_num(v),
+        "best_val_loss": lambda v: v is None or is_num(v),
+        "elapsed_s": lambda v: v is None or is_num(v),
+        "scheduler": lambda v: v is None or (isinstance(v, dict) and is_int(v.get("steps"))),
+        "loader": lambda v: v is None or (isinstance(v, dict) and is_int(v.get("position"))),
+        "rng": lambda v: v is None or (isinstance(v, list) and all(_rng_form(r) for r in v)),
+    }
+    for key, ok in checks.items():
+        if key in state and not ok(state[key]):
             raise ckpt_mod.CheckpointDamaged(
-                f"{path}: {key!r} must be text, found {state[key]!r}: the file is damaged; resume from an "
-                f"earlier checkpoint (--resume CHECKPOINT)"
+                f"{path}: {key!r} has the wrong form ({str(state[key])[:60]}): the file is damaged; resume from "
+                f"an earlier checkpoint (--resume CHECKPOINT)"
             )
     return state
+
+
+def _rng_form(r: Any) -> bool:
+    """Whether one rank's RNG state has the form :func:`openllm.checkpoint.set_rng_state` reads."""
+    return (
+        isinstance(r, dict)
+        and isinstance(r.get("python"), list)
+        and len(r["python"]) == 3
+        and isinstance(r["python"][1], list)
+        and isinstance(r.get("numpy"), list)
+        and len(r["numpy"]) == 5
+        and isinstance(r.get("torch"), str)
+    )
 
 
 def check_resume_changes(old: Config, new: Config, ckpt: Path) -> None:
