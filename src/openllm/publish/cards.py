@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import finite_number
+from ..tokenizer import CHAT_STOPS
 from .facts import RunFacts
 
 __all__ = ["model_card", "dataset_card", "eval_results", "val_evaluation", "data_ids", "weights_license"]
@@ -432,6 +433,7 @@ def model_card(
 
     # usage
     ref = f"{repo_id}@{version}"
+    stops = json.dumps(list(CHAT_STOPS))
     s.append(f"""
 ## Usage
 
@@ -448,6 +450,9 @@ print(tok.decode(model.generate(ids, max_new_tokens=40)[0]))
 # conversations go through the chat template the tokenizer carries (also in the GGUF export)
 messages = [{{"role": "user", "content": "Who created the heaven and the earth?"}}]
 prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+inputs = tok(prompt, return_tensors="pt")
+# the reply ends at </s> or where the model starts the next turn
+out = model.generate(**inputs, max_new_tokens=60, stop_strings={stops}, tokenizer=tok)
 ```
 
 With OpenLLM:
