@@ -1,6 +1,8 @@
 """GGUF export: read back with gguf's own reader; every tensor, the metadata and the vocabulary checked;
 the q/k permutation checked against llama.cpp's rope convention; llama.cpp itself when it is installed."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -338,5 +340,18 @@ def test_the_chat_stop_is_in_the_file_with_one_owner(gguf_export):
     assert chat.CHAT_STOPS is CHAT_STOPS
     loaded, folder = gguf_export
     r = _reader(folder, "f32")
-    assert _field(r, "openllm.chat.stop_strings") == list(CHAT_STOPS)
+    # a JSON string: llama.cpp's metadata API (llama_model_meta_val_str, llama-cpp-python's Llama.metadata)
+    # leaves array values out
+    assert json.loads(_field(r, "openllm.chat.stop_strings")) == list(CHAT_STOPS)
     assert _field(r, "tokenizer.ggml.eot_token_id") == loaded.tokenizer.eos_id
+
+
+@pytest.mark.slow
+def test_llama_cpp_reads_the_chat_stops(gguf_export, llama_cpp):
+    """What llama.cpp's own API hands a program: the stops, ready for a request's ``stop``."""
+    from openllm.tokenizer import CHAT_STOPS
+
+    _, folder = gguf_export
+    llm = llama_cpp.Llama(str(folder / "model-f32.gguf"), n_ctx=128, verbose=False)
+    assert json.loads(llm.metadata["openllm.chat.stop_strings"]) == list(CHAT_STOPS)
+    assert llm.metadata["tokenizer.ggml.eot_token_id"] == "3"

@@ -112,6 +112,10 @@ def export(
 
     fmts = parse_formats(formats)
     types = parse_gguf_types(gguf_types)
+    if "gguf" in fmts:
+        from .gguf import check_source_url
+
+        check_source_url(source_url)  # before any folder is made
     out = Path(out)
     src_path = getattr(source, "path", None) if isinstance(source, LoadedModel) else Path(str(source))
     check_out_dir(out, overwrite=overwrite, source=src_path)

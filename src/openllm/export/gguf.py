@@ -19,6 +19,7 @@ What ``convert_hf_to_gguf.py`` does for a Llama with a SentencePiece tokenizer, 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ import numpy as np
 from ..errors import OpenLLMError, require
 from .shared import finetune_summary
 
-__all__ = ["export_gguf", "gguf_tensors", "permute_qk", "gguf_vocab", "GGUF_FILE"]
+__all__ = ["export_gguf", "gguf_tensors", "permute_qk", "gguf_vocab", "GGUF_FILE", "check_source_url"]
 
 GGUF_FILE = "model-{dtype}.gguf"
 
@@ -106,11 +107,14 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[float], li
     return tokens, scores, types
 
 
-def _is_url(text: str) -> bool:
+def check_source_url(text: str | None) -> None:
+    """Refuse a ``general.source.url`` that is not an http(s) URL (a hub reference ``OWNER/NAME@VERSION``
+    names no hub, so no reader can open it)."""
     from urllib.parse import urlparse
 
-    parts = urlparse(text)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
+    parts = urlparse(text or "")
+    if text is not None and not (parts.scheme in ("http", "https") and parts.netloc):
+        raise OpenLLMError(f"source URL {text!r} is not a URL: give an https:// address or leave it out")
 
 
 def _add_identity(w, loaded, *, license: str | None, source_url: str | None) -> None:
@@ -155,8 +159,7 @@ def export_gguf(
 
     from ..tokenizer import CHAT_STOPS, CHAT_TEMPLATE
 
-    if source_url is not None and not _is_url(source_url):
-        raise OpenLLMError(f"source URL {source_url!r} is not a URL: give an https:// address or leave it out")
+    check_source_url(source_url)
     if dtype not in ("f32", "f16", "q8_0"):
         raise OpenLLMError(f"unknown GGUF type {dtype!r}: choose from f32, f16, q8_0")
     if getattr(loaded.tokenizer, "model_path", None) is None:
@@ -206,9 +209,9 @@ def export_gguf(
     w.add_chat_template(CHAT_TEMPLATE)
     # the template ends an assistant turn with EOS: llama.cpp's end-of-turn token (it stops chats there)
     w.add_eot_token_id(tok.eos_id)
-    # llama.cpp has no key for stop strings (a multi-token stop is a request's "stop"); listed for the
-    # tools that build a runtime's settings from the file, e.g. an Ollama Modelfile's PARAMETER stop
-    w.add_array("openllm.chat.stop_strings", list(CHAT_STOPS))
+    # llama.cpp has no key for stop strings (a multi-token stop is a request's "stop"): listed for the programs
+    # that set up a runtime from the file, as a JSON string since llama.cpp's metadata API leaves arrays out
+    w.add_string("openllm.chat.stop_strings", json.dumps(list(CHAT_STOPS)))
 
     for name, arr in gguf_tensors(model).items():
         qtype = tensor_type(name, arr, dtype)
