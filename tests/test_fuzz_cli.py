@@ -567,6 +567,12 @@ CASES: list[Case] = [
     Case("finetune --make-data into a foreign folder", lambda ws: ["finetune", "--make-data", "tok"], match="tok"),
     Case("finetune --make-data into a file", lambda ws: ["finetune", "--make-data", "corpus.txt"], match="corpus.txt"),
     Case(
+        "finetune --make-data of 10^17 conversations",
+        lambda ws: ["finetune", "--make-data", "conv", "--conversations", "1" + "0" * 17],
+        outputs=("conv",),
+        match="conversations",
+    ),
+    Case(
         "finetune --make-data from an export (no corpus recorded)",
         lambda ws: ["finetune", "hf", "--make-data", "conv"],
         outputs=("conv",),

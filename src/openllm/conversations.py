@@ -440,14 +440,23 @@ def _verses() -> list[tuple[str, int, list[str]]]:
     return out
 
 
+MAX_SYNTHETIC = 1_000_000  # far above any useful synthetic set; a typo of more would run for hours
+
+
+def _check_count(n: int) -> None:
+    if not 2 <= n <= MAX_SYNTHETIC:
+        raise OpenLLMError(
+            f"make between 2 conversations (one to train on, one held out) and {MAX_SYNTHETIC:,}, not {n}"
+        )
+
+
 def make_synthetic_conversations(
     n: int = 2000, *, seed: int = 0, val_fraction: float = 0.1, max_chars: int = 400
 ) -> tuple[list[dict], list[dict]]:
     """``n`` question/answer conversations about verses of the embedded corpus, split into (train, val) by
     chapter, so no held-out chapter is seen in training. Answers are verse text; verses longer than
     ``max_chars`` are left out. Deterministic for a ``seed``."""
-    if n < 2:
-        raise OpenLLMError(f"make at least 2 conversations (one to train on, one held out), not {n}")
+    _check_count(n)
     chapters = _verses()
     rng = random.Random(seed)
     rng.shuffle(chapters)
@@ -580,8 +589,7 @@ def make_corpus_conversations(
     """``n`` conversations about passages of ``documents`` (any text), split into (train, val) by document, so
     no held-out document is seen in training. Questions come from templates (continue this text, complete this
     sentence, what comes before); every answer is a sentence of the text. Deterministic for a ``seed``."""
-    if n < 2:
-        raise OpenLLMError(f"make at least 2 conversations (one to train on, one held out), not {n}")
+    _check_count(n)
     docs = [s for s in (_sentences(d, max_chars) for d in documents) if s and any(len(x.split()) >= 4 for x in s)]
     if len(docs) < 2:
         raise OpenLLMError(
