@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SCHEMA = {"type": "array", "items": {"type": "string"}}
+# an array of at least 64 strings: with random weights the document cannot end before --tokens
+SCHEMA = {"type": "array", "items": {"type": "string"}, "minItems": 64}
 
 
 def main() -> None:
@@ -43,10 +44,10 @@ def main() -> None:
     from openllm.sampling import SamplingParams
     from openllm.serve import Engine, Job, Seq
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tok_dir = train_bench_tokenizer(Path(tmp))
-        model_dir = export_random_model(args.preset, tok_dir, 0, 512, Path(tmp) / "hf")
-        loaded = openllm.load(str(model_dir), device="cpu")
+    tmp = tempfile.TemporaryDirectory()  # the grammar engine reads the tokenizer's file when it first needs it
+    tok_dir = train_bench_tokenizer(Path(tmp.name))
+    model_dir = export_random_model(args.preset, tok_dir, 0, 512, Path(tmp.name) / "hf")
+    loaded = openllm.load(str(model_dir), device="cpu")
     engine = Engine(loaded.model, loaded.tokenizer, max_batch=8).start()
     grammar = json_schema_grammar(SCHEMA)
     prompt = loaded.tokenizer.encode("Give me a list of names as JSON:")
@@ -80,6 +81,7 @@ def main() -> None:
         for name, (batch, constrained) in cases.items():
             times[name].append(run(batch, constrained))
     engine.stop()
+    tmp.cleanup()
     med = {name: statistics.median(v) for name, v in times.items()}
     print(f"{args.preset} preset, random weights, {args.tokens} tokens a sequence, torch {torch.__version__}, 1 thread")
     for name, v in med.items():

@@ -285,3 +285,19 @@ def test_a_prefix_is_copied_from_a_running_slot(model):
         assert sb != sa and reuse == 12 and cache.lengths[sb] == 12
         got = model(torch.tensor([[5, 6, 7]]), cache=cache.rows([sb], [[5, 6, 7]]))
     torch.testing.assert_close(got[0], full[0, 12:])
+
+
+def test_a_request_that_cannot_start_fails_alone(model):
+    """A grammar this tokenizer cannot serve (ByteTok has no tokenizers JSON) fails its own request when it is
+    admitted; the scheduler lives on and the next request is answered (an exception there stopped it)."""
+    engine = Engine(model, ByteTok(), max_batch=2).start()
+    rec = Recorder()
+    try:
+        engine.submit(rec.job("bad", [Seq(prompt=prompt(1, 5), max_new=4, grammar='start: "x"')]))
+        name, event = rec.wait(lambda it: it[1][0] in ("error", "finish"))
+        assert (name, event[0]) == ("bad", "error") and "OpenLLM tokenizer" in event[1]
+        engine.submit(rec.job("good", [Seq(prompt=prompt(2, 5), max_new=4)]))
+        assert rec.finishes(["good"])["good"][2] == "length"
+    finally:
+        engine.stop()
+    assert engine.cache.used == 0

@@ -344,17 +344,25 @@ class Engine:
                 got = self.cache.allocate(seq.prompt if seq.prompt_logprobs is None else None)
                 assert got is not None  # a slot is free (checked above)
                 seq.slot, seq.filled = got
-                seq.text = TextDecoder(self.tokenizer, seq.prompt, seq.stops, seq.lstrip)
-                seq.sampling = SeqSampling(
-                    job.sampling,
-                    seq.prompt,
-                    index=seq.index,
-                    vocab_size=self.vocab_size,
-                    device=self.cache.device,
-                    constraint=self.vocabulary().constraint(seq.grammar) if seq.grammar else None,
-                )
-                self._running.append(seq)
                 job.admitted += 1
+                try:
+                    seq.text = TextDecoder(self.tokenizer, seq.prompt, seq.stops, seq.lstrip)
+                    seq.sampling = SeqSampling(
+                        job.sampling,
+                        seq.prompt,
+                        index=seq.index,
+                        vocab_size=self.vocab_size,
+                        device=self.cache.device,
+                        constraint=self.vocabulary().constraint(seq.grammar) if seq.grammar else None,
+                    )
+                except Exception as exc:  # this request cannot start (its grammar, its tokenizer): it fails alone
+                    log.exception("admitting a request failed")
+                    self.stats["errors"] += 1
+                    self._fail(job, f"generation failed: {type(exc).__name__}: {exc}")
+                    break
+                self._running.append(seq)
+            if job.done:
+                continue  # _fail took it off the queue
             if job.admitted < len(job.seqs):
                 break
             self._waiting.popleft()
