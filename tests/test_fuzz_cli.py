@@ -182,6 +182,12 @@ CASES: list[Case] = [
         lambda ws: ["export", "run", "--format", "native", "--out", "prepared", "--overwrite"],
     ),
     Case("prepare-data reads its own output", lambda ws: ["prepare-data", "prepared", "--out", "prepared"]),
+    # a text file where its prepared folder belongs: said so, not "not found" (issue 24)
+    Case(
+        "tokenize --data FILE",
+        lambda ws: ["tokenize", "--data", "prepared/train.jsonl", "--tokenizer", "tok", "--out", "t2"],
+        match="is a file; tokenize wants a prepared-data folder",
+    ),
     # --- damaged files
     *[
         Case(
