@@ -23,7 +23,7 @@ def test_upload_dataset_to_local_hub(tmp_path, kind):
         (src / "report.json").write_text(
             json.dumps({"sources": [{"name": "/abs/kjv.txt", "kind": "txt"}], "documents": 4})
         )
-        (src / "report.md").write_text("# Report\n\n4 documents kept\n")
+        (src / "report.md").write_text("# Report\n\n4 documents kept\n\n- /abs/kjv.txt (txt)\n- C:\\abs\\b.txt\n")
     elif kind == "tokenized":
         (src / "train_000.bin").write_bytes(b"\x01\x00" * 50)
         (src / "tokenizer").mkdir()
@@ -69,6 +69,8 @@ def test_upload_dataset_to_local_hub(tmp_path, kind):
         assert (
             "kjv.txt" in card.text
             and "/abs/" not in card.text
+            and "\\abs\\" not in card.text
+            and "- kjv.txt (txt)" in card.text
             and "4 documents kept" in card.text
             and res.stats["documents"] == 4
         )

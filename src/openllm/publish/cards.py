@@ -4,13 +4,14 @@ the hub's parser accepts it), then the facts the run or the data measured, and n
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..metrics import finite_number
 from ..tokenizer import CHAT_STOPS
-from .facts import RunFacts
+from .facts import RunFacts, without_local_paths
 
 __all__ = ["model_card", "dataset_card", "eval_results", "val_evaluation", "data_ids", "weights_license"]
 
@@ -557,9 +558,10 @@ def dataset_card(
     s.extend(f"| `{p}` | {f['bytes']:,} | `{f['sha256']}` |\n" for p, f in sorted(files.items()))
     s.append("\n`SHA256SUMS` in this repo holds the same checksums (`sha256sum -c SHA256SUMS`).\n")
     if report_md:
-        s.append("\n## Preparation report\n\n" + _demote(report_md.strip()) + "\n")
+        s.append("\n## Preparation report\n\n" + _demote(_file_names(report_md.strip())) + "\n")
     elif report:
-        s.append("\n## Preparation report\n\n```json\n" + json.dumps(report, indent=2)[:20000] + "\n```\n")
+        public = without_local_paths(report)
+        s.append("\n## Preparation report\n\n```json\n" + json.dumps(public, indent=2)[:20000] + "\n```\n")
     s.append(f"""
 ## Usage
 
@@ -573,6 +575,16 @@ folder = snapshot_download("{repo_id}", repo_type="dataset")
 ```
 """)
     return "".join(s)
+
+
+# an absolute local path inside text (/home/me/x.txt, ~/x, C:\\x): not a URL's path, not a relative a/b
+_PATH_IN_TEXT = re.compile(r"(?<![\w:/\\.~-])(?:~|[A-Za-z]:)?[/\\](?:[^\s/\\`|()\[\]]+[/\\])+([^\s/\\`|()\[\]]+)")
+
+
+def _file_names(text: str) -> str:
+    """``text`` with each absolute local path cut to its file name: the card is published, the publisher's
+    folders are not."""
+    return _PATH_IN_TEXT.sub(r"\1", text)
 
 
 def _demote(md: str) -> str:
