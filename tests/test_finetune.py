@@ -333,6 +333,15 @@ def test_hub_base_and_hf_folder_base_and_the_card_names_the_base(base, tmp_path)
         "base_model: me/base" in head and "base_model_version: v1" in head and "base_model_relation: finetune" in head
     )
     assert "## Fine-tuning" in card and rec["weights_sha256"] in card
+    assert "fine-tuned" in head and "from-scratch" not in head and "trained from scratch" not in card
+    # its GGUF is marked as a fine-tune of that base (issue 24)
+    from gguf import GGUFReader
+
+    export(tmp_path / "ft", tmp_path / "g", "gguf", gguf_types="f32", progress=False)
+    r = GGUFReader(str(tmp_path / "g" / "model-f32.gguf"))
+    assert r.fields["general.finetune"].contents() == "chat"
+    assert r.fields["general.name"].contents() == f"{rec['name']}-chat"
+    assert r.fields["general.base_model.0.version"].contents() == "v1"
     from openllm.hashing import sha256_file
 
     assert sha256_file(data / "train.jsonl") in card

@@ -156,7 +156,8 @@ def _finetune_rows(ft: dict[str, Any]) -> list[tuple[str, str]]:
     """The fine-tuning table: the base model (hub reference or source, step, weights checksum), the
     conversation data (file, sha256, conversations used), LoRA settings."""
     base, rows = ft.get("base") or {}, []
-    where = f"`{base['hub_ref']}`" if base.get("hub_ref") else f"`{Path(str(base.get('source', '?'))).name}` (local)"
+    local = base.get("source") or base.get("name") or "?"  # an export's summary keeps the name, not the path
+    where = f"`{base['hub_ref']}`" if base.get("hub_ref") else f"`{Path(str(local)).name}` (local)"
     step = f", step {base['step']:,}" if isinstance(base.get("step"), int) else ""
     rows.append(("base model", where + step))
     if base.get("weights_sha256"):
