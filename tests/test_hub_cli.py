@@ -39,6 +39,10 @@ def test_push_versions_pull_load_generate_end_to_end(tmp_path, export_tokenizer_
 
     pulled = tmp_path / "pulled"
     run_cli("hub", "pull", "alice/tiny@7k", "--out", str(pulled))
+    # the checksum push printed is of the file in the repo, not of the checkpoint (issue 24)
+    from openllm.hashing import sha256_file
+
+    assert f"model.safetensors sha256 {sha256_file(pulled / 'model.safetensors')}" in out, out
     names = sorted(p.name for p in pulled.iterdir())
     for f in (
         "README.md",

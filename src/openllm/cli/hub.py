@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
             private=args.private,
         )
         print(f"pushed {res.repo_id}@{res.version} (commit {res.commit[:12]}, {len(res.files)} files) to {res.hub}")
+        if res.weights_sha256:  # the pushed file's, which a reader can check; not the checkpoint's
+            print(f"model.safetensors sha256 {res.weights_sha256}")
         return 0
     if args.hub_command == "versions":
         versions = H.model_versions(args.repo, hub=args.hub)
