@@ -31,14 +31,17 @@ def constrained(lm, vocab, grammar: str, *, seed: int, n: int = 120, temperature
         constraint=vocab.constraint(grammar),
     )
     out: list[int] = []
+    cache = model.new_cache(1, len(ids) + n)
+    step = ids
     with torch.no_grad():
         for _ in range(n):
-            logits = model(torch.tensor([ids + out]))[:, -1, : vocab.n_vocab]
+            logits = model(torch.tensor([step]), cache=cache, last_only=True)[:, -1, : vocab.n_vocab]
             token = Sampler()(logits, [row])[0]
             row.accept(token)
             if token == tok.eos_id:
                 return tok.decode(out), True
             out.append(token)
+            step = [token]
     return tok.decode(out), False
 
 

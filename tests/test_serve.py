@@ -986,6 +986,7 @@ def test_tokenize_and_generate_encode_off_the_event_loop(serve_lm):
             assert answers[0] in (200, 400) and health >= 2, (path, answers, health)
 
 
+@pytest.mark.slow
 def test_shutdown_timeout_must_be_a_finite_number(serve_run):
     for bad in ("nan", "inf", "-1"):
         r = subprocess.run(
@@ -1051,6 +1052,7 @@ def test_sigterm_past_the_grace_period_answers_503_and_ends_streams_cleanly(serv
     assert events[-1] == "data: [DONE]" and "server_shutting_down" in events[-2], events[-3:]
 
 
+@pytest.mark.slow
 def test_an_address_that_cannot_be_listened_on_is_a_one_line_refusal(serve_run):
     """`--host 256.1.1.1` aborted the process (SIGABRT) from inside uvicorn while the model loaded; a port in
     use likewise: both are refused before anything starts."""
