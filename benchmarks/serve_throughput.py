@@ -271,6 +271,26 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
+async def stream_completion(client, body: dict) -> tuple[float | None, int, str]:
+    """One streamed completion: when its first text arrived (perf_counter), its tokens and its text."""
+    first, n, pieces, text = None, 0, 0, ""
+    async with client.stream("POST", "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            raise SystemExit(f"request failed: {r.status_code} {await r.aread()}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                n = event["usage"]["completion_tokens"]
+            elif event["choices"] and event["choices"][0]["finish_reason"] is None:
+                pieces += 1  # a chunk a token: what counts for a server that sends no usage (llama.cpp)
+                if event["choices"][0]["text"]:
+                    first = first or time.perf_counter()
+                    text += event["choices"][0]["text"]
+    return first, n or pieces, text
+
+
 async def load(server: Server, concurrency: int, work: list[tuple[str, int]], gap_s: float, seed: int) -> dict:
     import httpx
 
@@ -289,7 +309,6 @@ async def load(server: Server, concurrency: int, work: list[tuple[str, int]], ga
                 return
             prompt, max_tokens = work[todo.pop()]
             t0 = time.perf_counter()
-            first = None
             body = {
                 "model": server.model_name,
                 "prompt": prompt,
@@ -298,18 +317,7 @@ async def load(server: Server, concurrency: int, work: list[tuple[str, int]], ga
                 "stream": True,
                 "stream_options": {"include_usage": True},
             }
-            n = 0
-            async with client.stream("POST", "/v1/completions", json=body) as r:
-                if r.status_code != 200:
-                    raise SystemExit(f"request failed: {r.status_code} {await r.aread()}")
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: {"):
-                        continue
-                    event = json.loads(line[6:])
-                    if event.get("usage"):
-                        n = event["usage"]["completion_tokens"]
-                    elif first is None and event["choices"] and event["choices"][0]["text"]:
-                        first = time.perf_counter()
+            first, n, _ = await stream_completion(client, body)
             end = time.perf_counter()
             first = first or end
             ttft.append(first - t0)
@@ -398,19 +406,8 @@ async def chat_load(server: Server, concurrency: int, convs: list, system: str, 
                 "stream": True,
                 "stream_options": {"include_usage": True},
             }
-            t0, first, n, reply = time.perf_counter(), None, 0, ""
-            async with client.stream("POST", "/v1/completions", json=body) as r:
-                if r.status_code != 200:
-                    raise SystemExit(f"request failed: {r.status_code} {await r.aread()}")
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: {"):
-                        continue
-                    event = json.loads(line[6:])
-                    if event.get("usage"):
-                        n = event["usage"]["completion_tokens"]
-                    elif event["choices"] and event["choices"][0]["text"]:
-                        first = first or time.perf_counter()
-                        reply += event["choices"][0]["text"]
+            t0 = time.perf_counter()
+            first, n, reply = await stream_completion(client, body)
             end = time.perf_counter()
             ttft.append((first or end) - t0)
             latency.append(end - t0)

@@ -383,6 +383,25 @@ def test_disconnect_mid_stream_stops_generation(server, serve_lm):
     assert engine.snapshot()["tokens"] - before["tokens"] < 500
 
 
+def _serve_process(source, *options: str) -> tuple[subprocess.Popen, str]:
+    """A real `openllm serve SOURCE OPTIONS` on a free port, once /health answers 200; and its URL."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openllm", "serve", str(source), "--port", str(port), "--log-level", "warning"]
+        + list(options),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(proc, url)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, url
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -696,28 +715,8 @@ def test_kv_cache_tokens_limit_is_a_400_with_the_numbers(serve_lm):
 def test_sigterm_finishes_in_flight_requests_and_exits_0(serve_run):
     import signal
 
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "openllm",
-            "serve",
-            str(serve_run),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--shutdown-timeout",
-            "20",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _serve_process(serve_run, "--shutdown-timeout", "20")
     try:
-        _wait_healthy(proc, url)
         result = {}
         started = threading.Event()
 
@@ -1005,17 +1004,8 @@ def test_sigterm_past_the_grace_period_answers_503_and_ends_streams_cleanly(serv
     a 5 s timeout and answered plain-text 500s and cut streams)."""
     import signal
 
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "openllm", "serve", str(serve_run), "--port", str(port), "--log-level", "warning"]
-        + ["--shutdown-timeout", "1", "--max-batch", "16", "--threads", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _serve_process(serve_run, "--shutdown-timeout", "1", "--max-batch", "16", "--threads", "1")
     try:
-        _wait_healthy(proc, url)
         result = {}
         started = threading.Event()
         # 16 sequences of 500 tokens decode together: far more than the 1 s the shutdown leaves them
