@@ -160,6 +160,9 @@ class Server:
                 str(args.threads or os.cpu_count()),
                 "--n_threads_batch",
                 str(args.threads or os.cpu_count()),
+                # its default cancels the running request whenever another arrives: queue them instead
+                "--interrupt_requests",
+                "False",
             ]
             self.model_name = "bench"
         elif mode == "transformers":
