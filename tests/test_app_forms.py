@@ -136,11 +136,12 @@ def test_sampling_form():
     ok = parse_sampling_form(
         dict(prompt="Hi", max_new_tokens=5.0, temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=None)
     )
-    assert (ok.max_new_tokens, ok.temperature, ok.top_k, ok.top_p, ok.seed) == (5, 0.0, None, None, None)
+    p = ok.params
+    assert (p.max_new_tokens, p.temperature, p.top_k, p.top_p, p.seed) == (5, 0.0, None, None, None)
     ok = parse_sampling_form(
         dict(prompt="Hi", max_new_tokens=5, temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.1, seed=3)
     )
-    assert (ok.top_k, ok.top_p, ok.seed) == (20, 0.9, 3)
+    assert (ok.params.top_k, ok.params.top_p, ok.params.seed) == (20, 0.9, 3)
     bad = [
         ({"prompt": "  "}, "Prompt"),
         ({"max_new_tokens": 2.5}, "Max new tokens"),

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config import Config, ConfigError, load_config, preset_names
 from ..errors import OpenLLMError
+from ..sampling import SamplingParams
 from .schema import TRAIN_FIELDS, FormField, field_for_key, form_values
 from .workspace import WorkspaceError, check_name
 
@@ -244,32 +245,50 @@ def parse_train_form(values: Mapping[str, Any]) -> TrainRequest:
 @dataclass
 class SamplingRequest:
     prompt: str
-    max_new_tokens: int
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    repetition_penalty: float
-    seed: int | None
+    params: SamplingParams
+
+
+# SamplingParams' names in its messages -> the form's labels
+_SAMPLING_LABELS = {
+    "max_new_tokens": "Max new tokens",
+    "temperature": "Temperature",
+    "top_k": "Top-k",
+    "top_p": "Top-p",
+    "repetition_penalty": "Repetition penalty",
+    "seed": "Seed",
+}
 
 
 def parse_sampling_form(values: Mapping[str, Any]) -> SamplingRequest:
+    """The Generate tab's settings as :class:`openllm.sampling.SamplingParams`: the form turns its text into
+    numbers; which values are allowed is ``SamplingParams.validate``'s rule, as for ``openllm generate`` and the
+    server."""
     prompt = values.get("prompt") or ""
     if not prompt.strip():
         raise FormError("Prompt", "type a prompt first")
     if len(prompt) > 20_000:
         raise FormError("Prompt", f"is too long ({len(prompt)} characters; at most 20000)")
     n = _integer("Max new tokens", values.get("max_new_tokens"), minimum=1, maximum=4096)
-    temp = _non_negative("Temperature", values.get("temperature"), maximum=10.0)
-    top_k = _integer("Top-k", values.get("top_k"), minimum=0)
+    top_k = _integer("Top-k", values.get("top_k"))
     top_p = _number("Top-p", values.get("top_p"))
-    if not 0.0 < top_p <= 1.0:
-        raise FormError("Top-p", f"must be in (0, 1], got {_fmt(values.get('top_p'))}")
-    rep = _positive("Repetition penalty", values.get("repetition_penalty"), maximum=10.0)
     seed_raw = values.get("seed")
     seed = None
     if seed_raw is not None and str(seed_raw).strip() != "":
         seed = _integer("Seed", seed_raw, minimum=0, maximum=2**63 - 1)
-    return SamplingRequest(prompt, n, temp, top_k or None, None if top_p >= 1.0 else top_p, rep, seed)
+    params = SamplingParams(
+        max_new_tokens=n,
+        temperature=_number("Temperature", values.get("temperature")),
+        top_k=top_k or None,  # the form's 0 is "off"
+        top_p=None if top_p == 1.0 else top_p,
+        repetition_penalty=_number("Repetition penalty", values.get("repetition_penalty")),
+        seed=seed,
+    )
+    try:
+        params.validate()
+    except ValueError as exc:
+        name, _, reason = str(exc).partition(" ")
+        raise FormError(_SAMPLING_LABELS.get(name, name), reason) from exc
+    return SamplingRequest(prompt, params)
 
 
 # --- hub -----------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ push runs to a hub and download versions. No Gradio here."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -123,7 +124,7 @@ class ModelCache:
 
 def stream_completion(loaded: Any, req: SamplingRequest) -> Iterator[str]:
     """The completion so far, growing piece by piece as tokens arrive."""
-    from ..generate import SamplingParams, stream_text
+    from ..generate import stream_text
 
     if loaded.tokenizer is None:
         raise OpenLLMError("this model has no tokenizer.model; it cannot take text prompts")
@@ -131,14 +132,7 @@ def stream_completion(loaded: Any, req: SamplingRequest) -> Iterator[str]:
     n_prompt = len(loaded.tokenizer.encode(req.prompt))
     if n_prompt >= max_ctx:
         raise FormError("Prompt", f"is {n_prompt} tokens; the model's context is {max_ctx} tokens")
-    params = SamplingParams(
-        max_new_tokens=min(req.max_new_tokens, max_ctx - n_prompt),
-        temperature=req.temperature,
-        top_k=req.top_k,
-        top_p=req.top_p,
-        repetition_penalty=req.repetition_penalty,
-        seed=req.seed,
-    )
+    params = dataclasses.replace(req.params, max_new_tokens=min(req.params.max_new_tokens, max_ctx - n_prompt))
     text = ""
     for piece in stream_text(loaded.model, loaded.tokenizer, req.prompt, params):
         text += piece
