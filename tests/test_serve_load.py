@@ -136,7 +136,11 @@ def test_64_concurrent_requests_match_single_request_outputs(serve_lm):
     assert len(again) == 3 * CONCURRENCY
     for path, body, got in again:
         assert got == alone[json.dumps([path, body], sort_keys=True)], (path, body)
-    assert stats["errors"] == 0 and stats["rejected"] == 0 and stats["cancelled"] == 64
+    assert stats["errors"] == 0 and stats["rejected"] == 0
+    # every request that was sent in full was answered, and none of the quitters was: each quitter that reached
+    # the engine was cancelled (on a loaded machine a plain quitter may give up before its request arrives)
+    assert stats["completed"] == len(alone) + 4 * len(reqs)
+    assert 48 <= stats["cancelled"] <= 64
     assert stats["largest_batch"] > 8  # the load was really batched
     # nothing leaked: no slot held, nothing running or waiting
     assert "openllm_requests_running 0" in metrics and "openllm_kv_cache_slots_used 0" in metrics
