@@ -111,3 +111,23 @@ def test_lm_eval_local_completions_against_the_server_equals_openllm_evaluate(
     assert theirs["choice"]["acc"] == ours["choice"]["acc"]
     assert theirs["choice"]["acc_bytes"] == ours["choice"]["acc_norm"]
     assert stats["errors"] == 0 and stats["completed"] >= 6 + 6 + 4 * 4
+
+
+def test_the_documented_lm_eval_install_brings_what_the_documented_command_uses():
+    """docs/serve.md's `pip install 'lm-eval[...]'` must bring transformers (its `tokenizer_backend=huggingface`
+    reads our export) and the API client's packages: `lm-eval[api]` alone lacked transformers, so the documented
+    command failed in the venv the docs made."""
+    import re
+    from importlib.metadata import requires
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "serve.md").read_text(encoding="utf-8")
+    extras = set(re.search(r"pip install 'lm-eval\[([a-z,]+)\]'", doc).group(1).split(","))
+    assert "tokenizer_backend=huggingface" in doc
+    brought = set()
+    for req in requires("lm_eval") or []:
+        name = re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower()
+        marker = re.search(r'extra == "([a-z]+)"', req)
+        if marker is None or marker.group(1) in extras:
+            brought.add(name)
+    assert {"transformers", "requests", "aiohttp", "tenacity"} <= brought, sorted(brought)
