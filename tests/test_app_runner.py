@@ -705,6 +705,7 @@ def test_compare_and_curves_figures(ws):
         T.export_run(ws, "m1", "ONNX")
 
 
+@pytest.mark.slow
 def test_the_hf_token_is_never_in_what_the_browser_receives(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_never_shown_4242")
     from openllm.app.ui import build_app
@@ -752,6 +753,7 @@ def test_a_bad_conversation_upload_is_refused_before_anything_starts(ws, tmp_pat
         runner.finetune("nothing-here", "chat", bad)
 
 
+@pytest.mark.slow
 def test_a_synthetic_set_fine_tune_job_finishes_and_chats(ws, export_tokenizer_dir):
     from openllm.app import chat as C
     from openllm.finetune import finetune_record

@@ -2,6 +2,7 @@ import argparse
 import os
 import sys
 
+import pytest
 import torch
 
 from conftest import run_cli
@@ -32,12 +33,14 @@ def test_help_lists_every_command():
         assert name in COMMANDS
 
 
+@pytest.mark.slow
 def test_info_small_prints_about_36m():
     out = run_cli("info", "configs/small.json").stdout
     assert "parameters        35," in out and "(35.7M)" in out
     assert "FLOPs" in out
 
 
+@pytest.mark.slow
 def test_info_bad_config_is_one_line(tmp_path):
     p = tmp_path / "bad.json"
     p.write_text('{"model": {"d_model": 100, "n_heads": 3}}')
@@ -120,6 +123,7 @@ def test_hub_help_is_the_same_in_every_command():
     assert {a.default for a in with_hub.values()} == {None}
 
 
+@pytest.mark.slow
 def test_info_set_changes_the_parameter_count():
     from openllm.config import load_config
     from openllm.model import Transformer

@@ -297,6 +297,7 @@ def test_synthetic_set_refuses_a_folder_it_did_not_write(tmp_path, export_run, k
     assert len(read_conversations(tmp_path / "mine" / "train.jsonl")) == 18
 
 
+@pytest.mark.slow
 def test_make_data_cli_uses_the_models_corpus(austen_run, tmp_path):
     from conftest import run_cli
 

@@ -216,6 +216,7 @@ def _one_line_error(proc, *pieces):
         assert piece in last, (piece, err)
 
 
+@pytest.mark.slow
 def test_push_force_works_from_a_directory_outside_any_git_repository(tmp_path):
     elsewhere = tmp_path / "elsewhere"  # /tmp/pytest-...: no git repository above it
     elsewhere.mkdir()

@@ -167,6 +167,7 @@ def test_upload_list_download_roundtrip(hub, folder, tmp_path):
     assert hub.repo_exists(repo_id="alice/m") and not hub.repo_exists(repo_id="alice/m", repo_type="space")
 
 
+@pytest.mark.slow
 def test_create_commit_operations_and_parent_commit(hub, folder):
     hub.create_repo(repo_id="alice/m")
     c1 = hub.upload_folder(repo_id="alice/m", folder_path=folder)
@@ -196,6 +197,7 @@ def test_create_commit_operations_and_parent_commit(hub, folder):
         CommitOperationAdd(".git/config", b"")
 
 
+@pytest.mark.slow
 def test_upload_folder_delete_patterns(hub, folder, tmp_path):
     hub.create_repo(repo_id="alice/d", repo_type="dataset")
     hub.create_commit(
@@ -210,6 +212,7 @@ def test_upload_folder_delete_patterns(hub, folder, tmp_path):
     assert hub.list_files(repo_id="alice/d", repo_type="dataset") == ["b.bin"]
 
 
+@pytest.mark.slow
 def test_tags_are_immutable_and_revert_restores_a_tree(hub, folder):
     hub.create_repo(repo_id="alice/m")
     c1 = hub.upload_folder(repo_id="alice/m", folder_path=folder)
@@ -455,6 +458,7 @@ def test_connection_reset_is_hub_unavailable(scheme):
         server.close()
 
 
+@pytest.mark.slow
 def test_stalled_remote_times_out_as_hub_unavailable():
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -546,6 +550,7 @@ def http_hub(hub):
     server.server_close()
 
 
+@pytest.mark.slow
 def test_remote_hub_over_http_with_auth(hub, http_hub, folder, tmp_path):
     hub.create_repo(repo_id="alice/data", repo_type="dataset")
     kw = dict(repo_id="alice/data", repo_type="dataset")
@@ -734,6 +739,7 @@ def test_uploads_never_follow_links_out_of_the_folder(hub, folder, tmp_path):
     assert _fsck(bare) == ""
 
 
+@pytest.mark.slow
 def test_upload_version_is_all_or_nothing(hub, folder, tmp_path):
     hub.create_repo(repo_id="alice/m")
     bare = hub.root / "models/alice/m.git"
@@ -779,6 +785,7 @@ def test_delete_tag_works_from_a_directory_outside_any_git_repository(hub, folde
     assert hub.list_refs(repo_id="alice/m").tags == {}
 
 
+@pytest.mark.slow
 def test_upload_version_over_http_is_atomic_too(hub, http_hub, folder):
     hub.create_repo(repo_id="alice/m")
     bare = hub.root / "models/alice/m.git"

@@ -13,6 +13,7 @@ from openllm.hub import CommitOperationAdd, LocalHub
 from openllm.publish.datasets import upload_dataset
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["prepared", "tokenized", "file"])
 def test_upload_dataset_to_local_hub(tmp_path, kind):
     src = tmp_path / kind

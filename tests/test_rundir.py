@@ -105,6 +105,7 @@ def _holder(run, *, start_at=0.0, hold=30.0):
     )
 
 
+@pytest.mark.slow
 def test_two_processes_racing_for_the_lock_one_wins(tmp_path):
     start_at = time.time() + 1.5  # both are importing by then; they try within the same millisecond
     procs = [_holder(tmp_path, start_at=start_at, hold=1.5) for _ in range(2)]

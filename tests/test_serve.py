@@ -344,6 +344,7 @@ def test_full_queue_is_429_and_disconnects_cancel(serve_lm):
         assert stats["tokens"] <= 5 + 2  # B's 5, and at most a step or two of A's 400
 
 
+@pytest.mark.slow
 def test_non_streaming_client_disconnect_cancels(serve_lm):
     model, gate = gated_model(serve_lm.model)
     app = create_app(model, serve_lm.tokenizer)
@@ -926,6 +927,7 @@ class _NarrowTokenizer:
         return self.tok.id_to_piece(i)
 
 
+@pytest.mark.slow
 def test_slow_clients_are_timed_out_and_health_answers(serve_lm):
     """Connections that send their headers or body too slowly are closed (408 for a body), so 80 of them
     neither exhaust the server nor keep /health from answering."""
