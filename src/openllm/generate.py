@@ -201,22 +201,21 @@ class _FusedRMSNorm(RMSNorm):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
-# an (in, out) copy pays only while the matrix is small enough to stay in cache: measured on this project's
-# 2-core machine (torch 2.13, one thread, one row), 256 x 768 runs 2x faster transposed, 512 x 1536 and larger
-# run as fast untransposed (benchmarks/generate_throughput.py gives the whole-model figures)
-_COPY_MAX_ELEMENTS = 1 << 20
+# an (in, out) copy pays for products with a few rows: measured on this project's 2-core machine (torch 2.13,
+# one thread), 8 rows run about 2x faster through it at every shape of the presets (192 x 576 to 512 x 32000),
+# one row 2x faster for the small matrices and as fast for the large ones
+_COPY_ROWS = 16
 
 
-def _twin(module: nn.Module, head: nn.Module) -> nn.Module:
+def _twin(module: nn.Module) -> nn.Module:
     """A shallow copy of ``module``'s tree (parameters and buffers shared) with the decoding variants swapped
     in; ``module`` itself is not touched."""
     twin = copy.copy(module)
-    twin._modules = {name: _twin(child, head) for name, child in module._modules.items() if child is not None}
+    twin._modules = {name: _twin(child) for name, child in module._modules.items() if child is not None}
     if type(module) is nn.Linear and module.bias is None:
-        if module is head or module.weight.numel() <= _COPY_MAX_ELEMENTS:
-            twin.__class__ = _RowsLinear
-            twin.rows = 16 if module is head else 1
-            twin.weight_t = module.weight.detach().t().contiguous()
+        twin.__class__ = _RowsLinear
+        twin.rows = _COPY_ROWS
+        twin.weight_t = module.weight.detach().t().contiguous()
     elif type(module) is RMSNorm:
         twin.__class__ = _FusedRMSNorm
     return twin
@@ -225,15 +224,15 @@ def _twin(module: nn.Module, head: nn.Module) -> nn.Module:
 @contextlib.contextmanager
 def fast_decode(model: Transformer) -> Iterator[Transformer]:
     """A twin of ``model`` for decoding on a CPU: the same parameters and buffers (shared, not copied), with
-    fused RMSNorm and linear layers that multiply a few rows by (in, out) copies of their weights where that
-    pays (small matrices; the output head up to 16 rows). ``model`` itself is left untouched. The copies are
+    fused RMSNorm and linear layers that multiply up to 16 rows (a decoding batch) by (in, out) copies of their
+    weights. ``model`` itself is left untouched. The copies are
     taken on entry, so the twin is meant for a stretch of decoding during which the weights do not change. On
     a GPU or in low precision the model itself is handed back."""
     p = next(model.parameters())
     if p.device.type != "cpu" or p.dtype != torch.float32:
         yield model
         return
-    yield cast(Transformer, _twin(model, model.lm_head))  # a copy of the model: a Transformer too
+    yield cast(Transformer, _twin(model))  # a copy of the model: a Transformer too
 
 
 # --- text -----------------------------------------------------------------------------------------------------
