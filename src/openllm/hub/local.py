@@ -135,7 +135,9 @@ class LocalHub(Hub):
         if root is None or not self._named_root:
             return
         if root.is_dir():
-            if creating and not any((root / f"{t}s").is_dir() for t in REPO_TYPES) and any(root.iterdir()):
+            # hidden entries are a hub's own work in progress (another process creating its first repository)
+            others = any(not p.name.startswith(".") for p in root.iterdir())
+            if creating and not any((root / f"{t}s").is_dir() for t in REPO_TYPES) and others:
                 raise HubError(
                     f"--hub {root} is a folder that is not a hub (no models/, datasets/ or spaces/ in it); "
                     f"name an empty or new folder, or an existing hub"
