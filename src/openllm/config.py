@@ -41,6 +41,8 @@ __all__ = [
     "setting",
     "parameter_count",
     "MAX_PARAMETERS",
+    "TRACKERS",
+    "report_targets",
 ]
 
 # Ceilings far above any model this package can train, so that a mistyped size is refused by arithmetic
@@ -188,6 +190,11 @@ class TrainConfig:
     )
     fused_ops: bool = _s(False, "Fused ops", "Liger's RMSNorm and SwiGLU kernels (CUDA only)")
     check_every: int = _s(1, "Check every", "steps between host reads of the loss; >1 lets the GPU run ahead")
+    report_to: str = _s(
+        "tensorboard",
+        "Report to",
+        "trackers that mirror metrics.jsonl, comma-separated: tensorboard, trackio, wandb; none: metrics.jsonl only",
+    )
 
     def validate(self) -> TrainConfig:
         for name in (
@@ -229,6 +236,7 @@ class TrainConfig:
                 key="train.decay_fraction",
                 reason=f"must be in [0, 1], got {_plain(self.decay_fraction)}",
             )
+        report_targets(self.report_to)
         _check_choices("train", self)
         return self
 
@@ -264,6 +272,24 @@ class DataConfig:
         """The smallest vocabulary worth training a tokenizer to: its fixed ids (4 special tokens, and the 256
         byte pieces with byte fallback) and 64 learned pieces."""
         return 4 + (256 if self.byte_fallback else 0) + 64
+
+
+TRACKERS = ("tensorboard", "trackio", "wandb")
+
+
+def report_targets(value: Any) -> tuple[str, ...]:
+    """``train.report_to`` as the trackers it names, in order, each once (``none``: no tracker); a
+    :class:`ConfigError` for anything else."""
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else []
+    if names == ["none"]:
+        return ()
+    if not names or any(n not in TRACKERS for n in names):
+        raise ConfigError(
+            f"train.report_to must be none or a comma-separated list of {', '.join(TRACKERS)}, got {value!r}",
+            key="train.report_to",
+            reason=f"none, or some of {', '.join(TRACKERS)} separated by commas, got {value!r}",
+        )
+    return tuple(dict.fromkeys(names))
 
 
 _SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
