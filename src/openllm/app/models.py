@@ -29,6 +29,8 @@ __all__ = [
     "PushPreview",
     "push_run",
     "download_version",
+    "hf_hub",
+    "user_repo",
 ]
 
 
@@ -261,6 +263,31 @@ def push_run(
         "sha256": res.weights_sha256 or preview.sha256,
         "checkpoint_sha256": preview.sha256,
     }
+
+
+def hf_hub(token: str | None = None) -> Any:
+    """The Hugging Face hub a push from the app goes to: with ``token`` (the signed-in user's own, for this
+    push only) when given, else with the HF_TOKEN secret (the hub adapter reads it; nobody signed in)."""
+    from ..hub.hf import HfHub
+
+    return HfHub(token=token) if token else HfHub()
+
+
+def user_repo(repo: Any, username: str | None) -> str:
+    """The repository a signed-in user publishes to: under their own namespace (``name`` alone becomes
+    ``username/name``; another owner is refused). Nobody signed in: ``repo`` as given."""
+    text = str(repo or "").strip()
+    if not username:
+        return text
+    if text and "/" not in text:
+        return f"{username}/{text}"
+    owner = text.partition("/")[0]
+    if owner and owner.lower() != username.lower():
+        raise FormError(
+            "Repository",
+            f"signed in as {username}, you publish under your own namespace: {username}/{text.partition('/')[2]}",
+        )
+    return text
 
 
 def download_version(ws: Workspace, ref: str) -> Path:

@@ -20,6 +20,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported, a
 import gradio as gr
 
 from ..config import preset_names
+from . import access
 from .help import load_help
 from .render import CSS, theme
 from .runner import Runner
@@ -30,6 +31,22 @@ from .workspace import Workspace, default_workspace
 __all__ = ["build_app", "CSS", "THEME", "Shared"]
 
 THEME = theme()
+# the controls of the write actions (their handlers are wrapped by access.writer): on a Space, shown only to
+# the signed-in owners
+WRITE_ACTIONS = (
+    "start-btn",
+    "stop-btn",
+    "monitor-stop",
+    "push-btn",
+    "continue-btn",
+    "delete-btn",
+    "delete-confirm",
+    "ft-btn",
+    "dl-btn",
+    "export-btn",
+    "eval-btn",
+    "corpus-kind",  # a visitor keeps the embedded corpus: no upload offered
+)
 
 
 def _wrap_tabs() -> dict:
@@ -60,6 +77,11 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
             "# OpenLLM\nTrain a small language model from scratch, watch it learn, try it, publish it.",
             elem_id="app-header",
         )
+        with gr.Row(visible=access.on_space(), elem_id="sign-in-row"):
+            # on a Space: Sign in with Hugging Face (owners write; visitors watch, generate and chat)
+            if access.login_enabled():
+                gr.LoginButton(elem_id="login-btn", size="sm", scale=0, min_width=240)
+            visitor_note = gr.HTML("", elem_id="visitor-note-box")
         # the pickers' memory lives in the browser (local storage), so it survives reloads; an older Gradio
         # without BrowserState keeps it for the page's lifetime only
         picks = gr.BrowserState({}, storage_key="openllm-app-picks") if hasattr(gr, "BrowserState") else gr.State({})
@@ -89,6 +111,8 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
         _wire_load(demo, sh, picks, train_tab, mon, gen, mod)
         demo.load(talk.keep, [talk.model, picks], talk.model)
         _wire_run_pickers(demo, sh, tabs, picks, run_pickers, compare_pickers)
+        writes = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) in WRITE_ACTIONS]
+        access.hide_for_visitors(demo, writes, visitor_note)
 
     demo.openllm_workspace = ws  # type: ignore[attr-defined]
     demo.openllm_runner = sh.runner  # type: ignore[attr-defined]
@@ -109,10 +133,10 @@ def _wire_training(sh, tabs, picks, timer, train_tab: train.TrainTab, mon: monit
     """Start and Stop, the Monitor following the run (its timer also keeps Start/Stop right)."""
     buttons = [train_tab.start_btn, train_tab.stop_btn]
     train_tab.start_btn.click(
-        train_tab.on_start, train_tab.start_inputs, [train_tab.msg, mon.run, tabs, mon.banner]
+        access.writer(train_tab.on_start), train_tab.start_inputs, [train_tab.msg, mon.run, tabs, mon.banner]
     ).then(lambda run: _buttons(sh, run), mon.run, buttons)
     # Stop names its run: the one the Monitor shows (Start switches it to the run started)
-    train_tab.stop_btn.click(train_tab.on_stop, mon.run, train_tab.msg).then(
+    train_tab.stop_btn.click(access.writer(train_tab.on_stop), mon.run, train_tab.msg).then(
         lambda run: _buttons(sh, run), mon.run, buttons
     )
 
@@ -134,9 +158,9 @@ def _wire_training(sh, tabs, picks, timer, train_tab: train.TrainTab, mon: monit
         return gr.update(choices=sh.run_choices(), value=run), *monitor.view(sh, run, None)
 
     mon.refresh.click(on_refresh, mon.run, [mon.run, *mon.outputs])
-    mon.stop_btn.click(lambda run: train.stop_message(sh, run), mon.run, mon.banner)
+    mon.stop_btn.click(access.writer(lambda run: train.stop_message(sh, run)), mon.run, mon.banner)
     mod.ft_btn.click(
-        lambda run, *rest: models.on_finetune(sh, run, *rest),
+        access.writer(lambda run, *rest: models.on_finetune(sh, run, *rest)),
         [mod.run, *mod.ft_inputs],
         [mod.ft_msg, mon.run, tabs, mon.banner],
     ).then(lambda run: _buttons(sh, run), mon.run, buttons)
@@ -181,10 +205,12 @@ def _wire_lists(sh, tabs, picks, mon: monitor.MonitorTab, gen: generate.Generate
 def _wire_run_actions(sh, tabs, train_tab: train.TrainTab, mon: monitor.MonitorTab, mod: models.ModelsTab, refresh):
     """Continue (switches to the Monitor) and Delete (refreshes the lists)."""
     mod.continue_btn.click(
-        lambda run, n: models.on_continue(sh, run, n), [mod.run, mod.more], [mod.manage_msg, mon.run, tabs, mon.banner]
+        access.writer(lambda run, n: models.on_continue(sh, run, n)),
+        [mod.run, mod.more],
+        [mod.manage_msg, mon.run, tabs, mon.banner],
     )
     mod.delete_btn.click(
-        lambda run, ok: models.on_delete(sh, run, ok),
+        access.writer(lambda run, ok: models.on_delete(sh, run, ok)),
         [mod.run, mod.delete_confirm],
         [mod.manage_msg, mod.delete_confirm],
     ).then(*refresh)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from .. import access
 from .. import render as R
 from .. import tools as T
 from .shared import Shared
@@ -57,6 +58,6 @@ def build(sh: Shared) -> list:
         done = R.msg(f"Evaluated {run_}; saved with the run (evaluation.json, read by its model card).", "ok")
         return done, markdown(results)
 
-    btn.click(on_evaluate, [run, limit, tasks, task_file], [msg, report])
+    btn.click(access.writer(on_evaluate), [run, limit, tasks, task_file], [msg, report])
     run.change(lambda r: T.evaluation_markdown(sh.ws, r), run, report, show_progress="hidden")
     return [run]

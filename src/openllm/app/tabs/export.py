@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from .. import access
 from .. import render as R
 from .. import tools as T
 from .shared import Shared
@@ -53,7 +54,7 @@ def build(sh: Shared) -> list:
 
     # the message first, the download next: a zip the server cannot hand out fails the second step with an
     # error shown, never the whole export without a word
-    btn.click(lambda: gr.update(visible=False), None, download).then(on_export, [run, fmt], [msg, archive_path]).then(
-        offer_zip, archive_path, download
-    )
+    btn.click(lambda: gr.update(visible=False), None, download).then(
+        access.writer(on_export), [run, fmt], [msg, archive_path]
+    ).then(offer_zip, archive_path, download)
     return [run]

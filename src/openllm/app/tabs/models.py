@@ -12,6 +12,7 @@ import gradio as gr
 
 from ... import rundir
 from ...rundir import checkpoint_steps
+from .. import access
 from .. import chat as C
 from .. import models as M
 from .. import render as R
@@ -142,7 +143,9 @@ def build(sh: Shared, picks: Any) -> ModelsTab:
         )
     preview_html = gr.HTML("", elem_id="push-preview")
     gr.Markdown("### Push to the hub")
-    hf = bool(os.environ.get("HF_TOKEN"))  # only whether it is set: the token itself stays in the hub library
+    # the Hugging Face Hub is offered with a token to publish with: the signed-in user's (on a Space with
+    # sign-in) or the HF_TOKEN secret; only whether one exists is read here, the token stays in the hub library
+    hf = bool(os.environ.get("HF_TOKEN")) or access.login_enabled()
     with gr.Row():
         target = gr.Radio(
             ["local hub", "Hugging Face Hub"],
@@ -150,7 +153,8 @@ def build(sh: Shared, picks: Any) -> ModelsTab:
             label="Publish to",
             elem_id="push-target",
             visible=hf,
-            info="the Space's HF_TOKEN secret is used by the hub library; it is never shown",
+            info="as the signed-in user (their own token, for this push only), else with the Space's HF_TOKEN "
+            "secret; a token is never shown or logged",
         )
         license_ = gr.Textbox(
             "",
@@ -270,17 +274,24 @@ def build(sh: Shared, picks: Any) -> ModelsTab:
     dl_msg = gr.HTML("", elem_id="dl-msg")
     sha = gr.State(None)
 
-    def on_push(run_, step_, repo_, version_, expect, target_, license_value, dataset_, private_):
+    def on_push(
+        run_, step_, repo_, version_, expect, target_, license_value, dataset_, private_, *, profile=None, token=None
+    ):
         try:
-            req = parse_push_form(dict(run_name=run_, repo=repo_, version=version_))
-            publish = {}
+            publish: dict[str, Any] = {}
             if target_ == "Hugging Face Hub":
-                publish = {"hub": "hf", "license": (license_value or "").strip() or None, "private": bool(private_)}
+                repo_ = M.user_repo(repo_, getattr(profile, "username", None) if token is not None else None)
+                publish = {
+                    "hub": M.hf_hub(access.token_value(token)),
+                    "license": (license_value or "").strip() or None,
+                    "private": bool(private_),
+                }
                 if (dataset_ or "").strip():
                     publish["datasets"] = [parse_repo(dataset_, "Dataset")]
+            req = parse_push_form(dict(run_name=run_, repo=repo_, version=version_))
             res = M.push_run(sh.ws, req, int(step_) if step_ else None, expect_sha256=expect, **publish)
         except Exception as exc:
-            return R.err(exc), gr.skip()
+            return access.safe_text(R.err(exc), token), gr.skip()
         return (
             R.msg(
                 f"Pushed {req.run_name!r} checkpoint step {res['step']:,} (weights sha256 "
@@ -299,9 +310,11 @@ def build(sh: Shared, picks: Any) -> ModelsTab:
         return R.msg(f"Downloaded {ref} to {sh.ws.relative(folder)} in the workspace.", "ok")
 
     push_event = push_btn.click(
-        on_push, [run, step, repo, version, sha, target, license_, dataset, private], [push_msg, hub_df]
+        access.writer(on_push, session=True),
+        [run, step, repo, version, sha, target, license_, dataset, private],
+        [push_msg, hub_df],
     )
-    dl_btn.click(on_download, dl_ref, dl_msg)
+    dl_btn.click(access.writer(on_download), dl_ref, dl_msg)
     tab = ModelsTab(
         run,
         step,
