@@ -16,6 +16,7 @@ from openllm.app.forms import (
     parse_sampling_form,
     parse_train_form,
     preset_fields,
+    recipe_fields,
 )
 from openllm.app.workspace import Workspace, WorkspaceError, check_name
 
@@ -112,6 +113,29 @@ def test_the_form_follows_the_configs_rules_and_offers_its_choices():
     assert offered["train.schedule"] == ("cosine", "wsd", "constant")
     with pytest.raises(FormError, match=r"^Vocabulary size: must be at least 324 to train a tokenizer, got 323$"):
         parse_train_form(_form(vocab_size=323))
+
+
+def test_the_form_offers_the_recipe_and_a_switch_fills_in_what_it_sets():
+    from openllm.app.schema import TRAIN_FIELDS
+    from openllm.config import load_config
+
+    offered = {f.key: f.setting.choices for f in TRAIN_FIELDS}
+    assert offered["train.recipe"] == ("speedrun", "classic") and "train.muon_lr" in offered
+    medium = {**preset_fields("medium"), "preset": "medium"}
+    assert medium["recipe"] == "speedrun" and medium["optimizer"] == "muon"
+    changed = recipe_fields("medium", "classic")  # what the UI fills in when the user picks classic
+    assert changed == {
+        "recipe": "classic",
+        "lr": pytest.approx(6e-4),
+        "optimizer": "adamw",
+        "schedule": "cosine",
+        "min_lr": None,
+    }
+    cfg = parse_train_form(_form(**{**medium, **changed, "vocab_size": 4096})).config
+    assert (cfg.train.optimizer, cfg.model.tie_embeddings, cfg.model.zero_init_proj) == ("adamw", True, False)
+    # the model size's preset gives the shape only: the head follows the form's recipe
+    cfg = parse_train_form(_form(**{**medium, "model_size": "tiny", "vocab_size": 4096})).config
+    assert cfg.model.d_model == load_config("tiny").model.d_model and cfg.model.tie_embeddings is False
 
 
 def test_corpus_choices():

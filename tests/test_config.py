@@ -240,3 +240,48 @@ def test_deeply_nested_config_file_is_refused(tmp_path):
     p.write_text('{"train": {"seed": ' + "7" * 5000 + "}}")
     with pytest.raises(ConfigError, match="deep.json"):
         load_config(p)
+
+
+# --- recipes (issue 25): the speedrun's recipe is the presets' default; one switch restores the classic one ---
+
+
+@pytest.mark.parametrize("name", ["small", "medium", "large"])
+def test_gpu_presets_train_with_the_speedrun_recipe(name):
+    cfg = load_config(name)
+    t, m = cfg.train, cfg.model
+    assert (t.recipe, t.optimizer, t.schedule, t.decay_fraction, t.min_lr) == ("speedrun", "muon", "wsd", 0.4, 0.0)
+    assert (m.tie_embeddings, m.zero_init_proj) == (False, True)
+    assert t.check_every == 5 and t.compile is None  # compile unset: on CUDA, off on CPU
+
+
+@pytest.mark.parametrize("name", ["small", "medium", "large"])
+def test_one_switch_restores_the_classic_recipe_and_its_learning_rate(name):
+    cfg = load_config(name)
+    classic = apply_overrides(cfg, ["train.recipe=classic"])
+    t, m = classic.train, classic.model
+    assert (t.optimizer, t.schedule, t.min_lr, m.tie_embeddings, m.zero_init_proj) == (
+        "adamw",
+        "cosine",
+        None,
+        True,
+        False,
+    )
+    assert t.lr == pytest.approx(cfg.train.lr / 3)  # AdamW's rate over every parameter, as before the recipe
+    back = apply_overrides(classic, ["train.recipe=speedrun"])
+    assert back.to_dict() == cfg.to_dict()
+    # settings given beside the switch win, whichever section comes first
+    mixed = cfg.replace(model={"tie_embeddings": False}, train={"recipe": "classic", "lr": 1e-3})
+    assert (mixed.train.optimizer, mixed.train.lr, mixed.model.tie_embeddings) == ("adamw", 1e-3, False)
+
+
+def test_a_config_file_naming_a_recipe_gets_what_the_recipe_sets(tmp_path):
+    path = tmp_path / "c.json"
+    model = {"d_model": 64, "n_layers": 2, "n_heads": 2}
+    path.write_text(json.dumps({"model": model, "train": {"recipe": "speedrun"}}))
+    cfg = load_config(path)
+    assert (cfg.train.optimizer, cfg.train.schedule, cfg.model.tie_embeddings) == ("muon", "wsd", False)
+    assert cfg.train.lr == pytest.approx(3 * 3e-4)
+    plain = Config()  # no recipe named: the dataclass defaults, which are the classic recipe's
+    assert (plain.train.recipe, plain.train.optimizer, plain.model.tie_embeddings) == ("classic", "adamw", True)
+    with pytest.raises(ConfigError, match="train.recipe"):
+        apply_overrides(plain, ["train.recipe=fastest"])

@@ -41,6 +41,8 @@ __all__ = [
     "setting",
     "parameter_count",
     "MAX_PARAMETERS",
+    "RECIPES",
+    "recipe_model_keys",
     "TRACKERS",
     "report_targets",
 ]
@@ -59,6 +61,57 @@ _MODEL_MAX = {
 }
 _SEED_MAX = 2**63 - 1  # torch and numpy take 64-bit seeds; the signed range fits both
 _INT_MAX = 2**63 - 1  # every count ends up in an int64 (a tensor, a schedule, a loader position)
+
+
+# The training recipes that ``train.recipe`` switches between: the settings each one sets, and the scale of
+# AdamW's learning rate (``train.lr``: embeddings, head and norms under Muon) against the classic rate. The
+# speedrun's choice is benchmarks/gpu.md's "AdamW vs Muon + the chosen recipe": Muon + WSD (the last 40% decaying
+# to 0) + untied head + zero-initialised projections + 3x AdamW rate reached medium's target in 0.44x the tokens.
+RECIPES: dict[str, dict[str, Any]] = {
+    "speedrun": {
+        "train": {"optimizer": "muon", "schedule": "wsd", "decay_fraction": 0.4, "min_lr": 0.0},
+        "model": {"tie_embeddings": False, "zero_init_proj": True},
+        "lr_scale": 3.0,
+    },
+    "classic": {
+        "train": {"optimizer": "adamw", "schedule": "cosine", "min_lr": None},
+        "model": {"tie_embeddings": True, "zero_init_proj": False},
+        "lr_scale": 1.0,
+    },
+}
+
+
+def recipe_model_keys() -> set[str]:
+    """The model settings a recipe sets (the head and init; never the shape)."""
+    return {key for recipe in RECIPES.values() for key in recipe["model"]}
+
+
+def _fill_recipe(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` (a config's sections) with what its ``train.recipe`` sets wherever ``data`` does not say (a
+    preset names its recipe and only the settings it tunes); ``train.lr``, when absent, at the recipe's scale."""
+    train = data.get("train")
+    recipe = RECIPES.get(train.get("recipe")) if isinstance(train, Mapping) else None  # type: ignore[arg-type]
+    if recipe is None:
+        return dict(data)
+    out = dict(data)
+    for section in ("model", "train"):
+        given = out.get(section, {})
+        if isinstance(given, Mapping):
+            out[section] = {**recipe[section], **given}
+    if "lr" not in out["train"]:
+        out["train"]["lr"] = TrainConfig.lr * recipe["lr_scale"]
+    return out
+
+
+def _switch_recipe(data: dict[str, Any], new: str) -> dict[str, Any]:
+    """A whole config's sections (``to_dict``) moved to recipe ``new``: its settings set, the learning rate
+    rescaled from the old recipe's scale to the new one's."""
+    old = RECIPES.get(data["train"].get("recipe"), RECIPES["classic"])
+    recipe = RECIPES[new]
+    train = {**data["train"], **recipe["train"], "recipe": new}
+    if _is_number(train.get("lr")):
+        train["lr"] = train["lr"] * recipe["lr_scale"] / old["lr_scale"]
+    return {**data, "model": {**data["model"], **recipe["model"]}, "train": train}
 
 
 def _s(default: Any, label: str, help: str = "", choices: tuple[str, ...] = ()) -> Any:
@@ -152,6 +205,14 @@ class TrainConfig:
     grad_accum_steps: int = _s(1, "Gradient accumulation", "micro-batches per step")
     seq_len: int | None = _s(None, "Sequence length", "tokens per training window; empty: the model's context")
     max_steps: int = _s(1000, "Steps", "optimizer steps")
+    recipe: str = _s(
+        "classic",
+        "Recipe",
+        "one switch for the optimizer, schedule, head and init: speedrun (Muon for the blocks' matrices, AdamW at 3x "
+        "the rate for the rest, WSD, untied head, zero-initialised projections: the presets' default) or classic "
+        "(AdamW, cosine, tied head); settings given beside it win",
+        tuple(RECIPES),
+    )
     optimizer: str = _s(
         "adamw", "Optimizer", "adamw, or muon for the blocks' matrices (AdamW for the rest)", ("adamw", "muon")
     )
@@ -174,7 +235,9 @@ class TrainConfig:
         "auto: bf16 on GPUs that support it, fp32 on CPU",
         ("auto", "fp32", "bf16", "fp16"),
     )
-    compile: bool = _s(False, "Compile", "torch.compile the model")
+    compile: bool | None = _s(
+        None, "Compile", "torch.compile the model; empty: on CUDA, off on CPU (where it does not pay)"
+    )
     eval_every: int = _s(100, "Evaluate every", "steps between val-loss points")
     eval_batches: int = _s(20, "Evaluation batches", "batches per val-loss point")
     save_every: int = _s(200, "Save every", "steps between checkpoints")
@@ -346,6 +409,7 @@ class Config:
             raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
         _check_keys("", data, [*_SECTIONS, "name"])
         sections = {}
+        data = _fill_recipe(data)
         for key, klass in _SECTIONS.items():
             raw = data.get(key, {})
             if not isinstance(raw, Mapping):
@@ -358,6 +422,10 @@ class Config:
         """A copy with some fields overridden, e.g. ``cfg.replace(train={"max_steps": 10})`` (a section's
         overrides as a mapping, ``name=`` as a string); validated."""
         data = self.to_dict()
+        train = sections.get("train")
+        new = train.get("recipe") if isinstance(train, Mapping) else None
+        if new in RECIPES and new != data["train"].get("recipe"):
+            data = _switch_recipe(data, new)  # the recipe first: the settings given beside it win
         for key, overrides in sections.items():
             if key == "name":
                 data["name"] = overrides

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, load_config, preset_names
+from ..config import RECIPES, Config, ConfigError, load_config, preset_names, recipe_model_keys
 from ..errors import OpenLLMError
 from ..sampling import SamplingParams
 from .schema import TRAIN_FIELDS, FormField, field_for_key, form_values
@@ -130,6 +130,14 @@ def preset_fields(preset: str) -> dict[str, Any]:
     return {"model_size": preset, **form_values(load_config(preset))}
 
 
+def recipe_fields(preset: str, recipe: str) -> dict[str, Any]:
+    """The form's values that follow a recipe (what it sets, and the learning rate it scales) for a preset moved
+    to it: what the UI changes after the user picks one, leaving the user's other edits."""
+    cfg = load_config(preset).replace(train={"recipe": recipe})
+    keys = {f"train.{k}" for k in RECIPES[recipe]["train"]} | {"train.lr", "train.recipe"}
+    return {f.name: f.setting.get(cfg) for f in TRAIN_FIELDS if f.key in keys}
+
+
 def _shape(cfg) -> dict[str, Any]:
     return {k: v for k, v in cfg.model.__dict__.items() if k != "vocab_size"}
 
@@ -204,7 +212,9 @@ def parse_train_form(values: Mapping[str, Any]) -> TrainRequest:
 
     base = load_config(preset)
     shape = load_config(size).model
-    sections: dict[str, dict[str, Any]] = {"model": dict(shape.__dict__), "train": {}, "data": {}}
+    # the size preset gives the shape; the head and init follow the form's recipe (train.recipe), not the size's
+    model = {k: v for k, v in shape.__dict__.items() if k not in recipe_model_keys()}
+    sections: dict[str, dict[str, Any]] = {"model": model, "train": {}, "data": {}}
     for f in TRAIN_FIELDS:
         section, _, name = f.key.partition(".")
         sections[section][name] = _typed(f, values.get(f.name))

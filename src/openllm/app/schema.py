@@ -45,11 +45,13 @@ def _field(
 TRAIN_FIELDS: tuple[FormField, ...] = (
     # the app always trains a tokenizer for the run, which takes the vocabulary Config.validate(new_tokenizer) allows
     _field("model.vocab_size", place="top", help=f"tokenizer pieces (at least {DataConfig().tokenizer_vocab_floor()})"),
-    _field("train.lr", place="basic"),
+    _field("train.recipe", place="basic"),
+    _field("train.lr", place="basic", help="peak, after warmup; under Muon, AdamW's rate for embeddings, head, norms"),
     _field("train.micro_batch_size", "batch_size", place="basic"),
     _field("train.max_steps", elem_id="steps", place="basic"),
     _field("train.grad_accum_steps", "grad_accum"),
     _field("train.optimizer"),
+    _field("train.muon_lr"),
     _field("train.schedule", elem_id="scheduler"),
     _field("train.weight_decay"),
     _field("train.grad_clip"),

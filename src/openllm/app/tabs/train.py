@@ -22,6 +22,7 @@ from ..forms import (
     config_fields,
     parse_train_form,
     preset_fields,
+    recipe_fields,
 )
 from ..render import config_summary, corpus_problem, corpus_report, err, msg
 from ..runner import RunnerError
@@ -189,6 +190,15 @@ def build(sh: Shared, presets: list[str], first: str) -> TrainTab:
             return [gr.skip()] * len(form) + [err(exc)]
         return [f[n] for n in FORM_NAMES] + [msg(f"Loaded preset {name!r}.", "info")]
 
+    def on_recipe(preset_, recipe):
+        try:
+            f = recipe_fields(preset_, recipe)
+        except Exception as exc:
+            return [gr.skip()] * len(fields) + [err(exc)]
+        return [f[x.name] if x.name in f else gr.skip() for x in TRAIN_FIELDS] + [
+            msg(f"Recipe {recipe!r}: its optimizer, schedule and learning rates are filled in.", "info")
+        ]
+
     def corpus_file(kind, path, up) -> tuple[Path | None, str | None]:
         """The file or folder the chosen corpus is, or (None, why not)."""
         if kind == CORPUS_EMBEDDED:
@@ -273,6 +283,8 @@ def build(sh: Shared, presets: list[str], first: str) -> TrainTab:
 
     # input, not change: a preset filled in from a loaded config must not reset the fields it came with
     preset.input(on_preset, preset, [*form, train_msg])
+    recipe = fields[[f.name for f in TRAIN_FIELDS].index("recipe")]
+    recipe.input(on_recipe, [preset, recipe], [*fields, train_msg])
     from_run.input(on_from_run, from_run, [preset, *form, config_msg])
     load_file.upload(on_load_file, load_file, [preset, *form, config_msg])
     from_run.focus(lambda: gr.update(choices=_config_runs(sh)), None, from_run)
