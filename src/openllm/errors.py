@@ -97,6 +97,8 @@ EXTRAS = {
     "gguf": "export",
     "transformers": "export",
     "lm_eval": "eval",
+    "trackio": "track",
+    "wandb": "track",
 }
 
 

@@ -1,18 +1,23 @@
 """Training metrics: the ``metrics.jsonl`` writer, model FLOPs utilisation (MFU) with a table of device peak
-FLOP/s, TensorBoard logging, and the loss-curve plot."""
+FLOP/s, the trackers that mirror ``metrics.jsonl`` (TensorBoard, trackio, Weights & Biases: one small
+:class:`Reporter` interface, chosen by ``train.report_to``), and the loss-curve plot."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import secrets
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import rundir
+from .errors import MissingExtra, require
 from .fsio import write_text_atomic
 
 __all__ = [
@@ -23,6 +28,14 @@ __all__ = [
     "Throughput",
     "plot_loss",
     "TensorBoard",
+    "RunIdentity",
+    "Reporter",
+    "TrackioReporter",
+    "WandbReporter",
+    "new_run_id",
+    "check_reporters",
+    "make_reporters",
+    "trackio_command",
     "TrainingLog",
 ]
 
@@ -129,33 +142,209 @@ class MetricsWriter:
         self._f.close()
 
 
-class TensorBoard:
-    """SummaryWriter under ``RUN/tb``; a no-op when tensorboard is not installed."""
+@dataclass(frozen=True)
+class RunIdentity:
+    """Who a run is, for the trackers: logged once when a process starts reporting. ``run_id`` stays the same
+    across resumes (it is recorded in every checkpoint), so a resumed run continues its tracker run."""
 
-    def __init__(self, log_dir: str | Path, *, purge_step: int | None = None) -> None:
+    run_dir: Path
+    run_id: str
+    config: dict[str, Any] = field(default_factory=dict)  # the run's whole Config
+    facts: dict[str, Any] = field(default_factory=dict)  # world size, precision, device, data, ...
+    resumed_step: int | None = None  # the checkpoint's step when resuming
+    project: str = field(default_factory=lambda: tracker_project())
+
+    @property
+    def name(self) -> str:
+        """The run's name in a tracker: its folder's name."""
+        return self.run_dir.name or "run"
+
+    @property
+    def tracker_name(self) -> str:
+        """A name unique within the project (trackio resumes a run by name; two folders may share one)."""
+        return f"{self.name}-{self.run_id}"
+
+    def summary(self) -> dict[str, Any]:
+        """The identity and facts as one flat-ish mapping (what the trackers store as the run's config)."""
+        return {
+            "run_dir": str(self.run_dir.resolve()),
+            "run_id": self.run_id,
+            "resumed_step": self.resumed_step,
+            **self.facts,
+        }
+
+
+def new_run_id() -> str:
+    """A fresh run's id: 8 hex digits (W&B takes it as a run id, trackio in the run's name)."""
+    return secrets.token_hex(4)
+
+
+def tracker_project() -> str:
+    """The tracker project runs report to: ``OPENLLM_TRACKER_PROJECT``, else ``openllm``."""
+    return os.environ.get("OPENLLM_TRACKER_PROJECT") or "openllm"
+
+
+def _numbers(values: dict[str, Any]) -> dict[str, float | int]:
+    """The finite numeric fields of a ``metrics.jsonl`` record, ``step`` aside (trackers take it apart)."""
+    return {
+        k: v
+        for k, v in values.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+class Reporter(Protocol):
+    """A tracker that mirrors ``metrics.jsonl``: made with the run's :class:`RunIdentity` (logged once then),
+    given every record the trainer writes, closed at the end of the process."""
+
+    def log(self, step: int, values: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TensorBoard:
+    """SummaryWriter under ``RUN/tb``; a no-op when tensorboard is not installed. A resumed run
+    (``purge_step``) drops the events an earlier process wrote after its checkpoint."""
+
+    def __init__(
+        self, log_dir: str | Path, *, purge_step: int | None = None, identity: RunIdentity | None = None
+    ) -> None:
         self._w = None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except Exception:  # pragma: no cover - tensorboard is a dependency, but stay usable without it
             return
         self._w = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        if identity is not None:
+            text = json.dumps({"run": identity.summary(), "config": identity.config}, indent=2, default=str)
+            self._w.add_text("run", f"```\n{text}\n```", identity.resumed_step or 0)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if self._w is None:
             return
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
-                self._w.add_scalar(f"train/{key}" if key != "val_loss" else "val/loss", value, step)
+        for key, value in _numbers(values).items():
+            self._w.add_scalar(f"train/{key}" if key != "val_loss" else "val/loss", value, step)
 
     def close(self) -> None:
         if self._w is not None:
             self._w.close()
 
 
+class TrackioReporter:
+    """trackio (Hugging Face's local-first tracker): the run's records in trackio's local store
+    (``TRACKIO_DIR``, default ``~/.cache/huggingface/trackio``), project :func:`tracker_project`, run
+    ``FOLDER-RUNID``, resumed by that name. It logs to a Space or a server only where the user's environment
+    says so (``TRACKIO_SPACE_ID``, ``TRACKIO_SERVER_URL``); automatic CPU/GPU sampling is off: the run's own
+    metrics are what it mirrors."""
+
+    def __init__(self, identity: RunIdentity) -> None:
+        try:
+            import trackio
+        except ImportError as exc:
+            raise _missing("trackio") from exc
+        self.project = identity.project
+        # trackio prints its banner on stdout, which is the command's result; it goes with the logs instead
+        with contextlib.redirect_stdout(sys.stderr):
+            self._run = trackio.init(
+                project=identity.project,
+                name=identity.tracker_name,
+                config={**identity.config, "openllm": identity.summary()},
+                resume="allow",
+                embed=False,
+                auto_log_cpu=False,
+                auto_log_gpu=False,
+            )
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        self._run.log(_numbers(values), step=step)
+
+    def close(self) -> None:
+        import trackio
+
+        with contextlib.redirect_stdout(sys.stderr):
+            try:  # trackio.finish() also forgets the run, which trackio's exit hook would finish again
+                trackio.finish()
+            except RuntimeError:  # not the current run any more: finish it alone
+                self._run.finish()
+
+
+class WandbReporter:
+    """Weights & Biases: run id :attr:`RunIdentity.run_id` (a resume continues it), name the run folder's,
+    project :func:`tracker_project` (``WANDB_PROJECT`` wins). Online or offline as W&B's own settings say
+    (``WANDB_MODE=offline`` keeps everything in ``WANDB_DIR``); its console capture is off, so the command's
+    output stays ours."""
+
+    def __init__(self, identity: RunIdentity) -> None:
+        try:
+            import wandb
+        except ImportError as exc:
+            raise _missing("wandb") from exc
+        self._run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or identity.project,
+            name=identity.name,
+            id=identity.run_id,
+            resume="allow",
+            config={**identity.config, "openllm": identity.summary()},
+            settings=wandb.Settings(console="off"),
+        )
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        self._run.log(_numbers(values), step=step)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+def _missing(module: str) -> MissingExtra:
+    return MissingExtra(
+        f"train.report_to {module} needs {module}, which is not installed: pip install 'openllm[track]'"
+    )
+
+
+def check_reporters(names: Sequence[str]) -> None:
+    """Raise :class:`MissingExtra` (one line: the ``pip install``) for a named tracker whose package is not
+    installed; called before training starts, on every rank."""
+    for name in names:
+        if name in ("trackio", "wandb"):
+            try:
+                require(name, "track")
+            except MissingExtra as exc:
+                raise _missing(name) from exc
+
+
+def make_reporters(
+    names: Sequence[str], identity: RunIdentity, *, tb_dir: str | Path, purge_step: int | None = None
+) -> list[Reporter]:
+    """The trackers ``names`` (:func:`openllm.config.report_targets`), started for ``identity``."""
+    out: list[Reporter] = []
+    try:
+        for name in names:
+            if name == "tensorboard":
+                out.append(TensorBoard(tb_dir, purge_step=purge_step, identity=identity))
+            elif name == "trackio":
+                out.append(TrackioReporter(identity))
+            elif name == "wandb":
+                out.append(WandbReporter(identity))
+            else:
+                raise ValueError(f"unknown tracker {name!r}")
+    except BaseException:
+        for r in out:
+            with contextlib.suppress(Exception):
+                r.close()
+        raise
+    return out
+
+
+def trackio_command(project: str | None = None) -> str:
+    """The command that opens trackio's dashboard of the runs (locally)."""
+    return f'trackio show --project "{project or tracker_project()}"'
+
+
 class TrainingLog:
-    """Where a training run's records go (on rank 0): ``metrics.jsonl``, TensorBoard in ``tb_dir``, the caller's
-    ``on_log`` and, with ``progress``, a progress bar on stderr. A resumed run (``resumed``, from ``step``)
-    drops what an earlier process logged after that step from both logs."""
+    """Where a training run's records go (on rank 0): ``metrics.jsonl``, the trackers of ``report_to``
+    (TensorBoard in ``tb_dir``, trackio, W&B; :func:`make_reporters`), the caller's ``on_log`` and, with
+    ``progress``, a progress bar on stderr. A resumed run (``resumed``, from ``step``) drops what an earlier
+    process logged after that step from ``metrics.jsonl`` and TensorBoard."""
 
     def __init__(
         self,
@@ -167,9 +356,12 @@ class TrainingLog:
         resumed: bool,
         progress: bool,
         on_log: Callable[[dict[str, Any]], None] | None = None,
+        report_to: Sequence[str] = ("tensorboard",),
+        identity: RunIdentity | None = None,
     ) -> None:
+        identity = identity or RunIdentity(Path(run_dir), new_run_id(), resumed_step=step if resumed else None)
+        self.reporters = make_reporters(report_to, identity, tb_dir=tb_dir, purge_step=step + 1 if resumed else None)
         self.metrics = MetricsWriter(run_dir, resume_step=step if resumed else None)
-        self.tb = TensorBoard(tb_dir, purge_step=step + 1 if resumed else None)
         self.on_log = on_log
         self.bar = None
         if progress and step < max_steps:
@@ -189,7 +381,8 @@ class TrainingLog:
         """One record (``step``, ``loss``, ``tokens_per_s``, ...) to every sink; the bar also shows the latest
         val-loss estimate."""
         self.metrics.write(record)
-        self.tb.log(record["step"], record)
+        for reporter in self.reporters:
+            reporter.log(record["step"], record)
         if self.on_log is not None:
             self.on_log(dict(record))
         if self.bar is not None:
@@ -211,7 +404,9 @@ class TrainingLog:
     def close(self) -> None:
         self.close_bar()
         self.metrics.close()
-        self.tb.close()
+        reporters, self.reporters = self.reporters, []
+        for reporter in reporters:
+            reporter.close()
 
 
 def plot_loss(records: Iterable[dict[str, Any]], out: str | Path, *, title: str = "") -> Path | None:

@@ -56,9 +56,17 @@ from . import checkpoint as ckpt_mod
 from . import distributed as D
 from . import rundir
 from .batches import RandomWindowLoader, SequentialWindows, TokenShards, read_meta
-from .config import Config, TrainConfig, load_config
+from .config import Config, TrainConfig, load_config, report_targets
 from .errors import OpenLLMError
-from .metrics import Throughput, TrainingLog, device_peak_flops, plot_loss
+from .metrics import (
+    RunIdentity,
+    Throughput,
+    TrainingLog,
+    check_reporters,
+    device_peak_flops,
+    new_run_id,
+    plot_loss,
+)
 from .model import Transformer
 from .optim import LRSchedule, build_optimizer
 
@@ -304,6 +312,7 @@ def load_resume_state(ckpt: Path) -> dict[str, Any]:
     # config.json and status.json are written (a wrong type there raised TypeError inside a component)
     checks = {
         "data_dir": lambda v: v is None or isinstance(v, str),
+        "run_id": lambda v: v is None or isinstance(v, str),
         "tokenizer_sha256": lambda v: v is None or isinstance(v, str),
         "tokens_seen": lambda v: v is None or is_int(v),
         "best_step": lambda v: v is None or is_int(v),
@@ -664,6 +673,7 @@ class Trainer:
         self.last_loss: float | None = None
         self._bad: torch.Tensor | None = None  # non-finite seen since the last host read (stays on the device)
         self.end_state, self.reason = "finished", "reached max_steps"
+        self.run_id = plan.state.get("run_id") or new_run_id()  # the trackers' run: the same across resumes
 
     @property
     def step(self) -> int:
@@ -695,6 +705,7 @@ class Trainer:
         if error is None:
             try:
                 _check_memory(plan.cfg, self.seq_len, self.precision, self.dev)
+                check_reporters(report_targets(tc.report_to))  # a missing tracker package, before any work
             except OpenLLMError as exc:
                 error = str(exc)
         # before any other collective: under torchrun every rank learns whether rank 0 got the lock (and
@@ -797,6 +808,7 @@ class Trainer:
         return {
             "config": self.cfg.to_dict(),
             "tokenizer_sha256": self.plan.tokenizer_sha256,
+            "run_id": self.run_id,
             "data_dir": str(self.plan.data_dir.resolve()),
             "world_size": self.info.world_size,
             "precision": self.precision,
@@ -832,6 +844,14 @@ class Trainer:
             resumed=resume_from is not None,
             progress=self.progress,
             on_log=self.on_log,
+            report_to=report_targets(tc.report_to),
+            identity=RunIdentity(
+                self.out,
+                self.run_id,
+                config=self.cfg.to_dict(),
+                facts={k: v for k, v in self.checkpoint_facts().items() if k not in ("config", "time")},
+                resumed_step=self.step if resume_from is not None else None,
+            ),
         )
 
     # --- fit -----------------------------------------------------------------------------------------

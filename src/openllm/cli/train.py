@@ -44,6 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="set model.vocab_size to the tokenized data's vocabulary instead of failing on a mismatch",
     )
+    p.add_argument(
+        "--report-to",
+        default=None,
+        metavar="TRACKERS",
+        help="trackers that mirror metrics.jsonl, comma-separated: tensorboard, trackio, wandb, or none "
+        "(override train.report_to; default tensorboard)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -54,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train import train
 
     overrides = parse_overrides(args.set)  # a bad key fails before anything is read
+    if args.report_to is not None:
+        overrides.setdefault("train", {})["report_to"] = args.report_to
     resume = False if args.no_resume else args.resume
     result = train(
         args.config,
