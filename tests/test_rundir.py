@@ -316,3 +316,22 @@ def test_status_json_has_one_writer():
             if named:
                 found.append(f"{path.relative_to(src)}:{node.lineno}")
     assert not found, f"status.json written outside openllm.rundir.move: {found}"
+
+
+def test_a_run_whose_machine_went_away_is_stopped_at_its_checkpoint_not_failed(tmp_path):
+    """interrupt(): status.json says training, nobody holds the lock (the app and its job died with the
+    machine): stopped, phase interrupted, at the latest checkpoint, so Continue resumes; anything else is left."""
+    run = tmp_path / "run"
+    _checkpoint(run, "step_00000004")
+    _write_status(run, {"state": "training", "step": 6, "max_steps": 20, "pid": -1, "error": None})
+    assert rundir.interrupt(run, "the app restarted")
+    st = rundir.run_state(run)
+    assert (st.state, st.phase, st.step, st.max_steps, st.error) == ("stopped", rundir.INTERRUPTED, 4, 20, None)
+    assert rundir.read_status(run)["reason"] == "the app restarted"
+    assert not rundir.interrupt(run, "again")  # already ended
+    rundir.move(run, "queued", pid=None)  # Continue: a new attempt, which forgets the interruption
+    assert rundir.read_status(run).get("phase") is None and not rundir.read_status(run).get("interrupted")
+    assert not rundir.interrupt(run, "x")  # queued a moment ago: its job may be starting
+    with rundir.RunLock(run):
+        rundir.move(run, "training")
+        assert not rundir.interrupt(run, "x")  # held: alive

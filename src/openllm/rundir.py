@@ -44,6 +44,7 @@ __all__ = [
     "TB",
     "TOKENIZER",
     "TMP_PREFIX",
+    "LIVE_FILES",
     "WEIGHTS",
     "OPTIMIZER",
     "STATE",
@@ -84,6 +85,8 @@ __all__ = [
     "ABOVE_UNIFORM",
     "RunState",
     "run_state",
+    "INTERRUPTED",
+    "interrupt",
 ]
 
 CONFIG = "config.json"
@@ -100,6 +103,8 @@ WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.pt"
 STATE = "state.json"
 TMP_PREFIX = ".tmp-"
+# what a training rewrites at every logged step (the rest of a run folder changes at saves, ends and evaluations)
+LIVE_FILES = (STATUS, METRICS, TB)
 
 # written as 8 digits (sorts by name); read with any number of digits
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -525,7 +530,8 @@ def move(run_dir: str | os.PathLike, state: str, **fields: Any) -> dict[str, Any
     old = read_status(run)
     current = recorded_state(old)
     if current in ACTIVE_STATES and current != QUEUED and old.get("pid") != os.getpid():
-        current = FAILED
+        # a dead owner's run failed, unless this move says it was cut off from outside (:func:`interrupt`)
+        current = STOPPED if state == STOPPED and fields.get(INTERRUPTED) else FAILED
     record = dict(old)
     if state != current:
         check_transition(current, state)
@@ -540,6 +546,37 @@ def move(run_dir: str | os.PathLike, state: str, **fields: Any) -> dict[str, Any
     run.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run / STATUS, record)
     return record
+
+
+INTERRUPTED = "interrupted"  # status.json's phase and flag for a run cut off by its machine going away
+
+
+def interrupt(run_dir: str | os.PathLike, why: str) -> bool:
+    """A run whose status.json says it is active but that no process holds, when the machine it trained on
+    went away (a Space restarted, the app and its job were killed with it): it ends ``stopped`` at its latest
+    checkpoint, phase ``interrupted`` and ``reason`` ``why``, so Continue resumes it exactly. Returns whether
+    the run was such a run. A run still held, or queued a moment ago (its job may be starting), is left alone;
+    so is one already ended. Without a checkpoint it is ``stopped`` all the same: Continue starts it again."""
+    run = Path(run_dir)
+    status = read_status(run)
+    recorded = recorded_state(status)
+    if recorded not in ACTIVE_STATES or lock_holder(run) is not None:
+        return False
+    if recorded == QUEUED and time.time() - float(status.get("updated_unix") or 0) < QUEUE_TIMEOUT_S:
+        return False
+    latest = latest_checkpoint(run)
+    move(
+        run,
+        STOPPED,
+        phase=INTERRUPTED,
+        reason=why,
+        error=None,
+        pid=None,
+        step=step_of(latest) if latest is not None else 0,
+        checkpoint=str(latest) if latest is not None else None,
+        **{INTERRUPTED: True},
+    )
+    return True
 
 
 def _now() -> str:

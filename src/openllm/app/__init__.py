@@ -21,13 +21,21 @@ def build_app(workspace=None):
     return _build(workspace)
 
 
-def launch(workspace=None, *, host: str = "127.0.0.1", port: int = 7860, **kwargs):
+def launch(workspace=None, *, host: str = "127.0.0.1", port: int = 7860, mirror=None, mirror_hub=None, **kwargs):
     """Build the app and serve it on ``host:port``; blocks until the server stops, unless
-    ``prevent_thread_lock=True``. Returns the ``gr.Blocks`` (``.close()`` stops the server)."""
+    ``prevent_thread_lock=True``. Returns the ``gr.Blocks`` (``.close()`` stops the server).
+
+    The workspace is set up first (:func:`openllm.app.storage.open_storage`): restored from its mirror
+    (``mirror`` on ``mirror_hub``, else OPENLLM_WORKSPACE_REPO / OPENLLM_WORKSPACE_HUB) when it is empty, then
+    mirrored while the app serves and once more when it stops (SIGTERM included). Without blocking, the caller
+    ends it: ``demo.openllm_storage.close()``."""
+    from .storage import open_storage
     from .ui import CSS, THEME
     from .ui import build_app as _build
 
-    demo = _build(workspace)
+    storage = open_storage(workspace, repo=mirror, hub=mirror_hub)
+    demo = _build(storage.workspace.root)
+    demo.openllm_storage = storage  # type: ignore[attr-defined]
     demo.queue(default_concurrency_limit=4)
     kwargs.setdefault("show_error", True)
     # Gradio hands out files only from the current folder, the temp folder and allowed_paths: the log, the
@@ -35,5 +43,26 @@ def launch(workspace=None, *, host: str = "127.0.0.1", port: int = 7860, **kwarg
     # (only that folder: the rest of the workspace holds corpora and runs the server must not serve)
     downloads = str(demo.openllm_workspace.downloads_dir)  # type: ignore[attr-defined]
     kwargs["allowed_paths"] = [*(kwargs.get("allowed_paths") or []), downloads]
-    demo.launch(server_name=host, server_port=port, css=CSS, theme=THEME, share=False, **kwargs)
+    if storage.mirror is not None:
+        storage.mirror.start()
+    blocking = not kwargs.get("prevent_thread_lock")
+    if blocking and storage.mirror is not None:
+        _term_is_interrupt()
+    try:
+        demo.launch(server_name=host, server_port=port, css=CSS, theme=THEME, share=False, **kwargs)
+    finally:
+        if blocking:
+            storage.close()
     return demo
+
+
+def _term_is_interrupt() -> None:
+    """SIGTERM (a Space stopping) ends the server as Ctrl-C does, so that the last mirror runs."""
+    import signal
+    import threading
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)

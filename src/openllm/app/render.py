@@ -198,7 +198,8 @@ def run_view(run: str, st, p: Progress, points: int, ckpts: list[int], mem: dict
     it, the progress bar, error and warning, the stat cards and the memory line."""
     f = format_progress(p)
     live = st.state in (rundir.PREPARING, rundir.TRAINING, rundir.STOPPING)
-    phase = f" — {html.escape(st.phase)}" if st.phase and st.state == rundir.PREPARING else ""
+    shown = st.state == rundir.PREPARING or (st.state == rundir.STOPPED and st.phase == rundir.INTERRUPTED)
+    phase = f' — <span id="run-phase">{html.escape(st.phase)}</span>' if st.phase and shown else ""
     who = ""
     if st.holder is not None:
         outside = " (started outside the app)" if st.external else ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import OpenLLMError
@@ -43,10 +44,12 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
-def default_workspace() -> Path:
-    """OPENLLM_APP_WORKSPACE, else ./openllm-workspace in the current directory."""
-    env = os.environ.get("OPENLLM_APP_WORKSPACE")
-    return Path(env) if env else Path.cwd() / "openllm-workspace"
+def default_workspace(env: Mapping[str, str] | None = None) -> Path:
+    """OPENLLM_WORKSPACE (e.g. a volume a Space mounts at /data), else OPENLLM_APP_WORKSPACE, else
+    ./openllm-workspace in the current directory (``env``: os.environ)."""
+    env = os.environ if env is None else env
+    given = env.get("OPENLLM_WORKSPACE") or env.get("OPENLLM_APP_WORKSPACE")
+    return Path(given) if given else Path.cwd() / "openllm-workspace"
 
 
 class Workspace:
