@@ -217,6 +217,10 @@ def test_llama_cpp_applies_our_chat_template(gguf_export, llama_cpp):
     ]
     fmt = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token="</s>", bos_token="<s>")
     assert fmt(messages=messages).prompt == apply_chat_template(messages)
+    # tools, an assistant's calls and a tool's result, as llama-cpp-python's server renders a request's tools
+    from test_tokenizer import TOOL_CHAT, TOOLS
+
+    assert fmt(messages=TOOL_CHAT, tools=TOOLS).prompt == apply_chat_template(TOOL_CHAT, tools=TOOLS)
 
 
 @pytest.mark.slow

@@ -180,6 +180,23 @@ def test_transformers_applies_our_chat_template(hf_export):
         assert list(ids) == ours.encode_chat(msgs)
 
 
+@pytest.mark.slow
+def test_transformers_renders_tools_as_our_server_does(hf_export):
+    """A conversation with tools, an assistant's calls and a tool's result: the export's tokenizer gives the
+    token ids the server's prompt has (serve.chat_prompt, the template in tokenizer.py)."""
+    from transformers import AutoTokenizer
+
+    from openllm.serve import chat_prompt
+    from test_tokenizer import TOOL_CHAT, TOOLS
+
+    run, out = hf_export
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok.apply_chat_template(TOOL_CHAT, tools=TOOLS, add_generation_prompt=True)
+    ids = ids if isinstance(ids, list) else ids["input_ids"]
+    served = chat_prompt(openllm.load(run).tokenizer, TOOL_CHAT, tools=TOOLS)
+    assert list(ids) == served and tok.decode(served).count("<tool_call>") == 2
+
+
 def test_export_folder_follows_the_umask(tmp_path, export_run):
     import os
 

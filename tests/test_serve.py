@@ -586,17 +586,22 @@ def test_models_by_id_and_unknown_models(client):
 
 
 @pytest.mark.parametrize(
-    "extra,param",
+    "extra,param,words",
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"tool_choice": "auto"}, "tool_choice"),
-        ({"response_format": {"type": "yaml"}}, "response_format"),
+        ({"functions": [{"name": "f"}]}, "functions", "not supported"),
+        ({"tool_choice": "auto"}, "tool_choice", "needs tools"),
+        ({"response_format": {"type": "yaml"}}, "response_format", "not one of"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "response_format": {"type": "json_object"}},
+            "response_format",
+            "cannot be combined",
+        ),
     ],
 )
-def test_unsupported_chat_options_are_400(client, extra, param):
+def test_unsupported_chat_options_are_400(client, extra, param, words):
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], **extra})
     assert r.status_code == 400 and r.json()["error"]["param"] == param
-    assert "not supported" in r.json()["error"]["message"] or "not one of" in r.json()["error"]["message"]
+    assert words in r.json()["error"]["message"]
 
 
 def test_penalties_and_logit_bias_act(client, serve_lm):

@@ -139,11 +139,11 @@ def test_structured_output_with_the_openai_client(client):
     }
     fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema, "strict": True}}
     messages = [{"role": "user", "content": "The weather in Paris, as JSON."}]
-    r = client.chat.completions.create(model=NAME, messages=messages, response_format=fmt, seed=1, max_tokens=200)
+    r = client.chat.completions.create(model=NAME, messages=messages, response_format=fmt, seed=1, max_tokens=160)
     assert r.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
     stream = client.chat.completions.create(
-        model=NAME, messages=messages, response_format=fmt, seed=2, max_tokens=200, stream=True
+        model=NAME, messages=messages, response_format=fmt, seed=2, max_tokens=160, stream=True
     )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     jsonschema.validate(json.loads(text), schema)
@@ -165,3 +165,185 @@ def test_structured_output_with_the_openai_client(client):
             model=NAME, messages=messages, response_format={"type": "json_schema", "json_schema": {"name": "x"}}
         )
     assert e.value.body["param"] == "response_format"
+
+
+# --- tool calling -------------------------------------------------------------------------------------------
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 8},
+        "unit": {"enum": ["c", "f"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TIME = {
+    "type": "object",
+    "properties": {"zone": {"type": "string", "maxLength": 6}},
+    "required": ["zone"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "The weather.", "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "get_time", "parameters": TIME}},
+]
+SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _valid_calls(calls, names=tuple(SCHEMAS)) -> list[str]:
+    """The called names, after checking each call's id, type and arguments against its function's schema."""
+    import json
+
+    import jsonschema
+
+    assert calls, "no tool calls"
+    for call in calls:
+        assert call.id.startswith("call_") and call.type == "function" and call.function.name in names
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+    return [c.function.name for c in calls]
+
+
+def _streamed_calls(client, **kw):
+    """A streamed reply put together the way the openai client's own stream helper does it."""
+    with client.chat.completions.stream(model=NAME, messages=ASK, tools=TOOLS, max_tokens=160, **kw) as stream:
+        for _ in stream:
+            pass
+        return stream.get_final_completion().choices[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tool_calls_required_and_named(client, seed):
+    """tool_choice required and named: the untrained model's reply is a well-formed call, whole and streamed
+    (one call: parallel_tool_calls false, so the reply fits max_tokens)."""
+    one = dict(seed=seed, parallel_tool_calls=False)
+    r = client.chat.completions.create(
+        model=NAME, messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=160, **one
+    )
+    (choice,) = r.choices
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert len(_valid_calls(choice.message.tool_calls)) == 1
+    named = {"type": "function", "function": {"name": "get_time"}}
+    r = client.chat.completions.create(
+        model=NAME, messages=ASK, tools=TOOLS, tool_choice=named, max_tokens=160, seed=seed
+    )
+    assert _valid_calls(r.choices[0].message.tool_calls) == ["get_time"]
+    streamed = _streamed_calls(client, tool_choice="required", **one)
+    assert streamed.finish_reason == "tool_calls" and len(_valid_calls(streamed.message.tool_calls)) == 1
+    streamed = _streamed_calls(client, tool_choice=named, seed=seed)
+    assert _valid_calls(streamed.message.tool_calls) == ["get_time"]
+
+
+PING = [{"type": "function", "function": {"name": "ping"}}]  # no parameters: a call is short, four fit
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3))
+def test_parallel_tool_calls(client, seed):
+    """Parallel calls (the default) come as several tool_calls, each with its own id and index."""
+    for stream in (False, True):
+        kw = dict(model=NAME, messages=ASK, tools=PING, tool_choice="required", seed=seed, max_tokens=150)
+        if stream:
+            with client.chat.completions.stream(**kw) as s:
+                choice = s.get_final_completion().choices[0]
+        else:
+            choice = client.chat.completions.create(**kw).choices[0]
+        calls = choice.message.tool_calls
+        assert choice.finish_reason == "tool_calls" and 1 <= len(calls) <= 4
+        assert all(c.function.name == "ping" and c.function.arguments == "{}" for c in calls)
+        assert len({c.id for c in calls}) == len(calls)
+
+
+@pytest.mark.slow
+def test_tool_call_stream_deltas_are_openais(client):
+    """Streamed calls arrive as OpenAI sends them: a head with index, id, type and name (arguments ""), then
+    argument fragments that add up to the whole call's arguments."""
+    kw = dict(model=NAME, messages=ASK, tools=TOOLS, tool_choice="required", seed=3, max_tokens=160)
+    whole = client.chat.completions.create(**kw).choices[0].message.tool_calls
+    parts: dict[int, dict] = {}
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        for d in chunk.choices[0].delta.tool_calls or []:
+            if d.index not in parts:
+                assert d.id.startswith("call_") and d.type == "function" and d.function.name
+                assert d.function.arguments == ""
+                parts[d.index] = {"name": d.function.name, "arguments": ""}
+            else:
+                assert d.id is None and d.function.name is None
+                parts[d.index]["arguments"] += d.function.arguments
+    assert [(p["name"], p["arguments"]) for _, p in sorted(parts.items())] == [
+        (c.function.name, c.function.arguments) for c in whole
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(2))
+def test_tool_choice_auto_is_text_or_calls(client, serve_lm, seed):
+    """auto: the model chooses, and a reply is plain text that does not start like a call, or valid calls.
+    The untrained model picks text; a logit bias toward "<", a call's first character, makes it pick a call
+    (the arguments' strings are then full of "<", which they may hold)."""
+    kw = dict(model=NAME, messages=ASK, tools=TOOLS, seed=seed, max_tokens=20)
+    text = client.chat.completions.create(**kw).choices[0]
+    assert text.message.tool_calls is None and text.finish_reason in ("stop", "length")
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text.message.content
+    assert not any(c.choices[0].delta.tool_calls for c in chunks)
+    assert not text.message.content.startswith("<")
+    # the reply's leading space first (a token of its own here), then "<"
+    tok = serve_lm.tokenizer
+    toward_call = {str(tok.piece_to_id("\u2581")): 15, str(tok.piece_to_id("<")): 30}
+    one = dict(seed=seed, parallel_tool_calls=False, logit_bias=toward_call)
+    r = client.chat.completions.create(model=NAME, messages=ASK, tools=TOOLS, max_tokens=160, **one)
+    assert r.choices[0].finish_reason == "tool_calls" and len(_valid_calls(r.choices[0].message.tool_calls)) == 1
+    streamed = _streamed_calls(client, **one)
+    assert streamed.finish_reason == "tool_calls" and len(_valid_calls(streamed.message.tool_calls)) == 1
+
+
+@pytest.mark.slow
+def test_tool_choice_none_and_conversations_with_calls(client):
+    """none gives text; a conversation holding an earlier call and its result is accepted and answered."""
+    r = client.chat.completions.create(
+        model=NAME, messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=10, temperature=0
+    )
+    assert r.choices[0].message.tool_calls is None and isinstance(r.choices[0].message.content, str)
+    history = ASK + [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C and sunny"},
+    ]
+    r = client.chat.completions.create(
+        model=NAME, messages=history, tools=TOOLS, tool_choice="none", max_tokens=10, temperature=0
+    )
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize(
+    "tools, choice, param, words",
+    [
+        ([{"type": "function", "function": {"name": "f", "parameters": []}}], "auto", "tools", "JSON schema object"),
+        ([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}], None, "tools", "object"),
+        ([{"type": "function", "function": {"name": "bad name"}}], None, "tools", "letters, digits"),
+        ([{"type": "function", "function": {"name": "f"}}] * 2, None, "tools", "more than once"),
+        ([{"name": "f"}], None, "tools", '"type": "function"'),
+        (TOOLS, {"type": "function", "function": {"name": "nope"}}, "tool_choice", "'nope', which is not in tools"),
+        (TOOLS, "sometimes", "tool_choice", "must be"),
+        (None, "required", "tool_choice", "needs tools"),
+    ],
+)
+def test_bad_tools_are_openais_400(client, tools, choice, param, words):
+    kw = {} if choice is None else {"tool_choice": choice}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=NAME, messages=ASK, tools=tools, max_tokens=5, **kw)
+    err = e.value.body
+    assert err["type"] == "invalid_request_error" and err["param"] == param
+    assert words in err["message"] and "\n" not in err["message"]

@@ -201,8 +201,59 @@ def test_chat_template_renders_a_plain_transcript():
     text = apply_chat_template(CONVERSATIONS[1])
     assert text == "<s>System: You are terse.\nUser: Hello!\nAssistant: Hi.</s>\nUser: And the earth?\nAssistant:"
     assert apply_chat_template(CONVERSATIONS[0], add_generation_prompt=False) == "<s>User: Hello!\n"
-    with pytest.raises(OpenLLMError, match="not tool"):
-        apply_chat_template([{"role": "tool", "content": "x"}])
+    with pytest.raises(OpenLLMError, match="assistant and tool, not robot"):
+        apply_chat_template([{"role": "robot", "content": "x"}])
+
+
+# OpenAI's shapes: a function list, an assistant turn that calls (arguments as a JSON string, as OpenAI sends
+# them, or as an object, as transformers' examples write them) and a tool's result
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_verse",
+            "description": "The text of a verse, e.g. <John 3:16> & co.",
+            "parameters": {
+                "type": "object",
+                "properties": {"book": {"type": "string"}, "verse": {"type": "integer"}},
+                "required": ["book"],
+            },
+        },
+    }
+]
+TOOL_CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Quote John 3:16."},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_verse", "arguments": '{"book": "John"}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_verse", "arguments": {"verse": 16}}},
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "For God so loved the world."},
+    {"role": "assistant", "content": "For God so loved the world."},
+]
+
+
+def test_chat_template_renders_tools_calls_and_results():
+    from openllm.tokenizer import apply_chat_template
+
+    function = (
+        'Function: {"name": "get_verse", "description": "The text of a verse, e.g. <John 3:16> & co.", '
+        '"parameters": {"type": "object", "properties": {"book": {"type": "string"}, "verse": {"type": "integer"}}, '
+        '"required": ["book"]}}\n'
+    )
+    assert apply_chat_template(TOOL_CHAT, tools=TOOLS) == (
+        "<s>System: Be brief.\n" + function + "User: Quote John 3:16.\n"
+        'Assistant: <tool_call>{"name": "get_verse", "arguments": {"book": "John"}}</tool_call>\n'
+        '<tool_call>{"name": "get_verse", "arguments": {"verse": 16}}</tool_call></s>\n'
+        "Tool: For God so loved the world.\nAssistant: For God so loved the world.</s>\nAssistant:"
+    )
+    # no system message: the functions come first; without tools nothing about them is written
+    assert apply_chat_template(TOOL_CHAT[1:2], tools=TOOLS) == "<s>" + function + "User: Quote John 3:16.\nAssistant:"
+    assert apply_chat_template(TOOL_CHAT[1:2]) == "<s>User: Quote John 3:16.\nAssistant:"
 
 
 def test_transformers_applies_the_same_chat_template(small_tok):
@@ -218,6 +269,11 @@ def test_transformers_applies_the_same_chat_template(small_tok):
             ids = hf.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen)
             ids = ids["input_ids"] if not isinstance(ids, list) else ids
             assert list(ids) == small_tok.encode_chat(msgs, add_generation_prompt=gen)
+    text = hf.apply_chat_template(TOOL_CHAT, tools=TOOLS, tokenize=False, add_generation_prompt=True)
+    assert text == apply_chat_template(TOOL_CHAT, tools=TOOLS)
+    ids = hf.apply_chat_template(TOOL_CHAT, tools=TOOLS, tokenize=True, add_generation_prompt=True)
+    ids = ids["input_ids"] if not isinstance(ids, list) else ids
+    assert list(ids) == small_tok.encode_chat(TOOL_CHAT, tools=TOOLS)
     assert small_tok.encode_chat(CONVERSATIONS[1])[0] == small_tok.bos_id
     assert small_tok.eos_id in small_tok.encode_chat(CONVERSATIONS[1])
 

@@ -31,6 +31,8 @@ __all__ = [
     "json_object_grammar",
     "regex_grammar",
     "choice_grammar",
+    "tool_call_grammar",
+    "MAX_TOOL_CALLS",
 ]
 
 
@@ -73,6 +75,69 @@ def choice_grammar(choices: Sequence[str]) -> str:
     if not choices or not all(isinstance(c, str) and c for c in choices):
         raise GrammarError("give a non-empty list of non-empty strings to choose from")
     return regex_grammar("(" + "|".join(re.escape(c) for c in choices) + ")")
+
+
+MAX_TOOL_CALLS = 4  # calls one reply may make when parallel calls are allowed
+
+
+def tool_call_grammar(tools: Sequence[dict], *, choice: str = "auto", parallel: bool = True) -> str:
+    """A grammar for a chat reply that calls tools the way the chat template writes calls
+    (:data:`openllm.tokenizer.TOOL_CALL_OPEN` ``{"name": ..., "arguments": {...}}`` ...CLOSE, one a line), each
+    call's ``arguments`` valid under its function's ``parameters``. ``tools`` are OpenAI's function entries
+    (checked by the caller); ``choice`` is ``"auto"`` (plain text that does not start with "<", or calls),
+    ``"required"`` (calls only) or a function's name (one call of it). The reply starts with the space the
+    template writes after ``Assistant:``."""
+    import llguidance
+
+    from .tokenizer import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_CALL_SEPARATORS
+
+    functions = [t["function"] for t in tools]
+    if choice not in ("auto", "required"):
+        functions = [f for f in functions if f["name"] == choice]
+        parallel = False
+    if not functions:
+        raise GrammarError(f"no tool named {choice!r} to call")
+    calls = []
+    for f in functions:
+        params = f.get("parameters")
+        if params is None:  # OpenAI: a function without parameters takes none
+            params = {"type": "object", "properties": {}, "additionalProperties": False}
+        calls.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": f["name"]}, "arguments": params},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    item, key = TOOL_CALL_SEPARATORS
+    # one %json of anyOf, not an alternative of %json rules: llguidance's documented way to offer several schemas
+    schema = {
+        "anyOf": calls,
+        "x-guidance": {
+            "whitespace_flexible": False,
+            "item_separator": item,
+            "key_separator": key,
+            "lenient": not all(bool(f.get("strict")) for f in functions),
+        },
+    }
+    more = f'("\\n" call){{0,{MAX_TOOL_CALLS - 1}}}' if parallel else ""
+    rules = [
+        f"calls: call {more}",
+        f"call: {json.dumps(TOOL_CALL_OPEN)} %json {json.dumps(schema)} {json.dumps(TOOL_CALL_CLOSE)}",
+    ]
+    if choice == "auto":
+        # plain text is anything that does not start with a call's first character, so a reply is text or calls,
+        # never both, and the model commits at its first character (a text reply cannot start with "<")
+        first = re.escape(TOOL_CALL_OPEN[0])
+        rules = ['start: " " (TEXT | calls)', f"TEXT: /([^{first}](.|\\n)*)?/", *rules]
+    else:
+        rules = ['start: " " calls', *rules]
+    lark = "\n".join(rules)
+    try:
+        return llguidance.LLMatcher.grammar_from_lark(lark)
+    except ValueError as exc:
+        raise GrammarError(f"the tools' parameters are not a usable JSON schema: {exc}") from exc
 
 
 def _tokenizers_json(tokenizer: Any) -> str:

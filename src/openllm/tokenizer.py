@@ -41,6 +41,9 @@ __all__ = [
     "TOKENIZER_FILES",
     "CHAT_TEMPLATE",
     "CHAT_STOPS",
+    "TOOL_CALL_OPEN",
+    "TOOL_CALL_CLOSE",
+    "TOOL_CALL_SEPARATORS",
     "apply_chat_template",
     "sentencepiece_pb2",
 ]
@@ -55,25 +58,59 @@ TOKENIZER_FILES = (MODEL_FILE, *HF_FILES, "openllm_tokenizer.json")
 #   <s>System: You are terse.\nUser: Hello!\nAssistant: Hi.</s>\nUser: What is 2+2?\nAssistant:
 # ``developer`` is OpenAI's newer name for the system role. The reply is what the model writes after
 # ``Assistant:``, up to EOS or the model starting the next turn ("\nUser:").
+# Tools (OpenAI's ``tools``, transformers' ``apply_chat_template(..., tools=...)``) are plain lines too: one
+# ``Function: {json of the function}`` line each, after the first system message (or first of all when there is
+# none); an assistant's calls are ``<tool_call>{"name": "NAME", "arguments": {...}}</tool_call>`` (one a line,
+# after its text if it has any) and a tool's result is a ``Tool: ...`` turn:
+#   <s>Function: {"name": "get_verse", ...}\nUser: Quote John 3:16.\nAssistant: <tool_call>{"name": "get_verse",
+#   "arguments": {"book": "John", "chapter": 3, "verse": 16}}</tool_call></s>\nTool: For God so loved...\nAssistant:
+# The template uses only what transformers' Jinja, llama-cpp-python's and llama.cpp's minja all run (a macro
+# with its arguments passed, ``is string``, ``tojson`` with transformers' spacing).
 CHAT_TEMPLATE = (
+    "{% macro render_tools(tools) %}"
+    "{% for tool in tools %}"
+    "{{ 'Function: ' + (tool['function'] if tool['function'] is defined else tool) | tojson + '\n' }}"
+    "{% endfor %}"
+    "{% endmacro %}"
     "{{ bos_token }}"
     "{% for message in messages %}"
+    "{% if loop.first and tools and message['role'] not in ['system', 'developer'] %}"
+    "{{ render_tools(tools) }}"
+    "{% endif %}"
     "{% if message['role'] in ['system', 'developer'] %}"
     "{{ 'System: ' + message['content'] | trim + '\n' }}"
+    "{% if loop.first and tools %}{{ render_tools(tools) }}{% endif %}"
     "{% elif message['role'] == 'user' %}"
     "{{ 'User: ' + message['content'] | trim + '\n' }}"
     "{% elif message['role'] == 'assistant' %}"
-    "{{ 'Assistant: ' + message['content'] | trim + eos_token + '\n' }}"
+    "{% set content = (message['content'] or '') | trim %}"
+    "{{ 'Assistant: ' + content }}"
+    "{% if message['tool_calls'] %}"
+    "{% for call in message['tool_calls'] %}"
+    "{% set args = call['function']['arguments'] %}"
+    "{{ ('\n' if content or not loop.first else '') + '<tool_call>{\"name\": \"' + call['function']['name']"
+    " + '\", \"arguments\": ' + (args if args is string else args | tojson) + '}</tool_call>' }}"
+    "{% endfor %}"
+    "{% endif %}"
+    "{{ eos_token + '\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{% set result = message['content'] if message['content'] is string else message['content'] | tojson %}"
+    "{{ 'Tool: ' + result | trim + '\n' }}"
     "{% else %}"
-    "{{ raise_exception('chat roles are system, user and assistant, not ' + message['role']) }}"
+    "{{ raise_exception('chat roles are system, user, assistant and tool, not ' + message['role']) }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
+# How a tool call is written in a reply (the template above writes the same text for an assistant's
+# ``tool_calls``): the grammar of openllm.constrain makes the model write exactly this, and the server reads it
+# back into OpenAI's ``tool_calls``.
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+TOOL_CALL_SEPARATORS = (", ", ": ")  # json.dumps's default spacing, which transformers' tojson also writes
 # Where a reply ends when the model writes no EOS: the start of the template's next turn. Owned here, beside the
 # template whose turns they are: the server stops at them, and the exports write them where other runtimes look
 # (a one-token stop joins generation_config's eos_token_id; the GGUF lists them under openllm.chat.stop_strings).
-CHAT_STOPS = ("\nUser:", "\nSystem:")
+CHAT_STOPS = ("\nUser:", "\nSystem:", "\nTool:")
 # a "sentence" longer than this is cut into pieces for training (SentencePiece skips longer ones)
 _MAX_SENTENCE_CHARS = 8192
 DEFAULT_MAX_SENTENCES = 2_000_000
@@ -171,10 +208,13 @@ class Tokenizer:
     def piece_to_id(self, piece: str) -> int:
         return self._sp.piece_to_id(piece)
 
-    def encode_chat(self, messages: Sequence[dict], *, add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[dict], *, add_generation_prompt: bool = True, tools: Sequence[dict] | None = None
+    ) -> list[int]:
         """Token ids of :func:`apply_chat_template`'s text, the BOS and EOS in it as their ids: the ids
-        transformers' ``apply_chat_template(messages, add_generation_prompt=...)`` gives for our export."""
-        text = apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        transformers' ``apply_chat_template(messages, tools=..., add_generation_prompt=...)`` gives for our
+        export."""
+        text = apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tools=tools)
         bos, eos = SPECIAL_TOKENS["bos"], SPECIAL_TOKENS["eos"]
         ids: list[int] = []
         for part in re.split(f"({re.escape(bos)}|{re.escape(eos)})", text):
@@ -295,10 +335,13 @@ class HFJsonTokenizer:
             raise KeyError(f"{piece!r} is not in the vocabulary, which has no unknown token")
         return self.unk_id
 
-    def encode_chat(self, messages: Sequence[dict], *, add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[dict], *, add_generation_prompt: bool = True, tools: Sequence[dict] | None = None
+    ) -> list[int]:
         text = apply_chat_template(
             messages,
             add_generation_prompt=add_generation_prompt,
+            tools=tools,
             bos_token=self._names["bos"],
             eos_token=self._names["eos"],
         )
@@ -335,16 +378,19 @@ def apply_chat_template(
     add_generation_prompt: bool = True,
     bos_token: str = SPECIAL_TOKENS["bos"],
     eos_token: str = SPECIAL_TOKENS["eos"],
+    tools: Sequence[dict] | None = None,
 ) -> str:
-    """The text of :data:`CHAT_TEMPLATE` for ``messages`` (dicts with ``role`` and ``content``), rendered the way
-    transformers' ``tokenizer.apply_chat_template(messages, tokenize=False)`` renders it, so both give the same
-    string. An unknown role is a user error."""
+    """The text of :data:`CHAT_TEMPLATE` for ``messages`` (dicts with ``role`` and ``content``; an assistant's
+    ``tool_calls`` and ``tool`` results in OpenAI's shape) and ``tools`` (OpenAI's function list), rendered the
+    way transformers' ``tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)`` renders it, so
+    both give the same string. An unknown role is a user error."""
     try:
         return _chat_template().render(
             messages=list(messages),
             add_generation_prompt=add_generation_prompt,
             bos_token=bos_token,
             eos_token=eos_token,
+            tools=list(tools) if tools else None,
         )
     except _ChatTemplateError as exc:
         raise OpenLLMError(str(exc)) from exc
@@ -358,6 +404,10 @@ def _raise(message: str):
     raise _ChatTemplateError(message)
 
 
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
 _COMPILED = None
 
 
@@ -369,6 +419,9 @@ def _chat_template():
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
+        # transformers' tojson (and llama-cpp-python's): json.dumps, keys in order, no HTML escaping; Jinja's own
+        # sorts keys and escapes '<', which would render tools differently from every other runtime
+        env.filters["tojson"] = _tojson
         _COMPILED = env.from_string(CHAT_TEMPLATE)
     return _COMPILED
 

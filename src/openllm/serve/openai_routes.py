@@ -1,5 +1,5 @@
 """OpenAI's endpoints: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/completions`` and
-``POST /v1/chat/completions`` (streaming or not, with log-probabilities)."""
+``POST /v1/chat/completions`` (streaming or not, with log-probabilities; chat with tool calling)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .engine import Seq
 from .schemas import ChatRequest, CompletionRequest
 from .state import ApiError, ServerState
 from .streams import ClientGone, collect, sse, sse_stream, streaming_response, submit, usage
+from .tools import CallReader, ToolRequest, check_tools, read_calls
 
 __all__ = ["router"]
 
@@ -223,23 +224,32 @@ async def completions(body: CompletionRequest, request: Request):
 
 
 # --- chat -----------------------------------------------------------------------------------------------
-def _refuse_unsupported_chat(body: ChatRequest) -> None:
-    if body.tools or body.functions:
+def _refuse_unsupported_chat(body: ChatRequest) -> ToolRequest | None:
+    """The request's tools (checked), after refusing what the chat endpoint cannot honour."""
+    if body.functions or body.function_call not in (None, "none"):
         raise ApiError(
             400,
-            "tools (function calling) are not supported by this server",
-            param="tools",
-            code="unsupported_parameter",
-        )
-    if body.tool_choice not in (None, "none") or body.function_call not in (None, "none"):
-        raise ApiError(
-            400,
-            "tool_choice is not supported by this server (it has no tools)",
-            param="tool_choice",
+            "functions and function_call (OpenAI's deprecated API) are not supported; send tools and tool_choice",
+            param="functions",
             code="unsupported_parameter",
         )
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    tooling = check_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
+    if tooling is not None and tooling.calls:
+        asked = [f for f in ("guided_json", "guided_regex", "guided_choice") if getattr(body, f) is not None]
+        if (body.response_format or {}).get("type", "text") != "text":
+            asked.insert(0, "response_format")
+        if asked:
+            raise ApiError(
+                400,
+                f"{asked[0]} cannot be combined with tools that may be called; send tool_choice: none or drop "
+                f"{asked[0]}",
+                param=asked[0],
+            )
+        if body.logprobs:
+            raise ApiError(400, "logprobs are not supported with tools that may be called", param="logprobs")
+    return tooling
 
 
 def _chat_logprobs(state: ServerState, entries: Sequence[tuple]) -> dict:
@@ -265,18 +275,29 @@ async def chat_completions(body: ChatRequest, request: Request):
     state = _state(request)
     name = state.check_model(body.model)
     state.require_engine()
-    _refuse_unsupported_chat(body)
-    prompt = await run_in_threadpool(state.chat_ids, body.messages)
+    tooling = _refuse_unsupported_chat(body)
+    tools = tooling.tools if tooling is not None else None
+    prompt = await run_in_threadpool(state.chat_ids, body.messages, tools)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_new = state.budget(len(prompt), requested, None, param)
     stops = CHAT_STOPS + state.stops(body.stop)
     top = (body.top_logprobs or 0) if body.logprobs else None
-    grammar = state.grammar(body)
-    # a constrained reply ends when its grammar does (EOS): the turn stops would cut a JSON string holding "User:"
-    stops = state.stops(body.stop) if grammar else stops
+    calling = tooling is not None and tooling.calls
+    if tooling is not None and calling:
+        # a call is one line of JSON, which no turn stop ("\nUser:") can cut; the reply starts with the space
+        # the template writes after "Assistant:", dropped like a plain reply's
+        grammar: str | None = await run_in_threadpool(
+            state.tool_grammar, tooling.tools, tooling.choice, tooling.parallel
+        )
+        lstrip = True
+    else:
+        grammar = state.grammar(body)
+        # a constrained reply ends when its grammar does (EOS): turn stops would cut a JSON string holding "User:"
+        stops = state.stops(body.stop) if grammar else stops
+        lstrip = not grammar
     seqs = [
-        Seq(prompt=prompt, max_new=max_new, index=j, stops=stops, lstrip=not grammar, logprobs=top, grammar=grammar)
+        Seq(prompt=prompt, max_new=max_new, index=j, stops=stops, lstrip=lstrip, logprobs=top, grammar=grammar)
         for j in range(body.n)
     ]
     job, queue = submit(state, seqs, state.sampling(body), stream=body.stream)
@@ -309,16 +330,34 @@ async def chat_completions(body: ChatRequest, request: Request):
             )
 
         prelude = [chunk(s.index, {"role": "assistant", "content": ""}, None) for s in seqs]
+        if calling:
+            readers = {s.index: CallReader() for s in seqs}
+
+            def call_deltas(i: int, text: str, lps: list) -> str:
+                return "".join(chunk(i, d, None) for d in readers[i].feed(text))
+
+            def call_finish(i: int, reason: str) -> str:
+                held = "".join(chunk(i, d, None) for d in readers[i].close())
+                called = reason == "stop" and readers[i].complete and readers[i].calls
+                return held + chunk(i, {}, "tool_calls" if called else reason)
+
+            delta, finish = call_deltas, call_finish
+        else:
+
+            def delta(i: int, text: str, lps: list) -> str:
+                return chunk(i, {"content": text}, None, _chat_logprobs(state, lps) if top is not None else None)
+
+            def finish(i: int, reason: str) -> str:
+                return chunk(i, {}, reason)
+
         return streaming_response(
             sse_stream(
                 state,
                 job,
                 queue,
                 prelude=prelude,
-                delta=lambda i, text, lps: chunk(
-                    i, {"content": text}, None, _chat_logprobs(state, lps) if top is not None else None
-                ),
-                finish=lambda i, reason: chunk(i, {}, reason),
+                delta=delta,
+                finish=finish,
                 usage_chunk=usage_chunk if include_usage else None,
             )
         )
@@ -327,15 +366,22 @@ async def chat_completions(body: ChatRequest, request: Request):
         results = await collect(state, request, job, queue)
     except ClientGone:
         return _gone()
-    choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": results[i][4]},
-            "logprobs": _chat_logprobs(state, results[i][5]["tokens"]) if top is not None else None,
-            "finish_reason": results[i][2],
-        }
-        for i in sorted(results)
-    ]
+    choices = []
+    for i in sorted(results):
+        message: dict[str, Any] = {"role": "assistant", "content": results[i][4]}
+        reason = results[i][2]
+        if calling:
+            calls, _ = read_calls(results[i][4])
+            if calls is not None and reason == "stop":
+                message, reason = {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+        choices.append(
+            {
+                "index": i,
+                "message": message,
+                "logprobs": _chat_logprobs(state, results[i][5]["tokens"]) if top is not None else None,
+                "finish_reason": reason,
+            }
+        )
     return {
         "id": cid,
         "object": "chat.completion",

@@ -1,6 +1,6 @@
 """Request bodies of the HTTP API (pydantic, strict types: ``"5"`` is not an integer and ``true`` is not a
 number). Fields and defaults follow OpenAI's completions and chat completions APIs; fields we accept but
-the server cannot honour (``tools``, ``response_format`` other than text, ...) are refused with a 400 by the
+the server cannot honour (the deprecated ``functions``, ``suffix``, ...) are refused with a 400 by the
 handlers rather than ignored. Unknown fields are ignored, as OpenAI-compatible servers do."""
 
 from __future__ import annotations
@@ -9,7 +9,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["RequestBody", "CompletionRequest", "ChatRequest", "ChatMessage", "GenerateRequest", "StreamOptions"]
+__all__ = [
+    "RequestBody",
+    "CompletionRequest",
+    "ChatRequest",
+    "ChatMessage",
+    "ToolCall",
+    "GenerateRequest",
+    "StreamOptions",
+]
 
 Stop = str | list[str] | None
 
@@ -59,10 +67,25 @@ class _TextPart(RequestBody):
     text: str
 
 
+class _Function(RequestBody):
+    name: str
+    arguments: str  # OpenAI sends a call's arguments as a JSON string
+
+
+class ToolCall(RequestBody):
+    """A call an earlier assistant turn made (sent back with the conversation)."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: _Function
+
+
 class ChatMessage(RequestBody):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant turns that called tools
+    tool_call_id: str | None = None  # tool turns: the call they answer
 
     def text(self) -> str:
         if self.content is None:
@@ -77,9 +100,11 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=0)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    # refused unless they ask for nothing (see the chat handler): the server has no tools
+    # OpenAI's tool calling, checked by serve.tools (a bad entry is a 400 with a one-line message, not a 422)
     tools: list[Any] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    # the deprecated functions API is refused (use tools)
     functions: list[Any] | None = None
     function_call: Any = None
 

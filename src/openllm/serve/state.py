@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from ..constrain import GrammarError, grammar_of_request
+from ..constrain import GrammarError, grammar_of_request, tool_call_grammar
 from ..sampling import SamplingParams
 from .chat import chat_prompt
 from .engine import Engine
@@ -99,10 +99,27 @@ class ServerState:
             ) from exc
         return text
 
-    def chat_ids(self, messages: Any) -> list[int]:
-        """The chat template's token ids for OpenAI-shaped ``messages``."""
-        turns = [(m.role, self.check_text(m.text(), "messages")) for m in messages]
-        return chat_prompt(self.tokenizer, turns)
+    def chat_ids(self, messages: Any, tools: list[dict] | None = None) -> list[int]:
+        """The chat template's token ids for OpenAI-shaped ``messages`` (and the request's checked ``tools``)."""
+        turns = []
+        for m in messages:
+            turn: dict[str, Any] = {"role": m.role, "content": self.check_text(m.text(), "messages")}
+            if m.role == "assistant" and m.tool_calls:
+                turn["tool_calls"] = [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {
+                            "name": self.check_text(c.function.name, "messages"),
+                            "arguments": self.check_text(c.function.arguments, "messages"),
+                        },
+                    }
+                    for c in m.tool_calls
+                ]
+            if m.tool_call_id is not None:
+                turn["tool_call_id"] = m.tool_call_id
+            turns.append(turn)
+        return chat_prompt(self.tokenizer, turns, tools=tools)
 
     def encode(self, text: str, param: str = "prompt") -> list[int]:
         ids = list(self.tokenizer.encode(self.check_text(text, param)))
@@ -206,6 +223,16 @@ class ServerState:
             return self.require_engine().vocabulary().check(grammar)
         except (GrammarError, ValueError) as exc:
             raise ApiError(400, str(exc), param=param) from exc
+
+    def tool_grammar(self, tools: list[dict], choice: str, parallel: bool) -> str:
+        """The grammar of a reply that may call ``tools`` (:func:`openllm.constrain.tool_call_grammar`), checked
+        against the model's vocabulary: parameters no grammar can follow are this request's 400."""
+        try:
+            grammar = tool_call_grammar(tools, choice=choice, parallel=parallel)
+            return self.require_engine().vocabulary().check(grammar)
+        except (GrammarError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ApiError(400, f"the tools cannot be called: {first}", param="tools") from exc
 
     def token_text(self, tok: int) -> str:
         """One token as text, the way it adds to the text before it (SentencePiece's '▁' is a space); EOS adds
