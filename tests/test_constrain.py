@@ -105,3 +105,54 @@ def test_strict_refuses_what_it_cannot_enforce_and_lenient_ignores_it(vocab):
         response_format={"type": "json_schema", "json_schema": {"schema": odd, "strict": False}}
     )
     assert vocab.check(lenient)
+
+
+def _accepts(serve_lm, vocab, grammar: str, text: str) -> bool:
+    """Whether ``text``, tokenized, is a whole document of ``grammar``."""
+    c = vocab.constraint(grammar)
+    for tok in serve_lm.tokenizer.encode(text):
+        try:
+            c.accept(tok)
+        except Exception:
+            return False
+    return c.complete
+
+
+def test_tool_call_grammar_allows_only_text_or_well_formed_calls(serve_lm, vocab):
+    from openllm.constrain import tool_call_grammar
+
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_time",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"zone": {"type": "string"}},
+                    "required": ["zone"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        {"type": "function", "function": {"name": "ping"}},
+    ]
+    time_call = ' <tool_call>{"name": "get_time", "arguments": {"zone": "UTC"}}</tool_call>'
+    ping = '<tool_call>{"name": "ping", "arguments": {}}</tool_call>'
+    cases = {
+        " plain text": ("auto",),
+        time_call: ("auto", "required", "get_time"),
+        f"{time_call}\n{ping}": ("auto", "required"),  # parallel calls
+        " " + ping: ("auto", "required", "ping"),
+        ' <tool_call>{"name": "get_time", "arguments": {}}</tool_call>': (),  # a required argument missing
+        ' <tool_call>{"name": "nope", "arguments": {}}</tool_call>': (),  # not a tool
+        ' <tool_call>{"name":"ping","arguments":{}}</tool_call>': (),  # not the template's spacing
+        " <b>text that starts like a call</b>": (),
+    }
+    for choice in ("auto", "required", "get_time", "ping"):
+        grammar = vocab.check(tool_call_grammar(tools, choice=choice))
+        for text, allowed in cases.items():
+            assert _accepts(serve_lm, vocab, grammar, text) == (choice in allowed), (choice, text)
+    one = vocab.check(tool_call_grammar(tools, choice="required", parallel=False))
+    assert _accepts(serve_lm, vocab, one, time_call) and not _accepts(serve_lm, vocab, one, f"{time_call}\n{ping}")
+    with pytest.raises(GrammarError):
+        tool_call_grammar(tools, choice="nope")
