@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from openllm.batches import RandomWindowLoader, SequentialWindows, TokenShards, read_meta
+from openllm.batches import (
+    DataMixture,
+    MixtureLoader,
+    RandomWindowLoader,
+    SequentialWindows,
+    TokenShards,
+    parse_data_arg,
+    read_meta,
+)
 from openllm.errors import OpenLLMError
 
 
@@ -113,3 +121,74 @@ def test_uint32_and_errors(tmp_path):
         read_meta(tmp_path)
     with pytest.raises(OpenLLMError, match="no 'test' split"):
         TokenShards(data, "test")
+
+
+# --- mixtures of token folders (issue 28) ---------------------------------------------------------------------
+
+
+def _two_sources(tmp_path, **meta_b):
+    """Folder a holds tokens 0..31, folder b tokens 32..63 (so a window says which folder it came from)."""
+    rng = np.random.default_rng(0)
+    a = write_shards(tmp_path / "a", {"train": [rng.integers(0, 32, 3000)], "val": [rng.integers(0, 32, 200)]})
+    b = write_shards(
+        tmp_path / "b", {"train": [rng.integers(32, 64, 1000), rng.integers(32, 64, 700)], "val": [np.arange(200)]}
+    )
+    if meta_b:
+        meta = json.loads((b / "meta.json").read_text())
+        (b / "meta.json").write_text(json.dumps({**meta, **meta_b}))
+    return a, b
+
+
+def test_a_mixture_samples_by_its_weights_and_resumes_exactly(tmp_path):
+    a, b = _two_sources(tmp_path)
+    mix = DataMixture({a: 3, b: 1})
+    assert mix.probabilities == [0.75, 0.25] and mix.meta["vocab_size"] == 64
+    loader = MixtureLoader(mix, batch_size=8, seq_len=16, seed=5)
+    from_a = 0
+    for _ in range(250):
+        x, y = loader.next()
+        assert torch.equal(x[:, 1:], y[:, :-1])
+        in_a = (x < 32).all(dim=1)
+        assert bool((in_a | (x >= 32).all(dim=1)).all())  # every window lies in one folder
+        from_a += int(in_a.sum())
+    # 2,000 windows drawn with p = 0.75: the standard deviation of the share is 0.0097
+    assert abs(from_a / 2000 - 0.75) < 0.03
+    state = json.loads(json.dumps(loader.state_dict()))
+    assert state["position"] == 250 and state["mixture"] == [0.75, 0.25]
+    expected = [loader.next() for _ in range(3)]
+    again = MixtureLoader(DataMixture({a: 3, b: 1}), batch_size=8, seq_len=16, seed=5)
+    again.load_state_dict(state)
+    for (x1, _), (x2, _) in zip(expected, [again.next() for _ in range(3)]):
+        assert torch.equal(x1, x2)
+    # two ranks with half the micro-batch see exactly one process's windows, split between them
+    ranks = [MixtureLoader(mix, batch_size=4, seq_len=16, seed=5, rank=r, world_size=2) for r in (0, 1)]
+    one = MixtureLoader(mix, batch_size=8, seq_len=16, seed=5)
+    assert torch.equal(torch.cat([r.batch(7)[0] for r in ranks]), one.batch(7)[0])
+    # not the single folder's stream under the same seed
+    assert not torch.equal(one.batch(0)[0], RandomWindowLoader(a, batch_size=8, seq_len=16, seed=5).batch(0)[0])
+
+
+def test_a_mixtures_folders_must_share_one_tokenizer(tmp_path):
+    a, b = _two_sources(tmp_path, tokenizer_sha256="1" * 64)
+    with pytest.raises(OpenLLMError, match=r"share one tokenizer: .*a has tokenizer 000000000000, .*b 111111111111"):
+        DataMixture({a: 1, b: 1})
+    a, c = _two_sources(tmp_path / "v", vocab_size=128)
+    with pytest.raises(OpenLLMError, match="a vocabulary of 64, .* 128"):
+        DataMixture({a: 1, c: 1})
+    for weight in (0, -1, float("inf"), "1", True):
+        with pytest.raises(OpenLLMError, match="must be a positive number"):
+            DataMixture({a: weight})
+    with pytest.raises(OpenLLMError, match="twice"):
+        DataMixture({a: 1, str(a) + "/": 1})
+
+
+def test_data_arguments_name_a_folder_or_a_mixture(tmp_path):
+    assert parse_data_arg(None) is None
+    assert parse_data_arg(["tokens"]) == Path("tokens")
+    assert parse_data_arg(["web=0.7", "code=0.3"]) == {"web": 0.7, "code": 0.3}
+    spec = tmp_path / "mix.json"
+    spec.write_text(json.dumps({"web": 2, "code": 1}))
+    assert parse_data_arg([str(spec)]) == {str(tmp_path / "web"): 2, str(tmp_path / "code"): 1}
+    for bad in (["web", "code=1"], ["web=0"], ["web=x"], ["web=1", "web=2"]):
+        with pytest.raises(OpenLLMError, match="--data"):
+            parse_data_arg(bad)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from openllm.checkpoint import load_model_weights, load_optimizer_state
 from openllm.config import Config, TrainConfig
 from openllm.errors import OpenLLMError
+from openllm.hashing import sha256_file
 from openllm.model import Transformer
 from openllm.optim import lr_at, param_groups
 from openllm.rundir import latest_checkpoint, list_checkpoints, read_metrics, run_state
@@ -571,3 +572,43 @@ def test_resume_state_without_config_is_named_damaged(tmp_path, data):
             resolve_run(None, None, run, max_steps=6)
     state_path.write_text(json.dumps(intact))
     assert resolve_run(None, None, run, max_steps=6).resume_from == state_path.parent
+
+
+@pytest.mark.slow
+def test_a_mixture_trains_by_its_weights_and_resumes_exactly(tmp_path):
+    """Two token folders with weights 0.7 / 0.3: a run stopped at step 4 and continued (its mixture read back
+    from the checkpoint) has the uninterrupted run's losses; the mixture and each part's checksum are in
+    state.json and the model card (issue 28)."""
+    import threading
+
+    from openllm.publish.cards import model_card
+    from openllm.publish.facts import collect_facts
+
+    a = random_data(tmp_path / "a", vocab_size=64, train_tokens=8000, val_tokens=1000, seed=1)
+    b = random_data(tmp_path / "b", vocab_size=64, train_tokens=4000, val_tokens=1000, seed=2)
+    mix = {str(a): 0.7, str(b): 0.3}
+    cfg = tiny_cfg(max_steps=6, eval_every=3, save_every=3)
+    train(cfg, data_dir=mix, out_dir=tmp_path / "full", **quiet())
+    stop = threading.Event()
+    stopped = train(cfg, data_dir=mix, out_dir=tmp_path / "part", stop_event=stop, **quiet(on_log=lambda r: stop.set()))
+    assert stopped.state == "stopped" and stopped.step < 6
+    done = train(None, out_dir=tmp_path / "part", **quiet())  # no --data: the checkpoint's mixture
+    assert done.state == "finished" and done.step == 6
+    full, part = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "part")
+    assert [r["step"] for r in part] == list(range(1, 7))
+    for ra, rb in zip(full, part):
+        assert (ra["loss"], ra["grad_norm"], ra.get("val_loss")) == (rb["loss"], rb["grad_norm"], rb.get("val_loss"))
+    state = json.loads((tmp_path / "part/checkpoints/step_00000006/state.json").read_text())
+    parts = state["data_mixture"]
+    assert [(p["data_dir"], p["weight"]) for p in parts] == [(str(a.resolve()), 0.7), (str(b.resolve()), 0.3)]
+    assert [p["meta_sha256"] for p in parts] == [sha256_file(a / "meta.json"), sha256_file(b / "meta.json")]
+    assert state["loader"]["mixture"] == [0.7, 0.3]
+    card = model_card(collect_facts(tmp_path / "part"), repo_id="me/mix", version="6")
+    for name, weight, share, tokens, part in (
+        ("a", 0.7, "70.0%", "8,000", parts[0]),
+        ("b", 0.3, "30.0%", "4,000", parts[1]),
+    ):
+        row = (
+            f"weight {weight} ({share} of the windows), {tokens} train tokens, meta.json sha256 `{part['meta_sha256']}`"
+        )
+        assert f"| mixture part `{name}` | {row} |" in card

@@ -16,11 +16,19 @@ window then runs on into the following documents (attention is not masked at doc
 
 A window never crosses a shard boundary in training; evaluation walks the shards as one stream (every
 document ends with EOS, so crossing a boundary is crossing a document boundary like any other).
+
+A run may train on a weighted mixture of token folders (:class:`DataMixture`, e.g. ``{"web": 0.7, "code":
+0.3}``): :class:`MixtureLoader` draws each window's folder by the weights and then a window of that folder, both
+from ``(seed, position)``, so the mixture's stream resumes exactly like a single folder's. Every folder must
+come from the same tokenizer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +37,19 @@ import torch
 
 from .errors import OpenLLMError
 from .fsio import load_json
+from .hashing import sha256_file
 
-__all__ = ["read_meta", "TokenShards", "RandomWindowLoader", "SequentialWindows"]
+__all__ = [
+    "read_meta",
+    "TokenShards",
+    "RandomWindowLoader",
+    "SequentialWindows",
+    "MixturePart",
+    "DataMixture",
+    "parse_data_arg",
+    "MixtureLoader",
+    "training_loader",
+]
 
 _DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 
@@ -183,19 +202,25 @@ class RandomWindowLoader:
         """(shard, offset) of this rank's windows in batch number ``position``."""
         rng = np.random.default_rng([self.seed, position])
         flat = rng.integers(0, self.num_starts, size=self.world_size * self.batch_size, dtype=np.int64)
-        flat = flat[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        return self.locate(flat[self.rank * self.batch_size : (self.rank + 1) * self.batch_size])
+
+    def locate(self, flat: np.ndarray) -> list[tuple[int, int]]:
+        """(shard, offset) of window starts numbered ``0 .. num_starts - 1`` across the shards."""
         shard = np.searchsorted(self._cum, flat, side="right")
         before = np.where(shard > 0, self._cum[np.maximum(shard - 1, 0)], 0)
         if self._doc_starts is not None:
             return [(int(s), int(self._doc_starts[s][i])) for s, i in zip(shard, flat - before)]
         return [(int(s), int(o)) for s, o in zip(shard, flat - before)]
 
-    def batch(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows(self, position: int) -> list[np.ndarray]:
+        """This rank's windows of batch number ``position``, ``seq_len + 1`` tokens each."""
         window = self.seq_len + 1
-        rows = [
+        return [
             np.asarray(self.data.shards[s][o : o + window], dtype=np.int64) for s, o in self.window_starts(position)
         ]
-        buf = torch.from_numpy(np.stack(rows))
+
+    def batch(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        buf = torch.from_numpy(np.stack(self.rows(position)))
         if self.device.type == "cuda":
             buf = buf.pin_memory().to(self.device, non_blocking=True)
         return buf[:, :-1], buf[:, 1:]
@@ -234,6 +259,189 @@ class RandomWindowLoader:
                 f"{bool(state.get('doc_aligned', False))}, this run has {self.doc_aligned}"
             )
         self.position = int(state["position"])
+
+
+@dataclass(frozen=True)
+class MixturePart:
+    """One token folder of a :class:`DataMixture`: its weight and ``meta.json`` (``sha256``: of that file,
+    which names the folder's token counts, shards, tokenizer and source checksums)."""
+
+    data_dir: Path
+    weight: float
+    meta: dict[str, Any]
+    sha256: str
+
+    def facts(self) -> dict[str, Any]:
+        """What a run records of this part (``state.json``'s ``data_mixture``, read by the model card)."""
+        train = self.meta["splits"].get("train", {})
+        return {
+            "data_dir": str(self.data_dir.resolve()),
+            "weight": self.weight,
+            "meta_sha256": self.sha256,
+            "train_tokens": train.get("tokens"),
+            "sources": self.meta.get("sources") or {},
+        }
+
+
+class DataMixture:
+    """Several tokenized folders trained on together, each window's folder drawn with probability
+    ``weight / sum(weights)``. ``parts`` maps a folder to its weight (a positive number); the folders must share
+    one tokenizer (vocabulary and ``tokenizer_sha256``), else :class:`OpenLLMError` says which differ. The
+    first folder is the run's main one: its val split is the in-training estimate's, its tokenizer the run's."""
+
+    def __init__(self, parts: Mapping[str | Path, Any]) -> None:
+        if not parts:
+            raise OpenLLMError("a data mixture needs at least one token folder")
+        self.parts: list[MixturePart] = []
+        seen: dict[Path, str] = {}
+        for key, weight in parts.items():
+            path = Path(key)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (0 < weight < math.inf):
+                raise OpenLLMError(
+                    f"the weight of {path} in the data mixture must be a positive number, got {weight!r}"
+                )
+            meta = read_meta(path)
+            resolved = path.resolve()
+            if resolved in seen:
+                raise OpenLLMError(f"{path} is in the data mixture twice ({seen[resolved]}); give each folder once")
+            seen[resolved] = str(path)
+            self.parts.append(MixturePart(path, float(weight), meta, sha256_file(path / "meta.json")))
+        first = self.parts[0]
+        for part in self.parts[1:]:
+            for key, what in (("vocab_size", "a vocabulary of"), ("tokenizer_sha256", "tokenizer")):
+                a, b = first.meta.get(key), part.meta.get(key)
+                if a != b:
+                    show = (lambda v: str(v)[:12]) if key == "tokenizer_sha256" else str
+                    raise OpenLLMError(
+                        f"the data mixture's folders must share one tokenizer: {first.data_dir} has {what} "
+                        f"{show(a)}, {part.data_dir} {show(b)}; tokenize every part with the same tokenizer"
+                    )
+        total = sum(p.weight for p in self.parts)
+        self.probabilities = [p.weight / total for p in self.parts]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The main (first) folder's ``meta.json``: vocabulary, tokenizer and val split of the run."""
+        return self.parts[0].meta
+
+    def facts(self) -> list[dict[str, Any]]:
+        return [p.facts() for p in self.parts]
+
+    @classmethod
+    def from_facts(cls, facts: Sequence[Mapping[str, Any]]) -> DataMixture:
+        """The mixture a checkpoint recorded (:meth:`facts`), read again from its folders."""
+        return cls({str(f["data_dir"]): f["weight"] for f in facts})
+
+    def describe(self) -> str:
+        return ", ".join(f"{p.data_dir.name} {q:.0%}" for p, q in zip(self.parts, self.probabilities))
+
+
+def parse_data_arg(values: str | Path | Sequence[str | Path] | None) -> Path | dict[str | Path, float] | None:
+    """``openllm train --data``'s values: one folder (``DIR``); a mixture as ``DIR=WEIGHT`` repeated; or a JSON
+    file holding ``{"DIR": WEIGHT, ...}`` (folders relative to the file). None stays None."""
+    if values is None:
+        return None
+    items = [values] if isinstance(values, (str, Path)) else list(values)
+    if len(items) == 1 and Path(items[0]).is_file() and str(items[0]).endswith(".json"):
+        path = Path(items[0])
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise OpenLLMError(f"--data {path}: cannot be read as a mixture ({exc})") from exc
+        if not isinstance(raw, dict) or not raw:
+            raise OpenLLMError(f'--data {path}: a mixture file holds {{"FOLDER": WEIGHT, ...}}, got {str(raw)[:60]}')
+        return {str(path.parent / k): v for k, v in raw.items()}
+    if len(items) == 1 and ("=" not in str(items[0]) or Path(items[0]).is_dir()):
+        return Path(items[0])
+    out: dict[str | Path, float] = {}
+    for item in map(str, items):
+        folder, sep, weight = item.rpartition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = math.nan
+        if not sep or not folder or not value > 0 or math.isinf(value):
+            raise OpenLLMError(
+                f"--data {item}: several --data values make a mixture, each FOLDER=WEIGHT with a positive weight "
+                f"(e.g. --data web=0.7 --data code=0.3)"
+            )
+        if folder in out:
+            raise OpenLLMError(f"--data {folder} is given twice; give each folder of the mixture once")
+        out[folder] = value
+    return out
+
+
+class MixtureLoader(RandomWindowLoader):
+    """Training windows from a :class:`DataMixture`: in batch number ``position`` every window's folder is
+    drawn by the mixture's probabilities, then its start uniformly among that folder's windows (as
+    :class:`RandomWindowLoader` draws them), all from ``(seed, position)``: the whole state is ``position``,
+    resumed exactly, and N ranks see the windows one process with N times the micro-batch sees."""
+
+    def __init__(
+        self,
+        mixture: DataMixture,
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        split: str = "train",
+        device: str | torch.device = "cpu",
+        doc_aligned: bool = False,
+    ) -> None:
+        self.mixture = mixture
+        super().__init__(  # this loader's own windows are the first folder's
+            TokenShards(mixture.parts[0].data_dir, split),
+            batch_size,
+            seq_len,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            device=device,
+            doc_aligned=doc_aligned,
+        )
+        self.parts: list[RandomWindowLoader] = [self] + [
+            RandomWindowLoader(TokenShards(p.data_dir, split), batch_size, seq_len, doc_aligned=doc_aligned)
+            for p in mixture.parts[1:]
+        ]
+        self._probs = np.array(mixture.probabilities, dtype=np.float64)
+        self._starts = np.array([p.num_starts for p in self.parts], dtype=np.int64)
+
+    def window_parts(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """The folder (index into the mixture) and window number of every window of batch ``position``, every
+        rank's (rank r's are rows ``r * batch_size`` to ``(r + 1) * batch_size``)."""
+        # a stream of its own (the 1): not the single-folder loader's windows under the same seed
+        rng = np.random.default_rng([self.seed, position, 1])
+        n = self.world_size * self.batch_size
+        part = rng.choice(len(self.parts), size=n, p=self._probs)
+        return part, rng.integers(0, self._starts[part], dtype=np.int64)
+
+    def window_starts_mixed(self, position: int) -> list[tuple[int, int, int]]:
+        """(folder, shard, offset) of this rank's windows in batch number ``position``."""
+        part, flat = self.window_parts(position)
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        return [(int(p), *self.parts[p].locate(np.array([f]))[0]) for p, f in zip(part[mine], flat[mine])]
+
+    def rows(self, position: int) -> list[np.ndarray]:
+        window = self.seq_len + 1
+        return [
+            np.asarray(self.parts[p].data.shards[s][o : o + window], dtype=np.int64)
+            for p, s, o in self.window_starts_mixed(position)
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "mixture": [round(q, 12) for q in self.mixture.probabilities]}
+
+
+def training_loader(
+    source: str | Path | TokenShards | DataMixture, batch_size: int, seq_len: int, **kwargs: Any
+) -> RandomWindowLoader:
+    """The training loader of one token folder (:class:`RandomWindowLoader`) or of a mixture
+    (:class:`MixtureLoader`); ``kwargs`` as theirs."""
+    if isinstance(source, DataMixture):
+        return MixtureLoader(source, batch_size, seq_len, **kwargs)
+    return RandomWindowLoader(source, batch_size, seq_len, **kwargs)
 
 
 class SequentialWindows:

@@ -55,7 +55,7 @@ import torch
 from . import checkpoint as ckpt_mod
 from . import distributed as D
 from . import rundir
-from .batches import RandomWindowLoader, SequentialWindows, TokenShards, read_meta
+from .batches import DataMixture, SequentialWindows, TokenShards, read_meta, training_loader
 from .config import Config, TrainConfig, load_config, report_targets
 from .errors import OpenLLMError
 from .metrics import (
@@ -202,6 +202,7 @@ class RunPlan:
     meta: dict[str, Any]
     resume_from: Path | None = None
     state: dict[str, Any] = field(default_factory=dict)  # the checkpoint's state.json
+    mixture: DataMixture | None = None  # several token folders with weights (data_dir is the first one's)
 
     @property
     def seq_len(self) -> int:
@@ -214,7 +215,7 @@ class RunPlan:
 
 def resolve_run(
     config: Config | str | Path | Mapping[str, Any] | None,
-    data_dir: str | Path | None,
+    data_dir: str | Path | Mapping[str | Path, float] | None,
     out_dir: str | Path,
     *,
     resume: bool | str | Path | None = None,
@@ -260,12 +261,19 @@ def resolve_run(
         if value is not None:
             changes.setdefault("train", {})[key] = kind(value)
 
-    if data_dir is None:
+    mixture = None
+    if isinstance(data_dir, Mapping):
+        mixture = DataMixture(data_dir)
+    elif data_dir is None and state.get("data_mixture"):
+        mixture = DataMixture.from_facts(state["data_mixture"])  # the checkpoint's mixture, read again
+    if mixture is not None:
+        data_dir = mixture.parts[0].data_dir
+    elif data_dir is None:
         data_dir = state.get("data_dir")
         if data_dir is None:
             raise OpenLLMError("give --data DIR (a folder written by `openllm tokenize`)")
-    data_dir = Path(data_dir)
-    meta = read_meta(data_dir)
+    data_dir = Path(cast("str | Path", data_dir))  # a mixture's is its first folder's, set above
+    meta = mixture.meta if mixture is not None else read_meta(data_dir)
     vocab = changes.get("model", {}).get("vocab_size", base.model.vocab_size)
     data_vocab = int(meta["vocab_size"])
     if data_vocab != vocab:
@@ -288,7 +296,9 @@ def resolve_run(
         if given is not None:
             _check_given_config(given, base, changes, resume_from)
         check_resume_changes(base, cfg, resume_from)
-    return RunPlan(cfg=cfg, out=out, data_dir=data_dir, meta=meta, resume_from=resume_from, state=state)
+    return RunPlan(
+        cfg=cfg, out=out, data_dir=data_dir, meta=meta, resume_from=resume_from, state=state, mixture=mixture
+    )
 
 
 def load_resume_state(ckpt: Path) -> dict[str, Any]:
@@ -313,6 +323,10 @@ def load_resume_state(ckpt: Path) -> dict[str, Any]:
     checks = {
         "data_dir": lambda v: v is None or isinstance(v, str),
         "run_id": lambda v: v is None or isinstance(v, str),
+        "data_mixture": lambda v: (
+            v is None
+            or (isinstance(v, list) and all(isinstance(f, dict) and isinstance(f.get("data_dir"), str) for f in v))
+        ),
         "tokenizer_sha256": lambda v: v is None or isinstance(v, str),
         "tokens_seen": lambda v: v is None or is_int(v),
         "best_step": lambda v: v is None or is_int(v),
@@ -766,8 +780,8 @@ class Trainer:
         """The training loader (``next()`` gives a batch for :meth:`batch_loss`; ``state_dict()`` and
         ``load_state_dict()`` resume it exactly) and the val data for :meth:`val_loss` (None: no evaluation)."""
         plan, tc = self.plan, self.tc
-        loader = RandomWindowLoader(
-            TokenShards(plan.data_dir, "train"),
+        loader = training_loader(
+            plan.mixture if plan.mixture is not None else TokenShards(plan.data_dir, "train"),
             tc.micro_batch_size,
             self.seq_len,
             seed=tc.seed,
@@ -809,6 +823,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "tokenizer_sha256": self.plan.tokenizer_sha256,
             "run_id": self.run_id,
+            **({"data_mixture": self.plan.mixture.facts()} if self.plan.mixture is not None else {}),
             "data_dir": str(self.plan.data_dir.resolve()),
             "world_size": self.info.world_size,
             "precision": self.precision,
@@ -836,6 +851,8 @@ class Trainer:
         )
         if resume_from is not None:
             self.say(f"resuming from {resume_from} (step {self.step})")
+        if self.plan.mixture is not None:
+            self.say(f"data mixture: {self.plan.mixture.describe()}")
         self.log = TrainingLog(  # its progress bar goes below the lines above
             self.out,
             self.out / rundir.TB,
@@ -1126,7 +1143,7 @@ class Trainer:
 
 def train(
     config: Config | str | Path | Mapping[str, Any] | None = None,
-    data_dir: str | Path | None = None,
+    data_dir: str | Path | Mapping[str | Path, float] | None = None,
     out_dir: str | Path = "runs/run",
     *,
     max_steps: int | None = None,

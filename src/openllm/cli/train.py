@@ -13,7 +13,12 @@ from .common import add_config_overrides, add_device_option, cpu_thread_policy
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config JSON file or preset name (tiny, small, ...); optional when resuming")
-    p.add_argument("--data", help="tokenized data folder (from `openllm tokenize`); optional when resuming")
+    p.add_argument(
+        "--data",
+        action="append",
+        help="tokenized data folder (from `openllm tokenize`); a mixture: --data DIR=WEIGHT for each folder, or a "
+        'JSON file {"DIR": WEIGHT, ...}; optional when resuming',
+    )
     p.add_argument("--out", required=True, help="run folder (created; an existing one with checkpoints resumes)")
     p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
     p.add_argument("--save-every", type=int, default=None, help="override train.save_every")
@@ -56,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cpu_thread_policy()
+    from ..batches import parse_data_arg
     from ..config import parse_overrides
     from ..device import resolve_device
     from ..train import train
@@ -66,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     resume = False if args.no_resume else args.resume
     result = train(
         args.config,
-        data_dir=args.data,
+        data_dir=parse_data_arg(args.data),
         out_dir=args.out,
         max_steps=args.max_steps,
         save_every=args.save_every,

@@ -338,6 +338,21 @@ def model_card(
         if info.get("tokens") is not None:
             docs = f", {info['documents']:,} documents" if isinstance(info.get("documents"), int) else ""
             prov.append((f"{split} split", f"{info['tokens']:,} tokens{docs}"))
+    total = sum(finite_number(m.get("weight")) or 0.0 for m in facts.data_mixture)
+    for part in facts.data_mixture:
+        # a folder is named by its last part: the rest is the publisher's layout
+        name = Path(str(part.get("data_dir", "?"))).name
+        weight = finite_number(part.get("weight"))
+        train_src = (part.get("sources") or {}).get("train.jsonl") or {}
+        prov.append(
+            (
+                f"mixture part `{name}`",
+                (f"weight {weight:g} ({weight / total:.1%} of the windows)" if weight and total else "weight ?")
+                + (f", {part['train_tokens']:,} train tokens" if isinstance(part.get("train_tokens"), int) else "")
+                + (f", meta.json sha256 `{part['meta_sha256']}`" if part.get("meta_sha256") else "")
+                + (f", train.jsonl sha256 `{train_src['sha256']}`" if train_src.get("sha256") else ""),
+            )
+        )
     if facts.tokenizer_sha256:
         prov.append(("tokenizer.model sha256", f"`{facts.tokenizer_sha256}`"))
     if facts.code_commit:

@@ -48,6 +48,8 @@ class RunFacts:
     tokenizer_sha256: str | None = None
     data_sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> {sha256, bytes}
     data_splits: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> {tokens, documents}
+    # a run on several token folders: each one's folder, weight, meta.json sha256, train tokens, sources
+    data_mixture: list[dict[str, Any]] = field(default_factory=list)
     code_commit: str | None = None
     code_commit_origin: str | None = None  # "run" (recorded at training) or "push" (git rev-parse at push)
     params: int | None = None
@@ -183,6 +185,12 @@ def collect_facts(source: str | Path, *, count_params: bool = True) -> RunFacts:
             if isinstance(v, dict)
         }
         facts.provenance = [p for p in (meta.get("prepared_from") or []) if isinstance(p, dict)]
+    mixture = state.get("data_mixture")
+    if isinstance(mixture, list) and all(isinstance(part, dict) for part in mixture):
+        facts.data_mixture = mixture
+        # the main folder's val split is the run's; its train split and sources are one part of the mixture's
+        facts.data_splits = {k: v for k, v in facts.data_splits.items() if k != "train"}
+        facts.data_sources = {k: v for k, v in facts.data_sources.items() if k.startswith("val")}
     image = run / rundir.LOSS_PNG
     facts.loss_image = image if whole_run and image.is_file() else None
     return facts
