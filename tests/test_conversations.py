@@ -71,6 +71,12 @@ def test_reads_both_shapes_and_skips_blank_lines(tmp_path):
             'needs "content" as a string',
         ),
         ({"messages": []}, "non-empty list"),
+        ({"tools": {"name": "f"}, **CONV}, '"tools" must be a list'),
+        (
+            {"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}]},
+            "arguments of the call to f are not a JSON object",
+        ),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": "x"}]}]}, 'needs "function" with a "name"'),
         ({"text": "hello"}, 'no "messages" list'),
         ({"prompt": "Q?"}, 'needs "response"'),
         ("[1, 2]", "must be a JSON object"),
@@ -205,7 +211,7 @@ def test_synthetic_set_is_deterministic_and_held_out(tmp_path):
         for m in c["messages"]
         if m["role"] == "user" and m["content"] != "And the next verse?"
     }
-    assert any(m["content"].startswith("What does ") for c in train for m in c["messages"])
+    assert any((m["content"] or "").startswith("What does ") for c in train for m in c["messages"])
 
 
 # --- a synthetic set from the base run's own corpus (issue 24) ---------------------------------------------
@@ -327,3 +333,30 @@ def test_an_empty_reply_is_not_an_ended_turn(tok, monkeypatch):
     convs = [Conversation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])] * 3
     out = chat_samples(Model(), tok, convs, n=3)
     assert [(s["ended_turn"], s["empty"]) for s in out] == [(False, True), (True, False), (False, False)]
+
+
+def test_synthetic_set_has_a_tool_use_part_the_model_learns_to_call_in(tok):
+    """About a fifth of the verse set offers a function; its calls are OpenAI-shaped, their arguments match the
+    function's schema, the tool's result is the corpus's text, and the loss mask covers the call (the model
+    learns to write it) but not the function list or the tool's result."""
+    import jsonschema
+
+    train, val = make_synthetic_conversations(200, seed=2)
+    with_tools = [c for c in train + val if c.get("tools")]
+    assert 0.1 < len(with_tools) / 200 < 0.3
+    calls = [m for c in with_tools for m in c["messages"] if m.get("tool_calls")]
+    assert {m["tool_calls"][0]["function"]["name"] for m in calls} == {"get_verse", "count_verses"}
+    assert any(not any(m.get("tool_calls") for m in c["messages"]) for c in with_tools)  # answered without it
+    for c in with_tools:
+        conv = parse_conversation(c, "synthetic")
+        schemas = {t["function"]["name"]: t["function"]["parameters"] for t in c["tools"]}
+        for m in c["messages"]:
+            for call in m.get("tool_calls", []):
+                jsonschema.validate(json.loads(call["function"]["arguments"]), schemas[call["function"]["name"]])
+        ex = encode_conversation(tok, conv)
+        learned = tok.decode([i for i, m in zip(ex.ids, ex.mask) if m])
+        given = tok.decode([i for i, m in zip(ex.ids, ex.mask) if not m])
+        assert "Function:" in given and "Function:" not in learned
+        if any(m.get("tool_calls") for m in c["messages"]):
+            assert "<tool_call>" in learned and "<tool_call>" not in given
+            assert "Tool: " + c["messages"][2]["content"] in given

@@ -6,7 +6,10 @@ Input is JSON Lines, one conversation a line, in either shape::
                   {"role": "assistant", "content": "..."}, ...]}
     {"prompt": "...", "response": "...", "system": "..."}          (``system`` optional)
 
-Roles are ``system`` (or ``developer``), ``user`` and ``assistant``. Every conversation needs at least one
+Roles are ``system`` (or ``developer``), ``user``, ``assistant`` and ``tool``. Tool use is written in OpenAI's
+shapes: a line may list ``"tools"`` (``[{"type": "function", "function": {"name", "parameters"}}]``), an
+assistant turn may carry ``"tool_calls"`` (``[{"type": "function", "function": {"name", "arguments"}}]``, its
+``content`` then optional) and a ``tool`` turn holds a call's result. Every conversation needs at least one
 assistant turn. Blank lines are skipped. Each bad line is refused with ``FILE:LINE: what is wrong``.
 
 A conversation is rendered with the project's one chat template (:data:`openllm.tokenizer.CHAT_TEMPLATE`) and
@@ -56,10 +59,11 @@ __all__ = [
     "corpus_documents",
     "write_synthetic_set",
     "SYNTHETIC_NOTE",
+    "VERSE_TOOLS",
     "CORPUS_NOTE",
 ]
 
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 IGNORE_INDEX = -100  # the target value cross-entropy leaves out (torch's default ignore_index)
 
 
@@ -67,8 +71,9 @@ IGNORE_INDEX = -100  # the target value cross-entropy leaves out (torch's defaul
 class Conversation:
     """One conversation: its messages and where it came from (``file:line``)."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     where: str = ""
+    tools: list[dict[str, Any]] | None = None  # the functions the assistant may call (OpenAI's shape)
 
 
 @dataclass
@@ -111,22 +116,63 @@ def parse_conversation(record: Any, where: str) -> Conversation:
             f'{where}: no "messages" list and no "prompt"/"response" pair '
             f"(keys: {', '.join(sorted(map(str, record))) or 'none'})"
         )
-    clean: list[dict[str, str]] = []
+    clean: list[dict[str, Any]] = []
     for i, m in enumerate(messages, 1):
         if not isinstance(m, dict):
             raise OpenLLMError(f'{where}: message {i} is not an object with "role" and "content"')
         if "role" not in m:
-            raise OpenLLMError(f'{where}: message {i} has no "role" (use system, user or assistant)')
+            raise OpenLLMError(f'{where}: message {i} has no "role" (use system, user, assistant or tool)')
         role = m["role"]
         if role not in ROLES:
-            raise OpenLLMError(f"{where}: message {i} has an unknown role {role!r} (use system, user or assistant)")
+            raise OpenLLMError(
+                f"{where}: message {i} has an unknown role {role!r} (use system, user, assistant or tool)"
+            )
         content = m.get("content")
+        calls = m.get("tool_calls") if role == "assistant" else None
+        if calls is not None:
+            if content is None:
+                content = ""
+            calls = _tool_calls(calls, f"{where}: message {i}")
         if not isinstance(content, str):
             raise OpenLLMError(f'{where}: message {i} ({role}) needs "content" as a string')
-        clean.append({"role": role, "content": content})
+        clean.append({"role": role, "content": content, **({"tool_calls": calls} if calls else {})})
     if not any(m["role"] == "assistant" for m in clean):
         raise OpenLLMError(f"{where}: the conversation has no assistant turn, so there is nothing to learn from it")
-    return Conversation(clean, where)
+    return Conversation(clean, where, _tools(record.get("tools"), where))
+
+
+def _tools(tools: Any, where: str) -> list[dict[str, Any]] | None:
+    if tools is None:
+        return None
+    ok = isinstance(tools, list) and all(
+        isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
+        for t in tools
+    )
+    if not ok:
+        raise OpenLLMError(f'{where}: "tools" must be a list of {{"type": "function", "function": {{"name": ...}}}}')
+    return tools or None
+
+
+def _tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(calls, list):
+        raise OpenLLMError(f'{where}: "tool_calls" must be a list of {{"function": {{"name", "arguments"}}}}')
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise OpenLLMError(f'{where}: a tool call needs "function" with a "name"')
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                parsed = json.loads(args)
+            except json.JSONDecodeError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise OpenLLMError(f"{where}: the arguments of the call to {fn['name']} are not a JSON object")
+        elif not isinstance(args, dict):
+            raise OpenLLMError(f"{where}: the arguments of the call to {fn['name']} are not a JSON object")
+        out.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
+    return out
 
 
 def read_conversations(path: str | os.PathLike) -> list[Conversation]:
@@ -178,17 +224,18 @@ def encode_conversation(tokenizer, conversation: Conversation | Sequence[dict]) 
     """Ids and loss mask of one conversation rendered with the chat template (see the module docstring)."""
     if not isinstance(conversation, Conversation):
         conversation = Conversation(list(conversation))
-    msgs = conversation.messages
-    full = apply_chat_template(msgs, add_generation_prompt=False)
+    msgs, tools = conversation.messages, conversation.tools
+    full = apply_chat_template(msgs, add_generation_prompt=False, tools=tools)
     # character spans of what the model writes: from the end of each generation prompt to its turn's EOS
     spans: list[tuple[int, int]] = []
     eos = SPECIAL_TOKENS["eos"]
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        start = len(apply_chat_template(msgs[:i], add_generation_prompt=True))
+        head = apply_chat_template(msgs[:i], add_generation_prompt=True, tools=tools)
+        start = len(head)
         end = full.index(eos, start) + len(eos)
-        if not full.startswith(apply_chat_template(msgs[:i], add_generation_prompt=True)):
+        if not full.startswith(head):
             raise OpenLLMError(
                 f"{conversation.where or 'conversation'}: the chat template does not render "
                 f"turns as prefixes of each other"
@@ -424,9 +471,68 @@ class PackedLoader:
 SYNTHETIC_NOTE = (
     "Synthetic: generated by openllm from the embedded corpus (the King James Bible); every question is built "
     "from a template and every answer is copied from the verse text, so the set teaches the chat format and "
-    "verse recall, not general assistance."
+    "verse recall, not general assistance. A part of it is tool use: a get_verse or count_verses function is "
+    "offered, the assistant calls it (or answers without it when it does not help), the tool's result is the "
+    "corpus's own text or count, and the assistant answers from it."
 )
 _SYSTEM = "You answer questions about the King James Bible by quoting it."
+
+
+def _function(name: str, params: dict[str, str]) -> dict[str, Any]:
+    props = {k: {"type": t} for k, t in params.items()}
+    return {
+        "type": "function",
+        "function": {"name": name, "parameters": {"type": "object", "properties": props, "required": list(params)}},
+    }
+
+
+# the functions of the tool-use part, kept small: their schemas are part of every prompt that offers them, JSON
+# is many tokens to a tokenizer trained on the Bible, and a quickstart chat model has a context of 256 tokens
+VERSE_TOOLS = {
+    "get_verse": _function("get_verse", {"ref": "string"}),
+    "count_verses": _function("count_verses", {"chapter": "string"}),
+}
+TOOL_FRACTION = 0.2  # of the verse set: conversations that offer a tool
+_TOOL_MAX_CHARS = 110
+
+
+def _call(n: int, name: str, **arguments: Any) -> dict[str, Any]:
+    # arguments as the server's grammar writes them: JSON with json.dumps's spacing, keys in the schema's order
+    return {"id": f"call_{n}", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+def _tool_conversation(rng: random.Random, book: str, ch: int, verses: list[str], v: int) -> dict[str, Any]:
+    """One tool-use conversation about verse ``v`` of ``book ch``: look it up, count the chapter's verses, or
+    answer without the offered tool when the question needs none (so "auto" has both sides to learn)."""
+    ref, text = f"{book} {ch}:{v + 1}", verses[v]
+    kind = rng.random()
+    # the verse is in the conversation twice (the tool's result, the answer): short ones only, so it fits
+    if kind < 0.55 and len(text) <= _TOOL_MAX_CHARS:
+        call = _call(1, "get_verse", ref=ref)
+        tools = [VERSE_TOOLS["get_verse"]]
+        msgs = [
+            {"role": "user", "content": rng.choice([f"Look up {ref}.", f"What does {ref} say?", f"Quote {ref}."])},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": text},
+            {"role": "assistant", "content": text},
+        ]
+    elif kind < 0.8:
+        call = _call(1, "count_verses", chapter=f"{book} {ch}")
+        tools = [VERSE_TOOLS["count_verses"]]
+        n = len(verses)
+        msgs = [
+            {"role": "user", "content": f"How many verses are in {book} {ch}?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": str(n)},
+            {"role": "assistant", "content": f"{book} {ch} has {n} verses."},
+        ]
+    else:
+        tools = [VERSE_TOOLS["count_verses"]]
+        msgs = [
+            {"role": "user", "content": f"What does {ref} say?"},
+            {"role": "assistant", "content": text},
+        ]
+    return {"tools": tools, "messages": msgs}
 
 
 def _verses() -> list[tuple[str, int, list[str]]]:
@@ -451,11 +557,12 @@ def _check_count(n: int) -> None:
 
 
 def make_synthetic_conversations(
-    n: int = 2000, *, seed: int = 0, val_fraction: float = 0.1, max_chars: int = 400
+    n: int = 2000, *, seed: int = 0, val_fraction: float = 0.1, max_chars: int = 400, tools: float = TOOL_FRACTION
 ) -> tuple[list[dict], list[dict]]:
     """``n`` question/answer conversations about verses of the embedded corpus, split into (train, val) by
     chapter, so no held-out chapter is seen in training. Answers are verse text; verses longer than
-    ``max_chars`` are left out. Deterministic for a ``seed``."""
+    ``max_chars`` are left out. A ``tools`` fraction of them offers a function and uses it
+    (:func:`_tool_conversation`). Deterministic for a ``seed``."""
     _check_count(n)
     chapters = _verses()
     rng = random.Random(seed)
@@ -473,6 +580,9 @@ def make_synthetic_conversations(
             if len(text) > max_chars:
                 continue
             ref = f"{book} {ch}:{v + 1}"
+            if rng.random() < tools:
+                convs.append(_tool_conversation(rng, book, ch, verses, v))
+                continue
             kind = rng.random()
             if kind < 0.5:
                 msgs = [{"role": "user", "content": f"What does {ref} say?"}, {"role": "assistant", "content": text}]
@@ -685,6 +795,7 @@ def write_synthetic_set(
             "source_sha256": EMBEDDED_CORPUS["sha256"],
             "seed": seed,
             "split": "by chapter",
+            "tool_use": {"fraction": TOOL_FRACTION, "functions": sorted(VERSE_TOOLS)},
             "files": {},
         }
     else:

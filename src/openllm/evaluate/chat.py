@@ -89,7 +89,7 @@ def chat_samples(model, tokenizer, conversations, *, n: int = 5, max_new_tokens:
     for conv in conversations[:n]:
         msgs = conv.messages
         last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-        prompt = tokenizer.encode_chat(msgs[:last], add_generation_prompt=True)
+        prompt = tokenizer.encode_chat(msgs[:last], add_generation_prompt=True, tools=conv.tools)
         room = model.cfg.max_seq_len - len(prompt)
         if room <= 0:
             continue
