@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +196,39 @@ def test_every_rank_is_refused_when_another_process_holds_the_run_lock(setup, tm
     assert refused[0] == refused[1] and "Traceback" not in "".join(refused)
     assert took < 120, took  # seconds of start-up, not a collective's timeout
     assert left == [".lock"] and lock["pid"] == holder.pid  # nothing written, the holder's lock untouched
+
+
+def _two_nodes(args, timeout=300):
+    """Two torchrun launches of one process each, joined by c10d rendezvous on loopback: two "nodes" of this
+    machine, as two machines would run it (docs/training.md)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    launch += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"nodes{port}"]
+    procs = [
+        subprocess.Popen([*launch, "-m", "openllm", "train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out + err
+    return "".join(o for o, _ in outs), "".join(e for _, e in outs)
+
+
+def test_two_nodes_fsdp_then_ddp_resumed_match_one_process(setup):
+    """Steps 1-3 with FSDP2 on two nodes, 4-6 resumed with DDP on two nodes: one process's losses, tokens and
+    final weights (2 nodes x micro-batch 2 = its micro-batch 4; issue 28)."""
+    tmp, data, cfg, single = setup
+    run = tmp / "nodes"
+    common = ["--no-progress", "--out", str(run), "--set", "train.micro_batch_size=2"]
+    out, err = _two_nodes([*common, "--config", str(cfg), "--data", str(data), "--set", "train.distributed=fsdp",
+                           "--max-steps", "3"])  # fmt: skip
+    assert "x 2 ranks" in err and "fsdp on 2 nodes" in err and out.count("run folder:") == 1
+    out, err = _two_nodes([*common, "--resume", "--max-steps", "6", "--set", "train.distributed=ddp"])
+    assert "resuming from" in err and "ddp on 2 nodes" in err
+    _compare(single, run, range(1, 7))
+    state = json.loads((run / "checkpoints/step_00000006/state.json").read_text())
+    assert state["world_size"] == 2 and len(state["rng"]) == 2

@@ -6,6 +6,10 @@
   root; parameters, gradients and optimizer state are sharded across ranks.
 
 Backend: nccl on GPUs, gloo on CPU. One process is the plain single-device path, nothing initialised.
+Several nodes (``torchrun --nnodes N`` with c10d rendezvous, or ``srun torchrun`` under Slurm) are the same
+path: a process's device is chosen by its LOCAL_RANK on its node, everything else by its global RANK; global
+rank 0 alone writes the run folder, which every node must see (a shared filesystem), since every rank reads
+the checkpoint it resumes from.
 Checkpoints always hold *full* (unsharded) state dicts keyed by parameter name, so a run saved with FSDP on
 8 GPUs resumes in one process and the other way round.
 """
@@ -38,6 +42,7 @@ __all__ = [
     "all_reduce",
     "gather_objects",
     "first_error",
+    "differing",
     "any_rank",
     "full_state",
     "full_model_state",
@@ -54,10 +59,16 @@ class DistInfo:
     device: torch.device = torch.device("cpu")
     backend: str | None = None
     mode: str = "single"  # single | ddp | fsdp
+    local_world_size: int = 1  # processes on this node
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def nodes(self) -> int:
+        """Nodes the run spans (torchrun starts the same number of processes on each)."""
+        return max(1, self.world_size // max(1, self.local_world_size))
 
     @property
     def enabled(self) -> bool:
@@ -77,7 +88,8 @@ def init_distributed(device: str | None = None, mode: str = "ddp") -> DistInfo:
     index becomes ``cuda:LOCAL_RANK``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # the device index on this node, not RANK
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     dev = _pick_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -89,7 +101,15 @@ def init_distributed(device: str | None = None, mode: str = "ddp") -> DistInfo:
         if dev.type == "cuda":
             kwargs["device_id"] = dev
         dist.init_process_group(**kwargs)
-    return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=dev, backend=backend, mode=mode)
+    return DistInfo(
+        rank=rank,
+        local_rank=local_rank,
+        world_size=world,
+        device=dev,
+        backend=backend,
+        mode=mode,
+        local_world_size=local_world,
+    )
 
 
 def shutdown(info: DistInfo) -> None:
@@ -152,6 +172,15 @@ def first_error(message: str | None, info: DistInfo) -> str | None:
     if not info.enabled:
         return message
     return next((m for m in gather_objects(message, info) if m), None)
+
+
+def differing(value: Any, info: DistInfo) -> list[Any] | None:
+    """Every rank's ``value`` when they are not all equal, else None: a collective every rank must call. What
+    every process must agree on (the checkpoint it resumes from, on nodes that may not share a filesystem)."""
+    if not info.enabled:
+        return None
+    values = gather_objects(value, info)
+    return values if any(v != values[0] for v in values) else None
 
 
 def any_rank(flag: bool, info: DistInfo) -> bool:

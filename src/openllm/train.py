@@ -725,6 +725,14 @@ class Trainer:
         # before any other collective: under torchrun every rank learns whether rank 0 got the lock (and
         # every rank's memory check), so all of them end with the same message instead of waiting for rank 0
         error = D.first_error(error, self.info)
+        if error is None:  # (the same on every rank) on several nodes, every one must resume the same checkpoint
+            seen = D.differing((self.step, plan.tokenizer_sha256), self.info)
+            if seen is not None:
+                error = (
+                    f"the processes do not see the same run: they would start from steps "
+                    f"{', '.join(str(s) for s in sorted({s for s, _ in seen}))} (or with other data): every node "
+                    f"must see the same --out folder (a shared filesystem) and the same --data"
+                )
         if error is not None:
             raise OpenLLMError(error)
         if self.main:
@@ -847,7 +855,7 @@ class Trainer:
             f"of {self.step_plan.tokens_per_step:,} tokens ({tc.micro_batch_size} x {self.seq_len} x "
             f"{tc.grad_accum_steps} accum{f' x {info.world_size} ranks' if info.enabled else ''}), "
             f"{self.precision} on {self.dev}{', compiled' if tc.compile else ''}"
-            f"{f', {info.mode}' if info.enabled else ''}"
+            f"{f', {info.mode}' if info.enabled else ''}{f' on {info.nodes} nodes' if info.nodes > 1 else ''}"
         )
         if resume_from is not None:
             self.say(f"resuming from {resume_from} (step {self.step})")
