@@ -156,3 +156,24 @@ def test_tool_call_grammar_allows_only_text_or_well_formed_calls(serve_lm, vocab
     assert _accepts(serve_lm, vocab, one, time_call) and not _accepts(serve_lm, vocab, one, f"{time_call}\n{ping}")
     with pytest.raises(GrammarError):
         tool_call_grammar(tools, choice="nope")
+
+
+def test_tool_parameters_with_defs_keep_their_references_apart(serve_lm, vocab):
+    """Two functions whose parameters both define $defs/Unit (as pydantic writes nested models): each call's
+    reference resolves to its own function's definition."""
+    from openllm.constrain import tool_call_grammar
+
+    def fn(name: str, units: list[str]) -> dict:
+        params = {
+            "type": "object",
+            "$defs": {"Unit": {"enum": units}},
+            "properties": {"u": {"$ref": "#/$defs/Unit"}},
+            "required": ["u"],
+        }
+        return {"type": "function", "function": {"name": name, "parameters": params}}
+
+    grammar = vocab.check(tool_call_grammar([fn("f", ["c", "k"]), fn("g", ["x"])], choice="required"))
+    call = ' <tool_call>{{"name": "{}", "arguments": {{"u": "{}"}}}}</tool_call>'
+    assert _accepts(serve_lm, vocab, grammar, call.format("f", "k"))
+    assert _accepts(serve_lm, vocab, grammar, call.format("g", "x"))
+    assert not _accepts(serve_lm, vocab, grammar, call.format("g", "c"))

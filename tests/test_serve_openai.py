@@ -347,3 +347,29 @@ def test_bad_tools_are_openais_400(client, tools, choice, param, words):
     err = e.value.body
     assert err["type"] == "invalid_request_error" and err["param"] == param
     assert words in err["message"] and "\n" not in err["message"]
+
+
+@pytest.mark.slow
+def test_pydantic_function_tools_parse_with_the_clients_helper(client):
+    """The openai client's own pydantic tools (strict schemas with $defs for nested models) and its parse
+    helper: the arguments come back as the pydantic model, streamed or not."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Place(BaseModel):
+        city: str = Field(max_length=6)
+        unit: Literal["c", "f"]
+
+    class Forecast(BaseModel):
+        place: Place
+        days: int
+
+    tool = openai.pydantic_function_tool(Forecast)
+    assert "$defs" in tool["function"]["parameters"]
+    kw = dict(model=NAME, messages=ASK, tools=[tool], tool_choice="required", max_tokens=140, seed=0)
+    call = client.chat.completions.parse(**kw, parallel_tool_calls=False).choices[0].message.tool_calls[0]
+    assert isinstance(call.function.parsed_arguments, Forecast)
+    with client.chat.completions.stream(**kw, parallel_tool_calls=False) as stream:
+        final = stream.get_final_completion()
+    assert isinstance(final.choices[0].message.tool_calls[0].function.parsed_arguments, Forecast)

@@ -98,10 +98,12 @@ def tool_call_grammar(tools: Sequence[dict], *, choice: str = "auto", parallel: 
     if not functions:
         raise GrammarError(f"no tool named {choice!r} to call")
     calls = []
+    defs: dict[str, Any] = {}
     for f in functions:
         params = f.get("parameters")
         if params is None:  # OpenAI: a function without parameters takes none
             params = {"type": "object", "properties": {}, "additionalProperties": False}
+        params = _hoist_defs(params, f"{f['name']}.", defs)
         calls.append(
             {
                 "type": "object",
@@ -114,6 +116,7 @@ def tool_call_grammar(tools: Sequence[dict], *, choice: str = "auto", parallel: 
     # one %json of anyOf, not an alternative of %json rules: llguidance's documented way to offer several schemas
     schema = {
         "anyOf": calls,
+        **({"$defs": defs} if defs else {}),
         "x-guidance": {
             "whitespace_flexible": False,
             "item_separator": item,
@@ -138,6 +141,30 @@ def tool_call_grammar(tools: Sequence[dict], *, choice: str = "auto", parallel: 
         return llguidance.LLMatcher.grammar_from_lark(lark)
     except ValueError as exc:
         raise GrammarError(f"the tools' parameters are not a usable JSON schema: {exc}") from exc
+
+
+def _hoist_defs(schema: Any, prefix: str, defs: dict[str, Any]) -> Any:
+    """``schema`` with its ``$defs`` moved into ``defs`` under ``prefix`` and its local references renamed to
+    match: a function's parameters sit inside the call's schema, where ``#/$defs/...`` would point at the root
+    (pydantic, and so the openai client's ``pydantic_function_tool``, writes nested models this way)."""
+
+    def rename(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: rename(v) for k, v in node.items() if k not in ("$defs", "definitions")}
+            ref = node.get("$ref")
+            for key in ("$defs", "definitions"):
+                if isinstance(ref, str) and ref.startswith(f"#/{key}/"):
+                    out["$ref"] = f"#/$defs/{prefix}{ref[len(key) + 3 :]}"
+            return out
+        if isinstance(node, list):
+            return [rename(v) for v in node]
+        return node
+
+    if isinstance(schema, dict):
+        for key in ("$defs", "definitions"):
+            for name, sub in (schema.get(key) or {}).items():
+                defs[f"{prefix}{name}"] = rename(sub)
+    return rename(schema)
 
 
 def _tokenizers_json(tokenizer: Any) -> str:
