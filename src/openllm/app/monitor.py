@@ -10,11 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
-from ..metrics import finite_number
-from ..rundir import CONFIG, read_metrics
+from ..config import Config, ConfigError, report_targets
+from ..metrics import finite_number, trackio_command
+from ..rundir import CONFIG, TB, read_metrics
 
-__all__ = ["Progress", "progress", "format_duration", "loss_figure", "tail_log", "memory_usage", "format_progress"]
+__all__ = [
+    "Progress",
+    "progress",
+    "format_duration",
+    "loss_figure",
+    "tail_log",
+    "memory_usage",
+    "format_progress",
+    "dashboard_commands",
+]
 
 
 @dataclass
@@ -71,6 +80,22 @@ def progress(
         val_loss=finite_number(vals[-1]["val_loss"]) if vals else None,
         lr=finite_number(train[-1].get("lr")) if train else None,
     )
+
+
+def dashboard_commands(run_dir: Path) -> list[str]:
+    """The commands that open the dashboards of the trackers a run reports to (its ``train.report_to``):
+    trackio's (``trackio show``) and TensorBoard's, run where the run's files are."""
+    try:
+        cfg = json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
+        names = report_targets(cfg["train"].get("report_to", "tensorboard"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigError):
+        return []
+    out = []
+    if "trackio" in names:
+        out.append(trackio_command())
+    if "tensorboard" in names:
+        out.append(f"tensorboard --logdir {Path(run_dir) / TB}")
+    return out
 
 
 def format_duration(seconds: float | None) -> str:

@@ -5,6 +5,7 @@ check, the config's facts): strings in, strings out; no Gradio components (the t
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from .. import rundir
@@ -193,9 +194,12 @@ def _stat_cards(stats: list[tuple[str, str, str]]) -> str:
     )
 
 
-def run_view(run: str, st, p: Progress, points: int, ckpts: list[int], mem: dict[str, str]) -> str:
+def run_view(
+    run: str, st, p: Progress, points: int, ckpts: list[int], mem: dict[str, str], dashboards: Sequence[str] = ()
+) -> str:
     """The Monitor's page for ``run``: its state (``st``, a :class:`openllm.app.runner.RunStatus`), who trains
-    it, the progress bar, error and warning, the stat cards and the memory line."""
+    it, the progress bar, error and warning, the stat cards, the memory line and the commands that open its
+    trackers' dashboards (``dashboards``)."""
     f = format_progress(p)
     live = st.state in (rundir.PREPARING, rundir.TRAINING, rundir.STOPPING)
     shown = st.state == rundir.PREPARING or (st.state == rundir.STOPPED and st.phase == rundir.INTERRUPTED)
@@ -221,6 +225,12 @@ def run_view(run: str, st, p: Progress, points: int, ckpts: list[int], mem: dict
         f" · training process <b>{html.escape(mem.get('training', 'not running'))}</b>"
         f" · GPU <b>{html.escape(mem['gpu'])}</b></div>"
     )
+    if dashboards:
+        mem_line += (
+            '<div class="mem" id="run-dashboards">Dashboards: '
+            + " · ".join(f"<code>{html.escape(c)}</code>" for c in dashboards)
+            + "</div>"
+        )
     return (
         f'<div id="monitor-view" data-step="{p.step}" data-max-steps="{p.max_steps or 0}" '
         f'data-points="{points}" data-state="{html.escape(st.state)}" '

@@ -11,7 +11,7 @@ import gradio as gr
 from ... import rundir
 from ...rundir import checkpoint_steps, read_metrics
 from ..forms import FormError
-from ..monitor import loss_figure, memory_usage, progress, tail_log
+from ..monitor import dashboard_commands, loss_figure, memory_usage, progress, tail_log
 from ..render import err, msg, run_view
 from ..runner import RunStatus
 from ..workspace import WorkspaceError
@@ -66,7 +66,9 @@ def view(sh: Shared, run: str | None, last_count: Any):
         return err(exc), gr.skip(), "", last_count, gr.skip()
     metrics = read_metrics(run_dir)
     p = progress(run_dir, {"step": st.step, "max_steps": st.max_steps}, metrics)
-    page = run_view(run, st, p, len(metrics), checkpoint_steps(run_dir), memory_usage(st.pid))
+    page = run_view(
+        run, st, p, len(metrics), checkpoint_steps(run_dir), memory_usage(st.pid), dashboard_commands(run_dir)
+    )
     count = (run, len(metrics), st.state)
     fig = loss_figure(metrics, title=f"{run}: loss") if count != last_count else gr.skip()
     stop = gr.update(interactive=st.active and st.state != rundir.STOPPING)
