@@ -124,3 +124,95 @@ def test_messages_never_show_the_users_token():
     token = gr.OAuthToken(token=OWNER_TOKEN, scope="write-repos", expires_at=0)
     text = access.safe_text(f"push failed: https://x:{OWNER_TOKEN}@hf.co said no ({OWNER_TOKEN})", token)
     assert OWNER_TOKEN not in text and "push failed" in text
+
+
+# --- the app as a Space serves it, driven by a visitor's browser and by direct API calls -------------------
+
+
+def _signed_session_cookie(secret: str, user: str) -> str:
+    """The session cookie gradio's OAuth callback would set for ``user`` (signed as its SessionMiddleware
+    signs it: itsdangerous over the sha256 of the OAuth secret)."""
+    import base64
+    import hashlib
+    import json
+
+    import itsdangerous
+
+    info = session(user).scope["session"]["oauth_info"]
+    key = hashlib.sha256((secret + "-v4").encode()).hexdigest()
+    return itsdangerous.TimestampSigner(key).sign(base64.b64encode(json.dumps({"oauth_info": info}).encode())).decode()
+
+
+def guarded(demo, fn) -> bool:
+    """Whether ``fn`` or a step that ``.then()`` runs after it is a guarded write handler."""
+    for _ in range(6):
+        if fn is None:
+            return False
+        if access.is_writer(fn.fn):
+            return True
+        fn = next((f for f in demo.fns.values() if f.trigger_after == fn._id), None)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+# gradio on a Space (SYSTEM=spaces) starts a reload watcher that needs the `spaces` package, which Hugging
+# Face installs in every Space: its thread fails here without it, beside the app, which is unaffected
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.filterwarnings("ignore:.*copy keyword is deprecated.*:Warning")
+def test_a_visitor_sees_no_write_action_and_every_write_endpoint_refuses(space, monkeypatch, tmp_path):
+    import gradio.oauth
+    from gradio_client import Client
+
+    from openllm.app import launch
+    from openllm.app.ui import WRITE_ACTIONS
+    from test_app_browser import CHROMIUM, _free_port, _need_browser
+
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    # what Hugging Face sets in a Space whose README has hf_oauth: true (gradio reads them when imported)
+    for name, value in (
+        ("OAUTH_CLIENT_ID", "client"),
+        ("OAUTH_CLIENT_SECRET", "secret"),
+        ("OAUTH_SCOPES", "openid profile write-repos"),
+        ("OPENID_PROVIDER_URL", "https://huggingface.co"),
+    ):
+        monkeypatch.setattr(gradio.oauth, name, value)
+    ws = tmp_path / "workspace"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    demo = launch(ws, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+            )
+            page = browser.new_page()
+            page.goto(url)
+            page.locator("#visitor-note").wait_for(timeout=60_000)
+            assert "Watching only" in page.locator("#visitor-note").inner_text()
+            assert page.locator("#login-btn").is_visible()
+            shown = [e for e in WRITE_ACTIONS if page.locator(f"#{e}").count() and page.locator(f"#{e}").is_visible()]
+            assert shown == []
+            browser.close()
+
+        writers = {i: f for i, f in demo.fns.items() if access.is_writer(f.fn)}
+        # every write button's click is a guarded handler (not a chain that would leave one step unguarded)
+        for elem_id in WRITE_ACTIONS:
+            block = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+            if isinstance(block, gr.Button):
+                clicks = [f for f in demo.fns.values() if (block._id, "click") in f.targets]
+                assert any(guarded(demo, f) for f in clicks), elem_id
+        visitor = Client(url, verbose=False)
+        owner = Client(url, verbose=False, headers={"Cookie": f"session={_signed_session_cookie('secret', 'alice')}"})
+        for i, fn in writers.items():
+            with pytest.raises(Exception, match="sign in with Hugging Face"):
+                visitor.predict(*[getattr(c, "value", None) for c in fn.inputs], fn_index=i)
+        assert not (ws / "runs").exists() or not any((ws / "runs").iterdir())  # nothing was written
+        # the owner's session passes the same check: Delete answers about the run, not about signing in
+        delete = next(i for i, f in writers.items() if "delete-confirm" in [c.elem_id for c in f.inputs])
+        answer = owner.predict(None, False, fn_index=delete)
+        assert "choose the run to delete" in str(answer)
+    finally:
+        demo.close()
