@@ -124,6 +124,39 @@ def make_export_run(
     return run
 
 
+@pytest.fixture(scope="session")
+def default_recipe_run(tmp_path_factory, export_tokenizer_dir):
+    """``make(n_kv_heads)``: a run folder trained for real by ``openllm.train`` with the presets' default recipe
+    (``train.recipe = "speedrun"``: Muon, WSD, untied head, zero-initialised projections), 4 steps on this
+    package's source, so the export parity tests check what a user who trains with the defaults exports."""
+    from openllm.config import Config
+    from openllm.prepare import prepare_corpus
+    from openllm.shards import tokenize_corpus
+    from openllm.train import train
+
+    root = tmp_path_factory.mktemp("default_recipe")
+    src = REPO / "src" / "openllm"
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(p.read_text(encoding="utf-8") for p in sorted(src.glob("*.py"))), encoding="utf-8")
+    prepare_corpus([corpus], root / "prepared", val_fraction=0.1, progress=False)
+    tokenize_corpus(root / "prepared", export_tokenizer_dir, root / "tokens", workers=1, progress=False)
+    runs: dict[int, Path] = {}
+
+    def make(n_kv_heads: int) -> Path:
+        if n_kv_heads not in runs:
+            model = {**EXPORT_TINY_MODEL, "n_kv_heads": n_kv_heads}
+            model.pop("init_std")  # the recipe's own init
+            train_cfg = {"recipe": "speedrun", "max_steps": 4, "micro_batch_size": 4, "seq_len": 64}
+            train_cfg.update(warmup_steps=1, eval_every=4, eval_batches=1, save_every=4, log_every=1)
+            cfg = Config.from_dict({"model": model, "train": train_cfg, "name": "export-test"})
+            assert (cfg.train.optimizer, cfg.model.tie_embeddings, cfg.model.zero_init_proj) == ("muon", False, True)
+            runs[n_kv_heads] = root / f"run-kv{n_kv_heads}"
+            train(cfg, root / "tokens", runs[n_kv_heads], device="cpu", progress=False, log=lambda _: None)
+        return runs[n_kv_heads]
+
+    return make
+
+
 @pytest.fixture
 def export_run(tmp_path, export_tokenizer_dir) -> Path:
     """A tiny run folder (GQA, tied embeddings) with checkpoints at steps 5 and 10."""

@@ -16,11 +16,16 @@ TYPES = ("f32", "f16", "q8_0")
 
 
 @pytest.fixture(
-    scope="module", params=[dict(tied=True), dict(tied=False, n_kv_heads=1)], ids=["gqa-tied", "mqa-untied"]
+    scope="module",
+    params=[dict(tied=True), dict(default_recipe=True, n_kv_heads=1)],
+    ids=["gqa-tied", "mqa-default-recipe-trained"],
 )
-def gguf_export(request, tmp_path_factory, export_tokenizer_dir):
+def gguf_export(request, tmp_path_factory, export_tokenizer_dir, default_recipe_run):
     root = tmp_path_factory.mktemp("gguf")
-    run = make_export_run(root / "run", export_tokenizer_dir, steps=(4,), **request.param)
+    if request.param.get("default_recipe"):  # trained for real with the presets' default recipe
+        run = default_recipe_run(request.param["n_kv_heads"])
+    else:
+        run = make_export_run(root / "run", export_tokenizer_dir, steps=(4,), **request.param)
     export(run, root / "gguf", "gguf", gguf_types=",".join(TYPES), progress=False, license=LICENSE, source_url=SOURCE)
     return openllm.load(run), root / "gguf"
 

@@ -20,11 +20,16 @@ TEXTS = [
 
 
 @pytest.fixture(
-    params=[dict(tied=True), dict(tied=False, n_kv_heads=1)], ids=["gqa-tied", "mqa-untied"], scope="module"
+    params=[dict(tied=True), dict(default_recipe=True, n_kv_heads=1)],
+    ids=["gqa-tied", "mqa-default-recipe-trained"],
+    scope="module",
 )
-def hf_export(request, tmp_path_factory, export_tokenizer_dir):
+def hf_export(request, tmp_path_factory, export_tokenizer_dir, default_recipe_run):
     root = tmp_path_factory.mktemp("hf")
-    run = make_export_run(root / "run", export_tokenizer_dir, steps=(7,), **request.param)
+    if request.param.get("default_recipe"):  # trained for real with the presets' default recipe
+        run = default_recipe_run(request.param["n_kv_heads"])
+    else:
+        run = make_export_run(root / "run", export_tokenizer_dir, steps=(7,), **request.param)
     export(run, root / "hf", "hf", progress=False)
     return run, root / "hf"
 
@@ -113,7 +118,9 @@ def test_openllm_load_round_trips_bit_exactly(hf_export, tmp_path):
         if p.name != "openllm.json":
             (bare / p.name).write_bytes(p.read_bytes())
     c = openllm.load(bare)
-    assert c.config.model == a.config.model.__class__(**{**a.config.model.__dict__, "init_std": 0.02, "dropout": 0.0})
+    # a bare Llama's config.json says nothing of how it was initialised or trained: those take the defaults
+    untold = {"init_std": 0.02, "dropout": 0.0, "zero_init_proj": False}
+    assert c.config.model == a.config.model.__class__(**{**a.config.model.__dict__, **untold})
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, c.model.state_dict()[k]), k
 

@@ -16,11 +16,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(
-    scope="module", params=[dict(tied=True), dict(tied=False, n_kv_heads=4)], ids=["gqa-tied", "mha-untied"]
+    scope="module",
+    params=[dict(tied=True), dict(default_recipe=True, n_kv_heads=4)],
+    ids=["gqa-tied", "mha-default-recipe-trained"],
 )
-def onnx_export(request, tmp_path_factory, export_tokenizer_dir):
+def onnx_export(request, tmp_path_factory, export_tokenizer_dir, default_recipe_run):
     root = tmp_path_factory.mktemp("onnx")
-    run = make_export_run(root / "run", export_tokenizer_dir, steps=(6,), **request.param)
+    if request.param.get("default_recipe"):  # trained for real with the presets' default recipe
+        run = default_recipe_run(request.param["n_kv_heads"])
+    else:
+        run = make_export_run(root / "run", export_tokenizer_dir, steps=(6,), **request.param)
     export(run, root / "onnx", "onnx", progress=False)
     return openllm.load(run), root / "onnx"
 

@@ -370,3 +370,17 @@ def test_finetuning_extends_only_the_trainers_public_hooks():
     ]
     assert overridden and all(not name.startswith("_") for name in overridden), overridden
     assert all(getattr(Trainer, name).__doc__ for name in overridden)  # each hook says what it is for
+
+
+def test_a_base_trained_with_the_default_recipe_fine_tunes(base, default_recipe_run, tmp_path):
+    """A base trained as the presets train by default (Muon, untied head): the fine-tune takes its weights as they
+    are (the head stays untied) and trains them with the fine-tuning defaults (AdamW)."""
+    root, _, data = base
+    run = default_recipe_run(1)
+    out = tmp_path / "ft"
+    over = {"train": {**TRAIN, "seq_len": 128}}  # the base trained on windows of 64
+    finetune(run, data / "train.jsonl", out, max_steps=3, overrides=over, progress=False, log=lambda m: 0)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["tie_embeddings"] is False and cfg["train"]["optimizer"] == "adamw"
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"

@@ -19,7 +19,7 @@ from openllm.hashing import sha256_file
 from openllm.model import Transformer
 from openllm.optim import lr_at, param_groups
 from openllm.rundir import latest_checkpoint, list_checkpoints, read_metrics, run_state
-from openllm.train import StepPlan, TrainingDiverged, resolve_run, train
+from openllm.train import StepPlan, TrainingDiverged, choices_line, fit_micro_batch, resolve_compile, resolve_run, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_batches import random_data
@@ -317,7 +317,8 @@ def _wait_for(pred, proc, timeout=120.0):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path, data):
-    cfg = _write_cfg(tmp_path / "cfg.json", max_steps=60, save_every=8, eval_every=12, keep_last=3)
+    # the presets' default recipe (Muon + AdamW, WSD, untied head): its optimizer state resumes exactly too
+    cfg = _write_cfg(tmp_path / "cfg.json", recipe="speedrun", max_steps=60, save_every=8, eval_every=12, keep_last=3)
     full = _spawn("--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "full"))
     killed = _spawn("--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "killed"))
     _wait_for(lambda: (tmp_path / "killed/checkpoints/step_00000008/state.json").is_file(), killed)
@@ -612,3 +613,21 @@ def test_a_mixture_trains_by_its_weights_and_resumes_exactly(tmp_path):
             f"weight {weight} ({share} of the windows), {tokens} train tokens, meta.json sha256 `{part['meta_sha256']}`"
         )
         assert f"| mixture part `{name}` | {row} |" in card
+
+
+def test_what_a_run_chooses_by_itself_is_said_in_one_line():
+    from openllm.config import load_config
+
+    medium = load_config("medium")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_compile(medium.train, cuda) and not resolve_compile(medium.train, cpu)  # unset: CUDA only
+    assert resolve_compile(medium.replace(train={"compile": True}).train, cpu)
+    line = choices_line(medium, cuda, True, None)
+    assert line.startswith("recipe speedrun: Muon (lr 0.02) for the blocks' matrices, AdamW (lr 0.0018)")
+    assert "wsd schedule, untied head" in line and "train.compile unset: on on cuda" in line
+    assert "every 5 steps" in line and "\n" not in line
+    # a GPU without room for the micro-batch: halved, accumulation doubled, the same tokens a step, and why
+    fitted, why = fit_micro_batch(medium, 1024, "bf16", free=12 * 2**30)
+    t = fitted.train
+    assert t.micro_batch_size * t.grad_accum_steps == 32 * 4 and t.micro_batch_size < 32 and "GiB is free" in why
+    assert fit_micro_batch(medium, 1024, "bf16", free=80 * 2**30) == (medium, None)

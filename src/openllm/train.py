@@ -257,7 +257,7 @@ def resolve_run(
         ("max_steps", max_steps, int),
         ("save_every", save_every, int),
         ("compile", compile, bool),
-    ):
+    ):  # compile=None leaves train.compile as it is (unset: on CUDA only)
         if value is not None:
             changes.setdefault("train", {})[key] = kind(value)
 
@@ -454,6 +454,54 @@ def find_resume(out_dir: Path, resume: bool | str | Path | None) -> Path | None:
         raise OpenLLMError(f"--resume {resume}: not a checkpoint folder (no state.json)")
     ckpt_mod.verify_checkpoint(path)  # a checkpoint named by the user is used as it is, or refused
     return path
+
+
+def resolve_compile(tc: TrainConfig, device: torch.device) -> bool:
+    """Whether the run compiles its model: ``train.compile``, or when it is not set, on CUDA only (on CPU the
+    compile takes longer than it saves in a run of the tiny preset's length: docs/training.md)."""
+    return tc.compile if tc.compile is not None else device.type == "cuda"
+
+
+def fit_micro_batch(cfg: Config, seq_len: int, precision: str, free: int) -> tuple[Config, str | None]:
+    """``cfg`` with its micro-batch halved (and gradient accumulation doubled: the same tokens per step) until
+    the training memory estimate (flash attention: a GPU's) fits 90% of ``free`` bytes, and why; ``cfg`` itself
+    when it fits."""
+    from .model import train_memory_bytes
+
+    tc, before = cfg.train, cfg.train.micro_batch_size
+    micro, accum = tc.micro_batch_size, tc.grad_accum_steps
+
+    def need(m: int) -> int:
+        return train_memory_bytes(
+            cfg.model, micro_batch=m, seq_len=seq_len, precision=precision, attention_scores=False
+        )["total"]
+
+    while micro % 2 == 0 and need(micro) > 0.9 * free:
+        micro, accum = micro // 2, accum * 2
+    if micro == before:
+        return cfg, None
+    why = f"micro-batch {before} needs about {need(before) / 2**30:.0f} GiB, {free / 2**30:.0f} GiB is free"
+    return cfg.replace(train={"micro_batch_size": micro, "grad_accum_steps": accum}), why
+
+
+def choices_line(cfg: Config, device: torch.device, compiles: bool, fitted: str | None) -> str:
+    """One line saying what the run chose where the user did not have to, and why."""
+    tc = cfg.train
+    if tc.optimizer == "muon":
+        opt = f"Muon (lr {tc.muon_lr:g}) for the blocks' matrices, AdamW (lr {tc.lr:g}) for embeddings, head, norms"
+    else:
+        opt = f"AdamW (lr {tc.lr:g})"
+    parts = [
+        f"recipe {tc.recipe}: {opt}, {tc.schedule} schedule, {'tied' if cfg.model.tie_embeddings else 'untied'} head",
+        ("compiled" if compiles else "not compiled")
+        + ("" if tc.compile is not None else f" (train.compile unset: {'on' if compiles else 'off'} on {device.type})"),
+        f"loss read on the host every {tc.check_every} step{'s' if tc.check_every > 1 else ''}",
+    ]
+    if fitted:
+        parts.append(
+            f"micro-batch {tc.micro_batch_size} x {tc.grad_accum_steps} accumulation, the same tokens a step ({fitted})"
+        )
+    return "; ".join(parts)
 
 
 def _check_memory(cfg: Config, seq_len: int, precision: str, device: torch.device) -> None:
@@ -671,6 +719,16 @@ class Trainer:
         self.info = D.init_distributed(device, mode=self.tc.distributed)
         self.dev, self.main = self.info.device, self.info.is_main
         self.precision = resolve_precision(self.tc.precision, self.dev)
+        self.compiles = resolve_compile(self.tc, self.dev)
+        self.fitted: str | None = None  # why the micro-batch was halved to fit the GPU, if it was
+        # one process only: under torchrun each rank would measure its own free memory and might choose another
+        # micro-batch; a resumed run keeps the micro-batch its loader position counts in
+        if plan.resume_from is None and self.dev.type == "cuda" and not self.info.enabled:
+            free = torch.cuda.mem_get_info(self.dev)[0]
+            cfg, self.fitted = fit_micro_batch(plan.cfg, plan.seq_len, self.precision, free)
+            if cfg is not plan.cfg:
+                self.plan = plan = replace(plan, cfg=cfg)
+                self.cfg, self.tc = cfg, cfg.train
         if self.precision == "fp16" and self.dev.type == "cpu":
             say("note: fp16 on CPU is slow and rarely useful; consider precision fp32 or bf16")
         if self.dev.type == "cuda":
@@ -748,10 +806,10 @@ class Trainer:
         self.raw = raw  # the module whose parameters the optimizer holds (FSDP2 shards it in place)
         model: torch.nn.Module = raw
         # torch.compile gives an nn.Module for a module, though its signature says a callable
-        if tc.compile and self.info.mode != "fsdp":
+        if self.compiles and self.info.mode != "fsdp":
             model = cast(torch.nn.Module, torch.compile(model))
         model = D.wrap_model(model, self.info)
-        if tc.compile and self.info.mode == "fsdp" and self.info.enabled:
+        if self.compiles and self.info.mode == "fsdp" and self.info.enabled:
             model = cast(torch.nn.Module, torch.compile(model))
         self.model = model
         self.optimizer = build_optimizer(raw, tc, self.dev)
@@ -854,9 +912,10 @@ class Trainer:
             f"training {self.cfg.name}: {self.raw.num_params() / 1e6:.2f}M parameters, {tc.max_steps} steps "
             f"of {self.step_plan.tokens_per_step:,} tokens ({tc.micro_batch_size} x {self.seq_len} x "
             f"{tc.grad_accum_steps} accum{f' x {info.world_size} ranks' if info.enabled else ''}), "
-            f"{self.precision} on {self.dev}{', compiled' if tc.compile else ''}"
+            f"{self.precision} on {self.dev}{', compiled' if self.compiles else ''}"
             f"{f', {info.mode}' if info.enabled else ''}{f' on {info.nodes} nodes' if info.nodes > 1 else ''}"
         )
+        self.say(choices_line(self.cfg, self.dev, self.compiles, self.fitted))
         if resume_from is not None:
             self.say(f"resuming from {resume_from} (step {self.step})")
         if self.plan.mixture is not None:
