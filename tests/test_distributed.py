@@ -198,9 +198,9 @@ def test_every_rank_is_refused_when_another_process_holds_the_run_lock(setup, tm
     assert left == [".lock"] and lock["pid"] == holder.pid  # nothing written, the holder's lock untouched
 
 
-def _two_nodes(args, timeout=300):
+def _two_nodes(args, timeout=300, cwds=(None, None), check=True):
     """Two torchrun launches of one process each, joined by c10d rendezvous on loopback: two "nodes" of this
-    machine, as two machines would run it (docs/training.md)."""
+    machine, as two machines would run it (docs/training.md); ``cwds``: each node's working folder."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -209,12 +209,12 @@ def _two_nodes(args, timeout=300):
     launch += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"nodes{port}"]
     procs = [
         subprocess.Popen([*launch, "-m", "openllm", "train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env)
-        for _ in range(2)
+                         text=True, env=env, cwd=cwd)
+        for cwd in cwds
     ]  # fmt: skip
     outs = [p.communicate(timeout=timeout) for p in procs]
     for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, out + err
+        assert (p.returncode == 0) == check, out + err
     return "".join(o for o, _ in outs), "".join(e for _, e in outs)
 
 
@@ -227,6 +227,14 @@ def test_two_nodes_fsdp_then_ddp_resumed_match_one_process(setup):
     out, err = _two_nodes([*common, "--config", str(cfg), "--data", str(data), "--set", "train.distributed=fsdp",
                            "--max-steps", "3"])  # fmt: skip
     assert "x 2 ranks" in err and "fsdp on 2 nodes" in err and out.count("run folder:") == 1
+    # a node that does not see the run folder (here: another working folder for the same relative --out) would
+    # start afresh while the other resumes: both are refused before any step
+    (tmp / "elsewhere").mkdir()
+    mixed = ["--no-progress", "--out", run.name, "--config", str(cfg), "--data", str(data), "--max-steps", "6"]
+    mixed += ["--set", "train.micro_batch_size=2", "--set", "train.distributed=ddp"]
+    _, err = _two_nodes(mixed, cwds=(tmp, tmp / "elsewhere"), check=False)
+    refusal = "the processes do not see the same run: they would start from steps 0, 3 (or with other data)"
+    assert err.count(f"error: {refusal}") == 2  # each node's one line (torchrun then reports the failed child)
     out, err = _two_nodes([*common, "--resume", "--max-steps", "6", "--set", "train.distributed=ddp"])
     assert "resuming from" in err and "ddp on 2 nodes" in err
     _compare(single, run, range(1, 7))
