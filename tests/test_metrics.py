@@ -107,7 +107,9 @@ def _wandb_records(path: Path) -> list:
 
 
 @pytest.mark.slow
-def test_trackio_and_wandb_offline_hold_the_runs_metrics_across_a_resume(tmp_path):
+def test_trackio_and_wandb_offline_hold_the_runs_metrics_across_a_resume(tmp_path, monkeypatch):
+    for name in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL", "TRACKIO_BUCKET_ID", "SPACE_ID", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)  # nothing that would send the run anywhere
     env = _tracker_env(tmp_path)
     data = random_data(tmp_path / "data", vocab_size=64, train_tokens=8000, val_tokens=1000)
     cfg = tmp_path / "cfg.json"
