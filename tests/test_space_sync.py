@@ -486,3 +486,99 @@ def test_a_sync_killed_between_its_push_and_its_record_is_recognised_as_ours(rep
     (repo / "src/openllm/model.py").write_text("import torch\nW = 'v3'\n")
     third = syncer(repo, hub).sync(env_check=False)
     assert third.record.n == again.plan.last.n + 1 and head(hub_root) == third.commit
+
+
+# ---- the Hugging Face side: a contract at huggingface_hub's HfApi boundary --------------------------------
+
+
+class SpaceApi:
+    """A stand-in for huggingface_hub.HfApi that keeps one Space's commits in memory and records each call (no
+    network): enough of the API for a sync, answering in HfApi's shapes."""
+
+    def __init__(self):
+        import types
+
+        self.ns = types.SimpleNamespace
+        self.calls: list[tuple[str, dict]] = []
+        self.commits: list[tuple[str, dict[str, bytes]]] = []
+        self.tags: dict[str, str] = {}
+
+    def _files(self, revision):
+        oid = self.tags.get(revision, revision) if revision else self.commits[-1][0]
+        return next(files for c, files in self.commits if c == oid)
+
+    def whoami(self, token=None):
+        self.calls.append(("whoami", {"token": token}))
+        return {"name": "lemms"}
+
+    def repo_exists(self, repo_id, **kw):
+        return bool(self.commits)
+
+    def create_repo(self, repo_id, **kw):
+        self.calls.append(("create_repo", kw))
+        self.commits.append(("0" * 40, {".gitattributes": b"*.bin filter=lfs\n"}))
+        return f"https://huggingface.co/spaces/{repo_id}"
+
+    def list_repo_refs(self, repo_id, **kw):
+        ref = lambda n, c: self.ns(name=n, ref=f"refs/x/{n}", target_commit=c)
+        return self.ns(branches=[ref("main", self.commits[-1][0])], tags=[ref(t, c) for t, c in self.tags.items()])
+
+    def list_repo_files(self, repo_id, revision=None, **kw):
+        return sorted(self._files(revision))
+
+    def list_repo_commits(self, repo_id, revision=None, **kw):
+        return [self.ns(commit_id=c, title=c, message="", authors=[], created_at=None) for c, _ in self.commits[::-1]]
+
+    def snapshot_download(self, repo_id, revision=None, local_dir=None, allow_patterns=None, **kw):
+        for path, data in self._files(revision).items():
+            if allow_patterns is None or path in allow_patterns:
+                (Path(local_dir) / path).parent.mkdir(parents=True, exist_ok=True)
+                (Path(local_dir) / path).write_bytes(data)
+        return str(local_dir)
+
+    def upload_folder(self, **kw):
+        import fnmatch
+        import hashlib
+
+        self.calls.append(("upload_folder", kw))
+        assert kw["parent_commit"] in (None, self.commits[-1][0])  # made on the head the plan saw
+        files = dict(self.commits[-1][1])
+        folder = Path(kw["folder_path"])
+        uploads = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        for pat in kw.get("delete_patterns") or []:  # huggingface_hub: fnmatch, never a file uploaded now
+            files = {p: d for p, d in files.items() if p in uploads or not fnmatch.fnmatch(p, pat)}
+        files.update(uploads)
+        self.uploaded = sorted(uploads)
+        oid = hashlib.sha1(repr(sorted(files.items())).encode()).hexdigest()
+        self.commits.append((oid, files))
+        return self.ns(oid=oid)
+
+    def create_tag(self, repo_id, tag, revision=None, **kw):
+        self.tags[tag] = revision
+
+
+def test_the_hf_side_uploads_the_changed_files_over_http_and_mirrors_deletions(tmp_path, monkeypatch):
+    from openllm.hub.hf import HfHub
+
+    monkeypatch.setenv("OPENLLM_CACHE", str(tmp_path / "cache"))
+    repo = make_repo(tmp_path / "main")
+    (repo / "src/openllm/odd[1].py").write_text("X = 1\n")  # a name fnmatch would read as a pattern
+    api = SpaceApi()
+    hub = HfHub(token="hf_deploytoken00000000000000", api=api)
+    first = syncer(repo, hub).sync(env_check=False)
+    up = [kw for name, kw in api.calls if name == "upload_folder"]
+    assert len(up) == 1 and up[0]["repo_type"] == "space" and up[0]["token"] == "hf_deploytoken00000000000000"
+    assert set(api.commits[-1][1]) == set(first.plan.build.files) | {".gitattributes"}  # the Space-only file kept
+    # a change and a deletion: only the changed file is uploaded; the removed ones by an exact delete pattern
+    (repo / "src/openllm/model.py").write_text("import torch\nfrom .config import X\n\nW = X + 2\n")
+    (repo / "src/openllm/odd[1].py").unlink()
+    (repo / "src/openllm/odd1.py").write_text("Y = 1\n")
+    second = syncer(repo, hub).sync(env_check=False)
+    kw = [kw for name, kw in api.calls if name == "upload_folder"][-1]
+    assert second.plan.uploads == ["training/model.py", "training/odd1.py"]
+    assert kw["delete_patterns"] == ["training/odd[[]1].py"]  # escaped: deletes that file, not odd1.py
+    assert api.uploaded == ["training/model.py", "training/odd1.py"]  # the folder held the changed files only
+    files = api.commits[-1][1]
+    assert "training/odd[1].py" not in files and files["training/odd1.py"] == b"Y = 1\n"
+    assert files["training/model.py"].endswith(b"W = X + 2\n") and ".gitattributes" in files
+    assert api.tags and all(t.startswith("sync-") for t in api.tags)

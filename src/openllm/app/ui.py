@@ -25,6 +25,7 @@ from .help import load_help
 from .render import CSS, theme
 from .runner import Runner
 from .tabs import chat, compare, evaluate, export, generate, models, monitor, train
+from .tabs import TABS
 from .tabs.shared import Shared, offer, remember, rememberer
 from .workspace import Workspace, default_workspace
 
@@ -47,6 +48,12 @@ WRITE_ACTIONS = (
     "eval-btn",
     "corpus-kind",  # a visitor keeps the embedded corpus: no upload offered
 )
+
+
+def _tab(tab_id: str) -> gr.Tab:
+    """The tab ``tab_id`` of :data:`openllm.app.tabs.TABS` (the one list of the app's tabs)."""
+    label = next(label for i, label, _ in TABS if i == tab_id)
+    return gr.Tab(label, id=tab_id, elem_id=f"tab-{tab_id}")
 
 
 def _wrap_tabs() -> dict:
@@ -87,24 +94,27 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
         picks = gr.BrowserState({}, storage_key="openllm-app-picks") if hasattr(gr, "BrowserState") else gr.State({})
         timer = gr.Timer(2.0)
         with gr.Tabs(elem_id="tabs", **_wrap_tabs()) as tabs:
-            with gr.Tab("Train", id="train", elem_id="tab-train"):
+            with _tab("train"):
                 train_tab = train.build(sh, presets, first)
-            with gr.Tab("Monitor", id="monitor", elem_id="tab-monitor"):
+            with _tab("monitor"):
                 mon = monitor.build(sh)
-            with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
+            with _tab("generate"):
                 gen = generate.build(sh, picks)
-            with gr.Tab("Chat", id="chat", elem_id="tab-chat") as chat_tab:
+            with _tab("chat") as chat_tab:
                 talk = chat.build(sh, chat_tab, picks)
-            with gr.Tab("Models", id="models", elem_id="tab-models"):
+            with _tab("models"):
                 mod = models.build(sh, picks)
-            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"):
+            with _tab("evaluate"):
                 run_pickers = evaluate.build(sh)
-            with gr.Tab("Export", id="export", elem_id="tab-export"):
+            with _tab("export"):
                 run_pickers += export.build(sh)
-            with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
+            with _tab("compare") as compare_tab:
                 compare_pickers = compare.build(sh, compare_tab)
-            with gr.Tab("Help", id="help", elem_id="tab-help"):
+            with _tab("help"):
                 gr.Markdown(load_help(), elem_id="help-text")
+        built = [t.id for t in tabs.children if isinstance(t, gr.Tab)]
+        if built != [i for i, _, _ in TABS]:  # a tab added here must be in TABS (the Space's README lists it)
+            raise RuntimeError(f"the app builds the tabs {built}, but openllm.app.tabs.TABS lists others")
         _wire_training(sh, tabs, picks, timer, train_tab, mon, mod)
         refresh = _wire_lists(sh, tabs, picks, mon, gen, mod)
         _wire_run_actions(sh, tabs, train_tab, mon, mod, refresh)

@@ -11,6 +11,12 @@ from .common import add_hub_option
 
 def _common(p: argparse.ArgumentParser, *, space: bool = True) -> None:
     p.add_argument("--root", default=None, help="the main repository (default: found from the current folder)")
+    p.add_argument(
+        "--hardware",
+        default=None,
+        help="the Space hardware to build for: cpu-basic (a CPU torch), zero-a10g (ZeroGPU), t4-small, "
+        "a10g-small, ... (default: [readme] suggested_hardware in space.toml, else cpu-basic)",
+    )
     if space:
         p.add_argument("--space", default=None, help="the Space, OWNER/NAME (default: [space] id in space.toml)")
         add_hub_option(p)
@@ -53,7 +59,7 @@ def _syncer(args):
     from ..space.sync import Syncer
 
     policy = RetryPolicy.from_env(attempts=args.retries)
-    return Syncer(args.space, args.hub, args.root, policy=policy, log=_log)
+    return Syncer(args.space, args.hub, args.root, policy=policy, log=_log, hardware=args.hardware)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         from ..space.build import build
 
         t0 = time.perf_counter()
-        r = build(args.out, args.root, clean=args.clean)
+        r = build(args.out, args.root, clean=args.clean, hardware=args.hardware)
         for note in r.notes:
             print(f"note: {note}", file=sys.stderr)
         gen = len(r.generated)

@@ -153,6 +153,7 @@ def _export(
         except Exception:
             if path.exists():
                 path.unlink()
+        require("onnxscript", "export", what="ONNX export with torch.export's exporter")
         dims: dict[str, object] = {}
 
         def dim(name: str, lo: int):

@@ -2,7 +2,9 @@
 (revert: a download and an upload) plus the mapping of its errors to ours. No logic of its own; everything
 above the interface is shared with (and tested on) the LocalHub.
 
-The token comes from ``HF_TOKEN`` (or ``token=``). Every write first checks it: missing -> AuthError, and
+The token comes from ``token=``, else from Trusted Publishers when ``HF_OIDC_RESOURCE`` is set (a CI job's
+short-lived OIDC id token exchanged by huggingface_hub for a Hugging Face token scoped to that repository:
+no stored secret), else from ``HF_TOKEN``. Every write first checks it: missing -> AuthError, and
 the hub's ``whoami`` rejecting it -> AuthError, before anything is uploaded."""
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class HfHub(Hub):
     name = "hf"
 
     def __init__(self, *, token: str | None = None, api: Any = None) -> None:
-        self.token = token if token is not None else (os.environ.get("HF_TOKEN") or None)
+        self.token = token if token is not None else (_oidc_token() or os.environ.get("HF_TOKEN") or None)
         if api is None:
             from huggingface_hub import HfApi
 
@@ -256,6 +258,24 @@ class HfHub(Hub):
                 **only,
             )
         return Path(path)
+
+
+def _oidc_token() -> str | None:
+    """The Trusted Publishers token when ``HF_OIDC_RESOURCE`` asks for one (huggingface_hub mints the CI's OIDC
+    id token and exchanges it at the hub's /oauth/token), else None. A failed exchange is an AuthError: opting in
+    is explicit, so it never falls back silently to another token."""
+    if not os.environ.get("HF_OIDC_RESOURCE"):
+        return None
+    from huggingface_hub import get_token
+
+    try:
+        return get_token()
+    except Exception as exc:  # huggingface_hub's OIDCError (no id token here), or the hub refusing the exchange
+        raise AuthError(
+            f"Trusted Publishers: no Hugging Face token for HF_OIDC_RESOURCE={os.environ['HF_OIDC_RESOURCE']} "
+            f"({exc}); give the workflow `permissions: id-token: write` and add it as a trusted publisher of that "
+            "repository, or unset HF_OIDC_RESOURCE and set HF_TOKEN"
+        ) from exc
 
 
 def _check(repo_id: str, repo_type: str) -> None:

@@ -14,17 +14,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import OpenLLMError
 from ..fsio import write_text_atomic
 from . import templates
-from .deps import ModuleIndex, import_closure, module_name, read_pyproject, requirements, third_party
+from .deps import ModuleIndex, import_closure, module_name, pin, read_pyproject, requirements, third_party
 from .manifest import Manifest, load_manifest
 from .state import sha256_bytes, sha256_file, tree_hashes
 
-__all__ = ["BuildResult", "build", "render", "BuildError"]
+__all__ = ["BuildResult", "build", "render", "BuildError", "hardware_of", "with_hardware", "DEFAULT_HARDWARE"]
+
+# the Space hardware a build is made for when space.toml's [readme] suggested_hardware does not say
+DEFAULT_HARDWARE = "cpu-basic"
+# Sign in with Hugging Face: the app publishes under the signed-in user's namespace with their own token, so it
+# asks to read, write and create (manage) their repositories
+OAUTH_SCOPES = ["read-repos", "write-repos", "manage-repos"]
+# installing torch and the rest on a fresh Space takes longer than the default 30 minutes allow at times
+STARTUP_TIMEOUT = "1h"
+# the app's tab list (openllm.app.tabs.TABS), where the Space holds it
+_TABS_MODULE = "app/tabs/__init__.py"
 
 # the app module's function the Space calls, best first: a builder returns a gradio Blocks; a launcher serves
 _BUILDERS = ("build_app", "create_app", "make_app", "build_demo")
@@ -135,7 +145,32 @@ def _gradio_version() -> str:
         ) from exc
 
 
-def render_readme(manifest: Manifest, pyproject: dict) -> str:
+def hardware_of(manifest: Manifest) -> str:
+    """The Space hardware the build is for: [readme] suggested_hardware, else cpu-basic."""
+    return str(manifest.readme.get("suggested_hardware") or DEFAULT_HARDWARE)
+
+
+def with_hardware(manifest: Manifest, hardware: str | None) -> Manifest:
+    """``manifest`` built for ``hardware`` (``--hardware``); unchanged for None."""
+    if not hardware:
+        return manifest
+    return replace(manifest, readme={**manifest.readme, "suggested_hardware": hardware})
+
+
+def _tab_lines(manifest: Manifest, plan: dict[str, str]) -> str:
+    """The README's list of the app's tabs, read (as a literal, importing nothing) from the TABS of the app's
+    tabs module; empty when the Space has none."""
+    path = f"{manifest.package_name}/{_TABS_MODULE}"
+    if path not in plan:
+        return ""
+    for node in ast.parse(_read(manifest.root, plan[path]).decode("utf-8")).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "TABS" for t in node.targets):
+            tabs = ast.literal_eval(node.value)
+            return "\n".join(f"- **{label}**: {what}." for _id, label, what in tabs)
+    return ""
+
+
+def render_readme(manifest: Manifest, pyproject: dict, plan: dict[str, str] | None = None) -> str:
     import yaml
 
     project = pyproject.get("project", {})
@@ -152,9 +187,15 @@ def render_readme(manifest: Manifest, pyproject: dict) -> str:
         "sdk": "gradio",
         "sdk_version": _gradio_version(),
         "app_file": "app.py",
-        "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+        # the Python and gradio the tests ran with (requirements.txt pins the rest the same way)
+        "python_version": ".".join(str(x) for x in sys.version_info[:3]),
         "license": lic,
+        "suggested_hardware": r.pop("suggested_hardware", DEFAULT_HARDWARE),
+        "hf_oauth": True,
+        "hf_oauth_scopes": list(r.pop("hf_oauth_scopes", OAUTH_SCOPES)),
+        "startup_duration_timeout": r.pop("startup_duration_timeout", STARTUP_TIMEOUT),
     }
+    r.pop("suggested_storage", None)  # persistent storage is gone from Spaces: the hub ignores it
     models, datasets = r.pop("models", []), r.pop("datasets", [])
     meta.update(r)  # short_description, pinned, tags, ...
     meta["models"] = list(models)
@@ -162,13 +203,16 @@ def render_readme(manifest: Manifest, pyproject: dict) -> str:
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False)
     urls = project.get("urls", {}) or {}
     homepage = urls.get("Homepage") or urls.get("Repository") or "https://github.com/louischua/openllm"
-    return f"---\n{front}---\n\n" + templates.README_BODY.substitute(title=meta["title"], homepage=homepage)
+    body = templates.README_BODY.substitute(
+        title=meta["title"], homepage=homepage, tabs=_tab_lines(manifest, plan or {}) or "- (no app in this build)"
+    )
+    return f"---\n{front}---\n\n" + body
 
 
 def _import_cache_path() -> Path:
     from .state import cache_dir
 
-    return cache_dir() / "space-build" / "imports-v1.json"
+    return cache_dir() / "space-build" / "imports-v2.json"  # v2: require() calls count as imports
 
 
 def _load_import_cache() -> dict:
@@ -199,7 +243,7 @@ def render(manifest: Manifest) -> BuildResult:
         if how == "app":
             contents[path] = render_app(manifest, plan).encode()
         elif how == "readme":
-            contents[path] = render_readme(manifest, pyproject).encode()
+            contents[path] = render_readme(manifest, pyproject, plan).encode()
         elif how == "gitignore":
             contents[path] = templates.GITIGNORE.encode()
         elif how == "requirements":
@@ -227,6 +271,7 @@ def render(manifest: Manifest) -> BuildResult:
     if index.used != cache:
         _save_import_cache(index.used)
     reqs, req_notes = requirements(imports, pyproject, manifest.data_packages)
+    reqs = pin(reqs, hardware_of(manifest))
     notes += req_notes
     if "requirements.txt" in manifest.generated:
         contents["requirements.txt"] = (templates.REQUIREMENTS_HEADER + "\n".join(reqs) + "\n").encode()
@@ -303,11 +348,18 @@ def source_commit(root: Path) -> str:
         return ""
 
 
-def build(out: str | os.PathLike | None, root: str | os.PathLike | None = None, *, clean: bool = False) -> BuildResult:
+def build(
+    out: str | os.PathLike | None,
+    root: str | os.PathLike | None = None,
+    *,
+    clean: bool = False,
+    hardware: str | None = None,
+) -> BuildResult:
     """Build the Space from the repository at ``root`` (default: found from the current folder) into ``out``
-    (None: only resolve and hash, write nothing). An earlier build in ``out`` is replaced whole; ``clean`` is
-    kept for callers that asked for that explicitly."""
-    manifest = load_manifest(root)
+    (None: only resolve and hash, write nothing), for ``hardware`` (default: space.toml's, else cpu-basic).
+    An earlier build in ``out`` is replaced whole; ``clean`` is kept for callers that asked for that
+    explicitly."""
+    manifest = with_hardware(load_manifest(root), hardware)
     result = render(manifest)
     if out is not None:
         out = Path(out).resolve()

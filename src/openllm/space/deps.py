@@ -31,6 +31,9 @@ __all__ = [
     "requirements",
     "parse_requirement",
     "IMPORT_TO_DIST",
+    "pin",
+    "is_cpu_hardware",
+    "CPU_TORCH_INDEX",
 ]
 
 # import name -> distribution where they differ (checked before the environment's metadata)
@@ -98,6 +101,18 @@ def _guards_import(handler: ast.ExceptHandler) -> bool:
     )
 
 
+def _required_module(call: ast.expr) -> str | None:
+    """The module of a ``require("module", ...)`` call (a literal name), else None."""
+    if not isinstance(call, ast.Call) or not call.args:
+        return None
+    fn = call.func
+    name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else ""
+    first = call.args[0]
+    if name == "require" and isinstance(first, ast.Constant) and isinstance(first.value, str) and first.value:
+        return first.value
+    return None
+
+
 def parse_imports(source: str, modname: str, is_package: bool, filename: str = "<src>") -> list[Import]:
     """Every import in ``source`` (module level or inside functions), relative ones made absolute."""
     try:
@@ -119,6 +134,11 @@ def parse_imports(source: str, modname: str, is_package: bool, filename: str = "
                     visit(child, guarded or _guards_import(h))
             for child in [*node.orelse, *node.finalbody]:
                 visit(child, guarded)
+            return
+        if isinstance(node, ast.Expr) and (lazy := _required_module(node.value)):
+            # ``require("onnx", ...)`` (openllm.errors.require) stands before a lazy import, or before a call
+            # into a library that imports the module itself (torch.onnx imports onnx): it counts as an import
+            out.append(Import(lazy, (), node.lineno, guarded))
             return
         if isinstance(node, ast.Import):
             for a in node.names:
@@ -363,6 +383,42 @@ def requirements(
             )
         lines[key] = declared[key]
     return [lines[k] for k in sorted(lines)], notes
+
+
+# PyTorch's index of CPU-only wheels: a CPU Space installs torch from it (PyPI's torch carries CUDA, ~2 GB more)
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def is_cpu_hardware(hardware: str) -> bool:
+    """Whether a Space hardware name (``cpu-basic``, ``zero-a10g``, ``t4-small``, ...) has no GPU."""
+    return hardware.strip().lower().startswith("cpu")
+
+
+def pin(lines: Iterable[str], hardware: str = "cpu-basic") -> list[str]:
+    """Requirement lines pinned to the versions installed here (what the tests ran with); one not installed
+    keeps its range. torch: on CPU hardware the CPU build (``torch==X+cpu``, from PyTorch's CPU index, whose
+    ``--extra-index-url`` line comes first), elsewhere the plain release (PyPI's CUDA build)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: list[str] = []
+    cpu = is_cpu_hardware(hardware)
+    torch = False
+    for line in lines:
+        name, _spec = parse_requirement(line)
+        base = name.split("[")[0]
+        try:
+            v = version(base)
+        except PackageNotFoundError:
+            out.append(line)
+            continue
+        if _norm(base) == "torch":
+            torch = True
+            release = v.split("+")[0]
+            v = f"{release}+cpu" if cpu else release
+        out.append(f"{name}=={v}")
+    if cpu and torch:
+        out.insert(0, f"--extra-index-url {CPU_TORCH_INDEX}")
+    return out
 
 
 def _installed(dist: str) -> bool:

@@ -114,6 +114,15 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _without_index_lines(data: bytes) -> bytes:
+    """requirements.txt less its index options (``--extra-index-url`` of PyTorch's CPU wheels): those tell the
+    Space's builder where the pinned builds live; the check installs the same pinned versions (``+cpu``
+    included) from the indexes this machine's pip is configured with, and reaches no other."""
+    lines = data.decode("utf-8").splitlines(keepends=True)
+    keep = [ln for ln in lines if not ln.strip().startswith(("--extra-index-url", "--index-url", "-i "))]
+    return "".join(keep).encode("utf-8")
+
+
 def ensure_venv(requirements: Path, *, cache: Path | None = None, log: Log = print, timeout: float = 1800) -> Path:
     """The clean environment for ``requirements`` (made now, or found in the cache); returns its python."""
     data = requirements.read_bytes()
@@ -133,7 +142,7 @@ def ensure_venv(requirements: Path, *, cache: Path | None = None, log: Log = pri
             t0 = time.time()
             (tmp.parent / "requirements").mkdir(exist_ok=True)
             req = tmp.parent / "requirements" / f"{key}.txt"
-            req.write_bytes(data)
+            req.write_bytes(_without_index_lines(data))
             logfile = tmp.parent / f"{key}.log"
             uv = _uv()
             if uv:  # uv installs from its cache by linking: seconds instead of minutes once the cache is warm
