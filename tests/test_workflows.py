@@ -61,5 +61,9 @@ def test_sync_workflow_triggers_on_the_synced_paths_and_syncs():
     assert "openllm space build --out" in runs and "openllm space sync" in runs and "--hub hf" in runs
     sync_step = next(s for s in steps if "openllm space sync" in s.get("run", ""))
     assert sync_step["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}"
+    # Trusted Publishers beside the secret: the job may mint an OIDC id token, and huggingface_hub exchanges it
+    # when the repository variable names the Space (HfHub reads HF_OIDC_RESOURCE before HF_TOKEN)
+    assert wf["permissions"]["id-token"] == "write" and wf["permissions"]["contents"] == "read"
+    assert sync_step["env"]["HF_OIDC_RESOURCE"] == "${{ vars.HF_OIDC_RESOURCE }}"
     upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@"))
     assert "artifacts/build.log" in upload["with"]["path"] and upload["if"] == "always()"
