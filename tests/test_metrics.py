@@ -162,3 +162,21 @@ def test_trackio_and_wandb_offline_hold_the_runs_metrics_across_a_resume(tmp_pat
     assert sorted(history) == [1, 2, 3, 4, 5, 6] and resumed == [None, 4]
     for r in records:
         same(history[r["step"]], r)
+
+
+@pytest.mark.slow
+def test_a_tracker_that_cannot_start_ends_the_run_before_its_first_step_in_one_line(tmp_path):
+    env = {**_tracker_env(tmp_path), "WANDB_MODE": "bogus"}  # W&B refuses its own settings, offline
+    data = random_data(tmp_path / "data", vocab_size=64, train_tokens=8000, val_tokens=1000)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"name": "micro", "model": MICRO, "train": {**TRAIN, "max_steps": 4}}))
+    run = tmp_path / "run"
+    res = run_cli(
+        "train", "--config", str(cfg), "--data", str(data), "--out", str(run), "--no-progress",
+        "--report-to", "wandb", env=env, check=False,
+    )  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: train.report_to wandb: wandb could not start (ValidationError: ")
+    assert last.endswith("fix its settings or leave it out of --report-to")
+    assert read_metrics(run) == [] and json.loads((run / "status.json").read_text())["state"] == "failed"

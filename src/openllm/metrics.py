@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import rundir
-from .errors import MissingExtra, require
+from .errors import MissingExtra, OpenLLMError, require
 from .fsio import write_text_atomic
 
 __all__ = [
@@ -316,21 +316,30 @@ def make_reporters(
     names: Sequence[str], identity: RunIdentity, *, tb_dir: str | Path, purge_step: int | None = None
 ) -> list[Reporter]:
     """The trackers ``names`` (:func:`openllm.config.report_targets`), started for ``identity``."""
+    kinds: dict[str, Callable[[], Reporter]] = {
+        "tensorboard": lambda: TensorBoard(tb_dir, purge_step=purge_step, identity=identity),
+        "trackio": lambda: TrackioReporter(identity),
+        "wandb": lambda: WandbReporter(identity),
+    }
+    unknown = [n for n in names if n not in kinds]
+    if unknown:
+        raise ValueError(f"unknown trackers {unknown}: report_to is checked by openllm.config.report_targets")
     out: list[Reporter] = []
+    name = ""
     try:
         for name in names:
-            if name == "tensorboard":
-                out.append(TensorBoard(tb_dir, purge_step=purge_step, identity=identity))
-            elif name == "trackio":
-                out.append(TrackioReporter(identity))
-            elif name == "wandb":
-                out.append(WandbReporter(identity))
-            else:
-                raise ValueError(f"unknown tracker {name!r}")
-    except BaseException:
+            out.append(kinds[name]())
+    except BaseException as exc:
         for r in out:
             with contextlib.suppress(Exception):
                 r.close()
+        if isinstance(exc, Exception) and not isinstance(exc, OpenLLMError):
+            # a tracker's own settings (W&B's mode, login, ...) are wrong: one line, before any step
+            why = " ".join(str(exc).split())[:300]
+            raise OpenLLMError(
+                f"train.report_to {name}: {name} could not start ({type(exc).__name__}: {why}); fix its settings "
+                f"or leave it out of --report-to"
+            ) from exc
         raise
     return out
 

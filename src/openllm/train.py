@@ -829,8 +829,15 @@ class Trainer:
 
         peak = device_peak_flops(self.dev)
         self.throughput = Throughput(raw.flops_per_token(self.seq_len), peak * self.info.world_size if peak else None)
+        error = None
         if self.main:
-            self._setup_logging()
+            try:
+                self._setup_logging()
+            except OpenLLMError as exc:  # a tracker that cannot start: every rank ends with its message
+                error = str(exc)
+        error = D.first_error(error, self.info)
+        if error is not None:
+            raise OpenLLMError(error)
 
     # --- hooks: what another kind of training (openllm.finetune) extends ------------------------------
 
