@@ -435,7 +435,8 @@ def lock_holder(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 def request_stop(run_dir: str | os.PathLike) -> int:
     """Ask the process that holds the run's lock to stop (SIGTERM: the trainer saves a checkpoint and ends
-    with state ``stopped``); returns its PID. Raises OpenLLMError when nothing holds the lock."""
+    with state ``stopped``; the request is also left in ``RUN/.stop-requested``, which is all a run trained by
+    this very process gets); returns its PID. Raises OpenLLMError when nothing holds the lock."""
     import signal
 
     holder = lock_holder(run_dir)
@@ -444,6 +445,8 @@ def request_stop(run_dir: str | os.PathLike) -> int:
         raise OpenLLMError(f"nothing is training run {Path(run_dir).name}: there is nothing to stop", path=run_dir)
     with contextlib.suppress(OSError):
         write_json_atomic(Path(run_dir) / STOP_REQUEST, {"pid": pid, "time": time.time()})
+    if pid == os.getpid():
+        return pid  # trained in this process (the app's ZeroGPU chunks): they watch the request file, no signal
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

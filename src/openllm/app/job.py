@@ -26,10 +26,25 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..rundir import ACTIVE_STATES, FAILED, NEW, PREPARING, STOPPED, RunLock, move, read_status, recorded_state
+from ..rundir import (
+    ACTIVE_STATES,
+    FAILED,
+    NEW,
+    PREPARING,
+    STOP_REQUEST,
+    STOPPED,
+    RunLock,
+    move,
+    read_status,
+    recorded_state,
+)
+
+if TYPE_CHECKING:
+    from .zerogpu import ChunkPolicy
 
 
 class _Stopped(Exception):
@@ -101,7 +116,40 @@ def main(job_dir_arg: str) -> int:
         lock.release()
 
 
-def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
+def run_here(job_dir_arg: str | os.PathLike, chunks: ChunkPolicy) -> int:
+    """The job in this process, its training in ZeroGPU chunks (:mod:`zerogpu`): on ZeroGPU only the app's
+    process can ask for the GPU. No signals here (a thread of the app): a stop is the run's stop-request file
+    (:func:`openllm.rundir.request_stop`), seen between the preparation phases and by each chunk. What a
+    job process would print goes to JOB_DIR/log.txt."""
+    job_dir = Path(job_dir_arg)
+    spec = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
+    run_dir = Path(spec["run_dir"])
+    log = job_dir / "log.txt"
+
+    def say(msg: str) -> None:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(msg + "\n")
+
+    try:
+        # the command a job process records: the app knows the run as its own by it
+        module = __spec__.name if __spec__ is not None else __name__
+        lock = RunLock(run_dir, command=f"{sys.executable} -m {module} {job_dir}", log=log).acquire()
+    except Exception as exc:
+        say(f"error: {exc}")
+        return 1
+    try:
+        return _run(job_dir, spec, run_dir, chunks=chunks, say=say)
+    finally:
+        lock.release()
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _run(
+    job_dir: Path, spec: dict, run_dir: Path, *, chunks: ChunkPolicy | None = None, say: Callable[[str], None] = _say
+) -> int:
     global _raise_on_term
     max_steps = int(spec["max_steps"])
     data = job_dir / "data"
@@ -124,50 +172,59 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
         prepared = given  # already prepared (openllm prepare-data --out)
         phases = phases[1:]
     phase = "starting"
+
+    def stop_asked() -> bool:  # a signal (job process), or the stop-request file (in the app's process)
+        return _stop.is_set() or (chunks is not None and (run_dir / STOP_REQUEST).exists())
+
     try:
         for phase, fn in phases:
+            if stop_asked():
+                raise _Stopped()
             move(run_dir, PREPARING, phase=phase, pid=os.getpid(), max_steps=max_steps, error=None)
-            print(f"== {phase}", flush=True)
+            say(f"== {phase}")
             fn()
         phase = "training"
         _raise_on_term = False  # from here SIGTERM only asks the trainer to stop (checkpoint first)
-        if _stop.is_set():
+        if stop_asked():
             raise _Stopped()
         move(run_dir, PREPARING, phase="starting training", pid=os.getpid(), max_steps=max_steps, error=None)
-        print(f"== {'continuing to step ' + str(max_steps) if resuming else 'training'}", flush=True)
-        from ..train import train
-
+        say(f"== {'continuing to step ' + str(max_steps) if resuming else 'training'}")
         ft: dict[str, Any] = spec.get("finetune") or {}
-        if ft or (resuming and _finetuned(run_dir)):
+        kind = "finetune" if ft or (resuming and _finetuned(run_dir)) else "train"
+        # the call that continues the run from its latest checkpoint (a fine-tune's records its base and data)
+        again: dict[str, Any] = dict(out_dir=str(run_dir), resume=True, max_steps=max_steps)
+        if kind == "finetune":
+            again.update(model=None, data=None)
+        else:
+            again.update(config=None)
+        fresh: dict[str, Any] | None = None
+        if kind == "finetune" and not resuming:
+            fresh = dict(
+                model=ft["base"],
+                data=ft["data"],
+                out_dir=str(run_dir),
+                val_data=ft.get("val"),
+                lora=bool(ft.get("lora")) or None,
+                max_steps=max_steps,
+            )
+        elif not resuming:
+            config = str(job_dir / "config.json")
+            fresh = dict(config=config, data_dir=str(shards), out_dir=str(run_dir), vocab_from_data=vocab_from_data)
+        if chunks is not None:
+            from .zerogpu import train_in_chunks
+
+            train_in_chunks(run_dir, kind, fresh, again, chunks, log=job_dir / "log.txt", say=say)
+        elif kind == "finetune":
             from ..finetune import finetune
 
-            if resuming:  # the checkpoint records the base model and the data
-                finetune(None, None, run_dir, resume=True, max_steps=max_steps, stop_event=_stop, progress=True)
-            else:
-                finetune(
-                    ft["base"],
-                    ft["data"],
-                    run_dir,
-                    val_data=ft.get("val"),
-                    lora=bool(ft.get("lora")) or None,
-                    max_steps=max_steps,
-                    stop_event=_stop,
-                    progress=True,
-                )
-        elif resuming:
-            train(None, out_dir=run_dir, resume=True, max_steps=max_steps, stop_event=_stop, progress=True)
+            finetune(**(fresh or again), stop_event=_stop, progress=True)
         else:
-            train(
-                job_dir / "config.json",
-                data_dir=shards,
-                out_dir=run_dir,
-                stop_event=_stop,
-                progress=True,
-                vocab_from_data=vocab_from_data,
-            )
+            from ..train import train
+
+            train(**(fresh or again), stop_event=_stop, progress=True)
         return 0
     except _Stopped:
-        print(f"stopped while {phase}", flush=True)
+        say(f"stopped while {phase}")
         move(run_dir, STOPPED, phase=f"stopped while {phase}", pid=None)
         return 0
     except BaseException as exc:
@@ -175,9 +232,9 @@ def _run(job_dir: Path, spec: dict, run_dir: Path) -> int:
 
         msg = str(exc) or type(exc).__name__
         if not is_user_error(exc, inputs=_named_paths(spec, run_dir)):
-            traceback.print_exc()
+            say(traceback.format_exc().rstrip())
             msg = f"{type(exc).__name__}: {msg}"
-        print(f"error: {msg}", flush=True)
+        say(f"error: {msg}")
         from .corpus_check import app_words
 
         msg = app_words(msg)

@@ -129,11 +129,19 @@ def _claimed(method: Callable[..., Any]) -> Callable[..., Any]:
 class Runner:
     """Starts at most one training in a workspace, continues ended runs, stops or deletes the run it is told."""
 
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, *, chunks: Any = "auto") -> None:
+        """``chunks``: a :class:`openllm.app.zerogpu.ChunkPolicy` to train inside this process in ZeroGPU
+        chunks, None for a job process, "auto" (default): chunks on ZeroGPU (or OPENLLM_ZEROGPU=1)."""
         self.ws = workspace
         self._proc: subprocess.Popen | None = None
         self._proc_run: str | None = None
+        self._thread: threading.Thread | None = None
         self._claim_lock = threading.Lock()
+        if chunks == "auto":
+            from .zerogpu import chunk_policy
+
+            chunks = chunk_policy()
+        self.chunks = chunks
 
     @contextlib.contextmanager
     def _claim(self) -> Iterator[None]:
@@ -170,6 +178,8 @@ class Runner:
                 queued = name  # a job was started (maybe by an earlier app) and has not taken the lock yet
         if self._proc is not None:  # started, not holding the lock yet (Python is still importing)
             return self._proc_run, self._proc.pid  # type: ignore[return-value]
+        if self._thread is not None and self._thread.is_alive():  # the in-process job, before its lock
+            return self._proc_run, os.getpid()  # type: ignore[return-value]
         return (queued, None) if queued else None
 
     def _reaped(self, proc: subprocess.Popen, name: str | None) -> None:
@@ -350,6 +360,15 @@ class Runner:
     def _launch(self, name: str, job_dir: Path, max_steps: int) -> str:
         run_dir = self.ws.run_dir(name)
         rundir.move(run_dir, rundir.QUEUED, phase="queued", error=None, max_steps=max_steps, pid=None)
+        if self.chunks is not None:  # ZeroGPU: only this process can ask for the GPU
+            from .job import run_here
+
+            self._thread = threading.Thread(
+                target=run_here, args=(job_dir, self.chunks), name=f"openllm-job-{name}", daemon=True
+            )
+            self._thread.start()
+            self._proc_run = name
+            return name
         with open(job_dir / "log.txt", "ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", f"{PKG}.app.job", str(job_dir)],

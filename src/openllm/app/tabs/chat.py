@@ -14,6 +14,7 @@ import gradio as gr
 from .. import chat as C
 from .. import models as M
 from .. import render as R
+from .. import zerogpu as Z
 from ..forms import FormError
 from .shared import Shared, offer, rememberer
 
@@ -124,8 +125,9 @@ def build(sh: Shared, tab: Any, picks: Any) -> ChatTab:
             history = history + [{"role": "assistant", "content": ""}]
             yield history, "", prompt.text, R.msg("Replying ...", "info")
             ended = False
-            for reply, ended in C.stream_reply(  # noqa: B007 (read after the loop)
-                loaded, prompt, temperature=float(temp_), seed=seed_v
+            seconds = Z.generation_seconds(prompt.max_new_tokens)  # on ZeroGPU, the GPU call the reply asks for
+            for reply, ended in Z.gpu_stream(  # noqa: B007 (read after the loop)
+                seconds, C.stream_reply, loaded, prompt, temperature=float(temp_), seed=seed_v
             ):
                 history[-1] = {"role": "assistant", "content": reply}
                 yield history, gr.skip(), gr.skip(), gr.skip()

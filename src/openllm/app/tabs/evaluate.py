@@ -7,6 +7,7 @@ import gradio as gr
 from .. import access
 from .. import render as R
 from .. import tools as T
+from .. import zerogpu as Z
 from .shared import Shared
 
 __all__ = ["build"]
@@ -48,9 +49,10 @@ def build(sh: Shared) -> list:
 
     def on_evaluate(run_, limit_, tasks_, file_):
         try:
-            results = T.evaluate_run(
-                sh.ws, run_, limit=int(limit_) if limit_ else None, task_file=file_, tasks=list(tasks_ or [])
-            )
+            names = list(tasks_ or [])
+            limit = int(limit_) if limit_ else None
+            seconds = Z.evaluation_seconds(len(names) + bool(file_), limit)  # the GPU call ZeroGPU is asked for
+            results = Z.gpu_call(seconds, T.evaluate_run, sh.ws, run_, limit=limit, task_file=file_, tasks=names)
         except Exception as exc:
             return R.err(exc), gr.skip()
         from ...evaluate import markdown

@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 
 from .. import models as M
+from .. import zerogpu as Z
 from ..forms import parse_sampling_form
 from ..render import err, msg
 from .shared import Shared, remember
@@ -62,7 +63,8 @@ def build(sh: Shared, picks: Any) -> GenerateTab:
             loaded = sh.cache.get(source)
             yield "", msg("Generating ...", "info")
             text = ""
-            for text in M.stream_completion(loaded, req):
+            # on ZeroGPU inside a GPU call as long as the reply needs (elsewhere a plain call)
+            for text in Z.gpu_stream(Z.generation_seconds(req.params.max_new_tokens), M.stream_completion, loaded, req):
                 yield text, gr.skip()
             step = f" at step {loaded.step:,}" if getattr(loaded, "step", None) else ""
             yield text, msg(f"Done: {choice.split(':', 1)[-1]}{step}.", "ok")
