@@ -152,7 +152,7 @@ def test_corpus_choices():
 def test_model_size_changes_only_the_shape():
     req = parse_train_form(_form(model_size="small", vocab_size=1024))
     assert req.config.model.d_model == 512 and req.config.model.vocab_size == 1024
-    assert req.config.train.lr == 0.003  # still the tiny preset's training settings
+    assert req.config.train.lr == 0.009  # still the tiny preset's training settings
     assert (req.config.train.seq_len or 0) <= req.config.model.max_seq_len
 
 

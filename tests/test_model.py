@@ -68,14 +68,19 @@ def test_hf_round_trip_is_exact():
         assert torch.equal(back[k], v), k
 
 
-def test_small_preset_is_about_36m_params():
+def test_small_preset_is_about_36m_params_tied_and_52m_with_the_default_untied_head():
+    from openllm.config import apply_overrides
+
     with torch.device("meta"):
-        model = Transformer(load_config("small").model)
-    assert 35e6 < model.num_params() < 37e6
-    assert model.num_params(non_embedding=True) == model.num_params() - 32000 * 512
+        model = Transformer(load_config("small").model)  # the default recipe's untied head: a second 32000 x 512
+        tied = Transformer(apply_overrides(load_config("small"), ["train.recipe=classic"]).model)
+    assert 35e6 < tied.num_params() < 37e6 and model.num_params() == tied.num_params() + 32000 * 512
+    assert (
+        model.num_params(non_embedding=True) == tied.num_params(non_embedding=True) == tied.num_params() - 32000 * 512
+    )
 
 
-@pytest.mark.parametrize("name, low, high", [("medium", 115e6, 130e6), ("large", 330e6, 370e6)])
+@pytest.mark.parametrize("name, low, high", [("medium", 140e6, 155e6), ("large", 370e6, 395e6)])
 def test_larger_presets_sizes(name, low, high):
     with torch.device("meta"):
         model = Transformer(load_config(name).model)
