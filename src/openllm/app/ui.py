@@ -24,8 +24,7 @@ from . import access
 from .help import load_help
 from .render import CSS, theme
 from .runner import Runner
-from .tabs import chat, compare, evaluate, export, generate, models, monitor, train
-from .tabs import TABS
+from .tabs import TABS, chat, compare, evaluate, export, generate, models, monitor, train
 from .tabs.shared import Shared, offer, remember, rememberer
 from .workspace import Workspace, default_workspace
 
