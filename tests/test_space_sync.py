@@ -379,6 +379,7 @@ def copy_repo(dest: Path) -> Path:
 def test_end_to_end_build_sync_edit_conflict_rollback_flaky_network(tmp_path, hub_root, git_daemon, space_venvs):
     main = copy_repo(tmp_path / "main")
     env = {"OPENLLM_SPACE_VENVS": str(space_venvs), "OPENLLM_SYNC_BACKOFF": "0.05", "OPENLLM_SYNC_RETRIES": "4"}
+    env["OPENLLM_SPACE_INDEXES"] = "local"  # PyTorch's CPU index is not reachable here: its wheels are local
     common = ["--space", SPACE, "--hub", str(hub_root), "--root", str(main)]
 
     def cli(*args, check=True):

@@ -115,9 +115,10 @@ def _lock(path: Path):
 
 
 def _without_index_lines(data: bytes) -> bytes:
-    """requirements.txt less its index options (``--extra-index-url`` of PyTorch's CPU wheels): those tell the
-    Space's builder where the pinned builds live; the check installs the same pinned versions (``+cpu``
-    included) from the indexes this machine's pip is configured with, and reaches no other."""
+    """requirements.txt less its index options (``--extra-index-url`` of PyTorch's CPU wheels), for a machine
+    that cannot reach them (``OPENLLM_SPACE_INDEXES=local``): the check then installs the same pinned versions
+    (``+cpu`` included) from the indexes and wheel folders this machine's pip is configured with, and reaches
+    no other. By default the check installs requirements.txt as the Space will, index lines included."""
     lines = data.decode("utf-8").splitlines(keepends=True)
     keep = [ln for ln in lines if not ln.strip().startswith(("--extra-index-url", "--index-url", "-i "))]
     return "".join(keep).encode("utf-8")
@@ -142,7 +143,8 @@ def ensure_venv(requirements: Path, *, cache: Path | None = None, log: Log = pri
             t0 = time.time()
             (tmp.parent / "requirements").mkdir(exist_ok=True)
             req = tmp.parent / "requirements" / f"{key}.txt"
-            req.write_bytes(_without_index_lines(data))
+            local = os.environ.get("OPENLLM_SPACE_INDEXES", "").lower() == "local"
+            req.write_bytes(_without_index_lines(data) if local else data)
             logfile = tmp.parent / f"{key}.log"
             uv = _uv()
             if uv:  # uv installs from its cache by linking: seconds instead of minutes once the cache is warm
