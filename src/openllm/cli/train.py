@@ -57,9 +57,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(override train.report_to; default tensorboard)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--on",
+        default="local",
+        metavar="WHERE",
+        help="'local' (default: this machine) or 'hf-jobs[:FLAVOR]': a Hugging Face Job (flavor default "
+        "a10g-small) that trains with torchrun on its GPUs and pushes checkpoints and metrics to --repo",
+    )
+    p.add_argument(
+        "--repo",
+        default=None,
+        metavar="OWNER/NAME",
+        help="with --on hf-jobs: the run's dataset repository on Hugging Face (inputs, checkpoints, metrics)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..app.hfjobs import parse_target
+
+    flavor = parse_target(args.on)
+    if flavor is not None:
+        return _on_jobs(args, flavor)
     cpu_thread_policy()
     from ..batches import parse_data_arg
     from ..config import parse_overrides
@@ -88,6 +106,20 @@ def run(args: argparse.Namespace) -> int:
             f"run folder: {result.run_dir}  ({result.state} at step {result.step}; "
             f"checkpoint {result.checkpoint}, metrics {result.run_dir / 'metrics.jsonl'})"
         )
+    return 0
+
+
+def _on_jobs(args: argparse.Namespace, flavor: str) -> int:
+    """The run as a Hugging Face Job: its inputs to --repo, the job started, its logs streamed."""
+    from pathlib import Path
+
+    from ..app.hfjobs import JobRequest, launch
+    from ..errors import OpenLLMError
+
+    if not args.repo or not args.config or not args.data or len(args.data) != 1:
+        raise OpenLLMError("--on hf-jobs needs --repo OWNER/NAME, --config FILE and one --data DIR (tokenized)")
+    name = Path(args.out).name
+    launch(JobRequest(name, Path(args.config), Path(args.data[0]), args.repo, flavor, args.max_steps))
     return 0
 
 
