@@ -24,10 +24,20 @@ Subcommands (run from the repository root with ``PYTHONPATH=src``):
     Redraw the PNG (and print the table) from saved results (several files merge), e.g. for another
     ``--target``.
 
-Variants: ``adamw`` (the presets' AdamW and cosine schedule), ``muon`` (only ``train.optimizer=muon``), Muon
-with recipe parts joined by ``+`` (``wsd`` schedule, ``untied`` head, ``zero``-initialised projections,
-``doc``-aligned windows, ``bw`` batch-size warmup, ``lrN``: N times the AdamW learning rate of the
-embeddings, head and norms), and ``recipe`` = ``muon+wsd+untied+zero+doc+bw``.
+Variants start from the preset moved to the classic recipe (``train.recipe=classic``): ``adamw`` (AdamW and
+cosine, tied head), ``muon`` (only ``train.optimizer=muon``), Muon with recipe parts joined by ``+`` (``wsd``
+schedule, ``untied`` head, ``zero``-initialised projections, ``doc``-aligned windows, ``bw`` batch-size warmup,
+``lrN``: N times the AdamW learning rate of the embeddings, head and norms), ``recipe`` =
+``muon+wsd+untied+zero+lr3`` (chosen from the small ablations), and ``default``: the preset as it ships (its
+``train.recipe``, today ``speedrun``, the same settings as ``recipe``).
+
+``run --seeds 1337,1,2`` repeats every (config, variant) per seed (weights and data order) and reports the mean
+and the spread (min-max) of the ratios to AdamW of the same seed. ``prepare --corpus dictionaries`` assembles a
+second corpus that shares no text with the first: every entry of GCIDE that is Webster's Revised Unabridged
+Dictionary (1913) alone (public domain; entries that cite WordNet or later additions are left out), The Devil's
+Dictionary (Bierce, 1906) and the Jargon File 4.4.7 (placed in the public domain), read from Debian's
+``dict-gcide``, ``dict-devil`` and ``dict-jargon`` packages (``apt-get install dict-gcide dict-devil
+dict-jargon``; the sha256 of each file is recorded).
 """
 
 from __future__ import annotations
@@ -90,21 +100,74 @@ def _openllm(*args: str) -> None:
 # --- prepare ------------------------------------------------------------------------------------------------
 
 
-def prepare(out: Path, vocab: int, shared: Path) -> dict:
+DICTD = Path("/usr/share/dictd")
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"  # dictd's index numbers
+DICTIONARIES = {
+    "gcide": "GCIDE 0.48: Webster's Revised Unabridged Dictionary (1913) entries only (public domain)",
+    "devil": "The Devil's Dictionary, Ambrose Bierce, 1906 (public domain)",
+    "jargon": "The Jargon File 4.4.7 (placed in the public domain by its editor)",
+}
+
+
+def _dictd_entries(name: str) -> list[str]:
+    """The entries of a dictd dictionary (``.index`` + dictzip ``.dict.dz``), each once, in file order."""
+    import gzip
+
+    def num(text: str) -> int:
+        n = 0
+        for ch in text:
+            n = n * 64 + _B64.index(ch)
+        return n
+
+    body = gzip.open(DICTD / f"{name}.dict.dz").read()
+    spans = set()
+    for line in (DICTD / f"{name}.index").read_text(encoding="utf-8", errors="replace").splitlines():
+        word, off, size = line.split("\t")[:3]
+        if not word.startswith("00-database"):
+            spans.add((num(off), num(size)))
+    return [body[o : o + n].decode("utf-8", errors="replace").strip() for o, n in sorted(spans)]
+
+
+def _dictionary_corpus(raw: Path) -> tuple[list[Path], list[dict]]:
+    import re
+
+    inputs, sources = [], []
+    for name, what in DICTIONARIES.items():
+        if not (DICTD / f"{name}.dict.dz").is_file():
+            raise SystemExit(f"{DICTD}/{name}.dict.dz is missing: apt-get install dict-{name}")
+        entries = _dictd_entries(name)
+        if name == "gcide":  # Webster 1913 alone: every source tag of the entry is [1913 Webster]
+            entries = [e for e in entries if set(re.findall(r"\[([^\]]+)\]\s*$", e, re.M)) == {"1913 Webster"}]
+        path = raw / f"{name}.jsonl"
+        with open(path, "w", encoding="utf-8") as f:
+            for e in entries:
+                f.write(json.dumps({"text": e}) + "\n")
+        inputs.append(path)
+        sources.append({"file": path.name, "what": what, "source_sha256": _sha256(DICTD / f"{name}.dict.dz")})
+    return inputs, sources
+
+
+def prepare(out: Path, vocab: int, shared: Path, corpus: str = "mixed") -> dict:
     from openllm.corpus import EMBEDDED_CORPUS, write_embedded_corpus
 
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    inputs = [write_embedded_corpus(raw / "kjv.jsonl")]
-    sources = [
-        {"file": "kjv.jsonl", "what": f"embedded corpus ({EMBEDDED_CORPUS['package']} {EMBEDDED_CORPUS['version']})"}
-    ]
-    for name in SHARED_FILES:
-        src = shared / name
-        if src.is_file():
-            shutil.copyfile(src, raw / name)
-            inputs.append(raw / name)
-            sources.append({"file": name, "what": f"{shared}/{name}"})
+    if corpus == "dictionaries":
+        inputs, sources = _dictionary_corpus(raw)
+    else:
+        inputs = [write_embedded_corpus(raw / "kjv.jsonl")]
+        sources = [
+            {
+                "file": "kjv.jsonl",
+                "what": f"embedded corpus ({EMBEDDED_CORPUS['package']} {EMBEDDED_CORPUS['version']})",
+            }
+        ]
+        for name in SHARED_FILES:
+            src = shared / name
+            if src.is_file():
+                shutil.copyfile(src, raw / name)
+                inputs.append(raw / name)
+                sources.append({"file": name, "what": f"{shared}/{name}"})
     for s in sources:
         s["sha256"] = _sha256(raw / s["file"])
         s["bytes"] = (raw / s["file"]).stat().st_size
@@ -132,7 +195,7 @@ def prepare(out: Path, vocab: int, shared: Path) -> dict:
         "--quiet",
     )
     meta = json.loads((out / "tokens" / "meta.json").read_text())
-    info = {"sources": sources, "vocab_size": meta["vocab_size"], "splits": {}}
+    info = {"corpus": corpus, "sources": sources, "vocab_size": meta["vocab_size"], "splits": {}}
     for split in ("train", "val"):
         h = hashlib.sha256()
         for name in meta["splits"][split]["shards"]:
@@ -151,10 +214,16 @@ def prepare(out: Path, vocab: int, shared: Path) -> dict:
 # --- run ----------------------------------------------------------------------------------------------------
 
 
-def _config(preset: str, variant: str, vocab: int, steps: int, micro: int, accum: int, seq: int):
+def _config(preset: str, variant: str, vocab: int, steps: int, micro: int, accum: int, seq: int, seed: int):
     from openllm.config import load_config
 
-    cfg = load_config(preset)
+    shipped = load_config(preset)
+    run = {"max_steps": steps, "micro_batch_size": micro, "grad_accum_steps": accum, "seq_len": seq, "seed": seed}
+    run.update(warmup_steps=max(1, steps // 20), compile=True)
+    shape = {"vocab_size": vocab, "max_seq_len": max(seq, shipped.model.max_seq_len)}
+    if variant == "default":  # the preset as a user gets it
+        return shipped.replace(model=shape, train=run)
+    cfg = shipped.replace(train={"recipe": "classic"})  # every other variant is a change to the classic recipe
     t_over, m_over = variant_overrides(variant)
     train = {
         "max_steps": steps,
@@ -163,6 +232,7 @@ def _config(preset: str, variant: str, vocab: int, steps: int, micro: int, accum
         "seq_len": seq,
         "warmup_steps": max(1, steps // 20),
         "compile": True,
+        "seed": seed,
     }
     for k, val in t_over.items():
         if k == "lr_mult":
@@ -174,9 +244,7 @@ def _config(preset: str, variant: str, vocab: int, steps: int, micro: int, accum
         train.pop("batch_warmup_steps")
     if "lr" in train and train["optimizer"] == "muon":
         train["muon_lr"] = cfg.train.muon_lr  # Muon's own rate stays; lrN moves AdamW's alone
-    return cfg.replace(
-        model={"vocab_size": vocab, "max_seq_len": max(seq, cfg.model.max_seq_len), **m_over}, train=train
-    )
+    return cfg.replace(model={**shape, **m_over}, train=train)
 
 
 def _val_loss(model, val, seq: int, batch: int, dev, precision, max_batches: int | None = None) -> float:
@@ -197,7 +265,7 @@ def _val_loss(model, val, seq: int, batch: int, dev, precision, max_batches: int
     return float(total) / n
 
 
-def run_one(data: Path, preset: str, variant: str, args, log) -> dict:
+def run_one(data: Path, preset: str, variant: str, args, log, seed: int = 1337) -> dict:
     import torch
 
     from openllm.batches import RandomWindowLoader, TokenShards
@@ -208,7 +276,7 @@ def run_one(data: Path, preset: str, variant: str, args, log) -> dict:
     from openllm.train import autocast_context, resolve_precision
 
     meta = json.loads((data / "meta.json").read_text())
-    cfg = _config(preset, variant, meta["vocab_size"], args.steps, args.micro, args.accum, args.seq)
+    cfg = _config(preset, variant, meta["vocab_size"], args.steps, args.micro, args.accum, args.seq, seed)
     tc = cfg.train
     dev = torch.device(args.device)
     precision = resolve_precision("auto", dev)
@@ -258,7 +326,7 @@ def run_one(data: Path, preset: str, variant: str, args, log) -> dict:
                     "loss": float(loss.detach()) * accum,
                 }
             )
-            log(f"{preset}/{variant} step {step + 1} tokens {tokens:,} val {vl:.4f} ({train_s:.1f}s)")
+            log(f"{preset}/{variant}/seed {seed} step {step + 1} tokens {tokens:,} val {vl:.4f} ({train_s:.1f}s)")
             if not math.isfinite(vl):
                 break
             sync()
@@ -272,6 +340,7 @@ def run_one(data: Path, preset: str, variant: str, args, log) -> dict:
     out = {
         "config": preset,
         "variant": variant,
+        "seed": seed,
         "params": raw.num_params(),
         "flops_per_token": fpt,
         "steps": tc.max_steps,
@@ -375,13 +444,49 @@ def cmd_run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data)
     results = []
+    seeds = [int(x) for x in str(args.seeds).split(",")]
     for preset in args.configs.split(","):
-        for variant in args.variants.split(","):
-            results.append(run_one(data, preset, variant, args, lambda m: print(m, flush=True)))
-            (out / "speedrun.json").write_text(
-                json.dumps({"target": args.target, "args": vars(args), "results": results}, indent=1)
-            )
-    print(report(results, args.target, out / "speedrun.png"))
+        for seed in seeds:
+            for variant in args.variants.split(","):
+                results.append(run_one(data, preset, variant, args, lambda m: print(m, flush=True), seed))
+                (out / "speedrun.json").write_text(
+                    json.dumps({"target": args.target, "args": vars(args), "results": results}, indent=1)
+                )
+    text = report([r for r in results if r["seed"] == seeds[0]], args.target, out / "speedrun.png")
+    print(text if len(seeds) == 1 else text + "\n\n" + seed_report(results, args.target))
+
+
+def seed_report(results: list[dict], target: float | dict) -> str:
+    """Per (config, variant) over seeds: mean and min-max of tokens and training seconds to the target as a ratio
+    to AdamW of the same seed, and of the best val loss; n = the seeds that reached the target."""
+    targets = target if isinstance(target, dict) else {r["config"]: target for r in results}
+    lines = [
+        "| config | variant | seeds | tokens to target x AdamW: mean (min-max) | train s x AdamW: mean (min-max) "
+        "| best val: mean (min-max) |",
+        "|---|---|---:|---|---|---|",
+    ]
+    base = {(r["config"], r["seed"]): to_target(r, targets[r["config"]]) for r in results if r["variant"] == "adamw"}
+    keys = list(dict.fromkeys((r["config"], r["variant"]) for r in results))
+
+    def spread(xs: list[float], fmt: str) -> str:
+        if not xs:
+            return "-"
+        return f"{sum(xs) / len(xs):{fmt}} ({min(xs):{fmt}}-{max(xs):{fmt}})"
+
+    for config, variant in keys:
+        rows = [r for r in results if (r["config"], r["variant"]) == (config, variant)]
+        tok, sec = [], []
+        for r in rows:
+            hit, b = to_target(r, targets[config]), base.get((config, r["seed"]))
+            if hit and b:
+                tok.append(hit["tokens"] / b["tokens"])
+                sec.append(hit["train_s"] / b["train_s"])
+        best = [r["best_val"] for r in rows]
+        lines.append(
+            f"| {config} | {variant} | {len(tok)}/{len(rows)} | {spread(tok, '.2f')} | {spread(sec, '.2f')} | "
+            f"{spread(best, '.4f')} |"
+        )
+    return "\n".join(lines)
 
 
 def cmd_plot(args) -> None:
@@ -395,14 +500,17 @@ def cmd_plot(args) -> None:
 
 # --- mfu through openllm train --------------------------------------------------------------------------------
 
+_CLASSIC = {"recipe": "classic", "check_every": 1}  # AdamW, cosine, tied head, the host reading every step
 MFU_VARIANTS = {
-    "plain": {},
-    "check_every": {"check_every": 5},
-    "chunked": {"check_every": 5, "fused_loss": "chunked"},
-    "liger_ce": {"check_every": 5, "fused_loss": "liger"},
-    "liger_all": {"check_every": 5, "fused_loss": "liger", "fused_ops": True},
-    "muon": {"check_every": 5, "optimizer": "muon"},
-    "muon_liger_ce": {"check_every": 5, "optimizer": "muon", "fused_loss": "liger"},
+    "default": {},  # the preset as it ships (today: the speedrun recipe, check_every 5)
+    "plain": dict(_CLASSIC),
+    "check_every": {**_CLASSIC, "check_every": 5},
+    "chunked": {**_CLASSIC, "check_every": 5, "fused_loss": "chunked"},
+    "liger_ce": {**_CLASSIC, "check_every": 5, "fused_loss": "liger"},
+    "liger_all": {**_CLASSIC, "check_every": 5, "fused_loss": "liger", "fused_ops": True},
+    "muon": {**_CLASSIC, "check_every": 5, "optimizer": "muon"},
+    "muon_liger_ce": {**_CLASSIC, "check_every": 5, "optimizer": "muon", "fused_loss": "liger"},
+    "default_liger_ce": {"fused_loss": "liger"},
 }
 
 
@@ -441,7 +549,7 @@ def cmd_mfu(args) -> None:
             "eval_every": 100000,
             "save_every": 100000,
             "warmup_steps": 10,
-            "compile": True,
+            **({} if base.startswith("default") else {"compile": True}),  # default: compile left unset (CUDA: on)
             **over,
         }
         if args.optimizer:
@@ -578,11 +686,13 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--shared", default=str(SHARED))
+    p.add_argument("--corpus", default="mixed", choices=("mixed", "dictionaries"))
     r = sub.add_parser("run")
     r.add_argument("--data", required=True, help="the tokens/ folder written by prepare")
     r.add_argument("--out", required=True)
     r.add_argument("--configs", default="small")
     r.add_argument("--variants", default="adamw,muon,recipe")
+    r.add_argument("--seeds", default="1337", help="comma-separated: every variant per seed")
     r.add_argument("--steps", type=int, default=400)
     r.add_argument("--micro", type=int, default=16)
     r.add_argument("--accum", type=int, default=2)
@@ -617,7 +727,7 @@ def main(argv=None) -> None:
     pl.add_argument("--png", default="")
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
-        prepare(Path(args.out), args.vocab, Path(args.shared))
+        prepare(Path(args.out), args.vocab, Path(args.shared), args.corpus)
     elif args.cmd == "run":
         cmd_run(args)
     elif args.cmd == "mfu":
