@@ -15,6 +15,7 @@ Gradio's ``LoginButton`` over Hugging Face OAuth, which a Space has when its REA
 
 from __future__ import annotations
 
+import html
 import inspect
 import os
 from collections.abc import Callable, Sequence
@@ -165,7 +166,8 @@ def hide_for_visitors(demo: gr.Blocks, components: Sequence[Any], notice: Any) -
 
     def show(profile: gr.OAuthProfile | None):
         ok = may_write(profile)
-        text = "" if ok else f'<div class="msg-info" id="visitor-note">Watching only: {refusal(profile)}.</div>'
+        why = html.escape(refusal(profile))
+        text = "" if ok else f'<div class="msg-info" id="visitor-note">Watching only: {why}.</div>'
         return (gr.update(value=text, visible=not ok), *(gr.update(visible=ok) for _ in components))
 
     demo.load(show, None, [notice, *components], show_progress="hidden")
