@@ -122,3 +122,17 @@ def test_the_apps_runner_trains_in_chunks_in_its_own_process_stops_and_continues
     assert runner.continue_run("z", total - rundir.checkpoint_steps(ws.run_dir("z"))[-1]) == total
     assert runner.wait(240) and runner.status("z").state == "finished", log.read_text()
     assert [r["step"] for r in rundir.read_metrics(ws.run_dir("z"))] == list(range(1, total + 1))
+
+
+def test_on_zerogpu_the_gpu_functions_are_decorated_before_the_server_starts(monkeypatch):
+    from spaces.config import Config
+
+    monkeypatch.setattr(Z, "_decorated", {})
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert not Z.prepare() and Z._decorated == {}  # not a ZeroGPU Space: nothing to do
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setattr(Config, "zero_gpu", False)  # (spaces read the environment when it was imported)
+    assert not Z.prepare()
+    monkeypatch.setattr(Z, "_decorate", lambda fn: ("decorated", fn))  # spaces' real wrapper needs its device API
+    monkeypatch.setattr(Config, "zero_gpu", True)
+    assert Z.prepare() and sorted(Z._decorated) == ["_run_call", "_run_stream", "_train_chunk"]

@@ -32,8 +32,10 @@ def launch(workspace=None, *, host: str = "127.0.0.1", port: int = 7860, mirror=
     from .storage import open_storage
     from .ui import CSS, THEME
     from .ui import build_app as _build
+    from .zerogpu import prepare
 
     storage = open_storage(workspace, repo=mirror, hub=mirror_hub)
+    prepare()  # on ZeroGPU: the GPU functions exist before the server starts
     demo = _build(storage.workspace.root)
     demo.openllm_storage = storage  # type: ignore[attr-defined]
     demo.queue(default_concurrency_limit=4)

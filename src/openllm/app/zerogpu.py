@@ -37,6 +37,7 @@ __all__ = [
     "MARGIN_ENV",
     "ChunkPolicy",
     "on_zerogpu",
+    "prepare",
     "chunk_policy",
     "gpu_call",
     "gpu_stream",
@@ -176,6 +177,16 @@ def _gpu(fn: Callable[..., Any]) -> Callable[..., Any]:
     if key not in _decorated:
         _decorated[key] = _decorate(fn)
     return _decorated[key]
+
+
+def prepare() -> bool:
+    """On ZeroGPU, decorate the app's GPU functions now, before the server starts: spaces reports the decorated
+    functions when Gradio launches. Returns whether it did."""
+    if ZERO_GPU_ENV not in os.environ or not on_zerogpu():
+        return False
+    for fn in (_run_call, _run_stream, _train_chunk):
+        _gpu(fn)
+    return True
 
 
 def gpu_call(seconds: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
