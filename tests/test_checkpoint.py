@@ -151,3 +151,19 @@ def test_kill_during_checkpoint_write_keeps_previous_usable(tmp_path):
     assert not any(n.startswith(".tmp") for n in os.listdir(root))
     assert [r["step"] for r in read_metrics(run)] == list(range(1, 31))
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_every_file_of_a_checkpoint_follows_the_umask(tmp_path):
+    """safetensors writes its file private (0600): a checkpoint's weights get the mode its state.json gets, so
+    whoever may read the run folder may read the model too (#24)."""
+    import os
+
+    model = Transformer(ModelConfig(**CFG))
+    old = os.umask(0o022)
+    try:
+        _save(tmp_path, 1, model)
+    finally:
+        os.umask(old)
+    ck = latest_checkpoint(tmp_path)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in ck.iterdir()}
+    assert modes["model.safetensors"] == modes["state.json"] == 0o644, modes

@@ -37,7 +37,7 @@ import torch
 
 from . import rundir
 from .errors import DISK_FULL_HINT, OpenLLMError, disk_full_reason, is_disk_full
-from .fsio import fsync_dir, fsync_file, load_json
+from .fsio import follow_umask, fsync_dir, fsync_file, load_json
 from .hashing import sha256_file
 
 __all__ = [
@@ -187,6 +187,7 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         save_file(model_state, str(tmp / rundir.WEIGHTS), metadata={"format": "pt", "step": str(step)})
+        follow_umask(tmp / rundir.WEIGHTS)  # safetensors writes it private, unlike every other file of the run
         # through a Python file: torch's own writer loses the errno of a full disk ("unexpected pos"); ours
         # raises OSError(ENOSPC), which torch keeps as the context of its error (errors.is_disk_full reads it)
         with open(tmp / rundir.OPTIMIZER, "wb") as f:

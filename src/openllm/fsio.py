@@ -116,6 +116,15 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def follow_umask(path: str | os.PathLike, *, folder: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have given it (0666/0777 less the umask): writers that
+    make private files (safetensors' ``save_file``, ``mkstemp``, ``mkdtemp``: 0600/0700) would otherwise leave a
+    folder whose config others can read but whose weights they cannot."""
+    mask = os.umask(0o022)  # the only way to read the umask is to set it
+    os.umask(mask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
+
+
 def fsync_file(path: str | os.PathLike) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())

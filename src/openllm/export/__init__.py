@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import OpenLLMError
+from ..fsio import follow_umask
 from ..scratch import release, scratch_dir
 from .shared import copy_tokenizer_files, export_state_dict, write_tokenizer_files
 
@@ -125,8 +125,7 @@ def export(
     # an export killed with kill -9 leaves its staging folder: the next export to the same place removes it
     cleanup = contextlib.ExitStack()
     staging = cleanup.enter_context(scratch_dir(f".{out.name}.", out.parent))
-    # mkdtemp makes a private (0700) folder; the export is a plain folder, so it gets the umask's mode
-    os.chmod(staging, 0o777 & ~_umask())
+    follow_umask(staging, folder=True)  # mkdtemp's folder is private; the export is a plain folder
     try:
         folders: dict[str, Path] = {}
         for fmt in _progress(fmts, progress):
@@ -160,12 +159,6 @@ def export(
         return folders
     finally:
         cleanup.close()
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _progress(items: list[str], show: bool):

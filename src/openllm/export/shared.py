@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
+
+from ..fsio import follow_umask
 
 __all__ = ["copy_tokenizer_files", "write_tokenizer_files", "export_state_dict", "save_weights", "finetune_summary"]
 
@@ -70,9 +71,7 @@ def save_weights(state: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file(state, str(path), metadata={"format": "pt"})
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    follow_umask(path)
 
 
 def finetune_summary(loaded) -> dict | None:
