@@ -242,20 +242,27 @@ def test_two_nodes_fsdp_then_ddp_resumed_match_one_process(setup):
     assert state["world_size"] == 2 and len(state["rng"]) == 2
 
 
-def test_ddp_with_the_default_recipe_matches_one_process_to_bf16_rounding(setup):
+def test_ddp_and_fsdp_with_the_default_recipe_match_one_process_to_bf16_rounding(setup):
     """The presets' default recipe (Muon for the blocks' matrices) under DDP: Muon orthogonalises each update in
     bfloat16 (torch.optim.Muon's arithmetic), so the last-bit differences of an all-reduced gradient become
     bf16-sized differences in the update: the losses agree to bf16's precision, not to fp32's."""
     tmp, data, cfg, _ = setup
     runs = {}
-    for name, nproc, micro in (("muon-single", 1, 4), ("muon-ddp", 2, 2)):
+    for name, nproc, micro, mode in (
+        ("muon-single", 1, 4, "ddp"),
+        ("muon-ddp", 2, 2, "ddp"),
+        ("muon-fsdp", 2, 2, "fsdp"),
+    ):
         runs[name] = tmp / name
         args = ["--no-progress", "--config", str(cfg), "--data", str(data), "--out", str(runs[name])]
-        _run([*args, "--set", "train.recipe=speedrun", "--set", f"train.micro_batch_size={micro}"], nproc=nproc)
-    a, b = read_metrics(runs["muon-single"]), read_metrics(runs["muon-ddp"])
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
-    assert a[0]["loss"] == pytest.approx(b[0]["loss"], rel=1e-6)  # the same windows and initial weights
-    for ra, rb in zip(a, b):
-        assert rb["loss"] == pytest.approx(ra["loss"], rel=4e-3), ra["step"]  # bf16: 2^-8
+        args += ["--set", "train.recipe=speedrun", "--set", f"train.micro_batch_size={micro}"]
+        _run([*args, "--set", f"train.distributed={mode}"], nproc=nproc)
+    a = read_metrics(runs["muon-single"])
+    for other in ("muon-ddp", "muon-fsdp"):  # FSDP2: Muon gathers each sharded matrix before orthogonalising it
+        b = read_metrics(runs[other])
+        assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
+        assert a[0]["loss"] == pytest.approx(b[0]["loss"], rel=1e-6)  # the same windows and initial weights
+        for ra, rb in zip(a, b):
+            assert rb["loss"] == pytest.approx(ra["loss"], rel=4e-3), (other, ra["step"])  # bf16: 2^-8
     state = json.loads((runs["muon-ddp"] / "checkpoints/step_00000006/state.json").read_text())
     assert state["config"]["train"]["optimizer"] == "muon" and state["world_size"] == 2
