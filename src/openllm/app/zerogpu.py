@@ -73,12 +73,12 @@ def on_zerogpu() -> bool:
     environment. SPACES_ZERO_GPU set without the package installed is a broken Space: a one-line error."""
     try:
         from spaces.config import Config
-    except ImportError:
+    except ImportError as exc:
         if _truthy(os.environ.get(ZERO_GPU_ENV)):
             raise OpenLLMError(
                 "this Space runs on ZeroGPU (SPACES_ZERO_GPU is set) but the 'spaces' package is not installed: "
                 "add spaces to requirements.txt (openllm space build does)"
-            ) from None
+            ) from exc
         return False
     return bool(Config.zero_gpu)
 
