@@ -6,7 +6,7 @@ import pytest
 from conftest import run_cli
 from openllm.errors import OpenLLMError
 from openllm.prepare import prepare_corpus
-from openllm.shards import _encode_range, dtype_for_vocab, tokenize_corpus
+from openllm.shards import dtype_for_vocab, encode_range, tokenize_corpus
 from openllm.tokenizer import Tokenizer, train_tokenizer
 
 
@@ -95,8 +95,8 @@ def test_uint32_when_the_vocab_exceeds_uint16(prepared, tmp_path):
     root, tok = prepared
     assert dtype_for_vocab(65535) == "uint16" and dtype_for_vocab(65536) == "uint32"
     path = root / "data" / "val.jsonl"
-    ids32, docs, nbytes = _encode_range((str(tok.model_path), str(path), 0, path.stat().st_size, "uint32"))
-    ids16, _, _ = _encode_range((str(tok.model_path), str(path), 0, path.stat().st_size, "uint16"))
+    ids32, docs, nbytes = encode_range((str(tok.model_path), str(path), 0, path.stat().st_size, "uint32"))
+    ids16, _, _ = encode_range((str(tok.model_path), str(path), 0, path.stat().st_size, "uint16"))
     assert ids32.dtype == np.uint32 and np.array_equal(ids32, ids16) and docs == len(_docs(path))
     assert nbytes == path.stat().st_size
 

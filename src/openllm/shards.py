@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,15 @@ from .hashing import sha256_file
 from .prepare import REPORT_JSON, TRAIN_FILE, VAL_FILE
 from .tokenizer import EOS_ID, Tokenizer
 
-__all__ = ["tokenize_corpus", "dtype_for_vocab", "DEFAULT_SHARD_TOKENS"]
+__all__ = [
+    "tokenize_corpus",
+    "plan_tokenize",
+    "write_tokenized",
+    "encode_range",
+    "TokenizePlan",
+    "dtype_for_vocab",
+    "DEFAULT_SHARD_TOKENS",
+]
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
 SPLITS = {"train": TRAIN_FILE, "val": VAL_FILE}
@@ -54,7 +64,7 @@ def _plan_ranges(path: Path, chunk_bytes: int) -> list[tuple[int, int]]:
 _WORKER_TOKENIZER: dict[str, Tokenizer] = {}
 
 
-def _encode_range(job: tuple[str, str, int, int, str]) -> tuple[np.ndarray, int, int]:
+def encode_range(job: tuple[str, str, int, int, str]) -> tuple[np.ndarray, int, int]:
     """Worker: encode the documents in one byte range; returns (ids with EOS after each, documents, bytes)."""
     model_path, path, start, end, dtype = job
     tok = _WORKER_TOKENIZER.get(model_path)
@@ -86,24 +96,29 @@ def _encode_range(job: tuple[str, str, int, int, str]) -> tuple[np.ndarray, int,
     return out, len(texts), len(data)
 
 
-def tokenize_corpus(
+@dataclass
+class TokenizePlan:
+    """What tokenizing a prepared corpus will do: the tokenizer, the id dtype and each split's byte ranges
+    (``jobs``: the arguments of :func:`encode_range`, in the order their ids go into the shards)."""
+
+    data: Path
+    tok: Tokenizer
+    dtype: str
+    jobs: dict[str, list[tuple[str, str, int, int, str]]]
+    total_bytes: int
+    workers: int
+
+
+def plan_tokenize(
     data_dir: str | os.PathLike,
     tokenizer_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
     *,
     workers: int | None = None,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     chunk_bytes: int | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Tokenize ``data_dir`` (a prepared corpus: train.jsonl, val.jsonl) with the tokenizer in
-    ``tokenizer_dir`` into ``out_dir``; returns the ``meta.json`` dict.
-
-    ``workers``: processes (default: the CPU count; 1 runs in this process). ``shard_tokens``: a new shard
-    starts (at a document boundary) once a shard holds about this many tokens.
-    """
-    from tqdm import tqdm
-
+) -> TokenizePlan:
+    """Check the inputs and cut each split into byte ranges. The shard boundaries depend on these ranges (a
+    shard is cut between ranges), so every engine that tokenizes the corpus starts from this plan."""
     data = Path(data_dir)
     if data.exists() and not data.is_dir():  # a text file given where its prepared folder belongs
         raise OpenLLMError(
@@ -134,21 +149,66 @@ def tokenize_corpus(
         for split, name in SPLITS.items()
     }
     n_jobs = sum(len(j) for j in jobs.values())
-    n_workers = min(n_workers, max(1, n_jobs))
+    return TokenizePlan(data, tok, dtype, jobs, total_bytes, min(n_workers, max(1, n_jobs)))
 
+
+def tokenize_corpus(
+    data_dir: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    workers: int | None = None,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    chunk_bytes: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Tokenize ``data_dir`` (a prepared corpus: train.jsonl, val.jsonl) with the tokenizer in
+    ``tokenizer_dir`` into ``out_dir``; returns the ``meta.json`` dict.
+
+    ``workers``: processes (default: the CPU count; 1 runs in this process). ``shard_tokens``: a new shard
+    starts (at a document boundary) once a shard holds about this many tokens.
+    """
+    plan = plan_tokenize(data_dir, tokenizer_dir, workers=workers, shard_tokens=shard_tokens, chunk_bytes=chunk_bytes)
     pool = None
-    if n_workers > 1:
+    if plan.workers > 1:
         import multiprocessing as mp
         import sys
         from concurrent.futures import ProcessPoolExecutor
 
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        pool = ProcessPoolExecutor(n_workers, mp_context=ctx)
+        pool = ProcessPoolExecutor(plan.workers, mp_context=ctx)
+    try:
+        return write_tokenized(
+            plan,
+            out_dir,
+            lambda jobs: pool.map(encode_range, jobs) if pool is not None else map(encode_range, jobs),
+            shard_tokens=shard_tokens,
+            progress=progress,
+        )
+    finally:
+        if pool is not None:  # every result was consumed, or an error makes the rest pointless
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def write_tokenized(
+    plan: TokenizePlan,
+    out_dir: str | os.PathLike,
+    encoded: Callable[[list[tuple[str, str, int, int, str]]], Iterable[tuple[np.ndarray, int, int]]],
+    *,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the shards, ``meta.json`` and ``tokenizer/`` into ``out_dir`` (atomically) from ``encoded(jobs)``:
+    the :func:`encode_range` results of one split's jobs, in the jobs' order. The one place that decides the
+    shard layout, whichever engine did the encoding."""
+    from tqdm import tqdm
+
+    data, tok = plan.data, plan.tok
     meta: dict[str, Any] = {
         "format": "openllm-tokens",
         "version": 1,
         "vocab_size": tok.vocab_size,
-        "dtype": dtype,
+        "dtype": plan.dtype,
         "eos_id": tok.eos_id,
         "bos_id": tok.bos_id,
         "pad_id": tok.pad_id,
@@ -156,57 +216,51 @@ def tokenize_corpus(
         "splits": {},
         "sources": {},
     }
-    try:
-        with atomic_output_dir(out_dir, owned_marker=META_FILE) as tmp:
-            bar = tqdm(
-                total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress, mininterval=0.5
-            )
-            for split, split_jobs in jobs.items():
-                results = pool.map(_encode_range, split_jobs) if pool is not None else map(_encode_range, split_jobs)
-                shards: list[str] = []
-                shard_sizes: list[int] = []
-                tokens = docs = 0
-                f = None
-                try:
-                    for ids, n_docs, n_bytes in results:
-                        if len(ids) and (
-                            f is None or shard_sizes[-1] + len(ids) > shard_tokens and shard_sizes[-1] > 0
-                        ):
-                            if f is not None:
-                                f.close()
-                            shards.append(f"{split}_{len(shards):03d}.bin")
-                            shard_sizes.append(0)
-                            f = open(tmp / shards[-1], "wb")
-                        if len(ids) and f is not None:  # (never None here: the test above opened one)
-                            f.write(ids.astype("<" + ids.dtype.str[1:], copy=False).tobytes())
-                            shard_sizes[-1] += len(ids)
-                        tokens += len(ids)
-                        docs += n_docs
-                        bar.update(n_bytes)
-                finally:
-                    if f is not None:
-                        f.close()
-                src = data / SPLITS[split]
-                meta["splits"][split] = {
-                    "shards": shards,
-                    "shard_tokens": shard_sizes,
-                    "tokens": tokens,
-                    "documents": docs,
-                    "bytes": src.stat().st_size,
-                }
-                meta["sources"][SPLITS[split]] = {"sha256": sha256_file(src), "bytes": src.stat().st_size}
-            bar.close()
-            if meta["splits"]["train"]["tokens"] == 0:
-                raise OpenLLMError(f"{data}/{TRAIN_FILE} holds no documents; nothing to train on")
-            if (data / REPORT_JSON).is_file():
-                try:
-                    report = json.loads((data / REPORT_JSON).read_text(encoding="utf-8"))
-                    meta["prepared_from"] = report.get("sources", [])
-                except ValueError:
-                    pass
-            tok.save(tmp / "tokenizer")
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    finally:
-        if pool is not None:  # every result was consumed, or an error makes the rest pointless
-            pool.shutdown(wait=True, cancel_futures=True)
+    with atomic_output_dir(out_dir, owned_marker=META_FILE) as tmp:
+        bar = tqdm(
+            total=plan.total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress, mininterval=0.5
+        )
+        for split, split_jobs in plan.jobs.items():
+            results = encoded(split_jobs)
+            shards: list[str] = []
+            shard_sizes: list[int] = []
+            tokens = docs = 0
+            f = None
+            try:
+                for ids, n_docs, n_bytes in results:
+                    if len(ids) and (f is None or shard_sizes[-1] + len(ids) > shard_tokens and shard_sizes[-1] > 0):
+                        if f is not None:
+                            f.close()
+                        shards.append(f"{split}_{len(shards):03d}.bin")
+                        shard_sizes.append(0)
+                        f = open(tmp / shards[-1], "wb")
+                    if len(ids) and f is not None:  # (never None here: the test above opened one)
+                        f.write(ids.astype("<" + ids.dtype.str[1:], copy=False).tobytes())
+                        shard_sizes[-1] += len(ids)
+                    tokens += len(ids)
+                    docs += n_docs
+                    bar.update(n_bytes)
+            finally:
+                if f is not None:
+                    f.close()
+            src = data / SPLITS[split]
+            meta["splits"][split] = {
+                "shards": shards,
+                "shard_tokens": shard_sizes,
+                "tokens": tokens,
+                "documents": docs,
+                "bytes": src.stat().st_size,
+            }
+            meta["sources"][SPLITS[split]] = {"sha256": sha256_file(src), "bytes": src.stat().st_size}
+        bar.close()
+        if meta["splits"]["train"]["tokens"] == 0:
+            raise OpenLLMError(f"{data}/{TRAIN_FILE} holds no documents; nothing to train on")
+        if (data / REPORT_JSON).is_file():
+            try:
+                report = json.loads((data / REPORT_JSON).read_text(encoding="utf-8"))
+                meta["prepared_from"] = report.get("sources", [])
+            except ValueError:
+                pass
+        tok.save(tmp / "tokenizer")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
