@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "tokenizer": 2,
     "prepare": 2,
     "shards": 2,
+    "dataengine": 2,  # tokenize on datatrove (local, Ray, Slurm)
     "corpus": 2,
     "batches": 2,
     "checkpoint": 2,

@@ -107,6 +107,7 @@ class TokenizePlan:
     jobs: dict[str, list[tuple[str, str, int, int, str]]]
     total_bytes: int
     workers: int
+    chunk_bytes: int
 
 
 def plan_tokenize(
@@ -149,7 +150,7 @@ def plan_tokenize(
         for split, name in SPLITS.items()
     }
     n_jobs = sum(len(j) for j in jobs.values())
-    return TokenizePlan(data, tok, dtype, jobs, total_bytes, min(n_workers, max(1, n_jobs)))
+    return TokenizePlan(data, tok, dtype, jobs, total_bytes, min(n_workers, max(1, n_jobs)), chunk_bytes)
 
 
 def tokenize_corpus(

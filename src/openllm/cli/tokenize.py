@@ -18,9 +18,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="start a new shard after about this many tokens (default 100,000,000)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("on a data engine (pip install 'openllm[data]'; docs/data.md)")
+    g.add_argument(
+        "--executor",
+        choices=("local", "ray", "slurm"),
+        default=None,
+        help="run as a datatrove pipeline on this executor, resumable after a kill (default: the built-in path)",
+    )
+    g.add_argument("--tasks", type=int, default=None, help="datatrove tasks (default: one per byte range)")
+    g.add_argument("--work-dir", default=None, help="parts and datatrove logs (default: OUT.datatrove)")
+    g.add_argument("--slurm-partition", default=None, help="Slurm partition (--executor slurm)")
+    g.add_argument("--slurm-time", default=None, help="Slurm time limit per task, HH:MM:SS (--executor slurm)")
+    g.add_argument("--slurm-venv", default=None, help="virtualenv activate script the Slurm jobs source")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.executor is not None:
+        return _run_on_engine(args)
     from ..shards import tokenize_corpus
 
     meta = tokenize_corpus(
@@ -31,7 +45,36 @@ def run(args: argparse.Namespace) -> int:
         shard_tokens=args.shard_tokens,
         progress=not args.quiet and sys.stderr.isatty(),
     )
+    _summary(args, meta)
+    return 0
+
+
+def _run_on_engine(args: argparse.Namespace) -> int:
+    from ..dataengine import tokenize_on_engine
+
+    slurm = {"partition": args.slurm_partition, "time": args.slurm_time}
+    if args.slurm_venv:
+        slurm["venv_path"] = args.slurm_venv
+    meta = tokenize_on_engine(
+        args.data,
+        args.tokenizer,
+        args.out,
+        executor=args.executor,
+        workers=args.workers,
+        tasks=args.tasks,
+        shard_tokens=args.shard_tokens,
+        work_dir=args.work_dir,
+        slurm=slurm if args.executor == "slurm" else None,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    if meta is None:
+        print(f"submitted to Slurm: the shards appear in {args.out} when the merge job ends")
+        return 0
+    _summary(args, meta)
+    return 0
+
+
+def _summary(args: argparse.Namespace, meta: dict) -> None:
     for split, s in meta["splits"].items():
         print(f"{split:<6} {s['documents']:>10,} documents {s['tokens']:>14,} tokens in {len(s['shards'])} shard(s)")
     print(f"wrote {args.out}: {meta['dtype']}, vocab {meta['vocab_size']}, tokenizer {meta['tokenizer_sha256'][:16]}")
-    return 0
