@@ -137,7 +137,7 @@ def _fingerprint(plan: TokenizePlan, tasks: int) -> dict[str, Any]:
     return {
         "tokenizer_sha256": plan.tok.sha256,
         "files": files,
-        "ranges": {split: [job[2:4] for job in jobs] for split, jobs in plan.jobs.items()},
+        "ranges": {split: [list(job[2:4]) for job in jobs] for split, jobs in plan.jobs.items()},
         "dtype": plan.dtype,
         "tasks": tasks,
     }
