@@ -542,6 +542,31 @@ def test_refused_resume_writes_nothing(tmp_path, data, kwargs, names):
     assert run_state(run).state == "finished"
 
 
+def test_resume_failing_inside_setup_writes_nothing(tmp_path, data):
+    """A resume that fails only once setup loads the checkpoint leaves config.json, status.json and every other
+    file of the run as they were (issue 24): here optimizer.pt holds state of other shapes, or is not a torch
+    file at all, with state.json's record of it rewritten to match (nothing checks those before setup)."""
+    run = tmp_path / "run"
+    train(tiny_cfg(max_steps=4, eval_every=100), data_dir=data, out_dir=run, **quiet())
+    ckpt = latest_checkpoint(run)
+    other = load_optimizer_state(ckpt)
+    next(iter(other["optimizer"]["state"].values()))["exp_avg"] = torch.zeros(3, 3)
+    state = json.loads((ckpt / "state.json").read_text())
+    for damage in (lambda p: torch.save(other, p), lambda p: p.write_bytes(b"not a torch file")):
+        damage(ckpt / "optimizer.pt")
+        state["files"]["optimizer.pt"] = {
+            "bytes": (ckpt / "optimizer.pt").stat().st_size,
+            "sha256": sha256_file(ckpt / "optimizer.pt"),
+        }
+        (ckpt / "state.json").write_text(json.dumps(state))
+        before = _tree(run)
+        with pytest.raises(OpenLLMError, match="optimizer") as info:
+            train(None, data_dir=data, out_dir=run, max_steps=6, overrides={"train": {"lr": 1e-3}}, **quiet())
+        assert "\n" not in str(info.value)
+        assert _tree(run) == before
+        assert run_state(run).state == "finished"
+
+
 def test_resume_with_the_same_config_and_a_new_lr_by_set(tmp_path, data):
     """--config equal to the checkpoint's resumes; a deliberate --set train.lr changes the peak rate."""
     run = tmp_path / "run"

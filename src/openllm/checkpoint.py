@@ -398,8 +398,20 @@ class Checkpointer:
                     f"or from another checkpoint"
                 )
             if parts[name] is not None:
-                self.components[name].load_state_dict(parts[name])
+                try:
+                    self.components[name].load_state_dict(parts[name])
+                except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+                    # a part whose file is intact but was written for another model or run (torch raises these)
+                    raise CheckpointDamaged(
+                        f"{ckpt}: its {name!r} state does not fit this run ({type(exc).__name__}: "
+                        f"{_first_line(exc)}): resume from another checkpoint, or train into another --out folder"
+                    ) from exc
         self.step = int(state["step"])
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _upgrade(state: dict[str, Any]) -> dict[str, Any]:

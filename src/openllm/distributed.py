@@ -221,6 +221,19 @@ class FullOptimizerState:
         return get_optimizer_state_dict(self.model, self.optimizer, options=opts)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # torch copies a per-parameter state of another shape without a word, and the fused AdamW step then
+        # reads past it (a segfault): refuse it here, naming the parameter
+        params = dict(self.model.named_parameters())
+        per_param = state.get("state") if isinstance(state, dict) else None
+        for name, values in (per_param or {}).items():
+            param = params.get(name)
+            if param is None or not isinstance(values, dict):
+                continue
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != param.shape:
+                    raise ValueError(
+                        f"{name}'s {key} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}"
+                    )
         load_full_state(self.model, self.optimizer, None, state)
 
 

@@ -773,7 +773,8 @@ class Trainer:
                 self.main = False  # the run belongs to the process that holds it: leave its files alone
                 error = str(exc)
             else:
-                self.status.move(rundir.PREPARING, step=self.step, phase="setting up training")
+                if plan.resume_from is None:  # a resume records itself once its checkpoint has loaded (below)
+                    self.status.move(rundir.PREPARING, step=self.step, phase="setting up training")
         if error is None:
             try:
                 _check_memory(plan.cfg, self.seq_len, self.precision, self.dev)
@@ -793,7 +794,7 @@ class Trainer:
                 )
         if error is not None:
             raise OpenLLMError(error)
-        if self.main:
+        if self.main and plan.resume_from is None:
             self.setup_run_folder()
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
@@ -824,6 +825,12 @@ class Trainer:
         )
         if plan.resume_from is not None:
             self.checkpointer.load(plan.resume_from, plan.state)
+            # only now does a resume touch the run folder: one that fails while its checkpoint is read (a
+            # damaged or mismatched part nothing checked before) leaves config.json and status.json as they
+            # were (issue 24); meanwhile the held lock makes the run read as preparing
+            if self.main:
+                self.status.move(rundir.PREPARING, step=self.step, phase="setting up training")
+                self.setup_run_folder()
         else:
             torch.manual_seed(tc.seed + self.info.rank)  # dropout differs across ranks; init did not
 
