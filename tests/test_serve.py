@@ -1068,6 +1068,41 @@ def test_an_address_that_cannot_be_listened_on_is_a_one_line_refusal(serve_run):
             assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_the_model_loads_exits_cleanly(serve_run):
+    """Ctrl-C while the model loads (on its background thread) aborted the process with "terminate called
+    without an active exception" (exit 134, 4 of 6 tries; issue 24): it now exits 0 as any Ctrl-C of the
+    server does (docs/serve.md). The load starts as uvicorn starts the app, so SIGINT goes right after that
+    line; a try whose load finished first ("ready:" printed) does not count and is tried again (about 1 in 4
+    tries lands inside the load on 2 busy cores; before the fix such a try aborted)."""
+    import signal
+
+    for _ in range(12):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "openllm", "serve", str(serve_run), "--port", str(_free_port())],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        err = ""
+        try:
+            while "Application startup complete" not in err and proc.poll() is None:
+                err += proc.stderr.readline()
+            proc.send_signal(signal.SIGINT)
+            out, rest = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=20)
+        err += rest
+        assert proc.returncode == 0, (proc.returncode, err[-500:])
+        assert "Traceback" not in err and "terminate called" not in err, err[-500:]
+        if "ready:" not in out:
+            return  # the signal came while the model was loading
+    pytest.skip("the model finished loading before SIGINT in 12 tries")
+
+
 def test_prefix_cache_hits_are_reported(serve_lm):
     """A chat's next turn reuses the keys and values of the turn before: /metrics counts the tokens."""
     app = create_app(serve_lm.model, serve_lm.tokenizer, model_name=NAME)
