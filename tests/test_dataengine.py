@@ -13,7 +13,7 @@ import pytest
 
 from conftest import run_cli
 from openllm.dataengine import tokenize_on_engine, work_dir_for
-from openllm.errors import OpenLLMError
+from openllm.errors import MissingExtra, OpenLLMError
 from openllm.prepare import prepare_corpus
 from openllm.shards import tokenize_corpus
 from openllm.tokenizer import train_tokenizer
@@ -52,6 +52,16 @@ def test_unknown_executor_and_foreign_work_folder_are_refused(tmp_path):
     with pytest.raises(OpenLLMError, match="--executor must be one of local, ray, slurm"):
         tokenize_on_engine(tmp_path, tmp_path, tmp_path / "out", executor="spark")
     assert work_dir_for(tmp_path / "out") == tmp_path.resolve() / "out.datatrove"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("hidden,executor,extra", [("datatrove", "local", "data"), ("ray", "ray", "ray")])
+def test_a_missing_engine_names_the_extra(hidden, executor, extra, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, hidden, None)  # as if the extra were not installed
+    with pytest.raises(
+        MissingExtra, match=rf"needs {hidden}, which is not installed: pip install 'openllm\[{extra}\]'"
+    ):
+        tokenize_on_engine(tmp_path, tmp_path, tmp_path / "out", executor=executor)
     assert not (tmp_path / "out").exists()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OpenLLMError
+from .errors import OpenLLMError, require
 from .fsio import write_bytes_atomic, write_json_atomic
 from .shards import DEFAULT_SHARD_TOKENS, TokenizePlan, encode_range, plan_tokenize, write_tokenized
 
@@ -33,16 +33,6 @@ __all__ = ["EXECUTORS", "tokenize_on_engine", "work_dir_for"]
 EXECUTORS = ("local", "ray", "slurm")
 PLAN_FILE = "plan.json"
 Job = tuple[str, str, int, int, str]
-
-
-def _datatrove() -> Any:
-    try:
-        import datatrove
-    except ImportError as exc:
-        raise OpenLLMError(
-            "--executor needs datatrove: pip install 'openllm[data]' (or leave --executor out for the built-in path)"
-        ) from exc
-    return datatrove
 
 
 def work_dir_for(out_dir: str | os.PathLike) -> Path:
@@ -186,7 +176,9 @@ def tokenize_on_engine(
     """
     if executor not in EXECUTORS:
         raise OpenLLMError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    _datatrove()
+    require("datatrove", what="--executor")
+    if executor == "ray":
+        require("ray", what="--executor ray")
     if tasks is not None and tasks < 1:
         raise OpenLLMError(f"--tasks must be at least 1, got {tasks}")
     plan_args: dict[str, Any] = {
@@ -242,10 +234,7 @@ def tokenize_on_engine(
 
 
 def _run_ray(encode: Any, n_tasks: int, n_workers: int, logs: str) -> None:
-    try:
-        import ray
-    except ImportError as exc:
-        raise OpenLLMError("--executor ray needs Ray: pip install 'ray[default]'") from exc
+    import ray
     from datatrove.executor import RayPipelineExecutor
 
     started = False

@@ -99,6 +99,8 @@ EXTRAS = {
     "lm_eval": "eval",
     "trackio": "track",
     "wandb": "track",
+    "datatrove": "data",
+    "ray": "ray",
 }
 
 
