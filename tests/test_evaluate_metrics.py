@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,6 +136,32 @@ def test_bits_per_byte_arithmetic():
     assert metrics.bits_per_byte(math.log(2), 4) == pytest.approx(0.25)
     with pytest.raises(ValueError):
         metrics.bits_per_byte(1.0, 0)
+
+
+def _written(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (lambda d: d / "none.txt", "does not exist"),
+        (lambda d: _written(d / "e.txt", b""), "is empty"),
+        (lambda d: d, "is a folder"),
+        (lambda d: Path("/dev/null"), "is not a regular file"),
+    ],
+)
+def test_a_text_file_that_cannot_be_scored_is_one_line_saying_what_to_give(tmp_path, make, says):
+    """--text /dev/null said "does not exist" and an empty file only "is empty" (issue 24)."""
+    from openllm.errors import OpenLLMError
+    from openllm.evaluate.perplexity import check_text_file
+
+    with pytest.raises(OpenLLMError, match=says) as info:
+        text_file_text(make(tmp_path), ByteTokenizer())
+    assert str(info.value).endswith("give a UTF-8 text file with at least one character to score")
+    with pytest.raises(OpenLLMError, match=says):
+        check_text_file(make(tmp_path))
 
 
 def test_bits_per_byte_of_a_text_file_with_byte_and_pair_tokenizers(tmp_path):

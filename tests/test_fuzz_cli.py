@@ -563,6 +563,18 @@ CASES: list[Case] = [
         outputs=("ft",),
         match="--lora-rank",
     ),
+    # --- a text file to score that holds nothing: what was wrong and what to give (issue 24)
+    Case(
+        "evaluate --text /dev/null",
+        lambda ws: ["evaluate", "run", "--text", "/dev/null", "--no-write"],
+        match="/dev/null is not a regular file",
+    ),
+    Case(
+        "evaluate --text an empty file",
+        lambda ws: ["evaluate", "run", "--text", "empty.txt", "--no-write"],
+        setup=lambda ws: (ws / "empty.txt").write_bytes(b""),
+        match="empty.txt is empty: give a UTF-8 text file",
+    ),
     # --- finetune --make-data writes only into its own folder (issue 24)
     Case(
         "finetune --make-data over a prepared corpus",

@@ -64,8 +64,10 @@ def evaluate(
 
     if limit is not None and limit < 1:
         raise OpenLLMError(f"--limit must be at least 1, got {limit}")
-    if text is not None and not Path(text).is_file():
-        raise OpenLLMError(f"--text {text} does not exist")
+    if text is not None:  # before the model loads
+        from .perplexity import check_text_file
+
+        check_text_file(text)
     # read the task files before loading the model: a typo fails in a second, not after the load
     task_list = resolve_tasks(tasks)
     if harness and not task_list:

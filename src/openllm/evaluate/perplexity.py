@@ -263,13 +263,28 @@ def _line_blocks(text: str, block_chars: int = 1 << 16) -> list[str]:
     return blocks
 
 
+def check_text_file(path: str | Path) -> Path:
+    """``path`` as a text file to score: one that exists, is a regular file and is not empty, else an
+    :class:`~openllm.errors.OpenLLMError` saying which and what to give instead."""
+    from ..errors import OpenLLMError
+
+    path = Path(path)
+    what = "give a UTF-8 text file with at least one character to score"
+    if not path.exists():
+        raise OpenLLMError(f"the text file {path} does not exist: {what}", path=path)
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a device or a pipe)"
+        raise OpenLLMError(f"the text file {path} is {kind}: {what}", path=path)
+    if path.stat().st_size == 0:
+        raise OpenLLMError(f"the text file {path} is empty: {what}", path=path)
+    return path
+
+
 def text_file_text(path: str | Path, tokenizer, *, max_bytes: int | None = None) -> EvalText:
     """Any UTF-8 text file, scored as one document (line ends kept as they are, CRLF included)."""
     from ..errors import OpenLLMError
 
-    path = Path(path)
-    if not path.is_file():
-        raise OpenLLMError(f"text file {path} does not exist")
+    path = check_text_file(path)
     raw = path.read_bytes()
     if max_bytes is not None:
         raw = raw[:max_bytes]
@@ -277,8 +292,10 @@ def text_file_text(path: str | Path, tokenizer, *, max_bytes: int | None = None)
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise OpenLLMError(f"{path} is not UTF-8 text (byte {exc.start}); convert it first", path=path) from exc
-    if not text:
-        raise OpenLLMError(f"{path} is empty", path=path)
+    if not text:  # max_bytes 0
+        raise OpenLLMError(
+            f"the text file {path} is empty: give a UTF-8 text file with at least one character", path=path
+        )
     ids: list[int] = []
     for block in _line_blocks(text):
         ids.extend(tokenizer.encode(block))
