@@ -30,7 +30,7 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -42,6 +42,11 @@ from .hashing import sha256_file
 
 __all__ = [
     "prepare_corpus",
+    "prepare_options",
+    "resolve_for_output",
+    "clean_documents",
+    "write_prepared",
+    "Source",
     "bom_encoding",
     "sample_records",
     "clean_text",
@@ -451,6 +456,86 @@ def _val_score(digest: bytes) -> float:
     return int.from_bytes(digest[8:16], "little") / 2.0**64
 
 
+def prepare_options(
+    *,
+    field: str = "text",
+    min_chars: int | None = None,
+    min_words: int = 0,
+    val_fraction: float | None = None,
+    dedupe: bool = True,
+    strict: bool = False,
+    text_docs: str = "auto",
+    hf_split: str = "train",
+    hf_config: str | None = None,
+) -> dict[str, Any]:
+    """The options of :func:`prepare_corpus`, checked, with the defaults of :class:`openllm.config.DataConfig`."""
+    from .config import DataConfig
+
+    defaults = DataConfig()
+    min_chars = defaults.min_chars if min_chars is None else min_chars
+    val_fraction = defaults.val_fraction if val_fraction is None else val_fraction
+    if not 0.0 <= val_fraction < 1.0:
+        raise OpenLLMError(f"val fraction must be in [0, 1), got {val_fraction}")
+    if min_chars < 0 or min_words < 0:
+        raise OpenLLMError("--min-chars and --min-words must be >= 0")
+    if text_docs not in TEXT_DOCS:
+        raise OpenLLMError(f"text documents must be one of {', '.join(TEXT_DOCS)}, got {text_docs!r}")
+    return {
+        "field": field,
+        "min_chars": min_chars,
+        "min_words": min_words,
+        "val_fraction": val_fraction,
+        "dedupe": dedupe,
+        "strict": strict,
+        "text_docs": text_docs,
+        "hf_split": hf_split,
+        "hf_config": hf_config,
+    }
+
+
+def resolve_for_output(inputs: Sequence[str | os.PathLike] | None, out_dir: str | os.PathLike) -> list[Source]:
+    """:func:`resolve_inputs`, refusing an input inside the output folder."""
+    sources = resolve_inputs(inputs)
+    out = Path(out_dir).expanduser().resolve()
+    for src in sources:
+        if src.path is not None and (src.path.resolve() == out or out in src.path.resolve().parents):
+            raise OpenLLMError(
+                f"input {src.name} is inside --out {out_dir}: prepare-data would read its own "
+                f"output; give the raw text and another --out folder"
+            )
+    return sources
+
+
+def clean_documents(src: Source, opts: dict[str, Any], tally: dict[str, int], progress=lambda n: None) -> Iterator[str]:
+    """The cleaned documents of one source that pass the length filters, in order; ``tally`` counts
+    ``read``, ``chars`` (read), ``control`` (characters removed), ``empty`` and ``too_short`` as they go. This
+    part depends on nothing but the source, so engines may run it for each source apart."""
+    for key in ("read", "chars", "control", "empty", "too_short"):
+        tally.setdefault(key, 0)
+    min_chars, min_words = opts["min_chars"], opts["min_words"]
+    docs = _read_source(
+        src,
+        field=opts["field"],
+        strict=opts["strict"],
+        text_docs=opts["text_docs"],
+        hf_split=opts["hf_split"],
+        hf_config=opts["hf_config"],
+        progress=progress,
+    )
+    for raw in docs:
+        tally["read"] += 1
+        tally["chars"] += len(raw)
+        text, n_control = clean_text(raw)
+        tally["control"] += n_control
+        if not text.strip():
+            tally["empty"] += 1
+            continue
+        if len(text) < min_chars or (min_words and len(text.split()) < min_words):
+            tally["too_short"] += 1
+            continue
+        yield text
+
+
 def prepare_corpus(
     inputs: Sequence[str | os.PathLike] | None,
     out_dir: str | os.PathLike,
@@ -477,31 +562,41 @@ def prepare_corpus(
     """
     from tqdm import tqdm
 
-    from .config import DataConfig
-
-    defaults = DataConfig()
-    min_chars = defaults.min_chars if min_chars is None else min_chars
-    val_fraction = defaults.val_fraction if val_fraction is None else val_fraction
-    if not 0.0 <= val_fraction < 1.0:
-        raise OpenLLMError(f"val fraction must be in [0, 1), got {val_fraction}")
-    if min_chars < 0 or min_words < 0:
-        raise OpenLLMError("--min-chars and --min-words must be >= 0")
-    if text_docs not in TEXT_DOCS:
-        raise OpenLLMError(f"text documents must be one of {', '.join(TEXT_DOCS)}, got {text_docs!r}")
-
-    sources = resolve_inputs(inputs)
-    out = Path(out_dir).expanduser().resolve()
-    for src in sources:
-        if src.path is not None and (src.path.resolve() == out or out in src.path.resolve().parents):
-            raise OpenLLMError(
-                f"input {src.name} is inside --out {out_dir}: prepare-data would read its own "
-                f"output; give the raw text and another --out folder"
-            )
+    opts = prepare_options(
+        field=field,
+        min_chars=min_chars,
+        min_words=min_words,
+        val_fraction=val_fraction,
+        dedupe=dedupe,
+        strict=strict,
+        text_docs=text_docs,
+        hf_split=hf_split,
+        hf_config=hf_config,
+    )
+    sources = resolve_for_output(inputs, out_dir)
     total_bytes = sum(s.path.stat().st_size for s in sources if s.path is not None and s.path.is_file())
     bar = tqdm(
         total=total_bytes or None, unit="B", unit_scale=True, desc="preparing", disable=not progress, mininterval=0.5
     )
+    try:
+        return write_prepared(
+            sources, out_dir, opts, lambda i, src, tally: clean_documents(src, opts, tally, bar.update)
+        )
+    finally:
+        bar.close()
 
+
+def write_prepared(
+    sources: list[Source],
+    out_dir: str | os.PathLike,
+    opts: dict[str, Any],
+    cleaned: Callable[[int, Source, dict[str, int]], Iterable[str]],
+) -> dict[str, Any]:
+    """Deduplicate, split and write the documents ``cleaned(i, source, tally)`` gives for each source in order
+    (what :func:`clean_documents` yields and counts), then the report: the one place these rules live, whichever
+    engine did the cleaning."""
+    val_fraction, dedupe = opts["val_fraction"], opts["dedupe"]
+    min_chars, min_words = opts["min_chars"], opts["min_words"]
     counts = {"read": 0, "kept": 0, "train": 0, "val": 0}
     dropped = {"empty": 0, "too_short": 0, "duplicate": 0}
     chars = {"read": 0, "train": 0, "val": 0, "duplicate": 0}
@@ -516,28 +611,10 @@ def prepare_corpus(
             open(tmp / TRAIN_FILE, "w", encoding="utf-8") as ftrain,
             open(tmp / VAL_FILE, "w", encoding="utf-8") as fval,
         ):
-            for src in sources:
-                docs = _read_source(
-                    src,
-                    field=field,
-                    strict=strict,
-                    text_docs=text_docs,
-                    hf_split=hf_split,
-                    hf_config=hf_config,
-                    progress=bar.update,
-                )
-                src_read = src_kept = 0
-                for raw in docs:
-                    src_read += 1
-                    chars["read"] += len(raw)
-                    text, n_control = clean_text(raw)
-                    control_removed += n_control
-                    if not text.strip():
-                        dropped["empty"] += 1
-                        continue
-                    if len(text) < min_chars or (min_words and len(text.split()) < min_words):
-                        dropped["too_short"] += 1
-                        continue
+            for i, src in enumerate(sources):
+                tally: dict[str, int] = {}
+                src_kept = 0
+                for text in cleaned(i, src, tally):
                     digest = _doc_hash(text)
                     if dedupe:
                         if digest in seen:
@@ -555,9 +632,12 @@ def prepare_corpus(
                     chars[split] += len(text)
                     nbytes[split] += len(text.encode("utf-8"))
                     src_kept += 1
-                src.stats.update({"documents_read": src_read, "documents_kept": src_kept})
+                chars["read"] += tally.get("chars", 0)
+                control_removed += tally.get("control", 0)
+                dropped["empty"] += tally.get("empty", 0)
+                dropped["too_short"] += tally.get("too_short", 0)
+                src.stats.update({"documents_read": tally.get("read", 0), "documents_kept": src_kept})
                 replaced += src.stats.get("replaced_bytes", 0)
-        bar.close()
         counts["read"] = sum(s.stats.get("documents_read", 0) for s in sources)
         counts["kept"] = counts["train"] + counts["val"]
         names = ", ".join(s.name for s in sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
@@ -582,13 +662,8 @@ def prepare_corpus(
             "version": 1,
             "sources": [s.record() for s in sources],
             "options": {
-                "field": field,
-                "min_chars": min_chars,
-                "min_words": min_words,
-                "val_fraction": val_fraction,
-                "dedupe": dedupe,
-                "strict": strict,
-                "text_docs": text_docs,
+                **{k: opts[k] for k in ("field", "min_chars", "min_words", "val_fraction", "dedupe", "strict")},
+                "text_docs": opts["text_docs"],
                 "normalization": "NFC",
             },
             "documents": counts,
