@@ -5,8 +5,10 @@ check, the config's facts): strings in, strings out; no Gradio components (the t
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 
 from .. import rundir
 from ..config import Config
@@ -90,10 +92,35 @@ def msg(text: str, kind: str = "info", elem_id: str = "") -> str:
 
 
 def err(exc: BaseException, elem_id: str = "") -> str:
-    """An error as the user sees it: its message when it is theirs to fix, else its type too."""
+    """An error as the user sees it: its message when it is theirs to fix, else its type too. A file missing
+    (or unreadable) inside the installed package or inside a run folder is no input of the user's: the
+    installation or the run is damaged, and the message names the file and says so."""
+    damaged = _damaged(exc)
+    if damaged:
+        return msg(damaged, "err", elem_id)
     if is_user_error(exc) or isinstance(exc, ValueError):
         return msg(str(exc), "err", elem_id)
     return msg(f"Unexpected error: {type(exc).__name__}: {exc}", "err", elem_id)
+
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def _damaged(exc: BaseException) -> str | None:
+    """What :func:`err` says of an ``OSError`` about a file of the package or of a run folder, else None."""
+    if not isinstance(exc, OSError) or not isinstance(exc.filename, (str, os.PathLike)) or not str(exc.filename):
+        return None
+    path = Path(os.path.abspath(os.fspath(exc.filename)))
+    why = exc.strerror or type(exc).__name__
+    if path == _PACKAGE or _PACKAGE in path.parents:
+        return (
+            f"a file of the openllm installation cannot be read: {path} ({why}); the installation is damaged: "
+            f"reinstall openllm (pip install --force-reinstall openllm), or restart the Space"
+        )
+    run = next((p for p in path.parents if rundir.is_run(p)), None)
+    if run is not None:
+        return f"the run {run.name} is damaged: {path} ({why}); restore that file, or delete the run and train it again"
+    return None
 
 
 def date(iso: str) -> str:
