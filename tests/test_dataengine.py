@@ -84,6 +84,26 @@ def test_cli_local_executor_writes_the_builtin_bytes(corpus, tmp_path):
     assert (tmp_path / "other.datatrove" / "keep.txt").read_text() == "theirs"
 
 
+@pytest.mark.slow
+def test_prepare_data_local_executor_writes_the_builtin_bytes(corpus, tmp_path):
+    """Several files of several kinds, duplicates across them, a bad byte and a control character: the report
+    and both splits match plain prepare-data byte for byte (deduplication keeps the same first copies)."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = (corpus / "raw.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (raw / "a.jsonl").write_text("".join(lines[:60]), encoding="utf-8")
+    (raw / "b.jsonl").write_text("".join(lines[40:120]), encoding="utf-8")  # 20 duplicates of a.jsonl
+    (raw / "c.txt").write_bytes(b"A paragraph with a bad byte \xff here.\n\nAnd one\x07 with a bell.\n\nx\n")
+    args = ["prepare-data", str(raw), "--val-fraction", "0.1", "--min-chars", "2", "--json"]
+    plain = run_cli(*args, "--out", str(tmp_path / "plain"))
+    proc = run_cli(*args, "--out", str(tmp_path / "dt"), "--executor", "local", "--workers", "2")
+    assert json.loads(proc.stdout) == json.loads(plain.stdout)
+    report = json.loads(plain.stdout)
+    assert report["dropped"]["duplicate"] == 20 and report["replaced_bytes"] == 1 and len(report["sources"]) == 3
+    assert _checksums(tmp_path / "dt") == _checksums(tmp_path / "plain")
+    assert not work_dir_for(tmp_path / "dt").exists()
+
+
 _KILLED_RUN = """
 import sys
 from openllm.dataengine import tokenize_on_engine
@@ -138,6 +158,13 @@ def test_killed_run_resumes_without_redoing_finished_tasks(corpus, tmp_path):
 @pytest.mark.slow
 def test_ray_executor_on_a_local_cluster_writes_the_builtin_bytes(corpus, tmp_path):
     ray = pytest.importorskip("ray")
+    from openllm.dataengine import prepare_on_engine
+
+    lines = (corpus / "raw.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    raw = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    raw[0].write_text("".join(lines[:90]), encoding="utf-8")
+    raw[1].write_text("".join(lines[60:]), encoding="utf-8")  # 30 duplicates of a.jsonl
+    prepare_corpus(raw, tmp_path / "prepared", val_fraction=0.1, progress=False)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         tokenize_on_engine(
@@ -152,12 +179,15 @@ def test_ray_executor_on_a_local_cluster_writes_the_builtin_bytes(corpus, tmp_pa
             keep_work=True,
             progress=False,
         )
+        report = prepare_on_engine(raw, tmp_path / "ray-prepared", executor="ray", workers=2, val_fraction=0.1)
     finally:
         ray.shutdown()
     assert _checksums(tmp_path / "ray") == _checksums(corpus / "builtin")
     assert sorted(p.name for p in (work_dir_for(tmp_path / "ray") / "logs" / "completions").iterdir()) == [
         f"{r:05d}" for r in range(4)
     ]
+    assert report is not None and report["dropped"]["duplicate"] == 30
+    assert _checksums(tmp_path / "ray-prepared") == _checksums(tmp_path / "prepared")
 
 
 _SBATCH = """#!/bin/sh

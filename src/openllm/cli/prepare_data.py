@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .tokenize import add_engine_arguments, slurm_options
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -46,14 +48,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-config", default=None, help="configuration name of a Hugging Face dataset input")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=None, help="with --executor: tasks at once (default: all cores)")
+    add_engine_arguments(p, "one per input file")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..prepare import format_report, prepare_corpus
 
-    report = prepare_corpus(
-        args.inputs,
-        args.out,
+    if args.executor is not None:
+        from ..dataengine import prepare_on_engine
+
+        report = prepare_on_engine(
+            args.inputs,
+            args.out,
+            executor=args.executor,
+            workers=args.workers,
+            tasks=args.tasks,
+            work_dir=args.work_dir,
+            slurm=slurm_options(args),
+            **_options(args),
+        )
+        if report is None:
+            print(f"submitted to Slurm: the prepared corpus appears in {args.out} when the merge job ends")
+            return 0
+    else:
+        report = prepare_corpus(
+            args.inputs,
+            args.out,
+            progress=not args.quiet and sys.stderr.isatty(),
+            **_options(args),
+        )
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(format_report(report))
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def _options(args: argparse.Namespace) -> dict:
+    return dict(
         field=args.field,
         min_chars=args.min_chars,
         min_words=args.min_words,
@@ -63,11 +97,4 @@ def run(args: argparse.Namespace) -> int:
         text_docs=args.text_docs,
         hf_split=args.hf_split,
         hf_config=args.hf_config,
-        progress=not args.quiet and sys.stderr.isatty(),
     )
-    if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
-    else:
-        print(format_report(report))
-        print(f"\nwrote {args.out}")
-    return 0

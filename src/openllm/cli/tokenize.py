@@ -18,6 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="start a new shard after about this many tokens (default 100,000,000)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_arguments(p, "one per byte range")
+
+
+def add_engine_arguments(p: argparse.ArgumentParser, default_tasks: str) -> None:
+    """--executor and its options (prepare-data has them too)."""
     g = p.add_argument_group("on a data engine (pip install 'openllm[data]'; docs/data.md)")
     g.add_argument(
         "--executor",
@@ -25,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="run as a datatrove pipeline on this executor, resumable after a kill (default: the built-in path)",
     )
-    g.add_argument("--tasks", type=int, default=None, help="datatrove tasks (default: one per byte range)")
+    g.add_argument("--tasks", type=int, default=None, help=f"datatrove tasks (default: {default_tasks})")
     g.add_argument("--work-dir", default=None, help="parts and datatrove logs (default: OUT.datatrove)")
     g.add_argument("--slurm-partition", default=None, help="Slurm partition (--executor slurm)")
     g.add_argument("--slurm-time", default=None, help="Slurm time limit per task, HH:MM:SS (--executor slurm)")
@@ -52,9 +57,6 @@ def run(args: argparse.Namespace) -> int:
 def _run_on_engine(args: argparse.Namespace) -> int:
     from ..dataengine import tokenize_on_engine
 
-    slurm = {"partition": args.slurm_partition, "time": args.slurm_time}
-    if args.slurm_venv:
-        slurm["venv_path"] = args.slurm_venv
     meta = tokenize_on_engine(
         args.data,
         args.tokenizer,
@@ -64,7 +66,7 @@ def _run_on_engine(args: argparse.Namespace) -> int:
         tasks=args.tasks,
         shard_tokens=args.shard_tokens,
         work_dir=args.work_dir,
-        slurm=slurm if args.executor == "slurm" else None,
+        slurm=slurm_options(args),
         progress=not args.quiet and sys.stderr.isatty(),
     )
     if meta is None:
@@ -72,6 +74,15 @@ def _run_on_engine(args: argparse.Namespace) -> int:
         return 0
     _summary(args, meta)
     return 0
+
+
+def slurm_options(args: argparse.Namespace) -> dict | None:
+    if args.executor != "slurm":
+        return None
+    slurm = {"partition": args.slurm_partition, "time": args.slurm_time}
+    if args.slurm_venv:
+        slurm["venv_path"] = args.slurm_venv
+    return slurm
 
 
 def _summary(args: argparse.Namespace, meta: dict) -> None:
