@@ -738,7 +738,7 @@ def test_a_bad_conversation_upload_is_refused_before_anything_starts(ws, tmp_pat
         check_conversations(bad)
     # the upload's own name and line, on one line, not the temporary path the browser's upload landed on
     assert str(err.value) == (
-        "Conversations: chats.jsonl:2: message 1 has an unknown role 'robot' (use system, user or assistant)"
+        "Conversations: chats.jsonl:2: message 1 has an unknown role 'robot' (use system, user, assistant or tool)"
     )
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(FormError, match=r"empty\.jsonl: no conversations"):

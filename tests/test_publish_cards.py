@@ -106,7 +106,7 @@ def test_model_card_parses_and_carries_the_real_evaluation(tmp_path):
         "![loss curve](loss.png)",
         'AutoModelForCausalLM.from_pretrained("alice/tiny", revision="7k")',
         'openllm.load("alice/tiny@7k")',
-        'stop_strings=["\\nUser:", "\\nSystem:"], tokenizer=tok)',
+        'stop_strings=["\\nUser:", "\\nSystem:", "\\nTool:"], tokenizer=tok)',
         "## Limitations",
         "code commit",
     ):
