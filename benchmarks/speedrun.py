@@ -456,13 +456,21 @@ def cmd_run(args) -> None:
     print(text if len(seeds) == 1 else text + "\n\n" + seed_report(results, args.target))
 
 
+def cmd_seeds(args) -> None:
+    """The seed table of saved results (``run --seeds``), for another ``--target``."""
+    results = []
+    for path in args.results:
+        results += json.loads(Path(path).read_text())["results"]
+    print(seed_report(results, _targets(args.target)))
+
+
 def seed_report(results: list[dict], target: float | dict) -> str:
-    """Per (config, variant) over seeds: mean and min-max of tokens and training seconds to the target as a ratio
-    to AdamW of the same seed, and of the best val loss; n = the seeds that reached the target."""
+    """Per (config, variant) over seeds: how many seeds reached the target; mean and min-max of tokens and training
+    seconds to it as a ratio to AdamW of the same seed (seeds where both reached it), and of the best val loss."""
     targets = target if isinstance(target, dict) else {r["config"]: target for r in results}
     lines = [
-        "| config | variant | seeds | tokens to target x AdamW: mean (min-max) | train s x AdamW: mean (min-max) "
-        "| best val: mean (min-max) |",
+        "| config | variant | reached target | tokens to target x AdamW: mean (min-max) | train s x AdamW: mean "
+        "(min-max) | best val: mean (min-max) |",
         "|---|---|---:|---|---|---|",
     ]
     base = {(r["config"], r["seed"]): to_target(r, targets[r["config"]]) for r in results if r["variant"] == "adamw"}
@@ -482,8 +490,9 @@ def seed_report(results: list[dict], target: float | dict) -> str:
                 tok.append(hit["tokens"] / b["tokens"])
                 sec.append(hit["train_s"] / b["train_s"])
         best = [r["best_val"] for r in rows]
-        lines.append(
-            f"| {config} | {variant} | {len(tok)}/{len(rows)} | {spread(tok, '.2f')} | {spread(sec, '.2f')} | "
+        reached = sum(to_target(r, targets[config]) is not None for r in rows)
+        lines.append(  # the ratios: over the seeds where both this variant and AdamW reached the target
+            f"| {config} | {variant} | {reached}/{len(rows)} | {spread(tok, '.2f')} | {spread(sec, '.2f')} | "
             f"{spread(best, '.4f')} |"
         )
     return "\n".join(lines)
@@ -721,6 +730,9 @@ def main(argv=None) -> None:
     m.add_argument("--optimizer", default="")
     k = sub.add_parser("check-kernels")
     k.add_argument("--out", default="")
+    sd = sub.add_parser("seeds")
+    sd.add_argument("--results", required=True, nargs="+")
+    sd.add_argument("--target", default="", help="a loss, or per config: small=4.0,medium=4.2")
     pl = sub.add_parser("plot")
     pl.add_argument("--results", required=True, nargs="+")
     pl.add_argument("--target", default="", help="a loss, or per config: small=4.0,medium=4.2")
@@ -732,6 +744,8 @@ def main(argv=None) -> None:
         cmd_run(args)
     elif args.cmd == "mfu":
         cmd_mfu(args)
+    elif args.cmd == "seeds":
+        cmd_seeds(args)
     elif args.cmd == "check-kernels":
         cmd_check_kernels(args)
     else:
