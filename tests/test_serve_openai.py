@@ -327,6 +327,13 @@ def test_tool_choice_none_and_conversations_with_calls(client):
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
+def _nested(levels: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
 @pytest.mark.parametrize(
     "tools, choice, param, words",
     [
@@ -338,6 +345,10 @@ def test_tool_choice_none_and_conversations_with_calls(client):
         (TOOLS, {"type": "function", "function": {"name": "nope"}}, "tool_choice", "'nope', which is not in tools"),
         (TOOLS, "sometimes", "tool_choice", "must be"),
         (None, "required", "tool_choice", "needs tools"),
+        # a schema 40 levels deep (80 of JSON): a 300-level one overflowed the grammar compiler's recursion (500)
+        ([{"type": "function", "function": {"name": "f", "parameters": _nested(40)}}], None, "tools", "64 levels"),
+        # a 10,000-character name is refused without echoing all of it
+        ([{"type": "function", "function": {"name": "a" * 10_000}}], None, "tools", "letters, digits"),
     ],
 )
 def test_bad_tools_are_openais_400(client, tools, choice, param, words):
@@ -346,7 +357,22 @@ def test_bad_tools_are_openais_400(client, tools, choice, param, words):
         client.chat.completions.create(model=NAME, messages=ASK, tools=tools, max_tokens=5, **kw)
     err = e.value.body
     assert err["type"] == "invalid_request_error" and err["param"] == param
-    assert words in err["message"] and "\n" not in err["message"]
+    assert words in err["message"] and "\n" not in err["message"] and len(err["message"]) < 300
+
+
+def test_a_body_nested_too_deeply_to_parse_is_a_400_saying_so(server):
+    """JSON nested 5,000 deep (inside tools or anywhere) was a 400 "There was an error parsing the body"."""
+    import httpx
+
+    body = '{"model": "m", "messages": [], "tools": ' + "[" * 5000 + "]" * 5000 + "}"
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json", "authorization": f"Bearer {KEY}"},
+        timeout=30,
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "json_invalid"
+    assert "nests JSON too deeply" in r.json()["error"]["message"]
 
 
 @pytest.mark.slow

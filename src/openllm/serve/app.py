@@ -213,9 +213,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # unknown paths (404), wrong methods (405): the same JSON shape as every other error
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        detail = exc.detail
+        if isinstance(exc.__cause__, RecursionError):  # FastAPI's "error parsing the body" for JSON nested ~1000 deep
+            detail, kind = "the body nests JSON too deeply to read: flatten it", "json_invalid"
         return ApiError(
             exc.status_code,
-            f"{request.method} {request.url.path}: {exc.detail}",
+            f"{request.method} {request.url.path}: {detail}",
             code=kind,
             headers=getattr(exc, "headers", None),
         ).response()

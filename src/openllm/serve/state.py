@@ -230,7 +230,7 @@ class ServerState:
         try:
             grammar = tool_call_grammar(tools, choice=choice, parallel=parallel)
             return self.require_engine().vocabulary().check(grammar)
-        except (GrammarError, ValueError) as exc:
+        except (GrammarError, ValueError, RecursionError) as exc:  # RecursionError: a schema too deep to compile
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ApiError(400, f"the tools cannot be called: {first}", param="tools") from exc
 

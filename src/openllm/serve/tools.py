@@ -40,8 +40,24 @@ class ToolRequest:
         return self.choice != "none"
 
 
+# far above real schemas (OpenAI's structured outputs allow 10 levels) and below what overflowed the grammar
+# compiler's recursion (a 300-level schema, about 600 levels of JSON: a 500)
+MAX_SCHEMA_DEPTH = 64
+
+
 def _bad(message: str, param: str = "tools") -> ApiError:
     return ApiError(400, message, param=param)
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` (parsed JSON) nests objects and arrays; iterative, so any depth is measured."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            todo.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def _check_tool(i: int, tool: Any) -> dict:
@@ -51,7 +67,8 @@ def _check_tool(i: int, tool: Any) -> dict:
     fn = tool["function"]
     name = fn.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise _bad(f"{where}.function.name must be 1 to 64 letters, digits, '_' or '-', got {name!r}")
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise _bad(f"{where}.function.name must be 1 to 64 letters, digits, '_' or '-', got {shown}")
     if not isinstance(fn.get("description", ""), str):
         raise _bad(f"{where}.function.description must be a string")
     params = fn.get("parameters")
@@ -61,6 +78,11 @@ def _check_tool(i: int, tool: Any) -> dict:
         if params.get("type", "object") != "object":
             raise _bad(f"{where}.function.parameters must describe an object (type: object), not {params['type']!r}")
         params = {"type": "object", **params}
+        if _depth(params) > MAX_SCHEMA_DEPTH:
+            raise _bad(
+                f"{where}.function.parameters nests more than {MAX_SCHEMA_DEPTH} levels of objects and arrays: "
+                f"flatten the schema"
+            )
     if not isinstance(fn.get("strict", False), bool):
         raise _bad(f"{where}.function.strict must be true or false")
     clean = {"name": name, **({"description": fn["description"]} if "description" in fn else {})}
