@@ -48,9 +48,12 @@ class RecordingJobsApi:
 
 def test_where_a_run_trains():
     assert J.parse_target(None) is None and J.parse_target("local") is None
-    assert J.parse_target("hf-jobs") == J.DEFAULT_FLAVOR and J.parse_target("hf-jobs:h100x8") == "h100x8"
+    assert J.parse_target("hf-jobs") == J.DEFAULT_FLAVOR and J.parse_target("hf-jobs:h200x8") == "h200x8"
     with pytest.raises(OpenLLMError, match="use 'local' \\(default\\) or 'hf-jobs\\[:FLAVOR\\]'"):
         J.parse_target("slurm")
+    # a flavor huggingface_hub's JobHardware does not list is refused before anything is uploaded
+    with pytest.raises(OpenLLMError, match="a10g-smal: no such Hugging Face Jobs flavor; use one of .*a10g-small"):
+        J.parse_target("hf-jobs:a10g-smal")
 
 
 def _inputs(tmp_path: Path, steps: int) -> tuple[Path, Path]:

@@ -377,6 +377,18 @@ def check_resume_changes(old: Config, new: Config, ckpt: Path) -> None:
             f"cannot resume {ckpt} with {', '.join(diffs)}: the checkpoint's data stream depends on it; "
             f"leave it out, or train into another --out folder (nothing was written)"
         )
+    # the optimizer's state is a component of the checkpoint: another optimizer has none to take over
+    if old.train.optimizer != new.train.optimizer:
+        via = (
+            f" (train.recipe {old.train.recipe!r} -> {new.train.recipe!r} sets it)"
+            if old.train.recipe != new.train.recipe
+            else ""
+        )
+        raise OpenLLMError(
+            f"cannot resume {ckpt} with train.optimizer {old.train.optimizer!r} -> {new.train.optimizer!r}{via}: "
+            f"the checkpoint holds {old.train.optimizer}'s state; leave it out, or train into another --out folder "
+            f"(nothing was written)"
+        )
 
 
 def _check_given_config(given: Config, base: Config, changes: Mapping[str, Any], ckpt: Path) -> None:

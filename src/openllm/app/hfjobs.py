@@ -51,7 +51,24 @@ def parse_target(on: str | None) -> str | None:
     kind, _, flavor = text.partition(":")
     if kind != "hf-jobs":
         raise OpenLLMError(f"--on {text!r}: use 'local' (default) or 'hf-jobs[:FLAVOR]', e.g. hf-jobs:a10g-large")
-    return flavor.strip() or DEFAULT_FLAVOR
+    flavor = flavor.strip() or DEFAULT_FLAVOR
+    known = _known_flavors()
+    # checked here, before the inputs are uploaded: the Jobs API would refuse it only after that
+    if known and flavor not in known:
+        raise OpenLLMError(
+            f"--on hf-jobs:{flavor}: no such Hugging Face Jobs flavor; use one of {', '.join(known)} "
+            f"(a newer huggingface_hub may know newer ones)"
+        )
+    return flavor
+
+
+def _known_flavors() -> list[str]:
+    """The Jobs hardware flavors the installed huggingface_hub knows (empty for one too old to list them)."""
+    try:
+        from huggingface_hub import JobHardware  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return []
+    return [str(h.value) for h in JobHardware]
 
 
 @dataclass

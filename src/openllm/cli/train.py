@@ -78,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     flavor = parse_target(args.on)
     if flavor is not None:
         return _on_jobs(args, flavor)
+    if args.repo:  # it would be ignored: the run stays on this machine and pushes nothing
+        from ..errors import OpenLLMError
+
+        raise OpenLLMError("--repo is the repository of a run on Hugging Face Jobs: add --on hf-jobs, or drop --repo")
     cpu_thread_policy()
     from ..batches import parse_data_arg
     from ..config import parse_overrides
@@ -118,6 +122,28 @@ def _on_jobs(args: argparse.Namespace, flavor: str) -> int:
 
     if not args.repo or not args.config or not args.data or len(args.data) != 1:
         raise OpenLLMError("--on hf-jobs needs --repo OWNER/NAME, --config FILE and one --data DIR (tokenized)")
+    from ..device import AUTO
+
+    # the job trains the config file as it is: these would be dropped without a word
+    ignored = [
+        flag
+        for flag, given in (
+            ("--set", bool(args.set)),
+            ("--report-to", args.report_to is not None),
+            ("--resume", args.resume is not None),
+            ("--no-resume", args.no_resume),
+            ("--save-every", args.save_every is not None),
+            ("--compile/--no-compile", args.compile is not None),
+            ("--vocab-from-data", args.vocab_from_data),
+            ("--device", args.device != AUTO),
+        )
+        if given
+    ]
+    if ignored:
+        raise OpenLLMError(
+            f"--on hf-jobs trains the --config file as it is and does not take {', '.join(ignored)}: put those "
+            f"settings in the config file, or train here without --on"
+        )
     name = Path(args.out).name
     launch(JobRequest(name, Path(args.config), Path(args.data[0]), args.repo, flavor, args.max_steps))
     return 0
