@@ -59,10 +59,18 @@ class Workspace:
 
     def __init__(self, root: str | os.PathLike) -> None:
         root = Path(root).expanduser()
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root.resolve()
-        for sub in self.SUBDIRS:
-            (self.root / sub).mkdir(exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            self.root = root.resolve()
+            for sub in self.SUBDIRS:
+                (self.root / sub).mkdir(exist_ok=True)
+        except OSError as exc:  # a file there (or above), a read-only or pseudo filesystem
+            made = f"cannot be made ({exc.strerror or exc})"
+            why = "is not a folder" if root.exists() and not root.is_dir() else made
+            raise WorkspaceError(
+                f"the workspace {root} {why}: give --workspace (or OPENLLM_WORKSPACE) a folder the app can create "
+                f"and write"
+            ) from exc
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
