@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 # --- the workspace ---------------------------------------------------------------------------------------------
 
-TEXT = "\n\n".join(f"Verse {i}. In the beginning was the word, and the word was number {i}." for i in range(400))
+TEXT = "\n\n".join(f"Verse {i}. In the beginning was the word, and the word was number {i}." for i in range(1000))
 
 
 @pytest.fixture(scope="module")
@@ -574,6 +574,36 @@ CASES: list[Case] = [
         lambda ws: ["evaluate", "run", "--text", "empty.txt", "--no-write"],
         setup=lambda ws: (ws / "empty.txt").write_bytes(b""),
         match="empty.txt is empty: give a UTF-8 text file",
+    ),
+    # --- training options that would be dropped or fail late: refused before anything is written (issue 24)
+    Case(
+        "train --repo without --on hf-jobs",
+        lambda ws: ["train", "--config", "tiny", "--data", "tokens", "--out", "r", "--repo", "me/x"],
+        match="add --on hf-jobs",
+    ),
+    Case(
+        "train --on hf-jobs with a flavor Jobs does not have",
+        lambda ws: ["train", "--config", "c.json", "--data", "tokens", "--out", "r", "--on", "hf-jobs:a10g-smal"],
+        match="no such Hugging Face Jobs flavor",
+    ),
+    Case(
+        "train --on hf-jobs with --set",
+        lambda ws: [
+            *("train", "--config", "trained/config.json", "--data", "tokens", "--out", "r", "--on", "hf-jobs"),
+            *("--repo", "me/x", "--set", "train.lr=0.1"),
+        ],
+        match="does not take --set",
+    ),
+    Case(
+        "resume switching train.recipe",
+        lambda ws: ["train", "--out", "trained", "--max-steps", "6", "--set", "train.recipe=classic"],
+        match="train.optimizer 'muon' -> 'adamw'",
+    ),
+    Case(
+        "app with OPENLLM_WORKSPACE at a file",
+        lambda ws: ["app", "--port", str(_free_port())],
+        env={"OPENLLM_WORKSPACE": "corpus.txt"},
+        match="corpus.txt is not a folder",
     ),
     # --- finetune --make-data writes only into its own folder (issue 24)
     Case(
