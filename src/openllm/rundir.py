@@ -239,6 +239,25 @@ def write_evaluation(run_dir: str | os.PathLike, results: dict[str, Any]) -> Pat
     return path
 
 
+# A run trained on another machine (a Hugging Face Job): which job trains it, where it pushes, and what the app
+# last saw of it. status.json stays the trainer's (on the job's machine); this record is the app's.
+REMOTE_JOB = "remote-job.json"
+
+
+def read_remote_job(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``RUN/remote-job.json`` (``{}`` for a run trained here)."""
+    return read_json(Path(run_dir) / REMOTE_JOB)
+
+
+def write_remote_job(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """``fields`` merged into the run's remote-job record (written atomically); returns the record."""
+    run = Path(run_dir)
+    record = {**read_remote_job(run), **fields, "updated_unix": time.time()}
+    run.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run / REMOTE_JOB, record)
+    return record
+
+
 # --- the run lock and the run's state -------------------------------------------------------------------------
 # One training at a time per run folder, whoever starts it (the CLI, the app, torchrun's rank 0): the trainer
 # holds an OS-level lock (flock) on RUN/.lock for as long as it runs, and writes its PID, start time, host and

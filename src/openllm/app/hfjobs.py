@@ -31,7 +31,16 @@ from ..hub import CommitOperationAdd, Hub, get_hub
 from .storage import REPO_TYPE, WorkspaceMirror
 from .workspace import Workspace, check_name
 
-__all__ = ["JobRequest", "parse_target", "launch", "job_command", "job_main", "DEFAULT_FLAVOR", "DEFAULT_IMAGE"]
+__all__ = [
+    "JobRequest",
+    "parse_target",
+    "flavors",
+    "launch",
+    "job_command",
+    "job_main",
+    "DEFAULT_FLAVOR",
+    "DEFAULT_IMAGE",
+]
 
 # the package (openllm, or training in a Space), also when this module runs as ``python -m``
 PKG = (__spec__.name if __spec__ is not None else __name__).split(".")[0]
@@ -52,7 +61,7 @@ def parse_target(on: str | None) -> str | None:
     if kind != "hf-jobs":
         raise OpenLLMError(f"--on {text!r}: use 'local' (default) or 'hf-jobs[:FLAVOR]', e.g. hf-jobs:a10g-large")
     flavor = flavor.strip() or DEFAULT_FLAVOR
-    known = _known_flavors()
+    known = flavors()
     # checked here, before the inputs are uploaded: the Jobs API would refuse it only after that
     if known and flavor not in known:
         raise OpenLLMError(
@@ -62,7 +71,7 @@ def parse_target(on: str | None) -> str | None:
     return flavor
 
 
-def _known_flavors() -> list[str]:
+def flavors() -> list[str]:
     """The Jobs hardware flavors the installed huggingface_hub knows (empty for one too old to list them)."""
     try:
         from huggingface_hub import JobHardware  # type: ignore[attr-defined,unused-ignore]

@@ -20,7 +20,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported, a
 import gradio as gr
 
 from ..config import preset_names
-from . import access
+from . import access, jobruns
 from .help import load_help
 from .render import CSS, theme
 from .runner import Runner
@@ -46,6 +46,7 @@ WRITE_ACTIONS = (
     "export-btn",
     "eval-btn",
     "corpus-kind",  # a visitor keeps the embedded corpus: no upload offered
+    "train-where",  # a visitor never launches a Hugging Face Job (its flavor and repository are inside it)
 )
 
 
@@ -128,11 +129,15 @@ def build_app(workspace: str | os.PathLike | None = None) -> gr.Blocks:
     return demo
 
 
-def _buttons(sh: Shared, run: str | None):
-    """Start only when nothing trains; Stop only when the run the Monitor shows (the one Stop acts on) does."""
-    busy = sh.runner.active() is not None
+def _buttons(sh: Shared, run: str | None, where: str | None = None):
+    """Start only when nothing trains here (or it goes to Hugging Face Jobs, where several may run at once);
+    Stop only when the run the Monitor shows (the one Stop acts on) trains."""
+    busy = sh.runner.active() is not None and where != train.WHERE_JOBS
     try:
-        shown = bool(run) and run in sh.run_choices() and sh.runner.status(str(run)).active
+        if jobruns.is_job_run(sh.ws, run):
+            shown = jobruns.view(sh.ws, str(run)).active
+        else:
+            shown = bool(run) and run in sh.run_choices() and sh.runner.status(str(run)).active
     except Exception:
         shown = False
     return gr.update(interactive=not busy), gr.update(interactive=shown)
@@ -141,21 +146,25 @@ def _buttons(sh: Shared, run: str | None):
 def _wire_training(sh, tabs, picks, timer, train_tab: train.TrainTab, mon: monitor.MonitorTab, mod) -> None:
     """Start and Stop, the Monitor following the run (its timer also keeps Start/Stop right)."""
     buttons = [train_tab.start_btn, train_tab.stop_btn]
+    where = train_tab.where
     train_tab.start_btn.click(
-        access.writer(train_tab.on_start), train_tab.start_inputs, [train_tab.msg, mon.run, tabs, mon.banner]
-    ).then(lambda run: _buttons(sh, run), mon.run, buttons)
+        access.writer(train_tab.on_start, session=True),
+        train_tab.start_inputs,
+        [train_tab.msg, mon.run, tabs, mon.banner],
+    ).then(lambda run, w: _buttons(sh, run, w), [mon.run, where], buttons)
     # Stop names its run: the one the Monitor shows (Start switches it to the run started)
-    train_tab.stop_btn.click(access.writer(train_tab.on_stop), mon.run, train_tab.msg).then(
-        lambda run: _buttons(sh, run), mon.run, buttons
+    train_tab.stop_btn.click(access.writer(train_tab.on_stop, session=True), mon.run, train_tab.msg).then(
+        lambda run, w: _buttons(sh, run, w), [mon.run, where], buttons
     )
+    where.change(lambda run, w: _buttons(sh, run, w), [mon.run, where], buttons, show_progress="hidden")
 
-    def tick(run, count):
-        return (*monitor.view(sh, run, count), *_buttons(sh, run))
+    def tick(run, count, w):
+        return (*monitor.view(sh, run, count), *_buttons(sh, run, w))
 
     mon.run.input(lambda p, r: (remember(p, "monitor_run", r), ""), [picks, mon.run], [picks, mon.banner])
     timer.tick(
         tick,
-        [mon.run, mon.count],
+        [mon.run, mon.count, where],
         [*mon.outputs, *buttons],
         show_progress="hidden",
         concurrency_limit=None,
@@ -167,7 +176,7 @@ def _wire_training(sh, tabs, picks, timer, train_tab: train.TrainTab, mon: monit
         return gr.update(choices=sh.run_choices(), value=run), *monitor.view(sh, run, None)
 
     mon.refresh.click(on_refresh, mon.run, [mon.run, *mon.outputs])
-    mon.stop_btn.click(access.writer(lambda run: train.stop_message(sh, run)), mon.run, mon.banner)
+    mon.stop_btn.click(access.writer(train_tab.on_stop, session=True), mon.run, mon.banner)
     mod.ft_btn.click(
         access.writer(lambda run, *rest: models.on_finetune(sh, run, *rest)),
         [mod.run, *mod.ft_inputs],
@@ -213,8 +222,14 @@ def _wire_lists(sh, tabs, picks, mon: monitor.MonitorTab, gen: generate.Generate
 
 def _wire_run_actions(sh, tabs, train_tab: train.TrainTab, mon: monitor.MonitorTab, mod: models.ModelsTab, refresh):
     """Continue (switches to the Monitor) and Delete (refreshes the lists)."""
+
+    def on_continue(run, n, *, profile=None, token=None):
+        if jobruns.is_job_run(sh.ws, run):  # a new job, resuming from the checkpoint the last one pushed
+            return models.on_continue_job(sh, run, n, token)
+        return models.on_continue(sh, run, n)
+
     mod.continue_btn.click(
-        access.writer(lambda run, n: models.on_continue(sh, run, n)),
+        access.writer(on_continue, session=True),
         [mod.run, mod.more],
         [mod.manage_msg, mon.run, tabs, mon.banner],
     )

@@ -421,6 +421,24 @@ def on_continue(sh: Shared, run: str, n: Any):
     return done, gr.update(choices=sh.run_choices(), value=run), gr.Tabs(selected="monitor"), done
 
 
+def on_continue_job(sh: Shared, run: str, n: Any, token: Any = None):
+    """Continue the Hugging Face Job run ``run`` for ``n`` more steps as a new job (the signed-in user's
+    ``token``, else HF_TOKEN): the same outputs as :func:`on_continue`."""
+    from .. import jobruns
+
+    try:
+        total = jobruns.continue_job(sh.ws, run, int(n or 0), token=access.token_value(token))
+    except Exception as exc:
+        return access.safe_text(R.err(exc), token), gr.skip(), gr.skip(), gr.skip()
+    rec = rundir.read_remote_job(sh.ws.run_dir(run))
+    done = R.msg(
+        f"Launched job {rec['job_id']} on {rec['flavor']}: it resumes {run!r} from step {rec['step']:,} (the last "
+        f"checkpoint pushed to {rec['repo']}) to a new total of {total:,} steps. Following it in the Monitor tab.",
+        "ok",
+    )
+    return done, gr.update(choices=sh.run_choices(), value=run), gr.Tabs(selected="monitor"), done
+
+
 def on_delete(sh: Shared, run: str, confirmed: bool) -> tuple[str, Any]:
     """Delete ``run`` once its confirmation is ticked: the message, and the confirmation cleared."""
     if not run:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import shutil
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ import gradio as gr
 
 from ... import rundir
 from ...rundir import checkpoint_steps, read_metrics
+from .. import jobruns
 from ..forms import FormError
 from ..monitor import dashboard_commands, loss_figure, memory_usage, progress, tail_log
 from ..render import err, msg, run_view
@@ -60,6 +62,8 @@ def view(sh: Shared, run: str | None, last_count: Any):
             gr.update(interactive=False),
         )
     try:
+        if jobruns.is_job_run(sh.ws, run):
+            return _job_view(sh, run, last_count)
         st = sh.runner.status(run)
         run_dir = sh.ws.run_dir(run)
     except (WorkspaceError, FormError) as exc:
@@ -73,6 +77,25 @@ def view(sh: Shared, run: str | None, last_count: Any):
     fig = loss_figure(metrics, title=f"{run}: loss") if count != last_count else gr.skip()
     stop = gr.update(interactive=st.active and st.state != rundir.STOPPING)
     return page, fig, _log_text(st), count, stop
+
+
+def _job_view(sh: Shared, run: str, last_count: Any):
+    """A run on Hugging Face Jobs: its state from the job's stage and what it pushed, the curve from the metrics
+    it pushed to its repository, the log from the Jobs API."""
+    jv = jobruns.view(sh.ws, run)
+    run_dir = sh.ws.run_dir(run)
+    metrics = read_metrics(run_dir)
+    p = progress(run_dir, {"step": jv.step, "max_steps": jv.max_steps}, metrics)
+    st = RunStatus(run, jv.state, f"job {jv.stage.lower()}", jv.step, jv.max_steps, jv.error, None, None, None, False)
+    where = (
+        f'<div class="msg-info" id="job-info">Hugging Face Job <a href="{html.escape(jv.url)}" target="_blank">'
+        f"{html.escape(jv.job_id)}</a> on <b>{html.escape(jv.flavor)}</b>: {html.escape(jv.stage.lower())}; "
+        f"checkpoints and metrics in {html.escape(jv.repo)} (billed per minute while it runs)</div>"
+    )
+    page = where + run_view(run, st, p, len(metrics), jv.checkpoints, {"ram": "–", "gpu": jv.flavor}, [])
+    count = (run, len(metrics), jv.state)
+    fig = loss_figure(metrics, title=f"{run}: loss") if count != last_count else gr.skip()
+    return page, fig, jv.log or "(no log from the job yet)", count, gr.update(interactive=jv.active)
 
 
 def build(sh: Shared) -> MonitorTab:
@@ -96,6 +119,8 @@ def build(sh: Shared) -> MonitorTab:
     def whole_log(name):
         if not name:
             return "", None
+        if jobruns.is_job_run(sh.ws, name):
+            return jobruns.view(sh.ws, name).log, None
         st = sh.runner.status(name)
         if st.log is None:
             return _log_text(st), None

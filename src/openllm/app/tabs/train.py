@@ -12,6 +12,7 @@ import gradio as gr
 
 from ... import rundir
 from ...fsio import write_text_atomic
+from .. import access, jobruns
 from ..corpus_check import check_corpus
 from ..estimate import estimate_time
 from ..forms import (
@@ -35,6 +36,8 @@ __all__ = ["TrainTab", "build", "stop_message"]
 # the form's values in the order the settings' components are passed to an event: the model size, then each field
 FORM_NAMES = ["model_size", *(f.name for f in TRAIN_FIELDS)]
 CORPUS_NAMES = ["corpus_kind", "corpus_path", "upload", "text_field"]
+WHERE_HERE = "This machine"
+WHERE_JOBS = "Hugging Face Jobs"
 
 
 @dataclass
@@ -48,17 +51,26 @@ class TrainTab:
     run_name: Any
     on_start: Callable[..., tuple]
     start_inputs: list
-    on_stop: Callable[[str | None], str]
+    on_stop: Callable[..., str]
+    where: Any  # this machine or Hugging Face Jobs: Start stays offered during a local run when it is Jobs
 
 
-def stop_message(sh: Shared, run: str | None) -> str:
-    """Stop ``run``, the run the Monitor shows (Train's and Monitor's Stop buttons): never another one."""
+def stop_message(sh: Shared, run: str | None, token: Any = None) -> str:
+    """Stop ``run``, the run the Monitor shows (Train's and Monitor's Stop buttons): never another one. A run
+    on Hugging Face Jobs is cancelled with the signed-in user's ``token`` (a ``gr.OAuthToken``) or HF_TOKEN."""
     if not run:
         return err(RunnerError("choose the run to stop in the Monitor tab"))
     try:
+        if jobruns.is_job_run(sh.ws, run):
+            rec = jobruns.stop(sh.ws, run, token=access.token_value(token))
+            return msg(
+                f"Cancelled job {rec['job_id']} of {run!r}. A job cannot be asked for a last checkpoint: the run "
+                f"keeps the last one it pushed to {rec['repo']}; Continue (Models tab) resumes from it.",
+                "info",
+            )
         name = sh.runner.stop(run)
-    except (RunnerError, WorkspaceError) as exc:
-        return err(exc)
+    except Exception as exc:
+        return access.safe_text(err(exc), token)
     return msg(f"Stopping {name!r}: the trainer saves a checkpoint, then exits.", "info")
 
 
@@ -176,6 +188,28 @@ def build(sh: Shared, presets: list[str], first: str) -> TrainTab:
             save_btn = gr.DownloadButton("Save the config file", size="sm", elem_id="config-save", visible=False)
         config_summary_html = gr.HTML("", elem_id="config-summary")
         config_json = gr.Code("", language="json", label="config.json", elem_id="config-json", interactive=False)
+    with gr.Group():
+        where = gr.Radio(
+            [WHERE_HERE, WHERE_JOBS],
+            value=WHERE_HERE,
+            label="Where to train",
+            elem_id="train-where",
+            info="Hugging Face Jobs: a GPU machine billed per minute, for runs bigger than this one",
+        )
+        with gr.Row(visible=False, elem_id="job-options") as job_row:
+            flavor = gr.Dropdown(
+                jobruns.flavors(),
+                value=jobruns.flavors()[0],
+                label="Flavor (hardware)",
+                elem_id="job-flavor",
+                info="the Jobs hardware huggingface_hub knows; prices: huggingface.co/pricing",
+            )
+            repo = gr.Textbox(
+                label="Repository to push to",
+                placeholder="OWNER/NAME",
+                elem_id="job-repo",
+                info="a dataset repository: the run's inputs, checkpoints and metrics",
+            )
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
         stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
@@ -225,14 +259,28 @@ def build(sh: Shared, presets: list[str], first: str) -> TrainTab:
     def form_values(run, preset_, rest) -> dict[str, Any]:
         return {**dict(zip([*FORM_NAMES, *CORPUS_NAMES], rest)), "run_name": run, "preset": preset_}
 
-    def on_start(run, preset_, *rest):
+    def on_start(run, preset_, *rest, profile=None, token=None):
         values = form_values(run, preset_, rest)
+        place, job_flavor, job_repo = rest[len(FORM_NAMES) + len(CORPUS_NAMES) :] or (WHERE_HERE, None, None)
         stay = gr.skip()
         try:
             req = parse_train_form(values)
             where, why = corpus_file(values["corpus_kind"], values["corpus_path"], values["upload"])
             if why is not None:
                 raise FormError("Corpus", why)
+            if place == WHERE_JOBS:
+                if where is None or values["corpus_kind"] != CORPUS_WORKSPACE:
+                    raise FormError("Corpus", "a Hugging Face Job trains on a tokenized folder in the workspace")
+                rec = jobruns.launch(
+                    sh.ws, req.run_name, req.config, where, job_repo, job_flavor, token=access.token_value(token)
+                )
+                name = req.run_name
+                started = msg(
+                    f"Launched run {name!r} as Hugging Face Job {rec['job_id']} on {rec['flavor']} (billed per "
+                    f"minute until it ends or you stop it), pushing to {rec['repo']}. Following it in the Monitor tab.",
+                    "ok",
+                )
+                return (started, gr.update(choices=sh.run_choices(), value=name), gr.Tabs(selected="monitor"), started)
             if where is not None:  # nothing starts on a corpus that would fail: the same check as when chosen
                 chk = check_corpus(where, values.get("text_field") or None)
                 if not chk.ok:
@@ -240,7 +288,7 @@ def build(sh: Shared, presets: list[str], first: str) -> TrainTab:
                 req.field = chk.field or "text"
             name = sh.runner.start(req)
         except Exception as exc:
-            return err(exc), stay, stay, stay
+            return access.safe_text(err(exc), token), stay, stay, stay
         started = msg(f"Started run {name!r}. Following it in the Monitor tab.", "ok")
         return (started, gr.update(choices=sh.run_choices(), value=name), gr.Tabs(selected="monitor"), started)
 
@@ -294,6 +342,11 @@ def build(sh: Shared, presets: list[str], first: str) -> TrainTab:
     corpus_path.submit(check, corpus_inputs, [corpus_html, text_field])
     upload.change(check, corpus_inputs, [corpus_html, text_field])
     text_field.input(check, corpus_inputs, [corpus_html, text_field])
-    start_inputs = [run_name, preset, *form, *corpus_inputs]
+    where.change(lambda w: gr.update(visible=w == WHERE_JOBS), where, job_row, show_progress="hidden")
+    start_inputs = [run_name, preset, *form, *corpus_inputs, where, flavor, repo]
     config_btn.click(on_config, start_inputs, [config_summary_html, config_json, save_btn])
-    return TrainTab(start_btn, stop_btn, train_msg, run_name, on_start, start_inputs, lambda run: stop_message(sh, run))
+
+    def on_stop(run, *, profile=None, token=None):
+        return stop_message(sh, run, token)
+
+    return TrainTab(start_btn, stop_btn, train_msg, run_name, on_start, start_inputs, on_stop, where)
