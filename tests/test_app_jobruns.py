@@ -134,6 +134,14 @@ def test_launch_watch_stop_and_continue_a_job_run(tmp_path, monkeypatch):
     asked = len(api.calls)
     jobruns.view(ws, "r1", api=api, hub=hub)  # the timer's next tick: not asked again before POLL_S
     assert len(api.calls) == asked
+    # the Monitor tab's view of it (what the app's timer shows)
+    from openllm.app.runner import Runner
+    from openllm.app.tabs import monitor
+    from openllm.app.tabs.shared import Shared
+
+    page, fig, log, count, stop_btn = monitor.view(Shared(ws, Runner(ws)), "r1", None)
+    assert 'id="job-info"' in page and "job-1" in page and "a10g-large" in page and "me/job" in page
+    assert "step 5" in page and log == jv.log and count == ("r1", 7, rundir.TRAINING) and stop_btn["interactive"]
 
     # stop: the job is cancelled with the token that launched it
     jobruns.stop(ws, "r1", token=None, api=api)
