@@ -111,8 +111,11 @@ def _push(hub: LocalHub, steps: int, state: str, ckpt: int) -> None:
 
 @pytest.mark.slow  # real git (the local hub) for the inputs and the pushes: ~3 s
 def test_launch_watch_stop_and_continue_a_job_run(tmp_path, monkeypatch):
+    import huggingface_hub
+
     cfg, data = _inputs(tmp_path)
     ws, hub, api = Workspace(tmp_path / "ws"), LocalHub(tmp_path / "hub"), StandInJobsApi()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: api)  # the app's tabs make their own
 
     rec = jobruns.launch(ws, "r1", cfg, data, "me/job", "a10g-large", token=TOKEN, api=api, hub=hub)
     (run,) = api.named("run_job")
@@ -139,22 +142,29 @@ def test_launch_watch_stop_and_continue_a_job_run(tmp_path, monkeypatch):
     from openllm.app.tabs import monitor
     from openllm.app.tabs.shared import Shared
 
-    page, fig, log, count, stop_btn = monitor.view(Shared(ws, Runner(ws)), "r1", None)
+    sh = Shared(ws, Runner(ws))
+    page, fig, log, count, stop_btn = monitor.view(sh, "r1", None)
     assert 'id="job-info"' in page and "job-1" in page and "a10g-large" in page and "me/job" in page
     assert "step 5" in page and log == jv.log and count == ("r1", 7, rundir.TRAINING) and stop_btn["interactive"]
 
     # stop: the job is cancelled with the token that launched it
     jobruns.stop(ws, "r1", token=None, api=api)
     assert api.named("cancel_job") == [{"job_id": "job-1", "token": TOKEN}]
+    api.stage = "CANCELED"  # as the Jobs API answers from then on
     with pytest.raises(jobruns.JobRunError, match="nothing to stop"):
         jobruns.stop(ws, "r1", token=TOKEN, api=api)
+    # the Models tab: listed as a stopped job run, Continue and Delete offered, Push not (its weights are remote)
+    from openllm.app.tabs import models
+
+    assert ["r1", "stopped (Hugging Face Job)", "7 / 10"] == models.runs_table(sh)[0][:3]
+    _, _, push, again, delete, _ = models.preview(sh, "r1", None)
+    assert (push["interactive"], again["interactive"], delete["interactive"]) == (False, True, True)
 
     # the app restarts (a new process: no token in memory); without one, continuing says how to get one
     monkeypatch.setattr(jobruns, "_tokens", {})
     monkeypatch.setattr(jobruns, "_seen", {})
     with pytest.raises(jobruns.JobRunError, match="HF_TOKEN"):
         jobruns.continue_job(ws, "r1", 5, token=None, api=api, hub=hub)
-    api.stage = "CANCELED"
     monkeypatch.setenv("HF_TOKEN", SECRET)  # the Space's secret, nobody signed in
     assert jobruns.view(ws, "r1", api=api, hub=hub).state == rundir.STOPPED
     total = jobruns.continue_job(ws, "r1", 5, token=None, api=api, hub=hub)

@@ -12,7 +12,7 @@ import gradio as gr
 
 from ... import rundir
 from ...rundir import checkpoint_steps
-from .. import access
+from .. import access, jobruns
 from .. import chat as C
 from .. import models as M
 from .. import render as R
@@ -65,11 +65,16 @@ def runs_table(sh: Shared) -> list[list[str]]:
     rows = []
     for r in M.list_runs(sh.ws):
         label = "not started" if r.state == "new" else r.state
+        step, total = r.step, r.max_steps
+        job = rundir.read_remote_job(sh.ws.run_dir(r.name))
+        if job.get("job_id"):  # trained on Hugging Face Jobs: the stage the app saw last (no network here)
+            label = f"{jobruns.STAGE_STATES.get(str(job.get('stage')), rundir.QUEUED)} (Hugging Face Job)"
+            step, total = int(job.get("step") or 0), job.get("max_steps") or total
         rows.append(
             [
                 r.name,
                 label,
-                f"{r.step:,} / {r.max_steps:,}" if r.max_steps else f"{r.step:,}",
+                f"{step:,} / {total:,}" if total else f"{step:,}",
                 ", ".join(f"{s:,}" for s in r.checkpoints) or "–",
                 f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "–",
             ]
@@ -366,6 +371,11 @@ def preview(sh: Shared, run: str | None, step: str | None):
     if not run:
         return R.msg("Choose a run.", "info"), None, off, off, off, off
     try:
+        if jobruns.is_job_run(sh.ws, run):
+            jv = jobruns.view(sh.ws, run)
+            ended = gr.update(interactive=not jv.active)
+            where = f"Run {run!r} trains on Hugging Face Jobs: its checkpoints are in {jv.repo} (runs/{run}/)."
+            return R.msg(where, "info"), None, off, ended, ended, off
         st = sh.runner.status(run)
     except Exception as exc:
         return R.err(exc), None, off, off, off, off
@@ -454,6 +464,8 @@ def on_delete(sh: Shared, run: str, confirmed: bool) -> tuple[str, Any]:
             gr.skip(),
         )
     try:
+        if jobruns.is_job_run(sh.ws, run) and jobruns.view(sh.ws, run).active:
+            raise RunnerError(f"run {run!r}'s Hugging Face Job is still running: stop it before deleting the run")
         sh.runner.delete(run)
     except Exception as exc:
         return R.err(exc), False
