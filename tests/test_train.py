@@ -18,7 +18,7 @@ from openllm.errors import OpenLLMError
 from openllm.hashing import sha256_file
 from openllm.model import Transformer
 from openllm.optim import lr_at, param_groups
-from openllm.rundir import latest_checkpoint, list_checkpoints, read_metrics, run_state
+from openllm.rundir import QUEUED, latest_checkpoint, list_checkpoints, move, read_metrics, run_state
 from openllm.train import StepPlan, TrainingDiverged, choices_line, fit_micro_batch, resolve_compile, resolve_run, train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -525,7 +525,11 @@ def _tree(root: Path) -> dict[str, bytes]:
         ({"overrides": {"train": {"seq_len": 16}}}, "train.seq_len"),
         ({"overrides": {"train": {"doc_aligned": True}}}, "train.doc_aligned"),
         # a recipe switch changes the optimizer, whose state the checkpoint holds (a KeyError inside setup)
-        ({"overrides": {"train": {"recipe": "speedrun"}}}, "train.optimizer 'adamw' -> 'muon'"),
+        pytest.param(
+            {"overrides": {"train": {"recipe": "speedrun"}}},
+            "train.optimizer 'adamw' -> 'muon'",
+            marks=pytest.mark.slow,
+        ),
         ({"config": tiny_cfg(max_steps=4, eval_every=100, lr=1e-2)}, "train.lr"),
     ],
 )
@@ -544,6 +548,7 @@ def test_refused_resume_writes_nothing(tmp_path, data, kwargs, names):
     assert run_state(run).state == "finished"
 
 
+@pytest.mark.slow
 def test_resume_failing_inside_setup_writes_nothing(tmp_path, data):
     """A resume that fails only once setup loads the checkpoint leaves config.json, status.json and every other
     file of the run as they were (issue 24): here optimizer.pt holds state of other shapes, or is not a torch
@@ -567,6 +572,11 @@ def test_resume_failing_inside_setup_writes_nothing(tmp_path, data):
         assert "\n" not in str(info.value)
         assert _tree(run) == before
         assert run_state(run).state == "finished"
+    # a resume the app queued (its Continue) owns the status already: its failure is recorded there, with why
+    move(run, QUEUED, phase="queued", error=None, pid=None)
+    with pytest.raises(OpenLLMError):
+        train(None, data_dir=data, out_dir=run, max_steps=6, **quiet())
+    assert run_state(run).state == "failed" and "optimizer.pt" in run_state(run).error
 
 
 def test_resume_with_the_same_config_and_a_new_lr_by_set(tmp_path, data):

@@ -785,7 +785,10 @@ class Trainer:
                 self.main = False  # the run belongs to the process that holds it: leave its files alone
                 error = str(exc)
             else:
-                if plan.resume_from is None:  # a resume records itself once its checkpoint has loaded (below)
+                # a resume records itself once its checkpoint has loaded (below), unless the app queued it: the
+                # queued status is already this run's, and its failure belongs there
+                queued = rundir.recorded_state(rundir.read_status(self.out)) == rundir.QUEUED
+                if plan.resume_from is None or queued:
                     self.status.move(rundir.PREPARING, step=self.step, phase="setting up training")
         if error is None:
             try:
@@ -841,7 +844,8 @@ class Trainer:
             # damaged or mismatched part nothing checked before) leaves config.json and status.json as they
             # were (issue 24); meanwhile the held lock makes the run read as preparing
             if self.main:
-                self.status.move(rundir.PREPARING, step=self.step, phase="setting up training")
+                if self.status.state == rundir.NEW:
+                    self.status.move(rundir.PREPARING, step=self.step, phase="setting up training")
                 self.setup_run_folder()
         else:
             torch.manual_seed(tc.seed + self.info.rank)  # dropout differs across ranks; init did not
