@@ -95,6 +95,24 @@ def test_without_a_token_nothing_is_uploaded_or_launched(tmp_path):
     assert not hub.repo_exists(repo_id="me/job", repo_type="dataset")
 
 
+def test_a_failed_job_and_an_unreachable_jobs_api_are_shown(tmp_path):
+    ws, hub = Workspace(tmp_path / "ws"), LocalHub(tmp_path / "hub")
+    rundir.write_remote_job(ws.run_dir("r1"), job_id="job-9", repo="me/none", hub=str(hub.root), flavor="a10g-small",
+                            max_steps=10, stage="RUNNING")  # fmt: skip
+    api = StandInJobsApi()
+    api.stage = "ERROR"  # e.g. the image could not be pulled: nothing was pushed
+    jv = jobruns.view(ws, "r1", token=TOKEN, api=api, hub=hub)
+    assert (jv.state, jv.active, jv.error) == (rundir.FAILED, False, "the job failed: see its log")
+
+    class Down(StandInJobsApi):
+        def inspect_job(self, **kw):
+            raise ConnectionError(f"connection refused (token {TOKEN})")
+
+    shown = jobruns.view(ws, "r1", token=TOKEN, api=Down(), hub=hub, force=True).log
+    assert shown.startswith("(could not ask Hugging Face about job job-9: connection refused") and TOKEN not in shown
+    assert shown.endswith(api.logs[-1].strip())  # the last log it gave stays under the note
+
+
 def _push(hub: LocalHub, steps: int, state: str, ckpt: int) -> None:
     """What the job's mirror pushes: the run's metrics, status and a checkpoint's state.json (written last)."""
     metrics = "".join(

@@ -33,6 +33,7 @@ from ..config import Config
 from ..errors import OpenLLMError
 from ..fsio import write_text_atomic
 from ..hub import Hub, get_hub, validate_repo_id
+from ..redact import redact
 from . import hfjobs
 from .storage import REPO_TYPE
 from .workspace import Workspace
@@ -70,8 +71,9 @@ NO_TOKEN = (
 )
 # the tokens that launched a job, by job id: this process's memory only, so the Monitor can watch that job
 _tokens: dict[str, str] = {}
-# per run: (when last asked, log tail) -- the Jobs API and the hub are not asked on every timer tick
-_seen: dict[tuple[str, str], tuple[float, str]] = {}
+# per run: (when last asked, the last log tail it gave, what is shown): the Jobs API and the hub are not asked on
+# every timer tick
+_seen: dict[tuple[str, str], tuple[float, str, str]] = {}
 _lock = threading.Lock()
 
 
@@ -247,7 +249,7 @@ def view(
     run_dir = ws.run_dir(name)
     record = _record(ws, name)
     key = (str(ws.root), name)
-    last, log = _seen.get(key, (0.0, ""))
+    last, good, log = _seen.get(key, (0.0, "", ""))
     error = record.get("error")
     done = record.get("stage") not in ACTIVE_STAGES and record.get("pulled_final")
     if force or (not done and time.monotonic() - last >= POLL_S) or key not in _seen:
@@ -256,11 +258,16 @@ def view(
             if value is None:
                 raise JobRunError(NO_TOKEN.replace("Hugging Face Jobs need", "watching this job needs"))
             the_api = _api(api)
-            stage = _stage(the_api.inspect_job(job_id=record["job_id"], token=value))
-            log = _tail(the_api.fetch_job_logs(job_id=record["job_id"], follow=False, tail=LOG_LINES, token=value))
+            info = the_api.inspect_job(job_id=record["job_id"], token=value)
+            stage = _stage(info)
+            lines = the_api.fetch_job_logs(job_id=record["job_id"], follow=False, tail=LOG_LINES, token=value)
+            good = log = redact(_tail(lines), [value])  # a job's own output could hold a credential: never shown
             remote = _pull(ws, name, record, _hub(record, value, hub))
             step = int(remote.get("step") or record.get("step") or 0)
             error = remote.get("error") if stage == "ERROR" or remote.get("state") == rundir.FAILED else None
+            if stage == "ERROR" and not error:  # the job failed before its training recorded why
+                why = getattr(getattr(info, "status", None), "message", None)
+                error = f"the job failed: {redact(why, [value])}" if why else "the job failed: see its log"
             latest = _latest_pushed(record, name, _hub(record, value, hub)) if remote else None
             record = rundir.write_remote_job(
                 run_dir,
@@ -272,11 +279,10 @@ def view(
                 pulled_final=stage not in ACTIVE_STAGES,
             )
         except Exception as exc:  # the network, a token without access: shown, and asked again later
-            from ..redact import redact
-
-            log = log or f"(could not ask Hugging Face about job {record['job_id']}: {redact(exc, [value or ''])})"
+            note = f"(could not ask Hugging Face about job {record['job_id']}: {redact(exc, [value or ''])})"
+            log = f"{note}\n{good}" if good else note  # the last log it gave stays under the note
         with _lock:
-            _seen[key] = (time.monotonic(), log)
+            _seen[key] = (time.monotonic(), good, log)
     stage = str(record.get("stage") or "SCHEDULING")
     state = STAGE_STATES.get(stage, rundir.QUEUED)
     trainer = record.get("trainer_state")
