@@ -274,6 +274,9 @@ def test_only_an_owner_launches_stops_or_continues_a_job_from_the_app(tmp_path, 
     (run,) = api.jobs.named("run_job")
     assert run["secrets"] == {"HF_TOKEN": OWNER_TOKEN} and SECRET not in json.dumps(run)
     assert [c[2].get("token") for c in api.hub.calls if c[0] == "create_commit"] == [OWNER_TOKEN]
+    # the form says 4096 tokens, the tokenized folder 64: as for a local run on it, the data's vocabulary wins
+    sent = json.loads((tmp_path / "ws" / "jobs" / "run-1" / "config.json").read_text())
+    assert sent["model"]["vocab_size"] == 64 and sent["train"]["max_steps"] == 400
     # ... and her Stop cancels it with her token
     (stop,) = [f for f in clicks["monitor-stop"] if access.is_writer(f.fn)]
     assert "Cancelled job job-1 of 'run-1'" in html.unescape(call(stop.fn, session("alice"), *inputs(stop)))

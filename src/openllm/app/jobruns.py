@@ -152,12 +152,17 @@ def launch(
     data = Path(data)
     if not (data / "meta.json").is_file():
         raise JobRunError(
-            "Corpus: a Hugging Face Job trains on tokenized data: choose a tokenized folder in the workspace "
-            "(jobs/RUN/data/tokens of a run trained here, or one made with openllm tokenize)"
+            "Corpus: a Hugging Face Job trains on tokenized data: choose 'A file or folder in the workspace' and a "
+            "tokenized folder (jobs/RUN/data/tokens of a run trained here, or one made with openllm tokenize)"
         )
     run_dir, job_dir = ws.run_dir(name), ws.job_dir(name)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise JobRunError(f"a run called {name!r} already exists: choose another run name")
+    from ..batches import read_meta
+
+    vocab = int(read_meta(data)["vocab_size"])
+    if vocab != config.model.vocab_size:  # as a local run on a tokenized folder: the data's vocabulary wins
+        config = config.replace(model={"vocab_size": vocab})
     job_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = job_dir / "config.json"  # the job's input, kept for Continue (which uploads the inputs again)
     config.save(cfg_file)

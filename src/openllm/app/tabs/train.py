@@ -270,7 +270,11 @@ def build(sh: Shared, presets: list[str], first: str) -> TrainTab:
                 raise FormError("Corpus", why)
             if place == WHERE_JOBS:
                 if where is None or values["corpus_kind"] != CORPUS_WORKSPACE:
-                    raise FormError("Corpus", "a Hugging Face Job trains on a tokenized folder in the workspace")
+                    raise FormError(
+                        "Corpus",
+                        f"a Hugging Face Job trains on tokenized data: choose {CORPUS_WORKSPACE!r} and a tokenized "
+                        "folder (jobs/RUN/data/tokens of a run trained here, or one made with openllm tokenize)",
+                    )
                 rec = jobruns.launch(
                     sh.ws, req.run_name, req.config, where, job_repo, job_flavor, token=access.token_value(token)
                 )
