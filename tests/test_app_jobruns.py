@@ -143,6 +143,10 @@ def test_launch_watch_stop_and_continue_a_job_run(tmp_path, monkeypatch):
     assert rec["job_id"] == "job-1" and jobruns.is_job_run(ws, "r1") and "r1" in ws.run_names()
     assert "jobs/r1/config.json" in hub.list_files(repo_id="me/job", repo_type="dataset")
     assert TOKEN not in (ws.run_dir("r1") / rundir.REMOTE_JOB).read_text()  # the record keeps no token
+    assert (rec["config"], rec["data"]) == (
+        "jobs/r1/config.json",
+        "corpora/tokens",
+    )  # found again if restored elsewhere
 
     # watching: the stage, the metrics the job pushed (copied into the run folder), the log's tail
     _push(hub, 7, rundir.TRAINING, 5)

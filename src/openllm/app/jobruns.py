@@ -167,8 +167,8 @@ def launch(
     cfg_file = job_dir / "config.json"  # the job's input, kept for Continue (which uploads the inputs again)
     config.save(cfg_file)
     the_hub = _hub({"hub": "hf"}, value, hub)
-    job = _start(name, cfg_file, data, repo, flavor, config.train.max_steps, api=_api(api), hub=the_hub,
-                 token=value)  # fmt: skip
+    steps = config.train.max_steps
+    job = _start(name, cfg_file, data, repo, flavor, steps, api=_api(api), hub=the_hub, token=value)
     _tokens[job.id] = value
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / rundir.CONFIG)  # the Monitor's tokens per step, the config picker
@@ -181,12 +181,23 @@ def launch(
         repo=repo,
         hub="hf" if hub is None else _hub_spec(the_hub),
         flavor=flavor,
-        config=str(cfg_file),
-        data=str(data),
+        config=_where(ws, cfg_file),
+        data=_where(ws, data),
         max_steps=config.train.max_steps,
         stage="SCHEDULING",
         step=0,
     )
+
+
+def _where(ws: Workspace, path: Path) -> str:
+    """A path as the record keeps it: relative to the workspace when inside it (a workspace restored elsewhere
+    after a restart still finds it)."""
+    return ws.relative(path) if ws.contains(path) else str(Path(path).resolve())
+
+
+def _found(ws: Workspace, kept: str) -> Path:
+    path = Path(kept)
+    return path if path.is_absolute() else ws.root / path
 
 
 def _hub_spec(hub: Hub) -> str:
@@ -349,8 +360,8 @@ def continue_job(
     if latest is None:
         raise JobRunError(f"run {name!r} pushed no checkpoint to {record['repo']}: start a new run instead")
     total = latest + int(more_steps)
-    job = _start(name, Path(record["config"]), Path(record["data"]), record["repo"], record["flavor"], total,
-                 api=_api(api), hub=the_hub, token=value)  # fmt: skip
+    config, data = _found(ws, record["config"]), _found(ws, record["data"])
+    job = _start(name, config, data, record["repo"], record["flavor"], total, api=_api(api), hub=the_hub, token=value)
     _tokens[job.id] = value
     _seen.pop((str(ws.root), name), None)
     rundir.write_remote_job(
