@@ -138,3 +138,46 @@ def _env() -> dict:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+
+
+@pytest.mark.slow
+def test_the_job_stops_with_a_last_checkpoint_when_the_repository_asks_it_to(tmp_path, monkeypatch):
+    """The app's Stop: a file in the repository (hfjobs.stop_file) makes the running job's trainer save a
+    checkpoint and stop; the job pushes it and ends by itself (no cancel needed)."""
+    import time
+
+    from openllm.hub import CommitOperationAdd
+
+    cfg, data = _inputs(tmp_path, 100_000)  # far more steps than it will reach
+    settings = json.loads(cfg.read_text())
+    settings["train"].update(save_every=20, eval_every=20)  # fewer checkpoints to push while it runs
+    cfg.write_text(json.dumps(settings))
+    hub_dir = tmp_path / "hub"
+    hub = LocalHub(hub_dir)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    J.launch(J.JobRequest("r1", cfg, data, "me/job"), api=RecordingJobsApi(), hub=hub, follow=False)
+    entry = [sys.executable, "-m", "openllm.app.hfjobs", "run", "--repo", "me/job", "--hub", str(hub_dir)]
+    entry += ["--name", "r1", "--workdir", str(tmp_path / "job"), "--interval", "0.5"]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "OPENLLM_CACHE": str(tmp_path / "cache")}
+    log = open(tmp_path / "job.log", "w+")  # a file, not a pipe nobody reads while it trains
+    proc = subprocess.Popen(entry, stdout=log, stderr=subprocess.STDOUT, text=True, env={**_env(), **env})
+    try:
+        deadline = time.monotonic() + 240
+        ckpts: list[str] = []
+        while not ckpts and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)  # the first checkpoint pushed: training runs
+            ckpts = [f for f in hub.list_files(repo_id="me/job", repo_type="dataset") if f.endswith("/state.json")]
+        assert ckpts, (tmp_path / "job.log").read_text()
+        ask = CommitOperationAdd(path_in_repo=J.stop_file("r1"), path_or_fileobj=b"job-123")
+        hub.create_commit(repo_id="me/job", repo_type="dataset", operations=[ask], commit_message="stop")
+        proc.wait(timeout=240)
+    finally:
+        proc.kill()
+        log.close()
+    out = (tmp_path / "job.log").read_text()
+    assert proc.returncode == 0, out
+    assert "== stop asked from the app: saving a checkpoint, then stopping" in out
+    back = hub.download(repo_id="me/job", repo_type="dataset", local_dir=tmp_path / "check")
+    status = json.loads((back / "runs/r1/status.json").read_text())
+    assert status["state"] == "stopped" and 0 < status["step"] < 100_000
+    assert rundir.step_of(rundir.latest_checkpoint(back / "runs" / "r1")) == status["step"]  # the last checkpoint

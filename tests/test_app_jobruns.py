@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from openllm import rundir
-from openllm.app import jobruns
+from openllm.app import hfjobs, jobruns
 from openllm.app.workspace import Workspace
 from openllm.config import Config
 from openllm.hub import CommitOperationAdd, LocalHub
@@ -169,8 +169,13 @@ def test_launch_watch_stop_and_continue_a_job_run(tmp_path, monkeypatch):
     assert 'id="job-info"' in page and "job-1" in page and "a10g-large" in page and "me/job" in page
     assert "step 5" in page and log == jv.log and count == ("r1", 7, rundir.TRAINING) and stop_btn["interactive"]
 
-    # stop: the job is cancelled with the token that launched it
-    jobruns.stop(ws, "r1", token=None, api=api)
+    # stop: first the job is asked for a last checkpoint (a file in the repository it looks for) ...
+    files = lambda: set(hub.list_files(repo_id="me/job", repo_type="dataset"))
+    assert not jobruns.stop(ws, "r1", token=None, api=api, hub=hub)["cancelled"]
+    assert hfjobs.stop_file("r1") in files() and api.named("cancel_job") == []
+    assert jobruns.view(ws, "r1", api=api, hub=hub).state == rundir.STOPPING
+    # ... a second Stop cancels it at once, with the token that launched it
+    assert jobruns.stop(ws, "r1", token=None, api=api, hub=hub)["cancelled"]
     assert api.named("cancel_job") == [{"job_id": "job-1", "token": TOKEN}]
     api.stage = "CANCELED"  # as the Jobs API answers from then on
     with pytest.raises(jobruns.JobRunError, match="nothing to stop"):
@@ -195,9 +200,15 @@ def test_launch_watch_stop_and_continue_a_job_run(tmp_path, monkeypatch):
     assert second["secrets"] == {"HF_TOKEN": SECRET} and "--name r1 --max-steps 10" in second["command"][-1]
     rec = rundir.read_remote_job(ws.run_dir("r1"))
     assert rec["jobs"] == ["job-1", "job-2"] and rec["job_id"] == "job-2" and rec["stage"] == "SCHEDULING"
+    assert hfjobs.stop_file("r1") not in files()  # the first job's stop request does not stop the second
     api.stage = "RUNNING"
     with pytest.raises(jobruns.JobRunError, match="still scheduling: stop it first"):
         jobruns.continue_job(ws, "r1", 5, token=TOKEN, api=api, hub=hub)
+    # a job asked to stop that has not ended within the grace is cancelled by the next look
+    jobruns.stop(ws, "r1", token=None, api=api, hub=hub)
+    monkeypatch.setattr(jobruns, "STOP_GRACE_S", 0.0)
+    assert jobruns.view(ws, "r1", api=api, hub=hub, force=True).stage == "CANCELED"
+    assert api.named("cancel_job")[-1] == {"job_id": "job-2", "token": SECRET}
 
 
 class AppApi:
@@ -281,7 +292,11 @@ def test_only_an_owner_launches_stops_or_continues_a_job_from_the_app(tmp_path, 
     # the form says 4096 tokens, the tokenized folder 64: as for a local run on it, the data's vocabulary wins
     sent = json.loads((tmp_path / "ws" / "jobs" / "run-1" / "config.json").read_text())
     assert sent["model"]["vocab_size"] == 64 and sent["train"]["max_steps"] == 400
-    # ... and her Stop cancels it with her token
+    # ... her Stop asks the job for a last checkpoint, with her token; a second one cancels it
     (stop,) = [f for f in clicks["monitor-stop"] if access.is_writer(f.fn)]
+    said = html.unescape(call(stop.fn, session("alice"), *inputs(stop)))
+    assert "Asked job job-1 of 'run-1' to save a checkpoint and stop" in said and api.jobs.named("cancel_job") == []
+    asked = [c for c in api.hub.calls if c[0] == "create_commit"][-1]
+    assert asked[2]["token"] == OWNER_TOKEN and [o.path_in_repo for o in asked[1][1]] == [hfjobs.stop_file("run-1")]
     assert "Cancelled job job-1 of 'run-1'" in html.unescape(call(stop.fn, session("alice"), *inputs(stop)))
     assert api.jobs.named("cancel_job") == [{"job_id": "job-1", "token": OWNER_TOKEN}]

@@ -20,6 +20,7 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 from .. import rundir
 from ..errors import OpenLLMError
-from ..hub import CommitOperationAdd, Hub, get_hub
+from ..hub import CommitOperationAdd, CommitOperationDelete, Hub, get_hub
 from .storage import REPO_TYPE, WorkspaceMirror
 from .workspace import Workspace, check_name
 
@@ -35,6 +36,7 @@ __all__ = [
     "JobRequest",
     "parse_target",
     "flavors",
+    "stop_file",
     "launch",
     "job_command",
     "job_main",
@@ -50,6 +52,15 @@ DEFAULT_IMAGE = "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime"
 PACKAGE_ENV = "OPENLLM_JOB_PACKAGE"  # what the job pip-installs: this package's source (a git URL, a wheel URL)
 IMAGE_ENV = "OPENLLM_JOB_IMAGE"
 WORKDIR = "/tmp/openllm-job"  # the job's folder: the same path in every job of a run (its checkpoints name it)
+# the file in the repository that asks the run's job to save a checkpoint and stop (the app's Stop): the job
+# looks for it as often as it mirrors; a new job's upload of its inputs removes an old one. Outside the mirrored
+# folders (storage.DURABLE), so the job's mirror neither restores nor deletes it.
+STOP_FILE = "control/{name}/stop-requested"
+
+
+def stop_file(name: str) -> str:
+    """The repository path that asks run ``name``'s job to stop."""
+    return STOP_FILE.format(name=check_name(name, "run name"))
 
 
 def parse_target(on: str | None) -> str | None:
@@ -132,7 +143,9 @@ def upload_inputs(req: JobRequest, hub: Hub) -> str:
         )
     hub.create_repo(repo_id=req.repo, repo_type=REPO_TYPE, exist_ok=True, private=hub.name == "hf")
     base = f"jobs/{req.name}"
-    ops = [CommitOperationAdd(path_in_repo=f"{base}/config.json", path_or_fileobj=str(req.config))]
+    ops: list[Any] = [CommitOperationAdd(path_in_repo=f"{base}/config.json", path_or_fileobj=str(req.config))]
+    if stop_file(req.name) in hub.list_files(repo_id=req.repo, repo_type=REPO_TYPE):
+        ops.append(CommitOperationDelete(path_in_repo=stop_file(req.name)))  # an earlier job's, not this one's
     from ..hub import folder_files
 
     for rel, src in folder_files(req.data):
@@ -221,12 +234,32 @@ def job_main(argv: list[str] | None = None) -> int:
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}"] if n > 1 else [sys.executable]
     print(f"== training {args.name} on {max(n, 1)} {'GPU' if n else 'CPU process'}{'s' if n > 1 else ''}", flush=True)
     mirror.start()
+    done = threading.Event()
+    watcher = threading.Thread(
+        target=_watch_stop, args=(mirror.hub, args.repo, args.name, run, done, args.interval), daemon=True
+    )
+    watcher.start()
     try:
         rc = subprocess.call([*launcher, *cmd], env={**os.environ, "PYTHONUNBUFFERED": "1"})
     finally:
+        done.set()
         mirror.close(final=True)  # the last checkpoint, the metrics and the end state
     print(f"== pushed runs/{args.name} to {mirror.where()} ({mirror.commits} commits)", flush=True)
     return rc
+
+
+def _watch_stop(hub: Hub, repo: str, name: str, run: Path, done: threading.Event, interval: float) -> None:
+    """Until training ends: when the repository holds :func:`stop_file` (the app's Stop), ask the trainer to
+    stop (:func:`openllm.rundir.request_stop`: it saves a checkpoint, which the mirror pushes, then exits)."""
+    path = stop_file(name)
+    while not done.wait(interval):
+        try:
+            if path in hub.list_files(repo_id=repo, repo_type=REPO_TYPE):
+                rundir.request_stop(run)
+                print("== stop asked from the app: saving a checkpoint, then stopping", flush=True)
+                return
+        except Exception:  # the hub unreachable for a moment, or training not started yet: look again
+            continue
 
 
 def _main(argv: list[str]) -> int:

@@ -9,8 +9,9 @@ in the workspace, which the app's storage keeps).
 
 Watching asks the Jobs API (``inspect_job``, ``fetch_job_logs``) and pulls the pushed metrics through the hub
 interface at most every :data:`POLL_S` seconds per run, and no more once the job has ended and its last
-metrics were pulled. Stopping cancels the job (``cancel_job``): the job has no channel to be asked for a final
-checkpoint, so the run keeps the last checkpoint it pushed. Continuing launches a new job of the same run, which
+metrics were pulled. Stopping first asks the job to save a checkpoint and stop (a file in the repository the job
+looks for, :func:`hfjobs.stop_file`), and cancels it (``cancel_job``) when it has not ended within
+:data:`STOP_GRACE_S` or when Stop is pressed again. Continuing launches a new job of the same run, which
 restores that checkpoint from the repository and trains on to the new total (:func:`hfjobs.job_main`).
 
 Tokens: the signed-in user's own (for the call it came with; kept in this process's memory only, to watch
@@ -32,7 +33,7 @@ from .. import rundir
 from ..config import Config
 from ..errors import OpenLLMError
 from ..fsio import write_text_atomic
-from ..hub import Hub, get_hub, validate_repo_id
+from ..hub import CommitOperationAdd, Hub, get_hub, validate_repo_id
 from ..redact import redact
 from . import hfjobs
 from .storage import REPO_TYPE
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 POLL_S = 10.0  # the app's timer ticks every 2 s; the Jobs API and the repository are asked at most this often
+# how long a job asked to stop may take to save and push its last checkpoint before the app cancels it
+STOP_GRACE_S = 600.0
 LOG_LINES = 40
 ACTIVE_STAGES = ("SCHEDULING", "RUNNING")
 # a job's stage as the run's state the Monitor shows
@@ -294,6 +297,10 @@ def view(
                 error=error,
                 pulled_final=stage not in ACTIVE_STAGES,
             )
+            asked = record.get("stop_requested_unix")
+            if stage in ACTIVE_STAGES and asked and time.time() - float(asked) > STOP_GRACE_S:
+                the_api.cancel_job(job_id=record["job_id"], token=value)  # it did not stop by itself in time
+                record = rundir.write_remote_job(run_dir, stage="CANCELED", cancelled=True, pulled_final=False)
         except Exception as exc:  # the network, a token without access: shown, and asked again later
             note = f"(could not ask Hugging Face about job {record['job_id']}: {redact(exc, [value or ''])})"
             log = f"{note}\n{good}" if good else note  # the last log it gave stays under the note
@@ -304,6 +311,8 @@ def view(
     trainer = record.get("trainer_state")
     if stage == "COMPLETED" and trainer in (rundir.FAILED, rundir.DIVERGED, rundir.STOPPED):
         state = trainer  # the job ended normally, its training did not
+    elif stage in ACTIVE_STAGES and record.get("stop_requested_unix"):
+        state = rundir.STOPPING
     return JobView(
         name=name,
         state=state,
@@ -320,16 +329,27 @@ def view(
     )
 
 
-def stop(ws: Workspace, name: str, *, token: str | None, api: Any = None) -> dict[str, Any]:
-    """Cancel the run's job (``cancel_job``). The job cannot be asked for a final checkpoint first: the run
-    keeps the last checkpoint it pushed. Returns the record."""
+def stop(
+    ws: Workspace, name: str, *, token: str | None, api: Any = None, hub: Hub | None = None, now: bool = False
+) -> dict[str, Any]:
+    """Stop the run's job. First ask it to save a checkpoint and stop (:func:`hfjobs.stop_file` committed to
+    the repository: the job looks for it every few seconds, asks its trainer to stop, pushes the checkpoint
+    and ends); :func:`view` cancels it if it has not ended within :data:`STOP_GRACE_S`. A second Stop, or
+    ``now``, cancels it at once (``cancel_job``; the run keeps the last checkpoint it pushed). Returns the
+    record (``cancelled``: whether it was cancelled now)."""
     record = _record(ws, name)
     if record.get("stage") not in ACTIVE_STAGES:
         raise JobRunError(f"run {name!r}'s job has ended ({record.get('stage')}): there is nothing to stop")
     value = resolve_token(token or _tokens.get(record["job_id"]))
-    _api(api).cancel_job(job_id=record["job_id"], token=value)
     _seen.pop((str(ws.root), name), None)
-    return rundir.write_remote_job(ws.run_dir(name), stage="CANCELED", cancelled=True, pulled_final=False)
+    if now or record.get("stop_requested_unix"):
+        _api(api).cancel_job(job_id=record["job_id"], token=value)
+        return rundir.write_remote_job(ws.run_dir(name), stage="CANCELED", cancelled=True, pulled_final=False)
+    ask = CommitOperationAdd(path_in_repo=hfjobs.stop_file(name), path_or_fileobj=record["job_id"].encode())
+    _hub(record, value, hub).create_commit(
+        repo_id=record["repo"], repo_type=REPO_TYPE, operations=[ask], commit_message=f"stop run {name}"
+    )
+    return rundir.write_remote_job(ws.run_dir(name), stop_requested_unix=time.time(), cancelled=False)
 
 
 def _latest_pushed(record: dict[str, Any], name: str, hub: Hub) -> int | None:
@@ -373,6 +393,7 @@ def continue_job(
         stage="SCHEDULING",
         step=latest,
         cancelled=False,
+        stop_requested_unix=None,
         error=None,
         trainer_state=None,
         pulled_final=False,

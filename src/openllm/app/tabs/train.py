@@ -63,9 +63,16 @@ def stop_message(sh: Shared, run: str | None, token: Any = None) -> str:
     try:
         if jobruns.is_job_run(sh.ws, run):
             rec = jobruns.stop(sh.ws, run, token=access.token_value(token))
+            if rec.get("cancelled"):
+                return msg(
+                    f"Cancelled job {rec['job_id']} of {run!r}: the run keeps the last checkpoint it pushed to "
+                    f"{rec['repo']}; Continue (Models tab) resumes from it.",
+                    "info",
+                )
+            grace = jobruns.STOP_GRACE_S / 60
             return msg(
-                f"Cancelled job {rec['job_id']} of {run!r}. A job cannot be asked for a last checkpoint: the run "
-                f"keeps the last one it pushed to {rec['repo']}; Continue (Models tab) resumes from it.",
+                f"Asked job {rec['job_id']} of {run!r} to save a checkpoint and stop (it looks every few seconds). "
+                f"It is cancelled if it has not ended within {grace:.0f} minutes; press Stop again to cancel it now.",
                 "info",
             )
         name = sh.runner.stop(run)
