@@ -8,7 +8,9 @@ restores that layout from the repository (inputs, and the checkpoints of an earl
 continued), trains with ``torchrun`` on all the machine's GPUs (one plain process where there is at most one),
 and pushes ``runs/NAME`` -- checkpoints, metrics, status -- to the repository after each checkpoint and at the
 end (:class:`openllm.app.storage.WorkspaceMirror`: the same mirror, the same layout as the app's workspace).
-:func:`launch` then streams the job's logs; Ctrl-C cancels the job (the checkpoints it pushed stay).
+:func:`launch` then streams the job's logs; Ctrl-C cancels the job (the checkpoints it pushed stay). While it
+trains, the job looks for :func:`stop_file` in the repository (the app's Stop) and, when it appears, has its
+trainer save a checkpoint and stop, pushes it and ends.
 
 The Hugging Face token goes to the job as a **secret** (``secrets={"HF_TOKEN": ...}``), never in its command
 line or its plain environment, which the Jobs page shows.
