@@ -407,11 +407,21 @@ def report(results: list[dict], target: float | dict, png: Path | None) -> str:
 
         configs = sorted({r["config"] for r in results}, key=[r["config"] for r in results].index)
         fig, axes = plt.subplots(1, len(configs), figsize=(6 * len(configs), 4.2), squeeze=False)
+        colors = {v: f"C{i}" for i, v in enumerate(dict.fromkeys(r["variant"] for r in results))}
         for ax, c in zip(axes[0], configs):
-            for r in results:
+            labelled = set()
+            for r in results:  # one colour per variant, one line per seed
                 if r["config"] == c:
+                    seeds = sum(x["config"] == c and x["variant"] == r["variant"] for x in results)
+                    label = (
+                        None if r["variant"] in labelled else r["variant"] + (f" ({seeds} seeds)" if seeds > 1 else "")
+                    )
+                    labelled.add(r["variant"])
                     ax.plot(
-                        [p["tokens"] / 1e6 for p in r["curve"]], [p["val_loss"] for p in r["curve"]], label=r["variant"]
+                        [p["tokens"] / 1e6 for p in r["curve"]],
+                        [p["val_loss"] for p in r["curve"]],
+                        color=colors[r["variant"]],
+                        label=label,
                     )
             ax.axhline(targets[c], color="grey", ls="--", lw=1, label=f"target {targets[c]}")
             lo = min(p["val_loss"] for r in results if r["config"] == c for p in r["curve"])
