@@ -181,3 +181,16 @@ def test_the_job_stops_with_a_last_checkpoint_when_the_repository_asks_it_to(tmp
     status = json.loads((back / "runs/r1/status.json").read_text())
     assert status["state"] == "stopped" and 0 < status["step"] < 100_000
     assert rundir.step_of(rundir.latest_checkpoint(back / "runs" / "r1")) == status["step"]  # the last checkpoint
+
+
+@pytest.mark.slow  # real git for the inputs' upload
+def test_a_preset_name_is_a_config_for_a_job_as_everywhere_else(tmp_path):
+    from openllm.config import load_config
+
+    _, data = _inputs(tmp_path, 2)
+    hub = LocalHub(tmp_path / "hub")
+    J.upload_inputs(J.JobRequest("r1", "tiny", data, "me/job"), hub)
+    got = hub.download(repo_id="me/job", repo_type=J.REPO_TYPE, local_dir=tmp_path / "got")
+    assert (Path(got) / "jobs/r1/config.json").read_text() == load_config("tiny").to_json()
+    with pytest.raises(OpenLLMError, match="config file not found: nope.json"):
+        J.upload_inputs(J.JobRequest("r2", "nope.json", data, "me/job"), hub)

@@ -98,7 +98,7 @@ class JobRequest:
     """A run to train as a job: its name, config file, tokenized data folder and hub repository."""
 
     name: str
-    config: Path
+    config: str | Path  # a preset name or a config file, as everywhere else
     data: Path
     repo: str
     flavor: str = DEFAULT_FLAVOR
@@ -135,9 +135,10 @@ def _quote(text: str) -> str:
 def upload_inputs(req: JobRequest, hub: Hub) -> str:
     """The config and the tokenized data into the repository (one commit; created private where the hub has
     accounts); returns the commit."""
+    from ..config import load_config
+
     check_name(req.name, "run name")
-    if not req.config.is_file():
-        raise OpenLLMError(f"--config {req.config}: no such file (a job needs the config file)", path=req.config)
+    config = load_config(req.config).to_json().encode()  # the whole config the job trains with, presets resolved
     if not (req.data / "meta.json").is_file():
         raise OpenLLMError(
             f"--data {req.data}: not a tokenized data folder (no meta.json; make one with openllm tokenize)",
@@ -145,7 +146,7 @@ def upload_inputs(req: JobRequest, hub: Hub) -> str:
         )
     hub.create_repo(repo_id=req.repo, repo_type=REPO_TYPE, exist_ok=True, private=hub.name == "hf")
     base = f"jobs/{req.name}"
-    ops: list[Any] = [CommitOperationAdd(path_in_repo=f"{base}/config.json", path_or_fileobj=str(req.config))]
+    ops: list[Any] = [CommitOperationAdd(path_in_repo=f"{base}/config.json", path_or_fileobj=config)]
     if stop_file(req.name) in hub.list_files(repo_id=req.repo, repo_type=REPO_TYPE):
         ops.append(CommitOperationDelete(path_in_repo=stop_file(req.name)))  # an earlier job's, not this one's
     from ..hub import folder_files

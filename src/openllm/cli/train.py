@@ -121,7 +121,9 @@ def _on_jobs(args: argparse.Namespace, flavor: str) -> int:
     from ..errors import OpenLLMError
 
     if not args.repo or not args.config or not args.data or len(args.data) != 1:
-        raise OpenLLMError("--on hf-jobs needs --repo OWNER/NAME, --config FILE and one --data DIR (tokenized)")
+        raise OpenLLMError(
+            "--on hf-jobs needs --repo OWNER/NAME, --config (a preset or a file) and one --data DIR (tokenized)"
+        )
     from ..device import AUTO
 
     # the job trains the config file as it is: these would be dropped without a word
@@ -141,11 +143,11 @@ def _on_jobs(args: argparse.Namespace, flavor: str) -> int:
     ]
     if ignored:
         raise OpenLLMError(
-            f"--on hf-jobs trains the --config file as it is and does not take {', '.join(ignored)}: put those "
+            f"--on hf-jobs trains the --config as it is and does not take {', '.join(ignored)}: put those "
             f"settings in the config file, or train here without --on"
         )
     name = Path(args.out).name
-    launch(JobRequest(name, Path(args.config), Path(args.data[0]), args.repo, flavor, args.max_steps))
+    launch(JobRequest(name, args.config, Path(args.data[0]), args.repo, flavor, args.max_steps))
     return 0
 
 
