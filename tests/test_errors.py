@@ -140,3 +140,21 @@ def test_the_cause_check_finds_both_ways_of_dropping_it(tmp_path):
         "    try:\n        return d['w']\n    except KeyError as exc:\n        raise ValueError('no w') from exc\n"
     )
     assert [line.split(": ", 1)[1] for line in _raises_that_drop_their_cause(bad)] == ["from None", "no from"]
+
+
+def test_the_install_hint_offers_all_only_for_the_extras_all_holds():
+    import re
+    from pathlib import Path
+
+    from openllm.errors import IN_ALL, MissingExtra, require
+
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()  # (tomllib: Python 3.11+ only)
+    (everything,) = re.findall(r'^all = \["openllm\[(.*)\]"\]', pyproject, re.M)
+    assert tuple(everything.split(",")) == IN_ALL
+    for extra, offered in (("track", False), ("export", True)):
+        try:
+            require("surely_not_a_module_xyz", extra)
+        except MissingExtra as exc:
+            assert ("openllm[all]" in str(exc)) == offered, str(exc)
+        else:
+            raise AssertionError("a missing module was not refused")

@@ -104,9 +104,15 @@ EXTRAS = {
 }
 
 
+# the extras pyproject.toml's ``all`` gathers (tests/test_errors.py checks the two agree): the hint offers
+# 'openllm[all]' only for these
+IN_ALL = ("app", "serve", "export", "eval", "finetune")
+
+
 def _message(module: str, extra: str, what: str | None) -> str:
     need = f"{what} needs {module}" if what else f"{module} is needed here"
-    return f"{need}, which is not installed: pip install 'openllm[{extra}]' (or 'openllm[all]')"
+    also = " (or 'openllm[all]')" if extra in IN_ALL else ""
+    return f"{need}, which is not installed: pip install 'openllm[{extra}]'{also}"
 
 
 def require(module: str, extra: str | None = None, *, what: str | None = None) -> None:
