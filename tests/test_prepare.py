@@ -200,8 +200,23 @@ def test_hf_datasets_offline(tmp_path):
     # by name through load_dataset: a local dataset folder of data files
     (tmp_path / "repo" / "data").mkdir(parents=True)
     pq.write_table(pa.table({"text": ["named dataset row"]}), tmp_path / "repo" / "data" / "train-0.parquet")
-    prepare_corpus([f"hf:{tmp_path / 'repo'}"], tmp_path / "out2", val_fraction=0.0, progress=False)
-    assert _docs(tmp_path / "out2") == ["named dataset row"]
+    # ... streamed: no Arrow copy of the data is written into the datasets cache (a dataset larger than the free
+    # disk goes through), the rows counted as they pass
+    for i in range(3):
+        rows = [f"named dataset row {i}-{j}" for j in range(50)]
+        pq.write_table(pa.table({"text": rows}), tmp_path / "repo" / "data" / f"train-{i + 1}.parquet")
+    cache = tmp_path / "hf_cache"
+    old = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = cache
+    try:
+        report = prepare_corpus([f"hf:{tmp_path / 'repo'}"], tmp_path / "out2", val_fraction=0.0, progress=False)
+    finally:
+        datasets.config.HF_DATASETS_CACHE = old
+    assert sorted(_docs(tmp_path / "out2")) == sorted(
+        ["named dataset row", *(f"named dataset row {i}-{j}" for i in range(3) for j in range(50))]
+    )
+    assert report["sources"][0]["rows"] == 151 and report["sources"][0]["streamed"] is True
+    assert not list(cache.rglob("*.arrow")), list(cache.rglob("*"))
     with pytest.raises(OpenLLMError, match=r"cannot load Hugging Face dataset 'no-such/dataset-xyz' offline"):
         prepare_corpus(["hf:no-such/dataset-xyz"], tmp_path / "out3", progress=False)
     with pytest.raises(OpenLLMError, match=r"no column 'body'"):

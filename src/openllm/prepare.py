@@ -408,12 +408,17 @@ def _read_hf(src: Source, *, field: str, hf_split: str, hf_config: str | None) -
         if src.path is not None:
             ds = datasets.load_from_disk(str(src.path))
         else:
-            ds = datasets.load_dataset(src.name, hf_config, split=hf_split)
+            # streamed: rows are read as they are cleaned, never converted into an Arrow copy in the datasets
+            # cache, so a dataset larger than memory or than the free disk goes through
+            ds = datasets.load_dataset(src.name, hf_config, split=hf_split, streaming=True)
     except Exception as exc:  # datasets raises many types; all mean "cannot open this dataset"
         raise OpenLLMError(
             f"cannot load Hugging Face dataset {src.name!r} offline ({exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); give a local path or a dataset in the cache"
         ) from exc
+    if isinstance(ds, datasets.IterableDataset):
+        yield from _read_hf_stream(src, ds, field=field, hf_split=hf_split)
+        return
     if isinstance(ds, datasets.DatasetDict):
         if hf_split not in ds:
             raise OpenLLMError(
@@ -433,6 +438,31 @@ def _read_hf(src: Source, *, field: str, hf_split: str, hf_config: str | None) -
                     f"dataset {src.name!r}: column {field!r} holds {type(value).__name__}, expected strings"
                 )
             yield value or ""
+
+
+def _read_hf_stream(src: Source, ds, *, field: str, hf_split: str) -> Iterator[str]:
+    rows = 0
+    try:
+        for row in ds:
+            if field not in row:
+                raise OpenLLMError(
+                    f"dataset {src.name!r}: no column {field!r} (columns: {', '.join(row)}); choose one with --field"
+                )
+            value = row[field]
+            if value is not None and not isinstance(value, str):
+                raise OpenLLMError(
+                    f"dataset {src.name!r}: column {field!r} holds {type(value).__name__}, expected strings"
+                )
+            rows += 1
+            yield value or ""
+    except OpenLLMError:
+        raise
+    except Exception as exc:  # a data file that cannot be read mid-stream
+        raise OpenLLMError(
+            f"Hugging Face dataset {src.name!r}: reading row {rows + 1} failed ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    src.stats.update({"split": hf_split, "rows": rows, "streamed": True})
 
 
 def _read_embedded(src: Source) -> Iterator[str]:
