@@ -291,7 +291,7 @@ def test_only_an_owner_launches_stops_or_continues_a_job_from_the_app(tmp_path, 
     assert [c[2].get("token") for c in api.hub.calls if c[0] == "create_commit"] == [OWNER_TOKEN]
     # the form says 4096 tokens, the tokenized folder 64: as for a local run on it, the data's vocabulary wins
     sent = json.loads((tmp_path / "ws" / "jobs" / "run-1" / "config.json").read_text())
-    assert sent["model"]["vocab_size"] == 64 and sent["train"]["max_steps"] == 300  # the tiny preset's
+    assert sent["model"]["vocab_size"] == 64 and sent["train"]["max_steps"] == 280  # the tiny preset's
     # ... her Stop asks the job for a last checkpoint, with her token; a second one cancels it
     (stop,) = [f for f in clicks["monitor-stop"] if access.is_writer(f.fn)]
     said = html.unescape(call(stop.fn, session("alice"), *inputs(stop)))
