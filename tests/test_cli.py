@@ -34,9 +34,9 @@ def test_help_lists_every_command():
 
 
 @pytest.mark.slow
-def test_info_small_prints_about_36m():
+def test_info_small_prints_about_52m_with_the_default_untied_head():
     out = run_cli("info", "configs/small.json").stdout
-    assert "parameters        35," in out and "(35.7M)" in out
+    assert "parameters        52," in out and "(52.0M)" in out
     assert "FLOPs" in out
 
 

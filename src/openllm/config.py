@@ -90,7 +90,8 @@ def _fill_recipe(data: Mapping[str, Any]) -> dict[str, Any]:
     """``data`` (a config's sections) with what its ``train.recipe`` sets wherever ``data`` does not say (a
     preset names its recipe and only the settings it tunes); ``train.lr``, when absent, at the recipe's scale."""
     train = data.get("train")
-    recipe = RECIPES.get(train.get("recipe")) if isinstance(train, Mapping) else None  # type: ignore[arg-type]
+    name = train.get("recipe") if isinstance(train, Mapping) else None
+    recipe = RECIPES.get(name) if isinstance(name, str) else None  # anything else: validation names it
     if recipe is None:
         return dict(data)
     out = dict(data)
@@ -424,7 +425,7 @@ class Config:
         data = self.to_dict()
         train = sections.get("train")
         new = train.get("recipe") if isinstance(train, Mapping) else None
-        if new in RECIPES and new != data["train"].get("recipe"):
+        if isinstance(new, str) and new in RECIPES and new != data["train"].get("recipe"):
             data = _switch_recipe(data, new)  # the recipe first: the settings given beside it win
         for key, overrides in sections.items():
             if key == "name":
