@@ -5,6 +5,7 @@ strings and lazy ``_LAZY`` attribute tables. Read from the source (AST), so noth
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "openllm"
@@ -85,6 +86,18 @@ def find_modules(src: Path, root: str = ROOT) -> dict[str, Path]:
     return out
 
 
+@functools.cache
+def _read_nodes(path: Path, mtime_ns: int, size: int) -> tuple[ast.AST, ...]:
+    return tuple(ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))))
+
+
+def _nodes(path: Path) -> tuple[ast.AST, ...]:
+    """Every node of the file's AST, parsed once per version of the file: the real tree is read by several
+    tests and by both checks (parsing all of src/openllm is most of their time)."""
+    st = path.stat()
+    return _read_nodes(path, st.st_mtime_ns, st.st_size)
+
+
 def _package_of(module: str, path: Path) -> str:
     return module if path.name == "__init__.py" else module.rpartition(".")[0]
 
@@ -117,11 +130,10 @@ def _anchor(arg: ast.expr | None, module: str, package: str) -> str:
 def imports_of(module: str, path: Path, known: dict[str, Path], root: str = ROOT) -> tuple[set[str], list[str]]:
     """(modules of the package that ``module`` imports anywhere in its file, problems found while reading).
     Importing ``a.b.c`` from outside ``a.b`` also runs ``a.b``'s ``__init__``: that is an arrow too."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     package = _package_of(module, path)
     raw: set[str] = set()
     problems: list[str] = []
-    for node in ast.walk(tree):
+    for node in _nodes(path):
         if isinstance(node, ast.Import):
             raw.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -181,11 +193,10 @@ def private_uses(module: str, path: Path, known: dict[str, Path], root: str = RO
     from another module of the package: ``from .x import _name``, ``from . import x`` then ``x._name``,
     ``import pkg.x as x`` then ``x._name``, and ``pkg.x._name`` spelled out. A private module (``from . import
     _impl``) is the package's own business: only names inside modules count."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     package = _package_of(module, path)
     aliases: dict[str, str] = {}  # a local name -> the package's module it is bound to
     found: list[tuple[int, str, str]] = []
-    for node in ast.walk(tree):
+    for node in _nodes(path):
         if isinstance(node, ast.ImportFrom):
             base = _resolve(node.module or "", node.level, package)
             if base != root and not base.startswith(root + "."):
@@ -202,7 +213,7 @@ def private_uses(module: str, path: Path, known: dict[str, Path], root: str = RO
                     aliases[a.asname] = a.name
                 elif a.name == root or a.name.startswith(root + "."):
                     aliases[a.name.split(".")[0]] = a.name.split(".")[0]
-    for node in ast.walk(tree):
+    for node in _nodes(path):
         if not (isinstance(node, ast.Attribute) and _private(node.attr)):
             continue
         parts, value = [], node.value  # the dotted name the attribute is read from: x, or pkg.x.y
