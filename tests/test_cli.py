@@ -203,13 +203,16 @@ def test_an_unexpected_error_is_one_line_with_a_crash_log(tmp_path):
 def test_arguments_that_are_not_utf8_are_printed_escaped(tmp_path):
     import subprocess
 
+    # prepare-data names a missing input before it loads torch: the same error path as any command, 2 s cheaper
+    bad = os.fsencode(str(tmp_path)) + b"/\xff\xfe"
     proc = subprocess.run(
-        [sys.executable, "-m", "openllm", "generate", os.fsencode(str(tmp_path)) + b"/\xff\xfe", "--prompt", "x"],
+        [sys.executable, "-m", "openllm", "prepare-data", bad, "--out", str(tmp_path / "out")],
         capture_output=True,
         env={**os.environ, "PYTHONIOENCODING": "utf-8"},
     )
     err = proc.stderr.decode("utf-8")
     assert proc.returncode == 2 and "Traceback" not in err and err.startswith("error: ")
+    assert "/\\udcff\\udcfe" in err, err  # the bytes are shown, escaped
 
 
 def test_the_crash_log_and_the_error_line_hold_no_secrets(tmp_path):
