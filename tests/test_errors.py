@@ -118,7 +118,9 @@ def _raises_that_drop_their_cause(path: Path) -> list[str]:
         for child in ast.iter_child_nodes(node):
             visit(child, child if isinstance(child, ast.ExceptHandler) else handler)
 
-    visit(ast.parse(path.read_text(encoding="utf-8")), None)
+    from test_imports import parse_source  # parsed once for every check that reads the source
+
+    visit(parse_source(path), None)
     return found
 
 

@@ -98,6 +98,13 @@ def _nodes(path: Path) -> tuple[ast.AST, ...]:
     return _read_nodes(path, st.st_mtime_ns, st.st_size)
 
 
+def parse_source(path: Path) -> ast.Module:
+    """The file's AST, shared with the other checks that read all of src/openllm (tests/test_errors.py)."""
+    tree = _nodes(path)[0]  # ast.walk starts at the root
+    assert isinstance(tree, ast.Module)
+    return tree
+
+
 def _package_of(module: str, path: Path) -> str:
     return module if path.name == "__init__.py" else module.rpartition(".")[0]
 
