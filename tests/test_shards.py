@@ -28,35 +28,43 @@ def prepared(tmp_path_factory):
     return root, tok
 
 
+@pytest.fixture(scope="module")
+def one_worker(prepared, tmp_path_factory):
+    """The corpus tokenized by one worker with the default shard size: (folder, meta), read-only for the tests."""
+    root, _ = prepared
+    out = tmp_path_factory.mktemp("one") / "tokens"
+    return out, tokenize_corpus(root / "data", root / "tok", out, workers=1, progress=False)
+
+
 def _split_docs(ids, eos):
     ends = np.flatnonzero(ids == eos)
     starts = np.concatenate([[0], ends[:-1] + 1])
     return [ids[s:e].tolist() for s, e in zip(starts, ends)]
 
 
-def test_shards_hold_every_document_with_eos(prepared, tmp_path):
+def test_shards_hold_every_document_with_eos(prepared, one_worker):
     root, tok = prepared
-    meta = tokenize_corpus(root / "data", root / "tok", tmp_path / "tokens", workers=1, progress=False)
+    tokens, meta = one_worker
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == 1024 and meta["eos_id"] == 3
     assert meta["tokenizer_sha256"] == tok.sha256
     for split in ("train", "val"):
         docs = _docs(root / "data" / f"{split}.jsonl")
         s = meta["splits"][split]
-        ids = np.concatenate([np.fromfile(tmp_path / "tokens" / name, dtype="<u2") for name in s["shards"]])
+        ids = np.concatenate([np.fromfile(tokens / name, dtype="<u2") for name in s["shards"]])
         assert s["documents"] == len(docs) > 0 and s["tokens"] == len(ids) and ids[-1] == 3
         assert [tok.decode(d) for d in _split_docs(ids, 3)] == docs
         assert meta["sources"][f"{split}.jsonl"]["sha256"] == __import__("openllm.prepare").prepare.sha256_file(
             root / "data" / f"{split}.jsonl"
         )
-    copy = Tokenizer.load(tmp_path / "tokens" / "tokenizer")
-    assert copy.sha256 == tok.sha256 and (tmp_path / "tokens" / "tokenizer" / "tokenizer.json").is_file()
-    assert json.loads((tmp_path / "tokens" / "meta.json").read_text()) == meta
+    copy = Tokenizer.load(tokens / "tokenizer")
+    assert copy.sha256 == tok.sha256 and (tokens / "tokenizer" / "tokenizer.json").is_file()
+    assert json.loads((tokens / "meta.json").read_text()) == meta
     assert meta["prepared_from"][0]["kind"] == "jsonl"
 
 
-def test_parallel_workers_and_small_shards_give_the_same_stream(prepared, tmp_path):
+def test_parallel_workers_and_small_shards_give_the_same_stream(prepared, one_worker, tmp_path):
     root, _ = prepared
-    one = tokenize_corpus(root / "data", root / "tok", tmp_path / "one", workers=1, progress=False)
+    one_dir, one = one_worker
     two = tokenize_corpus(
         root / "data",
         root / "tok",
@@ -71,7 +79,7 @@ def test_parallel_workers_and_small_shards_give_the_same_stream(prepared, tmp_pa
         (tmp_path / "two" / n).stat().st_size // 2 for n in two["splits"]["train"]["shards"]
     ]
     for split in ("train", "val"):
-        a = np.concatenate([np.fromfile(tmp_path / "one" / n, dtype="<u2") for n in one["splits"][split]["shards"]])
+        a = np.concatenate([np.fromfile(one_dir / n, dtype="<u2") for n in one["splits"][split]["shards"]])
         b = np.concatenate([np.fromfile(tmp_path / "two" / n, dtype="<u2") for n in two["splits"][split]["shards"]])
         assert np.array_equal(a, b)
         # shards end at document boundaries
