@@ -5,6 +5,7 @@ previous checkpoint stays usable."""
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,8 +46,11 @@ def test_prepare_data_on_a_full_disk_leaves_nothing(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name not in ("corpus.txt",)]
 
 
-@pytest.mark.slow
-def test_checkpoint_on_a_full_disk_keeps_the_previous_one(tmp_path):
+@pytest.fixture(scope="module")
+def trained_to_4(tmp_path_factory):
+    """(config, data, run): a micro model trained 4 steps by the real command, one checkpoint at step 4 (bigger
+    than LIMIT). Both full-disk tests resume a copy of it: one training start (seconds) instead of two."""
+    tmp_path = tmp_path_factory.mktemp("trained")
     data = random_data(tmp_path / "data", vocab_size=64, train_tokens=20000, val_tokens=2000)
     cfg = tmp_path / "c.json"
     cfg.write_text(
@@ -68,8 +72,17 @@ def test_checkpoint_on_a_full_disk_keeps_the_previous_one(tmp_path):
         )
     )
     run = tmp_path / "run"
+    res = openllm("train", "--config", str(cfg), "--data", str(data), "--out", str(run), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    return cfg, data, run
+
+
+@pytest.mark.slow
+def test_checkpoint_on_a_full_disk_keeps_the_previous_one(tmp_path, trained_to_4):
+    cfg, data, trained = trained_to_4
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
     common = ("train", "--config", str(cfg), "--data", str(data), "--out", str(run), "--no-progress")
-    assert openllm(*common).returncode == 0
     first = run / "checkpoints" / "step_00000004"
     assert (first / "model.safetensors").stat().st_size > LIMIT  # so the next save cannot fit
 
@@ -103,32 +116,13 @@ def small_tmpfs(tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoint_on_a_really_full_disk_is_the_disk_full_message(tmp_path, small_tmpfs):
+def test_checkpoint_on_a_really_full_disk_is_the_disk_full_message(small_tmpfs, trained_to_4):
     """ENOSPC from a real file system, not a file-size limit: torch.save's writer words it "unexpected pos",
     with the errno only in the exception's context; the error must still be the disk-full one (exit 2)."""
-    data = random_data(tmp_path / "data", vocab_size=64, train_tokens=20000, val_tokens=2000)
-    cfg = tmp_path / "c.json"
-    cfg.write_text(
-        json.dumps(
-            {
-                "name": "micro",
-                "model": {"vocab_size": 64, "d_model": 96, "n_layers": 2, "n_heads": 4, "max_seq_len": 32},
-                "train": {
-                    "micro_batch_size": 4,
-                    "seq_len": 32,
-                    "max_steps": 4,
-                    "warmup_steps": 1,
-                    "eval_every": 4,
-                    "eval_batches": 1,
-                    "save_every": 4,
-                    "log_every": 1,
-                },
-            }
-        )
-    )
+    cfg, data, trained = trained_to_4
     run = small_tmpfs / "run"
+    shutil.copytree(trained, run)
     common = ("train", "--config", str(cfg), "--data", str(data), "--out", str(run), "--no-progress")
-    assert openllm(*common).returncode == 0
     first = run / "checkpoints" / "step_00000004"
     ckpt_bytes = sum(f.stat().st_size for f in first.iterdir())
     assert ckpt_bytes > 4_000_000 - ckpt_bytes - 200_000, ckpt_bytes  # a second checkpoint cannot fit
