@@ -272,7 +272,7 @@ def test_synthetic_set_needs_a_run_with_its_corpus(tmp_path, export_run):
 
 
 @pytest.mark.parametrize("kind", ["prepared corpus", "run folder", "foreign folder", "file"])
-def test_synthetic_set_refuses_a_folder_it_did_not_write(tmp_path, export_run, kind):
+def test_synthetic_set_refuses_a_folder_it_did_not_write(tmp_path, request, kind):
     from openllm.conversations import write_synthetic_set
 
     out = tmp_path / "out"
@@ -281,7 +281,7 @@ def test_synthetic_set_refuses_a_folder_it_did_not_write(tmp_path, export_run, k
         for name in ("train.jsonl", "val.jsonl", "report.json"):
             (out / name).write_text('{"text": "x"}\n')
     elif kind == "run folder":
-        out = export_run
+        out = request.getfixturevalue("export_run")  # built only for the case that needs it
     elif kind == "foreign folder":
         out.mkdir()
         (out / "notes.txt").write_text("mine")
@@ -296,7 +296,11 @@ def test_synthetic_set_refuses_a_folder_it_did_not_write(tmp_path, export_run, k
         {str(p): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} if out.is_dir() else out.read_bytes()
     )
     assert before == after
-    # an earlier output of --make-data is replaced whole
+
+
+def test_synthetic_set_replaces_its_own_earlier_output_whole(tmp_path):
+    from openllm.conversations import write_synthetic_set
+
     write_synthetic_set(tmp_path / "mine", 20)
     (tmp_path / "mine" / "train.jsonl").write_text("")
     write_synthetic_set(tmp_path / "mine", 20)
