@@ -91,16 +91,16 @@ def _read_nodes(path: Path, mtime_ns: int, size: int) -> tuple[ast.AST, ...]:
     return tuple(ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))))
 
 
-def _nodes(path: Path) -> tuple[ast.AST, ...]:
-    """Every node of the file's AST, parsed once per version of the file: the real tree is read by several
-    tests and by both checks (parsing all of src/openllm is most of their time)."""
+def source_nodes(path: Path) -> tuple[ast.AST, ...]:
+    """Every node of the file's AST (``ast.walk`` order), parsed once per version of the file: the real tree is
+    read by several tests here and in other files (parsing all of src/openllm is most of their time)."""
     st = path.stat()
     return _read_nodes(path, st.st_mtime_ns, st.st_size)
 
 
 def parse_source(path: Path) -> ast.Module:
     """The file's AST, shared with the other checks that read all of src/openllm (tests/test_errors.py)."""
-    tree = _nodes(path)[0]  # ast.walk starts at the root
+    tree = source_nodes(path)[0]  # ast.walk starts at the root
     assert isinstance(tree, ast.Module)
     return tree
 
@@ -140,7 +140,7 @@ def imports_of(module: str, path: Path, known: dict[str, Path], root: str = ROOT
     package = _package_of(module, path)
     raw: set[str] = set()
     problems: list[str] = []
-    for node in _nodes(path):
+    for node in source_nodes(path):
         if isinstance(node, ast.Import):
             raw.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -203,7 +203,7 @@ def private_uses(module: str, path: Path, known: dict[str, Path], root: str = RO
     package = _package_of(module, path)
     aliases: dict[str, str] = {}  # a local name -> the package's module it is bound to
     found: list[tuple[int, str, str]] = []
-    for node in _nodes(path):
+    for node in source_nodes(path):
         if isinstance(node, ast.ImportFrom):
             base = _resolve(node.module or "", node.level, package)
             if base != root and not base.startswith(root + "."):
@@ -220,7 +220,7 @@ def private_uses(module: str, path: Path, known: dict[str, Path], root: str = RO
                     aliases[a.asname] = a.name
                 elif a.name == root or a.name.startswith(root + "."):
                     aliases[a.name.split(".")[0]] = a.name.split(".")[0]
-    for node in _nodes(path):
+    for node in source_nodes(path):
         if not (isinstance(node, ast.Attribute) and _private(node.attr)):
             continue
         parts, value = [], node.value  # the dotted name the attribute is read from: x, or pkg.x.y

@@ -301,12 +301,14 @@ def test_status_json_has_one_writer():
     import ast
     from pathlib import Path
 
+    from test_imports import source_nodes  # parsed once for every check that reads the source
+
     src = Path(rundir.__file__).parent
     found = []
     for path in sorted(src.rglob("*.py")):
         if path == Path(rundir.__file__):
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in source_nodes(path):
             named = (
                 (isinstance(node, ast.Constant) and node.value in (rundir.STATUS, "write_status"))
                 or (isinstance(node, ast.Attribute) and node.attr in ("STATUS", "write_status"))
