@@ -67,6 +67,10 @@ def test_the_mirror_keeps_what_changed_and_restores_an_empty_workspace_only(tmp_
     (ws.models_dir / "m").mkdir()
     (ws.models_dir / "m" / "big.bin").write_bytes(b"downloaded again at will")
     os.symlink("/etc/hostname", ws.corpora_dir / "outside.txt")  # the user's own file: never copied out
+    # what is being written at this moment (fsio's atomic file and folder temporaries): gone or renamed soon
+    (ws.root / "jobs" / "r1" / "data" / ".tokenizer.tmp-123").mkdir(parents=True)
+    (ws.root / "jobs" / "r1" / "data" / ".tokenizer.tmp-123" / "tokenizer.model").write_bytes(b"half")
+    (ws.corpora_dir / "uploads" / ".mine.txt.123.tmp").write_text("half")
     mirror = WorkspaceMirror(ws, hub, REPO)
     assert mirror.poll() is not None  # the first look syncs
     files = set(hub.list_files(repo_id=REPO, repo_type="dataset"))

@@ -63,3 +63,20 @@ def test_make_dirs_refuses_a_file_in_the_way(tmp_path):
     with pytest.raises(OpenLLMError, match="is a file, not a folder"):
         fsio.make_dirs(tmp_path / "f" / "sub")
     assert fsio.make_dirs(tmp_path / "a" / "b").is_dir()
+
+
+def test_temporaries_are_told_from_results(tmp_path, monkeypatch):
+    """What fsio renames into place is a temporary by its name (the workspace mirror skips those)."""
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(os.path.basename(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(fsio.os, "replace", spy)
+    fsio.write_text_atomic(tmp_path / "a.txt", "x")
+    with fsio.atomic_output_dir(tmp_path / "out", owned_marker="m.json") as d:
+        (d / "m.json").write_text("{}")
+    assert len(seen) == 2 and all(fsio.is_temporary(n) for n in seen), seen
+    assert not any(fsio.is_temporary(n) for n in ("a.txt", "out", ".gitignore", "tmp", "model.tmp.safetensors"))

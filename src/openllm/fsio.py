@@ -20,6 +20,7 @@ from typing import Any
 from .errors import OpenLLMError
 
 __all__ = [
+    "is_temporary",
     "parse_json",
     "read_json",
     "load_json",
@@ -36,6 +37,13 @@ __all__ = [
 
 
 # --- reads ---------------------------------------------------------------------------------------------------
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file or folder name is one of this module's in-flight temporaries (an atomic write's
+    ``.NAME.PID.tmp``, an atomic folder's ``.NAME.tmp-PID``): renamed into place or removed soon, never a
+    result to copy anywhere."""
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name)
 
 
 def parse_json(text: str | bytes) -> Any:

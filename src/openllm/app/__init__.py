@@ -52,6 +52,11 @@ def launch(workspace=None, *, host: str = "127.0.0.1", port: int = 7860, mirror=
         _term_is_interrupt()
     try:
         demo.launch(server_name=host, server_port=port, css=CSS, theme=THEME, share=False, **kwargs)
+    except KeyboardInterrupt:
+        # SIGTERM or Ctrl-C before Gradio's own wait loop (which takes them itself): the same clean stop
+        if not blocking:
+            raise
+        demo.close()
     finally:
         if blocking:
             storage.close()

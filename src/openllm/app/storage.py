@@ -32,7 +32,7 @@ from typing import Any
 
 from .. import rundir
 from ..errors import OpenLLMError
-from ..fsio import read_json, write_json_atomic
+from ..fsio import is_temporary, read_json, write_json_atomic
 from ..hub import CommitOperationAdd, CommitOperationDelete, Hub, HubError, get_hub, validate_repo_id
 from ..scratch import scratch_dir
 from .workspace import Workspace, default_workspace
@@ -153,7 +153,10 @@ class WorkspaceMirror:
         if parts[0] not in DURABLE:
             return True
         name = parts[-1]
-        if name in rundir.LOCK_FILES or name.startswith(rundir.TMP_PREFIX) or name.endswith(".openllm-part"):
+        if name in rundir.LOCK_FILES or name.endswith(".openllm-part"):
+            return True
+        # a file being written, or anything inside a folder being written (a checkpoint, the job's tokenizer)
+        if any(p.startswith(rundir.TMP_PREFIX) or is_temporary(p) for p in parts):
             return True
         # a link out of the workspace is the user's own file, not the workspace's: never copied anywhere (nor
         # a linked folder, which uploads never follow)

@@ -101,7 +101,16 @@ def _job_view(sh: Shared, run: str, last_count: Any):
 def build(sh: Shared) -> MonitorTab:
     banner = gr.HTML("", elem_id="monitor-banner")
     with gr.Row():
-        run = gr.Dropdown(sh.run_choices(), value=sh.default_run(), label="Run", elem_id="monitor-run", scale=4)
+        # allow_custom_value: the timer's tick can reach the server before Start's new list of runs does, and
+        # Gradio would then refuse the run just started; view() checks the name itself
+        run = gr.Dropdown(
+            sh.run_choices(),
+            value=sh.default_run(),
+            label="Run",
+            elem_id="monitor-run",
+            scale=4,
+            allow_custom_value=True,
+        )
         refresh = gr.Button("Refresh", scale=1, elem_id="monitor-refresh", min_width=90)
         stop = gr.Button("Stop", variant="stop", scale=1, elem_id="monitor-stop", min_width=90, interactive=False)
     page = gr.HTML("", elem_id="monitor-html")
