@@ -446,13 +446,9 @@ class LocalHub(Hub):
         checksum (sha1 of header + content) against the tree's id; write via a temporary name."""
         if not entries:
             return
+        argv, kwargs = die_with_parent(["git", f"--git-dir={gd}", "cat-file", "--batch"])
         proc = subprocess.Popen(
-            ["git", f"--git-dir={gd}", "cat-file", "--batch"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=_env(),
-            **die_with_parent(),
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), **kwargs
         )
         try:
             assert proc.stdin and proc.stdout
