@@ -115,6 +115,29 @@ def test_the_mirror_keeps_what_changed_and_restores_an_empty_workspace_only(tmp_
     assert again.restored == 0 and sorted(again.workspace.run_names()) == ["other", "r1"]
 
 
+@pytest.mark.slow  # real git
+def test_a_file_removed_while_the_mirror_uploads_it_does_not_fail_the_pass(tmp_path):
+    """A training rotates an old checkpoint out while the mirror reads it: the pass looks again at once and
+    commits what is there, instead of failing whole (and retrying on its next round)."""
+
+    class RotatingHub(LocalHub):
+        calls = 0
+
+        def create_commit(self, **kw):
+            RotatingHub.calls += 1
+            if RotatingHub.calls == 1:  # the trainer removes the older checkpoint in the middle of the upload
+                shutil.rmtree(run / "checkpoints" / "step_00000002")
+            return super().create_commit(**kw)
+
+    ws = Workspace(tmp_path / "a")
+    run = _fake_run(ws, "r1", steps=(2, 4))
+    mirror = WorkspaceMirror(ws, RotatingHub(tmp_path / "hub"), REPO)
+    assert mirror.sync() is not None and RotatingHub.calls == 2
+    files = set(LocalHub(tmp_path / "hub").list_files(repo_id=REPO, repo_type="dataset"))
+    assert "runs/r1/checkpoints/step_00000004/state.json" in files
+    assert not any("step_00000002" in f for f in files)
+
+
 def _changed_paths(hub: LocalHub, since: str) -> set[str]:
     loc = hub.repo_location(repo_id=REPO, repo_type="dataset")
     out = subprocess.run(

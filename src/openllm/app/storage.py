@@ -61,6 +61,11 @@ _OFF = ("", "0", "off", "none", "false", "no")
 _LIVE_JOB_FILES = ("log.txt",)
 # how long the app, told to stop, waits for the training it runs to save and stop before the last mirror
 STOP_WAIT_S = 60.0
+_VANISHED_TRIES = 5  # passes in a row that may find a file gone before the mirror gives up until its next round
+
+
+class _Vanished(Exception):
+    """A file of the pass was removed while it was uploaded."""
 
 
 @dataclass(frozen=True)
@@ -237,35 +242,52 @@ class WorkspaceMirror:
         """Commit the durable files that changed since the last sync and delete those that are gone, as one
         commit; returns its id, or None when nothing changed. Hub errors propagate (the thread retries)."""
         with self._lock:
-            files = self.files()
-            signature = self._signature(files)
-            if self.hub.repo_exists(repo_id=self.repo_id, repo_type=REPO_TYPE):
-                remote = set(self.hub.list_files(repo_id=self.repo_id, repo_type=REPO_TYPE))
-            else:
-                # private where the hub has accounts: the workspace holds the user's corpora
-                self.hub.create_repo(
-                    repo_id=self.repo_id, repo_type=REPO_TYPE, exist_ok=True, private=self.hub.name == "hf"
-                )
-                remote = set()
-            adds = [rel for rel, st in files.items() if rel not in remote or self._uploaded.get(rel) != list(st)]
-            deletes = sorted(rel for rel in remote if rel not in files and not self._excluded(rel))
-            commit = None
-            if adds or deletes:
-                ops: list[CommitOperationAdd | CommitOperationDelete] = [
-                    CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(self.ws.root / rel)) for rel in adds
-                ]
-                ops += [CommitOperationDelete(path_in_repo=rel) for rel in deletes]
+            for attempt in range(_VANISHED_TRIES):
+                try:
+                    return self._sync_once(reason)
+                except _Vanished:
+                    if attempt == _VANISHED_TRIES - 1:
+                        raise HubError("the workspace kept changing under the mirror; it tries again") from None
+        return None
+
+    def _sync_once(self, reason: str) -> str | None:
+        """One pass of :meth:`sync` (under its lock); :class:`_Vanished` when a file went during the upload."""
+        files = self.files()
+        signature = self._signature(files)
+        if self.hub.repo_exists(repo_id=self.repo_id, repo_type=REPO_TYPE):
+            remote = set(self.hub.list_files(repo_id=self.repo_id, repo_type=REPO_TYPE))
+        else:
+            # private where the hub has accounts: the workspace holds the user's corpora
+            self.hub.create_repo(
+                repo_id=self.repo_id, repo_type=REPO_TYPE, exist_ok=True, private=self.hub.name == "hf"
+            )
+            remote = set()
+        adds = [rel for rel, st in files.items() if rel not in remote or self._uploaded.get(rel) != list(st)]
+        deletes = sorted(rel for rel in remote if rel not in files and not self._excluded(rel))
+        commit = None
+        if adds or deletes:
+            ops: list[CommitOperationAdd | CommitOperationDelete] = [
+                CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(self.ws.root / rel)) for rel in adds
+            ]
+            ops += [CommitOperationDelete(path_in_repo=rel) for rel in deletes]
+            try:
                 commit = self.hub.create_commit(
                     repo_id=self.repo_id,
                     repo_type=REPO_TYPE,
                     operations=ops,
                     commit_message=f"{reason}: {len(adds)} files written, {len(deletes)} removed",
                 )
-                self.commits += 1
-            self._record(files)
-            self._seen = signature
-            self.last_error = None
-            return commit
+            except Exception:
+                # a file listed a moment ago is gone (a training rotated an old checkpoint out while it was
+                # read): look again at once rather than fail the whole pass
+                if any(not (self.ws.root / rel).exists() for rel in adds):
+                    raise _Vanished from None
+                raise
+            self.commits += 1
+        self._record(files)
+        self._seen = signature
+        self.last_error = None
+        return commit
 
     def poll(self) -> str | None:
         """Sync when something worth keeping changed since the last sync (a checkpoint, a state, a corpus)."""
