@@ -105,7 +105,7 @@ def test_the_apps_runner_trains_in_chunks_in_its_own_process_stops_and_continues
     ws = Workspace(tmp_path / "ws")
     random_data(ws.corpora_dir / "tokens", vocab_size=64, train_tokens=40000, val_tokens=2000)
     runner = Runner(ws, chunks=Z.ChunkPolicy(duration_s=2.0, margin_s=0.8))
-    total = 200
+    total = 1000  # several chunks even where the tiny model trains 200 steps inside one chunk
     config = Config.from_dict(tiny_cfg(max_steps=total, save_every=total, eval_every=50))
     runner.start(TrainRequest("z", config, "workspace", "corpora/tokens", vocab_size=64))
     log = ws.job_dir("z") / "log.txt"
