@@ -245,9 +245,9 @@ class WorkspaceMirror:
             for attempt in range(_VANISHED_TRIES):
                 try:
                     return self._sync_once(reason)
-                except _Vanished:
+                except _Vanished as exc:
                     if attempt == _VANISHED_TRIES - 1:
-                        raise HubError("the workspace kept changing under the mirror; it tries again") from None
+                        raise HubError("the workspace kept changing under the mirror; it tries again") from exc
         return None
 
     def _sync_once(self, reason: str) -> str | None:
@@ -277,11 +277,11 @@ class WorkspaceMirror:
                     operations=ops,
                     commit_message=f"{reason}: {len(adds)} files written, {len(deletes)} removed",
                 )
-            except Exception:
+            except Exception as exc:
                 # a file listed a moment ago is gone (a training rotated an old checkpoint out while it was
                 # read): look again at once rather than fail the whole pass
                 if any(not (self.ws.root / rel).exists() for rel in adds):
-                    raise _Vanished from None
+                    raise _Vanished(str(exc)) from exc
                 raise
             self.commits += 1
         self._record(files)
