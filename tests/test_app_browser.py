@@ -137,6 +137,21 @@ def _wait_text(page, selector: str, text: str, timeout_s: float) -> str:
     raise AssertionError(f"{selector} never showed {text!r}; it shows {last!r}")
 
 
+def _continue(page, run: str, more: int, banner: str, *, refresh: bool = False) -> None:
+    """Continue ``run`` for ``more`` steps from the Models tab, wait for the Monitor's ``banner`` and for the run
+    to finish. ``refresh``: the Models tab's lists first (a run that stopped since they were drawn)."""
+    page.get_by_role("tab", name="Models").click()
+    time.sleep(1)
+    if refresh:
+        page.click("#models-refresh")
+    _select(page, "push-run", run)
+    _fill(page, "continue-steps", more)
+    page.wait_for_function("!document.querySelector('#continue-btn').disabled", timeout=20_000)
+    page.click("#continue-btn")
+    _wait_text(page, "#monitor-banner", banner, 30)
+    page.wait_for_selector("#monitor-view[data-state=finished]", timeout=300_000)
+
+
 def _monitor(page) -> dict:
     view = page.locator("#monitor-view")
     if view.count() == 0:
@@ -314,14 +329,7 @@ def test_train_watch_stop_generate_push_in_a_browser(app_server, tmp_path):
         assert page.locator("#gen-output textarea").input_value() != ""
 
         # --- Continue the stopped run for more steps: the new total is shown, it trains to it ------------------
-        page.get_by_role("tab", name="Models").click()
-        time.sleep(1)
-        _select(page, "push-run", "e2e")
-        _fill(page, "continue-steps", 3)
-        page.wait_for_function("!document.querySelector('#continue-btn').disabled", timeout=20_000)
-        page.click("#continue-btn")
-        _wait_text(page, "#monitor-banner", f"from step {stopped_at} to a new total of {stopped_at + 3} steps", 30)
-        page.wait_for_selector("#monitor-view[data-state=finished]", timeout=300_000)
+        _continue(page, "e2e", 3, f"from step {stopped_at} to a new total of {stopped_at + 3} steps")
         assert _monitor(page)["step"] == stopped_at + 3
 
         # --- Help comes from docs/app.md -----------------------------------------------------------------------

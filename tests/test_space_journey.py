@@ -38,7 +38,18 @@ import yaml
 
 from conftest import REPO, run_cli
 from oidc_provider import OIDCProvider
-from test_app_browser import CHROMIUM, _corpus, _fill, _monitor, _need_browser, _plot_src, _select, _wait_text
+from test_app_browser import (
+    CHROMIUM,
+    _continue,
+    _corpus,
+    _fill,
+    _free_port,
+    _monitor,
+    _need_browser,
+    _plot_src,
+    _select,
+    _wait_text,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -51,12 +62,6 @@ SPACE_ID = f"{OWNER}/openllm"
 CLIENT_ID, CLIENT_SECRET = "space-client-id", "space-client-secret"
 # Gradio's header for a Space opened outside huggingface.co's page fetches these; the app itself fetches nothing
 GRADIO_SPACE_HEADER = {("huggingface.co", f"/api/spaces/{SPACE_ID}"), ("fonts.googleapis.com", "/css2")}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RefusingProxy:
@@ -273,14 +278,7 @@ def test_the_built_space_signed_in_owner_journey_and_restart_on_an_empty_disk(tm
                 assert f"step {stopped}" in page.locator("#stat-ckpt").inner_text()
 
                 # --- continue: three more steps from the checkpoint ---------------------------------------------
-                page.get_by_role("tab", name="Models").click()
-                page.click("#models-refresh")
-                _select(page, "push-run", "e2e")
-                _fill(page, "continue-steps", 3)
-                page.wait_for_function("!document.querySelector('#continue-btn').disabled", timeout=20_000)
-                page.click("#continue-btn")
-                _wait_text(page, "#monitor-banner", f"to a new total of {stopped + 3} steps", 30)
-                page.wait_for_selector("#monitor-view[data-state=finished]", timeout=300_000)
+                _continue(page, "e2e", 3, f"to a new total of {stopped + 3} steps", refresh=True)
                 assert _monitor(page)["step"] == stopped + 3
 
                 # --- chat with it (a base model: it continues the text) -----------------------------------------
@@ -346,13 +344,7 @@ def test_the_built_space_signed_in_owner_journey_and_restart_on_an_empty_disk(tm
                 page.wait_for_selector("#monitor-view[data-state=stopped]", timeout=30_000)
                 assert _monitor(page)["points"] >= saved and _plot_src(page)  # the curve came back
                 assert rundir.checkpoint_steps(run)[-1] == saved
-                page.get_by_role("tab", name="Models").click()
-                _select(page, "push-run", "r2")
-                _fill(page, "continue-steps", total - saved)
-                page.wait_for_function("!document.querySelector('#continue-btn').disabled", timeout=20_000)
-                page.click("#continue-btn")
-                _wait_text(page, "#monitor-banner", f"to a new total of {total} steps", 30)
-                page.wait_for_selector("#monitor-view[data-state=finished]", timeout=300_000)
+                _continue(page, "r2", total - saved, f"to a new total of {total} steps")
                 browser.close()
             assert not op.errors, op.errors
         finally:

@@ -414,7 +414,7 @@ def _read_hf(src: Source, *, field: str, hf_split: str, hf_config: str | None) -
     except Exception as exc:  # datasets raises many types; all mean "cannot open this dataset"
         raise OpenLLMError(
             f"cannot load Hugging Face dataset {src.name!r} offline ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); give a local path or a dataset in the cache"
+            f"{_first_line(exc)}); give a local path or a dataset in the cache"
         ) from exc
     if isinstance(ds, datasets.IterableDataset):
         yield from _read_hf_stream(src, ds, field=field, hf_split=hf_split)
@@ -425,42 +425,43 @@ def _read_hf(src: Source, *, field: str, hf_split: str, hf_config: str | None) -
                 f"dataset {src.name!r} has no split {hf_split!r} (splits: {', '.join(ds)}); choose one with --hf-split"
             )
         ds = ds[hf_split]
-    if field not in ds.column_names:
-        raise OpenLLMError(
-            f"dataset {src.name!r}: no column {field!r} (columns: {', '.join(ds.column_names)}); "
-            "choose one with --field"
-        )
+    _hf_column(src, field, ds.column_names)
     src.stats.update({"split": hf_split, "rows": ds.num_rows, "fingerprint": getattr(ds, "_fingerprint", None)})
     for start in range(0, ds.num_rows, 4096):
         for value in ds[start : start + 4096][field]:
-            if value is not None and not isinstance(value, str):
-                raise OpenLLMError(
-                    f"dataset {src.name!r}: column {field!r} holds {type(value).__name__}, expected strings"
-                )
-            yield value or ""
+            yield _hf_text(src, field, value)
+
+
+def _hf_column(src: Source, field: str, columns) -> None:
+    if field not in columns:
+        raise OpenLLMError(
+            f"dataset {src.name!r}: no column {field!r} (columns: {', '.join(columns)}); choose one with --field"
+        )
+
+
+def _hf_text(src: Source, field: str, value: Any) -> str:
+    if value is not None and not isinstance(value, str):
+        raise OpenLLMError(f"dataset {src.name!r}: column {field!r} holds {type(value).__name__}, expected strings")
+    return value or ""
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
 
 
 def _read_hf_stream(src: Source, ds, *, field: str, hf_split: str) -> Iterator[str]:
     rows = 0
     try:
         for row in ds:
-            if field not in row:
-                raise OpenLLMError(
-                    f"dataset {src.name!r}: no column {field!r} (columns: {', '.join(row)}); choose one with --field"
-                )
-            value = row[field]
-            if value is not None and not isinstance(value, str):
-                raise OpenLLMError(
-                    f"dataset {src.name!r}: column {field!r} holds {type(value).__name__}, expected strings"
-                )
+            _hf_column(src, field, row)
             rows += 1
-            yield value or ""
+            yield _hf_text(src, field, row[field])
     except OpenLLMError:
         raise
     except Exception as exc:  # a data file that cannot be read mid-stream
         raise OpenLLMError(
             f"Hugging Face dataset {src.name!r}: reading row {rows + 1} failed ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            f"{_first_line(exc)})"
         ) from exc
     src.stats.update({"split": hf_split, "rows": rows, "streamed": True})
 
